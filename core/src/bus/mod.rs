@@ -1,0 +1,184 @@
+//! The message bus: exchanges routing to queues, publisher confirms, acknowledged deliveries.
+//!
+//! The [`Bus`] trait mirrors AMQP 0-9-1 closely enough that the RabbitMQ implementation is a thin
+//! mapping, and the [`embedded`] implementation has the same semantics in-process: a publish
+//! returns only once every matching queue holds the message (a confirm), an unroutable publish is
+//! an error (`mandatory`), queues are bounded (publishers wait: back-pressure), deliveries are
+//! acked or nacked, a nacked message is redelivered in place until its delivery limit and then
+//! dead-lettered with its reason.
+
+pub mod embedded;
+pub mod topology;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+pub use topology::{Exchange, ExchangeKind, Overflow, QueueSpec, Topology};
+
+/// Why a bus operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BusError {
+    /// No queue is bound for this routing key; the message was not stored anywhere.
+    #[error("message to exchange `{exchange}` with routing key `{routing_key}` is unroutable")]
+    Unroutable {
+        /// Exchange published to.
+        exchange: String,
+        /// Routing key used.
+        routing_key: String,
+    },
+    /// The broker did not confirm in time (or a bounded queue stayed full).
+    #[error("publish to `{exchange}` was not confirmed within {timeout:?}")]
+    Timeout {
+        /// Exchange published to.
+        exchange: String,
+        /// The deadline that passed.
+        timeout: Duration,
+    },
+    /// The broker refused the message (negative confirm).
+    #[error("broker refused the message on `{exchange}`: {reason}")]
+    Nacked {
+        /// Exchange published to.
+        exchange: String,
+        /// What the broker said.
+        reason: String,
+    },
+    /// The named queue or exchange does not exist.
+    #[error("{what} `{name}` is not declared")]
+    NotDeclared {
+        /// `queue` or `exchange`.
+        what: &'static str,
+        /// Its name.
+        name: String,
+    },
+    /// The bus is closed or the connection is down.
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A message handed to [`Bus::publish`].
+#[derive(Debug, Clone, Default)]
+pub struct Message {
+    /// Unique id; consumers deduplicate on it.
+    pub message_id: String,
+    /// The payload (JSON).
+    pub body: Bytes,
+    /// String headers (`x-switchyard-*`, dead-letter reasons, ...).
+    pub headers: BTreeMap<String, String>,
+}
+
+impl Message {
+    /// A message with an id and a body and no headers.
+    pub fn new(message_id: impl Into<String>, body: impl Into<Bytes>) -> Self {
+        Message {
+            message_id: message_id.into(),
+            body: body.into(),
+            headers: BTreeMap::new(),
+        }
+    }
+}
+
+/// Header naming why a message was dead-lettered.
+pub const HEADER_DEATH_REASON: &str = "x-switchyard-death-reason";
+/// Header naming the queue a dead-lettered message came from.
+pub const HEADER_ORIGINAL_QUEUE: &str = "x-switchyard-original-queue";
+
+/// A delivered message that must be acked or nacked.
+pub struct Delivery {
+    /// The message as published.
+    pub message: Message,
+    /// Routing key it was published with.
+    pub routing_key: String,
+    /// How many times it was delivered before (0 on first delivery).
+    pub redeliveries: u32,
+    acker: Box<dyn Acker>,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("message_id", &self.message.message_id)
+            .field("routing_key", &self.routing_key)
+            .field("redeliveries", &self.redeliveries)
+            .finish()
+    }
+}
+
+impl Delivery {
+    /// Builds a delivery; for bus implementations.
+    pub fn new(
+        message: Message,
+        routing_key: String,
+        redeliveries: u32,
+        acker: Box<dyn Acker>,
+    ) -> Self {
+        Delivery {
+            message,
+            routing_key,
+            redeliveries,
+            acker,
+        }
+    }
+
+    /// The message is fully handled: remove it from the queue.
+    pub async fn ack(self) -> Result<(), BusError> {
+        self.acker.ack().await
+    }
+
+    /// The message could not be handled now: redeliver it (until the queue's delivery limit,
+    /// then dead-letter it with `reason`).
+    pub async fn retry(self, reason: &str) -> Result<(), BusError> {
+        self.acker.nack(true, reason).await
+    }
+
+    /// The message can never be handled: dead-letter it at once with `reason`.
+    pub async fn reject(self, reason: &str) -> Result<(), BusError> {
+        self.acker.nack(false, reason).await
+    }
+}
+
+/// Settles one delivery; implemented by each bus.
+#[async_trait]
+pub trait Acker: Send + Sync {
+    /// Positive acknowledgement.
+    async fn ack(&self) -> Result<(), BusError>;
+    /// Negative acknowledgement; `requeue = false` dead-letters at once.
+    async fn nack(&self, requeue: bool, reason: &str) -> Result<(), BusError>;
+}
+
+/// A stream of deliveries from one queue.
+#[async_trait]
+pub trait Deliveries: Send {
+    /// The next delivery; `None` once the bus is closed.
+    async fn next(&mut self) -> Option<Delivery>;
+}
+
+/// A message bus (in-process or RabbitMQ).
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Declares exchanges, queues and bindings; idempotent.
+    async fn declare(&self, topology: &Topology) -> Result<(), BusError>;
+
+    /// Declares a private, auto-deleted queue bound to `exchange` with `pattern` (for fan-out
+    /// subscribers such as the agent-session hub) and returns its name.
+    async fn declare_subscriber(&self, exchange: &str, pattern: &str) -> Result<String, BusError>;
+
+    /// Publishes and returns once the message is stored in every matching queue (confirmed).
+    async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: Message,
+    ) -> Result<(), BusError>;
+
+    /// Starts consuming a queue, with at most `prefetch` unsettled deliveries at a time.
+    async fn consume(&self, queue: &str, prefetch: u16) -> Result<Box<dyn Deliveries>, BusError>;
+
+    /// Whether the bus can currently accept publishes (for `/readyz`).
+    fn is_ready(&self) -> bool;
+
+    /// Stops delivering; consumers see the end of their streams.
+    async fn close(&self);
+}

@@ -1,0 +1,205 @@
+//! Switchyard's bus topology (DESIGN.md "Bus topology") and the shard function.
+
+use std::time::Duration;
+
+/// Inbound exchange: direct, routing key = shard number.
+pub const INBOUND_EXCHANGE: &str = "switchyard.inbound";
+/// Outbound exchange: direct, routing key = channel kind.
+pub const OUTBOUND_EXCHANGE: &str = "switchyard.outbound";
+/// Event exchange: topic, routing key = event type.
+pub const EVENTS_EXCHANGE: &str = "switchyard.events";
+/// Dead-letter exchange.
+pub const DEAD_LETTER_EXCHANGE: &str = "switchyard.dlx";
+/// Queue that holds dead-lettered messages.
+pub const DEAD_LETTER_QUEUE: &str = "switchyard.dead";
+
+/// Name of inbound shard queue `n`.
+pub fn inbound_queue(shard: u16) -> String {
+    format!("{INBOUND_EXCHANGE}.{shard}")
+}
+
+/// Name of the outbound queue for a channel kind.
+pub fn outbound_queue(channel_kind: &str) -> String {
+    format!("{OUTBOUND_EXCHANGE}.{channel_kind}")
+}
+
+/// The shard (0..shards) of a shard key: FNV-1a 64, stable across processes, versions and
+/// languages, so a connector written in another language can compute it too.
+pub fn shard_of(shard_key: &str, shards: u16) -> u16 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let hash = shard_key
+        .bytes()
+        .fold(OFFSET, |h, b| (h ^ u64::from(b)).wrapping_mul(PRIME));
+    (hash % u64::from(shards.max(1))) as u16
+}
+
+/// How an exchange routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExchangeKind {
+    /// Routing key must equal the binding key.
+    Direct,
+    /// AMQP topic matching (`*` one word, `#` zero or more words, `.`-separated).
+    Topic,
+}
+
+/// What a full queue does with a new message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    /// Refuse the publish (the publisher waits and then times out): nothing is lost.
+    RejectPublish,
+    /// Drop the oldest message (for best-effort fan-out subscribers).
+    DropHead,
+}
+
+/// An exchange to declare.
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    /// Exchange name.
+    pub name: String,
+    /// Routing behaviour.
+    pub kind: ExchangeKind,
+}
+
+/// A queue to declare, with its bindings.
+#[derive(Debug, Clone)]
+pub struct QueueSpec {
+    /// Queue name.
+    pub name: String,
+    /// Maximum messages held (ready + unacked).
+    pub capacity: usize,
+    /// Deliveries after the first before a nacked message is dead-lettered.
+    pub delivery_limit: u32,
+    /// Dead-letter exchange, if any.
+    pub dead_letter_exchange: Option<String>,
+    /// Behaviour when full.
+    pub overflow: Overflow,
+    /// `(exchange, binding key)` pairs.
+    pub bindings: Vec<(String, String)>,
+}
+
+/// The whole topology one process needs.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    /// Exchanges.
+    pub exchanges: Vec<Exchange>,
+    /// Queues with bindings.
+    pub queues: Vec<QueueSpec>,
+}
+
+/// Tunables of the standard topology.
+#[derive(Debug, Clone)]
+pub struct TopologyOptions {
+    /// Number of inbound shard queues.
+    pub shards: u16,
+    /// Capacity of each queue.
+    pub queue_capacity: usize,
+    /// Delivery limit of work queues.
+    pub delivery_limit: u32,
+    /// Channel kinds that get an outbound queue.
+    pub outbound_kinds: Vec<String>,
+    /// How long a publish may wait for its confirm.
+    pub publish_timeout: Duration,
+}
+
+impl Topology {
+    /// The standard Switchyard topology.
+    pub fn standard(opts: &TopologyOptions) -> Topology {
+        let work_queue = |name: String, bindings: Vec<(String, String)>| QueueSpec {
+            name,
+            capacity: opts.queue_capacity,
+            delivery_limit: opts.delivery_limit,
+            dead_letter_exchange: Some(DEAD_LETTER_EXCHANGE.to_owned()),
+            overflow: Overflow::RejectPublish,
+            bindings,
+        };
+        let mut queues: Vec<QueueSpec> = (0..opts.shards)
+            .map(|shard| {
+                work_queue(
+                    inbound_queue(shard),
+                    vec![(INBOUND_EXCHANGE.to_owned(), shard.to_string())],
+                )
+            })
+            .collect();
+        queues.extend(opts.outbound_kinds.iter().map(|kind| {
+            work_queue(
+                outbound_queue(kind),
+                vec![(OUTBOUND_EXCHANGE.to_owned(), kind.clone())],
+            )
+        }));
+        queues.push(QueueSpec {
+            name: DEAD_LETTER_QUEUE.to_owned(),
+            capacity: usize::MAX,
+            delivery_limit: u32::MAX,
+            dead_letter_exchange: None,
+            overflow: Overflow::DropHead,
+            bindings: vec![(DEAD_LETTER_EXCHANGE.to_owned(), "#".to_owned())],
+        });
+        Topology {
+            exchanges: vec![
+                Exchange {
+                    name: INBOUND_EXCHANGE.to_owned(),
+                    kind: ExchangeKind::Direct,
+                },
+                Exchange {
+                    name: OUTBOUND_EXCHANGE.to_owned(),
+                    kind: ExchangeKind::Direct,
+                },
+                Exchange {
+                    name: EVENTS_EXCHANGE.to_owned(),
+                    kind: ExchangeKind::Topic,
+                },
+                Exchange {
+                    name: DEAD_LETTER_EXCHANGE.to_owned(),
+                    kind: ExchangeKind::Topic,
+                },
+            ],
+            queues,
+        }
+    }
+}
+
+/// AMQP topic match of `routing_key` against `pattern`.
+pub fn topic_matches(pattern: &str, routing_key: &str) -> bool {
+    fn go(p: &[&str], k: &[&str]) -> bool {
+        match (p.first(), k.first()) {
+            (None, None) => true,
+            (Some(&"#"), _) => go(&p[1..], k) || (!k.is_empty() && go(p, &k[1..])),
+            (Some(&"*"), Some(_)) => go(&p[1..], &k[1..]),
+            (Some(a), Some(b)) if a == b => go(&p[1..], &k[1..]),
+            _ => false,
+        }
+    }
+    let p: Vec<&str> = pattern.split('.').collect();
+    let k: Vec<&str> = routing_key.split('.').collect();
+    go(&p, &k)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_is_stable_and_in_range() {
+        // Pinned: connectors in other languages compute the same FNV-1a 64.
+        assert_eq!(shard_of("", 16), (0xcbf2_9ce4_8422_2325u64 % 16) as u16);
+        assert_eq!(
+            shard_of("a", 1000),
+            (0xaf63_dc4c_8601_ec8cu64 % 1000) as u16
+        );
+        for key in ["a", "web\u{1f}visitor", "长"] {
+            assert!(shard_of(key, 16) < 16);
+            assert_eq!(shard_of(key, 16), shard_of(key, 16));
+        }
+        assert_eq!(shard_of("x", 0), 0);
+    }
+
+    #[test]
+    fn topic_patterns() {
+        assert!(topic_matches("#", "message.received"));
+        assert!(topic_matches("conversation.*", "conversation.assigned"));
+        assert!(!topic_matches("conversation.*", "conversation.a.b"));
+        assert!(topic_matches("conversation.#", "conversation.a.b"));
+        assert!(!topic_matches("message.sent", "message.received"));
+    }
+}

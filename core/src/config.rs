@@ -1,0 +1,664 @@
+//! Configuration: one TOML file, every key overridable from the environment
+//! (`SWITCHYARD__SECTION__KEY`), secrets by `*_env` (environment variable) or `*_file`
+//! (a mounted Kubernetes Secret) references.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Prefix of environment overrides: `SWITCHYARD__SERVER__LISTEN=0.0.0.0:8080`.
+pub const ENV_PREFIX: &str = "SWITCHYARD";
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read or parsed.
+    #[error("cannot read configuration{}: {message}", source_name(.path))]
+    Load {
+        /// The file, if one was given.
+        path: Option<PathBuf>,
+        /// What went wrong.
+        message: String,
+    },
+    /// A key has a wrong type or value.
+    #[error("configuration key `{key}`: {message}")]
+    Invalid {
+        /// Dotted path of the key, e.g. `channels[1].kind`.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+fn source_name(path: &Option<PathBuf>) -> String {
+    path.as_ref()
+        .map(|p| format!(" from `{}`", p.display()))
+        .unwrap_or_default()
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// HTTP server.
+    #[serde(default)]
+    pub server: ServerSettings,
+    /// API keys for REST and agent endpoints.
+    #[serde(default)]
+    pub auth: AuthSettings,
+    /// Message bus.
+    #[serde(default)]
+    pub bus: BusSettings,
+    /// State store.
+    #[serde(default)]
+    pub store: StoreSettings,
+    /// Routing behaviour.
+    #[serde(default)]
+    pub router: RouterSettings,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogSettings,
+    /// Channel instances.
+    #[serde(default)]
+    pub channels: Vec<ChannelSettings>,
+    /// Agent pools (`default` always exists).
+    #[serde(default)]
+    pub pools: Vec<PoolSettings>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Listen address.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Largest request body accepted, in bytes.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Seconds to drain in-flight work on shutdown.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            listen: default_listen(),
+            max_body_bytes: default_max_body(),
+            shutdown_grace_secs: default_shutdown_grace(),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_max_body() -> usize {
+    1024 * 1024
+}
+fn default_shutdown_grace() -> u64 {
+    20
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// API keys; with none, the server refuses to listen beyond loopback.
+    #[serde(default)]
+    pub api_keys: Vec<ApiKeySettings>,
+}
+
+/// One API key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeySettings {
+    /// A name for logs.
+    pub name: String,
+    /// The key itself (prefer `key_env` / `key_file`).
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Environment variable holding the key.
+    #[serde(default)]
+    pub key_env: Option<String>,
+    /// File holding the key.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// Scopes: `admin`, `agent`, `read`.
+    #[serde(default = "default_scopes")]
+    pub scopes: Vec<String>,
+}
+
+fn default_scopes() -> Vec<String> {
+    vec!["admin".to_owned()]
+}
+
+/// Which bus implementation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BusKind {
+    /// In-process.
+    #[default]
+    Embedded,
+    /// RabbitMQ over AMQP 0-9-1.
+    Amqp,
+}
+
+/// `[bus]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusSettings {
+    /// Implementation.
+    #[serde(default)]
+    pub kind: BusKind,
+    /// AMQP URL, for `amqp`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Inbound shard queues.
+    #[serde(default = "default_shards")]
+    pub shards: u16,
+    /// Messages a queue holds before publishers wait.
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: usize,
+    /// Redeliveries before a message is dead-lettered.
+    #[serde(default = "default_delivery_limit")]
+    pub delivery_limit: u32,
+    /// Milliseconds a publish may wait for its confirm.
+    #[serde(default = "default_publish_timeout_ms")]
+    pub publish_timeout_ms: u64,
+    /// Unsettled deliveries per consumer.
+    #[serde(default = "default_prefetch")]
+    pub prefetch: u16,
+}
+
+impl Default for BusSettings {
+    fn default() -> Self {
+        BusSettings {
+            kind: BusKind::default(),
+            url: None,
+            shards: default_shards(),
+            queue_capacity: default_queue_capacity(),
+            delivery_limit: default_delivery_limit(),
+            publish_timeout_ms: default_publish_timeout_ms(),
+            prefetch: default_prefetch(),
+        }
+    }
+}
+
+fn default_shards() -> u16 {
+    16
+}
+fn default_queue_capacity() -> usize {
+    20_000
+}
+fn default_delivery_limit() -> u32 {
+    5
+}
+fn default_publish_timeout_ms() -> u64 {
+    5_000
+}
+fn default_prefetch() -> u16 {
+    64
+}
+
+/// Which store implementation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    /// In-process.
+    #[default]
+    Embedded,
+    /// Redis.
+    Redis,
+}
+
+/// `[store]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSettings {
+    /// Implementation.
+    #[serde(default)]
+    pub kind: StoreKind,
+    /// Redis URL, for `redis`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Key prefix, for `redis`.
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+    /// Seconds a dedupe key is remembered.
+    #[serde(default = "default_dedupe_ttl")]
+    pub dedupe_ttl_secs: u64,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        StoreSettings {
+            kind: StoreKind::default(),
+            url: None,
+            key_prefix: default_key_prefix(),
+            dedupe_ttl_secs: default_dedupe_ttl(),
+        }
+    }
+}
+
+fn default_key_prefix() -> String {
+    "switchyard".to_owned()
+}
+fn default_dedupe_ttl() -> u64 {
+    24 * 3600
+}
+
+/// `[router]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterSettings {
+    /// Attempts inside the router before a failing message goes back to the bus.
+    #[serde(default = "default_attempts")]
+    pub attempts: u32,
+    /// Messages of history sent with an assignment.
+    #[serde(default = "default_history")]
+    pub history_limit: usize,
+}
+
+impl Default for RouterSettings {
+    fn default() -> Self {
+        RouterSettings {
+            attempts: default_attempts(),
+            history_limit: default_history(),
+        }
+    }
+}
+
+fn default_attempts() -> u32 {
+    3
+}
+fn default_history() -> usize {
+    50
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// One JSON object per line.
+    #[default]
+    Json,
+    /// Human-readable.
+    Pretty,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// Format.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// `tracing` filter, e.g. `info,switchyard_router=debug`.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            format: LogFormat::default(),
+            level: default_log_level(),
+        }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".to_owned()
+}
+
+/// One `[[channels]]` entry: the common keys plus the connector's own.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChannelSettings {
+    /// Instance id: the path segment and the `channel.id` of its envelopes.
+    pub id: String,
+    /// Connector type.
+    pub kind: String,
+    /// Pool its conversations go to.
+    #[serde(default = "default_pool")]
+    pub pool: String,
+    /// The platform API's base URL (proxies, fakes in tests).
+    #[serde(default)]
+    pub api_base: Option<String>,
+    /// The connector's own keys.
+    #[serde(flatten)]
+    pub options: BTreeMap<String, serde_json::Value>,
+}
+
+fn default_pool() -> String {
+    "default".to_owned()
+}
+
+impl ChannelSettings {
+    /// A string option given as `key`, `key_env` (environment variable) or `key_file`.
+    pub fn secret(&self, key: &str) -> Result<Option<String>, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            key: format!("channels.{}.{key}", self.id),
+            message,
+        };
+        if let Some(v) = self.options.get(key) {
+            return match v {
+                serde_json::Value::String(s) => Ok(Some(s.clone())),
+                serde_json::Value::Number(n) => Ok(Some(n.to_string())),
+                other => Err(invalid(format!("expected a string, found {other}"))),
+            };
+        }
+        if let Some(var) = self.options.get(&format!("{key}_env")) {
+            let var = var
+                .as_str()
+                .ok_or_else(|| invalid("`_env` must name an environment variable".into()))?;
+            return std::env::var(var)
+                .map(Some)
+                .map_err(|_| invalid(format!("environment variable `{var}` is not set")));
+        }
+        if let Some(file) = self.options.get(&format!("{key}_file")) {
+            let file = file
+                .as_str()
+                .ok_or_else(|| invalid("`_file` must be a path".into()))?;
+            return std::fs::read_to_string(file)
+                .map(|s| Some(s.trim_end_matches(['\n', '\r']).to_owned()))
+                .map_err(|e| invalid(format!("cannot read `{file}`: {e}")));
+        }
+        Ok(None)
+    }
+
+    /// Like [`Self::secret`] but the key must be present.
+    pub fn required_secret(&self, key: &str) -> Result<String, ConfigError> {
+        self.secret(key)?.ok_or_else(|| ConfigError::Invalid {
+            key: format!("channels.{}.{key}", self.id),
+            message: format!("required (or `{key}_env` / `{key}_file`)"),
+        })
+    }
+
+    /// Keys that are not common channel keys nor any of `known` (with `_env`/`_file` forms).
+    pub fn unknown_options(&self, known: &[&str]) -> Vec<String> {
+        self.options
+            .keys()
+            .filter(|k| {
+                let base = k
+                    .strip_suffix("_env")
+                    .or_else(|| k.strip_suffix("_file"))
+                    .unwrap_or(k);
+                !known.contains(&base) && !known.contains(&k.as_str())
+            })
+            .cloned()
+            .collect()
+    }
+}
+
+/// Pool assignment strategy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// The online agent with room who has waited longest since their last assignment.
+    #[default]
+    LongestIdle,
+}
+
+/// One `[[pools]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSettings {
+    /// Pool id.
+    pub id: String,
+    /// Assignment strategy.
+    #[serde(default)]
+    pub strategy: Strategy,
+}
+
+/// The embedded default: a `web` channel, the `default` pool, everything in-process.
+pub const EMBEDDED_DEFAULT: &str = r#"
+[[channels]]
+id = "web"
+kind = "web"
+"#;
+
+impl Settings {
+    /// Loads `path` (or the embedded default when `None`), then applies `SWITCHYARD__…`
+    /// environment overrides, then validates.
+    pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
+        let env = std::env::vars().filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")));
+        Self::load_with_env(path, env)
+    }
+
+    /// [`Self::load`] with explicit environment variables (for tests).
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        let load_err = |message: String| ConfigError::Load {
+            path: path.map(Path::to_path_buf),
+            message,
+        };
+        let mut builder = config::Config::builder();
+        builder = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| load_err(e.to_string()))?;
+                builder.add_source(config::File::from_str(&text, config::FileFormat::Toml))
+            }
+            None => builder.add_source(config::File::from_str(
+                EMBEDDED_DEFAULT,
+                config::FileFormat::Toml,
+            )),
+        };
+        let env: config::Map<String, String> = env.into_iter().collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(env)),
+        );
+        let raw = builder.build().map_err(|e| load_err(e.to_string()))?;
+        let settings: Settings =
+            serde_path_to_error::deserialize(raw).map_err(|e| ConfigError::Invalid {
+                key: e.path().to_string(),
+                message: e.into_inner().to_string(),
+            })?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks what types cannot: unique ids, known pools, the loopback rule.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut seen = HashSet::new();
+        for (i, ch) in self.channels.iter().enumerate() {
+            let valid_id = !ch.id.is_empty()
+                && ch
+                    .id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !valid_id {
+                return Err(ConfigError::Invalid {
+                    key: format!("channels[{i}].id"),
+                    message: format!("`{}` must be non-empty [A-Za-z0-9_-]+", ch.id),
+                });
+            }
+            if !seen.insert(ch.id.as_str()) {
+                return Err(ConfigError::Invalid {
+                    key: format!("channels[{i}].id"),
+                    message: format!("channel id `{}` is used twice", ch.id),
+                });
+            }
+            let pools = self.pool_ids();
+            if !pools.contains(&ch.pool) {
+                return Err(ConfigError::Invalid {
+                    key: format!("channels[{i}].pool"),
+                    message: format!(
+                        "pool `{}` is not defined (pools: {})",
+                        ch.pool,
+                        pools.join(", ")
+                    ),
+                });
+            }
+        }
+        if self.auth.api_keys.is_empty() && !self.server.listen.ip().is_loopback() {
+            return Err(ConfigError::Invalid {
+                key: "server.listen".into(),
+                message: format!(
+                    "`{}` is not a loopback address and no [[auth.api_keys]] are configured; \
+                     add an API key or listen on 127.0.0.1",
+                    self.server.listen
+                ),
+            });
+        }
+        if self.bus.shards == 0 {
+            return Err(ConfigError::Invalid {
+                key: "bus.shards".into(),
+                message: "must be at least 1".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Every pool id; `default` is always among them.
+    pub fn pool_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = vec!["default".to_owned()];
+        for p in &self.pools {
+            if !ids.contains(&p.id) {
+                ids.push(p.id.clone());
+            }
+        }
+        ids
+    }
+
+    /// Resolved API keys: `(name, key, scopes)`.
+    pub fn api_keys(&self) -> Result<Vec<(String, String, Vec<String>)>, ConfigError> {
+        self.auth
+            .api_keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let invalid = |message: String| ConfigError::Invalid {
+                    key: format!("auth.api_keys[{i}]"),
+                    message,
+                };
+                let key = if let Some(key) = &k.key {
+                    key.clone()
+                } else if let Some(var) = &k.key_env {
+                    std::env::var(var)
+                        .map_err(|_| invalid(format!("environment variable `{var}` is not set")))?
+                } else if let Some(file) = &k.key_file {
+                    std::fs::read_to_string(file)
+                        .map_err(|e| invalid(format!("cannot read `{}`: {e}", file.display())))?
+                        .trim()
+                        .to_owned()
+                } else {
+                    return Err(invalid(
+                        "one of `key`, `key_env`, `key_file` is required".into(),
+                    ));
+                };
+                Ok((k.name.clone(), key, k.scopes.clone()))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> tempfile_path::TempPath {
+        tempfile_path::TempPath::new(text)
+    }
+
+    /// Minimal temp-file helper (std only).
+    mod tempfile_path {
+        use std::path::PathBuf;
+        pub struct TempPath(pub PathBuf);
+        impl TempPath {
+            pub fn new(text: &str) -> Self {
+                let p = std::env::temp_dir()
+                    .join(format!("switchyard-test-{}.toml", ulid::Ulid::new()));
+                std::fs::write(&p, text).unwrap();
+                TempPath(p)
+            }
+        }
+        impl Drop for TempPath {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+    }
+
+    #[test]
+    fn embedded_default_has_web_channel_and_default_pool() {
+        let s = Settings::load_with_env(None, []).unwrap();
+        assert_eq!(s.channels.len(), 1);
+        assert_eq!(
+            (s.channels[0].id.as_str(), s.channels[0].kind.as_str()),
+            ("web", "web")
+        );
+        assert_eq!(s.pool_ids(), vec!["default".to_owned()]);
+        assert_eq!(s.server.listen.to_string(), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn env_overrides_nested_keys() {
+        let s = Settings::load_with_env(
+            None,
+            [
+                ("SWITCHYARD__BUS__SHARDS".to_owned(), "4".to_owned()),
+                (
+                    "SWITCHYARD__SERVER__LISTEN".to_owned(),
+                    "127.0.0.1:9999".to_owned(),
+                ),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.bus.shards, 4);
+        assert_eq!(s.server.listen.port(), 9999);
+    }
+
+    #[test]
+    fn errors_name_the_key_path() {
+        let f = write("[bus]\nshards = \"many\"\n");
+        let err = Settings::load_with_env(Some(&f.0), [])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bus.shards"), "{err}");
+        let f = write("[server]\nlisten = \"0.0.0.0:80\"\n");
+        let err = Settings::load_with_env(Some(&f.0), [])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("server.listen") && err.contains("API key"),
+            "{err}"
+        );
+        let f = write("[[channels]]\nid = \"a\"\nkind = \"api\"\npool = \"vip\"\n");
+        let err = Settings::load_with_env(Some(&f.0), [])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("channels[0].pool"), "{err}");
+        let f = write("[serverr]\n");
+        let err = Settings::load_with_env(Some(&f.0), [])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("serverr"), "{err}");
+    }
+
+    #[test]
+    fn secrets_resolve_from_env_and_file() {
+        let f = write("s3cret\n");
+        let path = f.0.display().to_string();
+        let cfg = write(&format!(
+            "[[channels]]\nid = \"a\"\nkind = \"api\"\nsecret_file = \"{path}\"\ncallback_url_env = \"SWITCHYARD_TEST_UNSET_VAR\"\n"
+        ));
+        let s = Settings::load_with_env(Some(&cfg.0), []).unwrap();
+        assert_eq!(s.channels[0].required_secret("secret").unwrap(), "s3cret");
+        let err = s.channels[0]
+            .secret("callback_url")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("SWITCHYARD_TEST_UNSET_VAR"), "{err}");
+        assert!(s.channels[0].required_secret("token").is_err());
+    }
+}

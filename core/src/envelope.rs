@@ -1,0 +1,242 @@
+//! The message envelope (`schemas/message.v1.json`): one shape for every channel, both directions.
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::identity::IdentityKey;
+
+/// Tenant used when a message does not name one.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// Which way a message travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// From a customer, through a connector, to the router.
+    Inbound,
+    /// From an agent or bot, through the router, to a channel.
+    Outbound,
+}
+
+/// A configured channel instance: its connector type and its id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelRef {
+    /// Connector type, e.g. `wechat_oa`, `api`, `web`.
+    pub kind: String,
+    /// Configured instance id, the `{channel_id}` path segment.
+    pub id: String,
+}
+
+/// Who sent an inbound message (or, on outbound messages, who it goes to).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Sender {
+    /// The user's id on the channel (open id, visitor id, app user id).
+    pub external_id: String,
+    /// Namespace the external id is unique in (app id, channel id); empty when global.
+    #[serde(default)]
+    pub scope: String,
+    /// Name the channel reports, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// Identity keys of this person, the channel's own key first.
+    pub identities: Vec<IdentityKey>,
+}
+
+/// A media object, either at a URL or held by the channel under a media id.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Media {
+    /// Where the media can be fetched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The channel's own media id (WeChat MediaId, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_id: Option<String>,
+    /// MIME type, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mime: Option<String>,
+    /// Size in bytes, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+}
+
+/// What a message says, tagged by `type`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Content {
+    /// Plain text.
+    Text {
+        /// The text, exactly as the user wrote it.
+        text: String,
+    },
+    /// A picture.
+    Image {
+        /// The picture.
+        media: Media,
+    },
+    /// A voice message or audio file.
+    Audio {
+        /// The audio.
+        media: Media,
+        /// Speech-to-text the channel supplied, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        recognition: Option<String>,
+    },
+    /// A video.
+    Video {
+        /// The video.
+        media: Media,
+        /// Its thumbnail, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        thumbnail: Option<Media>,
+    },
+    /// Any other file.
+    File {
+        /// The file.
+        media: Media,
+        /// Its file name, if known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+    },
+    /// A point on a map.
+    Location {
+        /// Latitude in degrees.
+        latitude: f64,
+        /// Longitude in degrees.
+        longitude: f64,
+        /// A place name or address, if given.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        label: Option<String>,
+    },
+    /// A shared link.
+    Link {
+        /// Target URL.
+        url: String,
+        /// Title shown for the link.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        title: Option<String>,
+        /// Description shown for the link.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        description: Option<String>,
+    },
+    /// A sticker or emoji image.
+    Sticker {
+        /// The sticker.
+        media: Media,
+    },
+    /// A rich card (mini-program page, product card, ...).
+    Card {
+        /// Card title.
+        title: String,
+        /// Where tapping the card leads, if anywhere.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        url: Option<String>,
+        /// Card picture.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        thumbnail: Option<Media>,
+        /// Channel-specific card fields (app id, page path, ...).
+        #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+        #[schemars(with = "std::collections::BTreeMap<String, serde_json::Value>")]
+        attributes: serde_json::Map<String, serde_json::Value>,
+    },
+    /// Something that happened rather than something said (subscribe, menu click, ...).
+    Event {
+        /// Event name, e.g. `subscribe`, `click`, `visitor_identified`.
+        name: String,
+        /// Event details.
+        #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+        #[schemars(with = "std::collections::BTreeMap<String, serde_json::Value>")]
+        data: serde_json::Map<String, serde_json::Value>,
+    },
+    /// A message type the connector does not map; kept so nothing is silently lost.
+    Unsupported {
+        /// The channel's own type name.
+        original_type: String,
+    },
+}
+
+impl Content {
+    /// The `type` tag of this content.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Content::Text { .. } => "text",
+            Content::Image { .. } => "image",
+            Content::Audio { .. } => "audio",
+            Content::Video { .. } => "video",
+            Content::File { .. } => "file",
+            Content::Location { .. } => "location",
+            Content::Link { .. } => "link",
+            Content::Sticker { .. } => "sticker",
+            Content::Card { .. } => "card",
+            Content::Event { .. } => "event",
+            Content::Unsupported { .. } => "unsupported",
+        }
+    }
+}
+
+/// One message, as it travels on the bus (`message.v1`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "Switchyard message envelope v1")]
+pub struct Envelope {
+    /// ULID, assigned by the connector (or the router, for outbound messages).
+    #[schemars(pattern(r"^[0-9A-HJKMNP-TV-Z]{26}$"))]
+    pub id: String,
+    /// Tenant the message belongs to.
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
+    /// Which way the message travels.
+    pub direction: Direction,
+    /// The channel instance it came from or goes to.
+    pub channel: ChannelRef,
+    /// The customer on the channel.
+    pub sender: Sender,
+    /// Unified customer profile; null at ingress, set by the router.
+    #[serde(default)]
+    pub customer_id: Option<String>,
+    /// Conversation; null at ingress, set by the router.
+    #[serde(default)]
+    pub conversation_id: Option<String>,
+    /// When the sender sent it (the channel's clock when it gives one).
+    pub sent_at: DateTime<Utc>,
+    /// When Switchyard received it.
+    pub received_at: DateTime<Utc>,
+    /// Stable across the channel's retries of this message; duplicates are dropped.
+    #[schemars(length(min = 1))]
+    pub dedupe_key: String,
+    /// What the message says.
+    pub content: Content,
+    /// Id of the envelope this one answers, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
+    /// For outbound messages: the agent who wrote it, if a human did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    /// The original payload, only when configured to keep it (secrets masked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw: Option<serde_json::Value>,
+}
+
+fn default_tenant() -> String {
+    DEFAULT_TENANT.to_owned()
+}
+
+impl Envelope {
+    /// The bus shard key: channel id + external user id, so one identity's messages stay in order.
+    pub fn shard_key(&self) -> String {
+        shard_key(&self.channel.id, &self.sender.external_id)
+    }
+}
+
+/// The shard key for a channel instance and one of its users.
+pub fn shard_key(channel_id: &str, external_id: &str) -> String {
+    format!("{channel_id}\u{1f}{external_id}")
+}
+
+/// A fresh envelope id (ULID).
+pub fn new_id() -> String {
+    ulid::Ulid::new().to_string()
+}

@@ -1,0 +1,153 @@
+//! The event stream (`schemas/event.v1.json`): CloudEvents 1.0, structured JSON mode.
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Every event type Switchyard emits; the AMQP routing key on `switchyard.events`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum EventType {
+    /// A conversation was opened for a customer.
+    #[serde(rename = "conversation.created")]
+    ConversationCreated,
+    /// A conversation entered a pool's queue.
+    #[serde(rename = "conversation.queued")]
+    ConversationQueued,
+    /// A conversation was assigned to an agent.
+    #[serde(rename = "conversation.assigned")]
+    ConversationAssigned,
+    /// A conversation was closed.
+    #[serde(rename = "conversation.closed")]
+    ConversationClosed,
+    /// A conversation moved to another pool or agent.
+    #[serde(rename = "conversation.transferred")]
+    ConversationTransferred,
+    /// A customer message was routed into a conversation.
+    #[serde(rename = "message.received")]
+    MessageReceived,
+    /// A reply was delivered to the channel.
+    #[serde(rename = "message.sent")]
+    MessageSent,
+    /// A reply could not be delivered.
+    #[serde(rename = "message.failed")]
+    MessageFailed,
+    /// A customer profile was created.
+    #[serde(rename = "customer.created")]
+    CustomerCreated,
+    /// Two customer profiles were merged into one.
+    #[serde(rename = "customer.merged")]
+    CustomerMerged,
+    /// An agent's presence, capacity or pools changed.
+    #[serde(rename = "agent.updated")]
+    AgentUpdated,
+}
+
+impl EventType {
+    /// All event types.
+    pub const ALL: [EventType; 11] = [
+        EventType::ConversationCreated,
+        EventType::ConversationQueued,
+        EventType::ConversationAssigned,
+        EventType::ConversationClosed,
+        EventType::ConversationTransferred,
+        EventType::MessageReceived,
+        EventType::MessageSent,
+        EventType::MessageFailed,
+        EventType::CustomerCreated,
+        EventType::CustomerMerged,
+        EventType::AgentUpdated,
+    ];
+
+    /// The dotted name, e.g. `conversation.assigned`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::ConversationCreated => "conversation.created",
+            EventType::ConversationQueued => "conversation.queued",
+            EventType::ConversationAssigned => "conversation.assigned",
+            EventType::ConversationClosed => "conversation.closed",
+            EventType::ConversationTransferred => "conversation.transferred",
+            EventType::MessageReceived => "message.received",
+            EventType::MessageSent => "message.sent",
+            EventType::MessageFailed => "message.failed",
+            EventType::CustomerCreated => "customer.created",
+            EventType::CustomerMerged => "customer.merged",
+            EventType::AgentUpdated => "agent.updated",
+        }
+    }
+
+    /// The CloudEvents `type` attribute, e.g. `io.switchyard.conversation.assigned`.
+    pub fn cloudevents_type(self) -> String {
+        format!("{CLOUDEVENTS_TYPE_PREFIX}{}", self.as_str())
+    }
+}
+
+/// Prefix of every CloudEvents `type` Switchyard emits.
+pub const CLOUDEVENTS_TYPE_PREFIX: &str = "io.switchyard.";
+
+/// One event, as a CloudEvents 1.0 structured-mode JSON object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(title = "Switchyard event v1 (CloudEvents 1.0, structured JSON)")]
+pub struct CloudEvent {
+    /// Always `1.0`.
+    pub specversion: String,
+    /// Unique per event (ULID).
+    pub id: String,
+    /// `/switchyard/{tenant}/{component}`.
+    pub source: String,
+    /// `io.switchyard.<event type>`.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// The conversation, customer or agent the event is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// When it happened.
+    pub time: DateTime<Utc>,
+    /// Always `application/json`.
+    pub datacontenttype: String,
+    /// Extension attribute: the tenant.
+    pub tenant: String,
+    /// The event's data; its shape depends on the type (see the schema's examples).
+    pub data: serde_json::Value,
+}
+
+impl CloudEvent {
+    /// A new event of `event_type` about `subject` with `data`.
+    pub fn new(
+        event_type: EventType,
+        tenant: &str,
+        subject: impl Into<String>,
+        data: serde_json::Value,
+    ) -> Self {
+        CloudEvent {
+            specversion: "1.0".to_owned(),
+            id: crate::envelope::new_id(),
+            source: format!("/switchyard/{tenant}/router"),
+            event_type: event_type.cloudevents_type(),
+            subject: Some(subject.into()),
+            time: crate::time::now(),
+            datacontenttype: "application/json".to_owned(),
+            tenant: tenant.to_owned(),
+            data,
+        }
+    }
+
+    /// The event's type, if it is one Switchyard knows.
+    pub fn known_type(&self) -> Option<EventType> {
+        let name = self.event_type.strip_prefix(CLOUDEVENTS_TYPE_PREFIX)?;
+        EventType::ALL.into_iter().find(|t| t.as_str() == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serde_names_match_as_str() {
+        for t in EventType::ALL {
+            assert_eq!(serde_json::to_value(t).unwrap(), t.as_str());
+            let e = CloudEvent::new(t, "default", "c1", serde_json::json!({}));
+            assert_eq!(e.known_type(), Some(t));
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! Prometheus metrics: one registry per process (no globals, so tests are isolated), fixed
+//! low-cardinality labels (channel, outcome, pool) and never customer or message ids.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Outcome label of `switchyard_inbound_messages_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboundOutcome {
+    /// Published to the bus.
+    Accepted,
+    /// A retry of a message already accepted.
+    Duplicate,
+    /// Signature or replay check failed.
+    BadSignature,
+    /// The body could not be read.
+    Malformed,
+    /// The body was larger than allowed.
+    TooLarge,
+    /// Valid but of a type that is not routed.
+    Ignored,
+    /// The bus could not take it; the channel will retry.
+    Transient,
+}
+
+impl InboundOutcome {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InboundOutcome::Accepted => "accepted",
+            InboundOutcome::Duplicate => "duplicate",
+            InboundOutcome::BadSignature => "bad_signature",
+            InboundOutcome::Malformed => "malformed",
+            InboundOutcome::TooLarge => "too_large",
+            InboundOutcome::Ignored => "ignored",
+            InboundOutcome::Transient => "transient",
+        }
+    }
+}
+
+/// Every metric Switchyard exports.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Inbound messages by channel id and outcome.
+    pub inbound: IntCounterVec,
+    /// Outbound messages by channel id and outcome (`sent`, `rejected`, `rate_limited`,
+    /// `transient`, `dead_lettered`).
+    pub outbound: IntCounterVec,
+    /// Messages the router handled, by outcome (`routed`, `duplicate`, `retried`, `dead_lettered`).
+    pub routed: IntCounterVec,
+    /// Seconds from ingress to the conversation's assignment, by pool.
+    pub ingress_to_assignment: HistogramVec,
+    /// Seconds from HTTP request to bus confirm, by channel kind.
+    pub ingress_publish: HistogramVec,
+    /// Rejected REST/agent requests by error code.
+    pub api_errors: IntCounterVec,
+    /// Conversations waiting per pool (sampled when the queue changes).
+    pub queue_depth: IntGaugeVec,
+    /// Open agent and visitor WebSocket sessions, by kind.
+    pub websocket_sessions: IntGaugeVec,
+}
+
+/// Latency buckets from 100 µs to 30 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new_custom(Some("switchyard".into()), None)?;
+        let inbound = IntCounterVec::new(
+            Opts::new(
+                "inbound_messages_total",
+                "Inbound messages by channel and outcome",
+            ),
+            &["channel", "outcome"],
+        )?;
+        let outbound = IntCounterVec::new(
+            Opts::new(
+                "outbound_messages_total",
+                "Outbound messages by channel and outcome",
+            ),
+            &["channel", "outcome"],
+        )?;
+        let routed = IntCounterVec::new(
+            Opts::new(
+                "router_messages_total",
+                "Bus messages handled by the router",
+            ),
+            &["outcome"],
+        )?;
+        let ingress_to_assignment = HistogramVec::new(
+            HistogramOpts::new(
+                "ingress_to_assignment_seconds",
+                "Time from receiving a conversation's first message to assigning it",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["pool"],
+        )?;
+        let ingress_publish = HistogramVec::new(
+            HistogramOpts::new(
+                "ingress_publish_seconds",
+                "Time from receiving a channel request to the bus confirm",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["channel_kind"],
+        )?;
+        let api_errors = IntCounterVec::new(
+            Opts::new("api_errors_total", "Requests refused, by error code"),
+            &["code"],
+        )?;
+        let queue_depth = IntGaugeVec::new(
+            Opts::new(
+                "pool_queue_depth",
+                "Conversations waiting in a pool's queue",
+            ),
+            &["pool"],
+        )?;
+        let websocket_sessions = IntGaugeVec::new(
+            Opts::new("websocket_sessions", "Open WebSocket sessions"),
+            &["kind"],
+        )?;
+        registry.register(Box::new(inbound.clone()))?;
+        registry.register(Box::new(outbound.clone()))?;
+        registry.register(Box::new(routed.clone()))?;
+        registry.register(Box::new(ingress_to_assignment.clone()))?;
+        registry.register(Box::new(ingress_publish.clone()))?;
+        registry.register(Box::new(api_errors.clone()))?;
+        registry.register(Box::new(queue_depth.clone()))?;
+        registry.register(Box::new(websocket_sessions.clone()))?;
+        Ok(Metrics {
+            registry,
+            inbound,
+            outbound,
+            routed,
+            ingress_to_assignment,
+            ingress_publish,
+            api_errors,
+            queue_depth,
+            websocket_sessions,
+        })
+    }
+
+    /// Counts one inbound message.
+    pub fn count_inbound(&self, channel: &str, outcome: InboundOutcome) {
+        self.inbound
+            .with_label_values(&[channel, outcome.as_str()])
+            .inc();
+    }
+
+    /// The current value of an inbound counter (for tests and the bench).
+    pub fn inbound_count(&self, channel: &str, outcome: InboundOutcome) -> u64 {
+        self.inbound
+            .with_label_values(&[channel, outcome.as_str()])
+            .get()
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}

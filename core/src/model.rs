@@ -1,0 +1,138 @@
+//! Domain records kept by the [`crate::store::Store`]: customers, conversations, agents.
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::envelope::{ChannelRef, Sender};
+use crate::identity::{IdentityKey, IdentityStrength};
+
+/// One identity key attached to a customer, with when and how it was linked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct IdentityRecord {
+    /// The key.
+    pub key: IdentityKey,
+    /// Strong or weak.
+    pub strength: IdentityStrength,
+    /// When it was linked to this profile.
+    pub linked_at: DateTime<Utc>,
+}
+
+/// A unified customer profile.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Customer {
+    /// Customer id (ULID).
+    pub id: String,
+    /// Tenant.
+    pub tenant: String,
+    /// Best known display name.
+    pub display_name: Option<String>,
+    /// Every identity key of this person.
+    pub identities: Vec<IdentityRecord>,
+    /// Ids of profiles merged into this one.
+    pub merged_from: Vec<String>,
+    /// Free-form tags.
+    pub tags: Vec<String>,
+    /// Free-form attributes.
+    #[schemars(with = "std::collections::BTreeMap<String, serde_json::Value>")]
+    pub attributes: serde_json::Map<String, serde_json::Value>,
+    /// First message or link.
+    pub first_seen: DateTime<Utc>,
+    /// Latest message or link.
+    pub last_seen: DateTime<Utc>,
+}
+
+/// Where a conversation is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ConversationStatus {
+    /// A bot is handling it.
+    Bot,
+    /// Waiting in a pool's queue for an agent.
+    Queued,
+    /// An agent has it.
+    Assigned,
+    /// Finished; the customer's next message opens a new one.
+    Closed,
+}
+
+/// A conversation: one open at a time per customer, across channels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Conversation {
+    /// Conversation id (ULID).
+    pub id: String,
+    /// Tenant.
+    pub tenant: String,
+    /// The customer.
+    pub customer_id: String,
+    /// Where it is in its life.
+    pub status: ConversationStatus,
+    /// The pool routing it.
+    pub pool: String,
+    /// The agent holding it, when assigned.
+    pub agent_id: Option<String>,
+    /// The channel the customer last wrote from; replies go out here.
+    pub channel: ChannelRef,
+    /// The customer on that channel (replies are addressed to them).
+    pub recipient: Sender,
+    /// Id of the customer's latest message (replies answer it).
+    pub last_inbound_id: Option<String>,
+    /// When it was opened.
+    pub created_at: DateTime<Utc>,
+    /// Latest change.
+    pub updated_at: DateTime<Utc>,
+    /// When it last entered a queue.
+    pub queued_at: Option<DateTime<Utc>>,
+    /// When it was last assigned.
+    pub assigned_at: Option<DateTime<Utc>>,
+    /// When it was closed.
+    pub closed_at: Option<DateTime<Utc>>,
+    /// Why it was closed (`agent`, `merged`, ...).
+    pub close_reason: Option<String>,
+    /// Messages in it, both directions.
+    pub message_count: u64,
+}
+
+/// An agent's presence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentStatus {
+    /// Takes new conversations.
+    Online,
+    /// Keeps current conversations, takes no new ones.
+    Away,
+    /// Not working.
+    Offline,
+}
+
+/// An agent (a human, or a bot acting as one).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Agent {
+    /// Agent id (chosen by the helpdesk).
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Pools the agent takes conversations from.
+    pub pools: Vec<String>,
+    /// Skills, for skill-based routing.
+    pub skills: Vec<String>,
+    /// Most conversations the agent holds at once.
+    pub capacity: u32,
+    /// Presence.
+    pub status: AgentStatus,
+    /// Conversations the agent holds now.
+    pub conversations: Vec<String>,
+    /// Since when the agent has had no new conversation (longest idle goes first).
+    pub idle_since: DateTime<Utc>,
+    /// Latest change.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Agent {
+    /// Whether the agent can take another conversation from `pool` now.
+    pub fn can_take(&self, pool: &str) -> bool {
+        self.status == AgentStatus::Online
+            && self.pools.iter().any(|p| p == pool)
+            && (self.conversations.len() as u64) < u64::from(self.capacity)
+    }
+}

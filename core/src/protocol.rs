@@ -1,0 +1,224 @@
+//! WebSocket protocols: the visitor socket (`/v1/channels/{id}/ws`) and the agent socket
+//! (`/v1/agents/ws`). Every frame is one JSON text message tagged by `type`
+//! (`schemas/visitor-ws.v1.json`, `schemas/agent-ws.v1.json`).
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::envelope::{Content, Envelope};
+use crate::identity::IdentityKey;
+use crate::model::{Agent, AgentStatus, Conversation, Customer};
+
+/// Visitor -> server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[schemars(title = "Visitor WebSocket: frames from the visitor")]
+pub enum VisitorRequest {
+    /// Say something. Acknowledged with `ack` once the message is safely on the bus.
+    Message {
+        /// The visitor's own id for this message; a repeat is not routed twice.
+        client_id: String,
+        /// What the visitor says.
+        content: Content,
+    },
+    /// Tell who the visitor is: `user_hash` = hex HMAC-SHA256(channel secret, user_id).
+    /// Links the anonymous visitor to `web_user:{channel}:{user_id}` (strong) and merges.
+    Identify {
+        /// The visitor's own id for this request.
+        client_id: String,
+        /// The site's user id.
+        user_id: String,
+        /// Proof from the site's backend.
+        user_hash: String,
+        /// Display name.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        /// Further identities the site vouches for (e.g. `phone::+86…`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        identities: Vec<IdentityKey>,
+    },
+    /// Keep-alive.
+    Ping,
+}
+
+/// Server -> visitor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[schemars(title = "Visitor WebSocket: frames to the visitor")]
+pub enum VisitorEvent {
+    /// First frame: who the server takes the visitor to be. Keep `visitor_token` (e.g. in
+    /// localStorage) and pass it as `?visitor_token=` next time to stay the same visitor.
+    Welcome {
+        /// Anonymous visitor id.
+        visitor_id: String,
+        /// Signed form of the id, to resume as the same visitor.
+        visitor_token: String,
+        /// Channel instance id.
+        channel_id: String,
+    },
+    /// A visitor request was accepted (the message is on the bus).
+    Ack {
+        /// The request's `client_id`.
+        client_id: String,
+        /// Envelope id assigned.
+        id: String,
+        /// Whether this `client_id` had been accepted before.
+        duplicate: bool,
+    },
+    /// A reply from an agent.
+    Message {
+        /// Envelope id.
+        id: String,
+        /// What the agent says.
+        content: Content,
+        /// When it was sent.
+        sent_at: DateTime<Utc>,
+        /// Who wrote it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agent_id: Option<String>,
+    },
+    /// A request was refused.
+    Error {
+        /// The request's `client_id`, if it had one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_id: Option<String>,
+        /// Machine-readable code.
+        code: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// Answer to `ping`.
+    Pong,
+}
+
+/// Agent -> server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[schemars(title = "Agent WebSocket: frames from the agent")]
+pub enum AgentRequest {
+    /// First frame: who the agent is. Creates or updates the agent and sets it online (unless
+    /// `status` says otherwise). Answered with `welcome`.
+    Hello {
+        /// Agent id.
+        agent_id: String,
+        /// Display name.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        /// Pools to take conversations from.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pools: Option<Vec<String>>,
+        /// Most conversations at once.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        capacity: Option<u32>,
+        /// Presence after hello (default `online`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status: Option<AgentStatus>,
+    },
+    /// Change presence and/or capacity.
+    Status {
+        /// New presence.
+        status: AgentStatus,
+        /// New capacity.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        capacity: Option<u32>,
+    },
+    /// Reply to the customer of a conversation the agent holds.
+    Reply {
+        /// The agent's own id for this request.
+        client_id: String,
+        /// Conversation.
+        conversation_id: String,
+        /// What to say.
+        content: Content,
+    },
+    /// Close a conversation the agent holds.
+    Close {
+        /// Conversation.
+        conversation_id: String,
+    },
+    /// Hand a conversation to a pool or another agent.
+    Transfer {
+        /// Conversation.
+        conversation_id: String,
+        /// Target pool.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pool: Option<String>,
+        /// Target agent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agent_id: Option<String>,
+    },
+    /// Keep-alive.
+    Ping,
+}
+
+/// Server -> agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[schemars(title = "Agent WebSocket: frames to the agent")]
+pub enum AgentEvent {
+    /// Answer to `hello`: the agent record and the conversations it holds, with history.
+    Welcome {
+        /// The agent.
+        agent: Agent,
+        /// Conversations the agent holds now.
+        conversations: Vec<ConversationView>,
+    },
+    /// A conversation was assigned to this agent.
+    Assigned {
+        /// The conversation with its customer and history.
+        conversation: ConversationView,
+    },
+    /// A customer message in a conversation this agent holds.
+    Message {
+        /// Conversation id.
+        conversation_id: String,
+        /// The message.
+        message: Envelope,
+    },
+    /// A conversation left this agent (closed, transferred, merged).
+    Unassigned {
+        /// Conversation id.
+        conversation_id: String,
+        /// `closed`, `transferred`, `merged`.
+        reason: String,
+    },
+    /// The agent record changed.
+    Agent {
+        /// The agent now.
+        agent: Agent,
+    },
+    /// A request was accepted.
+    Ack {
+        /// The request's `client_id`.
+        client_id: String,
+        /// Envelope id of a reply.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+    },
+    /// A request was refused.
+    Error {
+        /// The request's `client_id`, if it had one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_id: Option<String>,
+        /// Machine-readable code.
+        code: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// Answer to `ping`.
+    Pong,
+}
+
+/// A conversation as agents and the REST API see it: the record, its customer, its messages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ConversationView {
+    /// The conversation record.
+    #[serde(flatten)]
+    pub conversation: Conversation,
+    /// Its customer's profile, if it still exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer: Option<Customer>,
+    /// Latest messages, oldest first.
+    pub messages: Vec<Envelope>,
+}

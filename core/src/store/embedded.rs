@@ -1,0 +1,713 @@
+//! In-process store: all state behind one mutex, so every operation is atomic exactly as a Redis
+//! Lua script is. Never held across an await.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::{
+    AgentUpdate, Assignment, InboundRecord, Merge, Release, Resolution, ResolveRequest, Store,
+    StoreError, TransferTarget,
+};
+use crate::envelope::{Envelope, new_id};
+use crate::identity::{IdentityKey, IdentityStrength};
+use crate::model::{
+    Agent, AgentStatus, Conversation, ConversationStatus, Customer, IdentityRecord,
+};
+
+/// Messages kept per conversation in memory; older ones are dropped from the embedded store.
+const MAX_MESSAGES_PER_CONVERSATION: usize = 10_000;
+/// Sweep expired dedupe keys every this many claims.
+const DEDUPE_SWEEP_EVERY: u64 = 4096;
+
+/// The embedded (in-process) store.
+#[derive(Default)]
+pub struct EmbeddedStore {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    dedupe: HashMap<String, Instant>,
+    dedupe_claims: u64,
+    customers: HashMap<String, Customer>,
+    /// Merged-away customer id -> the profile it was merged into.
+    redirects: HashMap<String, String>,
+    identity_owner: HashMap<IdentityKey, String>,
+    conversations: HashMap<String, Conversation>,
+    open_by_customer: HashMap<String, String>,
+    messages: HashMap<String, VecDeque<Envelope>>,
+    message_ids: HashMap<String, String>,
+    queues: HashMap<String, VecDeque<String>>,
+    agents: HashMap<String, Agent>,
+}
+
+impl EmbeddedStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn not_found(kind: &'static str, id: &str) -> StoreError {
+    StoreError::NotFound {
+        kind,
+        id: id.to_owned(),
+    }
+}
+
+impl State {
+    fn canonical_customer_id(&self, id: &str) -> String {
+        let mut id = id.to_owned();
+        // Redirect chains are short (merges re-point older redirects), but bound the walk anyway.
+        for _ in 0..64 {
+            match self.redirects.get(&id) {
+                Some(next) => id = next.clone(),
+                None => break,
+            }
+        }
+        id
+    }
+
+    fn owner_of(&self, key: &IdentityKey) -> Option<String> {
+        self.identity_owner
+            .get(key)
+            .map(|id| self.canonical_customer_id(id))
+    }
+
+    fn conversation_mut(&mut self, id: &str) -> Result<&mut Conversation, StoreError> {
+        self.conversations
+            .get_mut(id)
+            .ok_or_else(|| not_found("conversation", id))
+    }
+
+    /// Takes a conversation away from its agent or its queue; returns the agent it left.
+    fn detach(&mut self, conversation_id: &str) -> Option<Agent> {
+        let (status, agent_id, pool) = {
+            let c = self.conversations.get(conversation_id)?;
+            (c.status, c.agent_id.clone(), c.pool.clone())
+        };
+        match status {
+            ConversationStatus::Assigned => {
+                let agent = self.agents.get_mut(agent_id.as_deref()?)?;
+                agent.conversations.retain(|c| c != conversation_id);
+                Some(agent.clone())
+            }
+            ConversationStatus::Queued => {
+                if let Some(q) = self.queues.get_mut(&pool) {
+                    q.retain(|c| c != conversation_id);
+                }
+                None
+            }
+            ConversationStatus::Bot | ConversationStatus::Closed => None,
+        }
+    }
+
+    fn close(&mut self, id: &str, reason: &str, now: DateTime<Utc>) -> Result<Release, StoreError> {
+        let status = self
+            .conversations
+            .get(id)
+            .ok_or_else(|| not_found("conversation", id))?
+            .status;
+        if status == ConversationStatus::Closed {
+            return Err(StoreError::Conflict {
+                code: "conversation_closed",
+                message: format!("conversation `{id}` is already closed"),
+            });
+        }
+        let released_agent = self.detach(id);
+        let c = self.conversation_mut(id)?;
+        c.status = ConversationStatus::Closed;
+        c.agent_id = None;
+        c.closed_at = Some(now);
+        c.updated_at = now;
+        c.close_reason = Some(reason.to_owned());
+        let conversation = c.clone();
+        if self.open_by_customer.get(&conversation.customer_id) == Some(&conversation.id) {
+            self.open_by_customer.remove(&conversation.customer_id);
+        }
+        Ok(Release {
+            conversation,
+            released_agent,
+        })
+    }
+
+    /// Merges profile `from` into `into`, moving identities, tags, attributes and the open
+    /// conversation; returns a conversation closed by the merge, if any.
+    fn merge_customers(
+        &mut self,
+        from: &str,
+        into: &str,
+        now: DateTime<Utc>,
+    ) -> Option<Conversation> {
+        let loser = self.customers.remove(from)?;
+        for record in &loser.identities {
+            self.identity_owner
+                .insert(record.key.clone(), into.to_owned());
+        }
+        for target in self.redirects.values_mut() {
+            if target == from {
+                *target = into.to_owned();
+            }
+        }
+        self.redirects.insert(from.to_owned(), into.to_owned());
+        if let Some(winner) = self.customers.get_mut(into) {
+            for record in loser.identities {
+                if !winner.identities.iter().any(|r| r.key == record.key) {
+                    winner.identities.push(record);
+                }
+            }
+            winner.merged_from.push(loser.id.clone());
+            winner.merged_from.extend(loser.merged_from);
+            for tag in loser.tags {
+                if !winner.tags.contains(&tag) {
+                    winner.tags.push(tag);
+                }
+            }
+            for (k, v) in loser.attributes {
+                winner.attributes.entry(k).or_insert(v);
+            }
+            if winner.display_name.is_none() {
+                winner.display_name = loser.display_name;
+            }
+            winner.first_seen = winner.first_seen.min(loser.first_seen);
+            winner.last_seen = winner.last_seen.max(loser.last_seen).max(now);
+        }
+        let loser_conv = self.open_by_customer.remove(from)?;
+        match self.open_by_customer.get(into).cloned() {
+            None => {
+                self.open_by_customer
+                    .insert(into.to_owned(), loser_conv.clone());
+                if let Some(c) = self.conversations.get_mut(&loser_conv) {
+                    c.customer_id = into.to_owned();
+                    c.updated_at = now;
+                }
+                for m in self.messages.get_mut(&loser_conv).into_iter().flatten() {
+                    m.customer_id = Some(into.to_owned());
+                }
+                None
+            }
+            Some(winner_conv) => {
+                let moved = self.messages.remove(&loser_conv).unwrap_or_default();
+                let count = moved.len() as u64;
+                for mut m in moved {
+                    m.customer_id = Some(into.to_owned());
+                    m.conversation_id = Some(winner_conv.clone());
+                    self.message_ids.insert(m.id.clone(), winner_conv.clone());
+                    self.messages
+                        .entry(winner_conv.clone())
+                        .or_default()
+                        .push_back(m);
+                }
+                if let Some(c) = self.conversations.get_mut(&winner_conv) {
+                    c.message_count += count;
+                }
+                // The loser's conversation is no longer open for anyone; close it.
+                let mut closed = self.close(&loser_conv, "merged", now).ok()?.conversation;
+                if let Some(c) = self.conversations.get_mut(&loser_conv) {
+                    c.customer_id = into.to_owned();
+                    closed = c.clone();
+                }
+                Some(closed)
+            }
+        }
+    }
+
+    fn assign_one(&mut self, pool: &str, now: DateTime<Utc>) -> Option<Assignment> {
+        loop {
+            let head = self.queues.get(pool)?.front()?.clone();
+            let still_queued = self
+                .conversations
+                .get(&head)
+                .is_some_and(|c| c.status == ConversationStatus::Queued && c.pool == pool);
+            if !still_queued {
+                // Stale entry (closed or moved meanwhile): drop it and look at the next.
+                self.queues.get_mut(pool)?.pop_front();
+                continue;
+            }
+            let agent_id = self
+                .agents
+                .values()
+                .filter(|a| a.can_take(pool))
+                .min_by(|a, b| a.idle_since.cmp(&b.idle_since).then(a.id.cmp(&b.id)))?
+                .id
+                .clone();
+            self.queues.get_mut(pool)?.pop_front();
+            let agent = self.agents.get_mut(&agent_id)?;
+            agent.conversations.push(head.clone());
+            agent.idle_since = now;
+            agent.updated_at = now;
+            let agent = agent.clone();
+            let c = self.conversations.get_mut(&head)?;
+            c.status = ConversationStatus::Assigned;
+            c.agent_id = Some(agent_id);
+            c.assigned_at = Some(now);
+            c.updated_at = now;
+            return Some(Assignment {
+                conversation: c.clone(),
+                agent,
+            });
+        }
+    }
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn claim_dedupe(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let mut s = self.lock();
+        let now = Instant::now();
+        s.dedupe_claims += 1;
+        if s.dedupe_claims.is_multiple_of(DEDUPE_SWEEP_EVERY) {
+            s.dedupe.retain(|_, expiry| *expiry > now);
+        }
+        match s.dedupe.get(key) {
+            Some(expiry) if *expiry > now => Ok(false),
+            _ => {
+                s.dedupe.insert(key.to_owned(), now + ttl);
+                Ok(true)
+            }
+        }
+    }
+
+    async fn release_dedupe(&self, key: &str) -> Result<(), StoreError> {
+        self.lock().dedupe.remove(key);
+        Ok(())
+    }
+
+    async fn resolve_customer(&self, req: ResolveRequest) -> Result<Resolution, StoreError> {
+        let mut s = self.lock();
+        let now = req.now;
+        // Owners that this request may merge: strong keys always, weak keys only when explicit.
+        let mut merging: Vec<(String, IdentityKey)> = Vec::new();
+        let mut weak_owner: Option<String> = None;
+        for (key, strength) in &req.identities {
+            let Some(owner) = s.owner_of(key) else {
+                continue;
+            };
+            if *strength == IdentityStrength::Strong || req.explicit {
+                merging.push((owner, key.clone()));
+            } else if weak_owner.is_none() {
+                weak_owner = Some(owner);
+            }
+        }
+        let mut owners: Vec<String> = Vec::new();
+        for (owner, _) in &merging {
+            if !owners.contains(owner) {
+                owners.push(owner.clone());
+            }
+        }
+        // The oldest profile survives a merge.
+        owners.sort_by(|a, b| {
+            let fa = s.customers.get(a).map(|c| c.first_seen);
+            let fb = s.customers.get(b).map(|c| c.first_seen);
+            fa.cmp(&fb).then(a.cmp(b))
+        });
+        let (winner, created) = match owners.first().cloned().or(weak_owner) {
+            Some(id) => (id, false),
+            None => {
+                let id = new_id();
+                s.customers.insert(
+                    id.clone(),
+                    Customer {
+                        id: id.clone(),
+                        tenant: req.tenant.clone(),
+                        display_name: None,
+                        identities: Vec::new(),
+                        merged_from: Vec::new(),
+                        tags: Vec::new(),
+                        attributes: serde_json::Map::new(),
+                        first_seen: now,
+                        last_seen: now,
+                    },
+                );
+                (id, true)
+            }
+        };
+        let mut merges = Vec::new();
+        let mut closed = Vec::new();
+        for loser in owners.iter().skip(1) {
+            let via: BTreeSet<IdentityKey> = merging
+                .iter()
+                .filter(|(o, _)| o == loser)
+                .map(|(_, k)| k.clone())
+                .collect();
+            if let Some(c) = s.merge_customers(loser, &winner, now) {
+                closed.push(c);
+            }
+            merges.push(Merge {
+                from: loser.clone(),
+                into: winner.clone(),
+                via: via.into_iter().collect(),
+            });
+        }
+        let mut linked = Vec::new();
+        for (key, strength) in &req.identities {
+            let owner = s.owner_of(key);
+            if owner.is_none() || (req.explicit && owner.as_deref() != Some(&winner)) {
+                s.identity_owner.insert(key.clone(), winner.clone());
+                linked.push(key.clone());
+            }
+            if let Some(c) = s.customers.get_mut(&winner) {
+                match c.identities.iter_mut().find(|r| &r.key == key) {
+                    Some(r) if req.explicit => r.strength = *strength,
+                    Some(_) => {}
+                    None => c.identities.push(IdentityRecord {
+                        key: key.clone(),
+                        strength: *strength,
+                        linked_at: now,
+                    }),
+                }
+            }
+        }
+        let customer = s
+            .customers
+            .get_mut(&winner)
+            .ok_or_else(|| not_found("customer", &winner))?;
+        customer.last_seen = customer.last_seen.max(now);
+        if customer.display_name.is_none() {
+            customer.display_name = req.display_name.clone();
+        }
+        Ok(Resolution {
+            customer: customer.clone(),
+            created,
+            merges,
+            linked,
+            closed,
+        })
+    }
+
+    async fn customer(&self, id: &str) -> Result<Option<Customer>, StoreError> {
+        let s = self.lock();
+        Ok(s.customers.get(&s.canonical_customer_id(id)).cloned())
+    }
+
+    async fn customer_by_identity(
+        &self,
+        key: &IdentityKey,
+    ) -> Result<Option<Customer>, StoreError> {
+        let s = self.lock();
+        Ok(s.owner_of(key).and_then(|id| s.customers.get(&id).cloned()))
+    }
+
+    async fn record_inbound(
+        &self,
+        envelope: &Envelope,
+        pool: &str,
+        now: DateTime<Utc>,
+    ) -> Result<InboundRecord, StoreError> {
+        let mut s = self.lock();
+        if let Some(conv_id) = s.message_ids.get(&envelope.id).cloned() {
+            let conversation = s
+                .conversations
+                .get(&conv_id)
+                .cloned()
+                .ok_or_else(|| not_found("conversation", &conv_id))?;
+            return Ok(InboundRecord {
+                conversation,
+                created: false,
+                duplicate: true,
+            });
+        }
+        let customer_id = envelope
+            .customer_id
+            .as_deref()
+            .map(|id| s.canonical_customer_id(id))
+            .ok_or_else(|| StoreError::Conflict {
+                code: "customer_unresolved",
+                message: format!("envelope `{}` has no customer_id", envelope.id),
+            })?;
+        let (conv_id, created) = match s.open_by_customer.get(&customer_id) {
+            Some(id) => (id.clone(), false),
+            None => {
+                let id = new_id();
+                s.conversations.insert(
+                    id.clone(),
+                    Conversation {
+                        id: id.clone(),
+                        tenant: envelope.tenant.clone(),
+                        customer_id: customer_id.clone(),
+                        status: ConversationStatus::Queued,
+                        pool: pool.to_owned(),
+                        agent_id: None,
+                        channel: envelope.channel.clone(),
+                        recipient: envelope.sender.clone(),
+                        last_inbound_id: None,
+                        created_at: now,
+                        updated_at: now,
+                        queued_at: Some(now),
+                        assigned_at: None,
+                        closed_at: None,
+                        close_reason: None,
+                        message_count: 0,
+                    },
+                );
+                s.open_by_customer.insert(customer_id.clone(), id.clone());
+                s.queues
+                    .entry(pool.to_owned())
+                    .or_default()
+                    .push_back(id.clone());
+                (id, true)
+            }
+        };
+        let mut stored = envelope.clone();
+        stored.customer_id = Some(customer_id);
+        stored.conversation_id = Some(conv_id.clone());
+        s.message_ids.insert(stored.id.clone(), conv_id.clone());
+        let messages = s.messages.entry(conv_id.clone()).or_default();
+        messages.push_back(stored);
+        if messages.len() > MAX_MESSAGES_PER_CONVERSATION {
+            messages.pop_front();
+        }
+        let c = s.conversation_mut(&conv_id)?;
+        c.channel = envelope.channel.clone();
+        c.recipient = envelope.sender.clone();
+        c.last_inbound_id = Some(envelope.id.clone());
+        c.updated_at = now;
+        c.message_count += 1;
+        Ok(InboundRecord {
+            conversation: c.clone(),
+            created,
+            duplicate: false,
+        })
+    }
+
+    async fn assign_queued(
+        &self,
+        pool: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Assignment>, StoreError> {
+        let mut s = self.lock();
+        let mut out = Vec::new();
+        while let Some(a) = s.assign_one(pool, now) {
+            out.push(a);
+        }
+        Ok(out)
+    }
+
+    async fn upsert_agent(
+        &self,
+        update: AgentUpdate,
+        now: DateTime<Utc>,
+    ) -> Result<Agent, StoreError> {
+        let mut s = self.lock();
+        let agent = s.agents.entry(update.id.clone()).or_insert_with(|| Agent {
+            id: update.id.clone(),
+            name: update.id.clone(),
+            pools: vec!["default".to_owned()],
+            skills: Vec::new(),
+            capacity: 1,
+            status: AgentStatus::Offline,
+            conversations: Vec::new(),
+            idle_since: now,
+            updated_at: now,
+        });
+        if let Some(name) = update.name {
+            agent.name = name;
+        }
+        if let Some(pools) = update.pools {
+            agent.pools = pools;
+        }
+        if let Some(skills) = update.skills {
+            agent.skills = skills;
+        }
+        if let Some(capacity) = update.capacity {
+            agent.capacity = capacity;
+        }
+        if let Some(status) = update.status {
+            if status == AgentStatus::Online && agent.status != AgentStatus::Online {
+                agent.idle_since = now;
+            }
+            agent.status = status;
+        }
+        agent.updated_at = now;
+        Ok(agent.clone())
+    }
+
+    async fn agent(&self, id: &str) -> Result<Option<Agent>, StoreError> {
+        Ok(self.lock().agents.get(id).cloned())
+    }
+
+    async fn agents(&self) -> Result<Vec<Agent>, StoreError> {
+        let mut agents: Vec<Agent> = self.lock().agents.values().cloned().collect();
+        agents.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(agents)
+    }
+
+    async fn conversation(&self, id: &str) -> Result<Option<Conversation>, StoreError> {
+        Ok(self.lock().conversations.get(id).cloned())
+    }
+
+    async fn messages(
+        &self,
+        conversation_id: &str,
+        limit: usize,
+    ) -> Result<Vec<Envelope>, StoreError> {
+        let s = self.lock();
+        let Some(all) = s.messages.get(conversation_id) else {
+            return Ok(Vec::new());
+        };
+        let skip = all.len().saturating_sub(limit);
+        Ok(all.iter().skip(skip).cloned().collect())
+    }
+
+    async fn agent_conversations(&self, agent_id: &str) -> Result<Vec<Conversation>, StoreError> {
+        let s = self.lock();
+        let agent = s
+            .agents
+            .get(agent_id)
+            .ok_or_else(|| not_found("agent", agent_id))?;
+        Ok(agent
+            .conversations
+            .iter()
+            .filter_map(|id| s.conversations.get(id).cloned())
+            .collect())
+    }
+
+    async fn queue(&self, pool: &str) -> Result<Vec<String>, StoreError> {
+        let s = self.lock();
+        Ok(s.queues
+            .get(pool)
+            .map(|q| {
+                q.iter()
+                    .filter(|id| {
+                        s.conversations.get(*id).is_some_and(|c| {
+                            c.status == ConversationStatus::Queued && c.pool == pool
+                        })
+                    })
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn record_outbound(
+        &self,
+        conversation_id: &str,
+        agent_id: Option<&str>,
+        envelope: &Envelope,
+        now: DateTime<Utc>,
+    ) -> Result<Conversation, StoreError> {
+        let mut s = self.lock();
+        let c = s.conversation_mut(conversation_id)?;
+        if c.status == ConversationStatus::Closed {
+            return Err(StoreError::Conflict {
+                code: "conversation_closed",
+                message: format!("conversation `{conversation_id}` is closed"),
+            });
+        }
+        if let Some(agent) = agent_id
+            && c.agent_id.as_deref() != Some(agent)
+        {
+            return Err(StoreError::Conflict {
+                code: "not_assigned_to_agent",
+                message: format!(
+                    "conversation `{conversation_id}` is not assigned to agent `{agent}`"
+                ),
+            });
+        }
+        c.updated_at = now;
+        c.message_count += 1;
+        let c = c.clone();
+        let mut stored = envelope.clone();
+        stored.conversation_id = Some(c.id.clone());
+        stored.customer_id = Some(c.customer_id.clone());
+        s.message_ids.insert(stored.id.clone(), c.id.clone());
+        s.messages
+            .entry(c.id.clone())
+            .or_default()
+            .push_back(stored);
+        Ok(c)
+    }
+
+    async fn close_conversation(
+        &self,
+        id: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Release, StoreError> {
+        self.lock().close(id, reason, now)
+    }
+
+    async fn transfer(
+        &self,
+        id: &str,
+        target: TransferTarget,
+        now: DateTime<Utc>,
+    ) -> Result<Release, StoreError> {
+        let mut s = self.lock();
+        let status = s
+            .conversations
+            .get(id)
+            .ok_or_else(|| not_found("conversation", id))?
+            .status;
+        if status == ConversationStatus::Closed {
+            return Err(StoreError::Conflict {
+                code: "conversation_closed",
+                message: format!("conversation `{id}` is closed"),
+            });
+        }
+        if let TransferTarget::Agent(agent_id) = &target {
+            let agent = s
+                .agents
+                .get(agent_id)
+                .ok_or_else(|| not_found("agent", agent_id))?;
+            if agent.conversations.iter().any(|c| c == id) {
+                return Err(StoreError::Conflict {
+                    code: "already_assigned",
+                    message: format!("conversation `{id}` is already with agent `{agent_id}`"),
+                });
+            }
+            if agent.status == AgentStatus::Offline
+                || agent.conversations.len() as u64 >= u64::from(agent.capacity)
+            {
+                return Err(StoreError::Conflict {
+                    code: "agent_unavailable",
+                    message: format!("agent `{agent_id}` is offline or at capacity"),
+                });
+            }
+        }
+        let released_agent = s.detach(id);
+        match target {
+            TransferTarget::Pool(pool) => {
+                s.queues
+                    .entry(pool.clone())
+                    .or_default()
+                    .push_back(id.to_owned());
+                let c = s.conversation_mut(id)?;
+                c.status = ConversationStatus::Queued;
+                c.pool = pool;
+                c.agent_id = None;
+                c.queued_at = Some(now);
+                c.updated_at = now;
+            }
+            TransferTarget::Agent(agent_id) => {
+                if let Some(agent) = s.agents.get_mut(&agent_id) {
+                    agent.conversations.push(id.to_owned());
+                    agent.idle_since = now;
+                    agent.updated_at = now;
+                }
+                let c = s.conversation_mut(id)?;
+                c.status = ConversationStatus::Assigned;
+                c.agent_id = Some(agent_id);
+                c.assigned_at = Some(now);
+                c.updated_at = now;
+            }
+        }
+        let conversation = s.conversation_mut(id)?.clone();
+        Ok(Release {
+            conversation,
+            released_agent,
+        })
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,235 @@
+//! The state store: customers, identities, conversations, queues and agents.
+//!
+//! Every method is one atomic operation (a lock in the embedded store, one Lua script in Redis),
+//! so concurrent routers never read-modify-write across an await: one conversation is never
+//! assigned twice, no agent goes over capacity, and two channels of one person arriving at once
+//! converge on one profile.
+
+pub mod embedded;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::envelope::Envelope;
+use crate::identity::{IdentityKey, IdentityStrength};
+use crate::model::{Agent, AgentStatus, Conversation, Customer};
+
+/// Why a store operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The record does not exist.
+    #[error("{kind} `{id}` not found")]
+    NotFound {
+        /// `customer`, `conversation`, `agent`.
+        kind: &'static str,
+        /// The id asked for.
+        id: String,
+    },
+    /// The operation contradicts the record's state (closed conversation, wrong agent, full).
+    #[error("{message}")]
+    Conflict {
+        /// Stable machine-readable code, e.g. `not_assigned_to_agent`.
+        code: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// The store cannot be reached or answered with an error; retry later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Identities to resolve into one customer.
+#[derive(Debug, Clone)]
+pub struct ResolveRequest {
+    /// Tenant.
+    pub tenant: String,
+    /// Keys with their strength; the channel's own key first.
+    pub identities: Vec<(IdentityKey, IdentityStrength)>,
+    /// An explicit identify/link call: weak keys merge too.
+    pub explicit: bool,
+    /// Name to record if the profile has none.
+    pub display_name: Option<String>,
+    /// Time of the resolution.
+    pub now: DateTime<Utc>,
+}
+
+/// One merge performed while resolving.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Merge {
+    /// The profile that no longer exists.
+    pub from: String,
+    /// The surviving profile.
+    pub into: String,
+    /// The keys whose sharing caused the merge.
+    pub via: Vec<IdentityKey>,
+}
+
+/// Outcome of [`Store::resolve_customer`].
+#[derive(Debug, Clone)]
+pub struct Resolution {
+    /// The customer the identities belong to now.
+    pub customer: Customer,
+    /// Whether the profile was created by this call.
+    pub created: bool,
+    /// Profiles merged into it by this call.
+    pub merges: Vec<Merge>,
+    /// Keys newly linked to the customer.
+    pub linked: Vec<IdentityKey>,
+    /// Conversations closed because their customer was merged into one with its own open one
+    /// (their messages were moved into the survivor's conversation).
+    pub closed: Vec<Conversation>,
+}
+
+/// Outcome of [`Store::record_inbound`].
+#[derive(Debug, Clone)]
+pub struct InboundRecord {
+    /// The customer's open conversation holding the message.
+    pub conversation: Conversation,
+    /// Whether the conversation was opened by this message (it then waits in its pool's queue).
+    pub created: bool,
+    /// Whether this envelope id was recorded before (nothing changed).
+    pub duplicate: bool,
+}
+
+/// A conversation handed to an agent.
+#[derive(Debug, Clone)]
+pub struct Assignment {
+    /// The conversation, now assigned.
+    pub conversation: Conversation,
+    /// The agent, now holding it.
+    pub agent: Agent,
+}
+
+/// Fields of `PUT /v1/agents/{id}`; absent fields keep their value.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AgentUpdate {
+    /// Agent id.
+    pub id: String,
+    /// Display name.
+    pub name: Option<String>,
+    /// Pools.
+    pub pools: Option<Vec<String>>,
+    /// Skills.
+    pub skills: Option<Vec<String>>,
+    /// Capacity.
+    pub capacity: Option<u32>,
+    /// Presence.
+    pub status: Option<AgentStatus>,
+}
+
+/// Where a transfer sends a conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransferTarget {
+    /// Back into a pool's queue.
+    Pool(String),
+    /// Straight to an agent (who must have room).
+    Agent(String),
+}
+
+/// Outcome of a close or transfer: the conversation and the agent it left, if any.
+#[derive(Debug, Clone)]
+pub struct Release {
+    /// The conversation after the change.
+    pub conversation: Conversation,
+    /// The agent who held it before, with capacity freed.
+    pub released_agent: Option<Agent>,
+}
+
+/// The state store.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Claims `key` for `ttl`; `true` if nobody had claimed it (the message is new).
+    async fn claim_dedupe(&self, key: &str, ttl: Duration) -> Result<bool, StoreError>;
+
+    /// Gives up a claim (the message could not be accepted, so its retry must not be dropped).
+    async fn release_dedupe(&self, key: &str) -> Result<(), StoreError>;
+
+    /// Finds or creates the one customer these identities belong to, merging profiles that
+    /// share a strong key (or any key, when `explicit`).
+    async fn resolve_customer(&self, req: ResolveRequest) -> Result<Resolution, StoreError>;
+
+    /// A customer by id; a merged-away id answers with the surviving profile.
+    async fn customer(&self, id: &str) -> Result<Option<Customer>, StoreError>;
+
+    /// The customer holding an identity key.
+    async fn customer_by_identity(&self, key: &IdentityKey)
+    -> Result<Option<Customer>, StoreError>;
+
+    /// Appends an inbound envelope (its `customer_id` set) to the customer's open conversation,
+    /// opening one queued in `pool` if there is none. Idempotent by envelope id.
+    async fn record_inbound(
+        &self,
+        envelope: &Envelope,
+        pool: &str,
+        now: DateTime<Utc>,
+    ) -> Result<InboundRecord, StoreError>;
+
+    /// Assigns queued conversations of `pool`, head first, each to the longest-idle online agent
+    /// of the pool with room, until the queue or the room runs out.
+    async fn assign_queued(
+        &self,
+        pool: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Assignment>, StoreError>;
+
+    /// Creates or updates an agent.
+    async fn upsert_agent(
+        &self,
+        update: AgentUpdate,
+        now: DateTime<Utc>,
+    ) -> Result<Agent, StoreError>;
+
+    /// An agent by id.
+    async fn agent(&self, id: &str) -> Result<Option<Agent>, StoreError>;
+
+    /// Every agent.
+    async fn agents(&self) -> Result<Vec<Agent>, StoreError>;
+
+    /// A conversation by id.
+    async fn conversation(&self, id: &str) -> Result<Option<Conversation>, StoreError>;
+
+    /// The latest `limit` messages of a conversation, oldest first.
+    async fn messages(
+        &self,
+        conversation_id: &str,
+        limit: usize,
+    ) -> Result<Vec<Envelope>, StoreError>;
+
+    /// Conversations an agent holds now.
+    async fn agent_conversations(&self, agent_id: &str) -> Result<Vec<Conversation>, StoreError>;
+
+    /// Conversation ids waiting in a pool's queue, head first.
+    async fn queue(&self, pool: &str) -> Result<Vec<String>, StoreError>;
+
+    /// Appends an outbound envelope to an open conversation; when `agent_id` is given it must be
+    /// the agent holding the conversation.
+    async fn record_outbound(
+        &self,
+        conversation_id: &str,
+        agent_id: Option<&str>,
+        envelope: &Envelope,
+        now: DateTime<Utc>,
+    ) -> Result<Conversation, StoreError>;
+
+    /// Closes a conversation, freeing its agent's capacity or its queue place.
+    async fn close_conversation(
+        &self,
+        id: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Release, StoreError>;
+
+    /// Moves a conversation to another pool's queue or straight to an agent with room.
+    async fn transfer(
+        &self,
+        id: &str,
+        target: TransferTarget,
+        now: DateTime<Utc>,
+    ) -> Result<Release, StoreError>;
+
+    /// Whether the store answers (for `/readyz`).
+    async fn ping(&self) -> Result<(), StoreError>;
+}
