@@ -1,1 +1,170 @@
-//! Connectors.
+//! Switchyard connectors: the [`Connector`] trait a channel implements, one module per channel,
+//! shared signature helpers, and the registry that builds connectors from configuration.
+//!
+//! A connector is pure where it can be: [`Connector::verify`], [`Connector::decode`] and
+//! [`Connector::normalize`] are functions of the request alone (fixture-testable, fuzzable);
+//! only [`Connector::send`] does I/O. Errors are classified ([`ConnectorError`]) and the ingress
+//! decides the HTTP answer and the metric from the class, never from the channel.
+
+pub mod api;
+pub mod error;
+pub mod registry;
+pub mod signature;
+pub mod web;
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use http::{HeaderMap, Method};
+use switchyard_core::envelope::{ChannelRef, Envelope};
+
+pub use error::ConnectorError;
+pub use registry::{ConnectorContext, Registry};
+
+/// An HTTP request to a channel endpoint, as the connector sees it: raw bytes, before parsing.
+#[derive(Debug, Clone, Copy)]
+pub struct InboundRequest<'a> {
+    /// HTTP method.
+    pub method: &'a Method,
+    /// Request headers.
+    pub headers: &'a HeaderMap,
+    /// Decoded query parameters.
+    pub query: &'a HashMap<String, String>,
+    /// The raw body, exactly as received (signatures are computed over it).
+    pub body: &'a [u8],
+    /// When the request arrived.
+    pub received_at: DateTime<Utc>,
+}
+
+impl InboundRequest<'_> {
+    /// A header as a string, if present and valid UTF-8.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// An HTTP answer a connector asks the ingress to give.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpReply {
+    /// Status code.
+    pub status: u16,
+    /// `Content-Type`.
+    pub content_type: &'static str,
+    /// Body.
+    pub body: Bytes,
+}
+
+impl HttpReply {
+    /// A JSON answer.
+    pub fn json(status: u16, value: &serde_json::Value) -> Self {
+        HttpReply {
+            status,
+            content_type: "application/json",
+            body: Bytes::from(value.to_string()),
+        }
+    }
+
+    /// A plain-text answer.
+    pub fn text(status: u16, text: impl Into<String>) -> Self {
+        HttpReply {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: Bytes::from(text.into()),
+        }
+    }
+}
+
+/// What became of one envelope at ingress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// The envelope id; for a duplicate, the id given to the first copy.
+    pub id: String,
+    /// Whether the channel had sent this message before.
+    pub duplicate: bool,
+}
+
+/// What the channel said when a message was delivered.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SendReceipt {
+    /// The channel's id for the delivered message, if it gives one.
+    pub channel_message_id: Option<String>,
+}
+
+/// A channel connector. Implement this; the blanket [`Channel`] impl makes it usable by the
+/// ingress and the outbound dispatcher.
+#[async_trait]
+pub trait Connector: Send + Sync + 'static {
+    /// The channel's native inbound payload, after decoding.
+    type Inbound: Send;
+
+    /// The configured channel instance.
+    fn channel(&self) -> &ChannelRef;
+
+    /// Answers a URL-verification handshake (WeChat `echostr`, Douyin challenge), if this
+    /// request is one. Runs before [`Self::verify`] on GET requests.
+    fn handshake(&self, _req: &InboundRequest<'_>) -> Result<Option<HttpReply>, ConnectorError> {
+        Ok(None)
+    }
+
+    /// Authenticates the raw request (signature, timestamp window) before anything is parsed.
+    fn verify(&self, req: &InboundRequest<'_>) -> Result<(), ConnectorError>;
+
+    /// Decrypts and parses the body into the native payload. Pure.
+    fn decode(&self, req: &InboundRequest<'_>) -> Result<Self::Inbound, ConnectorError>;
+
+    /// Maps the native payload onto envelopes (empty: valid, nothing to route). Pure and
+    /// deterministic except for envelope ids.
+    fn normalize(
+        &self,
+        inbound: Self::Inbound,
+        received_at: DateTime<Utc>,
+    ) -> Result<Vec<Envelope>, ConnectorError>;
+
+    /// The answer once the envelopes are safely on the bus.
+    fn accepted(&self, accepted: &[Accepted]) -> HttpReply;
+
+    /// Delivers an outbound envelope through the channel's API.
+    async fn send(&self, message: &Envelope) -> Result<SendReceipt, ConnectorError>;
+}
+
+/// Object-safe view of a [`Connector`], used by the ingress and the dispatcher.
+#[async_trait]
+pub trait Channel: Send + Sync + 'static {
+    /// The configured channel instance.
+    fn channel(&self) -> &ChannelRef;
+    /// See [`Connector::handshake`].
+    fn handshake(&self, req: &InboundRequest<'_>) -> Result<Option<HttpReply>, ConnectorError>;
+    /// Verify, decode and normalize in one step.
+    fn ingest(&self, req: &InboundRequest<'_>) -> Result<Vec<Envelope>, ConnectorError>;
+    /// See [`Connector::accepted`].
+    fn accepted(&self, accepted: &[Accepted]) -> HttpReply;
+    /// See [`Connector::send`].
+    async fn send(&self, message: &Envelope) -> Result<SendReceipt, ConnectorError>;
+}
+
+#[async_trait]
+impl<C: Connector> Channel for C {
+    fn channel(&self) -> &ChannelRef {
+        Connector::channel(self)
+    }
+
+    fn handshake(&self, req: &InboundRequest<'_>) -> Result<Option<HttpReply>, ConnectorError> {
+        Connector::handshake(self, req)
+    }
+
+    fn ingest(&self, req: &InboundRequest<'_>) -> Result<Vec<Envelope>, ConnectorError> {
+        self.verify(req)?;
+        let inbound = self.decode(req)?;
+        self.normalize(inbound, req.received_at)
+    }
+
+    fn accepted(&self, accepted: &[Accepted]) -> HttpReply {
+        Connector::accepted(self, accepted)
+    }
+
+    async fn send(&self, message: &Envelope) -> Result<SendReceipt, ConnectorError> {
+        Connector::send(self, message).await
+    }
+}

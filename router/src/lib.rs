@@ -1,1 +1,16 @@
-//! Router.
+//! The Switchyard router and its HTTP surface: identity resolution and merge, one conversation
+//! per customer, pool queues and longest-idle assignment, agent commands, outbound dispatch,
+//! the agent hub, and the axum server that exposes them.
+
+pub mod app;
+pub mod assignment;
+pub mod error;
+pub mod events;
+pub mod http;
+pub mod hub;
+pub mod inbound;
+pub mod ingress;
+pub mod operations;
+pub mod workers;
+
+pub use app::{App, Role};

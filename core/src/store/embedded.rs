@@ -31,7 +31,7 @@ pub struct EmbeddedStore {
 
 #[derive(Default)]
 struct State {
-    dedupe: HashMap<String, Instant>,
+    dedupe: HashMap<String, (String, Instant)>,
     dedupe_claims: u64,
     customers: HashMap<String, Customer>,
     /// Merged-away customer id -> the profile it was merged into.
@@ -260,20 +260,32 @@ impl State {
 
 #[async_trait]
 impl Store for EmbeddedStore {
-    async fn claim_dedupe(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
+    async fn claim_dedupe(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, StoreError> {
         let mut s = self.lock();
         let now = Instant::now();
         s.dedupe_claims += 1;
         if s.dedupe_claims.is_multiple_of(DEDUPE_SWEEP_EVERY) {
-            s.dedupe.retain(|_, expiry| *expiry > now);
+            s.dedupe.retain(|_, (_, expiry)| *expiry > now);
         }
         match s.dedupe.get(key) {
-            Some(expiry) if *expiry > now => Ok(false),
+            Some((held, expiry)) if *expiry > now => Ok(Some(held.clone())),
             _ => {
-                s.dedupe.insert(key.to_owned(), now + ttl);
-                Ok(true)
+                s.dedupe.insert(key.to_owned(), (value.to_owned(), now + ttl));
+                Ok(None)
             }
         }
+    }
+
+    async fn set_dedupe(&self, key: &str, value: &str, ttl: Duration) -> Result<(), StoreError> {
+        self.lock()
+            .dedupe
+            .insert(key.to_owned(), (value.to_owned(), Instant::now() + ttl));
+        Ok(())
     }
 
     async fn release_dedupe(&self, key: &str) -> Result<(), StoreError> {
@@ -353,6 +365,10 @@ impl Store for EmbeddedStore {
             if owner.is_none() || (req.explicit && owner.as_deref() != Some(&winner)) {
                 s.identity_owner.insert(key.clone(), winner.clone());
                 linked.push(key.clone());
+            } else if owner.as_deref() != Some(winner.as_str()) {
+                // A weak key of another profile, not merged implicitly: it stays with its owner
+                // and must not be listed on this profile too.
+                continue;
             }
             if let Some(c) = s.customers.get_mut(&winner) {
                 match c.identities.iter_mut().find(|r| &r.key == key) {

@@ -141,8 +141,17 @@ pub struct Release {
 /// The state store.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Claims `key` for `ttl`; `true` if nobody had claimed it (the message is new).
-    async fn claim_dedupe(&self, key: &str, ttl: Duration) -> Result<bool, StoreError>;
+    /// Claims `key` with `value` for `ttl` if nobody holds it (`SET NX EX`): `None` when the
+    /// claim is ours (the message is new), else the value the holder stored.
+    async fn claim_dedupe(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, StoreError>;
+
+    /// Overwrites the value and ttl of a claim we hold (`SET EX`).
+    async fn set_dedupe(&self, key: &str, value: &str, ttl: Duration) -> Result<(), StoreError>;
 
     /// Gives up a claim (the message could not be accepted, so its retry must not be dropped).
     async fn release_dedupe(&self, key: &str) -> Result<(), StoreError>;

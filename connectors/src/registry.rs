@@ -1,0 +1,113 @@
+//! Builds connectors from `[[channels]]` configuration: the one place that lists channel kinds.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchyard_core::config::ChannelSettings;
+
+use crate::api::{self, ApiConnector};
+use crate::web::{self, WebConnector};
+use crate::{Channel, ConnectorError};
+
+/// What connectors are given when built.
+#[derive(Clone)]
+pub struct ConnectorContext {
+    /// Shared HTTP client for channel APIs.
+    pub http: reqwest::Client,
+}
+
+impl Default for ConnectorContext {
+    fn default() -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .unwrap_or_default();
+        ConnectorContext { http }
+    }
+}
+
+/// Channel kinds this build knows, with their configuration keys.
+pub const KINDS: &[(&str, &[&str])] = &[(api::KIND, api::KEYS), (web::KIND, web::KEYS)];
+
+/// Every configured channel, by id.
+#[derive(Clone, Default)]
+pub struct Registry {
+    channels: BTreeMap<String, Arc<dyn Channel>>,
+    web: BTreeMap<String, Arc<WebConnector>>,
+}
+
+impl Registry {
+    /// Builds a connector for every `[[channels]]` entry.
+    pub fn build(
+        settings: &[ChannelSettings],
+        ctx: &ConnectorContext,
+    ) -> Result<Registry, ConnectorError> {
+        let mut registry = Registry::default();
+        for ch in settings {
+            let Some((_, keys)) = KINDS.iter().find(|(kind, _)| *kind == ch.kind) else {
+                let known: Vec<&str> = KINDS.iter().map(|(k, _)| *k).collect();
+                return Err(ConnectorError::Config(format!(
+                    "channels.{}.kind: unknown channel kind `{}` (this build knows: {})",
+                    ch.id,
+                    ch.kind,
+                    known.join(", ")
+                )));
+            };
+            let unknown = ch.unknown_options(keys);
+            if !unknown.is_empty() {
+                return Err(ConnectorError::Config(format!(
+                    "channels.{}: unknown key(s) {} for kind `{}` (known: {})",
+                    ch.id,
+                    unknown.join(", "),
+                    ch.kind,
+                    keys.join(", ")
+                )));
+            }
+            let channel: Arc<dyn Channel> = match ch.kind.as_str() {
+                api::KIND => Arc::new(ApiConnector::new(ch, ctx)?),
+                web::KIND => {
+                    let web = Arc::new(WebConnector::new(ch, ctx)?);
+                    registry.web.insert(ch.id.clone(), Arc::clone(&web));
+                    web
+                }
+                other => {
+                    return Err(ConnectorError::Config(format!(
+                        "channel kind `{other}` has no constructor"
+                    )));
+                }
+            };
+            registry.channels.insert(ch.id.clone(), channel);
+        }
+        Ok(registry)
+    }
+
+    /// A channel by id.
+    pub fn get(&self, id: &str) -> Option<&Arc<dyn Channel>> {
+        self.channels.get(id)
+    }
+
+    /// A web channel by id.
+    pub fn web(&self, id: &str) -> Option<&Arc<WebConnector>> {
+        self.web.get(id)
+    }
+
+    /// Every channel.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Channel>> {
+        self.channels.values()
+    }
+
+    /// Distinct channel kinds configured.
+    pub fn kinds(&self) -> Vec<String> {
+        let mut kinds: Vec<String> = self
+            .channels
+            .values()
+            .map(|c| c.channel().kind.clone())
+            .collect();
+        kinds.sort();
+        kinds.dedup();
+        kinds
+    }
+}

@@ -1,0 +1,288 @@
+//! Composition: builds the bus, store, connectors and workers from [`Settings`] and runs the
+//! roles of one process (`serve` = all, `gateway`, `router`), with graceful shutdown.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use switchyard_connectors::{ConnectorContext, Registry};
+use switchyard_core::bus::embedded::EmbeddedBus;
+use switchyard_core::bus::topology::{TopologyOptions, inbound_queue, outbound_queue};
+use switchyard_core::bus::{Bus, Topology};
+use switchyard_core::config::{BusKind, Settings, StoreKind};
+use switchyard_core::metrics::Metrics;
+use switchyard_core::store::Store;
+use switchyard_core::store::embedded::EmbeddedStore;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::events::EventPublisher;
+use crate::http::{HttpState, app};
+use crate::hub::AgentHub;
+use crate::inbound::InboundRouter;
+use crate::ingress::Ingress;
+use crate::operations::Operations;
+use crate::workers::{run_outbound, run_shard};
+
+/// Which parts of Switchyard a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Gateway and router in one process.
+    All,
+    /// HTTP/WebSocket ingress, REST, agent hub, outbound senders.
+    Gateway,
+    /// Inbound shard consumers.
+    Router,
+}
+
+impl Role {
+    fn gateway(self) -> bool {
+        matches!(self, Role::All | Role::Gateway)
+    }
+    fn router(self) -> bool {
+        matches!(self, Role::All | Role::Router)
+    }
+}
+
+/// A running Switchyard process.
+pub struct App {
+    /// Where the HTTP server listens (gateway roles).
+    pub addr: Option<SocketAddr>,
+    /// The metrics registry.
+    pub metrics: Metrics,
+    /// The bus.
+    pub bus: Arc<dyn Bus>,
+    /// The store.
+    pub store: Arc<dyn Store>,
+    shutdown: CancellationToken,
+    tasks: JoinSet<anyhow::Result<()>>,
+    sockets: TaskTracker,
+    grace: Duration,
+}
+
+impl App {
+    /// Builds everything `settings` describe and starts `role`; returns once listening.
+    pub async fn start(settings: Settings, role: Role) -> anyhow::Result<App> {
+        let metrics = Metrics::new().context("creating the metrics registry")?;
+        let publish_timeout = Duration::from_millis(settings.bus.publish_timeout_ms);
+        let bus: Arc<dyn Bus> = match settings.bus.kind {
+            BusKind::Embedded => Arc::new(EmbeddedBus::new(publish_timeout)),
+            BusKind::Amqp => anyhow::bail!(
+                "bus.kind = \"amqp\" is not available in this build yet; use \"embedded\""
+            ),
+        };
+        let store: Arc<dyn Store> = match settings.store.kind {
+            StoreKind::Embedded => Arc::new(EmbeddedStore::new()),
+            StoreKind::Redis => anyhow::bail!(
+                "store.kind = \"redis\" is not available in this build yet; use \"embedded\""
+            ),
+        };
+        Self::start_with(settings, role, bus, store, metrics).await
+    }
+
+    /// Starts `role` on a given bus and store (tests and alternative backends).
+    pub async fn start_with(
+        settings: Settings,
+        role: Role,
+        bus: Arc<dyn Bus>,
+        store: Arc<dyn Store>,
+        metrics: Metrics,
+    ) -> anyhow::Result<App> {
+        let registry = Registry::build(&settings.channels, &ConnectorContext::default())
+            .context("building channel connectors")?;
+        let mut outbound_kinds = registry.kinds();
+        outbound_kinds.sort();
+        let topology = Topology::standard(&TopologyOptions {
+            shards: settings.bus.shards,
+            queue_capacity: settings.bus.queue_capacity,
+            delivery_limit: settings.bus.delivery_limit,
+            outbound_kinds: outbound_kinds.clone(),
+            publish_timeout: Duration::from_millis(settings.bus.publish_timeout_ms),
+        });
+        bus.declare(&topology)
+            .await
+            .context("declaring the bus topology")?;
+        let events = EventPublisher::new(Arc::clone(&bus));
+        let ops = Operations::new(
+            Arc::clone(&store),
+            Arc::clone(&bus),
+            events.clone(),
+            metrics.clone(),
+            settings.router.history_limit,
+        );
+        let shutdown = CancellationToken::new();
+        let sockets = TaskTracker::new();
+        let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
+        let mut addr = None;
+
+        if role.router() {
+            let pools_by_channel: HashMap<String, String> = settings
+                .channels
+                .iter()
+                .map(|c| (c.id.clone(), c.pool.clone()))
+                .collect();
+            let router = InboundRouter::new(
+                Arc::clone(&store),
+                events.clone(),
+                metrics.clone(),
+                pools_by_channel,
+                settings.pool_ids(),
+            );
+            for shard in 0..settings.bus.shards {
+                let (bus, router, metrics, stop) = (
+                    Arc::clone(&bus),
+                    router.clone(),
+                    metrics.clone(),
+                    shutdown.clone(),
+                );
+                let (prefetch, attempts) = (settings.bus.prefetch, settings.router.attempts);
+                tasks.spawn(async move {
+                    run_shard(
+                        bus,
+                        inbound_queue(shard),
+                        prefetch,
+                        attempts,
+                        router,
+                        metrics,
+                        stop,
+                    )
+                    .await
+                    .with_context(|| format!("inbound shard {shard} consumer"))
+                });
+            }
+        }
+
+        if role.gateway() {
+            for kind in &outbound_kinds {
+                let (bus, registry, events, metrics, stop) = (
+                    Arc::clone(&bus),
+                    registry.clone(),
+                    events.clone(),
+                    metrics.clone(),
+                    shutdown.clone(),
+                );
+                let (attempts, limit) = (settings.router.attempts, settings.bus.delivery_limit);
+                let queue = outbound_queue(kind);
+                tasks.spawn(async move {
+                    run_outbound(
+                        bus,
+                        queue.clone(),
+                        attempts,
+                        limit,
+                        registry,
+                        events,
+                        metrics,
+                        stop,
+                    )
+                    .await
+                    .with_context(|| format!("outbound consumer of `{queue}`"))
+                });
+            }
+            let hub = Arc::new(AgentHub::default());
+            {
+                let (hub, bus, ops, stop) = (
+                    Arc::clone(&hub),
+                    Arc::clone(&bus),
+                    ops.clone(),
+                    shutdown.clone(),
+                );
+                tasks.spawn(async move { hub.run(bus, ops, stop).await.context("agent hub") });
+            }
+            let ingress = Ingress::new(
+                Arc::clone(&bus),
+                Arc::clone(&store),
+                metrics.clone(),
+                settings.bus.shards,
+                Duration::from_secs(settings.store.dedupe_ttl_secs),
+            );
+            let state = HttpState {
+                registry,
+                ingress,
+                ops,
+                hub,
+                metrics: metrics.clone(),
+                api_keys: Arc::new(settings.api_keys().context("resolving API keys")?),
+                max_body_bytes: settings.server.max_body_bytes,
+                shutdown: shutdown.clone(),
+                sockets: sockets.clone(),
+            };
+            let listener = TcpListener::bind(settings.server.listen)
+                .await
+                .with_context(|| format!("binding {}", settings.server.listen))?;
+            let local = listener
+                .local_addr()
+                .context("reading the listen address")?;
+            addr = Some(local);
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                axum::serve(listener, app(state))
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await
+                    .context("HTTP server")
+            });
+        }
+
+        Ok(App {
+            addr,
+            metrics,
+            bus,
+            store,
+            shutdown,
+            tasks,
+            sockets,
+            grace: Duration::from_secs(settings.server.shutdown_grace_secs),
+        })
+    }
+
+    /// A token that stops the process when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Runs until a task fails (an error) or shutdown is requested and everything drained.
+    pub async fn run(mut self) -> anyhow::Result<()> {
+        let failure = tokio::select! {
+            _ = self.shutdown.cancelled() => None,
+            Some(result) = self.tasks.join_next() => Some(result),
+        };
+        self.shutdown.cancel();
+        let result = match failure {
+            Some(Ok(Ok(()))) => Err(anyhow::anyhow!("a component stopped unexpectedly")),
+            Some(Ok(Err(e))) => Err(e),
+            Some(Err(join)) => Err(anyhow::anyhow!("a component panicked: {join}")),
+            None => Ok(()),
+        };
+        self.drain().await;
+        result
+    }
+
+    /// Stops accepting, lets consumers finish the message in hand, closes sockets, then the bus.
+    async fn drain(&mut self) {
+        self.sockets.close();
+        let grace = self.grace;
+        let drained = tokio::time::timeout(grace, async {
+            while let Some(joined) = self.tasks.join_next().await {
+                if let Ok(Err(e)) = joined {
+                    tracing::warn!(error = %e, "component stopped with an error during shutdown");
+                }
+            }
+            self.sockets.wait().await;
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(?grace, "shutdown grace period ended; aborting what is left");
+            self.tasks.abort_all();
+        }
+        self.bus.close().await;
+    }
+
+    /// Requests shutdown and waits for the drain.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.run().await
+    }
+}

@@ -1,0 +1,44 @@
+//! Runs assignment for pools and announces what it assigned.
+
+use switchyard_core::event::EventType;
+use switchyard_core::metrics::Metrics;
+use switchyard_core::store::{Assignment, Store};
+
+use crate::error::RouteError;
+use crate::events::EventPublisher;
+
+/// Assigns queued conversations of each pool to agents with room and emits
+/// `conversation.assigned` for each; records ingress-to-assignment latency.
+pub async fn assign_pools(
+    store: &dyn Store,
+    events: &EventPublisher,
+    metrics: &Metrics,
+    pools: &[String],
+) -> Result<Vec<Assignment>, RouteError> {
+    let mut all = Vec::new();
+    for pool in pools {
+        let now = switchyard_core::time::now();
+        let assignments = store.assign_queued(pool, now).await?;
+        for a in &assignments {
+            let waited = (now - a.conversation.created_at)
+                .to_std()
+                .unwrap_or_default()
+                .as_secs_f64();
+            metrics
+                .ingress_to_assignment
+                .with_label_values(&[pool.as_str()])
+                .observe(waited);
+            events
+                .conversation(EventType::ConversationAssigned, &a.conversation)
+                .await?;
+        }
+        if let Ok(queue) = store.queue(pool).await {
+            metrics
+                .queue_depth
+                .with_label_values(&[pool.as_str()])
+                .set(queue.len() as i64);
+        }
+        all.extend(assignments);
+    }
+    Ok(all)
+}

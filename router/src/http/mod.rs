@@ -1,0 +1,107 @@
+//! The HTTP surface (DESIGN.md "HTTP surface"): channel endpoints, WebSockets, REST, operations
+//! endpoints and the two pages. Every error is `{"error": {"code", "message"}}` and counted.
+
+mod agent_ws;
+mod auth;
+mod channels;
+mod error;
+mod ops;
+mod rest;
+mod visitor_ws;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{any, get, post, put};
+use switchyard_connectors::Registry;
+use switchyard_core::metrics::Metrics;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::timeout::TimeoutLayer;
+
+pub use error::ApiError;
+
+use crate::hub::AgentHub;
+use crate::ingress::Ingress;
+use crate::operations::Operations;
+
+/// Everything the handlers need.
+#[derive(Clone)]
+pub struct HttpState {
+    /// Channel connectors.
+    pub registry: Registry,
+    /// Ingress pipeline.
+    pub ingress: Ingress,
+    /// Agent and conversation commands.
+    pub ops: Operations,
+    /// Connected agents.
+    pub hub: Arc<AgentHub>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// API keys: `(name, key, scopes)`.
+    pub api_keys: Arc<Vec<(String, String, Vec<String>)>>,
+    /// Largest accepted body.
+    pub max_body_bytes: usize,
+    /// Cancelled on shutdown; WebSocket sessions end on it.
+    pub shutdown: CancellationToken,
+    /// Tracks WebSocket tasks so shutdown can wait for them.
+    pub sockets: TaskTracker,
+}
+
+/// Builds the axum application.
+pub fn app(state: HttpState) -> Router {
+    // Bodies are read with a limit one byte above the maximum so an oversized body is detected
+    // by the handler and answered with a JSON 413 (not axum's plain-text one).
+    let limit = state.max_body_bytes.saturating_add(1);
+    Router::new()
+        .route("/", get(ops::visitor_page))
+        .route("/agent", get(ops::agent_page))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(ops::openapi))
+        .route(
+            "/v1/channels/{channel_id}/webhook",
+            get(channels::webhook).post(channels::webhook),
+        )
+        .route(
+            "/v1/channels/{channel_id}/messages",
+            post(channels::messages),
+        )
+        .route("/v1/channels/{channel_id}/ws", any(visitor_ws::upgrade))
+        .route("/v1/agents/ws", any(agent_ws::upgrade))
+        .route("/v1/agents", get(rest::list_agents))
+        .route("/v1/agents/{id}", put(rest::put_agent).get(rest::get_agent))
+        .route(
+            "/v1/agents/{id}/conversations",
+            get(rest::agent_conversations),
+        )
+        .route("/v1/conversations/{id}", get(rest::get_conversation))
+        .route("/v1/conversations/{id}/messages", post(rest::reply))
+        .route("/v1/conversations/{id}/close", post(rest::close))
+        .route("/v1/conversations/{id}/transfer", post(rest::transfer))
+        .route("/v1/customers", get(rest::lookup_customer))
+        .route("/v1/customers/{id}", get(rest::get_customer))
+        .route("/v1/customers/{id}/identities", post(rest::link_identity))
+        .route("/v1/customers/{id}/merge", post(rest::merge_customer))
+        .route("/v1/pools/{id}/queue", get(rest::pool_queue))
+        .fallback(ops::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_api_key,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            error::count_errors,
+        ))
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(30),
+        ))
+        .layer(CatchPanicLayer::custom(error::panic_response))
+        .with_state(state)
+}

@@ -1,0 +1,71 @@
+//! Operations endpoints and pages: `/healthz`, `/readyz`, `/metrics`, `/openapi.json`, `/`,
+//! `/agent`.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, Uri, header};
+use axum::response::{Html, IntoResponse, Response};
+use serde_json::json;
+
+use super::{ApiError, HttpState};
+
+const VISITOR_PAGE: &str = include_str!("../../assets/visitor.html");
+const AGENT_PAGE: &str = include_str!("../../assets/agent.html");
+const OPENAPI: &str = include_str!("../../assets/openapi.json");
+
+/// `GET /`: the visitor chat page.
+pub async fn visitor_page() -> Html<&'static str> {
+    Html(VISITOR_PAGE)
+}
+
+/// `GET /agent`: the agent console.
+pub async fn agent_page() -> Html<&'static str> {
+    Html(AGENT_PAGE)
+}
+
+/// `GET /healthz`: the process is alive.
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// `GET /readyz`: the bus and the store answer, and the process is not shutting down.
+pub async fn readyz(State(state): State<HttpState>) -> Response {
+    let bus = state.ingress.is_ready();
+    let store = state.ops.store().ping().await.is_ok();
+    let draining = state.shutdown.is_cancelled();
+    let ready = bus && store && !draining;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "bus": bus,
+        "store": store,
+        "draining": draining,
+    });
+    (status, Json(body)).into_response()
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(state): State<HttpState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// `GET /openapi.json`.
+pub async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+/// Anything else: a JSON 404.
+pub async fn not_found(uri: Uri) -> ApiError {
+    ApiError::not_found(format!("no route for `{}`", uri.path()))
+}

@@ -1,0 +1,320 @@
+//! REST: agents, conversations, customers, pools (DESIGN.md "REST essentials").
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use switchyard_core::envelope::Content;
+use switchyard_core::identity::IdentityKey;
+use switchyard_core::model::AgentStatus;
+use switchyard_core::store::{AgentUpdate, TransferTarget};
+
+use super::{ApiError, HttpState};
+
+/// Parses a JSON request body: 415 without a JSON content type, 413 when too large, 400 with
+/// serde's explanation (and the path of the bad field) when invalid.
+fn json_body<T: DeserializeOwned>(
+    state: &HttpState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !content_type.starts_with("application/json") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("Content-Type must be application/json, not `{content_type}`"),
+        ));
+    }
+    let bytes = match body {
+        Ok(b) if b.len() <= state.max_body_bytes => b,
+        Ok(_) => {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("body exceeds {} bytes", state.max_body_bytes),
+            ));
+        }
+        Err(r) => return Err(ApiError::new(r.status(), "malformed", r.body_text())),
+    };
+    let de = &mut serde_json::Deserializer::from_slice(&bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let at = if path == "." {
+            String::new()
+        } else {
+            format!(" at `{path}`")
+        };
+        ApiError::bad_request("malformed", format!("invalid JSON body{at}: {inner}"))
+    })
+}
+
+/// Body of `PUT /v1/agents/{id}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutAgent {
+    name: Option<String>,
+    pools: Option<Vec<String>>,
+    skills: Option<Vec<String>>,
+    capacity: Option<u32>,
+    status: Option<AgentStatus>,
+}
+
+/// `PUT /v1/agents/{id}`.
+pub async fn put_agent(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body: PutAgent = json_body(&state, &headers, body)?;
+    if id.is_empty() || id.len() > 128 {
+        return Err(ApiError::bad_request(
+            "invalid",
+            "agent id must be 1 to 128 bytes",
+        ));
+    }
+    if body.capacity.is_some_and(|c| c > 1000) {
+        return Err(ApiError::bad_request(
+            "invalid",
+            "capacity must be at most 1000",
+        ));
+    }
+    let agent = state
+        .ops
+        .put_agent(AgentUpdate {
+            id,
+            name: body.name,
+            pools: body.pools,
+            skills: body.skills,
+            capacity: body.capacity,
+            status: body.status,
+        })
+        .await?;
+    Ok(Json(agent).into_response())
+}
+
+/// `GET /v1/agents/{id}`.
+pub async fn get_agent(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let agent = state
+        .ops
+        .store()
+        .agent(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("agent `{id}` not found")))?;
+    Ok(Json(agent).into_response())
+}
+
+/// `GET /v1/agents`.
+pub async fn list_agents(State(state): State<HttpState>) -> Result<Response, ApiError> {
+    let agents = state.ops.store().agents().await?;
+    Ok(Json(json!({ "agents": agents })).into_response())
+}
+
+/// `GET /v1/agents/{id}/conversations`.
+pub async fn agent_conversations(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let mut conversations = Vec::new();
+    for c in state.ops.store().agent_conversations(&id).await? {
+        conversations.push(state.ops.view_of(c).await?);
+    }
+    Ok(Json(json!({ "conversations": conversations })).into_response())
+}
+
+/// `GET /v1/conversations/{id}`.
+pub async fn get_conversation(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(state.ops.conversation_view(&id).await?).into_response())
+}
+
+/// Body of `POST /v1/conversations/{id}/messages`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reply {
+    agent_id: Option<String>,
+    content: Content,
+}
+
+/// `POST /v1/conversations/{id}/messages` -> 202 `{"id"}`.
+pub async fn reply(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body: Reply = json_body(&state, &headers, body)?;
+    let envelope = state
+        .ops
+        .reply(&id, body.agent_id.as_deref(), body.content)
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "id": envelope.id }))).into_response())
+}
+
+/// Body of `POST /v1/conversations/{id}/close`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Close {
+    agent_id: Option<String>,
+}
+
+/// `POST /v1/conversations/{id}/close` (body optional).
+pub async fn close(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let empty = body.as_ref().is_ok_and(|b| b.is_empty());
+    let body: Close = if empty {
+        Close::default()
+    } else {
+        json_body(&state, &headers, body)?
+    };
+    let conversation = state.ops.close(&id, body.agent_id.as_deref()).await?;
+    Ok(Json(conversation).into_response())
+}
+
+/// Body of `POST /v1/conversations/{id}/transfer`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Transfer {
+    pool: Option<String>,
+    agent_id: Option<String>,
+    /// The agent asking, who must hold the conversation.
+    by_agent_id: Option<String>,
+}
+
+/// `POST /v1/conversations/{id}/transfer` `{"pool"} | {"agent_id"}`.
+pub async fn transfer(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body: Transfer = json_body(&state, &headers, body)?;
+    let target = match (body.pool, body.agent_id) {
+        (Some(pool), None) => TransferTarget::Pool(pool),
+        (None, Some(agent)) => TransferTarget::Agent(agent),
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid",
+                "give exactly one of `pool`, `agent_id`",
+            ));
+        }
+    };
+    let conversation = state
+        .ops
+        .transfer(&id, body.by_agent_id.as_deref(), target)
+        .await?;
+    Ok(Json(conversation).into_response())
+}
+
+/// `GET /v1/customers/{id}`.
+pub async fn get_customer(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let customer = state
+        .ops
+        .store()
+        .customer(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("customer `{id}` not found")))?;
+    Ok(Json(customer).into_response())
+}
+
+/// `GET /v1/customers?identity=<key>`.
+pub async fn lookup_customer(
+    State(state): State<HttpState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let raw = query.get("identity").ok_or_else(|| {
+        ApiError::bad_request("invalid", "query parameter `identity` is required")
+    })?;
+    let key: IdentityKey =
+        raw.parse()
+            .map_err(|e: switchyard_core::identity::InvalidIdentityKey| {
+                ApiError::bad_request("invalid_identity", e.to_string())
+            })?;
+    let customer = state
+        .ops
+        .store()
+        .customer_by_identity(&key)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no customer has identity `{key}`")))?;
+    Ok(Json(customer).into_response())
+}
+
+/// Body of `POST /v1/customers/{id}/identities`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Link {
+    identities: Vec<IdentityKey>,
+}
+
+/// `POST /v1/customers/{id}/identities` `{"identities": [key, ...]}`: explicit link (merges).
+pub async fn link_identity(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body: Link = json_body(&state, &headers, body)?;
+    if body.identities.is_empty() || body.identities.len() > 32 {
+        return Err(ApiError::bad_request("invalid", "give 1 to 32 identities"));
+    }
+    let customer = state.ops.link_identities(&id, body.identities).await?;
+    Ok(Json(customer).into_response())
+}
+
+/// Body of `POST /v1/customers/{id}/merge`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MergeBody {
+    customer_id: String,
+}
+
+/// `POST /v1/customers/{id}/merge` `{"customer_id"}`: merges two profiles (the older survives).
+pub async fn merge_customer(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body: MergeBody = json_body(&state, &headers, body)?;
+    let customer = state.ops.merge_customers(&id, &body.customer_id).await?;
+    Ok(Json(customer).into_response())
+}
+
+/// `GET /v1/pools/{id}/queue`.
+pub async fn pool_queue(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let queue = state.ops.store().queue(&id).await?;
+    let mut conversations = Vec::with_capacity(queue.len());
+    for conversation_id in &queue {
+        if let Some(c) = state.ops.store().conversation(conversation_id).await? {
+            conversations.push(c);
+        }
+    }
+    Ok(Json(json!({ "pool": id, "conversations": conversations })).into_response())
+}

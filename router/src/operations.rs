@@ -1,0 +1,324 @@
+//! Commands from agents and helpdesks (REST and the agent WebSocket): presence, replies,
+//! closing, transferring, linking identities. Each is one atomic store operation followed by
+//! its events and any assignment it makes possible.
+
+use std::sync::Arc;
+
+use switchyard_core::bus::topology::OUTBOUND_EXCHANGE;
+use switchyard_core::bus::{Bus, Message};
+use switchyard_core::envelope::{Content, Direction, Envelope, new_id};
+use switchyard_core::identity::IdentityKey;
+use switchyard_core::metrics::Metrics;
+use switchyard_core::model::{Agent, Conversation, ConversationStatus, Customer};
+use switchyard_core::protocol::ConversationView;
+use switchyard_core::store::{AgentUpdate, ResolveRequest, Store, StoreError, TransferTarget};
+
+use crate::assignment::assign_pools;
+use crate::error::RouteError;
+use crate::events::EventPublisher;
+
+/// Agent and conversation commands.
+#[derive(Clone)]
+pub struct Operations {
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+    events: EventPublisher,
+    metrics: Metrics,
+    history_limit: usize,
+}
+
+impl Operations {
+    /// Commands over `store` and `bus`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        bus: Arc<dyn Bus>,
+        events: EventPublisher,
+        metrics: Metrics,
+        history_limit: usize,
+    ) -> Self {
+        Operations {
+            store,
+            bus,
+            events,
+            metrics,
+            history_limit,
+        }
+    }
+
+    /// The store, for queries.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Creates or updates an agent, then assigns whatever its new room allows.
+    pub async fn put_agent(&self, update: AgentUpdate) -> Result<Agent, RouteError> {
+        let agent = self
+            .store
+            .upsert_agent(update, switchyard_core::time::now())
+            .await?;
+        self.events.agent_updated(&agent).await?;
+        self.assign(&agent.pools).await?;
+        // Assignment may have changed the agent's conversations; answer with the fresh record.
+        Ok(self.store.agent(&agent.id).await?.unwrap_or(agent))
+    }
+
+    async fn assign(&self, pools: &[String]) -> Result<(), RouteError> {
+        assign_pools(&*self.store, &self.events, &self.metrics, pools).await?;
+        Ok(())
+    }
+
+    /// A conversation with its customer and latest messages.
+    pub async fn conversation_view(&self, id: &str) -> Result<ConversationView, RouteError> {
+        let conversation =
+            self.store
+                .conversation(id)
+                .await?
+                .ok_or_else(|| StoreError::NotFound {
+                    kind: "conversation",
+                    id: id.to_owned(),
+                })?;
+        self.view_of(conversation).await
+    }
+
+    /// The view of a conversation record.
+    pub async fn view_of(
+        &self,
+        conversation: Conversation,
+    ) -> Result<ConversationView, RouteError> {
+        let customer = self.store.customer(&conversation.customer_id).await?;
+        let messages = self
+            .store
+            .messages(&conversation.id, self.history_limit)
+            .await?;
+        Ok(ConversationView {
+            conversation,
+            customer,
+            messages,
+        })
+    }
+
+    /// Sends an agent's reply to the customer on the channel they last wrote from. Returns the
+    /// outbound envelope once it is on the bus.
+    pub async fn reply(
+        &self,
+        conversation_id: &str,
+        agent_id: Option<&str>,
+        content: Content,
+    ) -> Result<Envelope, RouteError> {
+        if let Content::Text { text } = &content
+            && text.trim().is_empty()
+        {
+            return Err(RouteError::Refused {
+                code: "empty_reply",
+                message: "a text reply needs some text".into(),
+            });
+        }
+        let conversation = self
+            .store
+            .conversation(conversation_id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "conversation",
+                id: conversation_id.to_owned(),
+            })?;
+        let now = switchyard_core::time::now();
+        let id = new_id();
+        let envelope = Envelope {
+            id: id.clone(),
+            tenant: conversation.tenant.clone(),
+            direction: Direction::Outbound,
+            channel: conversation.channel.clone(),
+            sender: conversation.recipient.clone(),
+            customer_id: Some(conversation.customer_id.clone()),
+            conversation_id: Some(conversation.id.clone()),
+            sent_at: now,
+            received_at: now,
+            dedupe_key: format!("outbound:{id}"),
+            content,
+            reply_to: conversation.last_inbound_id.clone(),
+            agent_id: agent_id.map(str::to_owned),
+            raw: None,
+        };
+        // Recording checks that the agent holds the conversation and that it is open.
+        self.store
+            .record_outbound(conversation_id, agent_id, &envelope, now)
+            .await?;
+        let body = serde_json::to_vec(&envelope)
+            .map_err(|e| RouteError::Invalid(format!("cannot encode reply: {e}")))?;
+        self.bus
+            .publish(
+                OUTBOUND_EXCHANGE,
+                &envelope.channel.kind,
+                Message::new(envelope.id.clone(), body),
+            )
+            .await?;
+        Ok(envelope)
+    }
+
+    /// Closes a conversation (only its agent may, when `agent_id` is given).
+    pub async fn close(
+        &self,
+        conversation_id: &str,
+        agent_id: Option<&str>,
+    ) -> Result<Conversation, RouteError> {
+        if let Some(agent) = agent_id {
+            self.check_holder(conversation_id, agent).await?;
+        }
+        let release = self
+            .store
+            .close_conversation(conversation_id, "closed", switchyard_core::time::now())
+            .await?;
+        let released = release.released_agent.as_ref();
+        self.events
+            .conversation_closed(&release.conversation, released.map(|a| a.id.as_str()))
+            .await?;
+        if let Some(agent) = released {
+            self.assign(&agent.pools).await?;
+        }
+        Ok(release.conversation)
+    }
+
+    /// Moves a conversation to a pool's queue or to an agent.
+    pub async fn transfer(
+        &self,
+        conversation_id: &str,
+        by_agent: Option<&str>,
+        target: TransferTarget,
+    ) -> Result<Conversation, RouteError> {
+        if let Some(agent) = by_agent {
+            self.check_holder(conversation_id, agent).await?;
+        }
+        let release = self
+            .store
+            .transfer(
+                conversation_id,
+                target.clone(),
+                switchyard_core::time::now(),
+            )
+            .await?;
+        let from = release.released_agent.as_ref().map(|a| a.id.as_str());
+        self.events
+            .conversation_transferred(&release.conversation, from)
+            .await?;
+        let mut pools: Vec<String> = release
+            .released_agent
+            .as_ref()
+            .map(|a| a.pools.clone())
+            .unwrap_or_default();
+        match target {
+            TransferTarget::Pool(pool) => {
+                self.events
+                    .conversation(
+                        switchyard_core::event::EventType::ConversationQueued,
+                        &release.conversation,
+                    )
+                    .await?;
+                pools.push(pool);
+            }
+            TransferTarget::Agent(_) => {
+                self.events
+                    .conversation(
+                        switchyard_core::event::EventType::ConversationAssigned,
+                        &release.conversation,
+                    )
+                    .await?;
+            }
+        }
+        pools.dedup();
+        self.assign(&pools).await?;
+        Ok(self
+            .store
+            .conversation(conversation_id)
+            .await?
+            .unwrap_or(release.conversation))
+    }
+
+    async fn check_holder(&self, conversation_id: &str, agent_id: &str) -> Result<(), RouteError> {
+        let conversation = self
+            .store
+            .conversation(conversation_id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "conversation",
+                id: conversation_id.to_owned(),
+            })?;
+        if conversation.status != ConversationStatus::Assigned
+            || conversation.agent_id.as_deref() != Some(agent_id)
+        {
+            return Err(StoreError::Conflict {
+                code: "not_assigned_to_agent",
+                message: format!(
+                    "conversation `{conversation_id}` is not assigned to agent `{agent_id}`"
+                ),
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Links identity keys to a customer explicitly (merging any profile that holds them).
+    pub async fn link_identities(
+        &self,
+        customer_id: &str,
+        keys: Vec<IdentityKey>,
+    ) -> Result<Customer, RouteError> {
+        let customer =
+            self.store
+                .customer(customer_id)
+                .await?
+                .ok_or_else(|| StoreError::NotFound {
+                    kind: "customer",
+                    id: customer_id.to_owned(),
+                })?;
+        let anchor = customer
+            .identities
+            .first()
+            .map(|r| r.key.clone())
+            .ok_or_else(|| RouteError::Refused {
+                code: "customer_without_identity",
+                message: format!("customer `{customer_id}` has no identity to link to"),
+            })?;
+        let mut identities = vec![(anchor.clone(), anchor.default_strength())];
+        identities.extend(keys.into_iter().map(|k| {
+            let s = k.default_strength();
+            (k, s)
+        }));
+        let resolution = self
+            .store
+            .resolve_customer(ResolveRequest {
+                tenant: customer.tenant.clone(),
+                identities,
+                explicit: true,
+                display_name: None,
+                now: switchyard_core::time::now(),
+            })
+            .await?;
+        for merge in &resolution.merges {
+            self.events
+                .customer_merged(&resolution.customer, &merge.from, &merge.via)
+                .await?;
+        }
+        for closed in &resolution.closed {
+            self.events.conversation_closed(closed, None).await?;
+        }
+        Ok(resolution.customer)
+    }
+
+    /// Merges customer `other` into `into` (explicitly, through one identity of each).
+    pub async fn merge_customers(&self, into: &str, other: &str) -> Result<Customer, RouteError> {
+        let other_customer =
+            self.store
+                .customer(other)
+                .await?
+                .ok_or_else(|| StoreError::NotFound {
+                    kind: "customer",
+                    id: other.to_owned(),
+                })?;
+        let keys = other_customer
+            .identities
+            .iter()
+            .map(|r| r.key.clone())
+            .collect();
+        self.link_identities(into, keys).await
+    }
+}

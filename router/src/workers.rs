@@ -1,0 +1,231 @@
+//! Bus consumers: one per inbound shard (messages of one identity in order), one per outbound
+//! channel kind (replies to the channels). Each settles a delivery only after its effects are
+//! stored and its events confirmed; failures retry in place, then go back to the bus, and after
+//! the delivery limit to the dead-letter queue with their reason.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchyard_connectors::{ConnectorError, Registry};
+use switchyard_core::bus::{Bus, Delivery};
+use switchyard_core::envelope::Envelope;
+use switchyard_core::metrics::Metrics;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::RouteError;
+use crate::events::EventPublisher;
+use crate::inbound::{InboundRouter, Routed};
+
+/// Backoff between in-process attempts: 50 ms, 200 ms, 800 ms, ...
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(
+        50u64
+            .saturating_mul(4u64.saturating_pow(attempt))
+            .min(5_000),
+    )
+}
+
+/// Consumes one inbound shard queue until `stop` or the bus closes.
+pub async fn run_shard(
+    bus: Arc<dyn Bus>,
+    queue: String,
+    prefetch: u16,
+    attempts: u32,
+    router: InboundRouter,
+    metrics: Metrics,
+    stop: CancellationToken,
+) -> Result<(), RouteError> {
+    let mut deliveries = bus.consume(&queue, prefetch).await?;
+    loop {
+        let delivery = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            d = deliveries.next() => match d {
+                Some(d) => d,
+                None => return Ok(()),
+            },
+        };
+        // A message in progress is finished even when stop is requested.
+        handle_inbound(delivery, attempts, &router, &metrics).await;
+    }
+}
+
+async fn handle_inbound(
+    delivery: Delivery,
+    attempts: u32,
+    router: &InboundRouter,
+    metrics: &Metrics,
+) {
+    let envelope: Envelope = match serde_json::from_slice(&delivery.message.body) {
+        Ok(e) => e,
+        Err(e) => {
+            metrics.routed.with_label_values(&["dead_lettered"]).inc();
+            let reason = format!("undecodable envelope: {e}");
+            if let Err(e) = delivery.reject(&reason).await {
+                tracing::error!(error = %e, "could not dead-letter a message");
+            }
+            return;
+        }
+    };
+    let mut attempt = 0;
+    loop {
+        match router.route(envelope.clone()).await {
+            Ok(routed) => {
+                let outcome = match routed {
+                    Routed::Recorded(_) | Routed::Linked(_) => "routed",
+                    Routed::Duplicate(_) => "duplicate",
+                };
+                metrics.routed.with_label_values(&[outcome]).inc();
+                if let Err(e) = delivery.ack().await {
+                    tracing::warn!(error = %e, id = %envelope.id, "ack failed; the message will be redelivered and deduplicated");
+                }
+                return;
+            }
+            Err(e) if e.is_transient() && attempt + 1 < attempts => {
+                tracing::warn!(error = %e, id = %envelope.id, attempt, "routing failed; retrying");
+                tokio::time::sleep(backoff(attempt)).await;
+                attempt += 1;
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                let settled = if e.is_transient() {
+                    metrics.routed.with_label_values(&["retried"]).inc();
+                    tracing::warn!(error = %e, id = %envelope.id, "routing failed; handing back to the bus");
+                    delivery.retry(&reason).await
+                } else {
+                    metrics.routed.with_label_values(&["dead_lettered"]).inc();
+                    tracing::error!(error = %e, id = %envelope.id, "message cannot be routed; dead-lettering");
+                    delivery.reject(&reason).await
+                };
+                if let Err(e) = settled {
+                    tracing::error!(error = %e, "could not settle a failed message");
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Consumes the outbound queue of one channel kind and delivers through the connectors.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_outbound(
+    bus: Arc<dyn Bus>,
+    queue: String,
+    attempts: u32,
+    delivery_limit: u32,
+    registry: Registry,
+    events: EventPublisher,
+    metrics: Metrics,
+    stop: CancellationToken,
+) -> Result<(), RouteError> {
+    let mut deliveries = bus.consume(&queue, 1).await?;
+    loop {
+        let delivery = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            d = deliveries.next() => match d {
+                Some(d) => d,
+                None => return Ok(()),
+            },
+        };
+        deliver_outbound(
+            delivery,
+            attempts,
+            delivery_limit,
+            &registry,
+            &events,
+            &metrics,
+        )
+        .await;
+    }
+}
+
+async fn deliver_outbound(
+    delivery: Delivery,
+    attempts: u32,
+    delivery_limit: u32,
+    registry: &Registry,
+    events: &EventPublisher,
+    metrics: &Metrics,
+) {
+    let envelope: Envelope = match serde_json::from_slice(&delivery.message.body) {
+        Ok(e) => e,
+        Err(e) => {
+            let reason = format!("undecodable outbound envelope: {e}");
+            if let Err(e) = delivery.reject(&reason).await {
+                tracing::error!(error = %e, "could not dead-letter a message");
+            }
+            return;
+        }
+    };
+    let channel_id = envelope.channel.id.clone();
+    let count = |outcome: &str| {
+        metrics
+            .outbound
+            .with_label_values(&[channel_id.as_str(), outcome])
+            .inc();
+    };
+    let Some(channel) = registry.get(&channel_id) else {
+        count("rejected");
+        let reason = format!("channel `{channel_id}` is not configured here");
+        if let Err(e) = events
+            .message_failed(&envelope, "unknown_channel", &reason)
+            .await
+        {
+            tracing::warn!(error = %e, "could not publish message.failed");
+        }
+        let _ = delivery.reject(&reason).await;
+        return;
+    };
+    let mut attempt = 0;
+    loop {
+        match channel.send(&envelope).await {
+            Ok(receipt) => {
+                count("sent");
+                if let Err(e) = events
+                    .message_sent(&envelope, receipt.channel_message_id.as_deref())
+                    .await
+                {
+                    tracing::warn!(error = %e, id = %envelope.id, "message sent but message.sent not published");
+                }
+                let _ = delivery.ack().await;
+                return;
+            }
+            Err(e) if e.is_retryable() && attempt + 1 < attempts => {
+                let wait = match &e {
+                    ConnectorError::RateLimited {
+                        retry_after: Some(d),
+                    } => (*d).min(Duration::from_secs(30)),
+                    _ => backoff(attempt),
+                };
+                tracing::warn!(error = %e, id = %envelope.id, attempt, "send failed; retrying");
+                tokio::time::sleep(wait).await;
+                attempt += 1;
+            }
+            Err(e) if e.is_retryable() && delivery.redeliveries < delivery_limit => {
+                count(e.outcome());
+                let _ = delivery.retry(&e.to_string()).await;
+                return;
+            }
+            Err(e) => {
+                let outcome = if e.is_retryable() {
+                    "dead_lettered"
+                } else {
+                    e.outcome()
+                };
+                count(outcome);
+                let code = match &e {
+                    ConnectorError::Rejected { code, .. } => code.clone(),
+                    other => other.code().to_owned(),
+                };
+                tracing::warn!(error = %e, id = %envelope.id, "reply not delivered");
+                if let Err(err) = events
+                    .message_failed(&envelope, &code, &e.to_string())
+                    .await
+                {
+                    tracing::warn!(error = %err, "could not publish message.failed");
+                }
+                let _ = delivery.reject(&e.to_string()).await;
+                return;
+            }
+        }
+    }
+}
