@@ -366,9 +366,20 @@ impl VisitorSessions {
                 delivered |= tx.try_send(event.clone()).is_ok();
             }
         }
-        if delivered {
-            return;
+        if !delivered {
+            Self::to_mailbox(&mut inner, visitor_id, event);
         }
+    }
+
+    /// Keeps a reply for a visitor whose socket failed while sending it.
+    pub fn keep_for_later(&self, visitor_id: &str, event: VisitorEvent) {
+        if matches!(event, VisitorEvent::Message { .. }) {
+            let mut inner = self.lock();
+            Self::to_mailbox(&mut inner, visitor_id, event);
+        }
+    }
+
+    fn to_mailbox(inner: &mut SessionsInner, visitor_id: &str, event: VisitorEvent) {
         if !inner.mailboxes.contains_key(visitor_id) {
             inner.mailbox_order.push_back(visitor_id.to_owned());
             if inner.mailbox_order.len() > MAILBOX_VISITORS

@@ -63,7 +63,7 @@ impl IdentityKey {
 
     /// The key's scope (may be empty).
     pub fn scope(&self) -> &str {
-        self.0.splitn(3, ':').nth(1).unwrap_or_default()
+        self.0.split(':').nth(1).unwrap_or_default()
     }
 
     /// The key's value.

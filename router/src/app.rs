@@ -246,8 +246,14 @@ impl App {
     /// Runs until a task fails (an error) or shutdown is requested and everything drained.
     pub async fn run(mut self) -> anyhow::Result<()> {
         let failure = tokio::select! {
+            biased;
             _ = self.shutdown.cancelled() => None,
             Some(result) = self.tasks.join_next() => Some(result),
+        };
+        // A component that ended cleanly because shutdown began is not a failure.
+        let failure = match failure {
+            Some(Ok(Ok(()))) if self.shutdown.is_cancelled() => None,
+            other => other,
         };
         self.shutdown.cancel();
         let result = match failure {

@@ -60,7 +60,7 @@ async fn session(
     gauge.inc();
     let (mut sink, mut stream) = socket.split();
     let (tx, mut rx) = mpsc::channel::<VisitorEvent>(256);
-    let (_guard, waiting) = web.sessions().register(&visitor_id, tx.clone());
+    let (guard, waiting) = web.sessions().register(&visitor_id, tx.clone());
     let welcome = VisitorEvent::Welcome {
         visitor_id: visitor_id.clone(),
         visitor_token: token,
@@ -70,13 +70,20 @@ async fn session(
     for event in waiting {
         let _ = tx.try_send(event);
     }
+    let sessions = Arc::clone(web.sessions());
     let writer = async {
         while let Some(event) = rx.recv().await {
             let Ok(text) = serde_json::to_string(&event) else {
                 continue;
             };
             if sink.send(WsMessage::Text(text.into())).await.is_err() {
-                break;
+                // The socket is gone: keep this reply and any queued behind it for next time.
+                sessions.keep_for_later(&visitor_id, event);
+                rx.close();
+                while let Some(rest) = rx.recv().await {
+                    sessions.keep_for_later(&visitor_id, rest);
+                }
+                return;
             }
         }
         let _ = sink.send(WsMessage::Close(None)).await;
@@ -97,6 +104,8 @@ async fn session(
                 break;
             }
         }
+        // Unregister first so new replies go to the mailbox, then let the writer finish.
+        drop(guard);
         drop(tx);
     };
     // The reader ends the session; the writer then flushes and closes.

@@ -1,0 +1,302 @@
+//! API channel -> agent (REST and WebSocket) -> reply -> signed callback.
+
+use serde_json::{Value, json};
+use switchyard_connectors::signature::verify_switchyard_signature;
+
+use crate::support::{Callback, SECRET, Server, Ws, api_message};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_message_is_assigned_answered_and_the_reply_reaches_the_callback_signed() {
+    let callback = Callback::start().await;
+    let server = Server::with_channels(&callback.url).await;
+
+    // The agent connects over the WebSocket and goes online.
+    let mut agent = Ws::connect(&format!("ws://{}/v1/agents/ws", server.addr)).await;
+    agent
+        .send(json!({"type": "hello", "agent_id": "a1", "name": "Ann", "capacity": 2}))
+        .await;
+    let welcome = agent.recv_type("welcome").await;
+    assert_eq!(welcome["agent"]["status"], "online");
+    assert_eq!(welcome["conversations"], json!([]));
+
+    // The app backend posts a signed message.
+    let body = api_message("m-1", "42", "你好 👋", &["phone::+8613800000000"]);
+    let response = server.post_signed("shop", &body).await;
+    assert_eq!(response.status(), 202);
+    let accepted: Value = response.json().await.unwrap();
+    assert_eq!(accepted["duplicate"], false);
+    let envelope_id = accepted["id"].as_str().unwrap().to_owned();
+
+    // The agent gets the assignment with the customer and the message.
+    let assigned = agent.recv_type("assigned").await;
+    let conversation = &assigned["conversation"];
+    let conversation_id = conversation["id"].as_str().unwrap().to_owned();
+    assert_eq!(conversation["status"], "assigned");
+    assert_eq!(conversation["agent_id"], "a1");
+    assert_eq!(
+        conversation["channel"],
+        json!({"kind": "api", "id": "shop"})
+    );
+    assert_eq!(conversation["messages"][0]["id"], envelope_id);
+    assert_eq!(conversation["messages"][0]["content"]["text"], "你好 👋");
+    let identities: Vec<&str> = conversation["customer"]["identities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(identities, ["app_user:shop:42", "phone::+8613800000000"]);
+
+    // ... and over REST.
+    let (status, held) = server.get_json("/v1/agents/a1/conversations").await;
+    assert_eq!(status, 200);
+    assert_eq!(held["conversations"][0]["id"], conversation_id.as_str());
+    let (status, conv) = server
+        .get_json(&format!("/v1/conversations/{conversation_id}"))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(conv["status"], "assigned");
+    assert_eq!(conv["messages"].as_array().unwrap().len(), 1);
+
+    // A second message of the same user lands in the same conversation, live to the agent.
+    let response = server
+        .post_signed("shop", &api_message("m-2", "42", "还在吗？", &[]))
+        .await;
+    assert_eq!(response.status(), 202);
+    let live = agent.recv_type("message").await;
+    assert_eq!(live["conversation_id"], conversation_id.as_str());
+    assert_eq!(live["message"]["content"]["text"], "还在吗？");
+
+    // The agent replies over the WebSocket.
+    agent
+        .send(
+            json!({"type": "reply", "client_id": "r-1", "conversation_id": conversation_id,
+                     "content": {"type": "text", "text": "您好，请问有什么可以帮您？"}}),
+        )
+        .await;
+    let ack = agent.recv_type("ack").await;
+    assert_eq!(ack["client_id"], "r-1");
+    let reply_id = ack["id"].as_str().unwrap().to_owned();
+
+    // The backend receives the outbound envelope, signed with the channel secret.
+    let received = callback.wait_for(1).await;
+    let request = &received[0];
+    let header = |name: &str| request.headers.get(name).map(|v| v.to_str().unwrap());
+    verify_switchyard_signature(
+        SECRET.as_bytes(),
+        header("x-switchyard-timestamp"),
+        header("x-switchyard-signature"),
+        &request.body,
+        chrono::Utc::now(),
+    )
+    .expect("callback signature verifies");
+    let outbound: Value = serde_json::from_slice(&request.body).unwrap();
+    assert_eq!(outbound["id"], reply_id.as_str());
+    assert_eq!(outbound["direction"], "outbound");
+    assert_eq!(outbound["channel"], json!({"kind": "api", "id": "shop"}));
+    assert_eq!(outbound["sender"]["external_id"], "42");
+    assert_eq!(outbound["conversation_id"], conversation_id.as_str());
+    assert_eq!(outbound["agent_id"], "a1");
+    assert_eq!(outbound["content"]["text"], "您好，请问有什么可以帮您？");
+
+    // A REST reply by someone who does not hold the conversation is refused.
+    let (status, err) = server
+        .send_json(
+            "POST",
+            &format!("/v1/conversations/{conversation_id}/messages"),
+            json!({"agent_id": "intruder", "content": {"type": "text", "text": "hi"}}),
+        )
+        .await;
+    assert_eq!(status, 409, "{err}");
+    assert_eq!(err["error"]["code"], "not_assigned_to_agent");
+
+    // REST reply by the holder works too.
+    let (status, body) = server
+        .send_json(
+            "POST",
+            &format!("/v1/conversations/{conversation_id}/messages"),
+            json!({"agent_id": "a1", "content": {"type": "text", "text": "second"}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    callback.wait_for(2).await;
+
+    // Closing frees the agent and tells it.
+    agent
+        .send(json!({"type": "close", "conversation_id": conversation_id}))
+        .await;
+    let gone = agent.recv_type("unassigned").await;
+    assert_eq!(gone["conversation_id"], conversation_id.as_str());
+    let (_, conv) = server
+        .get_json(&format!("/v1/conversations/{conversation_id}"))
+        .await;
+    assert_eq!(conv["status"], "closed");
+    let (_, held) = server.get_json("/v1/agents/a1/conversations").await;
+    assert_eq!(held["conversations"], json!([]));
+
+    agent.close().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_message_id_answers_duplicate_and_is_not_routed_twice() {
+    let callback = Callback::start().await;
+    let server = Server::with_channels(&callback.url).await;
+    server.agent_online("a1", 5).await;
+    let body = api_message("dup-1", "7", "hello", &[]);
+    let first: Value = server
+        .post_signed("shop", &body)
+        .await
+        .json()
+        .await
+        .unwrap();
+    // The retry is byte-identical but signed again later, as a real retry would be.
+    let second_response = server.post_signed("shop", &body).await;
+    assert_eq!(second_response.status(), 202);
+    let second: Value = second_response.json().await.unwrap();
+    assert_eq!(first["duplicate"], false);
+    assert_eq!(second["duplicate"], true);
+    assert_eq!(
+        second["id"], first["id"],
+        "the duplicate names the first copy"
+    );
+
+    let conversation_id = crate::support::eventually(|| async {
+        let (_, v) = server.get_json("/v1/agents/a1/conversations").await;
+        v["conversations"][0]["id"].as_str().map(str::to_owned)
+    })
+    .await;
+    let (_, conv) = server
+        .get_json(&format!("/v1/conversations/{conversation_id}"))
+        .await;
+    assert_eq!(conv["messages"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        server
+            .metric("switchyard_inbound_messages_total{channel=\"shop\",outcome=\"duplicate\"}")
+            .await,
+        1.0
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_conversations_wait_in_order_and_go_out_as_capacity_frees() {
+    let callback = Callback::start().await;
+    let server = Server::with_channels(&callback.url).await;
+    server.agent_online("a1", 1).await;
+    for user in ["u1", "u2", "u3"] {
+        let r = server
+            .post_signed("shop", &api_message(&format!("m-{user}"), user, "hi", &[]))
+            .await;
+        assert_eq!(r.status(), 202);
+        // Sequential users: their conversations queue in this order.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let queue = crate::support::eventually(|| async {
+        let (_, q) = server.get_json("/v1/pools/default/queue").await;
+        (q["conversations"].as_array()?.len() == 2).then_some(q)
+    })
+    .await;
+    let waiting: Vec<&str> = queue["conversations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["recipient"]["external_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(waiting, ["u2", "u3"]);
+    let (_, held) = server.get_json("/v1/agents/a1/conversations").await;
+    let first = held["conversations"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(held["conversations"][0]["recipient"]["external_id"], "u1");
+
+    // Closing the first hands the head of the queue to the agent at once.
+    let (status, _) = server
+        .send_json(
+            "POST",
+            &format!("/v1/conversations/{first}/close"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, held) = server.get_json("/v1/agents/a1/conversations").await;
+    assert_eq!(held["conversations"][0]["recipient"]["external_id"], "u2");
+
+    // Raising capacity takes the next one.
+    server.agent_online("a1", 2).await;
+    let (_, held) = server.get_json("/v1/agents/a1/conversations").await;
+    assert_eq!(held["conversations"].as_array().unwrap().len(), 2);
+    let (_, queue) = server.get_json("/v1/pools/default/queue").await;
+    assert_eq!(queue["conversations"], json!([]));
+    server.stop().await;
+}
+
+/// Opens a conversation for user `u1` held by agent `a1`; returns (agent socket, conversation id).
+async fn assigned_conversation(server: &Server) -> (Ws, String) {
+    let mut agent = Ws::connect(&format!("ws://{}/v1/agents/ws", server.addr)).await;
+    agent
+        .send(json!({"type": "hello", "agent_id": "a1", "capacity": 1}))
+        .await;
+    agent.recv_type("welcome").await;
+    let r = server
+        .post_signed("shop", &api_message("m-1", "u1", "hi", &[]))
+        .await;
+    assert_eq!(r.status(), 202);
+    let assigned = agent.recv_type("assigned").await;
+    let id = assigned["conversation"]["id"].as_str().unwrap().to_owned();
+    (agent, id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_callback_is_retried_boundedly_then_the_agent_is_told() {
+    let callback = Callback::start().await;
+    let server = Server::with_channels(&callback.url).await;
+    let (mut agent, conversation_id) = assigned_conversation(&server).await;
+    callback.answer(503);
+    agent
+        .send(
+            json!({"type": "reply", "client_id": "r", "conversation_id": conversation_id,
+                     "content": {"type": "text", "text": "hello?"}}),
+        )
+        .await;
+    agent.recv_type("ack").await;
+    let failed = agent.recv_type("error").await;
+    assert_eq!(failed["code"], "delivery_failed");
+    // 3 attempts per delivery, 1 delivery + 5 redeliveries (the default delivery limit).
+    let sent = callback.received.lock().unwrap().len();
+    assert_eq!(sent, 18, "bounded retries");
+    assert_eq!(
+        server
+            .metric(
+                "switchyard_outbound_messages_total{channel=\"shop\",outcome=\"dead_lettered\"}"
+            )
+            .await,
+        1.0
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_refusal_is_not_retried_and_the_agent_is_told() {
+    let callback = Callback::start().await;
+    let server = Server::with_channels(&callback.url).await;
+    let (mut agent, conversation_id) = assigned_conversation(&server).await;
+    callback.answer(400);
+    agent
+        .send(
+            json!({"type": "reply", "client_id": "r", "conversation_id": conversation_id,
+                     "content": {"type": "text", "text": "hello?"}}),
+        )
+        .await;
+    agent.recv_type("ack").await;
+    let failed = agent.recv_type("error").await;
+    assert_eq!(failed["code"], "delivery_failed");
+    assert!(
+        failed["message"].as_str().unwrap().contains("http_400"),
+        "{failed}"
+    );
+    assert_eq!(
+        callback.received.lock().unwrap().len(),
+        1,
+        "no retry of a refusal"
+    );
+    server.stop().await;
+}

@@ -1,0 +1,10 @@
+//! End-to-end tests of Switchyard through its real HTTP and WebSocket surface, in-process on
+//! the embedded bus and store, and of the `switchyard` binary itself.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod api_flow;
+mod bad_input;
+mod binary;
+mod identity;
+mod support;
+mod web_flow;

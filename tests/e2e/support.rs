@@ -1,0 +1,295 @@
+//! Shared helpers: start Switchyard in-process, sign API-channel requests, fake a callback
+//! server, and speak the two WebSocket protocols.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::HeaderMap;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use switchyard_connectors::signature::switchyard_signature;
+use switchyard_core::config::Settings;
+use switchyard_router::{App, Role};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SECRET: &str = "shop-app-secret-0123456789";
+pub const WEB_SECRET: &str = "web-channel-secret-0123456789";
+
+/// A running in-process Switchyard.
+pub struct Server {
+    pub app: App,
+    pub base: String,
+    pub addr: SocketAddr,
+    pub http: reqwest::Client,
+}
+
+impl Server {
+    /// Starts Switchyard with `extra` appended to a config that listens on a free port.
+    pub async fn start(extra: &str) -> Server {
+        let text = format!("[server]\nlisten = \"127.0.0.1:0\"\n[bus]\nshards = 4\n{extra}");
+        let path = std::env::temp_dir().join(format!("switchyard-e2e-{}.toml", rand_id()));
+        std::fs::write(&path, text).unwrap();
+        let settings = Settings::load_with_env(Some(&path), []).unwrap();
+        let _ = std::fs::remove_file(&path);
+        let app = App::start(settings, Role::All).await.unwrap();
+        let addr = app.addr.unwrap();
+        Server {
+            app,
+            base: format!("http://{addr}"),
+            addr,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Default test config: an api channel posting replies to `callback`, a web channel.
+    pub async fn with_channels(callback: &str) -> Server {
+        Server::start(&format!(
+            "[[channels]]\nid = \"shop\"\nkind = \"api\"\nsecret = \"{SECRET}\"\ncallback_url = \"{callback}\"\n\
+             [[channels]]\nid = \"web\"\nkind = \"web\"\nsecret = \"{WEB_SECRET}\"\n"
+        ))
+        .await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Posts a signed API-channel message body.
+    pub async fn post_signed(&self, channel: &str, body: &[u8]) -> reqwest::Response {
+        self.post_signed_at(channel, body, chrono::Utc::now().timestamp(), SECRET)
+            .await
+    }
+
+    pub async fn post_signed_at(
+        &self,
+        channel: &str,
+        body: &[u8],
+        ts: i64,
+        secret: &str,
+    ) -> reqwest::Response {
+        self.http
+            .post(self.url(&format!("/v1/channels/{channel}/messages")))
+            .header("content-type", "application/json")
+            .header("x-switchyard-timestamp", ts.to_string())
+            .header(
+                "x-switchyard-signature",
+                switchyard_signature(secret.as_bytes(), ts, body),
+            )
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let r = self.http.get(self.url(path)).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn send_json(&self, method: &str, path: &str, body: Value) -> (u16, Value) {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let r = self
+            .http
+            .request(m, self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Puts an agent online with `capacity` in the default pool.
+    pub async fn agent_online(&self, id: &str, capacity: u32) -> Value {
+        let (status, body) = self
+            .send_json(
+                "PUT",
+                &format!("/v1/agents/{id}"),
+                json!({"name": id, "pools": ["default"], "capacity": capacity, "status": "online"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// The value of a metric line (exact name and labels), or 0.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0)
+    }
+
+    pub async fn stop(self) {
+        self.app.stop().await.unwrap();
+    }
+}
+
+pub fn rand_id() -> String {
+    format!("{:x}", rand::random::<u64>())
+}
+
+/// An API-channel message body.
+pub fn api_message(message_id: &str, user: &str, text: &str, identities: &[&str]) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "message_id": message_id,
+        "user": {"id": user, "name": format!("User {user}"), "identities": identities},
+        "content": {"type": "text", "text": text},
+    }))
+    .unwrap()
+}
+
+/// A request the fake callback server received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// A fake app backend receiving API-channel replies.
+pub struct Callback {
+    pub url: String,
+    pub received: Arc<Mutex<Vec<Received>>>,
+    status: Arc<Mutex<u16>>,
+}
+
+impl Callback {
+    pub async fn start() -> Callback {
+        let received: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let status = Arc::new(Mutex::new(200u16));
+        let (r, s) = (Arc::clone(&received), Arc::clone(&status));
+        let app = axum::Router::new().route(
+            "/callback",
+            axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+                let (r, s) = (Arc::clone(&r), Arc::clone(&s));
+                async move {
+                    r.lock().unwrap().push(Received { headers, body });
+                    axum::http::StatusCode::from_u16(*s.lock().unwrap()).unwrap()
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Callback {
+            url: format!("http://{addr}/callback"),
+            received,
+            status,
+        }
+    }
+
+    /// Makes the fake answer `status` from now on.
+    pub fn answer(&self, status: u16) {
+        *self.status.lock().unwrap() = status;
+    }
+
+    /// Waits until `n` requests arrived.
+    pub async fn wait_for(&self, n: usize) -> Vec<Received> {
+        wait_until(Duration::from_secs(10), || {
+            let got = self.received.lock().unwrap().clone();
+            (got.len() >= n).then_some(got)
+        })
+        .await
+    }
+}
+
+/// Polls `f` until it returns `Some`, or panics after `timeout`.
+pub async fn wait_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A JSON WebSocket client.
+pub struct Ws {
+    stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Ws {
+    pub async fn connect(url: &str) -> Ws {
+        let (stream, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        Ws { stream }
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.stream
+            .send(Message::Text(v.to_string().into()))
+            .await
+            .unwrap();
+    }
+
+    pub async fn send_raw(&mut self, text: &str) {
+        self.stream
+            .send(Message::Text(text.to_owned().into()))
+            .await
+            .unwrap();
+    }
+
+    /// The next JSON frame (panics after 10 s).
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(10), self.stream.next())
+                .await
+                .expect("no frame within 10 s")
+                .expect("socket closed")
+                .unwrap();
+            if let Message::Text(t) = frame {
+                return serde_json::from_str(t.as_str()).unwrap();
+            }
+        }
+    }
+
+    /// The next frame of `kind`, skipping others.
+    pub async fn recv_type(&mut self, kind: &str) -> Value {
+        loop {
+            let v = self.recv().await;
+            if v["type"] == kind {
+                return v;
+            }
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.stream.close(None).await;
+    }
+}
+
+/// Polls the async `f` until it returns `Some`, or panics after 10 s.
+pub async fn eventually<T, F, Fut>(mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
