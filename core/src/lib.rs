@@ -5,6 +5,9 @@
 
 pub mod bus;
 pub mod config;
+#[cfg(feature = "conformance")]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+pub mod conformance;
 pub mod envelope;
 pub mod event;
 pub mod identity;

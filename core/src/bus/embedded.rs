@@ -49,8 +49,20 @@ struct Queue {
 
 #[derive(Default)]
 struct QueueState {
+    /// Ready messages, in `seq` order.
     ready: VecDeque<Stored>,
     unacked: usize,
+    /// Sequence number of the next message stored.
+    next_seq: u64,
+}
+
+impl QueueState {
+    /// Appends a newly stored message with the next sequence number.
+    fn push_new(&mut self, mut stored: Stored) {
+        stored.seq = self.next_seq;
+        self.next_seq += 1;
+        self.ready.push_back(stored);
+    }
 }
 
 #[derive(Clone)]
@@ -58,6 +70,8 @@ struct Stored {
     message: Message,
     routing_key: String,
     redeliveries: u32,
+    /// Position in its queue: a requeued message goes back to its place by it.
+    seq: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -165,14 +179,14 @@ impl Queue {
                 let mut qs = lock(&self.state);
                 let held = qs.ready.len() + qs.unacked;
                 if held < self.spec.capacity {
-                    qs.ready.push_back(stored);
+                    qs.push_new(stored);
                     drop(qs);
                     self.readable.notify_one();
                     return Ok(());
                 }
                 if self.spec.overflow == Overflow::DropHead {
                     qs.ready.pop_front();
-                    qs.ready.push_back(stored);
+                    qs.push_new(stored);
                     drop(qs);
                     self.readable.notify_one();
                     return Ok(());
@@ -187,13 +201,19 @@ impl Queue {
         }
     }
 
-    /// Puts an unsettled message back at the head (keeping per-key order) or dead-letters it.
+    /// Puts an unsettled message back in its place, before every later message (keeping per-key
+    /// order also when several unsettled ones come back), or dead-letters it.
     fn settle_nack(&self, mut stored: Stored, requeue: bool, reason: &str) {
         stored.redeliveries += 1;
         let mut qs = lock(&self.state);
         qs.unacked = qs.unacked.saturating_sub(1);
         if requeue && stored.redeliveries <= self.spec.delivery_limit {
-            qs.ready.push_front(stored);
+            let place = qs
+                .ready
+                .iter()
+                .position(|s| s.seq > stored.seq)
+                .unwrap_or(qs.ready.len());
+            qs.ready.insert(place, stored);
             drop(qs);
             self.readable.notify_one();
             return;
@@ -222,7 +242,7 @@ impl Queue {
             if let Ok(targets) = broker.route(dlx, &stored.routing_key) {
                 for q in targets {
                     // Dead-letter queues never refuse: push without waiting.
-                    lock(&q.state).ready.push_back(stored.clone());
+                    lock(&q.state).push_new(stored.clone());
                     q.readable.notify_one();
                 }
             }
@@ -258,6 +278,7 @@ impl Bus for EmbeddedBus {
             delivery_limit: 0,
             dead_letter_exchange: None,
             overflow: Overflow::DropHead,
+            single_active_consumer: false,
             bindings: vec![(exchange.to_owned(), pattern.to_owned())],
         };
         let mut state = lock(&self.inner.state);
@@ -291,6 +312,7 @@ impl Bus for EmbeddedBus {
             message,
             routing_key: routing_key.to_owned(),
             redeliveries: 0,
+            seq: 0,
         };
         for queue in targets {
             queue

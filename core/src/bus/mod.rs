@@ -7,6 +7,7 @@
 //! acked or nacked, a nacked message is redelivered in place until its delivery limit and then
 //! dead-lettered with its reason.
 
+pub mod amqp;
 pub mod embedded;
 pub mod topology;
 

@@ -74,6 +74,9 @@ pub struct QueueSpec {
     pub dead_letter_exchange: Option<String>,
     /// Behaviour when full.
     pub overflow: Overflow,
+    /// Only one consumer at a time receives (the others stand by): per-key order across
+    /// router replicas.
+    pub single_active_consumer: bool,
     /// `(exchange, binding key)` pairs.
     pub bindings: Vec<(String, String)>,
 }
@@ -105,12 +108,13 @@ pub struct TopologyOptions {
 impl Topology {
     /// The standard Switchyard topology.
     pub fn standard(opts: &TopologyOptions) -> Topology {
-        let work_queue = |name: String, bindings: Vec<(String, String)>| QueueSpec {
+        let work_queue = |name: String, bindings: Vec<(String, String)>, single: bool| QueueSpec {
             name,
             capacity: opts.queue_capacity,
             delivery_limit: opts.delivery_limit,
             dead_letter_exchange: Some(DEAD_LETTER_EXCHANGE.to_owned()),
             overflow: Overflow::RejectPublish,
+            single_active_consumer: single,
             bindings,
         };
         let mut queues: Vec<QueueSpec> = (0..opts.shards)
@@ -118,6 +122,7 @@ impl Topology {
                 work_queue(
                     inbound_queue(shard),
                     vec![(INBOUND_EXCHANGE.to_owned(), shard.to_string())],
+                    true,
                 )
             })
             .collect();
@@ -125,6 +130,7 @@ impl Topology {
             work_queue(
                 outbound_queue(kind),
                 vec![(OUTBOUND_EXCHANGE.to_owned(), kind.clone())],
+                false,
             )
         }));
         queues.push(QueueSpec {
@@ -133,6 +139,7 @@ impl Topology {
             delivery_limit: u32::MAX,
             dead_letter_exchange: None,
             overflow: Overflow::DropHead,
+            single_active_consumer: false,
             bindings: vec![(DEAD_LETTER_EXCHANGE.to_owned(), "#".to_owned())],
         });
         Topology {

@@ -275,7 +275,8 @@ impl Store for EmbeddedStore {
         match s.dedupe.get(key) {
             Some((held, expiry)) if *expiry > now => Ok(Some(held.clone())),
             _ => {
-                s.dedupe.insert(key.to_owned(), (value.to_owned(), now + ttl));
+                s.dedupe
+                    .insert(key.to_owned(), (value.to_owned(), now + ttl));
                 Ok(None)
             }
         }

@@ -1,0 +1,611 @@
+//! RabbitMQ implementation of [`Bus`] over AMQP 0-9-1 (lapin).
+//!
+//! - Work queues are quorum queues with an explicit delivery limit, at-least-once
+//!   dead-lettering to `switchyard.dlx` and `reject-publish` overflow; inbound shards also have a
+//!   single active consumer, so one identity's messages are handled in order by one router.
+//! - Publishes are `mandatory` and persistent on channels in confirm mode; a publish returns
+//!   only after the broker's ack, an unroutable (returned) message is an error, and every
+//!   publish+confirm has a timeout. Many publishes are in flight at once on a small pool of
+//!   channels (confirms are pipelined, never awaited one by one on a single channel).
+//! - Consumers get their own channel with a prefetch; `reject(reason)` republishes to the
+//!   dead-letter exchange with the reason and original queue in headers, then acks, so the
+//!   reason survives; exceeding the delivery limit is dead-lettered the same way.
+//! - The connection auto-recovers (lapin); consumers whose stream ends report it, so the
+//!   process supervisor can restart (a router exits non-zero and Kubernetes restarts it).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+
+use super::topology::{DEAD_LETTER_EXCHANGE, ExchangeKind, Overflow, QueueSpec, Topology};
+use super::{
+    Acker, Bus, BusError, Deliveries, Delivery, HEADER_DEATH_REASON, HEADER_ORIGINAL_QUEUE, Message,
+};
+
+/// Channels used for publishing; publishes are spread over them.
+const PUBLISH_CHANNELS: usize = 4;
+
+/// The RabbitMQ bus.
+#[derive(Clone)]
+pub struct AmqpBus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    connection: Connection,
+    publishers: Vec<Channel>,
+    next_publisher: AtomicUsize,
+    publish_timeout: Duration,
+    /// Delivery limit and dead-letter exchange of declared queues, to dead-letter with a reason.
+    limits: Mutex<HashMap<String, (u32, Option<String>)>>,
+    /// Prefix of every exchange and queue name (tests isolate themselves with it).
+    prefix: String,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> BusError {
+    BusError::Unavailable(e.to_string())
+}
+
+fn long(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s))
+}
+
+impl AmqpBus {
+    /// Connects to `url` (e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`). Every exchange and queue
+    /// name is prefixed with `prefix` (empty in production).
+    pub async fn connect(
+        url: &str,
+        connection_name: &str,
+        prefix: &str,
+        publish_timeout: Duration,
+    ) -> Result<Self, BusError> {
+        let props = ConnectionProperties::default()
+            .with_connection_name(LongString::from(connection_name))
+            .enable_auto_recover();
+        let connection =
+            tokio::time::timeout(Duration::from_secs(10), Connection::connect(url, props))
+                .await
+                .map_err(|_| {
+                    unavailable(format!(
+                        "connecting to RabbitMQ timed out ({url_redacted})",
+                        url_redacted = redact(url)
+                    ))
+                })?
+                .map_err(|e| {
+                    unavailable(format!(
+                        "cannot connect to RabbitMQ at {}: {e}",
+                        redact(url)
+                    ))
+                })?;
+        let mut publishers = Vec::with_capacity(PUBLISH_CHANNELS);
+        for _ in 0..PUBLISH_CHANNELS {
+            let ch = connection.create_channel().await.map_err(unavailable)?;
+            ch.confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(unavailable)?;
+            publishers.push(ch);
+        }
+        Ok(AmqpBus {
+            inner: Arc::new(Inner {
+                connection,
+                publishers,
+                next_publisher: AtomicUsize::new(0),
+                publish_timeout,
+                limits: Mutex::new(HashMap::new()),
+                prefix: prefix.to_owned(),
+            }),
+        })
+    }
+
+    fn name(&self, name: &str) -> String {
+        format!("{}{name}", self.inner.prefix)
+    }
+
+    fn unprefixed<'a>(&self, name: &'a str) -> &'a str {
+        name.strip_prefix(self.inner.prefix.as_str())
+            .unwrap_or(name)
+    }
+
+    fn publisher(&self) -> &Channel {
+        let i = self.inner.next_publisher.fetch_add(1, Ordering::Relaxed);
+        &self.inner.publishers[i % self.inner.publishers.len()]
+    }
+
+    fn queue_args(&self, spec: &QueueSpec, quorum: bool, single_active: bool) -> FieldTable {
+        let mut args = FieldTable::default();
+        if quorum {
+            args.insert("x-queue-type".into(), long("quorum"));
+            args.insert(
+                "x-delivery-limit".into(),
+                AMQPValue::LongLongInt(i64::from(spec.delivery_limit)),
+            );
+        }
+        if single_active {
+            args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+        }
+        if let Some(dlx) = &spec.dead_letter_exchange {
+            args.insert("x-dead-letter-exchange".into(), long(&self.name(dlx)));
+            if quorum {
+                args.insert("x-dead-letter-strategy".into(), long("at-least-once"));
+            }
+        }
+        if spec.capacity < usize::MAX {
+            args.insert(
+                "x-max-length".into(),
+                AMQPValue::LongLongInt(i64::try_from(spec.capacity).unwrap_or(i64::MAX)),
+            );
+            let overflow = match spec.overflow {
+                Overflow::RejectPublish => "reject-publish",
+                Overflow::DropHead => "drop-head",
+            };
+            args.insert("x-overflow".into(), long(overflow));
+        }
+        args
+    }
+
+    async fn publish_on(
+        &self,
+        channel: &Channel,
+        exchange: &str,
+        routing_key: &str,
+        message: &Message,
+    ) -> Result<(), BusError> {
+        let mut headers = FieldTable::default();
+        for (k, v) in &message.headers {
+            headers.insert(ShortString::from(k.as_str()), long(v));
+        }
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_message_id(ShortString::from(message.message_id.as_str()))
+            .with_content_type(ShortString::from("application/json"))
+            .with_headers(headers);
+        let full_exchange = self.name(exchange);
+        let timeout = self.inner.publish_timeout;
+        let confirmed = tokio::time::timeout(timeout, async {
+            let confirm = channel
+                .basic_publish(
+                    ShortString::from(full_exchange.as_str()),
+                    ShortString::from(routing_key),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    &message.body,
+                    props,
+                )
+                .await?;
+            confirm.await
+        })
+        .await
+        .map_err(|_| BusError::Timeout {
+            exchange: exchange.to_owned(),
+            timeout,
+        })?
+        .map_err(unavailable)?;
+        if confirmed.is_nack() {
+            return Err(BusError::Nacked {
+                exchange: exchange.to_owned(),
+                reason: "the broker refused the message (queue full or unavailable)".into(),
+            });
+        }
+        if confirmed.take_message().is_some() {
+            return Err(BusError::Unroutable {
+                exchange: exchange.to_owned(),
+                routing_key: routing_key.to_owned(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            let user = creds.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[async_trait]
+impl Bus for AmqpBus {
+    async fn declare(&self, topology: &Topology) -> Result<(), BusError> {
+        let ch = self
+            .inner
+            .connection
+            .create_channel()
+            .await
+            .map_err(unavailable)?;
+        for ex in &topology.exchanges {
+            let kind = match ex.kind {
+                ExchangeKind::Direct => lapin::ExchangeKind::Direct,
+                ExchangeKind::Topic => lapin::ExchangeKind::Topic,
+            };
+            ch.exchange_declare(
+                ShortString::from(self.name(&ex.name)),
+                kind,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| unavailable(format!("declaring exchange `{}`: {e}", ex.name)))?;
+        }
+        for spec in &topology.queues {
+            let args = self.queue_args(spec, true, spec.single_active_consumer);
+            ch.queue_declare(
+                ShortString::from(self.name(&spec.name)),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                args,
+            )
+            .await
+            .map_err(|e| {
+                unavailable(format!(
+                    "declaring queue `{}` (an existing queue with other arguments must be \
+                     deleted or migrated by policy): {e}",
+                    spec.name
+                ))
+            })?;
+            for (exchange, key) in &spec.bindings {
+                ch.queue_bind(
+                    ShortString::from(self.name(&spec.name)),
+                    ShortString::from(self.name(exchange)),
+                    ShortString::from(key.as_str()),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| unavailable(format!("binding `{}`: {e}", spec.name)))?;
+            }
+            if let Ok(mut limits) = self.inner.limits.lock() {
+                limits.insert(
+                    spec.name.clone(),
+                    (spec.delivery_limit, spec.dead_letter_exchange.clone()),
+                );
+            }
+        }
+        let _ = ch.close(200, ShortString::from("declared")).await;
+        Ok(())
+    }
+
+    async fn declare_subscriber(&self, exchange: &str, pattern: &str) -> Result<String, BusError> {
+        let ch = self
+            .inner
+            .connection
+            .create_channel()
+            .await
+            .map_err(unavailable)?;
+        let spec = QueueSpec {
+            name: String::new(),
+            capacity: 100_000,
+            delivery_limit: 0,
+            dead_letter_exchange: None,
+            overflow: Overflow::DropHead,
+            single_active_consumer: false,
+            bindings: Vec::new(),
+        };
+        let name = self.name(&format!(
+            "{exchange}.subscriber.{}",
+            ulid::Ulid::new().to_string().to_lowercase()
+        ));
+        // Not exclusive (another channel consumes it) but deleted when its consumer goes.
+        ch.queue_declare(
+            ShortString::from(name.as_str()),
+            QueueDeclareOptions {
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            self.queue_args(&spec, false, false),
+        )
+        .await
+        .map_err(unavailable)?;
+        ch.queue_bind(
+            ShortString::from(name.as_str()),
+            ShortString::from(self.name(exchange)),
+            ShortString::from(pattern),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(unavailable)?;
+        let _ = ch.close(200, ShortString::from("declared")).await;
+        Ok(self.unprefixed(&name).to_owned())
+    }
+
+    async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: Message,
+    ) -> Result<(), BusError> {
+        // A full queue (reject-publish) nacks: wait for room with a short backoff until the
+        // publish timeout, like the embedded bus, instead of failing at once.
+        let deadline = tokio::time::Instant::now() + self.inner.publish_timeout;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let channel = self.publisher().clone();
+            match self
+                .publish_on(&channel, exchange, routing_key, &message)
+                .await
+            {
+                Err(BusError::Nacked { .. }) if tokio::time::Instant::now() + pause < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                Err(BusError::Nacked { .. }) => {
+                    return Err(BusError::Timeout {
+                        exchange: exchange.to_owned(),
+                        timeout: self.inner.publish_timeout,
+                    });
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn consume(&self, queue: &str, prefetch: u16) -> Result<Box<dyn Deliveries>, BusError> {
+        let ch = self
+            .inner
+            .connection
+            .create_channel()
+            .await
+            .map_err(unavailable)?;
+        ch.basic_qos(prefetch.max(1), BasicQosOptions::default())
+            .await
+            .map_err(unavailable)?;
+        let consumer = ch
+            .basic_consume(
+                ShortString::from(self.name(queue)),
+                ShortString::from(""),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| unavailable(format!("consuming `{queue}`: {e}")))?;
+        let (limit, dead_letter_exchange) = self
+            .inner
+            .limits
+            .lock()
+            .ok()
+            .and_then(|l| l.get(queue).cloned())
+            .unwrap_or((u32::MAX, None));
+        Ok(Box::new(AmqpDeliveries {
+            bus: self.clone(),
+            queue: queue.to_owned(),
+            limit,
+            dead_letter_exchange,
+            consumer,
+            channel: ch,
+        }))
+    }
+
+    fn is_ready(&self) -> bool {
+        self.inner.connection.status().connected()
+    }
+
+    async fn close(&self) {
+        let _ = self
+            .inner
+            .connection
+            .close(200, ShortString::from("switchyard shutting down"))
+            .await;
+    }
+}
+
+struct AmqpDeliveries {
+    bus: AmqpBus,
+    queue: String,
+    limit: u32,
+    dead_letter_exchange: Option<String>,
+    consumer: lapin::Consumer,
+    channel: Channel,
+}
+
+impl Drop for AmqpDeliveries {
+    /// Closing the consumer's channel cancels it on the broker and requeues what it held, so a
+    /// replacement consumer (or the standby of a single-active-consumer queue) takes over.
+    fn drop(&mut self) {
+        let channel = self.channel.clone();
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let _ = channel
+                    .close(200, ShortString::from("consumer dropped"))
+                    .await;
+            });
+        }
+    }
+}
+
+fn header_string(v: &AMQPValue) -> Option<String> {
+    match v {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+fn header_count(v: &AMQPValue) -> Option<u32> {
+    match v {
+        AMQPValue::LongLongInt(n) => u32::try_from(*n).ok(),
+        AMQPValue::LongInt(n) => u32::try_from(*n).ok(),
+        AMQPValue::LongUInt(n) => Some(*n),
+        AMQPValue::ShortInt(n) => u32::try_from(*n).ok(),
+        AMQPValue::ShortUInt(n) => Some(u32::from(*n)),
+        _ => None,
+    }
+}
+
+#[async_trait]
+impl Deliveries for AmqpDeliveries {
+    async fn next(&mut self) -> Option<Delivery> {
+        loop {
+            let delivery = match self.consumer.next().await? {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(queue = %self.queue, error = %e, "consumer error");
+                    return None;
+                }
+            };
+            let mut headers = BTreeMap::new();
+            let mut delivery_count = None;
+            if let Some(table) = delivery.properties.headers() {
+                for (k, v) in table.inner() {
+                    if k.as_str() == "x-delivery-count" {
+                        delivery_count = header_count(v);
+                    } else if let Some(s) = header_string(v) {
+                        headers.insert(k.as_str().to_owned(), s);
+                    }
+                }
+            }
+            let redeliveries = delivery_count.unwrap_or(if delivery.redelivered { 1 } else { 0 });
+            let message = Message {
+                message_id: delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|s| s.as_str().to_owned())
+                    .unwrap_or_default(),
+                body: Bytes::from(delivery.data),
+                headers,
+            };
+            let routing_key = delivery.routing_key.as_str().to_owned();
+            let acker = AmqpAcker {
+                bus: self.bus.clone(),
+                queue: self.queue.clone(),
+                limit: self.limit,
+                dead_letter_exchange: self.dead_letter_exchange.clone(),
+                redeliveries,
+                message: message.clone(),
+                routing_key: routing_key.clone(),
+                acker: delivery.acker,
+                settled: std::sync::atomic::AtomicBool::new(false),
+            };
+            return Some(Delivery::new(
+                message,
+                routing_key,
+                redeliveries,
+                Box::new(acker),
+            ));
+        }
+    }
+}
+
+struct AmqpAcker {
+    bus: AmqpBus,
+    queue: String,
+    limit: u32,
+    dead_letter_exchange: Option<String>,
+    redeliveries: u32,
+    message: Message,
+    routing_key: String,
+    acker: lapin::Acker,
+    settled: std::sync::atomic::AtomicBool,
+}
+
+impl Drop for AmqpAcker {
+    /// A delivery dropped unsettled (its handler died) goes back to the queue at once, as with
+    /// the embedded bus, instead of waiting for the channel to close.
+    fn drop(&mut self) {
+        if self.settled.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let acker = self.acker.clone();
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let requeue = BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                };
+                if let Err(e) = acker.nack(requeue).await {
+                    tracing::debug!(error = %e, "could not requeue a dropped delivery");
+                }
+            });
+        }
+    }
+}
+
+impl AmqpAcker {
+    /// Publishes the message to the dead-letter exchange with its reason, then acks it.
+    async fn dead_letter(&self, reason: &str) -> Result<(), BusError> {
+        let mut message = self.message.clone();
+        message
+            .headers
+            .insert(HEADER_DEATH_REASON.to_owned(), reason.to_owned());
+        message
+            .headers
+            .insert(HEADER_ORIGINAL_QUEUE.to_owned(), self.queue.clone());
+        let dlx = self
+            .dead_letter_exchange
+            .as_deref()
+            .unwrap_or(DEAD_LETTER_EXCHANGE);
+        self.bus.publish(dlx, &self.routing_key, message).await?;
+        self.ack().await
+    }
+}
+
+#[async_trait]
+impl Acker for AmqpAcker {
+    async fn ack(&self) -> Result<(), BusError> {
+        self.settled.store(true, Ordering::Release);
+        match self.acker.ack(BasicAckOptions::default()).await {
+            Ok(true) => Ok(()),
+            // Already settled, or the channel was recovered: the broker redelivers it.
+            Ok(false) => Err(unavailable(
+                "delivery can no longer be acked (channel recovered)",
+            )),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    async fn nack(&self, requeue: bool, reason: &str) -> Result<(), BusError> {
+        self.settled.store(true, Ordering::Release);
+        if !requeue {
+            return self.dead_letter(reason).await;
+        }
+        if self.redeliveries >= self.limit {
+            let why = format!("delivery limit {} exceeded: {reason}", self.limit);
+            return self.dead_letter(&why).await;
+        }
+        self.acker
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            })
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("amqp://guest:secret@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(redact("amqp://127.0.0.1"), "amqp://127.0.0.1");
+    }
+}

@@ -1,0 +1,1650 @@
+//! The [`Store`] conformance suite: dedupe, identity resolution and merges, one open conversation
+//! per customer, idempotent recording, longest-idle assignment within capacity, FIFO queues,
+//! outbound checks, transfers, and concurrent callers converging (DESIGN.md "Guarantees").
+//!
+//! Every identity key value, agent id and pool name a case creates starts with the case's prefix;
+//! times are fixed instants ([`at`]) passed as `now`, except for dedupe TTLs, which are real time.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+
+use super::MakeStore;
+use crate::envelope::{ChannelRef, Content, DEFAULT_TENANT, Direction, Envelope, Sender, new_id};
+use crate::identity::{IdentityKey, IdentityStrength};
+use crate::model::{Agent, AgentStatus, Conversation, ConversationStatus, Customer};
+use crate::store::{
+    AgentUpdate, Assignment, InboundRecord, Merge, Resolution, ResolveRequest, Store, StoreError,
+    TransferTarget,
+};
+
+use IdentityStrength::{Strong, Weak};
+
+/// The instant `secs` seconds after the suite's fixed epoch (2026-01-01T00:00:00Z).
+pub fn at(secs: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(1_767_225_600, 0).expect("valid epoch") + TimeDelta::seconds(secs)
+}
+
+/// The API channel `shop-app`.
+pub fn app_channel() -> ChannelRef {
+    ChannelRef {
+        kind: "api".to_owned(),
+        id: "shop-app".to_owned(),
+    }
+}
+
+/// The WeChat Official Account channel `oa-main`.
+pub fn wechat_channel() -> ChannelRef {
+    ChannelRef {
+        kind: "wechat_oa".to_owned(),
+        id: "oa-main".to_owned(),
+    }
+}
+
+/// The identity key `kind:scope:{prefix}{value}`.
+pub fn key(prefix: &str, kind: &str, scope: &str, value: &str) -> IdentityKey {
+    IdentityKey::new(kind, scope, &format!("{prefix}{value}"))
+        .unwrap_or_else(|e| panic!("test identity key: {e}"))
+}
+
+/// An inbound text envelope from `external_id` on `channel`, already resolved to `customer_id`.
+pub fn inbound_envelope(
+    customer_id: &str,
+    channel: &ChannelRef,
+    external_id: &str,
+    identities: Vec<IdentityKey>,
+    text: &str,
+    now: DateTime<Utc>,
+) -> Envelope {
+    let id = new_id();
+    Envelope {
+        id: id.clone(),
+        tenant: DEFAULT_TENANT.to_owned(),
+        direction: Direction::Inbound,
+        channel: channel.clone(),
+        sender: Sender {
+            external_id: external_id.to_owned(),
+            scope: channel.id.clone(),
+            display_name: None,
+            identities,
+        },
+        customer_id: Some(customer_id.to_owned()),
+        conversation_id: None,
+        sent_at: now,
+        received_at: now,
+        dedupe_key: format!("{}:{id}", channel.id),
+        content: Content::Text {
+            text: text.to_owned(),
+        },
+        reply_to: None,
+        agent_id: None,
+        raw: None,
+    }
+}
+
+/// An agent's reply in `conversation`.
+pub fn outbound_envelope(
+    conversation: &Conversation,
+    agent_id: &str,
+    now: DateTime<Utc>,
+) -> Envelope {
+    let id = new_id();
+    Envelope {
+        id: id.clone(),
+        tenant: conversation.tenant.clone(),
+        direction: Direction::Outbound,
+        channel: conversation.channel.clone(),
+        sender: conversation.recipient.clone(),
+        customer_id: Some(conversation.customer_id.clone()),
+        conversation_id: Some(conversation.id.clone()),
+        sent_at: now,
+        received_at: now,
+        dedupe_key: format!("out:{id}"),
+        content: Content::Text {
+            text: "how can I help?".to_owned(),
+        },
+        reply_to: conversation.last_inbound_id.clone(),
+        agent_id: Some(agent_id.to_owned()),
+        raw: None,
+    }
+}
+
+/// The conflict code of an error, if it is a [`StoreError::Conflict`].
+fn conflict_code(e: &StoreError) -> Option<&'static str> {
+    match e {
+        StoreError::Conflict { code, .. } => Some(code),
+        _ => None,
+    }
+}
+
+async fn resolve(
+    store: &Arc<dyn Store>,
+    identities: &[(&IdentityKey, IdentityStrength)],
+    explicit: bool,
+    now: DateTime<Utc>,
+) -> Resolution {
+    store
+        .resolve_customer(ResolveRequest {
+            tenant: DEFAULT_TENANT.to_owned(),
+            identities: identities.iter().map(|(k, s)| ((*k).clone(), *s)).collect(),
+            explicit,
+            display_name: None,
+            now,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("resolve_customer({identities:?}): {e}"))
+}
+
+async fn record(
+    store: &Arc<dyn Store>,
+    envelope: &Envelope,
+    pool: &str,
+    now: DateTime<Utc>,
+) -> InboundRecord {
+    store
+        .record_inbound(envelope, pool, now)
+        .await
+        .unwrap_or_else(|e| panic!("record_inbound({}): {e}", envelope.id))
+}
+
+/// A new customer (one strong app-user key `{prefix}{name}`) writing once; returns the customer,
+/// the envelope and its (queued) conversation.
+async fn open(
+    store: &Arc<dyn Store>,
+    prefix: &str,
+    name: &str,
+    pool: &str,
+    now: DateTime<Utc>,
+) -> (Customer, Envelope, Conversation) {
+    let k = key(prefix, "app_user", "shop-app", name);
+    let customer = resolve(store, &[(&k, Strong)], false, now).await.customer;
+    let e = inbound_envelope(&customer.id, &app_channel(), name, vec![k], "hello", now);
+    let rec = record(store, &e, pool, now).await;
+    assert!(rec.created, "a first message did not open a conversation");
+    (customer, e, rec.conversation)
+}
+
+async fn agent(
+    store: &Arc<dyn Store>,
+    id: &str,
+    pools: &[&str],
+    capacity: u32,
+    status: AgentStatus,
+    now: DateTime<Utc>,
+) -> Agent {
+    store
+        .upsert_agent(
+            AgentUpdate {
+                id: id.to_owned(),
+                name: Some(format!("Agent {id}")),
+                pools: Some(pools.iter().map(|p| (*p).to_owned()).collect()),
+                skills: Some(Vec::new()),
+                capacity: Some(capacity),
+                status: Some(status),
+            },
+            now,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("upsert_agent({id}): {e}"))
+}
+
+async fn update_agent(store: &Arc<dyn Store>, update: AgentUpdate, now: DateTime<Utc>) -> Agent {
+    let id = update.id.clone();
+    store
+        .upsert_agent(update, now)
+        .await
+        .unwrap_or_else(|e| panic!("upsert_agent({id}): {e}"))
+}
+
+async fn get_agent(store: &Arc<dyn Store>, id: &str) -> Agent {
+    store
+        .agent(id)
+        .await
+        .unwrap_or_else(|e| panic!("agent({id}): {e}"))
+        .unwrap_or_else(|| panic!("agent `{id}` does not exist"))
+}
+
+async fn get_conversation(store: &Arc<dyn Store>, id: &str) -> Conversation {
+    store
+        .conversation(id)
+        .await
+        .unwrap_or_else(|e| panic!("conversation({id}): {e}"))
+        .unwrap_or_else(|| panic!("conversation `{id}` does not exist"))
+}
+
+async fn get_customer(store: &Arc<dyn Store>, id: &str) -> Customer {
+    store
+        .customer(id)
+        .await
+        .unwrap_or_else(|e| panic!("customer({id}): {e}"))
+        .unwrap_or_else(|| panic!("customer `{id}` does not exist"))
+}
+
+async fn owner(store: &Arc<dyn Store>, k: &IdentityKey) -> Option<Customer> {
+    store
+        .customer_by_identity(k)
+        .await
+        .unwrap_or_else(|e| panic!("customer_by_identity({k}): {e}"))
+}
+
+async fn queue(store: &Arc<dyn Store>, pool: &str) -> Vec<String> {
+    store
+        .queue(pool)
+        .await
+        .unwrap_or_else(|e| panic!("queue({pool}): {e}"))
+}
+
+async fn assign(store: &Arc<dyn Store>, pool: &str, now: DateTime<Utc>) -> Vec<Assignment> {
+    store
+        .assign_queued(pool, now)
+        .await
+        .unwrap_or_else(|e| panic!("assign_queued({pool}): {e}"))
+}
+
+async fn message_ids(store: &Arc<dyn Store>, conversation_id: &str) -> Vec<String> {
+    store
+        .messages(conversation_id, 1000)
+        .await
+        .unwrap_or_else(|e| panic!("messages({conversation_id}): {e}"))
+        .into_iter()
+        .map(|m| m.id)
+        .collect()
+}
+
+fn pairs(assignments: &[Assignment]) -> Vec<(String, String)> {
+    assignments
+        .iter()
+        .map(|a| (a.conversation.id.clone(), a.agent.id.clone()))
+        .collect()
+}
+
+fn has_key(c: &Customer, k: &IdentityKey) -> bool {
+    c.identities.iter().any(|r| &r.key == k)
+}
+
+/// Dedupe keys: a claim wins once and later claimers see the holder's value; `set_dedupe`
+/// overwrites the value and TTL; a released claim can be won again; a claim expires after its TTL.
+pub async fn dedupe_claim_release_ttl(factory: &impl MakeStore, prefix: &str) {
+    let what = "dedupe_claim_release_ttl";
+    let store = factory.make().await;
+    let k1 = format!("{prefix}dedupe:oa-main:msg-1");
+    let k2 = format!("{prefix}dedupe:oa-main:msg-2");
+    let long = Duration::from_secs(60);
+    let claim = |k: &str, value: &str, ttl: Duration| {
+        let store = Arc::clone(&store);
+        let (k, value) = (k.to_owned(), value.to_owned());
+        async move {
+            store
+                .claim_dedupe(&k, &value, ttl)
+                .await
+                .unwrap_or_else(|e| panic!("claim_dedupe({k}): {e}"))
+        }
+    };
+    let set = |k: &str, value: &str, ttl: Duration| {
+        let store = Arc::clone(&store);
+        let (k, value) = (k.to_owned(), value.to_owned());
+        async move {
+            store
+                .set_dedupe(&k, &value, ttl)
+                .await
+                .unwrap_or_else(|e| panic!("set_dedupe({k}): {e}"))
+        }
+    };
+    assert_eq!(
+        claim(&k1, "env-1", long).await,
+        None,
+        "{what}: first claim refused"
+    );
+    assert_eq!(
+        claim(&k1, "env-2", long).await.as_deref(),
+        Some("env-1"),
+        "{what}: a duplicate claim must lose and see the holder's value"
+    );
+    set(&k1, "env-1:accepted", long).await;
+    assert_eq!(
+        claim(&k1, "env-3", long).await.as_deref(),
+        Some("env-1:accepted"),
+        "{what}: set_dedupe did not overwrite the value"
+    );
+    assert_eq!(
+        claim(&k2, "b", long).await,
+        None,
+        "{what}: an unrelated key was refused"
+    );
+    store
+        .release_dedupe(&k1)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: release_dedupe: {e}"));
+    assert_eq!(
+        claim(&k1, "env-4", long).await,
+        None,
+        "{what}: a released key could not be claimed again (the channel's retry would be lost)"
+    );
+    assert_eq!(
+        claim(&k2, "b2", long).await.as_deref(),
+        Some("b"),
+        "{what}: releasing k1 released k2"
+    );
+    store
+        .release_dedupe(&format!("{prefix}dedupe:never-claimed"))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: releasing an unclaimed key failed: {e}"));
+
+    let k3 = format!("{prefix}dedupe:oa-main:msg-3");
+    let k4 = format!("{prefix}dedupe:oa-main:msg-4");
+    let short = Duration::from_millis(300);
+    assert_eq!(
+        claim(&k3, "c", short).await,
+        None,
+        "{what}: short claim refused"
+    );
+    assert_eq!(
+        claim(&k3, "c2", short).await.as_deref(),
+        Some("c"),
+        "{what}: claim within TTL won"
+    );
+    assert_eq!(
+        claim(&k4, "d", short).await,
+        None,
+        "{what}: short claim refused"
+    );
+    set(&k4, "d:accepted", long).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        claim(&k3, "c3", short).await,
+        None,
+        "{what}: a claim did not expire after its TTL"
+    );
+    assert_eq!(
+        claim(&k4, "d2", short).await.as_deref(),
+        Some("d:accepted"),
+        "{what}: set_dedupe did not replace the TTL"
+    );
+}
+
+/// Two profiles each holding a strong key merge when one request carries both keys: the oldest
+/// survives, records `merged_from`, reports the merge with the keys that caused it, and answers
+/// lookups by either key and by the merged-away id.
+pub async fn strong_identities_merge(factory: &impl MakeStore, prefix: &str) {
+    let what = "strong_identities_merge";
+    let store = factory.make().await;
+    let a_key = key(prefix, "app_user", "shop-app", "42");
+    let b_key = key(prefix, "wechat_unionid", "", "u42");
+    let c_key = key(prefix, "phone", "", "+8613800000042");
+
+    let ra = resolve(&store, &[(&a_key, Strong)], false, at(1)).await;
+    assert!(ra.created, "{what}: a new key did not create a profile");
+    assert!(
+        ra.merges.is_empty(),
+        "{what}: a new profile reported merges"
+    );
+    assert!(
+        has_key(&ra.customer, &a_key),
+        "{what}: key not recorded on profile"
+    );
+    let again = resolve(&store, &[(&a_key, Strong)], false, at(2)).await;
+    assert!(
+        !again.created && again.customer.id == ra.customer.id,
+        "{what}: the same key resolved to a different or new profile"
+    );
+    let rb = resolve(&store, &[(&b_key, Strong)], false, at(3)).await;
+    assert!(
+        rb.created,
+        "{what}: second key did not create its own profile"
+    );
+    let (a, b) = (ra.customer.id.clone(), rb.customer.id.clone());
+    assert_ne!(a, b, "{what}: two unrelated keys share a profile");
+
+    // The newer profile's key first: the oldest profile must still survive.
+    let r = resolve(&store, &[(&b_key, Strong), (&a_key, Strong)], false, at(4)).await;
+    assert_eq!(
+        r.customer.id, a,
+        "{what}: the oldest profile must survive a merge"
+    );
+    assert!(!r.created, "{what}: a merge reported a created profile");
+    assert_eq!(
+        r.merges,
+        vec![Merge {
+            from: b.clone(),
+            into: a.clone(),
+            via: vec![b_key.clone()],
+        }],
+        "{what}: merges reported"
+    );
+    assert!(
+        r.customer.merged_from.contains(&b),
+        "{what}: merged_from lacks the merged profile: {:?}",
+        r.customer.merged_from
+    );
+    for k in [&a_key, &b_key] {
+        let n = r.customer.identities.iter().filter(|i| &i.key == k).count();
+        assert_eq!(n, 1, "{what}: survivor lists key {k} {n} times");
+    }
+    assert_eq!(
+        r.customer.first_seen,
+        at(1),
+        "{what}: first_seen of the survivor"
+    );
+    for k in [&a_key, &b_key] {
+        let got = owner(&store, k).await.map(|c| c.id);
+        assert_eq!(got.as_deref(), Some(a.as_str()), "{what}: lookup by {k}");
+    }
+    assert_eq!(
+        get_customer(&store, &b).await.id,
+        a,
+        "{what}: the merged-away id must answer with the survivor"
+    );
+    let again = resolve(&store, &[(&b_key, Strong), (&a_key, Strong)], false, at(5)).await;
+    assert!(
+        again.merges.is_empty() && again.customer.id == a,
+        "{what}: resolving merged keys again merged again"
+    );
+
+    // A third profile joins; redirects of earlier merges still hold.
+    let rc = resolve(&store, &[(&c_key, Strong)], false, at(6)).await;
+    let c = rc.customer.id.clone();
+    let r = resolve(&store, &[(&c_key, Strong), (&b_key, Strong)], false, at(7)).await;
+    assert_eq!(r.customer.id, a, "{what}: third merge survivor");
+    assert_eq!(r.merges.len(), 1, "{what}: third merge: {:?}", r.merges);
+    assert_eq!(r.merges[0].from, c, "{what}: third merge `from`");
+    assert_eq!(
+        r.merges[0].via,
+        vec![c_key.clone()],
+        "{what}: third merge `via`"
+    );
+    assert!(
+        r.customer.merged_from.contains(&b) && r.customer.merged_from.contains(&c),
+        "{what}: merged_from after two merges: {:?}",
+        r.customer.merged_from
+    );
+    for id in [&a, &b, &c] {
+        assert_eq!(
+            get_customer(&store, id).await.id,
+            a,
+            "{what}: lookup of `{id}`"
+        );
+    }
+}
+
+/// Weak keys never merge profiles implicitly (the request resolves to the first key's profile and
+/// a weak key held elsewhere stays there); with `explicit: true` they do.
+pub async fn weak_identities_merge_only_explicitly(factory: &impl MakeStore, prefix: &str) {
+    let what = "weak_identities_merge_only_explicitly";
+    let store = factory.make().await;
+    let w1 = key(prefix, "web_visitor", "web", "v1");
+    let w2 = key(prefix, "web_visitor", "web", "v2");
+    let s = key(prefix, "phone", "", "+8613800000001");
+    let a = resolve(&store, &[(&w1, Weak)], false, at(1))
+        .await
+        .customer
+        .id;
+    let b = resolve(&store, &[(&w2, Weak)], false, at(2))
+        .await
+        .customer
+        .id;
+    let c = resolve(&store, &[(&s, Strong)], false, at(3))
+        .await
+        .customer
+        .id;
+    assert!(
+        a != b && b != c && a != c,
+        "{what}: distinct keys share profiles"
+    );
+
+    let r = resolve(&store, &[(&w1, Weak), (&w2, Weak)], false, at(4)).await;
+    assert!(
+        r.merges.is_empty(),
+        "{what}: weak keys merged implicitly: {:?}",
+        r.merges
+    );
+    assert_eq!(
+        r.customer.id, a,
+        "{what}: should resolve to the first key's profile"
+    );
+    assert!(
+        !has_key(&r.customer, &w2),
+        "{what}: a weak key held by another profile was copied onto this one"
+    );
+    assert_eq!(
+        owner(&store, &w2).await.map(|c| c.id),
+        Some(b.clone()),
+        "{what}: owner of w2"
+    );
+    assert_eq!(
+        get_customer(&store, &b).await.id,
+        b,
+        "{what}: profile b vanished"
+    );
+
+    let r = resolve(&store, &[(&s, Strong), (&w1, Weak)], false, at(5)).await;
+    assert!(
+        r.merges.is_empty(),
+        "{what}: strong+weak merged implicitly: {:?}",
+        r.merges
+    );
+    assert_eq!(r.customer.id, c, "{what}: strong key's profile");
+    assert!(
+        !has_key(&r.customer, &w1),
+        "{what}: a weak key held by another profile was copied onto the strong one"
+    );
+    assert_eq!(
+        owner(&store, &w1).await.map(|c| c.id),
+        Some(a.clone()),
+        "{what}: owner of w1"
+    );
+    for id in [&a, &b, &c] {
+        let cust = get_customer(&store, id).await;
+        for k in [&w1, &w2, &s] {
+            if has_key(&cust, k) {
+                assert_eq!(
+                    owner(&store, k).await.map(|c| c.id).as_deref(),
+                    Some(id.as_str()),
+                    "{what}: profile `{id}` lists {k}, which belongs to another profile"
+                );
+            }
+        }
+    }
+
+    // An explicit identify call merges weak keys too; the oldest survives.
+    let r = resolve(&store, &[(&w2, Weak), (&w1, Weak)], true, at(6)).await;
+    assert_eq!(r.customer.id, a, "{what}: explicit merge survivor");
+    assert_eq!(
+        r.merges,
+        vec![Merge {
+            from: b.clone(),
+            into: a.clone(),
+            via: vec![w2.clone()],
+        }],
+        "{what}: explicit weak merge"
+    );
+    assert_eq!(
+        owner(&store, &w2).await.map(|c| c.id),
+        Some(a.clone()),
+        "{what}: w2 after merge"
+    );
+    assert_eq!(
+        get_customer(&store, &b).await.id,
+        a,
+        "{what}: merged-away b"
+    );
+    let r = resolve(&store, &[(&w1, Weak), (&s, Strong)], true, at(7)).await;
+    assert_eq!(r.customer.id, a, "{what}: explicit weak+strong survivor");
+    assert_eq!(
+        r.merges.len(),
+        1,
+        "{what}: explicit weak+strong merges: {:?}",
+        r.merges
+    );
+    assert_eq!(
+        (r.merges[0].from.as_str(), &r.merges[0].via),
+        (c.as_str(), &vec![s.clone()]),
+        "{what}: explicit weak+strong merge"
+    );
+    assert_eq!(
+        owner(&store, &s).await.map(|c| c.id),
+        Some(a),
+        "{what}: s after merge"
+    );
+}
+
+/// A customer has one open conversation across channels: a message on a second channel joins
+/// it and moves its reply channel and recipient there; after a close the next message opens a
+/// new one.
+pub async fn one_open_conversation_across_channels(factory: &impl MakeStore, prefix: &str) {
+    let what = "one_open_conversation_across_channels";
+    let store = factory.make().await;
+    let pool = format!("{prefix}default");
+    let other_pool = format!("{prefix}other");
+    let phone = key(prefix, "phone", "", "+8613800000002");
+    let app_key = key(prefix, "app_user", "shop-app", "42");
+    let wx_key = key(prefix, "wechat_openid", "wx1", "oAbC");
+    let r1 = resolve(
+        &store,
+        &[(&app_key, Strong), (&phone, Strong)],
+        false,
+        at(1),
+    )
+    .await;
+    let r2 = resolve(&store, &[(&wx_key, Strong), (&phone, Strong)], false, at(2)).await;
+    let cust = r1.customer.id.clone();
+    assert_eq!(
+        r2.customer.id, cust,
+        "{what}: shared phone did not unify the channels"
+    );
+
+    let e1 = inbound_envelope(&cust, &app_channel(), "42", vec![app_key], "hi", at(3));
+    let rec1 = record(&store, &e1, &pool, at(3)).await;
+    let conv = rec1.conversation.clone();
+    assert!(rec1.created && !rec1.duplicate, "{what}: first message");
+    assert_eq!(
+        conv.status,
+        ConversationStatus::Queued,
+        "{what}: new conversation status"
+    );
+    assert_eq!(conv.pool, pool, "{what}: new conversation pool");
+    assert_eq!(conv.customer_id, cust, "{what}: conversation customer");
+    assert_eq!(conv.channel, app_channel(), "{what}: conversation channel");
+    assert_eq!(conv.queued_at, Some(at(3)), "{what}: queued_at");
+    assert_eq!(conv.message_count, 1, "{what}: message_count");
+    assert_eq!(
+        conv.last_inbound_id.as_deref(),
+        Some(e1.id.as_str()),
+        "{what}: last_inbound_id"
+    );
+    assert_eq!(
+        queue(&store, &pool).await,
+        vec![conv.id.clone()],
+        "{what}: pool queue"
+    );
+
+    let e2 = inbound_envelope(
+        &cust,
+        &wechat_channel(),
+        "oAbC",
+        vec![wx_key],
+        "again",
+        at(4),
+    );
+    // The pool only applies when a conversation is opened.
+    let rec2 = record(&store, &e2, &other_pool, at(4)).await;
+    let c2 = rec2.conversation;
+    assert!(
+        !rec2.created && !rec2.duplicate,
+        "{what}: second-channel message opened anew"
+    );
+    assert_eq!(
+        c2.id, conv.id,
+        "{what}: second channel got another conversation"
+    );
+    assert_eq!(
+        c2.channel,
+        wechat_channel(),
+        "{what}: reply channel not moved"
+    );
+    assert_eq!(c2.recipient, e2.sender, "{what}: recipient not moved");
+    assert_eq!(
+        c2.last_inbound_id.as_deref(),
+        Some(e2.id.as_str()),
+        "{what}: last_inbound_id"
+    );
+    assert_eq!(c2.message_count, 2, "{what}: message_count");
+    assert_eq!(c2.pool, pool, "{what}: pool changed by a later message");
+    assert_eq!(
+        queue(&store, &pool).await,
+        vec![conv.id.clone()],
+        "{what}: queue after 2nd"
+    );
+    assert!(
+        queue(&store, &other_pool).await.is_empty(),
+        "{what}: other pool queued it"
+    );
+    let stored = store
+        .messages(&conv.id, 10)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: messages: {e}"));
+    let ids: Vec<&str> = stored.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        vec![e1.id.as_str(), e2.id.as_str()],
+        "{what}: messages"
+    );
+    for m in &stored {
+        assert_eq!(
+            m.conversation_id.as_deref(),
+            Some(conv.id.as_str()),
+            "{what}: stored conversation_id"
+        );
+        assert_eq!(
+            m.customer_id.as_deref(),
+            Some(cust.as_str()),
+            "{what}: stored customer_id"
+        );
+    }
+    let last = store
+        .messages(&conv.id, 1)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: messages: {e}"));
+    assert_eq!(
+        last.iter().map(|m| m.id.clone()).collect::<Vec<_>>(),
+        vec![e2.id.clone()],
+        "{what}: messages(limit 1) must be the latest"
+    );
+
+    let closed = store
+        .close_conversation(&conv.id, "agent", at(5))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: close: {e}"));
+    assert_eq!(
+        closed.conversation.status,
+        ConversationStatus::Closed,
+        "{what}: closed status"
+    );
+    assert_eq!(
+        closed.conversation.close_reason.as_deref(),
+        Some("agent"),
+        "{what}: reason"
+    );
+    assert!(
+        queue(&store, &pool).await.is_empty(),
+        "{what}: closed conversation still queued"
+    );
+    let again = store.close_conversation(&conv.id, "agent", at(6)).await;
+    assert_eq!(
+        again.as_ref().err().and_then(conflict_code),
+        Some("conversation_closed"),
+        "{what}: closing twice gave {again:?}"
+    );
+    let e3 = inbound_envelope(&cust, &app_channel(), "42", Vec::new(), "me again", at(7));
+    let rec3 = record(&store, &e3, &pool, at(7)).await;
+    assert!(
+        rec3.created,
+        "{what}: a message after close did not open a new conversation"
+    );
+    assert_ne!(
+        rec3.conversation.id, conv.id,
+        "{what}: closed conversation reopened"
+    );
+    assert_eq!(
+        queue(&store, &pool).await,
+        vec![rec3.conversation.id],
+        "{what}: new queue"
+    );
+}
+
+/// Recording the same envelope id again changes nothing and reports a duplicate, also after its
+/// conversation closed; an envelope without customer is refused.
+pub async fn record_inbound_is_idempotent(factory: &impl MakeStore, prefix: &str) {
+    let what = "record_inbound_is_idempotent";
+    let store = factory.make().await;
+    let pool = format!("{prefix}default");
+    let (cust, e, conv) = open(&store, prefix, "idem", &pool, at(1)).await;
+    let dup = record(&store, &e, &pool, at(2)).await;
+    assert!(
+        dup.duplicate && !dup.created,
+        "{what}: second record not a duplicate"
+    );
+    assert_eq!(
+        dup.conversation.id, conv.id,
+        "{what}: duplicate answered another conversation"
+    );
+    assert_eq!(
+        dup.conversation.message_count, 1,
+        "{what}: duplicate counted"
+    );
+    assert_eq!(
+        message_ids(&store, &conv.id).await,
+        vec![e.id.clone()],
+        "{what}: messages"
+    );
+    assert_eq!(
+        queue(&store, &pool).await,
+        vec![conv.id.clone()],
+        "{what}: queue"
+    );
+
+    store
+        .close_conversation(&conv.id, "agent", at(3))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: close: {e}"));
+    let dup = record(&store, &e, &pool, at(4)).await;
+    assert!(
+        dup.duplicate && !dup.created,
+        "{what}: replay after close opened a conversation"
+    );
+    assert_eq!(dup.conversation.id, conv.id, "{what}: replay after close");
+    assert!(
+        queue(&store, &pool).await.is_empty(),
+        "{what}: replay after close queued"
+    );
+
+    let mut anonymous = inbound_envelope(&cust.id, &app_channel(), "x", Vec::new(), "?", at(5));
+    anonymous.customer_id = None;
+    assert!(
+        store
+            .record_inbound(&anonymous, &pool, at(5))
+            .await
+            .is_err(),
+        "{what}: an envelope without customer_id was recorded"
+    );
+}
+
+/// Each queued conversation goes to the online agent of the pool idle the longest, who then
+/// becomes the most recently busy; away, offline and other-pool agents get nothing; one call
+/// assigns repeatedly, head first.
+pub async fn longest_idle_agent_first(factory: &impl MakeStore, prefix: &str) {
+    let what = "longest_idle_agent_first";
+    let store = factory.make().await;
+    let pool = format!("{prefix}sales");
+    let elsewhere = format!("{prefix}support");
+    let [a, b, c, d, e, f] = ["a", "b", "c", "d", "e", "f"].map(|n| format!("{prefix}agent-{n}"));
+    // d was online first but is away now; e is idle longest but in another pool; f is offline.
+    agent(&store, &d, &[&pool], 2, AgentStatus::Online, at(-30)).await;
+    update_agent(
+        &store,
+        AgentUpdate {
+            id: d.clone(),
+            status: Some(AgentStatus::Away),
+            ..AgentUpdate::default()
+        },
+        at(-29),
+    )
+    .await;
+    agent(&store, &e, &[&elsewhere], 2, AgentStatus::Online, at(-20)).await;
+    agent(&store, &f, &[&pool], 2, AgentStatus::Offline, at(-10)).await;
+    agent(&store, &b, &[&pool], 2, AgentStatus::Online, at(1)).await;
+    agent(&store, &a, &[&pool], 2, AgentStatus::Online, at(2)).await;
+    agent(&store, &c, &[&pool], 2, AgentStatus::Online, at(3)).await;
+
+    let mut expected_owner = Vec::new();
+    for (i, expect) in [&b, &a, &c, &b].into_iter().enumerate() {
+        let t = 10 + 2 * i as i64;
+        let (_, _, conv) = open(&store, prefix, &format!("cust-{i}"), &pool, at(t)).await;
+        let got = assign(&store, &pool, at(t + 1)).await;
+        assert_eq!(
+            pairs(&got),
+            vec![(conv.id.clone(), expect.clone())],
+            "{what}: assignment {i} should go to the longest-idle agent"
+        );
+        let assigned = &got[0];
+        assert_eq!(
+            assigned.conversation.status,
+            ConversationStatus::Assigned,
+            "{what}: status"
+        );
+        assert_eq!(
+            assigned.conversation.agent_id.as_ref(),
+            Some(expect),
+            "{what}: agent_id"
+        );
+        assert_eq!(
+            assigned.conversation.assigned_at,
+            Some(at(t + 1)),
+            "{what}: assigned_at"
+        );
+        assert!(
+            assigned.agent.conversations.contains(&conv.id),
+            "{what}: returned agent does not list the conversation"
+        );
+        for other in [&a, &b, &c] {
+            if other != expect {
+                let o = get_agent(&store, other).await;
+                assert!(
+                    o.idle_since < assigned.agent.idle_since,
+                    "{what}: `{expect}` should now be the most recently busy ({} vs {other}'s {})",
+                    assigned.agent.idle_since,
+                    o.idle_since
+                );
+            }
+        }
+        expected_owner.push((conv.id.clone(), expect.clone()));
+    }
+
+    // Two queued at once: one call assigns both, head first, to a then c (b is busiest).
+    let (_, _, c5) = open(&store, prefix, "cust-5", &pool, at(30)).await;
+    let (_, _, c6) = open(&store, prefix, "cust-6", &pool, at(31)).await;
+    let got = assign(&store, &pool, at(32)).await;
+    assert_eq!(
+        pairs(&got),
+        vec![(c5.id.clone(), a.clone()), (c6.id.clone(), c.clone())],
+        "{what}: one call must assign the whole queue in order"
+    );
+    expected_owner.push((c5.id, a.clone()));
+    expected_owner.push((c6.id, c.clone()));
+    for (conv, owner) in &expected_owner {
+        let got = get_conversation(&store, conv).await;
+        assert_eq!(
+            got.agent_id.as_ref(),
+            Some(owner),
+            "{what}: stored agent of `{conv}`"
+        );
+        assert!(
+            get_agent(&store, owner).await.conversations.contains(conv),
+            "{what}: agent list"
+        );
+    }
+    for idle in [&d, &e, &f] {
+        assert!(
+            get_agent(&store, idle).await.conversations.is_empty(),
+            "{what}: away/offline/other-pool agent `{idle}` got a conversation"
+        );
+    }
+    let held = store
+        .agent_conversations(&a)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: agent_conversations: {e}"));
+    assert_eq!(held.len(), 2, "{what}: agent_conversations of a");
+}
+
+/// An agent never holds more conversations than its capacity: assignment stops, a direct
+/// transfer is refused, and concurrent assigners share the room.
+pub async fn capacity_never_exceeded(factory: &impl MakeStore, prefix: &str) {
+    let what = "capacity_never_exceeded";
+    let store = factory.make().await;
+    let pool = format!("{prefix}default");
+    let x = format!("{prefix}agent-x");
+    agent(&store, &x, &[&pool], 2, AgentStatus::Online, at(0)).await;
+    let mut convs = Vec::new();
+    for i in 0..5 {
+        convs.push(
+            open(&store, prefix, &format!("c{i}"), &pool, at(1 + i))
+                .await
+                .2
+                .id,
+        );
+    }
+    let got = assign(&store, &pool, at(10)).await;
+    assert_eq!(
+        pairs(&got),
+        vec![(convs[0].clone(), x.clone()), (convs[1].clone(), x.clone())],
+        "{what}: capacity 2"
+    );
+    assert!(
+        assign(&store, &pool, at(11)).await.is_empty(),
+        "{what}: assigned beyond capacity"
+    );
+    assert_eq!(
+        get_agent(&store, &x).await.conversations.len(),
+        2,
+        "{what}: agent load"
+    );
+    assert_eq!(
+        queue(&store, &pool).await,
+        convs[2..].to_vec(),
+        "{what}: remaining queue"
+    );
+
+    let refused = store
+        .transfer(&convs[2], TransferTarget::Agent(x.clone()), at(12))
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Conflict { .. })),
+        "{what}: transfer to a full agent gave {refused:?}"
+    );
+    assert_eq!(
+        get_agent(&store, &x).await.conversations.len(),
+        2,
+        "{what}: load after refusal"
+    );
+    assert_eq!(
+        get_conversation(&store, &convs[2]).await.status,
+        ConversationStatus::Queued,
+        "{what}: refused transfer changed the conversation"
+    );
+    assert_eq!(
+        queue(&store, &pool).await,
+        convs[2..].to_vec(),
+        "{what}: queue after refusal"
+    );
+
+    // One more slot, three concurrent assigners: exactly one assignment, of the head.
+    update_agent(
+        &store,
+        AgentUpdate {
+            id: x.clone(),
+            capacity: Some(3),
+            ..AgentUpdate::default()
+        },
+        at(13),
+    )
+    .await;
+    let (r1, r2, r3) = tokio::join!(
+        assign(&store, &pool, at(14)),
+        assign(&store, &pool, at(14)),
+        assign(&store, &pool, at(14))
+    );
+    let all: Vec<(String, String)> = [r1, r2, r3].iter().flat_map(|r| pairs(r)).collect();
+    assert_eq!(
+        all,
+        vec![(convs[2].clone(), x.clone())],
+        "{what}: concurrent assigners"
+    );
+    let x_now = get_agent(&store, &x).await;
+    assert_eq!(x_now.conversations.len(), 3, "{what}: load after raise");
+    assert!(
+        x_now.conversations.len() as u64 <= u64::from(x_now.capacity),
+        "{what}: over capacity"
+    );
+}
+
+/// Concurrent assigners over several agents never hand one conversation out twice.
+pub async fn concurrent_assignment_never_doubles(factory: &impl MakeStore, prefix: &str) {
+    let what = "concurrent_assignment_never_doubles";
+    let store = factory.make().await;
+    let pool = format!("{prefix}default");
+    let agents: Vec<String> = (0..4).map(|i| format!("{prefix}agent-{i}")).collect();
+    for (i, id) in agents.iter().enumerate() {
+        agent(&store, id, &[&pool], 1, AgentStatus::Online, at(i as i64)).await;
+    }
+    let mut convs = Vec::new();
+    for i in 0..6 {
+        convs.push(
+            open(&store, prefix, &format!("c{i}"), &pool, at(10 + i))
+                .await
+                .2
+                .id,
+        );
+    }
+    let (r1, r2, r3) = tokio::join!(
+        assign(&store, &pool, at(20)),
+        assign(&store, &pool, at(20)),
+        assign(&store, &pool, at(20))
+    );
+    let all: Vec<(String, String)> = [r1, r2, r3].iter().flat_map(|r| pairs(r)).collect();
+    assert_eq!(all.len(), 4, "{what}: 4 agents with room 1 each: {all:?}");
+    let conv_set: HashSet<&String> = all.iter().map(|(c, _)| c).collect();
+    let agent_set: HashSet<&String> = all.iter().map(|(_, a)| a).collect();
+    assert_eq!(
+        conv_set.len(),
+        4,
+        "{what}: a conversation was assigned twice: {all:?}"
+    );
+    assert_eq!(agent_set.len(), 4, "{what}: an agent got two: {all:?}");
+    let head: HashSet<&String> = convs[..4].iter().collect();
+    assert_eq!(
+        conv_set, head,
+        "{what}: the four at the head must be assigned"
+    );
+    assert_eq!(
+        queue(&store, &pool).await,
+        convs[4..].to_vec(),
+        "{what}: rest stays queued"
+    );
+}
+
+/// The queue is FIFO: when every agent is full conversations wait in arrival order, and the head
+/// is assigned as soon as room appears (a close, an agent coming online, a raised capacity).
+pub async fn queue_fifo_head_assigned_when_room_frees(factory: &impl MakeStore, prefix: &str) {
+    let what = "queue_fifo_head_assigned_when_room_frees";
+    let store = factory.make().await;
+    let pool = format!("{prefix}default");
+    let x = format!("{prefix}agent-x");
+    let y = format!("{prefix}agent-y");
+    agent(&store, &x, &[&pool], 1, AgentStatus::Online, at(0)).await;
+    let mut convs = Vec::new();
+    for i in 0..4 {
+        convs.push(
+            open(&store, prefix, &format!("c{i}"), &pool, at(1 + i))
+                .await
+                .2,
+        );
+    }
+    let ids: Vec<String> = convs.iter().map(|c| c.id.clone()).collect();
+    assert_eq!(queue(&store, &pool).await, ids, "{what}: arrival order");
+    let got = assign(&store, &pool, at(10)).await;
+    assert_eq!(
+        pairs(&got),
+        vec![(ids[0].clone(), x.clone())],
+        "{what}: first"
+    );
+    assert_eq!(
+        queue(&store, &pool).await,
+        ids[1..].to_vec(),
+        "{what}: waiting in order"
+    );
+    let queued_at: Vec<_> = convs[1..].iter().map(|c| c.queued_at).collect();
+    assert!(
+        queued_at.windows(2).all(|w| w[0] <= w[1]),
+        "{what}: queued_at order"
+    );
+
+    let release = store
+        .close_conversation(&ids[0], "agent", at(11))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: close: {e}"));
+    let freed = release
+        .released_agent
+        .unwrap_or_else(|| panic!("{what}: close of an assigned conversation released no agent"));
+    assert_eq!(freed.id, x, "{what}: released agent");
+    assert!(
+        freed.conversations.is_empty(),
+        "{what}: released agent still holds it"
+    );
+    let got = assign(&store, &pool, at(12)).await;
+    assert_eq!(
+        pairs(&got),
+        vec![(ids[1].clone(), x.clone())],
+        "{what}: after close"
+    );
+
+    agent(&store, &y, &[&pool], 1, AgentStatus::Online, at(13)).await;
+    let got = assign(&store, &pool, at(14)).await;
+    assert_eq!(
+        pairs(&got),
+        vec![(ids[2].clone(), y.clone())],
+        "{what}: after y came online"
+    );
+
+    update_agent(
+        &store,
+        AgentUpdate {
+            id: x.clone(),
+            capacity: Some(2),
+            ..AgentUpdate::default()
+        },
+        at(15),
+    )
+    .await;
+    let got = assign(&store, &pool, at(16)).await;
+    assert_eq!(
+        pairs(&got),
+        vec![(ids[3].clone(), x.clone())],
+        "{what}: after raise"
+    );
+    assert!(
+        queue(&store, &pool).await.is_empty(),
+        "{what}: queue drained"
+    );
+}
+
+/// `record_outbound` only accepts the agent holding an open conversation.
+pub async fn record_outbound_conflicts(factory: &impl MakeStore, prefix: &str) {
+    let what = "record_outbound_conflicts";
+    let store = factory.make().await;
+    let pool = format!("{prefix}default");
+    let x = format!("{prefix}agent-x");
+    let y = format!("{prefix}agent-y");
+    let (_, e_in, conv) = open(&store, prefix, "c", &pool, at(1)).await;
+
+    let early = store
+        .record_outbound(
+            &conv.id,
+            Some(&x),
+            &outbound_envelope(&conv, &x, at(2)),
+            at(2),
+        )
+        .await;
+    assert_eq!(
+        early.as_ref().err().and_then(conflict_code),
+        Some("not_assigned_to_agent"),
+        "{what}: reply to a queued conversation gave {early:?}"
+    );
+    agent(&store, &x, &[&pool], 1, AgentStatus::Online, at(3)).await;
+    agent(&store, &y, &[&pool], 1, AgentStatus::Online, at(4)).await;
+    let got = assign(&store, &pool, at(5)).await;
+    assert_eq!(
+        pairs(&got),
+        vec![(conv.id.clone(), x.clone())],
+        "{what}: assignment"
+    );
+    let conv = got[0].conversation.clone();
+
+    let wrong = store
+        .record_outbound(
+            &conv.id,
+            Some(&y),
+            &outbound_envelope(&conv, &y, at(6)),
+            at(6),
+        )
+        .await;
+    assert_eq!(
+        wrong.as_ref().err().and_then(conflict_code),
+        Some("not_assigned_to_agent"),
+        "{what}: reply by the wrong agent gave {wrong:?}"
+    );
+    let reply = outbound_envelope(&conv, &x, at(7));
+    let ok = store
+        .record_outbound(&conv.id, Some(&x), &reply, at(7))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: reply by the right agent: {e}"));
+    assert_eq!(ok.message_count, 2, "{what}: message_count after reply");
+    assert_eq!(
+        message_ids(&store, &conv.id).await,
+        vec![e_in.id.clone(), reply.id.clone()],
+        "{what}: messages after reply"
+    );
+    let missing = store
+        .record_outbound(
+            &new_id(),
+            Some(&x),
+            &outbound_envelope(&conv, &x, at(8)),
+            at(8),
+        )
+        .await;
+    assert!(
+        matches!(missing, Err(StoreError::NotFound { .. })),
+        "{what}: reply to an unknown conversation gave {missing:?}"
+    );
+
+    store
+        .close_conversation(&conv.id, "agent", at(9))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: close: {e}"));
+    for agent_id in [Some(x.as_str()), None] {
+        let late = store
+            .record_outbound(
+                &conv.id,
+                agent_id,
+                &outbound_envelope(&conv, &x, at(10)),
+                at(10),
+            )
+            .await;
+        assert_eq!(
+            late.as_ref().err().and_then(conflict_code),
+            Some("conversation_closed"),
+            "{what}: reply ({agent_id:?}) to a closed conversation gave {late:?}"
+        );
+    }
+    assert_eq!(
+        message_ids(&store, &conv.id).await.len(),
+        2,
+        "{what}: refused replies stored"
+    );
+}
+
+/// Transfers: to a pool (the agent is freed, the conversation queues at the back with a new
+/// `queued_at`), to an agent with room (assigned at once), to a full or unknown agent (refused,
+/// nothing changes), of a closed conversation (refused).
+pub async fn transfer_to_pool_and_agent(factory: &impl MakeStore, prefix: &str) {
+    let what = "transfer_to_pool_and_agent";
+    let store = factory.make().await;
+    let sales = format!("{prefix}sales");
+    let vip = format!("{prefix}vip");
+    let x = format!("{prefix}agent-x");
+    let y = format!("{prefix}agent-y");
+    agent(&store, &x, &[&sales], 1, AgentStatus::Online, at(0)).await;
+    let (_, _, conv) = open(&store, prefix, "c", &sales, at(1)).await;
+    let (_, _, waiting) = open(&store, prefix, "w", &vip, at(2)).await;
+    assert_eq!(
+        pairs(&assign(&store, &sales, at(3)).await),
+        vec![(conv.id.clone(), x.clone())],
+        "{what}: first assignment"
+    );
+
+    let moved = store
+        .transfer(&conv.id, TransferTarget::Pool(vip.clone()), at(4))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: transfer to pool: {e}"));
+    let c = &moved.conversation;
+    assert_eq!(
+        c.status,
+        ConversationStatus::Queued,
+        "{what}: status after pool transfer"
+    );
+    assert_eq!(c.pool, vip, "{what}: pool after pool transfer");
+    assert_eq!(c.agent_id, None, "{what}: agent_id after pool transfer");
+    assert_eq!(
+        c.queued_at,
+        Some(at(4)),
+        "{what}: queued_at after pool transfer"
+    );
+    let freed = moved
+        .released_agent
+        .unwrap_or_else(|| panic!("{what}: pool transfer released no agent"));
+    assert_eq!(freed.id, x, "{what}: released agent");
+    assert!(
+        freed.conversations.is_empty(),
+        "{what}: released agent still holds it"
+    );
+    assert!(
+        get_agent(&store, &x).await.conversations.is_empty(),
+        "{what}: stored agent load"
+    );
+    assert_eq!(
+        queue(&store, &vip).await,
+        vec![waiting.id.clone(), conv.id.clone()],
+        "{what}: transferred conversation must queue behind earlier ones"
+    );
+
+    // x and y are both full: a direct transfer to y is refused and nothing changes.
+    agent(&store, &y, &[&sales], 1, AgentStatus::Online, at(5)).await;
+    let (_, _, busy) = open(&store, prefix, "b", &sales, at(6)).await;
+    assert_eq!(
+        pairs(&assign(&store, &sales, at(7)).await),
+        vec![(busy.id.clone(), x.clone())],
+        "{what}: x (idle since 3) before y (idle since 5)"
+    );
+    let (_, _, busy2) = open(&store, prefix, "b2", &sales, at(9)).await;
+    assert_eq!(
+        pairs(&assign(&store, &sales, at(10)).await),
+        vec![(busy2.id.clone(), y.clone())],
+        "{what}: y takes the next"
+    );
+    let refused = store
+        .transfer(&conv.id, TransferTarget::Agent(y.clone()), at(11))
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Conflict { .. })),
+        "{what}: transfer to a full agent gave {refused:?}"
+    );
+    let unknown = store
+        .transfer(
+            &conv.id,
+            TransferTarget::Agent(format!("{prefix}nobody")),
+            at(11),
+        )
+        .await;
+    assert!(
+        unknown.is_err(),
+        "{what}: transfer to an unknown agent succeeded"
+    );
+    let still = get_conversation(&store, &conv.id).await;
+    assert_eq!(
+        (still.status, still.pool.as_str(), still.agent_id.as_deref()),
+        (ConversationStatus::Queued, vip.as_str(), None),
+        "{what}: a refused transfer changed the conversation"
+    );
+    assert_eq!(
+        get_agent(&store, &y).await.conversations,
+        vec![busy2.id.clone()],
+        "{what}: y"
+    );
+
+    // Room for y: the direct transfer assigns it at once and takes it out of the queue.
+    update_agent(
+        &store,
+        AgentUpdate {
+            id: y.clone(),
+            capacity: Some(2),
+            ..AgentUpdate::default()
+        },
+        at(12),
+    )
+    .await;
+    let direct = store
+        .transfer(&conv.id, TransferTarget::Agent(y.clone()), at(13))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: transfer to agent with room: {e}"));
+    assert!(
+        direct.released_agent.is_none(),
+        "{what}: a queued conversation released an agent"
+    );
+    let c = direct.conversation;
+    assert_eq!(
+        c.status,
+        ConversationStatus::Assigned,
+        "{what}: status after agent transfer"
+    );
+    assert_eq!(
+        c.agent_id.as_ref(),
+        Some(&y),
+        "{what}: agent after agent transfer"
+    );
+    assert_eq!(
+        queue(&store, &vip).await,
+        vec![waiting.id.clone()],
+        "{what}: vip queue"
+    );
+    let y_now = get_agent(&store, &y).await;
+    assert!(
+        y_now.conversations.contains(&conv.id),
+        "{what}: y does not list it"
+    );
+    assert_eq!(y_now.conversations.len(), 2, "{what}: y load");
+
+    // Agent to agent: refused while x is full, done (releasing y) once x has room.
+    let back = store
+        .transfer(&conv.id, TransferTarget::Agent(x.clone()), at(14))
+        .await;
+    assert!(
+        matches!(back, Err(StoreError::Conflict { .. })),
+        "{what}: transfer to full x gave {back:?}"
+    );
+    store
+        .close_conversation(&busy.id, "agent", at(15))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: close: {e}"));
+    let handed = store
+        .transfer(&conv.id, TransferTarget::Agent(x.clone()), at(16))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: agent-to-agent transfer: {e}"));
+    assert_eq!(
+        handed.conversation.agent_id.as_ref(),
+        Some(&x),
+        "{what}: agent-to-agent"
+    );
+    assert_eq!(
+        handed.released_agent.map(|a| (a.id, a.conversations)),
+        Some((y.clone(), vec![busy2.id.clone()])),
+        "{what}: agent-to-agent must release y"
+    );
+    assert_eq!(
+        get_agent(&store, &x).await.conversations,
+        vec![conv.id.clone()],
+        "{what}: x"
+    );
+
+    store
+        .close_conversation(&conv.id, "agent", at(17))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: close: {e}"));
+    let closed = store
+        .transfer(&conv.id, TransferTarget::Pool(sales.clone()), at(18))
+        .await;
+    assert_eq!(
+        closed.as_ref().err().and_then(conflict_code),
+        Some("conversation_closed"),
+        "{what}: transfer of a closed conversation gave {closed:?}"
+    );
+    assert!(
+        queue(&store, &sales).await.is_empty(),
+        "{what}: closed conversation queued"
+    );
+}
+
+/// Merging two customers who both have an open conversation: the survivor's conversation gets
+/// every message, the other is closed with reason `merged` and its agent is freed; later
+/// messages under either id land in the survivor's conversation. When only the merged-away
+/// customer has one, it moves to the survivor and stays open.
+pub async fn merge_with_open_conversations(factory: &impl MakeStore, prefix: &str) {
+    let what = "merge_with_open_conversations";
+    let store = factory.make().await;
+    let pool = format!("{prefix}default");
+    let x = format!("{prefix}agent-x");
+    let y = format!("{prefix}agent-y");
+    agent(&store, &x, &[&pool], 1, AgentStatus::Online, at(0)).await;
+    let (a, ea, ca) = open(&store, prefix, "a", &pool, at(1)).await;
+    assert_eq!(
+        pairs(&assign(&store, &pool, at(2)).await),
+        vec![(ca.id.clone(), x.clone())]
+    );
+    agent(&store, &y, &[&pool], 1, AgentStatus::Online, at(3)).await;
+    let (b, eb, cb) = open(&store, prefix, "b", &pool, at(4)).await;
+    assert_eq!(
+        pairs(&assign(&store, &pool, at(5)).await),
+        vec![(cb.id.clone(), y.clone())]
+    );
+
+    let a_key = key(prefix, "app_user", "shop-app", "a");
+    let b_key = key(prefix, "app_user", "shop-app", "b");
+    let phone = key(prefix, "phone", "", "+8613800000003");
+    let r = resolve(
+        &store,
+        &[(&b_key, Strong), (&phone, Strong), (&a_key, Strong)],
+        false,
+        at(6),
+    )
+    .await;
+    assert_eq!(r.customer.id, a.id, "{what}: survivor");
+    assert_eq!(r.merges.len(), 1, "{what}: merges {:?}", r.merges);
+    assert_eq!(
+        r.closed.len(),
+        1,
+        "{what}: closed conversations {:?}",
+        r.closed
+    );
+    let closed = &r.closed[0];
+    assert_eq!(
+        closed.id, cb.id,
+        "{what}: the merged-away customer's conversation closes"
+    );
+    assert_eq!(
+        closed.status,
+        ConversationStatus::Closed,
+        "{what}: closed status"
+    );
+    assert_eq!(
+        closed.close_reason.as_deref(),
+        Some("merged"),
+        "{what}: close reason"
+    );
+    assert_eq!(
+        closed.agent_id, None,
+        "{what}: closed conversation keeps an agent"
+    );
+    let stored = get_conversation(&store, &cb.id).await;
+    assert_eq!(
+        stored.status,
+        ConversationStatus::Closed,
+        "{what}: stored closed status"
+    );
+    assert!(
+        get_agent(&store, &y).await.conversations.is_empty(),
+        "{what}: the closed conversation's agent was not freed"
+    );
+    assert_eq!(
+        get_agent(&store, &x).await.conversations,
+        vec![ca.id.clone()],
+        "{what}: x"
+    );
+    let survivor = get_conversation(&store, &ca.id).await;
+    assert_eq!(
+        survivor.status,
+        ConversationStatus::Assigned,
+        "{what}: survivor status"
+    );
+    assert_eq!(survivor.customer_id, a.id, "{what}: survivor customer");
+    let ids = message_ids(&store, &ca.id).await;
+    assert!(
+        ids.contains(&ea.id) && ids.contains(&eb.id) && ids.len() == 2,
+        "{what}: survivor's messages should be both customers': {ids:?}"
+    );
+    let closed_ids = message_ids(&store, &cb.id).await;
+    assert!(
+        !closed_ids.contains(&eb.id),
+        "{what}: a moved message is in two conversations"
+    );
+
+    // Replays and new messages under the merged-away id go to the survivor's conversation.
+    let dup = record(&store, &eb, &pool, at(7)).await;
+    assert!(
+        dup.duplicate,
+        "{what}: replay of a moved message not a duplicate"
+    );
+    assert_eq!(
+        dup.conversation.id, ca.id,
+        "{what}: replay of a moved message"
+    );
+    let late = inbound_envelope(&b.id, &app_channel(), "b", Vec::new(), "still me", at(8));
+    let rec = record(&store, &late, &pool, at(8)).await;
+    assert!(
+        !rec.created,
+        "{what}: message under the old id opened a conversation"
+    );
+    assert_eq!(
+        rec.conversation.id, ca.id,
+        "{what}: message under the old id"
+    );
+    assert_eq!(
+        rec.conversation.customer_id, a.id,
+        "{what}: message under the old id"
+    );
+
+    // Only the merged-away customer has an open conversation: it moves over and stays open.
+    let e_key = key(prefix, "app_user", "shop-app", "e");
+    let e = resolve(&store, &[(&e_key, Strong)], false, at(9))
+        .await
+        .customer;
+    let (c, _, cc) = open(&store, prefix, "c", &pool, at(10)).await;
+    let c_key = key(prefix, "app_user", "shop-app", "c");
+    let r = resolve(&store, &[(&c_key, Strong), (&e_key, Strong)], false, at(11)).await;
+    assert_eq!(
+        r.customer.id, e.id,
+        "{what}: older profile without conversation survives"
+    );
+    assert!(
+        r.closed.is_empty(),
+        "{what}: a lone open conversation was closed: {:?}",
+        r.closed
+    );
+    let moved = get_conversation(&store, &cc.id).await;
+    assert_eq!(
+        moved.customer_id, e.id,
+        "{what}: conversation not moved to the survivor"
+    );
+    assert_eq!(
+        moved.status,
+        ConversationStatus::Queued,
+        "{what}: moved conversation status"
+    );
+    assert_eq!(
+        queue(&store, &pool).await,
+        vec![cc.id.clone()],
+        "{what}: moved stays queued"
+    );
+    let next = inbound_envelope(&e.id, &app_channel(), "e", Vec::new(), "hi", at(12));
+    let rec = record(&store, &next, &pool, at(12)).await;
+    assert!(
+        !rec.created && rec.conversation.id == cc.id,
+        "{what}: survivor's next message"
+    );
+    let via_old = inbound_envelope(&c.id, &app_channel(), "c", Vec::new(), "hi", at(13));
+    let rec = record(&store, &via_old, &pool, at(13)).await;
+    assert_eq!(rec.conversation.id, cc.id, "{what}: old id's next message");
+}
+
+/// Two channels of one person resolving at once converge on one profile and one conversation.
+pub async fn concurrent_resolution_converges(factory: &impl MakeStore, prefix: &str) {
+    let what = "concurrent_resolution_converges";
+    let store = factory.make().await;
+    let pool = format!("{prefix}default");
+    let phone = key(prefix, "phone", "", "+8613800000004");
+    let app_key = key(prefix, "app_user", "shop-app", "7");
+    let wx_key = key(prefix, "wechat_openid", "wx1", "o7");
+    let from_app = [(&app_key, Strong), (&phone, Strong)];
+    let from_wechat = [(&wx_key, Strong), (&phone, Strong)];
+    let (r1, r2) = tokio::join!(
+        resolve(&store, &from_app, false, at(1)),
+        resolve(&store, &from_wechat, false, at(1))
+    );
+    assert_eq!(
+        r1.customer.id, r2.customer.id,
+        "{what}: concurrent resolutions diverged"
+    );
+    let id = r1.customer.id.clone();
+    for k in [&phone, &app_key, &wx_key] {
+        assert_eq!(
+            owner(&store, k).await.map(|c| c.id).as_deref(),
+            Some(id.as_str()),
+            "{what}: {k}"
+        );
+    }
+    let e1 = inbound_envelope(&id, &app_channel(), "7", vec![app_key], "a", at(2));
+    let e2 = inbound_envelope(&id, &wechat_channel(), "o7", vec![wx_key], "b", at(2));
+    let (i1, i2) = tokio::join!(
+        record(&store, &e1, &pool, at(2)),
+        record(&store, &e2, &pool, at(2))
+    );
+    assert_eq!(
+        i1.conversation.id, i2.conversation.id,
+        "{what}: two conversations opened"
+    );
+    assert!(
+        i1.created != i2.created,
+        "{what}: exactly one message opens the conversation"
+    );
+    assert_eq!(
+        queue(&store, &pool).await,
+        vec![i1.conversation.id.clone()],
+        "{what}: queue"
+    );
+}
+
+/// Runs every case, each on a fresh store with its own sub-prefix of `prefix`.
+pub async fn run_all(factory: &impl MakeStore, prefix: &str) {
+    let p = |case: &str| format!("{prefix}{case}.");
+    dedupe_claim_release_ttl(factory, &p("dedupe")).await;
+    strong_identities_merge(factory, &p("strong")).await;
+    weak_identities_merge_only_explicitly(factory, &p("weak")).await;
+    one_open_conversation_across_channels(factory, &p("one-open")).await;
+    record_inbound_is_idempotent(factory, &p("idempotent")).await;
+    longest_idle_agent_first(factory, &p("longest-idle")).await;
+    capacity_never_exceeded(factory, &p("capacity")).await;
+    concurrent_assignment_never_doubles(factory, &p("concurrent-assign")).await;
+    queue_fifo_head_assigned_when_room_frees(factory, &p("fifo")).await;
+    record_outbound_conflicts(factory, &p("outbound")).await;
+    transfer_to_pool_and_agent(factory, &p("transfer")).await;
+    merge_with_open_conversations(factory, &p("merge-open")).await;
+    concurrent_resolution_converges(factory, &p("concurrent-resolve")).await;
+}
