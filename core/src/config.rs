@@ -510,6 +510,19 @@ impl Settings {
                 ),
             });
         }
+        if self.bus.kind == BusKind::Amqp && self.bus.url.is_none() {
+            return Err(ConfigError::Invalid {
+                key: "bus.url".into(),
+                message: "required when bus.kind = \"amqp\" (e.g. amqp://user:pass@host:5672/%2f)"
+                    .into(),
+            });
+        }
+        if self.store.kind == StoreKind::Redis && self.store.url.is_none() {
+            return Err(ConfigError::Invalid {
+                key: "store.url".into(),
+                message: "required when store.kind = \"redis\" (e.g. redis://host:6379/0)".into(),
+            });
+        }
         if self.bus.shards == 0 {
             return Err(ConfigError::Invalid {
                 key: "bus.shards".into(),

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use switchyard_connectors::{ConnectorContext, Registry};
+use switchyard_core::bus::amqp::AmqpBus;
 use switchyard_core::bus::embedded::EmbeddedBus;
 use switchyard_core::bus::topology::{TopologyOptions, inbound_queue, outbound_queue};
 use switchyard_core::bus::{Bus, Topology};
@@ -21,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::events::EventPublisher;
-use crate::http::{HttpState, app};
+use crate::http::{HttpState, app, ops_app};
 use crate::hub::AgentHub;
 use crate::inbound::InboundRouter;
 use crate::ingress::Ingress;
@@ -40,6 +41,15 @@ pub enum Role {
 }
 
 impl Role {
+    /// The role's name, as on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::All => "serve",
+            Role::Gateway => "gateway",
+            Role::Router => "router",
+        }
+    }
+
     fn gateway(self) -> bool {
         matches!(self, Role::All | Role::Gateway)
     }
@@ -71,9 +81,15 @@ impl App {
         let publish_timeout = Duration::from_millis(settings.bus.publish_timeout_ms);
         let bus: Arc<dyn Bus> = match settings.bus.kind {
             BusKind::Embedded => Arc::new(EmbeddedBus::new(publish_timeout)),
-            BusKind::Amqp => anyhow::bail!(
-                "bus.kind = \"amqp\" is not available in this build yet; use \"embedded\""
-            ),
+            BusKind::Amqp => {
+                let url = settings
+                    .bus
+                    .url
+                    .as_deref()
+                    .context("bus.url is required when bus.kind = \"amqp\"")?;
+                let name = format!("switchyard-{}-{}", role.name(), std::process::id());
+                Arc::new(AmqpBus::connect(url, &name, "", publish_timeout).await?)
+            }
         };
         let store: Arc<dyn Store> = match settings.store.kind {
             StoreKind::Embedded => Arc::new(EmbeddedStore::new()),
@@ -117,7 +133,6 @@ impl App {
         let shutdown = CancellationToken::new();
         let sockets = TaskTracker::new();
         let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
-        let mut addr = None;
 
         if role.router() {
             let pools_by_channel: HashMap<String, String> = settings
@@ -156,6 +171,7 @@ impl App {
             }
         }
 
+        let hub = Arc::new(AgentHub::default());
         if role.gateway() {
             for kind in &outbound_kinds {
                 let (bus, registry, events, metrics, stop) = (
@@ -182,49 +198,52 @@ impl App {
                     .with_context(|| format!("outbound consumer of `{queue}`"))
                 });
             }
-            let hub = Arc::new(AgentHub::default());
-            {
-                let (hub, bus, ops, stop) = (
-                    Arc::clone(&hub),
-                    Arc::clone(&bus),
-                    ops.clone(),
-                    shutdown.clone(),
-                );
-                tasks.spawn(async move { hub.run(bus, ops, stop).await.context("agent hub") });
-            }
-            let ingress = Ingress::new(
+            let (hub, bus, ops, stop) = (
+                Arc::clone(&hub),
                 Arc::clone(&bus),
-                Arc::clone(&store),
-                metrics.clone(),
-                settings.bus.shards,
-                Duration::from_secs(settings.store.dedupe_ttl_secs),
+                ops.clone(),
+                shutdown.clone(),
             );
-            let state = HttpState {
-                registry,
-                ingress,
-                ops,
-                hub,
-                metrics: metrics.clone(),
-                api_keys: Arc::new(settings.api_keys().context("resolving API keys")?),
-                max_body_bytes: settings.server.max_body_bytes,
-                shutdown: shutdown.clone(),
-                sockets: sockets.clone(),
-            };
-            let listener = TcpListener::bind(settings.server.listen)
-                .await
-                .with_context(|| format!("binding {}", settings.server.listen))?;
-            let local = listener
-                .local_addr()
-                .context("reading the listen address")?;
-            addr = Some(local);
-            let stop = shutdown.clone();
-            tasks.spawn(async move {
-                axum::serve(listener, app(state))
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await
-                    .context("HTTP server")
-            });
+            tasks.spawn(async move { hub.run(bus, ops, stop).await.context("agent hub") });
         }
+        let ingress = Ingress::new(
+            Arc::clone(&bus),
+            Arc::clone(&store),
+            metrics.clone(),
+            settings.bus.shards,
+            Duration::from_secs(settings.store.dedupe_ttl_secs),
+        );
+        let state = HttpState {
+            registry,
+            ingress,
+            ops,
+            hub,
+            metrics: metrics.clone(),
+            api_keys: Arc::new(settings.api_keys().context("resolving API keys")?),
+            max_body_bytes: settings.server.max_body_bytes,
+            shutdown: shutdown.clone(),
+            sockets: sockets.clone(),
+        };
+        // Routers serve only the operations endpoints (probes and metrics).
+        let router = if role.gateway() {
+            app(state)
+        } else {
+            ops_app(state)
+        };
+        let listener = TcpListener::bind(settings.server.listen)
+            .await
+            .with_context(|| format!("binding {}", settings.server.listen))?;
+        let local = listener
+            .local_addr()
+            .context("reading the listen address")?;
+        let addr = Some(local);
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+                .context("HTTP server")
+        });
 
         Ok(App {
             addr,

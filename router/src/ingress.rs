@@ -107,7 +107,7 @@ impl Ingress {
         let pending = format!("{PENDING_PREFIX}{}", envelope.id);
         let existing = self
             .store
-            .claim_dedupe(&key, &pending, PENDING_CLAIM)
+            .claim_key(&key, &pending, PENDING_CLAIM)
             .await
             .map_err(|e| ConnectorError::Transient(e.to_string()))?;
         if let Some(existing) = existing {
@@ -124,7 +124,7 @@ impl Ingress {
         let body = match serde_json::to_vec(&envelope) {
             Ok(b) => b,
             Err(e) => {
-                let _ = self.store.release_dedupe(&key).await;
+                let _ = self.store.delete_key(&key).await;
                 return Err(ConnectorError::Malformed(format!(
                     "cannot encode envelope: {e}"
                 )));
@@ -133,14 +133,14 @@ impl Ingress {
         let shard = shard_of(&envelope.shard_key(), self.shards).to_string();
         let message = Message::new(envelope.id.clone(), body);
         if let Err(e) = self.bus.publish(INBOUND_EXCHANGE, &shard, message).await {
-            if let Err(release) = self.store.release_dedupe(&key).await {
+            if let Err(release) = self.store.delete_key(&key).await {
                 tracing::warn!(error = %release, "could not release a dedupe claim; the retry waits for it to expire");
             }
             return Err(bus_unavailable(e));
         }
         if let Err(e) = self
             .store
-            .set_dedupe(&key, &envelope.id, self.dedupe_ttl)
+            .set_key(&key, &envelope.id, self.dedupe_ttl)
             .await
         {
             // The message is on the bus; a retry within the pending window will be told to retry,

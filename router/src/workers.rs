@@ -3,8 +3,12 @@
 //! stored and its events confirmed; failures retry in place, then go back to the bus, and after
 //! the delivery limit to the dead-letter queue with their reason.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 
 use switchyard_connectors::{ConnectorError, Registry};
 use switchyard_core::bus::{Bus, Delivery};
@@ -26,6 +30,12 @@ fn backoff(attempt: u32) -> Duration {
 }
 
 /// Consumes one inbound shard queue until `stop` or the bus closes.
+///
+/// Messages of different identities (shard keys) are routed concurrently, up to the prefetch;
+/// messages of one identity strictly one after the other, in queue order. A transient failure
+/// (store or bus unavailable) is retried in place with backoff, so an outage delays messages but
+/// never dead-letters them; a message that can never be routed is dead-lettered with its reason.
+/// On stop, the consumer takes nothing new and finishes what it holds.
 pub async fn run_shard(
     bus: Arc<dyn Bus>,
     queue: String,
@@ -36,37 +46,73 @@ pub async fn run_shard(
     stop: CancellationToken,
 ) -> Result<(), RouteError> {
     let mut deliveries = bus.consume(&queue, prefetch).await?;
+    let mut running = FuturesUnordered::new();
+    // Shard keys with a message in progress, and the messages of that key waiting behind it.
+    let mut busy: HashMap<String, VecDeque<(Delivery, Envelope)>> = HashMap::new();
+    let mut taking = true;
     loop {
-        let delivery = tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
-            d = deliveries.next() => match d {
-                Some(d) => d,
-                None => return Ok(()),
-            },
-        };
-        // A message in progress is finished even when stop is requested.
-        handle_inbound(delivery, attempts, &router, &metrics).await;
+        tokio::select! {
+            _ = stop.cancelled(), if taking => taking = false,
+            next = deliveries.next(), if taking => {
+                let Some(delivery) = next else {
+                    taking = false;
+                    continue;
+                };
+                let Some((delivery, envelope)) = decode(delivery, &metrics).await else {
+                    continue;
+                };
+                let key = envelope.shard_key();
+                match busy.get_mut(&key) {
+                    Some(waiting) => waiting.push_back((delivery, envelope)),
+                    None => {
+                        busy.insert(key.clone(), VecDeque::new());
+                        running.push(route_one(key, delivery, envelope, attempts, &router, &metrics, &stop));
+                    }
+                }
+            }
+            Some(key) = running.next() => {
+                let next = busy.get_mut(&key).and_then(VecDeque::pop_front);
+                match next {
+                    Some((delivery, envelope)) => {
+                        running.push(route_one(key, delivery, envelope, attempts, &router, &metrics, &stop));
+                    }
+                    None => {
+                        busy.remove(&key);
+                    }
+                }
+            }
+            else => return Ok(()),
+        }
     }
 }
 
-async fn handle_inbound(
-    delivery: Delivery,
-    attempts: u32,
-    router: &InboundRouter,
-    metrics: &Metrics,
-) {
-    let envelope: Envelope = match serde_json::from_slice(&delivery.message.body) {
-        Ok(e) => e,
+/// Decodes a delivery's envelope; an undecodable one is dead-lettered at once.
+async fn decode(delivery: Delivery, metrics: &Metrics) -> Option<(Delivery, Envelope)> {
+    match serde_json::from_slice::<Envelope>(&delivery.message.body) {
+        Ok(envelope) => Some((delivery, envelope)),
         Err(e) => {
             metrics.routed.with_label_values(&["dead_lettered"]).inc();
             let reason = format!("undecodable envelope: {e}");
+            tracing::error!(message_id = %delivery.message.message_id, %reason, "dead-lettering");
             if let Err(e) = delivery.reject(&reason).await {
                 tracing::error!(error = %e, "could not dead-letter a message");
             }
-            return;
+            None
         }
-    };
-    let mut attempt = 0;
+    }
+}
+
+/// Routes one message and settles it; returns its shard key.
+async fn route_one(
+    key: String,
+    delivery: Delivery,
+    envelope: Envelope,
+    attempts: u32,
+    router: &InboundRouter,
+    metrics: &Metrics,
+    stop: &CancellationToken,
+) -> String {
+    let mut attempt: u32 = 0;
     loop {
         match router.route(envelope.clone()).await {
             Ok(routed) => {
@@ -78,28 +124,30 @@ async fn handle_inbound(
                 if let Err(e) = delivery.ack().await {
                     tracing::warn!(error = %e, id = %envelope.id, "ack failed; the message will be redelivered and deduplicated");
                 }
-                return;
+                return key;
             }
-            Err(e) if e.is_transient() && attempt + 1 < attempts => {
-                tracing::warn!(error = %e, id = %envelope.id, attempt, "routing failed; retrying");
+            Err(e) if e.is_transient() && !stop.is_cancelled() => {
+                if attempt + 1 == attempts {
+                    tracing::warn!(error = %e, id = %envelope.id, "routing keeps failing; retrying in place until the store and bus answer");
+                }
+                metrics.routed.with_label_values(&["retried"]).inc();
                 tokio::time::sleep(backoff(attempt)).await;
-                attempt += 1;
+                attempt = attempt.saturating_add(1);
+            }
+            Err(e) if e.is_transient() => {
+                // Stopping: hand it back to the bus for the next router.
+                if let Err(e) = delivery.retry(&e.to_string()).await {
+                    tracing::warn!(error = %e, "could not hand a message back");
+                }
+                return key;
             }
             Err(e) => {
-                let reason = e.to_string();
-                let settled = if e.is_transient() {
-                    metrics.routed.with_label_values(&["retried"]).inc();
-                    tracing::warn!(error = %e, id = %envelope.id, "routing failed; handing back to the bus");
-                    delivery.retry(&reason).await
-                } else {
-                    metrics.routed.with_label_values(&["dead_lettered"]).inc();
-                    tracing::error!(error = %e, id = %envelope.id, "message cannot be routed; dead-lettering");
-                    delivery.reject(&reason).await
-                };
-                if let Err(e) = settled {
-                    tracing::error!(error = %e, "could not settle a failed message");
+                metrics.routed.with_label_values(&["dead_lettered"]).inc();
+                tracing::error!(error = %e, id = %envelope.id, "message cannot be routed; dead-lettering");
+                if let Err(e) = delivery.reject(&e.to_string()).await {
+                    tracing::error!(error = %e, "could not dead-letter a message");
                 }
-                return;
+                return key;
             }
         }
     }

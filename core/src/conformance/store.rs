@@ -264,7 +264,7 @@ fn has_key(c: &Customer, k: &IdentityKey) -> bool {
     c.identities.iter().any(|r| &r.key == k)
 }
 
-/// Dedupe keys: a claim wins once and later claimers see the holder's value; `set_dedupe`
+/// Dedupe keys: a claim wins once and later claimers see the holder's value; `set_key`
 /// overwrites the value and TTL; a released claim can be won again; a claim expires after its TTL.
 pub async fn dedupe_claim_release_ttl(factory: &impl MakeStore, prefix: &str) {
     let what = "dedupe_claim_release_ttl";
@@ -277,9 +277,9 @@ pub async fn dedupe_claim_release_ttl(factory: &impl MakeStore, prefix: &str) {
         let (k, value) = (k.to_owned(), value.to_owned());
         async move {
             store
-                .claim_dedupe(&k, &value, ttl)
+                .claim_key(&k, &value, ttl)
                 .await
-                .unwrap_or_else(|e| panic!("claim_dedupe({k}): {e}"))
+                .unwrap_or_else(|e| panic!("claim_key({k}): {e}"))
         }
     };
     let set = |k: &str, value: &str, ttl: Duration| {
@@ -287,9 +287,9 @@ pub async fn dedupe_claim_release_ttl(factory: &impl MakeStore, prefix: &str) {
         let (k, value) = (k.to_owned(), value.to_owned());
         async move {
             store
-                .set_dedupe(&k, &value, ttl)
+                .set_key(&k, &value, ttl)
                 .await
-                .unwrap_or_else(|e| panic!("set_dedupe({k}): {e}"))
+                .unwrap_or_else(|e| panic!("set_key({k}): {e}"))
         }
     };
     assert_eq!(
@@ -306,7 +306,7 @@ pub async fn dedupe_claim_release_ttl(factory: &impl MakeStore, prefix: &str) {
     assert_eq!(
         claim(&k1, "env-3", long).await.as_deref(),
         Some("env-1:accepted"),
-        "{what}: set_dedupe did not overwrite the value"
+        "{what}: set_key did not overwrite the value"
     );
     assert_eq!(
         claim(&k2, "b", long).await,
@@ -314,9 +314,9 @@ pub async fn dedupe_claim_release_ttl(factory: &impl MakeStore, prefix: &str) {
         "{what}: an unrelated key was refused"
     );
     store
-        .release_dedupe(&k1)
+        .delete_key(&k1)
         .await
-        .unwrap_or_else(|e| panic!("{what}: release_dedupe: {e}"));
+        .unwrap_or_else(|e| panic!("{what}: delete_key: {e}"));
     assert_eq!(
         claim(&k1, "env-4", long).await,
         None,
@@ -328,7 +328,7 @@ pub async fn dedupe_claim_release_ttl(factory: &impl MakeStore, prefix: &str) {
         "{what}: releasing k1 released k2"
     );
     store
-        .release_dedupe(&format!("{prefix}dedupe:never-claimed"))
+        .delete_key(&format!("{prefix}dedupe:never-claimed"))
         .await
         .unwrap_or_else(|e| panic!("{what}: releasing an unclaimed key failed: {e}"));
 
@@ -360,7 +360,7 @@ pub async fn dedupe_claim_release_ttl(factory: &impl MakeStore, prefix: &str) {
     assert_eq!(
         claim(&k4, "d2", short).await.as_deref(),
         Some("d:accepted"),
-        "{what}: set_dedupe did not replace the TTL"
+        "{what}: set_key did not replace the TTL"
     );
 }
 

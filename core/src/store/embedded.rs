@@ -31,6 +31,7 @@ pub struct EmbeddedStore {
 
 #[derive(Default)]
 struct State {
+    /// Expiring keys: dedupe claims, locks, caches.
     dedupe: HashMap<String, (String, Instant)>,
     dedupe_claims: u64,
     customers: HashMap<String, Customer>,
@@ -260,7 +261,7 @@ impl State {
 
 #[async_trait]
 impl Store for EmbeddedStore {
-    async fn claim_dedupe(
+    async fn claim_key(
         &self,
         key: &str,
         value: &str,
@@ -282,14 +283,22 @@ impl Store for EmbeddedStore {
         }
     }
 
-    async fn set_dedupe(&self, key: &str, value: &str, ttl: Duration) -> Result<(), StoreError> {
+    async fn set_key(&self, key: &str, value: &str, ttl: Duration) -> Result<(), StoreError> {
         self.lock()
             .dedupe
             .insert(key.to_owned(), (value.to_owned(), Instant::now() + ttl));
         Ok(())
     }
 
-    async fn release_dedupe(&self, key: &str) -> Result<(), StoreError> {
+    async fn get_key(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let s = self.lock();
+        Ok(s.dedupe
+            .get(key)
+            .filter(|(_, expiry)| *expiry > Instant::now())
+            .map(|(v, _)| v.clone()))
+    }
+
+    async fn delete_key(&self, key: &str) -> Result<(), StoreError> {
         self.lock().dedupe.remove(key);
         Ok(())
     }

@@ -142,19 +142,23 @@ pub struct Release {
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Claims `key` with `value` for `ttl` if nobody holds it (`SET NX EX`): `None` when the
-    /// claim is ours (the message is new), else the value the holder stored.
-    async fn claim_dedupe(
+    /// claim is ours, else the value the holder stored. Used for dedupe keys and locks.
+    async fn claim_key(
         &self,
         key: &str,
         value: &str,
         ttl: Duration,
     ) -> Result<Option<String>, StoreError>;
 
-    /// Overwrites the value and ttl of a claim we hold (`SET EX`).
-    async fn set_dedupe(&self, key: &str, value: &str, ttl: Duration) -> Result<(), StoreError>;
+    /// Sets `key` to `value` for `ttl` (`SET EX`), whoever held it. Used to confirm a claim and
+    /// for shared caches (channel access tokens, sync cursors).
+    async fn set_key(&self, key: &str, value: &str, ttl: Duration) -> Result<(), StoreError>;
 
-    /// Gives up a claim (the message could not be accepted, so its retry must not be dropped).
-    async fn release_dedupe(&self, key: &str) -> Result<(), StoreError>;
+    /// The value of `key`, if set and not expired.
+    async fn get_key(&self, key: &str) -> Result<Option<String>, StoreError>;
+
+    /// Deletes `key` (gives up a claim, so a retry of the message is not dropped).
+    async fn delete_key(&self, key: &str) -> Result<(), StoreError>;
 
     /// Finds or creates the one customer these identities belong to, merging profiles that
     /// share a strong key (or any key, when `explicit`).

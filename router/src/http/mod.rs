@@ -51,6 +51,16 @@ pub struct HttpState {
     pub sockets: TaskTracker,
 }
 
+/// The operations endpoints alone (`/healthz`, `/readyz`, `/metrics`), for router processes.
+pub fn ops_app(state: HttpState) -> Router {
+    Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(ops::not_found)
+        .with_state(state)
+}
+
 /// Builds the axum application.
 pub fn app(state: HttpState) -> Router {
     // Bodies are read with a limit one byte above the maximum so an oversized body is detected
