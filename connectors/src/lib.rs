@@ -9,6 +9,7 @@
 pub mod api;
 pub mod error;
 pub mod registry;
+pub mod rules;
 pub mod signature;
 pub mod web;
 
@@ -19,9 +20,11 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use http::{HeaderMap, Method};
 use switchyard_core::envelope::{ChannelRef, Envelope};
+use switchyard_core::model::Conversation;
 
 pub use error::ConnectorError;
 pub use registry::{ConnectorContext, Registry};
+pub use rules::{ChannelRules, RuleViolation};
 
 /// An HTTP request to a channel endpoint, as the connector sees it: raw bytes, before parsing.
 #[derive(Debug, Clone, Copy)]
@@ -125,8 +128,23 @@ pub trait Connector: Send + Sync + 'static {
     /// The answer once the envelopes are safely on the bus.
     fn accepted(&self, accepted: &[Accepted]) -> HttpReply;
 
+    /// What the channel lets us send, and when.
+    fn rules(&self) -> ChannelRules {
+        ChannelRules::unrestricted("no platform limits")
+    }
+
     /// Delivers an outbound envelope through the channel's API.
     async fn send(&self, message: &Envelope) -> Result<SendReceipt, ConnectorError>;
+
+    /// Told when one of this channel's conversations changes status (queued, assigned,
+    /// closed, ...), for platforms that keep their own session state in step (WeCom
+    /// `service_state`). Called at least once per change, possibly more: be idempotent.
+    async fn conversation_changed(
+        &self,
+        _conversation: &Conversation,
+    ) -> Result<(), ConnectorError> {
+        Ok(())
+    }
 }
 
 /// Object-safe view of a [`Connector`], used by the ingress and the dispatcher.
@@ -140,8 +158,13 @@ pub trait Channel: Send + Sync + 'static {
     fn ingest(&self, req: &InboundRequest<'_>) -> Result<Vec<Envelope>, ConnectorError>;
     /// See [`Connector::accepted`].
     fn accepted(&self, accepted: &[Accepted]) -> HttpReply;
+    /// See [`Connector::rules`].
+    fn rules(&self) -> ChannelRules;
     /// See [`Connector::send`].
     async fn send(&self, message: &Envelope) -> Result<SendReceipt, ConnectorError>;
+    /// See [`Connector::conversation_changed`].
+    async fn conversation_changed(&self, conversation: &Conversation)
+    -> Result<(), ConnectorError>;
 }
 
 #[async_trait]
@@ -164,7 +187,18 @@ impl<C: Connector> Channel for C {
         Connector::accepted(self, accepted)
     }
 
+    fn rules(&self) -> ChannelRules {
+        Connector::rules(self)
+    }
+
     async fn send(&self, message: &Envelope) -> Result<SendReceipt, ConnectorError> {
         Connector::send(self, message).await
+    }
+
+    async fn conversation_changed(
+        &self,
+        conversation: &Conversation,
+    ) -> Result<(), ConnectorError> {
+        Connector::conversation_changed(self, conversation).await
     }
 }

@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use switchyard_core::config::ChannelSettings;
+use switchyard_core::store::Store;
+use switchyard_core::store::embedded::EmbeddedStore;
 
 use crate::api::{self, ApiConnector};
 use crate::web::{self, WebConnector};
@@ -15,9 +17,22 @@ use crate::{Channel, ConnectorError};
 pub struct ConnectorContext {
     /// Shared HTTP client for channel APIs.
     pub http: reqwest::Client,
+    /// The shared store, for state every replica must see (access tokens, sync cursors, locks).
+    pub store: Arc<dyn Store>,
+}
+
+impl ConnectorContext {
+    /// A context over `store` with the default HTTP client.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        ConnectorContext {
+            store,
+            ..ConnectorContext::default()
+        }
+    }
 }
 
 impl Default for ConnectorContext {
+    /// A default HTTP client and a private in-process store (for tests and `check-config`).
     fn default() -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
@@ -25,7 +40,10 @@ impl Default for ConnectorContext {
             .pool_idle_timeout(Duration::from_secs(60))
             .build()
             .unwrap_or_default();
-        ConnectorContext { http }
+        ConnectorContext {
+            http,
+            store: Arc::new(EmbeddedStore::new()),
+        }
     }
 }
 

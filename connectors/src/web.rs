@@ -514,10 +514,11 @@ mod tests {
     async fn replies_wait_in_a_mailbox_until_the_visitor_connects() {
         let web = connector(None);
         let sessions = Arc::clone(web.sessions());
+        let at = Utc::now();
         let reply = |text: &str| VisitorEvent::Message {
             id: text.into(),
             content: Content::Text { text: text.into() },
-            sent_at: Utc::now(),
+            sent_at: at,
             agent_id: None,
         };
         sessions.deliver("v1", reply("early"));

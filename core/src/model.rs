@@ -77,6 +77,12 @@ pub struct Conversation {
     pub recipient: Sender,
     /// Id of the customer's latest message (replies answer it).
     pub last_inbound_id: Option<String>,
+    /// When the customer last wrote (channel reply windows count from here).
+    #[serde(default)]
+    pub last_inbound_at: Option<DateTime<Utc>>,
+    /// Replies sent since the customer last wrote (channel reply quotas count these).
+    #[serde(default)]
+    pub replies_since_inbound: u32,
     /// When it was opened.
     pub created_at: DateTime<Utc>,
     /// Latest change.

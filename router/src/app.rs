@@ -27,7 +27,7 @@ use crate::hub::AgentHub;
 use crate::inbound::InboundRouter;
 use crate::ingress::Ingress;
 use crate::operations::Operations;
-use crate::workers::{run_outbound, run_shard};
+use crate::workers::{run_channel_sync, run_outbound, run_shard};
 
 /// Which parts of Switchyard a process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,8 +108,11 @@ impl App {
         store: Arc<dyn Store>,
         metrics: Metrics,
     ) -> anyhow::Result<App> {
-        let registry = Registry::build(&settings.channels, &ConnectorContext::default())
-            .context("building channel connectors")?;
+        let registry = Registry::build(
+            &settings.channels,
+            &ConnectorContext::new(Arc::clone(&store)),
+        )
+        .context("building channel connectors")?;
         let mut outbound_kinds = registry.kinds();
         outbound_kinds.sort();
         let topology = Topology::standard(&TopologyOptions {
@@ -125,6 +128,7 @@ impl App {
         let events = EventPublisher::new(Arc::clone(&bus));
         let ops = Operations::new(
             Arc::clone(&store),
+            registry.clone(),
             Arc::clone(&bus),
             events.clone(),
             metrics.clone(),
@@ -196,6 +200,14 @@ impl App {
                     )
                     .await
                     .with_context(|| format!("outbound consumer of `{queue}`"))
+                });
+            }
+            {
+                let (bus, registry, stop) = (Arc::clone(&bus), registry.clone(), shutdown.clone());
+                tasks.spawn(async move {
+                    run_channel_sync(bus, registry, stop)
+                        .await
+                        .context("channel conversation sync")
                 });
             }
             let (hub, bus, ops, stop) = (

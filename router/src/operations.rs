@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use switchyard_connectors::Registry;
 use switchyard_core::bus::topology::OUTBOUND_EXCHANGE;
 use switchyard_core::bus::{Bus, Message};
 use switchyard_core::envelope::{Content, Direction, Envelope, new_id};
@@ -21,6 +22,7 @@ use crate::events::EventPublisher;
 #[derive(Clone)]
 pub struct Operations {
     store: Arc<dyn Store>,
+    registry: Registry,
     bus: Arc<dyn Bus>,
     events: EventPublisher,
     metrics: Metrics,
@@ -31,6 +33,7 @@ impl Operations {
     /// Commands over `store` and `bus`.
     pub fn new(
         store: Arc<dyn Store>,
+        registry: Registry,
         bus: Arc<dyn Bus>,
         events: EventPublisher,
         metrics: Metrics,
@@ -38,6 +41,7 @@ impl Operations {
     ) -> Self {
         Operations {
             store,
+            registry,
             bus,
             events,
             metrics,
@@ -122,6 +126,18 @@ impl Operations {
                 id: conversation_id.to_owned(),
             })?;
         let now = switchyard_core::time::now();
+        // The channel's rules decide before anything is queued: an undeliverable reply is
+        // refused now, with the rule, instead of failing later at the platform.
+        let content = match self.registry.get(&conversation.channel.id) {
+            Some(channel) => channel
+                .rules()
+                .check(&conversation, content, now)
+                .map_err(|v| RouteError::Refused {
+                    code: v.code,
+                    message: v.message,
+                })?,
+            None => content,
+        };
         let id = new_id();
         let envelope = Envelope {
             id: id.clone(),

@@ -277,3 +277,44 @@ async fn deliver_outbound(
         }
     }
 }
+
+/// Tells each channel about status changes of its conversations
+/// ([`switchyard_connectors::Channel::conversation_changed`]), from the event stream.
+pub async fn run_channel_sync(
+    bus: Arc<dyn Bus>,
+    registry: Registry,
+    stop: CancellationToken,
+) -> Result<(), RouteError> {
+    let queue = bus
+        .declare_subscriber(
+            switchyard_core::bus::topology::EVENTS_EXCHANGE,
+            "conversation.*",
+        )
+        .await?;
+    let mut deliveries = bus.consume(&queue, 64).await?;
+    loop {
+        let delivery = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            d = deliveries.next() => match d {
+                Some(d) => d,
+                None => return Ok(()),
+            },
+        };
+        let conversation =
+            serde_json::from_slice::<switchyard_core::event::CloudEvent>(&delivery.message.body)
+                .ok()
+                .and_then(|e| {
+                    serde_json::from_value::<switchyard_core::model::Conversation>(
+                        e.data.get("conversation").cloned().unwrap_or_default(),
+                    )
+                    .ok()
+                });
+        if let Some(conversation) = conversation
+            && let Some(channel) = registry.get(&conversation.channel.id)
+            && let Err(e) = channel.conversation_changed(&conversation).await
+        {
+            tracing::warn!(error = %e, conversation = %conversation.id, "channel could not follow a conversation change");
+        }
+        let _ = delivery.ack().await;
+    }
+}

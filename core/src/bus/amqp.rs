@@ -457,55 +457,53 @@ fn header_count(v: &AMQPValue) -> Option<u32> {
 #[async_trait]
 impl Deliveries for AmqpDeliveries {
     async fn next(&mut self) -> Option<Delivery> {
-        loop {
-            let delivery = match self.consumer.next().await? {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::warn!(queue = %self.queue, error = %e, "consumer error");
-                    return None;
-                }
-            };
-            let mut headers = BTreeMap::new();
-            let mut delivery_count = None;
-            if let Some(table) = delivery.properties.headers() {
-                for (k, v) in table.inner() {
-                    if k.as_str() == "x-delivery-count" {
-                        delivery_count = header_count(v);
-                    } else if let Some(s) = header_string(v) {
-                        headers.insert(k.as_str().to_owned(), s);
-                    }
+        let delivery = match self.consumer.next().await? {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(queue = %self.queue, error = %e, "consumer error");
+                return None;
+            }
+        };
+        let mut headers = BTreeMap::new();
+        let mut delivery_count = None;
+        if let Some(table) = delivery.properties.headers() {
+            for (k, v) in table.inner() {
+                if k.as_str() == "x-delivery-count" {
+                    delivery_count = header_count(v);
+                } else if let Some(s) = header_string(v) {
+                    headers.insert(k.as_str().to_owned(), s);
                 }
             }
-            let redeliveries = delivery_count.unwrap_or(if delivery.redelivered { 1 } else { 0 });
-            let message = Message {
-                message_id: delivery
-                    .properties
-                    .message_id()
-                    .as_ref()
-                    .map(|s| s.as_str().to_owned())
-                    .unwrap_or_default(),
-                body: Bytes::from(delivery.data),
-                headers,
-            };
-            let routing_key = delivery.routing_key.as_str().to_owned();
-            let acker = AmqpAcker {
-                bus: self.bus.clone(),
-                queue: self.queue.clone(),
-                limit: self.limit,
-                dead_letter_exchange: self.dead_letter_exchange.clone(),
-                redeliveries,
-                message: message.clone(),
-                routing_key: routing_key.clone(),
-                acker: delivery.acker,
-                settled: std::sync::atomic::AtomicBool::new(false),
-            };
-            return Some(Delivery::new(
-                message,
-                routing_key,
-                redeliveries,
-                Box::new(acker),
-            ));
         }
+        let redeliveries = delivery_count.unwrap_or(if delivery.redelivered { 1 } else { 0 });
+        let message = Message {
+            message_id: delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|s| s.as_str().to_owned())
+                .unwrap_or_default(),
+            body: Bytes::from(delivery.data),
+            headers,
+        };
+        let routing_key = delivery.routing_key.as_str().to_owned();
+        let acker = AmqpAcker {
+            bus: self.bus.clone(),
+            queue: self.queue.clone(),
+            limit: self.limit,
+            dead_letter_exchange: self.dead_letter_exchange.clone(),
+            redeliveries,
+            message: message.clone(),
+            routing_key: routing_key.clone(),
+            acker: delivery.acker,
+            settled: std::sync::atomic::AtomicBool::new(false),
+        };
+        Some(Delivery::new(
+            message,
+            routing_key,
+            redeliveries,
+            Box::new(acker),
+        ))
     }
 }
 

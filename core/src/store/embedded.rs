@@ -465,6 +465,8 @@ impl Store for EmbeddedStore {
                         channel: envelope.channel.clone(),
                         recipient: envelope.sender.clone(),
                         last_inbound_id: None,
+                        last_inbound_at: None,
+                        replies_since_inbound: 0,
                         created_at: now,
                         updated_at: now,
                         queued_at: Some(now),
@@ -495,6 +497,8 @@ impl Store for EmbeddedStore {
         c.channel = envelope.channel.clone();
         c.recipient = envelope.sender.clone();
         c.last_inbound_id = Some(envelope.id.clone());
+        c.last_inbound_at = Some(now);
+        c.replies_since_inbound = 0;
         c.updated_at = now;
         c.message_count += 1;
         Ok(InboundRecord {
@@ -640,6 +644,7 @@ impl Store for EmbeddedStore {
         }
         c.updated_at = now;
         c.message_count += 1;
+        c.replies_since_inbound = c.replies_since_inbound.saturating_add(1);
         let c = c.clone();
         let mut stored = envelope.clone();
         stored.conversation_id = Some(c.id.clone());

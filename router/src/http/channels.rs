@@ -132,3 +132,19 @@ pub async fn messages(
 ) -> Result<Response, ApiError> {
     handle(state, channel_id, Method::POST, headers, query, body).await
 }
+
+/// `GET /v1/channels/{channel_id}/rules`: what the channel lets agents send, and when.
+pub async fn rules(
+    State(state): State<HttpState>,
+    Path(channel_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let channel = state
+        .registry
+        .get(&channel_id)
+        .ok_or_else(|| ApiError::not_found(format!("no channel `{channel_id}` is configured")))?;
+    let body = serde_json::json!({
+        "channel": channel.channel(),
+        "rules": channel.rules(),
+    });
+    Ok(axum::Json(body).into_response())
+}

@@ -82,6 +82,7 @@ pub fn app(state: HttpState) -> Router {
             post(channels::messages),
         )
         .route("/v1/channels/{channel_id}/ws", any(visitor_ws::upgrade))
+        .route("/v1/channels/{channel_id}/rules", get(channels::rules))
         .route("/v1/agents/ws", any(agent_ws::upgrade))
         .route("/v1/agents", get(rest::list_agents))
         .route("/v1/agents/{id}", put(rest::put_agent).get(rest::get_agent))

@@ -1,0 +1,308 @@
+//! The channel rules registry: what a channel lets us send and when (reply windows, quotas,
+//! content types, text length) and how unsupported content is downgraded. The router consults
+//! a channel's rules before queueing a reply, so an undeliverable reply is refused at once with
+//! the rule that forbids it, never "sent" into the void. Exposed at `GET /v1/channels/{id}/rules`.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use switchyard_core::envelope::Content;
+use switchyard_core::model::Conversation;
+
+/// A channel's sending rules.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChannelRules {
+    /// How long after the customer's last message replies are allowed (`None`: always).
+    #[serde(with = "opt_secs")]
+    pub reply_window: Option<Duration>,
+    /// Replies allowed per customer message within the window (`None`: unlimited).
+    pub max_replies_per_inbound: Option<u32>,
+    /// Outbound content types the channel accepts.
+    pub content_types: Vec<&'static str>,
+    /// Longest text, in characters (`None`: no limit we know of).
+    pub max_text_chars: Option<usize>,
+    /// What an unsupported type becomes, tried in order: `card -> link -> text`.
+    pub downgrades: Vec<(&'static str, &'static str)>,
+    /// Where the rules come from / what else to know.
+    pub notes: &'static str,
+}
+
+mod opt_secs {
+    use std::time::Duration;
+
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&d.as_secs()),
+            None => s.serialize_none(),
+        }
+    }
+}
+
+/// Why a reply may not be sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct RuleViolation {
+    /// Stable code: `reply_window_closed`, `reply_quota_exceeded`, `content_unsupported`,
+    /// `text_too_long`.
+    pub code: &'static str,
+    /// What rule forbids it.
+    pub message: String,
+}
+
+/// Every outbound content type.
+pub const ALL_TYPES: &[&str] = &[
+    "text", "image", "audio", "video", "file", "location", "link", "sticker", "card", "event",
+];
+
+impl ChannelRules {
+    /// No window, no quota, every type, no length limit (the web and API channels).
+    pub fn unrestricted(notes: &'static str) -> Self {
+        ChannelRules {
+            reply_window: None,
+            max_replies_per_inbound: None,
+            content_types: ALL_TYPES.to_vec(),
+            max_text_chars: None,
+            downgrades: Vec::new(),
+            notes,
+        }
+    }
+
+    /// Checks a reply against the rules; returns the content to send (possibly downgraded).
+    pub fn check(
+        &self,
+        conversation: &Conversation,
+        content: Content,
+        now: DateTime<Utc>,
+    ) -> Result<Content, RuleViolation> {
+        if let Some(window) = self.reply_window {
+            let last = conversation
+                .last_inbound_at
+                .unwrap_or(conversation.created_at);
+            let elapsed = (now - last).to_std().unwrap_or_default();
+            if elapsed > window {
+                return Err(RuleViolation {
+                    code: "reply_window_closed",
+                    message: format!(
+                        "the channel allows replies only within {} h of the customer's last \
+                         message; it was {} h ago",
+                        window.as_secs() / 3600,
+                        elapsed.as_secs() / 3600
+                    ),
+                });
+            }
+        }
+        if let Some(max) = self.max_replies_per_inbound
+            && conversation.replies_since_inbound >= max
+        {
+            return Err(RuleViolation {
+                code: "reply_quota_exceeded",
+                message: format!(
+                    "the channel allows {max} replies per customer message; wait for the \
+                     customer to write again"
+                ),
+            });
+        }
+        let content = self.downgrade(content)?;
+        if let (Content::Text { text }, Some(max)) = (&content, self.max_text_chars) {
+            let chars = text.chars().count();
+            if chars > max {
+                return Err(RuleViolation {
+                    code: "text_too_long",
+                    message: format!("text has {chars} characters; the channel allows {max}"),
+                });
+            }
+        }
+        Ok(content)
+    }
+
+    /// Downgrades content the channel does not accept along the downgrade chain.
+    pub fn downgrade(&self, mut content: Content) -> Result<Content, RuleViolation> {
+        for _ in 0..4 {
+            let kind = content.type_name();
+            if self.content_types.contains(&kind) {
+                return Ok(content);
+            }
+            let Some(next) = self
+                .downgrades
+                .iter()
+                .find(|(from, _)| *from == kind)
+                .map(|(_, to)| *to)
+            else {
+                break;
+            };
+            content = match convert(content, next) {
+                Some(c) => c,
+                None => break,
+            };
+        }
+        Err(RuleViolation {
+            code: "content_unsupported",
+            message: format!(
+                "the channel does not accept this content; it accepts {}",
+                self.content_types.join(", ")
+            ),
+        })
+    }
+}
+
+fn convert(content: Content, to: &str) -> Option<Content> {
+    let text_of = |title: Option<String>, url: Option<String>| {
+        let parts: Vec<String> = [title, url].into_iter().flatten().collect();
+        (!parts.is_empty()).then(|| Content::Text {
+            text: parts.join(" "),
+        })
+    };
+    match (content, to) {
+        (
+            Content::Card {
+                title,
+                url: Some(url),
+                ..
+            },
+            "link",
+        ) => Some(Content::Link {
+            url,
+            title: Some(title),
+            description: None,
+        }),
+        (Content::Card { title, url, .. }, "text") => text_of(Some(title), url),
+        (Content::Link { url, title, .. }, "text") => text_of(title, Some(url)),
+        (Content::Sticker { media }, "image") => Some(Content::Image { media }),
+        (
+            Content::Location {
+                latitude,
+                longitude,
+                label,
+            },
+            "text",
+        ) => Some(Content::Text {
+            text: match label {
+                Some(l) => format!("{l} ({latitude}, {longitude})"),
+                None => format!("{latitude}, {longitude}"),
+            },
+        }),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_core::envelope::{ChannelRef, Sender};
+    use switchyard_core::model::ConversationStatus;
+
+    fn conversation(last: DateTime<Utc>, replies: u32) -> Conversation {
+        Conversation {
+            id: "c".into(),
+            tenant: "default".into(),
+            customer_id: "u".into(),
+            status: ConversationStatus::Assigned,
+            pool: "default".into(),
+            agent_id: Some("a".into()),
+            channel: ChannelRef {
+                kind: "x".into(),
+                id: "x".into(),
+            },
+            recipient: Sender {
+                external_id: "e".into(),
+                scope: String::new(),
+                display_name: None,
+                identities: vec![],
+            },
+            last_inbound_id: None,
+            last_inbound_at: Some(last),
+            replies_since_inbound: replies,
+            created_at: last,
+            updated_at: last,
+            queued_at: None,
+            assigned_at: None,
+            closed_at: None,
+            close_reason: None,
+            message_count: 1,
+        }
+    }
+
+    fn wechat_like() -> ChannelRules {
+        ChannelRules {
+            reply_window: Some(Duration::from_secs(48 * 3600)),
+            max_replies_per_inbound: Some(5),
+            content_types: vec!["text", "image", "link"],
+            max_text_chars: Some(10),
+            downgrades: vec![("card", "link"), ("link", "text")],
+            notes: "test",
+        }
+    }
+
+    #[test]
+    fn window_quota_length_and_downgrades() {
+        let now = Utc::now();
+        let rules = wechat_like();
+        let text = || Content::Text { text: "hi".into() };
+        assert!(rules.check(&conversation(now, 0), text(), now).is_ok());
+        let late = now - chrono::TimeDelta::hours(49);
+        assert_eq!(
+            rules
+                .check(&conversation(late, 0), text(), now)
+                .unwrap_err()
+                .code,
+            "reply_window_closed"
+        );
+        assert_eq!(
+            rules
+                .check(&conversation(now, 5), text(), now)
+                .unwrap_err()
+                .code,
+            "reply_quota_exceeded"
+        );
+        let long = Content::Text {
+            text: "一二三四五六七八九十十一".into(),
+        };
+        assert_eq!(
+            rules
+                .check(&conversation(now, 0), long, now)
+                .unwrap_err()
+                .code,
+            "text_too_long"
+        );
+        let card = Content::Card {
+            title: "Order".into(),
+            url: Some("https://x.test/o".into()),
+            thumbnail: None,
+            attributes: Default::default(),
+        };
+        assert!(matches!(
+            rules.check(&conversation(now, 0), card, now).unwrap(),
+            Content::Link { .. }
+        ));
+        let video = Content::Video {
+            media: Default::default(),
+            thumbnail: None,
+        };
+        assert_eq!(
+            rules
+                .check(&conversation(now, 0), video, now)
+                .unwrap_err()
+                .code,
+            "content_unsupported"
+        );
+        let text_only = ChannelRules {
+            content_types: vec!["text"],
+            ..wechat_like()
+        };
+        let card = Content::Card {
+            title: "Order".into(),
+            url: Some("u".into()),
+            thumbnail: None,
+            attributes: Default::default(),
+        };
+        assert_eq!(
+            text_only.check(&conversation(now, 0), card, now).unwrap(),
+            Content::Text {
+                text: "Order u".into()
+            }
+        );
+    }
+}
