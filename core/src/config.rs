@@ -172,6 +172,10 @@ pub struct BusSettings {
     /// Unsettled deliveries per consumer.
     #[serde(default = "default_prefetch")]
     pub prefetch: u16,
+    /// Keep every event in the replayable stream queue `switchyard.events.stream` for this
+    /// long (RabbitMQ duration such as `7D`, `12h`); unset: no stream. RabbitMQ only.
+    #[serde(default)]
+    pub events_stream_max_age: Option<String>,
 }
 
 impl Default for BusSettings {
@@ -184,6 +188,7 @@ impl Default for BusSettings {
             delivery_limit: default_delivery_limit(),
             publish_timeout_ms: default_publish_timeout_ms(),
             prefetch: default_prefetch(),
+            events_stream_max_age: None,
         }
     }
 }

@@ -77,6 +77,17 @@ pub struct App {
 impl App {
     /// Builds everything `settings` describe and starts `role`; returns once listening.
     pub async fn start(settings: Settings, role: Role) -> anyhow::Result<App> {
+        if role != Role::All
+            && (settings.bus.kind == BusKind::Embedded
+                || settings.store.kind == StoreKind::Embedded)
+        {
+            anyhow::bail!(
+                "`switchyard {}` runs one role of a split deployment, which shares state through \
+                 RabbitMQ and Redis: set bus.kind = \"amqp\" and store.kind = \"redis\", or run \
+                 `switchyard serve` for everything in one process",
+                role.name()
+            );
+        }
         let metrics = Metrics::new().context("creating the metrics registry")?;
         let publish_timeout = Duration::from_millis(settings.bus.publish_timeout_ms);
         let bus: Arc<dyn Bus> = match settings.bus.kind {
@@ -121,6 +132,7 @@ impl App {
             delivery_limit: settings.bus.delivery_limit,
             outbound_kinds: outbound_kinds.clone(),
             publish_timeout: Duration::from_millis(settings.bus.publish_timeout_ms),
+            events_stream_max_age: settings.bus.events_stream_max_age.clone(),
         });
         bus.declare(&topology)
             .await
@@ -150,6 +162,7 @@ impl App {
                 metrics.clone(),
                 pools_by_channel,
                 settings.pool_ids(),
+                Duration::from_secs(settings.store.dedupe_ttl_secs),
             );
             for shard in 0..settings.bus.shards {
                 let (bus, router, metrics, stop) = (

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use switchyard_connectors::web::IDENTIFY_EVENT;
 use switchyard_core::envelope::{Content, Envelope};
@@ -25,6 +26,7 @@ pub struct InboundRouter {
     /// Channel id -> pool its conversations go to.
     pools_by_channel: Arc<HashMap<String, String>>,
     all_pools: Arc<Vec<String>>,
+    dedupe_ttl: Duration,
 }
 
 /// What routing did with an envelope.
@@ -32,7 +34,8 @@ pub struct InboundRouter {
 pub enum Routed {
     /// Recorded in conversation `0`.
     Recorded(String),
-    /// Already recorded before (a redelivery); events re-emitted.
+    /// Already routed: a redelivery (events re-emitted; names the conversation) or another
+    /// copy of a message routed before (names the first copy).
     Duplicate(String),
     /// An identify/link event: identities linked, no conversation touched.
     Linked(String),
@@ -46,6 +49,7 @@ impl InboundRouter {
         metrics: Metrics,
         pools_by_channel: HashMap<String, String>,
         all_pools: Vec<String>,
+        dedupe_ttl: Duration,
     ) -> Self {
         InboundRouter {
             store,
@@ -53,6 +57,7 @@ impl InboundRouter {
             metrics,
             pools_by_channel: Arc::new(pools_by_channel),
             all_pools: Arc::new(all_pools),
+            dedupe_ttl,
         }
     }
 
@@ -63,6 +68,17 @@ impl InboundRouter {
                 "envelope `{}` names no sender identity",
                 envelope.id
             )));
+        }
+        // The second line of defence against channel retries (the ingress claim is the first):
+        // another envelope with this dedupe key was routed already, so this one is dropped.
+        let claim = format!("routed:{}", envelope.dedupe_key);
+        if let Some(first) = self
+            .store
+            .claim_key(&claim, &envelope.id, self.dedupe_ttl)
+            .await?
+            && first != envelope.id
+        {
+            return Ok(Routed::Duplicate(first));
         }
         let explicit =
             matches!(&envelope.content, Content::Event { name, .. } if name == IDENTIFY_EVENT);

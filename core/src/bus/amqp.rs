@@ -248,7 +248,15 @@ impl Bus for AmqpBus {
             .map_err(|e| unavailable(format!("declaring exchange `{}`: {e}", ex.name)))?;
         }
         for spec in &topology.queues {
-            let args = self.queue_args(spec, true, spec.single_active_consumer);
+            let args = match &spec.stream_max_age {
+                Some(max_age) => {
+                    let mut args = FieldTable::default();
+                    args.insert("x-queue-type".into(), long("stream"));
+                    args.insert("x-max-age".into(), long(max_age));
+                    args
+                }
+                None => self.queue_args(spec, true, spec.single_active_consumer),
+            };
             ch.queue_declare(
                 ShortString::from(self.name(&spec.name)),
                 QueueDeclareOptions {
@@ -301,6 +309,7 @@ impl Bus for AmqpBus {
             dead_letter_exchange: None,
             overflow: Overflow::DropHead,
             single_active_consumer: false,
+            stream_max_age: None,
             bindings: Vec::new(),
         };
         let name = self.name(&format!(

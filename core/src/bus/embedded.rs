@@ -279,6 +279,7 @@ impl Bus for EmbeddedBus {
             dead_letter_exchange: None,
             overflow: Overflow::DropHead,
             single_active_consumer: false,
+            stream_max_age: None,
             bindings: vec![(exchange.to_owned(), pattern.to_owned())],
         };
         let mut state = lock(&self.inner.state);

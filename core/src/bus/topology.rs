@@ -8,6 +8,8 @@ pub const INBOUND_EXCHANGE: &str = "switchyard.inbound";
 pub const OUTBOUND_EXCHANGE: &str = "switchyard.outbound";
 /// Event exchange: topic, routing key = event type.
 pub const EVENTS_EXCHANGE: &str = "switchyard.events";
+/// Stream queue bound to the event exchange, for helpdesks that replay from any offset.
+pub const EVENTS_STREAM_QUEUE: &str = "switchyard.events.stream";
 /// Dead-letter exchange.
 pub const DEAD_LETTER_EXCHANGE: &str = "switchyard.dlx";
 /// Queue that holds dead-lettered messages.
@@ -77,6 +79,9 @@ pub struct QueueSpec {
     /// Only one consumer at a time receives (the others stand by): per-key order across
     /// router replicas.
     pub single_active_consumer: bool,
+    /// An append-only stream (RabbitMQ stream queue) that consumers read from any offset and
+    /// that keeps messages for `stream_max_age` regardless of acks.
+    pub stream_max_age: Option<String>,
     /// `(exchange, binding key)` pairs.
     pub bindings: Vec<(String, String)>,
 }
@@ -103,6 +108,9 @@ pub struct TopologyOptions {
     pub outbound_kinds: Vec<String>,
     /// How long a publish may wait for its confirm.
     pub publish_timeout: Duration,
+    /// Keep every event in the stream queue `switchyard.events.stream` for this long
+    /// (RabbitMQ duration, e.g. `7D`); `None`: no stream.
+    pub events_stream_max_age: Option<String>,
 }
 
 impl Topology {
@@ -115,6 +123,7 @@ impl Topology {
             dead_letter_exchange: Some(DEAD_LETTER_EXCHANGE.to_owned()),
             overflow: Overflow::RejectPublish,
             single_active_consumer: single,
+            stream_max_age: None,
             bindings,
         };
         let mut queues: Vec<QueueSpec> = (0..opts.shards)
@@ -140,8 +149,21 @@ impl Topology {
             dead_letter_exchange: None,
             overflow: Overflow::DropHead,
             single_active_consumer: false,
+            stream_max_age: None,
             bindings: vec![(DEAD_LETTER_EXCHANGE.to_owned(), "#".to_owned())],
         });
+        if let Some(max_age) = &opts.events_stream_max_age {
+            queues.push(QueueSpec {
+                name: EVENTS_STREAM_QUEUE.to_owned(),
+                capacity: usize::MAX,
+                delivery_limit: u32::MAX,
+                dead_letter_exchange: None,
+                overflow: Overflow::DropHead,
+                single_active_consumer: false,
+                stream_max_age: Some(max_age.clone()),
+                bindings: vec![(EVENTS_EXCHANGE.to_owned(), "#".to_owned())],
+            });
+        }
         Topology {
             exchanges: vec![
                 Exchange {

@@ -85,6 +85,7 @@ pub fn options(queue_capacity: usize) -> TopologyOptions {
         delivery_limit: DELIVERY_LIMIT,
         outbound_kinds: vec![OUTBOUND_KIND.to_owned()],
         publish_timeout: DEFAULT_PUBLISH_TIMEOUT,
+        events_stream_max_age: None,
     }
 }
 
