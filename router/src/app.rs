@@ -16,6 +16,7 @@ use switchyard_core::config::{BusKind, Settings, StoreKind};
 use switchyard_core::metrics::Metrics;
 use switchyard_core::store::Store;
 use switchyard_core::store::embedded::EmbeddedStore;
+use switchyard_core::store::redis::RedisStore;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -104,9 +105,14 @@ impl App {
         };
         let store: Arc<dyn Store> = match settings.store.kind {
             StoreKind::Embedded => Arc::new(EmbeddedStore::new()),
-            StoreKind::Redis => anyhow::bail!(
-                "store.kind = \"redis\" is not available in this build yet; use \"embedded\""
-            ),
+            StoreKind::Redis => {
+                let url = settings
+                    .store
+                    .url
+                    .as_deref()
+                    .context("store.url is required when store.kind = \"redis\"")?;
+                Arc::new(RedisStore::connect(url, &settings.store.key_prefix).await?)
+            }
         };
         Self::start_with(settings, role, bus, store, metrics).await
     }

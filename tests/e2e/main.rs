@@ -4,6 +4,7 @@
 
 mod api_flow;
 mod bad_input;
+mod cluster;
 mod binary;
 mod identity;
 mod support;

@@ -6,6 +6,7 @@
 //! converge on one profile.
 
 pub mod embedded;
+pub mod redis;
 
 use std::time::Duration;
 

@@ -1,0 +1,865 @@
+//! Redis implementation of [`Store`] (redis-rs, one multiplexed [`ConnectionManager`]).
+//!
+//! - Every method that changes state is exactly one Lua script (`core/src/store/redis/*.lua`,
+//!   run with EVALSHA through [`Script::invoke_async`], which reloads a script the server lost),
+//!   so concurrent routers never read-modify-write across an await: two resolutions of one
+//!   person converge on one profile, a conversation is never assigned twice, no agent goes over
+//!   capacity. `claim_key` is a script too; `set_key` and `delete_key` are single commands
+//!   (`SET PX`, `DEL`), atomic on their own. Pure reads run one read-only script each, so they
+//!   see one consistent snapshot, and are retried once on an I/O error.
+//! - Records that scripts change are hashes of scalar fields (customer, conversation, agent);
+//!   collections are lists, sets and sorted sets; messages are a capped list of envelope JSON
+//!   strings written and read only by Rust (Lua never decodes or encodes JSON). The key layout
+//!   is documented in `docs/redis-keys.md`; every key starts with `{key_prefix}:`, so several
+//!   deployments or test runs can share one Redis.
+//! - Ids are generated in Rust and passed to the scripts; time is always the caller's `now`
+//!   (never the Redis clock), stored as fixed-width RFC 3339 strings with nanoseconds
+//!   (`2026-01-01T00:00:00.000000000Z`): they round-trip exactly and compare byte-wise in Lua.
+//!   Years outside 0000–9999 are not supported.
+//! - Connection, I/O and timeout errors (and any server error) are
+//!   [`StoreError::Unavailable`]; a script reports "not found" and conflicts as a reply, before
+//!   writing anything, and they become [`StoreError::NotFound`] / [`StoreError::Conflict`] with
+//!   the same codes as the embedded store.
+//!
+//! **Redis Cluster is not supported**: the scripts derive the keys they touch from their
+//! arguments (identity owners, merged profiles, agents of a pool), so the keys of one script
+//! cannot be declared up front or kept in one hash slot. Use a standalone Redis (with replicas
+//! and Sentinel for failover if needed), with `maxmemory-policy noeviction`: an evicted key
+//! would corrupt the state.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::{Cmd, RedisError, Script, ScriptInvocation, Value};
+use async_trait::async_trait;
+use chrono::{DateTime, SecondsFormat, Utc};
+
+use super::{
+    AgentUpdate, Assignment, InboundRecord, Merge, Release, Resolution, ResolveRequest, Store,
+    StoreError, TransferTarget,
+};
+use crate::envelope::{ChannelRef, Envelope, Sender, new_id};
+use crate::identity::{IdentityKey, IdentityStrength};
+use crate::model::{
+    Agent, AgentStatus, Conversation, ConversationStatus, Customer, IdentityRecord,
+};
+
+/// Messages kept per conversation; older ones are trimmed from the list.
+pub const MAX_MESSAGES_PER_CONVERSATION: usize = 10_000;
+/// Timeout of one connection attempt.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
+/// Timeout of one command or script.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Reconnect attempts (exponential backoff from 100 ms) before a command fails, so an outage
+/// is reported within about a second rather than hanging callers and probes.
+const RECONNECT_RETRIES: usize = 3;
+/// Longest backoff between reconnect attempts.
+const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(1);
+/// Longest wait for the first connection in [`RedisStore::connect`].
+const INITIAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+const PRELUDE: &str = include_str!("redis/prelude.lua");
+
+fn script(body: &str) -> Script {
+    Script::new(&format!(
+        "local MAX_MESSAGES = {MAX_MESSAGES_PER_CONVERSATION}\n{PRELUDE}\n{body}"
+    ))
+}
+
+static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("redis/claim.lua")));
+static RESOLVE: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/resolve.lua")));
+static RECORD_INBOUND: LazyLock<Script> =
+    LazyLock::new(|| script(include_str!("redis/record_inbound.lua")));
+static RECORD_OUTBOUND: LazyLock<Script> =
+    LazyLock::new(|| script(include_str!("redis/record_outbound.lua")));
+static ASSIGN: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/assign.lua")));
+static UPSERT_AGENT: LazyLock<Script> =
+    LazyLock::new(|| script(include_str!("redis/upsert_agent.lua")));
+static CLOSE: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/close.lua")));
+static TRANSFER: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/transfer.lua")));
+static READS: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/reads.lua")));
+
+/// The Redis store.
+#[derive(Clone)]
+pub struct RedisStore {
+    con: ConnectionManager,
+    prefix: String,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// Connects to `url` (`redis://host:6379/0`, `rediss://…`, `?protocol=resp3` allowed) and
+    /// keeps every key under `{key_prefix}:`. Fails with [`StoreError::Unavailable`] when Redis
+    /// does not answer within a few seconds.
+    pub async fn connect(url: &str, key_prefix: &str) -> Result<Self, StoreError> {
+        let client = ::redis::Client::open(url)
+            .map_err(|e| StoreError::Unavailable(format!("invalid Redis URL: {e}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECTION_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_number_of_retries(RECONNECT_RETRIES)
+            .set_max_delay(RECONNECT_MAX_DELAY);
+        let con = tokio::time::timeout(
+            INITIAL_CONNECT_TIMEOUT,
+            ConnectionManager::new_with_config(client, config),
+        )
+        .await
+        .map_err(|_| {
+            StoreError::Unavailable(format!(
+                "no connection to Redis within {INITIAL_CONNECT_TIMEOUT:?}"
+            ))
+        })?
+        .map_err(unavailable)?;
+        Ok(Self {
+            con,
+            prefix: key_prefix.to_owned(),
+        })
+    }
+
+    /// The key prefix (without the trailing `:`).
+    pub fn key_prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn kv_key(&self, key: &str) -> String {
+        format!("{}:kv:{key}", self.prefix)
+    }
+
+    /// Runs a script. `idempotent` ones (reads) are retried once after an I/O error; the
+    /// connection manager reconnects meanwhile.
+    async fn eval(
+        &self,
+        invocation: &ScriptInvocation<'_>,
+        idempotent: bool,
+    ) -> Result<Value, StoreError> {
+        let mut con = self.con.clone();
+        match invocation.invoke_async::<Value>(&mut con).await {
+            Ok(v) => Ok(v),
+            Err(e) if idempotent && retryable(&e) => {
+                tracing::debug!(error = %e, "Redis read failed; retrying once");
+                invocation.invoke_async(&mut con).await.map_err(unavailable)
+            }
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// Runs one idempotent command, retried once after an I/O error.
+    async fn command(&self, cmd: &Cmd) -> Result<Value, StoreError> {
+        let mut con = self.con.clone();
+        match cmd.query_async::<Value>(&mut con).await {
+            Ok(v) => Ok(v),
+            Err(e) if retryable(&e) => {
+                tracing::debug!(error = %e, "Redis command failed; retrying once");
+                cmd.query_async(&mut con).await.map_err(unavailable)
+            }
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    async fn read(&self, op: &str, arg: &str) -> Result<Value, StoreError> {
+        let mut inv = READS.prepare_invoke();
+        inv.arg(&self.prefix).arg(op).arg(arg);
+        self.eval(&inv, true).await
+    }
+}
+
+fn unavailable(e: RedisError) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn retryable(e: &RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_timeout()
+}
+
+/// Milliseconds for `PX`, at least 1 (Redis refuses 0), rounded up.
+fn ttl_millis(ttl: Duration) -> u64 {
+    let ms = ttl.as_nanos().div_ceil(1_000_000).max(1);
+    u64::try_from(ms).unwrap_or(u64::MAX)
+}
+
+fn stamp(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Nanos, true)
+}
+
+fn flag(b: bool) -> &'static str {
+    if b { "1" } else { "0" }
+}
+
+fn strength_name(s: IdentityStrength) -> &'static str {
+    match s {
+        IdentityStrength::Strong => "strong",
+        IdentityStrength::Weak => "weak",
+    }
+}
+
+fn agent_status_name(s: AgentStatus) -> &'static str {
+    match s {
+        AgentStatus::Online => "online",
+        AgentStatus::Away => "away",
+        AgentStatus::Offline => "offline",
+    }
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value)
+        .map_err(|e| StoreError::Unavailable(format!("cannot encode for Redis: {e}")))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replies
+
+fn bad(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("unexpected reply from Redis: {what}"))
+}
+
+fn is_none(v: &Value) -> bool {
+    matches!(v, Value::Nil | Value::Boolean(false))
+}
+
+fn text(v: Value) -> Result<String, StoreError> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b).map_err(|_| bad("a string is not UTF-8")),
+        Value::SimpleString(s) => Ok(s),
+        Value::VerbatimString { text, .. } => Ok(text),
+        Value::Int(i) => Ok(i.to_string()),
+        Value::Okay => Ok("OK".to_owned()),
+        other => Err(bad(format_args!("expected a string, got {other:?}"))),
+    }
+}
+
+fn opt_text(v: Value) -> Result<Option<String>, StoreError> {
+    if is_none(&v) {
+        Ok(None)
+    } else {
+        text(v).map(Some)
+    }
+}
+
+fn list(v: Value) -> Result<Vec<Value>, StoreError> {
+    match v {
+        Value::Array(items) | Value::Set(items) => Ok(items),
+        Value::Nil => Ok(Vec::new()),
+        Value::Map(pairs) => Ok(pairs.into_iter().flat_map(|(k, v)| [k, v]).collect()),
+        other => Err(bad(format_args!("expected an array, got {other:?}"))),
+    }
+}
+
+fn texts(v: Value) -> Result<Vec<String>, StoreError> {
+    list(v)?.into_iter().map(text).collect()
+}
+
+/// A flat `HGETALL` reply as a map.
+fn fields(v: Value) -> Result<HashMap<String, String>, StoreError> {
+    let items = list(v)?;
+    if items.len() % 2 != 0 {
+        return Err(bad("odd number of hash fields"));
+    }
+    let mut map = HashMap::with_capacity(items.len() / 2);
+    let mut it = items.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        map.insert(text(k)?, text(v)?);
+    }
+    Ok(map)
+}
+
+/// The elements of an array reply, taken in order.
+struct Items(std::vec::IntoIter<Value>);
+
+impl Items {
+    fn of(v: Value) -> Result<Self, StoreError> {
+        Ok(Self(list(v)?.into_iter()))
+    }
+
+    fn next(&mut self) -> Result<Value, StoreError> {
+        self.0.next().ok_or_else(|| bad("reply too short"))
+    }
+}
+
+/// A reply `{tag, ...}`: `err` replies become the matching [`StoreError`].
+fn tagged(v: Value) -> Result<(String, Items), StoreError> {
+    let mut items = Items::of(v)?;
+    let tag = text(items.next()?)?;
+    if tag != "err" {
+        return Ok((tag, items));
+    }
+    let kind = text(items.next()?)?;
+    let a = text(items.next()?)?;
+    let b = text(items.next()?)?;
+    Err(match kind.as_str() {
+        "not_found" => StoreError::NotFound {
+            kind: record_kind(&a),
+            id: b,
+        },
+        "conflict" => StoreError::Conflict {
+            code: conflict_code(&a),
+            message: b,
+        },
+        other => bad(format_args!("unknown error kind `{other}`")),
+    })
+}
+
+fn record_kind(s: &str) -> &'static str {
+    match s {
+        "customer" => "customer",
+        "conversation" => "conversation",
+        "agent" => "agent",
+        _ => "record",
+    }
+}
+
+fn conflict_code(s: &str) -> &'static str {
+    match s {
+        "conversation_closed" => "conversation_closed",
+        "not_assigned_to_agent" => "not_assigned_to_agent",
+        "already_assigned" => "already_assigned",
+        "agent_unavailable" => "agent_unavailable",
+        "customer_unresolved" => "customer_unresolved",
+        _ => "conflict",
+    }
+}
+
+fn time(s: &str) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| bad(format_args!("timestamp `{s}`: {e}")))
+}
+
+/// A record's fields, with the record named in errors.
+struct Fields {
+    what: &'static str,
+    map: HashMap<String, String>,
+}
+
+impl Fields {
+    fn take(&mut self, name: &str) -> Option<String> {
+        self.map.remove(name)
+    }
+
+    fn req(&mut self, name: &str) -> Result<String, StoreError> {
+        self.take(name)
+            .ok_or_else(|| bad(format_args!("{} lacks `{name}`", self.what)))
+    }
+
+    fn time(&mut self, name: &str) -> Result<DateTime<Utc>, StoreError> {
+        time(&self.req(name)?)
+    }
+
+    fn opt_time(&mut self, name: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.take(name).map(|s| time(&s)).transpose()
+    }
+
+    fn num<T: std::str::FromStr>(&mut self, name: &str) -> Result<T, StoreError> {
+        self.opt_num(name)?
+            .ok_or_else(|| bad(format_args!("{} lacks `{name}`", self.what)))
+    }
+
+    fn opt_num<T: std::str::FromStr>(&mut self, name: &str) -> Result<Option<T>, StoreError> {
+        let what = self.what;
+        self.take(name)
+            .map(|s| {
+                s.parse()
+                    .map_err(|_| bad(format_args!("{what} field `{name}` = `{s}`")))
+            })
+            .transpose()
+    }
+}
+
+fn conversation(v: Value) -> Result<Option<Conversation>, StoreError> {
+    let map = fields(v)?;
+    if map.is_empty() {
+        return Ok(None);
+    }
+    let mut f = Fields {
+        what: "conversation",
+        map,
+    };
+    let status = match f.req("status")?.as_str() {
+        "bot" => ConversationStatus::Bot,
+        "queued" => ConversationStatus::Queued,
+        "assigned" => ConversationStatus::Assigned,
+        "closed" => ConversationStatus::Closed,
+        other => return Err(bad(format_args!("conversation status `{other}`"))),
+    };
+    let recipient: Sender = serde_json::from_str(&f.req("recipient")?)
+        .map_err(|e| bad(format_args!("conversation recipient: {e}")))?;
+    Ok(Some(Conversation {
+        id: f.req("id")?,
+        tenant: f.req("tenant")?,
+        customer_id: f.req("customer_id")?,
+        status,
+        pool: f.req("pool")?,
+        agent_id: f.take("agent_id"),
+        channel: ChannelRef {
+            kind: f.req("channel_kind")?,
+            id: f.req("channel_id")?,
+        },
+        recipient,
+        last_inbound_id: f.take("last_inbound_id"),
+        last_inbound_at: f.opt_time("last_inbound_at")?,
+        replies_since_inbound: f.opt_num("replies_since_inbound")?.unwrap_or(0),
+        created_at: f.time("created_at")?,
+        updated_at: f.time("updated_at")?,
+        queued_at: f.opt_time("queued_at")?,
+        assigned_at: f.opt_time("assigned_at")?,
+        closed_at: f.opt_time("closed_at")?,
+        close_reason: f.take("close_reason"),
+        message_count: f.num("message_count")?,
+    }))
+}
+
+fn some_conversation(v: Value) -> Result<Conversation, StoreError> {
+    conversation(v)?.ok_or_else(|| bad("the conversation vanished"))
+}
+
+/// `{hash, pools, skills, conversations}`.
+fn agent(v: Value) -> Result<Agent, StoreError> {
+    let mut items = Items::of(v)?;
+    let mut f = Fields {
+        what: "agent",
+        map: fields(items.next()?)?,
+    };
+    let status = match f.req("status")?.as_str() {
+        "online" => AgentStatus::Online,
+        "away" => AgentStatus::Away,
+        "offline" => AgentStatus::Offline,
+        other => return Err(bad(format_args!("agent status `{other}`"))),
+    };
+    Ok(Agent {
+        id: f.req("id")?,
+        name: f.req("name")?,
+        pools: texts(items.next()?)?,
+        skills: texts(items.next()?)?,
+        capacity: f.num("capacity")?,
+        status,
+        conversations: texts(items.next()?)?,
+        idle_since: f.time("idle_since")?,
+        updated_at: f.time("updated_at")?,
+    })
+}
+
+fn opt_agent(v: Value) -> Result<Option<Agent>, StoreError> {
+    if is_none(&v) {
+        Ok(None)
+    } else {
+        agent(v).map(Some)
+    }
+}
+
+fn identity_key(s: String) -> Result<IdentityKey, StoreError> {
+    s.parse()
+        .map_err(|e| bad(format_args!("stored identity key: {e}")))
+}
+
+/// `{hash, identity keys, identity info, merged_from, tags, attributes}`.
+fn customer(v: Value) -> Result<Customer, StoreError> {
+    let mut items = Items::of(v)?;
+    let mut f = Fields {
+        what: "customer",
+        map: fields(items.next()?)?,
+    };
+    let keys = texts(items.next()?)?;
+    let mut info = fields(items.next()?)?;
+    let mut identities = Vec::with_capacity(keys.len());
+    for k in keys {
+        let entry = info
+            .remove(&k)
+            .ok_or_else(|| bad(format_args!("identity `{k}` has no record")))?;
+        let (strength, linked_at) = entry
+            .split_once('|')
+            .ok_or_else(|| bad(format_args!("identity record `{entry}`")))?;
+        let strength = match strength {
+            "strong" => IdentityStrength::Strong,
+            "weak" => IdentityStrength::Weak,
+            other => return Err(bad(format_args!("identity strength `{other}`"))),
+        };
+        identities.push(IdentityRecord {
+            key: identity_key(k)?,
+            strength,
+            linked_at: time(linked_at)?,
+        });
+    }
+    let merged_from = texts(items.next()?)?;
+    let tags = texts(items.next()?)?;
+    let mut attributes = serde_json::Map::new();
+    for (k, v) in fields(items.next()?)? {
+        let value = serde_json::from_str(&v)
+            .map_err(|e| bad(format_args!("customer attribute `{k}`: {e}")))?;
+        attributes.insert(k, value);
+    }
+    Ok(Customer {
+        id: f.req("id")?,
+        tenant: f.req("tenant")?,
+        display_name: f.take("display_name"),
+        identities,
+        merged_from,
+        tags,
+        attributes,
+        first_seen: f.time("first_seen")?,
+        last_seen: f.time("last_seen")?,
+    })
+}
+
+fn opt_customer(v: Value) -> Result<Option<Customer>, StoreError> {
+    if is_none(&v) {
+        Ok(None)
+    } else {
+        customer(v).map(Some)
+    }
+}
+
+/// `{'ok', conversation, released agent or nil}`.
+fn release(v: Value) -> Result<Release, StoreError> {
+    let (_, mut items) = tagged(v)?;
+    Ok(Release {
+        conversation: some_conversation(items.next()?)?,
+        released_agent: opt_agent(items.next()?)?,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn claim_key(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, StoreError> {
+        let mut inv = CLAIM.key(self.kv_key(key));
+        inv.arg(value).arg(ttl_millis(ttl));
+        // Not retried: a claim that reached the server before the error would answer ourselves.
+        opt_text(self.eval(&inv, false).await?)
+    }
+
+    async fn set_key(&self, key: &str, value: &str, ttl: Duration) -> Result<(), StoreError> {
+        let mut cmd = ::redis::cmd("SET");
+        cmd.arg(self.kv_key(key))
+            .arg(value)
+            .arg("PX")
+            .arg(ttl_millis(ttl));
+        self.command(&cmd).await.map(drop)
+    }
+
+    async fn get_key(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let mut cmd = ::redis::cmd("GET");
+        cmd.arg(self.kv_key(key));
+        opt_text(self.command(&cmd).await?)
+    }
+
+    async fn delete_key(&self, key: &str) -> Result<(), StoreError> {
+        let mut cmd = ::redis::cmd("DEL");
+        cmd.arg(self.kv_key(key));
+        self.command(&cmd).await.map(drop)
+    }
+
+    async fn resolve_customer(&self, req: ResolveRequest) -> Result<Resolution, StoreError> {
+        let mut inv = RESOLVE.prepare_invoke();
+        inv.arg(&self.prefix)
+            .arg(&req.tenant)
+            .arg(flag(req.explicit))
+            .arg(flag(req.display_name.is_some()))
+            .arg(req.display_name.as_deref().unwrap_or_default())
+            .arg(stamp(req.now))
+            .arg(new_id())
+            .arg(req.identities.len());
+        for (key, strength) in &req.identities {
+            inv.arg(key.as_str()).arg(strength_name(*strength));
+        }
+        let (_, mut items) = tagged(self.eval(&inv, false).await?)?;
+        let created = text(items.next()?)? == "1";
+        let customer = customer(items.next()?)?;
+        let mut merges = Vec::new();
+        for m in list(items.next()?)? {
+            let mut m = Items::of(m)?;
+            merges.push(Merge {
+                from: text(m.next()?)?,
+                into: text(m.next()?)?,
+                via: texts(m.next()?)?
+                    .into_iter()
+                    .map(identity_key)
+                    .collect::<Result<_, _>>()?,
+            });
+        }
+        let linked = texts(items.next()?)?
+            .into_iter()
+            .map(identity_key)
+            .collect::<Result<_, _>>()?;
+        let closed = list(items.next()?)?
+            .into_iter()
+            .map(some_conversation)
+            .collect::<Result<_, _>>()?;
+        Ok(Resolution {
+            customer,
+            created,
+            merges,
+            linked,
+            closed,
+        })
+    }
+
+    async fn customer(&self, id: &str) -> Result<Option<Customer>, StoreError> {
+        opt_customer(self.read("customer", id).await?)
+    }
+
+    async fn customer_by_identity(
+        &self,
+        key: &IdentityKey,
+    ) -> Result<Option<Customer>, StoreError> {
+        opt_customer(self.read("customer_by_identity", key.as_str()).await?)
+    }
+
+    async fn record_inbound(
+        &self,
+        envelope: &Envelope,
+        pool: &str,
+        now: DateTime<Utc>,
+    ) -> Result<InboundRecord, StoreError> {
+        let mut inv = RECORD_INBOUND.prepare_invoke();
+        inv.arg(&self.prefix)
+            .arg(&envelope.id)
+            .arg(flag(envelope.customer_id.is_some()))
+            .arg(envelope.customer_id.as_deref().unwrap_or_default())
+            .arg(pool)
+            .arg(stamp(now))
+            .arg(new_id())
+            .arg(&envelope.tenant)
+            .arg(&envelope.channel.kind)
+            .arg(&envelope.channel.id)
+            .arg(json(&envelope.sender)?)
+            .arg(json(envelope)?);
+        let (tag, mut items) = tagged(self.eval(&inv, false).await?)?;
+        if tag == "dup" {
+            return Ok(InboundRecord {
+                conversation: some_conversation(items.next()?)?,
+                created: false,
+                duplicate: true,
+            });
+        }
+        let created = text(items.next()?)? == "1";
+        Ok(InboundRecord {
+            conversation: some_conversation(items.next()?)?,
+            created,
+            duplicate: false,
+        })
+    }
+
+    async fn assign_queued(
+        &self,
+        pool: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Assignment>, StoreError> {
+        let mut inv = ASSIGN.prepare_invoke();
+        inv.arg(&self.prefix).arg(pool).arg(stamp(now));
+        list(self.eval(&inv, false).await?)?
+            .into_iter()
+            .map(|a| {
+                let mut a = Items::of(a)?;
+                Ok(Assignment {
+                    conversation: some_conversation(a.next()?)?,
+                    agent: agent(a.next()?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn upsert_agent(
+        &self,
+        update: AgentUpdate,
+        now: DateTime<Utc>,
+    ) -> Result<Agent, StoreError> {
+        let mut inv = UPSERT_AGENT.prepare_invoke();
+        inv.arg(&self.prefix)
+            .arg(&update.id)
+            .arg(stamp(now))
+            .arg(flag(update.name.is_some()))
+            .arg(update.name.as_deref().unwrap_or_default())
+            .arg(flag(update.capacity.is_some()))
+            .arg(update.capacity.unwrap_or_default())
+            .arg(flag(update.status.is_some()))
+            .arg(update.status.map(agent_status_name).unwrap_or_default());
+        for items in [&update.pools, &update.skills] {
+            let items = items.as_deref();
+            inv.arg(flag(items.is_some()))
+                .arg(items.map_or(0, <[String]>::len));
+            for item in items.unwrap_or_default() {
+                inv.arg(item);
+            }
+        }
+        agent(self.eval(&inv, false).await?)
+    }
+
+    async fn agent(&self, id: &str) -> Result<Option<Agent>, StoreError> {
+        opt_agent(self.read("agent", id).await?)
+    }
+
+    async fn agents(&self) -> Result<Vec<Agent>, StoreError> {
+        let mut agents = list(self.read("agents", "").await?)?
+            .into_iter()
+            .map(agent)
+            .collect::<Result<Vec<_>, _>>()?;
+        agents.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(agents)
+    }
+
+    async fn conversation(&self, id: &str) -> Result<Option<Conversation>, StoreError> {
+        conversation(self.read("conversation", id).await?)
+    }
+
+    async fn messages(
+        &self,
+        conversation_id: &str,
+        limit: usize,
+    ) -> Result<Vec<Envelope>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let start = format!("-{}", limit.min(MAX_MESSAGES_PER_CONVERSATION));
+        let mut inv = READS.prepare_invoke();
+        inv.arg(&self.prefix)
+            .arg("messages")
+            .arg(start)
+            .arg(conversation_id);
+        let mut items = Items::of(self.eval(&inv, true).await?)?;
+        // Messages always belong to their conversation's customer (a merge moves them along),
+        // so both ids are filled in from the conversation rather than rewritten in Lua.
+        let customer_id = opt_text(items.next()?)?;
+        texts(items.next()?)?
+            .into_iter()
+            .map(|raw| {
+                let mut e: Envelope = serde_json::from_str(&raw)
+                    .map_err(|e| bad(format_args!("stored envelope: {e}")))?;
+                if customer_id.is_some() {
+                    e.customer_id.clone_from(&customer_id);
+                }
+                e.conversation_id = Some(conversation_id.to_owned());
+                Ok(e)
+            })
+            .collect()
+    }
+
+    async fn agent_conversations(&self, agent_id: &str) -> Result<Vec<Conversation>, StoreError> {
+        let (_, mut items) = tagged(self.read("agent_conversations", agent_id).await?)?;
+        list(items.next()?)?
+            .into_iter()
+            .map(some_conversation)
+            .collect()
+    }
+
+    async fn queue(&self, pool: &str) -> Result<Vec<String>, StoreError> {
+        texts(self.read("queue", pool).await?)
+    }
+
+    async fn record_outbound(
+        &self,
+        conversation_id: &str,
+        agent_id: Option<&str>,
+        envelope: &Envelope,
+        now: DateTime<Utc>,
+    ) -> Result<Conversation, StoreError> {
+        let mut inv = RECORD_OUTBOUND.prepare_invoke();
+        inv.arg(&self.prefix)
+            .arg(conversation_id)
+            .arg(flag(agent_id.is_some()))
+            .arg(agent_id.unwrap_or_default())
+            .arg(&envelope.id)
+            .arg(json(envelope)?)
+            .arg(stamp(now));
+        let (_, mut items) = tagged(self.eval(&inv, false).await?)?;
+        some_conversation(items.next()?)
+    }
+
+    async fn close_conversation(
+        &self,
+        id: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Release, StoreError> {
+        let mut inv = CLOSE.prepare_invoke();
+        inv.arg(&self.prefix).arg(id).arg(reason).arg(stamp(now));
+        release(self.eval(&inv, false).await?)
+    }
+
+    async fn transfer(
+        &self,
+        id: &str,
+        target: TransferTarget,
+        now: DateTime<Utc>,
+    ) -> Result<Release, StoreError> {
+        let (kind, target) = match &target {
+            TransferTarget::Pool(pool) => ("pool", pool),
+            TransferTarget::Agent(agent) => ("agent", agent),
+        };
+        let mut inv = TRANSFER.prepare_invoke();
+        inv.arg(&self.prefix)
+            .arg(id)
+            .arg(stamp(now))
+            .arg(kind)
+            .arg(target);
+        release(self.eval(&inv, false).await?)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        match self.command(&::redis::cmd("PING")).await? {
+            Value::SimpleString(s) if s == "PONG" => Ok(()),
+            Value::BulkString(b) if b == b"PONG" => Ok(()),
+            other => Err(bad(format_args!("PING answered {other:?}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_fixed_width_and_round_trip() {
+        let t = DateTime::from_timestamp(1_767_225_600, 123_456_789).unwrap();
+        let s = stamp(t);
+        assert_eq!(s, "2026-01-01T00:00:00.123456789Z");
+        assert_eq!(time(&s).unwrap(), t);
+        let whole = DateTime::from_timestamp(1_767_225_600, 0).unwrap();
+        assert_eq!(stamp(whole).len(), s.len());
+        assert!(stamp(whole) < s);
+    }
+
+    #[test]
+    fn ttl_is_at_least_one_millisecond() {
+        assert_eq!(ttl_millis(Duration::ZERO), 1);
+        assert_eq!(ttl_millis(Duration::from_micros(1500)), 2);
+        assert_eq!(ttl_millis(Duration::from_secs(60)), 60_000);
+    }
+
+    #[test]
+    fn script_errors_map_to_store_errors() {
+        let reply = |items: &[&str]| {
+            Value::Array(
+                items
+                    .iter()
+                    .map(|s| Value::BulkString(s.as_bytes().to_vec()))
+                    .collect(),
+            )
+        };
+        assert!(matches!(
+            tagged(reply(&["err", "not_found", "agent", "a-1"])),
+            Err(StoreError::NotFound { kind: "agent", id }) if id == "a-1"
+        ));
+        assert!(matches!(
+            tagged(reply(&["err", "conflict", "conversation_closed", "closed"])),
+            Err(StoreError::Conflict {
+                code: "conversation_closed",
+                ..
+            })
+        ));
+        assert!(tagged(reply(&["ok"])).is_ok());
+    }
+}

@@ -1,0 +1,163 @@
+-- Shared by every Switchyard store script (prepended by core/src/store/redis.rs, which also
+-- defines MAX_MESSAGES above this line). ARGV[1] is the key prefix; every key is
+-- `<prefix>:<family>:<id>`, and no family name contains `:`, so families never collide whatever
+-- the ids contain. Timestamps are fixed-width RFC 3339 strings with nanoseconds, so comparing
+-- them byte-wise compares the instants.
+
+local P = ARGV[1]
+
+local function key(family, id)
+  return P .. ':' .. family .. ':' .. id
+end
+
+-- Byte-wise a < b (Lua's own `<` on strings follows the server's locale).
+local function lt(a, b)
+  if a == b then
+    return false
+  end
+  local n = math.min(#a, #b)
+  for i = 1, n do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then
+      return x < y
+    end
+  end
+  return #a < #b
+end
+
+-- RPUSH in chunks (unpack has a stack limit).
+local function push_all(k, items)
+  local i = 1
+  while i <= #items do
+    local j = math.min(i + 999, #items)
+    redis.call('RPUSH', k, unpack(items, i, j))
+    i = j + 1
+  end
+end
+
+local function trim_messages(conv)
+  redis.call('LTRIM', key('conv-msgs', conv), -MAX_MESSAGES, -1)
+end
+
+-- The surviving profile of a customer id (merged-away ids redirect to their survivor).
+local function canonical(id)
+  for _ = 1, 64 do
+    local nxt = redis.call('GET', key('redirect', id))
+    if not nxt then
+      break
+    end
+    id = nxt
+  end
+  return id
+end
+
+local function owner_of(ident)
+  local o = redis.call('GET', key('ident', ident))
+  if o then
+    return canonical(o)
+  end
+  return nil
+end
+
+-- The conversation now holding messages recorded in `conv` (a conversation closed by a merge
+-- handed its messages to the survivor's).
+local function follow_merged(conv)
+  for _ = 1, 64 do
+    local nxt = redis.call('HGET', key('conv', conv), 'merged_into')
+    if not nxt then
+      break
+    end
+    conv = nxt
+  end
+  return conv
+end
+
+local function conv_reply(id)
+  return redis.call('HGETALL', key('conv', id))
+end
+
+local function agent_reply(id)
+  return {
+    redis.call('HGETALL', key('agent', id)),
+    redis.call('LRANGE', key('agent-pools', id), 0, -1),
+    redis.call('LRANGE', key('agent-skills', id), 0, -1),
+    redis.call('LRANGE', key('agent-convs', id), 0, -1),
+  }
+end
+
+local function customer_reply(id)
+  return {
+    redis.call('HGETALL', key('cust', id)),
+    redis.call('LRANGE', key('cust-idents', id), 0, -1),
+    redis.call('HGETALL', key('cust-identinfo', id)),
+    redis.call('LRANGE', key('cust-merged', id), 0, -1),
+    redis.call('LRANGE', key('cust-tags', id), 0, -1),
+    redis.call('HGETALL', key('cust-attrs', id)),
+  }
+end
+
+-- Domain errors are replies, not Lua errors; scripts return them before writing anything.
+local function not_found(kind, id)
+  return { 'err', 'not_found', kind, id }
+end
+
+local function conflict(code, message)
+  return { 'err', 'conflict', code, message }
+end
+
+-- Member of a pool's online-agent index: sorted byte-wise, it orders by idle_since, then id.
+local function online_member(idle, id)
+  return idle .. '|' .. id
+end
+
+-- Sets an agent's idle_since, moving it in the online indexes of its pools.
+local function set_idle(id, ts)
+  local ak = key('agent', id)
+  local a = redis.call('HMGET', ak, 'status', 'idle_since')
+  if a[1] == 'online' then
+    for _, p in ipairs(redis.call('LRANGE', key('agent-pools', id), 0, -1)) do
+      local zk = key('pool-online', p)
+      if a[2] then
+        redis.call('ZREM', zk, online_member(a[2], id))
+      end
+      redis.call('ZADD', zk, 0, online_member(ts, id))
+    end
+  end
+  redis.call('HSET', ak, 'idle_since', ts)
+end
+
+-- Takes a conversation away from its agent or its queue; returns the agent it left, if any.
+local function detach(id)
+  local c = redis.call('HMGET', key('conv', id), 'status', 'agent_id', 'pool')
+  if c[1] == 'assigned' then
+    if c[2] and redis.call('EXISTS', key('agent', c[2])) == 1 then
+      redis.call('LREM', key('agent-convs', c[2]), 0, id)
+      return c[2]
+    end
+  elseif c[1] == 'queued' and c[3] then
+    redis.call('LREM', key('queue', c[3]), 0, id)
+  end
+  return nil
+end
+
+-- Closes a conversation. Returns (released agent id or false, nil) or (nil, error reply).
+local function close_conversation(id, reason, now)
+  local ck = key('conv', id)
+  local st = redis.call('HGET', ck, 'status')
+  if not st then
+    return nil, not_found('conversation', id)
+  end
+  if st == 'closed' then
+    return nil, conflict('conversation_closed', 'conversation `' .. id .. '` is already closed')
+  end
+  local released = detach(id)
+  redis.call('HSET', ck, 'status', 'closed', 'closed_at', now, 'updated_at', now,
+    'close_reason', reason)
+  redis.call('HDEL', ck, 'agent_id')
+  local cust = redis.call('HGET', ck, 'customer_id')
+  if cust and redis.call('GET', key('open', cust)) == id then
+    redis.call('DEL', key('open', cust))
+  end
+  return released or false, nil
+end
+

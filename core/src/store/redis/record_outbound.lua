@@ -1,0 +1,28 @@
+-- record_outbound. ARGV: prefix, conversation id, has agent (1/0), agent id, envelope id,
+-- envelope JSON, now. Reply: {'ok', conversation} | error.
+
+local id, has_agent, agent, env_id = ARGV[2], ARGV[3] == '1', ARGV[4], ARGV[5]
+local envelope, now = ARGV[6], ARGV[7]
+
+local ck = key('conv', id)
+local c = redis.call('HMGET', ck, 'status', 'agent_id')
+if not c[1] then
+  return not_found('conversation', id)
+end
+if c[1] == 'closed' then
+  return conflict('conversation_closed', 'conversation `' .. id .. '` is closed')
+end
+if has_agent and c[2] ~= agent then
+  return conflict('not_assigned_to_agent',
+    'conversation `' .. id .. '` is not assigned to agent `' .. agent .. '`')
+end
+redis.call('HSET', ck, 'updated_at', now)
+redis.call('HINCRBY', ck, 'message_count', 1)
+-- Saturates at u32::MAX, like the embedded store.
+if (tonumber(redis.call('HGET', ck, 'replies_since_inbound')) or 0) < 4294967295 then
+  redis.call('HINCRBY', ck, 'replies_since_inbound', 1)
+end
+redis.call('SET', key('msg', env_id), id)
+redis.call('RPUSH', key('conv-msgs', id), envelope)
+trim_messages(id)
+return { 'ok', conv_reply(id) }

@@ -1,0 +1,217 @@
+-- resolve_customer. ARGV: prefix, tenant, explicit (1/0), has display name (1/0), display name,
+-- now, id for a new profile, n, then n pairs (identity key, `strong`|`weak`).
+-- Reply: {'ok', created (1/0), customer, merges {{from, into, {via...}}...}, linked {...},
+-- closed {conversation...}}.
+
+local tenant, explicit = ARGV[2], ARGV[3] == '1'
+local has_name, name, now, new_id = ARGV[4] == '1', ARGV[5], ARGV[6], ARGV[7]
+local n = tonumber(ARGV[8])
+local idents, strengths = {}, {}
+for i = 1, n do
+  idents[i] = ARGV[7 + 2 * i]
+  strengths[i] = ARGV[8 + 2 * i]
+end
+
+-- Merges profile `from` into `into`: identities, redirects, merged_from, tags, attributes, name,
+-- first/last seen, and the open conversation. Returns the id of a conversation the merge
+-- closed, if any.
+local function merge_customers(from, into)
+  local lk = key('cust', from)
+  if redis.call('EXISTS', lk) == 0 then
+    return nil
+  end
+  local lids = redis.call('LRANGE', key('cust-idents', from), 0, -1)
+  local linfo = redis.call('HGETALL', key('cust-identinfo', from))
+  local lmerged = redis.call('LRANGE', key('cust-merged', from), 0, -1)
+  local ltags = redis.call('LRANGE', key('cust-tags', from), 0, -1)
+  local lattrs = redis.call('HGETALL', key('cust-attrs', from))
+  local l = redis.call('HMGET', lk, 'display_name', 'first_seen', 'last_seen')
+  for _, ident in ipairs(lids) do
+    redis.call('SET', key('ident', ident), into)
+  end
+  -- Everything merged into `from` earlier now redirects straight to `into`.
+  for _, m in ipairs(lmerged) do
+    redis.call('SET', key('redirect', m), into)
+  end
+  redis.call('SET', key('redirect', from), into)
+
+  local wk = key('cust', into)
+  if redis.call('EXISTS', wk) == 1 then
+    local winfo = key('cust-identinfo', into)
+    local info = {}
+    for i = 1, #linfo, 2 do
+      info[linfo[i]] = linfo[i + 1]
+    end
+    for _, ident in ipairs(lids) do
+      if info[ident] and redis.call('HEXISTS', winfo, ident) == 0 then
+        redis.call('RPUSH', key('cust-idents', into), ident)
+        redis.call('HSET', winfo, ident, info[ident])
+      end
+    end
+    redis.call('RPUSH', key('cust-merged', into), from)
+    push_all(key('cust-merged', into), lmerged)
+    local wtags = key('cust-tags', into)
+    for _, t in ipairs(ltags) do
+      if not redis.call('LPOS', wtags, t) then
+        redis.call('RPUSH', wtags, t)
+      end
+    end
+    local wattrs = key('cust-attrs', into)
+    for i = 1, #lattrs, 2 do
+      redis.call('HSETNX', wattrs, lattrs[i], lattrs[i + 1])
+    end
+    local w = redis.call('HMGET', wk, 'display_name', 'first_seen', 'last_seen')
+    if not w[1] and l[1] then
+      redis.call('HSET', wk, 'display_name', l[1])
+    end
+    if l[2] and (not w[2] or lt(l[2], w[2])) then
+      redis.call('HSET', wk, 'first_seen', l[2])
+    end
+    local last = w[3] or now
+    if l[3] and lt(last, l[3]) then
+      last = l[3]
+    end
+    if lt(last, now) then
+      last = now
+    end
+    redis.call('HSET', wk, 'last_seen', last)
+  end
+  redis.call('DEL', lk, key('cust-idents', from), key('cust-identinfo', from),
+    key('cust-merged', from), key('cust-tags', from), key('cust-attrs', from))
+
+  local lopen = redis.call('GET', key('open', from))
+  if not lopen then
+    return nil
+  end
+  redis.call('DEL', key('open', from))
+  local wopen = redis.call('GET', key('open', into))
+  if not wopen then
+    -- The survivor had none: the conversation moves over and stays open.
+    redis.call('SET', key('open', into), lopen)
+    if redis.call('EXISTS', key('conv', lopen)) == 1 then
+      redis.call('HSET', key('conv', lopen), 'customer_id', into, 'updated_at', now)
+    end
+    return nil
+  end
+  if redis.call('EXISTS', key('conv', lopen)) == 0 then
+    return nil
+  end
+  -- Both had one: the messages move into the survivor's, the other closes (`merged`).
+  local moved = redis.call('LRANGE', key('conv-msgs', lopen), 0, -1)
+  push_all(key('conv-msgs', wopen), moved)
+  trim_messages(wopen)
+  redis.call('DEL', key('conv-msgs', lopen))
+  if redis.call('EXISTS', key('conv', wopen)) == 1 then
+    redis.call('HINCRBY', key('conv', wopen), 'message_count', #moved)
+  end
+  redis.call('HSET', key('conv', lopen), 'merged_into', wopen)
+  local _, err = close_conversation(lopen, 'merged', now)
+  if err then
+    return nil
+  end
+  redis.call('HSET', key('conv', lopen), 'customer_id', into)
+  return lopen
+end
+
+-- Owners this request may merge: strong keys always, weak keys only when explicit.
+local merging = {}
+local weak_owner = nil
+for i = 1, n do
+  local o = owner_of(idents[i])
+  if o then
+    if strengths[i] == 'strong' or explicit then
+      merging[#merging + 1] = { o, idents[i] }
+    elseif weak_owner == nil then
+      weak_owner = o
+    end
+  end
+end
+local owners, seen = {}, {}
+for _, m in ipairs(merging) do
+  if not seen[m[1]] then
+    seen[m[1]] = true
+    owners[#owners + 1] = m[1]
+  end
+end
+-- The oldest profile (first_seen, then id) survives.
+local first_seen = {}
+for _, o in ipairs(owners) do
+  first_seen[o] = redis.call('HGET', key('cust', o), 'first_seen')
+end
+table.sort(owners, function(a, b)
+  local fa, fb = first_seen[a], first_seen[b]
+  if fa ~= fb then
+    if not fa then
+      return true
+    end
+    if not fb then
+      return false
+    end
+    return lt(fa, fb)
+  end
+  return lt(a, b)
+end)
+
+local winner, created = owners[1] or weak_owner, false
+if not winner then
+  winner, created = new_id, true
+  redis.call('HSET', key('cust', winner), 'id', winner, 'tenant', tenant, 'first_seen', now,
+    'last_seen', now)
+end
+local ck = key('cust', winner)
+if redis.call('EXISTS', ck) == 0 then
+  return not_found('customer', winner)
+end
+
+local merges, closed = {}, {}
+for i = 2, #owners do
+  local loser = owners[i]
+  local via, vseen = {}, {}
+  for _, m in ipairs(merging) do
+    if m[1] == loser and not vseen[m[2]] then
+      vseen[m[2]] = true
+      via[#via + 1] = m[2]
+    end
+  end
+  table.sort(via, lt)
+  local c = merge_customers(loser, winner)
+  if c then
+    closed[#closed + 1] = conv_reply(c)
+  end
+  merges[#merges + 1] = { loser, winner, via }
+end
+
+local linked = {}
+local ik, info = key('cust-idents', winner), key('cust-identinfo', winner)
+for i = 1, n do
+  local ident, strength = idents[i], strengths[i]
+  local o = owner_of(ident)
+  local listed = true
+  if (not o) or (explicit and o ~= winner) then
+    redis.call('SET', key('ident', ident), winner)
+    linked[#linked + 1] = ident
+  elseif o ~= winner then
+    -- A weak key of another profile, not merged implicitly: it stays with its owner and is not
+    -- listed on this profile too.
+    listed = false
+  end
+  if listed then
+    local cur = redis.call('HGET', info, ident)
+    if not cur then
+      redis.call('RPUSH', ik, ident)
+      redis.call('HSET', info, ident, strength .. '|' .. now)
+    elseif explicit then
+      local sep = string.find(cur, '|', 1, true)
+      redis.call('HSET', info, ident, strength .. string.sub(cur, sep or (#cur + 1)))
+    end
+  end
+end
+
+local cur = redis.call('HMGET', ck, 'last_seen', 'display_name')
+if not cur[1] or lt(cur[1], now) then
+  redis.call('HSET', ck, 'last_seen', now)
+end
+if not cur[2] and has_name then
+  redis.call('HSET', ck, 'display_name', name)
+end
+return { 'ok', created and 1 or 0, customer_reply(winner), merges, linked, closed }

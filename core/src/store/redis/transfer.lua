@@ -1,0 +1,40 @@
+-- transfer. ARGV: prefix, id, now, `pool`|`agent`, target.
+-- Reply: {'ok', conversation, released agent or nil} | error.
+
+local id, now, kind, target = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local ck = key('conv', id)
+local st = redis.call('HGET', ck, 'status')
+if not st then
+  return not_found('conversation', id)
+end
+if st == 'closed' then
+  return conflict('conversation_closed', 'conversation `' .. id .. '` is closed')
+end
+if kind == 'agent' then
+  local a = redis.call('HMGET', key('agent', target), 'status', 'capacity')
+  if not a[1] then
+    return not_found('agent', target)
+  end
+  local convs = key('agent-convs', target)
+  if redis.call('LPOS', convs, id) then
+    return conflict('already_assigned',
+      'conversation `' .. id .. '` is already with agent `' .. target .. '`')
+  end
+  if a[1] == 'offline' or redis.call('LLEN', convs) >= (tonumber(a[2]) or 0) then
+    return conflict('agent_unavailable', 'agent `' .. target .. '` is offline or at capacity')
+  end
+end
+
+local released = detach(id)
+if kind == 'pool' then
+  redis.call('RPUSH', key('queue', target), id)
+  redis.call('HSET', ck, 'status', 'queued', 'pool', target, 'queued_at', now, 'updated_at', now)
+  redis.call('HDEL', ck, 'agent_id')
+else
+  redis.call('RPUSH', key('agent-convs', target), id)
+  set_idle(target, now)
+  redis.call('HSET', key('agent', target), 'updated_at', now)
+  redis.call('HSET', ck, 'status', 'assigned', 'agent_id', target, 'assigned_at', now,
+    'updated_at', now)
+end
+return { 'ok', conv_reply(id), released and agent_reply(released) or false }

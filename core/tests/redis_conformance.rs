@@ -1,0 +1,854 @@
+//! The Store conformance suite against a real Redis (`SWITCHYARD_TEST_REDIS_URL`, default
+//! `redis://127.0.0.1:6379/0`), one `#[tokio::test]` per case, plus checks specific to Redis
+//! (two routers on separate connections, exact round trips, prefix isolation).
+//!
+//! Every test keeps its keys under a prefix of its own (`sy-test-<ulid>`) and deletes every key
+//! under it afterwards (SCAN MATCH + DEL), also when it fails. Nothing else on the server is
+//! touched. Skips loudly without Redis; fails under `CI=true`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use switchyard_core::conformance::services::{absent, redis_url};
+use switchyard_core::conformance::store::{
+    self, app_channel, at, inbound_envelope, key, outbound_envelope, wechat_channel,
+};
+use switchyard_core::envelope::{Content, DEFAULT_TENANT};
+use switchyard_core::identity::IdentityStrength;
+use switchyard_core::model::{AgentStatus, ConversationStatus};
+use switchyard_core::store::redis::RedisStore;
+use switchyard_core::store::{AgentUpdate, ResolveRequest, Store};
+
+/// One test's key prefix; every key under it is deleted when this is dropped (also on panic).
+struct TestPrefix {
+    url: String,
+    prefix: String,
+}
+
+impl TestPrefix {
+    /// A fresh prefix, or `None` (after reporting Redis absent) when Redis is not reachable.
+    async fn new() -> Option<TestPrefix> {
+        let url = redis_url();
+        let prefix = format!("sy-test-{}", ulid::Ulid::new().to_string().to_lowercase());
+        match RedisStore::connect(&url, &prefix).await {
+            Ok(probe) => match probe.ping().await {
+                Ok(()) => Some(TestPrefix { url, prefix }),
+                Err(e) => absent("Redis", &e.to_string()),
+            },
+            Err(e) => absent("Redis", &e.to_string()),
+        }
+    }
+
+    async fn store(&self) -> Arc<dyn Store> {
+        Arc::new(self.redis().await)
+    }
+
+    async fn redis(&self) -> RedisStore {
+        RedisStore::connect(&self.url, &self.prefix)
+            .await
+            .unwrap_or_else(|e| panic!("connect to Redis at {}: {e}", self.url))
+    }
+
+    /// A factory for the conformance cases: a new connection per store, all under this prefix.
+    fn factory(&self) -> impl Fn() -> std::pin::Pin<Box<dyn Future<Output = Arc<dyn Store>>>> {
+        let (url, prefix) = (self.url.clone(), self.prefix.clone());
+        move || {
+            let (url, prefix) = (url.clone(), prefix.clone());
+            Box::pin(async move {
+                let store = RedisStore::connect(&url, &prefix)
+                    .await
+                    .unwrap_or_else(|e| panic!("connect to Redis at {url}: {e}"));
+                Arc::new(store) as Arc<dyn Store>
+            })
+        }
+    }
+
+    fn keys(&self) -> redis::RedisResult<Vec<Vec<u8>>> {
+        let client = redis::Client::open(self.url.as_str())?;
+        let mut con = client.get_connection_with_timeout(Duration::from_secs(2))?;
+        let pattern = format!("{}:*", glob_escape(&self.prefix));
+        let mut cursor = 0_u64;
+        let mut keys = Vec::new();
+        loop {
+            let (next, batch): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query(&mut con)?;
+            keys.extend(batch);
+            if next == 0 {
+                return Ok(keys);
+            }
+            cursor = next;
+        }
+    }
+
+    fn delete_all(&self) -> redis::RedisResult<usize> {
+        let keys = self.keys()?;
+        let client = redis::Client::open(self.url.as_str())?;
+        let mut con = client.get_connection_with_timeout(Duration::from_secs(2))?;
+        for chunk in keys.chunks(500) {
+            redis::cmd("DEL").arg(chunk).query::<()>(&mut con)?;
+        }
+        Ok(keys.len())
+    }
+}
+
+impl Drop for TestPrefix {
+    fn drop(&mut self) {
+        if let Err(e) = self.delete_all() {
+            eprintln!("could not delete test keys under `{}:`: {e}", self.prefix);
+        }
+    }
+}
+
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $case() {
+                let Some(t) = TestPrefix::new().await else {
+                    return;
+                };
+                store::$case(&t.factory(), "redis.").await;
+            }
+        )*
+    };
+}
+
+conformance!(
+    dedupe_claim_release_ttl,
+    strong_identities_merge,
+    weak_identities_merge_only_explicitly,
+    one_open_conversation_across_channels,
+    record_inbound_is_idempotent,
+    longest_idle_agent_first,
+    capacity_never_exceeded,
+    concurrent_assignment_never_doubles,
+    queue_fifo_head_assigned_when_room_frees,
+    record_outbound_conflicts,
+    transfer_to_pool_and_agent,
+    merge_with_open_conversations,
+    concurrent_resolution_converges,
+);
+
+#[tokio::test]
+async fn run_all_on_one_prefix() {
+    // Every case under its own name prefix on one key prefix: the names keep them apart.
+    let Some(t) = TestPrefix::new().await else {
+        return;
+    };
+    store::run_all(&t.factory(), "shared.").await;
+}
+
+#[tokio::test]
+async fn keys_are_deleted_with_the_prefix() {
+    let Some(t) = TestPrefix::new().await else {
+        return;
+    };
+    let s = t.store().await;
+    s.claim_key("k", "v", Duration::from_secs(60))
+        .await
+        .unwrap();
+    s.upsert_agent(
+        AgentUpdate {
+            id: "a".to_owned(),
+            status: Some(AgentStatus::Online),
+            ..AgentUpdate::default()
+        },
+        at(0),
+    )
+    .await
+    .unwrap();
+    let keys = t.keys().unwrap();
+    assert!(!keys.is_empty(), "no keys written under the prefix");
+    assert_eq!(t.delete_all().unwrap(), keys.len());
+    assert!(t.keys().unwrap().is_empty(), "keys left after cleanup");
+}
+
+/// Two routers (separate connections) resolving, recording and assigning at once converge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_routers_converge() {
+    let Some(t) = TestPrefix::new().await else {
+        return;
+    };
+    let (r1, r2): (Arc<dyn Store>, Arc<dyn Store>) = (t.store().await, t.store().await);
+    let pool = "default";
+    for round in 0..20 {
+        let phone = key("", "phone", "", &format!("+86138{round:08}"));
+        let app = key("", "app_user", "shop-app", &format!("u{round}"));
+        let wx = key("", "wechat_openid", "wx1", &format!("o{round}"));
+        let req = |ids: Vec<_>| ResolveRequest {
+            tenant: DEFAULT_TENANT.to_owned(),
+            identities: ids,
+            explicit: false,
+            display_name: None,
+            now: at(round),
+        };
+        let strong = IdentityStrength::Strong;
+        let (a, b) = tokio::join!(
+            tokio::spawn({
+                let (r1, req) = (
+                    Arc::clone(&r1),
+                    req(vec![(app.clone(), strong), (phone.clone(), strong)]),
+                );
+                async move { r1.resolve_customer(req).await }
+            }),
+            tokio::spawn({
+                let (r2, req) = (
+                    Arc::clone(&r2),
+                    req(vec![(wx.clone(), strong), (phone.clone(), strong)]),
+                );
+                async move { r2.resolve_customer(req).await }
+            }),
+        );
+        let (a, b) = (a.unwrap().unwrap(), b.unwrap().unwrap());
+        assert_eq!(a.customer.id, b.customer.id, "round {round}: two profiles");
+        let id = a.customer.id;
+        let e1 = inbound_envelope(&id, &app_channel(), "u", vec![app], "a", at(round));
+        let e2 = inbound_envelope(&id, &wechat_channel(), "o", vec![wx], "b", at(round));
+        let (i1, i2) = tokio::join!(
+            tokio::spawn({
+                let r1 = Arc::clone(&r1);
+                async move { r1.record_inbound(&e1, pool, at(round)).await }
+            }),
+            tokio::spawn({
+                let r2 = Arc::clone(&r2);
+                async move { r2.record_inbound(&e2, pool, at(round)).await }
+            }),
+        );
+        let (i1, i2) = (i1.unwrap().unwrap(), i2.unwrap().unwrap());
+        assert_eq!(i1.conversation.id, i2.conversation.id, "round {round}");
+        assert!(i1.created != i2.created, "round {round}: created twice");
+    }
+    for i in 0..5 {
+        r1.upsert_agent(
+            AgentUpdate {
+                id: format!("agent-{i}"),
+                capacity: Some(3),
+                status: Some(AgentStatus::Online),
+                ..AgentUpdate::default()
+            },
+            at(100 + i),
+        )
+        .await
+        .unwrap();
+    }
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let s = Arc::clone(if i % 2 == 0 { &r1 } else { &r2 });
+        tasks.push(tokio::spawn(
+            async move { s.assign_queued(pool, at(200)).await },
+        ));
+    }
+    let mut assigned = Vec::new();
+    for task in tasks {
+        assigned.extend(
+            task.await
+                .unwrap()
+                .unwrap()
+                .into_iter()
+                .map(|a| a.conversation.id),
+        );
+    }
+    let mut unique = assigned.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        assigned.len(),
+        "a conversation assigned twice"
+    );
+    assert_eq!(assigned.len(), 15, "5 agents with room for 3 each");
+    assert_eq!(
+        r2.queue(pool).await.unwrap().len(),
+        5,
+        "the rest stays queued"
+    );
+    for a in r2.agents().await.unwrap() {
+        assert_eq!(a.conversations.len(), 3, "agent {} load", a.id);
+    }
+}
+
+/// Sub-second timestamps, names, rich content and raw payloads come back exactly.
+#[tokio::test]
+async fn records_round_trip_exactly() {
+    let Some(t) = TestPrefix::new().await else {
+        return;
+    };
+    let s = t.store().await;
+    let now: DateTime<Utc> = at(5) + TimeDelta::nanoseconds(123_456_789);
+    let k = key("", "app_user", "shop-app", "名字:with:colons");
+    let r = s
+        .resolve_customer(ResolveRequest {
+            tenant: "tenant-x".to_owned(),
+            identities: vec![(k.clone(), IdentityStrength::Strong)],
+            explicit: false,
+            display_name: Some("李雷 | Li Lei".to_owned()),
+            now,
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.customer.first_seen, now);
+    assert_eq!(r.customer.identities[0].linked_at, now);
+    assert_eq!(r.customer.display_name.as_deref(), Some("李雷 | Li Lei"));
+    assert_eq!(r.customer.tenant, "tenant-x");
+    assert_eq!(
+        s.customer(&r.customer.id).await.unwrap(),
+        Some(r.customer.clone())
+    );
+    assert_eq!(
+        s.customer_by_identity(&k).await.unwrap(),
+        Some(r.customer.clone())
+    );
+
+    let mut e = inbound_envelope(&r.customer.id, &app_channel(), "42", vec![k], "x", now);
+    e.content = Content::Location {
+        latitude: 31.230_416_123_456_78,
+        longitude: 121.473_701_987_654_32,
+        label: Some("上海".to_owned()),
+    };
+    e.raw = Some(serde_json::json!({
+        "big": 12_345_678_901_234_567_890_u64,
+        "empty": [],
+        "obj": {},
+        "f": 0.1,
+    }));
+    e.sender.display_name = Some("Li Lei".to_owned());
+    let rec = s.record_inbound(&e, "default", now).await.unwrap();
+    let conv = rec.conversation;
+    assert_eq!(conv.created_at, now);
+    assert_eq!(conv.queued_at, Some(now));
+    assert_eq!(conv.last_inbound_at, Some(now));
+    assert_eq!(conv.recipient, e.sender);
+    assert_eq!(s.conversation(&conv.id).await.unwrap(), Some(conv.clone()));
+    let stored = s.messages(&conv.id, 10).await.unwrap();
+    let mut expected = e.clone();
+    expected.conversation_id = Some(conv.id.clone());
+    assert_eq!(stored, vec![expected]);
+
+    let later = now + TimeDelta::nanoseconds(1);
+    let agent = s
+        .upsert_agent(
+            AgentUpdate {
+                id: "agent|with|bars".to_owned(),
+                name: Some("Ágent".to_owned()),
+                pools: Some(vec!["default".to_owned(), "vip".to_owned()]),
+                skills: Some(vec!["zh".to_owned(), "en".to_owned()]),
+                capacity: Some(2),
+                status: Some(AgentStatus::Online),
+            },
+            later,
+        )
+        .await
+        .unwrap();
+    assert_eq!(agent.idle_since, later);
+    assert_eq!(s.agent(&agent.id).await.unwrap(), Some(agent.clone()));
+    let got = s.assign_queued("default", later).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].agent.id, agent.id);
+    let reply = outbound_envelope(&got[0].conversation, &agent.id, later);
+    let c = s
+        .record_outbound(&conv.id, Some(&agent.id), &reply, later)
+        .await
+        .unwrap();
+    assert_eq!(c.replies_since_inbound, 1);
+    assert_eq!(c.status, ConversationStatus::Assigned);
+    assert_eq!(s.messages(&conv.id, 1).await.unwrap(), vec![reply]);
+    assert!(s.messages(&conv.id, 0).await.unwrap().is_empty());
+}
+
+/// Two key prefixes on one server see nothing of each other.
+#[tokio::test]
+async fn prefixes_are_isolated() {
+    let (Some(t1), Some(t2)) = (TestPrefix::new().await, TestPrefix::new().await) else {
+        return;
+    };
+    let (s1, s2) = (t1.store().await, t2.store().await);
+    let k = key("", "phone", "", "+8613800000000");
+    let req = || ResolveRequest {
+        tenant: DEFAULT_TENANT.to_owned(),
+        identities: vec![(k.clone(), IdentityStrength::Strong)],
+        explicit: false,
+        display_name: None,
+        now: at(1),
+    };
+    let a = s1.resolve_customer(req()).await.unwrap();
+    assert!(s2.customer_by_identity(&k).await.unwrap().is_none());
+    assert!(s2.customer(&a.customer.id).await.unwrap().is_none());
+    assert_eq!(
+        s1.claim_key("d", "1", Duration::from_secs(60))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        s2.claim_key("d", "2", Duration::from_secs(60))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(s2.get_key("d").await.unwrap().as_deref(), Some("2"));
+    let b = s2.resolve_customer(req()).await.unwrap();
+    assert!(b.created && b.customer.id != a.customer.id);
+}
+
+#[tokio::test]
+async fn unreachable_redis_is_unavailable() {
+    // Nothing listens on port 1.
+    let started = std::time::Instant::now();
+    let r = RedisStore::connect("redis://127.0.0.1:1/0", "sy-test-none").await;
+    assert!(
+        matches!(r, Err(switchyard_core::store::StoreError::Unavailable(_))),
+        "{r:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Differential test: random operation sequences give the same results on Redis as on the
+// embedded store (the reference semantics), once the ids each store generated are paired up.
+
+mod differential {
+    use std::sync::Arc;
+
+    use serde_json::{Value, json};
+    use switchyard_core::conformance::store::{
+        app_channel, at, inbound_envelope, key, outbound_envelope, wechat_channel,
+    };
+    use switchyard_core::envelope::{DEFAULT_TENANT, Envelope};
+    use switchyard_core::identity::{IdentityKey, IdentityStrength};
+    use switchyard_core::model::AgentStatus;
+    use switchyard_core::store::embedded::EmbeddedStore;
+    use switchyard_core::store::{AgentUpdate, ResolveRequest, Store, StoreError, TransferTarget};
+
+    use super::TestPrefix;
+
+    const PEOPLE: usize = 4;
+    const AGENTS: usize = 3;
+    const POOLS: [&str; 2] = ["default", "vip"];
+
+    /// xorshift64*, so a failing seed replays.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+        fn chance(&mut self, percent: u64) -> bool {
+            self.next() % 100 < percent
+        }
+    }
+
+    struct Pair {
+        emb: Arc<dyn Store>,
+        red: Arc<dyn Store>,
+        /// (redis id, embedded id) of every generated customer and conversation.
+        ids: Vec<(String, String)>,
+        customers: Vec<String>,
+        conversations: Vec<String>,
+        envelopes: Vec<(Envelope, Envelope)>,
+        last_customer: [Option<String>; PEOPLE],
+        log: Vec<String>,
+    }
+
+    fn err_shape(e: &StoreError) -> Value {
+        match e {
+            StoreError::NotFound { kind, .. } => json!({"not_found": kind}),
+            StoreError::Conflict { code, .. } => json!({"conflict": code}),
+            StoreError::Unavailable(m) => panic!("store unavailable: {m}"),
+        }
+    }
+
+    fn shape<T>(r: &Result<T, StoreError>, ok: impl Fn(&T) -> Value) -> Value {
+        match r {
+            Ok(v) => ok(v),
+            Err(e) => err_shape(e),
+        }
+    }
+
+    impl Pair {
+        fn pair(&mut self, red: &str, emb: &str) {
+            if red != emb && !self.ids.iter().any(|(r, _)| r == red) {
+                self.ids.push((red.to_owned(), emb.to_owned()));
+            }
+        }
+
+        fn to_emb(&self, v: &Value) -> Value {
+            let mut s = v.to_string();
+            for (r, e) in &self.ids {
+                s = s.replace(r.as_str(), e);
+            }
+            serde_json::from_str(&s).unwrap()
+        }
+
+        fn to_red<T: serde::Serialize + serde::de::DeserializeOwned>(&self, v: &T) -> T {
+            let mut s = serde_json::to_string(v).unwrap();
+            for (r, e) in &self.ids {
+                s = s.replace(e.as_str(), r);
+            }
+            serde_json::from_str(&s).unwrap()
+        }
+
+        fn red_id(&self, emb: &str) -> String {
+            self.ids
+                .iter()
+                .find(|(_, e)| e == emb)
+                .map_or_else(|| emb.to_owned(), |(r, _)| r.clone())
+        }
+
+        fn check(&self, what: &str, emb: Value, red: Value) {
+            let red = self.to_emb(&red);
+            if emb != red {
+                let tail = self
+                    .log
+                    .iter()
+                    .rev()
+                    .take(15)
+                    .rev()
+                    .cloned()
+                    .collect::<Vec<_>>();
+                panic!(
+                    "{what}: stores disagree\n embedded: {emb}\n    redis: {red}\nlast ops:\n  {}",
+                    tail.join("\n  ")
+                );
+            }
+        }
+
+        fn person_keys(p: usize, channel: usize) -> IdentityKey {
+            if channel == 0 {
+                key("", "app_user", "shop-app", &format!("p{p}"))
+            } else {
+                key("", "wechat_openid", "wx1", &format!("o{p}"))
+            }
+        }
+
+        async fn resolve(&mut self, rng: &mut Rng, p: usize, channel: usize, now: i64) {
+            let mut identities = vec![(Self::person_keys(p, channel), IdentityStrength::Strong)];
+            if rng.chance(40) {
+                // A phone shared by pairs of people: merges.
+                let phone = key("", "phone", "", &format!("+86{}", (p + rng.below(2)) / 2));
+                identities.push((phone, IdentityStrength::Strong));
+            }
+            if rng.chance(30) {
+                let visitor = key("", "web_visitor", "web", &format!("v{}", rng.below(PEOPLE)));
+                identities.push((visitor, IdentityStrength::Weak));
+            }
+            if rng.chance(20) {
+                identities.push((Self::person_keys(rng.below(PEOPLE), 1 - channel), {
+                    IdentityStrength::Strong
+                }));
+            }
+            if rng.chance(50) {
+                identities.reverse();
+            }
+            let req = ResolveRequest {
+                tenant: DEFAULT_TENANT.to_owned(),
+                identities,
+                explicit: rng.chance(15),
+                display_name: rng.chance(50).then(|| format!("Person {p}")),
+                now: at(now),
+            };
+            self.log.push(format!(
+                "resolve {:?} explicit={}",
+                req.identities, req.explicit
+            ));
+            let e = self.emb.resolve_customer(req.clone()).await;
+            let r = self.red.resolve_customer(req).await;
+            if let (Ok(e), Ok(r)) = (&e, &r) {
+                if e.created {
+                    self.pair(&r.customer.id, &e.customer.id);
+                    self.customers.push(e.customer.id.clone());
+                }
+                self.last_customer[p] = Some(e.customer.id.clone());
+            }
+            let f = |x: &switchyard_core::store::Resolution| {
+                json!({"customer": x.customer, "created": x.created, "merges": x.merges,
+                    "linked": x.linked, "closed": x.closed})
+            };
+            self.check("resolve_customer", shape(&e, f), shape(&r, f));
+        }
+
+        async fn inbound(&mut self, rng: &mut Rng, now: i64) {
+            let p = rng.below(PEOPLE);
+            let channel = rng.below(2);
+            if self.last_customer[p].is_none() || rng.chance(30) {
+                self.resolve(rng, p, channel, now).await;
+            }
+            // Sometimes a stale (possibly merged-away) id of anyone.
+            let cust = if rng.chance(15) && !self.customers.is_empty() {
+                self.customers[rng.below(self.customers.len())].clone()
+            } else {
+                self.last_customer[p].clone().unwrap_or_default()
+            };
+            let ch = if channel == 0 {
+                app_channel()
+            } else {
+                wechat_channel()
+            };
+            let e = inbound_envelope(
+                &cust,
+                &ch,
+                &format!("x{p}"),
+                vec![Self::person_keys(p, channel)],
+                &format!("m{now}"),
+                at(now),
+            );
+            let r = self.to_red(&e);
+            self.log.push(format!("inbound {} cust={cust}", e.id));
+            self.envelopes.push((e.clone(), r.clone()));
+            self.record(&e, &r, POOLS[channel], now).await;
+        }
+
+        async fn record(&mut self, e: &Envelope, r: &Envelope, pool: &str, now: i64) {
+            let eo = self.emb.record_inbound(e, pool, at(now)).await;
+            let ro = self.red.record_inbound(r, pool, at(now)).await;
+            if let (Ok(eo), Ok(ro)) = (&eo, &ro)
+                && eo.created
+            {
+                self.pair(&ro.conversation.id, &eo.conversation.id);
+                self.conversations.push(eo.conversation.id.clone());
+            }
+            let f = |x: &switchyard_core::store::InboundRecord| {
+                json!({"conversation": x.conversation, "created": x.created,
+                    "duplicate": x.duplicate})
+            };
+            self.check("record_inbound", shape(&eo, f), shape(&ro, f));
+        }
+
+        fn agent_id(i: usize) -> String {
+            format!("agent-{i}")
+        }
+
+        async fn upsert(&mut self, update: AgentUpdate, now: i64) {
+            self.log.push(format!("upsert {update:?}"));
+            let e = self.emb.upsert_agent(update.clone(), at(now)).await;
+            let r = self.red.upsert_agent(update, at(now)).await;
+            let f = |a: &switchyard_core::model::Agent| json!(a);
+            self.check("upsert_agent", shape(&e, f), shape(&r, f));
+        }
+
+        fn pick_conversation(&self, rng: &mut Rng) -> Option<String> {
+            (!self.conversations.is_empty())
+                .then(|| self.conversations[rng.below(self.conversations.len())].clone())
+        }
+
+        async fn step(&mut self, rng: &mut Rng, now: i64) {
+            let release = |x: &switchyard_core::store::Release| json!({"conversation": x.conversation, "released": x.released_agent});
+            match rng.below(14) {
+                0..=3 => self.inbound(rng, now).await,
+                4 => {
+                    if !self.envelopes.is_empty() {
+                        let (e, r) = self.envelopes[rng.below(self.envelopes.len())].clone();
+                        self.log.push(format!("replay {}", e.id));
+                        let pool = POOLS[rng.below(2)];
+                        self.record(&e, &r, pool, now).await;
+                    }
+                }
+                5 => {
+                    let status = [AgentStatus::Online, AgentStatus::Away, AgentStatus::Offline]
+                        [rng.below(3)];
+                    let update = AgentUpdate {
+                        id: Self::agent_id(rng.below(AGENTS)),
+                        status: Some(status),
+                        ..AgentUpdate::default()
+                    };
+                    self.upsert(update, now).await;
+                }
+                6 => {
+                    let update = AgentUpdate {
+                        id: Self::agent_id(rng.below(AGENTS)),
+                        capacity: Some(rng.below(4) as u32),
+                        pools: rng.chance(40).then(|| match rng.below(3) {
+                            0 => vec!["default".to_owned()],
+                            1 => vec!["vip".to_owned()],
+                            _ => vec!["vip".to_owned(), "default".to_owned()],
+                        }),
+                        ..AgentUpdate::default()
+                    };
+                    self.upsert(update, now).await;
+                }
+                7 | 8 => {
+                    let pool = POOLS[rng.below(2)];
+                    self.log.push(format!("assign {pool}"));
+                    let e = self.emb.assign_queued(pool, at(now)).await;
+                    let r = self.red.assign_queued(pool, at(now)).await;
+                    let f = |v: &Vec<switchyard_core::store::Assignment>| {
+                        json!(
+                            v.iter()
+                                .map(|a| json!({"c": a.conversation, "a": a.agent}))
+                                .collect::<Vec<_>>()
+                        )
+                    };
+                    self.check("assign_queued", shape(&e, f), shape(&r, f));
+                }
+                9 => {
+                    if let Some(c) = self.pick_conversation(rng) {
+                        self.log.push(format!("close {c}"));
+                        let e = self.emb.close_conversation(&c, "agent", at(now)).await;
+                        let r = self
+                            .red
+                            .close_conversation(&self.red_id(&c), "agent", at(now))
+                            .await;
+                        self.check("close", shape(&e, release), shape(&r, release));
+                    }
+                }
+                10 => {
+                    if let Some(c) = self.pick_conversation(rng) {
+                        let target = if rng.chance(50) {
+                            TransferTarget::Pool(POOLS[rng.below(2)].to_owned())
+                        } else {
+                            TransferTarget::Agent(Self::agent_id(rng.below(AGENTS + 1)))
+                        };
+                        self.log.push(format!("transfer {c} {target:?}"));
+                        let e = self.emb.transfer(&c, target.clone(), at(now)).await;
+                        let r = self.red.transfer(&self.red_id(&c), target, at(now)).await;
+                        self.check("transfer", shape(&e, release), shape(&r, release));
+                    }
+                }
+                11 => {
+                    if let Some(c) = self.pick_conversation(rng) {
+                        let conv = self.emb.conversation(&c).await.unwrap().unwrap();
+                        let agent = rng
+                            .chance(70)
+                            .then(|| Self::agent_id(rng.below(AGENTS)))
+                            .or_else(|| conv.agent_id.clone());
+                        let env =
+                            outbound_envelope(&conv, agent.as_deref().unwrap_or("-"), at(now));
+                        let renv = self.to_red(&env);
+                        self.log.push(format!("outbound {c} {agent:?}"));
+                        let e = self
+                            .emb
+                            .record_outbound(&c, agent.as_deref(), &env, at(now))
+                            .await;
+                        let r = self
+                            .red
+                            .record_outbound(&self.red_id(&c), agent.as_deref(), &renv, at(now))
+                            .await;
+                        let f = |c: &switchyard_core::model::Conversation| json!(c);
+                        self.check("record_outbound", shape(&e, f), shape(&r, f));
+                    }
+                }
+                _ => self.compare_state(rng).await,
+            }
+        }
+
+        async fn compare_state(&self, rng: &mut Rng) {
+            let f = |v: &Vec<switchyard_core::model::Agent>| json!(v);
+            self.check(
+                "agents",
+                shape(&self.emb.agents().await, f),
+                shape(&self.red.agents().await, f),
+            );
+            for pool in POOLS {
+                let f = |v: &Vec<String>| json!(v);
+                self.check(
+                    "queue",
+                    shape(&self.emb.queue(pool).await, f),
+                    shape(&self.red.queue(pool).await, f),
+                );
+            }
+            for i in 0..=AGENTS {
+                let a = Self::agent_id(i);
+                let f = |v: &Vec<switchyard_core::model::Conversation>| json!(v);
+                self.check(
+                    "agent_conversations",
+                    shape(&self.emb.agent_conversations(&a).await, f),
+                    shape(&self.red.agent_conversations(&a).await, f),
+                );
+            }
+            for c in &self.conversations {
+                let f = |v: &Option<switchyard_core::model::Conversation>| json!(v);
+                let r = self.red_id(c);
+                self.check(
+                    "conversation",
+                    shape(&self.emb.conversation(c).await, f),
+                    shape(&self.red.conversation(&r).await, f),
+                );
+                let limit = rng.below(6) + if rng.chance(50) { 1000 } else { 0 };
+                let f = |v: &Vec<Envelope>| json!(v);
+                self.check(
+                    "messages",
+                    shape(&self.emb.messages(c, limit).await, f),
+                    shape(&self.red.messages(&r, limit).await, f),
+                );
+            }
+            for c in &self.customers {
+                let f = |v: &Option<switchyard_core::model::Customer>| json!(v);
+                self.check(
+                    "customer",
+                    shape(&self.emb.customer(c).await, f),
+                    shape(&self.red.customer(&self.red_id(c)).await, f),
+                );
+            }
+            for p in 0..PEOPLE {
+                for channel in 0..2 {
+                    let k = Self::person_keys(p, channel);
+                    let f = |v: &Option<switchyard_core::model::Customer>| json!(v);
+                    self.check(
+                        "customer_by_identity",
+                        shape(&self.emb.customer_by_identity(&k).await, f),
+                        shape(&self.red.customer_by_identity(&k).await, f),
+                    );
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn redis_matches_embedded_on_random_operations() {
+        let Some(t) = TestPrefix::new().await else {
+            return;
+        };
+        let seeds: Vec<u64> = match std::env::var("SWITCHYARD_DIFF_SEED") {
+            Ok(s) => vec![s.parse().expect("SWITCHYARD_DIFF_SEED is a number")],
+            Err(_) => (1..=12)
+                .map(|i| 0x9E37_79B9_7F4A_7C15_u64.wrapping_mul(i))
+                .collect(),
+        };
+        for seed in seeds {
+            let prefix = TestPrefix {
+                url: t.url.clone(),
+                prefix: format!("{}-{seed:x}", t.prefix),
+            };
+            let mut pair = Pair {
+                emb: Arc::new(EmbeddedStore::new()),
+                red: prefix.store().await,
+                ids: Vec::new(),
+                customers: Vec::new(),
+                conversations: Vec::new(),
+                envelopes: Vec::new(),
+                last_customer: Default::default(),
+                log: vec![format!("seed {seed}")],
+            };
+            let mut rng = Rng(seed);
+            for step in 0..300 {
+                pair.step(&mut rng, i64::from(step)).await;
+            }
+            pair.compare_state(&mut rng).await;
+        }
+    }
+}
