@@ -4,8 +4,8 @@
 
 mod api_flow;
 mod bad_input;
-mod cluster;
 mod binary;
+mod cluster;
 mod identity;
 mod support;
 mod web_flow;

@@ -316,14 +316,14 @@ impl Bus for AmqpBus {
             "{exchange}.subscriber.{}",
             ulid::Ulid::new().to_string().to_lowercase()
         ));
-        // Not exclusive (another channel consumes it) but deleted when its consumer goes.
+        // Not exclusive or auto-delete: it must survive a dropped connection so the consumer can
+        // resume after recovery. The broker deletes it after a minute without consumers.
+        let mut args = self.queue_args(&spec, false, false);
+        args.insert("x-expires".into(), AMQPValue::LongLongInt(60_000));
         ch.queue_declare(
             ShortString::from(name.as_str()),
-            QueueDeclareOptions {
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            self.queue_args(&spec, false, false),
+            QueueDeclareOptions::default(),
+            args,
         )
         .await
         .map_err(unavailable)?;
@@ -466,11 +466,20 @@ fn header_count(v: &AMQPValue) -> Option<u32> {
 #[async_trait]
 impl Deliveries for AmqpDeliveries {
     async fn next(&mut self) -> Option<Delivery> {
-        let delivery = match self.consumer.next().await? {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::warn!(queue = %self.queue, error = %e, "consumer error");
-                return None;
+        let delivery = loop {
+            match self.consumer.next().await? {
+                Ok(d) => break d,
+                Err(e) => {
+                    // The connection dropped: lapin recovers it (and this consumer) by itself;
+                    // wait for that, then carry on. Only an unrecoverable error ends the stream,
+                    // and the process supervisor restarts the process.
+                    tracing::warn!(queue = %self.queue, error = %e, "consumer interrupted; waiting for recovery");
+                    if let Err(e) = self.channel.wait_for_recovery(e).await {
+                        tracing::error!(queue = %self.queue, error = %e, "consumer cannot recover");
+                        return None;
+                    }
+                    tracing::info!(queue = %self.queue, "consumer recovered");
+                }
             }
         };
         let mut headers = BTreeMap::new();

@@ -1,0 +1,186 @@
+//! The `switchyard` command line: `serve` (everything), `gateway`, `router`, `check-config`.
+//! The binary is a one-line wrapper around [`main`], so tests can build their own copy.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use switchyard_connectors::{ConnectorContext, Registry};
+use switchyard_core::config::{LogFormat, Settings};
+use switchyard_router::{App, Role};
+use tracing_subscriber::EnvFilter;
+
+/// Omnichannel message routing for customer service.
+#[derive(Debug, Parser)]
+#[command(name = "switchyard", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run everything in one process (with no config: the embedded default on 127.0.0.1:8080).
+    Serve(RunArgs),
+    /// Run only the gateway: channel ingress, WebSockets, REST, outbound senders.
+    Gateway(RunArgs),
+    /// Run only the router: inbound shard consumers.
+    Router(RunArgs),
+    /// Validate a configuration file and explain what is wrong.
+    CheckConfig {
+        /// The configuration file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Configuration file (TOML). Every key can be overridden by `SWITCHYARD__SECTION__KEY`.
+    #[arg(long, env = "SWITCHYARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Listen address, overriding `server.listen`.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+}
+
+/// Parses the command line and runs the command; the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { file } => check_config(&file),
+        Command::Serve(args) => run(args, Role::All),
+        Command::Gateway(args) => run(args, Role::Gateway),
+        Command::Router(args) => run(args, Role::Router),
+    }
+}
+
+fn check_config(file: &std::path::Path) -> ExitCode {
+    let result = Settings::load(Some(file))
+        .map_err(anyhow::Error::from)
+        .and_then(|settings| {
+            Registry::build(&settings.channels, &ConnectorContext::default())?;
+            settings.api_keys()?;
+            Ok(settings)
+        });
+    match result {
+        Ok(settings) => {
+            println!(
+                "{}: OK ({} channel(s), pools: {})",
+                file.display(),
+                settings.channels.len(),
+                settings.pool_ids().join(", ")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: {e:#}", file.display());
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn load(args: &RunArgs) -> anyhow::Result<Settings> {
+    let mut settings = Settings::load(args.config.as_deref())?;
+    if let Some(listen) = args.listen {
+        settings.server.listen = listen;
+        settings.validate()?;
+    }
+    Ok(settings)
+}
+
+fn init_logging(settings: &Settings) {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{},lapin=warn", settings.log.level)));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match settings.log.format {
+        LogFormat::Json => builder.json().with_current_span(true).init(),
+        LogFormat::Pretty => builder.compact().init(),
+    }
+}
+
+fn run(args: RunArgs, role: Role) -> ExitCode {
+    let settings = match load(&args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("switchyard: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&settings);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("switchyard: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(settings, role, args.config.is_none())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "switchyard stopped");
+            eprintln!("switchyard: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(settings: Settings, role: Role, embedded_default: bool) -> anyhow::Result<()> {
+    let app = App::start(settings, role).await?;
+    if let Some(addr) = app.addr {
+        tracing::info!(%addr, ?role, "switchyard is listening");
+        if embedded_default || role == Role::All {
+            println!("Switchyard is running on http://{addr}");
+            println!("  web chat:      http://{addr}/");
+            println!("  agent console: http://{addr}/agent");
+        }
+    }
+    let stop = app.shutdown_token();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown requested; draining");
+        stop.cancel();
+    });
+    app.run().await.context("switchyard failed")
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+}
