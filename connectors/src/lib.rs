@@ -7,11 +7,17 @@
 //! decides the HTTP answer and the metric from the class, never from the channel.
 
 pub mod api;
+#[cfg(feature = "conformance")]
+pub mod conformance;
+pub mod douyin;
 pub mod error;
 pub mod registry;
 pub mod rules;
 pub mod signature;
+pub mod token_cache;
 pub mod web;
+pub mod wechat;
+pub mod wecom_kf;
 
 use std::collections::HashMap;
 
@@ -106,7 +112,9 @@ pub trait Connector: Send + Sync + 'static {
     fn channel(&self) -> &ChannelRef;
 
     /// Answers a URL-verification handshake (WeChat `echostr`, Douyin challenge), if this
-    /// request is one. Runs before [`Self::verify`] on GET requests.
+    /// request is one; `Ok(None)` means "not a handshake, ingest it". The ingress asks on every
+    /// request before [`Self::verify`], GET and POST alike (Douyin's `verify_webhook` is a
+    /// signed POST), so an implementation checks the request's own signature itself.
     fn handshake(&self, _req: &InboundRequest<'_>) -> Result<Option<HttpReply>, ConnectorError> {
         Ok(None)
     }
@@ -124,6 +132,24 @@ pub trait Connector: Send + Sync + 'static {
         inbound: Self::Inbound,
         received_at: DateTime<Utc>,
     ) -> Result<Vec<Envelope>, ConnectorError>;
+
+    /// Hands the envelopes [`Self::normalize`] produced to `sink` (the ingress's
+    /// publish-with-dedupe), with I/O allowed. The default publishes them unchanged.
+    ///
+    /// Connectors override it when a verified request is not yet the message: pull-model
+    /// channels (WeCom kf) get a notification and fetch the messages it announces from the
+    /// platform API, publishing page by page and advancing their cursor only once a page is on
+    /// the bus; others keep state every replica needs later (Douyin's reply context). Called
+    /// after [`Self::verify`]/[`Self::decode`]/[`Self::normalize`] succeeded and before the
+    /// channel is answered, so an error here is answered by its class (Transient: 503, the
+    /// channel retries).
+    async fn deliver(
+        &self,
+        envelopes: Vec<Envelope>,
+        sink: &dyn EnvelopeSink,
+    ) -> Result<Vec<Accepted>, ConnectorError> {
+        sink.publish(envelopes).await
+    }
 
     /// The answer once the envelopes are safely on the bus.
     fn accepted(&self, accepted: &[Accepted]) -> HttpReply;
@@ -147,6 +173,14 @@ pub trait Connector: Send + Sync + 'static {
     }
 }
 
+/// Where [`Connector::deliver`] hands envelopes: the ingress publishes them on the bus with
+/// deduplication and answers what became of each (in order).
+#[async_trait]
+pub trait EnvelopeSink: Send + Sync {
+    /// Publishes `envelopes`, in order, each at most once per dedupe key.
+    async fn publish(&self, envelopes: Vec<Envelope>) -> Result<Vec<Accepted>, ConnectorError>;
+}
+
 /// Object-safe view of a [`Connector`], used by the ingress and the dispatcher.
 #[async_trait]
 pub trait Channel: Send + Sync + 'static {
@@ -156,6 +190,12 @@ pub trait Channel: Send + Sync + 'static {
     fn handshake(&self, req: &InboundRequest<'_>) -> Result<Option<HttpReply>, ConnectorError>;
     /// Verify, decode and normalize in one step.
     fn ingest(&self, req: &InboundRequest<'_>) -> Result<Vec<Envelope>, ConnectorError>;
+    /// See [`Connector::deliver`].
+    async fn deliver(
+        &self,
+        envelopes: Vec<Envelope>,
+        sink: &dyn EnvelopeSink,
+    ) -> Result<Vec<Accepted>, ConnectorError>;
     /// See [`Connector::accepted`].
     fn accepted(&self, accepted: &[Accepted]) -> HttpReply;
     /// See [`Connector::rules`].
@@ -181,6 +221,14 @@ impl<C: Connector> Channel for C {
         self.verify(req)?;
         let inbound = self.decode(req)?;
         self.normalize(inbound, req.received_at)
+    }
+
+    async fn deliver(
+        &self,
+        envelopes: Vec<Envelope>,
+        sink: &dyn EnvelopeSink,
+    ) -> Result<Vec<Accepted>, ConnectorError> {
+        Connector::deliver(self, envelopes, sink).await
     }
 
     fn accepted(&self, accepted: &[Accepted]) -> HttpReply {

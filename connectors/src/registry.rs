@@ -9,7 +9,10 @@ use switchyard_core::store::Store;
 use switchyard_core::store::embedded::EmbeddedStore;
 
 use crate::api::{self, ApiConnector};
+use crate::douyin::{self, DouyinConnector};
 use crate::web::{self, WebConnector};
+use crate::wechat::{WeChatMiniProgramConnector, WeChatOaConnector, miniprogram, oa};
+use crate::wecom_kf::{self, WecomKfConnector};
 use crate::{Channel, ConnectorError};
 
 /// What connectors are given when built.
@@ -48,7 +51,14 @@ impl Default for ConnectorContext {
 }
 
 /// Channel kinds this build knows, with their configuration keys.
-pub const KINDS: &[(&str, &[&str])] = &[(api::KIND, api::KEYS), (web::KIND, web::KEYS)];
+pub const KINDS: &[(&str, &[&str])] = &[
+    (api::KIND, api::KEYS),
+    (web::KIND, web::KEYS),
+    (douyin::KIND, douyin::KEYS),
+    (wecom_kf::KIND, wecom_kf::KEYS),
+    (oa::KIND, oa::KEYS),
+    (miniprogram::KIND, miniprogram::KEYS),
+];
 
 /// Every configured channel, by id.
 #[derive(Clone, Default)]
@@ -86,6 +96,10 @@ impl Registry {
             }
             let channel: Arc<dyn Channel> = match ch.kind.as_str() {
                 api::KIND => Arc::new(ApiConnector::new(ch, ctx)?),
+                oa::KIND => Arc::new(WeChatOaConnector::new(ch, ctx)?),
+                miniprogram::KIND => Arc::new(WeChatMiniProgramConnector::new(ch, ctx)?),
+                douyin::KIND => Arc::new(DouyinConnector::new(ch, ctx)?),
+                wecom_kf::KIND => Arc::new(WecomKfConnector::new(ch, ctx)?),
                 web::KIND => {
                     let web = Arc::new(WebConnector::new(ch, ctx)?);
                     registry.web.insert(ch.id.clone(), Arc::clone(&web));

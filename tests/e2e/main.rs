@@ -9,3 +9,4 @@ mod cluster;
 mod identity;
 mod support;
 mod web_flow;
+mod wechat;

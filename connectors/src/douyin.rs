@@ -1,0 +1,1047 @@
+//! Douyin (抖音开放平台) private messages (kind `douyin`): the enterprise account's DM webhooks
+//! in, replies through `POST /im/send/msg/` out.
+//!
+//! * **Webhook signature** (Webhooks 概述, developer.open-douyin.com …/dop/develop/webhooks/summarize):
+//!   header `X-Douyin-Signature` = lower-case hex `SHA1(client_secret ‖ raw body)` — plain
+//!   SHA-1, the secret *prefixed*, no HMAC, no separator, no timestamp. The mini-app webhook
+//!   page hands out a dedicated "webhook 验签秘钥"; set `webhook_secret` when it differs from
+//!   `client_secret`.
+//! * **Handshake**: saving the URL POSTs `{"event":"verify_webhook","content":{"challenge":N}}`
+//!   (signed like any event); the answer is the JSON `{"challenge":N}`.
+//! * **Events** (private-msg-webhook, enter-direct-msg-webhook): `im_receive_msg` (the account
+//!   received a DM: from = customer, to = account), `im_enter_direct_msg` (the customer opened
+//!   the DM page), `im_send_msg` (the account sent one — our own API sends included — never
+//!   routed). `content` is an object on the IM pages and a JSON *string* on others: both work.
+//! * **Dedupe**: `content.server_message_id` (stable across the 3 retries, like the `Msg-Id`
+//!   header, which is the fallback).
+//! * **Reply**: `POST {api_base}/im/send/msg/?open_id={account open_id}` with header
+//!   `access-token` = the account's OAuth `access_token` (`/oauth/access_token/`, refreshed with
+//!   `/oauth/refresh_token/`; the app-level `client_token` is not accepted by this API) and
+//!   `{"msg_id": customer's server_message_id (valid 24 h), "conversation_id":
+//!   conversation_short_id, "to_user_id": customer open_id, "content": {"msg_type": 1,
+//!   "text": {"text": …}}}`.
+//!
+//! The reply needs the customer's `server_message_id` and `conversation_short_id`, which the
+//! router does not carry: [`Connector::deliver`] keeps them in the shared store under the
+//! inbound envelope's id (the outbound envelope's `reply_to`) and under the customer, for 24 h.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use sha1::{Digest, Sha1};
+use switchyard_core::config::ChannelSettings;
+use switchyard_core::envelope::{
+    ChannelRef, Content, DEFAULT_TENANT, Direction, Envelope, Media, Sender, new_id,
+};
+use switchyard_core::identity::IdentityKey;
+use switchyard_core::store::Store;
+
+use crate::rules::ChannelRules;
+use crate::signature::constant_time_eq;
+use crate::token_cache::{TokenCache, base_url, encode_component, encode_pairs};
+use crate::{
+    Accepted, Connector, ConnectorContext, ConnectorError, EnvelopeSink, HttpReply, InboundRequest,
+    SendReceipt,
+};
+
+/// Connector kind.
+pub const KIND: &str = "douyin";
+/// Configuration keys besides the common ones.
+pub const KEYS: &[&str] = &[
+    "client_key",
+    "client_secret",
+    "webhook_secret",
+    "account_open_id",
+    "access_token",
+    "refresh_token",
+];
+/// The platform's API host.
+pub const DEFAULT_API_BASE: &str = "https://open.douyin.com";
+/// Header carrying the webhook signature.
+pub const SIGNATURE_HEADER: &str = "x-douyin-signature";
+/// Header carrying Douyin's delivery id (constant across retries).
+pub const MSG_ID_HEADER: &str = "msg-id";
+/// How long a customer's `server_message_id` can be replied to.
+pub const REPLY_WINDOW: Duration = Duration::from_secs(24 * 3600);
+/// Key (inside `raw`) under which `normalize` hands the reply context to `deliver`, which
+/// removes it before publishing.
+const REPLY_CONTEXT_KEY: &str = "_douyin_reply_context";
+
+/// The webhook signature: lower-case hex SHA-1 of the secret followed by the raw body.
+pub fn webhook_signature(secret: &str, body: &[u8]) -> String {
+    let mut sha = Sha1::new();
+    sha.update(secret.as_bytes());
+    sha.update(body);
+    hex::encode(sha.finalize())
+}
+
+/// A verified, parsed webhook event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DouyinInbound {
+    /// Event name (`im_receive_msg`, ...).
+    pub event: String,
+    /// The app the event is for.
+    pub client_key: Option<String>,
+    /// Sender open id.
+    pub from_user_id: Option<String>,
+    /// Receiver open id.
+    pub to_user_id: Option<String>,
+    /// The event content (an object, also when it arrived as a JSON string).
+    pub content: Map<String, Value>,
+    /// The `Msg-Id` header, if any.
+    pub msg_id_header: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawEvent {
+    event: String,
+    #[serde(default)]
+    client_key: Option<String>,
+    #[serde(default)]
+    from_user_id: Option<String>,
+    #[serde(default)]
+    to_user_id: Option<String>,
+    #[serde(default)]
+    content: Option<Value>,
+}
+
+/// Parses the webhook body (any event). `content` may be an object or a JSON string holding one.
+pub fn parse_event(body: &[u8]) -> Result<(String, RawParts), ConnectorError> {
+    let raw: RawEvent = serde_json::from_slice(body)
+        .map_err(|e| ConnectorError::Malformed(format!("invalid Douyin event JSON: {e}")))?;
+    let content = match raw.content {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(map)) => map,
+        Some(Value::String(s)) if s.trim().is_empty() => Map::new(),
+        Some(Value::String(s)) => match serde_json::from_str::<Value>(&s) {
+            Ok(Value::Object(map)) => map,
+            Ok(_) => {
+                return Err(ConnectorError::Malformed(
+                    "event content is a string but not a JSON object".into(),
+                ));
+            }
+            Err(e) => {
+                return Err(ConnectorError::Malformed(format!(
+                    "event content is not JSON: {e}"
+                )));
+            }
+        },
+        Some(_) => {
+            return Err(ConnectorError::Malformed(
+                "event content must be an object or a JSON string".into(),
+            ));
+        }
+    };
+    Ok((
+        raw.event,
+        RawParts {
+            client_key: raw.client_key,
+            from_user_id: raw.from_user_id,
+            to_user_id: raw.to_user_id,
+            content,
+        },
+    ))
+}
+
+/// The parts of an event besides its name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawParts {
+    /// `client_key`.
+    pub client_key: Option<String>,
+    /// `from_user_id`.
+    pub from_user_id: Option<String>,
+    /// `to_user_id`.
+    pub to_user_id: Option<String>,
+    /// `content`, as an object.
+    pub content: Map<String, Value>,
+}
+
+/// What a reply to one customer message needs (kept in the store by `deliver`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyContext {
+    /// The business account (the `open_id` query parameter of the send API).
+    pub account_open_id: String,
+    /// The customer.
+    pub customer_open_id: String,
+    /// `conversation_short_id`.
+    pub conversation_id: String,
+    /// The customer's `server_message_id` (the send API's `msg_id`, valid 24 h).
+    pub server_message_id: String,
+    /// Send-API scene: `None` for the default reply, `im_enter_direct_msg` for a reply to the
+    /// customer opening the DM page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scene: Option<String>,
+    /// When the customer's message was created.
+    pub at: DateTime<Utc>,
+}
+
+/// The Douyin connector.
+pub struct DouyinConnector {
+    channel: ChannelRef,
+    client_key: String,
+    webhook_secret: String,
+    account_open_id: Option<String>,
+    static_access_token: Option<String>,
+    refresh_token: Option<String>,
+    api_base: String,
+    http: reqwest::Client,
+    store: Arc<dyn Store>,
+}
+
+impl std::fmt::Debug for DouyinConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DouyinConnector")
+            .field("channel", &self.channel)
+            .field("client_key", &self.client_key)
+            .field("api_base", &self.api_base)
+            .finish_non_exhaustive()
+    }
+}
+
+fn config_err(e: impl std::fmt::Display) -> ConnectorError {
+    ConnectorError::Config(e.to_string())
+}
+
+impl DouyinConnector {
+    /// Builds the connector from its `[[channels]]` entry.
+    pub fn new(settings: &ChannelSettings, ctx: &ConnectorContext) -> Result<Self, ConnectorError> {
+        let client_key = settings.required_secret("client_key").map_err(config_err)?;
+        let client_secret = settings
+            .required_secret("client_secret")
+            .map_err(config_err)?;
+        if client_key.trim().is_empty() || client_secret.trim().is_empty() {
+            return Err(ConnectorError::Config(format!(
+                "channels.{}: client_key and client_secret must not be empty",
+                settings.id
+            )));
+        }
+        let webhook_secret = settings
+            .secret("webhook_secret")
+            .map_err(config_err)?
+            .unwrap_or(client_secret);
+        Ok(DouyinConnector {
+            channel: ChannelRef {
+                kind: KIND.to_owned(),
+                id: settings.id.clone(),
+            },
+            client_key,
+            webhook_secret,
+            account_open_id: settings.secret("account_open_id").map_err(config_err)?,
+            static_access_token: settings.secret("access_token").map_err(config_err)?,
+            refresh_token: settings.secret("refresh_token").map_err(config_err)?,
+            api_base: base_url(settings.api_base.as_deref(), DEFAULT_API_BASE),
+            http: ctx.http.clone(),
+            store: Arc::clone(&ctx.store),
+        })
+    }
+
+    /// The identity key of a customer: `douyin_open_id:{client_key}:{open_id}`.
+    pub fn customer_key(&self, open_id: &str) -> Result<IdentityKey, ConnectorError> {
+        IdentityKey::new("douyin_open_id", &self.client_key, open_id)
+            .map_err(|e| ConnectorError::Malformed(e.to_string()))
+    }
+
+    fn check_signature(&self, req: &InboundRequest<'_>) -> Result<(), ConnectorError> {
+        let received = req.header(SIGNATURE_HEADER).ok_or_else(|| {
+            ConnectorError::Unauthorized(format!("missing `{SIGNATURE_HEADER}` header"))
+        })?;
+        let expected = webhook_signature(&self.webhook_secret, req.body);
+        if constant_time_eq(&received.trim().to_ascii_lowercase(), &expected) {
+            Ok(())
+        } else {
+            Err(ConnectorError::Unauthorized(
+                "X-Douyin-Signature does not match the body".into(),
+            ))
+        }
+    }
+
+    fn reply_key(&self, envelope_id: &str) -> String {
+        format!("douyin:{}:reply:{envelope_id}", self.channel.id)
+    }
+
+    fn latest_key(&self, customer: &str) -> String {
+        format!("douyin:{}:reply_latest:{customer}", self.channel.id)
+    }
+
+    fn token_cache(&self, account: &str) -> TokenCache {
+        TokenCache::new(
+            Arc::clone(&self.store),
+            format!("douyin:{}:{account}:access_token", self.client_key),
+        )
+    }
+
+    fn refresh_key(&self, account: &str) -> String {
+        format!("douyin:{}:{account}:refresh_token", self.client_key)
+    }
+
+    fn store_err(e: impl std::fmt::Display) -> ConnectorError {
+        ConnectorError::Transient(format!("store: {e}"))
+    }
+
+    /// The reply context of `message`: the one kept for the envelope it answers, else the
+    /// customer's latest.
+    pub async fn reply_context(
+        &self,
+        message: &Envelope,
+    ) -> Result<Option<ReplyContext>, ConnectorError> {
+        let mut keys = Vec::new();
+        if let Some(id) = &message.reply_to {
+            keys.push(self.reply_key(id));
+        }
+        keys.push(self.latest_key(&message.sender.external_id));
+        for key in keys {
+            if let Some(raw) = self.store.get_key(&key).await.map_err(Self::store_err)?
+                && let Ok(ctx) = serde_json::from_str::<ReplyContext>(&raw)
+                && ctx.customer_open_id == message.sender.external_id
+            {
+                return Ok(Some(ctx));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn keep_reply_context(
+        &self,
+        envelope_id: &str,
+        ctx: &ReplyContext,
+        now: DateTime<Utc>,
+    ) -> Result<(), ConnectorError> {
+        let left = (ctx.at + TimeDelta::seconds(REPLY_WINDOW.as_secs() as i64)) - now;
+        let Ok(ttl) = left.to_std() else {
+            return Ok(()); // Already outside the window: nothing to reply to.
+        };
+        let ttl = ttl.max(Duration::from_secs(1));
+        let value = serde_json::to_string(ctx)
+            .map_err(|e| ConnectorError::Transient(format!("cannot encode reply context: {e}")))?;
+        self.store
+            .set_key(&self.reply_key(envelope_id), &value, ttl)
+            .await
+            .map_err(Self::store_err)?;
+        let latest = self.latest_key(&ctx.customer_open_id);
+        let newer = match self.store.get_key(&latest).await.map_err(Self::store_err)? {
+            Some(old) => {
+                serde_json::from_str::<ReplyContext>(&old).map_or(true, |o| o.at <= ctx.at)
+            }
+            None => true,
+        };
+        if newer {
+            self.store
+                .set_key(&latest, &value, ttl)
+                .await
+                .map_err(Self::store_err)?;
+        }
+        Ok(())
+    }
+
+    /// The account's access token: cached in the store, refreshed (single flight) with the
+    /// account's `refresh_token` when missing or refused.
+    pub async fn access_token(
+        &self,
+        account: &str,
+        stale: Option<&str>,
+    ) -> Result<String, ConnectorError> {
+        let refresh = match self
+            .store
+            .get_key(&self.refresh_key(account))
+            .await
+            .map_err(Self::store_err)?
+        {
+            Some(r) => Some(r),
+            None => self.refresh_token.clone().filter(|_| {
+                self.account_open_id
+                    .as_deref()
+                    .is_none_or(|configured| configured == account)
+            }),
+        };
+        let Some(refresh_token) = refresh else {
+            return match (&self.static_access_token, stale) {
+                (Some(t), s) if Some(t.as_str()) != s => Ok(t.clone()),
+                (Some(_), _) => Err(ConnectorError::Rejected {
+                    code: "access_token_expired".into(),
+                    message: format!(
+                        "Douyin refused channels.{}.access_token and no refresh_token is \
+                         configured; re-authorize the account",
+                        self.channel.id
+                    ),
+                }),
+                (None, _) => Err(ConnectorError::Rejected {
+                    code: "no_access_token".into(),
+                    message: format!(
+                        "no access_token/refresh_token for Douyin account `{account}`; the \
+                         account must authorize the app (scope im.direct_message)"
+                    ),
+                }),
+            };
+        };
+        let cache = self.token_cache(account);
+        cache
+            .get(stale, || self.refresh_access_token(account, refresh_token))
+            .await
+    }
+
+    async fn refresh_access_token(
+        &self,
+        account: &str,
+        refresh_token: String,
+    ) -> Result<(String, Duration), ConnectorError> {
+        let url = format!("{}/oauth/refresh_token/", self.api_base);
+        let form = encode_pairs(&[
+            ("client_key", &self.client_key),
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &refresh_token),
+        ]);
+        let response = self
+            .http
+            .post(url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form)
+            .send()
+            .await
+            .map_err(|e| ConnectorError::Transient(format!("Douyin token refresh failed: {e}")))?;
+        let status = response.status().as_u16();
+        let body: Value = read_json(response, status).await?;
+        let data = body.get("data").cloned().unwrap_or(Value::Null);
+        let code = data.get("error_code").and_then(Value::as_i64).unwrap_or(0);
+        if code != 0 {
+            let description = data
+                .get("description")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            return Err(match code {
+                // refresh_token expired / renewals exhausted: a human must re-authorize.
+                10010 | 10020 | 2190002 | 2190003 => ConnectorError::Rejected {
+                    code: code.to_string(),
+                    message: format!("Douyin refresh_token refused ({description}); re-authorize"),
+                },
+                _ => ConnectorError::Transient(format!(
+                    "Douyin token refresh error {code}: {description}"
+                )),
+            });
+        }
+        let token = data
+            .get("access_token")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| ConnectorError::Transient("token refresh without access_token".into()))?
+            .to_owned();
+        let expires_in = data
+            .get("expires_in")
+            .and_then(Value::as_u64)
+            .unwrap_or(7200);
+        if let Some(new_refresh) = data.get("refresh_token").and_then(Value::as_str)
+            && !new_refresh.is_empty()
+            && new_refresh != refresh_token
+        {
+            let ttl = data
+                .get("refresh_expires_in")
+                .and_then(Value::as_u64)
+                .unwrap_or(30 * 86400);
+            self.store
+                .set_key(
+                    &self.refresh_key(account),
+                    new_refresh,
+                    Duration::from_secs(ttl),
+                )
+                .await
+                .map_err(Self::store_err)?;
+        }
+        Ok((token, Duration::from_secs(expires_in)))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn envelope(
+        &self,
+        customer: &str,
+        display_name: Option<String>,
+        sent_at: DateTime<Utc>,
+        received_at: DateTime<Utc>,
+        dedupe: &str,
+        content: Content,
+        reply: Option<ReplyContext>,
+    ) -> Result<Envelope, ConnectorError> {
+        let raw = match reply {
+            Some(ctx) => {
+                let ctx = serde_json::to_value(ctx)
+                    .map_err(|e| ConnectorError::Malformed(e.to_string()))?;
+                Some(json!({ REPLY_CONTEXT_KEY: ctx }))
+            }
+            None => None,
+        };
+        Ok(Envelope {
+            id: new_id(),
+            tenant: DEFAULT_TENANT.to_owned(),
+            direction: Direction::Inbound,
+            channel: self.channel.clone(),
+            sender: Sender {
+                external_id: customer.to_owned(),
+                scope: self.client_key.clone(),
+                display_name,
+                identities: vec![self.customer_key(customer)?],
+            },
+            customer_id: None,
+            conversation_id: None,
+            sent_at,
+            received_at,
+            dedupe_key: format!("{KIND}:{}:{dedupe}", self.client_key),
+            content,
+            reply_to: None,
+            agent_id: None,
+            raw,
+        })
+    }
+
+    fn send_body(&self, ctx: &ReplyContext, content: &Content) -> Result<Value, ConnectorError> {
+        let content = match content {
+            Content::Text { text } => json!({ "msg_type": 1, "text": { "text": text } }),
+            Content::Image { media } => match &media.media_id {
+                Some(id) => json!({ "msg_type": 2, "image": { "media_id": id } }),
+                None => {
+                    return Err(ConnectorError::Rejected {
+                        code: "media_id_required".into(),
+                        message: "Douyin sends images by media_id (upload them with the image \
+                                  tool API first)"
+                            .into(),
+                    });
+                }
+            },
+            other => {
+                return Err(ConnectorError::Rejected {
+                    code: "content_unsupported".into(),
+                    message: format!(
+                        "the Douyin connector sends text and image, not {}",
+                        other.type_name()
+                    ),
+                });
+            }
+        };
+        let mut body = json!({
+            "msg_id": ctx.server_message_id,
+            "conversation_id": ctx.conversation_id,
+            "to_user_id": ctx.customer_open_id,
+            "content": content,
+        });
+        if let (Some(scene), Some(obj)) = (&ctx.scene, body.as_object_mut()) {
+            obj.insert("scene".into(), Value::String(scene.clone()));
+        }
+        Ok(body)
+    }
+
+    async fn post_send(
+        &self,
+        ctx: &ReplyContext,
+        token: &str,
+        body: &Value,
+    ) -> Result<Result<SendReceipt, (i64, String)>, ConnectorError> {
+        let url = format!(
+            "{}/im/send/msg/?open_id={}",
+            self.api_base,
+            encode_component(&ctx.account_open_id)
+        );
+        let response = self
+            .http
+            .post(url)
+            .header("access-token", token)
+            .header("content-type", "application/json")
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| ConnectorError::Transient(format!("Douyin send failed: {e}")))?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_secs);
+        if status == 429 {
+            return Err(ConnectorError::RateLimited { retry_after });
+        }
+        let value = read_json(response, status).await?;
+        let (code, message) = douyin_error(&value);
+        if code == 0 {
+            let msg_id = value
+                .pointer("/data/msg_id")
+                .or_else(|| value.get("msg_id"))
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            return Ok(Ok(SendReceipt {
+                channel_message_id: msg_id,
+            }));
+        }
+        Ok(Err((code, message)))
+    }
+}
+
+/// Reads a JSON answer; non-2xx statuses are classified first (5xx transient, 429 limited).
+async fn read_json(response: reqwest::Response, status: u16) -> Result<Value, ConnectorError> {
+    let text = response
+        .text()
+        .await
+        .map_err(|e| ConnectorError::Transient(format!("reading Douyin answer: {e}")))?;
+    if !(200..300).contains(&status) {
+        return Err(crate::api::classify_http_failure(status, None, &text));
+    }
+    serde_json::from_str(&text).map_err(|e| {
+        ConnectorError::Transient(format!(
+            "Douyin answered non-JSON ({e}): {}",
+            snippet(&text)
+        ))
+    })
+}
+
+fn snippet(text: &str) -> String {
+    text.chars().take(200).collect()
+}
+
+/// The error code and message of a Douyin API answer, in either of its shapes
+/// (`{data:{error_code,description}, extra:{error_code,sub_error_code,…}}` or
+/// `{err_no, err_msg}`); `(0, _)` is success.
+pub fn douyin_error(value: &Value) -> (i64, String) {
+    let int = |v: Option<&Value>| {
+        v.and_then(|v| {
+            v.as_i64()
+                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        })
+        .unwrap_or(0)
+    };
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or_default().to_owned();
+    for (code, msg) in [
+        (value.get("err_no"), value.get("err_msg")),
+        (
+            value.pointer("/data/error_code"),
+            value.pointer("/data/description"),
+        ),
+        (
+            value.pointer("/extra/error_code"),
+            value.pointer("/extra/description"),
+        ),
+        (
+            value.pointer("/extra/sub_error_code"),
+            value.pointer("/extra/sub_description"),
+        ),
+    ] {
+        let c = int(code);
+        if c != 0 {
+            return (c, text(msg));
+        }
+    }
+    (0, String::new())
+}
+
+/// Error codes meaning "this access token is no longer good".
+fn is_token_error(code: i64) -> bool {
+    matches!(
+        code,
+        10008 | 2190008 | 28001003 | 28001008 | 2190004 | 40001 | 40014
+    )
+}
+
+/// Error codes meaning "slow down".
+fn is_rate_limit(code: i64) -> bool {
+    matches!(code, 10020 | 2190001 | 28003017)
+}
+
+fn text_field(content: &Map<String, Value>, key: &str) -> Option<String> {
+    match content.get(key)? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn ms_time(content: &Map<String, Value>, key: &str) -> Option<DateTime<Utc>> {
+    let v = content.get(key)?;
+    let n = v
+        .as_i64()
+        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))?;
+    // Documented as 13-digit milliseconds; accept seconds too.
+    if n > 100_000_000_000 {
+        DateTime::from_timestamp_millis(n)
+    } else {
+        DateTime::from_timestamp(n, 0)
+    }
+}
+
+fn nick_name(content: &Map<String, Value>, open_id: &str) -> Option<String> {
+    content
+        .get("user_infos")?
+        .as_array()?
+        .iter()
+        .find(|u| u.get("open_id").and_then(Value::as_str) == Some(open_id))?
+        .get("nick_name")?
+        .as_str()
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+}
+
+fn media_of(content: &Map<String, Value>, id_key: Option<&str>) -> Media {
+    Media {
+        url: text_field(content, "resource_url"),
+        media_id: id_key.and_then(|k| text_field(content, k)),
+        mime: None,
+        size: None,
+    }
+}
+
+/// Maps a DM's `message_type` onto content.
+fn message_content(content: &Map<String, Value>) -> Content {
+    let kind = text_field(content, "message_type").unwrap_or_default();
+    match kind.as_str() {
+        "text" => Content::Text {
+            text: text_field(content, "text").unwrap_or_default(),
+        },
+        "image" | "user_local_image" => Content::Image {
+            media: media_of(content, None),
+        },
+        "emoji" => Content::Sticker {
+            media: media_of(content, None),
+        },
+        "video" | "user_local_video" => Content::Video {
+            media: media_of(content, Some("item_id")),
+            thumbnail: None,
+        },
+        "retain_consult_card" => {
+            let mut attributes = Map::new();
+            for key in ["card_id", "card_status", "card_data"] {
+                if let Some(v) = content.get(key) {
+                    attributes.insert(key.to_owned(), v.clone());
+                }
+            }
+            Content::Card {
+                title: "retain_consult_card".into(),
+                url: None,
+                thumbnail: None,
+                attributes,
+            }
+        }
+        "" => Content::Unsupported {
+            original_type: "unknown".into(),
+        },
+        other => Content::Unsupported {
+            original_type: other.to_owned(),
+        },
+    }
+}
+
+#[async_trait]
+impl Connector for DouyinConnector {
+    type Inbound = DouyinInbound;
+
+    fn channel(&self) -> &ChannelRef {
+        &self.channel
+    }
+
+    fn handshake(&self, req: &InboundRequest<'_>) -> Result<Option<HttpReply>, ConnectorError> {
+        if req.method != http::Method::POST {
+            return Ok(None);
+        }
+        #[derive(Deserialize)]
+        struct Probe {
+            event: String,
+        }
+        let Ok(probe) = serde_json::from_slice::<Probe>(req.body) else {
+            return Ok(None);
+        };
+        if probe.event != "verify_webhook" {
+            return Ok(None);
+        }
+        self.check_signature(req)?;
+        let (_, parts) = parse_event(req.body)?;
+        let challenge = parts
+            .content
+            .get("challenge")
+            .filter(|c| c.is_number() || c.is_string())
+            .cloned()
+            .ok_or_else(|| {
+                ConnectorError::Malformed("verify_webhook without a challenge".into())
+            })?;
+        Ok(Some(HttpReply::json(
+            200,
+            &json!({ "challenge": challenge }),
+        )))
+    }
+
+    fn verify(&self, req: &InboundRequest<'_>) -> Result<(), ConnectorError> {
+        self.check_signature(req)
+    }
+
+    fn decode(&self, req: &InboundRequest<'_>) -> Result<DouyinInbound, ConnectorError> {
+        let (event, parts) = parse_event(req.body)?;
+        Ok(DouyinInbound {
+            event,
+            client_key: parts.client_key,
+            from_user_id: parts.from_user_id,
+            to_user_id: parts.to_user_id,
+            content: parts.content,
+            msg_id_header: req.header(MSG_ID_HEADER).map(str::to_owned),
+        })
+    }
+
+    fn normalize(
+        &self,
+        inbound: DouyinInbound,
+        received_at: DateTime<Utc>,
+    ) -> Result<Vec<Envelope>, ConnectorError> {
+        if let Some(key) = inbound.client_key.as_deref()
+            && !key.is_empty()
+            && key != self.client_key
+        {
+            return Err(ConnectorError::Unsupported(format!(
+                "event for client_key `{key}`, this channel is `{}`",
+                self.client_key
+            )));
+        }
+        let scene = match inbound.event.as_str() {
+            "im_receive_msg" => None,
+            "im_enter_direct_msg" => Some("im_enter_direct_msg".to_owned()),
+            "im_send_msg" => {
+                return Err(ConnectorError::Unsupported(
+                    "im_send_msg: the account's own message (our replies echo here) is not \
+                     routed"
+                        .into(),
+                ));
+            }
+            "verify_webhook" => {
+                return Err(ConnectorError::Unsupported(
+                    "verify_webhook is answered by the handshake".into(),
+                ));
+            }
+            other => {
+                return Err(ConnectorError::Unsupported(format!(
+                    "Douyin event `{other}` is not routed"
+                )));
+            }
+        };
+        let content = &inbound.content;
+        let customer = inbound
+            .from_user_id
+            .clone()
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| ConnectorError::Malformed("event without from_user_id".into()))?;
+        let account = inbound
+            .to_user_id
+            .clone()
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| ConnectorError::Malformed("event without to_user_id".into()))?;
+        if let Some(only) = &self.account_open_id
+            && *only != account
+        {
+            return Err(ConnectorError::Unsupported(format!(
+                "event for account `{account}`, this channel serves `{only}`"
+            )));
+        }
+        if let Some(t) = content.get("conversation_type").and_then(Value::as_i64)
+            && t != 1
+        {
+            return Err(ConnectorError::Unsupported(format!(
+                "conversation_type {t} (only private chats are routed)"
+            )));
+        }
+        let server_message_id = text_field(content, "server_message_id");
+        let sent_at = ms_time(content, "create_time").unwrap_or(received_at);
+        let dedupe = match (&server_message_id, &inbound.msg_id_header) {
+            (Some(id), _) => id.clone(),
+            (None, Some(h)) if !h.is_empty() => format!("msg-id:{h}"),
+            _ => {
+                return Err(ConnectorError::Malformed(
+                    "event without server_message_id or Msg-Id".into(),
+                ));
+            }
+        };
+        let body = if scene.is_some() {
+            let mut data = Map::new();
+            for (from, to) in [
+                ("conversation_short_id", "conversation_id"),
+                ("scene_type", "scene_type"),
+                ("objectId", "object_id"),
+                ("data-im-extra", "im_extra"),
+                ("ad_info", "ad_info"),
+            ] {
+                if let Some(v) = content.get(from).filter(|v| !v.is_null()) {
+                    data.insert(to.to_owned(), v.clone());
+                }
+            }
+            Content::Event {
+                name: inbound.event.clone(),
+                data,
+            }
+        } else {
+            message_content(content)
+        };
+        if let Content::Text { text } = &body
+            && text.is_empty()
+        {
+            return Err(ConnectorError::Malformed(
+                "text message without text".into(),
+            ));
+        }
+        let reply = match (
+            text_field(content, "conversation_short_id"),
+            server_message_id,
+        ) {
+            (Some(conversation_id), Some(server_message_id)) => Some(ReplyContext {
+                account_open_id: account,
+                customer_open_id: customer.clone(),
+                conversation_id,
+                server_message_id,
+                scene,
+                at: sent_at,
+            }),
+            _ => None,
+        };
+        let name = nick_name(content, &customer);
+        Ok(vec![self.envelope(
+            &customer,
+            name,
+            sent_at,
+            received_at,
+            &dedupe,
+            body,
+            reply,
+        )?])
+    }
+
+    async fn deliver(
+        &self,
+        mut envelopes: Vec<Envelope>,
+        sink: &dyn EnvelopeSink,
+    ) -> Result<Vec<Accepted>, ConnectorError> {
+        let now = Utc::now();
+        for envelope in &mut envelopes {
+            let Some(mut raw) = envelope.raw.take() else {
+                continue;
+            };
+            let ctx = raw
+                .as_object_mut()
+                .and_then(|o| o.remove(REPLY_CONTEXT_KEY))
+                .and_then(|v| serde_json::from_value::<ReplyContext>(v).ok());
+            if raw.as_object().is_some_and(|o| !o.is_empty()) {
+                envelope.raw = Some(raw);
+            }
+            if let Some(ctx) = ctx {
+                self.keep_reply_context(&envelope.id, &ctx, now).await?;
+            }
+        }
+        sink.publish(envelopes).await
+    }
+
+    fn accepted(&self, _accepted: &[Accepted]) -> HttpReply {
+        HttpReply::json(200, &json!({ "err_no": 0, "err_msg": "success" }))
+    }
+
+    fn rules(&self) -> ChannelRules {
+        ChannelRules {
+            reply_window: Some(REPLY_WINDOW),
+            max_replies_per_inbound: None,
+            content_types: vec!["text", "image"],
+            max_text_chars: None,
+            downgrades: vec![
+                ("card", "link"),
+                ("link", "text"),
+                ("location", "text"),
+                ("sticker", "image"),
+            ],
+            notes: "Douyin DMs: replies quote the customer's server_message_id, valid 24 h; \
+                    images by media_id from the image upload tool; proactive messages \
+                    (im_authorize_message, once a day, at most 3) are not sent by this \
+                    connector.",
+        }
+    }
+
+    async fn send(&self, message: &Envelope) -> Result<SendReceipt, ConnectorError> {
+        let ctx = self
+            .reply_context(message)
+            .await?
+            .ok_or_else(|| ConnectorError::Rejected {
+                code: "reply_window_closed".into(),
+                message: "no Douyin message of this customer within the last 24 h to reply to"
+                    .into(),
+            })?;
+        if Utc::now() - ctx.at > TimeDelta::seconds(REPLY_WINDOW.as_secs() as i64) {
+            return Err(ConnectorError::Rejected {
+                code: "reply_window_closed".into(),
+                message: "the customer's last Douyin message is older than 24 h".into(),
+            });
+        }
+        let body = self.send_body(&ctx, &message.content)?;
+        let mut stale: Option<String> = None;
+        for _ in 0..2 {
+            let token = self
+                .access_token(&ctx.account_open_id, stale.as_deref())
+                .await?;
+            match self.post_send(&ctx, &token, &body).await? {
+                Ok(receipt) => return Ok(receipt),
+                Err((code, _)) if is_token_error(code) && stale.is_none() => {
+                    self.token_cache(&ctx.account_open_id)
+                        .invalidate(&token)
+                        .await?;
+                    stale = Some(token);
+                }
+                Err((code, _)) if is_rate_limit(code) => {
+                    return Err(ConnectorError::RateLimited { retry_after: None });
+                }
+                Err((code, message)) if code < 0 => {
+                    return Err(ConnectorError::Transient(format!(
+                        "Douyin error {code}: {message}"
+                    )));
+                }
+                Err((code, message)) => {
+                    return Err(ConnectorError::Rejected {
+                        code: code.to_string(),
+                        message,
+                    });
+                }
+            }
+        }
+        Err(ConnectorError::Rejected {
+            code: "access_token_refused".into(),
+            message: "Douyin refused a freshly refreshed access token".into(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_is_sha1_of_secret_then_body() {
+        // Computed independently (Python hashlib.sha1(b"secret" + body)).
+        let body =
+            br#"{"event":"verify_webhook","client_key":"abc","content":{"challenge":12345}}"#;
+        assert_eq!(
+            webhook_signature("secret", body),
+            "277df63c0efb431eccf64a233b0eee5ea94b6c4a"
+        );
+    }
+
+    #[test]
+    fn content_as_string_or_object() {
+        let a = parse_event(br#"{"event":"x","content":"{\"a\":1}"}"#).unwrap();
+        let b = parse_event(br#"{"event":"x","content":{"a":1}}"#).unwrap();
+        assert_eq!(a.1.content, b.1.content);
+        assert!(parse_event(br#"{"event":"x","content":"[1]"}"#).is_err());
+        assert!(parse_event(br#"{"event":"x","content":5}"#).is_err());
+    }
+
+    #[test]
+    fn error_shapes() {
+        assert_eq!(douyin_error(&json!({"data": {"error_code": 0}})).0, 0);
+        assert_eq!(
+            douyin_error(&json!({"data": {"error_code": 2190008, "description": "x"}})),
+            (2190008, "x".into())
+        );
+        assert_eq!(
+            douyin_error(&json!({"err_no": 28001008, "err_msg": "y"})).0,
+            28001008
+        );
+        assert_eq!(
+            douyin_error(&json!({"data": {}, "extra": {"error_code": "0", "sub_error_code": 7}})).0,
+            7
+        );
+    }
+}

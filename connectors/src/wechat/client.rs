@@ -1,0 +1,537 @@
+//! The WeChat server API as the OA and mini-program connectors use it: access tokens
+//! (`cgi-bin/stable_token`, one shared cache per AppID in the store, single-flight refresh),
+//! customer-service message send (`cgi-bin/message/custom/send`), temporary media upload
+//! (`cgi-bin/media/upload`), and the classification of WeChat `errcode`s.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sha1::{Digest, Sha1};
+use switchyard_core::envelope::{Content, Envelope, Media};
+use switchyard_core::store::Store;
+
+use crate::token_cache::{TokenCache, base_url, encode_pairs};
+use crate::{ConnectorError, SendReceipt};
+
+/// The WeChat API base URL (`api_base` overrides it).
+pub const DEFAULT_API_BASE: &str = "https://api.weixin.qq.com";
+/// Largest media we download to re-upload (WeChat temporary images are limited to 10 MB).
+pub const MAX_MEDIA_BYTES: usize = 10 * 1024 * 1024;
+/// How long an uploaded media id is reused for the same URL (temporary media live 3 days).
+const MEDIA_ID_TTL: Duration = Duration::from_secs(2 * 24 * 3600);
+/// `errcode`s meaning "this access token is not (or no longer) valid": refresh and retry once.
+pub const TOKEN_ERRORS: &[i64] = &[40001, 40014, 42001];
+
+/// Which WeChat product a connector talks to (they differ in outbound message types).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// Official Account: links go out as `news`, mini-program cards need `appid`.
+    OfficialAccount,
+    /// Mini-program customer service: links go out as `link`.
+    MiniProgram,
+}
+
+/// A WeChat API client for one AppID.
+#[derive(Clone)]
+pub struct WxApiClient {
+    http: reqwest::Client,
+    store: Arc<dyn Store>,
+    base: String,
+    app_id: String,
+    app_secret: String,
+    tokens: TokenCache,
+}
+
+impl std::fmt::Debug for WxApiClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WxApiClient")
+            .field("base", &self.base)
+            .field("app_id", &self.app_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WxApiClient {
+    /// A client for `app_id` against `api_base` (default [`DEFAULT_API_BASE`]).
+    pub fn new(
+        http: reqwest::Client,
+        store: Arc<dyn Store>,
+        api_base: Option<&str>,
+        app_id: &str,
+        app_secret: &str,
+    ) -> Self {
+        WxApiClient {
+            tokens: TokenCache::new(Arc::clone(&store), format!("wechat:access_token:{app_id}")),
+            http,
+            store,
+            base: base_url(api_base, DEFAULT_API_BASE),
+            app_id: app_id.to_owned(),
+            app_secret: app_secret.to_owned(),
+        }
+    }
+
+    /// The store key the access token is cached under.
+    pub fn token_key(&self) -> &str {
+        self.tokens.key()
+    }
+
+    /// A valid access token: the shared cached one, unless it is `stale` (just refused by the
+    /// API); then one replica fetches a new one while the others wait for it.
+    pub async fn access_token(&self, stale: Option<&str>) -> Result<String, ConnectorError> {
+        self.tokens
+            .get(stale, || async move {
+                let (token, ttl) = self.fetch_token(false).await?;
+                if stale == Some(token.as_str()) {
+                    // The platform still hands out the token it refused: force a new one
+                    // (limited by WeChat to 20 a day, 30 s apart).
+                    return self.fetch_token(true).await;
+                }
+                Ok((token, ttl))
+            })
+            .await
+    }
+
+    /// `POST /cgi-bin/stable_token`: isolated from `cgi-bin/token`, so tokens other systems
+    /// fetch for the same AppID do not invalidate ours and vice versa.
+    async fn fetch_token(&self, force_refresh: bool) -> Result<(String, Duration), ConnectorError> {
+        let body = json!({
+            "grant_type": "client_credential",
+            "appid": self.app_id,
+            "secret": self.app_secret,
+            "force_refresh": force_refresh,
+        });
+        let request = self
+            .http
+            .post(format!("{}/cgi-bin/stable_token", self.base))
+            .json(&body);
+        let value = execute(request).await?;
+        let code = errcode(&value);
+        if code != 0 {
+            let msg = errmsg(&value);
+            return Err(match code {
+                -1 => ConnectorError::Transient(format!("WeChat token API busy (-1): {msg}")),
+                45009 | 45011 => classify_errcode(code, &msg),
+                _ => ConnectorError::Config(format!(
+                    "WeChat refused app_id/app_secret of `{}` ({code}: {msg}); check the \
+                     secret and the API IP allow-list",
+                    self.app_id
+                )),
+            });
+        }
+        let token = value
+            .get("access_token")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| ConnectorError::Transient("token answer has no access_token".into()))?;
+        let expires_in = value
+            .get("expires_in")
+            .and_then(Value::as_u64)
+            .unwrap_or(7200);
+        Ok((token.to_owned(), Duration::from_secs(expires_in)))
+    }
+
+    /// Runs an API call built by `build(access_token)`; on an access-token error, refreshes
+    /// the token at once and retries once. Returns the JSON answer (errcode 0).
+    async fn call<F>(&self, build: F) -> Result<Value, ConnectorError>
+    where
+        F: Fn(&str) -> reqwest::RequestBuilder,
+    {
+        let token = self.access_token(None).await?;
+        let value = execute(build(&token)).await?;
+        let code = errcode(&value);
+        if !TOKEN_ERRORS.contains(&code) {
+            return check(value);
+        }
+        tracing::info!(app_id = %self.app_id, code, "WeChat refused the access token; refreshing");
+        let fresh = self.access_token(Some(&token)).await?;
+        let value = execute(build(&fresh)).await?;
+        let code = errcode(&value);
+        if TOKEN_ERRORS.contains(&code) {
+            return Err(ConnectorError::Transient(format!(
+                "WeChat refused a freshly fetched access token ({code}: {})",
+                errmsg(&value)
+            )));
+        }
+        check(value)
+    }
+
+    fn url(&self, path: &str, token: &str, extra: &[(&str, &str)]) -> String {
+        let mut pairs = vec![("access_token", token)];
+        pairs.extend_from_slice(extra);
+        format!("{}{path}?{}", self.base, encode_pairs(&pairs))
+    }
+
+    /// `POST /cgi-bin/message/custom/send` with `body`.
+    pub async fn send_custom(&self, body: &Value) -> Result<(), ConnectorError> {
+        self.call(|token| {
+            self.http
+                .post(self.url("/cgi-bin/message/custom/send", token, &[]))
+                .json(body)
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Uploads `bytes` as temporary media of `kind` (`image`); returns the media id.
+    pub async fn upload_media(
+        &self,
+        kind: &str,
+        bytes: &[u8],
+        filename: &str,
+        mime: &str,
+    ) -> Result<String, ConnectorError> {
+        let boundary = format!("switchyard-{}", hex::encode(rand::random::<[u8; 12]>()));
+        let mut body = Vec::with_capacity(bytes.len() + 256);
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"media\"; \
+                 filename=\"{filename}\"\r\nContent-Type: {mime}\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let content_type = format!("multipart/form-data; boundary={boundary}");
+        let value = self
+            .call(|token| {
+                self.http
+                    .post(self.url("/cgi-bin/media/upload", token, &[("type", kind)]))
+                    .header("content-type", content_type.as_str())
+                    .body(body.clone())
+            })
+            .await?;
+        value
+            .get("media_id")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| ConnectorError::Transient("media upload answered no media_id".into()))
+    }
+
+    /// The media id of `media`: its own, or (for a URL) the id of an upload of what the URL
+    /// holds, reused for the same URL while the temporary media lives.
+    pub async fn media_id(&self, media: &Media) -> Result<String, ConnectorError> {
+        if let Some(id) = media.media_id.as_deref().filter(|id| !id.is_empty()) {
+            return Ok(id.to_owned());
+        }
+        let Some(url) = media.url.as_deref() else {
+            return Err(ConnectorError::Rejected {
+                code: "no_media".into(),
+                message: "media has neither a media_id nor a url".into(),
+            });
+        };
+        let cache_key = format!(
+            "wechat:media:{}:{}",
+            self.app_id,
+            hex::encode(Sha1::digest(url.as_bytes()))
+        );
+        if let Ok(Some(id)) = self.store.get_key(&cache_key).await {
+            return Ok(id);
+        }
+        let (bytes, served_mime) = self.download(url).await?;
+        let mime = media
+            .mime
+            .clone()
+            .or(served_mime)
+            .filter(|m| m.starts_with("image/"))
+            .unwrap_or_else(|| "image/jpeg".to_owned());
+        let ext = match mime.as_str() {
+            "image/png" => "png",
+            "image/gif" => "gif",
+            _ => "jpg",
+        };
+        let id = self
+            .upload_media("image", &bytes, &format!("image.{ext}"), &mime)
+            .await?;
+        if let Err(e) = self.store.set_key(&cache_key, &id, MEDIA_ID_TTL).await {
+            tracing::debug!(error = %e, "could not cache a WeChat media id");
+        }
+        Ok(id)
+    }
+
+    /// Downloads an agent-supplied media URL (http/https, at most [`MAX_MEDIA_BYTES`]).
+    async fn download(&self, url: &str) -> Result<(Vec<u8>, Option<String>), ConnectorError> {
+        let rejected = |code: &str, message: String| ConnectorError::Rejected {
+            code: code.into(),
+            message,
+        };
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            return Err(rejected(
+                "media_url_invalid",
+                "media url must be http(s)".into(),
+            ));
+        }
+        let mut response = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| ConnectorError::Transient(format!("media download failed: {e}")))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(if status.is_server_error() || status.as_u16() == 429 {
+                ConnectorError::Transient(format!("media download: HTTP {status}"))
+            } else {
+                rejected(
+                    "media_download_failed",
+                    format!("media url answered HTTP {status}"),
+                )
+            });
+        }
+        let too_large = || {
+            rejected(
+                "media_too_large",
+                format!("media exceeds {MAX_MEDIA_BYTES} bytes"),
+            )
+        };
+        if response
+            .content_length()
+            .is_some_and(|n| n > MAX_MEDIA_BYTES as u64)
+        {
+            return Err(too_large());
+        }
+        let mime = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or(v).trim().to_ascii_lowercase());
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| ConnectorError::Transient(format!("media download failed: {e}")))?
+        {
+            if bytes.len() + chunk.len() > MAX_MEDIA_BYTES {
+                return Err(too_large());
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok((bytes, mime))
+    }
+
+    /// Sends an outbound envelope as a customer-service message.
+    pub async fn send_envelope(
+        &self,
+        flavor: Flavor,
+        message: &Envelope,
+    ) -> Result<SendReceipt, ConnectorError> {
+        let body = self.outbound_body(flavor, message).await?;
+        self.send_custom(&body).await?;
+        Ok(SendReceipt::default())
+    }
+
+    /// The `custom/send` JSON body for an envelope (uploads media given by URL first).
+    pub async fn outbound_body(
+        &self,
+        flavor: Flavor,
+        message: &Envelope,
+    ) -> Result<Value, ConnectorError> {
+        let touser = message.sender.external_id.as_str();
+        if touser.is_empty() {
+            return Err(ConnectorError::Rejected {
+                code: "no_recipient".into(),
+                message: "outbound message has no OpenID".into(),
+            });
+        }
+        let unsupported = |what: &str| ConnectorError::Rejected {
+            code: "content_unsupported".into(),
+            message: format!("WeChat customer-service messages cannot carry {what}"),
+        };
+        match &message.content {
+            Content::Text { text } => {
+                if text.is_empty() {
+                    return Err(unsupported("an empty text"));
+                }
+                Ok(json!({"touser": touser, "msgtype": "text", "text": {"content": text}}))
+            }
+            Content::Image { media } | Content::Sticker { media } => {
+                let media_id = self.media_id(media).await?;
+                Ok(json!({"touser": touser, "msgtype": "image", "image": {"media_id": media_id}}))
+            }
+            Content::Link {
+                url,
+                title,
+                description,
+            } => Ok(link_body(
+                flavor,
+                touser,
+                url,
+                title.as_deref(),
+                description.as_deref(),
+                None,
+            )),
+            Content::Card {
+                title,
+                url,
+                thumbnail,
+                attributes,
+            } => {
+                let attr = |k: &str| {
+                    attributes
+                        .get(k)
+                        .and_then(Value::as_str)
+                        .filter(|v| !v.is_empty())
+                };
+                let appid = attr("appid");
+                let pagepath = attr("pagepath");
+                let page_ok = pagepath.is_some()
+                    && (flavor == Flavor::MiniProgram || appid.is_some())
+                    && thumbnail.is_some();
+                if let (true, Some(pagepath), Some(thumb)) = (page_ok, pagepath, thumbnail) {
+                    let thumb_media_id = self.media_id(thumb).await?;
+                    let mut page = json!({
+                        "title": title,
+                        "pagepath": pagepath,
+                        "thumb_media_id": thumb_media_id,
+                    });
+                    if let (Flavor::OfficialAccount, Some(appid), Some(obj)) =
+                        (flavor, appid, page.as_object_mut())
+                    {
+                        obj.insert("appid".into(), Value::String(appid.to_owned()));
+                    }
+                    return Ok(json!({
+                        "touser": touser, "msgtype": "miniprogrampage", "miniprogrampage": page
+                    }));
+                }
+                match url {
+                    Some(url) => Ok(link_body(
+                        flavor,
+                        touser,
+                        url,
+                        Some(title),
+                        None,
+                        thumbnail.as_ref().and_then(|t| t.url.as_deref()),
+                    )),
+                    None => Err(ConnectorError::Rejected {
+                        code: "card_incomplete".into(),
+                        message: match flavor {
+                            Flavor::OfficialAccount => {
+                                "a card needs attributes.appid, \
+                                attributes.pagepath and a thumbnail (mini-program card), or a url"
+                            }
+                            Flavor::MiniProgram => {
+                                "a card needs attributes.pagepath and a \
+                                thumbnail (mini-program card), or a url"
+                            }
+                        }
+                        .into(),
+                    }),
+                }
+            }
+            other => Err(unsupported(other.type_name())),
+        }
+    }
+}
+
+/// A link: `news` with one article on an OA, `link` on a mini-program.
+fn link_body(
+    flavor: Flavor,
+    touser: &str,
+    url: &str,
+    title: Option<&str>,
+    description: Option<&str>,
+    picture: Option<&str>,
+) -> Value {
+    let title = title.filter(|t| !t.is_empty()).unwrap_or(url);
+    let description = description.unwrap_or_default();
+    match flavor {
+        Flavor::OfficialAccount => {
+            let mut article = json!({"title": title, "description": description, "url": url});
+            if let (Some(pic), Some(obj)) = (picture, article.as_object_mut()) {
+                obj.insert("picurl".into(), Value::String(pic.to_owned()));
+            }
+            json!({"touser": touser, "msgtype": "news", "news": {"articles": [article]}})
+        }
+        Flavor::MiniProgram => {
+            let mut link = json!({"title": title, "description": description, "url": url});
+            if let (Some(pic), Some(obj)) = (picture, link.as_object_mut()) {
+                obj.insert("thumb_url".into(), Value::String(pic.to_owned()));
+            }
+            json!({"touser": touser, "msgtype": "link", "link": link})
+        }
+    }
+}
+
+/// Sends a request and reads the JSON answer; transport failures and non-2xx are classified.
+async fn execute(request: reqwest::RequestBuilder) -> Result<Value, ConnectorError> {
+    let response = request
+        .send()
+        .await
+        .map_err(|e| ConnectorError::Transient(format!("WeChat API request failed: {e}")))?;
+    let status = response.status();
+    if !status.is_success() {
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let text: String = response
+            .text()
+            .await
+            .unwrap_or_default()
+            .chars()
+            .take(200)
+            .collect();
+        // WeChat answers its own errors as 200 + errcode; other statuses come from proxies or
+        // gateways in between: 429 slows down, anything else is retried (bounded).
+        return Err(if status.as_u16() == 429 {
+            ConnectorError::RateLimited { retry_after }
+        } else {
+            ConnectorError::Transient(format!("WeChat API answered HTTP {status}: {text}"))
+        });
+    }
+    response
+        .json::<Value>()
+        .await
+        .map_err(|e| ConnectorError::Transient(format!("WeChat API answered non-JSON: {e}")))
+}
+
+fn errcode(value: &Value) -> i64 {
+    value.get("errcode").and_then(Value::as_i64).unwrap_or(0)
+}
+
+fn errmsg(value: &Value) -> String {
+    value
+        .get("errmsg")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .chars()
+        .take(200)
+        .collect()
+}
+
+fn check(value: Value) -> Result<Value, ConnectorError> {
+    match errcode(&value) {
+        0 => Ok(value),
+        code => Err(classify_errcode(code, &errmsg(&value))),
+    }
+}
+
+/// Classifies a WeChat `errcode` (non-zero) of a send or upload.
+///
+/// * 45015 (reply window closed / unsubscribed), 45047 (reply quota used), and every other
+///   request-specific error (40003 bad OpenID, 48001 unauthorized API, 45002 too long, 40007
+///   bad media id, ...) → [`ConnectorError::Rejected`] with the code: retrying cannot help.
+/// * -1 (system busy) → [`ConnectorError::Transient`].
+/// * 45009 (daily API quota) and 45011 (per-minute quota) → [`ConnectorError::RateLimited`].
+/// * 40001 / 40014 / 42001 (access token) → [`ConnectorError::Transient`] (only seen here when
+///   a fresh token was refused too).
+pub fn classify_errcode(code: i64, message: &str) -> ConnectorError {
+    match code {
+        -1 => ConnectorError::Transient(format!("WeChat system busy (-1): {message}")),
+        45009 => ConnectorError::RateLimited {
+            retry_after: Some(Duration::from_secs(3600)),
+        },
+        45011 => ConnectorError::RateLimited {
+            retry_after: Some(Duration::from_secs(60)),
+        },
+        c if TOKEN_ERRORS.contains(&c) => {
+            ConnectorError::Transient(format!("WeChat access token refused ({c}): {message}"))
+        }
+        _ => ConnectorError::Rejected {
+            code: code.to_string(),
+            message: message.to_owned(),
+        },
+    }
+}

@@ -1,0 +1,119 @@
+//! WeChat mini-program customer-service connector (kind `wechat_miniprogram`): message push
+//! in XML or JSON, plain or safe (AES) mode; text, image, mini-program page cards and the
+//! `user_enter_tempsession` event; replies through the customer-service message API. See
+//! `docs/connectors/wechat_miniprogram.md`.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use switchyard_core::config::ChannelSettings;
+use switchyard_core::envelope::{ChannelRef, Envelope};
+
+use super::client::{Flavor, WxApiClient};
+use super::inbound::{self, WxInbound, content_of};
+use super::message::WxMessage;
+use super::oa::wechat_rules;
+use crate::{
+    Accepted, ChannelRules, Connector, ConnectorContext, ConnectorError, HttpReply, InboundRequest,
+    SendReceipt,
+};
+
+/// Connector kind.
+pub const KIND: &str = "wechat_miniprogram";
+/// Configuration keys besides the common ones.
+pub const KEYS: &[&str] = inbound::KEYS;
+
+/// Customer-service message types routed from a mini-program.
+const TYPES: &[&str] = &["text", "image", "miniprogrampage", "event"];
+/// Events routed (the push URL also receives unrelated mini-program events: not routed).
+const EVENTS: &[&str] = &["user_enter_tempsession"];
+
+/// The WeChat mini-program customer-service connector.
+#[derive(Debug)]
+pub struct WeChatMiniProgramConnector {
+    channel: ChannelRef,
+    inbound: WxInbound,
+    client: WxApiClient,
+}
+
+impl WeChatMiniProgramConnector {
+    /// Builds the connector from its `[[channels]]` entry.
+    pub fn new(settings: &ChannelSettings, ctx: &ConnectorContext) -> Result<Self, ConnectorError> {
+        let inbound = WxInbound::from_settings(KIND, settings)?;
+        let app_secret = settings
+            .required_secret("app_secret")
+            .map_err(|e| ConnectorError::Config(e.to_string()))?;
+        let client = WxApiClient::new(
+            ctx.http.clone(),
+            ctx.store.clone(),
+            settings.api_base.as_deref(),
+            inbound.app_id(),
+            &app_secret,
+        );
+        Ok(WeChatMiniProgramConnector {
+            channel: ChannelRef {
+                kind: KIND.to_owned(),
+                id: settings.id.clone(),
+            },
+            inbound,
+            client,
+        })
+    }
+
+    /// The API client (token cache, media upload).
+    pub fn client(&self) -> &WxApiClient {
+        &self.client
+    }
+}
+
+#[async_trait]
+impl Connector for WeChatMiniProgramConnector {
+    type Inbound = WxMessage;
+
+    fn channel(&self) -> &ChannelRef {
+        &self.channel
+    }
+
+    fn handshake(&self, req: &InboundRequest<'_>) -> Result<Option<HttpReply>, ConnectorError> {
+        self.inbound.handshake(req)
+    }
+
+    fn verify(&self, req: &InboundRequest<'_>) -> Result<(), ConnectorError> {
+        self.inbound.verify(req)
+    }
+
+    fn decode(&self, req: &InboundRequest<'_>) -> Result<WxMessage, ConnectorError> {
+        self.inbound.decode(req)
+    }
+
+    fn normalize(
+        &self,
+        msg: WxMessage,
+        received_at: DateTime<Utc>,
+    ) -> Result<Vec<Envelope>, ConnectorError> {
+        let content = content_of(&msg.body, TYPES, EVENTS)?;
+        Ok(vec![self.inbound.envelope(
+            &self.channel,
+            &msg,
+            content,
+            received_at,
+        )?])
+    }
+
+    fn accepted(&self, _accepted: &[Accepted]) -> HttpReply {
+        HttpReply::text(200, "success")
+    }
+
+    fn rules(&self) -> ChannelRules {
+        wechat_rules(
+            "WeChat mini-program customer-service messages: up to 5 replies within 48 h of the \
+             user's last message (entering the session: 2 within 1 min, not modelled); errors \
+             45015 (window closed) and 45047 (quota used) are rejections",
+        )
+    }
+
+    async fn send(&self, message: &Envelope) -> Result<SendReceipt, ConnectorError> {
+        self.client
+            .send_envelope(Flavor::MiniProgram, message)
+            .await
+    }
+}

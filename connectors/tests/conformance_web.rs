@@ -1,0 +1,70 @@
+//! The conformance kit over the web channel's generated fixtures (HTTP requests carrying a
+//! visitor token; the body is not signed, the token is).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "../examples/gen_fixtures/common.rs"]
+mod common;
+#[path = "../examples/gen_fixtures/web.rs"]
+mod gen_web;
+mod support;
+
+use proptest::prelude::*;
+use switchyard_connectors::conformance::{
+    arbitrary_bodies, check_all, check_decode_total, load_fixtures,
+};
+use switchyard_connectors::web::{KIND, WebConnector};
+
+fn connector() -> WebConnector {
+    let settings = support::settings(
+        gen_web::CHANNEL_ID,
+        KIND,
+        None,
+        &[("secret", gen_web::SECRET)],
+    );
+    WebConnector::new(&settings, &support::context().0).unwrap()
+}
+
+#[test]
+fn fixtures_are_what_the_generator_writes() {
+    assert_eq!(
+        load_fixtures(support::fixture_dir("web")),
+        support::sorted(gen_web::fixtures()),
+        "run `cargo run -p switchyard-connectors --example gen_fixtures web`"
+    );
+}
+
+#[test]
+fn every_fixture_conforms() {
+    let outcomes = check_all(&connector(), &load_fixtures(support::fixture_dir("web")));
+    for (name, outcome) in outcomes {
+        if !outcome.envelopes().is_empty() {
+            insta::assert_json_snapshot!(format!("web__{name}"), outcome.envelopes(), {
+                "[].id" => "[id]",
+                "[].received_at" => "[received_at]",
+            });
+        }
+    }
+}
+
+static PROP: std::sync::LazyLock<(
+    WebConnector,
+    switchyard_connectors::conformance::OwnedRequest,
+)> = std::sync::LazyLock::new(|| {
+    let template = load_fixtures(support::fixture_dir("web"))
+        .into_iter()
+        .find(|f| f.name == "message")
+        .unwrap()
+        .request();
+    (connector(), template)
+});
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+    #[test]
+    fn decode_never_panics(body in arbitrary_bodies()) {
+        let (c, template) = &*PROP;
+        // The token stays valid, so every body reaches decode and normalize.
+        check_decode_total(c, template, &body, None);
+    }
+}
