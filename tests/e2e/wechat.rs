@@ -57,7 +57,13 @@ async fn start_fake() -> (String, FakeWeChat) {
 }
 
 /// Posts `inner` (XML or JSON) to a WeChat channel webhook in safe (AES) mode, signed.
-async fn post_safe(server: &Server, channel: &str, app_id: &str, inner: &str, json_mode: bool) -> (u16, String) {
+async fn post_safe(
+    server: &Server,
+    channel: &str,
+    app_id: &str,
+    inner: &str,
+    json_mode: bool,
+) -> (u16, String) {
     let crypto = WxCrypto::new(TOKEN, AES_KEY, app_id).unwrap();
     let timestamp = chrono::Utc::now().timestamp().to_string();
     let nonce = format!("n{}", rand::random::<u32>());
@@ -125,10 +131,12 @@ async fn wechat_oa_aes_message_to_agent_and_reply_to_the_fake_wechat_api() {
     let assigned = agent.recv_type("assigned").await;
     let conversation = &assigned["conversation"];
     let conversation_id = conversation["id"].as_str().unwrap().to_owned();
-    assert_eq!(conversation["channel"], json!({"kind": "wechat_oa", "id": "oa"}));
     assert_eq!(
-        conversation["messages"][0]["content"]["text"],
-        "你好，我的订单 ]]> 到哪了？😀",
+        conversation["channel"],
+        json!({"kind": "wechat_oa", "id": "oa"})
+    );
+    assert_eq!(
+        conversation["messages"][0]["content"]["text"], "你好，我的订单 ]]> 到哪了？😀",
         "CDATA split and emoji survive exactly"
     );
     let keys: Vec<&str> = conversation["customer"]["identities"]
@@ -137,18 +145,26 @@ async fn wechat_oa_aes_message_to_agent_and_reply_to_the_fake_wechat_api() {
         .iter()
         .map(|r| r["key"].as_str().unwrap())
         .collect();
-    assert!(keys.contains(&format!("wechat_openid:{OA_APP}:oOpenIdOA1").as_str()), "{keys:?}");
+    assert!(
+        keys.contains(&format!("wechat_openid:{OA_APP}:oOpenIdOA1").as_str()),
+        "{keys:?}"
+    );
     assert!(keys.contains(&"wechat_unionid::uUnion42"), "{keys:?}");
 
     // The agent replies: the exact send call reaches the fake WeChat API with the token.
     agent
-        .send(json!({"type": "reply", "client_id": "r1", "conversation_id": conversation_id,
-                     "content": {"type": "text", "text": "您好，已发货"}}))
+        .send(
+            json!({"type": "reply", "client_id": "r1", "conversation_id": conversation_id,
+                     "content": {"type": "text", "text": "您好，已发货"}}),
+        )
         .await;
     agent.recv_type("ack").await;
     let calls = eventually(|| async {
         let calls = fake.calls.lock().unwrap().clone();
-        calls.iter().any(|(what, _, _)| what == "custom/send").then_some(calls)
+        calls
+            .iter()
+            .any(|(what, _, _)| what == "custom/send")
+            .then_some(calls)
     })
     .await;
     let (_, query, body) = calls.iter().find(|(w, _, _)| w == "custom/send").unwrap();
@@ -170,18 +186,38 @@ async fn wechat_oa_aes_message_to_agent_and_reply_to_the_fake_wechat_api() {
     let (status, body) = post_safe(&server, "mp", MP_APP, &mp, true).await;
     assert_eq!((status, body.as_str()), (200, "success"));
     let live = agent.recv_type("message").await;
-    assert_eq!(live["conversation_id"], conversation_id.as_str(), "same conversation");
+    assert_eq!(
+        live["conversation_id"],
+        conversation_id.as_str(),
+        "same conversation"
+    );
     assert_eq!(live["message"]["channel"]["id"], "mp");
     let (_, by_oa) = server
-        .get_json(&format!("/v1/customers?identity=wechat_openid:{OA_APP}:oOpenIdOA1"))
+        .get_json(&format!(
+            "/v1/customers?identity=wechat_openid:{OA_APP}:oOpenIdOA1"
+        ))
         .await;
     let (_, by_mp) = server
-        .get_json(&format!("/v1/customers?identity=wechat_openid:{MP_APP}:oOpenIdMP9"))
+        .get_json(&format!(
+            "/v1/customers?identity=wechat_openid:{MP_APP}:oOpenIdMP9"
+        ))
         .await;
-    assert_eq!(by_oa["id"], by_mp["id"], "one profile across OA and mini-program");
-    let (_, conv) = server.get_json(&format!("/v1/conversations/{conversation_id}")).await;
-    assert_eq!(conv["channel"]["id"], "mp", "replies now go to the mini-program");
-    assert_eq!(conv["messages"].as_array().unwrap().len(), 3, "2 inbound + 1 reply, no duplicate");
+    assert_eq!(
+        by_oa["id"], by_mp["id"],
+        "one profile across OA and mini-program"
+    );
+    let (_, conv) = server
+        .get_json(&format!("/v1/conversations/{conversation_id}"))
+        .await;
+    assert_eq!(
+        conv["channel"]["id"], "mp",
+        "replies now go to the mini-program"
+    );
+    assert_eq!(
+        conv["messages"].as_array().unwrap().len(),
+        3,
+        "2 inbound + 1 reply, no duplicate"
+    );
 
     // A tampered message is refused before decryption, and counted.
     let crypto = WxCrypto::new(TOKEN, AES_KEY, OA_APP).unwrap();
@@ -195,7 +231,10 @@ async fn wechat_oa_aes_message_to_agent_and_reply_to_the_fake_wechat_api() {
             "0".repeat(40)
         )))
         .header("content-type", "text/xml")
-        .body(format!("<xml><Encrypt><![CDATA[{}]]></Encrypt></xml>", sealed.encrypt))
+        .body(format!(
+            "<xml><Encrypt><![CDATA[{}]]></Encrypt></xml>",
+            sealed.encrypt
+        ))
         .send()
         .await
         .unwrap();
