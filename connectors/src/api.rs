@@ -173,14 +173,7 @@ impl Connector for ApiConnector {
     }
 
     fn accepted(&self, accepted: &[Accepted]) -> HttpReply {
-        let (id, duplicate) = accepted
-            .first()
-            .map(|a| (a.id.as_str(), a.duplicate))
-            .unwrap_or_default();
-        HttpReply::json(
-            202,
-            &serde_json::json!({ "id": id, "duplicate": duplicate }),
-        )
+        crate::accepted_json(accepted)
     }
 
     async fn send(&self, message: &Envelope) -> Result<SendReceipt, ConnectorError> {

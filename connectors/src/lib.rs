@@ -85,6 +85,18 @@ impl HttpReply {
     }
 }
 
+/// The usual `accepted` answer: 202 `{"id", "duplicate"}` for the first envelope.
+pub fn accepted_json(accepted: &[Accepted]) -> HttpReply {
+    let (id, duplicate) = accepted
+        .first()
+        .map(|a| (a.id.as_str(), a.duplicate))
+        .unwrap_or_default();
+    HttpReply::json(
+        202,
+        &serde_json::json!({ "id": id, "duplicate": duplicate }),
+    )
+}
+
 /// What became of one envelope at ingress.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accepted {

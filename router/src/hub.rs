@@ -117,20 +117,14 @@ impl AgentHub {
     ) -> Result<(), RouteError> {
         let queue = bus.declare_subscriber(EVENTS_EXCHANGE, "#").await?;
         let mut deliveries = bus.consume(&queue, 256).await?;
-        loop {
-            let delivery = tokio::select! {
-                _ = stop.cancelled() => return Ok(()),
-                d = deliveries.next() => match d {
-                    Some(d) => d,
-                    None => return Ok(()),
-                },
-            };
+        while let Some(delivery) = crate::workers::next_until(&mut deliveries, &stop).await {
             match serde_json::from_slice::<CloudEvent>(&delivery.message.body) {
                 Ok(event) => self.dispatch(event, &ops).await,
                 Err(e) => tracing::warn!(error = %e, "undecodable event ignored by the agent hub"),
             }
             let _ = delivery.ack().await;
         }
+        Ok(())
     }
 
     async fn dispatch(&self, event: CloudEvent, ops: &Operations) {

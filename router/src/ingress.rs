@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use switchyard_connectors::{Accepted, Channel, ConnectorError, InboundRequest};
+use switchyard_connectors::{Accepted, Channel, ConnectorError, EnvelopeSink, InboundRequest};
 use switchyard_core::bus::topology::{INBOUND_EXCHANGE, shard_of};
 use switchyard_core::bus::{Bus, BusError, Message};
 use switchyard_core::envelope::Envelope;
@@ -64,7 +64,21 @@ impl Ingress {
                 return Err(e);
             }
         };
-        self.publish_all(channel, envelopes).await
+        // The connector hands its envelopes to the bus itself (most publish them as they are;
+        // WeCom pulls the messages a notice announces and publishes them page by page).
+        let sink = IngressSink {
+            ingress: self,
+            channel,
+        };
+        match channel.deliver(envelopes, &sink).await {
+            Ok(accepted) => Ok(accepted),
+            Err(e) => {
+                if !matches!(e, ConnectorError::Transient(_)) {
+                    self.metrics.count_inbound(&id, outcome_of(&e));
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Publishes envelopes a connector produced (also used by the visitor WebSocket).
@@ -151,6 +165,19 @@ impl Ingress {
             id: envelope.id,
             duplicate: false,
         })
+    }
+}
+
+/// Lets a connector publish through the ingress (dedupe, confirm, metrics).
+struct IngressSink<'a> {
+    ingress: &'a Ingress,
+    channel: &'a dyn Channel,
+}
+
+#[async_trait::async_trait]
+impl EnvelopeSink for IngressSink<'_> {
+    async fn publish(&self, envelopes: Vec<Envelope>) -> Result<Vec<Accepted>, ConnectorError> {
+        self.ingress.publish_all(self.channel, envelopes).await
     }
 }
 

@@ -54,6 +54,28 @@ impl Operations {
         &self.store
     }
 
+    /// A conversation that must exist.
+    async fn conversation_record(&self, id: &str) -> Result<Conversation, RouteError> {
+        self.store.conversation(id).await?.ok_or_else(|| {
+            StoreError::NotFound {
+                kind: "conversation",
+                id: id.to_owned(),
+            }
+            .into()
+        })
+    }
+
+    /// A customer that must exist (a merged-away id gives the survivor).
+    async fn customer_record(&self, id: &str) -> Result<Customer, RouteError> {
+        self.store.customer(id).await?.ok_or_else(|| {
+            StoreError::NotFound {
+                kind: "customer",
+                id: id.to_owned(),
+            }
+            .into()
+        })
+    }
+
     /// Creates or updates an agent, then assigns whatever its new room allows.
     pub async fn put_agent(&self, update: AgentUpdate) -> Result<Agent, RouteError> {
         let agent = self
@@ -73,14 +95,7 @@ impl Operations {
 
     /// A conversation with its customer and latest messages.
     pub async fn conversation_view(&self, id: &str) -> Result<ConversationView, RouteError> {
-        let conversation =
-            self.store
-                .conversation(id)
-                .await?
-                .ok_or_else(|| StoreError::NotFound {
-                    kind: "conversation",
-                    id: id.to_owned(),
-                })?;
+        let conversation = self.conversation_record(id).await?;
         self.view_of(conversation).await
     }
 
@@ -117,14 +132,7 @@ impl Operations {
                 message: "a text reply needs some text".into(),
             });
         }
-        let conversation = self
-            .store
-            .conversation(conversation_id)
-            .await?
-            .ok_or_else(|| StoreError::NotFound {
-                kind: "conversation",
-                id: conversation_id.to_owned(),
-            })?;
+        let conversation = self.conversation_record(conversation_id).await?;
         let now = switchyard_core::time::now();
         // The channel's rules decide before anything is queued: an undeliverable reply is
         // refused now, with the rule, instead of failing later at the platform.
@@ -250,14 +258,7 @@ impl Operations {
     }
 
     async fn check_holder(&self, conversation_id: &str, agent_id: &str) -> Result<(), RouteError> {
-        let conversation = self
-            .store
-            .conversation(conversation_id)
-            .await?
-            .ok_or_else(|| StoreError::NotFound {
-                kind: "conversation",
-                id: conversation_id.to_owned(),
-            })?;
+        let conversation = self.conversation_record(conversation_id).await?;
         if conversation.status != ConversationStatus::Assigned
             || conversation.agent_id.as_deref() != Some(agent_id)
         {
@@ -278,14 +279,7 @@ impl Operations {
         customer_id: &str,
         keys: Vec<IdentityKey>,
     ) -> Result<Customer, RouteError> {
-        let customer =
-            self.store
-                .customer(customer_id)
-                .await?
-                .ok_or_else(|| StoreError::NotFound {
-                    kind: "customer",
-                    id: customer_id.to_owned(),
-                })?;
+        let customer = self.customer_record(customer_id).await?;
         let anchor = customer
             .identities
             .first()
@@ -322,14 +316,7 @@ impl Operations {
 
     /// Merges customer `other` into `into` (explicitly, through one identity of each).
     pub async fn merge_customers(&self, into: &str, other: &str) -> Result<Customer, RouteError> {
-        let other_customer =
-            self.store
-                .customer(other)
-                .await?
-                .ok_or_else(|| StoreError::NotFound {
-                    kind: "customer",
-                    id: other.to_owned(),
-                })?;
+        let other_customer = self.customer_record(other).await?;
         let keys = other_customer
             .identities
             .iter()

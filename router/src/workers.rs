@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 
 use switchyard_connectors::{ConnectorError, Registry};
-use switchyard_core::bus::{Bus, Delivery};
+use switchyard_core::bus::{Bus, Deliveries, Delivery};
 use switchyard_core::envelope::Envelope;
 use switchyard_core::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +19,17 @@ use tokio_util::sync::CancellationToken;
 use crate::error::RouteError;
 use crate::events::EventPublisher;
 use crate::inbound::{InboundRouter, Routed};
+
+/// The next delivery, or `None` once `stop` is cancelled or the stream ends.
+pub(crate) async fn next_until(
+    deliveries: &mut Box<dyn Deliveries>,
+    stop: &CancellationToken,
+) -> Option<Delivery> {
+    tokio::select! {
+        _ = stop.cancelled() => None,
+        d = deliveries.next() => d,
+    }
+}
 
 /// Backoff between in-process attempts: 50 ms, 200 ms, 800 ms, ...
 fn backoff(attempt: u32) -> Duration {
@@ -166,14 +177,7 @@ pub async fn run_outbound(
     stop: CancellationToken,
 ) -> Result<(), RouteError> {
     let mut deliveries = bus.consume(&queue, 1).await?;
-    loop {
-        let delivery = tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
-            d = deliveries.next() => match d {
-                Some(d) => d,
-                None => return Ok(()),
-            },
-        };
+    while let Some(delivery) = next_until(&mut deliveries, &stop).await {
         deliver_outbound(
             delivery,
             attempts,
@@ -184,6 +188,7 @@ pub async fn run_outbound(
         )
         .await;
     }
+    Ok(())
 }
 
 async fn deliver_outbound(
@@ -292,14 +297,7 @@ pub async fn run_channel_sync(
         )
         .await?;
     let mut deliveries = bus.consume(&queue, 64).await?;
-    loop {
-        let delivery = tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
-            d = deliveries.next() => match d {
-                Some(d) => d,
-                None => return Ok(()),
-            },
-        };
+    while let Some(delivery) = next_until(&mut deliveries, &stop).await {
         let conversation =
             serde_json::from_slice::<switchyard_core::event::CloudEvent>(&delivery.message.body)
                 .ok()
@@ -317,4 +315,5 @@ pub async fn run_channel_sync(
         }
         let _ = delivery.ack().await;
     }
+    Ok(())
 }

@@ -6,6 +6,7 @@ mod api_flow;
 mod bad_input;
 mod binary;
 mod cluster;
+mod douyin;
 mod identity;
 mod support;
 mod web_flow;

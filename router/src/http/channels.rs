@@ -73,21 +73,24 @@ async fn handle(
         body: &body,
         received_at: switchyard_core::time::now(),
     };
-    if method == Method::GET {
-        return match channel.handshake(&req) {
-            Ok(Some(answer)) => Ok(reply(answer)),
-            Ok(None) => Err(ApiError::new(
+    // Handshakes (WeChat/WeCom URL verification on GET, Douyin's signed `verify_webhook` POST)
+    // are answered by the connector directly.
+    match channel.handshake(&req) {
+        Ok(Some(answer)) => return Ok(reply(answer)),
+        Ok(None) if method == Method::GET => {
+            return Err(ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
                 format!("channel `{channel_id}` has no GET handshake"),
-            )),
-            Err(e) => {
-                state
-                    .metrics
-                    .count_inbound(&channel_id, crate::ingress::outcome_of(&e));
-                Err(e.into())
-            }
-        };
+            ));
+        }
+        Ok(None) => {}
+        Err(e) => {
+            state
+                .metrics
+                .count_inbound(&channel_id, crate::ingress::outcome_of(&e));
+            return Err(e.into());
+        }
     }
     match state.ingress.ingest(channel.as_ref(), &req).await {
         Ok(accepted) => Ok(reply(channel.accepted(&accepted))),
