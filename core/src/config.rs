@@ -260,12 +260,25 @@ fn default_dedupe_ttl() -> u64 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouterSettings {
-    /// Attempts inside the router before a failing message goes back to the bus.
+    /// In-place retries of a failing message after which a warning is logged (it keeps being
+    /// retried while the store or bus is unavailable); for outbound sends, attempts per delivery.
     #[serde(default = "default_attempts")]
     pub attempts: u32,
     /// Messages of history sent with an assignment.
     #[serde(default = "default_history")]
     pub history_limit: usize,
+    /// This router's index among `instances` (e.g. a StatefulSet ordinal). Inbound shards have
+    /// a single active consumer, the first to register; each router registers at once on the
+    /// shards `shard % instances == instance` and only after `standby_delay_ms` on the others,
+    /// so routers started together share the shards and each stands by for the rest.
+    #[serde(default)]
+    pub instance: u16,
+    /// Number of router replicas sharing the shards.
+    #[serde(default = "default_instances")]
+    pub instances: u16,
+    /// Delay before registering as standby on another router's shards.
+    #[serde(default = "default_standby_delay")]
+    pub standby_delay_ms: u64,
 }
 
 impl Default for RouterSettings {
@@ -273,12 +286,21 @@ impl Default for RouterSettings {
         RouterSettings {
             attempts: default_attempts(),
             history_limit: default_history(),
+            instance: 0,
+            instances: default_instances(),
+            standby_delay_ms: default_standby_delay(),
         }
     }
 }
 
 fn default_attempts() -> u32 {
     3
+}
+fn default_instances() -> u16 {
+    1
+}
+fn default_standby_delay() -> u64 {
+    3_000
 }
 fn default_history() -> usize {
     50
@@ -526,6 +548,15 @@ impl Settings {
             return Err(ConfigError::Invalid {
                 key: "store.url".into(),
                 message: "required when store.kind = \"redis\" (e.g. redis://host:6379/0)".into(),
+            });
+        }
+        if self.router.instances == 0 || self.router.instance >= self.router.instances {
+            return Err(ConfigError::Invalid {
+                key: "router.instance".into(),
+                message: format!(
+                    "must be below router.instances ({}), which must be at least 1",
+                    self.router.instances
+                ),
             });
         }
         if self.bus.shards == 0 {

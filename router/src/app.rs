@@ -178,7 +178,18 @@ impl App {
                     shutdown.clone(),
                 );
                 let (prefetch, attempts) = (settings.bus.prefetch, settings.router.attempts);
+                let own = shard % settings.router.instances == settings.router.instance;
+                let standby_delay = Duration::from_millis(if own {
+                    0
+                } else {
+                    settings.router.standby_delay_ms
+                });
                 tasks.spawn(async move {
+                    // Register late on other routers' shards: the first consumer is the active one.
+                    tokio::select! {
+                        _ = stop.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(standby_delay) => {}
+                    }
                     run_shard(
                         bus,
                         inbound_queue(shard),

@@ -21,8 +21,14 @@ use tokio::sync::Mutex;
 use crate::binary::{binary, free_port};
 use crate::support::{SECRET, api_message};
 
+/// Cluster tests run one at a time: each runs three processes and a load on a 2-core machine,
+/// and in parallel they would mostly measure each other.
+static ONE_AT_A_TIME: std::sync::LazyLock<Arc<Mutex<()>>> =
+    std::sync::LazyLock::new(|| Arc::new(Mutex::new(())));
+
 /// A Switchyard deployment of child processes sharing a vhost and a Redis prefix.
 pub struct Cluster {
+    _turn: tokio::sync::OwnedMutexGuard<()>,
     pub vhost: TestVhost,
     pub redis_url: String,
     pub prefix: String,
@@ -33,8 +39,11 @@ pub struct Cluster {
     pub http: reqwest::Client,
 }
 
-fn spawn(role: &str, config: &PathBuf, port: u16) -> Child {
+fn spawn(role: &str, config: &PathBuf, port: u16, instance: usize) -> Child {
     Command::new(binary())
+        .env("SWITCHYARD__ROUTER__INSTANCE", (instance % 2).to_string())
+        .env("SWITCHYARD__ROUTER__INSTANCES", "2")
+        .env("SWITCHYARD__ROUTER__STANDBY_DELAY_MS", "1000")
         .arg(role)
         .arg("--config")
         .arg(config)
@@ -62,6 +71,7 @@ async fn wait_ready(http: &reqwest::Client, url: &str) {
 impl Cluster {
     /// Starts a gateway and `routers` routers; `None` when RabbitMQ or Redis is absent.
     pub async fn start(label: &str, routers: usize, redis: Option<String>) -> Option<Cluster> {
+        let turn = Arc::clone(&ONE_AT_A_TIME).lock_owned().await;
         let vhost = TestVhost::create(label)?;
         let redis_url = redis.unwrap_or_else(redis_url);
         if let Err(e) = redis::Client::open(redis_url.as_str())
@@ -85,10 +95,11 @@ impl Cluster {
         .expect("write config");
         let http = reqwest::Client::new();
         let port = free_port();
-        let gateway = spawn("gateway", &config, port);
+        let gateway = spawn("gateway", &config, port, 0);
         let gateway_url = format!("http://127.0.0.1:{port}");
         wait_ready(&http, &gateway_url).await;
         let mut cluster = Cluster {
+            _turn: turn,
             vhost,
             redis_url,
             prefix,
@@ -107,7 +118,7 @@ impl Cluster {
     /// Starts one more router and waits until it is ready.
     pub async fn add_router(&mut self) {
         let port = free_port();
-        let child = spawn("router", &self.config, port);
+        let child = spawn("router", &self.config, port, self.routers.len());
         wait_ready(&self.http, &format!("http://127.0.0.1:{port}")).await;
         self.routers.push(child);
     }
