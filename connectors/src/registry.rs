@@ -63,8 +63,9 @@ pub const KINDS: &[(&str, &[&str])] = &[
 /// Every configured channel, by id.
 #[derive(Clone, Default)]
 pub struct Registry {
-    channels: BTreeMap<String, Arc<dyn Channel>>,
-    web: BTreeMap<String, Arc<WebConnector>>,
+    // Shared, so the per-request clones of the HTTP state copy two pointers, not the maps.
+    channels: Arc<BTreeMap<String, Arc<dyn Channel>>>,
+    web: Arc<BTreeMap<String, Arc<WebConnector>>>,
 }
 
 impl Registry {
@@ -73,7 +74,8 @@ impl Registry {
         settings: &[ChannelSettings],
         ctx: &ConnectorContext,
     ) -> Result<Registry, ConnectorError> {
-        let mut registry = Registry::default();
+        let mut channels: BTreeMap<String, Arc<dyn Channel>> = BTreeMap::new();
+        let mut webs: BTreeMap<String, Arc<WebConnector>> = BTreeMap::new();
         for ch in settings {
             let Some((_, keys)) = KINDS.iter().find(|(kind, _)| *kind == ch.kind) else {
                 let known: Vec<&str> = KINDS.iter().map(|(k, _)| *k).collect();
@@ -102,7 +104,7 @@ impl Registry {
                 wecom_kf::KIND => Arc::new(WecomKfConnector::new(ch, ctx)?),
                 web::KIND => {
                     let web = Arc::new(WebConnector::new(ch, ctx)?);
-                    registry.web.insert(ch.id.clone(), Arc::clone(&web));
+                    webs.insert(ch.id.clone(), Arc::clone(&web));
                     web
                 }
                 other => {
@@ -111,9 +113,12 @@ impl Registry {
                     )));
                 }
             };
-            registry.channels.insert(ch.id.clone(), channel);
+            channels.insert(ch.id.clone(), channel);
         }
-        Ok(registry)
+        Ok(Registry {
+            channels: Arc::new(channels),
+            web: Arc::new(webs),
+        })
     }
 
     /// A channel by id.

@@ -22,6 +22,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::assignment::sample_queue_depth;
 use crate::events::EventPublisher;
 use crate::http::{HttpState, app, ops_app};
 use crate::hub::AgentHub;
@@ -205,6 +206,19 @@ impl App {
             }
         }
 
+        {
+            let (store, metrics, pools, stop) = (
+                Arc::clone(&store),
+                metrics.clone(),
+                settings.pool_ids(),
+                shutdown.clone(),
+            );
+            tasks.spawn(async move {
+                sample_queue_depth(store, metrics, pools, Duration::from_secs(5), stop)
+                    .await
+                    .context("queue depth sampler")
+            });
+        }
         let hub = Arc::new(AgentHub::default());
         if role.gateway() {
             for kind in &outbound_kinds {

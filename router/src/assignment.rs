@@ -32,13 +32,32 @@ pub async fn assign_pools(
                 .conversation(EventType::ConversationAssigned, &a.conversation)
                 .await?;
         }
-        if let Ok(queue) = store.queue(pool).await {
-            metrics
-                .queue_depth
-                .with_label_values(&[pool.as_str()])
-                .set(queue.len() as i64);
-        }
         all.extend(assignments);
     }
     Ok(all)
+}
+
+/// Samples each pool's queue length into `switchyard_pool_queue_depth` every `every`, until
+/// `stop` (sampled, not updated per message, so routing never pays for reading a long queue).
+pub async fn sample_queue_depth(
+    store: std::sync::Arc<dyn Store>,
+    metrics: Metrics,
+    pools: Vec<String>,
+    every: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+) -> Result<(), RouteError> {
+    loop {
+        for pool in &pools {
+            if let Ok(queue) = store.queue(pool).await {
+                metrics
+                    .queue_depth
+                    .with_label_values(&[pool.as_str()])
+                    .set(queue.len() as i64);
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
 }

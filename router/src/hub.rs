@@ -118,6 +118,11 @@ impl AgentHub {
         let queue = bus.declare_subscriber(EVENTS_EXCHANGE, "#").await?;
         let mut deliveries = bus.consume(&queue, 256).await?;
         while let Some(delivery) = crate::workers::next_until(&mut deliveries, &stop).await {
+            // Nobody to tell: skip decoding (the common case on a gateway without agents).
+            if !self.anyone_connected() {
+                let _ = delivery.ack().await;
+                continue;
+            }
             match serde_json::from_slice::<CloudEvent>(&delivery.message.body) {
                 Ok(event) => self.dispatch(event, &ops).await,
                 Err(e) => tracing::warn!(error = %e, "undecodable event ignored by the agent hub"),
@@ -125,6 +130,11 @@ impl AgentHub {
             let _ = delivery.ack().await;
         }
         Ok(())
+    }
+
+    /// Whether any agent socket is connected here.
+    fn anyone_connected(&self) -> bool {
+        !self.lock().sockets.is_empty()
     }
 
     async fn dispatch(&self, event: CloudEvent, ops: &Operations) {
