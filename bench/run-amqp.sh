@@ -36,6 +36,7 @@ CONNECTIONS=${CONNECTIONS:-64}       # HTTP connections (and the ceiling's publi
 AGENT_SPREAD=${AGENT_SPREAD:-10}     # the many-agents run registers this many times more agents
 PROFILE=${PROFILE:-0}                # 1: also a max-rate run under perf record
 ONLY_PROFILE=${ONLY_PROFILE:-0}      # 1: only the profiled run
+ONLY_SY_MAX=${ONLY_SY_MAX:-0}        # 1: only Switchyard at max rate (e.g. with ROUTERS=2)
 PROFILE_MESSAGES=${PROFILE_MESSAGES:-30000}
 PERF_FREQ=${PERF_FREQ:-199}
 SKIP_BUILD=${SKIP_BUILD:-0}
@@ -111,6 +112,8 @@ stop_pid() {
 }
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+# Busy ticks of the whole machine (user nice system irq softirq steal, all CPUs).
+machine_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
 hwm_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 pid_of_comm() {
@@ -169,7 +172,7 @@ ceiling() {
   log "ceiling $label: $*"
   "$BIN/amqp_ceiling" run --url "$AMQP/$CEIL_VHOST" --inflight "$CONNECTIONS" \
     --warmup "$WARMUP" --label "$label" --json-out "$OUT/$label.json" "$@" >/dev/null
-  jq -r '"  -> \(.delivered_per_s|floor) msg/s delivered, e2e p50 \(.e2e.p50_ms) ms p99 \(.e2e.p99_ms) ms, \(.cpu.process_us_per_msg|floor) µs CPU/msg (client), broker \(.cpu.broker_us_per_msg|floor) µs/msg; load \(.loadavg_before) -> \(.loadavg_after)"' "$OUT/$label.json"
+  jq -r '"  -> \(.delivered_per_s|floor) msg/s delivered, e2e p50 \(.e2e.p50_ms) ms p99 \(.e2e.p99_ms) ms, \(.cpu.process_us_per_msg|floor) µs CPU/msg (client), broker \(.cpu.broker_us_per_msg|floor) µs/msg; others \(.cpu.others_share * 100 | floor)% of the machine; load \(.loadavg_before) -> \(.loadavg_after)"' "$OUT/$label.json"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -313,6 +316,7 @@ sy_run() {
   local load_before gw0 beam0 redis0 rs0 r0=()
   load_before=$(cut -d' ' -f1-3 /proc/loadavg)
   gw0=$(ticks "$GW_PID"); beam0=$(ticks "$BEAM"); redis0=$(ticks "$REDIS_PID"); rs0=$(redis_stats)
+  local m0; m0=$(machine_ticks)
   redis_cmdstats >"$OUT/$label-redis0.txt"
   for p in "${ROUTER_PIDS[@]}"; do r0+=("$(ticks "$p")"); done
   local t0; t0=$(date +%s.%N)
@@ -323,6 +327,7 @@ sy_run() {
   local t1; t1=$(date +%s.%N)
   local gw1 beam1 redis1 rs1 r1=()
   gw1=$(ticks "$GW_PID"); beam1=$(ticks "$BEAM"); redis1=$(ticks "$REDIS_PID"); rs1=$(redis_stats)
+  local m1; m1=$(machine_ticks)
   redis_cmdstats >"$OUT/$label-redis1.txt"
   for p in "${ROUTER_PIDS[@]}"; do r1+=("$(ticks "$p")"); done
   local load_after; load_after=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -344,6 +349,7 @@ sy_run() {
     --argjson window "$(echo "$t1 - $t0" | bc)" \
     --argjson gw "$((gw1 - gw0))" --argjson rt "$router_ticks" \
     --argjson beam "$((beam1 - beam0))" --argjson redis "$((redis1 - redis0))" \
+    --argjson machine "$((m1 - m0))" --argjson ncpu "$(nproc)" \
     --argjson gwhwm "$(hwm_kib "$GW_PID")" --argjson gwrss "$(rss_kib "$GW_PID")" \
     --arg rhwm "$router_hwm" --arg rrss "$router_rss" \
     --argjson evals "$((ec1 - ec0))" --argjson evalus "$((eu1 - eu0))" \
@@ -360,6 +366,9 @@ sy_run() {
      received_to_assigned: $watch[0].received_to_assigned,
      received_to_observed: $watch[0].received_to_observed,
      event_types_seen: $watch[0].event_types_seen,
+     others_share: ((($machine - $gw - $rt - $beam - $redis) / 100
+                     - $bench[0].cpu.process_s - $watch[0].cpu_s) / ($window * $ncpu)
+                    | if . < 0 then 0 else . end),
      cpu_us_per_msg: {gateway: per($gw), routers: per($rt), rabbitmq: per($beam), redis: per($redis),
                       load_generator: $bench[0].cpu.process_us_per_msg},
      memory_kib: {gateway_hwm: $gwhwm, gateway_rss: $gwrss,
@@ -389,7 +398,7 @@ sy_run() {
   jq --argjson agents "$agents" --argjson convs "$convs" --argjson outcomes "$outcomes" \
     '. + {agents: $agents, conversations_per_agent_at_end: ($convs / $agents), router_outcomes: $outcomes}' \
     "$OUT/$label.json" >"$OUT/$label.json.tmp" && mv "$OUT/$label.json.tmp" "$OUT/$label.json"
-  jq -r '"  -> \(.routed_per_s|floor) assigned/s end to end (HTTP \(.http_accepted_per_s|floor) accepted/s), received->assigned p50 \(.received_to_assigned.p50_ms) ms p99 \(.received_to_assigned.p99_ms) ms, HTTP p99 \(.http_latency.p99_ms) ms; CPU µs/msg gw \(.cpu_us_per_msg.gateway|floor) router \(.cpu_us_per_msg.routers|floor) rabbit \(.cpu_us_per_msg.rabbitmq|floor) redis \(.cpu_us_per_msg.redis|floor); load \(.loadavg_before) -> \(.loadavg_after)"' "$OUT/$label.json"
+  jq -r '"  -> \(.routed_per_s|floor) assigned/s end to end (HTTP \(.http_accepted_per_s|floor) accepted/s), received->assigned p50 \(.received_to_assigned.p50_ms) ms p99 \(.received_to_assigned.p99_ms) ms, HTTP p99 \(.http_latency.p99_ms) ms; CPU µs/msg gw \(.cpu_us_per_msg.gateway|floor) router \(.cpu_us_per_msg.routers|floor) rabbit \(.cpu_us_per_msg.rabbitmq|floor) redis \(.cpu_us_per_msg.redis|floor); others \(.others_share * 100 | floor)% of the machine; load \(.loadavg_before) -> \(.loadavg_after)"' "$OUT/$label.json"
   sy_stop
 }
 
@@ -400,6 +409,8 @@ log "source: $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD --
 log "run $RUN: $MESSAGES messages per max-rate run, $RATE_SECS s fixed-rate runs, $ROUTERS router(s), $(nproc) CPUs"
 if [ "$ONLY_PROFILE" = 1 ]; then
   PROFILE=1
+elif [ "$ONLY_SY_MAX" = 1 ]; then
+  sy_run sy-max max
 else
   ceiling ceiling-max --rate max --messages "$MESSAGES"
   CEIL_MAX=$(jq -r '.delivered_per_s | floor' "$OUT/ceiling-max.json")
@@ -422,11 +433,11 @@ fi
 if [ "$PROFILE" = 1 ]; then
   sy_run sy-profile max perf
   for who in gateway router; do
-    perf report -i "$OUT/perf-$who.data" --stdio --no-children --sort dso,symbol -g none \
+    perf report -i "$OUT/perf-$who.data" --no-inline --stdio --no-children --sort dso,symbol -g none \
       --percent-limit 0.3 2>/dev/null | grep -v '^$' >"$OUT/profile-$who-self.txt" || true
-    perf report -i "$OUT/perf-$who.data" --stdio --children --sort symbol -g none \
+    perf report -i "$OUT/perf-$who.data" --no-inline --stdio --children --sort symbol -g none \
       --percent-limit 1 2>/dev/null | grep -v '^$' >"$OUT/profile-$who-children.txt" || true
-    perf report -i "$OUT/perf-$who.data" --stdio --no-children --sort symbol \
+    perf report -i "$OUT/perf-$who.data" --no-inline --stdio --no-children --sort symbol \
       -g caller,0.5,callee,function,percent --percent-limit 1.5 2>/dev/null \
       >"$OUT/profile-$who-graph.txt" || true
   done
@@ -435,15 +446,18 @@ fi
 # ---------------------------------------------------------------------------------------------
 # Summary
 
-[ "$ONLY_PROFILE" = 1 ] && { log "results in $OUT"; exit 0; }
+if [ "$ONLY_PROFILE" = 1 ] || [ "$ONLY_SY_MAX" = 1 ]; then
+  log "results in $OUT"
+  exit 0
+fi
 {
   echo "run $RUN — $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $ROUTERS router(s)"
-  printf '%-20s %-6s %9s %10s %10s  %s\n' run rate "msg/s" "p50 ms" "p99 ms" "load before -> after"
+  printf '%-20s %-6s %9s %10s %10s  %s\n' run rate "msg/s" "p50 ms" "p99 ms" "others% | load before -> after"
   for f in ceiling-max ceiling-half ceiling-at-sy-half ceiling-max-5pub; do
-    jq -r --arg f "$f" '[$f, .rate, (.delivered_per_s|floor), .e2e.p50_ms, .e2e.p99_ms, "\(.loadavg_before) -> \(.loadavg_after)"] | @tsv' "$OUT/$f.json"
+    jq -r --arg f "$f" '[$f, .rate, (.delivered_per_s|floor), .e2e.p50_ms, .e2e.p99_ms, "\(.cpu.others_share * 100 | floor)% | \(.loadavg_before) -> \(.loadavg_after)"] | @tsv' "$OUT/$f.json"
   done | while IFS=$'\t' read -r a b c d e f; do printf '%-20s %-6s %9s %10s %10s  %s\n' "$a" "$b" "$c" "$d" "$e" "$f"; done
   for f in sy-max sy-max-spread sy-half-ceiling sy-half-own; do
-    jq -r --arg f "$f" '[$f, .rate, (.routed_per_s|floor), .received_to_assigned.p50_ms, .received_to_assigned.p99_ms, "\(.loadavg_before) -> \(.loadavg_after)"] | @tsv' "$OUT/$f.json"
+    jq -r --arg f "$f" '[$f, .rate, (.routed_per_s|floor), .received_to_assigned.p50_ms, .received_to_assigned.p99_ms, "\(.others_share * 100 | floor)% | \(.loadavg_before) -> \(.loadavg_after)"] | @tsv' "$OUT/$f.json"
   done | while IFS=$'\t' read -r a b c d e f; do printf '%-20s %-6s %9s %10s %10s  %s\n' "$a" "$b" "$c" "$d" "$e" "$f"; done
   echo "(ceiling: scheduled publish -> final consume; Switchyard: gateway received_at -> router assigned_at)"
   echo "ratio Switchyard/ceiling at max rate: $(awk -v a="$SY_MAX" -v b="$CEIL_MAX" 'BEGIN {printf "%.1f %%", 100 * a / b}')"
