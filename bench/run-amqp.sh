@@ -2,29 +2,38 @@
 # Switchyard on RabbitMQ + Redis vs the raw lapin ceiling on the same broker (issue #4,
 # docs/benchmarks-amqp.md).
 #
-#   bench/run-amqp.sh                    # build (release), then every run below
-#   ROUTERS=2 bench/run-amqp.sh          # two `switchyard router` processes
-#   PROFILE=1 bench/run-amqp.sh          # also a max-rate run under `perf record -g`
+#   bench/run-amqp.sh                    # build (release), then every run below (~8 min)
+#   ROUTERS=2 ONLY_SY_MAX=1 bench/run-amqp.sh   # two `switchyard router` processes, max rate only
+#   ONLY_PROFILE=1 bench/run-amqp.sh     # only a max-rate run under `perf record -g`
+#   PROFILE=1 bench/run-amqp.sh          # everything, then the profiled run
 #
-# What it does, each Switchyard run on a fresh vhost and Redis key prefix (so agents start
-# empty and queues start drained):
-#   1. amqp_ceiling at max rate, then at half its own max rate (vhost <run>-ceiling)
-#   2. gateway + router(s) (`[bus] kind="amqp"`, `[store] kind="redis"`, one `api` channel,
-#      `[log] level="warn"`), agents registered with capacity 1000 (the server's maximum),
-#      an unmeasured warm-up (switchyard-bench --messages $WARMUP) drained from the queues,
-#      then `amqp_ceiling watch` on switchyard.events and switchyard-bench --target at max rate;
-#      the same at half the ceiling's max rate and at half Switchyard's own max rate (and the
-#      ceiling again at that rate, so both p99s are compared at the same rate)
-#   3. CPU (utime+stime from /proc/<pid>/stat, before/after) of the gateway, the router(s),
-#      RabbitMQ (beam.smp) and Redis, VmHWM of gateway and routers, Redis EVALSHA calls and
-#      server time (INFO commandstats deltas; Redis is shared, so other users' commands count)
-#   4. PROFILE=1: another max-rate run with `perf record -g` (DWARF call graphs) on the gateway
-#      and the router, summarized with `perf report --stdio --no-children`
-#   5. clean-up (trap): processes started here (by pid), the vhosts, the Redis keys of the
+# Runs (each Switchyard run on a fresh vhost and Redis key prefix, so agents start empty and
+# queues start drained):
+#   1. amqp_ceiling (bench/src/bin/amqp_ceiling.rs) at max rate, then at half its own max rate,
+#      in vhost <run>-ceiling
+#   2. Switchyard: gateway + router(s) (`[bus] kind="amqp"`, `[store] kind="redis"`, one `api`
+#      channel, `[log] level="warn"`), agents registered with capacity 1000 (the server's
+#      maximum), an unmeasured warm-up (switchyard-bench --messages $WARMUP) drained from the
+#      queues, then `amqp_ceiling watch` on switchyard.events (webhook received_at -> router
+#      assigned_at, routed msg/s) and switchyard-bench --target:
+#        sy-max (max rate), sy-max-spread (max rate, AGENT_SPREAD x more agents),
+#        sy-half-ceiling (half the ceiling's max rate), sy-half-own (half Switchyard's max rate)
+#   3. the ceiling again at sy-half-own's rate (p99s compared at the same rate), and at max rate
+#      with 5 serial publishes per message in its router stage (Switchyard's event count)
+#   4. per Switchyard run: CPU (utime+stime from /proc/<pid>/stat, before/after) of the gateway,
+#      the router(s), RabbitMQ (beam.smp) and Redis; the share of the machine used by anything
+#      else ("others", from /proc/stat); VmHWM/VmRSS of gateway and routers; Redis INFO
+#      commandstats deltas (Redis is shared: other users' commands count); router outcome
+#      counters from /metrics; conversations per agent at the end
+#   5. PROFILE=1: a max-rate run with `perf record -e cpu-clock --call-graph dwarf` on the
+#      gateway and the first router, summarized with `perf report --stdio` (self, children,
+#      caller graph)
+#   6. clean-up (trap): processes started here (by pid), the vhosts, the Redis keys of the
 #      prefixes used (SCAN + UNLINK, never FLUSH)
 #
-# Results: $OUT (default bench/results-amqp/<run>/): JSON per run, summary.txt, profiles.
-# CARGO_TARGET_DIR is honoured (default: target).
+# Results: $OUT (default bench/results/<run>/, git-ignored): JSON per run, summary.txt, log.txt,
+# profiles. CARGO_TARGET_DIR is honoured (default: target). Needs rabbitmqctl, redis-cli, jq,
+# curl, bc (and perf for profiling) on this machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,7 +53,7 @@ AMQP=${AMQP:-amqp://guest:guest@127.0.0.1:5672}
 REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/0}
 REDIS_CLI=(redis-cli -h 127.0.0.1 -p 6379)
 RUN=${RUN:-amqp$(date +%Y%m%d%H%M%S)-$$}
-OUT=${OUT:-bench/results-amqp/$RUN}
+OUT=${OUT:-bench/results/$RUN}
 BASE_PORT=${BASE_PORT:-$((20000 + (RANDOM % 20000)))}
 SECRET="bench-secret-$RUN-0123456789"
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
