@@ -157,7 +157,7 @@ impl Watch {
     /// closes.
     pub async fn start(self: &Arc<Self>, bus: Arc<dyn Bus>) -> anyhow::Result<()> {
         let queue = bus
-            .declare_subscriber(EVENTS_EXCHANGE, "conversation.assigned")
+            .declare_subscriber(EVENTS_EXCHANGE, &["conversation.assigned"])
             .await
             .context("subscribing to conversation.assigned")?;
         let mut deliveries = bus

@@ -19,7 +19,10 @@
 //!   `/oauth/refresh_token/`; the app-level `client_token` is not accepted by this API) and
 //!   `{"msg_id": customer's server_message_id (valid 24 h), "conversation_id":
 //!   conversation_short_id, "to_user_id": customer open_id, "content": {"msg_type": 1,
-//!   "text": {"text": …}}}`.
+//!   "text": {"text": …}}}`. An image given by URL is uploaded first with the image upload
+//!   tool (`POST /tool/imagex/client_upload/`, header `access-token` = the app's
+//!   `client_token`, multipart field `image`), and its `image_id` sent as `image.media_id`
+//!   (shared flow and cache: [`crate::media`]).
 //!
 //! The reply needs the customer's `server_message_id` and `conversation_short_id`, which the
 //! router does not carry: [`Connector::deliver`] keeps them in the shared store under the
@@ -40,6 +43,7 @@ use switchyard_core::envelope::{
 use switchyard_core::identity::IdentityKey;
 use switchyard_core::store::Store;
 
+use crate::media::{Accept, MediaCache, MediaResolver, MediaSpec, Upload};
 use crate::rules::ChannelRules;
 use crate::signature::constant_time_eq;
 use crate::token_cache::{TokenCache, base_url, encode_component, encode_pairs};
@@ -70,6 +74,22 @@ pub const REPLY_WINDOW: Duration = Duration::from_secs(24 * 3600);
 /// Key (inside `raw`) under which `normalize` hands the reply context to `deliver`, which
 /// removes it before publishing.
 const REPLY_CONTEXT_KEY: &str = "_douyin_reply_context";
+/// The image upload tool (图片上传, scope `tool.image.upload`, no user authorization).
+pub const IMAGE_UPLOAD_PATH: &str = "/tool/imagex/client_upload/";
+/// The app-level token the image upload takes (`stable_client_token`: fetching it again
+/// within its 2 h returns the same token instead of invalidating the previous one).
+pub const CLIENT_TOKEN_PATH: &str = "/oauth/stable_client_token/";
+/// How long an uploaded image id is reused for the same URL. Douyin does not document how
+/// long an `image_id` stays usable; a day keeps the guess conservative.
+const IMAGE_ID_TTL: Duration = Duration::from_secs(24 * 3600);
+/// What the image upload tool takes: JPEG, PNG, BMP or WebP, at most 10 MB.
+pub const IMAGE_MEDIA: MediaSpec = MediaSpec {
+    kind: "image",
+    accept: Accept::OneOf(&["image/jpeg", "image/png", "image/bmp", "image/webp"]),
+    default_mime: "image/jpeg",
+    max_bytes: 10 * 1024 * 1024,
+    min_bytes: 1,
+};
 
 /// The webhook signature: lower-case hex SHA-1 of the secret followed by the raw body.
 pub fn webhook_signature(secret: &str, body: &[u8]) -> String {
@@ -183,6 +203,7 @@ pub struct ReplyContext {
 pub struct DouyinConnector {
     channel: ChannelRef,
     client_key: String,
+    client_secret: String,
     webhook_secret: String,
     account_open_id: Option<String>,
     static_access_token: Option<String>,
@@ -190,6 +211,7 @@ pub struct DouyinConnector {
     api_base: String,
     http: reqwest::Client,
     store: Arc<dyn Store>,
+    media: MediaResolver,
 }
 
 impl std::fmt::Debug for DouyinConnector {
@@ -222,13 +244,22 @@ impl DouyinConnector {
         let webhook_secret = settings
             .secret("webhook_secret")
             .map_err(config_err)?
-            .unwrap_or(client_secret);
+            .unwrap_or_else(|| client_secret.clone());
         Ok(DouyinConnector {
             channel: ChannelRef {
                 kind: KIND.to_owned(),
                 id: settings.id.clone(),
             },
+            media: MediaResolver::new(
+                ctx.http.clone(),
+                MediaCache::new(
+                    Arc::clone(&ctx.store),
+                    format!("douyin:{client_key}:media"),
+                    IMAGE_ID_TTL,
+                ),
+            ),
             client_key,
+            client_secret,
             webhook_secret,
             account_open_id: settings.secret("account_open_id").map_err(config_err)?,
             static_access_token: settings.secret("access_token").map_err(config_err)?,
@@ -272,6 +303,107 @@ impl DouyinConnector {
             Arc::clone(&self.store),
             format!("douyin:{}:{account}:access_token", self.client_key),
         )
+    }
+
+    fn client_token_cache(&self) -> TokenCache {
+        TokenCache::new(
+            Arc::clone(&self.store),
+            format!("douyin:{}:client_token", self.client_key),
+        )
+    }
+
+    /// The app's `client_token` (for APIs without user authorization, such as the image
+    /// upload tool): cached in the store, fetched by one replica at a time.
+    pub async fn client_token(&self, stale: Option<&str>) -> Result<String, ConnectorError> {
+        self.client_token_cache()
+            .get(stale, || self.fetch_client_token())
+            .await
+    }
+
+    /// `POST /oauth/stable_client_token/` `{client_key, client_secret, grant_type}`.
+    async fn fetch_client_token(&self) -> Result<(String, Duration), ConnectorError> {
+        let response = self
+            .http
+            .post(format!("{}{CLIENT_TOKEN_PATH}", self.api_base))
+            .json(&json!({
+                "client_key": self.client_key,
+                "client_secret": self.client_secret,
+                "grant_type": "client_credential",
+            }))
+            .send()
+            .await
+            .map_err(|e| ConnectorError::Transient(format!("Douyin client_token failed: {e}")))?;
+        let status = response.status().as_u16();
+        let value = read_json(response, status).await?;
+        let (code, description) = douyin_error(&value);
+        if code != 0 {
+            return Err(match code {
+                // client_key unknown / client_key or client_secret wrong.
+                10003 | 10013 | 20010003 | 20010013 => ConnectorError::Config(format!(
+                    "Douyin refused channels.{}.client_key/client_secret ({code}: {description})",
+                    self.channel.id
+                )),
+                c if is_rate_limit(c) => ConnectorError::RateLimited { retry_after: None },
+                _ => ConnectorError::Transient(format!(
+                    "Douyin client_token error {code}: {description}"
+                )),
+            });
+        }
+        let token = value
+            .pointer("/data/access_token")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| ConnectorError::Transient("client_token without access_token".into()))?
+            .to_owned();
+        let expires_in = value
+            .pointer("/data/expires_in")
+            .and_then(Value::as_u64)
+            .unwrap_or(7200);
+        Ok((token, Duration::from_secs(expires_in)))
+    }
+
+    /// `POST {api_base}/tool/imagex/client_upload/` with header `access-token: <client_token>`
+    /// and the multipart field `image`; returns the `image_id` (sent as the image message's
+    /// `media_id`). A refused client token is refreshed and the upload retried once.
+    pub async fn upload_image(&self, file: &Upload) -> Result<String, ConnectorError> {
+        let form = file.multipart("image");
+        let mut stale: Option<String> = None;
+        loop {
+            let token = self.client_token(stale.as_deref()).await?;
+            let response = form
+                .apply(
+                    self.http
+                        .post(format!("{}{IMAGE_UPLOAD_PATH}", self.api_base))
+                        .header("access-token", token.as_str()),
+                )
+                .send()
+                .await
+                .map_err(|e| {
+                    ConnectorError::Transient(format!("Douyin image upload failed: {e}"))
+                })?;
+            let status = response.status().as_u16();
+            if status == 429 {
+                return Err(ConnectorError::RateLimited {
+                    retry_after: retry_after(&response),
+                });
+            }
+            let value = read_json(response, status).await?;
+            let (code, message) = douyin_error(&value);
+            if code == 0 {
+                return image_id(&value).ok_or_else(|| {
+                    ConnectorError::Transient(format!(
+                        "Douyin image upload answered no image_id: {}",
+                        snippet(&value.to_string())
+                    ))
+                });
+            }
+            if is_token_error(code) && stale.is_none() {
+                self.client_token_cache().invalidate(&token).await?;
+                stale = Some(token);
+                continue;
+            }
+            return Err(classify(code, message, "image upload"));
+        }
     }
 
     fn refresh_key(&self, account: &str) -> String {
@@ -494,20 +626,23 @@ impl DouyinConnector {
         })
     }
 
-    fn send_body(&self, ctx: &ReplyContext, content: &Content) -> Result<Value, ConnectorError> {
+    /// The send body; an image given by URL is uploaded with the image tool first.
+    async fn send_body(
+        &self,
+        ctx: &ReplyContext,
+        content: &Content,
+    ) -> Result<Value, ConnectorError> {
         let content = match content {
             Content::Text { text } => json!({ "msg_type": 1, "text": { "text": text } }),
-            Content::Image { media } => match &media.media_id {
-                Some(id) => json!({ "msg_type": 2, "image": { "media_id": id } }),
-                None => {
-                    return Err(ConnectorError::Rejected {
-                        code: "media_id_required".into(),
-                        message: "Douyin sends images by media_id (upload them with the image \
-                                  tool API first)"
-                            .into(),
-                    });
-                }
-            },
+            Content::Image { media } => {
+                let id = self
+                    .media
+                    .resolve(media, &IMAGE_MEDIA, None, |file| async move {
+                        self.upload_image(&file).await
+                    })
+                    .await?;
+                json!({ "msg_type": 2, "image": { "media_id": id } })
+            }
             other => {
                 return Err(ConnectorError::Rejected {
                     code: "content_unsupported".into(),
@@ -551,14 +686,10 @@ impl DouyinConnector {
             .await
             .map_err(|e| ConnectorError::Transient(format!("Douyin send failed: {e}")))?;
         let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .map(Duration::from_secs);
         if status == 429 {
-            return Err(ConnectorError::RateLimited { retry_after });
+            return Err(ConnectorError::RateLimited {
+                retry_after: retry_after(&response),
+            });
         }
         let value = read_json(response, status).await?;
         let (code, message) = douyin_error(&value);
@@ -591,6 +722,43 @@ async fn read_json(response: reqwest::Response, status: u16) -> Result<Value, Co
             snippet(&text)
         ))
     })
+}
+
+/// A `Retry-After` header in seconds.
+fn retry_after(response: &reqwest::Response) -> Option<Duration> {
+    response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
+/// Classifies a non-zero Douyin error code (token errors are handled by the caller first):
+/// frequency codes → RateLimited, negative (system) codes → Transient, the rest → Rejected.
+fn classify(code: i64, message: String, what: &str) -> ConnectorError {
+    if is_rate_limit(code) {
+        ConnectorError::RateLimited { retry_after: None }
+    } else if code < 0 {
+        ConnectorError::Transient(format!("Douyin {what} error {code}: {message}"))
+    } else {
+        ConnectorError::Rejected {
+            code: code.to_string(),
+            message,
+        }
+    }
+}
+
+/// The `image_id` of an image upload answer: at the top level (as the SKIT .NET and
+/// ArtisanCloud Go SDKs read it) or inside `data` (as the official page's field table and
+/// other client code suggest).
+fn image_id(value: &Value) -> Option<String> {
+    [value.get("image_id"), value.pointer("/data/image_id")]
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .find(|id| !id.is_empty())
+        .map(str::to_owned)
 }
 
 fn snippet(text: &str) -> String {
@@ -946,7 +1114,8 @@ impl Connector for DouyinConnector {
                 ("sticker", "image"),
             ],
             notes: "Douyin DMs: replies quote the customer's server_message_id, valid 24 h; \
-                    images by media_id from the image upload tool; proactive messages \
+                    images by media_id, or by URL (uploaded with the image upload tool first: \
+                    JPEG/PNG/BMP/WebP, at most 10 MB); proactive messages \
                     (im_authorize_message, once a day, at most 3) are not sent by this \
                     connector.",
         }
@@ -967,7 +1136,7 @@ impl Connector for DouyinConnector {
                 message: "the customer's last Douyin message is older than 24 h".into(),
             });
         }
-        let body = self.send_body(&ctx, &message.content)?;
+        let body = self.send_body(&ctx, &message.content).await?;
         let mut stale: Option<String> = None;
         for _ in 0..2 {
             let token = self
@@ -981,20 +1150,7 @@ impl Connector for DouyinConnector {
                         .await?;
                     stale = Some(token);
                 }
-                Err((code, _)) if is_rate_limit(code) => {
-                    return Err(ConnectorError::RateLimited { retry_after: None });
-                }
-                Err((code, message)) if code < 0 => {
-                    return Err(ConnectorError::Transient(format!(
-                        "Douyin error {code}: {message}"
-                    )));
-                }
-                Err((code, message)) => {
-                    return Err(ConnectorError::Rejected {
-                        code: code.to_string(),
-                        message,
-                    });
-                }
+                Err((code, message)) => return Err(classify(code, message, "send")),
             }
         }
         Err(ConnectorError::Rejected {

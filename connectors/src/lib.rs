@@ -11,6 +11,7 @@ pub mod api;
 pub mod conformance;
 pub mod douyin;
 pub mod error;
+pub mod media;
 pub mod registry;
 pub mod rules;
 pub mod signature;
@@ -174,6 +175,13 @@ pub trait Connector: Send + Sync + 'static {
     /// Delivers an outbound envelope through the channel's API.
     async fn send(&self, message: &Envelope) -> Result<SendReceipt, ConnectorError>;
 
+    /// Whether this channel wants [`Connector::conversation_changed`] calls. Gateways follow
+    /// conversation events only when a configured channel does, so channels that do not keep
+    /// platform session state cost nothing per message.
+    fn follows_conversations(&self) -> bool {
+        false
+    }
+
     /// Told when one of this channel's conversations changes status (queued, assigned,
     /// closed, ...), for platforms that keep their own session state in step (WeCom
     /// `service_state`). Called at least once per change, possibly more: be idempotent.
@@ -191,6 +199,30 @@ pub trait Connector: Send + Sync + 'static {
 pub trait EnvelopeSink: Send + Sync {
     /// Publishes `envelopes`, in order, each at most once per dedupe key.
     async fn publish(&self, envelopes: Vec<Envelope>) -> Result<Vec<Accepted>, ConnectorError>;
+
+    /// Reports that `message`, an outbound envelope the channel's API had accepted, was not
+    /// delivered after all: the platform said so later, in what the connector receives or pulls
+    /// (WeCom kf's `msg_send_fail` event). The ingress publishes `message.failed` with `code`
+    /// (machine-readable, e.g. `wecom_fail_type_4`) and `reason` (for people), which also tells
+    /// the agent who wrote the reply.
+    ///
+    /// At least once: the event's id is the envelope id, so a report repeated after a retry is
+    /// deduplicated downstream. A `Transient` error means the report is not on the bus; the
+    /// caller should not acknowledge what carried it, so that it is made again.
+    ///
+    /// The default, for sinks with no event stream behind them (test and collecting sinks),
+    /// reports nothing and answers `Unsupported`, so the caller knows the failure went nowhere.
+    async fn delivery_failed(
+        &self,
+        message: &Envelope,
+        code: &str,
+        _reason: &str,
+    ) -> Result<(), ConnectorError> {
+        Err(ConnectorError::Unsupported(format!(
+            "this sink does not report delivery failures (`{code}` for message {})",
+            message.id
+        )))
+    }
 }
 
 /// Object-safe view of a [`Connector`], used by the ingress and the dispatcher.
@@ -214,6 +246,8 @@ pub trait Channel: Send + Sync + 'static {
     fn rules(&self) -> ChannelRules;
     /// See [`Connector::send`].
     async fn send(&self, message: &Envelope) -> Result<SendReceipt, ConnectorError>;
+    /// See [`Connector::follows_conversations`].
+    fn follows_conversations(&self) -> bool;
     /// See [`Connector::conversation_changed`].
     async fn conversation_changed(&self, conversation: &Conversation)
     -> Result<(), ConnectorError>;
@@ -253,6 +287,10 @@ impl<C: Connector> Channel for C {
 
     async fn send(&self, message: &Envelope) -> Result<SendReceipt, ConnectorError> {
         Connector::send(self, message).await
+    }
+
+    fn follows_conversations(&self) -> bool {
+        Connector::follows_conversations(self)
     }
 
     async fn conversation_changed(

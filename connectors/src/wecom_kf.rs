@@ -12,9 +12,17 @@
 //!   per-account lock, publishes each page, and only then stores `next_cursor` in the shared
 //!   store, so a crash or a bus outage re-pulls instead of losing messages (duplicates are
 //!   dropped by `msgid`). Only `origin = 3` (the WeChat customer) messages are routed.
+//! * **Delivery failures**: `send_msg` may accept a message WeCom then cannot deliver (session
+//!   expired, customer refuses messages, …); the next pull carries a `msg_send_fail` event
+//!   (`fail_msgid`, `fail_type`). Every accepted send is remembered in the store
+//!   (`wecom_kf:sent:{corp}:{msgid}`, 3 days), and the pull reports a failure of a remembered
+//!   message through [`EnvelopeSink::delivery_failed`] (`message.failed`, code
+//!   `wecom_fail_type_{n}`) before the cursor moves past its page.
 //! * **Send** (`POST cgi-bin/kf/send_msg`): `{touser, open_kfid, msgid, msgtype, …}`; allowed
 //!   only while the session's `service_state` is 0 or 1 (else errcode 95018), at most 5
-//!   messages within 48 h of the customer's last message.
+//!   messages within 48 h of the customer's last message. Media given by URL is uploaded first
+//!   (`POST cgi-bin/media/upload?type=image|voice|video|file`, multipart field `media`) through
+//!   the shared [`crate::media`] flow, and the `media_id` cached per URL.
 //! * **Session state** (`cgi-bin/kf/service_state/get|trans`, document/path/94669):
 //!   [`Connector::conversation_changed`] keeps a session in state 1 ("智能助手接待", API replies
 //!   allowed) while our conversation is open, and ends it (state 4) when ours closes.
@@ -35,6 +43,7 @@ use switchyard_core::identity::IdentityKey;
 use switchyard_core::model::{Conversation, ConversationStatus};
 use switchyard_core::store::Store;
 
+use crate::media::{Accept, MediaCache, MediaResolver, MediaSpec};
 use crate::rules::ChannelRules;
 use crate::token_cache::{TokenCache, base_url, encode_pairs};
 use crate::wechat::crypto::{CryptoError, WxCrypto};
@@ -74,6 +83,51 @@ const PULL_LOCK_WAIT: Duration = Duration::from_secs(2);
 const CURSOR_TTL: Duration = Duration::from_secs(30 * 86400);
 /// How long the customer → kf account routing is remembered.
 const ROUTE_TTL: Duration = Duration::from_secs(7 * 86400);
+/// How long an uploaded media id is reused for the same URL (temporary media live 3 days).
+const MEDIA_ID_TTL: Duration = Duration::from_secs(2 * 86400);
+/// `errcode` of `send_msg` for an unknown or expired `media_id`.
+const INVALID_MEDIA_ID: i64 = 40007;
+/// `event_type` of the `sync_msg` event by which WeCom reports that a message `send_msg` had
+/// accepted was not delivered after all.
+pub const SEND_FAIL_EVENT: &str = "msg_send_fail";
+/// How long a sent message is remembered (`msgid` → envelope) so that a later
+/// `msg_send_fail` can name it: `sync_msg` returns at most 3 days of history.
+const SENT_TTL: Duration = Duration::from_secs(3 * 86400);
+
+/// Temporary media kinds of `cgi-bin/media/upload` (上传临时素材, document/path/90253): every
+/// file larger than 5 bytes; images JPG/PNG ≤ 10 MB, voice AMR ≤ 2 MB, video MP4 ≤ 10 MB,
+/// files ≤ 20 MB.
+pub const IMAGE_MEDIA: MediaSpec = MediaSpec {
+    kind: "image",
+    accept: Accept::OneOf(&["image/jpeg", "image/png"]),
+    default_mime: "image/jpeg",
+    max_bytes: 10 * 1024 * 1024,
+    min_bytes: 6,
+};
+/// See [`IMAGE_MEDIA`].
+pub const VOICE_MEDIA: MediaSpec = MediaSpec {
+    kind: "voice",
+    accept: Accept::OneOf(&["audio/amr"]),
+    default_mime: "audio/amr",
+    max_bytes: 2 * 1024 * 1024,
+    min_bytes: 6,
+};
+/// See [`IMAGE_MEDIA`].
+pub const VIDEO_MEDIA: MediaSpec = MediaSpec {
+    kind: "video",
+    accept: Accept::OneOf(&["video/mp4"]),
+    default_mime: "video/mp4",
+    max_bytes: 10 * 1024 * 1024,
+    min_bytes: 6,
+};
+/// See [`IMAGE_MEDIA`].
+pub const FILE_MEDIA: MediaSpec = MediaSpec {
+    kind: "file",
+    accept: Accept::Any,
+    default_mime: "application/octet-stream",
+    max_bytes: 20 * 1024 * 1024,
+    min_bytes: 6,
+};
 
 /// The decrypted callback event.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -248,6 +302,100 @@ pub fn message_content(msg: &Value) -> Content {
     }
 }
 
+/// A `msg_send_fail` event of a `sync_msg` page (`origin` 4, `msgtype` `event`): WeCom could not
+/// deliver a message that `send_msg` had accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendFailure {
+    /// `fail_msgid`: the `msgid` of the message that failed (for ours, the envelope id we sent
+    /// as `msgid`, which `send_msg` answers back).
+    pub fail_msgid: String,
+    /// `fail_type` (see [`fail_type_meaning`]); `None` when WeCom gave none that reads as a
+    /// number.
+    pub fail_type: Option<i64>,
+    /// The customer (`external_userid`), when given.
+    pub external_userid: Option<String>,
+}
+
+impl SendFailure {
+    /// The `message.failed` code: `wecom_fail_type_{fail_type}`, or `wecom_fail_type_unknown`
+    /// without one.
+    pub fn code(&self) -> String {
+        match self.fail_type {
+            Some(n) => format!("wecom_fail_type_{n}"),
+            None => "wecom_fail_type_unknown".to_owned(),
+        }
+    }
+
+    /// The `message.failed` reason, for people: what WeCom says the fail type means.
+    pub fn reason(&self) -> String {
+        let meaning = self
+            .fail_type
+            .and_then(fail_type_meaning)
+            .unwrap_or("a reason WeCom does not document");
+        match self.fail_type {
+            Some(n) => {
+                format!("WeCom did not deliver the reply (msg_send_fail, fail_type {n}: {meaning})")
+            }
+            None => format!(
+                "WeCom did not deliver the reply (msg_send_fail without fail_type: {meaning})"
+            ),
+        }
+    }
+}
+
+/// What a `msg_send_fail` `fail_type` means, per WeCom's 接收消息和事件 (kf `sync_msg` events);
+/// `None` for a value it does not list.
+pub fn fail_type_meaning(fail_type: i64) -> Option<&'static str> {
+    Some(match fail_type {
+        0 => "unknown reason",
+        1 => "the kf account was deleted",
+        2 => "the app was closed",
+        4 => "the session expired: more than 48 h since the customer's last message",
+        5 => "the session was closed",
+        6 => "over the limit of 5 messages per customer message",
+        7 => "no WeChat Channels account is bound",
+        8 => "the corp is not verified",
+        9 => "no WeChat Channels account is bound and the corp is not verified",
+        10 => "the customer refuses messages",
+        11 => "no member of the corp has logged in to the WeCom app",
+        12 => "the kf component does not allow this message type",
+        13 => "security restriction",
+        _ => return None,
+    })
+}
+
+/// The `msg_send_fail` events of a `sync_msg` page, in page order; other items are ignored, and
+/// an event without `fail_msgid` is skipped. Pure.
+pub fn send_failures(msgs: &[Value]) -> Vec<SendFailure> {
+    let mut out = Vec::new();
+    for msg in msgs {
+        if str_of(msg, "msgtype") != Some("event") {
+            continue;
+        }
+        let Some(event) = msg.get("event") else {
+            continue;
+        };
+        if str_of(event, "event_type") != Some(SEND_FAIL_EVENT) {
+            continue;
+        }
+        let Some(fail_msgid) = owned(event, "fail_msgid") else {
+            tracing::debug!("msg_send_fail without fail_msgid skipped");
+            continue;
+        };
+        let fail_type = event.get("fail_type").and_then(|v| {
+            v.as_i64()
+                .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+        });
+        out.push(SendFailure {
+            fail_msgid,
+            fail_type,
+            external_userid: owned(event, "external_userid")
+                .or_else(|| owned(msg, "external_userid")),
+        });
+    }
+    out
+}
+
 /// The WeCom kf connector.
 pub struct WecomKfConnector {
     channel: ChannelRef,
@@ -258,6 +406,7 @@ pub struct WecomKfConnector {
     api_base: String,
     http: reqwest::Client,
     store: Arc<dyn Store>,
+    media: MediaResolver,
 }
 
 impl std::fmt::Debug for WecomKfConnector {
@@ -342,13 +491,22 @@ impl WecomKfConnector {
                 kind: KIND.to_owned(),
                 id: settings.id.clone(),
             },
-            corp_id,
             corp_secret,
             crypto,
             open_kfid: settings.secret("open_kfid").map_err(config_err)?,
             api_base: base_url(settings.api_base.as_deref(), DEFAULT_API_BASE),
             http: ctx.http.clone(),
             store: Arc::clone(&ctx.store),
+            media: MediaResolver::new(
+                ctx.http.clone(),
+                // Media ids are valid corp-wide, whichever app uploaded them.
+                MediaCache::new(
+                    Arc::clone(&ctx.store),
+                    format!("wecom:{corp_id}:media"),
+                    MEDIA_ID_TTL,
+                ),
+            ),
+            corp_id,
         })
     }
 
@@ -372,6 +530,87 @@ impl WecomKfConnector {
 
     fn route_key(&self, external_userid: &str) -> String {
         format!("wecom_kf:{}:route:{external_userid}", self.channel.id)
+    }
+
+    /// Where a sent message is remembered under the `msgid` WeCom answered.
+    fn sent_key(&self, msgid: &str) -> String {
+        format!("wecom_kf:sent:{}:{msgid}", self.corp_id)
+    }
+
+    /// Remembers a message `send_msg` accepted under its `msgid`, for [`SENT_TTL`], so that a
+    /// later `msg_send_fail` can name it. Best effort: the message is sent either way, and
+    /// failing the send now would only make the dispatcher send it twice.
+    async fn remember_sent(&self, msgid: &str, message: &Envelope) {
+        let json = match serde_json::to_string(message) {
+            Ok(json) => json,
+            Err(e) => {
+                tracing::warn!(%msgid, error = %e, "cannot encode a sent message to remember it");
+                return;
+            }
+        };
+        if let Err(e) = self
+            .store
+            .set_key(&self.sent_key(msgid), &json, SENT_TTL)
+            .await
+        {
+            tracing::warn!(
+                %msgid,
+                error = %e,
+                "sent message not remembered; a later msg_send_fail for it will not be reported"
+            );
+        }
+    }
+
+    /// Reports the page's `msg_send_fail` events through `sink`
+    /// ([`EnvelopeSink::delivery_failed`]) for the messages we sent. A failure of a message we
+    /// do not know (sent by someone else, or longer ago than we remember) is skipped. Only a
+    /// `Transient` error of the sink is returned, so that the page is pulled again; a sink that
+    /// cannot report at all is logged.
+    async fn report_failures(
+        &self,
+        msgs: &[Value],
+        sink: &dyn EnvelopeSink,
+    ) -> Result<(), ConnectorError> {
+        for failure in send_failures(msgs) {
+            let remembered = self
+                .store
+                .get_key(&self.sent_key(&failure.fail_msgid))
+                .await
+                .map_err(store_err)?;
+            let Some(json) = remembered else {
+                tracing::debug!(
+                    msgid = %failure.fail_msgid,
+                    code = %failure.code(),
+                    "msg_send_fail for a message not sent from here (or forgotten) skipped"
+                );
+                continue;
+            };
+            let message: Envelope = match serde_json::from_str(&json) {
+                Ok(message) => message,
+                Err(e) => {
+                    tracing::warn!(
+                        msgid = %failure.fail_msgid,
+                        error = %e,
+                        "remembered sent message unreadable; msg_send_fail not reported"
+                    );
+                    continue;
+                }
+            };
+            match sink
+                .delivery_failed(&message, &failure.code(), &failure.reason())
+                .await
+            {
+                Ok(()) => {}
+                Err(e @ ConnectorError::Transient(_)) => return Err(e),
+                Err(e) => tracing::warn!(
+                    id = %message.id,
+                    code = %failure.code(),
+                    error = %e,
+                    "a WeCom delivery failure could not be reported"
+                ),
+            }
+        }
+        Ok(())
     }
 
     /// The access token (cached in the store, one refresh at a time).
@@ -438,15 +677,29 @@ impl WecomKfConnector {
 
     /// POSTs `body` to `path` with the access token, refreshing it once if WeCom refuses it.
     pub async fn call(&self, path: &str, body: &Value) -> Result<Value, ConnectorError> {
+        self.call_with(path, &[], |url| self.http.post(url).json(body))
+            .await
+    }
+
+    /// Sends the request `build(url)` makes for `path?access_token=…&{query}`; on an
+    /// access-token errcode the token is refreshed and the request rebuilt and sent once more.
+    /// Returns the JSON answer (errcode not checked).
+    pub async fn call_with<F>(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+        build: F,
+    ) -> Result<Value, ConnectorError>
+    where
+        F: Fn(String) -> reqwest::RequestBuilder,
+    {
         let mut stale: Option<String> = None;
         loop {
             let token = self.access_token(stale.as_deref()).await?;
-            let url = format!(
-                "{}{path}?{}",
-                self.api_base,
-                encode_pairs(&[("access_token", &token)])
-            );
-            let value = self.request(self.http.post(url).json(body), path).await?;
+            let mut pairs = vec![("access_token", token.as_str())];
+            pairs.extend_from_slice(query);
+            let url = format!("{}{path}?{}", self.api_base, encode_pairs(&pairs));
+            let value = self.request(build(url), path).await?;
             let code = value.get("errcode").and_then(Value::as_i64).unwrap_or(0);
             if is_token_error(code) && stale.is_none() {
                 self.token_cache().invalidate(&token).await?;
@@ -455,6 +708,46 @@ impl WecomKfConnector {
             }
             return Ok(value);
         }
+    }
+
+    /// `POST cgi-bin/media/upload?type={kind}`: uploads temporary media (multipart field
+    /// `media` with filename and content type); returns its `media_id` (valid 3 days).
+    pub async fn upload_media(
+        &self,
+        kind: &str,
+        file: &crate::media::Upload,
+    ) -> Result<String, ConnectorError> {
+        let form = file.multipart("media");
+        let value = self
+            .call_with("/cgi-bin/media/upload", &[("type", kind)], |url| {
+                form.apply(self.http.post(url))
+            })
+            .await?;
+        let code = value.get("errcode").and_then(Value::as_i64).unwrap_or(0);
+        if code != 0 {
+            return Err(api_error(
+                code,
+                str_of(&value, "errmsg").unwrap_or_default(),
+                "media/upload",
+            ));
+        }
+        owned(&value, "media_id")
+            .ok_or_else(|| ConnectorError::Transient("media/upload answered no media_id".into()))
+    }
+
+    /// The `media_id` of outbound media of `spec`'s kind: its own, else an upload of its URL
+    /// (cached per URL for 2 days).
+    pub async fn media_id(
+        &self,
+        media: &Media,
+        spec: &MediaSpec,
+        name: Option<&str>,
+    ) -> Result<String, ConnectorError> {
+        self.media
+            .resolve(media, spec, name, |file| async move {
+                self.upload_media(spec.kind, &file).await
+            })
+            .await
     }
 
     /// Normalizes one page of `sync_msg`: customer messages (`origin = 3`) become envelopes;
@@ -590,6 +883,7 @@ impl WecomKfConnector {
             if !envelopes.is_empty() {
                 accepted.extend(sink.publish(envelopes).await?);
             }
+            self.report_failures(&page.msg_list, sink).await?;
             // Only now that the page is on the bus does the cursor move past it.
             if let Some(next) = page.next_cursor.filter(|c| !c.is_empty()) {
                 self.store
@@ -622,18 +916,24 @@ impl WecomKfConnector {
         Ok(routed.or_else(|| self.open_kfid.clone()))
     }
 
-    fn send_body(
+    /// The outbound media of `content` and its kind, if it carries any.
+    fn outbound_media(content: &Content) -> Option<(&Media, &'static MediaSpec, Option<&str>)> {
+        match content {
+            Content::Image { media } => Some((media, &IMAGE_MEDIA, None)),
+            Content::Audio { media, .. } => Some((media, &VOICE_MEDIA, None)),
+            Content::Video { media, .. } => Some((media, &VIDEO_MEDIA, None)),
+            Content::File { media, name } => Some((media, &FILE_MEDIA, name.as_deref())),
+            _ => None,
+        }
+    }
+
+    /// The `send_msg` body of `message`; media given by URL is uploaded first.
+    async fn send_body(
         &self,
         to: &str,
         open_kfid: &str,
         message: &Envelope,
     ) -> Result<Value, ConnectorError> {
-        let media_id = |m: &Media| {
-            m.media_id.clone().ok_or_else(|| ConnectorError::Rejected {
-                code: "media_id_required".into(),
-                message: "WeCom kf sends media by media_id (cgi-bin/media/upload first)".into(),
-            })
-        };
         let (msgtype, payload) = match &message.content {
             Content::Text { text } => {
                 if text.len() > MAX_TEXT_BYTES {
@@ -647,10 +947,22 @@ impl WecomKfConnector {
                 }
                 ("text", json!({ "content": text }))
             }
-            Content::Image { media } => ("image", json!({ "media_id": media_id(media)? })),
-            Content::Audio { media, .. } => ("voice", json!({ "media_id": media_id(media)? })),
-            Content::Video { media, .. } => ("video", json!({ "media_id": media_id(media)? })),
-            Content::File { media, .. } => ("file", json!({ "media_id": media_id(media)? })),
+            Content::Image { media } => {
+                let id = self.media_id(media, &IMAGE_MEDIA, None).await?;
+                ("image", json!({ "media_id": id }))
+            }
+            Content::Audio { media, .. } => {
+                let id = self.media_id(media, &VOICE_MEDIA, None).await?;
+                ("voice", json!({ "media_id": id }))
+            }
+            Content::Video { media, .. } => {
+                let id = self.media_id(media, &VIDEO_MEDIA, None).await?;
+                ("video", json!({ "media_id": id }))
+            }
+            Content::File { media, name } => {
+                let id = self.media_id(media, &FILE_MEDIA, name.as_deref()).await?;
+                ("file", json!({ "media_id": id }))
+            }
             Content::Location {
                 latitude,
                 longitude,
@@ -882,7 +1194,9 @@ impl Connector for WecomKfConnector {
             notes: "WeCom kf: at most 5 messages within 48 h of the customer's last message, \
                     and only while the session is new or bot-handled (service_state 0/1; the \
                     connector keeps it at 1 while the conversation is open, else errcode \
-                    95018); media by media_id; text at most 2048 bytes.",
+                    95018); media by media_id, or by URL (uploaded as temporary media first: \
+                    image JPG/PNG ≤ 10 MB, voice AMR ≤ 2 MB, video MP4 ≤ 10 MB, file ≤ 20 MB); \
+                    text at most 2048 bytes.",
         }
     }
 
@@ -895,15 +1209,24 @@ impl Connector for WecomKfConnector {
                 code: "no_open_kfid".into(),
                 message: format!("no kf account known for customer `{to}`"),
             })?;
-        let body = self.send_body(to, &open_kfid, message)?;
+        let body = self.send_body(to, &open_kfid, message).await?;
         let value = self.call("/cgi-bin/kf/send_msg", &body).await?;
         let code = value.get("errcode").and_then(Value::as_i64).unwrap_or(0);
         if code == 0 {
+            // WeCom answers the `msgid` we gave (or its own): a later `msg_send_fail` names it.
+            let msgid = owned(&value, "msgid").unwrap_or_else(|| message.id.clone());
+            self.remember_sent(&msgid, message).await;
             return Ok(SendReceipt {
-                channel_message_id: owned(&value, "msgid").or_else(|| Some(message.id.clone())),
+                channel_message_id: Some(msgid),
             });
         }
         let msg = str_of(&value, "errmsg").unwrap_or_default();
+        if code == INVALID_MEDIA_ID
+            && let Some((media, spec, _)) = Self::outbound_media(&message.content)
+        {
+            // A cached upload WeCom no longer knows: the next send uploads the URL again.
+            self.media.forget(media, spec).await;
+        }
         Err(match code {
             95018 => ConnectorError::Rejected {
                 code: "95018".into(),
@@ -914,6 +1237,10 @@ impl Connector for WecomKfConnector {
             },
             _ => api_error(code, msg, "send_msg"),
         })
+    }
+
+    fn follows_conversations(&self) -> bool {
+        true
     }
 
     async fn conversation_changed(

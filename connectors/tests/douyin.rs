@@ -542,3 +542,272 @@ async fn a_reply_to_the_enter_event_uses_its_scene() {
     .await
     .unwrap();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Images given by URL: download, the image upload tool, then the send by media_id
+
+const PNG: &[u8] = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR-douyin-test-image";
+
+fn client_token_ok(token: &str) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(json!({
+        "data": { "access_token": token, "description": "", "error_code": 0, "expires_in": 7200 },
+        "message": "success"
+    }))
+}
+
+async fn mount_client_token(server: &MockServer, token: &str, times: u64) {
+    Mock::given(method("POST"))
+        .and(path("/oauth/stable_client_token/"))
+        .and(header("content-type", "application/json"))
+        .and(body_json(json!({
+            "client_key": CLIENT_KEY, "client_secret": CLIENT_SECRET,
+            "grant_type": "client_credential"
+        })))
+        .respond_with(client_token_ok(token))
+        .expect(times)
+        .mount(server)
+        .await;
+}
+
+async fn uploads(server: &MockServer) -> Vec<wiremock::Request> {
+    server
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.url.path() == "/tool/imagex/client_upload/")
+        .collect()
+}
+
+fn image_by_url(url: String) -> Content {
+    Content::Image {
+        media: Media {
+            url: Some(url),
+            ..Media::default()
+        },
+    }
+}
+
+#[tokio::test]
+async fn an_image_url_is_uploaded_with_the_client_token_once_and_sent_by_id() {
+    let server = MockServer::start().await;
+    let (c, _) = connector_with(Some(server.uri()), &[("access_token", "act.static")]);
+    mount_client_token(&server, "clt.1", 1).await;
+    Mock::given(method("GET"))
+        .and(path("/cdn/cat.png"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("content-type", "image/png")
+                .set_body_bytes(PNG),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/tool/imagex/client_upload/"))
+        .and(header("access-token", "clt.1"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "image_id": "tos-cn-i-0000/abc123", "width": 360, "height": 360, "md5": "x",
+            "data": { "error_code": 0, "description": "" },
+            "extra": { "error_code": 0, "description": "", "sub_error_code": 0, "logid": "1" }
+        })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/im/send/msg/"))
+        .and(query_param("open_id", ACCOUNT))
+        .and(header("access-token", "act.static"))
+        .and(body_json(json!({
+            "msg_id": "@srv-img-1",
+            "conversation_id": CONVERSATION,
+            "to_user_id": CUSTOMER,
+            "content": { "msg_type": 2, "image": { "media_id": "tos-cn-i-0000/abc123" } }
+        })))
+        .respond_with(send_ok("@sent-img"))
+        .expect(2)
+        .mount(&server)
+        .await;
+    let inbound = ingest(&c, &fresh_dm("@srv-img-1", TimeDelta::seconds(2))).await;
+    let url = format!("{}/cdn/cat.png", server.uri());
+    let receipt = c
+        .send(&reply_to(&inbound, image_by_url(url.clone())))
+        .await
+        .unwrap();
+    assert_eq!(receipt.channel_message_id.as_deref(), Some("@sent-img"));
+    // The same URL again: the cached image id, no second download or upload.
+    c.send(&reply_to(&inbound, image_by_url(url)))
+        .await
+        .unwrap();
+
+    let uploads = uploads(&server).await;
+    assert_eq!(uploads.len(), 1);
+    let content_type = uploads[0]
+        .headers
+        .get("content-type")
+        .unwrap()
+        .to_str()
+        .unwrap();
+    let boundary = content_type
+        .strip_prefix("multipart/form-data; boundary=")
+        .unwrap();
+    let mut expected = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; \
+         filename=\"image.png\"\r\nContent-Type: image/png\r\n\r\n"
+    )
+    .into_bytes();
+    expected.extend_from_slice(PNG);
+    expected.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    assert_eq!(
+        String::from_utf8_lossy(&uploads[0].body),
+        String::from_utf8_lossy(&expected)
+    );
+}
+
+#[tokio::test]
+async fn oversized_and_unsupported_images_are_refused_before_any_upload() {
+    let server = MockServer::start().await;
+    let (c, _) = connector_with(Some(server.uri()), &[("access_token", "act.static")]);
+    Mock::given(method("GET"))
+        .and(path("/cdn/huge.jpg"))
+        .respond_with(ResponseTemplate::new(200).set_body_bytes(vec![0xFFu8; 10 * 1024 * 1024 + 1]))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/cdn/page.html"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("content-type", "text/html; charset=utf-8")
+                .set_body_string("<html>not an image</html>"),
+        )
+        .mount(&server)
+        .await;
+    let inbound = ingest(&c, &fresh_dm("@srv-img-2", TimeDelta::seconds(2))).await;
+    for (file, code) in [
+        ("huge.jpg", "media_too_large"),
+        ("page.html", "media_type_unsupported"),
+    ] {
+        let err = c
+            .send(&reply_to(
+                &inbound,
+                image_by_url(format!("{}/cdn/{file}", server.uri())),
+            ))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, ConnectorError::Rejected { code: got, .. } if got == code),
+            "{file}: {err:?}"
+        );
+        assert!(!err.is_retryable());
+    }
+    let api_calls: Vec<String> = server
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(|r| r.url.path().to_owned())
+        .filter(|p| !p.starts_with("/cdn/"))
+        .collect();
+    assert!(api_calls.is_empty(), "{api_calls:?}");
+}
+
+#[tokio::test]
+async fn image_upload_errors_are_classified_and_a_refused_client_token_is_refreshed() {
+    let server = MockServer::start().await;
+    let (c, store) = connector_with(Some(server.uri()), &[("access_token", "act.static")]);
+    store
+        .set_key(
+            &format!("douyin:{CLIENT_KEY}:client_token"),
+            "clt.old",
+            std::time::Duration::from_secs(600),
+        )
+        .await
+        .unwrap();
+    Mock::given(method("GET"))
+        .and(path("/cdn/cat.png"))
+        .respond_with(ResponseTemplate::new(200).set_body_bytes(PNG))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/tool/imagex/client_upload/"))
+        .and(header("access-token", "clt.old"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "data": { "error_code": 2190008, "description": "access_token过期" }
+        })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    mount_client_token(&server, "clt.new", 1).await;
+    let inbound = ingest(&c, &fresh_dm("@srv-img-3", TimeDelta::seconds(2))).await;
+    let url = format!("{}/cdn/cat.png", server.uri());
+    let answers = [
+        (
+            ResponseTemplate::new(200).set_body_json(json!({
+                "data": { "error_code": 0, "description": "" },
+                "extra": { "error_code": 28001005, "description": "any other refusal",
+                           "sub_error_code": 0 }
+            })),
+            "rejected",
+        ),
+        (
+            ResponseTemplate::new(200).set_body_json(json!({
+                "err_no": 28003017, "err_msg": "请求过于频繁", "log_id": "x"
+            })),
+            "rate_limited",
+        ),
+        (ResponseTemplate::new(503), "transient"),
+        (
+            ResponseTemplate::new(200).set_body_json(json!({
+                "data": { "error_code": 0, "description": "" }
+            })),
+            "transient",
+        ),
+    ];
+    for (answer, class) in answers {
+        let guard = Mock::given(method("POST"))
+            .and(path("/tool/imagex/client_upload/"))
+            .and(header("access-token", "clt.new"))
+            .respond_with(answer)
+            .expect(1)
+            .mount_as_scoped(&server)
+            .await;
+        let err = c
+            .send(&reply_to(&inbound, image_by_url(url.clone())))
+            .await
+            .unwrap_err();
+        assert_eq!(err.outcome(), class, "{err:?}");
+        if class == "rejected" {
+            assert!(matches!(&err, ConnectorError::Rejected { code, .. } if code == "28001005"));
+        }
+        drop(guard);
+    }
+    // The image id may also come inside `data`.
+    Mock::given(method("POST"))
+        .and(path("/tool/imagex/client_upload/"))
+        .and(header("access-token", "clt.new"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "data": { "image_id": "img-in-data", "error_code": 0, "description": "" },
+            "extra": { "error_code": 0 }
+        })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/im/send/msg/"))
+        .and(wiremock::matchers::body_partial_json(json!({
+            "content": { "msg_type": 2, "image": { "media_id": "img-in-data" } }
+        })))
+        .respond_with(send_ok("@sent-5"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    c.send(&reply_to(&inbound, image_by_url(url)))
+        .await
+        .unwrap();
+    let all = uploads(&server).await;
+    assert_eq!(all.len(), 6);
+    assert_eq!(
+        all[0].body, all[1].body,
+        "the retry after the token refresh sends the same form"
+    );
+}

@@ -20,8 +20,10 @@ use switchyard_connectors::conformance::{
     load_fixtures, run, xmlish,
 };
 use switchyard_connectors::wechat::crypto::WxCrypto;
-use switchyard_connectors::wecom_kf::{KIND, WecomKfConnector, parse_sync_page};
-use switchyard_connectors::{Connector, ConnectorError};
+use switchyard_connectors::wecom_kf::{
+    KIND, WecomKfConnector, fail_type_meaning, parse_sync_page, send_failures,
+};
+use switchyard_connectors::{Accepted, Connector, ConnectorError, EnvelopeSink};
 use switchyard_core::envelope::{ChannelRef, Content, Direction, Envelope, Media, Sender, new_id};
 use switchyard_core::model::{Conversation, ConversationStatus};
 use switchyard_core::store::Store;
@@ -146,11 +148,16 @@ proptest! {
         "errcode", "next_cursor", "has_more", "msg_list", "msgid", "open_kfid", "external_userid",
         "send_time", "origin", "msgtype", "text", "content", "image", "media_id", "location",
         "latitude", "longitude", "name", "link", "url", "miniprogram", "event", "event_type",
+        "msg_send_fail", "fail_msgid", "fail_type",
     ])) {
         let (c, _) = &*PROP;
         if let Ok(p) = parse_sync_page(page.to_string().as_bytes()) {
             let envelopes = c.normalize_page(&p.msg_list, Utc::now()).unwrap();
             switchyard_connectors::conformance::check_schema(&envelopes);
+            for failure in send_failures(&p.msg_list) {
+                prop_assert!(!failure.fail_msgid.is_empty());
+                prop_assert!(failure.code().starts_with("wecom_fail_type_"));
+            }
         }
     }
 }
@@ -514,7 +521,7 @@ async fn send_failures_are_classified_and_tokens_refreshed() {
         media: Media::default(),
     });
     assert!(
-        matches!(c.send(&no_media).await, Err(ConnectorError::Rejected { code, .. }) if code == "media_id_required")
+        matches!(c.send(&no_media).await, Err(ConnectorError::Rejected { code, .. }) if code == "no_media")
     );
     let mut stranger = outbound(Content::Text { text: "hi".into() });
     stranger.sender.external_id = "wmUnknown".into();
@@ -632,4 +639,623 @@ async fn session_state_follows_the_conversation_idempotently() {
             matches!(err, ConnectorError::Rejected { ref code, .. } if code == "service_state_3")
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Media given by URL: download, `cgi-bin/media/upload`, then `send_msg` by media_id
+
+const PNG: &[u8] = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR-kf-test-image-bytes";
+const PDF: &[u8] = b"%PDF-1.4\n% kf test document\n";
+
+/// The exact multipart body we must send for one file part, given the boundary used.
+fn expected_form(boundary: &str, field: &str, filename: &str, mime: &str, bytes: &[u8]) -> Vec<u8> {
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; \
+         filename=\"{filename}\"\r\nContent-Type: {mime}\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(bytes);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    body
+}
+
+/// The requests the fake API received on `p`.
+async fn requests_to(server: &MockServer, p: &str) -> Vec<wiremock::Request> {
+    server
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.url.path() == p)
+        .collect()
+}
+
+/// Checks one upload request: query, multipart content type, and the exact body.
+fn assert_upload(
+    req: &wiremock::Request,
+    token: &str,
+    kind: &str,
+    filename: &str,
+    mime: &str,
+    bytes: &[u8],
+) {
+    let query: std::collections::HashMap<_, _> = req.url.query_pairs().into_owned().collect();
+    assert_eq!(query.get("access_token").map(String::as_str), Some(token));
+    assert_eq!(query.get("type").map(String::as_str), Some(kind));
+    let content_type = req.headers.get("content-type").unwrap().to_str().unwrap();
+    let boundary = content_type
+        .strip_prefix("multipart/form-data; boundary=")
+        .unwrap_or_else(|| panic!("not multipart: {content_type}"));
+    assert_eq!(
+        String::from_utf8_lossy(&req.body),
+        String::from_utf8_lossy(&expected_form(boundary, "media", filename, mime, bytes))
+    );
+}
+
+fn send_body(envelope: &Envelope, msgtype: &str, media_id: &str) -> Value {
+    let mut body = json!({
+        "touser": CUSTOMER, "open_kfid": OPEN_KFID, "msgid": envelope.id, "msgtype": msgtype,
+    });
+    body.as_object_mut()
+        .unwrap()
+        .insert(msgtype.into(), json!({ "media_id": media_id }));
+    body
+}
+
+fn by_url(url: String) -> Media {
+    Media {
+        url: Some(url),
+        ..Media::default()
+    }
+}
+
+fn send_ok(envelope: &Envelope) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(json!({
+        "errcode": 0, "errmsg": "ok", "msgid": envelope.id
+    }))
+}
+
+#[tokio::test]
+async fn an_image_url_is_uploaded_once_and_sent_by_media_id() {
+    let server = MockServer::start().await;
+    let (c, store) = connector_with(Some(server.uri()));
+    route_customer(&store).await;
+    mount_token(&server, "tok-1", 1).await;
+    Mock::given(method("GET"))
+        .and(path("/cdn/cat.png"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                // Servers often say nothing useful: the bytes decide.
+                .insert_header("content-type", "application/octet-stream")
+                .set_body_bytes(PNG),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/cgi-bin/media/upload"))
+        .and(query_param("access_token", "tok-1"))
+        .and(query_param("type", "image"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "errcode": 0, "errmsg": "", "type": "image",
+            "media_id": "1G6nrLmr5EC3MMb_-zK1dDdzmd0p7cNliYu9V5w7o8K0", "created_at": "1380000000"
+        })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let url = format!("{}/cdn/cat.png", server.uri());
+    let first = outbound(Content::Image {
+        media: by_url(url.clone()),
+    });
+    let second = outbound(Content::Image {
+        media: by_url(url.clone()),
+    });
+    for envelope in [&first, &second] {
+        Mock::given(method("POST"))
+            .and(path("/cgi-bin/kf/send_msg"))
+            .and(query_param("access_token", "tok-1"))
+            .and(body_json(send_body(
+                envelope,
+                "image",
+                "1G6nrLmr5EC3MMb_-zK1dDdzmd0p7cNliYu9V5w7o8K0",
+            )))
+            .respond_with(send_ok(envelope))
+            .expect(1)
+            .mount(&server)
+            .await;
+    }
+    c.send(&first).await.unwrap();
+    // The second send of the same URL reuses the cached media id: no download, no upload.
+    c.send(&second).await.unwrap();
+    let uploads = requests_to(&server, "/cgi-bin/media/upload").await;
+    assert_eq!(uploads.len(), 1);
+    assert_upload(&uploads[0], "tok-1", "image", "image.png", "image/png", PNG);
+}
+
+#[tokio::test]
+async fn a_file_url_keeps_its_name_and_type() {
+    let server = MockServer::start().await;
+    let (c, store) = connector_with(Some(server.uri()));
+    route_customer(&store).await;
+    mount_token(&server, "tok-1", 1).await;
+    Mock::given(method("GET"))
+        .and(path("/docs/q3.pdf"))
+        .respond_with(ResponseTemplate::new(200).set_body_bytes(PDF))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/cgi-bin/media/upload"))
+        .and(query_param("type", "file"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "errcode": 0, "errmsg": "ok", "type": "file", "media_id": "FILE-1",
+            "created_at": "1380000000"
+        })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let file = outbound(Content::File {
+        media: by_url(format!("{}/docs/q3.pdf", server.uri())),
+        name: Some("报价单 Q3.pdf".into()),
+    });
+    Mock::given(method("POST"))
+        .and(path("/cgi-bin/kf/send_msg"))
+        .and(body_json(send_body(&file, "file", "FILE-1")))
+        .respond_with(send_ok(&file))
+        .expect(1)
+        .mount(&server)
+        .await;
+    c.send(&file).await.unwrap();
+    let uploads = requests_to(&server, "/cgi-bin/media/upload").await;
+    assert_upload(
+        &uploads[0],
+        "tok-1",
+        "file",
+        "报价单 Q3.pdf",
+        "application/pdf",
+        PDF,
+    );
+}
+
+#[tokio::test]
+async fn oversized_or_wrongly_typed_downloads_are_refused_before_any_upload() {
+    let server = MockServer::start().await;
+    let (c, store) = connector_with(Some(server.uri()));
+    route_customer(&store).await;
+    Mock::given(method("GET"))
+        .and(path("/cdn/huge.png"))
+        .respond_with(ResponseTemplate::new(200).set_body_bytes(vec![0u8; 10 * 1024 * 1024 + 1]))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/cdn/anim.gif"))
+        .respond_with(ResponseTemplate::new(200).set_body_bytes(&b"GIF89a-animated"[..]))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/cdn/gone.png"))
+        .respond_with(ResponseTemplate::new(404))
+        .mount(&server)
+        .await;
+    for (file, code) in [
+        ("huge.png", "media_too_large"),
+        ("anim.gif", "media_type_unsupported"),
+        ("gone.png", "media_download_failed"),
+    ] {
+        let image = outbound(Content::Image {
+            media: by_url(format!("{}/cdn/{file}", server.uri())),
+        });
+        let err = c.send(&image).await.unwrap_err();
+        assert!(
+            matches!(&err, ConnectorError::Rejected { code: got, .. } if got == code),
+            "{file}: {err:?}"
+        );
+        assert!(!err.is_retryable(), "{file}");
+    }
+    // Nothing reached WeCom: no token, no upload, no send.
+    let sent: Vec<String> = server
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(|r| r.url.path().to_owned())
+        .filter(|p| p.starts_with("/cgi-bin"))
+        .collect();
+    assert!(sent.is_empty(), "{sent:?}");
+}
+
+#[tokio::test]
+async fn upload_errcodes_are_classified_and_a_refused_token_is_refreshed() {
+    let server = MockServer::start().await;
+    let (c, store) = connector_with(Some(server.uri()));
+    route_customer(&store).await;
+    store
+        .set_key(
+            &store_token_key(),
+            "tok-expired",
+            std::time::Duration::from_secs(600),
+        )
+        .await
+        .unwrap();
+    Mock::given(method("GET"))
+        .and(path("/cdn/cat.png"))
+        .respond_with(ResponseTemplate::new(200).set_body_bytes(PNG))
+        .mount(&server)
+        .await;
+    let url = format!("{}/cdn/cat.png", server.uri());
+    let image = || {
+        outbound(Content::Image {
+            media: by_url(url.clone()),
+        })
+    };
+    // An expired token: refreshed once, the same multipart body sent again.
+    Mock::given(method("POST"))
+        .and(path("/cgi-bin/media/upload"))
+        .and(query_param("access_token", "tok-expired"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "errcode": 42001, "errmsg": "access_token expired"
+        })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    mount_token(&server, "tok-2", 1).await;
+    let answers = [
+        (
+            json!({ "errcode": 40005, "errmsg": "invalid file type" }),
+            200u16,
+        ),
+        (
+            json!({ "errcode": 45009, "errmsg": "api freq out of limit" }),
+            200,
+        ),
+        (json!({ "errcode": -1, "errmsg": "system busy" }), 200),
+        (json!({}), 502),
+    ];
+    let mut results = Vec::new();
+    for (answer, status) in answers {
+        let guard = Mock::given(method("POST"))
+            .and(path("/cgi-bin/media/upload"))
+            .and(query_param("access_token", "tok-2"))
+            .respond_with(ResponseTemplate::new(status).set_body_json(answer))
+            .expect(1)
+            .mount_as_scoped(&server)
+            .await;
+        results.push(c.send(&image()).await);
+        drop(guard);
+    }
+    assert!(
+        matches!(&results[0], Err(ConnectorError::Rejected { code, .. }) if code == "40005"),
+        "{:?}",
+        results[0]
+    );
+    assert!(matches!(
+        &results[1],
+        Err(ConnectorError::RateLimited { .. })
+    ));
+    assert!(matches!(&results[2], Err(ConnectorError::Transient(_))));
+    assert!(matches!(&results[3], Err(ConnectorError::Transient(_))));
+    let uploads = requests_to(&server, "/cgi-bin/media/upload").await;
+    assert_eq!(uploads.len(), 5);
+    assert_eq!(
+        uploads[0].body, uploads[1].body,
+        "the retry after the token refresh sends the same form"
+    );
+    assert_upload(&uploads[1], "tok-2", "image", "image.png", "image/png", PNG);
+    // Failed uploads are not cached, and nothing was sent.
+    assert!(
+        requests_to(&server, "/cgi-bin/kf/send_msg")
+            .await
+            .is_empty()
+    );
+
+    // A cached media id WeCom no longer knows (40007) is forgotten: the next send uploads
+    // again.
+    let guard = Mock::given(method("POST"))
+        .and(path("/cgi-bin/media/upload"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "errcode": 0, "errmsg": "ok", "type": "image", "media_id": "M-OLD", "created_at": "1"
+        })))
+        .expect(1)
+        .mount_as_scoped(&server)
+        .await;
+    let stale = Mock::given(method("POST"))
+        .and(path("/cgi-bin/kf/send_msg"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "errcode": 40007, "errmsg": "invalid media_id"
+        })))
+        .expect(1)
+        .mount_as_scoped(&server)
+        .await;
+    assert!(matches!(
+        c.send(&image()).await,
+        Err(ConnectorError::Rejected { code, .. }) if code == "40007"
+    ));
+    drop((guard, stale));
+    Mock::given(method("POST"))
+        .and(path("/cgi-bin/media/upload"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "errcode": 0, "errmsg": "ok", "type": "image", "media_id": "M-NEW", "created_at": "2"
+        })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let again = image();
+    Mock::given(method("POST"))
+        .and(path("/cgi-bin/kf/send_msg"))
+        .and(body_json(send_body(&again, "image", "M-NEW")))
+        .respond_with(send_ok(&again))
+        .expect(1)
+        .mount(&server)
+        .await;
+    c.send(&again).await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Delivery failures: `send_msg` accepted a reply, a later pull carries `msg_send_fail`
+
+/// A sink that publishes like the ingress ([`CollectSink`]) and records the delivery failures
+/// reported to it; it can be told to fail those reports as if the bus were down.
+#[derive(Default)]
+struct RecordingSink {
+    inner: CollectSink,
+    failures: std::sync::Mutex<Vec<(Envelope, String, String)>>,
+    reports_fail: std::sync::atomic::AtomicBool,
+}
+
+impl RecordingSink {
+    fn failures(&self) -> Vec<(Envelope, String, String)> {
+        self.failures.lock().unwrap().clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl EnvelopeSink for RecordingSink {
+    async fn publish(&self, envelopes: Vec<Envelope>) -> Result<Vec<Accepted>, ConnectorError> {
+        self.inner.publish(envelopes).await
+    }
+
+    async fn delivery_failed(
+        &self,
+        message: &Envelope,
+        code: &str,
+        reason: &str,
+    ) -> Result<(), ConnectorError> {
+        if self.reports_fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(ConnectorError::Transient("bus unavailable (test)".into()));
+        }
+        self.failures
+            .lock()
+            .unwrap()
+            .push((message.clone(), code.to_owned(), reason.to_owned()));
+        Ok(())
+    }
+}
+
+/// A `msg_send_fail` item as `sync_msg` lists it (`origin` 4; the ids are in `event`).
+fn send_fail(msgid: &str, fail_msgid: &str, fail_type: Value) -> Value {
+    json!({
+        "msgid": msgid, "send_time": 1_795_510_800, "origin": 4, "msgtype": "event",
+        "event": {
+            "event_type": "msg_send_fail", "open_kfid": OPEN_KFID, "external_userid": CUSTOMER,
+            "fail_msgid": fail_msgid, "fail_type": fail_type
+        }
+    })
+}
+
+async fn mount_page(server: &MockServer, page: Value) {
+    Mock::given(method("POST"))
+        .and(path("/cgi-bin/kf/sync_msg"))
+        .and(body_json(
+            json!({ "limit": 1000, "open_kfid": OPEN_KFID, "token": SYNC_TOKEN }),
+        ))
+        .respond_with(ResponseTemplate::new(200).set_body_json(page))
+        .mount(server)
+        .await;
+}
+
+/// Sends `reply` through the fake `send_msg`, which answers our id as `msgid`.
+async fn send_reply(server: &MockServer, c: &WecomKfConnector, reply: &Envelope) {
+    Mock::given(method("POST"))
+        .and(path("/cgi-bin/kf/send_msg"))
+        .and(body_json(json!({
+            "touser": CUSTOMER, "open_kfid": OPEN_KFID, "msgid": reply.id, "msgtype": "text",
+            "text": { "content": "明天上午十点前发货" }
+        })))
+        .respond_with(send_ok(reply))
+        .expect(1)
+        .mount(server)
+        .await;
+    let receipt = c.send(reply).await.unwrap();
+    assert_eq!(
+        receipt.channel_message_id.as_deref(),
+        Some(reply.id.as_str())
+    );
+}
+
+fn failure_page(reply: &Envelope) -> Value {
+    json!({
+        "errcode": 0, "errmsg": "ok", "next_cursor": "cursor-f", "has_more": 0,
+        "msg_list": [
+            msg("m-before", 3, "text", json!({ "content": "在吗？" })),
+            send_fail("m-fail", &reply.id, json!(4)),
+            send_fail("m-fail-other", "not-sent-by-us", json!(10)),
+            msg("m-after", 3, "text", json!({ "content": "怎么没回复？" })),
+        ]
+    })
+}
+
+#[tokio::test]
+async fn a_msg_send_fail_reports_the_failed_reply_once_and_the_page_is_still_routed() {
+    let server = MockServer::start().await;
+    let (c, store) = connector_with(Some(server.uri()));
+    route_customer(&store).await;
+    mount_token(&server, "tok-1", 1).await;
+    let reply = outbound(Content::Text {
+        text: "明天上午十点前发货".into(),
+    });
+    send_reply(&server, &c, &reply).await;
+    mount_page(&server, failure_page(&reply)).await;
+
+    let sink = RecordingSink::default();
+    let accepted = c.deliver(notice(&c), &sink).await.unwrap();
+
+    let failures = sink.failures();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    let (message, code, reason) = &failures[0];
+    assert_eq!(message, &reply, "the envelope we sent, as sent");
+    assert_eq!(message.conversation_id.as_deref(), Some("conv1"));
+    assert_eq!(message.agent_id.as_deref(), Some("agent-1"));
+    assert_eq!(code, "wecom_fail_type_4");
+    assert!(reason.contains("fail_type 4"), "{reason}");
+    assert!(reason.contains("48 h"), "{reason}");
+    // The customer's messages of the same page are published, the events are not.
+    let published = sink.inner.published();
+    assert_eq!(accepted.len(), 2);
+    let texts: Vec<&Content> = published.iter().map(|e| &e.content).collect();
+    assert_eq!(
+        texts,
+        [
+            &Content::Text {
+                text: "在吗？".into()
+            },
+            &Content::Text {
+                text: "怎么没回复？".into()
+            }
+        ]
+    );
+    let cursor = format!("wecom_kf:{CORP_ID}:{OPEN_KFID}:cursor");
+    assert_eq!(
+        store.get_key(&cursor).await.unwrap().as_deref(),
+        Some("cursor-f")
+    );
+}
+
+#[tokio::test]
+async fn a_msg_send_fail_for_an_unknown_msgid_is_skipped_without_error() {
+    let server = MockServer::start().await;
+    let (c, store) = connector_with(Some(server.uri()));
+    mount_token(&server, "tok-1", 1).await;
+    mount_page(
+        &server,
+        json!({
+            "errcode": 0, "errmsg": "ok", "next_cursor": "cursor-u", "has_more": 0,
+            "msg_list": [
+                send_fail("m-fail-1", "expired-or-not-ours", json!(4)),
+                msg("m-text", 3, "text", json!({ "content": "你好" })),
+            ]
+        }),
+    )
+    .await;
+    let sink = RecordingSink::default();
+    let accepted = c.deliver(notice(&c), &sink).await.unwrap();
+    assert!(sink.failures().is_empty());
+    assert_eq!(accepted.len(), 1);
+    assert_eq!(sink.inner.published().len(), 1);
+    let cursor = format!("wecom_kf:{CORP_ID}:{OPEN_KFID}:cursor");
+    assert_eq!(
+        store.get_key(&cursor).await.unwrap().as_deref(),
+        Some("cursor-u")
+    );
+}
+
+#[tokio::test]
+async fn a_failure_report_the_bus_did_not_take_is_made_again_on_the_next_pull() {
+    let server = MockServer::start().await;
+    let (c, store) = connector_with(Some(server.uri()));
+    route_customer(&store).await;
+    mount_token(&server, "tok-1", 1).await;
+    let reply = outbound(Content::Text {
+        text: "明天上午十点前发货".into(),
+    });
+    send_reply(&server, &c, &reply).await;
+    mount_page(&server, failure_page(&reply)).await;
+
+    let sink = RecordingSink::default();
+    sink.reports_fail
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let err = c.deliver(notice(&c), &sink).await.unwrap_err();
+    assert!(matches!(err, ConnectorError::Transient(_)), "{err}");
+    let cursor = format!("wecom_kf:{CORP_ID}:{OPEN_KFID}:cursor");
+    assert_eq!(store.get_key(&cursor).await.unwrap(), None, "re-pulled");
+
+    // WeCom calls again: the page is pulled again, its messages deduplicated, the failure
+    // reported this time.
+    sink.reports_fail
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    c.deliver(notice(&c), &sink).await.unwrap();
+    let failures = sink.failures();
+    assert_eq!(failures.len(), 1);
+    assert_eq!(failures[0].0.id, reply.id);
+    assert_eq!(sink.inner.published().len(), 2, "no duplicates");
+    assert_eq!(
+        store.get_key(&cursor).await.unwrap().as_deref(),
+        Some("cursor-f")
+    );
+}
+
+#[tokio::test]
+async fn a_sink_that_cannot_report_failures_does_not_stop_the_pull() {
+    let server = MockServer::start().await;
+    let (c, store) = connector_with(Some(server.uri()));
+    route_customer(&store).await;
+    mount_token(&server, "tok-1", 1).await;
+    let reply = outbound(Content::Text {
+        text: "明天上午十点前发货".into(),
+    });
+    send_reply(&server, &c, &reply).await;
+    mount_page(&server, failure_page(&reply)).await;
+    // `CollectSink` keeps the trait's default: `Unsupported`, logged, and the pull goes on.
+    let sink = CollectSink::new();
+    let err = sink
+        .delivery_failed(&reply, "wecom_fail_type_4", "test")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ConnectorError::Unsupported(_)), "{err}");
+    c.deliver(notice(&c), &sink).await.unwrap();
+    assert_eq!(sink.published().len(), 2);
+    let cursor = format!("wecom_kf:{CORP_ID}:{OPEN_KFID}:cursor");
+    assert_eq!(
+        store.get_key(&cursor).await.unwrap().as_deref(),
+        Some("cursor-f")
+    );
+}
+
+#[test]
+fn send_failures_are_read_from_any_reasonable_shape() {
+    let msgs = [
+        send_fail("a", "sent-1", json!(6)),
+        send_fail("b", "sent-2", json!("10")),
+        send_fail("c", "sent-3", Value::Null),
+        send_fail("d", "sent-4", json!(99)),
+        // Not a failure, or not usable.
+        send_fail("e", "", json!(4)),
+        json!({ "msgid": "f", "origin": 4, "msgtype": "event",
+                "event": { "event_type": "enter_session", "fail_msgid": "x" } }),
+        json!({ "msgid": "g", "origin": 4, "msgtype": "event" }),
+        msg("h", 3, "text", json!({ "content": "hi" })),
+    ];
+    let failures = send_failures(&msgs);
+    let got: Vec<(&str, Option<i64>, String)> = failures
+        .iter()
+        .map(|f| (f.fail_msgid.as_str(), f.fail_type, f.code()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("sent-1", Some(6), "wecom_fail_type_6".to_owned()),
+            ("sent-2", Some(10), "wecom_fail_type_10".to_owned()),
+            ("sent-3", None, "wecom_fail_type_unknown".to_owned()),
+            ("sent-4", Some(99), "wecom_fail_type_99".to_owned()),
+        ]
+    );
+    assert_eq!(failures[0].external_userid.as_deref(), Some(CUSTOMER));
+    assert!(failures[0].reason().contains("5 messages"));
+    assert!(failures[1].reason().contains("refuses"));
+    assert!(failures[2].reason().contains("without fail_type"));
+    assert!(failures[3].reason().contains("does not document"));
+    assert_eq!(
+        fail_type_meaning(3),
+        None,
+        "3 is not a documented fail type"
+    );
 }

@@ -279,6 +279,17 @@ pub struct RouterSettings {
     /// Delay before registering as standby on another router's shards.
     #[serde(default = "default_standby_delay")]
     pub standby_delay_ms: u64,
+    /// Messages routed at once by this router, across all its shards (each holds store and bus
+    /// calls in flight). More deliveries than this may wait in memory (up to prefetch × shards);
+    /// the bound keeps an overloaded router's store calls within their timeouts.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// Seconds an agent stays present after its gateway's last heartbeat. While an agent has a
+    /// WebSocket open, its gateway heart-beats every third of this; when the gateway dies, the
+    /// agent is set offline (never assigned again) once this has passed. `0` turns heartbeats
+    /// off: agents then stay online until their socket closes, as REST-managed agents do.
+    #[serde(default = "default_presence_ttl")]
+    pub presence_ttl_secs: u64,
 }
 
 impl Default for RouterSettings {
@@ -289,8 +300,18 @@ impl Default for RouterSettings {
             instance: 0,
             instances: default_instances(),
             standby_delay_ms: default_standby_delay(),
+            max_in_flight: default_max_in_flight(),
+            presence_ttl_secs: default_presence_ttl(),
         }
     }
+}
+
+fn default_presence_ttl() -> u64 {
+    30
+}
+
+fn default_max_in_flight() -> usize {
+    128
 }
 
 fn default_attempts() -> u32 {

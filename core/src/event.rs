@@ -110,7 +110,39 @@ pub struct CloudEvent {
     pub data: serde_json::Value,
 }
 
+/// An event borrowing its parts, serialized exactly like [`CloudEvent`] (same fields, names and
+/// order), so the router encodes an event straight from its records without first building a
+/// `serde_json::Value`.
+#[derive(Debug, Serialize)]
+pub struct CloudEventRef<'a, D: Serialize> {
+    /// Always `1.0`.
+    pub specversion: &'a str,
+    /// Unique per event (ULID).
+    pub id: &'a str,
+    /// `/switchyard/{tenant}/{component}`.
+    pub source: &'a str,
+    /// `io.switchyard.<event type>`.
+    #[serde(rename = "type")]
+    pub event_type: &'a str,
+    /// The conversation, customer or agent the event is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<&'a str>,
+    /// When it happened.
+    pub time: DateTime<Utc>,
+    /// Always `application/json`.
+    pub datacontenttype: &'a str,
+    /// Extension attribute: the tenant.
+    pub tenant: &'a str,
+    /// The event's data.
+    pub data: D,
+}
+
 impl CloudEvent {
+    /// The id a state event gets (see [`CloudEvent::of_state`]).
+    pub fn state_id(event_type: EventType, subject: &str, at: DateTime<Utc>) -> String {
+        derived_id(event_type, subject, at)
+    }
+
     /// A new event of `event_type` about `subject` with `data`.
     pub fn new(
         event_type: EventType,
@@ -131,6 +163,22 @@ impl CloudEvent {
         }
     }
 
+    /// An event recording that `subject` reached a state `at` (a conversation assigned, a
+    /// customer created): its time is `at` and its id is derived from (type, subject, `at`), so
+    /// re-emitting it after a retry yields the same id and consumers deduplicate it.
+    pub fn of_state(
+        event_type: EventType,
+        tenant: &str,
+        subject: &str,
+        at: DateTime<Utc>,
+        data: serde_json::Value,
+    ) -> Self {
+        let mut event = Self::new(event_type, tenant, subject, data);
+        event.id = derived_id(event_type, subject, at);
+        event.time = at;
+        event
+    }
+
     /// The event's type, if it is one Switchyard knows.
     pub fn known_type(&self) -> Option<EventType> {
         let name = self.event_type.strip_prefix(CLOUDEVENTS_TYPE_PREFIX)?;
@@ -138,9 +186,56 @@ impl CloudEvent {
     }
 }
 
+/// A ULID whose time part is `at` and whose 80 random bits come from a SHA-256 of (type,
+/// subject, `at`): stable across processes and versions, distinct for distinct state changes.
+fn derived_id(event_type: EventType, subject: &str, at: DateTime<Utc>) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(event_type.as_str())
+        .chain_update([0u8])
+        .chain_update(subject)
+        .chain_update([0u8])
+        .chain_update(at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true))
+        .finalize();
+    let mut high = [0u8; 16];
+    high.copy_from_slice(&digest[..16]);
+    let random = u128::from_be_bytes(high) >> 48;
+    let millis = u64::try_from(at.timestamp_millis()).unwrap_or(0);
+    ulid::Ulid::from_parts(millis, random).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn state_event_ids_are_stable_valid_ulids_and_distinct() {
+        let at = chrono::DateTime::parse_from_rfc3339("2026-11-28T05:00:00.123456Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let data = serde_json::json!({});
+        let a = CloudEvent::of_state(EventType::ConversationAssigned, "t", "c1", at, data.clone());
+        let again =
+            CloudEvent::of_state(EventType::ConversationAssigned, "t", "c1", at, data.clone());
+        assert_eq!(a.id, again.id, "a re-emitted state event keeps its id");
+        assert_eq!(a.time, at);
+        let parsed: ulid::Ulid = a.id.parse().unwrap();
+        assert_eq!(parsed.timestamp_ms(), 1_795_842_000_123);
+        let other_type =
+            CloudEvent::of_state(EventType::ConversationQueued, "t", "c1", at, data.clone());
+        let other_subject =
+            CloudEvent::of_state(EventType::ConversationAssigned, "t", "c2", at, data.clone());
+        let later = CloudEvent::of_state(
+            EventType::ConversationAssigned,
+            "t",
+            "c1",
+            at + chrono::Duration::microseconds(1),
+            data,
+        );
+        for other in [&other_type, &other_subject, &later] {
+            assert_ne!(a.id, other.id);
+        }
+    }
 
     #[test]
     fn serde_names_match_as_str() {

@@ -109,6 +109,11 @@ async fn store_record_inbound_is_idempotent() {
 }
 
 #[tokio::test]
+async fn store_resolve_retry_reports_created() {
+    store::resolve_retry_reports_created(&new_store, "embedded.").await;
+}
+
+#[tokio::test]
 async fn store_longest_idle_agent_first() {
     store::longest_idle_agent_first(&new_store, "embedded.").await;
 }
@@ -146,6 +151,16 @@ async fn store_merge_with_open_conversations() {
 #[tokio::test]
 async fn store_concurrent_resolution_converges() {
     store::concurrent_resolution_converges(&new_store, "embedded.").await;
+}
+
+#[tokio::test]
+async fn store_presence_heartbeat_ttl() {
+    store::presence_heartbeat_ttl(&new_store, "embedded.").await;
+}
+
+#[tokio::test]
+async fn store_presence_lapse_resume_and_updates() {
+    store::presence_lapse_resume_and_updates(&new_store, "embedded.").await;
 }
 
 #[tokio::test]

@@ -139,6 +139,7 @@ conformance!(
     weak_identities_merge_only_explicitly,
     one_open_conversation_across_channels,
     record_inbound_is_idempotent,
+    resolve_retry_reports_created,
     longest_idle_agent_first,
     capacity_never_exceeded,
     concurrent_assignment_never_doubles,
@@ -147,6 +148,8 @@ conformance!(
     transfer_to_pool_and_agent,
     merge_with_open_conversations,
     concurrent_resolution_converges,
+    presence_heartbeat_ttl,
+    presence_lapse_resume_and_updates,
 );
 
 #[tokio::test]
@@ -201,6 +204,7 @@ async fn two_routers_converge() {
             explicit: false,
             display_name: None,
             now: at(round),
+            source: None,
         };
         let strong = IdentityStrength::Strong;
         let (a, b) = tokio::join!(
@@ -303,6 +307,7 @@ async fn records_round_trip_exactly() {
             explicit: false,
             display_name: Some("李雷 | Li Lei".to_owned()),
             now,
+            source: None,
         })
         .await
         .unwrap();
@@ -363,7 +368,7 @@ async fn records_round_trip_exactly() {
     assert_eq!(s.agent(&agent.id).await.unwrap(), Some(agent.clone()));
     let got = s.assign_queued("default", later).await.unwrap();
     assert_eq!(got.len(), 1);
-    assert_eq!(got[0].agent.id, agent.id);
+    assert_eq!(got[0].agent_id, agent.id);
     let reply = outbound_envelope(&got[0].conversation, &agent.id, later);
     let c = s
         .record_outbound(&conv.id, Some(&agent.id), &reply, later)
@@ -389,6 +394,7 @@ async fn prefixes_are_isolated() {
         explicit: false,
         display_name: None,
         now: at(1),
+        source: None,
     };
     let a = s1.resolve_customer(req()).await.unwrap();
     assert!(s2.customer_by_identity(&k).await.unwrap().is_none());
@@ -408,6 +414,115 @@ async fn prefixes_are_isolated() {
     assert_eq!(s2.get_key("d").await.unwrap().as_deref(), Some("2"));
     let b = s2.resolve_customer(req()).await.unwrap();
     assert!(b.created && b.customer.id != a.customer.id);
+}
+
+/// The presence layout of docs/redis-keys.md: a heartbeat writes `P:presence:{agent}` with the
+/// TTL and marks the agent hash `presence = live`; an expiry by `assign_queued` takes the agent
+/// out of its pools' online index and leaves `presence = lapsed:online`; a resumed heartbeat puts
+/// it back in the index; `ttl = 0` deletes both.
+#[tokio::test]
+async fn presence_keys_and_online_index() {
+    let Some(t) = TestPrefix::new().await else {
+        return;
+    };
+    let s = t.store().await;
+    let p = &t.prefix;
+    let client = redis::Client::open(t.url.as_str()).unwrap();
+    let mut con = client
+        .get_connection_with_timeout(Duration::from_secs(2))
+        .unwrap();
+    let mut hget = |field: &str| -> Option<String> {
+        redis::cmd("HGET")
+            .arg(format!("{p}:agent:a"))
+            .arg(field)
+            .query(&mut con)
+            .unwrap()
+    };
+    let online_index = |con: &mut redis::Connection, pool: &str| -> Vec<String> {
+        redis::cmd("ZRANGE")
+            .arg(format!("{p}:pool-online:{pool}"))
+            .arg(0)
+            .arg(-1)
+            .query(con)
+            .unwrap()
+    };
+    s.upsert_agent(
+        AgentUpdate {
+            id: "a".to_owned(),
+            pools: Some(vec!["p1".to_owned(), "p2".to_owned()]),
+            status: Some(AgentStatus::Online),
+            ..AgentUpdate::default()
+        },
+        at(0),
+    )
+    .await
+    .unwrap();
+    assert_eq!(hget("presence"), None, "untracked before any heartbeat");
+    s.heartbeat_agent("a", Duration::from_millis(300), at(1))
+        .await
+        .unwrap();
+    assert_eq!(hget("presence").as_deref(), Some("live"));
+    let mut con2 = client
+        .get_connection_with_timeout(Duration::from_secs(2))
+        .unwrap();
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(format!("{p}:presence:a"))
+        .query(&mut con2)
+        .unwrap();
+    assert!((1..=300).contains(&pttl), "presence PTTL {pttl}");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(online_index(&mut con2, "p2").len(), 1, "not expired yet");
+    // An empty queue expires nobody; a queued conversation makes `a` a candidate.
+    let k = key("", "app_user", "shop-app", "u1");
+    let c = s
+        .resolve_customer(ResolveRequest {
+            tenant: DEFAULT_TENANT.to_owned(),
+            identities: vec![(k.clone(), IdentityStrength::Strong)],
+            explicit: false,
+            display_name: None,
+            now: at(2),
+            source: None,
+        })
+        .await
+        .unwrap()
+        .customer;
+    let e = inbound_envelope(&c.id, &app_channel(), "u1", vec![k], "hi", at(2));
+    s.record_inbound(&e, "p1", at(2)).await.unwrap();
+    assert!(s.assign_queued("p1", at(3)).await.unwrap().is_empty());
+    assert_eq!(hget("status").as_deref(), Some("offline"));
+    assert_eq!(hget("presence").as_deref(), Some("lapsed:online"));
+    for pool in ["p1", "p2"] {
+        assert!(
+            online_index(&mut con2, pool).is_empty(),
+            "`{pool}` still indexes the expired agent"
+        );
+    }
+    assert!(
+        s.heartbeat_agent("a", Duration::from_secs(60), at(4))
+            .await
+            .unwrap()
+    );
+    assert_eq!(hget("presence").as_deref(), Some("live"));
+    let member = format!("{}|a", "2026-01-01T00:00:04.000000000Z");
+    for pool in ["p1", "p2"] {
+        assert_eq!(
+            online_index(&mut con2, pool),
+            vec![member.clone()],
+            "{pool}"
+        );
+    }
+    s.heartbeat_agent("a", Duration::ZERO, at(5)).await.unwrap();
+    assert_eq!(hget("presence"), None, "ttl 0 clears the mark");
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(format!("{p}:presence:a"))
+        .query(&mut con2)
+        .unwrap();
+    assert_eq!(exists, 0, "ttl 0 deletes the presence key");
+    assert_eq!(
+        hget("status").as_deref(),
+        Some("online"),
+        "ttl 0 keeps the status"
+    );
 }
 
 #[tokio::test]
@@ -571,6 +686,7 @@ mod differential {
                 explicit: rng.chance(15),
                 display_name: rng.chance(50).then(|| format!("Person {p}")),
                 now: at(now),
+                source: None,
             };
             self.log.push(format!(
                 "resolve {:?} explicit={}",
@@ -699,7 +815,7 @@ mod differential {
                     let f = |v: &Vec<switchyard_core::store::Assignment>| {
                         json!(
                             v.iter()
-                                .map(|a| json!({"c": a.conversation, "a": a.agent}))
+                                .map(|a| json!({"c": a.conversation, "a": a.agent_id}))
                                 .collect::<Vec<_>>()
                         )
                     };

@@ -104,6 +104,8 @@ struct Harness {
     recorded: HashSet<String>,
     /// Inbound envelopes, for replays.
     inbound: Vec<Envelope>,
+    /// Envelope id -> the conversation it opened.
+    opened: HashMap<String, String>,
     /// The first customer id each (person, channel) resolved to (stale after merges).
     first_customer: HashMap<(usize, usize), String>,
     /// Conversations each agent held after the previous step.
@@ -158,6 +160,7 @@ impl Harness {
                         explicit: false,
                         display_name: None,
                         now,
+                        source: None,
                     })
                     .await
                     .map_err(|e| format!("resolve_customer: {e}"))?;
@@ -213,6 +216,10 @@ impl Harness {
                     ));
                 }
                 self.recorded.insert(envelope.id.clone());
+                if rec.created {
+                    self.opened
+                        .insert(envelope.id.clone(), rec.conversation.id.clone());
+                }
                 self.inbound.push(envelope);
             }
             Op::Replay { pick } => {
@@ -224,8 +231,23 @@ impl Harness {
                     .record_inbound(envelope, POOLS[0], now)
                     .await
                     .map_err(|e| format!("replay: {e}"))?;
-                if !rec.duplicate || rec.created {
+                if !rec.duplicate {
                     return Err(format!("replay of {} was not a duplicate", envelope.id));
+                }
+                // A message moved by a merge is in the survivor's conversation, opened by another.
+                let opened_it = self.opened.get(&envelope.id) == Some(&rec.conversation.id);
+                if rec.created != opened_it {
+                    return Err(format!(
+                        "replay of {} reports created = {}, but it {} conversation {}",
+                        envelope.id,
+                        rec.created,
+                        if rec.created {
+                            "did not open"
+                        } else {
+                            "opened"
+                        },
+                        rec.conversation.id
+                    ));
                 }
             }
             Op::Presence { agent, status } => {

@@ -170,6 +170,7 @@ impl App {
                 pools_by_channel,
                 settings.pool_ids(),
                 Duration::from_secs(settings.store.dedupe_ttl_secs),
+                settings.router.max_in_flight,
             );
             for shard in 0..settings.bus.shards {
                 let (bus, router, metrics, stop) = (
@@ -246,7 +247,9 @@ impl App {
                     .with_context(|| format!("outbound consumer of `{queue}`"))
                 });
             }
-            {
+            // Only channels that keep platform session state (WeCom) follow conversation events;
+            // without one, the gateway does not subscribe to them at all.
+            if registry.iter().any(|c| c.follows_conversations()) {
                 let (bus, registry, stop) = (Arc::clone(&bus), registry.clone(), shutdown.clone());
                 tasks.spawn(async move {
                     run_channel_sync(bus, registry, stop)
@@ -279,6 +282,7 @@ impl App {
             max_body_bytes: settings.server.max_body_bytes,
             shutdown: shutdown.clone(),
             sockets: sockets.clone(),
+            presence_ttl: Duration::from_secs(settings.router.presence_ttl_secs),
         };
         // Routers serve only the operations endpoints (probes and metrics).
         let router = if role.gateway() {

@@ -5,15 +5,16 @@ use switchyard_core::metrics::Metrics;
 use switchyard_core::store::{Assignment, Store};
 
 use crate::error::RouteError;
-use crate::events::EventPublisher;
+use crate::events::EventBatch;
 
-/// Assigns queued conversations of each pool to agents with room and emits
-/// `conversation.assigned` for each; records ingress-to-assignment latency.
+/// Assigns queued conversations of each pool to agents with room, adds
+/// `conversation.assigned` for each to `events` (the caller publishes them), and records
+/// ingress-to-assignment latency.
 pub async fn assign_pools(
     store: &dyn Store,
-    events: &EventPublisher,
     metrics: &Metrics,
     pools: &[String],
+    events: &mut EventBatch,
 ) -> Result<Vec<Assignment>, RouteError> {
     let mut all = Vec::new();
     for pool in pools {
@@ -28,9 +29,7 @@ pub async fn assign_pools(
                 .ingress_to_assignment
                 .with_label_values(&[pool.as_str()])
                 .observe(waited);
-            events
-                .conversation(EventType::ConversationAssigned, &a.conversation)
-                .await?;
+            events.conversation(EventType::ConversationAssigned, &a.conversation);
         }
         all.extend(assignments);
     }

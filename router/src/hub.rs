@@ -11,7 +11,7 @@ use switchyard_core::envelope::Envelope;
 use switchyard_core::event::{CloudEvent, EventType};
 use switchyard_core::model::{Agent, Conversation};
 use switchyard_core::protocol::AgentEvent;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::RouteError;
@@ -20,10 +20,36 @@ use crate::operations::Operations;
 /// Frames queued per agent socket before the socket counts as too slow and is dropped.
 pub const SOCKET_BUFFER: usize = 1024;
 
+/// The event types the hub turns into agent frames: its subscription binds only these.
+const HUB_EVENTS: [EventType; 6] = [
+    EventType::ConversationAssigned,
+    EventType::MessageReceived,
+    EventType::ConversationClosed,
+    EventType::ConversationTransferred,
+    EventType::AgentUpdated,
+    EventType::MessageFailed,
+];
+
 /// Connected agent sockets by agent id.
-#[derive(Default)]
+///
+/// The hub subscribes to the event stream only once the first agent connects, so a gateway
+/// that serves only channel webhooks never receives events it would throw away.
 pub struct AgentHub {
     inner: Mutex<HubInner>,
+    /// Wakes [`AgentHub::run`] when an agent registers.
+    wanted: Notify,
+    /// Whether the event subscription is live.
+    live: watch::Sender<bool>,
+}
+
+impl Default for AgentHub {
+    fn default() -> Self {
+        AgentHub {
+            inner: Mutex::default(),
+            wanted: Notify::new(),
+            live: watch::Sender::new(false),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -72,11 +98,20 @@ impl AgentHub {
             .entry(agent_id.to_owned())
             .or_default()
             .push((id, tx));
+        drop(inner);
+        self.wanted.notify_one();
         AgentSession {
             hub: Arc::clone(self),
             agent_id: agent_id.to_owned(),
             id,
         }
+    }
+
+    /// Returns once the hub receives events (immediately after the first agent's wait), so an
+    /// agent's snapshot taken afterwards misses nothing that follows it.
+    pub async fn subscribed(&self) {
+        let mut live = self.live.subscribe();
+        let _ = live.wait_for(|live| *live).await;
     }
 
     fn remove(&self, agent_id: &str, id: u64) -> bool {
@@ -115,8 +150,16 @@ impl AgentHub {
         ops: Operations,
         stop: CancellationToken,
     ) -> Result<(), RouteError> {
-        let queue = bus.declare_subscriber(EVENTS_EXCHANGE, "#").await?;
+        while !self.anyone_connected() {
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                _ = self.wanted.notified() => {}
+            }
+        }
+        let patterns: Vec<&str> = HUB_EVENTS.iter().map(|t| t.as_str()).collect();
+        let queue = bus.declare_subscriber(EVENTS_EXCHANGE, &patterns).await?;
         let mut deliveries = bus.consume(&queue, 256).await?;
+        self.live.send_replace(true);
         while let Some(delivery) = crate::workers::next_until(&mut deliveries, &stop).await {
             // Nobody to tell: skip decoding (the common case on a gateway without agents).
             if !self.anyone_connected() {

@@ -6,7 +6,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Semaphore;
+
 use switchyard_connectors::web::IDENTIFY_EVENT;
+use switchyard_core::bus::BusError;
 use switchyard_core::envelope::{Content, Envelope};
 use switchyard_core::event::EventType;
 use switchyard_core::metrics::Metrics;
@@ -15,7 +18,7 @@ use switchyard_core::store::{ResolveRequest, Store};
 
 use crate::assignment::assign_pools;
 use crate::error::RouteError;
-use crate::events::EventPublisher;
+use crate::events::{EventBatch, EventPublisher};
 
 /// Routes inbound envelopes.
 #[derive(Clone)]
@@ -27,6 +30,8 @@ pub struct InboundRouter {
     pools_by_channel: Arc<HashMap<String, String>>,
     all_pools: Arc<Vec<String>>,
     dedupe_ttl: Duration,
+    /// Bounds the messages routed at once (see `router.max_in_flight`).
+    in_flight: Arc<Semaphore>,
 }
 
 /// What routing did with an envelope.
@@ -50,6 +55,7 @@ impl InboundRouter {
         pools_by_channel: HashMap<String, String>,
         all_pools: Vec<String>,
         dedupe_ttl: Duration,
+        max_in_flight: usize,
     ) -> Self {
         InboundRouter {
             store,
@@ -58,11 +64,21 @@ impl InboundRouter {
             pools_by_channel: Arc::new(pools_by_channel),
             all_pools: Arc::new(all_pools),
             dedupe_ttl,
+            in_flight: Arc::new(Semaphore::new(max_in_flight.max(1))),
         }
     }
 
-    /// Routes one inbound envelope.
-    pub async fn route(&self, mut envelope: Envelope) -> Result<Routed, RouteError> {
+    /// Routes one inbound envelope, waiting for a routing slot first.
+    pub async fn route(&self, envelope: Envelope) -> Result<Routed, RouteError> {
+        let _slot = self
+            .in_flight
+            .acquire()
+            .await
+            .map_err(|_| BusError::Unavailable("the router is shutting down".into()))?;
+        self.route_now(envelope).await
+    }
+
+    async fn route_now(&self, mut envelope: Envelope) -> Result<Routed, RouteError> {
         if envelope.sender.identities.is_empty() {
             return Err(RouteError::Invalid(format!(
                 "envelope `{}` names no sender identity",
@@ -96,57 +112,64 @@ impl InboundRouter {
                 explicit,
                 display_name: envelope.sender.display_name.clone(),
                 now,
+                source: Some(envelope.id.clone()),
             })
             .await?;
+        // Everything this message causes is announced in one batch once the store holds it. A
+        // retry (the first attempt's reply or publish was lost) finds its work done and
+        // re-announces it from the stored state, with the same event ids.
+        let mut events = EventBatch::new();
         let customer = &resolution.customer;
         if resolution.created {
-            self.events.customer_created(customer).await?;
+            events.customer_created(customer);
         }
         for merge in &resolution.merges {
-            self.events
-                .customer_merged(customer, &merge.from, &merge.via)
-                .await?;
+            events.customer_merged(customer, &merge.from, &merge.via);
         }
         for closed in &resolution.closed {
-            self.events.conversation_closed(closed, None).await?;
+            events.conversation_closed(closed, None);
         }
         if !resolution.closed.is_empty() {
             // A merge closed a conversation and freed its agent: let queues move.
-            assign_pools(&*self.store, &self.events, &self.metrics, &self.all_pools).await?;
+            assign_pools(&*self.store, &self.metrics, &self.all_pools, &mut events).await?;
         }
         if explicit {
+            self.events.publish(events).await?;
             return Ok(Routed::Linked(customer.id.clone()));
         }
         envelope.customer_id = Some(customer.id.clone());
         let pool = self
             .pools_by_channel
             .get(&envelope.channel.id)
-            .cloned()
-            .unwrap_or_else(|| "default".to_owned());
-        let record = self.store.record_inbound(&envelope, &pool, now).await?;
+            .map_or("default", String::as_str);
+        let record = self.store.record_inbound(&envelope, pool, now).await?;
         let conversation = &record.conversation;
         envelope.conversation_id = Some(conversation.id.clone());
         envelope.customer_id = Some(conversation.customer_id.clone());
         if record.created {
-            self.events
+            events
                 .conversation(EventType::ConversationCreated, conversation)
-                .await?;
-            self.events
-                .conversation(EventType::ConversationQueued, conversation)
-                .await?;
+                .conversation(EventType::ConversationQueued, conversation);
         }
-        self.events
-            .message_received(&envelope, conversation.agent_id.as_deref())
-            .await?;
-        if conversation.status == ConversationStatus::Queued {
-            assign_pools(
-                &*self.store,
-                &self.events,
-                &self.metrics,
-                std::slice::from_ref(&conversation.pool),
-            )
-            .await?;
+        events.message_received(&envelope, conversation.agent_id.as_deref());
+        match conversation.status {
+            ConversationStatus::Queued => {
+                assign_pools(
+                    &*self.store,
+                    &self.metrics,
+                    std::slice::from_ref(&conversation.pool),
+                    &mut events,
+                )
+                .await?;
+            }
+            ConversationStatus::Assigned if record.duplicate && record.created => {
+                // The message that opened this conversation, retried after its assignment was
+                // stored but not announced.
+                events.conversation(EventType::ConversationAssigned, conversation);
+            }
+            _ => {}
         }
+        self.events.publish(events).await?;
         Ok(if record.duplicate {
             Routed::Duplicate(conversation.id.clone())
         } else {

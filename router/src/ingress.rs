@@ -12,6 +12,8 @@ use switchyard_core::envelope::Envelope;
 use switchyard_core::metrics::{InboundOutcome, Metrics};
 use switchyard_core::store::Store;
 
+use crate::events::EventPublisher;
+
 /// How long a dedupe claim stays "in progress" if the process dies before the bus confirms.
 const PENDING_CLAIM: Duration = Duration::from_secs(30);
 /// Prefix of a dedupe value whose publish is still in progress.
@@ -179,6 +181,30 @@ impl EnvelopeSink for IngressSink<'_> {
     async fn publish(&self, envelopes: Vec<Envelope>) -> Result<Vec<Accepted>, ConnectorError> {
         self.ingress.publish_all(self.channel, envelopes).await
     }
+
+    /// Publishes `message.failed` for a reply the channel reported undelivered after it had
+    /// accepted it (the agent hub turns it into a `delivery_failed` frame for its agent).
+    async fn delivery_failed(
+        &self,
+        message: &Envelope,
+        code: &str,
+        reason: &str,
+    ) -> Result<(), ConnectorError> {
+        EventPublisher::new(Arc::clone(&self.ingress.bus))
+            .emit(|b| {
+                b.message_failed(message, code, reason);
+            })
+            .await
+            .map_err(bus_unavailable)?;
+        tracing::info!(
+            channel = %self.channel.channel().id,
+            id = %message.id,
+            %code,
+            %reason,
+            "the channel reported a reply undelivered"
+        );
+        Ok(())
+    }
 }
 
 fn bus_unavailable(e: BusError) -> ConnectorError {
@@ -192,5 +218,175 @@ pub fn outcome_of(e: &ConnectorError) -> InboundOutcome {
         ConnectorError::Malformed(_) => InboundOutcome::Malformed,
         ConnectorError::Unsupported(_) => InboundOutcome::Ignored,
         _ => InboundOutcome::Transient,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use async_trait::async_trait;
+    use axum::http::{HeaderMap, Method};
+    use chrono::{DateTime, Utc};
+    use switchyard_connectors::{Connector, HttpReply, SendReceipt};
+    use switchyard_core::bus::Topology;
+    use switchyard_core::bus::embedded::EmbeddedBus;
+    use switchyard_core::bus::topology::{EVENTS_EXCHANGE, TopologyOptions};
+    use switchyard_core::envelope::{ChannelRef, Content, Direction, Sender};
+    use switchyard_core::event::{CloudEvent, EventType};
+    use switchyard_core::store::embedded::EmbeddedStore;
+
+    use super::*;
+
+    /// A channel whose every request reports `failed` as undelivered, as WeCom kf does for a
+    /// `msg_send_fail` it pulled.
+    struct Reporting {
+        channel: ChannelRef,
+        failed: Envelope,
+    }
+
+    #[async_trait]
+    impl Connector for Reporting {
+        type Inbound = ();
+
+        fn channel(&self) -> &ChannelRef {
+            &self.channel
+        }
+
+        fn verify(&self, _req: &InboundRequest<'_>) -> Result<(), ConnectorError> {
+            Ok(())
+        }
+
+        fn decode(&self, _req: &InboundRequest<'_>) -> Result<(), ConnectorError> {
+            Ok(())
+        }
+
+        fn normalize(
+            &self,
+            _inbound: (),
+            _received_at: DateTime<Utc>,
+        ) -> Result<Vec<Envelope>, ConnectorError> {
+            Ok(Vec::new())
+        }
+
+        async fn deliver(
+            &self,
+            _envelopes: Vec<Envelope>,
+            sink: &dyn EnvelopeSink,
+        ) -> Result<Vec<Accepted>, ConnectorError> {
+            sink.delivery_failed(&self.failed, "wecom_fail_type_4", "the session expired")
+                .await?;
+            Ok(Vec::new())
+        }
+
+        fn accepted(&self, _accepted: &[Accepted]) -> HttpReply {
+            HttpReply::text(200, "")
+        }
+
+        async fn send(&self, _message: &Envelope) -> Result<SendReceipt, ConnectorError> {
+            Ok(SendReceipt::default())
+        }
+    }
+
+    fn reply(channel: &ChannelRef) -> Envelope {
+        let now = Utc::now();
+        Envelope {
+            id: switchyard_core::envelope::new_id(),
+            tenant: "default".into(),
+            direction: Direction::Outbound,
+            channel: channel.clone(),
+            sender: Sender {
+                external_id: "wm-customer".into(),
+                scope: "corp".into(),
+                display_name: None,
+                identities: Vec::new(),
+            },
+            customer_id: Some("c1".into()),
+            conversation_id: Some("conv1".into()),
+            sent_at: now,
+            received_at: now,
+            dedupe_key: "outbound:1".into(),
+            content: Content::Text {
+                text: "您好".into(),
+            },
+            reply_to: None,
+            agent_id: Some("agent-1".into()),
+            raw: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reported_delivery_failure_is_published_as_message_failed() {
+        let bus = Arc::new(EmbeddedBus::new(Duration::from_secs(2)));
+        bus.declare(&Topology::standard(&TopologyOptions {
+            shards: 1,
+            queue_capacity: 100,
+            delivery_limit: 5,
+            outbound_kinds: vec!["wecom_kf".into()],
+            publish_timeout: Duration::from_secs(2),
+            events_stream_max_age: None,
+        }))
+        .await
+        .unwrap();
+        let queue = bus
+            .declare_subscriber(EVENTS_EXCHANGE, &["#"])
+            .await
+            .unwrap();
+        let mut events = bus.consume(&queue, 10).await.unwrap();
+        let ingress = Ingress::new(
+            bus.clone(),
+            Arc::new(EmbeddedStore::new()),
+            Metrics::new().unwrap(),
+            1,
+            Duration::from_secs(600),
+        );
+        let channel = ChannelRef {
+            kind: "wecom_kf".into(),
+            id: "kf-main".into(),
+        };
+        let failed = reply(&channel);
+        let connector = Reporting {
+            channel,
+            failed: failed.clone(),
+        };
+        let (headers, query) = (HeaderMap::new(), HashMap::new());
+        let req = InboundRequest {
+            method: &Method::POST,
+            headers: &headers,
+            query: &query,
+            body: b"",
+            received_at: Utc::now(),
+        };
+        let accepted = ingress.ingest(&connector, &req).await.unwrap();
+        assert!(accepted.is_empty());
+
+        let delivery = tokio::time::timeout(Duration::from_secs(2), events.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(delivery.routing_key, "message.failed");
+        let event: CloudEvent = serde_json::from_slice(&delivery.message.body).unwrap();
+        assert_eq!(event.known_type(), Some(EventType::MessageFailed));
+        assert_eq!(
+            event.id,
+            crate::events::message_failed_id(&failed),
+            "the event id is derived from the envelope id"
+        );
+        assert_ne!(
+            event.id, failed.id,
+            "message.sent already carries the envelope id"
+        );
+        assert_eq!(event.subject.as_deref(), Some("conv1"));
+        assert_eq!(event.data["code"], "wecom_fail_type_4");
+        assert_eq!(event.data["reason"], "the session expired");
+        let message: Envelope = serde_json::from_value(event.data["message"].clone()).unwrap();
+        assert_eq!(message, failed);
+        delivery.ack().await.unwrap();
+        // Exactly one event.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), events.next())
+                .await
+                .is_err()
+        );
     }
 }

@@ -8,6 +8,7 @@ use switchyard_connectors::Registry;
 use switchyard_core::bus::topology::OUTBOUND_EXCHANGE;
 use switchyard_core::bus::{Bus, Message};
 use switchyard_core::envelope::{Content, Direction, Envelope, new_id};
+use switchyard_core::event::EventType;
 use switchyard_core::identity::IdentityKey;
 use switchyard_core::metrics::Metrics;
 use switchyard_core::model::{Agent, Conversation, ConversationStatus, Customer};
@@ -16,7 +17,7 @@ use switchyard_core::store::{AgentUpdate, ResolveRequest, Store, StoreError, Tra
 
 use crate::assignment::assign_pools;
 use crate::error::RouteError;
-use crate::events::EventPublisher;
+use crate::events::{EventBatch, EventPublisher};
 
 /// Agent and conversation commands.
 #[derive(Clone)]
@@ -82,15 +83,12 @@ impl Operations {
             .store
             .upsert_agent(update, switchyard_core::time::now())
             .await?;
-        self.events.agent_updated(&agent).await?;
-        self.assign(&agent.pools).await?;
+        let mut events = EventBatch::new();
+        events.agent_updated(&agent);
+        assign_pools(&*self.store, &self.metrics, &agent.pools, &mut events).await?;
+        self.events.publish(events).await?;
         // Assignment may have changed the agent's conversations; answer with the fresh record.
         Ok(self.store.agent(&agent.id).await?.unwrap_or(agent))
-    }
-
-    async fn assign(&self, pools: &[String]) -> Result<(), RouteError> {
-        assign_pools(&*self.store, &self.events, &self.metrics, pools).await?;
-        Ok(())
     }
 
     /// A conversation with its customer and latest messages.
@@ -193,12 +191,12 @@ impl Operations {
             .close_conversation(conversation_id, "closed", switchyard_core::time::now())
             .await?;
         let released = release.released_agent.as_ref();
-        self.events
-            .conversation_closed(&release.conversation, released.map(|a| a.id.as_str()))
-            .await?;
+        let mut events = EventBatch::new();
+        events.conversation_closed(&release.conversation, released.map(|a| a.id.as_str()));
         if let Some(agent) = released {
-            self.assign(&agent.pools).await?;
+            assign_pools(&*self.store, &self.metrics, &agent.pools, &mut events).await?;
         }
+        self.events.publish(events).await?;
         Ok(release.conversation)
     }
 
@@ -221,9 +219,8 @@ impl Operations {
             )
             .await?;
         let from = release.released_agent.as_ref().map(|a| a.id.as_str());
-        self.events
-            .conversation_transferred(&release.conversation, from)
-            .await?;
+        let mut events = EventBatch::new();
+        events.conversation_transferred(&release.conversation, from);
         let mut pools: Vec<String> = release
             .released_agent
             .as_ref()
@@ -231,25 +228,16 @@ impl Operations {
             .unwrap_or_default();
         match target {
             TransferTarget::Pool(pool) => {
-                self.events
-                    .conversation(
-                        switchyard_core::event::EventType::ConversationQueued,
-                        &release.conversation,
-                    )
-                    .await?;
+                events.conversation(EventType::ConversationQueued, &release.conversation);
                 pools.push(pool);
             }
             TransferTarget::Agent(_) => {
-                self.events
-                    .conversation(
-                        switchyard_core::event::EventType::ConversationAssigned,
-                        &release.conversation,
-                    )
-                    .await?;
+                events.conversation(EventType::ConversationAssigned, &release.conversation);
             }
         }
         pools.dedup();
-        self.assign(&pools).await?;
+        assign_pools(&*self.store, &self.metrics, &pools, &mut events).await?;
+        self.events.publish(events).await?;
         Ok(self
             .store
             .conversation(conversation_id)
@@ -301,16 +289,17 @@ impl Operations {
                 explicit: true,
                 display_name: None,
                 now: switchyard_core::time::now(),
+                source: None,
             })
             .await?;
+        let mut events = EventBatch::new();
         for merge in &resolution.merges {
-            self.events
-                .customer_merged(&resolution.customer, &merge.from, &merge.via)
-                .await?;
+            events.customer_merged(&resolution.customer, &merge.from, &merge.via);
         }
         for closed in &resolution.closed {
-            self.events.conversation_closed(closed, None).await?;
+            events.conversation_closed(closed, None);
         }
+        self.events.publish(events).await?;
         Ok(resolution.customer)
     }
 

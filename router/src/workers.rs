@@ -220,7 +220,9 @@ async fn deliver_outbound(
         count("rejected");
         let reason = format!("channel `{channel_id}` is not configured here");
         if let Err(e) = events
-            .message_failed(&envelope, "unknown_channel", &reason)
+            .emit(|b| {
+                b.message_failed(&envelope, "unknown_channel", &reason);
+            })
             .await
         {
             tracing::warn!(error = %e, "could not publish message.failed");
@@ -234,7 +236,9 @@ async fn deliver_outbound(
             Ok(receipt) => {
                 count("sent");
                 if let Err(e) = events
-                    .message_sent(&envelope, receipt.channel_message_id.as_deref())
+                    .emit(|b| {
+                        b.message_sent(&envelope, receipt.channel_message_id.as_deref());
+                    })
                     .await
                 {
                     tracing::warn!(error = %e, id = %envelope.id, "message sent but message.sent not published");
@@ -271,7 +275,9 @@ async fn deliver_outbound(
                 };
                 tracing::warn!(error = %e, id = %envelope.id, "reply not delivered");
                 if let Err(err) = events
-                    .message_failed(&envelope, &code, &e.to_string())
+                    .emit(|b| {
+                        b.message_failed(&envelope, &code, &e.to_string());
+                    })
                     .await
                 {
                     tracing::warn!(error = %err, "could not publish message.failed");
@@ -284,7 +290,8 @@ async fn deliver_outbound(
 }
 
 /// Tells each channel about status changes of its conversations
-/// ([`switchyard_connectors::Channel::conversation_changed`]), from the event stream.
+/// ([`switchyard_connectors::Channel::conversation_changed`]), from the event stream. Run only
+/// where a configured channel [follows conversations](switchyard_connectors::Channel::follows_conversations).
 pub async fn run_channel_sync(
     bus: Arc<dyn Bus>,
     registry: Registry,
@@ -293,7 +300,7 @@ pub async fn run_channel_sync(
     let queue = bus
         .declare_subscriber(
             switchyard_core::bus::topology::EVENTS_EXCHANGE,
-            "conversation.*",
+            &["conversation.*"],
         )
         .await?;
     let mut deliveries = bus.consume(&queue, 64).await?;

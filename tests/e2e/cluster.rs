@@ -256,7 +256,7 @@ pub struct Observed {
 /// Collects events from the cluster's event exchange in the background.
 pub async fn observe(bus: &AmqpBus) -> Arc<Mutex<Observed>> {
     let queue = bus
-        .declare_subscriber("switchyard.events", "#")
+        .declare_subscriber("switchyard.events", &["#"])
         .await
         .expect("subscribe to events");
     let mut deliveries = bus.consume(&queue, 500).await.expect("consume events");

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sha1::{Digest, Sha1};
 use switchyard_core::envelope::{Content, Envelope, Media};
 use switchyard_core::store::Store;
 
+use crate::media::{Accept, MediaCache, MediaResolver, MediaSpec, Multipart};
 use crate::token_cache::{TokenCache, base_url, encode_pairs};
 use crate::{ConnectorError, SendReceipt};
 
@@ -20,6 +20,14 @@ pub const DEFAULT_API_BASE: &str = "https://api.weixin.qq.com";
 pub const MAX_MEDIA_BYTES: usize = 10 * 1024 * 1024;
 /// How long an uploaded media id is reused for the same URL (temporary media live 3 days).
 const MEDIA_ID_TTL: Duration = Duration::from_secs(2 * 24 * 3600);
+/// Temporary images: any image type (PNG/JPEG/GIF documented), at most 10 MB.
+const IMAGE: MediaSpec = MediaSpec {
+    kind: "image",
+    accept: Accept::Prefix("image/"),
+    default_mime: "image/jpeg",
+    max_bytes: MAX_MEDIA_BYTES,
+    min_bytes: 1,
+};
 /// `errcode`s meaning "this access token is not (or no longer) valid": refresh and retry once.
 pub const TOKEN_ERRORS: &[i64] = &[40001, 40014, 42001];
 
@@ -36,7 +44,7 @@ pub enum Flavor {
 #[derive(Clone)]
 pub struct WxApiClient {
     http: reqwest::Client,
-    store: Arc<dyn Store>,
+    media: MediaResolver,
     base: String,
     app_id: String,
     app_secret: String,
@@ -63,8 +71,11 @@ impl WxApiClient {
     ) -> Self {
         WxApiClient {
             tokens: TokenCache::new(Arc::clone(&store), format!("wechat:access_token:{app_id}")),
+            media: MediaResolver::new(
+                http.clone(),
+                MediaCache::new(store, format!("wechat:media:{app_id}"), MEDIA_ID_TTL),
+            ),
             http,
-            store,
             base: base_url(api_base, DEFAULT_API_BASE),
             app_id: app_id.to_owned(),
             app_secret: app_secret.to_owned(),
@@ -173,7 +184,8 @@ impl WxApiClient {
         .map(|_| ())
     }
 
-    /// Uploads `bytes` as temporary media of `kind` (`image`); returns the media id.
+    /// Uploads `bytes` as temporary media of `kind` (`image`, `voice`, `video`, `thumb`);
+    /// returns the media id.
     pub async fn upload_media(
         &self,
         kind: &str,
@@ -181,29 +193,20 @@ impl WxApiClient {
         filename: &str,
         mime: &str,
     ) -> Result<String, ConnectorError> {
-        let boundary = format!("switchyard-{}", hex::encode(rand::random::<[u8; 12]>()));
-        let mut body = Vec::with_capacity(bytes.len() + 256);
-        body.extend_from_slice(
-            format!(
-                "--{boundary}\r\nContent-Disposition: form-data; name=\"media\"; \
-                 filename=\"{filename}\"\r\nContent-Type: {mime}\r\n\r\n"
-            )
-            .as_bytes(),
-        );
-        body.extend_from_slice(bytes);
-        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-        let content_type = format!("multipart/form-data; boundary={boundary}");
+        let form = Multipart::file("media", filename, mime, bytes);
         let value = self
             .call(|token| {
-                self.http
-                    .post(self.url("/cgi-bin/media/upload", token, &[("type", kind)]))
-                    .header("content-type", content_type.as_str())
-                    .body(body.clone())
+                form.apply(self.http.post(self.url(
+                    "/cgi-bin/media/upload",
+                    token,
+                    &[("type", kind)],
+                )))
             })
             .await?;
         value
             .get("media_id")
             .and_then(Value::as_str)
+            .filter(|id| !id.is_empty())
             .map(str::to_owned)
             .ok_or_else(|| ConnectorError::Transient("media upload answered no media_id".into()))
     }
@@ -211,102 +214,12 @@ impl WxApiClient {
     /// The media id of `media`: its own, or (for a URL) the id of an upload of what the URL
     /// holds, reused for the same URL while the temporary media lives.
     pub async fn media_id(&self, media: &Media) -> Result<String, ConnectorError> {
-        if let Some(id) = media.media_id.as_deref().filter(|id| !id.is_empty()) {
-            return Ok(id.to_owned());
-        }
-        let Some(url) = media.url.as_deref() else {
-            return Err(ConnectorError::Rejected {
-                code: "no_media".into(),
-                message: "media has neither a media_id nor a url".into(),
-            });
-        };
-        let cache_key = format!(
-            "wechat:media:{}:{}",
-            self.app_id,
-            hex::encode(Sha1::digest(url.as_bytes()))
-        );
-        if let Ok(Some(id)) = self.store.get_key(&cache_key).await {
-            return Ok(id);
-        }
-        let (bytes, served_mime) = self.download(url).await?;
-        let mime = media
-            .mime
-            .clone()
-            .or(served_mime)
-            .filter(|m| m.starts_with("image/"))
-            .unwrap_or_else(|| "image/jpeg".to_owned());
-        let ext = match mime.as_str() {
-            "image/png" => "png",
-            "image/gif" => "gif",
-            _ => "jpg",
-        };
-        let id = self
-            .upload_media("image", &bytes, &format!("image.{ext}"), &mime)
-            .await?;
-        if let Err(e) = self.store.set_key(&cache_key, &id, MEDIA_ID_TTL).await {
-            tracing::debug!(error = %e, "could not cache a WeChat media id");
-        }
-        Ok(id)
-    }
-
-    /// Downloads an agent-supplied media URL (http/https, at most [`MAX_MEDIA_BYTES`]).
-    async fn download(&self, url: &str) -> Result<(Vec<u8>, Option<String>), ConnectorError> {
-        let rejected = |code: &str, message: String| ConnectorError::Rejected {
-            code: code.into(),
-            message,
-        };
-        if !(url.starts_with("https://") || url.starts_with("http://")) {
-            return Err(rejected(
-                "media_url_invalid",
-                "media url must be http(s)".into(),
-            ));
-        }
-        let mut response = self
-            .http
-            .get(url)
-            .send()
+        self.media
+            .resolve(media, &IMAGE, None, |file| async move {
+                self.upload_media(IMAGE.kind, &file.bytes, &file.filename, &file.mime)
+                    .await
+            })
             .await
-            .map_err(|e| ConnectorError::Transient(format!("media download failed: {e}")))?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(if status.is_server_error() || status.as_u16() == 429 {
-                ConnectorError::Transient(format!("media download: HTTP {status}"))
-            } else {
-                rejected(
-                    "media_download_failed",
-                    format!("media url answered HTTP {status}"),
-                )
-            });
-        }
-        let too_large = || {
-            rejected(
-                "media_too_large",
-                format!("media exceeds {MAX_MEDIA_BYTES} bytes"),
-            )
-        };
-        if response
-            .content_length()
-            .is_some_and(|n| n > MAX_MEDIA_BYTES as u64)
-        {
-            return Err(too_large());
-        }
-        let mime = response
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(';').next().unwrap_or(v).trim().to_ascii_lowercase());
-        let mut bytes = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| ConnectorError::Transient(format!("media download failed: {e}")))?
-        {
-            if bytes.len() + chunk.len() > MAX_MEDIA_BYTES {
-                return Err(too_large());
-            }
-            bytes.extend_from_slice(&chunk);
-        }
-        Ok((bytes, mime))
     }
 
     /// Sends an outbound envelope as a customer-service message.

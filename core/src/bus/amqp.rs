@@ -161,15 +161,7 @@ impl AmqpBus {
         routing_key: &str,
         message: &Message,
     ) -> Result<(), BusError> {
-        let mut headers = FieldTable::default();
-        for (k, v) in &message.headers {
-            headers.insert(ShortString::from(k.as_str()), long(v));
-        }
-        let props = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_message_id(ShortString::from(message.message_id.as_str()))
-            .with_content_type(ShortString::from("application/json"))
-            .with_headers(headers);
+        let props = properties(message);
         let full_exchange = self.name(exchange);
         let timeout = self.inner.publish_timeout;
         let confirmed = tokio::time::timeout(timeout, async {
@@ -207,6 +199,19 @@ impl AmqpBus {
         }
         Ok(())
     }
+}
+
+/// Persistent properties carrying the message's id and headers.
+fn properties(message: &Message) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    for (k, v) in &message.headers {
+        headers.insert(ShortString::from(k.as_str()), long(v));
+    }
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_message_id(ShortString::from(message.message_id.as_str()))
+        .with_content_type(ShortString::from("application/json"))
+        .with_headers(headers)
 }
 
 /// The URL without its password, for messages.
@@ -295,7 +300,11 @@ impl Bus for AmqpBus {
         Ok(())
     }
 
-    async fn declare_subscriber(&self, exchange: &str, pattern: &str) -> Result<String, BusError> {
+    async fn declare_subscriber(
+        &self,
+        exchange: &str,
+        patterns: &[&str],
+    ) -> Result<String, BusError> {
         let ch = self
             .inner
             .connection
@@ -327,15 +336,17 @@ impl Bus for AmqpBus {
         )
         .await
         .map_err(unavailable)?;
-        ch.queue_bind(
-            ShortString::from(name.as_str()),
-            ShortString::from(self.name(exchange)),
-            ShortString::from(pattern),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(unavailable)?;
+        for pattern in patterns {
+            ch.queue_bind(
+                ShortString::from(name.as_str()),
+                ShortString::from(self.name(exchange)),
+                ShortString::from(*pattern),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(unavailable)?;
+        }
         let _ = ch.close(200, ShortString::from("declared")).await;
         Ok(self.unprefixed(&name).to_owned())
     }
@@ -369,6 +380,52 @@ impl Bus for AmqpBus {
                 other => return other,
             }
         }
+    }
+
+    async fn publish_events(
+        &self,
+        exchange: &str,
+        messages: Vec<(String, Message)>,
+    ) -> Result<(), BusError> {
+        // One channel keeps the batch in order; every publish goes out before the first confirm
+        // is awaited, so the batch costs one round trip. Not `mandatory`: an event nobody
+        // subscribed to is simply dropped by the exchange.
+        let channel = self.publisher().clone();
+        let full_exchange = self.name(exchange);
+        let timeout = self.inner.publish_timeout;
+        let confirmed = tokio::time::timeout(timeout, async {
+            let mut confirms = Vec::with_capacity(messages.len());
+            for (routing_key, message) in &messages {
+                let confirm = channel
+                    .basic_publish(
+                        ShortString::from(full_exchange.as_str()),
+                        ShortString::from(routing_key.as_str()),
+                        BasicPublishOptions::default(),
+                        &message.body,
+                        properties(message),
+                    )
+                    .await?;
+                confirms.push(confirm);
+            }
+            let mut all = Vec::with_capacity(confirms.len());
+            for confirm in confirms {
+                all.push(confirm.await?);
+            }
+            Ok::<_, lapin::Error>(all)
+        })
+        .await
+        .map_err(|_| BusError::Timeout {
+            exchange: exchange.to_owned(),
+            timeout,
+        })?
+        .map_err(unavailable)?;
+        if confirmed.iter().any(|c| c.is_nack()) {
+            return Err(BusError::Nacked {
+                exchange: exchange.to_owned(),
+                reason: "the broker refused an event (a queue is unavailable)".into(),
+            });
+        }
+        Ok(())
     }
 
     async fn consume(&self, queue: &str, prefetch: u16) -> Result<Box<dyn Deliveries>, BusError> {

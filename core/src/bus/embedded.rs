@@ -269,7 +269,11 @@ impl Bus for EmbeddedBus {
         Ok(())
     }
 
-    async fn declare_subscriber(&self, exchange: &str, pattern: &str) -> Result<String, BusError> {
+    async fn declare_subscriber(
+        &self,
+        exchange: &str,
+        patterns: &[&str],
+    ) -> Result<String, BusError> {
         let seq = self.inner.subscriber_seq.fetch_add(1, Ordering::Relaxed);
         let name = format!("{exchange}.subscriber.{seq}");
         let spec = QueueSpec {
@@ -280,7 +284,10 @@ impl Bus for EmbeddedBus {
             overflow: Overflow::DropHead,
             single_active_consumer: false,
             stream_max_age: None,
-            bindings: vec![(exchange.to_owned(), pattern.to_owned())],
+            bindings: patterns
+                .iter()
+                .map(|p| (exchange.to_owned(), (*p).to_owned()))
+                .collect(),
         };
         let mut state = lock(&self.inner.state);
         if !state.exchanges.contains_key(exchange) {

@@ -162,9 +162,13 @@ pub trait Bus: Send + Sync + 'static {
     /// Declares exchanges, queues and bindings; idempotent.
     async fn declare(&self, topology: &Topology) -> Result<(), BusError>;
 
-    /// Declares a private, auto-deleted queue bound to `exchange` with `pattern` (for fan-out
-    /// subscribers such as the agent-session hub) and returns its name.
-    async fn declare_subscriber(&self, exchange: &str, pattern: &str) -> Result<String, BusError>;
+    /// Declares a private, auto-deleted queue bound to `exchange` with each of `patterns` (for
+    /// fan-out subscribers such as the agent-session hub) and returns its name.
+    async fn declare_subscriber(
+        &self,
+        exchange: &str,
+        patterns: &[&str],
+    ) -> Result<String, BusError>;
 
     /// Publishes and returns once the message is stored in every matching queue (confirmed).
     async fn publish(
@@ -173,6 +177,24 @@ pub trait Bus: Send + Sync + 'static {
         routing_key: &str,
         message: Message,
     ) -> Result<(), BusError>;
+
+    /// Publishes a batch of fan-out notifications (events) to `exchange`, in order, and returns
+    /// once every one is confirmed. Unlike [`Bus::publish`], a message no queue is bound to is
+    /// not an error: nobody subscribed to it. Implementations pipeline the batch (one round of
+    /// confirms instead of one per message); the default publishes one after the other.
+    async fn publish_events(
+        &self,
+        exchange: &str,
+        messages: Vec<(String, Message)>,
+    ) -> Result<(), BusError> {
+        for (routing_key, message) in messages {
+            match self.publish(exchange, &routing_key, message).await {
+                Ok(()) | Err(BusError::Unroutable { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
 
     /// Starts consuming a queue, with at most `prefetch` unsettled deliveries at a time.
     async fn consume(&self, queue: &str, prefetch: u16) -> Result<Box<dyn Deliveries>, BusError>;

@@ -302,23 +302,27 @@ pub async fn direct_and_topic_routing(factory: &impl MakeBus, prefix: &str) {
 
     let events = n.events_exchange();
     let conv = bus
-        .declare_subscriber(&events, "conversation.*")
+        .declare_subscriber(&events, &["conversation.*"])
         .await
         .unwrap_or_else(|e| panic!("{what}: declare_subscriber conversation.*: {e}"));
     let all = bus
-        .declare_subscriber(&events, "#")
+        .declare_subscriber(&events, &["#"])
         .await
         .unwrap_or_else(|e| panic!("{what}: declare_subscriber #: {e}"));
     let received = bus
-        .declare_subscriber(&events, "message.received")
+        .declare_subscriber(&events, &["message.received"])
         .await
         .unwrap_or_else(|e| panic!("{what}: declare_subscriber message.received: {e}"));
+    let pair = bus
+        .declare_subscriber(&events, &["message.received", "conversation.assigned"])
+        .await
+        .unwrap_or_else(|e| panic!("{what}: declare_subscriber with two patterns: {e}"));
     assert!(
-        conv != all && all != received && conv != received,
-        "{what}: subscriber queues share a name: {conv}, {all}, {received}"
+        conv != all && all != received && conv != received && pair != all,
+        "{what}: subscriber queues share a name: {conv}, {all}, {received}, {pair}"
     );
     assert!(
-        bus.declare_subscriber(&n.p("switchyard.no-such-exchange"), "#")
+        bus.declare_subscriber(&n.p("switchyard.no-such-exchange"), &["#"])
             .await
             .is_err(),
         "{what}: subscribing to an undeclared exchange succeeded"
@@ -326,6 +330,7 @@ pub async fn direct_and_topic_routing(factory: &impl MakeBus, prefix: &str) {
     let mut conv_d = consume(&bus, &conv, 10).await;
     let mut all_d = consume(&bus, &all, 10).await;
     let mut received_d = consume(&bus, &received, 10).await;
+    let mut pair_d = consume(&bus, &pair, 10).await;
 
     publish(&bus, &events, "conversation.assigned", msg("e1")).await;
     publish(&bus, &events, "message.received", msg("e2")).await;
@@ -352,6 +357,43 @@ pub async fn direct_and_topic_routing(factory: &impl MakeBus, prefix: &str) {
         &format!("{what}: message.received got extra"),
     )
     .await;
+    for id in ["e1", "e2"] {
+        let d = expect_id(&mut pair_d, id, &format!("{what}: two-pattern subscriber")).await;
+        ack(d, what).await;
+    }
+    expect_nothing(
+        &mut pair_d,
+        &format!("{what}: two-pattern subscriber got extra"),
+    )
+    .await;
+
+    // A batch of events: published in order, one that nobody subscribed to is no error.
+    let batch = vec![
+        ("conversation.created".to_owned(), msg("b1")),
+        ("nobody.listens".to_owned(), msg("b2")),
+        ("conversation.assigned".to_owned(), msg("b3")),
+        ("message.received".to_owned(), msg("b4")),
+    ];
+    bus.publish_events(&events, batch)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: publish_events: {e}"));
+    for id in ["b1", "b3"] {
+        let d = expect_id(&mut conv_d, id, &format!("{what}: batch on conversation.*")).await;
+        ack(d, what).await;
+    }
+    expect_nothing(
+        &mut conv_d,
+        &format!("{what}: batch: conversation.* got extra"),
+    )
+    .await;
+    for id in ["b1", "b2", "b3", "b4"] {
+        let d = expect_id(&mut all_d, id, &format!("{what}: batch in order on #")).await;
+        ack(d, what).await;
+    }
+    for id in ["b3", "b4"] {
+        let d = expect_id(&mut pair_d, id, &format!("{what}: batch on two patterns")).await;
+        ack(d, what).await;
+    }
 }
 
 /// Messages of one shard key keep their order on its shard queue, also when one is retried:

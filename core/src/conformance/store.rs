@@ -132,6 +132,7 @@ async fn resolve(
             explicit,
             display_name: None,
             now,
+            source: None,
         })
         .await
         .unwrap_or_else(|e| panic!("resolve_customer({identities:?}): {e}"))
@@ -256,7 +257,7 @@ async fn message_ids(store: &Arc<dyn Store>, conversation_id: &str) -> Vec<Strin
 fn pairs(assignments: &[Assignment]) -> Vec<(String, String)> {
     assignments
         .iter()
-        .map(|a| (a.conversation.id.clone(), a.agent.id.clone()))
+        .map(|a| (a.conversation.id.clone(), a.agent_id.clone()))
         .collect()
 }
 
@@ -761,9 +762,11 @@ pub async fn record_inbound_is_idempotent(factory: &impl MakeStore, prefix: &str
     let pool = format!("{prefix}default");
     let (cust, e, conv) = open(&store, prefix, "idem", &pool, at(1)).await;
     let dup = record(&store, &e, &pool, at(2)).await;
+    assert!(dup.duplicate, "{what}: second record not a duplicate");
     assert!(
-        dup.duplicate && !dup.created,
-        "{what}: second record not a duplicate"
+        dup.created,
+        "{what}: a retry of the opening message must report the conversation as opened by it \
+         (so its events can be re-emitted after a lost reply)"
     );
     assert_eq!(
         dup.conversation.id, conv.id,
@@ -783,16 +786,22 @@ pub async fn record_inbound_is_idempotent(factory: &impl MakeStore, prefix: &str
         vec![conv.id.clone()],
         "{what}: queue"
     );
+    let k = key(prefix, "app_user", "shop-app", "idem");
+    let second = inbound_envelope(&cust.id, &app_channel(), "idem", vec![k], "again", at(2));
+    let rec = record(&store, &second, &pool, at(2)).await;
+    assert!(!rec.created && !rec.duplicate, "{what}: second message");
+    let dup = record(&store, &second, &pool, at(2)).await;
+    assert!(
+        dup.duplicate && !dup.created,
+        "{what}: a retry of a later message reported the conversation as opened by it"
+    );
 
     store
         .close_conversation(&conv.id, "agent", at(3))
         .await
         .unwrap_or_else(|e| panic!("{what}: close: {e}"));
     let dup = record(&store, &e, &pool, at(4)).await;
-    assert!(
-        dup.duplicate && !dup.created,
-        "{what}: replay after close opened a conversation"
-    );
+    assert!(dup.duplicate, "{what}: replay after close not a duplicate");
     assert_eq!(dup.conversation.id, conv.id, "{what}: replay after close");
     assert!(
         queue(&store, &pool).await.is_empty(),
@@ -863,17 +872,22 @@ pub async fn longest_idle_agent_first(factory: &impl MakeStore, prefix: &str) {
             Some(at(t + 1)),
             "{what}: assigned_at"
         );
+        assert_eq!(
+            &assigned.agent_id, expect,
+            "{what}: agent_id of the assignment"
+        );
+        let holder = get_agent(&store, expect).await;
         assert!(
-            assigned.agent.conversations.contains(&conv.id),
-            "{what}: returned agent does not list the conversation"
+            holder.conversations.contains(&conv.id),
+            "{what}: the agent does not list the conversation"
         );
         for other in [&a, &b, &c] {
             if other != expect {
                 let o = get_agent(&store, other).await;
                 assert!(
-                    o.idle_since < assigned.agent.idle_since,
+                    o.idle_since < holder.idle_since,
                     "{what}: `{expect}` should now be the most recently busy ({} vs {other}'s {})",
-                    assigned.agent.idle_since,
+                    holder.idle_since,
                     o.idle_since
                 );
             }
@@ -1631,6 +1645,326 @@ pub async fn concurrent_resolution_converges(factory: &impl MakeStore, prefix: &
     );
 }
 
+/// A retry of the resolution that created a profile (same `source`) reports it created again,
+/// so the router can re-emit `customer.created` after a lost reply; other requests do not.
+pub async fn resolve_retry_reports_created(factory: &impl MakeStore, prefix: &str) {
+    let what = "resolve_retry_reports_created";
+    let store = factory.make().await;
+    let k = key(prefix, "app_user", "shop-app", "retry");
+    let request = |source: Option<&str>, t: i64| ResolveRequest {
+        tenant: DEFAULT_TENANT.to_owned(),
+        identities: vec![(k.clone(), Strong)],
+        explicit: false,
+        display_name: None,
+        now: at(t),
+        source: source.map(str::to_owned),
+    };
+    let resolve_with = |source: Option<&'static str>, t: i64| {
+        let store = Arc::clone(&store);
+        let req = request(source, t);
+        async move {
+            store
+                .resolve_customer(req)
+                .await
+                .unwrap_or_else(|e| panic!("{what}: resolve_customer: {e}"))
+        }
+    };
+    let first = resolve_with(Some("env-1"), 1).await;
+    assert!(first.created, "{what}: first resolution");
+    let retry = resolve_with(Some("env-1"), 2).await;
+    assert_eq!(
+        retry.customer.id, first.customer.id,
+        "{what}: retry profile"
+    );
+    assert!(
+        retry.created,
+        "{what}: a retry of the creating request must report created"
+    );
+    let other = resolve_with(Some("env-2"), 3).await;
+    assert_eq!(
+        other.customer.id, first.customer.id,
+        "{what}: later profile"
+    );
+    assert!(
+        !other.created,
+        "{what}: a later message reported the profile created"
+    );
+    let unnamed = resolve_with(None, 4).await;
+    assert!(
+        !unnamed.created,
+        "{what}: a request without source reported created"
+    );
+}
+
+/// Real time a presence case waits for a short heartbeat TTL to lapse.
+const PRESENCE_TTL: Duration = Duration::from_millis(300);
+/// A heartbeat TTL that does not lapse during a case.
+const LONG_PRESENCE_TTL: Duration = Duration::from_secs(60);
+
+async fn heartbeat(store: &Arc<dyn Store>, id: &str, ttl: Duration, now: DateTime<Utc>) -> bool {
+    store
+        .heartbeat_agent(id, ttl, now)
+        .await
+        .unwrap_or_else(|e| panic!("heartbeat_agent({id}, {ttl:?}): {e}"))
+}
+
+/// Agent presence (`heartbeat_agent`): a heart-beated agent whose TTL lapses reads as offline,
+/// is refused as a transfer target, and is never assigned: the queue head goes to the next
+/// agent and the lapsed one is set offline, keeping the conversation it holds. A re-armed
+/// heartbeat keeps an agent assignable, `ttl = 0` ends tracking (the agent keeps its status),
+/// agents never heart-beated are unaffected, and an unknown agent is `NotFound`. TTLs are real
+/// time.
+pub async fn presence_heartbeat_ttl(factory: &impl MakeStore, prefix: &str) {
+    let what = "presence_heartbeat_ttl";
+    let store = factory.make().await;
+    let pool = format!("{prefix}default");
+    let [t, r, e, u] =
+        ["lapsing", "rearmed", "ended", "untracked"].map(|n| format!("{prefix}agent-{n}"));
+
+    let unknown = store
+        .heartbeat_agent(&format!("{prefix}nobody"), PRESENCE_TTL, at(0))
+        .await;
+    assert!(
+        matches!(&unknown, Err(StoreError::NotFound { kind: "agent", .. })),
+        "{what}: heartbeat of an unknown agent gave {unknown:?}"
+    );
+
+    // t holds a conversation before its gateway dies; then t is the longest idle, r, e, u follow.
+    agent(&store, &t, &[&pool], 2, AgentStatus::Online, at(0)).await;
+    let (_, _, held) = open(&store, prefix, "held", &pool, at(1)).await;
+    assert_eq!(
+        pairs(&assign(&store, &pool, at(2)).await),
+        vec![(held.id.clone(), t.clone())],
+        "{what}: first assignment"
+    );
+    agent(&store, &r, &[&pool], 1, AgentStatus::Online, at(3)).await;
+    agent(&store, &e, &[&pool], 1, AgentStatus::Online, at(4)).await;
+    agent(&store, &u, &[&pool], 1, AgentStatus::Online, at(5)).await;
+
+    for id in [&t, &r, &e] {
+        assert!(
+            !heartbeat(&store, id, PRESENCE_TTL, at(6)).await,
+            "{what}: a first heartbeat of `{id}` reported a resumed session"
+        );
+    }
+    assert!(
+        !heartbeat(&store, &e, Duration::ZERO, at(6)).await,
+        "{what}: ending a session reported it resumed"
+    );
+    assert_eq!(
+        get_agent(&store, &t).await.status,
+        AgentStatus::Online,
+        "{what}: a live tracked agent must read online"
+    );
+    tokio::time::sleep(PRESENCE_TTL / 2).await;
+    heartbeat(&store, &r, LONG_PRESENCE_TTL, at(7)).await;
+    tokio::time::sleep(PRESENCE_TTL * 2).await;
+
+    // t's presence lapsed: reads say offline before anything wrote it.
+    assert_eq!(
+        get_agent(&store, &t).await.status,
+        AgentStatus::Offline,
+        "{what}: an agent whose presence lapsed must read offline"
+    );
+    let listed = store
+        .agents()
+        .await
+        .unwrap_or_else(|err| panic!("{what}: agents: {err}"));
+    let status_of = |id: &str| listed.iter().find(|a| a.id == id).map(|a| a.status);
+    assert_eq!(
+        status_of(&t),
+        Some(AgentStatus::Offline),
+        "{what}: agents() of the lapsed agent"
+    );
+    for id in [&r, &e, &u] {
+        assert_eq!(
+            status_of(id),
+            Some(AgentStatus::Online),
+            "{what}: agents() of `{id}`"
+        );
+    }
+
+    let convs: Vec<String> = {
+        let mut v = Vec::new();
+        for i in 0..4 {
+            v.push(
+                open(&store, prefix, &format!("c{i}"), &pool, at(10 + i))
+                    .await
+                    .2
+                    .id,
+            );
+        }
+        v
+    };
+    let refused = store
+        .transfer(&convs[0], TransferTarget::Agent(t.clone()), at(15))
+        .await;
+    assert!(
+        matches!(&refused, Err(e) if conflict_code(e) == Some("agent_unavailable")),
+        "{what}: a transfer to an agent whose presence lapsed gave {refused:?}"
+    );
+
+    // The head skips t (set offline), then r (re-armed), e (ended: untracked) and u (untracked).
+    let got = assign(&store, &pool, at(20)).await;
+    assert_eq!(
+        pairs(&got),
+        vec![
+            (convs[0].clone(), r.clone()),
+            (convs[1].clone(), e.clone()),
+            (convs[2].clone(), u.clone()),
+        ],
+        "{what}: assignment must skip the lapsed agent"
+    );
+    assert_eq!(
+        queue(&store, &pool).await,
+        vec![convs[3].clone()],
+        "{what}: the rest waits"
+    );
+    let lapsed = get_agent(&store, &t).await;
+    assert_eq!(
+        lapsed.status,
+        AgentStatus::Offline,
+        "{what}: status after expiry"
+    );
+    assert_eq!(lapsed.updated_at, at(20), "{what}: expiry time");
+    assert_eq!(
+        lapsed.conversations,
+        vec![held.id.clone()],
+        "{what}: the lapsed agent keeps what it holds"
+    );
+    let kept = get_conversation(&store, &held.id).await;
+    assert_eq!(
+        (kept.status, kept.agent_id.as_ref()),
+        (ConversationStatus::Assigned, Some(&t)),
+        "{what}: the held conversation"
+    );
+    assert!(
+        assign(&store, &pool, at(21)).await.is_empty(),
+        "{what}: the lapsed agent (with room) got the last conversation"
+    );
+    for id in [&r, &e, &u] {
+        assert_eq!(
+            get_agent(&store, id).await.status,
+            AgentStatus::Online,
+            "{what}: `{id}` after assignment"
+        );
+    }
+}
+
+/// What follows a lapse: heartbeats that resume restore the status the agent had (online, with
+/// `idle_since` = the heartbeat's time, assignable again) and report it; an update without a
+/// status expires a lapsed agent first (it ends offline); an explicit status (a new `hello`)
+/// replaces the restore; `ttl = 0` of a lapsed session sets the agent offline.
+pub async fn presence_lapse_resume_and_updates(factory: &impl MakeStore, prefix: &str) {
+    let what = "presence_lapse_resume_and_updates";
+    let store = factory.make().await;
+    let pool = format!("{prefix}default");
+    let [x, y, z] = ["x", "y", "z"].map(|n| format!("{prefix}agent-{n}"));
+    for (i, id) in [&x, &y, &z].into_iter().enumerate() {
+        agent(&store, id, &[&pool], 1, AgentStatus::Online, at(i as i64)).await;
+        heartbeat(&store, id, PRESENCE_TTL, at(5)).await;
+    }
+    tokio::time::sleep(PRESENCE_TTL * 2).await;
+
+    // y: an update without status expires it first.
+    let updated = update_agent(
+        &store,
+        AgentUpdate {
+            id: y.clone(),
+            capacity: Some(2),
+            ..AgentUpdate::default()
+        },
+        at(10),
+    )
+    .await;
+    assert_eq!(
+        (updated.status, updated.capacity),
+        (AgentStatus::Offline, 2),
+        "{what}: an update of a lapsed agent"
+    );
+    // z: `ttl = 0` of a lapsed session.
+    assert!(
+        !heartbeat(&store, &z, Duration::ZERO, at(11)).await,
+        "{what}: ending a lapsed session"
+    );
+    assert_eq!(
+        get_agent(&store, &z).await.status,
+        AgentStatus::Offline,
+        "{what}: ending a lapsed session must leave the agent offline"
+    );
+
+    // Nobody is assignable: x is expired by the assignment.
+    let (_, _, c1) = open(&store, prefix, "c1", &pool, at(12)).await;
+    assert!(
+        assign(&store, &pool, at(13)).await.is_empty(),
+        "{what}: lapsed agents got a conversation"
+    );
+    assert_eq!(
+        get_agent(&store, &x).await.status,
+        AgentStatus::Offline,
+        "{what}: x after expiry"
+    );
+
+    // x's gateway comes back: the heartbeat resumes x, online, idle since now, assignable.
+    assert!(
+        heartbeat(&store, &x, LONG_PRESENCE_TTL, at(14)).await,
+        "{what}: a heartbeat after expiry must report the session resumed"
+    );
+    let resumed = get_agent(&store, &x).await;
+    assert_eq!(
+        (resumed.status, resumed.idle_since, resumed.updated_at),
+        (AgentStatus::Online, at(14), at(14)),
+        "{what}: the resumed agent"
+    );
+    assert!(
+        !heartbeat(&store, &x, LONG_PRESENCE_TTL, at(15)).await,
+        "{what}: a second heartbeat reported a resume"
+    );
+    assert_eq!(
+        pairs(&assign(&store, &pool, at(16)).await),
+        vec![(c1.id.clone(), x.clone())],
+        "{what}: the resumed agent is assignable"
+    );
+
+    // y set away explicitly after its expiry: a later heartbeat does not bring it online.
+    update_agent(
+        &store,
+        AgentUpdate {
+            id: y.clone(),
+            status: Some(AgentStatus::Away),
+            ..AgentUpdate::default()
+        },
+        at(17),
+    )
+    .await;
+    assert!(
+        !heartbeat(&store, &y, LONG_PRESENCE_TTL, at(18)).await,
+        "{what}: an explicit status must replace the restore"
+    );
+    assert_eq!(
+        get_agent(&store, &y).await.status,
+        AgentStatus::Away,
+        "{what}: y keeps its explicit status"
+    );
+    // z (ended, untracked) comes back online through an explicit update and stays online.
+    update_agent(
+        &store,
+        AgentUpdate {
+            id: z.clone(),
+            status: Some(AgentStatus::Online),
+            ..AgentUpdate::default()
+        },
+        at(19),
+    )
+    .await;
+    let (_, _, c2) = open(&store, prefix, "c2", &pool, at(20)).await;
+    assert_eq!(
+        pairs(&assign(&store, &pool, at(21)).await),
+        vec![(c2.id.clone(), z.clone())],
+        "{what}: an ended session leaves the agent untracked"
+    );
+}
+
 /// Runs every case, each on a fresh store with its own sub-prefix of `prefix`.
 pub async fn run_all(factory: &impl MakeStore, prefix: &str) {
     let p = |case: &str| format!("{prefix}{case}.");
@@ -1639,6 +1973,7 @@ pub async fn run_all(factory: &impl MakeStore, prefix: &str) {
     weak_identities_merge_only_explicitly(factory, &p("weak")).await;
     one_open_conversation_across_channels(factory, &p("one-open")).await;
     record_inbound_is_idempotent(factory, &p("idempotent")).await;
+    resolve_retry_reports_created(factory, &p("resolve-retry")).await;
     longest_idle_agent_first(factory, &p("longest-idle")).await;
     capacity_never_exceeded(factory, &p("capacity")).await;
     concurrent_assignment_never_doubles(factory, &p("concurrent-assign")).await;
@@ -1647,4 +1982,6 @@ pub async fn run_all(factory: &impl MakeStore, prefix: &str) {
     transfer_to_pool_and_agent(factory, &p("transfer")).await;
     merge_with_open_conversations(factory, &p("merge-open")).await;
     concurrent_resolution_converges(factory, &p("concurrent-resolve")).await;
+    presence_heartbeat_ttl(factory, &p("presence-ttl")).await;
+    presence_lapse_resume_and_updates(factory, &p("presence-resume")).await;
 }

@@ -22,6 +22,8 @@ use crate::model::{
 const MAX_MESSAGES_PER_CONVERSATION: usize = 10_000;
 /// Sweep expired dedupe keys every this many claims.
 const DEDUPE_SWEEP_EVERY: u64 = 4096;
+/// Longest presence a heartbeat arms.
+const MAX_PRESENCE_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// The embedded (in-process) store.
 #[derive(Default)]
@@ -44,6 +46,21 @@ struct State {
     message_ids: HashMap<String, String>,
     queues: HashMap<String, VecDeque<String>>,
     agents: HashMap<String, Agent>,
+    /// Customer id -> the `source` of the resolution that created it.
+    customer_created_by: HashMap<String, String>,
+    /// Conversation id -> the envelope that opened it.
+    conversation_opened_by: HashMap<String, String>,
+    /// Agent id -> its heart-beated session presence (absent: not presence-tracked).
+    presence: HashMap<String, Presence>,
+}
+
+/// The presence of an agent that heart-beats ([`Store::heartbeat_agent`]).
+#[derive(Debug, Clone, Copy)]
+enum Presence {
+    /// Tracked: present until this instant.
+    Live(Instant),
+    /// The session lapsed and set the agent offline; a resumed heartbeat restores this status.
+    Lapsed(AgentStatus),
 }
 
 impl EmbeddedStore {
@@ -221,6 +238,40 @@ impl State {
         }
     }
 
+    /// Whether the agent is presence-tracked and its presence has lapsed.
+    fn presence_lapsed(&self, id: &str) -> bool {
+        matches!(self.presence.get(id), Some(Presence::Live(until)) if *until <= Instant::now())
+    }
+
+    /// The agent as reads report it: offline while its tracked presence has lapsed.
+    fn agent_view(&self, agent: &Agent) -> Agent {
+        let mut agent = agent.clone();
+        if self.presence_lapsed(&agent.id) {
+            agent.status = AgentStatus::Offline;
+        }
+        agent
+    }
+
+    /// Sets an agent whose tracked presence has lapsed offline, remembering its status for a
+    /// resumed heartbeat; does nothing to any other agent.
+    fn expire_presence(&mut self, id: &str, now: DateTime<Utc>) {
+        if !self.presence_lapsed(id) {
+            return;
+        }
+        let Some(agent) = self.agents.get_mut(id) else {
+            self.presence.remove(id);
+            return;
+        };
+        if agent.status == AgentStatus::Offline {
+            self.presence.remove(id);
+        } else {
+            self.presence
+                .insert(id.to_owned(), Presence::Lapsed(agent.status));
+        }
+        agent.status = AgentStatus::Offline;
+        agent.updated_at = now;
+    }
+
     fn assign_one(&mut self, pool: &str, now: DateTime<Utc>) -> Option<Assignment> {
         loop {
             let head = self.queues.get(pool)?.front()?.clone();
@@ -232,6 +283,20 @@ impl State {
                 // Stale entry (closed or moved meanwhile): drop it and look at the next.
                 self.queues.get_mut(pool)?.pop_front();
                 continue;
+            }
+            // Candidates whose gateway stopped heart-beating go offline now, never assigned.
+            let lapsed: Vec<String> = self
+                .agents
+                .values()
+                .filter(|a| {
+                    a.status == AgentStatus::Online
+                        && a.pools.iter().any(|p| p == pool)
+                        && self.presence_lapsed(&a.id)
+                })
+                .map(|a| a.id.clone())
+                .collect();
+            for id in lapsed {
+                self.expire_presence(&id, now);
             }
             let agent_id = self
                 .agents
@@ -245,15 +310,14 @@ impl State {
             agent.conversations.push(head.clone());
             agent.idle_since = now;
             agent.updated_at = now;
-            let agent = agent.clone();
             let c = self.conversations.get_mut(&head)?;
             c.status = ConversationStatus::Assigned;
-            c.agent_id = Some(agent_id);
+            c.agent_id = Some(agent_id.clone());
             c.assigned_at = Some(now);
             c.updated_at = now;
             return Some(Assignment {
                 conversation: c.clone(),
-                agent,
+                agent_id,
             });
         }
     }
@@ -332,7 +396,14 @@ impl Store for EmbeddedStore {
             fa.cmp(&fb).then(a.cmp(b))
         });
         let (winner, created) = match owners.first().cloned().or(weak_owner) {
-            Some(id) => (id, false),
+            Some(id) => {
+                // A retry of the request that created the profile reports it created again.
+                let retry = req
+                    .source
+                    .as_ref()
+                    .is_some_and(|src| s.customer_created_by.get(&id) == Some(src));
+                (id, retry)
+            }
             None => {
                 let id = new_id();
                 s.customers.insert(
@@ -349,6 +420,9 @@ impl Store for EmbeddedStore {
                         last_seen: now,
                     },
                 );
+                if let Some(source) = &req.source {
+                    s.customer_created_by.insert(id.clone(), source.clone());
+                }
                 (id, true)
             }
         };
@@ -435,9 +509,10 @@ impl Store for EmbeddedStore {
                 .get(&conv_id)
                 .cloned()
                 .ok_or_else(|| not_found("conversation", &conv_id))?;
+            let created = s.conversation_opened_by.get(&conv_id) == Some(&envelope.id);
             return Ok(InboundRecord {
                 conversation,
-                created: false,
+                created,
                 duplicate: true,
             });
         }
@@ -477,6 +552,8 @@ impl Store for EmbeddedStore {
                     },
                 );
                 s.open_by_customer.insert(customer_id.clone(), id.clone());
+                s.conversation_opened_by
+                    .insert(id.clone(), envelope.id.clone());
                 s.queues
                     .entry(pool.to_owned())
                     .or_default()
@@ -527,6 +604,14 @@ impl Store for EmbeddedStore {
         now: DateTime<Utc>,
     ) -> Result<Agent, StoreError> {
         let mut s = self.lock();
+        // A lapsed session is over: expire it first, then apply the update.
+        s.expire_presence(&update.id, now);
+        if update.status.is_some()
+            && matches!(s.presence.get(&update.id), Some(Presence::Lapsed(_)))
+        {
+            // An explicit status replaces the one a resumed heartbeat would restore.
+            s.presence.remove(&update.id);
+        }
         let agent = s.agents.entry(update.id.clone()).or_insert_with(|| Agent {
             id: update.id.clone(),
             name: update.id.clone(),
@@ -560,12 +645,55 @@ impl Store for EmbeddedStore {
         Ok(agent.clone())
     }
 
+    async fn heartbeat_agent(
+        &self,
+        id: &str,
+        ttl: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut s = self.lock();
+        if !s.agents.contains_key(id) {
+            return Err(not_found("agent", id));
+        }
+        if ttl.is_zero() {
+            s.expire_presence(id, now);
+            s.presence.remove(id);
+            return Ok(false);
+        }
+        let restore = match s.presence.get(id) {
+            Some(Presence::Lapsed(status)) => Some(*status),
+            _ => None,
+        };
+        let mut resumed = false;
+        if let Some(status) = restore
+            && let Some(agent) = s.agents.get_mut(id)
+            && agent.status == AgentStatus::Offline
+        {
+            if status == AgentStatus::Online {
+                agent.idle_since = now;
+            }
+            agent.status = status;
+            agent.updated_at = now;
+            resumed = true;
+        }
+        let start = Instant::now();
+        // An absurdly long TTL is capped at a year rather than overflowing the clock.
+        let until = start
+            .checked_add(ttl.min(MAX_PRESENCE_TTL))
+            .unwrap_or(start);
+        s.presence.insert(id.to_owned(), Presence::Live(until));
+        Ok(resumed)
+    }
+
     async fn agent(&self, id: &str) -> Result<Option<Agent>, StoreError> {
-        Ok(self.lock().agents.get(id).cloned())
+        let s = self.lock();
+        Ok(s.agents.get(id).map(|a| s.agent_view(a)))
     }
 
     async fn agents(&self) -> Result<Vec<Agent>, StoreError> {
-        let mut agents: Vec<Agent> = self.lock().agents.values().cloned().collect();
+        let s = self.lock();
+        let mut agents: Vec<Agent> = s.agents.values().map(|a| s.agent_view(a)).collect();
+        drop(s);
         agents.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(agents)
     }
@@ -696,6 +824,7 @@ impl Store for EmbeddedStore {
                 });
             }
             if agent.status == AgentStatus::Offline
+                || s.presence_lapsed(agent_id)
                 || agent.conversations.len() as u64 >= u64::from(agent.capacity)
             {
                 return Err(StoreError::Conflict {

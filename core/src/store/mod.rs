@@ -55,6 +55,9 @@ pub struct ResolveRequest {
     pub display_name: Option<String>,
     /// Time of the resolution.
     pub now: DateTime<Utc>,
+    /// What asks (the envelope id): a retry of the request that created the profile reports it
+    /// created again, so its `customer.created` event is re-emitted after a lost reply.
+    pub source: Option<String>,
 }
 
 /// One merge performed while resolving.
@@ -73,7 +76,8 @@ pub struct Merge {
 pub struct Resolution {
     /// The customer the identities belong to now.
     pub customer: Customer,
-    /// Whether the profile was created by this call.
+    /// Whether the profile was created by this call, or by an earlier call with the same
+    /// [`ResolveRequest::source`] (a retry).
     pub created: bool,
     /// Profiles merged into it by this call.
     pub merges: Vec<Merge>,
@@ -89,7 +93,8 @@ pub struct Resolution {
 pub struct InboundRecord {
     /// The customer's open conversation holding the message.
     pub conversation: Conversation,
-    /// Whether the conversation was opened by this message (it then waits in its pool's queue).
+    /// Whether the conversation was opened by this message: now, or when this envelope id was
+    /// recorded before (a retry after a lost reply reports it again, so events are re-emitted).
     pub created: bool,
     /// Whether this envelope id was recorded before (nothing changed).
     pub duplicate: bool,
@@ -98,10 +103,11 @@ pub struct InboundRecord {
 /// A conversation handed to an agent.
 #[derive(Debug, Clone)]
 pub struct Assignment {
-    /// The conversation, now assigned.
+    /// The conversation, now assigned (its `agent_id` names the agent).
     pub conversation: Conversation,
-    /// The agent, now holding it.
-    pub agent: Agent,
+    /// The agent now holding it (only the id: an agent's whole record, with every conversation
+    /// it holds, is not worth carrying on the routing path).
+    pub agent_id: String,
 }
 
 /// Fields of `PUT /v1/agents/{id}`; absent fields keep their value.
@@ -195,6 +201,30 @@ pub trait Store: Send + Sync + 'static {
         update: AgentUpdate,
         now: DateTime<Utc>,
     ) -> Result<Agent, StoreError>;
+
+    /// Records a heartbeat of the agent's session (the agent WebSocket sends one every `ttl`/3
+    /// while the agent has a socket open): the agent becomes *presence-tracked* and present for
+    /// `ttl`. `NotFound` for an unknown agent.
+    ///
+    /// While a tracked agent's presence has lapsed (its gateway stopped heart-beating, e.g. was
+    /// killed), it reads as offline and is never assigned: the next [`Store::assign_queued`] that
+    /// considers it, or [`Store::upsert_agent`] of it, sets it offline (out of every pool's
+    /// online index) and [`Store::transfer`] to it is refused as `agent_unavailable`. The
+    /// conversations it holds stay with it, for helpdesks to transfer. If heartbeats resume
+    /// after such an expiry, with no explicit status set meanwhile, the agent gets back the
+    /// status it had (`online` with `idle_since = now`) and this returns `true`, so the caller
+    /// can announce the change and assign; otherwise it returns `false`.
+    ///
+    /// `ttl == 0` ends the session cleanly (a disconnect): the agent is no longer tracked and
+    /// keeps its status (the caller sets it offline first); a session that had already lapsed
+    /// is expired first. Agents never heart-beated (managed through `PUT /v1/agents/{id}`) are
+    /// unaffected by all of this. Expiry is real time (a Redis `PX` key), like [`Store::claim_key`].
+    async fn heartbeat_agent(
+        &self,
+        id: &str,
+        ttl: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
 
     /// An agent by id.
     async fn agent(&self, id: &str) -> Result<Option<Agent>, StoreError>;

@@ -15,7 +15,8 @@
 //! - Ids are generated in Rust and passed to the scripts; time is always the caller's `now`
 //!   (never the Redis clock), stored as fixed-width RFC 3339 strings with nanoseconds
 //!   (`2026-01-01T00:00:00.000000000Z`): they round-trip exactly and compare byte-wise in Lua.
-//!   Years outside 0000–9999 are not supported.
+//!   Years outside 0000–9999 are not supported. Only what expires lives in real time on the
+//!   server's clock (a `PX` TTL): `P:kv:*` keys and agent presence (`P:presence:*`).
 //! - Connection, I/O and timeout errors (and any server error) are
 //!   [`StoreError::Unavailable`]; a script reports "not found" and conflicts as a reply, before
 //!   writing anything, and they become [`StoreError::NotFound`] / [`StoreError::Conflict`] with
@@ -48,6 +49,8 @@ use crate::model::{
 
 /// Messages kept per conversation; older ones are trimmed from the list.
 pub const MAX_MESSAGES_PER_CONVERSATION: usize = 10_000;
+/// Longest presence a heartbeat arms.
+const MAX_PRESENCE_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Timeout of one connection attempt.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
 /// Timeout of one command or script.
@@ -80,6 +83,7 @@ static UPSERT_AGENT: LazyLock<Script> =
 static CLOSE: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/close.lua")));
 static TRANSFER: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/transfer.lua")));
 static READS: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/reads.lua")));
+static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/heartbeat.lua")));
 
 /// The Redis store.
 #[derive(Clone)]
@@ -575,6 +579,7 @@ impl Store for RedisStore {
         for (key, strength) in &req.identities {
             inv.arg(key.as_str()).arg(strength_name(*strength));
         }
+        inv.arg(req.source.as_deref().unwrap_or_default());
         let (_, mut items) = tagged(self.eval(&inv, false).await?)?;
         let created = text(items.next()?)? == "1";
         let customer = customer(items.next()?)?;
@@ -638,18 +643,11 @@ impl Store for RedisStore {
             .arg(json(&envelope.sender)?)
             .arg(json(envelope)?);
         let (tag, mut items) = tagged(self.eval(&inv, false).await?)?;
-        if tag == "dup" {
-            return Ok(InboundRecord {
-                conversation: some_conversation(items.next()?)?,
-                created: false,
-                duplicate: true,
-            });
-        }
         let created = text(items.next()?)? == "1";
         Ok(InboundRecord {
             conversation: some_conversation(items.next()?)?,
             created,
-            duplicate: false,
+            duplicate: tag == "dup",
         })
     }
 
@@ -666,7 +664,7 @@ impl Store for RedisStore {
                 let mut a = Items::of(a)?;
                 Ok(Assignment {
                     conversation: some_conversation(a.next()?)?,
-                    agent: agent(a.next()?)?,
+                    agent_id: text(a.next()?)?,
                 })
             })
             .collect()
@@ -696,6 +694,25 @@ impl Store for RedisStore {
             }
         }
         agent(self.eval(&inv, false).await?)
+    }
+
+    async fn heartbeat_agent(
+        &self,
+        id: &str,
+        ttl: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        // 0 ends the session; any other TTL is at least 1 ms (`PX` refuses 0) and at most a
+        // year (as in the embedded store; `PX` refuses what overflows the server's clock).
+        let ms = if ttl.is_zero() {
+            0
+        } else {
+            ttl_millis(ttl.min(MAX_PRESENCE_TTL))
+        };
+        let mut inv = HEARTBEAT.prepare_invoke();
+        inv.arg(&self.prefix).arg(id).arg(ms).arg(stamp(now));
+        let (_, mut items) = tagged(self.eval(&inv, false).await?)?;
+        Ok(text(items.next()?)? == "1")
     }
 
     async fn agent(&self, id: &str) -> Result<Option<Agent>, StoreError> {

@@ -49,6 +49,9 @@ pub struct HttpState {
     pub shutdown: CancellationToken,
     /// Tracks WebSocket tasks so shutdown can wait for them.
     pub sockets: TaskTracker,
+    /// Agent presence TTL (`router.presence_ttl_secs`): the agent WebSocket heart-beats every
+    /// third of it while an agent is connected; zero turns heartbeats off.
+    pub presence_ttl: Duration,
 }
 
 /// The operations endpoints alone (`/healthz`, `/readyz`, `/metrics`), for router processes.

@@ -1,6 +1,7 @@
--- assign_queued. ARGV: prefix, pool, now. Reply: {{conversation, agent}...}, in order.
+-- assign_queued. ARGV: prefix, pool, now. Reply: {{conversation, agent id}...}, in order.
 -- Repeatedly: the head of the pool's queue (stale entries dropped) goes to the first agent of
--- the pool's online index (idle_since, then id) that is online and has room.
+-- the pool's online index (idle_since, then id) that is online and has room. A candidate whose
+-- tracked presence lapsed (its gateway stopped heart-beating) is set offline here and skipped.
 
 local pool, now = ARGV[2], ARGV[3]
 local qk, zk = key('queue', pool), key('pool-online', pool)
@@ -22,8 +23,10 @@ while true do
       local sep = string.find(m, '|', 1, true)
       local aid = sep and string.sub(m, sep + 1)
       if aid and not skip[aid] then
-        local a = redis.call('HMGET', key('agent', aid), 'status', 'capacity')
-        if a[1] == 'online'
+        local a = redis.call('HMGET', key('agent', aid), 'status', 'capacity', 'presence')
+        if a[3] == 'live' and redis.call('EXISTS', key('presence', aid)) == 0 then
+          expire_presence(aid, now)
+        elseif a[1] == 'online'
           and redis.call('LLEN', key('agent-convs', aid)) < (tonumber(a[2]) or 0) then
           chosen = aid
           break
@@ -40,7 +43,7 @@ while true do
     redis.call('HSET', key('agent', chosen), 'updated_at', now)
     redis.call('HSET', key('conv', head), 'status', 'assigned', 'agent_id', chosen,
       'assigned_at', now, 'updated_at', now)
-    out[#out + 1] = { conv_reply(head), agent_reply(chosen) }
+    out[#out + 1] = { conv_reply(head), chosen }
   end
 end
 return out

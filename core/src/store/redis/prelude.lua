@@ -161,3 +161,34 @@ local function close_conversation(id, reason, now)
   return released or false, nil
 end
 
+
+-- Presence (heartbeat_agent): an agent whose hash has `presence` = 'live' is presence-tracked
+-- and present while `P:presence:{agent}` exists (set with the heartbeat's PX TTL). After its
+-- session lapsed and was expired, `presence` is 'lapsed:{status it had}' until a heartbeat
+-- resumes it or an explicit status replaces it. Agents without the field are never expired.
+local function presence_lapsed(id)
+  return redis.call('HGET', key('agent', id), 'presence') == 'live'
+    and redis.call('EXISTS', key('presence', id)) == 0
+end
+
+-- Sets a live agent whose presence lapsed offline, out of every pool's online index (as
+-- upsert_agent does), remembering its status for a resumed heartbeat. Conversations it holds
+-- stay with it.
+local function expire_presence(id, now)
+  if not presence_lapsed(id) then
+    return
+  end
+  local ak = key('agent', id)
+  local a = redis.call('HMGET', ak, 'status', 'idle_since')
+  if a[1] == 'online' then
+    for _, p in ipairs(redis.call('LRANGE', key('agent-pools', id), 0, -1)) do
+      redis.call('ZREM', key('pool-online', p), online_member(a[2], id))
+    end
+  end
+  if a[1] == 'offline' or not a[1] then
+    redis.call('HDEL', ak, 'presence')
+  else
+    redis.call('HSET', ak, 'presence', 'lapsed:' .. a[1])
+  end
+  redis.call('HSET', ak, 'status', 'offline', 'updated_at', now)
+end

@@ -2,6 +2,20 @@
 
 local op, arg = ARGV[2], ARGV[3]
 
+-- An agent whose tracked presence lapsed reads as offline (the next write expires it).
+local function agent_read(id)
+  local r = agent_reply(id)
+  if presence_lapsed(id) then
+    local h = r[1]
+    for i = 1, #h - 1, 2 do
+      if h[i] == 'status' then
+        h[i + 1] = 'offline'
+      end
+    end
+  end
+  return r
+end
+
 if op == 'customer' then
   local id = canonical(arg)
   if redis.call('EXISTS', key('cust', id)) == 0 then
@@ -18,12 +32,12 @@ elseif op == 'agent' then
   if redis.call('EXISTS', key('agent', arg)) == 0 then
     return false
   end
-  return agent_reply(arg)
+  return agent_read(arg)
 elseif op == 'agents' then
   local out = {}
   for _, id in ipairs(redis.call('SMEMBERS', P .. ':agents')) do
     if redis.call('EXISTS', key('agent', id)) == 1 then
-      out[#out + 1] = agent_reply(id)
+      out[#out + 1] = agent_read(id)
     end
   end
   return out

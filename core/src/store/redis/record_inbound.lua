@@ -1,6 +1,7 @@
 -- record_inbound. ARGV: prefix, envelope id, has customer (1/0), customer id, pool, now,
 -- id for a new conversation, tenant, channel kind, channel id, recipient (Sender JSON),
--- envelope JSON. Reply: {'dup', conversation} | {'ok', created (1/0), conversation} | error.
+-- envelope JSON. Reply: {'dup', opened by this envelope (1/0), conversation}
+-- | {'ok', created (1/0), conversation} | error.
 
 local env_id, has_customer, customer_id, pool = ARGV[2], ARGV[3] == '1', ARGV[4], ARGV[5]
 local now, new_conv, tenant = ARGV[6], ARGV[7], ARGV[8]
@@ -13,7 +14,8 @@ if seen then
   if redis.call('EXISTS', key('conv', conv)) == 0 then
     return not_found('conversation', conv)
   end
-  return { 'dup', conv_reply(conv) }
+  local opened = redis.call('HGET', key('conv', conv), 'opened_by') == env_id
+  return { 'dup', opened and 1 or 0, conv_reply(conv) }
 end
 if not has_customer then
   return conflict('customer_unresolved', 'envelope `' .. env_id .. '` has no customer_id')
@@ -26,7 +28,7 @@ local created = 0
 if not conv or redis.call('EXISTS', key('conv', conv)) == 0 then
   conv, created = new_conv, 1
   redis.call('HSET', key('conv', conv), 'id', conv, 'tenant', tenant, 'customer_id', cust,
-    'status', 'queued', 'pool', pool, 'created_at', now, 'queued_at', now, 'message_count', 0)
+    'status', 'queued', 'pool', pool, 'created_at', now, 'queued_at', now, 'message_count', 0, 'opened_by', env_id)
   redis.call('SET', ok, conv)
   redis.call('RPUSH', key('queue', pool), conv)
 end

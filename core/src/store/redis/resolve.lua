@@ -1,5 +1,7 @@
 -- resolve_customer. ARGV: prefix, tenant, explicit (1/0), has display name (1/0), display name,
--- now, id for a new profile, n, then n pairs (identity key, `strong`|`weak`).
+-- now, id for a new profile, n, then n pairs (identity key, `strong`|`weak`), then the source
+-- (envelope id; empty when none): a retry of the request that created the profile reports it
+-- created again.
 -- Reply: {'ok', created (1/0), customer, merges {{from, into, {via...}}...}, linked {...},
 -- closed {conversation...}}.
 
@@ -11,6 +13,7 @@ for i = 1, n do
   idents[i] = ARGV[7 + 2 * i]
   strengths[i] = ARGV[8 + 2 * i]
 end
+local source = ARGV[9 + 2 * n] or ''
 
 -- Merges profile `from` into `into`: identities, redirects, merged_from, tags, attributes, name,
 -- first/last seen, and the open conversation. Returns the id of a conversation the merge
@@ -156,7 +159,9 @@ local winner, created = owners[1] or weak_owner, false
 if not winner then
   winner, created = new_id, true
   redis.call('HSET', key('cust', winner), 'id', winner, 'tenant', tenant, 'first_seen', now,
-    'last_seen', now)
+    'last_seen', now, 'created_by', source)
+elseif source ~= '' and redis.call('HGET', key('cust', winner), 'created_by') == source then
+  created = true
 end
 local ck = key('cust', winner)
 if redis.call('EXISTS', ck) == 0 then

@@ -20,7 +20,8 @@ if kind == 'agent' then
     return conflict('already_assigned',
       'conversation `' .. id .. '` is already with agent `' .. target .. '`')
   end
-  if a[1] == 'offline' or redis.call('LLEN', convs) >= (tonumber(a[2]) or 0) then
+  if a[1] == 'offline' or presence_lapsed(target)
+    or redis.call('LLEN', convs) >= (tonumber(a[2]) or 0) then
     return conflict('agent_unavailable', 'agent `' .. target .. '` is offline or at capacity')
   end
 end

@@ -28,6 +28,15 @@ if redis.call('EXISTS', ak) == 0 then
   redis.call('RPUSH', pk, 'default')
   redis.call('SADD', P .. ':agents', id)
 end
+-- A lapsed presence session is over: expire it first, then apply the update.
+expire_presence(id, now)
+if has_status then
+  local presence = redis.call('HGET', ak, 'presence')
+  if presence and presence ~= 'live' then
+    -- An explicit status replaces the one a resumed heartbeat would restore.
+    redis.call('HDEL', ak, 'presence')
+  end
+end
 
 local old = redis.call('HMGET', ak, 'status', 'idle_since')
 if old[1] == 'online' then

@@ -1,0 +1,265 @@
+//! A message whose effects were stored but whose events were not published (the bus failed,
+//! or the reply of a store script was lost) is retried; the retry announces everything the
+//! first attempt did, with the same event ids, and changes nothing else.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use switchyard_core::bus::embedded::EmbeddedBus;
+use switchyard_core::bus::topology::{EVENTS_EXCHANGE, TopologyOptions};
+use switchyard_core::bus::{Bus, BusError, Deliveries, Message, Topology};
+use switchyard_core::conformance::store::{app_channel, inbound_envelope, key};
+use switchyard_core::event::CloudEvent;
+use switchyard_core::metrics::Metrics;
+use switchyard_core::model::AgentStatus;
+use switchyard_core::store::embedded::EmbeddedStore;
+use switchyard_core::store::{AgentUpdate, Store};
+use switchyard_router::events::EventPublisher;
+use switchyard_router::inbound::{InboundRouter, Routed};
+
+/// The embedded bus, except that the next `failing` event batches fail as if the broker were
+/// gone.
+struct FlakyBus {
+    inner: EmbeddedBus,
+    failing: AtomicUsize,
+}
+
+#[async_trait]
+impl Bus for FlakyBus {
+    async fn declare(&self, topology: &Topology) -> Result<(), BusError> {
+        self.inner.declare(topology).await
+    }
+    async fn declare_subscriber(
+        &self,
+        exchange: &str,
+        patterns: &[&str],
+    ) -> Result<String, BusError> {
+        self.inner.declare_subscriber(exchange, patterns).await
+    }
+    async fn publish(&self, exchange: &str, key: &str, message: Message) -> Result<(), BusError> {
+        self.inner.publish(exchange, key, message).await
+    }
+    async fn publish_events(
+        &self,
+        exchange: &str,
+        messages: Vec<(String, Message)>,
+    ) -> Result<(), BusError> {
+        let failing = self
+            .failing
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if failing.is_ok() {
+            return Err(BusError::Unavailable("broker gone (test)".into()));
+        }
+        self.inner.publish_events(exchange, messages).await
+    }
+    async fn consume(&self, queue: &str, prefetch: u16) -> Result<Box<dyn Deliveries>, BusError> {
+        self.inner.consume(queue, prefetch).await
+    }
+    fn is_ready(&self) -> bool {
+        true
+    }
+    async fn close(&self) {
+        self.inner.close().await;
+    }
+}
+
+struct Setup {
+    bus: Arc<FlakyBus>,
+    store: Arc<dyn Store>,
+    router: InboundRouter,
+    events: Box<dyn Deliveries>,
+}
+
+async fn setup() -> Setup {
+    let bus = Arc::new(FlakyBus {
+        inner: EmbeddedBus::new(Duration::from_secs(2)),
+        failing: AtomicUsize::new(0),
+    });
+    bus.declare(&Topology::standard(&TopologyOptions {
+        shards: 1,
+        queue_capacity: 1000,
+        delivery_limit: 5,
+        outbound_kinds: vec!["api".into()],
+        publish_timeout: Duration::from_secs(2),
+        events_stream_max_age: None,
+    }))
+    .await
+    .expect("declare");
+    let queue = bus
+        .declare_subscriber(EVENTS_EXCHANGE, &["#"])
+        .await
+        .expect("subscriber");
+    let events = bus.consume(&queue, 100).await.expect("consume events");
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::new());
+    store
+        .upsert_agent(
+            AgentUpdate {
+                id: "a1".into(),
+                pools: Some(vec!["default".into()]),
+                capacity: Some(5),
+                status: Some(AgentStatus::Online),
+                ..AgentUpdate::default()
+            },
+            switchyard_core::time::now(),
+        )
+        .await
+        .expect("agent");
+    let dyn_bus: Arc<dyn Bus> = bus.clone();
+    let router = InboundRouter::new(
+        Arc::clone(&store),
+        EventPublisher::new(dyn_bus),
+        Metrics::new().expect("metrics"),
+        HashMap::new(),
+        vec!["default".into()],
+        Duration::from_secs(600),
+        4,
+    );
+    Setup {
+        bus,
+        store,
+        router,
+        events,
+    }
+}
+
+/// Every event published so far, as (type without prefix, id), in order.
+async fn drain(events: &mut Box<dyn Deliveries>) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    while let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(200), events.next()).await {
+        let event: CloudEvent = serde_json::from_slice(&d.message.body).expect("event json");
+        assert_eq!(event.id, d.message.message_id, "message id is the event id");
+        out.push((d.routing_key.clone(), event.id));
+        d.ack().await.expect("ack");
+    }
+    out
+}
+
+fn types(events: &[(String, String)]) -> Vec<&str> {
+    events.iter().map(|(t, _)| t.as_str()).collect()
+}
+
+#[tokio::test]
+async fn a_retry_after_lost_events_announces_everything_once_more_with_the_same_ids() {
+    let mut s = setup().await;
+    let identity = key("", "app_user", "shop-app", "retry-1");
+    let mut envelope = inbound_envelope("", &app_channel(), "retry-1", vec![identity], "hi", {
+        switchyard_core::time::now()
+    });
+    envelope.customer_id = None;
+
+    // First attempt: stored and assigned, but the events never reach the bus.
+    s.bus.failing.store(1, Ordering::SeqCst);
+    let first = s.router.route(envelope.clone()).await;
+    assert!(
+        matches!(&first, Err(e) if e.is_transient()),
+        "a lost event batch must fail the attempt transiently: {first:?}"
+    );
+    assert!(
+        drain(&mut s.events).await.is_empty(),
+        "events escaped a failed publish"
+    );
+    let held = s.store.agent_conversations("a1").await.expect("agent load");
+    assert_eq!(held.len(), 1, "the first attempt's assignment is stored");
+    let conversation = held[0].id.clone();
+
+    // The retry finds the work done and announces all of it.
+    let retry = s.router.route(envelope.clone()).await.expect("retry");
+    assert_eq!(retry, Routed::Duplicate(conversation.clone()));
+    let announced = drain(&mut s.events).await;
+    assert_eq!(
+        types(&announced),
+        [
+            "customer.created",
+            "conversation.created",
+            "conversation.queued",
+            "message.received",
+            "conversation.assigned",
+        ],
+        "the retry must announce what the first attempt did"
+    );
+    assert_eq!(
+        announced[3].1, envelope.id,
+        "message.received carries the envelope id"
+    );
+
+    // Another redelivery announces the same events with the same ids (consumers dedupe them),
+    // and nothing changed in the store.
+    s.router.route(envelope.clone()).await.expect("redelivery");
+    assert_eq!(
+        drain(&mut s.events).await,
+        announced,
+        "a re-announcement must reuse the ids"
+    );
+    let held = s.store.agent_conversations("a1").await.expect("agent load");
+    assert_eq!(held.len(), 1, "a retry assigned again");
+    let stored = s
+        .store
+        .conversation(&conversation)
+        .await
+        .expect("conversation")
+        .expect("exists");
+    assert_eq!(
+        stored.message_count, 1,
+        "a retry recorded the message twice"
+    );
+
+    // A later message of the same customer announces only itself.
+    let identity = key("", "app_user", "shop-app", "retry-1");
+    let mut later = inbound_envelope(
+        "",
+        &app_channel(),
+        "retry-1",
+        vec![identity],
+        "again",
+        switchyard_core::time::now(),
+    );
+    later.customer_id = None;
+    assert_eq!(
+        s.router.route(later.clone()).await.expect("later"),
+        Routed::Recorded(conversation)
+    );
+    let announced = drain(&mut s.events).await;
+    assert_eq!(types(&announced), ["message.received"]);
+    assert_eq!(announced[0].1, later.id);
+}
+
+#[tokio::test]
+async fn a_retry_of_a_later_message_does_not_reannounce_the_conversation() {
+    let mut s = setup().await;
+    let identity = key("", "app_user", "shop-app", "retry-2");
+    let mut opening = inbound_envelope(
+        "",
+        &app_channel(),
+        "retry-2",
+        vec![identity.clone()],
+        "hi",
+        switchyard_core::time::now(),
+    );
+    opening.customer_id = None;
+    s.router.route(opening).await.expect("opening message");
+    assert_eq!(drain(&mut s.events).await.len(), 5, "opening events");
+
+    let mut later = inbound_envelope(
+        "",
+        &app_channel(),
+        "retry-2",
+        vec![identity],
+        "second",
+        switchyard_core::time::now(),
+    );
+    later.customer_id = None;
+    s.bus.failing.store(1, Ordering::SeqCst);
+    assert!(s.router.route(later.clone()).await.is_err());
+    s.router.route(later.clone()).await.expect("retry");
+    let announced = drain(&mut s.events).await;
+    assert_eq!(
+        types(&announced),
+        ["message.received"],
+        "only the message is announced again"
+    );
+    assert_eq!(announced[0].1, later.id);
+}
