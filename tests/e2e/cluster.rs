@@ -71,6 +71,16 @@ async fn wait_ready(http: &reqwest::Client, url: &str) {
 impl Cluster {
     /// Starts a gateway and `routers` routers; `None` when RabbitMQ or Redis is absent.
     pub async fn start(label: &str, routers: usize, redis: Option<String>) -> Option<Cluster> {
+        Self::start_with(label, routers, redis, "").await
+    }
+
+    /// [`Cluster::start`] with `extra` TOML appended to the shared configuration.
+    pub async fn start_with(
+        label: &str,
+        routers: usize,
+        redis: Option<String>,
+        extra: &str,
+    ) -> Option<Cluster> {
         let turn = Arc::clone(&ONE_AT_A_TIME).lock_owned().await;
         let vhost = TestVhost::create(label)?;
         let redis_url = redis.unwrap_or_else(redis_url);
@@ -88,7 +98,7 @@ impl Cluster {
                  [store]\nkind = \"redis\"\nurl = \"{redis_url}\"\nkey_prefix = \"{prefix}\"\n\
                  [log]\nformat = \"json\"\nlevel = \"warn\"\n\
                  [[channels]]\nid = \"shop\"\nkind = \"api\"\nsecret = \"{SECRET}\"\n\
-                 [[channels]]\nid = \"bank\"\nkind = \"api\"\nsecret = \"{SECRET}\"\n",
+                 [[channels]]\nid = \"bank\"\nkind = \"api\"\nsecret = \"{SECRET}\"\n{extra}",
                 vhost.url
             ),
         )
@@ -113,6 +123,17 @@ impl Cluster {
             cluster.add_router().await;
         }
         Some(cluster)
+    }
+
+    /// Kills the gateway with SIGKILL (no shutdown, no goodbye to anyone) and starts a new one
+    /// on another port.
+    pub async fn replace_gateway(&mut self) {
+        let _ = self.gateway.kill();
+        let _ = self.gateway.wait();
+        let port = free_port();
+        self.gateway = spawn("gateway", &self.config, port, 0);
+        self.gateway_url = format!("http://127.0.0.1:{port}");
+        wait_ready(&self.http, &self.gateway_url).await;
     }
 
     /// Starts one more router and waits until it is ready.

@@ -8,6 +8,7 @@ mod binary;
 mod cluster;
 mod douyin;
 mod identity;
+mod presence;
 mod support;
 mod web_flow;
 mod wechat;
