@@ -349,17 +349,7 @@ impl DouyinConnector {
                 )),
             });
         }
-        let token = value
-            .pointer("/data/access_token")
-            .and_then(Value::as_str)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| ConnectorError::Transient("client_token without access_token".into()))?
-            .to_owned();
-        let expires_in = value
-            .pointer("/data/expires_in")
-            .and_then(Value::as_u64)
-            .unwrap_or(7200);
-        Ok((token, Duration::from_secs(expires_in)))
+        token_of(value.get("data"), "client_token")
     }
 
     /// `POST {api_base}/tool/imagex/client_upload/` with header `access-token: <client_token>`
@@ -554,16 +544,7 @@ impl DouyinConnector {
                 )),
             });
         }
-        let token = data
-            .get("access_token")
-            .and_then(Value::as_str)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| ConnectorError::Transient("token refresh without access_token".into()))?
-            .to_owned();
-        let expires_in = data
-            .get("expires_in")
-            .and_then(Value::as_u64)
-            .unwrap_or(7200);
+        let (token, lifetime) = token_of(Some(&data), "token refresh")?;
         if let Some(new_refresh) = data.get("refresh_token").and_then(Value::as_str)
             && !new_refresh.is_empty()
             && new_refresh != refresh_token
@@ -581,7 +562,7 @@ impl DouyinConnector {
                 .await
                 .map_err(Self::store_err)?;
         }
-        Ok((token, Duration::from_secs(expires_in)))
+        Ok((token, lifetime))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -806,6 +787,22 @@ fn is_token_error(code: i64) -> bool {
         code,
         10008 | 2190008 | 28001003 | 28001008 | 2190004 | 40001 | 40014
     )
+}
+
+/// The `access_token` of a Douyin token answer's `data`, with its lifetime (`expires_in`,
+/// 2 h when absent).
+fn token_of(data: Option<&Value>, what: &str) -> Result<(String, Duration), ConnectorError> {
+    let token = data
+        .and_then(|d| d.get("access_token"))
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ConnectorError::Transient(format!("{what} answered no access_token")))?
+        .to_owned();
+    let expires_in = data
+        .and_then(|d| d.get("expires_in"))
+        .and_then(Value::as_u64)
+        .unwrap_or(7200);
+    Ok((token, Duration::from_secs(expires_in)))
 }
 
 /// Error codes meaning "slow down".

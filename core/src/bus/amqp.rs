@@ -21,6 +21,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
+use lapin::Confirmation;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
@@ -154,6 +155,49 @@ impl AmqpBus {
         args
     }
 
+    /// Publishes `messages` in order on `channel`, all of them before the first confirm is
+    /// awaited (one round trip for the batch), and returns their confirmations; the publish
+    /// timeout covers the whole batch.
+    async fn publish_confirmed(
+        &self,
+        channel: &Channel,
+        exchange: &str,
+        messages: &[(&str, &Message)],
+        mandatory: bool,
+    ) -> Result<Vec<Confirmation>, BusError> {
+        let full_exchange = self.name(exchange);
+        let timeout = self.inner.publish_timeout;
+        tokio::time::timeout(timeout, async {
+            let mut confirms = Vec::with_capacity(messages.len());
+            for (routing_key, message) in messages {
+                let confirm = channel
+                    .basic_publish(
+                        ShortString::from(full_exchange.as_str()),
+                        ShortString::from(*routing_key),
+                        BasicPublishOptions {
+                            mandatory,
+                            ..BasicPublishOptions::default()
+                        },
+                        &message.body,
+                        properties(message),
+                    )
+                    .await?;
+                confirms.push(confirm);
+            }
+            let mut confirmed = Vec::with_capacity(confirms.len());
+            for confirm in confirms {
+                confirmed.push(confirm.await?);
+            }
+            Ok::<_, lapin::Error>(confirmed)
+        })
+        .await
+        .map_err(|_| BusError::Timeout {
+            exchange: exchange.to_owned(),
+            timeout,
+        })?
+        .map_err(unavailable)
+    }
+
     async fn publish_on(
         &self,
         channel: &Channel,
@@ -161,41 +205,22 @@ impl AmqpBus {
         routing_key: &str,
         message: &Message,
     ) -> Result<(), BusError> {
-        let props = properties(message);
-        let full_exchange = self.name(exchange);
-        let timeout = self.inner.publish_timeout;
-        let confirmed = tokio::time::timeout(timeout, async {
-            let confirm = channel
-                .basic_publish(
-                    ShortString::from(full_exchange.as_str()),
-                    ShortString::from(routing_key),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..BasicPublishOptions::default()
-                    },
-                    &message.body,
-                    props,
-                )
-                .await?;
-            confirm.await
-        })
-        .await
-        .map_err(|_| BusError::Timeout {
-            exchange: exchange.to_owned(),
-            timeout,
-        })?
-        .map_err(unavailable)?;
-        if confirmed.is_nack() {
-            return Err(BusError::Nacked {
-                exchange: exchange.to_owned(),
-                reason: "the broker refused the message (queue full or unavailable)".into(),
-            });
-        }
-        if confirmed.take_message().is_some() {
-            return Err(BusError::Unroutable {
-                exchange: exchange.to_owned(),
-                routing_key: routing_key.to_owned(),
-            });
+        let confirmed = self
+            .publish_confirmed(channel, exchange, &[(routing_key, message)], true)
+            .await?;
+        for confirmation in confirmed {
+            if confirmation.is_nack() {
+                return Err(BusError::Nacked {
+                    exchange: exchange.to_owned(),
+                    reason: "the broker refused the message (queue full or unavailable)".into(),
+                });
+            }
+            if confirmation.take_message().is_some() {
+                return Err(BusError::Unroutable {
+                    exchange: exchange.to_owned(),
+                    routing_key: routing_key.to_owned(),
+                });
+            }
         }
         Ok(())
     }
@@ -391,34 +416,10 @@ impl Bus for AmqpBus {
         // is awaited, so the batch costs one round trip. Not `mandatory`: an event nobody
         // subscribed to is simply dropped by the exchange.
         let channel = self.publisher().clone();
-        let full_exchange = self.name(exchange);
-        let timeout = self.inner.publish_timeout;
-        let confirmed = tokio::time::timeout(timeout, async {
-            let mut confirms = Vec::with_capacity(messages.len());
-            for (routing_key, message) in &messages {
-                let confirm = channel
-                    .basic_publish(
-                        ShortString::from(full_exchange.as_str()),
-                        ShortString::from(routing_key.as_str()),
-                        BasicPublishOptions::default(),
-                        &message.body,
-                        properties(message),
-                    )
-                    .await?;
-                confirms.push(confirm);
-            }
-            let mut all = Vec::with_capacity(confirms.len());
-            for confirm in confirms {
-                all.push(confirm.await?);
-            }
-            Ok::<_, lapin::Error>(all)
-        })
-        .await
-        .map_err(|_| BusError::Timeout {
-            exchange: exchange.to_owned(),
-            timeout,
-        })?
-        .map_err(unavailable)?;
+        let batch: Vec<(&str, &Message)> = messages.iter().map(|(k, m)| (k.as_str(), m)).collect();
+        let confirmed = self
+            .publish_confirmed(&channel, exchange, &batch, false)
+            .await?;
         if confirmed.iter().any(|c| c.is_nack()) {
             return Err(BusError::Nacked {
                 exchange: exchange.to_owned(),
