@@ -24,6 +24,14 @@ async fn shared_phone_across_two_app_channels_gives_one_profile_and_one_conversa
         )
         .await;
     assert_eq!(r.status(), 202);
+    // The two identities are on different shards, routed concurrently: "last" is only defined
+    // once the first message is recorded.
+    eventually(|| async {
+        let (_, v) = server.get_json("/v1/agents/a1/conversations").await;
+        let conv = v["conversations"].as_array()?.first()?.clone();
+        (conv["messages"].as_array()?.len() == 1).then_some(())
+    })
+    .await;
     let r = server
         .post_signed(
             "bank",
