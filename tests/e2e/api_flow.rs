@@ -184,13 +184,21 @@ async fn queued_conversations_wait_in_order_and_go_out_as_capacity_frees() {
     let callback = Callback::start().await;
     let server = Server::with_channels(&callback.url).await;
     server.agent_online("a1", 1).await;
-    for user in ["u1", "u2", "u3"] {
+    for (posted, user) in ["u1", "u2", "u3"].into_iter().enumerate() {
         let r = server
             .post_signed("shop", &api_message(&format!("m-{user}"), user, "hi", &[]))
             .await;
         assert_eq!(r.status(), 202);
-        // Sequential users: their conversations queue in this order.
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        // Different users are routed concurrently (other shards): wait until this one's
+        // conversation exists, so they queue in this order.
+        crate::support::eventually(|| async {
+            let (_, held) = server.get_json("/v1/agents/a1/conversations").await;
+            let (_, queue) = server.get_json("/v1/pools/default/queue").await;
+            let open = held["conversations"].as_array()?.len()
+                + queue["conversations"].as_array()?.len();
+            (open == posted + 1).then_some(())
+        })
+        .await;
     }
     let queue = crate::support::eventually(|| async {
         let (_, q) = server.get_json("/v1/pools/default/queue").await;
