@@ -5,17 +5,34 @@
 //! visitor with `user_hash` = hex HMAC-SHA256(channel secret, user id) (the pattern of
 //! Chatwoot's identity validation); that links the strong key `web_user:{channel}:{user id}`
 //! and merges the profiles.
+//!
+//! Replies work across several gateways behind a load balancer. [`WebConnector::send`] (run by
+//! whichever gateway consumed the reply from `switchyard.outbound.web`) first appends the reply
+//! to the visitor's mailbox in the shared [`Store`], then hands it to the visitor's sockets on
+//! this process, and announces it on the bus ([`WEB_EXCHANGE`], routing key
+//! [`web_reply_key`]). Every gateway holding a socket of this channel subscribes to those
+//! announcements ([`WebConnector::run_push`], lazily, once the first visitor connects) and pushes
+//! the reply to the visitor's sockets there. A socket that has written a reply acknowledges it
+//! in the mailbox; a visitor who (re)connects to any gateway first gets what is still in their
+//! mailbox, oldest first. Delivery is at least once: a socket skips ids it already wrote, and
+//! the visitor page ignores ids it already shows.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use switchyard_core::bus::topology::{WEB_EXCHANGE, web_reply_key};
+use switchyard_core::bus::{Bus, Message};
 use switchyard_core::config::ChannelSettings;
 use switchyard_core::envelope::{ChannelRef, Content, Direction, Envelope, Sender, new_id};
 use switchyard_core::identity::IdentityKey;
 use switchyard_core::protocol::{VisitorEvent, VisitorRequest};
-use tokio::sync::mpsc;
+use switchyard_core::store::Store;
+use tokio::sync::{Notify, mpsc, watch};
 
 use crate::signature::{constant_time_eq, hmac_sha256_hex};
 use crate::{
@@ -30,10 +47,12 @@ pub const KEYS: &[&str] = &["secret"];
 pub const VISITOR_TOKEN_HEADER: &str = "x-switchyard-visitor-token";
 /// Name of the `Content::Event` that identifies a visitor; the router links it explicitly.
 pub const IDENTIFY_EVENT: &str = "identify";
-/// Replies kept for a visitor who is not connected, delivered when they return.
-const MAILBOX_LIMIT: usize = 100;
-/// Visitors with a mailbox at most (oldest mailboxes are dropped first).
-const MAILBOX_VISITORS: usize = 100_000;
+/// Replies kept per visitor until a socket of theirs wrote them (the oldest give way first).
+pub const MAILBOX_LIMIT: usize = 100;
+/// How long a visitor's mailbox is kept after the latest reply put in it.
+pub const MAILBOX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Reply notifications a gateway's subscriber takes at a time.
+const PUSH_PREFETCH: u16 = 256;
 
 /// One visitor request with the visitor it came from (after the token was verified).
 #[derive(Debug, Clone)]
@@ -44,21 +63,37 @@ pub struct WebInbound {
     pub request: VisitorRequest,
 }
 
+/// What a gateway announces on [`WEB_EXCHANGE`] after storing a reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct ReplyNotice {
+    /// The announcing connector instance (it delivered to its own sockets already).
+    origin: String,
+    /// The visitor the reply is for.
+    visitor_id: String,
+    /// The frame to push.
+    event: VisitorEvent,
+}
+
 /// The web channel connector.
 pub struct WebConnector {
     channel: ChannelRef,
     secret: Vec<u8>,
     identify_enabled: bool,
     sessions: Arc<VisitorSessions>,
+    store: Arc<dyn Store>,
+    /// Tells this instance's own announcements apart from other gateways'.
+    instance: String,
+    /// Where replies are announced to the other gateways (none: this process only).
+    bus: OnceLock<Arc<dyn Bus>>,
+    /// Whether [`WebConnector::run_push`] receives announcements.
+    push_live: watch::Sender<bool>,
 }
 
 impl WebConnector {
     /// Builds the connector from its `[[channels]]` entry. Without a `secret`, visitor tokens
-    /// are signed with a key made at start (they last until restart) and identify is refused.
-    pub fn new(
-        settings: &ChannelSettings,
-        _ctx: &ConnectorContext,
-    ) -> Result<Self, ConnectorError> {
+    /// are signed with a key made at start (they last until restart and are valid only on this
+    /// process) and identify is refused. Mailboxes live in `ctx.store`.
+    pub fn new(settings: &ChannelSettings, ctx: &ConnectorContext) -> Result<Self, ConnectorError> {
         let configured = settings
             .secret("secret")
             .map_err(|e| ConnectorError::Config(e.to_string()))?;
@@ -80,12 +115,141 @@ impl WebConnector {
             secret,
             identify_enabled,
             sessions: Arc::new(VisitorSessions::default()),
+            store: Arc::clone(&ctx.store),
+            instance: ulid::Ulid::new().to_string(),
+            bus: OnceLock::new(),
+            push_live: watch::Sender::new(false),
         })
     }
 
     /// Connected visitors of this channel.
     pub fn sessions(&self) -> &Arc<VisitorSessions> {
         &self.sessions
+    }
+
+    /// Whether visitor tokens are signed with a key made at start, because no `secret` is
+    /// configured: such tokens are valid only on this process, so several gateways need a
+    /// `secret`.
+    pub fn signs_with_process_key(&self) -> bool {
+        !self.identify_enabled
+    }
+
+    /// Announces replies on `bus` from now on, so gateways other than the sender push them to
+    /// their visitor sockets (they run [`WebConnector::run_push`]). Called once, at start; a
+    /// later call is ignored.
+    pub fn attach_bus(&self, bus: Arc<dyn Bus>) {
+        if self.bus.set(bus).is_err() {
+            tracing::debug!(channel = %self.channel.id, "web channel already has a bus");
+        }
+    }
+
+    /// Pushes replies announced by any gateway to this process's visitor sockets, until `stop`
+    /// completes or the bus closes. Subscribes (a private queue on [`WEB_EXCHANGE`] bound to
+    /// this channel's [`web_reply_key`]) only once the first visitor connects, so a gateway
+    /// that serves no visitors receives nothing. Without an attached bus it just waits for
+    /// `stop`.
+    pub async fn run_push(
+        self: Arc<Self>,
+        stop: impl Future<Output = ()> + Send,
+    ) -> Result<(), ConnectorError> {
+        let mut stop = std::pin::pin!(stop);
+        let Some(bus) = self.bus.get().cloned() else {
+            stop.await;
+            return Ok(());
+        };
+        while self.sessions.connected() == 0 {
+            tokio::select! {
+                _ = &mut stop => return Ok(()),
+                _ = self.sessions.wanted.notified() => {}
+            }
+        }
+        let key = web_reply_key(&self.channel.id);
+        let queue = bus
+            .declare_subscriber(WEB_EXCHANGE, &[key.as_str()])
+            .await
+            .map_err(|e| ConnectorError::Transient(format!("subscribing to replies: {e}")))?;
+        let mut deliveries = bus
+            .consume(&queue, PUSH_PREFETCH)
+            .await
+            .map_err(|e| ConnectorError::Transient(format!("consuming replies: {e}")))?;
+        self.push_live.send_replace(true);
+        loop {
+            let delivery = tokio::select! {
+                _ = &mut stop => break,
+                d = deliveries.next() => d,
+            };
+            let Some(delivery) = delivery else { break };
+            match serde_json::from_slice::<ReplyNotice>(&delivery.message.body) {
+                // Our own: `send` handed it to this process's sockets already.
+                Ok(notice) if notice.origin == self.instance => {}
+                Ok(notice) => {
+                    self.sessions.deliver(&notice.visitor_id, notice.event);
+                }
+                Err(e) => tracing::warn!(
+                    channel = %self.channel.id,
+                    error = %e,
+                    "undecodable web reply notification ignored"
+                ),
+            }
+            if let Err(e) = delivery.ack().await {
+                tracing::debug!(error = %e, "could not ack a web reply notification");
+            }
+        }
+        self.push_live.send_replace(false);
+        Ok(())
+    }
+
+    /// Returns once this process receives reply announcements, or at once when no bus is
+    /// attached; a visitor socket waits for it before reading its mailbox, so no reply falls
+    /// between the two.
+    pub async fn push_ready(&self) {
+        if self.bus.get().is_none() {
+            return;
+        }
+        let mut live = self.push_live.subscribe();
+        let _ = live.wait_for(|live| *live).await;
+    }
+
+    /// The replies waiting in the visitor's mailbox, oldest first.
+    pub async fn undelivered(&self, visitor_id: &str) -> Result<Vec<VisitorEvent>, ConnectorError> {
+        let items = self
+            .store
+            .mailbox_read(&self.mailbox_key(visitor_id))
+            .await
+            .map_err(store_error)?;
+        let mut events = Vec::with_capacity(items.len());
+        let mut undecodable = Vec::new();
+        for item in items {
+            match serde_json::from_str::<VisitorEvent>(&item.body) {
+                Ok(event) => events.push(event),
+                Err(e) => {
+                    tracing::warn!(
+                        channel = %self.channel.id,
+                        id = %item.id,
+                        error = %e,
+                        "undecodable reply in a visitor mailbox dropped"
+                    );
+                    undecodable.push(item.id);
+                }
+            }
+        }
+        if !undecodable.is_empty() {
+            self.delivered(visitor_id, &undecodable).await?;
+        }
+        Ok(events)
+    }
+
+    /// Removes replies a socket of the visitor has written from their mailbox.
+    pub async fn delivered(&self, visitor_id: &str, ids: &[String]) -> Result<(), ConnectorError> {
+        self.store
+            .mailbox_ack(&self.mailbox_key(visitor_id), ids)
+            .await
+            .map_err(store_error)
+    }
+
+    /// The store mailbox of a visitor of this channel.
+    fn mailbox_key(&self, visitor_id: &str) -> String {
+        format!("{KIND}:{}:{visitor_id}", self.channel.id)
     }
 
     /// A new anonymous visitor id with its token.
@@ -156,6 +320,10 @@ impl WebConnector {
             raw: None,
         }
     }
+}
+
+fn store_error(e: switchyard_core::store::StoreError) -> ConnectorError {
+    ConnectorError::Transient(format!("store: {e}"))
 }
 
 fn check_client_id(client_id: &str) -> Result<(), ConnectorError> {
@@ -269,32 +437,72 @@ impl Connector for WebConnector {
         crate::accepted_json(accepted)
     }
 
+    /// Keeps the reply in the visitor's mailbox in the store (once per envelope id, so a
+    /// redelivered reply is not kept twice), hands it to the visitor's sockets on this process
+    /// and announces it to the other gateways. A `Transient` error (store or bus down) makes the
+    /// outbound worker retry the whole send.
     async fn send(&self, message: &Envelope) -> Result<SendReceipt, ConnectorError> {
+        let visitor_id = message.sender.external_id.as_str();
         let event = VisitorEvent::Message {
             id: message.id.clone(),
             content: message.content.clone(),
             sent_at: message.sent_at,
             agent_id: message.agent_id.clone(),
         };
-        self.sessions.deliver(&message.sender.external_id, event);
+        let body = serde_json::to_string(&event)
+            .map_err(|e| ConnectorError::Malformed(format!("cannot encode the reply: {e}")))?;
+        self.store
+            .mailbox_push(
+                &self.mailbox_key(visitor_id),
+                &message.id,
+                &body,
+                MAILBOX_LIMIT,
+                MAILBOX_TTL,
+            )
+            .await
+            .map_err(store_error)?;
+        self.sessions.deliver(visitor_id, event.clone());
+        if let Some(bus) = self.bus.get() {
+            let notice = ReplyNotice {
+                origin: self.instance.clone(),
+                visitor_id: visitor_id.to_owned(),
+                event,
+            };
+            let body = serde_json::to_vec(&notice).map_err(|e| {
+                ConnectorError::Malformed(format!("cannot encode the notification: {e}"))
+            })?;
+            bus.publish_events(
+                WEB_EXCHANGE,
+                vec![(
+                    web_reply_key(&self.channel.id),
+                    Message::new(message.id.clone(), body),
+                )],
+            )
+            .await
+            .map_err(|e| {
+                ConnectorError::Transient(format!(
+                    "reply kept for the visitor, but other gateways were not told: {e}"
+                ))
+            })?;
+        }
         Ok(SendReceipt {
             channel_message_id: Some(message.id.clone()),
         })
     }
 }
 
-/// Connected visitor sockets of one web channel, and mailboxes for visitors who are away.
+/// Connected visitor sockets of one web channel on this process.
 #[derive(Default)]
 pub struct VisitorSessions {
     inner: Mutex<SessionsInner>,
+    /// Wakes [`WebConnector::run_push`] when a visitor connects.
+    wanted: Notify,
 }
 
 #[derive(Default)]
 struct SessionsInner {
     next_session: u64,
     sockets: HashMap<String, Vec<(u64, mpsc::Sender<VisitorEvent>)>>,
-    mailboxes: HashMap<String, VecDeque<VisitorEvent>>,
-    mailbox_order: VecDeque<String>,
 }
 
 /// Unregisters a visitor socket when dropped.
@@ -321,12 +529,13 @@ impl VisitorSessions {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers a socket of `visitor_id`; returns its guard and the replies that waited for it.
+    /// Registers a socket of `visitor_id`: it gets the visitor's replies from now on, until the
+    /// guard is dropped. Replies stored before are read with [`WebConnector::undelivered`].
     pub fn register(
         self: &Arc<Self>,
         visitor_id: &str,
         tx: mpsc::Sender<VisitorEvent>,
-    ) -> (SessionGuard, Vec<VisitorEvent>) {
+    ) -> SessionGuard {
         let mut inner = self.lock();
         inner.next_session += 1;
         let session = inner.next_session;
@@ -335,62 +544,68 @@ impl VisitorSessions {
             .entry(visitor_id.to_owned())
             .or_default()
             .push((session, tx));
-        let waiting = inner
-            .mailboxes
-            .remove(visitor_id)
-            .map(Vec::from)
-            .unwrap_or_default();
-        (
-            SessionGuard {
-                sessions: Arc::clone(self),
-                visitor_id: visitor_id.to_owned(),
-                session,
-            },
-            waiting,
-        )
+        drop(inner);
+        self.wanted.notify_one();
+        SessionGuard {
+            sessions: Arc::clone(self),
+            visitor_id: visitor_id.to_owned(),
+            session,
+        }
     }
 
-    /// Sends an event to every socket of a visitor, or keeps it for when they come back.
-    pub fn deliver(&self, visitor_id: &str, event: VisitorEvent) {
-        let mut inner = self.lock();
+    /// Sends an event to every socket of a visitor on this process; `true` if one took it. A
+    /// socket whose buffer is full misses it (a reply stays in the mailbox until written).
+    pub fn deliver(&self, visitor_id: &str, event: VisitorEvent) -> bool {
+        let inner = self.lock();
         let mut delivered = false;
-        if let Some(list) = inner.sockets.get(visitor_id) {
-            for (_, tx) in list {
-                delivered |= tx.try_send(event.clone()).is_ok();
-            }
+        for (_, tx) in inner.sockets.get(visitor_id).into_iter().flatten() {
+            delivered |= tx.try_send(event.clone()).is_ok();
         }
-        if !delivered {
-            Self::to_mailbox(&mut inner, visitor_id, event);
-        }
-    }
-
-    /// Keeps a reply for a visitor whose socket failed while sending it.
-    pub fn keep_for_later(&self, visitor_id: &str, event: VisitorEvent) {
-        if matches!(event, VisitorEvent::Message { .. }) {
-            let mut inner = self.lock();
-            Self::to_mailbox(&mut inner, visitor_id, event);
-        }
-    }
-
-    fn to_mailbox(inner: &mut SessionsInner, visitor_id: &str, event: VisitorEvent) {
-        if !inner.mailboxes.contains_key(visitor_id) {
-            inner.mailbox_order.push_back(visitor_id.to_owned());
-            if inner.mailbox_order.len() > MAILBOX_VISITORS
-                && let Some(oldest) = inner.mailbox_order.pop_front()
-            {
-                inner.mailboxes.remove(&oldest);
-            }
-        }
-        let mailbox = inner.mailboxes.entry(visitor_id.to_owned()).or_default();
-        mailbox.push_back(event);
-        if mailbox.len() > MAILBOX_LIMIT {
-            mailbox.pop_front();
-        }
+        delivered
     }
 
     /// Number of visitors with at least one open socket.
     pub fn connected(&self) -> usize {
         self.lock().sockets.len()
+    }
+}
+
+/// The most recent ids a visitor socket wrote, so a reply that reaches it twice (from the
+/// mailbox and live, or announced twice) is written once.
+#[derive(Debug)]
+pub struct RecentIds {
+    capacity: usize,
+    order: VecDeque<String>,
+    ids: HashSet<String>,
+}
+
+impl RecentIds {
+    /// Remembers at most `capacity` ids (at least 1), forgetting the oldest first.
+    pub fn new(capacity: usize) -> Self {
+        RecentIds {
+            capacity: capacity.max(1),
+            order: VecDeque::new(),
+            ids: HashSet::new(),
+        }
+    }
+
+    /// Whether `id` is remembered.
+    pub fn contains(&self, id: &str) -> bool {
+        self.ids.contains(id)
+    }
+
+    /// Remembers `id`; `false` if it was remembered already.
+    pub fn insert(&mut self, id: &str) -> bool {
+        if !self.ids.insert(id.to_owned()) {
+            return false;
+        }
+        self.order.push_back(id.to_owned());
+        while self.order.len() > self.capacity {
+            if let Some(oldest) = self.order.pop_front() {
+                self.ids.remove(&oldest);
+            }
+        }
+        true
     }
 }
 
@@ -503,24 +718,192 @@ mod tests {
         assert_ne!(a.dedupe_key, c.dedupe_key);
     }
 
-    #[tokio::test]
-    async fn replies_wait_in_a_mailbox_until_the_visitor_connects() {
-        let web = connector(None);
-        let sessions = Arc::clone(web.sessions());
-        let at = Utc::now();
-        let reply = |text: &str| VisitorEvent::Message {
-            id: text.into(),
-            content: Content::Text { text: text.into() },
-            sent_at: at,
-            agent_id: None,
+    fn reply(id: &str, text: &str) -> Envelope {
+        let mut env = connector(None).envelope(
+            "v1",
+            "c1",
+            vec![],
+            None,
+            Content::Text { text: text.into() },
+            Utc::now(),
+        );
+        env.id = id.to_owned();
+        env.direction = Direction::Outbound;
+        env.agent_id = Some("a1".into());
+        env
+    }
+
+    fn frame_id(event: &VisitorEvent) -> &str {
+        match event {
+            VisitorEvent::Message { id, .. } => id,
+            other => panic!("not a reply: {other:?}"),
+        }
+    }
+
+    /// Two gateways' connectors of one channel over one store (and one bus, when given).
+    fn pair(bus: Option<Arc<dyn Bus>>) -> (Arc<WebConnector>, Arc<WebConnector>) {
+        let store: Arc<dyn Store> =
+            Arc::new(switchyard_core::store::embedded::EmbeddedStore::new());
+        let make = || {
+            let mut options = std::collections::BTreeMap::new();
+            options.insert(
+                "secret".to_owned(),
+                serde_json::Value::String("0123456789abcdef-web-secret".into()),
+            );
+            let settings = ChannelSettings {
+                id: "web".into(),
+                kind: KIND.into(),
+                pool: "default".into(),
+                api_base: None,
+                options,
+            };
+            let web =
+                WebConnector::new(&settings, &ConnectorContext::new(Arc::clone(&store))).unwrap();
+            if let Some(bus) = &bus {
+                web.attach_bus(Arc::clone(bus));
+            }
+            Arc::new(web)
         };
-        sessions.deliver("v1", reply("early"));
+        (make(), make())
+    }
+
+    #[tokio::test]
+    async fn replies_wait_in_the_shared_mailbox_until_a_socket_wrote_them() {
+        let (a, b) = pair(None);
+        assert!(!a.signs_with_process_key());
+        assert_eq!(
+            b.verify_visitor_token(&a.visitor_token("v1")).unwrap(),
+            "v1",
+            "gateways with one secret accept each other's tokens"
+        );
+        a.send(&reply("r1", "early")).await.unwrap();
+        a.send(&reply("r2", "later")).await.unwrap();
+        // A redelivered reply is kept once.
+        a.send(&reply("r1", "early")).await.unwrap();
+        let waiting = b.undelivered("v1").await.unwrap();
+        let ids: Vec<&str> = waiting.iter().map(frame_id).collect();
+        assert_eq!(
+            ids,
+            ["r1", "r2"],
+            "the other gateway sees the mailbox, in order"
+        );
+        assert!(b.undelivered("v2").await.unwrap().is_empty());
+
+        // A socket on this process gets a reply at once; it stays in the mailbox until written.
         let (tx, mut rx) = mpsc::channel(8);
-        let (guard, waiting) = sessions.register("v1", tx);
-        assert_eq!(waiting, vec![reply("early")]);
-        sessions.deliver("v1", reply("live"));
-        assert_eq!(rx.recv().await, Some(reply("live")));
+        let guard = a.sessions().register("v1", tx);
+        a.send(&reply("r3", "live")).await.unwrap();
+        assert_eq!(rx.recv().await.as_ref().map(frame_id), Some("r3"));
+        b.delivered("v1", &["r1".into(), "r3".into()])
+            .await
+            .unwrap();
+        let left: Vec<String> = a
+            .undelivered("v1")
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| frame_id(e).to_owned())
+            .collect();
+        assert_eq!(left, ["r2"]);
         drop(guard);
-        assert_eq!(sessions.connected(), 0);
+        assert_eq!(a.sessions().connected(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_reply_sent_by_one_gateway_reaches_the_visitor_on_another() {
+        use switchyard_core::bus::embedded::EmbeddedBus;
+        use switchyard_core::bus::{Exchange, ExchangeKind, Topology};
+        let bus: Arc<dyn Bus> = Arc::new(EmbeddedBus::new(Duration::from_secs(2)));
+        bus.declare(&Topology {
+            exchanges: vec![Exchange {
+                name: WEB_EXCHANGE.into(),
+                kind: ExchangeKind::Topic,
+            }],
+            queues: vec![],
+        })
+        .await
+        .unwrap();
+        let (a, b) = pair(Some(Arc::clone(&bus)));
+        let stop = stop_signal();
+        let pa = tokio::spawn(Arc::clone(&a).run_push(stop.clone().wait()));
+        let pb = tokio::spawn(Arc::clone(&b).run_push(stop.clone().wait()));
+        // Nobody connected: nobody subscribed, and the reply is simply kept.
+        a.send(&reply("r0", "before")).await.unwrap();
+
+        let (tx_b, mut rx_b) = mpsc::channel(8);
+        let _on_b = b.sessions().register("v1", tx_b);
+        tokio::time::timeout(Duration::from_secs(5), b.push_ready())
+            .await
+            .unwrap();
+        let (tx_a, mut rx_a) = mpsc::channel(8);
+        let _on_a = a.sessions().register("v1", tx_a);
+        tokio::time::timeout(Duration::from_secs(5), a.push_ready())
+            .await
+            .unwrap();
+        a.send(&reply("r1", "hello")).await.unwrap();
+        let got_b = tokio::time::timeout(Duration::from_secs(5), rx_b.recv())
+            .await
+            .unwrap();
+        assert_eq!(
+            got_b.as_ref().map(frame_id),
+            Some("r1"),
+            "pushed across gateways"
+        );
+        assert_eq!(rx_a.recv().await.as_ref().map(frame_id), Some("r1"));
+        // A's own announcement does not reach its socket a second time.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            rx_a.try_recv().is_err(),
+            "the sender's socket got the reply twice"
+        );
+        assert!(rx_b.try_recv().is_err());
+        // Both replies wait in the mailbox until a socket writes them.
+        let ids: Vec<String> = b
+            .undelivered("v1")
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| frame_id(e).to_owned())
+            .collect();
+        assert_eq!(ids, ["r0", "r1"]);
+        stop.fire();
+        pa.await.unwrap().unwrap();
+        pb.await.unwrap().unwrap();
+    }
+
+    /// A stop signal for `run_push` in tests (the connectors crate has no cancellation token).
+    #[derive(Clone)]
+    struct Stop(Arc<Notify>, Arc<std::sync::atomic::AtomicBool>);
+
+    fn stop_signal() -> Stop {
+        Stop(Arc::new(Notify::new()), Arc::default())
+    }
+
+    impl Stop {
+        fn fire(&self) {
+            self.1.store(true, std::sync::atomic::Ordering::SeqCst);
+            self.0.notify_waiters();
+        }
+
+        async fn wait(self) {
+            loop {
+                let notified = self.0.notified();
+                if self.1.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                notified.await;
+            }
+        }
+    }
+
+    #[test]
+    fn recent_ids_remember_a_bounded_window() {
+        let mut ids = RecentIds::new(2);
+        assert!(ids.insert("a"));
+        assert!(!ids.insert("a"));
+        assert!(ids.insert("b"));
+        assert!(ids.insert("c"));
+        assert!(!ids.contains("a"), "the oldest is forgotten");
+        assert!(ids.contains("b") && ids.contains("c"));
     }
 }

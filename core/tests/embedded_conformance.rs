@@ -164,6 +164,11 @@ async fn store_presence_lapse_resume_and_updates() {
 }
 
 #[tokio::test]
+async fn store_mailbox_push_read_ack() {
+    store::mailbox_push_read_ack(&new_store, "embedded.").await;
+}
+
+#[tokio::test]
 async fn store_run_all_on_one_shared_store() {
     // Every case under its own prefix on a single store: prefixed names keep them apart.
     let shared: Arc<dyn Store> = Arc::new(EmbeddedStore::new());

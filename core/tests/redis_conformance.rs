@@ -150,6 +150,7 @@ conformance!(
     concurrent_resolution_converges,
     presence_heartbeat_ttl,
     presence_lapse_resume_and_updates,
+    mailbox_push_read_ack,
 );
 
 #[tokio::test]
@@ -184,6 +185,35 @@ async fn keys_are_deleted_with_the_prefix() {
     assert!(!keys.is_empty(), "no keys written under the prefix");
     assert_eq!(t.delete_all().unwrap(), keys.len());
     assert!(t.keys().unwrap().is_empty(), "keys left after cleanup");
+}
+
+/// A mailbox is `P:mailbox:{key}` (ids) and `P:mailbox-items:{key}` (items), both expiring with
+/// the TTL of the latest push; acknowledging every item leaves no key behind.
+#[tokio::test]
+async fn mailbox_keys_expire_and_vanish_when_empty() {
+    let Some(t) = TestPrefix::new().await else {
+        return;
+    };
+    let s = t.store().await;
+    let mailbox = "web:web:v1";
+    s.mailbox_push(mailbox, "r1", "{}", 100, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let client = redis::Client::open(t.url.as_str()).unwrap();
+    let mut con = client
+        .get_connection_with_timeout(Duration::from_secs(2))
+        .unwrap();
+    for family in ["mailbox", "mailbox-items"] {
+        let k = format!("{}:{family}:{mailbox}", t.prefix);
+        let ttl: i64 = redis::cmd("PTTL").arg(&k).query(&mut con).unwrap();
+        assert!((50_000..=60_000).contains(&ttl), "{k}: PTTL {ttl}");
+    }
+    assert_eq!(t.keys().unwrap().len(), 2);
+    s.mailbox_ack(mailbox, &["r1".to_owned()]).await.unwrap();
+    assert!(
+        t.keys().unwrap().is_empty(),
+        "an emptied mailbox left keys behind"
+    );
 }
 
 /// Two routers (separate connections) resolving, recording and assigning at once converge.

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use switchyard_connectors::web;
 use switchyard_connectors::{ConnectorContext, Registry};
 use switchyard_core::bus::amqp::AmqpBus;
 use switchyard_core::bus::embedded::EmbeddedBus;
@@ -255,6 +256,31 @@ impl App {
                     run_channel_sync(bus, registry, stop)
                         .await
                         .context("channel conversation sync")
+                });
+            }
+            // Web channels: replies are kept in the store and announced to every gateway, which
+            // pushes them to its own visitor sockets (subscribing once a visitor connects).
+            for channel in settings.channels.iter().filter(|c| c.kind == web::KIND) {
+                let Some(connector) = registry.web(&channel.id) else {
+                    continue;
+                };
+                if role == Role::Gateway && connector.signs_with_process_key() {
+                    tracing::warn!(
+                        channel = %channel.id,
+                        "web channel has no `secret`: visitor tokens are signed with a key made \
+                         at start, valid only on this gateway and until it restarts; with several \
+                         gateways, set channels.{}.secret (or secret_env)",
+                        channel.id
+                    );
+                }
+                connector.attach_bus(Arc::clone(&bus));
+                let (connector, stop, id) =
+                    (Arc::clone(connector), shutdown.clone(), channel.id.clone());
+                tasks.spawn(async move {
+                    connector
+                        .run_push(stop.cancelled_owned())
+                        .await
+                        .with_context(|| format!("reply push of web channel `{id}`"))
                 });
             }
             let (hub, bus, ops, stop) = (

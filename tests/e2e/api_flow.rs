@@ -194,8 +194,8 @@ async fn queued_conversations_wait_in_order_and_go_out_as_capacity_frees() {
         crate::support::eventually(|| async {
             let (_, held) = server.get_json("/v1/agents/a1/conversations").await;
             let (_, queue) = server.get_json("/v1/pools/default/queue").await;
-            let open = held["conversations"].as_array()?.len()
-                + queue["conversations"].as_array()?.len();
+            let open =
+                held["conversations"].as_array()?.len() + queue["conversations"].as_array()?.len();
             (open == posted + 1).then_some(())
         })
         .await;

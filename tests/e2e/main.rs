@@ -11,4 +11,5 @@ mod identity;
 mod presence;
 mod support;
 mod web_flow;
+mod web_gateways;
 mod wechat;

@@ -10,6 +10,10 @@ pub const OUTBOUND_EXCHANGE: &str = "switchyard.outbound";
 pub const EVENTS_EXCHANGE: &str = "switchyard.events";
 /// Stream queue bound to the event exchange, for helpdesks that replay from any offset.
 pub const EVENTS_STREAM_QUEUE: &str = "switchyard.events.stream";
+/// Web channel exchange: topic, routing key = [`web_reply_key`]. A gateway that stored a reply
+/// to a web visitor announces it here, and every gateway holding a socket of that visitor pushes
+/// it. Internal to Switchyard (not part of the public event stream).
+pub const WEB_EXCHANGE: &str = "switchyard.web";
 /// Dead-letter exchange.
 pub const DEAD_LETTER_EXCHANGE: &str = "switchyard.dlx";
 /// Queue that holds dead-lettered messages.
@@ -23,6 +27,11 @@ pub fn inbound_queue(shard: u16) -> String {
 /// Name of the outbound queue for a channel kind.
 pub fn outbound_queue(channel_kind: &str) -> String {
     format!("{OUTBOUND_EXCHANGE}.{channel_kind}")
+}
+
+/// Routing key of the reply notifications of web channel `channel_id` on [`WEB_EXCHANGE`].
+pub fn web_reply_key(channel_id: &str) -> String {
+    format!("reply.{channel_id}")
 }
 
 /// The shard (0..shards) of a shard key: FNV-1a 64, stable across processes, versions and
@@ -176,6 +185,10 @@ impl Topology {
                 },
                 Exchange {
                     name: EVENTS_EXCHANGE.to_owned(),
+                    kind: ExchangeKind::Topic,
+                },
+                Exchange {
+                    name: WEB_EXCHANGE.to_owned(),
                     kind: ExchangeKind::Topic,
                 },
                 Exchange {

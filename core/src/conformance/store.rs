@@ -1965,6 +1965,188 @@ pub async fn presence_lapse_resume_and_updates(factory: &impl MakeStore, prefix:
     );
 }
 
+/// Mailboxes: items come back oldest first and only once per id, acknowledged items go, the
+/// oldest give way beyond the length limit, mailboxes are independent, a mailbox expires `ttl`
+/// after its latest push (each push extends it), and concurrent pushes of one id add it once.
+pub async fn mailbox_push_read_ack(factory: &impl MakeStore, prefix: &str) {
+    let what = "mailbox_push_read_ack";
+    let store = factory.make().await;
+    let long = Duration::from_secs(60);
+    let m1 = format!("{prefix}web:visitor-1");
+    let m2 = format!("{prefix}web:visitor-2");
+    let push = |m: &str, id: &str, body: &str, max_len: usize, ttl: Duration| {
+        let store = Arc::clone(&store);
+        let (m, id, body) = (m.to_owned(), id.to_owned(), body.to_owned());
+        async move {
+            store
+                .mailbox_push(&m, &id, &body, max_len, ttl)
+                .await
+                .unwrap_or_else(|e| panic!("{what}: mailbox_push({m}, {id}): {e}"))
+        }
+    };
+    let read = |m: &str| {
+        let store = Arc::clone(&store);
+        let m = m.to_owned();
+        async move {
+            store
+                .mailbox_read(&m)
+                .await
+                .unwrap_or_else(|e| panic!("{what}: mailbox_read({m}): {e}"))
+                .into_iter()
+                .map(|item| (item.id, item.body))
+                .collect::<Vec<_>>()
+        }
+    };
+    let ack = |m: &str, ids: &[&str]| {
+        let store = Arc::clone(&store);
+        let m = m.to_owned();
+        let ids: Vec<String> = ids.iter().map(|s| (*s).to_owned()).collect();
+        async move {
+            store
+                .mailbox_ack(&m, &ids)
+                .await
+                .unwrap_or_else(|e| panic!("{what}: mailbox_ack({m}): {e}"))
+        }
+    };
+    let pairs = |items: &[(&str, &str)]| -> Vec<(String, String)> {
+        items
+            .iter()
+            .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+            .collect()
+    };
+
+    assert!(read(&m1).await.is_empty(), "{what}: a new mailbox is empty");
+    let odd = "{\"text\":\"你好 👋\\n line two\"}\nraw newline, tab\t, 'quote'";
+    assert!(
+        push(&m1, "a", "A", 3, long).await,
+        "{what}: first push refused"
+    );
+    assert!(
+        push(&m1, "b", odd, 3, long).await,
+        "{what}: second push refused"
+    );
+    assert!(
+        push(&m1, "c", "C", 3, long).await,
+        "{what}: third push refused"
+    );
+    assert!(
+        !push(&m1, "b", "B again", 3, long).await,
+        "{what}: a second push of one id must change nothing"
+    );
+    assert_eq!(
+        read(&m1).await,
+        pairs(&[("a", "A"), ("b", odd), ("c", "C")]),
+        "{what}: items must come back oldest first, bodies intact, each id once"
+    );
+    assert!(
+        read(&m2).await.is_empty(),
+        "{what}: mailboxes are independent"
+    );
+    store
+        .set_key(&m2, "a plain key", long)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: set_key: {e}"));
+    assert!(
+        read(&m2).await.is_empty(),
+        "{what}: a plain key of the same name is not a mailbox"
+    );
+    assert!(
+        push(&m2, "a", "other A", 3, long).await,
+        "{what}: push to m2"
+    );
+
+    ack(&m1, &["b", "never-pushed"]).await;
+    ack(&m1, &[]).await;
+    assert_eq!(
+        read(&m1).await,
+        pairs(&[("a", "A"), ("c", "C")]),
+        "{what}: acknowledging must remove exactly the named items"
+    );
+    assert_eq!(
+        read(&m2).await,
+        pairs(&[("a", "other A")]),
+        "{what}: acknowledging in one mailbox touched another"
+    );
+
+    // Length limit: the oldest give way.
+    assert!(push(&m1, "d", "D", 3, long).await, "{what}: push d");
+    assert!(push(&m1, "e", "E", 3, long).await, "{what}: push e");
+    assert_eq!(
+        read(&m1).await,
+        pairs(&[("c", "C"), ("d", "D"), ("e", "E")]),
+        "{what}: beyond max_len the oldest item must be dropped"
+    );
+    assert!(
+        push(&m1, "f", "F", 0, long).await,
+        "{what}: push with max_len 0"
+    );
+    assert_eq!(
+        read(&m1).await,
+        pairs(&[("f", "F")]),
+        "{what}: max_len 0 keeps the newest item"
+    );
+
+    // Emptied by acknowledgement; an acknowledged id may come again.
+    ack(&m1, &["f"]).await;
+    assert!(read(&m1).await.is_empty(), "{what}: all acknowledged");
+    assert!(
+        push(&m1, "f", "F again", 3, long).await,
+        "{what}: an acknowledged id could not be pushed again"
+    );
+    assert_eq!(read(&m1).await, pairs(&[("f", "F again")]));
+
+    // Expiry: the whole mailbox expires after its latest push; a later push extends it.
+    let short = Duration::from_millis(300);
+    let m3 = format!("{prefix}web:visitor-3");
+    let m4 = format!("{prefix}web:visitor-4");
+    assert!(push(&m3, "x", "X", 10, short).await, "{what}: push x");
+    assert!(push(&m4, "y1", "Y1", 10, short).await, "{what}: push y1");
+    assert!(push(&m4, "y2", "Y2", 10, long).await, "{what}: push y2");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        read(&m3).await.is_empty(),
+        "{what}: a mailbox did not expire after its TTL"
+    );
+    assert_eq!(
+        read(&m4).await,
+        pairs(&[("y1", "Y1"), ("y2", "Y2")]),
+        "{what}: a later push must extend the whole mailbox"
+    );
+    assert!(
+        push(&m3, "x", "X2", 10, long).await,
+        "{what}: an expired mailbox must accept its old ids again"
+    );
+    assert_eq!(read(&m3).await, pairs(&[("x", "X2")]));
+
+    // Concurrent pushes of one id add it once; of distinct ids, all of them.
+    let m5 = format!("{prefix}web:visitor-5");
+    let same = (0..16).map(|i| push(&m5, "dup", if i % 2 == 0 { "D0" } else { "D1" }, 100, long));
+    let added = futures_util::future::join_all(same)
+        .await
+        .into_iter()
+        .filter(|added| *added)
+        .count();
+    assert_eq!(
+        added, 1,
+        "{what}: concurrent pushes of one id added it {added} times"
+    );
+    let ids: Vec<String> = (0..16).map(|i| format!("id-{i}")).collect();
+    let distinct = ids.iter().map(|id| push(&m5, id, "body", 100, long));
+    let all = futures_util::future::join_all(distinct).await;
+    assert!(
+        all.iter().all(|a| *a),
+        "{what}: a concurrent push was refused"
+    );
+    let got = read(&m5).await;
+    assert_eq!(
+        got.len(),
+        17,
+        "{what}: concurrent pushes lost items: {got:?}"
+    );
+    let unique: HashSet<&str> = got.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(unique.len(), 17, "{what}: an id appears twice: {got:?}");
+}
+
 /// Runs every case, each on a fresh store with its own sub-prefix of `prefix`.
 pub async fn run_all(factory: &impl MakeStore, prefix: &str) {
     let p = |case: &str| format!("{prefix}{case}.");
@@ -1984,4 +2166,5 @@ pub async fn run_all(factory: &impl MakeStore, prefix: &str) {
     concurrent_resolution_converges(factory, &p("concurrent-resolve")).await;
     presence_heartbeat_ttl(factory, &p("presence-ttl")).await;
     presence_lapse_resume_and_updates(factory, &p("presence-resume")).await;
+    mailbox_push_read_ack(factory, &p("mailbox")).await;
 }

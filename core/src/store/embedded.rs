@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    AgentUpdate, Assignment, InboundRecord, Merge, Release, Resolution, ResolveRequest, Store,
-    StoreError, TransferTarget,
+    AgentUpdate, Assignment, InboundRecord, MailboxItem, Merge, Release, Resolution,
+    ResolveRequest, Store, StoreError, TransferTarget,
 };
 use crate::envelope::{Envelope, new_id};
 use crate::identity::{IdentityKey, IdentityStrength};
@@ -24,6 +24,10 @@ const MAX_MESSAGES_PER_CONVERSATION: usize = 10_000;
 const DEDUPE_SWEEP_EVERY: u64 = 4096;
 /// Longest presence a heartbeat arms.
 const MAX_PRESENCE_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Longest life of a mailbox after a push.
+const MAX_MAILBOX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Sweep expired mailboxes every this many pushes.
+const MAILBOX_SWEEP_EVERY: u64 = 1024;
 
 /// The embedded (in-process) store.
 #[derive(Default)]
@@ -52,6 +56,16 @@ struct State {
     conversation_opened_by: HashMap<String, String>,
     /// Agent id -> its heart-beated session presence (absent: not presence-tracked).
     presence: HashMap<String, Presence>,
+    /// Mailboxes by key ([`Store::mailbox_push`]).
+    mailboxes: HashMap<String, Mailbox>,
+    mailbox_pushes: u64,
+}
+
+/// Undelivered items, oldest first, expiring together.
+#[derive(Debug)]
+struct Mailbox {
+    items: VecDeque<MailboxItem>,
+    expires: Instant,
 }
 
 /// The presence of an agent that heart-beats ([`Store::heartbeat_agent`]).
@@ -865,6 +879,70 @@ impl Store for EmbeddedStore {
             conversation,
             released_agent,
         })
+    }
+
+    async fn mailbox_push(
+        &self,
+        key: &str,
+        id: &str,
+        body: &str,
+        max_len: usize,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut s = self.lock();
+        let now = Instant::now();
+        s.mailbox_pushes += 1;
+        if s.mailbox_pushes.is_multiple_of(MAILBOX_SWEEP_EVERY) {
+            s.mailboxes.retain(|_, m| m.expires > now);
+        }
+        let expires = now + ttl.min(MAX_MAILBOX_TTL);
+        let mailbox = s.mailboxes.entry(key.to_owned()).or_insert(Mailbox {
+            items: VecDeque::new(),
+            expires,
+        });
+        if mailbox.expires <= now {
+            mailbox.items.clear();
+        }
+        if mailbox.items.iter().any(|item| item.id == id) {
+            return Ok(false);
+        }
+        mailbox.items.push_back(MailboxItem {
+            id: id.to_owned(),
+            body: body.to_owned(),
+        });
+        while mailbox.items.len() > max_len.max(1) {
+            mailbox.items.pop_front();
+        }
+        mailbox.expires = expires;
+        Ok(true)
+    }
+
+    async fn mailbox_read(&self, key: &str) -> Result<Vec<MailboxItem>, StoreError> {
+        let mut s = self.lock();
+        let live = match s.mailboxes.get(key) {
+            None => return Ok(Vec::new()),
+            Some(m) => m.expires > Instant::now(),
+        };
+        if !live {
+            s.mailboxes.remove(key);
+            return Ok(Vec::new());
+        }
+        Ok(s.mailboxes
+            .get(key)
+            .map(|m| m.items.iter().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn mailbox_ack(&self, key: &str, ids: &[String]) -> Result<(), StoreError> {
+        let mut s = self.lock();
+        let Some(mailbox) = s.mailboxes.get_mut(key) else {
+            return Ok(());
+        };
+        mailbox.items.retain(|item| !ids.contains(&item.id));
+        if mailbox.items.is_empty() || mailbox.expires <= Instant::now() {
+            s.mailboxes.remove(key);
+        }
+        Ok(())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -145,6 +145,15 @@ pub struct Release {
     pub released_agent: Option<Agent>,
 }
 
+/// One undelivered item of a mailbox ([`Store::mailbox_push`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailboxItem {
+    /// The item's id, unique within its mailbox (the web channel uses the reply's envelope id).
+    pub id: String,
+    /// The item, opaque to the store (the web channel keeps the visitor frame as JSON).
+    pub body: String,
+}
+
 /// The state store.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -273,6 +282,30 @@ pub trait Store: Send + Sync + 'static {
         target: TransferTarget,
         now: DateTime<Utc>,
     ) -> Result<Release, StoreError>;
+
+    /// Appends `body` under `id` to the end of mailbox `key`, unless an item with this id is in
+    /// the mailbox already (a retry of the same push changes nothing); then drops the oldest items
+    /// beyond `max_len` (at least 1) and makes the whole mailbox expire `ttl` (at most a year,
+    /// real time, like [`Store::claim_key`]) after this push. Returns whether the item was added.
+    ///
+    /// Items stay until acknowledged ([`Store::mailbox_ack`]), pushed out by newer ones, or
+    /// expired with their mailbox. An id acknowledged before can be pushed again. Mailboxes are
+    /// a namespace of their own: `key` never collides with [`Store::set_key`] keys.
+    async fn mailbox_push(
+        &self,
+        key: &str,
+        id: &str,
+        body: &str,
+        max_len: usize,
+        ttl: Duration,
+    ) -> Result<bool, StoreError>;
+
+    /// The items of mailbox `key`, oldest first; empty when it has none or has expired.
+    async fn mailbox_read(&self, key: &str) -> Result<Vec<MailboxItem>, StoreError>;
+
+    /// Removes the items with these ids from mailbox `key` (they were delivered); ids that are
+    /// not in it are ignored. Does not change when the mailbox expires.
+    async fn mailbox_ack(&self, key: &str, ids: &[String]) -> Result<(), StoreError>;
 
     /// Whether the store answers (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;

@@ -4,8 +4,8 @@
 //!   run with EVALSHA through [`Script::invoke_async`], which reloads a script the server lost),
 //!   so concurrent routers never read-modify-write across an await: two resolutions of one
 //!   person converge on one profile, a conversation is never assigned twice, no agent goes over
-//!   capacity. `claim_key` is a script too; `set_key` and `delete_key` are single commands
-//!   (`SET PX`, `DEL`), atomic on their own. Pure reads run one read-only script each, so they
+//!   capacity. `claim_key` and the mailbox operations are scripts too; `set_key` and
+//!   `delete_key` are single commands (`SET PX`, `DEL`), atomic on their own. Pure reads run one read-only script each, so they
 //!   see one consistent snapshot, and are retried once on an I/O error.
 //! - Records that scripts change are hashes of scalar fields (customer, conversation, agent);
 //!   collections are lists, sets and sorted sets; messages are a capped list of envelope JSON
@@ -16,7 +16,8 @@
 //!   (never the Redis clock), stored as fixed-width RFC 3339 strings with nanoseconds
 //!   (`2026-01-01T00:00:00.000000000Z`): they round-trip exactly and compare byte-wise in Lua.
 //!   Years outside 0000–9999 are not supported. Only what expires lives in real time on the
-//!   server's clock (a `PX` TTL): `P:kv:*` keys and agent presence (`P:presence:*`).
+//!   server's clock (a `PX` TTL): `P:kv:*` keys, agent presence (`P:presence:*`) and mailboxes
+//!   (`P:mailbox:*`, `P:mailbox-items:*`).
 //! - Connection, I/O and timeout errors (and any server error) are
 //!   [`StoreError::Unavailable`]; a script reports "not found" and conflicts as a reply, before
 //!   writing anything, and they become [`StoreError::NotFound`] / [`StoreError::Conflict`] with
@@ -38,8 +39,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
 
 use super::{
-    AgentUpdate, Assignment, InboundRecord, Merge, Release, Resolution, ResolveRequest, Store,
-    StoreError, TransferTarget,
+    AgentUpdate, Assignment, InboundRecord, MailboxItem, Merge, Release, Resolution,
+    ResolveRequest, Store, StoreError, TransferTarget,
 };
 use crate::envelope::{ChannelRef, Envelope, Sender, new_id};
 use crate::identity::{IdentityKey, IdentityStrength};
@@ -51,6 +52,8 @@ use crate::model::{
 pub const MAX_MESSAGES_PER_CONVERSATION: usize = 10_000;
 /// Longest presence a heartbeat arms.
 const MAX_PRESENCE_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Longest life of a mailbox after a push.
+const MAX_MAILBOX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Timeout of one connection attempt.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
 /// Timeout of one command or script.
@@ -84,6 +87,7 @@ static CLOSE: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/clo
 static TRANSFER: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/transfer.lua")));
 static READS: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/reads.lua")));
 static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/heartbeat.lua")));
+static MAILBOX: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/mailbox.lua")));
 
 /// The Redis store.
 #[derive(Clone)]
@@ -823,6 +827,54 @@ impl Store for RedisStore {
             .arg(kind)
             .arg(target);
         release(self.eval(&inv, false).await?)
+    }
+
+    async fn mailbox_push(
+        &self,
+        key: &str,
+        id: &str,
+        body: &str,
+        max_len: usize,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut inv = MAILBOX.prepare_invoke();
+        inv.arg(&self.prefix)
+            .arg("push")
+            .arg(key)
+            .arg(id)
+            .arg(body)
+            .arg(max_len.max(1))
+            .arg(ttl_millis(ttl.min(MAX_MAILBOX_TTL)));
+        // Not retried: a push that reached the server before the error would answer `false`.
+        Ok(text(self.eval(&inv, false).await?)? == "1")
+    }
+
+    async fn mailbox_read(&self, key: &str) -> Result<Vec<MailboxItem>, StoreError> {
+        let mut inv = MAILBOX.prepare_invoke();
+        inv.arg(&self.prefix).arg("read").arg(key);
+        let flat = texts(self.eval(&inv, true).await?)?;
+        if flat.len() % 2 != 0 {
+            return Err(bad("odd number of mailbox fields"));
+        }
+        let mut items = Vec::with_capacity(flat.len() / 2);
+        let mut it = flat.into_iter();
+        while let (Some(id), Some(body)) = (it.next(), it.next()) {
+            items.push(MailboxItem { id, body });
+        }
+        Ok(items)
+    }
+
+    async fn mailbox_ack(&self, key: &str, ids: &[String]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut inv = MAILBOX.prepare_invoke();
+        inv.arg(&self.prefix).arg("ack").arg(key);
+        for id in ids {
+            inv.arg(id);
+        }
+        // Removing what is gone already changes nothing, so a retry is safe.
+        self.eval(&inv, true).await.map(drop)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

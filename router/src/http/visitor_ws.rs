@@ -1,4 +1,9 @@
 //! The visitor WebSocket, `GET /v1/channels/{channel_id}/ws` (`schemas/visitor-ws.v1.json`).
+//!
+//! A session registers its socket with the web channel, waits until this gateway receives reply
+//! notifications, then writes the welcome, the replies waiting in the visitor's mailbox (oldest
+//! first) and what comes live. Each reply is written once per socket and acknowledged in the
+//! mailbox once written.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -6,8 +11,8 @@ use std::sync::Arc;
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
-use futures_util::{SinkExt, StreamExt};
-use switchyard_connectors::web::{WebConnector, WebInbound};
+use futures_util::{Sink, SinkExt, StreamExt};
+use switchyard_connectors::web::{RecentIds, WebConnector, WebInbound};
 use switchyard_connectors::{Connector, ConnectorError};
 use switchyard_core::protocol::{VisitorEvent, VisitorRequest};
 use tokio::sync::mpsc;
@@ -16,6 +21,11 @@ use super::{ApiError, HttpState};
 
 /// Largest visitor frame accepted.
 const MAX_FRAME: usize = 64 * 1024;
+/// How long a new visitor socket waits for this gateway's reply notifications to be live
+/// before reading the mailbox anyway.
+const PUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Reply ids a socket remembers having written, to skip a second copy.
+const WRITTEN_IDS: usize = 1024;
 
 /// Upgrades to a visitor session; `?visitor_token=` resumes a visitor.
 pub async fn upgrade(
@@ -32,7 +42,8 @@ pub async fn upgrade(
     let (visitor_id, token) = match query.get("visitor_token") {
         Some(token) => match web.verify_visitor_token(token) {
             Ok(id) => (id, token.clone()),
-            // A stale token (secret rotated, restart without secret) starts a new visitor.
+            // A stale token (secret rotated; no secret and a restart, or another gateway) starts a
+            // new visitor.
             Err(_) => web.new_visitor(),
         },
         None => web.new_visitor(),
@@ -60,29 +71,51 @@ async fn session(
     gauge.inc();
     let (mut sink, mut stream) = socket.split();
     let (tx, mut rx) = mpsc::channel::<VisitorEvent>(256);
-    let (guard, waiting) = web.sessions().register(&visitor_id, tx.clone());
+    // Register first, then read the mailbox: a reply stored from now on reaches this socket live
+    // (from this process or announced by another gateway), one stored before is in the mailbox.
+    let guard = web.sessions().register(&visitor_id, tx.clone());
+    let ready = tokio::select! {
+        _ = state.shutdown.cancelled() => true,
+        r = tokio::time::timeout(PUSH_WAIT, web.push_ready()) => r.is_ok(),
+    };
+    if !ready {
+        tracing::warn!(
+            channel = %web.channel().id,
+            "reply notifications are not live yet; replies from other gateways may wait for the \
+             visitor's next connection"
+        );
+    }
+    let waiting = match web.undelivered(&visitor_id).await {
+        Ok(waiting) => waiting,
+        Err(e) => {
+            tracing::warn!(channel = %web.channel().id, error = %e, "could not read a visitor mailbox");
+            Vec::new()
+        }
+    };
     let welcome = VisitorEvent::Welcome {
         visitor_id: visitor_id.clone(),
         visitor_token: token,
         channel_id: web.channel().id.clone(),
     };
-    let _ = tx.try_send(welcome);
-    for event in waiting {
-        let _ = tx.try_send(event);
-    }
-    let sessions = Arc::clone(web.sessions());
     let writer = async {
-        while let Some(event) = rx.recv().await {
-            let Ok(text) = serde_json::to_string(&event) else {
-                continue;
-            };
-            if sink.send(WsMessage::Text(text.into())).await.is_err() {
-                // The socket is gone: keep this reply and any queued behind it for next time.
-                sessions.keep_for_later(&visitor_id, event);
+        let mut written = RecentIds::new(WRITTEN_IDS);
+        // The welcome, then the waiting replies oldest first, then what comes live.
+        for event in std::iter::once(welcome).chain(waiting) {
+            if write(&mut sink, &web, &visitor_id, &mut written, event)
+                .await
+                .is_err()
+            {
+                // The socket is gone; unwritten replies stay in the mailbox for next time.
                 rx.close();
-                while let Some(rest) = rx.recv().await {
-                    sessions.keep_for_later(&visitor_id, rest);
-                }
+                return;
+            }
+        }
+        while let Some(event) = rx.recv().await {
+            if write(&mut sink, &web, &visitor_id, &mut written, event)
+                .await
+                .is_err()
+            {
+                rx.close();
                 return;
             }
         }
@@ -104,13 +137,49 @@ async fn session(
                 break;
             }
         }
-        // Unregister first so new replies go to the mailbox, then let the writer finish.
+        // Unregister first so no new reply is handed to this socket, then let the writer finish.
         drop(guard);
         drop(tx);
     };
     // The reader ends the session; the writer then flushes and closes.
     tokio::join!(reader, writer);
     gauge.dec();
+}
+
+/// Writes one frame. A reply is written once per socket, whichever way it came, and is
+/// acknowledged in the visitor's mailbox once written. `Err` when the socket is gone.
+async fn write<S>(
+    sink: &mut S,
+    web: &WebConnector,
+    visitor_id: &str,
+    written: &mut RecentIds,
+    event: VisitorEvent,
+) -> Result<(), ()>
+where
+    S: Sink<WsMessage> + Unpin,
+{
+    let reply_id = match &event {
+        VisitorEvent::Message { id, .. } => Some(id.clone()),
+        _ => None,
+    };
+    if reply_id.as_deref().is_some_and(|id| written.contains(id)) {
+        return Ok(());
+    }
+    let Ok(text) = serde_json::to_string(&event) else {
+        return Ok(());
+    };
+    sink.send(WsMessage::Text(text.into()))
+        .await
+        .map_err(drop)?;
+    if let Some(id) = reply_id {
+        written.insert(&id);
+        if let Err(e) = web.delivered(visitor_id, &[id]).await {
+            // It stays in the mailbox: the visitor may see it again next time (the page skips
+            // ids it shows already).
+            tracing::debug!(error = %e, "could not acknowledge a written reply");
+        }
+    }
+    Ok(())
 }
 
 async fn handle_frame(

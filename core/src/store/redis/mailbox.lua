@@ -1,0 +1,54 @@
+-- Mailboxes (Store::mailbox_push / mailbox_read / mailbox_ack). ARGV: prefix, op, mailbox key,
+-- then the op's arguments. `P:mailbox:{key}` is a list of item ids, oldest first, and
+-- `P:mailbox-items:{key}` a hash of id -> item; both expire together, `ttl` after the latest
+-- push, and Redis deletes both once they are empty.
+--   push: id, item, max length (>= 1), ttl ms -> 1 if added, 0 if the id was there already
+--   read: -> {id, item, id, item, ...}, oldest first
+--   ack: id, id, ... -> the number of items removed
+
+local op, name = ARGV[2], ARGV[3]
+local ids_key, items_key = key('mailbox', name), key('mailbox-items', name)
+
+if op == 'push' then
+  local id, item, max_len, ttl = ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7]
+  if redis.call('HEXISTS', items_key, id) == 1 then
+    return 0
+  end
+  redis.call('RPUSH', ids_key, id)
+  redis.call('HSET', items_key, id, item)
+  while redis.call('LLEN', ids_key) > max_len do
+    local oldest = redis.call('LPOP', ids_key)
+    redis.call('HDEL', items_key, oldest)
+  end
+  redis.call('PEXPIRE', ids_key, ttl)
+  redis.call('PEXPIRE', items_key, ttl)
+  return 1
+elseif op == 'read' then
+  local ids = redis.call('LRANGE', ids_key, 0, -1)
+  local out = {}
+  local i = 1
+  -- HMGET in chunks (unpack has a stack limit).
+  while i <= #ids do
+    local j = math.min(i + 999, #ids)
+    local items = redis.call('HMGET', items_key, unpack(ids, i, j))
+    for n = i, j do
+      local item = items[n - i + 1]
+      if item then
+        out[#out + 1] = ids[n]
+        out[#out + 1] = item
+      end
+    end
+    i = j + 1
+  end
+  return out
+elseif op == 'ack' then
+  local removed = 0
+  for n = 4, #ARGV do
+    if redis.call('HDEL', items_key, ARGV[n]) == 1 then
+      redis.call('LREM', ids_key, 1, ARGV[n])
+      removed = removed + 1
+    end
+  end
+  return removed
+end
+return redis.error_reply('unknown mailbox operation `' .. tostring(op) .. '`')
