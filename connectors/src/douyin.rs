@@ -371,14 +371,7 @@ impl DouyinConnector {
                 .map_err(|e| {
                     ConnectorError::Transient(format!("Douyin image upload failed: {e}"))
                 })?;
-            let status = response.status().as_u16();
-            if status == 429 {
-                return Err(ConnectorError::RateLimited {
-                    retry_after: retry_after(&response),
-                });
-            }
-            let value = read_json(response, status).await?;
-            let (code, message) = douyin_error(&value);
+            let (value, code, message) = read_answer(response).await?;
             if code == 0 {
                 return image_id(&value).ok_or_else(|| {
                     ConnectorError::Transient(format!(
@@ -666,14 +659,7 @@ impl DouyinConnector {
             .send()
             .await
             .map_err(|e| ConnectorError::Transient(format!("Douyin send failed: {e}")))?;
-        let status = response.status().as_u16();
-        if status == 429 {
-            return Err(ConnectorError::RateLimited {
-                retry_after: retry_after(&response),
-            });
-        }
-        let value = read_json(response, status).await?;
-        let (code, message) = douyin_error(&value);
+        let (value, code, message) = read_answer(response).await?;
         if code == 0 {
             let msg_id = value
                 .pointer("/data/msg_id")
@@ -689,6 +675,20 @@ impl DouyinConnector {
 }
 
 /// Reads a JSON answer; non-2xx statuses are classified first (5xx transient, 429 limited).
+/// Reads a Douyin API answer: 429 is `RateLimited` (honouring `Retry-After`); otherwise the
+/// JSON body with its error code and message (code 0: success).
+async fn read_answer(response: reqwest::Response) -> Result<(Value, i64, String), ConnectorError> {
+    let status = response.status().as_u16();
+    if status == 429 {
+        return Err(ConnectorError::RateLimited {
+            retry_after: retry_after(&response),
+        });
+    }
+    let value = read_json(response, status).await?;
+    let (code, message) = douyin_error(&value);
+    Ok((value, code, message))
+}
+
 async fn read_json(response: reqwest::Response, status: u16) -> Result<Value, ConnectorError> {
     let text = response
         .text()
