@@ -85,36 +85,38 @@ impl InboundRouter {
                 envelope.id
             )));
         }
+        let explicit =
+            matches!(&envelope.content, Content::Event { name, .. } if name == IDENTIFY_EVENT);
+        let now = switchyard_core::time::now();
+        let request = ResolveRequest {
+            tenant: envelope.tenant.clone(),
+            identities: envelope
+                .sender
+                .identities
+                .iter()
+                .map(|k| (k.clone(), k.default_strength()))
+                .collect(),
+            explicit,
+            display_name: envelope.sender.display_name.clone(),
+            now,
+            source: Some(envelope.id.clone()),
+        };
         // The second line of defence against channel retries (the ingress claim is the first):
-        // another envelope with this dedupe key was routed already, so this one is dropped.
+        // another envelope with this dedupe key was routed already, so this one is dropped. The
+        // claim and the resolution go out together (one round trip less): resolving the
+        // identities of a copy changes nothing its first routing did not (same identities, same
+        // shard, so never concurrently with it), and its result is then simply dropped.
         let claim = format!("routed:{}", envelope.dedupe_key);
-        if let Some(first) = self
-            .store
-            .claim_key(&claim, &envelope.id, self.dedupe_ttl)
-            .await?
+        let (claimed, resolution) = tokio::join!(
+            self.store.claim_key(&claim, &envelope.id, self.dedupe_ttl),
+            self.store.resolve_customer(request)
+        );
+        if let Some(first) = claimed?
             && first != envelope.id
         {
             return Ok(Routed::Duplicate(first));
         }
-        let explicit =
-            matches!(&envelope.content, Content::Event { name, .. } if name == IDENTIFY_EVENT);
-        let now = switchyard_core::time::now();
-        let resolution = self
-            .store
-            .resolve_customer(ResolveRequest {
-                tenant: envelope.tenant.clone(),
-                identities: envelope
-                    .sender
-                    .identities
-                    .iter()
-                    .map(|k| (k.clone(), k.default_strength()))
-                    .collect(),
-                explicit,
-                display_name: envelope.sender.display_name.clone(),
-                now,
-                source: Some(envelope.id.clone()),
-            })
-            .await?;
+        let resolution = resolution?;
         // Everything this message causes is announced in one batch once the store holds it. A
         // retry (the first attempt's reply or publish was lost) finds its work done and
         // re-announces it from the stored state, with the same event ids.
