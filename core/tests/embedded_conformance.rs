@@ -114,6 +114,11 @@ async fn store_resolve_retry_reports_created() {
 }
 
 #[tokio::test]
+async fn store_lapsed_agents_are_swept() {
+    store::lapsed_agents_are_swept(&new_store, "embedded.").await;
+}
+
+#[tokio::test]
 async fn store_longest_idle_agent_first() {
     store::longest_idle_agent_first(&new_store, "embedded.").await;
 }

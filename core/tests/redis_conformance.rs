@@ -140,6 +140,7 @@ conformance!(
     one_open_conversation_across_channels,
     record_inbound_is_idempotent,
     resolve_retry_reports_created,
+    lapsed_agents_are_swept,
     longest_idle_agent_first,
     capacity_never_exceeded,
     concurrent_assignment_never_doubles,

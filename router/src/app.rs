@@ -23,7 +23,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::assignment::sample_queue_depth;
+use crate::assignment::{sample_queue_depth, sweep_lapsed_agents};
 use crate::events::EventPublisher;
 use crate::http::{HttpState, app, ops_app};
 use crate::hub::AgentHub;
@@ -31,6 +31,9 @@ use crate::inbound::InboundRouter;
 use crate::ingress::Ingress;
 use crate::operations::Operations;
 use crate::workers::{run_channel_sync, run_outbound, run_shard};
+
+/// How often a router sets offline the agents whose presence lapsed (and announces them).
+const PRESENCE_SWEEP: Duration = Duration::from_secs(5);
 
 /// Which parts of Switchyard a process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,6 +222,14 @@ impl App {
                 sample_queue_depth(store, metrics, pools, Duration::from_secs(5), stop)
                     .await
                     .context("queue depth sampler")
+            });
+        }
+        if role.router() {
+            let (store, events, stop) = (Arc::clone(&store), events.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                sweep_lapsed_agents(store, events, PRESENCE_SWEEP, stop)
+                    .await
+                    .context("presence sweeper")
             });
         }
         let hub = Arc::new(AgentHub::default());

@@ -5,7 +5,7 @@ use switchyard_core::metrics::Metrics;
 use switchyard_core::store::{Assignment, Store};
 
 use crate::error::RouteError;
-use crate::events::EventBatch;
+use crate::events::{EventBatch, EventPublisher};
 
 /// Assigns queued conversations of each pool to agents with room, adds
 /// `conversation.assigned` for each to `events` (the caller publishes them), and records
@@ -57,6 +57,45 @@ pub async fn sample_queue_depth(
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),
             _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// Every `every` until `stop`: sets offline the presence-tracked agents whose heartbeats stopped
+/// (their gateway died) and announces each with `agent.updated`, so helpdesks and agent
+/// consoles see it without waiting for an assignment to meet them. Concurrent sweepers are
+/// safe: each lapsed agent is expired by exactly one call.
+pub async fn sweep_lapsed_agents(
+    store: std::sync::Arc<dyn Store>,
+    events: EventPublisher,
+    every: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+) -> Result<(), RouteError> {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(every) => {}
+        }
+        let agents = match store
+            .expire_lapsed_agents(switchyard_core::time::now())
+            .await
+        {
+            Ok(agents) => agents,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not sweep lapsed agent presence");
+                continue;
+            }
+        };
+        if agents.is_empty() {
+            continue;
+        }
+        let mut batch = EventBatch::new();
+        for agent in &agents {
+            tracing::info!(agent_id = %agent.id, "agent presence lapsed: set offline");
+            batch.agent_updated(agent);
+        }
+        if let Err(e) = events.publish(batch).await {
+            tracing::warn!(error = %e, "lapsed agents set offline, but agent.updated not published");
         }
     }
 }

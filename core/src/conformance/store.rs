@@ -2147,6 +2147,68 @@ pub async fn mailbox_push_read_ack(factory: &impl MakeStore, prefix: &str) {
     assert_eq!(unique.len(), 17, "{what}: an id appears twice: {got:?}");
 }
 
+/// `expire_lapsed_agents` sets offline, once, exactly the presence-tracked agents whose
+/// presence lapsed, and returns them; live and never-tracked agents are left alone, and a
+/// resumed heartbeat brings a swept agent back.
+pub async fn lapsed_agents_are_swept(factory: &impl MakeStore, prefix: &str) {
+    let what = "lapsed_agents_are_swept";
+    let store = factory.make().await;
+    let pool = format!("{prefix}default");
+    let [gone, live, plain] = ["gone", "live", "plain"].map(|n| format!("{prefix}agent-{n}"));
+    for id in [&gone, &live, &plain] {
+        agent(&store, id, &[&pool], 1, AgentStatus::Online, at(0)).await;
+    }
+    heartbeat(&store, &gone, PRESENCE_TTL, at(1)).await;
+    heartbeat(&store, &live, LONG_PRESENCE_TTL, at(1)).await;
+    // Other cases may share the store: only this case's agents count.
+    let sweep = |t: i64| {
+        let store = Arc::clone(&store);
+        let prefix = prefix.to_owned();
+        async move {
+            store
+                .expire_lapsed_agents(at(t))
+                .await
+                .unwrap_or_else(|e| panic!("{what}: expire_lapsed_agents: {e}"))
+                .into_iter()
+                .filter(|a| a.id.starts_with(&prefix))
+                .collect::<Vec<Agent>>()
+        }
+    };
+    assert!(
+        sweep(2).await.is_empty(),
+        "{what}: swept an agent whose presence is alive"
+    );
+    tokio::time::sleep(PRESENCE_TTL * 2).await;
+    let swept = sweep(3).await;
+    assert_eq!(
+        swept.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
+        vec![gone.as_str()],
+        "{what}: swept agents"
+    );
+    assert_eq!(
+        swept[0].status,
+        AgentStatus::Offline,
+        "{what}: swept status"
+    );
+    assert_eq!(swept[0].updated_at, at(3), "{what}: swept updated_at");
+    assert_eq!(get_agent(&store, &gone).await.status, AgentStatus::Offline);
+    assert_eq!(get_agent(&store, &live).await.status, AgentStatus::Online);
+    assert_eq!(get_agent(&store, &plain).await.status, AgentStatus::Online);
+    assert!(
+        sweep(4).await.is_empty(),
+        "{what}: an agent was swept twice"
+    );
+    assert!(
+        heartbeat(&store, &gone, LONG_PRESENCE_TTL, at(5)).await,
+        "{what}: a heartbeat after the sweep must resume the session"
+    );
+    assert_eq!(
+        get_agent(&store, &gone).await.status,
+        AgentStatus::Online,
+        "{what}: resumed status"
+    );
+}
+
 /// Runs every case, each on a fresh store with its own sub-prefix of `prefix`.
 pub async fn run_all(factory: &impl MakeStore, prefix: &str) {
     let p = |case: &str| format!("{prefix}{case}.");
@@ -2166,5 +2228,6 @@ pub async fn run_all(factory: &impl MakeStore, prefix: &str) {
     concurrent_resolution_converges(factory, &p("concurrent-resolve")).await;
     presence_heartbeat_ttl(factory, &p("presence-ttl")).await;
     presence_lapse_resume_and_updates(factory, &p("presence-resume")).await;
+    lapsed_agents_are_swept(factory, &p("presence-sweep")).await;
     mailbox_push_read_ack(factory, &p("mailbox")).await;
 }

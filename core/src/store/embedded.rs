@@ -699,6 +699,25 @@ impl Store for EmbeddedStore {
         Ok(resumed)
     }
 
+    async fn expire_lapsed_agents(&self, now: DateTime<Utc>) -> Result<Vec<Agent>, StoreError> {
+        let mut s = self.lock();
+        let mut lapsed: Vec<String> = s
+            .presence
+            .keys()
+            .filter(|id| s.presence_lapsed(id))
+            .cloned()
+            .collect();
+        lapsed.sort();
+        let mut out = Vec::with_capacity(lapsed.len());
+        for id in lapsed {
+            s.expire_presence(&id, now);
+            if let Some(agent) = s.agents.get(&id) {
+                out.push(agent.clone());
+            }
+        }
+        Ok(out)
+    }
+
     async fn agent(&self, id: &str) -> Result<Option<Agent>, StoreError> {
         let s = self.lock();
         Ok(s.agents.get(id).map(|a| s.agent_view(a)))

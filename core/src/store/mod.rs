@@ -235,6 +235,11 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
 
+    /// Sets offline every presence-tracked agent whose heartbeats stopped longer than its TTL
+    /// ago, exactly as assignment does when it meets one, and returns them (for
+    /// `agent.updated`): the expiry becomes visible without waiting for an assignment.
+    async fn expire_lapsed_agents(&self, now: DateTime<Utc>) -> Result<Vec<Agent>, StoreError>;
+
     /// An agent by id.
     async fn agent(&self, id: &str) -> Result<Option<Agent>, StoreError>;
 

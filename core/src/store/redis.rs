@@ -88,6 +88,8 @@ static TRANSFER: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/
 static READS: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/reads.lua")));
 static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/heartbeat.lua")));
 static MAILBOX: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/mailbox.lua")));
+static SWEEP_PRESENCE: LazyLock<Script> =
+    LazyLock::new(|| script(include_str!("redis/sweep_presence.lua")));
 
 /// The Redis store.
 #[derive(Clone)]
@@ -717,6 +719,15 @@ impl Store for RedisStore {
         inv.arg(&self.prefix).arg(id).arg(ms).arg(stamp(now));
         let (_, mut items) = tagged(self.eval(&inv, false).await?)?;
         Ok(text(items.next()?)? == "1")
+    }
+
+    async fn expire_lapsed_agents(&self, now: DateTime<Utc>) -> Result<Vec<Agent>, StoreError> {
+        let mut inv = SWEEP_PRESENCE.prepare_invoke();
+        inv.arg(&self.prefix).arg(stamp(now));
+        list(self.eval(&inv, false).await?)?
+            .into_iter()
+            .map(agent)
+            .collect()
     }
 
     async fn agent(&self, id: &str) -> Result<Option<Agent>, StoreError> {
