@@ -138,9 +138,25 @@ pub struct CloudEventRef<'a, D: Serialize> {
 }
 
 impl CloudEvent {
-    /// The id a state event gets (see [`CloudEvent::of_state`]).
+    /// The id of an event recording that `subject` reached a state `at` (a conversation
+    /// assigned, a customer created): a ULID whose time part is `at` and whose 80 random bits
+    /// come from a SHA-256 of (type, subject, `at`). Stable across processes and versions, so
+    /// re-emitting the event after a retry yields the same id and consumers deduplicate it;
+    /// distinct for distinct state changes.
     pub fn state_id(event_type: EventType, subject: &str, at: DateTime<Utc>) -> String {
-        derived_id(event_type, subject, at)
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::new()
+            .chain_update(event_type.as_str())
+            .chain_update([0u8])
+            .chain_update(subject)
+            .chain_update([0u8])
+            .chain_update(at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true))
+            .finalize();
+        let mut high = [0u8; 16];
+        high.copy_from_slice(&digest[..16]);
+        let random = u128::from_be_bytes(high) >> 48;
+        let millis = u64::try_from(at.timestamp_millis()).unwrap_or(0);
+        ulid::Ulid::from_parts(millis, random).to_string()
     }
 
     /// A new event of `event_type` about `subject` with `data`.
@@ -163,45 +179,11 @@ impl CloudEvent {
         }
     }
 
-    /// An event recording that `subject` reached a state `at` (a conversation assigned, a
-    /// customer created): its time is `at` and its id is derived from (type, subject, `at`), so
-    /// re-emitting it after a retry yields the same id and consumers deduplicate it.
-    pub fn of_state(
-        event_type: EventType,
-        tenant: &str,
-        subject: &str,
-        at: DateTime<Utc>,
-        data: serde_json::Value,
-    ) -> Self {
-        let mut event = Self::new(event_type, tenant, subject, data);
-        event.id = derived_id(event_type, subject, at);
-        event.time = at;
-        event
-    }
-
     /// The event's type, if it is one Switchyard knows.
     pub fn known_type(&self) -> Option<EventType> {
         let name = self.event_type.strip_prefix(CLOUDEVENTS_TYPE_PREFIX)?;
         EventType::ALL.into_iter().find(|t| t.as_str() == name)
     }
-}
-
-/// A ULID whose time part is `at` and whose 80 random bits come from a SHA-256 of (type,
-/// subject, `at`): stable across processes and versions, distinct for distinct state changes.
-fn derived_id(event_type: EventType, subject: &str, at: DateTime<Utc>) -> String {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::new()
-        .chain_update(event_type.as_str())
-        .chain_update([0u8])
-        .chain_update(subject)
-        .chain_update([0u8])
-        .chain_update(at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true))
-        .finalize();
-    let mut high = [0u8; 16];
-    high.copy_from_slice(&digest[..16]);
-    let random = u128::from_be_bytes(high) >> 48;
-    let millis = u64::try_from(at.timestamp_millis()).unwrap_or(0);
-    ulid::Ulid::from_parts(millis, random).to_string()
 }
 
 #[cfg(test)]
@@ -213,27 +195,26 @@ mod tests {
         let at = chrono::DateTime::parse_from_rfc3339("2026-11-28T05:00:00.123456Z")
             .unwrap()
             .with_timezone(&Utc);
-        let data = serde_json::json!({});
-        let a = CloudEvent::of_state(EventType::ConversationAssigned, "t", "c1", at, data.clone());
-        let again =
-            CloudEvent::of_state(EventType::ConversationAssigned, "t", "c1", at, data.clone());
-        assert_eq!(a.id, again.id, "a re-emitted state event keeps its id");
-        assert_eq!(a.time, at);
-        let parsed: ulid::Ulid = a.id.parse().unwrap();
-        assert_eq!(parsed.timestamp_ms(), 1_795_842_000_123);
-        let other_type =
-            CloudEvent::of_state(EventType::ConversationQueued, "t", "c1", at, data.clone());
-        let other_subject =
-            CloudEvent::of_state(EventType::ConversationAssigned, "t", "c2", at, data.clone());
-        let later = CloudEvent::of_state(
-            EventType::ConversationAssigned,
-            "t",
-            "c1",
-            at + chrono::Duration::microseconds(1),
-            data,
+        let id = |t: EventType, subject: &str, at| CloudEvent::state_id(t, subject, at);
+        let a = id(EventType::ConversationAssigned, "c1", at);
+        assert_eq!(
+            a,
+            id(EventType::ConversationAssigned, "c1", at),
+            "a re-emitted state event keeps its id"
         );
-        for other in [&other_type, &other_subject, &later] {
-            assert_ne!(a.id, other.id);
+        let parsed: ulid::Ulid = a.parse().unwrap();
+        assert_eq!(parsed.timestamp_ms(), 1_795_842_000_123);
+        let others = [
+            id(EventType::ConversationQueued, "c1", at),
+            id(EventType::ConversationAssigned, "c2", at),
+            id(
+                EventType::ConversationAssigned,
+                "c1",
+                at + chrono::Duration::microseconds(1),
+            ),
+        ];
+        for other in &others {
+            assert_ne!(&a, other);
         }
     }
 

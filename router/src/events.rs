@@ -3,7 +3,7 @@
 //!
 //! Events are built into an [`EventBatch`] and published together: in order, on one channel,
 //! with one round of confirms. State events (a customer created, a conversation queued,
-//! assigned, closed) get ids derived from what happened ([`CloudEvent::of_state`]) and message
+//! assigned, closed) get ids derived from what happened ([`CloudEvent::state_id`]) and message
 //! events carry the envelope id, so an event re-emitted after a retry has the id of the first
 //! emission and consumers deduplicate it.
 
@@ -141,13 +141,6 @@ impl EventBatch {
     /// Whether the batch holds no event.
     pub fn is_empty(&self) -> bool {
         self.events.is_empty()
-    }
-
-    /// The batch's events as (routing key, event id), in publishing order.
-    pub fn ids(&self) -> impl Iterator<Item = (&'static str, &str)> {
-        self.events
-            .iter()
-            .map(|e| (e.event_type.as_str(), e.id.as_str()))
     }
 
     /// Encodes one event (as [`CloudEvent`] would serialize it) and appends it.
@@ -462,6 +455,16 @@ mod tests {
                     again.time, got.time,
                     "{name}: a state event's time is stable"
                 );
+                let subject = got.subject.clone().unwrap_or_default();
+                assert_eq!(
+                    got.id,
+                    CloudEvent::state_id(t, &subject, got.time),
+                    "{name}: a state event's id is derived from its subject and time"
+                );
+            }
+            if name == "conversation.assigned" {
+                let c: Conversation = field(&want, "conversation");
+                assert_eq!(Some(got.time), c.assigned_at, "{name}: time of the change");
             }
         }
     }
