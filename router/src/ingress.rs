@@ -231,7 +231,7 @@ mod tests {
     use switchyard_connectors::{Connector, HttpReply, SendReceipt};
     use switchyard_core::bus::Topology;
     use switchyard_core::bus::embedded::EmbeddedBus;
-    use switchyard_core::bus::topology::{EVENTS_EXCHANGE, TopologyOptions};
+    use switchyard_core::bus::topology::EVENTS_EXCHANGE;
     use switchyard_core::envelope::{ChannelRef, Content, Direction, Sender};
     use switchyard_core::event::{CloudEvent, EventType};
     use switchyard_core::store::embedded::EmbeddedStore;
@@ -318,14 +318,9 @@ mod tests {
     #[tokio::test]
     async fn a_reported_delivery_failure_is_published_as_message_failed() {
         let bus = Arc::new(EmbeddedBus::new(Duration::from_secs(2)));
-        bus.declare(&Topology::standard(&TopologyOptions {
-            shards: 1,
-            queue_capacity: 100,
-            delivery_limit: 5,
-            outbound_kinds: vec!["wecom_kf".into()],
-            publish_timeout: Duration::from_secs(2),
-            events_stream_max_age: None,
-        }))
+        bus.declare(&Topology::standard(
+            &switchyard_core::conformance::bus::options(100),
+        ))
         .await
         .unwrap();
         let queue = bus

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use switchyard_core::bus::embedded::EmbeddedBus;
-use switchyard_core::bus::topology::{EVENTS_EXCHANGE, TopologyOptions};
+use switchyard_core::bus::topology::EVENTS_EXCHANGE;
 use switchyard_core::bus::{Bus, BusError, Deliveries, Message, Topology};
 use switchyard_core::conformance::store::{app_channel, inbound_envelope, key};
 use switchyard_core::event::CloudEvent;
@@ -79,14 +79,9 @@ async fn setup() -> Setup {
         inner: EmbeddedBus::new(Duration::from_secs(2)),
         failing: AtomicUsize::new(0),
     });
-    bus.declare(&Topology::standard(&TopologyOptions {
-        shards: 1,
-        queue_capacity: 1000,
-        delivery_limit: 5,
-        outbound_kinds: vec!["api".into()],
-        publish_timeout: Duration::from_secs(2),
-        events_stream_max_age: None,
-    }))
+    bus.declare(&Topology::standard(
+        &switchyard_core::conformance::bus::options(100),
+    ))
     .await
     .expect("declare");
     let queue = bus

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use switchyard_core::bus::embedded::EmbeddedBus;
-use switchyard_core::bus::topology::{EVENTS_EXCHANGE, TopologyOptions};
+use switchyard_core::bus::topology::EVENTS_EXCHANGE;
 use switchyard_core::bus::{Bus, Topology};
 use switchyard_core::event::{CloudEvent, EventType};
 use switchyard_core::model::{Agent, AgentStatus};
@@ -35,14 +35,9 @@ async fn online(store: &Arc<dyn Store>, id: &str) {
 #[tokio::test]
 async fn an_agent_whose_heartbeats_stop_is_set_offline_and_announced() {
     let bus = Arc::new(EmbeddedBus::new(Duration::from_secs(2)));
-    bus.declare(&Topology::standard(&TopologyOptions {
-        shards: 1,
-        queue_capacity: 100,
-        delivery_limit: 5,
-        outbound_kinds: Vec::new(),
-        publish_timeout: Duration::from_secs(2),
-        events_stream_max_age: None,
-    }))
+    bus.declare(&Topology::standard(
+        &switchyard_core::conformance::bus::options(100),
+    ))
     .await
     .expect("declare");
     let queue = bus

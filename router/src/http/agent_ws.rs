@@ -368,7 +368,7 @@ mod tests {
 
     use switchyard_connectors::{ConnectorContext, Registry};
     use switchyard_core::bus::embedded::EmbeddedBus;
-    use switchyard_core::bus::topology::{EVENTS_EXCHANGE, TopologyOptions};
+    use switchyard_core::bus::topology::EVENTS_EXCHANGE;
     use switchyard_core::bus::{Bus, Topology};
     use switchyard_core::metrics::Metrics;
     use switchyard_core::store::Store;
@@ -384,14 +384,9 @@ mod tests {
     async fn state(presence_ttl: Duration) -> (HttpState, Arc<dyn Store>, Arc<dyn Bus>) {
         let timeout = Duration::from_secs(2);
         let bus: Arc<dyn Bus> = Arc::new(EmbeddedBus::new(timeout));
-        bus.declare(&Topology::standard(&TopologyOptions {
-            shards: 1,
-            queue_capacity: 100,
-            delivery_limit: 5,
-            outbound_kinds: Vec::new(),
-            publish_timeout: timeout,
-            events_stream_max_age: None,
-        }))
+        bus.declare(&Topology::standard(
+            &switchyard_core::conformance::bus::options(100),
+        ))
         .await
         .unwrap();
         let store: Arc<dyn Store> = Arc::new(EmbeddedStore::new());
