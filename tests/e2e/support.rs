@@ -27,15 +27,25 @@ pub struct Server {
     pub http: reqwest::Client,
 }
 
+/// Test settings: a config that listens on a free port with 4 shards, plus `extra`, loaded
+/// from a file as the binary does.
+pub fn settings(extra: &str) -> Settings {
+    let text = format!("[server]\nlisten = \"127.0.0.1:0\"\n[bus]\nshards = 4\n{extra}");
+    let path = std::env::temp_dir().join(format!("switchyard-e2e-{}.toml", rand_id()));
+    std::fs::write(&path, text).unwrap();
+    let settings = Settings::load_with_env(Some(&path), []).unwrap();
+    let _ = std::fs::remove_file(&path);
+    settings
+}
+
 impl Server {
     /// Starts Switchyard with `extra` appended to a config that listens on a free port.
     pub async fn start(extra: &str) -> Server {
-        let text = format!("[server]\nlisten = \"127.0.0.1:0\"\n[bus]\nshards = 4\n{extra}");
-        let path = std::env::temp_dir().join(format!("switchyard-e2e-{}.toml", rand_id()));
-        std::fs::write(&path, text).unwrap();
-        let settings = Settings::load_with_env(Some(&path), []).unwrap();
-        let _ = std::fs::remove_file(&path);
-        let app = App::start(settings, Role::All).await.unwrap();
+        Server::of(App::start(settings(extra), Role::All).await.unwrap())
+    }
+
+    /// A started app, with a client for it.
+    pub fn of(app: App) -> Server {
         let addr = app.addr.unwrap();
         Server {
             app,

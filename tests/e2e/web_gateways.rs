@@ -13,7 +13,6 @@ use serde_json::{Value, json};
 use switchyard_core::bus::Bus;
 use switchyard_core::bus::amqp::AmqpBus;
 use switchyard_core::bus::embedded::EmbeddedBus;
-use switchyard_core::config::Settings;
 use switchyard_core::conformance::services::{TestVhost, absent, redis_url};
 use switchyard_core::metrics::Metrics;
 use switchyard_core::store::Store;
@@ -21,7 +20,7 @@ use switchyard_core::store::embedded::EmbeddedStore;
 use switchyard_core::store::redis::RedisStore;
 use switchyard_router::{App, Role};
 
-use crate::support::{Server, WEB_SECRET, Ws, eventually, rand_id};
+use crate::support::{Server, WEB_SECRET, Ws, eventually, rand_id, settings};
 
 /// Two gateways and a router over one bus and one store.
 struct Cluster {
@@ -36,24 +35,28 @@ struct Cluster {
 
 /// Starts one app of the deployment.
 async fn start_app(role: Role, bus: Arc<dyn Bus>, store: Arc<dyn Store>) -> Server {
-    let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[bus]\nshards = 4\n\
-         [[channels]]\nid = \"web\"\nkind = \"web\"\nsecret = \"{WEB_SECRET}\"\n"
-    );
-    let path = std::env::temp_dir().join(format!("switchyard-e2e-gw-{}.toml", rand_id()));
-    std::fs::write(&path, text).unwrap();
-    let settings = Settings::load_with_env(Some(&path), []).unwrap();
-    let _ = std::fs::remove_file(&path);
-    let app = App::start_with(settings, role, bus, store, Metrics::new().unwrap())
-        .await
-        .unwrap();
-    let addr = app.addr.unwrap();
-    Server {
-        app,
-        base: format!("http://{addr}"),
-        addr,
-        http: reqwest::Client::new(),
-    }
+    let settings = settings(&format!(
+        "[[channels]]\nid = \"web\"\nkind = \"web\"\nsecret = \"{WEB_SECRET}\"\n"
+    ));
+    Server::of(
+        App::start_with(settings, role, bus, store, Metrics::new().unwrap())
+            .await
+            .unwrap(),
+    )
+}
+
+/// Waits until every reply in `mailbox` was written to a socket (and so removed).
+async fn mailbox_drained(cluster: &Cluster, mailbox: &str) {
+    eventually(|| async {
+        cluster
+            .store
+            .mailbox_read(mailbox)
+            .await
+            .unwrap()
+            .is_empty()
+            .then_some(())
+    })
+    .await;
 }
 
 impl Cluster {
@@ -306,16 +309,7 @@ async fn reply_reaches_every_gateway(cluster: Cluster) -> Cluster {
     nothing_more(&mut on_b).await;
     // Written replies leave the shared mailbox.
     let mailbox = format!("web:web:{visitor_id}");
-    eventually(|| async {
-        cluster
-            .store
-            .mailbox_read(&mailbox)
-            .await
-            .unwrap()
-            .is_empty()
-            .then_some(())
-    })
-    .await;
+    mailbox_drained(&cluster, &mailbox).await;
     on_a.close().await;
     on_b.close().await;
     cluster
@@ -363,16 +357,7 @@ async fn away_visitor_comes_back_elsewhere(cluster: Cluster) -> Cluster {
         (Some("message"), Some(second.as_str()))
     );
     nothing_more(&mut on_b).await;
-    eventually(|| async {
-        cluster
-            .store
-            .mailbox_read(&mailbox)
-            .await
-            .unwrap()
-            .is_empty()
-            .then_some(())
-    })
-    .await;
+    mailbox_drained(&cluster, &mailbox).await;
 
     // Delivered means gone: coming back once more (to the first gateway) replays nothing.
     on_b.close().await;
