@@ -740,6 +740,17 @@ mod tests {
         }
     }
 
+    /// Ids of the replies waiting in `visitor`'s mailbox, oldest first.
+    async fn undelivered_ids(connector: &WebConnector, visitor: &str) -> Vec<String> {
+        connector
+            .undelivered(visitor)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| frame_id(e).to_owned())
+            .collect()
+    }
+
     /// Two gateways' connectors of one channel over one store (and one bus, when given).
     fn pair(bus: Option<Arc<dyn Bus>>) -> (Arc<WebConnector>, Arc<WebConnector>) {
         let store: Arc<dyn Store> =
@@ -780,8 +791,7 @@ mod tests {
         a.send(&reply("r2", "later")).await.unwrap();
         // A redelivered reply is kept once.
         a.send(&reply("r1", "early")).await.unwrap();
-        let waiting = b.undelivered("v1").await.unwrap();
-        let ids: Vec<&str> = waiting.iter().map(frame_id).collect();
+        let ids = undelivered_ids(&b, "v1").await;
         assert_eq!(
             ids,
             ["r1", "r2"],
@@ -797,13 +807,7 @@ mod tests {
         b.delivered("v1", &["r1".into(), "r3".into()])
             .await
             .unwrap();
-        let left: Vec<String> = a
-            .undelivered("v1")
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| frame_id(e).to_owned())
-            .collect();
+        let left = undelivered_ids(&a, "v1").await;
         assert_eq!(left, ["r2"]);
         drop(guard);
         assert_eq!(a.sessions().connected(), 0);
@@ -858,13 +862,7 @@ mod tests {
         );
         assert!(rx_b.try_recv().is_err());
         // Both replies wait in the mailbox until a socket writes them.
-        let ids: Vec<String> = b
-            .undelivered("v1")
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| frame_id(e).to_owned())
-            .collect();
+        let ids = undelivered_ids(&b, "v1").await;
         assert_eq!(ids, ["r0", "r1"]);
         stop.fire();
         pa.await.unwrap().unwrap();
