@@ -174,6 +174,36 @@ async fn store_mailbox_push_read_ack() {
 }
 
 #[tokio::test]
+async fn store_route_inbound_opens_and_assigns() {
+    store::route_inbound_opens_and_assigns(&new_store, "embedded.").await;
+}
+
+#[tokio::test]
+async fn store_route_inbound_queues_without_agent() {
+    store::route_inbound_queues_without_agent(&new_store, "embedded.").await;
+}
+
+#[tokio::test]
+async fn store_route_inbound_retry_changes_nothing() {
+    store::route_inbound_retry_changes_nothing(&new_store, "embedded.").await;
+}
+
+#[tokio::test]
+async fn store_route_inbound_duplicate_claim_changes_nothing() {
+    store::route_inbound_duplicate_claim_changes_nothing(&new_store, "embedded.").await;
+}
+
+#[tokio::test]
+async fn store_route_inbound_profiles_converge() {
+    store::route_inbound_profiles_converge(&new_store, "embedded.").await;
+}
+
+#[tokio::test]
+async fn store_route_inbound_matches_stepwise() {
+    store::route_inbound_matches_stepwise(&new_store, "embedded.").await;
+}
+
+#[tokio::test]
 async fn store_run_all_on_one_shared_store() {
     // Every case under its own prefix on a single store: prefixed names keep them apart.
     let shared: Arc<dyn Store> = Arc::new(EmbeddedStore::new());

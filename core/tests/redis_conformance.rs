@@ -152,6 +152,12 @@ conformance!(
     presence_heartbeat_ttl,
     presence_lapse_resume_and_updates,
     mailbox_push_read_ack,
+    route_inbound_opens_and_assigns,
+    route_inbound_queues_without_agent,
+    route_inbound_retry_changes_nothing,
+    route_inbound_duplicate_claim_changes_nothing,
+    route_inbound_profiles_converge,
+    route_inbound_matches_stepwise,
 );
 
 #[tokio::test]
@@ -579,11 +585,14 @@ mod differential {
     use switchyard_core::conformance::store::{
         app_channel, at, inbound_envelope, key, outbound_envelope, wechat_channel,
     };
-    use switchyard_core::envelope::{DEFAULT_TENANT, Envelope};
+    use switchyard_core::envelope::{DEFAULT_TENANT, Envelope, new_id};
     use switchyard_core::identity::{IdentityKey, IdentityStrength};
     use switchyard_core::model::AgentStatus;
     use switchyard_core::store::embedded::EmbeddedStore;
-    use switchyard_core::store::{AgentUpdate, ResolveRequest, Store, StoreError, TransferTarget};
+    use switchyard_core::store::{
+        AgentUpdate, InboundOutcome, InboundRouting, ResolveRequest, Store, StoreError,
+        TransferTarget,
+    };
 
     use super::TestPrefix;
 
@@ -692,7 +701,13 @@ mod differential {
             }
         }
 
-        async fn resolve(&mut self, rng: &mut Rng, p: usize, channel: usize, now: i64) {
+        /// The keys person `p` writes with on `channel`: its own, sometimes a phone shared with
+        /// another person, a weak visitor key, or another person's key.
+        fn identities(
+            rng: &mut Rng,
+            p: usize,
+            channel: usize,
+        ) -> Vec<(IdentityKey, IdentityStrength)> {
             let mut identities = vec![(Self::person_keys(p, channel), IdentityStrength::Strong)];
             if rng.chance(40) {
                 // A phone shared by pairs of people: merges.
@@ -711,9 +726,13 @@ mod differential {
             if rng.chance(50) {
                 identities.reverse();
             }
+            identities
+        }
+
+        async fn resolve(&mut self, rng: &mut Rng, p: usize, channel: usize, now: i64) {
             let req = ResolveRequest {
                 tenant: DEFAULT_TENANT.to_owned(),
-                identities,
+                identities: Self::identities(rng, p, channel),
                 explicit: rng.chance(15),
                 display_name: rng.chance(50).then(|| format!("Person {p}")),
                 now: at(now),
@@ -786,6 +805,96 @@ mod differential {
             self.check("record_inbound", shape(&eo, f), shape(&ro, f));
         }
 
+        /// Routes a new message of a random person in one call, or routes an earlier envelope
+        /// again (a retry), or a copy of one under a new id (a channel's retry).
+        async fn route(&mut self, rng: &mut Rng, now: i64) {
+            let p = rng.below(PEOPLE);
+            let channel = rng.below(2);
+            let identities = Self::identities(rng, p, channel);
+            let e = if !self.envelopes.is_empty() && rng.chance(25) {
+                let (mut e, _) = self.envelopes[rng.below(self.envelopes.len())].clone();
+                if rng.chance(50) {
+                    e.id = new_id();
+                }
+                e
+            } else {
+                let ch = if channel == 0 {
+                    app_channel()
+                } else {
+                    wechat_channel()
+                };
+                let keys = identities.iter().map(|(k, _)| k.clone()).collect();
+                let mut e = inbound_envelope("", &ch, &format!("x{p}"), keys, "m", at(now));
+                e.customer_id = None;
+                e
+            };
+            let r = self.to_red(&e);
+            if !self.envelopes.iter().any(|(known, _)| known.id == e.id) {
+                self.envelopes.push((e.clone(), r.clone()));
+            }
+            let pool = POOLS[rng.below(2)];
+            let display_name = rng.chance(50).then(|| format!("Person {p}"));
+            let routing = |envelope| InboundRouting {
+                envelope,
+                resolve: ResolveRequest {
+                    tenant: DEFAULT_TENANT.to_owned(),
+                    identities: identities.clone(),
+                    explicit: false,
+                    display_name: display_name.clone(),
+                    now: at(now),
+                    source: Some(e.id.clone()),
+                },
+                claim: format!("routed:{}", e.dedupe_key),
+                claim_ttl: std::time::Duration::from_secs(600),
+                pool: pool.to_owned(),
+            };
+            self.log
+                .push(format!("route {} {identities:?} {pool}", e.id));
+            let eo = self.emb.route_inbound(routing(&e)).await;
+            let ro = self.red.route_inbound(routing(&r)).await;
+            if let (
+                Ok(InboundOutcome::Routed {
+                    resolution: er,
+                    record: ei,
+                    ..
+                }),
+                Ok(InboundOutcome::Routed {
+                    resolution: rr,
+                    record: ri,
+                    ..
+                }),
+            ) = (&eo, &ro)
+            {
+                if er.created && !self.customers.contains(&er.customer.id) {
+                    self.pair(&rr.customer.id, &er.customer.id);
+                    self.customers.push(er.customer.id.clone());
+                }
+                self.last_customer[p] = Some(er.customer.id.clone());
+                if ei.created && !self.conversations.contains(&ei.conversation.id) {
+                    self.pair(&ri.conversation.id, &ei.conversation.id);
+                    self.conversations.push(ei.conversation.id.clone());
+                }
+            }
+            let f = |o: &InboundOutcome| match o {
+                InboundOutcome::Duplicate { first } => json!({ "duplicate": first }),
+                InboundOutcome::Routed {
+                    resolution: x,
+                    record: i,
+                    assignments,
+                } => json!({
+                    "customer": x.customer, "created": x.created, "merges": x.merges,
+                    "linked": x.linked, "closed": x.closed,
+                    "conversation": i.conversation, "opened": i.created,
+                    "recorded_before": i.duplicate,
+                    "assignments": assignments
+                        .iter()
+                        .map(|a| json!({"c": a.conversation, "a": a.agent_id}))
+                        .collect::<Vec<_>>(),
+                }),
+            };
+            self.check("route_inbound", shape(&eo, f), shape(&ro, f));
+        }
+
         fn agent_id(i: usize) -> String {
             format!("agent-{i}")
         }
@@ -805,8 +914,9 @@ mod differential {
 
         async fn step(&mut self, rng: &mut Rng, now: i64) {
             let release = |x: &switchyard_core::store::Release| json!({"conversation": x.conversation, "released": x.released_agent});
-            match rng.below(14) {
+            match rng.below(16) {
                 0..=3 => self.inbound(rng, now).await,
+                14 | 15 => self.route(rng, now).await,
                 4 => {
                     if !self.envelopes.is_empty() {
                         let (e, r) = self.envelopes[rng.below(self.envelopes.len())].clone();

@@ -1,5 +1,6 @@
 //! Runs assignment for pools and announces what it assigned.
 
+use chrono::{DateTime, Utc};
 use switchyard_core::event::EventType;
 use switchyard_core::metrics::Metrics;
 use switchyard_core::store::{Assignment, Store};
@@ -20,20 +21,32 @@ pub async fn assign_pools(
     for pool in pools {
         let now = switchyard_core::time::now();
         let assignments = store.assign_queued(pool, now).await?;
-        for a in &assignments {
-            let waited = (now - a.conversation.created_at)
-                .to_std()
-                .unwrap_or_default()
-                .as_secs_f64();
-            metrics
-                .ingress_to_assignment
-                .with_label_values(&[pool.as_str()])
-                .observe(waited);
-            events.conversation(EventType::ConversationAssigned, &a.conversation);
-        }
+        announce_assignments(metrics, pool, now, &assignments, events);
         all.extend(assignments);
     }
     Ok(all)
+}
+
+/// For assignments the store made in `pool` at `now`: records each one's ingress-to-assignment
+/// latency and adds its `conversation.assigned` to `events`.
+pub fn announce_assignments(
+    metrics: &Metrics,
+    pool: &str,
+    now: DateTime<Utc>,
+    assignments: &[Assignment],
+    events: &mut EventBatch,
+) {
+    for a in assignments {
+        let waited = (now - a.conversation.created_at)
+            .to_std()
+            .unwrap_or_default()
+            .as_secs_f64();
+        metrics
+            .ingress_to_assignment
+            .with_label_values(&[pool])
+            .observe(waited);
+        events.conversation(EventType::ConversationAssigned, &a.conversation);
+    }
 }
 
 /// Samples each pool's queue length into `switchyard_pool_queue_depth` every `every`, until

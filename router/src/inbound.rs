@@ -14,9 +14,9 @@ use switchyard_core::envelope::{Content, Envelope};
 use switchyard_core::event::EventType;
 use switchyard_core::metrics::Metrics;
 use switchyard_core::model::ConversationStatus;
-use switchyard_core::store::{ResolveRequest, Store};
+use switchyard_core::store::{InboundOutcome, InboundRouting, Resolution, ResolveRequest, Store};
 
-use crate::assignment::assign_pools;
+use crate::assignment::{announce_assignments, assign_pools};
 use crate::error::RouteError;
 use crate::events::{EventBatch, EventPublisher};
 
@@ -102,11 +102,86 @@ impl InboundRouter {
             source: Some(envelope.id.clone()),
         };
         // The second line of defence against channel retries (the ingress claim is the first):
-        // another envelope with this dedupe key was routed already, so this one is dropped. The
-        // claim and the resolution go out together (one round trip less): resolving the
+        // another envelope with this dedupe key was routed already, so this one is dropped.
+        let claim = format!("routed:{}", envelope.dedupe_key);
+        if explicit {
+            return self.link(&envelope, request, claim).await;
+        }
+        let pool = self
+            .pools_by_channel
+            .get(&envelope.channel.id)
+            .map_or("default", String::as_str);
+        // Claim, resolution, recording and assignment are one atomic store operation (one
+        // Redis script, one round trip).
+        let outcome = self
+            .store
+            .route_inbound(InboundRouting {
+                envelope: &envelope,
+                resolve: request,
+                claim,
+                claim_ttl: self.dedupe_ttl,
+                pool: pool.to_owned(),
+            })
+            .await?;
+        let (resolution, record, assignments) = match outcome {
+            InboundOutcome::Duplicate { first } => return Ok(Routed::Duplicate(first)),
+            InboundOutcome::Routed {
+                resolution,
+                record,
+                assignments,
+            } => (resolution, record, assignments),
+        };
+        // Everything this message causes is announced in one batch once the store holds it. A
+        // retry (the first attempt's reply or publish was lost) finds its work done and
+        // re-announces it from the stored state, with the same event ids.
+        let mut events = EventBatch::new();
+        announce_resolution(&resolution, &mut events);
+        let conversation = &record.conversation;
+        envelope.conversation_id = Some(conversation.id.clone());
+        envelope.customer_id = Some(conversation.customer_id.clone());
+        if record.created {
+            events
+                .conversation(EventType::ConversationCreated, conversation)
+                .conversation(EventType::ConversationQueued, conversation);
+        }
+        events.message_received(&envelope, conversation.agent_id.as_deref());
+        // Made only when the conversation was queued (it, or older ones of its pool ahead of it).
+        announce_assignments(
+            &self.metrics,
+            &conversation.pool,
+            now,
+            &assignments,
+            &mut events,
+        );
+        if conversation.status == ConversationStatus::Assigned && record.duplicate && record.created
+        {
+            // The message that opened this conversation, retried after its assignment was
+            // stored but not announced.
+            events.conversation(EventType::ConversationAssigned, conversation);
+        }
+        if !resolution.closed.is_empty() {
+            // A merge closed a conversation and freed its agent: let every queue move.
+            assign_pools(&*self.store, &self.metrics, &self.all_pools, &mut events).await?;
+        }
+        self.events.publish(events).await?;
+        Ok(if record.duplicate {
+            Routed::Duplicate(conversation.id.clone())
+        } else {
+            Routed::Recorded(conversation.id.clone())
+        })
+    }
+
+    /// Routes an identify/link event: claims its dedupe key and resolves its identities (weak
+    /// ones merge too); no conversation is touched.
+    async fn link(
+        &self,
+        envelope: &Envelope,
+        request: ResolveRequest,
+        claim: String,
+    ) -> Result<Routed, RouteError> {
+        // The claim and the resolution go out together (one round trip less): resolving the
         // identities of a copy changes nothing its first routing did not (same identities, same
         // shard, so never concurrently with it), and its result is then simply dropped.
-        let claim = format!("routed:{}", envelope.dedupe_key);
         let (claimed, resolution) = tokio::join!(
             self.store.claim_key(&claim, &envelope.id, self.dedupe_ttl),
             self.store.resolve_customer(request)
@@ -117,65 +192,28 @@ impl InboundRouter {
             return Ok(Routed::Duplicate(first));
         }
         let resolution = resolution?;
-        // Everything this message causes is announced in one batch once the store holds it. A
-        // retry (the first attempt's reply or publish was lost) finds its work done and
-        // re-announces it from the stored state, with the same event ids.
         let mut events = EventBatch::new();
-        let customer = &resolution.customer;
-        if resolution.created {
-            events.customer_created(customer);
-        }
-        for merge in &resolution.merges {
-            events.customer_merged(customer, &merge.from, &merge.via);
-        }
-        for closed in &resolution.closed {
-            events.conversation_closed(closed, None);
-        }
+        announce_resolution(&resolution, &mut events);
         if !resolution.closed.is_empty() {
             // A merge closed a conversation and freed its agent: let queues move.
             assign_pools(&*self.store, &self.metrics, &self.all_pools, &mut events).await?;
         }
-        if explicit {
-            self.events.publish(events).await?;
-            return Ok(Routed::Linked(customer.id.clone()));
-        }
-        envelope.customer_id = Some(customer.id.clone());
-        let pool = self
-            .pools_by_channel
-            .get(&envelope.channel.id)
-            .map_or("default", String::as_str);
-        let record = self.store.record_inbound(&envelope, pool, now).await?;
-        let conversation = &record.conversation;
-        envelope.conversation_id = Some(conversation.id.clone());
-        envelope.customer_id = Some(conversation.customer_id.clone());
-        if record.created {
-            events
-                .conversation(EventType::ConversationCreated, conversation)
-                .conversation(EventType::ConversationQueued, conversation);
-        }
-        events.message_received(&envelope, conversation.agent_id.as_deref());
-        match conversation.status {
-            ConversationStatus::Queued => {
-                assign_pools(
-                    &*self.store,
-                    &self.metrics,
-                    std::slice::from_ref(&conversation.pool),
-                    &mut events,
-                )
-                .await?;
-            }
-            ConversationStatus::Assigned if record.duplicate && record.created => {
-                // The message that opened this conversation, retried after its assignment was
-                // stored but not announced.
-                events.conversation(EventType::ConversationAssigned, conversation);
-            }
-            _ => {}
-        }
         self.events.publish(events).await?;
-        Ok(if record.duplicate {
-            Routed::Duplicate(conversation.id.clone())
-        } else {
-            Routed::Recorded(conversation.id.clone())
-        })
+        Ok(Routed::Linked(resolution.customer.id))
+    }
+}
+
+/// Adds what resolving a sender did to `events`: `customer.created`, `customer.merged` for each
+/// merge, and `conversation.closed` for each conversation a merge closed.
+fn announce_resolution(resolution: &Resolution, events: &mut EventBatch) {
+    let customer = &resolution.customer;
+    if resolution.created {
+        events.customer_created(customer);
+    }
+    for merge in &resolution.merges {
+        events.customer_merged(customer, &merge.from, &merge.via);
+    }
+    for closed in &resolution.closed {
+        events.conversation_closed(closed, None);
     }
 }

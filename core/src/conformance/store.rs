@@ -1,6 +1,7 @@
 //! The [`Store`] conformance suite: dedupe, identity resolution and merges, one open conversation
 //! per customer, idempotent recording, longest-idle assignment within capacity, FIFO queues,
-//! outbound checks, transfers, and concurrent callers converging (DESIGN.md "Guarantees").
+//! outbound checks, transfers, routing a message in one call, and concurrent callers converging
+//! (DESIGN.md "Guarantees").
 //!
 //! Every identity key value, agent id and pool name a case creates starts with the case's prefix;
 //! times are fixed instants ([`at`]) passed as `now`, except for dedupe TTLs, which are real time.
@@ -16,8 +17,8 @@ use crate::envelope::{ChannelRef, Content, DEFAULT_TENANT, Direction, Envelope, 
 use crate::identity::{IdentityKey, IdentityStrength};
 use crate::model::{Agent, AgentStatus, Conversation, ConversationStatus, Customer};
 use crate::store::{
-    AgentUpdate, Assignment, InboundRecord, Merge, Resolution, ResolveRequest, Store, StoreError,
-    TransferTarget,
+    AgentUpdate, Assignment, InboundOutcome, InboundRecord, InboundRouting, Merge, Resolution,
+    ResolveRequest, Store, StoreError, TransferTarget, route_inbound_stepwise,
 };
 
 use IdentityStrength::{Strong, Weak};
@@ -2209,6 +2210,582 @@ pub async fn lapsed_agents_are_swept(factory: &impl MakeStore, prefix: &str) {
     );
 }
 
+/// A message from the person with app-user key `{prefix}{name}` (and the `extra` keys), not
+/// routed yet (no `customer_id`).
+fn unrouted(prefix: &str, name: &str, extra: &[IdentityKey], now: DateTime<Utc>) -> Envelope {
+    let mut identities = vec![key(prefix, "app_user", "shop-app", name)];
+    identities.extend_from_slice(extra);
+    let mut e = inbound_envelope("", &app_channel(), name, identities, "hello", now);
+    e.customer_id = None;
+    e
+}
+
+/// What the router asks [`Store::route_inbound`] for `envelope`: its identities at their default
+/// strength, its dedupe key claimed (under `prefix`) for a minute, new conversations in `pool`.
+fn routing<'a>(
+    prefix: &str,
+    envelope: &'a Envelope,
+    pool: &str,
+    now: DateTime<Utc>,
+) -> InboundRouting<'a> {
+    InboundRouting {
+        envelope,
+        resolve: ResolveRequest {
+            tenant: envelope.tenant.clone(),
+            identities: envelope
+                .sender
+                .identities
+                .iter()
+                .map(|k| (k.clone(), k.default_strength()))
+                .collect(),
+            explicit: false,
+            display_name: envelope.sender.display_name.clone(),
+            now,
+            source: Some(envelope.id.clone()),
+        },
+        claim: format!("{prefix}routed:{}", envelope.dedupe_key),
+        claim_ttl: Duration::from_secs(60),
+        pool: pool.to_owned(),
+    }
+}
+
+async fn route(store: &Arc<dyn Store>, req: InboundRouting<'_>) -> InboundOutcome {
+    let id = req.envelope.id.clone();
+    store
+        .route_inbound(req)
+        .await
+        .unwrap_or_else(|e| panic!("route_inbound({id}): {e}"))
+}
+
+/// The parts of a [`InboundOutcome::Routed`]; panics on a duplicate.
+fn routed(what: &str, outcome: InboundOutcome) -> (Resolution, InboundRecord, Vec<Assignment>) {
+    match outcome {
+        InboundOutcome::Routed {
+            resolution,
+            record,
+            assignments,
+        } => (resolution, record, assignments),
+        InboundOutcome::Duplicate { first } => {
+            panic!("{what}: routed as a duplicate of `{first}`")
+        }
+    }
+}
+
+/// A first message of a new customer, with an online agent of the pool having room: one call
+/// creates the profile, opens the conversation (reported as recorded, queued), stores the
+/// message with both ids filled in, and assigns the conversation to the agent.
+pub async fn route_inbound_opens_and_assigns(factory: &impl MakeStore, prefix: &str) {
+    let what = "route_inbound_opens_and_assigns";
+    let store = factory.make().await;
+    let pool = format!("{prefix}default");
+    let x = format!("{prefix}agent-x");
+    agent(&store, &x, &[&pool], 2, AgentStatus::Online, at(0)).await;
+    let e = unrouted(prefix, "new", &[], at(1));
+    let (resolution, record, assignments) =
+        routed(what, route(&store, routing(prefix, &e, &pool, at(1))).await);
+
+    let customer = &resolution.customer;
+    assert!(resolution.created, "{what}: profile not reported created");
+    assert!(
+        resolution.merges.is_empty() && resolution.closed.is_empty(),
+        "{what}: a new customer merged: {resolution:?}"
+    );
+    let k = key(prefix, "app_user", "shop-app", "new");
+    assert_eq!(
+        owner(&store, &k).await.map(|c| c.id).as_deref(),
+        Some(customer.id.as_str()),
+        "{what}: the sender's key does not lead to the profile"
+    );
+    let conversation = &record.conversation;
+    assert!(
+        record.created && !record.duplicate,
+        "{what}: record {record:?}"
+    );
+    assert_eq!(
+        conversation.status,
+        ConversationStatus::Queued,
+        "{what}: the record must show the conversation as recorded, before its assignment"
+    );
+    assert_eq!(conversation.customer_id, customer.id, "{what}: customer");
+    assert_eq!(conversation.pool, pool, "{what}: pool");
+    assert_eq!(conversation.message_count, 1, "{what}: message count");
+    assert_eq!(
+        pairs(&assignments),
+        vec![(conversation.id.clone(), x.clone())],
+        "{what}: assignments"
+    );
+    assert_eq!(
+        assignments[0].conversation.status,
+        ConversationStatus::Assigned,
+        "{what}: assignment status"
+    );
+    let stored = get_conversation(&store, &conversation.id).await;
+    assert_eq!(
+        (stored.status, stored.agent_id.as_deref()),
+        (ConversationStatus::Assigned, Some(x.as_str())),
+        "{what}: stored conversation"
+    );
+    assert_eq!(
+        get_agent(&store, &x).await.conversations,
+        vec![conversation.id.clone()],
+        "{what}: agent load"
+    );
+    assert!(queue(&store, &pool).await.is_empty(), "{what}: queue");
+    let messages = store
+        .messages(&conversation.id, 10)
+        .await
+        .unwrap_or_else(|err| panic!("{what}: messages: {err}"));
+    assert_eq!(messages.len(), 1, "{what}: messages {messages:?}");
+    let m = &messages[0];
+    assert_eq!(m.id, e.id, "{what}: stored message");
+    assert_eq!(
+        (m.customer_id.as_deref(), m.conversation_id.as_deref()),
+        (Some(customer.id.as_str()), Some(conversation.id.as_str())),
+        "{what}: the stored message's ids"
+    );
+    assert_eq!(m.content, e.content, "{what}: stored content");
+}
+
+/// With no agent to take it, a routed message's conversation stays queued and nothing is
+/// assigned; a later [`Store::assign_queued`] hands it to an agent who came online.
+pub async fn route_inbound_queues_without_agent(factory: &impl MakeStore, prefix: &str) {
+    let what = "route_inbound_queues_without_agent";
+    let store = factory.make().await;
+    let pool = format!("{prefix}default");
+    let x = format!("{prefix}agent-x");
+    agent(&store, &x, &[&pool], 2, AgentStatus::Away, at(0)).await;
+    let e = unrouted(prefix, "waiting", &[], at(1));
+    let (_, record, assignments) =
+        routed(what, route(&store, routing(prefix, &e, &pool, at(1))).await);
+    let id = record.conversation.id.clone();
+    assert!(record.created, "{what}: no conversation opened");
+    assert!(
+        assignments.is_empty(),
+        "{what}: assigned without an online agent: {:?}",
+        pairs(&assignments)
+    );
+    assert_eq!(
+        get_conversation(&store, &id).await.status,
+        ConversationStatus::Queued,
+        "{what}: stored status"
+    );
+    assert_eq!(
+        queue(&store, &pool).await,
+        vec![id.clone()],
+        "{what}: queue"
+    );
+
+    update_agent(
+        &store,
+        AgentUpdate {
+            id: x.clone(),
+            status: Some(AgentStatus::Online),
+            ..AgentUpdate::default()
+        },
+        at(2),
+    )
+    .await;
+    assert_eq!(
+        pairs(&assign(&store, &pool, at(3)).await),
+        vec![(id.clone(), x.clone())],
+        "{what}: the queued conversation was not assigned later"
+    );
+    assert!(queue(&store, &pool).await.is_empty(), "{what}: queue after");
+}
+
+/// Routing the same envelope again (a redelivery after a lost reply or a failed publish)
+/// reports what the first call did, `created` flags included, and changes nothing: no second
+/// message, no second assignment. A retry of a later message reports nothing as created.
+pub async fn route_inbound_retry_changes_nothing(factory: &impl MakeStore, prefix: &str) {
+    let what = "route_inbound_retry_changes_nothing";
+    let store = factory.make().await;
+    let pool = format!("{prefix}default");
+    let x = format!("{prefix}agent-x");
+    agent(&store, &x, &[&pool], 5, AgentStatus::Online, at(0)).await;
+    let e = unrouted(prefix, "retry", &[], at(1));
+    let (first, opened, assigned) =
+        routed(what, route(&store, routing(prefix, &e, &pool, at(1))).await);
+    let id = opened.conversation.id.clone();
+    assert_eq!(pairs(&assigned), vec![(id.clone(), x.clone())], "{what}");
+
+    let (resolution, record, assignments) =
+        routed(what, route(&store, routing(prefix, &e, &pool, at(2))).await);
+    assert_eq!(
+        resolution.customer.id, first.customer.id,
+        "{what}: retry profile"
+    );
+    assert!(
+        resolution.created,
+        "{what}: a retry must report the profile created (customer.created is re-emitted)"
+    );
+    assert!(
+        record.duplicate && record.created,
+        "{what}: a retry must be a duplicate that opened the conversation: {record:?}"
+    );
+    assert_eq!(record.conversation.id, id, "{what}: retry conversation");
+    assert_eq!(
+        (
+            record.conversation.status,
+            record.conversation.agent_id.as_deref()
+        ),
+        (ConversationStatus::Assigned, Some(x.as_str())),
+        "{what}: a retry reports the stored conversation"
+    );
+    assert!(
+        assignments.is_empty(),
+        "{what}: a retry assigned again: {:?}",
+        pairs(&assignments)
+    );
+    assert_eq!(
+        message_ids(&store, &id).await,
+        vec![e.id.clone()],
+        "{what}: messages after the retry"
+    );
+    assert_eq!(
+        get_conversation(&store, &id).await.message_count,
+        1,
+        "{what}: message count"
+    );
+    assert_eq!(
+        get_agent(&store, &x).await.conversations,
+        vec![id.clone()],
+        "{what}: agent load"
+    );
+
+    let later = unrouted(prefix, "retry", &[], at(3));
+    let (resolution, record, _) = routed(
+        what,
+        route(&store, routing(prefix, &later, &pool, at(3))).await,
+    );
+    assert!(
+        !resolution.created && !record.created && !record.duplicate,
+        "{what}: a later message: {resolution:?} {record:?}"
+    );
+    let (resolution, record, assignments) = routed(
+        what,
+        route(&store, routing(prefix, &later, &pool, at(4))).await,
+    );
+    assert!(
+        !resolution.created && !record.created && record.duplicate && assignments.is_empty(),
+        "{what}: a retry of a later message: {resolution:?} {record:?}"
+    );
+    assert_eq!(
+        message_ids(&store, &id).await,
+        vec![e.id.clone(), later.id.clone()],
+        "{what}: messages"
+    );
+}
+
+/// Another envelope with a dedupe key already claimed (a copy of a routed message under a new
+/// id) answers [`InboundOutcome::Duplicate`] naming the first envelope and touches nothing: no
+/// message, no profile for its new identities, not even the known profile's `last_seen`.
+pub async fn route_inbound_duplicate_claim_changes_nothing(factory: &impl MakeStore, prefix: &str) {
+    let what = "route_inbound_duplicate_claim_changes_nothing";
+    let store = factory.make().await;
+    let pool = format!("{prefix}default");
+    let e = unrouted(prefix, "orig", &[], at(1));
+    let (resolution, record, _) =
+        routed(what, route(&store, routing(prefix, &e, &pool, at(1))).await);
+    let id = record.conversation.id.clone();
+
+    let fresh = key(prefix, "app_user", "shop-app", "copy");
+    let copies = [
+        unrouted(prefix, "copy", &[], at(5)),
+        unrouted(prefix, "orig", &[], at(5)),
+    ];
+    for mut copy in copies {
+        copy.dedupe_key.clone_from(&e.dedupe_key);
+        match route(&store, routing(prefix, &copy, &pool, at(5))).await {
+            InboundOutcome::Duplicate { first } => {
+                assert_eq!(first, e.id, "{what}: the duplicate names another envelope");
+            }
+            InboundOutcome::Routed { record, .. } => {
+                panic!("{what}: a copy was routed: {record:?}")
+            }
+        }
+    }
+    assert!(
+        owner(&store, &fresh).await.is_none(),
+        "{what}: a duplicate's identity was linked to a profile"
+    );
+    assert_eq!(
+        get_customer(&store, &resolution.customer.id)
+            .await
+            .last_seen,
+        at(1),
+        "{what}: a duplicate touched the sender's profile"
+    );
+    assert_eq!(
+        message_ids(&store, &id).await,
+        vec![e.id.clone()],
+        "{what}: messages"
+    );
+    let stored = get_conversation(&store, &id).await;
+    assert_eq!(stored.message_count, 1, "{what}: message count");
+    assert_eq!(
+        stored.last_inbound_at,
+        Some(at(1)),
+        "{what}: a duplicate touched the conversation"
+    );
+    assert_eq!(queue(&store, &pool).await, vec![id], "{what}: queue");
+}
+
+/// Two channels of one person (sharing a strong phone key) routed at once converge on one
+/// profile and one conversation; a later message carrying the keys of two existing profiles
+/// merges them, closes the merged-away one's conversation and lands in the survivor's.
+pub async fn route_inbound_profiles_converge(factory: &impl MakeStore, prefix: &str) {
+    let what = "route_inbound_profiles_converge";
+    let store = factory.make().await;
+    let pool = format!("{prefix}default");
+    let phone = key(prefix, "phone", "", "+8613800000005");
+    let from_app = unrouted(prefix, "8", std::slice::from_ref(&phone), at(1));
+    let wx_key = key(prefix, "wechat_openid", "wx1", "o8");
+    let mut from_wechat = inbound_envelope(
+        "",
+        &wechat_channel(),
+        "o8",
+        vec![wx_key.clone(), phone.clone()],
+        "hi",
+        at(1),
+    );
+    from_wechat.customer_id = None;
+    let (a, b) = tokio::join!(
+        route(&store, routing(prefix, &from_app, &pool, at(1))),
+        route(&store, routing(prefix, &from_wechat, &pool, at(1)))
+    );
+    let ((ra, ia, _), (rb, ib, _)) = (routed(what, a), routed(what, b));
+    assert_eq!(
+        ra.customer.id, rb.customer.id,
+        "{what}: concurrent routings diverged"
+    );
+    assert!(
+        ra.created != rb.created,
+        "{what}: exactly one routing creates the profile"
+    );
+    assert_eq!(
+        ia.conversation.id, ib.conversation.id,
+        "{what}: two conversations opened"
+    );
+    assert!(
+        ia.created != ib.created,
+        "{what}: exactly one message opens the conversation"
+    );
+    let id = ra.customer.id.clone();
+    let app_key = key(prefix, "app_user", "shop-app", "8");
+    for k in [&phone, &app_key, &wx_key] {
+        assert_eq!(
+            owner(&store, k).await.map(|c| c.id).as_deref(),
+            Some(id.as_str()),
+            "{what}: {k}"
+        );
+    }
+    assert_eq!(
+        message_ids(&store, &ia.conversation.id).await.len(),
+        2,
+        "{what}: messages"
+    );
+
+    // Two profiles with open conversations, then one message carrying both their keys.
+    let (_, older, _) = routed(
+        what,
+        route(
+            &store,
+            routing(prefix, &unrouted(prefix, "p", &[], at(2)), &pool, at(2)),
+        )
+        .await,
+    );
+    let (_, newer, _) = routed(
+        what,
+        route(
+            &store,
+            routing(prefix, &unrouted(prefix, "q", &[], at(3)), &pool, at(3)),
+        )
+        .await,
+    );
+    let q_key = key(prefix, "app_user", "shop-app", "q");
+    let both = unrouted(prefix, "p", &[q_key], at(4));
+    let (resolution, record, _) = routed(
+        what,
+        route(&store, routing(prefix, &both, &pool, at(4))).await,
+    );
+    assert_eq!(
+        resolution.customer.id, older.conversation.customer_id,
+        "{what}: the older profile survives"
+    );
+    assert_eq!(resolution.merges.len(), 1, "{what}: merges");
+    assert_eq!(
+        resolution
+            .closed
+            .iter()
+            .map(|c| c.id.as_str())
+            .collect::<Vec<_>>(),
+        vec![newer.conversation.id.as_str()],
+        "{what}: the merged-away profile's conversation closes"
+    );
+    assert!(
+        !record.created && record.conversation.id == older.conversation.id,
+        "{what}: the message lands in the survivor's conversation: {record:?}"
+    );
+    assert_eq!(
+        record.conversation.message_count, 3,
+        "{what}: survivor's messages (own, moved, new)"
+    );
+}
+
+/// Summary of one outcome that does not depend on generated ids: conversations by order of
+/// appearance, agents without the run's prefix.
+#[derive(Debug, PartialEq, Eq)]
+enum Shape {
+    Duplicate,
+    Routed {
+        customer_created: bool,
+        merges: usize,
+        closed: Vec<usize>,
+        conversation: usize,
+        created: bool,
+        duplicate: bool,
+        status: ConversationStatus,
+        agent: Option<String>,
+        message_count: u64,
+        assignments: Vec<(usize, String)>,
+    },
+}
+
+/// A scenario run once through [`Store::route_inbound`] and once through
+/// [`route_inbound_stepwise`], under its own name prefix.
+struct Scenario<'a> {
+    store: &'a Arc<dyn Store>,
+    prefix: String,
+    stepwise: bool,
+    pool: String,
+    conversations: Vec<String>,
+}
+
+impl Scenario<'_> {
+    fn ordinal(&mut self, id: &str) -> usize {
+        match self.conversations.iter().position(|c| c == id) {
+            Some(i) => i,
+            None => {
+                self.conversations.push(id.to_owned());
+                self.conversations.len() - 1
+            }
+        }
+    }
+
+    fn agent_name(&self, id: &str) -> String {
+        id.strip_prefix(&self.prefix).unwrap_or(id).to_owned()
+    }
+
+    async fn route(&mut self, e: &Envelope, t: i64) -> Shape {
+        let req = routing(&self.prefix, e, &self.pool, at(t));
+        let outcome = if self.stepwise {
+            route_inbound_stepwise(&**self.store, req).await
+        } else {
+            self.store.route_inbound(req).await
+        }
+        .unwrap_or_else(|err| panic!("route {}: {err}", e.id));
+        let (resolution, record, assignments) = match outcome {
+            InboundOutcome::Duplicate { .. } => return Shape::Duplicate,
+            InboundOutcome::Routed {
+                resolution,
+                record,
+                assignments,
+            } => (resolution, record, assignments),
+        };
+        let c = &record.conversation;
+        Shape::Routed {
+            customer_created: resolution.created,
+            merges: resolution.merges.len(),
+            closed: resolution
+                .closed
+                .iter()
+                .map(|c| self.ordinal(&c.id))
+                .collect(),
+            conversation: self.ordinal(&c.id),
+            created: record.created,
+            duplicate: record.duplicate,
+            status: c.status,
+            agent: c.agent_id.as_deref().map(|a| self.agent_name(a)),
+            message_count: c.message_count,
+            assignments: assignments
+                .iter()
+                .map(|a| {
+                    (
+                        self.ordinal(&a.conversation.id),
+                        self.agent_name(&a.agent_id),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// Runs the scenario: every outcome, then each conversation's status, agent and message
+    /// count.
+    async fn run(mut self) -> (Vec<Shape>, Vec<(ConversationStatus, Option<String>, u64)>) {
+        let x = format!("{}agent-x", self.prefix);
+        agent(self.store, &x, &[&self.pool], 1, AgentStatus::Online, at(0)).await;
+        let p = &self.prefix.clone();
+        let first = unrouted(p, "p1", &[], at(1));
+        let mut copy = unrouted(p, "p1", &[], at(6));
+        copy.dedupe_key.clone_from(&first.dedupe_key);
+        let second = unrouted(p, "p2", &[], at(2));
+        let p2_key = key(p, "app_user", "shop-app", "p2");
+        let mut shapes = vec![
+            self.route(&first, 1).await,  // opens, assigned to x
+            self.route(&second, 2).await, // opens, queued: x is full
+            self.route(&unrouted(p, "p1", &[], at(3)), 3).await, // joins the assigned one
+            self.route(&second, 4).await, // a retry
+            self.route(&copy, 5).await,   // a copy under another id
+            self.route(&unrouted(p, "p1", &[p2_key], at(6)), 6).await, // merges p2 into p1
+        ];
+        let open = self.conversations[0].clone();
+        self.store
+            .close_conversation(&open, "agent", at(7))
+            .await
+            .unwrap_or_else(|e| panic!("close {open}: {e}"));
+        shapes.push(self.route(&unrouted(p, "p1", &[], at(8)), 8).await); // reopens, assigned
+        let mut states = Vec::new();
+        for id in &self.conversations {
+            let c = get_conversation(self.store, id).await;
+            states.push((
+                c.status,
+                c.agent_id.as_deref().map(|a| self.agent_name(a)),
+                message_ids(self.store, id).await.len() as u64,
+            ));
+        }
+        (shapes, states)
+    }
+}
+
+/// [`Store::route_inbound`] gives what the four separate calls of [`route_inbound_stepwise`]
+/// give, step by step and in the resulting state: openings, queueing, joining an assigned
+/// conversation, a retry, a copy, a merge, a reopening after a close.
+pub async fn route_inbound_matches_stepwise(factory: &impl MakeStore, prefix: &str) {
+    let what = "route_inbound_matches_stepwise";
+    let store = factory.make().await;
+    let scenario = |name: &str, stepwise| Scenario {
+        store: &store,
+        prefix: format!("{prefix}{name}."),
+        stepwise,
+        pool: format!("{prefix}{name}.default"),
+        conversations: Vec::new(),
+    };
+    let (one_call, one_call_states) = scenario("one-call", false).run().await;
+    let (stepwise, stepwise_states) = scenario("stepwise", true).run().await;
+    assert!(
+        matches!(
+            one_call.first(),
+            Some(Shape::Routed { assignments, .. }) if assignments.len() == 1
+        ),
+        "{what}: the first message was not assigned: {one_call:?}"
+    );
+    assert_eq!(one_call, stepwise, "{what}: outcomes differ");
+    assert_eq!(
+        one_call_states, stepwise_states,
+        "{what}: resulting conversations differ"
+    );
+}
+
 /// Runs every case, each on a fresh store with its own sub-prefix of `prefix`.
 pub async fn run_all(factory: &impl MakeStore, prefix: &str) {
     let p = |case: &str| format!("{prefix}{case}.");
@@ -2230,4 +2807,10 @@ pub async fn run_all(factory: &impl MakeStore, prefix: &str) {
     presence_lapse_resume_and_updates(factory, &p("presence-resume")).await;
     lapsed_agents_are_swept(factory, &p("presence-sweep")).await;
     mailbox_push_read_ack(factory, &p("mailbox")).await;
+    route_inbound_opens_and_assigns(factory, &p("route-assign")).await;
+    route_inbound_queues_without_agent(factory, &p("route-queue")).await;
+    route_inbound_retry_changes_nothing(factory, &p("route-retry")).await;
+    route_inbound_duplicate_claim_changes_nothing(factory, &p("route-dup")).await;
+    route_inbound_profiles_converge(factory, &p("route-converge")).await;
+    route_inbound_matches_stepwise(factory, &p("route-stepwise")).await;
 }

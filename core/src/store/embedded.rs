@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    AgentUpdate, Assignment, InboundRecord, MailboxItem, Merge, Release, Resolution,
-    ResolveRequest, Store, StoreError, TransferTarget,
+    AgentUpdate, Assignment, InboundOutcome, InboundRecord, InboundRouting, MailboxItem, Merge,
+    Release, Resolution, ResolveRequest, Store, StoreError, TransferTarget,
 };
 use crate::envelope::{Envelope, new_id};
 use crate::identity::{IdentityKey, IdentityStrength};
@@ -335,6 +335,238 @@ impl State {
             });
         }
     }
+
+    /// [`Store::claim_key`]: `None` when the claim is ours, else the holder's value.
+    fn claim_key(&mut self, key: &str, value: &str, ttl: Duration) -> Option<String> {
+        let now = Instant::now();
+        self.dedupe_claims += 1;
+        if self.dedupe_claims.is_multiple_of(DEDUPE_SWEEP_EVERY) {
+            self.dedupe.retain(|_, (_, expiry)| *expiry > now);
+        }
+        match self.dedupe.get(key) {
+            Some((held, expiry)) if *expiry > now => Some(held.clone()),
+            _ => {
+                self.dedupe
+                    .insert(key.to_owned(), (value.to_owned(), now + ttl));
+                None
+            }
+        }
+    }
+
+    /// [`Store::resolve_customer`].
+    fn resolve_customer(&mut self, req: &ResolveRequest) -> Result<Resolution, StoreError> {
+        let now = req.now;
+        // Owners that this request may merge: strong keys always, weak keys only when explicit.
+        let mut merging: Vec<(String, IdentityKey)> = Vec::new();
+        let mut weak_owner: Option<String> = None;
+        for (key, strength) in &req.identities {
+            let Some(owner) = self.owner_of(key) else {
+                continue;
+            };
+            if *strength == IdentityStrength::Strong || req.explicit {
+                merging.push((owner, key.clone()));
+            } else if weak_owner.is_none() {
+                weak_owner = Some(owner);
+            }
+        }
+        let mut owners: Vec<String> = Vec::new();
+        for (owner, _) in &merging {
+            if !owners.contains(owner) {
+                owners.push(owner.clone());
+            }
+        }
+        // The oldest profile survives a merge.
+        owners.sort_by(|a, b| {
+            let fa = self.customers.get(a).map(|c| c.first_seen);
+            let fb = self.customers.get(b).map(|c| c.first_seen);
+            fa.cmp(&fb).then(a.cmp(b))
+        });
+        let (winner, created) = match owners.first().cloned().or(weak_owner) {
+            Some(id) => {
+                // A retry of the request that created the profile reports it created again.
+                let retry = req
+                    .source
+                    .as_ref()
+                    .is_some_and(|src| self.customer_created_by.get(&id) == Some(src));
+                (id, retry)
+            }
+            None => {
+                let id = new_id();
+                self.customers.insert(
+                    id.clone(),
+                    Customer {
+                        id: id.clone(),
+                        tenant: req.tenant.clone(),
+                        display_name: None,
+                        identities: Vec::new(),
+                        merged_from: Vec::new(),
+                        tags: Vec::new(),
+                        attributes: serde_json::Map::new(),
+                        first_seen: now,
+                        last_seen: now,
+                    },
+                );
+                if let Some(source) = &req.source {
+                    self.customer_created_by.insert(id.clone(), source.clone());
+                }
+                (id, true)
+            }
+        };
+        let mut merges = Vec::new();
+        let mut closed = Vec::new();
+        for loser in owners.iter().skip(1) {
+            let via: BTreeSet<IdentityKey> = merging
+                .iter()
+                .filter(|(o, _)| o == loser)
+                .map(|(_, k)| k.clone())
+                .collect();
+            if let Some(c) = self.merge_customers(loser, &winner, now) {
+                closed.push(c);
+            }
+            merges.push(Merge {
+                from: loser.clone(),
+                into: winner.clone(),
+                via: via.into_iter().collect(),
+            });
+        }
+        let mut linked = Vec::new();
+        for (key, strength) in &req.identities {
+            let owner = self.owner_of(key);
+            if owner.is_none() || (req.explicit && owner.as_deref() != Some(&winner)) {
+                self.identity_owner.insert(key.clone(), winner.clone());
+                linked.push(key.clone());
+            } else if owner.as_deref() != Some(winner.as_str()) {
+                // A weak key of another profile, not merged implicitly: it stays with its owner
+                // and must not be listed on this profile too.
+                continue;
+            }
+            if let Some(c) = self.customers.get_mut(&winner) {
+                match c.identities.iter_mut().find(|r| &r.key == key) {
+                    Some(r) if req.explicit => r.strength = *strength,
+                    Some(_) => {}
+                    None => c.identities.push(IdentityRecord {
+                        key: key.clone(),
+                        strength: *strength,
+                        linked_at: now,
+                    }),
+                }
+            }
+        }
+        let customer = self
+            .customers
+            .get_mut(&winner)
+            .ok_or_else(|| not_found("customer", &winner))?;
+        customer.last_seen = customer.last_seen.max(now);
+        if customer.display_name.is_none() {
+            customer.display_name = req.display_name.clone();
+        }
+        Ok(Resolution {
+            customer: customer.clone(),
+            created,
+            merges,
+            linked,
+            closed,
+        })
+    }
+
+    /// [`Store::record_inbound`] of `envelope` for `customer_id` (the envelope's own
+    /// `customer_id` is not read).
+    fn record_inbound(
+        &mut self,
+        envelope: &Envelope,
+        customer_id: Option<&str>,
+        pool: &str,
+        now: DateTime<Utc>,
+    ) -> Result<InboundRecord, StoreError> {
+        if let Some(conv_id) = self.message_ids.get(&envelope.id).cloned() {
+            let conversation = self
+                .conversations
+                .get(&conv_id)
+                .cloned()
+                .ok_or_else(|| not_found("conversation", &conv_id))?;
+            let created = self.conversation_opened_by.get(&conv_id) == Some(&envelope.id);
+            return Ok(InboundRecord {
+                conversation,
+                created,
+                duplicate: true,
+            });
+        }
+        let customer_id = customer_id
+            .map(|id| self.canonical_customer_id(id))
+            .ok_or_else(|| StoreError::Conflict {
+                code: "customer_unresolved",
+                message: format!("envelope `{}` has no customer_id", envelope.id),
+            })?;
+        let (conv_id, created) = match self.open_by_customer.get(&customer_id) {
+            Some(id) => (id.clone(), false),
+            None => {
+                let id = new_id();
+                self.conversations.insert(
+                    id.clone(),
+                    Conversation {
+                        id: id.clone(),
+                        tenant: envelope.tenant.clone(),
+                        customer_id: customer_id.clone(),
+                        status: ConversationStatus::Queued,
+                        pool: pool.to_owned(),
+                        agent_id: None,
+                        channel: envelope.channel.clone(),
+                        recipient: envelope.sender.clone(),
+                        last_inbound_id: None,
+                        last_inbound_at: None,
+                        replies_since_inbound: 0,
+                        created_at: now,
+                        updated_at: now,
+                        queued_at: Some(now),
+                        assigned_at: None,
+                        closed_at: None,
+                        close_reason: None,
+                        message_count: 0,
+                    },
+                );
+                self.open_by_customer
+                    .insert(customer_id.clone(), id.clone());
+                self.conversation_opened_by
+                    .insert(id.clone(), envelope.id.clone());
+                self.queues
+                    .entry(pool.to_owned())
+                    .or_default()
+                    .push_back(id.clone());
+                (id, true)
+            }
+        };
+        let mut stored = envelope.clone();
+        stored.customer_id = Some(customer_id);
+        stored.conversation_id = Some(conv_id.clone());
+        self.message_ids.insert(stored.id.clone(), conv_id.clone());
+        let messages = self.messages.entry(conv_id.clone()).or_default();
+        messages.push_back(stored);
+        if messages.len() > MAX_MESSAGES_PER_CONVERSATION {
+            messages.pop_front();
+        }
+        let c = self.conversation_mut(&conv_id)?;
+        c.channel = envelope.channel.clone();
+        c.recipient = envelope.sender.clone();
+        c.last_inbound_id = Some(envelope.id.clone());
+        c.last_inbound_at = Some(now);
+        c.replies_since_inbound = 0;
+        c.updated_at = now;
+        c.message_count += 1;
+        Ok(InboundRecord {
+            conversation: c.clone(),
+            created,
+            duplicate: false,
+        })
+    }
+
+    /// [`Store::assign_queued`].
+    fn assign_queued(&mut self, pool: &str, now: DateTime<Utc>) -> Vec<Assignment> {
+        let mut out = Vec::new();
+        while let Some(a) = self.assign_one(pool, now) {
+            out.push(a);
+        }
+        out
+    }
 }
 
 #[async_trait]
@@ -345,20 +577,7 @@ impl Store for EmbeddedStore {
         value: &str,
         ttl: Duration,
     ) -> Result<Option<String>, StoreError> {
-        let mut s = self.lock();
-        let now = Instant::now();
-        s.dedupe_claims += 1;
-        if s.dedupe_claims.is_multiple_of(DEDUPE_SWEEP_EVERY) {
-            s.dedupe.retain(|_, (_, expiry)| *expiry > now);
-        }
-        match s.dedupe.get(key) {
-            Some((held, expiry)) if *expiry > now => Ok(Some(held.clone())),
-            _ => {
-                s.dedupe
-                    .insert(key.to_owned(), (value.to_owned(), now + ttl));
-                Ok(None)
-            }
-        }
+        Ok(self.lock().claim_key(key, value, ttl))
     }
 
     async fn set_key(&self, key: &str, value: &str, ttl: Duration) -> Result<(), StoreError> {
@@ -382,119 +601,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn resolve_customer(&self, req: ResolveRequest) -> Result<Resolution, StoreError> {
-        let mut s = self.lock();
-        let now = req.now;
-        // Owners that this request may merge: strong keys always, weak keys only when explicit.
-        let mut merging: Vec<(String, IdentityKey)> = Vec::new();
-        let mut weak_owner: Option<String> = None;
-        for (key, strength) in &req.identities {
-            let Some(owner) = s.owner_of(key) else {
-                continue;
-            };
-            if *strength == IdentityStrength::Strong || req.explicit {
-                merging.push((owner, key.clone()));
-            } else if weak_owner.is_none() {
-                weak_owner = Some(owner);
-            }
-        }
-        let mut owners: Vec<String> = Vec::new();
-        for (owner, _) in &merging {
-            if !owners.contains(owner) {
-                owners.push(owner.clone());
-            }
-        }
-        // The oldest profile survives a merge.
-        owners.sort_by(|a, b| {
-            let fa = s.customers.get(a).map(|c| c.first_seen);
-            let fb = s.customers.get(b).map(|c| c.first_seen);
-            fa.cmp(&fb).then(a.cmp(b))
-        });
-        let (winner, created) = match owners.first().cloned().or(weak_owner) {
-            Some(id) => {
-                // A retry of the request that created the profile reports it created again.
-                let retry = req
-                    .source
-                    .as_ref()
-                    .is_some_and(|src| s.customer_created_by.get(&id) == Some(src));
-                (id, retry)
-            }
-            None => {
-                let id = new_id();
-                s.customers.insert(
-                    id.clone(),
-                    Customer {
-                        id: id.clone(),
-                        tenant: req.tenant.clone(),
-                        display_name: None,
-                        identities: Vec::new(),
-                        merged_from: Vec::new(),
-                        tags: Vec::new(),
-                        attributes: serde_json::Map::new(),
-                        first_seen: now,
-                        last_seen: now,
-                    },
-                );
-                if let Some(source) = &req.source {
-                    s.customer_created_by.insert(id.clone(), source.clone());
-                }
-                (id, true)
-            }
-        };
-        let mut merges = Vec::new();
-        let mut closed = Vec::new();
-        for loser in owners.iter().skip(1) {
-            let via: BTreeSet<IdentityKey> = merging
-                .iter()
-                .filter(|(o, _)| o == loser)
-                .map(|(_, k)| k.clone())
-                .collect();
-            if let Some(c) = s.merge_customers(loser, &winner, now) {
-                closed.push(c);
-            }
-            merges.push(Merge {
-                from: loser.clone(),
-                into: winner.clone(),
-                via: via.into_iter().collect(),
-            });
-        }
-        let mut linked = Vec::new();
-        for (key, strength) in &req.identities {
-            let owner = s.owner_of(key);
-            if owner.is_none() || (req.explicit && owner.as_deref() != Some(&winner)) {
-                s.identity_owner.insert(key.clone(), winner.clone());
-                linked.push(key.clone());
-            } else if owner.as_deref() != Some(winner.as_str()) {
-                // A weak key of another profile, not merged implicitly: it stays with its owner
-                // and must not be listed on this profile too.
-                continue;
-            }
-            if let Some(c) = s.customers.get_mut(&winner) {
-                match c.identities.iter_mut().find(|r| &r.key == key) {
-                    Some(r) if req.explicit => r.strength = *strength,
-                    Some(_) => {}
-                    None => c.identities.push(IdentityRecord {
-                        key: key.clone(),
-                        strength: *strength,
-                        linked_at: now,
-                    }),
-                }
-            }
-        }
-        let customer = s
-            .customers
-            .get_mut(&winner)
-            .ok_or_else(|| not_found("customer", &winner))?;
-        customer.last_seen = customer.last_seen.max(now);
-        if customer.display_name.is_none() {
-            customer.display_name = req.display_name.clone();
-        }
-        Ok(Resolution {
-            customer: customer.clone(),
-            created,
-            merges,
-            linked,
-            closed,
-        })
+        self.lock().resolve_customer(&req)
     }
 
     async fn customer(&self, id: &str) -> Result<Option<Customer>, StoreError> {
@@ -516,86 +623,30 @@ impl Store for EmbeddedStore {
         pool: &str,
         now: DateTime<Utc>,
     ) -> Result<InboundRecord, StoreError> {
+        self.lock()
+            .record_inbound(envelope, envelope.customer_id.as_deref(), pool, now)
+    }
+
+    async fn route_inbound(&self, req: InboundRouting<'_>) -> Result<InboundOutcome, StoreError> {
         let mut s = self.lock();
-        if let Some(conv_id) = s.message_ids.get(&envelope.id).cloned() {
-            let conversation = s
-                .conversations
-                .get(&conv_id)
-                .cloned()
-                .ok_or_else(|| not_found("conversation", &conv_id))?;
-            let created = s.conversation_opened_by.get(&conv_id) == Some(&envelope.id);
-            return Ok(InboundRecord {
-                conversation,
-                created,
-                duplicate: true,
-            });
+        let envelope = req.envelope;
+        if let Some(first) = s.claim_key(&req.claim, &envelope.id, req.claim_ttl)
+            && first != envelope.id
+        {
+            return Ok(InboundOutcome::Duplicate { first });
         }
-        let customer_id = envelope
-            .customer_id
-            .as_deref()
-            .map(|id| s.canonical_customer_id(id))
-            .ok_or_else(|| StoreError::Conflict {
-                code: "customer_unresolved",
-                message: format!("envelope `{}` has no customer_id", envelope.id),
-            })?;
-        let (conv_id, created) = match s.open_by_customer.get(&customer_id) {
-            Some(id) => (id.clone(), false),
-            None => {
-                let id = new_id();
-                s.conversations.insert(
-                    id.clone(),
-                    Conversation {
-                        id: id.clone(),
-                        tenant: envelope.tenant.clone(),
-                        customer_id: customer_id.clone(),
-                        status: ConversationStatus::Queued,
-                        pool: pool.to_owned(),
-                        agent_id: None,
-                        channel: envelope.channel.clone(),
-                        recipient: envelope.sender.clone(),
-                        last_inbound_id: None,
-                        last_inbound_at: None,
-                        replies_since_inbound: 0,
-                        created_at: now,
-                        updated_at: now,
-                        queued_at: Some(now),
-                        assigned_at: None,
-                        closed_at: None,
-                        close_reason: None,
-                        message_count: 0,
-                    },
-                );
-                s.open_by_customer.insert(customer_id.clone(), id.clone());
-                s.conversation_opened_by
-                    .insert(id.clone(), envelope.id.clone());
-                s.queues
-                    .entry(pool.to_owned())
-                    .or_default()
-                    .push_back(id.clone());
-                (id, true)
-            }
+        let now = req.resolve.now;
+        let resolution = s.resolve_customer(&req.resolve)?;
+        let record = s.record_inbound(envelope, Some(&resolution.customer.id), &req.pool, now)?;
+        let assignments = if record.conversation.status == ConversationStatus::Queued {
+            s.assign_queued(&record.conversation.pool, now)
+        } else {
+            Vec::new()
         };
-        let mut stored = envelope.clone();
-        stored.customer_id = Some(customer_id);
-        stored.conversation_id = Some(conv_id.clone());
-        s.message_ids.insert(stored.id.clone(), conv_id.clone());
-        let messages = s.messages.entry(conv_id.clone()).or_default();
-        messages.push_back(stored);
-        if messages.len() > MAX_MESSAGES_PER_CONVERSATION {
-            messages.pop_front();
-        }
-        let c = s.conversation_mut(&conv_id)?;
-        c.channel = envelope.channel.clone();
-        c.recipient = envelope.sender.clone();
-        c.last_inbound_id = Some(envelope.id.clone());
-        c.last_inbound_at = Some(now);
-        c.replies_since_inbound = 0;
-        c.updated_at = now;
-        c.message_count += 1;
-        Ok(InboundRecord {
-            conversation: c.clone(),
-            created,
-            duplicate: false,
+        Ok(InboundOutcome::Routed {
+            resolution,
+            record,
+            assignments,
         })
     }
 
@@ -604,12 +655,7 @@ impl Store for EmbeddedStore {
         pool: &str,
         now: DateTime<Utc>,
     ) -> Result<Vec<Assignment>, StoreError> {
-        let mut s = self.lock();
-        let mut out = Vec::new();
-        while let Some(a) = s.assign_one(pool, now) {
-            out.push(a);
-        }
-        Ok(out)
+        Ok(self.lock().assign_queued(pool, now))
     }
 
     async fn upsert_agent(

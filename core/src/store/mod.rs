@@ -3,7 +3,8 @@
 //! Every method is one atomic operation (a lock in the embedded store, one Lua script in Redis),
 //! so concurrent routers never read-modify-write across an await: one conversation is never
 //! assigned twice, no agent goes over capacity, and two channels of one person arriving at once
-//! converge on one profile.
+//! converge on one profile. [`Store::route_inbound`] does everything routing one inbound message
+//! needs as one such operation, so the router's hot path costs one store call.
 
 pub mod embedded;
 pub mod redis;
@@ -16,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::envelope::Envelope;
 use crate::identity::{IdentityKey, IdentityStrength};
-use crate::model::{Agent, AgentStatus, Conversation, Customer};
+use crate::model::{Agent, AgentStatus, Conversation, ConversationStatus, Customer};
 
 /// Why a store operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -108,6 +109,86 @@ pub struct Assignment {
     /// The agent now holding it (only the id: an agent's whole record, with every conversation
     /// it holds, is not worth carrying on the routing path).
     pub agent_id: String,
+}
+
+/// What [`Store::route_inbound`] does for one inbound message (not an identify/link event).
+#[derive(Debug, Clone)]
+pub struct InboundRouting<'a> {
+    /// The message. Its `customer_id` and `conversation_id` are ignored: the store records it
+    /// under the customer `resolve` finds, in that customer's open conversation.
+    pub envelope: &'a Envelope,
+    /// The sender's identities; `resolve.now` is the time of every step.
+    pub resolve: ResolveRequest,
+    /// The dedupe key claimed with the envelope id (the router's `routed:{dedupe_key}`).
+    pub claim: String,
+    /// How long the claim holds (real time, like [`Store::claim_key`]).
+    pub claim_ttl: Duration,
+    /// The pool a conversation opened by this message is queued in.
+    pub pool: String,
+}
+
+/// Outcome of [`Store::route_inbound`].
+#[derive(Debug, Clone)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "a transient return value, matched at once; `Routed` is the common case, so boxing \
+              it would add an allocation per message to save stack space in the rare one"
+)]
+pub enum InboundOutcome {
+    /// Another envelope (a copy of this message under another id) holds the claim: nothing else
+    /// was done.
+    Duplicate {
+        /// The id of the envelope holding the claim.
+        first: String,
+    },
+    /// The message is recorded (now, or by an earlier attempt with this envelope id).
+    Routed {
+        /// The customer the sender's identities resolved to.
+        resolution: Resolution,
+        /// The recording; its conversation is as recorded, before any assignment below.
+        record: InboundRecord,
+        /// Assignments made in the conversation's pool because the conversation was queued
+        /// (the conversation itself, if an agent had room, and older ones ahead of it).
+        assignments: Vec<Assignment>,
+    },
+}
+
+/// [`Store::route_inbound`] as four calls of `store`, in order: [`Store::claim_key`],
+/// [`Store::resolve_customer`], [`Store::record_inbound`] and, when the conversation is queued,
+/// [`Store::assign_queued`]. Not atomic across the steps, but each is idempotent, so a retry
+/// after a failed step completes the work; the default of [`Store::route_inbound`], and the
+/// reference its overrides are tested against.
+pub async fn route_inbound_stepwise<S: Store + ?Sized>(
+    store: &S,
+    req: InboundRouting<'_>,
+) -> Result<InboundOutcome, StoreError> {
+    let InboundRouting {
+        envelope,
+        resolve,
+        claim,
+        claim_ttl,
+        pool,
+    } = req;
+    if let Some(first) = store.claim_key(&claim, &envelope.id, claim_ttl).await?
+        && first != envelope.id
+    {
+        return Ok(InboundOutcome::Duplicate { first });
+    }
+    let now = resolve.now;
+    let resolution = store.resolve_customer(resolve).await?;
+    let mut resolved = envelope.clone();
+    resolved.customer_id = Some(resolution.customer.id.clone());
+    let record = store.record_inbound(&resolved, &pool, now).await?;
+    let assignments = if record.conversation.status == ConversationStatus::Queued {
+        store.assign_queued(&record.conversation.pool, now).await?
+    } else {
+        Vec::new()
+    };
+    Ok(InboundOutcome::Routed {
+        resolution,
+        record,
+        assignments,
+    })
 }
 
 /// Fields of `PUT /v1/agents/{id}`; absent fields keep their value.
@@ -203,6 +284,27 @@ pub trait Store: Send + Sync + 'static {
         pool: &str,
         now: DateTime<Utc>,
     ) -> Result<Vec<Assignment>, StoreError>;
+
+    /// Everything routing one inbound message (not an identify/link event) does to the store,
+    /// as one atomic operation, in order:
+    ///
+    /// 1. claims `req.claim` with the envelope id for `req.claim_ttl`, as [`Store::claim_key`];
+    ///    if another envelope id holds it, answers [`InboundOutcome::Duplicate`] and does
+    ///    nothing else (a claim held by this envelope id is a retry, which carries on);
+    /// 2. resolves `req.resolve`, as [`Store::resolve_customer`];
+    /// 3. records the envelope under the resolved customer in `req.pool`, as
+    ///    [`Store::record_inbound`];
+    /// 4. if the conversation is queued, assigns its pool, as [`Store::assign_queued`].
+    ///
+    /// Every step uses `req.resolve.now` and is idempotent, so a retry of the whole call (a
+    /// redelivery after a lost reply) records nothing twice and reports the `created` flags of
+    /// the first call again, for its events to be re-emitted. The error of a step is the error
+    /// of the call; a step reports not-found and conflicts before it writes, but the steps
+    /// before it stay done. The default runs the steps as four calls
+    /// ([`route_inbound_stepwise`]); the embedded and Redis stores do all of it at once.
+    async fn route_inbound(&self, req: InboundRouting<'_>) -> Result<InboundOutcome, StoreError> {
+        route_inbound_stepwise(self, req).await
+    }
 
     /// Creates or updates an agent.
     async fn upsert_agent(

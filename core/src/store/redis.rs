@@ -5,8 +5,16 @@
 //!   so concurrent routers never read-modify-write across an await: two resolutions of one
 //!   person converge on one profile, a conversation is never assigned twice, no agent goes over
 //!   capacity. `claim_key` and the mailbox operations are scripts too; `set_key` and
-//!   `delete_key` are single commands (`SET PX`, `DEL`), atomic on their own. Pure reads run one read-only script each, so they
-//!   see one consistent snapshot, and are retried once on an I/O error.
+//!   `delete_key` are single commands (`SET PX`, `DEL`), atomic on their own. Pure reads run
+//!   one read-only script each, so they see one consistent snapshot, and are retried once on an
+//!   I/O error.
+//! - `route_inbound`, the router's whole work for one inbound message, is one script as well,
+//!   composed here rather than written twice: the scripts of `claim_key`, `resolve_customer`,
+//!   `record_inbound` and `assign_queued`, each wrapped as a local function of its `ARGV`
+//!   (`routine`), then `route_inbound.lua`, which chains them and answers the error reply of a
+//!   failing step as its own (the steps before it stay done, as with separate calls). Routing a
+//!   message thus costs one `EVALSHA` (one round trip), whose per-call overhead dominates what
+//!   a script does.
 //! - Records that scripts change are hashes of scalar fields (customer, conversation, agent);
 //!   collections are lists, sets and sorted sets; messages are a capped list of envelope JSON
 //!   strings written and read only by Rust (Lua never decodes or encodes JSON). The key layout
@@ -39,8 +47,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
 
 use super::{
-    AgentUpdate, Assignment, InboundRecord, MailboxItem, Merge, Release, Resolution,
-    ResolveRequest, Store, StoreError, TransferTarget,
+    AgentUpdate, Assignment, InboundOutcome, InboundRecord, InboundRouting, MailboxItem, Merge,
+    Release, Resolution, ResolveRequest, Store, StoreError, TransferTarget,
 };
 use crate::envelope::{ChannelRef, Envelope, Sender, new_id};
 use crate::identity::{IdentityKey, IdentityStrength};
@@ -67,20 +75,45 @@ const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(1);
 const INITIAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 const PRELUDE: &str = include_str!("redis/prelude.lua");
+const CLAIM_LUA: &str = include_str!("redis/claim.lua");
+const RESOLVE_LUA: &str = include_str!("redis/resolve.lua");
+const RECORD_INBOUND_LUA: &str = include_str!("redis/record_inbound.lua");
+const ASSIGN_LUA: &str = include_str!("redis/assign.lua");
+const ROUTE_INBOUND_LUA: &str = include_str!("redis/route_inbound.lua");
 
+/// A store script: `body` after `MAX_MESSAGES` and the prelude's shared helpers.
 fn script(body: &str) -> Script {
     Script::new(&format!(
         "local MAX_MESSAGES = {MAX_MESSAGES_PER_CONVERSATION}\n{PRELUDE}\n{body}"
     ))
 }
 
-static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("redis/claim.lua")));
-static RESOLVE: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/resolve.lua")));
-static RECORD_INBOUND: LazyLock<Script> =
-    LazyLock::new(|| script(include_str!("redis/record_inbound.lua")));
+/// `body`, a script's top-level code (reading `ARGV`, answering with `return`), as the source
+/// of a local function `name(ARGV)` answering that reply, so that one script can run the steps
+/// of several others without a copy of their code.
+fn routine(name: &str, body: &str) -> String {
+    format!("local function {name}(ARGV)\n{body}\nend\n")
+}
+
+static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM_LUA));
+static RESOLVE: LazyLock<Script> = LazyLock::new(|| script(RESOLVE_LUA));
+static RECORD_INBOUND: LazyLock<Script> = LazyLock::new(|| script(RECORD_INBOUND_LUA));
+static ASSIGN: LazyLock<Script> = LazyLock::new(|| script(ASSIGN_LUA));
+/// [`Store::route_inbound`]: the four scripts above as functions, chained by `route_inbound.lua`.
+static ROUTE_INBOUND: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        &[
+            routine("claim_key", CLAIM_LUA),
+            routine("resolve_customer", RESOLVE_LUA),
+            routine("record_inbound", RECORD_INBOUND_LUA),
+            routine("assign_queued", ASSIGN_LUA),
+            ROUTE_INBOUND_LUA.to_owned(),
+        ]
+        .concat(),
+    )
+});
 static RECORD_OUTBOUND: LazyLock<Script> =
     LazyLock::new(|| script(include_str!("redis/record_outbound.lua")));
-static ASSIGN: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/assign.lua")));
 static UPSERT_AGENT: LazyLock<Script> =
     LazyLock::new(|| script(include_str!("redis/upsert_agent.lua")));
 static CLOSE: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/close.lua")));
@@ -179,6 +212,58 @@ impl RedisStore {
         let mut inv = READS.prepare_invoke();
         inv.arg(&self.prefix).arg(op).arg(arg);
         self.eval(&inv, true).await
+    }
+
+    /// The `ARGV` of `claim.lua`.
+    fn claim_args(&self, key: &str, value: &str, ttl: Duration) -> Vec<String> {
+        vec![
+            self.kv_key(key),
+            value.to_owned(),
+            ttl_millis(ttl).to_string(),
+        ]
+    }
+
+    /// The `ARGV` of `resolve.lua`, with the id of a profile it may create.
+    fn resolve_args(&self, req: &ResolveRequest) -> Vec<String> {
+        let mut args = vec![
+            self.prefix.clone(),
+            req.tenant.clone(),
+            flag(req.explicit).to_owned(),
+            flag(req.display_name.is_some()).to_owned(),
+            req.display_name.clone().unwrap_or_default(),
+            stamp(req.now),
+            new_id(),
+            req.identities.len().to_string(),
+        ];
+        for (key, strength) in &req.identities {
+            args.push(key.as_str().to_owned());
+            args.push(strength_name(*strength).to_owned());
+        }
+        args.push(req.source.clone().unwrap_or_default());
+        args
+    }
+
+    /// The `ARGV` of `record_inbound.lua`, with the id of a conversation it may open.
+    fn record_args(
+        &self,
+        envelope: &Envelope,
+        pool: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(vec![
+            self.prefix.clone(),
+            envelope.id.clone(),
+            flag(envelope.customer_id.is_some()).to_owned(),
+            envelope.customer_id.clone().unwrap_or_default(),
+            pool.to_owned(),
+            stamp(now),
+            new_id(),
+            envelope.tenant.clone(),
+            envelope.channel.kind.clone(),
+            envelope.channel.id.clone(),
+            json(&envelope.sender)?,
+            json(envelope)?,
+        ])
     }
 }
 
@@ -526,6 +611,82 @@ fn opt_customer(v: Value) -> Result<Option<Customer>, StoreError> {
     }
 }
 
+/// `resolve.lua`'s reply: `{'ok', created, customer, merges, linked, closed}`.
+fn resolution(v: Value) -> Result<Resolution, StoreError> {
+    let (_, mut items) = tagged(v)?;
+    let created = text(items.next()?)? == "1";
+    let customer = customer(items.next()?)?;
+    let mut merges = Vec::new();
+    for m in list(items.next()?)? {
+        let mut m = Items::of(m)?;
+        merges.push(Merge {
+            from: text(m.next()?)?,
+            into: text(m.next()?)?,
+            via: texts(m.next()?)?
+                .into_iter()
+                .map(identity_key)
+                .collect::<Result<_, _>>()?,
+        });
+    }
+    let linked = texts(items.next()?)?
+        .into_iter()
+        .map(identity_key)
+        .collect::<Result<_, _>>()?;
+    let closed = list(items.next()?)?
+        .into_iter()
+        .map(some_conversation)
+        .collect::<Result<_, _>>()?;
+    Ok(Resolution {
+        customer,
+        created,
+        merges,
+        linked,
+        closed,
+    })
+}
+
+/// `record_inbound.lua`'s reply: `{'ok' | 'dup', created, conversation}`.
+fn inbound_record(v: Value) -> Result<InboundRecord, StoreError> {
+    let (tag, mut items) = tagged(v)?;
+    let created = text(items.next()?)? == "1";
+    Ok(InboundRecord {
+        conversation: some_conversation(items.next()?)?,
+        created,
+        duplicate: tag == "dup",
+    })
+}
+
+/// `assign.lua`'s reply: `{{conversation, agent id}...}`.
+fn assignments(v: Value) -> Result<Vec<Assignment>, StoreError> {
+    list(v)?
+        .into_iter()
+        .map(|a| {
+            let mut a = Items::of(a)?;
+            Ok(Assignment {
+                conversation: some_conversation(a.next()?)?,
+                agent_id: text(a.next()?)?,
+            })
+        })
+        .collect()
+}
+
+/// `route_inbound.lua`'s reply: `{'dup', holder}` or `{'routed', resolution, record,
+/// assignments}`.
+fn inbound_outcome(v: Value) -> Result<InboundOutcome, StoreError> {
+    let (tag, mut items) = tagged(v)?;
+    match tag.as_str() {
+        "dup" => Ok(InboundOutcome::Duplicate {
+            first: text(items.next()?)?,
+        }),
+        "routed" => Ok(InboundOutcome::Routed {
+            resolution: resolution(items.next()?)?,
+            record: inbound_record(items.next()?)?,
+            assignments: assignments(items.next()?)?,
+        }),
+        other => Err(bad(format_args!("route_inbound answered `{other}`"))),
+    }
+}
+
 /// `{'ok', conversation, released agent or nil}`.
 fn release(v: Value) -> Result<Release, StoreError> {
     let (_, mut items) = tagged(v)?;
@@ -545,8 +706,8 @@ impl Store for RedisStore {
         value: &str,
         ttl: Duration,
     ) -> Result<Option<String>, StoreError> {
-        let mut inv = CLAIM.key(self.kv_key(key));
-        inv.arg(value).arg(ttl_millis(ttl));
+        let mut inv = CLAIM.prepare_invoke();
+        inv.arg(self.claim_args(key, value, ttl));
         // Not retried: a claim that reached the server before the error would answer ourselves.
         opt_text(self.eval(&inv, false).await?)
     }
@@ -574,48 +735,8 @@ impl Store for RedisStore {
 
     async fn resolve_customer(&self, req: ResolveRequest) -> Result<Resolution, StoreError> {
         let mut inv = RESOLVE.prepare_invoke();
-        inv.arg(&self.prefix)
-            .arg(&req.tenant)
-            .arg(flag(req.explicit))
-            .arg(flag(req.display_name.is_some()))
-            .arg(req.display_name.as_deref().unwrap_or_default())
-            .arg(stamp(req.now))
-            .arg(new_id())
-            .arg(req.identities.len());
-        for (key, strength) in &req.identities {
-            inv.arg(key.as_str()).arg(strength_name(*strength));
-        }
-        inv.arg(req.source.as_deref().unwrap_or_default());
-        let (_, mut items) = tagged(self.eval(&inv, false).await?)?;
-        let created = text(items.next()?)? == "1";
-        let customer = customer(items.next()?)?;
-        let mut merges = Vec::new();
-        for m in list(items.next()?)? {
-            let mut m = Items::of(m)?;
-            merges.push(Merge {
-                from: text(m.next()?)?,
-                into: text(m.next()?)?,
-                via: texts(m.next()?)?
-                    .into_iter()
-                    .map(identity_key)
-                    .collect::<Result<_, _>>()?,
-            });
-        }
-        let linked = texts(items.next()?)?
-            .into_iter()
-            .map(identity_key)
-            .collect::<Result<_, _>>()?;
-        let closed = list(items.next()?)?
-            .into_iter()
-            .map(some_conversation)
-            .collect::<Result<_, _>>()?;
-        Ok(Resolution {
-            customer,
-            created,
-            merges,
-            linked,
-            closed,
-        })
+        inv.arg(self.resolve_args(&req));
+        resolution(self.eval(&inv, false).await?)
     }
 
     async fn customer(&self, id: &str) -> Result<Option<Customer>, StoreError> {
@@ -636,25 +757,21 @@ impl Store for RedisStore {
         now: DateTime<Utc>,
     ) -> Result<InboundRecord, StoreError> {
         let mut inv = RECORD_INBOUND.prepare_invoke();
-        inv.arg(&self.prefix)
-            .arg(&envelope.id)
-            .arg(flag(envelope.customer_id.is_some()))
-            .arg(envelope.customer_id.as_deref().unwrap_or_default())
-            .arg(pool)
-            .arg(stamp(now))
-            .arg(new_id())
-            .arg(&envelope.tenant)
-            .arg(&envelope.channel.kind)
-            .arg(&envelope.channel.id)
-            .arg(json(&envelope.sender)?)
-            .arg(json(envelope)?);
-        let (tag, mut items) = tagged(self.eval(&inv, false).await?)?;
-        let created = text(items.next()?)? == "1";
-        Ok(InboundRecord {
-            conversation: some_conversation(items.next()?)?,
-            created,
-            duplicate: tag == "dup",
-        })
+        inv.arg(self.record_args(envelope, pool, now)?);
+        inbound_record(self.eval(&inv, false).await?)
+    }
+
+    async fn route_inbound(&self, req: InboundRouting<'_>) -> Result<InboundOutcome, StoreError> {
+        let claim = self.claim_args(&req.claim, &req.envelope.id, req.claim_ttl);
+        let resolve = self.resolve_args(&req.resolve);
+        // The script replaces the customer fields with the customer it resolves.
+        let record = self.record_args(req.envelope, &req.pool, req.resolve.now)?;
+        let mut inv = ROUTE_INBOUND.prepare_invoke();
+        inv.arg(&self.prefix);
+        for section in [&claim, &resolve, &record] {
+            inv.arg(section.len()).arg(section);
+        }
+        inbound_outcome(self.eval(&inv, false).await?)
     }
 
     async fn assign_queued(
@@ -664,16 +781,7 @@ impl Store for RedisStore {
     ) -> Result<Vec<Assignment>, StoreError> {
         let mut inv = ASSIGN.prepare_invoke();
         inv.arg(&self.prefix).arg(pool).arg(stamp(now));
-        list(self.eval(&inv, false).await?)?
-            .into_iter()
-            .map(|a| {
-                let mut a = Items::of(a)?;
-                Ok(Assignment {
-                    conversation: some_conversation(a.next()?)?,
-                    agent_id: text(a.next()?)?,
-                })
-            })
-            .collect()
+        assignments(self.eval(&inv, false).await?)
     }
 
     async fn upsert_agent(
