@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::assignment::{sample_queue_depth, sweep_lapsed_agents};
 use crate::events::EventPublisher;
-use crate::http::{HttpState, app, ops_app};
+use crate::http::{HttpContext, HttpState, app, ops_app};
 use crate::hub::AgentHub;
 use crate::inbound::InboundRouter;
 use crate::ingress::Ingress;
@@ -309,7 +309,7 @@ impl App {
             settings.bus.shards,
             Duration::from_secs(settings.store.dedupe_ttl_secs),
         );
-        let state = HttpState {
+        let state = HttpState::new(HttpContext {
             registry,
             ingress,
             ops,
@@ -320,7 +320,7 @@ impl App {
             shutdown: shutdown.clone(),
             sockets: sockets.clone(),
             presence_ttl: Duration::from_secs(settings.router.presence_ttl_secs),
-        };
+        });
         // Routers serve only the operations endpoints (probes and metrics).
         let router = if role.gateway() {
             app(state)

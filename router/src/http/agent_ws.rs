@@ -377,6 +377,7 @@ mod tests {
 
     use super::*;
     use crate::events::EventPublisher;
+    use crate::http::HttpContext;
     use crate::hub::AgentHub;
     use crate::ingress::Ingress;
     use crate::operations::Operations;
@@ -400,7 +401,7 @@ mod tests {
             metrics.clone(),
             10,
         );
-        let state = HttpState {
+        let state = HttpState::new(HttpContext {
             registry,
             ingress: Ingress::new(
                 Arc::clone(&bus),
@@ -417,7 +418,7 @@ mod tests {
             shutdown: CancellationToken::new(),
             sockets: TaskTracker::new(),
             presence_ttl,
-        };
+        });
         store
             .upsert_agent(
                 AgentUpdate {

@@ -28,9 +28,28 @@ use crate::hub::AgentHub;
 use crate::ingress::Ingress;
 use crate::operations::Operations;
 
-/// Everything the handlers need.
+/// Everything the handlers need, behind one `Arc`: axum clones the state for every request and
+/// every middleware layer, so a clone must be one reference count, not a copy of every field.
 #[derive(Clone)]
-pub struct HttpState {
+pub struct HttpState(Arc<HttpContext>);
+
+impl HttpState {
+    /// Shares `context` with every handler.
+    pub fn new(context: HttpContext) -> Self {
+        HttpState(Arc::new(context))
+    }
+}
+
+impl std::ops::Deref for HttpState {
+    type Target = HttpContext;
+
+    fn deref(&self) -> &HttpContext {
+        &self.0
+    }
+}
+
+/// What [`HttpState`] shares.
+pub struct HttpContext {
     /// Channel connectors.
     pub registry: Registry,
     /// Ingress pipeline.
