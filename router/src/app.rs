@@ -74,6 +74,8 @@ pub struct App {
     pub bus: Arc<dyn Bus>,
     /// The store.
     pub store: Arc<dyn Store>,
+    /// The HTTP application the server runs (see [`App::http_service`]).
+    service: axum::Router,
     shutdown: CancellationToken,
     tasks: JoinSet<anyhow::Result<()>>,
     sockets: TaskTracker,
@@ -335,6 +337,7 @@ impl App {
             .context("reading the listen address")?;
         let addr = Some(local);
         let stop = shutdown.clone();
+        let service = router.clone();
         tasks.spawn(async move {
             axum::serve(listener, router)
                 .with_graceful_shutdown(async move { stop.cancelled().await })
@@ -347,11 +350,19 @@ impl App {
             metrics,
             bus,
             store,
+            service,
             shutdown,
             tasks,
             sockets,
             grace: Duration::from_secs(settings.server.shutdown_grace_secs),
         })
+    }
+
+    /// The HTTP application the server runs, to call in-process without a socket (benchmarks
+    /// that measure the pipeline without the HTTP transport, tests): every request it answers
+    /// goes through the same middleware, handlers, bus and store as one that came over TCP.
+    pub fn http_service(&self) -> axum::Router {
+        self.service.clone()
     }
 
     /// A token that stops the process when cancelled.
