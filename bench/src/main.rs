@@ -235,6 +235,11 @@ fn run() -> anyhow::Result<()> {
     let report = match &args.target {
         Some(url) => {
             let base = Url::parse(url).with_context(|| format!("--target `{url}`"))?;
+            if base.scheme() != "http" {
+                bail!(
+                    "--target `{url}`: the load generator speaks plain http:// only (https is not supported)"
+                );
+            }
             if !is_loopback(&base) && !args.allow_remote {
                 bail!(
                     "--target `{url}` is not a loopback address; pass --allow-remote to load a server you own elsewhere"
@@ -475,7 +480,11 @@ async fn drive(
             .join(&format!("v1/channels/{}/messages", target.channel))
             .context("messages URL")?,
         secret: Arc::from(target.secret.as_bytes()),
+        timeout: Duration::from_secs_f64(args.timeout_secs),
     };
+    // The load engine's own keep-alive connections (one per worker), opened by the warm-up and
+    // reused by the measured phase; `client` is only for /healthz, agents and /metrics.
+    let connections = load::Connections::default();
     let run_id = run_id();
     let watch = match &inproc {
         Some(p) => {
@@ -506,7 +515,7 @@ async fn drive(
         let warm = load::run(
             plan,
             endpoint.clone(),
-            client.clone(),
+            connections.clone(),
             None,
             None,
             Arc::new(AtomicU64::new(0)),
@@ -567,7 +576,7 @@ async fn drive(
     let result = load::run(
         plan,
         endpoint,
-        client.clone(),
+        connections,
         prepared,
         watch.as_ref().map(|w| Arc::clone(&w.measured)),
         done,
