@@ -201,8 +201,10 @@ pub struct Envelope {
     #[serde(default)]
     pub conversation_id: Option<String>,
     /// When the sender sent it (the channel's clock when it gives one).
+    #[serde(serialize_with = "crate::time::rfc3339::serialize")]
     pub sent_at: DateTime<Utc>,
     /// When Switchyard received it.
+    #[serde(serialize_with = "crate::time::rfc3339::serialize")]
     pub received_at: DateTime<Utc>,
     /// Stable across the channel's retries of this message; duplicates are dropped.
     #[schemars(length(min = 1))]

@@ -77,7 +77,25 @@ impl EventType {
 
     /// The CloudEvents `type` attribute, e.g. `io.switchyard.conversation.assigned`.
     pub fn cloudevents_type(self) -> String {
-        format!("{CLOUDEVENTS_TYPE_PREFIX}{}", self.as_str())
+        self.cloudevents_type_str().to_owned()
+    }
+
+    /// The CloudEvents `type` attribute, without allocating: [`CLOUDEVENTS_TYPE_PREFIX`] and
+    /// [`EventType::as_str`].
+    pub fn cloudevents_type_str(self) -> &'static str {
+        match self {
+            EventType::ConversationCreated => "io.switchyard.conversation.created",
+            EventType::ConversationQueued => "io.switchyard.conversation.queued",
+            EventType::ConversationAssigned => "io.switchyard.conversation.assigned",
+            EventType::ConversationClosed => "io.switchyard.conversation.closed",
+            EventType::ConversationTransferred => "io.switchyard.conversation.transferred",
+            EventType::MessageReceived => "io.switchyard.message.received",
+            EventType::MessageSent => "io.switchyard.message.sent",
+            EventType::MessageFailed => "io.switchyard.message.failed",
+            EventType::CustomerCreated => "io.switchyard.customer.created",
+            EventType::CustomerMerged => "io.switchyard.customer.merged",
+            EventType::AgentUpdated => "io.switchyard.agent.updated",
+        }
     }
 }
 
@@ -111,8 +129,9 @@ pub struct CloudEvent {
 }
 
 /// An event borrowing its parts, serialized exactly like [`CloudEvent`] (same fields, names and
-/// order), so the router encodes an event straight from its records without first building a
-/// `serde_json::Value`.
+/// order), to encode an event straight from its records without first building a
+/// `serde_json::Value`. (The router's `EventBatch` writes these same bytes by hand, to reuse
+/// encoded data and skip allocations.)
 #[derive(Debug, Serialize)]
 pub struct CloudEventRef<'a, D: Serialize> {
     /// Always `1.0`.
@@ -128,6 +147,7 @@ pub struct CloudEventRef<'a, D: Serialize> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subject: Option<&'a str>,
     /// When it happened.
+    #[serde(serialize_with = "crate::time::rfc3339::serialize")]
     pub time: DateTime<Utc>,
     /// Always `application/json`.
     pub datacontenttype: &'a str,
@@ -145,13 +165,15 @@ impl CloudEvent {
     /// distinct for distinct state changes.
     pub fn state_id(event_type: EventType, subject: &str, at: DateTime<Utc>) -> String {
         use sha2::{Digest, Sha256};
-        let digest = Sha256::new()
+        let head = Sha256::new()
             .chain_update(event_type.as_str())
             .chain_update([0u8])
             .chain_update(subject)
-            .chain_update([0u8])
-            .chain_update(at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true))
-            .finalize();
+            .chain_update([0u8]);
+        // The hashed time is `to_rfc3339_opts(SecondsFormat::Nanos, true)`, byte for byte.
+        let digest = crate::time::with_rfc3339(&at, crate::time::Fraction::Nanos, |time| {
+            head.chain_update(time).finalize()
+        });
         let mut high = [0u8; 16];
         high.copy_from_slice(&digest[..16]);
         let random = u128::from_be_bytes(high) >> 48;
@@ -215,6 +237,135 @@ mod tests {
         ];
         for other in &others {
             assert_ne!(&a, other);
+        }
+    }
+
+    /// Ids computed by `state_id` before it formatted the time itself (it hashed chrono's
+    /// `to_rfc3339_opts(SecondsFormat::Nanos, true)`): they must never change.
+    #[test]
+    fn state_event_ids_match_fixed_vectors() {
+        let cases = [
+            (
+                EventType::ConversationAssigned,
+                "c1",
+                "2026-11-28T05:00:00.123456000Z",
+                "01M8G8CH7VZP7YQYWVCCB4G73K",
+            ),
+            (
+                EventType::ConversationCreated,
+                "01KAVQ5D3C5E7G9J1M3P5R7T9W",
+                "2026-11-28T05:00:00Z",
+                "01M8G8CH40QR8A0DW73K1BRXJN",
+            ),
+            (
+                EventType::ConversationQueued,
+                "01KAVQ5D3C5E7G9J1M3P5R7T9W",
+                "2026-11-28T05:00:00.412Z",
+                "01M8G8CHGWWZPEZ5QSJMDBVDGW",
+            ),
+            (
+                EventType::CustomerCreated,
+                "01KAVQ5D2B4F6H8K0N2Q4S6V8X",
+                "2026-11-28T05:00:00.412345678Z",
+                "01M8G8CHGW99C0PER8G67FCJ1Z",
+            ),
+            (
+                EventType::MessageFailed,
+                "01KAVQ5C3X8N2R4T6V8W0Y2Z4A",
+                "1970-01-01T00:00:01.000000001Z",
+                "00000000Z871FVKZZJ1JPX52ZH",
+            ),
+            (
+                EventType::ConversationClosed,
+                "",
+                "1969-12-31T23:59:59.999999999Z",
+                "000000000013J2K3S61RH649X8",
+            ),
+            (
+                EventType::ConversationTransferred,
+                "ü/ß",
+                "0000-01-01T00:00:00.000000005Z",
+                "00000000003NEAP1DTH0WY3720",
+            ),
+            (
+                EventType::ConversationAssigned,
+                "c9",
+                "9999-12-31T23:59:59.999999999Z",
+                "76EZ91ZPZZS6TR0TPGEKNVNSK5",
+            ),
+            (
+                EventType::ConversationAssigned,
+                "c9",
+                "+10000-01-01T00:00:00Z",
+                "76EZ91ZQ00DCYC2N3B0KWYMRG5",
+            ),
+            (
+                EventType::ConversationAssigned,
+                "c9",
+                "-0001-12-31T23:59:59.000000010Z",
+                "00000000002FCS0X3CX1ECZZXB",
+            ),
+            (
+                EventType::AgentUpdated,
+                "a1",
+                "2016-12-31T23:59:60.5Z",
+                "01B5BN6SFMGE0DYZJ8R43X5DAN",
+            ),
+        ];
+        for (event_type, subject, at, want) in cases {
+            let at = at.parse::<DateTime<Utc>>().unwrap();
+            assert_eq!(
+                CloudEvent::state_id(event_type, subject, at),
+                want,
+                "{event_type:?} {subject:?} {at:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn cloudevents_type_str_is_the_prefixed_name() {
+        for t in EventType::ALL {
+            assert_eq!(
+                t.cloudevents_type_str(),
+                format!("{CLOUDEVENTS_TYPE_PREFIX}{}", t.as_str())
+            );
+            assert_eq!(t.cloudevents_type(), t.cloudevents_type_str());
+        }
+    }
+
+    /// The borrowed event serializes exactly as the owned one (which uses chrono's own
+    /// timestamp encoding), for times of every fraction length.
+    #[test]
+    fn cloud_event_ref_serializes_like_cloud_event() {
+        for time in [
+            "2026-11-24T09:00:00Z",
+            "2026-11-24T09:00:00.412Z",
+            "2026-11-24T09:00:00.412345Z",
+            "2026-11-24T09:00:00.412345678Z",
+            "+10000-01-01T00:00:00.5Z",
+        ] {
+            let mut event = CloudEvent::new(
+                EventType::CustomerCreated,
+                "t\"1",
+                "c1",
+                serde_json::json!({"a": [1, "b"]}),
+            );
+            event.time = time.parse().unwrap();
+            let borrowed = CloudEventRef {
+                specversion: &event.specversion,
+                id: &event.id,
+                source: &event.source,
+                event_type: &event.event_type,
+                subject: event.subject.as_deref(),
+                time: event.time,
+                datacontenttype: &event.datacontenttype,
+                tenant: &event.tenant,
+                data: &event.data,
+            };
+            assert_eq!(
+                serde_json::to_string(&borrowed).unwrap(),
+                serde_json::to_string(&event).unwrap()
+            );
         }
     }
 

@@ -15,6 +15,7 @@ pub struct IdentityRecord {
     /// Strong or weak.
     pub strength: IdentityStrength,
     /// When it was linked to this profile.
+    #[serde(serialize_with = "crate::time::rfc3339::serialize")]
     pub linked_at: DateTime<Utc>,
 }
 
@@ -37,8 +38,10 @@ pub struct Customer {
     #[schemars(with = "std::collections::BTreeMap<String, serde_json::Value>")]
     pub attributes: serde_json::Map<String, serde_json::Value>,
     /// First message or link.
+    #[serde(serialize_with = "crate::time::rfc3339::serialize")]
     pub first_seen: DateTime<Utc>,
     /// Latest message or link.
+    #[serde(serialize_with = "crate::time::rfc3339::serialize")]
     pub last_seen: DateTime<Utc>,
 }
 
@@ -79,19 +82,25 @@ pub struct Conversation {
     pub last_inbound_id: Option<String>,
     /// When the customer last wrote (channel reply windows count from here).
     #[serde(default)]
+    #[serde(serialize_with = "crate::time::rfc3339::option::serialize")]
     pub last_inbound_at: Option<DateTime<Utc>>,
     /// Replies sent since the customer last wrote (channel reply quotas count these).
     #[serde(default)]
     pub replies_since_inbound: u32,
     /// When it was opened.
+    #[serde(serialize_with = "crate::time::rfc3339::serialize")]
     pub created_at: DateTime<Utc>,
     /// Latest change.
+    #[serde(serialize_with = "crate::time::rfc3339::serialize")]
     pub updated_at: DateTime<Utc>,
     /// When it last entered a queue.
+    #[serde(serialize_with = "crate::time::rfc3339::option::serialize")]
     pub queued_at: Option<DateTime<Utc>>,
     /// When it was last assigned.
+    #[serde(serialize_with = "crate::time::rfc3339::option::serialize")]
     pub assigned_at: Option<DateTime<Utc>>,
     /// When it was closed.
+    #[serde(serialize_with = "crate::time::rfc3339::option::serialize")]
     pub closed_at: Option<DateTime<Utc>>,
     /// Why it was closed (`agent`, `merged`, ...).
     pub close_reason: Option<String>,
@@ -129,8 +138,10 @@ pub struct Agent {
     /// Conversations the agent holds now.
     pub conversations: Vec<String>,
     /// Since when the agent has had no new conversation (longest idle goes first).
+    #[serde(serialize_with = "crate::time::rfc3339::serialize")]
     pub idle_since: DateTime<Utc>,
     /// Latest change.
+    #[serde(serialize_with = "crate::time::rfc3339::serialize")]
     pub updated_at: DateTime<Utc>,
 }
 

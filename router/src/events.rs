@@ -7,6 +7,7 @@
 //! events carry the envelope id, so an event re-emitted after a retry has the id of the first
 //! emission and consumers deduplicate it.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -14,15 +15,32 @@ use serde::Serialize;
 use switchyard_core::bus::topology::EVENTS_EXCHANGE;
 use switchyard_core::bus::{Bus, BusError, Message};
 use switchyard_core::envelope::Envelope;
-use switchyard_core::event::{CloudEvent, CloudEventRef, EventType};
+use switchyard_core::event::{CloudEvent, EventType};
 use switchyard_core::identity::IdentityKey;
 use switchyard_core::model::{Agent, Conversation, Customer};
+use switchyard_core::time::{Fraction, with_rfc3339};
 
 /// Events to publish together, in order, each already encoded.
 #[derive(Debug, Default)]
 #[must_use = "an event batch does nothing until it is published"]
 pub struct EventBatch {
     events: Vec<Encoded>,
+    /// The conversation the latest `conversation.created` event of the batch carried, and
+    /// where its JSON is: a `conversation.created|queued|assigned` event about it in the same
+    /// state (a new conversation is both created and queued) copies the bytes instead of
+    /// encoding the record again.
+    last_conversation: Option<EncodedConversation>,
+}
+
+/// A conversation encoded in an event of the batch.
+#[derive(Debug)]
+struct EncodedConversation {
+    /// The record as it was encoded.
+    record: Conversation,
+    /// Index of the event in the batch.
+    event: usize,
+    /// Where the record's JSON is in that event's body.
+    json: Range<usize>,
 }
 
 /// One event of a batch: routing key (the event type), id, and JSON body (or why it could not
@@ -76,11 +94,6 @@ impl<'a> Head<'a> {
             time: switchyard_core::time::now(),
         }
     }
-}
-
-#[derive(Serialize)]
-struct ConversationData<'a> {
-    conversation: &'a Conversation,
 }
 
 #[derive(Serialize)]
@@ -145,26 +158,40 @@ impl EventBatch {
 
     /// Encodes one event (as [`CloudEvent`] would serialize it) and appends it.
     fn push(&mut self, head: Head<'_>, data: impl Serialize) -> &mut Self {
-        let source = format!("/switchyard/{}/router", head.tenant);
-        let event_type = head.event_type.cloudevents_type();
-        let body = serde_json::to_vec(&CloudEventRef {
-            specversion: "1.0",
-            id: &head.id,
-            source: &source,
-            event_type: &event_type,
-            subject: Some(head.subject),
-            time: head.time,
-            datacontenttype: "application/json",
-            tenant: head.tenant,
-            data,
-        })
-        .map_err(|e| format!("cannot encode {event_type}: {e}"));
+        let body = encode(&head, EVENT_CAPACITY, |out| {
+            serde_json::to_writer(&mut *out, &data)
+        });
+        self.push_encoded(head, body)
+    }
+
+    /// Appends an encoded event (or why it could not be encoded).
+    fn push_encoded(&mut self, head: Head<'_>, body: serde_json::Result<Vec<u8>>) -> &mut Self {
+        let body = body.map_err(|e| {
+            format!(
+                "cannot encode {}: {e}",
+                head.event_type.cloudevents_type_str()
+            )
+        });
+        if self.events.capacity() == 0 {
+            // Room for the batch of a conversation-opening message (five events) at once.
+            self.events.reserve(8);
+        }
         self.events.push(Encoded {
             event_type: head.event_type,
             id: head.id,
             body,
         });
         self
+    }
+
+    /// The JSON of `c` if an event of this batch already encoded it in this very state.
+    fn encoded_conversation(&self, c: &Conversation) -> Option<&[u8]> {
+        let last = self.last_conversation.as_ref()?;
+        if last.record != *c {
+            return None;
+        }
+        let body = self.events.get(last.event)?.body.as_ref().ok()?;
+        body.get(last.json.clone())
     }
 
     /// `conversation.created|queued|assigned`, its id derived from the conversation's matching
@@ -176,10 +203,45 @@ impl EventBatch {
             EventType::ConversationCreated => c.created_at,
             _ => c.updated_at,
         };
-        self.push(
-            Head::state(t, &c.tenant, &c.id, at),
-            ConversationData { conversation: c },
-        )
+        let head = Head::state(t, &c.tenant, &c.id, at);
+        // `{"conversation":<c>}`, as serde would write the struct, with <c> copied from an
+        // earlier event of the batch when it encoded `c` as it is now.
+        let encoded = self.encoded_conversation(c);
+        let reused = encoded.is_some();
+        let capacity = encoded.map_or(EVENT_CAPACITY, |json| json.len() + HEAD_CAPACITY);
+        let mut json = 0..0;
+        let body = encode(&head, capacity, |out| {
+            out.extend_from_slice(b"{\"conversation\":");
+            json.start = out.len();
+            match encoded {
+                Some(bytes) => out.extend_from_slice(bytes),
+                None => serde_json::to_writer(&mut *out, c)?,
+            }
+            json.end = out.len();
+            out.push(b'}');
+            Ok(())
+        });
+        // A new conversation's `conversation.created` is followed by its `conversation.queued`
+        // with the same record: remember it, so that one copies the JSON. (Keeping a copy of
+        // the record costs about half of encoding it, so it is kept only where it pays.)
+        if t == EventType::ConversationCreated && !reused && body.is_ok() {
+            let event = self.events.len();
+            match &mut self.last_conversation {
+                Some(last) => {
+                    last.record.clone_from(c);
+                    last.event = event;
+                    last.json = json;
+                }
+                None => {
+                    self.last_conversation = Some(EncodedConversation {
+                        record: c.clone(),
+                        event,
+                        json,
+                    });
+                }
+            }
+        }
+        self.push_encoded(head, body)
     }
 
     /// `conversation.closed`, naming the agent who held it.
@@ -283,6 +345,53 @@ impl EventBatch {
             AgentData { agent: a },
         )
     }
+}
+
+/// Capacity an event's body starts with: most events (a conversation or message with its
+/// attributes) fit, so their encoding does not reallocate.
+const EVENT_CAPACITY: usize = 1024;
+
+/// Room for an event's attributes (everything but `data`) with ids and tenant of usual length.
+const HEAD_CAPACITY: usize = 320;
+
+/// Encodes an event as [`CloudEvent`] (and `CloudEventRef`) serialize it, into one buffer of
+/// `capacity`: its attributes, then `data` as `write_data` writes it.
+fn encode(
+    head: &Head<'_>,
+    capacity: usize,
+    write_data: impl FnOnce(&mut Vec<u8>) -> serde_json::Result<()>,
+) -> serde_json::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(capacity);
+    out.extend_from_slice(br#"{"specversion":"1.0","id":"#);
+    serde_json::to_writer(&mut out, &head.id)?;
+    out.extend_from_slice(br#","source":"#);
+    write_source(&mut out, head.tenant)?;
+    out.extend_from_slice(br#","type":"#);
+    serde_json::to_writer(&mut out, head.event_type.cloudevents_type_str())?;
+    out.extend_from_slice(br#","subject":"#);
+    serde_json::to_writer(&mut out, head.subject)?;
+    out.extend_from_slice(br#","time":""#);
+    with_rfc3339(&head.time, Fraction::Auto, |time| {
+        out.extend_from_slice(time)
+    });
+    out.extend_from_slice(br#"","datacontenttype":"application/json","tenant":"#);
+    serde_json::to_writer(&mut out, head.tenant)?;
+    out.extend_from_slice(br#","data":"#);
+    write_data(&mut out)?;
+    out.push(b'}');
+    Ok(out)
+}
+
+/// Writes the `source` attribute, `/switchyard/{tenant}/router`, as a JSON string.
+fn write_source(out: &mut Vec<u8>, tenant: &str) -> serde_json::Result<()> {
+    // serde_json escapes only `"`, `\` and control characters.
+    if tenant.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        return serde_json::to_writer(out, &format!("/switchyard/{tenant}/router"));
+    }
+    out.extend_from_slice(b"\"/switchyard/");
+    out.extend_from_slice(tenant.as_bytes());
+    out.extend_from_slice(b"/router\"");
+    Ok(())
 }
 
 /// The id of `message.failed` for an outbound envelope: stable across re-emissions, distinct
@@ -483,5 +592,393 @@ mod tests {
             _ => batch.conversation(t, &field(want, "conversation")),
         };
         batch.events.pop().unwrap().body.unwrap()
+    }
+
+    /// The `data` of `conversation.created|queued|assigned`, which `EventBatch::conversation`
+    /// writes itself.
+    #[derive(Serialize)]
+    struct ConversationData<'a> {
+        conversation: &'a Conversation,
+    }
+
+    /// How events were encoded before `encode` wrote them itself: serde_json over a struct with
+    /// `CloudEvent`'s fields (in its order, checked by `reference_mirrors_cloud_event`), with
+    /// allocated `source` and `type` and chrono's own `Serialize` for `time`.
+    #[derive(Serialize)]
+    struct Reference<'a, D> {
+        specversion: &'a str,
+        id: &'a str,
+        source: String,
+        #[serde(rename = "type")]
+        event_type: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        subject: Option<&'a str>,
+        time: DateTime<Utc>,
+        datacontenttype: &'a str,
+        tenant: &'a str,
+        data: D,
+    }
+
+    impl<'a, D: Serialize> Reference<'a, D> {
+        fn new(
+            t: EventType,
+            tenant: &'a str,
+            subject: &'a str,
+            event: &'a CloudEvent,
+            data: D,
+        ) -> Self {
+            Reference {
+                specversion: "1.0",
+                id: &event.id,
+                source: format!("/switchyard/{tenant}/router"),
+                event_type: t.cloudevents_type(),
+                subject: Some(subject),
+                time: event.time,
+                datacontenttype: "application/json",
+                tenant,
+                data,
+            }
+        }
+
+        fn to_vec(&self) -> Vec<u8> {
+            serde_json::to_vec(self).unwrap()
+        }
+    }
+
+    #[test]
+    fn reference_mirrors_cloud_event() {
+        let mut event = CloudEvent::new(EventType::ConversationAssigned, "t\"1", "c1", json_null());
+        event.time = "2026-11-24T09:00:00.412345Z".parse().unwrap();
+        let reference = Reference::new(EventType::ConversationAssigned, "t\"1", "c1", &event, ());
+        let owned = serde_json::to_vec(&event).unwrap();
+        assert_eq!(
+            String::from_utf8(reference.to_vec()).unwrap(),
+            String::from_utf8(owned).unwrap()
+        );
+        let borrowed = serde_json::to_vec(&switchyard_core::event::CloudEventRef {
+            specversion: "1.0",
+            id: &event.id,
+            source: &event.source,
+            event_type: &event.event_type,
+            subject: event.subject.as_deref(),
+            time: event.time,
+            datacontenttype: "application/json",
+            tenant: &event.tenant,
+            data: (),
+        })
+        .unwrap();
+        assert_eq!(reference.to_vec(), borrowed);
+    }
+
+    fn json_null() -> serde_json::Value {
+        serde_json::Value::Null
+    }
+
+    /// The last event of `batch`, its body parsed, and its body.
+    fn last(batch: &EventBatch) -> (CloudEvent, Vec<u8>) {
+        let encoded = batch.events.last().unwrap();
+        let body = encoded.body.clone().unwrap();
+        let event: CloudEvent = serde_json::from_slice(&body).unwrap();
+        assert_eq!(event.id, encoded.id);
+        assert_eq!(event.known_type(), Some(encoded.event_type));
+        (event, body)
+    }
+
+    /// Asserts that the last event of `batch` is encoded byte for byte as the reference
+    /// encoding of an event of type `t` about `subject` with `data` (and the event's id and
+    /// time) is.
+    fn assert_encoded_as_reference(
+        batch: &EventBatch,
+        t: EventType,
+        tenant: &str,
+        subject: &str,
+        data: impl Serialize,
+    ) {
+        let (event, body) = last(batch);
+        assert_eq!(event.known_type(), Some(t));
+        // The reference takes the event's time from the encoding: check that it is right.
+        match t {
+            EventType::ConversationCreated
+            | EventType::ConversationQueued
+            | EventType::ConversationAssigned
+            | EventType::ConversationClosed
+            | EventType::ConversationTransferred
+            | EventType::CustomerCreated => assert_eq!(
+                CloudEvent::state_id(t, subject, event.time),
+                event.id,
+                "{t:?}: the time of a state event is the one its id is derived from"
+            ),
+            _ => assert!(
+                (switchyard_core::time::now() - event.time).abs() < chrono::TimeDelta::minutes(1),
+                "{t:?}: {} is now",
+                event.time
+            ),
+        }
+        let want = Reference::new(t, tenant, subject, &event, data).to_vec();
+        assert_eq!(
+            String::from_utf8(body).unwrap(),
+            String::from_utf8(want).unwrap(),
+            "{t:?}"
+        );
+    }
+
+    /// Timestamps with every fraction length: whole seconds, millis, micros, nanos.
+    fn instants() -> [DateTime<Utc>; 4] {
+        [
+            "2026-11-24T09:00:00Z",
+            "2026-02-28T13:47:01.412Z",
+            "2026-12-31T23:59:02.412345Z",
+            "2027-01-01T00:01:03.412345678Z",
+        ]
+        .map(|s| s.parse().unwrap())
+    }
+
+    /// Every kind of event the batch makes, from records with timestamps of every precision
+    /// and with tenants that need escaping or not, is encoded byte for byte as the reference
+    /// encoding (serde_json over `CloudEvent`'s fields) encodes it.
+    #[test]
+    fn every_event_is_encoded_byte_for_byte_as_serde_would() {
+        let [t0, t1, t2, t3] = instants();
+        for tenant in ["default", "acme-中国", "we\"ird\\\n\u{1}"] {
+            let mut customer: Customer = field(&example("customer.created"), "customer");
+            customer.tenant = tenant.to_owned();
+            customer.first_seen = t3;
+            customer.last_seen = t2;
+            customer.identities[0].linked_at = t1;
+            let mut conversation: Conversation =
+                field(&example("conversation.created"), "conversation");
+            conversation.tenant = tenant.to_owned();
+            conversation.created_at = t0;
+            conversation.updated_at = t1;
+            conversation.last_inbound_at = Some(t2);
+            conversation.queued_at = Some(t3);
+            let mut message: Envelope = field(&example("message.received"), "message");
+            message.tenant = tenant.to_owned();
+            message.sent_at = t0;
+            message.received_at = t3;
+            let mut agent: Agent = field(&example("agent.updated"), "agent");
+            agent.idle_since = t2;
+            agent.updated_at = t3;
+            let via: Vec<IdentityKey> = field(&example("customer.merged"), "via");
+
+            let mut batch = EventBatch::new();
+            let (c, cid) = (&conversation, conversation.id.as_str());
+            for t in [
+                EventType::ConversationCreated,
+                EventType::ConversationQueued,
+                EventType::ConversationAssigned,
+            ] {
+                batch.conversation(t, c);
+                assert_encoded_as_reference(
+                    &batch,
+                    t,
+                    tenant,
+                    cid,
+                    ConversationData { conversation: c },
+                );
+            }
+            batch.conversation_closed(c, Some("agent-7"));
+            assert_encoded_as_reference(
+                &batch,
+                EventType::ConversationClosed,
+                tenant,
+                cid,
+                ClosedData {
+                    conversation: c,
+                    agent_id: Some("agent-7"),
+                },
+            );
+            batch.conversation_transferred(c, None);
+            assert_encoded_as_reference(
+                &batch,
+                EventType::ConversationTransferred,
+                tenant,
+                cid,
+                TransferredData {
+                    conversation: c,
+                    from_agent_id: None,
+                },
+            );
+            let mid = message.conversation_id.as_deref().unwrap();
+            batch.message_received(&message, Some("agent-7"));
+            assert_encoded_as_reference(
+                &batch,
+                EventType::MessageReceived,
+                tenant,
+                mid,
+                ReceivedData {
+                    message: &message,
+                    agent_id: Some("agent-7"),
+                },
+            );
+            batch.message_sent(&message, None);
+            assert_encoded_as_reference(
+                &batch,
+                EventType::MessageSent,
+                tenant,
+                mid,
+                SentData {
+                    message: &message,
+                    channel_message_id: None,
+                },
+            );
+            batch.message_failed(&message, "rate_limited", "too \"many\"");
+            assert_encoded_as_reference(
+                &batch,
+                EventType::MessageFailed,
+                tenant,
+                mid,
+                FailedData {
+                    message: &message,
+                    code: "rate_limited",
+                    reason: "too \"many\"",
+                },
+            );
+            batch.customer_created(&customer);
+            assert_encoded_as_reference(
+                &batch,
+                EventType::CustomerCreated,
+                tenant,
+                &customer.id,
+                CustomerData {
+                    customer: &customer,
+                },
+            );
+            batch.customer_merged(&customer, "01KAVQ00000000000000000000", &via);
+            assert_encoded_as_reference(
+                &batch,
+                EventType::CustomerMerged,
+                tenant,
+                &customer.id,
+                MergedData {
+                    customer: &customer,
+                    from: "01KAVQ00000000000000000000",
+                    into: &customer.id,
+                    via: &via,
+                },
+            );
+            batch.agent_updated(&agent);
+            assert_encoded_as_reference(
+                &batch,
+                EventType::AgentUpdated,
+                switchyard_core::envelope::DEFAULT_TENANT,
+                &agent.id,
+                AgentData { agent: &agent },
+            );
+        }
+    }
+
+    /// A conversation's JSON is copied from its `conversation.created` event only while the
+    /// record is unchanged: another conversation, or a change to it, is encoded afresh.
+    #[test]
+    fn conversation_json_is_reused_only_for_the_same_state() {
+        let [t0, t1, t2, t3] = instants();
+        let mut a: Conversation = field(&example("conversation.created"), "conversation");
+        a.created_at = t0;
+        a.updated_at = t0;
+        a.queued_at = Some(t1);
+        let mut b = a.clone();
+        b.id = "01KAVQ5D3C5E7G9J1M3P5R7T9X".to_owned();
+        let mut batch = EventBatch::new();
+        let check = |batch: &mut EventBatch, t: EventType, c: &Conversation| {
+            batch.conversation(t, c);
+            assert_encoded_as_reference(
+                batch,
+                t,
+                &c.tenant,
+                &c.id,
+                ConversationData { conversation: c },
+            );
+        };
+        let reusable =
+            |batch: &EventBatch, c: &Conversation| batch.encoded_conversation(c).is_some();
+        check(&mut batch, EventType::ConversationCreated, &a);
+        assert!(reusable(&batch, &a) && !reusable(&batch, &b));
+        check(&mut batch, EventType::ConversationQueued, &a);
+        check(&mut batch, EventType::ConversationQueued, &b);
+        check(&mut batch, EventType::ConversationAssigned, &a);
+        a.status = switchyard_core::model::ConversationStatus::Assigned;
+        a.agent_id = Some("agent-7".to_owned());
+        a.assigned_at = Some(t2);
+        a.updated_at = t2;
+        assert!(!reusable(&batch, &a));
+        check(&mut batch, EventType::ConversationAssigned, &a);
+        // Only a created event is remembered.
+        assert!(!reusable(&batch, &a));
+        check(&mut batch, EventType::ConversationCreated, &b);
+        assert!(reusable(&batch, &b) && !reusable(&batch, &a));
+        b.last_inbound_at = Some(t3);
+        assert!(!reusable(&batch, &b));
+        check(&mut batch, EventType::ConversationQueued, &b);
+        b.last_inbound_at = None;
+        check(&mut batch, EventType::ConversationQueued, &b);
+        batch.conversation_closed(&b, None);
+        check(&mut batch, EventType::ConversationAssigned, &b);
+        assert_eq!(batch.events.len(), 10);
+    }
+
+    /// Rough cost of the batch a conversation-opening message makes (customer.created,
+    /// conversation.created, conversation.queued, message.received, conversation.assigned).
+    /// Run with `cargo test --release -p switchyard-router --lib -- --ignored --nocapture
+    /// encode_batch_benchmark`.
+    #[test]
+    #[ignore = "benchmark; run it in release mode"]
+    fn encode_batch_benchmark() {
+        let at = |s: &str| {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .unwrap()
+                .with_timezone(&Utc)
+        };
+        let t0 = at("2026-11-24T09:00:00.412345678Z");
+        let mut customer: Customer = field(&example("customer.created"), "customer");
+        customer.first_seen = t0;
+        customer.last_seen = t0;
+        let mut opened: Conversation = field(&example("conversation.created"), "conversation");
+        opened.created_at = t0;
+        opened.updated_at = t0;
+        opened.last_inbound_at = Some(t0);
+        opened.queued_at = Some(t0);
+        let mut assigned: Conversation = field(&example("conversation.assigned"), "conversation");
+        assigned.created_at = t0;
+        assigned.queued_at = Some(t0);
+        assigned.last_inbound_at = Some(t0);
+        assigned.assigned_at = Some(at("2026-11-24T09:00:00.512345678Z"));
+        assigned.updated_at = at("2026-11-24T09:00:00.512345678Z");
+        let mut message: Envelope = field(&example("message.received"), "message");
+        message.received_at = t0;
+        let run = |n: u32| {
+            let start = std::time::Instant::now();
+            let mut bytes = 0;
+            for _ in 0..n {
+                let mut batch = EventBatch::new();
+                batch
+                    .customer_created(std::hint::black_box(&customer))
+                    .conversation(EventType::ConversationCreated, &opened)
+                    .conversation(EventType::ConversationQueued, &opened)
+                    .message_received(&message, None)
+                    .conversation(EventType::ConversationAssigned, &assigned);
+                bytes = batch
+                    .events
+                    .iter()
+                    .map(|e| e.body.as_ref().map_or(0, Vec::len))
+                    .sum::<usize>();
+                std::hint::black_box(&batch);
+            }
+            (start.elapsed().as_nanos() as f64 / f64::from(n), bytes)
+        };
+        // Batches per timed run; fewer to count instructions under callgrind.
+        let batches = std::env::var("ENCODE_BENCH_BATCHES")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(50_000);
+        run(batches / 2);
+        let mut best = f64::MAX;
+        let mut bytes = 0;
+        for _ in 0..7 {
+            let (ns, b) = run(batches);
+            best = best.min(ns);
+            bytes = b;
+        }
+        println!("encode_batch_benchmark: {best:.0} ns per 5-event batch ({bytes} bytes)");
     }
 }
