@@ -211,6 +211,10 @@ struct InProcess {
     queue_capacity: usize,
 }
 
+/// The allocator the `switchyard` binary uses, so the in-process server measures as it runs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -34,6 +34,10 @@ use switchyard_core::store::embedded::EmbeddedStore;
 use switchyard_core::store::{AgentUpdate, InboundOutcome, InboundRouting, ResolveRequest, Store};
 use switchyard_router::events::EventBatch;
 
+/// The allocator the `switchyard` binary uses, so the pipeline measures as it runs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const CHANNEL: &str = "shop-app";
 const SECRET: &str = "cargo-bench-secret-0123456789abcdef";
 /// The most conversations one agent may hold.

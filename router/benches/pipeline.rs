@@ -42,6 +42,10 @@ use switchyard_router::{App, Role};
 use tokio::sync::Notify;
 use tower::ServiceExt;
 
+/// The allocator the `switchyard` binary uses, so the pipeline measures as it runs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Requests in flight (the load generator's default `--connections`).
 const IN_FLIGHT: usize = 64;
 /// The most conversations `PUT /v1/agents/{id}` lets one agent hold.
