@@ -333,29 +333,9 @@ fn in_process_settings(args: &Args) -> anyhow::Result<(Settings, String, String)
                 .map(|d| d.as_nanos())
                 .unwrap_or_default();
             let channel = args.channel.as_deref().unwrap_or("bench");
-            let toml = format!(
-                r#"[server]
-listen = "127.0.0.1:0"
-shutdown_grace_secs = 2
-
-[[channels]]
-id = "web"
-kind = "web"
-
-[[channels]]
-id = "{channel}"
-kind = "api"
-secret = "bench-secret-{nanos:032x}"
-"#
-            );
-            let path = std::env::temp_dir().join(format!(
-                "switchyard-bench-{}-{nanos}.toml",
-                std::process::id()
-            ));
-            std::fs::write(&path, toml).with_context(|| format!("writing {}", path.display()))?;
-            let loaded = Settings::load_with_env(Some(&path), no_env);
-            let _ = std::fs::remove_file(&path);
-            loaded.context("loading the generated configuration")?
+            let secret = format!("bench-secret-{nanos:032x}");
+            Settings::embedded_with_api_channel(channel, &secret)
+                .context("building the in-process configuration")?
         }
     };
     if let Some(shards) = args.shards {

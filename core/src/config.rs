@@ -477,6 +477,31 @@ impl Settings {
         Self::load_with_env(path, env)
     }
 
+    /// The embedded default on an ephemeral loopback port (`127.0.0.1:0`, 2 s shutdown grace)
+    /// plus one `api` channel `channel` with `secret`: what the load generator and `cargo bench`
+    /// run in-process. No file and no environment are read.
+    pub fn embedded_with_api_channel(channel: &str, secret: &str) -> Result<Settings, ConfigError> {
+        // A JSON string literal is a valid TOML basic string (same escapes).
+        let quoted = |v: &str| serde_json::Value::from(v).to_string();
+        let (channel, secret) = (quoted(channel), quoted(secret));
+        let text = format!(
+            r#"[server]
+listen = "127.0.0.1:0"
+shutdown_grace_secs = 2
+
+[[channels]]
+id = "web"
+kind = "web"
+
+[[channels]]
+id = {channel}
+kind = "api"
+secret = {secret}
+"#
+        );
+        Self::from_toml(&text, None, std::iter::empty())
+    }
+
     /// [`Self::load`] with explicit environment variables (for tests).
     pub fn load_with_env(
         path: Option<&Path>,
@@ -486,17 +511,25 @@ impl Settings {
             path: path.map(Path::to_path_buf),
             message,
         };
-        let mut builder = config::Config::builder();
-        builder = match path {
-            Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| load_err(e.to_string()))?;
-                builder.add_source(config::File::from_str(&text, config::FileFormat::Toml))
-            }
-            None => builder.add_source(config::File::from_str(
-                EMBEDDED_DEFAULT,
-                config::FileFormat::Toml,
-            )),
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p).map_err(|e| load_err(e.to_string()))?,
+            None => EMBEDDED_DEFAULT.to_owned(),
         };
+        Self::from_toml(&text, path, env)
+    }
+
+    /// Parses `text` (TOML, read from `path` if any), applies `env` overrides, validates.
+    fn from_toml(
+        text: &str,
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        let load_err = |message: String| ConfigError::Load {
+            path: path.map(Path::to_path_buf),
+            message,
+        };
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml));
         let env: config::Map<String, String> = env.into_iter().collect();
         builder = builder.add_source(
             config::Environment::with_prefix(ENV_PREFIX)
@@ -657,6 +690,25 @@ mod tests {
                 let _ = std::fs::remove_file(&self.0);
             }
         }
+    }
+
+    #[test]
+    fn embedded_with_api_channel_adds_one_api_channel_on_an_ephemeral_port() {
+        // Quotes and backslashes in the secret survive the TOML round trip.
+        let secret = r#"s3"cr\et"#;
+        let s = Settings::embedded_with_api_channel("shop-app", secret).unwrap();
+        assert_eq!(s.server.listen.to_string(), "127.0.0.1:0");
+        let kinds: Vec<_> = s
+            .channels
+            .iter()
+            .map(|c| (c.id.as_str(), c.kind.as_str()))
+            .collect();
+        assert_eq!(kinds, [("web", "web"), ("shop-app", "api")]);
+        assert_eq!(
+            s.channels[1].required_secret("secret").unwrap(),
+            secret.to_owned()
+        );
+        assert!(Settings::embedded_with_api_channel("bad id", "x").is_err());
     }
 
     #[test]

@@ -71,36 +71,9 @@ enum Until {
     IngressOnly,
 }
 
-/// The embedded default plus an `api` channel, listening on 127.0.0.1:0 (loaded from a file,
-/// as the binary and the load generator do).
+/// The embedded default plus an `api` channel, listening on 127.0.0.1:0.
 fn settings() -> Settings {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    let toml = format!(
-        r#"[server]
-listen = "127.0.0.1:0"
-shutdown_grace_secs = 2
-
-[[channels]]
-id = "web"
-kind = "web"
-
-[[channels]]
-id = "{CHANNEL}"
-kind = "api"
-secret = "{SECRET}"
-"#
-    );
-    let path = std::env::temp_dir().join(format!(
-        "switchyard-cargo-bench-{}-{nanos}.toml",
-        std::process::id()
-    ));
-    std::fs::write(&path, toml).expect("writing the bench configuration");
-    let settings = Settings::load_with_env(Some(&path), Vec::<(String, String)>::new());
-    let _ = std::fs::remove_file(&path);
-    settings.expect("loading the bench configuration")
+    Settings::embedded_with_api_channel(CHANNEL, SECRET).expect("the bench configuration")
 }
 
 /// Counts `conversation.assigned` events and wakes the bench when a target is reached.
