@@ -811,6 +811,24 @@ mod tests {
         }
     }
 
+    /// Runs `plan` against the server at `addr`, without send times, with its own progress
+    /// counter.
+    async fn run_at(
+        plan: Plan,
+        addr: SocketAddr,
+        connections: Connections,
+    ) -> anyhow::Result<LoadStats> {
+        run(
+            plan,
+            endpoint(addr),
+            connections,
+            None,
+            None,
+            Arc::new(AtomicU64::new(0)),
+        )
+        .await
+    }
+
     /// A minimal HTTP/1.1 server: answers every request with 202 (`"duplicate":true` for odd
     /// message numbers) and closes the connection after `per_connection` answers. It sends the
     /// head of each request it reads down `heads`.
@@ -882,16 +900,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn lean_client_sends_signed_requests_and_reconnects() {
         let (addr, mut heads, connections_seen) = fake_server(7).await;
-        let stats = run(
-            plan(100, 3),
-            endpoint(addr),
-            Connections::default(),
-            None,
-            None,
-            Arc::new(AtomicU64::new(0)),
-        )
-        .await
-        .expect("run");
+        let stats = run_at(plan(100, 3), addr, Connections::default())
+            .await
+            .expect("run");
         assert_eq!(stats.sent, 100);
         // A connection closed by the server after an answer is replaced, but a request racing
         // with the close may fail as `connection closed`.
@@ -927,16 +938,7 @@ mod tests {
         let (addr, _heads, connections_seen) = fake_server(usize::MAX).await;
         let pool = Connections::default();
         for _ in 0..2 {
-            let stats = run(
-                plan(50, 4),
-                endpoint(addr),
-                pool.clone(),
-                None,
-                None,
-                Arc::new(AtomicU64::new(0)),
-            )
-            .await
-            .expect("run");
+            let stats = run_at(plan(50, 4), addr, pool.clone()).await.expect("run");
             assert_eq!((stats.accepted, stats.errors.len()), (50, 0));
         }
         assert_eq!(connections_seen.load(Ordering::Relaxed), 4);
@@ -948,17 +950,10 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         drop(listener);
         let started = Instant::now();
-        let err = run(
-            plan(100_000, 4),
-            endpoint(addr),
-            Connections::default(),
-            None,
-            None,
-            Arc::new(AtomicU64::new(0)),
-        )
-        .await
-        .err()
-        .expect("the run fails");
+        let err = run_at(plan(100_000, 4), addr, Connections::default())
+            .await
+            .err()
+            .expect("the run fails");
         assert!(started.elapsed() < Duration::from_secs(5));
         let text = format!("{err:#}");
         assert!(text.contains("could not connect"), "{text}");
@@ -976,16 +971,9 @@ mod tests {
                 drop(socket);
             }
         });
-        let stats = run(
-            plan(20, 2),
-            endpoint(addr),
-            Connections::default(),
-            None,
-            None,
-            Arc::new(AtomicU64::new(0)),
-        )
-        .await
-        .expect("run");
+        let stats = run_at(plan(20, 2), addr, Connections::default())
+            .await
+            .expect("run");
         assert_eq!(stats.sent, 20);
         assert_eq!(stats.accepted, 0);
         assert_eq!(stats.errors.values().sum::<u64>(), 20, "{:?}", stats.errors);
