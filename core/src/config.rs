@@ -507,12 +507,11 @@ secret = {secret}
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Settings, ConfigError> {
-        let load_err = |message: String| ConfigError::Load {
-            path: path.map(Path::to_path_buf),
-            message,
-        };
         let text = match path {
-            Some(p) => std::fs::read_to_string(p).map_err(|e| load_err(e.to_string()))?,
+            Some(p) => std::fs::read_to_string(p).map_err(|e| ConfigError::Load {
+                path: Some(p.to_path_buf()),
+                message: e.to_string(),
+            })?,
             None => EMBEDDED_DEFAULT.to_owned(),
         };
         Self::from_toml(&text, path, env)
@@ -524,10 +523,6 @@ secret = {secret}
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Settings, ConfigError> {
-        let load_err = |message: String| ConfigError::Load {
-            path: path.map(Path::to_path_buf),
-            message,
-        };
         let mut builder = config::Config::builder()
             .add_source(config::File::from_str(text, config::FileFormat::Toml));
         let env: config::Map<String, String> = env.into_iter().collect();
@@ -538,7 +533,10 @@ secret = {secret}
                 .try_parsing(true)
                 .source(Some(env)),
         );
-        let raw = builder.build().map_err(|e| load_err(e.to_string()))?;
+        let raw = builder.build().map_err(|e| ConfigError::Load {
+            path: path.map(Path::to_path_buf),
+            message: e.to_string(),
+        })?;
         let settings: Settings =
             serde_path_to_error::deserialize(raw).map_err(|e| ConfigError::Invalid {
                 key: e.path().to_string(),

@@ -28,7 +28,6 @@ use switchyard_connectors::{Connector, ConnectorContext, InboundRequest};
 use switchyard_core::config::ChannelSettings;
 use switchyard_core::envelope::Envelope;
 use switchyard_core::event::EventType;
-use switchyard_core::identity::IdentityKey;
 use switchyard_core::model::AgentStatus;
 use switchyard_core::store::embedded::EmbeddedStore;
 use switchyard_core::store::{AgentUpdate, InboundOutcome, InboundRouting, ResolveRequest, Store};
@@ -112,19 +111,7 @@ fn envelope(connector: &ApiConnector, user: u64) -> Envelope {
 
 /// The router's request to the store for `envelope` (router/src/inbound.rs).
 fn routing_parts(envelope: &Envelope) -> (ResolveRequest, String) {
-    let request = ResolveRequest {
-        tenant: envelope.tenant.clone(),
-        identities: envelope
-            .sender
-            .identities
-            .iter()
-            .map(|k: &IdentityKey| (k.clone(), k.default_strength()))
-            .collect(),
-        explicit: false,
-        display_name: envelope.sender.display_name.clone(),
-        now: switchyard_core::time::now(),
-        source: Some(envelope.id.clone()),
-    };
+    let request = ResolveRequest::of_sender(envelope, false, switchyard_core::time::now());
     (request, format!("routed:{}", envelope.dedupe_key))
 }
 

@@ -88,19 +88,7 @@ impl InboundRouter {
         let explicit =
             matches!(&envelope.content, Content::Event { name, .. } if name == IDENTIFY_EVENT);
         let now = switchyard_core::time::now();
-        let request = ResolveRequest {
-            tenant: envelope.tenant.clone(),
-            identities: envelope
-                .sender
-                .identities
-                .iter()
-                .map(|k| (k.clone(), k.default_strength()))
-                .collect(),
-            explicit,
-            display_name: envelope.sender.display_name.clone(),
-            now,
-            source: Some(envelope.id.clone()),
-        };
+        let request = ResolveRequest::of_sender(&envelope, explicit, now);
         // The second line of defence against channel retries (the ingress claim is the first):
         // another envelope with this dedupe key was routed already, so this one is dropped.
         let claim = format!("routed:{}", envelope.dedupe_key);

@@ -2230,19 +2230,7 @@ fn routing<'a>(
 ) -> InboundRouting<'a> {
     InboundRouting {
         envelope,
-        resolve: ResolveRequest {
-            tenant: envelope.tenant.clone(),
-            identities: envelope
-                .sender
-                .identities
-                .iter()
-                .map(|k| (k.clone(), k.default_strength()))
-                .collect(),
-            explicit: false,
-            display_name: envelope.sender.display_name.clone(),
-            now,
-            source: Some(envelope.id.clone()),
-        },
+        resolve: ResolveRequest::of_sender(envelope, false, now),
         claim: format!("{prefix}routed:{}", envelope.dedupe_key),
         claim_ttl: Duration::from_secs(60),
         pool: pool.to_owned(),

@@ -61,6 +61,27 @@ pub struct ResolveRequest {
     pub source: Option<String>,
 }
 
+impl ResolveRequest {
+    /// The request that routing `envelope` makes: the sender's identities with their default
+    /// strength, its display name, the envelope id as the source; `explicit` for an
+    /// identify/link event.
+    pub fn of_sender(envelope: &Envelope, explicit: bool, now: DateTime<Utc>) -> Self {
+        ResolveRequest {
+            tenant: envelope.tenant.clone(),
+            identities: envelope
+                .sender
+                .identities
+                .iter()
+                .map(|k| (k.clone(), k.default_strength()))
+                .collect(),
+            explicit,
+            display_name: envelope.sender.display_name.clone(),
+            now,
+            source: Some(envelope.id.clone()),
+        }
+    }
+}
+
 /// One merge performed while resolving.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Merge {
