@@ -208,6 +208,29 @@ fn page_two() -> Value {
     })
 }
 
+/// Stores the access token `tok-expired`, which `api_path` refuses once as expired (42001),
+/// and mounts the token endpoint to hand out `tok-2` exactly once.
+async fn expire_stored_token(server: &MockServer, store: &Arc<dyn Store>, api_path: &str) {
+    store
+        .set_key(
+            &store_token_key(),
+            "tok-expired",
+            std::time::Duration::from_secs(600),
+        )
+        .await
+        .unwrap();
+    Mock::given(method("POST"))
+        .and(path(api_path))
+        .and(query_param("access_token", "tok-expired"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "errcode": 42001, "errmsg": "access_token expired"
+        })))
+        .expect(1)
+        .mount(server)
+        .await;
+    mount_token(server, "tok-2", 1).await;
+}
+
 async fn mount_token(server: &MockServer, token: &str, times: u64) {
     Mock::given(method("GET"))
         .and(path("/cgi-bin/gettoken"))
@@ -452,24 +475,7 @@ async fn send_failures_are_classified_and_tokens_refreshed() {
     let server = MockServer::start().await;
     let (c, store) = connector_with(Some(server.uri()));
     route_customer(&store).await;
-    store
-        .set_key(
-            &store_token_key(),
-            "tok-expired",
-            std::time::Duration::from_secs(600),
-        )
-        .await
-        .unwrap();
-    Mock::given(method("POST"))
-        .and(path("/cgi-bin/kf/send_msg"))
-        .and(query_param("access_token", "tok-expired"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "errcode": 42001, "errmsg": "access_token expired"
-        })))
-        .expect(1)
-        .mount(&server)
-        .await;
-    mount_token(&server, "tok-2", 1).await;
+    expire_stored_token(&server, &store, "/cgi-bin/kf/send_msg").await;
     let answers = [
         (
             json!({ "errcode": 95018, "errmsg": "send msg session status invalid" }),
@@ -869,14 +875,6 @@ async fn upload_errcodes_are_classified_and_a_refused_token_is_refreshed() {
     let server = MockServer::start().await;
     let (c, store) = connector_with(Some(server.uri()));
     route_customer(&store).await;
-    store
-        .set_key(
-            &store_token_key(),
-            "tok-expired",
-            std::time::Duration::from_secs(600),
-        )
-        .await
-        .unwrap();
     Mock::given(method("GET"))
         .and(path("/cdn/cat.png"))
         .respond_with(ResponseTemplate::new(200).set_body_bytes(PNG))
@@ -889,16 +887,7 @@ async fn upload_errcodes_are_classified_and_a_refused_token_is_refreshed() {
         })
     };
     // An expired token: refreshed once, the same multipart body sent again.
-    Mock::given(method("POST"))
-        .and(path("/cgi-bin/media/upload"))
-        .and(query_param("access_token", "tok-expired"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "errcode": 42001, "errmsg": "access_token expired"
-        })))
-        .expect(1)
-        .mount(&server)
-        .await;
-    mount_token(&server, "tok-2", 1).await;
+    expire_stored_token(&server, &store, "/cgi-bin/media/upload").await;
     let answers = [
         (
             json!({ "errcode": 40005, "errmsg": "invalid file type" }),
