@@ -1043,6 +1043,21 @@ async fn mount_page(server: &MockServer, page: Value) {
 }
 
 /// Sends `reply` through the fake `send_msg`, which answers our id as `msgid`.
+/// A reply sent through `send_msg` to a routed customer, and the next `sync_msg` page reporting
+/// its `msg_send_fail` (the server stays up so the mocks live on).
+async fn sent_reply_that_failed() -> (MockServer, WecomKfConnector, Arc<dyn Store>, Envelope) {
+    let server = MockServer::start().await;
+    let (c, store) = connector_with(Some(server.uri()));
+    route_customer(&store).await;
+    mount_token(&server, "tok-1", 1).await;
+    let reply = outbound(Content::Text {
+        text: "明天上午十点前发货".into(),
+    });
+    send_reply(&server, &c, &reply).await;
+    mount_page(&server, failure_page(&reply)).await;
+    (server, c, store, reply)
+}
+
 async fn send_reply(server: &MockServer, c: &WecomKfConnector, reply: &Envelope) {
     Mock::given(method("POST"))
         .and(path("/cgi-bin/kf/send_msg"))
@@ -1075,15 +1090,7 @@ fn failure_page(reply: &Envelope) -> Value {
 
 #[tokio::test]
 async fn a_msg_send_fail_reports_the_failed_reply_once_and_the_page_is_still_routed() {
-    let server = MockServer::start().await;
-    let (c, store) = connector_with(Some(server.uri()));
-    route_customer(&store).await;
-    mount_token(&server, "tok-1", 1).await;
-    let reply = outbound(Content::Text {
-        text: "明天上午十点前发货".into(),
-    });
-    send_reply(&server, &c, &reply).await;
-    mount_page(&server, failure_page(&reply)).await;
+    let (_server, c, store, reply) = sent_reply_that_failed().await;
 
     let sink = RecordingSink::default();
     let accepted = c.deliver(notice(&c), &sink).await.unwrap();
@@ -1149,15 +1156,7 @@ async fn a_msg_send_fail_for_an_unknown_msgid_is_skipped_without_error() {
 
 #[tokio::test]
 async fn a_failure_report_the_bus_did_not_take_is_made_again_on_the_next_pull() {
-    let server = MockServer::start().await;
-    let (c, store) = connector_with(Some(server.uri()));
-    route_customer(&store).await;
-    mount_token(&server, "tok-1", 1).await;
-    let reply = outbound(Content::Text {
-        text: "明天上午十点前发货".into(),
-    });
-    send_reply(&server, &c, &reply).await;
-    mount_page(&server, failure_page(&reply)).await;
+    let (_server, c, store, reply) = sent_reply_that_failed().await;
 
     let sink = RecordingSink::default();
     sink.reports_fail
@@ -1184,15 +1183,7 @@ async fn a_failure_report_the_bus_did_not_take_is_made_again_on_the_next_pull() 
 
 #[tokio::test]
 async fn a_sink_that_cannot_report_failures_does_not_stop_the_pull() {
-    let server = MockServer::start().await;
-    let (c, store) = connector_with(Some(server.uri()));
-    route_customer(&store).await;
-    mount_token(&server, "tok-1", 1).await;
-    let reply = outbound(Content::Text {
-        text: "明天上午十点前发货".into(),
-    });
-    send_reply(&server, &c, &reply).await;
-    mount_page(&server, failure_page(&reply)).await;
+    let (_server, c, store, reply) = sent_reply_that_failed().await;
     // `CollectSink` keeps the trait's default: `Unsupported`, logged, and the pull goes on.
     let sink = CollectSink::new();
     let err = sink
