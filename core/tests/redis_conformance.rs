@@ -562,6 +562,114 @@ async fn presence_keys_and_online_index() {
     );
 }
 
+/// The ready index of docs/redis-keys.md: `P:pool-online:{pool}` holds exactly the pool's agents
+/// that can take a conversation (online, with room), longest idle first. An agent leaves it when
+/// an assignment fills it and comes back when a close frees room; a member an older version left
+/// for a full agent is dropped by the next assignment instead of being chosen.
+#[tokio::test]
+async fn ready_index_holds_agents_with_room() {
+    let Some(t) = TestPrefix::new().await else {
+        return;
+    };
+    let s = t.store().await;
+    let p = &t.prefix;
+    let client = redis::Client::open(t.url.as_str()).unwrap();
+    let mut con = client
+        .get_connection_with_timeout(Duration::from_secs(2))
+        .unwrap();
+    let index = |con: &mut redis::Connection| -> Vec<String> {
+        redis::cmd("ZRANGE")
+            .arg(format!("{p}:pool-online:default"))
+            .arg(0)
+            .arg(-1)
+            .query(con)
+            .unwrap()
+    };
+    // Members are `{idle_since}|{id}`, idle_since as the store writes it (nanoseconds).
+    let member = |secs: i64, id: &str| format!("2026-01-01T00:00:{secs:02}.000000000Z|{id}");
+    for (id, secs) in [("a", 0), ("b", 1)] {
+        s.upsert_agent(
+            AgentUpdate {
+                id: id.to_owned(),
+                capacity: Some(1),
+                status: Some(AgentStatus::Online),
+                ..AgentUpdate::default()
+            },
+            at(secs),
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(index(&mut con), vec![member(0, "a"), member(1, "b")]);
+
+    // A message from `user` opens a conversation in `default`, then the pool is assigned.
+    let open = |user: &'static str, secs: i64| {
+        let s = Arc::clone(&s);
+        async move {
+            let k = key("", "app_user", "shop-app", user);
+            let c = s
+                .resolve_customer(ResolveRequest {
+                    tenant: DEFAULT_TENANT.to_owned(),
+                    identities: vec![(k.clone(), IdentityStrength::Strong)],
+                    explicit: false,
+                    display_name: None,
+                    now: at(secs),
+                    source: None,
+                })
+                .await
+                .unwrap()
+                .customer;
+            let e = inbound_envelope(&c.id, &app_channel(), user, vec![k], "hi", at(secs));
+            let record = s.record_inbound(&e, "default", at(secs)).await.unwrap();
+            let assigned = s.assign_queued("default", at(secs)).await.unwrap();
+            let agents: Vec<String> = assigned.into_iter().map(|a| a.agent_id).collect();
+            (record.conversation.id, agents)
+        }
+    };
+    let (c1, agents) = open("u1", 10).await;
+    assert_eq!(agents, ["a"], "the longest idle agent");
+    assert_eq!(index(&mut con), vec![member(1, "b")], "a full agent leaves");
+
+    // An older version's index also listed full agents: put `a` back as it would have.
+    let _: i64 = redis::cmd("ZADD")
+        .arg(format!("{p}:pool-online:default"))
+        .arg(0)
+        .arg(member(10, "a"))
+        .query(&mut con)
+        .unwrap();
+    let (_, agents) = open("u2", 20).await;
+    assert_eq!(agents, ["b"]);
+    assert_eq!(
+        index(&mut con),
+        vec![member(10, "a")],
+        "the stale member is not reached yet"
+    );
+    let (c3, agents) = open("u3", 30).await;
+    assert!(
+        agents.is_empty(),
+        "the full agent `a` was chosen: {agents:?}"
+    );
+    assert!(index(&mut con).is_empty(), "the stale member was dropped");
+
+    // Closing frees room: `a` is back (idle since its last assignment), and takes the queue.
+    s.close_conversation(&c1, "resolved", at(40)).await.unwrap();
+    assert_eq!(
+        index(&mut con),
+        vec![member(10, "a")],
+        "an agent with room again is back"
+    );
+    let assigned = s.assign_queued("default", at(41)).await.unwrap();
+    assert_eq!(assigned.len(), 1);
+    assert_eq!(
+        (
+            assigned[0].conversation.id.as_str(),
+            assigned[0].agent_id.as_str()
+        ),
+        (c3.as_str(), "a")
+    );
+    assert!(index(&mut con).is_empty(), "both agents are full");
+}
+
 #[tokio::test]
 async fn unreachable_redis_is_unavailable() {
     // Nothing listens on port 1.

@@ -49,7 +49,8 @@ struct State {
     messages: HashMap<String, VecDeque<Envelope>>,
     message_ids: HashMap<String, String>,
     queues: HashMap<String, VecDeque<String>>,
-    agents: HashMap<String, Agent>,
+    /// Agents, with the per-pool index of those ready for a conversation.
+    agents: agents::Agents,
     /// Customer id -> the `source` of the resolution that created it.
     customer_created_by: HashMap<String, String>,
     /// Conversation id -> the envelope that opened it.
@@ -76,6 +77,8 @@ enum Presence {
     /// The session lapsed and set the agent offline; a resumed heartbeat restores this status.
     Lapsed(AgentStatus),
 }
+
+mod agents;
 
 impl EmbeddedStore {
     /// An empty store.
@@ -127,11 +130,10 @@ impl State {
             (c.status, c.agent_id.clone(), c.pool.clone())
         };
         match status {
-            ConversationStatus::Assigned => {
-                let agent = self.agents.get_mut(agent_id.as_deref()?)?;
+            ConversationStatus::Assigned => self.agents.update(agent_id.as_deref()?, |agent| {
                 agent.conversations.retain(|c| c != conversation_id);
-                Some(agent.clone())
-            }
+                agent.clone()
+            }),
             ConversationStatus::Queued => {
                 if let Some(q) = self.queues.get_mut(&pool) {
                     q.retain(|c| c != conversation_id);
@@ -272,65 +274,64 @@ impl State {
         if !self.presence_lapsed(id) {
             return;
         }
-        let Some(agent) = self.agents.get_mut(id) else {
-            self.presence.remove(id);
-            return;
-        };
-        if agent.status == AgentStatus::Offline {
-            self.presence.remove(id);
-        } else {
-            self.presence
-                .insert(id.to_owned(), Presence::Lapsed(agent.status));
+        match self.agents.get(id).map(|a| a.status) {
+            None | Some(AgentStatus::Offline) => {
+                self.presence.remove(id);
+            }
+            Some(status) => {
+                self.presence
+                    .insert(id.to_owned(), Presence::Lapsed(status));
+            }
         }
-        agent.status = AgentStatus::Offline;
-        agent.updated_at = now;
+        self.agents.update(id, |agent| {
+            agent.status = AgentStatus::Offline;
+            agent.updated_at = now;
+        });
     }
 
+    /// The agent to take the next conversation of `pool`: the first of the pool's ready index
+    /// (longest idle, then lowest id). A candidate whose tracked presence lapsed is set offline
+    /// on the way (which takes it out of the index) and skipped, never chosen.
+    fn next_ready_agent(&mut self, pool: &str, now: DateTime<Utc>) -> Option<String> {
+        loop {
+            let (_, id) = self.agents.ready(pool).next()?;
+            if !self.presence_lapsed(id) {
+                return Some(id.clone());
+            }
+            let id = id.clone();
+            self.expire_presence(&id, now);
+        }
+    }
+
+    /// Assigns the head of `pool`'s queue to [`State::next_ready_agent`], if there is one.
     fn assign_one(&mut self, pool: &str, now: DateTime<Utc>) -> Option<Assignment> {
         loop {
-            let head = self.queues.get(pool)?.front()?.clone();
-            let still_queued = self
-                .conversations
-                .get(&head)
-                .is_some_and(|c| c.status == ConversationStatus::Queued && c.pool == pool);
+            let still_queued = {
+                let head = self.queues.get(pool)?.front()?;
+                self.conversations
+                    .get(head)
+                    .is_some_and(|c| c.status == ConversationStatus::Queued && c.pool == pool)
+            };
             if !still_queued {
                 // Stale entry (closed or moved meanwhile): drop it and look at the next.
                 self.queues.get_mut(pool)?.pop_front();
                 continue;
             }
-            // Candidates whose gateway stopped heart-beating go offline now, never assigned.
-            let lapsed: Vec<String> = self
-                .agents
-                .values()
-                .filter(|a| {
-                    a.status == AgentStatus::Online
-                        && a.pools.iter().any(|p| p == pool)
-                        && self.presence_lapsed(&a.id)
-                })
-                .map(|a| a.id.clone())
-                .collect();
-            for id in lapsed {
-                self.expire_presence(&id, now);
-            }
-            let agent_id = self
-                .agents
-                .values()
-                .filter(|a| a.can_take(pool))
-                .min_by(|a, b| a.idle_since.cmp(&b.idle_since).then(a.id.cmp(&b.id)))?
-                .id
-                .clone();
-            self.queues.get_mut(pool)?.pop_front();
-            let agent = self.agents.get_mut(&agent_id)?;
-            agent.conversations.push(head.clone());
-            agent.idle_since = now;
-            agent.updated_at = now;
+            let agent_id = self.next_ready_agent(pool, now)?;
+            let head = self.queues.get_mut(pool)?.pop_front()?;
             let c = self.conversations.get_mut(&head)?;
             c.status = ConversationStatus::Assigned;
             c.agent_id = Some(agent_id.clone());
             c.assigned_at = Some(now);
             c.updated_at = now;
+            let conversation = c.clone();
+            self.agents.update(&agent_id, |agent| {
+                agent.conversations.push(head);
+                agent.idle_since = now;
+                agent.updated_at = now;
+            });
             return Some(Assignment {
-                conversation: c.clone(),
+                conversation,
                 agent_id,
             });
         }
@@ -672,37 +673,43 @@ impl Store for EmbeddedStore {
             // An explicit status replaces the one a resumed heartbeat would restore.
             s.presence.remove(&update.id);
         }
-        let agent = s.agents.entry(update.id.clone()).or_insert_with(|| Agent {
-            id: update.id.clone(),
-            name: update.id.clone(),
-            pools: vec!["default".to_owned()],
-            skills: Vec::new(),
-            capacity: 1,
-            status: AgentStatus::Offline,
-            conversations: Vec::new(),
-            idle_since: now,
-            updated_at: now,
-        });
-        if let Some(name) = update.name {
-            agent.name = name;
+        if !s.agents.contains_key(&update.id) {
+            s.agents.add(Agent {
+                id: update.id.clone(),
+                name: update.id.clone(),
+                pools: vec!["default".to_owned()],
+                skills: Vec::new(),
+                capacity: 1,
+                status: AgentStatus::Offline,
+                conversations: Vec::new(),
+                idle_since: now,
+                updated_at: now,
+            });
         }
-        if let Some(pools) = update.pools {
-            agent.pools = pools;
-        }
-        if let Some(skills) = update.skills {
-            agent.skills = skills;
-        }
-        if let Some(capacity) = update.capacity {
-            agent.capacity = capacity;
-        }
-        if let Some(status) = update.status {
-            if status == AgentStatus::Online && agent.status != AgentStatus::Online {
-                agent.idle_since = now;
-            }
-            agent.status = status;
-        }
-        agent.updated_at = now;
-        Ok(agent.clone())
+        s.agents
+            .update(&update.id, |agent| {
+                if let Some(name) = update.name {
+                    agent.name = name;
+                }
+                if let Some(pools) = update.pools {
+                    agent.pools = pools;
+                }
+                if let Some(skills) = update.skills {
+                    agent.skills = skills;
+                }
+                if let Some(capacity) = update.capacity {
+                    agent.capacity = capacity;
+                }
+                if let Some(status) = update.status {
+                    if status == AgentStatus::Online && agent.status != AgentStatus::Online {
+                        agent.idle_since = now;
+                    }
+                    agent.status = status;
+                }
+                agent.updated_at = now;
+                agent.clone()
+            })
+            .ok_or_else(|| not_found("agent", &update.id))
     }
 
     async fn heartbeat_agent(
@@ -724,18 +731,19 @@ impl Store for EmbeddedStore {
             Some(Presence::Lapsed(status)) => Some(*status),
             _ => None,
         };
-        let mut resumed = false;
-        if let Some(status) = restore
-            && let Some(agent) = s.agents.get_mut(id)
-            && agent.status == AgentStatus::Offline
-        {
-            if status == AgentStatus::Online {
-                agent.idle_since = now;
-            }
-            agent.status = status;
-            agent.updated_at = now;
-            resumed = true;
-        }
+        let resumed = restore.is_some_and(|status| {
+            s.agents.update(id, |agent| {
+                if agent.status != AgentStatus::Offline {
+                    return false;
+                }
+                if status == AgentStatus::Online {
+                    agent.idle_since = now;
+                }
+                agent.status = status;
+                agent.updated_at = now;
+                true
+            }) == Some(true)
+        });
         let start = Instant::now();
         // An absurdly long TTL is capped at a year rather than overflowing the clock.
         let until = start
@@ -927,11 +935,11 @@ impl Store for EmbeddedStore {
                 c.updated_at = now;
             }
             TransferTarget::Agent(agent_id) => {
-                if let Some(agent) = s.agents.get_mut(&agent_id) {
+                s.agents.update(&agent_id, |agent| {
                     agent.conversations.push(id.to_owned());
                     agent.idle_since = now;
                     agent.updated_at = now;
-                }
+                });
                 let c = s.conversation_mut(id)?;
                 c.status = ConversationStatus::Assigned;
                 c.agent_id = Some(agent_id);
@@ -1012,5 +1020,409 @@ impl Store for EmbeddedStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The ready index against a brute-force recomputation from the agents, under random
+    //! operations through the public [`Store`] API.
+
+    use proptest::prelude::*;
+
+    use super::agents::ReadyKey;
+    use super::*;
+    use crate::envelope::{ChannelRef, Content, DEFAULT_TENANT, Direction, Sender};
+
+    const AGENTS: usize = 5;
+    const PEOPLE: usize = 6;
+    const POOLS: [&str; 3] = ["default", "vip", "sales"];
+
+    /// Panics unless the ready index holds, for every pool, exactly the agents for which
+    /// [`Agent::can_take`] of that pool holds, keyed by (idle_since, id).
+    fn assert_ready_index_consistent(state: &State) {
+        let mut expected: HashMap<String, BTreeSet<ReadyKey>> = HashMap::new();
+        for agent in state.agents.values() {
+            for pool in &agent.pools {
+                if agent.can_take(pool) {
+                    expected
+                        .entry(pool.clone())
+                        .or_default()
+                        .insert((agent.idle_since, agent.id.clone()));
+                }
+            }
+        }
+        assert_eq!(
+            state.agents.ready_index(),
+            &expected,
+            "the ready index differs from the agents"
+        );
+    }
+
+    /// A presence TTL armed by a heartbeat.
+    #[derive(Debug, Clone, Copy)]
+    enum Ttl {
+        /// Zero: ends tracking.
+        End,
+        /// Lapsed by the next operation.
+        Lapsing,
+        /// Outlives the test.
+        Long,
+    }
+
+    impl Ttl {
+        fn duration(self) -> Duration {
+            match self {
+                Ttl::End => Duration::ZERO,
+                Ttl::Lapsing => Duration::from_nanos(1),
+                Ttl::Long => Duration::from_secs(3600),
+            }
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// An update of agent `agent` (created if new); `None` leaves a field as it is. Pools
+        /// are indices into [`POOLS`], repeats included.
+        Upsert {
+            agent: usize,
+            pools: Option<Vec<usize>>,
+            capacity: Option<u32>,
+            status: Option<AgentStatus>,
+        },
+        Heartbeat {
+            agent: usize,
+            ttl: Ttl,
+        },
+        /// Person `person` writes; a conversation it opens is queued in `POOLS[pool]`. With
+        /// `phone`, the message carries a phone number shared by everyone who sends one, which
+        /// merges their profiles (and closes all but one of their open conversations).
+        Inbound {
+            person: usize,
+            pool: usize,
+            phone: bool,
+        },
+        Assign {
+            pool: usize,
+        },
+        /// `pick` selects among every conversation seen so far (closed ones included).
+        Close {
+            pick: usize,
+        },
+        TransferPool {
+            pick: usize,
+            pool: usize,
+        },
+        TransferAgent {
+            pick: usize,
+            agent: usize,
+        },
+        ExpireLapsed,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let status = || {
+            prop_oneof![
+                3 => Just(AgentStatus::Online),
+                1 => Just(AgentStatus::Away),
+                1 => Just(AgentStatus::Offline),
+            ]
+        };
+        let pools = proptest::collection::vec(0..POOLS.len(), 0..=3);
+        let ttl = prop_oneof![Just(Ttl::End), Just(Ttl::Lapsing), Just(Ttl::Long)];
+        prop_oneof![
+            4 => (
+                0..AGENTS,
+                proptest::option::of(pools),
+                proptest::option::of(0..4u32),
+                proptest::option::of(status()),
+            )
+                .prop_map(|(agent, pools, capacity, status)| Op::Upsert {
+                    agent,
+                    pools,
+                    capacity,
+                    status,
+                }),
+            3 => (0..AGENTS, ttl).prop_map(|(agent, ttl)| Op::Heartbeat { agent, ttl }),
+            5 => (0..PEOPLE, 0..POOLS.len(), proptest::bool::weighted(0.3))
+                .prop_map(|(person, pool, phone)| Op::Inbound { person, pool, phone }),
+            2 => (0..POOLS.len()).prop_map(|pool| Op::Assign { pool }),
+            2 => any::<usize>().prop_map(|pick| Op::Close { pick }),
+            1 => (any::<usize>(), 0..POOLS.len())
+                .prop_map(|(pick, pool)| Op::TransferPool { pick, pool }),
+            1 => (any::<usize>(), 0..AGENTS)
+                .prop_map(|(pick, agent)| Op::TransferAgent { pick, agent }),
+            1 => Just(Op::ExpireLapsed),
+        ]
+    }
+
+    fn agent_id(i: usize) -> String {
+        format!("agent-{i}")
+    }
+
+    /// `secs` after a fixed epoch.
+    fn at(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_767_225_600 + secs, 0).unwrap()
+    }
+
+    /// A text message from `person` on the `shop-app` API channel.
+    fn inbound(person: usize, phone: bool, now: DateTime<Utc>) -> Envelope {
+        let channel = ChannelRef {
+            kind: "api".to_owned(),
+            id: "shop-app".to_owned(),
+        };
+        let mut identities =
+            vec![IdentityKey::new("app_user", "shop-app", &person.to_string()).unwrap()];
+        if phone {
+            identities.push(IdentityKey::new("phone", "", "+8613800000000").unwrap());
+        }
+        let id = new_id();
+        Envelope {
+            id: id.clone(),
+            tenant: DEFAULT_TENANT.to_owned(),
+            direction: Direction::Inbound,
+            sender: Sender {
+                external_id: format!("person-{person}"),
+                scope: channel.id.clone(),
+                display_name: None,
+                identities,
+            },
+            channel,
+            customer_id: None,
+            conversation_id: None,
+            sent_at: now,
+            received_at: now,
+            dedupe_key: format!("shop-app:{id}"),
+            content: Content::Text {
+                text: "hello".to_owned(),
+            },
+            reply_to: None,
+            agent_id: None,
+            raw: None,
+        }
+    }
+
+    /// Accepts a refusal the operation may legitimately meet (`Conflict`, `NotFound`).
+    fn allow_refusal<T>(what: &str, result: Result<T, StoreError>) {
+        if let Err(e @ StoreError::Unavailable(_)) = result {
+            panic!("{what}: {e}");
+        }
+    }
+
+    /// One random run against a fresh store.
+    #[derive(Default)]
+    struct Run {
+        store: EmbeddedStore,
+        /// Every conversation id the store reported.
+        conversations: Vec<String>,
+        /// Conversations each agent held after the previous step.
+        prev_load: HashMap<String, usize>,
+    }
+
+    impl Run {
+        fn pick(&self, pick: usize) -> Option<String> {
+            if self.conversations.is_empty() {
+                return None;
+            }
+            Some(self.conversations[pick % self.conversations.len()].clone())
+        }
+
+        fn saw(&mut self, conversation: &Conversation) {
+            if !self.conversations.contains(&conversation.id) {
+                self.conversations.push(conversation.id.clone());
+            }
+        }
+
+        async fn apply(&mut self, op: &Op, now: DateTime<Utc>) {
+            let store = &self.store;
+            match op {
+                Op::Upsert {
+                    agent,
+                    pools,
+                    capacity,
+                    status,
+                } => {
+                    let update = AgentUpdate {
+                        id: agent_id(*agent),
+                        pools: pools
+                            .as_ref()
+                            .map(|p| p.iter().map(|i| POOLS[*i].to_owned()).collect()),
+                        capacity: *capacity,
+                        status: *status,
+                        ..AgentUpdate::default()
+                    };
+                    store.upsert_agent(update, now).await.unwrap();
+                }
+                Op::Heartbeat { agent, ttl } => {
+                    let result = store
+                        .heartbeat_agent(&agent_id(*agent), ttl.duration(), now)
+                        .await;
+                    allow_refusal("heartbeat", result);
+                }
+                Op::Inbound {
+                    person,
+                    pool,
+                    phone,
+                } => {
+                    let envelope = inbound(*person, *phone, now);
+                    let mut agents = store.agents().await.unwrap();
+                    let outcome = store
+                        .route_inbound(InboundRouting {
+                            envelope: &envelope,
+                            resolve: ResolveRequest::of_sender(&envelope, false, now),
+                            claim: format!("routed:{}", envelope.dedupe_key),
+                            claim_ttl: Duration::from_secs(3600),
+                            pool: POOLS[*pool].to_owned(),
+                        })
+                        .await
+                        .unwrap();
+                    let InboundOutcome::Routed {
+                        resolution,
+                        record,
+                        assignments,
+                    } = outcome
+                    else {
+                        panic!("a new envelope was taken for a duplicate");
+                    };
+                    // A merge closed these before the assignments: their agents have room again.
+                    for closed in &resolution.closed {
+                        for agent in &mut agents {
+                            agent.conversations.retain(|c| *c != closed.id);
+                        }
+                    }
+                    self.saw(&record.conversation);
+                    let pool = (record.conversation.status == ConversationStatus::Queued)
+                        .then_some(record.conversation.pool.as_str());
+                    self.check_assignments(agents, &assignments, pool, now)
+                        .await;
+                }
+                Op::Assign { pool } => {
+                    let agents = store.agents().await.unwrap();
+                    let assignments = store.assign_queued(POOLS[*pool], now).await.unwrap();
+                    self.check_assignments(agents, &assignments, Some(POOLS[*pool]), now)
+                        .await;
+                }
+                Op::Close { pick } => {
+                    if let Some(id) = self.pick(*pick) {
+                        let result = store.close_conversation(&id, "agent", now).await;
+                        allow_refusal("close", result);
+                    }
+                }
+                Op::TransferPool { pick, pool } => {
+                    if let Some(id) = self.pick(*pick) {
+                        let target = TransferTarget::Pool(POOLS[*pool].to_owned());
+                        let result = store.transfer(&id, target, now).await;
+                        allow_refusal("transfer to a pool", result);
+                    }
+                }
+                Op::TransferAgent { pick, agent } => {
+                    if let Some(id) = self.pick(*pick) {
+                        let target = TransferTarget::Agent(agent_id(*agent));
+                        let result = store.transfer(&id, target, now).await;
+                        allow_refusal("transfer to an agent", result);
+                    }
+                }
+                Op::ExpireLapsed => {
+                    store.expire_lapsed_agents(now).await.unwrap();
+                }
+            }
+        }
+
+        /// Checks `assignments` against a brute-force choice from `agents` (as reads showed
+        /// them just before the call, so a lapsed agent reads offline): each went to the agent
+        /// with the least (idle_since, id) of those that could take it, which then holds one more
+        /// conversation and is idle since `now`. When the call assigned from `pool`, it stopped
+        /// only when the queue ran out or nobody could take its head.
+        async fn check_assignments(
+            &mut self,
+            mut agents: Vec<Agent>,
+            assignments: &[Assignment],
+            pool: Option<&str>,
+            now: DateTime<Utc>,
+        ) {
+            for a in assignments {
+                let pool = &a.conversation.pool;
+                let best = agents
+                    .iter()
+                    .filter(|x| x.can_take(pool))
+                    .min_by_key(|x| (x.idle_since, &x.id))
+                    .map(|x| x.id.clone());
+                assert_eq!(
+                    Some(&a.agent_id),
+                    best.as_ref(),
+                    "agent chosen for {} in `{pool}`",
+                    a.conversation.id
+                );
+                let chosen = agents.iter_mut().find(|x| x.id == a.agent_id).unwrap();
+                chosen.conversations.push(a.conversation.id.clone());
+                chosen.idle_since = now;
+                self.saw(&a.conversation);
+            }
+            if let Some(pool) = pool
+                && !self.store.queue(pool).await.unwrap().is_empty()
+            {
+                let idle: Vec<&str> = agents
+                    .iter()
+                    .filter(|x| x.can_take(pool))
+                    .map(|x| x.id.as_str())
+                    .collect();
+                assert!(
+                    idle.is_empty(),
+                    "`{pool}` still has a queue while {idle:?} could take it"
+                );
+            }
+        }
+
+        /// The state after any operation: the index is exact, no agent grew over its capacity
+        /// (one whose capacity was lowered below its load keeps what it holds), and every
+        /// conversation an agent holds is assigned to it.
+        fn check_state(&mut self) {
+            let state = self.store.lock();
+            assert_ready_index_consistent(&state);
+            let mut load = HashMap::new();
+            for agent in state.agents.values() {
+                let n = agent.conversations.len();
+                let prev = self.prev_load.get(&agent.id).copied().unwrap_or(0);
+                assert!(
+                    n as u64 <= u64::from(agent.capacity) || n <= prev,
+                    "{} holds {n} > capacity {} (had {prev})",
+                    agent.id,
+                    agent.capacity
+                );
+                for id in &agent.conversations {
+                    let c = &state.conversations[id];
+                    assert_eq!(
+                        (c.status, c.agent_id.as_deref()),
+                        (ConversationStatus::Assigned, Some(agent.id.as_str())),
+                        "{id}, held by {}",
+                        agent.id
+                    );
+                }
+                load.insert(agent.id.clone(), n);
+            }
+            drop(state);
+            self.prev_load = load;
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// The ready index stays exact, and assignment takes the longest idle agent that can
+        /// take the conversation, under random operations.
+        #[test]
+        fn ready_index_matches_agents_under_random_operations(
+            ops in proptest::collection::vec(op(), 1..=80)
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            rt.block_on(async {
+                let mut run = Run::default();
+                for (step, op) in ops.iter().enumerate() {
+                    // Four steps per second: agents made idle in nearby steps tie on time.
+                    run.apply(op, at(step as i64 / 4)).await;
+                    run.check_state();
+                }
+            });
+        }
     }
 }

@@ -20,11 +20,9 @@ if a[1] == 'offline' and a[2] and string.sub(a[2], 1, 7) == 'lapsed:' then
   local status = string.sub(a[2], 8)
   if status == 'online' then
     redis.call('HSET', ak, 'idle_since', now)
-    for _, p in ipairs(redis.call('LRANGE', key('agent-pools', id), 0, -1)) do
-      redis.call('ZADD', key('pool-online', p), 0, online_member(now, id))
-    end
   end
   redis.call('HSET', ak, 'status', status, 'updated_at', now)
+  index_agent(id)
   resumed = '1'
 end
 redis.call('HSET', ak, 'presence', 'live')

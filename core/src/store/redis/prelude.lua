@@ -110,20 +110,52 @@ local function online_member(idle, id)
   return idle .. '|' .. id
 end
 
--- Sets an agent's idle_since, moving it in the online indexes of its pools.
-local function set_idle(id, ts)
+-- The pool index `P:pool-online:{pool}` holds the agents of the pool that can take a
+-- conversation now: online, with fewer conversations than their capacity. Choosing an agent
+-- is then reading its first member, however many agents the pool has. Every change of an
+-- agent's status, capacity, pools, idle_since or load goes through `unindex_agent` before and
+-- `index_agent` after (or through `take_conversation`, which does both for one assignment).
+
+-- Removes agent `id` from the indexes of its pools.
+local function unindex_agent(id)
+  local a = redis.call('HMGET', key('agent', id), 'status', 'idle_since')
+  if a[1] == 'online' and a[2] then
+    for _, p in ipairs(redis.call('LRANGE', key('agent-pools', id), 0, -1)) do
+      redis.call('ZREM', key('pool-online', p), online_member(a[2], id))
+    end
+  end
+end
+
+-- Adds agent `id` to the indexes of its pools if it can take a conversation.
+local function index_agent(id)
+  local a = redis.call('HMGET', key('agent', id), 'status', 'idle_since', 'capacity')
+  if a[1] == 'online' and a[2]
+    and redis.call('LLEN', key('agent-convs', id)) < (tonumber(a[3]) or 0) then
+    for _, p in ipairs(redis.call('LRANGE', key('agent-pools', id), 0, -1)) do
+      redis.call('ZADD', key('pool-online', p), 0, online_member(a[2], id))
+    end
+  end
+end
+
+-- Hands conversation `conv` to agent `id`: its load grows, its idle_since becomes `now`, and it
+-- stays in its pools' indexes only while it still has room.
+local function take_conversation(id, conv, now)
   local ak = key('agent', id)
-  local a = redis.call('HMGET', ak, 'status', 'idle_since')
+  local a = redis.call('HMGET', ak, 'status', 'idle_since', 'capacity')
+  local load = redis.call('RPUSH', key('agent-convs', id), conv)
   if a[1] == 'online' then
+    local room = load < (tonumber(a[3]) or 0)
     for _, p in ipairs(redis.call('LRANGE', key('agent-pools', id), 0, -1)) do
       local zk = key('pool-online', p)
       if a[2] then
         redis.call('ZREM', zk, online_member(a[2], id))
       end
-      redis.call('ZADD', zk, 0, online_member(ts, id))
+      if room then
+        redis.call('ZADD', zk, 0, online_member(now, id))
+      end
     end
   end
-  redis.call('HSET', ak, 'idle_since', ts)
+  redis.call('HSET', ak, 'idle_since', now, 'updated_at', now)
 end
 
 -- Takes a conversation away from its agent or its queue; returns the agent it left, if any.
@@ -132,6 +164,7 @@ local function detach(id)
   if c[1] == 'assigned' then
     if c[2] and redis.call('EXISTS', key('agent', c[2])) == 1 then
       redis.call('LREM', key('agent-convs', c[2]), 0, id)
+      index_agent(c[2])
       return c[2]
     end
   elseif c[1] == 'queued' and c[3] then
@@ -178,17 +211,13 @@ local function expire_presence(id, now)
   if not presence_lapsed(id) then
     return
   end
+  unindex_agent(id)
   local ak = key('agent', id)
-  local a = redis.call('HMGET', ak, 'status', 'idle_since')
-  if a[1] == 'online' then
-    for _, p in ipairs(redis.call('LRANGE', key('agent-pools', id), 0, -1)) do
-      redis.call('ZREM', key('pool-online', p), online_member(a[2], id))
-    end
-  end
-  if a[1] == 'offline' or not a[1] then
+  local status = redis.call('HGET', ak, 'status')
+  if status == 'offline' or not status then
     redis.call('HDEL', ak, 'presence')
   else
-    redis.call('HSET', ak, 'presence', 'lapsed:' .. a[1])
+    redis.call('HSET', ak, 'presence', 'lapsed:' .. status)
   end
   redis.call('HSET', ak, 'status', 'offline', 'updated_at', now)
 end

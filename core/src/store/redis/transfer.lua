@@ -32,9 +32,7 @@ if kind == 'pool' then
   redis.call('HSET', ck, 'status', 'queued', 'pool', target, 'queued_at', now, 'updated_at', now)
   redis.call('HDEL', ck, 'agent_id')
 else
-  redis.call('RPUSH', key('agent-convs', target), id)
-  set_idle(target, now)
-  redis.call('HSET', key('agent', target), 'updated_at', now)
+  take_conversation(target, id, now)
   redis.call('HSET', ck, 'status', 'assigned', 'agent_id', target, 'assigned_at', now,
     'updated_at', now)
 end

@@ -38,12 +38,8 @@ if has_status then
   end
 end
 
+unindex_agent(id)
 local old = redis.call('HMGET', ak, 'status', 'idle_since')
-if old[1] == 'online' then
-  for _, p in ipairs(redis.call('LRANGE', pk, 0, -1)) do
-    redis.call('ZREM', key('pool-online', p), online_member(old[2], id))
-  end
-end
 if has_name then
   redis.call('HSET', ak, 'name', name)
 end
@@ -66,9 +62,5 @@ if has_status then
   status = status_arg
 end
 redis.call('HSET', ak, 'status', status, 'idle_since', idle, 'updated_at', now)
-if status == 'online' then
-  for _, p in ipairs(redis.call('LRANGE', pk, 0, -1)) do
-    redis.call('ZADD', key('pool-online', p), 0, online_member(idle, id))
-  end
-end
+index_agent(id)
 return agent_reply(id)
