@@ -117,10 +117,13 @@ local function merge_customers(from, into)
 end
 
 -- Owners this request may merge: strong keys always, weak keys only when explicit.
+-- Each key's owner as it changes below (false: none), so no key is looked up twice.
 local merging = {}
 local weak_owner = nil
+local owner_now = {}
 for i = 1, n do
   local o = owner_of(idents[i])
+  owner_now[idents[i]] = o or false
   if o then
     if strengths[i] == 'strong' or explicit then
       merging[#merging + 1] = { o, idents[i] }
@@ -138,8 +141,10 @@ for _, m in ipairs(merging) do
 end
 -- The oldest profile (first_seen, then id) survives.
 local first_seen = {}
-for _, o in ipairs(owners) do
-  first_seen[o] = redis.call('HGET', key('cust', o), 'first_seen')
+if #owners > 1 then
+  for _, o in ipairs(owners) do
+    first_seen[o] = redis.call('HGET', key('cust', o), 'first_seen')
+  end
 end
 table.sort(owners, function(a, b)
   local fa, fb = first_seen[a], first_seen[b]
@@ -156,21 +161,36 @@ table.sort(owners, function(a, b)
 end)
 
 local winner, created = owners[1] or weak_owner, false
+local ck
+-- The survivor's last_seen and display_name, as far as known (re-read after a merge).
+local cur = {}
 if not winner then
   winner, created = new_id, true
-  redis.call('HSET', key('cust', winner), 'id', winner, 'tenant', tenant, 'first_seen', now,
-    'last_seen', now, 'created_by', source)
-elseif source ~= '' and redis.call('HGET', key('cust', winner), 'created_by') == source then
-  created = true
-end
-local ck = key('cust', winner)
-if redis.call('EXISTS', ck) == 0 then
-  return not_found('customer', winner)
+  ck = key('cust', winner)
+  redis.call('HSET', ck, 'id', winner, 'tenant', tenant, 'first_seen', now, 'last_seen', now,
+    'created_by', source)
+  if has_name then
+    redis.call('HSET', ck, 'display_name', name)
+  end
+  cur = { now, has_name and name or false }
+else
+  ck = key('cust', winner)
+  local w = redis.call('HMGET', ck, 'id', 'created_by', 'last_seen', 'display_name')
+  if not w[1] then
+    return not_found('customer', winner)
+  end
+  created = source ~= '' and w[2] == source
+  cur = { w[3], w[4] }
 end
 
 local merges, closed = {}, {}
+-- Profiles merged away (their keys now belong to the survivor).
+local lost = {}
 for i = 2, #owners do
   local loser = owners[i]
+  if redis.call('EXISTS', key('cust', loser)) == 1 then
+    lost[loser] = true
+  end
   local via, vseen = {}, {}
   for _, m in ipairs(merging) do
     if m[1] == loser and not vseen[m[2]] then
@@ -185,15 +205,24 @@ for i = 2, #owners do
   end
   merges[#merges + 1] = { loser, winner, via }
 end
+if #merges > 0 then
+  for ident, o in pairs(owner_now) do
+    if o and lost[o] then
+      owner_now[ident] = winner
+    end
+  end
+  cur = redis.call('HMGET', ck, 'last_seen', 'display_name')
+end
 
 local linked = {}
 local ik, info = key('cust-idents', winner), key('cust-identinfo', winner)
 for i = 1, n do
   local ident, strength = idents[i], strengths[i]
-  local o = owner_of(ident)
+  local o = owner_now[ident]
   local listed = true
   if (not o) or (explicit and o ~= winner) then
     redis.call('SET', key('ident', ident), winner)
+    owner_now[ident] = winner
     linked[#linked + 1] = ident
   elseif o ~= winner then
     -- A weak key of another profile, not merged implicitly: it stays with its owner and is not
@@ -201,18 +230,17 @@ for i = 1, n do
     listed = false
   end
   if listed then
-    local cur = redis.call('HGET', info, ident)
-    if not cur then
+    local held = redis.call('HGET', info, ident)
+    if not held then
       redis.call('RPUSH', ik, ident)
       redis.call('HSET', info, ident, strength .. '|' .. now)
     elseif explicit then
-      local sep = string.find(cur, '|', 1, true)
-      redis.call('HSET', info, ident, strength .. string.sub(cur, sep or (#cur + 1)))
+      local sep = string.find(held, '|', 1, true)
+      redis.call('HSET', info, ident, strength .. string.sub(held, sep or (#held + 1)))
     end
   end
 end
 
-local cur = redis.call('HMGET', ck, 'last_seen', 'display_name')
 if not cur[1] or lt(cur[1], now) then
   redis.call('HSET', ck, 'last_seen', now)
 end
