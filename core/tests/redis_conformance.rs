@@ -973,11 +973,11 @@ mod differential {
                 }),
             ) = (&eo, &ro)
             {
-                if er.created && !self.customers.contains(&er.customer.id) {
-                    self.pair(&rr.customer.id, &er.customer.id);
-                    self.customers.push(er.customer.id.clone());
+                if er.created && !self.customers.contains(&er.customer_id) {
+                    self.pair(&rr.customer_id, &er.customer_id);
+                    self.customers.push(er.customer_id.clone());
                 }
-                self.last_customer[p] = Some(er.customer.id.clone());
+                self.last_customer[p] = Some(er.customer_id.clone());
                 if ei.created && !self.conversations.contains(&ei.conversation.id) {
                     self.pair(&ri.conversation.id, &ei.conversation.id);
                     self.conversations.push(ei.conversation.id.clone());
@@ -990,8 +990,8 @@ mod differential {
                     record: i,
                     assignments,
                 } => json!({
-                    "customer": x.customer, "created": x.created, "merges": x.merges,
-                    "linked": x.linked, "closed": x.closed,
+                    "customer": x.customer_id, "profile": x.profile, "created": x.created,
+                    "merges": x.merges, "closed": x.closed,
                     "conversation": i.conversation, "opened": i.created,
                     "recorded_before": i.duplicate,
                     "assignments": assignments

@@ -207,7 +207,9 @@ fn hot_paths(c: &mut Criterion) {
         let assigned = assignments[0].conversation.clone();
         envelope.conversation_id = Some(queued.id.clone());
         envelope.customer_id = Some(queued.customer_id.clone());
-        let customer = resolution.customer;
+        let customer = resolution
+            .profile
+            .expect("a new customer comes with its profile");
         group.bench_function("event_batch_new_conversation", |b| {
             b.iter(|| {
                 let mut events = EventBatch::new();

@@ -14,7 +14,9 @@ use switchyard_core::envelope::{Content, Envelope};
 use switchyard_core::event::EventType;
 use switchyard_core::metrics::Metrics;
 use switchyard_core::model::ConversationStatus;
-use switchyard_core::store::{InboundOutcome, InboundRouting, Resolution, ResolveRequest, Store};
+use switchyard_core::store::{
+    InboundOutcome, InboundRouting, ResolveRequest, SenderResolution, Store,
+};
 
 use crate::assignment::{announce_assignments, assign_pools};
 use crate::error::RouteError;
@@ -179,7 +181,7 @@ impl InboundRouter {
         {
             return Ok(Routed::Duplicate(first));
         }
-        let resolution = resolution?;
+        let resolution = SenderResolution::from(resolution?);
         let mut events = EventBatch::new();
         announce_resolution(&resolution, &mut events);
         if !resolution.closed.is_empty() {
@@ -187,19 +189,21 @@ impl InboundRouter {
             assign_pools(&*self.store, &self.metrics, &self.all_pools, &mut events).await?;
         }
         self.events.publish(events).await?;
-        Ok(Routed::Linked(resolution.customer.id))
+        Ok(Routed::Linked(resolution.customer_id))
     }
 }
 
 /// Adds what resolving a sender did to `events`: `customer.created`, `customer.merged` for each
 /// merge, and `conversation.closed` for each conversation a merge closed.
-fn announce_resolution(resolution: &Resolution, events: &mut EventBatch) {
-    let customer = &resolution.customer;
-    if resolution.created {
-        events.customer_created(customer);
-    }
-    for merge in &resolution.merges {
-        events.customer_merged(customer, &merge.from, &merge.via);
+fn announce_resolution(resolution: &SenderResolution, events: &mut EventBatch) {
+    // The profile is there exactly when one of these events announces it.
+    if let Some(customer) = &resolution.profile {
+        if resolution.created {
+            events.customer_created(customer);
+        }
+        for merge in &resolution.merges {
+            events.customer_merged(customer, &merge.from, &merge.via);
+        }
     }
     for closed in &resolution.closed {
         events.conversation_closed(closed, None);

@@ -18,7 +18,7 @@ use crate::identity::{IdentityKey, IdentityStrength};
 use crate::model::{Agent, AgentStatus, Conversation, ConversationStatus, Customer};
 use crate::store::{
     AgentUpdate, Assignment, InboundOutcome, InboundRecord, InboundRouting, Merge, Resolution,
-    ResolveRequest, Store, StoreError, TransferTarget, route_inbound_stepwise,
+    ResolveRequest, SenderResolution, Store, StoreError, TransferTarget, route_inbound_stepwise,
 };
 
 use IdentityStrength::{Strong, Weak};
@@ -2246,7 +2246,10 @@ async fn route(store: &Arc<dyn Store>, req: InboundRouting<'_>) -> InboundOutcom
 }
 
 /// The parts of a [`InboundOutcome::Routed`]; panics on a duplicate.
-fn routed(what: &str, outcome: InboundOutcome) -> (Resolution, InboundRecord, Vec<Assignment>) {
+fn routed(
+    what: &str,
+    outcome: InboundOutcome,
+) -> (SenderResolution, InboundRecord, Vec<Assignment>) {
     match outcome {
         InboundOutcome::Routed {
             resolution,
@@ -2272,7 +2275,11 @@ pub async fn route_inbound_opens_and_assigns(factory: &impl MakeStore, prefix: &
     let (resolution, record, assignments) =
         routed(what, route(&store, routing(prefix, &e, &pool, at(1))).await);
 
-    let customer = &resolution.customer;
+    let customer = resolution
+        .profile
+        .as_ref()
+        .unwrap_or_else(|| panic!("{what}: a created profile must come with the outcome"));
+    assert_eq!(customer.id, resolution.customer_id, "{what}: customer id");
     assert!(resolution.created, "{what}: profile not reported created");
     assert!(
         resolution.merges.is_empty() && resolution.closed.is_empty(),
@@ -2399,7 +2406,7 @@ pub async fn route_inbound_retry_changes_nothing(factory: &impl MakeStore, prefi
     let (resolution, record, assignments) =
         routed(what, route(&store, routing(prefix, &e, &pool, at(2))).await);
     assert_eq!(
-        resolution.customer.id, first.customer.id,
+        resolution.customer_id, first.customer_id,
         "{what}: retry profile"
     );
     assert!(
@@ -2449,6 +2456,10 @@ pub async fn route_inbound_retry_changes_nothing(factory: &impl MakeStore, prefi
         !resolution.created && !record.created && !record.duplicate,
         "{what}: a later message: {resolution:?} {record:?}"
     );
+    assert!(
+        resolution.profile.is_none(),
+        "{what}: the profile of a known customer is not read back for routing: {resolution:?}"
+    );
     let (resolution, record, assignments) = routed(
         what,
         route(&store, routing(prefix, &later, &pool, at(4))).await,
@@ -2497,7 +2508,7 @@ pub async fn route_inbound_duplicate_claim_changes_nothing(factory: &impl MakeSt
         "{what}: a duplicate's identity was linked to a profile"
     );
     assert_eq!(
-        get_customer(&store, &resolution.customer.id)
+        get_customer(&store, &resolution.customer_id)
             .await
             .last_seen,
         at(1),
@@ -2543,7 +2554,7 @@ pub async fn route_inbound_profiles_converge(factory: &impl MakeStore, prefix: &
     );
     let ((ra, ia, _), (rb, ib, _)) = (routed(what, a), routed(what, b));
     assert_eq!(
-        ra.customer.id, rb.customer.id,
+        ra.customer_id, rb.customer_id,
         "{what}: concurrent routings diverged"
     );
     assert!(
@@ -2558,7 +2569,7 @@ pub async fn route_inbound_profiles_converge(factory: &impl MakeStore, prefix: &
         ia.created != ib.created,
         "{what}: exactly one message opens the conversation"
     );
-    let id = ra.customer.id.clone();
+    let id = ra.customer_id.clone();
     let app_key = key(prefix, "app_user", "shop-app", "8");
     for k in [&phone, &app_key, &wx_key] {
         assert_eq!(
@@ -2597,10 +2608,15 @@ pub async fn route_inbound_profiles_converge(factory: &impl MakeStore, prefix: &
         route(&store, routing(prefix, &both, &pool, at(4))).await,
     );
     assert_eq!(
-        resolution.customer.id, older.conversation.customer_id,
+        resolution.customer_id, older.conversation.customer_id,
         "{what}: the older profile survives"
     );
     assert_eq!(resolution.merges.len(), 1, "{what}: merges");
+    assert_eq!(
+        resolution.profile.as_ref().map(|c| c.id.as_str()),
+        Some(older.conversation.customer_id.as_str()),
+        "{what}: a merge comes with the survivor's profile (customer.merged announces it)"
+    );
     assert_eq!(
         resolution
             .closed
@@ -2627,6 +2643,7 @@ enum Shape {
     Duplicate,
     Routed {
         customer_created: bool,
+        profile: bool,
         merges: usize,
         closed: Vec<usize>,
         conversation: usize,
@@ -2683,6 +2700,7 @@ impl Scenario<'_> {
         let c = &record.conversation;
         Shape::Routed {
             customer_created: resolution.created,
+            profile: resolution.profile.is_some(),
             merges: resolution.merges.len(),
             closed: resolution
                 .closed

@@ -645,7 +645,7 @@ impl Store for EmbeddedStore {
             Vec::new()
         };
         Ok(InboundOutcome::Routed {
-            resolution,
+            resolution: resolution.into(),
             record,
             assignments,
         })

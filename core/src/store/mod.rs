@@ -110,6 +110,36 @@ pub struct Resolution {
     pub closed: Vec<Conversation>,
 }
 
+/// How [`Store::route_inbound`] resolved the sender: a [`Resolution`] that carries the whole
+/// profile only when an event announces it (it was created, or others were merged into it), so
+/// that routing the common message, from a known customer, does not read the profile back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SenderResolution {
+    /// The customer the identities belong to now.
+    pub customer_id: String,
+    /// The profile, exactly when `created` is set or `merges` is not empty.
+    pub profile: Option<Customer>,
+    /// As [`Resolution::created`].
+    pub created: bool,
+    /// As [`Resolution::merges`].
+    pub merges: Vec<Merge>,
+    /// As [`Resolution::closed`].
+    pub closed: Vec<Conversation>,
+}
+
+impl From<Resolution> for SenderResolution {
+    fn from(r: Resolution) -> Self {
+        let announced = r.created || !r.merges.is_empty();
+        SenderResolution {
+            customer_id: r.customer.id.clone(),
+            profile: announced.then_some(r.customer),
+            created: r.created,
+            merges: r.merges,
+            closed: r.closed,
+        }
+    }
+}
+
 /// Outcome of [`Store::record_inbound`].
 #[derive(Debug, Clone)]
 pub struct InboundRecord {
@@ -165,7 +195,7 @@ pub enum InboundOutcome {
     /// The message is recorded (now, or by an earlier attempt with this envelope id).
     Routed {
         /// The customer the sender's identities resolved to.
-        resolution: Resolution,
+        resolution: SenderResolution,
         /// The recording; its conversation is as recorded, before any assignment below.
         record: InboundRecord,
         /// Assignments made in the conversation's pool because the conversation was queued
@@ -206,7 +236,7 @@ pub async fn route_inbound_stepwise<S: Store + ?Sized>(
         Vec::new()
     };
     Ok(InboundOutcome::Routed {
-        resolution,
+        resolution: resolution.into(),
         record,
         assignments,
     })

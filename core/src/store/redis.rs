@@ -48,7 +48,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 
 use super::{
     AgentUpdate, Assignment, InboundOutcome, InboundRecord, InboundRouting, MailboxItem, Merge,
-    Release, Resolution, ResolveRequest, Store, StoreError, TransferTarget,
+    Release, Resolution, ResolveRequest, SenderResolution, Store, StoreError, TransferTarget,
 };
 use crate::envelope::{ChannelRef, Envelope, Sender, new_id};
 use crate::identity::{IdentityKey, IdentityStrength};
@@ -611,38 +611,78 @@ fn opt_customer(v: Value) -> Result<Option<Customer>, StoreError> {
     }
 }
 
-/// `resolve.lua`'s reply: `{'ok', created, customer, merges, linked, closed}`.
+/// `resolve.lua`'s reply: `{'ok', created, customer, merges, linked, closed, customer id}`.
 fn resolution(v: Value) -> Result<Resolution, StoreError> {
-    let (_, mut items) = tagged(v)?;
-    let created = text(items.next()?)? == "1";
-    let customer = customer(items.next()?)?;
-    let mut merges = Vec::new();
-    for m in list(items.next()?)? {
-        let mut m = Items::of(m)?;
-        merges.push(Merge {
-            from: text(m.next()?)?,
-            into: text(m.next()?)?,
-            via: texts(m.next()?)?
-                .into_iter()
-                .map(identity_key)
-                .collect::<Result<_, _>>()?,
-        });
-    }
-    let linked = texts(items.next()?)?
-        .into_iter()
-        .map(identity_key)
-        .collect::<Result<_, _>>()?;
-    let closed = list(items.next()?)?
-        .into_iter()
-        .map(some_conversation)
-        .collect::<Result<_, _>>()?;
+    let parts = ResolutionParts::of(v)?;
+    let customer = parts
+        .profile
+        .ok_or_else(|| bad("resolve_customer answered without the profile"))?;
     Ok(Resolution {
         customer,
-        created,
-        merges,
-        linked,
-        closed,
+        created: parts.created,
+        merges: parts.merges,
+        linked: parts.linked,
+        closed: parts.closed,
     })
+}
+
+/// `resolve.lua`'s reply when asked for the profile only if an event announces it (`false`
+/// in its place otherwise).
+fn sender_resolution(v: Value) -> Result<SenderResolution, StoreError> {
+    let parts = ResolutionParts::of(v)?;
+    Ok(SenderResolution {
+        customer_id: parts.customer_id,
+        profile: parts.profile,
+        created: parts.created,
+        merges: parts.merges,
+        closed: parts.closed,
+    })
+}
+
+/// The fields of `resolve.lua`'s reply.
+struct ResolutionParts {
+    created: bool,
+    profile: Option<Customer>,
+    merges: Vec<Merge>,
+    linked: Vec<IdentityKey>,
+    closed: Vec<Conversation>,
+    customer_id: String,
+}
+
+impl ResolutionParts {
+    fn of(v: Value) -> Result<Self, StoreError> {
+        let (_, mut items) = tagged(v)?;
+        let created = text(items.next()?)? == "1";
+        let profile = opt_customer(items.next()?)?;
+        let mut merges = Vec::new();
+        for m in list(items.next()?)? {
+            let mut m = Items::of(m)?;
+            merges.push(Merge {
+                from: text(m.next()?)?,
+                into: text(m.next()?)?,
+                via: texts(m.next()?)?
+                    .into_iter()
+                    .map(identity_key)
+                    .collect::<Result<_, _>>()?,
+            });
+        }
+        let linked = texts(items.next()?)?
+            .into_iter()
+            .map(identity_key)
+            .collect::<Result<_, _>>()?;
+        let closed = list(items.next()?)?
+            .into_iter()
+            .map(some_conversation)
+            .collect::<Result<_, _>>()?;
+        Ok(ResolutionParts {
+            created,
+            profile,
+            merges,
+            linked,
+            closed,
+            customer_id: text(items.next()?)?,
+        })
+    }
 }
 
 /// `record_inbound.lua`'s reply: `{'ok' | 'dup', created, conversation}`.
@@ -679,7 +719,7 @@ fn inbound_outcome(v: Value) -> Result<InboundOutcome, StoreError> {
             first: text(items.next()?)?,
         }),
         "routed" => Ok(InboundOutcome::Routed {
-            resolution: resolution(items.next()?)?,
+            resolution: sender_resolution(items.next()?)?,
             record: inbound_record(items.next()?)?,
             assignments: assignments(items.next()?)?,
         }),
@@ -763,7 +803,9 @@ impl Store for RedisStore {
 
     async fn route_inbound(&self, req: InboundRouting<'_>) -> Result<InboundOutcome, StoreError> {
         let claim = self.claim_args(&req.claim, &req.envelope.id, req.claim_ttl);
-        let resolve = self.resolve_args(&req.resolve);
+        let mut resolve = self.resolve_args(&req.resolve);
+        // Routing needs the profile only for the events that announce it.
+        resolve.push("announced".to_owned());
         // The script replaces the customer fields with the customer it resolves.
         let record = self.record_args(req.envelope, &req.pool, req.resolve.now)?;
         let mut inv = ROUTE_INBOUND.prepare_invoke();

@@ -1,9 +1,10 @@
 -- resolve_customer. ARGV: prefix, tenant, explicit (1/0), has display name (1/0), display name,
 -- now, id for a new profile, n, then n pairs (identity key, `strong`|`weak`), then the source
 -- (envelope id; empty when none): a retry of the request that created the profile reports it
--- created again.
+-- created again; then, optionally, `announced`: the profile is replied only when it was created
+-- or others were merged into it (`false` in its place otherwise), as routing needs it.
 -- Reply: {'ok', created (1/0), customer, merges {{from, into, {via...}}...}, linked {...},
--- closed {conversation...}}.
+-- closed {conversation...}, customer id}.
 
 local tenant, explicit = ARGV[2], ARGV[3] == '1'
 local has_name, name, now, new_id = ARGV[4] == '1', ARGV[5], ARGV[6], ARGV[7]
@@ -14,6 +15,7 @@ for i = 1, n do
   strengths[i] = ARGV[8 + 2 * i]
 end
 local source = ARGV[9 + 2 * n] or ''
+local profile_if_announced = ARGV[10 + 2 * n] == 'announced'
 
 -- Merges profile `from` into `into`: identities, redirects, merged_from, tags, attributes, name,
 -- first/last seen, and the open conversation. Returns the id of a conversation the merge
@@ -247,4 +249,8 @@ end
 if not cur[2] and has_name then
   redis.call('HSET', ck, 'display_name', name)
 end
-return { 'ok', created and 1 or 0, customer_reply(winner), merges, linked, closed }
+local profile = false
+if created or #merges > 0 or not profile_if_announced then
+  profile = customer_reply(winner)
+end
+return { 'ok', created and 1 or 0, profile, merges, linked, closed, winner }

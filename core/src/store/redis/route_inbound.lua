@@ -41,8 +41,8 @@ local resolution = resolve_customer(resolve_args)
 if resolution[1] == 'err' then
   return resolution
 end
--- The customer reply's first element is the profile hash.
-record_args[3], record_args[4] = '1', field(resolution[3][1], 'id')
+-- The reply's seventh element is the customer id.
+record_args[3], record_args[4] = '1', resolution[7]
 
 local record = record_inbound(record_args)
 if record[1] == 'err' then
