@@ -4,6 +4,7 @@
 #
 #   bench/run-amqp.sh                    # build (release), then every run below (~8 min)
 #   ROUTERS=2 ONLY_SY_MAX=1 bench/run-amqp.sh   # two `switchyard router` processes, max rate only
+#   ONLY_SY_MAX=1 WITH_SPREAD=1 bench/run-amqp.sh  # max rate with few and with many agents
 #   ONLY_PROFILE=1 bench/run-amqp.sh     # only a max-rate run under `perf record -g`
 #   PROFILE=1 bench/run-amqp.sh          # everything, then the profiled run
 #
@@ -46,6 +47,7 @@ AGENT_SPREAD=${AGENT_SPREAD:-10}     # the many-agents run registers this many t
 PROFILE=${PROFILE:-0}                # 1: also a max-rate run under perf record
 ONLY_PROFILE=${ONLY_PROFILE:-0}      # 1: only the profiled run
 ONLY_SY_MAX=${ONLY_SY_MAX:-0}        # 1: only Switchyard at max rate (e.g. with ROUTERS=2)
+WITH_SPREAD=${WITH_SPREAD:-0}        # with ONLY_SY_MAX=1: also the many-agents run
 PROFILE_MESSAGES=${PROFILE_MESSAGES:-30000}
 PERF_FREQ=${PERF_FREQ:-199}
 SKIP_BUILD=${SKIP_BUILD:-0}
@@ -420,6 +422,7 @@ if [ "$ONLY_PROFILE" = 1 ]; then
   PROFILE=1
 elif [ "$ONLY_SY_MAX" = 1 ]; then
   sy_run sy-max max
+  [ "$WITH_SPREAD" = 1 ] && sy_run sy-max-spread max "" "$AGENT_SPREAD"
 else
   ceiling ceiling-max --rate max --messages "$MESSAGES"
   CEIL_MAX=$(jq -r '.delivered_per_s | floor' "$OUT/ceiling-max.json")
