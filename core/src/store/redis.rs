@@ -4,8 +4,10 @@
 //!   run with EVALSHA through [`Script::invoke_async`], which reloads a script the server lost),
 //!   so concurrent routers never read-modify-write across an await: two resolutions of one
 //!   person converge on one profile, a conversation is never assigned twice, no agent goes over
-//!   capacity. `claim_key` and the mailbox operations are scripts too; `set_key` and
-//!   `delete_key` are single commands (`SET PX`, `DEL`), atomic on their own. Pure reads run
+//!   capacity. The mailbox operations are scripts too; `set_key` and `delete_key` are single
+//!   commands (`SET PX`, `DEL`), atomic on their own, and `claim_key` is a `SET NX PX` (plus a
+//!   `GET` of the holder when the key is taken; a script would cost the server more than both
+//!   commands). Pure reads run
 //!   one read-only script each, so they see one consistent snapshot, and are retried once on an
 //!   I/O error.
 //! - `route_inbound`, the router's whole work for one inbound message, is one script as well,
@@ -13,8 +15,9 @@
 //!   `record_inbound` and `assign_queued`, each wrapped as a local function of its `ARGV`
 //!   (`routine`), then `route_inbound.lua`, which chains them and answers the error reply of a
 //!   failing step as its own (the steps before it stay done, as with separate calls). Routing a
-//!   message thus costs one `EVALSHA` (one round trip), whose per-call overhead dominates what
-//!   a script does.
+//!   message thus costs one `EVALSHA` (one round trip). What a script costs the server is the
+//!   `redis.call`s it makes and the Lua around them, so the scripts avoid re-reading what they
+//!   know (see docs/benchmarks-amqp.md).
 //! - Records that scripts change are hashes of scalar fields (customer, conversation, agent);
 //!   collections are lists, sets and sorted sets; messages are a capped list of envelope JSON
 //!   strings written and read only by Rust (Lua never decodes or encodes JSON). The key layout
@@ -56,6 +59,9 @@ use crate::model::{
     Agent, AgentStatus, Conversation, ConversationStatus, Customer, IdentityRecord,
 };
 
+/// `claim_key` attempts when the held key vanishes between `SET NX` and `GET`.
+const CLAIM_ATTEMPTS: usize = 3;
+
 /// Messages kept per conversation; older ones are trimmed from the list.
 pub const MAX_MESSAGES_PER_CONVERSATION: usize = 10_000;
 /// Longest presence a heartbeat arms.
@@ -95,7 +101,6 @@ fn routine(name: &str, body: &str) -> String {
     format!("local function {name}(ARGV)\n{body}\nend\n")
 }
 
-static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM_LUA));
 static RESOLVE: LazyLock<Script> = LazyLock::new(|| script(RESOLVE_LUA));
 static RECORD_INBOUND: LazyLock<Script> = LazyLock::new(|| script(RECORD_INBOUND_LUA));
 static ASSIGN: LazyLock<Script> = LazyLock::new(|| script(ASSIGN_LUA));
@@ -746,10 +751,33 @@ impl Store for RedisStore {
         value: &str,
         ttl: Duration,
     ) -> Result<Option<String>, StoreError> {
-        let mut inv = CLAIM.prepare_invoke();
-        inv.arg(self.claim_args(key, value, ttl));
-        // Not retried: a claim that reached the server before the error would answer ourselves.
-        opt_text(self.eval(&inv, false).await?)
+        // No script: a new key (the common case) costs one plain `SET NX`; only a held key
+        // costs a `GET` for its holder, and one that vanished in between (expired or released)
+        // is claimed again.
+        let full = self.kv_key(key);
+        let mut con = self.con.clone();
+        for _ in 0..CLAIM_ATTEMPTS {
+            let mut set = ::redis::cmd("SET");
+            set.arg(&full)
+                .arg(value)
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl_millis(ttl));
+            // Not retried: a claim that reached the server before the error would answer
+            // ourselves.
+            let claimed: Value = set.query_async(&mut con).await.map_err(unavailable)?;
+            if !is_none(&claimed) {
+                return Ok(None);
+            }
+            let mut get = ::redis::cmd("GET");
+            get.arg(&full);
+            if let Some(holder) = opt_text(self.command(&get).await?)? {
+                return Ok(Some(holder));
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "the claim on `{key}` changed hands {CLAIM_ATTEMPTS} times in a row"
+        )))
     }
 
     async fn set_key(&self, key: &str, value: &str, ttl: Duration) -> Result<(), StoreError> {

@@ -1,5 +1,6 @@
--- claim_key: SET NX PX that answers the holder's value. ARGV: the key (already prefixed),
--- value, ttl ms. Reply: the holder's value, or false when the claim is ours.
+-- claim_key, the first step of route_inbound (Store::claim_key itself sends SET NX PX, then GET
+-- when the key is taken): SET NX PX that answers the holder's value. ARGV: the key (already
+-- prefixed), value, ttl ms. Reply: the holder's value, or false when the claim is ours.
 local held = redis.call('GET', ARGV[1])
 if held then
   return held
