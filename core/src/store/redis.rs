@@ -89,10 +89,41 @@ const ROUTE_INBOUND_LUA: &str = include_str!("redis/route_inbound.lua");
 
 /// A store script: `body` after `MAX_MESSAGES` and the prelude's shared helpers.
 fn script(body: &str) -> Script {
+    let conversation_fields = CONVERSATION_FIELDS
+        .iter()
+        .map(|f| format!("'{f}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
     Script::new(&format!(
-        "local MAX_MESSAGES = {MAX_MESSAGES_PER_CONVERSATION}\n{PRELUDE}\n{body}"
+        "local MAX_MESSAGES = {MAX_MESSAGES_PER_CONVERSATION}\n\
+         local CONV_FIELDS = {{ {conversation_fields} }}\n{PRELUDE}\n{body}"
     ))
 }
+
+/// The fields of a conversation hash that scripts reply (`conv_reply` in `prelude.lua`, as
+/// `CONV_FIELDS`), values only, in this order: half the size of the field-value pairs of
+/// `HGETALL`, and without the internal fields.
+const CONVERSATION_FIELDS: [&str; 19] = [
+    "id",
+    "tenant",
+    "customer_id",
+    "status",
+    "pool",
+    "agent_id",
+    "channel_kind",
+    "channel_id",
+    "recipient",
+    "last_inbound_id",
+    "last_inbound_at",
+    "replies_since_inbound",
+    "created_at",
+    "updated_at",
+    "queued_at",
+    "assigned_at",
+    "closed_at",
+    "close_reason",
+    "message_count",
+];
 
 /// `body`, a script's top-level code (reading `ARGV`, answering with `return`), as the source
 /// of a local function `name(ARGV)` answering that reply, so that one script can run the steps
@@ -473,8 +504,23 @@ impl Fields {
     }
 }
 
+/// A `conv_reply`: the values of [`CONVERSATION_FIELDS`], in order, absent ones nil (all of
+/// them when the conversation does not exist).
 fn conversation(v: Value) -> Result<Option<Conversation>, StoreError> {
-    let map = fields(v)?;
+    let values = list(v)?;
+    if values.len() != CONVERSATION_FIELDS.len() {
+        return Err(bad(format_args!(
+            "a conversation reply has {} values, not {}",
+            values.len(),
+            CONVERSATION_FIELDS.len()
+        )));
+    }
+    let mut map = HashMap::with_capacity(values.len());
+    for (name, value) in CONVERSATION_FIELDS.iter().zip(values) {
+        if let Some(value) = opt_text(value)? {
+            map.insert((*name).to_owned(), value);
+        }
+    }
     if map.is_empty() {
         return Ok(None);
     }
@@ -1095,6 +1141,59 @@ mod tests {
         assert_eq!(ttl_millis(Duration::ZERO), 1);
         assert_eq!(ttl_millis(Duration::from_micros(1500)), 2);
         assert_eq!(ttl_millis(Duration::from_secs(60)), 60_000);
+    }
+
+    #[test]
+    fn conversation_replies_are_positional() {
+        let nil = || Value::Nil;
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let absent = Value::Array(CONVERSATION_FIELDS.iter().map(|_| nil()).collect());
+        assert!(conversation(absent).unwrap().is_none());
+        let short = Value::Array(vec![bulk("c-1")]);
+        assert!(matches!(
+            conversation(short),
+            Err(StoreError::Unavailable(_))
+        ));
+
+        let stamp = "2026-01-01T00:00:00.000000000Z";
+        let recipient = r#"{"external_id":"u1","scope":"shop-app","identities":[]}"#;
+        let value = |field: &str| match field {
+            "id" => Some("c-1"),
+            "tenant" => Some("default"),
+            "customer_id" => Some("cu-1"),
+            "status" => Some("assigned"),
+            "pool" => Some("default"),
+            "agent_id" => Some("a-1"),
+            "channel_kind" => Some("api"),
+            "channel_id" => Some("shop-app"),
+            "recipient" => Some(recipient),
+            "replies_since_inbound" => Some("2"),
+            "created_at" | "updated_at" | "assigned_at" => Some(stamp),
+            "message_count" => Some("7"),
+            _ => None,
+        };
+        let reply = Value::Array(
+            CONVERSATION_FIELDS
+                .iter()
+                .map(|f| value(f).map_or_else(nil, bulk))
+                .collect(),
+        );
+        let c = conversation(reply).unwrap().unwrap();
+        assert_eq!(
+            (c.id.as_str(), c.customer_id.as_str(), c.agent_id.as_deref()),
+            ("c-1", "cu-1", Some("a-1"))
+        );
+        assert_eq!(c.status, ConversationStatus::Assigned);
+        assert_eq!(
+            (c.channel.kind.as_str(), c.channel.id.as_str()),
+            ("api", "shop-app")
+        );
+        assert_eq!((c.replies_since_inbound, c.message_count), (2, 7));
+        assert_eq!(c.assigned_at, Some(time(stamp).unwrap()));
+        assert_eq!(
+            (c.queued_at, c.closed_at, c.close_reason),
+            (None, None, None)
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
 -- Shared by every Switchyard store script (prepended by core/src/store/redis.rs, which also
--- defines MAX_MESSAGES above this line). ARGV[1] is the key prefix; every key is
+-- defines MAX_MESSAGES and CONV_FIELDS above this line). ARGV[1] is the key prefix; every key is
 -- `<prefix>:<family>:<id>`, and no family name contains `:`, so families never collide whatever
 -- the ids contain. Timestamps are fixed-width RFC 3339 strings with nanoseconds, so comparing
 -- them byte-wise compares the instants.
@@ -72,8 +72,20 @@ local function follow_merged(conv)
   return conv
 end
 
+-- A conversation as replied to Rust: the values of CONV_FIELDS (defined with the reply's parser
+-- in core/src/store/redis.rs), in order; all nil when it does not exist.
 local function conv_reply(id)
-  return redis.call('HGETALL', key('conv', id))
+  return redis.call('HMGET', key('conv', id), unpack(CONV_FIELDS))
+end
+
+-- Field `name` of a conv_reply.
+local function conv_field(reply, name)
+  for i, f in ipairs(CONV_FIELDS) do
+    if f == name then
+      return reply[i]
+    end
+  end
+  return nil
 end
 
 local function agent_reply(id)

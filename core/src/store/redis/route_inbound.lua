@@ -21,16 +21,6 @@ local function section()
 end
 local claim_args, resolve_args, record_args = section(), section(), section()
 
--- A field of a flat HGETALL reply.
-local function field(flat, name)
-  for i = 1, #flat - 1, 2 do
-    if flat[i] == name then
-      return flat[i + 1]
-    end
-  end
-  return nil
-end
-
 local env_id, now = claim_args[2], resolve_args[6]
 local holder = claim_key(claim_args)
 if holder and holder ~= env_id then
@@ -50,7 +40,7 @@ if record[1] == 'err' then
 end
 local conv = record[3]
 local assignments = {}
-if field(conv, 'status') == 'queued' then
-  assignments = assign_queued({ P, field(conv, 'pool'), now })
+if conv_field(conv, 'status') == 'queued' then
+  assignments = assign_queued({ P, conv_field(conv, 'pool'), now })
 end
 return { 'routed', resolution, record, assignments }
