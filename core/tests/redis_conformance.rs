@@ -67,9 +67,23 @@ impl TestPrefix {
         }
     }
 
+    /// A plain (blocking) connection to the test's Redis, for checking the key layout.
+    fn raw_connection(&self) -> redis::RedisResult<redis::Connection> {
+        redis::Client::open(self.url.as_str())?.get_connection_with_timeout(Duration::from_secs(2))
+    }
+
+    /// The members of `P:pool-online:{pool}`, in order.
+    fn online_index(&self, con: &mut redis::Connection, pool: &str) -> Vec<String> {
+        redis::cmd("ZRANGE")
+            .arg(format!("{}:pool-online:{pool}", self.prefix))
+            .arg(0)
+            .arg(-1)
+            .query(con)
+            .unwrap()
+    }
+
     fn keys(&self) -> redis::RedisResult<Vec<Vec<u8>>> {
-        let client = redis::Client::open(self.url.as_str())?;
-        let mut con = client.get_connection_with_timeout(Duration::from_secs(2))?;
+        let mut con = self.raw_connection()?;
         let pattern = format!("{}:*", glob_escape(&self.prefix));
         let mut cursor = 0_u64;
         let mut keys = Vec::new();
@@ -91,8 +105,7 @@ impl TestPrefix {
 
     fn delete_all(&self) -> redis::RedisResult<usize> {
         let keys = self.keys()?;
-        let client = redis::Client::open(self.url.as_str())?;
-        let mut con = client.get_connection_with_timeout(Duration::from_secs(2))?;
+        let mut con = self.raw_connection()?;
         for chunk in keys.chunks(500) {
             redis::cmd("DEL").arg(chunk).query::<()>(&mut con)?;
         }
@@ -206,10 +219,7 @@ async fn mailbox_keys_expire_and_vanish_when_empty() {
     s.mailbox_push(mailbox, "r1", "{}", 100, Duration::from_secs(60))
         .await
         .unwrap();
-    let client = redis::Client::open(t.url.as_str()).unwrap();
-    let mut con = client
-        .get_connection_with_timeout(Duration::from_secs(2))
-        .unwrap();
+    let mut con = t.raw_connection().unwrap();
     for family in ["mailbox", "mailbox-items"] {
         let k = format!("{}:{family}:{mailbox}", t.prefix);
         let ttl: i64 = redis::cmd("PTTL").arg(&k).query(&mut con).unwrap();
@@ -464,23 +474,12 @@ async fn presence_keys_and_online_index() {
     };
     let s = t.store().await;
     let p = &t.prefix;
-    let client = redis::Client::open(t.url.as_str()).unwrap();
-    let mut con = client
-        .get_connection_with_timeout(Duration::from_secs(2))
-        .unwrap();
+    let mut con = t.raw_connection().unwrap();
     let mut hget = |field: &str| -> Option<String> {
         redis::cmd("HGET")
             .arg(format!("{p}:agent:a"))
             .arg(field)
             .query(&mut con)
-            .unwrap()
-    };
-    let online_index = |con: &mut redis::Connection, pool: &str| -> Vec<String> {
-        redis::cmd("ZRANGE")
-            .arg(format!("{p}:pool-online:{pool}"))
-            .arg(0)
-            .arg(-1)
-            .query(con)
             .unwrap()
     };
     s.upsert_agent(
@@ -499,16 +498,14 @@ async fn presence_keys_and_online_index() {
         .await
         .unwrap();
     assert_eq!(hget("presence").as_deref(), Some("live"));
-    let mut con2 = client
-        .get_connection_with_timeout(Duration::from_secs(2))
-        .unwrap();
+    let mut con2 = t.raw_connection().unwrap();
     let pttl: i64 = redis::cmd("PTTL")
         .arg(format!("{p}:presence:a"))
         .query(&mut con2)
         .unwrap();
     assert!((1..=300).contains(&pttl), "presence PTTL {pttl}");
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(online_index(&mut con2, "p2").len(), 1, "not expired yet");
+    assert_eq!(t.online_index(&mut con2, "p2").len(), 1, "not expired yet");
     // An empty queue expires nobody; a queued conversation makes `a` a candidate.
     let k = key("", "app_user", "shop-app", "u1");
     let c = s
@@ -530,7 +527,7 @@ async fn presence_keys_and_online_index() {
     assert_eq!(hget("presence").as_deref(), Some("lapsed:online"));
     for pool in ["p1", "p2"] {
         assert!(
-            online_index(&mut con2, pool).is_empty(),
+            t.online_index(&mut con2, pool).is_empty(),
             "`{pool}` still indexes the expired agent"
         );
     }
@@ -543,7 +540,7 @@ async fn presence_keys_and_online_index() {
     let member = format!("{}|a", "2026-01-01T00:00:04.000000000Z");
     for pool in ["p1", "p2"] {
         assert_eq!(
-            online_index(&mut con2, pool),
+            t.online_index(&mut con2, pool),
             vec![member.clone()],
             "{pool}"
         );
@@ -573,18 +570,8 @@ async fn ready_index_holds_agents_with_room() {
     };
     let s = t.store().await;
     let p = &t.prefix;
-    let client = redis::Client::open(t.url.as_str()).unwrap();
-    let mut con = client
-        .get_connection_with_timeout(Duration::from_secs(2))
-        .unwrap();
-    let index = |con: &mut redis::Connection| -> Vec<String> {
-        redis::cmd("ZRANGE")
-            .arg(format!("{p}:pool-online:default"))
-            .arg(0)
-            .arg(-1)
-            .query(con)
-            .unwrap()
-    };
+    let mut con = t.raw_connection().unwrap();
+    let index = |con: &mut redis::Connection| t.online_index(con, "default");
     // Members are `{idle_since}|{id}`, idle_since as the store writes it (nanoseconds).
     let member = |secs: i64, id: &str| format!("2026-01-01T00:00:{secs:02}.000000000Z|{id}");
     for (id, secs) in [("a", 0), ("b", 1)] {
