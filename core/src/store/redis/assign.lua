@@ -9,7 +9,8 @@ local pool, now = ARGV[2], ARGV[3]
 local qk, zk = key('queue', pool), key('pool-online', pool)
 local out = {}
 
--- The agent id of the index's first member that can take a conversation, or nil.
+-- The agent id of the index's first member that can take a conversation, with its {status,
+-- idle_since, capacity}; nil when there is none.
 local function first_ready_agent()
   while true do
     local m = redis.call('ZRANGE', zk, 0, 0)[1]
@@ -25,7 +26,7 @@ local function first_ready_agent()
         expire_presence(aid, now)
       elseif a[1] == 'online' and a[4] == string.sub(m, 1, sep - 1)
         and redis.call('LLEN', key('agent-convs', aid)) < (tonumber(a[2]) or 0) then
-        return aid
+        return aid, { a[1], a[4], a[2] }
       end
     end
     redis.call('ZREM', zk, m)
@@ -42,12 +43,12 @@ while true do
     -- Stale entry (closed or moved meanwhile).
     redis.call('LPOP', qk)
   else
-    local chosen = first_ready_agent()
+    local chosen, agent = first_ready_agent()
     if not chosen then
       break
     end
     redis.call('LPOP', qk)
-    take_conversation(chosen, head, now)
+    take_conversation(chosen, head, now, agent)
     redis.call('HSET', key('conv', head), 'status', 'assigned', 'agent_id', chosen,
       'assigned_at', now, 'updated_at', now)
     out[#out + 1] = { conv_reply(head), chosen }

@@ -150,10 +150,11 @@ local function index_agent(id)
 end
 
 -- Hands conversation `conv` to agent `id`: its load grows, its idle_since becomes `now`, and it
--- stays in its pools' indexes only while it still has room.
-local function take_conversation(id, conv, now)
+-- stays in its pools' indexes only while it still has room. `a` is the agent's {status,
+-- idle_since, capacity} when the caller has just read them (read here otherwise).
+local function take_conversation(id, conv, now, a)
   local ak = key('agent', id)
-  local a = redis.call('HMGET', ak, 'status', 'idle_since', 'capacity')
+  a = a or redis.call('HMGET', ak, 'status', 'idle_since', 'capacity')
   local load = redis.call('RPUSH', key('agent-convs', id), conv)
   if a[1] == 'online' then
     local room = load < (tonumber(a[3]) or 0)

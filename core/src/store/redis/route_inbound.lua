@@ -32,7 +32,7 @@ if resolution[1] == 'err' then
   return resolution
 end
 -- The reply's seventh element is the customer id.
-record_args[3], record_args[4] = '1', resolution[7]
+record_args[3], record_args[4] = 'canonical', resolution[7]
 
 local record = record_inbound(record_args)
 if record[1] == 'err' then
