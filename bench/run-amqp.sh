@@ -250,7 +250,7 @@ EOF
     unset SWITCHYARD__ROUTER__INSTANCES SWITCHYARD__ROUTER__INSTANCE
   done
   [ "$ROUTERS" -gt 1 ] && log "$ROUTERS routers, shards split between them: $([ "$share" = 1 ] && echo yes || echo 'no (standby)')"
-  for _ in $(seq 100); do
+  for _ in $(seq 300); do
     if curl -fsS "$GW_URL/readyz" >/dev/null 2>&1; then
       local ok=1
       for i in $(seq "$ROUTERS"); do
