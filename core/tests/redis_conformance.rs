@@ -463,6 +463,30 @@ async fn prefixes_are_isolated() {
     assert!(b.created && b.customer.id != a.customer.id);
 }
 
+/// Resolves the API-channel user `user` and records a message of theirs, whose conversation
+/// (opened in `pool` if new) is returned.
+async fn record_from(s: &Arc<dyn Store>, user: &str, pool: &str, now: DateTime<Utc>) -> String {
+    let k = key("", "app_user", "shop-app", user);
+    let c = s
+        .resolve_customer(ResolveRequest {
+            tenant: DEFAULT_TENANT.to_owned(),
+            identities: vec![(k.clone(), IdentityStrength::Strong)],
+            explicit: false,
+            display_name: None,
+            now,
+            source: None,
+        })
+        .await
+        .unwrap()
+        .customer;
+    let e = inbound_envelope(&c.id, &app_channel(), user, vec![k], "hi", now);
+    s.record_inbound(&e, pool, now)
+        .await
+        .unwrap()
+        .conversation
+        .id
+}
+
 /// The presence layout of docs/redis-keys.md: a heartbeat writes `P:presence:{agent}` with the
 /// TTL and marks the agent hash `presence = live`; an expiry by `assign_queued` takes the agent
 /// out of its pools' online index and leaves `presence = lapsed:online`; a resumed heartbeat puts
@@ -507,21 +531,7 @@ async fn presence_keys_and_online_index() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(t.online_index(&mut con2, "p2").len(), 1, "not expired yet");
     // An empty queue expires nobody; a queued conversation makes `a` a candidate.
-    let k = key("", "app_user", "shop-app", "u1");
-    let c = s
-        .resolve_customer(ResolveRequest {
-            tenant: DEFAULT_TENANT.to_owned(),
-            identities: vec![(k.clone(), IdentityStrength::Strong)],
-            explicit: false,
-            display_name: None,
-            now: at(2),
-            source: None,
-        })
-        .await
-        .unwrap()
-        .customer;
-    let e = inbound_envelope(&c.id, &app_channel(), "u1", vec![k], "hi", at(2));
-    s.record_inbound(&e, "p1", at(2)).await.unwrap();
+    record_from(&s, "u1", "p1", at(2)).await;
     assert!(s.assign_queued("p1", at(3)).await.unwrap().is_empty());
     assert_eq!(hget("status").as_deref(), Some("offline"));
     assert_eq!(hget("presence").as_deref(), Some("lapsed:online"));
@@ -593,24 +603,10 @@ async fn ready_index_holds_agents_with_room() {
     let open = |user: &'static str, secs: i64| {
         let s = Arc::clone(&s);
         async move {
-            let k = key("", "app_user", "shop-app", user);
-            let c = s
-                .resolve_customer(ResolveRequest {
-                    tenant: DEFAULT_TENANT.to_owned(),
-                    identities: vec![(k.clone(), IdentityStrength::Strong)],
-                    explicit: false,
-                    display_name: None,
-                    now: at(secs),
-                    source: None,
-                })
-                .await
-                .unwrap()
-                .customer;
-            let e = inbound_envelope(&c.id, &app_channel(), user, vec![k], "hi", at(secs));
-            let record = s.record_inbound(&e, "default", at(secs)).await.unwrap();
+            let conversation = record_from(&s, user, "default", at(secs)).await;
             let assigned = s.assign_queued("default", at(secs)).await.unwrap();
             let agents: Vec<String> = assigned.into_iter().map(|a| a.agent_id).collect();
-            (record.conversation.id, agents)
+            (conversation, agents)
         }
     };
     let (c1, agents) = open("u1", 10).await;
