@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 
 use super::{
     AgentUpdate, Assignment, InboundOutcome, InboundRecord, InboundRouting, MailboxItem, Merge,
-    Release, Resolution, ResolveRequest, Store, StoreError, TransferTarget,
+    Release, Resolution, ResolveRequest, SenderResolution, Store, StoreError, TransferTarget,
 };
 use crate::envelope::{Envelope, new_id};
 use crate::identity::{IdentityKey, IdentityStrength};
@@ -79,6 +79,15 @@ enum Presence {
 }
 
 mod agents;
+
+/// What resolving a sender did ([`State::resolve`]), naming the surviving profile by id.
+struct Resolved {
+    customer_id: String,
+    created: bool,
+    merges: Vec<Merge>,
+    linked: Vec<IdentityKey>,
+    closed: Vec<Conversation>,
+}
 
 impl EmbeddedStore {
     /// An empty store.
@@ -354,8 +363,46 @@ impl State {
         }
     }
 
-    /// [`Store::resolve_customer`].
+    /// [`Store::resolve_customer`]: the resolution with the whole profile.
     fn resolve_customer(&mut self, req: &ResolveRequest) -> Result<Resolution, StoreError> {
+        let r = self.resolve(req)?;
+        Ok(Resolution {
+            customer: self.profile(&r.customer_id)?,
+            created: r.created,
+            merges: r.merges,
+            linked: r.linked,
+            closed: r.closed,
+        })
+    }
+
+    /// The resolution [`Store::route_inbound`] answers: the profile only when it was created or
+    /// others were merged into it (as [`SenderResolution`] says), so a known customer's is not
+    /// copied.
+    fn resolve_sender(&mut self, req: &ResolveRequest) -> Result<SenderResolution, StoreError> {
+        let r = self.resolve(req)?;
+        let announced = r.created || !r.merges.is_empty();
+        Ok(SenderResolution {
+            profile: announced
+                .then(|| self.profile(&r.customer_id))
+                .transpose()?,
+            customer_id: r.customer_id,
+            created: r.created,
+            merges: r.merges,
+            closed: r.closed,
+        })
+    }
+
+    /// A copy of profile `id`.
+    fn profile(&self, id: &str) -> Result<Customer, StoreError> {
+        self.customers
+            .get(id)
+            .cloned()
+            .ok_or_else(|| not_found("customer", id))
+    }
+
+    /// Resolves `req`'s identities into one profile (merging, linking, creating as the rules
+    /// say) and reports what it did, naming the profile by id.
+    fn resolve(&mut self, req: &ResolveRequest) -> Result<Resolved, StoreError> {
         let now = req.now;
         // Owners that this request may merge: strong keys always, weak keys only when explicit.
         let mut merging: Vec<(String, IdentityKey)> = Vec::new();
@@ -461,8 +508,8 @@ impl State {
         if customer.display_name.is_none() {
             customer.display_name = req.display_name.clone();
         }
-        Ok(Resolution {
-            customer: customer.clone(),
+        Ok(Resolved {
+            customer_id: winner,
             created,
             merges,
             linked,
@@ -637,15 +684,15 @@ impl Store for EmbeddedStore {
             return Ok(InboundOutcome::Duplicate { first });
         }
         let now = req.resolve.now;
-        let resolution = s.resolve_customer(&req.resolve)?;
-        let record = s.record_inbound(envelope, Some(&resolution.customer.id), &req.pool, now)?;
+        let resolution = s.resolve_sender(&req.resolve)?;
+        let record = s.record_inbound(envelope, Some(&resolution.customer_id), &req.pool, now)?;
         let assignments = if record.conversation.status == ConversationStatus::Queued {
             s.assign_queued(&record.conversation.pool, now)
         } else {
             Vec::new()
         };
         Ok(InboundOutcome::Routed {
-            resolution: resolution.into(),
+            resolution,
             record,
             assignments,
         })
