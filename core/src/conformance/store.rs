@@ -2212,7 +2212,12 @@ pub async fn lapsed_agents_are_swept(factory: &impl MakeStore, prefix: &str) {
 
 /// A message from the person with app-user key `{prefix}{name}` (and the `extra` keys), not
 /// routed yet (no `customer_id`).
-fn unrouted(prefix: &str, name: &str, extra: &[IdentityKey], now: DateTime<Utc>) -> Envelope {
+pub(crate) fn unrouted(
+    prefix: &str,
+    name: &str,
+    extra: &[IdentityKey],
+    now: DateTime<Utc>,
+) -> Envelope {
     let mut identities = vec![key(prefix, "app_user", "shop-app", name)];
     identities.extend_from_slice(extra);
     let mut e = inbound_envelope("", &app_channel(), name, identities, "hello", now);

@@ -380,7 +380,7 @@ impl State {
     /// copied.
     fn resolve_sender(&mut self, req: &ResolveRequest) -> Result<SenderResolution, StoreError> {
         let r = self.resolve(req)?;
-        let announced = r.created || !r.merges.is_empty();
+        let announced = SenderResolution::carries_profile(r.created, &r.merges);
         Ok(SenderResolution {
             profile: announced
                 .then(|| self.profile(&r.customer_id))
@@ -1079,7 +1079,7 @@ mod tests {
 
     use super::agents::ReadyKey;
     use super::*;
-    use crate::envelope::{ChannelRef, Content, DEFAULT_TENANT, Direction, Sender};
+    use crate::conformance::store::{at, key, unrouted};
 
     const AGENTS: usize = 5;
     const PEOPLE: usize = 6;
@@ -1207,46 +1207,14 @@ mod tests {
         format!("agent-{i}")
     }
 
-    /// `secs` after a fixed epoch.
-    fn at(secs: i64) -> DateTime<Utc> {
-        DateTime::from_timestamp(1_767_225_600 + secs, 0).unwrap()
-    }
-
-    /// A text message from `person` on the `shop-app` API channel.
+    /// A text message from `person` on the `shop-app` API channel, with the shared phone key
+    /// when `phone`.
     fn inbound(person: usize, phone: bool, now: DateTime<Utc>) -> Envelope {
-        let channel = ChannelRef {
-            kind: "api".to_owned(),
-            id: "shop-app".to_owned(),
-        };
-        let mut identities =
-            vec![IdentityKey::new("app_user", "shop-app", &person.to_string()).unwrap()];
-        if phone {
-            identities.push(IdentityKey::new("phone", "", "+8613800000000").unwrap());
-        }
-        let id = new_id();
-        Envelope {
-            id: id.clone(),
-            tenant: DEFAULT_TENANT.to_owned(),
-            direction: Direction::Inbound,
-            sender: Sender {
-                external_id: format!("person-{person}"),
-                scope: channel.id.clone(),
-                display_name: None,
-                identities,
-            },
-            channel,
-            customer_id: None,
-            conversation_id: None,
-            sent_at: now,
-            received_at: now,
-            dedupe_key: format!("shop-app:{id}"),
-            content: Content::Text {
-                text: "hello".to_owned(),
-            },
-            reply_to: None,
-            agent_id: None,
-            raw: None,
-        }
+        let phone: Vec<IdentityKey> = phone
+            .then(|| key("", "phone", "", "+8613800000000"))
+            .into_iter()
+            .collect();
+        unrouted("", &person.to_string(), &phone, now)
     }
 
     /// Accepts a refusal the operation may legitimately meet (`Conflict`, `NotFound`).

@@ -127,9 +127,17 @@ pub struct SenderResolution {
     pub closed: Vec<Conversation>,
 }
 
+impl SenderResolution {
+    /// Whether a resolution that `created` the profile or made `merges` into it carries the
+    /// profile: exactly then `customer.created` or `customer.merged` announces it.
+    pub fn carries_profile(created: bool, merges: &[Merge]) -> bool {
+        created || !merges.is_empty()
+    }
+}
+
 impl From<Resolution> for SenderResolution {
     fn from(r: Resolution) -> Self {
-        let announced = r.created || !r.merges.is_empty();
+        let announced = SenderResolution::carries_profile(r.created, &r.merges);
         SenderResolution {
             customer_id: r.customer.id.clone(),
             profile: announced.then_some(r.customer),
