@@ -128,7 +128,7 @@ end
 -- agent's status, capacity, pools, idle_since or load goes through `unindex_agent` before and
 -- `index_agent` after (or through `take_conversation`, which does both for one assignment).
 
--- Removes agent `id` from the indexes of its pools.
+-- Removes agent `id` from the indexes of its pools; returns its {status, idle_since}.
 local function unindex_agent(id)
   local a = redis.call('HMGET', key('agent', id), 'status', 'idle_since')
   if a[1] == 'online' and a[2] then
@@ -136,6 +136,7 @@ local function unindex_agent(id)
       redis.call('ZREM', key('pool-online', p), online_member(a[2], id))
     end
   end
+  return a
 end
 
 -- Adds agent `id` to the indexes of its pools if it can take a conversation.
@@ -224,9 +225,8 @@ local function expire_presence(id, now)
   if not presence_lapsed(id) then
     return
   end
-  unindex_agent(id)
+  local status = unindex_agent(id)[1]
   local ak = key('agent', id)
-  local status = redis.call('HGET', ak, 'status')
   if status == 'offline' or not status then
     redis.call('HDEL', ak, 'presence')
   else

@@ -38,8 +38,7 @@ if has_status then
   end
 end
 
-unindex_agent(id)
-local old = redis.call('HMGET', ak, 'status', 'idle_since')
+local old = unindex_agent(id)
 if has_name then
   redis.call('HSET', ak, 'name', name)
 end
