@@ -7,6 +7,7 @@
 #   ONLY_SY_MAX=1 WITH_SPREAD=1 bench/run-amqp.sh  # max rate with few and with many agents
 #   ONLY_PROFILE=1 bench/run-amqp.sh     # only a max-rate run under `perf record -g`
 #   PROFILE=1 bench/run-amqp.sh          # everything, then the profiled run
+#   SY_WORKER_THREADS=1 ONLY_SY_MAX=1 bench/run-amqp.sh  # gateway and routers on 1 tokio worker
 #
 # Runs (each Switchyard run on a fresh vhost and Redis key prefix, so agents start empty and
 # queues start drained):
@@ -48,8 +49,11 @@ PROFILE=${PROFILE:-0}                # 1: also a max-rate run under perf record
 ONLY_PROFILE=${ONLY_PROFILE:-0}      # 1: only the profiled run
 ONLY_SY_MAX=${ONLY_SY_MAX:-0}        # 1: only Switchyard at max rate (e.g. with ROUTERS=2)
 WITH_SPREAD=${WITH_SPREAD:-0}        # with ONLY_SY_MAX=1: also the many-agents run
+SY_RATE=${SY_RATE:-}                 # with ONLY_SY_MAX=1: also a run at this fixed rate (msg/s)
 PROFILE_MESSAGES=${PROFILE_MESSAGES:-30000}
 PERF_FREQ=${PERF_FREQ:-199}
+SY_WORKER_THREADS=${SY_WORKER_THREADS:-}  # tokio worker threads of gateway and routers (default: one per CPU)
+SY_ENV=${SY_WORKER_THREADS:+env TOKIO_WORKER_THREADS=$SY_WORKER_THREADS}
 SKIP_BUILD=${SKIP_BUILD:-0}
 AMQP=${AMQP:-amqp://guest:guest@127.0.0.1:5672}
 REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/0}
@@ -227,7 +231,8 @@ secret = "$SECRET"
 callback_url = "http://127.0.0.1:9/unused"
 EOF
   GW_URL="http://127.0.0.1:$port"
-  "$BIN/switchyard" gateway --config "$cfg" >"$OUT/$label-gateway.log" 2>&1 &
+  # shellcheck disable=SC2086 # $SY_ENV is empty or "env TOKIO_WORKER_THREADS=N"
+  $SY_ENV "$BIN/switchyard" gateway --config "$cfg" >"$OUT/$label-gateway.log" 2>&1 &
   GW_PID=$!
   PIDS+=("$GW_PID")
   ROUTER_PIDS=()
@@ -243,7 +248,8 @@ EOF
     if [ "$share" = 1 ]; then
       export SWITCHYARD__ROUTER__INSTANCES=$ROUTERS SWITCHYARD__ROUTER__INSTANCE=$((i - 1))
     fi
-    "$BIN/switchyard" router --config "$cfg" --listen "127.0.0.1:$((port + i))" \
+    # shellcheck disable=SC2086
+    $SY_ENV "$BIN/switchyard" router --config "$cfg" --listen "127.0.0.1:$((port + i))" \
       >"$OUT/$label-router$i.log" 2>&1 &
     ROUTER_PIDS+=($!)
     PIDS+=($!)
@@ -423,6 +429,7 @@ if [ "$ONLY_PROFILE" = 1 ]; then
 elif [ "$ONLY_SY_MAX" = 1 ]; then
   sy_run sy-max max
   [ "$WITH_SPREAD" = 1 ] && sy_run sy-max-spread max "" "$AGENT_SPREAD"
+  [ -n "$SY_RATE" ] && sy_run sy-rate "$SY_RATE"
 else
   ceiling ceiling-max --rate max --messages "$MESSAGES"
   CEIL_MAX=$(jq -r '.delivered_per_s | floor' "$OUT/ceiling-max.json")
