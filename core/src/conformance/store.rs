@@ -2150,16 +2150,21 @@ pub async fn mailbox_push_read_ack(factory: &impl MakeStore, prefix: &str) {
 
 /// `expire_lapsed_agents` sets offline, once, exactly the presence-tracked agents whose
 /// presence lapsed, and returns them; live and never-tracked agents are left alone, and a
-/// resumed heartbeat brings a swept agent back.
+/// resumed heartbeat brings a swept agent back. An agent that an assignment set offline before
+/// the sweep came is returned by the sweep too, once, so its expiry is announced as well.
 pub async fn lapsed_agents_are_swept(factory: &impl MakeStore, prefix: &str) {
     let what = "lapsed_agents_are_swept";
     let store = factory.make().await;
     let pool = format!("{prefix}default");
+    let met_pool = format!("{prefix}met-pool");
     let [gone, live, plain] = ["gone", "live", "plain"].map(|n| format!("{prefix}agent-{n}"));
     for id in [&gone, &live, &plain] {
         agent(&store, id, &[&pool], 1, AgentStatus::Online, at(0)).await;
     }
+    let met = format!("{prefix}agent-met");
+    agent(&store, &met, &[&met_pool], 1, AgentStatus::Online, at(0)).await;
     heartbeat(&store, &gone, PRESENCE_TTL, at(1)).await;
+    heartbeat(&store, &met, PRESENCE_TTL, at(1)).await;
     heartbeat(&store, &live, LONG_PRESENCE_TTL, at(1)).await;
     // Other cases may share the store: only this case's agents count.
     let sweep = |t: i64| {
@@ -2180,18 +2185,33 @@ pub async fn lapsed_agents_are_swept(factory: &impl MakeStore, prefix: &str) {
         "{what}: swept an agent whose presence is alive"
     );
     tokio::time::sleep(PRESENCE_TTL * 2).await;
-    let swept = sweep(3).await;
-    assert_eq!(
-        swept.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
-        vec![gone.as_str()],
-        "{what}: swept agents"
+    // An assignment meets `met` first and sets it offline; the sweep announces it.
+    open(&store, prefix, "waits", &met_pool, at(2)).await;
+    assert!(
+        assign(&store, &met_pool, at(2)).await.is_empty(),
+        "{what}: a lapsed agent got a conversation"
     );
+    assert_eq!(get_agent(&store, &met).await.updated_at, at(2));
+    let mut swept = sweep(3).await;
+    swept.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut expected = vec![(gone.clone(), at(3)), (met.clone(), at(2))];
+    expected.sort();
     assert_eq!(
-        swept[0].status,
-        AgentStatus::Offline,
-        "{what}: swept status"
+        swept
+            .iter()
+            .map(|a| (a.id.clone(), a.updated_at))
+            .collect::<Vec<_>>(),
+        expected,
+        "{what}: swept agents (with the time each was set offline)"
     );
-    assert_eq!(swept[0].updated_at, at(3), "{what}: swept updated_at");
+    for agent in &swept {
+        assert_eq!(
+            agent.status,
+            AgentStatus::Offline,
+            "{what}: swept status of `{}`",
+            agent.id
+        );
+    }
     assert_eq!(get_agent(&store, &gone).await.status, AgentStatus::Offline);
     assert_eq!(get_agent(&store, &live).await.status, AgentStatus::Online);
     assert_eq!(get_agent(&store, &plain).await.status, AgentStatus::Online);

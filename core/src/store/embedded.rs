@@ -57,6 +57,8 @@ struct State {
     conversation_opened_by: HashMap<String, String>,
     /// Agent id -> its heart-beated session presence (absent: not presence-tracked).
     presence: HashMap<String, Presence>,
+    /// Agents an assignment set offline (lapsed presence) that no sweep has returned yet.
+    expired_unannounced: BTreeSet<String>,
     /// Mailboxes by key ([`Store::mailbox_push`]).
     mailboxes: HashMap<String, Mailbox>,
     mailbox_pushes: u64,
@@ -309,6 +311,8 @@ impl State {
             }
             let id = id.clone();
             self.expire_presence(&id, now);
+            // Announced by the next sweep (`expire_lapsed_agents`).
+            self.expired_unannounced.insert(id);
         }
     }
 
@@ -810,10 +814,17 @@ impl Store for EmbeddedStore {
             .collect();
         lapsed.sort();
         let mut out = Vec::with_capacity(lapsed.len());
-        for id in lapsed {
-            s.expire_presence(&id, now);
-            if let Some(agent) = s.agents.get(&id) {
+        for id in &lapsed {
+            s.expire_presence(id, now);
+            if let Some(agent) = s.agents.get(id) {
                 out.push(agent.clone());
+            }
+        }
+        for id in std::mem::take(&mut s.expired_unannounced) {
+            if !lapsed.contains(&id)
+                && let Some(agent) = s.agents.get(&id)
+            {
+                out.push(s.agent_view(agent));
             }
         }
         Ok(out)

@@ -398,7 +398,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Sets offline every presence-tracked agent whose heartbeats stopped longer than its TTL
     /// ago, exactly as assignment does when it meets one, and returns them (for
-    /// `agent.updated`): the expiry becomes visible without waiting for an assignment.
+    /// `agent.updated`): the expiry becomes visible without waiting for an assignment. Also
+    /// returns, once, each agent that an assignment set offline that way since the last call,
+    /// as it is now, so that every expiry is announced.
     async fn expire_lapsed_agents(&self, now: DateTime<Utc>) -> Result<Vec<Agent>, StoreError>;
 
     /// An agent by id.

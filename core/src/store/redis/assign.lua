@@ -24,6 +24,8 @@ local function first_ready_agent()
         'idle_since')
       if a[3] == 'live' and redis.call('EXISTS', key('presence', aid)) == 0 then
         expire_presence(aid, now)
+        -- Announced (agent.updated) by the next sweep, which has the agent's record to hand.
+        redis.call('SADD', P .. ':agents-expired', aid)
       elseif a[1] == 'online' and a[4] == string.sub(m, 1, sep - 1)
         and redis.call('LLEN', key('agent-convs', aid)) < (tonumber(a[2]) or 0) then
         return aid, { a[1], a[4], a[2] }
