@@ -279,13 +279,6 @@ pub struct RouterSettings {
     /// Delay before registering as standby on another router's shards.
     #[serde(default = "default_standby_delay")]
     pub standby_delay_ms: u64,
-    /// Interval at which a router offers the other routers' shards it serves back to them, so a
-    /// router that restarts gets its shards back from the one that took them over. Each offer
-    /// registers a successor consumer, finishes the messages in progress and closes the old
-    /// consumer (its prefetched messages are delivered again, to whichever consumer is active
-    /// next). `0` never offers them back.
-    #[serde(default = "default_hand_back")]
-    pub hand_back_ms: u64,
     /// Messages routed at once by this router, across all its shards (each holds store and bus
     /// calls in flight). More deliveries than this may wait in memory (up to prefetch × shards);
     /// the bound keeps an overloaded router's store calls within their timeouts.
@@ -307,7 +300,6 @@ impl Default for RouterSettings {
             instance: 0,
             instances: default_instances(),
             standby_delay_ms: default_standby_delay(),
-            hand_back_ms: default_hand_back(),
             max_in_flight: default_max_in_flight(),
             presence_ttl_secs: default_presence_ttl(),
         }
@@ -330,9 +322,6 @@ fn default_instances() -> u16 {
 }
 fn default_standby_delay() -> u64 {
     3_000
-}
-fn default_hand_back() -> u64 {
-    30_000
 }
 fn default_history() -> usize {
     50

@@ -2,8 +2,7 @@
 //! low-cardinality labels (channel, outcome, pool) and never customer or message ids.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Outcome label of `switchyard_inbound_messages_total`.
@@ -51,8 +50,6 @@ pub struct Metrics {
     pub outbound: IntCounterVec,
     /// Messages the router handled, by outcome (`routed`, `duplicate`, `retried`, `dead_lettered`).
     pub routed: IntCounterVec,
-    /// Times a router offered another router's shard back (see `router.hand_back_ms`).
-    pub shard_hand_backs: IntCounter,
     /// Seconds from ingress to the conversation's assignment, by pool.
     pub ingress_to_assignment: HistogramVec,
     /// Seconds from HTTP request to bus confirm, by channel kind.
@@ -96,10 +93,6 @@ impl Metrics {
             ),
             &["outcome"],
         )?;
-        let shard_hand_backs = IntCounter::new(
-            "router_shard_hand_backs_total",
-            "Shards of another router offered back to it",
-        )?;
         let ingress_to_assignment = HistogramVec::new(
             HistogramOpts::new(
                 "ingress_to_assignment_seconds",
@@ -134,7 +127,6 @@ impl Metrics {
         registry.register(Box::new(inbound.clone()))?;
         registry.register(Box::new(outbound.clone()))?;
         registry.register(Box::new(routed.clone()))?;
-        registry.register(Box::new(shard_hand_backs.clone()))?;
         registry.register(Box::new(ingress_to_assignment.clone()))?;
         registry.register(Box::new(ingress_publish.clone()))?;
         registry.register(Box::new(api_errors.clone()))?;
@@ -145,7 +137,6 @@ impl Metrics {
             inbound,
             outbound,
             routed,
-            shard_hand_backs,
             ingress_to_assignment,
             ingress_publish,
             api_errors,

@@ -192,9 +192,6 @@ impl App {
                 } else {
                     settings.router.standby_delay_ms
                 });
-                // Another router's shard is served only while that router is away.
-                let hand_back = (!own && settings.router.hand_back_ms > 0)
-                    .then(|| Duration::from_millis(settings.router.hand_back_ms));
                 tasks.spawn(async move {
                     // Register late on other routers' shards: the first consumer is the active one.
                     tokio::select! {
@@ -209,7 +206,6 @@ impl App {
                         router,
                         metrics,
                         stop,
-                        hand_back,
                     )
                     .await
                     .with_context(|| format!("inbound shard {shard} consumer"))

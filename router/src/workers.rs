@@ -47,13 +47,6 @@ fn backoff(attempt: u32) -> Duration {
 /// (store or bus unavailable) is retried in place with backoff, so an outage delays messages but
 /// never dead-letters them; a message that can never be routed is dead-lettered with its reason.
 /// On stop, the consumer takes nothing new and finishes what it holds.
-///
-/// With `hand_back` set (a shard of another router, which this one serves while that router is
-/// away), the shard is offered back at that interval: a successor consumer registers first, then
-/// the current one stops taking, finishes what it holds and closes, and the messages it had not
-/// started go back to the queue in order. RabbitMQ makes the consumer that has waited longest
-/// the active one: the shard's own router when it is back, otherwise the successor.
-#[allow(clippy::too_many_arguments)]
 pub async fn run_shard(
     bus: Arc<dyn Bus>,
     queue: String,
@@ -62,65 +55,21 @@ pub async fn run_shard(
     router: InboundRouter,
     metrics: Metrics,
     stop: CancellationToken,
-    hand_back: Option<Duration>,
 ) -> Result<(), RouteError> {
     let mut deliveries = bus.consume(&queue, prefetch).await?;
-    loop {
-        let release = stop.child_token();
-        let shard = route_shard(deliveries, attempts, &router, &metrics, &stop, &release);
-        tokio::pin!(shard);
-        let successor = loop {
-            let Some(every) = hand_back else {
-                return shard.await;
-            };
-            tokio::select! {
-                done = &mut shard => return done,
-                _ = tokio::time::sleep(every) => {}
-            }
-            // The current consumer keeps routing while its successor registers.
-            let registered = tokio::select! {
-                done = &mut shard => return done,
-                registered = bus.consume(&queue, prefetch) => registered,
-            };
-            match registered {
-                Ok(successor) => break successor,
-                Err(e) => {
-                    tracing::warn!(%queue, error = %e, "cannot register a successor; keeping the shard until the next hand-back");
-                }
-            }
-        };
-        release.cancel();
-        shard.await?;
-        metrics.shard_hand_backs.inc();
-        tracing::debug!(%queue, "shard offered back to its router");
-        deliveries = successor;
-    }
-}
-
-/// Routes the deliveries of one shard consumer until `release` (or `stop`) is cancelled or the
-/// stream ends, then finishes what it holds. Dropping `deliveries` at the end closes the
-/// consumer, which gives back what it had not started.
-async fn route_shard(
-    mut deliveries: Box<dyn Deliveries>,
-    attempts: u32,
-    router: &InboundRouter,
-    metrics: &Metrics,
-    stop: &CancellationToken,
-    release: &CancellationToken,
-) -> Result<(), RouteError> {
     let mut running = FuturesUnordered::new();
     // Shard keys with a message in progress, and the messages of that key waiting behind it.
     let mut busy: HashMap<String, VecDeque<(Delivery, Envelope)>> = HashMap::new();
     let mut taking = true;
     loop {
         tokio::select! {
-            _ = release.cancelled(), if taking => taking = false,
+            _ = stop.cancelled(), if taking => taking = false,
             next = deliveries.next(), if taking => {
                 let Some(delivery) = next else {
                     taking = false;
                     continue;
                 };
-                let Some((delivery, envelope)) = decode(delivery, metrics).await else {
+                let Some((delivery, envelope)) = decode(delivery, &metrics).await else {
                     continue;
                 };
                 let key = envelope.shard_key();
@@ -128,7 +77,7 @@ async fn route_shard(
                     Some(waiting) => waiting.push_back((delivery, envelope)),
                     None => {
                         busy.insert(key.clone(), VecDeque::new());
-                        running.push(route_one(key, delivery, envelope, attempts, router, metrics, stop));
+                        running.push(route_one(key, delivery, envelope, attempts, &router, &metrics, &stop));
                     }
                 }
             }
@@ -136,7 +85,7 @@ async fn route_shard(
                 let next = busy.get_mut(&key).and_then(VecDeque::pop_front);
                 match next {
                     Some((delivery, envelope)) => {
-                        running.push(route_one(key, delivery, envelope, attempts, router, metrics, stop));
+                        running.push(route_one(key, delivery, envelope, attempts, &router, &metrics, &stop));
                     }
                     None => {
                         busy.remove(&key);
