@@ -131,6 +131,8 @@ fn run(args: RunArgs, role: Role) -> ExitCode {
 
 async fn serve(settings: Settings, role: Role, embedded_default: bool) -> anyhow::Result<()> {
     let app = App::start(settings, role).await?;
+    // This process ends when the app stops.
+    app.exit_after_stop();
     if let Some(addr) = app.addr {
         tracing::info!(%addr, ?role, "switchyard is listening");
         if embedded_default || role == Role::All {

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -80,6 +81,8 @@ pub struct App {
     tasks: JoinSet<anyhow::Result<()>>,
     sockets: TaskTracker,
     grace: Duration,
+    /// Set by [`App::exit_after_stop`].
+    exit_after_stop: Arc<AtomicBool>,
 }
 
 impl App {
@@ -160,6 +163,7 @@ impl App {
             settings.router.history_limit,
         );
         let shutdown = CancellationToken::new();
+        let exit_after_stop = Arc::new(AtomicBool::new(false));
         let sockets = TaskTracker::new();
         let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
 
@@ -179,11 +183,12 @@ impl App {
                 settings.router.max_in_flight,
             );
             for shard in 0..settings.bus.shards {
-                let (bus, router, metrics, stop) = (
+                let (bus, router, metrics, stop, exit) = (
                     Arc::clone(&bus),
                     router.clone(),
                     metrics.clone(),
                     shutdown.clone(),
+                    Arc::clone(&exit_after_stop),
                 );
                 let (prefetch, attempts) = (settings.bus.prefetch, settings.router.attempts);
                 let own = shard % settings.router.instances == settings.router.instance;
@@ -206,6 +211,7 @@ impl App {
                         router,
                         metrics,
                         stop,
+                        exit,
                     )
                     .await
                     .with_context(|| format!("inbound shard {shard} consumer"))
@@ -355,7 +361,17 @@ impl App {
             tasks,
             sockets,
             grace: Duration::from_secs(settings.server.shutdown_grace_secs),
+            exit_after_stop,
         })
+    }
+
+    /// Declares that the process exits once this app has stopped (the binary does; tests that
+    /// run several apps in one process do not). The inbound shard consumers then
+    /// [leave](switchyard_core::bus::Deliveries::leave) instead of closing, and the bus
+    /// connection ends with the process, so that RabbitMQ gives a standby router the messages
+    /// this router held but had not started before any later ones, keeping each user's order.
+    pub fn exit_after_stop(&self) {
+        self.exit_after_stop.store(true, Ordering::Release);
     }
 
     /// The HTTP application the server runs, to call in-process without a socket (benchmarks

@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -46,7 +47,11 @@ fn backoff(attempt: u32) -> Duration {
 /// messages of one identity strictly one after the other, in queue order. A transient failure
 /// (store or bus unavailable) is retried in place with backoff, so an outage delays messages but
 /// never dead-letters them; a message that can never be routed is dead-lettered with its reason.
-/// On stop, the consumer takes nothing new and finishes what it holds.
+/// On stop, the consumer takes nothing new and finishes what it holds. Then it is dropped, or,
+/// when `exit` is set by then (the process exits after stopping), it
+/// [leaves](Deliveries::leave) so that the queue takes back what it had not started before a
+/// standby router gets anything.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_shard(
     bus: Arc<dyn Bus>,
     queue: String,
@@ -55,6 +60,7 @@ pub async fn run_shard(
     router: InboundRouter,
     metrics: Metrics,
     stop: CancellationToken,
+    exit: Arc<AtomicBool>,
 ) -> Result<(), RouteError> {
     let mut deliveries = bus.consume(&queue, prefetch).await?;
     let mut running = FuturesUnordered::new();
@@ -92,9 +98,13 @@ pub async fn run_shard(
                     }
                 }
             }
-            else => return Ok(()),
+            else => break,
         }
     }
+    if exit.load(Ordering::Acquire) {
+        deliveries.leave().await;
+    }
+    Ok(())
 }
 
 /// Decodes a delivery's envelope; an undecodable one is dead-lettered at once.

@@ -19,7 +19,7 @@ use switchyard_core::conformance::services::{TestVhost, absent, redis_url};
 use tokio::sync::Mutex;
 
 use crate::binary::{binary, free_port};
-use crate::support::{SECRET, api_message};
+use crate::support::{SECRET, api_message, metric_at};
 
 /// Cluster tests run one at a time: each runs three processes and a load on a 2-core machine,
 /// and in parallel they would mostly measure each other.
@@ -35,13 +35,25 @@ pub struct Cluster {
     pub config: PathBuf,
     pub gateway: Child,
     pub gateway_url: String,
-    pub routers: Vec<Child>,
+    pub routers: Vec<RouterProcess>,
     pub http: reqwest::Client,
+}
+
+/// The router metric of messages that arrived again after they had been routed.
+const ROUTED_TWICE: &str = "switchyard_router_messages_total{outcome=\"duplicate\"}";
+
+/// A router child process.
+pub struct RouterProcess {
+    pub child: Child,
+    /// Base URL of its HTTP listener (probes and metrics).
+    pub url: String,
+    /// Its `router.instance`.
+    pub instance: usize,
 }
 
 fn spawn(role: &str, config: &PathBuf, port: u16, instance: usize) -> Child {
     Command::new(binary())
-        .env("SWITCHYARD__ROUTER__INSTANCE", (instance % 2).to_string())
+        .env("SWITCHYARD__ROUTER__INSTANCE", instance.to_string())
         .env("SWITCHYARD__ROUTER__INSTANCES", "2")
         .env("SWITCHYARD__ROUTER__STANDBY_DELAY_MS", "1000")
         .arg(role)
@@ -136,12 +148,29 @@ impl Cluster {
         wait_ready(&self.http, &self.gateway_url).await;
     }
 
-    /// Starts one more router and waits until it is ready.
+    /// Starts one more router, instance 0 or 1 in turn, and waits until it is ready.
     pub async fn add_router(&mut self) {
+        self.add_router_as(self.routers.len() % 2).await;
+    }
+
+    /// Starts a router as `router.instance` `instance` (of 2) and waits until it is ready.
+    pub async fn add_router_as(&mut self, instance: usize) {
+        let router = self.start_router(instance).await;
+        self.routers.push(router);
+    }
+
+    /// Starts a router as `instance` and waits until it is ready, without adding it to
+    /// [`Cluster::routers`] (for starting one while the cluster is under load).
+    pub async fn start_router(&self, instance: usize) -> RouterProcess {
         let port = free_port();
-        let child = spawn("router", &self.config, port, self.routers.len());
-        wait_ready(&self.http, &format!("http://127.0.0.1:{port}")).await;
-        self.routers.push(child);
+        let child = spawn("router", &self.config, port, instance);
+        let url = format!("http://127.0.0.1:{port}");
+        wait_ready(&self.http, &url).await;
+        RouterProcess {
+            child,
+            url,
+            instance,
+        }
     }
 
     /// A bus client on the cluster's vhost (for the event stream and direct publishes).
@@ -218,6 +247,7 @@ impl Cluster {
         for child in self
             .routers
             .iter_mut()
+            .map(|r| &mut r.child)
             .chain(std::iter::once(&mut self.gateway))
         {
             let _ = Command::new("kill")
@@ -227,6 +257,7 @@ impl Cluster {
         for child in self
             .routers
             .iter_mut()
+            .map(|r| &mut r.child)
             .chain(std::iter::once(&mut self.gateway))
         {
             let _ = child.wait();
@@ -251,6 +282,7 @@ impl Drop for Cluster {
         for child in self
             .routers
             .iter_mut()
+            .map(|r| &mut r.child)
             .chain(std::iter::once(&mut self.gateway))
         {
             let _ = child.kill();
@@ -551,12 +583,50 @@ async fn a_router_killed_mid_burst_and_restarted_loses_and_doubles_nothing() {
     let mut victim = cluster.routers.remove(0);
     let killer = async {
         tokio::time::sleep(Duration::from_millis(700)).await;
-        victim.kill().expect("kill -9");
-        let _ = victim.wait();
+        victim.child.kill().expect("kill -9");
+        let _ = victim.child.wait();
     };
     tokio::join!(load(&cluster, 300, 5, 32), killer);
-    cluster.add_router().await;
+    cluster.add_router_as(victim.instance).await;
     verify_from_store(&cluster, 300, 5, 5).await;
+    cluster.teardown().await;
+}
+
+/// A router stopped cleanly (SIGTERM) while it still has a backlog: the standby router takes its
+/// shards over, and every user's messages are still routed once each and in order. The stopping
+/// router holds prefetched messages of users whose next messages wait in the queue; it leaves
+/// them to the queue as a crash would ([`switchyard_core::bus::Deliveries::leave`]), because
+/// after a clean close RabbitMQ 3.x would give the standby the later messages first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_router_stopped_with_a_backlog_hands_its_shards_over_in_order() {
+    let Some(mut cluster) = Cluster::start("sigterm", 0, None).await else {
+        return;
+    };
+    agents(&cluster, 4, 5).await;
+    // The backlog: every message is accepted before any router runs.
+    load(&cluster, 500, 10, 64).await;
+    cluster.add_router_as(0).await;
+    cluster.add_router_as(1).await;
+    // Router 1 stands by on router 0's shards after its standby delay (1 s).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut stopping = cluster.routers.remove(0);
+    let mut routed_twice = metric_at(&cluster.http, &stopping.url, ROUTED_TWICE).await;
+    let _ = Command::new("kill")
+        .args(["-TERM", &stopping.child.id().to_string()])
+        .status();
+    let status = stopping.child.wait().expect("wait for the stopped router");
+    assert!(
+        status.success(),
+        "a router stopped by SIGTERM exits 0, got {status}"
+    );
+    verify_from_store(&cluster, 500, 10, 5).await;
+    for router in &cluster.routers {
+        routed_twice += metric_at(&cluster.http, &router.url, ROUTED_TWICE).await;
+    }
+    assert_eq!(
+        routed_twice, 0.0,
+        "messages reached a router again after they were routed: the stopped router's acks were lost"
+    );
     cluster.teardown().await;
 }
 

@@ -129,18 +129,7 @@ impl Server {
 
     /// The value of a metric line (exact name and labels), or 0.
     pub async fn metric(&self, series: &str) -> f64 {
-        let text = self
-            .http
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-            .unwrap_or(0.0)
+        metric_at(&self.http, &self.base, series).await
     }
 
     pub async fn stop(self) {
@@ -153,6 +142,21 @@ pub fn rand_id() -> String {
 }
 
 /// An API-channel message body.
+/// The value of a metric line (exact name and labels) of the process at `base_url`, or 0.
+pub async fn metric_at(http: &reqwest::Client, base_url: &str, series: &str) -> f64 {
+    let text = http
+        .get(format!("{base_url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
 pub fn api_message(message_id: &str, user: &str, text: &str, identities: &[&str]) -> Vec<u8> {
     serde_json::to_vec(&json!({
         "message_id": message_id,

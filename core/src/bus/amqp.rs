@@ -14,7 +14,7 @@
 //!   process supervisor can restart (a router exits non-zero and Kubernetes restarts it).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -53,6 +53,9 @@ struct Inner {
     limits: Mutex<HashMap<String, (u32, Option<String>)>>,
     /// Prefix of every exchange and queue name (tests isolate themselves with it).
     prefix: String,
+    /// A consumer [left](Deliveries::leave): the connection must end with the process, not
+    /// with a clean close.
+    left: AtomicBool,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> BusError {
@@ -106,6 +109,7 @@ impl AmqpBus {
                 publish_timeout,
                 limits: Mutex::new(HashMap::new()),
                 prefix: prefix.to_owned(),
+                left: AtomicBool::new(false),
             }),
         })
     }
@@ -477,6 +481,7 @@ impl Bus for AmqpBus {
         Ok(Box::new(AmqpDeliveries {
             bus: self.clone(),
             queue: queue.to_owned(),
+            prefetch: prefetch.max(1),
             limit,
             dead_letter_exchange,
             consumer,
@@ -489,6 +494,12 @@ impl Bus for AmqpBus {
     }
 
     async fn close(&self) {
+        if self.inner.left.load(Ordering::Acquire) {
+            // A clean close would cancel the consumers that left before the broker takes their
+            // messages back; the connection ends with the process instead.
+            tracing::debug!("leaving the AMQP connection to end with the process");
+            return;
+        }
         let _ = self
             .inner
             .connection
@@ -500,6 +511,7 @@ impl Bus for AmqpBus {
 struct AmqpDeliveries {
     bus: AmqpBus,
     queue: String,
+    prefetch: u16,
     limit: u32,
     dead_letter_exchange: Option<String>,
     consumer: lapin::Consumer,
@@ -599,6 +611,23 @@ impl Deliveries for AmqpDeliveries {
             redeliveries,
             Box::new(acker),
         ))
+    }
+
+    async fn leave(self: Box<Self>) {
+        // The broker answers basic.qos after it has handled every ack sent before it on this
+        // channel, so the acks of this consumer are settled before the connection ends.
+        if let Err(e) = self
+            .channel
+            .basic_qos(self.prefetch, BasicQosOptions::default())
+            .await
+        {
+            tracing::debug!(queue = %self.queue, error = %e, "could not fence the acks of a leaving consumer");
+        }
+        self.bus.inner.left.store(true, Ordering::Release);
+        // Dropping the consumer or its channel would cancel or close them cleanly (lapin does
+        // that on drop), which is exactly what leaving avoids: they stay open until the process
+        // exits and its connection ends.
+        std::mem::forget(self);
     }
 }
 

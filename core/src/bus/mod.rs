@@ -154,6 +154,16 @@ pub trait Acker: Send + Sync {
 pub trait Deliveries: Send {
     /// The next delivery; `None` once the bus is closed.
     async fn next(&mut self) -> Option<Delivery>;
+
+    /// Stops consuming because the process is about to exit, after every delivery taken from
+    /// this stream was settled. Dropping a consumer hands the deliveries it holds but never gave
+    /// out back to the queue at once; a consumer that leaves keeps them until the process's
+    /// connection ends, as a crash would. On RabbitMQ 3.x this keeps the order of a
+    /// single-active-consumer queue: when its consumer closes cleanly, the standby becomes active
+    /// before the queue takes the held messages back, and so gets the messages behind them
+    /// first; when the connection just ends, the held messages go back first. The default drops
+    /// the consumer.
+    async fn leave(self: Box<Self>) {}
 }
 
 /// A message bus (in-process or RabbitMQ).
