@@ -141,7 +141,6 @@ pub fn rand_id() -> String {
     format!("{:x}", rand::random::<u64>())
 }
 
-/// An API-channel message body.
 /// The value of a metric line (exact name and labels) of the process at `base_url`, or 0.
 pub async fn metric_at(http: &reqwest::Client, base_url: &str, series: &str) -> f64 {
     let text = http
@@ -157,6 +156,7 @@ pub async fn metric_at(http: &reqwest::Client, base_url: &str, series: &str) -> 
         .unwrap_or(0.0)
 }
 
+/// An API-channel message body.
 pub fn api_message(message_id: &str, user: &str, text: &str, identities: &[&str]) -> Vec<u8> {
     serde_json::to_vec(&json!({
         "message_id": message_id,
