@@ -189,6 +189,11 @@ async fn store_route_inbound_retry_changes_nothing() {
 }
 
 #[tokio::test]
+async fn store_route_inbound_retry_reports_other_assignments() {
+    store::route_inbound_retry_reports_other_assignments(&new_store, "embedded.").await;
+}
+
+#[tokio::test]
 async fn store_route_inbound_duplicate_claim_changes_nothing() {
     store::route_inbound_duplicate_claim_changes_nothing(&new_store, "embedded.").await;
 }

@@ -168,6 +168,7 @@ conformance!(
     route_inbound_opens_and_assigns,
     route_inbound_queues_without_agent,
     route_inbound_retry_changes_nothing,
+    route_inbound_retry_reports_other_assignments,
     route_inbound_duplicate_claim_changes_nothing,
     route_inbound_profiles_converge,
     route_inbound_matches_stepwise,

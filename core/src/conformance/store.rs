@@ -2500,6 +2500,118 @@ pub async fn route_inbound_retry_changes_nothing(factory: &impl MakeStore, prefi
     );
 }
 
+/// Routes with [`Store::route_inbound`], or with [`route_inbound_stepwise`] when `stepwise`.
+async fn route_via(
+    store: &Arc<dyn Store>,
+    stepwise: bool,
+    req: InboundRouting<'_>,
+) -> InboundOutcome {
+    if stepwise {
+        let id = req.envelope.id.clone();
+        route_inbound_stepwise(&**store, req)
+            .await
+            .unwrap_or_else(|e| panic!("route_inbound_stepwise({id}): {e}"))
+    } else {
+        route(store, req).await
+    }
+}
+
+/// A routing that also assigned *other* conversations (queued ahead of its own, because room
+/// freed without an assignment) reports them again when it is retried, as long as each is still
+/// with the agent it got, so that their `conversation.assigned` is not lost with a lost reply.
+/// Once such a conversation is closed, a retry no longer reports it. The same holds for
+/// [`route_inbound_stepwise`].
+pub async fn route_inbound_retry_reports_other_assignments(factory: &impl MakeStore, prefix: &str) {
+    let store = factory.make().await;
+    for stepwise in [false, true] {
+        let what = if stepwise {
+            "route_inbound_retry_reports_other_assignments (stepwise)"
+        } else {
+            "route_inbound_retry_reports_other_assignments"
+        };
+        let prefix = format!(
+            "{prefix}{}.",
+            if stepwise { "stepwise" } else { "one-call" }
+        );
+        let pool = format!("{prefix}default");
+        let x = format!("{prefix}agent-x");
+        agent(&store, &x, &[&pool], 1, AgentStatus::Online, at(0)).await;
+        let (_, first, _) = routed(
+            what,
+            route_via(
+                &store,
+                stepwise,
+                routing(&prefix, &unrouted(&prefix, "a", &[], at(1)), &pool, at(1)),
+            )
+            .await,
+        );
+        let (_, waiting, none) = routed(
+            what,
+            route_via(
+                &store,
+                stepwise,
+                routing(&prefix, &unrouted(&prefix, "b", &[], at(2)), &pool, at(2)),
+            )
+            .await,
+        );
+        assert!(none.is_empty(), "{what}: b was assigned to a full agent");
+        // Room frees without an assignment: the next routing assigns b, then its own.
+        update_agent(
+            &store,
+            AgentUpdate {
+                id: x.clone(),
+                capacity: Some(3),
+                ..AgentUpdate::default()
+            },
+            at(3),
+        )
+        .await;
+        let c = unrouted(&prefix, "c", &[], at(4));
+        let (_, own, assigned) = routed(
+            what,
+            route_via(&store, stepwise, routing(&prefix, &c, &pool, at(4))).await,
+        );
+        assert_eq!(
+            pairs(&assigned),
+            vec![
+                (waiting.conversation.id.clone(), x.clone()),
+                (own.conversation.id.clone(), x.clone()),
+            ],
+            "{what}: the routing of c"
+        );
+        // The retry (its first reply was lost) reports b's assignment again, unchanged.
+        let (_, again, replayed) = routed(
+            what,
+            route_via(&store, stepwise, routing(&prefix, &c, &pool, at(5))).await,
+        );
+        assert!(again.duplicate, "{what}: the retry is a duplicate");
+        assert_eq!(
+            pairs(&replayed),
+            vec![(waiting.conversation.id.clone(), x.clone())],
+            "{what}: the retry's assignments"
+        );
+        assert_eq!(
+            replayed[0].conversation.assigned_at, assigned[0].conversation.assigned_at,
+            "{what}: a replayed assignment keeps its time (and so its event id)"
+        );
+        // Once b is closed, a retry no longer reports it.
+        store
+            .close_conversation(&waiting.conversation.id, "resolved", at(6))
+            .await
+            .unwrap_or_else(|e| panic!("{what}: close: {e}"));
+        let (_, _, after_close) = routed(
+            what,
+            route_via(&store, stepwise, routing(&prefix, &c, &pool, at(7))).await,
+        );
+        assert!(
+            after_close.is_empty(),
+            "{what}: a closed conversation was reported assigned: {:?}",
+            pairs(&after_close)
+        );
+        assert_ne!(first.conversation.id, waiting.conversation.id);
+    }
+}
+
 /// Another envelope with a dedupe key already claimed (a copy of a routed message under a new
 /// id) answers [`InboundOutcome::Duplicate`] naming the first envelope and touches nothing: no
 /// message, no profile for its new identities, not even the known profile's `last_seen`.
@@ -2841,6 +2953,7 @@ pub async fn run_all(factory: &impl MakeStore, prefix: &str) {
     route_inbound_opens_and_assigns(factory, &p("route-assign")).await;
     route_inbound_queues_without_agent(factory, &p("route-queue")).await;
     route_inbound_retry_changes_nothing(factory, &p("route-retry")).await;
+    route_inbound_retry_reports_other_assignments(factory, &p("route-retry-others")).await;
     route_inbound_duplicate_claim_changes_nothing(factory, &p("route-dup")).await;
     route_inbound_profiles_converge(factory, &p("route-converge")).await;
     route_inbound_matches_stepwise(factory, &p("route-stepwise")).await;

@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use super::{
     AgentUpdate, Assignment, InboundOutcome, InboundRecord, InboundRouting, MailboxItem, Merge,
     Release, Resolution, ResolveRequest, SenderResolution, Store, StoreError, TransferTarget,
+    decode_others_assigned, encode_others_assigned, others_assigned_key, replay_others_assigned,
 };
 use crate::envelope::{Envelope, new_id};
 use crate::identity::{IdentityKey, IdentityStrength};
@@ -682,19 +683,36 @@ impl Store for EmbeddedStore {
     async fn route_inbound(&self, req: InboundRouting<'_>) -> Result<InboundOutcome, StoreError> {
         let mut s = self.lock();
         let envelope = req.envelope;
-        if let Some(first) = s.claim_key(&req.claim, &envelope.id, req.claim_ttl)
-            && first != envelope.id
-        {
-            return Ok(InboundOutcome::Duplicate { first });
-        }
+        let retry = match s.claim_key(&req.claim, &envelope.id, req.claim_ttl) {
+            Some(first) if first != envelope.id => {
+                return Ok(InboundOutcome::Duplicate { first });
+            }
+            held => held.is_some(),
+        };
         let now = req.resolve.now;
         let resolution = s.resolve_sender(&req.resolve)?;
         let record = s.record_inbound(envelope, Some(&resolution.customer_id), &req.pool, now)?;
-        let assignments = if record.conversation.status == ConversationStatus::Queued {
+        let mut assignments = if record.conversation.status == ConversationStatus::Queued {
             s.assign_queued(&record.conversation.pool, now)
         } else {
             Vec::new()
         };
+        let others_key = others_assigned_key(&req.claim);
+        if retry {
+            let remembered = s
+                .dedupe
+                .get(&others_key)
+                .filter(|(_, expiry)| *expiry > Instant::now())
+                .map(|(v, _)| decode_others_assigned(v))
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(id, agent)| (s.conversations.get(&id).cloned(), agent))
+                .collect();
+            replay_others_assigned(&mut assignments, remembered);
+        } else if let Some(others) = encode_others_assigned(&record.conversation.id, &assignments) {
+            s.dedupe
+                .insert(others_key, (others, Instant::now() + req.claim_ttl));
+        }
         Ok(InboundOutcome::Routed {
             resolution,
             record,

@@ -207,7 +207,10 @@ pub enum InboundOutcome {
         /// The recording; its conversation is as recorded, before any assignment below.
         record: InboundRecord,
         /// Assignments made in the conversation's pool because the conversation was queued
-        /// (the conversation itself, if an agent had room, and older ones ahead of it).
+        /// (the conversation itself, if an agent had room, and older ones ahead of it). On a
+        /// retry (the envelope held the claim already), also the other conversations its first
+        /// routing assigned that are still with the same agent, so that their
+        /// `conversation.assigned` is announced even if the first routing's reply was lost.
         assignments: Vec<Assignment>,
     },
 }
@@ -228,26 +231,91 @@ pub async fn route_inbound_stepwise<S: Store + ?Sized>(
         claim_ttl,
         pool,
     } = req;
-    if let Some(first) = store.claim_key(&claim, &envelope.id, claim_ttl).await?
-        && first != envelope.id
-    {
-        return Ok(InboundOutcome::Duplicate { first });
-    }
+    let retry = match store.claim_key(&claim, &envelope.id, claim_ttl).await? {
+        Some(first) if first != envelope.id => return Ok(InboundOutcome::Duplicate { first }),
+        held => held.is_some(),
+    };
     let now = resolve.now;
     let resolution = store.resolve_customer(resolve).await?;
     let mut resolved = envelope.clone();
     resolved.customer_id = Some(resolution.customer.id.clone());
     let record = store.record_inbound(&resolved, &pool, now).await?;
-    let assignments = if record.conversation.status == ConversationStatus::Queued {
+    let mut assignments = if record.conversation.status == ConversationStatus::Queued {
         store.assign_queued(&record.conversation.pool, now).await?
     } else {
         Vec::new()
     };
+    let others_key = others_assigned_key(&claim);
+    if retry {
+        let remembered = store
+            .get_key(&others_key)
+            .await?
+            .map(|v| decode_others_assigned(&v))
+            .unwrap_or_default();
+        let mut current = Vec::with_capacity(remembered.len());
+        for (id, agent) in remembered {
+            current.push((store.conversation(&id).await?, agent));
+        }
+        replay_others_assigned(&mut assignments, current);
+    } else if let Some(others) = encode_others_assigned(&record.conversation.id, &assignments) {
+        store.set_key(&others_key, &others, claim_ttl).await?;
+    }
     Ok(InboundOutcome::Routed {
         resolution: resolution.into(),
         record,
         assignments,
     })
+}
+
+/// The key under which a routing (with claim `claim`) remembers the other conversations it
+/// assigned, as long as the claim, for a retry to announce them again.
+pub(crate) fn others_assigned_key(claim: &str) -> String {
+    format!("{claim}:assigned")
+}
+
+/// The conversations of `assignments` other than `own`, as remembered under
+/// [`others_assigned_key`] (JSON pairs of conversation id and agent id); `None` when there is
+/// none.
+pub(crate) fn encode_others_assigned(own: &str, assignments: &[Assignment]) -> Option<String> {
+    let others: Vec<(&str, &str)> = assignments
+        .iter()
+        .filter(|a| a.conversation.id != own)
+        .map(|a| (a.conversation.id.as_str(), a.agent_id.as_str()))
+        .collect();
+    if others.is_empty() {
+        return None;
+    }
+    serde_json::to_string(&others).ok()
+}
+
+/// The pairs [`encode_others_assigned`] wrote (none if the value is not such a list).
+pub(crate) fn decode_others_assigned(value: &str) -> Vec<(String, String)> {
+    serde_json::from_str(value).unwrap_or_default()
+}
+
+/// Adds to `assignments` each remembered conversation (as it is now, with the agent it was
+/// assigned to) that is still assigned to that agent and not in `assignments` already.
+pub(crate) fn replay_others_assigned(
+    assignments: &mut Vec<Assignment>,
+    remembered: Vec<(Option<Conversation>, String)>,
+) {
+    for (conversation, agent_id) in remembered {
+        let Some(conversation) = conversation else {
+            continue;
+        };
+        let still_held = conversation.status == ConversationStatus::Assigned
+            && conversation.agent_id.as_deref() == Some(agent_id.as_str());
+        if still_held
+            && !assignments
+                .iter()
+                .any(|a| a.conversation.id == conversation.id)
+        {
+            assignments.push(Assignment {
+                conversation,
+                agent_id,
+            });
+        }
+    }
 }
 
 /// Fields of `PUT /v1/agents/{id}`; absent fields keep their value.

@@ -6,7 +6,9 @@
 -- claim_key's, resolve_customer's and record_inbound's (whose customer fields are replaced by
 -- the resolved customer here). Every step runs at the same `now` (resolve_customer's).
 -- Reply: {'dup', holder} when another envelope holds the claim (nothing else done)
--- | {'routed', resolve_customer reply, record_inbound reply, assign_queued reply}
+-- | {'routed', resolve_customer reply, record_inbound reply, assignments}, where assignments
+-- are assign_queued's reply, plus, when this envelope held the claim already (a retry), the
+-- other conversations its first routing assigned that are still with the same agent.
 -- | the error reply of the step that failed.
 
 local pos = 2
@@ -39,8 +41,38 @@ if record[1] == 'err' then
   return record
 end
 local conv = record[3]
+local conv_id = conv_field(conv, 'id')
 local assignments = {}
 if conv_field(conv, 'status') == 'queued' then
   assignments = assign_queued({ P, conv_field(conv, 'pool'), now })
+end
+-- Other conversations this routing assigned (queued ahead of this one) are remembered as long as
+-- the claim, so that a retry (this envelope holds the claim already: its first reply or its
+-- events were lost) announces them again, if they are still assigned to that agent.
+local others_key = key('routed-assigned', env_id)
+if holder == env_id then
+  local seen = {}
+  for _, a in ipairs(assignments) do
+    seen[conv_field(a[1], 'id')] = true
+  end
+  local others = redis.call('LRANGE', others_key, 0, -1)
+  for i = 1, #others, 2 do
+    local id, agent = others[i], others[i + 1]
+    local c = conv_reply(id)
+    if not seen[id] and conv_field(c, 'status') == 'assigned'
+      and conv_field(c, 'agent_id') == agent then
+      assignments[#assignments + 1] = { c, agent }
+    end
+  end
+else
+  for _, a in ipairs(assignments) do
+    local id = conv_field(a[1], 'id')
+    if id ~= conv_id then
+      redis.call('RPUSH', others_key, id, a[2])
+    end
+  end
+  if redis.call('EXISTS', others_key) == 1 then
+    redis.call('PEXPIRE', others_key, claim_args[3])
+  end
 end
 return { 'routed', resolution, record, assignments }
