@@ -65,13 +65,15 @@ if holder == env_id then
     end
   end
 else
+  local remembered = false
   for _, a in ipairs(assignments) do
     local id = conv_field(a[1], 'id')
     if id ~= conv_id then
       redis.call('RPUSH', others_key, id, a[2])
+      remembered = true
     end
   end
-  if redis.call('EXISTS', others_key) == 1 then
+  if remembered then
     redis.call('PEXPIRE', others_key, claim_args[3])
   end
 end
