@@ -697,11 +697,10 @@ impl Store for EmbeddedStore {
         } else {
             Vec::new()
         };
-        let others_key = others_assigned_key(&req.claim);
         if retry {
             let remembered = s
                 .dedupe
-                .get(&others_key)
+                .get(&others_assigned_key(&req.claim))
                 .filter(|(_, expiry)| *expiry > Instant::now())
                 .map(|(v, _)| decode_others_assigned(v))
                 .unwrap_or_default()
@@ -710,8 +709,10 @@ impl Store for EmbeddedStore {
                 .collect();
             replay_others_assigned(&mut assignments, remembered);
         } else if let Some(others) = encode_others_assigned(&record.conversation.id, &assignments) {
-            s.dedupe
-                .insert(others_key, (others, Instant::now() + req.claim_ttl));
+            s.dedupe.insert(
+                others_assigned_key(&req.claim),
+                (others, Instant::now() + req.claim_ttl),
+            );
         }
         Ok(InboundOutcome::Routed {
             resolution,
