@@ -200,6 +200,25 @@ async fn update_agent(store: &Arc<dyn Store>, update: AgentUpdate, now: DateTime
         .unwrap_or_else(|e| panic!("upsert_agent({id}): {e}"))
 }
 
+/// Sets agent `id`'s capacity, nothing else (the store assigns nothing by itself).
+async fn set_capacity(
+    store: &Arc<dyn Store>,
+    id: &str,
+    capacity: u32,
+    now: DateTime<Utc>,
+) -> Agent {
+    update_agent(
+        store,
+        AgentUpdate {
+            id: id.to_owned(),
+            capacity: Some(capacity),
+            ..AgentUpdate::default()
+        },
+        now,
+    )
+    .await
+}
+
 async fn get_agent(store: &Arc<dyn Store>, id: &str) -> Agent {
     store
         .agent(id)
@@ -994,16 +1013,7 @@ pub async fn capacity_never_exceeded(factory: &impl MakeStore, prefix: &str) {
     );
 
     // One more slot, three concurrent assigners: exactly one assignment, of the head.
-    update_agent(
-        &store,
-        AgentUpdate {
-            id: x.clone(),
-            capacity: Some(3),
-            ..AgentUpdate::default()
-        },
-        at(13),
-    )
-    .await;
+    set_capacity(&store, &x, 3, at(13)).await;
     let (r1, r2, r3) = tokio::join!(
         assign(&store, &pool, at(14)),
         assign(&store, &pool, at(14)),
@@ -1131,16 +1141,7 @@ pub async fn queue_fifo_head_assigned_when_room_frees(factory: &impl MakeStore, 
         "{what}: after y came online"
     );
 
-    update_agent(
-        &store,
-        AgentUpdate {
-            id: x.clone(),
-            capacity: Some(2),
-            ..AgentUpdate::default()
-        },
-        at(15),
-    )
-    .await;
+    set_capacity(&store, &x, 2, at(15)).await;
     let got = assign(&store, &pool, at(16)).await;
     assert_eq!(
         pairs(&got),
@@ -1347,16 +1348,7 @@ pub async fn transfer_to_pool_and_agent(factory: &impl MakeStore, prefix: &str) 
     );
 
     // Room for y: the direct transfer assigns it at once and takes it out of the queue.
-    update_agent(
-        &store,
-        AgentUpdate {
-            id: y.clone(),
-            capacity: Some(2),
-            ..AgentUpdate::default()
-        },
-        at(12),
-    )
-    .await;
+    set_capacity(&store, &y, 2, at(12)).await;
     let direct = store
         .transfer(&conv.id, TransferTarget::Agent(y.clone()), at(13))
         .await
@@ -1868,16 +1860,7 @@ pub async fn presence_lapse_resume_and_updates(factory: &impl MakeStore, prefix:
     tokio::time::sleep(PRESENCE_TTL * 2).await;
 
     // y: an update without status expires it first.
-    let updated = update_agent(
-        &store,
-        AgentUpdate {
-            id: y.clone(),
-            capacity: Some(2),
-            ..AgentUpdate::default()
-        },
-        at(10),
-    )
-    .await;
+    let updated = set_capacity(&store, &y, 2, at(10)).await;
     assert_eq!(
         (updated.status, updated.capacity),
         (AgentStatus::Offline, 2),
@@ -2556,16 +2539,7 @@ pub async fn route_inbound_retry_reports_other_assignments(factory: &impl MakeSt
         );
         assert!(none.is_empty(), "{what}: b was assigned to a full agent");
         // Room frees without an assignment: the next routing assigns b, then its own.
-        update_agent(
-            &store,
-            AgentUpdate {
-                id: x.clone(),
-                capacity: Some(3),
-                ..AgentUpdate::default()
-            },
-            at(3),
-        )
-        .await;
+        set_capacity(&store, &x, 3, at(3)).await;
         let c = unrouted(&prefix, "c", &[], at(4));
         let (_, own, assigned) = routed(
             what,
