@@ -258,3 +258,86 @@ async fn a_retry_of_a_later_message_does_not_reannounce_the_conversation() {
     );
     assert_eq!(announced[0].1, later.id);
 }
+
+/// A user's message, not routed yet.
+fn message_of(user: &str, text: &str) -> switchyard_core::envelope::Envelope {
+    let identity = key("", "app_user", "shop-app", user);
+    let mut envelope = inbound_envelope(
+        "",
+        &app_channel(),
+        user,
+        vec![identity],
+        text,
+        switchyard_core::time::now(),
+    );
+    envelope.customer_id = None;
+    envelope
+}
+
+async fn set_capacity(store: &Arc<dyn Store>, capacity: u32) {
+    store
+        .upsert_agent(
+            AgentUpdate {
+                id: "a1".into(),
+                capacity: Some(capacity),
+                ..AgentUpdate::default()
+            },
+            switchyard_core::time::now(),
+        )
+        .await
+        .expect("capacity");
+}
+
+/// Every event published so far, as (type, conversation id in its data, event id).
+async fn drain_conversations(events: &mut Box<dyn Deliveries>) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    while let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(200), events.next()).await {
+        let event: CloudEvent = serde_json::from_slice(&d.message.body).expect("event json");
+        let conversation = event.data["conversation"]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        out.push((d.routing_key.clone(), conversation, event.id));
+        d.ack().await.expect("ack");
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_retry_reannounces_the_conversations_its_first_routing_assigned_ahead_of_its_own() {
+    let mut s = setup().await;
+    set_capacity(&s.store, 1).await;
+    let Routed::Recorded(_) = s.router.route(message_of("u-a", "a")).await.expect("a") else {
+        panic!("a was not recorded");
+    };
+    let Routed::Recorded(waiting) = s.router.route(message_of("u-b", "b")).await.expect("b") else {
+        panic!("b was not recorded");
+    };
+    drain(&mut s.events).await;
+    // Room frees without an assignment (the store assigns nothing by itself).
+    set_capacity(&s.store, 3).await;
+
+    // c's routing assigns b (queued ahead), then c; its events are lost.
+    let c = message_of("u-c", "c");
+    s.bus.failing.store(1, Ordering::SeqCst);
+    assert!(s.router.route(c.clone()).await.is_err());
+    assert!(drain(&mut s.events).await.is_empty());
+
+    let Routed::Duplicate(own) = s.router.route(c.clone()).await.expect("retry") else {
+        panic!("the retry was not a duplicate");
+    };
+    let announced = drain_conversations(&mut s.events).await;
+    let assigned: Vec<&str> = announced
+        .iter()
+        .filter(|(t, _, _)| t == "conversation.assigned")
+        .map(|(_, conversation, _)| conversation.as_str())
+        .collect();
+    assert_eq!(
+        assigned,
+        [waiting.as_str(), own.as_str()],
+        "the retry must announce b's assignment as well as c's: {announced:?}"
+    );
+    // A further redelivery announces them with the same ids.
+    s.router.route(c).await.expect("redelivery");
+    assert_eq!(drain_conversations(&mut s.events).await, announced);
+}
