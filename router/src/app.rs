@@ -411,6 +411,9 @@ impl App {
 
     /// Stops accepting, lets consumers finish the message in hand, closes sockets, then the bus.
     async fn drain(&mut self) {
+        if self.exit_after_stop.load(Ordering::Acquire) {
+            self.bus.exiting();
+        }
         self.sockets.close();
         let grace = self.grace;
         let drained = tokio::time::timeout(grace, async {

@@ -87,7 +87,16 @@ pub async fn run_shard(
                     }
                 }
             }
-            Some(key) = running.next() => {
+            Some((key, handed_back)) = running.next() => {
+                if handed_back {
+                    // The user's later messages go back with it, so that none overtakes it.
+                    for (delivery, _) in busy.remove(&key).unwrap_or_default() {
+                        if let Err(e) = delivery.hand_back("handed back after an earlier message of its user").await {
+                            tracing::warn!(error = %e, "could not hand a message back");
+                        }
+                    }
+                    continue;
+                }
                 let next = busy.get_mut(&key).and_then(VecDeque::pop_front);
                 match next {
                     Some((delivery, envelope)) => {
@@ -123,7 +132,8 @@ async fn decode(delivery: Delivery, metrics: &Metrics) -> Option<(Delivery, Enve
     }
 }
 
-/// Routes one message and settles it; returns its shard key.
+/// Routes one message and settles it; returns its shard key, and whether the message was handed
+/// back unrouted (a transient failure while stopping).
 async fn route_one(
     key: String,
     delivery: Delivery,
@@ -132,7 +142,7 @@ async fn route_one(
     router: &InboundRouter,
     metrics: &Metrics,
     stop: &CancellationToken,
-) -> String {
+) -> (String, bool) {
     let mut attempt: u32 = 0;
     loop {
         match router.route(envelope.clone()).await {
@@ -145,7 +155,7 @@ async fn route_one(
                 if let Err(e) = delivery.ack().await {
                     tracing::warn!(error = %e, id = %envelope.id, "ack failed; the message will be redelivered and deduplicated");
                 }
-                return key;
+                return (key, false);
             }
             Err(e) if e.is_transient() && !stop.is_cancelled() => {
                 if attempt + 1 == attempts {
@@ -157,10 +167,10 @@ async fn route_one(
             }
             Err(e) if e.is_transient() => {
                 // Stopping: hand it back to the bus for the next router.
-                if let Err(e) = delivery.retry(&e.to_string()).await {
+                if let Err(e) = delivery.hand_back(&e.to_string()).await {
                     tracing::warn!(error = %e, "could not hand a message back");
                 }
-                return key;
+                return (key, true);
             }
             Err(e) => {
                 metrics.routed.with_label_values(&["dead_lettered"]).inc();
@@ -168,7 +178,7 @@ async fn route_one(
                 if let Err(e) = delivery.reject(&e.to_string()).await {
                     tracing::error!(error = %e, "could not dead-letter a message");
                 }
-                return key;
+                return (key, false);
             }
         }
     }

@@ -5,13 +5,14 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use switchyard_core::bus::embedded::EmbeddedBus;
-use switchyard_core::bus::topology::EVENTS_EXCHANGE;
+use switchyard_core::bus::topology::{EVENTS_EXCHANGE, INBOUND_EXCHANGE, inbound_queue, shard_of};
 use switchyard_core::bus::{Bus, BusError, Deliveries, Message, Topology};
+use switchyard_core::conformance::bus::SHARDS;
 use switchyard_core::conformance::store::{app_channel, inbound_envelope, key};
 use switchyard_core::event::CloudEvent;
 use switchyard_core::metrics::Metrics;
@@ -20,6 +21,8 @@ use switchyard_core::store::embedded::EmbeddedStore;
 use switchyard_core::store::{AgentUpdate, Store};
 use switchyard_router::events::EventPublisher;
 use switchyard_router::inbound::{InboundRouter, Routed};
+use switchyard_router::workers::run_shard;
+use tokio_util::sync::CancellationToken;
 
 /// The embedded bus, except that the next `failing` event batches fail as if the broker were
 /// gone.
@@ -340,4 +343,60 @@ async fn a_retry_reannounces_the_conversations_its_first_routing_assigned_ahead_
     // A further redelivery announces them with the same ids.
     s.router.route(c).await.expect("redelivery");
     assert_eq!(drain_conversations(&mut s.events).await, announced);
+}
+
+/// A router that stops while a message keeps failing transiently hands it back, and the later
+/// messages of the same user that it holds go back with it, unrouted, so none overtakes it.
+#[tokio::test]
+async fn a_message_handed_back_while_stopping_takes_its_users_later_messages_with_it() {
+    let s = setup().await;
+    let messages: Vec<_> = (0..3)
+        .map(|i| message_of("u-stop", &format!("m{i}")))
+        .collect();
+    let shard = shard_of(&messages[0].shard_key(), SHARDS);
+    let queue = inbound_queue(shard);
+    for m in &messages {
+        let body = serde_json::to_vec(m).expect("envelope json");
+        s.bus
+            .publish(
+                INBOUND_EXCHANGE,
+                &shard.to_string(),
+                Message::new(m.id.clone(), body),
+            )
+            .await
+            .expect("publish");
+    }
+    // Every event batch fails until the stop: the first message is retried in place, the other
+    // two wait behind it.
+    s.bus.failing.store(usize::MAX / 2, Ordering::SeqCst);
+    let stop = CancellationToken::new();
+    let dyn_bus: Arc<dyn Bus> = s.bus.clone();
+    let consumer = tokio::spawn(run_shard(
+        dyn_bus,
+        queue.clone(),
+        10,
+        3,
+        s.router.clone(),
+        Metrics::new().expect("metrics"),
+        stop.clone(),
+        Arc::new(AtomicBool::new(false)),
+    ));
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    // Only the first message's next attempt fails (and sees the stop); the others would route.
+    s.bus.failing.store(1, Ordering::SeqCst);
+    stop.cancel();
+    consumer.await.expect("join").expect("shard consumer");
+
+    let mut back = s.bus.consume(&queue, 10).await.expect("consume");
+    for m in &messages {
+        let d = tokio::time::timeout(Duration::from_secs(2), back.next())
+            .await
+            .expect("a handed-back message")
+            .expect("delivery");
+        assert_eq!(
+            d.message.message_id, m.id,
+            "the user's messages must be back on the queue, in order"
+        );
+        d.ack().await.expect("ack");
+    }
 }

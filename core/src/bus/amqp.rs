@@ -53,9 +53,10 @@ struct Inner {
     limits: Mutex<HashMap<String, (u32, Option<String>)>>,
     /// Prefix of every exchange and queue name (tests isolate themselves with it).
     prefix: String,
-    /// A consumer [left](Deliveries::leave): the connection must end with the process, not
-    /// with a clean close.
-    left: AtomicBool,
+    /// The process exits after this ([`Bus::exiting`], or a consumer
+    /// [left](Deliveries::leave)): consumers and the connection end with the process, not with
+    /// a clean close.
+    exiting: AtomicBool,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> BusError {
@@ -109,7 +110,7 @@ impl AmqpBus {
                 publish_timeout,
                 limits: Mutex::new(HashMap::new()),
                 prefix: prefix.to_owned(),
-                left: AtomicBool::new(false),
+                exiting: AtomicBool::new(false),
             }),
         })
     }
@@ -493,10 +494,14 @@ impl Bus for AmqpBus {
         self.inner.connection.status().connected()
     }
 
+    fn exiting(&self) {
+        self.inner.exiting.store(true, Ordering::Release);
+    }
+
     async fn close(&self) {
-        if self.inner.left.load(Ordering::Acquire) {
-            // A clean close would cancel the consumers that left before the broker takes their
-            // messages back; the connection ends with the process instead.
+        if self.inner.exiting.load(Ordering::Acquire) {
+            // A clean close would cancel the consumers before the broker takes their messages
+            // back; the connection ends with the process instead.
             tracing::debug!("leaving the AMQP connection to end with the process");
             return;
         }
@@ -521,7 +526,15 @@ struct AmqpDeliveries {
 impl Drop for AmqpDeliveries {
     /// Closing the consumer's channel cancels it on the broker and requeues what it held, so a
     /// replacement consumer (or the standby of a single-active-consumer queue) takes over.
+    /// When the process is exiting, the consumer and its channel are left open instead (see
+    /// [`Deliveries::leave`]): lapin cancels and closes them when their last handle drops, so
+    /// one handle of each is leaked until the process ends.
     fn drop(&mut self) {
+        if self.bus.inner.exiting.load(Ordering::Acquire) {
+            std::mem::forget(self.consumer.clone());
+            std::mem::forget(self.channel.clone());
+            return;
+        }
         let channel = self.channel.clone();
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
@@ -623,11 +636,8 @@ impl Deliveries for AmqpDeliveries {
         {
             tracing::debug!(queue = %self.queue, error = %e, "could not fence the acks of a leaving consumer");
         }
-        self.bus.inner.left.store(true, Ordering::Release);
-        // Dropping the consumer or its channel would cancel or close them cleanly (lapin does
-        // that on drop), which is exactly what leaving avoids: they stay open until the process
-        // exits and its connection ends.
-        std::mem::forget(self);
+        // Dropped while exiting, the consumer and its channel stay open until the process ends.
+        self.bus.inner.exiting.store(true, Ordering::Release);
     }
 }
 
@@ -645,9 +655,15 @@ struct AmqpAcker {
 
 impl Drop for AmqpAcker {
     /// A delivery dropped unsettled (its handler died) goes back to the queue at once, as with
-    /// the embedded bus, instead of waiting for the channel to close.
+    /// the embedded bus, instead of waiting for the channel to close; unless the process is
+    /// exiting ([`Bus::exiting`]).
     fn drop(&mut self) {
         if self.settled.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if self.bus.inner.exiting.load(Ordering::Acquire) {
+            // The process is exiting: the broker takes the delivery back, in order, when the
+            // connection ends (a requeue now would put it behind the consumer's later ones).
             return;
         }
         let acker = self.acker.clone();
@@ -696,6 +712,16 @@ impl Acker for AmqpAcker {
             )),
             Err(e) => Err(unavailable(e)),
         }
+    }
+
+    async fn hand_back(&self, reason: &str) -> Result<(), BusError> {
+        if self.bus.inner.exiting.load(Ordering::Acquire) {
+            // A requeue now would put the message behind the consumer's later ones; when the
+            // connection ends, the broker takes everything back in delivery order.
+            self.settled.store(true, Ordering::Release);
+            return Ok(());
+        }
+        self.nack(true, reason).await
     }
 
     async fn nack(&self, requeue: bool, reason: &str) -> Result<(), BusError> {

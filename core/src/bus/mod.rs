@@ -138,6 +138,13 @@ impl Delivery {
     pub async fn reject(self, reason: &str) -> Result<(), BusError> {
         self.acker.nack(false, reason).await
     }
+
+    /// This consumer is stopping and gives the message back to the queue for the next one: as
+    /// [`Delivery::retry`], or, once the process is [exiting](Bus::exiting), left to go back when
+    /// the process's connection ends, in order with everything else the consumer holds.
+    pub async fn hand_back(self, reason: &str) -> Result<(), BusError> {
+        self.acker.hand_back(reason).await
+    }
 }
 
 /// Settles one delivery; implemented by each bus.
@@ -147,6 +154,10 @@ pub trait Acker: Send + Sync {
     async fn ack(&self) -> Result<(), BusError>;
     /// Negative acknowledgement; `requeue = false` dead-letters at once.
     async fn nack(&self, requeue: bool, reason: &str) -> Result<(), BusError>;
+    /// [`Delivery::hand_back`]; by default a requeueing nack.
+    async fn hand_back(&self, reason: &str) -> Result<(), BusError> {
+        self.nack(true, reason).await
+    }
 }
 
 /// A stream of deliveries from one queue.
@@ -214,4 +225,9 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Stops delivering; consumers see the end of their streams.
     async fn close(&self);
+
+    /// The process exits once it has stopped: consumers dropped from now on, and
+    /// [`Bus::close`], leave their broker state to end with the process, as
+    /// [`Deliveries::leave`] explains. The default does nothing.
+    fn exiting(&self) {}
 }
