@@ -368,6 +368,20 @@ impl State {
         }
     }
 
+    /// [`Store::set_key`].
+    fn set_key(&mut self, key: &str, value: String, ttl: Duration) {
+        self.dedupe
+            .insert(key.to_owned(), (value, Instant::now() + ttl));
+    }
+
+    /// [`Store::get_key`]: the value of `key`, if set and not expired.
+    fn get_key(&self, key: &str) -> Option<&str> {
+        self.dedupe
+            .get(key)
+            .filter(|(_, expiry)| *expiry > Instant::now())
+            .map(|(v, _)| v.as_str())
+    }
+
     /// [`Store::resolve_customer`]: the resolution with the whole profile.
     fn resolve_customer(&mut self, req: &ResolveRequest) -> Result<Resolution, StoreError> {
         let r = self.resolve(req)?;
@@ -634,18 +648,12 @@ impl Store for EmbeddedStore {
     }
 
     async fn set_key(&self, key: &str, value: &str, ttl: Duration) -> Result<(), StoreError> {
-        self.lock()
-            .dedupe
-            .insert(key.to_owned(), (value.to_owned(), Instant::now() + ttl));
+        self.lock().set_key(key, value.to_owned(), ttl);
         Ok(())
     }
 
     async fn get_key(&self, key: &str) -> Result<Option<String>, StoreError> {
-        let s = self.lock();
-        Ok(s.dedupe
-            .get(key)
-            .filter(|(_, expiry)| *expiry > Instant::now())
-            .map(|(v, _)| v.clone()))
+        Ok(self.lock().get_key(key).map(str::to_owned))
     }
 
     async fn delete_key(&self, key: &str) -> Result<(), StoreError> {
@@ -699,20 +707,15 @@ impl Store for EmbeddedStore {
         };
         if retry {
             let remembered = s
-                .dedupe
-                .get(&others_assigned_key(&req.claim))
-                .filter(|(_, expiry)| *expiry > Instant::now())
-                .map(|(v, _)| decode_others_assigned(v))
+                .get_key(&others_assigned_key(&req.claim))
+                .map(decode_others_assigned)
                 .unwrap_or_default()
                 .into_iter()
                 .map(|(id, agent)| (s.conversations.get(&id).cloned(), agent))
                 .collect();
             replay_others_assigned(&mut assignments, remembered);
         } else if let Some(others) = encode_others_assigned(&record.conversation.id, &assignments) {
-            s.dedupe.insert(
-                others_assigned_key(&req.claim),
-                (others, Instant::now() + req.claim_ttl),
-            );
+            s.set_key(&others_assigned_key(&req.claim), others, req.claim_ttl);
         }
         Ok(InboundOutcome::Routed {
             resolution,
