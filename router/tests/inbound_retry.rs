@@ -126,11 +126,21 @@ async fn setup() -> Setup {
 
 /// Every event published so far, as (type without prefix, id), in order.
 async fn drain(events: &mut Box<dyn Deliveries>) -> Vec<(String, String)> {
+    drain_events(events)
+        .await
+        .into_iter()
+        .map(|(routing_key, event)| (routing_key, event.id))
+        .collect()
+}
+
+/// Every event published so far, with its routing key, in order; each delivery's message id
+/// is its event id.
+async fn drain_events(events: &mut Box<dyn Deliveries>) -> Vec<(String, CloudEvent)> {
     let mut out = Vec::new();
     while let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(200), events.next()).await {
         let event: CloudEvent = serde_json::from_slice(&d.message.body).expect("event json");
         assert_eq!(event.id, d.message.message_id, "message id is the event id");
-        out.push((d.routing_key.clone(), event.id));
+        out.push((d.routing_key.clone(), event));
         d.ack().await.expect("ack");
     }
     out
@@ -143,11 +153,7 @@ fn types(events: &[(String, String)]) -> Vec<&str> {
 #[tokio::test]
 async fn a_retry_after_lost_events_announces_everything_once_more_with_the_same_ids() {
     let mut s = setup().await;
-    let identity = key("", "app_user", "shop-app", "retry-1");
-    let mut envelope = inbound_envelope("", &app_channel(), "retry-1", vec![identity], "hi", {
-        switchyard_core::time::now()
-    });
-    envelope.customer_id = None;
+    let envelope = message_of("retry-1", "hi");
 
     // First attempt: stored and assigned, but the events never reach the bus.
     s.bus.failing.store(1, Ordering::SeqCst);
@@ -206,16 +212,7 @@ async fn a_retry_after_lost_events_announces_everything_once_more_with_the_same_
     );
 
     // A later message of the same customer announces only itself.
-    let identity = key("", "app_user", "shop-app", "retry-1");
-    let mut later = inbound_envelope(
-        "",
-        &app_channel(),
-        "retry-1",
-        vec![identity],
-        "again",
-        switchyard_core::time::now(),
-    );
-    later.customer_id = None;
+    let later = message_of("retry-1", "again");
     assert_eq!(
         s.router.route(later.clone()).await.expect("later"),
         Routed::Recorded(conversation)
@@ -228,28 +225,11 @@ async fn a_retry_after_lost_events_announces_everything_once_more_with_the_same_
 #[tokio::test]
 async fn a_retry_of_a_later_message_does_not_reannounce_the_conversation() {
     let mut s = setup().await;
-    let identity = key("", "app_user", "shop-app", "retry-2");
-    let mut opening = inbound_envelope(
-        "",
-        &app_channel(),
-        "retry-2",
-        vec![identity.clone()],
-        "hi",
-        switchyard_core::time::now(),
-    );
-    opening.customer_id = None;
+    let opening = message_of("retry-2", "hi");
     s.router.route(opening).await.expect("opening message");
     assert_eq!(drain(&mut s.events).await.len(), 5, "opening events");
 
-    let mut later = inbound_envelope(
-        "",
-        &app_channel(),
-        "retry-2",
-        vec![identity],
-        "second",
-        switchyard_core::time::now(),
-    );
-    later.customer_id = None;
+    let later = message_of("retry-2", "second");
     s.bus.failing.store(1, Ordering::SeqCst);
     assert!(s.router.route(later.clone()).await.is_err());
     s.router.route(later.clone()).await.expect("retry");
@@ -293,17 +273,17 @@ async fn set_capacity(store: &Arc<dyn Store>, capacity: u32) {
 
 /// Every event published so far, as (type, conversation id in its data, event id).
 async fn drain_conversations(events: &mut Box<dyn Deliveries>) -> Vec<(String, String, String)> {
-    let mut out = Vec::new();
-    while let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(200), events.next()).await {
-        let event: CloudEvent = serde_json::from_slice(&d.message.body).expect("event json");
-        let conversation = event.data["conversation"]["id"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        out.push((d.routing_key.clone(), conversation, event.id));
-        d.ack().await.expect("ack");
-    }
-    out
+    drain_events(events)
+        .await
+        .into_iter()
+        .map(|(routing_key, event)| {
+            let conversation = event.data["conversation"]["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            (routing_key, conversation, event.id)
+        })
+        .collect()
 }
 
 #[tokio::test]

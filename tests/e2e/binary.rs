@@ -2,12 +2,19 @@
 //! `check-config` explains errors with the key path.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 /// The `switchyard` command line, built by `cargo test` for this package.
 pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_switchyard-under-test"))
+}
+
+/// Sends SIGTERM to `child` (a clean stop: it drains and exits); the status of `kill`.
+pub fn sigterm(child: &Child) -> std::io::Result<ExitStatus> {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
 }
 
 pub fn free_port() -> u16 {
@@ -55,10 +62,7 @@ async fn serve_runs_the_embedded_default_and_stops_cleanly_on_sigterm() {
     assert!(openapi["openapi"].as_str().unwrap().starts_with("3."));
 
     // SIGTERM: drain and exit 0.
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    let status = sigterm(&child).unwrap();
     assert!(status.success());
     let mut exited = None;
     for _ in 0..100 {

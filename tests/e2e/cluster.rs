@@ -18,7 +18,7 @@ use switchyard_core::bus::{Bus, Message};
 use switchyard_core::conformance::services::{TestVhost, absent, redis_url};
 use tokio::sync::Mutex;
 
-use crate::binary::{binary, free_port};
+use crate::binary::{binary, free_port, sigterm};
 use crate::support::{SECRET, api_message, metric_at};
 
 /// Cluster tests run one at a time: each runs three processes and a load on a 2-core machine,
@@ -155,22 +155,15 @@ impl Cluster {
 
     /// Starts a router as `router.instance` `instance` (of 2) and waits until it is ready.
     pub async fn add_router_as(&mut self, instance: usize) {
-        let router = self.start_router(instance).await;
-        self.routers.push(router);
-    }
-
-    /// Starts a router as `instance` and waits until it is ready, without adding it to
-    /// [`Cluster::routers`] (for starting one while the cluster is under load).
-    pub async fn start_router(&self, instance: usize) -> RouterProcess {
         let port = free_port();
         let child = spawn("router", &self.config, port, instance);
         let url = format!("http://127.0.0.1:{port}");
         wait_ready(&self.http, &url).await;
-        RouterProcess {
+        self.routers.push(RouterProcess {
             child,
             url,
             instance,
-        }
+        });
     }
 
     /// A bus client on the cluster's vhost (for the event stream and direct publishes).
@@ -250,9 +243,7 @@ impl Cluster {
             .map(|r| &mut r.child)
             .chain(std::iter::once(&mut self.gateway))
         {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
+            let _ = sigterm(child);
         }
         for child in self
             .routers
@@ -611,9 +602,7 @@ async fn a_router_stopped_with_a_backlog_hands_its_shards_over_in_order() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut stopping = cluster.routers.remove(0);
     let mut routed_twice = metric_at(&cluster.http, &stopping.url, ROUTED_TWICE).await;
-    let _ = Command::new("kill")
-        .args(["-TERM", &stopping.child.id().to_string()])
-        .status();
+    let _ = sigterm(&stopping.child);
     let status = stopping.child.wait().expect("wait for the stopped router");
     assert!(
         status.success(),
@@ -792,9 +781,7 @@ impl OwnRedis {
     /// Stops the server (SIGTERM: it flushes its AOF) and waits for it to exit.
     fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
+            let _ = sigterm(&child);
             let _ = child.wait();
         }
     }
