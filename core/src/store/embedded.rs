@@ -606,7 +606,12 @@ impl State {
         stored.customer_id = Some(customer_id);
         stored.conversation_id = Some(conv_id.clone());
         self.message_ids.insert(stored.id.clone(), conv_id.clone());
-        let messages = self.messages.entry(conv_id.clone()).or_default();
+        // Most conversations hold a message or two: start with room for one instead of the
+        // four slots (≈ 2 KiB) a default `VecDeque` takes on its first push.
+        let messages = self
+            .messages
+            .entry(conv_id.clone())
+            .or_insert_with(|| VecDeque::with_capacity(1));
         messages.push_back(stored);
         if messages.len() > MAX_MESSAGES_PER_CONVERSATION {
             messages.pop_front();
