@@ -1,6 +1,5 @@
 //! Runs assignment for pools and announces what it assigned.
 
-use chrono::{DateTime, Utc};
 use switchyard_core::event::EventType;
 use switchyard_core::metrics::Metrics;
 use switchyard_core::store::{Assignment, Store};
@@ -19,32 +18,35 @@ pub async fn assign_pools(
 ) -> Result<Vec<Assignment>, RouteError> {
     let mut all = Vec::new();
     for pool in pools {
-        let now = switchyard_core::time::now();
-        let assignments = store.assign_queued(pool, now).await?;
-        announce_assignments(metrics, pool, now, &assignments, events);
+        let assignments = store
+            .assign_queued(pool, switchyard_core::time::now())
+            .await?;
+        announce_assignments(metrics, pool, &assignments, events);
         all.extend(assignments);
     }
     Ok(all)
 }
 
-/// For assignments the store made in `pool` at `now`: records each one's ingress-to-assignment
-/// latency and adds its `conversation.assigned` to `events`.
+/// For assignments the store made in `pool`: adds each one's `conversation.assigned` to
+/// `events`, and records the ingress-to-assignment latency of each new one (a
+/// [replayed](Assignment::replayed) one was measured when it was made).
 pub fn announce_assignments(
     metrics: &Metrics,
     pool: &str,
-    now: DateTime<Utc>,
     assignments: &[Assignment],
     events: &mut EventBatch,
 ) {
     for a in assignments {
-        let waited = (now - a.conversation.created_at)
-            .to_std()
-            .unwrap_or_default()
-            .as_secs_f64();
-        metrics
-            .ingress_to_assignment
-            .with_label_values(&[pool])
-            .observe(waited);
+        if let (false, Some(assigned_at)) = (a.replayed, a.conversation.assigned_at) {
+            let waited = (assigned_at - a.conversation.created_at)
+                .to_std()
+                .unwrap_or_default()
+                .as_secs_f64();
+            metrics
+                .ingress_to_assignment
+                .with_label_values(&[pool])
+                .observe(waited);
+        }
         events.conversation(EventType::ConversationAssigned, &a.conversation);
     }
 }

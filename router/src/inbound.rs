@@ -136,13 +136,7 @@ impl InboundRouter {
         }
         events.message_received(&envelope, conversation.agent_id.as_deref());
         // Made only when the conversation was queued (it, or older ones of its pool ahead of it).
-        announce_assignments(
-            &self.metrics,
-            &conversation.pool,
-            now,
-            &assignments,
-            &mut events,
-        );
+        announce_assignments(&self.metrics, &conversation.pool, &assignments, &mut events);
         if conversation.status == ConversationStatus::Assigned && record.duplicate && record.created
         {
             // The message that opened this conversation, retried after its assignment was

@@ -75,6 +75,17 @@ struct Setup {
     store: Arc<dyn Store>,
     router: InboundRouter,
     events: Box<dyn Deliveries>,
+    metrics: Metrics,
+}
+
+impl Setup {
+    /// How many ingress-to-assignment latencies the router has recorded.
+    fn assignments_measured(&self) -> u64 {
+        self.metrics
+            .ingress_to_assignment
+            .with_label_values(&["default"])
+            .get_sample_count()
+    }
 }
 
 async fn setup() -> Setup {
@@ -107,10 +118,11 @@ async fn setup() -> Setup {
         .await
         .expect("agent");
     let dyn_bus: Arc<dyn Bus> = bus.clone();
+    let metrics = Metrics::new().expect("metrics");
     let router = InboundRouter::new(
         Arc::clone(&store),
         EventPublisher::new(dyn_bus),
-        Metrics::new().expect("metrics"),
+        metrics.clone(),
         HashMap::new(),
         vec!["default".into()],
         Duration::from_secs(600),
@@ -121,6 +133,7 @@ async fn setup() -> Setup {
         store,
         router,
         events,
+        metrics,
     }
 }
 
@@ -323,6 +336,12 @@ async fn a_retry_reannounces_the_conversations_its_first_routing_assigned_ahead_
     // A further redelivery announces them with the same ids.
     s.router.route(c).await.expect("redelivery");
     assert_eq!(drain_conversations(&mut s.events).await, announced);
+    // a and the first attempt's b and c: re-announced assignments are not measured again.
+    assert_eq!(
+        s.assignments_measured(),
+        3,
+        "a retry recorded the ingress-to-assignment latency of an assignment again"
+    );
 }
 
 /// A router that stops while a message keeps failing transiently hands it back, and the later

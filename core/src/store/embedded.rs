@@ -347,6 +347,7 @@ impl State {
             return Some(Assignment {
                 conversation,
                 agent_id,
+                replayed: false,
             });
         }
     }

@@ -168,6 +168,9 @@ pub struct Assignment {
     /// The agent now holding it (only the id: an agent's whole record, with every conversation
     /// it holds, is not worth carrying on the routing path).
     pub agent_id: String,
+    /// Made by an earlier attempt of the same routing and reported again by its retry
+    /// ([`InboundOutcome::Routed`]): announced again, but not a new assignment.
+    pub replayed: bool,
 }
 
 /// What [`Store::route_inbound`] does for one inbound message (not an identify/link event).
@@ -313,6 +316,7 @@ pub(crate) fn replay_others_assigned(
             assignments.push(Assignment {
                 conversation,
                 agent_id,
+                replayed: true,
             });
         }
     }

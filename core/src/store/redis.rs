@@ -756,6 +756,7 @@ fn assignments(v: Value) -> Result<Vec<Assignment>, StoreError> {
             Ok(Assignment {
                 conversation: some_conversation(a.next()?)?,
                 agent_id: text(a.next()?)?,
+                replayed: false,
             })
         })
         .collect()
