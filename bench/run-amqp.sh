@@ -8,6 +8,7 @@
 #   ONLY_PROFILE=1 bench/run-amqp.sh     # only a max-rate run under `perf record -g`
 #   PROFILE=1 bench/run-amqp.sh          # everything, then the profiled run
 #   SY_WORKER_THREADS=1 ONLY_SY_MAX=1 bench/run-amqp.sh  # gateway and routers on 1 tokio worker
+#   MESSAGES_PER_USER=10 bench/run-amqp.sh   # every Switchyard run: 10 messages per conversation
 #
 # Runs (each Switchyard run on a fresh vhost and Redis key prefix, so agents start empty and
 # queues start drained):
@@ -50,6 +51,7 @@ ONLY_PROFILE=${ONLY_PROFILE:-0}      # 1: only the profiled run
 ONLY_SY_MAX=${ONLY_SY_MAX:-0}        # 1: only Switchyard at max rate (e.g. with ROUTERS=2)
 WITH_SPREAD=${WITH_SPREAD:-0}        # with ONLY_SY_MAX=1: also the many-agents run
 SY_RATE=${SY_RATE:-}                 # with ONLY_SY_MAX=1: also a run at this fixed rate (msg/s)
+MESSAGES_PER_USER=${MESSAGES_PER_USER:-1}  # Switchyard runs: messages per user (1: each opens a conversation)
 PROFILE_MESSAGES=${PROFILE_MESSAGES:-30000}
 PERF_FREQ=${PERF_FREQ:-199}
 SY_WORKER_THREADS=${SY_WORKER_THREADS:-}  # tokio worker threads of gateway and routers (default: one per CPU)
@@ -286,7 +288,8 @@ register_agents() {
 
 bench() {
   "$BIN/switchyard-bench" --target "$GW_URL" --secret "$SECRET" --channel bench \
-    --server-pid "$GW_PID" --connections "$CONNECTIONS" --skip-agents --quiet "$@"
+    --server-pid "$GW_PID" --connections "$CONNECTIONS" --messages-per-user "$MESSAGES_PER_USER" \
+    --skip-agents --quiet "$@"
 }
 
 # sy_run LABEL RATE(max|n) [perf] [agent multiplier]
@@ -311,7 +314,9 @@ sy_run() {
   local watch_extra=()
   [ -n "$perf" ] && watch_extra=(--also-bind '#')
   rm -f "$OUT/$label.ready"
-  "$BIN/amqp_ceiling" watch --url "$AMQP/$SY_VHOST" --expect "$expect" --idle-secs 20 \
+  local expect_assigned=$(((expect + MESSAGES_PER_USER - 1) / MESSAGES_PER_USER))
+  "$BIN/amqp_ceiling" watch --url "$AMQP/$SY_VHOST" --expect "$expect_assigned" \
+    --expect-messages "$expect" --idle-secs 20 \
     --ready-file "$OUT/$label.ready" --json-out "$OUT/$label-watch.json" "${watch_extra[@]}" \
     >/dev/null 2>"$OUT/$label-watch.err" &
   local watch_pid=$!
@@ -337,7 +342,7 @@ sy_run() {
   redis_cmdstats >"$OUT/$label-redis0.txt"
   for p in "${ROUTER_PIDS[@]}"; do r0+=("$(ticks "$p")"); done
   local t0; t0=$(date +%s.%N)
-  log "switchyard $label: rate $rate, expecting $expect assignments"
+  log "switchyard $label: rate $rate, expecting $expect messages, $expect_assigned assignments"
   bench "${args[@]}" --warmup 0 --label "$label" --json-out "$OUT/$label-bench.json" >/dev/null
   wait "$watch_pid" || true
   forget_pid "$watch_pid"
@@ -357,7 +362,7 @@ sy_run() {
     router_hwm+="$(hwm_kib "${ROUTER_PIDS[$i]}") "
     router_rss+="$(rss_kib "${ROUTER_PIDS[$i]}") "
   done
-  local n; n=$(jq -r '.assigned' "$OUT/$label-watch.json")
+  local n; n=$(jq -r '.received' "$OUT/$label-watch.json")   # messages routed
   redis_cmd_diff "$OUT/$label-redis0.txt" "$OUT/$label-redis1.txt" "$((n > 0 ? n : 1))" >"$OUT/$label-redis-commands.json"
   read -r ec0 eu0 c0 u0 <<<"$rs0"
   read -r ec1 eu1 c1 u1 <<<"$rs1"
@@ -375,11 +380,12 @@ sy_run() {
     --slurpfile rcmd "$OUT/$label-redis-commands.json" '
     def per(t): if $n > 0 then t * 10000 / $n else null end;   # ticks (10 ms) -> µs per message
     {"label": $lbl, rate: $rate, routers: $routers, loadavg_before: $lb, loadavg_after: $la,
-     window_s: $window, assigned: $n,
+     window_s: $window, messages: $n, assigned: $watch[0].assigned,
+     messages_per_user: $bench[0].config.messages_per_user,
      http_accepted_per_s: $bench[0].http.accepted_per_s,
      http_latency: $bench[0].http.latency, http_errors: $bench[0].http.errors,
      http_unsent: $bench[0].http.unsent,
-     routed_per_s: $watch[0].assigned_per_s,
+     routed_per_s: $watch[0].messages_per_s, assigned_per_s: $watch[0].assigned_per_s,
      received_to_assigned: $watch[0].received_to_assigned,
      received_to_observed: $watch[0].received_to_observed,
      event_types_seen: $watch[0].event_types_seen,
@@ -415,7 +421,7 @@ sy_run() {
   jq --argjson agents "$agents" --argjson convs "$convs" --argjson outcomes "$outcomes" \
     '. + {agents: $agents, conversations_per_agent_at_end: ($convs / $agents), router_outcomes: $outcomes}' \
     "$OUT/$label.json" >"$OUT/$label.json.tmp" && mv "$OUT/$label.json.tmp" "$OUT/$label.json"
-  jq -r '"  -> \(.routed_per_s|floor) assigned/s end to end (HTTP \(.http_accepted_per_s|floor) accepted/s), received->assigned p50 \(.received_to_assigned.p50_ms) ms p99 \(.received_to_assigned.p99_ms) ms, HTTP p99 \(.http_latency.p99_ms) ms; CPU µs/msg gw \(.cpu_us_per_msg.gateway|floor) router \(.cpu_us_per_msg.routers|floor) rabbit \(.cpu_us_per_msg.rabbitmq|floor) redis \(.cpu_us_per_msg.redis|floor); others \(.others_share * 100 | floor)% of the machine; load \(.loadavg_before) -> \(.loadavg_after)"' "$OUT/$label.json"
+  jq -r '"  -> \(.routed_per_s|floor) msg/s routed (\(.assigned_per_s|floor) assigned/s) end to end (HTTP \(.http_accepted_per_s|floor) accepted/s), received->assigned p50 \(.received_to_assigned.p50_ms) ms p99 \(.received_to_assigned.p99_ms) ms, HTTP p99 \(.http_latency.p99_ms) ms; CPU µs/msg gw \(.cpu_us_per_msg.gateway|floor) router \(.cpu_us_per_msg.routers|floor) rabbit \(.cpu_us_per_msg.rabbitmq|floor) redis \(.cpu_us_per_msg.redis|floor); others \(.others_share * 100 | floor)% of the machine; load \(.loadavg_before) -> \(.loadavg_after)"' "$OUT/$label.json"
   sy_stop
 }
 
@@ -470,7 +476,7 @@ if [ "$ONLY_PROFILE" = 1 ] || [ "$ONLY_SY_MAX" = 1 ]; then
   exit 0
 fi
 {
-  echo "run $RUN — $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $ROUTERS router(s)"
+  echo "run $RUN — $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $ROUTERS router(s), $MESSAGES_PER_USER message(s) per user"
   printf '%-20s %-6s %9s %10s %10s  %s\n' run rate "msg/s" "p50 ms" "p99 ms" "others% | load before -> after"
   for f in ceiling-max ceiling-half ceiling-at-sy-half ceiling-max-5pub; do
     jq -r --arg f "$f" '[$f, .rate, (.delivered_per_s|floor), .e2e.p50_ms, .e2e.p99_ms, "\(.cpu.others_share * 100 | floor)% | \(.loadavg_before) -> \(.loadavg_after)"] | @tsv' "$OUT/$f.json"

@@ -29,7 +29,7 @@
 //!
 //! The vhost is given in the URL; bench/run-amqp.sh creates and deletes it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -124,9 +124,13 @@ struct WatchArgs {
     /// AMQP URL including Switchyard's vhost.
     #[arg(long)]
     url: String,
-    /// Stop after this many measured-phase assignments.
+    /// Stop after this many measured-phase assignments (and `--expect-messages` messages).
     #[arg(long)]
     expect: Option<u64>,
+    /// With several messages per user: also wait for this many measured-phase
+    /// `message.received` events (default: as many as `--expect`).
+    #[arg(long)]
+    expect_messages: Option<u64>,
     /// Stop after this many seconds without a measured-phase event (once one was seen).
     #[arg(long, default_value_t = 15.0)]
     idle_secs: f64,
@@ -801,10 +805,13 @@ async fn watch(a: WatchArgs) -> anyhow::Result<()> {
     if let Some(path) = &a.ready_file {
         std::fs::write(path, "ready\n")?;
     }
-    // conversation -> received_at (measured users); conversation -> (assigned_at, observed) when
-    // the assignment came first.
+    // conversation -> received_at of its first message (measured users); conversation ->
+    // (assigned_at, observed) when the assignment came first; conversations assigned already
+    // (their later messages measure nothing).
     let mut received: HashMap<String, DateTime<Utc>> = HashMap::new();
     let mut early: HashMap<String, (DateTime<Utc>, DateTime<Utc>)> = HashMap::new();
+    let mut assigned: HashSet<String> = HashSet::new();
+    let expect_messages = a.expect_messages.or(a.expect);
     let mut to_assigned = new_hist()?;
     let mut to_observed = new_hist()?;
     let mut routed_lag = new_hist()?;
@@ -814,12 +821,15 @@ async fn watch(a: WatchArgs) -> anyhow::Result<()> {
     let mut first_received: Option<DateTime<Utc>> = None;
     let mut last_assigned: Option<DateTime<Utc>> = None;
     let mut last_observed: Option<DateTime<Utc>> = None;
+    let mut last_received_observed: Option<DateTime<Utc>> = None;
     let mut last_event = Instant::now();
     let started = Instant::now();
     let idle = Duration::from_secs_f64(a.idle_secs);
     let max = Duration::from_secs_f64(a.max_secs);
     loop {
-        if a.expect.is_some_and(|e| n_assigned >= e) {
+        if a.expect.is_some_and(|e| n_assigned >= e)
+            && expect_messages.is_none_or(|e| n_received >= e)
+        {
             break;
         }
         if started.elapsed() > max || (n_received > 0 && last_event.elapsed() > idle) {
@@ -851,15 +861,18 @@ async fn watch(a: WatchArgs) -> anyhow::Result<()> {
                 continue;
             };
             n_received += 1;
+            last_received_observed = Some(observed);
             first_received = Some(first_received.map_or(at, |f| f.min(at)));
             if let Some(t) = event_time {
                 routed_lag.saturating_record(us_between(at, t).min(MAX_US));
             }
             if let Some((assigned_at, obs)) = early.remove(conv) {
+                assigned.insert(conv.to_owned());
                 to_assigned.saturating_record(us_between(at, assigned_at).min(MAX_US));
                 to_observed.saturating_record(us_between(at, obs).min(MAX_US));
-            } else {
-                received.insert(conv.to_owned(), at);
+            } else if !assigned.contains(conv) {
+                // Only a conversation's first message waits for its assignment.
+                received.entry(conv.to_owned()).or_insert(at);
             }
         } else if ty.ends_with("conversation.assigned") {
             let c = &ev["data"]["conversation"];
@@ -876,6 +889,7 @@ async fn watch(a: WatchArgs) -> anyhow::Result<()> {
             last_observed = Some(observed);
             match received.remove(conv) {
                 Some(at) => {
+                    assigned.insert(conv.to_owned());
                     to_assigned.saturating_record(us_between(at, assigned_at).min(MAX_US));
                     to_observed.saturating_record(us_between(at, observed).min(MAX_US));
                 }
@@ -885,10 +899,13 @@ async fn watch(a: WatchArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let span = match (first_received, last_observed) {
-        (Some(f), Some(l)) => (l - f).num_microseconds().unwrap_or(0) as f64 / 1e6,
-        _ => 0.0,
-    };
+    let seconds_between =
+        |first: Option<DateTime<Utc>>, last: Option<DateTime<Utc>>| match (first, last) {
+            (Some(f), Some(l)) => (l - f).num_microseconds().unwrap_or(0) as f64 / 1e6,
+            _ => 0.0,
+        };
+    let span = seconds_between(first_received, last_observed);
+    let messages_span = seconds_between(first_received, last_received_observed);
     let report = json!({
         "kind": "switchyard_watch",
         "received": n_received,
@@ -899,6 +916,7 @@ async fn watch(a: WatchArgs) -> anyhow::Result<()> {
         "last_observed_at": last_observed.map(|t| t.to_rfc3339()),
         "span_s": span,
         "assigned_per_s": if span > 0.0 { n_assigned as f64 / span } else { 0.0 },
+        "messages_per_s": if messages_span > 0.0 { n_received as f64 / messages_span } else { 0.0 },
         "received_to_assigned": pct(&to_assigned),
         "received_to_observed": pct(&to_observed),
         "received_to_message_received_event": pct(&routed_lag),
