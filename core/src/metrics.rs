@@ -60,6 +60,9 @@ pub struct Metrics {
     pub queue_depth: IntGaugeVec,
     /// Open agent and visitor WebSocket sessions, by kind.
     pub websocket_sessions: IntGaugeVec,
+    /// Event batches of the outbox, by outcome (`deferred`: the bus refused it, kept in the
+    /// store; `republished`; `lost`: neither published nor kept; `dropped`: undecodable).
+    pub events_outbox: IntCounterVec,
 }
 
 /// Latency buckets from 100 µs to 30 s.
@@ -124,6 +127,13 @@ impl Metrics {
             Opts::new("websocket_sessions", "Open WebSocket sessions"),
             &["kind"],
         )?;
+        let events_outbox = IntCounterVec::new(
+            Opts::new(
+                "events_outbox_batches_total",
+                "Event batches deferred to the store's outbox and republished, by outcome",
+            ),
+            &["outcome"],
+        )?;
         registry.register(Box::new(inbound.clone()))?;
         registry.register(Box::new(outbound.clone()))?;
         registry.register(Box::new(routed.clone()))?;
@@ -132,6 +142,7 @@ impl Metrics {
         registry.register(Box::new(api_errors.clone()))?;
         registry.register(Box::new(queue_depth.clone()))?;
         registry.register(Box::new(websocket_sessions.clone()))?;
+        registry.register(Box::new(events_outbox.clone()))?;
         Ok(Metrics {
             registry,
             inbound,
@@ -142,6 +153,7 @@ impl Metrics {
             api_errors,
             queue_depth,
             websocket_sessions,
+            events_outbox,
         })
     }
 

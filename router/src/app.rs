@@ -31,10 +31,13 @@ use crate::hub::AgentHub;
 use crate::inbound::InboundRouter;
 use crate::ingress::Ingress;
 use crate::operations::Operations;
+use crate::outbox::{EventOutbox, run_republisher};
 use crate::workers::{run_channel_sync, run_outbound, run_shard};
 
 /// How often a router sets offline the agents whose presence lapsed (and announces them).
 const PRESENCE_SWEEP: Duration = Duration::from_secs(5);
+/// How often a router republishes event batches the bus refused (see [`crate::outbox`]).
+const OUTBOX_REPUBLISH: Duration = Duration::from_secs(5);
 
 /// Which parts of Switchyard a process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,11 +157,12 @@ impl App {
             .await
             .context("declaring the bus topology")?;
         let events = EventPublisher::new(Arc::clone(&bus));
+        let outbox = EventOutbox::new(events.clone(), Arc::clone(&store), metrics.clone());
         let ops = Operations::new(
             Arc::clone(&store),
             registry.clone(),
             Arc::clone(&bus),
-            events.clone(),
+            outbox.clone(),
             metrics.clone(),
             settings.router.history_limit,
         );
@@ -233,20 +237,27 @@ impl App {
             });
         }
         if role.router() {
-            let (store, events, stop) = (Arc::clone(&store), events.clone(), shutdown.clone());
+            let (store, sweep_outbox, stop) =
+                (Arc::clone(&store), outbox.clone(), shutdown.clone());
             tasks.spawn(async move {
-                sweep_lapsed_agents(store, events, PRESENCE_SWEEP, stop)
+                sweep_lapsed_agents(store, sweep_outbox, PRESENCE_SWEEP, stop)
                     .await
                     .context("presence sweeper")
+            });
+            let (outbox, stop) = (outbox.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                run_republisher(outbox, OUTBOX_REPUBLISH, stop)
+                    .await
+                    .context("events outbox republisher")
             });
         }
         let hub = Arc::new(AgentHub::default());
         if role.gateway() {
             for kind in &outbound_kinds {
-                let (bus, registry, events, metrics, stop) = (
+                let (bus, registry, outbox, metrics, stop) = (
                     Arc::clone(&bus),
                     registry.clone(),
-                    events.clone(),
+                    outbox.clone(),
                     metrics.clone(),
                     shutdown.clone(),
                 );
@@ -259,7 +270,7 @@ impl App {
                         attempts,
                         limit,
                         registry,
-                        events,
+                        outbox,
                         metrics,
                         stop,
                     )

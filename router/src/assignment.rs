@@ -5,7 +5,8 @@ use switchyard_core::metrics::Metrics;
 use switchyard_core::store::{Assignment, Store};
 
 use crate::error::RouteError;
-use crate::events::{EventBatch, EventPublisher};
+use crate::events::EventBatch;
+use crate::outbox::EventOutbox;
 
 /// Assigns queued conversations of each pool to agents with room, adds
 /// `conversation.assigned` for each to `events` (the caller publishes them), and records
@@ -82,7 +83,7 @@ pub async fn sample_queue_depth(
 /// safe: each lapsed agent is expired by exactly one call.
 pub async fn sweep_lapsed_agents(
     store: std::sync::Arc<dyn Store>,
-    events: EventPublisher,
+    events: EventOutbox,
     every: std::time::Duration,
     stop: tokio_util::sync::CancellationToken,
 ) -> Result<(), RouteError> {

@@ -400,6 +400,34 @@ pub fn message_failed_id(m: &Envelope) -> String {
     CloudEvent::state_id(EventType::MessageFailed, &m.id, m.sent_at)
 }
 
+impl EventBatch {
+    /// The batch as bus messages, in order: (routing key = event type, message with the event id
+    /// and CloudEvents content type). Fails if an event could not be encoded.
+    pub fn into_messages(self) -> Result<Vec<(String, Message)>, BusError> {
+        let mut messages = Vec::with_capacity(self.events.len());
+        for event in self.events {
+            let body = event.body.map_err(|reason| BusError::Nacked {
+                exchange: EVENTS_EXCHANGE.into(),
+                reason,
+            })?;
+            messages.push((
+                event.event_type.as_str().to_owned(),
+                event_message(event.id, body),
+            ));
+        }
+        Ok(messages)
+    }
+}
+
+/// An encoded event as a bus message: its id, its JSON, the CloudEvents content type.
+pub fn event_message(id: String, body: impl Into<bytes::Bytes>) -> Message {
+    let mut message = Message::new(id, body);
+    message
+        .headers
+        .insert("content-type".into(), "application/cloudevents+json".into());
+    message
+}
+
 /// Publishes events; a publish returns once the bus confirmed every event of it.
 #[derive(Clone)]
 pub struct EventPublisher {
@@ -418,18 +446,11 @@ impl EventPublisher {
         if batch.is_empty() {
             return Ok(());
         }
-        let mut messages = Vec::with_capacity(batch.events.len());
-        for event in batch.events {
-            let body = event.body.map_err(|reason| BusError::Nacked {
-                exchange: EVENTS_EXCHANGE.into(),
-                reason,
-            })?;
-            let mut message = Message::new(event.id, body);
-            message
-                .headers
-                .insert("content-type".into(), "application/cloudevents+json".into());
-            messages.push((event.event_type.as_str().to_owned(), message));
-        }
+        self.publish_messages(batch.into_messages()?).await
+    }
+
+    /// Publishes events already made into bus messages (see [`EventBatch::into_messages`]).
+    pub async fn publish_messages(&self, messages: Vec<(String, Message)>) -> Result<(), BusError> {
         self.bus.publish_events(EVENTS_EXCHANGE, messages).await
     }
 

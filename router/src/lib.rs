@@ -11,6 +11,7 @@ pub mod hub;
 pub mod inbound;
 pub mod ingress;
 pub mod operations;
+pub mod outbox;
 pub mod workers;
 
 pub use app::{App, Role};

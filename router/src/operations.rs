@@ -1,6 +1,7 @@
 //! Commands from agents and helpdesks (REST and the agent WebSocket): presence, replies,
 //! closing, transferring, linking identities. Each is one atomic store operation followed by
-//! its events and any assignment it makes possible.
+//! its events and any assignment it makes possible; events the bus refuses wait in the
+//! [outbox](crate::outbox).
 
 use std::sync::Arc;
 
@@ -17,7 +18,8 @@ use switchyard_core::store::{AgentUpdate, ResolveRequest, Store, StoreError, Tra
 
 use crate::assignment::assign_pools;
 use crate::error::RouteError;
-use crate::events::{EventBatch, EventPublisher};
+use crate::events::EventBatch;
+use crate::outbox::EventOutbox;
 
 /// Agent and conversation commands.
 #[derive(Clone)]
@@ -25,7 +27,7 @@ pub struct Operations {
     store: Arc<dyn Store>,
     registry: Registry,
     bus: Arc<dyn Bus>,
-    events: EventPublisher,
+    events: EventOutbox,
     metrics: Metrics,
     history_limit: usize,
 }
@@ -36,7 +38,7 @@ impl Operations {
         store: Arc<dyn Store>,
         registry: Registry,
         bus: Arc<dyn Bus>,
-        events: EventPublisher,
+        events: EventOutbox,
         metrics: Metrics,
         history_limit: usize,
     ) -> Self {

@@ -3,165 +3,20 @@
 //! first attempt did, with the same event ids, and changes nothing else.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use switchyard_core::bus::embedded::EmbeddedBus;
-use switchyard_core::bus::topology::{EVENTS_EXCHANGE, INBOUND_EXCHANGE, inbound_queue, shard_of};
-use switchyard_core::bus::{Bus, BusError, Deliveries, Message, Topology};
+use switchyard_core::bus::topology::{INBOUND_EXCHANGE, inbound_queue, shard_of};
+use switchyard_core::bus::{Bus, Message};
 use switchyard_core::conformance::bus::SHARDS;
-use switchyard_core::conformance::store::{app_channel, inbound_envelope, key};
-use switchyard_core::event::CloudEvent;
 use switchyard_core::metrics::Metrics;
-use switchyard_core::model::AgentStatus;
-use switchyard_core::store::embedded::EmbeddedStore;
-use switchyard_core::store::{AgentUpdate, Store};
-use switchyard_router::events::EventPublisher;
-use switchyard_router::inbound::{InboundRouter, Routed};
+use switchyard_router::inbound::Routed;
 use switchyard_router::workers::run_shard;
 use tokio_util::sync::CancellationToken;
 
-/// The embedded bus, except that the next `failing` event batches fail as if the broker were
-/// gone.
-struct FlakyBus {
-    inner: EmbeddedBus,
-    failing: AtomicUsize,
-}
-
-#[async_trait]
-impl Bus for FlakyBus {
-    async fn declare(&self, topology: &Topology) -> Result<(), BusError> {
-        self.inner.declare(topology).await
-    }
-    async fn declare_subscriber(
-        &self,
-        exchange: &str,
-        patterns: &[&str],
-    ) -> Result<String, BusError> {
-        self.inner.declare_subscriber(exchange, patterns).await
-    }
-    async fn publish(&self, exchange: &str, key: &str, message: Message) -> Result<(), BusError> {
-        self.inner.publish(exchange, key, message).await
-    }
-    async fn publish_events(
-        &self,
-        exchange: &str,
-        messages: Vec<(String, Message)>,
-    ) -> Result<(), BusError> {
-        let failing = self
-            .failing
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-        if failing.is_ok() {
-            return Err(BusError::Unavailable("broker gone (test)".into()));
-        }
-        self.inner.publish_events(exchange, messages).await
-    }
-    async fn consume(&self, queue: &str, prefetch: u16) -> Result<Box<dyn Deliveries>, BusError> {
-        self.inner.consume(queue, prefetch).await
-    }
-    fn is_ready(&self) -> bool {
-        true
-    }
-    async fn close(&self) {
-        self.inner.close().await;
-    }
-}
-
-struct Setup {
-    bus: Arc<FlakyBus>,
-    store: Arc<dyn Store>,
-    router: InboundRouter,
-    events: Box<dyn Deliveries>,
-    metrics: Metrics,
-}
-
-impl Setup {
-    /// How many ingress-to-assignment latencies the router has recorded.
-    fn assignments_measured(&self) -> u64 {
-        self.metrics
-            .ingress_to_assignment
-            .with_label_values(&["default"])
-            .get_sample_count()
-    }
-}
-
-async fn setup() -> Setup {
-    let bus = Arc::new(FlakyBus {
-        inner: EmbeddedBus::new(Duration::from_secs(2)),
-        failing: AtomicUsize::new(0),
-    });
-    bus.declare(&Topology::standard(
-        &switchyard_core::conformance::bus::options(100),
-    ))
-    .await
-    .expect("declare");
-    let queue = bus
-        .declare_subscriber(EVENTS_EXCHANGE, &["#"])
-        .await
-        .expect("subscriber");
-    let events = bus.consume(&queue, 100).await.expect("consume events");
-    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::new());
-    store
-        .upsert_agent(
-            AgentUpdate {
-                id: "a1".into(),
-                pools: Some(vec!["default".into()]),
-                capacity: Some(5),
-                status: Some(AgentStatus::Online),
-                ..AgentUpdate::default()
-            },
-            switchyard_core::time::now(),
-        )
-        .await
-        .expect("agent");
-    let dyn_bus: Arc<dyn Bus> = bus.clone();
-    let metrics = Metrics::new().expect("metrics");
-    let router = InboundRouter::new(
-        Arc::clone(&store),
-        EventPublisher::new(dyn_bus),
-        metrics.clone(),
-        HashMap::new(),
-        vec!["default".into()],
-        Duration::from_secs(600),
-        4,
-    );
-    Setup {
-        bus,
-        store,
-        router,
-        events,
-        metrics,
-    }
-}
-
-/// Every event published so far, as (type without prefix, id), in order.
-async fn drain(events: &mut Box<dyn Deliveries>) -> Vec<(String, String)> {
-    drain_events(events)
-        .await
-        .into_iter()
-        .map(|(routing_key, event)| (routing_key, event.id))
-        .collect()
-}
-
-/// Every event published so far, with its routing key, in order; each delivery's message id
-/// is its event id.
-async fn drain_events(events: &mut Box<dyn Deliveries>) -> Vec<(String, CloudEvent)> {
-    let mut out = Vec::new();
-    while let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(200), events.next()).await {
-        let event: CloudEvent = serde_json::from_slice(&d.message.body).expect("event json");
-        assert_eq!(event.id, d.message.message_id, "message id is the event id");
-        out.push((d.routing_key.clone(), event));
-        d.ack().await.expect("ack");
-    }
-    out
-}
-
-fn types(events: &[(String, String)]) -> Vec<&str> {
-    events.iter().map(|(t, _)| t.as_str()).collect()
-}
+mod support;
+use support::*;
 
 #[tokio::test]
 async fn a_retry_after_lost_events_announces_everything_once_more_with_the_same_ids() {
@@ -253,50 +108,6 @@ async fn a_retry_of_a_later_message_does_not_reannounce_the_conversation() {
         "only the message is announced again"
     );
     assert_eq!(announced[0].1, later.id);
-}
-
-/// A user's message, not routed yet.
-fn message_of(user: &str, text: &str) -> switchyard_core::envelope::Envelope {
-    let identity = key("", "app_user", "shop-app", user);
-    let mut envelope = inbound_envelope(
-        "",
-        &app_channel(),
-        user,
-        vec![identity],
-        text,
-        switchyard_core::time::now(),
-    );
-    envelope.customer_id = None;
-    envelope
-}
-
-async fn set_capacity(store: &Arc<dyn Store>, capacity: u32) {
-    store
-        .upsert_agent(
-            AgentUpdate {
-                id: "a1".into(),
-                capacity: Some(capacity),
-                ..AgentUpdate::default()
-            },
-            switchyard_core::time::now(),
-        )
-        .await
-        .expect("capacity");
-}
-
-/// Every event published so far, as (type, conversation id in its data, event id).
-async fn drain_conversations(events: &mut Box<dyn Deliveries>) -> Vec<(String, String, String)> {
-    drain_events(events)
-        .await
-        .into_iter()
-        .map(|(routing_key, event)| {
-            let conversation = event.data["conversation"]["id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            (routing_key, conversation, event.id)
-        })
-        .collect()
 }
 
 #[tokio::test]

@@ -9,11 +9,13 @@ use switchyard_core::bus::embedded::EmbeddedBus;
 use switchyard_core::bus::topology::EVENTS_EXCHANGE;
 use switchyard_core::bus::{Bus, Topology};
 use switchyard_core::event::{CloudEvent, EventType};
+use switchyard_core::metrics::Metrics;
 use switchyard_core::model::{Agent, AgentStatus};
 use switchyard_core::store::embedded::EmbeddedStore;
 use switchyard_core::store::{AgentUpdate, Store};
 use switchyard_router::assignment::sweep_lapsed_agents;
 use switchyard_router::events::EventPublisher;
+use switchyard_router::outbox::EventOutbox;
 use tokio_util::sync::CancellationToken;
 
 async fn online(store: &Arc<dyn Store>, id: &str) {
@@ -63,7 +65,11 @@ async fn an_agent_whose_heartbeats_stop_is_set_offline_and_announced() {
     let dyn_bus: Arc<dyn Bus> = bus.clone();
     let sweeper = tokio::spawn(sweep_lapsed_agents(
         Arc::clone(&store),
-        EventPublisher::new(dyn_bus),
+        EventOutbox::new(
+            EventPublisher::new(dyn_bus),
+            Arc::clone(&store),
+            Metrics::new().expect("metrics"),
+        ),
         Duration::from_millis(50),
         stop.clone(),
     ));

@@ -381,6 +381,7 @@ mod tests {
     use crate::hub::AgentHub;
     use crate::ingress::Ingress;
     use crate::operations::Operations;
+    use crate::outbox::EventOutbox;
 
     async fn state(presence_ttl: Duration) -> (HttpState, Arc<dyn Store>, Arc<dyn Bus>) {
         let timeout = Duration::from_secs(2);
@@ -397,7 +398,11 @@ mod tests {
             Arc::clone(&store),
             registry.clone(),
             Arc::clone(&bus),
-            EventPublisher::new(Arc::clone(&bus)),
+            EventOutbox::new(
+                EventPublisher::new(Arc::clone(&bus)),
+                Arc::clone(&store),
+                metrics.clone(),
+            ),
             metrics.clone(),
             10,
         );

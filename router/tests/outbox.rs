@@ -1,0 +1,163 @@
+//! Events of an agent or helpdesk command (here: closing a conversation, which also assigns the
+//! next queued one) that the bus refuses are kept in the store's outbox, and republished later,
+//! in order and with the same ids; the command itself succeeds, since its change is stored.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use switchyard_connectors::{ConnectorContext, Registry};
+use switchyard_core::bus::Bus;
+use switchyard_core::model::ConversationStatus;
+use switchyard_router::events::EventPublisher;
+use switchyard_router::inbound::Routed;
+use switchyard_router::operations::Operations;
+use switchyard_router::outbox::{EventOutbox, OUTBOX_MAILBOX};
+
+mod support;
+use support::*;
+
+/// Ids of the events kept in the outbox, batch by batch.
+async fn kept(s: &Setup) -> Vec<Vec<String>> {
+    s.store
+        .mailbox_read(OUTBOX_MAILBOX)
+        .await
+        .expect("outbox")
+        .iter()
+        .map(|item| {
+            let events: serde_json::Value = serde_json::from_str(&item.body).expect("batch json");
+            events
+                .as_array()
+                .expect("a batch is a list")
+                .iter()
+                .map(|e| e["id"].as_str().expect("event id").to_owned())
+                .collect()
+        })
+        .collect()
+}
+
+fn outbox_count(s: &Setup, outcome: &str) -> u64 {
+    s.metrics.events_outbox.with_label_values(&[outcome]).get()
+}
+
+/// The setup's router, plus commands and an outbox over the same store and bus.
+fn commands(s: &Setup) -> (Operations, EventOutbox) {
+    let bus: Arc<dyn Bus> = s.bus.clone();
+    let outbox = EventOutbox::new(
+        EventPublisher::new(Arc::clone(&bus)),
+        Arc::clone(&s.store),
+        s.metrics.clone(),
+    );
+    let registry =
+        Registry::build(&[], &ConnectorContext::new(Arc::clone(&s.store))).expect("empty registry");
+    let ops = Operations::new(
+        Arc::clone(&s.store),
+        registry,
+        bus,
+        outbox.clone(),
+        s.metrics.clone(),
+        10,
+    );
+    (ops, outbox)
+}
+
+/// Routes a message of `user` and returns its conversation.
+async fn conversation_of(s: &Setup, user: &str) -> String {
+    match s.router.route(message_of(user, "hello")).await.expect(user) {
+        Routed::Recorded(conversation) => conversation,
+        other => panic!("{user}'s message was not recorded: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn refused_events_of_a_command_are_kept_and_republished_in_order_with_their_ids() {
+    let mut s = setup().await;
+    set_capacity(&s.store, 1).await;
+    let (ops, outbox) = commands(&s);
+    let first = conversation_of(&s, "u-a").await;
+    let waiting = conversation_of(&s, "u-b").await;
+    drain(&mut s.events).await;
+
+    // The bus is gone while the agent closes: the close is stored (it freed the agent, who got
+    // the waiting conversation), and its events wait in the outbox.
+    s.bus.failing.store(1, Ordering::SeqCst);
+    let closed = ops.close(&first, Some("a1")).await.expect("close succeeds");
+    assert_eq!(closed.status, ConversationStatus::Closed);
+    let next = s.store.conversation(&waiting).await.unwrap().unwrap();
+    assert_eq!(
+        next.agent_id.as_deref(),
+        Some("a1"),
+        "the close did not assign"
+    );
+    assert!(drain(&mut s.events).await.is_empty(), "events escaped");
+    let kept_ids = kept(&s).await;
+    assert_eq!(kept_ids.len(), 1, "one batch kept: {kept_ids:?}");
+    assert_eq!(outbox_count(&s, "deferred"), 1);
+
+    // A second command while the bus is still gone: its batch is kept after the first.
+    s.bus.failing.store(1, Ordering::SeqCst);
+    ops.close(&waiting, Some("a1")).await.expect("second close");
+    let kept_ids = kept(&s).await;
+    assert_eq!(kept_ids.len(), 2, "two batches kept: {kept_ids:?}");
+
+    // The bus refuses the first republish too: nothing is lost or reordered.
+    s.bus.failing.store(1, Ordering::SeqCst);
+    assert!(outbox.republish().await.is_err());
+    assert_eq!(kept(&s).await, kept_ids);
+
+    // The bus is back: both batches go out, oldest first, with the ids they were kept with.
+    assert_eq!(outbox.republish().await.expect("republish"), 2);
+    let published = drain(&mut s.events).await;
+    assert_eq!(
+        types(&published),
+        [
+            "conversation.closed",
+            "conversation.assigned",
+            "conversation.closed"
+        ]
+    );
+    let ids: Vec<String> = published.into_iter().map(|(_, id)| id).collect();
+    assert_eq!(ids, kept_ids.concat(), "republished with other ids");
+    assert!(kept(&s).await.is_empty(), "republished batches stay kept");
+    assert_eq!(outbox_count(&s, "republished"), 2);
+
+    // Nothing is left to publish twice.
+    assert_eq!(outbox.republish().await.expect("republish"), 0);
+    assert!(drain(&mut s.events).await.is_empty());
+}
+
+#[tokio::test]
+async fn one_process_at_a_time_republishes() {
+    let mut s = setup().await;
+    let (ops, outbox) = commands(&s);
+    let conversation = conversation_of(&s, "u-c").await;
+    drain(&mut s.events).await;
+    s.bus.failing.store(1, Ordering::SeqCst);
+    ops.close(&conversation, Some("a1")).await.expect("close");
+    assert_eq!(kept(&s).await.len(), 1);
+
+    // Another process holds the republishing claim: this one leaves the outbox alone.
+    assert!(
+        s.store
+            .claim_key(
+                "lock:events-outbox",
+                "another-process",
+                Duration::from_secs(60)
+            )
+            .await
+            .expect("claim")
+            .is_none()
+    );
+    assert_eq!(outbox.republish().await.expect("republish"), 0);
+    assert_eq!(kept(&s).await.len(), 1);
+    assert!(drain(&mut s.events).await.is_empty());
+
+    // Once it is released, this one republishes.
+    s.store
+        .delete_key("lock:events-outbox")
+        .await
+        .expect("release");
+    assert_eq!(outbox.republish().await.expect("republish"), 1);
+    assert_eq!(types(&drain(&mut s.events).await), ["conversation.closed"]);
+}

@@ -1,0 +1,206 @@
+//! What the router tests share: an embedded bus whose event publishes can be made to fail, a
+//! router over the embedded store with one agent, and readers of the events it published.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use switchyard_core::bus::embedded::EmbeddedBus;
+use switchyard_core::bus::topology::EVENTS_EXCHANGE;
+use switchyard_core::bus::{Bus, BusError, Deliveries, Message, Topology};
+use switchyard_core::conformance::store::{app_channel, inbound_envelope, key};
+use switchyard_core::event::CloudEvent;
+use switchyard_core::metrics::Metrics;
+use switchyard_core::model::AgentStatus;
+use switchyard_core::store::embedded::EmbeddedStore;
+use switchyard_core::store::{AgentUpdate, Store};
+use switchyard_router::events::EventPublisher;
+use switchyard_router::inbound::InboundRouter;
+
+/// The embedded bus, except that the next `failing` event batches fail as if the broker were
+/// gone.
+pub struct FlakyBus {
+    pub inner: EmbeddedBus,
+    pub failing: AtomicUsize,
+}
+
+#[async_trait]
+impl Bus for FlakyBus {
+    async fn declare(&self, topology: &Topology) -> Result<(), BusError> {
+        self.inner.declare(topology).await
+    }
+    async fn declare_subscriber(
+        &self,
+        exchange: &str,
+        patterns: &[&str],
+    ) -> Result<String, BusError> {
+        self.inner.declare_subscriber(exchange, patterns).await
+    }
+    async fn publish(&self, exchange: &str, key: &str, message: Message) -> Result<(), BusError> {
+        self.inner.publish(exchange, key, message).await
+    }
+    async fn publish_events(
+        &self,
+        exchange: &str,
+        messages: Vec<(String, Message)>,
+    ) -> Result<(), BusError> {
+        let failing = self
+            .failing
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if failing.is_ok() {
+            return Err(BusError::Unavailable("broker gone (test)".into()));
+        }
+        self.inner.publish_events(exchange, messages).await
+    }
+    async fn consume(&self, queue: &str, prefetch: u16) -> Result<Box<dyn Deliveries>, BusError> {
+        self.inner.consume(queue, prefetch).await
+    }
+    fn is_ready(&self) -> bool {
+        true
+    }
+    async fn close(&self) {
+        self.inner.close().await;
+    }
+}
+
+pub struct Setup {
+    pub bus: Arc<FlakyBus>,
+    pub store: Arc<dyn Store>,
+    pub router: InboundRouter,
+    pub events: Box<dyn Deliveries>,
+    pub metrics: Metrics,
+}
+
+impl Setup {
+    /// How many ingress-to-assignment latencies the router has recorded.
+    pub fn assignments_measured(&self) -> u64 {
+        self.metrics
+            .ingress_to_assignment
+            .with_label_values(&["default"])
+            .get_sample_count()
+    }
+}
+
+pub async fn setup() -> Setup {
+    let bus = Arc::new(FlakyBus {
+        inner: EmbeddedBus::new(Duration::from_secs(2)),
+        failing: AtomicUsize::new(0),
+    });
+    bus.declare(&Topology::standard(
+        &switchyard_core::conformance::bus::options(100),
+    ))
+    .await
+    .expect("declare");
+    let queue = bus
+        .declare_subscriber(EVENTS_EXCHANGE, &["#"])
+        .await
+        .expect("subscriber");
+    let events = bus.consume(&queue, 100).await.expect("consume events");
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::new());
+    store
+        .upsert_agent(
+            AgentUpdate {
+                id: "a1".into(),
+                pools: Some(vec!["default".into()]),
+                capacity: Some(5),
+                status: Some(AgentStatus::Online),
+                ..AgentUpdate::default()
+            },
+            switchyard_core::time::now(),
+        )
+        .await
+        .expect("agent");
+    let dyn_bus: Arc<dyn Bus> = bus.clone();
+    let metrics = Metrics::new().expect("metrics");
+    let router = InboundRouter::new(
+        Arc::clone(&store),
+        EventPublisher::new(dyn_bus),
+        metrics.clone(),
+        HashMap::new(),
+        vec!["default".into()],
+        Duration::from_secs(600),
+        4,
+    );
+    Setup {
+        bus,
+        store,
+        router,
+        events,
+        metrics,
+    }
+}
+
+/// Every event published so far, as (type without prefix, id), in order.
+pub async fn drain(events: &mut Box<dyn Deliveries>) -> Vec<(String, String)> {
+    drain_events(events)
+        .await
+        .into_iter()
+        .map(|(routing_key, event)| (routing_key, event.id))
+        .collect()
+}
+
+/// Every event published so far, with its routing key, in order; each delivery's message id
+/// is its event id.
+pub async fn drain_events(events: &mut Box<dyn Deliveries>) -> Vec<(String, CloudEvent)> {
+    let mut out = Vec::new();
+    while let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(200), events.next()).await {
+        let event: CloudEvent = serde_json::from_slice(&d.message.body).expect("event json");
+        assert_eq!(event.id, d.message.message_id, "message id is the event id");
+        out.push((d.routing_key.clone(), event));
+        d.ack().await.expect("ack");
+    }
+    out
+}
+
+pub fn types(events: &[(String, String)]) -> Vec<&str> {
+    events.iter().map(|(t, _)| t.as_str()).collect()
+}
+
+/// A user's message, not routed yet.
+pub fn message_of(user: &str, text: &str) -> switchyard_core::envelope::Envelope {
+    let identity = key("", "app_user", "shop-app", user);
+    let mut envelope = inbound_envelope(
+        "",
+        &app_channel(),
+        user,
+        vec![identity],
+        text,
+        switchyard_core::time::now(),
+    );
+    envelope.customer_id = None;
+    envelope
+}
+
+pub async fn set_capacity(store: &Arc<dyn Store>, capacity: u32) {
+    store
+        .upsert_agent(
+            AgentUpdate {
+                id: "a1".into(),
+                capacity: Some(capacity),
+                ..AgentUpdate::default()
+            },
+            switchyard_core::time::now(),
+        )
+        .await
+        .expect("capacity");
+}
+
+/// Every event published so far, as (type, conversation id in its data, event id).
+pub async fn drain_conversations(
+    events: &mut Box<dyn Deliveries>,
+) -> Vec<(String, String, String)> {
+    drain_events(events)
+        .await
+        .into_iter()
+        .map(|(routing_key, event)| {
+            let conversation = event.data["conversation"]["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            (routing_key, conversation, event.id)
+        })
+        .collect()
+}
