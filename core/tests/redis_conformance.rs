@@ -8,12 +8,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use switchyard_core::conformance::services::{absent, redis_url};
+use switchyard_core::conformance::services::TestRedisPrefix;
 use switchyard_core::conformance::store::{
     self, app_channel, at, inbound_envelope, key, outbound_envelope, wechat_channel,
 };
@@ -23,113 +22,14 @@ use switchyard_core::model::{AgentStatus, ConversationStatus};
 use switchyard_core::store::redis::RedisStore;
 use switchyard_core::store::{AgentUpdate, ResolveRequest, Store};
 
-/// One test's key prefix; every key under it is deleted when this is dropped (also on panic).
-struct TestPrefix {
-    url: String,
-    prefix: String,
-}
-
-impl TestPrefix {
-    /// A fresh prefix, or `None` (after reporting Redis absent) when Redis is not reachable.
-    async fn new() -> Option<TestPrefix> {
-        let url = redis_url();
-        let prefix = format!("sy-test-{}", ulid::Ulid::new().to_string().to_lowercase());
-        match RedisStore::connect(&url, &prefix).await {
-            Ok(probe) => match probe.ping().await {
-                Ok(()) => Some(TestPrefix { url, prefix }),
-                Err(e) => absent("Redis", &e.to_string()),
-            },
-            Err(e) => absent("Redis", &e.to_string()),
-        }
-    }
-
-    async fn store(&self) -> Arc<dyn Store> {
-        Arc::new(self.redis().await)
-    }
-
-    async fn redis(&self) -> RedisStore {
-        RedisStore::connect(&self.url, &self.prefix)
-            .await
-            .unwrap_or_else(|e| panic!("connect to Redis at {}: {e}", self.url))
-    }
-
-    /// A factory for the conformance cases: a new connection per store, all under this prefix.
-    fn factory(&self) -> impl Fn() -> std::pin::Pin<Box<dyn Future<Output = Arc<dyn Store>>>> {
-        let (url, prefix) = (self.url.clone(), self.prefix.clone());
-        move || {
-            let (url, prefix) = (url.clone(), prefix.clone());
-            Box::pin(async move {
-                let store = RedisStore::connect(&url, &prefix)
-                    .await
-                    .unwrap_or_else(|e| panic!("connect to Redis at {url}: {e}"));
-                Arc::new(store) as Arc<dyn Store>
-            })
-        }
-    }
-
-    /// A plain (blocking) connection to the test's Redis, for checking the key layout.
-    fn raw_connection(&self) -> redis::RedisResult<redis::Connection> {
-        redis::Client::open(self.url.as_str())?.get_connection_with_timeout(Duration::from_secs(2))
-    }
-
-    /// The members of `P:pool-online:{pool}`, in order.
-    fn online_index(&self, con: &mut redis::Connection, pool: &str) -> Vec<String> {
-        redis::cmd("ZRANGE")
-            .arg(format!("{}:pool-online:{pool}", self.prefix))
-            .arg(0)
-            .arg(-1)
-            .query(con)
-            .unwrap()
-    }
-
-    fn keys(&self) -> redis::RedisResult<Vec<Vec<u8>>> {
-        let mut con = self.raw_connection()?;
-        let pattern = format!("{}:*", glob_escape(&self.prefix));
-        let mut cursor = 0_u64;
-        let mut keys = Vec::new();
-        loop {
-            let (next, batch): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query(&mut con)?;
-            keys.extend(batch);
-            if next == 0 {
-                return Ok(keys);
-            }
-            cursor = next;
-        }
-    }
-
-    fn delete_all(&self) -> redis::RedisResult<usize> {
-        let keys = self.keys()?;
-        let mut con = self.raw_connection()?;
-        for chunk in keys.chunks(500) {
-            redis::cmd("DEL").arg(chunk).query::<()>(&mut con)?;
-        }
-        Ok(keys.len())
-    }
-}
-
-impl Drop for TestPrefix {
-    fn drop(&mut self) {
-        if let Err(e) = self.delete_all() {
-            eprintln!("could not delete test keys under `{}:`: {e}", self.prefix);
-        }
-    }
-}
-
-fn glob_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
+/// The members of `P:pool-online:{pool}`, in order.
+fn online_index(t: &TestRedisPrefix, con: &mut redis::Connection, pool: &str) -> Vec<String> {
+    redis::cmd("ZRANGE")
+        .arg(format!("{}:pool-online:{pool}", t.prefix))
+        .arg(0)
+        .arg(-1)
+        .query(con)
+        .unwrap()
 }
 
 macro_rules! conformance {
@@ -137,7 +37,7 @@ macro_rules! conformance {
         $(
             #[tokio::test]
             async fn $case() {
-                let Some(t) = TestPrefix::new().await else {
+                let Some(t) = TestRedisPrefix::new().await else {
                     return;
                 };
                 store::$case(&t.factory(), "redis.").await;
@@ -177,7 +77,7 @@ conformance!(
 #[tokio::test]
 async fn run_all_on_one_prefix() {
     // Every case under its own name prefix on one key prefix: the names keep them apart.
-    let Some(t) = TestPrefix::new().await else {
+    let Some(t) = TestRedisPrefix::new().await else {
         return;
     };
     store::run_all(&t.factory(), "shared.").await;
@@ -185,7 +85,7 @@ async fn run_all_on_one_prefix() {
 
 #[tokio::test]
 async fn keys_are_deleted_with_the_prefix() {
-    let Some(t) = TestPrefix::new().await else {
+    let Some(t) = TestRedisPrefix::new().await else {
         return;
     };
     let s = t.store().await;
@@ -212,7 +112,7 @@ async fn keys_are_deleted_with_the_prefix() {
 /// the TTL of the latest push; acknowledging every item leaves no key behind.
 #[tokio::test]
 async fn mailbox_keys_expire_and_vanish_when_empty() {
-    let Some(t) = TestPrefix::new().await else {
+    let Some(t) = TestRedisPrefix::new().await else {
         return;
     };
     let s = t.store().await;
@@ -237,7 +137,7 @@ async fn mailbox_keys_expire_and_vanish_when_empty() {
 /// Two routers (separate connections) resolving, recording and assigning at once converge.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_routers_converge() {
-    let Some(t) = TestPrefix::new().await else {
+    let Some(t) = TestRedisPrefix::new().await else {
         return;
     };
     let (r1, r2): (Arc<dyn Store>, Arc<dyn Store>) = (t.store().await, t.store().await);
@@ -342,7 +242,7 @@ async fn two_routers_converge() {
 /// Sub-second timestamps, names, rich content and raw payloads come back exactly.
 #[tokio::test]
 async fn records_round_trip_exactly() {
-    let Some(t) = TestPrefix::new().await else {
+    let Some(t) = TestRedisPrefix::new().await else {
         return;
     };
     let s = t.store().await;
@@ -431,7 +331,7 @@ async fn records_round_trip_exactly() {
 /// Two key prefixes on one server see nothing of each other.
 #[tokio::test]
 async fn prefixes_are_isolated() {
-    let (Some(t1), Some(t2)) = (TestPrefix::new().await, TestPrefix::new().await) else {
+    let (Some(t1), Some(t2)) = (TestRedisPrefix::new().await, TestRedisPrefix::new().await) else {
         return;
     };
     let (s1, s2) = (t1.store().await, t2.store().await);
@@ -494,7 +394,7 @@ async fn record_from(s: &Arc<dyn Store>, user: &str, pool: &str, now: DateTime<U
 /// it back in the index; `ttl = 0` deletes both.
 #[tokio::test]
 async fn presence_keys_and_online_index() {
-    let Some(t) = TestPrefix::new().await else {
+    let Some(t) = TestRedisPrefix::new().await else {
         return;
     };
     let s = t.store().await;
@@ -530,7 +430,11 @@ async fn presence_keys_and_online_index() {
         .unwrap();
     assert!((1..=300).contains(&pttl), "presence PTTL {pttl}");
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(t.online_index(&mut con2, "p2").len(), 1, "not expired yet");
+    assert_eq!(
+        online_index(&t, &mut con2, "p2").len(),
+        1,
+        "not expired yet"
+    );
     // An empty queue expires nobody; a queued conversation makes `a` a candidate.
     record_from(&s, "u1", "p1", at(2)).await;
     assert!(s.assign_queued("p1", at(3)).await.unwrap().is_empty());
@@ -538,7 +442,7 @@ async fn presence_keys_and_online_index() {
     assert_eq!(hget("presence").as_deref(), Some("lapsed:online"));
     for pool in ["p1", "p2"] {
         assert!(
-            t.online_index(&mut con2, pool).is_empty(),
+            online_index(&t, &mut con2, pool).is_empty(),
             "`{pool}` still indexes the expired agent"
         );
     }
@@ -551,7 +455,7 @@ async fn presence_keys_and_online_index() {
     let member = format!("{}|a", "2026-01-01T00:00:04.000000000Z");
     for pool in ["p1", "p2"] {
         assert_eq!(
-            t.online_index(&mut con2, pool),
+            online_index(&t, &mut con2, pool),
             vec![member.clone()],
             "{pool}"
         );
@@ -576,13 +480,13 @@ async fn presence_keys_and_online_index() {
 /// for a full agent is dropped by the next assignment instead of being chosen.
 #[tokio::test]
 async fn ready_index_holds_agents_with_room() {
-    let Some(t) = TestPrefix::new().await else {
+    let Some(t) = TestRedisPrefix::new().await else {
         return;
     };
     let s = t.store().await;
     let p = &t.prefix;
     let mut con = t.raw_connection().unwrap();
-    let index = |con: &mut redis::Connection| t.online_index(con, "default");
+    let index = |con: &mut redis::Connection| online_index(&t, con, "default");
     // Members are `{idle_since}|{id}`, idle_since as the store writes it (nanoseconds).
     let member = |secs: i64, id: &str| format!("2026-01-01T00:00:{secs:02}.000000000Z|{id}");
     for (id, secs) in [("a", 0), ("b", 1)] {
@@ -686,7 +590,7 @@ mod differential {
         TransferTarget,
     };
 
-    use super::TestPrefix;
+    use switchyard_core::conformance::services::TestRedisPrefix;
 
     const PEOPLE: usize = 4;
     const AGENTS: usize = 3;
@@ -1169,7 +1073,7 @@ mod differential {
 
     #[tokio::test]
     async fn redis_matches_embedded_on_random_operations() {
-        let Some(t) = TestPrefix::new().await else {
+        let Some(t) = TestRedisPrefix::new().await else {
             return;
         };
         let seeds: Vec<u64> = match std::env::var("SWITCHYARD_DIFF_SEED") {
@@ -1179,7 +1083,7 @@ mod differential {
                 .collect(),
         };
         for seed in seeds {
-            let prefix = TestPrefix {
+            let prefix = TestRedisPrefix {
                 url: t.url.clone(),
                 prefix: format!("{}-{seed:x}", t.prefix),
             };

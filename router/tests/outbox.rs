@@ -1,6 +1,7 @@
 //! Events of an agent or helpdesk command (here: closing a conversation, which also assigns the
 //! next queued one) that the bus refuses are kept in the store's outbox, and republished later,
-//! in order and with the same ids; the command itself succeeds, since its change is stored.
+//! in order and with the same ids; the command itself succeeds, since its change is stored. Each
+//! case runs on the embedded store and on Redis.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
@@ -70,9 +71,40 @@ async fn conversation_of(s: &Setup, user: &str) -> String {
     }
 }
 
-#[tokio::test]
-async fn refused_events_of_a_command_are_kept_and_republished_in_order_with_their_ids() {
-    let mut s = setup().await;
+/// Each case on the embedded store and on Redis (the outbox lives in the store).
+macro_rules! on_both_stores {
+    ($($case:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::$case(super::setup().await).await;
+                }
+            )*
+        }
+        mod redis {
+            use switchyard_core::conformance::services::TestRedisPrefix;
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let Some(prefix) = TestRedisPrefix::new().await else {
+                        return;
+                    };
+                    super::$case(super::setup_on(prefix.store().await).await).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_stores!(
+    refused_events_of_a_command_are_kept_and_republished_in_order_with_their_ids,
+    one_process_at_a_time_republishes,
+);
+
+async fn refused_events_of_a_command_are_kept_and_republished_in_order_with_their_ids(
+    mut s: Setup,
+) {
     set_capacity(&s.store, 1).await;
     let (ops, outbox) = commands(&s);
     let first = conversation_of(&s, "u-a").await;
@@ -127,9 +159,7 @@ async fn refused_events_of_a_command_are_kept_and_republished_in_order_with_thei
     assert!(drain(&mut s.events).await.is_empty());
 }
 
-#[tokio::test]
-async fn one_process_at_a_time_republishes() {
-    let mut s = setup().await;
+async fn one_process_at_a_time_republishes(mut s: Setup) {
     let (ops, outbox) = commands(&s);
     let conversation = conversation_of(&s, "u-c").await;
     drain(&mut s.events).await;

@@ -2,7 +2,14 @@
 //! test and the skip rule: when a service is absent the test says so loudly and skips, except
 //! under `CI=true`, where it fails.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::store::Store;
+use crate::store::redis::RedisStore;
 
 /// Whether we run under CI (`CI=true`), where absent services are failures.
 pub fn in_ci() -> bool {
@@ -84,4 +91,109 @@ impl Drop for TestVhost {
             eprintln!("could not delete test vhost {}: {e}", self.name);
         }
     }
+}
+
+/// One test's key prefix; every key under it is deleted when this is dropped (also on panic).
+pub struct TestRedisPrefix {
+    /// The Redis URL.
+    pub url: String,
+    /// The key prefix (`store.key_prefix`) of this test.
+    pub prefix: String,
+}
+
+impl TestRedisPrefix {
+    /// A fresh prefix, or `None` (after reporting Redis absent) when Redis is not reachable.
+    pub async fn new() -> Option<TestRedisPrefix> {
+        let url = redis_url();
+        let prefix = format!("sy-test-{}", ulid::Ulid::new().to_string().to_lowercase());
+        match RedisStore::connect(&url, &prefix).await {
+            Ok(probe) => match probe.ping().await {
+                Ok(()) => Some(TestRedisPrefix { url, prefix }),
+                Err(e) => absent("Redis", &e.to_string()),
+            },
+            Err(e) => absent("Redis", &e.to_string()),
+        }
+    }
+
+    /// A new connection to the store under this prefix.
+    pub async fn store(&self) -> Arc<dyn Store> {
+        Arc::new(self.redis().await)
+    }
+
+    /// A new connection to the store under this prefix, as its concrete type.
+    pub async fn redis(&self) -> RedisStore {
+        RedisStore::connect(&self.url, &self.prefix)
+            .await
+            .unwrap_or_else(|e| panic!("connect to Redis at {}: {e}", self.url))
+    }
+
+    /// A factory for the conformance cases: a new connection per store, all under this prefix.
+    pub fn factory(&self) -> impl Fn() -> Pin<Box<dyn Future<Output = Arc<dyn Store>>>> + use<> {
+        let (url, prefix) = (self.url.clone(), self.prefix.clone());
+        move || {
+            let (url, prefix) = (url.clone(), prefix.clone());
+            Box::pin(async move {
+                let store = RedisStore::connect(&url, &prefix)
+                    .await
+                    .unwrap_or_else(|e| panic!("connect to Redis at {url}: {e}"));
+                Arc::new(store) as Arc<dyn Store>
+            })
+        }
+    }
+
+    /// A plain (blocking) connection to the test's Redis, for checking the key layout.
+    pub fn raw_connection(&self) -> redis::RedisResult<redis::Connection> {
+        redis::Client::open(self.url.as_str())?.get_connection_with_timeout(Duration::from_secs(2))
+    }
+
+    /// Every key under this prefix.
+    pub fn keys(&self) -> redis::RedisResult<Vec<Vec<u8>>> {
+        let mut con = self.raw_connection()?;
+        let pattern = format!("{}:*", glob_escape(&self.prefix));
+        let mut cursor = 0_u64;
+        let mut keys = Vec::new();
+        loop {
+            let (next, batch): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query(&mut con)?;
+            keys.extend(batch);
+            if next == 0 {
+                return Ok(keys);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Deletes every key under this prefix; returns how many there were.
+    pub fn delete_all(&self) -> redis::RedisResult<usize> {
+        let keys = self.keys()?;
+        let mut con = self.raw_connection()?;
+        for chunk in keys.chunks(500) {
+            redis::cmd("DEL").arg(chunk).query::<()>(&mut con)?;
+        }
+        Ok(keys.len())
+    }
+}
+
+impl Drop for TestRedisPrefix {
+    fn drop(&mut self) {
+        if let Err(e) = self.delete_all() {
+            eprintln!("could not delete test keys under `{}:`: {e}", self.prefix);
+        }
+    }
+}
+
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }

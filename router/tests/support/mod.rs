@@ -84,7 +84,14 @@ impl Setup {
     }
 }
 
+/// A router over the embedded store (see [`setup_on`]).
 pub async fn setup() -> Setup {
+    setup_on(Arc::new(EmbeddedStore::new())).await
+}
+
+/// A router over `store` and a [`FlakyBus`], with agent `a1` online in pool `default`
+/// (capacity 5), and a consumer of every event.
+pub async fn setup_on(store: Arc<dyn Store>) -> Setup {
     let bus = Arc::new(FlakyBus {
         inner: EmbeddedBus::new(Duration::from_secs(2)),
         failing: AtomicUsize::new(0),
@@ -99,7 +106,6 @@ pub async fn setup() -> Setup {
         .await
         .expect("subscriber");
     let events = bus.consume(&queue, 100).await.expect("consume events");
-    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::new());
     store
         .upsert_agent(
             AgentUpdate {
