@@ -60,9 +60,9 @@ pub struct Metrics {
     pub queue_depth: IntGaugeVec,
     /// Open agent and visitor WebSocket sessions, by kind.
     pub websocket_sessions: IntGaugeVec,
-    /// Event batches of the outbox, by outcome (`deferred`: the bus refused it, kept in the
-    /// store; `republished`; `lost`: neither published nor kept; `dropped`: undecodable).
-    pub events_outbox: IntCounterVec,
+    /// Batches of the outbox, by outcome (`deferred`: the bus refused it, kept in the store;
+    /// `republished`; `lost`: neither published nor kept; `dropped`: undecodable).
+    pub outbox: IntCounterVec,
 }
 
 /// Latency buckets from 100 µs to 30 s.
@@ -127,10 +127,10 @@ impl Metrics {
             Opts::new("websocket_sessions", "Open WebSocket sessions"),
             &["kind"],
         )?;
-        let events_outbox = IntCounterVec::new(
+        let outbox = IntCounterVec::new(
             Opts::new(
-                "events_outbox_batches_total",
-                "Event batches deferred to the store's outbox and republished, by outcome",
+                "outbox_batches_total",
+                "Batches of events and replies deferred to the store's outbox, by outcome",
             ),
             &["outcome"],
         )?;
@@ -142,7 +142,7 @@ impl Metrics {
         registry.register(Box::new(api_errors.clone()))?;
         registry.register(Box::new(queue_depth.clone()))?;
         registry.register(Box::new(websocket_sessions.clone()))?;
-        registry.register(Box::new(events_outbox.clone()))?;
+        registry.register(Box::new(outbox.clone()))?;
         Ok(Metrics {
             registry,
             inbound,
@@ -153,7 +153,7 @@ impl Metrics {
             api_errors,
             queue_depth,
             websocket_sessions,
-            events_outbox,
+            outbox,
         })
     }
 

@@ -31,7 +31,7 @@ use crate::hub::AgentHub;
 use crate::inbound::InboundRouter;
 use crate::ingress::Ingress;
 use crate::operations::Operations;
-use crate::outbox::{EventOutbox, run_republisher};
+use crate::outbox::{Outbox, run_republisher};
 use crate::workers::{run_channel_sync, run_outbound, run_shard};
 
 /// How often a router sets offline the agents whose presence lapsed (and announces them).
@@ -157,11 +157,10 @@ impl App {
             .await
             .context("declaring the bus topology")?;
         let events = EventPublisher::new(Arc::clone(&bus));
-        let outbox = EventOutbox::new(events.clone(), Arc::clone(&store), metrics.clone());
+        let outbox = Outbox::new(Arc::clone(&bus), Arc::clone(&store), metrics.clone());
         let ops = Operations::new(
             Arc::clone(&store),
             registry.clone(),
-            Arc::clone(&bus),
             outbox.clone(),
             metrics.clone(),
             settings.router.history_limit,

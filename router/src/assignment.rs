@@ -6,7 +6,7 @@ use switchyard_core::store::{Assignment, Store};
 
 use crate::error::RouteError;
 use crate::events::EventBatch;
-use crate::outbox::EventOutbox;
+use crate::outbox::Outbox;
 
 /// Assigns queued conversations of each pool to agents with room, adds
 /// `conversation.assigned` for each to `events` (the caller publishes them), and records
@@ -83,7 +83,7 @@ pub async fn sample_queue_depth(
 /// safe: each lapsed agent is expired by exactly one call.
 pub async fn sweep_lapsed_agents(
     store: std::sync::Arc<dyn Store>,
-    events: EventOutbox,
+    events: Outbox,
     every: std::time::Duration,
     stop: tokio_util::sync::CancellationToken,
 ) -> Result<(), RouteError> {

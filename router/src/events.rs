@@ -410,22 +410,14 @@ impl EventBatch {
                 exchange: EVENTS_EXCHANGE.into(),
                 reason,
             })?;
-            messages.push((
-                event.event_type.as_str().to_owned(),
-                event_message(event.id, body),
-            ));
+            let mut message = Message::new(event.id, body);
+            message
+                .headers
+                .insert("content-type".into(), "application/cloudevents+json".into());
+            messages.push((event.event_type.as_str().to_owned(), message));
         }
         Ok(messages)
     }
-}
-
-/// An encoded event as a bus message: its id, its JSON, the CloudEvents content type.
-pub fn event_message(id: String, body: impl Into<bytes::Bytes>) -> Message {
-    let mut message = Message::new(id, body);
-    message
-        .headers
-        .insert("content-type".into(), "application/cloudevents+json".into());
-    message
 }
 
 /// Publishes events; a publish returns once the bus confirmed every event of it.
@@ -446,12 +438,9 @@ impl EventPublisher {
         if batch.is_empty() {
             return Ok(());
         }
-        self.publish_messages(batch.into_messages()?).await
-    }
-
-    /// Publishes events already made into bus messages (see [`EventBatch::into_messages`]).
-    pub async fn publish_messages(&self, messages: Vec<(String, Message)>) -> Result<(), BusError> {
-        self.bus.publish_events(EVENTS_EXCHANGE, messages).await
+        self.bus
+            .publish_events(EVENTS_EXCHANGE, batch.into_messages()?)
+            .await
     }
 
     /// Builds a batch with `build` and publishes it.

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use switchyard_connectors::Registry;
+use switchyard_core::bus::Message;
 use switchyard_core::bus::topology::OUTBOUND_EXCHANGE;
-use switchyard_core::bus::{Bus, Message};
 use switchyard_core::envelope::{Content, Direction, Envelope, new_id};
 use switchyard_core::event::EventType;
 use switchyard_core::identity::IdentityKey;
@@ -19,15 +19,14 @@ use switchyard_core::store::{AgentUpdate, ResolveRequest, Store, StoreError, Tra
 use crate::assignment::assign_pools;
 use crate::error::RouteError;
 use crate::events::EventBatch;
-use crate::outbox::EventOutbox;
+use crate::outbox::Outbox;
 
 /// Agent and conversation commands.
 #[derive(Clone)]
 pub struct Operations {
     store: Arc<dyn Store>,
     registry: Registry,
-    bus: Arc<dyn Bus>,
-    events: EventOutbox,
+    outbox: Outbox,
     metrics: Metrics,
     history_limit: usize,
 }
@@ -37,16 +36,14 @@ impl Operations {
     pub fn new(
         store: Arc<dyn Store>,
         registry: Registry,
-        bus: Arc<dyn Bus>,
-        events: EventOutbox,
+        outbox: Outbox,
         metrics: Metrics,
         history_limit: usize,
     ) -> Self {
         Operations {
             store,
             registry,
-            bus,
-            events,
+            outbox,
             metrics,
             history_limit,
         }
@@ -88,7 +85,7 @@ impl Operations {
         let mut events = EventBatch::new();
         events.agent_updated(&agent);
         assign_pools(&*self.store, &self.metrics, &agent.pools, &mut events).await?;
-        self.events.publish(events).await?;
+        self.outbox.publish(events).await?;
         // Assignment may have changed the agent's conversations; answer with the fresh record.
         Ok(self.store.agent(&agent.id).await?.unwrap_or(agent))
     }
@@ -169,11 +166,14 @@ impl Operations {
             .await?;
         let body = serde_json::to_vec(&envelope)
             .map_err(|e| RouteError::Invalid(format!("cannot encode reply: {e}")))?;
-        self.bus
-            .publish(
+        // Recorded, so it must go out: if the bus refuses it now, it waits in the outbox.
+        self.outbox
+            .send(
                 OUTBOUND_EXCHANGE,
-                &envelope.channel.kind,
-                Message::new(envelope.id.clone(), body),
+                vec![(
+                    envelope.channel.kind.clone(),
+                    Message::new(envelope.id.clone(), body),
+                )],
             )
             .await?;
         Ok(envelope)
@@ -198,7 +198,7 @@ impl Operations {
         if let Some(agent) = released {
             assign_pools(&*self.store, &self.metrics, &agent.pools, &mut events).await?;
         }
-        self.events.publish(events).await?;
+        self.outbox.publish(events).await?;
         Ok(release.conversation)
     }
 
@@ -239,7 +239,7 @@ impl Operations {
         }
         pools.dedup();
         assign_pools(&*self.store, &self.metrics, &pools, &mut events).await?;
-        self.events.publish(events).await?;
+        self.outbox.publish(events).await?;
         Ok(self
             .store
             .conversation(conversation_id)
@@ -301,7 +301,7 @@ impl Operations {
         for closed in &resolution.closed {
             events.conversation_closed(closed, None);
         }
-        self.events.publish(events).await?;
+        self.outbox.publish(events).await?;
         Ok(resolution.customer)
     }
 

@@ -1,27 +1,29 @@
-//! The event outbox: events of changes that are stored already and that no bus redelivery will
-//! repeat (agent presence, closes, transfers, links, replies sent, lapsed presence). When the bus
-//! refuses such a batch, it is kept in the store and republished, in order and with the same
-//! event ids, once the bus takes it again.
+//! The outbox: what a command publishes after its change is stored, which no bus redelivery
+//! will repeat: the events of agent presence, closes, transfers, links, replies sent and lapsed
+//! presence, and an agent's reply itself. When the bus refuses such a batch, it is kept in the
+//! store and republished, in order and with the same message ids, once the bus takes it again.
 //!
 //! Routing does not need this: a message whose events were not confirmed is not acknowledged, so
 //! the bus redelivers it and the retry announces everything again.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use switchyard_core::bus::{BusError, Message};
+use switchyard_core::bus::topology::EVENTS_EXCHANGE;
+use switchyard_core::bus::{Bus, BusError, Message};
 use switchyard_core::envelope::new_id;
 use switchyard_core::metrics::Metrics;
-use switchyard_core::store::{MailboxItem, Store};
+use switchyard_core::store::Store;
 use tokio_util::sync::CancellationToken;
 
-use crate::events::{EventBatch, EventPublisher, event_message};
+use crate::events::EventBatch;
 
-/// The store mailbox holding deferred event batches, oldest first.
-pub const OUTBOX_MAILBOX: &str = "events-outbox";
+/// The store mailbox holding deferred batches, oldest first.
+pub const OUTBOX_MAILBOX: &str = "bus-outbox";
 /// The claim that lets one process at a time republish the outbox.
-const REPUBLISH_LOCK: &str = "lock:events-outbox";
+pub const REPUBLISH_LOCK: &str = "lock:bus-outbox";
 /// The most batches the outbox keeps; older ones are dropped beyond it.
 pub const OUTBOX_MAX_BATCHES: usize = 100_000;
 /// How long a deferred batch is kept (an outage longer than this loses its events).
@@ -29,61 +31,80 @@ pub const OUTBOX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Batches republished per round, so that one round never holds the lock for long.
 const REPUBLISH_ROUND: usize = 500;
 
-/// Publishes event batches, deferring to the store's outbox a batch the bus does not confirm.
+/// Publishes what commands cause, deferring to the store's outbox a batch the bus does not
+/// confirm.
 #[derive(Clone)]
-pub struct EventOutbox {
-    events: EventPublisher,
+pub struct Outbox {
+    bus: Arc<dyn Bus>,
     store: Arc<dyn Store>,
     metrics: Metrics,
 }
 
-/// One deferred event, as kept in the outbox.
+/// A batch as kept in the outbox: messages for one exchange, in order.
 #[derive(Debug, Serialize, Deserialize)]
-struct DeferredEvent {
-    /// Routing key: the event type.
-    key: String,
-    /// The event id (CloudEvents `id`).
-    id: String,
-    /// The event's JSON.
-    event: String,
+struct Deferred {
+    exchange: String,
+    messages: Vec<DeferredMessage>,
 }
 
-impl EventOutbox {
-    /// An outbox that publishes with `events` and defers to `store`.
-    pub fn new(events: EventPublisher, store: Arc<dyn Store>, metrics: Metrics) -> Self {
-        EventOutbox {
-            events,
+/// One message of a deferred batch.
+#[derive(Debug, Serialize, Deserialize)]
+struct DeferredMessage {
+    /// Routing key (for events, the event type).
+    key: String,
+    /// Message id (for events, the CloudEvents `id`).
+    id: String,
+    /// The JSON body.
+    body: String,
+    headers: BTreeMap<String, String>,
+}
+
+impl Outbox {
+    /// An outbox that publishes on `bus` and defers to `store`.
+    pub fn new(bus: Arc<dyn Bus>, store: Arc<dyn Store>, metrics: Metrics) -> Self {
+        Outbox {
+            bus,
             store,
             metrics,
         }
     }
 
-    /// The publisher batches go out through.
-    pub fn publisher(&self) -> &EventPublisher {
-        &self.events
-    }
-
-    /// Publishes `batch`. If the bus does not confirm it, the batch is kept in the outbox and
-    /// this returns `Ok`: the change it announces is stored, and its events will follow. Fails
-    /// only when the batch could be neither published nor kept.
+    /// Publishes an event batch (see [`Outbox::send`]).
     pub async fn publish(&self, batch: EventBatch) -> Result<(), BusError> {
         if batch.is_empty() {
             return Ok(());
         }
-        let messages = batch.into_messages()?;
-        let Err(refused) = self.events.publish_messages(messages.clone()).await else {
+        self.send(EVENTS_EXCHANGE, batch.into_messages()?).await
+    }
+
+    /// Publishes `messages` on `exchange`, in order: on the events exchange as an event batch (an
+    /// event nobody is bound to receive is not an error), elsewhere each one mandatory. If the bus
+    /// does not confirm them, they are kept in the outbox and this returns `Ok`: the change they
+    /// follow from is stored, and they will follow it. Fails only when they could be neither
+    /// published nor kept.
+    pub async fn send(
+        &self,
+        exchange: &str,
+        messages: Vec<(String, Message)>,
+    ) -> Result<(), BusError> {
+        let Err(refused) = publish(&*self.bus, exchange, messages.clone()).await else {
             return Ok(());
         };
-        let deferred: Vec<DeferredEvent> = messages
-            .into_iter()
-            .map(|(key, message)| DeferredEvent {
-                key,
-                id: message.message_id,
-                event: String::from_utf8_lossy(&message.body).into_owned(),
-            })
-            .collect();
+        let deferred = Deferred {
+            exchange: exchange.to_owned(),
+            messages: messages
+                .into_iter()
+                .map(|(key, message)| DeferredMessage {
+                    key,
+                    id: message.message_id,
+                    body: String::from_utf8_lossy(&message.body).into_owned(),
+                    headers: message.headers,
+                })
+                .collect(),
+        };
+        let count = deferred.messages.len();
         let body = serde_json::to_string(&deferred).map_err(|e| BusError::Nacked {
-            exchange: "events outbox".into(),
+            exchange: exchange.to_owned(),
             reason: format!("cannot encode a deferred batch: {e}"),
         })?;
         match self
@@ -98,19 +119,19 @@ impl EventOutbox {
             .await
         {
             Ok(_) => {
-                self.count("deferred", 1);
-                tracing::warn!(error = %refused, events = deferred.len(), "events deferred to the outbox; they are republished once the bus takes them");
+                self.count("deferred");
+                tracing::warn!(error = %refused, %exchange, messages = count, "deferred to the outbox; republished once the bus takes it");
                 Ok(())
             }
             Err(e) => {
-                self.count("lost", 1);
-                tracing::error!(error = %e, publish_error = %refused, "events could be neither published nor deferred");
+                self.count("lost");
+                tracing::error!(error = %e, publish_error = %refused, %exchange, messages = count, "could be neither published nor deferred");
                 Err(refused)
             }
         }
     }
 
-    /// Builds a batch with `build` and publishes it (see [`EventOutbox::publish`]).
+    /// Builds an event batch with `build` and publishes it (see [`Outbox::send`]).
     pub async fn emit(&self, build: impl FnOnce(&mut EventBatch)) -> Result<(), BusError> {
         let mut batch = EventBatch::new();
         build(&mut batch);
@@ -146,10 +167,13 @@ impl EventOutbox {
             })?;
         let mut published = 0;
         for item in items.into_iter().take(REPUBLISH_ROUND) {
-            match decode(&item) {
-                Ok(messages) => self.events.publish_messages(messages).await?,
+            match serde_json::from_str::<Deferred>(&item.body) {
+                Ok(batch) => {
+                    let exchange = batch.exchange.clone();
+                    publish(&*self.bus, &exchange, batch.into_messages()).await?;
+                }
                 Err(e) => {
-                    self.count("dropped", 1);
+                    self.count("dropped");
                     tracing::error!(id = %item.id, error = %e, "dropping an undecodable outbox batch");
                 }
             }
@@ -160,31 +184,49 @@ impl EventOutbox {
                     BusError::Unavailable(format!("cannot acknowledge an outbox batch: {e}"))
                 })?;
             published += 1;
-            self.count("republished", 1);
+            self.count("republished");
         }
         Ok(published)
     }
 
-    fn count(&self, outcome: &str, n: u64) {
-        self.metrics
-            .events_outbox
-            .with_label_values(&[outcome])
-            .inc_by(n);
+    fn count(&self, outcome: &str) {
+        self.metrics.outbox.with_label_values(&[outcome]).inc();
     }
 }
 
-/// The bus messages of a deferred batch.
-fn decode(item: &MailboxItem) -> Result<Vec<(String, Message)>, serde_json::Error> {
-    let events: Vec<DeferredEvent> = serde_json::from_str(&item.body)?;
-    Ok(events
-        .into_iter()
-        .map(|e| (e.key, event_message(e.id, e.event.into_bytes())))
-        .collect())
+impl Deferred {
+    /// The bus messages of the batch, in order.
+    fn into_messages(self) -> Vec<(String, Message)> {
+        self.messages
+            .into_iter()
+            .map(|m| {
+                let mut message = Message::new(m.id, m.body.into_bytes());
+                message.headers = m.headers;
+                (m.key, message)
+            })
+            .collect()
+    }
+}
+
+/// Publishes `messages` on `exchange`: as one event batch on the events exchange, one by one
+/// (mandatory) elsewhere.
+async fn publish(
+    bus: &dyn Bus,
+    exchange: &str,
+    messages: Vec<(String, Message)>,
+) -> Result<(), BusError> {
+    if exchange == EVENTS_EXCHANGE {
+        return bus.publish_events(exchange, messages).await;
+    }
+    for (key, message) in messages {
+        bus.publish(exchange, &key, message).await?;
+    }
+    Ok(())
 }
 
 /// Every `every` until `stop`: republishes what the outbox holds.
 pub async fn run_republisher(
-    outbox: EventOutbox,
+    outbox: Outbox,
     every: Duration,
     stop: CancellationToken,
 ) -> Result<(), crate::error::RouteError> {

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::RouteError;
 use crate::inbound::{InboundRouter, Routed};
-use crate::outbox::EventOutbox;
+use crate::outbox::Outbox;
 
 /// The next delivery, or `None` once `stop` is cancelled or the stream ends.
 pub(crate) async fn next_until(
@@ -192,7 +192,7 @@ pub async fn run_outbound(
     attempts: u32,
     delivery_limit: u32,
     registry: Registry,
-    events: EventOutbox,
+    events: Outbox,
     metrics: Metrics,
     stop: CancellationToken,
 ) -> Result<(), RouteError> {
@@ -216,7 +216,7 @@ async fn deliver_outbound(
     attempts: u32,
     delivery_limit: u32,
     registry: &Registry,
-    events: &EventOutbox,
+    events: &Outbox,
     metrics: &Metrics,
 ) {
     let envelope: Envelope = match serde_json::from_slice(&delivery.message.body) {

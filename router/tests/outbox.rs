@@ -10,16 +10,18 @@ use std::time::Duration;
 
 use switchyard_connectors::{ConnectorContext, Registry};
 use switchyard_core::bus::Bus;
+use switchyard_core::bus::topology::outbound_queue;
+use switchyard_core::conformance::bus::OUTBOUND_KIND;
+use switchyard_core::envelope::{Content, Envelope};
 use switchyard_core::model::ConversationStatus;
-use switchyard_router::events::EventPublisher;
 use switchyard_router::inbound::Routed;
 use switchyard_router::operations::Operations;
-use switchyard_router::outbox::{EventOutbox, OUTBOX_MAILBOX};
+use switchyard_router::outbox::{OUTBOX_MAILBOX, Outbox, REPUBLISH_LOCK};
 
 mod support;
 use support::*;
 
-/// Ids of the events kept in the outbox, batch by batch.
+/// Ids of the messages kept in the outbox, batch by batch.
 async fn kept(s: &Setup) -> Vec<Vec<String>> {
     s.store
         .mailbox_read(OUTBOX_MAILBOX)
@@ -27,10 +29,10 @@ async fn kept(s: &Setup) -> Vec<Vec<String>> {
         .expect("outbox")
         .iter()
         .map(|item| {
-            let events: serde_json::Value = serde_json::from_str(&item.body).expect("batch json");
-            events
+            let batch: serde_json::Value = serde_json::from_str(&item.body).expect("batch json");
+            batch["messages"]
                 .as_array()
-                .expect("a batch is a list")
+                .expect("a batch holds a list of messages")
                 .iter()
                 .map(|e| e["id"].as_str().expect("event id").to_owned())
                 .collect()
@@ -39,23 +41,18 @@ async fn kept(s: &Setup) -> Vec<Vec<String>> {
 }
 
 fn outbox_count(s: &Setup, outcome: &str) -> u64 {
-    s.metrics.events_outbox.with_label_values(&[outcome]).get()
+    s.metrics.outbox.with_label_values(&[outcome]).get()
 }
 
 /// The setup's router, plus commands and an outbox over the same store and bus.
-fn commands(s: &Setup) -> (Operations, EventOutbox) {
+fn commands(s: &Setup) -> (Operations, Outbox) {
     let bus: Arc<dyn Bus> = s.bus.clone();
-    let outbox = EventOutbox::new(
-        EventPublisher::new(Arc::clone(&bus)),
-        Arc::clone(&s.store),
-        s.metrics.clone(),
-    );
+    let outbox = Outbox::new(bus, Arc::clone(&s.store), s.metrics.clone());
     let registry =
         Registry::build(&[], &ConnectorContext::new(Arc::clone(&s.store))).expect("empty registry");
     let ops = Operations::new(
         Arc::clone(&s.store),
         registry,
-        bus,
         outbox.clone(),
         s.metrics.clone(),
         10,
@@ -99,6 +96,7 @@ macro_rules! on_both_stores {
 
 on_both_stores!(
     refused_events_of_a_command_are_kept_and_republished_in_order_with_their_ids,
+    a_reply_the_bus_refuses_is_kept_and_sent_later,
     one_process_at_a_time_republishes,
 );
 
@@ -159,6 +157,56 @@ async fn refused_events_of_a_command_are_kept_and_republished_in_order_with_thei
     assert!(drain(&mut s.events).await.is_empty());
 }
 
+async fn a_reply_the_bus_refuses_is_kept_and_sent_later(mut s: Setup) {
+    let (ops, outbox) = commands(&s);
+    let conversation = conversation_of(&s, "u-r").await;
+    drain(&mut s.events).await;
+    let mut outbound = s
+        .bus
+        .consume(&outbound_queue(OUTBOUND_KIND), 10)
+        .await
+        .expect("outbound consumer");
+
+    // The reply is recorded, and the bus is gone: it waits in the outbox, and the agent is told
+    // it was taken (asking them to send it again would record it twice).
+    s.bus.failing_publishes.store(1, Ordering::SeqCst);
+    let reply = ops
+        .reply(
+            &conversation,
+            Some("a1"),
+            Content::Text {
+                text: "on my way".into(),
+            },
+        )
+        .await
+        .expect("the reply is taken");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), outbound.next())
+            .await
+            .is_err(),
+        "the refused reply reached the outbound queue"
+    );
+    assert_eq!(kept(&s).await, [[reply.id.clone()]]);
+
+    // Republished: the same envelope reaches the channel's outbound queue, once.
+    assert_eq!(outbox.republish().await.expect("republish"), 1);
+    let delivery = tokio::time::timeout(Duration::from_secs(2), outbound.next())
+        .await
+        .expect("the reply within 2 s")
+        .expect("delivery");
+    assert_eq!(delivery.message.message_id, reply.id);
+    let sent: Envelope = serde_json::from_slice(&delivery.message.body).expect("envelope");
+    assert_eq!(sent, reply);
+    delivery.ack().await.expect("ack");
+    assert!(kept(&s).await.is_empty());
+    let history = s.store.messages(&conversation, 10).await.expect("history");
+    assert_eq!(
+        history.iter().filter(|m| m.id == reply.id).count(),
+        1,
+        "the reply is recorded once"
+    );
+}
+
 async fn one_process_at_a_time_republishes(mut s: Setup) {
     let (ops, outbox) = commands(&s);
     let conversation = conversation_of(&s, "u-c").await;
@@ -170,11 +218,7 @@ async fn one_process_at_a_time_republishes(mut s: Setup) {
     // Another process holds the republishing claim: this one leaves the outbox alone.
     assert!(
         s.store
-            .claim_key(
-                "lock:events-outbox",
-                "another-process",
-                Duration::from_secs(60)
-            )
+            .claim_key(REPUBLISH_LOCK, "another-process", Duration::from_secs(60))
             .await
             .expect("claim")
             .is_none()
@@ -184,10 +228,7 @@ async fn one_process_at_a_time_republishes(mut s: Setup) {
     assert!(drain(&mut s.events).await.is_empty());
 
     // Once it is released, this one republishes.
-    s.store
-        .delete_key("lock:events-outbox")
-        .await
-        .expect("release");
+    s.store.delete_key(REPUBLISH_LOCK).await.expect("release");
     assert_eq!(outbox.republish().await.expect("republish"), 1);
     assert_eq!(types(&drain(&mut s.events).await), ["conversation.closed"]);
 }

@@ -14,8 +14,7 @@ use switchyard_core::model::{Agent, AgentStatus};
 use switchyard_core::store::embedded::EmbeddedStore;
 use switchyard_core::store::{AgentUpdate, Store};
 use switchyard_router::assignment::sweep_lapsed_agents;
-use switchyard_router::events::EventPublisher;
-use switchyard_router::outbox::EventOutbox;
+use switchyard_router::outbox::Outbox;
 use tokio_util::sync::CancellationToken;
 
 async fn online(store: &Arc<dyn Store>, id: &str) {
@@ -65,8 +64,8 @@ async fn an_agent_whose_heartbeats_stop_is_set_offline_and_announced() {
     let dyn_bus: Arc<dyn Bus> = bus.clone();
     let sweeper = tokio::spawn(sweep_lapsed_agents(
         Arc::clone(&store),
-        EventOutbox::new(
-            EventPublisher::new(dyn_bus),
+        Outbox::new(
+            dyn_bus,
             Arc::clone(&store),
             Metrics::new().expect("metrics"),
         ),

@@ -376,12 +376,11 @@ mod tests {
     use tokio_util::task::TaskTracker;
 
     use super::*;
-    use crate::events::EventPublisher;
     use crate::http::HttpContext;
     use crate::hub::AgentHub;
     use crate::ingress::Ingress;
     use crate::operations::Operations;
-    use crate::outbox::EventOutbox;
+    use crate::outbox::Outbox;
 
     async fn state(presence_ttl: Duration) -> (HttpState, Arc<dyn Store>, Arc<dyn Bus>) {
         let timeout = Duration::from_secs(2);
@@ -397,12 +396,7 @@ mod tests {
         let ops = Operations::new(
             Arc::clone(&store),
             registry.clone(),
-            Arc::clone(&bus),
-            EventOutbox::new(
-                EventPublisher::new(Arc::clone(&bus)),
-                Arc::clone(&store),
-                metrics.clone(),
-            ),
+            Outbox::new(Arc::clone(&bus), Arc::clone(&store), metrics.clone()),
             metrics.clone(),
             10,
         );

@@ -20,11 +20,19 @@ use switchyard_core::store::{AgentUpdate, Store};
 use switchyard_router::events::EventPublisher;
 use switchyard_router::inbound::InboundRouter;
 
-/// The embedded bus, except that the next `failing` event batches fail as if the broker were
-/// gone.
+/// The embedded bus, except that the next `failing` event batches, and the next
+/// `failing_publishes` single publishes, fail as if the broker were gone.
 pub struct FlakyBus {
     pub inner: EmbeddedBus,
     pub failing: AtomicUsize,
+    pub failing_publishes: AtomicUsize,
+}
+
+/// Takes one failure from `counter`: whether the next call must fail.
+fn take_failure(counter: &AtomicUsize) -> bool {
+    counter
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
 }
 
 #[async_trait]
@@ -40,6 +48,9 @@ impl Bus for FlakyBus {
         self.inner.declare_subscriber(exchange, patterns).await
     }
     async fn publish(&self, exchange: &str, key: &str, message: Message) -> Result<(), BusError> {
+        if take_failure(&self.failing_publishes) {
+            return Err(BusError::Unavailable("broker gone (test)".into()));
+        }
         self.inner.publish(exchange, key, message).await
     }
     async fn publish_events(
@@ -47,10 +58,7 @@ impl Bus for FlakyBus {
         exchange: &str,
         messages: Vec<(String, Message)>,
     ) -> Result<(), BusError> {
-        let failing = self
-            .failing
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-        if failing.is_ok() {
+        if take_failure(&self.failing) {
             return Err(BusError::Unavailable("broker gone (test)".into()));
         }
         self.inner.publish_events(exchange, messages).await
@@ -95,6 +103,7 @@ pub async fn setup_on(store: Arc<dyn Store>) -> Setup {
     let bus = Arc::new(FlakyBus {
         inner: EmbeddedBus::new(Duration::from_secs(2)),
         failing: AtomicUsize::new(0),
+        failing_publishes: AtomicUsize::new(0),
     });
     bus.declare(&Topology::standard(
         &switchyard_core::conformance::bus::options(100),
