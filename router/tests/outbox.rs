@@ -232,3 +232,58 @@ async fn one_process_at_a_time_republishes(mut s: Setup) {
     assert_eq!(outbox.republish().await.expect("republish"), 1);
     assert_eq!(types(&drain(&mut s.events).await), ["conversation.closed"]);
 }
+
+/// The running app: an agent coming online while the bus refuses events is answered 200, and
+/// the app's own republisher (every 5 s) publishes its `agent.updated` once the bus is back.
+#[tokio::test]
+async fn a_running_app_republishes_what_a_command_deferred() {
+    use axum::body::Body;
+    use axum::http::Request;
+    use switchyard_core::bus::topology::EVENTS_EXCHANGE;
+    use switchyard_core::config::Settings;
+    use switchyard_router::{App, Role};
+    use tower::ServiceExt;
+
+    let s = setup().await;
+    let bus: Arc<dyn Bus> = s.bus.clone();
+    let settings = Settings::load_with_env(None, []).expect("default settings");
+    let app = App::start_with(
+        settings,
+        Role::All,
+        Arc::clone(&bus),
+        Arc::clone(&s.store),
+        s.metrics.clone(),
+    )
+    .await
+    .expect("app");
+    let queue = bus
+        .declare_subscriber(EVENTS_EXCHANGE, &["agent.updated"])
+        .await
+        .expect("subscriber");
+    let mut agent_events = bus.consume(&queue, 10).await.expect("consume");
+
+    s.bus.failing.store(1, Ordering::SeqCst);
+    let request = Request::put("/v1/agents/late-agent")
+        .header("content-type", "application/json")
+        .body(Body::from(
+            r#"{"name":"Late","pools":["default"],"capacity":2,"status":"online"}"#,
+        ))
+        .expect("request");
+    let response = app.http_service().oneshot(request).await.expect("response");
+    assert!(
+        response.status().is_success(),
+        "PUT answered {}",
+        response.status()
+    );
+    assert_eq!(kept(&s).await.len(), 1, "the refused events were not kept");
+
+    let delivery = tokio::time::timeout(Duration::from_secs(15), agent_events.next())
+        .await
+        .expect("agent.updated republished within 15 s")
+        .expect("delivery");
+    let event: serde_json::Value = serde_json::from_slice(&delivery.message.body).expect("json");
+    assert_eq!(event["data"]["agent"]["id"], "late-agent");
+    delivery.ack().await.expect("ack");
+    assert!(kept(&s).await.is_empty());
+    app.stop().await.expect("stop");
+}
