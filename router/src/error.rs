@@ -31,8 +31,7 @@ impl RouteError {
         match self {
             RouteError::Store(StoreError::Unavailable(_)) => true,
             RouteError::Store(_) => false,
-            RouteError::Bus(BusError::Unroutable { .. } | BusError::NotDeclared { .. }) => false,
-            RouteError::Bus(_) => true,
+            RouteError::Bus(e) => e.is_transient(),
             RouteError::Invalid(_) | RouteError::Refused { .. } => false,
         }
     }

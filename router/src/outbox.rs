@@ -79,16 +79,19 @@ impl Outbox {
 
     /// Publishes `messages` on `exchange`, in order: on the events exchange as an event batch (an
     /// event nobody is bound to receive is not an error), elsewhere each one mandatory. If the bus
-    /// does not confirm them, they are kept in the outbox and this returns `Ok`: the change they
-    /// follow from is stored, and they will follow it. Fails only when they could be neither
-    /// published nor kept.
+    /// does not confirm them for a [transient](BusError::is_transient) reason, they are kept in
+    /// the outbox and this returns `Ok`: the change they follow from is stored, and they will
+    /// follow it. Fails when the bus refuses them for good (nothing is bound for them), or when
+    /// they could be neither published nor kept.
     pub async fn send(
         &self,
         exchange: &str,
         messages: Vec<(String, Message)>,
     ) -> Result<(), BusError> {
-        let Err(refused) = publish(&*self.bus, exchange, messages.clone()).await else {
-            return Ok(());
+        let refused = match publish(&*self.bus, exchange, messages.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(e) if !e.is_transient() => return Err(e),
+            Err(e) => e,
         };
         let deferred = Deferred {
             exchange: exchange.to_owned(),
@@ -138,8 +141,10 @@ impl Outbox {
         self.publish(batch).await
     }
 
-    /// Republishes the outbox's batches, oldest first, stopping at the first the bus refuses.
-    /// One process at a time does this (a store claim); returns how many batches went out.
+    /// Republishes the outbox's batches, oldest first, stopping at the first the bus refuses for a
+    /// transient reason; a batch it refuses for good (nothing is bound for it any more) is
+    /// dropped, so that it cannot hold up the rest. One process at a time does this (a store
+    /// claim); returns how many batches left the outbox.
     pub async fn republish(&self) -> Result<usize, BusError> {
         let lock_id = new_id();
         let store_down = |e: switchyard_core::store::StoreError| {
@@ -165,28 +170,35 @@ impl Outbox {
             self.store.mailbox_read(OUTBOX_MAILBOX).await.map_err(|e| {
                 BusError::Unavailable(format!("cannot read the events outbox: {e}"))
             })?;
-        let mut published = 0;
+        let mut left = 0;
         for item in items.into_iter().take(REPUBLISH_ROUND) {
-            match serde_json::from_str::<Deferred>(&item.body) {
+            let sent = match serde_json::from_str::<Deferred>(&item.body) {
                 Ok(batch) => {
                     let exchange = batch.exchange.clone();
-                    publish(&*self.bus, &exchange, batch.into_messages()).await?;
+                    match publish(&*self.bus, &exchange, batch.into_messages()).await {
+                        Ok(()) => true,
+                        Err(e) if e.is_transient() => return Err(e),
+                        Err(e) => {
+                            tracing::error!(id = %item.id, error = %e, "dropping an outbox batch the bus refuses for good");
+                            false
+                        }
+                    }
                 }
                 Err(e) => {
-                    self.count("dropped");
                     tracing::error!(id = %item.id, error = %e, "dropping an undecodable outbox batch");
+                    false
                 }
-            }
+            };
             self.store
                 .mailbox_ack(OUTBOX_MAILBOX, std::slice::from_ref(&item.id))
                 .await
                 .map_err(|e| {
                     BusError::Unavailable(format!("cannot acknowledge an outbox batch: {e}"))
                 })?;
-            published += 1;
-            self.count("republished");
+            left += 1;
+            self.count(if sent { "republished" } else { "dropped" });
         }
-        Ok(published)
+        Ok(left)
     }
 
     fn count(&self, outcome: &str) {

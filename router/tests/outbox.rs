@@ -12,6 +12,7 @@ use switchyard_connectors::{ConnectorContext, Registry};
 use switchyard_core::bus::Bus;
 use switchyard_core::bus::topology::outbound_queue;
 use switchyard_core::conformance::bus::OUTBOUND_KIND;
+use switchyard_core::conformance::store::wechat_channel;
 use switchyard_core::envelope::{Content, Envelope};
 use switchyard_core::model::ConversationStatus;
 use switchyard_router::inbound::Routed;
@@ -97,6 +98,7 @@ macro_rules! on_both_stores {
 on_both_stores!(
     refused_events_of_a_command_are_kept_and_republished_in_order_with_their_ids,
     a_reply_the_bus_refuses_is_kept_and_sent_later,
+    what_the_bus_refuses_for_good_is_not_kept_and_cannot_hold_up_the_outbox,
     one_process_at_a_time_republishes,
 );
 
@@ -205,6 +207,46 @@ async fn a_reply_the_bus_refuses_is_kept_and_sent_later(mut s: Setup) {
         1,
         "the reply is recorded once"
     );
+}
+
+async fn what_the_bus_refuses_for_good_is_not_kept_and_cannot_hold_up_the_outbox(mut s: Setup) {
+    let (ops, outbox) = commands(&s);
+    // A conversation on a channel kind that has no outbound queue here: its reply is unroutable,
+    // which no retry will change, so it fails at once instead of waiting in the outbox.
+    let mut envelope = message_of("u-w", "hello");
+    envelope.channel = wechat_channel();
+    let Routed::Recorded(unroutable) = s.router.route(envelope).await.expect("route") else {
+        panic!("not recorded");
+    };
+    let refused = ops
+        .reply(&unroutable, Some("a1"), Content::Text { text: "hi".into() })
+        .await
+        .expect_err("an unroutable reply must fail");
+    assert!(!refused.is_transient(), "{refused:?}");
+    assert!(kept(&s).await.is_empty());
+
+    // A batch kept before its queue went away sits ahead of a good one: it is dropped, counted,
+    // and the good one still goes out.
+    s.store
+        .mailbox_push(
+            OUTBOX_MAILBOX,
+            "0-unroutable",
+            r#"{"exchange":"switchyard.outbound","messages":[{"key":"gone","id":"m-gone","body":"{}","headers":{}}]}"#,
+            100,
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("push");
+    let conversation = conversation_of(&s, "u-x").await;
+    drain(&mut s.events).await;
+    s.bus.failing.store(1, Ordering::SeqCst);
+    ops.close(&conversation, Some("a1")).await.expect("close");
+    assert_eq!(kept(&s).await.len(), 2);
+    assert_eq!(outbox.republish().await.expect("republish"), 2);
+    assert_eq!(types(&drain(&mut s.events).await), ["conversation.closed"]);
+    assert!(kept(&s).await.is_empty());
+    assert_eq!(outbox_count(&s, "dropped"), 1);
+    assert_eq!(outbox_count(&s, "republished"), 1);
 }
 
 async fn one_process_at_a_time_republishes(mut s: Setup) {

@@ -59,6 +59,17 @@ pub enum BusError {
     Unavailable(String),
 }
 
+impl BusError {
+    /// Whether the same publish may succeed later (the broker is down, slow or full), as
+    /// opposed to never (nothing is bound for it, or its exchange or queue does not exist).
+    pub fn is_transient(&self) -> bool {
+        !matches!(
+            self,
+            BusError::Unroutable { .. } | BusError::NotDeclared { .. }
+        )
+    }
+}
+
 /// A message handed to [`Bus::publish`].
 #[derive(Debug, Clone, Default)]
 pub struct Message {
