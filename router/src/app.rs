@@ -36,7 +36,8 @@ use crate::workers::{run_channel_sync, run_outbound, run_shard};
 
 /// How often a router sets offline the agents whose presence lapsed (and announces them).
 const PRESENCE_SWEEP: Duration = Duration::from_secs(5);
-/// How often a router republishes event batches the bus refused (see [`crate::outbox`]).
+/// How often each process looks for batches the bus refused, to republish them (see
+/// [`crate::outbox`]).
 const OUTBOX_REPUBLISH: Duration = Duration::from_secs(5);
 
 /// Which parts of Switchyard a process runs.
@@ -243,11 +244,15 @@ impl App {
                     .await
                     .context("presence sweeper")
             });
+        }
+        {
+            // Every role: gateways defer what their commands publish, routers what their
+            // sweeps do; one process at a time republishes.
             let (outbox, stop) = (outbox.clone(), shutdown.clone());
             tasks.spawn(async move {
                 run_republisher(outbox, OUTBOX_REPUBLISH, stop)
                     .await
-                    .context("events outbox republisher")
+                    .context("outbox republisher")
             });
         }
         let hub = Arc::new(AgentHub::default());

@@ -15,7 +15,7 @@ use switchyard_core::bus::topology::EVENTS_EXCHANGE;
 use switchyard_core::bus::{Bus, BusError, Message};
 use switchyard_core::envelope::new_id;
 use switchyard_core::metrics::Metrics;
-use switchyard_core::store::Store;
+use switchyard_core::store::{MailboxItem, Store};
 use tokio_util::sync::CancellationToken;
 
 use crate::events::EventBatch;
@@ -146,9 +146,13 @@ impl Outbox {
     /// dropped, so that it cannot hold up the rest. One process at a time does this (a store
     /// claim); returns how many batches left the outbox.
     pub async fn republish(&self) -> Result<usize, BusError> {
+        // Most rounds find the outbox empty: one read, and no claim.
+        if self.read().await?.is_empty() {
+            return Ok(0);
+        }
         let lock_id = new_id();
         let store_down = |e: switchyard_core::store::StoreError| {
-            BusError::Unavailable(format!("store unavailable for the events outbox: {e}"))
+            BusError::Unavailable(format!("store unavailable for the outbox: {e}"))
         };
         let holder = self
             .store
@@ -165,11 +169,17 @@ impl Outbox {
         result
     }
 
+    /// The batches the outbox holds, oldest first.
+    async fn read(&self) -> Result<Vec<MailboxItem>, BusError> {
+        self.store
+            .mailbox_read(OUTBOX_MAILBOX)
+            .await
+            .map_err(|e| BusError::Unavailable(format!("cannot read the outbox: {e}")))
+    }
+
     async fn republish_round(&self) -> Result<usize, BusError> {
-        let items =
-            self.store.mailbox_read(OUTBOX_MAILBOX).await.map_err(|e| {
-                BusError::Unavailable(format!("cannot read the events outbox: {e}"))
-            })?;
+        // Read again under the claim: another process may have emptied it meanwhile.
+        let items = self.read().await?;
         let mut left = 0;
         for item in items.into_iter().take(REPUBLISH_ROUND) {
             let sent = match serde_json::from_str::<Deferred>(&item.body) {

@@ -275,8 +275,9 @@ async fn one_process_at_a_time_republishes(mut s: Setup) {
     assert_eq!(types(&drain(&mut s.events).await), ["conversation.closed"]);
 }
 
-/// The running app: an agent coming online while the bus refuses events is answered 200, and
-/// the app's own republisher (every 5 s) publishes its `agent.updated` once the bus is back.
+/// A running gateway (no router): an agent coming online while the bus refuses events is
+/// answered 200, and the gateway's own republisher (every 5 s) publishes its `agent.updated`
+/// once the bus is back.
 #[tokio::test]
 async fn a_running_app_republishes_what_a_command_deferred() {
     use axum::body::Body;
@@ -291,7 +292,7 @@ async fn a_running_app_republishes_what_a_command_deferred() {
     let settings = Settings::load_with_env(None, []).expect("default settings");
     let app = App::start_with(
         settings,
-        Role::All,
+        Role::Gateway,
         Arc::clone(&bus),
         Arc::clone(&s.store),
         s.metrics.clone(),
