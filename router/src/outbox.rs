@@ -28,8 +28,13 @@ pub const REPUBLISH_LOCK: &str = "lock:bus-outbox";
 pub const OUTBOX_MAX_BATCHES: usize = 100_000;
 /// How long a deferred batch is kept (an outage longer than this loses its events).
 pub const OUTBOX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
-/// Batches republished per round, so that one round never holds the lock for long.
+/// Batches republished per round, so that one round never holds the claim for long.
 const REPUBLISH_ROUND: usize = 500;
+/// How long the republishing claim holds.
+const REPUBLISH_CLAIM: Duration = Duration::from_secs(60);
+/// A round starts no batch after this long, so that it ends well within its claim (and never
+/// releases a claim that expired and another process took).
+const REPUBLISH_ROUND_TIME: Duration = Duration::from_secs(30);
 
 /// Publishes what commands cause, deferring to the store's outbox a batch the bus does not
 /// confirm.
@@ -156,7 +161,7 @@ impl Outbox {
         };
         let holder = self
             .store
-            .claim_key(REPUBLISH_LOCK, &lock_id, Duration::from_secs(60))
+            .claim_key(REPUBLISH_LOCK, &lock_id, REPUBLISH_CLAIM)
             .await
             .map_err(store_down)?;
         if holder.is_some() {
@@ -181,7 +186,11 @@ impl Outbox {
         // Read again under the claim: another process may have emptied it meanwhile.
         let items = self.read().await?;
         let mut left = 0;
+        let started = std::time::Instant::now();
         for item in items.into_iter().take(REPUBLISH_ROUND) {
+            if started.elapsed() > REPUBLISH_ROUND_TIME {
+                break;
+            }
             let sent = match serde_json::from_str::<Deferred>(&item.body) {
                 Ok(batch) => {
                     let exchange = batch.exchange.clone();
