@@ -32,7 +32,7 @@ use crate::inbound::InboundRouter;
 use crate::ingress::Ingress;
 use crate::operations::Operations;
 use crate::outbox::{Outbox, run_republisher};
-use crate::workers::{run_channel_sync, run_outbound, run_shard};
+use crate::workers::{Outbound, run_channel_sync, run_outbound, run_shard};
 
 /// How often a router sets offline the agents whose presence lapsed (and announces them).
 const PRESENCE_SWEEP: Duration = Duration::from_secs(5);
@@ -257,29 +257,22 @@ impl App {
         }
         let hub = Arc::new(AgentHub::default());
         if role.gateway() {
+            let outbound = Outbound {
+                attempts: settings.router.attempts,
+                delivery_limit: settings.bus.delivery_limit,
+                registry: registry.clone(),
+                outbox: outbox.clone(),
+                store: Arc::clone(&store),
+                sent_ttl: Duration::from_secs(settings.store.dedupe_ttl_secs),
+                metrics: metrics.clone(),
+            };
             for kind in &outbound_kinds {
-                let (bus, registry, outbox, metrics, stop) = (
-                    Arc::clone(&bus),
-                    registry.clone(),
-                    outbox.clone(),
-                    metrics.clone(),
-                    shutdown.clone(),
-                );
-                let (attempts, limit) = (settings.router.attempts, settings.bus.delivery_limit);
+                let (bus, outbound, stop) = (Arc::clone(&bus), outbound.clone(), shutdown.clone());
                 let queue = outbound_queue(kind);
                 tasks.spawn(async move {
-                    run_outbound(
-                        bus,
-                        queue.clone(),
-                        attempts,
-                        limit,
-                        registry,
-                        outbox,
-                        metrics,
-                        stop,
-                    )
-                    .await
-                    .with_context(|| format!("outbound consumer of `{queue}`"))
+                    run_outbound(bus, queue.clone(), outbound, stop)
+                        .await
+                        .with_context(|| format!("outbound consumer of `{queue}`"))
                 });
             }
             // Only channels that keep platform session state (WeCom) follow conversation events;

@@ -15,6 +15,7 @@ use switchyard_connectors::{ConnectorError, Registry};
 use switchyard_core::bus::{Bus, Deliveries, Delivery};
 use switchyard_core::envelope::Envelope;
 use switchyard_core::metrics::Metrics;
+use switchyard_core::store::Store;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::RouteError;
@@ -184,41 +185,56 @@ async fn route_one(
     }
 }
 
+/// What an outbound consumer delivers with.
+#[derive(Clone)]
+pub struct Outbound {
+    /// Sends tried in place before a reply goes back to the queue.
+    pub attempts: u32,
+    /// Redeliveries before a reply that keeps failing is dead-lettered.
+    pub delivery_limit: u32,
+    /// The channels replies go out through.
+    pub registry: Registry,
+    /// Where `message.sent` and `message.failed` go.
+    pub outbox: Outbox,
+    /// Remembers which replies were sent.
+    pub store: Arc<dyn Store>,
+    /// How long a sent reply's id is remembered: a second copy of it within this time (a
+    /// redelivery, a republished batch) is not sent again.
+    pub sent_ttl: Duration,
+    /// Where outcomes are counted.
+    pub metrics: Metrics,
+}
+
 /// Consumes the outbound queue of one channel kind and delivers through the connectors.
-#[allow(clippy::too_many_arguments)]
 pub async fn run_outbound(
     bus: Arc<dyn Bus>,
     queue: String,
-    attempts: u32,
-    delivery_limit: u32,
-    registry: Registry,
-    events: Outbox,
-    metrics: Metrics,
+    outbound: Outbound,
     stop: CancellationToken,
 ) -> Result<(), RouteError> {
     let mut deliveries = bus.consume(&queue, 1).await?;
     while let Some(delivery) = next_until(&mut deliveries, &stop).await {
-        deliver_outbound(
-            delivery,
-            attempts,
-            delivery_limit,
-            &registry,
-            &events,
-            &metrics,
-        )
-        .await;
+        deliver_outbound(delivery, &outbound).await;
     }
     Ok(())
 }
 
-async fn deliver_outbound(
-    delivery: Delivery,
-    attempts: u32,
-    delivery_limit: u32,
-    registry: &Registry,
-    events: &Outbox,
-    metrics: &Metrics,
-) {
+/// The store key that marks reply `id` as sent.
+fn sent_key(id: &str) -> String {
+    format!("sent:{id}")
+}
+
+async fn deliver_outbound(delivery: Delivery, outbound: &Outbound) {
+    let Outbound {
+        attempts,
+        delivery_limit,
+        registry,
+        outbox: events,
+        store,
+        sent_ttl,
+        metrics,
+    } = outbound;
+    let (attempts, delivery_limit) = (*attempts, *delivery_limit);
     let envelope: Envelope = match serde_json::from_slice(&delivery.message.body) {
         Ok(e) => e,
         Err(e) => {
@@ -250,11 +266,32 @@ async fn deliver_outbound(
         let _ = delivery.reject(&reason).await;
         return;
     };
+    match store.get_key(&sent_key(&envelope.id)).await {
+        Ok(Some(_)) => {
+            // Sent already: this copy is a redelivery, or a batch republished after its
+            // confirm was lost.
+            count("duplicate");
+            tracing::info!(id = %envelope.id, "reply sent already; dropping this copy");
+            let _ = delivery.ack().await;
+            return;
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, id = %envelope.id, "cannot tell whether this reply was sent; sending it");
+        }
+    }
     let mut attempt = 0;
     loop {
         match channel.send(&envelope).await {
             Ok(receipt) => {
                 count("sent");
+                let marker = receipt.channel_message_id.as_deref().unwrap_or("sent");
+                if let Err(e) = store
+                    .set_key(&sent_key(&envelope.id), marker, *sent_ttl)
+                    .await
+                {
+                    tracing::warn!(error = %e, id = %envelope.id, "reply sent, but not marked as sent; a second copy would be sent again");
+                }
                 if let Err(e) = events
                     .emit(|b| {
                         b.message_sent(&envelope, receipt.channel_message_id.as_deref());

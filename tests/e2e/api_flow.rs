@@ -308,3 +308,81 @@ async fn a_callback_refusal_is_not_retried_and_the_agent_is_told() {
     );
     server.stop().await;
 }
+
+/// A second copy of a reply that was sent already (a redelivery, or a batch the outbox
+/// republished after its confirm was lost) is not sent to the channel again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_copy_of_a_sent_reply_is_not_sent_again() {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use switchyard_core::bus::embedded::EmbeddedBus;
+    use switchyard_core::bus::topology::OUTBOUND_EXCHANGE;
+    use switchyard_core::bus::{Bus, Message};
+    use switchyard_core::metrics::Metrics;
+    use switchyard_core::store::embedded::EmbeddedStore;
+    use switchyard_router::{App, Role};
+
+    use crate::support::{SECRET, eventually, settings};
+
+    let callback = Callback::start().await;
+    let bus: Arc<dyn Bus> = Arc::new(EmbeddedBus::new(Duration::from_secs(5)));
+    let app = App::start_with(
+        settings(&format!(
+            "[[channels]]\nid = \"shop\"\nkind = \"api\"\nsecret = \"{SECRET}\"\ncallback_url = \"{}\"\n",
+            callback.url
+        )),
+        Role::All,
+        Arc::clone(&bus),
+        Arc::new(EmbeddedStore::new()),
+        Metrics::new().unwrap(),
+    )
+    .await
+    .unwrap();
+    let server = Server::of(app);
+    server.agent_online("a1", 2).await;
+    let response = server
+        .post_signed("shop", &api_message("m-dup", "77", "hello", &[]))
+        .await;
+    assert_eq!(response.status(), 202);
+    let conversation = eventually(|| async {
+        let (_, held) = server.get_json("/v1/agents/a1/conversations").await;
+        held["conversations"][0]["id"].as_str().map(str::to_owned)
+    })
+    .await;
+    let (status, reply) = server
+        .send_json(
+            "POST",
+            &format!("/v1/conversations/{conversation}/messages"),
+            json!({"agent_id": "a1", "content": {"type": "text", "text": "once"}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{reply}");
+    let reply_id = reply["id"].as_str().unwrap().to_owned();
+    let sent = callback.wait_for(1).await;
+    let envelope: Value = serde_json::from_slice(&sent[0].body).unwrap();
+    assert_eq!(envelope["id"], reply_id.as_str());
+
+    // The same envelope reaches the outbound queue once more.
+    bus.publish(
+        OUTBOUND_EXCHANGE,
+        "api",
+        Message::new(reply_id.clone(), sent[0].body.clone()),
+    )
+    .await
+    .unwrap();
+    let duplicates = "switchyard_outbound_messages_total{channel=\"shop\",outcome=\"duplicate\"}";
+    eventually(|| async { (server.metric(duplicates).await == 1.0).then_some(()) }).await;
+    assert_eq!(
+        callback.received.lock().unwrap().len(),
+        1,
+        "the second copy was sent to the channel"
+    );
+    assert_eq!(
+        server
+            .metric("switchyard_outbound_messages_total{channel=\"shop\",outcome=\"sent\"}")
+            .await,
+        1.0
+    );
+    server.stop().await;
+}
