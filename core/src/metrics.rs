@@ -61,7 +61,8 @@ pub struct Metrics {
     /// Open agent and visitor WebSocket sessions, by kind.
     pub websocket_sessions: IntGaugeVec,
     /// Batches of the outbox, by outcome (`deferred`: the bus refused it, kept in the store;
-    /// `republished`; `lost`: neither published nor kept; `dropped`: undecodable).
+    /// `republished`; `lost`: neither published nor kept; `dropped`: undecodable, or refused
+    /// by the bus for good).
     pub outbox: IntCounterVec,
 }
 

@@ -229,7 +229,7 @@ async fn deliver_outbound(delivery: Delivery, outbound: &Outbound) {
         attempts,
         delivery_limit,
         registry,
-        outbox: events,
+        outbox,
         store,
         sent_ttl,
         metrics,
@@ -255,7 +255,7 @@ async fn deliver_outbound(delivery: Delivery, outbound: &Outbound) {
     let Some(channel) = registry.get(&channel_id) else {
         count("rejected");
         let reason = format!("channel `{channel_id}` is not configured here");
-        if let Err(e) = events
+        if let Err(e) = outbox
             .emit(|b| {
                 b.message_failed(&envelope, "unknown_channel", &reason);
             })
@@ -292,7 +292,7 @@ async fn deliver_outbound(delivery: Delivery, outbound: &Outbound) {
                 {
                     tracing::warn!(error = %e, id = %envelope.id, "reply sent, but not marked as sent; a second copy would be sent again");
                 }
-                if let Err(e) = events
+                if let Err(e) = outbox
                     .emit(|b| {
                         b.message_sent(&envelope, receipt.channel_message_id.as_deref());
                     })
@@ -331,7 +331,7 @@ async fn deliver_outbound(delivery: Delivery, outbound: &Outbound) {
                     other => other.code().to_owned(),
                 };
                 tracing::warn!(error = %e, id = %envelope.id, "reply not delivered");
-                if let Err(err) = events
+                if let Err(err) = outbox
                     .emit(|b| {
                         b.message_failed(&envelope, &code, &e.to_string());
                     })
