@@ -319,7 +319,7 @@ async fn records_round_trip_exactly() {
     assert_eq!(got[0].agent_id, agent.id);
     let reply = outbound_envelope(&got[0].conversation, &agent.id, later);
     let c = s
-        .record_outbound(&conv.id, Some(&agent.id), &reply, later)
+        .record_outbound(&conv.id, Some(&agent.id), &reply, later, None)
         .await
         .unwrap();
     assert_eq!(c.replies_since_inbound, 1);
@@ -995,11 +995,17 @@ mod differential {
                         self.log.push(format!("outbound {c} {agent:?}"));
                         let e = self
                             .emb
-                            .record_outbound(&c, agent.as_deref(), &env, at(now))
+                            .record_outbound(&c, agent.as_deref(), &env, at(now), None)
                             .await;
                         let r = self
                             .red
-                            .record_outbound(&self.red_id(&c), agent.as_deref(), &renv, at(now))
+                            .record_outbound(
+                                &self.red_id(&c),
+                                agent.as_deref(),
+                                &renv,
+                                at(now),
+                                None,
+                            )
                             .await;
                         let f = |c: &switchyard_core::model::Conversation| json!(c);
                         self.check("record_outbound", shape(&e, f), shape(&r, f));

@@ -351,7 +351,7 @@ impl Harness {
                 let who = agent_id(agent);
                 let envelope = outbound_envelope(c, &who, now);
                 let result = store
-                    .record_outbound(&c.id, Some(&who), &envelope, now)
+                    .record_outbound(&c.id, Some(&who), &envelope, now, None)
                     .await;
                 match (c.agent_id.as_deref() == Some(who.as_str()), result) {
                     (true, Ok(_)) => {

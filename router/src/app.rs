@@ -31,7 +31,7 @@ use crate::hub::AgentHub;
 use crate::inbound::InboundRouter;
 use crate::ingress::Ingress;
 use crate::operations::Operations;
-use crate::outbox::{Outbox, run_republisher};
+use crate::outbox::{Outbox, STAGED_GRACE, run_republisher};
 use crate::workers::{Outbound, run_channel_sync, run_outbound, run_shard};
 
 /// How often a router sets offline the agents whose presence lapsed (and announces them).
@@ -158,7 +158,11 @@ impl App {
             .await
             .context("declaring the bus topology")?;
         let events = EventPublisher::new(Arc::clone(&bus));
-        let outbox = Outbox::new(Arc::clone(&bus), Arc::clone(&store), metrics.clone());
+        // A staged reply's own publish gets well over its timeout before it is sent again.
+        let staged_grace =
+            STAGED_GRACE.max(3 * Duration::from_millis(settings.bus.publish_timeout_ms));
+        let outbox = Outbox::new(Arc::clone(&bus), Arc::clone(&store), metrics.clone())
+            .with_staged_grace(staged_grace);
         let ops = Operations::new(
             Arc::clone(&store),
             registry.clone(),

@@ -160,22 +160,28 @@ impl Operations {
             agent_id: agent_id.map(str::to_owned),
             raw: None,
         };
-        // Recording checks that the agent holds the conversation and that it is open.
-        self.store
-            .record_outbound(conversation_id, agent_id, &envelope, now)
-            .await?;
         let body = serde_json::to_vec(&envelope)
             .map_err(|e| RouteError::Invalid(format!("cannot encode reply: {e}")))?;
-        // Recorded, so it must go out: if the bus refuses it now, it waits in the outbox.
-        self.outbox
-            .send(
-                OUTBOUND_EXCHANGE,
-                vec![(
-                    envelope.channel.kind.clone(),
-                    Message::new(envelope.id.clone(), body),
-                )],
+        // Recorded, so it must go out: the outbox keeps its bus message from the moment it is
+        // recorded (one atomic step) until the bus confirms it, even if this process stops.
+        let staged = self.outbox.stage(
+            OUTBOUND_EXCHANGE,
+            vec![(
+                envelope.channel.kind.clone(),
+                Message::new(envelope.id.clone(), body),
+            )],
+        )?;
+        // Recording checks that the agent holds the conversation and that it is open.
+        self.store
+            .record_outbound(
+                conversation_id,
+                agent_id,
+                &envelope,
+                now,
+                Some(staged.push()),
             )
             .await?;
+        self.outbox.send_staged(staged).await?;
         Ok(envelope)
     }
 

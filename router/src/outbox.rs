@@ -3,6 +3,12 @@
 //! presence, and an agent's reply itself. When the bus refuses such a batch, it is kept in the
 //! store and republished, in order and with the same message ids, once the bus takes it again.
 //!
+//! An agent's reply goes further: its bus message is written to the outbox in the same atomic
+//! store step that records the reply ([`Outbox::stage`]), and removed once the bus confirms it.
+//! A process that stops between the two leaves it there, and the republisher sends it once it is
+//! older than a grace period (longer than any publish can take), so a recorded reply is never
+//! lost; at worst it goes out twice with one id, and the outbound worker drops the second copy.
+//!
 //! Routing does not need this: a message whose events were not confirmed is not acknowledged, so
 //! the bus redelivers it and the retry announces everything again.
 
@@ -15,7 +21,7 @@ use switchyard_core::bus::topology::EVENTS_EXCHANGE;
 use switchyard_core::bus::{Bus, BusError, Message};
 use switchyard_core::envelope::new_id;
 use switchyard_core::metrics::Metrics;
-use switchyard_core::store::{MailboxItem, Store};
+use switchyard_core::store::{MailboxItem, MailboxPush, Store};
 use tokio_util::sync::CancellationToken;
 
 use crate::events::EventBatch;
@@ -35,6 +41,9 @@ const REPUBLISH_CLAIM: Duration = Duration::from_secs(60);
 /// A round starts no batch after this long, so that it ends well within its claim (and never
 /// releases a claim that expired and another process took).
 const REPUBLISH_ROUND_TIME: Duration = Duration::from_secs(30);
+/// How long a staged batch is left to its own publish before the republisher may send it (see
+/// [`Outbox::with_staged_grace`]).
+pub const STAGED_GRACE: Duration = Duration::from_secs(30);
 
 /// Publishes what commands cause, deferring to the store's outbox a batch the bus does not
 /// confirm.
@@ -43,6 +52,7 @@ pub struct Outbox {
     bus: Arc<dyn Bus>,
     store: Arc<dyn Store>,
     metrics: Metrics,
+    staged_grace: Duration,
 }
 
 /// A batch as kept in the outbox: messages for one exchange, in order.
@@ -50,6 +60,33 @@ pub struct Outbox {
 struct Deferred {
     exchange: String,
     messages: Vec<DeferredMessage>,
+    /// When a staged batch was staged (Unix milliseconds): its own publish may be under way until
+    /// the republisher's grace has passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    staged_at_ms: Option<i64>,
+}
+
+/// A batch staged in the outbox with the store change it follows from (see [`Outbox::stage`]).
+#[derive(Debug)]
+pub struct Staged {
+    id: String,
+    exchange: String,
+    messages: Vec<(String, Message)>,
+    item: String,
+}
+
+impl Staged {
+    /// The mailbox push that keeps the batch: hand it to the store operation that records the
+    /// change, so that both are stored or neither.
+    pub fn push(&self) -> MailboxPush<'_> {
+        MailboxPush {
+            key: OUTBOX_MAILBOX,
+            id: &self.id,
+            body: &self.item,
+            max_len: OUTBOX_MAX_BATCHES,
+            ttl: OUTBOX_TTL,
+        }
+    }
 }
 
 /// One message of a deferred batch.
@@ -71,7 +108,16 @@ impl Outbox {
             bus,
             store,
             metrics,
+            staged_grace: STAGED_GRACE,
         }
+    }
+
+    /// The same outbox, leaving staged batches to their own publish for `grace` after they were
+    /// staged (default [`STAGED_GRACE`]) before republishing them. It must be longer than a
+    /// publish can take.
+    pub fn with_staged_grace(mut self, grace: Duration) -> Self {
+        self.staged_grace = grace;
+        self
     }
 
     /// Publishes an event batch (see [`Outbox::send`]).
@@ -98,23 +144,8 @@ impl Outbox {
             Err(e) if !e.is_transient() => return Err(e),
             Err(e) => e,
         };
-        let deferred = Deferred {
-            exchange: exchange.to_owned(),
-            messages: messages
-                .into_iter()
-                .map(|(key, message)| DeferredMessage {
-                    key,
-                    id: message.message_id,
-                    body: String::from_utf8_lossy(&message.body).into_owned(),
-                    headers: message.headers,
-                })
-                .collect(),
-        };
-        let count = deferred.messages.len();
-        let body = serde_json::to_string(&deferred).map_err(|e| BusError::Nacked {
-            exchange: exchange.to_owned(),
-            reason: format!("cannot encode a deferred batch: {e}"),
-        })?;
+        let count = messages.len();
+        let body = Deferred::encode(exchange, &messages, None)?;
         match self
             .store
             .mailbox_push(
@@ -139,6 +170,63 @@ impl Outbox {
         }
     }
 
+    /// Prepares `messages` for `exchange` to be kept in the outbox by the store operation that
+    /// records their cause (give it [`Staged::push`]); then [`Outbox::send_staged`] publishes them.
+    pub fn stage(
+        &self,
+        exchange: &str,
+        messages: Vec<(String, Message)>,
+    ) -> Result<Staged, BusError> {
+        let item = Deferred::encode(exchange, &messages, Some(now_ms()))?;
+        Ok(Staged {
+            id: new_id(),
+            exchange: exchange.to_owned(),
+            messages,
+            item,
+        })
+    }
+
+    /// Publishes a batch the store keeps already (see [`Outbox::stage`]) and removes it from the
+    /// outbox once the bus confirms it. When the bus does not confirm it for a
+    /// [transient](BusError::is_transient) reason it stays there, and the republisher sends it
+    /// after its grace; this returns `Ok`. Fails when the bus refuses it for good.
+    pub async fn send_staged(&self, staged: Staged) -> Result<(), BusError> {
+        let Staged {
+            id,
+            exchange,
+            messages,
+            ..
+        } = staged;
+        let count = messages.len();
+        match publish(&*self.bus, &exchange, messages).await {
+            Ok(()) => {
+                self.forget(&id).await;
+                Ok(())
+            }
+            Err(e) if e.is_transient() => {
+                self.count("deferred");
+                tracing::warn!(error = %e, %exchange, messages = count, "kept in the outbox; republished once the bus takes it");
+                Ok(())
+            }
+            Err(e) => {
+                self.forget(&id).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes a staged batch that needs no republishing. If the store does not answer, the
+    /// republisher sends it again later, with the same ids.
+    async fn forget(&self, id: &str) {
+        if let Err(e) = self
+            .store
+            .mailbox_ack(OUTBOX_MAILBOX, &[id.to_owned()])
+            .await
+        {
+            tracing::warn!(error = %e, id, "could not remove a published batch from the outbox; it is sent again later, with the same ids");
+        }
+    }
+
     /// Builds an event batch with `build` and publishes it (see [`Outbox::send`]).
     pub async fn emit(&self, build: impl FnOnce(&mut EventBatch)) -> Result<(), BusError> {
         let mut batch = EventBatch::new();
@@ -147,7 +235,7 @@ impl Outbox {
     }
 
     /// Republishes the outbox's batches, oldest first, stopping at the first the bus refuses for a
-    /// transient reason; a batch it refuses for good (nothing is bound for it any more) is
+    /// transient reason, or at a staged batch still within its grace; a batch it refuses for good (nothing is bound for it any more) is
     /// dropped, so that it cannot hold up the rest. One process at a time does this (a store
     /// claim); returns how many batches left the outbox.
     pub async fn republish(&self) -> Result<usize, BusError> {
@@ -187,11 +275,17 @@ impl Outbox {
         let items = self.read().await?;
         let mut left = 0;
         let started = std::time::Instant::now();
+        let grace_ms = i64::try_from(self.staged_grace.as_millis()).unwrap_or(i64::MAX);
+        let staged_before = now_ms().saturating_sub(grace_ms);
         for item in items.into_iter().take(REPUBLISH_ROUND) {
             if started.elapsed() > REPUBLISH_ROUND_TIME {
                 break;
             }
             let sent = match serde_json::from_str::<Deferred>(&item.body) {
+                Ok(batch) if batch.staged_at_ms.is_some_and(|t| t > staged_before) => {
+                    // Its own publish may still be under way; so may those of the ones after it.
+                    break;
+                }
                 Ok(batch) => {
                     let exchange = batch.exchange.clone();
                     match publish(&*self.bus, &exchange, batch.into_messages()).await {
@@ -226,6 +320,31 @@ impl Outbox {
 }
 
 impl Deferred {
+    /// The outbox item keeping `messages` for `exchange`.
+    fn encode(
+        exchange: &str,
+        messages: &[(String, Message)],
+        staged_at_ms: Option<i64>,
+    ) -> Result<String, BusError> {
+        let deferred = Deferred {
+            exchange: exchange.to_owned(),
+            messages: messages
+                .iter()
+                .map(|(key, message)| DeferredMessage {
+                    key: key.clone(),
+                    id: message.message_id.clone(),
+                    body: String::from_utf8_lossy(&message.body).into_owned(),
+                    headers: message.headers.clone(),
+                })
+                .collect(),
+            staged_at_ms,
+        };
+        serde_json::to_string(&deferred).map_err(|e| BusError::Nacked {
+            exchange: exchange.to_owned(),
+            reason: format!("cannot encode a deferred batch: {e}"),
+        })
+    }
+
     /// The bus messages of the batch, in order.
     fn into_messages(self) -> Vec<(String, Message)> {
         self.messages
@@ -237,6 +356,11 @@ impl Deferred {
             })
             .collect()
     }
+}
+
+/// Now, in Unix milliseconds.
+fn now_ms() -> i64 {
+    switchyard_core::time::now().timestamp_millis()
 }
 
 /// Publishes `messages` on `exchange`: as one event batch on the events exchange, one by one

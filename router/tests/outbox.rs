@@ -1,7 +1,9 @@
 //! Events of an agent or helpdesk command (here: closing a conversation, which also assigns the
 //! next queued one) that the bus refuses are kept in the store's outbox, and republished later,
-//! in order and with the same ids; the command itself succeeds, since its change is stored. Each
-//! case runs on the embedded store and on Redis.
+//! in order and with the same ids; the command itself succeeds, since its change is stored. An
+//! agent's reply is kept there from the moment it is recorded until the bus confirms it, so not
+//! even a process that stops in between loses it. Each case runs on the embedded store and on
+//! Redis.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
@@ -17,7 +19,7 @@ use switchyard_core::envelope::{Content, Envelope};
 use switchyard_core::model::ConversationStatus;
 use switchyard_router::inbound::Routed;
 use switchyard_router::operations::Operations;
-use switchyard_router::outbox::{OUTBOX_MAILBOX, Outbox, REPUBLISH_LOCK};
+use switchyard_router::outbox::{OUTBOX_MAILBOX, Outbox, REPUBLISH_LOCK, STAGED_GRACE};
 
 mod support;
 use support::*;
@@ -98,6 +100,7 @@ macro_rules! on_both_stores {
 on_both_stores!(
     refused_events_of_a_command_are_kept_and_republished_in_order_with_their_ids,
     a_reply_the_bus_refuses_is_kept_and_sent_later,
+    a_reply_whose_process_stops_before_the_confirm_is_sent_after_the_grace,
     what_the_bus_refuses_for_good_is_not_kept_and_cannot_hold_up_the_outbox,
     one_process_at_a_time_republishes,
 );
@@ -189,8 +192,15 @@ async fn a_reply_the_bus_refuses_is_kept_and_sent_later(mut s: Setup) {
         "the refused reply reached the outbound queue"
     );
     assert_eq!(kept(&s).await, [[reply.id.clone()]]);
+    assert_eq!(outbox_count(&s, "deferred"), 1);
 
-    // Republished: the same envelope reaches the channel's outbound queue, once.
+    // It was kept when it was recorded, so the republisher leaves it to its own publish for the
+    // grace period.
+    assert_eq!(outbox.republish().await.expect("republish"), 0);
+    assert_eq!(kept(&s).await, [[reply.id.clone()]]);
+
+    // Past the grace: the same envelope reaches the channel's outbound queue, once.
+    let outbox = outbox.with_staged_grace(Duration::ZERO);
     assert_eq!(outbox.republish().await.expect("republish"), 1);
     let delivery = tokio::time::timeout(Duration::from_secs(2), outbound.next())
         .await
@@ -206,6 +216,98 @@ async fn a_reply_the_bus_refuses_is_kept_and_sent_later(mut s: Setup) {
         history.iter().filter(|m| m.id == reply.id).count(),
         1,
         "the reply is recorded once"
+    );
+
+    // With the bus there, a reply goes straight out and leaves nothing in the outbox.
+    let second = ops
+        .reply(
+            &conversation,
+            Some("a1"),
+            Content::Text {
+                text: "here".into(),
+            },
+        )
+        .await
+        .expect("second reply");
+    let delivery = tokio::time::timeout(Duration::from_secs(2), outbound.next())
+        .await
+        .expect("the second reply within 2 s")
+        .expect("delivery");
+    assert_eq!(delivery.message.message_id, second.id);
+    delivery.ack().await.expect("ack");
+    assert!(kept(&s).await.is_empty(), "a confirmed reply stays kept");
+    assert_eq!(outbox.republish().await.expect("republish"), 0);
+}
+
+async fn a_reply_whose_process_stops_before_the_confirm_is_sent_after_the_grace(s: Setup) {
+    let (ops, outbox) = commands(&s);
+    let conversation = conversation_of(&s, "u-s").await;
+    let mut outbound = s
+        .bus
+        .consume(&outbound_queue(OUTBOUND_KIND), 10)
+        .await
+        .expect("outbound consumer");
+
+    // The reply is recorded, and its publish never finishes: the process stops there.
+    s.bus.hanging_publishes.store(1, Ordering::SeqCst);
+    let sending = tokio::spawn({
+        let ops = ops.clone();
+        let conversation = conversation.clone();
+        async move {
+            ops.reply(
+                &conversation,
+                Some("a1"),
+                Content::Text {
+                    text: "one moment".into(),
+                },
+            )
+            .await
+        }
+    });
+    let recorded = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let history = s.store.messages(&conversation, 10).await.expect("history");
+            if let Some(reply) = history.into_iter().find(|m| m.agent_id.is_some()) {
+                return reply;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the reply recorded within 5 s");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!sending.is_finished(), "the hanging publish finished");
+    sending.abort();
+    assert!(sending.await.expect_err("aborted").is_cancelled());
+    assert_eq!(kept(&s).await, [[recorded.id.clone()]]);
+
+    // Within the grace, the republisher leaves it alone: its publish might still be under way.
+    assert_eq!(outbox.republish().await.expect("republish"), 0);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), outbound.next())
+            .await
+            .is_err(),
+        "republished within the grace"
+    );
+
+    // Past the grace (another process, say), it goes out: the envelope that was recorded, once.
+    let later = outbox.with_staged_grace(Duration::ZERO);
+    assert_eq!(later.republish().await.expect("republish"), 1);
+    let delivery = tokio::time::timeout(Duration::from_secs(2), outbound.next())
+        .await
+        .expect("the reply within 2 s")
+        .expect("delivery");
+    assert_eq!(delivery.message.message_id, recorded.id);
+    let sent: Envelope = serde_json::from_slice(&delivery.message.body).expect("envelope");
+    assert_eq!(sent.content, recorded.content);
+    assert_eq!(sent.conversation_id.as_deref(), Some(conversation.as_str()));
+    delivery.ack().await.expect("ack");
+    assert!(kept(&s).await.is_empty());
+    assert_eq!(later.republish().await.expect("republish"), 0);
+    assert_eq!(outbox_count(&s, "republished"), 1);
+    assert!(
+        STAGED_GRACE >= Duration::from_secs(15),
+        "a grace shorter than a publish timeout"
     );
 }
 

@@ -17,8 +17,9 @@ use crate::envelope::{ChannelRef, Content, DEFAULT_TENANT, Direction, Envelope, 
 use crate::identity::{IdentityKey, IdentityStrength};
 use crate::model::{Agent, AgentStatus, Conversation, ConversationStatus, Customer};
 use crate::store::{
-    AgentUpdate, Assignment, InboundOutcome, InboundRecord, InboundRouting, Merge, Resolution,
-    ResolveRequest, SenderResolution, Store, StoreError, TransferTarget, route_inbound_stepwise,
+    AgentUpdate, Assignment, InboundOutcome, InboundRecord, InboundRouting, MailboxPush, Merge,
+    Resolution, ResolveRequest, SenderResolution, Store, StoreError, TransferTarget,
+    route_inbound_stepwise,
 };
 
 use IdentityStrength::{Strong, Weak};
@@ -1154,10 +1155,19 @@ pub async fn queue_fifo_head_assigned_when_room_frees(factory: &impl MakeStore, 
     );
 }
 
-/// `record_outbound` only accepts the agent holding an open conversation.
+/// `record_outbound` only accepts the agent holding an open conversation, and pushes the item
+/// staged with it exactly when it records the envelope.
 pub async fn record_outbound_conflicts(factory: &impl MakeStore, prefix: &str) {
     let what = "record_outbound_conflicts";
     let store = factory.make().await;
+    let outbox = format!("{prefix}outbox");
+    let stage = |id: &'static str| MailboxPush {
+        key: &outbox,
+        id,
+        body: "the reply's bus message",
+        max_len: 10,
+        ttl: Duration::from_secs(60),
+    };
     let pool = format!("{prefix}default");
     let x = format!("{prefix}agent-x");
     let y = format!("{prefix}agent-y");
@@ -1169,6 +1179,7 @@ pub async fn record_outbound_conflicts(factory: &impl MakeStore, prefix: &str) {
             Some(&x),
             &outbound_envelope(&conv, &x, at(2)),
             at(2),
+            Some(stage("early")),
         )
         .await;
     assert_eq!(
@@ -1192,6 +1203,7 @@ pub async fn record_outbound_conflicts(factory: &impl MakeStore, prefix: &str) {
             Some(&y),
             &outbound_envelope(&conv, &y, at(6)),
             at(6),
+            Some(stage("wrong")),
         )
         .await;
     assert_eq!(
@@ -1201,7 +1213,7 @@ pub async fn record_outbound_conflicts(factory: &impl MakeStore, prefix: &str) {
     );
     let reply = outbound_envelope(&conv, &x, at(7));
     let ok = store
-        .record_outbound(&conv.id, Some(&x), &reply, at(7))
+        .record_outbound(&conv.id, Some(&x), &reply, at(7), Some(stage("ok")))
         .await
         .unwrap_or_else(|e| panic!("{what}: reply by the right agent: {e}"));
     assert_eq!(ok.message_count, 2, "{what}: message_count after reply");
@@ -1216,6 +1228,7 @@ pub async fn record_outbound_conflicts(factory: &impl MakeStore, prefix: &str) {
             Some(&x),
             &outbound_envelope(&conv, &x, at(8)),
             at(8),
+            Some(stage("missing")),
         )
         .await;
     assert!(
@@ -1234,6 +1247,7 @@ pub async fn record_outbound_conflicts(factory: &impl MakeStore, prefix: &str) {
                 agent_id,
                 &outbound_envelope(&conv, &x, at(10)),
                 at(10),
+                Some(stage("late")),
             )
             .await;
         assert_eq!(
@@ -1246,6 +1260,18 @@ pub async fn record_outbound_conflicts(factory: &impl MakeStore, prefix: &str) {
         message_ids(&store, &conv.id).await.len(),
         2,
         "{what}: refused replies stored"
+    );
+    let staged: Vec<String> = store
+        .mailbox_read(&outbox)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: read the outbox: {e}"))
+        .into_iter()
+        .map(|item| format!("{}={}", item.id, item.body))
+        .collect();
+    assert_eq!(
+        staged,
+        ["ok=the reply's bus message"],
+        "{what}: only the recorded reply's item is pushed"
     );
 }
 

@@ -9,9 +9,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    AgentUpdate, Assignment, InboundOutcome, InboundRecord, InboundRouting, MailboxItem, Merge,
-    Release, Resolution, ResolveRequest, SenderResolution, Store, StoreError, TransferTarget,
-    decode_others_assigned, encode_others_assigned, others_assigned_key, replay_others_assigned,
+    AgentUpdate, Assignment, InboundOutcome, InboundRecord, InboundRouting, MailboxItem,
+    MailboxPush, Merge, Release, Resolution, ResolveRequest, SenderResolution, Store, StoreError,
+    TransferTarget, decode_others_assigned, encode_others_assigned, others_assigned_key,
+    replay_others_assigned,
 };
 use crate::envelope::{Envelope, new_id};
 use crate::identity::{IdentityKey, IdentityStrength};
@@ -111,6 +112,38 @@ fn not_found(kind: &'static str, id: &str) -> StoreError {
 }
 
 impl State {
+    /// [`Store::mailbox_push`]: whether the item was added.
+    fn mailbox_push(&mut self, push: MailboxPush<'_>) -> bool {
+        let now = Instant::now();
+        self.mailbox_pushes += 1;
+        if self.mailbox_pushes.is_multiple_of(MAILBOX_SWEEP_EVERY) {
+            self.mailboxes.retain(|_, m| m.expires > now);
+        }
+        let expires = now + push.ttl.min(MAX_MAILBOX_TTL);
+        let mailbox = self
+            .mailboxes
+            .entry(push.key.to_owned())
+            .or_insert(Mailbox {
+                items: VecDeque::new(),
+                expires,
+            });
+        if mailbox.expires <= now {
+            mailbox.items.clear();
+        }
+        if mailbox.items.iter().any(|item| item.id == push.id) {
+            return false;
+        }
+        mailbox.items.push_back(MailboxItem {
+            id: push.id.to_owned(),
+            body: push.body.to_owned(),
+        });
+        while mailbox.items.len() > push.max_len.max(1) {
+            mailbox.items.pop_front();
+        }
+        mailbox.expires = expires;
+        true
+    }
+
     fn canonical_customer_id(&self, id: &str) -> String {
         let mut id = id.to_owned();
         // Redirect chains are short (merges re-point older redirects), but bound the walk anyway.
@@ -924,6 +957,7 @@ impl Store for EmbeddedStore {
         agent_id: Option<&str>,
         envelope: &Envelope,
         now: DateTime<Utc>,
+        stage: Option<MailboxPush<'_>>,
     ) -> Result<Conversation, StoreError> {
         let mut s = self.lock();
         let c = s.conversation_mut(conversation_id)?;
@@ -955,6 +989,9 @@ impl Store for EmbeddedStore {
             .entry(c.id.clone())
             .or_default()
             .push_back(stored);
+        if let Some(push) = stage {
+            s.mailbox_push(push);
+        }
         Ok(c)
     }
 
@@ -1048,32 +1085,13 @@ impl Store for EmbeddedStore {
         max_len: usize,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let mut s = self.lock();
-        let now = Instant::now();
-        s.mailbox_pushes += 1;
-        if s.mailbox_pushes.is_multiple_of(MAILBOX_SWEEP_EVERY) {
-            s.mailboxes.retain(|_, m| m.expires > now);
-        }
-        let expires = now + ttl.min(MAX_MAILBOX_TTL);
-        let mailbox = s.mailboxes.entry(key.to_owned()).or_insert(Mailbox {
-            items: VecDeque::new(),
-            expires,
-        });
-        if mailbox.expires <= now {
-            mailbox.items.clear();
-        }
-        if mailbox.items.iter().any(|item| item.id == id) {
-            return Ok(false);
-        }
-        mailbox.items.push_back(MailboxItem {
-            id: id.to_owned(),
-            body: body.to_owned(),
-        });
-        while mailbox.items.len() > max_len.max(1) {
-            mailbox.items.pop_front();
-        }
-        mailbox.expires = expires;
-        Ok(true)
+        Ok(self.lock().mailbox_push(MailboxPush {
+            key,
+            id,
+            body,
+            max_len,
+            ttl,
+        }))
     }
 
     async fn mailbox_read(&self, key: &str) -> Result<Vec<MailboxItem>, StoreError> {

@@ -366,6 +366,22 @@ pub struct MailboxItem {
     pub body: String,
 }
 
+/// An item to push to a mailbox in the same atomic step as the store change it belongs to (see
+/// [`Store::mailbox_push`] for what a push does).
+#[derive(Debug, Clone, Copy)]
+pub struct MailboxPush<'a> {
+    /// The mailbox.
+    pub key: &'a str,
+    /// The item's id, unique within the mailbox.
+    pub id: &'a str,
+    /// The item.
+    pub body: &'a str,
+    /// The most items the mailbox keeps (at least 1); the oldest go first.
+    pub max_len: usize,
+    /// How long after this push the whole mailbox expires.
+    pub ttl: Duration,
+}
+
 /// The state store.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -498,13 +514,16 @@ pub trait Store: Send + Sync + 'static {
     async fn queue(&self, pool: &str) -> Result<Vec<String>, StoreError>;
 
     /// Appends an outbound envelope to an open conversation; when `agent_id` is given it must be
-    /// the agent holding the conversation.
+    /// the agent holding the conversation. `stage`, when given, is pushed to its mailbox in the
+    /// same atomic step (the outbox keeps the reply's bus message there until it is confirmed),
+    /// and only if the envelope is recorded.
     async fn record_outbound(
         &self,
         conversation_id: &str,
         agent_id: Option<&str>,
         envelope: &Envelope,
         now: DateTime<Utc>,
+        stage: Option<MailboxPush<'_>>,
     ) -> Result<Conversation, StoreError>;
 
     /// Closes a conversation, freeing its agent's capacity or its queue place.

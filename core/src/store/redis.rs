@@ -50,8 +50,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
 
 use super::{
-    AgentUpdate, Assignment, InboundOutcome, InboundRecord, InboundRouting, MailboxItem, Merge,
-    Release, Resolution, ResolveRequest, SenderResolution, Store, StoreError, TransferTarget,
+    AgentUpdate, Assignment, InboundOutcome, InboundRecord, InboundRouting, MailboxItem,
+    MailboxPush, Merge, Release, Resolution, ResolveRequest, SenderResolution, Store, StoreError,
+    TransferTarget,
 };
 use crate::envelope::{ChannelRef, Envelope, Sender, new_id};
 use crate::identity::{IdentityKey, IdentityStrength};
@@ -1022,6 +1023,7 @@ impl Store for RedisStore {
         agent_id: Option<&str>,
         envelope: &Envelope,
         now: DateTime<Utc>,
+        stage: Option<MailboxPush<'_>>,
     ) -> Result<Conversation, StoreError> {
         let mut inv = RECORD_OUTBOUND.prepare_invoke();
         inv.arg(&self.prefix)
@@ -1031,6 +1033,13 @@ impl Store for RedisStore {
             .arg(&envelope.id)
             .arg(json(envelope)?)
             .arg(stamp(now));
+        if let Some(push) = stage {
+            inv.arg(push.key)
+                .arg(push.id)
+                .arg(push.body)
+                .arg(push.max_len.max(1))
+                .arg(ttl_millis(push.ttl.min(MAX_MAILBOX_TTL)));
+        }
         let (_, mut items) = tagged(self.eval(&inv, false).await?)?;
         some_conversation(items.next()?)
     }

@@ -21,11 +21,13 @@ use switchyard_router::events::EventPublisher;
 use switchyard_router::inbound::InboundRouter;
 
 /// The embedded bus, except that the next `failing` event batches, and the next
-/// `failing_publishes` single publishes, fail as if the broker were gone.
+/// `failing_publishes` single publishes, fail as if the broker were gone, and the next
+/// `hanging_publishes` single publishes never finish (as if the process stopped during them).
 pub struct FlakyBus {
     pub inner: EmbeddedBus,
     pub failing: AtomicUsize,
     pub failing_publishes: AtomicUsize,
+    pub hanging_publishes: AtomicUsize,
 }
 
 /// Takes one failure from `counter`: whether the next call must fail.
@@ -50,6 +52,9 @@ impl Bus for FlakyBus {
     async fn publish(&self, exchange: &str, key: &str, message: Message) -> Result<(), BusError> {
         if take_failure(&self.failing_publishes) {
             return Err(BusError::Unavailable("broker gone (test)".into()));
+        }
+        if take_failure(&self.hanging_publishes) {
+            std::future::pending::<()>().await;
         }
         self.inner.publish(exchange, key, message).await
     }
@@ -104,6 +109,7 @@ pub async fn setup_on(store: Arc<dyn Store>) -> Setup {
         inner: EmbeddedBus::new(Duration::from_secs(2)),
         failing: AtomicUsize::new(0),
         failing_publishes: AtomicUsize::new(0),
+        hanging_publishes: AtomicUsize::new(0),
     });
     bus.declare(&Topology::standard(
         &switchyard_core::conformance::bus::options(100),

@@ -10,19 +10,7 @@ local op, name = ARGV[2], ARGV[3]
 local ids_key, items_key = key('mailbox', name), key('mailbox-items', name)
 
 if op == 'push' then
-  local id, item, max_len, ttl = ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7]
-  if redis.call('HEXISTS', items_key, id) == 1 then
-    return 0
-  end
-  redis.call('RPUSH', ids_key, id)
-  redis.call('HSET', items_key, id, item)
-  while redis.call('LLEN', ids_key) > max_len do
-    local oldest = redis.call('LPOP', ids_key)
-    redis.call('HDEL', items_key, oldest)
-  end
-  redis.call('PEXPIRE', ids_key, ttl)
-  redis.call('PEXPIRE', items_key, ttl)
-  return 1
+  return mailbox_push(name, ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7])
 elseif op == 'read' then
   local ids = redis.call('LRANGE', ids_key, 0, -1)
   local out = {}

@@ -234,3 +234,22 @@ local function expire_presence(id, now)
   end
   redis.call('HSET', ak, 'status', 'offline', 'updated_at', now)
 end
+
+-- Appends `item` under `id` to mailbox `name` unless the id is there already (1 if added, else
+-- 0), drops the oldest items beyond `max_len`, and makes the mailbox expire `ttl` ms from now.
+-- `P:mailbox:{name}` lists the ids, oldest first; `P:mailbox-items:{name}` maps id -> item.
+local function mailbox_push(name, id, item, max_len, ttl)
+  local ids_key, items_key = key('mailbox', name), key('mailbox-items', name)
+  if redis.call('HEXISTS', items_key, id) == 1 then
+    return 0
+  end
+  redis.call('RPUSH', ids_key, id)
+  redis.call('HSET', items_key, id, item)
+  while redis.call('LLEN', ids_key) > max_len do
+    local oldest = redis.call('LPOP', ids_key)
+    redis.call('HDEL', items_key, oldest)
+  end
+  redis.call('PEXPIRE', ids_key, ttl)
+  redis.call('PEXPIRE', items_key, ttl)
+  return 1
+end

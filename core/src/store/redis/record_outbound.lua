@@ -1,5 +1,6 @@
 -- record_outbound. ARGV: prefix, conversation id, has agent (1/0), agent id, envelope id,
--- envelope JSON, now. Reply: {'ok', conversation} | error.
+-- envelope JSON, now, then optionally a mailbox push made with the record: mailbox, item id,
+-- item, max length, ttl ms. Reply: {'ok', conversation} | error.
 
 local id, has_agent, agent, env_id = ARGV[2], ARGV[3] == '1', ARGV[4], ARGV[5]
 local envelope, now = ARGV[6], ARGV[7]
@@ -25,4 +26,7 @@ end
 redis.call('SET', key('msg', env_id), id)
 redis.call('RPUSH', key('conv-msgs', id), envelope)
 trim_messages(id)
+if ARGV[8] then
+  mailbox_push(ARGV[8], ARGV[9], ARGV[10], tonumber(ARGV[11]), ARGV[12])
+end
 return { 'ok', conv_reply(id) }
