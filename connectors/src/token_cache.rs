@@ -87,7 +87,7 @@ impl TokenCache {
                     Ok(_) => self.fetch_and_store(fetch).await,
                     Err(e) => Err(e),
                 };
-                if let Err(e) = self.store.delete_key(&self.lock).await {
+                if let Err(e) = self.store.release_key(&self.lock, &holder).await {
                     tracing::warn!(key = %self.lock, error = %e, "could not release a token lock");
                 }
                 return result;

@@ -836,7 +836,7 @@ impl WecomKfConnector {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let result = self.pull_locked(open_kfid, sync_token, sink, started).await;
-        if let Err(e) = self.store.delete_key(&lock).await {
+        if let Err(e) = self.store.release_key(&lock, &holder).await {
             tracing::warn!(key = %lock, error = %e, "could not release the kf pull lock");
         }
         result

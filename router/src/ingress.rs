@@ -140,7 +140,7 @@ impl Ingress {
         let body = match serde_json::to_vec(&envelope) {
             Ok(b) => b,
             Err(e) => {
-                let _ = self.store.delete_key(&key).await;
+                let _ = self.store.release_key(&key, &pending).await;
                 return Err(ConnectorError::Malformed(format!(
                     "cannot encode envelope: {e}"
                 )));
@@ -149,7 +149,7 @@ impl Ingress {
         let shard = shard_of(&envelope.shard_key(), self.shards).to_string();
         let message = Message::new(envelope.id.clone(), body);
         if let Err(e) = self.bus.publish(INBOUND_EXCHANGE, &shard, message).await {
-            if let Err(release) = self.store.delete_key(&key).await {
+            if let Err(release) = self.store.release_key(&key, &pending).await {
                 tracing::warn!(error = %release, "could not release a dedupe claim; the retry waits for it to expire");
             }
             return Err(bus_unavailable(e));

@@ -38,8 +38,8 @@ pub const OUTBOX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 const REPUBLISH_ROUND: usize = 500;
 /// How long the republishing claim holds.
 const REPUBLISH_CLAIM: Duration = Duration::from_secs(60);
-/// A round starts no batch after this long, so that it ends well within its claim (and never
-/// releases a claim that expired and another process took).
+/// A round starts no batch after this long, so that it ends well within its claim: once the claim
+/// expires, another process may start a round of its own.
 const REPUBLISH_ROUND_TIME: Duration = Duration::from_secs(30);
 /// How long a staged batch is left to its own publish before the republisher may send it (see
 /// [`Outbox::with_staged_grace`]).
@@ -256,7 +256,7 @@ impl Outbox {
             return Ok(0);
         }
         let result = self.republish_round().await;
-        if let Err(e) = self.store.delete_key(REPUBLISH_LOCK).await {
+        if let Err(e) = self.store.release_key(REPUBLISH_LOCK, &lock_id).await {
             tracing::warn!(error = %e, "could not release the outbox lock; it expires by itself");
         }
         result

@@ -287,7 +287,8 @@ fn has_key(c: &Customer, k: &IdentityKey) -> bool {
 }
 
 /// Dedupe keys: a claim wins once and later claimers see the holder's value; `set_key`
-/// overwrites the value and TTL; a released claim can be won again; a claim expires after its TTL.
+/// overwrites the value and TTL; a released claim can be won again; a claim expires after its TTL;
+/// `release_key` releases only the holder's own claim.
 pub async fn dedupe_claim_release_ttl(factory: &impl MakeStore, prefix: &str) {
     let what = "dedupe_claim_release_ttl";
     let store = factory.make().await;
@@ -383,6 +384,40 @@ pub async fn dedupe_claim_release_ttl(factory: &impl MakeStore, prefix: &str) {
         claim(&k4, "d2", short).await.as_deref(),
         Some("d:accepted"),
         "{what}: set_key did not replace the TTL"
+    );
+
+    // `release_key` gives up a claim only while it is still ours: `c` expired and `c3` holds k3.
+    let release = |k: &str, value: &str| {
+        let store = Arc::clone(&store);
+        let (k, value) = (k.to_owned(), value.to_owned());
+        async move {
+            store
+                .release_key(&k, &value)
+                .await
+                .unwrap_or_else(|e| panic!("release_key({k}): {e}"))
+        }
+    };
+    assert!(
+        !release(&k3, "c").await,
+        "{what}: an expired claim released its successor's"
+    );
+    assert_eq!(
+        claim(&k3, "c4", long).await.as_deref(),
+        Some("c3"),
+        "{what}: releasing an expired claim deleted its successor's"
+    );
+    assert!(
+        release(&k3, "c3").await,
+        "{what}: the holder could not release"
+    );
+    assert_eq!(
+        claim(&k3, "c5", long).await,
+        None,
+        "{what}: a released claim could not be claimed again"
+    );
+    assert!(
+        !release(&format!("{prefix}dedupe:never-claimed"), "x").await,
+        "{what}: released a key nobody claimed"
     );
 }
 

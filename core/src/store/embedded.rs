@@ -700,6 +700,15 @@ impl Store for EmbeddedStore {
         Ok(())
     }
 
+    async fn release_key(&self, key: &str, value: &str) -> Result<bool, StoreError> {
+        let mut s = self.lock();
+        if s.get_key(key) != Some(value) {
+            return Ok(false);
+        }
+        s.dedupe.remove(key);
+        Ok(true)
+    }
+
     async fn resolve_customer(&self, req: ResolveRequest) -> Result<Resolution, StoreError> {
         self.lock().resolve_customer(&req)
     }

@@ -404,6 +404,11 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes `key` (gives up a claim, so a retry of the message is not dropped).
     async fn delete_key(&self, key: &str) -> Result<(), StoreError>;
 
+    /// Deletes `key` only while it holds `value`: gives up a claim made with
+    /// [`Store::claim_key`] without touching one that another holder took after ours expired.
+    /// Returns whether it was deleted.
+    async fn release_key(&self, key: &str, value: &str) -> Result<bool, StoreError>;
+
     /// Finds or creates the one customer these identities belong to, merging profiles that
     /// share a strong key (or any key, when `explicit`).
     async fn resolve_customer(&self, req: ResolveRequest) -> Result<Resolution, StoreError>;

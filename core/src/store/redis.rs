@@ -157,6 +157,7 @@ static CLOSE: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/clo
 static TRANSFER: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/transfer.lua")));
 static READS: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/reads.lua")));
 static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/heartbeat.lua")));
+static RELEASE: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/release.lua")));
 static MAILBOX: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/mailbox.lua")));
 static SWEEP_PRESENCE: LazyLock<Script> =
     LazyLock::new(|| script(include_str!("redis/sweep_presence.lua")));
@@ -847,6 +848,13 @@ impl Store for RedisStore {
         let mut cmd = ::redis::cmd("DEL");
         cmd.arg(self.kv_key(key));
         self.command(&cmd).await.map(drop)
+    }
+
+    async fn release_key(&self, key: &str, value: &str) -> Result<bool, StoreError> {
+        let mut inv = RELEASE.prepare_invoke();
+        inv.arg(&self.prefix).arg(self.kv_key(key)).arg(value);
+        // Retrying is safe: once deleted, the key no longer holds our value.
+        Ok(text(self.eval(&inv, true).await?)? == "1")
     }
 
     async fn resolve_customer(&self, req: ResolveRequest) -> Result<Resolution, StoreError> {
