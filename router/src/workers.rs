@@ -219,10 +219,14 @@ pub async fn run_outbound(
     Ok(())
 }
 
-/// The store key that marks reply `id` as sent.
+/// The store key that marks reply `id` as sent; its value is the channel's message id, or
+/// [`SENT_WITHOUT_ID`].
 fn sent_key(id: &str) -> String {
     format!("sent:{id}")
 }
+
+/// The mark of a sent reply for which the channel gave no message id.
+const SENT_WITHOUT_ID: &str = "sent";
 
 async fn deliver_outbound(delivery: Delivery, outbound: &Outbound) {
     let Outbound {
@@ -267,11 +271,21 @@ async fn deliver_outbound(delivery: Delivery, outbound: &Outbound) {
         return;
     };
     match store.get_key(&sent_key(&envelope.id)).await {
-        Ok(Some(_)) => {
+        Ok(Some(marker)) => {
             // Sent already: this copy is a redelivery, or a batch republished after its
-            // confirm was lost.
+            // confirm was lost. A redelivery may follow a stop between the mark and
+            // `message.sent`, so that is announced again (same id: consumers drop the copy).
             count("duplicate");
             tracing::info!(id = %envelope.id, "reply sent already; dropping this copy");
+            let channel_message_id = (marker != SENT_WITHOUT_ID).then_some(marker.as_str());
+            if let Err(e) = outbox
+                .emit(|b| {
+                    b.message_sent(&envelope, channel_message_id);
+                })
+                .await
+            {
+                tracing::warn!(error = %e, id = %envelope.id, "message.sent not announced again");
+            }
             let _ = delivery.ack().await;
             return;
         }
@@ -285,7 +299,10 @@ async fn deliver_outbound(delivery: Delivery, outbound: &Outbound) {
         match channel.send(&envelope).await {
             Ok(receipt) => {
                 count("sent");
-                let marker = receipt.channel_message_id.as_deref().unwrap_or("sent");
+                let marker = receipt
+                    .channel_message_id
+                    .as_deref()
+                    .unwrap_or(SENT_WITHOUT_ID);
                 if let Err(e) = store
                     .set_key(&sent_key(&envelope.id), marker, *sent_ttl)
                     .await

@@ -310,7 +310,8 @@ async fn a_callback_refusal_is_not_retried_and_the_agent_is_told() {
 }
 
 /// A second copy of a reply that was sent already (a redelivery, or a batch the outbox
-/// republished after its confirm was lost) is not sent to the channel again.
+/// republished after its confirm was lost) is not sent to the channel again; its `message.sent`
+/// is announced again, with the same id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_copy_of_a_sent_reply_is_not_sent_again() {
     use std::sync::Arc;
@@ -340,6 +341,14 @@ async fn a_second_copy_of_a_sent_reply_is_not_sent_again() {
     .await
     .unwrap();
     let server = Server::of(app);
+    let sent_events = bus
+        .declare_subscriber(
+            switchyard_core::bus::topology::EVENTS_EXCHANGE,
+            &["message.sent"],
+        )
+        .await
+        .unwrap();
+    let mut sent_events = bus.consume(&sent_events, 10).await.unwrap();
     server.agent_online("a1", 2).await;
     let response = server
         .post_signed("shop", &api_message("m-dup", "77", "hello", &[]))
@@ -384,5 +393,21 @@ async fn a_second_copy_of_a_sent_reply_is_not_sent_again() {
             .await,
         1.0
     );
+
+    // `message.sent` is announced again for the copy (a redelivery may follow a stop before it
+    // was published), with the same id and the same data.
+    let mut announced = Vec::new();
+    for _ in 0..2 {
+        let delivery = tokio::time::timeout(Duration::from_secs(5), sent_events.next())
+            .await
+            .expect("message.sent within 5 s")
+            .expect("delivery");
+        let event: Value = serde_json::from_slice(&delivery.message.body).unwrap();
+        delivery.ack().await.unwrap();
+        announced.push(event);
+    }
+    assert_eq!(announced[0]["id"], reply_id.as_str());
+    assert_eq!(announced[1]["id"], announced[0]["id"]);
+    assert_eq!(announced[1]["data"], announced[0]["data"]);
     server.stop().await;
 }
