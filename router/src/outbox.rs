@@ -379,20 +379,29 @@ async fn publish(
     Ok(())
 }
 
-/// Every `every` until `stop`: republishes what the outbox holds.
+/// Every `every` until `stop`: republishes what the outbox holds; after a full round (a long
+/// outage left more than one round's batches), the next round starts at once.
 pub async fn run_republisher(
     outbox: Outbox,
     every: Duration,
     stop: CancellationToken,
 ) -> Result<(), crate::error::RouteError> {
+    let mut pause = every;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(pause) => {}
         }
+        pause = every;
         match outbox.republish().await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(batches = n, "republished deferred events"),
+            Ok(n) => {
+                tracing::info!(batches = n, "republished deferred events");
+                // A full round: more may be waiting (after a long outage), so go on at once.
+                if n >= REPUBLISH_ROUND {
+                    pause = Duration::ZERO;
+                }
+            }
             Err(e) => tracing::warn!(error = %e, "deferred events wait for the bus"),
         }
     }

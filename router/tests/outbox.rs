@@ -432,3 +432,73 @@ async fn a_running_app_republishes_what_a_command_deferred() {
     assert!(kept(&s).await.is_empty());
     app.stop().await.expect("stop");
 }
+
+/// After a long outage the outbox holds more than one round's batches (500): the republisher
+/// goes on with the next round at once instead of waiting for its next tick. On the embedded
+/// store, under tokio's paused clock, so the number of ticks waited is exact.
+#[tokio::test(start_paused = true)]
+async fn a_full_round_is_followed_at_once_by_the_next() {
+    use switchyard_router::outbox::run_republisher;
+    use tokio_util::sync::CancellationToken;
+
+    const KEPT: usize = 1_100;
+    let s = setup().await;
+    let (_, outbox) = commands(&s);
+    for i in 0..KEPT {
+        let batch = serde_json::json!({
+            "exchange": "switchyard.events",
+            "messages": [{"key": "test.kept", "id": format!("e-{i}"), "body": "{}", "headers": {}}],
+        });
+        s.store
+            .mailbox_push(
+                OUTBOX_MAILBOX,
+                &format!("{i:05}"),
+                &batch.to_string(),
+                KEPT,
+                Duration::from_secs(600),
+            )
+            .await
+            .expect("push");
+    }
+    let Setup {
+        store,
+        mut events,
+        bus,
+        metrics,
+        router,
+    } = s;
+    let received = tokio::spawn(async move {
+        let mut ids = Vec::new();
+        while ids.len() < KEPT {
+            let delivery = events.next().await.expect("delivery");
+            ids.push(delivery.message.message_id.clone());
+            delivery.ack().await.expect("ack");
+        }
+        ids
+    });
+
+    let every = Duration::from_secs(5);
+    let stop = CancellationToken::new();
+    let started = tokio::time::Instant::now();
+    let republisher = tokio::spawn(run_republisher(outbox, every, stop.clone()));
+    let ids = received.await.expect("receiver");
+    let took = started.elapsed();
+    stop.cancel();
+    republisher.await.expect("task").expect("republisher");
+
+    let expected: Vec<String> = (0..KEPT).map(|i| format!("e-{i}")).collect();
+    assert_eq!(ids, expected, "republished out of order");
+    assert!(
+        took < 2 * every,
+        "3 rounds took {took:?}: the republisher waited a tick between full rounds"
+    );
+    assert!(
+        store.mailbox_read(OUTBOX_MAILBOX).await.unwrap().is_empty(),
+        "batches left in the outbox"
+    );
+    assert_eq!(
+        metrics.outbox.with_label_values(&["republished"]).get(),
+        KEPT as u64
+    );
+    drop((bus, router));
+}
