@@ -2580,32 +2580,20 @@ pub async fn route_inbound_retry_reports_other_assignments(factory: &impl MakeSt
         let pool = format!("{prefix}default");
         let x = format!("{prefix}agent-x");
         agent(&store, &x, &[&pool], 1, AgentStatus::Online, at(0)).await;
-        let (_, first, _) = routed(
-            what,
-            route_via(
-                &store,
-                stepwise,
-                routing(&prefix, &unrouted(&prefix, "a", &[], at(1)), &pool, at(1)),
+        // Routes `envelope` at second `t`.
+        let route_at = async |envelope: &Envelope, t: i64| {
+            routed(
+                what,
+                route_via(&store, stepwise, routing(&prefix, envelope, &pool, at(t))).await,
             )
-            .await,
-        );
-        let (_, waiting, none) = routed(
-            what,
-            route_via(
-                &store,
-                stepwise,
-                routing(&prefix, &unrouted(&prefix, "b", &[], at(2)), &pool, at(2)),
-            )
-            .await,
-        );
+        };
+        let (_, first, _) = route_at(&unrouted(&prefix, "a", &[], at(1)), 1).await;
+        let (_, waiting, none) = route_at(&unrouted(&prefix, "b", &[], at(2)), 2).await;
         assert!(none.is_empty(), "{what}: b was assigned to a full agent");
         // Room frees without an assignment: the next routing assigns b, then its own.
         set_capacity(&store, &x, 3, at(3)).await;
         let c = unrouted(&prefix, "c", &[], at(4));
-        let (_, own, assigned) = routed(
-            what,
-            route_via(&store, stepwise, routing(&prefix, &c, &pool, at(4))).await,
-        );
+        let (_, own, assigned) = route_at(&c, 4).await;
         assert_eq!(
             pairs(&assigned),
             vec![
@@ -2615,10 +2603,7 @@ pub async fn route_inbound_retry_reports_other_assignments(factory: &impl MakeSt
             "{what}: the routing of c"
         );
         // The retry (its first reply was lost) reports b's assignment again, unchanged.
-        let (_, again, replayed) = routed(
-            what,
-            route_via(&store, stepwise, routing(&prefix, &c, &pool, at(5))).await,
-        );
+        let (_, again, replayed) = route_at(&c, 5).await;
         assert!(again.duplicate, "{what}: the retry is a duplicate");
         assert_eq!(
             pairs(&replayed),
@@ -2634,10 +2619,7 @@ pub async fn route_inbound_retry_reports_other_assignments(factory: &impl MakeSt
             .close_conversation(&waiting.conversation.id, "resolved", at(6))
             .await
             .unwrap_or_else(|e| panic!("{what}: close: {e}"));
-        let (_, _, after_close) = routed(
-            what,
-            route_via(&store, stepwise, routing(&prefix, &c, &pool, at(7))).await,
-        );
+        let (_, _, after_close) = route_at(&c, 7).await;
         assert!(
             after_close.is_empty(),
             "{what}: a closed conversation was reported assigned: {:?}",
