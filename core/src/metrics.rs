@@ -2,7 +2,8 @@
 //! low-cardinality labels (channel, outcome, pool) and never customer or message ids.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Outcome label of `switchyard_inbound_messages_total`.
@@ -64,6 +65,8 @@ pub struct Metrics {
     /// `republished`; `lost`: neither published nor kept; `dropped`: undecodable, or refused
     /// by the bus for good).
     pub outbox: IntCounterVec,
+    /// Batches in the store's outbox when this process last looked (every 5 s).
+    pub outbox_waiting: IntGauge,
 }
 
 /// Latency buckets from 100 µs to 30 s.
@@ -135,6 +138,10 @@ impl Metrics {
             ),
             &["outcome"],
         )?;
+        let outbox_waiting = IntGauge::new(
+            "outbox_waiting_batches",
+            "Batches in the store's outbox when this process last looked",
+        )?;
         registry.register(Box::new(inbound.clone()))?;
         registry.register(Box::new(outbound.clone()))?;
         registry.register(Box::new(routed.clone()))?;
@@ -144,6 +151,7 @@ impl Metrics {
         registry.register(Box::new(queue_depth.clone()))?;
         registry.register(Box::new(websocket_sessions.clone()))?;
         registry.register(Box::new(outbox.clone()))?;
+        registry.register(Box::new(outbox_waiting.clone()))?;
         Ok(Metrics {
             registry,
             inbound,
@@ -155,6 +163,7 @@ impl Metrics {
             queue_depth,
             websocket_sessions,
             outbox,
+            outbox_waiting,
         })
     }
 

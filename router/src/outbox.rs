@@ -240,7 +240,9 @@ impl Outbox {
     /// claim); returns how many batches left the outbox.
     pub async fn republish(&self) -> Result<usize, BusError> {
         // Most rounds find the outbox empty: one read, and no claim.
-        if self.read().await?.is_empty() {
+        let waiting = self.read().await?.len();
+        self.waiting(waiting);
+        if waiting == 0 {
             return Ok(0);
         }
         let lock_id = new_id();
@@ -273,6 +275,8 @@ impl Outbox {
     async fn republish_round(&self) -> Result<usize, BusError> {
         // Read again under the claim: another process may have emptied it meanwhile.
         let items = self.read().await?;
+        let waiting = items.len();
+        self.waiting(waiting);
         let mut left = 0;
         let started = std::time::Instant::now();
         let grace_ms = i64::try_from(self.staged_grace.as_millis()).unwrap_or(i64::MAX);
@@ -309,9 +313,16 @@ impl Outbox {
                     BusError::Unavailable(format!("cannot acknowledge an outbox batch: {e}"))
                 })?;
             left += 1;
+            self.waiting(waiting.saturating_sub(left));
             self.count(if sent { "republished" } else { "dropped" });
         }
         Ok(left)
+    }
+
+    fn waiting(&self, batches: usize) {
+        self.metrics
+            .outbox_waiting
+            .set(i64::try_from(batches).unwrap_or(i64::MAX));
     }
 
     fn count(&self, outcome: &str) {

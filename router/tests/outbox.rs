@@ -140,6 +140,7 @@ async fn refused_events_of_a_command_are_kept_and_republished_in_order_with_thei
     s.bus.failing.store(1, Ordering::SeqCst);
     assert!(outbox.republish().await.is_err());
     assert_eq!(kept(&s).await, kept_ids);
+    assert_eq!(s.metrics.outbox_waiting.get(), 2, "the waiting gauge");
 
     // The bus is back: both batches go out, oldest first, with the ids they were kept with.
     assert_eq!(outbox.republish().await.expect("republish"), 2);
@@ -156,6 +157,7 @@ async fn refused_events_of_a_command_are_kept_and_republished_in_order_with_thei
     assert_eq!(ids, kept_ids.concat(), "republished with other ids");
     assert!(kept(&s).await.is_empty(), "republished batches stay kept");
     assert_eq!(outbox_count(&s, "republished"), 2);
+    assert_eq!(s.metrics.outbox_waiting.get(), 0, "the waiting gauge");
 
     // Nothing is left to publish twice.
     assert_eq!(outbox.republish().await.expect("republish"), 0);
