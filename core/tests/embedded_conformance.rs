@@ -144,6 +144,11 @@ async fn store_record_outbound_conflicts() {
 }
 
 #[tokio::test]
+async fn store_unannounced_assignment_notes() {
+    store::unannounced_assignment_notes(&new_store, "embedded.").await;
+}
+
+#[tokio::test]
 async fn store_transfer_to_pool_and_agent() {
     store::transfer_to_pool_and_agent(&new_store, "embedded.").await;
 }

@@ -10,7 +10,9 @@ use crate::outbox::Outbox;
 
 /// Assigns queued conversations of each pool to agents with room, adds
 /// `conversation.assigned` for each to `events` (the caller publishes them), and records
-/// ingress-to-assignment latency.
+/// ingress-to-assignment latency. The store notes each assignment as unannounced: once `events`
+/// is published (or kept in the outbox), the caller clears the notes with [`announced`]; if it
+/// never does (it stopped, or lost the store's reply), the outbox's republisher announces them.
 pub async fn assign_pools(
     store: &dyn Store,
     metrics: &Metrics,
@@ -20,12 +22,28 @@ pub async fn assign_pools(
     let mut all = Vec::new();
     for pool in pools {
         let assignments = store
-            .assign_queued(pool, switchyard_core::time::now())
+            .assign_queued_noted(pool, switchyard_core::time::now())
             .await?;
         announce_assignments(metrics, pool, &assignments, events);
         all.extend(assignments);
     }
     Ok(all)
+}
+
+/// Clears the unannounced notes of `assignments` (made by [`assign_pools`]), whose events are
+/// published or kept in the outbox. If the store does not answer, the republisher announces them
+/// again later, with the same event ids.
+pub async fn announced(store: &dyn Store, assignments: &[Assignment]) {
+    if assignments.is_empty() {
+        return;
+    }
+    let ids: Vec<String> = assignments
+        .iter()
+        .map(|a| a.conversation.id.clone())
+        .collect();
+    if let Err(e) = store.assignments_announced(&ids).await {
+        tracing::warn!(error = %e, "assignments announced, but their notes not cleared; they are announced again later");
+    }
 }
 
 /// For assignments the store made in `pool`: adds each one's `conversation.assigned` to

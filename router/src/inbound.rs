@@ -18,7 +18,7 @@ use switchyard_core::store::{
     InboundOutcome, InboundRouting, ResolveRequest, SenderResolution, Store,
 };
 
-use crate::assignment::{announce_assignments, assign_pools};
+use crate::assignment::{announce_assignments, announced, assign_pools};
 use crate::error::RouteError;
 use crate::events::{EventBatch, EventPublisher};
 
@@ -143,11 +143,14 @@ impl InboundRouter {
             // stored but not announced.
             events.conversation(EventType::ConversationAssigned, conversation);
         }
+        let mut assigned = Vec::new();
         if !resolution.closed.is_empty() {
             // A merge closed a conversation and freed its agent: let every queue move.
-            assign_pools(&*self.store, &self.metrics, &self.all_pools, &mut events).await?;
+            assigned =
+                assign_pools(&*self.store, &self.metrics, &self.all_pools, &mut events).await?;
         }
         self.events.publish(events).await?;
+        announced(&*self.store, &assigned).await;
         Ok(if record.duplicate {
             Routed::Duplicate(conversation.id.clone())
         } else {
@@ -178,11 +181,14 @@ impl InboundRouter {
         let resolution = SenderResolution::from(resolution?);
         let mut events = EventBatch::new();
         announce_resolution(&resolution, &mut events);
+        let mut assigned = Vec::new();
         if !resolution.closed.is_empty() {
             // A merge closed a conversation and freed its agent: let queues move.
-            assign_pools(&*self.store, &self.metrics, &self.all_pools, &mut events).await?;
+            assigned =
+                assign_pools(&*self.store, &self.metrics, &self.all_pools, &mut events).await?;
         }
         self.events.publish(events).await?;
+        announced(&*self.store, &assigned).await;
         Ok(Routed::Linked(resolution.customer_id))
     }
 }

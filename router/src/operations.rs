@@ -16,7 +16,7 @@ use switchyard_core::model::{Agent, Conversation, ConversationStatus, Customer};
 use switchyard_core::protocol::ConversationView;
 use switchyard_core::store::{AgentUpdate, ResolveRequest, Store, StoreError, TransferTarget};
 
-use crate::assignment::assign_pools;
+use crate::assignment::{announced, assign_pools};
 use crate::error::RouteError;
 use crate::events::EventBatch;
 use crate::outbox::Outbox;
@@ -84,8 +84,9 @@ impl Operations {
             .await?;
         let mut events = EventBatch::new();
         events.agent_updated(&agent);
-        assign_pools(&*self.store, &self.metrics, &agent.pools, &mut events).await?;
+        let assigned = assign_pools(&*self.store, &self.metrics, &agent.pools, &mut events).await?;
         self.outbox.publish(events).await?;
+        announced(&*self.store, &assigned).await;
         // Assignment may have changed the agent's conversations; answer with the fresh record.
         Ok(self.store.agent(&agent.id).await?.unwrap_or(agent))
     }
@@ -201,10 +202,14 @@ impl Operations {
         let released = release.released_agent.as_ref();
         let mut events = EventBatch::new();
         events.conversation_closed(&release.conversation, released.map(|a| a.id.as_str()));
-        if let Some(agent) = released {
-            assign_pools(&*self.store, &self.metrics, &agent.pools, &mut events).await?;
-        }
+        let assigned = match released {
+            Some(agent) => {
+                assign_pools(&*self.store, &self.metrics, &agent.pools, &mut events).await?
+            }
+            None => Vec::new(),
+        };
         self.outbox.publish(events).await?;
+        announced(&*self.store, &assigned).await;
         Ok(release.conversation)
     }
 
@@ -244,8 +249,9 @@ impl Operations {
             }
         }
         pools.dedup();
-        assign_pools(&*self.store, &self.metrics, &pools, &mut events).await?;
+        let assigned = assign_pools(&*self.store, &self.metrics, &pools, &mut events).await?;
         self.outbox.publish(events).await?;
+        announced(&*self.store, &assigned).await;
         Ok(self
             .store
             .conversation(conversation_id)

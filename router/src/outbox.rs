@@ -9,6 +9,10 @@
 //! older than a grace period (longer than any publish can take), so a recorded reply is never
 //! lost; at worst it goes out twice with one id, and the outbound worker drops the second copy.
 //!
+//! Assignments made by commands are noted in the store in the same step that makes them, and the
+//! notes cleared once their `conversation.assigned` is published or kept; the republisher
+//! announces, from the stored conversation, those whose notes are older than the grace.
+//!
 //! Routing does not need this: a message whose events were not confirmed is not acknowledged, so
 //! the bus redelivers it and the retry announces everything again.
 
@@ -25,6 +29,8 @@ use switchyard_core::store::{MailboxItem, MailboxPush, Store};
 use tokio_util::sync::CancellationToken;
 
 use crate::events::EventBatch;
+use switchyard_core::event::EventType;
+use switchyard_core::model::Conversation;
 
 /// The store mailbox holding deferred batches, oldest first.
 pub const OUTBOX_MAILBOX: &str = "bus-outbox";
@@ -239,10 +245,10 @@ impl Outbox {
     /// dropped, so that it cannot hold up the rest. One process at a time does this (a store
     /// claim); returns how many batches left the outbox.
     pub async fn republish(&self) -> Result<usize, BusError> {
-        // Most rounds find the outbox empty: one read, and no claim.
+        // Most rounds find the outbox empty and no assignment unannounced: two reads, no claim.
         let waiting = self.read().await?.len();
         self.waiting(waiting);
-        if waiting == 0 {
+        if waiting == 0 && self.unannounced().await?.is_empty() {
             return Ok(0);
         }
         let lock_id = new_id();
@@ -257,11 +263,56 @@ impl Outbox {
         if holder.is_some() {
             return Ok(0);
         }
-        let result = self.republish_round().await;
+        let result = match self.republish_round().await {
+            Ok(moved) => self.announce_unannounced().await.map(|n| moved + n),
+            Err(e) => Err(e),
+        };
         if let Err(e) = self.store.release_key(REPUBLISH_LOCK, &lock_id).await {
             tracing::warn!(error = %e, "could not release the outbox lock; it expires by itself");
         }
         result
+    }
+
+    /// Conversations a command assigned more than the grace ago whose `conversation.assigned`
+    /// nobody announced (see [`crate::assignment::assign_pools`]).
+    async fn unannounced(&self) -> Result<Vec<Conversation>, BusError> {
+        let grace =
+            chrono::TimeDelta::from_std(self.staged_grace).unwrap_or(chrono::TimeDelta::MAX);
+        let before = switchyard_core::time::now()
+            .checked_sub_signed(grace)
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+        self.store
+            .unannounced_assignments(before)
+            .await
+            .map_err(|e| BusError::Unavailable(format!("cannot read unannounced assignments: {e}")))
+    }
+
+    /// Announces the assignments [`Outbox::unannounced`] finds, from their stored state (so with
+    /// the event ids they would have had), then clears their notes. Returns how many.
+    async fn announce_unannounced(&self) -> Result<usize, BusError> {
+        let conversations = self.unannounced().await?;
+        if conversations.is_empty() {
+            return Ok(0);
+        }
+        let mut batch = EventBatch::new();
+        for c in &conversations {
+            batch.conversation(EventType::ConversationAssigned, c);
+        }
+        self.publish(batch).await?;
+        let ids: Vec<String> = conversations.into_iter().map(|c| c.id).collect();
+        self.store.assignments_announced(&ids).await.map_err(|e| {
+            BusError::Unavailable(format!("cannot clear announced assignments: {e}"))
+        })?;
+        tracing::warn!(
+            conversations = ids.len(),
+            "announced assignments whose command did not (it stopped, or lost the store's reply)"
+        );
+        let announced = ids.len();
+        self.metrics
+            .outbox
+            .with_label_values(&["announced"])
+            .inc_by(u64::try_from(announced).unwrap_or(u64::MAX));
+        Ok(announced)
     }
 
     /// The batches the outbox holds, oldest first.

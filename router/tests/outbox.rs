@@ -43,6 +43,17 @@ async fn kept(s: &Setup) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// Conversations noted as assigned and not announced, whatever their age.
+async fn unannounced(s: &Setup) -> Vec<String> {
+    s.store
+        .unannounced_assignments(switchyard_core::time::now() + chrono::TimeDelta::days(1))
+        .await
+        .expect("unannounced")
+        .into_iter()
+        .map(|c| c.id)
+        .collect()
+}
+
 fn outbox_count(s: &Setup, outcome: &str) -> u64 {
     s.metrics.outbox.with_label_values(&[outcome]).get()
 }
@@ -101,6 +112,7 @@ on_both_stores!(
     refused_events_of_a_command_are_kept_and_republished_in_order_with_their_ids,
     a_reply_the_bus_refuses_is_kept_and_sent_later,
     a_reply_whose_process_stops_before_the_confirm_is_sent_after_the_grace,
+    an_assignment_whose_command_stops_before_announcing_it_is_announced_after_the_grace,
     what_the_bus_refuses_for_good_is_not_kept_and_cannot_hold_up_the_outbox,
     one_process_at_a_time_republishes,
 );
@@ -129,6 +141,10 @@ async fn refused_events_of_a_command_are_kept_and_republished_in_order_with_thei
     let kept_ids = kept(&s).await;
     assert_eq!(kept_ids.len(), 1, "one batch kept: {kept_ids:?}");
     assert_eq!(outbox_count(&s, "deferred"), 1);
+    assert!(
+        unannounced(&s).await.is_empty(),
+        "the kept batch announces the assignment, yet it is still noted"
+    );
 
     // A second command while the bus is still gone: its batch is kept after the first.
     s.bus.failing.store(1, Ordering::SeqCst);
@@ -377,6 +393,78 @@ async fn one_process_at_a_time_republishes(mut s: Setup) {
     s.store.delete_key(REPUBLISH_LOCK).await.expect("release");
     assert_eq!(outbox.republish().await.expect("republish"), 1);
     assert_eq!(types(&drain(&mut s.events).await), ["conversation.closed"]);
+}
+
+async fn an_assignment_whose_command_stops_before_announcing_it_is_announced_after_the_grace(
+    mut s: Setup,
+) {
+    set_capacity(&s.store, 1).await;
+    let (ops, outbox) = commands(&s);
+    let first = conversation_of(&s, "u-f").await;
+    let waiting = conversation_of(&s, "u-g").await;
+    drain(&mut s.events).await;
+
+    // The agent closes the first conversation, which assigns the waiting one; the events'
+    // publish never finishes: the process stops there.
+    s.bus.hanging.store(1, Ordering::SeqCst);
+    let closing = tokio::spawn({
+        let ops = ops.clone();
+        let first = first.clone();
+        async move { ops.close(&first, Some("a1")).await }
+    });
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let next = s.store.conversation(&waiting).await.unwrap().unwrap();
+            if next.agent_id.as_deref() == Some("a1") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the waiting conversation assigned within 5 s");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!closing.is_finished(), "the hanging publish finished");
+    closing.abort();
+    assert!(closing.await.expect_err("aborted").is_cancelled());
+    assert_eq!(unannounced(&s).await, std::slice::from_ref(&waiting));
+
+    // Within the grace the republisher leaves it: the command may still be announcing it.
+    assert_eq!(outbox.republish().await.expect("republish"), 0);
+    assert!(
+        drain(&mut s.events).await.is_empty(),
+        "announced within the grace"
+    );
+
+    // Past the grace (another process, say), it is announced from the stored conversation, once.
+    let later = outbox.with_staged_grace(Duration::ZERO);
+    assert_eq!(later.republish().await.expect("republish"), 1);
+    let announced = drain_events(&mut s.events).await;
+    assert_eq!(announced.len(), 1, "{announced:?}");
+    let (key, event) = &announced[0];
+    assert_eq!(key, "conversation.assigned");
+    assert_eq!(event.data["conversation"]["id"], waiting.as_str());
+    assert_eq!(event.data["conversation"]["agent_id"], "a1");
+    assert!(unannounced(&s).await.is_empty());
+    assert_eq!(outbox_count(&s, "announced"), 1);
+    assert_eq!(later.republish().await.expect("republish"), 0);
+    assert!(drain(&mut s.events).await.is_empty(), "announced twice");
+
+    // A command that announces its assignment leaves no note behind.
+    let third = conversation_of(&s, "u-h").await;
+    ops.close(&waiting, Some("a1")).await.expect("close");
+    let published = drain_events(&mut s.events).await;
+    assert!(
+        published
+            .iter()
+            .any(|(key, e)| key == "conversation.assigned"
+                && e.data["conversation"]["id"] == third.as_str()),
+        "the close did not announce its assignment: {published:?}"
+    );
+    assert!(
+        unannounced(&s).await.is_empty(),
+        "an announced assignment is still noted"
+    );
 }
 
 /// A running gateway (no router): an agent coming online while the bus refuses events is

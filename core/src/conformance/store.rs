@@ -1190,6 +1190,83 @@ pub async fn queue_fifo_head_assigned_when_room_frees(factory: &impl MakeStore, 
     );
 }
 
+/// `assign_queued_noted` notes each assignment as unannounced, in the same step: the notes are
+/// listed once old enough, oldest first, until cleared, and dropped once their conversation is
+/// no longer assigned. `assign_queued` notes nothing.
+pub async fn unannounced_assignment_notes(factory: &impl MakeStore, prefix: &str) {
+    let what = "unannounced_assignment_notes";
+    let store = factory.make().await;
+    let pool = format!("{prefix}default");
+    let x = format!("{prefix}agent-x");
+    let (_, _, first) = open(&store, prefix, "n1", &pool, at(1)).await;
+    let (_, _, second) = open(&store, prefix, "n2", &pool, at(2)).await;
+    agent(&store, &x, &[&pool], 2, AgentStatus::Online, at(3)).await;
+    let made = store
+        .assign_queued_noted(&pool, at(4))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: assign: {e}"));
+    assert_eq!(
+        pairs(&made),
+        vec![
+            (first.id.clone(), x.clone()),
+            (second.id.clone(), x.clone())
+        ],
+        "{what}: assignments"
+    );
+    let listed = |before: DateTime<Utc>| {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .unannounced_assignments(before)
+                .await
+                .unwrap_or_else(|e| panic!("{what}: list: {e}"))
+                .into_iter()
+                .map(|c| (c.id, c.agent_id))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert!(
+        listed(at(3)).await.is_empty(),
+        "{what}: notes listed before they were made"
+    );
+    // Both were noted at the same time: listed by conversation id.
+    let mut both = vec![
+        (first.id.clone(), Some(x.clone())),
+        (second.id.clone(), Some(x.clone())),
+    ];
+    both.sort();
+    assert_eq!(listed(at(4)).await, both, "{what}: the notes");
+
+    // A closed conversation's note is dropped; a cleared one is gone.
+    store
+        .close_conversation(&first.id, "resolved", at(5))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: close: {e}"));
+    assert_eq!(
+        listed(at(9)).await,
+        vec![(second.id.clone(), Some(x.clone()))],
+        "{what}: after the close"
+    );
+    store
+        .assignments_announced(std::slice::from_ref(&second.id))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: clear: {e}"));
+    assert!(listed(at(9)).await.is_empty(), "{what}: a cleared note");
+
+    // Plain `assign_queued` (routing's) notes nothing.
+    let (_, _, third) = open(&store, prefix, "n3", &pool, at(6)).await;
+    let plain = assign(&store, &pool, at(7)).await;
+    assert_eq!(
+        pairs(&plain),
+        vec![(third.id.clone(), x.clone())],
+        "{what}: the plain assignment"
+    );
+    assert!(
+        listed(at(9)).await.is_empty(),
+        "{what}: assign_queued noted an assignment"
+    );
+}
+
 /// `record_outbound` only accepts the agent holding an open conversation, and pushes the item
 /// staged with it exactly when it records the envelope.
 pub async fn record_outbound_conflicts(factory: &impl MakeStore, prefix: &str) {
@@ -2960,6 +3037,7 @@ pub async fn run_all(factory: &impl MakeStore, prefix: &str) {
     concurrent_assignment_never_doubles(factory, &p("concurrent-assign")).await;
     queue_fifo_head_assigned_when_room_frees(factory, &p("fifo")).await;
     record_outbound_conflicts(factory, &p("outbound")).await;
+    unannounced_assignment_notes(factory, &p("unannounced")).await;
     transfer_to_pool_and_agent(factory, &p("transfer")).await;
     merge_with_open_conversations(factory, &p("merge-open")).await;
     concurrent_resolution_converges(factory, &p("concurrent-resolve")).await;

@@ -61,6 +61,9 @@ struct State {
     presence: HashMap<String, Presence>,
     /// Agents an assignment set offline (lapsed presence) that no sweep has returned yet.
     expired_unannounced: BTreeSet<String>,
+    /// Conversation id -> when its assignment was noted as unannounced
+    /// ([`Store::assign_queued_noted`]).
+    unannounced: HashMap<String, DateTime<Utc>>,
     /// Mailboxes by key ([`Store::mailbox_push`]).
     mailboxes: HashMap<String, Mailbox>,
     mailbox_pushes: u64,
@@ -778,6 +781,51 @@ impl Store for EmbeddedStore {
         now: DateTime<Utc>,
     ) -> Result<Vec<Assignment>, StoreError> {
         Ok(self.lock().assign_queued(pool, now))
+    }
+
+    async fn assign_queued_noted(
+        &self,
+        pool: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Assignment>, StoreError> {
+        let mut s = self.lock();
+        let assignments = s.assign_queued(pool, now);
+        for a in &assignments {
+            s.unannounced.insert(a.conversation.id.clone(), now);
+        }
+        Ok(assignments)
+    }
+
+    async fn unannounced_assignments(
+        &self,
+        before: DateTime<Utc>,
+    ) -> Result<Vec<Conversation>, StoreError> {
+        let mut s = self.lock();
+        let State {
+            unannounced,
+            conversations,
+            ..
+        } = &mut *s;
+        unannounced.retain(|id, _| {
+            conversations
+                .get(id)
+                .is_some_and(|c| c.status == ConversationStatus::Assigned)
+        });
+        let mut due: Vec<(DateTime<Utc>, Conversation)> = unannounced
+            .iter()
+            .filter(|(_, noted)| **noted <= before)
+            .filter_map(|(id, noted)| conversations.get(id).map(|c| (*noted, c.clone())))
+            .collect();
+        due.sort_by(|a, b| (a.0, &a.1.id).cmp(&(b.0, &b.1.id)));
+        Ok(due.into_iter().map(|(_, c)| c).collect())
+    }
+
+    async fn assignments_announced(&self, conversation_ids: &[String]) -> Result<(), StoreError> {
+        let mut s = self.lock();
+        for id in conversation_ids {
+            s.unannounced.remove(id);
+        }
+        Ok(())
     }
 
     async fn upsert_agent(

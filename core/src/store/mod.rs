@@ -437,6 +437,29 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<Vec<Assignment>, StoreError>;
 
+    /// [`Store::assign_queued`], also noting each assignment as unannounced in the same atomic
+    /// step, until [`Store::assignments_announced`] clears it. For assignments outside routing
+    /// (a command's), whose `conversation.assigned` no bus redelivery would repeat: if the caller
+    /// stops or loses the reply before announcing them, [`Store::unannounced_assignments`] still
+    /// finds them.
+    async fn assign_queued_noted(
+        &self,
+        pool: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Assignment>, StoreError>;
+
+    /// The conversations noted by [`Store::assign_queued_noted`] at or before `before` and not
+    /// announced since, that are still assigned, oldest first (then by conversation id). Notes of conversations no longer
+    /// assigned (closed, queued again) are dropped.
+    async fn unannounced_assignments(
+        &self,
+        before: DateTime<Utc>,
+    ) -> Result<Vec<Conversation>, StoreError>;
+
+    /// Clears the notes of these conversations: their `conversation.assigned` is published (or
+    /// kept in the outbox).
+    async fn assignments_announced(&self, conversation_ids: &[String]) -> Result<(), StoreError>;
+
     /// Everything routing one inbound message (not an identify/link event) does to the store,
     /// as one atomic operation, in order:
     ///

@@ -157,6 +157,8 @@ static CLOSE: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/clo
 static TRANSFER: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/transfer.lua")));
 static READS: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/reads.lua")));
 static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/heartbeat.lua")));
+static UNANNOUNCED: LazyLock<Script> =
+    LazyLock::new(|| script(include_str!("redis/unannounced.lua")));
 static RELEASE: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/release.lua")));
 static MAILBOX: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/mailbox.lua")));
 static SWEEP_PRESENCE: LazyLock<Script> =
@@ -908,6 +910,47 @@ impl Store for RedisStore {
         let mut inv = ASSIGN.prepare_invoke();
         inv.arg(&self.prefix).arg(pool).arg(stamp(now));
         assignments(self.eval(&inv, false).await?)
+    }
+
+    async fn assign_queued_noted(
+        &self,
+        pool: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Assignment>, StoreError> {
+        let mut inv = ASSIGN.prepare_invoke();
+        inv.arg(&self.prefix)
+            .arg(pool)
+            .arg(stamp(now))
+            .arg(now.timestamp_millis());
+        assignments(self.eval(&inv, false).await?)
+    }
+
+    async fn unannounced_assignments(
+        &self,
+        before: DateTime<Utc>,
+    ) -> Result<Vec<Conversation>, StoreError> {
+        let mut inv = UNANNOUNCED.prepare_invoke();
+        inv.arg(&self.prefix)
+            .arg("list")
+            .arg(before.timestamp_millis());
+        let (_, mut items) = tagged(self.eval(&inv, true).await?)?;
+        list(items.next()?)?
+            .into_iter()
+            .map(some_conversation)
+            .collect()
+    }
+
+    async fn assignments_announced(&self, conversation_ids: &[String]) -> Result<(), StoreError> {
+        if conversation_ids.is_empty() {
+            return Ok(());
+        }
+        let mut inv = UNANNOUNCED.prepare_invoke();
+        inv.arg(&self.prefix).arg("clear");
+        for id in conversation_ids {
+            inv.arg(id);
+        }
+        // Clearing what is gone already changes nothing, so a retry is safe.
+        self.eval(&inv, true).await.map(drop)
     }
 
     async fn upsert_agent(

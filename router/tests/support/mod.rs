@@ -22,12 +22,14 @@ use switchyard_router::inbound::InboundRouter;
 
 /// The embedded bus, except that the next `failing` event batches, and the next
 /// `failing_publishes` single publishes, fail as if the broker were gone, and the next
-/// `hanging_publishes` single publishes never finish (as if the process stopped during them).
+/// `hanging_publishes` single publishes and `hanging` event batches never finish (as if the
+/// process stopped during them).
 pub struct FlakyBus {
     pub inner: EmbeddedBus,
     pub failing: AtomicUsize,
     pub failing_publishes: AtomicUsize,
     pub hanging_publishes: AtomicUsize,
+    pub hanging: AtomicUsize,
 }
 
 /// Takes one failure from `counter`: whether the next call must fail.
@@ -65,6 +67,9 @@ impl Bus for FlakyBus {
     ) -> Result<(), BusError> {
         if take_failure(&self.failing) {
             return Err(BusError::Unavailable("broker gone (test)".into()));
+        }
+        if take_failure(&self.hanging) {
+            std::future::pending::<()>().await;
         }
         self.inner.publish_events(exchange, messages).await
     }
@@ -110,6 +115,7 @@ pub async fn setup_on(store: Arc<dyn Store>) -> Setup {
         failing: AtomicUsize::new(0),
         failing_publishes: AtomicUsize::new(0),
         hanging_publishes: AtomicUsize::new(0),
+        hanging: AtomicUsize::new(0),
     });
     bus.declare(&Topology::standard(
         &switchyard_core::conformance::bus::options(100),
