@@ -74,6 +74,30 @@ fn commands(s: &Setup) -> (Operations, Outbox) {
     (ops, outbox)
 }
 
+/// Waits (at most 5 s) until `stored` finds what a command stored, then stops the command's task,
+/// whose publish hangs, as if its process stopped there. Returns what `stored` found.
+async fn stop_once_stored<T: std::fmt::Debug, R>(
+    task: tokio::task::JoinHandle<T>,
+    what: &str,
+    mut stored: impl AsyncFnMut() -> Option<R>,
+) -> R {
+    let found = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Some(found) = stored().await {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what} not stored within 5 s"));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!task.is_finished(), "the hanging publish finished");
+    task.abort();
+    assert!(task.await.expect_err("aborted").is_cancelled());
+    found
+}
+
 /// Routes a message of `user` and returns its conversation.
 async fn conversation_of(s: &Setup, user: &str) -> String {
     match s.router.route(message_of(user, "hello")).await.expect(user) {
@@ -282,21 +306,11 @@ async fn a_reply_whose_process_stops_before_the_confirm_is_sent_after_the_grace(
             .await
         }
     });
-    let recorded = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            let history = s.store.messages(&conversation, 10).await.expect("history");
-            if let Some(reply) = history.into_iter().find(|m| m.agent_id.is_some()) {
-                return reply;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+    let recorded = stop_once_stored(sending, "the reply", async || {
+        let history = s.store.messages(&conversation, 10).await.expect("history");
+        history.into_iter().find(|m| m.agent_id.is_some())
     })
-    .await
-    .expect("the reply recorded within 5 s");
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(!sending.is_finished(), "the hanging publish finished");
-    sending.abort();
-    assert!(sending.await.expect_err("aborted").is_cancelled());
+    .await;
     assert_eq!(kept(&s).await, [[recorded.id.clone()]]);
 
     // Within the grace, the republisher leaves it alone: its publish might still be under way.
@@ -412,21 +426,11 @@ async fn an_assignment_whose_command_stops_before_announcing_it_is_announced_aft
         let first = first.clone();
         async move { ops.close(&first, Some("a1")).await }
     });
-    tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            let next = s.store.conversation(&waiting).await.unwrap().unwrap();
-            if next.agent_id.as_deref() == Some("a1") {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+    stop_once_stored(closing, "the assignment", async || {
+        let next = s.store.conversation(&waiting).await.unwrap().unwrap();
+        (next.agent_id.as_deref() == Some("a1")).then_some(())
     })
-    .await
-    .expect("the waiting conversation assigned within 5 s");
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(!closing.is_finished(), "the hanging publish finished");
-    closing.abort();
-    assert!(closing.await.expect_err("aborted").is_cancelled());
+    .await;
     assert_eq!(unannounced(&s).await, std::slice::from_ref(&waiting));
 
     // Within the grace the republisher leaves it: the command may still be announcing it.
