@@ -183,7 +183,11 @@ impl Outbox {
         exchange: &str,
         messages: Vec<(String, Message)>,
     ) -> Result<Staged, BusError> {
-        let item = Deferred::encode(exchange, &messages, Some(now_ms()))?;
+        let item = Deferred::encode(
+            exchange,
+            &messages,
+            Some(switchyard_core::time::now().timestamp_millis()),
+        )?;
         Ok(Staged {
             id: new_id(),
             exchange: exchange.to_owned(),
@@ -241,9 +245,10 @@ impl Outbox {
     }
 
     /// Republishes the outbox's batches, oldest first, stopping at the first the bus refuses for a
-    /// transient reason, or at a staged batch still within its grace; a batch it refuses for good (nothing is bound for it any more) is
-    /// dropped, so that it cannot hold up the rest. One process at a time does this (a store
-    /// claim); returns how many batches left the outbox.
+    /// transient reason, or at a staged batch still within its grace; a batch it refuses for good
+    /// (nothing is bound for it any more) is dropped, so that it cannot hold up the rest. Then
+    /// announces the assignments nobody announced. One process at a time does this (a store
+    /// claim); returns how many batches left the outbox, plus the assignments announced.
     pub async fn republish(&self) -> Result<usize, BusError> {
         // Most rounds find the outbox empty and no assignment unannounced: two reads, no claim.
         let waiting = self.read().await?.len();
@@ -276,13 +281,8 @@ impl Outbox {
     /// Conversations a command assigned more than the grace ago whose `conversation.assigned`
     /// nobody announced (see [`crate::assignment::assign_pools`]).
     async fn unannounced(&self) -> Result<Vec<Conversation>, BusError> {
-        let grace =
-            chrono::TimeDelta::from_std(self.staged_grace).unwrap_or(chrono::TimeDelta::MAX);
-        let before = switchyard_core::time::now()
-            .checked_sub_signed(grace)
-            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
         self.store
-            .unannounced_assignments(before)
+            .unannounced_assignments(self.grace_cutoff())
             .await
             .map_err(|e| BusError::Unavailable(format!("cannot read unannounced assignments: {e}")))
     }
@@ -330,8 +330,7 @@ impl Outbox {
         self.waiting(waiting);
         let mut left = 0;
         let started = std::time::Instant::now();
-        let grace_ms = i64::try_from(self.staged_grace.as_millis()).unwrap_or(i64::MAX);
-        let staged_before = now_ms().saturating_sub(grace_ms);
+        let staged_before = self.grace_cutoff().timestamp_millis();
         for item in items.into_iter().take(REPUBLISH_ROUND) {
             if started.elapsed() > REPUBLISH_ROUND_TIME {
                 break;
@@ -368,6 +367,15 @@ impl Outbox {
             self.count(if sent { "republished" } else { "dropped" });
         }
         Ok(left)
+    }
+
+    /// What was staged or noted before this instant is past the grace: its own publish is over.
+    fn grace_cutoff(&self) -> chrono::DateTime<chrono::Utc> {
+        let grace =
+            chrono::TimeDelta::from_std(self.staged_grace).unwrap_or(chrono::TimeDelta::MAX);
+        switchyard_core::time::now()
+            .checked_sub_signed(grace)
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC)
     }
 
     fn waiting(&self, batches: usize) {
@@ -418,11 +426,6 @@ impl Deferred {
             })
             .collect()
     }
-}
-
-/// Now, in Unix milliseconds.
-fn now_ms() -> i64 {
-    switchyard_core::time::now().timestamp_millis()
 }
 
 /// Publishes `messages` on `exchange`: as one event batch on the events exchange, one by one

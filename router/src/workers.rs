@@ -228,6 +228,19 @@ fn sent_key(id: &str) -> String {
 /// The mark of a sent reply for which the channel gave no message id.
 const SENT_WITHOUT_ID: &str = "sent";
 
+/// Publishes `message.sent` for a reply the channel took (id = the envelope id, so announcing it
+/// again for a second copy gives consumers the same event).
+async fn announce_sent(outbox: &Outbox, envelope: &Envelope, channel_message_id: Option<&str>) {
+    if let Err(e) = outbox
+        .emit(|b| {
+            b.message_sent(envelope, channel_message_id);
+        })
+        .await
+    {
+        tracing::warn!(error = %e, id = %envelope.id, "reply sent, but message.sent not published");
+    }
+}
+
 async fn deliver_outbound(delivery: Delivery, outbound: &Outbound) {
     let Outbound {
         attempts,
@@ -278,14 +291,7 @@ async fn deliver_outbound(delivery: Delivery, outbound: &Outbound) {
             count("duplicate");
             tracing::info!(id = %envelope.id, "reply sent already; dropping this copy");
             let channel_message_id = (marker != SENT_WITHOUT_ID).then_some(marker.as_str());
-            if let Err(e) = outbox
-                .emit(|b| {
-                    b.message_sent(&envelope, channel_message_id);
-                })
-                .await
-            {
-                tracing::warn!(error = %e, id = %envelope.id, "message.sent not announced again");
-            }
+            announce_sent(outbox, &envelope, channel_message_id).await;
             let _ = delivery.ack().await;
             return;
         }
@@ -309,14 +315,7 @@ async fn deliver_outbound(delivery: Delivery, outbound: &Outbound) {
                 {
                     tracing::warn!(error = %e, id = %envelope.id, "reply sent, but not marked as sent; a second copy would be sent again");
                 }
-                if let Err(e) = outbox
-                    .emit(|b| {
-                        b.message_sent(&envelope, receipt.channel_message_id.as_deref());
-                    })
-                    .await
-                {
-                    tracing::warn!(error = %e, id = %envelope.id, "message sent but message.sent not published");
-                }
+                announce_sent(outbox, &envelope, receipt.channel_message_id.as_deref()).await;
                 let _ = delivery.ack().await;
                 return;
             }
