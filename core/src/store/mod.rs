@@ -449,8 +449,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Assignment>, StoreError>;
 
     /// The conversations noted by [`Store::assign_queued_noted`] at or before `before` and not
-    /// announced since, that are still assigned, oldest first (then by conversation id). Notes of conversations no longer
-    /// assigned (closed, queued again) are dropped.
+    /// announced since, that are still assigned, oldest first (then by conversation id). Notes of
+    /// conversations no longer assigned (closed, queued again) are dropped.
     async fn unannounced_assignments(
         &self,
         before: DateTime<Utc>,

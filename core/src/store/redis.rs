@@ -248,6 +248,21 @@ impl RedisStore {
         }
     }
 
+    /// `assign.lua`: [`Store::assign_queued`], or with `noted` [`Store::assign_queued_noted`].
+    async fn assign(
+        &self,
+        pool: &str,
+        now: DateTime<Utc>,
+        noted: bool,
+    ) -> Result<Vec<Assignment>, StoreError> {
+        let mut inv = ASSIGN.prepare_invoke();
+        inv.arg(&self.prefix).arg(pool).arg(stamp(now));
+        if noted {
+            inv.arg(now.timestamp_millis());
+        }
+        assignments(self.eval(&inv, false).await?)
+    }
+
     async fn read(&self, op: &str, arg: &str) -> Result<Value, StoreError> {
         let mut inv = READS.prepare_invoke();
         inv.arg(&self.prefix).arg(op).arg(arg);
@@ -907,9 +922,7 @@ impl Store for RedisStore {
         pool: &str,
         now: DateTime<Utc>,
     ) -> Result<Vec<Assignment>, StoreError> {
-        let mut inv = ASSIGN.prepare_invoke();
-        inv.arg(&self.prefix).arg(pool).arg(stamp(now));
-        assignments(self.eval(&inv, false).await?)
+        self.assign(pool, now, false).await
     }
 
     async fn assign_queued_noted(
@@ -917,12 +930,7 @@ impl Store for RedisStore {
         pool: &str,
         now: DateTime<Utc>,
     ) -> Result<Vec<Assignment>, StoreError> {
-        let mut inv = ASSIGN.prepare_invoke();
-        inv.arg(&self.prefix)
-            .arg(pool)
-            .arg(stamp(now))
-            .arg(now.timestamp_millis());
-        assignments(self.eval(&inv, false).await?)
+        self.assign(pool, now, true).await
     }
 
     async fn unannounced_assignments(
