@@ -144,8 +144,8 @@ async fn store_record_outbound_conflicts() {
 }
 
 #[tokio::test]
-async fn store_unannounced_assignment_notes() {
-    store::unannounced_assignment_notes(&new_store, "embedded.").await;
+async fn store_unannounced_notes() {
+    store::unannounced_notes(&new_store, "embedded.").await;
 }
 
 #[tokio::test]

@@ -59,7 +59,7 @@ conformance!(
     concurrent_assignment_never_doubles,
     queue_fifo_head_assigned_when_room_frees,
     record_outbound_conflicts,
-    unannounced_assignment_notes,
+    unannounced_notes,
     transfer_to_pool_and_agent,
     merge_with_open_conversations,
     concurrent_resolution_converges,

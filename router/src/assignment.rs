@@ -2,7 +2,7 @@
 
 use switchyard_core::event::EventType;
 use switchyard_core::metrics::Metrics;
-use switchyard_core::store::{Assignment, Store};
+use switchyard_core::store::{Assignment, Note, NoteKind, Store};
 
 use crate::error::RouteError;
 use crate::events::EventBatch;
@@ -10,39 +10,39 @@ use crate::outbox::Outbox;
 
 /// Assigns queued conversations of each pool to agents with room, adds
 /// `conversation.assigned` for each to `events` (the caller publishes them), and records
-/// ingress-to-assignment latency. The store notes each assignment as unannounced: once `events`
-/// is published (or kept in the outbox), the caller clears the notes with [`announced`]; if it
-/// never does (it stopped, or lost the store's reply), the outbox's republisher announces them.
+/// ingress-to-assignment latency. The store notes each assignment in the same step; their notes
+/// are added to `notes`, for the caller to clear once `events` is published or kept in the outbox
+/// ([`Outbox::publish_noted`](crate::outbox::Outbox::publish_noted)). If it never does (it
+/// stopped, or lost the store's reply), the outbox's republisher announces them.
 pub async fn assign_pools(
     store: &dyn Store,
     metrics: &Metrics,
     pools: &[String],
     events: &mut EventBatch,
-) -> Result<Vec<Assignment>, RouteError> {
-    let mut all = Vec::new();
+    notes: &mut Vec<Note>,
+) -> Result<(), RouteError> {
     for pool in pools {
-        let assignments = store
-            .assign_queued_noted(pool, switchyard_core::time::now())
-            .await?;
+        let now = switchyard_core::time::now();
+        let assignments = store.assign_queued_noted(pool, now).await?;
         announce_assignments(metrics, pool, &assignments, events);
-        all.extend(assignments);
+        notes.extend(
+            assignments
+                .iter()
+                .map(|a| Note::new(NoteKind::Assigned, &a.conversation.id, now)),
+        );
     }
-    Ok(all)
+    Ok(())
 }
 
-/// Clears the unannounced notes of `assignments` (made by [`assign_pools`]), whose events are
-/// published or kept in the outbox. If the store does not answer, the republisher announces them
-/// again later, with the same event ids.
-pub async fn announced(store: &dyn Store, assignments: &[Assignment]) {
-    if assignments.is_empty() {
+/// Clears `notes` (see [`Note`]): their changes' events are published or kept in the outbox. If
+/// the store does not answer, the outbox's republisher announces the changes again later, with
+/// the same event ids.
+pub async fn announced(store: &dyn Store, notes: &[Note]) {
+    if notes.is_empty() {
         return;
     }
-    let ids: Vec<String> = assignments
-        .iter()
-        .map(|a| a.conversation.id.clone())
-        .collect();
-    if let Err(e) = store.assignments_announced(&ids).await {
-        tracing::warn!(error = %e, "assignments announced, but their notes not cleared; they are announced again later");
+    if let Err(e) = store.clear_notes(notes).await {
+        tracing::warn!(error = %e, notes = notes.len(), "events published, but their notes not cleared; they are announced again later");
     }
 }
 
@@ -110,10 +110,8 @@ pub async fn sweep_lapsed_agents(
             _ = stop.cancelled() => return Ok(()),
             _ = tokio::time::sleep(every) => {}
         }
-        let agents = match store
-            .expire_lapsed_agents(switchyard_core::time::now())
-            .await
-        {
+        let now = switchyard_core::time::now();
+        let agents = match store.expire_lapsed_agents(now).await {
             Ok(agents) => agents,
             Err(e) => {
                 tracing::warn!(error = %e, "could not sweep lapsed agent presence");
@@ -124,11 +122,13 @@ pub async fn sweep_lapsed_agents(
             continue;
         }
         let mut batch = EventBatch::new();
+        let mut notes = Vec::with_capacity(agents.len());
         for agent in &agents {
             tracing::info!(agent_id = %agent.id, "agent presence lapsed: set offline");
             batch.agent_updated(agent);
+            notes.push(Note::new(NoteKind::AgentUpdated, &agent.id, now));
         }
-        if let Err(e) = events.publish(batch).await {
+        if let Err(e) = events.publish_noted(batch, &notes).await {
             tracing::warn!(error = %e, "lapsed agents set offline, but agent.updated not published");
         }
     }

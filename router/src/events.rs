@@ -156,6 +156,11 @@ impl EventBatch {
         self.events.is_empty()
     }
 
+    /// How many events the batch holds.
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
     /// Encodes one event (as [`CloudEvent`] would serialize it) and appends it.
     fn push(&mut self, head: Head<'_>, data: impl Serialize) -> &mut Self {
         let body = encode(&head, EVENT_CAPACITY, |out| {
@@ -256,19 +261,16 @@ impl EventBatch {
         )
     }
 
-    /// `conversation.transferred`, naming the agent it left.
+    /// `conversation.transferred` at `at` (the transfer's time, which the conversation's
+    /// `updated_at` holds until its next change), naming the agent it left.
     pub fn conversation_transferred(
         &mut self,
         c: &Conversation,
         from_agent_id: Option<&str>,
+        at: DateTime<Utc>,
     ) -> &mut Self {
         self.push(
-            Head::state(
-                EventType::ConversationTransferred,
-                &c.tenant,
-                &c.id,
-                c.updated_at,
-            ),
+            Head::state(EventType::ConversationTransferred, &c.tenant, &c.id, at),
             TransferredData {
                 conversation: c,
                 from_agent_id,
@@ -334,13 +336,15 @@ impl EventBatch {
         )
     }
 
-    /// `agent.updated`.
+    /// `agent.updated` (id derived from the agent's `updated_at`, so the same state announced
+    /// again has the same id).
     pub fn agent_updated(&mut self, a: &Agent) -> &mut Self {
         self.push(
-            Head::fresh(
+            Head::state(
                 EventType::AgentUpdated,
                 switchyard_core::envelope::DEFAULT_TENANT,
                 &a.id,
+                a.updated_at,
             ),
             AgentData { agent: a },
         )
@@ -503,9 +507,11 @@ mod tests {
                     );
                 }
                 EventType::ConversationTransferred => {
+                    let c: Conversation = field(&want, "conversation");
                     batch.conversation_transferred(
-                        &field(&want, "conversation"),
+                        &c,
                         str_of("from_agent_id").as_deref(),
+                        c.updated_at,
                     );
                 }
                 EventType::MessageReceived => {
@@ -597,7 +603,8 @@ mod tests {
                 batch.conversation_closed(&field(want, "conversation"), None)
             }
             EventType::ConversationTransferred => {
-                batch.conversation_transferred(&field(want, "conversation"), None)
+                let c: Conversation = field(want, "conversation");
+                batch.conversation_transferred(&c, None, c.updated_at)
             }
             _ => batch.conversation(t, &field(want, "conversation")),
         };
@@ -713,7 +720,8 @@ mod tests {
             | EventType::ConversationAssigned
             | EventType::ConversationClosed
             | EventType::ConversationTransferred
-            | EventType::CustomerCreated => assert_eq!(
+            | EventType::CustomerCreated
+            | EventType::AgentUpdated => assert_eq!(
                 CloudEvent::state_id(t, subject, event.time),
                 event.id,
                 "{t:?}: the time of a state event is the one its id is derived from"
@@ -798,7 +806,7 @@ mod tests {
                     agent_id: Some("agent-7"),
                 },
             );
-            batch.conversation_transferred(c, None);
+            batch.conversation_transferred(c, None, c.updated_at);
             assert_encoded_as_reference(
                 &batch,
                 EventType::ConversationTransferred,

@@ -146,8 +146,14 @@ impl InboundRouter {
         let mut assigned = Vec::new();
         if !resolution.closed.is_empty() {
             // A merge closed a conversation and freed its agent: let every queue move.
-            assigned =
-                assign_pools(&*self.store, &self.metrics, &self.all_pools, &mut events).await?;
+            assign_pools(
+                &*self.store,
+                &self.metrics,
+                &self.all_pools,
+                &mut events,
+                &mut assigned,
+            )
+            .await?;
         }
         self.events.publish(events).await?;
         announced(&*self.store, &assigned).await;
@@ -184,8 +190,14 @@ impl InboundRouter {
         let mut assigned = Vec::new();
         if !resolution.closed.is_empty() {
             // A merge closed a conversation and freed its agent: let queues move.
-            assigned =
-                assign_pools(&*self.store, &self.metrics, &self.all_pools, &mut events).await?;
+            assign_pools(
+                &*self.store,
+                &self.metrics,
+                &self.all_pools,
+                &mut events,
+                &mut assigned,
+            )
+            .await?;
         }
         self.events.publish(events).await?;
         announced(&*self.store, &assigned).await;

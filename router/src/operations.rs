@@ -14,9 +14,11 @@ use switchyard_core::identity::IdentityKey;
 use switchyard_core::metrics::Metrics;
 use switchyard_core::model::{Agent, Conversation, ConversationStatus, Customer};
 use switchyard_core::protocol::ConversationView;
-use switchyard_core::store::{AgentUpdate, ResolveRequest, Store, StoreError, TransferTarget};
+use switchyard_core::store::{
+    AgentUpdate, Note, NoteKind, ResolveRequest, Store, StoreError, TransferTarget,
+};
 
-use crate::assignment::{announced, assign_pools};
+use crate::assignment::assign_pools;
 use crate::error::RouteError;
 use crate::events::EventBatch;
 use crate::outbox::Outbox;
@@ -78,15 +80,20 @@ impl Operations {
 
     /// Creates or updates an agent, then assigns whatever its new room allows.
     pub async fn put_agent(&self, update: AgentUpdate) -> Result<Agent, RouteError> {
-        let agent = self
-            .store
-            .upsert_agent(update, switchyard_core::time::now())
-            .await?;
+        let now = switchyard_core::time::now();
+        let agent = self.store.upsert_agent(update, now).await?;
         let mut events = EventBatch::new();
         events.agent_updated(&agent);
-        let assigned = assign_pools(&*self.store, &self.metrics, &agent.pools, &mut events).await?;
-        self.outbox.publish(events).await?;
-        announced(&*self.store, &assigned).await;
+        let mut notes = vec![Note::new(NoteKind::AgentUpdated, &agent.id, now)];
+        assign_pools(
+            &*self.store,
+            &self.metrics,
+            &agent.pools,
+            &mut events,
+            &mut notes,
+        )
+        .await?;
+        self.outbox.publish_noted(events, &notes).await?;
         // Assignment may have changed the agent's conversations; answer with the fresh record.
         Ok(self.store.agent(&agent.id).await?.unwrap_or(agent))
     }
@@ -195,21 +202,26 @@ impl Operations {
         if let Some(agent) = agent_id {
             self.check_holder(conversation_id, agent).await?;
         }
+        let now = switchyard_core::time::now();
         let release = self
             .store
-            .close_conversation(conversation_id, "closed", switchyard_core::time::now())
+            .close_conversation(conversation_id, "closed", now)
             .await?;
         let released = release.released_agent.as_ref();
         let mut events = EventBatch::new();
         events.conversation_closed(&release.conversation, released.map(|a| a.id.as_str()));
-        let assigned = match released {
-            Some(agent) => {
-                assign_pools(&*self.store, &self.metrics, &agent.pools, &mut events).await?
-            }
-            None => Vec::new(),
-        };
-        self.outbox.publish(events).await?;
-        announced(&*self.store, &assigned).await;
+        let mut notes = vec![Note::new(NoteKind::Closed, conversation_id, now)];
+        if let Some(agent) = released {
+            assign_pools(
+                &*self.store,
+                &self.metrics,
+                &agent.pools,
+                &mut events,
+                &mut notes,
+            )
+            .await?;
+        }
+        self.outbox.publish_noted(events, &notes).await?;
         Ok(release.conversation)
     }
 
@@ -223,35 +235,34 @@ impl Operations {
         if let Some(agent) = by_agent {
             self.check_holder(conversation_id, agent).await?;
         }
+        let now = switchyard_core::time::now();
         let release = self
             .store
-            .transfer(
-                conversation_id,
-                target.clone(),
-                switchyard_core::time::now(),
-            )
+            .transfer(conversation_id, target.clone(), now)
             .await?;
         let from = release.released_agent.as_ref().map(|a| a.id.as_str());
         let mut events = EventBatch::new();
-        events.conversation_transferred(&release.conversation, from);
+        events.conversation_transferred(&release.conversation, from, now);
         let mut pools: Vec<String> = release
             .released_agent
             .as_ref()
             .map(|a| a.pools.clone())
             .unwrap_or_default();
-        match target {
+        let kind = match target {
             TransferTarget::Pool(pool) => {
                 events.conversation(EventType::ConversationQueued, &release.conversation);
                 pools.push(pool);
+                NoteKind::TransferredToPool
             }
             TransferTarget::Agent(_) => {
                 events.conversation(EventType::ConversationAssigned, &release.conversation);
+                NoteKind::TransferredToAgent
             }
-        }
+        };
         pools.dedup();
-        let assigned = assign_pools(&*self.store, &self.metrics, &pools, &mut events).await?;
-        self.outbox.publish(events).await?;
-        announced(&*self.store, &assigned).await;
+        let mut notes = vec![Note::new(kind, conversation_id, now)];
+        assign_pools(&*self.store, &self.metrics, &pools, &mut events, &mut notes).await?;
+        self.outbox.publish_noted(events, &notes).await?;
         Ok(self
             .store
             .conversation(conversation_id)

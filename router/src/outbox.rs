@@ -9,9 +9,11 @@
 //! older than a grace period (longer than any publish can take), so a recorded reply is never
 //! lost; at worst it goes out twice with one id, and the outbound worker drops the second copy.
 //!
-//! Assignments made by commands are noted in the store in the same step that makes them, and the
-//! notes cleared once their `conversation.assigned` is published or kept; the republisher
-//! announces, from the stored conversation, those whose notes are older than the grace.
+//! The other changes commands make (an assignment, a close, a transfer, an agent update, a lapsed
+//! agent set offline) are noted in the store in the same step that makes them ([`Note`]), and
+//! the notes cleared once their events are published or kept ([`Outbox::publish_noted`]); the
+//! republisher announces, from the stored state, the changes whose notes are older than the
+//! grace, with the event ids their command would have given them.
 //!
 //! Routing does not need this: a message whose events were not confirmed is not acknowledged, so
 //! the bus redelivers it and the retry announces everything again.
@@ -24,13 +26,13 @@ use serde::{Deserialize, Serialize};
 use switchyard_core::bus::topology::EVENTS_EXCHANGE;
 use switchyard_core::bus::{Bus, BusError, Message};
 use switchyard_core::envelope::new_id;
+use switchyard_core::event::EventType;
 use switchyard_core::metrics::Metrics;
-use switchyard_core::store::{MailboxItem, MailboxPush, Store};
+use switchyard_core::model::ConversationStatus;
+use switchyard_core::store::{MailboxItem, MailboxPush, Note, NoteKind, Store, StoreError};
 use tokio_util::sync::CancellationToken;
 
 use crate::events::EventBatch;
-use switchyard_core::event::EventType;
-use switchyard_core::model::Conversation;
 
 /// The store mailbox holding deferred batches, oldest first.
 pub const OUTBOX_MAILBOX: &str = "bus-outbox";
@@ -132,6 +134,15 @@ impl Outbox {
             return Ok(());
         }
         self.send(EVENTS_EXCHANGE, batch.into_messages()?).await
+    }
+
+    /// Publishes the events of a command's noted changes (see [`Outbox::publish`]), then clears
+    /// the notes. If the store does not answer, the notes stay, and the republisher announces
+    /// the changes again after the grace, with the same event ids.
+    pub async fn publish_noted(&self, batch: EventBatch, notes: &[Note]) -> Result<(), BusError> {
+        self.publish(batch).await?;
+        crate::assignment::announced(&*self.store, notes).await;
+        Ok(())
     }
 
     /// Publishes `messages` on `exchange`, in order: on the events exchange as an event batch (an
@@ -247,10 +258,10 @@ impl Outbox {
     /// Republishes the outbox's batches, oldest first, stopping at the first the bus refuses for a
     /// transient reason, or at a staged batch still within its grace; a batch it refuses for good
     /// (nothing is bound for it any more) is dropped, so that it cannot hold up the rest. Then
-    /// announces the assignments nobody announced. One process at a time does this (a store
-    /// claim); returns how many batches left the outbox, plus the assignments announced.
+    /// announces the noted changes nobody announced. One process at a time does this (a store
+    /// claim); returns how many batches left the outbox, plus the notes announced.
     pub async fn republish(&self) -> Result<usize, BusError> {
-        // Most rounds find the outbox empty and no assignment unannounced: two reads, no claim.
+        // Most rounds find the outbox empty and nothing unannounced: two reads, no claim.
         let waiting = self.read().await?.len();
         self.waiting(waiting);
         if waiting == 0 && self.unannounced().await?.is_empty() {
@@ -278,41 +289,84 @@ impl Outbox {
         result
     }
 
-    /// Conversations a command assigned more than the grace ago whose `conversation.assigned`
-    /// nobody announced (see [`crate::assignment::assign_pools`]).
-    async fn unannounced(&self) -> Result<Vec<Conversation>, BusError> {
+    /// Changes commands noted more than the grace ago whose events nobody announced (the command
+    /// stopped, or lost the store's reply).
+    async fn unannounced(&self) -> Result<Vec<Note>, BusError> {
         self.store
-            .unannounced_assignments(self.grace_cutoff())
+            .unannounced(self.grace_cutoff())
             .await
-            .map_err(|e| BusError::Unavailable(format!("cannot read unannounced assignments: {e}")))
+            .map_err(|e| BusError::Unavailable(format!("cannot read unannounced changes: {e}")))
     }
 
-    /// Announces the assignments [`Outbox::unannounced`] finds, from their stored state (so with
-    /// the event ids they would have had), then clears their notes. Returns how many.
+    /// Announces the changes [`Outbox::unannounced`] finds, from their stored state (so with the
+    /// event ids their command would have given them), in the order they were made, then clears
+    /// their notes. Returns how many notes it cleared.
     async fn announce_unannounced(&self) -> Result<usize, BusError> {
-        let conversations = self.unannounced().await?;
-        if conversations.is_empty() {
+        let notes = self.unannounced().await?;
+        if notes.is_empty() {
             return Ok(0);
         }
         let mut batch = EventBatch::new();
-        for c in &conversations {
-            batch.conversation(EventType::ConversationAssigned, c);
+        for note in &notes {
+            self.render(note, &mut batch).await.map_err(|e| {
+                BusError::Unavailable(format!("cannot read what a note is about: {e}"))
+            })?;
         }
+        let events = batch.len();
         self.publish(batch).await?;
-        let ids: Vec<String> = conversations.into_iter().map(|c| c.id).collect();
-        self.store.assignments_announced(&ids).await.map_err(|e| {
-            BusError::Unavailable(format!("cannot clear announced assignments: {e}"))
-        })?;
+        self.store
+            .clear_notes(&notes)
+            .await
+            .map_err(|e| BusError::Unavailable(format!("cannot clear announced notes: {e}")))?;
         tracing::warn!(
-            conversations = ids.len(),
-            "announced assignments whose command did not (it stopped, or lost the store's reply)"
+            notes = notes.len(),
+            events,
+            "announced changes whose command did not (it stopped, or lost the store's reply)"
         );
-        let announced = ids.len();
         self.metrics
             .outbox
             .with_label_values(&["announced"])
-            .inc_by(u64::try_from(announced).unwrap_or(u64::MAX));
-        Ok(announced)
+            .inc_by(u64::try_from(notes.len()).unwrap_or(u64::MAX));
+        Ok(notes.len())
+    }
+
+    /// Adds the events of a noted change to `batch`, from the state stored now: nothing for a
+    /// change undone meanwhile (an assignment whose conversation was closed or queued again; a
+    /// record that is gone). A conversation event keeps the id its command gave it: the id comes
+    /// from the time of the change, which the stored conversation, or the note, keeps.
+    async fn render(&self, note: &Note, batch: &mut EventBatch) -> Result<(), StoreError> {
+        if note.kind == NoteKind::AgentUpdated {
+            if let Some(agent) = self.store.agent(&note.subject).await? {
+                batch.agent_updated(&agent);
+            }
+            return Ok(());
+        }
+        let Some(c) = self.store.conversation(&note.subject).await? else {
+            return Ok(());
+        };
+        let from = note.from_agent.as_deref();
+        match note.kind {
+            NoteKind::Assigned if c.status == ConversationStatus::Assigned => {
+                batch.conversation(EventType::ConversationAssigned, &c);
+            }
+            NoteKind::Closed if c.status == ConversationStatus::Closed => {
+                batch.conversation_closed(&c, from);
+            }
+            NoteKind::TransferredToPool => {
+                batch.conversation_transferred(&c, from, note.at);
+                if c.status == ConversationStatus::Queued {
+                    batch.conversation(EventType::ConversationQueued, &c);
+                }
+            }
+            NoteKind::TransferredToAgent => {
+                batch.conversation_transferred(&c, from, note.at);
+                if c.status == ConversationStatus::Assigned {
+                    batch.conversation(EventType::ConversationAssigned, &c);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     /// The batches the outbox holds, oldest first.

@@ -16,7 +16,8 @@ use switchyard_core::bus::topology::outbound_queue;
 use switchyard_core::conformance::bus::OUTBOUND_KIND;
 use switchyard_core::conformance::store::wechat_channel;
 use switchyard_core::envelope::{Content, Envelope};
-use switchyard_core::model::ConversationStatus;
+use switchyard_core::model::{AgentStatus, ConversationStatus};
+use switchyard_core::store::{AgentUpdate, NoteKind, TransferTarget};
 use switchyard_router::inbound::Routed;
 use switchyard_router::operations::Operations;
 use switchyard_router::outbox::{OUTBOX_MAILBOX, Outbox, REPUBLISH_LOCK, STAGED_GRACE};
@@ -43,15 +44,20 @@ async fn kept(s: &Setup) -> Vec<Vec<String>> {
         .collect()
 }
 
-/// Conversations noted as assigned and not announced, whatever their age.
-async fn unannounced(s: &Setup) -> Vec<String> {
+/// The changes noted and not cleared, whatever their age: (kind, subject, agent left).
+async fn unannounced(s: &Setup) -> Vec<(NoteKind, String, Option<String>)> {
     s.store
-        .unannounced_assignments(switchyard_core::time::now() + chrono::TimeDelta::days(1))
+        .unannounced(switchyard_core::time::now() + chrono::TimeDelta::days(1))
         .await
         .expect("unannounced")
         .into_iter()
-        .map(|c| c.id)
+        .map(|n| (n.kind, n.subject, n.from_agent))
         .collect()
+}
+
+/// The (routing key, id) of every event batch whose publish hung, batch by batch.
+fn hung(s: &Setup) -> Vec<Vec<(String, String)>> {
+    s.bus.hung.lock().expect("hung").clone()
 }
 
 fn outbox_count(s: &Setup, outcome: &str) -> u64 {
@@ -136,7 +142,8 @@ on_both_stores!(
     refused_events_of_a_command_are_kept_and_republished_in_order_with_their_ids,
     a_reply_the_bus_refuses_is_kept_and_sent_later,
     a_reply_whose_process_stops_before_the_confirm_is_sent_after_the_grace,
-    an_assignment_whose_command_stops_before_announcing_it_is_announced_after_the_grace,
+    a_close_whose_command_stops_before_announcing_it_is_announced_after_the_grace,
+    transfers_and_agent_updates_whose_command_stops_are_announced_after_the_grace,
     what_the_bus_refuses_for_good_is_not_kept_and_cannot_hold_up_the_outbox,
     one_process_at_a_time_republishes,
 );
@@ -409,7 +416,29 @@ async fn one_process_at_a_time_republishes(mut s: Setup) {
     assert_eq!(types(&drain(&mut s.events).await), ["conversation.closed"]);
 }
 
-async fn an_assignment_whose_command_stops_before_announcing_it_is_announced_after_the_grace(
+/// The events the republisher announced, as (routing key, id), checked to be those the
+/// command's hung batches held (`expected`, picked from them by batch and position).
+fn assert_announced_as_hung(
+    s: &Setup,
+    announced: &[(String, switchyard_core::event::CloudEvent)],
+    expected: &[(usize, usize)],
+) {
+    let hung = hung(s);
+    let want: Vec<(String, String)> = expected
+        .iter()
+        .map(|&(batch, at)| hung[batch][at].clone())
+        .collect();
+    let got: Vec<(String, String)> = announced
+        .iter()
+        .map(|(key, e)| (key.clone(), e.id.clone()))
+        .collect();
+    assert_eq!(
+        got, want,
+        "announced events (with ids) vs. the command's own"
+    );
+}
+
+async fn a_close_whose_command_stops_before_announcing_it_is_announced_after_the_grace(
     mut s: Setup,
 ) {
     set_capacity(&s.store, 1).await;
@@ -431,30 +460,37 @@ async fn an_assignment_whose_command_stops_before_announcing_it_is_announced_aft
         (next.agent_id.as_deref() == Some("a1")).then_some(())
     })
     .await;
-    assert_eq!(unannounced(&s).await, std::slice::from_ref(&waiting));
+    assert_eq!(
+        unannounced(&s).await,
+        [
+            (NoteKind::Closed, first.clone(), Some("a1".to_owned())),
+            (NoteKind::Assigned, waiting.clone(), None),
+        ]
+    );
 
-    // Within the grace the republisher leaves it: the command may still be announcing it.
+    // Within the grace the republisher leaves them: the command may still be announcing them.
     assert_eq!(outbox.republish().await.expect("republish"), 0);
     assert!(
         drain(&mut s.events).await.is_empty(),
         "announced within the grace"
     );
 
-    // Past the grace (another process, say), it is announced from the stored conversation, once.
+    // Past the grace (another process, say), they are announced from the stored state, once,
+    // with the ids the command gave them.
     let later = outbox.with_staged_grace(Duration::ZERO);
-    assert_eq!(later.republish().await.expect("republish"), 1);
+    assert_eq!(later.republish().await.expect("republish"), 2);
     let announced = drain_events(&mut s.events).await;
-    assert_eq!(announced.len(), 1, "{announced:?}");
-    let (key, event) = &announced[0];
-    assert_eq!(key, "conversation.assigned");
-    assert_eq!(event.data["conversation"]["id"], waiting.as_str());
-    assert_eq!(event.data["conversation"]["agent_id"], "a1");
+    assert_announced_as_hung(&s, &announced, &[(0, 0), (0, 1)]);
+    assert_eq!(announced[0].1.data["conversation"]["id"], first.as_str());
+    assert_eq!(announced[0].1.data["agent_id"], "a1");
+    assert_eq!(announced[1].1.data["conversation"]["id"], waiting.as_str());
+    assert_eq!(announced[1].1.data["conversation"]["agent_id"], "a1");
     assert!(unannounced(&s).await.is_empty());
-    assert_eq!(outbox_count(&s, "announced"), 1);
+    assert_eq!(outbox_count(&s, "announced"), 2);
     assert_eq!(later.republish().await.expect("republish"), 0);
     assert!(drain(&mut s.events).await.is_empty(), "announced twice");
 
-    // A command that announces its assignment leaves no note behind.
+    // A command that announces its changes leaves no note behind.
     let third = conversation_of(&s, "u-h").await;
     ops.close(&waiting, Some("a1")).await.expect("close");
     let published = drain_events(&mut s.events).await;
@@ -467,8 +503,109 @@ async fn an_assignment_whose_command_stops_before_announcing_it_is_announced_aft
     );
     assert!(
         unannounced(&s).await.is_empty(),
-        "an announced assignment is still noted"
+        "an announced change is still noted"
     );
+}
+
+/// A transfer straight to an agent, a transfer to a pool, and an agent update, each stopped
+/// during its publish: after the grace, each is announced once, with the events and ids the
+/// command would have published (the second transfer's `conversation.queued` too; not the first
+/// one's `conversation.assigned`, since the conversation is no longer assigned).
+async fn transfers_and_agent_updates_whose_command_stops_are_announced_after_the_grace(
+    mut s: Setup,
+) {
+    let (ops, outbox) = commands(&s);
+    let online = |id: &str| AgentUpdate {
+        id: id.to_owned(),
+        pools: Some(vec!["default".into()]),
+        capacity: Some(1),
+        status: Some(AgentStatus::Online),
+        ..AgentUpdate::default()
+    };
+    ops.put_agent(online("a2")).await.expect("a2");
+    let conversation = conversation_of(&s, "u-t").await;
+    drain(&mut s.events).await;
+    assert!(unannounced(&s).await.is_empty());
+
+    let stopped = |target: TransferTarget,
+                   done: fn(&switchyard_core::model::Conversation) -> bool| {
+        let ops = ops.clone();
+        let store = Arc::clone(&s.store);
+        let conversation = conversation.clone();
+        let bus = Arc::clone(&s.bus);
+        async move {
+            bus.hanging.store(1, Ordering::SeqCst);
+            let task = tokio::spawn({
+                let conversation = conversation.clone();
+                async move { ops.transfer(&conversation, None, target).await }
+            });
+            stop_once_stored(task, "the transfer", async || {
+                let c = store.conversation(&conversation).await.unwrap().unwrap();
+                done(&c).then_some(())
+            })
+            .await;
+        }
+    };
+    stopped(TransferTarget::Agent("a2".into()), |c| {
+        c.agent_id.as_deref() == Some("a2")
+    })
+    .await;
+    // Nobody is in pool `elsewhere`: the conversation stays queued there.
+    stopped(TransferTarget::Pool("elsewhere".into()), |c| {
+        c.status == ConversationStatus::Queued
+    })
+    .await;
+    s.bus.hanging.store(1, Ordering::SeqCst);
+    let task = tokio::spawn({
+        let ops = ops.clone();
+        async move { ops.put_agent(online("a3")).await }
+    });
+    stop_once_stored(task, "the agent", async || {
+        s.store.agent("a3").await.unwrap().map(|_| ())
+    })
+    .await;
+    assert_eq!(
+        unannounced(&s).await,
+        [
+            (
+                NoteKind::TransferredToAgent,
+                conversation.clone(),
+                Some("a1".to_owned())
+            ),
+            (
+                NoteKind::TransferredToPool,
+                conversation.clone(),
+                Some("a2".to_owned())
+            ),
+            (NoteKind::AgentUpdated, "a3".to_owned(), None),
+        ]
+    );
+    let batches = hung(&s);
+    let hung_types: Vec<Vec<&str>> = batches
+        .iter()
+        .map(|b| b.iter().map(|(key, _)| key.as_str()).collect())
+        .collect();
+    assert_eq!(
+        hung_types,
+        [
+            vec!["conversation.transferred", "conversation.assigned"],
+            vec!["conversation.transferred", "conversation.queued"],
+            vec!["agent.updated"],
+        ]
+    );
+
+    let later = outbox.with_staged_grace(Duration::ZERO);
+    assert_eq!(later.republish().await.expect("republish"), 3);
+    let announced = drain_events(&mut s.events).await;
+    assert_announced_as_hung(&s, &announced, &[(0, 0), (1, 0), (1, 1), (2, 0)]);
+    assert_eq!(announced[0].1.data["from_agent_id"], "a1");
+    assert_eq!(announced[1].1.data["from_agent_id"], "a2");
+    assert_eq!(announced[2].1.data["conversation"]["pool"], "elsewhere");
+    assert_eq!(announced[3].1.data["agent"]["id"], "a3");
+    assert_eq!(announced[3].1.data["agent"]["status"], "online");
+    assert!(unannounced(&s).await.is_empty());
+    assert_eq!(later.republish().await.expect("republish"), 0);
+    assert!(drain(&mut s.events).await.is_empty(), "announced twice");
 }
 
 /// A running gateway (no router): an agent coming online while the bus refuses events is

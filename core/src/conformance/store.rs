@@ -18,8 +18,8 @@ use crate::identity::{IdentityKey, IdentityStrength};
 use crate::model::{Agent, AgentStatus, Conversation, ConversationStatus, Customer};
 use crate::store::{
     AgentUpdate, Assignment, InboundOutcome, InboundRecord, InboundRouting, MailboxPush, Merge,
-    Resolution, ResolveRequest, SenderResolution, Store, StoreError, TransferTarget,
-    route_inbound_stepwise,
+    Note, NoteKind, Resolution, ResolveRequest, SenderResolution, Store, StoreError,
+    TransferTarget, route_inbound_stepwise,
 };
 
 use IdentityStrength::{Strong, Weak};
@@ -1190,16 +1190,47 @@ pub async fn queue_fifo_head_assigned_when_room_frees(factory: &impl MakeStore, 
     );
 }
 
-/// `assign_queued_noted` notes each assignment as unannounced, in the same step: the notes are
-/// listed once old enough, oldest first, until cleared, and dropped once their conversation is
-/// no longer assigned. `assign_queued` notes nothing.
-pub async fn unannounced_assignment_notes(factory: &impl MakeStore, prefix: &str) {
-    let what = "unannounced_assignment_notes";
+/// Commands' changes are noted in the same step as the change ([`Note`]): an assignment by
+/// `assign_queued_noted` (never by routing's `assign_queued`), an agent update, a close and a
+/// transfer (with the agent they took the conversation from), and a lapsed agent's expiry. Notes
+/// are listed once old enough, oldest first, until cleared; a refused command notes nothing.
+pub async fn unannounced_notes(factory: &impl MakeStore, prefix: &str) {
+    use NoteKind::*;
+    let what = "unannounced_notes";
     let store = factory.make().await;
     let pool = format!("{prefix}default");
-    let x = format!("{prefix}agent-x");
+    let other_pool = format!("{prefix}other");
+    let (x, y) = (format!("{prefix}agent-x"), format!("{prefix}agent-y"));
     let (_, _, first) = open(&store, prefix, "n1", &pool, at(1)).await;
     let (_, _, second) = open(&store, prefix, "n2", &pool, at(2)).await;
+    let (_, _, third) = open(&store, prefix, "n3", &pool, at(2)).await;
+    // Only this case's notes: `run_all` shares one store between cases.
+    let ours: Vec<String> = vec![
+        first.id.clone(),
+        second.id.clone(),
+        third.id.clone(),
+        x.clone(),
+        y.clone(),
+    ];
+    let listed = |before: DateTime<Utc>| {
+        let (store, ours) = (Arc::clone(&store), ours.clone());
+        async move {
+            store
+                .unannounced(before)
+                .await
+                .unwrap_or_else(|e| panic!("{what}: list: {e}"))
+                .into_iter()
+                .filter(|n| ours.contains(&n.subject))
+                .collect::<Vec<_>>()
+        }
+    };
+    let note = |kind, subject: &str, t: i64, from: Option<&str>| Note {
+        kind,
+        subject: subject.to_owned(),
+        at: at(t),
+        from_agent: from.map(str::to_owned),
+    };
+
     agent(&store, &x, &[&pool], 2, AgentStatus::Online, at(3)).await;
     let made = store
         .assign_queued_noted(&pool, at(4))
@@ -1213,57 +1244,100 @@ pub async fn unannounced_assignment_notes(factory: &impl MakeStore, prefix: &str
         ],
         "{what}: assignments"
     );
-    let listed = |before: DateTime<Utc>| {
-        let store = Arc::clone(&store);
-        async move {
-            store
-                .unannounced_assignments(before)
-                .await
-                .unwrap_or_else(|e| panic!("{what}: list: {e}"))
-                .into_iter()
-                .map(|c| (c.id, c.agent_id))
-                .collect::<Vec<_>>()
-        }
-    };
-    assert!(
-        listed(at(3)).await.is_empty(),
-        "{what}: notes listed before they were made"
-    );
-    // Both were noted at the same time: listed by conversation id.
-    let mut both = vec![
-        (first.id.clone(), Some(x.clone())),
-        (second.id.clone(), Some(x.clone())),
+    assert!(listed(at(2)).await.is_empty(), "{what}: listed too early");
+    // Notes of the same instant are listed by subject.
+    let mut assigned = vec![
+        note(Assigned, &first.id, 4, None),
+        note(Assigned, &second.id, 4, None),
     ];
-    both.sort();
-    assert_eq!(listed(at(4)).await, both, "{what}: the notes");
+    assigned.sort_by(|a, b| a.subject.cmp(&b.subject));
+    let mut want = vec![note(AgentUpdated, &x, 3, None)];
+    want.extend(assigned);
+    assert_eq!(listed(at(4)).await, want, "{what}: agent and assignments");
 
-    // A closed conversation's note is dropped; a cleared one is gone.
     store
         .close_conversation(&first.id, "resolved", at(5))
         .await
         .unwrap_or_else(|e| panic!("{what}: close: {e}"));
-    assert_eq!(
-        listed(at(9)).await,
-        vec![(second.id.clone(), Some(x.clone()))],
-        "{what}: after the close"
+    agent(&store, &y, &[&pool], 1, AgentStatus::Online, at(6)).await;
+    for (target, t) in [
+        (TransferTarget::Agent(y.clone()), 7),
+        (TransferTarget::Pool(other_pool.clone()), 8),
+    ] {
+        store
+            .transfer(&second.id, target, at(t))
+            .await
+            .unwrap_or_else(|e| panic!("{what}: transfer: {e}"));
+    }
+    // Refused commands note nothing.
+    assert!(
+        store
+            .close_conversation(&first.id, "again", at(9))
+            .await
+            .is_err(),
+        "{what}: a second close"
     );
-    store
-        .assignments_announced(std::slice::from_ref(&second.id))
-        .await
-        .unwrap_or_else(|e| panic!("{what}: clear: {e}"));
-    assert!(listed(at(9)).await.is_empty(), "{what}: a cleared note");
+    assert!(
+        store
+            .transfer(&first.id, TransferTarget::Pool(pool.clone()), at(9))
+            .await
+            .is_err(),
+        "{what}: a transfer of a closed conversation"
+    );
+    want.extend([
+        note(Closed, &first.id, 5, Some(&x)),
+        note(AgentUpdated, &y, 6, None),
+        note(TransferredToAgent, &second.id, 7, Some(&x)),
+        note(TransferredToPool, &second.id, 8, Some(&y)),
+    ]);
+    assert_eq!(listed(at(9)).await, want, "{what}: every change");
+    assert_eq!(
+        listed(at(6)).await,
+        want[..5].to_vec(),
+        "{what}: those at or before a time"
+    );
 
-    // Plain `assign_queued` (routing's) notes nothing.
-    let (_, _, third) = open(&store, prefix, "n3", &pool, at(6)).await;
-    let plain = assign(&store, &pool, at(7)).await;
+    // Cleared notes are gone, matched by key (whatever agent a copy names); clearing again
+    // changes nothing.
+    let mut cleared = want[..3].to_vec();
+    cleared[0].from_agent = Some("someone".to_owned());
+    for _ in 0..2 {
+        store
+            .clear_notes(&cleared)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: clear: {e}"));
+        assert_eq!(listed(at(9)).await, want[3..].to_vec(), "{what}: cleared");
+    }
+
+    // Routing's `assign_queued` notes nothing.
+    let plain = assign(&store, &pool, at(10)).await;
     assert_eq!(
         pairs(&plain),
         vec![(third.id.clone(), x.clone())],
         "{what}: the plain assignment"
     );
-    assert!(
-        listed(at(9)).await.is_empty(),
+    assert_eq!(
+        listed(at(10)).await,
+        want[3..].to_vec(),
         "{what}: assign_queued noted an assignment"
+    );
+
+    // A lapsed agent set offline by a sweep is noted.
+    store
+        .heartbeat_agent(&y, Duration::from_millis(1), at(11))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: heartbeat: {e}"));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let swept = store
+        .expire_lapsed_agents(at(12))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: sweep: {e}"));
+    assert!(swept.iter().any(|a| a.id == y), "{what}: {y} not swept");
+    want.push(note(AgentUpdated, &y, 12, None));
+    assert_eq!(
+        listed(at(12)).await,
+        want[3..].to_vec(),
+        "{what}: the sweep"
     );
 }
 
@@ -3037,7 +3111,7 @@ pub async fn run_all(factory: &impl MakeStore, prefix: &str) {
     concurrent_assignment_never_doubles(factory, &p("concurrent-assign")).await;
     queue_fifo_head_assigned_when_room_frees(factory, &p("fifo")).await;
     record_outbound_conflicts(factory, &p("outbound")).await;
-    unannounced_assignment_notes(factory, &p("unannounced")).await;
+    unannounced_notes(factory, &p("unannounced")).await;
     transfer_to_pool_and_agent(factory, &p("transfer")).await;
     merge_with_open_conversations(factory, &p("merge-open")).await;
     concurrent_resolution_converges(factory, &p("concurrent-resolve")).await;

@@ -10,9 +10,9 @@ use chrono::{DateTime, Utc};
 
 use super::{
     AgentUpdate, Assignment, InboundOutcome, InboundRecord, InboundRouting, MailboxItem,
-    MailboxPush, Merge, Release, Resolution, ResolveRequest, SenderResolution, Store, StoreError,
-    TransferTarget, decode_others_assigned, encode_others_assigned, others_assigned_key,
-    replay_others_assigned,
+    MailboxPush, Merge, Note, NoteKind, Release, Resolution, ResolveRequest, SenderResolution,
+    Store, StoreError, TransferTarget, decode_others_assigned, encode_others_assigned,
+    others_assigned_key, replay_others_assigned,
 };
 use crate::envelope::{Envelope, new_id};
 use crate::identity::{IdentityKey, IdentityStrength};
@@ -61,9 +61,8 @@ struct State {
     presence: HashMap<String, Presence>,
     /// Agents an assignment set offline (lapsed presence) that no sweep has returned yet.
     expired_unannounced: BTreeSet<String>,
-    /// Conversation id -> when its assignment was noted as unannounced
-    /// ([`Store::assign_queued_noted`]).
-    unannounced: HashMap<String, DateTime<Utc>>,
+    /// Changes whose events their command may not have published ([`Note`]), by key.
+    notes: HashMap<String, Note>,
     /// Mailboxes by key ([`Store::mailbox_push`]).
     mailboxes: HashMap<String, Mailbox>,
     mailbox_pushes: u64,
@@ -169,6 +168,11 @@ impl State {
         self.conversations
             .get_mut(id)
             .ok_or_else(|| not_found("conversation", id))
+    }
+
+    /// Keeps a [`Note`] until [`Store::clear_notes`] clears it.
+    fn note(&mut self, note: Note) {
+        self.notes.insert(note.key(), note);
     }
 
     /// Takes a conversation away from its agent or its queue; returns the agent it left.
@@ -791,39 +795,27 @@ impl Store for EmbeddedStore {
         let mut s = self.lock();
         let assignments = s.assign_queued(pool, now);
         for a in &assignments {
-            s.unannounced.insert(a.conversation.id.clone(), now);
+            s.note(Note::new(NoteKind::Assigned, &a.conversation.id, now));
         }
         Ok(assignments)
     }
 
-    async fn unannounced_assignments(
-        &self,
-        before: DateTime<Utc>,
-    ) -> Result<Vec<Conversation>, StoreError> {
-        let mut s = self.lock();
-        let State {
-            unannounced,
-            conversations,
-            ..
-        } = &mut *s;
-        unannounced.retain(|id, _| {
-            conversations
-                .get(id)
-                .is_some_and(|c| c.status == ConversationStatus::Assigned)
-        });
-        let mut due: Vec<(DateTime<Utc>, Conversation)> = unannounced
+    async fn unannounced(&self, before: DateTime<Utc>) -> Result<Vec<Note>, StoreError> {
+        let s = self.lock();
+        let mut due: Vec<(String, Note)> = s
+            .notes
             .iter()
-            .filter(|(_, noted)| **noted <= before)
-            .filter_map(|(id, noted)| conversations.get(id).map(|c| (*noted, c.clone())))
+            .filter(|(_, note)| note.at <= before)
+            .map(|(key, note)| (key.clone(), note.clone()))
             .collect();
-        due.sort_by(|a, b| (a.0, &a.1.id).cmp(&(b.0, &b.1.id)));
-        Ok(due.into_iter().map(|(_, c)| c).collect())
+        due.sort_by(|a, b| (a.1.at, &a.0).cmp(&(b.1.at, &b.0)));
+        Ok(due.into_iter().map(|(_, note)| note).collect())
     }
 
-    async fn assignments_announced(&self, conversation_ids: &[String]) -> Result<(), StoreError> {
+    async fn clear_notes(&self, notes: &[Note]) -> Result<(), StoreError> {
         let mut s = self.lock();
-        for id in conversation_ids {
-            s.unannounced.remove(id);
+        for note in notes {
+            s.notes.remove(&note.key());
         }
         Ok(())
     }
@@ -855,7 +847,8 @@ impl Store for EmbeddedStore {
                 updated_at: now,
             });
         }
-        s.agents
+        let agent = s
+            .agents
             .update(&update.id, |agent| {
                 if let Some(name) = update.name {
                     agent.name = name;
@@ -878,7 +871,9 @@ impl Store for EmbeddedStore {
                 agent.updated_at = now;
                 agent.clone()
             })
-            .ok_or_else(|| not_found("agent", &update.id))
+            .ok_or_else(|| not_found("agent", &update.id))?;
+        s.note(Note::new(NoteKind::AgentUpdated, &agent.id, now));
+        Ok(agent)
     }
 
     async fn heartbeat_agent(
@@ -944,6 +939,9 @@ impl Store for EmbeddedStore {
             {
                 out.push(s.agent_view(agent));
             }
+        }
+        for agent in &out {
+            s.note(Note::new(NoteKind::AgentUpdated, &agent.id, now));
         }
         Ok(out)
     }
@@ -1058,7 +1056,12 @@ impl Store for EmbeddedStore {
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<Release, StoreError> {
-        self.lock().close(id, reason, now)
+        let mut s = self.lock();
+        let release = s.close(id, reason, now)?;
+        let mut note = Note::new(NoteKind::Closed, id, now);
+        note.from_agent = release.released_agent.as_ref().map(|a| a.id.clone());
+        s.note(note);
+        Ok(release)
     }
 
     async fn transfer(
@@ -1101,6 +1104,16 @@ impl Store for EmbeddedStore {
             }
         }
         let released_agent = s.detach(id);
+        let mut note = Note::new(
+            match target {
+                TransferTarget::Pool(_) => NoteKind::TransferredToPool,
+                TransferTarget::Agent(_) => NoteKind::TransferredToAgent,
+            },
+            id,
+            now,
+        );
+        note.from_agent = released_agent.as_ref().map(|a| a.id.clone());
+        s.note(note);
         match target {
             TransferTarget::Pool(pool) => {
                 s.queues

@@ -357,6 +357,103 @@ pub struct Release {
     pub released_agent: Option<Agent>,
 }
 
+/// What a [`Note`] stands for: the events a change of state calls for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum NoteKind {
+    /// A conversation was assigned: `conversation.assigned`.
+    Assigned,
+    /// A conversation was closed: `conversation.closed`.
+    Closed,
+    /// A conversation was transferred to a pool: `conversation.transferred`, then
+    /// `conversation.queued`.
+    TransferredToPool,
+    /// A conversation was transferred straight to an agent: `conversation.transferred`, then
+    /// `conversation.assigned`.
+    TransferredToAgent,
+    /// An agent was created or changed: `agent.updated`.
+    AgentUpdated,
+}
+
+impl NoteKind {
+    /// Every kind.
+    pub const ALL: [NoteKind; 5] = [
+        NoteKind::Assigned,
+        NoteKind::Closed,
+        NoteKind::TransferredToPool,
+        NoteKind::TransferredToAgent,
+        NoteKind::AgentUpdated,
+    ];
+
+    /// The kind's name in a note's key.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoteKind::Assigned => "assigned",
+            NoteKind::Closed => "closed",
+            NoteKind::TransferredToPool => "transferred_to_pool",
+            NoteKind::TransferredToAgent => "transferred_to_agent",
+            NoteKind::AgentUpdated => "agent_updated",
+        }
+    }
+
+    /// The kind named `name` in a note's key.
+    pub fn parse(name: &str) -> Option<NoteKind> {
+        NoteKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+}
+
+/// A change a command made whose events the command may not have published yet.
+///
+/// Commands store their change first and publish its events second, and no bus redelivery
+/// repeats a command. So the store writes a note in the same atomic step as the change
+/// ([`Store::assign_queued_noted`], [`Store::close_conversation`], [`Store::transfer`],
+/// [`Store::upsert_agent`], [`Store::expire_lapsed_agents`]), and the command clears it
+/// ([`Store::clear_notes`]) once its events are published or kept in the outbox. If the command
+/// stops, or loses the store's reply, before that, the note stays: the outbox's republisher
+/// finds it ([`Store::unannounced`]) and announces the change from the stored state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    /// What changed.
+    pub kind: NoteKind,
+    /// The conversation changed (for [`NoteKind::AgentUpdated`], the agent).
+    pub subject: String,
+    /// When: the `now` of the change.
+    pub at: DateTime<Utc>,
+    /// The agent a close or a transfer took the conversation from.
+    pub from_agent: Option<String>,
+}
+
+impl Note {
+    /// A note of `kind` about `subject` at `at`, with no agent left.
+    pub fn new(kind: NoteKind, subject: impl Into<String>, at: DateTime<Utc>) -> Self {
+        Note {
+            kind,
+            subject: subject.into(),
+            at,
+            from_agent: None,
+        }
+    }
+
+    /// The note's key, unique per change: `<at, RFC 3339 with nanoseconds>|<kind>|<subject>`.
+    /// Keys sort byte-wise by time (the timestamp is fixed-width), which is how the Redis store
+    /// lists them.
+    pub fn key(&self) -> String {
+        let at = self.at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+        format!("{at}|{}|{}", self.kind.as_str(), self.subject)
+    }
+
+    /// The note a key was made from, with `from_agent`; `None` when the key is not one.
+    pub fn from_key(key: &str, from_agent: Option<String>) -> Option<Note> {
+        let (at, rest) = key.split_once('|')?;
+        let (kind, subject) = rest.split_once('|')?;
+        Some(Note {
+            kind: NoteKind::parse(kind)?,
+            subject: subject.to_owned(),
+            at: DateTime::parse_from_rfc3339(at).ok()?.with_timezone(&Utc),
+            from_agent,
+        })
+    }
+}
+
 /// One undelivered item of a mailbox ([`Store::mailbox_push`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MailboxItem {
@@ -437,28 +534,22 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<Vec<Assignment>, StoreError>;
 
-    /// [`Store::assign_queued`], also noting each assignment as unannounced in the same atomic
-    /// step, until [`Store::assignments_announced`] clears it. For assignments outside routing
-    /// (a command's), whose `conversation.assigned` no bus redelivery would repeat: if the caller
-    /// stops or loses the reply before announcing them, [`Store::unannounced_assignments`] still
-    /// finds them.
+    /// [`Store::assign_queued`], also noting each assignment ([`NoteKind::Assigned`] at `now`)
+    /// in the same atomic step. For assignments outside routing (a command's), whose
+    /// `conversation.assigned` no bus redelivery would repeat.
     async fn assign_queued_noted(
         &self,
         pool: &str,
         now: DateTime<Utc>,
     ) -> Result<Vec<Assignment>, StoreError>;
 
-    /// The conversations noted by [`Store::assign_queued_noted`] at or before `before` and not
-    /// announced since, that are still assigned, oldest first (then by conversation id). Notes of
-    /// conversations no longer assigned (closed, queued again) are dropped.
-    async fn unannounced_assignments(
-        &self,
-        before: DateTime<Utc>,
-    ) -> Result<Vec<Conversation>, StoreError>;
+    /// The notes ([`Note`]) made at or before `before` and not cleared since, oldest first (then
+    /// by key).
+    async fn unannounced(&self, before: DateTime<Utc>) -> Result<Vec<Note>, StoreError>;
 
-    /// Clears the notes of these conversations: their `conversation.assigned` is published (or
-    /// kept in the outbox).
-    async fn assignments_announced(&self, conversation_ids: &[String]) -> Result<(), StoreError>;
+    /// Clears these notes (matched by [`Note::key`]): their events are published, or kept in the
+    /// outbox, or no longer due. Notes that are gone already are ignored.
+    async fn clear_notes(&self, notes: &[Note]) -> Result<(), StoreError>;
 
     /// Everything routing one inbound message (not an identify/link event) does to the store,
     /// as one atomic operation, in order:
@@ -481,7 +572,7 @@ pub trait Store: Send + Sync + 'static {
         route_inbound_stepwise(self, req).await
     }
 
-    /// Creates or updates an agent.
+    /// Creates or updates an agent, noting it ([`NoteKind::AgentUpdated`] at `now`).
     async fn upsert_agent(
         &self,
         update: AgentUpdate,
@@ -516,7 +607,8 @@ pub trait Store: Send + Sync + 'static {
     /// ago, exactly as assignment does when it meets one, and returns them (for
     /// `agent.updated`): the expiry becomes visible without waiting for an assignment. Also
     /// returns, once, each agent that an assignment set offline that way since the last call,
-    /// as it is now, so that every expiry is announced.
+    /// as it is now, so that every expiry is announced. Notes each agent it returns
+    /// ([`NoteKind::AgentUpdated`] at `now`).
     async fn expire_lapsed_agents(&self, now: DateTime<Utc>) -> Result<Vec<Agent>, StoreError>;
 
     /// An agent by id.
@@ -554,7 +646,8 @@ pub trait Store: Send + Sync + 'static {
         stage: Option<MailboxPush<'_>>,
     ) -> Result<Conversation, StoreError>;
 
-    /// Closes a conversation, freeing its agent's capacity or its queue place.
+    /// Closes a conversation, freeing its agent's capacity or its queue place, and notes it
+    /// ([`NoteKind::Closed`] at `now`, with the agent it left).
     async fn close_conversation(
         &self,
         id: &str,
@@ -562,7 +655,9 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<Release, StoreError>;
 
-    /// Moves a conversation to another pool's queue or straight to an agent with room.
+    /// Moves a conversation to another pool's queue or straight to an agent with room, and notes
+    /// it ([`NoteKind::TransferredToPool`] or [`NoteKind::TransferredToAgent`] at `now`, with the
+    /// agent it left).
     async fn transfer(
         &self,
         id: &str,

@@ -51,8 +51,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 
 use super::{
     AgentUpdate, Assignment, InboundOutcome, InboundRecord, InboundRouting, MailboxItem,
-    MailboxPush, Merge, Release, Resolution, ResolveRequest, SenderResolution, Store, StoreError,
-    TransferTarget,
+    MailboxPush, Merge, Note, Release, Resolution, ResolveRequest, SenderResolution, Store,
+    StoreError, TransferTarget,
 };
 use crate::envelope::{ChannelRef, Envelope, Sender, new_id};
 use crate::identity::{IdentityKey, IdentityStrength};
@@ -258,7 +258,7 @@ impl RedisStore {
         let mut inv = ASSIGN.prepare_invoke();
         inv.arg(&self.prefix).arg(pool).arg(stamp(now));
         if noted {
-            inv.arg(now.timestamp_millis());
+            inv.arg("noted");
         }
         assignments(self.eval(&inv, false).await?)
     }
@@ -933,29 +933,34 @@ impl Store for RedisStore {
         self.assign(pool, now, true).await
     }
 
-    async fn unannounced_assignments(
-        &self,
-        before: DateTime<Utc>,
-    ) -> Result<Vec<Conversation>, StoreError> {
+    async fn unannounced(&self, before: DateTime<Utc>) -> Result<Vec<Note>, StoreError> {
         let mut inv = UNANNOUNCED.prepare_invoke();
-        inv.arg(&self.prefix)
-            .arg("list")
-            .arg(before.timestamp_millis());
-        let (_, mut items) = tagged(self.eval(&inv, true).await?)?;
-        list(items.next()?)?
-            .into_iter()
-            .map(some_conversation)
-            .collect()
+        inv.arg(&self.prefix).arg("list").arg(stamp(before));
+        let mut items = list(self.eval(&inv, true).await?)?.into_iter();
+        let mut notes = Vec::new();
+        while let Some(key) = items.next() {
+            let key = text(key)?;
+            let from_agent = opt_text(
+                items
+                    .next()
+                    .ok_or_else(|| bad("a note without its agent"))?,
+            )?;
+            notes.push(
+                Note::from_key(&key, from_agent)
+                    .ok_or_else(|| bad(format_args!("a note key `{key}`")))?,
+            );
+        }
+        Ok(notes)
     }
 
-    async fn assignments_announced(&self, conversation_ids: &[String]) -> Result<(), StoreError> {
-        if conversation_ids.is_empty() {
+    async fn clear_notes(&self, notes: &[Note]) -> Result<(), StoreError> {
+        if notes.is_empty() {
             return Ok(());
         }
         let mut inv = UNANNOUNCED.prepare_invoke();
         inv.arg(&self.prefix).arg("clear");
-        for id in conversation_ids {
-            inv.arg(id);
+        for note in notes {
+            inv.arg(note.key());
         }
         // Clearing what is gone already changes nothing, so a retry is safe.
         self.eval(&inv, true).await.map(drop)

@@ -23,13 +23,15 @@ use switchyard_router::inbound::InboundRouter;
 /// The embedded bus, except that the next `failing` event batches, and the next
 /// `failing_publishes` single publishes, fail as if the broker were gone, and the next
 /// `hanging_publishes` single publishes and `hanging` event batches never finish (as if the
-/// process stopped during them).
+/// process stopped during them); `hung` keeps the (routing key, message id) of each hanging
+/// event batch's messages.
 pub struct FlakyBus {
     pub inner: EmbeddedBus,
     pub failing: AtomicUsize,
     pub failing_publishes: AtomicUsize,
     pub hanging_publishes: AtomicUsize,
     pub hanging: AtomicUsize,
+    pub hung: std::sync::Mutex<Vec<Vec<(String, String)>>>,
 }
 
 /// Takes one failure from `counter`: whether the next call must fail.
@@ -69,6 +71,11 @@ impl Bus for FlakyBus {
             return Err(BusError::Unavailable("broker gone (test)".into()));
         }
         if take_failure(&self.hanging) {
+            let batch = messages
+                .iter()
+                .map(|(key, m)| (key.clone(), m.message_id.clone()))
+                .collect();
+            self.hung.lock().expect("hung").push(batch);
             std::future::pending::<()>().await;
         }
         self.inner.publish_events(exchange, messages).await
@@ -116,6 +123,7 @@ pub async fn setup_on(store: Arc<dyn Store>) -> Setup {
         failing_publishes: AtomicUsize::new(0),
         hanging_publishes: AtomicUsize::new(0),
         hanging: AtomicUsize::new(0),
+        hung: std::sync::Mutex::new(Vec::new()),
     });
     bus.declare(&Topology::standard(
         &switchyard_core::conformance::bus::options(100),
@@ -140,6 +148,7 @@ pub async fn setup_on(store: Arc<dyn Store>) -> Setup {
         )
         .await
         .expect("agent");
+    forget_notes(&store).await;
     let dyn_bus: Arc<dyn Bus> = bus.clone();
     let metrics = Metrics::new().expect("metrics");
     let router = InboundRouter::new(
@@ -213,6 +222,15 @@ pub async fn set_capacity(store: &Arc<dyn Store>, capacity: u32) {
         )
         .await
         .expect("capacity");
+    forget_notes(store).await;
+}
+
+/// Clears every note (`Store::unannounced`): the changes a test set up directly in the store
+/// need no announcing.
+pub async fn forget_notes(store: &Arc<dyn Store>) {
+    let everything = switchyard_core::time::now() + chrono::TimeDelta::days(1);
+    let notes = store.unannounced(everything).await.expect("notes");
+    store.clear_notes(&notes).await.expect("clear notes");
 }
 
 /// Every event published so far, as (type, conversation id in its data, event id).

@@ -1,6 +1,5 @@
--- assign_queued. ARGV: prefix, pool, now, and optionally the note score (Unix ms): then each
--- assignment is also noted as unannounced (Store::assign_queued_noted). Reply: {{conversation,
--- agent id}...}, in order.
+-- assign_queued. ARGV: prefix, pool, now, and optionally `noted`: then each assignment is also
+-- noted (Store::assign_queued_noted). Reply: {{conversation, agent id}...}, in order.
 -- Repeatedly: the head of the pool's queue (stale entries dropped) goes to the first agent of
 -- the pool's index of agents with room (idle_since, then id). Reading the index's first member
 -- costs the same with 3 agents or 3 000. A candidate whose tracked presence lapsed (its gateway
@@ -56,7 +55,7 @@ while true do
     redis.call('HSET', key('conv', head), 'status', 'assigned', 'agent_id', chosen,
       'assigned_at', now, 'updated_at', now)
     if ARGV[4] then
-      redis.call('ZADD', key('unannounced', 'assigned'), ARGV[4], head)
+      note('assigned', now, head)
     end
     out[#out + 1] = { conv_reply(head), chosen }
   end

@@ -235,6 +235,18 @@ local function expire_presence(id, now)
   redis.call('HSET', ak, 'status', 'offline', 'updated_at', now)
 end
 
+-- Notes a change whose events its command may not have published yet (Store::unannounced;
+-- Note::key in core/src/store/mod.rs): the sorted set `P:unannounced:notes` holds each note's key
+-- `<now>|<kind>|<subject>`, all with score 0, so that they sort by time; the hash
+-- `P:unannounced:from` maps a key to the agent a close or a transfer took the conversation from.
+local function note(kind, now, subject, from)
+  local member = now .. '|' .. kind .. '|' .. subject
+  redis.call('ZADD', key('unannounced', 'notes'), 0, member)
+  if from then
+    redis.call('HSET', key('unannounced', 'from'), member, from)
+  end
+end
+
 -- Appends `item` under `id` to mailbox `name` unless the id is there already (1 if added, else
 -- 0), drops the oldest items beyond `max_len`, and makes the mailbox expire `ttl` ms from now.
 -- `P:mailbox:{name}` lists the ids, oldest first; `P:mailbox-items:{name}` maps id -> item.

@@ -1,5 +1,5 @@
 -- transfer. ARGV: prefix, id, now, `pool`|`agent`, target.
--- Reply: {'ok', conversation, released agent or nil} | error.
+-- Reply: {'ok', conversation, released agent or nil} | error. Notes the transfer.
 
 local id, now, kind, target = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local ck = key('conv', id)
@@ -27,6 +27,7 @@ if kind == 'agent' then
 end
 
 local released = detach(id)
+note(kind == 'pool' and 'transferred_to_pool' or 'transferred_to_agent', now, id, released)
 if kind == 'pool' then
   redis.call('RPUSH', key('queue', target), id)
   redis.call('HSET', ck, 'status', 'queued', 'pool', target, 'queued_at', now, 'updated_at', now)

@@ -1,23 +1,23 @@
--- Notes of assignments not announced yet (Store::assign_queued_noted), in the sorted set
--- `P:unannounced:assigned` (conversation id by assignment time, Unix ms). ARGV: prefix, op, then:
---   list: before (ms) -> {'ok', conversations}: those noted at or before it that are still
---         assigned, oldest first; the notes of conversations no longer assigned are dropped
---   clear: conversation id, ... -> removes their notes
+-- Notes of changes whose events their command may not have published (see `note` in
+-- prelude.lua). ARGV: prefix, op, then:
+--   list: before (RFC 3339 with nanoseconds) -> {key, agent left or false, ...}: the notes made
+--         at or before it, oldest first (their keys start with their fixed-width time, and `|`
+--         sorts before `}`)
+--   clear: key, ... -> removes these notes
 
-local op, zk = ARGV[2], key('unannounced', 'assigned')
+local op = ARGV[2]
+local zk, fk = key('unannounced', 'notes'), key('unannounced', 'from')
 if op == 'list' then
   local out = {}
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', zk, '-inf', ARGV[3])) do
-    if redis.call('HGET', key('conv', id), 'status') == 'assigned' then
-      out[#out + 1] = conv_reply(id)
-    else
-      redis.call('ZREM', zk, id)
-    end
+  for _, member in ipairs(redis.call('ZRANGEBYLEX', zk, '-', '(' .. ARGV[3] .. '}')) do
+    out[#out + 1] = member
+    out[#out + 1] = redis.call('HGET', fk, member)
   end
-  return { 'ok', out }
+  return out
 elseif op == 'clear' then
   for n = 3, #ARGV do
     redis.call('ZREM', zk, ARGV[n])
+    redis.call('HDEL', fk, ARGV[n])
   end
   return 1
 end

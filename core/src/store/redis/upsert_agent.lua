@@ -1,6 +1,6 @@
 -- upsert_agent. ARGV: prefix, id, now, has name, name, has capacity, capacity, has status,
 -- status, has pools, pool count, pools..., has skills, skill count, skills...
--- Reply: the agent.
+-- Reply: the agent. Notes the update.
 
 local id, now = ARGV[2], ARGV[3]
 local has_name, name = ARGV[4] == '1', ARGV[5]
@@ -62,4 +62,5 @@ if has_status then
 end
 redis.call('HSET', ak, 'status', status, 'idle_since', idle, 'updated_at', now)
 index_agent(id)
+note('agent_updated', now, id)
 return agent_reply(id)
