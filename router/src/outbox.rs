@@ -29,7 +29,7 @@ use switchyard_core::envelope::new_id;
 use switchyard_core::event::EventType;
 use switchyard_core::metrics::Metrics;
 use switchyard_core::model::ConversationStatus;
-use switchyard_core::store::{MailboxItem, MailboxPush, Note, NoteKind, Store, StoreError};
+use switchyard_core::store::{MailboxHead, MailboxPush, Note, NoteKind, Store, StoreError};
 use tokio_util::sync::CancellationToken;
 
 use crate::events::EventBatch;
@@ -262,7 +262,7 @@ impl Outbox {
     /// claim); returns how many batches left the outbox, plus the notes announced.
     pub async fn republish(&self) -> Result<usize, BusError> {
         // Most rounds find the outbox empty and nothing unannounced: two reads, no claim.
-        let waiting = self.read().await?.len();
+        let waiting = self.head(0).await?.len;
         self.waiting(waiting);
         if waiting == 0 && self.unannounced().await?.is_empty() {
             return Ok(0);
@@ -369,23 +369,25 @@ impl Outbox {
         Ok(())
     }
 
-    /// The batches the outbox holds, oldest first.
-    async fn read(&self) -> Result<Vec<MailboxItem>, BusError> {
+    /// The oldest `limit` batches the outbox holds, and how many it holds in all.
+    async fn head(&self, limit: usize) -> Result<MailboxHead, BusError> {
         self.store
-            .mailbox_read(OUTBOX_MAILBOX)
+            .mailbox_head(OUTBOX_MAILBOX, limit)
             .await
             .map_err(|e| BusError::Unavailable(format!("cannot read the outbox: {e}")))
     }
 
     async fn republish_round(&self) -> Result<usize, BusError> {
         // Read again under the claim: another process may have emptied it meanwhile.
-        let items = self.read().await?;
-        let waiting = items.len();
+        let MailboxHead {
+            items,
+            len: waiting,
+        } = self.head(REPUBLISH_ROUND).await?;
         self.waiting(waiting);
         let mut left = 0;
         let started = std::time::Instant::now();
         let staged_before = self.grace_cutoff().timestamp_millis();
-        for item in items.into_iter().take(REPUBLISH_ROUND) {
+        for item in items {
             if started.elapsed() > REPUBLISH_ROUND_TIME {
                 break;
             }

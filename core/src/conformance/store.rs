@@ -2291,6 +2291,42 @@ pub async fn mailbox_push_read_ack(factory: &impl MakeStore, prefix: &str) {
     );
     assert_eq!(read(&m1).await, pairs(&[("f", "F again")]));
 
+    // The head of a mailbox, with its length; acknowledging its head, its tail, its middle.
+    let m6 = format!("{prefix}web:visitor-6");
+    let all = ["h1", "h2", "h3", "h4", "h5"];
+    for id in all {
+        assert!(push(&m6, id, id, 10, long).await, "{what}: push {id}");
+    }
+    let head = |limit: usize| {
+        let store = Arc::clone(&store);
+        let m = m6.clone();
+        async move {
+            let head = store
+                .mailbox_head(&m, limit)
+                .await
+                .unwrap_or_else(|e| panic!("{what}: mailbox_head({m}, {limit}): {e}"));
+            let ids: Vec<String> = head.items.into_iter().map(|item| item.id).collect();
+            (head.len, ids)
+        }
+    };
+    let ids = |items: &[&str]| items.iter().map(|i| (*i).to_owned()).collect::<Vec<_>>();
+    assert_eq!(head(0).await, (5, Vec::new()), "{what}: head(0)");
+    assert_eq!(head(2).await, (5, ids(&all[..2])), "{what}: head(2)");
+    assert_eq!(head(9).await, (5, ids(&all)), "{what}: head(9)");
+    for id in ["h1", "h5", "h3"] {
+        ack(&m6, &[id]).await;
+    }
+    assert_eq!(
+        read(&m6).await,
+        pairs(&[("h2", "h2"), ("h4", "h4")]),
+        "{what}: acknowledging the head, the tail and the middle"
+    );
+    assert_eq!(
+        head(1).await,
+        (2, ids(&["h2"])),
+        "{what}: head(1) after acks"
+    );
+
     // Expiry: the whole mailbox expires after its latest push; a later push extends it.
     let short = Duration::from_millis(300);
     let m3 = format!("{prefix}web:visitor-3");

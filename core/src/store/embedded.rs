@@ -9,10 +9,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    AgentUpdate, Assignment, InboundOutcome, InboundRecord, InboundRouting, MailboxItem,
-    MailboxPush, Merge, Note, NoteKind, Release, Resolution, ResolveRequest, SenderResolution,
-    Store, StoreError, TransferTarget, decode_others_assigned, encode_others_assigned,
-    others_assigned_key, replay_others_assigned,
+    AgentUpdate, Assignment, InboundOutcome, InboundRecord, InboundRouting, MailboxHead,
+    MailboxItem, MailboxPush, Merge, Note, NoteKind, Release, Resolution, ResolveRequest,
+    SenderResolution, Store, StoreError, TransferTarget, decode_others_assigned,
+    encode_others_assigned, others_assigned_key, replay_others_assigned,
 };
 use crate::envelope::{Envelope, new_id};
 use crate::identity::{IdentityKey, IdentityStrength};
@@ -1164,19 +1164,22 @@ impl Store for EmbeddedStore {
         }))
     }
 
-    async fn mailbox_read(&self, key: &str) -> Result<Vec<MailboxItem>, StoreError> {
+    async fn mailbox_head(&self, key: &str, limit: usize) -> Result<MailboxHead, StoreError> {
         let mut s = self.lock();
         let live = match s.mailboxes.get(key) {
-            None => return Ok(Vec::new()),
+            None => return Ok(MailboxHead::default()),
             Some(m) => m.expires > Instant::now(),
         };
         if !live {
             s.mailboxes.remove(key);
-            return Ok(Vec::new());
+            return Ok(MailboxHead::default());
         }
         Ok(s.mailboxes
             .get(key)
-            .map(|m| m.items.iter().cloned().collect())
+            .map(|m| MailboxHead {
+                items: m.items.iter().take(limit).cloned().collect(),
+                len: m.items.len(),
+            })
             .unwrap_or_default())
     }
 
@@ -1185,7 +1188,15 @@ impl Store for EmbeddedStore {
         let Some(mailbox) = s.mailboxes.get_mut(key) else {
             return Ok(());
         };
-        mailbox.items.retain(|item| !ids.contains(&item.id));
+        for id in ids {
+            // As in Redis: the head is where the outbox acknowledges, the tail where a published
+            // reply is.
+            if mailbox.items.front().is_some_and(|item| &item.id == id) {
+                mailbox.items.pop_front();
+            } else if let Some(at) = mailbox.items.iter().rposition(|item| &item.id == id) {
+                mailbox.items.remove(at);
+            }
+        }
         if mailbox.items.is_empty() || mailbox.expires <= Instant::now() {
             s.mailboxes.remove(key);
         }

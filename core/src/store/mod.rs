@@ -463,6 +463,15 @@ pub struct MailboxItem {
     pub body: String,
 }
 
+/// The oldest items of a mailbox ([`Store::mailbox_head`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MailboxHead {
+    /// The items asked for, oldest first.
+    pub items: Vec<MailboxItem>,
+    /// How many items the mailbox holds in all.
+    pub len: usize,
+}
+
 /// An item to push to a mailbox in the same atomic step as the store change it belongs to (see
 /// [`Store::mailbox_push`] for what a push does).
 #[derive(Debug, Clone, Copy)]
@@ -683,7 +692,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<bool, StoreError>;
 
     /// The items of mailbox `key`, oldest first; empty when it has none or has expired.
-    async fn mailbox_read(&self, key: &str) -> Result<Vec<MailboxItem>, StoreError>;
+    async fn mailbox_read(&self, key: &str) -> Result<Vec<MailboxItem>, StoreError> {
+        Ok(self.mailbox_head(key, usize::MAX).await?.items)
+    }
+
+    /// The oldest `limit` items of mailbox `key` (as [`Store::mailbox_read`]), and how many it
+    /// holds in all: reading the head of a long mailbox costs the head, not the whole mailbox.
+    async fn mailbox_head(&self, key: &str, limit: usize) -> Result<MailboxHead, StoreError>;
 
     /// Removes the items with these ids from mailbox `key` (they were delivered); ids that are
     /// not in it are ignored. Does not change when the mailbox expires.

@@ -50,9 +50,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
 
 use super::{
-    AgentUpdate, Assignment, InboundOutcome, InboundRecord, InboundRouting, MailboxItem,
-    MailboxPush, Merge, Note, Release, Resolution, ResolveRequest, SenderResolution, Store,
-    StoreError, TransferTarget,
+    AgentUpdate, Assignment, InboundOutcome, InboundRecord, InboundRouting, MailboxHead,
+    MailboxItem, MailboxPush, Merge, Note, Release, Resolution, ResolveRequest, SenderResolution,
+    Store, StoreError, TransferTarget,
 };
 use crate::envelope::{ChannelRef, Envelope, Sender, new_id};
 use crate::identity::{IdentityKey, IdentityStrength};
@@ -1158,19 +1158,25 @@ impl Store for RedisStore {
         Ok(text(self.eval(&inv, false).await?)? == "1")
     }
 
-    async fn mailbox_read(&self, key: &str) -> Result<Vec<MailboxItem>, StoreError> {
+    async fn mailbox_head(&self, key: &str, limit: usize) -> Result<MailboxHead, StoreError> {
         let mut inv = MAILBOX.prepare_invoke();
         inv.arg(&self.prefix).arg("read").arg(key);
-        let flat = texts(self.eval(&inv, true).await?)?;
+        if let Ok(limit) = i64::try_from(limit) {
+            inv.arg(limit);
+        }
+        let mut flat = texts(self.eval(&inv, true).await?)?.into_iter();
+        let len = flat
+            .next()
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| bad("a mailbox read without its length"))?;
         if flat.len() % 2 != 0 {
             return Err(bad("odd number of mailbox fields"));
         }
         let mut items = Vec::with_capacity(flat.len() / 2);
-        let mut it = flat.into_iter();
-        while let (Some(id), Some(body)) = (it.next(), it.next()) {
+        while let (Some(id), Some(body)) = (flat.next(), flat.next()) {
             items.push(MailboxItem { id, body });
         }
-        Ok(items)
+        Ok(MailboxHead { items, len })
     }
 
     async fn mailbox_ack(&self, key: &str, ids: &[String]) -> Result<(), StoreError> {
