@@ -306,25 +306,29 @@ impl Operations {
             let s = k.default_strength();
             (k, s)
         }));
+        let now = switchyard_core::time::now();
         let resolution = self
             .store
-            .resolve_customer(ResolveRequest {
+            .resolve_customer_noted(ResolveRequest {
                 tenant: customer.tenant.clone(),
                 identities,
                 explicit: true,
                 display_name: None,
-                now: switchyard_core::time::now(),
+                now,
                 source: None,
             })
             .await?;
         let mut events = EventBatch::new();
+        let mut notes = Vec::new();
         for merge in &resolution.merges {
             events.customer_merged(&resolution.customer, &merge.from, &merge.via);
+            notes.push(Note::new(NoteKind::Merged, &merge.from, now));
         }
         for closed in &resolution.closed {
             events.conversation_closed(closed, None);
+            notes.push(Note::new(NoteKind::Closed, &closed.id, now));
         }
-        self.outbox.publish(events).await?;
+        self.outbox.publish_noted(events, &notes).await?;
         Ok(resolution.customer)
     }
 

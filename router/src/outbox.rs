@@ -302,10 +302,12 @@ impl Outbox {
     /// event ids their command would have given them), in the order they were made, then clears
     /// their notes. Returns how many notes it cleared.
     async fn announce_unannounced(&self) -> Result<usize, BusError> {
-        let notes = self.unannounced().await?;
+        let mut notes = self.unannounced().await?;
         if notes.is_empty() {
             return Ok(0);
         }
+        // In the order the changes were made (and, at one instant, announced).
+        notes.sort_by_key(|note| (note.at, note.kind));
         let mut batch = EventBatch::new();
         for note in &notes {
             self.render(note, &mut batch).await.map_err(|e| {
@@ -335,11 +337,23 @@ impl Outbox {
     /// record that is gone). A conversation event keeps the id its command gave it: the id comes
     /// from the time of the change, which the stored conversation, or the note, keeps.
     async fn render(&self, note: &Note, batch: &mut EventBatch) -> Result<(), StoreError> {
-        if note.kind == NoteKind::AgentUpdated {
-            if let Some(agent) = self.store.agent(&note.subject).await? {
-                batch.agent_updated(&agent);
+        match note.kind {
+            NoteKind::AgentUpdated => {
+                if let Some(agent) = self.store.agent(&note.subject).await? {
+                    batch.agent_updated(&agent);
+                }
+                return Ok(());
             }
-            return Ok(());
+            NoteKind::Merged => {
+                // A merged-away id reads as the profile it was merged into.
+                if let Some(survivor) = self.store.customer(&note.subject).await?
+                    && survivor.id != note.subject
+                {
+                    batch.customer_merged(&survivor, &note.subject, &note.via);
+                }
+                return Ok(());
+            }
+            _ => {}
         }
         let Some(c) = self.store.conversation(&note.subject).await? else {
             return Ok(());

@@ -144,6 +144,7 @@ on_both_stores!(
     a_reply_whose_process_stops_before_the_confirm_is_sent_after_the_grace,
     a_close_whose_command_stops_before_announcing_it_is_announced_after_the_grace,
     transfers_and_agent_updates_whose_command_stops_are_announced_after_the_grace,
+    a_merge_whose_command_stops_before_announcing_it_is_announced_after_the_grace,
     what_the_bus_refuses_for_good_is_not_kept_and_cannot_hold_up_the_outbox,
     one_process_at_a_time_republishes,
 );
@@ -603,6 +604,72 @@ async fn transfers_and_agent_updates_whose_command_stops_are_announced_after_the
     assert_eq!(announced[2].1.data["conversation"]["pool"], "elsewhere");
     assert_eq!(announced[3].1.data["agent"]["id"], "a3");
     assert_eq!(announced[3].1.data["agent"]["status"], "online");
+    assert!(unannounced(&s).await.is_empty());
+    assert_eq!(later.republish().await.expect("republish"), 0);
+    assert!(drain(&mut s.events).await.is_empty(), "announced twice");
+}
+
+/// A merge by an explicit link, stopped during its publish: after the grace, its
+/// `customer.merged` and the `conversation.closed` of the conversation it closed are announced
+/// once, in the command's order (the close with its id; a merge's id is new each time).
+async fn a_merge_whose_command_stops_before_announcing_it_is_announced_after_the_grace(
+    mut s: Setup,
+) {
+    let (ops, outbox) = commands(&s);
+    let kept = conversation_of(&s, "u-m1").await;
+    let merged_away = conversation_of(&s, "u-m2").await;
+    let customer_of = async |conversation: &str| {
+        s.store
+            .conversation(conversation)
+            .await
+            .unwrap()
+            .unwrap()
+            .customer_id
+    };
+    let (into, from) = (customer_of(&kept).await, customer_of(&merged_away).await);
+    drain(&mut s.events).await;
+
+    s.bus.hanging.store(1, Ordering::SeqCst);
+    let task = tokio::spawn({
+        let (ops, into, from) = (ops.clone(), into.clone(), from.clone());
+        async move { ops.merge_customers(&into, &from).await }
+    });
+    stop_once_stored(task, "the merge", async || {
+        let c = s.store.conversation(&merged_away).await.unwrap().unwrap();
+        (c.status == ConversationStatus::Closed).then_some(())
+    })
+    .await;
+    assert_eq!(
+        unannounced(&s).await,
+        [
+            (NoteKind::Closed, merged_away.clone(), None),
+            (NoteKind::Merged, from.clone(), None),
+        ],
+        "noted by key"
+    );
+
+    let later = outbox.with_staged_grace(Duration::ZERO);
+    assert_eq!(later.republish().await.expect("republish"), 2);
+    let announced = drain_events(&mut s.events).await;
+    let types: Vec<&str> = announced.iter().map(|(key, _)| key.as_str()).collect();
+    assert_eq!(types, ["customer.merged", "conversation.closed"]);
+    let merged = &announced[0].1.data;
+    assert_eq!(merged["from"], from.as_str());
+    assert_eq!(merged["into"], into.as_str());
+    assert_eq!(merged["customer"]["id"], into.as_str());
+    assert_eq!(
+        merged["via"],
+        serde_json::json!(["app_user:shop-app:u-m2"]),
+        "the keys that caused the merge"
+    );
+    assert_eq!(
+        hung(&s)[0][1],
+        (announced[1].0.clone(), announced[1].1.id.clone())
+    );
+    assert_eq!(
+        announced[1].1.data["conversation"]["id"],
+        merged_away.as_str()
+    );
     assert!(unannounced(&s).await.is_empty());
     assert_eq!(later.republish().await.expect("republish"), 0);
     assert!(drain(&mut s.events).await.is_empty(), "announced twice");

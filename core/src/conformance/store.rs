@@ -1229,6 +1229,7 @@ pub async fn unannounced_notes(factory: &impl MakeStore, prefix: &str) {
         subject: subject.to_owned(),
         at: at(t),
         from_agent: from.map(str::to_owned),
+        via: Vec::new(),
     };
 
     agent(&store, &x, &[&pool], 2, AgentStatus::Online, at(3)).await;
@@ -1338,6 +1339,61 @@ pub async fn unannounced_notes(factory: &impl MakeStore, prefix: &str) {
         listed(at(12)).await,
         want[3..].to_vec(),
         "{what}: the sweep"
+    );
+
+    // A noted link notes each merge, with its keys, and the conversation the merge closed; a
+    // plain resolution (routing's) notes nothing.
+    let notes_of = |subjects: Vec<String>, before: DateTime<Utc>| {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .unannounced(before)
+                .await
+                .unwrap_or_else(|e| panic!("{what}: list: {e}"))
+                .into_iter()
+                .filter(|n| subjects.contains(&n.subject))
+                .collect::<Vec<_>>()
+        }
+    };
+    let link = |names: [&str; 2], t: i64| ResolveRequest {
+        tenant: DEFAULT_TENANT.to_owned(),
+        identities: names
+            .iter()
+            .map(|n| (key(prefix, "app_user", "shop-app", n), Strong))
+            .collect(),
+        explicit: true,
+        display_name: None,
+        now: at(t),
+        source: None,
+    };
+    let (older, _, _) = open(&store, prefix, "m1", &pool, at(13)).await;
+    let (younger, _, merged_away) = open(&store, prefix, "m2", &pool, at(14)).await;
+    let merged = store
+        .resolve_customer_noted(link(["m1", "m2"], 15))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: noted link: {e}"));
+    assert_eq!(merged.customer.id, older.id, "{what}: the survivor");
+    assert_eq!(merged.closed.len(), 1, "{what}: closed by the merge");
+    let mut merge_note = note(Merged, &younger.id, 15, None);
+    merge_note.via = vec![key(prefix, "app_user", "shop-app", "m2")];
+    // Same instant: by key, `closed` before `merged`.
+    assert_eq!(
+        notes_of(vec![younger.id.clone(), merged_away.id.clone()], at(15)).await,
+        vec![note(Closed, &merged_away.id, 15, None), merge_note],
+        "{what}: the link's notes"
+    );
+    open(&store, prefix, "m3", &pool, at(16)).await;
+    let (plain_loser, _, plain_closed) = open(&store, prefix, "m4", &pool, at(17)).await;
+    let plain = store
+        .resolve_customer(link(["m3", "m4"], 18))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: plain link: {e}"));
+    assert_eq!(plain.merges.len(), 1, "{what}: the plain link merged");
+    assert!(
+        notes_of(vec![plain_loser.id, plain_closed.id], at(18))
+            .await
+            .is_empty(),
+        "{what}: resolve_customer noted"
     );
 }
 

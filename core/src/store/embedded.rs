@@ -720,6 +720,20 @@ impl Store for EmbeddedStore {
         self.lock().resolve_customer(&req)
     }
 
+    async fn resolve_customer_noted(&self, req: ResolveRequest) -> Result<Resolution, StoreError> {
+        let mut s = self.lock();
+        let resolution = s.resolve_customer(&req)?;
+        for merge in &resolution.merges {
+            let mut note = Note::new(NoteKind::Merged, &merge.from, req.now);
+            note.via.clone_from(&merge.via);
+            s.note(note);
+        }
+        for closed in &resolution.closed {
+            s.note(Note::new(NoteKind::Closed, &closed.id, req.now));
+        }
+        Ok(resolution)
+    }
+
     async fn customer(&self, id: &str) -> Result<Option<Customer>, StoreError> {
         let s = self.lock();
         Ok(s.customers.get(&s.canonical_customer_id(id)).cloned())

@@ -357,9 +357,12 @@ pub struct Release {
     pub released_agent: Option<Agent>,
 }
 
-/// What a [`Note`] stands for: the events a change of state calls for.
+/// What a [`Note`] stands for: the events a change of state calls for. Kinds are ordered as a
+/// command announces changes it made at one instant (a link's merge before the close it caused).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum NoteKind {
+    /// A profile was merged into another by an explicit link: `customer.merged`.
+    Merged,
     /// A conversation was assigned: `conversation.assigned`.
     Assigned,
     /// A conversation was closed: `conversation.closed`.
@@ -376,12 +379,13 @@ pub enum NoteKind {
 
 impl NoteKind {
     /// Every kind.
-    pub const ALL: [NoteKind; 5] = [
+    pub const ALL: [NoteKind; 6] = [
         NoteKind::Assigned,
         NoteKind::Closed,
         NoteKind::TransferredToPool,
         NoteKind::TransferredToAgent,
         NoteKind::AgentUpdated,
+        NoteKind::Merged,
     ];
 
     /// The kind's name in a note's key.
@@ -392,6 +396,7 @@ impl NoteKind {
             NoteKind::TransferredToPool => "transferred_to_pool",
             NoteKind::TransferredToAgent => "transferred_to_agent",
             NoteKind::AgentUpdated => "agent_updated",
+            NoteKind::Merged => "merged",
         }
     }
 
@@ -406,7 +411,8 @@ impl NoteKind {
 /// Commands store their change first and publish its events second, and no bus redelivery
 /// repeats a command. So the store writes a note in the same atomic step as the change
 /// ([`Store::assign_queued_noted`], [`Store::close_conversation`], [`Store::transfer`],
-/// [`Store::upsert_agent`], [`Store::expire_lapsed_agents`]), and the command clears it
+/// [`Store::upsert_agent`], [`Store::expire_lapsed_agents`],
+/// [`Store::resolve_customer_noted`]), and the command clears it
 /// ([`Store::clear_notes`]) once its events are published or kept in the outbox. If the command
 /// stops, or loses the store's reply, before that, the note stays: the outbox's republisher
 /// finds it ([`Store::unannounced`]) and announces the change from the stored state.
@@ -414,12 +420,15 @@ impl NoteKind {
 pub struct Note {
     /// What changed.
     pub kind: NoteKind,
-    /// The conversation changed (for [`NoteKind::AgentUpdated`], the agent).
+    /// The conversation changed (for [`NoteKind::AgentUpdated`], the agent; for
+    /// [`NoteKind::Merged`], the profile merged away).
     pub subject: String,
     /// When: the `now` of the change.
     pub at: DateTime<Utc>,
     /// The agent a close or a transfer took the conversation from.
     pub from_agent: Option<String>,
+    /// The keys whose sharing caused a merge.
+    pub via: Vec<IdentityKey>,
 }
 
 impl Note {
@@ -430,6 +439,16 @@ impl Note {
             subject: subject.into(),
             at,
             from_agent: None,
+            via: Vec::new(),
+        }
+    }
+
+    /// What the store keeps with the note's key: the agent a close or transfer left, or a merge's
+    /// keys as a JSON array of strings.
+    pub fn detail(&self) -> Option<String> {
+        match self.kind {
+            NoteKind::Merged => serde_json::to_string(&self.via).ok(),
+            _ => self.from_agent.clone(),
         }
     }
 
@@ -441,16 +460,21 @@ impl Note {
         format!("{at}|{}|{}", self.kind.as_str(), self.subject)
     }
 
-    /// The note a key was made from, with `from_agent`; `None` when the key is not one.
-    pub fn from_key(key: &str, from_agent: Option<String>) -> Option<Note> {
+    /// The note a key was made from, with its [`Note::detail`]; `None` when the key or the
+    /// detail is not one.
+    pub fn from_key(key: &str, detail: Option<String>) -> Option<Note> {
         let (at, rest) = key.split_once('|')?;
         let (kind, subject) = rest.split_once('|')?;
-        Some(Note {
-            kind: NoteKind::parse(kind)?,
-            subject: subject.to_owned(),
-            at: DateTime::parse_from_rfc3339(at).ok()?.with_timezone(&Utc),
-            from_agent,
-        })
+        let mut note = Note::new(
+            NoteKind::parse(kind)?,
+            subject,
+            DateTime::parse_from_rfc3339(at).ok()?.with_timezone(&Utc),
+        );
+        match note.kind {
+            NoteKind::Merged => note.via = serde_json::from_str(detail.as_deref()?).ok()?,
+            _ => note.from_agent = detail,
+        }
+        Some(note)
     }
 }
 
@@ -518,6 +542,11 @@ pub trait Store: Send + Sync + 'static {
     /// Finds or creates the one customer these identities belong to, merging profiles that
     /// share a strong key (or any key, when `explicit`).
     async fn resolve_customer(&self, req: ResolveRequest) -> Result<Resolution, StoreError>;
+
+    /// [`Store::resolve_customer`], also noting, in the same atomic step and at `req.now`, each
+    /// merge ([`NoteKind::Merged`]) and each conversation a merge closed ([`NoteKind::Closed`]).
+    /// For a command's link, whose events no bus redelivery would repeat.
+    async fn resolve_customer_noted(&self, req: ResolveRequest) -> Result<Resolution, StoreError>;
 
     /// A customer by id; a merged-away id answers with the surviving profile.
     async fn customer(&self, id: &str) -> Result<Option<Customer>, StoreError>;

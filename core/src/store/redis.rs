@@ -880,6 +880,13 @@ impl Store for RedisStore {
         resolution(self.eval(&inv, false).await?)
     }
 
+    async fn resolve_customer_noted(&self, req: ResolveRequest) -> Result<Resolution, StoreError> {
+        let mut inv = RESOLVE.prepare_invoke();
+        // The whole profile (not only when announced), then the notes.
+        inv.arg(self.resolve_args(&req)).arg("whole").arg("noted");
+        resolution(self.eval(&inv, false).await?)
+    }
+
     async fn customer(&self, id: &str) -> Result<Option<Customer>, StoreError> {
         opt_customer(self.read("customer", id).await?)
     }
@@ -940,14 +947,14 @@ impl Store for RedisStore {
         let mut notes = Vec::new();
         while let Some(key) = items.next() {
             let key = text(key)?;
-            let from_agent = opt_text(
+            let detail = opt_text(
                 items
                     .next()
-                    .ok_or_else(|| bad("a note without its agent"))?,
+                    .ok_or_else(|| bad("a note without its detail"))?,
             )?;
             notes.push(
-                Note::from_key(&key, from_agent)
-                    .ok_or_else(|| bad(format_args!("a note key `{key}`")))?,
+                Note::from_key(&key, detail)
+                    .ok_or_else(|| bad(format_args!("a note `{key}` with its detail")))?,
             );
         }
         Ok(notes)

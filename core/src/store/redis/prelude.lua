@@ -236,14 +236,15 @@ local function expire_presence(id, now)
 end
 
 -- Notes a change whose events its command may not have published yet (Store::unannounced;
--- Note::key in core/src/store/mod.rs): the sorted set `P:unannounced:notes` holds each note's key
--- `<now>|<kind>|<subject>`, all with score 0, so that they sort by time; the hash
--- `P:unannounced:from` maps a key to the agent a close or a transfer took the conversation from.
-local function note(kind, now, subject, from)
+-- Note::key and Note::detail in core/src/store/mod.rs): the sorted set `P:unannounced:notes`
+-- holds each note's key `<now>|<kind>|<subject>`, all with score 0, so that they sort by time;
+-- the hash `P:unannounced:detail` maps a key to its detail: the agent a close or a transfer took
+-- the conversation from, or a merge's keys (a JSON array).
+local function note(kind, now, subject, detail)
   local member = now .. '|' .. kind .. '|' .. subject
   redis.call('ZADD', key('unannounced', 'notes'), 0, member)
-  if from then
-    redis.call('HSET', key('unannounced', 'from'), member, from)
+  if detail then
+    redis.call('HSET', key('unannounced', 'detail'), member, detail)
   end
 end
 

@@ -2,7 +2,9 @@
 -- now, id for a new profile, n, then n pairs (identity key, `strong`|`weak`), then the source
 -- (envelope id; empty when none): a retry of the request that created the profile reports it
 -- created again; then, optionally, `announced`: the profile is replied only when it was created
--- or others were merged into it (`false` in its place otherwise), as routing needs it.
+-- or others were merged into it (`false` in its place otherwise), as routing needs it (any other
+-- value: always); then, optionally, `noted`: each merge and each conversation it closed are
+-- noted (Store::resolve_customer_noted).
 -- Reply: {'ok', created (1/0), customer, merges {{from, into, {via...}}...}, linked {...},
 -- closed {conversation...}, customer id}.
 
@@ -16,6 +18,7 @@ for i = 1, n do
 end
 local source = ARGV[9 + 2 * n] or ''
 local profile_if_announced = ARGV[10 + 2 * n] == 'announced'
+local noted = ARGV[11 + 2 * n] == 'noted'
 
 -- Merges profile `from` into `into`: identities, redirects, merged_from, tags, attributes, name,
 -- first/last seen, and the open conversation. Returns the id of a conversation the merge
@@ -206,6 +209,12 @@ for i = 2, #owners do
     closed[#closed + 1] = conv_reply(c)
   end
   merges[#merges + 1] = { loser, winner, via }
+  if noted then
+    note('merged', now, loser, cjson.encode(via))
+    if c then
+      note('closed', now, c)
+    end
+  end
 end
 if #merges > 0 then
   for ident, o in pairs(owner_now) do

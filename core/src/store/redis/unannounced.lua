@@ -1,12 +1,12 @@
 -- Notes of changes whose events their command may not have published (see `note` in
 -- prelude.lua). ARGV: prefix, op, then:
---   list: before (RFC 3339 with nanoseconds) -> {key, agent left or false, ...}: the notes made
+--   list: before (RFC 3339 with nanoseconds) -> {key, detail or false, ...}: the notes made
 --         at or before it, oldest first (their keys start with their fixed-width time, and `|`
 --         sorts before `}`)
 --   clear: key, ... -> removes these notes
 
 local op = ARGV[2]
-local zk, fk = key('unannounced', 'notes'), key('unannounced', 'from')
+local zk, fk = key('unannounced', 'notes'), key('unannounced', 'detail')
 if op == 'list' then
   local out = {}
   for _, member in ipairs(redis.call('ZRANGEBYLEX', zk, '-', '(' .. ARGV[3] .. '}')) do
