@@ -286,7 +286,8 @@ impl Operations {
         Ok(())
     }
 
-    /// Links identity keys to a customer explicitly (merging any profile that holds them).
+    /// Links identity keys to a customer explicitly (merging any profile that holds them), then
+    /// assigns the queues of the conversations a merge closed (their agents have room again).
     pub async fn link_identities(
         &self,
         customer_id: &str,
@@ -328,6 +329,11 @@ impl Operations {
             events.conversation_closed(closed, None);
             notes.push(Note::new(NoteKind::Closed, &closed.id, now));
         }
+        // A conversation the merge closed may have freed its agent: let its pool's queue move.
+        let mut pools: Vec<String> = resolution.closed.iter().map(|c| c.pool.clone()).collect();
+        pools.sort();
+        pools.dedup();
+        assign_pools(&*self.store, &self.metrics, &pools, &mut events, &mut notes).await?;
         self.outbox.publish_noted(events, &notes).await?;
         Ok(resolution.customer)
     }

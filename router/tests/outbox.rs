@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use switchyard_connectors::{ConnectorContext, Registry};
 use switchyard_core::bus::Bus;
 use switchyard_core::bus::topology::outbound_queue;
 use switchyard_core::conformance::bus::OUTBOUND_KIND;
@@ -19,9 +18,9 @@ use switchyard_core::envelope::{Content, Envelope};
 use switchyard_core::model::{AgentStatus, ConversationStatus};
 use switchyard_core::store::{AgentUpdate, NoteKind, TransferTarget};
 use switchyard_router::inbound::Routed;
-use switchyard_router::operations::Operations;
-use switchyard_router::outbox::{OUTBOX_MAILBOX, Outbox, REPUBLISH_LOCK, STAGED_GRACE};
+use switchyard_router::outbox::{OUTBOX_MAILBOX, REPUBLISH_LOCK, STAGED_GRACE};
 
+#[macro_use]
 mod support;
 use support::*;
 
@@ -64,22 +63,6 @@ fn outbox_count(s: &Setup, outcome: &str) -> u64 {
     s.metrics.outbox.with_label_values(&[outcome]).get()
 }
 
-/// The setup's router, plus commands and an outbox over the same store and bus.
-fn commands(s: &Setup) -> (Operations, Outbox) {
-    let bus: Arc<dyn Bus> = s.bus.clone();
-    let outbox = Outbox::new(bus, Arc::clone(&s.store), s.metrics.clone());
-    let registry =
-        Registry::build(&[], &ConnectorContext::new(Arc::clone(&s.store))).expect("empty registry");
-    let ops = Operations::new(
-        Arc::clone(&s.store),
-        registry,
-        outbox.clone(),
-        s.metrics.clone(),
-        10,
-    );
-    (ops, outbox)
-}
-
 /// Waits (at most 5 s) until `stored` finds what a command stored, then stops the command's task,
 /// whose publish hangs, as if its process stopped there. Returns what `stored` found.
 async fn stop_once_stored<T: std::fmt::Debug, R>(
@@ -102,40 +85,6 @@ async fn stop_once_stored<T: std::fmt::Debug, R>(
     task.abort();
     assert!(task.await.expect_err("aborted").is_cancelled());
     found
-}
-
-/// Routes a message of `user` and returns its conversation.
-async fn conversation_of(s: &Setup, user: &str) -> String {
-    match s.router.route(message_of(user, "hello")).await.expect(user) {
-        Routed::Recorded(conversation) => conversation,
-        other => panic!("{user}'s message was not recorded: {other:?}"),
-    }
-}
-
-/// Each case on the embedded store and on Redis (the outbox lives in the store).
-macro_rules! on_both_stores {
-    ($($case:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test]
-                async fn $case() {
-                    super::$case(super::setup().await).await;
-                }
-            )*
-        }
-        mod redis {
-            use switchyard_core::conformance::services::TestRedisPrefix;
-            $(
-                #[tokio::test]
-                async fn $case() {
-                    let Some(prefix) = TestRedisPrefix::new().await else {
-                        return;
-                    };
-                    super::$case(super::setup_on(prefix.store().await).await).await;
-                }
-            )*
-        }
-    };
 }
 
 on_both_stores!(

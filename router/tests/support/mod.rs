@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use switchyard_connectors::{ConnectorContext, Registry};
 use switchyard_core::bus::embedded::EmbeddedBus;
 use switchyard_core::bus::topology::EVENTS_EXCHANGE;
 use switchyard_core::bus::{Bus, BusError, Deliveries, Message, Topology};
@@ -18,7 +19,9 @@ use switchyard_core::model::AgentStatus;
 use switchyard_core::store::embedded::EmbeddedStore;
 use switchyard_core::store::{AgentUpdate, Store};
 use switchyard_router::events::EventPublisher;
-use switchyard_router::inbound::InboundRouter;
+use switchyard_router::inbound::{InboundRouter, Routed};
+use switchyard_router::operations::Operations;
+use switchyard_router::outbox::Outbox;
 
 /// The embedded bus, except that the next `failing` event batches, and the next
 /// `failing_publishes` single publishes, fail as if the broker were gone, and the next
@@ -248,4 +251,55 @@ pub async fn drain_conversations(
             (routing_key, conversation, event.id)
         })
         .collect()
+}
+
+/// The setup's router, plus commands and an outbox over the same store and bus.
+pub fn commands(s: &Setup) -> (Operations, Outbox) {
+    let bus: Arc<dyn Bus> = s.bus.clone();
+    let outbox = Outbox::new(bus, Arc::clone(&s.store), s.metrics.clone());
+    let registry =
+        Registry::build(&[], &ConnectorContext::new(Arc::clone(&s.store))).expect("empty registry");
+    let ops = Operations::new(
+        Arc::clone(&s.store),
+        registry,
+        outbox.clone(),
+        s.metrics.clone(),
+        10,
+    );
+    (ops, outbox)
+}
+
+/// Routes a message of `user` and returns its conversation.
+pub async fn conversation_of(s: &Setup, user: &str) -> String {
+    match s.router.route(message_of(user, "hello")).await.expect(user) {
+        Routed::Recorded(conversation) => conversation,
+        other => panic!("{user}'s message was not recorded: {other:?}"),
+    }
+}
+
+/// Each case (an async fn taking a [`Setup`]) as a test on the embedded store and one on Redis.
+#[allow(unused_macros)]
+macro_rules! on_both_stores {
+    ($($case:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::$case(super::setup().await).await;
+                }
+            )*
+        }
+        mod redis {
+            use switchyard_core::conformance::services::TestRedisPrefix;
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let Some(prefix) = TestRedisPrefix::new().await else {
+                        return;
+                    };
+                    super::$case(super::setup_on(prefix.store().await).await).await;
+                }
+            )*
+        }
+    };
 }
