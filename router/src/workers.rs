@@ -228,6 +228,54 @@ fn sent_key(id: &str) -> String {
 /// The mark of a sent reply for which the channel gave no message id.
 const SENT_WITHOUT_ID: &str = "sent";
 
+/// Prefix of the value a gateway holds in a reply's sent mark while it sends the reply: a copy
+/// of the reply arriving meanwhile (at another gateway) waits for the outcome instead of sending
+/// it too.
+const SENDING_PREFIX: &str = "sending:";
+
+/// How often a copy waiting for another gateway's send looks again.
+const SENDING_POLL: Duration = Duration::from_millis(100);
+
+/// How long a claim to send a reply holds, given the sends tried in place: a send times out
+/// after 10 s (twice that for a channel that fetches a token first), a wait between tries is
+/// at most 30 s. A claim whose holder stopped expires after this; a send that takes longer may
+/// go out twice (a waiting copy takes over).
+fn sending_claim(attempts: u32) -> Duration {
+    Duration::from_secs(50) * attempts.max(1)
+}
+
+/// Whether a reply is ours to send, after [`claim_sending`].
+enum SendClaim {
+    /// Ours: the claim's value, released if the send fails and overwritten by the sent mark.
+    Ours(String),
+    /// Sent already (by another gateway, or before a redelivery): the mark.
+    SentAlready(String),
+    /// The store did not answer: send without a claim (a second copy may be sent too).
+    Unknown,
+}
+
+/// Claims the sending of reply `id` in its sent mark. While another gateway holds the claim
+/// (it is sending a copy of the reply right now), waits for its outcome: the mark (sent already)
+/// or the claim gone (its send failed, or it stopped and the claim expired).
+async fn claim_sending(store: &dyn Store, id: &str, ttl: Duration) -> SendClaim {
+    let key = sent_key(id);
+    let claim = format!("{SENDING_PREFIX}{}", switchyard_core::envelope::new_id());
+    loop {
+        match store.claim_key(&key, &claim, ttl).await {
+            Ok(None) => return SendClaim::Ours(claim),
+            Ok(Some(held)) if held.starts_with(SENDING_PREFIX) => {
+                tracing::debug!(id, "another gateway is sending this reply; waiting for it");
+                tokio::time::sleep(SENDING_POLL).await;
+            }
+            Ok(Some(mark)) => return SendClaim::SentAlready(mark),
+            Err(e) => {
+                tracing::warn!(error = %e, id, "cannot tell whether this reply was sent; sending it");
+                return SendClaim::Unknown;
+            }
+        }
+    }
+}
+
 /// Publishes `message.sent` for a reply the channel took (id = the envelope id, so announcing it
 /// again for a second copy gives consumers the same event).
 async fn announce_sent(outbox: &Outbox, envelope: &Envelope, channel_message_id: Option<&str>) {
@@ -283,8 +331,8 @@ async fn deliver_outbound(delivery: Delivery, outbound: &Outbound) {
         let _ = delivery.reject(&reason).await;
         return;
     };
-    match store.get_key(&sent_key(&envelope.id)).await {
-        Ok(Some(marker)) => {
+    let claim = match claim_sending(&**store, &envelope.id, sending_claim(attempts)).await {
+        SendClaim::SentAlready(marker) => {
             // Sent already: this copy is a redelivery, or a batch republished after its
             // confirm was lost. A redelivery may follow a stop between the mark and
             // `message.sent`, so that is announced again (same id: consumers drop the copy).
@@ -295,11 +343,18 @@ async fn deliver_outbound(delivery: Delivery, outbound: &Outbound) {
             let _ = delivery.ack().await;
             return;
         }
-        Ok(None) => {}
-        Err(e) => {
-            tracing::warn!(error = %e, id = %envelope.id, "cannot tell whether this reply was sent; sending it");
+        SendClaim::Ours(claim) => Some(claim),
+        SendClaim::Unknown => None,
+    };
+    // A send that failed gives its claim up, so that a later copy (this one, redelivered) can
+    // send.
+    let give_up_claim = async || {
+        if let Some(claim) = &claim
+            && let Err(e) = store.release_key(&sent_key(&envelope.id), claim).await
+        {
+            tracing::warn!(error = %e, id = %envelope.id, "could not give up the claim to send a reply; a copy waits until it expires");
         }
-    }
+    };
     let mut attempt = 0;
     loop {
         match channel.send(&envelope).await {
@@ -332,6 +387,7 @@ async fn deliver_outbound(delivery: Delivery, outbound: &Outbound) {
             }
             Err(e) if e.is_retryable() && delivery.redeliveries < delivery_limit => {
                 count(e.outcome());
+                give_up_claim().await;
                 let _ = delivery.retry(&e.to_string()).await;
                 return;
             }
@@ -347,6 +403,7 @@ async fn deliver_outbound(delivery: Delivery, outbound: &Outbound) {
                     other => other.code().to_owned(),
                 };
                 tracing::warn!(error = %e, id = %envelope.id, "reply not delivered");
+                give_up_claim().await;
                 if let Err(err) = outbox
                     .emit(|b| {
                         b.message_failed(&envelope, &code, &e.to_string());

@@ -411,3 +411,94 @@ async fn a_second_copy_of_a_sent_reply_is_not_sent_again() {
     assert_eq!(announced[1]["data"], announced[0]["data"]);
     server.stop().await;
 }
+
+/// Two copies of one reply (a batch republished after its confirm was lost, say) reach two
+/// gateways at the same moment: the second waits while the first is being sent, and is then
+/// dropped as a duplicate. The channel gets the reply once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_copies_of_a_reply_at_two_gateways_at_once_are_sent_once() {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use switchyard_core::bus::embedded::EmbeddedBus;
+    use switchyard_core::bus::topology::OUTBOUND_EXCHANGE;
+    use switchyard_core::bus::{Bus, Message};
+    use switchyard_core::metrics::Metrics;
+    use switchyard_core::store::Store;
+    use switchyard_core::store::embedded::EmbeddedStore;
+    use switchyard_router::{App, Role};
+
+    use crate::support::{SECRET, eventually, settings};
+
+    let callback = Callback::start().await;
+    let bus: Arc<dyn Bus> = Arc::new(EmbeddedBus::new(Duration::from_secs(5)));
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::new());
+    let config = format!(
+        "[[channels]]\nid = \"shop\"\nkind = \"api\"\nsecret = \"{SECRET}\"\ncallback_url = \"{}\"\n",
+        callback.url
+    );
+    let start = |role| {
+        let (bus, store, config) = (Arc::clone(&bus), Arc::clone(&store), config.clone());
+        async move {
+            let app = App::start_with(settings(&config), role, bus, store, Metrics::new().unwrap())
+                .await
+                .unwrap();
+            Server::of(app)
+        }
+    };
+    let first = start(Role::All).await;
+    let second = start(Role::Gateway).await;
+    first.agent_online("a1", 2).await;
+    let response = first
+        .post_signed("shop", &api_message("m-twice", "78", "hello", &[]))
+        .await;
+    assert_eq!(response.status(), 202);
+    let conversation = eventually(|| async {
+        let (_, held) = first.get_json("/v1/agents/a1/conversations").await;
+        held["conversations"][0]["id"].as_str().map(str::to_owned)
+    })
+    .await;
+
+    // The channel takes a while to answer; meanwhile a second copy of the reply arrives.
+    callback.answer_after(Duration::from_millis(700));
+    let (status, reply) = first
+        .send_json(
+            "POST",
+            &format!("/v1/conversations/{conversation}/messages"),
+            json!({"agent_id": "a1", "content": {"type": "text", "text": "once"}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{reply}");
+    let reply_id = reply["id"].as_str().unwrap().to_owned();
+    let being_sent = callback.wait_for(1).await;
+    bus.publish(
+        OUTBOUND_EXCHANGE,
+        "api",
+        Message::new(reply_id.clone(), being_sent[0].body.clone()),
+    )
+    .await
+    .unwrap();
+
+    // One gateway sent it; the other waited for that send and dropped its copy.
+    let series = |outcome: &str| {
+        format!("switchyard_outbound_messages_total{{channel=\"shop\",outcome=\"{outcome}\"}}")
+    };
+    let both = || async {
+        let mut total = (0.0, 0.0);
+        for server in [&first, &second] {
+            total.0 += server.metric(&series("sent")).await;
+            total.1 += server.metric(&series("duplicate")).await;
+        }
+        total
+    };
+    eventually(|| async { (both().await == (1.0, 1.0)).then_some(()) }).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        callback.received.lock().unwrap().len(),
+        1,
+        "the reply reached the channel twice"
+    );
+    assert_eq!(both().await, (1.0, 1.0));
+    second.stop().await;
+    first.stop().await;
+}

@@ -178,19 +178,27 @@ pub struct Callback {
     pub url: String,
     pub received: Arc<Mutex<Vec<Received>>>,
     status: Arc<Mutex<u16>>,
+    delay: Arc<Mutex<Duration>>,
 }
 
 impl Callback {
     pub async fn start() -> Callback {
         let received: Arc<Mutex<Vec<Received>>> = Arc::default();
         let status = Arc::new(Mutex::new(200u16));
-        let (r, s) = (Arc::clone(&received), Arc::clone(&status));
+        let delay = Arc::new(Mutex::new(Duration::ZERO));
+        let (r, s, d) = (
+            Arc::clone(&received),
+            Arc::clone(&status),
+            Arc::clone(&delay),
+        );
         let app = axum::Router::new().route(
             "/callback",
             axum::routing::post(move |headers: HeaderMap, body: Bytes| {
-                let (r, s) = (Arc::clone(&r), Arc::clone(&s));
+                let (r, s, d) = (Arc::clone(&r), Arc::clone(&s), Arc::clone(&d));
                 async move {
                     r.lock().unwrap().push(Received { headers, body });
+                    let delay = *d.lock().unwrap();
+                    tokio::time::sleep(delay).await;
                     axum::http::StatusCode::from_u16(*s.lock().unwrap()).unwrap()
                 }
             }),
@@ -202,7 +210,13 @@ impl Callback {
             url: format!("http://{addr}/callback"),
             received,
             status,
+            delay,
         }
+    }
+
+    /// Makes the fake take `delay` (after recording the request) before it answers.
+    pub fn answer_after(&self, delay: Duration) {
+        *self.delay.lock().unwrap() = delay;
     }
 
     /// Makes the fake answer `status` from now on.
