@@ -15,7 +15,7 @@ use switchyard_core::event::EventType;
 use switchyard_core::metrics::Metrics;
 use switchyard_core::model::ConversationStatus;
 use switchyard_core::store::{
-    InboundOutcome, InboundRouting, ResolveRequest, SenderResolution, Store,
+    InboundOutcome, InboundRouting, Note, ResolveRequest, SenderResolution, Store,
 };
 
 use crate::assignment::{announce_assignments, announced, assign_pools};
@@ -143,18 +143,7 @@ impl InboundRouter {
             // stored but not announced.
             events.conversation(EventType::ConversationAssigned, conversation);
         }
-        let mut assigned = Vec::new();
-        if !resolution.closed.is_empty() {
-            // A merge closed a conversation and freed its agent: let every queue move.
-            assign_pools(
-                &*self.store,
-                &self.metrics,
-                &self.all_pools,
-                &mut events,
-                &mut assigned,
-            )
-            .await?;
-        }
+        let assigned = self.assign_after_merges(&resolution, &mut events).await?;
         self.events.publish(events).await?;
         announced(&*self.store, &assigned).await;
         Ok(if record.duplicate {
@@ -162,6 +151,28 @@ impl InboundRouter {
         } else {
             Routed::Recorded(conversation.id.clone())
         })
+    }
+
+    /// When a merge closed a conversation (and so freed its agent), assigns every pool's queue,
+    /// adding the assignments to `events`; returns their notes, for the caller to clear once
+    /// `events` is published.
+    async fn assign_after_merges(
+        &self,
+        resolution: &SenderResolution,
+        events: &mut EventBatch,
+    ) -> Result<Vec<Note>, RouteError> {
+        let mut notes = Vec::new();
+        if !resolution.closed.is_empty() {
+            assign_pools(
+                &*self.store,
+                &self.metrics,
+                &self.all_pools,
+                events,
+                &mut notes,
+            )
+            .await?;
+        }
+        Ok(notes)
     }
 
     /// Routes an identify/link event: claims its dedupe key and resolves its identities (weak
@@ -187,18 +198,7 @@ impl InboundRouter {
         let resolution = SenderResolution::from(resolution?);
         let mut events = EventBatch::new();
         announce_resolution(&resolution, &mut events);
-        let mut assigned = Vec::new();
-        if !resolution.closed.is_empty() {
-            // A merge closed a conversation and freed its agent: let queues move.
-            assign_pools(
-                &*self.store,
-                &self.metrics,
-                &self.all_pools,
-                &mut events,
-                &mut assigned,
-            )
-            .await?;
-        }
+        let assigned = self.assign_after_merges(&resolution, &mut events).await?;
         self.events.publish(events).await?;
         announced(&*self.store, &assigned).await;
         Ok(Routed::Linked(resolution.customer_id))

@@ -85,14 +85,7 @@ impl Operations {
         let mut events = EventBatch::new();
         events.agent_updated(&agent);
         let mut notes = vec![Note::new(NoteKind::AgentUpdated, &agent.id, now)];
-        assign_pools(
-            &*self.store,
-            &self.metrics,
-            &agent.pools,
-            &mut events,
-            &mut notes,
-        )
-        .await?;
+        self.assign(&agent.pools, &mut events, &mut notes).await?;
         self.outbox.publish_noted(events, &notes).await?;
         // Assignment may have changed the agent's conversations; answer with the fresh record.
         Ok(self.store.agent(&agent.id).await?.unwrap_or(agent))
@@ -212,14 +205,7 @@ impl Operations {
         events.conversation_closed(&release.conversation, released.map(|a| a.id.as_str()));
         let mut notes = vec![Note::new(NoteKind::Closed, conversation_id, now)];
         if let Some(agent) = released {
-            assign_pools(
-                &*self.store,
-                &self.metrics,
-                &agent.pools,
-                &mut events,
-                &mut notes,
-            )
-            .await?;
+            self.assign(&agent.pools, &mut events, &mut notes).await?;
         }
         self.outbox.publish_noted(events, &notes).await?;
         Ok(release.conversation)
@@ -261,13 +247,23 @@ impl Operations {
         };
         pools.dedup();
         let mut notes = vec![Note::new(kind, conversation_id, now)];
-        assign_pools(&*self.store, &self.metrics, &pools, &mut events, &mut notes).await?;
+        self.assign(&pools, &mut events, &mut notes).await?;
         self.outbox.publish_noted(events, &notes).await?;
         Ok(self
             .store
             .conversation(conversation_id)
             .await?
             .unwrap_or(release.conversation))
+    }
+
+    /// Assigns what waits in `pools` (see [`assign_pools`]).
+    async fn assign(
+        &self,
+        pools: &[String],
+        events: &mut EventBatch,
+        notes: &mut Vec<Note>,
+    ) -> Result<(), RouteError> {
+        assign_pools(&*self.store, &self.metrics, pools, events, notes).await
     }
 
     async fn check_holder(&self, conversation_id: &str, agent_id: &str) -> Result<(), RouteError> {
@@ -333,7 +329,7 @@ impl Operations {
         let mut pools: Vec<String> = resolution.closed.iter().map(|c| c.pool.clone()).collect();
         pools.sort();
         pools.dedup();
-        assign_pools(&*self.store, &self.metrics, &pools, &mut events, &mut notes).await?;
+        self.assign(&pools, &mut events, &mut notes).await?;
         self.outbox.publish_noted(events, &notes).await?;
         Ok(resolution.customer)
     }

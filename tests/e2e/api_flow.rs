@@ -309,6 +309,58 @@ async fn a_callback_refusal_is_not_retried_and_the_agent_is_told() {
     server.stop().await;
 }
 
+/// An app in `role`, with the API channel `shop` posting replies to `callback`, on `bus` and
+/// `store`.
+async fn shop_app(
+    callback: &Callback,
+    role: switchyard_router::Role,
+    bus: &std::sync::Arc<dyn switchyard_core::bus::Bus>,
+    store: std::sync::Arc<dyn switchyard_core::store::Store>,
+) -> Server {
+    let config = format!(
+        "[[channels]]\nid = \"shop\"\nkind = \"api\"\nsecret = \"{SECRET}\"\ncallback_url = \"{}\"\n",
+        callback.url
+    );
+    let app = switchyard_router::App::start_with(
+        crate::support::settings(&config),
+        role,
+        std::sync::Arc::clone(bus),
+        store,
+        switchyard_core::metrics::Metrics::new().unwrap(),
+    )
+    .await
+    .unwrap();
+    Server::of(app)
+}
+
+/// Agent `a1` online, and a message of user `user` (id `message_id`) assigned to it: the
+/// conversation's id.
+async fn conversation_with_a1(server: &Server, message_id: &str, user: &str) -> String {
+    server.agent_online("a1", 2).await;
+    let response = server
+        .post_signed("shop", &api_message(message_id, user, "hello", &[]))
+        .await;
+    assert_eq!(response.status(), 202);
+    crate::support::eventually(|| async {
+        let (_, held) = server.get_json("/v1/agents/a1/conversations").await;
+        held["conversations"][0]["id"].as_str().map(str::to_owned)
+    })
+    .await
+}
+
+/// Agent `a1` replies "once" in `conversation`: the reply's id.
+async fn a1_replies(server: &Server, conversation: &str) -> String {
+    let (status, reply) = server
+        .send_json(
+            "POST",
+            &format!("/v1/conversations/{conversation}/messages"),
+            json!({"agent_id": "a1", "content": {"type": "text", "text": "once"}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{reply}");
+    reply["id"].as_str().unwrap().to_owned()
+}
+
 /// A second copy of a reply that was sent already (a redelivery, or a batch the outbox
 /// republished after its confirm was lost) is not sent to the channel again; its `message.sent`
 /// is announced again, with the same id.
@@ -320,27 +372,14 @@ async fn a_second_copy_of_a_sent_reply_is_not_sent_again() {
     use switchyard_core::bus::embedded::EmbeddedBus;
     use switchyard_core::bus::topology::OUTBOUND_EXCHANGE;
     use switchyard_core::bus::{Bus, Message};
-    use switchyard_core::metrics::Metrics;
     use switchyard_core::store::embedded::EmbeddedStore;
-    use switchyard_router::{App, Role};
+    use switchyard_router::Role;
 
-    use crate::support::{SECRET, eventually, settings};
+    use crate::support::eventually;
 
     let callback = Callback::start().await;
     let bus: Arc<dyn Bus> = Arc::new(EmbeddedBus::new(Duration::from_secs(5)));
-    let app = App::start_with(
-        settings(&format!(
-            "[[channels]]\nid = \"shop\"\nkind = \"api\"\nsecret = \"{SECRET}\"\ncallback_url = \"{}\"\n",
-            callback.url
-        )),
-        Role::All,
-        Arc::clone(&bus),
-        Arc::new(EmbeddedStore::new()),
-        Metrics::new().unwrap(),
-    )
-    .await
-    .unwrap();
-    let server = Server::of(app);
+    let server = shop_app(&callback, Role::All, &bus, Arc::new(EmbeddedStore::new())).await;
     let sent_events = bus
         .declare_subscriber(
             switchyard_core::bus::topology::EVENTS_EXCHANGE,
@@ -349,25 +388,8 @@ async fn a_second_copy_of_a_sent_reply_is_not_sent_again() {
         .await
         .unwrap();
     let mut sent_events = bus.consume(&sent_events, 10).await.unwrap();
-    server.agent_online("a1", 2).await;
-    let response = server
-        .post_signed("shop", &api_message("m-dup", "77", "hello", &[]))
-        .await;
-    assert_eq!(response.status(), 202);
-    let conversation = eventually(|| async {
-        let (_, held) = server.get_json("/v1/agents/a1/conversations").await;
-        held["conversations"][0]["id"].as_str().map(str::to_owned)
-    })
-    .await;
-    let (status, reply) = server
-        .send_json(
-            "POST",
-            &format!("/v1/conversations/{conversation}/messages"),
-            json!({"agent_id": "a1", "content": {"type": "text", "text": "once"}}),
-        )
-        .await;
-    assert_eq!(status, 202, "{reply}");
-    let reply_id = reply["id"].as_str().unwrap().to_owned();
+    let conversation = conversation_with_a1(&server, "m-dup", "77").await;
+    let reply_id = a1_replies(&server, &conversation).await;
     let sent = callback.wait_for(1).await;
     let envelope: Value = serde_json::from_slice(&sent[0].body).unwrap();
     assert_eq!(envelope["id"], reply_id.as_str());
@@ -423,53 +445,22 @@ async fn two_copies_of_a_reply_at_two_gateways_at_once_are_sent_once() {
     use switchyard_core::bus::embedded::EmbeddedBus;
     use switchyard_core::bus::topology::OUTBOUND_EXCHANGE;
     use switchyard_core::bus::{Bus, Message};
-    use switchyard_core::metrics::Metrics;
     use switchyard_core::store::Store;
     use switchyard_core::store::embedded::EmbeddedStore;
-    use switchyard_router::{App, Role};
+    use switchyard_router::Role;
 
-    use crate::support::{SECRET, eventually, settings};
+    use crate::support::eventually;
 
     let callback = Callback::start().await;
     let bus: Arc<dyn Bus> = Arc::new(EmbeddedBus::new(Duration::from_secs(5)));
     let store: Arc<dyn Store> = Arc::new(EmbeddedStore::new());
-    let config = format!(
-        "[[channels]]\nid = \"shop\"\nkind = \"api\"\nsecret = \"{SECRET}\"\ncallback_url = \"{}\"\n",
-        callback.url
-    );
-    let start = |role| {
-        let (bus, store, config) = (Arc::clone(&bus), Arc::clone(&store), config.clone());
-        async move {
-            let app = App::start_with(settings(&config), role, bus, store, Metrics::new().unwrap())
-                .await
-                .unwrap();
-            Server::of(app)
-        }
-    };
-    let first = start(Role::All).await;
-    let second = start(Role::Gateway).await;
-    first.agent_online("a1", 2).await;
-    let response = first
-        .post_signed("shop", &api_message("m-twice", "78", "hello", &[]))
-        .await;
-    assert_eq!(response.status(), 202);
-    let conversation = eventually(|| async {
-        let (_, held) = first.get_json("/v1/agents/a1/conversations").await;
-        held["conversations"][0]["id"].as_str().map(str::to_owned)
-    })
-    .await;
+    let first = shop_app(&callback, Role::All, &bus, Arc::clone(&store)).await;
+    let second = shop_app(&callback, Role::Gateway, &bus, store).await;
+    let conversation = conversation_with_a1(&first, "m-twice", "78").await;
 
     // The channel takes a while to answer; meanwhile a second copy of the reply arrives.
     callback.answer_after(Duration::from_millis(700));
-    let (status, reply) = first
-        .send_json(
-            "POST",
-            &format!("/v1/conversations/{conversation}/messages"),
-            json!({"agent_id": "a1", "content": {"type": "text", "text": "once"}}),
-        )
-        .await;
-    assert_eq!(status, 202, "{reply}");
-    let reply_id = reply["id"].as_str().unwrap().to_owned();
+    let reply_id = a1_replies(&first, &conversation).await;
     let being_sent = callback.wait_for(1).await;
     bus.publish(
         OUTBOUND_EXCHANGE,

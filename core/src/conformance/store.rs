@@ -1212,18 +1212,20 @@ pub async fn unannounced_notes(factory: &impl MakeStore, prefix: &str) {
         x.clone(),
         y.clone(),
     ];
-    let listed = |before: DateTime<Utc>| {
-        let (store, ours) = (Arc::clone(&store), ours.clone());
+    // The notes about `subjects` made at or before `before`.
+    let notes_of = |subjects: Vec<String>, before: DateTime<Utc>| {
+        let store = Arc::clone(&store);
         async move {
             store
                 .unannounced(before)
                 .await
                 .unwrap_or_else(|e| panic!("{what}: list: {e}"))
                 .into_iter()
-                .filter(|n| ours.contains(&n.subject))
+                .filter(|n| subjects.contains(&n.subject))
                 .collect::<Vec<_>>()
         }
     };
+    let listed = |before: DateTime<Utc>| notes_of(ours.clone(), before);
     let note = |kind, subject: &str, t: i64, from: Option<&str>| Note {
         kind,
         subject: subject.to_owned(),
@@ -1343,18 +1345,6 @@ pub async fn unannounced_notes(factory: &impl MakeStore, prefix: &str) {
 
     // A noted link notes each merge, with its keys, and the conversation the merge closed; a
     // plain resolution (routing's) notes nothing.
-    let notes_of = |subjects: Vec<String>, before: DateTime<Utc>| {
-        let store = Arc::clone(&store);
-        async move {
-            store
-                .unannounced(before)
-                .await
-                .unwrap_or_else(|e| panic!("{what}: list: {e}"))
-                .into_iter()
-                .filter(|n| subjects.contains(&n.subject))
-                .collect::<Vec<_>>()
-        }
-    };
     let link = |names: [&str; 2], t: i64| ResolveRequest {
         tenant: DEFAULT_TENANT.to_owned(),
         identities: names
