@@ -143,9 +143,10 @@ impl InboundRouter {
             // stored but not announced.
             events.conversation(EventType::ConversationAssigned, conversation);
         }
-        let assigned = self.assign_after_merges(&resolution, &mut events).await?;
+        let mut notes = Note::of_merges(&resolution.merges, &resolution.closed, now);
+        notes.extend(self.assign_after_merges(&resolution, &mut events).await?);
         self.events.publish(events).await?;
-        announced(&*self.store, &assigned).await;
+        announced(&*self.store, &notes).await;
         Ok(if record.duplicate {
             Routed::Duplicate(conversation.id.clone())
         } else {
@@ -186,9 +187,10 @@ impl InboundRouter {
         // The claim and the resolution go out together (one round trip less): resolving the
         // identities of a copy changes nothing its first routing did not (same identities, same
         // shard, so never concurrently with it), and its result is then simply dropped.
+        let now = request.now;
         let (claimed, resolution) = tokio::join!(
             self.store.claim_key(&claim, &envelope.id, self.dedupe_ttl),
-            self.store.resolve_customer(request)
+            self.store.resolve_customer_noted(request)
         );
         if let Some(first) = claimed?
             && first != envelope.id
@@ -198,9 +200,10 @@ impl InboundRouter {
         let resolution = SenderResolution::from(resolution?);
         let mut events = EventBatch::new();
         announce_resolution(&resolution, &mut events);
-        let assigned = self.assign_after_merges(&resolution, &mut events).await?;
+        let mut notes = Note::of_merges(&resolution.merges, &resolution.closed, now);
+        notes.extend(self.assign_after_merges(&resolution, &mut events).await?);
         self.events.publish(events).await?;
-        announced(&*self.store, &assigned).await;
+        announced(&*self.store, &notes).await;
         Ok(Routed::Linked(resolution.customer_id))
     }
 }

@@ -316,15 +316,13 @@ impl Operations {
             })
             .await?;
         let mut events = EventBatch::new();
-        let mut notes = Vec::new();
         for merge in &resolution.merges {
             events.customer_merged(&resolution.customer, &merge.from, &merge.via);
-            notes.push(Note::new(NoteKind::Merged, &merge.from, now));
         }
         for closed in &resolution.closed {
             events.conversation_closed(closed, None);
-            notes.push(Note::new(NoteKind::Closed, &closed.id, now));
         }
+        let mut notes = Note::of_merges(&resolution.merges, &resolution.closed, now);
         // A conversation the merge closed may have freed its agent: let its pool's queue move.
         let mut pools: Vec<String> = resolution.closed.iter().map(|c| c.pool.clone()).collect();
         pools.sort();

@@ -15,8 +15,9 @@
 //! republisher announces, from the stored state, the changes whose notes are older than the
 //! grace, with the event ids their command would have given them.
 //!
-//! Routing does not need this: a message whose events were not confirmed is not acknowledged, so
-//! the bus redelivers it and the retry announces everything again.
+//! Routing needs little of this: a message whose events were not confirmed is not acknowledged,
+//! so the bus redelivers it and the retry announces everything again, except a merge, which the
+//! retry finds done and cannot see: routing notes its merges too.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -94,6 +94,7 @@ on_both_stores!(
     a_close_whose_command_stops_before_announcing_it_is_announced_after_the_grace,
     transfers_and_agent_updates_whose_command_stops_are_announced_after_the_grace,
     a_merge_whose_command_stops_before_announcing_it_is_announced_after_the_grace,
+    a_merge_whose_router_stops_before_announcing_it_is_announced_after_the_grace,
     what_the_bus_refuses_for_good_is_not_kept_and_cannot_hold_up_the_outbox,
     one_process_at_a_time_republishes,
 );
@@ -622,6 +623,54 @@ async fn a_merge_whose_command_stops_before_announcing_it_is_announced_after_the
     assert!(unannounced(&s).await.is_empty());
     assert_eq!(later.republish().await.expect("republish"), 0);
     assert!(drain(&mut s.events).await.is_empty(), "announced twice");
+}
+
+/// A merge made by routing a message (it carries a second customer's strong key), whose router
+/// stops during the publish: the bus would redeliver the message, but its retry finds the
+/// profiles merged already and cannot announce the merge. The notes do, after the grace.
+async fn a_merge_whose_router_stops_before_announcing_it_is_announced_after_the_grace(
+    mut s: Setup,
+) {
+    let (_, outbox) = commands(&s);
+    conversation_of(&s, "u-r1").await;
+    let merged_away = conversation_of(&s, "u-r2").await;
+    drain(&mut s.events).await;
+
+    let mut message = message_of("u-r2", "it's me");
+    message
+        .sender
+        .identities
+        .push(switchyard_core::conformance::store::key(
+            "", "app_user", "shop-app", "u-r1",
+        ));
+    s.bus.hanging.store(1, Ordering::SeqCst);
+    let router = s.router.clone();
+    let task = tokio::spawn(async move { router.route(message).await });
+    stop_once_stored(task, "the merge", async || {
+        let c = s.store.conversation(&merged_away).await.unwrap().unwrap();
+        (c.status == ConversationStatus::Closed).then_some(())
+    })
+    .await;
+    let kinds: Vec<NoteKind> = unannounced(&s).await.into_iter().map(|n| n.0).collect();
+    assert_eq!(kinds, [NoteKind::Closed, NoteKind::Merged]);
+
+    let later = outbox.with_staged_grace(Duration::ZERO);
+    assert_eq!(later.republish().await.expect("republish"), 2);
+    let announced = drain_events(&mut s.events).await;
+    let types: Vec<&str> = announced.iter().map(|(key, _)| key.as_str()).collect();
+    assert_eq!(types, ["customer.merged", "conversation.closed"]);
+    let hung = hung(&s);
+    assert_eq!(hung[0][0].0, "customer.merged");
+    assert_eq!(
+        hung[0][1],
+        (announced[1].0.clone(), announced[1].1.id.clone()),
+        "the close keeps its id"
+    );
+    assert_eq!(
+        announced[1].1.data["conversation"]["id"],
+        merged_away.as_str()
+    );
+    assert!(unannounced(&s).await.is_empty());
 }
 
 /// A running gateway (no router): an agent coming online while the bus refuses events is

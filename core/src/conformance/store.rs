@@ -3033,6 +3033,9 @@ enum Shape {
         profile: bool,
         merges: usize,
         closed: Vec<usize>,
+        /// The notes made at the routing's time about its merges and the conversations they
+        /// closed.
+        noted: Vec<NoteKind>,
         conversation: usize,
         created: bool,
         duplicate: bool,
@@ -3084,11 +3087,28 @@ impl Scenario<'_> {
                 assignments,
             } => (resolution, record, assignments),
         };
+        let subjects: Vec<&str> = resolution
+            .merges
+            .iter()
+            .map(|m| m.from.as_str())
+            .chain(resolution.closed.iter().map(|c| c.id.as_str()))
+            .collect();
+        let mut noted: Vec<NoteKind> = self
+            .store
+            .unannounced(at(t))
+            .await
+            .unwrap_or_else(|err| panic!("unannounced: {err}"))
+            .into_iter()
+            .filter(|n| n.at == at(t) && subjects.contains(&n.subject.as_str()))
+            .map(|n| n.kind)
+            .collect();
+        noted.sort();
         let c = &record.conversation;
         Shape::Routed {
             customer_created: resolution.created,
             profile: resolution.profile.is_some(),
             merges: resolution.merges.len(),
+            noted,
             closed: resolution
                 .closed
                 .iter()
@@ -3176,6 +3196,17 @@ pub async fn route_inbound_matches_stepwise(factory: &impl MakeStore, prefix: &s
     assert_eq!(
         one_call_states, stepwise_states,
         "{what}: resulting conversations differ"
+    );
+    // The merge is noted (its events are not announced again by a retry), with the close of
+    // p2's conversation.
+    assert!(
+        matches!(
+            &one_call[5],
+            Shape::Routed { merges: 1, closed, noted, .. }
+                if closed.len() == 1 && *noted == [NoteKind::Merged, NoteKind::Closed]
+        ),
+        "{what}: the merge was not noted: {:?}",
+        one_call[5]
     );
 }
 

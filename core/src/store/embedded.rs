@@ -723,13 +723,8 @@ impl Store for EmbeddedStore {
     async fn resolve_customer_noted(&self, req: ResolveRequest) -> Result<Resolution, StoreError> {
         let mut s = self.lock();
         let resolution = s.resolve_customer(&req)?;
-        for merge in &resolution.merges {
-            let mut note = Note::new(NoteKind::Merged, &merge.from, req.now);
-            note.via.clone_from(&merge.via);
+        for note in Note::of_merges(&resolution.merges, &resolution.closed, req.now) {
             s.note(note);
-        }
-        for closed in &resolution.closed {
-            s.note(Note::new(NoteKind::Closed, &closed.id, req.now));
         }
         Ok(resolution)
     }
@@ -768,6 +763,9 @@ impl Store for EmbeddedStore {
         };
         let now = req.resolve.now;
         let resolution = s.resolve_sender(&req.resolve)?;
+        for note in Note::of_merges(&resolution.merges, &resolution.closed, now) {
+            s.note(note);
+        }
         let record = s.record_inbound(envelope, Some(&resolution.customer_id), &req.pool, now)?;
         let mut assignments = if record.conversation.status == ConversationStatus::Queued {
             s.assign_queued(&record.conversation.pool, now)

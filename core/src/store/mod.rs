@@ -239,7 +239,7 @@ pub async fn route_inbound_stepwise<S: Store + ?Sized>(
         held => held.is_some(),
     };
     let now = resolve.now;
-    let resolution = store.resolve_customer(resolve).await?;
+    let resolution = store.resolve_customer_noted(resolve).await?;
     let mut resolved = envelope.clone();
     resolved.customer_id = Some(resolution.customer.id.clone());
     let record = store.record_inbound(&resolved, &pool, now).await?;
@@ -460,6 +460,19 @@ impl Note {
         format!("{at}|{}|{}", self.kind.as_str(), self.subject)
     }
 
+    /// The notes a resolution at `at` makes ([`Store::resolve_customer_noted`]): one per merge,
+    /// with its keys, and one per conversation a merge closed.
+    pub fn of_merges(merges: &[Merge], closed: &[Conversation], at: DateTime<Utc>) -> Vec<Note> {
+        let merged = merges.iter().map(|m| Note {
+            via: m.via.clone(),
+            ..Note::new(NoteKind::Merged, &m.from, at)
+        });
+        let closed = closed
+            .iter()
+            .map(|c| Note::new(NoteKind::Closed, &c.id, at));
+        merged.chain(closed).collect()
+    }
+
     /// The note a key was made from, with its [`Note::detail`]; `None` when the key or the
     /// detail is not one.
     pub fn from_key(key: &str, detail: Option<String>) -> Option<Note> {
@@ -595,7 +608,8 @@ pub trait Store: Send + Sync + 'static {
     /// 1. claims `req.claim` with the envelope id for `req.claim_ttl`, as [`Store::claim_key`];
     ///    if another envelope id holds it, answers [`InboundOutcome::Duplicate`] and does
     ///    nothing else (a claim held by this envelope id is a retry, which carries on);
-    /// 2. resolves `req.resolve`, as [`Store::resolve_customer`];
+    /// 2. resolves `req.resolve`, as [`Store::resolve_customer_noted`] (a merge's events are not
+    ///    announced again by a retry, which finds the profiles merged already);
     /// 3. records the envelope under the resolved customer in `req.pool`, as
     ///    [`Store::record_inbound`];
     /// 4. if the conversation is queued, assigns its pool, as [`Store::assign_queued`].

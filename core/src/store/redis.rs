@@ -912,8 +912,9 @@ impl Store for RedisStore {
     async fn route_inbound(&self, req: InboundRouting<'_>) -> Result<InboundOutcome, StoreError> {
         let claim = self.claim_args(&req.claim, &req.envelope.id, req.claim_ttl);
         let mut resolve = self.resolve_args(&req.resolve);
-        // Routing needs the profile only for the events that announce it.
+        // Routing needs the profile only for the events that announce it; merges are noted.
         resolve.push("announced".to_owned());
+        resolve.push("noted".to_owned());
         // The script replaces the customer fields with the customer it resolves.
         let record = self.record_args(req.envelope, &req.pool, req.resolve.now)?;
         let mut inv = ROUTE_INBOUND.prepare_invoke();
