@@ -257,7 +257,8 @@ impl Outbox {
     }
 
     /// Republishes the outbox's batches, oldest first, stopping at the first the bus refuses for a
-    /// transient reason, or at a staged batch still within its grace; a batch it refuses for good
+    /// transient reason; a staged batch still within its grace, and what follows it on its
+    /// exchange, wait for a later round (other exchanges go on); a batch it refuses for good
     /// (nothing is bound for it any more) is dropped, so that it cannot hold up the rest. Then
     /// announces the noted changes nobody announced. One process at a time does this (a store
     /// claim); returns how many batches left the outbox, plus the notes announced.
@@ -402,14 +403,19 @@ impl Outbox {
         let mut left = 0;
         let started = std::time::Instant::now();
         let staged_before = self.grace_cutoff().timestamp_millis();
+        // Exchanges held up behind a staged batch still within its grace: its own publish may
+        // still be under way, and what follows it on its exchange keeps its place behind it.
+        // Other exchanges go on (an event batch does not wait for a reply).
+        let mut held: Vec<String> = Vec::new();
         for item in items {
             if started.elapsed() > REPUBLISH_ROUND_TIME {
                 break;
             }
             let sent = match serde_json::from_str::<Deferred>(&item.body) {
+                Ok(batch) if held.contains(&batch.exchange) => continue,
                 Ok(batch) if batch.staged_at_ms.is_some_and(|t| t > staged_before) => {
-                    // Its own publish may still be under way; so may those of the ones after it.
-                    break;
+                    held.push(batch.exchange);
+                    continue;
                 }
                 Ok(batch) => {
                     let exchange = batch.exchange.clone();

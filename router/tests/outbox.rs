@@ -239,7 +239,7 @@ async fn a_reply_the_bus_refuses_is_kept_and_sent_later(mut s: Setup) {
     assert_eq!(outbox.republish().await.expect("republish"), 0);
 }
 
-async fn a_reply_whose_process_stops_before_the_confirm_is_sent_after_the_grace(s: Setup) {
+async fn a_reply_whose_process_stops_before_the_confirm_is_sent_after_the_grace(mut s: Setup) {
     let (ops, outbox) = commands(&s);
     let conversation = conversation_of(&s, "u-s").await;
     let mut outbound = s
@@ -271,8 +271,17 @@ async fn a_reply_whose_process_stops_before_the_confirm_is_sent_after_the_grace(
     .await;
     assert_eq!(kept(&s).await, [[recorded.id.clone()]]);
 
-    // Within the grace, the republisher leaves it alone: its publish might still be under way.
-    assert_eq!(outbox.republish().await.expect("republish"), 0);
+    // A command's events the bus refuses meanwhile are kept behind it.
+    s.bus.failing.store(1, Ordering::SeqCst);
+    ops.close(&conversation, Some("a1")).await.expect("close");
+    assert_eq!(kept(&s).await.len(), 2);
+    drain(&mut s.events).await;
+
+    // Within the grace, the republisher leaves the reply alone (its publish might still be under
+    // way) and holds up only what follows it on the outbound exchange: the events go out.
+    assert_eq!(outbox.republish().await.expect("republish"), 1);
+    assert_eq!(types(&drain(&mut s.events).await), ["conversation.closed"]);
+    assert_eq!(kept(&s).await, [[recorded.id.clone()]]);
     assert!(
         tokio::time::timeout(Duration::from_millis(200), outbound.next())
             .await
@@ -294,7 +303,7 @@ async fn a_reply_whose_process_stops_before_the_confirm_is_sent_after_the_grace(
     delivery.ack().await.expect("ack");
     assert!(kept(&s).await.is_empty());
     assert_eq!(later.republish().await.expect("republish"), 0);
-    assert_eq!(outbox_count(&s, "republished"), 1);
+    assert_eq!(outbox_count(&s, "republished"), 2);
     assert!(
         STAGED_GRACE >= Duration::from_secs(15),
         "a grace shorter than a publish timeout"
