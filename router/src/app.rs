@@ -169,7 +169,8 @@ impl App {
             outbox.clone(),
             metrics.clone(),
             settings.router.history_limit,
-        );
+        )
+        .with_pools(settings.pool_ids());
         let shutdown = CancellationToken::new();
         let exit_after_stop = Arc::new(AtomicBool::new(false));
         let sockets = TaskTracker::new();

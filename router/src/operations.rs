@@ -31,6 +31,8 @@ pub struct Operations {
     outbox: Outbox,
     metrics: Metrics,
     history_limit: usize,
+    /// The configured pools, whose queues move when a merge frees an agent.
+    pools: Vec<String>,
 }
 
 impl Operations {
@@ -48,7 +50,15 @@ impl Operations {
             outbox,
             metrics,
             history_limit,
+            pools: Vec::new(),
         }
+    }
+
+    /// The same commands, knowing the configured pools: a merge that frees an agent lets every
+    /// one of them move (by default, only the pools of the conversations the merge closed).
+    pub fn with_pools(mut self, pools: Vec<String>) -> Self {
+        self.pools = pools;
+        self
     }
 
     /// The store, for queries.
@@ -282,8 +292,9 @@ impl Operations {
         Ok(())
     }
 
-    /// Links identity keys to a customer explicitly (merging any profile that holds them), then
-    /// assigns the queues of the conversations a merge closed (their agents have room again).
+    /// Links identity keys to a customer explicitly (merging any profile that holds them); when a
+    /// merge closed a conversation (its agent has room again), assigns the configured pools'
+    /// queues and the closed conversations' own.
     pub async fn link_identities(
         &self,
         customer_id: &str,
@@ -323,11 +334,14 @@ impl Operations {
             events.conversation_closed(closed, None);
         }
         let mut notes = Note::of_merges(&resolution.merges, &resolution.closed, now);
-        // A conversation the merge closed may have freed its agent: let its pool's queue move.
-        let mut pools: Vec<String> = resolution.closed.iter().map(|c| c.pool.clone()).collect();
-        pools.sort();
-        pools.dedup();
-        self.assign(&pools, &mut events, &mut notes).await?;
+        // A conversation the merge closed may have freed its agent: let the queues move.
+        if !resolution.closed.is_empty() {
+            let mut pools: Vec<String> = resolution.closed.iter().map(|c| c.pool.clone()).collect();
+            pools.extend(self.pools.iter().cloned());
+            pools.sort();
+            pools.dedup();
+            self.assign(&pools, &mut events, &mut notes).await?;
+        }
         self.outbox.publish_noted(events, &notes).await?;
         Ok(resolution.customer)
     }

@@ -60,4 +60,54 @@ async fn a_merge_that_frees_an_agent_assigns_the_next_queued_conversation(mut s:
     );
 }
 
-on_both_stores!(a_merge_that_frees_an_agent_assigns_the_next_queued_conversation);
+/// The room a merge frees goes to whatever waits in any configured pool of the agent's, not only
+/// in the pool of the conversation the merge closed.
+async fn a_merge_that_frees_an_agent_lets_every_configured_pool_move(s: Setup) {
+    use switchyard_core::model::AgentStatus;
+    use switchyard_core::store::{AgentUpdate, TransferTarget};
+
+    s.store
+        .upsert_agent(
+            AgentUpdate {
+                id: "a1".into(),
+                pools: Some(vec!["default".into(), "vip".into()]),
+                capacity: Some(2),
+                status: Some(AgentStatus::Online),
+                ..AgentUpdate::default()
+            },
+            switchyard_core::time::now(),
+        )
+        .await
+        .expect("a1");
+    forget_notes(&s.store).await;
+    let ops = commands(&s)
+        .0
+        .with_pools(vec!["default".into(), "vip".into()]);
+    let first = conversation_of(&s, "u-a").await;
+    ops.close(&first, Some("a1")).await.expect("close");
+    let held = conversation_of(&s, "u-b").await;
+    let kept = conversation_of(&s, "u-a").await;
+    let waiting = conversation_of(&s, "u-c").await;
+    ops.transfer(&waiting, None, TransferTarget::Pool("vip".into()))
+        .await
+        .expect("transfer");
+    assert_eq!(status_of(&s, &waiting).await.0, ConversationStatus::Queued);
+    let customer = |c: String| {
+        let store = Arc::clone(&s.store);
+        async move { store.conversation(&c).await.unwrap().unwrap().customer_id }
+    };
+    let (older, younger) = (customer(kept.clone()).await, customer(held.clone()).await);
+
+    ops.merge_customers(&older, &younger).await.expect("merge");
+    assert_eq!(status_of(&s, &held).await.0, ConversationStatus::Closed);
+    assert_eq!(
+        status_of(&s, &waiting).await,
+        (ConversationStatus::Assigned, Some("a1".to_owned())),
+        "the freed room went to the conversation waiting in `vip`"
+    );
+}
+
+on_both_stores!(
+    a_merge_that_frees_an_agent_assigns_the_next_queued_conversation,
+    a_merge_that_frees_an_agent_lets_every_configured_pool_move,
+);
