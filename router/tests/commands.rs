@@ -2,8 +2,6 @@
 //! changes besides its own record.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::sync::Arc;
-
 use switchyard_core::model::ConversationStatus;
 
 #[macro_use]
@@ -27,13 +25,9 @@ async fn a_merge_that_frees_an_agent_assigns_the_next_queued_conversation(mut s:
     let held = conversation_of(&s, "u-b").await;
     let waiting = conversation_of(&s, "u-a").await;
     assert_eq!(status_of(&s, &waiting).await.0, ConversationStatus::Queued);
-    let customer = |c: String| {
-        let store = Arc::clone(&s.store);
-        async move { store.conversation(&c).await.unwrap().unwrap().customer_id }
-    };
     let (older, younger) = (
-        customer(waiting.clone()).await,
-        customer(held.clone()).await,
+        customer_of(&s, &waiting).await,
+        customer_of(&s, &held).await,
     );
     drain(&mut s.events).await;
 
@@ -92,11 +86,7 @@ async fn a_merge_that_frees_an_agent_lets_every_configured_pool_move(s: Setup) {
         .await
         .expect("transfer");
     assert_eq!(status_of(&s, &waiting).await.0, ConversationStatus::Queued);
-    let customer = |c: String| {
-        let store = Arc::clone(&s.store);
-        async move { store.conversation(&c).await.unwrap().unwrap().customer_id }
-    };
-    let (older, younger) = (customer(kept.clone()).await, customer(held.clone()).await);
+    let (older, younger) = (customer_of(&s, &kept).await, customer_of(&s, &held).await);
 
     ops.merge_customers(&older, &younger).await.expect("merge");
     assert_eq!(status_of(&s, &held).await.0, ConversationStatus::Closed);

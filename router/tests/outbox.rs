@@ -577,15 +577,10 @@ async fn a_merge_whose_command_stops_before_announcing_it_is_announced_after_the
     let (ops, outbox) = commands(&s);
     let kept = conversation_of(&s, "u-m1").await;
     let merged_away = conversation_of(&s, "u-m2").await;
-    let customer_of = async |conversation: &str| {
-        s.store
-            .conversation(conversation)
-            .await
-            .unwrap()
-            .unwrap()
-            .customer_id
-    };
-    let (into, from) = (customer_of(&kept).await, customer_of(&merged_away).await);
+    let (into, from) = (
+        customer_of(&s, &kept).await,
+        customer_of(&s, &merged_away).await,
+    );
     drain(&mut s.events).await;
 
     s.bus.hanging.store(1, Ordering::SeqCst);

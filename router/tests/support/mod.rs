@@ -277,6 +277,16 @@ pub async fn conversation_of(s: &Setup, user: &str) -> String {
     }
 }
 
+/// The customer of a conversation that must exist.
+pub async fn customer_of(s: &Setup, conversation: &str) -> String {
+    s.store
+        .conversation(conversation)
+        .await
+        .expect("conversation")
+        .expect("the conversation exists")
+        .customer_id
+}
+
 /// Each case (an async fn taking a [`Setup`]) as a test on the embedded store and one on Redis.
 #[allow(unused_macros)]
 macro_rules! on_both_stores {
