@@ -34,18 +34,6 @@ pub async fn assign_pools(
     Ok(())
 }
 
-/// Clears `notes` (see [`Note`]): their changes' events are published or kept in the outbox. If
-/// the store does not answer, the outbox's republisher announces the changes again later, with
-/// the same event ids.
-pub async fn announced(store: &dyn Store, notes: &[Note]) {
-    if notes.is_empty() {
-        return;
-    }
-    if let Err(e) = store.clear_notes(notes).await {
-        tracing::warn!(error = %e, notes = notes.len(), "events published, but their notes not cleared; they are announced again later");
-    }
-}
-
 /// For assignments the store made in `pool`: adds each one's `conversation.assigned` to
 /// `events`, and records the ingress-to-assignment latency of each new one (a
 /// [replayed](Assignment::replayed) one was measured when it was made).

@@ -18,9 +18,10 @@ use switchyard_core::store::{
     InboundOutcome, InboundRouting, Note, ResolveRequest, SenderResolution, Store,
 };
 
-use crate::assignment::{announce_assignments, announced, assign_pools};
+use crate::assignment::{announce_assignments, assign_pools};
 use crate::error::RouteError;
 use crate::events::{EventBatch, EventPublisher};
+use crate::outbox::announced;
 
 /// Routes inbound envelopes.
 #[derive(Clone)]

@@ -142,7 +142,7 @@ impl Outbox {
     /// the changes again after the grace, with the same event ids.
     pub async fn publish_noted(&self, batch: EventBatch, notes: &[Note]) -> Result<(), BusError> {
         self.publish(batch).await?;
-        crate::assignment::announced(&*self.store, notes).await;
+        announced(&*self.store, notes).await;
         Ok(())
     }
 
@@ -339,12 +339,13 @@ impl Outbox {
     /// record that is gone). A conversation event keeps the id its command gave it: the id comes
     /// from the time of the change, which the stored conversation, or the note, keeps.
     async fn render(&self, note: &Note, batch: &mut EventBatch) -> Result<(), StoreError> {
+        let conversation = async || self.store.conversation(&note.subject).await;
+        let from = note.from_agent.as_deref();
         match note.kind {
             NoteKind::AgentUpdated => {
                 if let Some(agent) = self.store.agent(&note.subject).await? {
                     batch.agent_updated(&agent);
                 }
-                return Ok(());
             }
             NoteKind::Merged => {
                 // A merged-away id reads as the profile it was merged into.
@@ -353,34 +354,38 @@ impl Outbox {
                 {
                     batch.customer_merged(&survivor, &note.subject, &note.via);
                 }
-                return Ok(());
             }
-            _ => {}
-        }
-        let Some(c) = self.store.conversation(&note.subject).await? else {
-            return Ok(());
-        };
-        let from = note.from_agent.as_deref();
-        match note.kind {
-            NoteKind::Assigned if c.status == ConversationStatus::Assigned => {
-                batch.conversation(EventType::ConversationAssigned, &c);
-            }
-            NoteKind::Closed if c.status == ConversationStatus::Closed => {
-                batch.conversation_closed(&c, from);
-            }
-            NoteKind::TransferredToPool => {
-                batch.conversation_transferred(&c, from, note.at);
-                if c.status == ConversationStatus::Queued {
-                    batch.conversation(EventType::ConversationQueued, &c);
-                }
-            }
-            NoteKind::TransferredToAgent => {
-                batch.conversation_transferred(&c, from, note.at);
-                if c.status == ConversationStatus::Assigned {
+            NoteKind::Assigned => {
+                if let Some(c) = conversation().await?
+                    && c.status == ConversationStatus::Assigned
+                {
                     batch.conversation(EventType::ConversationAssigned, &c);
                 }
             }
-            _ => {}
+            NoteKind::Closed => {
+                if let Some(c) = conversation().await?
+                    && c.status == ConversationStatus::Closed
+                {
+                    batch.conversation_closed(&c, from);
+                }
+            }
+            NoteKind::TransferredToPool | NoteKind::TransferredToAgent => {
+                if let Some(c) = conversation().await? {
+                    batch.conversation_transferred(&c, from, note.at);
+                    // Then where it went, if it is still there.
+                    let (status, event) = if note.kind == NoteKind::TransferredToPool {
+                        (ConversationStatus::Queued, EventType::ConversationQueued)
+                    } else {
+                        (
+                            ConversationStatus::Assigned,
+                            EventType::ConversationAssigned,
+                        )
+                    };
+                    if c.status == status {
+                        batch.conversation(event, &c);
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -502,6 +507,18 @@ impl Deferred {
                 (m.key, message)
             })
             .collect()
+    }
+}
+
+/// Clears `notes` (see [`Note`]): their changes' events are published or kept in the outbox. If
+/// the store does not answer, the republisher announces the changes again later, with the same
+/// event ids.
+pub async fn announced(store: &dyn Store, notes: &[Note]) {
+    if notes.is_empty() {
+        return;
+    }
+    if let Err(e) = store.clear_notes(notes).await {
+        tracing::warn!(error = %e, notes = notes.len(), "events published, but their notes not cleared; they are announced again later");
     }
 }
 

@@ -1,7 +1,7 @@
 //! In-process store: all state behind one mutex, so every operation is atomic exactly as a Redis
 //! Lua script is. Never held across an await.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -62,7 +62,8 @@ struct State {
     /// Agents an assignment set offline (lapsed presence) that no sweep has returned yet.
     expired_unannounced: BTreeSet<String>,
     /// Changes whose events their command may not have published ([`Note`]), by key.
-    notes: HashMap<String, Note>,
+    /// Ordered by key, which orders them by time, as the Redis store lists them.
+    notes: BTreeMap<String, Note>,
     /// Mailboxes by key ([`Store::mailbox_push`]).
     mailboxes: HashMap<String, Mailbox>,
     mailbox_pushes: u64,
@@ -814,14 +815,11 @@ impl Store for EmbeddedStore {
 
     async fn unannounced(&self, before: DateTime<Utc>) -> Result<Vec<Note>, StoreError> {
         let s = self.lock();
-        let mut due: Vec<(String, Note)> = s
-            .notes
-            .iter()
-            .filter(|(_, note)| note.at <= before)
-            .map(|(key, note)| (key.clone(), note.clone()))
-            .collect();
-        due.sort_by(|a, b| (a.1.at, &a.0).cmp(&(b.1.at, &b.0)));
-        Ok(due.into_iter().map(|(_, note)| note).collect())
+        Ok(s.notes
+            .values()
+            .filter(|note| note.at <= before)
+            .cloned()
+            .collect())
     }
 
     async fn clear_notes(&self, notes: &[Note]) -> Result<(), StoreError> {

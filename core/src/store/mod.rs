@@ -443,15 +443,6 @@ impl Note {
         }
     }
 
-    /// What the store keeps with the note's key: the agent a close or transfer left, or a merge's
-    /// keys as a JSON array of strings.
-    pub fn detail(&self) -> Option<String> {
-        match self.kind {
-            NoteKind::Merged => serde_json::to_string(&self.via).ok(),
-            _ => self.from_agent.clone(),
-        }
-    }
-
     /// The note's key, unique per change: `<at, RFC 3339 with nanoseconds>|<kind>|<subject>`.
     /// Keys sort byte-wise by time (the timestamp is fixed-width), which is how the Redis store
     /// lists them.
@@ -473,8 +464,9 @@ impl Note {
         merged.chain(closed).collect()
     }
 
-    /// The note a key was made from, with its [`Note::detail`]; `None` when the key or the
-    /// detail is not one.
+    /// The note a key was made from, with the detail the store keeps beside the key (the agent a
+    /// close or transfer left, or a merge's keys as a JSON array of strings); `None` when the key
+    /// or the detail is not one.
     pub fn from_key(key: &str, detail: Option<String>) -> Option<Note> {
         let (at, rest) = key.split_once('|')?;
         let (kind, subject) = rest.split_once('|')?;
