@@ -24,8 +24,9 @@ use futures_util::StreamExt;
 use futures_util::future::maybe_done;
 use lapin::Confirmation;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
@@ -624,6 +625,14 @@ impl Deliveries for AmqpDeliveries {
             redeliveries,
             Box::new(acker),
         ))
+    }
+
+    async fn cancel(&mut self) -> Result<(), BusError> {
+        // lapin ends the stream after the deliveries that came before the broker's cancel-ok.
+        self.channel
+            .basic_cancel(self.consumer.tag(), BasicCancelOptions::default())
+            .await
+            .map_err(|e| unavailable(format!("cancelling the consumer of `{}`: {e}", self.queue)))
     }
 
     async fn leave(self: Box<Self>) {

@@ -343,6 +343,7 @@ impl Bus for EmbeddedBus {
             queue: q,
             broker: Arc::clone(&self.inner),
             prefetch: Arc::new(Semaphore::new(usize::from(prefetch.max(1)))),
+            cancelled: false,
         }))
     }
 
@@ -360,6 +361,8 @@ struct EmbeddedConsumer {
     queue: Arc<Queue>,
     broker: Arc<Broker>,
     prefetch: Arc<Semaphore>,
+    /// Set by [`Deliveries::cancel`]: nothing is sent ahead, so the stream simply ends.
+    cancelled: bool,
 }
 
 #[async_trait]
@@ -368,7 +371,7 @@ impl Deliveries for EmbeddedConsumer {
         let closed = self.broker.closed_notify.notified();
         tokio::pin!(closed);
         closed.as_mut().enable();
-        if self.broker.closed.load(Ordering::Acquire) {
+        if self.cancelled || self.broker.closed.load(Ordering::Acquire) {
             return None;
         }
         let permit = tokio::select! {
@@ -406,6 +409,11 @@ impl Deliveries for EmbeddedConsumer {
                 _ = &mut closed => return None,
             }
         }
+    }
+
+    async fn cancel(&mut self) -> Result<(), BusError> {
+        self.cancelled = true;
+        Ok(())
     }
 }
 

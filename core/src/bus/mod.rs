@@ -186,6 +186,13 @@ pub trait Deliveries: Send {
     /// first; when the connection just ends, the held messages go back first. The default drops
     /// the consumer.
     async fn leave(self: Box<Self>) {}
+
+    /// Stops taking new messages while the process keeps running: the broker sends this
+    /// consumer nothing more, and [`Deliveries::next`] yields what it had already sent, then
+    /// `None`. What it yields must still be settled. On a single-active-consumer queue the next
+    /// waiting consumer becomes active at once, before those are settled (a router hands a
+    /// shard back this way).
+    async fn cancel(&mut self) -> Result<(), BusError>;
 }
 
 /// A message bus (in-process or RabbitMQ).

@@ -663,6 +663,53 @@ pub async fn back_pressure(factory: &impl MakeBus, prefix: &str, publish_timeout
     expect_nothing(&mut d, &format!("{what}: after draining")).await;
 }
 
+/// `cancel` stops one consumer while the bus runs on: the broker sends it nothing more, its
+/// stream yields what had already been sent to it and then ends, and a consumer that starts
+/// after it gets the rest. On one queue, nothing is lost, nothing comes twice, and the order
+/// holds across the two.
+pub async fn cancel_yields_what_was_sent_then_ends(factory: &impl MakeBus, prefix: &str) {
+    let what = "cancel_yields_what_was_sent_then_ends";
+    let bus = setup(factory, prefix, 1000).await;
+    let n = Names::new(prefix);
+    let ids: Vec<String> = (0..10).map(|i| format!("c{i}")).collect();
+    for id in &ids {
+        publish(&bus, &n.inbound_exchange(), "0", msg(id)).await;
+    }
+    let mut first = consume(&bus, &n.inbound_queue(0), 4).await;
+    let mut seen = Vec::new();
+    for id in ["c0", "c1"] {
+        let got = expect_id(&mut first, id, what).await;
+        seen.push(got.message.message_id.clone());
+        ack(got, what).await;
+    }
+    first
+        .cancel()
+        .await
+        .unwrap_or_else(|e| panic!("{what}: cancel failed: {e}"));
+    loop {
+        match timeout(WAIT, first.next()).await {
+            Ok(Some(got)) => {
+                seen.push(got.message.message_id.clone());
+                ack(got, what).await;
+            }
+            Ok(None) => break,
+            Err(_) => panic!("{what}: a cancelled consumer's stream did not end within {WAIT:?}"),
+        }
+    }
+    let held = seen.len();
+    let mut second = consume(&bus, &n.inbound_queue(0), 4).await;
+    while seen.len() < ids.len() {
+        let got = next(&mut second, &format!("{what}: the next consumer")).await;
+        seen.push(got.message.message_id.clone());
+        ack(got, what).await;
+    }
+    assert_eq!(
+        seen, ids,
+        "{what}: the cancelled consumer's {held} and the next consumer's messages, in order, each once"
+    );
+    expect_nothing(&mut second, &format!("{what}: after the last message")).await;
+}
+
 /// `close` ends every consumer stream (also one waiting in `next()`), makes the bus unready and
 /// refuses further publishes.
 pub async fn close_ends_consumer_streams(factory: &impl MakeBus, prefix: &str) {
@@ -709,6 +756,7 @@ pub async fn run_all(
     reject_dead_letters_at_once(factory, &p("reject")).await;
     dropped_delivery_is_redelivered(factory, &p("dropped")).await;
     prefetch_bounds_unsettled(factory, &p("prefetch")).await;
+    cancel_yields_what_was_sent_then_ends(factory, &p("cancel")).await;
     if let Some(publish_timeout) = back_pressure_timeout {
         back_pressure(factory, &p("backpressure"), publish_timeout).await;
     }
