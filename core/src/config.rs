@@ -279,6 +279,11 @@ pub struct RouterSettings {
     /// Delay before registering as standby on another router's shards.
     #[serde(default = "default_standby_delay")]
     pub standby_delay_ms: u64,
+    /// Whether a router hands the shards it took over back to their owner once the owner is
+    /// up again (see docs/operations.md, "Routers"). Without it, shards stay with the router
+    /// that took them over until the routers restart together.
+    #[serde(default = "default_true")]
+    pub hand_back_shards: bool,
     /// Messages routed at once by this router, across all its shards (each holds store and bus
     /// calls in flight). More deliveries than this may wait in memory (up to prefetch × shards);
     /// the bound keeps an overloaded router's store calls within their timeouts.
@@ -300,6 +305,7 @@ impl Default for RouterSettings {
             instance: 0,
             instances: default_instances(),
             standby_delay_ms: default_standby_delay(),
+            hand_back_shards: true,
             max_in_flight: default_max_in_flight(),
             presence_ttl_secs: default_presence_ttl(),
         }
@@ -319,6 +325,9 @@ fn default_attempts() -> u32 {
 }
 fn default_instances() -> u16 {
     1
+}
+fn default_true() -> bool {
+    true
 }
 fn default_standby_delay() -> u64 {
     3_000

@@ -67,6 +67,10 @@ pub struct Metrics {
     pub outbox: IntCounterVec,
     /// Batches in the store's outbox when this process last looked (every 5 s).
     pub outbox_waiting: IntGauge,
+    /// Inbound shard hand-overs between routers, by step (`handed_back`: this router gave a
+    /// shard back to its owner; `waited`: this router's consumer waited for another router to
+    /// finish handing a shard back before routing).
+    pub shard_handovers: IntCounterVec,
 }
 
 /// Latency buckets from 100 µs to 30 s.
@@ -142,6 +146,13 @@ impl Metrics {
             "outbox_waiting_batches",
             "Batches in the store's outbox when this process last looked",
         )?;
+        let shard_handovers = IntCounterVec::new(
+            Opts::new(
+                "router_shard_handovers_total",
+                "Inbound shard hand-overs between routers, by step",
+            ),
+            &["step"],
+        )?;
         registry.register(Box::new(inbound.clone()))?;
         registry.register(Box::new(outbound.clone()))?;
         registry.register(Box::new(routed.clone()))?;
@@ -152,6 +163,7 @@ impl Metrics {
         registry.register(Box::new(websocket_sessions.clone()))?;
         registry.register(Box::new(outbox.clone()))?;
         registry.register(Box::new(outbox_waiting.clone()))?;
+        registry.register(Box::new(shard_handovers.clone()))?;
         Ok(Metrics {
             registry,
             inbound,
@@ -164,6 +176,7 @@ impl Metrics {
             websocket_sessions,
             outbox,
             outbox_waiting,
+            shard_handovers,
         })
     }
 

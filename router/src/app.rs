@@ -20,6 +20,7 @@ use switchyard_core::store::Store;
 use switchyard_core::store::embedded::EmbeddedStore;
 use switchyard_core::store::redis::RedisStore;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -32,7 +33,8 @@ use crate::inbound::InboundRouter;
 use crate::ingress::Ingress;
 use crate::operations::Operations;
 use crate::outbox::{Outbox, STAGED_GRACE, run_republisher};
-use crate::workers::{Outbound, run_channel_sync, run_outbound, run_shard};
+use crate::peers::Peers;
+use crate::workers::{Outbound, ShardWorker, run_channel_sync, run_outbound, run_shard};
 
 /// How often a router sets offline the agents whose presence lapsed (and announces them).
 const PRESENCE_SWEEP: Duration = Duration::from_secs(5);
@@ -191,16 +193,30 @@ impl App {
                 Duration::from_secs(settings.store.dedupe_ttl_secs),
                 settings.router.max_in_flight,
             );
+            let peers = Peers::new(
+                Arc::clone(&store),
+                settings.router.instance,
+                settings.router.instances,
+                settings.router.hand_back_shards,
+            );
+            let own_shards = (0..settings.bus.shards)
+                .filter(|&shard| peers.owns(shard))
+                .count();
+            let (registered, own_registered) = watch::channel(own_shards);
             for shard in 0..settings.bus.shards {
-                let (bus, router, metrics, stop, exit) = (
-                    Arc::clone(&bus),
-                    router.clone(),
-                    metrics.clone(),
-                    shutdown.clone(),
-                    Arc::clone(&exit_after_stop),
-                );
-                let (prefetch, attempts) = (settings.bus.prefetch, settings.router.attempts);
-                let own = shard % settings.router.instances == settings.router.instance;
+                let worker = ShardWorker {
+                    bus: Arc::clone(&bus),
+                    shard,
+                    queue: inbound_queue(shard),
+                    prefetch: settings.bus.prefetch,
+                    attempts: settings.router.attempts,
+                    router: router.clone(),
+                    metrics: metrics.clone(),
+                    peers: peers.clone(),
+                };
+                let (stop, exit) = (shutdown.clone(), Arc::clone(&exit_after_stop));
+                let own = peers.owns(shard);
+                let registered = own.then(|| registered.clone());
                 let standby_delay = Duration::from_millis(if own {
                     0
                 } else {
@@ -212,20 +228,17 @@ impl App {
                         _ = stop.cancelled() => return Ok(()),
                         _ = tokio::time::sleep(standby_delay) => {}
                     }
-                    run_shard(
-                        bus,
-                        inbound_queue(shard),
-                        prefetch,
-                        attempts,
-                        router,
-                        metrics,
-                        stop,
-                        exit,
-                    )
-                    .await
-                    .with_context(|| format!("inbound shard {shard} consumer"))
+                    run_shard(worker, registered, stop, exit)
+                        .await
+                        .with_context(|| format!("inbound shard {shard} consumer"))
                 });
             }
+            drop(registered);
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                peers.run(own_registered, stop).await;
+                Ok(())
+            });
         }
 
         {

@@ -12,6 +12,7 @@ pub mod inbound;
 pub mod ingress;
 pub mod operations;
 pub mod outbox;
+pub mod peers;
 pub mod workers;
 
 pub use app::{App, Role};

@@ -6,7 +6,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
@@ -16,11 +16,13 @@ use switchyard_core::bus::{Bus, Deliveries, Delivery};
 use switchyard_core::envelope::Envelope;
 use switchyard_core::metrics::Metrics;
 use switchyard_core::store::Store;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::RouteError;
 use crate::inbound::{InboundRouter, Routed};
 use crate::outbox::Outbox;
+use crate::peers::{HAND_BACK_COOLDOWN, MARK_TTL, Peers};
 
 /// The next delivery, or `None` once `stop` is cancelled or the stream ends.
 pub(crate) async fn next_until(
@@ -42,6 +44,35 @@ fn backoff(attempt: u32) -> Duration {
     )
 }
 
+/// One inbound shard's consumer: the queue, how it routes, and its place among the routers.
+#[derive(Clone)]
+pub struct ShardWorker {
+    /// The bus the shard queue is on.
+    pub bus: Arc<dyn Bus>,
+    /// The shard's number.
+    pub shard: u16,
+    /// The shard's queue.
+    pub queue: String,
+    /// Unsettled deliveries at a time.
+    pub prefetch: u16,
+    /// In-place attempts after which a failing message is logged.
+    pub attempts: u32,
+    /// Routes each message.
+    pub router: InboundRouter,
+    /// Where outcomes are counted.
+    pub metrics: Metrics,
+    /// Which router owns the shard, and the hand-back between routers.
+    pub peers: Peers,
+}
+
+/// How one subscription to a shard ended.
+enum Ended {
+    /// Stopped, or the bus closed.
+    Stopped,
+    /// Handed back to the shard's owner: everything taken is settled.
+    HandedBack,
+}
+
 /// Consumes one inbound shard queue until `stop` or the bus closes.
 ///
 /// Messages of different identities (shard keys) are routed concurrently, up to the prefetch;
@@ -52,69 +83,306 @@ fn backoff(attempt: u32) -> Duration {
 /// when `exit` is set by then (the process exits after stopping), it
 /// [leaves](Deliveries::leave) so that the queue takes back what it had not started before a
 /// standby router gets anything.
-#[allow(clippy::too_many_arguments)]
+///
+/// When another router owns the shard and is up, the consumer hands the shard back and
+/// registers again as a standby (see [`crate::peers`]). `registered` (for the router's own
+/// shards) is counted down once the first registration is made.
 pub async fn run_shard(
-    bus: Arc<dyn Bus>,
-    queue: String,
-    prefetch: u16,
-    attempts: u32,
-    router: InboundRouter,
-    metrics: Metrics,
+    worker: ShardWorker,
+    mut registered: Option<watch::Sender<usize>>,
     stop: CancellationToken,
     exit: Arc<AtomicBool>,
 ) -> Result<(), RouteError> {
-    let mut deliveries = bus.consume(&queue, prefetch).await?;
-    let mut running = FuturesUnordered::new();
-    // Shard keys with a message in progress, and the messages of that key waiting behind it.
-    let mut busy: HashMap<String, VecDeque<(Delivery, Envelope)>> = HashMap::new();
-    let mut taking = true;
+    let mut handed_back_at: Option<Instant> = None;
     loop {
-        tokio::select! {
-            _ = stop.cancelled(), if taking => taking = false,
-            next = deliveries.next(), if taking => {
-                let Some(delivery) = next else {
-                    taking = false;
-                    continue;
-                };
-                let Some((delivery, envelope)) = decode(delivery, &metrics).await else {
-                    continue;
-                };
-                let key = envelope.shard_key();
-                match busy.get_mut(&key) {
-                    Some(waiting) => waiting.push_back((delivery, envelope)),
-                    None => {
-                        busy.insert(key.clone(), VecDeque::new());
-                        running.push(route_one(key, delivery, envelope, attempts, &router, &metrics, &stop));
-                    }
-                }
+        let mut deliveries = worker.bus.consume(&worker.queue, worker.prefetch).await?;
+        if let Some(registered) = registered.take() {
+            registered.send_modify(|left| *left = left.saturating_sub(1));
+        }
+        let hand_back_from = handed_back_at.map(|at| at + HAND_BACK_COOLDOWN);
+        if let Ended::HandedBack = worker.drain(&mut deliveries, hand_back_from, &stop).await {
+            worker.unmark().await;
+            worker
+                .metrics
+                .shard_handovers
+                .with_label_values(&["handed_back"])
+                .inc();
+            tracing::info!(
+                shard = worker.shard,
+                owner = worker.peers.owner(worker.shard),
+                "handed the shard back to its owner"
+            );
+            handed_back_at = Some(Instant::now());
+            if !stop.is_cancelled() {
+                continue;
             }
-            Some((key, handed_back)) = running.next() => {
-                if handed_back {
-                    // The user's later messages go back with it, so that none overtakes it.
-                    for (delivery, _) in busy.remove(&key).unwrap_or_default() {
-                        if let Err(e) = delivery.hand_back("handed back after an earlier message of its user").await {
-                            tracing::warn!(error = %e, "could not hand a message back");
-                        }
-                    }
-                    continue;
-                }
-                let next = busy.get_mut(&key).and_then(VecDeque::pop_front);
-                match next {
-                    Some((delivery, envelope)) => {
-                        running.push(route_one(key, delivery, envelope, attempts, &router, &metrics, &stop));
-                    }
-                    None => {
-                        busy.remove(&key);
-                    }
-                }
+        }
+        if exit.load(Ordering::Acquire) {
+            deliveries.leave().await;
+        }
+        return Ok(());
+    }
+}
+
+/// Where one subscription is in handing its shard back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HandBack {
+    /// Not handing back.
+    No,
+    /// Marked; acknowledgements are held until the broker stops sending.
+    Quieting,
+    /// Cancelled; routing what the broker had sent.
+    Draining,
+}
+
+/// Holds acknowledgements back while a hand-back waits for the broker to stop sending. A
+/// consumer that acknowledges nothing gets at most its prefetch, so once deliveries stop coming,
+/// none is on its way: a delivery on its way when the consumer is cancelled would go back to
+/// the queue behind what the next router already has.
+#[derive(Default)]
+struct AckGate {
+    /// The routed deliveries held back, while holding.
+    held: std::sync::Mutex<Option<Vec<Delivery>>>,
+}
+
+impl AckGate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Vec<Delivery>>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts holding acknowledgements back.
+    fn hold(&self) {
+        self.lock().get_or_insert_with(Vec::new);
+    }
+
+    /// Keeps a routed `delivery` while holding; otherwise gives it back to be acknowledged.
+    fn keep(&self, delivery: Delivery) -> Option<Delivery> {
+        match self.lock().as_mut() {
+            Some(held) => {
+                held.push(delivery);
+                None
             }
-            else => break,
+            None => Some(delivery),
         }
     }
-    if exit.load(Ordering::Acquire) {
-        deliveries.leave().await;
+
+    /// Stops holding, and returns what was held, to be acknowledged.
+    fn release(&self) -> Vec<Delivery> {
+        self.lock().take().unwrap_or_default()
     }
-    Ok(())
+}
+
+/// Acknowledges a routed delivery (envelope `id`).
+async fn ack(delivery: Delivery, id: &str) {
+    if let Err(e) = delivery.ack().await {
+        tracing::warn!(error = %e, %id, "ack failed; the message will be redelivered and deduplicated");
+    }
+}
+
+/// Acknowledges routed deliveries.
+async fn ack_all(deliveries: Vec<Delivery>) {
+    for delivery in deliveries {
+        let id = delivery.message.message_id.clone();
+        ack(delivery, &id).await;
+    }
+}
+
+/// How long a hand-back waits without a delivery before it cancels the consumer.
+const QUIET_BEFORE_CANCEL: Duration = Duration::from_millis(100);
+
+impl ShardWorker {
+    /// Routes what one subscription delivers until it ends: on stop, when the bus closes, or
+    /// after a hand-back (not before `hand_back_from`) once everything taken is settled.
+    async fn drain(
+        &self,
+        deliveries: &mut Box<dyn Deliveries>,
+        hand_back_from: Option<Instant>,
+        stop: &CancellationToken,
+    ) -> Ended {
+        let gate = AckGate::default();
+        let mut running = FuturesUnordered::new();
+        // Shard keys with a message in progress, and the messages of that key waiting behind it.
+        let mut busy: HashMap<String, VecDeque<(Delivery, Envelope)>> = HashMap::new();
+        let mut taking = true;
+        // The first delivery may come while another router still hands this shard back.
+        let mut first = self.peers.shared();
+        let mut hand_back = HandBack::No;
+        let refresh = tokio::time::sleep(MARK_TTL / 3);
+        let quiet = tokio::time::sleep(QUIET_BEFORE_CANCEL);
+        tokio::pin!(refresh, quiet);
+        loop {
+            if !taking && running.is_empty() {
+                break;
+            }
+            tokio::select! {
+                // A hand-back under way takes the rest of its (finite) stream, so that nothing
+                // it held goes back to the queue behind what the next router already has.
+                _ = stop.cancelled(), if taking && hand_back == HandBack::No => taking = false,
+                () = &mut refresh, if hand_back != HandBack::No => {
+                    if let Err(e) = self.peers.mark_hand_back(self.shard).await {
+                        tracing::warn!(shard = self.shard, error = %e, "could not refresh the hand-back mark");
+                    }
+                    refresh.as_mut().reset(tokio::time::Instant::now() + MARK_TTL / 3);
+                }
+                () = &mut quiet, if hand_back == HandBack::Quieting => {
+                    hand_back = self.cancel_for_hand_back(deliveries, &gate).await;
+                }
+                next = deliveries.next(), if taking => {
+                    let Some(delivery) = next else {
+                        taking = false;
+                        continue;
+                    };
+                    if std::mem::take(&mut first) && self.peers.wait_for_hand_back(self.shard, stop).await {
+                        self.metrics.shard_handovers.with_label_values(&["waited"]).inc();
+                    }
+                    if hand_back == HandBack::No
+                        && hand_back_from.is_none_or(|from| Instant::now() >= from)
+                        && self.peers.should_hand_back(self.shard)
+                    {
+                        hand_back = self.begin_hand_back(&gate).await;
+                        refresh.as_mut().reset(tokio::time::Instant::now() + MARK_TTL / 3);
+                    }
+                    if hand_back == HandBack::Quieting {
+                        quiet.as_mut().reset(tokio::time::Instant::now() + QUIET_BEFORE_CANCEL);
+                    }
+                    let Some((delivery, envelope)) = decode(delivery, &self.metrics).await else {
+                        continue;
+                    };
+                    let key = envelope.shard_key();
+                    match busy.get_mut(&key) {
+                        Some(waiting) => waiting.push_back((delivery, envelope)),
+                        None => {
+                            busy.insert(key.clone(), VecDeque::new());
+                            running.push(self.route_one(key, delivery, envelope, &gate, stop));
+                        }
+                    }
+                }
+                Some((key, handed_back)) = running.next() => {
+                    if handed_back {
+                        // The user's later messages go back with it, so that none overtakes it.
+                        for (delivery, _) in busy.remove(&key).unwrap_or_default() {
+                            if let Err(e) = delivery.hand_back("handed back after an earlier message of its user").await {
+                                tracing::warn!(error = %e, "could not hand a message back");
+                            }
+                        }
+                        continue;
+                    }
+                    let next = busy.get_mut(&key).and_then(VecDeque::pop_front);
+                    match next {
+                        Some((delivery, envelope)) => {
+                            running.push(self.route_one(key, delivery, envelope, &gate, stop));
+                        }
+                        None => {
+                            busy.remove(&key);
+                        }
+                    }
+                }
+            }
+        }
+        // Anything still held back: the stream ended while quieting (the bus closed), so the
+        // shard was not handed back.
+        ack_all(gate.release()).await;
+        match hand_back {
+            HandBack::Draining => Ended::HandedBack,
+            HandBack::Quieting => {
+                self.unmark().await;
+                Ended::Stopped
+            }
+            HandBack::No => Ended::Stopped,
+        }
+    }
+
+    /// Marks the shard as being handed back and starts holding acknowledgements back.
+    async fn begin_hand_back(&self, gate: &AckGate) -> HandBack {
+        if let Err(e) = self.peers.mark_hand_back(self.shard).await {
+            tracing::debug!(shard = self.shard, error = %e, "cannot mark a hand-back; keeping the shard for now");
+            return HandBack::No;
+        }
+        gate.hold();
+        HandBack::Quieting
+    }
+
+    /// Cancels the consumer once the broker has stopped sending (the next waiting router
+    /// becomes active), then acknowledges what was held back.
+    async fn cancel_for_hand_back(
+        &self,
+        deliveries: &mut Box<dyn Deliveries>,
+        gate: &AckGate,
+    ) -> HandBack {
+        let cancelled = deliveries.cancel().await;
+        ack_all(gate.release()).await;
+        match cancelled {
+            Ok(()) => {
+                tracing::info!(shard = self.shard, "handing the shard back to its owner");
+                HandBack::Draining
+            }
+            Err(e) => {
+                tracing::warn!(shard = self.shard, error = %e, "cannot cancel the consumer; keeping the shard for now");
+                self.unmark().await;
+                HandBack::No
+            }
+        }
+    }
+
+    /// Removes this router's hand-back mark from the shard.
+    async fn unmark(&self) {
+        if let Err(e) = self.peers.unmark_hand_back(self.shard).await {
+            tracing::warn!(shard = self.shard, error = %e, "could not remove the hand-back mark; it lapses by itself");
+        }
+    }
+
+    /// Routes one message and settles it (or, while `gate` holds, keeps it to acknowledge
+    /// later); returns its shard key, and whether the message was handed back unrouted (a
+    /// transient failure while stopping).
+    async fn route_one(
+        &self,
+        key: String,
+        delivery: Delivery,
+        envelope: Envelope,
+        gate: &AckGate,
+        stop: &CancellationToken,
+    ) -> (String, bool) {
+        let (router, metrics) = (&self.router, &self.metrics);
+        let mut attempt: u32 = 0;
+        loop {
+            match router.route(envelope.clone()).await {
+                Ok(routed) => {
+                    let outcome = match routed {
+                        Routed::Recorded(_) | Routed::Linked(_) => "routed",
+                        Routed::Duplicate(_) => "duplicate",
+                    };
+                    metrics.routed.with_label_values(&[outcome]).inc();
+                    if let Some(delivery) = gate.keep(delivery) {
+                        ack(delivery, &envelope.id).await;
+                    }
+                    return (key, false);
+                }
+                Err(e) if e.is_transient() && !stop.is_cancelled() => {
+                    if attempt + 1 == self.attempts {
+                        tracing::warn!(error = %e, id = %envelope.id, "routing keeps failing; retrying in place until the store and bus answer");
+                    }
+                    metrics.routed.with_label_values(&["retried"]).inc();
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt = attempt.saturating_add(1);
+                }
+                Err(e) if e.is_transient() => {
+                    // Stopping: hand it back to the bus for the next router.
+                    if let Err(e) = delivery.hand_back(&e.to_string()).await {
+                        tracing::warn!(error = %e, "could not hand a message back");
+                    }
+                    return (key, true);
+                }
+                Err(e) => {
+                    metrics.routed.with_label_values(&["dead_lettered"]).inc();
+                    tracing::error!(error = %e, id = %envelope.id, "message cannot be routed; dead-lettering");
+                    if let Err(e) = delivery.reject(&e.to_string()).await {
+                        tracing::error!(error = %e, "could not dead-letter a message");
+                    }
+                    return (key, false);
+                }
+            }
+        }
+    }
 }
 
 /// Decodes a delivery's envelope; an undecodable one is dead-lettered at once.
@@ -129,58 +397,6 @@ async fn decode(delivery: Delivery, metrics: &Metrics) -> Option<(Delivery, Enve
                 tracing::error!(error = %e, "could not dead-letter a message");
             }
             None
-        }
-    }
-}
-
-/// Routes one message and settles it; returns its shard key, and whether the message was handed
-/// back unrouted (a transient failure while stopping).
-async fn route_one(
-    key: String,
-    delivery: Delivery,
-    envelope: Envelope,
-    attempts: u32,
-    router: &InboundRouter,
-    metrics: &Metrics,
-    stop: &CancellationToken,
-) -> (String, bool) {
-    let mut attempt: u32 = 0;
-    loop {
-        match router.route(envelope.clone()).await {
-            Ok(routed) => {
-                let outcome = match routed {
-                    Routed::Recorded(_) | Routed::Linked(_) => "routed",
-                    Routed::Duplicate(_) => "duplicate",
-                };
-                metrics.routed.with_label_values(&[outcome]).inc();
-                if let Err(e) = delivery.ack().await {
-                    tracing::warn!(error = %e, id = %envelope.id, "ack failed; the message will be redelivered and deduplicated");
-                }
-                return (key, false);
-            }
-            Err(e) if e.is_transient() && !stop.is_cancelled() => {
-                if attempt + 1 == attempts {
-                    tracing::warn!(error = %e, id = %envelope.id, "routing keeps failing; retrying in place until the store and bus answer");
-                }
-                metrics.routed.with_label_values(&["retried"]).inc();
-                tokio::time::sleep(backoff(attempt)).await;
-                attempt = attempt.saturating_add(1);
-            }
-            Err(e) if e.is_transient() => {
-                // Stopping: hand it back to the bus for the next router.
-                if let Err(e) = delivery.hand_back(&e.to_string()).await {
-                    tracing::warn!(error = %e, "could not hand a message back");
-                }
-                return (key, true);
-            }
-            Err(e) => {
-                metrics.routed.with_label_values(&["dead_lettered"]).inc();
-                tracing::error!(error = %e, id = %envelope.id, "message cannot be routed; dead-lettering");
-                if let Err(e) = delivery.reject(&e.to_string()).await {
-                    tracing::error!(error = %e, "could not dead-letter a message");
-                }
-                return (key, false);
-            }
         }
     }
 }

@@ -12,7 +12,8 @@ use switchyard_core::bus::{Bus, Message};
 use switchyard_core::conformance::bus::SHARDS;
 use switchyard_core::metrics::Metrics;
 use switchyard_router::inbound::Routed;
-use switchyard_router::workers::run_shard;
+use switchyard_router::peers::Peers;
+use switchyard_router::workers::{ShardWorker, run_shard};
 use tokio_util::sync::CancellationToken;
 
 mod support;
@@ -181,13 +182,19 @@ async fn a_message_handed_back_while_stopping_takes_its_users_later_messages_wit
     s.bus.failing.store(usize::MAX / 2, Ordering::SeqCst);
     let stop = CancellationToken::new();
     let dyn_bus: Arc<dyn Bus> = s.bus.clone();
+    let worker = ShardWorker {
+        bus: dyn_bus,
+        shard,
+        queue: queue.clone(),
+        prefetch: 10,
+        attempts: 3,
+        router: s.router.clone(),
+        metrics: Metrics::new().expect("metrics"),
+        peers: Peers::new(Arc::clone(&s.store), 0, 1, true),
+    };
     let consumer = tokio::spawn(run_shard(
-        dyn_bus,
-        queue.clone(),
-        10,
-        3,
-        s.router.clone(),
-        Metrics::new().expect("metrics"),
+        worker,
+        None,
         stop.clone(),
         Arc::new(AtomicBool::new(false)),
     ));

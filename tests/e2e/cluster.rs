@@ -41,6 +41,10 @@ pub struct Cluster {
 
 /// The router metric of messages that arrived again after they had been routed.
 const ROUTED_TWICE: &str = "switchyard_router_messages_total{outcome=\"duplicate\"}";
+/// The router metric of messages routed.
+const ROUTED: &str = "switchyard_router_messages_total{outcome=\"routed\"}";
+/// The router metric of shards handed back to their owner.
+const HANDED_BACK: &str = "switchyard_router_shard_handovers_total{step=\"handed_back\"}";
 
 /// A router child process.
 pub struct RouterProcess {
@@ -61,8 +65,15 @@ fn spawn(role: &str, config: &PathBuf, port: u16, instance: usize) -> Child {
         .arg(config)
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
+        .env(
+            "RUST_LOG",
+            std::env::var("SY_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(if std::env::var_os("SY_CHILD_LOG").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn switchyard")
@@ -615,6 +626,47 @@ async fn a_router_stopped_with_a_backlog_hands_its_shards_over_in_order() {
     assert_eq!(
         routed_twice, 0.0,
         "messages reached a router again after they were routed: the stopped router's acks were lost"
+    );
+    cluster.teardown().await;
+}
+
+/// A router that comes back gets its shards back, while the other router works through a
+/// backlog on them, and every user's messages are still routed once each and in order. Router 1
+/// alone takes all the shards; once router 0 is up, router 1 hands router 0's four shards back
+/// (`switchyard_router_shard_handovers_total`), each time holding prefetched messages whose
+/// users' next messages router 0 gets first from the queue: router 0 waits until router 1 has
+/// routed what it held ([`switchyard_router::peers`]).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_returning_router_gets_its_shards_back_in_order() {
+    let Some(mut cluster) = Cluster::start("handback", 0, None).await else {
+        return;
+    };
+    agents(&cluster, 4, 5).await;
+    load(&cluster, 500, 10, 64).await;
+    cluster.add_router_as(1).await;
+    // Router 1 takes router 0's shards after its standby delay (1 s), and starts on the backlog.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    cluster.add_router_as(0).await;
+    verify_from_store(&cluster, 500, 10, 5).await;
+    let (one, zero) = (&cluster.routers[0], &cluster.routers[1]);
+    assert_eq!((one.instance, zero.instance), (1, 0));
+    let handed_back = metric_at(&cluster.http, &one.url, HANDED_BACK).await;
+    assert_eq!(
+        handed_back, 4.0,
+        "router 1 hands each of router 0's four shards back once"
+    );
+    let routed_by_zero = metric_at(&cluster.http, &zero.url, ROUTED).await;
+    assert!(
+        routed_by_zero > 0.0,
+        "router 0 routed nothing: its shards stayed with router 1"
+    );
+    let mut routed_twice = 0.0;
+    for router in &cluster.routers {
+        routed_twice += metric_at(&cluster.http, &router.url, ROUTED_TWICE).await;
+    }
+    assert_eq!(
+        routed_twice, 0.0,
+        "a message handed over with its shard was routed twice"
     );
     cluster.teardown().await;
 }

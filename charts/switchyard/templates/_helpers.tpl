@@ -221,6 +221,7 @@ attempts = {{ int64 $c.router.attempts }}
 history_limit = {{ int64 $c.router.history_limit }}
 max_in_flight = {{ int64 $c.router.max_in_flight }}
 standby_delay_ms = {{ int64 $c.router.standby_delay_ms }}
+hand_back_shards = {{ $c.router.hand_back_shards }}
 presence_ttl_secs = {{ int64 $c.router.presence_ttl_secs }}
 
 [log]
