@@ -73,17 +73,6 @@ impl<'a> Head<'a> {
         }
     }
 
-    /// An event with a fresh id, now.
-    fn fresh(event_type: EventType, tenant: &'a str, subject: &'a str) -> Self {
-        Head {
-            event_type,
-            tenant,
-            subject,
-            id: switchyard_core::envelope::new_id(),
-            time: switchyard_core::time::now(),
-        }
-    }
-
     /// A message event: id = envelope id, subject = its conversation.
     fn message(event_type: EventType, m: &'a Envelope) -> Self {
         Head {
@@ -323,10 +312,20 @@ impl EventBatch {
         )
     }
 
-    /// `customer.merged`.
-    pub fn customer_merged(&mut self, c: &Customer, from: &str, via: &[IdentityKey]) -> &mut Self {
+    /// `customer.merged` of the merge at `at`. Its id is derived from the profile merged away
+    /// (`from`, which is merged only once) and `at`, so the same merge announced again (by the
+    /// outbox, after a process stopped before clearing its note) has the same id.
+    pub fn customer_merged(
+        &mut self,
+        c: &Customer,
+        from: &str,
+        via: &[IdentityKey],
+        at: DateTime<Utc>,
+    ) -> &mut Self {
+        let mut head = Head::state(EventType::CustomerMerged, &c.tenant, &c.id, at);
+        head.id = CloudEvent::state_id(EventType::CustomerMerged, from, at);
         self.push(
-            Head::fresh(EventType::CustomerMerged, &c.tenant, &c.id),
+            head,
             MergedData {
                 customer: c,
                 from,
@@ -538,6 +537,7 @@ mod tests {
                         &field(&want, "customer"),
                         &str_of("from").unwrap(),
                         &field::<Vec<IdentityKey>>(&want, "via"),
+                        want.time,
                     );
                 }
                 EventType::AgentUpdated => {
@@ -726,6 +726,16 @@ mod tests {
                 event.id,
                 "{t:?}: the time of a state event is the one its id is derived from"
             ),
+            // Derived from the profile merged away, not from the subject (the survivor).
+            EventType::CustomerMerged => assert_eq!(
+                CloudEvent::state_id(
+                    t,
+                    event.data["from"].as_str().unwrap_or_default(),
+                    event.time
+                ),
+                event.id,
+                "{t:?}: the time of a merge is the one its id is derived from"
+            ),
             _ => assert!(
                 (switchyard_core::time::now() - event.time).abs() < chrono::TimeDelta::minutes(1),
                 "{t:?}: {} is now",
@@ -862,7 +872,12 @@ mod tests {
                     customer: &customer,
                 },
             );
-            batch.customer_merged(&customer, "01KAVQ00000000000000000000", &via);
+            batch.customer_merged(
+                &customer,
+                "01KAVQ00000000000000000000",
+                &via,
+                customer.last_seen,
+            );
             assert_encoded_as_reference(
                 &batch,
                 EventType::CustomerMerged,

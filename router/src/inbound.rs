@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use tokio::sync::Semaphore;
 
 use switchyard_connectors::web::IDENTIFY_EVENT;
@@ -126,7 +127,7 @@ impl InboundRouter {
         // retry (the first attempt's reply or publish was lost) finds its work done and
         // re-announces it from the stored state, with the same event ids.
         let mut events = EventBatch::new();
-        announce_resolution(&resolution, &mut events);
+        announce_resolution(&resolution, now, &mut events);
         let conversation = &record.conversation;
         envelope.conversation_id = Some(conversation.id.clone());
         envelope.customer_id = Some(conversation.customer_id.clone());
@@ -200,7 +201,7 @@ impl InboundRouter {
         }
         let resolution = SenderResolution::from(resolution?);
         let mut events = EventBatch::new();
-        announce_resolution(&resolution, &mut events);
+        announce_resolution(&resolution, now, &mut events);
         let mut notes = Note::of_merges(&resolution.merges, &resolution.closed, now);
         notes.extend(self.assign_after_merges(&resolution, &mut events).await?);
         self.events.publish(events).await?;
@@ -211,14 +212,14 @@ impl InboundRouter {
 
 /// Adds what resolving a sender did to `events`: `customer.created`, `customer.merged` for each
 /// merge, and `conversation.closed` for each conversation a merge closed.
-fn announce_resolution(resolution: &SenderResolution, events: &mut EventBatch) {
+fn announce_resolution(resolution: &SenderResolution, now: DateTime<Utc>, events: &mut EventBatch) {
     // The profile is there exactly when one of these events announces it.
     if let Some(customer) = &resolution.profile {
         if resolution.created {
             events.customer_created(customer);
         }
         for merge in &resolution.merges {
-            events.customer_merged(customer, &merge.from, &merge.via);
+            events.customer_merged(customer, &merge.from, &merge.via, now);
         }
     }
     for closed in &resolution.closed {

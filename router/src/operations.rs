@@ -328,7 +328,7 @@ impl Operations {
             .await?;
         let mut events = EventBatch::new();
         for merge in &resolution.merges {
-            events.customer_merged(&resolution.customer, &merge.from, &merge.via);
+            events.customer_merged(&resolution.customer, &merge.from, &merge.via, now);
         }
         for closed in &resolution.closed {
             events.conversation_closed(closed, None);

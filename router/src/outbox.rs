@@ -352,7 +352,7 @@ impl Outbox {
                 if let Some(survivor) = self.store.customer(&note.subject).await?
                     && survivor.id != note.subject
                 {
-                    batch.customer_merged(&survivor, &note.subject, &note.via);
+                    batch.customer_merged(&survivor, &note.subject, &note.via, note.at);
                 }
             }
             NoteKind::Assigned => {

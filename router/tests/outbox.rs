@@ -570,7 +570,7 @@ async fn transfers_and_agent_updates_whose_command_stops_are_announced_after_the
 
 /// A merge by an explicit link, stopped during its publish: after the grace, its
 /// `customer.merged` and the `conversation.closed` of the conversation it closed are announced
-/// once, in the command's order (the close with its id; a merge's id is new each time).
+/// once, in the command's order, each with the id the hung batch gave it.
 async fn a_merge_whose_command_stops_before_announcing_it_is_announced_after_the_grace(
     mut s: Setup,
 ) {
@@ -616,8 +616,14 @@ async fn a_merge_whose_command_stops_before_announcing_it_is_announced_after_the
         serde_json::json!(["app_user:shop-app:u-m2"]),
         "the keys that caused the merge"
     );
+    let hung = hung(&s);
     assert_eq!(
-        hung(&s)[0][1],
+        hung[0][0],
+        (announced[0].0.clone(), announced[0].1.id.clone()),
+        "the merge keeps its id"
+    );
+    assert_eq!(
+        hung[0][1],
         (announced[1].0.clone(), announced[1].1.id.clone())
     );
     assert_eq!(
@@ -664,7 +670,11 @@ async fn a_merge_whose_router_stops_before_announcing_it_is_announced_after_the_
     let types: Vec<&str> = announced.iter().map(|(key, _)| key.as_str()).collect();
     assert_eq!(types, ["customer.merged", "conversation.closed"]);
     let hung = hung(&s);
-    assert_eq!(hung[0][0].0, "customer.merged");
+    assert_eq!(
+        hung[0][0],
+        (announced[0].0.clone(), announced[0].1.id.clone()),
+        "the merge keeps its id"
+    );
     assert_eq!(
         hung[0][1],
         (announced[1].0.clone(), announced[1].1.id.clone()),
