@@ -1112,3 +1112,100 @@ mod differential {
         }
     }
 }
+
+/// During a rolling upgrade, processes of the previous version still note their commands'
+/// assignments in `P:unannounced:assigned` (conversation id by assignment time, Unix ms). Listing
+/// the notes takes over those made at or before its time as `assigned` notes (at the
+/// conversation's `assigned_at`), drops those whose conversation is no longer assigned, and
+/// leaves younger ones for a later listing.
+#[tokio::test]
+async fn notes_of_the_previous_version_are_taken_over() {
+    use switchyard_core::store::{Note, NoteKind};
+    let Some(t) = TestRedisPrefix::new().await else {
+        return;
+    };
+    let s = t.store().await;
+    s.upsert_agent(
+        AgentUpdate {
+            id: "a".to_owned(),
+            pools: Some(vec!["default".to_owned()]),
+            capacity: Some(5),
+            status: Some(AgentStatus::Online),
+            ..AgentUpdate::default()
+        },
+        at(0),
+    )
+    .await
+    .unwrap();
+    let mut ids = Vec::new();
+    for user in ["u1", "u2", "u3"] {
+        let app = key("", "app_user", "shop-app", user);
+        let customer = s
+            .resolve_customer(ResolveRequest {
+                tenant: DEFAULT_TENANT.to_owned(),
+                identities: vec![(app.clone(), IdentityStrength::Strong)],
+                explicit: false,
+                display_name: None,
+                now: at(1),
+                source: None,
+            })
+            .await
+            .unwrap()
+            .customer;
+        let e = inbound_envelope(&customer.id, &app_channel(), user, vec![app], user, at(1));
+        ids.push(
+            s.record_inbound(&e, "default", at(1))
+                .await
+                .unwrap()
+                .conversation
+                .id,
+        );
+    }
+    assert_eq!(s.assign_queued("default", at(2)).await.unwrap().len(), 3);
+    s.close_conversation(&ids[1], "resolved", at(3))
+        .await
+        .unwrap();
+    // The agent update and the close note themselves: announced, as their commands would.
+    let own = s.unannounced(at(1000)).await.unwrap();
+    s.clear_notes(&own).await.unwrap();
+
+    let legacy = format!("{}:unannounced:assigned", t.prefix);
+    let mut con = t.raw_connection().unwrap();
+    for (id, noted_at) in [(&ids[0], at(2)), (&ids[1], at(2)), (&ids[2], at(100))] {
+        let _: i64 = redis::cmd("ZADD")
+            .arg(&legacy)
+            .arg(noted_at.timestamp_millis())
+            .arg(id)
+            .query(&mut con)
+            .unwrap();
+    }
+    let assigned = |id: &str| Note {
+        kind: NoteKind::Assigned,
+        subject: id.to_owned(),
+        at: at(2),
+        from_agent: None,
+        via: Vec::new(),
+    };
+    assert_eq!(
+        s.unannounced(at(10)).await.unwrap(),
+        [assigned(&ids[0])],
+        "the old note of an assigned conversation is taken over; the closed one's is dropped"
+    );
+    let left: Vec<String> = redis::cmd("ZRANGE")
+        .arg(&legacy)
+        .arg(0)
+        .arg(-1)
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(left, [ids[2].clone()], "the younger note waits");
+    assert_eq!(
+        s.unannounced(at(100)).await.unwrap(),
+        [assigned(&ids[0]), assigned(&ids[2])]
+    );
+    let exists: i64 = redis::cmd("EXISTS").arg(&legacy).query(&mut con).unwrap();
+    assert_eq!(exists, 0, "the old key is gone once empty");
+    s.clear_notes(&[assigned(&ids[0]), assigned(&ids[2])])
+        .await
+        .unwrap();
+    assert!(s.unannounced(at(1000)).await.unwrap().is_empty());
+}

@@ -943,7 +943,10 @@ impl Store for RedisStore {
 
     async fn unannounced(&self, before: DateTime<Utc>) -> Result<Vec<Note>, StoreError> {
         let mut inv = UNANNOUNCED.prepare_invoke();
-        inv.arg(&self.prefix).arg("list").arg(stamp(before));
+        inv.arg(&self.prefix)
+            .arg("list")
+            .arg(stamp(before))
+            .arg(before.timestamp_millis());
         let mut items = list(self.eval(&inv, true).await?)?.into_iter();
         let mut notes = Vec::new();
         while let Some(key) = items.next() {
