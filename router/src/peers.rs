@@ -110,19 +110,22 @@ impl Peers {
 
     /// Heart-beats until `stop`, once `own_shards` has counted down to zero (every own shard's
     /// consumer registered), and reads which peers are up. On stop, withdraws the heartbeat so
-    /// that no peer hands a shard to a router that is leaving.
+    /// that no peer hands a shard to a router that is leaving. Returns only on `stop` (a
+    /// router alone, or one whose shard consumers never registered, just waits for it).
     pub async fn run(self, mut own_shards: watch::Receiver<usize>, stop: CancellationToken) {
-        if !self.shared() {
-            return;
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            registered = own_shards.wait_for(|left| *left == 0) => {
-                if registered.is_err() {
-                    // The shard consumers are gone before registering: nothing to announce.
-                    return;
-                }
+        let registered = async {
+            if !self.shared() {
+                return false;
             }
+            own_shards.wait_for(|left| *left == 0).await.is_ok()
+        };
+        let announce = tokio::select! {
+            _ = stop.cancelled() => return,
+            registered = registered => registered,
+        };
+        if !announce {
+            stop.cancelled().await;
+            return;
         }
         let me = self.inner.instance.to_string();
         let own_key = up_key(self.inner.instance);
@@ -228,6 +231,37 @@ mod tests {
         assert!(p.owns(4) && !p.owns(3));
         assert!(p.shared());
         assert!(!peers(&store, 0, 1).shared());
+    }
+
+    /// A component that ends stops the process, so `run` ends only on stop, whether it
+    /// heart-beats (a group) or has nothing to do (a router alone).
+    #[tokio::test]
+    async fn run_ends_only_on_stop() {
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::new());
+        for (instances, announced) in [(1, false), (2, true)] {
+            let stop = CancellationToken::new();
+            let (_registered, own_shards) = watch::channel(0);
+            let task = tokio::spawn(peers(&store, 0, instances).run(own_shards, stop.clone()));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(
+                !task.is_finished(),
+                "{instances} router(s): run ended by itself"
+            );
+            assert_eq!(
+                store.get_key(&up_key(0)).await.expect("get").is_some(),
+                announced,
+                "{instances} router(s)"
+            );
+            stop.cancel();
+            tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .expect("run ends on stop")
+                .expect("join");
+            assert!(
+                store.get_key(&up_key(0)).await.expect("get").is_none(),
+                "the heartbeat is withdrawn on stop"
+            );
+        }
     }
 
     #[tokio::test]
