@@ -227,9 +227,13 @@ pub struct StoreSettings {
     /// Implementation.
     #[serde(default)]
     pub kind: StoreKind,
-    /// Redis URL, for `redis`.
+    /// Redis URL, for `redis`. With `sentinel`, only its username, password and database are
+    /// used (for the master the sentinels name).
     #[serde(default)]
     pub url: Option<String>,
+    /// Find the Redis master through Redis Sentinel, for `redis`.
+    #[serde(default)]
+    pub sentinel: Option<SentinelSettings>,
     /// Key prefix, for `redis`.
     #[serde(default = "default_key_prefix")]
     pub key_prefix: String,
@@ -243,10 +247,43 @@ impl Default for StoreSettings {
         StoreSettings {
             kind: StoreKind::default(),
             url: None,
+            sentinel: None,
             key_prefix: default_key_prefix(),
             dedupe_ttl_secs: default_dedupe_ttl(),
         }
     }
+}
+
+/// `[store.sentinel]`: the Redis master is the one the sentinels name, and the store follows
+/// it through failovers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SentinelSettings {
+    /// The master's name, as the sentinels monitor it (`sentinel monitor <name> …`).
+    pub master: String,
+    /// The sentinels' URLs (`redis://host:26379`), as a list or one comma-separated string
+    /// (for `SWITCHYARD__STORE__SENTINEL__NODES`).
+    #[serde(deserialize_with = "list_or_commas")]
+    pub nodes: Vec<String>,
+}
+
+/// A list of strings, given as a list or as one comma-separated string.
+fn list_or_commas<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        List(Vec<String>),
+        Commas(String),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::List(list) => list,
+        Either::Commas(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
 }
 
 fn default_key_prefix() -> String {
@@ -605,10 +642,25 @@ secret = {secret}
                     .into(),
             });
         }
-        if self.store.kind == StoreKind::Redis && self.store.url.is_none() {
+        if let Some(sentinel) = &self.store.sentinel {
+            if sentinel.master.is_empty() {
+                return Err(ConfigError::Invalid {
+                    key: "store.sentinel.master".into(),
+                    message: "must name the master the sentinels monitor".into(),
+                });
+            }
+            if sentinel.nodes.is_empty() {
+                return Err(ConfigError::Invalid {
+                    key: "store.sentinel.nodes".into(),
+                    message: "must list at least one sentinel (e.g. redis://host:26379)".into(),
+                });
+            }
+        } else if self.store.kind == StoreKind::Redis && self.store.url.is_none() {
             return Err(ConfigError::Invalid {
                 key: "store.url".into(),
-                message: "required when store.kind = \"redis\" (e.g. redis://host:6379/0)".into(),
+                message: "required when store.kind = \"redis\" (e.g. redis://host:6379/0), \
+                          unless store.sentinel is set"
+                    .into(),
             });
         }
         if self.router.instances == 0 || self.router.instance >= self.router.instances {
@@ -745,6 +797,44 @@ mod tests {
         .unwrap();
         assert_eq!(s.bus.shards, 4);
         assert_eq!(s.server.listen.port(), 9999);
+    }
+
+    #[test]
+    fn redis_through_sentinel_needs_no_url_and_takes_nodes_from_env() {
+        let f = write(
+            "[store]\nkind = \"redis\"\n[store.sentinel]\nmaster = \"main\"\n\
+             nodes = [\"redis://s0:26379\"]\n",
+        );
+        let s = Settings::load_with_env(Some(&f.0), []).unwrap();
+        let sentinel = s.store.sentinel.expect("sentinel");
+        assert_eq!(
+            (sentinel.master.as_str(), sentinel.nodes),
+            ("main", vec!["redis://s0:26379".to_owned()])
+        );
+        assert_eq!(s.store.url, None);
+        let s = Settings::load_with_env(
+            Some(&f.0),
+            [(
+                "SWITCHYARD__STORE__SENTINEL__NODES".to_owned(),
+                "redis://s0:26379, redis://s1:26379".to_owned(),
+            )],
+        )
+        .unwrap();
+        assert_eq!(
+            s.store.sentinel.expect("sentinel").nodes,
+            ["redis://s0:26379", "redis://s1:26379"]
+        );
+        let f =
+            write("[store]\nkind = \"redis\"\n[store.sentinel]\nmaster = \"main\"\nnodes = []\n");
+        let err = Settings::load_with_env(Some(&f.0), [])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("store.sentinel.nodes"), "{err}");
+        let f = write("[store]\nkind = \"redis\"\n");
+        let err = Settings::load_with_env(Some(&f.0), [])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("store.url"), "{err}");
     }
 
     #[test]

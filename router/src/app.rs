@@ -18,7 +18,7 @@ use switchyard_core::config::{BusKind, Settings, StoreKind};
 use switchyard_core::metrics::Metrics;
 use switchyard_core::store::Store;
 use switchyard_core::store::embedded::EmbeddedStore;
-use switchyard_core::store::redis::RedisStore;
+use switchyard_core::store::redis::{RedisStore, RedisTarget};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -122,12 +122,17 @@ impl App {
         let store: Arc<dyn Store> = match settings.store.kind {
             StoreKind::Embedded => Arc::new(EmbeddedStore::new()),
             StoreKind::Redis => {
-                let url = settings
-                    .store
-                    .url
-                    .as_deref()
-                    .context("store.url is required when store.kind = \"redis\"")?;
-                Arc::new(RedisStore::connect(url, &settings.store.key_prefix).await?)
+                let target = match &settings.store.sentinel {
+                    Some(sentinel) => RedisTarget::Sentinel {
+                        master: sentinel.master.clone(),
+                        nodes: sentinel.nodes.clone(),
+                        url: settings.store.url.clone(),
+                    },
+                    None => RedisTarget::Url(settings.store.url.clone().context(
+                        "store.url is required when store.kind = \"redis\" without store.sentinel",
+                    )?),
+                };
+                Arc::new(RedisStore::connect_to(&target, &settings.store.key_prefix).await?)
             }
         };
         Self::start_with(settings, role, bus, store, metrics).await

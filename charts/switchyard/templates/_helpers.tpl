@@ -214,6 +214,14 @@ events_stream_max_age = {{ toJson (toString .) }}
 kind = "redis"
 key_prefix = {{ toJson (toString $c.store.key_prefix) }}
 dedupe_ttl_secs = {{ int64 $c.store.dedupe_ttl_secs }}
+{{- with $c.store.sentinel }}
+{{- if .master }}
+
+[store.sentinel]
+master = {{ toJson (toString .master) }}
+nodes = {{ toJson .nodes }}
+{{- end }}
+{{- end }}
 
 [router]
 # instance and instances: set per router pod (SWITCHYARD__ROUTER__INSTANCE, __INSTANCES).

@@ -36,18 +36,24 @@
 //!
 //! **Redis Cluster is not supported**: the scripts derive the keys they touch from their
 //! arguments (identity owners, merged profiles, agents of a pool), so the keys of one script
-//! cannot be declared up front or kept in one hash slot. Use a standalone Redis (with replicas
-//! and Sentinel for failover if needed), with `maxmemory-policy noeviction`: an evicted key
-//! would corrupt the state.
+//! cannot be declared up front or kept in one hash slot. Use one primary, standalone or with
+//! replicas and Sentinel ([`RedisTarget::Sentinel`]; the store follows the primary through
+//! failovers, see `link.rs`), with `maxmemory-policy noeviction`: an evicted key would corrupt
+//! the state.
 
 use std::collections::HashMap;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::aio::ConnectionManager;
 use ::redis::{Cmd, RedisError, Script, ScriptInvocation, Value};
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
+
+mod link;
+
+use link::Link;
+pub use link::RedisTarget;
 
 use super::{
     AgentUpdate, Assignment, InboundOutcome, InboundRecord, InboundRouting, MailboxHead,
@@ -167,7 +173,7 @@ static SWEEP_PRESENCE: LazyLock<Script> =
 /// The Redis store.
 #[derive(Clone)]
 pub struct RedisStore {
-    con: ConnectionManager,
+    link: Arc<Link>,
     prefix: String,
 }
 
@@ -184,26 +190,15 @@ impl RedisStore {
     /// keeps every key under `{key_prefix}:`. Fails with [`StoreError::Unavailable`] when Redis
     /// does not answer within a few seconds.
     pub async fn connect(url: &str, key_prefix: &str) -> Result<Self, StoreError> {
-        let client = ::redis::Client::open(url)
-            .map_err(|e| StoreError::Unavailable(format!("invalid Redis URL: {e}")))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECTION_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_number_of_retries(RECONNECT_RETRIES)
-            .set_max_delay(RECONNECT_MAX_DELAY);
-        let con = tokio::time::timeout(
-            INITIAL_CONNECT_TIMEOUT,
-            ConnectionManager::new_with_config(client, config),
-        )
-        .await
-        .map_err(|_| {
-            StoreError::Unavailable(format!(
-                "no connection to Redis within {INITIAL_CONNECT_TIMEOUT:?}"
-            ))
-        })?
-        .map_err(unavailable)?;
+        Self::connect_to(&RedisTarget::Url(url.to_owned()), key_prefix).await
+    }
+
+    /// Connects to the master of `target` (a URL, or through Redis Sentinel) and keeps every key
+    /// under `{key_prefix}:`. After a failover, the store reconnects to the new master when a
+    /// command finds the old one gone or read-only (see [`RedisTarget`]).
+    pub async fn connect_to(target: &RedisTarget, key_prefix: &str) -> Result<Self, StoreError> {
         Ok(Self {
-            con,
+            link: Arc::new(Link::connect(target).await?),
             prefix: key_prefix.to_owned(),
         })
     }
@@ -218,34 +213,65 @@ impl RedisStore {
     }
 
     /// Runs a script. `idempotent` ones (reads) are retried once after an I/O error; the
-    /// connection manager reconnects meanwhile.
+    /// connection manager reconnects meanwhile. Any script is retried once on a new connection
+    /// when the server turned out to be a replica (a script refused with `READONLY` wrote
+    /// nothing).
     async fn eval(
         &self,
         invocation: &ScriptInvocation<'_>,
         idempotent: bool,
     ) -> Result<Value, StoreError> {
-        let mut con = self.con.clone();
-        match invocation.invoke_async::<Value>(&mut con).await {
-            Ok(v) => Ok(v),
-            Err(e) if idempotent && retryable(&e) => {
-                tracing::debug!(error = %e, "Redis read failed; retrying once");
-                invocation.invoke_async(&mut con).await.map_err(unavailable)
-            }
-            Err(e) => Err(unavailable(e)),
-        }
+        let (mut con, generation) = self.link.get();
+        let e = match invocation.invoke_async::<Value>(&mut con).await {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        let Some(mut con) = self.after_error(&e, generation, idempotent).await? else {
+            return Err(unavailable(e));
+        };
+        tracing::debug!(error = %e, "Redis script failed; retrying once");
+        invocation.invoke_async(&mut con).await.map_err(unavailable)
     }
 
-    /// Runs one idempotent command, retried once after an I/O error.
+    /// Runs one idempotent command, retried once after an I/O error or on a new connection.
     async fn command(&self, cmd: &Cmd) -> Result<Value, StoreError> {
-        let mut con = self.con.clone();
-        match cmd.query_async::<Value>(&mut con).await {
-            Ok(v) => Ok(v),
-            Err(e) if retryable(&e) => {
-                tracing::debug!(error = %e, "Redis command failed; retrying once");
-                cmd.query_async(&mut con).await.map_err(unavailable)
+        self.query(cmd, true).await
+    }
+
+    /// Runs one command; `idempotent` ones are retried once after an I/O error, and any is
+    /// retried once on a new connection when the server turned out to be a replica.
+    async fn query(&self, cmd: &Cmd, idempotent: bool) -> Result<Value, StoreError> {
+        let (mut con, generation) = self.link.get();
+        let e = match cmd.query_async::<Value>(&mut con).await {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        let Some(mut con) = self.after_error(&e, generation, idempotent).await? else {
+            return Err(unavailable(e));
+        };
+        tracing::debug!(error = %e, "Redis command failed; retrying once");
+        cmd.query_async(&mut con).await.map_err(unavailable)
+    }
+
+    /// What to retry on after `e` on connection `generation`: a new connection when the old one
+    /// lost the master, the same one after an I/O error of an `idempotent` call, or nothing
+    /// (`None`: the error stands).
+    async fn after_error(
+        &self,
+        e: &RedisError,
+        generation: u64,
+        idempotent: bool,
+    ) -> Result<Option<ConnectionManager>, StoreError> {
+        let read_only = e.code() == Some("READONLY");
+        if self.link.lost_master(e) {
+            tracing::warn!(error = %e, "the Redis connection lost the master; reconnecting");
+            self.link.replace(generation).await?;
+            if read_only || idempotent {
+                return Ok(Some(self.link.get().0));
             }
-            Err(e) => Err(unavailable(e)),
+            return Ok(None);
         }
+        Ok((idempotent && retryable(e)).then(|| self.link.get().0))
     }
 
     /// `assign.lua`: [`Store::assign_queued`], or with `noted` [`Store::assign_queued_noted`].
@@ -821,7 +847,6 @@ impl Store for RedisStore {
         // costs a `GET` for its holder, and one that vanished in between (expired or released)
         // is claimed again.
         let full = self.kv_key(key);
-        let mut con = self.con.clone();
         for _ in 0..CLAIM_ATTEMPTS {
             let mut set = ::redis::cmd("SET");
             set.arg(&full)
@@ -829,9 +854,9 @@ impl Store for RedisStore {
                 .arg("NX")
                 .arg("PX")
                 .arg(ttl_millis(ttl));
-            // Not retried: a claim that reached the server before the error would answer
-            // ourselves.
-            let claimed: Value = set.query_async(&mut con).await.map_err(unavailable)?;
+            // Not retried after an I/O error: a claim that reached the server before the error
+            // would answer ourselves.
+            let claimed = self.query(&set, false).await?;
             if !is_none(&claimed) {
                 return Ok(None);
             }

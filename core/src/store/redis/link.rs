@@ -1,0 +1,172 @@
+//! The store's connection to the Redis master: to a fixed address, or to the master that Redis
+//! Sentinel names; replaced when it no longer reaches the master.
+//!
+//! A [`ConnectionManager`] reconnects by itself after an I/O error, but always to the address it
+//! started with. After a failover that is the wrong server: it is gone, or it is a replica now
+//! and refuses writes (`READONLY`). So when a command fails that way, the link builds a new
+//! connection manager: from the same URL (a DNS name that follows the master, as managed Redis
+//! services provide, resolves anew), or to the master the sentinels name now. Callers that saw
+//! the same failure replace the connection once between them ([`Link::replace`] takes the
+//! generation they used).
+
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use ::redis::{Client, RedisError};
+
+use super::{
+    CONNECTION_TIMEOUT, INITIAL_CONNECT_TIMEOUT, RECONNECT_MAX_DELAY, RECONNECT_RETRIES,
+    RESPONSE_TIMEOUT, retryable, unavailable,
+};
+use crate::store::StoreError;
+
+/// Where the store finds its Redis master.
+#[derive(Debug, Clone)]
+pub enum RedisTarget {
+    /// A fixed URL (`redis://host:6379/0`).
+    Url(String),
+    /// The master named `master`, found through the sentinels at `nodes`
+    /// (`redis://host:26379`). `url`, if given, supplies the master's username, password and
+    /// database; its host and port are not used.
+    Sentinel {
+        /// The master's name, as the sentinels monitor it.
+        master: String,
+        /// The sentinels.
+        nodes: Vec<String>,
+        /// Credentials and database of the master.
+        url: Option<String>,
+    },
+}
+
+/// How the link reaches the master.
+enum Source {
+    Url(Client),
+    Sentinel(tokio::sync::Mutex<SentinelClient>),
+}
+
+/// The connection to the master, and how to make a new one.
+pub(super) struct Link {
+    /// The connection, and its generation (counted up by every replacement).
+    current: RwLock<(ConnectionManager, u64)>,
+    source: Source,
+    /// Held while a replacement is made: when the last attempt failed, if one did.
+    replacing: tokio::sync::Mutex<Option<Instant>>,
+}
+
+/// After a failed attempt to reach the master, callers fail at once for this long instead of
+/// each trying again (the sentinels may not have named a new master yet).
+const RETRY_GAP: Duration = Duration::from_secs(1);
+
+impl Link {
+    /// Connects to the master of `target`, failing with [`StoreError::Unavailable`] when it does
+    /// not answer within a few seconds.
+    pub(super) async fn connect(target: &RedisTarget) -> Result<Self, StoreError> {
+        let source = match target {
+            RedisTarget::Url(url) => Source::Url(
+                Client::open(url.as_str())
+                    .map_err(|e| StoreError::Unavailable(format!("invalid Redis URL: {e}")))?,
+            ),
+            RedisTarget::Sentinel { master, nodes, url } => {
+                let mut node_info = SentinelNodeConnectionInfo::default();
+                if let Some(url) = url {
+                    let client = Client::open(url.as_str())
+                        .map_err(|e| StoreError::Unavailable(format!("invalid Redis URL: {e}")))?;
+                    node_info = node_info.set_redis_connection_info(
+                        client.get_connection_info().redis_settings().clone(),
+                    );
+                }
+                let sentinel = SentinelClient::build(
+                    nodes.iter().map(String::as_str).collect(),
+                    master.clone(),
+                    Some(node_info),
+                    SentinelServerType::Master,
+                )
+                .map_err(|e| StoreError::Unavailable(format!("invalid Sentinel nodes: {e}")))?;
+                Source::Sentinel(tokio::sync::Mutex::new(sentinel))
+            }
+        };
+        let con = source.connect().await?;
+        Ok(Link {
+            current: RwLock::new((con, 0)),
+            source,
+            replacing: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// The connection, and its generation (for [`Link::replace`]).
+    pub(super) fn get(&self) -> (ConnectionManager, u64) {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Whether `e` says that the connection no longer reaches the master: the server is a
+    /// replica now (`READONLY`), or, with Sentinel, the server does not answer (the sentinels may
+    /// name another master).
+    pub(super) fn lost_master(&self, e: &RedisError) -> bool {
+        e.code() == Some("READONLY") || (matches!(self.source, Source::Sentinel(_)) && retryable(e))
+    }
+
+    /// Replaces connection `generation` with a new connection to the master, unless another
+    /// caller replaced it already.
+    pub(super) async fn replace(&self, generation: u64) -> Result<(), StoreError> {
+        let mut failed_at = self.replacing.lock().await;
+        if self.get().1 != generation {
+            return Ok(());
+        }
+        if failed_at.is_some_and(|at| at.elapsed() < RETRY_GAP) {
+            return Err(StoreError::Unavailable(
+                "the Redis master is unreachable; trying again shortly".into(),
+            ));
+        }
+        let con = match self.source.connect().await {
+            Ok(con) => con,
+            Err(e) => {
+                *failed_at = Some(Instant::now());
+                return Err(e);
+            }
+        };
+        *failed_at = None;
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        *current = (con, generation.wrapping_add(1));
+        tracing::info!(generation = current.1, "reconnected to the Redis master");
+        Ok(())
+    }
+}
+
+impl Source {
+    /// A new connection manager on the master.
+    async fn connect(&self) -> Result<ConnectionManager, StoreError> {
+        let connecting = async {
+            let client = match self {
+                Source::Url(client) => client.clone(),
+                Source::Sentinel(sentinel) => sentinel
+                    .lock()
+                    .await
+                    .async_get_client()
+                    .await
+                    .map_err(|e| {
+                        StoreError::Unavailable(format!("no Redis master from the sentinels: {e}"))
+                    })?,
+            };
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(CONNECTION_TIMEOUT))
+                .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                .set_number_of_retries(RECONNECT_RETRIES)
+                .set_max_delay(RECONNECT_MAX_DELAY);
+            ConnectionManager::new_with_config(client, config)
+                .await
+                .map_err(unavailable)
+        };
+        tokio::time::timeout(INITIAL_CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| {
+                StoreError::Unavailable(format!(
+                    "no connection to Redis within {INITIAL_CONNECT_TIMEOUT:?}"
+                ))
+            })?
+    }
+}
