@@ -51,12 +51,13 @@ pub(super) struct Link {
     /// The connection, and its generation (counted up by every replacement).
     current: RwLock<(ConnectionManager, u64)>,
     source: Source,
-    /// Held while a replacement is made: when the last attempt failed, if one did.
+    /// Held while a replacement is made: when the last one was tried, if one was.
     replacing: tokio::sync::Mutex<Option<Instant>>,
 }
 
-/// After a failed attempt to reach the master, callers fail at once for this long instead of
-/// each trying again (the sentinels may not have named a new master yet).
+/// After a replacement, callers whose connection still fails fail at once for this long instead
+/// of each replacing it again (the sentinels may not have named a new master yet, or the URL
+/// may still reach a replica).
 const RETRY_GAP: Duration = Duration::from_secs(1);
 
 impl Link {
@@ -113,23 +114,17 @@ impl Link {
     /// Replaces connection `generation` with a new connection to the master, unless another
     /// caller replaced it already.
     pub(super) async fn replace(&self, generation: u64) -> Result<(), StoreError> {
-        let mut failed_at = self.replacing.lock().await;
+        let mut last_try = self.replacing.lock().await;
         if self.get().1 != generation {
             return Ok(());
         }
-        if failed_at.is_some_and(|at| at.elapsed() < RETRY_GAP) {
+        if last_try.is_some_and(|at| at.elapsed() < RETRY_GAP) {
             return Err(StoreError::Unavailable(
-                "the Redis master is unreachable; trying again shortly".into(),
+                "no connection to the Redis master; trying again shortly".into(),
             ));
         }
-        let con = match self.source.connect().await {
-            Ok(con) => con,
-            Err(e) => {
-                *failed_at = Some(Instant::now());
-                return Err(e);
-            }
-        };
-        *failed_at = None;
+        *last_try = Some(Instant::now());
+        let con = self.source.connect().await?;
         let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
         *current = (con, generation.wrapping_add(1));
         tracing::info!(generation = current.1, "reconnected to the Redis master");
