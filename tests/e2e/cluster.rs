@@ -246,7 +246,8 @@ impl Cluster {
         assert_eq!(r.status(), 200);
     }
 
-    /// Stops every process and deletes the Redis keys (the vhost goes with `self.vhost`).
+    /// Stops every process cleanly (SIGTERM), then deletes the Redis keys (on drop; the vhost
+    /// goes with `self.vhost`).
     pub async fn teardown(mut self) {
         for child in self
             .routers
@@ -264,6 +265,11 @@ impl Cluster {
         {
             let _ = child.wait();
         }
+        // Dropping `self` deletes the keys.
+    }
+
+    /// Deletes the configuration file and every Redis key under the cluster's prefix.
+    fn delete_keys(&self) {
         let _ = std::fs::remove_file(&self.config);
         if let Ok(client) = redis::Client::open(self.redis_url.as_str())
             && let Ok(mut con) = client.get_connection()
@@ -280,6 +286,8 @@ impl Cluster {
 }
 
 impl Drop for Cluster {
+    /// A test that fails before its teardown still leaves nothing behind: its processes are
+    /// killed and its keys deleted (the vhost goes with `self.vhost`).
     fn drop(&mut self) {
         for child in self
             .routers
@@ -290,6 +298,7 @@ impl Drop for Cluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+        self.delete_keys();
     }
 }
 
