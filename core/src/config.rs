@@ -231,6 +231,10 @@ pub struct StoreSettings {
     /// used (for the master the sentinels name).
     #[serde(default)]
     pub url: Option<String>,
+    /// For a `rediss://` URL: a PEM file with the CA certificate(s) that signed the Redis
+    /// server's certificate, trusted instead of the system's roots.
+    #[serde(default)]
+    pub tls_ca_file: Option<std::path::PathBuf>,
     /// Find the Redis master through Redis Sentinel, for `redis`.
     #[serde(default)]
     pub sentinel: Option<SentinelSettings>,
@@ -247,6 +251,7 @@ impl Default for StoreSettings {
         StoreSettings {
             kind: StoreKind::default(),
             url: None,
+            tls_ca_file: None,
             sentinel: None,
             key_prefix: default_key_prefix(),
             dedupe_ttl_secs: default_dedupe_ttl(),
@@ -643,6 +648,14 @@ secret = {secret}
             });
         }
         if let Some(sentinel) = &self.store.sentinel {
+            if self.store.tls_ca_file.is_some() {
+                return Err(ConfigError::Invalid {
+                    key: "store.tls_ca_file".into(),
+                    message: "not supported with store.sentinel (the master's certificate is \
+                              verified against the system's roots)"
+                        .into(),
+                });
+            }
             if sentinel.master.is_empty() {
                 return Err(ConfigError::Invalid {
                     key: "store.sentinel.master".into(),
@@ -835,6 +848,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("store.url"), "{err}");
+        let f = write(
+            "[store]\nkind = \"redis\"\ntls_ca_file = \"/ca.pem\"\n[store.sentinel]\n\
+             master = \"main\"\nnodes = [\"redis://s0:26379\"]\n",
+        );
+        let err = Settings::load_with_env(Some(&f.0), [])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("store.tls_ca_file"), "{err}");
     }
 
     #[test]

@@ -128,9 +128,17 @@ impl App {
                         nodes: sentinel.nodes.clone(),
                         url: settings.store.url.clone(),
                     },
-                    None => RedisTarget::Url(settings.store.url.clone().context(
-                        "store.url is required when store.kind = \"redis\" without store.sentinel",
-                    )?),
+                    None => RedisTarget::Url {
+                        url: settings.store.url.clone().context(
+                            "store.url is required when store.kind = \"redis\" without store.sentinel",
+                        )?,
+                        ca_pem: match &settings.store.tls_ca_file {
+                            Some(path) => Some(std::fs::read(path).with_context(|| {
+                                format!("reading store.tls_ca_file `{}`", path.display())
+                            })?),
+                            None => None,
+                        },
+                    },
                 };
                 Arc::new(RedisStore::connect_to(&target, &settings.store.key_prefix).await?)
             }

@@ -190,7 +190,11 @@ impl RedisStore {
     /// keeps every key under `{key_prefix}:`. Fails with [`StoreError::Unavailable`] when Redis
     /// does not answer within a few seconds.
     pub async fn connect(url: &str, key_prefix: &str) -> Result<Self, StoreError> {
-        Self::connect_to(&RedisTarget::Url(url.to_owned()), key_prefix).await
+        let target = RedisTarget::Url {
+            url: url.to_owned(),
+            ca_pem: None,
+        };
+        Self::connect_to(&target, key_prefix).await
     }
 
     /// Connects to the master of `target` (a URL, or through Redis Sentinel) and keeps every key

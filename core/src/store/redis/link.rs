@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
-use ::redis::{Client, RedisError};
+use ::redis::{Client, RedisError, TlsCertificates, TlsMode};
 
 use super::{
     CONNECTION_TIMEOUT, INITIAL_CONNECT_TIMEOUT, RECONNECT_MAX_DELAY, RECONNECT_RETRIES,
@@ -25,11 +25,18 @@ use crate::store::StoreError;
 /// Where the store finds its Redis master.
 #[derive(Debug, Clone)]
 pub enum RedisTarget {
-    /// A fixed URL (`redis://host:6379/0`).
-    Url(String),
+    /// A fixed URL (`redis://host:6379/0`, or `rediss://` for TLS).
+    Url {
+        /// The URL.
+        url: String,
+        /// For `rediss://`: the PEM certificate(s) of the CA that signed the server's
+        /// certificate, trusted instead of the system's roots.
+        ca_pem: Option<Vec<u8>>,
+    },
     /// The master named `master`, found through the sentinels at `nodes`
     /// (`redis://host:26379`). `url`, if given, supplies the master's username, password and
-    /// database; its host and port are not used.
+    /// database, and with `rediss://` TLS (verified against the system's roots); its host and
+    /// port are not used.
     Sentinel {
         /// The master's name, as the sentinels monitor it.
         master: String,
@@ -65,13 +72,28 @@ impl Link {
     /// not answer within a few seconds.
     pub(super) async fn connect(target: &RedisTarget) -> Result<Self, StoreError> {
         let source = match target {
-            RedisTarget::Url(url) => Source::Url(
-                Client::open(url.as_str())
-                    .map_err(|e| StoreError::Unavailable(format!("invalid Redis URL: {e}")))?,
-            ),
+            RedisTarget::Url { url, ca_pem } => {
+                let client = match ca_pem {
+                    None => Client::open(url.as_str()),
+                    Some(pem) => Client::build_with_tls(
+                        url.as_str(),
+                        TlsCertificates {
+                            client_tls: None,
+                            root_cert: Some(pem.clone()),
+                        },
+                    ),
+                };
+                Source::Url(
+                    client
+                        .map_err(|e| StoreError::Unavailable(format!("invalid Redis URL: {e}")))?,
+                )
+            }
             RedisTarget::Sentinel { master, nodes, url } => {
                 let mut node_info = SentinelNodeConnectionInfo::default();
                 if let Some(url) = url {
+                    if url.starts_with("rediss://") {
+                        node_info = node_info.set_tls_mode(TlsMode::Secure);
+                    }
                     let client = Client::open(url.as_str())
                         .map_err(|e| StoreError::Unavailable(format!("invalid Redis URL: {e}")))?;
                     node_info = node_info.set_redis_connection_info(
