@@ -6,10 +6,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use switchyard_core::conformance::services::absent;
+use switchyard_core::conformance::services::{RedisProcess, free_port};
 use switchyard_core::model::AgentStatus;
 use switchyard_core::store::redis::{RedisStore, RedisTarget};
 use switchyard_core::store::{AgentUpdate, Store};
@@ -18,28 +17,10 @@ use tokio::time::{Instant, sleep};
 const MASTER: &str = "sytest";
 const PREFIX: &str = "sy-sentinel";
 
-/// A `redis-server` child process, killed on drop.
-struct Server {
-    child: Option<Child>,
-    port: u16,
-}
+/// A Redis server (or sentinel) of this test.
+struct Server(RedisProcess);
 
 impl Server {
-    fn start(args: &[&str], port: u16) -> Option<Server> {
-        match Command::new("redis-server")
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-        {
-            Ok(child) => Some(Server {
-                child: Some(child),
-                port,
-            }),
-            Err(e) => absent("redis-server", &e.to_string()),
-        }
-    }
-
     fn data(port: u16, replica_of: Option<u16>) -> Option<Server> {
         let port_arg = port.to_string();
         let mut args = vec![
@@ -56,7 +37,7 @@ impl Server {
         if let Some(upstream) = &upstream {
             args.extend(["--replicaof", "127.0.0.1", upstream]);
         }
-        Self::start(&args, port)
+        RedisProcess::start(&args, port).map(Server)
     }
 
     fn sentinel(port: u16, master_port: u16, dir: &Path) -> Option<Server> {
@@ -72,7 +53,7 @@ impl Server {
             ),
         )
         .expect("write the sentinel's configuration");
-        Self::start(&[conf.to_str().expect("utf-8 path"), "--sentinel"], port)
+        RedisProcess::start(&[conf.to_str().expect("utf-8 path"), "--sentinel"], port).map(Server)
     }
 
     fn connection(&self) -> redis::Connection {
@@ -81,32 +62,15 @@ impl Server {
 
     /// A connection, if the server answers (it may still be starting, or be dead).
     fn try_connection(&self) -> Option<redis::Connection> {
-        redis::Client::open(format!("redis://127.0.0.1:{}", self.port))
+        redis::Client::open(format!("redis://127.0.0.1:{}", self.0.port))
             .ok()?
             .get_connection_with_timeout(Duration::from_millis(500))
             .ok()
     }
 
     fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.0.kill();
     }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Polls `check` every 100 ms until it holds, failing after `limit`.

@@ -6,10 +6,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use switchyard_core::conformance::services::absent;
+use switchyard_core::conformance::services::{RedisProcess, absent, free_port};
 use switchyard_core::store::Store;
 use switchyard_core::store::redis::{RedisStore, RedisTarget};
 
@@ -87,24 +87,6 @@ fn make_certificates(dir: &Path) -> Option<()> {
     )
 }
 
-/// `redis-server` listening with TLS only, killed on drop.
-struct TlsRedis(Child);
-
-impl Drop for TlsRedis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn the_store_talks_tls_to_a_server_it_can_verify_and_refuses_one_it_cannot() {
     let dir = std::env::temp_dir().join(format!("sy-redis-tls-{}", free_port()));
@@ -115,34 +97,28 @@ async fn the_store_talks_tls_to_a_server_it_can_verify_and_refuses_one_it_cannot
     let port = free_port();
     let port_arg = port.to_string();
     let (cert, key) = (dir.join("server.pem"), dir.join("server.key"));
-    let server = match Command::new("redis-server")
-        .args([
+    let Some(server) = RedisProcess::start(
+        &[
             "--port",
             "0",
             "--tls-port",
             &port_arg,
             "--bind",
             "127.0.0.1",
-        ])
-        .args(["--tls-cert-file", cert.to_str().unwrap()])
-        .args(["--tls-key-file", key.to_str().unwrap()])
-        .args([
+            "--tls-cert-file",
+            cert.to_str().unwrap(),
+            "--tls-key-file",
+            key.to_str().unwrap(),
             "--tls-auth-clients",
             "no",
             "--save",
             "",
             "--appendonly",
             "no",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-    {
-        Ok(child) => TlsRedis(child),
-        Err(e) => {
-            let _: Option<()> = absent("redis-server", &e.to_string());
-            return;
-        }
+        ],
+        port,
+    ) else {
+        return;
     };
     let url = format!("rediss://127.0.0.1:{port}/0");
     let ca = std::fs::read(dir.join("ca.pem")).unwrap();

@@ -17,13 +17,7 @@ pub fn sigterm(child: &Child) -> std::io::Result<ExitStatus> {
         .status()
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use switchyard_core::conformance::services::free_port;
 
 #[tokio::test]
 async fn serve_runs_the_embedded_default_and_stops_cleanly_on_sigterm() {

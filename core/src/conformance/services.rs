@@ -197,3 +197,52 @@ fn glob_escape(s: &str) -> String {
     }
     out
 }
+
+/// A free TCP port on 127.0.0.1, for a server a test starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port on 127.0.0.1: {e}"))
+}
+
+/// A `redis-server` a test starts itself (a replica, a sentinel, a TLS-only server), killed
+/// when dropped.
+pub struct RedisProcess {
+    child: Option<std::process::Child>,
+    /// The port it was told to listen on.
+    pub port: u16,
+}
+
+impl RedisProcess {
+    /// Runs `redis-server` with `args` (which must make it listen on `port`); `None` when it
+    /// cannot be started (see [`absent`]).
+    pub fn start(args: &[&str], port: u16) -> Option<RedisProcess> {
+        match Command::new("redis-server")
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+        {
+            Ok(child) => Some(RedisProcess {
+                child: Some(child),
+                port,
+            }),
+            Err(e) => absent("redis-server", &e.to_string()),
+        }
+    }
+
+    /// Kills the server now (as a crash would) and waits for it to end.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
