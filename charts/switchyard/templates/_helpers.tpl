@@ -214,6 +214,9 @@ events_stream_max_age = {{ toJson (toString .) }}
 kind = "redis"
 key_prefix = {{ toJson (toString $c.store.key_prefix) }}
 dedupe_ttl_secs = {{ int64 $c.store.dedupe_ttl_secs }}
+{{- with $c.store.tls_ca_file }}
+tls_ca_file = {{ toJson (toString .) }}
+{{- end }}
 {{- with $c.store.sentinel }}
 {{- if .master }}
 
