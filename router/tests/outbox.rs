@@ -616,16 +616,8 @@ async fn a_merge_whose_command_stops_before_announcing_it_is_announced_after_the
         serde_json::json!(["app_user:shop-app:u-m2"]),
         "the keys that caused the merge"
     );
-    let hung = hung(&s);
-    assert_eq!(
-        hung[0][0],
-        (announced[0].0.clone(), announced[0].1.id.clone()),
-        "the merge keeps its id"
-    );
-    assert_eq!(
-        hung[0][1],
-        (announced[1].0.clone(), announced[1].1.id.clone())
-    );
+    // The merge and the close keep their ids.
+    assert_announced_as_hung(&s, &announced, &[(0, 0), (0, 1)]);
     assert_eq!(
         announced[1].1.data["conversation"]["id"],
         merged_away.as_str()
@@ -669,17 +661,8 @@ async fn a_merge_whose_router_stops_before_announcing_it_is_announced_after_the_
     let announced = drain_events(&mut s.events).await;
     let types: Vec<&str> = announced.iter().map(|(key, _)| key.as_str()).collect();
     assert_eq!(types, ["customer.merged", "conversation.closed"]);
-    let hung = hung(&s);
-    assert_eq!(
-        hung[0][0],
-        (announced[0].0.clone(), announced[0].1.id.clone()),
-        "the merge keeps its id"
-    );
-    assert_eq!(
-        hung[0][1],
-        (announced[1].0.clone(), announced[1].1.id.clone()),
-        "the close keeps its id"
-    );
+    // The merge and the close keep their ids.
+    assert_announced_as_hung(&s, &announced, &[(0, 0), (0, 1)]);
     assert_eq!(
         announced[1].1.data["conversation"]["id"],
         merged_away.as_str()

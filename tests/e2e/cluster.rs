@@ -177,6 +177,15 @@ impl Cluster {
         });
     }
 
+    /// The sum of a metric `series` over the running routers.
+    pub async fn routers_metric(&self, series: &str) -> f64 {
+        let mut sum = 0.0;
+        for router in &self.routers {
+            sum += metric_at(&self.http, &router.url, series).await;
+        }
+        sum
+    }
+
     /// A bus client on the cluster's vhost (for the event stream and direct publishes).
     pub async fn bus(&self) -> AmqpBus {
         AmqpBus::connect(&self.vhost.url, "test-observer", "", Duration::from_secs(3))
@@ -629,9 +638,7 @@ async fn a_router_stopped_with_a_backlog_hands_its_shards_over_in_order() {
         "a router stopped by SIGTERM exits 0, got {status}"
     );
     verify_from_store(&cluster, 500, 10, 5).await;
-    for router in &cluster.routers {
-        routed_twice += metric_at(&cluster.http, &router.url, ROUTED_TWICE).await;
-    }
+    routed_twice += cluster.routers_metric(ROUTED_TWICE).await;
     assert_eq!(
         routed_twice, 0.0,
         "messages reached a router again after they were routed: the stopped router's acks were lost"
@@ -669,12 +676,9 @@ async fn a_returning_router_gets_its_shards_back_in_order() {
         routed_by_zero > 0.0,
         "router 0 routed nothing: its shards stayed with router 1"
     );
-    let mut routed_twice = 0.0;
-    for router in &cluster.routers {
-        routed_twice += metric_at(&cluster.http, &router.url, ROUTED_TWICE).await;
-    }
     assert_eq!(
-        routed_twice, 0.0,
+        cluster.routers_metric(ROUTED_TWICE).await,
+        0.0,
         "a message handed over with its shard was routed twice"
     );
     cluster.teardown().await;
