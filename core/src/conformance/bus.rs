@@ -612,6 +612,103 @@ pub async fn prefetch_bounds_unsettled(factory: &impl MakeBus, prefix: &str) {
     expect_nothing(&mut d, &format!("{what}: after the last message")).await;
 }
 
+/// Deliveries settled out of order, some acked, some requeued, one dropped: once everything is
+/// settled, exactly the requeued and dropped ones come again, and after a new consumer starts,
+/// nothing else does (every ack reached the broker, none settled a delivery it should not have).
+pub async fn out_of_order_settlements_settle_exactly_those(factory: &impl MakeBus, prefix: &str) {
+    let what = "out_of_order_settlements_settle_exactly_those";
+    let bus = setup(factory, prefix, 1000).await;
+    let n = Names::new(prefix);
+    let queue = n.outbound_queue(OUTBOUND_KIND);
+    let ids: Vec<String> = (0..8).map(|i| format!("o{i}")).collect();
+    for id in &ids {
+        publish(&bus, &n.outbound_exchange(), OUTBOUND_KIND, msg(id)).await;
+    }
+    let mut d = consume(&bus, &queue, 8).await;
+    let mut got = Vec::new();
+    for id in &ids {
+        got.push(Some(expect_id(&mut d, id, what).await));
+    }
+    let mut take = |i: usize| {
+        got[i]
+            .take()
+            .unwrap_or_else(|| panic!("{what}: o{i} taken twice"))
+    };
+    // Later ones first, while o0–o4 are unsettled.
+    for i in [7, 6, 5] {
+        ack(take(i), what).await;
+    }
+    for i in [0, 1] {
+        ack(take(i), what).await;
+    }
+    take(3)
+        .retry("later")
+        .await
+        .unwrap_or_else(|e| panic!("{what}: retry failed: {e}"));
+    drop(take(2));
+    ack(take(4), what).await;
+    let mut again = Vec::new();
+    for _ in 0..2 {
+        let delivery = next(&mut d, &format!("{what}: the requeued and the dropped")).await;
+        again.push(delivery.message.message_id.clone());
+        ack(delivery, what).await;
+    }
+    again.sort();
+    assert_eq!(
+        again,
+        ["o2", "o3"],
+        "{what}: only the requeued o3 and the dropped o2 come again"
+    );
+    expect_nothing(&mut d, &format!("{what}: after settling everything")).await;
+    drop(d);
+    let mut d = consume(&bus, &queue, 8).await;
+    expect_nothing(
+        &mut d,
+        &format!("{what}: a new consumer after settling everything"),
+    )
+    .await;
+}
+
+/// Acks behind a delivery that is not settled yet free the prefetch: with prefetch 4, the first
+/// delivery unsettled and the next two acked, more deliveries come.
+pub async fn acks_behind_an_unsettled_delivery_free_the_prefetch(
+    factory: &impl MakeBus,
+    prefix: &str,
+) {
+    let what = "acks_behind_an_unsettled_delivery_free_the_prefetch";
+    let bus = setup(factory, prefix, 1000).await;
+    let n = Names::new(prefix);
+    let ids: Vec<String> = (0..6).map(|i| format!("h{i}")).collect();
+    for id in &ids {
+        publish(&bus, &n.outbound_exchange(), OUTBOUND_KIND, msg(id)).await;
+    }
+    let mut d = consume(&bus, &n.outbound_queue(OUTBOUND_KIND), 4).await;
+    let slow = expect_id(&mut d, "h0", what).await;
+    let mut held = Vec::new();
+    for id in ["h1", "h2", "h3"] {
+        held.push(expect_id(&mut d, id, what).await);
+    }
+    let third = held.pop();
+    for delivery in held {
+        ack(delivery, what).await;
+    }
+    for id in ["h4", "h5"] {
+        let delivery = expect_id(&mut d, id, &format!("{what}: with h0 still unsettled")).await;
+        ack(delivery, what).await;
+    }
+    if let Some(third) = third {
+        ack(third, what).await;
+    }
+    ack(slow, what).await;
+    drop(d);
+    let mut d = consume(&bus, &n.outbound_queue(OUTBOUND_KIND), 4).await;
+    expect_nothing(
+        &mut d,
+        &format!("{what}: a new consumer after acking everything"),
+    )
+    .await;
+}
+
 /// A full queue (capacity 2, reject-publish) makes a publish wait for room and then fail with
 /// [`BusError::Timeout`], storing nothing; a waiting publish goes through as soon as a message is
 /// acked. Only for buses where queue capacity applies; `publish_timeout` is the timeout the
@@ -756,6 +853,8 @@ pub async fn run_all(
     reject_dead_letters_at_once(factory, &p("reject")).await;
     dropped_delivery_is_redelivered(factory, &p("dropped")).await;
     prefetch_bounds_unsettled(factory, &p("prefetch")).await;
+    out_of_order_settlements_settle_exactly_those(factory, &p("settle")).await;
+    acks_behind_an_unsettled_delivery_free_the_prefetch(factory, &p("held")).await;
     cancel_yields_what_was_sent_then_ends(factory, &p("cancel")).await;
     if let Some(publish_timeout) = back_pressure_timeout {
         back_pressure(factory, &p("backpressure"), publish_timeout).await;

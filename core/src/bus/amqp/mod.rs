@@ -7,7 +7,9 @@
 //!   only after the broker's ack, an unroutable (returned) message is an error, and every
 //!   publish+confirm has a timeout. Many publishes are in flight at once on a small pool of
 //!   channels (confirms are pipelined, never awaited one by one on a single channel).
-//! - Consumers get their own channel with a prefetch; `reject(reason)` republishes to the
+//! - Consumers get their own channel with a prefetch. Their acks are combined into `multiple`
+//!   acks where the deliveries before them are settled too ([`settlements`]).
+//!   `reject(reason)` republishes to the
 //!   dead-letter exchange with the reason and original queue in headers, then acks, so the
 //!   reason survives; exceeding the delivery limit is dead-lettered the same way.
 //! - The connection auto-recovers (lapin); consumers whose stream ends report it, so the
@@ -24,12 +26,15 @@ use futures_util::StreamExt;
 use futures_util::future::maybe_done;
 use lapin::Confirmation;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
-    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-    QueueBindOptions, QueueDeclareOptions,
+    BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+
+mod settlements;
+
+use settlements::{Settlements, Ticket};
 
 use super::topology::{DEAD_LETTER_EXCHANGE, ExchangeKind, Overflow, QueueSpec, Topology};
 use super::{
@@ -488,6 +493,7 @@ impl Bus for AmqpBus {
             dead_letter_exchange,
             consumer,
             channel: ch,
+            settlements: Arc::new(Settlements::new(prefetch.max(1))),
         }))
     }
 
@@ -522,6 +528,7 @@ struct AmqpDeliveries {
     dead_letter_exchange: Option<String>,
     consumer: lapin::Consumer,
     channel: Channel,
+    settlements: Arc<Settlements>,
 }
 
 impl Drop for AmqpDeliveries {
@@ -581,6 +588,7 @@ impl Deliveries for AmqpDeliveries {
                         tracing::error!(queue = %self.queue, error = %e, "consumer cannot recover");
                         return None;
                     }
+                    self.settlements.recovered();
                     tracing::info!(queue = %self.queue, "consumer recovered");
                 }
             }
@@ -616,6 +624,8 @@ impl Deliveries for AmqpDeliveries {
             redeliveries,
             message: message.clone(),
             routing_key: routing_key.clone(),
+            ticket: self.settlements.open(delivery.delivery_tag),
+            settlements: self.settlements.clone(),
             acker: delivery.acker,
             settled: std::sync::atomic::AtomicBool::new(false),
         };
@@ -659,6 +669,9 @@ struct AmqpAcker {
     message: Message,
     routing_key: String,
     acker: lapin::Acker,
+    /// The delivery's place among its consumer's settlements.
+    ticket: Ticket,
+    settlements: Arc<Settlements>,
     settled: std::sync::atomic::AtomicBool,
 }
 
@@ -673,16 +686,14 @@ impl Drop for AmqpAcker {
         if self.bus.inner.exiting.load(Ordering::Acquire) {
             // The process is exiting: the broker takes the delivery back, in order, when the
             // connection ends (a requeue now would put it behind the consumer's later ones).
+            self.settlements.left(self.ticket);
             return;
         }
-        let acker = self.acker.clone();
+        let (settlements, ticket, acker) =
+            (self.settlements.clone(), self.ticket, self.acker.clone());
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
-                let requeue = BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                };
-                if let Err(e) = acker.nack(requeue).await {
+                if let Err(e) = settlements.requeue(ticket, &acker).await {
                     tracing::debug!(error = %e, "could not requeue a dropped delivery");
                 }
             });
@@ -691,7 +702,8 @@ impl Drop for AmqpAcker {
 }
 
 impl AmqpAcker {
-    /// Publishes the message to the dead-letter exchange with its reason, then acks it.
+    /// Publishes the message to the dead-letter exchange with its reason, then acks it; if the
+    /// publish fails, requeues it.
     async fn dead_letter(&self, reason: &str) -> Result<(), BusError> {
         let mut message = self.message.clone();
         message
@@ -704,7 +716,14 @@ impl AmqpAcker {
             .dead_letter_exchange
             .as_deref()
             .unwrap_or(DEAD_LETTER_EXCHANGE);
-        self.bus.publish(dlx, &self.routing_key, message).await?;
+        if let Err(e) = self.bus.publish(dlx, &self.routing_key, message).await {
+            // Back to the queue: it is tried again, and the queue's own delivery limit
+            // dead-letters it in the end.
+            if let Err(requeue) = self.settlements.requeue(self.ticket, &self.acker).await {
+                tracing::debug!(error = %requeue, "could not requeue a message after failing to dead-letter it");
+            }
+            return Err(e);
+        }
         self.ack().await
     }
 }
@@ -713,14 +732,7 @@ impl AmqpAcker {
 impl Acker for AmqpAcker {
     async fn ack(&self) -> Result<(), BusError> {
         self.settled.store(true, Ordering::Release);
-        match self.acker.ack(BasicAckOptions::default()).await {
-            Ok(true) => Ok(()),
-            // Already settled, or the channel was recovered: the broker redelivers it.
-            Ok(false) => Err(unavailable(
-                "delivery can no longer be acked (channel recovered)",
-            )),
-            Err(e) => Err(unavailable(e)),
-        }
+        self.settlements.ack(self.ticket, &self.acker).await
     }
 
     async fn hand_back(&self, reason: &str) -> Result<(), BusError> {
@@ -728,6 +740,7 @@ impl Acker for AmqpAcker {
             // A requeue now would put the message behind the consumer's later ones; when the
             // connection ends, the broker takes everything back in delivery order.
             self.settled.store(true, Ordering::Release);
+            self.settlements.left(self.ticket);
             return Ok(());
         }
         self.nack(true, reason).await
@@ -742,14 +755,7 @@ impl Acker for AmqpAcker {
             let why = format!("delivery limit {} exceeded: {reason}", self.limit);
             return self.dead_letter(&why).await;
         }
-        self.acker
-            .nack(BasicNackOptions {
-                requeue: true,
-                ..BasicNackOptions::default()
-            })
-            .await
-            .map(|_| ())
-            .map_err(unavailable)
+        self.settlements.requeue(self.ticket, &self.acker).await
     }
 }
 
