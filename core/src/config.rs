@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::tls::TlsFiles;
+
 /// Prefix of environment overrides: `SWITCHYARD__SERVER__LISTEN=0.0.0.0:8080`.
 pub const ENV_PREFIX: &str = "SWITCHYARD";
 
@@ -30,6 +32,44 @@ pub enum ConfigError {
         /// What is wrong with it.
         message: String,
     },
+}
+
+/// TLS files need a URL of the TLS scheme, and a client certificate comes with its key.
+fn check_tls_files(
+    files: &TlsFiles<'_>,
+    url: Option<&str>,
+    scheme: &str,
+) -> Result<(), ConfigError> {
+    let section = files.section;
+    match (files.cert_file, files.key_file) {
+        (Some(_), None) => {
+            return Err(ConfigError::Invalid {
+                key: format!("{section}.tls_key_file"),
+                message: format!(
+                    "required with {section}.tls_cert_file (the certificate's private key)"
+                ),
+            });
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::Invalid {
+                key: format!("{section}.tls_cert_file"),
+                message: format!("required with {section}.tls_key_file (the key's certificate)"),
+            });
+        }
+        _ => {}
+    }
+    if files.any() && !url.is_some_and(|u| u.starts_with(scheme)) {
+        let key = if files.ca_file.is_some() {
+            "tls_ca_file"
+        } else {
+            "tls_cert_file"
+        };
+        return Err(ConfigError::Invalid {
+            key: format!("{section}.{key}"),
+            message: format!("TLS files need {section}.url to start with {scheme}"),
+        });
+    }
+    Ok(())
 }
 
 fn source_name(path: &Option<PathBuf>) -> String {
@@ -154,9 +194,20 @@ pub struct BusSettings {
     /// Implementation.
     #[serde(default)]
     pub kind: BusKind,
-    /// AMQP URL, for `amqp`.
+    /// AMQP URL, for `amqp` (`amqps://` for TLS).
     #[serde(default)]
     pub url: Option<String>,
+    /// For an `amqps://` URL: a PEM file with the CA certificate(s) that signed the broker's
+    /// certificate, trusted beside the system's roots.
+    #[serde(default)]
+    pub tls_ca_file: Option<std::path::PathBuf>,
+    /// For an `amqps://` URL: a PEM file with a client certificate, for brokers that verify
+    /// their clients (with `tls_key_file`).
+    #[serde(default)]
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    /// The PEM private key of `tls_cert_file`.
+    #[serde(default)]
+    pub tls_key_file: Option<std::path::PathBuf>,
     /// Inbound shard queues.
     #[serde(default = "default_shards")]
     pub shards: u16,
@@ -183,12 +234,27 @@ impl Default for BusSettings {
         BusSettings {
             kind: BusKind::default(),
             url: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
             shards: default_shards(),
             queue_capacity: default_queue_capacity(),
             delivery_limit: default_delivery_limit(),
             publish_timeout_ms: default_publish_timeout_ms(),
             prefetch: default_prefetch(),
             events_stream_max_age: None,
+        }
+    }
+}
+
+impl BusSettings {
+    /// The configured TLS files of the broker connection.
+    pub fn tls_files(&self) -> TlsFiles<'_> {
+        TlsFiles {
+            section: "bus",
+            ca_file: self.tls_ca_file.as_deref(),
+            cert_file: self.tls_cert_file.as_deref(),
+            key_file: self.tls_key_file.as_deref(),
         }
     }
 }
@@ -235,6 +301,13 @@ pub struct StoreSettings {
     /// server's certificate, trusted instead of the system's roots.
     #[serde(default)]
     pub tls_ca_file: Option<std::path::PathBuf>,
+    /// For a `rediss://` URL: a PEM file with a client certificate, for servers that verify
+    /// their clients (`tls-auth-clients`; with `tls_key_file`).
+    #[serde(default)]
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    /// The PEM private key of `tls_cert_file`.
+    #[serde(default)]
+    pub tls_key_file: Option<std::path::PathBuf>,
     /// Find the Redis master through Redis Sentinel, for `redis`.
     #[serde(default)]
     pub sentinel: Option<SentinelSettings>,
@@ -246,12 +319,26 @@ pub struct StoreSettings {
     pub dedupe_ttl_secs: u64,
 }
 
+impl StoreSettings {
+    /// The configured TLS files of the Redis connection.
+    pub fn tls_files(&self) -> TlsFiles<'_> {
+        TlsFiles {
+            section: "store",
+            ca_file: self.tls_ca_file.as_deref(),
+            cert_file: self.tls_cert_file.as_deref(),
+            key_file: self.tls_key_file.as_deref(),
+        }
+    }
+}
+
 impl Default for StoreSettings {
     fn default() -> Self {
         StoreSettings {
             kind: StoreKind::default(),
             url: None,
             tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
             sentinel: None,
             key_prefix: default_key_prefix(),
             dedupe_ttl_secs: default_dedupe_ttl(),
@@ -647,12 +734,31 @@ secret = {secret}
                     .into(),
             });
         }
+        if self.bus.kind == BusKind::Amqp {
+            check_tls_files(&self.bus.tls_files(), self.bus.url.as_deref(), "amqps://")?;
+        }
+        if self.store.kind == StoreKind::Redis && self.store.sentinel.is_none() {
+            check_tls_files(
+                &self.store.tls_files(),
+                self.store.url.as_deref(),
+                "rediss://",
+            )?;
+        }
         if let Some(sentinel) = &self.store.sentinel {
-            if self.store.tls_ca_file.is_some() {
+            let tls = self.store.tls_files();
+            if let Some(name) = [
+                ("tls_ca_file", tls.ca_file),
+                ("tls_cert_file", tls.cert_file),
+                ("tls_key_file", tls.key_file),
+            ]
+            .into_iter()
+            .find_map(|(name, file)| file.map(|_| name))
+            {
                 return Err(ConfigError::Invalid {
-                    key: "store.tls_ca_file".into(),
+                    key: format!("store.{name}"),
                     message: "not supported with store.sentinel (the master's certificate is \
-                              verified against the system's roots)"
+                              verified against the system's roots, and no client certificate \
+                              is presented)"
                         .into(),
                 });
             }
@@ -856,6 +962,58 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("store.tls_ca_file"), "{err}");
+    }
+
+    #[test]
+    fn tls_files_need_a_tls_url_and_a_certificate_needs_its_key() {
+        let refused = |toml: &str, key: &str, says: &str| {
+            let f = write(toml);
+            let err = Settings::load_with_env(Some(&f.0), [])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key) && err.contains(says), "{toml}: {err}");
+        };
+        let bus = "[bus]\nkind = \"amqp\"\n";
+        refused(
+            &format!("{bus}url = \"amqp://h\"\ntls_ca_file = \"/ca.pem\"\n"),
+            "bus.tls_ca_file",
+            "amqps://",
+        );
+        refused(
+            &format!("{bus}url = \"amqps://h\"\ntls_cert_file = \"/c.pem\"\n"),
+            "bus.tls_key_file",
+            "required",
+        );
+        refused(
+            &format!("{bus}url = \"amqps://h\"\ntls_key_file = \"/c.key\"\n"),
+            "bus.tls_cert_file",
+            "required",
+        );
+        let store = "[store]\nkind = \"redis\"\n";
+        refused(
+            &format!(
+                "{store}url = \"redis://h\"\ntls_cert_file = \"/c.pem\"\ntls_key_file = \"/k\"\n"
+            ),
+            "store.tls_cert_file",
+            "rediss://",
+        );
+        refused(
+            &format!(
+                "{store}tls_key_file = \"/k\"\ntls_cert_file = \"/c\"\n[store.sentinel]\n\
+                 master = \"main\"\nnodes = [\"redis://s0:26379\"]\n"
+            ),
+            "store.tls_cert_file",
+            "sentinel",
+        );
+        let f = write(&format!(
+            "{bus}url = \"amqps://h\"\ntls_ca_file = \"/ca.pem\"\ntls_cert_file = \"/c.pem\"\n\
+             tls_key_file = \"/c.key\"\n{store}url = \"rediss://h\"\ntls_cert_file = \"/r.pem\"\n\
+             tls_key_file = \"/r.key\"\n"
+        ));
+        let s = Settings::load_with_env(Some(&f.0), []).expect("complete TLS settings");
+        let files = s.bus.tls_files();
+        assert_eq!(files.cert_file, Some(Path::new("/c.pem")));
+        assert_eq!(s.store.tls_files().key_file, Some(Path::new("/r.key")));
     }
 
     #[test]

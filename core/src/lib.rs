@@ -16,6 +16,7 @@ pub mod model;
 pub mod protocol;
 pub mod store;
 pub mod time;
+pub mod tls;
 
 pub use envelope::{ChannelRef, Content, Direction, Envelope, Media, Sender};
 pub use event::{CloudEvent, EventType};

@@ -116,7 +116,8 @@ impl App {
                     .as_deref()
                     .context("bus.url is required when bus.kind = \"amqp\"")?;
                 let name = format!("switchyard-{}-{}", role.name(), std::process::id());
-                Arc::new(AmqpBus::connect(url, &name, "", publish_timeout).await?)
+                let tls = settings.bus.tls_files().read()?;
+                Arc::new(AmqpBus::connect_with_tls(url, &name, "", publish_timeout, &tls).await?)
             }
         };
         let store: Arc<dyn Store> = match settings.store.kind {
@@ -132,12 +133,7 @@ impl App {
                         url: settings.store.url.clone().context(
                             "store.url is required when store.kind = \"redis\" without store.sentinel",
                         )?,
-                        ca_pem: match &settings.store.tls_ca_file {
-                            Some(path) => Some(std::fs::read(path).with_context(|| {
-                                format!("reading store.tls_ca_file `{}`", path.display())
-                            })?),
-                            None => None,
-                        },
+                        tls: settings.store.tls_files().read()?,
                     },
                 };
                 Arc::new(RedisStore::connect_to(&target, &settings.store.key_prefix).await?)

@@ -209,13 +209,20 @@ prefetch = {{ int64 $c.bus.prefetch }}
 {{- with $c.bus.events_stream_max_age }}
 events_stream_max_age = {{ toJson (toString .) }}
 {{- end }}
+{{- range $key := list "tls_ca_file" "tls_cert_file" "tls_key_file" }}
+{{- with index $c.bus $key }}
+{{ $key }} = {{ toJson (toString .) }}
+{{- end }}
+{{- end }}
 
 [store]
 kind = "redis"
 key_prefix = {{ toJson (toString $c.store.key_prefix) }}
 dedupe_ttl_secs = {{ int64 $c.store.dedupe_ttl_secs }}
-{{- with $c.store.tls_ca_file }}
-tls_ca_file = {{ toJson (toString .) }}
+{{- range $key := list "tls_ca_file" "tls_cert_file" "tls_key_file" }}
+{{- with index $c.store $key }}
+{{ $key }} = {{ toJson (toString .) }}
+{{- end }}
 {{- end }}
 {{- with $c.store.sentinel }}
 {{- if .master }}

@@ -206,29 +206,38 @@ pub fn free_port() -> u16 {
         .unwrap_or_else(|e| panic!("no free port on 127.0.0.1: {e}"))
 }
 
-/// A `redis-server` a test starts itself (a replica, a sentinel, a TLS-only server), killed
-/// when dropped.
-pub struct RedisProcess {
+/// A server a test starts itself (a Redis replica, a sentinel, a TLS-only server, a TLS proxy),
+/// killed when dropped.
+pub struct ServiceProcess {
     child: Option<std::process::Child>,
     /// The port it was told to listen on.
     pub port: u16,
 }
 
-impl RedisProcess {
+/// A `redis-server` a test starts itself.
+pub type RedisProcess = ServiceProcess;
+
+impl ServiceProcess {
     /// Runs `redis-server` with `args` (which must make it listen on `port`); `None` when it
     /// cannot be started (see [`absent`]).
-    pub fn start(args: &[&str], port: u16) -> Option<RedisProcess> {
-        match Command::new("redis-server")
+    pub fn start(args: &[&str], port: u16) -> Option<ServiceProcess> {
+        Self::run("redis-server", args, port)
+    }
+
+    /// Runs `program` with `args` (which must make it listen on `port`); `None` when it cannot
+    /// be started (see [`absent`]).
+    pub fn run(program: &str, args: &[&str], port: u16) -> Option<ServiceProcess> {
+        match Command::new(program)
             .args(args)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
         {
-            Ok(child) => Some(RedisProcess {
+            Ok(child) => Some(ServiceProcess {
                 child: Some(child),
                 port,
             }),
-            Err(e) => absent("redis-server", &e.to_string()),
+            Err(e) => absent(program, &e.to_string()),
         }
     }
 
@@ -241,8 +250,105 @@ impl RedisProcess {
     }
 }
 
-impl Drop for RedisProcess {
+impl Drop for ServiceProcess {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Certificates made with `openssl` for one test, in a directory removed when dropped: a CA
+/// (`ca.pem`), a server certificate for 127.0.0.1 and `localhost` (`server.pem`, `server.key`)
+/// and a client certificate (`client.pem`, `client.key`), both signed by the CA.
+pub struct TestCertificates {
+    /// The directory holding the files.
+    pub dir: std::path::PathBuf,
+}
+
+impl TestCertificates {
+    /// Makes the certificates; `None` when `openssl` cannot run (see [`absent`]).
+    pub fn make(label: &str) -> Option<TestCertificates> {
+        let dir = std::env::temp_dir().join(format!("sy-{label}-{}", free_port()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        let certificates = TestCertificates { dir };
+        let ca = "/CN=switchyard test CA";
+        certificates.openssl(&[
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", ca, "-keyout",
+            "ca.key", "-out", "ca.pem",
+        ])?;
+        certificates.signed(
+            "server",
+            "/CN=127.0.0.1",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+        )?;
+        certificates.signed(
+            "client",
+            "/CN=switchyard test client",
+            "extendedKeyUsage=clientAuth\n",
+        )?;
+        Some(certificates)
+    }
+
+    /// The path of one of the files.
+    pub fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.join(name)
+    }
+
+    /// The content of one of the files.
+    pub fn read(&self, name: &str) -> Vec<u8> {
+        std::fs::read(self.path(name))
+            .unwrap_or_else(|e| panic!("reading {}: {e}", self.path(name).display()))
+    }
+
+    /// `{name}.pem` and `{name}.key`, signed by the CA, with `extensions`.
+    fn signed(&self, name: &str, subject: &str, extensions: &str) -> Option<()> {
+        let (key, csr, pem, ext) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+            format!("{name}.ext"),
+        );
+        self.openssl(&[
+            "req", "-newkey", "rsa:2048", "-nodes", "-subj", subject, "-keyout", &key, "-out", &csr,
+        ])?;
+        std::fs::write(self.path(&ext), extensions)
+            .unwrap_or_else(|e| panic!("writing {ext}: {e}"));
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            &ext,
+            "-out",
+            &pem,
+        ])
+    }
+
+    /// Runs `openssl` with `args` in the directory; `None` (skipped) when it cannot run.
+    fn openssl(&self, args: &[&str]) -> Option<()> {
+        match Command::new("openssl")
+            .args(args)
+            .current_dir(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+        {
+            Ok(s) if s.success() => Some(()),
+            Ok(s) => panic!("openssl {args:?} failed: {s}"),
+            Err(e) => absent("openssl", &e.to_string()),
+        }
+    }
+}
+
+impl Drop for TestCertificates {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -65,6 +65,7 @@ use crate::identity::{IdentityKey, IdentityStrength};
 use crate::model::{
     Agent, AgentStatus, Conversation, ConversationStatus, Customer, IdentityRecord,
 };
+use crate::tls::ClientTls;
 
 /// `claim_key` attempts when the held key vanishes between `SET NX` and `GET`.
 const CLAIM_ATTEMPTS: usize = 3;
@@ -192,7 +193,7 @@ impl RedisStore {
     pub async fn connect(url: &str, key_prefix: &str) -> Result<Self, StoreError> {
         let target = RedisTarget::Url {
             url: url.to_owned(),
-            ca_pem: None,
+            tls: ClientTls::default(),
         };
         Self::connect_to(&target, key_prefix).await
     }

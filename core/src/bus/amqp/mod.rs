@@ -29,12 +29,15 @@ use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
 mod settlements;
 
 use settlements::{Settlements, Ticket};
+
+use crate::tls::ClientTls;
 
 use super::topology::{DEAD_LETTER_EXCHANGE, ExchangeKind, Overflow, QueueSpec, Topology};
 use super::{
@@ -82,24 +85,62 @@ impl AmqpBus {
         prefix: &str,
         publish_timeout: Duration,
     ) -> Result<Self, BusError> {
+        Self::connect_with_tls(
+            url,
+            connection_name,
+            prefix,
+            publish_timeout,
+            &ClientTls::default(),
+        )
+        .await
+    }
+
+    /// [`AmqpBus::connect`], where an `amqps://` URL trusts `tls.ca_pem` beside the system's
+    /// roots and presents `tls.identity` to a broker that verifies its clients.
+    pub async fn connect_with_tls(
+        url: &str,
+        connection_name: &str,
+        prefix: &str,
+        publish_timeout: Duration,
+        tls: &ClientTls,
+    ) -> Result<Self, BusError> {
         let props = ConnectionProperties::default()
             .with_connection_name(LongString::from(connection_name))
             .enable_auto_recover();
-        let connection =
-            tokio::time::timeout(Duration::from_secs(10), Connection::connect(url, props))
-                .await
-                .map_err(|_| {
-                    unavailable(format!(
-                        "connecting to RabbitMQ timed out ({url_redacted})",
-                        url_redacted = redact(url)
-                    ))
-                })?
-                .map_err(|e| {
-                    unavailable(format!(
-                        "cannot connect to RabbitMQ at {}: {e}",
-                        redact(url)
-                    ))
-                })?;
+        let tls_config = OwnedTLSConfig {
+            cert_chain: tls
+                .ca_pem
+                .as_ref()
+                .map(|pem| String::from_utf8_lossy(pem).into_owned()),
+            identity: tls.identity.as_ref().map(|id| OwnedIdentity::PKCS8 {
+                pem: id.cert_pem.clone(),
+                key: id.key_pem.clone(),
+            }),
+        };
+        let runtime = lapin::runtime::default_runtime().map_err(unavailable)?;
+        let connect = Connection::connect_with_config(url, props, tls_config, runtime);
+        let connection = tokio::time::timeout(Duration::from_secs(10), connect)
+            .await
+            .map_err(|_| {
+                // lapin does not report a broker certificate that fails verification; the
+                // handshake just never completes.
+                let hint = if url.starts_with("amqps://") {
+                    "; with amqps://, check that the broker's certificate is signed by a CA the \
+                     system trusts or by bus.tls_ca_file, for the URL's host name"
+                } else {
+                    ""
+                };
+                unavailable(format!(
+                    "connecting to RabbitMQ timed out ({url_redacted}){hint}",
+                    url_redacted = redact(url)
+                ))
+            })?
+            .map_err(|e| {
+                unavailable(format!(
+                    "cannot connect to RabbitMQ at {}: {e}",
+                    redact(url)
+                ))
+            })?;
         let mut publishers = Vec::with_capacity(PUBLISH_CHANNELS);
         for _ in 0..PUBLISH_CHANNELS {
             let ch = connection.create_channel().await.map_err(unavailable)?;

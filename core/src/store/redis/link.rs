@@ -14,13 +14,14 @@ use std::time::{Duration, Instant};
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
-use ::redis::{Client, RedisError, TlsCertificates, TlsMode};
+use ::redis::{Client, ClientTlsConfig, RedisError, TlsCertificates, TlsMode};
 
 use super::{
     CONNECTION_TIMEOUT, INITIAL_CONNECT_TIMEOUT, RECONNECT_MAX_DELAY, RECONNECT_RETRIES,
     RESPONSE_TIMEOUT, retryable, unavailable,
 };
 use crate::store::StoreError;
+use crate::tls::ClientTls;
 
 /// Where the store finds its Redis master.
 #[derive(Debug, Clone)]
@@ -29,9 +30,9 @@ pub enum RedisTarget {
     Url {
         /// The URL.
         url: String,
-        /// For `rediss://`: the PEM certificate(s) of the CA that signed the server's
-        /// certificate, trusted instead of the system's roots.
-        ca_pem: Option<Vec<u8>>,
+        /// For `rediss://`: the CA to trust instead of the system's roots, and the client
+        /// certificate to present to a server that verifies its clients.
+        tls: ClientTls,
     },
     /// The master named `master`, found through the sentinels at `nodes`
     /// (`redis://host:26379`). `url`, if given, supplies the master's username, password and
@@ -72,16 +73,20 @@ impl Link {
     /// not answer within a few seconds.
     pub(super) async fn connect(target: &RedisTarget) -> Result<Self, StoreError> {
         let source = match target {
-            RedisTarget::Url { url, ca_pem } => {
-                let client = match ca_pem {
-                    None => Client::open(url.as_str()),
-                    Some(pem) => Client::build_with_tls(
+            RedisTarget::Url { url, tls } => {
+                let client = if *tls == ClientTls::default() {
+                    Client::open(url.as_str())
+                } else {
+                    Client::build_with_tls(
                         url.as_str(),
                         TlsCertificates {
-                            client_tls: None,
-                            root_cert: Some(pem.clone()),
+                            client_tls: tls.identity.as_ref().map(|id| ClientTlsConfig {
+                                client_cert: id.cert_pem.clone(),
+                                client_key: id.key_pem.clone(),
+                            }),
+                            root_cert: tls.ca_pem.clone(),
                         },
-                    ),
+                    )
                 };
                 Source::Url(
                     client
