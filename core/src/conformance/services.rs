@@ -212,16 +212,26 @@ pub struct ServiceProcess {
     child: Option<std::process::Child>,
     /// The port it was told to listen on.
     pub port: u16,
+    /// Its working directory, removed when dropped.
+    dir: Option<std::path::PathBuf>,
 }
 
 /// A `redis-server` a test starts itself.
 pub type RedisProcess = ServiceProcess;
 
 impl ServiceProcess {
-    /// Runs `redis-server` with `args` (which must make it listen on `port`); `None` when it
-    /// cannot be started (see [`absent`]).
+    /// Runs `redis-server` with `args` (which must make it listen on `port`), writing its files
+    /// (a replica's copy of the data) to a directory of its own; `None` when it cannot be
+    /// started (see [`absent`]).
     pub fn start(args: &[&str], port: u16) -> Option<ServiceProcess> {
-        Self::run("redis-server", args, port)
+        let dir = std::env::temp_dir().join(format!("sy-redis-{port}"));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        let dir_arg = dir
+            .to_str()
+            .unwrap_or_else(|| panic!("a non-UTF-8 temp dir: {dir:?}"));
+        let mut process = Self::run("redis-server", &[args, &["--dir", dir_arg]].concat(), port)?;
+        process.dir = Some(dir);
+        Some(process)
     }
 
     /// Runs `program` with `args` (which must make it listen on `port`); `None` when it cannot
@@ -236,6 +246,7 @@ impl ServiceProcess {
             Ok(child) => Some(ServiceProcess {
                 child: Some(child),
                 port,
+                dir: None,
             }),
             Err(e) => absent(program, &e.to_string()),
         }
@@ -253,6 +264,9 @@ impl ServiceProcess {
 impl Drop for ServiceProcess {
     fn drop(&mut self) {
         self.kill();
+        if let Some(dir) = self.dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
