@@ -185,33 +185,59 @@ impl Connector for ApiConnector {
         };
         let body = serde_json::to_vec(message)
             .map_err(|e| ConnectorError::Transient(format!("cannot encode envelope: {e}")))?;
-        let ts = Utc::now().timestamp();
-        let signature = switchyard_signature(self.secret.as_bytes(), ts, &body);
-        let response = self
-            .http
-            .post(url)
-            .header("content-type", "application/json")
-            .header(TIMESTAMP_HEADER, ts.to_string())
-            .header(SIGNATURE_HEADER, signature)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| ConnectorError::Transient(format!("callback request failed: {e}")))?;
-        let status = response.status();
-        if status.is_success() {
-            return Ok(SendReceipt {
-                channel_message_id: Some(message.id.clone()),
-            });
-        }
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let text = response.text().await.unwrap_or_default();
-        Err(classify_http_failure(status.as_u16(), retry_after, &text))
+        post_signed(
+            &self.http,
+            url,
+            self.secret.as_bytes(),
+            "application/json",
+            body,
+        )
+        .await
+        .map_err(|e| match e {
+            ConnectorError::Transient(why) => {
+                ConnectorError::Transient(format!("callback request failed: {why}"))
+            }
+            other => other,
+        })?;
+        Ok(SendReceipt {
+            channel_message_id: Some(message.id.clone()),
+        })
     }
+}
+
+/// POSTs `body` to `url`, signed with `secret` as Switchyard signs (`X-Switchyard-Timestamp`,
+/// `X-Switchyard-Signature`), the way API-channel callbacks and webhooks are sent. A non-2xx
+/// answer is classified by [`classify_http_failure`]; a request that fails is transient.
+pub async fn post_signed(
+    http: &reqwest::Client,
+    url: &str,
+    secret: &[u8],
+    content_type: &str,
+    body: Vec<u8>,
+) -> Result<(), ConnectorError> {
+    let ts = Utc::now().timestamp();
+    let signature = switchyard_signature(secret, ts, &body);
+    let response = http
+        .post(url)
+        .header("content-type", content_type)
+        .header(TIMESTAMP_HEADER, ts.to_string())
+        .header(SIGNATURE_HEADER, signature)
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| ConnectorError::Transient(e.to_string()))?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let text = response.text().await.unwrap_or_default();
+    Err(classify_http_failure(status.as_u16(), retry_after, &text))
 }
 
 /// Classifies a non-2xx answer of a channel API: 429 rate limited, other 4xx rejected for good,

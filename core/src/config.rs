@@ -34,6 +34,15 @@ pub enum ConfigError {
     },
 }
 
+/// Ids of channels and webhooks: non-empty `[A-Za-z0-9_-]+` (they become path segments and queue
+/// names).
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// TLS files need a URL of the TLS scheme, and a client certificate comes with its key.
 fn check_tls_files(
     files: &TlsFiles<'_>,
@@ -106,6 +115,9 @@ pub struct Settings {
     /// Agent pools (`default` always exists).
     #[serde(default)]
     pub pools: Vec<PoolSettings>,
+    /// Signed outgoing webhooks of the event stream.
+    #[serde(default)]
+    pub webhooks: Vec<WebhookSettings>,
 }
 
 /// `[server]`.
@@ -600,6 +612,79 @@ pub struct PoolSettings {
     pub strategy: Strategy,
 }
 
+/// One `[[webhooks]]` entry: events of the stream POSTed, signed, to `url`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Webhook id (`[A-Za-z0-9_-]+`); its queue is `switchyard.webhooks.{id}`.
+    pub id: String,
+    /// Where the events are POSTed (`http://` or `https://`).
+    pub url: String,
+    /// The signing secret (prefer `secret_env` / `secret_file`).
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// Environment variable holding the secret.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// File holding the secret.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// Event types to send, as AMQP topic patterns (`conversation.*`, `#` for all).
+    #[serde(default = "default_webhook_events")]
+    pub events: Vec<String>,
+    /// Milliseconds a request may take.
+    #[serde(default = "default_webhook_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_webhook_events() -> Vec<String> {
+    vec!["#".to_owned()]
+}
+
+fn default_webhook_timeout_ms() -> u64 {
+    10_000
+}
+
+/// A secret given as `value`, as the environment variable `env`, or in `file` (trailing newline
+/// dropped); `key` is the configuration path, for errors.
+fn resolve_secret(
+    key: &str,
+    value: Option<&String>,
+    env: Option<&String>,
+    file: Option<&PathBuf>,
+) -> Result<String, ConfigError> {
+    let invalid = |message: String| ConfigError::Invalid {
+        key: key.to_owned(),
+        message,
+    };
+    if let Some(value) = value {
+        Ok(value.clone())
+    } else if let Some(var) = env {
+        std::env::var(var).map_err(|_| invalid(format!("environment variable `{var}` is not set")))
+    } else if let Some(file) = file {
+        std::fs::read_to_string(file)
+            .map(|s| s.trim().to_owned())
+            .map_err(|e| invalid(format!("cannot read `{}`: {e}", file.display())))
+    } else {
+        Err(invalid(format!(
+            "one of `{0}`, `{0}_env`, `{0}_file` is required",
+            key.rsplit('.').next().unwrap_or(key)
+        )))
+    }
+}
+
+impl WebhookSettings {
+    /// The signing secret.
+    pub fn resolved_secret(&self) -> Result<String, ConfigError> {
+        resolve_secret(
+            &format!("webhooks.{}.secret", self.id),
+            self.secret.as_ref(),
+            self.secret_env.as_ref(),
+            self.secret_file.as_ref(),
+        )
+    }
+}
+
 /// The embedded default: a `web` channel, the `default` pool, everything in-process.
 pub const EMBEDDED_DEFAULT: &str = r#"
 [[channels]]
@@ -684,16 +769,64 @@ secret = {secret}
         Ok(settings)
     }
 
+    /// Webhooks: valid unique ids, an HTTP(S) URL, a secret, event patterns.
+    fn validate_webhooks(&self) -> Result<(), ConfigError> {
+        let mut seen = HashSet::new();
+        for (i, hook) in self.webhooks.iter().enumerate() {
+            let invalid = |field: &str, message: String| ConfigError::Invalid {
+                key: format!("webhooks[{i}].{field}"),
+                message,
+            };
+            if !valid_id(&hook.id) {
+                return Err(invalid(
+                    "id",
+                    format!("`{}` must be non-empty [A-Za-z0-9_-]+", hook.id),
+                ));
+            }
+            if !seen.insert(hook.id.as_str()) {
+                return Err(invalid(
+                    "id",
+                    format!("webhook id `{}` is used twice", hook.id),
+                ));
+            }
+            if !(hook.url.starts_with("http://") || hook.url.starts_with("https://")) {
+                return Err(invalid(
+                    "url",
+                    format!("`{}` is not an http:// or https:// URL", hook.url),
+                ));
+            }
+            if hook.events.is_empty() {
+                return Err(invalid(
+                    "events",
+                    "lists no event types (`#` sends all)".into(),
+                ));
+            }
+            if let Some(bad) = hook.events.iter().find(|p| {
+                p.is_empty()
+                    || p.split('.')
+                        .any(|word| word.is_empty() || word.contains(char::is_whitespace))
+            }) {
+                return Err(invalid(
+                    "events",
+                    format!("`{bad}` is not a topic pattern such as `conversation.*`"),
+                ));
+            }
+            if hook.timeout_ms == 0 {
+                return Err(invalid("timeout_ms", "must be at least 1".into()));
+            }
+            let secret = hook.resolved_secret()?;
+            if secret.len() < 16 {
+                return Err(invalid("secret", "must be at least 16 characters".into()));
+            }
+        }
+        Ok(())
+    }
+
     /// Checks what types cannot: unique ids, known pools, the loopback rule.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut seen = HashSet::new();
         for (i, ch) in self.channels.iter().enumerate() {
-            let valid_id = !ch.id.is_empty()
-                && ch
-                    .id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-            if !valid_id {
+            if !valid_id(&ch.id) {
                 return Err(ConfigError::Invalid {
                     key: format!("channels[{i}].id"),
                     message: format!("`{}` must be non-empty [A-Za-z0-9_-]+", ch.id),
@@ -717,6 +850,7 @@ secret = {secret}
                 });
             }
         }
+        self.validate_webhooks()?;
         if self.auth.api_keys.is_empty() && !self.server.listen.ip().is_loopback() {
             return Err(ConfigError::Invalid {
                 key: "server.listen".into(),
@@ -818,25 +952,12 @@ secret = {secret}
             .iter()
             .enumerate()
             .map(|(i, k)| {
-                let invalid = |message: String| ConfigError::Invalid {
-                    key: format!("auth.api_keys[{i}]"),
-                    message,
-                };
-                let key = if let Some(key) = &k.key {
-                    key.clone()
-                } else if let Some(var) = &k.key_env {
-                    std::env::var(var)
-                        .map_err(|_| invalid(format!("environment variable `{var}` is not set")))?
-                } else if let Some(file) = &k.key_file {
-                    std::fs::read_to_string(file)
-                        .map_err(|e| invalid(format!("cannot read `{}`: {e}", file.display())))?
-                        .trim()
-                        .to_owned()
-                } else {
-                    return Err(invalid(
-                        "one of `key`, `key_env`, `key_file` is required".into(),
-                    ));
-                };
+                let key = resolve_secret(
+                    &format!("auth.api_keys[{i}].key"),
+                    k.key.as_ref(),
+                    k.key_env.as_ref(),
+                    k.key_file.as_ref(),
+                )?;
                 Ok((k.name.clone(), key, k.scopes.clone()))
             })
             .collect()
@@ -1014,6 +1135,60 @@ mod tests {
         let files = s.bus.tls_files();
         assert_eq!(files.cert_file, Some(Path::new("/c.pem")));
         assert_eq!(s.store.tls_files().key_file, Some(Path::new("/r.key")));
+    }
+
+    #[test]
+    fn webhooks_are_checked_and_their_secret_resolved() {
+        let hook = |fields: &str| {
+            format!("[[webhooks]]\nid = \"helpdesk\"\nurl = \"https://h.example/hook\"\n{fields}")
+        };
+        let refused = |toml: &str, key: &str, says: &str| {
+            let f = write(toml);
+            let err = Settings::load_with_env(Some(&f.0), [])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key) && err.contains(says), "{toml}: {err}");
+        };
+        refused(&hook(""), "webhooks.helpdesk.secret", "secret_env");
+        refused(&hook("secret = \"short\"\n"), "webhooks[0].secret", "16");
+        refused(
+            &hook("secret = \"0123456789abcdef\"\nevents = []\n"),
+            "webhooks[0].events",
+            "no event types",
+        );
+        refused(
+            &hook("secret = \"0123456789abcdef\"\nevents = [\"conversation..x\"]\n"),
+            "webhooks[0].events",
+            "topic pattern",
+        );
+        refused(
+            &hook("secret_env = \"SY_TEST_UNSET_HOOK_SECRET\"\n"),
+            "webhooks.helpdesk.secret",
+            "SY_TEST_UNSET_HOOK_SECRET",
+        );
+        refused(
+            "[[webhooks]]\nid = \"a b\"\nurl = \"https://h\"\nsecret = \"0123456789abcdef\"\n",
+            "webhooks[0].id",
+            "[A-Za-z0-9_-]+",
+        );
+        refused(
+            "[[webhooks]]\nid = \"h\"\nurl = \"ftp://h\"\nsecret = \"0123456789abcdef\"\n",
+            "webhooks[0].url",
+            "http://",
+        );
+        let twice = format!(
+            "{}{}",
+            hook("secret = \"0123456789abcdef\"\n"),
+            hook("secret = \"0123456789abcdef\"\n")
+        );
+        refused(&twice, "webhooks[1].id", "used twice");
+
+        let f = write(&hook("secret = \"0123456789abcdef\"\n"));
+        let s = Settings::load_with_env(Some(&f.0), []).expect("a complete webhook");
+        let hook = &s.webhooks[0];
+        assert_eq!(hook.events, ["#"], "every event by default");
+        assert_eq!(hook.timeout_ms, 10_000);
+        assert_eq!(hook.resolved_secret().unwrap(), "0123456789abcdef");
     }
 
     #[test]

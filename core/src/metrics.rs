@@ -49,6 +49,9 @@ pub struct Metrics {
     /// Outbound messages by channel id and outcome (`sent`, `rejected`, `rate_limited`,
     /// `transient`, `dead_lettered`).
     pub outbound: IntCounterVec,
+    /// Tries to send an event to a webhook, by webhook id and outcome: `delivered`; `transient`
+    /// or `rate_limited` (tried again); `rejected` (refused, dead-lettered).
+    pub webhooks: IntCounterVec,
     /// Messages the router handled, by outcome (`routed`, `duplicate`, `retried`, `dead_lettered`).
     pub routed: IntCounterVec,
     /// Seconds from ingress to the conversation's assignment, by pool.
@@ -96,6 +99,13 @@ impl Metrics {
                 "Outbound messages by channel and outcome",
             ),
             &["channel", "outcome"],
+        )?;
+        let webhooks = IntCounterVec::new(
+            Opts::new(
+                "webhook_deliveries_total",
+                "Events sent to webhooks, by webhook and outcome",
+            ),
+            &["webhook", "outcome"],
         )?;
         let routed = IntCounterVec::new(
             Opts::new(
@@ -155,6 +165,7 @@ impl Metrics {
         )?;
         registry.register(Box::new(inbound.clone()))?;
         registry.register(Box::new(outbound.clone()))?;
+        registry.register(Box::new(webhooks.clone()))?;
         registry.register(Box::new(routed.clone()))?;
         registry.register(Box::new(ingress_to_assignment.clone()))?;
         registry.register(Box::new(ingress_publish.clone()))?;
@@ -168,6 +179,7 @@ impl Metrics {
             registry,
             inbound,
             outbound,
+            webhooks,
             routed,
             ingress_to_assignment,
             ingress_publish,

@@ -64,6 +64,7 @@ async fn events_stream_replays_from_any_offset() {
         outbound_kinds: vec![],
         publish_timeout: bus::DEFAULT_PUBLISH_TIMEOUT,
         events_stream_max_age: Some("1h".into()),
+        webhooks: Vec::new(),
     });
     bus.declare(&topology).await.expect("declare with stream");
     bus.declare(&topology)

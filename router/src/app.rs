@@ -12,7 +12,9 @@ use switchyard_connectors::web;
 use switchyard_connectors::{ConnectorContext, Registry};
 use switchyard_core::bus::amqp::AmqpBus;
 use switchyard_core::bus::embedded::EmbeddedBus;
-use switchyard_core::bus::topology::{TopologyOptions, inbound_queue, outbound_queue};
+use switchyard_core::bus::topology::{
+    TopologyOptions, WebhookRoute, inbound_queue, outbound_queue,
+};
 use switchyard_core::bus::{Bus, Topology};
 use switchyard_core::config::{BusKind, Settings, StoreKind};
 use switchyard_core::metrics::Metrics;
@@ -34,6 +36,7 @@ use crate::ingress::Ingress;
 use crate::operations::Operations;
 use crate::outbox::{Outbox, STAGED_GRACE, run_republisher};
 use crate::peers::Peers;
+use crate::webhooks::Webhook;
 use crate::workers::{Outbound, ShardWorker, run_channel_sync, run_outbound, run_shard};
 
 /// How often a router sets offline the agents whose presence lapsed (and announces them).
@@ -164,6 +167,14 @@ impl App {
             outbound_kinds: outbound_kinds.clone(),
             publish_timeout: Duration::from_millis(settings.bus.publish_timeout_ms),
             events_stream_max_age: settings.bus.events_stream_max_age.clone(),
+            webhooks: settings
+                .webhooks
+                .iter()
+                .map(|hook| WebhookRoute {
+                    id: hook.id.clone(),
+                    patterns: hook.events.clone(),
+                })
+                .collect(),
         });
         bus.declare(&topology)
             .await
@@ -300,6 +311,16 @@ impl App {
                     run_outbound(bus, queue.clone(), outbound, stop)
                         .await
                         .with_context(|| format!("outbound consumer of `{queue}`"))
+                });
+            }
+            for settings in &settings.webhooks {
+                let hook =
+                    Webhook::new(settings, metrics.clone()).context("configuring a webhook")?;
+                let (bus, stop, id) = (Arc::clone(&bus), shutdown.clone(), settings.id.clone());
+                tasks.spawn(async move {
+                    hook.run(bus, stop)
+                        .await
+                        .with_context(|| format!("webhook `{id}`"))
                 });
             }
             // Only channels that keep platform session state (WeCom) follow conversation events;

@@ -13,6 +13,7 @@ pub mod ingress;
 pub mod operations;
 pub mod outbox;
 pub mod peers;
+pub mod webhooks;
 pub mod workers;
 
 pub use app::{App, Role};

@@ -12,4 +12,5 @@ mod presence;
 mod support;
 mod web_flow;
 mod web_gateways;
+mod webhooks;
 mod wechat;

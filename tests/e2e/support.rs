@@ -224,6 +224,15 @@ impl Callback {
         *self.status.lock().unwrap() = status;
     }
 
+    /// Waits until the requests received so far satisfy `done`.
+    pub async fn wait_until(&self, done: impl Fn(&[Received]) -> bool) -> Vec<Received> {
+        wait_until(Duration::from_secs(10), || {
+            let got = self.received.lock().unwrap().clone();
+            done(&got).then_some(got)
+        })
+        .await
+    }
+
     /// Waits until `n` requests arrived.
     pub async fn wait_for(&self, n: usize) -> Vec<Received> {
         wait_until(Duration::from_secs(10), || {

@@ -277,6 +277,19 @@ pool = {{ toJson (toString .) }}
 {{ $option }}_file = {{ toJson (printf "%s/%s" $secretDir $key) }}
 {{- end }}
 {{- end }}
+{{- range $c.webhooks }}
+
+[[webhooks]]
+id = {{ toJson (toString .id) }}
+url = {{ toJson (toString .url) }}
+{{- with .events }}
+events = {{ include "switchyard.tomlValue" . }}
+{{- end }}
+{{- with .timeout_ms }}
+timeout_ms = {{ int64 . }}
+{{- end }}
+secret_file = {{ toJson (printf "%s/%s" $secretDir .secretKey) }}
+{{- end }}
 {{ end }}
 
 {{/* The container spec shared by both roles: dict "root" $ "component" "gateway" "values" .Values.gateway */}}

@@ -24,6 +24,11 @@ pub fn inbound_queue(shard: u16) -> String {
     format!("{INBOUND_EXCHANGE}.{shard}")
 }
 
+/// Name of the queue of webhook `id`.
+pub fn webhook_queue(id: &str) -> String {
+    format!("switchyard.webhooks.{id}")
+}
+
 /// Name of the outbound queue for a channel kind.
 pub fn outbound_queue(channel_kind: &str) -> String {
     format!("{OUTBOUND_EXCHANGE}.{channel_kind}")
@@ -120,6 +125,17 @@ pub struct TopologyOptions {
     /// Keep every event in the stream queue `switchyard.events.stream` for this long
     /// (RabbitMQ duration, e.g. `7D`); `None`: no stream.
     pub events_stream_max_age: Option<String>,
+    /// Webhooks, each with a queue of the events it is sent.
+    pub webhooks: Vec<WebhookRoute>,
+}
+
+/// The events one webhook is sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookRoute {
+    /// The webhook's id ([`webhook_queue`]).
+    pub id: String,
+    /// Event types, as topic patterns on [`EVENTS_EXCHANGE`].
+    pub patterns: Vec<String>,
 }
 
 impl Topology {
@@ -150,6 +166,22 @@ impl Topology {
                 vec![(OUTBOUND_EXCHANGE.to_owned(), kind.clone())],
                 false,
             )
+        }));
+        // A webhook's queue: its events in order (one consumer at a time). An endpoint that is
+        // down for long must not stop the event stream, so a full queue drops its oldest event
+        // (dead-lettered, reason `maxlen`) instead of refusing publishes.
+        queues.extend(opts.webhooks.iter().map(|hook| {
+            QueueSpec {
+                overflow: Overflow::DropHead,
+                ..work_queue(
+                    webhook_queue(&hook.id),
+                    hook.patterns
+                        .iter()
+                        .map(|p| (EVENTS_EXCHANGE.to_owned(), p.clone()))
+                        .collect(),
+                    true,
+                )
+            }
         }));
         queues.push(QueueSpec {
             name: DEAD_LETTER_QUEUE.to_owned(),

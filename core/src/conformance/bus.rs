@@ -86,6 +86,7 @@ pub fn options(queue_capacity: usize) -> TopologyOptions {
         outbound_kinds: vec![OUTBOUND_KIND.to_owned()],
         publish_timeout: DEFAULT_PUBLISH_TIMEOUT,
         events_stream_max_age: None,
+        webhooks: Vec::new(),
     }
 }
 

@@ -190,7 +190,9 @@ impl AmqpBus {
         }
         if let Some(dlx) = &spec.dead_letter_exchange {
             args.insert("x-dead-letter-exchange".into(), long(&self.name(dlx)));
-            if quorum {
+            // At-least-once dead-lettering needs `reject-publish`; a queue that drops its
+            // oldest message when full dead-letters at most once.
+            if quorum && spec.overflow == Overflow::RejectPublish {
                 args.insert("x-dead-letter-strategy".into(), long("at-least-once"));
             }
         }

@@ -1,0 +1,158 @@
+//! Signed outgoing webhooks: the event stream POSTed to helpdesks that do not speak AMQP.
+//!
+//! Each `[[webhooks]]` entry has a queue, `switchyard.webhooks.{id}`, bound to
+//! `switchyard.events` with the event types it wants. One gateway at a time consumes it (single
+//! active consumer), one event at a time, so the endpoint gets the events in the order they were
+//! published. Every event is POSTed as the CloudEvent it is on the bus (structured JSON,
+//! `application/cloudevents+json`), signed like an API-channel callback (`X-Switchyard-Timestamp`,
+//! `X-Switchyard-Signature`).
+//!
+//! - **2xx:** delivered.
+//! - **Unreachable, timeout, 5xx, 429:** tried again in place, after a wait that doubles from
+//!   200 ms up to a minute (or the `Retry-After` of a 429, up to a minute), for as long as it
+//!   takes: the events behind it wait, in order, in the queue. An endpoint that is down for long
+//!   fills the queue (`bus.queue_capacity`); then its oldest events are dead-lettered (reason
+//!   `maxlen`) instead of stopping the event stream.
+//! - **Other 4xx:** the endpoint refuses that event for good: it is dead-lettered with the
+//!   answer as its reason, and the next event goes out.
+//!
+//! Delivery is at least once: a gateway that stops or dies between the POST and the ack leaves
+//! the event to be sent again. The event's `id` tells a receiver that it has seen it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchyard_connectors::ConnectorError;
+use switchyard_connectors::api::post_signed;
+use switchyard_core::bus::topology::webhook_queue;
+use switchyard_core::bus::{Bus, Delivery};
+use switchyard_core::config::{ConfigError, WebhookSettings};
+use switchyard_core::metrics::Metrics;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::RouteError;
+use crate::workers::next_until;
+
+/// Content type of a CloudEvent in structured mode (CloudEvents HTTP binding).
+pub const CLOUDEVENTS_JSON: &str = "application/cloudevents+json; charset=utf-8";
+
+/// The first wait before an event is sent again.
+const FIRST_RETRY: Duration = Duration::from_millis(200);
+/// The longest wait between two tries.
+const LONGEST_RETRY: Duration = Duration::from_secs(60);
+
+/// One configured webhook, ready to send.
+#[derive(Clone)]
+pub struct Webhook {
+    id: String,
+    url: String,
+    secret: String,
+    http: reqwest::Client,
+    metrics: Metrics,
+}
+
+/// How one event's delivery ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// The endpoint took it.
+    Delivered,
+    /// The endpoint refused it for good: dead-lettered.
+    Refused,
+    /// Stopping while it could not be sent: back to the queue for the next gateway.
+    HandedBack,
+}
+
+impl Webhook {
+    /// The webhook of `settings`, counting its deliveries in `metrics`.
+    pub fn new(settings: &WebhookSettings, metrics: Metrics) -> Result<Webhook, ConfigError> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(settings.timeout_ms))
+            .user_agent(concat!("switchyard/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ConfigError::Invalid {
+                key: format!("webhooks.{}", settings.id),
+                message: format!("cannot build an HTTP client: {e}"),
+            })?;
+        Ok(Webhook {
+            id: settings.id.clone(),
+            url: settings.url.clone(),
+            secret: settings.resolved_secret()?,
+            http,
+            metrics,
+        })
+    }
+
+    /// Sends the webhook's events until `stop` or the bus closes.
+    pub async fn run(self, bus: Arc<dyn Bus>, stop: CancellationToken) -> Result<(), RouteError> {
+        let mut deliveries = bus.consume(&webhook_queue(&self.id), 1).await?;
+        while let Some(delivery) = next_until(&mut deliveries, &stop).await {
+            if self.deliver(delivery, &stop).await == Outcome::HandedBack {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn count(&self, outcome: &str) {
+        self.metrics
+            .webhooks
+            .with_label_values(&[self.id.as_str(), outcome])
+            .inc();
+    }
+
+    /// Sends one event until the endpoint takes or refuses it, or until `stop`.
+    async fn deliver(&self, delivery: Delivery, stop: &CancellationToken) -> Outcome {
+        let mut wait = FIRST_RETRY;
+        loop {
+            let body = delivery.message.body.to_vec();
+            let sent = post_signed(
+                &self.http,
+                &self.url,
+                self.secret.as_bytes(),
+                CLOUDEVENTS_JSON,
+                body,
+            )
+            .await;
+            let error = match sent {
+                Ok(()) => {
+                    self.count("delivered");
+                    if let Err(e) = delivery.ack().await {
+                        tracing::warn!(webhook = %self.id, error = %e, "event delivered but not acked; it will be sent again");
+                    }
+                    return Outcome::Delivered;
+                }
+                Err(e) if !e.is_retryable() => e,
+                Err(e) => {
+                    self.count(e.outcome());
+                    let pause = match &e {
+                        ConnectorError::RateLimited {
+                            retry_after: Some(after),
+                        } => (*after).min(LONGEST_RETRY),
+                        _ => wait,
+                    };
+                    tracing::warn!(webhook = %self.id, error = %e, retry_in = ?pause, "webhook endpoint did not take an event; trying again");
+                    tokio::select! {
+                        _ = stop.cancelled() => {
+                            if let Err(e) = delivery.hand_back("stopping while the webhook endpoint was failing").await {
+                                tracing::warn!(webhook = %self.id, error = %e, "could not hand an event back");
+                            }
+                            return Outcome::HandedBack;
+                        }
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                    wait = (wait * 2).min(LONGEST_RETRY);
+                    continue;
+                }
+            };
+            self.count(error.outcome());
+            tracing::warn!(webhook = %self.id, error = %error, "webhook endpoint refused an event; dead-lettering it");
+            if let Err(e) = delivery
+                .reject(&format!("webhook `{}` refused it: {error}", self.id))
+                .await
+            {
+                tracing::error!(webhook = %self.id, error = %e, "could not dead-letter an event");
+            }
+            return Outcome::Refused;
+        }
+    }
+}
