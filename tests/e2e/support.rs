@@ -196,10 +196,13 @@ impl Callback {
             axum::routing::post(move |headers: HeaderMap, body: Bytes| {
                 let (r, s, d) = (Arc::clone(&r), Arc::clone(&s), Arc::clone(&d));
                 async move {
+                    // The answer is the one set when the request arrived: a test that sees the
+                    // request and then changes the answer changes it for the next one.
+                    let status = *s.lock().unwrap();
                     r.lock().unwrap().push(Received { headers, body });
                     let delay = *d.lock().unwrap();
                     tokio::time::sleep(delay).await;
-                    axum::http::StatusCode::from_u16(*s.lock().unwrap()).unwrap()
+                    axum::http::StatusCode::from_u16(status).unwrap()
                 }
             }),
         );
@@ -219,7 +222,7 @@ impl Callback {
         *self.delay.lock().unwrap() = delay;
     }
 
-    /// Makes the fake answer `status` from now on.
+    /// Makes the fake answer `status` to the requests that arrive from now on.
     pub fn answer(&self, status: u16) {
         *self.status.lock().unwrap() = status;
     }
