@@ -635,6 +635,14 @@ pub struct WebhookSettings {
     /// Milliseconds a request may take.
     #[serde(default = "default_webhook_timeout_ms")]
     pub timeout_ms: u64,
+    /// Requests in flight at once. Events of one subject (a conversation, a customer, an agent)
+    /// are sent one after the other, in order, whatever this is; 1 sends every event in order.
+    #[serde(default = "default_webhook_concurrency")]
+    pub concurrency: u16,
+}
+
+fn default_webhook_concurrency() -> u16 {
+    16
 }
 
 fn default_webhook_events() -> Vec<String> {
@@ -813,6 +821,9 @@ secret = {secret}
             }
             if hook.timeout_ms == 0 {
                 return Err(invalid("timeout_ms", "must be at least 1".into()));
+            }
+            if hook.concurrency == 0 {
+                return Err(invalid("concurrency", "must be at least 1".into()));
             }
             let secret = hook.resolved_secret()?;
             if secret.len() < 16 {
@@ -1162,6 +1173,11 @@ mod tests {
             "topic pattern",
         );
         refused(
+            &hook("secret = \"0123456789abcdef\"\nconcurrency = 0\n"),
+            "webhooks[0].concurrency",
+            "at least 1",
+        );
+        refused(
             &hook("secret_env = \"SY_TEST_UNSET_HOOK_SECRET\"\n"),
             "webhooks.helpdesk.secret",
             "SY_TEST_UNSET_HOOK_SECRET",
@@ -1188,6 +1204,7 @@ mod tests {
         let hook = &s.webhooks[0];
         assert_eq!(hook.events, ["#"], "every event by default");
         assert_eq!(hook.timeout_ms, 10_000);
+        assert_eq!(hook.concurrency, 16);
         assert_eq!(hook.resolved_secret().unwrap(), "0123456789abcdef");
     }
 

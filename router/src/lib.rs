@@ -8,6 +8,7 @@ pub mod error;
 pub mod events;
 pub mod http;
 pub mod hub;
+pub mod in_order;
 pub mod inbound;
 pub mod ingress;
 pub mod operations;

@@ -2,15 +2,16 @@
 //!
 //! Each `[[webhooks]]` entry has a queue, `switchyard.webhooks.{id}`, bound to
 //! `switchyard.events` with the event types it wants. One gateway at a time consumes it (single
-//! active consumer), one event at a time, so the endpoint gets the events in the order they were
+//! active consumer). It sends up to `concurrency` events at once, but the events of one subject
+//! (a conversation, a customer, an agent) one after the other, in the order they were
 //! published. Every event is POSTed as the CloudEvent it is on the bus (structured JSON,
-//! `application/cloudevents+json`), signed like an API-channel callback (`X-Switchyard-Timestamp`,
-//! `X-Switchyard-Signature`).
+//! `application/cloudevents+json`), signed like an API-channel callback
+//! (`X-Switchyard-Timestamp`, `X-Switchyard-Signature`).
 //!
 //! - **2xx:** delivered.
 //! - **Unreachable, timeout, 5xx, 429:** tried again in place, after a wait that doubles from
 //!   200 ms up to a minute (or the `Retry-After` of a 429, up to a minute), for as long as it
-//!   takes: the events behind it wait, in order, in the queue. An endpoint that is down for long
+//!   takes: the later events of its subject wait behind it. An endpoint that is down for long
 //!   fills the queue (`bus.queue_capacity`); then its oldest events are dead-lettered (reason
 //!   `maxlen`) instead of stopping the event stream.
 //! - **Other 4xx:** the endpoint refuses that event for good: it is dead-lettered with the
@@ -22,6 +23,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+
 use switchyard_connectors::ConnectorError;
 use switchyard_connectors::api::post_signed;
 use switchyard_core::bus::topology::webhook_queue;
@@ -31,6 +35,7 @@ use switchyard_core::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::RouteError;
+use crate::in_order::InOrderByKey;
 use crate::workers::next_until;
 
 /// Content type of a CloudEvent in structured mode (CloudEvents HTTP binding).
@@ -47,6 +52,7 @@ pub struct Webhook {
     id: String,
     url: String,
     secret: String,
+    concurrency: u16,
     http: reqwest::Client,
     metrics: Metrics,
 }
@@ -77,6 +83,7 @@ impl Webhook {
             id: settings.id.clone(),
             url: settings.url.clone(),
             secret: settings.resolved_secret()?,
+            concurrency: settings.concurrency.max(1),
             http,
             metrics,
         })
@@ -84,13 +91,48 @@ impl Webhook {
 
     /// Sends the webhook's events until `stop` or the bus closes.
     pub async fn run(self, bus: Arc<dyn Bus>, stop: CancellationToken) -> Result<(), RouteError> {
-        let mut deliveries = bus.consume(&webhook_queue(&self.id), 1).await?;
-        while let Some(delivery) = next_until(&mut deliveries, &stop).await {
-            if self.deliver(delivery, &stop).await == Outcome::HandedBack {
-                break;
+        let mut deliveries = bus
+            .consume(&webhook_queue(&self.id), self.concurrency)
+            .await?;
+        let mut running = FuturesUnordered::new();
+        let mut by_subject = InOrderByKey::default();
+        let mut taking = true;
+        loop {
+            if !taking && running.is_empty() {
+                return Ok(());
+            }
+            tokio::select! {
+                next = next_until(&mut deliveries, &stop), if taking => {
+                    let Some(delivery) = next else {
+                        taking = false;
+                        continue;
+                    };
+                    let subject = subject_of(&delivery.message.body);
+                    if let Some(delivery) = by_subject.admit(&subject, delivery) {
+                        running.push(self.deliver(subject, delivery, &stop));
+                    }
+                }
+                Some((subject, outcome)) = running.next() => {
+                    if outcome == Outcome::HandedBack {
+                        // The subject's later events go back too, so that none overtakes it.
+                        for delivery in by_subject.abandon(&subject) {
+                            self.hand_back(delivery).await;
+                        }
+                    } else if let Some(delivery) = by_subject.done(&subject) {
+                        running.push(self.deliver(subject, delivery, &stop));
+                    }
+                }
             }
         }
-        Ok(())
+    }
+
+    async fn hand_back(&self, delivery: Delivery) {
+        if let Err(e) = delivery
+            .hand_back("stopping while the webhook endpoint was failing")
+            .await
+        {
+            tracing::warn!(webhook = %self.id, error = %e, "could not hand an event back");
+        }
     }
 
     fn count(&self, outcome: &str) {
@@ -100,8 +142,19 @@ impl Webhook {
             .inc();
     }
 
-    /// Sends one event until the endpoint takes or refuses it, or until `stop`.
-    async fn deliver(&self, delivery: Delivery, stop: &CancellationToken) -> Outcome {
+    /// Sends one event of `subject` until the endpoint takes or refuses it, or until `stop`;
+    /// returns the subject and how it ended.
+    async fn deliver(
+        &self,
+        subject: String,
+        delivery: Delivery,
+        stop: &CancellationToken,
+    ) -> (String, Outcome) {
+        let outcome = self.send(delivery, stop).await;
+        (subject, outcome)
+    }
+
+    async fn send(&self, delivery: Delivery, stop: &CancellationToken) -> Outcome {
         let mut wait = FIRST_RETRY;
         loop {
             let body = delivery.message.body.to_vec();
@@ -133,9 +186,7 @@ impl Webhook {
                     tracing::warn!(webhook = %self.id, error = %e, retry_in = ?pause, "webhook endpoint did not take an event; trying again");
                     tokio::select! {
                         _ = stop.cancelled() => {
-                            if let Err(e) = delivery.hand_back("stopping while the webhook endpoint was failing").await {
-                                tracing::warn!(webhook = %self.id, error = %e, "could not hand an event back");
-                            }
+                            self.hand_back(delivery).await;
                             return Outcome::HandedBack;
                         }
                         () = tokio::time::sleep(pause) => {}
@@ -154,5 +205,31 @@ impl Webhook {
             }
             return Outcome::Refused;
         }
+    }
+}
+
+/// The CloudEvent's `subject` (empty when it has none, or the body is not a CloudEvent).
+fn subject_of(body: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Subject {
+        subject: Option<String>,
+    }
+    serde_json::from_slice::<Subject>(body)
+        .ok()
+        .and_then(|e| e.subject)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::subject_of;
+
+    #[test]
+    fn the_subject_is_read_from_the_event() {
+        let event =
+            br#"{"specversion":"1.0","id":"1","type":"t","subject":"c-1","data":{"x":[1]}}"#;
+        assert_eq!(subject_of(event), "c-1");
+        assert_eq!(subject_of(br#"{"specversion":"1.0"}"#), "");
+        assert_eq!(subject_of(b"not json"), "");
     }
 }

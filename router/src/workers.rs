@@ -3,7 +3,6 @@
 //! stored and its events confirmed; failures retry in place, then go back to the bus, and after
 //! the delivery limit to the dead-letter queue with their reason.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -20,6 +19,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::RouteError;
+use crate::in_order::InOrderByKey;
 use crate::inbound::{InboundRouter, Routed};
 use crate::outbox::Outbox;
 use crate::peers::{HAND_BACK_COOLDOWN, MARK_TTL, Peers};
@@ -201,8 +201,8 @@ impl ShardWorker {
     ) -> Ended {
         let gate = AckGate::default();
         let mut running = FuturesUnordered::new();
-        // Shard keys with a message in progress, and the messages of that key waiting behind it.
-        let mut busy: HashMap<String, VecDeque<(Delivery, Envelope)>> = HashMap::new();
+        // A user's messages one after the other, different users' at once.
+        let mut by_user = InOrderByKey::default();
         let mut taking = true;
         // The first delivery may come while another router still hands this shard back.
         let mut first = self.peers.shared();
@@ -249,32 +249,22 @@ impl ShardWorker {
                         continue;
                     };
                     let key = envelope.shard_key();
-                    match busy.get_mut(&key) {
-                        Some(waiting) => waiting.push_back((delivery, envelope)),
-                        None => {
-                            busy.insert(key.clone(), VecDeque::new());
-                            running.push(self.route_one(key, delivery, envelope, &gate, stop));
-                        }
+                    if let Some((delivery, envelope)) = by_user.admit(&key, (delivery, envelope)) {
+                        running.push(self.route_one(key, delivery, envelope, &gate, stop));
                     }
                 }
                 Some((key, handed_back)) = running.next() => {
                     if handed_back {
                         // The user's later messages go back with it, so that none overtakes it.
-                        for (delivery, _) in busy.remove(&key).unwrap_or_default() {
+                        for (delivery, _) in by_user.abandon(&key) {
                             if let Err(e) = delivery.hand_back("handed back after an earlier message of its user").await {
                                 tracing::warn!(error = %e, "could not hand a message back");
                             }
                         }
                         continue;
                     }
-                    let next = busy.get_mut(&key).and_then(VecDeque::pop_front);
-                    match next {
-                        Some((delivery, envelope)) => {
-                            running.push(self.route_one(key, delivery, envelope, &gate, stop));
-                        }
-                        None => {
-                            busy.remove(&key);
-                        }
+                    if let Some((delivery, envelope)) = by_user.done(&key) {
+                        running.push(self.route_one(key, delivery, envelope, &gate, stop));
                     }
                 }
             }

@@ -177,6 +177,8 @@ pub struct Received {
 pub struct Callback {
     pub url: String,
     pub received: Arc<Mutex<Vec<Received>>>,
+    /// Which requests (by their index in `received`) were open when each one arrived.
+    pub open_at_arrival: Arc<Mutex<Vec<Vec<usize>>>>,
     status: Arc<Mutex<u16>>,
     delay: Arc<Mutex<Duration>>,
 }
@@ -184,24 +186,42 @@ pub struct Callback {
 impl Callback {
     pub async fn start() -> Callback {
         let received: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let open_at_arrival: Arc<Mutex<Vec<Vec<usize>>>> = Arc::default();
+        let open: Arc<Mutex<Vec<usize>>> = Arc::default();
         let status = Arc::new(Mutex::new(200u16));
         let delay = Arc::new(Mutex::new(Duration::ZERO));
-        let (r, s, d) = (
+        let (r, s, d, o, a) = (
             Arc::clone(&received),
             Arc::clone(&status),
             Arc::clone(&delay),
+            Arc::clone(&open),
+            Arc::clone(&open_at_arrival),
         );
         let app = axum::Router::new().route(
             "/callback",
             axum::routing::post(move |headers: HeaderMap, body: Bytes| {
-                let (r, s, d) = (Arc::clone(&r), Arc::clone(&s), Arc::clone(&d));
+                let (r, s, d, o, a) = (
+                    Arc::clone(&r),
+                    Arc::clone(&s),
+                    Arc::clone(&d),
+                    Arc::clone(&o),
+                    Arc::clone(&a),
+                );
                 async move {
                     // The answer is the one set when the request arrived: a test that sees the
                     // request and then changes the answer changes it for the next one.
                     let status = *s.lock().unwrap();
-                    r.lock().unwrap().push(Received { headers, body });
+                    let index = {
+                        let mut received = r.lock().unwrap();
+                        let mut open = o.lock().unwrap();
+                        a.lock().unwrap().push(open.clone());
+                        received.push(Received { headers, body });
+                        open.push(received.len() - 1);
+                        received.len() - 1
+                    };
                     let delay = *d.lock().unwrap();
                     tokio::time::sleep(delay).await;
+                    o.lock().unwrap().retain(|&i| i != index);
                     axum::http::StatusCode::from_u16(status).unwrap()
                 }
             }),
@@ -212,6 +232,7 @@ impl Callback {
         Callback {
             url: format!("http://{addr}/callback"),
             received,
+            open_at_arrival,
             status,
             delay,
         }

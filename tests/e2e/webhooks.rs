@@ -165,6 +165,58 @@ async fn scenario(server: &Server, endpoint: &Callback) {
     );
 }
 
+/// A slow endpoint gets the events of different conversations at once, and the events of one
+/// conversation one after the other, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_endpoint_gets_conversations_at_once_and_each_in_order() {
+    let endpoint = Callback::start().await;
+    endpoint.answer_after(Duration::from_millis(200));
+    let server = Server::start(&config(&endpoint.url)).await;
+    server.agent_online("a1", 10).await;
+    let users = ["u1", "u2", "u3"];
+    for user in users {
+        let body = api_message(&format!("m-{user}"), user, "hi", &[]);
+        assert_eq!(server.post_signed("shop", &body).await.status(), 202);
+    }
+    // Four events per conversation.
+    let got = endpoint.wait_for(4 * users.len()).await;
+    let open_at_arrival = endpoint.open_at_arrival.lock().unwrap().clone();
+    let subject = |i: usize| event_of(&got[i])["subject"].as_str().unwrap().to_owned();
+    let mut subjects: Vec<String> = (0..got.len()).map(subject).collect();
+    assert!(
+        open_at_arrival.iter().any(|open| !open.is_empty()),
+        "no two requests were ever open at once: {open_at_arrival:?}"
+    );
+    for (i, open) in open_at_arrival.iter().enumerate() {
+        for &j in open {
+            assert_ne!(
+                subjects[i], subjects[j],
+                "request {i} came while request {j} of the same conversation was open"
+            );
+        }
+    }
+    let order = [
+        "io.switchyard.conversation.created",
+        "io.switchyard.conversation.queued",
+        "io.switchyard.message.received",
+        "io.switchyard.conversation.assigned",
+    ];
+    subjects.sort();
+    subjects.dedup();
+    assert_eq!(subjects.len(), users.len(), "one subject per conversation");
+    for s in &subjects {
+        let of_subject: Vec<String> = (0..got.len())
+            .filter(|&i| &subject(i) == s)
+            .map(|i| event_of(&got[i])["type"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            of_subject, order,
+            "the events of conversation {s}, in order"
+        );
+    }
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_reach_a_webhook_signed_and_in_order_on_the_embedded_bus() {
     let endpoint = Callback::start().await;

@@ -288,6 +288,9 @@ events = {{ include "switchyard.tomlValue" . }}
 {{- with .timeout_ms }}
 timeout_ms = {{ int64 . }}
 {{- end }}
+{{- with .concurrency }}
+concurrency = {{ int64 . }}
+{{- end }}
 secret_file = {{ toJson (printf "%s/%s" $secretDir .secretKey) }}
 {{- end }}
 {{ end }}
