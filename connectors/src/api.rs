@@ -230,14 +230,19 @@ pub async fn post_signed(
     if status.is_success() {
         return Ok(());
     }
-    let retry_after = response
+    let retry_after = retry_after(&response);
+    let text = response.text().await.unwrap_or_default();
+    Err(classify_http_failure(status.as_u16(), retry_after, &text))
+}
+
+/// The `Retry-After` header of `response`, in seconds.
+pub fn retry_after(response: &reqwest::Response) -> Option<Duration> {
+    response
         .headers()
         .get("retry-after")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
-        .map(Duration::from_secs);
-    let text = response.text().await.unwrap_or_default();
-    Err(classify_http_failure(status.as_u16(), retry_after, &text))
+        .map(Duration::from_secs)
 }
 
 /// Classifies a non-2xx answer of a channel API: 429 rate limited, other 4xx rejected for good,

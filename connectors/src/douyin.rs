@@ -43,6 +43,7 @@ use switchyard_core::envelope::{
 use switchyard_core::identity::IdentityKey;
 use switchyard_core::store::Store;
 
+use crate::api::retry_after;
 use crate::media::{Accept, MediaCache, MediaResolver, MediaSpec, Upload};
 use crate::rules::ChannelRules;
 use crate::signature::constant_time_eq;
@@ -703,16 +704,6 @@ async fn read_json(response: reqwest::Response, status: u16) -> Result<Value, Co
             snippet(&text)
         ))
     })
-}
-
-/// A `Retry-After` header in seconds.
-fn retry_after(response: &reqwest::Response) -> Option<Duration> {
-    response
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .map(Duration::from_secs)
 }
 
 /// Classifies a non-zero Douyin error code (token errors are handled by the caller first):

@@ -373,12 +373,7 @@ async fn execute(request: reqwest::RequestBuilder) -> Result<Value, ConnectorErr
         .map_err(|e| ConnectorError::Transient(format!("WeChat API request failed: {e}")))?;
     let status = response.status();
     if !status.is_success() {
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = crate::api::retry_after(&response);
         let text: String = response
             .text()
             .await
