@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use switchyard_connectors::{ConnectorContext, Registry};
-use switchyard_core::config::{LogFormat, Settings};
+use switchyard_core::config::{BusKind, LogFormat, Settings, StoreKind};
 use switchyard_router::{App, Role};
 use tracing_subscriber::EnvFilter;
 
@@ -62,15 +62,22 @@ fn check_config(file: &std::path::Path) -> ExitCode {
         .and_then(|settings| {
             Registry::build(&settings.channels, &ConnectorContext::default())?;
             settings.api_keys()?;
+            if settings.bus.kind == BusKind::Amqp {
+                settings.bus.tls_files().read()?;
+            }
+            if settings.store.kind == StoreKind::Redis {
+                settings.store.tls_files().read()?;
+            }
             Ok(settings)
         });
     match result {
         Ok(settings) => {
             println!(
-                "{}: OK ({} channel(s), pools: {})",
+                "{}: OK ({} channel(s), pools: {}, {} webhook(s))",
                 file.display(),
                 settings.channels.len(),
-                settings.pool_ids().join(", ")
+                settings.pool_ids().join(", "),
+                settings.webhooks.len()
             );
             ExitCode::SUCCESS
         }

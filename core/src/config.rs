@@ -653,8 +653,8 @@ fn default_webhook_timeout_ms() -> u64 {
     10_000
 }
 
-/// A secret given as `value`, as the environment variable `env`, or in `file` (trailing newline
-/// dropped); `key` is the configuration path, for errors.
+/// A secret given as `value`, as the environment variable `env`, or in `file` (surrounding
+/// whitespace trimmed); `key` is the configuration path, for errors.
 fn resolve_secret(
     key: &str,
     value: Option<&String>,

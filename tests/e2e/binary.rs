@@ -114,6 +114,14 @@ fn check_config_explains_errors_with_the_key_path() {
             "[[channels]]\nid = \"x\"\nkind = \"api\"\nsecret = \"0123456789abcdef\"\ncolour = 1\n",
             "unknown key(s) colour",
         ),
+        (
+            "[bus]\nkind = \"amqp\"\nurl = \"amqps://h/%2f\"\ntls_ca_file = \"/nonexistent/ca.pem\"\n",
+            "reading bus.tls_ca_file `/nonexistent/ca.pem`",
+        ),
+        (
+            "[[webhooks]]\nid = \"h\"\nurl = \"https://h\"\nsecret_file = \"/nonexistent/secret\"\n",
+            "webhooks.h.secret",
+        ),
     ];
     for (i, (text, expected)) in cases.iter().enumerate() {
         let bad = dir.join(format!("sy-bad-{}-{i}.toml", std::process::id()));

@@ -8,10 +8,10 @@
 //!   publish+confirm has a timeout. Many publishes are in flight at once on a small pool of
 //!   channels (confirms are pipelined, never awaited one by one on a single channel).
 //! - Consumers get their own channel with a prefetch. Their acks are combined into `multiple`
-//!   acks where the deliveries before them are settled too ([`settlements`]).
-//!   `reject(reason)` republishes to the
-//!   dead-letter exchange with the reason and original queue in headers, then acks, so the
-//!   reason survives; exceeding the delivery limit is dead-lettered the same way.
+//!   acks where the deliveries before them are settled too (`settlements.rs`).
+//!   `reject(reason)` republishes to the dead-letter exchange with the reason and original queue
+//!   in headers, then acks, so the reason survives; exceeding the delivery limit is
+//!   dead-lettered the same way.
 //! - The connection auto-recovers (lapin); consumers whose stream ends report it, so the
 //!   process supervisor can restart (a router exits non-zero and Kubernetes restarts it).
 
