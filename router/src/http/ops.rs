@@ -69,3 +69,30 @@ pub async fn openapi() -> Response {
 pub async fn not_found(uri: Uri) -> ApiError {
     ApiError::not_found(format!("no route for `{}`", uri.path()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::OPENAPI;
+    use crate::webhooks::CLOUDEVENTS_JSON;
+    use switchyard_connectors::signature::{SIGNATURE_HEADER, TIMESTAMP_HEADER};
+
+    /// The OpenAPI document describes the outgoing webhook request as `webhooks.rs` sends it.
+    #[test]
+    fn the_openapi_document_describes_the_webhook_request() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("valid JSON");
+        let post = &doc["webhooks"]["event"]["post"];
+        let headers: Vec<String> = post["parameters"]
+            .as_array()
+            .expect("parameters")
+            .iter()
+            .filter(|p| p["in"] == "header")
+            .map(|p| p["name"].as_str().unwrap_or_default().to_ascii_lowercase())
+            .collect();
+        assert_eq!(headers, [TIMESTAMP_HEADER, SIGNATURE_HEADER]);
+        let media_type = CLOUDEVENTS_JSON.split(';').next().unwrap_or_default();
+        assert!(
+            post["requestBody"]["content"][media_type].is_object(),
+            "the body's media type is {media_type}"
+        );
+    }
+}
