@@ -329,6 +329,9 @@ pub struct StoreSettings {
     /// Seconds a dedupe key is remembered.
     #[serde(default = "default_dedupe_ttl")]
     pub dedupe_ttl_secs: u64,
+    /// Days a closed conversation (with its messages) is kept; 0 keeps everything.
+    #[serde(default)]
+    pub retention_days: u32,
 }
 
 impl StoreSettings {
@@ -354,6 +357,7 @@ impl Default for StoreSettings {
             sentinel: None,
             key_prefix: default_key_prefix(),
             dedupe_ttl_secs: default_dedupe_ttl(),
+            retention_days: 0,
         }
     }
 }

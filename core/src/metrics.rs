@@ -2,8 +2,8 @@
 //! low-cardinality labels (channel, outcome, pool) and never customer or message ids.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Outcome label of `switchyard_inbound_messages_total`.
@@ -54,6 +54,9 @@ pub struct Metrics {
     pub webhooks: IntCounterVec,
     /// Messages the router handled, by outcome (`routed`, `duplicate`, `retried`, `dead_lettered`).
     pub routed: IntCounterVec,
+    /// Closed conversations the retention sweep went through (deleted, or kept because a merge
+    /// closed them).
+    pub conversations_expired: IntCounter,
     /// Seconds from ingress to the conversation's assignment, by pool.
     pub ingress_to_assignment: HistogramVec,
     /// Seconds from HTTP request to bus confirm, by channel kind.
@@ -107,6 +110,10 @@ impl Metrics {
             ),
             &["webhook", "outcome"],
         )?;
+        let conversations_expired = IntCounter::with_opts(Opts::new(
+            "retention_conversations_swept_total",
+            "Closed conversations the retention sweep went through",
+        ))?;
         let routed = IntCounterVec::new(
             Opts::new(
                 "router_messages_total",
@@ -167,6 +174,7 @@ impl Metrics {
         registry.register(Box::new(outbound.clone()))?;
         registry.register(Box::new(webhooks.clone()))?;
         registry.register(Box::new(routed.clone()))?;
+        registry.register(Box::new(conversations_expired.clone()))?;
         registry.register(Box::new(ingress_to_assignment.clone()))?;
         registry.register(Box::new(ingress_publish.clone()))?;
         registry.register(Box::new(api_errors.clone()))?;
@@ -181,6 +189,7 @@ impl Metrics {
             outbound,
             webhooks,
             routed,
+            conversations_expired,
             ingress_to_assignment,
             ingress_publish,
             api_errors,

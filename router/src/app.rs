@@ -36,11 +36,14 @@ use crate::ingress::Ingress;
 use crate::operations::Operations;
 use crate::outbox::{Outbox, STAGED_GRACE, run_republisher};
 use crate::peers::Peers;
+use crate::retention::sweep_closed_conversations;
 use crate::webhooks::Webhook;
 use crate::workers::{Outbound, ShardWorker, run_channel_sync, run_outbound, run_shard};
 
 /// How often a router sets offline the agents whose presence lapsed (and announces them).
 const PRESENCE_SWEEP: Duration = Duration::from_secs(5);
+/// How often routers delete the conversations past `store.retention_days`.
+const RETENTION_SWEEP: Duration = Duration::from_secs(60);
 /// How often each process looks for batches the bus refused, to republish them (see
 /// [`crate::outbox`]).
 const OUTBOX_REPUBLISH: Duration = Duration::from_secs(5);
@@ -272,6 +275,14 @@ impl App {
                 sample_queue_depth(store, metrics, pools, Duration::from_secs(5), stop)
                     .await
                     .context("queue depth sampler")
+            });
+        }
+        if role.router() && settings.store.retention_days > 0 {
+            let keep = Duration::from_secs(u64::from(settings.store.retention_days) * 24 * 3600);
+            let (store, metrics, stop) = (Arc::clone(&store), metrics.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                sweep_closed_conversations(store, metrics, keep, RETENTION_SWEEP, stop).await;
+                Ok(())
             });
         }
         if role.router() {

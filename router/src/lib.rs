@@ -14,6 +14,7 @@ pub mod ingress;
 pub mod operations;
 pub mod outbox;
 pub mod peers;
+pub mod retention;
 pub mod webhooks;
 pub mod workers;
 

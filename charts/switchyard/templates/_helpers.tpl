@@ -219,6 +219,7 @@ events_stream_max_age = {{ toJson (toString .) }}
 kind = "redis"
 key_prefix = {{ toJson (toString $c.store.key_prefix) }}
 dedupe_ttl_secs = {{ int64 $c.store.dedupe_ttl_secs }}
+retention_days = {{ int64 (default 0 $c.store.retention_days) }}
 {{- range $key := list "tls_ca_file" "tls_cert_file" "tls_key_file" }}
 {{- with index $c.store $key }}
 {{ $key }} = {{ toJson (toString .) }}

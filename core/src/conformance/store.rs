@@ -1692,6 +1692,107 @@ pub async fn transfer_to_pool_and_agent(factory: &impl MakeStore, prefix: &str) 
 /// every message, the other is closed with reason `merged` and its agent is freed; later
 /// messages under either id land in the survivor's conversation. When only the merged-away
 /// customer has one, it moves to the survivor and stays open.
+/// Conversations closed before the cut-off go, oldest first and at most `limit` per call, with
+/// their messages and the record of their ids (the first message sent again opens a new
+/// conversation); open conversations, conversations closed later, and conversations closed by
+/// a merge stay.
+pub async fn closed_conversations_expire(factory: &impl MakeStore, prefix: &str) {
+    let what = "closed_conversations_expire";
+    let store = factory.make().await;
+    let pool = format!("{prefix}default");
+    // Later than anything the other cases close, which a store shared by the cases holds too,
+    // and which go first.
+    let t = |secs: i64| at(1_000_000 + secs);
+    while store
+        .expire_closed(t(0), 100)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: expire_closed: {e}"))
+        == 100
+    {}
+    let (_, ea, ca) = open(&store, prefix, "a", &pool, t(1)).await;
+    let (_, _, cd) = open(&store, prefix, "d", &pool, t(1)).await;
+    let (_, _, cb) = open(&store, prefix, "b", &pool, t(1)).await;
+    let (_, _, cc) = open(&store, prefix, "c", &pool, t(1)).await;
+    for (conversation, closed_at) in [(&ca, t(2)), (&cd, t(3)), (&cb, t(10))] {
+        store
+            .close_conversation(&conversation.id, "agent", closed_at)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: close {}: {e}", conversation.id));
+    }
+    let expire = |before, limit| {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .expire_closed(before, limit)
+                .await
+                .unwrap_or_else(|e| panic!("{what}: expire_closed: {e}"))
+        }
+    };
+    assert_eq!(expire(t(5), 1).await, 1, "{what}: the oldest of two");
+    assert!(
+        store.conversation(&ca.id).await.unwrap().is_none(),
+        "{what}: the first closed conversation is still there"
+    );
+    assert!(
+        store.conversation(&cd.id).await.unwrap().is_some(),
+        "{what}: the limit was not kept"
+    );
+    assert_eq!(expire(t(5), 1).await, 1, "{what}: the second");
+    assert_eq!(
+        expire(t(5), 1).await,
+        0,
+        "{what}: nothing left before the cut-off"
+    );
+    assert!(
+        store.conversation(&cd.id).await.unwrap().is_none(),
+        "{what}: the second closed conversation is still there"
+    );
+    assert!(
+        message_ids(&store, &ca.id).await.is_empty(),
+        "{what}: messages of an expired conversation"
+    );
+    assert_eq!(
+        get_conversation(&store, &cb.id).await.status,
+        ConversationStatus::Closed,
+        "{what}: a conversation closed after the cut-off"
+    );
+    assert_eq!(
+        get_conversation(&store, &cc.id).await.status,
+        ConversationStatus::Queued,
+        "{what}: an open conversation"
+    );
+    let again = record(&store, &ea, &pool, t(20)).await;
+    assert!(
+        !again.duplicate && again.created && again.conversation.id != ca.id,
+        "{what}: the first message of an expired conversation, sent again, must open a new \
+         conversation: {again:?}"
+    );
+
+    // A merge closes the merged-away profile's conversation; it stays.
+    let d_key = key(prefix, "app_user", "shop-app", "d");
+    let c_key = key(prefix, "app_user", "shop-app", "c");
+    let (_, _, cd2) = open(&store, prefix, "d", &pool, t(21)).await;
+    let r = resolve(&store, &[(&c_key, Strong), (&d_key, Strong)], false, t(22)).await;
+    assert_eq!(r.closed.len(), 1, "{what}: the merge closed {:?}", r.closed);
+    let merged_away = r.closed[0].id.clone();
+    assert!(
+        [&cc.id, &cd2.id].contains(&&merged_away),
+        "{what}: {merged_away}"
+    );
+    assert!(
+        expire(t(100), 100).await >= 1,
+        "{what}: the merged-away entry"
+    );
+    assert!(
+        store.conversation(&merged_away).await.unwrap().is_some(),
+        "{what}: a conversation closed by a merge expired"
+    );
+    assert!(
+        store.conversation(&cb.id).await.unwrap().is_none(),
+        "{what}: the conversation closed at 10 s is still there"
+    );
+}
+
 pub async fn merge_with_open_conversations(factory: &impl MakeStore, prefix: &str) {
     let what = "merge_with_open_conversations";
     let store = factory.make().await;
@@ -3227,6 +3328,7 @@ pub async fn run_all(factory: &impl MakeStore, prefix: &str) {
     unannounced_notes(factory, &p("unannounced")).await;
     transfer_to_pool_and_agent(factory, &p("transfer")).await;
     merge_with_open_conversations(factory, &p("merge-open")).await;
+    closed_conversations_expire(factory, &p("expire")).await;
     concurrent_resolution_converges(factory, &p("concurrent-resolve")).await;
     presence_heartbeat_ttl(factory, &p("presence-ttl")).await;
     presence_lapse_resume_and_updates(factory, &p("presence-resume")).await;

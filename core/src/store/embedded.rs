@@ -66,6 +66,8 @@ struct State {
     notes: BTreeMap<String, Note>,
     /// Mailboxes by key ([`Store::mailbox_push`]).
     mailboxes: HashMap<String, Mailbox>,
+    /// Closed conversations by close time, for [`Store::expire_closed`].
+    closed: BTreeSet<(DateTime<Utc>, String)>,
     mailbox_pushes: u64,
 }
 
@@ -217,6 +219,7 @@ impl State {
         c.updated_at = now;
         c.close_reason = Some(reason.to_owned());
         let conversation = c.clone();
+        self.closed.insert((now, conversation.id.clone()));
         if self.open_by_customer.get(&conversation.customer_id) == Some(&conversation.id) {
             self.open_by_customer.remove(&conversation.customer_id);
         }
@@ -1072,6 +1075,38 @@ impl Store for EmbeddedStore {
         note.from_agent = release.released_agent.as_ref().map(|a| a.id.clone());
         s.note(note);
         Ok(release)
+    }
+
+    async fn expire_closed(
+        &self,
+        closed_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        let mut s = self.lock();
+        let due: Vec<(DateTime<Utc>, String)> = s
+            .closed
+            .iter()
+            .take_while(|(at, _)| *at < closed_before)
+            .take(limit.max(1))
+            .cloned()
+            .collect();
+        for entry in &due {
+            s.closed.remove(entry);
+            let id = &entry.1;
+            let expires = s.conversations.get(id).is_some_and(|c| {
+                c.status == ConversationStatus::Closed
+                    && c.close_reason.as_deref() != Some("merged")
+            });
+            if !expires {
+                continue;
+            }
+            s.conversations.remove(id);
+            s.conversation_opened_by.remove(id);
+            for envelope in s.messages.remove(id).unwrap_or_default() {
+                s.message_ids.remove(&envelope.id);
+            }
+        }
+        Ok(due.len())
     }
 
     async fn transfer(

@@ -699,6 +699,18 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<Release, StoreError>;
 
+    /// Deletes conversations closed before `closed_before`, oldest first, at most `limit` of
+    /// them: each with its messages and the record of their ids (a copy of one of them that
+    /// arrives later is a new message). A conversation closed by a merge stays, as a small
+    /// record: its messages moved into the survivor's conversation, and go when that one goes.
+    /// Returns how many closed conversations it went through; fewer than `limit` means none
+    /// closed before `closed_before` is left.
+    async fn expire_closed(
+        &self,
+        closed_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<usize, StoreError>;
+
     /// Moves a conversation to another pool's queue or straight to an agent with room, and notes
     /// it ([`NoteKind::TransferredToPool`] or [`NoteKind::TransferredToAgent`] at `now`, with the
     /// agent it left).

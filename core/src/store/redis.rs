@@ -168,6 +168,7 @@ static UNANNOUNCED: LazyLock<Script> =
     LazyLock::new(|| script(include_str!("redis/unannounced.lua")));
 static RELEASE: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/release.lua")));
 static MAILBOX: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/mailbox.lua")));
+static EXPIRE_CLOSED: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/expire.lua")));
 static SWEEP_PRESENCE: LazyLock<Script> =
     LazyLock::new(|| script(include_str!("redis/sweep_presence.lua")));
 
@@ -1158,6 +1159,21 @@ impl Store for RedisStore {
         let mut inv = CLOSE.prepare_invoke();
         inv.arg(&self.prefix).arg(id).arg(reason).arg(stamp(now));
         release(self.eval(&inv, false).await?)
+    }
+
+    async fn expire_closed(
+        &self,
+        closed_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        let mut inv = EXPIRE_CLOSED.prepare_invoke();
+        inv.arg(&self.prefix)
+            .arg(stamp(closed_before))
+            .arg(limit.max(1));
+        let handled = text(self.eval(&inv, true).await?)?;
+        handled
+            .parse()
+            .map_err(|_| bad(format_args!("expire_closed answered `{handled}`")))
     }
 
     async fn transfer(

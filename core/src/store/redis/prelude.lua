@@ -200,6 +200,8 @@ local function close_conversation(id, reason, now)
   local released = detach(id)
   redis.call('HSET', ck, 'status', 'closed', 'closed_at', now, 'updated_at', now,
     'close_reason', reason)
+  -- The index expire_closed deletes closed conversations by (store.retention_days).
+  redis.call('ZADD', P .. ':closed', 0, now .. '|' .. id)
   redis.call('HDEL', ck, 'agent_id')
   local cust = redis.call('HGET', ck, 'customer_id')
   if cust and redis.call('GET', key('open', cust)) == id then

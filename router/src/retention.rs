@@ -1,0 +1,123 @@
+//! Data retention: closed conversations are deleted from the store `store.retention_days` after
+//! they closed, with their messages ([`Store::expire_closed`]). Routers sweep; concurrent
+//! sweeps are safe, each conversation goes once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchyard_core::metrics::Metrics;
+use switchyard_core::store::Store;
+use tokio_util::sync::CancellationToken;
+
+/// Conversations one store call goes through: one call stays short, even for conversations
+/// with many messages.
+const BATCH: usize = 50;
+
+/// Every `every` until `stop`: deletes the conversations closed more than `keep` ago, batch
+/// after batch until none is left, counting them in `metrics`.
+pub async fn sweep_closed_conversations(
+    store: Arc<dyn Store>,
+    metrics: Metrics,
+    keep: Duration,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let Ok(keep) = chrono::TimeDelta::from_std(keep) else {
+        tracing::warn!(
+            ?keep,
+            "retention beyond what the clock can count; nothing expires"
+        );
+        stop.cancelled().await;
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let closed_before = switchyard_core::time::now() - keep;
+        loop {
+            match store.expire_closed(closed_before, BATCH).await {
+                Ok(handled) => {
+                    metrics.conversations_expired.inc_by(handled as u64);
+                    if handled < BATCH || stop.is_cancelled() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not delete expired conversations; trying again later");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use switchyard_core::conformance::store::{app_channel, inbound_envelope, key};
+    use switchyard_core::identity::IdentityStrength;
+    use switchyard_core::metrics::Metrics;
+    use switchyard_core::store::embedded::EmbeddedStore;
+    use switchyard_core::store::{ResolveRequest, Store};
+    use tokio_util::sync::CancellationToken;
+
+    use super::sweep_closed_conversations;
+
+    /// A conversation of a new customer `name`, closed `ago` before now.
+    async fn closed(store: &Arc<dyn Store>, name: &str, ago: chrono::TimeDelta) -> String {
+        let now = switchyard_core::time::now() - ago;
+        let k = key("", "app_user", "shop", name);
+        let customer = store
+            .resolve_customer(ResolveRequest {
+                tenant: "default".into(),
+                identities: vec![(k.clone(), IdentityStrength::Strong)],
+                explicit: false,
+                display_name: None,
+                now,
+                source: None,
+            })
+            .await
+            .unwrap()
+            .customer;
+        let envelope = inbound_envelope(&customer.id, &app_channel(), name, vec![k], "hi", now);
+        let id = store
+            .record_inbound(&envelope, "default", now)
+            .await
+            .unwrap()
+            .conversation
+            .id;
+        store.close_conversation(&id, "agent", now).await.unwrap();
+        id
+    }
+
+    #[tokio::test]
+    async fn conversations_closed_longer_ago_than_kept_go() {
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::new());
+        let old = closed(&store, "old", chrono::TimeDelta::days(3)).await;
+        let recent = closed(&store, "recent", chrono::TimeDelta::hours(1)).await;
+        let metrics = Metrics::new().unwrap();
+        let stop = CancellationToken::new();
+        let sweep = tokio::spawn(sweep_closed_conversations(
+            Arc::clone(&store),
+            metrics.clone(),
+            Duration::from_secs(24 * 3600),
+            Duration::from_millis(10),
+            stop.clone(),
+        ));
+        for _ in 0..500 {
+            if store.conversation(&old).await.unwrap().is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.cancel();
+        sweep.await.unwrap();
+        assert!(store.conversation(&old).await.unwrap().is_none(), "kept");
+        assert!(store.conversation(&recent).await.unwrap().is_some(), "gone");
+        assert_eq!(metrics.conversations_expired.get(), 1);
+    }
+}
