@@ -14,7 +14,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use switchyard_core::conformance::services::TestRedisPrefix;
 use switchyard_core::conformance::store::{
-    self, app_channel, at, inbound_envelope, key, outbound_envelope, wechat_channel,
+    self, app_channel, at, inbound_envelope, key, message_from, outbound_envelope, wechat_channel,
 };
 use switchyard_core::envelope::{Content, DEFAULT_TENANT};
 use switchyard_core::identity::IdentityStrength;
@@ -365,30 +365,6 @@ async fn prefixes_are_isolated() {
     assert!(b.created && b.customer.id != a.customer.id);
 }
 
-/// Resolves the API-channel user `user` and records a message of theirs, whose conversation
-/// (opened in `pool` if new) is returned.
-async fn record_from(s: &Arc<dyn Store>, user: &str, pool: &str, now: DateTime<Utc>) -> String {
-    let k = key("", "app_user", "shop-app", user);
-    let c = s
-        .resolve_customer(ResolveRequest {
-            tenant: DEFAULT_TENANT.to_owned(),
-            identities: vec![(k.clone(), IdentityStrength::Strong)],
-            explicit: false,
-            display_name: None,
-            now,
-            source: None,
-        })
-        .await
-        .unwrap()
-        .customer;
-    let e = inbound_envelope(&c.id, &app_channel(), user, vec![k], "hi", now);
-    s.record_inbound(&e, pool, now)
-        .await
-        .unwrap()
-        .conversation
-        .id
-}
-
 /// The presence layout of docs/redis-keys.md: a heartbeat writes `P:presence:{agent}` with the
 /// TTL and marks the agent hash `presence = live`; an expiry by `assign_queued` takes the agent
 /// out of its pools' online index and leaves `presence = lapsed:online`; a resumed heartbeat puts
@@ -437,7 +413,7 @@ async fn presence_keys_and_online_index() {
         "not expired yet"
     );
     // An empty queue expires nobody; a queued conversation makes `a` a candidate.
-    record_from(&s, "u1", "p1", at(2)).await;
+    message_from(&s, "u1", "p1", at(2)).await;
     assert!(s.assign_queued("p1", at(3)).await.unwrap().is_empty());
     assert_eq!(hget("status").as_deref(), Some("offline"));
     assert_eq!(hget("presence").as_deref(), Some("lapsed:online"));
@@ -509,7 +485,7 @@ async fn ready_index_holds_agents_with_room() {
     let open = |user: &'static str, secs: i64| {
         let s = Arc::clone(&s);
         async move {
-            let conversation = record_from(&s, user, "default", at(secs)).await;
+            let conversation = message_from(&s, user, "default", at(secs)).await;
             let assigned = s.assign_queued("default", at(secs)).await.unwrap();
             let agents: Vec<String> = assigned.into_iter().map(|a| a.agent_id).collect();
             (conversation, agents)

@@ -58,11 +58,10 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use switchyard_core::conformance::store::{app_channel, inbound_envelope, key};
-    use switchyard_core::identity::IdentityStrength;
+    use switchyard_core::conformance::store::message_from;
     use switchyard_core::metrics::Metrics;
+    use switchyard_core::store::Store;
     use switchyard_core::store::embedded::EmbeddedStore;
-    use switchyard_core::store::{ResolveRequest, Store};
     use tokio_util::sync::CancellationToken;
 
     use super::sweep_closed_conversations;
@@ -70,26 +69,7 @@ mod tests {
     /// A conversation of a new customer `name`, closed `ago` before now.
     async fn closed(store: &Arc<dyn Store>, name: &str, ago: chrono::TimeDelta) -> String {
         let now = switchyard_core::time::now() - ago;
-        let k = key("", "app_user", "shop", name);
-        let customer = store
-            .resolve_customer(ResolveRequest {
-                tenant: "default".into(),
-                identities: vec![(k.clone(), IdentityStrength::Strong)],
-                explicit: false,
-                display_name: None,
-                now,
-                source: None,
-            })
-            .await
-            .unwrap()
-            .customer;
-        let envelope = inbound_envelope(&customer.id, &app_channel(), name, vec![k], "hi", now);
-        let id = store
-            .record_inbound(&envelope, "default", now)
-            .await
-            .unwrap()
-            .conversation
-            .id;
+        let id = message_from(store, name, "default", now).await;
         store.close_conversation(&id, "agent", now).await.unwrap();
         id
     }

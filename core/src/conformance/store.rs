@@ -86,6 +86,20 @@ pub fn inbound_envelope(
     }
 }
 
+/// A message from app user `user` (the strong key `app_user:shop-app:{user}`, resolved first),
+/// recorded in `pool` at `now`; returns its conversation's id.
+pub async fn message_from(
+    store: &Arc<dyn Store>,
+    user: &str,
+    pool: &str,
+    now: DateTime<Utc>,
+) -> String {
+    let k = key("", "app_user", "shop-app", user);
+    let customer = resolve(store, &[(&k, Strong)], false, now).await.customer;
+    let envelope = inbound_envelope(&customer.id, &app_channel(), user, vec![k], "hi", now);
+    record(store, &envelope, pool, now).await.conversation.id
+}
+
 /// An agent's reply in `conversation`.
 pub fn outbound_envelope(
     conversation: &Conversation,
