@@ -4,9 +4,10 @@
 Usage: check_rendered.py RENDERED.yaml --kube-version 1.32.0 --kubernetes-validate PATH
                          [--switchyard BIN]
 
-1. kubernetes-validate --strict on every manifest the API server knows; a ServiceMonitor is
-   checked against tests/chart/servicemonitor.schema.json instead (kubernetes-validate bundles
-   no CRD schemas), and any other kind without a schema is an error.
+1. kubernetes-validate --strict on every manifest the API server knows; a ServiceMonitor or a
+   PrometheusRule is checked against tests/chart/{servicemonitor,prometheusrule}.schema.json
+   instead (kubernetes-validate bundles no CRD schemas), and any other kind without a schema is
+   an error. Every metric an alert uses must be one docs/operations.md lists.
 2. Cross-references: selectors match pod labels, Service/probe/Ingress ports exist, volumes
    exist, the HPA and the StatefulSet's Service exist, the router's instance variables.
 3. Policies of the chart: non-root, read-only root filesystem, no capabilities, grace period
@@ -22,6 +23,7 @@ import argparse
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import tempfile
@@ -63,12 +65,33 @@ def pod_templates(docs):
     return [d for d in docs if d["kind"] in ("Deployment", "StatefulSet")]
 
 
+CRD_SCHEMAS = {"ServiceMonitor": "servicemonitor.schema.json", "PrometheusRule": "prometheusrule.schema.json"}
+
+
+def documented_metrics():
+    """The metric names of the table in docs/operations.md."""
+    text = (HERE.parent.parent / "docs" / "operations.md").read_text()
+    return set(re.findall(r"^\| `(switchyard_[a-z0-9_]+)`", text, re.M))
+
+
+def check_alerts(rule):
+    documented = documented_metrics()
+    for group in rule["spec"]["groups"]:
+        for r in group["rules"]:
+            for metric in re.findall(r"switchyard_[a-z0-9_]+", r["expr"]):
+                base = re.sub(r"_(bucket|sum|count)$", "", metric)
+                if metric not in documented and base not in documented:
+                    problem(f"{name_of(rule)}: alert {r['alert']} uses {metric}, which docs/operations.md does not list")
+
+
 def validate_kubernetes(docs, kube_version, kv):
     builtin, crds = [], []
     for d in docs:
-        (crds if d["kind"] == "ServiceMonitor" else builtin).append(d)
-    schema = json.loads((HERE / "servicemonitor.schema.json").read_text())
+        (crds if d["kind"] in CRD_SCHEMAS else builtin).append(d)
     for d in crds:
+        schema = json.loads((HERE / CRD_SCHEMAS[d["kind"]]).read_text())
+        if d["kind"] == "PrometheusRule":
+            check_alerts(d)
         for err in jsonschema.Draft7Validator(schema).iter_errors(d):
             path = ".".join(str(p) for p in err.absolute_path)
             problem(f"{name_of(d)}: {path}: {err.message}")
@@ -90,7 +113,7 @@ def validate_kubernetes(docs, kube_version, kv):
     if "Couldn't find schema" in out:
         problem("kubernetes-validate has no schema for a rendered kind (see above)")
     print(f"kubernetes-validate {kube_version} --strict: {len(builtin)} manifest(s); "
-          f"ServiceMonitor subset schema: {len(crds)}")
+          f"ServiceMonitor and PrometheusRule subset schemas: {len(crds)}")
 
 
 def check_references(docs):
