@@ -7,11 +7,9 @@
 //!   only after the broker's ack, an unroutable (returned) message is an error, and every
 //!   publish+confirm has a timeout. Many publishes are in flight at once on a small pool of
 //!   channels (confirms are pipelined, never awaited one by one on a single channel).
-//! - Consumers get their own channel with a prefetch. Their acks are combined into `multiple`
-//!   acks where the deliveries before them are settled too (`settlements.rs`).
-//!   `reject(reason)` republishes to the dead-letter exchange with the reason and original queue
-//!   in headers, then acks, so the reason survives; exceeding the delivery limit is
-//!   dead-lettered the same way.
+//! - Consumers get their own channel with a prefetch; `reject(reason)` republishes to the
+//!   dead-letter exchange with the reason and original queue in headers, then acks, so the
+//!   reason survives; exceeding the delivery limit is dead-lettered the same way.
 //! - The connection auto-recovers (lapin); consumers whose stream ends report it, so the
 //!   process supervisor can restart (a router exits non-zero and Kubernetes restarts it).
 
@@ -26,16 +24,13 @@ use futures_util::StreamExt;
 use futures_util::future::maybe_done;
 use lapin::Confirmation;
 use lapin::options::{
-    BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-
-mod settlements;
-
-use settlements::{Settlements, Ticket};
 
 use crate::tls::ClientTls;
 
@@ -536,7 +531,6 @@ impl Bus for AmqpBus {
             dead_letter_exchange,
             consumer,
             channel: ch,
-            settlements: Arc::new(Settlements::new(prefetch.max(1))),
         }))
     }
 
@@ -571,7 +565,6 @@ struct AmqpDeliveries {
     dead_letter_exchange: Option<String>,
     consumer: lapin::Consumer,
     channel: Channel,
-    settlements: Arc<Settlements>,
 }
 
 impl Drop for AmqpDeliveries {
@@ -631,7 +624,6 @@ impl Deliveries for AmqpDeliveries {
                         tracing::error!(queue = %self.queue, error = %e, "consumer cannot recover");
                         return None;
                     }
-                    self.settlements.recovered();
                     tracing::info!(queue = %self.queue, "consumer recovered");
                 }
             }
@@ -667,8 +659,6 @@ impl Deliveries for AmqpDeliveries {
             redeliveries,
             message: message.clone(),
             routing_key: routing_key.clone(),
-            ticket: self.settlements.open(delivery.delivery_tag),
-            settlements: self.settlements.clone(),
             acker: delivery.acker,
             settled: std::sync::atomic::AtomicBool::new(false),
         };
@@ -712,9 +702,6 @@ struct AmqpAcker {
     message: Message,
     routing_key: String,
     acker: lapin::Acker,
-    /// The delivery's place among its consumer's settlements.
-    ticket: Ticket,
-    settlements: Arc<Settlements>,
     settled: std::sync::atomic::AtomicBool,
 }
 
@@ -729,14 +716,12 @@ impl Drop for AmqpAcker {
         if self.bus.inner.exiting.load(Ordering::Acquire) {
             // The process is exiting: the broker takes the delivery back, in order, when the
             // connection ends (a requeue now would put it behind the consumer's later ones).
-            self.settlements.left(self.ticket);
             return;
         }
-        let (settlements, ticket, acker) =
-            (self.settlements.clone(), self.ticket, self.acker.clone());
+        let acker = self.acker.clone();
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
-                if let Err(e) = settlements.requeue(ticket, &acker).await {
+                if let Err(e) = acker.nack(requeue_options()).await {
                     tracing::debug!(error = %e, "could not requeue a dropped delivery");
                 }
             });
@@ -762,8 +747,8 @@ impl AmqpAcker {
         if let Err(e) = self.bus.publish(dlx, &self.routing_key, message).await {
             // Back to the queue: it is tried again, and the queue's own delivery limit
             // dead-letters it in the end.
-            if let Err(requeue) = self.settlements.requeue(self.ticket, &self.acker).await {
-                tracing::debug!(error = %requeue, "could not requeue a message after failing to dead-letter it");
+            if let Err(e) = self.acker.nack(requeue_options()).await {
+                tracing::debug!(error = %e, "could not requeue a message after failing to dead-letter it");
             }
             return Err(e);
         }
@@ -775,7 +760,14 @@ impl AmqpAcker {
 impl Acker for AmqpAcker {
     async fn ack(&self) -> Result<(), BusError> {
         self.settled.store(true, Ordering::Release);
-        self.settlements.ack(self.ticket, &self.acker).await
+        match self.acker.ack(BasicAckOptions::default()).await {
+            Ok(true) => Ok(()),
+            // Already settled, or the channel was recovered: the broker redelivers it.
+            Ok(false) => Err(unavailable(
+                "delivery can no longer be acked (channel recovered)",
+            )),
+            Err(e) => Err(unavailable(e)),
+        }
     }
 
     async fn hand_back(&self, reason: &str) -> Result<(), BusError> {
@@ -783,7 +775,6 @@ impl Acker for AmqpAcker {
             // A requeue now would put the message behind the consumer's later ones; when the
             // connection ends, the broker takes everything back in delivery order.
             self.settled.store(true, Ordering::Release);
-            self.settlements.left(self.ticket);
             return Ok(());
         }
         self.nack(true, reason).await
@@ -798,7 +789,19 @@ impl Acker for AmqpAcker {
             let why = format!("delivery limit {} exceeded: {reason}", self.limit);
             return self.dead_letter(&why).await;
         }
-        self.settlements.requeue(self.ticket, &self.acker).await
+        self.acker
+            .nack(requeue_options())
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+}
+
+/// A `basic.nack` that puts the message back in its queue.
+fn requeue_options() -> BasicNackOptions {
+    BasicNackOptions {
+        requeue: true,
+        ..BasicNackOptions::default()
     }
 }
 
