@@ -531,6 +531,7 @@ impl Bus for AmqpBus {
             dead_letter_exchange,
             consumer,
             channel: ch,
+            cancelled: false,
         }))
     }
 
@@ -565,7 +566,16 @@ struct AmqpDeliveries {
     dead_letter_exchange: Option<String>,
     consumer: lapin::Consumer,
     channel: Channel,
+    /// Whether the consumer was cancelled ([`Deliveries::cancel`]).
+    cancelled: bool,
 }
+
+/// How long the channel of a cancelled consumer stays open after the consumer is dropped.
+/// Closing it at once sometimes returned messages that had just been acked to the queue
+/// (RabbitMQ 3.10, quorum queues; measured in session 10, see docs/operations.md "Routers"):
+/// the acks had been sent and the broker's channel had answered a `basic.qos` after them, so the
+/// queue had apparently not applied them yet when the channel went down.
+const CANCELLED_CHANNEL_LINGER: Duration = Duration::from_secs(2);
 
 impl Drop for AmqpDeliveries {
     /// Closing the consumer's channel cancels it on the broker and requeues what it held, so a
@@ -580,8 +590,14 @@ impl Drop for AmqpDeliveries {
             return;
         }
         let channel = self.channel.clone();
+        // A cancelled consumer handed its queue on and settled what it had; its channel holds
+        // nothing, and closes once the broker has applied its last acks.
+        let linger = self.cancelled.then_some(CANCELLED_CHANNEL_LINGER);
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
+                if let Some(linger) = linger {
+                    tokio::time::sleep(linger).await;
+                }
                 let _ = channel
                     .close(200, ShortString::from("consumer dropped"))
                     .await;
@@ -672,6 +688,7 @@ impl Deliveries for AmqpDeliveries {
 
     async fn cancel(&mut self) -> Result<(), BusError> {
         // lapin ends the stream after the deliveries that came before the broker's cancel-ok.
+        self.cancelled = true;
         self.channel
             .basic_cancel(self.consumer.tag(), BasicCancelOptions::default())
             .await
