@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use switchyard_core::config::ChannelSettings;
@@ -190,7 +191,7 @@ impl Connector for ApiConnector {
             url,
             self.secret.as_bytes(),
             "application/json",
-            body,
+            body.into(),
         )
         .await
         .map_err(|e| match e {
@@ -213,7 +214,7 @@ pub async fn post_signed(
     url: &str,
     secret: &[u8],
     content_type: &str,
-    body: Vec<u8>,
+    body: Bytes,
 ) -> Result<(), ConnectorError> {
     let ts = Utc::now().timestamp();
     let signature = switchyard_signature(secret, ts, &body);

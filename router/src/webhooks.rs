@@ -157,13 +157,12 @@ impl Webhook {
     async fn send(&self, delivery: Delivery, stop: &CancellationToken) -> Outcome {
         let mut wait = FIRST_RETRY;
         loop {
-            let body = delivery.message.body.to_vec();
             let sent = post_signed(
                 &self.http,
                 &self.url,
                 self.secret.as_bytes(),
                 CLOUDEVENTS_JSON,
-                body,
+                delivery.message.body.clone(),
             )
             .await;
             let error = match sent {
