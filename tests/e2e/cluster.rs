@@ -191,6 +191,19 @@ impl Cluster {
         sum
     }
 
+    /// Checks that no message reached a router again after it was routed, besides the copies
+    /// that posts tried again may have published: `earlier` is what routers that have stopped
+    /// counted, `why` what more would mean.
+    pub async fn assert_routed_once(&self, earlier: f64, why: &str) {
+        let routed_twice = earlier + self.routers_metric(ROUTED_TWICE).await;
+        let retried = self.retried_posts.load(Ordering::Relaxed);
+        assert!(
+            routed_twice <= retried as f64,
+            "{routed_twice} messages reached a router again after they were routed, more than \
+             the {retried} posts tried again: {why}"
+        );
+    }
+
     /// A bus client on the cluster's vhost (for the event stream and direct publishes).
     pub async fn bus(&self) -> AmqpBus {
         AmqpBus::connect(&self.vhost.url, "test-observer", "", Duration::from_secs(3))
@@ -636,7 +649,7 @@ async fn a_router_stopped_with_a_backlog_hands_its_shards_over_in_order() {
     // Router 1 stands by on router 0's shards after its standby delay (1 s).
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut stopping = cluster.routers.remove(0);
-    let mut routed_twice = metric_at(&cluster.http, &stopping.url, ROUTED_TWICE).await;
+    let stopped_routed_twice = metric_at(&cluster.http, &stopping.url, ROUTED_TWICE).await;
     let _ = sigterm(&stopping.child);
     let status = stopping.child.wait().expect("wait for the stopped router");
     assert!(
@@ -644,13 +657,9 @@ async fn a_router_stopped_with_a_backlog_hands_its_shards_over_in_order() {
         "a router stopped by SIGTERM exits 0, got {status}"
     );
     verify_from_store(&cluster, 500, 10, 5).await;
-    routed_twice += cluster.routers_metric(ROUTED_TWICE).await;
-    let retried = cluster.retried_posts.load(Ordering::Relaxed);
-    assert!(
-        routed_twice <= retried as f64,
-        "{routed_twice} messages reached a router again after they were routed, more than the \
-         {retried} posts tried again: the stopped router's acks were lost"
-    );
+    cluster
+        .assert_routed_once(stopped_routed_twice, "the stopped router's acks were lost")
+        .await;
     cluster.teardown().await;
 }
 
@@ -687,15 +696,9 @@ async fn a_returning_router_gets_its_shards_back_in_order() {
     // The handing-back router acks what it held after its cancel, and keeps the channel open
     // until the broker has applied those acks (closing it at once returned some of them to the
     // queue); only a post tried again may arrive twice.
-    let (routed_twice, retried) = (
-        cluster.routers_metric(ROUTED_TWICE).await,
-        cluster.retried_posts.load(Ordering::Relaxed),
-    );
-    assert!(
-        routed_twice <= retried as f64,
-        "{routed_twice} messages were routed twice, more than the {retried} posts tried again: \
-         a message handed over with its shard came back"
-    );
+    cluster
+        .assert_routed_once(0.0, "a message handed over with its shard came back")
+        .await;
     cluster.teardown().await;
 }
 
