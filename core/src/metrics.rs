@@ -56,7 +56,7 @@ pub struct Metrics {
     pub routed: IntCounterVec,
     /// Closed conversations the retention sweep went through (deleted, or kept because a merge
     /// closed them).
-    pub conversations_expired: IntCounter,
+    pub conversations_swept: IntCounter,
     /// Seconds from ingress to the conversation's assignment, by pool.
     pub ingress_to_assignment: HistogramVec,
     /// Seconds from HTTP request to bus confirm, by channel kind.
@@ -110,7 +110,7 @@ impl Metrics {
             ),
             &["webhook", "outcome"],
         )?;
-        let conversations_expired = IntCounter::with_opts(Opts::new(
+        let conversations_swept = IntCounter::with_opts(Opts::new(
             "retention_conversations_swept_total",
             "Closed conversations the retention sweep went through",
         ))?;
@@ -174,7 +174,7 @@ impl Metrics {
         registry.register(Box::new(outbound.clone()))?;
         registry.register(Box::new(webhooks.clone()))?;
         registry.register(Box::new(routed.clone()))?;
-        registry.register(Box::new(conversations_expired.clone()))?;
+        registry.register(Box::new(conversations_swept.clone()))?;
         registry.register(Box::new(ingress_to_assignment.clone()))?;
         registry.register(Box::new(ingress_publish.clone()))?;
         registry.register(Box::new(api_errors.clone()))?;
@@ -189,7 +189,7 @@ impl Metrics {
             outbound,
             webhooks,
             routed,
-            conversations_expired,
+            conversations_swept,
             ingress_to_assignment,
             ingress_publish,
             api_errors,

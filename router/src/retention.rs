@@ -39,7 +39,7 @@ pub async fn sweep_closed_conversations(
         loop {
             match store.expire_closed(closed_before, BATCH).await {
                 Ok(handled) => {
-                    metrics.conversations_expired.inc_by(handled as u64);
+                    metrics.conversations_swept.inc_by(handled as u64);
                     if handled < BATCH || stop.is_cancelled() {
                         break;
                     }
@@ -98,6 +98,6 @@ mod tests {
         sweep.await.unwrap();
         assert!(store.conversation(&old).await.unwrap().is_none(), "kept");
         assert!(store.conversation(&recent).await.unwrap().is_some(), "gone");
-        assert_eq!(metrics.conversations_expired.get(), 1);
+        assert_eq!(metrics.conversations_swept.get(), 1);
     }
 }
