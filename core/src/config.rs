@@ -118,6 +118,9 @@ pub struct Settings {
     /// Signed outgoing webhooks of the event stream.
     #[serde(default)]
     pub webhooks: Vec<WebhookSettings>,
+    /// Routing rules: which pool a new conversation goes to, first match wins.
+    #[serde(default)]
+    pub routes: Vec<RouteSettings>,
 }
 
 /// `[server]`.
@@ -616,6 +619,52 @@ pub struct PoolSettings {
     pub strategy: Strategy,
 }
 
+/// One `[[routes]]` entry: a routing rule. A conversation opened by a message the rule matches
+/// goes to its `pool`. Every condition given must hold (a list holds when any of its entries
+/// does); a rule with no condition matches every message. Rules are tried in order; when none
+/// matches, the channel's `pool` applies.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSettings {
+    /// Rule id (`[A-Za-z0-9_-]+`), the `rule` label of its metric.
+    pub id: String,
+    /// The pool it routes to.
+    pub pool: String,
+    /// Channel ids the message may come from.
+    #[serde(default)]
+    pub channels: Vec<String>,
+    /// Channel kinds the message may come from (`wechat_oa`, `api`, ...).
+    #[serde(default)]
+    pub channel_kinds: Vec<String>,
+    /// Tenants the message may belong to.
+    #[serde(default)]
+    pub tenants: Vec<String>,
+    /// Identity kinds of which the sender must have one (`phone`, `wechat_unionid`, ...).
+    #[serde(default)]
+    pub identity_kinds: Vec<String>,
+    /// Words or phrases of which a text message must contain one (case-insensitive).
+    #[serde(default)]
+    pub text_contains: Vec<String>,
+    /// A regular expression a text message must match (Rust `regex` syntax; `(?i)` for
+    /// case-insensitive).
+    #[serde(default)]
+    pub text_matches: Option<String>,
+}
+
+impl RouteSettings {
+    /// `text_matches` compiled, if given (at most 1 MiB compiled, so a rule stays cheap).
+    pub fn text_pattern(&self) -> Result<Option<regex::Regex>, regex::Error> {
+        self.text_matches
+            .as_deref()
+            .map(|pattern| {
+                regex::RegexBuilder::new(pattern)
+                    .size_limit(1 << 20)
+                    .build()
+            })
+            .transpose()
+    }
+}
+
 /// One `[[webhooks]]` entry: events of the stream POSTed, signed, to `url`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -837,6 +886,72 @@ secret = {secret}
         Ok(())
     }
 
+    /// Routing rules: valid unique ids, known pools and channels, conditions that can hold.
+    fn validate_routes(&self) -> Result<(), ConfigError> {
+        let pools = self.pool_ids();
+        let mut seen = HashSet::new();
+        for (i, route) in self.routes.iter().enumerate() {
+            let invalid = |field: &str, message: String| ConfigError::Invalid {
+                key: format!("routes[{i}].{field}"),
+                message,
+            };
+            if !valid_id(&route.id) {
+                return Err(invalid(
+                    "id",
+                    format!("`{}` must be non-empty [A-Za-z0-9_-]+", route.id),
+                ));
+            }
+            if !seen.insert(route.id.as_str()) {
+                return Err(invalid(
+                    "id",
+                    format!("route id `{}` is used twice", route.id),
+                ));
+            }
+            if !pools.contains(&route.pool) {
+                return Err(invalid(
+                    "pool",
+                    format!(
+                        "pool `{}` is not defined (pools: {})",
+                        route.pool,
+                        pools.join(", ")
+                    ),
+                ));
+            }
+            if let Some(unknown) = route
+                .channels
+                .iter()
+                .find(|id| !self.channels.iter().any(|ch| &ch.id == *id))
+            {
+                return Err(invalid(
+                    "channels",
+                    format!("channel `{unknown}` is not configured"),
+                ));
+            }
+            let lists = [
+                ("channel_kinds", &route.channel_kinds),
+                ("tenants", &route.tenants),
+                ("identity_kinds", &route.identity_kinds),
+                ("text_contains", &route.text_contains),
+            ];
+            if let Some((field, _)) = lists
+                .iter()
+                .find(|(_, list)| list.iter().any(|entry| entry.trim().is_empty()))
+            {
+                return Err(invalid(
+                    field,
+                    "has an empty entry, which never matches".into(),
+                ));
+            }
+            route.text_pattern().map_err(|e| {
+                invalid(
+                    "text_matches",
+                    format!("not a valid regular expression: {e}"),
+                )
+            })?;
+        }
+        Ok(())
+    }
+
     /// Checks what types cannot: unique ids, known pools, the loopback rule.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut seen = HashSet::new();
@@ -866,6 +981,7 @@ secret = {secret}
             }
         }
         self.validate_webhooks()?;
+        self.validate_routes()?;
         if self.auth.api_keys.is_empty() && !self.server.listen.ip().is_loopback() {
             return Err(ConfigError::Invalid {
                 key: "server.listen".into(),
@@ -1210,6 +1326,54 @@ mod tests {
         assert_eq!(hook.timeout_ms, 10_000);
         assert_eq!(hook.concurrency, 16);
         assert_eq!(hook.resolved_secret().unwrap(), "0123456789abcdef");
+    }
+
+    #[test]
+    fn routes_are_checked() {
+        let base = "[[pools]]\nid = \"billing\"\n\n[[channels]]\nid = \"web\"\nkind = \"web\"\n";
+        let route = |fields: &str| format!("{base}\n[[routes]]\nid = \"refunds\"\n{fields}");
+        let refused = |toml: &str, key: &str, says: &str| {
+            let f = write(toml);
+            let err = Settings::load_with_env(Some(&f.0), [])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key) && err.contains(says), "{toml}: {err}");
+        };
+        refused(&route(""), "routes", "pool");
+        refused(&route("pool = \"vip\"\n"), "routes[0].pool", "not defined");
+        refused(
+            &route("pool = \"billing\"\nchannels = [\"app\"]\n"),
+            "routes[0].channels",
+            "`app` is not configured",
+        );
+        refused(
+            &route("pool = \"billing\"\ntext_contains = [\"refund\", \" \"]\n"),
+            "routes[0].text_contains",
+            "empty entry",
+        );
+        refused(
+            &route("pool = \"billing\"\ntext_matches = \"(unclosed\"\n"),
+            "routes[0].text_matches",
+            "regular expression",
+        );
+        refused(
+            &route("pool = \"billing\"\ntext_contain = [\"x\"]\n"),
+            "text_contain",
+            "unknown field",
+        );
+        let twice = format!(
+            "{}\n[[routes]]\nid = \"refunds\"\npool = \"default\"\n",
+            route("pool = \"billing\"\n")
+        );
+        refused(&twice, "routes[1].id", "used twice");
+
+        let f = write(&route(
+            "pool = \"billing\"\nchannels = [\"web\"]\ntext_matches = \"(?i)order #\\\\d+\"\n",
+        ));
+        let s = Settings::load_with_env(Some(&f.0), []).expect("a valid route");
+        let pattern = s.routes[0].text_pattern().unwrap().expect("compiled");
+        assert!(pattern.is_match("ORDER #42"));
+        assert_eq!(s.routes[0].channels, ["web"]);
     }
 
     #[test]

@@ -54,6 +54,9 @@ pub struct Metrics {
     pub webhooks: IntCounterVec,
     /// Messages the router handled, by outcome (`routed`, `duplicate`, `retried`, `dead_lettered`).
     pub routed: IntCounterVec,
+    /// Conversations opened, by pool and by the routing rule that chose it (empty when the
+    /// channel's pool applied).
+    pub conversations_opened: IntCounterVec,
     /// Closed conversations the retention sweep went through (deleted, or kept because a merge
     /// closed them).
     pub conversations_swept: IntCounter,
@@ -109,6 +112,13 @@ impl Metrics {
                 "Events sent to webhooks, by webhook and outcome",
             ),
             &["webhook", "outcome"],
+        )?;
+        let conversations_opened = IntCounterVec::new(
+            Opts::new(
+                "conversations_opened_total",
+                "Conversations opened, by pool and routing rule",
+            ),
+            &["pool", "rule"],
         )?;
         let conversations_swept = IntCounter::with_opts(Opts::new(
             "retention_conversations_swept_total",
@@ -174,6 +184,7 @@ impl Metrics {
         registry.register(Box::new(outbound.clone()))?;
         registry.register(Box::new(webhooks.clone()))?;
         registry.register(Box::new(routed.clone()))?;
+        registry.register(Box::new(conversations_opened.clone()))?;
         registry.register(Box::new(conversations_swept.clone()))?;
         registry.register(Box::new(ingress_to_assignment.clone()))?;
         registry.register(Box::new(ingress_publish.clone()))?;
@@ -189,6 +200,7 @@ impl Metrics {
             outbound,
             webhooks,
             routed,
+            conversations_opened,
             conversations_swept,
             ingress_to_assignment,
             ingress_publish,

@@ -1,7 +1,6 @@
 //! Composition: builds the bus, store, connectors and workers from [`Settings`] and runs the
 //! roles of one process (`serve` = all, `gateway`, `router`), with graceful shutdown.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,6 +36,7 @@ use crate::operations::Operations;
 use crate::outbox::{Outbox, STAGED_GRACE, run_republisher};
 use crate::peers::Peers;
 use crate::retention::sweep_closed_conversations;
+use crate::routes::RoutingTable;
 use crate::webhooks::Webhook;
 use crate::workers::{Outbound, ShardWorker, run_channel_sync, run_outbound, run_shard};
 
@@ -202,16 +202,11 @@ impl App {
         let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
 
         if role.router() {
-            let pools_by_channel: HashMap<String, String> = settings
-                .channels
-                .iter()
-                .map(|c| (c.id.clone(), c.pool.clone()))
-                .collect();
             let router = InboundRouter::new(
                 Arc::clone(&store),
                 events.clone(),
                 metrics.clone(),
-                pools_by_channel,
+                RoutingTable::from_settings(&settings)?,
                 settings.pool_ids(),
                 Duration::from_secs(settings.store.dedupe_ttl_secs),
                 settings.router.max_in_flight,

@@ -2,7 +2,6 @@
 //! assignment, and the events that announce each step. Idempotent by envelope id, so a
 //! redelivered message re-emits its events and changes nothing else.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +22,7 @@ use crate::assignment::{announce_assignments, assign_pools};
 use crate::error::RouteError;
 use crate::events::{EventBatch, EventPublisher};
 use crate::outbox::announced;
+use crate::routes::RoutingTable;
 
 /// Routes inbound envelopes.
 #[derive(Clone)]
@@ -30,8 +30,8 @@ pub struct InboundRouter {
     store: Arc<dyn Store>,
     events: EventPublisher,
     metrics: Metrics,
-    /// Channel id -> pool its conversations go to.
-    pools_by_channel: Arc<HashMap<String, String>>,
+    /// The routing rules and channel pools: where a new conversation goes.
+    routes: Arc<RoutingTable>,
     all_pools: Arc<Vec<String>>,
     dedupe_ttl: Duration,
     /// Bounds the messages routed at once (see `router.max_in_flight`).
@@ -56,7 +56,7 @@ impl InboundRouter {
         store: Arc<dyn Store>,
         events: EventPublisher,
         metrics: Metrics,
-        pools_by_channel: HashMap<String, String>,
+        routes: RoutingTable,
         all_pools: Vec<String>,
         dedupe_ttl: Duration,
         max_in_flight: usize,
@@ -65,7 +65,7 @@ impl InboundRouter {
             store,
             events,
             metrics,
-            pools_by_channel: Arc::new(pools_by_channel),
+            routes: Arc::new(routes),
             all_pools: Arc::new(all_pools),
             dedupe_ttl,
             in_flight: Arc::new(Semaphore::new(max_in_flight.max(1))),
@@ -99,10 +99,8 @@ impl InboundRouter {
         if explicit {
             return self.link(&envelope, request, claim).await;
         }
-        let pool = self
-            .pools_by_channel
-            .get(&envelope.channel.id)
-            .map_or("default", String::as_str);
+        // Decides only for a conversation this message opens; an open one keeps its pool.
+        let route = self.routes.choose(&envelope);
         // Claim, resolution, recording and assignment are one atomic store operation (one
         // Redis script, one round trip).
         let outcome = self
@@ -112,7 +110,7 @@ impl InboundRouter {
                 resolve: request,
                 claim,
                 claim_ttl: self.dedupe_ttl,
-                pool: pool.to_owned(),
+                pool: route.pool.to_owned(),
             })
             .await?;
         let (resolution, record, assignments) = match outcome {
@@ -131,6 +129,12 @@ impl InboundRouter {
         let conversation = &record.conversation;
         envelope.conversation_id = Some(conversation.id.clone());
         envelope.customer_id = Some(conversation.customer_id.clone());
+        if record.created && !record.duplicate {
+            self.metrics
+                .conversations_opened
+                .with_label_values(&[route.pool, route.rule.unwrap_or_default()])
+                .inc();
+        }
         if record.created {
             events
                 .conversation(EventType::ConversationCreated, conversation)

@@ -15,6 +15,7 @@ pub mod operations;
 pub mod outbox;
 pub mod peers;
 pub mod retention;
+pub mod routes;
 pub mod webhooks;
 pub mod workers;
 

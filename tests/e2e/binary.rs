@@ -122,6 +122,10 @@ fn check_config_explains_errors_with_the_key_path() {
             "[[webhooks]]\nid = \"h\"\nurl = \"https://h\"\nsecret_file = \"/nonexistent/secret\"\n",
             "webhooks.h.secret",
         ),
+        (
+            "[[routes]]\nid = \"r\"\npool = \"billing\"\n",
+            "`routes[0].pool`: pool `billing` is not defined",
+        ),
     ];
     for (i, (text, expected)) in cases.iter().enumerate() {
         let bad = dir.join(format!("sy-bad-{}-{i}.toml", std::process::id()));

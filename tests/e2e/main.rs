@@ -9,6 +9,7 @@ mod cluster;
 mod douyin;
 mod identity;
 mod presence;
+mod routing;
 mod support;
 mod web_flow;
 mod web_gateways;

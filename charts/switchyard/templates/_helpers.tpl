@@ -167,6 +167,21 @@ and to print the `kubectl create secret` command in NOTES.txt).
 {{- end }}
 {{- end }}
 {{- end }}
+{{- $routeIds := list }}
+{{- range .Values.config.routes }}
+{{- if has .id $routeIds }}
+{{- fail (printf "config.routes: route id %q is used twice" .id) }}
+{{- end }}
+{{- $routeIds = append $routeIds .id }}
+{{- if not (has .pool $pools) }}
+{{- fail (printf "config.routes[%s].pool: pool %q is not defined (config.pools: %s)" .id .pool (join ", " $pools)) }}
+{{- end }}
+{{- range .channels }}
+{{- if not (has . $channelIds) }}
+{{- fail (printf "config.routes: channel %q is not in config.channels" .) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- if and .Values.gateway.autoscaling.enabled (gt (int .Values.gateway.autoscaling.minReplicas) (int .Values.gateway.autoscaling.maxReplicas)) }}
 {{- fail "gateway.autoscaling.minReplicas must not exceed maxReplicas" }}
 {{- end }}
@@ -276,6 +291,21 @@ pool = {{ toJson (toString .) }}
 {{- end }}
 {{- range $option, $key := .secretKeys }}
 {{ $option }}_file = {{ toJson (printf "%s/%s" $secretDir $key) }}
+{{- end }}
+{{- end }}
+{{- range $c.routes }}
+
+[[routes]]
+id = {{ toJson (toString .id) }}
+pool = {{ toJson (toString .pool) }}
+{{- $route := . }}
+{{- range $key := list "channels" "channel_kinds" "tenants" "identity_kinds" "text_contains" }}
+{{- with index $route $key }}
+{{ $key }} = {{ include "switchyard.tomlValue" . }}
+{{- end }}
+{{- end }}
+{{- with .text_matches }}
+text_matches = {{ toJson (toString .) }}
 {{- end }}
 {{- end }}
 {{- range $c.webhooks }}

@@ -2,7 +2,6 @@
 //! router over the embedded store with one agent, and readers of the events it published.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -22,6 +21,7 @@ use switchyard_router::events::EventPublisher;
 use switchyard_router::inbound::{InboundRouter, Routed};
 use switchyard_router::operations::Operations;
 use switchyard_router::outbox::Outbox;
+use switchyard_router::routes::RoutingTable;
 
 /// The embedded bus, except that the next `failing` event batches, and the next
 /// `failing_publishes` single publishes, fail as if the broker were gone, and the next
@@ -158,7 +158,7 @@ pub async fn setup_on(store: Arc<dyn Store>) -> Setup {
         Arc::clone(&store),
         EventPublisher::new(dyn_bus),
         metrics.clone(),
-        HashMap::new(),
+        RoutingTable::default(),
         vec!["default".into()],
         Duration::from_secs(600),
         4,

@@ -1,0 +1,337 @@
+//! Routing rules (`[[routes]]`): which pool a new conversation goes to. Rules are tried in
+//! order against the message that opens the conversation; the first that matches names the
+//! pool, and when none does the channel's `pool` applies. A message to a conversation that is
+//! already open stays in that conversation's pool.
+
+use std::collections::HashMap;
+
+use regex::Regex;
+
+use switchyard_core::config::{ConfigError, RouteSettings, Settings};
+use switchyard_core::envelope::{Content, Envelope};
+
+/// Where a new conversation goes, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteChoice<'a> {
+    /// The pool.
+    pub pool: &'a str,
+    /// The id of the rule that chose it; `None` when the channel's pool applies.
+    pub rule: Option<&'a str>,
+}
+
+/// The configured routing rules, compiled, with each channel's own pool behind them.
+#[derive(Debug, Clone, Default)]
+pub struct RoutingTable {
+    rules: Vec<Rule>,
+    pools_by_channel: HashMap<String, String>,
+}
+
+/// One compiled rule.
+#[derive(Debug, Clone)]
+struct Rule {
+    id: String,
+    pool: String,
+    channels: Vec<String>,
+    channel_kinds: Vec<String>,
+    tenants: Vec<String>,
+    identity_kinds: Vec<String>,
+    /// Lower-cased, compared with the lower-cased text.
+    text_contains: Vec<String>,
+    text_matches: Option<Regex>,
+}
+
+impl RoutingTable {
+    /// The rules of `settings.routes` and the pools of `settings.channels`.
+    pub fn from_settings(settings: &Settings) -> Result<Self, ConfigError> {
+        let rules = settings
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, route)| Rule::compile(i, route))
+            .collect::<Result<_, _>>()?;
+        let pools_by_channel = settings
+            .channels
+            .iter()
+            .map(|c| (c.id.clone(), c.pool.clone()))
+            .collect();
+        Ok(RoutingTable {
+            rules,
+            pools_by_channel,
+        })
+    }
+
+    /// The pool a conversation opened by `envelope` goes to.
+    pub fn choose(&self, envelope: &Envelope) -> RouteChoice<'_> {
+        let text = routable_text(&envelope.content);
+        // Lower-cased once per message, and only when a rule looks for words.
+        let lowered = match text {
+            Some(text) if self.rules.iter().any(|r| !r.text_contains.is_empty()) => {
+                Some(text.to_lowercase())
+            }
+            _ => None,
+        };
+        if let Some(rule) = self
+            .rules
+            .iter()
+            .find(|rule| rule.matches(envelope, text, lowered.as_deref()))
+        {
+            return RouteChoice {
+                pool: &rule.pool,
+                rule: Some(&rule.id),
+            };
+        }
+        RouteChoice {
+            pool: self
+                .pools_by_channel
+                .get(&envelope.channel.id)
+                .map_or("default", String::as_str),
+            rule: None,
+        }
+    }
+}
+
+impl Rule {
+    fn compile(index: usize, route: &RouteSettings) -> Result<Self, ConfigError> {
+        let text_matches = route.text_pattern().map_err(|e| ConfigError::Invalid {
+            key: format!("routes[{index}].text_matches"),
+            message: format!("not a valid regular expression: {e}"),
+        })?;
+        Ok(Rule {
+            id: route.id.clone(),
+            pool: route.pool.clone(),
+            channels: route.channels.clone(),
+            channel_kinds: route.channel_kinds.clone(),
+            tenants: route.tenants.clone(),
+            identity_kinds: route.identity_kinds.clone(),
+            text_contains: route
+                .text_contains
+                .iter()
+                .map(|word| word.to_lowercase())
+                .collect(),
+            text_matches,
+        })
+    }
+
+    /// Whether every condition holds; `lowered` is `text` lower-cased, when a rule needs it.
+    fn matches(&self, envelope: &Envelope, text: Option<&str>, lowered: Option<&str>) -> bool {
+        let any_of =
+            |list: &[String], value: &str| list.is_empty() || list.iter().any(|v| v == value);
+        any_of(&self.channels, &envelope.channel.id)
+            && any_of(&self.channel_kinds, &envelope.channel.kind)
+            && any_of(&self.tenants, &envelope.tenant)
+            && (self.identity_kinds.is_empty()
+                || envelope
+                    .sender
+                    .identities
+                    .iter()
+                    .any(|key| self.identity_kinds.iter().any(|kind| kind == key.kind())))
+            && (self.text_contains.is_empty()
+                || lowered.is_some_and(|text| {
+                    self.text_contains
+                        .iter()
+                        .any(|word| text.contains(word.as_str()))
+                }))
+            && self
+                .text_matches
+                .as_ref()
+                .is_none_or(|pattern| text.is_some_and(|text| pattern.is_match(text)))
+    }
+}
+
+/// The words of a message that text conditions look at: a text's, or the speech recognised in
+/// a voice message. Other content has none, so a rule with a text condition never matches it.
+fn routable_text(content: &Content) -> Option<&str> {
+    match content {
+        Content::Text { text } => Some(text),
+        Content::Audio {
+            recognition: Some(text),
+            ..
+        } => Some(text),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_core::envelope::{ChannelRef, Direction, Media, Sender};
+
+    fn settings(toml: &str) -> Settings {
+        let base = "[[pools]]\nid = \"billing\"\n[[pools]]\nid = \"vip\"\n[[pools]]\nid = \"app\"\n\
+                    [[channels]]\nid = \"web\"\nkind = \"web\"\n\
+                    [[channels]]\nid = \"shop\"\nkind = \"api\"\nsecret = \"0123456789abcdef\"\npool = \"app\"\n";
+        let path = std::env::temp_dir().join(format!(
+            "switchyard-routes-{}.toml",
+            switchyard_core::envelope::new_id()
+        ));
+        std::fs::write(&path, format!("{base}{toml}")).unwrap();
+        let settings = Settings::load_with_env(Some(&path), []);
+        let _ = std::fs::remove_file(&path);
+        settings.unwrap()
+    }
+
+    fn message(channel: (&str, &str), identities: &[&str], content: Content) -> Envelope {
+        let now = switchyard_core::time::now();
+        Envelope {
+            id: switchyard_core::envelope::new_id(),
+            tenant: "default".into(),
+            direction: Direction::Inbound,
+            channel: ChannelRef {
+                kind: channel.1.into(),
+                id: channel.0.into(),
+            },
+            sender: Sender {
+                external_id: "u1".into(),
+                scope: String::new(),
+                display_name: None,
+                identities: identities.iter().map(|k| k.parse().unwrap()).collect(),
+            },
+            customer_id: None,
+            conversation_id: None,
+            sent_at: now,
+            received_at: now,
+            dedupe_key: "d-1".into(),
+            content,
+            reply_to: None,
+            agent_id: None,
+            raw: None,
+        }
+    }
+
+    fn text(channel: (&str, &str), text: &str) -> Envelope {
+        message(
+            channel,
+            &["web_visitor:web:v1"],
+            Content::Text { text: text.into() },
+        )
+    }
+
+    const WEB: (&str, &str) = ("web", "web");
+    const SHOP: (&str, &str) = ("shop", "api");
+
+    #[test]
+    fn without_rules_the_channel_pool_applies() {
+        let table = RoutingTable::from_settings(&settings("")).unwrap();
+        let choice = |channel| table.choose(&text(channel, "hi"));
+        assert_eq!(
+            choice(WEB),
+            RouteChoice {
+                pool: "default",
+                rule: None
+            }
+        );
+        assert_eq!(
+            choice(SHOP),
+            RouteChoice {
+                pool: "app",
+                rule: None
+            }
+        );
+        assert_eq!(
+            choice(("gone", "web")).pool,
+            "default",
+            "an unknown channel"
+        );
+    }
+
+    #[test]
+    fn the_first_matching_rule_wins() {
+        let table = RoutingTable::from_settings(&settings(
+            "[[routes]]\nid = \"refunds\"\npool = \"billing\"\ntext_contains = [\"Refund\", \"退款\"]\n\
+             [[routes]]\nid = \"all-web\"\npool = \"vip\"\nchannels = [\"web\"]\n",
+        ))
+        .unwrap();
+        let choose = |channel, words: &str| table.choose(&text(channel, words));
+        assert_eq!(
+            choose(WEB, "I want a REFUND now"),
+            RouteChoice {
+                pool: "billing",
+                rule: Some("refunds")
+            }
+        );
+        assert_eq!(choose(SHOP, "我要退款").rule, Some("refunds"));
+        assert_eq!(choose(WEB, "hello").rule, Some("all-web"));
+        assert_eq!(
+            choose(SHOP, "hello"),
+            RouteChoice {
+                pool: "app",
+                rule: None
+            }
+        );
+    }
+
+    #[test]
+    fn every_condition_of_a_rule_must_hold() {
+        let table = RoutingTable::from_settings(&settings(
+            "[[routes]]\nid = \"vip-app\"\npool = \"vip\"\nchannel_kinds = [\"api\"]\n\
+             identity_kinds = [\"phone\"]\ntext_matches = \"(?i)^order #\\\\d+\"\n",
+        ))
+        .unwrap();
+        let with = |identities: &[&str], words: &str| {
+            table
+                .choose(&message(
+                    SHOP,
+                    identities,
+                    Content::Text { text: words.into() },
+                ))
+                .rule
+        };
+        let phone = ["app_user:shop:1", "phone::+8613800000000"];
+        assert_eq!(with(&phone, "Order #42 is late"), Some("vip-app"));
+        assert_eq!(
+            with(&["app_user:shop:1"], "Order #42 is late"),
+            None,
+            "no phone"
+        );
+        assert_eq!(with(&phone, "where is order #42"), None, "anchored pattern");
+        let web = message(
+            WEB,
+            &phone,
+            Content::Text {
+                text: "order #1".into(),
+            },
+        );
+        assert_eq!(table.choose(&web).rule, None, "wrong channel kind");
+    }
+
+    #[test]
+    fn text_conditions_read_text_and_recognised_speech_only() {
+        let table = RoutingTable::from_settings(&settings(
+            "[[routes]]\nid = \"refunds\"\npool = \"billing\"\ntext_contains = [\"refund\"]\n",
+        ))
+        .unwrap();
+        let media = Media {
+            url: Some("https://example.com/a.amr".into()),
+            ..Media::default()
+        };
+        let voice = |recognition: Option<&str>| {
+            message(
+                WEB,
+                &["web_visitor:web:v1"],
+                Content::Audio {
+                    media: media.clone(),
+                    recognition: recognition.map(str::to_owned),
+                },
+            )
+        };
+        assert_eq!(
+            table.choose(&voice(Some("a refund please"))).rule,
+            Some("refunds")
+        );
+        assert_eq!(table.choose(&voice(None)).rule, None);
+        let image = message(WEB, &["web_visitor:web:v1"], Content::Image { media });
+        assert_eq!(table.choose(&image).pool, "default");
+    }
+
+    #[test]
+    fn tenants_narrow_a_rule() {
+        let table = RoutingTable::from_settings(&settings(
+            "[[routes]]\nid = \"acme\"\npool = \"vip\"\ntenants = [\"acme\"]\n",
+        ))
+        .unwrap();
+        let mut envelope = text(WEB, "hi");
+        assert_eq!(table.choose(&envelope).rule, None);
+        envelope.tenant = "acme".into();
+        assert_eq!(table.choose(&envelope).rule, Some("acme"));
+    }
+}
