@@ -75,7 +75,14 @@ fn check_tls_files(
         };
         return Err(ConfigError::Invalid {
             key: format!("{section}.{key}"),
-            message: format!("TLS files need {section}.url to start with {scheme}"),
+            message: if section == "store" {
+                format!(
+                    "TLS files need store.url (or, behind Sentinel, store.sentinel.nodes) to \
+                     start with {scheme}"
+                )
+            } else {
+                format!("TLS files need {section}.url to start with {scheme}")
+            },
         });
     }
     Ok(())
@@ -1002,28 +1009,31 @@ secret = {secret}
         if self.bus.kind == BusKind::Amqp {
             check_tls_files(&self.bus.tls_files(), self.bus.url.as_deref(), "amqps://")?;
         }
-        if self.store.kind == StoreKind::Redis && self.store.sentinel.is_none() {
-            check_tls_files(
-                &self.store.tls_files(),
-                self.store.url.as_deref(),
-                "rediss://",
-            )?;
+        if self.store.kind == StoreKind::Redis {
+            // Behind Sentinel, the TLS files serve every `rediss://` connection: to the master
+            // (`store.url`) and to the sentinels (`store.sentinel.nodes`); one of them must be one.
+            let tls_url = match &self.store.sentinel {
+                None => self.store.url.as_deref(),
+                Some(sentinel) => self
+                    .store
+                    .url
+                    .iter()
+                    .chain(&sentinel.nodes)
+                    .map(String::as_str)
+                    .find(|url| url.starts_with("rediss://")),
+            };
+            check_tls_files(&self.store.tls_files(), tls_url, "rediss://")?;
         }
         if let Some(sentinel) = &self.store.sentinel {
-            let tls = self.store.tls_files();
-            if let Some(name) = [
-                ("tls_ca_file", tls.ca_file),
-                ("tls_cert_file", tls.cert_file),
-                ("tls_key_file", tls.key_file),
-            ]
-            .into_iter()
-            .find_map(|(name, file)| file.map(|_| name))
-            {
+            let tls_nodes = sentinel
+                .nodes
+                .iter()
+                .filter(|node| node.starts_with("rediss://"))
+                .count();
+            if tls_nodes != 0 && tls_nodes != sentinel.nodes.len() {
                 return Err(ConfigError::Invalid {
-                    key: format!("store.{name}"),
-                    message: "not supported with store.sentinel (the master's certificate is \
-                              verified against the system's roots, and no client certificate \
-                              is presented)"
+                    key: "store.sentinel.nodes".into(),
+                    message: "mixes redis:// and rediss:// sentinels; give them all one scheme"
                         .into(),
                 });
             }
@@ -1213,7 +1223,32 @@ mod tests {
         let err = Settings::load_with_env(Some(&f.0), [])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("store.tls_ca_file"), "{err}");
+        assert!(
+            err.contains("store.tls_ca_file") && err.contains("rediss://"),
+            "{err}"
+        );
+        // TLS to the master, or to the sentinels, takes the files.
+        for (url, nodes) in [
+            ("url = \"rediss://:pw@ignored/2\"\n", "redis://s0:26379"),
+            ("", "rediss://s0:26379"),
+        ] {
+            let f = write(&format!(
+                "[store]\nkind = \"redis\"\n{url}tls_ca_file = \"/ca.pem\"\n[store.sentinel]\n\
+                 master = \"main\"\nnodes = [\"{nodes}\"]\n"
+            ));
+            Settings::load_with_env(Some(&f.0), []).expect("TLS files with a TLS connection");
+        }
+        let f = write(
+            "[store]\nkind = \"redis\"\n[store.sentinel]\nmaster = \"main\"\n\
+             nodes = [\"rediss://s0:26379\", \"redis://s1:26379\"]\n",
+        );
+        let err = Settings::load_with_env(Some(&f.0), [])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("store.sentinel.nodes") && err.contains("mixes"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1255,7 +1290,7 @@ mod tests {
                  master = \"main\"\nnodes = [\"redis://s0:26379\"]\n"
             ),
             "store.tls_cert_file",
-            "sentinel",
+            "rediss://",
         );
         let f = write(&format!(
             "{bus}url = \"amqps://h\"\ntls_ca_file = \"/ca.pem\"\ntls_cert_file = \"/c.pem\"\n\

@@ -12,6 +12,7 @@ use switchyard_core::conformance::services::{RedisProcess, free_port};
 use switchyard_core::model::AgentStatus;
 use switchyard_core::store::redis::{RedisStore, RedisTarget};
 use switchyard_core::store::{AgentUpdate, Store};
+use switchyard_core::tls::ClientTls;
 use tokio::time::{Instant, sleep};
 
 const MASTER: &str = "sytest";
@@ -174,6 +175,7 @@ async fn the_store_follows_the_master_through_failovers() {
             master: MASTER.to_owned(),
             nodes: vec![format!("redis://127.0.0.1:{sentinel_port}")],
             url: None,
+            tls: ClientTls::default(),
         },
         PREFIX,
     )

@@ -2,7 +2,8 @@
 //! it makes with `openssl` (a CA, and server and client certificates the CA signed): the store
 //! verifies the server against the configured CA and refuses a server it cannot verify; a server
 //! that verifies its clients accepts the store with its client certificate and refuses it
-//! without one. Skips loudly without `redis-server` or `openssl`; fails under `CI=true`.
+//! without one; behind a TLS-only sentinel, the same files serve the sentinel and the master.
+//! Skips loudly without `redis-server` or `openssl`; fails under `CI=true`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -133,4 +134,80 @@ async fn a_server_that_verifies_clients_takes_the_store_with_its_certificate_onl
         refused.is_err(),
         "a server that verifies clients took the store without a client certificate"
     );
+}
+
+/// A TLS-only sentinel that verifies its clients and monitors `master` (TLS-only as well) as
+/// `sytls`, reaching it with the test client certificate.
+fn tls_sentinel(certs: &TestCertificates, master: &RedisProcess) -> Option<RedisProcess> {
+    let port = free_port();
+    let path = |name: &str| certs.path(name).to_str().unwrap().to_owned();
+    let dir = std::env::temp_dir().join(format!("sy-tls-sentinel-{port}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = dir.join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "port 0\ntls-port {port}\nbind 127.0.0.1\ndir {}\n\
+             tls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\n\
+             tls-client-cert-file {}\ntls-client-key-file {}\n\
+             tls-auth-clients yes\ntls-replication yes\n\
+             sentinel monitor sytls 127.0.0.1 {} 1\n",
+            dir.display(),
+            path("server.pem"),
+            path("server.key"),
+            path("ca.pem"),
+            path("client.pem"),
+            path("client.key"),
+            master.port,
+        ),
+    )
+    .unwrap();
+    RedisProcess::start(&[conf.to_str().unwrap(), "--sentinel"], port)
+}
+
+#[tokio::test]
+async fn behind_a_tls_sentinel_the_files_serve_the_sentinel_and_the_master() {
+    let Some(certs) = TestCertificates::make("redis-sentinel-tls") else {
+        return;
+    };
+    let Some(master) = tls_server(&certs, true) else {
+        return;
+    };
+    let Some(sentinel) = tls_sentinel(&certs, &master) else {
+        return;
+    };
+    let behind_sentinel = |tls: ClientTls| RedisTarget::Sentinel {
+        master: "sytls".into(),
+        nodes: vec![format!("rediss://127.0.0.1:{}", sentinel.port)],
+        // Only its scheme (TLS to the master) and database count.
+        url: Some("rediss://ignored.invalid/0".into()),
+        tls,
+    };
+    let with_certificate = ClientTls {
+        ca_pem: Some(certs.read("ca.pem")),
+        identity: Some(ClientIdentity {
+            cert_pem: certs.read("client.pem"),
+            key_pem: certs.read("client.key"),
+        }),
+    };
+    let store = connect(&behind_sentinel(with_certificate))
+        .await
+        .expect("connect through the TLS sentinel to the TLS master");
+    round_trip(&store, "through a tls sentinel").await;
+
+    // Without the client certificate the sentinel (and the master) refuse the store; with the
+    // system's roots it cannot verify them.
+    for (tls, why) in [
+        (
+            ClientTls {
+                ca_pem: Some(certs.read("ca.pem")),
+                identity: None,
+            },
+            "without a client certificate",
+        ),
+        (ClientTls::default(), "trusting only the system's roots"),
+    ] {
+        let refused = RedisStore::connect_to(&behind_sentinel(tls), "sy-tls").await;
+        assert!(refused.is_err(), "connected {why}");
+    }
 }

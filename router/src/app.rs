@@ -129,17 +129,19 @@ impl App {
         let store: Arc<dyn Store> = match settings.store.kind {
             StoreKind::Embedded => Arc::new(EmbeddedStore::new()),
             StoreKind::Redis => {
+                let tls = settings.store.tls_files().read()?;
                 let target = match &settings.store.sentinel {
                     Some(sentinel) => RedisTarget::Sentinel {
                         master: sentinel.master.clone(),
                         nodes: sentinel.nodes.clone(),
                         url: settings.store.url.clone(),
+                        tls,
                     },
                     None => RedisTarget::Url {
                         url: settings.store.url.clone().context(
                             "store.url is required when store.kind = \"redis\" without store.sentinel",
                         )?,
-                        tls: settings.store.tls_files().read()?,
+                        tls,
                     },
                 };
                 Arc::new(RedisStore::connect_to(&target, &settings.store.key_prefix).await?)

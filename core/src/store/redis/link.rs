@@ -13,8 +13,11 @@ use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
-use ::redis::{Client, ClientTlsConfig, RedisError, TlsCertificates, TlsMode};
+use ::redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use ::redis::{
+    Client, ClientTlsConfig, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisError,
+    TlsCertificates, TlsMode,
+};
 
 use super::{
     CONNECTION_TIMEOUT, INITIAL_CONNECT_TIMEOUT, RECONNECT_MAX_DELAY, RECONNECT_RETRIES,
@@ -35,9 +38,9 @@ pub enum RedisTarget {
         tls: ClientTls,
     },
     /// The master named `master`, found through the sentinels at `nodes`
-    /// (`redis://host:26379`). `url`, if given, supplies the master's username, password and
-    /// database, and with `rediss://` TLS (verified against the system's roots); its host and
-    /// port are not used.
+    /// (`redis://host:26379`, or `rediss://` for TLS; the first one's username and password
+    /// are used with every sentinel). `url`, if given, supplies the master's username, password
+    /// and database, and with `rediss://` TLS; its host and port are not used.
     Sentinel {
         /// The master's name, as the sentinels monitor it.
         master: String,
@@ -45,6 +48,9 @@ pub enum RedisTarget {
         nodes: Vec<String>,
         /// Credentials and database of the master.
         url: Option<String>,
+        /// For every `rediss://` connection (the master's, the sentinels'): the CA to trust
+        /// instead of the system's roots, and the client certificate to present.
+        tls: ClientTls,
     },
 }
 
@@ -74,46 +80,26 @@ impl Link {
     pub(super) async fn connect(target: &RedisTarget) -> Result<Self, StoreError> {
         let source = match target {
             RedisTarget::Url { url, tls } => {
-                let client = if *tls == ClientTls::default() {
-                    Client::open(url.as_str())
-                } else {
-                    Client::build_with_tls(
-                        url.as_str(),
-                        TlsCertificates {
-                            client_tls: tls.identity.as_ref().map(|id| ClientTlsConfig {
-                                client_cert: id.cert_pem.clone(),
-                                client_key: id.key_pem.clone(),
-                            }),
-                            root_cert: tls.ca_pem.clone(),
-                        },
-                    )
+                let client = match certificates(tls) {
+                    None => Client::open(url.as_str()),
+                    Some(certificates) => Client::build_with_tls(url.as_str(), certificates),
                 };
                 Source::Url(
                     client
                         .map_err(|e| StoreError::Unavailable(format!("invalid Redis URL: {e}")))?,
                 )
             }
-            RedisTarget::Sentinel { master, nodes, url } => {
-                let mut node_info = SentinelNodeConnectionInfo::default();
-                if let Some(url) = url {
-                    if url.starts_with("rediss://") {
-                        node_info = node_info.set_tls_mode(TlsMode::Secure);
-                    }
-                    let client = Client::open(url.as_str())
-                        .map_err(|e| StoreError::Unavailable(format!("invalid Redis URL: {e}")))?;
-                    node_info = node_info.set_redis_connection_info(
-                        client.get_connection_info().redis_settings().clone(),
-                    );
-                }
-                let sentinel = SentinelClient::build(
-                    nodes.iter().map(String::as_str).collect(),
-                    master.clone(),
-                    Some(node_info),
-                    SentinelServerType::Master,
-                )
-                .map_err(|e| StoreError::Unavailable(format!("invalid Sentinel nodes: {e}")))?;
-                Source::Sentinel(tokio::sync::Mutex::new(sentinel))
-            }
+            RedisTarget::Sentinel {
+                master,
+                nodes,
+                url,
+                tls,
+            } => Source::Sentinel(tokio::sync::Mutex::new(sentinel_client(
+                master,
+                nodes,
+                url.as_deref(),
+                tls,
+            )?)),
         };
         let con = source.connect().await?;
         Ok(Link {
@@ -157,6 +143,76 @@ impl Link {
         tracing::info!(generation = current.1, "reconnected to the Redis master");
         Ok(())
     }
+}
+
+/// The certificates of `tls` for the redis crate; `None` when it is the default (the system's
+/// roots, no client certificate).
+fn certificates(tls: &ClientTls) -> Option<TlsCertificates> {
+    (*tls != ClientTls::default()).then(|| TlsCertificates {
+        client_tls: tls.identity.as_ref().map(|id| ClientTlsConfig {
+            client_cert: id.cert_pem.clone(),
+            client_key: id.key_pem.clone(),
+        }),
+        root_cert: tls.ca_pem.clone(),
+    })
+}
+
+/// A client of the sentinels at `nodes` that names the master `master`, and connects to it with
+/// the credentials, database and TLS of `url`.
+fn sentinel_client(
+    master: &str,
+    nodes: &[String],
+    url: Option<&str>,
+    tls: &ClientTls,
+) -> Result<SentinelClient, StoreError> {
+    let invalid =
+        |what: &str, e: RedisError| StoreError::Unavailable(format!("invalid {what}: {e}"));
+    let is_tls = |info: &ConnectionInfo| matches!(info.addr(), ConnectionAddr::TcpTls { .. });
+    let sentinels = nodes
+        .iter()
+        .map(|node| node.as_str().into_connection_info())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid("Sentinel node URL", e))?;
+    let mut builder = SentinelClientBuilder::new(
+        sentinels.iter().map(|info| info.addr().clone()),
+        master,
+        SentinelServerType::Master,
+    )
+    .map_err(|e| invalid("Sentinel settings", e))?;
+    if let Some(first) = sentinels.first() {
+        let auth = first.redis_settings();
+        if let Some(username) = auth.username() {
+            builder = builder.set_client_to_sentinel_username(username);
+        }
+        if let Some(password) = auth.password() {
+            builder = builder.set_client_to_sentinel_password(password);
+        }
+    }
+    if let Some(certificates) = certificates(tls)
+        && sentinels.iter().any(is_tls)
+    {
+        builder = builder.set_client_to_sentinel_certificates(certificates);
+    }
+    if let Some(url) = url {
+        let info = url
+            .into_connection_info()
+            .map_err(|e| invalid("Redis URL", e))?;
+        let auth = info.redis_settings();
+        builder = builder.set_client_to_redis_db(auth.db());
+        if let Some(username) = auth.username() {
+            builder = builder.set_client_to_redis_username(username);
+        }
+        if let Some(password) = auth.password() {
+            builder = builder.set_client_to_redis_password(password);
+        }
+        if is_tls(&info) {
+            builder = builder.set_client_to_redis_tls_mode(TlsMode::Secure);
+            if let Some(certificates) = certificates(tls) {
+                builder = builder.set_client_to_redis_certificates(certificates);
+            }
+        }
+    }
+    builder.build().map_err(|e| invalid("Sentinel settings", e))
 }
 
 impl Source {
