@@ -11,14 +11,17 @@ pub mod api;
 pub mod conformance;
 pub mod douyin;
 pub mod error;
+pub mod line;
 pub mod media;
 pub mod registry;
 pub mod rules;
 pub mod signature;
+pub mod telegram;
 pub mod token_cache;
 pub mod web;
 pub mod wechat;
 pub mod wecom_kf;
+pub mod whatsapp;
 
 use std::collections::HashMap;
 

@@ -10,9 +10,12 @@ use switchyard_core::store::embedded::EmbeddedStore;
 
 use crate::api::{self, ApiConnector};
 use crate::douyin::{self, DouyinConnector};
+use crate::line::{self, LineConnector};
+use crate::telegram::{self, TelegramConnector};
 use crate::web::{self, WebConnector};
 use crate::wechat::{WeChatMiniProgramConnector, WeChatOaConnector, miniprogram, oa};
 use crate::wecom_kf::{self, WecomKfConnector};
+use crate::whatsapp::{self, WhatsAppConnector};
 use crate::{Channel, ConnectorError};
 
 /// What connectors are given when built.
@@ -58,6 +61,9 @@ pub const KINDS: &[(&str, &[&str])] = &[
     (wecom_kf::KIND, wecom_kf::KEYS),
     (oa::KIND, oa::KEYS),
     (miniprogram::KIND, miniprogram::KEYS),
+    (whatsapp::KIND, whatsapp::KEYS),
+    (telegram::KIND, telegram::KEYS),
+    (line::KIND, line::KEYS),
 ];
 
 /// Every configured channel, by id.
@@ -102,6 +108,9 @@ impl Registry {
                 miniprogram::KIND => Arc::new(WeChatMiniProgramConnector::new(ch, ctx)?),
                 douyin::KIND => Arc::new(DouyinConnector::new(ch, ctx)?),
                 wecom_kf::KIND => Arc::new(WecomKfConnector::new(ch, ctx)?),
+                telegram::KIND => Arc::new(TelegramConnector::new(ch, ctx)?),
+                line::KIND => Arc::new(LineConnector::new(ch, ctx)?),
+                whatsapp::KIND => Arc::new(WhatsAppConnector::new(ch, ctx)?),
                 web::KIND => {
                     let web = Arc::new(WebConnector::new(ch, ctx)?);
                     webs.insert(ch.id.clone(), Arc::clone(&web));

@@ -1,6 +1,7 @@
 //! Signature helpers shared by connectors: HMAC-SHA256 in constant time, replay windows, and the
 //! Switchyard request signature (`X-Switchyard-Timestamp` / `X-Switchyard-Signature`).
 
+use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -15,8 +16,8 @@ pub const SIGNATURE_HEADER: &str = "x-switchyard-signature";
 /// Requests older or newer than this many seconds are refused as replays.
 pub const REPLAY_WINDOW_SECS: i64 = 300;
 
-/// Hex HMAC-SHA256 of `parts`, concatenated, under `secret`.
-pub fn hmac_sha256_hex(secret: &[u8], parts: &[&[u8]]) -> String {
+/// HMAC-SHA256 of `parts`, concatenated, under `secret` (the 32 raw bytes).
+pub fn hmac_sha256(secret: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     // HMAC accepts keys of any length, so construction cannot fail.
     let mut mac = match Hmac::<Sha256>::new_from_slice(secret) {
         Ok(mac) => mac,
@@ -25,7 +26,18 @@ pub fn hmac_sha256_hex(secret: &[u8], parts: &[&[u8]]) -> String {
     for part in parts {
         mac.update(part);
     }
-    hex::encode(mac.finalize().into_bytes())
+    mac.finalize().into_bytes().into()
+}
+
+/// Hex HMAC-SHA256 of `parts`, concatenated, under `secret`.
+pub fn hmac_sha256_hex(secret: &[u8], parts: &[&[u8]]) -> String {
+    hex::encode(hmac_sha256(secret, parts))
+}
+
+/// Standard base64 (with padding) of HMAC-SHA256 of `parts`, concatenated, under `secret`
+/// (LINE's `X-Line-Signature`).
+pub fn hmac_sha256_base64(secret: &[u8], parts: &[&[u8]]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(hmac_sha256(secret, parts))
 }
 
 #[cold]
@@ -104,6 +116,15 @@ mod tests {
         assert_eq!(
             hmac_sha256_hex(b"Jefe", &[b"what do ya want ", b"for nothing?"]),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn base64_hmac_matches_rfc4231_case_2() {
+        // The RFC 4231 case 2 digest above, in standard base64.
+        assert_eq!(
+            hmac_sha256_base64(b"Jefe", &[b"what do ya want for nothing?"]),
+            "W9zBRr9gdU5qBCQmCJV1x1oAPwidJzmDnexYuWTsOEM="
         );
     }
 

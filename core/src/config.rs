@@ -582,6 +582,20 @@ impl ChannelSettings {
         Ok(None)
     }
 
+    /// A yes/no option: `true`/`false`, or the strings `"true"`/`"false"` (as environment
+    /// overrides give it); `false` when absent.
+    pub fn flag(&self, key: &str) -> Result<bool, ConfigError> {
+        match self.options.get(key) {
+            None => Ok(false),
+            Some(serde_json::Value::Bool(b)) => Ok(*b),
+            Some(serde_json::Value::String(s)) if s == "true" || s == "false" => Ok(s == "true"),
+            Some(other) => Err(ConfigError::Invalid {
+                key: format!("channels.{}.{key}", self.id),
+                message: format!("expected true or false, found {other}"),
+            }),
+        }
+    }
+
     /// Like [`Self::secret`] but the key must be present.
     pub fn required_secret(&self, key: &str) -> Result<String, ConfigError> {
         self.secret(key)?.ok_or_else(|| ConfigError::Invalid {

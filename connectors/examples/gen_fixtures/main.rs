@@ -1,13 +1,16 @@
 //! Writes the connector fixtures under `connectors/tests/fixtures/<channel>/`, computing every
 //! signature and ciphertext. Deterministic: running it again changes nothing.
 //!
-//! `cargo run -p switchyard-connectors --example gen_fixtures [douyin|wecom_kf|api|web ...]`
+//! `cargo run -p switchyard-connectors --example gen_fixtures [douyin|wecom_kf|api|web|line|telegram|whatsapp ...]`
 
 mod api;
 mod common;
 mod douyin;
+mod line;
+mod telegram;
 mod web;
 mod wecom_kf;
+mod whatsapp;
 
 use std::path::PathBuf;
 
@@ -20,6 +23,9 @@ pub fn all() -> Vec<(&'static str, Vec<Fixture>)> {
         ("wecom_kf", wecom_kf::fixtures()),
         ("api", api::fixtures()),
         ("web", web::fixtures()),
+        ("telegram", telegram::fixtures()),
+        ("line", line::fixtures()),
+        ("whatsapp", whatsapp::fixtures()),
     ]
 }
 

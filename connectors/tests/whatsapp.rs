@@ -1,0 +1,764 @@
+//! The WhatsApp Cloud API connector: generated webhook fixtures through the conformance kit,
+//! snapshots, decode properties, and sends against a fake Graph API (wiremock).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "../examples/gen_fixtures/common.rs"]
+mod common;
+#[path = "../examples/gen_fixtures/whatsapp.rs"]
+mod gen_whatsapp;
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gen_whatsapp::{APP_SECRET, CUSTOMER, CUSTOMER_NAME, PHONE_NUMBER_ID, VERIFY_TOKEN};
+use proptest::prelude::*;
+use serde_json::{Value, json};
+use switchyard_connectors::conformance::{
+    CollectSink, Outcome, OwnedRequest, arbitrary_bodies, check_all, check_decode_total, json_like,
+    load_fixtures, run,
+};
+use switchyard_connectors::registry::KINDS;
+use switchyard_connectors::whatsapp::{KIND, WhatsAppConnector, webhook_signature};
+use switchyard_connectors::{Connector, ConnectorError};
+use switchyard_core::envelope::{Content, Direction, Envelope, Media, new_id};
+use switchyard_core::store::Store;
+use wiremock::matchers::{body_json, header, method, path};
+use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+
+const ACCESS_TOKEN: &str = "EAAG-test-system-user-token";
+
+/// A connector that quotes replies (`quote_replies = true`, as most outbound tests check).
+fn connector_at(api_base: Option<String>) -> (WhatsAppConnector, Arc<dyn Store>) {
+    connector_quoting(api_base, "true")
+}
+
+fn connector_quoting(api_base: Option<String>, quote: &str) -> (WhatsAppConnector, Arc<dyn Store>) {
+    let settings = support::settings(
+        "wa-main",
+        KIND,
+        api_base,
+        &[
+            ("app_secret", APP_SECRET),
+            ("verify_token", VERIFY_TOKEN),
+            ("phone_number_id", PHONE_NUMBER_ID),
+            ("access_token", ACCESS_TOKEN),
+            ("quote_replies", quote),
+        ],
+    );
+    let (ctx, store) = support::context();
+    (WhatsAppConnector::new(&settings, &ctx).unwrap(), store)
+}
+
+fn connector() -> WhatsAppConnector {
+    connector_at(None).0
+}
+
+fn fixtures() -> Vec<switchyard_connectors::conformance::Fixture> {
+    load_fixtures(support::fixture_dir("whatsapp"))
+}
+
+fn fixture(name: &str) -> OwnedRequest {
+    fixtures()
+        .into_iter()
+        .find(|f| f.name == name)
+        .unwrap_or_else(|| panic!("no fixture {name}"))
+        .request()
+}
+
+#[test]
+fn fixtures_are_what_the_generator_writes() {
+    assert_eq!(
+        fixtures(),
+        support::sorted(gen_whatsapp::fixtures()),
+        "run `cargo run -p switchyard-connectors --example gen_fixtures whatsapp`"
+    );
+}
+
+#[test]
+fn every_fixture_conforms_and_matches_its_snapshot() {
+    let outcomes = check_all(&connector(), &fixtures());
+    for (name, outcome) in outcomes {
+        if !outcome.envelopes().is_empty() {
+            insta::assert_json_snapshot!(format!("whatsapp__{name}"), outcome.envelopes(), {
+                "[].id" => "[id]",
+                "[].received_at" => "[received_at]",
+            });
+        }
+    }
+}
+
+#[test]
+fn the_kind_is_registered_with_its_keys() {
+    let keys = KINDS
+        .iter()
+        .find(|(kind, _)| *kind == KIND)
+        .map(|(_, keys)| *keys)
+        .unwrap();
+    assert_eq!(
+        keys,
+        [
+            "app_secret",
+            "verify_token",
+            "phone_number_id",
+            "access_token",
+            "quote_replies"
+        ]
+    );
+}
+
+#[test]
+fn missing_or_odd_configuration_is_refused() {
+    let (ctx, _) = support::context();
+    let build = |options: &[(&str, &str)]| {
+        WhatsAppConnector::new(&support::settings("wa", KIND, None, options), &ctx)
+    };
+    let all = [
+        ("app_secret", APP_SECRET),
+        ("verify_token", VERIFY_TOKEN),
+        ("phone_number_id", PHONE_NUMBER_ID),
+        ("access_token", ACCESS_TOKEN),
+    ];
+    assert!(build(&all).is_ok());
+    for skip in 0..all.len() {
+        let options: Vec<_> = all
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != skip)
+            .map(|(_, kv)| *kv)
+            .collect();
+        let err = build(&options).unwrap_err();
+        assert!(
+            matches!(&err, ConnectorError::Config(m) if m.contains(all[skip].0)),
+            "{err}"
+        );
+    }
+    let mut phone = all;
+    phone[2] = ("phone_number_id", "+1 555 078 3881");
+    assert!(matches!(build(&phone), Err(ConnectorError::Config(_))));
+}
+
+#[test]
+fn signature_is_the_documented_formula() {
+    // Meta: X-Hub-Signature-256 = "sha256=" + hex(HMAC-SHA256(app secret, raw body)).
+    let req = fixture("text");
+    let sig = req.headers["x-hub-signature-256"].to_str().unwrap();
+    assert_eq!(sig, webhook_signature(APP_SECRET, &req.body));
+    assert_eq!(sig, gen_whatsapp::sign_with(APP_SECRET, &req.body));
+    // Upper-case hex is accepted too (the comparison is case-insensitive).
+    let mut upper = req.clone();
+    upper.set_header("x-hub-signature-256", &sig.to_ascii_uppercase());
+    assert_eq!(run(&connector(), &upper).envelopes().len(), 1);
+    // The hex alone, without `sha256=`, is not the header's format.
+    let mut bare = req.clone();
+    bare.set_header("x-hub-signature-256", sig.trim_start_matches("sha256="));
+    assert!(matches!(
+        run(&connector(), &bare),
+        Outcome::Error(ConnectorError::Unauthorized(_))
+    ));
+}
+
+#[test]
+fn the_signature_covers_the_raw_escaped_bytes() {
+    // Meta escapes non-ASCII; the same JSON re-serialised (unescaped) is not what it signed.
+    let req = fixture("text");
+    let body = String::from_utf8(req.body.clone()).unwrap();
+    assert!(body.contains(r"\ud83d\udce6"));
+    let reserialised = serde_json::to_vec(&serde_json::from_str::<Value>(&body).unwrap()).unwrap();
+    let mut changed = req.clone();
+    changed.body = reserialised;
+    assert!(matches!(
+        run(&connector(), &changed),
+        Outcome::Error(ConnectorError::Unauthorized(_))
+    ));
+}
+
+#[test]
+fn a_text_message_becomes_one_envelope_with_the_customer() {
+    let envelopes = run(&connector(), &fixture("text")).envelopes().to_vec();
+    let e = &envelopes[0];
+    assert_eq!(e.sender.external_id, CUSTOMER);
+    assert_eq!(e.sender.scope, "");
+    assert_eq!(e.sender.display_name.as_deref(), Some(CUSTOMER_NAME));
+    assert_eq!(
+        e.sender.identities[0].as_str(),
+        format!("whatsapp_wa_id::{CUSTOMER}")
+    );
+    assert_eq!(
+        e.dedupe_key,
+        format!(
+            "whatsapp:{PHONE_NUMBER_ID}:wamid.HBgNNDkxNTExMjM0NTY3OBUCABIYFjNFQjBDMDAwMDAwMDAwMDAwMDAwMQA="
+        )
+    );
+    assert_eq!(e.sent_at.timestamp(), common::RECEIVED_AT - 2);
+    assert_eq!(
+        e.content,
+        Content::Text {
+            text: "Hallo! Wo bleibt meine Bestellung #42? 📦 Grüße".into()
+        }
+    );
+    assert_eq!(e.raw, None);
+}
+
+#[test]
+fn the_handshake_answers_the_challenge_as_plain_text() {
+    let c = connector();
+    let req = fixture("handshake");
+    let reply = c.handshake(&req.as_inbound()).unwrap().unwrap();
+    assert_eq!(reply.status, 200);
+    assert!(reply.content_type.starts_with("text/plain"));
+    assert_eq!(reply.body.as_ref(), b"1158201444");
+    // A GET that is not a verification is not a handshake (the ingress answers 405).
+    let mut plain = req.clone();
+    plain.query.clear();
+    assert_eq!(c.handshake(&plain.as_inbound()).unwrap(), None);
+    // POSTs are never handshakes.
+    assert_eq!(c.handshake(&fixture("text").as_inbound()).unwrap(), None);
+    // Another mode is not accepted.
+    let mut other_mode = req.clone();
+    other_mode
+        .query
+        .insert("hub.mode".into(), "unsubscribe".into());
+    assert!(c.handshake(&other_mode.as_inbound()).is_err());
+}
+
+fn message_strategy() -> impl Strategy<Value = Vec<u8>> {
+    const KEYS: &[&str] = &[
+        "object",
+        "entry",
+        "changes",
+        "field",
+        "value",
+        "metadata",
+        "phone_number_id",
+        "contacts",
+        "profile",
+        "name",
+        "wa_id",
+        "messages",
+        "statuses",
+        "from",
+        "id",
+        "timestamp",
+        "type",
+        "text",
+        "body",
+        "image",
+        "mime_type",
+        "caption",
+        "document",
+        "filename",
+        "location",
+        "latitude",
+        "longitude",
+        "interactive",
+        "button_reply",
+        "list_reply",
+        "title",
+        "reaction",
+        "emoji",
+        "message_id",
+        "formatted_name",
+    ];
+    let types = prop::sample::select(vec![
+        "text",
+        "image",
+        "audio",
+        "video",
+        "document",
+        "sticker",
+        "location",
+        "contacts",
+        "interactive",
+        "button",
+        "reaction",
+        "order",
+        "system",
+        "unsupported",
+        "",
+    ]);
+    let numbers = prop::sample::select(vec![PHONE_NUMBER_ID, "1", ""]);
+    (
+        types,
+        numbers,
+        json_like(KEYS),
+        json_like(KEYS),
+        any::<bool>(),
+    )
+        .prop_map(|(kind, number, mut message, part, with_ids)| {
+            if let Some(obj) = message.as_object_mut() {
+                obj.insert("type".into(), json!(kind));
+                obj.insert(kind.into(), part);
+                if with_ids {
+                    obj.insert("from".into(), json!(CUSTOMER));
+                    obj.insert("id".into(), json!("wamid.prop"));
+                }
+            }
+            json!({
+                "object": "whatsapp_business_account",
+                "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
+                    "metadata": {"phone_number_id": number},
+                    "contacts": [{"profile": {"name": "x"}, "wa_id": CUSTOMER}],
+                    "messages": [message],
+                }}]}],
+            })
+            .to_string()
+            .into_bytes()
+        })
+}
+
+fn resign(req: &mut OwnedRequest) {
+    let sig = webhook_signature(APP_SECRET, &req.body);
+    req.set_header("x-hub-signature-256", &sig);
+}
+
+static PROP: std::sync::LazyLock<(WhatsAppConnector, OwnedRequest)> =
+    std::sync::LazyLock::new(|| (connector(), fixture("text")));
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+    #[test]
+    fn decode_never_panics(body in arbitrary_bodies()) {
+        let (c, template) = &*PROP;
+        check_decode_total(c, template, &body, None);
+        check_decode_total(c, template, &body, Some(&resign));
+    }
+
+    #[test]
+    fn signed_notifications_of_any_shape_never_panic(body in message_strategy()) {
+        let (c, template) = &*PROP;
+        check_decode_total(c, template, &body, Some(&resign));
+    }
+
+    #[test]
+    fn verification_queries_never_panic(mode in ".{0,12}", token in ".{0,24}", challenge in ".{0,300}") {
+        let (c, _) = &*PROP;
+        let mut req = fixture("handshake");
+        req.query.insert("hub.mode".into(), mode);
+        req.query.insert("hub.verify_token".into(), token);
+        req.query.insert("hub.challenge".into(), challenge);
+        let _ = c.handshake(&req.as_inbound());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Outbound against a fake Graph API
+
+/// Ingests a fixture the way the ingress does (deliver included); returns the routed envelopes.
+async fn ingest(c: &WhatsAppConnector, name: &str) -> Vec<Envelope> {
+    let envelopes = match run(c, &fixture(name)) {
+        Outcome::Envelopes(e) => e,
+        other => panic!("{}", other.describe()),
+    };
+    let sink = CollectSink::new();
+    c.deliver(envelopes, &sink).await.unwrap();
+    sink.published()
+}
+
+fn reply(inbound: &Envelope, content: Content) -> Envelope {
+    Envelope {
+        id: new_id(),
+        direction: Direction::Outbound,
+        reply_to: Some(inbound.id.clone()),
+        content,
+        dedupe_key: "outbound:x".into(),
+        agent_id: Some("agent-1".into()),
+        raw: None,
+        ..inbound.clone()
+    }
+}
+
+fn sent(id: &str) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(json!({
+        "messaging_product": "whatsapp",
+        "contacts": [{"input": CUSTOMER, "wa_id": CUSTOMER}],
+        "messages": [{"id": id}]
+    }))
+}
+
+fn graph_error(status: u16, code: i64, message: &str) -> ResponseTemplate {
+    ResponseTemplate::new(status).set_body_json(json!({
+        "error": {
+            "message": message,
+            "type": "OAuthException",
+            "code": code,
+            "error_data": {"messaging_product": "whatsapp", "details": message},
+            "fbtrace_id": "AbCdEf"
+        }
+    }))
+}
+
+fn messages_path() -> String {
+    format!("/{PHONE_NUMBER_ID}/messages")
+}
+
+#[tokio::test]
+async fn a_text_reply_quotes_the_customer_message() {
+    let server = MockServer::start().await;
+    let (c, store) = connector_at(Some(server.uri()));
+    let inbound = ingest(&c, "text").await;
+    let wamid = "wamid.HBgNNDkxNTExMjM0NTY3OBUCABIYFjNFQjBDMDAwMDAwMDAwMDAwMDAwMQA=";
+    assert_eq!(
+        store
+            .get_key(&format!("whatsapp:wa-main:wamid:{}", inbound[0].id))
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(wamid)
+    );
+    Mock::given(method("POST"))
+        .and(path(messages_path()))
+        .and(header(
+            "authorization",
+            format!("Bearer {ACCESS_TOKEN}").as_str(),
+        ))
+        .and(header("content-type", "application/json"))
+        .and(body_json(json!({
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "to": CUSTOMER,
+            "type": "text",
+            "text": {"body": "Hallo Jonas, Ihr Paket ist unterwegs."},
+            "context": {"message_id": wamid}
+        })))
+        .respond_with(sent("wamid.OUT-1"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let receipt = c
+        .send(&reply(
+            &inbound[0],
+            Content::Text {
+                text: "Hallo Jonas, Ihr Paket ist unterwegs.".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    assert_eq!(receipt.channel_message_id.as_deref(), Some("wamid.OUT-1"));
+}
+
+#[tokio::test]
+async fn without_quote_replies_nothing_is_kept_and_the_reply_quotes_nothing() {
+    let server = MockServer::start().await;
+    let (c, store) = connector_quoting(Some(server.uri()), "false");
+    let inbound = ingest(&c, "text").await;
+    assert_eq!(
+        store
+            .get_key(&format!("whatsapp:wa-main:wamid:{}", inbound[0].id))
+            .await
+            .unwrap(),
+        None
+    );
+    Mock::given(method("POST"))
+        .and(path(messages_path()))
+        .and(body_json(json!({
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "to": CUSTOMER,
+            "type": "text",
+            "text": {"body": "plain"}
+        })))
+        .respond_with(sent("wamid.OUT-3"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    c.send(&reply(
+        &inbound[0],
+        Content::Text {
+            text: "plain".into(),
+        },
+    ))
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn without_a_known_inbound_message_the_reply_has_no_context() {
+    let server = MockServer::start().await;
+    let (c, _) = connector_at(Some(server.uri()));
+    let inbound = run(&c, &fixture("text")).envelopes().to_vec(); // never delivered
+    Mock::given(method("POST"))
+        .and(path(messages_path()))
+        .and(body_json(json!({
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "to": CUSTOMER,
+            "type": "text",
+            "text": {"body": "ok"}
+        })))
+        .respond_with(sent("wamid.OUT-2"))
+        .expect(2)
+        .mount(&server)
+        .await;
+    c.send(&reply(&inbound[0], Content::Text { text: "ok".into() }))
+        .await
+        .unwrap();
+    let mut no_reply_to = reply(&inbound[0], Content::Text { text: "ok".into() });
+    no_reply_to.reply_to = None;
+    c.send(&no_reply_to).await.unwrap();
+}
+
+#[tokio::test]
+async fn media_and_locations_are_sent_by_link_or_id() {
+    let server = MockServer::start().await;
+    let (c, _) = connector_at(Some(server.uri()));
+    let mut inbound = run(&c, &fixture("text")).envelopes()[0].clone();
+    inbound.reply_to = None;
+    let cases = [
+        (
+            Content::Image {
+                media: Media {
+                    url: Some("https://cdn.example.com/label.png".into()),
+                    ..Media::default()
+                },
+            },
+            json!({"type": "image", "image": {"link": "https://cdn.example.com/label.png"}}),
+        ),
+        (
+            Content::File {
+                media: Media {
+                    url: Some("https://cdn.example.com/r.pdf".into()),
+                    mime: Some("application/pdf".into()),
+                    ..Media::default()
+                },
+                name: Some("Rechnung.pdf".into()),
+            },
+            json!({"type": "document", "document": {
+                "link": "https://cdn.example.com/r.pdf", "filename": "Rechnung.pdf"}}),
+        ),
+        (
+            Content::Audio {
+                media: Media {
+                    media_id: Some("3456789012345678".into()),
+                    ..Media::default()
+                },
+                recognition: None,
+            },
+            json!({"type": "audio", "audio": {"id": "3456789012345678"}}),
+        ),
+        (
+            Content::Video {
+                media: Media {
+                    url: Some("https://cdn.example.com/howto.mp4".into()),
+                    ..Media::default()
+                },
+                thumbnail: None,
+            },
+            json!({"type": "video", "video": {"link": "https://cdn.example.com/howto.mp4"}}),
+        ),
+        (
+            Content::Location {
+                latitude: 52.52,
+                longitude: 13.405,
+                label: Some("Filiale Mitte".into()),
+            },
+            json!({"type": "location", "location": {
+                "latitude": 52.52, "longitude": 13.405, "name": "Filiale Mitte"}}),
+        ),
+    ];
+    for (i, (content, expected)) in cases.into_iter().enumerate() {
+        let mut body = json!({
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "to": CUSTOMER,
+        });
+        for (k, v) in expected.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let guard = Mock::given(method("POST"))
+            .and(path(messages_path()))
+            .and(body_json(body))
+            .respond_with(sent(&format!("wamid.MEDIA-{i}")))
+            .expect(1)
+            .mount_as_scoped(&server)
+            .await;
+        let receipt = c.send(&reply(&inbound, content)).await.unwrap();
+        assert_eq!(receipt.channel_message_id, Some(format!("wamid.MEDIA-{i}")));
+        drop(guard);
+    }
+}
+
+#[tokio::test]
+async fn content_the_channel_cannot_carry_is_refused_before_any_request() {
+    let server = MockServer::start().await;
+    let (c, _) = connector_at(Some(server.uri()));
+    Mock::given(method("POST"))
+        .respond_with(sent("x"))
+        .expect(0)
+        .mount(&server)
+        .await;
+    let inbound = run(&c, &fixture("text")).envelopes()[0].clone();
+    for (content, code) in [
+        (
+            Content::Event {
+                name: "x".into(),
+                data: Default::default(),
+            },
+            "content_unsupported",
+        ),
+        (
+            Content::Image {
+                media: Media::default(),
+            },
+            "no_media",
+        ),
+        (
+            Content::Text {
+                text: "x".repeat(4097),
+            },
+            "text_too_long",
+        ),
+    ] {
+        let err = c.send(&reply(&inbound, content)).await.unwrap_err();
+        assert!(
+            matches!(&err, ConnectorError::Rejected { code: c, .. } if c == code),
+            "{err}"
+        );
+    }
+    // 4096 characters (not bytes) are fine: the limit counts characters.
+    let rules = c.rules();
+    assert_eq!(rules.max_text_chars, Some(4096));
+    assert_eq!(rules.reply_window, Some(Duration::from_secs(24 * 3600)));
+}
+
+#[tokio::test]
+async fn failures_are_classified() {
+    let server = MockServer::start().await;
+    let (c, _) = connector_at(Some(server.uri()));
+    let inbound = run(&c, &fixture("text")).envelopes()[0].clone();
+    let send = |text: &str| {
+        let message = reply(&inbound, Content::Text { text: text.into() });
+        let c = &c;
+        async move { c.send(&message).await }
+    };
+    let with = |response: ResponseTemplate| {
+        Mock::given(method("POST"))
+            .and(path(messages_path()))
+            .respond_with(response)
+    };
+
+    let guard = with(ResponseTemplate::new(502))
+        .mount_as_scoped(&server)
+        .await;
+    assert!(matches!(send("a").await, Err(ConnectorError::Transient(_))));
+    drop(guard);
+
+    let guard = with(graph_error(500, 131000, "Something went wrong"))
+        .mount_as_scoped(&server)
+        .await;
+    assert!(matches!(send("a").await, Err(ConnectorError::Transient(_))));
+    drop(guard);
+
+    let guard = with(ResponseTemplate::new(429).insert_header("retry-after", "7"))
+        .mount_as_scoped(&server)
+        .await;
+    assert!(matches!(
+        send("b").await,
+        Err(ConnectorError::RateLimited { retry_after: Some(d) }) if d.as_secs() == 7
+    ));
+    drop(guard);
+
+    for code in [4, 80007, 130429, 131048, 131056] {
+        let guard = with(graph_error(400, code, "(#130429) Rate limit hit"))
+            .mount_as_scoped(&server)
+            .await;
+        assert!(
+            matches!(
+                send("c").await,
+                Err(ConnectorError::RateLimited { retry_after: None })
+            ),
+            "code {code}"
+        );
+        drop(guard);
+    }
+
+    let guard = with(graph_error(
+        400,
+        131047,
+        "Re-engagement message: more than 24 hours have passed since the customer last replied",
+    ))
+    .mount_as_scoped(&server)
+    .await;
+    let err = send("d").await.unwrap_err();
+    assert!(
+        matches!(&err, ConnectorError::Rejected { code, message }
+            if code == "reply_window_closed" && message.contains("131047")),
+        "{err}"
+    );
+    drop(guard);
+
+    let guard = with(graph_error(
+        401,
+        190,
+        "Error validating access token: Session has expired",
+    ))
+    .mount_as_scoped(&server)
+    .await;
+    let err = send("e").await.unwrap_err();
+    assert!(
+        matches!(&err, ConnectorError::Rejected { code, .. } if code == "access_token_invalid"),
+        "{err}"
+    );
+    assert!(!err.to_string().contains(ACCESS_TOKEN), "{err}");
+    drop(guard);
+
+    let guard = with(graph_error(400, 131026, "Message undeliverable"))
+        .mount_as_scoped(&server)
+        .await;
+    assert!(matches!(
+        send("f").await,
+        Err(ConnectorError::Rejected { code, .. }) if code == "131026"
+    ));
+    drop(guard);
+
+    let guard = with(ResponseTemplate::new(403).set_body_string("forbidden"))
+        .mount_as_scoped(&server)
+        .await;
+    assert!(matches!(
+        send("g").await,
+        Err(ConnectorError::Rejected { code, .. }) if code == "http_403"
+    ));
+    drop(guard);
+}
+
+#[tokio::test]
+async fn an_unreachable_api_is_transient_and_the_token_is_never_in_the_error() {
+    // Nothing listens on port 9 of localhost.
+    let (c, _) = connector_at(Some("http://127.0.0.1:9".into()));
+    let inbound = run(&c, &fixture("text")).envelopes()[0].clone();
+    let err = c
+        .send(&reply(&inbound, Content::Text { text: "hi".into() }))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ConnectorError::Transient(_)), "{err}");
+    assert!(!err.to_string().contains(ACCESS_TOKEN));
+    assert!(!format!("{c:?}").contains(ACCESS_TOKEN));
+    assert!(!format!("{c:?}").contains(APP_SECRET));
+}
+
+#[tokio::test]
+async fn every_message_of_a_batch_is_routed_and_kept_for_replies() {
+    let server = MockServer::start().await;
+    let (c, store) = connector_at(Some(server.uri()));
+    let published = ingest(&c, "batch_audio_video_sticker").await;
+    assert_eq!(published.len(), 3);
+    for e in &published {
+        let wamid = e
+            .dedupe_key
+            .strip_prefix(&format!("whatsapp:{PHONE_NUMBER_ID}:"))
+            .unwrap();
+        assert_eq!(
+            store
+                .get_key(&format!("whatsapp:wa-main:wamid:{}", e.id))
+                .await
+                .unwrap()
+                .as_deref(),
+            Some(wamid)
+        );
+    }
+    // Statuses route nothing and deliver publishes nothing.
+    assert!(ingest(&c, "statuses_only").await.is_empty());
+    let requests: Vec<Request> = server.received_requests().await.unwrap_or_default();
+    assert!(requests.is_empty(), "ingesting calls no API");
+}

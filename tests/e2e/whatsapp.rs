@@ -1,0 +1,186 @@
+//! WhatsApp Cloud API through the real HTTP ingress: the dashboard's verification GET is
+//! answered with the challenge, a signed message reaches an agent (Meta's retry and a
+//! statuses-only callback are acknowledged but not routed), and the agent's reply reaches a fake
+//! Graph API exactly as WhatsApp expects it.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use switchyard_connectors::whatsapp::webhook_signature;
+use wiremock::matchers::{body_json, header, method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::support::{Server, Ws, eventually};
+
+const APP_SECRET: &str = "whatsapp-app-secret-e2e";
+const VERIFY_TOKEN: &str = "wa-verify-e2e";
+const PHONE_NUMBER_ID: &str = "106540352242922";
+const ACCESS_TOKEN: &str = "EAAG-e2e-system-user-token";
+const CUSTOMER: &str = "4915112345678";
+const WAMID: &str = "wamid.HBgNNDkxNTExMjM0NTY3OBUCABIYFjNFQjBFMkUwMDAwMDAwMDAwMDAwMQA=";
+
+async fn post(server: &Server, body: &str, signature: &str) -> u16 {
+    server
+        .http
+        .post(server.url("/v1/channels/wa/webhook"))
+        .header("content-type", "application/json")
+        .header("x-hub-signature-256", signature)
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+async fn post_signed(server: &Server, body: &str) -> u16 {
+    post(
+        server,
+        body,
+        &webhook_signature(APP_SECRET, body.as_bytes()),
+    )
+    .await
+}
+
+/// A `messages` notification as Meta sends it (compact, non-ASCII escaped).
+fn notification(value: &str) -> String {
+    format!(
+        r#"{{"object":"whatsapp_business_account","entry":[{{"id":"102290129340398","changes":[{{"value":{{"messaging_product":"whatsapp","metadata":{{"display_phone_number":"15550783881","phone_number_id":"{PHONE_NUMBER_ID}"}}{value}}},"field":"messages"}}]}}]}}"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whatsapp_verification_message_and_reply_through_the_ingress() {
+    let graph = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(format!("/{PHONE_NUMBER_ID}/messages")))
+        .and(header(
+            "authorization",
+            format!("Bearer {ACCESS_TOKEN}").as_str(),
+        ))
+        .and(body_json(json!({
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "to": CUSTOMER,
+            "type": "text",
+            "text": {"body": "Hallo Jonas, Ihr Paket kommt morgen."}
+        })))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "messaging_product": "whatsapp",
+            "contacts": [{"input": CUSTOMER, "wa_id": CUSTOMER}],
+            "messages": [{"id": "wamid.OUT-e2e-1"}]
+        })))
+        .expect(1)
+        .mount(&graph)
+        .await;
+    let server = Server::start(&format!(
+        "[[channels]]\nid = \"wa\"\nkind = \"whatsapp\"\napp_secret = \"{APP_SECRET}\"\n\
+         verify_token = \"{VERIFY_TOKEN}\"\nphone_number_id = \"{PHONE_NUMBER_ID}\"\n\
+         access_token = \"{ACCESS_TOKEN}\"\napi_base = \"{}\"\n",
+        graph.uri()
+    ))
+    .await;
+    let mut agent = Ws::connect(&format!("ws://{}/v1/agents/ws", server.addr)).await;
+    agent
+        .send(json!({"type": "hello", "agent_id": "wa-agent", "capacity": 2}))
+        .await;
+    agent.recv_type("welcome").await;
+
+    // The dashboard's verification.
+    let verify = |token: &str| {
+        server.http.get(server.url(&format!(
+            "/v1/channels/wa/webhook?hub.mode=subscribe&hub.verify_token={token}\
+             &hub.challenge=1158201444"
+        )))
+    };
+    let r = verify(VERIFY_TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    assert_eq!(r.text().await.unwrap(), "1158201444");
+    assert_eq!(verify("wrong").send().await.unwrap().status(), 401);
+
+    // A customer's message, then Meta's retry of it.
+    let message = notification(&format!(
+        r#","contacts":[{{"profile":{{"name":"Jonas"}},"wa_id":"{CUSTOMER}"}}],"messages":[{{"from":"{CUSTOMER}","id":"{WAMID}","timestamp":"1795510798","type":"text","text":{{"body":"Wo bleibt mein Paket? \ud83d\udce6"}}}}]"#
+    ));
+    assert_eq!(post_signed(&server, &message).await, 200);
+    assert_eq!(
+        post_signed(&server, &message).await,
+        200,
+        "Meta's retry is acknowledged"
+    );
+    // Delivery reports route nothing but are acknowledged.
+    let statuses = notification(&format!(
+        r#","statuses":[{{"id":"wamid.OUT-0","status":"read","timestamp":"1795510799","recipient_id":"{CUSTOMER}"}}]"#
+    ));
+    assert_eq!(post_signed(&server, &statuses).await, 200);
+    // A forged request is refused.
+    assert_eq!(
+        post(&server, &message, &format!("sha256={}", "0".repeat(64))).await,
+        401
+    );
+
+    let assigned = agent.recv_type("assigned").await;
+    let conversation = &assigned["conversation"];
+    assert_eq!(
+        conversation["channel"],
+        json!({"kind": "whatsapp", "id": "wa"})
+    );
+    assert_eq!(
+        conversation["messages"][0]["content"]["text"],
+        "Wo bleibt mein Paket? 📦"
+    );
+    assert_eq!(
+        conversation["messages"][0]["sender"]["display_name"],
+        "Jonas"
+    );
+    assert_eq!(
+        conversation["customer"]["identities"][0]["key"],
+        format!("whatsapp_wa_id::{CUSTOMER}")
+    );
+    let conversation_id = conversation["id"].as_str().unwrap().to_owned();
+
+    // The agent replies; the fake Graph API receives exactly the expected send.
+    agent
+        .send(
+            json!({"type": "reply", "client_id": "r-1", "conversation_id": conversation_id,
+                     "content": {"type": "text", "text": "Hallo Jonas, Ihr Paket kommt morgen."}}),
+        )
+        .await;
+    let ack = agent.recv_type("ack").await;
+    assert_eq!(ack["client_id"], "r-1");
+    let requests = eventually(|| {
+        let graph = &graph;
+        async move {
+            let requests = graph.received_requests().await.unwrap_or_default();
+            (!requests.is_empty()).then_some(requests)
+        }
+    })
+    .await;
+    let sent: Value = serde_json::from_slice(&requests[0].body).unwrap();
+    assert_eq!(
+        sent.get("context"),
+        None,
+        "replies quote nothing by default"
+    );
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, conv) = server
+        .get_json(&format!("/v1/conversations/{conversation_id}"))
+        .await;
+    let inbound = conv["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["direction"] == "inbound")
+        .count();
+    assert_eq!(inbound, 1, "the retry and the statuses were not routed");
+    assert_eq!(graph.received_requests().await.unwrap().len(), 1);
+    server.stop().await;
+    graph.verify().await;
+}
