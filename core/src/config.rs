@@ -43,6 +43,59 @@ fn valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// What webhooks and bots have in common: an id, a URL, limits and a secret, checked alike.
+struct Endpoint<'a> {
+    section: &'static str,
+    index: usize,
+    id: &'a str,
+    url: &'a str,
+    timeout_ms: u64,
+    concurrency: u16,
+}
+
+impl Endpoint<'_> {
+    fn invalid(&self, field: &str, message: String) -> ConfigError {
+        ConfigError::Invalid {
+            key: format!("{}[{}].{field}", self.section, self.index),
+            message,
+        }
+    }
+
+    /// A valid id not in `seen`, an HTTP(S) URL, limits of at least 1, a secret of 16 or more.
+    fn check(
+        &self,
+        seen: &mut HashSet<String>,
+        secret: impl FnOnce() -> Result<String, ConfigError>,
+    ) -> Result<(), ConfigError> {
+        let kind = &self.section[..self.section.len() - 1];
+        if !valid_id(self.id) {
+            return Err(self.invalid(
+                "id",
+                format!("`{}` must be non-empty [A-Za-z0-9_-]+", self.id),
+            ));
+        }
+        if !seen.insert(self.id.to_owned()) {
+            return Err(self.invalid("id", format!("{kind} id `{}` is used twice", self.id)));
+        }
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+            return Err(self.invalid(
+                "url",
+                format!("`{}` is not an http:// or https:// URL", self.url),
+            ));
+        }
+        if self.timeout_ms == 0 {
+            return Err(self.invalid("timeout_ms", "must be at least 1".into()));
+        }
+        if self.concurrency == 0 {
+            return Err(self.invalid("concurrency", "must be at least 1".into()));
+        }
+        if secret()?.len() < 16 {
+            return Err(self.invalid("secret", "must be at least 16 characters".into()));
+        }
+        Ok(())
+    }
+}
+
 /// TLS files need a URL of the TLS scheme, and a client certificate comes with its key.
 fn check_tls_files(
     files: &TlsFiles<'_>,
@@ -128,6 +181,9 @@ pub struct Settings {
     /// Routing rules: which pool a new conversation goes to, first match wins.
     #[serde(default)]
     pub routes: Vec<RouteSettings>,
+    /// HTTP bots that hold the conversations their pools open, until they hand them off.
+    #[serde(default)]
+    pub bots: Vec<BotSettings>,
 }
 
 /// `[server]`.
@@ -638,6 +694,10 @@ pub struct PoolSettings {
     /// Assignment strategy.
     #[serde(default)]
     pub strategy: Strategy,
+    /// A `[[bots]]` id: the bot holds every conversation this pool opens (status `bot`) until
+    /// it hands it off to a pool's queue or an agent.
+    #[serde(default)]
+    pub bot: Option<String>,
 }
 
 /// One `[[routes]]` entry: a routing rule. A conversation opened by a message the rule matches
@@ -725,6 +785,61 @@ fn default_webhook_events() -> Vec<String> {
 
 fn default_webhook_timeout_ms() -> u64 {
     10_000
+}
+
+/// One `[[bots]]` entry: an HTTP bot. It is sent the events of the conversations it holds
+/// (`conversation.created`, `message.received`), signed like a webhook, and answers, hands off
+/// and closes through the REST API as the agent `bot:{id}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BotSettings {
+    /// Bot id (`[A-Za-z0-9_-]+`); its agent id is `bot:{id}`, its queue `switchyard.bots.{id}`.
+    pub id: String,
+    /// Where its events are POSTed (`http://` or `https://`).
+    pub url: String,
+    /// The signing secret (prefer `secret_env` / `secret_file`).
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// Environment variable holding the secret.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// File holding the secret.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// Milliseconds a request may take.
+    #[serde(default = "default_webhook_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Requests in flight at once (the events of one conversation always go one by one).
+    #[serde(default = "default_webhook_concurrency")]
+    pub concurrency: u16,
+}
+
+/// The event types a bot is sent (only those of the conversations it holds).
+pub const BOT_EVENTS: &[&str] = &["conversation.created", "message.received"];
+
+impl BotSettings {
+    /// The agent id the bot holds conversations, replies and hands off as.
+    pub fn agent_id(&self) -> String {
+        bot_agent_id(&self.id)
+    }
+
+    /// The signing secret.
+    pub fn resolved_secret(&self) -> Result<String, ConfigError> {
+        resolve_secret(
+            &format!("bots.{}.secret", self.id),
+            self.secret.as_ref(),
+            self.secret_env.as_ref(),
+            self.secret_file.as_ref(),
+        )
+    }
+}
+
+/// What the agent id of every bot starts with.
+pub const BOT_AGENT_PREFIX: &str = "bot:";
+
+/// The agent id of bot `id`: `bot:{id}`.
+pub fn bot_agent_id(id: &str) -> String {
+    format!("{BOT_AGENT_PREFIX}{id}")
 }
 
 /// A secret given as `value`, as the environment variable `env`, or in `file` (surrounding
@@ -855,53 +970,56 @@ secret = {secret}
     fn validate_webhooks(&self) -> Result<(), ConfigError> {
         let mut seen = HashSet::new();
         for (i, hook) in self.webhooks.iter().enumerate() {
-            let invalid = |field: &str, message: String| ConfigError::Invalid {
-                key: format!("webhooks[{i}].{field}"),
-                message,
+            let endpoint = Endpoint {
+                section: "webhooks",
+                index: i,
+                id: &hook.id,
+                url: &hook.url,
+                timeout_ms: hook.timeout_ms,
+                concurrency: hook.concurrency,
             };
-            if !valid_id(&hook.id) {
-                return Err(invalid(
-                    "id",
-                    format!("`{}` must be non-empty [A-Za-z0-9_-]+", hook.id),
-                ));
-            }
-            if !seen.insert(hook.id.as_str()) {
-                return Err(invalid(
-                    "id",
-                    format!("webhook id `{}` is used twice", hook.id),
-                ));
-            }
-            if !(hook.url.starts_with("http://") || hook.url.starts_with("https://")) {
-                return Err(invalid(
-                    "url",
-                    format!("`{}` is not an http:// or https:// URL", hook.url),
-                ));
-            }
+            endpoint.check(&mut seen, || hook.resolved_secret())?;
             if hook.events.is_empty() {
-                return Err(invalid(
-                    "events",
-                    "lists no event types (`#` sends all)".into(),
-                ));
+                return Err(
+                    endpoint.invalid("events", "lists no event types (`#` sends all)".into())
+                );
             }
             if let Some(bad) = hook.events.iter().find(|p| {
                 p.is_empty()
                     || p.split('.')
                         .any(|word| word.is_empty() || word.contains(char::is_whitespace))
             }) {
-                return Err(invalid(
+                return Err(endpoint.invalid(
                     "events",
                     format!("`{bad}` is not a topic pattern such as `conversation.*`"),
                 ));
             }
-            if hook.timeout_ms == 0 {
-                return Err(invalid("timeout_ms", "must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// Bots: like webhooks, and every pool's `bot` names one.
+    fn validate_bots(&self) -> Result<(), ConfigError> {
+        let mut seen = HashSet::new();
+        for (i, bot) in self.bots.iter().enumerate() {
+            Endpoint {
+                section: "bots",
+                index: i,
+                id: &bot.id,
+                url: &bot.url,
+                timeout_ms: bot.timeout_ms,
+                concurrency: bot.concurrency,
             }
-            if hook.concurrency == 0 {
-                return Err(invalid("concurrency", "must be at least 1".into()));
-            }
-            let secret = hook.resolved_secret()?;
-            if secret.len() < 16 {
-                return Err(invalid("secret", "must be at least 16 characters".into()));
+            .check(&mut seen, || bot.resolved_secret())?;
+        }
+        for (i, pool) in self.pools.iter().enumerate() {
+            if let Some(bot) = &pool.bot
+                && !self.bots.iter().any(|b| &b.id == bot)
+            {
+                return Err(ConfigError::Invalid {
+                    key: format!("pools[{i}].bot"),
+                    message: format!("bot `{bot}` is not defined in [[bots]]"),
+                });
             }
         }
         Ok(())
@@ -1002,6 +1120,7 @@ secret = {secret}
             }
         }
         self.validate_webhooks()?;
+        self.validate_bots()?;
         self.validate_routes()?;
         if self.auth.api_keys.is_empty() && !self.server.listen.ip().is_loopback() {
             return Err(ConfigError::Invalid {
@@ -1375,6 +1494,45 @@ mod tests {
         assert_eq!(hook.timeout_ms, 10_000);
         assert_eq!(hook.concurrency, 16);
         assert_eq!(hook.resolved_secret().unwrap(), "0123456789abcdef");
+    }
+
+    #[test]
+    fn bots_are_checked_and_pools_name_them() {
+        let bot = |fields: &str| {
+            format!("[[bots]]\nid = \"faq\"\nurl = \"https://bot.example/hook\"\n{fields}")
+        };
+        let refused = |toml: &str, key: &str, says: &str| {
+            let f = write(toml);
+            let err = Settings::load_with_env(Some(&f.0), [])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key) && err.contains(says), "{toml}: {err}");
+        };
+        refused(&bot(""), "bots.faq.secret", "secret_env");
+        refused(&bot("secret = \"short\"\n"), "bots[0].secret", "16");
+        refused(
+            &bot("secret = \"0123456789abcdef\"\nevents = [\"#\"]\n"),
+            "events",
+            "unknown field",
+        );
+        refused(
+            "[[bots]]\nid = \"faq\"\nurl = \"ftp://b\"\nsecret = \"0123456789abcdef\"\n",
+            "bots[0].url",
+            "http://",
+        );
+        refused(
+            "[[pools]]\nid = \"triage\"\nbot = \"faq\"\n",
+            "pools[0].bot",
+            "bot `faq` is not defined",
+        );
+        let f = write(&format!(
+            "{}[[pools]]\nid = \"triage\"\nbot = \"faq\"\n",
+            bot("secret = \"0123456789abcdef\"\n")
+        ));
+        let s = Settings::load_with_env(Some(&f.0), []).expect("a bot and its pool");
+        assert_eq!(s.bots[0].agent_id(), "bot:faq");
+        assert_eq!(s.pools[0].bot.as_deref(), Some("faq"));
+        assert_eq!((s.bots[0].timeout_ms, s.bots[0].concurrency), (10_000, 16));
     }
 
     #[test]

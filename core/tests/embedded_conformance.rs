@@ -189,6 +189,11 @@ async fn store_route_inbound_queues_without_agent() {
 }
 
 #[tokio::test]
+async fn store_route_inbound_opens_with_a_bot() {
+    store::route_inbound_opens_with_a_bot(&new_store, "embedded.").await;
+}
+
+#[tokio::test]
 async fn store_route_inbound_retry_changes_nothing() {
     store::route_inbound_retry_changes_nothing(&new_store, "embedded.").await;
 }

@@ -68,6 +68,7 @@ conformance!(
     mailbox_push_read_ack,
     route_inbound_opens_and_assigns,
     route_inbound_queues_without_agent,
+    route_inbound_opens_with_a_bot,
     route_inbound_retry_changes_nothing,
     route_inbound_retry_reports_other_assignments,
     route_inbound_duplicate_claim_changes_nothing,
@@ -180,11 +181,11 @@ async fn two_routers_converge() {
         let (i1, i2) = tokio::join!(
             tokio::spawn({
                 let r1 = Arc::clone(&r1);
-                async move { r1.record_inbound(&e1, pool, at(round)).await }
+                async move { r1.record_inbound(&e1, pool, None, at(round)).await }
             }),
             tokio::spawn({
                 let r2 = Arc::clone(&r2);
-                async move { r2.record_inbound(&e2, pool, at(round)).await }
+                async move { r2.record_inbound(&e2, pool, None, at(round)).await }
             }),
         );
         let (i1, i2) = (i1.unwrap().unwrap(), i2.unwrap().unwrap());
@@ -286,7 +287,7 @@ async fn records_round_trip_exactly() {
         "f": 0.1,
     }));
     e.sender.display_name = Some("Li Lei".to_owned());
-    let rec = s.record_inbound(&e, "default", now).await.unwrap();
+    let rec = s.record_inbound(&e, "default", None, now).await.unwrap();
     let conv = rec.conversation;
     assert_eq!(conv.created_at, now);
     assert_eq!(conv.queued_at, Some(now));
@@ -763,8 +764,8 @@ mod differential {
         }
 
         async fn record(&mut self, e: &Envelope, r: &Envelope, pool: &str, now: i64) {
-            let eo = self.emb.record_inbound(e, pool, at(now)).await;
-            let ro = self.red.record_inbound(r, pool, at(now)).await;
+            let eo = self.emb.record_inbound(e, pool, None, at(now)).await;
+            let ro = self.red.record_inbound(r, pool, None, at(now)).await;
             if let (Ok(eo), Ok(ro)) = (&eo, &ro)
                 && eo.created
             {
@@ -820,6 +821,7 @@ mod differential {
                 claim: format!("routed:{}", e.dedupe_key),
                 claim_ttl: std::time::Duration::from_secs(600),
                 pool: pool.to_owned(),
+                bot: None,
             };
             self.log
                 .push(format!("route {} {identities:?} {pool}", e.id));
@@ -1130,7 +1132,7 @@ async fn notes_of_the_previous_version_are_taken_over() {
             .customer;
         let e = inbound_envelope(&customer.id, &app_channel(), user, vec![app], user, at(1));
         ids.push(
-            s.record_inbound(&e, "default", at(1))
+            s.record_inbound(&e, "default", None, at(1))
                 .await
                 .unwrap()
                 .conversation

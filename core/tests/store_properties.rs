@@ -194,7 +194,7 @@ impl Harness {
                 };
                 let envelope = inbound_envelope(&customer_id, &ch, &external, vec![own], "hi", now);
                 let rec = store
-                    .record_inbound(&envelope, POOLS[channel], now)
+                    .record_inbound(&envelope, POOLS[channel], None, now)
                     .await
                     .map_err(|e| format!("record_inbound: {e}"))?;
                 if rec.duplicate {
@@ -228,7 +228,7 @@ impl Harness {
                 }
                 let envelope = &self.inbound[pick % self.inbound.len()];
                 let rec = store
-                    .record_inbound(envelope, POOLS[0], now)
+                    .record_inbound(envelope, POOLS[0], None, now)
                     .await
                     .map_err(|e| format!("replay: {e}"))?;
                 if !rec.duplicate {

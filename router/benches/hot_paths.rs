@@ -151,6 +151,7 @@ async fn route(
             claim,
             claim_ttl: DEDUPE_TTL,
             pool: "default".into(),
+            bot: None,
         })
         .await
         .expect("route_inbound")

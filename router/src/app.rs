@@ -12,10 +12,10 @@ use switchyard_connectors::{ConnectorContext, Registry};
 use switchyard_core::bus::amqp::AmqpBus;
 use switchyard_core::bus::embedded::EmbeddedBus;
 use switchyard_core::bus::topology::{
-    TopologyOptions, WebhookRoute, inbound_queue, outbound_queue,
+    TopologyOptions, WebhookRoute, bot_queue, inbound_queue, outbound_queue, webhook_queue,
 };
 use switchyard_core::bus::{Bus, Topology};
-use switchyard_core::config::{BusKind, Settings, StoreKind};
+use switchyard_core::config::{BOT_EVENTS, BusKind, Settings, StoreKind};
 use switchyard_core::metrics::Metrics;
 use switchyard_core::store::Store;
 use switchyard_core::store::embedded::EmbeddedStore;
@@ -176,9 +176,13 @@ impl App {
                 .webhooks
                 .iter()
                 .map(|hook| WebhookRoute {
-                    id: hook.id.clone(),
+                    queue: webhook_queue(&hook.id),
                     patterns: hook.events.clone(),
                 })
+                .chain(settings.bots.iter().map(|bot| WebhookRoute {
+                    queue: bot_queue(&bot.id),
+                    patterns: BOT_EVENTS.iter().map(|&t| t.to_owned()).collect(),
+                }))
                 .collect(),
         });
         bus.declare(&topology)
@@ -321,14 +325,24 @@ impl App {
                         .with_context(|| format!("outbound consumer of `{queue}`"))
                 });
             }
-            for settings in &settings.webhooks {
-                let hook =
-                    Webhook::new(settings, metrics.clone()).context("configuring a webhook")?;
-                let (bus, stop, id) = (Arc::clone(&bus), shutdown.clone(), settings.id.clone());
+            let hooks = settings
+                .webhooks
+                .iter()
+                .map(|hook| Webhook::new(hook, metrics.clone()))
+                .chain(
+                    settings
+                        .bots
+                        .iter()
+                        .map(|bot| Webhook::for_bot(bot, metrics.clone())),
+                )
+                .collect::<Result<Vec<_>, _>>()
+                .context("configuring webhooks and bots")?;
+            for hook in hooks {
+                let (bus, stop, name) = (Arc::clone(&bus), shutdown.clone(), hook.name());
                 tasks.spawn(async move {
                     hook.run(bus, stop)
                         .await
-                        .with_context(|| format!("webhook `{id}`"))
+                        .with_context(|| format!("webhook `{name}`"))
                 });
             }
             // Only channels that keep platform session state (WeCom) follow conversation events;

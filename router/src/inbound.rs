@@ -111,6 +111,7 @@ impl InboundRouter {
                 claim,
                 claim_ttl: self.dedupe_ttl,
                 pool: route.pool.to_owned(),
+                bot: route.bot.map(str::to_owned),
             })
             .await?;
         let (resolution, record, assignments) = match outcome {
@@ -136,9 +137,11 @@ impl InboundRouter {
                 .inc();
         }
         if record.created {
-            events
-                .conversation(EventType::ConversationCreated, conversation)
-                .conversation(EventType::ConversationQueued, conversation);
+            events.conversation(EventType::ConversationCreated, conversation);
+            // A bot's conversation is not queued until the bot hands it off.
+            if conversation.status != ConversationStatus::Bot {
+                events.conversation(EventType::ConversationQueued, conversation);
+            }
         }
         events.message_received(&envelope, conversation.agent_id.as_deref());
         // Made only when the conversation was queued (it, or older ones of its pool ahead of it).

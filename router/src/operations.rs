@@ -4,6 +4,7 @@
 //! [outbox](crate::outbox).
 
 use std::sync::Arc;
+use switchyard_core::config::BOT_AGENT_PREFIX;
 
 use switchyard_connectors::Registry;
 use switchyard_core::bus::Message;
@@ -88,8 +89,17 @@ impl Operations {
         })
     }
 
-    /// Creates or updates an agent, then assigns whatever its new room allows.
+    /// Creates or updates an agent, then assigns whatever its new room allows. Ids starting
+    /// with `bot:` are the bots' (`[[bots]]`), which are not agent records.
     pub async fn put_agent(&self, update: AgentUpdate) -> Result<Agent, RouteError> {
+        if update.id.starts_with(BOT_AGENT_PREFIX) {
+            return Err(RouteError::Refused {
+                code: "reserved_agent_id",
+                message: format!(
+                    "agent ids starting with `{BOT_AGENT_PREFIX}` belong to bots ([[bots]])"
+                ),
+            });
+        }
         let now = switchyard_core::time::now();
         let agent = self.store.upsert_agent(update, now).await?;
         let mut events = EventBatch::new();
@@ -278,9 +288,11 @@ impl Operations {
 
     async fn check_holder(&self, conversation_id: &str, agent_id: &str) -> Result<(), RouteError> {
         let conversation = self.conversation_record(conversation_id).await?;
-        if conversation.status != ConversationStatus::Assigned
-            || conversation.agent_id.as_deref() != Some(agent_id)
-        {
+        let held = matches!(
+            conversation.status,
+            ConversationStatus::Assigned | ConversationStatus::Bot
+        );
+        if !held || conversation.agent_id.as_deref() != Some(agent_id) {
             return Err(StoreError::Conflict {
                 code: "not_assigned_to_agent",
                 message: format!(

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use regex::Regex;
 
-use switchyard_core::config::{ConfigError, RouteSettings, Settings};
+use switchyard_core::config::{ConfigError, RouteSettings, Settings, bot_agent_id};
 use switchyard_core::envelope::{Content, Envelope};
 
 /// Where a new conversation goes, and why.
@@ -17,6 +17,8 @@ pub struct RouteChoice<'a> {
     pub pool: &'a str,
     /// The id of the rule that chose it; `None` when the channel's pool applies.
     pub rule: Option<&'a str>,
+    /// The agent id of the pool's bot (`bot:{id}`), which then holds the conversation first.
+    pub bot: Option<&'a str>,
 }
 
 /// The configured routing rules, compiled, with each channel's own pool behind them.
@@ -24,6 +26,8 @@ pub struct RouteChoice<'a> {
 pub struct RoutingTable {
     rules: Vec<Rule>,
     pools_by_channel: HashMap<String, String>,
+    /// Pool id -> the agent id of its bot.
+    bots_by_pool: HashMap<String, String>,
 }
 
 /// One compiled rule.
@@ -54,9 +58,15 @@ impl RoutingTable {
             .iter()
             .map(|c| (c.id.clone(), c.pool.clone()))
             .collect();
+        let bots_by_pool = settings
+            .pools
+            .iter()
+            .filter_map(|p| Some((p.id.clone(), bot_agent_id(p.bot.as_deref()?))))
+            .collect();
         Ok(RoutingTable {
             rules,
             pools_by_channel,
+            bots_by_pool,
         })
     }
 
@@ -70,22 +80,23 @@ impl RoutingTable {
             }
             _ => None,
         };
-        if let Some(rule) = self
+        let (pool, rule) = match self
             .rules
             .iter()
             .find(|rule| rule.matches(envelope, text, lowered.as_deref()))
         {
-            return RouteChoice {
-                pool: &rule.pool,
-                rule: Some(&rule.id),
-            };
-        }
+            Some(rule) => (rule.pool.as_str(), Some(rule.id.as_str())),
+            None => (
+                self.pools_by_channel
+                    .get(&envelope.channel.id)
+                    .map_or("default", String::as_str),
+                None,
+            ),
+        };
         RouteChoice {
-            pool: self
-                .pools_by_channel
-                .get(&envelope.channel.id)
-                .map_or("default", String::as_str),
-            rule: None,
+            pool,
+            rule,
+            bot: self.bots_by_pool.get(pool).map(String::as_str),
         }
     }
 }
@@ -157,6 +168,11 @@ mod tests {
     use switchyard_core::envelope::{ChannelRef, Direction, Media, Sender};
 
     fn settings(toml: &str) -> Settings {
+        settings_with_pools("", toml)
+    }
+
+    /// The test channels and pools, `pools` more, then `toml`.
+    fn settings_with_pools(pools: &str, toml: &str) -> Settings {
         let base = "[[pools]]\nid = \"billing\"\n[[pools]]\nid = \"vip\"\n[[pools]]\nid = \"app\"\n\
                     [[channels]]\nid = \"web\"\nkind = \"web\"\n\
                     [[channels]]\nid = \"shop\"\nkind = \"api\"\nsecret = \"0123456789abcdef\"\npool = \"app\"\n";
@@ -164,7 +180,7 @@ mod tests {
             "switchyard-routes-{}.toml",
             switchyard_core::envelope::new_id()
         ));
-        std::fs::write(&path, format!("{base}{toml}")).unwrap();
+        std::fs::write(&path, format!("{pools}{base}{toml}")).unwrap();
         let settings = Settings::load_with_env(Some(&path), []);
         let _ = std::fs::remove_file(&path);
         settings.unwrap()
@@ -217,14 +233,16 @@ mod tests {
             choice(WEB),
             RouteChoice {
                 pool: "default",
-                rule: None
+                rule: None,
+                bot: None
             }
         );
         assert_eq!(
             choice(SHOP),
             RouteChoice {
                 pool: "app",
-                rule: None
+                rule: None,
+                bot: None
             }
         );
         assert_eq!(
@@ -246,7 +264,8 @@ mod tests {
             choose(WEB, "I want a REFUND now"),
             RouteChoice {
                 pool: "billing",
-                rule: Some("refunds")
+                rule: Some("refunds"),
+                bot: None
             }
         );
         assert_eq!(choose(SHOP, "我要退款").rule, Some("refunds"));
@@ -255,7 +274,8 @@ mod tests {
             choose(SHOP, "hello"),
             RouteChoice {
                 pool: "app",
-                rule: None
+                rule: None,
+                bot: None
             }
         );
     }
@@ -321,6 +341,31 @@ mod tests {
         assert_eq!(table.choose(&voice(None)).rule, None);
         let image = message(WEB, &["web_visitor:web:v1"], Content::Image { media });
         assert_eq!(table.choose(&image).pool, "default");
+    }
+
+    #[test]
+    fn a_pool_with_a_bot_names_it() {
+        let with_bot = "[[bots]]\nid = \"faq\"\nurl = \"https://bot.example\"\n\
+                        secret = \"0123456789abcdef\"\n\
+                        [[routes]]\nid = \"triage\"\npool = \"triage\"\nchannels = [\"web\"]\n";
+        let table = RoutingTable::from_settings(&settings_with_pools(
+            "[[pools]]\nid = \"triage\"\nbot = \"faq\"\n",
+            with_bot,
+        ))
+        .unwrap();
+        assert_eq!(
+            table.choose(&text(WEB, "hi")),
+            RouteChoice {
+                pool: "triage",
+                rule: Some("triage"),
+                bot: Some("bot:faq")
+            }
+        );
+        assert_eq!(
+            table.choose(&text(SHOP, "hi")).bot,
+            None,
+            "the app pool has none"
+        );
     }
 
     #[test]

@@ -19,6 +19,10 @@
 //!
 //! Delivery is at least once: a gateway that stops or dies between the POST and the ack leaves
 //! the event to be sent again. The event's `id` tells a receiver that it has seen it.
+//!
+//! A `[[bots]]` entry is sent the same way from its own queue, `switchyard.bots.{id}`, bound to
+//! `conversation.created` and `message.received`, of which it gets only the events of the
+//! conversations it holds (whose agent is `bot:{id}`); the others are acknowledged unsent.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,9 +32,9 @@ use futures_util::stream::FuturesUnordered;
 
 use switchyard_connectors::ConnectorError;
 use switchyard_connectors::api::post_signed;
-use switchyard_core::bus::topology::webhook_queue;
+use switchyard_core::bus::topology::{bot_queue, webhook_queue};
 use switchyard_core::bus::{Bus, Delivery};
-use switchyard_core::config::{ConfigError, WebhookSettings};
+use switchyard_core::config::{BotSettings, ConfigError, WebhookSettings};
 use switchyard_core::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
 
@@ -46,10 +50,14 @@ const FIRST_RETRY: Duration = Duration::from_millis(200);
 /// The longest wait between two tries.
 const LONGEST_RETRY: Duration = Duration::from_secs(60);
 
-/// One configured webhook, ready to send.
+/// One configured webhook (or bot), ready to send.
 #[derive(Clone)]
 pub struct Webhook {
+    /// The webhook id, or the bot's agent id (`bot:{id}`): the `webhook` label of its metric.
     id: String,
+    queue: String,
+    /// A bot's agent id: only the events of the conversations it holds are sent.
+    only_agent: Option<String>,
     url: String,
     secret: String,
     concurrency: u16,
@@ -71,29 +79,41 @@ enum Outcome {
 impl Webhook {
     /// The webhook of `settings`, counting its deliveries in `metrics`.
     pub fn new(settings: &WebhookSettings, metrics: Metrics) -> Result<Webhook, ConfigError> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_millis(settings.timeout_ms))
-            .user_agent(concat!("switchyard/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| ConfigError::Invalid {
-                key: format!("webhooks.{}", settings.id),
-                message: format!("cannot build an HTTP client: {e}"),
-            })?;
         Ok(Webhook {
             id: settings.id.clone(),
+            queue: webhook_queue(&settings.id),
+            only_agent: None,
             url: settings.url.clone(),
             secret: settings.resolved_secret()?,
             concurrency: settings.concurrency.max(1),
-            http,
+            http: http_client(&format!("webhooks.{}", settings.id), settings.timeout_ms)?,
             metrics,
         })
     }
 
+    /// The sender of bot `settings`: the events of the conversations it holds.
+    pub fn for_bot(settings: &BotSettings, metrics: Metrics) -> Result<Webhook, ConfigError> {
+        let agent = settings.agent_id();
+        Ok(Webhook {
+            id: agent.clone(),
+            queue: bot_queue(&settings.id),
+            only_agent: Some(agent),
+            url: settings.url.clone(),
+            secret: settings.resolved_secret()?,
+            concurrency: settings.concurrency.max(1),
+            http: http_client(&format!("bots.{}", settings.id), settings.timeout_ms)?,
+            metrics,
+        })
+    }
+
+    /// The webhook id, or the bot's agent id.
+    pub fn name(&self) -> String {
+        self.id.clone()
+    }
+
     /// Sends the webhook's events until `stop` or the bus closes.
     pub async fn run(self, bus: Arc<dyn Bus>, stop: CancellationToken) -> Result<(), RouteError> {
-        let mut deliveries = bus
-            .consume(&webhook_queue(&self.id), self.concurrency)
-            .await?;
+        let mut deliveries = bus.consume(&self.queue, self.concurrency).await?;
         let mut running = FuturesUnordered::new();
         let mut by_subject = InOrderByKey::default();
         let mut taking = true;
@@ -107,6 +127,15 @@ impl Webhook {
                         taking = false;
                         continue;
                     };
+                    if let Some(agent) = &self.only_agent
+                        && agent_of(&delivery.message.body).as_deref() != Some(agent.as_str())
+                    {
+                        // Another conversation's event: not this bot's to see.
+                        if let Err(e) = delivery.ack().await {
+                            tracing::warn!(webhook = %self.id, error = %e, "could not ack an event not sent");
+                        }
+                        continue;
+                    }
                     let subject = subject_of(&delivery.message.body);
                     if let Some(delivery) = by_subject.admit(&subject, delivery) {
                         running.push(self.deliver(subject, delivery, &stop));
@@ -207,6 +236,39 @@ impl Webhook {
     }
 }
 
+/// An HTTP client for an endpoint with `timeout_ms` per request; `key` names it in errors.
+fn http_client(key: &str, timeout_ms: u64) -> Result<reqwest::Client, ConfigError> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_millis(timeout_ms))
+        .user_agent(concat!("switchyard/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| ConfigError::Invalid {
+            key: key.to_owned(),
+            message: format!("cannot build an HTTP client: {e}"),
+        })
+}
+
+/// The agent an event concerns: `data.agent_id` (`message.received`) or
+/// `data.conversation.agent_id` (`conversation.*`); `None` when it names none.
+fn agent_of(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Event {
+        data: Option<Data>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Data {
+        agent_id: Option<String>,
+        conversation: Option<Held>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Held {
+        agent_id: Option<String>,
+    }
+    let data = serde_json::from_slice::<Event>(body).ok()?.data?;
+    data.agent_id
+        .or_else(|| data.conversation.and_then(|c| c.agent_id))
+}
+
 /// The CloudEvent's `subject` (empty when it has none, or the body is not a CloudEvent).
 fn subject_of(body: &[u8]) -> String {
     #[derive(serde::Deserialize)]
@@ -221,7 +283,18 @@ fn subject_of(body: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::subject_of;
+    use super::{agent_of, subject_of};
+
+    #[test]
+    fn the_agent_is_read_from_a_message_or_a_conversation() {
+        let received = br#"{"type":"io.switchyard.message.received","data":{"message":{"id":"m"},"agent_id":"bot:faq"}}"#;
+        assert_eq!(agent_of(received).as_deref(), Some("bot:faq"));
+        let created = br#"{"data":{"conversation":{"id":"c","agent_id":"bot:faq"}}}"#;
+        assert_eq!(agent_of(created).as_deref(), Some("bot:faq"));
+        let queued = br#"{"data":{"conversation":{"id":"c","agent_id":null}}}"#;
+        assert_eq!(agent_of(queued), None);
+        assert_eq!(agent_of(b"not json"), None);
+    }
 
     #[test]
     fn the_subject_is_read_from_the_event() {

@@ -5,6 +5,7 @@
 mod api_flow;
 mod bad_input;
 mod binary;
+mod bots;
 mod cluster;
 mod douyin;
 mod identity;

@@ -128,6 +128,9 @@ and to print the `kubectl create secret` command in NOTES.txt).
 {{- $keys = append $keys $key }}
 {{- end }}
 {{- end }}
+{{- range concat .Values.config.webhooks .Values.config.bots }}
+{{- $keys = append $keys .secretKey }}
+{{- end }}
 {{- toJson (uniq $keys) }}
 {{- end }}
 
@@ -165,6 +168,15 @@ and to print the `kubectl create secret` command in NOTES.txt).
 {{- if or (hasKey $channel $option) (hasKey $channel (printf "%s_env" $option)) (hasKey $channel (printf "%s_file" $option)) }}
 {{- fail (printf "config.channels[%s]: %q is given both inline and in secretKeys" $channel.id $option) }}
 {{- end }}
+{{- end }}
+{{- end }}
+{{- $botIds := list }}
+{{- range .Values.config.bots }}
+{{- $botIds = append $botIds .id }}
+{{- end }}
+{{- range .Values.config.pools }}
+{{- if and .bot (not (has .bot $botIds)) }}
+{{- fail (printf "config.pools[%s].bot: bot %q is not in config.bots" .id .bot) }}
 {{- end }}
 {{- end }}
 {{- $routeIds := list }}
@@ -277,6 +289,22 @@ id = {{ toJson (toString .id) }}
 {{- with .strategy }}
 strategy = {{ toJson (toString .) }}
 {{- end }}
+{{- with .bot }}
+bot = {{ toJson (toString .) }}
+{{- end }}
+{{- end }}
+{{- range $c.bots }}
+
+[[bots]]
+id = {{ toJson (toString .id) }}
+url = {{ toJson (toString .url) }}
+{{- with .timeout_ms }}
+timeout_ms = {{ int64 . }}
+{{- end }}
+{{- with .concurrency }}
+concurrency = {{ int64 . }}
+{{- end }}
+secret_file = {{ toJson (printf "%s/%s" $secretDir .secretKey) }}
 {{- end }}
 {{- range $c.channels }}
 

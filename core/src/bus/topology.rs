@@ -29,6 +29,11 @@ pub fn webhook_queue(id: &str) -> String {
     format!("switchyard.webhooks.{id}")
 }
 
+/// Name of the queue of bot `id` (the events it is sent, before its filter).
+pub fn bot_queue(id: &str) -> String {
+    format!("switchyard.bots.{id}")
+}
+
 /// Name of the outbound queue for a channel kind.
 pub fn outbound_queue(channel_kind: &str) -> String {
     format!("{OUTBOUND_EXCHANGE}.{channel_kind}")
@@ -129,11 +134,11 @@ pub struct TopologyOptions {
     pub webhooks: Vec<WebhookRoute>,
 }
 
-/// The events one webhook is sent.
+/// The events one webhook (or bot) is sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebhookRoute {
-    /// The webhook's id ([`webhook_queue`]).
-    pub id: String,
+    /// Its queue ([`webhook_queue`], [`bot_queue`]).
+    pub queue: String,
     /// Event types, as topic patterns on [`EVENTS_EXCHANGE`].
     pub patterns: Vec<String>,
 }
@@ -174,7 +179,7 @@ impl Topology {
             QueueSpec {
                 overflow: Overflow::DropHead,
                 ..work_queue(
-                    webhook_queue(&hook.id),
+                    hook.queue.clone(),
                     hook.patterns
                         .iter()
                         .map(|p| (EVENTS_EXCHANGE.to_owned(), p.clone()))

@@ -161,7 +161,7 @@ async fn record(
     now: DateTime<Utc>,
 ) -> InboundRecord {
     store
-        .record_inbound(envelope, pool, now)
+        .record_inbound(envelope, pool, None, now)
         .await
         .unwrap_or_else(|e| panic!("record_inbound({}): {e}", envelope.id))
 }
@@ -882,7 +882,7 @@ pub async fn record_inbound_is_idempotent(factory: &impl MakeStore, prefix: &str
     anonymous.customer_id = None;
     assert!(
         store
-            .record_inbound(&anonymous, &pool, at(5))
+            .record_inbound(&anonymous, &pool, None, at(5))
             .await
             .is_err(),
         "{what}: an envelope without customer_id was recorded"
@@ -2651,6 +2651,7 @@ fn routing<'a>(
         claim: format!("{prefix}routed:{}", envelope.dedupe_key),
         claim_ttl: Duration::from_secs(60),
         pool: pool.to_owned(),
+        bot: None,
     }
 }
 
@@ -2803,6 +2804,113 @@ pub async fn route_inbound_queues_without_agent(factory: &impl MakeStore, prefix
         "{what}: the queued conversation was not assigned later"
     );
     assert!(queue(&store, &pool).await.is_empty(), "{what}: queue after");
+}
+
+/// A conversation opened with a bot starts held by it (status `bot`), outside the pool's queue:
+/// no agent gets it, however much room they have. Its messages and the bot's replies are
+/// recorded in it; a transfer to the pool hands it to an agent, and it closes like any other.
+pub async fn route_inbound_opens_with_a_bot(factory: &impl MakeStore, prefix: &str) {
+    let what = "route_inbound_opens_with_a_bot";
+    let store = factory.make().await;
+    let pool = format!("{prefix}default");
+    let bot = format!("bot:{prefix}faq");
+    let x = format!("{prefix}agent-x");
+    agent(&store, &x, &[&pool], 5, AgentStatus::Online, at(0)).await;
+    let e = unrouted(prefix, "asks-the-bot", &[], at(1));
+    let mut req = routing(prefix, &e, &pool, at(1));
+    req.bot = Some(bot.clone());
+    let (_, record, assignments) = routed(what, route(&store, req).await);
+    let id = record.conversation.id.clone();
+    assert!(record.created, "{what}: no conversation opened");
+    assert!(
+        assignments.is_empty(),
+        "{what}: assigned to an agent: {:?}",
+        pairs(&assignments)
+    );
+    let held = get_conversation(&store, &id).await;
+    assert_eq!(
+        (held.status, held.agent_id.as_deref(), held.pool.as_str()),
+        (ConversationStatus::Bot, Some(bot.as_str()), pool.as_str()),
+        "{what}: stored conversation"
+    );
+    assert_eq!(held.queued_at, None, "{what}: queued_at");
+    assert!(queue(&store, &pool).await.is_empty(), "{what}: queued");
+    assert!(
+        assign(&store, &pool, at(2)).await.is_empty(),
+        "{what}: an assignment pass took it from the bot"
+    );
+
+    // The customer's next message stays with the bot; the bot answers as its agent.
+    let mut next = unrouted(prefix, "asks-the-bot", &[], at(3));
+    next.dedupe_key = format!("{prefix}second");
+    let mut req = routing(prefix, &next, &pool, at(3));
+    req.bot = Some(bot.clone());
+    let (_, record, _) = routed(what, route(&store, req).await);
+    assert_eq!(
+        (record.conversation.id.as_str(), record.created),
+        (id.as_str(), false),
+        "{what}: the second message"
+    );
+    let reply = outbound_envelope(&held, &bot, at(4));
+    store
+        .record_outbound(&id, Some(&bot), &reply, at(4), None)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: the bot's reply: {e}"));
+    let refused = store
+        .record_outbound(
+            &id,
+            Some(&x),
+            &outbound_envelope(&held, &x, at(4)),
+            at(4),
+            None,
+        )
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(StoreError::Conflict {
+                code: "not_assigned_to_agent",
+                ..
+            })
+        ),
+        "{what}: an agent replied in the bot's conversation: {refused:?}"
+    );
+    assert_eq!(message_ids(&store, &id).await.len(), 3, "{what}: messages");
+
+    // The hand-off: to the pool's queue, and on to the agent.
+    let release = store
+        .transfer(&id, TransferTarget::Pool(pool.clone()), at(5))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: transfer: {e}"));
+    assert!(
+        release.released_agent.is_none(),
+        "{what}: released an agent"
+    );
+    assert_eq!(release.conversation.status, ConversationStatus::Queued);
+    assert_eq!(
+        pairs(&assign(&store, &pool, at(6)).await),
+        vec![(id.clone(), x.clone())],
+        "{what}: the handed-off conversation was not assigned"
+    );
+
+    // Closing a conversation the bot holds releases no agent.
+    let other = unrouted(prefix, "closes-with-the-bot", &[], at(7));
+    let mut req = routing(prefix, &other, &pool, at(7));
+    req.bot = Some(bot.clone());
+    let (_, record, _) = routed(what, route(&store, req).await);
+    let release = store
+        .close_conversation(&record.conversation.id, "bot", at(8))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: close: {e}"));
+    assert!(
+        release.released_agent.is_none(),
+        "{what}: close released an agent"
+    );
+    assert_eq!(release.conversation.status, ConversationStatus::Closed);
+    assert_eq!(
+        release.conversation.agent_id, None,
+        "{what}: closed agent_id"
+    );
 }
 
 /// Routing the same envelope again (a redelivery after a lost reply or a failed publish)
@@ -3350,6 +3458,7 @@ pub async fn run_all(factory: &impl MakeStore, prefix: &str) {
     mailbox_push_read_ack(factory, &p("mailbox")).await;
     route_inbound_opens_and_assigns(factory, &p("route-assign")).await;
     route_inbound_queues_without_agent(factory, &p("route-queue")).await;
+    route_inbound_opens_with_a_bot(factory, &p("route-bot")).await;
     route_inbound_retry_changes_nothing(factory, &p("route-retry")).await;
     route_inbound_retry_reports_other_assignments(factory, &p("route-retry-others")).await;
     route_inbound_duplicate_claim_changes_nothing(factory, &p("route-dup")).await;

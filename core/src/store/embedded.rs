@@ -582,12 +582,14 @@ impl State {
     }
 
     /// [`Store::record_inbound`] of `envelope` for `customer_id` (the envelope's own
-    /// `customer_id` is not read).
+    /// `customer_id` is not read); a conversation it opens is held by `bot` when given
+    /// ([`InboundRouting::bot`]), else queued in `pool`.
     fn record_inbound(
         &mut self,
         envelope: &Envelope,
         customer_id: Option<&str>,
         pool: &str,
+        bot: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<InboundRecord, StoreError> {
         if let Some(conv_id) = self.message_ids.get(&envelope.id).cloned() {
@@ -619,9 +621,13 @@ impl State {
                         id: id.clone(),
                         tenant: envelope.tenant.clone(),
                         customer_id: customer_id.clone(),
-                        status: ConversationStatus::Queued,
+                        status: if bot.is_some() {
+                            ConversationStatus::Bot
+                        } else {
+                            ConversationStatus::Queued
+                        },
                         pool: pool.to_owned(),
-                        agent_id: None,
+                        agent_id: bot.map(str::to_owned),
                         channel: envelope.channel.clone(),
                         recipient: envelope.sender.clone(),
                         last_inbound_id: None,
@@ -629,7 +635,7 @@ impl State {
                         replies_since_inbound: 0,
                         created_at: now,
                         updated_at: now,
-                        queued_at: Some(now),
+                        queued_at: bot.is_none().then_some(now),
                         assigned_at: None,
                         closed_at: None,
                         close_reason: None,
@@ -640,10 +646,12 @@ impl State {
                     .insert(customer_id.clone(), id.clone());
                 self.conversation_opened_by
                     .insert(id.clone(), envelope.id.clone());
-                self.queues
-                    .entry(pool.to_owned())
-                    .or_default()
-                    .push_back(id.clone());
+                if bot.is_none() {
+                    self.queues
+                        .entry(pool.to_owned())
+                        .or_default()
+                        .push_back(id.clone());
+                }
                 (id, true)
             }
         };
@@ -750,10 +758,11 @@ impl Store for EmbeddedStore {
         &self,
         envelope: &Envelope,
         pool: &str,
+        bot: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<InboundRecord, StoreError> {
         self.lock()
-            .record_inbound(envelope, envelope.customer_id.as_deref(), pool, now)
+            .record_inbound(envelope, envelope.customer_id.as_deref(), pool, bot, now)
     }
 
     async fn route_inbound(&self, req: InboundRouting<'_>) -> Result<InboundOutcome, StoreError> {
@@ -770,7 +779,13 @@ impl Store for EmbeddedStore {
         for note in Note::of_merges(&resolution.merges, &resolution.closed, now) {
             s.note(note);
         }
-        let record = s.record_inbound(envelope, Some(&resolution.customer_id), &req.pool, now)?;
+        let record = s.record_inbound(
+            envelope,
+            Some(&resolution.customer_id),
+            &req.pool,
+            req.bot.as_deref(),
+            now,
+        )?;
         let mut assignments = if record.conversation.status == ConversationStatus::Queued {
             s.assign_queued(&record.conversation.pool, now)
         } else {
@@ -1471,6 +1486,7 @@ mod tests {
                             claim: format!("routed:{}", envelope.dedupe_key),
                             claim_ttl: Duration::from_secs(3600),
                             pool: POOLS[*pool].to_owned(),
+                            bot: None,
                         })
                         .await
                         .unwrap();

@@ -185,8 +185,11 @@ pub struct InboundRouting<'a> {
     pub claim: String,
     /// How long the claim holds (real time, like [`Store::claim_key`]).
     pub claim_ttl: Duration,
-    /// The pool a conversation opened by this message is queued in.
+    /// The pool a conversation opened by this message belongs to.
     pub pool: String,
+    /// The bot (its agent id, `bot:{id}`) that holds a conversation this message opens: it
+    /// starts in status `bot` instead of the pool's queue. `None`: queued.
+    pub bot: Option<String>,
 }
 
 /// Outcome of [`Store::route_inbound`].
@@ -233,6 +236,7 @@ pub async fn route_inbound_stepwise<S: Store + ?Sized>(
         claim,
         claim_ttl,
         pool,
+        bot,
     } = req;
     let retry = match store.claim_key(&claim, &envelope.id, claim_ttl).await? {
         Some(first) if first != envelope.id => return Ok(InboundOutcome::Duplicate { first }),
@@ -242,7 +246,9 @@ pub async fn route_inbound_stepwise<S: Store + ?Sized>(
     let resolution = store.resolve_customer_noted(resolve).await?;
     let mut resolved = envelope.clone();
     resolved.customer_id = Some(resolution.customer.id.clone());
-    let record = store.record_inbound(&resolved, &pool, now).await?;
+    let record = store
+        .record_inbound(&resolved, &pool, bot.as_deref(), now)
+        .await?;
     let mut assignments = if record.conversation.status == ConversationStatus::Queued {
         store.assign_queued(&record.conversation.pool, now).await?
     } else {
@@ -561,11 +567,13 @@ pub trait Store: Send + Sync + 'static {
     -> Result<Option<Customer>, StoreError>;
 
     /// Appends an inbound envelope (its `customer_id` set) to the customer's open conversation,
-    /// opening one queued in `pool` if there is none. Idempotent by envelope id.
+    /// opening one in `pool` if there is none: held by `bot` (status `bot`) when given, else
+    /// queued. Idempotent by envelope id.
     async fn record_inbound(
         &self,
         envelope: &Envelope,
         pool: &str,
+        bot: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<InboundRecord, StoreError>;
 

@@ -330,11 +330,13 @@ impl RedisStore {
         args
     }
 
-    /// The `ARGV` of `record_inbound.lua`, with the id of a conversation it may open.
+    /// The `ARGV` of `record_inbound.lua`, with the id of a conversation it may open, in
+    /// `pool` or held by `bot`.
     fn record_args(
         &self,
         envelope: &Envelope,
         pool: &str,
+        bot: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<Vec<String>, StoreError> {
         Ok(vec![
@@ -350,6 +352,7 @@ impl RedisStore {
             envelope.channel.id.clone(),
             json(&envelope.sender)?,
             json(envelope)?,
+            bot.unwrap_or_default().to_owned(),
         ])
     }
 }
@@ -933,10 +936,11 @@ impl Store for RedisStore {
         &self,
         envelope: &Envelope,
         pool: &str,
+        bot: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<InboundRecord, StoreError> {
         let mut inv = RECORD_INBOUND.prepare_invoke();
-        inv.arg(self.record_args(envelope, pool, now)?);
+        inv.arg(self.record_args(envelope, pool, bot, now)?);
         inbound_record(self.eval(&inv, false).await?)
     }
 
@@ -947,7 +951,8 @@ impl Store for RedisStore {
         resolve.push("announced".to_owned());
         resolve.push("noted".to_owned());
         // The script replaces the customer fields with the customer it resolves.
-        let record = self.record_args(req.envelope, &req.pool, req.resolve.now)?;
+        let record =
+            self.record_args(req.envelope, &req.pool, req.bot.as_deref(), req.resolve.now)?;
         let mut inv = ROUTE_INBOUND.prepare_invoke();
         inv.arg(&self.prefix);
         for section in [&claim, &resolve, &record] {

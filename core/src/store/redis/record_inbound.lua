@@ -1,13 +1,16 @@
 -- record_inbound. ARGV: prefix, envelope id, has customer (1/0, or `canonical` when the id is
 -- known to be the surviving profile's), customer id, pool, now,
 -- id for a new conversation, tenant, channel kind, channel id, recipient (Sender JSON),
--- envelope JSON. Reply: {'dup', opened by this envelope (1/0), conversation}
+-- envelope JSON, and optionally the bot (agent id) that holds a conversation it opens, which
+-- then starts in status `bot` instead of the pool's queue.
+-- Reply: {'dup', opened by this envelope (1/0), conversation}
 -- | {'ok', created (1/0), conversation} | error.
 
 local env_id, customer_id, pool = ARGV[2], ARGV[4], ARGV[5]
 local has_customer = ARGV[3] == '1' or ARGV[3] == 'canonical'
 local now, new_conv, tenant = ARGV[6], ARGV[7], ARGV[8]
 local channel_kind, channel_id, recipient, envelope = ARGV[9], ARGV[10], ARGV[11], ARGV[12]
+local bot = ARGV[13] ~= '' and ARGV[13] or nil
 
 local mk = key('msg', env_id)
 local seen = redis.call('GET', mk)
@@ -40,11 +43,15 @@ local latest = { 'channel_kind', channel_kind, 'channel_id', channel_id, 'recipi
   'last_inbound_id', env_id, 'last_inbound_at', now, 'replies_since_inbound', '0',
   'updated_at', now }
 if created == 1 then
-  redis.call('HSET', ck, 'id', conv, 'tenant', tenant, 'customer_id', cust, 'status', 'queued',
-    'pool', pool, 'created_at', now, 'queued_at', now, 'message_count', '1', 'opened_by', env_id,
-    unpack(latest))
+  redis.call('HSET', ck, 'id', conv, 'tenant', tenant, 'customer_id', cust, 'pool', pool,
+    'created_at', now, 'message_count', '1', 'opened_by', env_id, unpack(latest))
   redis.call('SET', ok, conv)
-  redis.call('RPUSH', key('queue', pool), conv)
+  if bot then
+    redis.call('HSET', ck, 'status', 'bot', 'agent_id', bot)
+  else
+    redis.call('HSET', ck, 'status', 'queued', 'queued_at', now)
+    redis.call('RPUSH', key('queue', pool), conv)
+  end
 else
   redis.call('HSET', ck, unpack(latest))
   redis.call('HINCRBY', ck, 'message_count', 1)

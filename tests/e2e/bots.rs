@@ -1,0 +1,167 @@
+//! The bot stage through the real server: a pool with a bot opens its conversations held by
+//! the bot (status `bot`), whose endpoint gets their events signed and in order; the bot
+//! answers through REST as `bot:{id}`, hands off to a pool of people, and then hears no more.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use switchyard_connectors::signature::verify_switchyard_signature;
+
+use crate::support::{Callback, Received, SECRET, Server, api_message, eventually};
+
+const BOT_SECRET: &str = "faq-bot-secret-0123456789";
+
+fn config(bot: &str, callback: &str) -> String {
+    format!(
+        "[[bots]]\nid = \"faq\"\nurl = \"{bot}\"\nsecret = \"{BOT_SECRET}\"\n\
+         [[pools]]\nid = \"default\"\nbot = \"faq\"\n\
+         [[pools]]\nid = \"humans\"\n\
+         [[channels]]\nid = \"shop\"\nkind = \"api\"\nsecret = \"{SECRET}\"\n\
+         callback_url = \"{callback}\"\n"
+    )
+}
+
+/// A request the bot got, checked (signed with the bot's secret); its CloudEvent.
+fn event_of(request: &Received) -> Value {
+    let header = |name: &str| {
+        request
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    verify_switchyard_signature(
+        BOT_SECRET.as_bytes(),
+        header("x-switchyard-timestamp").as_deref(),
+        header("x-switchyard-signature").as_deref(),
+        &request.body,
+        chrono::Utc::now(),
+    )
+    .expect("the bot's request is signed with the bot's secret");
+    serde_json::from_slice(&request.body).expect("a CloudEvent")
+}
+
+/// The type of each event the bot got, without the `io.switchyard.` prefix.
+fn types(requests: &[Received]) -> Vec<String> {
+    requests
+        .iter()
+        .map(|r| {
+            event_of(r)["type"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("io.switchyard.")
+                .to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bot_holds_new_conversations_answers_and_hands_off_to_people() {
+    let bot = Callback::start().await;
+    let app_backend = Callback::start().await;
+    let server = Server::start(&config(&bot.url, &app_backend.url)).await;
+    let (status, body) = server
+        .send_json(
+            "PUT",
+            "/v1/agents/ann",
+            json!({"name": "Ann", "pools": ["default", "humans"], "capacity": 5, "status": "online"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    let post = |id: &str, text: &str| {
+        let body = api_message(id, "42", text, &[]);
+        let server = &server;
+        async move {
+            let response = server.post_signed("shop", &body).await;
+            assert_eq!(response.status(), 202);
+        }
+    };
+    post("m-1", "What are your opening hours?").await;
+    let got = bot.wait_for(2).await;
+    assert_eq!(types(&got), ["conversation.created", "message.received"]);
+    let created = event_of(&got[0]);
+    let conversation = created["data"]["conversation"].clone();
+    let id = conversation["id"].as_str().unwrap().to_owned();
+    assert_eq!(conversation["status"], "bot");
+    assert_eq!(conversation["agent_id"], "bot:faq");
+    let received = event_of(&got[1]);
+    assert_eq!(received["data"]["agent_id"], "bot:faq");
+    assert_eq!(
+        received["data"]["message"]["content"]["text"],
+        "What are your opening hours?"
+    );
+    // Ann has room in the pool, but the bot holds the conversation.
+    let (_, held) = server.get_json("/v1/agents/ann/conversations").await;
+    assert_eq!(held["conversations"], json!([]));
+
+    // The bot answers as its agent; the app backend gets the reply.
+    let (status, body) = server
+        .send_json(
+            "POST",
+            &format!("/v1/conversations/{id}/messages"),
+            json!({"agent_id": "bot:faq", "content": {"type": "text", "text": "9 to 5, Monday to Friday."}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let replies = app_backend.wait_for(1).await;
+    let reply: Value = serde_json::from_slice(&replies[0].body).unwrap();
+    assert_eq!(reply["agent_id"], "bot:faq");
+    assert_eq!(reply["content"]["text"], "9 to 5, Monday to Friday.");
+
+    // The customer asks for a person; the bot hears it and hands off.
+    post("m-2", "Can I talk to a person?").await;
+    let got = bot.wait_for(3).await;
+    assert_eq!(
+        event_of(&got[2])["data"]["message"]["content"]["text"],
+        "Can I talk to a person?"
+    );
+    let (status, body) = server
+        .send_json(
+            "POST",
+            &format!("/v1/conversations/{id}/transfer"),
+            json!({"pool": "humans", "by_agent_id": "bot:faq"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let held = eventually(|| async {
+        let (_, held) = server.get_json("/v1/agents/ann/conversations").await;
+        let list = held["conversations"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        (!list.is_empty()).then_some(list)
+    })
+    .await;
+    assert_eq!(held[0]["id"], id.as_str());
+    assert_eq!(held[0]["status"], "assigned");
+
+    // From now on the conversation is Ann's: the bot is sent nothing more of it.
+    post("m-3", "Hello Ann").await;
+    eventually(|| async {
+        let (_, c) = server.get_json(&format!("/v1/conversations/{id}")).await;
+        (c["messages"].as_array().map(Vec::len) == Some(4)).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        bot.received.lock().unwrap().len(),
+        3,
+        "the bot heard Ann's part"
+    );
+
+    // Bots are not agent records.
+    let (status, body) = server
+        .send_json(
+            "PUT",
+            "/v1/agents/bot:faq",
+            json!({"name": "Impostor", "pools": ["default"], "capacity": 5, "status": "online"}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (422, Some("reserved_agent_id")),
+        "{body}"
+    );
+    server.stop().await;
+}
