@@ -101,6 +101,37 @@ pub fn accepted_json(accepted: &[Accepted]) -> HttpReply {
     )
 }
 
+/// The envelopes of a request that carries a batch of platform events (WhatsApp, LINE), one
+/// result per event: an event that cannot be read is left out (and logged) rather than costing
+/// the valid ones, since the same bytes would fail again on every retry. Only when no event is
+/// valid does the first error answer the request.
+pub fn keep_valid(
+    channel: &ChannelRef,
+    results: impl IntoIterator<Item = Result<Envelope, ConnectorError>>,
+) -> Result<Vec<Envelope>, ConnectorError> {
+    let mut envelopes = Vec::new();
+    let mut first_error = None;
+    let mut dropped = 0usize;
+    for result in results {
+        match result {
+            Ok(envelope) => envelopes.push(envelope),
+            Err(e) => {
+                dropped += 1;
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) if envelopes.is_empty() => Err(e),
+        Some(e) => {
+            tracing::warn!(channel = %channel.id, kind = %channel.kind, dropped, error = %e,
+                "left unreadable events out of a batch and kept the rest");
+            Ok(envelopes)
+        }
+        None => Ok(envelopes),
+    }
+}
+
 /// What became of one envelope at ingress.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accepted {
@@ -301,5 +332,39 @@ impl<C: Connector> Channel for C {
         conversation: &Conversation,
     ) -> Result<(), ConnectorError> {
         Connector::conversation_changed(self, conversation).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keep_valid_drops_unreadable_events_unless_nothing_is_left() {
+        let channel = ChannelRef {
+            kind: "line".into(),
+            id: "line-main".into(),
+        };
+        let envelope = |id: &str| {
+            let mut e: Envelope = serde_json::from_str(include_str!(
+                "../../schemas/examples/message.inbound.text.json"
+            ))
+            .unwrap();
+            e.id = id.into();
+            e
+        };
+        let bad = || ConnectorError::Malformed("no id".into());
+        let kept =
+            keep_valid(&channel, [Ok(envelope("a")), Err(bad()), Ok(envelope("b"))]).unwrap();
+        let ids: Vec<&str> = kept.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert!(matches!(
+            keep_valid(
+                &channel,
+                [Err(bad()), Err(ConnectorError::Unauthorized("x".into()))]
+            ),
+            Err(ConnectorError::Malformed(_))
+        ));
+        assert!(keep_valid(&channel, []).unwrap().is_empty());
     }
 }

@@ -34,6 +34,7 @@ use crate::signature::{constant_time_eq, hmac_sha256, hmac_sha256_base64};
 use crate::token_cache::base_url;
 use crate::{
     Accepted, Connector, ConnectorContext, ConnectorError, HttpReply, InboundRequest, SendReceipt,
+    keep_valid,
 };
 
 /// Connector kind.
@@ -589,14 +590,20 @@ impl Connector for LineConnector {
         webhook: LineWebhook,
         received_at: DateTime<Utc>,
     ) -> Result<Vec<Envelope>, ConnectorError> {
-        let mut envelopes = Vec::new();
         let mut skipped = Vec::new();
+        let mut routable = Vec::new();
         for event in &webhook.events {
             match Self::skip_reason(event) {
                 Some(reason) => skipped.push(reason),
-                None => envelopes.push(self.envelope(&webhook.destination, event, received_at)?),
+                None => routable.push(event),
             }
         }
+        let envelopes = keep_valid(
+            &self.channel,
+            routable
+                .into_iter()
+                .map(|event| self.envelope(&webhook.destination, event, received_at)),
+        )?;
         if envelopes.is_empty() && !skipped.is_empty() {
             return Err(ConnectorError::Unsupported(format!(
                 "nothing to route in this LINE webhook: {}",

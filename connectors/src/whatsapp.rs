@@ -46,7 +46,7 @@ use crate::signature::{constant_time_eq, hmac_sha256_hex};
 use crate::token_cache::{base_url, encode_component};
 use crate::{
     Accepted, Connector, ConnectorContext, ConnectorError, EnvelopeSink, HttpReply, InboundRequest,
-    SendReceipt,
+    SendReceipt, keep_valid,
 };
 
 /// Connector kind.
@@ -710,19 +710,22 @@ impl Connector for WhatsAppConnector {
                 inbound.object
             )));
         }
-        let mut envelopes = Vec::new();
         let mut for_others = 0usize;
         let mut statuses = 0usize;
+        let mut ours = Vec::new();
         for change in &inbound.changes {
             statuses += change.statuses;
             if change.phone_number_id != self.phone_number_id {
                 for_others += change.messages.len();
                 continue;
             }
-            for message in &change.messages {
-                envelopes.push(self.envelope(message, &change.names, received_at)?);
-            }
+            ours.extend(change.messages.iter().map(|m| (m, &change.names)));
         }
+        let envelopes = keep_valid(
+            &self.channel,
+            ours.into_iter()
+                .map(|(message, names)| self.envelope(message, names, received_at)),
+        )?;
         if envelopes.is_empty() && statuses == 0 && (for_others > 0 || inbound.other_fields > 0) {
             return Err(ConnectorError::Unsupported(if for_others > 0 {
                 format!(

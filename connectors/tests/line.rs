@@ -368,6 +368,43 @@ fn event_strategy() -> impl Strategy<Value = Vec<u8>> {
         })
 }
 
+#[test]
+fn an_unreadable_event_is_left_out_and_the_rest_of_the_batch_routed() {
+    let mut req = fixture("two_events");
+    let mut body: Value = serde_json::from_slice(&req.body).unwrap();
+    body["events"][1]["message"]
+        .as_object_mut()
+        .unwrap()
+        .remove("id");
+    req.body = serde_json::to_vec(&body).unwrap();
+    resign(&mut req);
+    let c = connector();
+    match run(&c, &req) {
+        Outcome::Envelopes(e) => {
+            assert_eq!(e.len(), 1, "the readable event is routed");
+            assert_eq!(
+                e[0].dedupe_key,
+                format!(
+                    "line:{DESTINATION}:{}",
+                    body["events"][0]["webhookEventId"].as_str().unwrap()
+                )
+            );
+        }
+        other => panic!("{}", other.describe()),
+    }
+    // With no readable event left, the request is malformed.
+    body["events"][0]["message"]
+        .as_object_mut()
+        .unwrap()
+        .remove("id");
+    req.body = serde_json::to_vec(&body).unwrap();
+    resign(&mut req);
+    assert!(
+        matches!(run(&c, &req), Outcome::Error(ConnectorError::Malformed(_))),
+        "a batch of unreadable events"
+    );
+}
+
 fn resign(req: &mut OwnedRequest) {
     let sig = webhook_signature(CHANNEL_SECRET, &req.body);
     req.set_header("x-line-signature", &sig);

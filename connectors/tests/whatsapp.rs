@@ -308,6 +308,24 @@ fn message_strategy() -> impl Strategy<Value = Vec<u8>> {
         })
 }
 
+#[test]
+fn an_unreadable_message_is_left_out_and_the_rest_of_the_batch_routed() {
+    let mut req = fixture("batch_audio_video_sticker");
+    let mut body: Value = serde_json::from_slice(&req.body).unwrap();
+    let messages = body["entry"][0]["changes"][0]["value"]["messages"]
+        .as_array_mut()
+        .unwrap();
+    let total = messages.len();
+    messages[1].as_object_mut().unwrap().remove("from");
+    req.body = serde_json::to_vec(&body).unwrap();
+    resign(&mut req);
+    let c = connector();
+    match run(&c, &req) {
+        Outcome::Envelopes(e) => assert_eq!(e.len(), total - 1, "the readable messages"),
+        other => panic!("{}", other.describe()),
+    }
+}
+
 fn resign(req: &mut OwnedRequest) {
     let sig = webhook_signature(APP_SECRET, &req.body);
     req.set_header("x-hub-signature-256", &sig);
