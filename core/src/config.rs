@@ -698,6 +698,10 @@ pub struct PoolSettings {
     /// it hands it off to a pool's queue or an agent.
     #[serde(default)]
     pub bot: Option<String>,
+    /// Seconds without a message either way after which the bot's conversation is handed off
+    /// to this pool's queue anyway (0: never).
+    #[serde(default)]
+    pub bot_timeout_secs: u64,
 }
 
 /// One `[[routes]]` entry: a routing rule. A conversation opened by a message the rule matches
@@ -1019,6 +1023,12 @@ secret = {secret}
                 return Err(ConfigError::Invalid {
                     key: format!("pools[{i}].bot"),
                     message: format!("bot `{bot}` is not defined in [[bots]]"),
+                });
+            }
+            if pool.bot_timeout_secs > 0 && pool.bot.is_none() {
+                return Err(ConfigError::Invalid {
+                    key: format!("pools[{i}].bot_timeout_secs"),
+                    message: "needs the pool's `bot`".into(),
                 });
             }
         }
@@ -1524,6 +1534,11 @@ mod tests {
             "[[pools]]\nid = \"triage\"\nbot = \"faq\"\n",
             "pools[0].bot",
             "bot `faq` is not defined",
+        );
+        refused(
+            "[[pools]]\nid = \"triage\"\nbot_timeout_secs = 60\n",
+            "pools[0].bot_timeout_secs",
+            "needs the pool's `bot`",
         );
         let f = write(&format!(
             "{}[[pools]]\nid = \"triage\"\nbot = \"faq\"\n",

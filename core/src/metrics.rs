@@ -57,6 +57,9 @@ pub struct Metrics {
     /// Conversations opened, by pool and by the routing rule that chose it (empty when the
     /// channel's pool applied).
     pub conversations_opened: IntCounterVec,
+    /// Conversations handed off from a silent bot to its pool's queue, by pool
+    /// (`bot_timeout_secs`).
+    pub bot_timeouts: IntCounterVec,
     /// Closed conversations the retention sweep went through (deleted, or kept because a merge
     /// closed them).
     pub conversations_swept: IntCounter,
@@ -119,6 +122,13 @@ impl Metrics {
                 "Conversations opened, by pool and routing rule",
             ),
             &["pool", "rule"],
+        )?;
+        let bot_timeouts = IntCounterVec::new(
+            Opts::new(
+                "bot_timeouts_total",
+                "Conversations handed off from a silent bot to its pool's queue, by pool",
+            ),
+            &["pool"],
         )?;
         let conversations_swept = IntCounter::with_opts(Opts::new(
             "retention_conversations_swept_total",
@@ -185,6 +195,7 @@ impl Metrics {
         registry.register(Box::new(webhooks.clone()))?;
         registry.register(Box::new(routed.clone()))?;
         registry.register(Box::new(conversations_opened.clone()))?;
+        registry.register(Box::new(bot_timeouts.clone()))?;
         registry.register(Box::new(conversations_swept.clone()))?;
         registry.register(Box::new(ingress_to_assignment.clone()))?;
         registry.register(Box::new(ingress_publish.clone()))?;
@@ -201,6 +212,7 @@ impl Metrics {
             webhooks,
             routed,
             conversations_opened,
+            bot_timeouts,
             conversations_swept,
             ingress_to_assignment,
             ingress_publish,

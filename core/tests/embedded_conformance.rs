@@ -194,6 +194,11 @@ async fn store_route_inbound_opens_with_a_bot() {
 }
 
 #[tokio::test]
+async fn store_idle_bot_conversations_longest_silent_first() {
+    store::idle_bot_conversations_longest_silent_first(&new_store, "embedded.").await;
+}
+
+#[tokio::test]
 async fn store_route_inbound_retry_changes_nothing() {
     store::route_inbound_retry_changes_nothing(&new_store, "embedded.").await;
 }

@@ -37,6 +37,7 @@ use crate::outbox::{Outbox, STAGED_GRACE, run_republisher};
 use crate::peers::Peers;
 use crate::retention::sweep_closed_conversations;
 use crate::routes::RoutingTable;
+use crate::timers::{BotTimeout, hand_off_silent_bots, sweep_interval};
 use crate::webhooks::Webhook;
 use crate::workers::{Outbound, ShardWorker, run_channel_sync, run_outbound, run_shard};
 
@@ -276,6 +277,20 @@ impl App {
                 sample_queue_depth(store, metrics, pools, Duration::from_secs(5), stop)
                     .await
                     .context("queue depth sampler")
+            });
+        }
+        let bot_timeouts = BotTimeout::of(&settings);
+        if role.router() && !bot_timeouts.is_empty() {
+            let every = sweep_interval(&bot_timeouts);
+            let (store, ops, metrics, stop) = (
+                Arc::clone(&store),
+                ops.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            );
+            tasks.spawn(async move {
+                hand_off_silent_bots(store, ops, metrics, bot_timeouts, every, stop).await;
+                Ok(())
             });
         }
         if role.router() && settings.store.retention_days > 0 {

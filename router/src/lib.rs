@@ -16,6 +16,7 @@ pub mod outbox;
 pub mod peers;
 pub mod retention;
 pub mod routes;
+pub mod timers;
 pub mod webhooks;
 pub mod workers;
 

@@ -165,3 +165,49 @@ async fn a_bot_holds_new_conversations_answers_and_hands_off_to_people() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_bot_hands_off_after_the_pool_timeout() {
+    let bot = Callback::start().await;
+    let app_backend = Callback::start().await;
+    let config = config(&bot.url, &app_backend.url).replace(
+        "id = \"default\"\nbot = \"faq\"\n",
+        "id = \"default\"\nbot = \"faq\"\nbot_timeout_secs = 1\n",
+    );
+    let server = Server::start(&config).await;
+    let (status, body) = server
+        .send_json(
+            "PUT",
+            "/v1/agents/ann",
+            json!({"name": "Ann", "pools": ["default"], "capacity": 5, "status": "online"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let response = server
+        .post_signed("shop", &api_message("m-1", "7", "Anyone there?", &[]))
+        .await;
+    assert_eq!(response.status(), 202);
+    let got = bot.wait_for(1).await;
+    let id = event_of(&got[0])["data"]["conversation"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (_, c) = server.get_json(&format!("/v1/conversations/{id}")).await;
+    assert_eq!(c["status"], "bot", "held by the bot at first");
+
+    // The bot says nothing: after the timeout (swept every second) Ann has it.
+    let conversation = eventually(|| async {
+        let (_, c) = server.get_json(&format!("/v1/conversations/{id}")).await;
+        (c["status"] == "assigned").then_some(c)
+    })
+    .await;
+    assert_eq!(conversation["agent_id"], "ann");
+    assert_eq!(conversation["pool"], "default");
+    assert_eq!(
+        server
+            .metric(r#"switchyard_bot_timeouts_total{pool="default"}"#)
+            .await,
+        1.0
+    );
+    server.stop().await;
+}

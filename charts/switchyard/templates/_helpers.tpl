@@ -292,6 +292,9 @@ strategy = {{ toJson (toString .) }}
 {{- with .bot }}
 bot = {{ toJson (toString .) }}
 {{- end }}
+{{- with .bot_timeout_secs }}
+bot_timeout_secs = {{ int64 . }}
+{{- end }}
 {{- end }}
 {{- range $c.bots }}
 

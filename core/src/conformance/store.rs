@@ -2913,6 +2913,98 @@ pub async fn route_inbound_opens_with_a_bot(factory: &impl MakeStore, prefix: &s
     );
 }
 
+/// A bot's conversations of a pool, longest silent first: a message either way makes one
+/// recent again; one the bot no longer holds (handed off, closed) is not among them.
+pub async fn idle_bot_conversations_longest_silent_first(factory: &impl MakeStore, prefix: &str) {
+    let what = "idle_bot_conversations_longest_silent_first";
+    let store = factory.make().await;
+    let pool = format!("{prefix}default");
+    let bot = format!("bot:{prefix}faq");
+    let open = |name: &'static str, t: i64, with_bot: bool| {
+        let (store, pool, bot) = (&store, &pool, &bot);
+        async move {
+            let e = unrouted(prefix, name, &[], at(t));
+            let mut req = routing(prefix, &e, pool, at(t));
+            req.bot = with_bot.then(|| bot.clone());
+            routed(what, route(store, req).await).1.conversation
+        }
+    };
+    let idle = |before: i64, limit: usize| {
+        let (store, pool) = (&store, &pool);
+        async move {
+            store
+                .idle_bot_conversations(pool, at(before), limit)
+                .await
+                .unwrap_or_else(|e| panic!("{what}: idle_bot_conversations: {e}"))
+                .into_iter()
+                .map(|c| c.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    let a = open("first", 1, true).await;
+    let _queued = open("queued", 2, false).await;
+    let c = open("second", 3, true).await;
+    assert_eq!(
+        idle(5, 10).await,
+        [a.id.as_str(), c.id.as_str()],
+        "{what}: both, oldest first"
+    );
+    assert_eq!(
+        idle(2, 10).await,
+        [a.id.as_str()],
+        "{what}: silent since before 2"
+    );
+    assert_eq!(idle(5, 1).await, [a.id.as_str()], "{what}: limit");
+    assert!(
+        store
+            .idle_bot_conversations(&format!("{prefix}other"), at(9), 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "{what}: another pool"
+    );
+
+    // The bot answers in `a` at 6, the customer writes in `c` at 7.
+    store
+        .record_outbound(
+            &a.id,
+            Some(&bot),
+            &outbound_envelope(&a, &bot, at(6)),
+            at(6),
+            None,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{what}: the bot's reply: {e}"));
+    let mut later = unrouted(prefix, "second", &[], at(7));
+    later.dedupe_key = format!("{prefix}second-again");
+    route(&store, routing(prefix, &later, &pool, at(7))).await;
+    assert_eq!(
+        idle(7, 10).await,
+        [a.id.as_str()],
+        "{what}: after the messages"
+    );
+    assert_eq!(
+        idle(8, 10).await,
+        [a.id.as_str(), c.id.as_str()],
+        "{what}: both again"
+    );
+
+    store
+        .transfer(&a.id, TransferTarget::Pool(pool.clone()), at(8))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: transfer: {e}"));
+    assert_eq!(
+        idle(9, 10).await,
+        [c.id.as_str()],
+        "{what}: after the hand-off"
+    );
+    store
+        .close_conversation(&c.id, "bot", at(9))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: close: {e}"));
+    assert!(idle(10, 10).await.is_empty(), "{what}: after the close");
+}
+
 /// Routing the same envelope again (a redelivery after a lost reply or a failed publish)
 /// reports what the first call did, `created` flags included, and changes nothing: no second
 /// message, no second assignment. A retry of a later message reports nothing as created.
@@ -3459,6 +3551,7 @@ pub async fn run_all(factory: &impl MakeStore, prefix: &str) {
     route_inbound_opens_and_assigns(factory, &p("route-assign")).await;
     route_inbound_queues_without_agent(factory, &p("route-queue")).await;
     route_inbound_opens_with_a_bot(factory, &p("route-bot")).await;
+    idle_bot_conversations_longest_silent_first(factory, &p("idle-bot")).await;
     route_inbound_retry_changes_nothing(factory, &p("route-retry")).await;
     route_inbound_retry_reports_other_assignments(factory, &p("route-retry-others")).await;
     route_inbound_duplicate_claim_changes_nothing(factory, &p("route-dup")).await;

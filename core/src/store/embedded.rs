@@ -1092,6 +1092,26 @@ impl Store for EmbeddedStore {
         Ok(release)
     }
 
+    async fn idle_bot_conversations(
+        &self,
+        pool: &str,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Conversation>, StoreError> {
+        // Only a message either way changes a bot's conversation (`updated_at`) while it holds
+        // it; the embedded store is one process's, so a scan serves.
+        let s = self.lock();
+        let mut idle: Vec<&Conversation> = s
+            .conversations
+            .values()
+            .filter(|c| {
+                c.status == ConversationStatus::Bot && c.pool == pool && c.updated_at < before
+            })
+            .collect();
+        idle.sort_by(|a, b| (a.updated_at, &a.id).cmp(&(b.updated_at, &b.id)));
+        Ok(idle.into_iter().take(limit.max(1)).cloned().collect())
+    }
+
     async fn expire_closed(
         &self,
         closed_before: DateTime<Utc>,

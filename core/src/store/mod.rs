@@ -707,6 +707,15 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<Release, StoreError>;
 
+    /// The conversations of `pool` a bot holds whose latest message (either way) is older than
+    /// `before`, the longest silent first, at most `limit`: what a bot timeout hands off.
+    async fn idle_bot_conversations(
+        &self,
+        pool: &str,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Conversation>, StoreError>;
+
     /// Deletes conversations closed before `closed_before`, oldest first, at most `limit` of
     /// them: each with its messages and the record of their ids (a copy of one of them that
     /// arrives later is a new message). A conversation closed by a merge stays, as a small

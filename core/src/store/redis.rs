@@ -1128,6 +1128,24 @@ impl Store for RedisStore {
         texts(self.read("queue", pool).await?)
     }
 
+    async fn idle_bot_conversations(
+        &self,
+        pool: &str,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Conversation>, StoreError> {
+        let mut inv = READS.prepare_invoke();
+        inv.arg(&self.prefix)
+            .arg("idle_bot")
+            .arg(pool)
+            .arg(stamp(before))
+            .arg(limit.max(1));
+        list(self.eval(&inv, true).await?)?
+            .into_iter()
+            .map(some_conversation)
+            .collect()
+    }
+
     async fn record_outbound(
         &self,
         conversation_id: &str,

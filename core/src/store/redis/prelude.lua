@@ -172,10 +172,35 @@ local function take_conversation(id, conv, now, a)
   redis.call('HSET', ak, 'idle_since', now, 'updated_at', now)
 end
 
--- Takes a conversation away from its agent or its queue; returns the agent it left, if any.
+-- Conversations a bot holds, per pool, by their latest message either way: the lex-ordered
+-- `P:bot-held:{pool}` of `{stamp}|{id}`, whose stamp the hash keeps as `bot_active`.
+local function bot_touch(id, now)
+  local ck = key('conv', id)
+  local c = redis.call('HMGET', ck, 'pool', 'bot_active')
+  local zk = key('bot-held', c[1])
+  if c[2] then
+    redis.call('ZREM', zk, c[2] .. '|' .. id)
+  end
+  redis.call('ZADD', zk, 0, now .. '|' .. id)
+  redis.call('HSET', ck, 'bot_active', now)
+end
+
+local function bot_release(id)
+  local ck = key('conv', id)
+  local c = redis.call('HMGET', ck, 'pool', 'bot_active')
+  if c[2] then
+    redis.call('ZREM', key('bot-held', c[1]), c[2] .. '|' .. id)
+    redis.call('HDEL', ck, 'bot_active')
+  end
+end
+
+-- Takes a conversation away from its agent, its queue or its bot; returns the agent it left,
+-- if any (a bot is not an agent record).
 local function detach(id)
   local c = redis.call('HMGET', key('conv', id), 'status', 'agent_id', 'pool')
-  if c[1] == 'assigned' then
+  if c[1] == 'bot' then
+    bot_release(id)
+  elseif c[1] == 'assigned' then
     if c[2] and redis.call('EXISTS', key('agent', c[2])) == 1 then
       redis.call('LREM', key('agent-convs', c[2]), 0, id)
       index_agent(c[2])

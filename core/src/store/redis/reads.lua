@@ -60,6 +60,18 @@ elseif op == 'agent_conversations' then
     end
   end
   return { 'ok', out }
+elseif op == 'idle_bot' then
+  -- arg is the pool; ARGV[4] the stamp everything returned is older than, ARGV[5] the limit.
+  local out = {}
+  local members = redis.call('ZRANGEBYLEX', key('bot-held', arg), '-', '(' .. ARGV[4],
+    'LIMIT', 0, tonumber(ARGV[5]))
+  for _, member in ipairs(members) do
+    local id = string.match(member, '|(.*)$')
+    if redis.call('HGET', key('conv', id), 'status') == 'bot' then
+      out[#out + 1] = conv_reply(id)
+    end
+  end
+  return out
 elseif op == 'queue' then
   local out = {}
   for _, id in ipairs(redis.call('LRANGE', key('queue', arg), 0, -1)) do

@@ -48,6 +48,7 @@ if created == 1 then
   redis.call('SET', ok, conv)
   if bot then
     redis.call('HSET', ck, 'status', 'bot', 'agent_id', bot)
+    bot_touch(conv, now)
   else
     redis.call('HSET', ck, 'status', 'queued', 'queued_at', now)
     redis.call('RPUSH', key('queue', pool), conv)
@@ -55,5 +56,8 @@ if created == 1 then
 else
   redis.call('HSET', ck, unpack(latest))
   redis.call('HINCRBY', ck, 'message_count', 1)
+  if redis.call('HGET', ck, 'status') == 'bot' then
+    bot_touch(conv, now)
+  end
 end
 return { 'ok', created, conv_reply(conv) }

@@ -19,6 +19,9 @@ if has_agent and c[2] ~= agent then
 end
 redis.call('HSET', ck, 'updated_at', now)
 redis.call('HINCRBY', ck, 'message_count', 1)
+if c[1] == 'bot' then
+  bot_touch(id, now)
+end
 -- Saturates at u32::MAX, like the embedded store.
 if (tonumber(redis.call('HGET', ck, 'replies_since_inbound')) or 0) < 4294967295 then
   redis.call('HINCRBY', ck, 'replies_since_inbound', 1)
