@@ -73,11 +73,12 @@ fn check_config(file: &std::path::Path) -> ExitCode {
     match result {
         Ok(settings) => {
             println!(
-                "{}: OK ({} channel(s), pools: {}, {} routing rule(s), {} webhook(s))",
+                "{}: OK ({} channel(s), pools: {}, {} routing rule(s), {} bot(s), {} webhook(s))",
                 file.display(),
                 settings.channels.len(),
                 settings.pool_ids().join(", "),
                 settings.routes.len(),
+                settings.bots.len(),
                 settings.webhooks.len()
             );
             ExitCode::SUCCESS
