@@ -65,18 +65,14 @@ pub struct ApiConnector {
 impl ApiConnector {
     /// Builds the connector from its `[[channels]]` entry.
     pub fn new(settings: &ChannelSettings, ctx: &ConnectorContext) -> Result<Self, ConnectorError> {
-        let secret = settings
-            .required_secret("secret")
-            .map_err(|e| ConnectorError::Config(e.to_string()))?;
+        let secret = settings.required_secret("secret")?;
         if secret.len() < 16 {
             return Err(ConnectorError::Config(format!(
                 "channels.{}.secret must be at least 16 bytes",
                 settings.id
             )));
         }
-        let callback_url = settings
-            .secret("callback_url")
-            .map_err(|e| ConnectorError::Config(e.to_string()))?;
+        let callback_url = settings.secret("callback_url")?;
         Ok(ApiConnector {
             channel: ChannelRef {
                 kind: KIND.to_owned(),

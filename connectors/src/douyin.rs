@@ -225,17 +225,11 @@ impl std::fmt::Debug for DouyinConnector {
     }
 }
 
-fn config_err(e: impl std::fmt::Display) -> ConnectorError {
-    ConnectorError::Config(e.to_string())
-}
-
 impl DouyinConnector {
     /// Builds the connector from its `[[channels]]` entry.
     pub fn new(settings: &ChannelSettings, ctx: &ConnectorContext) -> Result<Self, ConnectorError> {
-        let client_key = settings.required_secret("client_key").map_err(config_err)?;
-        let client_secret = settings
-            .required_secret("client_secret")
-            .map_err(config_err)?;
+        let client_key = settings.required_secret("client_key")?;
+        let client_secret = settings.required_secret("client_secret")?;
         if client_key.trim().is_empty() || client_secret.trim().is_empty() {
             return Err(ConnectorError::Config(format!(
                 "channels.{}: client_key and client_secret must not be empty",
@@ -243,8 +237,7 @@ impl DouyinConnector {
             )));
         }
         let webhook_secret = settings
-            .secret("webhook_secret")
-            .map_err(config_err)?
+            .secret("webhook_secret")?
             .unwrap_or_else(|| client_secret.clone());
         Ok(DouyinConnector {
             channel: ChannelRef {
@@ -262,9 +255,9 @@ impl DouyinConnector {
             client_key,
             client_secret,
             webhook_secret,
-            account_open_id: settings.secret("account_open_id").map_err(config_err)?,
-            static_access_token: settings.secret("access_token").map_err(config_err)?,
-            refresh_token: settings.secret("refresh_token").map_err(config_err)?,
+            account_open_id: settings.secret("account_open_id")?,
+            static_access_token: settings.secret("access_token")?,
+            refresh_token: settings.secret("refresh_token")?,
             api_base: base_url(settings.api_base.as_deref(), DEFAULT_API_BASE),
             http: ctx.http.clone(),
             store: Arc::clone(&ctx.store),

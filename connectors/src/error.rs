@@ -37,6 +37,13 @@ pub enum ConnectorError {
     Config(String),
 }
 
+impl From<switchyard_core::config::ConfigError> for ConnectorError {
+    /// A channel's configuration is wrong (a missing or unreadable key): [`ConnectorError::Config`].
+    fn from(e: switchyard_core::config::ConfigError) -> Self {
+        ConnectorError::Config(e.to_string())
+    }
+}
+
 impl ConnectorError {
     /// The metric outcome label of this class.
     pub fn outcome(&self) -> &'static str {

@@ -184,10 +184,6 @@ impl std::fmt::Debug for LineConnector {
     }
 }
 
-fn config_err(e: impl std::fmt::Display) -> ConnectorError {
-    ConnectorError::Config(e.to_string())
-}
-
 fn rejected(code: &str, message: impl Into<String>) -> ConnectorError {
     ConnectorError::Rejected {
         code: code.to_owned(),
@@ -465,12 +461,8 @@ pub fn classify_push_failure(
 impl LineConnector {
     /// Builds the connector from its `[[channels]]` entry.
     pub fn new(settings: &ChannelSettings, ctx: &ConnectorContext) -> Result<Self, ConnectorError> {
-        let channel_secret = settings
-            .required_secret("channel_secret")
-            .map_err(config_err)?;
-        let channel_access_token = settings
-            .required_secret("channel_access_token")
-            .map_err(config_err)?;
+        let channel_secret = settings.required_secret("channel_secret")?;
+        let channel_access_token = settings.required_secret("channel_access_token")?;
         for (key, value) in [
             ("channel_secret", &channel_secret),
             ("channel_access_token", &channel_access_token),

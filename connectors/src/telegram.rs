@@ -560,14 +560,10 @@ impl std::fmt::Debug for TelegramConnector {
     }
 }
 
-fn config_err(e: impl std::fmt::Display) -> ConnectorError {
-    ConnectorError::Config(e.to_string())
-}
-
 impl TelegramConnector {
     /// Builds the connector from its `[[channels]]` entry.
     pub fn new(settings: &ChannelSettings, ctx: &ConnectorContext) -> Result<Self, ConnectorError> {
-        let bot_token = settings.required_secret("bot_token").map_err(config_err)?;
+        let bot_token = settings.required_secret("bot_token")?;
         let bot_token = bot_token.trim().to_owned();
         let bot_id = bot_id_of(&bot_token)
             .ok_or_else(|| {
@@ -578,9 +574,7 @@ impl TelegramConnector {
                 ))
             })?
             .to_owned();
-        let secret_token = settings
-            .required_secret("secret_token")
-            .map_err(config_err)?;
+        let secret_token = settings.required_secret("secret_token")?;
         if !is_valid_secret_token(&secret_token) {
             return Err(ConnectorError::Config(format!(
                 "channels.{}.secret_token must be 1 to {MAX_SECRET_TOKEN_CHARS} characters of \
@@ -599,7 +593,7 @@ impl TelegramConnector {
             api_base: base_url(settings.api_base.as_deref(), DEFAULT_API_BASE),
             http: ctx.http.clone(),
             store: Arc::clone(&ctx.store),
-            quote_replies: settings.flag("quote_replies").map_err(config_err)?,
+            quote_replies: settings.flag("quote_replies")?,
         })
     }
 

@@ -94,9 +94,7 @@ impl WebConnector {
     /// are signed with a key made at start (they last until restart and are valid only on this
     /// process) and identify is refused. Mailboxes live in `ctx.store`.
     pub fn new(settings: &ChannelSettings, ctx: &ConnectorContext) -> Result<Self, ConnectorError> {
-        let configured = settings
-            .secret("secret")
-            .map_err(|e| ConnectorError::Config(e.to_string()))?;
+        let configured = settings.secret("secret")?;
         let (secret, identify_enabled) = match configured {
             Some(s) if s.len() >= 16 => (s.into_bytes(), true),
             Some(_) => {

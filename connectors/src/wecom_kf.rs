@@ -419,10 +419,6 @@ impl std::fmt::Debug for WecomKfConnector {
     }
 }
 
-fn config_err(e: impl std::fmt::Display) -> ConnectorError {
-    ConnectorError::Config(e.to_string())
-}
-
 fn store_err(e: impl std::fmt::Display) -> ConnectorError {
     ConnectorError::Transient(format!("store: {e}"))
 }
@@ -475,14 +471,10 @@ fn api_error(code: i64, message: &str, what: &str) -> ConnectorError {
 impl WecomKfConnector {
     /// Builds the connector from its `[[channels]]` entry.
     pub fn new(settings: &ChannelSettings, ctx: &ConnectorContext) -> Result<Self, ConnectorError> {
-        let corp_id = settings.required_secret("corp_id").map_err(config_err)?;
-        let corp_secret = settings
-            .required_secret("corp_secret")
-            .map_err(config_err)?;
-        let token = settings.required_secret("token").map_err(config_err)?;
-        let key = settings
-            .required_secret("encoding_aes_key")
-            .map_err(config_err)?;
+        let corp_id = settings.required_secret("corp_id")?;
+        let corp_secret = settings.required_secret("corp_secret")?;
+        let token = settings.required_secret("token")?;
+        let key = settings.required_secret("encoding_aes_key")?;
         let crypto = WxCrypto::new(token, &key, corp_id.clone()).map_err(|e| {
             ConnectorError::Config(format!("channels.{}.encoding_aes_key: {e}", settings.id))
         })?;
@@ -493,7 +485,7 @@ impl WecomKfConnector {
             },
             corp_secret,
             crypto,
-            open_kfid: settings.secret("open_kfid").map_err(config_err)?,
+            open_kfid: settings.secret("open_kfid")?,
             api_base: base_url(settings.api_base.as_deref(), DEFAULT_API_BASE),
             http: ctx.http.clone(),
             store: Arc::clone(&ctx.store),

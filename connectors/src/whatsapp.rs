@@ -211,15 +211,11 @@ impl std::fmt::Debug for WhatsAppConnector {
     }
 }
 
-fn config_err(e: impl std::fmt::Display) -> ConnectorError {
-    ConnectorError::Config(e.to_string())
-}
-
 impl WhatsAppConnector {
     /// Builds the connector from its `[[channels]]` entry.
     pub fn new(settings: &ChannelSettings, ctx: &ConnectorContext) -> Result<Self, ConnectorError> {
         let required = |key: &str| -> Result<String, ConnectorError> {
-            let value = settings.required_secret(key).map_err(config_err)?;
+            let value = settings.required_secret(key)?;
             if value.trim().is_empty() {
                 return Err(ConnectorError::Config(format!(
                     "channels.{}.{key} must not be empty",
@@ -248,7 +244,7 @@ impl WhatsAppConnector {
             api_base: base_url(settings.api_base.as_deref(), DEFAULT_API_BASE),
             http: ctx.http.clone(),
             store: Arc::clone(&ctx.store),
-            quote_replies: settings.flag("quote_replies").map_err(config_err)?,
+            quote_replies: settings.flag("quote_replies")?,
         })
     }
 

@@ -1256,6 +1256,15 @@ mod tests {
         tempfile_path::TempPath::new(text)
     }
 
+    /// Asserts that `toml` is refused with an error naming `key` and saying `says`.
+    fn refused(toml: &str, key: &str, says: &str) {
+        let f = write(toml);
+        let err = Settings::load_with_env(Some(&f.0), [])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(key) && err.contains(says), "{toml}: {err}");
+    }
+
     /// Minimal temp-file helper (std only).
     mod tempfile_path {
         use std::path::PathBuf;
@@ -1396,13 +1405,6 @@ mod tests {
 
     #[test]
     fn tls_files_need_a_tls_url_and_a_certificate_needs_its_key() {
-        let refused = |toml: &str, key: &str, says: &str| {
-            let f = write(toml);
-            let err = Settings::load_with_env(Some(&f.0), [])
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains(key) && err.contains(says), "{toml}: {err}");
-        };
         let bus = "[bus]\nkind = \"amqp\"\n";
         refused(
             &format!("{bus}url = \"amqp://h\"\ntls_ca_file = \"/ca.pem\"\n"),
@@ -1450,13 +1452,6 @@ mod tests {
     fn webhooks_are_checked_and_their_secret_resolved() {
         let hook = |fields: &str| {
             format!("[[webhooks]]\nid = \"helpdesk\"\nurl = \"https://h.example/hook\"\n{fields}")
-        };
-        let refused = |toml: &str, key: &str, says: &str| {
-            let f = write(toml);
-            let err = Settings::load_with_env(Some(&f.0), [])
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains(key) && err.contains(says), "{toml}: {err}");
         };
         refused(&hook(""), "webhooks.helpdesk.secret", "secret_env");
         refused(&hook("secret = \"short\"\n"), "webhooks[0].secret", "16");
@@ -1511,13 +1506,6 @@ mod tests {
         let bot = |fields: &str| {
             format!("[[bots]]\nid = \"faq\"\nurl = \"https://bot.example/hook\"\n{fields}")
         };
-        let refused = |toml: &str, key: &str, says: &str| {
-            let f = write(toml);
-            let err = Settings::load_with_env(Some(&f.0), [])
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains(key) && err.contains(says), "{toml}: {err}");
-        };
         refused(&bot(""), "bots.faq.secret", "secret_env");
         refused(&bot("secret = \"short\"\n"), "bots[0].secret", "16");
         refused(
@@ -1554,13 +1542,6 @@ mod tests {
     fn routes_are_checked() {
         let base = "[[pools]]\nid = \"billing\"\n\n[[channels]]\nid = \"web\"\nkind = \"web\"\n";
         let route = |fields: &str| format!("{base}\n[[routes]]\nid = \"refunds\"\n{fields}");
-        let refused = |toml: &str, key: &str, says: &str| {
-            let f = write(toml);
-            let err = Settings::load_with_env(Some(&f.0), [])
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains(key) && err.contains(says), "{toml}: {err}");
-        };
         refused(&route(""), "routes", "pool");
         refused(&route("pool = \"vip\"\n"), "routes[0].pool", "not defined");
         refused(

@@ -5,9 +5,10 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use switchyard_connectors::signature::verify_switchyard_signature;
 
-use crate::support::{Callback, Received, SECRET, Server, api_message, eventually};
+use crate::support::{
+    Callback, Received, SECRET, Server, api_message, eventually, signed_cloud_event,
+};
 
 const BOT_SECRET: &str = "faq-bot-secret-0123456789";
 
@@ -23,22 +24,7 @@ fn config(bot: &str, callback: &str) -> String {
 
 /// A request the bot got, checked (signed with the bot's secret); its CloudEvent.
 fn event_of(request: &Received) -> Value {
-    let header = |name: &str| {
-        request
-            .headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    verify_switchyard_signature(
-        BOT_SECRET.as_bytes(),
-        header("x-switchyard-timestamp").as_deref(),
-        header("x-switchyard-signature").as_deref(),
-        &request.body,
-        chrono::Utc::now(),
-    )
-    .expect("the bot's request is signed with the bot's secret");
-    serde_json::from_slice(&request.body).expect("a CloudEvent")
+    signed_cloud_event(request, BOT_SECRET)
 }
 
 /// The type of each event the bot got, without the `io.switchyard.` prefix.

@@ -173,6 +173,33 @@ pub struct Received {
     pub body: Bytes,
 }
 
+/// A CloudEvent a webhook or bot endpoint got: checks its content type and that it is signed
+/// with `secret` (the API channel's scheme), and returns it.
+pub fn signed_cloud_event(request: &Received, secret: &str) -> Value {
+    let header = |name: &str| {
+        request
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        header("content-type").as_deref(),
+        Some("application/cloudevents+json; charset=utf-8")
+    );
+    switchyard_connectors::signature::verify_switchyard_signature(
+        secret.as_bytes(),
+        header("x-switchyard-timestamp").as_deref(),
+        header("x-switchyard-signature").as_deref(),
+        &request.body,
+        chrono::Utc::now(),
+    )
+    .expect("the request is signed with the endpoint's secret");
+    let event: Value = serde_json::from_slice(&request.body).expect("a JSON body");
+    assert_eq!(event["specversion"], "1.0", "a CloudEvent: {event}");
+    event
+}
+
 /// A fake app backend receiving API-channel replies.
 pub struct Callback {
     pub url: String,

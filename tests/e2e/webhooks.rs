@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use switchyard_connectors::signature::verify_switchyard_signature;
 use switchyard_core::bus::amqp::AmqpBus;
 use switchyard_core::bus::topology::DEAD_LETTER_QUEUE;
 use switchyard_core::bus::{Bus, HEADER_DEATH_REASON, HEADER_ORIGINAL_QUEUE};
@@ -17,7 +16,9 @@ use switchyard_core::metrics::Metrics;
 use switchyard_core::store::embedded::EmbeddedStore;
 use switchyard_router::{App, Role};
 
-use crate::support::{Callback, Received, SECRET, Server, api_message, settings};
+use crate::support::{
+    Callback, Received, SECRET, Server, api_message, settings, signed_cloud_event,
+};
 
 const HOOK_SECRET: &str = "helpdesk-webhook-secret-0123";
 
@@ -32,28 +33,7 @@ fn config(endpoint: &str) -> String {
 
 /// A request the endpoint got, checked: content type, signature; returns the CloudEvent.
 fn event_of(request: &Received) -> Value {
-    let header = |name: &str| {
-        request
-            .headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    assert_eq!(
-        header("content-type").as_deref(),
-        Some("application/cloudevents+json; charset=utf-8")
-    );
-    verify_switchyard_signature(
-        HOOK_SECRET.as_bytes(),
-        header("x-switchyard-timestamp").as_deref(),
-        header("x-switchyard-signature").as_deref(),
-        &request.body,
-        chrono::Utc::now(),
-    )
-    .expect("the webhook request is signed with the webhook's secret");
-    let event: Value = serde_json::from_slice(&request.body).expect("a JSON body");
-    assert_eq!(event["specversion"], "1.0", "a CloudEvent: {event}");
-    event
+    signed_cloud_event(request, HOOK_SECRET)
 }
 
 /// The types of the events of `requests` from `from` on.

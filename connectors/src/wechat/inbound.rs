@@ -31,18 +31,14 @@ pub struct WxInbound {
     crypto: Option<WxCrypto>,
 }
 
-fn config_err(e: impl std::fmt::Display) -> ConnectorError {
-    ConnectorError::Config(e.to_string())
-}
-
 impl WxInbound {
     /// Reads `app_id`, `token` and the optional `encoding_aes_key` (safe mode).
     pub fn from_settings(
         kind: &'static str,
         settings: &ChannelSettings,
     ) -> Result<Self, ConnectorError> {
-        let app_id = settings.required_secret("app_id").map_err(config_err)?;
-        let token = settings.required_secret("token").map_err(config_err)?;
+        let app_id = settings.required_secret("app_id")?;
+        let token = settings.required_secret("token")?;
         if app_id.trim().is_empty() || app_id.contains(':') {
             return Err(ConnectorError::Config(format!(
                 "channels.{}.app_id must be the account's AppID (wx...)",
@@ -55,7 +51,7 @@ impl WxInbound {
                 settings.id
             )));
         }
-        let crypto = match settings.secret("encoding_aes_key").map_err(config_err)? {
+        let crypto = match settings.secret("encoding_aes_key")? {
             None => None,
             Some(key) if key.trim().is_empty() => None,
             Some(key) => Some(

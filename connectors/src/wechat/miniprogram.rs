@@ -39,9 +39,7 @@ impl WeChatMiniProgramConnector {
     /// Builds the connector from its `[[channels]]` entry.
     pub fn new(settings: &ChannelSettings, ctx: &ConnectorContext) -> Result<Self, ConnectorError> {
         let inbound = WxInbound::from_settings(KIND, settings)?;
-        let app_secret = settings
-            .required_secret("app_secret")
-            .map_err(|e| ConnectorError::Config(e.to_string()))?;
+        let app_secret = settings.required_secret("app_secret")?;
         let client = WxApiClient::new(
             ctx.http.clone(),
             ctx.store.clone(),
