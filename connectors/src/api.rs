@@ -8,7 +8,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use switchyard_core::config::ChannelSettings;
-use switchyard_core::envelope::{ChannelRef, Content, Direction, Envelope, Sender, new_id};
+use switchyard_core::envelope::{ChannelRef, Content, Envelope, Sender};
 use switchyard_core::identity::IdentityKey;
 
 use crate::signature::{
@@ -146,27 +146,19 @@ impl Connector for ApiConnector {
                 identities.push(key);
             }
         }
-        Ok(vec![Envelope {
-            id: new_id(),
-            tenant: switchyard_core::envelope::DEFAULT_TENANT.to_owned(),
-            direction: Direction::Inbound,
-            channel: self.channel.clone(),
-            sender: Sender {
+        Ok(vec![Envelope::inbound(
+            self.channel.clone(),
+            Sender {
                 external_id: msg.user.id,
                 scope: self.channel.id.clone(),
                 display_name: msg.user.name,
                 identities,
             },
-            customer_id: None,
-            conversation_id: None,
-            sent_at: msg.sent_at.unwrap_or(received_at),
+            msg.content,
+            format!("{KIND}:{}:{}", self.channel.id, msg.message_id),
+            msg.sent_at.unwrap_or(received_at),
             received_at,
-            dedupe_key: format!("{KIND}:{}:{}", self.channel.id, msg.message_id),
-            content: msg.content,
-            reply_to: None,
-            agent_id: None,
-            raw: None,
-        }])
+        )])
     }
 
     fn accepted(&self, accepted: &[Accepted]) -> HttpReply {

@@ -37,9 +37,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sha1::{Digest, Sha1};
 use switchyard_core::config::ChannelSettings;
-use switchyard_core::envelope::{
-    ChannelRef, Content, DEFAULT_TENANT, Direction, Envelope, Media, Sender, new_id,
-};
+use switchyard_core::envelope::{ChannelRef, Content, Envelope, Media, Sender};
 use switchyard_core::identity::IdentityKey;
 use switchyard_core::store::Store;
 
@@ -572,25 +570,20 @@ impl DouyinConnector {
             None => None,
         };
         Ok(Envelope {
-            id: new_id(),
-            tenant: DEFAULT_TENANT.to_owned(),
-            direction: Direction::Inbound,
-            channel: self.channel.clone(),
-            sender: Sender {
-                external_id: customer.to_owned(),
-                scope: self.client_key.clone(),
-                display_name,
-                identities: vec![self.customer_key(customer)?],
-            },
-            customer_id: None,
-            conversation_id: None,
-            sent_at,
-            received_at,
-            dedupe_key: format!("{KIND}:{}:{dedupe}", self.client_key),
-            content,
-            reply_to: None,
-            agent_id: None,
             raw,
+            ..Envelope::inbound(
+                self.channel.clone(),
+                Sender {
+                    external_id: customer.to_owned(),
+                    scope: self.client_key.clone(),
+                    display_name,
+                    identities: vec![self.customer_key(customer)?],
+                },
+                content,
+                format!("{KIND}:{}:{dedupe}", self.client_key),
+                sent_at,
+                received_at,
+            )
         })
     }
 

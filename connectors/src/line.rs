@@ -23,9 +23,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
 use switchyard_core::config::ChannelSettings;
-use switchyard_core::envelope::{
-    ChannelRef, Content, DEFAULT_TENANT, Direction, Envelope, Media, Sender, new_id,
-};
+use switchyard_core::envelope::{ChannelRef, Content, Envelope, Media, Sender};
 use switchyard_core::identity::IdentityKey;
 
 use crate::api::retry_after;
@@ -512,27 +510,19 @@ impl LineConnector {
             ConnectorError::Malformed(format!("message {message_id} without source.userId"))
         })?;
         let event_key = event.webhook_event_id.as_deref().unwrap_or(&message_id);
-        Ok(Envelope {
-            id: new_id(),
-            tenant: DEFAULT_TENANT.to_owned(),
-            direction: Direction::Inbound,
-            channel: self.channel.clone(),
-            sender: Sender {
+        Ok(Envelope::inbound(
+            self.channel.clone(),
+            Sender {
                 identities: vec![self.user_key(destination, &user_id)?],
                 external_id: user_id,
                 scope: destination.to_owned(),
                 display_name: None,
             },
-            customer_id: None,
-            conversation_id: None,
-            sent_at: sent_at(event.timestamp_ms, received_at),
+            message_content(message, &message_id)?,
+            format!("{KIND}:{destination}:{event_key}"),
+            sent_at(event.timestamp_ms, received_at),
             received_at,
-            dedupe_key: format!("{KIND}:{destination}:{event_key}"),
-            content: message_content(message, &message_id)?,
-            reply_to: None,
-            agent_id: None,
-            raw: None,
-        })
+        ))
     }
 
     /// Why an event is not routed, or `None` when it is a routable message.

@@ -29,9 +29,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use switchyard_core::config::ChannelSettings;
-use switchyard_core::envelope::{
-    ChannelRef, Content, DEFAULT_TENANT, Direction, Envelope, Media, Sender, new_id,
-};
+use switchyard_core::envelope::{ChannelRef, Content, Envelope, Media, Sender};
 use switchyard_core::identity::IdentityKey;
 use switchyard_core::store::Store;
 
@@ -652,25 +650,20 @@ impl TelegramConnector {
     ) -> Result<Envelope, ConnectorError> {
         let reply = serde_json::to_value(reply).map_err(malformed)?;
         Ok(Envelope {
-            id: new_id(),
-            tenant: DEFAULT_TENANT.to_owned(),
-            direction: Direction::Inbound,
-            channel: self.channel.clone(),
-            sender: Sender {
-                external_id: user.id.to_string(),
-                scope: String::new(),
-                display_name: display_name(user),
-                identities: vec![Self::customer_key(user.id)?],
-            },
-            customer_id: None,
-            conversation_id: None,
-            sent_at,
-            received_at,
-            dedupe_key,
-            content,
-            reply_to: None,
-            agent_id: None,
             raw: Some(json!({ REPLY_CONTEXT_KEY: reply })),
+            ..Envelope::inbound(
+                self.channel.clone(),
+                Sender {
+                    external_id: user.id.to_string(),
+                    scope: String::new(),
+                    display_name: display_name(user),
+                    identities: vec![Self::customer_key(user.id)?],
+                },
+                content,
+                dedupe_key,
+                sent_at,
+                received_at,
+            )
         })
     }
 

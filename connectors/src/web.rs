@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use switchyard_core::bus::topology::{WEB_EXCHANGE, web_reply_key};
 use switchyard_core::bus::{Bus, Message};
 use switchyard_core::config::ChannelSettings;
-use switchyard_core::envelope::{ChannelRef, Content, Direction, Envelope, Sender, new_id};
+use switchyard_core::envelope::{ChannelRef, Content, Envelope, Sender};
 use switchyard_core::identity::IdentityKey;
 use switchyard_core::protocol::{VisitorEvent, VisitorRequest};
 use switchyard_core::store::Store;
@@ -296,27 +296,19 @@ impl WebConnector {
         content: Content,
         now: DateTime<Utc>,
     ) -> Envelope {
-        Envelope {
-            id: new_id(),
-            tenant: switchyard_core::envelope::DEFAULT_TENANT.to_owned(),
-            direction: Direction::Inbound,
-            channel: self.channel.clone(),
-            sender: Sender {
+        Envelope::inbound(
+            self.channel.clone(),
+            Sender {
                 external_id: visitor_id.to_owned(),
                 scope: self.channel.id.clone(),
                 display_name,
                 identities,
             },
-            customer_id: None,
-            conversation_id: None,
-            sent_at: now,
-            received_at: now,
-            dedupe_key: format!("{KIND}:{}:{visitor_id}:{client_id}", self.channel.id),
             content,
-            reply_to: None,
-            agent_id: None,
-            raw: None,
-        }
+            format!("{KIND}:{}:{visitor_id}:{client_id}", self.channel.id),
+            now,
+            now,
+        )
     }
 }
 
@@ -610,6 +602,7 @@ impl RecentIds {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use switchyard_core::envelope::Direction;
 
     fn connector(secret: Option<&str>) -> WebConnector {
         let mut options = std::collections::BTreeMap::new();

@@ -36,9 +36,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use switchyard_core::config::ChannelSettings;
-use switchyard_core::envelope::{
-    ChannelRef, Content, DEFAULT_TENANT, Direction, Envelope, Media, Sender, new_id,
-};
+use switchyard_core::envelope::{ChannelRef, Content, Envelope, Media, Sender, new_id};
 use switchyard_core::identity::IdentityKey;
 use switchyard_core::model::{Conversation, ConversationStatus};
 use switchyard_core::store::Store;
@@ -775,27 +773,19 @@ impl WecomKfConnector {
                     continue;
                 }
             };
-            out.push(Envelope {
-                id: new_id(),
-                tenant: DEFAULT_TENANT.to_owned(),
-                direction: Direction::Inbound,
-                channel: self.channel.clone(),
-                sender: Sender {
+            out.push(Envelope::inbound(
+                self.channel.clone(),
+                Sender {
                     external_id: customer.to_owned(),
                     scope: self.corp_id.clone(),
                     display_name: None,
                     identities: vec![identity],
                 },
-                customer_id: None,
-                conversation_id: None,
+                message_content(msg),
+                format!("{KIND}:{}:{msgid}", self.corp_id),
                 sent_at,
                 received_at,
-                dedupe_key: format!("{KIND}:{}:{msgid}", self.corp_id),
-                content: message_content(msg),
-                reply_to: None,
-                agent_id: None,
-                raw: None,
-            });
+            ));
         }
         Ok(out)
     }
@@ -1118,33 +1108,25 @@ impl Connector for WecomKfConnector {
             .and_then(Value::as_str)
             .map(|t| hex::encode(&Sha256::digest(t.as_bytes())[..8]))
             .unwrap_or_default();
-        Ok(vec![Envelope {
-            id: new_id(),
-            tenant: DEFAULT_TENANT.to_owned(),
-            direction: Direction::Inbound,
-            channel: self.channel.clone(),
-            sender: Sender {
+        Ok(vec![Envelope::inbound(
+            self.channel.clone(),
+            Sender {
                 external_id: open_kfid.clone(),
                 scope: self.corp_id.clone(),
                 display_name: None,
                 identities: Vec::new(),
             },
-            customer_id: None,
-            conversation_id: None,
-            sent_at,
-            received_at,
-            dedupe_key: format!(
-                "{KIND}:{}:notice:{open_kfid}:{created}:{token_tag}",
-                self.corp_id
-            ),
-            content: Content::Event {
+            Content::Event {
                 name: NOTICE_EVENT.to_owned(),
                 data,
             },
-            reply_to: None,
-            agent_id: None,
-            raw: None,
-        }])
+            format!(
+                "{KIND}:{}:notice:{open_kfid}:{created}:{token_tag}",
+                self.corp_id
+            ),
+            sent_at,
+            received_at,
+        )])
     }
 
     async fn deliver(

@@ -34,9 +34,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
 use switchyard_core::config::ChannelSettings;
-use switchyard_core::envelope::{
-    ChannelRef, Content, DEFAULT_TENANT, Direction, Envelope, Media, Sender, new_id,
-};
+use switchyard_core::envelope::{ChannelRef, Content, Envelope, Media, Sender};
 use switchyard_core::identity::IdentityKey;
 use switchyard_core::store::Store;
 
@@ -303,27 +301,19 @@ impl WhatsAppConnector {
             .and_then(|s| s.trim().parse::<i64>().ok())
             .and_then(|secs| DateTime::from_timestamp(secs, 0))
             .unwrap_or(received_at);
-        Ok(Envelope {
-            id: new_id(),
-            tenant: DEFAULT_TENANT.to_owned(),
-            direction: Direction::Inbound,
-            channel: self.channel.clone(),
-            sender: Sender {
+        Ok(Envelope::inbound(
+            self.channel.clone(),
+            Sender {
                 identities: vec![Self::customer_key(&wa_id)?],
                 display_name: names.get(&wa_id).cloned(),
                 external_id: wa_id,
                 scope: String::new(),
             },
-            customer_id: None,
-            conversation_id: None,
+            message_content(&message_value)?,
+            format!("{}{wamid}", self.dedupe_prefix()),
             sent_at,
             received_at,
-            dedupe_key: format!("{}{wamid}", self.dedupe_prefix()),
-            content: message_content(&message_value)?,
-            reply_to: None,
-            agent_id: None,
-            raw: None,
-        })
+        ))
     }
 
     /// The `wamid` of the inbound message `envelope_id` (kept by `deliver`), if still known.

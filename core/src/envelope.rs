@@ -227,6 +227,34 @@ fn default_tenant() -> String {
 }
 
 impl Envelope {
+    /// A message a connector received: a new id, the default tenant, not routed yet (no
+    /// customer or conversation), replying to nothing, without the raw payload.
+    pub fn inbound(
+        channel: ChannelRef,
+        sender: Sender,
+        content: Content,
+        dedupe_key: String,
+        sent_at: DateTime<Utc>,
+        received_at: DateTime<Utc>,
+    ) -> Envelope {
+        Envelope {
+            id: new_id(),
+            tenant: DEFAULT_TENANT.to_owned(),
+            direction: Direction::Inbound,
+            channel,
+            sender,
+            customer_id: None,
+            conversation_id: None,
+            sent_at,
+            received_at,
+            dedupe_key,
+            content,
+            reply_to: None,
+            agent_id: None,
+            raw: None,
+        }
+    }
+
     /// The bus shard key: channel id + external user id, so one identity's messages stay in order.
     pub fn shard_key(&self) -> String {
         shard_key(&self.channel.id, &self.sender.external_id)

@@ -5,9 +5,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use switchyard_core::config::ChannelSettings;
-use switchyard_core::envelope::{
-    ChannelRef, Content, DEFAULT_TENANT, Direction, Envelope, Media, Sender, new_id,
-};
+use switchyard_core::envelope::{ChannelRef, Content, Envelope, Media, Sender};
 use switchyard_core::identity::IdentityKey;
 
 use super::crypto::{self, CryptoError, WxCrypto};
@@ -278,22 +276,14 @@ impl WxInbound {
             .create_time
             .and_then(|t| DateTime::from_timestamp(t, 0))
             .unwrap_or(received_at);
-        Ok(Envelope {
-            id: new_id(),
-            tenant: DEFAULT_TENANT.to_owned(),
-            direction: Direction::Inbound,
-            channel: channel.clone(),
+        Ok(Envelope::inbound(
+            channel.clone(),
             sender,
-            customer_id: None,
-            conversation_id: None,
+            content,
+            dedupe_key,
             sent_at,
             received_at,
-            dedupe_key,
-            content,
-            reply_to: None,
-            agent_id: None,
-            raw: None,
-        })
+        ))
     }
 }
 
