@@ -187,13 +187,11 @@ async fn the_store_follows_the_master_through_failovers() {
         Some("1"),
         "written on the master"
     );
-    let acked: i64 = redis::cmd("WAIT")
-        .arg(1)
-        .arg(2000)
-        .query(&mut a.connection())
-        .unwrap();
-    assert_eq!(acked, 1, "the replica has the write");
-    assert_eq!(kv(&b, "before").as_deref(), Some("1"), "replicated");
+    // (`WAIT` on a connection of its own would not wait: it waits for that connection's writes.)
+    until("the replica has the write", Duration::from_secs(5), || {
+        kv(&b, "before").as_deref() == Some("1")
+    })
+    .await;
 
     // 1. A failover the sentinel is asked for: the old master becomes a replica (READONLY).
     let _: () = redis::cmd("SENTINEL")
@@ -244,11 +242,17 @@ async fn the_store_follows_the_master_through_failovers() {
         sentinel_sees_replica(&sentinel)
     })
     .await;
-    let _: i64 = redis::cmd("WAIT")
-        .arg(1)
-        .arg(2000)
-        .query(&mut b.connection())
-        .unwrap();
+    until(
+        "`a` has the agent written on `b`",
+        Duration::from_secs(5),
+        || {
+            redis::cmd("EXISTS")
+                .arg(format!("{PREFIX}:agent:a1"))
+                .query::<i64>(&mut a.connection())
+                .is_ok_and(|n| n == 1)
+        },
+    )
+    .await;
     b.kill();
     write_until_ok(&store, "after-crash", "3", Duration::from_secs(30)).await;
     assert_eq!(named_master(&sentinel), Some(first));

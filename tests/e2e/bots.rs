@@ -2,12 +2,18 @@
 //! the bot (status `bot`), whose endpoint gets their events signed and in order; the bot
 //! answers through REST as `bot:{id}`, hands off to a pool of people, and then hears no more.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use switchyard_core::bus::amqp::AmqpBus;
+use switchyard_core::conformance::services::{TestRedisPrefix, TestVhost, absent};
+use switchyard_core::metrics::Metrics;
+use switchyard_router::{App, Role};
+
 use crate::support::{
-    Callback, Received, SECRET, Server, api_message, eventually, signed_cloud_event,
+    Callback, Received, SECRET, Server, api_message, eventually, settings, signed_cloud_event,
 };
 
 const BOT_SECRET: &str = "faq-bot-secret-0123456789";
@@ -46,6 +52,42 @@ async fn a_bot_holds_new_conversations_answers_and_hands_off_to_people() {
     let bot = Callback::start().await;
     let app_backend = Callback::start().await;
     let server = Server::start(&config(&bot.url, &app_backend.url)).await;
+    scenario(&server, &bot, &app_backend).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bot_holds_new_conversations_answers_and_hands_off_to_people_on_rabbitmq_and_redis() {
+    let Some(vhost) = TestVhost::create("bots") else {
+        return;
+    };
+    let bus = match AmqpBus::connect(&vhost.url, "bots-app", "", Duration::from_secs(5)).await {
+        Ok(bus) => bus,
+        Err(e) => return absent::<()>("RabbitMQ", &e.to_string()).unwrap_or(()),
+    };
+    let Some(redis) = TestRedisPrefix::new().await else {
+        return;
+    };
+    let bot = Callback::start().await;
+    let app_backend = Callback::start().await;
+    let app = App::start_with(
+        settings(&config(&bot.url, &app_backend.url)),
+        Role::All,
+        Arc::new(bus),
+        Arc::new(redis.redis().await),
+        Metrics::new().unwrap(),
+    )
+    .await
+    .unwrap();
+    let server = Server::of(app);
+    scenario(&server, &bot, &app_backend).await;
+    server.stop().await;
+    drop(vhost);
+}
+
+/// The bot's whole part: it is sent the conversation it holds, answers, hands off to Ann, and
+/// hears no more of it.
+async fn scenario(server: &Server, bot: &Callback, app_backend: &Callback) {
     let (status, body) = server
         .send_json(
             "PUT",
@@ -57,7 +99,6 @@ async fn a_bot_holds_new_conversations_answers_and_hands_off_to_people() {
 
     let post = |id: &str, text: &str| {
         let body = api_message(id, "42", text, &[]);
-        let server = &server;
         async move {
             let response = server.post_signed("shop", &body).await;
             assert_eq!(response.status(), 202);
@@ -149,7 +190,6 @@ async fn a_bot_holds_new_conversations_answers_and_hands_off_to_people() {
         (422, Some("reserved_agent_id")),
         "{body}"
     );
-    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
