@@ -11,7 +11,7 @@ mod support;
 use proptest::prelude::*;
 use switchyard_connectors::api::{ApiConnector, KIND};
 use switchyard_connectors::conformance::{
-    Expect, OwnedRequest, arbitrary_bodies, check_all, check_decode_total, load_fixtures,
+    Expect, OwnedRequest, arbitrary_bodies, check_all, check_decode_total,
 };
 use switchyard_connectors::signature::switchyard_signature;
 
@@ -31,7 +31,7 @@ fn connector() -> ApiConnector {
 #[test]
 fn fixtures_are_what_the_generator_writes() {
     assert_eq!(
-        load_fixtures(support::fixture_dir("api")),
+        support::fixtures("api"),
         support::sorted(gen_api::fixtures()),
         "run `cargo run -p switchyard-connectors --example gen_fixtures api`"
     );
@@ -39,7 +39,7 @@ fn fixtures_are_what_the_generator_writes() {
 
 #[test]
 fn every_fixture_conforms() {
-    let outcomes = check_all(&connector(), &load_fixtures(support::fixture_dir("api")));
+    let outcomes = check_all(&connector(), &support::fixtures("api"));
     for (name, outcome) in outcomes {
         if !outcome.envelopes().is_empty() {
             insta::assert_json_snapshot!(format!("api__{name}"), outcome.envelopes(), {
@@ -52,7 +52,7 @@ fn every_fixture_conforms() {
 
 #[test]
 fn a_retried_message_keeps_its_dedupe_key() {
-    let fixtures = load_fixtures(support::fixture_dir("api"));
+    let fixtures = support::fixtures("api");
     let text = fixtures.iter().find(|f| f.name == "text").unwrap();
     assert!(matches!(text.expect, Expect::Envelopes { .. }));
     let c = connector();
@@ -74,7 +74,7 @@ static PROP: std::sync::LazyLock<(
     ApiConnector,
     switchyard_connectors::conformance::OwnedRequest,
 )> = std::sync::LazyLock::new(|| {
-    let template = load_fixtures(support::fixture_dir("api"))
+    let template = support::fixtures("api")
         .into_iter()
         .find(|f| f.name == "text")
         .unwrap()
@@ -137,7 +137,7 @@ impl switchyard_connectors::Connector for Lax {
 
 #[test]
 fn the_kit_catches_a_connector_that_skips_its_signature() {
-    let fixtures = load_fixtures(support::fixture_dir("api"));
+    let fixtures = support::fixtures("api");
     let text = fixtures.iter().find(|f| f.name == "text").unwrap();
     let lax = Lax(connector());
     let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

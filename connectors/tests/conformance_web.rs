@@ -10,9 +10,7 @@ mod gen_web;
 mod support;
 
 use proptest::prelude::*;
-use switchyard_connectors::conformance::{
-    arbitrary_bodies, check_all, check_decode_total, load_fixtures,
-};
+use switchyard_connectors::conformance::{arbitrary_bodies, check_all, check_decode_total};
 use switchyard_connectors::web::{KIND, WebConnector};
 
 fn connector() -> WebConnector {
@@ -28,7 +26,7 @@ fn connector() -> WebConnector {
 #[test]
 fn fixtures_are_what_the_generator_writes() {
     assert_eq!(
-        load_fixtures(support::fixture_dir("web")),
+        support::fixtures("web"),
         support::sorted(gen_web::fixtures()),
         "run `cargo run -p switchyard-connectors --example gen_fixtures web`"
     );
@@ -36,7 +34,7 @@ fn fixtures_are_what_the_generator_writes() {
 
 #[test]
 fn every_fixture_conforms() {
-    let outcomes = check_all(&connector(), &load_fixtures(support::fixture_dir("web")));
+    let outcomes = check_all(&connector(), &support::fixtures("web"));
     for (name, outcome) in outcomes {
         if !outcome.envelopes().is_empty() {
             insta::assert_json_snapshot!(format!("web__{name}"), outcome.envelopes(), {
@@ -51,7 +49,7 @@ static PROP: std::sync::LazyLock<(
     WebConnector,
     switchyard_connectors::conformance::OwnedRequest,
 )> = std::sync::LazyLock::new(|| {
-    let template = load_fixtures(support::fixture_dir("web"))
+    let template = support::fixtures("web")
         .into_iter()
         .find(|f| f.name == "message")
         .unwrap()

@@ -16,8 +16,7 @@ use gen_douyin::{ACCOUNT, CLIENT_KEY, CLIENT_SECRET, CONVERSATION, CUSTOMER};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use switchyard_connectors::conformance::{
-    CollectSink, OwnedRequest, arbitrary_bodies, check_all, check_decode_total, json_like,
-    load_fixtures, run,
+    CollectSink, OwnedRequest, arbitrary_bodies, check_all, check_decode_total, json_like, run,
 };
 use switchyard_connectors::douyin::{DouyinConnector, KIND, webhook_signature};
 use switchyard_connectors::{Connector, ConnectorError};
@@ -42,24 +41,16 @@ fn connector() -> DouyinConnector {
 }
 
 fn fixtures() -> Vec<switchyard_connectors::conformance::Fixture> {
-    load_fixtures(support::fixture_dir("douyin"))
+    support::fixtures("douyin")
 }
 
 fn fixture(name: &str) -> OwnedRequest {
-    fixtures()
-        .into_iter()
-        .find(|f| f.name == name)
-        .unwrap_or_else(|| panic!("no fixture {name}"))
-        .request()
+    support::fixture("douyin", name)
 }
 
 #[test]
 fn fixtures_are_what_the_generator_writes() {
-    assert_eq!(
-        fixtures(),
-        support::sorted(gen_douyin::fixtures()),
-        "run `cargo run -p switchyard-connectors --example gen_fixtures douyin`"
-    );
+    support::assert_fixtures_fresh("douyin", gen_douyin::fixtures());
 }
 
 #[test]

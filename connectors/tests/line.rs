@@ -15,8 +15,7 @@ use gen_line::{CHANNEL_ACCESS_TOKEN, CHANNEL_SECRET, CUSTOMER, DESTINATION, OTHE
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use switchyard_connectors::conformance::{
-    Outcome, OwnedRequest, arbitrary_bodies, check_all, check_decode_total, json_like,
-    load_fixtures, run,
+    Outcome, OwnedRequest, arbitrary_bodies, check_all, check_decode_total, json_like, run,
 };
 use switchyard_connectors::line::{KIND, LineConnector, retry_key, webhook_signature};
 use switchyard_connectors::{Connector, ConnectorContext, ConnectorError, Registry};
@@ -44,15 +43,11 @@ fn connector() -> LineConnector {
 }
 
 fn fixtures() -> Vec<switchyard_connectors::conformance::Fixture> {
-    load_fixtures(support::fixture_dir("line"))
+    support::fixtures("line")
 }
 
 fn fixture(name: &str) -> OwnedRequest {
-    fixtures()
-        .into_iter()
-        .find(|f| f.name == name)
-        .unwrap_or_else(|| panic!("no fixture {name}"))
-        .request()
+    support::fixture("line", name)
 }
 
 fn envelopes_of(name: &str) -> Vec<Envelope> {
@@ -64,11 +59,7 @@ fn envelopes_of(name: &str) -> Vec<Envelope> {
 
 #[test]
 fn fixtures_are_what_the_generator_writes() {
-    assert_eq!(
-        fixtures(),
-        support::sorted(gen_line::fixtures()),
-        "run `cargo run -p switchyard-connectors --example gen_fixtures line`"
-    );
+    support::assert_fixtures_fresh("line", gen_line::fixtures());
 }
 
 #[test]

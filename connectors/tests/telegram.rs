@@ -17,7 +17,7 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 use switchyard_connectors::conformance::{
     CollectSink, Outcome, OwnedRequest, arbitrary_bodies, check_all, check_decode_total, json_like,
-    load_fixtures, run,
+    run,
 };
 use switchyard_connectors::telegram::{KIND, TelegramConnector};
 use switchyard_connectors::{Connector, ConnectorContext, ConnectorError, Registry};
@@ -54,15 +54,11 @@ fn connector() -> TelegramConnector {
 }
 
 fn fixtures() -> Vec<switchyard_connectors::conformance::Fixture> {
-    load_fixtures(support::fixture_dir("telegram"))
+    support::fixtures("telegram")
 }
 
 fn fixture(name: &str) -> OwnedRequest {
-    fixtures()
-        .into_iter()
-        .find(|f| f.name == name)
-        .unwrap_or_else(|| panic!("no fixture {name}"))
-        .request()
+    support::fixture("telegram", name)
 }
 
 fn envelopes_of(c: &TelegramConnector, name: &str) -> Vec<Envelope> {
@@ -74,11 +70,7 @@ fn envelopes_of(c: &TelegramConnector, name: &str) -> Vec<Envelope> {
 
 #[test]
 fn fixtures_are_what_the_generator_writes() {
-    assert_eq!(
-        fixtures(),
-        support::sorted(gen_telegram::fixtures()),
-        "run `cargo run -p switchyard-connectors --example gen_fixtures telegram`"
-    );
+    support::assert_fixtures_fresh("telegram", gen_telegram::fixtures());
 }
 
 #[test]

@@ -17,7 +17,7 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 use switchyard_connectors::conformance::{
     CollectSink, Fixture, Outcome, OwnedRequest, arbitrary_bodies, check_all, check_decode_total,
-    load_fixtures, run, xmlish,
+    run, xmlish,
 };
 use switchyard_connectors::wechat::crypto::WxCrypto;
 use switchyard_connectors::wecom_kf::{
@@ -53,24 +53,16 @@ fn connector() -> WecomKfConnector {
 }
 
 fn fixtures() -> Vec<Fixture> {
-    load_fixtures(support::fixture_dir("wecom_kf"))
+    support::fixtures("wecom_kf")
 }
 
 fn fixture(name: &str) -> OwnedRequest {
-    fixtures()
-        .into_iter()
-        .find(|f| f.name == name)
-        .unwrap_or_else(|| panic!("no fixture {name}"))
-        .request()
+    support::fixture("wecom_kf", name)
 }
 
 #[test]
 fn fixtures_are_what_the_generator_writes() {
-    assert_eq!(
-        fixtures(),
-        support::sorted(gen_kf::fixtures()),
-        "run `cargo run -p switchyard-connectors --example gen_fixtures wecom_kf`"
-    );
+    support::assert_fixtures_fresh("wecom_kf", gen_kf::fixtures());
 }
 
 #[test]

@@ -17,7 +17,7 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 use switchyard_connectors::conformance::{
     CollectSink, Outcome, OwnedRequest, arbitrary_bodies, check_all, check_decode_total, json_like,
-    load_fixtures, run,
+    run,
 };
 use switchyard_connectors::registry::KINDS;
 use switchyard_connectors::whatsapp::{KIND, WhatsAppConnector, webhook_signature};
@@ -56,24 +56,16 @@ fn connector() -> WhatsAppConnector {
 }
 
 fn fixtures() -> Vec<switchyard_connectors::conformance::Fixture> {
-    load_fixtures(support::fixture_dir("whatsapp"))
+    support::fixtures("whatsapp")
 }
 
 fn fixture(name: &str) -> OwnedRequest {
-    fixtures()
-        .into_iter()
-        .find(|f| f.name == name)
-        .unwrap_or_else(|| panic!("no fixture {name}"))
-        .request()
+    support::fixture("whatsapp", name)
 }
 
 #[test]
 fn fixtures_are_what_the_generator_writes() {
-    assert_eq!(
-        fixtures(),
-        support::sorted(gen_whatsapp::fixtures()),
-        "run `cargo run -p switchyard-connectors --example gen_fixtures whatsapp`"
-    );
+    support::assert_fixtures_fresh("whatsapp", gen_whatsapp::fixtures());
 }
 
 #[test]

@@ -42,6 +42,32 @@ pub fn fixture_dir(channel: &str) -> std::path::PathBuf {
         .join(channel)
 }
 
+/// A channel's fixtures, as stored (sorted by name).
+pub fn fixtures(channel: &str) -> Vec<switchyard_connectors::conformance::Fixture> {
+    switchyard_connectors::conformance::load_fixtures(fixture_dir(channel))
+}
+
+/// The request of a channel's fixture `name`.
+pub fn fixture(channel: &str, name: &str) -> switchyard_connectors::conformance::OwnedRequest {
+    fixtures(channel)
+        .into_iter()
+        .find(|f| f.name == name)
+        .unwrap_or_else(|| panic!("no {channel} fixture {name}"))
+        .request()
+}
+
+/// Asserts that the stored fixtures of `channel` are what its generator writes now.
+pub fn assert_fixtures_fresh(
+    channel: &str,
+    generated: Vec<switchyard_connectors::conformance::Fixture>,
+) {
+    assert_eq!(
+        fixtures(channel),
+        sorted(generated),
+        "run `cargo run -p switchyard-connectors --example gen_fixtures {channel}`"
+    );
+}
+
 /// Fixtures sorted by name, as `load_fixtures` returns them.
 pub fn sorted(
     mut fixtures: Vec<switchyard_connectors::conformance::Fixture>,
