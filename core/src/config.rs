@@ -702,6 +702,10 @@ pub struct PoolSettings {
     /// to this pool's queue anyway (0: never).
     #[serde(default)]
     pub bot_timeout_secs: u64,
+    /// Seconds without any change (a message either way, an assignment, a transfer) after
+    /// which a queued or assigned conversation of this pool is closed, reason `idle` (0: never).
+    #[serde(default)]
+    pub close_idle_secs: u64,
 }
 
 /// One `[[routes]]` entry: a routing rule. A conversation opened by a message the rule matches

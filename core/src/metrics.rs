@@ -60,6 +60,8 @@ pub struct Metrics {
     /// Conversations handed off from a silent bot to its pool's queue, by pool
     /// (`bot_timeout_secs`).
     pub bot_timeouts: IntCounterVec,
+    /// Queued or assigned conversations closed after the pool's `close_idle_secs`, by pool.
+    pub idle_closes: IntCounterVec,
     /// Closed conversations the retention sweep went through (deleted, or kept because a merge
     /// closed them).
     pub conversations_swept: IntCounter,
@@ -130,6 +132,13 @@ impl Metrics {
             ),
             &["pool"],
         )?;
+        let idle_closes = IntCounterVec::new(
+            Opts::new(
+                "idle_closes_total",
+                "Conversations closed after their pool's close_idle_secs without a change, by pool",
+            ),
+            &["pool"],
+        )?;
         let conversations_swept = IntCounter::with_opts(Opts::new(
             "retention_conversations_swept_total",
             "Closed conversations the retention sweep went through",
@@ -196,6 +205,7 @@ impl Metrics {
         registry.register(Box::new(routed.clone()))?;
         registry.register(Box::new(conversations_opened.clone()))?;
         registry.register(Box::new(bot_timeouts.clone()))?;
+        registry.register(Box::new(idle_closes.clone()))?;
         registry.register(Box::new(conversations_swept.clone()))?;
         registry.register(Box::new(ingress_to_assignment.clone()))?;
         registry.register(Box::new(ingress_publish.clone()))?;
@@ -213,6 +223,7 @@ impl Metrics {
             routed,
             conversations_opened,
             bot_timeouts,
+            idle_closes,
             conversations_swept,
             ingress_to_assignment,
             ingress_publish,

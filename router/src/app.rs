@@ -37,7 +37,9 @@ use crate::outbox::{Outbox, STAGED_GRACE, run_republisher};
 use crate::peers::Peers;
 use crate::retention::sweep_closed_conversations;
 use crate::routes::RoutingTable;
-use crate::timers::{BotTimeout, hand_off_silent_bots, sweep_interval};
+use crate::timers::{
+    BotTimeout, IdleClose, close_idle_conversations, hand_off_silent_bots, sweep_interval,
+};
 use crate::webhooks::Webhook;
 use crate::workers::{Outbound, ShardWorker, run_channel_sync, run_outbound, run_shard};
 
@@ -281,7 +283,7 @@ impl App {
         }
         let bot_timeouts = BotTimeout::of(&settings);
         if role.router() && !bot_timeouts.is_empty() {
-            let every = sweep_interval(&bot_timeouts);
+            let every = sweep_interval(bot_timeouts.iter().map(|t| t.after));
             let (store, ops, metrics, stop) = (
                 Arc::clone(&store),
                 ops.clone(),
@@ -290,6 +292,20 @@ impl App {
             );
             tasks.spawn(async move {
                 hand_off_silent_bots(store, ops, metrics, bot_timeouts, every, stop).await;
+                Ok(())
+            });
+        }
+        let idle_closes = IdleClose::of(&settings);
+        if role.router() && !idle_closes.is_empty() {
+            let every = sweep_interval(idle_closes.iter().map(|t| t.after));
+            let (store, ops, metrics, stop) = (
+                Arc::clone(&store),
+                ops.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            );
+            tasks.spawn(async move {
+                close_idle_conversations(store, ops, metrics, idle_closes, every, stop).await;
                 Ok(())
             });
         }

@@ -215,10 +215,19 @@ impl Operations {
         if let Some(agent) = agent_id {
             self.check_holder(conversation_id, agent).await?;
         }
+        self.close_because(conversation_id, "closed").await
+    }
+
+    /// Closes a conversation with `reason` as its `close_reason` (`idle` for the idle timer).
+    pub async fn close_because(
+        &self,
+        conversation_id: &str,
+        reason: &str,
+    ) -> Result<Conversation, RouteError> {
         let now = switchyard_core::time::now();
         let release = self
             .store
-            .close_conversation(conversation_id, "closed", now)
+            .close_conversation(conversation_id, reason, now)
             .await?;
         let released = release.released_agent.as_ref();
         let mut events = EventBatch::new();

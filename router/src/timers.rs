@@ -1,9 +1,14 @@
-//! Timers: a pool's bot that stays silent hands its conversations off. A conversation the bot
-//! holds with no message either way for the pool's `bot_timeout_secs` is transferred to the
-//! pool's queue, as if the bot had handed it off itself, and people take it from there.
+//! Timers of a pool, swept by every router:
 //!
-//! Every router sweeps. A claim per conversation (`timer:bot:{id}`) lets one router act on it,
-//! and the transfer checks that the bot still holds it, so a conversation is handed off once.
+//! - **Bot timeout** (`bot_timeout_secs`): a conversation the pool's bot holds with no message
+//!   either way for that long is transferred to the pool's queue, as if the bot had handed it
+//!   off itself, and people take it from there. The transfer checks that the bot still holds it.
+//! - **Idle close** (`close_idle_secs`): a queued or assigned conversation of the pool with no
+//!   change for that long (`updated_at`: a message either way, an assignment, a transfer) is
+//!   closed with the reason `idle`, which frees its agent's room. The candidates are the pool's
+//!   queue and the conversations its agents hold, so a sweep reads what the pool has open.
+//!
+//! A claim per conversation (`timer:bot:{id}`, `timer:idle:{id}`) lets one router act on it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +16,7 @@ use std::time::Duration;
 use switchyard_core::config::{Settings, bot_agent_id};
 use switchyard_core::envelope::new_id;
 use switchyard_core::metrics::Metrics;
+use switchyard_core::model::ConversationStatus;
 use switchyard_core::store::{Store, TransferTarget};
 use tokio_util::sync::CancellationToken;
 
@@ -51,14 +57,130 @@ impl BotTimeout {
     }
 }
 
+/// A pool whose idle conversations close.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdleClose {
+    /// The pool.
+    pub pool: String,
+    /// Time without a change after which its conversations close.
+    pub after: Duration,
+}
+
+impl IdleClose {
+    /// Every pool of `settings` with a `close_idle_secs`.
+    pub fn of(settings: &Settings) -> Vec<IdleClose> {
+        settings
+            .pools
+            .iter()
+            .filter(|p| p.close_idle_secs > 0)
+            .map(|p| IdleClose {
+                pool: p.id.clone(),
+                after: Duration::from_secs(p.close_idle_secs),
+            })
+            .collect()
+    }
+}
+
 /// How often to look: a quarter of the shortest timeout, between 1 and 30 seconds.
-pub fn sweep_interval(timeouts: &[BotTimeout]) -> Duration {
+pub fn sweep_interval(timeouts: impl IntoIterator<Item = Duration>) -> Duration {
     timeouts
-        .iter()
-        .map(|t| t.after / 4)
+        .into_iter()
+        .map(|after| after / 4)
         .min()
         .unwrap_or(Duration::from_secs(30))
         .clamp(Duration::from_secs(1), Duration::from_secs(30))
+}
+
+/// Claims the timer `key` for this router (`me`); `false` when another router holds it or the
+/// store cannot say.
+async fn claim(store: &dyn Store, key: &str, me: &str) -> bool {
+    match store.claim_key(key, me, CLAIM).await {
+        Ok(None) => true,
+        Ok(Some(holder)) => holder == me,
+        Err(e) => {
+            tracing::warn!(error = %e, key, "could not claim a timer; trying again later");
+            false
+        }
+    }
+}
+
+/// The open conversations of `pool` (queued, or held by its agents) that changed last before
+/// `before`.
+async fn idle_in_pool(
+    store: &dyn Store,
+    pool: &str,
+    before: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<String>, switchyard_core::store::StoreError> {
+    let mut candidates = store.queue(pool).await?;
+    for agent in store.agents().await? {
+        if agent.pools.iter().any(|p| p == pool) {
+            candidates.extend(agent.conversations);
+        }
+    }
+    candidates.sort();
+    candidates.dedup();
+    let mut idle = Vec::new();
+    for id in candidates {
+        if let Some(c) = store.conversation(&id).await?
+            && c.pool == pool
+            && matches!(
+                c.status,
+                ConversationStatus::Queued | ConversationStatus::Assigned
+            )
+            && c.updated_at < before
+        {
+            idle.push(c.id);
+        }
+    }
+    Ok(idle)
+}
+
+/// Every `every` until `stop`: closes the idle conversations of the pools in `idles`.
+pub async fn close_idle_conversations(
+    store: Arc<dyn Store>,
+    ops: Operations,
+    metrics: Metrics,
+    idles: Vec<IdleClose>,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let me = new_id();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        for idle in &idles {
+            let Ok(after) = chrono::TimeDelta::from_std(idle.after) else {
+                continue;
+            };
+            let before = switchyard_core::time::now() - after;
+            let ids = match idle_in_pool(&*store, &idle.pool, before).await {
+                Ok(ids) => ids,
+                Err(e) => {
+                    tracing::warn!(pool = %idle.pool, error = %e, "could not look for idle conversations; trying again later");
+                    continue;
+                }
+            };
+            for id in ids {
+                if !claim(&*store, &format!("timer:idle:{id}"), &me).await {
+                    continue;
+                }
+                match ops.close_because(&id, "idle").await {
+                    Ok(_) => {
+                        metrics
+                            .idle_closes
+                            .with_label_values(&[idle.pool.as_str()])
+                            .inc();
+                        tracing::info!(conversation = %id, pool = %idle.pool, "closed an idle conversation");
+                    }
+                    Err(e) => {
+                        tracing::warn!(conversation = %id, error = %e, "could not close an idle conversation; trying again later");
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Every `every` until `stop`: hands off the conversations of silent bots.
@@ -93,15 +215,8 @@ pub async fn hand_off_silent_bots(
                 }
             };
             for conversation in silent {
-                let claim = format!("timer:bot:{}", conversation.id);
-                match store.claim_key(&claim, &me, CLAIM).await {
-                    Ok(None) => {}
-                    Ok(Some(holder)) if holder == me => {}
-                    Ok(Some(_)) => continue,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "could not claim a bot hand-off; trying again later");
-                        continue;
-                    }
+                if !claim(&*store, &format!("timer:bot:{}", conversation.id), &me).await {
+                    continue;
                 }
                 let handed = ops
                     .transfer(
@@ -143,11 +258,10 @@ mod tests {
 
     #[test]
     fn the_interval_is_a_quarter_of_the_shortest_timeout_within_bounds() {
-        assert_eq!(
-            sweep_interval(&[timeout(40), timeout(400)]),
-            Duration::from_secs(10)
-        );
-        assert_eq!(sweep_interval(&[timeout(2)]), Duration::from_secs(1));
-        assert_eq!(sweep_interval(&[timeout(3600)]), Duration::from_secs(30));
+        let every = |timeouts: &[BotTimeout]| sweep_interval(timeouts.iter().map(|t| t.after));
+        assert_eq!(every(&[timeout(40), timeout(400)]), Duration::from_secs(10));
+        assert_eq!(every(&[timeout(2)]), Duration::from_secs(1));
+        assert_eq!(every(&[timeout(3600)]), Duration::from_secs(30));
+        assert_eq!(every(&[]), Duration::from_secs(30));
     }
 }

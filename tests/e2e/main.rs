@@ -14,6 +14,7 @@ mod presence;
 mod routing;
 mod support;
 mod telegram;
+mod timers;
 mod web_flow;
 mod web_gateways;
 mod webhooks;

@@ -295,6 +295,9 @@ bot = {{ toJson (toString .) }}
 {{- with .bot_timeout_secs }}
 bot_timeout_secs = {{ int64 . }}
 {{- end }}
+{{- with .close_idle_secs }}
+close_idle_secs = {{ int64 . }}
+{{- end }}
 {{- end }}
 {{- range $c.bots }}
 
