@@ -180,7 +180,7 @@ pub enum AgentEvent {
     Unassigned {
         /// Conversation id.
         conversation_id: String,
-        /// `closed`, `transferred`, `merged`.
+        /// `closed`, `transferred`, `merged`, or another close reason (`idle`).
         reason: String,
     },
     /// The agent record changed.
