@@ -7,6 +7,7 @@ use switchyard_core::store::{Assignment, Note, NoteKind, Store};
 use crate::error::RouteError;
 use crate::events::EventBatch;
 use crate::outbox::Outbox;
+use crate::timers::tick;
 
 /// Assigns queued conversations of each pool to agents with room, adds
 /// `conversation.assigned` for each to `events` (the caller publishes them), and records
@@ -76,9 +77,8 @@ pub async fn sample_queue_depth(
                     .set(queue.len() as i64);
             }
         }
-        tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(every) => {}
+        if !tick(every, &stop).await {
+            return Ok(());
         }
     }
 }
@@ -93,11 +93,7 @@ pub async fn sweep_lapsed_agents(
     every: std::time::Duration,
     stop: tokio_util::sync::CancellationToken,
 ) -> Result<(), RouteError> {
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(every) => {}
-        }
+    while tick(every, &stop).await {
         let now = switchyard_core::time::now();
         let agents = match store.expire_lapsed_agents(now).await {
             Ok(agents) => agents,
@@ -120,4 +116,5 @@ pub async fn sweep_lapsed_agents(
             tracing::warn!(error = %e, "lapsed agents set offline, but agent.updated not published");
         }
     }
+    Ok(())
 }

@@ -9,6 +9,8 @@ use switchyard_core::metrics::Metrics;
 use switchyard_core::store::Store;
 use tokio_util::sync::CancellationToken;
 
+use crate::timers::tick;
+
 /// Conversations one store call goes through: one call stays short, even for conversations
 /// with many messages.
 const BATCH: usize = 50;
@@ -30,11 +32,7 @@ pub async fn sweep_closed_conversations(
         stop.cancelled().await;
         return;
     };
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
-        }
+    while tick(every, &stop).await {
         let closed_before = switchyard_core::time::now() - keep;
         loop {
             match store.expire_closed(closed_before, BATCH).await {

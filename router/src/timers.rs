@@ -91,7 +91,23 @@ pub fn sweep_interval(timeouts: impl IntoIterator<Item = Duration>) -> Duration 
         .clamp(Duration::from_secs(1), Duration::from_secs(30))
 }
 
-/// Claims the timer `key` for this router (`me`); `false` when another router holds it or the
+/// Waits `every`; `false` once `stop` is cancelled (at once, without waiting out `every`). The
+/// pace of every periodic sweep.
+pub(crate) async fn tick(every: Duration, stop: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => false,
+        _ = tokio::time::sleep(every) => true,
+    }
+}
+
+/// The instant `after` ago, when the clock can count that far back.
+fn cutoff(after: Duration) -> Option<chrono::DateTime<chrono::Utc>> {
+    let after = chrono::TimeDelta::from_std(after).ok()?;
+    switchyard_core::time::now().checked_sub_signed(after)
+}
+
+/// Claims the timer `key` for this router (`me`, made once per sweep task: another router's
+/// claims hold the conversation until they lapse); `false` when another router holds it or the
 /// store cannot say.
 async fn claim(store: &dyn Store, key: &str, me: &str) -> bool {
     match store.claim_key(key, me, CLAIM).await {
@@ -145,16 +161,11 @@ pub async fn close_idle_conversations(
     stop: CancellationToken,
 ) {
     let me = new_id();
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
-        }
+    while tick(every, &stop).await {
         for idle in &idles {
-            let Ok(after) = chrono::TimeDelta::from_std(idle.after) else {
+            let Some(before) = cutoff(idle.after) else {
                 continue;
             };
-            let before = switchyard_core::time::now() - after;
             let ids = match idle_in_pool(&*store, &idle.pool, before).await {
                 Ok(ids) => ids,
                 Err(e) => {
@@ -192,18 +203,12 @@ pub async fn hand_off_silent_bots(
     every: Duration,
     stop: CancellationToken,
 ) {
-    // This router's claims; another router's hold the conversation until they lapse.
     let me = new_id();
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
-        }
+    while tick(every, &stop).await {
         for timeout in &timeouts {
-            let Ok(after) = chrono::TimeDelta::from_std(timeout.after) else {
+            let Some(before) = cutoff(timeout.after) else {
                 continue;
             };
-            let before = switchyard_core::time::now() - after;
             let silent = match store
                 .idle_bot_conversations(&timeout.pool, before, BATCH)
                 .await
