@@ -199,6 +199,11 @@ async fn store_idle_bot_conversations_longest_silent_first() {
 }
 
 #[tokio::test]
+async fn store_close_idle_only_when_unchanged() {
+    store::close_idle_only_when_unchanged(&new_store, "embedded.").await;
+}
+
+#[tokio::test]
 async fn store_route_inbound_retry_changes_nothing() {
     store::route_inbound_retry_changes_nothing(&new_store, "embedded.").await;
 }

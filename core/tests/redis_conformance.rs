@@ -70,6 +70,7 @@ conformance!(
     route_inbound_queues_without_agent,
     route_inbound_opens_with_a_bot,
     idle_bot_conversations_longest_silent_first,
+    close_idle_only_when_unchanged,
     route_inbound_retry_changes_nothing,
     route_inbound_retry_reports_other_assignments,
     route_inbound_duplicate_claim_changes_nothing,

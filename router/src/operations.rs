@@ -4,11 +4,12 @@
 //! [outbox](crate::outbox).
 
 use std::sync::Arc;
-use switchyard_core::config::BOT_AGENT_PREFIX;
 
+use chrono::{DateTime, Utc};
 use switchyard_connectors::Registry;
 use switchyard_core::bus::Message;
 use switchyard_core::bus::topology::OUTBOUND_EXCHANGE;
+use switchyard_core::config::BOT_AGENT_PREFIX;
 use switchyard_core::envelope::{Content, Direction, Envelope, new_id};
 use switchyard_core::event::EventType;
 use switchyard_core::identity::IdentityKey;
@@ -16,7 +17,7 @@ use switchyard_core::metrics::Metrics;
 use switchyard_core::model::{Agent, Conversation, ConversationStatus, Customer};
 use switchyard_core::protocol::ConversationView;
 use switchyard_core::store::{
-    AgentUpdate, Note, NoteKind, ResolveRequest, Store, StoreError, TransferTarget,
+    AgentUpdate, Note, NoteKind, Release, ResolveRequest, Store, StoreError, TransferTarget,
 };
 
 use crate::assignment::assign_pools;
@@ -215,20 +216,37 @@ impl Operations {
         if let Some(agent) = agent_id {
             self.check_holder(conversation_id, agent).await?;
         }
-        self.close_because(conversation_id, "closed").await
+        let now = switchyard_core::time::now();
+        let release = self
+            .store
+            .close_conversation(conversation_id, "closed", now)
+            .await?;
+        self.announce_close(conversation_id, release, now).await
     }
 
-    /// Closes a conversation with `reason` as its `close_reason` (`idle` for the idle timer).
-    pub async fn close_because(
+    /// Closes a conversation with the reason `idle` if it is still queued or assigned and
+    /// unchanged since before `unchanged_before` ([`Store::close_idle`]); else the conflict
+    /// `conversation_changed`.
+    pub async fn close_idle(
         &self,
         conversation_id: &str,
-        reason: &str,
+        unchanged_before: DateTime<Utc>,
     ) -> Result<Conversation, RouteError> {
         let now = switchyard_core::time::now();
         let release = self
             .store
-            .close_conversation(conversation_id, reason, now)
+            .close_idle(conversation_id, unchanged_before, now)
             .await?;
+        self.announce_close(conversation_id, release, now).await
+    }
+
+    /// Announces a close (`conversation.closed`) and assigns what the freed agent has room for.
+    async fn announce_close(
+        &self,
+        conversation_id: &str,
+        release: Release,
+        now: DateTime<Utc>,
+    ) -> Result<Conversation, RouteError> {
         let released = release.released_agent.as_ref();
         let mut events = EventBatch::new();
         events.conversation_closed(&release.conversation, released.map(|a| a.id.as_str()));

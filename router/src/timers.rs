@@ -6,7 +6,8 @@
 //! - **Idle close** (`close_idle_secs`): a queued or assigned conversation of the pool with no
 //!   change for that long (`updated_at`: a message either way, an assignment, a transfer) is
 //!   closed with the reason `idle`, which frees its agent's room. The candidates are the pool's
-//!   queue and the conversations its agents hold, so a sweep reads what the pool has open.
+//!   queue and the conversations its agents hold, so a sweep reads what the pool has open; the
+//!   close itself checks, in the same store step, that nothing changed meanwhile.
 //!
 //! A claim per conversation (`timer:bot:{id}`, `timer:idle:{id}`) lets one router act on it.
 
@@ -17,9 +18,10 @@ use switchyard_core::config::{Settings, bot_agent_id};
 use switchyard_core::envelope::new_id;
 use switchyard_core::metrics::Metrics;
 use switchyard_core::model::ConversationStatus;
-use switchyard_core::store::{Store, TransferTarget};
+use switchyard_core::store::{Store, StoreError, TransferTarget};
 use tokio_util::sync::CancellationToken;
 
+use crate::error::RouteError;
 use crate::operations::Operations;
 
 /// Conversations one sweep of one pool goes through.
@@ -177,13 +179,19 @@ pub async fn close_idle_conversations(
                 if !claim(&*store, &format!("timer:idle:{id}"), &me).await {
                     continue;
                 }
-                match ops.close_because(&id, "idle").await {
+                match ops.close_idle(&id, before).await {
                     Ok(_) => {
                         metrics
                             .idle_closes
                             .with_label_values(&[idle.pool.as_str()])
                             .inc();
                         tracing::info!(conversation = %id, pool = %idle.pool, "closed an idle conversation");
+                    }
+                    Err(RouteError::Store(StoreError::Conflict {
+                        code: "conversation_changed",
+                        ..
+                    })) => {
+                        tracing::debug!(conversation = %id, "a message or a change came first; it stays open");
                     }
                     Err(e) => {
                         tracing::warn!(conversation = %id, error = %e, "could not close an idle conversation; trying again later");

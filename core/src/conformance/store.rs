@@ -18,7 +18,7 @@ use crate::identity::{IdentityKey, IdentityStrength};
 use crate::model::{Agent, AgentStatus, Conversation, ConversationStatus, Customer};
 use crate::store::{
     AgentUpdate, Assignment, InboundOutcome, InboundRecord, InboundRouting, MailboxPush, Merge,
-    Note, NoteKind, Resolution, ResolveRequest, SenderResolution, Store, StoreError,
+    Note, NoteKind, Release, Resolution, ResolveRequest, SenderResolution, Store, StoreError,
     TransferTarget, route_inbound_stepwise,
 };
 
@@ -3005,6 +3005,80 @@ pub async fn idle_bot_conversations_longest_silent_first(factory: &impl MakeStor
     assert!(idle(10, 10).await.is_empty(), "{what}: after the close");
 }
 
+/// `close_idle` closes a queued or assigned conversation only when nothing changed since the
+/// given time, in the same step: a message recorded meanwhile keeps it open; a closed
+/// conversation, or one a bot holds, is not its to close.
+pub async fn close_idle_only_when_unchanged(factory: &impl MakeStore, prefix: &str) {
+    let what = "close_idle_only_when_unchanged";
+    let store = factory.make().await;
+    let pool = format!("{prefix}default");
+    let x = format!("{prefix}agent-x");
+    agent(&store, &x, &[&pool], 1, AgentStatus::Online, at(0)).await;
+    let changed = |r: Result<Release, StoreError>| {
+        matches!(
+            r,
+            Err(StoreError::Conflict {
+                code: "conversation_changed",
+                ..
+            })
+        )
+    };
+    let e = unrouted(prefix, "quiet", &[], at(1));
+    let id = routed(what, route(&store, routing(prefix, &e, &pool, at(1))).await)
+        .1
+        .conversation
+        .id;
+    assert!(
+        changed(store.close_idle(&id, at(1), at(1)).await),
+        "{what}: changed at the cut-off itself"
+    );
+    let mut later = unrouted(prefix, "quiet", &[], at(3));
+    later.dedupe_key = format!("{prefix}quiet-again");
+    route(&store, routing(prefix, &later, &pool, at(3))).await;
+    assert!(
+        changed(store.close_idle(&id, at(2), at(3)).await),
+        "{what}: a message came after the cut-off"
+    );
+    assert_eq!(
+        get_conversation(&store, &id).await.status,
+        ConversationStatus::Assigned,
+        "{what}: still open"
+    );
+    let release = store
+        .close_idle(&id, at(4), at(4))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: close_idle: {e}"));
+    assert_eq!(release.conversation.status, ConversationStatus::Closed);
+    assert_eq!(release.conversation.close_reason.as_deref(), Some("idle"));
+    assert_eq!(
+        release.released_agent.map(|a| a.id),
+        Some(x.clone()),
+        "{what}: the agent's room"
+    );
+    assert!(
+        changed(store.close_idle(&id, at(9), at(9)).await),
+        "{what}: closed already"
+    );
+
+    let b = unrouted(prefix, "with-the-bot", &[], at(5));
+    let mut req = routing(prefix, &b, &pool, at(5));
+    req.bot = Some(format!("bot:{prefix}faq"));
+    let held = routed(what, route(&store, req).await).1.conversation.id;
+    assert!(
+        changed(store.close_idle(&held, at(9), at(9)).await),
+        "{what}: a bot's conversation"
+    );
+    assert!(
+        matches!(
+            store
+                .close_idle(&format!("{prefix}nope"), at(9), at(9))
+                .await,
+            Err(StoreError::NotFound { .. })
+        ),
+        "{what}: an unknown conversation"
+    );
+}
+
 /// Routing the same envelope again (a redelivery after a lost reply or a failed publish)
 /// reports what the first call did, `created` flags included, and changes nothing: no second
 /// message, no second assignment. A retry of a later message reports nothing as created.
@@ -3552,6 +3626,7 @@ pub async fn run_all(factory: &impl MakeStore, prefix: &str) {
     route_inbound_queues_without_agent(factory, &p("route-queue")).await;
     route_inbound_opens_with_a_bot(factory, &p("route-bot")).await;
     idle_bot_conversations_longest_silent_first(factory, &p("idle-bot")).await;
+    close_idle_only_when_unchanged(factory, &p("close-idle")).await;
     route_inbound_retry_changes_nothing(factory, &p("route-retry")).await;
     route_inbound_retry_reports_other_assignments(factory, &p("route-retry-others")).await;
     route_inbound_duplicate_claim_changes_nothing(factory, &p("route-dup")).await;

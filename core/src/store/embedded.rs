@@ -9,9 +9,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    AgentUpdate, Assignment, InboundOutcome, InboundRecord, InboundRouting, MailboxHead,
-    MailboxItem, MailboxPush, Merge, Note, NoteKind, Release, Resolution, ResolveRequest,
-    SenderResolution, Store, StoreError, TransferTarget, decode_others_assigned,
+    AgentUpdate, Assignment, IDLE_CLOSE_REASON, InboundOutcome, InboundRecord, InboundRouting,
+    MailboxHead, MailboxItem, MailboxPush, Merge, Note, NoteKind, Release, Resolution,
+    ResolveRequest, SenderResolution, Store, StoreError, TransferTarget, decode_others_assigned,
     encode_others_assigned, others_assigned_key, replay_others_assigned,
 };
 use crate::envelope::{Envelope, new_id};
@@ -1086,6 +1086,36 @@ impl Store for EmbeddedStore {
     ) -> Result<Release, StoreError> {
         let mut s = self.lock();
         let release = s.close(id, reason, now)?;
+        let mut note = Note::new(NoteKind::Closed, id, now);
+        note.from_agent = release.released_agent.as_ref().map(|a| a.id.clone());
+        s.note(note);
+        Ok(release)
+    }
+
+    async fn close_idle(
+        &self,
+        id: &str,
+        unchanged_before: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Release, StoreError> {
+        let mut s = self.lock();
+        let c = s
+            .conversations
+            .get(id)
+            .ok_or_else(|| not_found("conversation", id))?;
+        let open = matches!(
+            c.status,
+            ConversationStatus::Queued | ConversationStatus::Assigned
+        );
+        if !open || c.updated_at >= unchanged_before {
+            return Err(StoreError::Conflict {
+                code: "conversation_changed",
+                message: format!(
+                    "conversation `{id}` is not open or changed since {unchanged_before}"
+                ),
+            });
+        }
+        let release = s.close(id, IDLE_CLOSE_REASON, now)?;
         let mut note = Note::new(NoteKind::Closed, id, now);
         note.from_agent = release.released_agent.as_ref().map(|a| a.id.clone());
         s.note(note);

@@ -523,6 +523,9 @@ pub struct MailboxPush<'a> {
     pub ttl: Duration,
 }
 
+/// The `close_reason` of a conversation [`Store::close_idle`] closed.
+pub const IDLE_CLOSE_REASON: &str = "idle";
+
 /// The state store.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -704,6 +707,18 @@ pub trait Store: Send + Sync + 'static {
         &self,
         id: &str,
         reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Release, StoreError>;
+
+    /// Closes conversation `id` with the reason `idle`, in one step with the check that it is
+    /// queued or assigned and unchanged since before `unchanged_before` (its `updated_at` is
+    /// older); otherwise the conflict `conversation_changed`, and nothing changes. A message
+    /// recorded meanwhile therefore keeps it open. Notes the close like
+    /// [`Store::close_conversation`].
+    async fn close_idle(
+        &self,
+        id: &str,
+        unchanged_before: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<Release, StoreError>;
 

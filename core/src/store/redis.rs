@@ -56,9 +56,9 @@ use link::Link;
 pub use link::RedisTarget;
 
 use super::{
-    AgentUpdate, Assignment, InboundOutcome, InboundRecord, InboundRouting, MailboxHead,
-    MailboxItem, MailboxPush, Merge, Note, Release, Resolution, ResolveRequest, SenderResolution,
-    Store, StoreError, TransferTarget,
+    AgentUpdate, Assignment, IDLE_CLOSE_REASON, InboundOutcome, InboundRecord, InboundRouting,
+    MailboxHead, MailboxItem, MailboxPush, Merge, Note, Release, Resolution, ResolveRequest,
+    SenderResolution, Store, StoreError, TransferTarget,
 };
 use crate::envelope::{ChannelRef, Envelope, Sender, new_id};
 use crate::identity::{IdentityKey, IdentityStrength};
@@ -508,6 +508,7 @@ fn conflict_code(s: &str) -> &'static str {
         "already_assigned" => "already_assigned",
         "agent_unavailable" => "agent_unavailable",
         "customer_unresolved" => "customer_unresolved",
+        "conversation_changed" => "conversation_changed",
         _ => "conflict",
     }
 }
@@ -1181,6 +1182,21 @@ impl Store for RedisStore {
     ) -> Result<Release, StoreError> {
         let mut inv = CLOSE.prepare_invoke();
         inv.arg(&self.prefix).arg(id).arg(reason).arg(stamp(now));
+        release(self.eval(&inv, false).await?)
+    }
+
+    async fn close_idle(
+        &self,
+        id: &str,
+        unchanged_before: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Release, StoreError> {
+        let mut inv = CLOSE.prepare_invoke();
+        inv.arg(&self.prefix)
+            .arg(id)
+            .arg(IDLE_CLOSE_REASON)
+            .arg(stamp(now))
+            .arg(stamp(unchanged_before));
         release(self.eval(&inv, false).await?)
     }
 
