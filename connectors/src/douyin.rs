@@ -385,10 +385,6 @@ impl DouyinConnector {
         format!("douyin:{}:{account}:refresh_token", self.client_key)
     }
 
-    fn store_err(e: impl std::fmt::Display) -> ConnectorError {
-        ConnectorError::Transient(format!("store: {e}"))
-    }
-
     /// The reply context of `message`: the one kept for the envelope it answers, else the
     /// customer's latest.
     pub async fn reply_context(
@@ -401,7 +397,7 @@ impl DouyinConnector {
         }
         keys.push(self.latest_key(&message.sender.external_id));
         for key in keys {
-            if let Some(raw) = self.store.get_key(&key).await.map_err(Self::store_err)?
+            if let Some(raw) = self.store.get_key(&key).await?
                 && let Ok(ctx) = serde_json::from_str::<ReplyContext>(&raw)
                 && ctx.customer_open_id == message.sender.external_id
             {
@@ -426,20 +422,16 @@ impl DouyinConnector {
             .map_err(|e| ConnectorError::Transient(format!("cannot encode reply context: {e}")))?;
         self.store
             .set_key(&self.reply_key(envelope_id), &value, ttl)
-            .await
-            .map_err(Self::store_err)?;
+            .await?;
         let latest = self.latest_key(&ctx.customer_open_id);
-        let newer = match self.store.get_key(&latest).await.map_err(Self::store_err)? {
+        let newer = match self.store.get_key(&latest).await? {
             Some(old) => {
                 serde_json::from_str::<ReplyContext>(&old).map_or(true, |o| o.at <= ctx.at)
             }
             None => true,
         };
         if newer {
-            self.store
-                .set_key(&latest, &value, ttl)
-                .await
-                .map_err(Self::store_err)?;
+            self.store.set_key(&latest, &value, ttl).await?;
         }
         Ok(())
     }
@@ -451,12 +443,7 @@ impl DouyinConnector {
         account: &str,
         stale: Option<&str>,
     ) -> Result<String, ConnectorError> {
-        let refresh = match self
-            .store
-            .get_key(&self.refresh_key(account))
-            .await
-            .map_err(Self::store_err)?
-        {
+        let refresh = match self.store.get_key(&self.refresh_key(account)).await? {
             Some(r) => Some(r),
             None => self.refresh_token.clone().filter(|_| {
                 self.account_open_id
@@ -544,8 +531,7 @@ impl DouyinConnector {
                     new_refresh,
                     Duration::from_secs(ttl),
                 )
-                .await
-                .map_err(Self::store_err)?;
+                .await?;
         }
         Ok((token, lifetime))
     }

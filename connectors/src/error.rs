@@ -44,7 +44,23 @@ impl From<switchyard_core::config::ConfigError> for ConnectorError {
     }
 }
 
+impl From<switchyard_core::store::StoreError> for ConnectorError {
+    /// State a connector keeps in the shared store (token caches, cursors, reply contexts,
+    /// mailboxes) could not be read or written: [`ConnectorError::Transient`], tried again.
+    fn from(e: switchyard_core::store::StoreError) -> Self {
+        ConnectorError::Transient(format!("store: {e}"))
+    }
+}
+
 impl ConnectorError {
+    /// A send the channel refused for good, with its machine-readable `code`.
+    pub fn rejected(code: impl Into<String>, message: impl Into<String>) -> Self {
+        ConnectorError::Rejected {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+
     /// The metric outcome label of this class.
     pub fn outcome(&self) -> &'static str {
         match self {

@@ -182,13 +182,6 @@ impl std::fmt::Debug for LineConnector {
     }
 }
 
-fn rejected(code: &str, message: impl Into<String>) -> ConnectorError {
-    ConnectorError::Rejected {
-        code: code.to_owned(),
-        message: message.into(),
-    }
-}
-
 /// A LINE media message's media: the message id (content held by LINE), or the URLs of an
 /// `external` content provider.
 fn media_of(message: &Map<String, Value>, id: &str) -> (Media, Option<Media>) {
@@ -309,7 +302,7 @@ fn https_url(media: &Media, what: &str) -> Result<String, ConnectorError> {
         .map(str::trim)
         .filter(|u| !u.is_empty())
     else {
-        return Err(rejected(
+        return Err(ConnectorError::rejected(
             "media_url_required",
             format!(
                 "LINE sends {what} by URL only; this one has {}",
@@ -325,7 +318,7 @@ fn https_url(media: &Media, what: &str) -> Result<String, ConnectorError> {
         .get(..8)
         .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"));
     if !scheme_ok {
-        return Err(rejected(
+        return Err(ConnectorError::rejected(
             "media_url_not_https",
             format!("LINE fetches {what} over HTTPS only"),
         ));
@@ -339,11 +332,14 @@ pub fn push_message(content: &Content) -> Result<Value, ConnectorError> {
     match content {
         Content::Text { text } => {
             if text.is_empty() {
-                return Err(rejected("text_empty", "LINE does not send empty text"));
+                return Err(ConnectorError::rejected(
+                    "text_empty",
+                    "LINE does not send empty text",
+                ));
             }
             let units = text.encode_utf16().count();
             if units > MAX_TEXT_UTF16 {
-                return Err(rejected(
+                return Err(ConnectorError::rejected(
                     "text_too_long",
                     format!("text is {units} UTF-16 code units; LINE allows {MAX_TEXT_UTF16}"),
                 ));
@@ -363,7 +359,7 @@ pub fn push_message(content: &Content) -> Result<Value, ConnectorError> {
             let preview = match thumbnail {
                 Some(t) => https_url(t, "video previews")?,
                 None => {
-                    return Err(rejected(
+                    return Err(ConnectorError::rejected(
                         "video_preview_required",
                         "a LINE video message needs a preview image (the video's thumbnail URL)",
                     ));
@@ -375,11 +371,11 @@ pub fn push_message(content: &Content) -> Result<Value, ConnectorError> {
                 "previewImageUrl": preview,
             }))
         }
-        Content::Audio { .. } => Err(rejected(
+        Content::Audio { .. } => Err(ConnectorError::rejected(
             "audio_duration_required",
             "a LINE audio message needs the audio's duration, which the envelope does not carry",
         )),
-        other => Err(rejected(
+        other => Err(ConnectorError::rejected(
             "content_unsupported",
             format!(
                 "the LINE connector sends text, image and video, not {}",
@@ -435,12 +431,12 @@ pub fn classify_push_failure(
 ) -> ConnectorError {
     let text = error_text(body);
     match status {
-        429 if text.to_ascii_lowercase().contains("monthly limit") => rejected(
+        429 if text.to_ascii_lowercase().contains("monthly limit") => ConnectorError::rejected(
             "monthly_limit_reached",
             format!("LINE's monthly message quota for this channel is used up: {text}"),
         ),
         429 => ConnectorError::RateLimited { retry_after },
-        401 => rejected(
+        401 => ConnectorError::rejected(
             "access_token_invalid",
             format!("LINE refused the channel access token (check channel_access_token): {text}"),
         ),
@@ -450,7 +446,7 @@ pub fn classify_push_failure(
                 403 => "forbidden".to_owned(),
                 other => format!("http_{other}"),
             };
-            rejected(&code, text)
+            ConnectorError::rejected(&code, text)
         }
         _ => ConnectorError::Transient(format!("LINE push answered HTTP {status}: {text}")),
     }
@@ -622,7 +618,7 @@ impl Connector for LineConnector {
     async fn send(&self, message: &Envelope) -> Result<SendReceipt, ConnectorError> {
         let to = message.sender.external_id.trim();
         if to.is_empty() {
-            return Err(rejected(
+            return Err(ConnectorError::rejected(
                 "no_recipient",
                 "the outbound envelope has no LINE user id",
             ));

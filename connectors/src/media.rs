@@ -38,13 +38,6 @@ pub struct Downloaded {
     pub served_mime: Option<String>,
 }
 
-fn rejected(code: &str, message: impl Into<String>) -> ConnectorError {
-    ConnectorError::Rejected {
-        code: code.to_owned(),
-        message: message.into(),
-    }
-}
-
 /// Downloads an agent-supplied media URL (`http`/`https` only, at most `max_bytes`).
 ///
 /// Rejected (`media_url_invalid`, `media_download_failed` for a 4xx, `media_too_large`);
@@ -55,7 +48,10 @@ pub async fn download(
     max_bytes: usize,
 ) -> Result<Downloaded, ConnectorError> {
     if !(url.starts_with("https://") || url.starts_with("http://")) {
-        return Err(rejected("media_url_invalid", "media url must be http(s)"));
+        return Err(ConnectorError::rejected(
+            "media_url_invalid",
+            "media url must be http(s)",
+        ));
     }
     let mut response = http
         .get(url)
@@ -67,14 +63,14 @@ pub async fn download(
         return Err(if status.is_server_error() || status.as_u16() == 429 {
             ConnectorError::Transient(format!("media download: HTTP {status}"))
         } else {
-            rejected(
+            ConnectorError::rejected(
                 "media_download_failed",
                 format!("media url answered HTTP {status}"),
             )
         });
     }
     let too_large = || {
-        rejected(
+        ConnectorError::rejected(
             "media_too_large",
             format!("media exceeds the channel's limit of {max_bytes} bytes"),
         )
@@ -380,7 +376,7 @@ pub fn choose_mime(
     if spec.accept.allows(&mime) {
         Ok(mime)
     } else {
-        Err(rejected(
+        Err(ConnectorError::rejected(
             "media_type_unsupported",
             format!("the channel does not take {mime} as {}", spec.kind),
         ))
@@ -423,7 +419,7 @@ impl MediaResolver {
             return Ok(id.to_owned());
         }
         let Some(url) = media.url.as_deref().filter(|u| !u.is_empty()) else {
-            return Err(rejected(
+            return Err(ConnectorError::rejected(
                 "no_media",
                 "media has neither a media_id nor a url",
             ));
@@ -434,7 +430,7 @@ impl MediaResolver {
         }
         let downloaded = download(&self.http, url, spec.max_bytes).await?;
         if downloaded.bytes.len() < spec.min_bytes {
-            return Err(rejected(
+            return Err(ConnectorError::rejected(
                 "media_too_small",
                 format!(
                     "media is {} bytes; the channel needs at least {}",

@@ -683,14 +683,14 @@ impl TelegramConnector {
         match content {
             Content::Text { text } => {
                 if text.trim().is_empty() {
-                    return Err(rejected(
+                    return Err(ConnectorError::rejected(
                         "empty_text",
                         "Telegram does not send empty messages",
                     ));
                 }
                 let chars = text.chars().count();
                 if chars > MAX_TEXT_CHARS {
-                    return Err(rejected(
+                    return Err(ConnectorError::rejected(
                         "text_too_long",
                         format!("text has {chars} characters; Telegram allows {MAX_TEXT_CHARS}"),
                     ));
@@ -701,7 +701,7 @@ impl TelegramConnector {
             Content::Audio { media, .. } => by_reference("sendAudio", "audio", media),
             Content::Video { media, .. } => by_reference("sendVideo", "video", media),
             Content::File { media, .. } => by_reference("sendDocument", "document", media),
-            other => Err(rejected(
+            other => Err(ConnectorError::rejected(
                 "content_unsupported",
                 format!(
                     "the Telegram connector sends text, image, audio, video and file, not {}",
@@ -774,7 +774,7 @@ impl TelegramConnector {
                     .map(Duration::from_secs)
                     .or(header_retry_after),
             },
-            401 | 404 => rejected(
+            401 | 404 => ConnectorError::rejected(
                 "bot_token_invalid",
                 format!(
                     "Telegram refused the bot token of channel `{}` ({code} {description}); check \
@@ -791,21 +791,14 @@ impl TelegramConnector {
                 } else {
                     "forbidden"
                 };
-                rejected(reason, description)
+                ConnectorError::rejected(reason, description)
             }
-            400 => rejected("bad_request", description),
-            c @ 402..=499 => rejected(format!("telegram_{c}"), description),
+            400 => ConnectorError::rejected("bad_request", description),
+            c @ 402..=499 => ConnectorError::rejected(format!("telegram_{c}"), description),
             _ => ConnectorError::Transient(format!(
                 "Telegram {method} answered HTTP {status} (error {code}): {description}"
             )),
         }
-    }
-}
-
-fn rejected(code: impl Into<String>, message: impl Into<String>) -> ConnectorError {
-    ConnectorError::Rejected {
-        code: code.into(),
-        message: message.into(),
     }
 }
 
@@ -819,15 +812,16 @@ fn media_reference(media: &Media) -> Result<String, ConnectorError> {
     {
         let lower = url.to_ascii_lowercase();
         if !(lower.starts_with("https://") || lower.starts_with("http://")) {
-            return Err(rejected(
+            return Err(ConnectorError::rejected(
                 "media_url_invalid",
                 "Telegram fetches media by http(s) URL only",
             ));
         }
         return Ok(url.to_owned());
     }
-    non_empty(media.media_id.as_deref())
-        .ok_or_else(|| rejected("no_media", "media has neither a url nor a media_id"))
+    non_empty(media.media_id.as_deref()).ok_or_else(|| {
+        ConnectorError::rejected("no_media", "media has neither a url nor a media_id")
+    })
 }
 
 #[async_trait]
@@ -975,7 +969,7 @@ impl Connector for TelegramConnector {
 
     async fn send(&self, message: &Envelope) -> Result<SendReceipt, ConnectorError> {
         let chat_id: i64 = message.sender.external_id.parse().map_err(|_| {
-            rejected(
+            ConnectorError::rejected(
                 "recipient_invalid",
                 format!("`{}` is not a Telegram user id", message.sender.external_id),
             )

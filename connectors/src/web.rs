@@ -213,8 +213,7 @@ impl WebConnector {
         let items = self
             .store
             .mailbox_read(&self.mailbox_key(visitor_id))
-            .await
-            .map_err(store_error)?;
+            .await?;
         let mut events = Vec::with_capacity(items.len());
         let mut undecodable = Vec::new();
         for item in items {
@@ -242,7 +241,7 @@ impl WebConnector {
         self.store
             .mailbox_ack(&self.mailbox_key(visitor_id), ids)
             .await
-            .map_err(store_error)
+            .map_err(ConnectorError::from)
     }
 
     /// The store mailbox of a visitor of this channel.
@@ -310,10 +309,6 @@ impl WebConnector {
             now,
         )
     }
-}
-
-fn store_error(e: switchyard_core::store::StoreError) -> ConnectorError {
-    ConnectorError::Transient(format!("store: {e}"))
 }
 
 fn check_client_id(client_id: &str) -> Result<(), ConnectorError> {
@@ -449,8 +444,7 @@ impl Connector for WebConnector {
                 MAILBOX_LIMIT,
                 MAILBOX_TTL,
             )
-            .await
-            .map_err(store_error)?;
+            .await?;
         self.sessions.deliver(visitor_id, event.clone());
         if let Some(bus) = self.bus.get() {
             let notice = ReplyNotice {

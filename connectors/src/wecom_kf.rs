@@ -417,10 +417,6 @@ impl std::fmt::Debug for WecomKfConnector {
     }
 }
 
-fn store_err(e: impl std::fmt::Display) -> ConnectorError {
-    ConnectorError::Transient(format!("store: {e}"))
-}
-
 /// A query parameter; `+` decoded as a space by form decoding is put back (base64 and hex
 /// values never contain spaces).
 fn query<'a>(req: &'a InboundRequest<'_>, key: &str) -> Option<String> {
@@ -565,8 +561,7 @@ impl WecomKfConnector {
             let remembered = self
                 .store
                 .get_key(&self.sent_key(&failure.fail_msgid))
-                .await
-                .map_err(store_err)?;
+                .await?;
             let Some(json) = remembered else {
                 tracing::debug!(
                     msgid = %failure.fail_msgid,
@@ -802,11 +797,7 @@ impl WecomKfConnector {
         let holder = new_id();
         let started = tokio::time::Instant::now();
         loop {
-            let claim = self
-                .store
-                .claim_key(&lock, &holder, PULL_LOCK_TTL)
-                .await
-                .map_err(store_err)?;
+            let claim = self.store.claim_key(&lock, &holder, PULL_LOCK_TTL).await?;
             if claim.is_none() {
                 break;
             }
@@ -832,7 +823,7 @@ impl WecomKfConnector {
         started: tokio::time::Instant,
     ) -> Result<Vec<Accepted>, ConnectorError> {
         let cursor_key = self.cursor_key(open_kfid);
-        let mut cursor = self.store.get_key(&cursor_key).await.map_err(store_err)?;
+        let mut cursor = self.store.get_key(&cursor_key).await?;
         let mut accepted = Vec::new();
         loop {
             let mut body = json!({ "limit": PAGE_LIMIT, "open_kfid": open_kfid });
@@ -859,8 +850,7 @@ impl WecomKfConnector {
                         open_kfid,
                         ROUTE_TTL,
                     )
-                    .await
-                    .map_err(store_err)?;
+                    .await?;
             }
             if !envelopes.is_empty() {
                 accepted.extend(sink.publish(envelopes).await?);
@@ -868,10 +858,7 @@ impl WecomKfConnector {
             self.report_failures(&page.msg_list, sink).await?;
             // Only now that the page is on the bus does the cursor move past it.
             if let Some(next) = page.next_cursor.filter(|c| !c.is_empty()) {
-                self.store
-                    .set_key(&cursor_key, &next, CURSOR_TTL)
-                    .await
-                    .map_err(store_err)?;
+                self.store.set_key(&cursor_key, &next, CURSOR_TTL).await?;
                 cursor = Some(next);
             }
             if page.has_more == 0 {
@@ -890,11 +877,7 @@ impl WecomKfConnector {
         &self,
         external_userid: &str,
     ) -> Result<Option<String>, ConnectorError> {
-        let routed = self
-            .store
-            .get_key(&self.route_key(external_userid))
-            .await
-            .map_err(store_err)?;
+        let routed = self.store.get_key(&self.route_key(external_userid)).await?;
         Ok(routed.or_else(|| self.open_kfid.clone()))
     }
 

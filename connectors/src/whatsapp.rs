@@ -268,10 +268,6 @@ impl WhatsAppConnector {
         format!("{KIND}:{}:wamid:{envelope_id}", self.channel.id)
     }
 
-    fn store_err(e: impl std::fmt::Display) -> ConnectorError {
-        ConnectorError::Transient(format!("store: {e}"))
-    }
-
     fn check_signature(&self, req: &InboundRequest<'_>) -> Result<(), ConnectorError> {
         let received = req.header(SIGNATURE_HEADER).ok_or_else(|| {
             ConnectorError::Unauthorized(format!("missing `{SIGNATURE_HEADER}` header"))
@@ -321,7 +317,7 @@ impl WhatsAppConnector {
         self.store
             .get_key(&self.wamid_key(envelope_id))
             .await
-            .map_err(Self::store_err)
+            .map_err(ConnectorError::from)
     }
 
     /// The JSON body of a send (without `context`).
@@ -739,8 +735,7 @@ impl Connector for WhatsAppConnector {
             if let Some(wamid) = envelope.dedupe_key.strip_prefix(&prefix) {
                 self.store
                     .set_key(&self.wamid_key(&envelope.id), wamid, REPLY_WINDOW)
-                    .await
-                    .map_err(Self::store_err)?;
+                    .await?;
             }
         }
         sink.publish(envelopes).await
