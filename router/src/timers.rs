@@ -17,7 +17,7 @@ use std::time::Duration;
 use switchyard_core::config::{Settings, bot_agent_id};
 use switchyard_core::envelope::new_id;
 use switchyard_core::metrics::Metrics;
-use switchyard_core::model::ConversationStatus;
+use switchyard_core::model::{Agent, ConversationStatus};
 use switchyard_core::store::{Store, StoreError, TransferTarget};
 use tokio_util::sync::CancellationToken;
 
@@ -122,17 +122,18 @@ async fn claim(store: &dyn Store, key: &str, me: &str) -> bool {
     }
 }
 
-/// The open conversations of `pool` (queued, or held by its agents) that changed last before
-/// `before`.
+/// The open conversations of `pool` (queued, or held by one of `agents` in it) that changed
+/// last before `before`.
 async fn idle_in_pool(
     store: &dyn Store,
+    agents: &[Agent],
     pool: &str,
     before: chrono::DateTime<chrono::Utc>,
 ) -> Result<Vec<String>, switchyard_core::store::StoreError> {
     let mut candidates = store.queue(pool).await?;
-    for agent in store.agents().await? {
+    for agent in agents {
         if agent.pools.iter().any(|p| p == pool) {
-            candidates.extend(agent.conversations);
+            candidates.extend(agent.conversations.iter().cloned());
         }
     }
     candidates.sort();
@@ -164,11 +165,19 @@ pub async fn close_idle_conversations(
 ) {
     let me = new_id();
     while tick(every, &stop).await {
+        // Read once per sweep, for every pool.
+        let agents = match store.agents().await {
+            Ok(agents) => agents,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the agents to look for idle conversations; trying again later");
+                continue;
+            }
+        };
         for idle in &idles {
             let Some(before) = cutoff(idle.after) else {
                 continue;
             };
-            let ids = match idle_in_pool(&*store, &idle.pool, before).await {
+            let ids = match idle_in_pool(&*store, &agents, &idle.pool, before).await {
                 Ok(ids) => ids,
                 Err(e) => {
                     tracing::warn!(pool = %idle.pool, error = %e, "could not look for idle conversations; trying again later");
