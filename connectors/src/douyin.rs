@@ -48,7 +48,7 @@ use crate::signature::constant_time_eq;
 use crate::token_cache::{TokenCache, base_url, encode_component, encode_pairs};
 use crate::{
     Accepted, Connector, ConnectorContext, ConnectorError, EnvelopeSink, HttpReply, InboundRequest,
-    SendReceipt,
+    SendReceipt, take_raw_entry,
 };
 
 /// Connector kind.
@@ -1040,16 +1040,8 @@ impl Connector for DouyinConnector {
     ) -> Result<Vec<Accepted>, ConnectorError> {
         let now = Utc::now();
         for envelope in &mut envelopes {
-            let Some(mut raw) = envelope.raw.take() else {
-                continue;
-            };
-            let ctx = raw
-                .as_object_mut()
-                .and_then(|o| o.remove(REPLY_CONTEXT_KEY))
+            let ctx = take_raw_entry(envelope, REPLY_CONTEXT_KEY)
                 .and_then(|v| serde_json::from_value::<ReplyContext>(v).ok());
-            if raw.as_object().is_some_and(|o| !o.is_empty()) {
-                envelope.raw = Some(raw);
-            }
             if let Some(ctx) = ctx {
                 self.keep_reply_context(&envelope.id, &ctx, now).await?;
             }

@@ -132,6 +132,18 @@ pub fn keep_valid(
     }
 }
 
+/// Takes the connector's own entry `key` out of the envelope's `raw`: where `normalize` (pure)
+/// leaves what `deliver` must keep in the store before publishing (a reply context). The rest
+/// of an object `raw` stays; `raw` becomes `None` when nothing else was in it.
+pub fn take_raw_entry(envelope: &mut Envelope, key: &str) -> Option<serde_json::Value> {
+    let mut raw = envelope.raw.take()?;
+    let entry = raw.as_object_mut().and_then(|o| o.remove(key));
+    if raw.as_object().is_some_and(|o| !o.is_empty()) {
+        envelope.raw = Some(raw);
+    }
+    entry
+}
+
 /// What became of one envelope at ingress.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accepted {

@@ -39,7 +39,7 @@ use crate::signature::constant_time_eq;
 use crate::token_cache::base_url;
 use crate::{
     Accepted, Connector, ConnectorContext, ConnectorError, EnvelopeSink, HttpReply, InboundRequest,
-    SendReceipt,
+    SendReceipt, take_raw_entry,
 };
 
 /// Connector kind.
@@ -912,15 +912,7 @@ impl Connector for TelegramConnector {
         sink: &dyn EnvelopeSink,
     ) -> Result<Vec<Accepted>, ConnectorError> {
         for envelope in &mut envelopes {
-            let Some(mut raw) = envelope.raw.take() else {
-                continue;
-            };
-            let context = raw
-                .as_object_mut()
-                .and_then(|o| o.remove(REPLY_CONTEXT_KEY));
-            if raw.as_object().is_some_and(|o| !o.is_empty()) {
-                envelope.raw = Some(raw);
-            }
+            let context = take_raw_entry(envelope, REPLY_CONTEXT_KEY);
             let Some(context) = context.filter(|_| self.quote_replies) else {
                 continue;
             };
