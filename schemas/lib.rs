@@ -165,6 +165,21 @@ pub mod event_data {
         pub via: Vec<IdentityKey>,
     }
 
+    /// `customer.erased`: ids only, for consumers to erase their own copies.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct CustomerErasedData {
+        /// The erased profile.
+        pub customer_id: String,
+        /// Why: `request` (`DELETE /v1/customers/{id}`) or `retention`
+        /// (`store.customer_retention_days`).
+        pub reason: String,
+        /// Profiles merged into it earlier, erased with it.
+        pub merged_from: Vec<String>,
+        /// Its conversations, deleted with their messages.
+        pub conversations: Vec<String>,
+    }
+
     /// `agent.updated`.
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
@@ -186,6 +201,7 @@ pub mod event_data {
             EventType::MessageFailed => "MessageFailedData",
             EventType::CustomerCreated => "CustomerData",
             EventType::CustomerMerged => "CustomerMergedData",
+            EventType::CustomerErased => "CustomerErasedData",
             EventType::AgentUpdated => "AgentData",
         }
     }
@@ -204,6 +220,7 @@ pub mod event_data {
         generator.subschema_for::<MessageFailedData>();
         generator.subschema_for::<CustomerData>();
         generator.subschema_for::<CustomerMergedData>();
+        generator.subschema_for::<CustomerErasedData>();
         generator.subschema_for::<AgentData>();
         let defs = generator.definitions_mut();
         for t in EventType::ALL {

@@ -398,6 +398,10 @@ pub struct StoreSettings {
     /// Days a closed conversation (with its messages) is kept; 0 keeps everything.
     #[serde(default)]
     pub retention_days: u32,
+    /// Days a customer is kept after their last message once nothing of theirs is open; then
+    /// the profile is erased with its conversations. 0 keeps every profile.
+    #[serde(default)]
+    pub customer_retention_days: u32,
 }
 
 impl StoreSettings {
@@ -424,6 +428,7 @@ impl Default for StoreSettings {
             key_prefix: default_key_prefix(),
             dedupe_ttl_secs: default_dedupe_ttl(),
             retention_days: 0,
+            customer_retention_days: 0,
         }
     }
 }

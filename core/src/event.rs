@@ -37,6 +37,10 @@ pub enum EventType {
     /// Two customer profiles were merged into one.
     #[serde(rename = "customer.merged")]
     CustomerMerged,
+    /// A customer profile and its conversations were erased (on request, or by retention);
+    /// consumers erase their copies.
+    #[serde(rename = "customer.erased")]
+    CustomerErased,
     /// An agent's presence, capacity or pools changed.
     #[serde(rename = "agent.updated")]
     AgentUpdated,
@@ -44,7 +48,7 @@ pub enum EventType {
 
 impl EventType {
     /// All event types.
-    pub const ALL: [EventType; 11] = [
+    pub const ALL: [EventType; 12] = [
         EventType::ConversationCreated,
         EventType::ConversationQueued,
         EventType::ConversationAssigned,
@@ -55,6 +59,7 @@ impl EventType {
         EventType::MessageFailed,
         EventType::CustomerCreated,
         EventType::CustomerMerged,
+        EventType::CustomerErased,
         EventType::AgentUpdated,
     ];
 
@@ -71,6 +76,7 @@ impl EventType {
             EventType::MessageFailed => "message.failed",
             EventType::CustomerCreated => "customer.created",
             EventType::CustomerMerged => "customer.merged",
+            EventType::CustomerErased => "customer.erased",
             EventType::AgentUpdated => "agent.updated",
         }
     }
@@ -94,6 +100,7 @@ impl EventType {
             EventType::MessageFailed => "io.switchyard.message.failed",
             EventType::CustomerCreated => "io.switchyard.customer.created",
             EventType::CustomerMerged => "io.switchyard.customer.merged",
+            EventType::CustomerErased => "io.switchyard.customer.erased",
             EventType::AgentUpdated => "io.switchyard.agent.updated",
         }
     }

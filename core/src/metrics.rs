@@ -65,6 +65,8 @@ pub struct Metrics {
     /// Closed conversations the retention sweep went through (deleted, or kept because a merge
     /// closed them).
     pub conversations_swept: IntCounter,
+    /// Customers erased, by reason (`request`, `retention`).
+    pub customers_erased: IntCounterVec,
     /// Seconds from ingress to the conversation's assignment, by pool.
     pub ingress_to_assignment: HistogramVec,
     /// Seconds from HTTP request to bus confirm, by channel kind.
@@ -143,6 +145,13 @@ impl Metrics {
             "retention_conversations_swept_total",
             "Closed conversations the retention sweep went through",
         ))?;
+        let customers_erased = IntCounterVec::new(
+            Opts::new(
+                "customers_erased_total",
+                "Customers erased with their conversations, by reason (request, retention)",
+            ),
+            &["reason"],
+        )?;
         let routed = IntCounterVec::new(
             Opts::new(
                 "router_messages_total",
@@ -207,6 +216,7 @@ impl Metrics {
         registry.register(Box::new(bot_timeouts.clone()))?;
         registry.register(Box::new(idle_closes.clone()))?;
         registry.register(Box::new(conversations_swept.clone()))?;
+        registry.register(Box::new(customers_erased.clone()))?;
         registry.register(Box::new(ingress_to_assignment.clone()))?;
         registry.register(Box::new(ingress_publish.clone()))?;
         registry.register(Box::new(api_errors.clone()))?;
@@ -225,6 +235,7 @@ impl Metrics {
             bot_timeouts,
             idle_closes,
             conversations_swept,
+            customers_erased,
             ingress_to_assignment,
             ingress_publish,
             api_errors,

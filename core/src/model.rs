@@ -102,7 +102,7 @@ pub struct Conversation {
     /// When it was closed.
     #[serde(serialize_with = "crate::time::rfc3339::option::serialize")]
     pub closed_at: Option<DateTime<Utc>>,
-    /// Why it was closed (`agent`, `merged`, ...).
+    /// Why it was closed: `closed` (an agent or the API), `merged`, `idle`, `erased`.
     pub close_reason: Option<String>,
     /// Messages in it, both directions.
     pub message_count: u64,

@@ -180,7 +180,7 @@ pub enum AgentEvent {
     Unassigned {
         /// Conversation id.
         conversation_id: String,
-        /// `closed`, `transferred`, `merged`, or another close reason (`idle`).
+        /// `closed`, `transferred`, `merged`, or another close reason (`idle`, `erased`).
         reason: String,
     },
     /// The agent record changed.

@@ -229,6 +229,16 @@ async fn store_route_inbound_matches_stepwise() {
 }
 
 #[tokio::test]
+async fn store_erase_customer_deletes_everything() {
+    store::erase_customer_deletes_everything(&new_store, "embedded.").await;
+}
+
+#[tokio::test]
+async fn store_quiet_customers_are_erased() {
+    store::quiet_customers_are_erased(&new_store, "embedded.").await;
+}
+
+#[tokio::test]
 async fn store_run_all_on_one_shared_store() {
     // Every case under its own prefix on a single store: prefixed names keep them apart.
     let shared: Arc<dyn Store> = Arc::new(EmbeddedStore::new());

@@ -76,6 +76,8 @@ conformance!(
     route_inbound_duplicate_claim_changes_nothing,
     route_inbound_profiles_converge,
     route_inbound_matches_stepwise,
+    erase_customer_deletes_everything,
+    quiet_customers_are_erased,
 );
 
 #[tokio::test]
@@ -1159,13 +1161,7 @@ async fn notes_of_the_previous_version_are_taken_over() {
             .query(&mut con)
             .unwrap();
     }
-    let assigned = |id: &str| Note {
-        kind: NoteKind::Assigned,
-        subject: id.to_owned(),
-        at: at(2),
-        from_agent: None,
-        via: Vec::new(),
-    };
+    let assigned = |id: &str| Note::new(NoteKind::Assigned, id, at(2));
     assert_eq!(
         s.unannounced(at(10)).await.unwrap(),
         [assigned(&ids[0])],

@@ -35,7 +35,7 @@ use crate::ingress::Ingress;
 use crate::operations::Operations;
 use crate::outbox::{Outbox, STAGED_GRACE, run_republisher};
 use crate::peers::Peers;
-use crate::retention::sweep_closed_conversations;
+use crate::retention::{sweep_closed_conversations, sweep_quiet_customers};
 use crate::routes::RoutingTable;
 use crate::timers::{
     BotTimeout, IdleClose, close_idle_conversations, hand_off_silent_bots, sweep_interval,
@@ -45,7 +45,8 @@ use crate::workers::{Outbound, ShardWorker, run_channel_sync, run_outbound, run_
 
 /// How often a router sets offline the agents whose presence lapsed (and announces them).
 const PRESENCE_SWEEP: Duration = Duration::from_secs(5);
-/// How often routers delete the conversations past `store.retention_days`.
+/// How often routers delete the conversations past `store.retention_days`, and erase the
+/// customers past `store.customer_retention_days`.
 const RETENTION_SWEEP: Duration = Duration::from_secs(60);
 /// How often each process looks for batches the bus refused, to republish them (see
 /// [`crate::outbox`]).
@@ -314,6 +315,15 @@ impl App {
             let (store, metrics, stop) = (Arc::clone(&store), metrics.clone(), shutdown.clone());
             tasks.spawn(async move {
                 sweep_closed_conversations(store, metrics, keep, RETENTION_SWEEP, stop).await;
+                Ok(())
+            });
+        }
+        if role.router() && settings.store.customer_retention_days > 0 {
+            let keep =
+                Duration::from_secs(u64::from(settings.store.customer_retention_days) * 24 * 3600);
+            let (ops, stop) = (ops.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                sweep_quiet_customers(ops, keep, RETENTION_SWEEP, stop).await;
                 Ok(())
             });
         }

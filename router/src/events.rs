@@ -18,6 +18,7 @@ use switchyard_core::envelope::Envelope;
 use switchyard_core::event::{CloudEvent, EventType};
 use switchyard_core::identity::IdentityKey;
 use switchyard_core::model::{Agent, Conversation, Customer};
+use switchyard_core::store::Erasure;
 use switchyard_core::time::{Fraction, with_rfc3339};
 
 /// Events to publish together, in order, each already encoded.
@@ -127,6 +128,14 @@ struct MergedData<'a> {
     from: &'a str,
     into: &'a str,
     via: &'a [IdentityKey],
+}
+
+#[derive(Serialize)]
+struct ErasedData<'a> {
+    customer_id: &'a str,
+    reason: &'a str,
+    merged_from: &'a [String],
+    conversations: &'a [String],
 }
 
 #[derive(Serialize)]
@@ -335,6 +344,20 @@ impl EventBatch {
         )
     }
 
+    /// `customer.erased` of the erasure at `at` (id derived from the customer and `at`, so the
+    /// erasure announced again by the outbox has the same id). Its data carries ids only.
+    pub fn customer_erased(&mut self, e: &Erasure, at: DateTime<Utc>) -> &mut Self {
+        self.push(
+            Head::state(EventType::CustomerErased, &e.tenant, &e.customer_id, at),
+            ErasedData {
+                customer_id: &e.customer_id,
+                reason: &e.reason,
+                merged_from: &e.merged_from,
+                conversations: &e.conversations,
+            },
+        )
+    }
+
     /// `agent.updated` (id derived from the agent's `updated_at`, so the same state announced
     /// again has the same id).
     pub fn agent_updated(&mut self, a: &Agent) -> &mut Self {
@@ -487,6 +510,7 @@ mod tests {
             "message.failed",
             "customer.created",
             "customer.merged",
+            "customer.erased",
             "agent.updated",
         ] {
             let want = example(name);
@@ -539,6 +563,16 @@ mod tests {
                         &field::<Vec<IdentityKey>>(&want, "via"),
                         want.time,
                     );
+                }
+                EventType::CustomerErased => {
+                    let erasure = Erasure {
+                        customer_id: str_of("customer_id").unwrap(),
+                        tenant: want.tenant.clone(),
+                        reason: str_of("reason").unwrap(),
+                        merged_from: field(&want, "merged_from"),
+                        conversations: field(&want, "conversations"),
+                    };
+                    batch.customer_erased(&erasure, want.time);
                 }
                 EventType::AgentUpdated => {
                     batch.agent_updated(&field(&want, "agent"));

@@ -17,7 +17,8 @@ use switchyard_core::metrics::Metrics;
 use switchyard_core::model::{Agent, Conversation, ConversationStatus, Customer};
 use switchyard_core::protocol::ConversationView;
 use switchyard_core::store::{
-    AgentUpdate, Note, NoteKind, Release, ResolveRequest, Store, StoreError, TransferTarget,
+    AgentUpdate, ERASED_ON_REQUEST, ERASURE_CLOSE_REASON, Erasure, Note, NoteKind, Release,
+    ResolveRequest, Store, StoreError, TransferTarget,
 };
 
 use crate::assignment::assign_pools;
@@ -383,6 +384,91 @@ impl Operations {
         }
         self.outbox.publish_noted(events, &notes).await?;
         Ok(resolution.customer)
+    }
+
+    /// Erases a customer on request ([`Store::erase_customer`]): closes its open conversation
+    /// first (reason `erased`, announced like any close), then erases the profile, the profiles
+    /// merged into it and every conversation of theirs, and announces `customer.erased`. A
+    /// message that opens a new conversation in between is closed the same way, a few times at
+    /// most, then the conflict `customer_has_open_conversation` is returned.
+    pub async fn erase_customer(&self, customer_id: &str) -> Result<Erasure, RouteError> {
+        const ATTEMPTS: usize = 3;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let now = switchyard_core::time::now();
+            match self
+                .store
+                .erase_customer(customer_id, ERASED_ON_REQUEST, now)
+                .await
+            {
+                Ok(erasure) => {
+                    self.announce_erasure(&erasure, now).await?;
+                    return Ok(erasure);
+                }
+                Err(StoreError::Conflict {
+                    code: "customer_has_open_conversation",
+                    ..
+                }) if attempt < ATTEMPTS => {
+                    if let Some(open) = self.store.open_conversation(customer_id).await? {
+                        let now = switchyard_core::time::now();
+                        match self
+                            .store
+                            .close_conversation(&open.id, ERASURE_CLOSE_REASON, now)
+                            .await
+                        {
+                            Ok(release) => {
+                                self.announce_close(&open.id, release, now).await?;
+                            }
+                            // Closed meanwhile by someone else: erase again.
+                            Err(StoreError::Conflict {
+                                code: "conversation_closed",
+                                ..
+                            }) => {}
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Erases the customers quiet since before `quiet_before` ([`Store::erase_quiet_customers`],
+    /// at most `limit` index entries) and announces each erasure. Returns how many entries it
+    /// went through.
+    pub async fn erase_quiet_customers(
+        &self,
+        quiet_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<usize, RouteError> {
+        let now = switchyard_core::time::now();
+        let sweep = self
+            .store
+            .erase_quiet_customers(quiet_before, limit, now)
+            .await?;
+        for erasure in &sweep.erased {
+            self.announce_erasure(erasure, now).await?;
+        }
+        Ok(sweep.handled)
+    }
+
+    /// Announces an erasure (`customer.erased`) and counts it.
+    async fn announce_erasure(
+        &self,
+        erasure: &Erasure,
+        now: DateTime<Utc>,
+    ) -> Result<(), RouteError> {
+        self.metrics
+            .customers_erased
+            .with_label_values(&[erasure.reason.as_str()])
+            .inc();
+        let mut events = EventBatch::new();
+        events.customer_erased(erasure, now);
+        self.outbox
+            .publish_noted(events, &[Note::of_erasure(erasure, now)])
+            .await?;
+        Ok(())
     }
 
     /// Merges customer `other` into `into` (explicitly, through one identity of each).

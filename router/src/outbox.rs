@@ -355,6 +355,12 @@ impl Outbox {
                     batch.customer_merged(&survivor, &note.subject, &note.via, note.at);
                 }
             }
+            NoteKind::Erased => {
+                // The records are gone: the note carries what the event says.
+                if let Some(erasure) = &note.erasure {
+                    batch.customer_erased(erasure, note.at);
+                }
+            }
             NoteKind::Assigned => {
                 if let Some(c) = conversation().await?
                     && c.status == ConversationStatus::Assigned

@@ -1,6 +1,8 @@
 //! Data retention: closed conversations are deleted from the store `store.retention_days` after
-//! they closed, with their messages ([`Store::expire_closed`]). Routers sweep; concurrent
-//! sweeps are safe, each conversation goes once.
+//! they closed, with their messages ([`Store::expire_closed`]), and customers are erased
+//! `store.customer_retention_days` after their last message once nothing of theirs is open
+//! ([`Store::erase_quiet_customers`], announced as `customer.erased`). Routers sweep;
+//! concurrent sweeps are safe, each record goes once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +11,7 @@ use switchyard_core::metrics::Metrics;
 use switchyard_core::store::Store;
 use tokio_util::sync::CancellationToken;
 
+use crate::operations::Operations;
 use crate::timers::tick;
 
 /// Conversations one store call goes through: one call stays short, even for conversations
@@ -44,6 +47,37 @@ pub async fn sweep_closed_conversations(
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "could not delete expired conversations; trying again later");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Every `every` until `stop`: erases the customers quiet for more than `keep` (see
+/// [`Operations::erase_quiet_customers`]), batch after batch until none is left.
+pub async fn sweep_quiet_customers(
+    ops: Operations,
+    keep: Duration,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let Ok(keep) = chrono::TimeDelta::from_std(keep) else {
+        tracing::warn!(
+            ?keep,
+            "customer retention beyond what the clock can count; nobody is erased"
+        );
+        stop.cancelled().await;
+        return;
+    };
+    while tick(every, &stop).await {
+        let quiet_before = switchyard_core::time::now() - keep;
+        loop {
+            match ops.erase_quiet_customers(quiet_before, BATCH).await {
+                Ok(handled) if handled < BATCH || stop.is_cancelled() => break,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not erase quiet customers; trying again later");
                     break;
                 }
             }

@@ -97,7 +97,134 @@ async fn a_merge_that_frees_an_agent_lets_every_configured_pool_move(s: Setup) {
     );
 }
 
+/// Erasing a customer with an assigned conversation closes it (reason `erased`), which frees the
+/// agent for the next queued conversation, then erases the profile and its conversations and
+/// announces `customer.erased` with their ids.
+async fn erasing_a_customer_closes_frees_and_announces(mut s: Setup) {
+    set_capacity(&s.store, 1).await;
+    let (ops, _) = commands(&s);
+    let first = conversation_of(&s, "u-a").await;
+    ops.close(&first, Some("a1")).await.expect("close");
+    let held = conversation_of(&s, "u-a").await;
+    let waiting = conversation_of(&s, "u-b").await;
+    assert_eq!(
+        status_of(&s, &held).await,
+        (ConversationStatus::Assigned, Some("a1".to_owned()))
+    );
+    let customer = customer_of(&s, &held).await;
+    drain(&mut s.events).await;
+
+    let erasure = ops.erase_customer(&customer).await.expect("erase");
+    let mut both = vec![first.clone(), held.clone()];
+    both.sort();
+    assert_eq!(
+        (erasure.customer_id.as_str(), &erasure.conversations),
+        (customer.as_str(), &both)
+    );
+    for c in [&first, &held] {
+        assert!(s.store.conversation(c).await.unwrap().is_none(), "{c} kept");
+    }
+    assert!(s.store.customer(&customer).await.unwrap().is_none());
+    assert_eq!(
+        status_of(&s, &waiting).await,
+        (ConversationStatus::Assigned, Some("a1".to_owned())),
+        "the freed agent takes the waiting conversation"
+    );
+    let published = drain_events(&mut s.events).await;
+    let keys: Vec<&str> = published.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "conversation.closed",
+            "conversation.assigned",
+            "customer.erased"
+        ]
+    );
+    let closed = &published[0].1.data["conversation"];
+    assert_eq!(
+        (closed["id"].as_str(), closed["close_reason"].as_str()),
+        (Some(held.as_str()), Some("erased"))
+    );
+    let erased = &published[2].1;
+    assert_eq!(erased.subject.as_deref(), Some(customer.as_str()));
+    assert_eq!(
+        erased.data,
+        serde_json::json!({
+            "customer_id": customer,
+            "reason": "request",
+            "merged_from": [],
+            "conversations": both,
+        })
+    );
+    assert_eq!(
+        s.metrics
+            .customers_erased
+            .with_label_values(&["request"])
+            .get(),
+        1
+    );
+    // Announced: nothing is left for the outbox's republisher.
+    let everything = switchyard_core::time::now() + chrono::TimeDelta::days(1);
+    assert!(s.store.unannounced(everything).await.unwrap().is_empty());
+    let again = ops.erase_customer(&customer).await;
+    assert!(again.is_err(), "erased twice: {again:?}");
+}
+
+/// The retention sweep erases a customer whose conversations are all closed and who wrote
+/// before the cut-off, announces it, and keeps a customer with an open conversation.
+async fn the_retention_sweep_erases_quiet_customers(mut s: Setup) {
+    let (ops, _) = commands(&s);
+    let quiet = conversation_of(&s, "u-quiet").await;
+    ops.close(&quiet, Some("a1")).await.expect("close");
+    let open = conversation_of(&s, "u-open").await;
+    let (quiet_customer, open_customer) =
+        (customer_of(&s, &quiet).await, customer_of(&s, &open).await);
+    drain(&mut s.events).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let sweep = tokio::spawn(switchyard_router::retention::sweep_quiet_customers(
+        ops.clone(),
+        std::time::Duration::ZERO,
+        std::time::Duration::from_millis(10),
+        stop.clone(),
+    ));
+    for _ in 0..500 {
+        if s.store.customer(&quiet_customer).await.unwrap().is_none() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    stop.cancel();
+    sweep.await.unwrap();
+    assert!(
+        s.store.customer(&quiet_customer).await.unwrap().is_none(),
+        "kept"
+    );
+    assert!(s.store.conversation(&quiet).await.unwrap().is_none());
+    assert!(
+        s.store.customer(&open_customer).await.unwrap().is_some(),
+        "open one erased"
+    );
+    let published = drain_events(&mut s.events).await;
+    let erased: Vec<&serde_json::Value> = published
+        .iter()
+        .filter(|(k, _)| k == "customer.erased")
+        .map(|(_, e)| &e.data)
+        .collect();
+    assert_eq!(erased.len(), 1, "{published:?}");
+    assert_eq!(erased[0]["customer_id"], quiet_customer.as_str());
+    assert_eq!(erased[0]["reason"], "retention");
+    assert_eq!(
+        s.metrics
+            .customers_erased
+            .with_label_values(&["retention"])
+            .get(),
+        1
+    );
+}
+
 on_both_stores!(
     a_merge_that_frees_an_agent_assigns_the_next_queued_conversation,
     a_merge_that_frees_an_agent_lets_every_configured_pool_move,
+    erasing_a_customer_closes_frees_and_announces,
+    the_retention_sweep_erases_quiet_customers,
 );

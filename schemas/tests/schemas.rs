@@ -16,7 +16,8 @@ use switchyard_core::protocol::{AgentEvent, AgentRequest, VisitorEvent, VisitorR
 use switchyard_core::{CloudEvent, Content, Envelope, EventType};
 use switchyard_schemas::event_data::{
     AgentData, ConversationClosedData, ConversationData, ConversationTransferredData, CustomerData,
-    CustomerMergedData, MessageFailedData, MessageReceivedData, MessageSentData,
+    CustomerErasedData, CustomerMergedData, MessageFailedData, MessageReceivedData,
+    MessageSentData,
 };
 use switchyard_schemas::{AGENT_WS_V1, EVENT_V1, MESSAGE_V1, VISITOR_WS_V1};
 
@@ -178,6 +179,7 @@ fn round_trip_data(t: EventType, data: &Value) -> Result<Value, String> {
         EventType::MessageFailed => round_trip::<MessageFailedData>(data),
         EventType::CustomerCreated => round_trip::<CustomerData>(data),
         EventType::CustomerMerged => round_trip::<CustomerMergedData>(data),
+        EventType::CustomerErased => round_trip::<CustomerErasedData>(data),
         EventType::AgentUpdated => round_trip::<AgentData>(data),
     }
 }
@@ -528,6 +530,7 @@ fn event_examples_cover_every_type_and_are_consistent() {
         );
         // `subject` names what the event is about.
         let about = match t.as_str().split('.').next() {
+            _ if t == EventType::CustomerErased => &event.data["customer_id"],
             Some("conversation") => &event.data["conversation"]["id"],
             Some("message") => &event.data["message"]["conversation_id"],
             Some("customer") => &event.data["customer"]["id"],

@@ -8,6 +8,7 @@ mod binary;
 mod bots;
 mod cluster;
 mod douyin;
+mod erasure;
 mod identity;
 mod line;
 mod presence;

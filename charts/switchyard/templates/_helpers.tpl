@@ -247,6 +247,7 @@ kind = "redis"
 key_prefix = {{ toJson (toString $c.store.key_prefix) }}
 dedupe_ttl_secs = {{ int64 $c.store.dedupe_ttl_secs }}
 retention_days = {{ int64 (default 0 $c.store.retention_days) }}
+customer_retention_days = {{ int64 (default 0 $c.store.customer_retention_days) }}
 {{- range $key := list "tls_ca_file" "tls_cert_file" "tls_key_file" }}
 {{- with index $c.store $key }}
 {{ $key }} = {{ toJson (toString .) }}

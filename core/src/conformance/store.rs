@@ -17,9 +17,10 @@ use crate::envelope::{ChannelRef, Content, DEFAULT_TENANT, Direction, Envelope, 
 use crate::identity::{IdentityKey, IdentityStrength};
 use crate::model::{Agent, AgentStatus, Conversation, ConversationStatus, Customer};
 use crate::store::{
-    AgentUpdate, Assignment, InboundOutcome, InboundRecord, InboundRouting, MailboxPush, Merge,
-    Note, NoteKind, Release, Resolution, ResolveRequest, SenderResolution, Store, StoreError,
-    TransferTarget, route_inbound_stepwise,
+    AgentUpdate, Assignment, ERASED_BY_RETENTION, ERASED_ON_REQUEST, Erasure, InboundOutcome,
+    InboundRecord, InboundRouting, MailboxPush, Merge, Note, NoteKind, QuietSweep, Release,
+    Resolution, ResolveRequest, SenderResolution, Store, StoreError, TransferTarget,
+    route_inbound_stepwise,
 };
 
 use IdentityStrength::{Strong, Weak};
@@ -1246,6 +1247,7 @@ pub async fn unannounced_notes(factory: &impl MakeStore, prefix: &str) {
         at: at(t),
         from_agent: from.map(str::to_owned),
         via: Vec::new(),
+        erasure: None,
     };
 
     agent(&store, &x, &[&pool], 2, AgentStatus::Online, at(3)).await;
@@ -3600,6 +3602,294 @@ pub async fn route_inbound_matches_stepwise(factory: &impl MakeStore, prefix: &s
 }
 
 /// Runs every case, each on a fresh store with its own sub-prefix of `prefix`.
+async fn close(store: &Arc<dyn Store>, id: &str, now: DateTime<Utc>) {
+    store
+        .close_conversation(id, "agent", now)
+        .await
+        .unwrap_or_else(|e| panic!("close_conversation({id}): {e}"));
+}
+
+/// The erasure note of `customer` made at or before `before`, if any.
+async fn erasure_note(
+    store: &Arc<dyn Store>,
+    customer: &str,
+    before: DateTime<Utc>,
+) -> Option<Erasure> {
+    store
+        .unannounced(before)
+        .await
+        .unwrap_or_else(|e| panic!("unannounced: {e}"))
+        .into_iter()
+        .find(|n| n.kind == NoteKind::Erased && n.subject == customer)
+        .and_then(|n| n.erasure)
+}
+
+pub async fn erase_customer_deletes_everything(factory: &impl MakeStore, prefix: &str) {
+    let what = "erase_customer_deletes_everything";
+    let store = factory.make().await;
+    let pool = format!("{prefix}default");
+    let t = |secs: i64| at(2_000_000 + secs);
+    let (a, ea, ca) = open(&store, prefix, "a", &pool, t(1)).await;
+    close(&store, &ca.id, t(2)).await;
+    let (b, _, cb) = open(&store, prefix, "b", &pool, t(3)).await;
+    close(&store, &cb.id, t(4)).await;
+    let ka = key(prefix, "app_user", "shop-app", "a");
+    let kb = key(prefix, "app_user", "shop-app", "b");
+    let merged = resolve(&store, &[(&ka, Strong), (&kb, Strong)], false, t(5)).await;
+    assert_eq!(
+        (merged.customer.id.as_str(), merged.merges.len()),
+        (a.id.as_str(), 1),
+        "{what}: b merges into the older a"
+    );
+    let again = inbound_envelope(&a.id, &app_channel(), "a", vec![ka.clone()], "back", t(6));
+    let cc = record(&store, &again, &pool, t(6)).await.conversation;
+    assert!(cc.id != ca.id, "{what}: a new conversation after the close");
+    // The other customer's data must survive.
+    let (other, _, co) = open(&store, prefix, "other", &pool, t(6)).await;
+
+    // Through the merged-away id, and refused while a conversation is open.
+    let refused = store.erase_customer(&b.id, ERASED_ON_REQUEST, t(7)).await;
+    assert_eq!(
+        refused.as_ref().err().and_then(conflict_code),
+        Some("customer_has_open_conversation"),
+        "{what}: erasing with an open conversation: {refused:?}"
+    );
+    assert!(
+        store.customer(&a.id).await.unwrap().is_some(),
+        "{what}: a refused erasure changed the profile"
+    );
+    let open_now = store
+        .open_conversation(&b.id)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: open_conversation: {e}"));
+    assert_eq!(
+        open_now.map(|c| c.id),
+        Some(cc.id.clone()),
+        "{what}: the open conversation, through the merged-away id"
+    );
+    close(&store, &cc.id, t(8)).await;
+    assert!(
+        store.open_conversation(&a.id).await.unwrap().is_none(),
+        "{what}: no open conversation once closed"
+    );
+    let erasure = store
+        .erase_customer(&b.id, ERASED_ON_REQUEST, t(9))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: erase: {e}"));
+    let mut conversations = vec![ca.id.clone(), cb.id.clone(), cc.id.clone()];
+    conversations.sort();
+    let want = Erasure {
+        customer_id: a.id.clone(),
+        tenant: DEFAULT_TENANT.to_owned(),
+        reason: ERASED_ON_REQUEST.to_owned(),
+        merged_from: vec![b.id.clone()],
+        conversations,
+    };
+    assert_eq!(erasure, want, "{what}: what the erasure reports");
+    assert_eq!(
+        erasure_note(&store, &a.id, t(9)).await.as_ref(),
+        Some(&want),
+        "{what}: the erasure's note"
+    );
+    for id in [&a.id, &b.id] {
+        assert!(
+            store.customer(id).await.unwrap().is_none(),
+            "{what}: customer {id} is still there"
+        );
+    }
+    for k in [&ka, &kb] {
+        assert!(
+            owner(&store, k).await.is_none(),
+            "{what}: {k} still has an owner"
+        );
+    }
+    for c in [&ca.id, &cb.id, &cc.id] {
+        assert!(
+            store.conversation(c).await.unwrap().is_none(),
+            "{what}: conversation {c} is still there"
+        );
+        assert!(
+            message_ids(&store, c).await.is_empty(),
+            "{what}: messages of {c}"
+        );
+    }
+    assert_eq!(
+        get_customer(&store, &other.id).await.id,
+        other.id,
+        "{what}: other"
+    );
+    assert_eq!(
+        get_conversation(&store, &co.id).await.status,
+        ConversationStatus::Queued,
+        "{what}: the other customer's conversation"
+    );
+    let twice = store.erase_customer(&a.id, ERASED_ON_REQUEST, t(10)).await;
+    assert!(
+        matches!(
+            twice,
+            Err(StoreError::NotFound {
+                kind: "customer",
+                ..
+            })
+        ),
+        "{what}: erasing twice: {twice:?}"
+    );
+
+    // The person writes again: a new profile, and the old message id is a new message.
+    let fresh = resolve(&store, &[(&ka, Strong)], false, t(11)).await;
+    assert!(
+        fresh.created && fresh.customer.id != a.id,
+        "{what}: a message after the erasure must create a new profile: {fresh:?}"
+    );
+    let mut resent = ea.clone();
+    resent.customer_id = Some(fresh.customer.id.clone());
+    let rec = record(&store, &resent, &pool, t(11)).await;
+    assert!(
+        !rec.duplicate && rec.created,
+        "{what}: an erased message sent again is new: {rec:?}"
+    );
+}
+
+/// [`Store::erase_quiet_customers`] up to `before` at `now`, keeping only this case's erasures.
+async fn sweep_quiet(
+    store: &Arc<dyn Store>,
+    ours: &[&str],
+    before: DateTime<Utc>,
+    limit: usize,
+    now: DateTime<Utc>,
+) -> QuietSweep {
+    let mut sweep = store
+        .erase_quiet_customers(before, limit, now)
+        .await
+        .unwrap_or_else(|e| panic!("erase_quiet_customers: {e}"));
+    sweep
+        .erased
+        .retain(|e| ours.contains(&e.customer_id.as_str()));
+    sweep
+}
+
+pub async fn quiet_customers_are_erased(factory: &impl MakeStore, prefix: &str) {
+    let what = "quiet_customers_are_erased";
+    let store = factory.make().await;
+    let pool = format!("{prefix}default");
+    // Later than every profile the other cases create, which a shared store holds too: the
+    // first sweep goes through those, erasing them or moving them past this case's times.
+    let t = |secs: i64| at(3_000_000 + secs);
+    while store
+        .erase_quiet_customers(t(0), 100, t(1_000_000))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: drain: {e}"))
+        .handled
+        == 100
+    {}
+    let (q1, _, c1) = open(&store, prefix, "q1", &pool, t(1)).await;
+    close(&store, &c1.id, t(2)).await;
+    let (q2, _, c2) = open(&store, prefix, "q2", &pool, t(1)).await;
+    let (q3, _, c3) = open(&store, prefix, "q3", &pool, t(1)).await;
+    let k3 = key(prefix, "app_user", "shop-app", "q3");
+    let later = inbound_envelope(
+        &q3.id,
+        &app_channel(),
+        "q3",
+        vec![k3.clone()],
+        "more",
+        t(10),
+    );
+    resolve(&store, &[(&k3, Strong)], false, t(10)).await;
+    record(&store, &later, &pool, t(10)).await;
+    close(&store, &c3.id, t(11)).await;
+    let ours = [q1.id.as_str(), q2.id.as_str(), q3.id.as_str()];
+    let ids = |s: &QuietSweep| {
+        s.erased
+            .iter()
+            .map(|e| e.customer_id.clone())
+            .collect::<Vec<_>>()
+    };
+
+    let first = sweep_quiet(&store, &ours, t(5), 100, t(20)).await;
+    assert_eq!(
+        first.handled, 3,
+        "{what}: the three entries before the cut-off"
+    );
+    assert_eq!(
+        ids(&first),
+        vec![q1.id.clone()],
+        "{what}: only q1 is quiet and closed"
+    );
+    assert_eq!(
+        first.erased[0].reason, ERASED_BY_RETENTION,
+        "{what}: reason"
+    );
+    assert_eq!(
+        first.erased[0].conversations,
+        vec![c1.id.clone()],
+        "{what}: q1's conversation"
+    );
+    assert!(
+        store.customer(&q1.id).await.unwrap().is_none(),
+        "{what}: q1 is still there"
+    );
+    assert!(
+        store.conversation(&c1.id).await.unwrap().is_none(),
+        "{what}: c1 is still there"
+    );
+    assert!(
+        erasure_note(&store, &q1.id, t(20)).await.is_some(),
+        "{what}: the retention erasure is noted"
+    );
+
+    // q3 wrote at 10 s: still there at a cut-off of 5 s, erased at 15 s. q2 is open.
+    let second = sweep_quiet(&store, &ours, t(15), 100, t(21)).await;
+    assert_eq!(
+        second.handled, 1,
+        "{what}: q3's entry moved to its last_seen"
+    );
+    assert_eq!(ids(&second), vec![q3.id.clone()], "{what}: q3 once quiet");
+    assert_eq!(
+        get_customer(&store, &q2.id).await.id,
+        q2.id,
+        "{what}: open q2 kept"
+    );
+
+    // q2's entry was moved to the first sweep's `now` (20 s); once closed it goes.
+    close(&store, &c2.id, t(22)).await;
+    let third = sweep_quiet(&store, &ours, t(19), 100, t(23)).await;
+    assert_eq!(third.handled, 0, "{what}: q2's entry is at 20 s");
+    let fourth = sweep_quiet(&store, &ours, t(25), 100, t(26)).await;
+    assert_eq!(ids(&fourth), vec![q2.id.clone()], "{what}: q2 once closed");
+
+    // The limit, and a merged-away profile's entry is dropped without erasing anyone.
+    let (q4, _, c4) = open(&store, prefix, "q4", &pool, t(30)).await;
+    let (q5, _, c5) = open(&store, prefix, "q5", &pool, t(31)).await;
+    let k4 = key(prefix, "app_user", "shop-app", "q4");
+    let k5 = key(prefix, "app_user", "shop-app", "q5");
+    let merged = resolve(&store, &[(&k4, Strong), (&k5, Strong)], false, t(32)).await;
+    assert_eq!(merged.customer.id, q4.id, "{what}: q5 merges into q4");
+    for c in [&c4.id, &c5.id] {
+        if get_conversation(&store, c).await.status != ConversationStatus::Closed {
+            close(&store, c, t(33)).await;
+        }
+    }
+    let ours = [q4.id.as_str(), q5.id.as_str()];
+    let limited = sweep_quiet(&store, &ours, t(31), 1, t(40)).await;
+    assert_eq!(limited.handled, 1, "{what}: the limit");
+    assert!(
+        limited.erased.is_empty(),
+        "{what}: q4 was seen at 32 s, after the cut-off: {limited:?}"
+    );
+    let last = sweep_quiet(&store, &ours, t(35), 100, t(41)).await;
+    assert_eq!(
+        ids(&last),
+        vec![q4.id.clone()],
+        "{what}: q4 (with q5 merged in) erased once, q5's own entry dropped"
+    );
+    assert_eq!(
+        last.erased[0].merged_from,
+        vec![q5.id.clone()],
+        "{what}: merged_from"
+    );
+}
+
 pub async fn run_all(factory: &impl MakeStore, prefix: &str) {
     let p = |case: &str| format!("{prefix}{case}.");
     dedupe_claim_release_ttl(factory, &p("dedupe")).await;
@@ -3632,4 +3922,7 @@ pub async fn run_all(factory: &impl MakeStore, prefix: &str) {
     route_inbound_duplicate_claim_changes_nothing(factory, &p("route-dup")).await;
     route_inbound_profiles_converge(factory, &p("route-converge")).await;
     route_inbound_matches_stepwise(factory, &p("route-stepwise")).await;
+    erase_customer_deletes_everything(factory, &p("erase")).await;
+    // Last: its first sweep erases every profile the cases before created.
+    quiet_customers_are_erased(factory, &p("quiet")).await;
 }

@@ -9,10 +9,11 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    AgentUpdate, Assignment, IDLE_CLOSE_REASON, InboundOutcome, InboundRecord, InboundRouting,
-    MailboxHead, MailboxItem, MailboxPush, Merge, Note, NoteKind, Release, Resolution,
-    ResolveRequest, SenderResolution, Store, StoreError, TransferTarget, decode_others_assigned,
-    encode_others_assigned, others_assigned_key, replay_others_assigned,
+    AgentUpdate, Assignment, ERASED_BY_RETENTION, Erasure, IDLE_CLOSE_REASON, InboundOutcome,
+    InboundRecord, InboundRouting, MailboxHead, MailboxItem, MailboxPush, Merge, Note, NoteKind,
+    QuietSweep, Release, Resolution, ResolveRequest, SenderResolution, Store, StoreError,
+    TransferTarget, decode_others_assigned, encode_others_assigned, others_assigned_key,
+    replay_others_assigned,
 };
 use crate::envelope::{Envelope, new_id};
 use crate::identity::{IdentityKey, IdentityStrength};
@@ -68,6 +69,9 @@ struct State {
     mailboxes: HashMap<String, Mailbox>,
     /// Closed conversations by close time, for [`Store::expire_closed`].
     closed: BTreeSet<(DateTime<Utc>, String)>,
+    /// One entry per profile (created with it, moved on by each sweep): when it was last known
+    /// quiet, for [`Store::erase_quiet_customers`].
+    quiet: BTreeSet<(DateTime<Utc>, String)>,
     mailbox_pushes: u64,
 }
 
@@ -457,6 +461,55 @@ impl State {
     }
 
     /// A copy of profile `id`.
+    /// The open conversation of a customer, if any.
+    fn open_conversation(&self, customer_id: &str) -> Option<&Conversation> {
+        self.open_by_customer
+            .get(customer_id)
+            .and_then(|id| self.conversations.get(id))
+            .filter(|c| c.status != ConversationStatus::Closed)
+    }
+
+    /// [`Store::erase_customer`] of the surviving profile `id`, which has no open conversation.
+    fn erase(&mut self, id: &str, reason: &str, now: DateTime<Utc>) -> Option<Erasure> {
+        let customer = self.customers.remove(id)?;
+        let mut owners: Vec<&str> = vec![id];
+        owners.extend(customer.merged_from.iter().map(String::as_str));
+        let mut conversations: Vec<String> = self
+            .conversations
+            .values()
+            .filter(|c| owners.contains(&c.customer_id.as_str()))
+            .map(|c| c.id.clone())
+            .collect();
+        conversations.sort();
+        for conv in &conversations {
+            if let Some(c) = self.conversations.remove(conv)
+                && let Some(closed_at) = c.closed_at
+            {
+                self.closed.remove(&(closed_at, c.id));
+            }
+            self.conversation_opened_by.remove(conv);
+            for envelope in self.messages.remove(conv).unwrap_or_default() {
+                self.message_ids.remove(&envelope.id);
+            }
+        }
+        for owner in &owners {
+            self.redirects.remove(*owner);
+            self.customer_created_by.remove(*owner);
+            self.open_by_customer.remove(*owner);
+        }
+        self.identity_owner
+            .retain(|_, owner| !owners.contains(&owner.as_str()));
+        let erasure = Erasure {
+            customer_id: id.to_owned(),
+            tenant: customer.tenant,
+            reason: reason.to_owned(),
+            merged_from: customer.merged_from,
+            conversations,
+        };
+        self.note(Note::of_erasure(&erasure, now));
+        Some(erasure)
+    }
+
     fn profile(&self, id: &str) -> Result<Customer, StoreError> {
         self.customers
             .get(id)
@@ -521,6 +574,7 @@ impl State {
                 if let Some(source) = &req.source {
                     self.customer_created_by.insert(id.clone(), source.clone());
                 }
+                self.quiet.insert((now, id.clone()));
                 (id, true)
             }
         };
@@ -991,6 +1045,15 @@ impl Store for EmbeddedStore {
         Ok(self.lock().conversations.get(id).cloned())
     }
 
+    async fn open_conversation(
+        &self,
+        customer_id: &str,
+    ) -> Result<Option<Conversation>, StoreError> {
+        let s = self.lock();
+        let id = s.canonical_customer_id(customer_id);
+        Ok(s.open_conversation(&id).cloned())
+    }
+
     async fn messages(
         &self,
         conversation_id: &str,
@@ -1172,6 +1235,65 @@ impl Store for EmbeddedStore {
             }
         }
         Ok(due.len())
+    }
+
+    async fn erase_customer(
+        &self,
+        id: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Erasure, StoreError> {
+        let mut s = self.lock();
+        let id = s.canonical_customer_id(id);
+        if !s.customers.contains_key(&id) {
+            return Err(not_found("customer", &id));
+        }
+        if let Some(open) = s.open_conversation(&id) {
+            return Err(StoreError::Conflict {
+                code: "customer_has_open_conversation",
+                message: format!(
+                    "customer `{id}` has the open conversation `{}`: close it first",
+                    open.id
+                ),
+            });
+        }
+        s.erase(&id, reason, now)
+            .ok_or_else(|| not_found("customer", &id))
+    }
+
+    async fn erase_quiet_customers(
+        &self,
+        quiet_before: DateTime<Utc>,
+        limit: usize,
+        now: DateTime<Utc>,
+    ) -> Result<QuietSweep, StoreError> {
+        let mut s = self.lock();
+        let due: Vec<(DateTime<Utc>, String)> = s
+            .quiet
+            .iter()
+            .take_while(|(at, _)| *at < quiet_before)
+            .take(limit.max(1))
+            .cloned()
+            .collect();
+        let mut sweep = QuietSweep {
+            handled: due.len(),
+            erased: Vec::new(),
+        };
+        for entry in due {
+            s.quiet.remove(&entry);
+            let id = entry.1;
+            let Some(last_seen) = s.customers.get(&id).map(|c| c.last_seen) else {
+                continue; // erased, or merged into a profile that has its own entry
+            };
+            if s.open_conversation(&id).is_some() {
+                s.quiet.insert((now, id));
+            } else if last_seen >= quiet_before {
+                s.quiet.insert((last_seen, id));
+            } else if let Some(erasure) = s.erase(&id, ERASED_BY_RETENTION, now) {
+                sweep.erased.push(erasure);
+            }
+        }
+        Ok(sweep)
     }
 
     async fn transfer(

@@ -381,17 +381,21 @@ pub enum NoteKind {
     TransferredToAgent,
     /// An agent was created or changed: `agent.updated`.
     AgentUpdated,
+    /// A customer was erased: `customer.erased`, rendered from the note's [`Erasure`] (the
+    /// records are gone).
+    Erased,
 }
 
 impl NoteKind {
     /// Every kind.
-    pub const ALL: [NoteKind; 6] = [
+    pub const ALL: [NoteKind; 7] = [
         NoteKind::Assigned,
         NoteKind::Closed,
         NoteKind::TransferredToPool,
         NoteKind::TransferredToAgent,
         NoteKind::AgentUpdated,
         NoteKind::Merged,
+        NoteKind::Erased,
     ];
 
     /// The kind's name in a note's key.
@@ -403,6 +407,7 @@ impl NoteKind {
             NoteKind::TransferredToAgent => "transferred_to_agent",
             NoteKind::AgentUpdated => "agent_updated",
             NoteKind::Merged => "merged",
+            NoteKind::Erased => "erased",
         }
     }
 
@@ -435,6 +440,8 @@ pub struct Note {
     pub from_agent: Option<String>,
     /// The keys whose sharing caused a merge.
     pub via: Vec<IdentityKey>,
+    /// What an erasure removed ([`NoteKind::Erased`]).
+    pub erasure: Option<Erasure>,
 }
 
 impl Note {
@@ -446,6 +453,15 @@ impl Note {
             at,
             from_agent: None,
             via: Vec::new(),
+            erasure: None,
+        }
+    }
+
+    /// The note of an erasure at `at`.
+    pub fn of_erasure(erasure: &Erasure, at: DateTime<Utc>) -> Self {
+        Note {
+            erasure: Some(erasure.clone()),
+            ..Note::new(NoteKind::Erased, &erasure.customer_id, at)
         }
     }
 
@@ -471,8 +487,8 @@ impl Note {
     }
 
     /// The note a key was made from, with the detail the store keeps beside the key (the agent a
-    /// close or transfer left, or a merge's keys as a JSON array of strings); `None` when the key
-    /// or the detail is not one.
+    /// close or transfer left, a merge's keys as a JSON array of strings, an erasure as the JSON
+    /// of [`Erasure`]); `None` when the key or the detail is not one.
     pub fn from_key(key: &str, detail: Option<String>) -> Option<Note> {
         let (at, rest) = key.split_once('|')?;
         let (kind, subject) = rest.split_once('|')?;
@@ -483,10 +499,44 @@ impl Note {
         );
         match note.kind {
             NoteKind::Merged => note.via = serde_json::from_str(detail.as_deref()?).ok()?,
+            NoteKind::Erased => note.erasure = serde_json::from_str(detail.as_deref()?).ok()?,
             _ => note.from_agent = detail,
         }
         Some(note)
     }
+}
+
+/// The `reason` of an erasure asked for through the API (`DELETE /v1/customers/{id}`).
+pub const ERASED_ON_REQUEST: &str = "request";
+/// The `reason` of an erasure by `store.customer_retention_days`.
+pub const ERASED_BY_RETENTION: &str = "retention";
+/// The `close_reason` of an open conversation closed because its customer is being erased.
+pub const ERASURE_CLOSE_REASON: &str = "erased";
+
+/// What erasing a customer removed ([`Store::erase_customer`]): the ids a consumer of the event
+/// stream needs to erase its own copies (`customer.erased`), and nothing personal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Erasure {
+    /// The erased profile.
+    pub customer_id: String,
+    /// Its tenant.
+    pub tenant: String,
+    /// Why: [`ERASED_ON_REQUEST`] or [`ERASED_BY_RETENTION`].
+    pub reason: String,
+    /// The profiles merged into it earlier, whose ids no longer lead anywhere.
+    pub merged_from: Vec<String>,
+    /// Its conversations, deleted with their messages, in id order.
+    pub conversations: Vec<String>,
+}
+
+/// Outcome of [`Store::erase_quiet_customers`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QuietSweep {
+    /// Entries of the quiet index it went through; fewer than the limit means none older than
+    /// the cut-off is left.
+    pub handled: usize,
+    /// The customers it erased.
+    pub erased: Vec<Erasure>,
 }
 
 /// One undelivered item of a mailbox ([`Store::mailbox_push`]).
@@ -675,6 +725,13 @@ pub trait Store: Send + Sync + 'static {
     /// A conversation by id.
     async fn conversation(&self, id: &str) -> Result<Option<Conversation>, StoreError>;
 
+    /// The open conversation of a customer (a merged-away id: of the profile it was merged
+    /// into), if it has one.
+    async fn open_conversation(
+        &self,
+        customer_id: &str,
+    ) -> Result<Option<Conversation>, StoreError>;
+
     /// The latest `limit` messages of a conversation, oldest first.
     async fn messages(
         &self,
@@ -742,6 +799,36 @@ pub trait Store: Send + Sync + 'static {
         closed_before: DateTime<Utc>,
         limit: usize,
     ) -> Result<usize, StoreError>;
+
+    /// Erases a customer (a merged-away id erases the profile it was merged into): the profile
+    /// with its identities, tags and attributes, the profiles merged into it, and every
+    /// conversation of theirs with its messages. Identity keys then belong to nobody: a message
+    /// from one of them starts a new profile. Refused with the conflict
+    /// `customer_has_open_conversation` while the customer has an open conversation (close it
+    /// first), and nothing changes. Notes the erasure ([`NoteKind::Erased`] at `now`).
+    ///
+    /// Conversations are found through an index the store writes when it opens one, so those
+    /// opened by a version of Switchyard without that index are not found.
+    async fn erase_customer(
+        &self,
+        id: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Erasure, StoreError>;
+
+    /// Goes through the index of quiet customers up to `quiet_before`, oldest first, at most
+    /// `limit` entries, and erases (reason [`ERASED_BY_RETENTION`], as
+    /// [`Store::erase_customer`]) each customer who has no open conversation and whose
+    /// `last_seen` is before `quiet_before`. A customer with an open conversation is looked at
+    /// again after `now`, one seen since after its `last_seen`. Every profile has one entry,
+    /// from its creation; profiles created by a version of Switchyard without that index have
+    /// none and are never erased this way.
+    async fn erase_quiet_customers(
+        &self,
+        quiet_before: DateTime<Utc>,
+        limit: usize,
+        now: DateTime<Utc>,
+    ) -> Result<QuietSweep, StoreError>;
 
     /// Moves a conversation to another pool's queue or straight to an agent with room, and notes
     /// it ([`NoteKind::TransferredToPool`] or [`NoteKind::TransferredToAgent`] at `now`, with the

@@ -56,9 +56,9 @@ use link::Link;
 pub use link::RedisTarget;
 
 use super::{
-    AgentUpdate, Assignment, IDLE_CLOSE_REASON, InboundOutcome, InboundRecord, InboundRouting,
-    MailboxHead, MailboxItem, MailboxPush, Merge, Note, Release, Resolution, ResolveRequest,
-    SenderResolution, Store, StoreError, TransferTarget,
+    AgentUpdate, Assignment, ERASED_BY_RETENTION, Erasure, IDLE_CLOSE_REASON, InboundOutcome,
+    InboundRecord, InboundRouting, MailboxHead, MailboxItem, MailboxPush, Merge, Note, QuietSweep,
+    Release, Resolution, ResolveRequest, SenderResolution, Store, StoreError, TransferTarget,
 };
 use crate::envelope::{ChannelRef, Envelope, Sender, new_id};
 use crate::identity::{IdentityKey, IdentityStrength};
@@ -169,6 +169,7 @@ static UNANNOUNCED: LazyLock<Script> =
 static RELEASE: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/release.lua")));
 static MAILBOX: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/mailbox.lua")));
 static EXPIRE_CLOSED: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/expire.lua")));
+static ERASE: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/erase.lua")));
 static SWEEP_PRESENCE: LazyLock<Script> =
     LazyLock::new(|| script(include_str!("redis/sweep_presence.lua")));
 
@@ -509,6 +510,7 @@ fn conflict_code(s: &str) -> &'static str {
         "agent_unavailable" => "agent_unavailable",
         "customer_unresolved" => "customer_unresolved",
         "conversation_changed" => "conversation_changed",
+        "customer_has_open_conversation" => "customer_has_open_conversation",
         _ => "conflict",
     }
 }
@@ -835,6 +837,18 @@ fn inbound_outcome(v: Value) -> Result<InboundOutcome, StoreError> {
 }
 
 /// `{'ok', conversation, released agent or nil}`.
+/// An erasure as `erase.lua` replies it: `{customer, tenant, reason, {merged...}, {conv...}}`.
+fn erasure(v: Value) -> Result<Erasure, StoreError> {
+    let mut items = Items::of(v)?;
+    Ok(Erasure {
+        customer_id: text(items.next()?)?,
+        tenant: text(items.next()?)?,
+        reason: text(items.next()?)?,
+        merged_from: texts(items.next()?)?,
+        conversations: texts(items.next()?)?,
+    })
+}
+
 fn release(v: Value) -> Result<Release, StoreError> {
     let (_, mut items) = tagged(v)?;
     Ok(Release {
@@ -1085,6 +1099,14 @@ impl Store for RedisStore {
         conversation(self.read("conversation", id).await?)
     }
 
+    async fn open_conversation(
+        &self,
+        customer_id: &str,
+    ) -> Result<Option<Conversation>, StoreError> {
+        let open = conversation(self.read("open_conversation", customer_id).await?)?;
+        Ok(open.filter(|c| c.status != ConversationStatus::Closed))
+    }
+
     async fn messages(
         &self,
         conversation_id: &str,
@@ -1213,6 +1235,48 @@ impl Store for RedisStore {
         handled
             .parse()
             .map_err(|_| bad(format_args!("expire_closed answered `{handled}`")))
+    }
+
+    async fn erase_customer(
+        &self,
+        id: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Erasure, StoreError> {
+        let mut inv = ERASE.prepare_invoke();
+        inv.arg(&self.prefix)
+            .arg("one")
+            .arg(id)
+            .arg(reason)
+            .arg(stamp(now));
+        let (_, mut items) = tagged(self.eval(&inv, false).await?)?;
+        erasure(items.next()?)
+    }
+
+    async fn erase_quiet_customers(
+        &self,
+        quiet_before: DateTime<Utc>,
+        limit: usize,
+        now: DateTime<Utc>,
+    ) -> Result<QuietSweep, StoreError> {
+        let mut inv = ERASE.prepare_invoke();
+        inv.arg(&self.prefix)
+            .arg("quiet")
+            .arg(stamp(quiet_before))
+            .arg(limit.max(1))
+            .arg(stamp(now))
+            .arg(ERASED_BY_RETENTION);
+        let mut items = list(self.eval(&inv, false).await?)?.into_iter();
+        let handled = items
+            .next()
+            .ok_or_else(|| bad("erase quiet: empty reply"))
+            .and_then(text)?;
+        Ok(QuietSweep {
+            handled: handled
+                .parse()
+                .map_err(|_| bad(format_args!("erase quiet answered `{handled}`")))?,
+            erased: items.map(erasure).collect::<Result<_, _>>()?,
+        })
     }
 
     async fn transfer(

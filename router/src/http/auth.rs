@@ -56,18 +56,24 @@ pub async fn require_api_key(
         return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown API key")
             .into_response();
     };
-    let needed = if request.method() == Method::GET && request.uri().path() != "/v1/agents/ws" {
-        None
-    } else {
-        Some(["admin", "agent"])
+    let needed: Option<&[&str]> = match *request.method() {
+        // Erasing a customer is for administrators, not agents.
+        Method::DELETE => Some(&["admin"]),
+        Method::GET if request.uri().path() != "/v1/agents/ws" => None,
+        _ => Some(&["admin", "agent"]),
     };
     if let Some(needed) = needed
         && !scopes.iter().any(|s| needed.contains(&s.as_str()))
     {
+        let wanted = needed
+            .iter()
+            .map(|s| format!("`{s}`"))
+            .collect::<Vec<_>>()
+            .join(" or ");
         return ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
-            format!("API key `{name}` lacks the `agent` or `admin` scope"),
+            format!("API key `{name}` lacks the {wanted} scope"),
         )
         .into_response();
     }

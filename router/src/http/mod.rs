@@ -117,7 +117,10 @@ pub fn app(state: HttpState) -> Router {
         .route("/v1/conversations/{id}/close", post(rest::close))
         .route("/v1/conversations/{id}/transfer", post(rest::transfer))
         .route("/v1/customers", get(rest::lookup_customer))
-        .route("/v1/customers/{id}", get(rest::get_customer))
+        .route(
+            "/v1/customers/{id}",
+            get(rest::get_customer).delete(rest::erase_customer),
+        )
         .route("/v1/customers/{id}/identities", post(rest::link_identity))
         .route("/v1/customers/{id}/merge", post(rest::merge_customer))
         .route("/v1/pools/{id}/queue", get(rest::pool_queue))

@@ -241,6 +241,23 @@ pub async fn get_customer(
     Ok(Json(customer).into_response())
 }
 
+/// `DELETE /v1/customers/{id}`: erases the customer (a merged-away id: the profile it was merged
+/// into) with every conversation and message, closing an open conversation first; answers what
+/// was erased, as `customer.erased` announces it. Needs the `admin` scope.
+pub async fn erase_customer(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let erasure = state.ops.erase_customer(&id).await?;
+    Ok(Json(json!({
+        "customer_id": erasure.customer_id,
+        "reason": erasure.reason,
+        "merged_from": erasure.merged_from,
+        "conversations": erasure.conversations,
+    }))
+    .into_response())
+}
+
 /// `GET /v1/customers?identity=<key>`.
 pub async fn lookup_customer(
     State(state): State<HttpState>,

@@ -43,6 +43,9 @@ elseif op == 'agents' then
   return out
 elseif op == 'conversation' then
   return conv_reply(arg)
+elseif op == 'open_conversation' then
+  -- The customer's open conversation (all nil when it has none).
+  return conv_reply(redis.call('GET', key('open', canonical(arg))) or '')
 elseif op == 'messages' then
   -- arg is the negative start index (-limit).
   return {

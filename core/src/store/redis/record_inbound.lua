@@ -46,6 +46,8 @@ if created == 1 then
   redis.call('HSET', ck, 'id', conv, 'tenant', tenant, 'customer_id', cust, 'pool', pool,
     'created_at', now, 'message_count', '1', 'opened_by', env_id, unpack(latest))
   redis.call('SET', ok, conv)
+  -- The index erase_customer finds the customer's conversations by.
+  redis.call('SADD', key('cust-convs', cust), conv)
   if bot then
     redis.call('HSET', ck, 'status', 'bot', 'agent_id', bot)
     bot_touch(conv, now)

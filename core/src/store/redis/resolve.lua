@@ -174,6 +174,8 @@ if not winner then
   ck = key('cust', winner)
   redis.call('HSET', ck, 'id', winner, 'tenant', tenant, 'first_seen', now, 'last_seen', now,
     'created_by', source)
+  -- Its entry in the index erase_quiet_customers sweeps (store.customer_retention_days).
+  redis.call('ZADD', P .. ':quiet', 0, now .. '|' .. winner)
   if has_name then
     redis.call('HSET', ck, 'display_name', name)
   end
