@@ -7,15 +7,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use switchyard_core::metrics::Metrics;
-use switchyard_core::store::Store;
+use switchyard_core::store::{Store, StoreError};
 use tokio_util::sync::CancellationToken;
 
 use crate::operations::Operations;
 use crate::timers::tick;
 
-/// Conversations one store call goes through: one call stays short, even for conversations
-/// with many messages.
+/// Records one store call goes through: one call stays short, even for conversations with many
+/// messages.
 const BATCH: usize = 50;
 
 /// Every `every` until `stop`: deletes the conversations closed more than `keep` ago, batch
@@ -27,31 +28,21 @@ pub async fn sweep_closed_conversations(
     every: Duration,
     stop: CancellationToken,
 ) {
-    let Ok(keep) = chrono::TimeDelta::from_std(keep) else {
-        tracing::warn!(
-            ?keep,
-            "retention beyond what the clock can count; nothing expires"
-        );
-        stop.cancelled().await;
-        return;
-    };
-    while tick(every, &stop).await {
-        let closed_before = switchyard_core::time::now() - keep;
-        loop {
-            match store.expire_closed(closed_before, BATCH).await {
-                Ok(handled) => {
-                    metrics.conversations_swept.inc_by(handled as u64);
-                    if handled < BATCH || stop.is_cancelled() {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not delete expired conversations; trying again later");
-                    break;
-                }
+    sweep(
+        "delete expired conversations",
+        keep,
+        every,
+        stop,
+        |closed_before| {
+            let (store, metrics) = (&store, &metrics);
+            async move {
+                let handled = store.expire_closed(closed_before, BATCH).await?;
+                metrics.conversations_swept.inc_by(handled as u64);
+                Ok::<_, StoreError>(handled)
             }
-        }
-    }
+        },
+    )
+    .await;
 }
 
 /// Every `every` until `stop`: erases the customers quiet for more than `keep` (see
@@ -62,22 +53,41 @@ pub async fn sweep_quiet_customers(
     every: Duration,
     stop: CancellationToken,
 ) {
+    sweep("erase quiet customers", keep, every, stop, |quiet_before| {
+        ops.erase_quiet_customers(quiet_before, BATCH)
+    })
+    .await;
+}
+
+/// Every `every` until `stop`, calls `batch` with the cut-off `keep` before now until it
+/// handles fewer than [`BATCH`] records (or fails, which is logged and tried again next time).
+async fn sweep<F, Fut, E>(
+    what: &str,
+    keep: Duration,
+    every: Duration,
+    stop: CancellationToken,
+    mut batch: F,
+) where
+    F: FnMut(DateTime<Utc>) -> Fut,
+    Fut: Future<Output = Result<usize, E>>,
+    E: std::fmt::Display,
+{
     let Ok(keep) = chrono::TimeDelta::from_std(keep) else {
         tracing::warn!(
             ?keep,
-            "customer retention beyond what the clock can count; nobody is erased"
+            "retention beyond what the clock can count: never {what}"
         );
         stop.cancelled().await;
         return;
     };
     while tick(every, &stop).await {
-        let quiet_before = switchyard_core::time::now() - keep;
+        let cut_off = switchyard_core::time::now() - keep;
         loop {
-            match ops.erase_quiet_customers(quiet_before, BATCH).await {
+            match batch(cut_off).await {
                 Ok(handled) if handled < BATCH || stop.is_cancelled() => break,
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::warn!(error = %e, "could not erase quiet customers; trying again later");
+                    tracing::warn!(error = %e, "could not {what}; trying again later");
                     break;
                 }
             }

@@ -41,18 +41,11 @@ local function erase(cust, reason, now)
   for _, owner in ipairs(owners) do
     local sk = key('cust-convs', owner)
     for _, conv in ipairs(redis.call('SMEMBERS', sk)) do
-      local cvk, mk = key('conv', conv), key('conv-msgs', conv)
-      local closed_at = redis.call('HGET', cvk, 'closed_at')
+      local closed_at = redis.call('HGET', key('conv', conv), 'closed_at')
       if closed_at then
         redis.call('ZREM', P .. ':closed', closed_at .. '|' .. conv)
       end
-      for _, envelope in ipairs(redis.call('LRANGE', mk, 0, -1)) do
-        local ok, e = pcall(cjson.decode, envelope)
-        if ok and type(e) == 'table' and type(e.id) == 'string' then
-          redis.call('DEL', key('msg', e.id))
-        end
-      end
-      redis.call('DEL', cvk, mk)
+      delete_conversation(conv)
       convs[#convs + 1] = conv
     end
     redis.call('DEL', sk, key('open', owner))

@@ -13,14 +13,7 @@ for _, entry in ipairs(entries) do
     local ck = key('conv', id)
     local c = redis.call('HMGET', ck, 'status', 'close_reason')
     if c[1] == 'closed' and c[2] ~= 'merged' then
-      local mk = key('conv-msgs', id)
-      for _, envelope in ipairs(redis.call('LRANGE', mk, 0, -1)) do
-        local ok, e = pcall(cjson.decode, envelope)
-        if ok and type(e) == 'table' and type(e.id) == 'string' then
-          redis.call('DEL', key('msg', e.id))
-        end
-      end
-      redis.call('DEL', ck, mk)
+      delete_conversation(id)
     end
   end
   redis.call('ZREM', idx, entry)

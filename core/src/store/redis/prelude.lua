@@ -39,6 +39,19 @@ local function trim_messages(conv)
   redis.call('LTRIM', key('conv-msgs', conv), -MAX_MESSAGES, -1)
 end
 
+-- Deletes a conversation with its messages and the `P:msg` record of each message id (a copy
+-- of one that arrives later is a new message).
+local function delete_conversation(id)
+  local ck, mk = key('conv', id), key('conv-msgs', id)
+  for _, envelope in ipairs(redis.call('LRANGE', mk, 0, -1)) do
+    local ok, e = pcall(cjson.decode, envelope)
+    if ok and type(e) == 'table' and type(e.id) == 'string' then
+      redis.call('DEL', key('msg', e.id))
+    end
+  end
+  redis.call('DEL', ck, mk)
+end
+
 -- The surviving profile of a customer id (merged-away ids redirect to their survivor).
 local function canonical(id)
   for _ = 1, 64 do
