@@ -42,8 +42,9 @@ use switchyard_core::identity::IdentityKey;
 use switchyard_core::store::Store;
 
 use crate::api::retry_after;
+use crate::caption::send_media_then_caption;
 use crate::media::{Accept, MediaCache, MediaResolver, MediaSpec, Upload};
-use crate::rules::ChannelRules;
+use crate::rules::{Captions, ChannelRules};
 use crate::signature::constant_time_eq;
 use crate::token_cache::{TokenCache, base_url, encode_component, encode_pairs};
 use crate::{
@@ -573,7 +574,8 @@ impl DouyinConnector {
         })
     }
 
-    /// The send body; an image given by URL is uploaded with the image tool first.
+    /// The send body of `content`; an image given by URL is uploaded with the image tool first.
+    /// A caption is not part of it (it goes as a text message of its own).
     async fn send_body(
         &self,
         ctx: &ReplyContext,
@@ -581,7 +583,7 @@ impl DouyinConnector {
     ) -> Result<Value, ConnectorError> {
         let content = match content {
             Content::Text { text } => json!({ "msg_type": 1, "text": { "text": text } }),
-            Content::Image { media } => {
+            Content::Image { media, .. } => {
                 let id = self
                     .media
                     .resolve(media, &IMAGE_MEDIA, None, |file| async move {
@@ -610,6 +612,35 @@ impl DouyinConnector {
             obj.insert("scene".into(), Value::String(scene.clone()));
         }
         Ok(body)
+    }
+
+    /// One send of `content` in reply to `ctx`; a refused access token is refreshed once.
+    async fn send_one(
+        &self,
+        ctx: &ReplyContext,
+        content: &Content,
+    ) -> Result<SendReceipt, ConnectorError> {
+        let body = self.send_body(ctx, content).await?;
+        let mut stale: Option<String> = None;
+        for _ in 0..2 {
+            let token = self
+                .access_token(&ctx.account_open_id, stale.as_deref())
+                .await?;
+            match self.post_send(ctx, &token, &body).await? {
+                Ok(receipt) => return Ok(receipt),
+                Err((code, _)) if is_token_error(code) && stale.is_none() => {
+                    self.token_cache(&ctx.account_open_id)
+                        .invalidate(&token)
+                        .await?;
+                    stale = Some(token);
+                }
+                Err((code, message)) => return Err(classify(code, message, "send")),
+            }
+        }
+        Err(ConnectorError::Rejected {
+            code: "access_token_refused".into(),
+            message: "Douyin refused a freshly refreshed access token".into(),
+        })
     }
 
     async fn post_send(
@@ -824,6 +855,7 @@ fn message_content(content: &Map<String, Value>) -> Content {
         },
         "image" | "user_local_image" => Content::Image {
             media: media_of(content, None),
+            caption: None,
         },
         "emoji" => Content::Sticker {
             media: media_of(content, None),
@@ -831,6 +863,7 @@ fn message_content(content: &Map<String, Value>) -> Content {
         "video" | "user_local_video" => Content::Video {
             media: media_of(content, Some("item_id")),
             thumbnail: None,
+            caption: None,
         },
         "retain_consult_card" => {
             let mut attributes = Map::new();
@@ -1065,9 +1098,11 @@ impl Connector for DouyinConnector {
                 ("location", "text"),
                 ("sticker", "image"),
             ],
+            captions: Captions::AsText,
             notes: "Douyin DMs: replies quote the customer's server_message_id, valid 24 h; \
                     images by media_id, or by URL (uploaded with the image upload tool first: \
-                    JPEG/PNG/BMP/WebP, at most 10 MB); proactive messages \
+                    JPEG/PNG/BMP/WebP, at most 10 MB), an image's caption following as a text \
+                    message; proactive messages \
                     (im_authorize_message, once a day, at most 3) are not sent by this \
                     connector.",
         }
@@ -1088,27 +1123,12 @@ impl Connector for DouyinConnector {
                 message: "the customer's last Douyin message is older than 24 h".into(),
             });
         }
-        let body = self.send_body(&ctx, &message.content).await?;
-        let mut stale: Option<String> = None;
-        for _ in 0..2 {
-            let token = self
-                .access_token(&ctx.account_open_id, stale.as_deref())
-                .await?;
-            match self.post_send(&ctx, &token, &body).await? {
-                Ok(receipt) => return Ok(receipt),
-                Err((code, _)) if is_token_error(code) && stale.is_none() => {
-                    self.token_cache(&ctx.account_open_id)
-                        .invalidate(&token)
-                        .await?;
-                    stale = Some(token);
-                }
-                Err((code, message)) => return Err(classify(code, message, "send")),
-            }
-        }
-        Err(ConnectorError::Rejected {
-            code: "access_token_refused".into(),
-            message: "Douyin refused a freshly refreshed access token".into(),
+        // Douyin images carry no caption: it follows as a text message.
+        let ctx = &ctx;
+        send_media_then_caption(&message.content, |content, _| async move {
+            self.send_one(ctx, &content).await
         })
+        .await
     }
 }
 

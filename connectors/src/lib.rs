@@ -7,6 +7,7 @@
 //! decides the HTTP answer and the metric from the class, never from the channel.
 
 pub mod api;
+pub mod caption;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod douyin;
@@ -34,7 +35,7 @@ use switchyard_core::model::Conversation;
 
 pub use error::ConnectorError;
 pub use registry::{ConnectorContext, Registry};
-pub use rules::{ChannelRules, RuleViolation};
+pub use rules::{Captions, ChannelRules, RuleViolation};
 
 /// An HTTP request to a channel endpoint, as the connector sees it: raw bytes, before parsing.
 #[derive(Debug, Clone, Copy)]

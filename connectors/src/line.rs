@@ -16,6 +16,8 @@
 //! * **Send**: `POST {api_base}/v2/bot/message/push` with `Authorization: Bearer <channel access
 //!   token>` and `X-Line-Retry-Key` derived from the outbound envelope id, so a retry of the
 //!   same envelope is accepted at most once (a `409` answer means LINE already accepted it).
+//!   LINE media messages have no caption: a captioned image or video is pushed as two message
+//!   objects of the same request, the media then the caption as text, so both go or neither.
 //!   Reply tokens are not used: they are single-use and expire quickly, while an agent's
 //!   answer may take minutes.
 
@@ -27,7 +29,8 @@ use switchyard_core::envelope::{ChannelRef, Content, Envelope, Media, Sender};
 use switchyard_core::identity::IdentityKey;
 
 use crate::api::retry_after;
-use crate::rules::ChannelRules;
+use crate::caption::split_caption;
+use crate::rules::{Captions, ChannelRules};
 use crate::signature::{constant_time_eq, hmac_sha256, hmac_sha256_base64};
 use crate::token_cache::base_url;
 use crate::{
@@ -226,14 +229,20 @@ fn message_content(message: &Map<String, Value>, id: &str) -> Result<Content, Co
         },
         "image" => Content::Image {
             media: media_of(message, id).0,
+            caption: None,
         },
         "video" => {
             let (media, thumbnail) = media_of(message, id);
-            Content::Video { media, thumbnail }
+            Content::Video {
+                media,
+                thumbnail,
+                caption: None,
+            }
         }
         "audio" => Content::Audio {
             media: media_of(message, id).0,
             recognition: None,
+            caption: None,
         },
         "file" => Content::File {
             media: Media {
@@ -242,6 +251,7 @@ fn message_content(message: &Map<String, Value>, id: &str) -> Result<Content, Co
                 ..Media::default()
             },
             name: string_at(&object, "fileName"),
+            caption: None,
         },
         "location" => {
             let (Some(latitude), Some(longitude)) = (
@@ -326,8 +336,18 @@ fn https_url(media: &Media, what: &str) -> Result<String, ConnectorError> {
     Ok(url.to_owned())
 }
 
-/// The push message object for `content`; content LINE cannot carry is `Rejected` here,
-/// before any request.
+/// The push message objects for `content`: one, or for captioned media the media then the
+/// caption as a text message (a push takes up to 5). Content LINE cannot carry is `Rejected`
+/// here, before any request.
+pub fn push_messages(content: &Content) -> Result<Vec<Value>, ConnectorError> {
+    match split_caption(content) {
+        Some((media, caption)) => Ok(vec![push_message(&media)?, push_message(&caption)?]),
+        None => Ok(vec![push_message(content)?]),
+    }
+}
+
+/// The push message object for `content`, without its caption (see [`push_messages`]);
+/// content LINE cannot carry is `Rejected` here, before any request.
 pub fn push_message(content: &Content) -> Result<Value, ConnectorError> {
     match content {
         Content::Text { text } => {
@@ -346,7 +366,7 @@ pub fn push_message(content: &Content) -> Result<Value, ConnectorError> {
             }
             Ok(json!({ "type": "text", "text": text }))
         }
-        Content::Image { media } => {
+        Content::Image { media, .. } => {
             let url = https_url(media, "images")?;
             Ok(json!({
                 "type": "image",
@@ -354,7 +374,9 @@ pub fn push_message(content: &Content) -> Result<Value, ConnectorError> {
                 "previewImageUrl": url,
             }))
         }
-        Content::Video { media, thumbnail } => {
+        Content::Video {
+            media, thumbnail, ..
+        } => {
             let url = https_url(media, "videos")?;
             let preview = match thumbnail {
                 Some(t) => https_url(t, "video previews")?,
@@ -607,11 +629,13 @@ impl Connector for LineConnector {
                 ("location", "text"),
                 ("sticker", "image"),
             ],
+            captions: Captions::AsText,
             notes: "LINE push messages: no reply window, but every push counts against the \
                     channel's monthly message quota (429 'monthly limit' is rejected as \
                     monthly_limit_reached). Text up to 5000 UTF-16 code units; images and \
                     videos by https URL only (a video needs its thumbnail as preview); audio \
-                    is not sent (LINE needs its duration). Reply tokens are not used.",
+                    is not sent (LINE needs its duration). A caption is pushed as a text message \
+                    after its media, in the same request. Reply tokens are not used.",
         }
     }
 
@@ -625,7 +649,7 @@ impl Connector for LineConnector {
         }
         let body = json!({
             "to": to,
-            "messages": [push_message(&message.content)?],
+            "messages": push_messages(&message.content)?,
         });
         let response = self
             .http

@@ -24,8 +24,24 @@ pub struct ChannelRules {
     pub max_text_chars: Option<usize>,
     /// What an unsupported type becomes, tried in order: `card -> link -> text`.
     pub downgrades: Vec<(&'static str, &'static str)>,
+    /// How the caption of a media reply reaches the customer.
+    pub captions: Captions,
     /// Where the rules come from / what else to know.
     pub notes: &'static str,
+}
+
+/// How a channel carries the caption of a media reply (image, audio, video, file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum Captions {
+    /// On the media message itself, up to `max_chars` characters (`None`: no limit known).
+    OnMedia {
+        /// Longest caption, in characters.
+        max_chars: Option<usize>,
+    },
+    /// As a text message right after the media: held to `max_text_chars`, and it takes one more
+    /// of the replies `max_replies_per_inbound` allows.
+    AsText,
 }
 
 mod opt_secs {
@@ -46,7 +62,7 @@ mod opt_secs {
 #[error("{message}")]
 pub struct RuleViolation {
     /// Stable code: `reply_window_closed`, `reply_quota_exceeded`, `content_unsupported`,
-    /// `text_too_long`.
+    /// `text_too_long`, `caption_too_long`.
     pub code: &'static str,
     /// What rule forbids it.
     pub message: String,
@@ -66,6 +82,7 @@ impl ChannelRules {
             content_types: ALL_TYPES.to_vec(),
             max_text_chars: None,
             downgrades: Vec::new(),
+            captions: Captions::OnMedia { max_chars: None },
             notes,
         }
     }
@@ -94,18 +111,44 @@ impl ChannelRules {
                 });
             }
         }
+        // A caption sent as its own text message is one more message of the quota.
+        let messages = match (self.captions, content.caption()) {
+            (Captions::AsText, Some(_)) => 2,
+            _ => 1,
+        };
         if let Some(max) = self.max_replies_per_inbound
-            && conversation.replies_since_inbound >= max
+            && conversation.replies_since_inbound.saturating_add(messages) > max
         {
             return Err(RuleViolation {
                 code: "reply_quota_exceeded",
-                message: format!(
-                    "the channel allows {max} replies per customer message; wait for the \
-                     customer to write again"
-                ),
+                message: if messages > 1 && conversation.replies_since_inbound < max {
+                    format!(
+                        "the channel allows {max} replies per customer message and sends a \
+                         caption as a message of its own: only {} left, this needs 2",
+                        max - conversation.replies_since_inbound
+                    )
+                } else {
+                    format!(
+                        "the channel allows {max} replies per customer message; wait for the \
+                         customer to write again"
+                    )
+                },
             });
         }
         let content = self.downgrade(content)?;
+        if let Some(caption) = content.caption() {
+            let chars = caption.chars().count();
+            let max = match self.captions {
+                Captions::OnMedia { max_chars } => max_chars,
+                Captions::AsText => self.max_text_chars,
+            };
+            if let Some(max) = max.filter(|max| chars > *max) {
+                return Err(RuleViolation {
+                    code: "caption_too_long",
+                    message: format!("caption has {chars} characters; the channel allows {max}"),
+                });
+            }
+        }
         if let (Content::Text { text }, Some(max)) = (&content, self.max_text_chars) {
             let chars = text.chars().count();
             if chars > max {
@@ -170,7 +213,10 @@ fn convert(content: Content, to: &str) -> Option<Content> {
         }),
         (Content::Card { title, url, .. }, "text") => text_of(Some(title), url),
         (Content::Link { url, title, .. }, "text") => text_of(title, Some(url)),
-        (Content::Sticker { media }, "image") => Some(Content::Image { media }),
+        (Content::Sticker { media }, "image") => Some(Content::Image {
+            media,
+            caption: None,
+        }),
         (
             Content::Location {
                 latitude,
@@ -232,6 +278,7 @@ mod tests {
             content_types: vec!["text", "image", "link"],
             max_text_chars: Some(10),
             downgrades: vec![("card", "link"), ("link", "text")],
+            captions: Captions::AsText,
             notes: "test",
         }
     }
@@ -280,6 +327,7 @@ mod tests {
         let video = Content::Video {
             media: Default::default(),
             thumbnail: None,
+            caption: None,
         };
         assert_eq!(
             rules
@@ -303,6 +351,69 @@ mod tests {
             Content::Text {
                 text: "Order u".into()
             }
+        );
+    }
+
+    #[test]
+    fn captions_are_held_to_their_limit_and_as_text_take_a_second_reply() {
+        let now = Utc::now();
+        let image = |caption: &str| Content::Image {
+            media: Default::default(),
+            caption: Some(caption.into()),
+        };
+        let as_text = wechat_like();
+        assert!(
+            as_text
+                .check(&conversation(now, 3), image("ok"), now)
+                .is_ok()
+        );
+        let refused = as_text
+            .check(&conversation(now, 4), image("ok"), now)
+            .unwrap_err();
+        assert_eq!(refused.code, "reply_quota_exceeded");
+        assert!(
+            refused.message.contains("only 1 left"),
+            "{}",
+            refused.message
+        );
+        assert!(
+            as_text
+                .check(&conversation(now, 4), image(" "), now)
+                .is_ok(),
+            "a blank caption is no caption"
+        );
+        assert_eq!(
+            as_text
+                .check(
+                    &conversation(now, 0),
+                    image("一二三四五六七八九十十一"),
+                    now
+                )
+                .unwrap_err()
+                .code,
+            "caption_too_long",
+            "held to max_text_chars"
+        );
+        let on_media = ChannelRules {
+            captions: Captions::OnMedia { max_chars: Some(3) },
+            ..wechat_like()
+        };
+        assert!(
+            on_media
+                .check(&conversation(now, 4), image("abc"), now)
+                .is_ok()
+        );
+        assert_eq!(
+            on_media
+                .check(&conversation(now, 0), image("abcd"), now)
+                .unwrap_err()
+                .code,
+            "caption_too_long"
+        );
+        let rules = serde_json::to_value(&on_media).unwrap();
+        assert_eq!(
+            rules["captions"],
+            serde_json::json!({"mode": "on_media", "max_chars": 3})
         );
     }
 }

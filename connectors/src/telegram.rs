@@ -12,6 +12,8 @@
 //!   Ids are 64-bit integers (read as `i64`, never as floats); `date` is in seconds.
 //! * **Dedupe**: `telegram:{bot id}:{update_id}`, where the bot id is the numeric part of the
 //!   bot token before `:` (the secret part never leaves the connector).
+//! * **Captions**: a photo's, video's, animation's, document's, audio's or voice message's
+//!   `caption` is the content's `caption`; replies send it as `caption` (0–1024 characters).
 //! * **Reply**: `POST {api_base}/bot{token}/sendMessage` `{"chat_id", "text"}` (in a private
 //!   chat the chat id is the user id); images, audio, video and files by URL (or by a Telegram
 //!   `file_id`) through `sendPhoto`/`sendAudio`/`sendVideo`/`sendDocument`. Errors are
@@ -34,7 +36,8 @@ use switchyard_core::identity::IdentityKey;
 use switchyard_core::store::Store;
 
 use crate::api::retry_after;
-use crate::rules::ChannelRules;
+use crate::caption::within_limit;
+use crate::rules::{Captions, ChannelRules};
 use crate::signature::constant_time_eq;
 use crate::token_cache::base_url;
 use crate::{
@@ -435,7 +438,7 @@ fn display_name(user: &User) -> Option<String> {
 }
 
 /// The content of a message, in the order the checks matter (`animation` before `document`,
-/// `venue` before `location`, as Telegram sets both).
+/// `venue` before `location`, as Telegram sets both), with the message's caption on media.
 fn message_content(
     message: &Message,
     unmapped_type: Option<&str>,
@@ -446,35 +449,41 @@ fn message_content(
         }
         return Ok(Content::Text { text: text.clone() });
     }
+    let caption = || non_empty(message.caption.as_deref());
     if let Some(sizes) = &message.photo {
         let largest =
             largest_photo(sizes).ok_or_else(|| malformed("photo message without any size"))?;
         return Ok(Content::Image {
             media: media_of(&largest.file_id, None, largest.file_size),
+            caption: caption(),
         });
     }
     if let Some(animation) = &message.animation {
         return Ok(Content::Video {
             media: file_media(animation),
             thumbnail: thumbnail_of(animation),
+            caption: caption(),
         });
     }
     if let Some(document) = &message.document {
         return Ok(Content::File {
             media: file_media(document),
             name: non_empty(document.file_name.as_deref()),
+            caption: caption(),
         });
     }
     if let Some(audio) = message.audio.as_ref().or(message.voice.as_ref()) {
         return Ok(Content::Audio {
             media: file_media(audio),
             recognition: None,
+            caption: caption(),
         });
     }
     if let Some(video) = message.video.as_ref().or(message.video_note.as_ref()) {
         return Ok(Content::Video {
             media: file_media(video),
             thumbnail: thumbnail_of(video),
+            caption: caption(),
         });
     }
     if let Some(sticker) = &message.sticker {
@@ -678,6 +687,10 @@ impl TelegramConnector {
             let mut body = Map::new();
             body.insert("chat_id".into(), Value::from(chat_id));
             body.insert(field.into(), Value::String(reference));
+            if let Some(caption) = content.caption() {
+                let caption = within_limit(caption, MAX_CAPTION_CHARS, "Telegram")?;
+                body.insert("caption".into(), Value::String(caption.to_owned()));
+            }
             Ok::<_, ConnectorError>((method, Value::Object(body)))
         };
         match content {
@@ -697,7 +710,7 @@ impl TelegramConnector {
                 }
                 Ok(("sendMessage", json!({ "chat_id": chat_id, "text": text })))
             }
-            Content::Image { media } => by_reference("sendPhoto", "photo", media),
+            Content::Image { media, .. } => by_reference("sendPhoto", "photo", media),
             Content::Audio { media, .. } => by_reference("sendAudio", "audio", media),
             Content::Video { media, .. } => by_reference("sendVideo", "video", media),
             Content::File { media, .. } => by_reference("sendDocument", "document", media),
@@ -883,7 +896,16 @@ impl Connector for TelegramConnector {
             message_id: message.message_id,
         };
         let dedupe_key = format!("{KIND}:{}:{}", self.bot_id, update.update_id);
-        let is_text = matches!(content, Content::Text { .. });
+        // A caption the content cannot hold (on a message type that is not mapped) follows as
+        // text, so that the customer's words are not lost.
+        let stray_caption = match &content {
+            Content::Text { .. }
+            | Content::Image { .. }
+            | Content::Audio { .. }
+            | Content::Video { .. }
+            | Content::File { .. } => None,
+            _ => non_empty(message.caption.as_deref()),
+        };
         let mut envelopes = vec![self.envelope(
             user,
             sent_at,
@@ -892,8 +914,7 @@ impl Connector for TelegramConnector {
             content,
             reply,
         )?];
-        // The envelope has no caption field: a media message's caption follows as text.
-        if !is_text && let Some(caption) = non_empty(message.caption.as_deref()) {
+        if let Some(caption) = stray_caption {
             envelopes.push(self.envelope(
                 user,
                 sent_at,
@@ -950,9 +971,12 @@ impl Connector for TelegramConnector {
                 ("location", "text"),
                 ("sticker", "image"),
             ],
+            captions: Captions::OnMedia {
+                max_chars: Some(MAX_CAPTION_CHARS),
+            },
             notes: "Telegram bots: no reply window and no reply quota (about 1 message per \
-                    second per chat); text up to 4096 characters (captions up to 1024, but the \
-                    envelope carries none, so none is sent); images, audio (MP3/M4A), \
+                    second per chat); text up to 4096 characters, captions of media up to \
+                    1024; images, audio (MP3/M4A), \
                     video and files by http(s) URL (Telegram fetches them: photos up to 5 MB, \
                     other files up to 20 MB; sendDocument by URL takes GIF, PDF and ZIP only) \
                     or by a Telegram file_id; a user who blocked the bot cannot be written to.",

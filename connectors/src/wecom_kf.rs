@@ -41,8 +41,9 @@ use switchyard_core::identity::IdentityKey;
 use switchyard_core::model::{Conversation, ConversationStatus};
 use switchyard_core::store::Store;
 
+use crate::caption::{Part, send_media_then_caption};
 use crate::media::{Accept, MediaCache, MediaResolver, MediaSpec};
-use crate::rules::ChannelRules;
+use crate::rules::{Captions, ChannelRules};
 use crate::token_cache::{TokenCache, base_url, encode_pairs};
 use crate::wechat::crypto::{CryptoError, WxCrypto};
 use crate::{
@@ -88,6 +89,9 @@ const INVALID_MEDIA_ID: i64 = 40007;
 /// `event_type` of the `sync_msg` event by which WeCom reports that a message `send_msg` had
 /// accepted was not delivered after all.
 pub const SEND_FAIL_EVENT: &str = "msg_send_fail";
+/// Added to the envelope id to make the `msgid` of a media reply's caption, which goes out as a
+/// text message of its own (a ULID and this make 30 of the 32 bytes WeCom allows).
+pub const CAPTION_MSGID_SUFFIX: &str = "_cap";
 /// How long a sent message is remembered (`msgid` → envelope) so that a later
 /// `msg_send_fail` can name it: `sync_msg` returns at most 3 days of history.
 const SENT_TTL: Duration = Duration::from_secs(3 * 86400);
@@ -235,18 +239,22 @@ pub fn message_content(msg: &Value) -> Content {
         },
         "image" => Content::Image {
             media: media(&body, None),
+            caption: None,
         },
         "voice" => Content::Audio {
             media: media(&body, Some("audio/amr")),
             recognition: None,
+            caption: None,
         },
         "video" => Content::Video {
             media: media(&body, None),
             thumbnail: None,
+            caption: None,
         },
         "file" => Content::File {
             media: media(&body, None),
             name: None,
+            caption: None,
         },
         "location" => match (number(&body, "latitude"), number(&body, "longitude")) {
             (Some(latitude), Some(longitude)) => Content::Location {
@@ -884,22 +892,24 @@ impl WecomKfConnector {
     /// The outbound media of `content` and its kind, if it carries any.
     fn outbound_media(content: &Content) -> Option<(&Media, &'static MediaSpec, Option<&str>)> {
         match content {
-            Content::Image { media } => Some((media, &IMAGE_MEDIA, None)),
+            Content::Image { media, .. } => Some((media, &IMAGE_MEDIA, None)),
             Content::Audio { media, .. } => Some((media, &VOICE_MEDIA, None)),
             Content::Video { media, .. } => Some((media, &VIDEO_MEDIA, None)),
-            Content::File { media, name } => Some((media, &FILE_MEDIA, name.as_deref())),
+            Content::File { media, name, .. } => Some((media, &FILE_MEDIA, name.as_deref())),
             _ => None,
         }
     }
 
-    /// The `send_msg` body of `message`; media given by URL is uploaded first.
+    /// The `send_msg` body that sends `content` as `msgid`; media given by URL is uploaded
+    /// first. A caption is not part of it (it goes as a text message of its own).
     async fn send_body(
         &self,
         to: &str,
         open_kfid: &str,
-        message: &Envelope,
+        msgid: &str,
+        content: &Content,
     ) -> Result<Value, ConnectorError> {
-        let (msgtype, payload) = match &message.content {
+        let (msgtype, payload) = match content {
             Content::Text { text } => {
                 if text.len() > MAX_TEXT_BYTES {
                     return Err(ConnectorError::Rejected {
@@ -912,7 +922,7 @@ impl WecomKfConnector {
                 }
                 ("text", json!({ "content": text }))
             }
-            Content::Image { media } => {
+            Content::Image { media, .. } => {
                 let id = self.media_id(media, &IMAGE_MEDIA, None).await?;
                 ("image", json!({ "media_id": id }))
             }
@@ -924,7 +934,7 @@ impl WecomKfConnector {
                 let id = self.media_id(media, &VIDEO_MEDIA, None).await?;
                 ("video", json!({ "media_id": id }))
             }
-            Content::File { media, name } => {
+            Content::File { media, name, .. } => {
                 let id = self.media_id(media, &FILE_MEDIA, name.as_deref()).await?;
                 ("file", json!({ "media_id": id }))
             }
@@ -950,13 +960,53 @@ impl WecomKfConnector {
         let mut body = json!({
             "touser": to,
             "open_kfid": open_kfid,
-            "msgid": message.id,
+            "msgid": msgid,
             "msgtype": msgtype,
         });
         if let Some(obj) = body.as_object_mut() {
             obj.insert(msgtype.to_owned(), payload);
         }
         Ok(body)
+    }
+
+    /// One `send_msg` of `content` (a part of `message`) as `msgid`; what WeCom accepted is
+    /// remembered under its `msgid` as `message`.
+    async fn send_one(
+        &self,
+        to: &str,
+        open_kfid: &str,
+        msgid: &str,
+        content: &Content,
+        message: &Envelope,
+    ) -> Result<SendReceipt, ConnectorError> {
+        let body = self.send_body(to, open_kfid, msgid, content).await?;
+        let value = self.call("/cgi-bin/kf/send_msg", &body).await?;
+        let code = value.get("errcode").and_then(Value::as_i64).unwrap_or(0);
+        if code == 0 {
+            // WeCom answers the `msgid` we gave (or its own): a later `msg_send_fail` names it.
+            let msgid = owned(&value, "msgid").unwrap_or_else(|| msgid.to_owned());
+            self.remember_sent(&msgid, message).await;
+            return Ok(SendReceipt {
+                channel_message_id: Some(msgid),
+            });
+        }
+        let msg = str_of(&value, "errmsg").unwrap_or_default();
+        if code == INVALID_MEDIA_ID
+            && let Some((media, spec, _)) = Self::outbound_media(content)
+        {
+            // A cached upload WeCom no longer knows: the next send uploads the URL again.
+            self.media.forget(media, spec).await;
+        }
+        Err(match code {
+            95018 => ConnectorError::Rejected {
+                code: "95018".into(),
+                message: format!(
+                    "the WeCom session is not in a state that allows API replies ({msg}); a \
+                     WeCom servicer holds it or it ended"
+                ),
+            },
+            _ => api_error(code, msg, "send_msg"),
+        })
     }
 
     async fn service_state(&self, open_kfid: &str, customer: &str) -> Result<i64, ConnectorError> {
@@ -1148,12 +1198,14 @@ impl Connector for WecomKfConnector {
             // 2048 bytes of UTF-8: 682 characters is what always fits.
             max_text_chars: Some(MAX_TEXT_BYTES / 3),
             downgrades: vec![("card", "link"), ("link", "text"), ("sticker", "image")],
+            captions: Captions::AsText,
             notes: "WeCom kf: at most 5 messages within 48 h of the customer's last message, \
                     and only while the session is new or bot-handled (service_state 0/1; the \
                     connector keeps it at 1 while the conversation is open, else errcode \
                     95018); media by media_id, or by URL (uploaded as temporary media first: \
                     image JPG/PNG ≤ 10 MB, voice AMR ≤ 2 MB, video MP4 ≤ 10 MB, file ≤ 20 MB); \
-                    text at most 2048 bytes.",
+                    text at most 2048 bytes; a media reply's caption follows as a text \
+                    message (msgid `{envelope id}_cap`), a second message of the 5.",
         }
     }
 
@@ -1166,34 +1218,17 @@ impl Connector for WecomKfConnector {
                 code: "no_open_kfid".into(),
                 message: format!("no kf account known for customer `{to}`"),
             })?;
-        let body = self.send_body(to, &open_kfid, message).await?;
-        let value = self.call("/cgi-bin/kf/send_msg", &body).await?;
-        let code = value.get("errcode").and_then(Value::as_i64).unwrap_or(0);
-        if code == 0 {
-            // WeCom answers the `msgid` we gave (or its own): a later `msg_send_fail` names it.
-            let msgid = owned(&value, "msgid").unwrap_or_else(|| message.id.clone());
-            self.remember_sent(&msgid, message).await;
-            return Ok(SendReceipt {
-                channel_message_id: Some(msgid),
-            });
-        }
-        let msg = str_of(&value, "errmsg").unwrap_or_default();
-        if code == INVALID_MEDIA_ID
-            && let Some((media, spec, _)) = Self::outbound_media(&message.content)
-        {
-            // A cached upload WeCom no longer knows: the next send uploads the URL again.
-            self.media.forget(media, spec).await;
-        }
-        Err(match code {
-            95018 => ConnectorError::Rejected {
-                code: "95018".into(),
-                message: format!(
-                    "the WeCom session is not in a state that allows API replies ({msg}); a \
-                     WeCom servicer holds it or it ended"
-                ),
-            },
-            _ => api_error(code, msg, "send_msg"),
+        // A caption goes as a text message after the media, with a `msgid` of its own.
+        let open_kfid = open_kfid.as_str();
+        send_media_then_caption(&message.content, |content, part| async move {
+            let msgid = match part {
+                Part::Caption => format!("{}{CAPTION_MSGID_SUFFIX}", message.id),
+                Part::Whole | Part::Media => message.id.clone(),
+            };
+            self.send_one(to, open_kfid, &msgid, &content, message)
+                .await
         })
+        .await
     }
 
     fn follows_conversations(&self) -> bool {

@@ -19,7 +19,9 @@
 //!   "type":"text","text":{"body":…}}`, plus, with `quote_replies = true`,
 //!   `"context":{"message_id":wamid}` quoting the customer message it answers. Free-form
 //!   messages are allowed only within 24 h of the customer's last message (else error 131047:
-//!   a template is needed).
+//!   a template is needed). Images, videos and documents carry their caption (`caption`, up
+//!   to 1024 characters) both ways; audio has none, so an audio reply's caption follows as a
+//!   text message.
 //!
 //! The reply's `context` needs the customer's `wamid`, which the router does not carry: the
 //! outbound envelope's `reply_to` is the inbound *envelope* id. With `quote_replies`,
@@ -39,7 +41,8 @@ use switchyard_core::identity::IdentityKey;
 use switchyard_core::store::Store;
 
 use crate::api::retry_after;
-use crate::rules::ChannelRules;
+use crate::caption::{Part, send_media_then_caption, within_limit};
+use crate::rules::{Captions, ChannelRules};
 use crate::signature::{constant_time_eq, hmac_sha256_hex};
 use crate::token_cache::{base_url, encode_component};
 use crate::{
@@ -68,6 +71,8 @@ pub const OBJECT: &str = "whatsapp_business_account";
 pub const REPLY_WINDOW: Duration = Duration::from_secs(24 * 3600);
 /// Longest text body the send API takes, in characters.
 pub const MAX_TEXT_CHARS: usize = 4096;
+/// Longest caption of an image, video or document, in characters.
+pub const MAX_CAPTION_CHARS: usize = 1024;
 /// Longest `hub.challenge` echoed back (Meta sends a short number).
 const MAX_CHALLENGE_LEN: usize = 256;
 
@@ -312,6 +317,48 @@ impl WhatsAppConnector {
         ))
     }
 
+    /// Sends `content` to the recipient of `message`, quoting the customer's message `quoted`.
+    async fn post(
+        &self,
+        message: &Envelope,
+        content: &Content,
+        quoted: Option<&str>,
+    ) -> Result<SendReceipt, ConnectorError> {
+        let mut body = self.content_body(message, content)?;
+        if let (Some(wamid), Some(map)) = (quoted, body.as_object_mut()) {
+            map.insert("context".into(), json!({ "message_id": wamid }));
+        }
+        let response = self
+            .http
+            .post(self.messages_url())
+            .bearer_auth(&self.access_token)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| {
+                ConnectorError::Transient(format!("WhatsApp send failed: {}", e.without_url()))
+            })?;
+        let status = response.status().as_u16();
+        let wait = retry_after(&response);
+        let text = response
+            .text()
+            .await
+            .map_err(|e| ConnectorError::Transient(format!("reading the Graph API answer: {e}")))?;
+        if !(200..300).contains(&status) {
+            return Err(classify(GraphError::parse(status, &text), wait));
+        }
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if value.get("error").is_some() {
+            return Err(classify(GraphError::parse(status, &text), wait));
+        }
+        Ok(SendReceipt {
+            channel_message_id: value
+                .pointer("/messages/0/id")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        })
+    }
+
     /// The `wamid` of the inbound message `envelope_id` (kept by `deliver`), if still known.
     pub async fn wamid_of(&self, envelope_id: &str) -> Result<Option<String>, ConnectorError> {
         self.store
@@ -320,8 +367,14 @@ impl WhatsAppConnector {
             .map_err(ConnectorError::from)
     }
 
-    /// The JSON body of a send (without `context`).
+    /// The JSON body of a send (without `context`); an audio's caption is not part of it
+    /// (the Cloud API has none: [`Connector::send`] sends it as a text message of its own).
     pub fn send_body(&self, message: &Envelope) -> Result<Value, ConnectorError> {
+        self.content_body(message, &message.content)
+    }
+
+    /// The JSON body that sends `content` to the recipient of `message` (without `context`).
+    fn content_body(&self, message: &Envelope, content: &Content) -> Result<Value, ConnectorError> {
         let to = &message.sender.external_id;
         if to.is_empty() {
             return Err(ConnectorError::Rejected {
@@ -329,7 +382,7 @@ impl WhatsAppConnector {
                 message: "the outbound message names no WhatsApp wa_id".into(),
             });
         }
-        let (kind, payload) = match &message.content {
+        let (kind, payload) = match content {
             Content::Text { text } => {
                 let chars = text.chars().count();
                 if chars == 0 {
@@ -348,12 +401,12 @@ impl WhatsAppConnector {
                 }
                 ("text", json!({ "body": text }))
             }
-            Content::Image { media } => ("image", media_object(media)?),
+            Content::Image { media, .. } => ("image", captioned(media, content)?),
             Content::Audio { media, .. } => ("audio", media_object(media)?),
-            Content::Video { media, .. } => ("video", media_object(media)?),
+            Content::Video { media, .. } => ("video", captioned(media, content)?),
             Content::Sticker { media } => ("sticker", media_object(media)?),
-            Content::File { media, name } => {
-                let mut object = media_object(media)?;
+            Content::File { media, name, .. } => {
+                let mut object = captioned(media, content)?;
                 if let (Some(name), Some(map)) = (name, object.as_object_mut()) {
                     map.insert("filename".into(), Value::String(name.clone()));
                 }
@@ -402,6 +455,16 @@ fn media_object(media: &Media) -> Result<Value, ConnectorError> {
     }
 }
 
+/// [`media_object`] with the caption of `content`, if it has one.
+fn captioned(media: &Media, content: &Content) -> Result<Value, ConnectorError> {
+    let mut object = media_object(media)?;
+    if let (Some(caption), Some(map)) = (content.caption(), object.as_object_mut()) {
+        let caption = within_limit(caption, MAX_CAPTION_CHARS, "WhatsApp")?;
+        map.insert("caption".into(), Value::String(caption.to_owned()));
+    }
+    Ok(object)
+}
+
 /// A media object of an inbound message (`id`, `mime_type`).
 fn inbound_media(object: &Value) -> Media {
     Media {
@@ -429,6 +492,7 @@ fn message_content(message: &Value) -> Result<Content, ConnectorError> {
         },
         "image" => Content::Image {
             media: inbound_media(part_or_empty),
+            caption: text(part_or_empty, "caption"),
         },
         "sticker" => Content::Sticker {
             media: inbound_media(part_or_empty),
@@ -436,14 +500,17 @@ fn message_content(message: &Value) -> Result<Content, ConnectorError> {
         "audio" => Content::Audio {
             media: inbound_media(part_or_empty),
             recognition: None,
+            caption: None,
         },
         "video" => Content::Video {
             media: inbound_media(part_or_empty),
             thumbnail: None,
+            caption: text(part_or_empty, "caption"),
         },
         "document" => Content::File {
             media: inbound_media(part_or_empty),
             name: text(part_or_empty, "filename"),
+            caption: text(part_or_empty, "caption"),
         },
         "location" => {
             let coordinate = |key: &str| {
@@ -754,51 +821,36 @@ impl Connector for WhatsAppConnector {
             ],
             max_text_chars: Some(MAX_TEXT_CHARS),
             downgrades: vec![("card", "link"), ("link", "text")],
+            captions: Captions::OnMedia {
+                max_chars: Some(MAX_CAPTION_CHARS),
+            },
             notes: "WhatsApp Cloud API: free-form messages only within 24 h of the customer's \
                     last message (customer service window); after that only approved \
                     templates, which this connector does not send (error 131047). Text up to \
-                    4096 characters; media by public URL (link) or WhatsApp media id.",
+                    4096 characters; media by public URL (link) or WhatsApp media id; captions \
+                    up to 1024 characters on images, videos and documents, while an audio's \
+                    caption follows as a text message.",
         }
     }
 
     async fn send(&self, message: &Envelope) -> Result<SendReceipt, ConnectorError> {
-        let mut body = self.send_body(message)?;
-        if self.quote_replies
-            && let Some(reply_to) = &message.reply_to
-            && let Some(wamid) = self.wamid_of(reply_to).await?
-            && let Some(map) = body.as_object_mut()
-        {
-            map.insert("context".into(), json!({ "message_id": wamid }));
+        let quoted = match &message.reply_to {
+            Some(reply_to) if self.quote_replies => self.wamid_of(reply_to).await?,
+            _ => None,
+        };
+        let quoted = quoted.as_deref();
+        match &message.content {
+            // The Cloud API has no caption on audio: it follows as a text message, which does
+            // not quote the customer's message again.
+            audio @ Content::Audio { .. } => {
+                send_media_then_caption(audio, |content, part| async move {
+                    let quoted = quoted.filter(|_| part != Part::Caption);
+                    self.post(message, &content, quoted).await
+                })
+                .await
+            }
+            content => self.post(message, content, quoted).await,
         }
-        let response = self
-            .http
-            .post(self.messages_url())
-            .bearer_auth(&self.access_token)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| {
-                ConnectorError::Transient(format!("WhatsApp send failed: {}", e.without_url()))
-            })?;
-        let status = response.status().as_u16();
-        let wait = retry_after(&response);
-        let text = response
-            .text()
-            .await
-            .map_err(|e| ConnectorError::Transient(format!("reading the Graph API answer: {e}")))?;
-        if !(200..300).contains(&status) {
-            return Err(classify(GraphError::parse(status, &text), wait));
-        }
-        let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        if value.get("error").is_some() {
-            return Err(classify(GraphError::parse(status, &text), wait));
-        }
-        Ok(SendReceipt {
-            channel_message_id: value
-                .pointer("/messages/0/id")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-        })
     }
 }
 

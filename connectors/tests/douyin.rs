@@ -340,6 +340,65 @@ async fn reply_quotes_the_customer_message_with_a_cached_token() {
 }
 
 #[tokio::test]
+async fn an_image_caption_follows_as_a_text_reply() {
+    let server = MockServer::start().await;
+    let (c, _) = connector_with(Some(server.uri()), &[("refresh_token", "rt-1")]);
+    Mock::given(method("POST"))
+        .and(path("/oauth/refresh_token/"))
+        .respond_with(refresh_ok("act.1", "rt-2"))
+        .mount(&server)
+        .await;
+    let body = |content: Value| {
+        json!({
+            "msg_id": "@srv-now-2",
+            "conversation_id": CONVERSATION,
+            "to_user_id": CUSTOMER,
+            "content": content,
+        })
+    };
+    Mock::given(method("POST"))
+        .and(path("/im/send/msg/"))
+        .and(body_json(body(
+            json!({ "msg_type": 2, "image": { "media_id": "@img-known" } }),
+        )))
+        .respond_with(send_ok("@sent-image"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/im/send/msg/"))
+        .and(body_json(body(
+            json!({ "msg_type": 1, "text": { "text": "这是尺码表" } }),
+        )))
+        .respond_with(send_ok("@sent-caption"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let inbound = ingest(&c, &fresh_dm("@srv-now-2", TimeDelta::seconds(3))).await;
+    let reply = reply_to(
+        &inbound,
+        Content::Image {
+            media: Media {
+                media_id: Some("@img-known".into()),
+                ..Media::default()
+            },
+            caption: Some("这是尺码表".into()),
+        },
+    );
+    let receipt = c.send(&reply).await.unwrap();
+    assert_eq!(receipt.channel_message_id.as_deref(), Some("@sent-image"));
+    let kinds: Vec<Value> = server
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.url.path() == "/im/send/msg/")
+        .map(|r| serde_json::from_slice::<Value>(&r.body).unwrap()["content"]["msg_type"].clone())
+        .collect();
+    assert_eq!(kinds, [json!(2), json!(1)], "the image first");
+}
+
+#[tokio::test]
 async fn an_expired_token_is_refreshed_once_and_the_send_retried() {
     let server = MockServer::start().await;
     let (c, store) = connector_with(Some(server.uri()), &[("refresh_token", "rt-1")]);
@@ -444,6 +503,7 @@ async fn failures_are_classified() {
         Content::Video {
             media: Media::default(),
             thumbnail: None,
+            caption: None,
         },
     );
     assert!(
@@ -576,6 +636,7 @@ fn image_by_url(url: String) -> Content {
             url: Some(url),
             ..Media::default()
         },
+        caption: None,
     }
 }
 

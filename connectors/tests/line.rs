@@ -195,7 +195,8 @@ fn media_by_message_id_or_by_external_url() {
             media: Media {
                 media_id: Some("533466181562843138".into()),
                 ..Media::default()
-            }
+            },
+            caption: None,
         }
     );
     let external = &envelopes_of("image_external")[0];
@@ -205,11 +206,12 @@ fn media_by_message_id_or_by_external_url() {
             media: Media {
                 url: Some("https://cdn.example.com/photos/original.jpg".into()),
                 ..Media::default()
-            }
+            },
+            caption: None,
         }
     );
     match &envelopes_of("file")[0].content {
-        Content::File { media, name } => {
+        Content::File { media, name, .. } => {
             assert_eq!(name.as_deref(), Some("invoice-42.pdf"));
             assert_eq!(media.size, Some(23456));
         }
@@ -610,6 +612,7 @@ async fn images_and_videos_go_by_https_url() {
     let image = c
         .send(&outbound(Content::Image {
             media: url("https://cdn.example.com/a.jpg"),
+            caption: None,
         }))
         .await
         .unwrap();
@@ -618,10 +621,60 @@ async fn images_and_videos_go_by_https_url() {
         .send(&outbound(Content::Video {
             media: url("https://cdn.example.com/v.mp4"),
             thumbnail: Some(url("https://cdn.example.com/v.jpg")),
+            caption: None,
         }))
         .await
         .unwrap();
     assert_eq!(video.channel_message_id.as_deref(), Some("2"));
+}
+
+#[tokio::test]
+async fn a_caption_is_a_text_message_after_its_media_in_the_same_push() {
+    let server = MockServer::start().await;
+    let c = connector_at(Some(server.uri()));
+    push()
+        .and(body_json(json!({
+            "to": CUSTOMER,
+            "messages": [
+                {
+                    "type": "image",
+                    "originalContentUrl": "https://cdn.example.com/a.jpg",
+                    "previewImageUrl": "https://cdn.example.com/a.jpg"
+                },
+                {"type": "text", "text": "こちらが返品ラベルです 📦"}
+            ]
+        })))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "sentMessages": [{"id": "m-image"}, {"id": "m-caption"}]
+        })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let message = outbound(Content::Image {
+        media: Media {
+            url: Some("https://cdn.example.com/a.jpg".into()),
+            ..Media::default()
+        },
+        caption: Some("こちらが返品ラベルです 📦".into()),
+    });
+    let receipt = c.send(&message).await.unwrap();
+    assert_eq!(receipt.channel_message_id.as_deref(), Some("m-image"));
+    let requests = pushes(&server).await;
+    assert_eq!(requests.len(), 1, "one request: both go or neither");
+    assert_eq!(retry_key_of(&requests[0]), retry_key(&message.id));
+    // A caption LINE cannot carry as text is refused before any request.
+    let too_long = outbound(Content::Image {
+        media: Media {
+            url: Some("https://cdn.example.com/a.jpg".into()),
+            ..Media::default()
+        },
+        caption: Some("字".repeat(5001)),
+    });
+    assert!(matches!(
+        c.send(&too_long).await,
+        Err(ConnectorError::Rejected { code, .. }) if code == "text_too_long"
+    ));
+    assert_eq!(pushes(&server).await.len(), 1);
 }
 
 #[tokio::test]
@@ -641,6 +694,7 @@ async fn content_line_cannot_carry_is_refused_before_any_request() {
         (
             Content::Image {
                 media: url("http://cdn.example.com/a.jpg"),
+                caption: None,
             },
             "media_url_not_https",
         ),
@@ -650,6 +704,7 @@ async fn content_line_cannot_carry_is_refused_before_any_request() {
                     media_id: Some("533466181562843138".into()),
                     ..Media::default()
                 },
+                caption: None,
             },
             "media_url_required",
         ),
@@ -657,6 +712,7 @@ async fn content_line_cannot_carry_is_refused_before_any_request() {
             Content::Video {
                 media: url("https://cdn.example.com/v.mp4"),
                 thumbnail: None,
+                caption: None,
             },
             "video_preview_required",
         ),
@@ -664,6 +720,7 @@ async fn content_line_cannot_carry_is_refused_before_any_request() {
             Content::Audio {
                 media: url("https://cdn.example.com/a.m4a"),
                 recognition: None,
+                caption: None,
             },
             "audio_duration_required",
         ),

@@ -124,27 +124,40 @@ fn ids_above_two_to_the_53_are_exact_in_the_envelope() {
 }
 
 #[test]
-fn a_photo_is_its_largest_size_and_its_caption_follows_as_text() {
+fn a_photo_is_its_largest_size_with_its_caption_in_one_envelope() {
     let c = connector();
     let e = envelopes_of(&c, "photo");
-    assert_eq!(e.len(), 2);
+    assert_eq!(e.len(), 1);
     match &e[0].content {
-        Content::Image { media } => {
+        Content::Image { media, caption } => {
             assert_eq!(media.media_id.as_deref(), Some("AgACAgIAAxkBAAIBlarge"));
             assert_eq!(media.size, Some(98765));
+            assert_eq!(caption.as_deref(), Some("The parcel arrived damaged"));
         }
         other => panic!("{other:?}"),
     }
+    assert_eq!(e[0].dedupe_key, format!("telegram:{BOT_ID}:870000002"));
+}
+
+#[test]
+fn a_caption_on_an_unmapped_type_follows_as_text() {
+    let c = connector();
+    let e = envelopes_of(&c, "paid_media_caption");
+    assert_eq!(e.len(), 2);
+    assert!(matches!(
+        &e[0].content,
+        Content::Unsupported { original_type } if original_type == "paid_media"
+    ));
     assert_eq!(
         e[1].content,
         Content::Text {
-            text: "The parcel arrived damaged".into()
+            text: "Unlock the photo of the damage".into()
         }
     );
-    assert_eq!(e[0].dedupe_key, format!("telegram:{BOT_ID}:870000002"));
+    assert_eq!(e[0].dedupe_key, format!("telegram:{BOT_ID}:870000022"));
     assert_eq!(
         e[1].dedupe_key,
-        format!("telegram:{BOT_ID}:870000002:caption")
+        format!("telegram:{BOT_ID}:870000022:caption")
     );
 }
 
@@ -161,11 +174,13 @@ fn files_keep_mime_size_and_name() {
                 size: Some(48213),
             },
             name: Some("invoice-42.pdf".into()),
+            caption: Some("Invoice for order #42".into()),
         }
     );
     assert!(matches!(
         &envelopes_of(&c, "voice")[0].content,
-        Content::Audio { media, .. } if media.mime.as_deref() == Some("audio/ogg")
+        Content::Audio { media, caption: Some(caption), .. }
+            if media.mime.as_deref() == Some("audio/ogg") && caption == "About the refund"
     ));
     assert!(matches!(
         &envelopes_of(&c, "venue")[0].content,
@@ -571,6 +586,7 @@ async fn media_go_by_url_or_file_id_through_their_methods() {
         (
             Content::Image {
                 media: by_url("https://cdn.example.com/a.jpg"),
+                caption: None,
             },
             "sendPhoto",
             json!({"chat_id": USER_ID, "photo": "https://cdn.example.com/a.jpg"}),
@@ -581,6 +597,7 @@ async fn media_go_by_url_or_file_id_through_their_methods() {
                     media_id: Some("AgACAgIAAxkBAAIBlarge".into()),
                     ..Media::default()
                 },
+                caption: None,
             },
             "sendPhoto",
             json!({"chat_id": USER_ID, "photo": "AgACAgIAAxkBAAIBlarge"}),
@@ -589,25 +606,31 @@ async fn media_go_by_url_or_file_id_through_their_methods() {
             Content::File {
                 media: by_url("https://cdn.example.com/invoice.pdf"),
                 name: Some("invoice.pdf".into()),
+                caption: Some("Your invoice 🧾".into()),
             },
             "sendDocument",
-            json!({"chat_id": USER_ID, "document": "https://cdn.example.com/invoice.pdf"}),
+            json!({"chat_id": USER_ID, "document": "https://cdn.example.com/invoice.pdf",
+                   "caption": "Your invoice 🧾"}),
         ),
         (
             Content::Audio {
                 media: by_url("https://cdn.example.com/a.mp3"),
                 recognition: None,
+                caption: Some("Our jingle".into()),
             },
             "sendAudio",
-            json!({"chat_id": USER_ID, "audio": "https://cdn.example.com/a.mp3"}),
+            json!({"chat_id": USER_ID, "audio": "https://cdn.example.com/a.mp3",
+                   "caption": "Our jingle"}),
         ),
         (
             Content::Video {
                 media: by_url("https://cdn.example.com/v.mp4"),
                 thumbnail: None,
+                caption: Some(format!("How to open the box{}", "!".repeat(1005))),
             },
             "sendVideo",
-            json!({"chat_id": USER_ID, "video": "https://cdn.example.com/v.mp4"}),
+            json!({"chat_id": USER_ID, "video": "https://cdn.example.com/v.mp4",
+                   "caption": format!("How to open the box{}", "!".repeat(1005))}),
         ),
     ];
     let inbound = envelopes_of(&c, "text").remove(0);
@@ -654,14 +677,23 @@ async fn what_telegram_cannot_take_is_refused_before_any_request() {
         (
             Content::Image {
                 media: Media::default(),
+                caption: None,
             },
             "no_media",
         ),
         (
             Content::Image {
                 media: by_url("ftp://example.com/a.jpg"),
+                caption: None,
             },
             "media_url_invalid",
+        ),
+        (
+            Content::Image {
+                media: by_url("https://cdn.example.com/a.jpg"),
+                caption: Some("字".repeat(1025)),
+            },
+            "caption_too_long",
         ),
     ];
     for (content, code) in cases {
@@ -815,9 +847,9 @@ async fn a_network_failure_is_transient_and_does_not_show_the_token() {
 }
 
 #[tokio::test]
-async fn deliver_keeps_the_quote_for_each_envelope_of_a_captioned_photo() {
+async fn deliver_keeps_the_quote_for_each_envelope_of_an_update() {
     let (c, store) = connector_with(None);
-    let published = ingest(&c, "photo").await;
+    let published = ingest(&c, "paid_media_caption").await;
     assert_eq!(published.len(), 2);
     for e in &published {
         let kept = store
@@ -827,7 +859,7 @@ async fn deliver_keeps_the_quote_for_each_envelope_of_a_captioned_photo() {
             .unwrap();
         assert_eq!(
             serde_json::from_str::<Value>(&kept).unwrap(),
-            json!({"chat_id": USER_ID, "message_id": 102})
+            json!({"chat_id": USER_ID, "message_id": 123})
         );
     }
 }

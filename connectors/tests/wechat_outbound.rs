@@ -435,6 +435,7 @@ async fn image_url_is_uploaded_as_temporary_media_once() {
             url: Some(format!("{}/files/cat.png", server.uri())),
             ..Media::default()
         },
+        caption: None,
     });
     c.send(&image).await.unwrap();
     c.send(&image).await.unwrap();
@@ -492,6 +493,7 @@ async fn media_given_by_id_is_sent_without_upload_and_bad_urls_are_rejected() {
             media_id: Some("KNOWN".into()),
             ..Media::default()
         },
+        caption: None,
     });
     c.send(&by_id).await.unwrap();
     for (url, code) in [
@@ -510,6 +512,7 @@ async fn media_given_by_id_is_sent_without_upload_and_bad_urls_are_rejected() {
                 url: Some(url),
                 ..Media::default()
             },
+            caption: None,
         });
         match c.send(&image).await {
             Err(ConnectorError::Rejected { code: got, .. }) => assert_eq!(got, code),
@@ -517,6 +520,80 @@ async fn media_given_by_id_is_sent_without_upload_and_bad_urls_are_rejected() {
         }
     }
     assert_eq!(count(&server, "/cgi-bin/media/upload").await, 0);
+}
+
+#[tokio::test]
+async fn an_image_caption_follows_as_a_text_message() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/cgi-bin/stable_token"))
+        .respond_with(token_answer("TOKEN-1"))
+        .mount(&server)
+        .await;
+    send_mock(
+        "TOKEN-1",
+        json!({"touser": OPENID, "msgtype": "image", "image": {"media_id": "KNOWN"}}),
+    )
+    .respond_with(ok())
+    .expect(2)
+    .mount(&server)
+    .await;
+    send_mock("TOKEN-1", text_body("这是退货标签，请打印 📦"))
+        .respond_with(ok())
+        .expect(1)
+        .mount(&server)
+        .await;
+    let image = |caption: &str| {
+        outbound(Content::Image {
+            media: Media {
+                media_id: Some("KNOWN".into()),
+                ..Media::default()
+            },
+            caption: Some(caption.into()),
+        })
+    };
+    oa(&server, &new_store())
+        .send(&image("这是退货标签，请打印 📦"))
+        .await
+        .unwrap();
+    let sent: Vec<Value> = server
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| r.url.path() == "/cgi-bin/message/custom/send")
+        .map(|r| serde_json::from_slice::<Value>(&r.body).unwrap()["msgtype"].clone())
+        .collect();
+    assert_eq!(sent, [json!("image"), json!("text")], "the image first");
+
+    // The caption refused (here: the reply quota used by the image): the image went out, and
+    // the error says so.
+    server.reset().await;
+    Mock::given(method("POST"))
+        .and(path("/cgi-bin/stable_token"))
+        .respond_with(token_answer("TOKEN-1"))
+        .mount(&server)
+        .await;
+    send_mock(
+        "TOKEN-1",
+        json!({"touser": OPENID, "msgtype": "image", "image": {"media_id": "KNOWN"}}),
+    )
+    .respond_with(ok())
+    .expect(1)
+    .mount(&server)
+    .await;
+    send_mock("TOKEN-1", text_body("再见"))
+        .respond_with(errcode(45047, "out of response count limit"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    match mp(&server, &new_store()).send(&image("再见")).await {
+        Err(ConnectorError::Rejected { code, message }) => {
+            assert_eq!(code, "45047");
+            assert!(message.contains("media was sent"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 fn card(attributes: Value, thumbnail: Option<Media>, url: Option<&str>) -> Envelope {
@@ -609,6 +686,7 @@ async fn links_and_cards_map_per_product() {
     let video = outbound(Content::Video {
         media: Media::default(),
         thumbnail: None,
+        caption: None,
     });
     match oa.send(&video).await {
         Err(ConnectorError::Rejected { code, .. }) => assert_eq!(code, "content_unsupported"),

@@ -429,6 +429,7 @@ async fn send_msg_carries_our_id_and_the_cached_token() {
             media_id: Some("MEDIA_ID".into()),
             ..Media::default()
         },
+        caption: None,
     });
     for (envelope, msgtype, payload) in [
         (
@@ -460,6 +461,76 @@ async fn send_msg_carries_our_id_and_the_cached_token() {
         Some(text.id.as_str())
     );
     c.send(&image).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_caption_follows_its_media_as_a_text_with_a_msgid_of_its_own() {
+    let server = MockServer::start().await;
+    let (c, store) = connector_with(Some(server.uri()));
+    route_customer(&store).await;
+    mount_token(&server, "tok-1", 1).await;
+    let file = outbound(Content::File {
+        media: Media {
+            media_id: Some("MEDIA_ID".into()),
+            ..Media::default()
+        },
+        name: Some("报价单.pdf".into()),
+        caption: Some("这是您要的报价单".into()),
+    });
+    let caption_msgid = format!("{}_cap", file.id);
+    assert!(caption_msgid.len() <= 32);
+    for (msgid, msgtype, payload) in [
+        (file.id.clone(), "file", json!({ "media_id": "MEDIA_ID" })),
+        (
+            caption_msgid.clone(),
+            "text",
+            json!({ "content": "这是您要的报价单" }),
+        ),
+    ] {
+        let mut body = json!({
+            "touser": CUSTOMER, "open_kfid": OPEN_KFID, "msgid": msgid, "msgtype": msgtype,
+        });
+        body.as_object_mut()
+            .unwrap()
+            .insert(msgtype.into(), payload);
+        Mock::given(method("POST"))
+            .and(path("/cgi-bin/kf/send_msg"))
+            .and(query_param("access_token", "tok-1"))
+            .and(body_json(body))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+                "errcode": 0, "errmsg": "ok", "msgid": msgid
+            })))
+            .expect(1)
+            .mount(&server)
+            .await;
+    }
+    let receipt = c.send(&file).await.unwrap();
+    assert_eq!(
+        receipt.channel_message_id.as_deref(),
+        Some(file.id.as_str())
+    );
+    let msgids: Vec<Value> = server
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.url.path() == "/cgi-bin/kf/send_msg")
+        .map(|r| serde_json::from_slice::<Value>(&r.body).unwrap()["msgid"].clone())
+        .collect();
+    assert_eq!(
+        msgids,
+        [json!(file.id), json!(caption_msgid)],
+        "the file first"
+    );
+    // Both are remembered as the envelope, so a late failure of either names it.
+    for msgid in [&file.id, &caption_msgid] {
+        let kept = store
+            .get_key(&format!("wecom_kf:sent:{CORP_ID}:{msgid}"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(serde_json::from_str::<Envelope>(&kept).unwrap().id, file.id);
+    }
 }
 
 #[tokio::test]
@@ -517,6 +588,7 @@ async fn send_failures_are_classified_and_tokens_refreshed() {
     );
     let no_media = outbound(Content::Image {
         media: Media::default(),
+        caption: None,
     });
     assert!(
         matches!(c.send(&no_media).await, Err(ConnectorError::Rejected { code, .. }) if code == "no_media")
@@ -744,9 +816,11 @@ async fn an_image_url_is_uploaded_once_and_sent_by_media_id() {
     let url = format!("{}/cdn/cat.png", server.uri());
     let first = outbound(Content::Image {
         media: by_url(url.clone()),
+        caption: None,
     });
     let second = outbound(Content::Image {
         media: by_url(url.clone()),
+        caption: None,
     });
     for envelope in [&first, &second] {
         Mock::given(method("POST"))
@@ -795,6 +869,7 @@ async fn a_file_url_keeps_its_name_and_type() {
     let file = outbound(Content::File {
         media: by_url(format!("{}/docs/q3.pdf", server.uri())),
         name: Some("报价单 Q3.pdf".into()),
+        caption: None,
     });
     Mock::given(method("POST"))
         .and(path("/cgi-bin/kf/send_msg"))
@@ -842,6 +917,7 @@ async fn oversized_or_wrongly_typed_downloads_are_refused_before_any_upload() {
     ] {
         let image = outbound(Content::Image {
             media: by_url(format!("{}/cdn/{file}", server.uri())),
+            caption: None,
         });
         let err = c.send(&image).await.unwrap_err();
         assert!(
@@ -876,6 +952,7 @@ async fn upload_errcodes_are_classified_and_a_refused_token_is_refreshed() {
     let image = || {
         outbound(Content::Image {
             media: by_url(url.clone()),
+            caption: None,
         })
     };
     // An expired token: refreshed once, the same multipart body sent again.

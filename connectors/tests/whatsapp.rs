@@ -194,6 +194,32 @@ fn a_text_message_becomes_one_envelope_with_the_customer() {
 }
 
 #[test]
+fn captions_of_images_videos_and_documents_are_kept() {
+    let content = |name: &str, i: usize| {
+        run(&connector(), &fixture(name)).envelopes()[i]
+            .content
+            .clone()
+    };
+    assert!(matches!(
+        content("image", 0),
+        Content::Image { caption: Some(c), .. } if c == "So kam das Paket an"
+    ));
+    assert!(matches!(
+        content("document", 0),
+        Content::File { caption: Some(c), name: Some(n), .. }
+            if c == "Rechnung" && n == "rechnung-2026-11.pdf"
+    ));
+    assert!(matches!(
+        content("batch_audio_video_sticker", 1),
+        Content::Video { caption: Some(c), .. } if c == "Beim Auspacken"
+    ));
+    assert!(matches!(
+        content("batch_audio_video_sticker", 0),
+        Content::Audio { caption: None, .. }
+    ));
+}
+
+#[test]
 fn the_handshake_answers_the_challenge_as_plain_text() {
     let c = connector();
     let req = fixture("handshake");
@@ -522,8 +548,10 @@ async fn media_and_locations_are_sent_by_link_or_id() {
                     url: Some("https://cdn.example.com/label.png".into()),
                     ..Media::default()
                 },
+                caption: Some("Ihr Rücksendeetikett 📦".into()),
             },
-            json!({"type": "image", "image": {"link": "https://cdn.example.com/label.png"}}),
+            json!({"type": "image", "image": {"link": "https://cdn.example.com/label.png",
+                "caption": "Ihr Rücksendeetikett 📦"}}),
         ),
         (
             Content::File {
@@ -533,9 +561,11 @@ async fn media_and_locations_are_sent_by_link_or_id() {
                     ..Media::default()
                 },
                 name: Some("Rechnung.pdf".into()),
+                caption: Some("Ihre Rechnung".into()),
             },
             json!({"type": "document", "document": {
-                "link": "https://cdn.example.com/r.pdf", "filename": "Rechnung.pdf"}}),
+                "link": "https://cdn.example.com/r.pdf", "filename": "Rechnung.pdf",
+                "caption": "Ihre Rechnung"}}),
         ),
         (
             Content::Audio {
@@ -544,6 +574,7 @@ async fn media_and_locations_are_sent_by_link_or_id() {
                     ..Media::default()
                 },
                 recognition: None,
+                caption: None,
             },
             json!({"type": "audio", "audio": {"id": "3456789012345678"}}),
         ),
@@ -554,8 +585,10 @@ async fn media_and_locations_are_sent_by_link_or_id() {
                     ..Media::default()
                 },
                 thumbnail: None,
+                caption: Some("So geht's".into()),
             },
-            json!({"type": "video", "video": {"link": "https://cdn.example.com/howto.mp4"}}),
+            json!({"type": "video", "video": {"link": "https://cdn.example.com/howto.mp4",
+                "caption": "So geht's"}}),
         ),
         (
             Content::Location {
@@ -590,6 +623,58 @@ async fn media_and_locations_are_sent_by_link_or_id() {
 }
 
 #[tokio::test]
+async fn an_audio_caption_follows_as_a_text_that_does_not_quote_again() {
+    let server = MockServer::start().await;
+    let (c, _) = connector_at(Some(server.uri()));
+    let inbound = ingest(&c, "text").await;
+    let wamid = "wamid.HBgNNDkxNTExMjM0NTY3OBUCABIYFjNFQjBDMDAwMDAwMDAwMDAwMDAwMQA=";
+    let head =
+        json!({"messaging_product": "whatsapp", "recipient_type": "individual", "to": CUSTOMER});
+    let with = |extra: Value| {
+        let mut body = head.clone();
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        body
+    };
+    Mock::given(method("POST"))
+        .and(path(messages_path()))
+        .and(body_json(with(
+            json!({"type": "audio", "audio": {"id": "3456789012345678"},
+            "context": {"message_id": wamid}}),
+        )))
+        .respond_with(sent("wamid.AUDIO"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(messages_path()))
+        .and(body_json(with(
+            json!({"type": "text", "text": {"body": "Hören Sie mal"}}),
+        )))
+        .respond_with(sent("wamid.CAPTION"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let audio = Content::Audio {
+        media: Media {
+            media_id: Some("3456789012345678".into()),
+            ..Media::default()
+        },
+        recognition: None,
+        caption: Some("Hören Sie mal".into()),
+    };
+    let receipt = c.send(&reply(&inbound[0], audio)).await.unwrap();
+    assert_eq!(receipt.channel_message_id.as_deref(), Some("wamid.AUDIO"));
+    let requests = server.received_requests().await.unwrap();
+    let types: Vec<String> = requests
+        .iter()
+        .map(|r| serde_json::from_slice::<Value>(&r.body).unwrap()["type"].to_string())
+        .collect();
+    assert_eq!(types, ["\"audio\"", "\"text\""], "the audio first");
+}
+
+#[tokio::test]
 async fn content_the_channel_cannot_carry_is_refused_before_any_request() {
     let server = MockServer::start().await;
     let (c, _) = connector_at(Some(server.uri()));
@@ -610,6 +695,7 @@ async fn content_the_channel_cannot_carry_is_refused_before_any_request() {
         (
             Content::Image {
                 media: Media::default(),
+                caption: None,
             },
             "no_media",
         ),
@@ -618,6 +704,17 @@ async fn content_the_channel_cannot_carry_is_refused_before_any_request() {
                 text: "x".repeat(4097),
             },
             "text_too_long",
+        ),
+        (
+            Content::Video {
+                media: Media {
+                    media_id: Some("4567890123456789".into()),
+                    ..Media::default()
+                },
+                thumbnail: None,
+                caption: Some("x".repeat(1025)),
+            },
+            "caption_too_long",
         ),
     ] {
         let err = c.send(&reply(&inbound, content)).await.unwrap_err();

@@ -76,6 +76,9 @@ pub enum Content {
     Image {
         /// The picture.
         media: Media,
+        /// Text that goes with the media (a caption), if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        caption: Option<String>,
     },
     /// A voice message or audio file.
     Audio {
@@ -84,6 +87,9 @@ pub enum Content {
         /// Speech-to-text the channel supplied, if any.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         recognition: Option<String>,
+        /// Text that goes with the media (a caption), if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        caption: Option<String>,
     },
     /// A video.
     Video {
@@ -92,6 +98,9 @@ pub enum Content {
         /// Its thumbnail, if any.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         thumbnail: Option<Media>,
+        /// Text that goes with the media (a caption), if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        caption: Option<String>,
     },
     /// Any other file.
     File {
@@ -100,6 +109,9 @@ pub enum Content {
         /// Its file name, if known.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         name: Option<String>,
+        /// Text that goes with the media (a caption), if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        caption: Option<String>,
     },
     /// A point on a map.
     Location {
@@ -173,6 +185,29 @@ impl Content {
             Content::Card { .. } => "card",
             Content::Event { .. } => "event",
             Content::Unsupported { .. } => "unsupported",
+        }
+    }
+
+    /// The caption of media content (image, audio, video, file), unless it is absent or blank.
+    pub fn caption(&self) -> Option<&str> {
+        match self {
+            Content::Image { caption, .. }
+            | Content::Audio { caption, .. }
+            | Content::Video { caption, .. }
+            | Content::File { caption, .. } => caption.as_deref().filter(|c| !c.trim().is_empty()),
+            _ => None,
+        }
+    }
+
+    /// Takes the caption out of media content, leaving it without one; `None` (and nothing
+    /// changed) for content that has no caption or a blank one.
+    pub fn take_caption(&mut self) -> Option<String> {
+        match self {
+            Content::Image { caption, .. }
+            | Content::Audio { caption, .. }
+            | Content::Video { caption, .. }
+            | Content::File { caption, .. } => caption.take_if(|c| !c.trim().is_empty()),
+            _ => None,
         }
     }
 }

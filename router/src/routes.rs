@@ -3,6 +3,7 @@
 //! pool, and when none does the channel's `pool` applies. A message to a conversation that is
 //! already open stays in that conversation's pool.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use regex::Regex;
@@ -73,6 +74,7 @@ impl RoutingTable {
     /// The pool a conversation opened by `envelope` goes to.
     pub fn choose(&self, envelope: &Envelope) -> RouteChoice<'_> {
         let text = routable_text(&envelope.content);
+        let text = text.as_deref();
         // Lower-cased once per message, and only when a rule looks for words.
         let lowered = match text {
             Some(text) if self.rules.iter().any(|r| !r.text_contains.is_empty()) => {
@@ -149,16 +151,21 @@ impl Rule {
     }
 }
 
-/// The words of a message that text conditions look at: a text's, or the speech recognised in
-/// a voice message. Other content has none, so a rule with a text condition never matches it.
-fn routable_text(content: &Content) -> Option<&str> {
-    match content {
-        Content::Text { text } => Some(text),
+/// The words of a message that text conditions look at: a text's, or a media's caption and the
+/// speech recognised in a voice message (one line each, when there are both). Other content has
+/// none, so a rule with a text condition never matches it.
+fn routable_text(content: &Content) -> Option<Cow<'_, str>> {
+    let recognition = match content {
+        Content::Text { text } => return Some(Cow::Borrowed(text)),
         Content::Audio {
             recognition: Some(text),
             ..
-        } => Some(text),
+        } => Some(text.as_str()),
         _ => None,
+    };
+    match (recognition, content.caption()) {
+        (Some(speech), Some(caption)) => Some(Cow::Owned(format!("{speech}\n{caption}"))),
+        (words, caption) => words.or(caption).map(Cow::Borrowed),
     }
 }
 
@@ -331,6 +338,7 @@ mod tests {
                 Content::Audio {
                     media: media.clone(),
                     recognition: recognition.map(str::to_owned),
+                    caption: None,
                 },
             )
         };
@@ -339,8 +347,67 @@ mod tests {
             Some("refunds")
         );
         assert_eq!(table.choose(&voice(None)).rule, None);
-        let image = message(WEB, &["web_visitor:web:v1"], Content::Image { media });
+        let image = message(
+            WEB,
+            &["web_visitor:web:v1"],
+            Content::Image {
+                media,
+                caption: None,
+            },
+        );
         assert_eq!(table.choose(&image).pool, "default");
+    }
+
+    #[test]
+    fn a_caption_counts_as_text() {
+        let table = RoutingTable::from_settings(&settings(
+            "[[routes]]\nid = \"refunds\"\npool = \"billing\"\ntext_contains = [\"refund\"]\n\
+             [[routes]]\nid = \"late\"\npool = \"vip\"\ntext_matches = \"(?m)^late$\"\n",
+        ))
+        .unwrap();
+        let media = Media {
+            url: Some("https://example.com/a".into()),
+            ..Media::default()
+        };
+        let web = |content: Content| message(WEB, &["web_visitor:web:v1"], content);
+        let image = |caption: Option<&str>| {
+            web(Content::Image {
+                media: media.clone(),
+                caption: caption.map(str::to_owned),
+            })
+        };
+        assert_eq!(
+            table.choose(&image(Some("REFUND for this?"))).rule,
+            Some("refunds")
+        );
+        assert_eq!(table.choose(&image(Some("late"))).rule, Some("late"));
+        assert_eq!(table.choose(&image(None)).rule, None);
+        let file = web(Content::File {
+            media: media.clone(),
+            name: Some("refund.pdf".into()),
+            caption: Some("the invoice".into()),
+        });
+        assert_eq!(table.choose(&file).rule, None, "a file name is not text");
+        let voice = |recognition: &str, caption: &str| {
+            web(Content::Audio {
+                media: media.clone(),
+                recognition: Some(recognition.into()),
+                caption: Some(caption.into()),
+            })
+        };
+        assert_eq!(
+            table.choose(&voice("hello", "refund")).rule,
+            Some("refunds")
+        );
+        assert_eq!(
+            table.choose(&voice("refund", "hello")).rule,
+            Some("refunds")
+        );
+        assert_eq!(
+            table.choose(&voice("so", "late")).rule,
+            Some("late"),
+            "speech and caption are a line each"
+        );
     }
 
     #[test]

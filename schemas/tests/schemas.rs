@@ -714,12 +714,28 @@ mod random {
     fn content() -> impl Strategy<Value = Content> {
         prop_oneof![
             text().prop_map(|text| Content::Text { text }),
-            media().prop_map(|media| Content::Image { media }),
-            (media(), opt(text()))
-                .prop_map(|(media, recognition)| Content::Audio { media, recognition }),
-            (media(), opt(media()))
-                .prop_map(|(media, thumbnail)| Content::Video { media, thumbnail }),
-            (media(), opt(text())).prop_map(|(media, name)| Content::File { media, name }),
+            (media(), opt(text())).prop_map(|(media, caption)| Content::Image { media, caption }),
+            (media(), opt(text()), opt(text())).prop_map(|(media, recognition, caption)| {
+                Content::Audio {
+                    media,
+                    recognition,
+                    caption,
+                }
+            }),
+            (media(), opt(media()), opt(text())).prop_map(|(media, thumbnail, caption)| {
+                Content::Video {
+                    media,
+                    thumbnail,
+                    caption,
+                }
+            }),
+            (media(), opt(text()), opt(text())).prop_map(|(media, name, caption)| {
+                Content::File {
+                    media,
+                    name,
+                    caption,
+                }
+            }),
             (coordinate(90), coordinate(180), opt(text())).prop_map(
                 |(latitude, longitude, label)| Content::Location {
                     latitude,

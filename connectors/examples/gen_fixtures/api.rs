@@ -88,6 +88,15 @@ pub fn fixtures() -> Vec<Fixture> {
             envelopes(&["image"]),
         ),
         post(
+            "image_caption",
+            "An image by URL with a caption (part of the content, as in message.v1)",
+            r#"{"message_id":"m-2c","user":{"id":"42"},"content":{"type":"image","media":{"url":"https://cdn.shop.test/p/2.jpg","mime":"image/jpeg"},"caption":"盒子坏了 📦"}}"#,
+            ts,
+            SECRET,
+            json,
+            envelopes(&["image"]),
+        ),
+        post(
             "location",
             "A location",
             r#"{"message_id":"m-3","user":{"id":"42"},"content":{"type":"location","latitude":31.2304,"longitude":121.4737,"label":"人民广场"}}"#,

@@ -91,21 +91,21 @@ pub fn fixtures() -> Vec<Fixture> {
         ),
         post(
             "photo",
-            "A photo in three sizes with a caption: the largest size's file_id, then the caption as text",
+            "A photo in three sizes with a caption: the largest size's file_id, and the caption",
             &message_update(
                 870_000_002,
                 102,
                 r#""photo":[{"file_id":"AgACAgIAAxkBAAIBsmall","file_unique_id":"AQADs","file_size":1480,"width":90,"height":60},{"file_id":"AgACAgIAAxkBAAIBlarge","file_unique_id":"AQADl","file_size":98765,"width":1280,"height":853},{"file_id":"AgACAgIAAxkBAAIBmedium","file_unique_id":"AQADm","file_size":20510,"width":320,"height":213}],"caption":"The parcel arrived damaged""#,
             ),
-            envelopes(&["image", "text"]),
+            envelopes(&["image"]),
         ),
         post(
             "document",
-            "A PDF file with name, MIME type and size",
+            "A PDF file with name, MIME type, size and a caption",
             &message_update(
                 870_000_003,
                 103,
-                r#""document":{"file_name":"invoice-42.pdf","mime_type":"application/pdf","file_id":"BQACAgIAAxkBAAIBdoc","file_unique_id":"AgADdoc","file_size":48213}"#,
+                r#""document":{"file_name":"invoice-42.pdf","mime_type":"application/pdf","file_id":"BQACAgIAAxkBAAIBdoc","file_unique_id":"AgADdoc","file_size":48213},"caption":"Invoice for order #42""#,
             ),
             envelopes(&["file"]),
         ),
@@ -121,11 +121,11 @@ pub fn fixtures() -> Vec<Fixture> {
         ),
         post(
             "voice",
-            "A voice message (OGG/Opus)",
+            "A voice message (OGG/Opus) with a caption",
             &message_update(
                 870_000_005,
                 105,
-                r#""voice":{"duration":4,"mime_type":"audio/ogg","file_id":"AwACAgIAAxkBAAIBvoice","file_unique_id":"AgADvoice","file_size":12345}"#,
+                r#""voice":{"duration":4,"mime_type":"audio/ogg","file_id":"AwACAgIAAxkBAAIBvoice","file_unique_id":"AgADvoice","file_size":12345},"caption":"About the refund""#,
             ),
             envelopes(&["audio"]),
         ),
@@ -204,6 +204,16 @@ pub fn fixtures() -> Vec<Fixture> {
             "A message type the connector does not map (a dice roll): unsupported content",
             &message_update(870_000_013, 113, r#""dice":{"emoji":"🎲","value":4}"#),
             envelopes(&["unsupported"]),
+        ),
+        post(
+            "paid_media_caption",
+            "Paid media (not mapped) with a caption: unsupported content, then the caption as text",
+            &message_update(
+                870_000_022,
+                123,
+                r#""paid_media":{"star_count":5,"paid_media":[{"type":"preview","width":640,"height":480}]},"caption":"Unlock the photo of the damage""#,
+            ),
+            envelopes(&["unsupported", "text"]),
         ),
         post(
             "group_message",

@@ -73,6 +73,13 @@ pub fn fixtures() -> Vec<Fixture> {
             envelopes(&["text"]),
         ),
         post(
+            "image_caption",
+            "A visitor's image by URL with a caption",
+            Some(&good),
+            r#"{"type":"message","client_id":"c-5","content":{"type":"image","media":{"url":"https://uploads.shop.test/v/9f2c/box.jpg","mime":"image/jpeg"},"caption":"箱子破了"}}"#,
+            envelopes(&["image"]),
+        ),
+        post(
             "identify",
             "The site identifies the visitor with user_hash",
             Some(&good),

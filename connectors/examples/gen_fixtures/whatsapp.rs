@@ -155,7 +155,7 @@ pub fn fixtures() -> Vec<Fixture> {
         ),
         post(
             "image",
-            "A photo with a caption (media id and MIME type; no URL until fetched)",
+            "A photo with a caption (media id, MIME type and the caption; no URL until fetched)",
             &ours(&message(
                 "wamid.HBgNNDkxNTExMjM0NTY3OBUCABIYFjNFQjBDMDAwMDAwMDAwMDAwMDAwMgA=",
                 "image",
@@ -165,7 +165,7 @@ pub fn fixtures() -> Vec<Fixture> {
         ),
         post(
             "document",
-            "A PDF with its file name",
+            "A PDF with its file name and a caption",
             &ours(&message(
                 "wamid.HBgNNDkxNTExMjM0NTY3OBUCABIYFjNFQjBDMDAwMDAwMDAwMDAwMDAwMwA=",
                 "document",
@@ -223,7 +223,7 @@ pub fn fixtures() -> Vec<Fixture> {
         ),
         post(
             "batch_audio_video_sticker",
-            "Three messages in one notification: a voice note, a video and a sticker",
+            "Three messages in one notification: a voice note, a video with a caption and a sticker",
             &ours(&[
                 message(
                     "wamid.HBgNNDkxNTExMjM0NTY3OBUCABIYFjNFQjBDMDAwMDAwMDAwMDAwMDAwOQA=",
@@ -233,7 +233,7 @@ pub fn fixtures() -> Vec<Fixture> {
                 message(
                     "wamid.HBgNNDkxNTExMjM0NTY3OBUCABIYFjNFQjBDMDAwMDAwMDAwMDAwMDAxMAA=",
                     "video",
-                    r#"{"mime_type":"video/mp4","sha256":"dmlkZW8tc2hhMjU2LWZvci10ZXN0cy0wMDAwMDAwMDE=","id":"4567890123456789"}"#,
+                    r#"{"caption":"Beim Auspacken","mime_type":"video/mp4","sha256":"dmlkZW8tc2hhMjU2LWZvci10ZXN0cy0wMDAwMDAwMDE=","id":"4567890123456789"}"#,
                 ),
                 message(
                     "wamid.HBgNNDkxNTExMjM0NTY3OBUCABIYFjNFQjBDMDAwMDAwMDAwMDAwMDAxMQA=",

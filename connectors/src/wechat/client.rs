@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use switchyard_core::envelope::{Content, Envelope, Media};
 use switchyard_core::store::Store;
 
+use crate::caption::send_media_then_caption;
 use crate::media::{Accept, MediaCache, MediaResolver, MediaSpec, Multipart};
 use crate::token_cache::{TokenCache, base_url, encode_pairs};
 use crate::{ConnectorError, SendReceipt};
@@ -222,22 +223,37 @@ impl WxApiClient {
             .await
     }
 
-    /// Sends an outbound envelope as a customer-service message.
+    /// Sends an outbound envelope as a customer-service message; an image's caption follows
+    /// as a text message (customer-service images carry none).
     pub async fn send_envelope(
         &self,
         flavor: Flavor,
         message: &Envelope,
     ) -> Result<SendReceipt, ConnectorError> {
-        let body = self.outbound_body(flavor, message).await?;
-        self.send_custom(&body).await?;
-        Ok(SendReceipt::default())
+        send_media_then_caption(&message.content, |content, _| async move {
+            let body = self.content_body(flavor, message, &content).await?;
+            self.send_custom(&body).await?;
+            Ok(SendReceipt::default())
+        })
+        .await
     }
 
-    /// The `custom/send` JSON body for an envelope (uploads media given by URL first).
+    /// The `custom/send` JSON body for an envelope (uploads media given by URL first). A
+    /// caption is not part of it: [`Self::send_envelope`] sends it as a message of its own.
     pub async fn outbound_body(
         &self,
         flavor: Flavor,
         message: &Envelope,
+    ) -> Result<Value, ConnectorError> {
+        self.content_body(flavor, message, &message.content).await
+    }
+
+    /// The `custom/send` JSON body that sends `content` to the recipient of `message`.
+    async fn content_body(
+        &self,
+        flavor: Flavor,
+        message: &Envelope,
+        content: &Content,
     ) -> Result<Value, ConnectorError> {
         let touser = message.sender.external_id.as_str();
         if touser.is_empty() {
@@ -250,14 +266,14 @@ impl WxApiClient {
             code: "content_unsupported".into(),
             message: format!("WeChat customer-service messages cannot carry {what}"),
         };
-        match &message.content {
+        match content {
             Content::Text { text } => {
                 if text.is_empty() {
                     return Err(unsupported("an empty text"));
                 }
                 Ok(json!({"touser": touser, "msgtype": "text", "text": {"content": text}}))
             }
-            Content::Image { media } | Content::Sticker { media } => {
+            Content::Image { media, .. } | Content::Sticker { media } => {
                 let media_id = self.media_id(media).await?;
                 Ok(json!({"touser": touser, "msgtype": "image", "image": {"media_id": media_id}}))
             }

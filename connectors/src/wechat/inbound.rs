@@ -337,10 +337,12 @@ pub fn content_of(body: &Body, types: &[&str], events: &[&str]) -> Result<Conten
         },
         Body::Image(i) => Content::Image {
             media: media(&i.pic_url, &i.media_id, None),
+            caption: None,
         },
         Body::Voice(v) => Content::Audio {
             media: media(&None, &v.media_id, v.format.as_deref().map(audio_mime)),
             recognition: v.recognition.clone(),
+            caption: None,
         },
         Body::Video { video, .. } => Content::Video {
             media: media(&None, &video.media_id, None),
@@ -348,6 +350,7 @@ pub fn content_of(body: &Body, types: &[&str], events: &[&str]) -> Result<Conten
                 .thumb_media_id
                 .as_ref()
                 .map(|id| media(&None, &Some(id.clone()), None)),
+            caption: None,
         },
         Body::Location(l) => Content::Location {
             latitude: l

@@ -105,7 +105,8 @@ impl Connector for WeChatMiniProgramConnector {
         wechat_rules(
             "WeChat mini-program customer-service messages: up to 5 replies within 48 h of the \
              user's last message (entering the session: 2 within 1 min, not modelled); errors \
-             45015 (window closed) and 45047 (quota used) are rejections",
+             45015 (window closed) and 45047 (quota used) are rejections; an image's caption \
+             follows as a text message (a second reply of the 5)",
         )
     }
 

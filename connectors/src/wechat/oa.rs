@@ -13,8 +13,8 @@ use super::client::{Flavor, WxApiClient};
 use super::inbound::{self, WxInbound, content_of};
 use super::message::WxMessage;
 use crate::{
-    Accepted, ChannelRules, Connector, ConnectorContext, ConnectorError, HttpReply, InboundRequest,
-    SendReceipt,
+    Accepted, Captions, ChannelRules, Connector, ConnectorContext, ConnectorError, HttpReply,
+    InboundRequest, SendReceipt,
 };
 
 /// Connector kind.
@@ -92,6 +92,7 @@ pub(crate) fn wechat_rules(notes: &'static str) -> ChannelRules {
             ("sticker", "image"),
             ("location", "text"),
         ],
+        captions: Captions::AsText,
         notes,
     }
 }
@@ -140,7 +141,8 @@ impl Connector for WeChatOaConnector {
         wechat_rules(
             "WeChat OA customer-service messages: up to 5 replies within 48 h of the user's last \
              message (menu click / follow / QR scan: 3 within 1 min, not modelled); errors 45015 \
-             (window closed) and 45047 (quota used) are rejections",
+             (window closed) and 45047 (quota used) are rejections; an image's caption follows as a \
+             text message (a second reply of the 5)",
         )
     }
 
