@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
+use serde_json::{Map, Value};
 use switchyard_core::config::ChannelSettings;
 use switchyard_core::envelope::{ChannelRef, Content, Envelope, Sender};
 use switchyard_core::identity::IdentityKey;
@@ -15,7 +16,8 @@ use crate::signature::{
     SIGNATURE_HEADER, TIMESTAMP_HEADER, switchyard_signature, verify_switchyard_signature,
 };
 use crate::{
-    Accepted, Connector, ConnectorContext, ConnectorError, HttpReply, InboundRequest, SendReceipt,
+    Accepted, Connector, ConnectorContext, ConnectorError, HttpReply, InboundRequest, RawPolicy,
+    SendReceipt,
 };
 
 /// Connector kind.
@@ -38,6 +40,10 @@ pub struct ApiMessage {
     /// When it was sent (defaults to the time received).
     #[serde(default)]
     pub sent_at: Option<DateTime<Utc>>,
+    /// The body as a JSON object, kept by `decode` only when the channel keeps raw
+    /// ([`RawPolicy`]); never read from the body.
+    #[serde(skip)]
+    pub raw: Option<Map<String, Value>>,
 }
 
 /// The user of an [`ApiMessage`].
@@ -60,6 +66,7 @@ pub struct ApiConnector {
     secret: String,
     callback_url: Option<String>,
     http: reqwest::Client,
+    raw: RawPolicy,
 }
 
 impl ApiConnector {
@@ -81,6 +88,7 @@ impl ApiConnector {
             secret,
             callback_url,
             http: ctx.http.clone(),
+            raw: RawPolicy::from_settings(settings)?,
         })
     }
 
@@ -116,8 +124,10 @@ impl Connector for ApiConnector {
                 "Content-Type must be application/json, not `{content_type}`"
             )));
         }
-        serde_json::from_slice(req.body)
-            .map_err(|e| ConnectorError::Malformed(format!("invalid message JSON: {e}")))
+        let mut message: ApiMessage = serde_json::from_slice(req.body)
+            .map_err(|e| ConnectorError::Malformed(format!("invalid message JSON: {e}")))?;
+        message.raw = self.raw.capture_json(req.body);
+        Ok(message)
     }
 
     fn normalize(
@@ -146,7 +156,7 @@ impl Connector for ApiConnector {
                 identities.push(key);
             }
         }
-        Ok(vec![Envelope::inbound(
+        let mut envelopes = vec![Envelope::inbound(
             self.channel.clone(),
             Sender {
                 external_id: msg.user.id,
@@ -158,7 +168,9 @@ impl Connector for ApiConnector {
             format!("{KIND}:{}:{}", self.channel.id, msg.message_id),
             msg.sent_at.unwrap_or(received_at),
             received_at,
-        )])
+        )];
+        self.raw.attach(&mut envelopes, || msg.raw);
+        Ok(envelopes)
     }
 
     fn accepted(&self, accepted: &[Accepted]) -> HttpReply {

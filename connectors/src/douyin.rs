@@ -49,7 +49,7 @@ use crate::signature::constant_time_eq;
 use crate::token_cache::{TokenCache, base_url, encode_component, encode_pairs};
 use crate::{
     Accepted, Connector, ConnectorContext, ConnectorError, EnvelopeSink, HttpReply, InboundRequest,
-    SendReceipt, take_raw_entry,
+    RawPolicy, SendReceipt, take_raw_entry,
 };
 
 /// Connector kind.
@@ -114,6 +114,9 @@ pub struct DouyinInbound {
     pub content: Map<String, Value>,
     /// The `Msg-Id` header, if any.
     pub msg_id_header: Option<String>,
+    /// The event as sent (with a `content` string parsed, so masking reaches into it), kept
+    /// by `decode` only when the channel keeps raw ([`RawPolicy`]).
+    pub raw: Option<Map<String, Value>>,
 }
 
 #[derive(Deserialize)]
@@ -212,6 +215,7 @@ pub struct DouyinConnector {
     http: reqwest::Client,
     store: Arc<dyn Store>,
     media: MediaResolver,
+    raw: RawPolicy,
 }
 
 impl std::fmt::Debug for DouyinConnector {
@@ -260,6 +264,7 @@ impl DouyinConnector {
             api_base: base_url(settings.api_base.as_deref(), DEFAULT_API_BASE),
             http: ctx.http.clone(),
             store: Arc::clone(&ctx.store),
+            raw: RawPolicy::from_settings(settings)?,
         })
     }
 
@@ -932,6 +937,13 @@ impl Connector for DouyinConnector {
 
     fn decode(&self, req: &InboundRequest<'_>) -> Result<DouyinInbound, ConnectorError> {
         let (event, parts) = parse_event(req.body)?;
+        let raw = self.raw.capture(|| {
+            let mut sent: Map<String, Value> = serde_json::from_slice(req.body).ok()?;
+            if sent.get("content").is_some_and(Value::is_string) {
+                sent.insert("content".into(), Value::Object(parts.content.clone()));
+            }
+            Some(sent)
+        });
         Ok(DouyinInbound {
             event,
             client_key: parts.client_key,
@@ -939,6 +951,7 @@ impl Connector for DouyinConnector {
             to_user_id: parts.to_user_id,
             content: parts.content,
             msg_id_header: req.header(MSG_ID_HEADER).map(str::to_owned),
+            raw,
         })
     }
 
@@ -1055,15 +1068,10 @@ impl Connector for DouyinConnector {
             _ => None,
         };
         let name = nick_name(content, &customer);
-        Ok(vec![self.envelope(
-            &customer,
-            name,
-            sent_at,
-            received_at,
-            &dedupe,
-            body,
-            reply,
-        )?])
+        let mut envelopes =
+            vec![self.envelope(&customer, name, sent_at, received_at, &dedupe, body, reply)?];
+        self.raw.attach(&mut envelopes, || inbound.raw);
+        Ok(envelopes)
     }
 
     async fn deliver(

@@ -14,6 +14,7 @@ pub mod douyin;
 pub mod error;
 pub mod line;
 pub mod media;
+pub mod raw;
 pub mod registry;
 pub mod rules;
 pub mod signature;
@@ -34,6 +35,7 @@ use switchyard_core::envelope::{ChannelRef, Envelope};
 use switchyard_core::model::Conversation;
 
 pub use error::ConnectorError;
+pub use raw::RawPolicy;
 pub use registry::{ConnectorContext, Registry};
 pub use rules::{Captions, ChannelRules, RuleViolation};
 
@@ -135,7 +137,8 @@ pub fn keep_valid(
 
 /// Takes the connector's own entry `key` out of the envelope's `raw`: where `normalize` (pure)
 /// leaves what `deliver` must keep in the store before publishing (a reply context). The rest
-/// of an object `raw` stays; `raw` becomes `None` when nothing else was in it.
+/// of an object `raw` stays (the original payload, when the channel keeps it: see [`raw`]);
+/// `raw` becomes `None` when nothing else was in it.
 pub fn take_raw_entry(envelope: &mut Envelope, key: &str) -> Option<serde_json::Value> {
     let mut raw = envelope.raw.take()?;
     let entry = raw.as_object_mut().and_then(|o| o.remove(key));

@@ -34,8 +34,8 @@ use crate::rules::{Captions, ChannelRules};
 use crate::signature::{constant_time_eq, hmac_sha256, hmac_sha256_base64};
 use crate::token_cache::base_url;
 use crate::{
-    Accepted, Connector, ConnectorContext, ConnectorError, HttpReply, InboundRequest, SendReceipt,
-    keep_valid,
+    Accepted, Connector, ConnectorContext, ConnectorError, HttpReply, InboundRequest, RawPolicy,
+    SendReceipt, keep_valid,
 };
 
 /// Connector kind.
@@ -116,6 +116,8 @@ pub struct LineEvent {
     pub is_redelivery: bool,
     /// The `message` object of a message event.
     pub message: Option<Map<String, Value>>,
+    /// The event as sent: what an envelope keeps in `raw` when the channel keeps raw.
+    pub original: Value,
 }
 
 fn string_at(value: &Value, key: &str) -> Option<String> {
@@ -127,40 +129,41 @@ fn string_at(value: &Value, key: &str) -> Option<String> {
 }
 
 impl LineEvent {
-    fn read(value: &Value) -> LineEvent {
+    fn read(value: Value) -> LineEvent {
         let source = value.get("source").unwrap_or(&Value::Null);
         LineEvent {
-            event_type: string_at(value, "type").unwrap_or_default(),
-            mode: string_at(value, "mode"),
+            event_type: string_at(&value, "type").unwrap_or_default(),
+            mode: string_at(&value, "mode"),
             timestamp_ms: value.get("timestamp").and_then(Value::as_i64),
             source_type: string_at(source, "type"),
             user_id: string_at(source, "userId"),
-            webhook_event_id: string_at(value, "webhookEventId"),
+            webhook_event_id: string_at(&value, "webhookEventId"),
             is_redelivery: value
                 .pointer("/deliveryContext/isRedelivery")
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
             message: value.get("message").and_then(Value::as_object).cloned(),
+            original: value,
         }
     }
 }
 
 /// Parses a webhook body: an object with a string `destination` and an `events` array.
 pub fn parse_webhook(body: &[u8]) -> Result<LineWebhook, ConnectorError> {
-    let value: Value = serde_json::from_slice(body)
+    let mut value: Value = serde_json::from_slice(body)
         .map_err(|e| ConnectorError::Malformed(format!("invalid LINE webhook JSON: {e}")))?;
     let destination = value
         .get("destination")
         .and_then(Value::as_str)
         .ok_or_else(|| ConnectorError::Malformed("webhook without a `destination`".into()))?
         .to_owned();
-    let events = value
-        .get("events")
-        .and_then(Value::as_array)
-        .ok_or_else(|| ConnectorError::Malformed("webhook without an `events` array".into()))?
-        .iter()
-        .map(LineEvent::read)
-        .collect();
+    // Taken out, not copied: each event keeps its own object.
+    let Some(Value::Array(events)) = value.get_mut("events").map(Value::take) else {
+        return Err(ConnectorError::Malformed(
+            "webhook without an `events` array".into(),
+        ));
+    };
+    let events = events.into_iter().map(LineEvent::read).collect();
     Ok(LineWebhook {
         destination,
         events,
@@ -174,6 +177,7 @@ pub struct LineConnector {
     channel_access_token: String,
     api_base: String,
     http: reqwest::Client,
+    raw: RawPolicy,
 }
 
 impl std::fmt::Debug for LineConnector {
@@ -499,6 +503,7 @@ impl LineConnector {
             channel_access_token,
             api_base: base_url(settings.api_base.as_deref(), DEFAULT_API_BASE),
             http: ctx.http.clone(),
+            raw: RawPolicy::from_settings(settings)?,
         })
     }
 
@@ -528,7 +533,7 @@ impl LineConnector {
             ConnectorError::Malformed(format!("message {message_id} without source.userId"))
         })?;
         let event_key = event.webhook_event_id.as_deref().unwrap_or(&message_id);
-        Ok(Envelope::inbound(
+        let mut envelope = Envelope::inbound(
             self.channel.clone(),
             Sender {
                 identities: vec![self.user_key(destination, &user_id)?],
@@ -540,7 +545,12 @@ impl LineConnector {
             format!("{KIND}:{destination}:{event_key}"),
             sent_at(event.timestamp_ms, received_at),
             received_at,
-        ))
+        );
+        // This event's own object, not the whole webhook.
+        self.raw.attach(std::slice::from_mut(&mut envelope), || {
+            event.original.as_object().cloned()
+        });
+        Ok(envelope)
     }
 
     /// Why an event is not routed, or `None` when it is a routable message.

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchyard_core::config::ChannelSettings;
+use switchyard_core::config::{COMMON_CHANNEL_KEYS, ChannelSettings};
 use switchyard_core::store::Store;
 use switchyard_core::store::embedded::EmbeddedStore;
 
@@ -94,12 +94,13 @@ impl Registry {
             };
             let unknown = ch.unknown_options(keys);
             if !unknown.is_empty() {
+                let known: Vec<&str> = keys.iter().chain(COMMON_CHANNEL_KEYS).copied().collect();
                 return Err(ConnectorError::Config(format!(
                     "channels.{}: unknown key(s) {} for kind `{}` (known: {})",
                     ch.id,
                     unknown.join(", "),
                     ch.kind,
-                    keys.join(", ")
+                    known.join(", ")
                 )));
             }
             let channel: Arc<dyn Channel> = match ch.kind.as_str() {

@@ -42,7 +42,7 @@ use crate::signature::constant_time_eq;
 use crate::token_cache::base_url;
 use crate::{
     Accepted, Connector, ConnectorContext, ConnectorError, EnvelopeSink, HttpReply, InboundRequest,
-    SendReceipt, take_raw_entry,
+    RawPolicy, SendReceipt, take_raw_entry,
 };
 
 /// Connector kind.
@@ -165,6 +165,8 @@ pub struct TelegramUpdate {
     pub message: Option<Message>,
     /// A message type this connector does not map, named by its first content field.
     pub unmapped_type: Option<String>,
+    /// The update as sent, kept by `decode` only when the channel keeps raw ([`RawPolicy`]).
+    pub raw: Option<Map<String, Value>>,
 }
 
 /// A Telegram `Message` (the fields this connector reads).
@@ -363,6 +365,7 @@ pub fn parse_update(body: &[u8]) -> Result<TelegramUpdate, ConnectorError> {
             kind,
             message: None,
             unmapped_type: None,
+            raw: None,
         });
     }
     let raw_message = update.remove("message").unwrap_or(Value::Null);
@@ -374,6 +377,7 @@ pub fn parse_update(body: &[u8]) -> Result<TelegramUpdate, ConnectorError> {
         kind,
         message: Some(message),
         unmapped_type,
+        raw: None,
     })
 }
 
@@ -555,6 +559,7 @@ pub struct TelegramConnector {
     store: Arc<dyn Store>,
     /// `quote_replies`: a reply quotes the customer's message it answers.
     quote_replies: bool,
+    raw: RawPolicy,
 }
 
 impl std::fmt::Debug for TelegramConnector {
@@ -601,6 +606,7 @@ impl TelegramConnector {
             http: ctx.http.clone(),
             store: Arc::clone(&ctx.store),
             quote_replies: settings.flag("quote_replies")?,
+            raw: RawPolicy::from_settings(settings)?,
         })
     }
 
@@ -859,7 +865,9 @@ impl Connector for TelegramConnector {
     }
 
     fn decode(&self, req: &InboundRequest<'_>) -> Result<TelegramUpdate, ConnectorError> {
-        parse_update(req.body)
+        let mut update = parse_update(req.body)?;
+        update.raw = self.raw.capture_json(req.body);
+        Ok(update)
     }
 
     fn normalize(
@@ -924,6 +932,7 @@ impl Connector for TelegramConnector {
                 reply,
             )?);
         }
+        self.raw.attach(&mut envelopes, || update.raw);
         Ok(envelopes)
     }
 

@@ -36,7 +36,8 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use crate::signature::{constant_time_eq, hmac_sha256_hex};
 use crate::{
-    Accepted, Connector, ConnectorContext, ConnectorError, HttpReply, InboundRequest, SendReceipt,
+    Accepted, Connector, ConnectorContext, ConnectorError, HttpReply, InboundRequest, RawPolicy,
+    SendReceipt,
 };
 
 /// Connector kind.
@@ -87,6 +88,8 @@ pub struct WebConnector {
     bus: OnceLock<Arc<dyn Bus>>,
     /// Whether [`WebConnector::run_push`] receives announcements.
     push_live: watch::Sender<bool>,
+    /// Whether envelopes keep the visitor's frame in `raw`.
+    raw: RawPolicy,
 }
 
 impl WebConnector {
@@ -117,6 +120,7 @@ impl WebConnector {
             instance: ulid::Ulid::new().to_string(),
             bus: OnceLock::new(),
             push_live: watch::Sender::new(false),
+            raw: RawPolicy::from_settings(settings)?,
         })
     }
 
@@ -352,8 +356,15 @@ impl Connector for WebConnector {
         inbound: WebInbound,
         received_at: DateTime<Utc>,
     ) -> Result<Vec<Envelope>, ConnectorError> {
+        // The frame, as the visitor sent it (every field is in the request type).
+        let frame = self
+            .raw
+            .capture(|| match serde_json::to_value(&inbound.request) {
+                Ok(serde_json::Value::Object(frame)) => Some(frame),
+                _ => None,
+            });
         let visitor_key = self.visitor_key(&inbound.visitor_id)?;
-        match inbound.request {
+        let envelopes: Result<Vec<Envelope>, ConnectorError> = match inbound.request {
             VisitorRequest::Message { client_id, content } => {
                 check_client_id(&client_id)?;
                 if let Content::Text { text } = &content
@@ -415,7 +426,10 @@ impl Connector for WebConnector {
                 )])
             }
             VisitorRequest::Ping => Ok(Vec::new()),
-        }
+        };
+        let mut envelopes = envelopes?;
+        self.raw.attach(&mut envelopes, || frame);
+        Ok(envelopes)
     }
 
     fn accepted(&self, accepted: &[Accepted]) -> HttpReply {

@@ -48,7 +48,7 @@ use crate::token_cache::{TokenCache, base_url, encode_pairs};
 use crate::wechat::crypto::{CryptoError, WxCrypto};
 use crate::{
     Accepted, Connector, ConnectorContext, ConnectorError, EnvelopeSink, HttpReply, InboundRequest,
-    SendReceipt,
+    RawPolicy, SendReceipt,
 };
 
 /// Connector kind.
@@ -152,6 +152,10 @@ pub struct KfCallback {
     /// The kf account with news.
     #[serde(rename = "OpenKfId", default)]
     pub open_kfid: Option<String>,
+    /// The decrypted callback's fields as a JSON object, kept by `decode` only when the
+    /// channel keeps raw ([`RawPolicy`]); never read from the XML.
+    #[serde(skip)]
+    pub raw: Option<Map<String, Value>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -413,6 +417,7 @@ pub struct WecomKfConnector {
     http: reqwest::Client,
     store: Arc<dyn Store>,
     media: MediaResolver,
+    raw: RawPolicy,
 }
 
 impl std::fmt::Debug for WecomKfConnector {
@@ -501,6 +506,7 @@ impl WecomKfConnector {
                 ),
             ),
             corp_id,
+            raw: RawPolicy::from_settings(settings)?,
         })
     }
 
@@ -743,8 +749,9 @@ impl WecomKfConnector {
             .await
     }
 
-    /// Normalizes one page of `sync_msg`: customer messages (`origin = 3`) become envelopes;
-    /// events, our agents' messages and system messages are skipped. Pure.
+    /// Normalizes one page of `sync_msg`: customer messages (`origin = 3`) become envelopes
+    /// (each keeping its own `msg_list` item when the channel keeps raw); events, our agents'
+    /// messages and system messages are skipped. Pure.
     pub fn normalize_page(
         &self,
         msgs: &[Value],
@@ -776,7 +783,7 @@ impl WecomKfConnector {
                     continue;
                 }
             };
-            out.push(Envelope::inbound(
+            let mut envelope = Envelope::inbound(
                 self.channel.clone(),
                 Sender {
                     external_id: customer.to_owned(),
@@ -788,7 +795,11 @@ impl WecomKfConnector {
                 format!("{KIND}:{}:{msgid}", self.corp_id),
                 sent_at,
                 received_at,
-            ));
+            );
+            self.raw.attach(std::slice::from_mut(&mut envelope), || {
+                msg.as_object().cloned()
+            });
+            out.push(envelope);
         }
         Ok(out)
     }
@@ -1110,7 +1121,13 @@ impl Connector for WecomKfConnector {
     fn decode(&self, req: &InboundRequest<'_>) -> Result<KfCallback, ConnectorError> {
         let encrypt = encrypted_field(req.body)?;
         let plain = self.crypto.decrypt(&encrypt).map_err(crypto_err)?;
-        parse_callback(&plain)
+        let mut callback = parse_callback(&plain)?;
+        // The decrypted callback, never the ciphertext around it.
+        callback.raw = self.raw.capture(|| {
+            let text = std::str::from_utf8(&plain).ok()?;
+            crate::wechat::xml::fields(text).ok()
+        });
+        Ok(callback)
     }
 
     fn normalize(
@@ -1141,7 +1158,7 @@ impl Connector for WecomKfConnector {
             .and_then(Value::as_str)
             .map(|t| hex::encode(&Sha256::digest(t.as_bytes())[..8]))
             .unwrap_or_default();
-        Ok(vec![Envelope::inbound(
+        let mut envelopes = vec![Envelope::inbound(
             self.channel.clone(),
             Sender {
                 external_id: open_kfid.clone(),
@@ -1159,7 +1176,9 @@ impl Connector for WecomKfConnector {
             ),
             sent_at,
             received_at,
-        )])
+        )];
+        self.raw.attach(&mut envelopes, || inbound.raw);
+        Ok(envelopes)
     }
 
     async fn deliver(

@@ -47,7 +47,7 @@ use crate::signature::{constant_time_eq, hmac_sha256_hex};
 use crate::token_cache::{base_url, encode_component};
 use crate::{
     Accepted, Connector, ConnectorContext, ConnectorError, EnvelopeSink, HttpReply, InboundRequest,
-    SendReceipt, keep_valid,
+    RawPolicy, SendReceipt, keep_valid,
 };
 
 /// Connector kind.
@@ -202,6 +202,7 @@ pub struct WhatsAppConnector {
     store: Arc<dyn Store>,
     /// `quote_replies`: a reply quotes (`context`) the customer's message it answers.
     quote_replies: bool,
+    raw: RawPolicy,
 }
 
 impl std::fmt::Debug for WhatsAppConnector {
@@ -248,6 +249,7 @@ impl WhatsAppConnector {
             http: ctx.http.clone(),
             store: Arc::clone(&ctx.store),
             quote_replies: settings.flag("quote_replies")?,
+            raw: RawPolicy::from_settings(settings)?,
         })
     }
 
@@ -302,7 +304,7 @@ impl WhatsAppConnector {
             .and_then(|s| s.trim().parse::<i64>().ok())
             .and_then(|secs| DateTime::from_timestamp(secs, 0))
             .unwrap_or(received_at);
-        Ok(Envelope::inbound(
+        let mut envelope = Envelope::inbound(
             self.channel.clone(),
             Sender {
                 identities: vec![Self::customer_key(&wa_id)?],
@@ -314,7 +316,16 @@ impl WhatsAppConnector {
             format!("{}{wamid}", self.dedupe_prefix()),
             sent_at,
             received_at,
-        ))
+        );
+        // This message's own object, not the whole notification.
+        self.raw.attach(
+            std::slice::from_mut(&mut envelope),
+            || match message_value {
+                Value::Object(message) => Some(message),
+                _ => None,
+            },
+        );
+        Ok(envelope)
     }
 
     /// Sends `content` to the recipient of `message`, quoting the customer's message `quoted`.

@@ -16,7 +16,11 @@ use switchyard_connectors::conformance::{
 use switchyard_connectors::signature::switchyard_signature;
 
 fn connector() -> ApiConnector {
-    let settings = support::settings(
+    ApiConnector::new(&settings(), &support::context().0).unwrap()
+}
+
+fn settings() -> switchyard_core::config::ChannelSettings {
+    support::settings(
         gen_api::CHANNEL_ID,
         KIND,
         None,
@@ -24,8 +28,30 @@ fn connector() -> ApiConnector {
             ("secret", gen_api::SECRET),
             ("callback_url", "http://127.0.0.1:9/cb"),
         ],
-    );
-    ApiConnector::new(&settings, &support::context().0).unwrap()
+    )
+}
+
+#[test]
+fn raw_is_the_masked_body_when_kept_and_absent_otherwise() {
+    let keeping = ApiConnector::new(
+        &support::keeping_raw(settings(), &["NAME"]),
+        &support::context().0,
+    )
+    .unwrap();
+    for fixture in ["text", "card", "image", "location"] {
+        let req = support::fixture("api", fixture);
+        let kept = switchyard_connectors::conformance::run(&keeping, &req);
+        let raw = kept.envelopes()[0].raw.clone();
+        // `user.name` is masked by `raw_mask` (case-insensitively); the vouched identities are
+        // the envelope's own and stay.
+        let expected = support::masked(support::json_body(&req), &["name"]);
+        assert_eq!(raw.as_ref(), Some(&expected), "{fixture}");
+        if fixture == "text" {
+            assert_eq!(expected["user"]["name"], "[masked]");
+        }
+        let plain = switchyard_connectors::conformance::run(&connector(), &req);
+        assert_eq!(plain.envelopes()[0].raw, None, "{fixture}: off by default");
+    }
 }
 
 #[test]

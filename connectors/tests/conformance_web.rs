@@ -14,13 +14,43 @@ use switchyard_connectors::conformance::{arbitrary_bodies, check_all, check_deco
 use switchyard_connectors::web::{KIND, WebConnector};
 
 fn connector() -> WebConnector {
-    let settings = support::settings(
+    WebConnector::new(&settings(), &support::context().0).unwrap()
+}
+
+fn settings() -> switchyard_core::config::ChannelSettings {
+    support::settings(
         gen_web::CHANNEL_ID,
         KIND,
         None,
         &[("secret", gen_web::SECRET)],
-    );
-    WebConnector::new(&settings, &support::context().0).unwrap()
+    )
+}
+
+#[test]
+fn raw_is_the_visitors_masked_frame_when_kept_and_absent_otherwise() {
+    let keeping = WebConnector::new(
+        &support::keeping_raw(settings(), &[]),
+        &support::context().0,
+    )
+    .unwrap();
+    for fixture in ["message", "identify"] {
+        let req = support::fixture("web", fixture);
+        let kept = switchyard_connectors::conformance::run(&keeping, &req);
+        let expected = support::masked(support::json_body(&req), &[]);
+        assert_eq!(
+            kept.envelopes()[0].raw.as_ref(),
+            Some(&expected),
+            "{fixture}"
+        );
+        let plain = switchyard_connectors::conformance::run(&connector(), &req);
+        assert_eq!(plain.envelopes()[0].raw, None, "{fixture}: off by default");
+    }
+    // The identify proof is a credential: never kept in clear.
+    let req = support::fixture("web", "identify");
+    let kept = switchyard_connectors::conformance::run(&keeping, &req);
+    let raw = kept.envelopes()[0].raw.clone().unwrap();
+    assert_eq!(raw["user_hash"], "[masked]");
+    assert_eq!(raw["user_id"], "user-42");
 }
 
 #[test]

@@ -863,3 +863,48 @@ async fn image_upload_errors_are_classified_and_a_refused_client_token_is_refres
         "the retry after the token refresh sends the same form"
     );
 }
+
+#[tokio::test]
+async fn raw_keeps_the_masked_event_beside_the_reply_context_which_is_never_published() {
+    let settings = support::keeping_raw(
+        support::settings(
+            "dy-main",
+            KIND,
+            None,
+            &[("client_key", CLIENT_KEY), ("client_secret", CLIENT_SECRET)],
+        ),
+        &["nick_name"],
+    );
+    let (ctx, _store) = support::context();
+    let keeping = DouyinConnector::new(&settings, &ctx).unwrap();
+    for name in ["text", "text_content_string"] {
+        let req = fixture(name);
+        let mut expected = support::json_body(&req);
+        // A `content` sent as a JSON string is kept parsed, so masking reaches into it.
+        if let Some(text) = expected["content"].as_str() {
+            expected["content"] = serde_json::from_str(text).unwrap();
+        }
+        let expected = support::masked(expected, &["nick_name"]);
+        assert_eq!(
+            expected["content"]["user_infos"][0]["nick_name"],
+            "[masked]"
+        );
+        let envelopes = run(&keeping, &req).envelopes().to_vec();
+        let raw = envelopes[0].raw.clone().unwrap();
+        assert!(
+            raw.get("_douyin_reply_context").is_some(),
+            "{name}: the reply context rides beside the payload to deliver"
+        );
+        let sink = CollectSink::new();
+        keeping.deliver(envelopes, &sink).await.unwrap();
+        let published = sink.published();
+        assert_eq!(published[0].raw.as_ref(), Some(&expected), "{name}");
+        // Off (the default): nothing reaches the bus.
+        let c = connector();
+        let sink = CollectSink::new();
+        c.deliver(run(&c, &req).envelopes().to_vec(), &sink)
+            .await
+            .unwrap();
+        assert_eq!(sink.published()[0].raw, None, "{name}");
+    }
+}

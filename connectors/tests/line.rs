@@ -851,3 +851,40 @@ fn rules_state_no_window_the_text_limit_and_the_types() {
     assert_eq!(rules.max_text_chars, Some(5000));
     assert_eq!(rules.content_types, vec!["text", "image", "video"]);
 }
+
+#[test]
+fn raw_is_each_events_own_masked_object() {
+    let settings = support::keeping_raw(
+        support::settings(
+            "line-main",
+            KIND,
+            None,
+            &[
+                ("channel_secret", CHANNEL_SECRET),
+                ("channel_access_token", CHANNEL_ACCESS_TOKEN),
+            ],
+        ),
+        &["replyToken", "quoteToken"],
+    );
+    let keeping = LineConnector::new(&settings, &support::context().0).unwrap();
+    let req = fixture("two_events");
+    let events = support::json_body(&req)["events"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let envelopes = match run(&keeping, &req) {
+        Outcome::Envelopes(e) => e,
+        other => panic!("{}", other.describe()),
+    };
+    assert_eq!(envelopes.len(), 2);
+    for (envelope, event) in envelopes.iter().zip(events) {
+        let expected = support::masked(event, &["replytoken", "quotetoken"]);
+        assert_eq!(expected["replyToken"], "[masked]");
+        assert_eq!(
+            envelope.raw.as_ref(),
+            Some(&expected),
+            "the event, not the webhook"
+        );
+    }
+    assert!(envelopes_of("two_events").iter().all(|e| e.raw.is_none()));
+}

@@ -863,3 +863,52 @@ async fn deliver_keeps_the_quote_for_each_envelope_of_an_update() {
         );
     }
 }
+
+#[tokio::test]
+async fn raw_keeps_the_masked_update_on_every_envelope_and_never_publishes_the_context() {
+    let settings = support::keeping_raw(
+        support::settings(
+            "tg-main",
+            KIND,
+            None,
+            &[
+                ("bot_token", BOT_TOKEN),
+                ("secret_token", SECRET_TOKEN),
+                ("quote_replies", "true"),
+            ],
+        ),
+        &["username"],
+    );
+    let (ctx, store) = support::context();
+    let keeping = TelegramConnector::new(&settings, &ctx).unwrap();
+    for name in ["photo", "contact", "text", "paid_media_caption"] {
+        let req = fixture(name);
+        let expected = support::masked(support::json_body(&req), &["username"]);
+        let envelopes = envelopes_of(&keeping, name);
+        // The caption of media the envelope cannot carry follows as a second envelope: both
+        // carry the update.
+        let split = name == "paid_media_caption";
+        assert_eq!(envelopes.len(), if split { 2 } else { 1 }, "{name}");
+        let sink = CollectSink::new();
+        keeping.deliver(envelopes, &sink).await.unwrap();
+        for envelope in sink.published() {
+            assert_eq!(envelope.raw.as_ref(), Some(&expected), "{name}");
+            let context = store
+                .get_key(&format!("telegram:tg-main:reply:{}", envelope.id))
+                .await
+                .unwrap();
+            assert!(context.is_some(), "{name}: the reply context is still kept");
+        }
+        let c = connector();
+        let sink = CollectSink::new();
+        c.deliver(envelopes_of(&c, name), &sink).await.unwrap();
+        assert!(
+            sink.published().iter().all(|e| e.raw.is_none()),
+            "{name}: off by default"
+        );
+    }
+    let raw = envelopes_of(&keeping, "contact")[0].raw.clone().unwrap();
+    assert_eq!(raw["message"]["contact"]["phone_number"], "[masked]");
+    assert_eq!(raw["message"]["from"]["username"], "[masked]");
+    assert_eq!(raw["message"]["from"]["first_name"], "Ada");
+}

@@ -445,3 +445,70 @@ fn shared_store_context_builds() {
     assert_eq!(a.client().token_key(), b.client().token_key());
     assert_eq!(a.client().token_key(), "wechat:access_token:wxA");
 }
+
+/// `settings` keeping raw.
+fn keeping_raw(mut s: ChannelSettings) -> ChannelSettings {
+    s.options.insert("keep_raw".into(), json!(true));
+    s.options.insert("raw_mask".into(), json!(["FromUserName"]));
+    s
+}
+
+#[test]
+fn raw_is_the_decrypted_pushs_fields_masked_never_the_ciphertext() {
+    let oa_keeping = WeChatOaConnector::new(
+        &keeping_raw(settings(
+            "wechat_oa",
+            generator::OA_APP_ID,
+            generator::OA_TOKEN,
+            Some(generator::OA_AES_KEY),
+        )),
+        &ConnectorContext::default(),
+    )
+    .unwrap();
+    let mp_keeping = WeChatMiniProgramConnector::new(
+        &keeping_raw(settings(
+            "wechat_miniprogram",
+            generator::MP_APP_ID,
+            generator::MP_TOKEN,
+            None,
+        )),
+        &ConnectorContext::default(),
+    )
+    .unwrap();
+    let raw_of = |out: Outcome| out.envelopes()[0].raw.clone().expect("raw kept");
+
+    // Safe mode: the decrypted XML, as a JSON object of its elements.
+    let raw = raw_of(conformance::run(
+        &oa_keeping,
+        &fixture("wechat_oa", "safe", "text").request(),
+    ));
+    assert_eq!(raw["Content"], generator::TRICKY_TEXT);
+    assert_eq!(raw["MsgType"], "text");
+    assert_eq!(
+        raw["FromUserName"], "[masked]",
+        "raw_mask, case-insensitively"
+    );
+    assert!(raw.get("Encrypt").is_none());
+    // Compatible mode: the decrypted push, not the plaintext copy beside the ciphertext.
+    let raw = raw_of(conformance::run(
+        &oa_keeping,
+        &fixture("wechat_oa", "safe", "compatible_mode").request(),
+    ));
+    assert_ne!(raw["Content"], "fake plaintext copy");
+    assert!(raw.get("Encrypt").is_none());
+    // Plain mode, XML and JSON.
+    let raw = raw_of(conformance::run(
+        &mp_keeping,
+        &fixture("wechat_miniprogram", "plain", "text_xml").request(),
+    ));
+    assert_eq!(raw["Content"], generator::TRICKY_TEXT);
+    assert_eq!(raw["CreateTime"], "1764100021");
+    let req = fixture("wechat_miniprogram", "plain", "text_json").request();
+    let mut expected: serde_json::Value = serde_json::from_slice(&req.body).unwrap();
+    expected["FromUserName"] = json!("[masked]");
+    assert_eq!(raw_of(conformance::run(&mp_keeping, &req)), expected);
+
+    // Off by default.
+    let out = conformance::run(&oa(true), &fixture("wechat_oa", "safe", "text").request());
+    assert_eq!(out.envelopes()[0].raw, None);
+}

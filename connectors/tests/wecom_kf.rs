@@ -1308,3 +1308,49 @@ fn send_failures_are_read_from_any_reasonable_shape() {
         "3 is not a documented fail type"
     );
 }
+
+#[test]
+fn raw_is_the_decrypted_notice_and_each_pulled_messages_own_item_masked() {
+    let settings = support::keeping_raw(
+        support::settings(
+            "kf-main",
+            KIND,
+            None,
+            &[
+                ("corp_id", CORP_ID),
+                ("corp_secret", CORP_SECRET),
+                ("token", TOKEN),
+                ("encoding_aes_key", AES_KEY),
+            ],
+        ),
+        &["menu_id"],
+    );
+    let keeping = WecomKfConnector::new(&settings, &support::context().0).unwrap();
+    // The notice keeps the decrypted XML's fields, never the ciphertext; its sync token is
+    // masked.
+    let raw = notice(&keeping)[0].raw.clone().unwrap();
+    assert_eq!(raw["Event"], "kf_msg_or_event");
+    assert_eq!(raw["OpenKfId"], OPEN_KFID);
+    assert_eq!(raw["Token"], "[masked]");
+    assert!(raw.get("Encrypt").is_none());
+    assert_eq!(notice(&connector())[0].raw, None, "off by default");
+
+    let page = page_one();
+    let items = page["msg_list"].as_array().unwrap();
+    let envelopes = keeping.normalize_page(items, chrono::Utc::now()).unwrap();
+    assert_eq!(envelopes.len(), 2, "the customer's text and image");
+    for (envelope, item) in envelopes.iter().zip(items) {
+        assert_eq!(
+            envelope.raw.as_ref(),
+            Some(&support::masked(item.clone(), &["menu_id"]))
+        );
+    }
+    assert_eq!(
+        envelopes[0].raw.as_ref().unwrap()["text"]["menu_id"],
+        "[masked]"
+    );
+    let plain = connector()
+        .normalize_page(items, chrono::Utc::now())
+        .unwrap();
+    assert!(plain.iter().all(|e| e.raw.is_none()));
+}

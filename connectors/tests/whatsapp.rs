@@ -35,7 +35,13 @@ fn connector_at(api_base: Option<String>) -> (WhatsAppConnector, Arc<dyn Store>)
 }
 
 fn connector_quoting(api_base: Option<String>, quote: &str) -> (WhatsAppConnector, Arc<dyn Store>) {
-    let settings = support::settings(
+    let settings = settings(api_base, quote);
+    let (ctx, store) = support::context();
+    (WhatsAppConnector::new(&settings, &ctx).unwrap(), store)
+}
+
+fn settings(api_base: Option<String>, quote: &str) -> switchyard_core::config::ChannelSettings {
+    support::settings(
         "wa-main",
         KIND,
         api_base,
@@ -46,9 +52,7 @@ fn connector_quoting(api_base: Option<String>, quote: &str) -> (WhatsAppConnecto
             ("access_token", ACCESS_TOKEN),
             ("quote_replies", quote),
         ],
-    );
-    let (ctx, store) = support::context();
-    (WhatsAppConnector::new(&settings, &ctx).unwrap(), store)
+    )
 }
 
 fn connector() -> WhatsAppConnector {
@@ -868,4 +872,42 @@ async fn every_message_of_a_batch_is_routed_and_kept_for_replies() {
     assert!(ingest(&c, "statuses_only").await.is_empty());
     let requests: Vec<Request> = server.received_requests().await.unwrap_or_default();
     assert!(requests.is_empty(), "ingesting calls no API");
+}
+
+#[test]
+fn raw_is_each_messages_own_masked_object() {
+    let settings = support::keeping_raw(settings(None, "false"), &[]);
+    let keeping = WhatsAppConnector::new(&settings, &support::context().0).unwrap();
+    for name in ["batch_audio_video_sticker", "contacts", "text"] {
+        let req = fixture(name);
+        let body = support::json_body(&req);
+        let messages = body["entry"][0]["changes"][0]["value"]["messages"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let envelopes = run(&keeping, &req).envelopes().to_vec();
+        assert_eq!(envelopes.len(), messages.len(), "{name}");
+        for (envelope, message) in envelopes.iter().zip(messages) {
+            assert_eq!(
+                envelope.raw.as_ref(),
+                Some(&support::masked(message, &[])),
+                "{name}: the message's own object, not the notification"
+            );
+        }
+        for envelope in run(&connector(), &req).envelopes() {
+            assert_eq!(envelope.raw, None, "{name}: off by default");
+        }
+    }
+    // A shared contact's phone number and WhatsApp id are masked; the sender's own `from`
+    // (the envelope's identity) is not.
+    let raw = run(&keeping, &fixture("contacts")).envelopes()[0]
+        .raw
+        .clone()
+        .unwrap();
+    let phone = &raw["contacts"][0]["phones"][0];
+    assert_eq!(
+        (&phone["phone"], &phone["wa_id"]),
+        (&json!("[masked]"), &json!("[masked]"))
+    );
+    assert_eq!(raw["from"], "4915112345678");
 }

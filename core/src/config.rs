@@ -588,6 +588,10 @@ fn default_log_level() -> String {
     "info".to_owned()
 }
 
+/// Option keys every channel kind accepts besides `id`, `kind`, `pool` and `api_base` (they
+/// are read from [`ChannelSettings::options`]): `keep_raw` and `raw_mask`.
+pub const COMMON_CHANNEL_KEYS: &[&str] = &["keep_raw", "raw_mask"];
+
 /// One `[[channels]]` entry: the common keys plus the connector's own.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ChannelSettings {
@@ -657,6 +661,38 @@ impl ChannelSettings {
         }
     }
 
+    /// `keep_raw`: whether the channel's envelopes keep the original payload in `raw`
+    /// (masked); `false` when absent.
+    pub fn keep_raw(&self) -> Result<bool, ConfigError> {
+        self.flag("keep_raw")
+    }
+
+    /// `raw_mask`: field names masked in a kept `raw` besides the built-in ones; a list of
+    /// non-blank strings (empty when absent).
+    pub fn raw_mask(&self) -> Result<Vec<String>, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            key: format!("channels.{}.raw_mask", self.id),
+            message,
+        };
+        let Some(value) = self.options.get("raw_mask") else {
+            return Ok(Vec::new());
+        };
+        let list = value
+            .as_array()
+            .ok_or_else(|| invalid(format!("expected a list of strings, found {value}")))?;
+        list.iter()
+            .map(|entry| match entry {
+                serde_json::Value::String(name) if !name.trim().is_empty() => Ok(name.clone()),
+                serde_json::Value::String(_) => {
+                    Err(invalid("has an empty entry, which masks nothing".into()))
+                }
+                other => Err(invalid(format!(
+                    "expected a list of strings, found the entry {other}"
+                ))),
+            })
+            .collect()
+    }
+
     /// Like [`Self::secret`] but the key must be present.
     pub fn required_secret(&self, key: &str) -> Result<String, ConfigError> {
         self.secret(key)?.ok_or_else(|| ConfigError::Invalid {
@@ -665,10 +701,12 @@ impl ChannelSettings {
         })
     }
 
-    /// Keys that are not common channel keys nor any of `known` (with `_env`/`_file` forms).
+    /// Keys that are not common channel keys ([`COMMON_CHANNEL_KEYS`], as given) nor any of
+    /// `known` (with `_env`/`_file` forms).
     pub fn unknown_options(&self, known: &[&str]) -> Vec<String> {
         self.options
             .keys()
+            .filter(|k| !COMMON_CHANNEL_KEYS.contains(&k.as_str()))
             .filter(|k| {
                 let base = k
                     .strip_suffix("_env")
@@ -1126,6 +1164,8 @@ secret = {secret}
                     message: format!("channel id `{}` is used twice", ch.id),
                 });
             }
+            ch.keep_raw()?;
+            ch.raw_mask()?;
             let pools = self.pool_ids();
             if !pools.contains(&ch.pool) {
                 return Err(ConfigError::Invalid {
@@ -1613,6 +1653,55 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("serverr"), "{err}");
+    }
+
+    #[test]
+    fn keep_raw_and_raw_mask_are_common_channel_keys_checked_by_path() {
+        let channel = |fields: &str| {
+            format!("[[channels]]\nid = \"shop\"\nkind = \"api\"\nsecret = \"x\"\n{fields}")
+        };
+        refused(
+            &channel("raw_mask = \"note\"\n"),
+            "channels.shop.raw_mask",
+            "expected a list of strings",
+        );
+        refused(
+            &channel("raw_mask = [\"note\", 3]\n"),
+            "channels.shop.raw_mask",
+            "expected a list of strings",
+        );
+        refused(
+            &channel("raw_mask = [\"note\", \" \"]\n"),
+            "channels.shop.raw_mask",
+            "empty entry",
+        );
+        refused(
+            &channel("keep_raw = \"yes\"\n"),
+            "channels.shop.keep_raw",
+            "expected true or false",
+        );
+
+        let f = write(&channel(
+            "keep_raw = true\nraw_mask = [\"note\", \"Order_Ref\"]\n",
+        ));
+        let s = Settings::load_with_env(Some(&f.0), []).expect("valid raw keys");
+        let ch = &s.channels[0];
+        assert!(ch.keep_raw().unwrap());
+        assert_eq!(ch.raw_mask().unwrap(), ["note", "Order_Ref"]);
+        assert!(
+            ch.unknown_options(&["secret"]).is_empty(),
+            "every kind accepts them"
+        );
+
+        let f = write(&channel(""));
+        let s = Settings::load_with_env(Some(&f.0), []).expect("no raw keys");
+        assert!(!s.channels[0].keep_raw().unwrap(), "off by default");
+        assert!(s.channels[0].raw_mask().unwrap().is_empty());
+
+        // Only the keys themselves: they are not secrets, so no `_env` / `_file` forms.
+        let f = write(&channel("keep_raw_env = \"X\"\n"));
+        let s = Settings::load_with_env(Some(&f.0), []).expect("parsed");
+        assert_eq!(s.channels[0].unknown_options(&["secret"]), ["keep_raw_env"]);
     }
 
     #[test]

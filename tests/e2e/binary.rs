@@ -85,7 +85,8 @@ fn check_config_explains_errors_with_the_key_path() {
     let good = dir.join(format!("sy-good-{}.toml", std::process::id()));
     std::fs::write(
         &good,
-        "[[channels]]\nid = \"shop\"\nkind = \"api\"\nsecret = \"0123456789abcdef\"\n",
+        "[[channels]]\nid = \"shop\"\nkind = \"api\"\nsecret = \"0123456789abcdef\"\n\
+         keep_raw = true\nraw_mask = [\"note\"]\n",
     )
     .unwrap();
     let out = Command::new(binary())
@@ -113,6 +114,10 @@ fn check_config_explains_errors_with_the_key_path() {
         (
             "[[channels]]\nid = \"x\"\nkind = \"api\"\nsecret = \"0123456789abcdef\"\ncolour = 1\n",
             "unknown key(s) colour",
+        ),
+        (
+            "[[channels]]\nid = \"shop\"\nkind = \"telegram\"\nraw_mask = \"note\"\n",
+            "`channels.shop.raw_mask`: expected a list of strings",
         ),
         (
             "[bus]\nkind = \"amqp\"\nurl = \"amqps://h/%2f\"\ntls_ca_file = \"/nonexistent/ca.pem\"\n",

@@ -12,6 +12,7 @@ mod erasure;
 mod identity;
 mod line;
 mod presence;
+mod raw;
 mod routing;
 mod support;
 mod telegram;

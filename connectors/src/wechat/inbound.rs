@@ -12,7 +12,7 @@ use super::crypto::{self, CryptoError, WxCrypto};
 use super::message::{self, Body, EncryptedBody, Format, Head, WxMessage};
 use super::xml;
 use crate::signature::check_timestamp;
-use crate::{ConnectorError, HttpReply, InboundRequest};
+use crate::{ConnectorError, HttpReply, InboundRequest, RawPolicy};
 
 /// Requests whose `timestamp` is further than this from our clock are refused (replay).
 pub const REPLAY_WINDOW_SECS: i64 = 300;
@@ -27,6 +27,7 @@ pub struct WxInbound {
     app_id: String,
     token: String,
     crypto: Option<WxCrypto>,
+    raw: RawPolicy,
 }
 
 impl WxInbound {
@@ -66,10 +67,11 @@ impl WxInbound {
             app_id,
             token,
             crypto,
+            raw: RawPolicy::from_settings(settings)?,
         })
     }
 
-    /// Builds the inbound side directly (tests, fixture generators).
+    /// Builds the inbound side directly (tests, fixture generators); it keeps no raw.
     pub fn new(
         kind: &'static str,
         app_id: &str,
@@ -85,6 +87,7 @@ impl WxInbound {
             app_id: app_id.to_owned(),
             token: token.to_owned(),
             crypto,
+            raw: RawPolicy::default(),
         })
     }
 
@@ -191,7 +194,9 @@ impl WxInbound {
     pub fn decode(&self, req: &InboundRequest<'_>) -> Result<WxMessage, ConnectorError> {
         let text = xml::body_text(req.body)?;
         if !Self::encrypted(req)? {
-            return WxMessage::parse(text, false);
+            let mut msg = WxMessage::parse(text, false)?;
+            msg.raw = self.raw.capture(|| message::fields(text));
+            return Ok(msg);
         }
         let crypto = self.crypto.as_ref().ok_or_else(|| {
             ConnectorError::Unauthorized(
@@ -212,7 +217,10 @@ impl WxInbound {
             })?;
         let plain = String::from_utf8(plain)
             .map_err(|_| ConnectorError::Malformed("decrypted payload is not UTF-8".into()))?;
-        WxMessage::parse(&plain, true)
+        let mut msg = WxMessage::parse(&plain, true)?;
+        // The decrypted push, never the ciphertext around it.
+        msg.raw = self.raw.capture(|| message::fields(&plain));
+        Ok(msg)
     }
 
     /// The sender of a push: OpenID in this AppID's scope, plus the UnionID when given.
@@ -261,7 +269,8 @@ impl WxInbound {
         ))
     }
 
-    /// One inbound envelope for `msg` with `content`.
+    /// One inbound envelope for `msg` with `content` (and, when the channel keeps raw, the
+    /// push's fields).
     pub fn envelope(
         &self,
         channel: &ChannelRef,
@@ -276,14 +285,17 @@ impl WxInbound {
             .create_time
             .and_then(|t| DateTime::from_timestamp(t, 0))
             .unwrap_or(received_at);
-        Ok(Envelope::inbound(
+        let mut envelope = Envelope::inbound(
             channel.clone(),
             sender,
             content,
             dedupe_key,
             sent_at,
             received_at,
-        ))
+        );
+        self.raw
+            .attach(std::slice::from_mut(&mut envelope), || msg.raw.clone());
+        Ok(envelope)
     }
 }
 

@@ -9,6 +9,7 @@ use std::fmt;
 
 use serde::Deserialize;
 use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
+use serde_json::{Map, Value};
 
 use super::xml;
 use crate::ConnectorError;
@@ -261,6 +262,9 @@ pub struct WxMessage {
     pub format: Format,
     /// Whether it was encrypted (safe mode).
     pub encrypted: bool,
+    /// The decrypted push's fields as a JSON object ([`fields`]), kept by `decode` only when
+    /// the channel keeps raw ([`crate::RawPolicy`]).
+    pub raw: Option<Map<String, Value>>,
 }
 
 impl WxMessage {
@@ -297,7 +301,17 @@ impl WxMessage {
             body,
             format,
             encrypted,
+            raw: None,
         })
+    }
+}
+
+/// The fields of a decrypted (or plain) push as a JSON object: the XML's elements
+/// ([`xml::fields`]), or the JSON object; `None` when it is neither.
+pub fn fields(text: &str) -> Option<Map<String, Value>> {
+    match Format::sniff(text).ok()? {
+        Format::Xml => xml::fields(text).ok(),
+        Format::Json => serde_json::from_str(text).ok(),
     }
 }
 

@@ -11,6 +11,7 @@
 use quick_xml::Reader;
 use quick_xml::events::Event;
 use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
 
 use crate::ConnectorError;
 
@@ -92,6 +93,90 @@ pub fn check(xml: &str) -> Result<(), ConnectorError> {
     Ok(())
 }
 
+/// The fields of a WeChat XML document as a JSON object (what a kept `raw` holds): each child
+/// element of `<xml>` by name, with its text as a string (CDATA and references resolved), or,
+/// when it has child elements, an object of them read the same way; a name that repeats
+/// becomes a list. Attributes are left out (WeChat sends none). Checked first (see [`check`]).
+pub fn fields(xml: &str) -> Result<Map<String, Value>, ConnectorError> {
+    /// An element being read: its name, child elements and text.
+    struct Open {
+        name: String,
+        children: Map<String, Value>,
+        text: String,
+    }
+    fn add(children: &mut Map<String, Value>, name: String, value: Value) {
+        match children.get_mut(&name) {
+            None => {
+                children.insert(name, value);
+            }
+            Some(Value::Array(repeated)) => repeated.push(value),
+            Some(first) => {
+                let first = first.take();
+                children.insert(name, Value::Array(vec![first, value]));
+            }
+        }
+    }
+    check(xml)?;
+    let malformed = |why: String| ConnectorError::Malformed(format!("invalid XML: {why}"));
+    let mut reader = Reader::from_str(xml);
+    let mut open: Vec<Open> = Vec::new();
+    loop {
+        let event = reader
+            .read_event()
+            .map_err(|e| malformed(format!("at byte {}: {e}", reader.error_position())))?;
+        match event {
+            Event::Start(start) => open.push(Open {
+                name: start.name().as_ref().to_owned(),
+                children: Map::new(),
+                text: String::new(),
+            }),
+            Event::Empty(empty) => {
+                if let Some(parent) = open.last_mut() {
+                    let name = empty.name().as_ref().to_owned();
+                    add(&mut parent.children, name, Value::String(String::new()));
+                }
+            }
+            Event::Text(text) => {
+                if let Some(element) = open.last_mut() {
+                    element.text.push_str(&text.xml10_content());
+                }
+            }
+            Event::CData(cdata) => {
+                if let Some(element) = open.last_mut() {
+                    element.text.push_str(&cdata.xml10_content());
+                }
+            }
+            Event::GeneralRef(reference) => {
+                if let Some(element) = open.last_mut() {
+                    let name: &str = &reference;
+                    match reference.resolve_char_ref() {
+                        Ok(Some(c)) => element.text.push(c),
+                        _ => element.text.push_str(
+                            quick_xml::escape::resolve_predefined_entity(name).unwrap_or(""),
+                        ),
+                    }
+                }
+            }
+            Event::End(_) => {
+                let Some(element) = open.pop() else {
+                    return Err(malformed("unbalanced end tag".into()));
+                };
+                let Some(parent) = open.last_mut() else {
+                    return Ok(element.children);
+                };
+                let value = if element.children.is_empty() {
+                    Value::String(element.text)
+                } else {
+                    Value::Object(element.children)
+                };
+                add(&mut parent.children, element.name, value);
+            }
+            Event::Eof => return Ok(Map::new()),
+            _ => {}
+        }
+    }
+}
+
 /// Checks `xml` (see [`check`]) and deserializes it.
 pub fn from_str<T: DeserializeOwned>(xml: &str) -> Result<T, ConnectorError> {
     check(xml)?;
@@ -164,6 +249,30 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn fields_are_a_json_object_of_the_elements() {
+        let xml = "<xml><ToUserName><![CDATA[gh_1]]></ToUserName>\n  <CreateTime>1714036504</CreateTime>\
+                   <Content><![CDATA[a ]]]]><![CDATA[> b]]> &lt;&#x1F600;</Content><EventKey/>\
+                   <SendPicsInfo><Count>2</Count><PicList><item><PicMd5Sum>x</PicMd5Sum></item>\
+                   <item><PicMd5Sum>y</PicMd5Sum></item></PicList></SendPicsInfo></xml>";
+        let fields = fields(xml).unwrap();
+        assert_eq!(
+            serde_json::Value::Object(fields),
+            serde_json::json!({
+                "ToUserName": "gh_1",
+                "CreateTime": "1714036504",
+                "Content": "a ]]> b <😀",
+                "EventKey": "",
+                "SendPicsInfo": {
+                    "Count": "2",
+                    "PicList": {"item": [{"PicMd5Sum": "x"}, {"PicMd5Sum": "y"}]}
+                }
+            })
+        );
+        assert_eq!(super::fields("<xml/>").unwrap(), Map::new());
+        assert!(super::fields("<xml><!DOCTYPE x></xml>").is_err());
     }
 
     #[test]

@@ -75,3 +75,25 @@ pub fn sorted(
     fixtures.sort_by(|a, b| a.name.cmp(&b.name));
     fixtures
 }
+
+/// `settings` with `keep_raw = true` and `raw_mask = mask`.
+pub fn keeping_raw(mut settings: ChannelSettings, mask: &[&str]) -> ChannelSettings {
+    settings
+        .options
+        .insert("keep_raw".to_owned(), serde_json::Value::Bool(true));
+    settings
+        .options
+        .insert("raw_mask".to_owned(), serde_json::json!(mask));
+    settings
+}
+
+/// `value` masked the way a channel with `raw_mask = mask` masks what it keeps.
+pub fn masked(mut value: serde_json::Value, mask: &[&str]) -> serde_json::Value {
+    switchyard_connectors::RawPolicy::keeping(mask).mask(&mut value);
+    value
+}
+
+/// The body of a request, as JSON.
+pub fn json_body(req: &switchyard_connectors::conformance::OwnedRequest) -> serde_json::Value {
+    serde_json::from_slice(&req.body).expect("a JSON body")
+}
