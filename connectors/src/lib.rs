@@ -36,6 +36,7 @@ use switchyard_core::model::Conversation;
 
 pub use error::ConnectorError;
 pub use raw::RawPolicy;
+pub use media::MediaDownload;
 pub use registry::{ConnectorContext, Registry};
 pub use rules::{Captions, ChannelRules, RuleViolation};
 
@@ -225,6 +226,22 @@ pub trait Connector: Send + Sync + 'static {
     /// Delivers an outbound envelope through the channel's API.
     async fn send(&self, message: &Envelope) -> Result<SendReceipt, ConnectorError>;
 
+    /// Fetches media a customer sent, by the channel's media id (`Media.media_id` of an
+    /// inbound envelope), with the channel's credentials: the media proxy behind
+    /// `GET /v1/media/{channel_id}/{media_id}`. The body streams, capped at
+    /// [`media::MAX_FETCH_BYTES`] or the platform's own download limit.
+    ///
+    /// Unknown or expired media is `Rejected media_not_found`, too large `Rejected
+    /// media_too_large`, 5xx and timeouts `Transient`. The default answers `Unsupported`: the
+    /// channel's media are plain URLs, or it holds none.
+    async fn fetch_media(&self, media_id: &str) -> Result<MediaDownload, ConnectorError> {
+        let _ = media_id;
+        Err(ConnectorError::Unsupported(format!(
+            "channel kind `{}` has no media to fetch",
+            self.channel().kind
+        )))
+    }
+
     /// Whether this channel wants [`Connector::conversation_changed`] calls. Gateways follow
     /// conversation events only when a configured channel does, so channels that do not keep
     /// platform session state cost nothing per message.
@@ -296,6 +313,8 @@ pub trait Channel: Send + Sync + 'static {
     fn rules(&self) -> ChannelRules;
     /// See [`Connector::send`].
     async fn send(&self, message: &Envelope) -> Result<SendReceipt, ConnectorError>;
+    /// See [`Connector::fetch_media`].
+    async fn fetch_media(&self, media_id: &str) -> Result<MediaDownload, ConnectorError>;
     /// See [`Connector::follows_conversations`].
     fn follows_conversations(&self) -> bool;
     /// See [`Connector::conversation_changed`].
@@ -337,6 +356,10 @@ impl<C: Connector> Channel for C {
 
     async fn send(&self, message: &Envelope) -> Result<SendReceipt, ConnectorError> {
         Connector::send(self, message).await
+    }
+
+    async fn fetch_media(&self, media_id: &str) -> Result<MediaDownload, ConnectorError> {
+        Connector::fetch_media(self, media_id).await
     }
 
     fn follows_conversations(&self) -> bool {

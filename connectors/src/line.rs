@@ -20,6 +20,12 @@
 //!   objects of the same request, the media then the caption as text, so both go or neither.
 //!   Reply tokens are not used: they are single-use and expire quickly, while an agent's
 //!   answer may take minutes.
+//! * **Media a customer sent** ([`Connector::fetch_media`], Messaging API reference "Get
+//!   content", developers.line.biz/en/reference/messaging-api/#get-content): `GET
+//!   {data_api_base}/v2/bot/message/{message id}/content` with the bearer token. LINE serves
+//!   content from its own host, `data_api_base` (default `https://api-data.line.me`); the
+//!   media id of an inbound image, video, audio or file is its message id. Content is kept
+//!   for a limited time (404 afterwards); a video or audio still being prepared answers 202.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -30,9 +36,10 @@ use switchyard_core::identity::IdentityKey;
 
 use crate::api::retry_after;
 use crate::caption::split_caption;
+use crate::media::{self, MAX_FETCH_BYTES, MediaDownload};
 use crate::rules::{Captions, ChannelRules};
 use crate::signature::{constant_time_eq, hmac_sha256, hmac_sha256_base64};
-use crate::token_cache::base_url;
+use crate::token_cache::{base_url, encode_component};
 use crate::{
     Accepted, Connector, ConnectorContext, ConnectorError, HttpReply, InboundRequest, RawPolicy,
     SendReceipt, keep_valid,
@@ -41,9 +48,11 @@ use crate::{
 /// Connector kind.
 pub const KIND: &str = "line";
 /// Configuration keys besides the common ones.
-pub const KEYS: &[&str] = &["channel_secret", "channel_access_token"];
+pub const KEYS: &[&str] = &["channel_secret", "channel_access_token", "data_api_base"];
 /// The Messaging API host.
 pub const DEFAULT_API_BASE: &str = "https://api.line.me";
+/// The host LINE serves message content from (`data_api_base` overrides it).
+pub const DEFAULT_DATA_API_BASE: &str = "https://api-data.line.me";
 /// Header carrying the webhook signature.
 pub const SIGNATURE_HEADER: &str = "x-line-signature";
 /// Header carrying the idempotency key of a push.
@@ -176,6 +185,7 @@ pub struct LineConnector {
     channel_secret: String,
     channel_access_token: String,
     api_base: String,
+    data_api_base: String,
     http: reqwest::Client,
     raw: RawPolicy,
 }
@@ -185,6 +195,7 @@ impl std::fmt::Debug for LineConnector {
         f.debug_struct("LineConnector")
             .field("channel", &self.channel)
             .field("api_base", &self.api_base)
+            .field("data_api_base", &self.data_api_base)
             .finish_non_exhaustive()
     }
 }
@@ -494,6 +505,16 @@ impl LineConnector {
                 )));
             }
         }
+        let data_api_base = settings.secret("data_api_base")?;
+        if let Some(base) = &data_api_base
+            && !(base.starts_with("https://") || base.starts_with("http://"))
+        {
+            return Err(ConnectorError::Config(format!(
+                "channels.{}.data_api_base must be an http(s) URL (LINE's content host, \
+                 default {DEFAULT_DATA_API_BASE})",
+                settings.id
+            )));
+        }
         Ok(LineConnector {
             channel: ChannelRef {
                 kind: KIND.to_owned(),
@@ -502,6 +523,7 @@ impl LineConnector {
             channel_secret,
             channel_access_token,
             api_base: base_url(settings.api_base.as_deref(), DEFAULT_API_BASE),
+            data_api_base: base_url(data_api_base.as_deref(), DEFAULT_DATA_API_BASE),
             http: ctx.http.clone(),
             raw: RawPolicy::from_settings(settings)?,
         })
@@ -647,6 +669,31 @@ impl Connector for LineConnector {
                     is not sent (LINE needs its duration). A caption is pushed as a text message \
                     after its media, in the same request. Reply tokens are not used.",
         }
+    }
+
+    async fn fetch_media(&self, media_id: &str) -> Result<MediaDownload, ConnectorError> {
+        const WHAT: &str = "LINE content";
+        // Message ids are numeric; a sticker's `package:sticker` id has no content to fetch.
+        if media_id.is_empty() || !media_id.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(media::not_found(WHAT, "not a LINE message id"));
+        }
+        let url = format!(
+            "{}/v2/bot/message/{}/content",
+            self.data_api_base,
+            encode_component(media_id)
+        );
+        let request = self.http.get(url).bearer_auth(&self.channel_access_token);
+        let response = media::fetch(request, WHAT, |status, text| match status {
+            400 | 404 | 410 => media::not_found(WHAT, error_text(text)),
+            _ => classify_push_failure(status, None, text),
+        })
+        .await?;
+        if response.status() == reqwest::StatusCode::ACCEPTED {
+            return Err(ConnectorError::Transient(
+                "LINE is still preparing this content (202); try again shortly".into(),
+            ));
+        }
+        MediaDownload::from_response(response, MAX_FETCH_BYTES)
     }
 
     async fn send(&self, message: &Envelope) -> Result<SendReceipt, ConnectorError> {

@@ -17,12 +17,23 @@
 //! Errors are classified like any connector error: a bad, unreachable (4xx), oversized or
 //! wrongly typed URL is [`ConnectorError::Rejected`] (retrying cannot help); network
 //! failures, 5xx and 429 from the media host are [`ConnectorError::Transient`].
+//!
+//! The other direction, media a customer sent, which only the platform API can turn into
+//! bytes ([`crate::Connector::fetch_media`], the media proxy), shares:
+//!
+//! * [`fetch`]: sends a media GET with a download-sized timeout and classifies a refusal.
+//! * [`MediaDownload`]: the answer's body as a stream of bytes, capped while streaming
+//!   ([`MAX_FETCH_BYTES`]), never buffered whole.
+//! * [`json_or_file`]: tells a WeChat-family JSON answer (`errcode`, `video_url`) from the file.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::{self, Stream, StreamExt};
+use serde_json::Value;
 use sha1::{Digest, Sha1};
 use switchyard_core::envelope::Media;
 use switchyard_core::store::Store;
@@ -53,7 +64,7 @@ pub async fn download(
             "media url must be http(s)",
         ));
     }
-    let mut response = http
+    let response = http
         .get(url)
         .send()
         .await
@@ -69,37 +80,10 @@ pub async fn download(
             )
         });
     }
-    let too_large = || {
-        ConnectorError::rejected(
-            "media_too_large",
-            format!("media exceeds the channel's limit of {max_bytes} bytes"),
-        )
-    };
-    if response
-        .content_length()
-        .is_some_and(|n| n > max_bytes as u64)
-    {
-        return Err(too_large());
-    }
-    let served_mime = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or(v).trim().to_ascii_lowercase())
-        .filter(|m| !m.is_empty());
-    let mut bytes = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| ConnectorError::Transient(format!("media download failed: {e}")))?
-    {
-        if bytes.len() + chunk.len() > max_bytes {
-            return Err(too_large());
-        }
-        bytes.extend_from_slice(&chunk);
-    }
+    let download = MediaDownload::from_response(response, max_bytes as u64)?;
+    let served_mime = download.mime();
     Ok(Downloaded {
-        bytes: Bytes::from(bytes),
+        bytes: download.bytes().await?,
         served_mime,
     })
 }
@@ -483,6 +467,215 @@ impl MediaResolver {
             self.cache.forget(&format!("{}|{}", spec.kind, url)).await;
         }
     }
+}
+
+/// Largest file the media proxy passes on (WhatsApp documents reach 100 MB).
+pub const MAX_FETCH_BYTES: u64 = 100 * 1024 * 1024;
+/// Longest a whole media download may take (the shared client's short limit is for API calls).
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// Longest a platform may stay silent in the middle of a download before it is given up.
+pub const FETCH_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest answer [`json_or_file`] reads to see whether it is JSON rather than the file.
+const MAX_JSON_ANSWER: u64 = 64 * 1024;
+
+/// A body of bytes, as it streams in.
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, ConnectorError>> + Send>>;
+
+/// Media fetched from a platform: its type and length when known, and its bytes as a stream.
+pub struct MediaDownload {
+    /// The served `Content-Type` (as served, parameters included), if any.
+    pub content_type: Option<String>,
+    /// The length in bytes, when the platform says.
+    pub content_length: Option<u64>,
+    /// The bytes. A body longer than the cap it was opened with ends with `Rejected
+    /// media_too_large`; a broken or stalled connection ends it with `Transient`.
+    pub body: ByteStream,
+}
+
+impl std::fmt::Debug for MediaDownload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MediaDownload")
+            .field("content_type", &self.content_type)
+            .field("content_length", &self.content_length)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `Rejected media_too_large`: the media is larger than `max_bytes`.
+pub fn too_large(max_bytes: u64) -> ConnectorError {
+    ConnectorError::rejected(
+        "media_too_large",
+        format!("media exceeds the limit of {max_bytes} bytes"),
+    )
+}
+
+/// `Rejected media_not_found`: the platform does not know the media id (never did, or it
+/// expired: WeChat-family temporary media live 3 days, WhatsApp media 30 days).
+pub fn not_found(what: &str, detail: impl std::fmt::Display) -> ConnectorError {
+    ConnectorError::rejected(
+        "media_not_found",
+        format!("{what}: unknown or expired media ({detail})"),
+    )
+}
+
+impl MediaDownload {
+    /// Opens the body of `response` (a 2xx answer) as a stream of at most `max_bytes`:
+    /// `Rejected media_too_large` at once when `Content-Length` says more, else as soon as the
+    /// streamed bytes pass the cap.
+    pub fn from_response(
+        response: reqwest::Response,
+        max_bytes: u64,
+    ) -> Result<Self, ConnectorError> {
+        let content_length = response.content_length();
+        if content_length.is_some_and(|n| n > max_bytes) {
+            return Err(too_large(max_bytes));
+        }
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty());
+        let body = stream::try_unfold((response, 0u64), move |(response, seen)| {
+            next_chunk(response, seen, max_bytes)
+        });
+        Ok(MediaDownload {
+            content_type,
+            content_length,
+            body: Box::pin(body),
+        })
+    }
+
+    /// The content type, lower-case and without parameters (`image/jpeg`), if any.
+    pub fn mime(&self) -> Option<String> {
+        self.content_type
+            .as_deref()
+            .map(|v| v.split(';').next().unwrap_or(v).trim().to_ascii_lowercase())
+            .filter(|m| !m.is_empty())
+    }
+
+    /// Reads the whole body (as long as the cap it was opened with allows).
+    pub async fn bytes(mut self) -> Result<Bytes, ConnectorError> {
+        let mut bytes = BytesMut::new();
+        while let Some(chunk) = self.body.next().await {
+            bytes.extend_from_slice(&chunk?);
+        }
+        Ok(bytes.freeze())
+    }
+}
+
+/// The next chunk of a capped download, and the state to read the one after it.
+async fn next_chunk(
+    mut response: reqwest::Response,
+    seen: u64,
+    max_bytes: u64,
+) -> Result<Option<(Bytes, (reqwest::Response, u64))>, ConnectorError> {
+    let chunk = tokio::time::timeout(FETCH_IDLE_TIMEOUT, response.chunk())
+        .await
+        .map_err(|_| {
+            ConnectorError::Transient(format!(
+                "media download stalled for {} s",
+                FETCH_IDLE_TIMEOUT.as_secs()
+            ))
+        })?
+        .map_err(|e| {
+            ConnectorError::Transient(format!("media download failed: {}", e.without_url()))
+        })?;
+    let Some(chunk) = chunk else {
+        return Ok(None);
+    };
+    let seen = seen.saturating_add(chunk.len() as u64);
+    if seen > max_bytes {
+        return Err(too_large(max_bytes));
+    }
+    Ok(Some((chunk, (response, seen))))
+}
+
+/// Sends a media download `request` with [`FETCH_TIMEOUT`] and answers the 2xx response. A
+/// network failure is `Transient` (its message never shows the URL, which may hold a token),
+/// 429 `RateLimited`, 5xx `Transient`; any other status is what `refused(status, body)` says
+/// (platforms differ: see [`not_found`]).
+pub async fn fetch(
+    request: reqwest::RequestBuilder,
+    what: &str,
+    refused: impl FnOnce(u16, &str) -> ConnectorError,
+) -> Result<reqwest::Response, ConnectorError> {
+    let response =
+        request.timeout(FETCH_TIMEOUT).send().await.map_err(|e| {
+            ConnectorError::Transient(format!("{what} failed: {}", e.without_url()))
+        })?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let retry_after = crate::api::retry_after(&response);
+    let text: String = response
+        .text()
+        .await
+        .unwrap_or_default()
+        .chars()
+        .take(300)
+        .collect();
+    Err(match status.as_u16() {
+        429 => ConnectorError::RateLimited { retry_after },
+        s if s >= 500 => {
+            ConnectorError::Transient(format!("{what} answered HTTP {status}: {text}"))
+        }
+        s => refused(s, &text),
+    })
+}
+
+/// Sends a WeChat-family `media/get` request, which answers the file or, on an error (or for
+/// a WeChat video), a JSON object. These platforms answer their own errors as 200 + JSON: any
+/// other status comes from a proxy or gateway in between and is `Transient`.
+pub async fn fetch_file_or_json(
+    request: reqwest::RequestBuilder,
+    what: &str,
+) -> Result<MediaAnswer, ConnectorError> {
+    let response = fetch(request, what, |status, text| {
+        ConnectorError::Transient(format!("{what} answered HTTP {status}: {text}"))
+    })
+    .await?;
+    json_or_file(MediaDownload::from_response(response, MAX_FETCH_BYTES)?).await
+}
+
+/// What a WeChat-family `media/get` answered: JSON (an `errcode`, or a video's `video_url`)
+/// or the file itself.
+#[derive(Debug)]
+pub enum MediaAnswer {
+    /// A JSON object instead of a file.
+    Json(Value),
+    /// The file.
+    File(MediaDownload),
+}
+
+/// Tells a JSON answer from the file: an `application/json` or `text/plain` answer of at
+/// most 64 KiB that parses as a JSON object is JSON; anything else is the file, with the
+/// bytes read to find out put back in front.
+pub async fn json_or_file(mut download: MediaDownload) -> Result<MediaAnswer, ConnectorError> {
+    let textual = download
+        .mime()
+        .is_some_and(|m| m.ends_with("json") || m == "text/plain");
+    if !textual || download.content_length.is_some_and(|n| n > MAX_JSON_ANSWER) {
+        return Ok(MediaAnswer::File(download));
+    }
+    let mut head = BytesMut::new();
+    let mut ended = false;
+    while (head.len() as u64) <= MAX_JSON_ANSWER {
+        match download.body.next().await {
+            Some(chunk) => head.extend_from_slice(&chunk?),
+            None => {
+                ended = true;
+                break;
+            }
+        }
+    }
+    if ended && let Ok(value @ Value::Object(_)) = serde_json::from_slice::<Value>(&head) {
+        return Ok(MediaAnswer::Json(value));
+    }
+    let rest = std::mem::replace(&mut download.body, Box::pin(stream::empty()));
+    download.body = Box::pin(stream::once(async move { Ok(head.freeze()) }).chain(rest));
+    Ok(MediaAnswer::File(download))
 }
 
 #[cfg(test)]

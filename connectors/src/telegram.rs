@@ -19,6 +19,11 @@
 //!   `file_id`) through `sendPhoto`/`sendAudio`/`sendVideo`/`sendDocument`. Errors are
 //!   `{"ok": false, "error_code", "description", "parameters": {"retry_after"}}`.
 //!
+//! * **Media a customer sent** ([`Connector::fetch_media`], core.telegram.org/bots/api#getfile):
+//!   `getFile {"file_id"}` answers `result.file_path`, then `GET {api_base}/file/bot{token}/
+//!   {file_path}` is the file. Bots may download files of up to 20 MB; getFile refuses bigger
+//!   ones ("file is too big": `media_too_large`) and unknown ids (`media_not_found`).
+//!
 //! The URL of every Bot API call contains the bot token: errors are built without it
 //! ([`reqwest::Error::without_url`]) and every message is passed through a redaction of the
 //! token before it leaves this module.
@@ -37,6 +42,7 @@ use switchyard_core::store::Store;
 
 use crate::api::retry_after;
 use crate::caption::within_limit;
+use crate::media::{self, MediaDownload};
 use crate::rules::{Captions, ChannelRules};
 use crate::signature::constant_time_eq;
 use crate::token_cache::base_url;
@@ -57,6 +63,8 @@ pub const SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
 pub const MAX_TEXT_CHARS: usize = 4096;
 /// Longest media caption Telegram accepts (0–1024 characters).
 pub const MAX_CAPTION_CHARS: usize = 1024;
+/// Largest file a bot may download (getFile).
+pub const MAX_DOWNLOAD_BYTES: u64 = 20 * 1024 * 1024;
 /// Longest webhook secret token Telegram accepts.
 pub const MAX_SECRET_TOKEN_CHARS: usize = 256;
 /// Key (inside `raw`) under which `normalize` hands the quoted message to `deliver`, which
@@ -732,6 +740,17 @@ impl TelegramConnector {
 
     /// `POST {api_base}/bot{token}/{method}` with a JSON body; the sent message's id.
     async fn call(&self, method: &str, body: &Value) -> Result<SendReceipt, ConnectorError> {
+        let answer = self.call_result(method, body).await?;
+        Ok(SendReceipt {
+            channel_message_id: answer
+                .get("message_id")
+                .and_then(Value::as_i64)
+                .map(|id| id.to_string()),
+        })
+    }
+
+    /// `POST {api_base}/bot{token}/{method}` with a JSON body; the answer's `result`.
+    async fn call_result(&self, method: &str, body: &Value) -> Result<Value, ConnectorError> {
         let url = format!("{}/bot{}/{method}", self.api_base, self.bot_token);
         let response = self.http.post(url).json(body).send().await.map_err(|e| {
             ConnectorError::Transient(
@@ -746,23 +765,60 @@ impl TelegramConnector {
                 e.without_url()
             )))
         })?;
-        let answer: Option<Value> = serde_json::from_str(&text).ok();
+        let mut answer: Option<Value> = serde_json::from_str(&text).ok();
         let ok = answer
             .as_ref()
             .and_then(|a| a.get("ok"))
             .and_then(Value::as_bool)
             .unwrap_or(false);
         if (200..300).contains(&status) && ok {
-            let message_id = answer
-                .as_ref()
-                .and_then(|a| a.pointer("/result/message_id"))
-                .and_then(Value::as_i64)
-                .map(|id| id.to_string());
-            return Ok(SendReceipt {
-                channel_message_id: message_id,
-            });
+            return Ok(answer
+                .as_mut()
+                .and_then(|a| a.get_mut("result"))
+                .map(Value::take)
+                .unwrap_or(Value::Null));
         }
         Err(self.classify(method, status, answer.as_ref(), &text, header_retry_after))
+    }
+
+    /// The file behind a `file_id` (see the module documentation).
+    async fn download_file(&self, file_id: &str) -> Result<MediaDownload, ConnectorError> {
+        let file = self
+            .call_result("getFile", &json!({ "file_id": file_id }))
+            .await
+            .map_err(|e| match e {
+                ConnectorError::Rejected { code, message } if code == "bad_request" => {
+                    if message.to_ascii_lowercase().contains("too big") {
+                        media::too_large(MAX_DOWNLOAD_BYTES)
+                    } else {
+                        media::not_found("Telegram getFile", message)
+                    }
+                }
+                other => other,
+            })?;
+        let path = file
+            .get("file_path")
+            .and_then(Value::as_str)
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| media::not_found("Telegram getFile", "no file_path in the answer"))?;
+        let url = format!("{}/file/bot{}/{path}", self.api_base, self.bot_token);
+        let response = media::fetch(
+            self.http.get(url),
+            "Telegram file download",
+            |status, text| match status {
+                401 => self.classify("file download", status, None, text, None),
+                _ => media::not_found(
+                    "Telegram file download",
+                    self.redact(format!("HTTP {status}")),
+                ),
+            },
+        )
+        .await
+        .map_err(|e| match e {
+            ConnectorError::Transient(m) => ConnectorError::Transient(self.redact(m)),
+            other => other,
+        })?;
+        MediaDownload::from_response(response, MAX_DOWNLOAD_BYTES)
     }
 
     /// Classifies a refused Bot API call by its `error_code` (else the HTTP status).
@@ -990,6 +1046,10 @@ impl Connector for TelegramConnector {
                     other files up to 20 MB; sendDocument by URL takes GIF, PDF and ZIP only) \
                     or by a Telegram file_id; a user who blocked the bot cannot be written to.",
         }
+    }
+
+    async fn fetch_media(&self, media_id: &str) -> Result<MediaDownload, ConnectorError> {
+        self.download_file(media_id).await
     }
 
     async fn send(&self, message: &Envelope) -> Result<SendReceipt, ConnectorError> {

@@ -23,10 +23,14 @@
 //!   messages within 48 h of the customer's last message. Media given by URL is uploaded first
 //!   (`POST cgi-bin/media/upload?type=image|voice|video|file`, multipart field `media`) through
 //!   the shared [`crate::media`] flow, and the `media_id` cached per URL.
+//! * **Media a customer sent** ([`Connector::fetch_media`]): `GET cgi-bin/media/get?
+//!   access_token&media_id` (获取临时素材, document/path/90254) answers the file, or JSON with
+//!   an `errcode` (40007: unknown or expired media id, kept 3 days).
 //! * **Session state** (`cgi-bin/kf/service_state/get|trans`, document/path/94669):
 //!   [`Connector::conversation_changed`] keeps a session in state 1 ("智能助手接待", API replies
 //!   allowed) while our conversation is open, and ends it (state 4) when ours closes.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,9 +46,12 @@ use switchyard_core::model::{Conversation, ConversationStatus};
 use switchyard_core::store::Store;
 
 use crate::caption::{Part, send_media_then_caption};
-use crate::media::{Accept, MediaCache, MediaResolver, MediaSpec};
+use crate::media::{
+    self, Accept, MediaAnswer, MediaCache, MediaDownload, MediaResolver, MediaSpec,
+};
 use crate::rules::{Captions, ChannelRules};
 use crate::token_cache::{TokenCache, base_url, encode_pairs};
+use crate::wechat::client::MEDIA_GONE_ERRORS;
 use crate::wechat::crypto::{CryptoError, WxCrypto};
 use crate::{
     Accepted, Connector, ConnectorContext, ConnectorError, EnvelopeSink, HttpReply, InboundRequest,
@@ -452,6 +459,11 @@ fn crypto_err(e: CryptoError) -> ConnectorError {
     }
 }
 
+/// The `errcode` of an answer (0 when absent).
+fn errcode(value: &Value) -> i64 {
+    value.get("errcode").and_then(Value::as_i64).unwrap_or(0)
+}
+
 /// Errcodes meaning the access token is no longer good.
 fn is_token_error(code: i64) -> bool {
     matches!(code, 40001 | 40014 | 42001)
@@ -692,21 +704,69 @@ impl WecomKfConnector {
     where
         F: Fn(String) -> reqwest::RequestBuilder,
     {
+        self.with_token(
+            path,
+            query,
+            |url| self.request(build(url), path),
+            |value: &Value| is_token_error(errcode(value)),
+        )
+        .await
+    }
+
+    /// Runs `attempt(url)` for `path?access_token=…&{query}`; when `refused` finds an
+    /// access-token error in its answer, refreshes the token and runs it once more.
+    async fn with_token<T, F, Fut>(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+        attempt: F,
+        refused: impl Fn(&T) -> bool,
+    ) -> Result<T, ConnectorError>
+    where
+        F: Fn(String) -> Fut,
+        Fut: Future<Output = Result<T, ConnectorError>>,
+    {
         let mut stale: Option<String> = None;
         loop {
             let token = self.access_token(stale.as_deref()).await?;
             let mut pairs = vec![("access_token", token.as_str())];
             pairs.extend_from_slice(query);
             let url = format!("{}{path}?{}", self.api_base, encode_pairs(&pairs));
-            let value = self.request(build(url), path).await?;
-            let code = value.get("errcode").and_then(Value::as_i64).unwrap_or(0);
-            if is_token_error(code) && stale.is_none() {
+            let answer = attempt(url).await?;
+            if refused(&answer) && stale.is_none() {
                 self.token_cache().invalidate(&token).await?;
                 stale = Some(token);
                 continue;
             }
-            return Ok(value);
+            return Ok(answer);
         }
+    }
+
+    /// `GET cgi-bin/media/get`: media a customer sent (see the module documentation).
+    pub async fn download_media(&self, media_id: &str) -> Result<MediaDownload, ConnectorError> {
+        const WHAT: &str = "WeCom media/get";
+        let answer = self
+            .with_token(
+                "/cgi-bin/media/get",
+                &[("media_id", media_id)],
+                |url| media::fetch_file_or_json(self.http.get(url), WHAT),
+                |answer: &MediaAnswer| {
+                    matches!(answer, MediaAnswer::Json(v) if is_token_error(errcode(v)))
+                },
+            )
+            .await?;
+        let value = match answer {
+            MediaAnswer::File(file) => return Ok(file),
+            MediaAnswer::Json(value) => value,
+        };
+        let message = str_of(&value, "errmsg").unwrap_or_default();
+        Err(match errcode(&value) {
+            0 => ConnectorError::Transient(format!("{WHAT} answered JSON without a file")),
+            code if MEDIA_GONE_ERRORS.contains(&code) => {
+                media::not_found(WHAT, format!("{code}: {message}"))
+            }
+            code => api_error(code, message, WHAT),
+        })
     }
 
     /// `POST cgi-bin/media/upload?type={kind}`: uploads temporary media (multipart field
@@ -1248,6 +1308,10 @@ impl Connector for WecomKfConnector {
                 .await
         })
         .await
+    }
+
+    async fn fetch_media(&self, media_id: &str) -> Result<MediaDownload, ConnectorError> {
+        self.download_media(media_id).await
     }
 
     fn follows_conversations(&self) -> bool {

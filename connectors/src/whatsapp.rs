@@ -23,6 +23,12 @@
 //!   to 1024 characters) both ways; audio has none, so an audio reply's caption follows as a
 //!   text message.
 //!
+//! * **Media a customer sent** ([`Connector::fetch_media`], Cloud API "Media" reference,
+//!   developers.facebook.com/docs/whatsapp/cloud-api/reference/media): `GET {api_base}/
+//!   {media id}` with the bearer token answers `{"url", "mime_type", "file_size"}`; the `url`
+//!   (valid 5 minutes) is then fetched with the same bearer token. Media ids live 30 days; an
+//!   unknown one answers error 100 (subcode 33).
+//!
 //! The reply's `context` needs the customer's `wamid`, which the router does not carry: the
 //! outbound envelope's `reply_to` is the inbound *envelope* id. With `quote_replies`,
 //! [`Connector::deliver`] keeps `envelope id → wamid` in the shared store for the 24 h a reply
@@ -42,6 +48,7 @@ use switchyard_core::store::Store;
 
 use crate::api::retry_after;
 use crate::caption::{Part, send_media_then_caption, within_limit};
+use crate::media::{self, MAX_FETCH_BYTES, MediaDownload};
 use crate::rules::{Captions, ChannelRules};
 use crate::signature::{constant_time_eq, hmac_sha256_hex};
 use crate::token_cache::{base_url, encode_component};
@@ -349,19 +356,7 @@ impl WhatsAppConnector {
             .map_err(|e| {
                 ConnectorError::Transient(format!("WhatsApp send failed: {}", e.without_url()))
             })?;
-        let status = response.status().as_u16();
-        let wait = retry_after(&response);
-        let text = response
-            .text()
-            .await
-            .map_err(|e| ConnectorError::Transient(format!("reading the Graph API answer: {e}")))?;
-        if !(200..300).contains(&status) {
-            return Err(classify(GraphError::parse(status, &text), wait));
-        }
-        let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        if value.get("error").is_some() {
-            return Err(classify(GraphError::parse(status, &text), wait));
-        }
+        let value = read_answer(response, classify).await?;
         Ok(SendReceipt {
             channel_message_id: value
                 .pointer("/messages/0/id")
@@ -376,6 +371,31 @@ impl WhatsAppConnector {
             .get_key(&self.wamid_key(envelope_id))
             .await
             .map_err(ConnectorError::from)
+    }
+
+    /// `GET {api_base}/{media_id}`: where the media is (`url`, valid minutes), its type and
+    /// size. Error 100 (or 404) is `media_not_found`; others as for a send.
+    async fn media_info(&self, media_id: &str) -> Result<Value, ConnectorError> {
+        let response = self
+            .http
+            .get(format!("{}/{}", self.api_base, encode_component(media_id)))
+            .bearer_auth(&self.access_token)
+            .send()
+            .await
+            .map_err(|e| {
+                ConnectorError::Transient(format!(
+                    "WhatsApp media lookup failed: {}",
+                    e.without_url()
+                ))
+            })?;
+        read_answer(response, |error, wait| {
+            if error.code == Some(100) || error.status == 404 {
+                media::not_found("WhatsApp media", error.describe())
+            } else {
+                classify(error, wait)
+            }
+        })
+        .await
     }
 
     /// The JSON body of a send (without `context`); an audio's caption is not part of it
@@ -667,6 +687,26 @@ impl GraphError {
     }
 }
 
+/// Reads a Graph API answer: its JSON (`null` when it is not JSON) if the status is 2xx and it
+/// holds no `error`, else what `refused` makes of the error and the `Retry-After` header.
+async fn read_answer(
+    response: reqwest::Response,
+    refused: impl FnOnce(GraphError, Option<Duration>) -> ConnectorError,
+) -> Result<Value, ConnectorError> {
+    let status = response.status().as_u16();
+    let wait = retry_after(&response);
+    let text = response
+        .text()
+        .await
+        .map_err(|e| ConnectorError::Transient(format!("reading the Graph API answer: {e}")))?;
+    let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    if (200..300).contains(&status) && value.get("error").is_none() {
+        Ok(value)
+    } else {
+        Err(refused(GraphError::parse(status, &text), wait))
+    }
+}
+
 /// Error codes meaning "slow down": 4 (app call rate), 80007 (WABA rate), 130429 (throughput),
 /// 131048 (spam rate limit), 131056 (too many messages to the same customer).
 pub fn is_rate_limit(code: i64) -> bool {
@@ -842,6 +882,44 @@ impl Connector for WhatsAppConnector {
                     up to 1024 characters on images, videos and documents, while an audio's \
                     caption follows as a text message.",
         }
+    }
+
+    async fn fetch_media(&self, media_id: &str) -> Result<MediaDownload, ConnectorError> {
+        let info = self.media_info(media_id).await?;
+        let url = text(&info, "url")
+            .ok_or_else(|| ConnectorError::Transient("the media lookup answered no url".into()))?;
+        if text(&info, "file_size")
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .is_some_and(|n| n > MAX_FETCH_BYTES)
+        {
+            return Err(media::too_large(MAX_FETCH_BYTES));
+        }
+        let request = self.http.get(url).bearer_auth(&self.access_token);
+        let response = media::fetch(
+            request,
+            "WhatsApp media download",
+            |status, text| match status {
+                401 => ConnectorError::rejected(
+                    "access_token_invalid",
+                    format!("the media host refused the channel's access_token: {text}"),
+                ),
+                403 | 404 | 410 => {
+                    media::not_found("WhatsApp media download", format!("HTTP {status}"))
+                }
+                _ => ConnectorError::rejected(format!("http_{status}"), text),
+            },
+        )
+        .await?;
+        let mut download = MediaDownload::from_response(response, MAX_FETCH_BYTES)?;
+        // The download host may serve a generic type: the lookup's `mime_type` is the media's.
+        if download
+            .mime()
+            .is_none_or(|m| m == "application/octet-stream" || m == "binary/octet-stream")
+            && let Some(mime) = text(&info, "mime_type")
+        {
+            download.content_type = Some(mime);
+        }
+        Ok(download)
     }
 
     async fn send(&self, message: &Envelope) -> Result<SendReceipt, ConnectorError> {

@@ -83,6 +83,10 @@ pub struct Metrics {
     pub outbox: IntCounterVec,
     /// Batches in the store's outbox when this process last looked (every 5 s).
     pub outbox_waiting: IntGauge,
+    /// Media fetched through the media proxy (`GET /v1/media/...`), by channel kind and outcome
+    /// (`ok`, `not_found`, `too_large`, `unsupported`, `rejected`, `rate_limited`,
+    /// `transient`, `config`; `aborted`: a body that failed after it had started).
+    pub media_fetches: IntCounterVec,
     /// Inbound shard hand-overs between routers, by step (`handed_back`: this router gave a
     /// shard back to its owner; `waited`: this router's consumer waited for another router to
     /// finish handing a shard back before routing).
@@ -208,6 +212,13 @@ impl Metrics {
             ),
             &["step"],
         )?;
+        let media_fetches = IntCounterVec::new(
+            Opts::new(
+                "media_fetches_total",
+                "Media fetched from channel platforms for agents, by channel kind and outcome",
+            ),
+            &["kind", "outcome"],
+        )?;
         registry.register(Box::new(inbound.clone()))?;
         registry.register(Box::new(outbound.clone()))?;
         registry.register(Box::new(webhooks.clone()))?;
@@ -225,6 +236,7 @@ impl Metrics {
         registry.register(Box::new(outbox.clone()))?;
         registry.register(Box::new(outbox_waiting.clone()))?;
         registry.register(Box::new(shard_handovers.clone()))?;
+        registry.register(Box::new(media_fetches.clone()))?;
         Ok(Metrics {
             registry,
             inbound,
@@ -243,6 +255,7 @@ impl Metrics {
             websocket_sessions,
             outbox,
             outbox_waiting,
+            media_fetches,
             shard_handovers,
         })
     }

@@ -11,6 +11,7 @@ mod douyin;
 mod erasure;
 mod identity;
 mod line;
+mod media;
 mod presence;
 mod raw;
 mod routing;

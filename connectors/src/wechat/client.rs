@@ -1,8 +1,10 @@
 //! The WeChat server API as the OA and mini-program connectors use it: access tokens
 //! (`cgi-bin/stable_token`, one shared cache per AppID in the store, single-flight refresh),
 //! customer-service message send (`cgi-bin/message/custom/send`), temporary media upload
-//! (`cgi-bin/media/upload`), and the classification of WeChat `errcode`s.
+//! (`cgi-bin/media/upload`) and download (`cgi-bin/media/get`), and the classification of
+//! WeChat `errcode`s.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +13,10 @@ use switchyard_core::envelope::{Content, Envelope, Media};
 use switchyard_core::store::Store;
 
 use crate::caption::send_media_then_caption;
-use crate::media::{Accept, MediaCache, MediaResolver, MediaSpec, Multipart};
+use crate::media::{
+    self, Accept, MAX_FETCH_BYTES, MediaAnswer, MediaCache, MediaDownload, MediaResolver,
+    MediaSpec, Multipart,
+};
 use crate::token_cache::{TokenCache, base_url, encode_pairs};
 use crate::{ConnectorError, SendReceipt};
 
@@ -31,6 +36,9 @@ const IMAGE: MediaSpec = MediaSpec {
 };
 /// `errcode`s meaning "this access token is not (or no longer) valid": refresh and retry once.
 pub const TOKEN_ERRORS: &[i64] = &[40001, 40014, 42001];
+/// `errcode`s of `media/get` (WeChat and WeCom alike) meaning the media id is unknown or
+/// expired: 40007 (invalid media_id), 46001 (media data does not exist).
+pub const MEDIA_GONE_ERRORS: &[i64] = &[40007, 46001];
 
 /// Which WeChat product a connector talks to (they differ in outbound message types).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,29 +151,96 @@ impl WxApiClient {
         Ok((token.to_owned(), Duration::from_secs(expires_in)))
     }
 
+    /// Runs `attempt(access_token)`; when `refused` finds an access-token error in its answer
+    /// (the errcode), refreshes the token at once and runs it once more.
+    async fn with_token<T, F, Fut>(
+        &self,
+        attempt: F,
+        refused: impl Fn(&T) -> Option<String>,
+    ) -> Result<T, ConnectorError>
+    where
+        F: Fn(String) -> Fut,
+        Fut: Future<Output = Result<T, ConnectorError>>,
+    {
+        let token = self.access_token(None).await?;
+        let answer = attempt(token.clone()).await?;
+        let Some(error) = refused(&answer) else {
+            return Ok(answer);
+        };
+        tracing::info!(app_id = %self.app_id, %error, "WeChat refused the access token; refreshing");
+        let fresh = self.access_token(Some(&token)).await?;
+        let answer = attempt(fresh).await?;
+        match refused(&answer) {
+            None => Ok(answer),
+            Some(error) => Err(ConnectorError::Transient(format!(
+                "WeChat refused a freshly fetched access token ({error})"
+            ))),
+        }
+    }
+
     /// Runs an API call built by `build(access_token)`; on an access-token error, refreshes
     /// the token at once and retries once. Returns the JSON answer (errcode 0).
     async fn call<F>(&self, build: F) -> Result<Value, ConnectorError>
     where
         F: Fn(&str) -> reqwest::RequestBuilder,
     {
-        let token = self.access_token(None).await?;
-        let value = execute(build(&token)).await?;
-        let code = errcode(&value);
-        if !TOKEN_ERRORS.contains(&code) {
-            return check(value);
-        }
-        tracing::info!(app_id = %self.app_id, code, "WeChat refused the access token; refreshing");
-        let fresh = self.access_token(Some(&token)).await?;
-        let value = execute(build(&fresh)).await?;
-        let code = errcode(&value);
-        if TOKEN_ERRORS.contains(&code) {
-            return Err(ConnectorError::Transient(format!(
-                "WeChat refused a freshly fetched access token ({code}: {})",
-                errmsg(&value)
-            )));
-        }
+        let value = self
+            .with_token(|token| execute(build(&token)), token_error)
+            .await?;
         check(value)
+    }
+
+    /// `GET /cgi-bin/media/get?access_token=…&media_id=…`: temporary media a user sent (OA
+    /// "Get temporary materials", developers.weixin.qq.com/doc/offiaccount/Asset_Management/
+    /// Get_temporary_materials.html; mini-program `getTempMedia`). The file comes as is; a
+    /// video answers `{"video_url"}`, which is followed; an error answers `{"errcode"}`.
+    pub async fn fetch_media(&self, media_id: &str) -> Result<MediaDownload, ConnectorError> {
+        const WHAT: &str = "WeChat media/get";
+        let answer = self
+            .with_token(
+                |token| {
+                    let url = self.url("/cgi-bin/media/get", &token, &[("media_id", media_id)]);
+                    media::fetch_file_or_json(self.http.get(url), WHAT)
+                },
+                |answer: &MediaAnswer| match answer {
+                    MediaAnswer::Json(value) => token_error(value),
+                    MediaAnswer::File(_) => None,
+                },
+            )
+            .await?;
+        let value = match answer {
+            MediaAnswer::File(file) => return Ok(file),
+            MediaAnswer::Json(value) => value,
+        };
+        match (
+            errcode(&value),
+            value.get("video_url").and_then(Value::as_str),
+        ) {
+            (0, Some(video_url)) if !video_url.is_empty() => {
+                let response = media::fetch(
+                    self.http.get(video_url),
+                    "WeChat video download",
+                    |status, text| {
+                        if matches!(status, 403 | 404 | 410) {
+                            media::not_found("WeChat video download", format!("HTTP {status}"))
+                        } else {
+                            ConnectorError::rejected(format!("http_{status}"), text)
+                        }
+                    },
+                )
+                .await?;
+                MediaDownload::from_response(response, MAX_FETCH_BYTES)
+            }
+            (0, _) => Err(ConnectorError::Transient(format!(
+                "{WHAT} answered JSON without a file: {}",
+                value.to_string().chars().take(200).collect::<String>()
+            ))),
+            (code, _) if MEDIA_GONE_ERRORS.contains(&code) => Err(media::not_found(
+                WHAT,
+                format!("{code}: {}", errmsg(&value)),
+            )),
+            (code, _) => Err(classify_errcode(code, &errmsg(&value))),
+        }
     }
 
     fn url(&self, path: &str, token: &str, extra: &[(&str, &str)]) -> String {
@@ -423,6 +498,14 @@ fn errmsg(value: &Value) -> String {
         .chars()
         .take(200)
         .collect()
+}
+
+/// `errcode: errmsg` of an answer that refused the access token, if it did.
+fn token_error(value: &Value) -> Option<String> {
+    let code = errcode(value);
+    TOKEN_ERRORS
+        .contains(&code)
+        .then(|| format!("{code}: {}", errmsg(value)))
 }
 
 fn check(value: Value) -> Result<Value, ConnectorError> {

@@ -14,7 +14,7 @@ use super::message::WxMessage;
 use super::oa::wechat_rules;
 use crate::{
     Accepted, ChannelRules, Connector, ConnectorContext, ConnectorError, HttpReply, InboundRequest,
-    SendReceipt,
+    MediaDownload, SendReceipt,
 };
 
 /// Connector kind.
@@ -114,5 +114,9 @@ impl Connector for WeChatMiniProgramConnector {
         self.client
             .send_envelope(Flavor::MiniProgram, message)
             .await
+    }
+
+    async fn fetch_media(&self, media_id: &str) -> Result<MediaDownload, ConnectorError> {
+        self.client.fetch_media(media_id).await
     }
 }

@@ -14,7 +14,7 @@ use super::inbound::{self, WxInbound, content_of};
 use super::message::WxMessage;
 use crate::{
     Accepted, Captions, ChannelRules, Connector, ConnectorContext, ConnectorError, HttpReply,
-    InboundRequest, SendReceipt,
+    InboundRequest, MediaDownload, SendReceipt,
 };
 
 /// Connector kind.
@@ -150,5 +150,9 @@ impl Connector for WeChatOaConnector {
         self.client
             .send_envelope(Flavor::OfficialAccount, message)
             .await
+    }
+
+    async fn fetch_media(&self, media_id: &str) -> Result<MediaDownload, ConnectorError> {
+        self.client.fetch_media(media_id).await
     }
 }

@@ -5,6 +5,7 @@ mod agent_ws;
 mod auth;
 mod channels;
 mod error;
+mod media;
 mod ops;
 mod rest;
 mod visitor_ws;
@@ -124,6 +125,7 @@ pub fn app(state: HttpState) -> Router {
         .route("/v1/customers/{id}/identities", post(rest::link_identity))
         .route("/v1/customers/{id}/merge", post(rest::merge_customer))
         .route("/v1/pools/{id}/queue", get(rest::pool_queue))
+        .route("/v1/media/{channel_id}/{media_id}", get(media::get_media))
         .fallback(ops::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
