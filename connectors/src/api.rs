@@ -236,6 +236,16 @@ pub async fn post_signed(
     Err(classify_http_failure(status.as_u16(), retry_after, &text))
 }
 
+/// The start of a platform's error text, as error messages quote it (200 characters).
+pub fn snippet(text: &str) -> String {
+    text.chars().take(200).collect()
+}
+
+/// The start of the body of a refused answer (see [`snippet`]); empty when it cannot be read.
+pub async fn body_snippet(response: reqwest::Response) -> String {
+    snippet(&response.text().await.unwrap_or_default())
+}
+
 /// The `Retry-After` header of `response`, in seconds.
 pub fn retry_after(response: &reqwest::Response) -> Option<Duration> {
     response
@@ -253,7 +263,7 @@ pub fn classify_http_failure(
     retry_after: Option<Duration>,
     body: &str,
 ) -> ConnectorError {
-    let snippet: String = body.chars().take(200).collect();
+    let snippet = snippet(body);
     match status {
         429 => ConnectorError::RateLimited { retry_after },
         400..=499 => ConnectorError::Rejected {

@@ -41,7 +41,7 @@ use switchyard_core::envelope::{ChannelRef, Content, Envelope, Media, Sender};
 use switchyard_core::identity::IdentityKey;
 use switchyard_core::store::Store;
 
-use crate::api::retry_after;
+use crate::api::{retry_after, snippet};
 use crate::caption::send_media_then_caption;
 use crate::media::{Accept, MediaCache, MediaResolver, MediaSpec, Upload};
 use crate::rules::{Captions, ChannelRules};
@@ -739,10 +739,6 @@ fn image_id(value: &Value) -> Option<String> {
         .filter_map(Value::as_str)
         .find(|id| !id.is_empty())
         .map(str::to_owned)
-}
-
-fn snippet(text: &str) -> String {
-    text.chars().take(200).collect()
 }
 
 /// The error code and message of a Douyin API answer, in either of its shapes

@@ -35,8 +35,8 @@ use switchyard_core::envelope::{ChannelRef, Envelope};
 use switchyard_core::model::Conversation;
 
 pub use error::ConnectorError;
-pub use raw::RawPolicy;
 pub use media::MediaDownload;
+pub use raw::RawPolicy;
 pub use registry::{ConnectorContext, Registry};
 pub use rules::{Captions, ChannelRules, RuleViolation};
 

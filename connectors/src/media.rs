@@ -609,13 +609,7 @@ pub async fn fetch(
         return Ok(response);
     }
     let retry_after = crate::api::retry_after(&response);
-    let text: String = response
-        .text()
-        .await
-        .unwrap_or_default()
-        .chars()
-        .take(300)
-        .collect();
+    let text = crate::api::body_snippet(response).await;
     Err(match status.as_u16() {
         429 => ConnectorError::RateLimited { retry_after },
         s if s >= 500 => {

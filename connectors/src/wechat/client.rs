@@ -465,13 +465,7 @@ async fn execute(request: reqwest::RequestBuilder) -> Result<Value, ConnectorErr
     let status = response.status();
     if !status.is_success() {
         let retry_after = crate::api::retry_after(&response);
-        let text: String = response
-            .text()
-            .await
-            .unwrap_or_default()
-            .chars()
-            .take(200)
-            .collect();
+        let text = crate::api::body_snippet(response).await;
         // WeChat answers its own errors as 200 + errcode; other statuses come from proxies or
         // gateways in between: 429 slows down, anything else is retried (bounded).
         return Err(if status.as_u16() == 429 {
