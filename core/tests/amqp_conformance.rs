@@ -133,3 +133,69 @@ async fn events_stream_replays_from_any_offset() {
     }
     drop(vhost);
 }
+
+/// A consumer whose connection the broker closed is recovered by itself and then says, once, that
+/// its subscription was resumed (a router waits for another's hand-back before routing on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_recovered_after_its_connection_closed_says_it_resumed() {
+    use std::time::Duration;
+    use switchyard_core::bus::Message;
+    use switchyard_core::bus::topology::{INBOUND_EXCHANGE, Topology, inbound_queue};
+
+    let Some(vhost) = TestVhost::create("resume") else {
+        return;
+    };
+    let bus =
+        match AmqpBus::connect(&vhost.url, "resume-test", "", bus::DEFAULT_PUBLISH_TIMEOUT).await {
+            Ok(b) => b,
+            Err(e) => {
+                let _: Option<()> = absent("RabbitMQ", &e.to_string());
+                return;
+            }
+        };
+    bus.declare(&Topology::standard(&bus::options(100)))
+        .await
+        .expect("declare");
+    let mut deliveries = bus.consume(&inbound_queue(0), 10).await.expect("consume");
+    async fn next(
+        deliveries: &mut Box<dyn switchyard_core::bus::Deliveries>,
+    ) -> switchyard_core::bus::Delivery {
+        tokio::time::timeout(Duration::from_secs(30), deliveries.next())
+            .await
+            .expect("a delivery within 30 s")
+            .expect("the stream goes on")
+    }
+
+    bus.publish(INBOUND_EXCHANGE, "0", Message::new("before", "{}"))
+        .await
+        .expect("publish");
+    let before = next(&mut deliveries).await;
+    assert_eq!(before.message.message_id, "before");
+    assert!(!deliveries.take_resumed(), "resumed without a break");
+    before.ack().await.expect("ack");
+
+    vhost
+        .close_connections("switchyard resume test")
+        .expect("close the vhost's connections");
+    // Publishes fail until the connection is recovered.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while let Err(e) = bus
+        .publish(INBOUND_EXCHANGE, "0", Message::new("after", "{}"))
+        .await
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the bus did not recover within 30 s: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = next(&mut deliveries).await;
+    assert_eq!(after.message.message_id, "after");
+    assert!(
+        deliveries.take_resumed(),
+        "a recovered consumer did not say it resumed"
+    );
+    assert!(!deliveries.take_resumed(), "resumed is told once");
+    after.ack().await.expect("ack");
+    drop(vhost);
+}

@@ -22,7 +22,9 @@
 //! **Waiting.** A consumer's first delivery may come from a queue that another router is still
 //! handing back: the broker activates the next consumer before the old one has settled what it
 //! holds, and the new one gets the messages behind those. So before routing its first delivery, a
-//! consumer waits while another router's mark is on the shard. The handing router refreshes its
+//! consumer waits while another router's mark is on the shard. So does a consumer whose
+//! connection dropped and was recovered, before its first delivery after that: while it was away,
+//! the standby may have become active and begun handing the shard back to it. The handing router refreshes its
 //! mark while it drains ([`MARK_TTL`]), so a router that dies mid-hand-back holds the shard up
 //! for at most that long.
 

@@ -204,8 +204,10 @@ impl ShardWorker {
         // A user's messages one after the other, different users' at once.
         let mut by_user = InOrderByKey::default();
         let mut taking = true;
-        // The first delivery may come while another router still hands this shard back.
-        let mut first = self.peers.shared();
+        // The first delivery may come while another router still hands this shard back; so may
+        // the first after the subscription was resumed (the connection dropped and recovered:
+        // meanwhile another router may have been active on the shard and handed it back).
+        let mut first = true;
         let mut hand_back = HandBack::No;
         let refresh = tokio::time::sleep(MARK_TTL / 3);
         let quiet = tokio::time::sleep(QUIET_BEFORE_CANCEL);
@@ -232,7 +234,8 @@ impl ShardWorker {
                         taking = false;
                         continue;
                     };
-                    if std::mem::take(&mut first) && self.peers.wait_for_hand_back(self.shard, stop).await {
+                    let first_of_subscription = std::mem::take(&mut first) | deliveries.take_resumed();
+                    if first_of_subscription && self.peers.shared() && self.peers.wait_for_hand_back(self.shard, stop).await {
                         self.metrics.shard_handovers.with_label_values(&["waited"]).inc();
                     }
                     if hand_back == HandBack::No

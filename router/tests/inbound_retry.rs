@@ -1,6 +1,8 @@
-//! A message whose effects were stored but whose events were not published (the bus failed,
-//! or the reply of a store script was lost) is retried; the retry announces everything the
-//! first attempt did, with the same event ids, and changes nothing else.
+//! Retries and hand-overs of inbound messages. A message whose effects were stored but whose
+//! events were not published (the bus failed, or the reply of a store script was lost) is
+//! retried; the retry announces everything the first attempt did, with the same event ids, and
+//! changes nothing else. A shard consumer keeps each user's messages in order when it stops or
+//! when its connection is resumed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
@@ -216,4 +218,90 @@ async fn a_message_handed_back_while_stopping_takes_its_users_later_messages_wit
         );
         d.ack().await.expect("ack");
     }
+}
+
+/// A consumer whose connection dropped and was recovered waits, before routing its next
+/// delivery, while another router's hand-back mark is on the shard: that router may have been
+/// active meanwhile and still hold earlier messages of the same users. On a subscription that was
+/// not resumed, a delivery does not wait.
+#[tokio::test]
+async fn a_resumed_consumer_waits_while_another_router_hands_the_shard_back() {
+    let s = setup().await;
+    let user = "u-resume";
+    let messages: Vec<_> = (0..3).map(|i| message_of(user, &format!("m{i}"))).collect();
+    let shard = shard_of(&messages[0].shard_key(), SHARDS);
+    let queue = inbound_queue(shard);
+    let publish = |i: usize| {
+        let (bus, m) = (s.bus.clone(), messages[i].clone());
+        async move {
+            let body = serde_json::to_vec(&m).expect("envelope json");
+            bus.publish(
+                INBOUND_EXCHANGE,
+                &shard.to_string(),
+                Message::new(m.id.clone(), body),
+            )
+            .await
+            .expect("publish");
+        }
+    };
+    // This router owns the shard; the other one marks a hand-back of it.
+    let owner = shard % 2;
+    let other = Peers::new(Arc::clone(&s.store), 1 - owner, 2, true);
+    let metrics = Metrics::new().expect("metrics");
+    let routed = || metrics.routed.with_label_values(&["routed"]).get();
+    let stop = CancellationToken::new();
+    let dyn_bus: Arc<dyn Bus> = s.bus.clone();
+    let worker = ShardWorker {
+        bus: dyn_bus,
+        shard,
+        queue,
+        prefetch: 10,
+        attempts: 3,
+        router: s.router.clone(),
+        metrics: metrics.clone(),
+        peers: Peers::new(Arc::clone(&s.store), owner, 2, true),
+    };
+    let consumer = tokio::spawn(run_shard(
+        worker,
+        None,
+        stop.clone(),
+        Arc::new(AtomicBool::new(false)),
+    ));
+    let routed_within = |n: u64| async move {
+        for _ in 0..100 {
+            if routed() >= n {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    };
+
+    publish(0).await;
+    assert!(routed_within(1).await, "the first message was not routed");
+
+    // Not resumed: a mark on the shard does not hold the subscription's next delivery up.
+    other.mark_hand_back(shard).await.expect("mark");
+    publish(1).await;
+    assert!(
+        routed_within(2).await,
+        "a running subscription waited for a hand-back mark"
+    );
+
+    // Resumed: the next delivery waits until the other router's mark is gone.
+    s.bus.resumed.store(true, Ordering::SeqCst);
+    publish(2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        routed(),
+        2,
+        "a resumed consumer routed while another router was handing the shard back"
+    );
+    other.unmark_hand_back(shard).await.expect("unmark");
+    assert!(
+        routed_within(3).await,
+        "the resumed consumer did not go on once the mark was gone"
+    );
+    stop.cancel();
+    consumer.await.expect("join").expect("shard consumer");
 }

@@ -586,23 +586,12 @@ async fn broker_connections_closed_mid_burst_lose_and_double_nothing() {
     let bus = cluster.bus().await;
     let observed = observe(&bus).await;
     agents(&cluster, 4, 5).await;
-    let vhost = cluster.vhost.name.clone();
     let breaker = async {
         tokio::time::sleep(Duration::from_millis(700)).await;
-        let out = Command::new("rabbitmqctl")
-            .args([
-                "close_all_connections",
-                "--vhost",
-                &vhost,
-                "switchyard failure test",
-            ])
-            .output()
-            .expect("rabbitmqctl");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        cluster
+            .vhost
+            .close_connections("switchyard failure test")
+            .expect("close the vhost's connections");
     };
     tokio::join!(load(&cluster, 300, 5, 32), breaker);
     // Our observer's connection was closed too; read the outcome from the store instead.

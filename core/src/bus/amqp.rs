@@ -532,6 +532,8 @@ impl Bus for AmqpBus {
             consumer,
             channel: ch,
             cancelled: false,
+            resumed: false,
+            last_tag: 0,
         }))
     }
 
@@ -568,6 +570,12 @@ struct AmqpDeliveries {
     channel: Channel,
     /// Whether the consumer was cancelled ([`Deliveries::cancel`]).
     cancelled: bool,
+    /// Whether the consumer was recovered since [`Deliveries::take_resumed`] last asked.
+    resumed: bool,
+    /// The delivery tag of the latest delivery. Tags grow on a channel and start again at 1 on
+    /// the channel lapin reopens when it recovers the connection; that is how a recovery shows
+    /// (lapin resubscribes its consumers without a word in their streams).
+    last_tag: u64,
 }
 
 /// How long the channel of a cancelled consumer stays open after the consumer is dropped.
@@ -641,9 +649,15 @@ impl Deliveries for AmqpDeliveries {
                         return None;
                     }
                     tracing::info!(queue = %self.queue, "consumer recovered");
+                    self.resumed = true;
                 }
             }
         };
+        if delivery.delivery_tag <= self.last_tag {
+            tracing::info!(queue = %self.queue, "consumer resumed on a recovered channel");
+            self.resumed = true;
+        }
+        self.last_tag = delivery.delivery_tag;
         let mut headers = BTreeMap::new();
         let mut delivery_count = None;
         if let Some(table) = delivery.properties.headers() {
@@ -684,6 +698,10 @@ impl Deliveries for AmqpDeliveries {
             redeliveries,
             Box::new(acker),
         ))
+    }
+
+    fn take_resumed(&mut self) -> bool {
+        std::mem::take(&mut self.resumed)
     }
 
     async fn cancel(&mut self) -> Result<(), BusError> {

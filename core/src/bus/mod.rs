@@ -193,6 +193,16 @@ pub trait Deliveries: Send {
     /// waiting consumer becomes active at once, before those are settled (a router hands a
     /// shard back this way).
     async fn cancel(&mut self) -> Result<(), BusError>;
+
+    /// Whether the subscription was re-established since this was last asked (on RabbitMQ: the
+    /// connection dropped and was recovered). Meanwhile the broker may have made another
+    /// consumer of a single-active-consumer queue active, and then this one again, so the next
+    /// delivery may come from a queue that another consumer has not finished with, as a new
+    /// subscription's first may. The default, for a bus whose subscriptions never break, is
+    /// `false`.
+    fn take_resumed(&mut self) -> bool {
+        false
+    }
 }
 
 /// A message bus (in-process or RabbitMQ).

@@ -83,6 +83,12 @@ impl TestVhost {
             Err(e) => absent("RabbitMQ", &e),
         }
     }
+
+    /// Closes every client connection to this vhost, as a broker restart or a network cut
+    /// would; clients that recover connect again.
+    pub fn close_connections(&self, reason: &str) -> Result<(), String> {
+        rabbitmqctl(&["close_all_connections", "--vhost", &self.name, reason])
+    }
 }
 
 impl Drop for TestVhost {

@@ -3,14 +3,14 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use switchyard_connectors::{ConnectorContext, Registry};
 use switchyard_core::bus::embedded::EmbeddedBus;
 use switchyard_core::bus::topology::EVENTS_EXCHANGE;
-use switchyard_core::bus::{Bus, BusError, Deliveries, Message, Topology};
+use switchyard_core::bus::{Bus, BusError, Deliveries, Delivery, Message, Topology};
 use switchyard_core::conformance::store::{app_channel, inbound_envelope, key};
 use switchyard_core::event::CloudEvent;
 use switchyard_core::metrics::Metrics;
@@ -35,6 +35,28 @@ pub struct FlakyBus {
     pub hanging_publishes: AtomicUsize,
     pub hanging: AtomicUsize,
     pub hung: std::sync::Mutex<Vec<Vec<(String, String)>>>,
+    /// Set to make every consumer report, once, that its subscription was resumed (as after a
+    /// dropped connection).
+    pub resumed: Arc<AtomicBool>,
+}
+
+/// A consumer of the [`FlakyBus`]: the embedded one, resumed when the bus says so.
+struct FlakyDeliveries {
+    inner: Box<dyn Deliveries>,
+    resumed: Arc<AtomicBool>,
+}
+
+#[async_trait]
+impl Deliveries for FlakyDeliveries {
+    async fn next(&mut self) -> Option<Delivery> {
+        self.inner.next().await
+    }
+    async fn cancel(&mut self) -> Result<(), BusError> {
+        self.inner.cancel().await
+    }
+    fn take_resumed(&mut self) -> bool {
+        self.resumed.swap(false, Ordering::SeqCst)
+    }
 }
 
 /// Takes one failure from `counter`: whether the next call must fail.
@@ -84,7 +106,10 @@ impl Bus for FlakyBus {
         self.inner.publish_events(exchange, messages).await
     }
     async fn consume(&self, queue: &str, prefetch: u16) -> Result<Box<dyn Deliveries>, BusError> {
-        self.inner.consume(queue, prefetch).await
+        Ok(Box::new(FlakyDeliveries {
+            inner: self.inner.consume(queue, prefetch).await?,
+            resumed: Arc::clone(&self.resumed),
+        }))
     }
     fn is_ready(&self) -> bool {
         true
@@ -127,6 +152,7 @@ pub async fn setup_on(store: Arc<dyn Store>) -> Setup {
         hanging_publishes: AtomicUsize::new(0),
         hanging: AtomicUsize::new(0),
         hung: std::sync::Mutex::new(Vec::new()),
+        resumed: Arc::new(AtomicBool::new(false)),
     });
     bus.declare(&Topology::standard(
         &switchyard_core::conformance::bus::options(100),
