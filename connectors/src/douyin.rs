@@ -46,7 +46,7 @@ use crate::caption::send_media_then_caption;
 use crate::media::{Accept, MediaCache, MediaResolver, MediaSpec, Upload};
 use crate::rules::{Captions, ChannelRules};
 use crate::signature::constant_time_eq;
-use crate::token_cache::{TokenCache, base_url, encode_component, encode_pairs};
+use crate::token_cache::{TokenCache, base_url, encode_component, encode_pairs, with_fresh_token};
 use crate::{
     Accepted, Connector, ConnectorContext, ConnectorError, EnvelopeSink, HttpReply, InboundRequest,
     RawPolicy, SendReceipt, take_raw_entry,
@@ -355,36 +355,33 @@ impl DouyinConnector {
     /// `media_id`). A refused client token is refreshed and the upload retried once.
     pub async fn upload_image(&self, file: &Upload) -> Result<String, ConnectorError> {
         let form = file.multipart("image");
-        let mut stale: Option<String> = None;
-        loop {
-            let token = self.client_token(stale.as_deref()).await?;
-            let response = form
-                .apply(
+        let (value, code, message) = with_fresh_token(
+            |stale| async move { self.client_token(stale.as_deref()).await },
+            |token| {
+                let request = form.apply(
                     self.http
                         .post(format!("{}{IMAGE_UPLOAD_PATH}", self.api_base))
                         .header("access-token", token.as_str()),
-                )
-                .send()
-                .await
-                .map_err(|e| {
-                    ConnectorError::Transient(format!("Douyin image upload failed: {e}"))
-                })?;
-            let (value, code, message) = read_answer(response).await?;
-            if code == 0 {
-                return image_id(&value).ok_or_else(|| {
-                    ConnectorError::Transient(format!(
-                        "Douyin image upload answered no image_id: {}",
-                        snippet(&value.to_string())
-                    ))
-                });
-            }
-            if is_token_error(code) && stale.is_none() {
-                self.client_token_cache().invalidate(&token).await?;
-                stale = Some(token);
-                continue;
-            }
+                );
+                async move {
+                    let response = request.send().await.map_err(|e| {
+                        ConnectorError::Transient(format!("Douyin image upload failed: {e}"))
+                    })?;
+                    read_answer(response).await
+                }
+            },
+            |(_, code, _)| is_token_error(*code),
+        )
+        .await?;
+        if code != 0 {
             return Err(classify(code, message, "image upload"));
         }
+        image_id(&value).ok_or_else(|| {
+            ConnectorError::Transient(format!(
+                "Douyin image upload answered no image_id: {}",
+                snippet(&value.to_string())
+            ))
+        })
     }
 
     fn refresh_key(&self, account: &str) -> String {
@@ -626,26 +623,26 @@ impl DouyinConnector {
         content: &Content,
     ) -> Result<SendReceipt, ConnectorError> {
         let body = self.send_body(ctx, content).await?;
-        let mut stale: Option<String> = None;
-        for _ in 0..2 {
-            let token = self
-                .access_token(&ctx.account_open_id, stale.as_deref())
-                .await?;
-            match self.post_send(ctx, &token, &body).await? {
-                Ok(receipt) => return Ok(receipt),
-                Err((code, _)) if is_token_error(code) && stale.is_none() => {
-                    self.token_cache(&ctx.account_open_id)
-                        .invalidate(&token)
-                        .await?;
-                    stale = Some(token);
-                }
-                Err((code, message)) => return Err(classify(code, message, "send")),
-            }
+        let answer = with_fresh_token(
+            |stale| async move {
+                self.access_token(&ctx.account_open_id, stale.as_deref())
+                    .await
+            },
+            |token| {
+                let body = &body;
+                async move { self.post_send(ctx, &token, body).await }
+            },
+            |answer| matches!(answer, Err((code, _)) if is_token_error(*code)),
+        )
+        .await?;
+        match answer {
+            Ok(receipt) => Ok(receipt),
+            Err((code, _)) if is_token_error(code) => Err(ConnectorError::Rejected {
+                code: "access_token_refused".into(),
+                message: "Douyin refused a freshly refreshed access token".into(),
+            }),
+            Err((code, message)) => Err(classify(code, message, "send")),
         }
-        Err(ConnectorError::Rejected {
-            code: "access_token_refused".into(),
-            message: "Douyin refused a freshly refreshed access token".into(),
-        })
     }
 
     async fn post_send(

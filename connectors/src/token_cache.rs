@@ -117,17 +117,33 @@ impl TokenCache {
             .map_err(|e| ConnectorError::Transient(format!("token cache: {e}")))?;
         Ok(token)
     }
+}
 
-    /// Forgets the cached token if it is still `token` (the API refused it).
-    pub async fn invalidate(&self, token: &str) -> Result<(), ConnectorError> {
-        if self.cached().await?.as_deref() == Some(token) {
-            self.store
-                .delete_key(&self.key)
-                .await
-                .map_err(|e| ConnectorError::Transient(format!("token cache: {e}")))?;
-        }
-        Ok(())
+/// Runs an API call with an access token, and once more with a fresh token when the API refused
+/// the first: `token(None)` gives the token to use, `call(token)` makes the call, and
+/// `refused(&answer)` tells whether the answer refused the token (expired, or replaced by a
+/// refresh elsewhere). Then `token(Some(refused_token))` must give another token (see
+/// [`TokenCache::get`]) and the call runs again. The second answer is returned as it is, refused
+/// or not: each caller classifies it with the API's other errors.
+pub async fn with_fresh_token<T, Token, TokenFut, Call, CallFut>(
+    token: Token,
+    call: Call,
+    refused: impl Fn(&T) -> bool,
+) -> Result<T, ConnectorError>
+where
+    Token: Fn(Option<String>) -> TokenFut,
+    TokenFut: Future<Output = Result<String, ConnectorError>>,
+    Call: Fn(String) -> CallFut,
+    CallFut: Future<Output = Result<T, ConnectorError>>,
+{
+    let first = token(None).await?;
+    let answer = call(first.clone()).await?;
+    if !refused(&answer) {
+        return Ok(answer);
     }
+    tracing::info!("the API refused the access token; calling again with a fresh one");
+    let fresh = token(Some(first)).await?;
+    call(fresh).await
 }
 
 /// Percent-encodes a query or form value (RFC 3986 unreserved characters kept).
@@ -193,10 +209,51 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(again, "tok-1");
-        cache.invalidate("tok-0").await.unwrap();
         assert_eq!(cache.cached().await.unwrap().as_deref(), Some("tok-1"));
-        cache.invalidate("tok-1").await.unwrap();
-        assert_eq!(cache.cached().await.unwrap(), None);
+    }
+
+    /// Calls `with_fresh_token` with tokens `tok-0`, `tok-1`, … and a call that is refused while
+    /// its token is in `refused_tokens`; returns the answer and the (stale, token) pairs handed out.
+    async fn call_with(refused_tokens: &[&str]) -> (String, Vec<(Option<String>, String)>) {
+        let handed = std::sync::Mutex::new(Vec::new());
+        let answer = with_fresh_token(
+            |stale| {
+                let mut handed = handed.lock().unwrap();
+                let token = format!("tok-{}", handed.len());
+                handed.push((stale, token.clone()));
+                async move { Ok(token) }
+            },
+            |token| async move { Ok(format!("answer with {token}")) },
+            |answer: &String| refused_tokens.iter().any(|t| answer.ends_with(t)),
+        )
+        .await
+        .unwrap();
+        (answer, handed.into_inner().unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_refused_token_is_replaced_once_and_the_call_made_again() {
+        let (answer, handed) = call_with(&[]).await;
+        assert_eq!(answer, "answer with tok-0");
+        assert_eq!(handed, [(None, "tok-0".to_owned())], "one token, one call");
+
+        let (answer, handed) = call_with(&["tok-0"]).await;
+        assert_eq!(answer, "answer with tok-1");
+        assert_eq!(
+            handed,
+            [
+                (None, "tok-0".to_owned()),
+                (Some("tok-0".to_owned()), "tok-1".to_owned())
+            ],
+            "the refused token is named when the fresh one is asked for"
+        );
+
+        let (answer, handed) = call_with(&["tok-0", "tok-1"]).await;
+        assert_eq!(
+            answer, "answer with tok-1",
+            "a second refusal is the caller's to classify"
+        );
+        assert_eq!(handed.len(), 2, "no third call");
     }
 
     #[test]

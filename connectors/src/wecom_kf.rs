@@ -50,7 +50,7 @@ use crate::media::{
     self, Accept, MediaAnswer, MediaCache, MediaDownload, MediaResolver, MediaSpec,
 };
 use crate::rules::{Captions, ChannelRules};
-use crate::token_cache::{TokenCache, base_url, encode_pairs};
+use crate::token_cache::{TokenCache, base_url, encode_pairs, with_fresh_token};
 use crate::wechat::client::MEDIA_GONE_ERRORS;
 use crate::wechat::crypto::{CryptoError, WxCrypto};
 use crate::{
@@ -726,20 +726,16 @@ impl WecomKfConnector {
         F: Fn(String) -> Fut,
         Fut: Future<Output = Result<T, ConnectorError>>,
     {
-        let mut stale: Option<String> = None;
-        loop {
-            let token = self.access_token(stale.as_deref()).await?;
-            let mut pairs = vec![("access_token", token.as_str())];
-            pairs.extend_from_slice(query);
-            let url = format!("{}{path}?{}", self.api_base, encode_pairs(&pairs));
-            let answer = attempt(url).await?;
-            if refused(&answer) && stale.is_none() {
-                self.token_cache().invalidate(&token).await?;
-                stale = Some(token);
-                continue;
-            }
-            return Ok(answer);
-        }
+        with_fresh_token(
+            |stale| async move { self.access_token(stale.as_deref()).await },
+            |token| {
+                let mut pairs = vec![("access_token", token.as_str())];
+                pairs.extend_from_slice(query);
+                attempt(format!("{}{path}?{}", self.api_base, encode_pairs(&pairs)))
+            },
+            refused,
+        )
+        .await
     }
 
     /// `GET cgi-bin/media/get`: media a customer sent (see the module documentation).

@@ -17,7 +17,7 @@ use crate::media::{
     self, Accept, MAX_FETCH_BYTES, MediaAnswer, MediaCache, MediaDownload, MediaResolver,
     MediaSpec, Multipart,
 };
-use crate::token_cache::{TokenCache, base_url, encode_pairs};
+use crate::token_cache::{TokenCache, base_url, encode_pairs, with_fresh_token};
 use crate::{ConnectorError, SendReceipt};
 
 /// The WeChat API base URL (`api_base` overrides it).
@@ -152,7 +152,8 @@ impl WxApiClient {
     }
 
     /// Runs `attempt(access_token)`; when `refused` finds an access-token error in its answer
-    /// (the errcode), refreshes the token at once and runs it once more.
+    /// (the errcode), refreshes the token at once and runs it once more. A fresh token refused
+    /// as well (another system forced a refresh meanwhile) is a transient failure.
     async fn with_token<T, F, Fut>(
         &self,
         attempt: F,
@@ -162,14 +163,12 @@ impl WxApiClient {
         F: Fn(String) -> Fut,
         Fut: Future<Output = Result<T, ConnectorError>>,
     {
-        let token = self.access_token(None).await?;
-        let answer = attempt(token.clone()).await?;
-        let Some(error) = refused(&answer) else {
-            return Ok(answer);
-        };
-        tracing::info!(app_id = %self.app_id, %error, "WeChat refused the access token; refreshing");
-        let fresh = self.access_token(Some(&token)).await?;
-        let answer = attempt(fresh).await?;
+        let answer = with_fresh_token(
+            |stale| async move { self.access_token(stale.as_deref()).await },
+            attempt,
+            |answer| refused(answer).is_some(),
+        )
+        .await?;
         match refused(&answer) {
             None => Ok(answer),
             Some(error) => Err(ConnectorError::Transient(format!(
