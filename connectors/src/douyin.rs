@@ -42,7 +42,7 @@ use switchyard_core::identity::IdentityKey;
 use switchyard_core::store::Store;
 
 use crate::api::{retry_after, snippet};
-use crate::caption::send_media_then_caption;
+use crate::caption::{MediaSent, send_media_then_caption};
 use crate::media::{Accept, MediaCache, MediaResolver, MediaSpec, Upload};
 use crate::rules::{Captions, ChannelRules};
 use crate::signature::constant_time_eq;
@@ -1126,7 +1126,8 @@ impl Connector for DouyinConnector {
         }
         // Douyin images carry no caption: it follows as a text message.
         let ctx = &ctx;
-        send_media_then_caption(&message.content, |content, _| async move {
+        let sent = MediaSent::of(Arc::clone(&self.store), &message.id);
+        send_media_then_caption(&message.content, &sent, |content, _| async move {
             self.send_one(ctx, &content).await
         })
         .await

@@ -45,7 +45,7 @@ use switchyard_core::identity::IdentityKey;
 use switchyard_core::model::{Conversation, ConversationStatus};
 use switchyard_core::store::Store;
 
-use crate::caption::{Part, send_media_then_caption};
+use crate::caption::{MediaSent, Part, send_media_then_caption};
 use crate::media::{
     self, Accept, MediaAnswer, MediaCache, MediaDownload, MediaResolver, MediaSpec,
 };
@@ -1295,7 +1295,8 @@ impl Connector for WecomKfConnector {
             })?;
         // A caption goes as a text message after the media, with a `msgid` of its own.
         let open_kfid = open_kfid.as_str();
-        send_media_then_caption(&message.content, |content, part| async move {
+        let sent = MediaSent::of(Arc::clone(&self.store), &message.id);
+        send_media_then_caption(&message.content, &sent, |content, part| async move {
             let msgid = match part {
                 Part::Caption => format!("{}{CAPTION_MSGID_SUFFIX}", message.id),
                 Part::Whole | Part::Media => message.id.clone(),

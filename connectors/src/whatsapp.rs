@@ -47,7 +47,7 @@ use switchyard_core::identity::IdentityKey;
 use switchyard_core::store::Store;
 
 use crate::api::retry_after;
-use crate::caption::{Part, send_media_then_caption, within_limit};
+use crate::caption::{MediaSent, Part, send_media_then_caption, within_limit};
 use crate::media::{self, MAX_FETCH_BYTES, MediaDownload};
 use crate::rules::{Captions, ChannelRules};
 use crate::signature::{constant_time_eq, hmac_sha256_hex};
@@ -932,7 +932,8 @@ impl Connector for WhatsAppConnector {
             // The Cloud API has no caption on audio: it follows as a text message, which does
             // not quote the customer's message again.
             audio @ Content::Audio { .. } => {
-                send_media_then_caption(audio, |content, part| async move {
+                let sent = MediaSent::of(Arc::clone(&self.store), &message.id);
+                send_media_then_caption(audio, &sent, |content, part| async move {
                     let quoted = quoted.filter(|_| part != Part::Caption);
                     self.post(message, &content, quoted).await
                 })

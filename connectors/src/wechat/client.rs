@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use switchyard_core::envelope::{Content, Envelope, Media};
 use switchyard_core::store::Store;
 
-use crate::caption::send_media_then_caption;
+use crate::caption::{MediaSent, send_media_then_caption};
 use crate::media::{
     self, Accept, MAX_FETCH_BYTES, MediaAnswer, MediaCache, MediaDownload, MediaResolver,
     MediaSpec, Multipart,
@@ -58,6 +58,7 @@ pub struct WxApiClient {
     app_id: String,
     app_secret: String,
     tokens: TokenCache,
+    store: Arc<dyn Store>,
 }
 
 impl std::fmt::Debug for WxApiClient {
@@ -82,8 +83,13 @@ impl WxApiClient {
             tokens: TokenCache::new(Arc::clone(&store), format!("wechat:access_token:{app_id}")),
             media: MediaResolver::new(
                 http.clone(),
-                MediaCache::new(store, format!("wechat:media:{app_id}"), MEDIA_ID_TTL),
+                MediaCache::new(
+                    Arc::clone(&store),
+                    format!("wechat:media:{app_id}"),
+                    MEDIA_ID_TTL,
+                ),
             ),
+            store,
             http,
             base: base_url(api_base, DEFAULT_API_BASE),
             app_id: app_id.to_owned(),
@@ -304,7 +310,8 @@ impl WxApiClient {
         flavor: Flavor,
         message: &Envelope,
     ) -> Result<SendReceipt, ConnectorError> {
-        send_media_then_caption(&message.content, |content, _| async move {
+        let sent = MediaSent::of(Arc::clone(&self.store), &message.id);
+        send_media_then_caption(&message.content, &sent, |content, _| async move {
             let body = self.content_body(flavor, message, &content).await?;
             self.send_custom(&body).await?;
             Ok(SendReceipt::default())
