@@ -125,6 +125,7 @@ async fn an_agent_sees_the_photo_a_customer_sent() {
         Some("private, max-age=3600")
     );
     assert_eq!(header("x-content-type-options").as_deref(), Some("nosniff"));
+    assert_eq!(header("accept-ranges").as_deref(), Some("bytes"));
     assert_eq!(response.bytes().await.unwrap().as_ref(), JPEG);
 
     // The console's way: the key in the query string, as an <img> cannot send headers.
@@ -141,6 +142,41 @@ async fn an_agent_sees_the_photo_a_customer_sent() {
             .await,
         2.0
     );
+
+    // One byte range, as a browser seeking in a video asks; and one outside the media.
+    let ranged = |range: String| {
+        server
+            .http
+            .get(server.url(&media_path))
+            .bearer_auth(AGENT_KEY)
+            .header("range", range)
+            .send()
+    };
+    let part = ranged("bytes=2-5".into()).await.unwrap();
+    assert_eq!(part.status(), 206);
+    let part_header = |name: &str| {
+        part.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    assert_eq!(
+        part_header("content-range"),
+        Some(format!("bytes 2-5/{}", JPEG.len()))
+    );
+    assert_eq!(part_header("content-length").as_deref(), Some("4"));
+    assert_eq!(part_header("content-type").as_deref(), Some("image/jpeg"));
+    assert_eq!(part.bytes().await.unwrap().as_ref(), &JPEG[2..=5]);
+    let outside = ranged(format!("bytes={}-", JPEG.len())).await.unwrap();
+    assert_eq!(outside.status(), 416);
+    assert_eq!(
+        outside
+            .headers()
+            .get("content-range")
+            .map(|v| v.to_str().unwrap().to_owned()),
+        Some(format!("bytes */{}", JPEG.len()))
+    );
+    let body: serde_json::Value = outside.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "range_not_satisfiable");
     server.stop().await;
 }
 

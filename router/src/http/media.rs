@@ -1,15 +1,16 @@
 //! `GET /v1/media/{channel_id}/{media_id}`: the media proxy. Media a customer sent arrives as a
 //! channel media id, which only the platform API turns into bytes, with the channel's
 //! credentials ([`switchyard_connectors::Connector::fetch_media`]); this streams them to the
-//! agent without keeping them.
+//! agent without keeping them, whole or one byte range of them ([`super::byte_range`]).
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::Response;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use switchyard_connectors::{ConnectorError, MediaDownload};
 
+use super::byte_range::{self, Requested};
 use super::{ApiError, HttpState};
 
 /// The type answered when the platform names none.
@@ -60,6 +61,7 @@ fn inline(content_type: &str) -> bool {
 pub async fn get_media(
     State(state): State<HttpState>,
     Path((channel_id, media_id)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let channel =
         state.registry.get(&channel_id).cloned().ok_or_else(|| {
@@ -76,7 +78,8 @@ pub async fn get_media(
     match channel.fetch_media(&media_id).await {
         Ok(download) => {
             count("ok");
-            Ok(respond(&state, &kind, &channel_id, download))
+            let requested = byte_range::requested(&headers, download.content_length);
+            Ok(respond(&state, &kind, &channel_id, download, requested))
         }
         Err(e) => {
             count(outcome(&e));
@@ -86,8 +89,15 @@ pub async fn get_media(
     }
 }
 
-/// Streams `download` as the answer.
-fn respond(state: &HttpState, kind: &str, channel_id: &str, download: MediaDownload) -> Response {
+/// Streams `download`, or the part of it `requested`, as the answer; a range outside it is
+/// refused with 416 `range_not_satisfiable`.
+fn respond(
+    state: &HttpState,
+    kind: &str,
+    channel_id: &str,
+    download: MediaDownload,
+    requested: Requested,
+) -> Response {
     let content_type = download
         .content_type
         .as_deref()
@@ -111,11 +121,41 @@ fn respond(state: &HttpState, kind: &str, channel_id: &str, download: MediaDownl
             tracing::warn!(channel = %channel_id, error = %e, "media stream aborted");
         }
     });
-    let mut response = Response::new(Body::from_stream(body));
+    let (mut response, length) = match requested {
+        Requested::Whole => (
+            Response::new(Body::from_stream(body)),
+            download.content_length,
+        ),
+        Requested::Part { range, total } => {
+            let length = range.end() - range.start() + 1;
+            let content_range = byte_range::content_range(&range, total);
+            let mut response = Response::new(Body::from_stream(byte_range::slice(body, range)));
+            *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+            if let Ok(value) = HeaderValue::from_str(&content_range) {
+                response.headers_mut().insert(header::CONTENT_RANGE, value);
+            }
+            (response, Some(length))
+        }
+        Requested::Unsatisfiable { total } => {
+            let mut response = ApiError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "range_not_satisfiable",
+                format!("the media has {total} bytes; the range asked for is outside them"),
+            )
+            .into_response();
+            if let Ok(value) = HeaderValue::from_str(&format!("bytes */{total}")) {
+                response.headers_mut().insert(header::CONTENT_RANGE, value);
+            }
+            return response;
+        }
+    };
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, content_type);
-    if let Some(length) = download.content_length {
+    if let Some(length) = length {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    }
+    if download.content_length.is_some() {
+        headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     }
     headers.insert(
         header::CACHE_CONTROL,

@@ -3,6 +3,7 @@
 
 mod agent_ws;
 mod auth;
+mod byte_range;
 mod channels;
 mod error;
 mod media;
