@@ -17,6 +17,7 @@ pub mod media;
 pub mod raw;
 pub mod registry;
 pub mod rules;
+pub mod sent;
 pub mod signature;
 pub mod telegram;
 pub mod token_cache;
@@ -269,13 +270,14 @@ pub trait EnvelopeSink: Send + Sync {
 
     /// Reports that `message`, an outbound envelope the channel's API had accepted, was not
     /// delivered after all: the platform said so later, in what the connector receives or pulls
-    /// (WeCom kf's `msg_send_fail` event). The ingress publishes `message.failed` with `code`
-    /// (machine-readable, e.g. `wecom_fail_type_4`) and `reason` (for people), which also tells
-    /// the agent who wrote the reply.
+    /// (WeCom kf's `msg_send_fail` event, WhatsApp's `failed` status; connectors remember what
+    /// they sent with [`sent::SentMessages`]). The ingress publishes `message.failed` with
+    /// `code` (machine-readable, e.g. `wecom_fail_type_4`, `whatsapp_131026`) and `reason` (for
+    /// people), which also tells the agent who wrote the reply.
     ///
-    /// At least once: the event's id is the envelope id, so a report repeated after a retry is
-    /// deduplicated downstream. A `Transient` error means the report is not on the bus; the
-    /// caller should not acknowledge what carried it, so that it is made again.
+    /// At least once: the event's id is derived from the envelope id, so a report repeated
+    /// after a retry is deduplicated downstream. A `Transient` error means the report is not on
+    /// the bus; the caller should not acknowledge what carried it, so that it is made again.
     ///
     /// The default, for sinks with no event stream behind them (test and collecting sinks),
     /// reports nothing and answers `Unsupported`, so the caller knows the failure went nowhere.

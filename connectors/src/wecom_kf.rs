@@ -15,8 +15,8 @@
 //! * **Delivery failures**: `send_msg` may accept a message WeCom then cannot deliver (session
 //!   expired, customer refuses messages, …); the next pull carries a `msg_send_fail` event
 //!   (`fail_msgid`, `fail_type`). Every accepted send is remembered in the store
-//!   (`wecom_kf:sent:{corp}:{msgid}`, 3 days), and the pull reports a failure of a remembered
-//!   message through [`EnvelopeSink::delivery_failed`] (`message.failed`, code
+//!   ([`crate::sent`]: `wecom_kf:sent:{corp}:{msgid}`, 3 days), and the pull reports a failure
+//!   of a remembered message through [`EnvelopeSink::delivery_failed`] (`message.failed`, code
 //!   `wecom_fail_type_{n}`) before the cursor moves past its page.
 //! * **Send** (`POST cgi-bin/kf/send_msg`): `{touser, open_kfid, msgid, msgtype, …}`; allowed
 //!   only while the session's `service_state` is 0 or 1 (else errcode 95018), at most 5
@@ -50,6 +50,7 @@ use crate::media::{
     self, Accept, MediaAnswer, MediaCache, MediaDownload, MediaResolver, MediaSpec,
 };
 use crate::rules::{Captions, ChannelRules};
+use crate::sent::SentMessages;
 use crate::token_cache::{TokenCache, base_url, encode_pairs, with_fresh_token};
 use crate::wechat::client::MEDIA_GONE_ERRORS;
 use crate::wechat::crypto::{CryptoError, WxCrypto};
@@ -424,6 +425,8 @@ pub struct WecomKfConnector {
     http: reqwest::Client,
     store: Arc<dyn Store>,
     media: MediaResolver,
+    /// Every message `send_msg` accepted, by `msgid`, for a later `msg_send_fail`.
+    sent: SentMessages,
     raw: RawPolicy,
 }
 
@@ -517,6 +520,12 @@ impl WecomKfConnector {
                     MEDIA_ID_TTL,
                 ),
             ),
+            // `wecom_kf:sent:{corp_id}:{msgid}`, as before the memory was shared.
+            sent: SentMessages::new(
+                Arc::clone(&ctx.store),
+                format!("{KIND}:sent:{corp_id}"),
+                SENT_TTL,
+            ),
             corp_id,
             raw: RawPolicy::from_settings(settings)?,
         })
@@ -544,82 +553,24 @@ impl WecomKfConnector {
         format!("wecom_kf:{}:route:{external_userid}", self.channel.id)
     }
 
-    /// Where a sent message is remembered under the `msgid` WeCom answered.
-    fn sent_key(&self, msgid: &str) -> String {
-        format!("wecom_kf:sent:{}:{msgid}", self.corp_id)
-    }
-
-    /// Remembers a message `send_msg` accepted under its `msgid`, for [`SENT_TTL`], so that a
-    /// later `msg_send_fail` can name it. Best effort: the message is sent either way, and
-    /// failing the send now would only make the dispatcher send it twice.
-    async fn remember_sent(&self, msgid: &str, message: &Envelope) {
-        let json = match serde_json::to_string(message) {
-            Ok(json) => json,
-            Err(e) => {
-                tracing::warn!(%msgid, error = %e, "cannot encode a sent message to remember it");
-                return;
-            }
-        };
-        if let Err(e) = self
-            .store
-            .set_key(&self.sent_key(msgid), &json, SENT_TTL)
-            .await
-        {
-            tracing::warn!(
-                %msgid,
-                error = %e,
-                "sent message not remembered; a later msg_send_fail for it will not be reported"
-            );
-        }
-    }
-
     /// Reports the page's `msg_send_fail` events through `sink`
-    /// ([`EnvelopeSink::delivery_failed`]) for the messages we sent. A failure of a message we
-    /// do not know (sent by someone else, or longer ago than we remember) is skipped. Only a
-    /// `Transient` error of the sink is returned, so that the page is pulled again; a sink that
-    /// cannot report at all is logged.
+    /// ([`EnvelopeSink::delivery_failed`]) for the messages we sent ([`SentMessages::report`]:
+    /// a failure of a message we do not know is skipped). Only a `Transient` error is returned,
+    /// so that the page is pulled again.
     async fn report_failures(
         &self,
         msgs: &[Value],
         sink: &dyn EnvelopeSink,
     ) -> Result<(), ConnectorError> {
         for failure in send_failures(msgs) {
-            let remembered = self
-                .store
-                .get_key(&self.sent_key(&failure.fail_msgid))
+            self.sent
+                .report(
+                    &failure.fail_msgid,
+                    &failure.code(),
+                    &failure.reason(),
+                    sink,
+                )
                 .await?;
-            let Some(json) = remembered else {
-                tracing::debug!(
-                    msgid = %failure.fail_msgid,
-                    code = %failure.code(),
-                    "msg_send_fail for a message not sent from here (or forgotten) skipped"
-                );
-                continue;
-            };
-            let message: Envelope = match serde_json::from_str(&json) {
-                Ok(message) => message,
-                Err(e) => {
-                    tracing::warn!(
-                        msgid = %failure.fail_msgid,
-                        error = %e,
-                        "remembered sent message unreadable; msg_send_fail not reported"
-                    );
-                    continue;
-                }
-            };
-            match sink
-                .delivery_failed(&message, &failure.code(), &failure.reason())
-                .await
-            {
-                Ok(()) => {}
-                Err(e @ ConnectorError::Transient(_)) => return Err(e),
-                Err(e) => tracing::warn!(
-                    id = %message.id,
-                    code = %failure.code(),
-                    error = %e,
-                    "a WeCom delivery failure could not be reported"
-                ),
-            }
         }
         Ok(())
     }
@@ -1052,7 +1003,7 @@ impl WecomKfConnector {
         if code == 0 {
             // WeCom answers the `msgid` we gave (or its own): a later `msg_send_fail` names it.
             let msgid = owned(&value, "msgid").unwrap_or_else(|| msgid.to_owned());
-            self.remember_sent(&msgid, message).await;
+            self.sent.remember(&msgid, message).await;
             return Ok(SendReceipt {
                 channel_message_id: Some(msgid),
             });

@@ -29,6 +29,17 @@
 //!   (valid 5 minutes) is then fetched with the same bearer token. Media ids live 30 days; an
 //!   unknown one answers error 100 (subcode 33).
 //!
+//! * **Delivery failures** (`messages` webhook reference, "Status messages"): the send API's
+//!   `{"messages":[{"id":wamid}]}` means Meta accepted a reply, not that it arrived. When it
+//!   cannot deliver it, a later notification carries `statuses[{"id":wamid,"status":"failed",
+//!   "timestamp","recipient_id","errors":[{"code","title","message","error_data":{"details"}}]}]`.
+//!   Every accepted send is remembered ([`crate::sent`]: `whatsapp:{channel}:sent:{wamid}`, 30
+//!   days, Meta's default message time-to-live); `normalize` turns each `failed` status into a
+//!   notice ([`FAILED_STATUS_EVENT`]) that [`Connector::deliver`] reports through
+//!   [`EnvelopeSink::delivery_failed`] (`message.failed`, code `whatsapp_{errors[0].code}`, or
+//!   `whatsapp_failed` without one) and never publishes. Other statuses are counted and
+//!   ignored; an unreadable one is left out and logged, never costing the batch's messages.
+//!
 //! The reply's `context` needs the customer's `wamid`, which the router does not carry: the
 //! outbound envelope's `reply_to` is the inbound *envelope* id. With `quote_replies`,
 //! [`Connector::deliver`] keeps `envelope id → wamid` in the shared store for the 24 h a reply
@@ -50,6 +61,7 @@ use crate::api::retry_after;
 use crate::caption::{MediaSent, Part, send_media_then_caption, within_limit};
 use crate::media::{self, MAX_FETCH_BYTES, MediaDownload};
 use crate::rules::{Captions, ChannelRules};
+use crate::sent::SentMessages;
 use crate::signature::{constant_time_eq, hmac_sha256_hex};
 use crate::token_cache::{base_url, encode_component};
 use crate::{
@@ -82,6 +94,14 @@ pub const MAX_TEXT_CHARS: usize = 4096;
 pub const MAX_CAPTION_CHARS: usize = 1024;
 /// Longest `hub.challenge` echoed back (Meta sends a short number).
 const MAX_CHALLENGE_LEN: usize = 256;
+/// How long a sent message is remembered (wamid → envelope) for a later `failed` status. Meta
+/// tries to deliver a message for its time-to-live (30 days by default), but the failures agents
+/// can act on come at once or within hours (undeliverable, re-engagement, spam limits); a whole
+/// envelope kept per reply for 30 days would cost a busy channel gigabytes of Redis. As WeCom kf.
+pub const SENT_TTL: Duration = Duration::from_secs(3 * 86400);
+/// The name of the `event` notice `normalize` makes of a `failed` status: [`Connector::deliver`]
+/// reports it as a delivery failure and never publishes it.
+pub const FAILED_STATUS_EVENT: &str = "whatsapp_status_failed";
 
 /// The value of `X-Hub-Signature-256` for `body`: `sha256=` + hex HMAC-SHA256 under the app
 /// secret.
@@ -109,8 +129,156 @@ pub struct MessagesChange {
     pub names: HashMap<String, String>,
     /// The customers' messages, as sent.
     pub messages: Vec<Map<String, Value>>,
-    /// How many `statuses` (delivery reports of our own sends) the change carried.
-    pub statuses: usize,
+    /// The delivery reports of our own sends.
+    pub statuses: Statuses,
+}
+
+/// The `statuses` of one change: delivery reports (sent, delivered, read, failed, …) of the
+/// messages we sent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Statuses {
+    /// How many the change carried.
+    pub count: usize,
+    /// The readable `failed` ones, in order.
+    pub failed: Vec<FailedStatus>,
+    /// How many could not be read (not an object, no `status`, a `failed` one without `id`, or
+    /// a `statuses` that is not an array): left out, never costing the change's messages.
+    pub unreadable: usize,
+}
+
+/// A `failed` status: WhatsApp could not deliver a message it had accepted from us.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedStatus {
+    /// `id`: the wamid the send API answered for our message.
+    pub wamid: String,
+    /// `recipient_id`: the customer's wa_id, when given.
+    pub recipient_id: Option<String>,
+    /// `timestamp` (Unix seconds, sent as a string), when given.
+    pub timestamp: Option<i64>,
+    /// `errors[0]`, when given.
+    pub error: Option<StatusError>,
+}
+
+/// The error object of a `failed` status (Meta's error codes: 131026 undeliverable, 131047
+/// re-engagement, 131049 not delivered to keep the ecosystem healthy, …).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatusError {
+    /// `code`.
+    pub code: Option<i64>,
+    /// `title`.
+    pub title: Option<String>,
+    /// `message`.
+    pub message: Option<String>,
+    /// `error_data.details`.
+    pub details: Option<String>,
+}
+
+impl FailedStatus {
+    /// The `message.failed` code: `whatsapp_{errors[0].code}`, or `whatsapp_failed` when Meta
+    /// gave no error code.
+    pub fn code(&self) -> String {
+        match self.error.as_ref().and_then(|e| e.code) {
+            Some(code) => format!("whatsapp_{code}"),
+            None => "whatsapp_failed".to_owned(),
+        }
+    }
+
+    /// The `message.failed` reason, for people: Meta's error code and what it said.
+    pub fn reason(&self) -> String {
+        let code = self.error.as_ref().and_then(|e| e.code);
+        let said = self.error.as_ref().and_then(StatusError::description);
+        let why = match (code, said) {
+            (Some(code), Some(said)) => format!("error {code}: {said}"),
+            (Some(code), None) => format!("error {code}"),
+            (None, Some(said)) => said,
+            (None, None) => "Meta gave no error".to_owned(),
+        };
+        format!("WhatsApp did not deliver the reply ({why})")
+    }
+}
+
+impl StatusError {
+    /// What Meta said: the `message` (else the `title`), then the `details` unless they only
+    /// repeat it.
+    pub fn description(&self) -> Option<String> {
+        let repeats = |a: &str, b: &str| {
+            a.trim_end_matches('.')
+                .eq_ignore_ascii_case(b.trim_end_matches('.'))
+        };
+        match (
+            self.message.as_deref().or(self.title.as_deref()),
+            self.details.as_deref(),
+        ) {
+            (Some(said), Some(details)) if !repeats(said, details) => {
+                Some(format!("{said}: {details}"))
+            }
+            (Some(said), _) => Some(said.to_owned()),
+            (None, details) => details.map(str::to_owned),
+        }
+    }
+}
+
+/// Reads one `statuses[]` item: the failure when it is a `failed` status, `None` for the others
+/// (sent, delivered, read, …); an error when it is not an object, has no `status`, or is a
+/// failure without `id`.
+pub fn failed_status(status: &Value) -> Result<Option<FailedStatus>, ConnectorError> {
+    if !status.is_object() {
+        return Err(malformed("`statuses[]` must hold objects"));
+    }
+    let kind = text(status, "status").ok_or_else(|| malformed("a status without `status`"))?;
+    if kind != "failed" {
+        return Ok(None);
+    }
+    let wamid = text(status, "id").ok_or_else(|| malformed("a failed status without `id`"))?;
+    let error = status
+        .get("errors")
+        .and_then(Value::as_array)
+        .and_then(|errors| errors.first())
+        .filter(|e| e.is_object())
+        .map(|e| StatusError {
+            code: text(e, "code").and_then(|c| c.trim().parse().ok()),
+            title: text(e, "title"),
+            message: text(e, "message"),
+            details: e.get("error_data").and_then(|d| text(d, "details")),
+        });
+    Ok(Some(FailedStatus {
+        wamid,
+        recipient_id: text(status, "recipient_id"),
+        timestamp: text(status, "timestamp").and_then(|t| t.trim().parse().ok()),
+        error,
+    }))
+}
+
+/// Whether `envelope` is a notice of [`WhatsAppConnector::failure_notice`], to report rather
+/// than publish.
+fn is_failure_notice(envelope: &Envelope) -> bool {
+    matches!(&envelope.content, Content::Event { name, .. } if name == FAILED_STATUS_EVENT)
+}
+
+/// The `statuses` of a change's `value`; never an error (see [`Statuses::unreadable`]).
+fn read_statuses(value: &Value) -> Statuses {
+    let items = match value.get("statuses") {
+        None | Some(Value::Null) => return Statuses::default(),
+        Some(Value::Array(items)) => items,
+        Some(_) => {
+            return Statuses {
+                unreadable: 1,
+                ..Statuses::default()
+            };
+        }
+    };
+    let mut statuses = Statuses {
+        count: items.len(),
+        ..Statuses::default()
+    };
+    for item in items {
+        match failed_status(item) {
+            Ok(Some(failed)) => statuses.failed.push(failed),
+            Ok(None) => {}
+            Err(_) => statuses.unreadable += 1,
+        }
+    }
+    statuses
 }
 
 fn malformed(why: impl Into<String>) -> ConnectorError {
@@ -181,12 +349,11 @@ pub fn parse_notification(body: &[u8]) -> Result<WhatsAppInbound, ConnectorError
                     _ => Err(malformed("`messages[]` must hold objects")),
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            let statuses = list(value, "statuses", "value")?.len();
             changes.push(MessagesChange {
                 phone_number_id,
                 names,
                 messages,
-                statuses,
+                statuses: read_statuses(value),
             });
         }
     }
@@ -207,6 +374,8 @@ pub struct WhatsAppConnector {
     api_base: String,
     http: reqwest::Client,
     store: Arc<dyn Store>,
+    /// Every message the send API accepted, by wamid, for a later `failed` status.
+    sent: SentMessages,
     /// `quote_replies`: a reply quotes (`context`) the customer's message it answers.
     quote_replies: bool,
     raw: RawPolicy,
@@ -248,6 +417,11 @@ impl WhatsAppConnector {
                 kind: KIND.to_owned(),
                 id: settings.id.clone(),
             },
+            sent: SentMessages::new(
+                Arc::clone(&ctx.store),
+                format!("{KIND}:{}:sent", settings.id),
+                SENT_TTL,
+            ),
             app_secret: required("app_secret")?,
             verify_token: required("verify_token")?,
             phone_number_id,
@@ -335,6 +509,54 @@ impl WhatsAppConnector {
         Ok(envelope)
     }
 
+    /// The notice of a `failed` status ([`FAILED_STATUS_EVENT`]: its `wamid`, `code` and
+    /// `reason`), which [`Connector::deliver`] reports and never publishes.
+    fn failure_notice(&self, failed: &FailedStatus, received_at: DateTime<Utc>) -> Envelope {
+        let mut data = Map::new();
+        data.insert("wamid".into(), Value::String(failed.wamid.clone()));
+        data.insert("code".into(), Value::String(failed.code()));
+        data.insert("reason".into(), Value::String(failed.reason()));
+        Envelope::inbound(
+            self.channel.clone(),
+            Sender {
+                external_id: failed.recipient_id.clone().unwrap_or_default(),
+                scope: String::new(),
+                display_name: None,
+                identities: Vec::new(),
+            },
+            Content::Event {
+                name: FAILED_STATUS_EVENT.to_owned(),
+                data,
+            },
+            format!("{}failed:{}", self.dedupe_prefix(), failed.wamid),
+            failed
+                .timestamp
+                .and_then(|secs| DateTime::from_timestamp(secs, 0))
+                .unwrap_or(received_at),
+            received_at,
+        )
+    }
+
+    /// Reports the failure a notice of [`Self::failure_notice`] carries, if we sent the message
+    /// it names (see [`SentMessages::report`]).
+    async fn report_failure(
+        &self,
+        notice: &Envelope,
+        sink: &dyn EnvelopeSink,
+    ) -> Result<(), ConnectorError> {
+        let Content::Event { data, .. } = &notice.content else {
+            return Ok(());
+        };
+        let field = |key: &str| data.get(key).and_then(Value::as_str);
+        let (Some(wamid), Some(code), Some(reason)) =
+            (field("wamid"), field("code"), field("reason"))
+        else {
+            tracing::warn!(channel = %self.channel.id, "failure notice without its fields skipped");
+            return Ok(());
+        };
+        self.sent.report(wamid, code, reason, sink).await
+    }
+
     /// Sends `content` to the recipient of `message`, quoting the customer's message `quoted`.
     async fn post(
         &self,
@@ -357,11 +579,17 @@ impl WhatsAppConnector {
                 ConnectorError::Transient(format!("WhatsApp send failed: {}", e.without_url()))
             })?;
         let value = read_answer(response, classify).await?;
+        let wamid = value
+            .pointer("/messages/0/id")
+            .and_then(Value::as_str)
+            .filter(|id| !id.is_empty())
+            .map(str::to_owned);
+        // Meta may still report the message `failed`: that status names only the wamid.
+        if let Some(wamid) = &wamid {
+            self.sent.remember(wamid, message).await;
+        }
         Ok(SendReceipt {
-            channel_message_id: value
-                .pointer("/messages/0/id")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
+            channel_message_id: wamid,
         })
     }
 
@@ -812,20 +1040,30 @@ impl Connector for WhatsAppConnector {
         }
         let mut for_others = 0usize;
         let mut statuses = 0usize;
+        let mut unreadable_statuses = 0usize;
         let mut ours = Vec::new();
+        let mut failed_statuses = Vec::new();
         for change in &inbound.changes {
-            statuses += change.statuses;
+            statuses += change.statuses.count;
             if change.phone_number_id != self.phone_number_id {
                 for_others += change.messages.len();
                 continue;
             }
             ours.extend(change.messages.iter().map(|m| (m, &change.names)));
+            failed_statuses.extend(&change.statuses.failed);
+            unreadable_statuses += change.statuses.unreadable;
         }
-        let envelopes = keep_valid(
-            &self.channel,
-            ours.into_iter()
-                .map(|(message, names)| self.envelope(message, names, received_at)),
-        )?;
+        if unreadable_statuses > 0 {
+            tracing::warn!(channel = %self.channel.id, unreadable_statuses,
+                "left unreadable delivery reports out of a notification");
+        }
+        let messages = ours
+            .into_iter()
+            .map(|(message, names)| self.envelope(message, names, received_at));
+        let notices = failed_statuses
+            .into_iter()
+            .map(|status| Ok(self.failure_notice(status, received_at)));
+        let envelopes = keep_valid(&self.channel, messages.chain(notices))?;
         if envelopes.is_empty() && statuses == 0 && (for_others > 0 || inbound.other_fields > 0) {
             return Err(ConnectorError::Unsupported(if for_others > 0 {
                 format!(
@@ -840,23 +1078,30 @@ impl Connector for WhatsAppConnector {
         Ok(envelopes)
     }
 
+    /// Publishes the customers' messages (keeping their wamids first, with `quote_replies`),
+    /// then reports the failed statuses' notices, which are never published.
     async fn deliver(
         &self,
         envelopes: Vec<Envelope>,
         sink: &dyn EnvelopeSink,
     ) -> Result<Vec<Accepted>, ConnectorError> {
-        if !self.quote_replies {
-            return sink.publish(envelopes).await;
-        }
-        let prefix = self.dedupe_prefix();
-        for envelope in &envelopes {
-            if let Some(wamid) = envelope.dedupe_key.strip_prefix(&prefix) {
-                self.store
-                    .set_key(&self.wamid_key(&envelope.id), wamid, REPLY_WINDOW)
-                    .await?;
+        let (notices, messages): (Vec<Envelope>, Vec<Envelope>) =
+            envelopes.into_iter().partition(is_failure_notice);
+        if self.quote_replies {
+            let prefix = self.dedupe_prefix();
+            for envelope in &messages {
+                if let Some(wamid) = envelope.dedupe_key.strip_prefix(&prefix) {
+                    self.store
+                        .set_key(&self.wamid_key(&envelope.id), wamid, REPLY_WINDOW)
+                        .await?;
+                }
             }
         }
-        sink.publish(envelopes).await
+        let accepted = sink.publish(messages).await?;
+        for notice in &notices {
+            self.report_failure(notice, sink).await?;
+        }
+        Ok(accepted)
     }
 
     fn accepted(&self, _accepted: &[Accepted]) -> HttpReply {

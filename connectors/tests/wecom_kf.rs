@@ -15,6 +15,7 @@ use chrono::Utc;
 use gen_kf::{AES_KEY, CORP_ID, CORP_SECRET, OPEN_KFID, SYNC_TOKEN, TOKEN};
 use proptest::prelude::*;
 use serde_json::{Value, json};
+use support::RecordingSink;
 use switchyard_connectors::conformance::{
     CollectSink, Fixture, Outcome, OwnedRequest, arbitrary_bodies, check_all, check_decode_total,
     run, xmlish,
@@ -23,7 +24,7 @@ use switchyard_connectors::wechat::crypto::WxCrypto;
 use switchyard_connectors::wecom_kf::{
     KIND, WecomKfConnector, fail_type_meaning, parse_sync_page, send_failures,
 };
-use switchyard_connectors::{Accepted, Connector, ConnectorError, EnvelopeSink};
+use switchyard_connectors::{Connector, ConnectorError, EnvelopeSink};
 use switchyard_core::envelope::{ChannelRef, Content, Direction, Envelope, Media, Sender, new_id};
 use switchyard_core::model::{Conversation, ConversationStatus};
 use switchyard_core::store::Store;
@@ -1051,44 +1052,6 @@ async fn upload_errcodes_are_classified_and_a_refused_token_is_refreshed() {
 // ---------------------------------------------------------------------------------------------
 // Delivery failures: `send_msg` accepted a reply, a later pull carries `msg_send_fail`
 
-/// A sink that publishes like the ingress ([`CollectSink`]) and records the delivery failures
-/// reported to it; it can be told to fail those reports as if the bus were down.
-#[derive(Default)]
-struct RecordingSink {
-    inner: CollectSink,
-    failures: std::sync::Mutex<Vec<(Envelope, String, String)>>,
-    reports_fail: std::sync::atomic::AtomicBool,
-}
-
-impl RecordingSink {
-    fn failures(&self) -> Vec<(Envelope, String, String)> {
-        self.failures.lock().unwrap().clone()
-    }
-}
-
-#[async_trait::async_trait]
-impl EnvelopeSink for RecordingSink {
-    async fn publish(&self, envelopes: Vec<Envelope>) -> Result<Vec<Accepted>, ConnectorError> {
-        self.inner.publish(envelopes).await
-    }
-
-    async fn delivery_failed(
-        &self,
-        message: &Envelope,
-        code: &str,
-        reason: &str,
-    ) -> Result<(), ConnectorError> {
-        if self.reports_fail.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(ConnectorError::Transient("bus unavailable (test)".into()));
-        }
-        self.failures
-            .lock()
-            .unwrap()
-            .push((message.clone(), code.to_owned(), reason.to_owned()));
-        Ok(())
-    }
-}
-
 /// A `msg_send_fail` item as `sync_msg` lists it (`origin` 4; the ids are in `event`).
 fn send_fail(msgid: &str, fail_msgid: &str, fail_type: Value) -> Value {
     json!({
@@ -1174,7 +1137,7 @@ async fn a_msg_send_fail_reports_the_failed_reply_once_and_the_page_is_still_rou
     assert!(reason.contains("fail_type 4"), "{reason}");
     assert!(reason.contains("48 h"), "{reason}");
     // The customer's messages of the same page are published, the events are not.
-    let published = sink.inner.published();
+    let published = sink.published();
     assert_eq!(accepted.len(), 2);
     let texts: Vec<&Content> = published.iter().map(|e| &e.content).collect();
     assert_eq!(
@@ -1215,7 +1178,7 @@ async fn a_msg_send_fail_for_an_unknown_msgid_is_skipped_without_error() {
     let accepted = c.deliver(notice(&c), &sink).await.unwrap();
     assert!(sink.failures().is_empty());
     assert_eq!(accepted.len(), 1);
-    assert_eq!(sink.inner.published().len(), 1);
+    assert_eq!(sink.published().len(), 1);
     let cursor = format!("wecom_kf:{CORP_ID}:{OPEN_KFID}:cursor");
     assert_eq!(
         store.get_key(&cursor).await.unwrap().as_deref(),
@@ -1228,8 +1191,7 @@ async fn a_failure_report_the_bus_did_not_take_is_made_again_on_the_next_pull() 
     let (_server, c, store, reply) = sent_reply_that_failed().await;
 
     let sink = RecordingSink::default();
-    sink.reports_fail
-        .store(true, std::sync::atomic::Ordering::SeqCst);
+    sink.fail_reports(true);
     let err = c.deliver(notice(&c), &sink).await.unwrap_err();
     assert!(matches!(err, ConnectorError::Transient(_)), "{err}");
     let cursor = format!("wecom_kf:{CORP_ID}:{OPEN_KFID}:cursor");
@@ -1237,13 +1199,12 @@ async fn a_failure_report_the_bus_did_not_take_is_made_again_on_the_next_pull() 
 
     // WeCom calls again: the page is pulled again, its messages deduplicated, the failure
     // reported this time.
-    sink.reports_fail
-        .store(false, std::sync::atomic::Ordering::SeqCst);
+    sink.fail_reports(false);
     c.deliver(notice(&c), &sink).await.unwrap();
     let failures = sink.failures();
     assert_eq!(failures.len(), 1);
     assert_eq!(failures[0].0.id, reply.id);
-    assert_eq!(sink.inner.published().len(), 2, "no duplicates");
+    assert_eq!(sink.published().len(), 2, "no duplicates");
     assert_eq!(
         store.get_key(&cursor).await.unwrap().as_deref(),
         Some("cursor-f")

@@ -12,16 +12,21 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gen_whatsapp::{APP_SECRET, CUSTOMER, CUSTOMER_NAME, PHONE_NUMBER_ID, VERIFY_TOKEN};
+use gen_whatsapp::{
+    APP_SECRET, CUSTOMER, CUSTOMER_NAME, FAILED_WAMID, PHONE_NUMBER_ID, VERIFY_TOKEN,
+};
 use proptest::prelude::*;
 use serde_json::{Value, json};
+use support::RecordingSink;
 use switchyard_connectors::conformance::{
     CollectSink, Outcome, OwnedRequest, arbitrary_bodies, check_all, check_decode_total, json_like,
     run,
 };
 use switchyard_connectors::registry::KINDS;
-use switchyard_connectors::whatsapp::{KIND, WhatsAppConnector, webhook_signature};
-use switchyard_connectors::{Connector, ConnectorError};
+use switchyard_connectors::whatsapp::{
+    FAILED_STATUS_EVENT, KIND, WhatsAppConnector, failed_status, webhook_signature,
+};
+use switchyard_connectors::{Accepted, Connector, ConnectorError};
 use switchyard_core::envelope::{Content, Direction, Envelope, Media, new_id};
 use switchyard_core::store::Store;
 use wiremock::matchers::{body_json, header, method, path};
@@ -910,4 +915,308 @@ fn raw_is_each_messages_own_masked_object() {
         (&json!("[masked]"), &json!("[masked]"))
     );
     assert_eq!(raw["from"], "4915112345678");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Delivery failures: the Graph API accepted a reply, a later webhook reports it `failed`
+
+/// Verifies, decodes and normalizes `req`, then delivers it to `sink`, as the ingress does.
+async fn deliver_to(
+    c: &WhatsAppConnector,
+    req: &OwnedRequest,
+    sink: &RecordingSink,
+) -> Result<Vec<Accepted>, ConnectorError> {
+    let envelopes = match run(c, req) {
+        Outcome::Envelopes(e) => e,
+        other => panic!("{}", other.describe()),
+    };
+    c.deliver(envelopes, sink).await
+}
+
+/// The `status_failed` fixture with `value.statuses` replaced by `statuses` (and re-signed).
+fn with_statuses(statuses: Value) -> OwnedRequest {
+    let mut req = fixture("status_failed");
+    let mut body = support::json_body(&req);
+    body["entry"][0]["changes"][0]["value"]["statuses"] = statuses;
+    req.body = serde_json::to_vec(&body).unwrap();
+    resign(&mut req);
+    req
+}
+
+/// A status item of the fixture's failed wamid.
+fn status_of(wamid: &str, status: &str) -> Value {
+    json!({"id": wamid, "status": status, "timestamp": "1795510799", "recipient_id": CUSTOMER})
+}
+
+/// The failed status of the `status_failed` fixture, as JSON.
+fn failed_item(wamid: &str) -> Value {
+    serde_json::from_str(&gen_whatsapp::failed_status(wamid)).unwrap()
+}
+
+/// A reply to the customer's text, sent through the fake Graph API (which checks the exact
+/// request) and accepted as `wamid`.
+async fn accepted_reply(server: &MockServer, c: &WhatsAppConnector, wamid: &str) -> Envelope {
+    let inbound = run(c, &fixture("text")).envelopes()[0].clone();
+    Mock::given(method("POST"))
+        .and(path(messages_path()))
+        .and(header(
+            "authorization",
+            format!("Bearer {ACCESS_TOKEN}").as_str(),
+        ))
+        .and(body_json(json!({
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "to": CUSTOMER,
+            "type": "text",
+            "text": {"body": "Ihr Paket kommt morgen."}
+        })))
+        .respond_with(sent(wamid))
+        .expect(1)
+        .mount(server)
+        .await;
+    let reply = reply(
+        &inbound,
+        Content::Text {
+            text: "Ihr Paket kommt morgen.".into(),
+        },
+    );
+    let receipt = c.send(&reply).await.unwrap();
+    assert_eq!(receipt.channel_message_id.as_deref(), Some(wamid));
+    reply
+}
+
+#[tokio::test]
+async fn a_failed_status_of_an_accepted_reply_reports_that_reply() {
+    let server = MockServer::start().await;
+    let (c, store) = connector_quoting(Some(server.uri()), "false");
+    let reply = accepted_reply(&server, &c, FAILED_WAMID).await;
+    let kept = store
+        .get_key(&format!("whatsapp:wa-main:sent:{FAILED_WAMID}"))
+        .await
+        .unwrap()
+        .expect("the accepted reply is remembered under its wamid");
+    assert_eq!(serde_json::from_str::<Envelope>(&kept).unwrap(), reply);
+
+    let sink = RecordingSink::default();
+    let accepted = deliver_to(&c, &fixture("status_failed"), &sink)
+        .await
+        .unwrap();
+    let failures = sink.failures();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    let (message, code, reason) = &failures[0];
+    assert_eq!(message, &reply, "the envelope we sent, as sent");
+    assert_eq!(message.agent_id.as_deref(), Some("agent-1"));
+    assert_eq!(code, "whatsapp_131026");
+    assert_eq!(
+        reason,
+        "WhatsApp did not deliver the reply (error 131026: Message undeliverable: Unable to \
+         deliver message. The recipient may not be a WhatsApp user or may use an old WhatsApp \
+         version.)"
+    );
+    // The notice is reported, never routed; Meta gets its 200.
+    assert!(sink.published().is_empty());
+    assert!(accepted.is_empty());
+    assert_eq!(c.accepted(&accepted).status, 200);
+}
+
+#[tokio::test]
+async fn a_failed_status_of_a_message_not_sent_from_here_reports_nothing() {
+    let server = MockServer::start().await;
+    let (c, _) = connector_quoting(Some(server.uri()), "false");
+    accepted_reply(&server, &c, "wamid.ANOTHER-REPLY").await;
+    let sink = RecordingSink::default();
+    deliver_to(&c, &fixture("status_failed"), &sink)
+        .await
+        .unwrap();
+    assert!(sink.failures().is_empty());
+    assert!(sink.published().is_empty());
+}
+
+#[tokio::test]
+async fn sent_delivered_and_read_statuses_report_nothing() {
+    let server = MockServer::start().await;
+    let (c, _) = connector_quoting(Some(server.uri()), "false");
+    accepted_reply(&server, &c, FAILED_WAMID).await;
+    let req = with_statuses(json!(
+        ["sent", "delivered", "read"].map(|status| status_of(FAILED_WAMID, status))
+    ));
+    assert!(run(&c, &req).envelopes().is_empty(), "nothing to report");
+    let sink = RecordingSink::default();
+    deliver_to(&c, &req, &sink).await.unwrap();
+    assert!(sink.failures().is_empty());
+    assert!(sink.published().is_empty());
+}
+
+#[tokio::test]
+async fn a_failure_report_the_bus_did_not_take_is_made_again_on_metas_retry() {
+    let server = MockServer::start().await;
+    let (c, _) = connector_quoting(Some(server.uri()), "false");
+    let reply = accepted_reply(&server, &c, FAILED_WAMID).await;
+    let sink = RecordingSink::default();
+    sink.fail_reports(true);
+    let err = deliver_to(&c, &fixture("status_failed"), &sink)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ConnectorError::Transient(_)), "{err}");
+    assert_eq!(err.ingress_status(), 503, "Meta retries");
+    sink.fail_reports(false);
+    deliver_to(&c, &fixture("status_failed"), &sink)
+        .await
+        .unwrap();
+    let failures = sink.failures();
+    assert_eq!(failures.len(), 1);
+    assert_eq!(failures[0].0.id, reply.id);
+}
+
+#[tokio::test]
+async fn unreadable_statuses_are_left_out_and_cost_the_batch_nothing() {
+    let server = MockServer::start().await;
+    let (c, _) = connector_quoting(Some(server.uri()), "false");
+    let reply = accepted_reply(&server, &c, FAILED_WAMID).await;
+    // A customer's message with, in the same change, statuses of every unreadable kind and
+    // the failure of our reply.
+    let mut req = fixture("text");
+    let mut body = support::json_body(&req);
+    body["entry"][0]["changes"][0]["value"]["statuses"] = json!([
+        42,
+        {"status": "failed", "errors": [{"code": 131026}]},
+        {"id": FAILED_WAMID},
+        failed_item(FAILED_WAMID),
+    ]);
+    req.body = serde_json::to_vec(&body).unwrap();
+    resign(&mut req);
+    let sink = RecordingSink::default();
+    deliver_to(&c, &req, &sink).await.unwrap();
+    let published = sink.published();
+    assert_eq!(published.len(), 1, "the customer's message is routed");
+    assert!(matches!(&published[0].content, Content::Text { .. }));
+    let failures = sink.failures();
+    assert_eq!(failures.len(), 1);
+    assert_eq!(failures[0].0.id, reply.id);
+
+    // `statuses` that is not even an array costs the message nothing either.
+    body["entry"][0]["changes"][0]["value"]["statuses"] = json!("garbled");
+    req.body = serde_json::to_vec(&body).unwrap();
+    resign(&mut req);
+    assert_eq!(run(&c, &req).envelopes().len(), 1);
+    // Only unreadable statuses: valid, nothing to do, 200.
+    let only_unreadable = with_statuses(json!([7, {"status": "failed"}]));
+    assert!(run(&c, &only_unreadable).envelopes().is_empty());
+}
+
+#[test]
+fn a_failed_status_is_read_from_any_reasonable_shape() {
+    let read = |status: Value| failed_status(&status).unwrap().unwrap();
+    let full = read(failed_item(FAILED_WAMID));
+    assert_eq!(full.wamid, FAILED_WAMID);
+    assert_eq!(full.recipient_id.as_deref(), Some(CUSTOMER));
+    assert_eq!(full.timestamp, Some(common::RECEIVED_AT - 1));
+    assert_eq!(full.code(), "whatsapp_131026");
+
+    // No error object: `whatsapp_failed`.
+    let bare = read(status_of("wamid.X", "failed"));
+    assert_eq!(bare.code(), "whatsapp_failed");
+    assert_eq!(
+        bare.reason(),
+        "WhatsApp did not deliver the reply (Meta gave no error)"
+    );
+    let empty_errors = read(json!({"id": "wamid.X", "status": "failed", "errors": []}));
+    assert_eq!(empty_errors.code(), "whatsapp_failed");
+
+    // A code sent as a string, a title without a message, details that only repeat it.
+    let title_only = read(json!({"id": "wamid.X", "status": "failed", "errors": [{
+        "code": "131047", "title": "Re-engagement message.",
+        "error_data": {"details": "re-engagement message"}}]}));
+    assert_eq!(title_only.code(), "whatsapp_131047");
+    assert_eq!(
+        title_only.reason(),
+        "WhatsApp did not deliver the reply (error 131047: Re-engagement message.)"
+    );
+    let no_code = read(json!({"id": "wamid.X", "status": "failed", "errors": [{
+        "message": "Something went wrong"}]}));
+    assert_eq!(no_code.code(), "whatsapp_failed");
+    assert_eq!(
+        no_code.reason(),
+        "WhatsApp did not deliver the reply (Something went wrong)"
+    );
+
+    // Other statuses are no failure; unreadable ones are errors, never panics.
+    assert_eq!(
+        failed_status(&status_of("wamid.X", "delivered")).unwrap(),
+        None
+    );
+    assert!(failed_status(&json!("failed")).is_err());
+    assert!(failed_status(&json!({"status": "failed"})).is_err());
+    assert!(failed_status(&json!({"id": "wamid.X"})).is_err());
+}
+
+fn statuses_strategy() -> impl Strategy<Value = (Vec<u8>, usize)> {
+    const KEYS: &[&str] = &[
+        "id",
+        "status",
+        "timestamp",
+        "recipient_id",
+        "errors",
+        "code",
+        "title",
+        "message",
+        "error_data",
+        "details",
+        "conversation",
+        "pricing",
+    ];
+    let kinds = prop::sample::select(vec!["failed", "sent", "delivered", "read", ""]);
+    (
+        prop::collection::vec((kinds, json_like(KEYS), any::<bool>()), 0..5),
+        any::<bool>(),
+    )
+        .prop_map(|(items, with_message)| {
+            let statuses: Vec<Value> = items
+                .into_iter()
+                .map(|(kind, mut item, with_id)| {
+                    if let Some(obj) = item.as_object_mut() {
+                        obj.insert("status".into(), json!(kind));
+                        if with_id {
+                            obj.insert("id".into(), json!("wamid.prop"));
+                        }
+                    }
+                    item
+                })
+                .collect();
+            let mut value = json!({
+                "metadata": {"phone_number_id": PHONE_NUMBER_ID},
+                "statuses": statuses,
+            });
+            if with_message {
+                value["messages"] = json!([{"from": CUSTOMER, "id": "wamid.in", "type": "text",
+                    "text": {"body": "hallo"}}]);
+            }
+            let body = json!({
+                "object": "whatsapp_business_account",
+                "entry": [{"id": "1", "changes": [{"field": "messages", "value": value}]}],
+            });
+            (body.to_string().into_bytes(), usize::from(with_message))
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+    #[test]
+    fn statuses_of_any_shape_never_cost_the_notification(
+        (body, messages) in statuses_strategy()
+    ) {
+        let (c, template) = &*PROP;
+        let mut req = template.clone();
+        req.body = body;
+        resign(&mut req);
+        let envelopes = match run(c, &req) {
+            Outcome::Envelopes(e) => e,
+            other => panic!("{}", other.describe()),
+        };
+        let is_notice = |e: &&Envelope| {
+            matches!(&e.content, Content::Event { name, .. } if name == FAILED_STATUS_EVENT)
+        };
+        let routed = envelopes.iter().filter(|e| !is_notice(e)).count();
+        prop_assert_eq!(routed, messages);
+    }
 }

@@ -1,7 +1,8 @@
 //! WhatsApp Cloud API through the real HTTP ingress: the dashboard's verification GET is
 //! answered with the challenge, a signed message reaches an agent (Meta's retry and a
-//! statuses-only callback are acknowledged but not routed), and the agent's reply reaches a fake
-//! Graph API exactly as WhatsApp expects it.
+//! statuses-only callback are acknowledged but not routed), the agent's reply reaches a fake
+//! Graph API exactly as WhatsApp expects it, and when a later signed webhook reports that reply
+//! `failed`, `message.failed` reaches a helpdesk webhook and the agent who wrote it.
 
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use switchyard_connectors::whatsapp::webhook_signature;
 use wiremock::matchers::{body_json, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::support::{Server, Ws, eventually};
+use crate::support::{Callback, Received, Server, Ws, eventually, signed_cloud_event};
 
 const APP_SECRET: &str = "whatsapp-app-secret-e2e";
 const VERIFY_TOKEN: &str = "wa-verify-e2e";
@@ -18,6 +19,9 @@ const PHONE_NUMBER_ID: &str = "106540352242922";
 const ACCESS_TOKEN: &str = "EAAG-e2e-system-user-token";
 const CUSTOMER: &str = "4915112345678";
 const WAMID: &str = "wamid.HBgNNDkxNTExMjM0NTY3OBUCABIYFjNFQjBFMkUwMDAwMDAwMDAwMDAwMQA=";
+/// The wamid the fake Graph API answers for the agent's reply.
+const REPLY_WAMID: &str = "wamid.OUT-e2e-1";
+const HOOK_SECRET: &str = "helpdesk-webhook-secret-wa-e2e";
 
 async fn post(server: &Server, body: &str, signature: &str) -> u16 {
     server
@@ -40,6 +44,15 @@ async fn post_signed(server: &Server, body: &str) -> u16 {
         &webhook_signature(APP_SECRET, body.as_bytes()),
     )
     .await
+}
+
+/// The CloudEvents a helpdesk webhook got of `kind` (`message.sent`, ...), signature checked.
+fn events_of(requests: &[Received], kind: &str) -> Vec<Value> {
+    requests
+        .iter()
+        .map(|r| signed_cloud_event(r, HOOK_SECRET))
+        .filter(|e| e["type"] == format!("io.switchyard.{kind}"))
+        .collect()
 }
 
 /// A `messages` notification as Meta sends it (compact, non-ASCII escaped).
@@ -68,16 +81,20 @@ async fn whatsapp_verification_message_and_reply_through_the_ingress() {
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({
             "messaging_product": "whatsapp",
             "contacts": [{"input": CUSTOMER, "wa_id": CUSTOMER}],
-            "messages": [{"id": "wamid.OUT-e2e-1"}]
+            "messages": [{"id": REPLY_WAMID}]
         })))
         .expect(1)
         .mount(&graph)
         .await;
+    let helpdesk = Callback::start().await;
     let server = Server::start(&format!(
         "[[channels]]\nid = \"wa\"\nkind = \"whatsapp\"\napp_secret = \"{APP_SECRET}\"\n\
          verify_token = \"{VERIFY_TOKEN}\"\nphone_number_id = \"{PHONE_NUMBER_ID}\"\n\
-         access_token = \"{ACCESS_TOKEN}\"\napi_base = \"{}\"\n",
-        graph.uri()
+         access_token = \"{ACCESS_TOKEN}\"\napi_base = \"{}\"\n\
+         [[webhooks]]\nid = \"helpdesk\"\nurl = \"{}\"\nsecret = \"{HOOK_SECRET}\"\n\
+         events = [\"message.sent\", \"message.failed\"]\n",
+        graph.uri(),
+        helpdesk.url
     ))
     .await;
     let mut agent = Ws::connect(&format!("ws://{}/v1/agents/ws", server.addr)).await;
@@ -181,6 +198,40 @@ async fn whatsapp_verification_message_and_reply_through_the_ingress() {
         .count();
     assert_eq!(inbound, 1, "the retry and the statuses were not routed");
     assert_eq!(graph.received_requests().await.unwrap().len(), 1);
+
+    // Meta accepted the reply (`message.sent`), then reports it undeliverable in a later
+    // signed webhook: the helpdesk gets `message.failed` for the reply, the agent an error.
+    let got = helpdesk
+        .wait_until(|got| !events_of(got, "message.sent").is_empty())
+        .await;
+    let reply = events_of(&got, "message.sent")[0]["data"]["message"].clone();
+    assert_eq!(reply["agent_id"], "wa-agent");
+    let failed = notification(&format!(
+        r#","statuses":[{{"id":"{REPLY_WAMID}","status":"failed","timestamp":"1795510900","recipient_id":"{CUSTOMER}","errors":[{{"code":131026,"title":"Message undeliverable","message":"Message undeliverable","error_data":{{"details":"Unable to deliver message."}}}}]}}]"#
+    ));
+    assert_eq!(post_signed(&server, &failed).await, 200);
+    let got = helpdesk
+        .wait_until(|got| !events_of(got, "message.failed").is_empty())
+        .await;
+    let event = &events_of(&got, "message.failed")[0];
+    assert_eq!(event["data"]["code"], "whatsapp_131026");
+    assert_eq!(event["data"]["message"]["id"], reply["id"]);
+    assert!(
+        event["data"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("Message undeliverable"),
+        "{event}"
+    );
+    let error = agent.recv_type("error").await;
+    assert_eq!(error["code"], "delivery_failed");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains(reply["id"].as_str().unwrap()),
+        "{error}"
+    );
     server.stop().await;
     graph.verify().await;
 }

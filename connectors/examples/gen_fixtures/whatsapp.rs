@@ -25,6 +25,8 @@ pub const WABA_ID: &str = "102290129340398";
 pub const CUSTOMER: &str = "4915112345678";
 /// The customer's profile name.
 pub const CUSTOMER_NAME: &str = "Jonas";
+/// The wamid of a reply of ours that WhatsApp reports `failed` (fixture `status_failed`).
+pub const FAILED_WAMID: &str = "wamid.HBgNNDkxNTExMjM0NTY3OBUCABEYEjQ2RkFJTEVEMDAwMDAwMDAwMQA=";
 
 /// `sha256=` + hex HMAC-SHA256 of `body` under `secret`.
 pub fn sign_with(secret: &str, body: &[u8]) -> String {
@@ -84,6 +86,15 @@ pub fn notification(phone_number_id: &str, messages: &str, statuses: &str) -> St
     value.push('}');
     format!(
         r#"{{"object":"whatsapp_business_account","entry":[{{"id":"{WABA_ID}","changes":[{{"value":{value},"field":"messages"}}]}}]}}"#
+    )
+}
+
+/// A `failed` status of our message `wamid`, with Meta's error object for code 131026
+/// (message undeliverable), as the `messages` webhook reference shows it.
+pub fn failed_status(wamid: &str) -> String {
+    format!(
+        r#"{{"id":"{wamid}","status":"failed","timestamp":"{}","recipient_id":"{CUSTOMER}","errors":[{{"code":131026,"title":"Message undeliverable","message":"Message undeliverable","error_data":{{"details":"Unable to deliver message. The recipient may not be a WhatsApp user or may use an old WhatsApp version."}},"href":"https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes/"}}]}}"#,
+        RECEIVED_AT - 1
     )
 }
 
@@ -267,6 +278,17 @@ pub fn fixtures() -> Vec<Fixture> {
                 .join(","),
             ),
             envelopes(&[]),
+        ),
+        post(
+            "status_failed",
+            "WhatsApp could not deliver a reply it had accepted: a notice that deliver reports \
+             as message.failed, never routed (the `sent` status before it is ignored)",
+            &notification(
+                PHONE_NUMBER_ID,
+                "",
+                &[status(FAILED_WAMID, "sent"), failed_status(FAILED_WAMID)].join(","),
+            ),
+            envelopes(&["event"]),
         ),
         post(
             "other_phone_number",

@@ -3,10 +3,13 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
-use switchyard_connectors::ConnectorContext;
+use switchyard_connectors::conformance::CollectSink;
+use switchyard_connectors::{Accepted, ConnectorContext, ConnectorError, EnvelopeSink};
 use switchyard_core::config::ChannelSettings;
+use switchyard_core::envelope::Envelope;
 use switchyard_core::store::Store;
 use switchyard_core::store::embedded::EmbeddedStore;
 
@@ -96,4 +99,54 @@ pub fn masked(mut value: serde_json::Value, mask: &[&str]) -> serde_json::Value 
 /// The body of a request, as JSON.
 pub fn json_body(req: &switchyard_connectors::conformance::OwnedRequest) -> serde_json::Value {
     serde_json::from_slice(&req.body).expect("a JSON body")
+}
+
+/// A sink that publishes like the ingress ([`CollectSink`]) and records the delivery failures
+/// reported to it (`message.failed`); it can be told to fail those reports as if the bus were
+/// down.
+#[derive(Default)]
+pub struct RecordingSink {
+    inner: CollectSink,
+    failures: Mutex<Vec<(Envelope, String, String)>>,
+    reports_fail: AtomicBool,
+}
+
+impl RecordingSink {
+    /// The reported failures, in order: (the envelope, code, reason).
+    pub fn failures(&self) -> Vec<(Envelope, String, String)> {
+        self.failures.lock().unwrap().clone()
+    }
+
+    /// Everything published (first copies only), in order.
+    pub fn published(&self) -> Vec<Envelope> {
+        self.inner.published()
+    }
+
+    /// Makes failure reports fail (`Transient`, the bus is down) or succeed again.
+    pub fn fail_reports(&self, fail: bool) {
+        self.reports_fail.store(fail, Ordering::SeqCst);
+    }
+}
+
+#[async_trait::async_trait]
+impl EnvelopeSink for RecordingSink {
+    async fn publish(&self, envelopes: Vec<Envelope>) -> Result<Vec<Accepted>, ConnectorError> {
+        self.inner.publish(envelopes).await
+    }
+
+    async fn delivery_failed(
+        &self,
+        message: &Envelope,
+        code: &str,
+        reason: &str,
+    ) -> Result<(), ConnectorError> {
+        if self.reports_fail.load(Ordering::SeqCst) {
+            return Err(ConnectorError::Transient("bus unavailable (test)".into()));
+        }
+        self.failures
+            .lock()
+            .unwrap()
+            .push((message.clone(), code.to_owned(), reason.to_owned()));
+        Ok(())
+    }
 }
