@@ -143,11 +143,12 @@ pub mod event_data {
         pub code: String,
     }
 
-    /// `customer.created`.
+    /// `customer.created` and `customer.updated`.
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct CustomerData {
-        /// The new profile.
+        /// The profile: the new one (`customer.created`), or as it is after the change of its
+        /// tags or attributes (`customer.updated`).
         pub customer: Customer,
     }
 
@@ -199,7 +200,7 @@ pub mod event_data {
             EventType::MessageReceived => "MessageReceivedData",
             EventType::MessageSent => "MessageSentData",
             EventType::MessageFailed => "MessageFailedData",
-            EventType::CustomerCreated => "CustomerData",
+            EventType::CustomerCreated | EventType::CustomerUpdated => "CustomerData",
             EventType::CustomerMerged => "CustomerMergedData",
             EventType::CustomerErased => "CustomerErasedData",
             EventType::AgentUpdated => "AgentData",

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::model::{MAX_TAG_CHARS, is_valid_tag};
 use crate::tls::TlsFiles;
 
 /// Prefix of environment overrides: `SWITCHYARD__SERVER__LISTEN=0.0.0.0:8080`.
@@ -781,6 +782,11 @@ pub struct RouteSettings {
     /// case-insensitive).
     #[serde(default)]
     pub text_matches: Option<String>,
+    /// Tags of which the customer must have one (set through `PATCH /v1/customers/{id}`), as the
+    /// profile is just before the message is routed; a new customer has none. Given, the list
+    /// may not be empty.
+    #[serde(default)]
+    pub customer_tags: Option<Vec<String>>,
 }
 
 impl RouteSettings {
@@ -1144,6 +1150,31 @@ secret = {secret}
                     format!("not a valid regular expression: {e}"),
                 )
             })?;
+            if let Some(tags) = &route.customer_tags {
+                if tags.is_empty() {
+                    return Err(invalid(
+                        "customer_tags",
+                        "is empty, which never matches: list at least one tag, or leave the key \
+                         out"
+                        .into(),
+                    ));
+                }
+                if tags.iter().any(|tag| tag.trim().is_empty()) {
+                    return Err(invalid(
+                        "customer_tags",
+                        "has an empty entry, which never matches".into(),
+                    ));
+                }
+                if let Some(bad) = tags.iter().find(|tag| !is_valid_tag(tag)) {
+                    return Err(invalid(
+                        "customer_tags",
+                        format!(
+                            "`{bad}` never matches: a tag is 1 to {MAX_TAG_CHARS} characters \
+                             without control characters"
+                        ),
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -1604,6 +1635,24 @@ mod tests {
             "empty entry",
         );
         refused(
+            &route("pool = \"billing\"\ncustomer_tags = []\n"),
+            "routes[0].customer_tags",
+            "is empty",
+        );
+        refused(
+            &route("pool = \"billing\"\ncustomer_tags = [\"vip\", \"\"]\n"),
+            "routes[0].customer_tags",
+            "empty entry",
+        );
+        refused(
+            &route(&format!(
+                "pool = \"billing\"\ncustomer_tags = [\"{}\"]\n",
+                "x".repeat(65)
+            )),
+            "routes[0].customer_tags",
+            "1 to 64 characters",
+        );
+        refused(
             &route("pool = \"billing\"\ntext_matches = \"(unclosed\"\n"),
             "routes[0].text_matches",
             "regular expression",
@@ -1620,12 +1669,17 @@ mod tests {
         refused(&twice, "routes[1].id", "used twice");
 
         let f = write(&route(
-            "pool = \"billing\"\nchannels = [\"web\"]\ntext_matches = \"(?i)order #\\\\d+\"\n",
+            "pool = \"billing\"\nchannels = [\"web\"]\ntext_matches = \"(?i)order #\\\\d+\"\n\
+             customer_tags = [\"vip\", \"金卡\"]\n",
         ));
         let s = Settings::load_with_env(Some(&f.0), []).expect("a valid route");
         let pattern = s.routes[0].text_pattern().unwrap().expect("compiled");
         assert!(pattern.is_match("ORDER #42"));
         assert_eq!(s.routes[0].channels, ["web"]);
+        assert_eq!(
+            s.routes[0].customer_tags.as_deref(),
+            Some(&["vip".to_owned(), "金卡".to_owned()][..])
+        );
     }
 
     #[test]

@@ -41,6 +41,9 @@ pub enum EventType {
     /// consumers erase their copies.
     #[serde(rename = "customer.erased")]
     CustomerErased,
+    /// A customer's tags or attributes were changed (`PATCH /v1/customers/{id}`).
+    #[serde(rename = "customer.updated")]
+    CustomerUpdated,
     /// An agent's presence, capacity or pools changed.
     #[serde(rename = "agent.updated")]
     AgentUpdated,
@@ -48,7 +51,7 @@ pub enum EventType {
 
 impl EventType {
     /// All event types.
-    pub const ALL: [EventType; 12] = [
+    pub const ALL: [EventType; 13] = [
         EventType::ConversationCreated,
         EventType::ConversationQueued,
         EventType::ConversationAssigned,
@@ -60,6 +63,7 @@ impl EventType {
         EventType::CustomerCreated,
         EventType::CustomerMerged,
         EventType::CustomerErased,
+        EventType::CustomerUpdated,
         EventType::AgentUpdated,
     ];
 
@@ -77,6 +81,7 @@ impl EventType {
             EventType::CustomerCreated => "customer.created",
             EventType::CustomerMerged => "customer.merged",
             EventType::CustomerErased => "customer.erased",
+            EventType::CustomerUpdated => "customer.updated",
             EventType::AgentUpdated => "agent.updated",
         }
     }
@@ -101,6 +106,7 @@ impl EventType {
             EventType::CustomerCreated => "io.switchyard.customer.created",
             EventType::CustomerMerged => "io.switchyard.customer.merged",
             EventType::CustomerErased => "io.switchyard.customer.erased",
+            EventType::CustomerUpdated => "io.switchyard.customer.updated",
             EventType::AgentUpdated => "io.switchyard.agent.updated",
         }
     }

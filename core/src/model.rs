@@ -32,9 +32,10 @@ pub struct Customer {
     pub identities: Vec<IdentityRecord>,
     /// Ids of profiles merged into this one.
     pub merged_from: Vec<String>,
-    /// Free-form tags.
+    /// Free-form tags (`vip`, ...), in the order they were added, each once; routing rules may
+    /// match them (`customer_tags`).
     pub tags: Vec<String>,
-    /// Free-form attributes.
+    /// Free-form attributes: any JSON value by name.
     #[schemars(with = "std::collections::BTreeMap<String, serde_json::Value>")]
     pub attributes: serde_json::Map<String, serde_json::Value>,
     /// First message or link.
@@ -43,6 +44,16 @@ pub struct Customer {
     /// Latest message or link.
     #[serde(serialize_with = "crate::time::rfc3339::serialize")]
     pub last_seen: DateTime<Utc>,
+}
+
+/// Longest customer tag, in characters.
+pub const MAX_TAG_CHARS: usize = 64;
+
+/// Whether `tag` can be a customer tag: 1 to [`MAX_TAG_CHARS`] characters, none of them a
+/// control character. `PATCH /v1/customers/{id}` refuses other tags, and a routing rule's
+/// `customer_tags` may name no other.
+pub fn is_valid_tag(tag: &str) -> bool {
+    !tag.is_empty() && tag.chars().count() <= MAX_TAG_CHARS && !tag.chars().any(char::is_control)
 }
 
 /// Where a conversation is in its life.

@@ -234,6 +234,11 @@ async fn store_erase_customer_deletes_everything() {
 }
 
 #[tokio::test]
+async fn store_update_customer_tags_and_attributes() {
+    store::update_customer_tags_and_attributes(&new_store, "embedded.").await;
+}
+
+#[tokio::test]
 async fn store_quiet_customers_are_erased() {
     store::quiet_customers_are_erased(&new_store, "embedded.").await;
 }

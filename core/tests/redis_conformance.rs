@@ -77,6 +77,7 @@ conformance!(
     route_inbound_profiles_converge,
     route_inbound_matches_stepwise,
     erase_customer_deletes_everything,
+    update_customer_tags_and_attributes,
     quiet_customers_are_erased,
 );
 
@@ -568,8 +569,8 @@ mod differential {
     use switchyard_core::model::AgentStatus;
     use switchyard_core::store::embedded::EmbeddedStore;
     use switchyard_core::store::{
-        AgentUpdate, InboundOutcome, InboundRouting, ResolveRequest, Store, StoreError,
-        TransferTarget,
+        AgentUpdate, CustomerUpdate, InboundOutcome, InboundRouting, ResolveRequest, Store,
+        StoreError, TransferTarget,
     };
 
     use switchyard_core::conformance::services::TestRedisPrefix;
@@ -886,6 +887,37 @@ mod differential {
             self.check("upsert_agent", shape(&e, f), shape(&r, f));
         }
 
+        /// Changes the tags and attributes of a random customer (possibly merged away since).
+        async fn update_customer(&mut self, rng: &mut Rng, now: i64) {
+            if self.customers.is_empty() {
+                return;
+            }
+            let c = self.customers[rng.below(self.customers.len())].clone();
+            let tag = |rng: &mut Rng| format!("tag-{}", rng.below(5));
+            let update = CustomerUpdate {
+                add_tags: (0..rng.below(3)).map(|_| tag(rng)).collect(),
+                remove_tags: (0..rng.below(2)).map(|_| tag(rng)).collect(),
+                attributes: (0..rng.below(3))
+                    .map(|_| {
+                        let value = if rng.chance(30) {
+                            Value::Null
+                        } else {
+                            json!({"n": rng.below(10)})
+                        };
+                        (format!("attr-{}", rng.below(4)), value)
+                    })
+                    .collect(),
+            };
+            self.log.push(format!("update_customer {c} {update:?}"));
+            let e = self.emb.update_customer(&c, &update, at(now)).await;
+            let r = self
+                .red
+                .update_customer(&self.red_id(&c), &update, at(now))
+                .await;
+            let f = |x: &switchyard_core::model::Customer| json!(x);
+            self.check("update_customer", shape(&e, f), shape(&r, f));
+        }
+
         fn pick_conversation(&self, rng: &mut Rng) -> Option<String> {
             (!self.conversations.is_empty())
                 .then(|| self.conversations[rng.below(self.conversations.len())].clone())
@@ -994,6 +1026,7 @@ mod differential {
                         self.check("record_outbound", shape(&e, f), shape(&r, f));
                     }
                 }
+                12 => self.update_customer(rng, now).await,
                 _ => self.compare_state(rng).await,
             }
         }

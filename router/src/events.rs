@@ -358,6 +358,16 @@ impl EventBatch {
         )
     }
 
+    /// `customer.updated`: `c` as it is after the change of its tags or attributes at `at`. Its
+    /// id is derived from the customer and `at`, so the change announced again (by the outbox,
+    /// after a process stopped before clearing its note) has the same id.
+    pub fn customer_updated(&mut self, c: &Customer, at: DateTime<Utc>) -> &mut Self {
+        self.push(
+            Head::state(EventType::CustomerUpdated, &c.tenant, &c.id, at),
+            CustomerData { customer: c },
+        )
+    }
+
     /// `agent.updated` (id derived from the agent's `updated_at`, so the same state announced
     /// again has the same id).
     pub fn agent_updated(&mut self, a: &Agent) -> &mut Self {
@@ -511,6 +521,7 @@ mod tests {
             "customer.created",
             "customer.merged",
             "customer.erased",
+            "customer.updated",
             "agent.updated",
         ] {
             let want = example(name);
@@ -574,6 +585,9 @@ mod tests {
                     };
                     batch.customer_erased(&erasure, want.time);
                 }
+                EventType::CustomerUpdated => {
+                    batch.customer_updated(&field(&want, "customer"), want.time);
+                }
                 EventType::AgentUpdated => {
                     batch.agent_updated(&field(&want, "agent"));
                 }
@@ -624,6 +638,13 @@ mod tests {
             if name == "conversation.assigned" {
                 let c: Conversation = field(&want, "conversation");
                 assert_eq!(Some(got.time), c.assigned_at, "{name}: time of the change");
+            }
+            if name == "customer.updated" {
+                assert_eq!(
+                    (&got.id, got.time),
+                    (&want.id, want.time),
+                    "{name}: the id derived from the customer and the time of the change"
+                );
             }
         }
     }
@@ -755,6 +776,7 @@ mod tests {
             | EventType::ConversationClosed
             | EventType::ConversationTransferred
             | EventType::CustomerCreated
+            | EventType::CustomerUpdated
             | EventType::AgentUpdated => assert_eq!(
                 CloudEvent::state_id(t, subject, event.time),
                 event.id,
@@ -922,6 +944,16 @@ mod tests {
                     from: "01KAVQ00000000000000000000",
                     into: &customer.id,
                     via: &via,
+                },
+            );
+            batch.customer_updated(&customer, t0);
+            assert_encoded_as_reference(
+                &batch,
+                EventType::CustomerUpdated,
+                tenant,
+                &customer.id,
+                CustomerData {
+                    customer: &customer,
                 },
             );
             batch.agent_updated(&agent);

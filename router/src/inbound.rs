@@ -12,8 +12,9 @@ use switchyard_connectors::web::IDENTIFY_EVENT;
 use switchyard_core::bus::BusError;
 use switchyard_core::envelope::{Content, Envelope};
 use switchyard_core::event::EventType;
+use switchyard_core::identity::{IdentityKey, IdentityStrength};
 use switchyard_core::metrics::Metrics;
-use switchyard_core::model::ConversationStatus;
+use switchyard_core::model::{ConversationStatus, Customer};
 use switchyard_core::store::{
     InboundOutcome, InboundRouting, Note, ResolveRequest, SenderResolution, Store,
 };
@@ -99,8 +100,14 @@ impl InboundRouter {
         if explicit {
             return self.link(&envelope, request, claim).await;
         }
-        // Decides only for a conversation this message opens; an open one keeps its pool.
-        let route = self.routes.choose(&envelope);
+        // Decides only for a conversation this message opens; an open one keeps its pool. The
+        // profile is read only when a rule looks at the customer's tags.
+        let customer = if self.routes.reads_customer_tags() {
+            self.sender_profile(&envelope).await?
+        } else {
+            None
+        };
+        let route = self.routes.choose(&envelope, customer.as_ref());
         // Claim, resolution, recording and assignment are one atomic store operation (one
         // Redis script, one round trip).
         let outcome = self
@@ -161,6 +168,26 @@ impl InboundRouter {
         } else {
             Routed::Recorded(conversation.id.clone())
         })
+    }
+
+    /// The sender's profile as it is before `envelope` is routed, for the routing rules on
+    /// customer tags: the owner of the first of the sender's identities that has one, strong
+    /// identities first, as resolution picks the profile (a strong key's owner wins over a weak
+    /// key's). `None` for a new customer. When the message merges profiles, it is the first of
+    /// them found; a tag set meanwhile counts from the next conversation.
+    async fn sender_profile(&self, envelope: &Envelope) -> Result<Option<Customer>, RouteError> {
+        let identities = &envelope.sender.identities;
+        let strong = |key: &&IdentityKey| key.default_strength() == IdentityStrength::Strong;
+        let strong_first = identities
+            .iter()
+            .filter(strong)
+            .chain(identities.iter().filter(|key| !strong(key)));
+        for key in strong_first {
+            if let Some(customer) = self.store.customer_by_identity(key).await? {
+                return Ok(Some(customer));
+            }
+        }
+        Ok(None)
     }
 
     /// When a merge closed a conversation (and so freed its agent), assigns every pool's queue,

@@ -1,7 +1,7 @@
 //! Commands from agents and helpdesks (REST and the agent WebSocket): presence, replies,
-//! closing, transferring, linking identities. Each is one atomic store operation followed by
-//! its events and any assignment it makes possible; events the bus refuses wait in the
-//! [outbox](crate::outbox).
+//! closing, transferring, linking identities, tagging and erasing customers. Each is one atomic
+//! store operation followed by its events and any assignment it makes possible; events the bus
+//! refuses wait in the [outbox](crate::outbox).
 
 use std::sync::Arc;
 
@@ -17,8 +17,8 @@ use switchyard_core::metrics::Metrics;
 use switchyard_core::model::{Agent, Conversation, ConversationStatus, Customer};
 use switchyard_core::protocol::ConversationView;
 use switchyard_core::store::{
-    AgentUpdate, ERASED_ON_REQUEST, ERASURE_CLOSE_REASON, Erasure, Note, NoteKind, Release,
-    ResolveRequest, Store, StoreError, TransferTarget,
+    AgentUpdate, CustomerUpdate, ERASED_ON_REQUEST, ERASURE_CLOSE_REASON, Erasure, Note, NoteKind,
+    Release, ResolveRequest, Store, StoreError, TransferTarget,
 };
 
 use crate::assignment::assign_pools;
@@ -469,6 +469,28 @@ impl Operations {
             .publish_noted(events, &[Note::of_erasure(erasure, now)])
             .await?;
         Ok(())
+    }
+
+    /// Changes a customer's tags and attributes ([`Store::update_customer`]; a merged-away id
+    /// changes the profile it was merged into) and announces `customer.updated` with the profile
+    /// after the change, which it returns. Refused past the store's limits
+    /// (`too_many_tags`, `too_many_attributes`).
+    pub async fn update_customer(
+        &self,
+        customer_id: &str,
+        update: &CustomerUpdate,
+    ) -> Result<Customer, RouteError> {
+        let now = switchyard_core::time::now();
+        let customer = self.store.update_customer(customer_id, update, now).await?;
+        let mut events = EventBatch::new();
+        events.customer_updated(&customer, now);
+        self.outbox
+            .publish_noted(
+                events,
+                &[Note::new(NoteKind::CustomerUpdated, &customer.id, now)],
+            )
+            .await?;
+        Ok(customer)
     }
 
     /// Merges customer `other` into `into` (explicitly, through one identity of each).

@@ -361,6 +361,12 @@ impl Outbox {
                     batch.customer_erased(erasure, note.at);
                 }
             }
+            NoteKind::CustomerUpdated => {
+                // The profile as it is now (erased since: nothing to announce).
+                if let Some(customer) = self.store.customer(&note.subject).await? {
+                    batch.customer_updated(&customer, note.at);
+                }
+            }
             NoteKind::Assigned => {
                 if let Some(c) = conversation().await?
                     && c.status == ConversationStatus::Assigned

@@ -1,5 +1,6 @@
 //! Routing rules (`[[routes]]`): which pool a new conversation goes to. Rules are tried in
-//! order against the message that opens the conversation; the first that matches names the
+//! order against the message that opens the conversation (and, for `customer_tags`, the
+//! sender's profile as it is before the message is routed); the first that matches names the
 //! pool, and when none does the channel's `pool` applies. A message to a conversation that is
 //! already open stays in that conversation's pool.
 
@@ -10,6 +11,7 @@ use regex::Regex;
 
 use switchyard_core::config::{ConfigError, RouteSettings, Settings, bot_agent_id};
 use switchyard_core::envelope::{Content, Envelope};
+use switchyard_core::model::Customer;
 
 /// Where a new conversation goes, and why.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +31,9 @@ pub struct RoutingTable {
     pools_by_channel: HashMap<String, String>,
     /// Pool id -> the agent id of its bot.
     bots_by_pool: HashMap<String, String>,
+    /// Whether a rule has `customer_tags`: only then is the sender's profile worth reading
+    /// before choosing.
+    reads_customer_tags: bool,
 }
 
 /// One compiled rule.
@@ -43,12 +48,14 @@ struct Rule {
     /// Lower-cased, compared with the lower-cased text.
     text_contains: Vec<String>,
     text_matches: Option<Regex>,
+    /// Tags of which the customer must have one; empty: any customer.
+    customer_tags: Vec<String>,
 }
 
 impl RoutingTable {
     /// The rules of `settings.routes` and the pools of `settings.channels`.
     pub fn from_settings(settings: &Settings) -> Result<Self, ConfigError> {
-        let rules = settings
+        let rules: Vec<Rule> = settings
             .routes
             .iter()
             .enumerate()
@@ -65,14 +72,25 @@ impl RoutingTable {
             .filter_map(|p| Some((p.id.clone(), bot_agent_id(p.bot.as_deref()?))))
             .collect();
         Ok(RoutingTable {
+            reads_customer_tags: rules.iter().any(|r| !r.customer_tags.is_empty()),
             rules,
             pools_by_channel,
             bots_by_pool,
         })
     }
 
-    /// The pool a conversation opened by `envelope` goes to.
-    pub fn choose(&self, envelope: &Envelope) -> RouteChoice<'_> {
+    /// Whether a rule looks at the customer's tags, so that [`RoutingTable::choose`] needs the
+    /// sender's profile. Without such a rule, routing reads nothing more than the message.
+    pub fn reads_customer_tags(&self) -> bool {
+        self.reads_customer_tags
+    }
+
+    /// The pool a conversation opened by `envelope` goes to. `customer` is the sender's profile
+    /// as it is before the message is routed, when [`RoutingTable::reads_customer_tags`] (`None`
+    /// otherwise, or for a new customer): a rule with `customer_tags` matches only a customer
+    /// who has one of them.
+    pub fn choose(&self, envelope: &Envelope, customer: Option<&Customer>) -> RouteChoice<'_> {
+        let tags = customer.map_or(&[][..], |c| c.tags.as_slice());
         let text = routable_text(&envelope.content);
         let text = text.as_deref();
         // Lower-cased once per message, and only when a rule looks for words.
@@ -85,7 +103,7 @@ impl RoutingTable {
         let (pool, rule) = match self
             .rules
             .iter()
-            .find(|rule| rule.matches(envelope, text, lowered.as_deref()))
+            .find(|rule| rule.matches(envelope, tags, text, lowered.as_deref()))
         {
             Some(rule) => (rule.pool.as_str(), Some(rule.id.as_str())),
             None => (
@@ -122,11 +140,19 @@ impl Rule {
                 .map(|word| word.to_lowercase())
                 .collect(),
             text_matches,
+            customer_tags: route.customer_tags.clone().unwrap_or_default(),
         })
     }
 
-    /// Whether every condition holds; `lowered` is `text` lower-cased, when a rule needs it.
-    fn matches(&self, envelope: &Envelope, text: Option<&str>, lowered: Option<&str>) -> bool {
+    /// Whether every condition holds for `envelope` from a customer with `tags`; `lowered` is
+    /// `text` lower-cased, when a rule needs it.
+    fn matches(
+        &self,
+        envelope: &Envelope,
+        tags: &[String],
+        text: Option<&str>,
+        lowered: Option<&str>,
+    ) -> bool {
         let any_of =
             |list: &[String], value: &str| list.is_empty() || list.iter().any(|v| v == value);
         any_of(&self.channels, &envelope.channel.id)
@@ -148,6 +174,8 @@ impl Rule {
                 .text_matches
                 .as_ref()
                 .is_none_or(|pattern| text.is_some_and(|text| pattern.is_match(text)))
+            && (self.customer_tags.is_empty()
+                || self.customer_tags.iter().any(|tag| tags.contains(tag)))
     }
 }
 
@@ -235,7 +263,7 @@ mod tests {
     #[test]
     fn without_rules_the_channel_pool_applies() {
         let table = RoutingTable::from_settings(&settings("")).unwrap();
-        let choice = |channel| table.choose(&text(channel, "hi"));
+        let choice = |channel| table.choose(&text(channel, "hi"), None);
         assert_eq!(
             choice(WEB),
             RouteChoice {
@@ -266,7 +294,7 @@ mod tests {
              [[routes]]\nid = \"all-web\"\npool = \"vip\"\nchannels = [\"web\"]\n",
         ))
         .unwrap();
-        let choose = |channel, words: &str| table.choose(&text(channel, words));
+        let choose = |channel, words: &str| table.choose(&text(channel, words), None);
         assert_eq!(
             choose(WEB, "I want a REFUND now"),
             RouteChoice {
@@ -296,11 +324,10 @@ mod tests {
         .unwrap();
         let with = |identities: &[&str], words: &str| {
             table
-                .choose(&message(
-                    SHOP,
-                    identities,
-                    Content::Text { text: words.into() },
-                ))
+                .choose(
+                    &message(SHOP, identities, Content::Text { text: words.into() }),
+                    None,
+                )
                 .rule
         };
         let phone = ["app_user:shop:1", "phone::+8613800000000"];
@@ -318,7 +345,7 @@ mod tests {
                 text: "order #1".into(),
             },
         );
-        assert_eq!(table.choose(&web).rule, None, "wrong channel kind");
+        assert_eq!(table.choose(&web, None).rule, None, "wrong channel kind");
     }
 
     #[test]
@@ -343,10 +370,10 @@ mod tests {
             )
         };
         assert_eq!(
-            table.choose(&voice(Some("a refund please"))).rule,
+            table.choose(&voice(Some("a refund please")), None).rule,
             Some("refunds")
         );
-        assert_eq!(table.choose(&voice(None)).rule, None);
+        assert_eq!(table.choose(&voice(None), None).rule, None);
         let image = message(
             WEB,
             &["web_visitor:web:v1"],
@@ -355,7 +382,7 @@ mod tests {
                 caption: None,
             },
         );
-        assert_eq!(table.choose(&image).pool, "default");
+        assert_eq!(table.choose(&image, None).pool, "default");
     }
 
     #[test]
@@ -377,17 +404,21 @@ mod tests {
             })
         };
         assert_eq!(
-            table.choose(&image(Some("REFUND for this?"))).rule,
+            table.choose(&image(Some("REFUND for this?")), None).rule,
             Some("refunds")
         );
-        assert_eq!(table.choose(&image(Some("late"))).rule, Some("late"));
-        assert_eq!(table.choose(&image(None)).rule, None);
+        assert_eq!(table.choose(&image(Some("late")), None).rule, Some("late"));
+        assert_eq!(table.choose(&image(None), None).rule, None);
         let file = web(Content::File {
             media: media.clone(),
             name: Some("refund.pdf".into()),
             caption: Some("the invoice".into()),
         });
-        assert_eq!(table.choose(&file).rule, None, "a file name is not text");
+        assert_eq!(
+            table.choose(&file, None).rule,
+            None,
+            "a file name is not text"
+        );
         let voice = |recognition: &str, caption: &str| {
             web(Content::Audio {
                 media: media.clone(),
@@ -396,15 +427,15 @@ mod tests {
             })
         };
         assert_eq!(
-            table.choose(&voice("hello", "refund")).rule,
+            table.choose(&voice("hello", "refund"), None).rule,
             Some("refunds")
         );
         assert_eq!(
-            table.choose(&voice("refund", "hello")).rule,
+            table.choose(&voice("refund", "hello"), None).rule,
             Some("refunds")
         );
         assert_eq!(
-            table.choose(&voice("so", "late")).rule,
+            table.choose(&voice("so", "late"), None).rule,
             Some("late"),
             "speech and caption are a line each"
         );
@@ -421,7 +452,7 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(
-            table.choose(&text(WEB, "hi")),
+            table.choose(&text(WEB, "hi"), None),
             RouteChoice {
                 pool: "triage",
                 rule: Some("triage"),
@@ -429,10 +460,92 @@ mod tests {
             }
         );
         assert_eq!(
-            table.choose(&text(SHOP, "hi")).bot,
+            table.choose(&text(SHOP, "hi"), None).bot,
             None,
             "the app pool has none"
         );
+    }
+
+    /// A profile with `tags`.
+    fn customer(tags: &[&str]) -> Customer {
+        let now = switchyard_core::time::now();
+        Customer {
+            id: switchyard_core::envelope::new_id(),
+            tenant: "default".into(),
+            display_name: None,
+            identities: Vec::new(),
+            merged_from: Vec::new(),
+            tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+            attributes: serde_json::Map::new(),
+            first_seen: now,
+            last_seen: now,
+        }
+    }
+
+    #[test]
+    fn customer_tags_match_a_customer_with_any_of_them_and_the_other_conditions() {
+        let table = RoutingTable::from_settings(&settings(
+            "[[routes]]\nid = \"refunds\"\npool = \"billing\"\ntext_contains = [\"refund\"]\n\
+             [[routes]]\nid = \"vip-shop\"\npool = \"vip\"\nchannels = [\"shop\"]\n\
+             customer_tags = [\"vip\", \"gold\"]\n",
+        ))
+        .unwrap();
+        assert!(table.reads_customer_tags());
+        let gold = customer(&["returning", "gold"]);
+        let plain = customer(&["returning"]);
+        let choose = |channel, words: &str, customer: Option<&Customer>| {
+            table.choose(&text(channel, words), customer)
+        };
+        assert_eq!(
+            choose(SHOP, "hello", Some(&gold)),
+            RouteChoice {
+                pool: "vip",
+                rule: Some("vip-shop"),
+                bot: None
+            }
+        );
+        assert_eq!(
+            choose(SHOP, "hello", Some(&customer(&["vip"]))).rule,
+            Some("vip-shop")
+        );
+        assert_eq!(
+            choose(SHOP, "hello", Some(&plain)).pool,
+            "app",
+            "none of the tags"
+        );
+        assert_eq!(
+            choose(SHOP, "hello", None).pool,
+            "app",
+            "a new customer has no tags"
+        );
+        assert_eq!(
+            choose(WEB, "hello", Some(&gold)).rule,
+            None,
+            "the rule's channel condition holds too"
+        );
+        assert_eq!(
+            choose(SHOP, "a refund", Some(&gold)).rule,
+            Some("refunds"),
+            "the first matching rule wins"
+        );
+    }
+
+    #[test]
+    fn only_a_rule_with_customer_tags_needs_the_customer() {
+        for (routes, reads) in [
+            ("", false),
+            (
+                "[[routes]]\nid = \"refunds\"\npool = \"billing\"\ntext_contains = [\"refund\"]\n",
+                false,
+            ),
+            (
+                "[[routes]]\nid = \"vip\"\npool = \"vip\"\ncustomer_tags = [\"vip\"]\n",
+                true,
+            ),
+        ] {
+            let table = RoutingTable::from_settings(&settings(routes)).unwrap();
+            assert_eq!(table.reads_customer_tags(), reads, "{routes}");
+        }
     }
 
     #[test]
@@ -442,8 +555,8 @@ mod tests {
         ))
         .unwrap();
         let mut envelope = text(WEB, "hi");
-        assert_eq!(table.choose(&envelope).rule, None);
+        assert_eq!(table.choose(&envelope, None).rule, None);
         envelope.tenant = "acme".into();
-        assert_eq!(table.choose(&envelope).rule, Some("acme"));
+        assert_eq!(table.choose(&envelope, None).rule, Some("acme"));
     }
 }

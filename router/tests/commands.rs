@@ -222,9 +222,171 @@ async fn the_retention_sweep_erases_quiet_customers(mut s: Setup) {
     );
 }
 
+/// `{"add_tags": add, "remove_tags": remove, "attributes": attributes}`.
+fn tag_update(
+    add: &[&str],
+    remove: &[&str],
+    attributes: serde_json::Value,
+) -> switchyard_core::store::CustomerUpdate {
+    let owned = |tags: &[&str]| tags.iter().map(|t| (*t).to_owned()).collect();
+    switchyard_core::store::CustomerUpdate {
+        add_tags: owned(add),
+        remove_tags: owned(remove),
+        attributes: attributes.as_object().cloned().unwrap_or_default(),
+    }
+}
+
+/// Updating a customer's tags and attributes answers the profile after the change, announces
+/// it as `customer.updated` (id derived from the customer and the time of the change) and leaves
+/// nothing for the outbox; an unknown customer and a profile past its limits are refused.
+async fn updating_a_customer_announces_the_profile(mut s: Setup) {
+    use switchyard_core::event::{CloudEvent, EventType};
+    use switchyard_core::store::{MAX_CUSTOMER_TAGS, StoreError};
+    use switchyard_router::error::RouteError;
+
+    let (ops, _) = commands(&s);
+    let conversation = conversation_of(&s, "u-t").await;
+    let customer = customer_of(&s, &conversation).await;
+    drain(&mut s.events).await;
+
+    let updated = ops
+        .update_customer(
+            &customer,
+            &tag_update(
+                &["vip", "gold"],
+                &[],
+                serde_json::json!({"plan": "gold", "seats": 12}),
+            ),
+        )
+        .await
+        .expect("update");
+    assert_eq!(updated.tags, ["vip", "gold"]);
+    assert_eq!(updated.attributes["plan"], "gold");
+    assert_eq!(
+        s.store.customer(&customer).await.unwrap(),
+        Some(updated.clone())
+    );
+    let published = drain_events(&mut s.events).await;
+    assert_eq!(published.len(), 1, "{published:?}");
+    let (key, event) = &published[0];
+    assert_eq!(key, "customer.updated");
+    assert_eq!(event.subject.as_deref(), Some(customer.as_str()));
+    assert_eq!(event.data, serde_json::json!({ "customer": updated }));
+    assert_eq!(
+        event.id,
+        CloudEvent::state_id(EventType::CustomerUpdated, &customer, event.time),
+        "the id is derived from the customer and the time of the change"
+    );
+    let everything = switchyard_core::time::now() + chrono::TimeDelta::days(1);
+    assert!(s.store.unannounced(everything).await.unwrap().is_empty());
+
+    let unknown = ops
+        .update_customer(
+            "01KAVQ00000000000000000000",
+            &tag_update(&["x"], &[], serde_json::json!({})),
+        )
+        .await;
+    assert!(
+        matches!(unknown, Err(RouteError::Store(StoreError::NotFound { .. }))),
+        "{unknown:?}"
+    );
+    let too_many: Vec<String> = (0..MAX_CUSTOMER_TAGS).map(|i| format!("t{i}")).collect();
+    let refused = ops
+        .update_customer(
+            &customer,
+            &switchyard_core::store::CustomerUpdate {
+                add_tags: too_many,
+                ..Default::default()
+            },
+        )
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(RouteError::Store(StoreError::Conflict {
+                code: "too_many_tags",
+                ..
+            }))
+        ),
+        "{refused:?}"
+    );
+    assert!(
+        drain(&mut s.events).await.is_empty(),
+        "a refused update announces nothing"
+    );
+}
+
+/// A `[[routes]]` rule with `customer_tags = ["vip"]`: a customer tagged `vip` through
+/// `Operations::update_customer` opens the next conversation in the VIP pool; an untagged one
+/// stays in the channel's pool, and an open conversation keeps its pool.
+async fn a_tagged_customer_opens_the_next_conversation_in_the_tagged_pool(s: Setup) {
+    use switchyard_core::config::Settings;
+    use switchyard_router::routes::RoutingTable;
+
+    let path = std::env::temp_dir().join(format!(
+        "switchyard-vip-routes-{}.toml",
+        switchyard_core::envelope::new_id()
+    ));
+    std::fs::write(
+        &path,
+        "[[pools]]\nid = \"vip\"\n\
+         [[routes]]\nid = \"vip-customers\"\npool = \"vip\"\ncustomer_tags = [\"vip\"]\n",
+    )
+    .unwrap();
+    let settings = Settings::load_with_env(Some(&path), []);
+    let _ = std::fs::remove_file(&path);
+    let table = RoutingTable::from_settings(&settings.unwrap()).unwrap();
+    let s = s.with_routes(table);
+    let (ops, _) = commands(&s);
+
+    let pool_of = async |conversation: &str| {
+        s.store
+            .conversation(conversation)
+            .await
+            .unwrap()
+            .unwrap()
+            .pool
+    };
+    let first = conversation_of(&s, "u-vip").await;
+    let plain = conversation_of(&s, "u-plain").await;
+    assert_eq!(pool_of(&first).await, "default", "not tagged yet");
+    let customer = customer_of(&s, &first).await;
+    ops.update_customer(&customer, &tag_update(&["vip"], &[], serde_json::json!({})))
+        .await
+        .expect("tag");
+    // Open already: it keeps its pool.
+    assert_eq!(conversation_of(&s, "u-vip").await, first);
+    assert_eq!(pool_of(&first).await, "default");
+
+    ops.close(&first, None).await.expect("close");
+    ops.close(&plain, None).await.expect("close");
+    let next = conversation_of(&s, "u-vip").await;
+    assert_ne!(next, first);
+    assert_eq!(
+        pool_of(&next).await,
+        "vip",
+        "the tagged customer's next one"
+    );
+    let untagged = conversation_of(&s, "u-plain").await;
+    assert_eq!(
+        pool_of(&untagged).await,
+        "default",
+        "an untagged customer's"
+    );
+    assert_eq!(
+        s.metrics
+            .conversations_opened
+            .with_label_values(&["vip", "vip-customers"])
+            .get(),
+        1
+    );
+}
+
 on_both_stores!(
     a_merge_that_frees_an_agent_assigns_the_next_queued_conversation,
     a_merge_that_frees_an_agent_lets_every_configured_pool_move,
     erasing_a_customer_closes_frees_and_announces,
     the_retention_sweep_erases_quiet_customers,
+    updating_a_customer_announces_the_profile,
+    a_tagged_customer_opens_the_next_conversation_in_the_tagged_pool,
 );

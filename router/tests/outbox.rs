@@ -95,6 +95,7 @@ on_both_stores!(
     transfers_and_agent_updates_whose_command_stops_are_announced_after_the_grace,
     a_merge_whose_command_stops_before_announcing_it_is_announced_after_the_grace,
     a_merge_whose_router_stops_before_announcing_it_is_announced_after_the_grace,
+    a_customer_update_whose_command_stops_before_announcing_it_is_announced_after_the_grace,
     what_the_bus_refuses_for_good_is_not_kept_and_cannot_hold_up_the_outbox,
     one_process_at_a_time_republishes,
 );
@@ -668,6 +669,51 @@ async fn a_merge_whose_router_stops_before_announcing_it_is_announced_after_the_
         merged_away.as_str()
     );
     assert!(unannounced(&s).await.is_empty());
+}
+
+/// A customer update stopped during its publish: after the grace, its `customer.updated` is
+/// announced once, from the profile, with the id the hung batch gave it.
+async fn a_customer_update_whose_command_stops_before_announcing_it_is_announced_after_the_grace(
+    mut s: Setup,
+) {
+    let (ops, outbox) = commands(&s);
+    let conversation = conversation_of(&s, "u-u1").await;
+    let customer = customer_of(&s, &conversation).await;
+    drain(&mut s.events).await;
+
+    s.bus.hanging.store(1, Ordering::SeqCst);
+    let task = tokio::spawn({
+        let (ops, customer) = (ops.clone(), customer.clone());
+        async move {
+            let update = switchyard_core::store::CustomerUpdate {
+                add_tags: vec!["vip".into()],
+                ..Default::default()
+            };
+            ops.update_customer(&customer, &update).await
+        }
+    });
+    stop_once_stored(task, "the update", async || {
+        let c = s.store.customer(&customer).await.unwrap().unwrap();
+        (!c.tags.is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(
+        unannounced(&s).await,
+        [(NoteKind::CustomerUpdated, customer.clone(), None)]
+    );
+
+    let later = outbox.with_staged_grace(Duration::ZERO);
+    assert_eq!(later.republish().await.expect("republish"), 1);
+    let announced = drain_events(&mut s.events).await;
+    assert_announced_as_hung(&s, &announced, &[(0, 0)]);
+    assert_eq!(announced[0].1.data["customer"]["id"], customer.as_str());
+    assert_eq!(
+        announced[0].1.data["customer"]["tags"],
+        serde_json::json!(["vip"])
+    );
+    assert!(unannounced(&s).await.is_empty());
+    assert_eq!(later.republish().await.expect("republish"), 0);
+    assert!(drain(&mut s.events).await.is_empty(), "announced twice");
 }
 
 /// A running gateway (no router): an agent coming online while the bus refuses events is

@@ -177,7 +177,7 @@ fn round_trip_data(t: EventType, data: &Value) -> Result<Value, String> {
         EventType::MessageReceived => round_trip::<MessageReceivedData>(data),
         EventType::MessageSent => round_trip::<MessageSentData>(data),
         EventType::MessageFailed => round_trip::<MessageFailedData>(data),
-        EventType::CustomerCreated => round_trip::<CustomerData>(data),
+        EventType::CustomerCreated | EventType::CustomerUpdated => round_trip::<CustomerData>(data),
         EventType::CustomerMerged => round_trip::<CustomerMergedData>(data),
         EventType::CustomerErased => round_trip::<CustomerErasedData>(data),
         EventType::AgentUpdated => round_trip::<AgentData>(data),

@@ -7,6 +7,7 @@ mod bad_input;
 mod binary;
 mod bots;
 mod cluster;
+mod customer_update;
 mod douyin;
 mod erasure;
 mod identity;

@@ -17,9 +17,10 @@ use crate::envelope::{ChannelRef, Content, DEFAULT_TENANT, Direction, Envelope, 
 use crate::identity::{IdentityKey, IdentityStrength};
 use crate::model::{Agent, AgentStatus, Conversation, ConversationStatus, Customer};
 use crate::store::{
-    AgentUpdate, Assignment, ERASED_BY_RETENTION, ERASED_ON_REQUEST, Erasure, InboundOutcome,
-    InboundRecord, InboundRouting, MailboxPush, Merge, Note, NoteKind, QuietSweep, Release,
-    Resolution, ResolveRequest, SenderResolution, Store, StoreError, TransferTarget,
+    AgentUpdate, Assignment, CustomerUpdate, ERASED_BY_RETENTION, ERASED_ON_REQUEST, Erasure,
+    InboundOutcome, InboundRecord, InboundRouting, MAX_CUSTOMER_ATTRIBUTES, MAX_CUSTOMER_TAGS,
+    MailboxPush, Merge, Note, NoteKind, QuietSweep, Release, Resolution, ResolveRequest,
+    SenderResolution, Store, StoreError, TOO_MANY_ATTRIBUTES, TOO_MANY_TAGS, TransferTarget,
     route_inbound_stepwise,
 };
 
@@ -3601,7 +3602,6 @@ pub async fn route_inbound_matches_stepwise(factory: &impl MakeStore, prefix: &s
     );
 }
 
-/// Runs every case, each on a fresh store with its own sub-prefix of `prefix`.
 async fn close(store: &Arc<dyn Store>, id: &str, now: DateTime<Utc>) {
     store
         .close_conversation(id, "agent", now)
@@ -3890,6 +3890,298 @@ pub async fn quiet_customers_are_erased(factory: &impl MakeStore, prefix: &str) 
     );
 }
 
+/// The [`NoteKind::CustomerUpdated`] notes about `customer` made at or before `before`.
+async fn update_notes(store: &Arc<dyn Store>, customer: &str, before: DateTime<Utc>) -> Vec<Note> {
+    store
+        .unannounced(before)
+        .await
+        .unwrap_or_else(|e| panic!("unannounced: {e}"))
+        .into_iter()
+        .filter(|n| n.kind == NoteKind::CustomerUpdated && n.subject == customer)
+        .collect()
+}
+
+/// An update adding `add`, removing `remove` and patching the attributes with `attributes` (a
+/// JSON object).
+fn tag_update(add: &[&str], remove: &[&str], attributes: serde_json::Value) -> CustomerUpdate {
+    let owned = |tags: &[&str]| tags.iter().map(|t| (*t).to_owned()).collect();
+    CustomerUpdate {
+        add_tags: owned(add),
+        remove_tags: owned(remove),
+        attributes: match attributes {
+            serde_json::Value::Object(map) => map,
+            other => panic!("attributes must be a JSON object, not {other}"),
+        },
+    }
+}
+
+/// `count` distinct tags `{stem}-{i}`.
+fn many_tags(stem: &str, count: usize) -> Vec<String> {
+    (0..count).map(|i| format!("{stem}-{i}")).collect()
+}
+
+pub async fn update_customer_tags_and_attributes(factory: &impl MakeStore, prefix: &str) {
+    use serde_json::json;
+
+    let what = "update_customer_tags_and_attributes";
+    let store = factory.make().await;
+    let pool = format!("{prefix}default");
+    let t = |secs: i64| at(2_500_000 + secs);
+    let update = async |id: &str, u: &CustomerUpdate, now: DateTime<Utc>| {
+        store
+            .update_customer(id, u, now)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: update_customer({id}, {u:?}): {e}"))
+    };
+    let (a, _, _) = open(&store, prefix, "a", &pool, t(1)).await;
+
+    // Tags in order, each once (an absent one removed is fine); attributes of every JSON type.
+    let values = json!({
+        "plan": "gold",
+        "score": 7,
+        "ratio": 0.25,
+        "big": 18_446_744_073_709_551_615_u64,
+        "active": true,
+        "flags": [true, null, "x", 1.5],
+        "address": {"city": "上海", "lines": ["a", "b"], "none": null},
+        "nothing": null,
+    });
+    let first = update(
+        &a.id,
+        &tag_update(&["vip", "gold", "vip"], &["absent"], values.clone()),
+        t(2),
+    )
+    .await;
+    assert_eq!(
+        first.tags,
+        ["vip", "gold"],
+        "{what}: tags in order, no duplicates"
+    );
+    let mut want_attributes = values.as_object().cloned().unwrap_or_default();
+    want_attributes.remove("nothing");
+    assert_eq!(
+        first.attributes, want_attributes,
+        "{what}: attributes set (a null sets nothing)"
+    );
+    assert_eq!(
+        (first.id.as_str(), first.first_seen, first.last_seen),
+        (a.id.as_str(), a.first_seen, a.last_seen),
+        "{what}: only tags and attributes change"
+    );
+    assert_eq!(
+        get_customer(&store, &a.id).await,
+        first,
+        "{what}: the stored profile is the one answered (every JSON type round-trips)"
+    );
+    assert_eq!(
+        update_notes(&store, &a.id, t(2)).await,
+        [Note::new(NoteKind::CustomerUpdated, &a.id, t(2))],
+        "{what}: the update is noted"
+    );
+
+    // Removed, then added (a tag in both moves to the end); overwritten; removed with null.
+    let second = update(
+        &a.id,
+        &tag_update(
+            &["silver", "gold"],
+            &["gold"],
+            json!({"plan": {"tier": "platinum"}, "score": null, "absent": null}),
+        ),
+        t(3),
+    )
+    .await;
+    assert_eq!(
+        second.tags,
+        ["vip", "silver", "gold"],
+        "{what}: removed, then added"
+    );
+    assert_eq!(second.attributes["plan"], json!({"tier": "platinum"}));
+    assert!(
+        !second.attributes.contains_key("score") && !second.attributes.contains_key("absent"),
+        "{what}: null removes: {:?}",
+        second.attributes
+    );
+    assert_eq!(second.attributes.len(), want_attributes.len() - 1);
+
+    // Through a merged-away id; a merge keeps both profiles' tags and attributes (the
+    // survivor's value wins).
+    let kb = key(prefix, "app_user", "shop-app", "b");
+    let b = resolve(&store, &[(&kb, Strong)], false, t(4))
+        .await
+        .customer;
+    update(
+        &b.id,
+        &tag_update(
+            &["b-only", "silver"],
+            &[],
+            json!({"plan": "bronze", "b_attr": [1, 2]}),
+        ),
+        t(5),
+    )
+    .await;
+    let ka = key(prefix, "app_user", "shop-app", "a");
+    let merged = resolve(&store, &[(&ka, Strong), (&kb, Strong)], false, t(6)).await;
+    assert_eq!(
+        merged.customer.id, a.id,
+        "{what}: b merges into the older a"
+    );
+    assert_eq!(
+        merged.customer.tags,
+        ["vip", "silver", "gold", "b-only"],
+        "{what}: the merge keeps both profiles' tags, each once"
+    );
+    assert_eq!(
+        (
+            &merged.customer.attributes["plan"],
+            &merged.customer.attributes["b_attr"]
+        ),
+        (&json!({"tier": "platinum"}), &json!([1, 2])),
+        "{what}: the merge keeps the survivor's attributes and adds the others"
+    );
+    let through = update(&b.id, &tag_update(&["via-b"], &["b-only"], json!({})), t(7)).await;
+    assert_eq!(
+        through.id, a.id,
+        "{what}: a merged-away id updates the survivor"
+    );
+    assert_eq!(through.tags, ["vip", "silver", "gold", "via-b"]);
+    assert_eq!(
+        update_notes(&store, &a.id, t(7)).await.len(),
+        3,
+        "{what}: each update of the survivor is noted under its id"
+    );
+
+    // Unknown.
+    let unknown = store
+        .update_customer(
+            &format!("{prefix}nobody"),
+            &tag_update(&["x"], &[], json!({})),
+            t(8),
+        )
+        .await;
+    assert!(
+        matches!(
+            unknown,
+            Err(StoreError::NotFound {
+                kind: "customer",
+                ..
+            })
+        ),
+        "{what}: an unknown customer: {unknown:?}"
+    );
+
+    // The limits: up to them, then refused without any change or note.
+    let (c, _, _) = open(&store, prefix, "c", &pool, t(10)).await;
+    let full_tags = many_tags("t", MAX_CUSTOMER_TAGS);
+    let mut full_attributes = serde_json::Map::new();
+    for i in 0..MAX_CUSTOMER_ATTRIBUTES {
+        full_attributes.insert(format!("attr-{i}"), json!(i));
+    }
+    let full = update(
+        &c.id,
+        &CustomerUpdate {
+            add_tags: full_tags.clone(),
+            remove_tags: Vec::new(),
+            attributes: full_attributes.clone(),
+        },
+        t(11),
+    )
+    .await;
+    assert_eq!(
+        (full.tags.len(), full.attributes.len()),
+        (MAX_CUSTOMER_TAGS, MAX_CUSTOMER_ATTRIBUTES),
+        "{what}: up to the limits"
+    );
+    for (u, code) in [
+        (
+            tag_update(&["one-more"], &[], json!({"fresh": 1})),
+            TOO_MANY_TAGS,
+        ),
+        (
+            tag_update(&["t-0"], &[], json!({"one-more": 1, "attr-0": 0})),
+            TOO_MANY_ATTRIBUTES,
+        ),
+    ] {
+        let refused = store.update_customer(&c.id, &u, t(12)).await;
+        assert_eq!(
+            refused.as_ref().err().and_then(conflict_code),
+            Some(code),
+            "{what}: past the limit: {refused:?}"
+        );
+    }
+    assert_eq!(
+        get_customer(&store, &c.id).await,
+        full,
+        "{what}: a refused update changes nothing"
+    );
+    assert_eq!(
+        update_notes(&store, &c.id, t(12)).await.len(),
+        1,
+        "{what}: a refused update is not noted"
+    );
+    // Replacing one tag, or one attribute with another, stays within the limits.
+    let swapped = update(
+        &c.id,
+        &tag_update(&["t-new"], &["t-0"], json!({"attr-0": null, "attr-new": 0})),
+        t(13),
+    )
+    .await;
+    assert_eq!(
+        (swapped.tags.len(), swapped.attributes.len()),
+        (MAX_CUSTOMER_TAGS, MAX_CUSTOMER_ATTRIBUTES),
+        "{what}: swapped within the limits"
+    );
+    assert_eq!(swapped.tags.last().map(String::as_str), Some("t-new"));
+
+    // A merge may leave more than the limit: more is refused, fewer is fine.
+    let kd = key(prefix, "app_user", "shop-app", "d");
+    let d = resolve(&store, &[(&kd, Strong)], false, t(14))
+        .await
+        .customer;
+    update(
+        &d.id,
+        &tag_update(&["d-only"], &[], json!({"d-attr": 1})),
+        t(15),
+    )
+    .await;
+    let kc = key(prefix, "app_user", "shop-app", "c");
+    let over = resolve(&store, &[(&kc, Strong), (&kd, Strong)], false, t(16))
+        .await
+        .customer;
+    assert_eq!(
+        (over.id.as_str(), over.tags.len(), over.attributes.len()),
+        (
+            c.id.as_str(),
+            MAX_CUSTOMER_TAGS + 1,
+            MAX_CUSTOMER_ATTRIBUTES + 1
+        ),
+        "{what}: the merge keeps everything"
+    );
+    let more = store
+        .update_customer(&d.id, &tag_update(&["yet-more"], &[], json!({})), t(17))
+        .await;
+    assert_eq!(
+        more.as_ref().err().and_then(conflict_code),
+        Some(TOO_MANY_TAGS),
+        "{what}: more than a merged profile has: {more:?}"
+    );
+    let fewer = update(
+        &d.id,
+        &tag_update(
+            &["in"],
+            &["t-1", "t-2"],
+            json!({"attr-1": null, "other": 2}),
+        ),
+        t(18),
+    )
+    .await;
+    assert_eq!(
+        (fewer.tags.len(), fewer.attributes.len()),
+        (MAX_CUSTOMER_TAGS, MAX_CUSTOMER_ATTRIBUTES + 1),
+        "{what}: a merged profile over the limits may lose some, or swap"
+    );
+}
+
+/// Runs every case, each on a fresh store with its own sub-prefix of `prefix`.
 pub async fn run_all(factory: &impl MakeStore, prefix: &str) {
     let p = |case: &str| format!("{prefix}{case}.");
     dedupe_claim_release_ttl(factory, &p("dedupe")).await;
@@ -3923,6 +4215,7 @@ pub async fn run_all(factory: &impl MakeStore, prefix: &str) {
     route_inbound_profiles_converge(factory, &p("route-converge")).await;
     route_inbound_matches_stepwise(factory, &p("route-stepwise")).await;
     erase_customer_deletes_everything(factory, &p("erase")).await;
+    update_customer_tags_and_attributes(factory, &p("update-customer")).await;
     // Last: its first sweep erases every profile the cases before created.
     quiet_customers_are_erased(factory, &p("quiet")).await;
 }

@@ -9,11 +9,11 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    AgentUpdate, Assignment, ERASED_BY_RETENTION, Erasure, IDLE_CLOSE_REASON, InboundOutcome,
-    InboundRecord, InboundRouting, MailboxHead, MailboxItem, MailboxPush, Merge, Note, NoteKind,
-    QuietSweep, Release, Resolution, ResolveRequest, SenderResolution, Store, StoreError,
-    TransferTarget, decode_others_assigned, encode_others_assigned, others_assigned_key,
-    replay_others_assigned,
+    AgentUpdate, Assignment, CustomerUpdate, ERASED_BY_RETENTION, Erasure, IDLE_CLOSE_REASON,
+    InboundOutcome, InboundRecord, InboundRouting, MailboxHead, MailboxItem, MailboxPush, Merge,
+    Note, NoteKind, QuietSweep, Release, Resolution, ResolveRequest, SenderResolution, Store,
+    StoreError, TransferTarget, decode_others_assigned, encode_others_assigned,
+    others_assigned_key, replay_others_assigned,
 };
 use crate::envelope::{Envelope, new_id};
 use crate::identity::{IdentityKey, IdentityStrength};
@@ -460,7 +460,6 @@ impl State {
         })
     }
 
-    /// A copy of profile `id`.
     /// The open conversation of a customer, if any.
     fn open_conversation(&self, customer_id: &str) -> Option<&Conversation> {
         self.open_by_customer
@@ -1294,6 +1293,26 @@ impl Store for EmbeddedStore {
             }
         }
         Ok(sweep)
+    }
+
+    async fn update_customer(
+        &self,
+        id: &str,
+        update: &CustomerUpdate,
+        now: DateTime<Utc>,
+    ) -> Result<Customer, StoreError> {
+        let mut s = self.lock();
+        let id = s.canonical_customer_id(id);
+        let customer = s
+            .customers
+            .get_mut(&id)
+            .ok_or_else(|| not_found("customer", &id))?;
+        let (tags, attributes) = update.applied_to(customer)?;
+        customer.tags = tags;
+        customer.attributes = attributes;
+        let updated = customer.clone();
+        s.note(Note::new(NoteKind::CustomerUpdated, &id, now));
+        Ok(updated)
     }
 
     async fn transfer(

@@ -384,11 +384,14 @@ pub enum NoteKind {
     /// A customer was erased: `customer.erased`, rendered from the note's [`Erasure`] (the
     /// records are gone).
     Erased,
+    /// A customer's tags or attributes were changed: `customer.updated`, rendered from the
+    /// profile as it is then.
+    CustomerUpdated,
 }
 
 impl NoteKind {
     /// Every kind.
-    pub const ALL: [NoteKind; 7] = [
+    pub const ALL: [NoteKind; 8] = [
         NoteKind::Assigned,
         NoteKind::Closed,
         NoteKind::TransferredToPool,
@@ -396,6 +399,7 @@ impl NoteKind {
         NoteKind::AgentUpdated,
         NoteKind::Merged,
         NoteKind::Erased,
+        NoteKind::CustomerUpdated,
     ];
 
     /// The kind's name in a note's key.
@@ -408,6 +412,7 @@ impl NoteKind {
             NoteKind::AgentUpdated => "agent_updated",
             NoteKind::Merged => "merged",
             NoteKind::Erased => "erased",
+            NoteKind::CustomerUpdated => "customer_updated",
         }
     }
 
@@ -423,7 +428,8 @@ impl NoteKind {
 /// repeats a command. So the store writes a note in the same atomic step as the change
 /// ([`Store::assign_queued_noted`], [`Store::close_conversation`], [`Store::transfer`],
 /// [`Store::upsert_agent`], [`Store::expire_lapsed_agents`],
-/// [`Store::resolve_customer_noted`]), and the command clears it
+/// [`Store::resolve_customer_noted`], [`Store::erase_customer`], [`Store::update_customer`]),
+/// and the command clears it
 /// ([`Store::clear_notes`]) once its events are published or kept in the outbox. If the command
 /// stops, or loses the store's reply, before that, the note stays: the outbox's republisher
 /// finds it ([`Store::unannounced`]) and announces the change from the stored state.
@@ -432,7 +438,8 @@ pub struct Note {
     /// What changed.
     pub kind: NoteKind,
     /// The conversation changed (for [`NoteKind::AgentUpdated`], the agent; for
-    /// [`NoteKind::Merged`], the profile merged away).
+    /// [`NoteKind::Merged`], the profile merged away; for [`NoteKind::Erased`] and
+    /// [`NoteKind::CustomerUpdated`], the customer).
     pub subject: String,
     /// When: the `now` of the change.
     pub at: DateTime<Utc>,
@@ -537,6 +544,104 @@ pub struct QuietSweep {
     pub handled: usize,
     /// The customers it erased.
     pub erased: Vec<Erasure>,
+}
+
+/// Most tags one customer profile may have: [`Store::update_customer`] refuses to add beyond it
+/// (the conflict [`TOO_MANY_TAGS`]).
+pub const MAX_CUSTOMER_TAGS: usize = 100;
+/// Most attributes one customer profile may have: [`Store::update_customer`] refuses to add
+/// beyond it (the conflict [`TOO_MANY_ATTRIBUTES`]).
+pub const MAX_CUSTOMER_ATTRIBUTES: usize = 100;
+/// The conflict code of an update that would leave a profile with more than
+/// [`MAX_CUSTOMER_TAGS`] tags.
+pub const TOO_MANY_TAGS: &str = "too_many_tags";
+/// The conflict code of an update that would leave a profile with more than
+/// [`MAX_CUSTOMER_ATTRIBUTES`] attributes.
+pub const TOO_MANY_ATTRIBUTES: &str = "too_many_attributes";
+
+/// A change of a customer's tags and attributes ([`Store::update_customer`]), applied in this
+/// order: `remove_tags`, then `add_tags`, then `attributes`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CustomerUpdate {
+    /// Tags to add, at the end, in this order; tags the profile has already stay where they are.
+    pub add_tags: Vec<String>,
+    /// Tags to remove; a tag the profile does not have is ignored.
+    pub remove_tags: Vec<String>,
+    /// A JSON Merge Patch (RFC 7386) of the attributes, at the top level: a value sets the
+    /// attribute (replacing it whole), `null` removes it.
+    pub attributes: serde_json::Map<String, serde_json::Value>,
+}
+
+impl CustomerUpdate {
+    /// Whether it changes nothing whatever the profile.
+    pub fn is_empty(&self) -> bool {
+        self.add_tags.is_empty() && self.remove_tags.is_empty() && self.attributes.is_empty()
+    }
+
+    /// The tags and attributes of `customer` after the update (the removed tags gone, the added
+    /// ones appended once each, the merge patch applied), or the conflict refusing it past the
+    /// limits (see [`Store::update_customer`]).
+    pub(crate) fn applied_to(
+        &self,
+        customer: &Customer,
+    ) -> Result<(Vec<String>, serde_json::Map<String, serde_json::Value>), StoreError> {
+        let mut tags: Vec<String> = customer
+            .tags
+            .iter()
+            .filter(|t| !self.remove_tags.contains(t))
+            .cloned()
+            .collect();
+        for tag in &self.add_tags {
+            if !tags.contains(tag) {
+                tags.push(tag.clone());
+            }
+        }
+        let mut attributes = customer.attributes.clone();
+        for (name, value) in &self.attributes {
+            if value.is_null() {
+                attributes.remove(name);
+            } else {
+                attributes.insert(name.clone(), value.clone());
+            }
+        }
+        refuse_past_limit(
+            customer.tags.len(),
+            tags.len(),
+            MAX_CUSTOMER_TAGS,
+            TOO_MANY_TAGS,
+            "tags",
+        )?;
+        refuse_past_limit(
+            customer.attributes.len(),
+            attributes.len(),
+            MAX_CUSTOMER_ATTRIBUTES,
+            TOO_MANY_ATTRIBUTES,
+            "attributes",
+        )?;
+        Ok((tags, attributes))
+    }
+}
+
+/// The conflict `code` refusing an update from `before` to `after` items (tags or attributes)
+/// past `max`. An update may not leave more than `max`, unless it leaves no more than there
+/// were: a merge keeps both profiles' tags and attributes, which can exceed the limit, and such
+/// a profile can still lose some.
+fn refuse_past_limit(
+    before: usize,
+    after: usize,
+    max: usize,
+    code: &'static str,
+    what: &str,
+) -> Result<(), StoreError> {
+    if after > max && after > before {
+        return Err(StoreError::Conflict {
+            code,
+            message: format!(
+                "a customer may have at most {max} {what}; this update would leave {after}"
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// One undelivered item of a mailbox ([`Store::mailbox_push`]).
@@ -829,6 +934,21 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
         now: DateTime<Utc>,
     ) -> Result<QuietSweep, StoreError>;
+
+    /// Changes the tags and attributes of a customer (a merged-away id changes the profile it
+    /// was merged into) as `update` says, in one atomic step, and notes it
+    /// ([`NoteKind::CustomerUpdated`] at `now`); returns the profile after the change.
+    /// `NotFound` for an unknown customer. Refused, changing nothing, with the conflict
+    /// [`TOO_MANY_TAGS`] or [`TOO_MANY_ATTRIBUTES`] when the profile would have more than
+    /// [`MAX_CUSTOMER_TAGS`] tags or [`MAX_CUSTOMER_ATTRIBUTES`] attributes (and more than
+    /// before: a merge keeps both profiles' tags and attributes, which may exceed the limits, and
+    /// such a profile may still lose some). `first_seen` and `last_seen` stay.
+    async fn update_customer(
+        &self,
+        id: &str,
+        update: &CustomerUpdate,
+        now: DateTime<Utc>,
+    ) -> Result<Customer, StoreError>;
 
     /// Moves a conversation to another pool's queue or straight to an agent with room, and notes
     /// it ([`NoteKind::TransferredToPool`] or [`NoteKind::TransferredToAgent`] at `now`, with the

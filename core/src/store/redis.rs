@@ -56,9 +56,11 @@ use link::Link;
 pub use link::RedisTarget;
 
 use super::{
-    AgentUpdate, Assignment, ERASED_BY_RETENTION, Erasure, IDLE_CLOSE_REASON, InboundOutcome,
-    InboundRecord, InboundRouting, MailboxHead, MailboxItem, MailboxPush, Merge, Note, QuietSweep,
-    Release, Resolution, ResolveRequest, SenderResolution, Store, StoreError, TransferTarget,
+    AgentUpdate, Assignment, CustomerUpdate, ERASED_BY_RETENTION, Erasure, IDLE_CLOSE_REASON,
+    InboundOutcome, InboundRecord, InboundRouting, MAX_CUSTOMER_ATTRIBUTES, MAX_CUSTOMER_TAGS,
+    MailboxHead, MailboxItem, MailboxPush, Merge, Note, QuietSweep, Release, Resolution,
+    ResolveRequest, SenderResolution, Store, StoreError, TOO_MANY_ATTRIBUTES, TOO_MANY_TAGS,
+    TransferTarget,
 };
 use crate::envelope::{ChannelRef, Envelope, Sender, new_id};
 use crate::identity::{IdentityKey, IdentityStrength};
@@ -170,6 +172,8 @@ static RELEASE: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/r
 static MAILBOX: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/mailbox.lua")));
 static EXPIRE_CLOSED: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/expire.lua")));
 static ERASE: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/erase.lua")));
+static UPDATE_CUSTOMER: LazyLock<Script> =
+    LazyLock::new(|| script(include_str!("redis/update_customer.lua")));
 static SWEEP_PRESENCE: LazyLock<Script> =
     LazyLock::new(|| script(include_str!("redis/sweep_presence.lua")));
 
@@ -511,6 +515,8 @@ fn conflict_code(s: &str) -> &'static str {
         "customer_unresolved" => "customer_unresolved",
         "conversation_changed" => "conversation_changed",
         "customer_has_open_conversation" => "customer_has_open_conversation",
+        TOO_MANY_TAGS => TOO_MANY_TAGS,
+        TOO_MANY_ATTRIBUTES => TOO_MANY_ATTRIBUTES,
         _ => "conflict",
     }
 }
@@ -1277,6 +1283,40 @@ impl Store for RedisStore {
                 .map_err(|_| bad(format_args!("erase quiet answered `{handled}`")))?,
             erased: items.map(erasure).collect::<Result<_, _>>()?,
         })
+    }
+
+    async fn update_customer(
+        &self,
+        id: &str,
+        update: &CustomerUpdate,
+        now: DateTime<Utc>,
+    ) -> Result<Customer, StoreError> {
+        let mut inv = UPDATE_CUSTOMER.prepare_invoke();
+        inv.arg(&self.prefix)
+            .arg(id)
+            .arg(stamp(now))
+            .arg(MAX_CUSTOMER_TAGS)
+            .arg(MAX_CUSTOMER_ATTRIBUTES);
+        for tags in [&update.remove_tags, &update.add_tags] {
+            inv.arg(tags.len());
+            for tag in tags {
+                inv.arg(tag);
+            }
+        }
+        let (unset, set): (Vec<_>, Vec<_>) = update
+            .attributes
+            .iter()
+            .partition(|(_, value)| value.is_null());
+        inv.arg(set.len());
+        for (name, value) in set {
+            inv.arg(name).arg(json(value)?);
+        }
+        inv.arg(unset.len());
+        for (name, _) in unset {
+            inv.arg(name);
+        }
+        let (_, mut items) = tagged(self.eval(&inv, false).await?)?;
+        customer(items.next()?)
     }
 
     async fn transfer(

@@ -60,6 +60,8 @@ pub async fn require_api_key(
         // Erasing a customer is for administrators, not agents.
         Method::DELETE => Some(&["admin"]),
         Method::GET if request.uri().path() != "/v1/agents/ws" => None,
+        // Every other change (POST, PUT, PATCH: linking identities, tagging a customer, ...) and
+        // the agent socket: agents and administrators.
         _ => Some(&["admin", "agent"]),
     };
     if let Some(needed) = needed

@@ -5,6 +5,7 @@ mod agent_ws;
 mod auth;
 mod byte_range;
 mod channels;
+mod customer_patch;
 mod error;
 mod media;
 mod ops;
@@ -121,7 +122,9 @@ pub fn app(state: HttpState) -> Router {
         .route("/v1/customers", get(rest::lookup_customer))
         .route(
             "/v1/customers/{id}",
-            get(rest::get_customer).delete(rest::erase_customer),
+            get(rest::get_customer)
+                .patch(rest::update_customer)
+                .delete(rest::erase_customer),
         )
         .route("/v1/customers/{id}/identities", post(rest::link_identity))
         .route("/v1/customers/{id}/merge", post(rest::merge_customer))

@@ -16,6 +16,7 @@ use switchyard_core::identity::IdentityKey;
 use switchyard_core::model::AgentStatus;
 use switchyard_core::store::{AgentUpdate, TransferTarget};
 
+use super::customer_patch::CustomerPatch;
 use super::{ApiError, HttpState};
 
 /// Parses a JSON request body: 415 without a JSON content type, 413 when too large, 400 with
@@ -256,6 +257,22 @@ pub async fn erase_customer(
         "conversations": erasure.conversations,
     }))
     .into_response())
+}
+
+/// `PATCH /v1/customers/{id}` `{"add_tags", "remove_tags", "attributes"}`: changes the
+/// customer's tags and attributes (a merged-away id: the profile it was merged into) and answers
+/// the profile after the change, as `customer.updated` announces it. A body that breaks the rules
+/// of [`CustomerPatch`] answers 422; a profile that would go past its limits, 409.
+pub async fn update_customer(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body: CustomerPatch = json_body(&state, &headers, body)?;
+    let update = body.into_update()?;
+    let customer = state.ops.update_customer(&id, &update).await?;
+    Ok(Json(customer).into_response())
 }
 
 /// `GET /v1/customers?identity=<key>`.

@@ -128,6 +128,21 @@ pub struct Setup {
 }
 
 impl Setup {
+    /// The same setup, its router choosing the pool of a new conversation by `routes`.
+    pub fn with_routes(mut self, routes: RoutingTable) -> Self {
+        let bus: Arc<dyn Bus> = self.bus.clone();
+        self.router = InboundRouter::new(
+            Arc::clone(&self.store),
+            EventPublisher::new(bus),
+            self.metrics.clone(),
+            routes,
+            vec!["default".into()],
+            Duration::from_secs(600),
+            4,
+        );
+        self
+    }
+
     /// How many ingress-to-assignment latencies the router has recorded.
     pub fn assignments_measured(&self) -> u64 {
         self.metrics
