@@ -124,9 +124,11 @@ impl Connector for ApiConnector {
                 "Content-Type must be application/json, not `{content_type}`"
             )));
         }
-        let mut message: ApiMessage = serde_json::from_slice(req.body)
+        let (mut message, raw): (ApiMessage, _) = self
+            .raw
+            .decode_json(req.body)
             .map_err(|e| ConnectorError::Malformed(format!("invalid message JSON: {e}")))?;
-        message.raw = self.raw.capture_json(req.body);
+        message.raw = raw;
         Ok(message)
     }
 

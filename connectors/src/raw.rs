@@ -12,7 +12,7 @@
 //! A connector holds a [`RawPolicy`] built from its settings. Where `normalize` still has the
 //! event, it calls [`RawPolicy::attach`] with a closure that makes the object; where only
 //! `decode` sees it (the request body, the decrypted plaintext), `decode` keeps it in the native
-//! payload with [`RawPolicy::capture`] / [`RawPolicy::capture_json`] and `normalize` attaches
+//! payload with [`RawPolicy::capture`] / [`RawPolicy::decode_json`] and `normalize` attaches
 //! that. Both call their closure only when the channel keeps raw, so a channel that does not
 //! pays nothing on the hot path.
 //!
@@ -21,6 +21,7 @@
 
 use std::sync::Arc;
 
+use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use switchyard_core::config::ChannelSettings;
 use switchyard_core::envelope::Envelope;
@@ -107,9 +108,25 @@ impl RawPolicy {
         if self.keeps() { read() } else { None }
     }
 
-    /// [`Self::capture`] of a JSON body: the object it holds (nothing if it is not one).
-    pub fn capture_json(&self, body: &[u8]) -> Option<Map<String, Value>> {
-        self.capture(|| serde_json::from_slice(body).ok())
+    /// Decodes a JSON body as `T` with one parse, and, when the channel keeps raw, also returns
+    /// the object the body holds (nothing if it is not one): the body is read into a [`Value`]
+    /// once and `T` is built from that, instead of parsing the bytes twice.
+    pub fn decode_json<T: DeserializeOwned>(
+        &self,
+        body: &[u8],
+    ) -> serde_json::Result<(T, Option<Map<String, Value>>)> {
+        if !self.keeps() {
+            return Ok((serde_json::from_slice(body)?, None));
+        }
+        let value: Value = serde_json::from_slice(body)?;
+        let typed = T::deserialize(&value)?;
+        Ok((
+            typed,
+            match value {
+                Value::Object(map) => Some(map),
+                _ => None,
+            },
+        ))
     }
 
     /// Gives every envelope of `envelopes` (made from one platform event) the object `event`
@@ -262,7 +279,8 @@ mod tests {
         policy.attach(&mut envelopes, || panic!("read although raw is off"));
         assert_eq!(envelopes[0].raw, None);
         assert_eq!(policy.capture(|| panic!("read although raw is off")), None);
-        assert_eq!(policy.capture_json(br#"{"a": 1}"#), None);
+        let (typed, kept) = policy.decode_json::<Value>(br#"{"a": 1}"#).unwrap();
+        assert_eq!((typed, kept), (json!({"a": 1}), None));
     }
 
     #[test]
@@ -278,11 +296,17 @@ mod tests {
                 Some(json!({"text": "hi", "note": MASK, "mobile": MASK}))
             );
         }
-        assert_eq!(
-            policy.capture_json(br#"{"a": [1]}"#),
-            Some(object(json!({"a": [1]})))
+        let (typed, kept) = policy
+            .decode_json::<std::collections::BTreeMap<String, Vec<u8>>>(br#"{"a": [1]}"#)
+            .unwrap();
+        assert_eq!(typed["a"], [1], "one parse gives both the type");
+        assert_eq!(kept, Some(object(json!({"a": [1]}))), "and the kept object");
+        let (_, kept) = policy.decode_json::<Vec<u8>>(b"[1]").unwrap();
+        assert_eq!(kept, None, "only objects are kept");
+        assert!(
+            policy.decode_json::<Vec<u8>>(br#"{"a": 1}"#).is_err(),
+            "a body that is not the type is refused"
         );
-        assert_eq!(policy.capture_json(b"[1]"), None, "only objects are kept");
     }
 
     #[test]

@@ -352,8 +352,17 @@ fn malformed(e: impl std::fmt::Display) -> ConnectorError {
 
 /// Parses a webhook body into an update: its id, its kind and, for `message`, the message.
 pub fn parse_update(body: &[u8]) -> Result<TelegramUpdate, ConnectorError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| malformed(format!("invalid Telegram update JSON: {e}")))?;
+    update_of(read_update(body)?)
+}
+
+/// The JSON of a Telegram update.
+fn read_update(body: &[u8]) -> Result<Value, ConnectorError> {
+    serde_json::from_slice(body)
+        .map_err(|e| malformed(format!("invalid Telegram update JSON: {e}")))
+}
+
+/// [`parse_update`] of a body already read as JSON.
+fn update_of(value: Value) -> Result<TelegramUpdate, ConnectorError> {
     let Value::Object(mut update) = value else {
         return Err(malformed("a Telegram update must be a JSON object"));
     };
@@ -921,8 +930,11 @@ impl Connector for TelegramConnector {
     }
 
     fn decode(&self, req: &InboundRequest<'_>) -> Result<TelegramUpdate, ConnectorError> {
-        let mut update = parse_update(req.body)?;
-        update.raw = self.raw.capture_json(req.body);
+        // Read once: the kept payload is a copy of the JSON, not a second parse of the bytes.
+        let value = read_update(req.body)?;
+        let raw = self.raw.capture(|| value.as_object().cloned());
+        let mut update = update_of(value)?;
+        update.raw = raw;
         Ok(update)
     }
 
