@@ -148,7 +148,7 @@ fn is_generic(mime: &str) -> bool {
     )
 }
 
-/// A `multipart/form-data` body with one file part.
+/// A `multipart/form-data` body with one file part, after any plain fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Multipart {
     content_type: String,
@@ -174,16 +174,40 @@ fn quoted_filename(name: &str) -> String {
 impl Multipart {
     /// One file part named `field`, with `filename` and `Content-Type: mime`.
     pub fn file(field: &str, filename: &str, mime: &str, bytes: &[u8]) -> Self {
+        Self::fields_and_file(&[], field, filename, mime, bytes)
+    }
+
+    /// The plain `fields` (name, value), then one file part as [`Multipart::file`] makes it.
+    pub fn fields_and_file(
+        fields: &[(&str, &str)],
+        field: &str,
+        filename: &str,
+        mime: &str,
+        bytes: &[u8],
+    ) -> Self {
+        let occurs = |haystack: &[u8], needle: &str| {
+            haystack
+                .windows(needle.len())
+                .any(|w| w == needle.as_bytes())
+        };
         let boundary = loop {
             let candidate = format!("switchyard-{}", hex::encode(rand::random::<[u8; 12]>()));
-            if !bytes
-                .windows(candidate.len())
-                .any(|w| w == candidate.as_bytes())
+            if !occurs(bytes, &candidate)
+                && !fields.iter().any(|(_, v)| occurs(v.as_bytes(), &candidate))
             {
                 break candidate;
             }
         };
-        let mut body = Vec::with_capacity(bytes.len() + 256);
+        let mut body = Vec::with_capacity(bytes.len() + 256 * (fields.len() + 1));
+        for (name, value) in fields {
+            body.extend_from_slice(
+                format!(
+                    "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n\
+                     {value}\r\n"
+                )
+                .as_bytes(),
+            );
+        }
         body.extend_from_slice(
             format!(
                 "--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; \

@@ -16,7 +16,9 @@
 //!   `caption` is the content's `caption`; replies send it as `caption` (0–1024 characters).
 //! * **Reply**: `POST {api_base}/bot{token}/sendMessage` `{"chat_id", "text"}` (in a private
 //!   chat the chat id is the user id); images, audio, video and files by URL (or by a Telegram
-//!   `file_id`) through `sendPhoto`/`sendAudio`/`sendVideo`/`sendDocument`. Errors are
+//!   `file_id`) through `sendPhoto`/`sendAudio`/`sendVideo`/`sendDocument`; a document by URL
+//!   that is not a GIF, PDF or ZIP (the only types `sendDocument` fetches) is downloaded and
+//!   uploaded as multipart `document` (up to 50 MB). Errors are
 //!   `{"ok": false, "error_code", "description", "parameters": {"retry_after"}}`.
 //!
 //! * **Media a customer sent** ([`Connector::fetch_media`], core.telegram.org/bots/api#getfile):
@@ -42,7 +44,7 @@ use switchyard_core::store::Store;
 
 use crate::api::retry_after;
 use crate::caption::within_limit;
-use crate::media::{self, MediaDownload};
+use crate::media::{self, MediaDownload, Multipart};
 use crate::rules::{Captions, ChannelRules};
 use crate::signature::constant_time_eq;
 use crate::token_cache::base_url;
@@ -65,6 +67,15 @@ pub const MAX_TEXT_CHARS: usize = 4096;
 pub const MAX_CAPTION_CHARS: usize = 1024;
 /// Largest file a bot may download (getFile).
 pub const MAX_DOWNLOAD_BYTES: u64 = 20 * 1024 * 1024;
+/// Largest file a bot may upload (Bot API "Sending files": 50 MB for other files).
+pub const MAX_UPLOAD_BYTES: usize = 50 * 1024 * 1024;
+/// The only file types `sendDocument` fetches by URL (Bot API: "sending by URL will currently
+/// only work for GIF, PDF and ZIP files"); a document of another type is uploaded.
+const DOCUMENT_URL_TYPES: [(&str, &str); 3] = [
+    (".gif", "image/gif"),
+    (".pdf", "application/pdf"),
+    (".zip", "application/zip"),
+];
 /// Longest webhook secret token Telegram accepts.
 pub const MAX_SECRET_TOKEN_CHARS: usize = 256;
 /// Key (inside `raw`) under which `normalize` hands the quoted message to `deliver`, which
@@ -749,19 +760,63 @@ impl TelegramConnector {
 
     /// `POST {api_base}/bot{token}/{method}` with a JSON body; the sent message's id.
     async fn call(&self, method: &str, body: &Value) -> Result<SendReceipt, ConnectorError> {
-        let answer = self.call_result(method, body).await?;
-        Ok(SendReceipt {
-            channel_message_id: answer
-                .get("message_id")
-                .and_then(Value::as_i64)
-                .map(|id| id.to_string()),
-        })
+        Ok(receipt_of(&self.call_result(method, body).await?))
+    }
+
+    /// `sendDocument` of a file Telegram will not fetch by URL (see [`DOCUMENT_URL_TYPES`]):
+    /// downloads `url` (at most [`MAX_UPLOAD_BYTES`]) and uploads it as the `document` part of
+    /// a multipart request, with the other fields of `body` (the JSON request) as plain fields.
+    async fn upload_document(
+        &self,
+        url: &str,
+        name: Option<&str>,
+        body: &Value,
+    ) -> Result<SendReceipt, ConnectorError> {
+        let file = media::download(&self.http, url, MAX_UPLOAD_BYTES).await?;
+        let mime = file
+            .served_mime
+            .clone()
+            .or_else(|| media::sniff_mime(&file.bytes).map(str::to_owned))
+            .unwrap_or_else(|| "application/octet-stream".to_owned());
+        let filename = name
+            .map(str::to_owned)
+            .or_else(|| media::url_file_name(url))
+            .unwrap_or_else(|| format!("file.{}", media::extension(&mime)));
+        let fields: Vec<(&str, String)> = body
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(key, _)| key.as_str() != "document")
+            .map(|(key, value)| {
+                let text = match value {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (key.as_str(), text)
+            })
+            .collect();
+        let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let form = Multipart::fields_and_file(&fields, "document", &filename, &mime, &file.bytes);
+        let url = format!("{}/bot{}/sendDocument", self.api_base, self.bot_token);
+        let answer = self
+            .answer_of("sendDocument", form.apply(self.http.post(url)))
+            .await?;
+        Ok(receipt_of(&answer))
     }
 
     /// `POST {api_base}/bot{token}/{method}` with a JSON body; the answer's `result`.
     async fn call_result(&self, method: &str, body: &Value) -> Result<Value, ConnectorError> {
         let url = format!("{}/bot{}/{method}", self.api_base, self.bot_token);
-        let response = self.http.post(url).json(body).send().await.map_err(|e| {
+        self.answer_of(method, self.http.post(url).json(body)).await
+    }
+
+    /// Sends a Bot API `request` for `method`; the answer's `result`, or the classified error.
+    async fn answer_of(
+        &self,
+        method: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Value, ConnectorError> {
+        let response = request.send().await.map_err(|e| {
             ConnectorError::Transient(
                 self.redact(format!("Telegram {method} failed: {}", e.without_url())),
             )
@@ -887,6 +942,29 @@ impl TelegramConnector {
 }
 
 /// How a media object is given to the Bot API: its `http(s)` URL, else its Telegram `file_id`.
+/// The receipt of a sent message: its `message_id`.
+fn receipt_of(sent: &Value) -> SendReceipt {
+    SendReceipt {
+        channel_message_id: sent
+            .get("message_id")
+            .and_then(Value::as_i64)
+            .map(|id| id.to_string()),
+    }
+}
+
+/// Whether `sendDocument` fetches a document at `url` itself: a GIF, PDF or ZIP, by the URL's
+/// path or the declared `mime`.
+fn fetched_by_url(url: &str, mime: Option<&str>) -> bool {
+    let path = url
+        .split(['?', '#'])
+        .next()
+        .unwrap_or(url)
+        .to_ascii_lowercase();
+    DOCUMENT_URL_TYPES.iter().any(|(extension, type_)| {
+        path.ends_with(extension) || mime.is_some_and(|m| m.eq_ignore_ascii_case(type_))
+    })
+}
+
 fn media_reference(media: &Media) -> Result<String, ConnectorError> {
     if let Some(url) = media
         .url
@@ -1055,7 +1133,8 @@ impl Connector for TelegramConnector {
                     second per chat); text up to 4096 characters, captions of media up to \
                     1024; images, audio (MP3/M4A), \
                     video and files by http(s) URL (Telegram fetches them: photos up to 5 MB, \
-                    other files up to 20 MB; sendDocument by URL takes GIF, PDF and ZIP only) \
+                    other files up to 20 MB; sendDocument by URL takes GIF, PDF and ZIP only, \
+                    so other documents are downloaded and uploaded, up to 50 MB) \
                     or by a Telegram file_id; a user who blocked the bot cannot be written to.",
         }
     }
@@ -1080,6 +1159,12 @@ impl Connector for TelegramConnector {
                 "reply_parameters".into(),
                 json!({ "message_id": ctx.message_id, "allow_sending_without_reply": true }),
             );
+        }
+        if let Content::File { media, name, .. } = &message.content
+            && let Some(url) = media.url.as_deref()
+            && !fetched_by_url(url, media.mime.as_deref())
+        {
+            return self.upload_document(url, name.as_deref(), &body).await;
         }
         self.call(method, &body).await
     }

@@ -653,6 +653,80 @@ async fn media_go_by_url_or_file_id_through_their_methods() {
     }
 }
 
+/// `sendDocument` fetches only GIF, PDF and ZIP by URL: another document is downloaded and
+/// uploaded as a multipart `document`, with the other fields beside it.
+#[tokio::test]
+async fn a_document_telegram_cannot_fetch_by_url_is_uploaded() {
+    const DOCX: &[u8] = b"PK\x03\x04 not really a docx";
+    const DOCX_TYPE: &str =
+        "application/vnd.openxmlformats-officedocument.wordprocessingml.document";
+    let server = MockServer::start().await;
+    let (c, _) = connector_quoting(Some(server.uri()), "false");
+    Mock::given(method("GET"))
+        .and(path("/files/report.docx"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(DOCX.to_vec(), DOCX_TYPE))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(api_path("sendDocument")))
+        .respond_with(sent(321))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let inbound = envelopes_of(&c, "text").remove(0);
+    let reply = reply_to(
+        &inbound,
+        Content::File {
+            media: by_url(&format!("{}/files/report.docx?sig=1", server.uri())),
+            name: Some("Q3 report.docx".into()),
+            caption: Some("The report".into()),
+        },
+    );
+    let receipt = c.send(&reply).await.unwrap();
+    assert_eq!(receipt.channel_message_id.as_deref(), Some("321"));
+
+    let requests = server.received_requests().await.unwrap();
+    let upload = requests
+        .iter()
+        .find(|r| r.url.path() == api_path("sendDocument"))
+        .expect("the upload");
+    let content_type = upload
+        .headers
+        .get("content-type")
+        .unwrap()
+        .to_str()
+        .unwrap();
+    let boundary = content_type
+        .strip_prefix("multipart/form-data; boundary=")
+        .expect("a multipart body");
+    let body = upload.body.as_slice();
+    let part = |text: String| {
+        assert!(
+            body.windows(text.len()).any(|w| w == text.as_bytes()),
+            "the upload lacks {text:?}"
+        );
+    };
+    part(format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"chat_id\"\r\n\r\n{USER_ID}\r\n"
+    ));
+    part(format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"caption\"\r\n\r\nThe report\r\n"
+    ));
+    part(format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"document\"; \
+         filename=\"Q3 report.docx\"\r\nContent-Type: {DOCX_TYPE}\r\n\r\n"
+    ));
+    assert!(
+        body.windows(DOCX.len()).any(|w| w == DOCX),
+        "the file's bytes are uploaded"
+    );
+    assert!(
+        !body.windows(7).any(|w| w == b"/files/"),
+        "the URL itself is not sent"
+    );
+}
+
 #[tokio::test]
 async fn what_telegram_cannot_take_is_refused_before_any_request() {
     let server = MockServer::start().await;
