@@ -1090,6 +1090,7 @@ impl Connector for DouyinConnector {
     fn rules(&self) -> ChannelRules {
         ChannelRules {
             reply_window: Some(REPLY_WINDOW),
+            window_exempt: Vec::new(),
             max_replies_per_inbound: None,
             content_types: vec!["text", "image"],
             max_text_chars: None,

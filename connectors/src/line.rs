@@ -652,6 +652,7 @@ impl Connector for LineConnector {
     fn rules(&self) -> ChannelRules {
         ChannelRules {
             reply_window: None,
+            window_exempt: Vec::new(),
             max_replies_per_inbound: None,
             content_types: vec!["text", "image", "video"],
             max_text_chars: Some(MAX_TEXT_UTF16),

@@ -16,6 +16,10 @@ pub struct ChannelRules {
     /// How long after the customer's last message replies are allowed (`None`: always).
     #[serde(with = "opt_secs")]
     pub reply_window: Option<Duration>,
+    /// Content types that may still be sent after the reply window closed, such as WhatsApp
+    /// templates; they are not held to `max_replies_per_inbound` either. Only types the channel
+    /// accepts (`content_types`) count.
+    pub window_exempt: Vec<&'static str>,
     /// Replies allowed per customer message within the window (`None`: unlimited).
     pub max_replies_per_inbound: Option<u32>,
     /// Outbound content types the channel accepts.
@@ -68,7 +72,9 @@ pub struct RuleViolation {
     pub message: String,
 }
 
-/// Every outbound content type.
+/// The outbound content types of the unrestricted (web and API) channels: every type but
+/// `template`, which names a template approved on a messaging platform (WhatsApp) that a web
+/// visitor or an app backend has no way to render.
 pub const ALL_TYPES: &[&str] = &[
     "text", "image", "audio", "video", "file", "location", "link", "sticker", "card", "event",
 ];
@@ -78,6 +84,7 @@ impl ChannelRules {
     pub fn unrestricted(notes: &'static str) -> Self {
         ChannelRules {
             reply_window: None,
+            window_exempt: Vec::new(),
             max_replies_per_inbound: None,
             content_types: ALL_TYPES.to_vec(),
             max_text_chars: None,
@@ -94,20 +101,34 @@ impl ChannelRules {
         content: Content,
         now: DateTime<Utc>,
     ) -> Result<Content, RuleViolation> {
-        if let Some(window) = self.reply_window {
+        let exempt = self.is_window_exempt(&content);
+        if let Some(window) = self.reply_window.filter(|_| !exempt) {
             let last = conversation
                 .last_inbound_at
                 .unwrap_or(conversation.created_at);
             let elapsed = (now - last).to_std().unwrap_or_default();
             if elapsed > window {
+                let mut message = format!(
+                    "the channel allows replies only within {} h of the customer's last \
+                     message; it was {} h ago",
+                    window.as_secs() / 3600,
+                    elapsed.as_secs() / 3600
+                );
+                let still_allowed: Vec<&str> = self
+                    .window_exempt
+                    .iter()
+                    .copied()
+                    .filter(|kind| self.content_types.contains(kind))
+                    .collect();
+                if !still_allowed.is_empty() {
+                    message.push_str(&format!(
+                        "; only {} content can be sent now",
+                        still_allowed.join(", ")
+                    ));
+                }
                 return Err(RuleViolation {
                     code: "reply_window_closed",
-                    message: format!(
-                        "the channel allows replies only within {} h of the customer's last \
-                         message; it was {} h ago",
-                        window.as_secs() / 3600,
-                        elapsed.as_secs() / 3600
-                    ),
+                    message,
                 });
             }
         }
@@ -116,7 +137,7 @@ impl ChannelRules {
             (Captions::AsText, Some(_)) => 2,
             _ => 1,
         };
-        if let Some(max) = self.max_replies_per_inbound
+        if let Some(max) = self.max_replies_per_inbound.filter(|_| !exempt)
             && conversation.replies_since_inbound.saturating_add(messages) > max
         {
             return Err(RuleViolation {
@@ -159,6 +180,13 @@ impl ChannelRules {
             }
         }
         Ok(content)
+    }
+
+    /// Whether `content` may go out after the reply window closed (and beyond the reply
+    /// quota): its type is one the channel accepts and lists in `window_exempt`.
+    pub fn is_window_exempt(&self, content: &Content) -> bool {
+        let kind = content.type_name();
+        self.window_exempt.contains(&kind) && self.content_types.contains(&kind)
     }
 
     /// Downgrades content the channel does not accept along the downgrade chain.
@@ -274,6 +302,7 @@ mod tests {
     fn wechat_like() -> ChannelRules {
         ChannelRules {
             reply_window: Some(Duration::from_secs(48 * 3600)),
+            window_exempt: Vec::new(),
             max_replies_per_inbound: Some(5),
             content_types: vec!["text", "image", "link"],
             max_text_chars: Some(10),
@@ -414,6 +443,82 @@ mod tests {
         assert_eq!(
             rules["captions"],
             serde_json::json!({"mode": "on_media", "max_chars": 3})
+        );
+    }
+
+    fn template() -> Content {
+        Content::Template {
+            name: "order_update".into(),
+            language: "en_US".into(),
+            parameters: vec!["Ada".into(), "#1234".into()],
+            components: None,
+        }
+    }
+
+    /// A channel like WhatsApp: a window, templates accepted and exempt from it.
+    fn with_templates() -> ChannelRules {
+        ChannelRules {
+            content_types: vec!["text", "image", "link", "template"],
+            window_exempt: vec!["template"],
+            ..wechat_like()
+        }
+    }
+
+    #[test]
+    fn a_window_exempt_template_passes_a_closed_window_and_text_does_not() {
+        let now = Utc::now();
+        let late = conversation(now - chrono::TimeDelta::hours(49), 0);
+        let rules = with_templates();
+        assert_eq!(rules.check(&late, template(), now).unwrap(), template());
+        let refused = rules
+            .check(&late, Content::Text { text: "hi".into() }, now)
+            .unwrap_err();
+        assert_eq!(refused.code, "reply_window_closed");
+        assert!(
+            refused
+                .message
+                .ends_with("; only template content can be sent now"),
+            "{}",
+            refused.message
+        );
+        assert!(
+            rules.check(&conversation(now, 5), template(), now).is_ok(),
+            "not held to the replies per customer message"
+        );
+        let not_exempt = ChannelRules {
+            window_exempt: Vec::new(),
+            ..with_templates()
+        };
+        assert_eq!(
+            not_exempt.check(&late, template(), now).unwrap_err().code,
+            "reply_window_closed"
+        );
+        let rules = serde_json::to_value(&rules).unwrap();
+        assert_eq!(rules["window_exempt"], serde_json::json!(["template"]));
+    }
+
+    #[test]
+    fn a_template_is_unsupported_where_not_accepted_and_never_downgraded() {
+        let now = Utc::now();
+        let everything_to_text = ChannelRules {
+            window_exempt: vec!["template"],
+            downgrades: vec![("template", "text"), ("card", "text")],
+            ..wechat_like()
+        };
+        let refused = everything_to_text
+            .check(&conversation(now, 0), template(), now)
+            .unwrap_err();
+        assert_eq!(
+            refused.code, "content_unsupported",
+            "a template cannot become free text"
+        );
+        let unrestricted = ChannelRules::unrestricted("web");
+        assert_eq!(
+            unrestricted
+                .check(&conversation(now, 0), template(), now)
+                .unwrap_err()
+                .code,
+            "content_unsupported"
         );
     }
 }

@@ -1117,6 +1117,7 @@ impl Connector for TelegramConnector {
     fn rules(&self) -> ChannelRules {
         ChannelRules {
             reply_window: None,
+            window_exempt: Vec::new(),
             max_replies_per_inbound: None,
             content_types: vec!["text", "image", "audio", "video", "file"],
             max_text_chars: Some(MAX_TEXT_CHARS),

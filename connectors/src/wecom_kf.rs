@@ -1219,6 +1219,7 @@ impl Connector for WecomKfConnector {
     fn rules(&self) -> ChannelRules {
         ChannelRules {
             reply_window: Some(REPLY_WINDOW),
+            window_exempt: Vec::new(),
             max_replies_per_inbound: Some(5),
             content_types: vec!["text", "image", "audio", "video", "file", "location"],
             // 2048 bytes of UTF-8: 682 characters is what always fits.

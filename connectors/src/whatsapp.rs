@@ -22,6 +22,12 @@
 //!   a template is needed). Images, videos and documents carry their caption (`caption`, up
 //!   to 1024 characters) both ways; audio has none, so an audio reply's caption follows as a
 //!   text message.
+//! * **Templates** (Cloud API "Send message templates"): `template` content is sent as
+//!   `{"type":"template","template":{"name","language":{"code"},"components"?}}`: its
+//!   `parameters` become one `body` component of text parameters, or its `components` are
+//!   passed through verbatim. Templates are the one thing the 24-hour window lets through
+//!   ([`ChannelRules::window_exempt`]); Meta's template errors (132xxx) are rejections that
+//!   keep their codes.
 //!
 //! * **Media a customer sent** ([`Connector::fetch_media`], Cloud API "Media" reference,
 //!   developers.facebook.com/docs/whatsapp/cloud-api/reference/media): `GET {api_base}/
@@ -682,6 +688,21 @@ impl WhatsAppConnector {
                 }
                 ("location", object)
             }
+            Content::Template {
+                name,
+                language,
+                parameters,
+                components,
+            } => {
+                if let Some(problem) = content.template_problem() {
+                    return Err(ConnectorError::Rejected {
+                        code: "invalid_template".into(),
+                        message: problem.into(),
+                    });
+                }
+                let object = template_object(name, language, parameters, components.as_deref());
+                ("template", object)
+            }
             other => {
                 return Err(ConnectorError::Rejected {
                     code: "content_unsupported".into(),
@@ -722,6 +743,37 @@ fn captioned(media: &Media, content: &Content) -> Result<Value, ConnectorError> 
         map.insert("caption".into(), Value::String(caption.to_owned()));
     }
     Ok(object)
+}
+
+/// The `template` object of a send: `{"name", "language": {"code"}, "components"?}`. The
+/// `components` are the ones given, verbatim, or else one `body` component with the
+/// `parameters` as text parameters; none without either.
+fn template_object(
+    name: &str,
+    language: &str,
+    parameters: &[String],
+    components: Option<&[Map<String, Value>]>,
+) -> Value {
+    let components = match components {
+        Some(components) => Some(Value::Array(
+            components.iter().cloned().map(Value::Object).collect(),
+        )),
+        None if parameters.is_empty() => None,
+        None => Some(json!([{
+            "type": "body",
+            "parameters": parameters
+                .iter()
+                .map(|text| json!({ "type": "text", "text": text }))
+                .collect::<Vec<_>>(),
+        }])),
+    };
+    let mut object = Map::new();
+    object.insert("name".into(), json!(name));
+    object.insert("language".into(), json!({ "code": language }));
+    if let Some(components) = components {
+        object.insert("components".into(), components);
+    }
+    Value::Object(object)
 }
 
 /// A media object of an inbound message (`id`, `mime_type`).
@@ -941,11 +993,35 @@ pub fn is_rate_limit(code: i64) -> bool {
     matches!(code, 4 | 80007 | 130429 | 131048 | 131056)
 }
 
+/// What Meta's template error `code` means (Cloud API "Error codes" reference, template
+/// errors), or `None` for other codes.
+pub fn template_error(code: i64) -> Option<&'static str> {
+    Some(match code {
+        132000 => "the number of parameters does not match the template's placeholders",
+        132001 => "the template does not exist in that language, or is not approved",
+        132005 => "the text with its parameters filled in is too long",
+        132007 => "the template's content violates a WhatsApp policy",
+        132012 => "a parameter's format does not match the template",
+        132015 => "the template is paused for its low quality",
+        132016 => "the template is disabled",
+        _ => return None,
+    })
+}
+
 /// Classifies a failed send by Meta's error body (the code first, then the HTTP status).
 fn classify(error: GraphError, retry_after: Option<Duration>) -> ConnectorError {
     let code = error.code;
     if error.status == 429 || code.is_some_and(is_rate_limit) {
         return ConnectorError::RateLimited { retry_after };
+    }
+    if let Some((code, what)) = code.and_then(|c| template_error(c).map(|what| (c, what))) {
+        return ConnectorError::Rejected {
+            code: code.to_string(),
+            message: format!(
+                "WhatsApp refused the template: {what}. {}",
+                error.describe()
+            ),
+        };
     }
     match code {
         Some(131047) => {
@@ -1111,9 +1187,10 @@ impl Connector for WhatsAppConnector {
     fn rules(&self) -> ChannelRules {
         ChannelRules {
             reply_window: Some(REPLY_WINDOW),
+            window_exempt: vec!["template"],
             max_replies_per_inbound: None,
             content_types: vec![
-                "text", "image", "audio", "video", "file", "location", "sticker",
+                "text", "image", "audio", "video", "file", "location", "sticker", "template",
             ],
             max_text_chars: Some(MAX_TEXT_CHARS),
             downgrades: vec![("card", "link"), ("link", "text")],
@@ -1121,8 +1198,9 @@ impl Connector for WhatsAppConnector {
                 max_chars: Some(MAX_CAPTION_CHARS),
             },
             notes: "WhatsApp Cloud API: free-form messages only within 24 h of the customer's \
-                    last message (customer service window); after that only approved \
-                    templates, which this connector does not send (error 131047). Text up to \
+                    last message (customer service window); after that only an approved \
+                    template (content `template`, which the window does not hold back; anything \
+                    else is refused, error 131047). Text up to \
                     4096 characters; media by public URL (link) or WhatsApp media id; captions \
                     up to 1024 characters on images, videos and documents, while an audio's \
                     caption follows as a text message.",
@@ -1168,8 +1246,10 @@ impl Connector for WhatsAppConnector {
     }
 
     async fn send(&self, message: &Envelope) -> Result<SendReceipt, ConnectorError> {
+        let is_template = matches!(message.content, Content::Template { .. });
         let quoted = match &message.reply_to {
-            Some(reply_to) if self.quote_replies => self.wamid_of(reply_to).await?,
+            // A template (re-)opens a conversation rather than answering a message.
+            Some(reply_to) if self.quote_replies && !is_template => self.wamid_of(reply_to).await?,
             _ => None,
         };
         let quoted = quoted.as_deref();

@@ -1220,3 +1220,177 @@ proptest! {
         prop_assert_eq!(routed, messages);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Templates
+
+fn template(parameters: &[&str], components: Option<Value>) -> Content {
+    Content::Template {
+        name: "order_update".into(),
+        language: "en_US".into(),
+        parameters: parameters.iter().map(|p| (*p).to_owned()).collect(),
+        components: components.map(|c| serde_json::from_value(c).unwrap()),
+    }
+}
+
+/// Sends `content` as a reply to the customer's (delivered, so quotable) text and expects the
+/// fake Graph API to receive exactly `template` as the body's `template` object, without
+/// `context`: a template is not quoted.
+async fn send_template(content: Content, template: Value, wamid: &str) {
+    let server = MockServer::start().await;
+    let (c, store) = connector_at(Some(server.uri()));
+    let inbound = ingest(&c, "text").await;
+    Mock::given(method("POST"))
+        .and(path(messages_path()))
+        .and(header(
+            "authorization",
+            format!("Bearer {ACCESS_TOKEN}").as_str(),
+        ))
+        .and(body_json(json!({
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "to": CUSTOMER,
+            "type": "template",
+            "template": template
+        })))
+        .respond_with(sent(wamid))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let message = reply(&inbound[0], content);
+    let receipt = c.send(&message).await.unwrap();
+    assert_eq!(receipt.channel_message_id.as_deref(), Some(wamid));
+    let kept = store
+        .get_key(&format!("whatsapp:wa-main:sent:{wamid}"))
+        .await
+        .unwrap()
+        .expect("a template is remembered for a later failed status like any send");
+    assert_eq!(serde_json::from_str::<Envelope>(&kept).unwrap(), message);
+}
+
+#[tokio::test]
+async fn a_template_with_parameters_fills_the_body_in_order() {
+    send_template(
+        template(&["Ada", "#1234"], None),
+        json!({
+            "name": "order_update",
+            "language": {"code": "en_US"},
+            "components": [{
+                "type": "body",
+                "parameters": [
+                    {"type": "text", "text": "Ada"},
+                    {"type": "text", "text": "#1234"}
+                ]
+            }]
+        }),
+        "wamid.TPL-1",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_template_with_components_sends_them_verbatim() {
+    let components = json!([
+        {"type": "header", "parameters": [
+            {"type": "image", "image": {"link": "https://cdn.example.com/parcel.jpg"}}
+        ]},
+        {"type": "body", "parameters": [{"type": "text", "text": "Ada"}]},
+        {"type": "button", "sub_type": "quick_reply", "index": "0", "parameters": [
+            {"type": "payload", "payload": "TRACK-1234"}
+        ]}
+    ]);
+    send_template(
+        template(&[], Some(components.clone())),
+        json!({
+            "name": "order_update",
+            "language": {"code": "en_US"},
+            "components": components
+        }),
+        "wamid.TPL-2",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_template_without_parameters_has_no_components() {
+    send_template(
+        template(&[], None),
+        json!({"name": "order_update", "language": {"code": "en_US"}}),
+        "wamid.TPL-3",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_template_with_parameters_and_components_is_refused_before_any_request() {
+    let server = MockServer::start().await;
+    let (c, _) = connector_at(Some(server.uri()));
+    Mock::given(method("POST"))
+        .respond_with(sent("x"))
+        .expect(0)
+        .mount(&server)
+        .await;
+    let inbound = run(&c, &fixture("text")).envelopes()[0].clone();
+    let both = template(&["Ada"], Some(json!([{"type": "body", "parameters": []}])));
+    let nameless = Content::Template {
+        name: " ".into(),
+        language: "en_US".into(),
+        parameters: Vec::new(),
+        components: None,
+    };
+    for content in [both, nameless] {
+        let err = c.send(&reply(&inbound, content)).await.unwrap_err();
+        assert!(
+            matches!(&err, ConnectorError::Rejected { code, .. } if code == "invalid_template"),
+            "{err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn template_errors_are_rejections_with_metas_code() {
+    let server = MockServer::start().await;
+    let (c, _) = connector_at(Some(server.uri()));
+    let inbound = run(&c, &fixture("text")).envelopes()[0].clone();
+    for (code, title, says) in [
+        (
+            132000,
+            "(#132000) Number of parameters does not match the expected number of params",
+            "number of parameters",
+        ),
+        (
+            132001,
+            "(#132001) Template name does not exist in the translation",
+            "does not exist",
+        ),
+    ] {
+        let guard = Mock::given(method("POST"))
+            .and(path(messages_path()))
+            .respond_with(graph_error(400, code, title))
+            .expect(1)
+            .mount_as_scoped(&server)
+            .await;
+        let err = c
+            .send(&reply(&inbound, template(&["Ada"], None)))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, ConnectorError::Rejected { code: c, message }
+                if *c == code.to_string() && message.contains(says)
+                    && message.contains(&code.to_string())),
+            "{err}"
+        );
+        drop(guard);
+    }
+}
+
+#[test]
+fn templates_are_the_one_kind_the_window_lets_through() {
+    let rules = connector().rules();
+    assert!(rules.content_types.contains(&"template"));
+    assert_eq!(rules.window_exempt, ["template"]);
+    assert_eq!(
+        serde_json::to_value(&rules).unwrap()["window_exempt"],
+        json!(["template"])
+    );
+}

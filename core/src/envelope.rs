@@ -163,6 +163,26 @@ pub enum Content {
         #[schemars(with = "std::collections::BTreeMap<String, serde_json::Value>")]
         data: serde_json::Map<String, serde_json::Value>,
     },
+    /// An approved message template of the platform (a WhatsApp template), filled in with its
+    /// parameters. Outbound only: connectors never make one of an inbound message. WhatsApp
+    /// takes one after its 24-hour customer service window has closed, when free-form replies
+    /// are refused.
+    Template {
+        /// The template's name, as approved on the platform.
+        #[schemars(length(min = 1))]
+        name: String,
+        /// The template's language code, e.g. `en_US`.
+        #[schemars(length(min = 1))]
+        language: String,
+        /// The values of the body's `{{1}}`, `{{2}}`, … in order.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        parameters: Vec<String>,
+        /// The platform's own `components` array, passed through as given (header media,
+        /// buttons, …); when given, `parameters` must be empty.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(with = "Option<Vec<std::collections::BTreeMap<String, serde_json::Value>>>")]
+        components: Option<Vec<serde_json::Map<String, serde_json::Value>>>,
+    },
     /// A message type the connector does not map; kept so nothing is silently lost.
     Unsupported {
         /// The channel's own type name.
@@ -184,7 +204,31 @@ impl Content {
             Content::Sticker { .. } => "sticker",
             Content::Card { .. } => "card",
             Content::Event { .. } => "event",
+            Content::Template { .. } => "template",
             Content::Unsupported { .. } => "unsupported",
+        }
+    }
+
+    /// What is wrong with template content, if anything: a blank `name` or `language`, or
+    /// both `parameters` and `components` given. `None` for valid templates and other content.
+    pub fn template_problem(&self) -> Option<&'static str> {
+        let Content::Template {
+            name,
+            language,
+            parameters,
+            components,
+        } = self
+        else {
+            return None;
+        };
+        if name.trim().is_empty() {
+            Some("a template needs its `name`")
+        } else if language.trim().is_empty() {
+            Some("a template needs its `language` code, e.g. `en_US`")
+        } else if components.is_some() && !parameters.is_empty() {
+            Some("a template gives either `parameters` or `components`, not both")
+        } else {
+            None
         }
     }
 

@@ -152,6 +152,12 @@ impl Operations {
                 message: "a text reply needs some text".into(),
             });
         }
+        if let Some(problem) = content.template_problem() {
+            return Err(RouteError::Refused {
+                code: "invalid_template",
+                message: problem.into(),
+            });
+        }
         let conversation = self.conversation_record(conversation_id).await?;
         let now = switchyard_core::time::now();
         // The channel's rules decide before anything is queued: an undeliverable reply is

@@ -455,6 +455,7 @@ fn message_examples_cover_every_content_type_in_both_directions() {
         "sticker",
         "card",
         "event",
+        "template",
         "unsupported",
     ];
     let mut seen: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
@@ -761,6 +762,20 @@ mod random {
             ),
             (text(), json_object()).prop_map(|(name, data)| Content::Event { name, data }),
             text().prop_map(|original_type| Content::Unsupported { original_type }),
+            (
+                "\\PC{1,30}",
+                "[a-z]{2,3}(_[A-Z]{2})?",
+                vec(text(), 0..4),
+                opt(vec(json_object(), 0..3)),
+            )
+                .prop_map(|(name, language, parameters, components)| {
+                    Content::Template {
+                        name,
+                        language,
+                        parameters,
+                        components,
+                    }
+                }),
         ]
     }
 

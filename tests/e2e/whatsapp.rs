@@ -2,7 +2,8 @@
 //! answered with the challenge, a signed message reaches an agent (Meta's retry and a
 //! statuses-only callback are acknowledged but not routed), the agent's reply reaches a fake
 //! Graph API exactly as WhatsApp expects it, and when a later signed webhook reports that reply
-//! `failed`, `message.failed` reaches a helpdesk webhook and the agent who wrote it.
+//! `failed`, `message.failed` reaches a helpdesk webhook and the agent who wrote it. An approved
+//! template sent over REST reaches the fake Graph API as a template send.
 
 use std::time::Duration;
 
@@ -232,6 +233,121 @@ async fn whatsapp_verification_message_and_reply_through_the_ingress() {
             .contains(reply["id"].as_str().unwrap()),
         "{error}"
     );
+    server.stop().await;
+    graph.verify().await;
+}
+
+/// An approved template, sent over REST: the channel's rules say templates pass the closed
+/// window, a malformed one is refused with 422, and the fake Graph API receives exactly the
+/// template send. (The closed window itself, > 24 h after the customer's last message, cannot
+/// be reached through the ingress, which records messages at the current time: the router test
+/// `reply_window` covers it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whatsapp_template_reply_over_rest() {
+    let graph = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(format!("/{PHONE_NUMBER_ID}/messages")))
+        .and(header(
+            "authorization",
+            format!("Bearer {ACCESS_TOKEN}").as_str(),
+        ))
+        .and(body_json(json!({
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "to": CUSTOMER,
+            "type": "template",
+            "template": {
+                "name": "order_update",
+                "language": {"code": "de"},
+                "components": [{
+                    "type": "body",
+                    "parameters": [
+                        {"type": "text", "text": "Jonas"},
+                        {"type": "text", "text": "#1234"}
+                    ]
+                }]
+            }
+        })))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "messaging_product": "whatsapp",
+            "contacts": [{"input": CUSTOMER, "wa_id": CUSTOMER}],
+            "messages": [{"id": "wamid.TPL-e2e-1"}]
+        })))
+        .expect(1)
+        .mount(&graph)
+        .await;
+    let server = Server::start(&format!(
+        "[[channels]]\nid = \"wa\"\nkind = \"whatsapp\"\napp_secret = \"{APP_SECRET}\"\n\
+         verify_token = \"{VERIFY_TOKEN}\"\nphone_number_id = \"{PHONE_NUMBER_ID}\"\n\
+         access_token = \"{ACCESS_TOKEN}\"\napi_base = \"{}\"\n",
+        graph.uri(),
+    ))
+    .await;
+    let (status, rules) = server.get_json("/v1/channels/wa/rules").await;
+    assert_eq!(status, 200, "{rules}");
+    assert_eq!(rules["rules"]["window_exempt"], json!(["template"]));
+    assert!(
+        rules["rules"]["content_types"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("template"))
+    );
+
+    let mut agent = Ws::connect(&format!("ws://{}/v1/agents/ws", server.addr)).await;
+    agent
+        .send(json!({"type": "hello", "agent_id": "wa-agent", "capacity": 1}))
+        .await;
+    agent.recv_type("welcome").await;
+    let message = notification(&format!(
+        r#","contacts":[{{"profile":{{"name":"Jonas"}},"wa_id":"{CUSTOMER}"}}],"messages":[{{"from":"{CUSTOMER}","id":"{WAMID}","timestamp":"1795510798","type":"text","text":{{"body":"Hallo?"}}}}]"#
+    ));
+    assert_eq!(post_signed(&server, &message).await, 200);
+    let assigned = agent.recv_type("assigned").await;
+    let conversation_id = assigned["conversation"]["id"].as_str().unwrap().to_owned();
+    let reply_path = format!("/v1/conversations/{conversation_id}/messages");
+
+    let (status, body) = server
+        .send_json(
+            "POST",
+            &reply_path,
+            json!({"agent_id": "wa-agent", "content": {"type": "template",
+                   "name": "order_update", "language": "de", "parameters": ["Jonas"],
+                   "components": [{"type": "body", "parameters": []}]}}),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_template");
+
+    let (status, body) = server
+        .send_json(
+            "POST",
+            &reply_path,
+            json!({"agent_id": "wa-agent", "content": {"type": "template",
+                   "name": "order_update", "language": "de", "parameters": ["Jonas", "#1234"]}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let requests = eventually(|| {
+        let graph = &graph;
+        async move {
+            let requests = graph.received_requests().await.unwrap_or_default();
+            (!requests.is_empty()).then_some(requests)
+        }
+    })
+    .await;
+    assert_eq!(requests.len(), 1);
+    let (_, conversation) = server
+        .get_json(&format!("/v1/conversations/{conversation_id}"))
+        .await;
+    let recorded = conversation["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["direction"] == "outbound")
+        .cloned()
+        .unwrap();
+    assert_eq!(recorded["content"]["type"], "template");
+    assert_eq!(recorded["id"], body["id"]);
     server.stop().await;
     graph.verify().await;
 }

@@ -83,6 +83,7 @@ impl WeChatOaConnector {
 pub(crate) fn wechat_rules(notes: &'static str) -> ChannelRules {
     ChannelRules {
         reply_window: Some(Duration::from_secs(48 * 3600)),
+        window_exempt: Vec::new(),
         max_replies_per_inbound: Some(5),
         content_types: vec!["text", "image", "link", "card"],
         max_text_chars: Some(2048),
