@@ -52,7 +52,7 @@ use crate::media::{
 use crate::rules::{Captions, ChannelRules};
 use crate::sent::SentMessages;
 use crate::token_cache::{TokenCache, base_url, encode_pairs, with_fresh_token};
-use crate::wechat::client::MEDIA_GONE_ERRORS;
+use crate::wechat::client::{MEDIA_GONE_ERRORS, errcode};
 use crate::wechat::crypto::{CryptoError, WxCrypto};
 use crate::{
     Accepted, Connector, ConnectorContext, ConnectorError, EnvelopeSink, HttpReply, InboundRequest,
@@ -462,11 +462,6 @@ fn crypto_err(e: CryptoError) -> ConnectorError {
     }
 }
 
-/// The `errcode` of an answer (0 when absent).
-fn errcode(value: &Value) -> i64 {
-    value.get("errcode").and_then(Value::as_i64).unwrap_or(0)
-}
-
 /// Errcodes meaning the access token is no longer good.
 fn is_token_error(code: i64) -> bool {
     matches!(code, 40001 | 40014 | 42001)
@@ -585,7 +580,7 @@ impl WecomKfConnector {
                     encode_pairs(&[("corpid", &self.corp_id), ("corpsecret", &self.corp_secret)])
                 );
                 let value = self.request(self.http.get(url), "gettoken").await?;
-                let code = value.get("errcode").and_then(Value::as_i64).unwrap_or(0);
+                let code = errcode(&value);
                 if code != 0 {
                     let msg = str_of(&value, "errmsg").unwrap_or_default();
                     return Err(match code {
@@ -729,7 +724,7 @@ impl WecomKfConnector {
                 form.apply(self.http.post(url))
             })
             .await?;
-        let code = value.get("errcode").and_then(Value::as_i64).unwrap_or(0);
+        let code = errcode(&value);
         if code != 0 {
             return Err(api_error(
                 code,
@@ -999,7 +994,7 @@ impl WecomKfConnector {
     ) -> Result<SendReceipt, ConnectorError> {
         let body = self.send_body(to, open_kfid, msgid, content).await?;
         let value = self.call("/cgi-bin/kf/send_msg", &body).await?;
-        let code = value.get("errcode").and_then(Value::as_i64).unwrap_or(0);
+        let code = errcode(&value);
         if code == 0 {
             // WeCom answers the `msgid` we gave (or its own): a later `msg_send_fail` names it.
             let msgid = owned(&value, "msgid").unwrap_or_else(|| msgid.to_owned());
@@ -1034,7 +1029,7 @@ impl WecomKfConnector {
                 &json!({ "open_kfid": open_kfid, "external_userid": customer }),
             )
             .await?;
-        let code = value.get("errcode").and_then(Value::as_i64).unwrap_or(0);
+        let code = errcode(&value);
         if code != 0 {
             return Err(api_error(
                 code,
@@ -1060,7 +1055,7 @@ impl WecomKfConnector {
                 &json!({ "open_kfid": open_kfid, "external_userid": customer, "service_state": state }),
             )
             .await?;
-        let code = value.get("errcode").and_then(Value::as_i64).unwrap_or(0);
+        let code = errcode(&value);
         if code != 0 {
             return Err(api_error(
                 code,

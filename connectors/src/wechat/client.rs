@@ -486,7 +486,8 @@ async fn execute(request: reqwest::RequestBuilder) -> Result<Value, ConnectorErr
         .map_err(|e| ConnectorError::Transient(format!("WeChat API answered non-JSON: {e}")))
 }
 
-fn errcode(value: &Value) -> i64 {
+/// The `errcode` of a WeChat-family answer (0 when absent: success answers often omit it).
+pub(crate) fn errcode(value: &Value) -> i64 {
     value.get("errcode").and_then(Value::as_i64).unwrap_or(0)
 }
 
