@@ -134,8 +134,15 @@ struct RawEvent {
 
 /// Parses the webhook body (any event). `content` may be an object or a JSON string holding one.
 pub fn parse_event(body: &[u8]) -> Result<(String, RawParts), ConnectorError> {
-    let raw: RawEvent = serde_json::from_slice(body)
-        .map_err(|e| ConnectorError::Malformed(format!("invalid Douyin event JSON: {e}")))?;
+    parts_of(serde_json::from_slice(body).map_err(invalid_event)?)
+}
+
+fn invalid_event(e: serde_json::Error) -> ConnectorError {
+    ConnectorError::Malformed(format!("invalid Douyin event JSON: {e}"))
+}
+
+/// [`parse_event`] of a body already read: the event's name and its parts.
+fn parts_of(raw: RawEvent) -> Result<(String, RawParts), ConnectorError> {
     let content = match raw.content {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(map)) => map,
@@ -929,13 +936,17 @@ impl Connector for DouyinConnector {
     }
 
     fn decode(&self, req: &InboundRequest<'_>) -> Result<DouyinInbound, ConnectorError> {
-        let (event, parts) = parse_event(req.body)?;
-        let raw = self.raw.capture(|| {
-            let mut sent: Map<String, Value> = serde_json::from_slice(req.body).ok()?;
+        // One parse: the kept event, when the channel keeps raw, is the JSON the parts came from.
+        let (event, kept) = self
+            .raw
+            .decode_json::<RawEvent>(req.body)
+            .map_err(invalid_event)?;
+        let (event, parts) = parts_of(event)?;
+        let raw = kept.map(|mut sent| {
             if sent.get("content").is_some_and(Value::is_string) {
                 sent.insert("content".into(), Value::Object(parts.content.clone()));
             }
-            Some(sent)
+            sent
         });
         Ok(DouyinInbound {
             event,
