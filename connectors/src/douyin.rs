@@ -846,8 +846,7 @@ fn media_of(content: &Map<String, Value>, id_key: Option<&str>) -> Media {
     Media {
         url: text_field(content, "resource_url"),
         media_id: id_key.and_then(|k| text_field(content, k)),
-        mime: None,
-        size: None,
+        ..Media::default()
     }
 }
 

@@ -203,6 +203,8 @@ impl std::fmt::Debug for LineConnector {
 /// A LINE media message's media: the message id (content held by LINE), or the URLs of an
 /// `external` content provider.
 fn media_of(message: &Map<String, Value>, id: &str) -> (Media, Option<Media>) {
+    // Audio and video carry their playing time in milliseconds.
+    let duration_ms = message.get("duration").and_then(Value::as_u64);
     let provider = message.get("contentProvider").unwrap_or(&Value::Null);
     if string_at(provider, "type").as_deref() == Some("external") {
         let url = string_at(provider, "originalContentUrl");
@@ -214,6 +216,7 @@ fn media_of(message: &Map<String, Value>, id: &str) -> (Media, Option<Media>) {
             return (
                 Media {
                     url,
+                    duration_ms,
                     ..Media::default()
                 },
                 preview,
@@ -223,6 +226,7 @@ fn media_of(message: &Map<String, Value>, id: &str) -> (Media, Option<Media>) {
     (
         Media {
             media_id: Some(id.to_owned()),
+            duration_ms,
             ..Media::default()
         },
         None,
@@ -408,14 +412,25 @@ pub fn push_message(content: &Content) -> Result<Value, ConnectorError> {
                 "previewImageUrl": preview,
             }))
         }
-        Content::Audio { .. } => Err(ConnectorError::rejected(
-            "audio_duration_required",
-            "a LINE audio message needs the audio's duration, which the envelope does not carry",
-        )),
+        Content::Audio { media, .. } => {
+            let url = https_url(media, "audio")?;
+            let Some(duration) = media.duration_ms.filter(|ms| *ms > 0) else {
+                return Err(ConnectorError::rejected(
+                    "audio_duration_required",
+                    "a LINE audio message needs the audio's playing time: set the media's \
+                     `duration_ms`",
+                ));
+            };
+            Ok(json!({
+                "type": "audio",
+                "originalContentUrl": url,
+                "duration": duration,
+            }))
+        }
         other => Err(ConnectorError::rejected(
             "content_unsupported",
             format!(
-                "the LINE connector sends text, image and video, not {}",
+                "the LINE connector sends text, image, audio and video, not {}",
                 other.type_name()
             ),
         )),
@@ -654,7 +669,7 @@ impl Connector for LineConnector {
             reply_window: None,
             window_exempt: Vec::new(),
             max_replies_per_inbound: None,
-            content_types: vec!["text", "image", "video"],
+            content_types: vec!["text", "image", "audio", "video"],
             max_text_chars: Some(MAX_TEXT_UTF16),
             downgrades: vec![
                 ("card", "link"),
@@ -665,10 +680,10 @@ impl Connector for LineConnector {
             captions: Captions::AsText,
             notes: "LINE push messages: no reply window, but every push counts against the \
                     channel's monthly message quota (429 'monthly limit' is rejected as \
-                    monthly_limit_reached). Text up to 5000 UTF-16 code units; images and \
-                    videos by https URL only (a video needs its thumbnail as preview); audio \
-                    is not sent (LINE needs its duration). A caption is pushed as a text message \
-                    after its media, in the same request. Reply tokens are not used.",
+                    monthly_limit_reached). Text up to 5000 UTF-16 code units; images, audio \
+                    and videos by https URL only (a video needs its thumbnail as preview, audio \
+                    its media's duration_ms). A caption is pushed as a text message after its \
+                    media, in the same request. Reply tokens are not used.",
         }
     }
 

@@ -301,6 +301,9 @@ pub struct TelegramFile {
     /// Size in bytes.
     #[serde(default)]
     pub file_size: Option<u64>,
+    /// Playing time in seconds (`Audio`, `Voice`, `Video`, `VideoNote`, `Animation`).
+    #[serde(default)]
+    pub duration: Option<u64>,
     /// Thumbnail.
     #[serde(default)]
     pub thumbnail: Option<PhotoSize>,
@@ -427,15 +430,18 @@ fn non_empty(s: Option<&str>) -> Option<String> {
 
 fn media_of(file_id: &str, mime: Option<&str>, size: Option<u64>) -> Media {
     Media {
-        url: None,
         media_id: non_empty(Some(file_id)),
         mime: non_empty(mime),
         size,
+        ..Media::default()
     }
 }
 
 fn file_media(file: &TelegramFile) -> Media {
-    media_of(&file.file_id, file.mime_type.as_deref(), file.file_size)
+    Media {
+        duration_ms: file.duration.map(|secs| secs.saturating_mul(1000)),
+        ..media_of(&file.file_id, file.mime_type.as_deref(), file.file_size)
+    }
 }
 
 fn thumbnail_of(file: &TelegramFile) -> Option<Media> {
@@ -724,6 +730,13 @@ impl TelegramConnector {
             if let Some(caption) = content.caption() {
                 let caption = within_limit(caption, MAX_CAPTION_CHARS, "Telegram")?;
                 body.insert("caption".into(), Value::String(caption.to_owned()));
+            }
+            // Whole seconds, as the Bot API takes them; a part second counts as one.
+            if let Some(ms) = media
+                .duration_ms
+                .filter(|_| matches!(method, "sendAudio" | "sendVideo"))
+            {
+                body.insert("duration".into(), Value::from(ms.div_ceil(1000)));
             }
             Ok::<_, ConnectorError>((method, Value::Object(body)))
         };

@@ -444,7 +444,7 @@ impl Connector for WebConnector {
         let visitor_id = message.sender.external_id.as_str();
         let event = VisitorEvent::Message {
             id: message.id.clone(),
-            content: message.content.clone(),
+            content: Box::new(message.content.clone()),
             sent_at: message.sent_at,
             agent_id: message.agent_id.clone(),
         };

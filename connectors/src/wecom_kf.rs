@@ -226,7 +226,7 @@ fn media(v: &Value, mime: Option<&str>) -> Media {
         url: None,
         media_id: owned(v, "media_id"),
         mime: mime.map(str::to_owned),
-        size: None,
+        ..Media::default()
     }
 }
 

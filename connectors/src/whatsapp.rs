@@ -783,6 +783,7 @@ fn inbound_media(object: &Value) -> Media {
         media_id: text(object, "id"),
         mime: text(object, "mime_type"),
         size: object.get("file_size").and_then(Value::as_u64),
+        duration_ms: None,
     }
 }
 

@@ -210,6 +210,14 @@ fn media_by_message_id_or_by_external_url() {
             caption: None,
         }
     );
+    // LINE gives the playing time of audio and video in milliseconds.
+    match &envelopes_of("audio")[0].content {
+        Content::Audio { media, .. } => {
+            assert_eq!(media.media_id.as_deref(), Some("533466181562843141"));
+            assert_eq!(media.duration_ms, Some(12_000));
+        }
+        other => panic!("{other:?}"),
+    }
     match &envelopes_of("file")[0].content {
         Content::File { media, name, .. } => {
             assert_eq!(name.as_deref(), Some("invoice-42.pdf"));
@@ -629,6 +637,38 @@ async fn images_and_videos_go_by_https_url() {
 }
 
 #[tokio::test]
+async fn audio_goes_by_https_url_with_its_duration() {
+    let server = MockServer::start().await;
+    let c = connector_at(Some(server.uri()));
+    push()
+        .and(body_json(json!({
+            "to": CUSTOMER,
+            "messages": [{
+                "type": "audio",
+                "originalContentUrl": "https://cdn.example.com/a.m4a",
+                "duration": 61_500
+            }]
+        })))
+        .respond_with(sent("3"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let audio = c
+        .send(&outbound(Content::Audio {
+            media: Media {
+                url: Some("https://cdn.example.com/a.m4a".into()),
+                duration_ms: Some(61_500),
+                ..Media::default()
+            },
+            recognition: None,
+            caption: None,
+        }))
+        .await
+        .unwrap();
+    assert_eq!(audio.channel_message_id.as_deref(), Some("3"));
+}
+
+#[tokio::test]
 async fn a_caption_is_a_text_message_after_its_media_in_the_same_push() {
     let server = MockServer::start().await;
     let c = connector_at(Some(server.uri()));
@@ -849,7 +889,7 @@ fn rules_state_no_window_the_text_limit_and_the_types() {
     assert_eq!(rules.reply_window, None);
     assert_eq!(rules.max_replies_per_inbound, None);
     assert_eq!(rules.max_text_chars, Some(5000));
-    assert_eq!(rules.content_types, vec!["text", "image", "video"]);
+    assert_eq!(rules.content_types, vec!["text", "image", "audio", "video"]);
 }
 
 #[test]

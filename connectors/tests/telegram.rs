@@ -172,6 +172,7 @@ fn files_keep_mime_size_and_name() {
                 media_id: Some("BQACAgIAAxkBAAIBdoc".into()),
                 mime: Some("application/pdf".into()),
                 size: Some(48213),
+                duration_ms: None,
             },
             name: Some("invoice-42.pdf".into()),
             caption: Some("Invoice for order #42".into()),
@@ -181,6 +182,12 @@ fn files_keep_mime_size_and_name() {
         &envelopes_of(&c, "voice")[0].content,
         Content::Audio { media, caption: Some(caption), .. }
             if media.mime.as_deref() == Some("audio/ogg") && caption == "About the refund"
+                && media.duration_ms == Some(4000)
+    ));
+    // Telegram gives playing times in seconds; the envelope keeps milliseconds.
+    assert!(matches!(
+        &envelopes_of(&c, "video")[0].content,
+        Content::Video { media, .. } if media.duration_ms == Some(12_000)
     ));
     assert!(matches!(
         &envelopes_of(&c, "venue")[0].content,
@@ -621,6 +628,20 @@ async fn media_go_by_url_or_file_id_through_their_methods() {
             "sendAudio",
             json!({"chat_id": USER_ID, "audio": "https://cdn.example.com/a.mp3",
                    "caption": "Our jingle"}),
+        ),
+        (
+            // The Bot API takes whole seconds: 12.4 s is sent as 13.
+            Content::Audio {
+                media: Media {
+                    duration_ms: Some(12_400),
+                    ..by_url("https://cdn.example.com/b.mp3")
+                },
+                recognition: None,
+                caption: None,
+            },
+            "sendAudio",
+            json!({"chat_id": USER_ID, "audio": "https://cdn.example.com/b.mp3",
+                   "duration": 13}),
         ),
         (
             Content::Video {

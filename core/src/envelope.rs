@@ -61,6 +61,10 @@ pub struct Media {
     /// Size in bytes, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
+    /// Playing time of audio or video in milliseconds, when known (LINE needs it to send
+    /// audio).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
 }
 
 /// What a message says, tagged by `type`.

@@ -70,8 +70,8 @@ pub enum VisitorEvent {
     Message {
         /// Envelope id.
         id: String,
-        /// What the agent says.
-        content: Content,
+        /// What the agent says (boxed: the largest variant by far).
+        content: Box<Content>,
         /// When it was sent.
         sent_at: DateTime<Utc>,
         /// Who wrote it.

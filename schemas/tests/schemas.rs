@@ -681,12 +681,14 @@ mod random {
             opt(text()),
             opt("(image|audio|video|application)/[a-z0-9.+-]{1,12}"),
             opt(any::<u64>()),
+            opt(any::<u64>()),
         )
-            .prop_map(|(url, media_id, mime, size)| Media {
+            .prop_map(|(url, media_id, mime, size, duration_ms)| Media {
                 url,
                 media_id,
                 mime,
                 size,
+                duration_ms,
             })
     }
 

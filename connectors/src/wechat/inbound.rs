@@ -341,7 +341,7 @@ pub fn content_of(body: &Body, types: &[&str], events: &[&str]) -> Result<Conten
         url: url.clone(),
         media_id: media_id.clone(),
         mime,
-        size: None,
+        ..Media::default()
     };
     Ok(match body {
         Body::Text(t) => Content::Text {
