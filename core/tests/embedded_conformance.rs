@@ -234,6 +234,16 @@ async fn store_erase_customer_deletes_everything() {
 }
 
 #[tokio::test]
+async fn store_customer_conversations_newest_first() {
+    store::customer_conversations_newest_first(&new_store, "embedded.").await;
+}
+
+#[tokio::test]
+async fn store_pool_conversations_open_oldest_first() {
+    store::pool_conversations_open_oldest_first(&new_store, "embedded.").await;
+}
+
+#[tokio::test]
 async fn store_update_customer_tags_and_attributes() {
     store::update_customer_tags_and_attributes(&new_store, "embedded.").await;
 }

@@ -77,6 +77,8 @@ conformance!(
     route_inbound_profiles_converge,
     route_inbound_matches_stepwise,
     erase_customer_deletes_everything,
+    customer_conversations_newest_first,
+    pool_conversations_open_oldest_first,
     update_customer_tags_and_attributes,
     quiet_customers_are_erased,
 );
@@ -566,11 +568,11 @@ mod differential {
     };
     use switchyard_core::envelope::{DEFAULT_TENANT, Envelope, new_id};
     use switchyard_core::identity::{IdentityKey, IdentityStrength};
-    use switchyard_core::model::AgentStatus;
+    use switchyard_core::model::{AgentStatus, ConversationStatus};
     use switchyard_core::store::embedded::EmbeddedStore;
     use switchyard_core::store::{
-        AgentUpdate, CustomerUpdate, InboundOutcome, InboundRouting, ResolveRequest, Store,
-        StoreError, TransferTarget,
+        AgentUpdate, CustomerConversationsQuery, CustomerUpdate, InboundOutcome, InboundRouting,
+        ResolveRequest, Store, StoreError, TransferTarget,
     };
 
     use switchyard_core::conformance::services::TestRedisPrefix;
@@ -1079,6 +1081,55 @@ mod differential {
                     shape(&self.red.customer(&self.red_id(c)).await, f),
                 );
             }
+            for pool in POOLS {
+                let statuses = random_statuses(rng);
+                let limit = if rng.chance(30) { rng.below(3) } else { 1000 };
+                let f = |v: &Vec<switchyard_core::model::Conversation>| json!(v);
+                self.check(
+                    "pool_conversations",
+                    shape(
+                        &self.emb.pool_conversations(pool, &statuses, limit).await,
+                        f,
+                    ),
+                    shape(
+                        &self.red.pool_conversations(pool, &statuses, limit).await,
+                        f,
+                    ),
+                );
+            }
+            for c in &self.customers {
+                let f = |v: &Vec<switchyard_core::model::Conversation>| json!(v);
+                let all = self
+                    .emb
+                    .customer_conversations(c, &CustomerConversationsQuery::default())
+                    .await
+                    .unwrap_or_default();
+                let before = if all.is_empty() || rng.chance(50) {
+                    None
+                } else {
+                    Some(all[rng.below(all.len())].id.clone())
+                };
+                let query = CustomerConversationsQuery {
+                    statuses: random_statuses(rng),
+                    before: before.clone(),
+                    limit: if rng.chance(30) { rng.below(3) } else { 1000 },
+                };
+                let red_query = CustomerConversationsQuery {
+                    before: before.map(|b| self.red_id(&b)),
+                    ..query.clone()
+                };
+                self.check(
+                    "customer_conversations",
+                    shape(&self.emb.customer_conversations(c, &query).await, f),
+                    shape(
+                        &self
+                            .red
+                            .customer_conversations(&self.red_id(c), &red_query)
+                            .await,
+                        f,
+                    ),
+                );
+            }
             for p in 0..PEOPLE {
                 for channel in 0..2 {
                     let k = Self::person_keys(p, channel);
@@ -1091,6 +1142,19 @@ mod differential {
                 }
             }
         }
+    }
+
+    /// No status (every one), or one or two random ones.
+    fn random_statuses(rng: &mut Rng) -> Vec<ConversationStatus> {
+        const ALL: [ConversationStatus; 4] = [
+            ConversationStatus::Bot,
+            ConversationStatus::Queued,
+            ConversationStatus::Assigned,
+            ConversationStatus::Closed,
+        ];
+        (0..rng.below(3))
+            .map(|_| ALL[rng.below(ALL.len())])
+            .collect()
     }
 
     #[tokio::test]

@@ -64,6 +64,11 @@ impl Operations {
         self
     }
 
+    /// The configured pools ([`Operations::with_pools`]; empty when not given).
+    pub fn pools(&self) -> &[String] {
+        &self.pools
+    }
+
     /// The store, for queries.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store

@@ -6,8 +6,9 @@
 //! - **Idle close** (`close_idle_secs`): a queued or assigned conversation of the pool with no
 //!   change for that long (`updated_at`: a message either way, an assignment, a transfer) is
 //!   closed with the reason `idle`, which frees its agent's room. The candidates are the pool's
-//!   queue and the conversations its agents hold, so a sweep reads what the pool has open; the
-//!   close itself checks, in the same store step, that nothing changed meanwhile.
+//!   queued and assigned conversations ([`Store::pool_conversations`]: its queue and what agents
+//!   hold in it), so a sweep reads what the pool has open; the close itself checks, in the same
+//!   store step, that nothing changed meanwhile.
 //!
 //! A claim per conversation (`timer:bot:{id}`, `timer:idle:{id}`) lets one router act on it.
 
@@ -17,7 +18,7 @@ use std::time::Duration;
 use switchyard_core::config::{Settings, bot_agent_id};
 use switchyard_core::envelope::new_id;
 use switchyard_core::metrics::Metrics;
-use switchyard_core::model::{Agent, ConversationStatus};
+use switchyard_core::model::ConversationStatus;
 use switchyard_core::store::{Store, StoreError, TransferTarget};
 use tokio_util::sync::CancellationToken;
 
@@ -122,36 +123,25 @@ async fn claim(store: &dyn Store, key: &str, me: &str) -> bool {
     }
 }
 
-/// The open conversations of `pool` (queued, or held by one of `agents` in it) that changed
-/// last before `before`.
+/// The queued and assigned conversations of `pool` that changed last before `before`, as
+/// [`Store::pool_conversations`] lists them (the same read as `GET /v1/pools/{id}/conversations`).
 async fn idle_in_pool(
     store: &dyn Store,
-    agents: &[Agent],
     pool: &str,
     before: chrono::DateTime<chrono::Utc>,
-) -> Result<Vec<String>, switchyard_core::store::StoreError> {
-    let mut candidates = store.queue(pool).await?;
-    for agent in agents {
-        if agent.pools.iter().any(|p| p == pool) {
-            candidates.extend(agent.conversations.iter().cloned());
-        }
-    }
-    candidates.sort();
-    candidates.dedup();
-    let mut idle = Vec::new();
-    for id in candidates {
-        if let Some(c) = store.conversation(&id).await?
-            && c.pool == pool
-            && matches!(
-                c.status,
-                ConversationStatus::Queued | ConversationStatus::Assigned
-            )
-            && c.updated_at < before
-        {
-            idle.push(c.id);
-        }
-    }
-    Ok(idle)
+) -> Result<Vec<String>, StoreError> {
+    let open = store
+        .pool_conversations(
+            pool,
+            &[ConversationStatus::Queued, ConversationStatus::Assigned],
+            usize::MAX,
+        )
+        .await?;
+    Ok(open
+        .into_iter()
+        .filter(|c| c.updated_at < before)
+        .map(|c| c.id)
+        .collect())
 }
 
 /// Every `every` until `stop`: closes the idle conversations of the pools in `idles`.
@@ -165,19 +155,11 @@ pub async fn close_idle_conversations(
 ) {
     let me = new_id();
     while tick(every, &stop).await {
-        // Read once per sweep, for every pool.
-        let agents = match store.agents().await {
-            Ok(agents) => agents,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not read the agents to look for idle conversations; trying again later");
-                continue;
-            }
-        };
         for idle in &idles {
             let Some(before) = cutoff(idle.after) else {
                 continue;
             };
-            let ids = match idle_in_pool(&*store, &agents, &idle.pool, before).await {
+            let ids = match idle_in_pool(&*store, &idle.pool, before).await {
                 Ok(ids) => ids,
                 Err(e) => {
                     tracing::warn!(pool = %idle.pool, error = %e, "could not look for idle conversations; trying again later");

@@ -10,6 +10,7 @@ mod cluster;
 mod customer_update;
 mod douyin;
 mod erasure;
+mod history;
 mod identity;
 mod line;
 mod media;

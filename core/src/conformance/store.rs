@@ -17,11 +17,11 @@ use crate::envelope::{ChannelRef, Content, DEFAULT_TENANT, Direction, Envelope, 
 use crate::identity::{IdentityKey, IdentityStrength};
 use crate::model::{Agent, AgentStatus, Conversation, ConversationStatus, Customer};
 use crate::store::{
-    AgentUpdate, Assignment, CustomerUpdate, ERASED_BY_RETENTION, ERASED_ON_REQUEST, Erasure,
-    InboundOutcome, InboundRecord, InboundRouting, MAX_CUSTOMER_ATTRIBUTES, MAX_CUSTOMER_TAGS,
-    MailboxPush, Merge, Note, NoteKind, QuietSweep, Release, Resolution, ResolveRequest,
-    SenderResolution, Store, StoreError, TOO_MANY_ATTRIBUTES, TOO_MANY_TAGS, TransferTarget,
-    route_inbound_stepwise,
+    AgentUpdate, Assignment, CustomerConversationsQuery, CustomerUpdate, ERASED_BY_RETENTION,
+    ERASED_ON_REQUEST, Erasure, InboundOutcome, InboundRecord, InboundRouting,
+    MAX_CUSTOMER_ATTRIBUTES, MAX_CUSTOMER_TAGS, MailboxPush, Merge, Note, NoteKind, OPEN_STATUSES,
+    QuietSweep, Release, Resolution, ResolveRequest, SenderResolution, Store, StoreError,
+    TOO_MANY_ATTRIBUTES, TOO_MANY_TAGS, TransferTarget, UNKNOWN_CURSOR, route_inbound_stepwise,
 };
 
 use IdentityStrength::{Strong, Weak};
@@ -3750,6 +3750,343 @@ pub async fn erase_customer_deletes_everything(factory: &impl MakeStore, prefix:
     );
 }
 
+/// The ids [`Store::customer_conversations`] lists for `customer` with these filters.
+async fn history(
+    store: &Arc<dyn Store>,
+    customer: &str,
+    statuses: &[ConversationStatus],
+    before: Option<&str>,
+    limit: usize,
+) -> Vec<String> {
+    let query = CustomerConversationsQuery {
+        statuses: statuses.to_vec(),
+        before: before.map(str::to_owned),
+        limit,
+    };
+    store
+        .customer_conversations(customer, &query)
+        .await
+        .unwrap_or_else(|e| panic!("customer_conversations({customer}, {query:?}): {e}"))
+        .into_iter()
+        .map(|c| c.id)
+        .collect()
+}
+
+/// The ids [`Store::pool_conversations`] lists for `pool` with these filters.
+async fn pool_listing(
+    store: &Arc<dyn Store>,
+    pool: &str,
+    statuses: &[ConversationStatus],
+    limit: usize,
+) -> Vec<String> {
+    store
+        .pool_conversations(pool, statuses, limit)
+        .await
+        .unwrap_or_else(|e| panic!("pool_conversations({pool}, {statuses:?}): {e}"))
+        .into_iter()
+        .map(|c| c.id)
+        .collect()
+}
+
+pub async fn customer_conversations_newest_first(factory: &impl MakeStore, prefix: &str) {
+    use ConversationStatus::{Assigned, Bot, Closed};
+    let what = "customer_conversations_newest_first";
+    let store = factory.make().await;
+    let pool = format!("{prefix}default");
+    let t = |secs: i64| at(2_500_000 + secs);
+    let all = usize::MAX;
+    let (a, _, ca) = open(&store, prefix, "a", &pool, t(1)).await;
+    close(&store, &ca.id, t(2)).await;
+    let (b, _, cb) = open(&store, prefix, "b", &pool, t(3)).await;
+    close(&store, &cb.id, t(4)).await;
+    let ka = key(prefix, "app_user", "shop-app", "a");
+    let kb = key(prefix, "app_user", "shop-app", "b");
+    let kc = key(prefix, "app_user", "shop-app", "c");
+    let again = inbound_envelope(&a.id, &app_channel(), "a", vec![ka.clone()], "back", t(5));
+    let cc = record(&store, &again, &pool, t(5)).await.conversation;
+    // Opened at the same instant as cc: ties are ordered by id.
+    let (c, _, cd) = open(&store, prefix, "c", &pool, t(5)).await;
+    let (other, _, co) = open(&store, prefix, "other", &pool, t(5)).await;
+    assert_eq!(
+        history(&store, &a.id, &[], None, all).await,
+        vec![cc.id.clone(), ca.id.clone()],
+        "{what}: a before any merge"
+    );
+    let ab = resolve(&store, &[(&ka, Strong), (&kb, Strong)], false, t(6)).await;
+    let ac = resolve(&store, &[(&ka, Strong), (&kc, Strong)], false, t(8)).await;
+    assert_eq!(
+        (ab.customer.id.as_str(), ac.customer.id.as_str()),
+        (a.id.as_str(), a.id.as_str()),
+        "{what}: b and c merge into the older a"
+    );
+    assert_eq!(
+        get_conversation(&store, &cd.id).await.status,
+        Closed,
+        "{what}: c's open conversation is closed by the merge"
+    );
+    let mut tie = [cc.id.clone(), cd.id.clone()];
+    tie.sort_by(|x, y| y.cmp(x));
+    let newest_first = vec![tie[0].clone(), tie[1].clone(), cb.id.clone(), ca.id.clone()];
+    for id in [&a.id, &b.id, &c.id] {
+        assert_eq!(
+            history(&store, id, &[], None, all).await,
+            newest_first,
+            "{what}: every conversation, newest first, through {id}"
+        );
+    }
+    let listed = store
+        .customer_conversations(&b.id, &CustomerConversationsQuery::default())
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert_eq!(
+        listed.iter().find(|x| x.id == cb.id),
+        Some(&get_conversation(&store, &cb.id).await),
+        "{what}: a listed conversation is the record `conversation` reads"
+    );
+    assert_eq!(
+        history(&store, &a.id, &OPEN_STATUSES, None, all).await,
+        vec![cc.id.clone()],
+        "{what}: open ones"
+    );
+    let closed: Vec<String> = newest_first
+        .iter()
+        .filter(|id| **id != cc.id)
+        .cloned()
+        .collect();
+    assert_eq!(
+        history(&store, &a.id, &[Closed], None, all).await,
+        closed,
+        "{what}: closed ones"
+    );
+    assert_eq!(
+        history(&store, &a.id, &[Assigned, Bot], None, all).await,
+        Vec::<String>::new(),
+        "{what}: none assigned or with a bot"
+    );
+    assert_eq!(
+        history(&store, &a.id, &[], None, 2).await,
+        newest_first[..2].to_vec(),
+        "{what}: limit"
+    );
+    assert_eq!(
+        history(&store, &a.id, &[], None, 0).await,
+        Vec::<String>::new(),
+        "{what}: limit 0"
+    );
+    // Pages: each starts after the last of the previous one.
+    let mut pages = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = history(&store, &a.id, &[], cursor.as_deref(), 3).await;
+        let Some(last) = page.last().cloned() else {
+            break;
+        };
+        pages.extend(page);
+        cursor = Some(last);
+    }
+    assert_eq!(pages, newest_first, "{what}: pages of 3");
+    assert_eq!(
+        history(&store, &a.id, &[Closed], Some(&tie[0]), 1).await,
+        newest_first[1..]
+            .iter()
+            .filter(|id| **id != cc.id)
+            .take(1)
+            .cloned()
+            .collect::<Vec<_>>(),
+        "{what}: the cursor counts in every status, the filter applies after it"
+    );
+    let foreign = store
+        .customer_conversations(
+            &a.id,
+            &CustomerConversationsQuery {
+                before: Some(co.id.clone()),
+                ..CustomerConversationsQuery::default()
+            },
+        )
+        .await;
+    assert_eq!(
+        foreign.as_ref().err().and_then(conflict_code),
+        Some(UNKNOWN_CURSOR),
+        "{what}: another customer's conversation as the cursor: {foreign:?}"
+    );
+    assert_eq!(
+        history(&store, &other.id, &[], None, all).await,
+        vec![co.id.clone()],
+        "{what}: the other customer's own"
+    );
+    let unknown = store
+        .customer_conversations(
+            &format!("{prefix}nobody"),
+            &CustomerConversationsQuery::default(),
+        )
+        .await;
+    assert!(
+        matches!(
+            unknown,
+            Err(StoreError::NotFound {
+                kind: "customer",
+                ..
+            })
+        ),
+        "{what}: an unknown customer: {unknown:?}"
+    );
+
+    // Closed, it is listed with the closed ones.
+    close(&store, &cc.id, t(9)).await;
+    assert_eq!(
+        history(&store, &a.id, &[Closed], None, all).await,
+        newest_first,
+        "{what}: every one closed"
+    );
+    assert_eq!(
+        history(&store, &a.id, &OPEN_STATUSES, None, all).await,
+        Vec::<String>::new(),
+        "{what}: none open"
+    );
+    // Erased, the customer is gone with every conversation.
+    store
+        .erase_customer(&c.id, ERASED_ON_REQUEST, t(10))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: erase: {e}"));
+    for id in [&a.id, &b.id, &c.id] {
+        let gone = store
+            .customer_conversations(id, &CustomerConversationsQuery::default())
+            .await;
+        assert!(
+            matches!(gone, Err(StoreError::NotFound { .. })),
+            "{what}: an erased customer through {id}: {gone:?}"
+        );
+    }
+    assert_eq!(
+        history(&store, &other.id, &[], None, all).await,
+        vec![co.id.clone()],
+        "{what}: the other customer's survive the erasure"
+    );
+}
+
+pub async fn pool_conversations_open_oldest_first(factory: &impl MakeStore, prefix: &str) {
+    use ConversationStatus::{Assigned, Bot, Closed, Queued};
+    let what = "pool_conversations_open_oldest_first";
+    let store = factory.make().await;
+    let pool = format!("{prefix}pool");
+    let elsewhere = format!("{prefix}elsewhere");
+    let t = |secs: i64| at(2_600_000 + secs);
+    let all = usize::MAX;
+    // Closed: not listed.
+    let (_, _, closed) = open(&store, prefix, "n", &pool, t(19)).await;
+    close(&store, &closed.id, t(19)).await;
+    // Assigned to an agent of the pool.
+    let (_, _, cf) = open(&store, prefix, "f", &pool, t(20)).await;
+    let g1 = format!("{prefix}g1");
+    agent(&store, &g1, &[&pool], 1, AgentStatus::Online, t(20)).await;
+    assert_eq!(
+        pairs(&assign(&store, &pool, t(20)).await),
+        vec![(cf.id.clone(), g1.clone())],
+        "{what}: f's conversation assigned"
+    );
+    // Queued (the agent is full).
+    let (_, _, ce) = open(&store, prefix, "e", &pool, t(21)).await;
+    // Held by a bot.
+    let kh = key(prefix, "app_user", "shop-app", "h");
+    let h = resolve(&store, &[(&kh, Strong)], false, t(22))
+        .await
+        .customer;
+    let eh = inbound_envelope(&h.id, &app_channel(), "h", vec![kh], "hi bot", t(22));
+    let ch = store
+        .record_inbound(&eh, &pool, Some("bot:helper"), t(22))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: record_inbound with a bot: {e}"))
+        .conversation;
+    assert_eq!(ch.status, Bot, "{what}: h's conversation is the bot's");
+    // Assigned to an agent of another pool, by a transfer: it stays in this pool.
+    let (_, _, ck) = open(&store, prefix, "k", &pool, t(23)).await;
+    let g2 = format!("{prefix}g2");
+    agent(&store, &g2, &[&elsewhere], 1, AgentStatus::Online, t(23)).await;
+    let moved = store
+        .transfer(&ck.id, TransferTarget::Agent(g2.clone()), t(23))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: transfer to {g2}: {e}"));
+    assert_eq!(
+        (moved.conversation.status, moved.conversation.pool.as_str()),
+        (Assigned, pool.as_str()),
+        "{what}: k's conversation with g2, still in the pool"
+    );
+    // Another pool's: not listed.
+    let (_, _, cm) = open(&store, prefix, "m", &elsewhere, t(24)).await;
+
+    let open_ones = vec![cf.id.clone(), ce.id.clone(), ch.id.clone(), ck.id.clone()];
+    assert_eq!(
+        pool_listing(&store, &pool, &[], all).await,
+        open_ones,
+        "{what}: every open conversation, oldest first"
+    );
+    let listed = store
+        .pool_conversations(&pool, &[], all)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert_eq!(
+        listed.iter().find(|x| x.id == ck.id),
+        Some(&get_conversation(&store, &ck.id).await),
+        "{what}: a listed conversation is the record `conversation` reads"
+    );
+    assert_eq!(
+        pool_listing(&store, &pool, &[Queued], all).await,
+        vec![ce.id.clone()],
+        "{what}: queued"
+    );
+    assert_eq!(
+        pool_listing(&store, &pool, &[Assigned], all).await,
+        vec![cf.id.clone(), ck.id.clone()],
+        "{what}: assigned"
+    );
+    assert_eq!(
+        pool_listing(&store, &pool, &[Bot], all).await,
+        vec![ch.id.clone()],
+        "{what}: with a bot"
+    );
+    assert_eq!(
+        pool_listing(&store, &pool, &[Bot, Queued], all).await,
+        vec![ce.id.clone(), ch.id.clone()],
+        "{what}: with a bot or queued"
+    );
+    assert_eq!(
+        pool_listing(&store, &pool, &[Closed], all).await,
+        Vec::<String>::new(),
+        "{what}: closed ones are never listed"
+    );
+    assert_eq!(
+        pool_listing(&store, &pool, &[], 2).await,
+        open_ones[..2].to_vec(),
+        "{what}: limit"
+    );
+    assert_eq!(
+        pool_listing(&store, &elsewhere, &[], all).await,
+        vec![cm.id.clone()],
+        "{what}: the other pool"
+    );
+    assert_eq!(
+        pool_listing(&store, &format!("{prefix}nowhere"), &[], all).await,
+        Vec::<String>::new(),
+        "{what}: a pool with nothing"
+    );
+    // Closing and transferring away take conversations out of the listing.
+    close(&store, &cf.id, t(30)).await;
+    store
+        .transfer(&ce.id, TransferTarget::Pool(elsewhere.clone()), t(31))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: transfer to {elsewhere}: {e}"));
+    assert_eq!(
+        pool_listing(&store, &pool, &[], all).await,
+        vec![ch.id.clone(), ck.id.clone()],
+        "{what}: after a close and a transfer"
+    );
+    assert_eq!(
+        pool_listing(&store, &elsewhere, &[], all).await,
+        vec![ce.id.clone(), cm.id.clone()],
+        "{what}: the other pool, with the transferred one"
+    );
+}
+
 /// [`Store::erase_quiet_customers`] up to `before` at `now`, keeping only this case's erasures.
 async fn sweep_quiet(
     store: &Arc<dyn Store>,
@@ -4215,6 +4552,8 @@ pub async fn run_all(factory: &impl MakeStore, prefix: &str) {
     route_inbound_profiles_converge(factory, &p("route-converge")).await;
     route_inbound_matches_stepwise(factory, &p("route-stepwise")).await;
     erase_customer_deletes_everything(factory, &p("erase")).await;
+    customer_conversations_newest_first(factory, &p("history")).await;
+    pool_conversations_open_oldest_first(factory, &p("pool-listing")).await;
     update_customer_tags_and_attributes(factory, &p("update-customer")).await;
     // Last: its first sweep erases every profile the cases before created.
     quiet_customers_are_erased(factory, &p("quiet")).await;

@@ -9,11 +9,12 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    AgentUpdate, Assignment, CustomerUpdate, ERASED_BY_RETENTION, Erasure, IDLE_CLOSE_REASON,
-    InboundOutcome, InboundRecord, InboundRouting, MailboxHead, MailboxItem, MailboxPush, Merge,
-    Note, NoteKind, QuietSweep, Release, Resolution, ResolveRequest, SenderResolution, Store,
-    StoreError, TransferTarget, decode_others_assigned, encode_others_assigned,
-    others_assigned_key, replay_others_assigned,
+    AgentUpdate, Assignment, CustomerConversationsQuery, CustomerUpdate, ERASED_BY_RETENTION,
+    Erasure, IDLE_CLOSE_REASON, InboundOutcome, InboundRecord, InboundRouting, MailboxHead,
+    MailboxItem, MailboxPush, Merge, Note, NoteKind, QuietSweep, Release, Resolution,
+    ResolveRequest, SenderResolution, Store, StoreError, TransferTarget, UNKNOWN_CURSOR,
+    decode_others_assigned, encode_others_assigned, others_assigned_key, replay_others_assigned,
+    status_listed,
 };
 use crate::envelope::{Envelope, new_id};
 use crate::identity::{IdentityKey, IdentityStrength};
@@ -110,6 +111,14 @@ impl EmbeddedStore {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The conflict [`UNKNOWN_CURSOR`] of a `before` that is not one of `customer`'s conversations.
+fn unknown_cursor(cursor: &str, customer: &str) -> StoreError {
+    StoreError::Conflict {
+        code: UNKNOWN_CURSOR,
+        message: format!("`{cursor}` is not a conversation of customer `{customer}`"),
     }
 }
 
@@ -1094,6 +1103,63 @@ impl Store for EmbeddedStore {
                     .collect()
             })
             .unwrap_or_default())
+    }
+
+    async fn customer_conversations(
+        &self,
+        customer_id: &str,
+        query: &CustomerConversationsQuery,
+    ) -> Result<Vec<Conversation>, StoreError> {
+        // One process's store: a scan serves (as erasure finds a customer's conversations).
+        let s = self.lock();
+        let id = s.canonical_customer_id(customer_id);
+        let customer = s
+            .customers
+            .get(&id)
+            .ok_or_else(|| not_found("customer", &id))?;
+        let mut owners: Vec<&str> = vec![id.as_str()];
+        owners.extend(customer.merged_from.iter().map(String::as_str));
+        let mut theirs: Vec<&Conversation> = s
+            .conversations
+            .values()
+            .filter(|c| owners.contains(&c.customer_id.as_str()))
+            .collect();
+        theirs.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
+        let start = match &query.before {
+            None => 0,
+            Some(cursor) => theirs
+                .iter()
+                .position(|c| &c.id == cursor)
+                .map(|i| i + 1)
+                .ok_or_else(|| unknown_cursor(cursor, &id))?,
+        };
+        Ok(theirs
+            .into_iter()
+            .skip(start)
+            .filter(|c| status_listed(&query.statuses, c.status))
+            .take(query.limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn pool_conversations(
+        &self,
+        pool: &str,
+        statuses: &[ConversationStatus],
+        limit: usize,
+    ) -> Result<Vec<Conversation>, StoreError> {
+        let s = self.lock();
+        let mut open: Vec<&Conversation> = s
+            .conversations
+            .values()
+            .filter(|c| {
+                c.pool == pool
+                    && c.status != ConversationStatus::Closed
+                    && status_listed(statuses, c.status)
+            })
+            .collect();
+        open.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(open.into_iter().take(limit).cloned().collect())
     }
 
     async fn record_outbound(

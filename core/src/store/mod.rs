@@ -681,6 +681,43 @@ pub struct MailboxPush<'a> {
 /// The `close_reason` of a conversation [`Store::close_idle`] closed.
 pub const IDLE_CLOSE_REASON: &str = "idle";
 
+/// The conflict code of [`Store::customer_conversations`] when the cursor (`before`) is not one
+/// of the customer's conversations.
+pub const UNKNOWN_CURSOR: &str = "unknown_cursor";
+
+/// Which conversations [`Store::customer_conversations`] lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomerConversationsQuery {
+    /// The statuses listed; every status when empty.
+    pub statuses: Vec<ConversationStatus>,
+    /// List only the conversations after this one, newest first (a page's cursor).
+    pub before: Option<String>,
+    /// The most conversations listed.
+    pub limit: usize,
+}
+
+impl Default for CustomerConversationsQuery {
+    fn default() -> Self {
+        CustomerConversationsQuery {
+            statuses: Vec::new(),
+            before: None,
+            limit: usize::MAX,
+        }
+    }
+}
+
+/// Every status a conversation has while open (`bot`, `queued`, `assigned`).
+pub const OPEN_STATUSES: [ConversationStatus; 3] = [
+    ConversationStatus::Bot,
+    ConversationStatus::Queued,
+    ConversationStatus::Assigned,
+];
+
+/// Whether `status` is listed by a filter of `statuses` (every status when empty).
+pub fn status_listed(statuses: &[ConversationStatus], status: ConversationStatus) -> bool {
+    statuses.is_empty() || statuses.contains(&status)
+}
+
 /// The state store.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -849,6 +886,37 @@ pub trait Store: Send + Sync + 'static {
 
     /// Conversation ids waiting in a pool's queue, head first.
     async fn queue(&self, pool: &str) -> Result<Vec<String>, StoreError>;
+
+    /// The conversations of a customer (a merged-away id: of the profile it was merged into),
+    /// with those of every profile merged into it, open and closed, newest first: by
+    /// `created_at`, then by id, both descending. Only those whose status is in
+    /// `query.statuses` (all when empty), after the conversation `query.before` in that order
+    /// (from the start when `None`), at most `query.limit`. A conversation keeps the
+    /// `customer_id` it has (that of a profile merged away, if it was closed before the merge).
+    ///
+    /// `NotFound` for an unknown customer; the conflict [`UNKNOWN_CURSOR`] when `query.before`
+    /// is not one of the customer's conversations. Conversations are found through the index
+    /// [`Store::erase_customer`] reads, so those opened by a version of Switchyard without that
+    /// index are not listed.
+    async fn customer_conversations(
+        &self,
+        customer_id: &str,
+        query: &CustomerConversationsQuery,
+    ) -> Result<Vec<Conversation>, StoreError>;
+
+    /// The open conversations of `pool` (held by a bot, queued or assigned, to an agent of the
+    /// pool or not), oldest first: by `created_at`, then by id. Only those whose status is in
+    /// `statuses` (every open one when empty; `closed` matches none), at most `limit`. The Redis
+    /// store reads the pool's queue, the pool's bot index and every agent's conversations (there
+    /// is no index of a pool's assigned conversations), so it costs the number of agents and of
+    /// the conversations they hold, besides the pool's queue and bot-held ones; the embedded
+    /// store scans its conversations. The idle-close sweep reads a pool through it.
+    async fn pool_conversations(
+        &self,
+        pool: &str,
+        statuses: &[ConversationStatus],
+        limit: usize,
+    ) -> Result<Vec<Conversation>, StoreError>;
 
     /// Appends an outbound envelope to an open conversation; when `agent_id` is given it must be
     /// the agent holding the conversation. `stage`, when given, is pushed to its mailbox in the

@@ -56,11 +56,11 @@ use link::Link;
 pub use link::RedisTarget;
 
 use super::{
-    AgentUpdate, Assignment, CustomerUpdate, ERASED_BY_RETENTION, Erasure, IDLE_CLOSE_REASON,
-    InboundOutcome, InboundRecord, InboundRouting, MAX_CUSTOMER_ATTRIBUTES, MAX_CUSTOMER_TAGS,
-    MailboxHead, MailboxItem, MailboxPush, Merge, Note, QuietSweep, Release, Resolution,
-    ResolveRequest, SenderResolution, Store, StoreError, TOO_MANY_ATTRIBUTES, TOO_MANY_TAGS,
-    TransferTarget,
+    AgentUpdate, Assignment, CustomerConversationsQuery, CustomerUpdate, ERASED_BY_RETENTION,
+    Erasure, IDLE_CLOSE_REASON, InboundOutcome, InboundRecord, InboundRouting,
+    MAX_CUSTOMER_ATTRIBUTES, MAX_CUSTOMER_TAGS, MailboxHead, MailboxItem, MailboxPush, Merge, Note,
+    QuietSweep, Release, Resolution, ResolveRequest, SenderResolution, Store, StoreError,
+    TOO_MANY_ATTRIBUTES, TOO_MANY_TAGS, TransferTarget, UNKNOWN_CURSOR,
 };
 use crate::envelope::{ChannelRef, Envelope, Sender, new_id};
 use crate::identity::{IdentityKey, IdentityStrength};
@@ -517,6 +517,7 @@ fn conflict_code(s: &str) -> &'static str {
         "customer_has_open_conversation" => "customer_has_open_conversation",
         TOO_MANY_TAGS => TOO_MANY_TAGS,
         TOO_MANY_ATTRIBUTES => TOO_MANY_ATTRIBUTES,
+        UNKNOWN_CURSOR => UNKNOWN_CURSOR,
         _ => "conflict",
     }
 }
@@ -623,6 +624,20 @@ fn conversation(v: Value) -> Result<Option<Conversation>, StoreError> {
         close_reason: f.take("close_reason"),
         message_count: f.num("message_count")?,
     }))
+}
+
+/// Statuses as the read scripts take them: `,`-separated names, empty for every status.
+fn status_list(statuses: &[ConversationStatus]) -> String {
+    statuses
+        .iter()
+        .map(|s| match s {
+            ConversationStatus::Bot => "bot",
+            ConversationStatus::Queued => "queued",
+            ConversationStatus::Assigned => "assigned",
+            ConversationStatus::Closed => "closed",
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn some_conversation(v: Value) -> Result<Conversation, StoreError> {
@@ -1155,6 +1170,43 @@ impl Store for RedisStore {
 
     async fn queue(&self, pool: &str) -> Result<Vec<String>, StoreError> {
         texts(self.read("queue", pool).await?)
+    }
+
+    async fn customer_conversations(
+        &self,
+        customer_id: &str,
+        query: &CustomerConversationsQuery,
+    ) -> Result<Vec<Conversation>, StoreError> {
+        let mut inv = READS.prepare_invoke();
+        inv.arg(&self.prefix)
+            .arg("customer_conversations")
+            .arg(customer_id)
+            .arg(status_list(&query.statuses))
+            .arg(query.before.as_deref().unwrap_or_default())
+            .arg(query.limit);
+        let (_, mut items) = tagged(self.eval(&inv, true).await?)?;
+        list(items.next()?)?
+            .into_iter()
+            .map(some_conversation)
+            .collect()
+    }
+
+    async fn pool_conversations(
+        &self,
+        pool: &str,
+        statuses: &[ConversationStatus],
+        limit: usize,
+    ) -> Result<Vec<Conversation>, StoreError> {
+        let mut inv = READS.prepare_invoke();
+        inv.arg(&self.prefix)
+            .arg("pool_conversations")
+            .arg(pool)
+            .arg(status_list(statuses))
+            .arg(limit);
+        list(self.eval(&inv, true).await?)?
+            .into_iter()
+            .map(some_conversation)
+            .collect()
     }
 
     async fn idle_bot_conversations(

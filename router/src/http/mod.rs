@@ -7,6 +7,7 @@ mod byte_range;
 mod channels;
 mod customer_patch;
 mod error;
+mod listings;
 mod media;
 mod ops;
 mod rest;
@@ -128,7 +129,15 @@ pub fn app(state: HttpState) -> Router {
         )
         .route("/v1/customers/{id}/identities", post(rest::link_identity))
         .route("/v1/customers/{id}/merge", post(rest::merge_customer))
+        .route(
+            "/v1/customers/{id}/conversations",
+            get(listings::customer_conversations),
+        )
         .route("/v1/pools/{id}/queue", get(rest::pool_queue))
+        .route(
+            "/v1/pools/{id}/conversations",
+            get(listings::pool_conversations),
+        )
         .route("/v1/media/{channel_id}/{media_id}", get(media::get_media))
         .fallback(ops::not_found)
         .layer(axum::middleware::from_fn_with_state(

@@ -84,5 +84,115 @@ elseif op == 'queue' then
     end
   end
   return out
+elseif op == 'customer_conversations' then
+  -- arg is the customer; ARGV[4] the statuses listed (`,`-separated, every one when empty),
+  -- ARGV[5] the cursor (a conversation id; none when empty), ARGV[6] the limit. The
+  -- conversations opened for the profile and for each profile merged into it (P:cust-convs),
+  -- newest first (created_at, then id, descending).
+  local cust = canonical(arg)
+  if redis.call('EXISTS', key('cust', cust)) == 0 then
+    return not_found('customer', cust)
+  end
+  local owners = { cust }
+  for _, m in ipairs(redis.call('LRANGE', key('cust-merged', cust), 0, -1)) do
+    owners[#owners + 1] = m
+  end
+  local found, seen = {}, {}
+  for _, owner in ipairs(owners) do
+    for _, id in ipairs(redis.call('SMEMBERS', key('cust-convs', owner))) do
+      if not seen[id] then
+        seen[id] = true
+        local c = redis.call('HMGET', key('conv', id), 'created_at', 'status')
+        -- Expired conversations keep their entry; they are skipped.
+        if c[1] then
+          found[#found + 1] = { id = id, at = c[1], status = c[2] }
+        end
+      end
+    end
+  end
+  table.sort(found, function(a, b)
+    if a.at ~= b.at then
+      return lt(b.at, a.at)
+    end
+    return lt(b.id, a.id)
+  end)
+  local start = 1
+  if ARGV[5] ~= '' then
+    start = nil
+    for i, c in ipairs(found) do
+      if c.id == ARGV[5] then
+        start = i + 1
+        break
+      end
+    end
+    if not start then
+      return conflict('unknown_cursor',
+        '`' .. ARGV[5] .. '` is not a conversation of customer `' .. cust .. '`')
+    end
+  end
+  local wanted = {}
+  for status in string.gmatch(ARGV[4], '[^,]+') do
+    wanted[status] = true
+  end
+  local all, limit, out = ARGV[4] == '', tonumber(ARGV[6]), {}
+  for i = start, #found do
+    if #out >= limit then
+      break
+    end
+    if all or wanted[found[i].status] then
+      out[#out + 1] = conv_reply(found[i].id)
+    end
+  end
+  return { 'ok', out }
+elseif op == 'pool_conversations' then
+  -- arg is the pool; ARGV[4] the open statuses listed (`,`-separated, every one when empty),
+  -- ARGV[5] the limit. Candidates come from the pool's queue, its bot index and every agent's
+  -- conversations (no index lists a pool's assigned ones); oldest first (created_at, then id).
+  local wanted = {}
+  for status in string.gmatch(ARGV[4], '[^,]+') do
+    wanted[status] = true
+  end
+  if ARGV[4] == '' then
+    wanted = { bot = true, queued = true, assigned = true }
+  end
+  local candidates = {}
+  if wanted.queued then
+    for _, id in ipairs(redis.call('LRANGE', key('queue', arg), 0, -1)) do
+      candidates[#candidates + 1] = id
+    end
+  end
+  if wanted.bot then
+    for _, member in ipairs(redis.call('ZRANGE', key('bot-held', arg), 0, -1)) do
+      candidates[#candidates + 1] = string.match(member, '|(.*)$')
+    end
+  end
+  if wanted.assigned then
+    for _, agent in ipairs(redis.call('SMEMBERS', P .. ':agents')) do
+      for _, id in ipairs(redis.call('LRANGE', key('agent-convs', agent), 0, -1)) do
+        candidates[#candidates + 1] = id
+      end
+    end
+  end
+  local found, seen = {}, {}
+  for _, id in ipairs(candidates) do
+    if id and not seen[id] then
+      seen[id] = true
+      local c = redis.call('HMGET', key('conv', id), 'pool', 'status', 'created_at')
+      if c[1] == arg and c[2] ~= 'closed' and c[2] and wanted[c[2]] and c[3] then
+        found[#found + 1] = { id = id, at = c[3] }
+      end
+    end
+  end
+  table.sort(found, function(a, b)
+    if a.at ~= b.at then
+      return lt(a.at, b.at)
+    end
+    return lt(a.id, b.id)
+  end)
+  local limit, out = tonumber(ARGV[5]), {}
+  for i = 1, math.min(#found, limit) do
+    out[i] = conv_reply(found[i].id)
+  end
+  return out
 end
 return redis.error_reply('unknown read operation ' .. tostring(op))
