@@ -170,19 +170,38 @@ impl InboundRouter {
         })
     }
 
-    /// The sender's profile as it is before `envelope` is routed, for the routing rules on
-    /// customer tags: the owner of the first of the sender's identities that has one, strong
-    /// identities first, as resolution picks the profile (a strong key's owner wins over a weak
-    /// key's). `None` for a new customer. When the message merges profiles, it is the first of
-    /// them found; a tag set meanwhile counts from the next conversation.
+    /// The sender's profile as it will be once `envelope` is routed, as far as the routing
+    /// rules on customer tags need it, read before the message is routed. Resolution merges
+    /// the owners of the sender's strong identities into one profile whose tags are the union
+    /// of theirs, so the tags are that union; with no strong identity owned, the owner of the
+    /// first weak one (weak identities never merge by themselves). `None` for a new customer.
+    /// A tag set between this read and the routing counts from the next conversation.
     async fn sender_profile(&self, envelope: &Envelope) -> Result<Option<Customer>, RouteError> {
         let identities = &envelope.sender.identities;
-        let strong = |key: &&IdentityKey| key.default_strength() == IdentityStrength::Strong;
-        let strong_first = identities
+        let (strong, weak): (Vec<&IdentityKey>, Vec<&IdentityKey>) = identities
             .iter()
-            .filter(strong)
-            .chain(identities.iter().filter(|key| !strong(key)));
-        for key in strong_first {
+            .partition(|key| key.default_strength() == IdentityStrength::Strong);
+        let mut merged: Option<Customer> = None;
+        for key in strong {
+            let Some(owner) = self.store.customer_by_identity(key).await? else {
+                continue;
+            };
+            match &mut merged {
+                None => merged = Some(owner),
+                Some(profile) if profile.id == owner.id => {}
+                Some(profile) => {
+                    for tag in owner.tags {
+                        if !profile.tags.contains(&tag) {
+                            profile.tags.push(tag);
+                        }
+                    }
+                }
+            }
+        }
+        if merged.is_some() {
+            return Ok(merged);
+        }
+        for key in weak {
             if let Some(customer) = self.store.customer_by_identity(key).await? {
                 return Ok(Some(customer));
             }

@@ -382,7 +382,67 @@ async fn a_tagged_customer_opens_the_next_conversation_in_the_tagged_pool(s: Set
     );
 }
 
+/// A message that merges two profiles opens its conversation by the tags of both: the merged
+/// profile's tags are their union, whichever of the sender's identities is looked up first.
+async fn a_message_that_merges_profiles_is_routed_by_the_tags_of_both(s: Setup) {
+    use switchyard_core::config::Settings;
+    use switchyard_core::identity::IdentityKey;
+    use switchyard_router::inbound::Routed;
+    use switchyard_router::routes::RoutingTable;
+
+    let path = std::env::temp_dir().join(format!(
+        "switchyard-merge-routes-{}.toml",
+        switchyard_core::envelope::new_id()
+    ));
+    std::fs::write(
+        &path,
+        "[[pools]]\nid = \"vip\"\n\
+         [[routes]]\nid = \"vip-customers\"\npool = \"vip\"\ncustomer_tags = [\"vip\"]\n",
+    )
+    .unwrap();
+    let settings = Settings::load_with_env(Some(&path), []);
+    let _ = std::fs::remove_file(&path);
+    let table = RoutingTable::from_settings(&settings.unwrap()).unwrap();
+    let s = s.with_routes(table);
+    let (ops, _) = commands(&s);
+
+    // The VIP is known by a phone number; the other profile is an app user without tags.
+    let phone: IdentityKey = "phone::+8613800000042".parse().unwrap();
+    let mut by_phone = message_of("m-vip", "hello");
+    by_phone.sender.identities = vec![phone.clone()];
+    let Routed::Recorded(vip_conversation) = s.router.route(by_phone).await.unwrap() else {
+        panic!("not recorded");
+    };
+    let vip = customer_of(&s, &vip_conversation).await;
+    ops.update_customer(&vip, &tag_update(&["vip"], &[], serde_json::json!({})))
+        .await
+        .expect("tag");
+    ops.close(&vip_conversation, None).await.expect("close");
+    let app = conversation_of(&s, "m-app").await;
+    ops.close(&app, None).await.expect("close");
+
+    // The app user's next message carries the phone: the two profiles merge, and the
+    // conversation it opens goes to the VIP pool although the app user's own profile (whose
+    // key comes first) has no tags.
+    let mut merging = message_of("m-app", "it is me");
+    merging.sender.identities.push(phone);
+    let Routed::Recorded(next) = s.router.route(merging).await.unwrap() else {
+        panic!("not recorded");
+    };
+    let conversation = s.store.conversation(&next).await.unwrap().unwrap();
+    assert_eq!(conversation.pool, "vip");
+    let customer = s
+        .store
+        .customer(&conversation.customer_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(customer.tags, vec!["vip".to_owned()], "the merged profile");
+    assert_eq!(customer.merged_from.len(), 1, "{customer:?}");
+}
+
 on_both_stores!(
+    a_message_that_merges_profiles_is_routed_by_the_tags_of_both,
     a_merge_that_frees_an_agent_assigns_the_next_queued_conversation,
     a_merge_that_frees_an_agent_lets_every_configured_pool_move,
     erasing_a_customer_closes_frees_and_announces,
