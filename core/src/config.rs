@@ -899,6 +899,13 @@ pub fn bot_agent_id(id: &str) -> String {
     format!("{BOT_AGENT_PREFIX}{id}")
 }
 
+/// The bot id of an agent id that is a bot's (`bot:{id}`), else `None`.
+pub fn bot_of_agent(agent_id: &str) -> Option<&str> {
+    agent_id
+        .strip_prefix(BOT_AGENT_PREFIX)
+        .filter(|id| !id.is_empty())
+}
+
 /// A secret given as `value`, as the environment variable `env`, or in `file` (surrounding
 /// whitespace trimmed); `key` is the configuration path, for errors.
 fn resolve_secret(

@@ -12,7 +12,7 @@ use switchyard_connectors::{ConnectorContext, Registry};
 use switchyard_core::bus::amqp::AmqpBus;
 use switchyard_core::bus::embedded::EmbeddedBus;
 use switchyard_core::bus::topology::{
-    TopologyOptions, WebhookRoute, bot_queue, inbound_queue, outbound_queue, webhook_queue,
+    TopologyOptions, WebhookRoute, inbound_queue, outbound_queue,
 };
 use switchyard_core::bus::{Bus, Topology};
 use switchyard_core::config::{BOT_EVENTS, BusKind, Settings, StoreKind};
@@ -179,14 +179,13 @@ impl App {
             webhooks: settings
                 .webhooks
                 .iter()
-                .map(|hook| WebhookRoute {
-                    queue: webhook_queue(&hook.id),
-                    patterns: hook.events.clone(),
-                })
-                .chain(settings.bots.iter().map(|bot| WebhookRoute {
-                    queue: bot_queue(&bot.id),
-                    patterns: BOT_EVENTS.iter().map(|&t| t.to_owned()).collect(),
-                }))
+                .map(|hook| WebhookRoute::webhook(&hook.id, &hook.events))
+                .chain(
+                    settings
+                        .bots
+                        .iter()
+                        .map(|bot| WebhookRoute::bot(&bot.id, BOT_EVENTS)),
+                )
                 .collect(),
         });
         bus.declare(&topology)

@@ -12,8 +12,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use switchyard_core::bus::topology::EVENTS_EXCHANGE;
+use switchyard_core::bus::topology::{BOTS_EXCHANGE, EVENTS_EXCHANGE, bot_event_key};
 use switchyard_core::bus::{Bus, BusError, Message};
+use switchyard_core::config::{BOT_EVENTS, bot_of_agent};
 use switchyard_core::envelope::Envelope;
 use switchyard_core::event::{CloudEvent, EventType};
 use switchyard_core::identity::IdentityKey;
@@ -26,6 +27,9 @@ use switchyard_core::time::{Fraction, with_rfc3339};
 #[must_use = "an event batch does nothing until it is published"]
 pub struct EventBatch {
     events: Vec<Encoded>,
+    /// Events a bot is sent ([`BOT_EVENTS`] of the conversations it holds), as (index in
+    /// `events`, bot id): each is also published to [`BOTS_EXCHANGE`] for that bot alone.
+    bot_copies: Vec<(usize, String)>,
     /// The conversation the latest `conversation.created` event of the batch carried, and
     /// where its JSON is: a `conversation.created|queued|assigned` event about it in the same
     /// state (a new conversation is both created and queued) copies the bytes instead of
@@ -168,6 +172,13 @@ impl EventBatch {
     }
 
     /// Appends an encoded event (or why it could not be encoded).
+    /// When `agent_id` is a bot's, the event about to be pushed is also that bot's.
+    fn copy_to_bot(&mut self, agent_id: Option<&str>) {
+        if let Some(bot) = agent_id.and_then(bot_of_agent) {
+            self.bot_copies.push((self.events.len(), bot.to_owned()));
+        }
+    }
+
     fn push_encoded(&mut self, head: Head<'_>, body: serde_json::Result<Vec<u8>>) -> &mut Self {
         let body = body.map_err(|e| {
             format!(
@@ -207,6 +218,9 @@ impl EventBatch {
             _ => c.updated_at,
         };
         let head = Head::state(t, &c.tenant, &c.id, at);
+        if BOT_EVENTS.contains(&t.as_str()) {
+            self.copy_to_bot(c.agent_id.as_deref());
+        }
         // `{"conversation":<c>}`, as serde would write the struct, with <c> copied from an
         // earlier event of the batch when it encoded `c` as it is now.
         let encoded = self.encoded_conversation(c);
@@ -278,6 +292,7 @@ impl EventBatch {
 
     /// `message.received` (id = envelope id).
     pub fn message_received(&mut self, m: &Envelope, agent_id: Option<&str>) -> &mut Self {
+        self.copy_to_bot(agent_id);
         self.push(
             Head::message(EventType::MessageReceived, m),
             ReceivedData {
@@ -437,11 +452,21 @@ pub fn message_failed_id(m: &Envelope) -> String {
 }
 
 impl EventBatch {
-    /// The batch as bus messages, in order: (routing key = event type, message with the event id
-    /// and CloudEvents content type). Fails if an event could not be encoded.
+    /// The batch as bus messages for [`EVENTS_EXCHANGE`], in order: (routing key = event type,
+    /// message with the event id and CloudEvents content type). Fails if an event could not be
+    /// encoded. Leaves out the bots' copies ([`EventBatch::into_publishes`]): only routing an
+    /// inbound message makes any, and it publishes through [`EventPublisher`].
     pub fn into_messages(self) -> Result<Vec<(String, Message)>, BusError> {
+        Ok(self.into_publishes()?.0)
+    }
+
+    /// The batch as bus messages for [`EVENTS_EXCHANGE`] (as [`EventBatch::into_messages`]), and
+    /// the bots' copies for [`BOTS_EXCHANGE`] (routing key [`bot_event_key`]), in order.
+    pub fn into_publishes(self) -> Result<EventPublishes, BusError> {
+        let mut copies = Vec::with_capacity(self.bot_copies.len());
         let mut messages = Vec::with_capacity(self.events.len());
-        for event in self.events {
+        let mut bot_copies = self.bot_copies.into_iter().peekable();
+        for (index, event) in self.events.into_iter().enumerate() {
             let body = event.body.map_err(|reason| BusError::Nacked {
                 exchange: EVENTS_EXCHANGE.into(),
                 reason,
@@ -450,11 +475,19 @@ impl EventBatch {
             message
                 .headers
                 .insert("content-type".into(), "application/cloudevents+json".into());
+            while let Some((_, bot)) = bot_copies.next_if(|(at, _)| *at == index) {
+                let key = bot_event_key(&bot, event.event_type.as_str());
+                copies.push((key, message.clone()));
+            }
             messages.push((event.event_type.as_str().to_owned(), message));
         }
-        Ok(messages)
+        Ok((messages, copies))
     }
 }
+
+/// Bus messages of an [`EventBatch`]: for [`EVENTS_EXCHANGE`], and the bots' copies for
+/// [`BOTS_EXCHANGE`], each as (routing key, message).
+pub type EventPublishes = (Vec<(String, Message)>, Vec<(String, Message)>);
 
 /// Publishes events; a publish returns once the bus confirmed every event of it.
 #[derive(Clone)]
@@ -474,9 +507,14 @@ impl EventPublisher {
         if batch.is_empty() {
             return Ok(());
         }
-        self.bus
-            .publish_events(EVENTS_EXCHANGE, batch.into_messages()?)
-            .await
+        let (events, bot_copies) = batch.into_publishes()?;
+        self.bus.publish_events(EVENTS_EXCHANGE, events).await?;
+        // After the stream: a bot is sent nothing a helpdesk could miss. A failure here fails the
+        // whole publish, and its retry sends every event again with the same ids.
+        if !bot_copies.is_empty() {
+            self.bus.publish_events(BOTS_EXCHANGE, bot_copies).await?;
+        }
+        Ok(())
     }
 
     /// Builds a batch with `build` and publishes it.
@@ -1014,6 +1052,36 @@ mod tests {
         batch.conversation_closed(&b, None);
         check(&mut batch, EventType::ConversationAssigned, &b);
         assert_eq!(batch.events.len(), 10);
+    }
+
+    /// The events a bot is sent (`conversation.created`, `message.received` of a conversation
+    /// a bot holds) are also copied, keyed for that bot alone; others are not.
+    #[test]
+    fn a_bots_events_are_copied_for_it_alone() {
+        let mut held: Conversation = field(&example("conversation.created"), "conversation");
+        held.status = switchyard_core::model::ConversationStatus::Bot;
+        held.agent_id = Some("bot:faq".to_owned());
+        let mut other = held.clone();
+        other.id = "01KAVQ5D3C5E7G9J1M3P5R7T9X".to_owned();
+        other.agent_id = Some("agent-7".to_owned());
+        let message: Envelope = field(&example("message.received"), "message");
+        let mut batch = EventBatch::new();
+        batch
+            .conversation(EventType::ConversationCreated, &held)
+            .conversation(EventType::ConversationQueued, &held)
+            .message_received(&message, Some("bot:faq"))
+            .conversation(EventType::ConversationCreated, &other)
+            .message_received(&message, Some("agent-7"))
+            .message_received(&message, Some("bot:"))
+            .message_received(&message, None);
+        let (events, copies) = batch.into_publishes().unwrap();
+        assert_eq!(events.len(), 7, "every event on the stream");
+        let keys: Vec<&str> = copies.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["faq.conversation.created", "faq.message.received"]);
+        // The copies are the events themselves: same id, same bytes.
+        assert_eq!(copies[0].1.message_id, events[0].1.message_id);
+        assert_eq!(copies[0].1.body, events[0].1.body);
+        assert_eq!(copies[1].1.body, events[2].1.body);
     }
 
     /// Rough cost of the batch a conversation-opening message makes (customer.created,

@@ -20,9 +20,11 @@
 //! Delivery is at least once: a gateway that stops or dies between the POST and the ack leaves
 //! the event to be sent again. The event's `id` tells a receiver that it has seen it.
 //!
-//! A `[[bots]]` entry is sent the same way from its own queue, `switchyard.bots.{id}`, bound to
-//! `conversation.created` and `message.received`, of which it gets only the events of the
-//! conversations it holds (whose agent is `bot:{id}`); the others are acknowledged unsent.
+//! A `[[bots]]` entry is sent the same way from its own queue, `switchyard.bots.{id}`, which
+//! receives the copies routers publish on `switchyard.bots` of the `conversation.created` and
+//! `message.received` events of the conversations the bot holds. The sender still checks each
+//! event's agent (`bot:{id}`) and acknowledges any other unsent: during a rolling upgrade from a
+//! version that bound bot queues to the whole event stream, the queue may hold others.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -382,6 +382,17 @@ impl Bus for AmqpBus {
                 .await
                 .map_err(|e| unavailable(format!("binding `{}`: {e}", spec.name)))?;
             }
+            // Unbinding a binding that is not there succeeds.
+            for (exchange, key) in &spec.stale_bindings {
+                ch.queue_unbind(
+                    ShortString::from(self.name(&spec.name)),
+                    ShortString::from(self.name(exchange)),
+                    ShortString::from(key.as_str()),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| unavailable(format!("unbinding `{}`: {e}", spec.name)))?;
+            }
             if let Ok(mut limits) = self.inner.limits.lock() {
                 limits.insert(
                     spec.name.clone(),
@@ -413,6 +424,7 @@ impl Bus for AmqpBus {
             single_active_consumer: false,
             stream_max_age: None,
             bindings: Vec::new(),
+            stale_bindings: Vec::new(),
         };
         let name = self.name(&format!(
             "{exchange}.subscriber.{}",

@@ -141,6 +141,12 @@ impl Broker {
                 ex.bindings.push((key.clone(), Arc::clone(&queue)));
             }
         }
+        for (exchange, key) in &spec.stale_bindings {
+            if let Some(ex) = state.exchanges.get_mut(exchange) {
+                ex.bindings
+                    .retain(|(k, q)| !(k == key && Arc::ptr_eq(q, &queue)));
+            }
+        }
         queue
     }
 
@@ -288,6 +294,7 @@ impl Bus for EmbeddedBus {
                 .iter()
                 .map(|p| (exchange.to_owned(), (*p).to_owned()))
                 .collect(),
+            stale_bindings: Vec::new(),
         };
         let mut state = lock(&self.inner.state);
         if !state.exchanges.contains_key(exchange) {

@@ -14,6 +14,10 @@ pub const EVENTS_STREAM_QUEUE: &str = "switchyard.events.stream";
 /// to a web visitor announces it here, and every gateway holding a socket of that visitor pushes
 /// it. Internal to Switchyard (not part of the public event stream).
 pub const WEB_EXCHANGE: &str = "switchyard.web";
+/// Bot exchange: topic, routing key = [`bot_event_key`]. The router publishes here a copy of
+/// each event a bot is sent (of the conversations it holds), so a bot's queue receives only
+/// those, not every conversation's. Internal to Switchyard (not part of the public event stream).
+pub const BOTS_EXCHANGE: &str = "switchyard.bots";
 /// Dead-letter exchange.
 pub const DEAD_LETTER_EXCHANGE: &str = "switchyard.dlx";
 /// Queue that holds dead-lettered messages.
@@ -32,6 +36,12 @@ pub fn webhook_queue(id: &str) -> String {
 /// Name of the queue of bot `id` (the events it is sent, before its filter).
 pub fn bot_queue(id: &str) -> String {
     format!("switchyard.bots.{id}")
+}
+
+/// Routing key on [`BOTS_EXCHANGE`] of an event of type `event_type` (`message.received`) for
+/// bot `bot_id` (bot ids have no dots).
+pub fn bot_event_key(bot_id: &str, event_type: &str) -> String {
+    format!("{bot_id}.{event_type}")
 }
 
 /// Name of the outbound queue for a channel kind.
@@ -103,6 +113,9 @@ pub struct QueueSpec {
     pub stream_max_age: Option<String>,
     /// `(exchange, binding key)` pairs.
     pub bindings: Vec<(String, String)>,
+    /// `(exchange, binding key)` pairs an earlier version bound and this one removes when they
+    /// are there (a broker keeps bindings across restarts).
+    pub stale_bindings: Vec<(String, String)>,
 }
 
 /// The whole topology one process needs.
@@ -139,8 +152,40 @@ pub struct TopologyOptions {
 pub struct WebhookRoute {
     /// Its queue ([`webhook_queue`], [`bot_queue`]).
     pub queue: String,
-    /// Event types, as topic patterns on [`EVENTS_EXCHANGE`].
+    /// The exchange its queue is bound to: [`EVENTS_EXCHANGE`] for a webhook, [`BOTS_EXCHANGE`]
+    /// for a bot.
+    pub exchange: String,
+    /// Topic patterns on `exchange`: event types for a webhook, [`bot_event_key`]s for a bot.
     pub patterns: Vec<String>,
+    /// Bindings of its queue that earlier versions made and this one removes.
+    pub stale_bindings: Vec<(String, String)>,
+}
+
+impl WebhookRoute {
+    /// The queue of webhook `id`, bound to the event types `patterns`.
+    pub fn webhook(id: &str, patterns: &[String]) -> Self {
+        WebhookRoute {
+            queue: webhook_queue(id),
+            exchange: EVENTS_EXCHANGE.to_owned(),
+            patterns: patterns.to_vec(),
+            stale_bindings: Vec::new(),
+        }
+    }
+
+    /// The queue of bot `id`, bound to its copies of `event_types` on [`BOTS_EXCHANGE`]. Earlier
+    /// versions bound bot queues to those types on [`EVENTS_EXCHANGE`] (every conversation's
+    /// events, which the sender filtered): those bindings are removed.
+    pub fn bot(id: &str, event_types: &[&str]) -> Self {
+        WebhookRoute {
+            queue: bot_queue(id),
+            exchange: BOTS_EXCHANGE.to_owned(),
+            patterns: event_types.iter().map(|t| bot_event_key(id, t)).collect(),
+            stale_bindings: event_types
+                .iter()
+                .map(|t| (EVENTS_EXCHANGE.to_owned(), (*t).to_owned()))
+                .collect(),
+        }
+    }
 }
 
 impl Topology {
@@ -155,6 +200,7 @@ impl Topology {
             single_active_consumer: single,
             stream_max_age: None,
             bindings,
+            stale_bindings: Vec::new(),
         };
         let mut queues: Vec<QueueSpec> = (0..opts.shards)
             .map(|shard| {
@@ -178,11 +224,12 @@ impl Topology {
         queues.extend(opts.webhooks.iter().map(|hook| {
             QueueSpec {
                 overflow: Overflow::DropHead,
+                stale_bindings: hook.stale_bindings.clone(),
                 ..work_queue(
                     hook.queue.clone(),
                     hook.patterns
                         .iter()
-                        .map(|p| (EVENTS_EXCHANGE.to_owned(), p.clone()))
+                        .map(|p| (hook.exchange.clone(), p.clone()))
                         .collect(),
                     true,
                 )
@@ -197,6 +244,7 @@ impl Topology {
             single_active_consumer: false,
             stream_max_age: None,
             bindings: vec![(DEAD_LETTER_EXCHANGE.to_owned(), "#".to_owned())],
+            stale_bindings: Vec::new(),
         });
         if let Some(max_age) = &opts.events_stream_max_age {
             queues.push(QueueSpec {
@@ -208,6 +256,7 @@ impl Topology {
                 single_active_consumer: false,
                 stream_max_age: Some(max_age.clone()),
                 bindings: vec![(EVENTS_EXCHANGE.to_owned(), "#".to_owned())],
+                stale_bindings: Vec::new(),
             });
         }
         Topology {
@@ -226,6 +275,10 @@ impl Topology {
                 },
                 Exchange {
                     name: WEB_EXCHANGE.to_owned(),
+                    kind: ExchangeKind::Topic,
+                },
+                Exchange {
+                    name: BOTS_EXCHANGE.to_owned(),
                     kind: ExchangeKind::Topic,
                 },
                 Exchange {

@@ -11,8 +11,8 @@ use tokio::time::{Instant, sleep, timeout};
 
 use super::MakeBus;
 use crate::bus::topology::{
-    DEAD_LETTER_QUEUE, EVENTS_EXCHANGE, INBOUND_EXCHANGE, OUTBOUND_EXCHANGE, TopologyOptions,
-    inbound_queue, outbound_queue, shard_of,
+    BOTS_EXCHANGE, DEAD_LETTER_QUEUE, EVENTS_EXCHANGE, INBOUND_EXCHANGE, OUTBOUND_EXCHANGE,
+    TopologyOptions, WebhookRoute, bot_event_key, inbound_queue, outbound_queue, shard_of,
 };
 use crate::bus::{
     Bus, BusError, Deliveries, Delivery, HEADER_DEATH_REASON, HEADER_ORIGINAL_QUEUE, Message,
@@ -101,7 +101,7 @@ pub fn prefixed_topology(prefix: &str, opts: &TopologyOptions) -> Topology {
     for q in &mut topology.queues {
         q.name = p(&q.name);
         q.dead_letter_exchange = q.dead_letter_exchange.as_deref().map(p);
-        for (exchange, _) in &mut q.bindings {
+        for (exchange, _) in q.bindings.iter_mut().chain(q.stale_bindings.iter_mut()) {
             *exchange = p(exchange);
         }
     }
@@ -860,5 +860,71 @@ pub async fn run_all(
     if let Some(publish_timeout) = back_pressure_timeout {
         back_pressure(factory, &p("backpressure"), publish_timeout).await;
     }
+    a_bot_queue_takes_its_copies_and_drops_its_old_bindings(factory, &p("bots")).await;
     close_ends_consumer_streams(factory, &p("close")).await;
+}
+
+/// A bot's queue is bound to its own keys on `switchyard.bots`; declaring it removes the
+/// bindings to `switchyard.events` that earlier versions made (a broker keeps them), so the
+/// queue stops receiving every conversation's events.
+pub async fn a_bot_queue_takes_its_copies_and_drops_its_old_bindings(
+    factory: &impl MakeBus,
+    prefix: &str,
+) {
+    let what = "a_bot_queue_takes_its_copies_and_drops_its_old_bindings";
+    let bus = setup(factory, prefix, 1000).await;
+    let n = Names::new(prefix);
+    let route = WebhookRoute::bot("faq", &["message.received"]);
+    // What an earlier version declared: the queue bound to the event type on the event stream.
+    let old = WebhookRoute {
+        exchange: EVENTS_EXCHANGE.to_owned(),
+        patterns: vec!["message.received".to_owned()],
+        stale_bindings: Vec::new(),
+        ..route.clone()
+    };
+    let with = |route: WebhookRoute| TopologyOptions {
+        webhooks: vec![route],
+        ..options(1000)
+    };
+    bus.declare(&prefixed_topology(prefix, &with(old)))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: declaring the old binding: {e}"));
+    let queue = n.p(&route.queue);
+    let mut d = consume(&bus, &queue, 4).await;
+    publish_event(&bus, &n.events_exchange(), "message.received", "old").await;
+    let got = expect_id(&mut d, "old", &format!("{what}: the old binding")).await;
+    ack(got, what).await;
+
+    // This version's declaration, twice (idempotent, and unbinding what is gone succeeds).
+    for _ in 0..2 {
+        bus.declare(&prefixed_topology(prefix, &with(route.clone())))
+            .await
+            .unwrap_or_else(|e| panic!("{what}: declaring the bot queue: {e}"));
+    }
+    publish_event(&bus, &n.events_exchange(), "message.received", "stream").await;
+    let bots = n.p(BOTS_EXCHANGE);
+    publish_event(
+        &bus,
+        &bots,
+        &bot_event_key("other", "message.received"),
+        "other",
+    )
+    .await;
+    publish_event(
+        &bus,
+        &bots,
+        &bot_event_key("faq", "message.received"),
+        "mine",
+    )
+    .await;
+    let got = expect_id(&mut d, "mine", &format!("{what}: the bot's own copy")).await;
+    ack(got, what).await;
+    expect_nothing(&mut d, &format!("{what}: another conversation's event")).await;
+}
+
+/// Publishes one event as [`Bus::publish_events`] does (a message nobody is bound to is fine).
+async fn publish_event(bus: &Arc<dyn Bus>, exchange: &str, key: &str, id: &str) {
+    bus.publish_events(exchange, vec![(key.to_owned(), msg(id))])
+        .await
+        .unwrap_or_else(|e| panic!("publishing event {id} to {exchange}: {e}"));
 }
