@@ -179,6 +179,17 @@ impl Connector for ApiConnector {
         crate::accepted_json(accepted)
     }
 
+    /// The app user `app_user:{channel id}:{user id}`: the callback names them by user id.
+    fn recipient_of(&self, identities: &[IdentityKey]) -> Option<Sender> {
+        crate::recipient_by_key(identities, "app_user", Some(&self.channel.id), |_| {
+            self.channel.id.clone()
+        })
+    }
+
+    fn starts_conversations(&self) -> bool {
+        true
+    }
+
     async fn send(&self, message: &Envelope) -> Result<SendReceipt, ConnectorError> {
         let Some(url) = &self.callback_url else {
             return Err(ConnectorError::Rejected {

@@ -32,7 +32,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use http::{HeaderMap, Method};
-use switchyard_core::envelope::{ChannelRef, Envelope};
+use switchyard_core::envelope::{ChannelRef, Envelope, Sender};
+use switchyard_core::identity::IdentityKey;
 use switchyard_core::model::Conversation;
 
 pub use error::ConnectorError;
@@ -150,6 +151,27 @@ pub fn take_raw_entry(envelope: &mut Envelope, key: &str) -> Option<serde_json::
     entry
 }
 
+/// The recipient of an outbound envelope to the holder of the first key among `identities` of
+/// kind `kind` and scope `scope` (any scope when `None`): its value is the `external_id`,
+/// `sender_scope` the scope, and the key the one identity. The building block of
+/// [`Connector::recipient_of`].
+pub fn recipient_by_key(
+    identities: &[IdentityKey],
+    kind: &str,
+    scope: Option<&str>,
+    sender_scope: impl FnOnce(&IdentityKey) -> String,
+) -> Option<Sender> {
+    let key = identities
+        .iter()
+        .find(|k| k.kind() == kind && scope.is_none_or(|s| k.scope() == s))?;
+    Some(Sender {
+        external_id: key.value().to_owned(),
+        scope: sender_scope(key),
+        display_name: None,
+        identities: vec![key.clone()],
+    })
+}
+
 /// What became of one envelope at ingress.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accepted {
@@ -226,6 +248,23 @@ pub trait Connector: Send + Sync + 'static {
 
     /// Delivers an outbound envelope through the channel's API.
     async fn send(&self, message: &Envelope) -> Result<SendReceipt, ConnectorError>;
+
+    /// The recipient [`Self::send`] needs to reach, on this channel, the customer who holds
+    /// `identities`, for a conversation an agent starts (no message of the customer's to
+    /// answer): the `Sender` of an outbound envelope, built from one of the channel's own
+    /// identity keys. `None` when no key addresses anyone here, and always for channels that
+    /// cannot start a conversation (the default: their send needs state an inbound message
+    /// left behind, such as a reply context).
+    fn recipient_of(&self, identities: &[IdentityKey]) -> Option<Sender> {
+        let _ = identities;
+        None
+    }
+
+    /// Whether [`Self::recipient_of`] can ever give a recipient: the channel can start
+    /// conversations.
+    fn starts_conversations(&self) -> bool {
+        false
+    }
 
     /// Fetches media a customer sent, by the channel's media id (`Media.media_id` of an
     /// inbound envelope), with the channel's credentials: the media proxy behind
@@ -315,6 +354,10 @@ pub trait Channel: Send + Sync + 'static {
     fn rules(&self) -> ChannelRules;
     /// See [`Connector::send`].
     async fn send(&self, message: &Envelope) -> Result<SendReceipt, ConnectorError>;
+    /// See [`Connector::recipient_of`].
+    fn recipient_of(&self, identities: &[IdentityKey]) -> Option<Sender>;
+    /// See [`Connector::starts_conversations`].
+    fn starts_conversations(&self) -> bool;
     /// See [`Connector::fetch_media`].
     async fn fetch_media(&self, media_id: &str) -> Result<MediaDownload, ConnectorError>;
     /// See [`Connector::follows_conversations`].
@@ -358,6 +401,14 @@ impl<C: Connector> Channel for C {
 
     async fn send(&self, message: &Envelope) -> Result<SendReceipt, ConnectorError> {
         Connector::send(self, message).await
+    }
+
+    fn recipient_of(&self, identities: &[IdentityKey]) -> Option<Sender> {
+        Connector::recipient_of(self, identities)
+    }
+
+    fn starts_conversations(&self) -> bool {
+        Connector::starts_conversations(self)
     }
 
     async fn fetch_media(&self, media_id: &str) -> Result<MediaDownload, ConnectorError> {

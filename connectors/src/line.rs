@@ -712,6 +712,25 @@ impl Connector for LineConnector {
         MediaDownload::from_response(response, MAX_FETCH_BYTES)
     }
 
+    /// The user `line_user_id:{destination}:{userId}`: the push API takes the userId. The
+    /// channel's configuration does not name its bot (`destination`), so the customer must have
+    /// keys of one LINE bot only; with keys of several, which is this channel's is unknown, and
+    /// there is no recipient.
+    fn recipient_of(&self, identities: &[IdentityKey]) -> Option<Sender> {
+        let mut line = identities.iter().filter(|k| k.kind() == IDENTITY_KIND);
+        let first = line.next()?;
+        if line.any(|k| k.scope() != first.scope()) {
+            return None;
+        }
+        crate::recipient_by_key(identities, IDENTITY_KIND, Some(first.scope()), |k| {
+            k.scope().to_owned()
+        })
+    }
+
+    fn starts_conversations(&self) -> bool {
+        true
+    }
+
     async fn send(&self, message: &Envelope) -> Result<SendReceipt, ConnectorError> {
         let to = message.sender.external_id.trim();
         if to.is_empty() {

@@ -103,17 +103,24 @@ impl ChannelRules {
     ) -> Result<Content, RuleViolation> {
         let exempt = self.is_window_exempt(&content);
         if let Some(window) = self.reply_window.filter(|_| !exempt) {
-            let last = conversation
+            // A conversation the customer has not written in (an agent started it) has no
+            // window open, whatever the customer wrote in an earlier conversation.
+            let elapsed = conversation
                 .last_inbound_at
-                .unwrap_or(conversation.created_at);
-            let elapsed = (now - last).to_std().unwrap_or_default();
-            if elapsed > window {
-                let mut message = format!(
-                    "the channel allows replies only within {} h of the customer's last \
-                     message; it was {} h ago",
-                    window.as_secs() / 3600,
-                    elapsed.as_secs() / 3600
-                );
+                .map(|last| (now - last).to_std().unwrap_or_default());
+            if elapsed.is_none_or(|elapsed| elapsed > window) {
+                let hours = window.as_secs() / 3600;
+                let mut message = match elapsed {
+                    Some(elapsed) => format!(
+                        "the channel allows replies only within {hours} h of the customer's \
+                         last message; it was {} h ago",
+                        elapsed.as_secs() / 3600
+                    ),
+                    None => format!(
+                        "the channel allows replies only within {hours} h of the customer's \
+                         last message, and the customer has not written in this conversation"
+                    ),
+                };
                 let still_allowed: Vec<&str> = self
                     .window_exempt
                     .iter()
@@ -310,6 +317,56 @@ mod tests {
             captions: Captions::AsText,
             notes: "test",
         }
+    }
+
+    #[test]
+    fn a_conversation_without_inbound_message_has_its_window_closed() {
+        let now = Utc::now();
+        let whatsapp_like = ChannelRules {
+            reply_window: Some(Duration::from_secs(24 * 3600)),
+            window_exempt: vec!["template"],
+            max_replies_per_inbound: None,
+            content_types: vec!["text", "template"],
+            max_text_chars: Some(4096),
+            downgrades: Vec::new(),
+            captions: Captions::OnMedia { max_chars: None },
+            notes: "test",
+        };
+        // Started by an agent a minute ago: the customer never wrote in it.
+        let mut started = conversation(now - chrono::TimeDelta::minutes(1), 1);
+        started.last_inbound_at = None;
+        let refused = whatsapp_like
+            .check(&started, Content::Text { text: "hi".into() }, now)
+            .unwrap_err();
+        assert_eq!(refused.code, "reply_window_closed");
+        assert!(
+            refused.message.contains("has not written") && refused.message.contains("template"),
+            "{}",
+            refused.message
+        );
+        let template = Content::Template {
+            name: "order_update".into(),
+            language: "en_US".into(),
+            parameters: vec!["#1234".into()],
+            components: None,
+        };
+        assert_eq!(
+            whatsapp_like.check(&started, template.clone(), now),
+            Ok(template)
+        );
+        // Without a reply window, anything goes.
+        let open = ChannelRules::unrestricted("test");
+        assert!(
+            open.check(&started, Content::Text { text: "hi".into() }, now)
+                .is_ok()
+        );
+        // Once the customer writes, the window counts from their message.
+        started.last_inbound_at = Some(now);
+        assert!(
+            whatsapp_like
+                .check(&started, Content::Text { text: "hi".into() }, now)
+                .is_ok()
+        );
     }
 
     #[test]

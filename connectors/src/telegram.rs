@@ -1157,6 +1157,21 @@ impl Connector for TelegramConnector {
         self.download_file(media_id).await
     }
 
+    /// The user `telegram_user_id::{id}`: their private chat with the bot has the user's id.
+    /// (The bot can write only to users who started it; others make the send fail.)
+    fn recipient_of(&self, identities: &[IdentityKey]) -> Option<Sender> {
+        let numeric: Vec<IdentityKey> = identities
+            .iter()
+            .filter(|k| k.value().parse::<i64>().is_ok())
+            .cloned()
+            .collect();
+        crate::recipient_by_key(&numeric, "telegram_user_id", Some(""), |_| String::new())
+    }
+
+    fn starts_conversations(&self) -> bool {
+        true
+    }
+
     async fn send(&self, message: &Envelope) -> Result<SendReceipt, ConnectorError> {
         let chat_id: i64 = message.sender.external_id.parse().map_err(|_| {
             ConnectorError::rejected(

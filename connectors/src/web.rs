@@ -436,6 +436,18 @@ impl Connector for WebConnector {
         crate::accepted_json(accepted)
     }
 
+    /// The visitor `web_visitor:{channel id}:{visitor id}`: a message to them waits in their
+    /// mailbox until a tab of theirs connects.
+    fn recipient_of(&self, identities: &[IdentityKey]) -> Option<Sender> {
+        crate::recipient_by_key(identities, "web_visitor", Some(&self.channel.id), |_| {
+            self.channel.id.clone()
+        })
+    }
+
+    fn starts_conversations(&self) -> bool {
+        true
+    }
+
     /// Keeps the reply in the visitor's mailbox in the store (once per envelope id, so a
     /// redelivered reply is not kept twice), hands it to the visitor's sockets on this process
     /// and announces it to the other gateways. A `Transient` error (store or bus down) makes the

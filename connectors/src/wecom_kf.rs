@@ -1231,6 +1231,23 @@ impl Connector for WecomKfConnector {
         }
     }
 
+    /// The customer `wecom_external:{corp_id}:{external_userid}`, when the channel names a
+    /// default kf account (`open_kfid`) to send from: `send_msg` needs the external_userid and
+    /// a kf account, and the one the customer last wrote to is known only after they wrote
+    /// (else the configured one is used). Without `open_kfid`, no recipient. (WeCom accepts
+    /// messages only within 48 h of the customer's last one, which a conversation the agent
+    /// starts never is: the rules refuse it.)
+    fn recipient_of(&self, identities: &[IdentityKey]) -> Option<Sender> {
+        self.open_kfid.as_ref()?;
+        crate::recipient_by_key(identities, "wecom_external", Some(&self.corp_id), |_| {
+            self.corp_id.clone()
+        })
+    }
+
+    fn starts_conversations(&self) -> bool {
+        self.open_kfid.is_some()
+    }
+
     async fn send(&self, message: &Envelope) -> Result<SendReceipt, ConnectorError> {
         let to = &message.sender.external_id;
         let open_kfid = self

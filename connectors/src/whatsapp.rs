@@ -1246,6 +1246,16 @@ impl Connector for WhatsAppConnector {
         Ok(download)
     }
 
+    /// The customer `whatsapp_wa_id::{wa_id}`: a send goes `to` the wa_id. (Outside the 24 h
+    /// window, which a conversation the agent starts always is, only a template passes.)
+    fn recipient_of(&self, identities: &[IdentityKey]) -> Option<Sender> {
+        crate::recipient_by_key(identities, "whatsapp_wa_id", Some(""), |_| String::new())
+    }
+
+    fn starts_conversations(&self) -> bool {
+        true
+    }
+
     async fn send(&self, message: &Envelope) -> Result<SendReceipt, ConnectorError> {
         let is_template = matches!(message.content, Content::Template { .. });
         let quoted = match &message.reply_to {

@@ -70,7 +70,8 @@ pub enum VisitorEvent {
     Message {
         /// Envelope id.
         id: String,
-        /// What the agent says (boxed: the largest variant by far).
+        /// What the agent says.
+        // Boxed: content is by far the largest field of any frame.
         content: Box<Content>,
         /// When it was sent.
         sent_at: DateTime<Utc>,
@@ -129,6 +130,19 @@ pub enum AgentRequest {
         client_id: String,
         /// Conversation.
         conversation_id: String,
+        /// What to say.
+        content: Content,
+    },
+    /// Write first to a customer who has no open conversation, on a channel that can address
+    /// them: opens a conversation assigned to this agent (`POST /v1/customers/{id}/messages`).
+    /// Acknowledged with the message's envelope id; the conversation arrives as `assigned`.
+    WriteFirst {
+        /// The agent's own id for this request.
+        client_id: String,
+        /// The customer (a merged-away id stands for the profile it was merged into).
+        customer_id: String,
+        /// The configured channel to write on.
+        channel_id: String,
         /// What to say.
         content: Content,
     },
@@ -192,7 +206,7 @@ pub enum AgentEvent {
     Ack {
         /// The request's `client_id`.
         client_id: String,
-        /// Envelope id of a reply.
+        /// Envelope id of a reply, or of the first message of `write_first`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<String>,
     },

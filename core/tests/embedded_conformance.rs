@@ -244,6 +244,11 @@ async fn store_pool_conversations_open_oldest_first() {
 }
 
 #[tokio::test]
+async fn store_start_conversation_opens_assigned() {
+    store::start_conversation_opens_assigned(&new_store, "embedded.").await;
+}
+
+#[tokio::test]
 async fn store_update_customer_tags_and_attributes() {
     store::update_customer_tags_and_attributes(&new_store, "embedded.").await;
 }

@@ -79,6 +79,7 @@ conformance!(
     erase_customer_deletes_everything,
     customer_conversations_newest_first,
     pool_conversations_open_oldest_first,
+    start_conversation_opens_assigned,
     update_customer_tags_and_attributes,
     quiet_customers_are_erased,
 );
@@ -571,8 +572,8 @@ mod differential {
     use switchyard_core::model::{AgentStatus, ConversationStatus};
     use switchyard_core::store::embedded::EmbeddedStore;
     use switchyard_core::store::{
-        AgentUpdate, CustomerConversationsQuery, CustomerUpdate, InboundOutcome, InboundRouting,
-        ResolveRequest, Store, StoreError, TransferTarget,
+        AgentUpdate, ConversationStart, CustomerConversationsQuery, CustomerUpdate, InboundOutcome,
+        InboundRouting, ResolveRequest, Store, StoreError, TransferTarget,
     };
 
     use switchyard_core::conformance::services::TestRedisPrefix;
@@ -920,6 +921,53 @@ mod differential {
             self.check("update_customer", shape(&e, f), shape(&r, f));
         }
 
+        /// An agent (possibly unknown) writes first to a random customer (possibly merged away
+        /// since): opens a conversation, or is refused the same way by both stores.
+        async fn start(&mut self, rng: &mut Rng, now: i64) {
+            if self.customers.is_empty() {
+                return;
+            }
+            let c = self.customers[rng.below(self.customers.len())].clone();
+            let agent = Self::agent_id(rng.below(AGENTS + 1));
+            let pool = POOLS[rng.below(2)];
+            let channel = if rng.chance(50) {
+                app_channel()
+            } else {
+                wechat_channel()
+            };
+            let recipient = switchyard_core::envelope::Sender {
+                external_id: format!("x{}", rng.below(PEOPLE)),
+                scope: channel.id.clone(),
+                display_name: None,
+                identities: Vec::new(),
+            };
+            let conv = new_id();
+            let e = switchyard_core::conformance::store::first_outbound_envelope(
+                &c,
+                &conv,
+                &channel,
+                &recipient,
+                &agent,
+                at(now),
+            );
+            let r = self.to_red(&e);
+            self.log.push(format!("start {c} {agent} {pool} {conv}"));
+            let start = |envelope| ConversationStart {
+                envelope,
+                agent_id: &agent,
+                pool,
+                stage: None,
+                now: at(now),
+            };
+            let eo = self.emb.start_conversation(start(&e)).await;
+            let ro = self.red.start_conversation(start(&r)).await;
+            if eo.is_ok() {
+                self.conversations.push(conv);
+            }
+            let f = |c: &switchyard_core::model::Conversation| json!(c);
+            self.check("start_conversation", shape(&eo, f), shape(&ro, f));
+        }
+
         fn pick_conversation(&self, rng: &mut Rng) -> Option<String> {
             (!self.conversations.is_empty())
                 .then(|| self.conversations[rng.below(self.conversations.len())].clone())
@@ -927,9 +975,10 @@ mod differential {
 
         async fn step(&mut self, rng: &mut Rng, now: i64) {
             let release = |x: &switchyard_core::store::Release| json!({"conversation": x.conversation, "released": x.released_agent});
-            match rng.below(16) {
+            match rng.below(17) {
                 0..=3 => self.inbound(rng, now).await,
                 14 | 15 => self.route(rng, now).await,
+                16 => self.start(rng, now).await,
                 4 => {
                     if !self.envelopes.is_empty() {
                         let (e, r) = self.envelopes[rng.below(self.envelopes.len())].clone();

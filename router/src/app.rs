@@ -204,7 +204,14 @@ impl App {
             metrics.clone(),
             settings.router.history_limit,
         )
-        .with_pools(settings.pool_ids());
+        .with_pools(settings.pool_ids())
+        .with_channel_pools(
+            settings
+                .channels
+                .iter()
+                .map(|c| (c.id.clone(), c.pool.clone()))
+                .collect(),
+        );
         let shutdown = CancellationToken::new();
         let exit_after_stop = Arc::new(AtomicBool::new(false));
         let sockets = TaskTracker::new();

@@ -1,8 +1,9 @@
-//! Commands from agents and helpdesks (REST and the agent WebSocket): presence, replies,
-//! closing, transferring, linking identities, tagging and erasing customers. Each is one atomic
-//! store operation followed by its events and any assignment it makes possible; events the bus
-//! refuses wait in the [outbox](crate::outbox).
+//! Commands from agents and helpdesks (REST and the agent WebSocket): presence, replies, writing
+//! first to a customer, closing, transferring, linking identities, tagging and erasing customers.
+//! Each is one atomic store operation followed by its events and any assignment it makes
+//! possible; events the bus refuses wait in the [outbox](crate::outbox).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -17,8 +18,9 @@ use switchyard_core::metrics::Metrics;
 use switchyard_core::model::{Agent, Conversation, ConversationStatus, Customer};
 use switchyard_core::protocol::ConversationView;
 use switchyard_core::store::{
-    AgentUpdate, CustomerUpdate, ERASED_ON_REQUEST, ERASURE_CLOSE_REASON, Erasure, Note, NoteKind,
-    Release, ResolveRequest, Store, StoreError, TransferTarget,
+    AgentUpdate, CONVERSATION_OPEN, ConversationStart, CustomerUpdate, ERASED_ON_REQUEST,
+    ERASURE_CLOSE_REASON, Erasure, Note, NoteKind, Release, ResolveRequest, Store, StoreError,
+    TransferTarget,
 };
 
 use crate::assignment::assign_pools;
@@ -36,7 +38,21 @@ pub struct Operations {
     history_limit: usize,
     /// The configured pools, whose queues move when a merge frees an agent.
     pools: Vec<String>,
+    /// Channel id -> its pool: where a conversation an agent starts belongs.
+    channel_pools: Arc<HashMap<String, String>>,
 }
+
+/// A conversation an agent started by writing first ([`Operations::write_first`]).
+#[derive(Debug, Clone)]
+pub struct Started {
+    /// The conversation, assigned to the agent.
+    pub conversation: Conversation,
+    /// The agent's first message, on its way to the channel.
+    pub envelope: Envelope,
+}
+
+/// The pool of a channel that names none in the configuration.
+const DEFAULT_POOL: &str = "default";
 
 impl Operations {
     /// Commands over `store` and `bus`.
@@ -54,7 +70,15 @@ impl Operations {
             metrics,
             history_limit,
             pools: Vec::new(),
+            channel_pools: Arc::default(),
         }
+    }
+
+    /// The same commands, knowing each channel's pool (channel id -> pool): a conversation an
+    /// agent starts on a channel belongs to its pool (`default` for a channel not listed).
+    pub fn with_channel_pools(mut self, pools: HashMap<String, String>) -> Self {
+        self.channel_pools = Arc::new(pools);
+        self
     }
 
     /// The same commands, knowing the configured pools: a merge that frees an agent lets every
@@ -149,32 +173,13 @@ impl Operations {
         agent_id: Option<&str>,
         content: Content,
     ) -> Result<Envelope, RouteError> {
-        if let Content::Text { text } = &content
-            && text.trim().is_empty()
-        {
-            return Err(RouteError::Refused {
-                code: "empty_reply",
-                message: "a text reply needs some text".into(),
-            });
-        }
-        if let Some(problem) = content.template_problem() {
-            return Err(RouteError::Refused {
-                code: "invalid_template",
-                message: problem.into(),
-            });
-        }
+        check_content(&content)?;
         let conversation = self.conversation_record(conversation_id).await?;
         let now = switchyard_core::time::now();
         // The channel's rules decide before anything is queued: an undeliverable reply is
         // refused now, with the rule, instead of failing later at the platform.
         let content = match self.registry.get(&conversation.channel.id) {
-            Some(channel) => channel
-                .rules()
-                .check(&conversation, content, now)
-                .map_err(|v| RouteError::Refused {
-                    code: v.code,
-                    message: v.message,
-                })?,
+            Some(channel) => check_rules(channel.rules(), &conversation, content, now)?,
             None => content,
         };
         let id = new_id();
@@ -217,6 +222,155 @@ impl Operations {
             .await?;
         self.outbox.send_staged(staged).await?;
         Ok(envelope)
+    }
+
+    /// An agent writes first to a customer (a merged-away id: the profile it was merged into)
+    /// on channel `channel_id`: opens a conversation assigned to the agent, in the channel's
+    /// pool, addressed to the customer's identity on that channel, with `content` as its first
+    /// message, in one atomic store step ([`Store::start_conversation`]); announces
+    /// `conversation.created` and `conversation.assigned`, then sends the message as a reply is
+    /// sent.
+    ///
+    /// Refused (422) for content a reply could not have (`empty_reply`, `invalid_template`), a
+    /// channel that is not configured (`unknown_channel`) or that cannot start conversations
+    /// (`channel_cannot_start_conversations`), a customer with no identity it addresses
+    /// (`no_identity_on_channel`), and by the channel's rules, for which the conversation has
+    /// no customer message: a reply window is closed (`reply_window_closed`; WhatsApp lets
+    /// only a template through). `NotFound` for an unknown customer or agent; the conflicts
+    /// `conversation_open` (the customer has one: reply in it) and `agent_at_capacity`.
+    pub async fn write_first(
+        &self,
+        customer_id: &str,
+        agent_id: &str,
+        channel_id: &str,
+        content: Content,
+    ) -> Result<Started, RouteError> {
+        check_content(&content)?;
+        let customer = self.customer_record(customer_id).await?;
+        let channel = self
+            .registry
+            .get(channel_id)
+            .ok_or_else(|| RouteError::Refused {
+                code: "unknown_channel",
+                message: format!("no channel `{channel_id}` is configured"),
+            })?;
+        if !channel.starts_conversations() {
+            return Err(RouteError::Refused {
+                code: "channel_cannot_start_conversations",
+                message: format!(
+                    "channel `{channel_id}` (kind `{}`) can only answer a customer who wrote \
+                     to it",
+                    channel.channel().kind
+                ),
+            });
+        }
+        let identities: Vec<IdentityKey> =
+            customer.identities.iter().map(|r| r.key.clone()).collect();
+        let mut recipient =
+            channel
+                .recipient_of(&identities)
+                .ok_or_else(|| RouteError::Refused {
+                    code: "no_identity_on_channel",
+                    message: format!(
+                        "customer `{}` has no identity that channel `{channel_id}` (kind `{}`) \
+                         can write to",
+                        customer.id,
+                        channel.channel().kind
+                    ),
+                })?;
+        recipient.display_name.clone_from(&customer.display_name);
+        // Checked again in the atomic step; asked first so that an agent who should reply in
+        // the open conversation hears so rather than a channel rule's refusal.
+        if let Some(open) = self.store.open_conversation(&customer.id).await? {
+            return Err(StoreError::Conflict {
+                code: CONVERSATION_OPEN,
+                message: format!(
+                    "customer `{}` has the open conversation `{}`; reply in it",
+                    customer.id, open.id
+                ),
+            }
+            .into());
+        }
+        let now = switchyard_core::time::now();
+        let pool = self
+            .channel_pools
+            .get(channel_id)
+            .map_or(DEFAULT_POOL, String::as_str);
+        let conversation_id = new_id();
+        // The conversation as it will be stored, for the rules: no customer message in it.
+        let opening = Conversation {
+            id: conversation_id.clone(),
+            tenant: customer.tenant.clone(),
+            customer_id: customer.id.clone(),
+            status: ConversationStatus::Assigned,
+            pool: pool.to_owned(),
+            agent_id: Some(agent_id.to_owned()),
+            channel: channel.channel().clone(),
+            recipient: recipient.clone(),
+            last_inbound_id: None,
+            last_inbound_at: None,
+            replies_since_inbound: 0,
+            created_at: now,
+            updated_at: now,
+            queued_at: None,
+            assigned_at: Some(now),
+            closed_at: None,
+            close_reason: None,
+            message_count: 0,
+        };
+        let content = check_rules(channel.rules(), &opening, content, now)?;
+        let id = new_id();
+        let envelope = Envelope {
+            id: id.clone(),
+            tenant: customer.tenant.clone(),
+            direction: Direction::Outbound,
+            channel: channel.channel().clone(),
+            sender: recipient,
+            customer_id: Some(customer.id.clone()),
+            conversation_id: Some(conversation_id),
+            sent_at: now,
+            received_at: now,
+            dedupe_key: format!("outbound:{id}"),
+            content,
+            reply_to: None,
+            agent_id: Some(agent_id.to_owned()),
+            raw: None,
+        };
+        let body = serde_json::to_vec(&envelope)
+            .map_err(|e| RouteError::Invalid(format!("cannot encode the message: {e}")))?;
+        let staged = self.outbox.stage(
+            OUTBOUND_EXCHANGE,
+            vec![(
+                envelope.channel.kind.clone(),
+                Message::new(envelope.id.clone(), body),
+            )],
+        )?;
+        let conversation = self
+            .store
+            .start_conversation(ConversationStart {
+                envelope: &envelope,
+                agent_id,
+                pool,
+                stage: Some(staged.push()),
+                now,
+            })
+            .await?;
+        // The conversation is announced before its first message can be reported sent.
+        let mut events = EventBatch::new();
+        events
+            .conversation(EventType::ConversationCreated, &conversation)
+            .conversation(EventType::ConversationAssigned, &conversation);
+        self.outbox
+            .publish_noted(
+                events,
+                &[Note::new(NoteKind::Started, &conversation.id, now)],
+            )
+            .await?;
+        self.outbox.send_staged(staged).await?;
+        Ok(Started {
+            conversation,
+            envelope,
+        })
     }
 
     /// Closes a conversation (only its agent may, when `agent_id` is given).
@@ -514,4 +668,40 @@ impl Operations {
             .collect();
         self.link_identities(into, keys).await
     }
+}
+
+/// Refuses content no reply may have: blank text (`empty_reply`), a malformed template
+/// (`invalid_template`).
+fn check_content(content: &Content) -> Result<(), RouteError> {
+    if let Content::Text { text } = content
+        && text.trim().is_empty()
+    {
+        return Err(RouteError::Refused {
+            code: "empty_reply",
+            message: "a text reply needs some text".into(),
+        });
+    }
+    if let Some(problem) = content.template_problem() {
+        return Err(RouteError::Refused {
+            code: "invalid_template",
+            message: problem.into(),
+        });
+    }
+    Ok(())
+}
+
+/// The channel's rules on `content` for `conversation` at `now` (see
+/// [`switchyard_connectors::ChannelRules::check`]): the content to send, or the refusal.
+fn check_rules(
+    rules: switchyard_connectors::ChannelRules,
+    conversation: &Conversation,
+    content: Content,
+    now: DateTime<Utc>,
+) -> Result<Content, RouteError> {
+    rules
+        .check(conversation, content, now)
+        .map_err(|v| RouteError::Refused {
+            code: v.code,
+            message: v.message,
+        })
 }

@@ -374,6 +374,15 @@ impl Outbox {
                     batch.conversation(EventType::ConversationAssigned, &c);
                 }
             }
+            NoteKind::Started => {
+                // Created, then (if it is still so) assigned; a later change has its own note.
+                if let Some(c) = conversation().await? {
+                    batch.conversation(EventType::ConversationCreated, &c);
+                    if c.status == ConversationStatus::Assigned {
+                        batch.conversation(EventType::ConversationAssigned, &c);
+                    }
+                }
+            }
             NoteKind::Closed => {
                 if let Some(c) = conversation().await?
                     && c.status == ConversationStatus::Closed

@@ -15,6 +15,7 @@ mod identity;
 mod line;
 mod media;
 mod presence;
+mod proactive;
 mod raw;
 mod routing;
 mod support;

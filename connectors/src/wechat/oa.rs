@@ -7,7 +7,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use switchyard_core::config::ChannelSettings;
-use switchyard_core::envelope::{ChannelRef, Envelope};
+use switchyard_core::envelope::{ChannelRef, Envelope, Sender};
+use switchyard_core::identity::IdentityKey;
 
 use super::client::{Flavor, WxApiClient};
 use super::inbound::{self, WxInbound, content_of};
@@ -145,6 +146,20 @@ impl Connector for WeChatOaConnector {
              (window closed) and 45047 (quota used) are rejections; an image's caption follows as a \
              text message (a second reply of the 5)",
         )
+    }
+
+    /// The user `wechat_openid:{app_id}:{openid}` of this Official Account's AppID: a
+    /// customer-service message goes `touser` the OpenID. (Only within 48 h of the user's last
+    /// message, which a conversation the agent starts never is: the rules refuse it.)
+    fn recipient_of(&self, identities: &[IdentityKey]) -> Option<Sender> {
+        let app_id = self.inbound.app_id();
+        crate::recipient_by_key(identities, "wechat_openid", Some(app_id), |_| {
+            app_id.to_owned()
+        })
+    }
+
+    fn starts_conversations(&self) -> bool {
+        true
     }
 
     async fn send(&self, message: &Envelope) -> Result<SendReceipt, ConnectorError> {

@@ -17,11 +17,12 @@ use crate::envelope::{ChannelRef, Content, DEFAULT_TENANT, Direction, Envelope, 
 use crate::identity::{IdentityKey, IdentityStrength};
 use crate::model::{Agent, AgentStatus, Conversation, ConversationStatus, Customer};
 use crate::store::{
-    AgentUpdate, Assignment, CustomerConversationsQuery, CustomerUpdate, ERASED_BY_RETENTION,
-    ERASED_ON_REQUEST, Erasure, InboundOutcome, InboundRecord, InboundRouting,
-    MAX_CUSTOMER_ATTRIBUTES, MAX_CUSTOMER_TAGS, MailboxPush, Merge, Note, NoteKind, OPEN_STATUSES,
-    QuietSweep, Release, Resolution, ResolveRequest, SenderResolution, Store, StoreError,
-    TOO_MANY_ATTRIBUTES, TOO_MANY_TAGS, TransferTarget, UNKNOWN_CURSOR, route_inbound_stepwise,
+    AGENT_AT_CAPACITY, AgentUpdate, Assignment, CONVERSATION_OPEN, ConversationStart,
+    CustomerConversationsQuery, CustomerUpdate, ERASED_BY_RETENTION, ERASED_ON_REQUEST, Erasure,
+    InboundOutcome, InboundRecord, InboundRouting, MAX_CUSTOMER_ATTRIBUTES, MAX_CUSTOMER_TAGS,
+    MailboxPush, Merge, Note, NoteKind, OPEN_STATUSES, QuietSweep, Release, Resolution,
+    ResolveRequest, SenderResolution, Store, StoreError, TOO_MANY_ATTRIBUTES, TOO_MANY_TAGS,
+    TransferTarget, UNKNOWN_CURSOR, route_inbound_stepwise,
 };
 
 use IdentityStrength::{Strong, Weak};
@@ -4519,6 +4520,389 @@ pub async fn update_customer_tags_and_attributes(factory: &impl MakeStore, prefi
 }
 
 /// Runs every case, each on a fresh store with its own sub-prefix of `prefix`.
+/// The outbound envelope an agent writes first to `customer` on `channel`, addressed to
+/// `recipient`, as the opening message of conversation `conversation`.
+pub fn first_outbound_envelope(
+    customer: &str,
+    conversation: &str,
+    channel: &ChannelRef,
+    recipient: &Sender,
+    agent_id: &str,
+    now: DateTime<Utc>,
+) -> Envelope {
+    let id = new_id();
+    Envelope {
+        id: id.clone(),
+        tenant: DEFAULT_TENANT.to_owned(),
+        direction: Direction::Outbound,
+        channel: channel.clone(),
+        sender: recipient.clone(),
+        customer_id: Some(customer.to_owned()),
+        conversation_id: Some(conversation.to_owned()),
+        sent_at: now,
+        received_at: now,
+        dedupe_key: format!("outbound:{id}"),
+        content: Content::Text {
+            text: "your order has shipped".to_owned(),
+        },
+        reply_to: None,
+        agent_id: Some(agent_id.to_owned()),
+        raw: None,
+    }
+}
+
+/// The start of a conversation by `agent_id` with `envelope` in `pool`.
+fn starting<'a>(
+    envelope: &'a Envelope,
+    agent_id: &'a str,
+    pool: &'a str,
+    stage: Option<MailboxPush<'a>>,
+    now: DateTime<Utc>,
+) -> ConversationStart<'a> {
+    ConversationStart {
+        envelope,
+        agent_id,
+        pool,
+        stage,
+        now,
+    }
+}
+
+/// An agent writing first ([`Store::start_conversation`]): the conversation opens assigned to the
+/// agent with no inbound message, as the customer's one open conversation (their next message
+/// lands in it), on the agent's list, with the message recorded, the stage pushed and the change
+/// noted; refused, changing nothing, while the customer has an open conversation, for an agent
+/// at capacity, an unknown agent or customer; a merged-away id opens for the survivor; an
+/// offline agent may write; closing frees the agent's room; erasure finds the conversation.
+pub async fn start_conversation_opens_assigned(factory: &impl MakeStore, prefix: &str) {
+    let what = "start_conversation_opens_assigned";
+    let store = factory.make().await;
+    let outbox = format!("{prefix}outbox");
+    let stage = |id: &'static str| MailboxPush {
+        key: &outbox,
+        id,
+        body: "the first message's bus message",
+        max_len: 10,
+        ttl: Duration::from_secs(60),
+    };
+    let pool = format!("{prefix}default");
+    let a = format!("{prefix}agent-a");
+    let wa = ChannelRef {
+        kind: "whatsapp".to_owned(),
+        id: "wa-main".to_owned(),
+    };
+    let recipient = Sender {
+        external_id: format!("{prefix}4915112345678"),
+        scope: String::new(),
+        display_name: None,
+        identities: vec![key(prefix, "whatsapp_wa_id", "", "4915112345678")],
+    };
+    // A customer known from an earlier conversation, closed since.
+    let (customer, _, earlier) = open(&store, prefix, "c", &pool, at(1)).await;
+    store
+        .close_conversation(&earlier.id, "closed", at(2))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: close the earlier conversation: {e}"));
+    agent(&store, &a, &[&pool], 1, AgentStatus::Offline, at(3)).await;
+    let conv_id = new_id();
+    let first = first_outbound_envelope(&customer.id, &conv_id, &wa, &recipient, &a, at(10));
+    let start = |envelope, agent_id, stage, now| starting(envelope, agent_id, &pool, stage, now);
+
+    // Unknown agent, unknown customer: refused.
+    let unknown_agent = store
+        .start_conversation(start(&first, "nobody", Some(stage("nobody")), at(10)))
+        .await;
+    assert!(
+        matches!(
+            &unknown_agent,
+            Err(StoreError::NotFound { kind: "agent", .. })
+        ),
+        "{what}: an unknown agent gave {unknown_agent:?}"
+    );
+    let mut stranger = first.clone();
+    stranger.customer_id = Some(new_id());
+    let unknown_customer = store
+        .start_conversation(start(&stranger, &a, Some(stage("stranger")), at(10)))
+        .await;
+    assert!(
+        matches!(
+            &unknown_customer,
+            Err(StoreError::NotFound {
+                kind: "customer",
+                ..
+            })
+        ),
+        "{what}: an unknown customer gave {unknown_customer:?}"
+    );
+
+    // An offline agent with room writes first.
+    let conv = store
+        .start_conversation(start(&first, &a, Some(stage("first")), at(10)))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: start: {e}"));
+    assert_eq!(conv.id, conv_id, "{what}: the caller's conversation id");
+    assert_eq!(conv.customer_id, customer.id, "{what}: customer");
+    assert_eq!(conv.status, ConversationStatus::Assigned, "{what}: status");
+    assert_eq!(conv.agent_id.as_deref(), Some(a.as_str()), "{what}: agent");
+    assert_eq!(conv.pool, pool, "{what}: pool");
+    assert_eq!(conv.channel, wa, "{what}: channel");
+    assert_eq!(conv.recipient, recipient, "{what}: recipient");
+    assert_eq!(conv.last_inbound_at, None, "{what}: no inbound message");
+    assert_eq!(conv.last_inbound_id, None, "{what}: no inbound message id");
+    assert_eq!(conv.replies_since_inbound, 1, "{what}: replies");
+    assert_eq!(conv.message_count, 1, "{what}: message_count");
+    assert_eq!(
+        (conv.created_at, conv.updated_at, conv.assigned_at),
+        (at(10), at(10), Some(at(10))),
+        "{what}: times"
+    );
+    assert_eq!((conv.queued_at, conv.closed_at), (None, None), "{what}");
+    assert_eq!(
+        get_conversation(&store, &conv_id).await,
+        conv,
+        "{what}: read back"
+    );
+    let messages = store
+        .messages(&conv_id, 10)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: messages: {e}"));
+    assert_eq!(messages.len(), 1, "{what}: one message");
+    assert_eq!(messages[0].id, first.id, "{what}: the first message");
+    assert_eq!(
+        (
+            messages[0].customer_id.as_deref(),
+            messages[0].conversation_id.as_deref()
+        ),
+        (Some(customer.id.as_str()), Some(conv_id.as_str())),
+        "{what}: the message's ids"
+    );
+    let held = get_agent(&store, &a).await;
+    assert_eq!(
+        held.conversations,
+        std::slice::from_ref(&conv_id),
+        "{what}: agent holds it"
+    );
+    assert_eq!(
+        held.idle_since,
+        at(10),
+        "{what}: the agent took a conversation"
+    );
+    let listed: Vec<String> = store
+        .agent_conversations(&a)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: agent_conversations: {e}"))
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(
+        listed,
+        std::slice::from_ref(&conv_id),
+        "{what}: the agent's conversation list"
+    );
+    // The listings find it: the customer's history (newest first) and the pool's open ones.
+    let history = store
+        .customer_conversations(&customer.id, &CustomerConversationsQuery::default())
+        .await
+        .unwrap_or_else(|e| panic!("{what}: customer_conversations: {e}"));
+    assert_eq!(
+        history.first().map(|c| c.id.as_str()),
+        Some(conv_id.as_str()),
+        "{what}: the customer's newest conversation"
+    );
+    let open_in_pool: Vec<String> = store
+        .pool_conversations(&pool, &[], 100)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: pool_conversations: {e}"))
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert!(
+        open_in_pool.contains(&conv_id),
+        "{what}: the pool lists it: {open_in_pool:?}"
+    );
+    let open_now = store
+        .open_conversation(&customer.id)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: open_conversation: {e}"));
+    assert_eq!(
+        open_now.map(|c| c.id),
+        Some(conv_id.clone()),
+        "{what}: the customer's open conversation"
+    );
+    let noted = store
+        .unannounced(at(10))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: unannounced: {e}"));
+    let started = Note::new(NoteKind::Started, &conv_id, at(10));
+    assert!(noted.contains(&started), "{what}: noted: {noted:?}");
+
+    // The customer has an open conversation now: refused, naming it.
+    let again_conv = new_id();
+    let again = first_outbound_envelope(&customer.id, &again_conv, &wa, &recipient, &a, at(11));
+    let refused = store
+        .start_conversation(start(&again, &a, Some(stage("again")), at(11)))
+        .await;
+    match &refused {
+        Err(StoreError::Conflict { code, message }) => {
+            assert_eq!(*code, CONVERSATION_OPEN, "{what}");
+            assert!(message.contains(&conv_id), "{what}: names it: {message}");
+        }
+        other => panic!("{what}: a second start gave {other:?}"),
+    }
+    // Another customer, the agent at capacity: refused.
+    let (other, _, other_conv) = open(&store, prefix, "d", &pool, at(12)).await;
+    store
+        .close_conversation(&other_conv.id, "closed", at(13))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: close: {e}"));
+    let full_conv = new_id();
+    let full = first_outbound_envelope(&other.id, &full_conv, &wa, &recipient, &a, at(14));
+    let refused = store
+        .start_conversation(start(&full, &a, Some(stage("full")), at(14)))
+        .await;
+    assert_eq!(
+        refused.as_ref().err().and_then(conflict_code),
+        Some(AGENT_AT_CAPACITY),
+        "{what}: an agent at capacity gave {refused:?}"
+    );
+    for (id, name) in [(&again_conv, "again"), (&full_conv, "full")] {
+        let c = store
+            .conversation(id)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: conversation: {e}"));
+        assert!(
+            c.is_none(),
+            "{what}: the refused `{name}` start opened {c:?}"
+        );
+    }
+    let open_other = store
+        .open_conversation(&other.id)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: open_conversation: {e}"));
+    assert!(open_other.is_none(), "{what}: refused, yet {open_other:?}");
+    assert_eq!(
+        get_agent(&store, &a).await.conversations,
+        std::slice::from_ref(&conv_id),
+        "{what}: refusals leave the agent alone"
+    );
+
+    // The customer's next message lands in it, which stays with the agent.
+    let k = key(prefix, "app_user", "shop-app", "c");
+    let inbound = inbound_envelope(&customer.id, &app_channel(), "c", vec![k], "thanks", at(20));
+    let rec = record(&store, &inbound, &pool, at(20)).await;
+    assert!(
+        !rec.created,
+        "{what}: the reply opened another conversation"
+    );
+    assert_eq!(
+        rec.conversation.id, conv_id,
+        "{what}: the reply's conversation"
+    );
+    assert_eq!(
+        rec.conversation.status,
+        ConversationStatus::Assigned,
+        "{what}: still assigned"
+    );
+    assert_eq!(rec.conversation.last_inbound_at, Some(at(20)), "{what}");
+    assert_eq!(rec.conversation.message_count, 2, "{what}");
+    assert!(
+        queue(&store, &pool).await.is_empty(),
+        "{what}: nothing queued"
+    );
+
+    // Closing frees the agent's room: the other customer can be written to now, through a
+    // merged-away id of theirs.
+    let release = store
+        .close_conversation(&conv_id, "closed", at(21))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: close: {e}"));
+    assert_eq!(
+        release.released_agent.map(|ag| ag.conversations),
+        Some(Vec::new()),
+        "{what}: the close frees the agent"
+    );
+    let kd = key(prefix, "app_user", "shop-app", "d");
+    let ke = key(prefix, "app_user", "shop-app", "e");
+    let younger = resolve(&store, &[(&ke, Strong)], false, at(22))
+        .await
+        .customer;
+    let merged = resolve(&store, &[(&kd, Strong), (&ke, Strong)], true, at(23)).await;
+    assert_eq!(
+        merged.customer.id, other.id,
+        "{what}: the older profile survives"
+    );
+    let via_merged_conv = new_id();
+    let via_merged =
+        first_outbound_envelope(&younger.id, &via_merged_conv, &wa, &recipient, &a, at(24));
+    let conv2 = store
+        .start_conversation(start(&via_merged, &a, None, at(24)))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: start through a merged-away id: {e}"));
+    assert_eq!(
+        conv2.customer_id, other.id,
+        "{what}: opened for the survivor"
+    );
+    let open_other = store
+        .open_conversation(&other.id)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: open_conversation: {e}"));
+    assert_eq!(
+        open_other.map(|c| c.id),
+        Some(via_merged_conv.clone()),
+        "{what}"
+    );
+
+    let staged: Vec<String> = store
+        .mailbox_read(&outbox)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: read the outbox: {e}"))
+        .into_iter()
+        .map(|item| item.id)
+        .collect();
+    assert_eq!(
+        staged,
+        ["first"],
+        "{what}: only the opening start's stage is pushed"
+    );
+
+    // Erasure finds both conversations (after the open one is closed).
+    store
+        .close_conversation(&via_merged_conv, "closed", at(25))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: close: {e}"));
+    let erasure = store
+        .erase_customer(&customer.id, ERASED_ON_REQUEST, at(26))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: erase: {e}"));
+    let mut want = vec![earlier.id.clone(), conv_id.clone()];
+    want.sort();
+    assert_eq!(erasure.conversations, want, "{what}: erased conversations");
+    assert!(
+        store
+            .conversation(&conv_id)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: conversation: {e}"))
+            .is_none(),
+        "{what}: the started conversation is erased"
+    );
+
+    // Leave no note of this case for the others sharing the store.
+    let mine: Vec<Note> = store
+        .unannounced(at(100))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: unannounced: {e}"))
+        .into_iter()
+        .filter(|n| {
+            [&conv_id, &via_merged_conv, &earlier.id, &other_conv.id].contains(&&n.subject)
+                || [&customer.id, &other.id, &younger.id, &a].contains(&&n.subject)
+        })
+        .collect();
+    store
+        .clear_notes(&mine)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: clear_notes: {e}"));
+}
+
 pub async fn run_all(factory: &impl MakeStore, prefix: &str) {
     let p = |case: &str| format!("{prefix}{case}.");
     dedupe_claim_release_ttl(factory, &p("dedupe")).await;
@@ -4554,6 +4938,7 @@ pub async fn run_all(factory: &impl MakeStore, prefix: &str) {
     erase_customer_deletes_everything(factory, &p("erase")).await;
     customer_conversations_newest_first(factory, &p("history")).await;
     pool_conversations_open_oldest_first(factory, &p("pool-listing")).await;
+    start_conversation_opens_assigned(factory, &p("start")).await;
     update_customer_tags_and_attributes(factory, &p("update-customer")).await;
     // Last: its first sweep erases every profile the cases before created.
     quiet_customers_are_erased(factory, &p("quiet")).await;

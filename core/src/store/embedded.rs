@@ -9,12 +9,12 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    AgentUpdate, Assignment, CustomerConversationsQuery, CustomerUpdate, ERASED_BY_RETENTION,
-    Erasure, IDLE_CLOSE_REASON, InboundOutcome, InboundRecord, InboundRouting, MailboxHead,
-    MailboxItem, MailboxPush, Merge, Note, NoteKind, QuietSweep, Release, Resolution,
-    ResolveRequest, SenderResolution, Store, StoreError, TransferTarget, UNKNOWN_CURSOR,
-    decode_others_assigned, encode_others_assigned, others_assigned_key, replay_others_assigned,
-    status_listed,
+    AGENT_AT_CAPACITY, AgentUpdate, Assignment, CONVERSATION_OPEN, ConversationStart,
+    CustomerConversationsQuery, CustomerUpdate, ERASED_BY_RETENTION, Erasure, IDLE_CLOSE_REASON,
+    InboundOutcome, InboundRecord, InboundRouting, MailboxHead, MailboxItem, MailboxPush, Merge,
+    Note, NoteKind, QuietSweep, Release, Resolution, ResolveRequest, SenderResolution, Store,
+    StoreError, TransferTarget, UNKNOWN_CURSOR, decode_others_assigned, encode_others_assigned,
+    others_assigned_key, replay_others_assigned, status_listed,
 };
 use crate::envelope::{Envelope, new_id};
 use crate::identity::{IdentityKey, IdentityStrength};
@@ -1204,6 +1204,86 @@ impl Store for EmbeddedStore {
             s.mailbox_push(push);
         }
         Ok(c)
+    }
+
+    async fn start_conversation(
+        &self,
+        start: ConversationStart<'_>,
+    ) -> Result<Conversation, StoreError> {
+        let ConversationStart {
+            envelope,
+            agent_id,
+            pool,
+            stage,
+            now,
+        } = start;
+        let mut s = self.lock();
+        let asked = envelope.customer_id.as_deref().unwrap_or_default();
+        let customer_id = s.canonical_customer_id(asked);
+        if !s.customers.contains_key(&customer_id) {
+            return Err(not_found("customer", asked));
+        }
+        if let Some(open) = s.open_conversation(&customer_id) {
+            return Err(StoreError::Conflict {
+                code: CONVERSATION_OPEN,
+                message: format!(
+                    "customer `{customer_id}` has the open conversation `{}`; reply in it",
+                    open.id
+                ),
+            });
+        }
+        let agent = s
+            .agents
+            .get(agent_id)
+            .ok_or_else(|| not_found("agent", agent_id))?;
+        if agent.conversations.len() as u64 >= u64::from(agent.capacity) {
+            return Err(StoreError::Conflict {
+                code: AGENT_AT_CAPACITY,
+                message: format!(
+                    "agent `{agent_id}` holds {} conversations, its capacity",
+                    agent.conversations.len()
+                ),
+            });
+        }
+        let id = envelope.conversation_id.clone().unwrap_or_else(new_id);
+        let conversation = Conversation {
+            id: id.clone(),
+            tenant: envelope.tenant.clone(),
+            customer_id: customer_id.clone(),
+            status: ConversationStatus::Assigned,
+            pool: pool.to_owned(),
+            agent_id: Some(agent_id.to_owned()),
+            channel: envelope.channel.clone(),
+            recipient: envelope.sender.clone(),
+            last_inbound_id: None,
+            last_inbound_at: None,
+            // The first message is a reply as `record_outbound` counts them.
+            replies_since_inbound: 1,
+            created_at: now,
+            updated_at: now,
+            queued_at: None,
+            assigned_at: Some(now),
+            closed_at: None,
+            close_reason: None,
+            message_count: 1,
+        };
+        s.conversations.insert(id.clone(), conversation.clone());
+        s.open_by_customer.insert(customer_id.clone(), id.clone());
+        s.agents.update(agent_id, |agent| {
+            agent.conversations.push(id.clone());
+            agent.idle_since = now;
+            agent.updated_at = now;
+        });
+        let mut stored = envelope.clone();
+        stored.conversation_id = Some(id.clone());
+        stored.customer_id = Some(customer_id);
+        s.message_ids.insert(stored.id.clone(), id.clone());
+        s.messages.entry(id.clone()).or_default().push_back(stored);
+        if let Some(push) = stage {
+            s.mailbox_push(push);
+        }
+        s.note(Note::new(NoteKind::Started, &id, now));
+        Ok(conversation)
     }
 
     async fn close_conversation(

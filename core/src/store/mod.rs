@@ -387,11 +387,14 @@ pub enum NoteKind {
     /// A customer's tags or attributes were changed: `customer.updated`, rendered from the
     /// profile as it is then.
     CustomerUpdated,
+    /// An agent opened a conversation by writing first ([`Store::start_conversation`]):
+    /// `conversation.created`, then `conversation.assigned`.
+    Started,
 }
 
 impl NoteKind {
     /// Every kind.
-    pub const ALL: [NoteKind; 8] = [
+    pub const ALL: [NoteKind; 9] = [
         NoteKind::Assigned,
         NoteKind::Closed,
         NoteKind::TransferredToPool,
@@ -400,6 +403,7 @@ impl NoteKind {
         NoteKind::Merged,
         NoteKind::Erased,
         NoteKind::CustomerUpdated,
+        NoteKind::Started,
     ];
 
     /// The kind's name in a note's key.
@@ -413,6 +417,7 @@ impl NoteKind {
             NoteKind::Merged => "merged",
             NoteKind::Erased => "erased",
             NoteKind::CustomerUpdated => "customer_updated",
+            NoteKind::Started => "started",
         }
     }
 
@@ -428,7 +433,8 @@ impl NoteKind {
 /// repeats a command. So the store writes a note in the same atomic step as the change
 /// ([`Store::assign_queued_noted`], [`Store::close_conversation`], [`Store::transfer`],
 /// [`Store::upsert_agent`], [`Store::expire_lapsed_agents`],
-/// [`Store::resolve_customer_noted`], [`Store::erase_customer`], [`Store::update_customer`]),
+/// [`Store::resolve_customer_noted`], [`Store::erase_customer`], [`Store::update_customer`],
+/// [`Store::start_conversation`]),
 /// and the command clears it
 /// ([`Store::clear_notes`]) once its events are published or kept in the outbox. If the command
 /// stops, or loses the store's reply, before that, the note stays: the outbox's republisher
@@ -677,6 +683,31 @@ pub struct MailboxPush<'a> {
     /// How long after this push the whole mailbox expires.
     pub ttl: Duration,
 }
+
+/// A conversation an agent opens by writing first to a customer ([`Store::start_conversation`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ConversationStart<'a> {
+    /// The agent's first message, outbound: its `conversation_id` is the id of the conversation
+    /// to open (chosen by the caller, so that the bus message staged with it names it), its
+    /// `customer_id` the customer (a merged-away id stands for the profile it was merged into),
+    /// its `channel` and `sender` the channel and recipient of the conversation.
+    pub envelope: &'a Envelope,
+    /// The agent who writes, and holds the conversation.
+    pub agent_id: &'a str,
+    /// The pool the conversation belongs to (the channel's).
+    pub pool: &'a str,
+    /// Pushed to its mailbox in the same atomic step, as [`Store::record_outbound`] does.
+    pub stage: Option<MailboxPush<'a>>,
+    /// Time of the change.
+    pub now: DateTime<Utc>,
+}
+
+/// The conflict code of [`Store::start_conversation`] when the customer has an open
+/// conversation already (the agent should reply in it).
+pub const CONVERSATION_OPEN: &str = "conversation_open";
+/// The conflict code of [`Store::start_conversation`] when the agent holds as many
+/// conversations as its capacity allows.
+pub const AGENT_AT_CAPACITY: &str = "agent_at_capacity";
 
 /// The `close_reason` of a conversation [`Store::close_idle`] closed.
 pub const IDLE_CLOSE_REASON: &str = "idle";
@@ -929,6 +960,30 @@ pub trait Store: Send + Sync + 'static {
         envelope: &Envelope,
         now: DateTime<Utc>,
         stage: Option<MailboxPush<'_>>,
+    ) -> Result<Conversation, StoreError>;
+
+    /// Opens a conversation because an agent writes first to a customer, in one atomic step:
+    ///
+    /// 1. the customer (`start.envelope.customer_id`, a merged-away id following its merges)
+    ///    must exist, else `NotFound` `customer`; it must have no open conversation, else the
+    ///    conflict [`CONVERSATION_OPEN`] naming that conversation;
+    /// 2. the agent must exist (`NotFound` `agent`) and hold fewer conversations than its
+    ///    capacity (else the conflict [`AGENT_AT_CAPACITY`]); its status does not matter: an
+    ///    agent who is away or offline may still write, and the conversation counts against
+    ///    its capacity like any other;
+    /// 3. opens conversation `start.envelope.conversation_id`, `assigned` to the agent (who
+    ///    takes it as an assignment does: its `idle_since` becomes `now`), in `start.pool`, on
+    ///    the envelope's channel, addressed to its sender, with no inbound message
+    ///    (`last_inbound_at` and `last_inbound_id` are `None`), as the customer's open
+    ///    conversation (their next message is recorded in it);
+    /// 4. records the envelope in it as [`Store::record_outbound`] does (with the canonical
+    ///    customer id), pushes `start.stage`, and notes the change ([`NoteKind::Started`] at
+    ///    `now`).
+    ///
+    /// Refusals change nothing. Returns the conversation.
+    async fn start_conversation(
+        &self,
+        start: ConversationStart<'_>,
     ) -> Result<Conversation, StoreError>;
 
     /// Closes a conversation, freeing its agent's capacity or its queue place, and notes it

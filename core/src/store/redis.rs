@@ -56,11 +56,12 @@ use link::Link;
 pub use link::RedisTarget;
 
 use super::{
-    AgentUpdate, Assignment, CustomerConversationsQuery, CustomerUpdate, ERASED_BY_RETENTION,
-    Erasure, IDLE_CLOSE_REASON, InboundOutcome, InboundRecord, InboundRouting,
-    MAX_CUSTOMER_ATTRIBUTES, MAX_CUSTOMER_TAGS, MailboxHead, MailboxItem, MailboxPush, Merge, Note,
-    QuietSweep, Release, Resolution, ResolveRequest, SenderResolution, Store, StoreError,
-    TOO_MANY_ATTRIBUTES, TOO_MANY_TAGS, TransferTarget, UNKNOWN_CURSOR,
+    AGENT_AT_CAPACITY, AgentUpdate, Assignment, CONVERSATION_OPEN, ConversationStart,
+    CustomerConversationsQuery, CustomerUpdate, ERASED_BY_RETENTION, Erasure, IDLE_CLOSE_REASON,
+    InboundOutcome, InboundRecord, InboundRouting, MAX_CUSTOMER_ATTRIBUTES, MAX_CUSTOMER_TAGS,
+    MailboxHead, MailboxItem, MailboxPush, Merge, Note, QuietSweep, Release, Resolution,
+    ResolveRequest, SenderResolution, Store, StoreError, TOO_MANY_ATTRIBUTES, TOO_MANY_TAGS,
+    TransferTarget, UNKNOWN_CURSOR,
 };
 use crate::envelope::{ChannelRef, Envelope, Sender, new_id};
 use crate::identity::{IdentityKey, IdentityStrength};
@@ -172,6 +173,7 @@ static RELEASE: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/r
 static MAILBOX: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/mailbox.lua")));
 static EXPIRE_CLOSED: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/expire.lua")));
 static ERASE: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/erase.lua")));
+static START: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/start.lua")));
 static UPDATE_CUSTOMER: LazyLock<Script> =
     LazyLock::new(|| script(include_str!("redis/update_customer.lua")));
 static SWEEP_PRESENCE: LazyLock<Script> =
@@ -515,6 +517,8 @@ fn conflict_code(s: &str) -> &'static str {
         "customer_unresolved" => "customer_unresolved",
         "conversation_changed" => "conversation_changed",
         "customer_has_open_conversation" => "customer_has_open_conversation",
+        CONVERSATION_OPEN => CONVERSATION_OPEN,
+        AGENT_AT_CAPACITY => AGENT_AT_CAPACITY,
         TOO_MANY_TAGS => TOO_MANY_TAGS,
         TOO_MANY_ATTRIBUTES => TOO_MANY_ATTRIBUTES,
         UNKNOWN_CURSOR => UNKNOWN_CURSOR,
@@ -1244,6 +1248,35 @@ impl Store for RedisStore {
             .arg(json(envelope)?)
             .arg(stamp(now));
         if let Some(push) = stage {
+            inv.arg(push.key)
+                .arg(push.id)
+                .arg(push.body)
+                .arg(push.max_len.max(1))
+                .arg(ttl_millis(push.ttl.min(MAX_MAILBOX_TTL)));
+        }
+        let (_, mut items) = tagged(self.eval(&inv, false).await?)?;
+        some_conversation(items.next()?)
+    }
+
+    async fn start_conversation(
+        &self,
+        start: ConversationStart<'_>,
+    ) -> Result<Conversation, StoreError> {
+        let envelope = start.envelope;
+        let mut inv = START.prepare_invoke();
+        inv.arg(&self.prefix)
+            .arg(envelope.customer_id.as_deref().unwrap_or_default())
+            .arg(start.agent_id)
+            .arg(envelope.conversation_id.clone().unwrap_or_else(new_id))
+            .arg(start.pool)
+            .arg(stamp(start.now))
+            .arg(&envelope.tenant)
+            .arg(&envelope.channel.kind)
+            .arg(&envelope.channel.id)
+            .arg(json(&envelope.sender)?)
+            .arg(&envelope.id)
+            .arg(json(envelope)?);
+        if let Some(push) = start.stage {
             inv.arg(push.key)
                 .arg(push.id)
                 .arg(push.body)

@@ -328,6 +328,22 @@ async fn command(state: &HttpState, agent_id: &str, request: AgentRequest) -> Op
             }),
             Err(e) => Some(error_event(Some(client_id), e.into())),
         },
+        AgentRequest::WriteFirst {
+            client_id,
+            customer_id,
+            channel_id,
+            content,
+        } => match state
+            .ops
+            .write_first(&customer_id, agent_id, &channel_id, content)
+            .await
+        {
+            Ok(started) => Some(AgentEvent::Ack {
+                client_id,
+                id: Some(started.envelope.id),
+            }),
+            Err(e) => Some(error_event(Some(client_id), e.into())),
+        },
         AgentRequest::Close { conversation_id } => {
             match state.ops.close(&conversation_id, Some(agent_id)).await {
                 Ok(_) => None,

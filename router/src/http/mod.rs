@@ -133,6 +133,7 @@ pub fn app(state: HttpState) -> Router {
             "/v1/customers/{id}/conversations",
             get(listings::customer_conversations),
         )
+        .route("/v1/customers/{id}/messages", post(rest::write_first))
         .route("/v1/pools/{id}/queue", get(rest::pool_queue))
         .route(
             "/v1/pools/{id}/conversations",

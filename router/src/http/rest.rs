@@ -228,6 +228,39 @@ pub async fn transfer(
     Ok(Json(conversation).into_response())
 }
 
+/// Body of `POST /v1/customers/{id}/messages`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriteFirst {
+    agent_id: String,
+    channel_id: String,
+    content: Content,
+}
+
+/// `POST /v1/customers/{id}/messages` `{"agent_id", "channel_id", "content"}` -> 202 `{"id",
+/// "conversation_id"}`: the agent writes first to the customer, which opens a conversation
+/// assigned to the agent (see [`crate::operations::Operations::write_first`]).
+pub async fn write_first(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body: WriteFirst = json_body(&state, &headers, body)?;
+    let started = state
+        .ops
+        .write_first(&id, &body.agent_id, &body.channel_id, body.content)
+        .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "id": started.envelope.id,
+            "conversation_id": started.conversation.id,
+        })),
+    )
+        .into_response())
+}
+
 /// `GET /v1/customers/{id}`.
 pub async fn get_customer(
     State(state): State<HttpState>,
