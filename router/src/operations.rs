@@ -26,7 +26,7 @@ use switchyard_core::store::{
 use crate::assignment::assign_pools;
 use crate::error::RouteError;
 use crate::events::EventBatch;
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, Staged};
 
 /// Agent and conversation commands.
 #[derive(Clone)]
@@ -199,17 +199,7 @@ impl Operations {
             agent_id: agent_id.map(str::to_owned),
             raw: None,
         };
-        let body = serde_json::to_vec(&envelope)
-            .map_err(|e| RouteError::Invalid(format!("cannot encode reply: {e}")))?;
-        // Recorded, so it must go out: the outbox keeps its bus message from the moment it is
-        // recorded (one atomic step) until the bus confirms it, even if this process stops.
-        let staged = self.outbox.stage(
-            OUTBOUND_EXCHANGE,
-            vec![(
-                envelope.channel.kind.clone(),
-                Message::new(envelope.id.clone(), body),
-            )],
-        )?;
+        let staged = self.stage_outbound(&envelope)?;
         // Recording checks that the agent holds the conversation and that it is open.
         self.store
             .record_outbound(
@@ -336,15 +326,7 @@ impl Operations {
             agent_id: Some(agent_id.to_owned()),
             raw: None,
         };
-        let body = serde_json::to_vec(&envelope)
-            .map_err(|e| RouteError::Invalid(format!("cannot encode the message: {e}")))?;
-        let staged = self.outbox.stage(
-            OUTBOUND_EXCHANGE,
-            vec![(
-                envelope.channel.kind.clone(),
-                Message::new(envelope.id.clone(), body),
-            )],
-        )?;
+        let staged = self.stage_outbound(&envelope)?;
         let conversation = self
             .store
             .start_conversation(ConversationStart {
@@ -371,6 +353,21 @@ impl Operations {
             conversation,
             envelope,
         })
+    }
+
+    /// The outbound queue's message of `envelope`, staged: recorded, an agent's message must go
+    /// out, so the outbox keeps its bus message from the moment the store records it (one atomic
+    /// step with the staged push) until the bus confirms it, even if this process stops.
+    fn stage_outbound(&self, envelope: &Envelope) -> Result<Staged, RouteError> {
+        let body = serde_json::to_vec(envelope)
+            .map_err(|e| RouteError::Invalid(format!("cannot encode the message: {e}")))?;
+        Ok(self.outbox.stage(
+            OUTBOUND_EXCHANGE,
+            vec![(
+                envelope.channel.kind.clone(),
+                Message::new(envelope.id.clone(), body),
+            )],
+        )?)
     }
 
     /// Closes a conversation (only its agent may, when `agent_id` is given).

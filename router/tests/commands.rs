@@ -316,13 +316,8 @@ async fn updating_a_customer_announces_the_profile(mut s: Setup) {
     );
 }
 
-/// A `[[routes]]` rule with `customer_tags = ["vip"]`: a customer tagged `vip` through
-/// `Operations::update_customer` opens the next conversation in the VIP pool; an untagged one
-/// stays in the channel's pool, and an open conversation keeps its pool.
-async fn a_tagged_customer_opens_the_next_conversation_in_the_tagged_pool(s: Setup) {
-    use switchyard_core::config::Settings;
-    use switchyard_router::routes::RoutingTable;
-
+/// A pool `vip` and the rule `vip-customers` sending customers tagged `vip` to it.
+fn vip_routes() -> switchyard_router::routes::RoutingTable {
     let path = std::env::temp_dir().join(format!(
         "switchyard-vip-routes-{}.toml",
         switchyard_core::envelope::new_id()
@@ -333,10 +328,16 @@ async fn a_tagged_customer_opens_the_next_conversation_in_the_tagged_pool(s: Set
          [[routes]]\nid = \"vip-customers\"\npool = \"vip\"\ncustomer_tags = [\"vip\"]\n",
     )
     .unwrap();
-    let settings = Settings::load_with_env(Some(&path), []);
+    let settings = switchyard_core::config::Settings::load_with_env(Some(&path), []);
     let _ = std::fs::remove_file(&path);
-    let table = RoutingTable::from_settings(&settings.unwrap()).unwrap();
-    let s = s.with_routes(table);
+    switchyard_router::routes::RoutingTable::from_settings(&settings.unwrap()).unwrap()
+}
+
+/// A `[[routes]]` rule with `customer_tags = ["vip"]`: a customer tagged `vip` through
+/// `Operations::update_customer` opens the next conversation in the VIP pool; an untagged one
+/// stays in the channel's pool, and an open conversation keeps its pool.
+async fn a_tagged_customer_opens_the_next_conversation_in_the_tagged_pool(s: Setup) {
+    let s = s.with_routes(vip_routes());
     let (ops, _) = commands(&s);
 
     let pool_of = async |conversation: &str| {
@@ -385,25 +386,10 @@ async fn a_tagged_customer_opens_the_next_conversation_in_the_tagged_pool(s: Set
 /// A message that merges two profiles opens its conversation by the tags of both: the merged
 /// profile's tags are their union, whichever of the sender's identities is looked up first.
 async fn a_message_that_merges_profiles_is_routed_by_the_tags_of_both(s: Setup) {
-    use switchyard_core::config::Settings;
     use switchyard_core::identity::IdentityKey;
     use switchyard_router::inbound::Routed;
-    use switchyard_router::routes::RoutingTable;
 
-    let path = std::env::temp_dir().join(format!(
-        "switchyard-merge-routes-{}.toml",
-        switchyard_core::envelope::new_id()
-    ));
-    std::fs::write(
-        &path,
-        "[[pools]]\nid = \"vip\"\n\
-         [[routes]]\nid = \"vip-customers\"\npool = \"vip\"\ncustomer_tags = [\"vip\"]\n",
-    )
-    .unwrap();
-    let settings = Settings::load_with_env(Some(&path), []);
-    let _ = std::fs::remove_file(&path);
-    let table = RoutingTable::from_settings(&settings.unwrap()).unwrap();
-    let s = s.with_routes(table);
+    let s = s.with_routes(vip_routes());
     let (ops, _) = commands(&s);
 
     // The VIP is known by a phone number; the other profile is an app user without tags.
