@@ -339,6 +339,57 @@ fn the_generator_is_deterministic() {
     }
 }
 
+/// A schema with what does not change what it accepts left out (descriptions, titles,
+/// examples) and its references written as OpenAPI writes them.
+fn structure(schema: &Value) -> Value {
+    match schema {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "description" | "title" | "examples"))
+                .map(|(k, v)| (k.clone(), structure(v)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(structure).collect()),
+        Value::String(s) => Value::String(s.replace("#/$defs/", "#/components/schemas/")),
+        other => other.clone(),
+    }
+}
+
+/// The OpenAPI document (router/assets/openapi.json) restates the generated types in its
+/// components by hand; each it shares with the schemas must accept exactly the same, so a field
+/// added to a type cannot be forgotten there. `ConversationView` is written there as `allOf` the
+/// conversation and its messages, so it is left out.
+#[test]
+fn openapi_components_agree_with_the_generated_schemas() {
+    let path = switchyard_schemas::schema_dir().join("../router/assets/openapi.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let openapi: Value = serde_json::from_str(&text).unwrap();
+    let components = openapi["components"]["schemas"].as_object().unwrap();
+    let mut generated: BTreeMap<&str, &Value> = BTreeMap::new();
+    for schema in SCHEMAS.values() {
+        for (name, def) in schema["$defs"].as_object().into_iter().flatten() {
+            generated.entry(name.as_str()).or_insert(def);
+        }
+    }
+    let mut compared = 0;
+    for (name, component) in components {
+        let Some(def) = generated.get(name.as_str()) else {
+            continue;
+        };
+        if name == "ConversationView" {
+            continue;
+        }
+        assert_eq!(
+            structure(component),
+            structure(def),
+            "openapi.json's `{name}` differs from the generated schema's: update it"
+        );
+        compared += 1;
+    }
+    assert!(compared >= 15, "only {compared} components compared");
+}
+
 // ---------------------------------------------------------------------------------------------
 // (b) Examples validate; invalid examples do not.
 
