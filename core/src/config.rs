@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::hours::{Hours, HoursSettings};
 use crate::model::{MAX_TAG_CHARS, is_valid_tag};
 use crate::tls::TlsFiles;
 
@@ -750,6 +751,9 @@ pub struct PoolSettings {
     /// which a queued or assigned conversation of this pool is closed, reason `idle` (0: never).
     #[serde(default)]
     pub close_idle_secs: u64,
+    /// Business hours (`[pools.hours]`) and the automatic reply outside them; none: always open.
+    #[serde(default)]
+    pub hours: Option<HoursSettings>,
 }
 
 /// One `[[routes]]` entry: a routing rule. A conversation opened by a message the rule matches
@@ -1219,6 +1223,7 @@ secret = {secret}
         self.validate_webhooks()?;
         self.validate_bots()?;
         self.validate_routes()?;
+        self.pool_hours()?;
         if self.auth.api_keys.is_empty() && !self.server.listen.ip().is_loopback() {
             return Err(ConfigError::Invalid {
                 key: "server.listen".into(),
@@ -1314,6 +1319,22 @@ secret = {secret}
             }
         }
         ids
+    }
+
+    /// The checked business hours of every pool that has `[pools.hours]`, by pool id.
+    pub fn pool_hours(&self) -> Result<Vec<(String, Hours)>, ConfigError> {
+        self.pools
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| {
+                let hours = p.hours.as_ref()?;
+                Some(
+                    hours
+                        .schedule(&format!("pools[{i}].hours"))
+                        .map(|h| (p.id.clone(), h)),
+                )
+            })
+            .collect()
     }
 
     /// Resolved API keys: `(name, key, scopes)`.
@@ -1586,6 +1607,81 @@ mod tests {
         assert_eq!(hook.timeout_ms, 10_000);
         assert_eq!(hook.concurrency, 16);
         assert_eq!(hook.resolved_secret().unwrap(), "0123456789abcdef");
+    }
+
+    #[test]
+    fn pool_hours_are_checked_with_their_key() {
+        let pool = |hours: &str| {
+            format!(
+                "[[pools]]\nid = \"default\"\n\n[[pools]]\nid = \"support\"\n[pools.hours]\n{hours}"
+            )
+        };
+        let good = pool(
+            "timezone = \"Asia/Shanghai\"\nmon = \"09:00-18:00\"\n\
+             tue = \"09:00-12:00,13:00-18:00\"\nsat = \"00:00-24:00\"\n\
+             closed_dates = [\"2026-10-01\", \"2026-10-02\"]\n\
+             outside_hours_reply = \"We are closed now.\"\n",
+        );
+        let f = write(&good);
+        let s = Settings::load_with_env(Some(&f.0), []).expect("good hours");
+        let hours = s.pool_hours().expect("hours");
+        assert_eq!(hours.len(), 1);
+        assert_eq!(hours[0].0, "support");
+        assert_eq!(hours[0].1.reply(), "We are closed now.");
+        assert_eq!(hours[0].1.timezone(), "Asia/Shanghai");
+        assert!(s.pools[0].hours.is_none());
+
+        let reply = "outside_hours_reply = \"closed\"\n";
+        refused(
+            &pool(&format!("mon = \"09:00-18:00\"\n{reply}")),
+            "pools[1].hours.timezone",
+            "required",
+        );
+        refused(
+            &pool(&format!("timezone = \"Asia/Beijing\"\n{reply}")),
+            "pools[1].hours.timezone",
+            "IANA",
+        );
+        refused(
+            &pool(&format!(
+                "timezone = \"UTC\"\ntue = \"09:00-12:00,11:00-13:00\"\n{reply}"
+            )),
+            "pools[1].hours.tue",
+            "overlap",
+        );
+        refused(
+            &pool(&format!(
+                "timezone = \"UTC\"\nwed = \"18:00-09:00\"\n{reply}"
+            )),
+            "pools[1].hours.wed",
+            "start before",
+        );
+        refused(
+            &pool(&format!(
+                "timezone = \"UTC\"\nsun = \"9:00-10:00\"\n{reply}"
+            )),
+            "pools[1].hours.sun",
+            "HH:MM",
+        );
+        refused(
+            &pool(&format!(
+                "timezone = \"UTC\"\nclosed_dates = [\"2026-02-30\"]\n{reply}"
+            )),
+            "pools[1].hours.closed_dates[0]",
+            "YYYY-MM-DD",
+        );
+        refused(
+            &pool("timezone = \"UTC\"\nmon = \"09:00-18:00\"\n"),
+            "pools[1].hours.outside_hours_reply",
+            "required",
+        );
+        refused(
+            &pool(&format!(
+                "timezone = \"UTC\"\nmonday = \"09:00-18:00\"\n{reply}"
+            )),
+            "monday",
+            "unknown field",
+        );
     }
 
     #[test]

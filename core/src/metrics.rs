@@ -62,6 +62,9 @@ pub struct Metrics {
     pub bot_timeouts: IntCounterVec,
     /// Queued or assigned conversations closed after the pool's `close_idle_secs`, by pool.
     pub idle_closes: IntCounterVec,
+    /// Automatic replies outside a pool's business hours, by pool and outcome (`sent`;
+    /// `refused` by the channel's rules; `failed`: not recorded or not published).
+    pub auto_replies: IntCounterVec,
     /// Closed conversations the retention sweep went through (deleted, or kept because a merge
     /// closed them).
     pub conversations_swept: IntCounter,
@@ -75,6 +78,9 @@ pub struct Metrics {
     pub api_errors: IntCounterVec,
     /// Conversations waiting per pool (sampled when the queue changes).
     pub queue_depth: IntGaugeVec,
+    /// Whether each pool with business hours is open (1) or closed (0), set when `/metrics` is
+    /// scraped.
+    pub pool_open: IntGaugeVec,
     /// Open agent and visitor WebSocket sessions, by kind.
     pub websocket_sessions: IntGaugeVec,
     /// Batches of the outbox, by outcome (`deferred`: the bus refused it, kept in the store;
@@ -145,6 +151,13 @@ impl Metrics {
             ),
             &["pool"],
         )?;
+        let auto_replies = IntCounterVec::new(
+            Opts::new(
+                "auto_replies_total",
+                "Automatic replies outside a pool's business hours, by pool and outcome",
+            ),
+            &["pool", "outcome"],
+        )?;
         let conversations_swept = IntCounter::with_opts(Opts::new(
             "retention_conversations_swept_total",
             "Closed conversations the retention sweep went through",
@@ -182,6 +195,13 @@ impl Metrics {
         let api_errors = IntCounterVec::new(
             Opts::new("api_errors_total", "Requests refused, by error code"),
             &["code"],
+        )?;
+        let pool_open = IntGaugeVec::new(
+            Opts::new(
+                "pool_open",
+                "Whether a pool with business hours is open (1) or closed (0), by pool",
+            ),
+            &["pool"],
         )?;
         let queue_depth = IntGaugeVec::new(
             Opts::new(
@@ -226,12 +246,14 @@ impl Metrics {
         registry.register(Box::new(conversations_opened.clone()))?;
         registry.register(Box::new(bot_timeouts.clone()))?;
         registry.register(Box::new(idle_closes.clone()))?;
+        registry.register(Box::new(auto_replies.clone()))?;
         registry.register(Box::new(conversations_swept.clone()))?;
         registry.register(Box::new(customers_erased.clone()))?;
         registry.register(Box::new(ingress_to_assignment.clone()))?;
         registry.register(Box::new(ingress_publish.clone()))?;
         registry.register(Box::new(api_errors.clone()))?;
         registry.register(Box::new(queue_depth.clone()))?;
+        registry.register(Box::new(pool_open.clone()))?;
         registry.register(Box::new(websocket_sessions.clone()))?;
         registry.register(Box::new(outbox.clone()))?;
         registry.register(Box::new(outbox_waiting.clone()))?;
@@ -246,12 +268,14 @@ impl Metrics {
             conversations_opened,
             bot_timeouts,
             idle_closes,
+            auto_replies,
             conversations_swept,
             customers_erased,
             ingress_to_assignment,
             ingress_publish,
             api_errors,
             queue_depth,
+            pool_open,
             websocket_sessions,
             outbox,
             outbox_waiting,

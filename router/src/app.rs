@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::assignment::{sample_queue_depth, sweep_lapsed_agents};
+use crate::auto_reply::AutoReplies;
 use crate::events::EventPublisher;
 use crate::http::{HttpContext, HttpState, app, ops_app};
 use crate::hub::AgentHub;
@@ -216,6 +217,7 @@ impl App {
         let exit_after_stop = Arc::new(AtomicBool::new(false));
         let sockets = TaskTracker::new();
         let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
+        let pool_hours = settings.pool_hours()?;
 
         if role.router() {
             let router = InboundRouter::new(
@@ -227,6 +229,16 @@ impl App {
                 Duration::from_secs(settings.store.dedupe_ttl_secs),
                 settings.router.max_in_flight,
             );
+            let router = if pool_hours.is_empty() {
+                router
+            } else {
+                router.with_auto_replies(AutoReplies::new(
+                    pool_hours.clone(),
+                    ops.clone(),
+                    metrics.clone(),
+                    Duration::from_secs(settings.store.dedupe_ttl_secs),
+                ))
+            };
             let peers = Peers::new(
                 Arc::clone(&store),
                 settings.router.instance,
@@ -453,6 +465,7 @@ impl App {
             shutdown: shutdown.clone(),
             sockets: sockets.clone(),
             presence_ttl: Duration::from_secs(settings.router.presence_ttl_secs),
+            pool_hours: Arc::new(pool_hours.into_iter().collect()),
         });
         // Routers serve only the operations endpoints (probes and metrics).
         let router = if role.gateway() {

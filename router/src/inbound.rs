@@ -20,6 +20,7 @@ use switchyard_core::store::{
 };
 
 use crate::assignment::{announce_assignments, assign_pools};
+use crate::auto_reply::AutoReplies;
 use crate::error::RouteError;
 use crate::events::{EventBatch, EventPublisher};
 use crate::outbox::announced;
@@ -37,6 +38,8 @@ pub struct InboundRouter {
     dedupe_ttl: Duration,
     /// Bounds the messages routed at once (see `router.max_in_flight`).
     in_flight: Arc<Semaphore>,
+    /// The automatic replies outside business hours, when any pool has hours.
+    auto_replies: Option<AutoReplies>,
 }
 
 /// What routing did with an envelope.
@@ -70,7 +73,15 @@ impl InboundRouter {
             all_pools: Arc::new(all_pools),
             dedupe_ttl,
             in_flight: Arc::new(Semaphore::new(max_in_flight.max(1))),
+            auto_replies: None,
         }
+    }
+
+    /// The same router, sending `auto_replies` when a message opens a conversation in a pool
+    /// outside its business hours.
+    pub fn with_auto_replies(mut self, auto_replies: AutoReplies) -> Self {
+        self.auto_replies = Some(auto_replies);
+        self
     }
 
     /// Routes one inbound envelope, waiting for a routing slot first.
@@ -163,6 +174,14 @@ impl InboundRouter {
         notes.extend(self.assign_after_merges(&resolution, &mut events).await?);
         self.events.publish(events).await?;
         announced(&*self.store, &notes).await;
+        // Once the routing is announced: a retry of the opening message (its first attempt
+        // failed before this point, or after it) gets here too, and the reply's claim keeps it
+        // to one.
+        if record.created
+            && let Some(auto_replies) = &self.auto_replies
+        {
+            auto_replies.opened(&envelope, conversation).await;
+        }
         Ok(if record.duplicate {
             Routed::Duplicate(conversation.id.clone())
         } else {

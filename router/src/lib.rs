@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod assignment;
+pub mod auto_reply;
 pub mod error;
 pub mod events;
 pub mod http;

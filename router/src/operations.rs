@@ -175,11 +175,25 @@ impl Operations {
     ) -> Result<Envelope, RouteError> {
         check_content(&content)?;
         let conversation = self.conversation_record(conversation_id).await?;
+        self.send_outbound(&conversation, agent_id, content).await
+    }
+
+    /// Sends `content` to the customer of `conversation` on the channel they last wrote from,
+    /// as `agent_id` (`None`: an automatic message): checks the channel's rules, records the
+    /// outbound envelope with its bus message staged in the outbox (one atomic step), then
+    /// publishes it. Returns the envelope once it is on the bus (or kept in the outbox).
+    pub(crate) async fn send_outbound(
+        &self,
+        conversation: &Conversation,
+        agent_id: Option<&str>,
+        content: Content,
+    ) -> Result<Envelope, RouteError> {
+        let conversation_id = conversation.id.as_str();
         let now = switchyard_core::time::now();
         // The channel's rules decide before anything is queued: an undeliverable reply is
         // refused now, with the rule, instead of failing later at the platform.
         let content = match self.registry.get(&conversation.channel.id) {
-            Some(channel) => check_rules(channel.rules(), &conversation, content, now)?,
+            Some(channel) => check_rules(channel.rules(), conversation, content, now)?,
             None => content,
         };
         let id = new_id();

@@ -11,6 +11,7 @@ mod customer_update;
 mod douyin;
 mod erasure;
 mod history;
+mod hours;
 mod identity;
 mod line;
 mod media;

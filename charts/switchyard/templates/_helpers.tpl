@@ -299,6 +299,13 @@ bot_timeout_secs = {{ int64 . }}
 {{- with .close_idle_secs }}
 close_idle_secs = {{ int64 . }}
 {{- end }}
+{{- with .hours }}
+
+[pools.hours]
+{{- range $key, $value := . }}
+{{ $key }} = {{ include "switchyard.tomlValue" $value }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- range $c.bots }}
 

@@ -433,6 +433,7 @@ mod tests {
             shutdown: CancellationToken::new(),
             sockets: TaskTracker::new(),
             presence_ttl,
+            pool_hours: Arc::default(),
         });
         store
             .upsert_agent(

@@ -7,12 +7,14 @@ mod byte_range;
 mod channels;
 mod customer_patch;
 mod error;
+mod hours;
 mod listings;
 mod media;
 mod ops;
 mod rest;
 mod visitor_ws;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +22,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{any, get, post, put};
 use switchyard_connectors::Registry;
+use switchyard_core::hours::Hours;
 use switchyard_core::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -75,6 +78,8 @@ pub struct HttpContext {
     /// Agent presence TTL (`router.presence_ttl_secs`): the agent WebSocket heart-beats every
     /// third of it while an agent is connected; zero turns heartbeats off.
     pub presence_ttl: Duration,
+    /// The business hours of the pools that have them (`[pools.hours]`), by pool id.
+    pub pool_hours: Arc<HashMap<String, Hours>>,
 }
 
 /// The operations endpoints alone (`/healthz`, `/readyz`, `/metrics`), for router processes.
@@ -135,6 +140,7 @@ pub fn app(state: HttpState) -> Router {
         )
         .route("/v1/customers/{id}/messages", post(rest::write_first))
         .route("/v1/pools/{id}/queue", get(rest::pool_queue))
+        .route("/v1/pools/{id}/hours", get(hours::pool_hours))
         .route(
             "/v1/pools/{id}/conversations",
             get(listings::pool_conversations),

@@ -48,8 +48,16 @@ pub async fn readyz(State(state): State<HttpState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// `GET /metrics`: Prometheus text format.
+/// `GET /metrics`: Prometheus text format. The pools' open state is computed for the scrape.
 pub async fn metrics(State(state): State<HttpState>) -> Response {
+    let now = switchyard_core::time::now();
+    for (pool, hours) in state.pool_hours.iter() {
+        state
+            .metrics
+            .pool_open
+            .with_label_values(&[pool.as_str()])
+            .set(i64::from(hours.is_open(now)));
+    }
     (
         [(
             header::CONTENT_TYPE,
