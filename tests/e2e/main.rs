@@ -6,6 +6,7 @@ mod api_flow;
 mod bad_input;
 mod binary;
 mod bots;
+mod browser;
 mod cluster;
 mod customer_update;
 mod douyin;

@@ -1,0 +1,240 @@
+// Drives the two pages a newcomer opens in a browser, against a running Switchyard:
+// the agent console (/agent) and the visitor web chat (/), in one headless Chromium with two tabs.
+//
+//   node tests/browser/chat.test.mjs http://127.0.0.1:8080     (or SWITCHYARD_URL=... npm test)
+//
+// The server must have a `web` channel routed to the `default` pool, as the embedded default of
+// `switchyard serve` has. Chromium is /usr/bin/chromium (Debian's package), or CHROMIUM_PATH.
+// On a failure, screenshots of both pages and their console messages are saved to a directory
+// under the system temp dir, whose path is printed.
+
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { mkdtemp, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+const baseUrl = (process.argv[2] || process.env.SWITCHYARD_URL || "").replace(/\/+$/, "");
+if (!baseUrl) {
+  console.error("usage: node chat.test.mjs BASE_URL   (or set SWITCHYARD_URL), e.g. http://127.0.0.1:8080");
+  process.exit(2);
+}
+const chromiumPath = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
+
+// How long any one wait on a page may take: generous for a loaded CI machine, but a stuck page
+// fails in seconds rather than hanging the run.
+const WAIT_MS = 15_000;
+
+// The visitor page keeps its token under this localStorage key (channel `web`).
+const TOKEN_KEY = "switchyard.visitor_token.web";
+
+// Texts with non-ASCII characters (CJK, emoji, accents) to catch any encoding slip on the way.
+const agentId = `browser-agent-${Math.random().toString(36).slice(2, 8)}`;
+const firstMessage = "你好, browser 👋";
+const firstReply = "您好！How can I help? — Ça va 🙂";
+const afterReload = "我刷新了页面 🔄 still me";
+const whileAway = "回复 while you were away ✉️";
+
+// Console messages and uncaught errors of every tab, for the failure report.
+const logs = [];
+const pageErrors = [];
+
+function watch(page, name) {
+  page.on("console", (m) => logs.push(`[${name}] console.${m.type()}: ${m.text()}`));
+  page.on("pageerror", (e) => {
+    logs.push(`[${name}] uncaught: ${e.stack || e.message}`);
+    pageErrors.push(`[${name}] ${e.message}`);
+  });
+  return page;
+}
+
+// Resolves with the next `welcome` frame the visitor's chat WebSocket receives. The page does not
+// print the visitor id, so the test reads it where the page gets it: the server's welcome.
+// Call it before the navigation that opens the socket.
+function nextVisitorWelcome(page) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      page.off("websocket", onSocket);
+      reject(new Error(`no welcome on the visitor WebSocket within ${WAIT_MS} ms`));
+    }, WAIT_MS);
+    function onSocket(ws) {
+      if (!ws.url().includes("/v1/channels/web/ws")) return;
+      ws.on("framereceived", ({ payload }) => {
+        let frame;
+        try { frame = JSON.parse(String(payload)); } catch { return; }
+        if (frame && frame.type === "welcome") {
+          clearTimeout(timer);
+          page.off("websocket", onSocket);
+          resolve(frame);
+        }
+      });
+    }
+    page.on("websocket", onSocket);
+  });
+}
+
+// Waits until `locator` shows exactly `text` (Playwright's auto-waiting, bounded by WAIT_MS).
+async function expectText(locator, text) {
+  await locator.filter({ hasText: text }).first().waitFor({ state: "visible" });
+  assert.equal((await locator.filter({ hasText: text }).first().textContent()).trim(), text);
+}
+
+// A visitor message bubble / a customer message in the console, matched on its exact text.
+const bubble = (page, cls, text) => page.locator(`${cls} .body`).getByText(text, { exact: true });
+
+test("a visitor and an agent talk through the web chat and the agent console", async (t) => {
+  const browser = await chromium.launch({
+    executablePath: chromiumPath,
+    args: [
+      "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    ],
+  });
+  // One context: the tabs share localStorage, as two tabs of one browser do.
+  const context = await browser.newContext({ baseURL: baseUrl, viewport: { width: 1200, height: 800 } });
+  context.setDefaultTimeout(WAIT_MS);
+  const tabs = { agent: watch(await context.newPage(), "agent"), visitor: null };
+  let step = "start";
+
+  try {
+    step = "the agent connects in the console";
+    const agent = tabs.agent;
+    await agent.goto("/agent");
+    await agent.locator("#agent-id").fill(agentId);
+    await agent.locator("#pools").fill("default");
+    await agent.getByRole("button", { name: "Connect", exact: true }).click();
+    await agent.locator('#conn[data-state="connected"]').waitFor();
+    assert.equal(await agent.locator("#conn").textContent(), "connected");
+    await expectText(agent.locator("#agent-title"), agentId);
+    await expectText(agent.locator("#agent-status"), "online");
+    await expectText(agent.locator("#agent-pools"), "default");
+
+    step = "the visitor opens the web chat";
+    let visitor = watch(await context.newPage(), "visitor");
+    tabs.visitor = visitor;
+    let welcome = nextVisitorWelcome(visitor);
+    await visitor.goto("/");
+    const { visitor_id: visitorId, visitor_token: token } = await welcome;
+    assert.ok(visitorId, "the welcome names the visitor");
+    await visitor.locator('#status[data-state="connected"]').waitFor();
+    // The page keeps the token it was given, to come back as the same visitor.
+    assert.equal(await visitor.evaluate((k) => localStorage.getItem(k), TOKEN_KEY), token);
+
+    step = "the visitor writes (Enter sends)";
+    await visitor.getByRole("textbox", { name: "Message" }).fill(firstMessage);
+    await visitor.getByRole("textbox", { name: "Message" }).press("Enter");
+    await bubble(visitor, ".msg-visitor", firstMessage).waitFor();
+    // The server acknowledged it: the bubble says delivered.
+    await visitor.locator('.msg-visitor[data-state="delivered"]').waitFor();
+    assert.equal(await visitor.getByRole("textbox", { name: "Message" }).inputValue(), "");
+
+    step = "the console gets the conversation and the message";
+    const customerKey = `web_visitor:web:${visitorId}`;
+    const item = agent.locator("#conversations .conv").filter({ hasText: customerKey });
+    await item.waitFor();
+    await item.click();
+    await expectText(agent.locator("#conv-title .who"), customerKey);
+    assert.match(await agent.locator("#conv-title .sub").textContent(), /^web\/web · assigned · pool default · /);
+    await bubble(agent, ".msg-customer", firstMessage).waitFor();
+    await expectText(agent.locator("#agent-load"), "1 / 3");
+
+    step = "the agent replies (the Send button)";
+    await agent.getByRole("textbox", { name: "Reply" }).fill(firstReply);
+    await agent.locator("#send-reply").click();
+    await agent.locator('#thread .msg-agent[data-state="sent"]').filter({ hasText: firstReply }).waitFor();
+
+    step = "the reply appears in the web chat";
+    await bubble(visitor, ".msg-agent", firstReply).waitFor();
+
+    step = "the visitor reloads the page and is the same visitor";
+    welcome = nextVisitorWelcome(visitor);
+    await visitor.reload();
+    const again = await welcome;
+    assert.equal(again.visitor_id, visitorId, "the same visitor after a reload");
+    await visitor.locator('#status[data-state="connected"]').waitFor();
+    assert.equal(await visitor.evaluate((k) => localStorage.getItem(k), TOKEN_KEY), token);
+
+    step = "after the reload, the visitor writes into the same conversation";
+    await visitor.getByRole("textbox", { name: "Message" }).fill(afterReload);
+    await visitor.getByRole("button", { name: "Send", exact: true }).click();
+    await visitor.locator('.msg-visitor[data-state="delivered"]').filter({ hasText: afterReload }).waitFor();
+    await bubble(agent, ".msg-customer", afterReload).waitFor();
+    assert.equal(await agent.locator("#conversations .conv").count(), 1, "still one conversation");
+    await expectText(agent.locator("#conv-title .who"), customerKey);
+
+    step = "a reply sent while the visitor is away waits for them";
+    // The server acknowledges a reply in the visitor's mailbox as soon as it has written it to
+    // a socket. A reply sent in the moment between the tab closing and the server seeing its
+    // socket end was lost now and then (2 in about 75 runs without this wait), apparently
+    // written to the dead socket: a gap of the server, not of this page. So the agent answers
+    // once the server has let go of the visitor's session.
+    const sessionsBefore = await visitorSessions();
+    await visitor.close();
+    tabs.visitor = null;
+    await visitorSessionsBelow(sessionsBefore);
+    await agent.getByRole("textbox", { name: "Reply" }).fill(whileAway);
+    await agent.getByRole("textbox", { name: "Reply" }).press("Enter");
+    await agent.locator('#thread .msg-agent[data-state="sent"]').filter({ hasText: whileAway }).waitFor();
+    visitor = watch(await context.newPage(), "visitor (back)");
+    tabs.visitor = visitor;
+    welcome = nextVisitorWelcome(visitor);
+    await visitor.goto("/");
+    assert.equal((await welcome).visitor_id, visitorId, "the same visitor in a new tab");
+    await bubble(visitor, ".msg-agent", whileAway).waitFor();
+
+    step = "the agent closes the conversation";
+    await agent.getByRole("button", { name: "Close", exact: true }).click();
+    await agent.locator("#conversations .conv").filter({ hasText: customerKey }).waitFor({ state: "detached" });
+    await agent.locator("#notices .notice").filter({ hasText: `Conversation with ${customerKey} left your queue` }).waitFor();
+    await expectText(agent.locator("#conv-title .who"), "No conversation selected");
+    await expectText(agent.locator("#agent-load"), "0 / 3");
+
+    step = "no page threw an uncaught error";
+    assert.deepEqual(pageErrors, []);
+  } catch (error) {
+    await saveDiagnostics(tabs, step, error);
+    throw new Error(`step "${step}" failed: ${error.message}`, { cause: error });
+  } finally {
+    await browser.close();
+  }
+  t.diagnostic(`visitor and agent ${agentId} talked through ${baseUrl}`);
+});
+
+// The number of visitor WebSocket sessions the server holds (its Prometheus gauge).
+async function visitorSessions() {
+  const text = await (await fetch(`${baseUrl}/metrics`)).text();
+  const line = text.split("\n").find((l) => l.startsWith('switchyard_websocket_sessions{kind="visitor"} '));
+  return line ? Number(line.split(" ").pop()) : 0;
+}
+
+// Polls the gauge until the server holds fewer than `before` visitor sessions.
+async function visitorSessionsBelow(before) {
+  const deadline = Date.now() + WAIT_MS;
+  let now = before;
+  while (Date.now() < deadline) {
+    now = await visitorSessions();
+    if (now < before) return;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  throw new Error(`the server still holds ${now} visitor session(s) ${WAIT_MS} ms after the tab closed`);
+}
+
+// Screenshots of the open tabs and every console message, in a new temp directory.
+async function saveDiagnostics(tabs, step, error) {
+  try {
+    const dir = await mkdtemp(join(tmpdir(), "switchyard-browser-"));
+    for (const [name, page] of Object.entries(tabs)) {
+      if (page && !page.isClosed()) {
+        await page.screenshot({ path: join(dir, `${name}.png`), fullPage: true, timeout: 5_000 }).catch((e) => {
+          logs.push(`(screenshot of ${name} failed: ${e.message})`);
+        });
+      }
+    }
+    const report = [`failed step: ${step}`, String(error && error.stack), "", "console messages:", ...logs, ""];
+    await writeFile(join(dir, "console.log"), report.join("\n"));
+    console.error(`\nbrowser test failed at "${step}"; screenshots and console messages in ${dir}\n`);
+  } catch (e) {
+    console.error(`could not save the failure diagnostics: ${e.message}`);
+  }
+}
