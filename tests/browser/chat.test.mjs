@@ -164,15 +164,11 @@ test("a visitor and an agent talk through the web chat and the agent console", a
     await expectText(agent.locator("#conv-title .who"), customerKey);
 
     step = "a reply sent while the visitor is away waits for them";
-    // The server acknowledges a reply in the visitor's mailbox as soon as it has written it to
-    // a socket. A reply sent in the moment between the tab closing and the server seeing its
-    // socket end was lost now and then (2 in about 75 runs without this wait), apparently
-    // written to the dead socket: a gap of the server, not of this page. So the agent answers
-    // once the server has let go of the visitor's session.
-    const sessionsBefore = await visitorSessions();
+    // The agent answers right as the tab closes, before the server may have seen the socket end:
+    // a reply written to the dead socket is never confirmed (no pong answers the ping behind
+    // it), so it stays in the visitor's mailbox for the next tab.
     await visitor.close();
     tabs.visitor = null;
-    await visitorSessionsBelow(sessionsBefore);
     await agent.getByRole("textbox", { name: "Reply" }).fill(whileAway);
     await agent.getByRole("textbox", { name: "Reply" }).press("Enter");
     await agent.locator('#thread .msg-agent[data-state="sent"]').filter({ hasText: whileAway }).waitFor();
@@ -200,25 +196,6 @@ test("a visitor and an agent talk through the web chat and the agent console", a
   }
   t.diagnostic(`visitor and agent ${agentId} talked through ${baseUrl}`);
 });
-
-// The number of visitor WebSocket sessions the server holds (its Prometheus gauge).
-async function visitorSessions() {
-  const text = await (await fetch(`${baseUrl}/metrics`)).text();
-  const line = text.split("\n").find((l) => l.startsWith('switchyard_websocket_sessions{kind="visitor"} '));
-  return line ? Number(line.split(" ").pop()) : 0;
-}
-
-// Polls the gauge until the server holds fewer than `before` visitor sessions.
-async function visitorSessionsBelow(before) {
-  const deadline = Date.now() + WAIT_MS;
-  let now = before;
-  while (Date.now() < deadline) {
-    now = await visitorSessions();
-    if (now < before) return;
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-  throw new Error(`the server still holds ${now} visitor session(s) ${WAIT_MS} ms after the tab closed`);
-}
 
 // Screenshots of the open tabs and every console message, in a new temp directory.
 async function saveDiagnostics(tabs, step, error) {

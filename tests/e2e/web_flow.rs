@@ -61,6 +61,10 @@ async fn web_visitor_chats_with_an_agent_and_resumes_with_the_token() {
     assert_eq!(reply["content"]["text"], "Hello! How can I help?");
     assert_eq!(reply["agent_id"], "w1");
 
+    // Reading on answers the ping behind the reply, which confirms it (the server answers this
+    // `ping` after it): it will not be written again.
+    visitor.send(json!({"type": "ping"})).await;
+    visitor.recv_type("pong").await;
     // The visitor leaves; a reply sent meanwhile waits and arrives when they come back with
     // their token, as the same visitor.
     visitor.close().await;
@@ -106,6 +110,66 @@ async fn web_visitor_chats_with_an_agent_and_resumes_with_the_token() {
     assert_eq!(err["code"], "malformed");
     back.send(json!({"type": "ping"})).await;
     back.recv_type("pong").await;
+    server.stop().await;
+}
+
+/// A reply counts as delivered only once the visitor's side answered the ping written after it.
+/// A socket that took the reply and went away before answering (a tab closing as the reply is
+/// written) gets it again at the visitor's next connection; one that answered does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_the_visitor_never_confirmed_is_written_again_at_the_next_connection() {
+    let callback = Callback::start().await;
+    let server = Server::with_channels(&callback.url).await;
+    let mut agent = Ws::connect(&format!("ws://{}/v1/agents/ws", server.addr)).await;
+    agent
+        .send(json!({"type": "hello", "agent_id": "w2", "capacity": 3}))
+        .await;
+    agent.recv_type("welcome").await;
+    let ws_url = format!("ws://{}/v1/channels/web/ws", server.addr);
+    let mut visitor = Ws::connect(&ws_url).await;
+    let token = visitor.recv_type("welcome").await["visitor_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    visitor
+        .send(json!({"type": "message", "client_id": "c-1",
+                     "content": {"type": "text", "text": "hello"}}))
+        .await;
+    visitor.recv_type("ack").await;
+    let conversation_id = agent.recv_type("assigned").await["conversation"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    agent
+        .send(
+            json!({"type": "reply", "client_id": "r1", "conversation_id": conversation_id,
+                     "content": {"type": "text", "text": "the first answer"}}),
+        )
+        .await;
+    agent.recv_type("ack").await;
+    // The reply's bytes arrive; the socket dies before it reads the ping behind them.
+    let reply = visitor.recv_type("message").await;
+    assert_eq!(reply["content"]["text"], "the first answer");
+    drop(visitor);
+
+    let resumed = format!("{ws_url}?visitor_token={token}");
+    let mut back = Ws::connect(&resumed).await;
+    back.recv_type("welcome").await;
+    let again = back.recv_type("message").await;
+    assert_eq!(again["id"], reply["id"], "written again: never confirmed");
+    // Reading on answers the ping; the server acknowledges before it answers this `ping`.
+    back.send(json!({"type": "ping"})).await;
+    back.recv_type("pong").await;
+    back.close().await;
+
+    let mut third = Ws::connect(&resumed).await;
+    third.recv_type("welcome").await;
+    third.send(json!({"type": "ping"})).await;
+    let next = third.recv().await;
+    assert_eq!(
+        next["type"], "pong",
+        "confirmed, so not written again: {next}"
+    );
     server.stop().await;
 }
 

@@ -2,11 +2,15 @@
 //!
 //! A session registers its socket with the web channel, waits until this gateway receives reply
 //! notifications, then writes the welcome, the replies waiting in the visitor's mailbox (oldest
-//! first) and what comes live. Each reply is written once per socket and acknowledged in the
-//! mailbox once written.
+//! first) and what comes live. Each reply is written once per socket, followed by a WebSocket
+//! ping; it is acknowledged in the mailbox only when the pong comes back (browsers answer pings
+//! by themselves, after the bytes before the ping reached them). A reply written to a socket that
+//! was already dead (a tab closing as the reply is written) is therefore not lost: it stays in
+//! the mailbox and is written again at the visitor's next connection, where the page skips ids it
+//! shows already.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
@@ -26,6 +30,37 @@ const MAX_FRAME: usize = 64 * 1024;
 const PUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Reply ids a socket remembers having written, to skip a second copy.
 const WRITTEN_IDS: usize = 1024;
+
+/// Replies written to one socket whose ping has not been answered yet, by ping number.
+#[derive(Debug, Default)]
+struct Unconfirmed {
+    next_ping: u64,
+    replies: Vec<(u64, String)>,
+}
+
+impl Unconfirmed {
+    /// Notes reply `id`, written just now; returns the number of the ping that confirms it.
+    fn written(&mut self, id: String) -> u64 {
+        let ping = self.next_ping;
+        self.next_ping += 1;
+        self.replies.push((ping, id));
+        ping
+    }
+
+    /// The replies the pong of ping `answered` confirms (all written before it), taken out.
+    fn confirmed(&mut self, answered: u64) -> Vec<String> {
+        let (done, open): (Vec<_>, Vec<_>) = std::mem::take(&mut self.replies)
+            .into_iter()
+            .partition(|(ping, _)| *ping <= answered);
+        self.replies = open;
+        done.into_iter().map(|(_, id)| id).collect()
+    }
+}
+
+/// The ping number a pong answers (its payload), if it is one of ours.
+fn ping_number(payload: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(payload.try_into().ok()?))
+}
 
 /// Upgrades to a visitor session; `?visitor_token=` resumes a visitor.
 pub async fn upgrade(
@@ -97,11 +132,12 @@ async fn session(
         visitor_token: token,
         channel_id: web.channel().id.clone(),
     };
+    let unconfirmed = Mutex::new(Unconfirmed::default());
     let writer = async {
         let mut written = RecentIds::new(WRITTEN_IDS);
         // The welcome, then the waiting replies oldest first, then what comes live.
         for event in std::iter::once(welcome).chain(waiting) {
-            if write(&mut sink, &web, &visitor_id, &mut written, event)
+            if write(&mut sink, &mut written, &unconfirmed, event)
                 .await
                 .is_err()
             {
@@ -111,7 +147,7 @@ async fn session(
             }
         }
         while let Some(event) = rx.recv().await {
-            if write(&mut sink, &web, &visitor_id, &mut written, event)
+            if write(&mut sink, &mut written, &unconfirmed, event)
                 .await
                 .is_err()
             {
@@ -129,6 +165,16 @@ async fn session(
             };
             let text = match frame {
                 Some(Ok(WsMessage::Text(t))) => t,
+                Some(Ok(WsMessage::Pong(payload))) => {
+                    if let Some(answered) = ping_number(&payload) {
+                        let confirmed = unconfirmed
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .confirmed(answered);
+                        acknowledge(&web, &visitor_id, confirmed).await;
+                    }
+                    continue;
+                }
                 Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => break,
                 Some(Ok(_)) => continue,
             };
@@ -146,13 +192,24 @@ async fn session(
     gauge.dec();
 }
 
-/// Writes one frame. A reply is written once per socket, whichever way it came, and is
-/// acknowledged in the visitor's mailbox once written. `Err` when the socket is gone.
+/// Acknowledges `replies` in the visitor's mailbox: the visitor's side has them.
+async fn acknowledge(web: &WebConnector, visitor_id: &str, replies: Vec<String>) {
+    if replies.is_empty() {
+        return;
+    }
+    if let Err(e) = web.delivered(visitor_id, &replies).await {
+        // They stay in the mailbox: the visitor may see them again next time (the page skips
+        // ids it shows already).
+        tracing::debug!(error = %e, "could not acknowledge delivered replies");
+    }
+}
+
+/// Writes one frame. A reply is written once per socket, whichever way it came, then a ping
+/// whose pong confirms it (see the module's documentation). `Err` when the socket is gone.
 async fn write<S>(
     sink: &mut S,
-    web: &WebConnector,
-    visitor_id: &str,
     written: &mut RecentIds,
+    unconfirmed: &Mutex<Unconfirmed>,
     event: VisitorEvent,
 ) -> Result<(), ()>
 where
@@ -173,11 +230,13 @@ where
         .map_err(drop)?;
     if let Some(id) = reply_id {
         written.insert(&id);
-        if let Err(e) = web.delivered(visitor_id, &[id]).await {
-            // It stays in the mailbox: the visitor may see it again next time (the page skips
-            // ids it shows already).
-            tracing::debug!(error = %e, "could not acknowledge a written reply");
-        }
+        let ping = unconfirmed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .written(id);
+        sink.send(WsMessage::Ping(ping.to_be_bytes().to_vec().into()))
+            .await
+            .map_err(drop)?;
     }
     Ok(())
 }
@@ -244,4 +303,28 @@ async fn handle_frame(
 
 fn error_code(e: &ConnectorError) -> &'static str {
     e.code()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pong_confirms_the_replies_written_before_its_ping_and_no_later_ones() {
+        let mut unconfirmed = Unconfirmed::default();
+        let first = unconfirmed.written("r1".into());
+        let second = unconfirmed.written("r2".into());
+        let third = unconfirmed.written("r3".into());
+        assert_eq!((first, second, third), (0, 1, 2));
+        // Pongs may be lost or coalesced: the latest answered ping confirms all before it.
+        assert_eq!(unconfirmed.confirmed(second), ["r1", "r2"]);
+        assert!(unconfirmed.confirmed(second).is_empty(), "confirmed once");
+        assert_eq!(unconfirmed.confirmed(third), ["r3"]);
+        assert_eq!(ping_number(&7u64.to_be_bytes()), Some(7));
+        assert_eq!(
+            ping_number(b"not ours"),
+            Some(u64::from_be_bytes(*b"not ours"))
+        );
+        assert_eq!(ping_number(b"short"), None);
+    }
 }
