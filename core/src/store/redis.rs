@@ -373,6 +373,16 @@ fn retryable(e: &RedisError) -> bool {
 }
 
 /// Milliseconds for `PX`, at least 1 (Redis refuses 0), rounded up.
+/// The trailing arguments of a script that pushes `push` to a mailbox with its change
+/// (`mailbox_push` in the prelude): key, item id, item, max length, ttl in ms.
+fn push_args(inv: &mut redis::ScriptInvocation<'_>, push: &MailboxPush<'_>) {
+    inv.arg(push.key)
+        .arg(push.id)
+        .arg(push.body)
+        .arg(push.max_len.max(1))
+        .arg(ttl_millis(push.ttl.min(MAX_MAILBOX_TTL)));
+}
+
 fn ttl_millis(ttl: Duration) -> u64 {
     let ms = ttl.as_nanos().div_ceil(1_000_000).max(1);
     u64::try_from(ms).unwrap_or(u64::MAX)
@@ -1248,11 +1258,7 @@ impl Store for RedisStore {
             .arg(json(envelope)?)
             .arg(stamp(now));
         if let Some(push) = stage {
-            inv.arg(push.key)
-                .arg(push.id)
-                .arg(push.body)
-                .arg(push.max_len.max(1))
-                .arg(ttl_millis(push.ttl.min(MAX_MAILBOX_TTL)));
+            push_args(&mut inv, &push);
         }
         let (_, mut items) = tagged(self.eval(&inv, false).await?)?;
         some_conversation(items.next()?)
@@ -1277,11 +1283,7 @@ impl Store for RedisStore {
             .arg(&envelope.id)
             .arg(json(envelope)?);
         if let Some(push) = start.stage {
-            inv.arg(push.key)
-                .arg(push.id)
-                .arg(push.body)
-                .arg(push.max_len.max(1))
-                .arg(ttl_millis(push.ttl.min(MAX_MAILBOX_TTL)));
+            push_args(&mut inv, &push);
         }
         let (_, mut items) = tagged(self.eval(&inv, false).await?)?;
         some_conversation(items.next()?)
