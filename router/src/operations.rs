@@ -351,6 +351,11 @@ impl Operations {
                 now,
             })
             .await?;
+        // Opened in the channel's pool, no routing rule involved.
+        self.metrics
+            .conversations_opened
+            .with_label_values(&[pool, ""])
+            .inc();
         // The conversation is announced before its first message can be reported sent.
         let mut events = EventBatch::new();
         events

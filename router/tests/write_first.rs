@@ -184,11 +184,19 @@ async fn writing_first_opens_an_assigned_conversation_and_announces_it(mut s: Se
     let (ops, _, mut outbound) = commands_with_channels(&s).await;
     let customer = known_app_user(&s, &ops, "u-1").await;
     drain(&mut s.events).await;
+    let opened = || {
+        s.metrics
+            .conversations_opened
+            .with_label_values(&["default", ""])
+            .get()
+    };
+    let opened_before = opened();
 
     let started = ops
         .write_first(&customer, "a1", "shop-app", text("Your order has shipped"))
         .await
         .expect("write first");
+    assert_eq!(opened(), opened_before + 1, "counted as opened in its pool");
     let c = &started.conversation;
     assert_eq!(c.status, ConversationStatus::Assigned);
     assert_eq!(c.agent_id.as_deref(), Some("a1"));
