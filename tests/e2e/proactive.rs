@@ -308,9 +308,18 @@ async fn an_agent_writes_first_on_whatsapp_with_a_template_and_on_the_api_channe
                      "channel_id": "shop", "content": {"type": "text", "text": "One more thing"}}),
         )
         .await;
-    let ack = agent.recv_type("ack").await;
+    // The assignment is announced before the command is acknowledged, and the two frames come
+    // from different tasks: take them in either order.
+    let (mut ack, mut assigned) = (Value::Null, Value::Null);
+    while ack.is_null() || assigned.is_null() {
+        let frame = agent.recv().await;
+        match frame["type"].as_str() {
+            Some("ack") => ack = frame,
+            Some("assigned") => assigned = frame,
+            _ => {}
+        }
+    }
     assert_eq!(ack["client_id"], "w-1");
-    let assigned = agent.recv_type("assigned").await;
     let third = assigned["conversation"]["id"].as_str().unwrap().to_owned();
     assert_ne!(third, api_conversation);
     assert_eq!(assigned["conversation"]["messages"][0]["id"], ack["id"]);
