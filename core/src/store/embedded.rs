@@ -643,6 +643,27 @@ impl State {
         })
     }
 
+    /// Stores a copy of `envelope` as the newest message of conversation `conv_id` of customer
+    /// `customer_id` (both set on the copy), keeping the latest
+    /// [`MAX_MESSAGES_PER_CONVERSATION`], as the Redis store's `trim_messages` does.
+    fn append_message(&mut self, conv_id: &str, customer_id: &str, envelope: &Envelope) {
+        let mut stored = envelope.clone();
+        stored.customer_id = Some(customer_id.to_owned());
+        stored.conversation_id = Some(conv_id.to_owned());
+        self.message_ids
+            .insert(stored.id.clone(), conv_id.to_owned());
+        // Most conversations hold a message or two: start with room for one instead of the
+        // four slots (≈ 2 KiB) a default `VecDeque` takes on its first push.
+        let messages = self
+            .messages
+            .entry(conv_id.to_owned())
+            .or_insert_with(|| VecDeque::with_capacity(1));
+        messages.push_back(stored);
+        if messages.len() > MAX_MESSAGES_PER_CONVERSATION {
+            messages.pop_front();
+        }
+    }
+
     /// [`Store::record_inbound`] of `envelope` for `customer_id` (the envelope's own
     /// `customer_id` is not read); a conversation it opens is held by `bot` when given
     /// ([`InboundRouting::bot`]), else queued in `pool`.
@@ -717,20 +738,7 @@ impl State {
                 (id, true)
             }
         };
-        let mut stored = envelope.clone();
-        stored.customer_id = Some(customer_id);
-        stored.conversation_id = Some(conv_id.clone());
-        self.message_ids.insert(stored.id.clone(), conv_id.clone());
-        // Most conversations hold a message or two: start with room for one instead of the
-        // four slots (≈ 2 KiB) a default `VecDeque` takes on its first push.
-        let messages = self
-            .messages
-            .entry(conv_id.clone())
-            .or_insert_with(|| VecDeque::with_capacity(1));
-        messages.push_back(stored);
-        if messages.len() > MAX_MESSAGES_PER_CONVERSATION {
-            messages.pop_front();
-        }
+        self.append_message(&conv_id, &customer_id, envelope);
         let c = self.conversation_mut(&conv_id)?;
         c.channel = envelope.channel.clone();
         c.recipient = envelope.sender.clone();
@@ -1192,14 +1200,7 @@ impl Store for EmbeddedStore {
         c.message_count += 1;
         c.replies_since_inbound = c.replies_since_inbound.saturating_add(1);
         let c = c.clone();
-        let mut stored = envelope.clone();
-        stored.conversation_id = Some(c.id.clone());
-        stored.customer_id = Some(c.customer_id.clone());
-        s.message_ids.insert(stored.id.clone(), c.id.clone());
-        s.messages
-            .entry(c.id.clone())
-            .or_default()
-            .push_back(stored);
+        s.append_message(&c.id, &c.customer_id, envelope);
         if let Some(push) = stage {
             s.mailbox_push(push);
         }
@@ -1274,11 +1275,7 @@ impl Store for EmbeddedStore {
             agent.idle_since = now;
             agent.updated_at = now;
         });
-        let mut stored = envelope.clone();
-        stored.conversation_id = Some(id.clone());
-        stored.customer_id = Some(customer_id);
-        s.message_ids.insert(stored.id.clone(), id.clone());
-        s.messages.entry(id.clone()).or_default().push_back(stored);
+        s.append_message(&id, &customer_id, envelope);
         if let Some(push) = stage {
             s.mailbox_push(push);
         }
