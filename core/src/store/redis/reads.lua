@@ -16,6 +16,29 @@ local function agent_read(id)
   return r
 end
 
+-- The statuses of a `,`-separated list, as a set (empty for an empty list).
+local function status_set(list)
+  local set = {}
+  for status in string.gmatch(list, '[^,]+') do
+    set[status] = true
+  end
+  return set
+end
+
+-- Sorts `found` ({id, at}) by creation time, then id: newest first when `newest_first`.
+local function sort_by_creation(found, newest_first)
+  table.sort(found, function(a, b)
+    local x, y = a, b
+    if newest_first then
+      x, y = b, a
+    end
+    if x.at ~= y.at then
+      return lt(x.at, y.at)
+    end
+    return lt(x.id, y.id)
+  end)
+end
+
 if op == 'customer' then
   local id = canonical(arg)
   if redis.call('EXISTS', key('cust', id)) == 0 then
@@ -110,12 +133,7 @@ elseif op == 'customer_conversations' then
       end
     end
   end
-  table.sort(found, function(a, b)
-    if a.at ~= b.at then
-      return lt(b.at, a.at)
-    end
-    return lt(b.id, a.id)
-  end)
+  sort_by_creation(found, true)
   local start = 1
   if ARGV[5] ~= '' then
     start = nil
@@ -130,10 +148,7 @@ elseif op == 'customer_conversations' then
         '`' .. ARGV[5] .. '` is not a conversation of customer `' .. cust .. '`')
     end
   end
-  local wanted = {}
-  for status in string.gmatch(ARGV[4], '[^,]+') do
-    wanted[status] = true
-  end
+  local wanted = status_set(ARGV[4])
   local all, limit, out = ARGV[4] == '', tonumber(ARGV[6]), {}
   for i = start, #found do
     if #out >= limit then
@@ -148,10 +163,7 @@ elseif op == 'pool_conversations' then
   -- arg is the pool; ARGV[4] the open statuses listed (`,`-separated, every one when empty),
   -- ARGV[5] the limit. Candidates come from the pool's queue, its bot index and every agent's
   -- conversations (no index lists a pool's assigned ones); oldest first (created_at, then id).
-  local wanted = {}
-  for status in string.gmatch(ARGV[4], '[^,]+') do
-    wanted[status] = true
-  end
+  local wanted = status_set(ARGV[4])
   if ARGV[4] == '' then
     wanted = { bot = true, queued = true, assigned = true }
   end
@@ -183,12 +195,7 @@ elseif op == 'pool_conversations' then
       end
     end
   end
-  table.sort(found, function(a, b)
-    if a.at ~= b.at then
-      return lt(a.at, b.at)
-    end
-    return lt(a.id, b.id)
-  end)
+  sort_by_creation(found, false)
   local limit, out = tonumber(ARGV[5]), {}
   for i = 1, math.min(#found, limit) do
     out[i] = conv_reply(found[i].id)
