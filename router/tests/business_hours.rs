@@ -8,8 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use switchyard_core::bus::topology::{Topology, TopologyOptions, outbound_queue};
-use switchyard_core::bus::{Bus, Deliveries};
+use switchyard_core::bus::Deliveries;
 use switchyard_core::envelope::{Content, Direction, Envelope};
 use switchyard_core::hours::HoursSettings;
 use switchyard_router::auto_reply::AutoReplies;
@@ -29,19 +28,7 @@ const DAY: &str = "2026-11-30T10:00:00Z";
 /// outbound queue.
 async fn setup_with_hours() -> (Setup, Box<dyn Deliveries>) {
     let mut s = setup().await;
-    let options = TopologyOptions {
-        outbound_kinds: vec!["api".into()],
-        ..switchyard_core::conformance::bus::options(100)
-    };
-    s.bus
-        .declare(&Topology::standard(&options))
-        .await
-        .expect("declare");
-    let outbound = s
-        .bus
-        .consume(&outbound_queue("api"), 10)
-        .await
-        .expect("outbound consumer");
+    let outbound = consume_outbound(&s, "api").await;
     let hours = HoursSettings {
         timezone: Some("UTC".into()),
         mon: Some("09:00-18:00".into()),

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use switchyard_connectors::{ConnectorContext, Registry};
-use switchyard_core::bus::topology::{Topology, TopologyOptions, outbound_queue};
 use switchyard_core::bus::{Bus, Deliveries};
 use switchyard_core::config::ChannelSettings;
 use switchyard_core::conformance::store::{inbound_envelope, key};
@@ -28,19 +27,7 @@ const CUSTOMER: &str = "4915112345678";
 /// Commands whose registry holds the WhatsApp channel `wa` (never contacted: replies only go
 /// onto the bus here), and a consumer of the `whatsapp` outbound queue they go to.
 async fn whatsapp_commands(s: &Setup) -> (Operations, Box<dyn Deliveries>) {
-    let options = TopologyOptions {
-        outbound_kinds: vec!["whatsapp".into()],
-        ..switchyard_core::conformance::bus::options(100)
-    };
-    s.bus
-        .declare(&Topology::standard(&options))
-        .await
-        .expect("declare");
-    let outbound = s
-        .bus
-        .consume(&outbound_queue("whatsapp"), 10)
-        .await
-        .expect("outbound consumer");
+    let outbound = consume_outbound(s, "whatsapp").await;
     let option = |v: &str| serde_json::Value::String(v.to_owned());
     let settings = ChannelSettings {
         id: "wa".into(),

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use switchyard_connectors::{ConnectorContext, Registry};
-use switchyard_core::bus::topology::{Topology, TopologyOptions, outbound_queue};
 use switchyard_core::bus::{Bus, Deliveries};
 use switchyard_core::config::ChannelSettings;
 use switchyard_core::conformance::store::{inbound_envelope, key};
@@ -43,14 +42,10 @@ fn settings(id: &str, kind: &str, pool: &str, options: &[(&str, &str)]) -> Chann
 /// pool `support`) and the Douyin channel `dy`, with consumers of the `api` and `whatsapp`
 /// outbound queues (nothing is sent to the platforms here: messages only go onto the bus).
 async fn commands_with_channels(s: &Setup) -> (Operations, Outbox, Outbound) {
-    let options = TopologyOptions {
-        outbound_kinds: vec!["api".into(), "whatsapp".into()],
-        ..switchyard_core::conformance::bus::options(100)
+    let outbound = Outbound {
+        api: consume_outbound(s, "api").await,
+        whatsapp: consume_outbound(s, "whatsapp").await,
     };
-    s.bus
-        .declare(&Topology::standard(&options))
-        .await
-        .expect("declare");
     let channels = [
         settings(
             "shop-app",
@@ -93,14 +88,6 @@ async fn commands_with_channels(s: &Setup) -> (Operations, Outbox, Outbound) {
             .map(|c| (c.id.clone(), c.pool.clone()))
             .collect::<HashMap<_, _>>(),
     );
-    let outbound = Outbound {
-        api: s.bus.consume(&outbound_queue("api"), 10).await.unwrap(),
-        whatsapp: s
-            .bus
-            .consume(&outbound_queue("whatsapp"), 10)
-            .await
-            .unwrap(),
-    };
     (ops, outbox, outbound)
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use switchyard_connectors::{ConnectorContext, Registry};
 use switchyard_core::bus::embedded::EmbeddedBus;
-use switchyard_core::bus::topology::EVENTS_EXCHANGE;
+use switchyard_core::bus::topology::{EVENTS_EXCHANGE, TopologyOptions, outbound_queue};
 use switchyard_core::bus::{Bus, BusError, Deliveries, Delivery, Message, Topology};
 use switchyard_core::conformance::store::{app_channel, inbound_envelope, key};
 use switchyard_core::event::CloudEvent;
@@ -292,6 +292,22 @@ pub async fn drain_conversations(
             (routing_key, conversation, event.id)
         })
         .collect()
+}
+
+/// A consumer of the outbound queue of channel kind `kind`, declared on the setup's bus first.
+pub async fn consume_outbound(s: &Setup, kind: &str) -> Box<dyn Deliveries> {
+    let options = TopologyOptions {
+        outbound_kinds: vec![kind.to_owned()],
+        ..switchyard_core::conformance::bus::options(100)
+    };
+    s.bus
+        .declare(&Topology::standard(&options))
+        .await
+        .expect("declare");
+    s.bus
+        .consume(&outbound_queue(kind), 10)
+        .await
+        .expect("outbound consumer")
 }
 
 /// The setup's router, plus commands and an outbox over the same store and bus.
