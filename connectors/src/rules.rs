@@ -282,6 +282,7 @@ mod tests {
             customer_id: "u".into(),
             status: ConversationStatus::Assigned,
             pool: "default".into(),
+            skills: Default::default(),
             agent_id: Some("a".into()),
             channel: ChannelRef {
                 kind: "x".into(),

@@ -615,6 +615,7 @@ fn conversation(status: ConversationStatus) -> Conversation {
         customer_id: "c1".into(),
         status,
         pool: "default".into(),
+        skills: Default::default(),
         agent_id: None,
         channel: ChannelRef {
             kind: KIND.into(),

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::hours::{Hours, HoursSettings};
-use crate::model::{MAX_TAG_CHARS, is_valid_tag};
+use crate::model::{MAX_TAG_CHARS, is_valid_skill, is_valid_tag};
 use crate::tls::TlsFiles;
 
 /// Prefix of environment overrides: `SWITCHYARD__SERVER__LISTEN=0.0.0.0:8080`.
@@ -791,6 +791,10 @@ pub struct RouteSettings {
     /// may not be empty.
     #[serde(default)]
     pub customer_tags: Option<Vec<String>>,
+    /// Skills the conversation asks of its agent: it is offered only to agents of the pool who
+    /// have every one of them (not a condition of the rule; the rule's effect with `pool`).
+    #[serde(default)]
+    pub skills: Vec<String>,
 }
 
 impl RouteSettings {
@@ -1185,6 +1189,15 @@ secret = {secret}
                         ),
                     ));
                 }
+            }
+            if let Some(bad) = route.skills.iter().find(|skill| !is_valid_skill(skill)) {
+                return Err(invalid(
+                    "skills",
+                    format!(
+                        "`{bad}` is not a skill name: 1 to {MAX_TAG_CHARS} characters without \
+                         control characters"
+                    ),
+                ));
             }
         }
         Ok(())
@@ -1756,6 +1769,11 @@ mod tests {
             "1 to 64 characters",
         );
         refused(
+            &route("pool = \"billing\"\nskills = [\"zh\", \"\"]\n"),
+            "routes[0].skills",
+            "not a skill name",
+        );
+        refused(
             &route("pool = \"billing\"\ntext_matches = \"(unclosed\"\n"),
             "routes[0].text_matches",
             "regular expression",
@@ -1773,9 +1791,10 @@ mod tests {
 
         let f = write(&route(
             "pool = \"billing\"\nchannels = [\"web\"]\ntext_matches = \"(?i)order #\\\\d+\"\n\
-             customer_tags = [\"vip\", \"金卡\"]\n",
+             customer_tags = [\"vip\", \"金卡\"]\nskills = [\"zh\", \"billing\"]\n",
         ));
         let s = Settings::load_with_env(Some(&f.0), []).expect("a valid route");
+        assert_eq!(s.routes[0].skills, ["zh", "billing"]);
         let pattern = s.routes[0].text_pattern().unwrap().expect("compiled");
         assert!(pattern.is_match("ORDER #42"));
         assert_eq!(s.routes[0].channels, ["web"]);

@@ -56,6 +56,54 @@ pub fn is_valid_tag(tag: &str) -> bool {
     !tag.is_empty() && tag.chars().count() <= MAX_TAG_CHARS && !tag.chars().any(char::is_control)
 }
 
+/// Whether `skill` can name an agent's skill or one a conversation asks for: the rule of tags
+/// ([`is_valid_tag`]). `PUT /v1/agents/{id}`, a transfer and a routing rule's `skills` refuse
+/// other names.
+pub fn is_valid_skill(skill: &str) -> bool {
+    is_valid_tag(skill)
+}
+
+/// The skills a conversation asks of the agent offered it: every one of them. Kept sorted and
+/// each once, so that two requirements naming the same skills are equal (and queue together).
+/// Empty: any agent of the pool.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, JsonSchema)]
+#[serde(transparent)]
+pub struct Skills(Vec<String>);
+
+impl Skills {
+    /// Asking for no skill.
+    pub const NONE: Skills = Skills(Vec::new());
+
+    /// The requirement naming `skills` (sorted, repeats dropped).
+    pub fn new<S: Into<String>>(skills: impl IntoIterator<Item = S>) -> Self {
+        let mut skills: Vec<String> = skills.into_iter().map(Into::into).collect();
+        skills.sort_unstable();
+        skills.dedup();
+        Skills(skills)
+    }
+
+    /// Whether it asks for nothing.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The skills, sorted.
+    pub fn as_slice(&self) -> &[String] {
+        &self.0
+    }
+
+    /// Whether an agent with `skills` has every skill asked for.
+    pub fn held_by(&self, skills: &[String]) -> bool {
+        self.0.iter().all(|wanted| skills.contains(wanted))
+    }
+}
+
+impl<'de> Deserialize<'de> for Skills {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Vec::<String>::deserialize(deserializer).map(Skills::new)
+    }
+}
+
 /// Where a conversation is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -83,6 +131,10 @@ pub struct Conversation {
     pub status: ConversationStatus,
     /// The pool routing it.
     pub pool: String,
+    /// Skills an agent of the pool needs to be offered it (all of them); empty: any agent.
+    /// Set by the routing rule that opened it, or by a transfer.
+    #[serde(default)]
+    pub skills: Skills,
     /// The agent holding it, when assigned.
     pub agent_id: Option<String>,
     /// The channel the customer last wrote from; replies go out here.
@@ -140,7 +192,7 @@ pub struct Agent {
     pub name: String,
     /// Pools the agent takes conversations from.
     pub pools: Vec<String>,
-    /// Skills, for skill-based routing.
+    /// Skills: the agent is offered only conversations asking for skills it all has.
     pub skills: Vec<String>,
     /// Most conversations the agent holds at once.
     pub capacity: u32,

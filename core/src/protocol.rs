@@ -109,6 +109,9 @@ pub enum AgentRequest {
         /// Pools to take conversations from.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pools: Option<Vec<String>>,
+        /// Skills: only conversations asking for skills the agent all has are offered to it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        skills: Option<Vec<String>>,
         /// Most conversations at once.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         capacity: Option<u32>,
@@ -161,6 +164,10 @@ pub enum AgentRequest {
         /// Target agent.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         agent_id: Option<String>,
+        /// With `pool`: the skills the conversation asks of its next agent from now on (`[]`:
+        /// none); absent, it keeps those it asked.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        skills: Option<Vec<String>>,
     },
     /// Keep-alive.
     Ping,

@@ -20,7 +20,7 @@ use switchyard_core::envelope::{Content, DEFAULT_TENANT};
 use switchyard_core::identity::IdentityStrength;
 use switchyard_core::model::{AgentStatus, ConversationStatus};
 use switchyard_core::store::redis::RedisStore;
-use switchyard_core::store::{AgentUpdate, ResolveRequest, Store};
+use switchyard_core::store::{AgentUpdate, Placement, ResolveRequest, Store};
 
 /// The members of `P:pool-online:{pool}`, in order.
 fn online_index(t: &TestRedisPrefix, con: &mut redis::Connection, pool: &str) -> Vec<String> {
@@ -58,6 +58,7 @@ conformance!(
     capacity_never_exceeded,
     concurrent_assignment_never_doubles,
     queue_fifo_head_assigned_when_room_frees,
+    skills_route_past_heads_nobody_can_take,
     record_outbound_conflicts,
     unannounced_notes,
     transfer_to_pool_and_agent,
@@ -189,11 +190,17 @@ async fn two_routers_converge() {
         let (i1, i2) = tokio::join!(
             tokio::spawn({
                 let r1 = Arc::clone(&r1);
-                async move { r1.record_inbound(&e1, pool, None, at(round)).await }
+                async move {
+                    r1.record_inbound(&e1, &Placement::queued(pool), at(round))
+                        .await
+                }
             }),
             tokio::spawn({
                 let r2 = Arc::clone(&r2);
-                async move { r2.record_inbound(&e2, pool, None, at(round)).await }
+                async move {
+                    r2.record_inbound(&e2, &Placement::queued(pool), at(round))
+                        .await
+                }
             }),
         );
         let (i1, i2) = (i1.unwrap().unwrap(), i2.unwrap().unwrap());
@@ -295,7 +302,10 @@ async fn records_round_trip_exactly() {
         "f": 0.1,
     }));
     e.sender.display_name = Some("Li Lei".to_owned());
-    let rec = s.record_inbound(&e, "default", None, now).await.unwrap();
+    let rec = s
+        .record_inbound(&e, &Placement::queued("default"), now)
+        .await
+        .unwrap();
     let conv = rec.conversation;
     assert_eq!(conv.created_at, now);
     assert_eq!(conv.queued_at, Some(now));
@@ -569,11 +579,11 @@ mod differential {
     };
     use switchyard_core::envelope::{DEFAULT_TENANT, Envelope, new_id};
     use switchyard_core::identity::{IdentityKey, IdentityStrength};
-    use switchyard_core::model::{AgentStatus, ConversationStatus};
+    use switchyard_core::model::{AgentStatus, ConversationStatus, Skills};
     use switchyard_core::store::embedded::EmbeddedStore;
     use switchyard_core::store::{
         AgentUpdate, ConversationStart, CustomerConversationsQuery, CustomerUpdate, InboundOutcome,
-        InboundRouting, ResolveRequest, Store, StoreError, TransferTarget,
+        InboundRouting, Placement, ResolveRequest, Store, StoreError, TransferTarget,
     };
 
     use switchyard_core::conformance::services::TestRedisPrefix;
@@ -597,6 +607,15 @@ mod differential {
         }
         fn chance(&mut self, percent: u64) -> bool {
             self.next() % 100 < percent
+        }
+        /// Skills asked or held: none half of the time, else some of `en`, `zh`.
+        fn skills(&mut self) -> Skills {
+            match self.below(6) {
+                0..=2 => Skills::default(),
+                3 => Skills::new(["en"]),
+                4 => Skills::new(["zh"]),
+                _ => Skills::new(["zh", "en"]),
+            }
         }
     }
 
@@ -768,12 +787,13 @@ mod differential {
             let r = self.to_red(&e);
             self.log.push(format!("inbound {} cust={cust}", e.id));
             self.envelopes.push((e.clone(), r.clone()));
-            self.record(&e, &r, POOLS[channel], now).await;
+            let placement = Placement::queued(POOLS[channel]).with_skills(rng.skills());
+            self.record(&e, &r, &placement, now).await;
         }
 
-        async fn record(&mut self, e: &Envelope, r: &Envelope, pool: &str, now: i64) {
-            let eo = self.emb.record_inbound(e, pool, None, at(now)).await;
-            let ro = self.red.record_inbound(r, pool, None, at(now)).await;
+        async fn record(&mut self, e: &Envelope, r: &Envelope, placement: &Placement, now: i64) {
+            let eo = self.emb.record_inbound(e, placement, at(now)).await;
+            let ro = self.red.record_inbound(r, placement, at(now)).await;
             if let (Ok(eo), Ok(ro)) = (&eo, &ro)
                 && eo.created
             {
@@ -815,6 +835,7 @@ mod differential {
                 self.envelopes.push((e.clone(), r.clone()));
             }
             let pool = POOLS[rng.below(2)];
+            let skills = rng.skills();
             let display_name = rng.chance(50).then(|| format!("Person {p}"));
             let routing = |envelope| InboundRouting {
                 envelope,
@@ -828,11 +849,10 @@ mod differential {
                 },
                 claim: format!("routed:{}", e.dedupe_key),
                 claim_ttl: std::time::Duration::from_secs(600),
-                pool: pool.to_owned(),
-                bot: None,
+                placement: Placement::queued(pool.to_owned()).with_skills(skills.clone()),
             };
             self.log
-                .push(format!("route {} {identities:?} {pool}", e.id));
+                .push(format!("route {} {identities:?} {pool} {skills:?}", e.id));
             let eo = self.emb.route_inbound(routing(&e)).await;
             let ro = self.red.route_inbound(routing(&r)).await;
             if let (
@@ -983,8 +1003,9 @@ mod differential {
                     if !self.envelopes.is_empty() {
                         let (e, r) = self.envelopes[rng.below(self.envelopes.len())].clone();
                         self.log.push(format!("replay {}", e.id));
-                        let pool = POOLS[rng.below(2)];
-                        self.record(&e, &r, pool, now).await;
+                        let placement =
+                            Placement::queued(POOLS[rng.below(2)]).with_skills(rng.skills());
+                        self.record(&e, &r, &placement, now).await;
                     }
                 }
                 5 => {
@@ -1006,6 +1027,9 @@ mod differential {
                             1 => vec!["vip".to_owned()],
                             _ => vec!["vip".to_owned(), "default".to_owned()],
                         }),
+                        skills: rng
+                            .chance(40)
+                            .then(|| rng.skills().as_slice().iter().rev().cloned().collect()),
                         ..AgentUpdate::default()
                     };
                     self.upsert(update, now).await;
@@ -1038,7 +1062,10 @@ mod differential {
                 10 => {
                     if let Some(c) = self.pick_conversation(rng) {
                         let target = if rng.chance(50) {
-                            TransferTarget::Pool(POOLS[rng.below(2)].to_owned())
+                            TransferTarget::Pool {
+                                pool: POOLS[rng.below(2)].to_owned(),
+                                skills: rng.chance(50).then(|| rng.skills()),
+                            }
                         } else {
                             TransferTarget::Agent(Self::agent_id(rng.below(AGENTS + 1)))
                         };
@@ -1282,7 +1309,7 @@ async fn notes_of_the_previous_version_are_taken_over() {
             .customer;
         let e = inbound_envelope(&customer.id, &app_channel(), user, vec![app], user, at(1));
         ids.push(
-            s.record_inbound(&e, "default", None, at(1))
+            s.record_inbound(&e, &Placement::queued("default"), at(1))
                 .await
                 .unwrap()
                 .conversation

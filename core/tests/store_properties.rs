@@ -16,22 +16,28 @@ use switchyard_core::conformance::store::{
 };
 use switchyard_core::envelope::Envelope;
 use switchyard_core::identity::IdentityStrength;
-use switchyard_core::model::{AgentStatus, ConversationStatus};
+use switchyard_core::model::{AgentStatus, ConversationStatus, Skills};
 use switchyard_core::store::embedded::EmbeddedStore;
-use switchyard_core::store::{AgentUpdate, ResolveRequest, Store, StoreError, TransferTarget};
+use switchyard_core::store::{
+    AgentUpdate, Placement, ResolveRequest, Store, StoreError, TransferTarget,
+};
 
 const PEOPLE: usize = 3;
 const AGENTS: usize = 3;
 const POOLS: [&str; 2] = ["default", "vip"];
+/// Skills asked by conversations and held by agents.
+const SKILLS: [&[&str]; 4] = [&[], &["en"], &["zh"], &["en", "zh"]];
 
 #[derive(Debug, Clone)]
 enum Op {
     /// Person `person` writes on channel `channel` (which routes to pool `channel`).
+    /// A conversation it opens asks for `SKILLS[skills]`.
     Inbound {
         person: usize,
         channel: usize,
         with_phone: bool,
         stale_customer_id: bool,
+        skills: usize,
     },
     /// An earlier inbound envelope is recorded again (a redelivery).
     Replay {
@@ -41,9 +47,11 @@ enum Op {
         agent: usize,
         status: AgentStatus,
     },
+    /// Sets the agent's capacity and, when given, its skills to `SKILLS[skills]`.
     Capacity {
         agent: usize,
         capacity: u32,
+        skills: Option<usize>,
     },
     Close {
         pick: usize,
@@ -73,16 +81,24 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(AgentStatus::Offline)
     ];
     prop_oneof![
-        5 => (0..PEOPLE, 0..2usize, proptest::bool::weighted(0.5), proptest::bool::weighted(0.2))
-            .prop_map(|(person, channel, with_phone, stale_customer_id)| Op::Inbound {
+        5 => (
+            0..PEOPLE,
+            0..2usize,
+            proptest::bool::weighted(0.5),
+            proptest::bool::weighted(0.2),
+            0..SKILLS.len()
+        )
+            .prop_map(|(person, channel, with_phone, stale_customer_id, skills)| Op::Inbound {
                 person,
                 channel,
                 with_phone,
-                stale_customer_id
+                stale_customer_id,
+                skills
             }),
         1 => any::<usize>().prop_map(|pick| Op::Replay { pick }),
         2 => (0..AGENTS, status).prop_map(|(agent, status)| Op::Presence { agent, status }),
-        1 => (0..AGENTS, 0..4u32).prop_map(|(agent, capacity)| Op::Capacity { agent, capacity }),
+        1 => (0..AGENTS, 0..4u32, proptest::option::of(0..SKILLS.len()))
+            .prop_map(|(agent, capacity, skills)| Op::Capacity { agent, capacity, skills }),
         2 => any::<usize>().prop_map(|pick| Op::Close { pick }),
         1 => (any::<usize>(), 0..2usize).prop_map(|(pick, pool)| Op::TransferPool { pick, pool }),
         1 => (any::<usize>(), 0..AGENTS).prop_map(|(pick, agent)| Op::TransferAgent { pick, agent }),
@@ -140,6 +156,7 @@ impl Harness {
                 channel,
                 with_phone,
                 stale_customer_id,
+                skills,
             } => {
                 let own = if channel == 0 {
                     key("", "app_user", "shop-app", &format!("p{person}"))
@@ -194,7 +211,12 @@ impl Harness {
                 };
                 let envelope = inbound_envelope(&customer_id, &ch, &external, vec![own], "hi", now);
                 let rec = store
-                    .record_inbound(&envelope, POOLS[channel], None, now)
+                    .record_inbound(
+                        &envelope,
+                        &Placement::queued(POOLS[channel])
+                            .with_skills(Skills::new(SKILLS[skills].iter().copied())),
+                        now,
+                    )
                     .await
                     .map_err(|e| format!("record_inbound: {e}"))?;
                 if rec.duplicate {
@@ -228,7 +250,7 @@ impl Harness {
                 }
                 let envelope = &self.inbound[pick % self.inbound.len()];
                 let rec = store
-                    .record_inbound(envelope, POOLS[0], None, now)
+                    .record_inbound(envelope, &Placement::queued(POOLS[0]), now)
                     .await
                     .map_err(|e| format!("replay: {e}"))?;
                 if !rec.duplicate {
@@ -263,12 +285,18 @@ impl Harness {
                     .await
                     .map_err(|e| format!("upsert_agent: {e}"))?;
             }
-            Op::Capacity { agent, capacity } => {
+            Op::Capacity {
+                agent,
+                capacity,
+                skills,
+            } => {
                 store
                     .upsert_agent(
                         AgentUpdate {
                             id: agent_id(agent),
                             capacity: Some(capacity),
+                            skills: skills
+                                .map(|i| SKILLS[i].iter().map(|s| (*s).to_owned()).collect()),
                             ..AgentUpdate::default()
                         },
                         now,
@@ -294,7 +322,7 @@ impl Harness {
                 }
                 let id = &open[pick % open.len()];
                 store
-                    .transfer(id, TransferTarget::Pool(POOLS[pool].to_owned()), now)
+                    .transfer(id, TransferTarget::pool(POOLS[pool].to_owned()), now)
                     .await
                     .map_err(|e| format!("transfer of open {id} to a pool: {e}"))?;
             }
@@ -318,20 +346,48 @@ impl Harness {
                     .assign_queued(pool, now)
                     .await
                     .map_err(|e| format!("assign_queued: {e}"))?;
-                let assigned: Vec<&String> = got.iter().map(|a| &a.conversation.id).collect();
-                let head: Vec<&String> = before.iter().take(assigned.len()).collect();
-                if assigned != head {
-                    return Err(format!(
-                        "assign_queued did not take the queue head first: {assigned:?} vs queue {before:?}"
-                    ));
+                let agents = store.agents().await.unwrap();
+                // Each went to an agent with its skills, and within one requirement the queue's
+                // head went first.
+                let mut taken: HashMap<&Skills, usize> = HashMap::new();
+                let mut before_by_skills: HashMap<Skills, Vec<String>> = HashMap::new();
+                for id in &before {
+                    let c = store.conversation(id).await.unwrap().unwrap();
+                    before_by_skills
+                        .entry(c.skills)
+                        .or_default()
+                        .push(id.clone());
                 }
-                let after = store.queue(pool).await.unwrap();
-                if !after.is_empty() {
-                    let agents = store.agents().await.unwrap();
-                    if let Some(idle) = agents.iter().find(|a| a.can_take(pool)) {
+                for a in &got {
+                    let c = &a.conversation;
+                    let holder = agents.iter().find(|x| x.id == a.agent_id);
+                    if !holder.is_some_and(|h| c.skills.held_by(&h.skills)) {
                         return Err(format!(
-                            "assign_queued stopped with {after:?} queued while {} had room",
-                            idle.id
+                            "{} asking {:?} went to {} without those skills",
+                            c.id, c.skills, a.agent_id
+                        ));
+                    }
+                    let n = taken.entry(&c.skills).or_default();
+                    let expected = before_by_skills.get(&c.skills).and_then(|q| q.get(*n));
+                    if expected != Some(&c.id) {
+                        return Err(format!(
+                            "assign_queued took {} before the head of its skills' queue \
+                             {expected:?}: queue {before:?}",
+                            c.id
+                        ));
+                    }
+                    *n += 1;
+                }
+                // Nothing left that an agent with room could take.
+                for id in store.queue(pool).await.unwrap() {
+                    let c = store.conversation(&id).await.unwrap().unwrap();
+                    if let Some(idle) = agents
+                        .iter()
+                        .find(|a| a.can_take(pool) && c.skills.held_by(&a.skills))
+                    {
+                        return Err(format!(
+                            "assign_queued left {id} asking {:?} queued while {} could take it",
+                            c.skills, idle.id
                         ));
                     }
                 }

@@ -30,7 +30,9 @@ use switchyard_core::envelope::Envelope;
 use switchyard_core::event::EventType;
 use switchyard_core::model::AgentStatus;
 use switchyard_core::store::embedded::EmbeddedStore;
-use switchyard_core::store::{AgentUpdate, InboundOutcome, InboundRouting, ResolveRequest, Store};
+use switchyard_core::store::{
+    AgentUpdate, InboundOutcome, InboundRouting, Placement, ResolveRequest, Store,
+};
 use switchyard_router::events::EventBatch;
 
 /// The allocator the `switchyard` binary uses, so the pipeline measures as it runs.
@@ -150,8 +152,7 @@ async fn route(
             resolve,
             claim,
             claim_ttl: DEDUPE_TTL,
-            pool: "default".into(),
-            bot: None,
+            placement: Placement::queued("default"),
         })
         .await
         .expect("route_inbound")

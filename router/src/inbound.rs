@@ -128,8 +128,7 @@ impl InboundRouter {
                 resolve: request,
                 claim,
                 claim_ttl: self.dedupe_ttl,
-                pool: route.pool.to_owned(),
-                bot: route.bot.map(str::to_owned),
+                placement: route.placement(),
             })
             .await?;
         let (resolution, record, assignments) = match outcome {

@@ -308,6 +308,7 @@ impl Operations {
             customer_id: customer.id.clone(),
             status: ConversationStatus::Assigned,
             pool: pool.to_owned(),
+            skills: Default::default(),
             agent_id: Some(agent_id.to_owned()),
             channel: channel.channel().clone(),
             recipient: recipient.clone(),
@@ -464,7 +465,7 @@ impl Operations {
             .map(|a| a.pools.clone())
             .unwrap_or_default();
         let kind = match target {
-            TransferTarget::Pool(pool) => {
+            TransferTarget::Pool { pool, .. } => {
                 events.conversation(EventType::ConversationQueued, &release.conversation);
                 pools.push(pool);
                 NoteKind::TransferredToPool

@@ -11,7 +11,8 @@ use regex::Regex;
 
 use switchyard_core::config::{ConfigError, RouteSettings, Settings, bot_agent_id};
 use switchyard_core::envelope::{Content, Envelope};
-use switchyard_core::model::Customer;
+use switchyard_core::model::{Customer, Skills};
+use switchyard_core::store::Placement;
 
 /// Where a new conversation goes, and why.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +23,22 @@ pub struct RouteChoice<'a> {
     pub rule: Option<&'a str>,
     /// The agent id of the pool's bot (`bot:{id}`), which then holds the conversation first.
     pub bot: Option<&'a str>,
+    /// The skills the conversation asks of its agent (the rule's; none without a rule).
+    pub skills: &'a Skills,
+}
+
+/// What a conversation no rule routed asks of its agent.
+static NO_SKILLS: Skills = Skills::NONE;
+
+impl RouteChoice<'_> {
+    /// Where the store puts a conversation opened on this choice.
+    pub fn placement(&self) -> Placement {
+        Placement {
+            pool: self.pool.to_owned(),
+            bot: self.bot.map(str::to_owned),
+            skills: self.skills.clone(),
+        }
+    }
 }
 
 /// The configured routing rules, compiled, with each channel's own pool behind them.
@@ -50,6 +67,8 @@ struct Rule {
     text_matches: Option<Regex>,
     /// Tags of which the customer must have one; empty: any customer.
     customer_tags: Vec<String>,
+    /// What a conversation it routes asks of its agent.
+    skills: Skills,
 }
 
 impl RoutingTable {
@@ -100,23 +119,25 @@ impl RoutingTable {
             }
             _ => None,
         };
-        let (pool, rule) = match self
+        let (pool, rule, skills) = match self
             .rules
             .iter()
             .find(|rule| rule.matches(envelope, tags, text, lowered.as_deref()))
         {
-            Some(rule) => (rule.pool.as_str(), Some(rule.id.as_str())),
+            Some(rule) => (rule.pool.as_str(), Some(rule.id.as_str()), &rule.skills),
             None => (
                 self.pools_by_channel
                     .get(&envelope.channel.id)
                     .map_or("default", String::as_str),
                 None,
+                &NO_SKILLS,
             ),
         };
         RouteChoice {
             pool,
             rule,
             bot: self.bots_by_pool.get(pool).map(String::as_str),
+            skills,
         }
     }
 }
@@ -141,6 +162,7 @@ impl Rule {
                 .collect(),
             text_matches,
             customer_tags: route.customer_tags.clone().unwrap_or_default(),
+            skills: Skills::new(route.skills.iter().cloned()),
         })
     }
 
@@ -269,7 +291,8 @@ mod tests {
             RouteChoice {
                 pool: "default",
                 rule: None,
-                bot: None
+                bot: None,
+                skills: &Skills::NONE,
             }
         );
         assert_eq!(
@@ -277,7 +300,8 @@ mod tests {
             RouteChoice {
                 pool: "app",
                 rule: None,
-                bot: None
+                bot: None,
+                skills: &Skills::NONE,
             }
         );
         assert_eq!(
@@ -285,6 +309,25 @@ mod tests {
             "default",
             "an unknown channel"
         );
+    }
+
+    #[test]
+    fn a_rule_gives_its_skills_and_the_channel_pool_none() {
+        let table = RoutingTable::from_settings(&settings(
+            "[[routes]]\nid = \"chinese\"\npool = \"vip\"\ntext_matches = \"\\\\p{Han}\"\n\
+             skills = [\"zh\", \"billing\", \"zh\"]\n",
+        ))
+        .unwrap();
+        let chinese = table.choose(&text(WEB, "我要退款"), None);
+        assert_eq!(chinese.rule, Some("chinese"));
+        assert_eq!(chinese.skills, &Skills::new(["billing", "zh"]));
+        assert_eq!(
+            chinese.placement(),
+            Placement::queued("vip").with_skills(Skills::new(["zh", "billing"]))
+        );
+        let other = table.choose(&text(WEB, "refund"), None);
+        assert_eq!((other.rule, other.skills), (None, &Skills::NONE));
+        assert_eq!(other.placement(), Placement::queued("default"));
     }
 
     #[test]
@@ -300,17 +343,20 @@ mod tests {
             RouteChoice {
                 pool: "billing",
                 rule: Some("refunds"),
-                bot: None
+                bot: None,
+                skills: &Skills::NONE,
             }
         );
         assert_eq!(choose(SHOP, "我要退款").rule, Some("refunds"));
+
         assert_eq!(choose(WEB, "hello").rule, Some("all-web"));
         assert_eq!(
             choose(SHOP, "hello"),
             RouteChoice {
                 pool: "app",
                 rule: None,
-                bot: None
+                bot: None,
+                skills: &Skills::NONE,
             }
         );
     }
@@ -456,7 +502,8 @@ mod tests {
             RouteChoice {
                 pool: "triage",
                 rule: Some("triage"),
-                bot: Some("bot:faq")
+                bot: Some("bot:faq"),
+                skills: &Skills::NONE,
             }
         );
         assert_eq!(
@@ -501,7 +548,8 @@ mod tests {
             RouteChoice {
                 pool: "vip",
                 rule: Some("vip-shop"),
-                bot: None
+                bot: None,
+                skills: &Skills::NONE,
             }
         );
         assert_eq!(

@@ -226,7 +226,7 @@ pub async fn hand_off_silent_bots(
                     .transfer(
                         &conversation.id,
                         Some(&timeout.bot),
-                        TransferTarget::Pool(timeout.pool.clone()),
+                        TransferTarget::pool(timeout.pool.clone()),
                     )
                     .await;
                 match handed {

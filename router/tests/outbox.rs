@@ -512,7 +512,7 @@ async fn transfers_and_agent_updates_whose_command_stops_are_announced_after_the
     })
     .await;
     // Nobody is in pool `elsewhere`: the conversation stays queued there.
-    stopped(TransferTarget::Pool("elsewhere".into()), |c| {
+    stopped(TransferTarget::pool("elsewhere"), |c| {
         c.status == ConversationStatus::Queued
     })
     .await;

@@ -14,7 +14,7 @@ use switchyard_core::bus::{Bus, Deliveries};
 use switchyard_core::config::ChannelSettings;
 use switchyard_core::conformance::store::{inbound_envelope, key};
 use switchyard_core::envelope::{ChannelRef, Content, Direction, Envelope};
-use switchyard_core::store::{InboundOutcome, InboundRouting, ResolveRequest};
+use switchyard_core::store::{InboundOutcome, InboundRouting, Placement, ResolveRequest};
 use switchyard_router::error::RouteError;
 use switchyard_router::operations::Operations;
 use switchyard_router::outbox::Outbox;
@@ -89,8 +89,7 @@ async fn whatsapp_conversation(s: &Setup, hours_ago: i64) -> String {
             resolve: ResolveRequest::of_sender(&envelope, false, then),
             claim: format!("routed:{}", envelope.dedupe_key),
             claim_ttl: Duration::from_secs(600),
-            pool: "default".into(),
-            bot: None,
+            placement: Placement::queued("default"),
         })
         .await
         .expect("route");

@@ -20,6 +20,7 @@ mod presence;
 mod proactive;
 mod raw;
 mod routing;
+mod skills;
 mod support;
 mod telegram;
 mod timers;

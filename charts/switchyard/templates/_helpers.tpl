@@ -341,7 +341,7 @@ pool = {{ toJson (toString .) }}
 id = {{ toJson (toString .id) }}
 pool = {{ toJson (toString .pool) }}
 {{- $route := . }}
-{{- range $key := list "channels" "channel_kinds" "tenants" "identity_kinds" "text_contains" "customer_tags" }}
+{{- range $key := list "channels" "channel_kinds" "tenants" "identity_kinds" "text_contains" "customer_tags" "skills" }}
 {{- with index $route $key }}
 {{ $key }} = {{ include "switchyard.tomlValue" . }}
 {{- end }}

@@ -15,12 +15,12 @@ use chrono::{DateTime, TimeDelta, Utc};
 use super::MakeStore;
 use crate::envelope::{ChannelRef, Content, DEFAULT_TENANT, Direction, Envelope, Sender, new_id};
 use crate::identity::{IdentityKey, IdentityStrength};
-use crate::model::{Agent, AgentStatus, Conversation, ConversationStatus, Customer};
+use crate::model::{Agent, AgentStatus, Conversation, ConversationStatus, Customer, Skills};
 use crate::store::{
     AGENT_AT_CAPACITY, AgentUpdate, Assignment, CONVERSATION_OPEN, ConversationStart,
     CustomerConversationsQuery, CustomerUpdate, ERASED_BY_RETENTION, ERASED_ON_REQUEST, Erasure,
     InboundOutcome, InboundRecord, InboundRouting, MAX_CUSTOMER_ATTRIBUTES, MAX_CUSTOMER_TAGS,
-    MailboxPush, Merge, Note, NoteKind, OPEN_STATUSES, QuietSweep, Release, Resolution,
+    MailboxPush, Merge, Note, NoteKind, OPEN_STATUSES, Placement, QuietSweep, Release, Resolution,
     ResolveRequest, SenderResolution, Store, StoreError, TOO_MANY_ATTRIBUTES, TOO_MANY_TAGS,
     TransferTarget, UNKNOWN_CURSOR, route_inbound_stepwise,
 };
@@ -163,8 +163,17 @@ async fn record(
     pool: &str,
     now: DateTime<Utc>,
 ) -> InboundRecord {
+    record_placed(store, envelope, &Placement::queued(pool), now).await
+}
+
+async fn record_placed(
+    store: &Arc<dyn Store>,
+    envelope: &Envelope,
+    placement: &Placement,
+    now: DateTime<Utc>,
+) -> InboundRecord {
     store
-        .record_inbound(envelope, pool, None, now)
+        .record_inbound(envelope, placement, now)
         .await
         .unwrap_or_else(|e| panic!("record_inbound({}): {e}", envelope.id))
 }
@@ -184,6 +193,49 @@ async fn open(
     let rec = record(store, &e, pool, now).await;
     assert!(rec.created, "a first message did not open a conversation");
     (customer, e, rec.conversation)
+}
+
+/// A new customer `{prefix}{name}` writing once, opening a conversation in `pool` that asks for
+/// `skills`; returns its id.
+async fn open_asking(
+    store: &Arc<dyn Store>,
+    prefix: &str,
+    name: &str,
+    pool: &str,
+    skills: &[&str],
+    now: DateTime<Utc>,
+) -> String {
+    let k = key(prefix, "app_user", "shop-app", name);
+    let customer = resolve(store, &[(&k, Strong)], false, now).await.customer;
+    let e = inbound_envelope(&customer.id, &app_channel(), name, vec![k], "hello", now);
+    let placement = Placement::queued(pool).with_skills(Skills::new(skills.iter().copied()));
+    let rec = record_placed(store, &e, &placement, now).await;
+    assert!(rec.created, "a first message did not open a conversation");
+    rec.conversation.id
+}
+
+/// Agent `id` online in `pools` with `capacity` and `skills`.
+async fn skilled_agent(
+    store: &Arc<dyn Store>,
+    id: &str,
+    pools: &[&str],
+    capacity: u32,
+    skills: &[&str],
+    now: DateTime<Utc>,
+) -> Agent {
+    update_agent(
+        store,
+        AgentUpdate {
+            id: id.to_owned(),
+            name: None,
+            pools: Some(pools.iter().map(|p| (*p).to_owned()).collect()),
+            skills: Some(skills.iter().map(|s| (*s).to_owned()).collect()),
+            capacity: Some(capacity),
+            status: Some(AgentStatus::Online),
+        },
+        now,
+    )
+    .await
 }
 
 async fn agent(
@@ -885,7 +937,7 @@ pub async fn record_inbound_is_idempotent(factory: &impl MakeStore, prefix: &str
     anonymous.customer_id = None;
     assert!(
         store
-            .record_inbound(&anonymous, &pool, None, at(5))
+            .record_inbound(&anonymous, &Placement::queued(pool), at(5))
             .await
             .is_err(),
         "{what}: an envelope without customer_id was recorded"
@@ -1207,6 +1259,168 @@ pub async fn queue_fifo_head_assigned_when_room_frees(factory: &impl MakeStore, 
     );
 }
 
+/// Skills-based assignment: a conversation asking for skills goes only to an agent with every
+/// one of them, the longest idle of those with room; one nobody with room can take holds back
+/// only those asking for the same skills, never older or newer ones asking for other skills or
+/// none. The queue lists every queued conversation in arrival order, whatever it asks for. A
+/// transfer to a pool keeps the skills asked unless it names others (none clears them); an agent
+/// gaining a skill can take what waited for it; a closed conversation leaves its skill queue.
+pub async fn skills_route_past_heads_nobody_can_take(factory: &impl MakeStore, prefix: &str) {
+    let what = "skills_route_past_heads_nobody_can_take";
+    let store = factory.make().await;
+    let pool = format!("{prefix}default");
+    let (a, b, z) = (
+        format!("{prefix}agent-a"),
+        format!("{prefix}agent-b"),
+        format!("{prefix}agent-z"),
+    );
+    let zh = open_asking(&store, prefix, "c0", &pool, &["zh"], at(1)).await;
+    let plain = open_asking(&store, prefix, "c1", &pool, &[], at(2)).await;
+    let en = open_asking(&store, prefix, "c2", &pool, &["en"], at(3)).await;
+    let zh_billing =
+        open_asking(&store, prefix, "c3", &pool, &["zh", "billing", "zh"], at(4)).await;
+    let ids = [&zh, &plain, &en, &zh_billing].map(|id| id.to_owned());
+    assert_eq!(
+        queue(&store, &pool).await,
+        ids,
+        "{what}: arrival order across skills"
+    );
+    assert_eq!(
+        get_conversation(&store, &zh_billing)
+            .await
+            .skills
+            .as_slice(),
+        ["billing", "zh"],
+        "{what}: skills kept sorted, each once"
+    );
+    assert!(
+        get_conversation(&store, &plain).await.skills.is_empty(),
+        "{what}: no skills asked"
+    );
+
+    // a speaks English only: the Chinese head waits, the two behind it go to a.
+    skilled_agent(&store, &a, &[&pool], 2, &["en"], at(10)).await;
+    let got = assign(&store, &pool, at(11)).await;
+    assert_eq!(
+        pairs(&got),
+        vec![(plain.clone(), a.clone()), (en.clone(), a.clone())],
+        "{what}: past the head nobody can take"
+    );
+    assert_eq!(
+        queue(&store, &pool).await,
+        vec![zh.clone(), zh_billing.clone()],
+        "{what}: still waiting"
+    );
+
+    // b speaks Chinese; z also does billing. The older head goes first, to the longer idle.
+    skilled_agent(&store, &b, &[&pool], 1, &["zh"], at(12)).await;
+    skilled_agent(&store, &z, &[&pool], 1, &["zh", "billing", "en"], at(13)).await;
+    let got = assign(&store, &pool, at(14)).await;
+    assert_eq!(
+        pairs(&got),
+        vec![(zh.clone(), b.clone()), (zh_billing.clone(), z.clone())],
+        "{what}: each to the longest idle with the skills"
+    );
+    assert!(queue(&store, &pool).await.is_empty(), "{what}: drained");
+
+    // a is the longest idle once it has room again, but it does not speak Chinese.
+    close(&store, &plain, at(15)).await;
+    close(&store, &zh, at(16)).await;
+    let later = open_asking(&store, prefix, "c4", &pool, &["zh"], at(17)).await;
+    let got = assign(&store, &pool, at(18)).await;
+    assert_eq!(
+        pairs(&got),
+        vec![(later.clone(), b.clone())],
+        "{what}: the longest idle without the skill is passed over"
+    );
+
+    // A transfer keeps the skills asked, or sets new ones.
+    let moved = transfer(&store, &en, TransferTarget::pool(pool.as_str()), at(19)).await;
+    assert_eq!(
+        moved.skills.as_slice(),
+        ["en"],
+        "{what}: transfer keeps skills"
+    );
+    let got = assign(&store, &pool, at(20)).await;
+    assert_eq!(
+        pairs(&got),
+        vec![(en.clone(), a.clone())],
+        "{what}: back to a"
+    );
+    let to_french = TransferTarget::Pool {
+        pool: pool.clone(),
+        skills: Some(Skills::new(["fr"])),
+    };
+    let moved = transfer(&store, &en, to_french, at(21)).await;
+    assert_eq!(
+        moved.skills.as_slice(),
+        ["fr"],
+        "{what}: transfer sets skills"
+    );
+    assert_eq!(
+        moved.status,
+        ConversationStatus::Queued,
+        "{what}: queued again"
+    );
+    let newer = open_asking(&store, prefix, "c5", &pool, &[], at(22)).await;
+    let got = assign(&store, &pool, at(23)).await;
+    assert_eq!(
+        pairs(&got),
+        vec![(newer.clone(), a.clone())],
+        "{what}: the French one holds back nobody"
+    );
+    assert_eq!(
+        queue(&store, &pool).await,
+        vec![en.clone()],
+        "{what}: French waits"
+    );
+
+    // a learns French.
+    close(&store, &newer, at(24)).await;
+    skilled_agent(&store, &a, &[&pool], 2, &["en", "fr"], at(25)).await;
+    let got = assign(&store, &pool, at(26)).await;
+    assert_eq!(
+        pairs(&got),
+        vec![(en.clone(), a.clone())],
+        "{what}: a learnt French"
+    );
+
+    // Skills cleared by a transfer: any agent with room.
+    let cleared = TransferTarget::Pool {
+        pool: pool.clone(),
+        skills: Some(Skills::default()),
+    };
+    let moved = transfer(&store, &zh_billing, cleared, at(27)).await;
+    assert!(moved.skills.is_empty(), "{what}: transfer clears skills");
+    let got = assign(&store, &pool, at(28)).await;
+    assert_eq!(
+        pairs(&got),
+        vec![(zh_billing.clone(), z.clone())],
+        "{what}: the longest idle with room takes it (z, released by the transfer)"
+    );
+
+    // A closed conversation leaves its skill queue; the queue works on after it.
+    let gone = open_asking(&store, prefix, "c6", &pool, &["de"], at(29)).await;
+    let kept = open_asking(&store, prefix, "c7", &pool, &["de"], at(30)).await;
+    close(&store, &gone, at(31)).await;
+    assert_eq!(
+        queue(&store, &pool).await,
+        vec![kept.clone()],
+        "{what}: closed one left"
+    );
+    skilled_agent(&store, &b, &[&pool], 2, &["de"], at(32)).await;
+    let got = assign(&store, &pool, at(33)).await;
+    assert_eq!(
+        pairs(&got),
+        vec![(kept, b.clone())],
+        "{what}: the next in its queue"
+    );
+    assert!(
+        queue(&store, &pool).await.is_empty(),
+        "{what}: drained at last"
+    );
+}
+
 /// Commands' changes are noted in the same step as the change ([`Note`]): an assignment by
 /// `assign_queued_noted` (never by routing's `assign_queued`), an agent update, a close and a
 /// transfer (with the agent they took the conversation from), and a lapsed agent's expiry. Notes
@@ -1283,7 +1497,7 @@ pub async fn unannounced_notes(factory: &impl MakeStore, prefix: &str) {
     agent(&store, &y, &[&pool], 1, AgentStatus::Online, at(6)).await;
     for (target, t) in [
         (TransferTarget::Agent(y.clone()), 7),
-        (TransferTarget::Pool(other_pool.clone()), 8),
+        (TransferTarget::pool(other_pool.clone()), 8),
     ] {
         store
             .transfer(&second.id, target, at(t))
@@ -1300,7 +1514,7 @@ pub async fn unannounced_notes(factory: &impl MakeStore, prefix: &str) {
     );
     assert!(
         store
-            .transfer(&first.id, TransferTarget::Pool(pool.clone()), at(9))
+            .transfer(&first.id, TransferTarget::pool(pool.clone()), at(9))
             .await
             .is_err(),
         "{what}: a transfer of a closed conversation"
@@ -1545,7 +1759,7 @@ pub async fn transfer_to_pool_and_agent(factory: &impl MakeStore, prefix: &str) 
     );
 
     let moved = store
-        .transfer(&conv.id, TransferTarget::Pool(vip.clone()), at(4))
+        .transfer(&conv.id, TransferTarget::pool(vip.clone()), at(4))
         .await
         .unwrap_or_else(|e| panic!("{what}: transfer to pool: {e}"));
     let c = &moved.conversation;
@@ -1693,7 +1907,7 @@ pub async fn transfer_to_pool_and_agent(factory: &impl MakeStore, prefix: &str) 
         .await
         .unwrap_or_else(|e| panic!("{what}: close: {e}"));
     let closed = store
-        .transfer(&conv.id, TransferTarget::Pool(sales.clone()), at(18))
+        .transfer(&conv.id, TransferTarget::pool(sales.clone()), at(18))
         .await;
     assert_eq!(
         closed.as_ref().err().and_then(conflict_code),
@@ -2654,8 +2868,7 @@ fn routing<'a>(
         resolve: ResolveRequest::of_sender(envelope, false, now),
         claim: format!("{prefix}routed:{}", envelope.dedupe_key),
         claim_ttl: Duration::from_secs(60),
-        pool: pool.to_owned(),
-        bot: None,
+        placement: Placement::queued(pool.to_owned()),
     }
 }
 
@@ -2822,7 +3035,7 @@ pub async fn route_inbound_opens_with_a_bot(factory: &impl MakeStore, prefix: &s
     agent(&store, &x, &[&pool], 5, AgentStatus::Online, at(0)).await;
     let e = unrouted(prefix, "asks-the-bot", &[], at(1));
     let mut req = routing(prefix, &e, &pool, at(1));
-    req.bot = Some(bot.clone());
+    req.placement.bot = Some(bot.clone());
     let (_, record, assignments) = routed(what, route(&store, req).await);
     let id = record.conversation.id.clone();
     assert!(record.created, "{what}: no conversation opened");
@@ -2848,7 +3061,7 @@ pub async fn route_inbound_opens_with_a_bot(factory: &impl MakeStore, prefix: &s
     let mut next = unrouted(prefix, "asks-the-bot", &[], at(3));
     next.dedupe_key = format!("{prefix}second");
     let mut req = routing(prefix, &next, &pool, at(3));
-    req.bot = Some(bot.clone());
+    req.placement.bot = Some(bot.clone());
     let (_, record, _) = routed(what, route(&store, req).await);
     assert_eq!(
         (record.conversation.id.as_str(), record.created),
@@ -2883,7 +3096,7 @@ pub async fn route_inbound_opens_with_a_bot(factory: &impl MakeStore, prefix: &s
 
     // The hand-off: to the pool's queue, and on to the agent.
     let release = store
-        .transfer(&id, TransferTarget::Pool(pool.clone()), at(5))
+        .transfer(&id, TransferTarget::pool(pool.clone()), at(5))
         .await
         .unwrap_or_else(|e| panic!("{what}: transfer: {e}"));
     assert!(
@@ -2900,7 +3113,7 @@ pub async fn route_inbound_opens_with_a_bot(factory: &impl MakeStore, prefix: &s
     // Closing a conversation the bot holds releases no agent.
     let other = unrouted(prefix, "closes-with-the-bot", &[], at(7));
     let mut req = routing(prefix, &other, &pool, at(7));
-    req.bot = Some(bot.clone());
+    req.placement.bot = Some(bot.clone());
     let (_, record, _) = routed(what, route(&store, req).await);
     let release = store
         .close_conversation(&record.conversation.id, "bot", at(8))
@@ -2929,7 +3142,7 @@ pub async fn idle_bot_conversations_longest_silent_first(factory: &impl MakeStor
         async move {
             let e = unrouted(prefix, name, &[], at(t));
             let mut req = routing(prefix, &e, pool, at(t));
-            req.bot = with_bot.then(|| bot.clone());
+            req.placement.bot = with_bot.then(|| bot.clone());
             routed(what, route(store, req).await).1.conversation
         }
     };
@@ -2994,7 +3207,7 @@ pub async fn idle_bot_conversations_longest_silent_first(factory: &impl MakeStor
     );
 
     store
-        .transfer(&a.id, TransferTarget::Pool(pool.clone()), at(8))
+        .transfer(&a.id, TransferTarget::pool(pool.clone()), at(8))
         .await
         .unwrap_or_else(|e| panic!("{what}: transfer: {e}"));
     assert_eq!(
@@ -3066,7 +3279,7 @@ pub async fn close_idle_only_when_unchanged(factory: &impl MakeStore, prefix: &s
 
     let b = unrouted(prefix, "with-the-bot", &[], at(5));
     let mut req = routing(prefix, &b, &pool, at(5));
-    req.bot = Some(format!("bot:{prefix}faq"));
+    req.placement.bot = Some(format!("bot:{prefix}faq"));
     let held = routed(what, route(&store, req).await).1.conversation.id;
     assert!(
         changed(store.close_idle(&held, at(9), at(9)).await),
@@ -3603,6 +3816,20 @@ pub async fn route_inbound_matches_stepwise(factory: &impl MakeStore, prefix: &s
     );
 }
 
+/// Transfers conversation `id`; returns it as the transfer left it.
+async fn transfer(
+    store: &Arc<dyn Store>,
+    id: &str,
+    target: TransferTarget,
+    now: DateTime<Utc>,
+) -> Conversation {
+    store
+        .transfer(id, target.clone(), now)
+        .await
+        .unwrap_or_else(|e| panic!("transfer({id}, {target:?}): {e}"))
+        .conversation
+}
+
 async fn close(store: &Arc<dyn Store>, id: &str, now: DateTime<Utc>) {
     store
         .close_conversation(id, "agent", now)
@@ -3994,7 +4221,11 @@ pub async fn pool_conversations_open_oldest_first(factory: &impl MakeStore, pref
         .customer;
     let eh = inbound_envelope(&h.id, &app_channel(), "h", vec![kh], "hi bot", t(22));
     let ch = store
-        .record_inbound(&eh, &pool, Some("bot:helper"), t(22))
+        .record_inbound(
+            &eh,
+            &Placement::queued(pool.as_str()).with_bot("bot:helper"),
+            t(22),
+        )
         .await
         .unwrap_or_else(|e| panic!("{what}: record_inbound with a bot: {e}"))
         .conversation;
@@ -4073,7 +4304,7 @@ pub async fn pool_conversations_open_oldest_first(factory: &impl MakeStore, pref
     // Closing and transferring away take conversations out of the listing.
     close(&store, &cf.id, t(30)).await;
     store
-        .transfer(&ce.id, TransferTarget::Pool(elsewhere.clone()), t(31))
+        .transfer(&ce.id, TransferTarget::pool(elsewhere.clone()), t(31))
         .await
         .unwrap_or_else(|e| panic!("{what}: transfer to {elsewhere}: {e}"));
     assert_eq!(
@@ -4915,6 +5146,7 @@ pub async fn run_all(factory: &impl MakeStore, prefix: &str) {
     capacity_never_exceeded(factory, &p("capacity")).await;
     concurrent_assignment_never_doubles(factory, &p("concurrent-assign")).await;
     queue_fifo_head_assigned_when_room_frees(factory, &p("fifo")).await;
+    skills_route_past_heads_nobody_can_take(factory, &p("skills")).await;
     record_outbound_conflicts(factory, &p("outbound")).await;
     unannounced_notes(factory, &p("unannounced")).await;
     transfer_to_pool_and_agent(factory, &p("transfer")).await;

@@ -12,14 +12,14 @@ use super::{
     AGENT_AT_CAPACITY, AgentUpdate, Assignment, CONVERSATION_OPEN, ConversationStart,
     CustomerConversationsQuery, CustomerUpdate, ERASED_BY_RETENTION, Erasure, IDLE_CLOSE_REASON,
     InboundOutcome, InboundRecord, InboundRouting, MailboxHead, MailboxItem, MailboxPush, Merge,
-    Note, NoteKind, QuietSweep, Release, Resolution, ResolveRequest, SenderResolution, Store,
-    StoreError, TransferTarget, UNKNOWN_CURSOR, decode_others_assigned, encode_others_assigned,
-    others_assigned_key, replay_others_assigned, status_listed,
+    Note, NoteKind, Placement, QuietSweep, Release, Resolution, ResolveRequest, SenderResolution,
+    Store, StoreError, TransferTarget, UNKNOWN_CURSOR, decode_others_assigned,
+    encode_others_assigned, others_assigned_key, replay_others_assigned, status_listed,
 };
 use crate::envelope::{Envelope, new_id};
 use crate::identity::{IdentityKey, IdentityStrength};
 use crate::model::{
-    Agent, AgentStatus, Conversation, ConversationStatus, Customer, IdentityRecord,
+    Agent, AgentStatus, Conversation, ConversationStatus, Customer, IdentityRecord, Skills,
 };
 
 /// Messages kept per conversation in memory; older ones are dropped from the embedded store.
@@ -52,7 +52,8 @@ struct State {
     open_by_customer: HashMap<String, String>,
     messages: HashMap<String, VecDeque<Envelope>>,
     message_ids: HashMap<String, String>,
-    queues: HashMap<String, VecDeque<String>>,
+    /// Each pool's queued conversations, per skill requirement.
+    queues: queues::Queues,
     /// Agents, with the per-pool index of those ready for a conversation.
     agents: agents::Agents,
     /// Customer id -> the `source` of the resolution that created it.
@@ -93,6 +94,7 @@ enum Presence {
 }
 
 mod agents;
+mod queues;
 
 /// What resolving a sender did ([`State::resolve`]), naming the surviving profile by id.
 struct Resolved {
@@ -193,9 +195,14 @@ impl State {
 
     /// Takes a conversation away from its agent or its queue; returns the agent it left.
     fn detach(&mut self, conversation_id: &str) -> Option<Agent> {
-        let (status, agent_id, pool) = {
+        let (status, agent_id, pool, skills) = {
             let c = self.conversations.get(conversation_id)?;
-            (c.status, c.agent_id.clone(), c.pool.clone())
+            (
+                c.status,
+                c.agent_id.clone(),
+                c.pool.clone(),
+                c.skills.clone(),
+            )
         };
         match status {
             ConversationStatus::Assigned => self.agents.update(agent_id.as_deref()?, |agent| {
@@ -203,9 +210,7 @@ impl State {
                 agent.clone()
             }),
             ConversationStatus::Queued => {
-                if let Some(q) = self.queues.get_mut(&pool) {
-                    q.retain(|c| c != conversation_id);
-                }
+                self.queues.remove(&pool, &skills, conversation_id);
                 None
             }
             ConversationStatus::Bot | ConversationStatus::Closed => None,
@@ -358,55 +363,126 @@ impl State {
         });
     }
 
-    /// The agent to take the next conversation of `pool`: the first of the pool's ready index
-    /// (longest idle, then lowest id). A candidate whose tracked presence lapsed is set offline
-    /// on the way (which takes it out of the index) and skipped, never chosen.
-    fn next_ready_agent(&mut self, pool: &str, now: DateTime<Utc>) -> Option<String> {
+    /// The agent to take the next conversation of `pool` asking `skills`: the first of the
+    /// pool's ready index (longest idle, then lowest id) with every skill asked. A candidate
+    /// whose tracked presence lapsed is set offline on the way (which takes it out of the index)
+    /// and skipped, never chosen.
+    fn next_ready_agent(
+        &mut self,
+        pool: &str,
+        skills: &Skills,
+        now: DateTime<Utc>,
+    ) -> Option<String> {
         loop {
-            let (_, id) = self.agents.ready(pool).next()?;
-            if !self.presence_lapsed(id) {
-                return Some(id.clone());
-            }
+            let (id, lapsed) = self.agents.ready(pool).find_map(|(_, id)| {
+                if self.presence_lapsed(id) {
+                    Some((id, true))
+                } else {
+                    let agent = self.agents.get(id)?;
+                    skills.held_by(&agent.skills).then_some((id, false))
+                }
+            })?;
             let id = id.clone();
+            if !lapsed {
+                return Some(id);
+            }
             self.expire_presence(&id, now);
             // Announced by the next sweep (`expire_lapsed_agents`).
             self.expired_unannounced.insert(id);
         }
     }
 
-    /// Assigns the head of `pool`'s queue to [`State::next_ready_agent`], if there is one.
-    fn assign_one(&mut self, pool: &str, now: DateTime<Utc>) -> Option<Assignment> {
-        loop {
-            let still_queued = {
-                let head = self.queues.get(pool)?.front()?;
-                self.conversations
-                    .get(head)
-                    .is_some_and(|c| c.status == ConversationStatus::Queued && c.pool == pool)
-            };
-            if !still_queued {
-                // Stale entry (closed or moved meanwhile): drop it and look at the next.
-                self.queues.get_mut(pool)?.pop_front();
+    /// Whether conversation `id` is queued in `pool`'s queue of `skills` (its entry there is
+    /// not stale).
+    fn queued_in(&self, id: &str, pool: &str, skills: &Skills) -> bool {
+        self.conversations.get(id).is_some_and(|c| {
+            c.status == ConversationStatus::Queued && c.pool == pool && c.skills == *skills
+        })
+    }
+
+    /// The oldest head (by `queued_at`, then id) of `pool`'s queues whose requirement is not
+    /// `blocked`: its requirement and id. Stale entries met on the way are dropped.
+    fn oldest_head(&mut self, pool: &str, blocked: &[Skills]) -> Option<(Skills, String)> {
+        let mut oldest: Option<(Option<DateTime<Utc>>, String, Skills)> = None;
+        for skills in self.queues.requirements(pool) {
+            if blocked.contains(&skills) {
                 continue;
             }
-            let agent_id = self.next_ready_agent(pool, now)?;
-            let head = self.queues.get_mut(pool)?.pop_front()?;
-            let c = self.conversations.get_mut(&head)?;
-            c.status = ConversationStatus::Assigned;
-            c.agent_id = Some(agent_id.clone());
-            c.assigned_at = Some(now);
-            c.updated_at = now;
-            let conversation = c.clone();
-            self.agents.update(&agent_id, |agent| {
-                agent.conversations.push(head);
-                agent.idle_since = now;
-                agent.updated_at = now;
-            });
-            return Some(Assignment {
-                conversation,
-                agent_id,
-                replayed: false,
-            });
+            let head = loop {
+                let Some(head) = self.queues.front(pool, &skills) else {
+                    break None;
+                };
+                if self.queued_in(head, pool, &skills) {
+                    break Some(head.clone());
+                }
+                // Stale entry (closed or moved meanwhile).
+                self.queues.pop_front(pool, &skills);
+            };
+            let Some(head) = head else {
+                continue;
+            };
+            let queued_at = self.conversations.get(&head).and_then(|c| c.queued_at);
+            if oldest
+                .as_ref()
+                .is_none_or(|(at, id, _)| (queued_at, &head) < (*at, id))
+            {
+                oldest = Some((queued_at, head, skills));
+            }
         }
+        oldest.map(|(_, id, skills)| (skills, id))
+    }
+
+    /// `pool`'s queued conversations in the order they are offered to agents that could take
+    /// any of them: the queues merged by their heads' `queued_at` (then id), each in its order.
+    fn queued_in_order(&self, pool: &str) -> Vec<String> {
+        let mut queues: Vec<_> = self
+            .queues
+            .of_pool(pool)
+            .map(|(skills, queue)| {
+                queue
+                    .iter()
+                    .filter(|id| self.queued_in(id, pool, skills))
+                    .map(|id| {
+                        let at = self.conversations.get(id).and_then(|c| c.queued_at);
+                        (at, id)
+                    })
+                    .peekable()
+            })
+            .collect();
+        let mut out = Vec::new();
+        loop {
+            let next = queues
+                .iter_mut()
+                .enumerate()
+                .filter_map(|(i, q)| q.peek().map(|head| (*head, i)))
+                .min();
+            let Some((_, i)) = next else {
+                return out;
+            };
+            if let Some((_, id)) = queues[i].next() {
+                out.push(id.clone());
+            }
+        }
+    }
+
+    /// Hands the queued conversation `id` (the head of its queue) to agent `agent_id`.
+    fn assign(&mut self, id: &str, agent_id: String, now: DateTime<Utc>) -> Option<Assignment> {
+        let c = self.conversations.get_mut(id)?;
+        c.status = ConversationStatus::Assigned;
+        c.agent_id = Some(agent_id.clone());
+        c.assigned_at = Some(now);
+        c.updated_at = now;
+        let conversation = c.clone();
+        self.agents.update(&agent_id, |agent| {
+            agent.conversations.push(id.to_owned());
+            agent.idle_since = now;
+            agent.updated_at = now;
+        });
+        Some(Assignment {
+            conversation,
+            agent_id,
+            replayed: false,
+        })
     }
 
     /// [`Store::claim_key`]: `None` when the claim is ours, else the holder's value.
@@ -665,14 +741,12 @@ impl State {
     }
 
     /// [`Store::record_inbound`] of `envelope` for `customer_id` (the envelope's own
-    /// `customer_id` is not read); a conversation it opens is held by `bot` when given
-    /// ([`InboundRouting::bot`]), else queued in `pool`.
+    /// `customer_id` is not read); a conversation it opens goes where `placement` says.
     fn record_inbound(
         &mut self,
         envelope: &Envelope,
         customer_id: Option<&str>,
-        pool: &str,
-        bot: Option<&str>,
+        placement: &Placement,
         now: DateTime<Utc>,
     ) -> Result<InboundRecord, StoreError> {
         if let Some(conv_id) = self.message_ids.get(&envelope.id).cloned() {
@@ -698,6 +772,7 @@ impl State {
             Some(id) => (id.clone(), false),
             None => {
                 let id = new_id();
+                let Placement { pool, bot, skills } = placement;
                 self.conversations.insert(
                     id.clone(),
                     Conversation {
@@ -709,8 +784,9 @@ impl State {
                         } else {
                             ConversationStatus::Queued
                         },
-                        pool: pool.to_owned(),
-                        agent_id: bot.map(str::to_owned),
+                        pool: pool.clone(),
+                        skills: skills.clone(),
+                        agent_id: bot.clone(),
                         channel: envelope.channel.clone(),
                         recipient: envelope.sender.clone(),
                         last_inbound_id: None,
@@ -730,10 +806,7 @@ impl State {
                 self.conversation_opened_by
                     .insert(id.clone(), envelope.id.clone());
                 if bot.is_none() {
-                    self.queues
-                        .entry(pool.to_owned())
-                        .or_default()
-                        .push_back(id.clone());
+                    self.queues.push(pool, skills, id.clone());
                 }
                 (id, true)
             }
@@ -754,11 +827,22 @@ impl State {
         })
     }
 
-    /// [`Store::assign_queued`].
+    /// [`Store::assign_queued`]: repeatedly, the oldest head of the pool's queues goes to the
+    /// first ready agent with its skills; a requirement no such agent meets is passed over until
+    /// the end of this call.
     fn assign_queued(&mut self, pool: &str, now: DateTime<Utc>) -> Vec<Assignment> {
         let mut out = Vec::new();
-        while let Some(a) = self.assign_one(pool, now) {
-            out.push(a);
+        let mut blocked = Vec::new();
+        while let Some((skills, head)) = self.oldest_head(pool, &blocked) {
+            match self.next_ready_agent(pool, &skills, now) {
+                Some(agent_id) => {
+                    self.queues.pop_front(pool, &skills);
+                    out.extend(self.assign(&head, agent_id, now));
+                }
+                // Nobody with room at all.
+                None if skills.is_empty() => break,
+                None => blocked.push(skills),
+            }
         }
         out
     }
@@ -827,12 +911,11 @@ impl Store for EmbeddedStore {
     async fn record_inbound(
         &self,
         envelope: &Envelope,
-        pool: &str,
-        bot: Option<&str>,
+        placement: &Placement,
         now: DateTime<Utc>,
     ) -> Result<InboundRecord, StoreError> {
         self.lock()
-            .record_inbound(envelope, envelope.customer_id.as_deref(), pool, bot, now)
+            .record_inbound(envelope, envelope.customer_id.as_deref(), placement, now)
     }
 
     async fn route_inbound(&self, req: InboundRouting<'_>) -> Result<InboundOutcome, StoreError> {
@@ -849,13 +932,8 @@ impl Store for EmbeddedStore {
         for note in Note::of_merges(&resolution.merges, &resolution.closed, now) {
             s.note(note);
         }
-        let record = s.record_inbound(
-            envelope,
-            Some(&resolution.customer_id),
-            &req.pool,
-            req.bot.as_deref(),
-            now,
-        )?;
+        let record =
+            s.record_inbound(envelope, Some(&resolution.customer_id), &req.placement, now)?;
         let mut assignments = if record.conversation.status == ConversationStatus::Queued {
             s.assign_queued(&record.conversation.pool, now)
         } else {
@@ -1097,20 +1175,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn queue(&self, pool: &str) -> Result<Vec<String>, StoreError> {
-        let s = self.lock();
-        Ok(s.queues
-            .get(pool)
-            .map(|q| {
-                q.iter()
-                    .filter(|id| {
-                        s.conversations.get(*id).is_some_and(|c| {
-                            c.status == ConversationStatus::Queued && c.pool == pool
-                        })
-                    })
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default())
+        Ok(self.lock().queued_in_order(pool))
     }
 
     async fn customer_conversations(
@@ -1253,6 +1318,7 @@ impl Store for EmbeddedStore {
             customer_id: customer_id.clone(),
             status: ConversationStatus::Assigned,
             pool: pool.to_owned(),
+            skills: Skills::default(),
             agent_id: Some(agent_id.to_owned()),
             channel: envelope.channel.clone(),
             recipient: envelope.sender.clone(),
@@ -1500,7 +1566,7 @@ impl Store for EmbeddedStore {
         let released_agent = s.detach(id);
         let mut note = Note::new(
             match target {
-                TransferTarget::Pool(_) => NoteKind::TransferredToPool,
+                TransferTarget::Pool { .. } => NoteKind::TransferredToPool,
                 TransferTarget::Agent(_) => NoteKind::TransferredToAgent,
             },
             id,
@@ -1509,17 +1575,18 @@ impl Store for EmbeddedStore {
         note.from_agent = released_agent.as_ref().map(|a| a.id.clone());
         s.note(note);
         match target {
-            TransferTarget::Pool(pool) => {
-                s.queues
-                    .entry(pool.clone())
-                    .or_default()
-                    .push_back(id.to_owned());
+            TransferTarget::Pool { pool, skills } => {
                 let c = s.conversation_mut(id)?;
+                if let Some(skills) = skills {
+                    c.skills = skills;
+                }
+                let skills = c.skills.clone();
                 c.status = ConversationStatus::Queued;
-                c.pool = pool;
+                c.pool = pool.clone();
                 c.agent_id = None;
                 c.queued_at = Some(now);
                 c.updated_at = now;
+                s.queues.push(&pool, &skills, id.to_owned());
             }
             TransferTarget::Agent(agent_id) => {
                 s.agents.update(&agent_id, |agent| {
@@ -1819,8 +1886,7 @@ mod tests {
                             resolve: ResolveRequest::of_sender(&envelope, false, now),
                             claim: format!("routed:{}", envelope.dedupe_key),
                             claim_ttl: Duration::from_secs(3600),
-                            pool: POOLS[*pool].to_owned(),
-                            bot: None,
+                            placement: Placement::queued(POOLS[*pool].to_owned()),
                         })
                         .await
                         .unwrap();
@@ -1858,7 +1924,7 @@ mod tests {
                 }
                 Op::TransferPool { pick, pool } => {
                     if let Some(id) = self.pick(*pick) {
-                        let target = TransferTarget::Pool(POOLS[*pool].to_owned());
+                        let target = TransferTarget::pool(POOLS[*pool].to_owned());
                         let result = store.transfer(&id, target, now).await;
                         allow_refusal("transfer to a pool", result);
                     }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::envelope::Envelope;
 use crate::identity::{IdentityKey, IdentityStrength};
-use crate::model::{Agent, AgentStatus, Conversation, ConversationStatus, Customer};
+use crate::model::{Agent, AgentStatus, Conversation, ConversationStatus, Customer, Skills};
 
 /// Why a store operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -185,11 +185,44 @@ pub struct InboundRouting<'a> {
     pub claim: String,
     /// How long the claim holds (real time, like [`Store::claim_key`]).
     pub claim_ttl: Duration,
-    /// The pool a conversation opened by this message belongs to.
+    /// Where a conversation opened by this message goes.
+    pub placement: Placement,
+}
+
+/// Where a conversation opened by an inbound message goes: its pool, the bot that holds it
+/// first, and the skills it asks of the agent offered it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// The pool it belongs to.
     pub pool: String,
-    /// The bot (its agent id, `bot:{id}`) that holds a conversation this message opens: it
-    /// starts in status `bot` instead of the pool's queue. `None`: queued.
+    /// The bot (its agent id, `bot:{id}`) that holds it: it starts in status `bot` instead of
+    /// the pool's queue. `None`: queued.
     pub bot: Option<String>,
+    /// The skills an agent needs to be offered it ([`Conversation::skills`]).
+    pub skills: Skills,
+}
+
+impl Placement {
+    /// Queued in `pool`, asking no skill.
+    pub fn queued(pool: impl Into<String>) -> Self {
+        Placement {
+            pool: pool.into(),
+            bot: None,
+            skills: Skills::default(),
+        }
+    }
+
+    /// Held first by `bot` (an agent id, `bot:{id}`).
+    pub fn with_bot(mut self, bot: impl Into<String>) -> Self {
+        self.bot = Some(bot.into());
+        self
+    }
+
+    /// Asking `skills` of its agent.
+    pub fn with_skills(mut self, skills: Skills) -> Self {
+        self.skills = skills;
+        self
+    }
 }
 
 /// Outcome of [`Store::route_inbound`].
@@ -235,8 +268,7 @@ pub async fn route_inbound_stepwise<S: Store + ?Sized>(
         resolve,
         claim,
         claim_ttl,
-        pool,
-        bot,
+        placement,
     } = req;
     let retry = match store.claim_key(&claim, &envelope.id, claim_ttl).await? {
         Some(first) if first != envelope.id => return Ok(InboundOutcome::Duplicate { first }),
@@ -246,9 +278,7 @@ pub async fn route_inbound_stepwise<S: Store + ?Sized>(
     let resolution = store.resolve_customer_noted(resolve).await?;
     let mut resolved = envelope.clone();
     resolved.customer_id = Some(resolution.customer.id.clone());
-    let record = store
-        .record_inbound(&resolved, &pool, bot.as_deref(), now)
-        .await?;
+    let record = store.record_inbound(&resolved, &placement, now).await?;
     let mut assignments = if record.conversation.status == ConversationStatus::Queued {
         store.assign_queued(&record.conversation.pool, now).await?
     } else {
@@ -349,9 +379,24 @@ pub struct AgentUpdate {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TransferTarget {
     /// Back into a pool's queue.
-    Pool(String),
+    Pool {
+        /// The pool.
+        pool: String,
+        /// The skills it asks of its next agent from now on; `None` keeps those it asked.
+        skills: Option<Skills>,
+    },
     /// Straight to an agent (who must have room).
     Agent(String),
+}
+
+impl TransferTarget {
+    /// Into `pool`'s queue, asking the skills it asked before.
+    pub fn pool(pool: impl Into<String>) -> Self {
+        TransferTarget::Pool {
+            pool: pool.into(),
+            skills: None,
+        }
+    }
 }
 
 /// Outcome of a close or transfer: the conversation and the agent it left, if any.
@@ -793,18 +838,20 @@ pub trait Store: Send + Sync + 'static {
     -> Result<Option<Customer>, StoreError>;
 
     /// Appends an inbound envelope (its `customer_id` set) to the customer's open conversation,
-    /// opening one in `pool` if there is none: held by `bot` (status `bot`) when given, else
-    /// queued. Idempotent by envelope id.
+    /// opening one as `placement` says if there is none: held by its bot (status `bot`) when it
+    /// names one, else queued in its pool. Idempotent by envelope id.
     async fn record_inbound(
         &self,
         envelope: &Envelope,
-        pool: &str,
-        bot: Option<&str>,
+        placement: &Placement,
         now: DateTime<Utc>,
     ) -> Result<InboundRecord, StoreError>;
 
-    /// Assigns queued conversations of `pool`, head first, each to the longest-idle online agent
-    /// of the pool with room, until the queue or the room runs out.
+    /// Assigns queued conversations of `pool`, oldest first, each to the longest-idle online
+    /// agent of the pool with room who has every skill it asks for ([`Conversation::skills`]),
+    /// until no queued conversation can go to an agent. A conversation no agent with room can
+    /// take holds back only the others asking for the same skills, not those behind it asking
+    /// for other skills or none.
     async fn assign_queued(
         &self,
         pool: &str,

@@ -59,14 +59,14 @@ use super::{
     AGENT_AT_CAPACITY, AgentUpdate, Assignment, CONVERSATION_OPEN, ConversationStart,
     CustomerConversationsQuery, CustomerUpdate, ERASED_BY_RETENTION, Erasure, IDLE_CLOSE_REASON,
     InboundOutcome, InboundRecord, InboundRouting, MAX_CUSTOMER_ATTRIBUTES, MAX_CUSTOMER_TAGS,
-    MailboxHead, MailboxItem, MailboxPush, Merge, Note, QuietSweep, Release, Resolution,
+    MailboxHead, MailboxItem, MailboxPush, Merge, Note, Placement, QuietSweep, Release, Resolution,
     ResolveRequest, SenderResolution, Store, StoreError, TOO_MANY_ATTRIBUTES, TOO_MANY_TAGS,
     TransferTarget, UNKNOWN_CURSOR,
 };
 use crate::envelope::{ChannelRef, Envelope, Sender, new_id};
 use crate::identity::{IdentityKey, IdentityStrength};
 use crate::model::{
-    Agent, AgentStatus, Conversation, ConversationStatus, Customer, IdentityRecord,
+    Agent, AgentStatus, Conversation, ConversationStatus, Customer, IdentityRecord, Skills,
 };
 use crate::tls::ClientTls;
 
@@ -114,12 +114,13 @@ fn script(body: &str) -> Script {
 /// The fields of a conversation hash that scripts reply (`conv_reply` in `prelude.lua`, as
 /// `CONV_FIELDS`), values only, in this order: half the size of the field-value pairs of
 /// `HGETALL`, and without the internal fields.
-const CONVERSATION_FIELDS: [&str; 19] = [
+const CONVERSATION_FIELDS: [&str; 20] = [
     "id",
     "tenant",
     "customer_id",
     "status",
     "pool",
+    "skills",
     "agent_id",
     "channel_kind",
     "channel_id",
@@ -337,13 +338,12 @@ impl RedisStore {
         args
     }
 
-    /// The `ARGV` of `record_inbound.lua`, with the id of a conversation it may open, in
-    /// `pool` or held by `bot`.
+    /// The `ARGV` of `record_inbound.lua`, with the id of a conversation it may open where
+    /// `placement` says.
     fn record_args(
         &self,
         envelope: &Envelope,
-        pool: &str,
-        bot: Option<&str>,
+        placement: &Placement,
         now: DateTime<Utc>,
     ) -> Result<Vec<String>, StoreError> {
         Ok(vec![
@@ -351,7 +351,7 @@ impl RedisStore {
             envelope.id.clone(),
             flag(envelope.customer_id.is_some()).to_owned(),
             envelope.customer_id.clone().unwrap_or_default(),
-            pool.to_owned(),
+            placement.pool.clone(),
             stamp(now),
             new_id(),
             envelope.tenant.clone(),
@@ -359,8 +359,19 @@ impl RedisStore {
             envelope.channel.id.clone(),
             json(&envelope.sender)?,
             json(envelope)?,
-            bot.unwrap_or_default().to_owned(),
+            placement.bot.clone().unwrap_or_default(),
+            skills_arg(&placement.skills)?,
         ])
+    }
+}
+
+/// Skills as the scripts take them: the JSON array, which also names the queue of the
+/// conversations asking for them (`P:skill-queue:{pool}|{skills}`); empty for none.
+fn skills_arg(skills: &Skills) -> Result<String, StoreError> {
+    if skills.is_empty() {
+        Ok(String::new())
+    } else {
+        json(skills)
     }
 }
 
@@ -621,6 +632,11 @@ fn conversation(v: Value) -> Result<Option<Conversation>, StoreError> {
         customer_id: f.req("customer_id")?,
         status,
         pool: f.req("pool")?,
+        skills: match f.take("skills") {
+            Some(skills) => serde_json::from_str(&skills)
+                .map_err(|e| bad(format_args!("conversation skills: {e}")))?,
+            None => Skills::default(),
+        },
         agent_id: f.take("agent_id"),
         channel: ChannelRef {
             kind: f.req("channel_kind")?,
@@ -985,12 +1001,11 @@ impl Store for RedisStore {
     async fn record_inbound(
         &self,
         envelope: &Envelope,
-        pool: &str,
-        bot: Option<&str>,
+        placement: &Placement,
         now: DateTime<Utc>,
     ) -> Result<InboundRecord, StoreError> {
         let mut inv = RECORD_INBOUND.prepare_invoke();
-        inv.arg(self.record_args(envelope, pool, bot, now)?);
+        inv.arg(self.record_args(envelope, placement, now)?);
         inbound_record(self.eval(&inv, false).await?)
     }
 
@@ -1001,8 +1016,7 @@ impl Store for RedisStore {
         resolve.push("announced".to_owned());
         resolve.push("noted".to_owned());
         // The script replaces the customer fields with the customer it resolves.
-        let record =
-            self.record_args(req.envelope, &req.pool, req.bot.as_deref(), req.resolve.now)?;
+        let record = self.record_args(req.envelope, &req.placement, req.resolve.now)?;
         let mut inv = ROUTE_INBOUND.prepare_invoke();
         inv.arg(&self.prefix);
         for section in [&claim, &resolve, &record] {
@@ -1412,16 +1426,19 @@ impl Store for RedisStore {
         target: TransferTarget,
         now: DateTime<Utc>,
     ) -> Result<Release, StoreError> {
-        let (kind, target) = match &target {
-            TransferTarget::Pool(pool) => ("pool", pool),
-            TransferTarget::Agent(agent) => ("agent", agent),
-        };
         let mut inv = TRANSFER.prepare_invoke();
-        inv.arg(&self.prefix)
-            .arg(id)
-            .arg(stamp(now))
-            .arg(kind)
-            .arg(target);
+        inv.arg(&self.prefix).arg(id).arg(stamp(now));
+        match &target {
+            TransferTarget::Pool { pool, skills } => {
+                inv.arg("pool").arg(pool);
+                if let Some(skills) = skills {
+                    inv.arg(skills_arg(skills)?);
+                }
+            }
+            TransferTarget::Agent(agent) => {
+                inv.arg("agent").arg(agent);
+            }
+        }
         release(self.eval(&inv, false).await?)
     }
 
@@ -1530,6 +1547,7 @@ mod tests {
             "customer_id" => Some("cu-1"),
             "status" => Some("assigned"),
             "pool" => Some("default"),
+            "skills" => Some(r#"["billing","zh"]"#),
             "agent_id" => Some("a-1"),
             "channel_kind" => Some("api"),
             "channel_id" => Some("shop-app"),
@@ -1551,6 +1569,7 @@ mod tests {
             ("c-1", "cu-1", Some("a-1"))
         );
         assert_eq!(c.status, ConversationStatus::Assigned);
+        assert_eq!(c.skills, Skills::new(["zh", "billing"]));
         assert_eq!(
             (c.channel.kind.as_str(), c.channel.id.as_str()),
             ("api", "shop-app")

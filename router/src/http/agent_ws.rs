@@ -18,12 +18,13 @@ use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
 use switchyard_core::model::AgentStatus;
 use switchyard_core::protocol::{AgentEvent, AgentRequest};
-use switchyard_core::store::{AgentUpdate, StoreError, TransferTarget};
+use switchyard_core::store::{AgentUpdate, StoreError};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
+use super::rest::{check_skill_names, transfer_target};
 use super::{ApiError, HttpState};
 use crate::error::RouteError;
 use crate::hub::SOCKET_BUFFER;
@@ -178,6 +179,7 @@ async fn session(socket: WebSocket, state: HttpState) {
                 agent_id,
                 name,
                 pools,
+                skills,
                 capacity,
                 status,
             } = request
@@ -189,6 +191,10 @@ async fn session(socket: WebSocket, state: HttpState) {
                             ApiError::bad_request("invalid", "agent_id must be 1 to 128 bytes"),
                         ))
                         .await;
+                    continue;
+                }
+                if let Some(Err(e)) = skills.as_deref().map(check_skill_names) {
+                    let _ = tx.send(error_event(None, e)).await;
                     continue;
                 }
                 // Register before going online, so no assignment slips between the two.
@@ -214,7 +220,7 @@ async fn session(socket: WebSocket, state: HttpState) {
                     id: agent_id.clone(),
                     name,
                     pools,
-                    skills: None,
+                    skills,
                     capacity,
                     status: Some(status.unwrap_or(AgentStatus::Online)),
                 };
@@ -354,16 +360,11 @@ async fn command(state: &HttpState, agent_id: &str, request: AgentRequest) -> Op
             conversation_id,
             pool,
             agent_id: to_agent,
+            skills,
         } => {
-            let target = match (pool, to_agent) {
-                (Some(pool), None) => TransferTarget::Pool(pool),
-                (None, Some(agent)) => TransferTarget::Agent(agent),
-                _ => {
-                    return Some(error_event(
-                        None,
-                        ApiError::bad_request("invalid", "give exactly one of `pool`, `agent_id`"),
-                    ));
-                }
+            let target = match transfer_target(pool, to_agent, skills) {
+                Ok(target) => target,
+                Err(e) => return Some(error_event(None, e)),
             };
             match state
                 .ops

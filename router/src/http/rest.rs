@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use switchyard_core::envelope::Content;
 use switchyard_core::identity::IdentityKey;
-use switchyard_core::model::AgentStatus;
+use switchyard_core::model::{AgentStatus, MAX_TAG_CHARS, Skills, is_valid_skill};
 use switchyard_core::store::{AgentUpdate, TransferTarget};
 
 use super::customer_patch::CustomerPatch;
@@ -85,6 +85,9 @@ pub async fn put_agent(
             "invalid",
             "agent id must be 1 to 128 bytes",
         ));
+    }
+    if let Some(skills) = &body.skills {
+        check_skill_names(skills)?;
     }
     if body.capacity.is_some_and(|c| c > 1000) {
         return Err(ApiError::bad_request(
@@ -199,11 +202,57 @@ pub async fn close(
 pub struct Transfer {
     pool: Option<String>,
     agent_id: Option<String>,
+    /// With `pool`: the skills asked from now on.
+    skills: Option<Vec<String>>,
     /// The agent asking, who must hold the conversation.
     by_agent_id: Option<String>,
 }
 
-/// `POST /v1/conversations/{id}/transfer` `{"pool"} | {"agent_id"}`.
+/// Where a transfer request (REST or agent WebSocket) sends a conversation: exactly one of
+/// `pool` and `agent_id`, and `skills` only with `pool`, each a valid skill name.
+pub(super) fn transfer_target(
+    pool: Option<String>,
+    agent_id: Option<String>,
+    skills: Option<Vec<String>>,
+) -> Result<TransferTarget, ApiError> {
+    match (pool, agent_id, skills) {
+        (Some(pool), None, skills) => Ok(TransferTarget::Pool {
+            pool,
+            skills: skills.map(checked_skills).transpose()?,
+        }),
+        (None, Some(agent), None) => Ok(TransferTarget::Agent(agent)),
+        (None, Some(_), Some(_)) => Err(ApiError::bad_request(
+            "invalid",
+            "`skills` goes with `pool`: a transfer to an agent asks for none",
+        )),
+        _ => Err(ApiError::bad_request(
+            "invalid",
+            "give exactly one of `pool`, `agent_id`",
+        )),
+    }
+}
+
+/// `skills` as a requirement, if each is a valid skill name ([`is_valid_skill`]).
+fn checked_skills(skills: Vec<String>) -> Result<Skills, ApiError> {
+    check_skill_names(&skills)?;
+    Ok(Skills::new(skills))
+}
+
+/// Refuses a list naming an invalid skill.
+pub(super) fn check_skill_names(skills: &[String]) -> Result<(), ApiError> {
+    match skills.iter().position(|skill| !is_valid_skill(skill)) {
+        Some(index) => Err(ApiError::bad_request(
+            "invalid",
+            format!(
+                "`skills[{index}]` is not a skill name: 1 to {MAX_TAG_CHARS} characters without \
+                 control characters"
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// `POST /v1/conversations/{id}/transfer` `{"pool", "skills"?} | {"agent_id"}`.
 pub async fn transfer(
     State(state): State<HttpState>,
     Path(id): Path<String>,
@@ -211,16 +260,7 @@ pub async fn transfer(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body: Transfer = json_body(&state, &headers, body)?;
-    let target = match (body.pool, body.agent_id) {
-        (Some(pool), None) => TransferTarget::Pool(pool),
-        (None, Some(agent)) => TransferTarget::Agent(agent),
-        _ => {
-            return Err(ApiError::bad_request(
-                "invalid",
-                "give exactly one of `pool`, `agent_id`",
-            ));
-        }
-    };
+    let target = transfer_target(body.pool, body.agent_id, body.skills)?;
     let conversation = state
         .ops
         .transfer(&id, body.by_agent_id.as_deref(), target)

@@ -1,25 +1,47 @@
 -- assign_queued. ARGV: prefix, pool, now, and optionally `noted`: then each assignment is also
 -- noted (Store::assign_queued_noted). Reply: {{conversation, agent id}...}, in order.
--- Repeatedly: the head of the pool's queue (stale entries dropped) goes to the first agent of
--- the pool's index of agents with room (idle_since, then id). Reading the index's first member
--- costs the same with 3 agents or 3 000. A candidate whose tracked presence lapsed (its gateway
--- stopped heart-beating) is set offline here and skipped; a member that no longer has room or
--- is not online (an index written before it held only agents with room) is dropped.
+-- Repeatedly: the oldest head (queued_at, then id) of the pool's queues (one per skill set asked
+-- for; stale entries dropped) goes to the first agent of the pool's index of agents with room
+-- (idle_since, then id) who has every skill it asks for. A queue whose head no such agent can
+-- take is passed over until the end of this call, so it holds back only conversations asking
+-- for the same skills. Reading the index's first member costs the same with 3 agents or 3 000;
+-- a head asking for skills reads members until one has them. A candidate whose tracked presence
+-- lapsed (its gateway stopped heart-beating) is set offline here and skipped; a member that no
+-- longer has room or is not online (an index written before it held only agents with room) is
+-- dropped.
 
 local pool, now = ARGV[2], ARGV[3]
-local qk, zk = key('queue', pool), key('pool-online', pool)
+local zk = key('pool-online', pool)
 local out = {}
 
--- The agent id of the index's first member that can take a conversation, with its {status,
--- idle_since, capacity}; nil when there is none.
-local function first_ready_agent()
+-- Whether agent `aid` has every skill of `wanted` (a list).
+local function has_skills(aid, wanted)
+  local held = {}
+  for _, s in ipairs(redis.call('LRANGE', key('agent-skills', aid), 0, -1)) do
+    held[s] = true
+  end
+  for _, s in ipairs(wanted) do
+    if not held[s] then
+      return false
+    end
+  end
+  return true
+end
+
+-- The agent id of the index's first member that can take a conversation asking for `skills`
+-- (a JSON array, or false for none), with its {status, idle_since, capacity}; nil when there
+-- is none.
+local function first_ready_agent(skills)
+  local wanted = skills and cjson.decode(skills)
+  local pos = 0
   while true do
-    local m = redis.call('ZRANGE', zk, 0, 0)[1]
+    local m = redis.call('ZRANGE', zk, pos, pos)[1]
     if not m then
       return nil
     end
     local sep = string.find(m, '|', 1, true)
     local aid = sep and string.sub(m, sep + 1)
+    local ready = false
     if aid then
       local a = redis.call('HMGET', key('agent', aid), 'status', 'capacity', 'presence',
         'idle_since')
@@ -29,28 +51,64 @@ local function first_ready_agent()
         redis.call('SADD', P .. ':agents-expired', aid)
       elseif a[1] == 'online' and a[4] == string.sub(m, 1, sep - 1)
         and redis.call('LLEN', key('agent-convs', aid)) < (tonumber(a[2]) or 0) then
-        return aid, { a[1], a[4], a[2] }
+        ready = true
+        if not wanted or has_skills(aid, wanted) then
+          return aid, { a[1], a[4], a[2] }
+        end
       end
     end
-    redis.call('ZREM', zk, m)
+    if ready then
+      pos = pos + 1
+    else
+      redis.call('ZREM', zk, m)
+    end
   end
 end
 
-while true do
-  local head = redis.call('LINDEX', qk, 0)
-  if not head then
-    break
-  end
-  local c = redis.call('HMGET', key('conv', head), 'status', 'pool')
-  if c[1] ~= 'queued' or c[2] ~= pool then
-    -- Stale entry (closed or moved meanwhile).
-    redis.call('LPOP', qk)
-  else
-    local chosen, agent = first_ready_agent()
-    if not chosen then
-      break
+-- The live head of pool's queue of `skills` as {id, queued_at}, stale entries dropped; false
+-- when the queue is empty (an empty skill queue leaves the pool's set).
+local function live_head(skills)
+  local qk = queue_key(pool, skills)
+  while true do
+    local id = redis.call('LINDEX', qk, 0)
+    if not id then
+      if skills then
+        redis.call('SREM', key('skill-queues', pool), skills)
+      end
+      return false
+    end
+    local live, queued_at = queued_in(id, pool, skills)
+    if live then
+      return { id, queued_at }
     end
     redis.call('LPOP', qk)
+  end
+end
+
+local queues = pool_queues(pool)
+-- Per queue (by position in `queues`): its live head once read (false: empty), and whether no
+-- ready agent can take it.
+local heads, blocked = {}, {}
+while true do
+  local best
+  for i, skills in ipairs(queues) do
+    if not blocked[i] then
+      if heads[i] == nil then
+        heads[i] = live_head(skills)
+      end
+      if heads[i] and (not best or head_before(heads[i], heads[best])) then
+        best = i
+      end
+    end
+  end
+  if not best then
+    break
+  end
+  local skills, head = queues[best], heads[best][1]
+  local chosen, agent = first_ready_agent(skills)
+  if chosen then
+    redis.call('LPOP', queue_key(pool, skills))
+    heads[best] = nil
     take_conversation(chosen, head, now, agent)
     redis.call('HSET', key('conv', head), 'status', 'assigned', 'agent_id', chosen,
       'assigned_at', now, 'updated_at', now)
@@ -58,6 +116,11 @@ while true do
       note('assigned', now, head)
     end
     out[#out + 1] = { conv_reply(head), chosen }
+  elseif not skills then
+    -- Nobody has room at all.
+    break
+  else
+    blocked[best] = true
   end
 end
 return out

@@ -130,6 +130,50 @@ local function conflict(code, message)
   return { 'err', 'conflict', code, message }
 end
 
+-- Queued conversations wait in their pool's queue of the skills they ask for: `P:queue:{pool}`
+-- when they ask for none, else `P:skill-queue:{pool}|{skills}`, where `{skills}` is the
+-- conversation's `skills` field (a JSON array, sorted, each skill once). The set
+-- `P:skill-queues:{pool}` names the skill queues that may be non-empty (assign_queued drops the
+-- empty ones). `skills` is nil for none.
+local function queue_key(pool, skills)
+  if skills then
+    return key('skill-queue', pool .. '|' .. skills)
+  end
+  return key('queue', pool)
+end
+
+local function enqueue(conv, pool, skills)
+  redis.call('RPUSH', queue_key(pool, skills), conv)
+  if skills then
+    redis.call('SADD', key('skill-queues', pool), skills)
+  end
+end
+
+-- The skills of pool's queues: false for the queue of conversations asking for none, then
+-- each skill queue's, in byte order.
+local function pool_queues(pool)
+  local sets = redis.call('SMEMBERS', key('skill-queues', pool))
+  table.sort(sets, lt)
+  table.insert(sets, 1, false)
+  return sets
+end
+
+-- Whether conversation `id` is queued in pool's queue of `skills` (false for none): an entry
+-- there that is not is stale (closed, moved, asked for other skills since). Returns its
+-- queued_at too.
+local function queued_in(id, pool, skills)
+  local c = redis.call('HMGET', key('conv', id), 'status', 'pool', 'skills', 'queued_at')
+  return c[1] == 'queued' and c[2] == pool and (c[3] or false) == skills, c[4] or ''
+end
+
+-- Whether head a ({id, queued_at}) comes before head b: older, then lower id.
+local function head_before(a, b)
+  if a[2] ~= b[2] then
+    return lt(a[2], b[2])
+  end
+  return lt(a[1], b[1])
+end
+
 -- Member of a pool's online-agent index: sorted byte-wise, it orders by idle_since, then id.
 local function online_member(idle, id)
   return idle .. '|' .. id
@@ -210,7 +254,7 @@ end
 -- Takes a conversation away from its agent, its queue or its bot; returns the agent it left,
 -- if any (a bot is not an agent record).
 local function detach(id)
-  local c = redis.call('HMGET', key('conv', id), 'status', 'agent_id', 'pool')
+  local c = redis.call('HMGET', key('conv', id), 'status', 'agent_id', 'pool', 'skills')
   if c[1] == 'bot' then
     bot_release(id)
   elseif c[1] == 'assigned' then
@@ -220,7 +264,7 @@ local function detach(id)
       return c[2]
     end
   elseif c[1] == 'queued' and c[3] then
-    redis.call('LREM', key('queue', c[3]), 0, id)
+    redis.call('LREM', queue_key(c[3], c[4]), 0, id)
   end
   return nil
 end

@@ -99,14 +99,33 @@ elseif op == 'idle_bot' then
   end
   return out
 elseif op == 'queue' then
-  local out = {}
-  for _, id in ipairs(redis.call('LRANGE', key('queue', arg), 0, -1)) do
-    local c = redis.call('HMGET', key('conv', id), 'status', 'pool')
-    if c[1] == 'queued' and c[2] == arg then
-      out[#out + 1] = id
+  -- The pool's queues merged by their heads (as assign_queued offers them), each in its order.
+  local queues, pos = {}, {}
+  for i, skills in ipairs(pool_queues(arg)) do
+    local live = {}
+    for _, id in ipairs(redis.call('LRANGE', queue_key(arg, skills), 0, -1)) do
+      local ok, queued_at = queued_in(id, arg, skills)
+      if ok then
+        live[#live + 1] = { id, queued_at }
+      end
     end
+    queues[i], pos[i] = live, 1
   end
-  return out
+  local out = {}
+  while true do
+    local best
+    for i, live in ipairs(queues) do
+      local head = live[pos[i]]
+      if head and (not best or head_before(head, queues[best][pos[best]])) then
+        best = i
+      end
+    end
+    if not best then
+      return out
+    end
+    out[#out + 1] = queues[best][pos[best]][1]
+    pos[best] = pos[best] + 1
+  end
 elseif op == 'customer_conversations' then
   -- arg is the customer; ARGV[4] the statuses listed (`,`-separated, every one when empty),
   -- ARGV[5] the cursor (a conversation id; none when empty), ARGV[6] the limit. The
@@ -169,8 +188,10 @@ elseif op == 'pool_conversations' then
   end
   local candidates = {}
   if wanted.queued then
-    for _, id in ipairs(redis.call('LRANGE', key('queue', arg), 0, -1)) do
-      candidates[#candidates + 1] = id
+    for _, skills in ipairs(pool_queues(arg)) do
+      for _, id in ipairs(redis.call('LRANGE', queue_key(arg, skills), 0, -1)) do
+        candidates[#candidates + 1] = id
+      end
     end
   end
   if wanted.bot then

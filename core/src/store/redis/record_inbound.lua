@@ -1,8 +1,9 @@
 -- record_inbound. ARGV: prefix, envelope id, has customer (1/0, or `canonical` when the id is
 -- known to be the surviving profile's), customer id, pool, now,
 -- id for a new conversation, tenant, channel kind, channel id, recipient (Sender JSON),
--- envelope JSON, and optionally the bot (agent id) that holds a conversation it opens, which
--- then starts in status `bot` instead of the pool's queue.
+-- envelope JSON, the bot (agent id) that holds a conversation it opens, which then starts in
+-- status `bot` instead of the pool's queue (empty: none), and the skills such a conversation
+-- asks of its agent (a JSON array; empty: none).
 -- Reply: {'dup', opened by this envelope (1/0), conversation}
 -- | {'ok', created (1/0), conversation} | error.
 
@@ -11,6 +12,7 @@ local has_customer = ARGV[3] == '1' or ARGV[3] == 'canonical'
 local now, new_conv, tenant = ARGV[6], ARGV[7], ARGV[8]
 local channel_kind, channel_id, recipient, envelope = ARGV[9], ARGV[10], ARGV[11], ARGV[12]
 local bot = ARGV[13] ~= '' and ARGV[13] or nil
+local skills = ARGV[14] ~= '' and ARGV[14] or nil
 
 local mk = key('msg', env_id)
 local seen = redis.call('GET', mk)
@@ -48,12 +50,15 @@ if created == 1 then
   redis.call('SET', ok, conv)
   -- The index erase_customer finds the customer's conversations by.
   redis.call('SADD', key('cust-convs', cust), conv)
+  if skills then
+    redis.call('HSET', ck, 'skills', skills)
+  end
   if bot then
     redis.call('HSET', ck, 'status', 'bot', 'agent_id', bot)
     bot_touch(conv, now)
   else
     redis.call('HSET', ck, 'status', 'queued', 'queued_at', now)
-    redis.call('RPUSH', key('queue', pool), conv)
+    enqueue(conv, pool, skills)
   end
 else
   redis.call('HSET', ck, unpack(latest))

@@ -1,4 +1,6 @@
--- transfer. ARGV: prefix, id, now, `pool`|`agent`, target.
+-- transfer. ARGV: prefix, id, now, `pool`|`agent`, target, and for a pool optionally the skills
+-- the conversation asks of its next agent from now on (a JSON array; empty: none; absent: those
+-- it asked before).
 -- Reply: {'ok', conversation, released agent or nil} | error. Notes the transfer.
 
 local id, now, kind, target = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
@@ -29,7 +31,12 @@ end
 local released = detach(id)
 note(kind == 'pool' and 'transferred_to_pool' or 'transferred_to_agent', now, id, released)
 if kind == 'pool' then
-  redis.call('RPUSH', key('queue', target), id)
+  if ARGV[6] == '' then
+    redis.call('HDEL', ck, 'skills')
+  elseif ARGV[6] then
+    redis.call('HSET', ck, 'skills', ARGV[6])
+  end
+  enqueue(id, target, redis.call('HGET', ck, 'skills') or nil)
   redis.call('HSET', ck, 'status', 'queued', 'pool', target, 'queued_at', now, 'updated_at', now)
   redis.call('HDEL', ck, 'agent_id')
 else

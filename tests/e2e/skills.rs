@@ -1,0 +1,156 @@
+//! Skills-based routing through the real server: a routing rule's `skills` make the
+//! conversation it opens wait for an agent with every one of them, without holding back the
+//! conversations behind it; an agent gaining the skill takes it; a transfer can ask for skills.
+
+use serde_json::{Value, json};
+
+use crate::support::{SECRET, Server, Ws, api_message, eventually};
+
+const CONFIG: &str = r#"
+[[channels]]
+id = "shop"
+kind = "api"
+secret = "SECRET"
+
+[[routes]]
+id = "chinese"
+pool = "default"
+text_matches = "\\p{Han}"
+skills = ["zh"]
+"#;
+
+/// Puts `agent` online in the default pool with `skills` and room for five.
+async fn agent_with(server: &Server, agent: &str, skills: &[&str]) {
+    let (status, body) = server
+        .send_json(
+            "PUT",
+            &format!("/v1/agents/{agent}"),
+            json!({"pools": ["default"], "skills": skills, "capacity": 5, "status": "online"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// The ids of the conversations `agent` holds, once there are `n`.
+async fn held_by(server: &Server, agent: &str, n: usize) -> Vec<Value> {
+    eventually(|| async {
+        let (_, body) = server
+            .get_json(&format!("/v1/agents/{agent}/conversations"))
+            .await;
+        let held = body["conversations"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        (held.len() == n).then_some(held)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversation_asking_for_a_skill_waits_for_an_agent_with_it_and_holds_back_nobody() {
+    let server = Server::start(&CONFIG.replace("SECRET", SECRET)).await;
+    agent_with(&server, "ann", &["en"]).await;
+    let send = |id: &str, user: &str, text: &str| {
+        let body = api_message(id, user, text, &[]);
+        let server = &server;
+        async move {
+            let response = server.post_signed("shop", &body).await;
+            assert_eq!(response.status(), 202);
+        }
+    };
+
+    // The Chinese message asks for `zh`, which ann lacks; the English one behind it is hers.
+    send("m-1", "1", "你好，我的订单呢？").await;
+    let queued = eventually(|| async {
+        let (_, body) = server.get_json("/v1/pools/default/queue").await;
+        let waiting = body["conversations"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        (waiting.len() == 1).then_some(waiting)
+    })
+    .await;
+    assert_eq!(queued[0]["skills"], json!(["zh"]));
+    send("m-2", "2", "hello, where is my order?").await;
+    let ann = held_by(&server, "ann", 1).await;
+    assert_eq!(ann[0]["skills"], json!([]), "no rule, no skills");
+    let (_, body) = server.get_json("/v1/pools/default/queue").await;
+    assert_eq!(
+        body["conversations"][0]["id"], queued[0]["id"],
+        "still waiting"
+    );
+
+    // li speaks Chinese: the waiting conversation is hers the moment she is online.
+    let mut li_ws = Ws::connect(&format!("ws://{}/v1/agents/ws", server.addr)).await;
+    li_ws
+        .send(
+            json!({"type": "hello", "agent_id": "li", "pools": ["default"],
+            "skills": ["zh", "en"], "capacity": 5}),
+        )
+        .await;
+    let welcome = li_ws.recv_type("welcome").await;
+    assert_eq!(welcome["agent"]["skills"], json!(["zh", "en"]));
+    let assigned = li_ws.recv_type("assigned").await;
+    assert_eq!(assigned["conversation"]["id"], queued[0]["id"]);
+    assert_eq!(assigned["conversation"]["skills"], json!(["zh"]));
+
+    // ann hands her conversation on, asking for Chinese from now on: li takes it.
+    let english = ann[0]["id"].as_str().unwrap();
+    let (status, body) = server
+        .send_json(
+            "POST",
+            &format!("/v1/conversations/{english}/transfer"),
+            json!({"pool": "default", "skills": ["zh", "zh"]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["skills"], json!(["zh"]));
+    let assigned = li_ws.recv_type("assigned").await;
+    assert_eq!(assigned["conversation"]["id"], english);
+    held_by(&server, "ann", 0).await;
+
+    // li hands it back over her socket, asking for no skill: ann, the longer idle, takes it.
+    li_ws
+        .send(
+            json!({"type": "transfer", "conversation_id": english, "pool": "default",
+            "skills": []}),
+        )
+        .await;
+    let ann = held_by(&server, "ann", 1).await;
+    assert_eq!(
+        (&ann[0]["id"], &ann[0]["skills"]),
+        (&json!(english), &json!([]))
+    );
+
+    // Bad skills are refused with a clear error.
+    for (path, body) in [
+        (
+            format!("/v1/conversations/{english}/transfer"),
+            json!({"agent_id": "ann", "skills": ["zh"]}),
+        ),
+        (
+            format!("/v1/conversations/{english}/transfer"),
+            json!({"pool": "default", "skills": [""]}),
+        ),
+        (
+            "/v1/agents/ann".to_owned(),
+            json!({"skills": ["en", "x".repeat(65)]}),
+        ),
+    ] {
+        let method = if path.starts_with("/v1/agents") {
+            "PUT"
+        } else {
+            "POST"
+        };
+        let (status, answer) = server.send_json(method, &path, body).await;
+        assert_eq!(status, 400, "{path}: {answer}");
+        assert_eq!(answer["error"]["code"], "invalid", "{answer}");
+    }
+    let (_, ann) = server.get_json("/v1/agents/ann").await;
+    assert_eq!(
+        ann["skills"],
+        json!(["en"]),
+        "a refused update changes nothing"
+    );
+    server.stop().await;
+}
