@@ -83,6 +83,9 @@ pub struct Metrics {
     pub pool_open: IntGaugeVec,
     /// Open agent and visitor WebSocket sessions, by kind.
     pub websocket_sessions: IntGaugeVec,
+    /// Reads of the store a new visitor WebSocket session could not make and went on without,
+    /// by what was read (`history`: the welcome's history; `mailbox`: the waiting replies).
+    pub visitor_read_failures: IntCounterVec,
     /// Batches of the outbox, by outcome (`deferred`: the bus refused it, kept in the store;
     /// `republished`; `lost`: neither published nor kept; `dropped`: undecodable, or refused
     /// by the bus for good).
@@ -214,6 +217,13 @@ impl Metrics {
             Opts::new("websocket_sessions", "Open WebSocket sessions"),
             &["kind"],
         )?;
+        let visitor_read_failures = IntCounterVec::new(
+            Opts::new(
+                "visitor_read_failures_total",
+                "Store reads a new visitor WebSocket session went on without, by read",
+            ),
+            &["read"],
+        )?;
         let outbox = IntCounterVec::new(
             Opts::new(
                 "outbox_batches_total",
@@ -255,6 +265,7 @@ impl Metrics {
         registry.register(Box::new(queue_depth.clone()))?;
         registry.register(Box::new(pool_open.clone()))?;
         registry.register(Box::new(websocket_sessions.clone()))?;
+        registry.register(Box::new(visitor_read_failures.clone()))?;
         registry.register(Box::new(outbox.clone()))?;
         registry.register(Box::new(outbox_waiting.clone()))?;
         registry.register(Box::new(shard_handovers.clone()))?;
@@ -277,6 +288,7 @@ impl Metrics {
             queue_depth,
             pool_open,
             websocket_sessions,
+            visitor_read_failures,
             outbox,
             outbox_waiting,
             media_fetches,

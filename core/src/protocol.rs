@@ -6,9 +6,13 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::envelope::{Content, Envelope};
+use crate::envelope::{Content, Direction, Envelope};
 use crate::identity::IdentityKey;
 use crate::model::{Agent, AgentStatus, Conversation, Customer};
+
+/// The most messages in a visitor `welcome`'s `history` (its description in
+/// `schemas/visitor-ws.v1.json` names the number too).
+pub const VISITOR_HISTORY_LIMIT: usize = 50;
 
 /// Visitor -> server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -56,6 +60,13 @@ pub enum VisitorEvent {
         visitor_token: String,
         /// Channel instance id.
         channel_id: String,
+        /// The latest messages (at most 50, oldest first) of the visitor's open conversation
+        /// that were written on this channel instance or sent to it: what the visitor wrote and
+        /// the replies. Empty (or absent) for a new visitor, with no open conversation, or when
+        /// it could not be read. Replies still waiting for the visitor follow the welcome as
+        /// `message` frames even when they are in it: show each id once.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        history: Vec<HistoryMessage>,
     },
     /// A visitor request was accepted (the message is on the bus).
     Ack {
@@ -91,6 +102,37 @@ pub enum VisitorEvent {
     },
     /// Answer to `ping`.
     Pong,
+}
+
+/// A message of the visitor's conversation in `welcome.history`: the fields of a `message`
+/// frame, with the direction, so a page shows both kinds alike.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryMessage {
+    /// Envelope id: the `ack` id of a visitor's message, the `message` frame id of a reply.
+    pub id: String,
+    /// `inbound`: the visitor wrote it; `outbound`: a reply to the visitor.
+    pub direction: Direction,
+    /// What it says.
+    pub content: Content,
+    /// When it was sent.
+    pub sent_at: DateTime<Utc>,
+    /// Who wrote a reply, if an agent did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+}
+
+impl HistoryMessage {
+    /// The history item of a recorded message, with the envelope's id.
+    pub fn of_envelope(envelope: &Envelope) -> Self {
+        HistoryMessage {
+            id: envelope.id.clone(),
+            direction: envelope.direction,
+            content: envelope.content.clone(),
+            sent_at: envelope.sent_at,
+            agent_id: envelope.agent_id.clone(),
+        }
+    }
 }
 
 /// Agent -> server.

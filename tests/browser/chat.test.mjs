@@ -49,21 +49,20 @@ function watch(page, name) {
   return page;
 }
 
-// Resolves with the next `welcome` frame the visitor's chat WebSocket receives. The page does not
-// print the visitor id, so the test reads it where the page gets it: the server's welcome.
-// Call it before the navigation that opens the socket.
-function nextVisitorWelcome(page) {
+// Resolves with the first frame that `matches` on the next visitor chat WebSocket the page opens.
+// Call it before the navigation that opens the socket; `what` names the frame in the timeout.
+function nextVisitorFrame(page, matches, what) {
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
       page.off("websocket", onSocket);
-      reject(new Error(`no welcome on the visitor WebSocket within ${WAIT_MS} ms`));
+      reject(new Error(`no ${what} on the visitor WebSocket within ${WAIT_MS} ms`));
     }, WAIT_MS);
     function onSocket(ws) {
       if (!ws.url().includes("/v1/channels/web/ws")) return;
       ws.on("framereceived", ({ payload }) => {
         let frame;
         try { frame = JSON.parse(String(payload)); } catch { return; }
-        if (frame && frame.type === "welcome") {
+        if (frame && matches(frame)) {
           clearTimeout(timer);
           page.off("websocket", onSocket);
           resolve(frame);
@@ -74,6 +73,10 @@ function nextVisitorWelcome(page) {
   });
 }
 
+// The next `welcome` frame. The page does not print the visitor id, so the test reads it where
+// the page gets it: the server's welcome.
+const nextVisitorWelcome = (page) => nextVisitorFrame(page, (f) => f.type === "welcome", "welcome");
+
 // Waits until `locator` shows exactly `text` (Playwright's auto-waiting, bounded by WAIT_MS).
 async function expectText(locator, text) {
   await locator.filter({ hasText: text }).first().waitFor({ state: "visible" });
@@ -82,6 +85,12 @@ async function expectText(locator, text) {
 
 // A visitor message bubble / a customer message in the console, matched on its exact text.
 const bubble = (page, cls, text) => page.locator(`${cls} .body`).getByText(text, { exact: true });
+
+// The web chat's bubbles top to bottom, as `visitor: text` / `agent: text`.
+async function chatTranscript(page) {
+  return page.locator("#messages .msg").evaluateAll((nodes) =>
+    nodes.map((n) => `${n.classList.contains("msg-visitor") ? "visitor" : "agent"}: ${n.querySelector(".body").textContent}`));
+}
 
 test("a visitor and an agent talk through the web chat and the agent console", async (t) => {
   const browser = await chromium.launch({
@@ -155,10 +164,23 @@ test("a visitor and an agent talk through the web chat and the agent console", a
     await visitor.locator('#status[data-state="connected"]').waitFor();
     assert.equal(await visitor.evaluate((k) => localStorage.getItem(k), TOKEN_KEY), token);
 
+    step = "after the reload, the conversation so far is on the page (the welcome's history)";
+    assert.deepEqual(
+      (again.history || []).map((m) => [m.direction, m.content.text]),
+      [["inbound", firstMessage], ["outbound", firstReply]],
+    );
+    await visitor.locator('.msg-visitor[data-state="delivered"]').filter({ hasText: firstMessage }).waitFor();
+    await bubble(visitor, ".msg-agent", firstReply).waitFor();
+
     step = "after the reload, the visitor writes into the same conversation";
     await visitor.getByRole("textbox", { name: "Message" }).fill(afterReload);
     await visitor.getByRole("button", { name: "Send", exact: true }).click();
     await visitor.locator('.msg-visitor[data-state="delivered"]').filter({ hasText: afterReload }).waitFor();
+    // The ack comes after anything the server wrote since the welcome: a reply that was both in
+    // the history and still waiting in the mailbox would be on the page twice by now.
+    assert.deepEqual(await chatTranscript(visitor), [
+      `visitor: ${firstMessage}`, `agent: ${firstReply}`, `visitor: ${afterReload}`,
+    ]);
     await bubble(agent, ".msg-customer", afterReload).waitFor();
     assert.equal(await agent.locator("#conversations .conv").count(), 1, "still one conversation");
     await expectText(agent.locator("#conv-title .who"), customerKey);
@@ -175,9 +197,20 @@ test("a visitor and an agent talk through the web chat and the agent console", a
     visitor = watch(await context.newPage(), "visitor (back)");
     tabs.visitor = visitor;
     welcome = nextVisitorWelcome(visitor);
+    const waitingReply = nextVisitorFrame(
+      visitor, (f) => f.type === "message" && f.content && f.content.text === whileAway, "waiting reply");
     await visitor.goto("/");
-    assert.equal((await welcome).visitor_id, visitorId, "the same visitor in a new tab");
+    const back = await welcome;
+    assert.equal(back.visitor_id, visitorId, "the same visitor in a new tab");
+    assert.deepEqual((back.history || []).map((m) => m.content.text), [firstMessage, firstReply, afterReload, whileAway]);
     await bubble(visitor, ".msg-agent", whileAway).waitFor();
+    // The waiting reply is in the history and comes again from the mailbox: shown once, after
+    // the conversation so far (checked once the page has handled that second copy).
+    await waitingReply;
+    await visitor.evaluate(() => new Promise((resolve) => setTimeout(resolve, 50)));
+    assert.deepEqual(await chatTranscript(visitor), [
+      `visitor: ${firstMessage}`, `agent: ${firstReply}`, `visitor: ${afterReload}`, `agent: ${whileAway}`,
+    ]);
 
     step = "the agent closes the conversation";
     await agent.getByRole("button", { name: "Close", exact: true }).click();

@@ -1,8 +1,8 @@
 //! The two pages a newcomer opens, in a real browser: the embedded default (a `web` channel and
 //! the `default` pool, as `switchyard serve` runs with no configuration) serves the web chat and
 //! the agent console, and `tests/browser/chat.test.mjs` drives both in headless Chromium
-//! (Playwright): an agent connects, a visitor writes, the agent answers, the visitor reloads and
-//! comes back, the agent closes the conversation.
+//! (Playwright): an agent connects, a visitor writes, the agent answers, the visitor reloads (and
+//! sees the conversation so far again) and comes back, the agent closes the conversation.
 //!
 //! It needs Node.js, Chromium at /usr/bin/chromium (or `CHROMIUM_PATH`) and
 //! `npm ci --prefix tests/browser`; without them it skips loudly, and fails under `CI=true`.

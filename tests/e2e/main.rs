@@ -26,6 +26,7 @@ mod telegram;
 mod timers;
 mod web_flow;
 mod web_gateways;
+mod web_history;
 mod webhooks;
 mod wechat;
 mod whatsapp;

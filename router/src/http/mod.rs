@@ -12,6 +12,7 @@ mod listings;
 mod media;
 mod ops;
 mod rest;
+mod visitor_history;
 mod visitor_ws;
 
 use std::collections::HashMap;

@@ -1,8 +1,10 @@
 //! The visitor WebSocket, `GET /v1/channels/{channel_id}/ws` (`schemas/visitor-ws.v1.json`).
 //!
 //! A session registers its socket with the web channel, waits until this gateway receives reply
-//! notifications, then writes the welcome, the replies waiting in the visitor's mailbox (oldest
-//! first) and what comes live. Each reply is written once per socket, followed by a WebSocket
+//! notifications, then writes the welcome (with the visitor's history, see [`visitor_history`]),
+//! the replies waiting in the visitor's mailbox (oldest first) and what comes live. A waiting
+//! reply may be in the history too: it is written anyway, for clients that ignore the history,
+//! and the page shows each id once. Each reply is written once per socket, followed by a WebSocket
 //! ping; it is acknowledged in the mailbox only when the pong comes back (browsers answer pings
 //! by themselves, after the bytes before the ping reached them). A reply written to a socket that
 //! was already dead (a tab closing as the reply is written) is therefore not lost: it stays in
@@ -18,9 +20,10 @@ use axum::response::{IntoResponse, Response};
 use futures_util::{Sink, SinkExt, StreamExt};
 use switchyard_connectors::web::{RecentIds, WebConnector, WebInbound};
 use switchyard_connectors::{Connector, ConnectorError};
-use switchyard_core::protocol::{VisitorEvent, VisitorRequest};
+use switchyard_core::protocol::{HistoryMessage, VisitorEvent, VisitorRequest};
 use tokio::sync::mpsc;
 
+use super::visitor_history::visitor_history;
 use super::{ApiError, HttpState};
 
 /// Largest visitor frame accepted.
@@ -120,17 +123,22 @@ async fn session(
              visitor's next connection"
         );
     }
-    let waiting = match web.undelivered(&visitor_id).await {
-        Ok(waiting) => waiting,
-        Err(e) => {
-            tracing::warn!(channel = %web.channel().id, error = %e, "could not read a visitor mailbox");
-            Vec::new()
+    let mailbox = async {
+        match web.undelivered(&visitor_id).await {
+            Ok(waiting) => waiting,
+            Err(e) => {
+                tracing::warn!(channel = %web.channel().id, error = %e, "could not read a visitor mailbox");
+                count_read_failure(&state, "mailbox");
+                Vec::new()
+            }
         }
     };
+    let (waiting, history) = tokio::join!(mailbox, history_or_empty(&state, &web, &visitor_id));
     let welcome = VisitorEvent::Welcome {
         visitor_id: visitor_id.clone(),
         visitor_token: token,
         channel_id: web.channel().id.clone(),
+        history,
     };
     let unconfirmed = Mutex::new(Unconfirmed::default());
     let writer = async {
@@ -190,6 +198,33 @@ async fn session(
     // The reader ends the session; the writer then flushes and closes.
     tokio::join!(reader, writer);
     gauge.dec();
+}
+
+/// The visitor's history for the welcome; empty, after a warning, when it cannot be read (the
+/// session goes on without it).
+async fn history_or_empty(
+    state: &HttpState,
+    web: &WebConnector,
+    visitor_id: &str,
+) -> Vec<HistoryMessage> {
+    let read = async {
+        let key = web.visitor_key(visitor_id)?;
+        Ok::<_, ConnectorError>(visitor_history(&**state.ops.store(), web.channel(), &key).await?)
+    };
+    read.await.unwrap_or_else(|e| {
+        tracing::warn!(channel = %web.channel().id, error = %e, "could not read a visitor's history");
+        count_read_failure(state, "history");
+        Vec::new()
+    })
+}
+
+/// Counts a store read a new session went on without (`history`, `mailbox`).
+fn count_read_failure(state: &HttpState, read: &str) {
+    state
+        .metrics
+        .visitor_read_failures
+        .with_label_values(&[read])
+        .inc();
 }
 
 /// Acknowledges `replies` in the visitor's mailbox: the visitor's side has them.
