@@ -283,6 +283,7 @@ mod tests {
             status: ConversationStatus::Assigned,
             pool: "default".into(),
             skills: Default::default(),
+            priority: 0,
             agent_id: Some("a".into()),
             channel: ChannelRef {
                 kind: "x".into(),

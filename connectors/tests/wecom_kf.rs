@@ -616,6 +616,7 @@ fn conversation(status: ConversationStatus) -> Conversation {
         status,
         pool: "default".into(),
         skills: Default::default(),
+        priority: 0,
         agent_id: None,
         channel: ChannelRef {
             kind: KIND.into(),

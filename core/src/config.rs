@@ -795,6 +795,10 @@ pub struct RouteSettings {
     /// have every one of them (not a condition of the rule; the rule's effect with `pool`).
     #[serde(default)]
     pub skills: Vec<String>,
+    /// The conversation's priority in the pool's queue (0 to 255): a higher priority is offered
+    /// to agents first, whatever waited longer (like `skills`, not a condition).
+    #[serde(default)]
+    pub priority: u8,
 }
 
 impl RouteSettings {
@@ -1769,6 +1773,11 @@ mod tests {
             "1 to 64 characters",
         );
         refused(
+            &route("pool = \"billing\"\npriority = 256\n"),
+            "priority",
+            "256",
+        );
+        refused(
             &route("pool = \"billing\"\nskills = [\"zh\", \"\"]\n"),
             "routes[0].skills",
             "not a skill name",
@@ -1791,10 +1800,11 @@ mod tests {
 
         let f = write(&route(
             "pool = \"billing\"\nchannels = [\"web\"]\ntext_matches = \"(?i)order #\\\\d+\"\n\
-             customer_tags = [\"vip\", \"金卡\"]\nskills = [\"zh\", \"billing\"]\n",
+             customer_tags = [\"vip\", \"金卡\"]\nskills = [\"zh\", \"billing\"]\npriority = 7\n",
         ));
         let s = Settings::load_with_env(Some(&f.0), []).expect("a valid route");
         assert_eq!(s.routes[0].skills, ["zh", "billing"]);
+        assert_eq!(s.routes[0].priority, 7);
         let pattern = s.routes[0].text_pattern().unwrap().expect("compiled");
         assert!(pattern.is_match("ORDER #42"));
         assert_eq!(s.routes[0].channels, ["web"]);

@@ -135,6 +135,11 @@ pub struct Conversation {
     /// Set by the routing rule that opened it, or by a transfer.
     #[serde(default)]
     pub skills: Skills,
+    /// Its place among the pool's waiting conversations: a higher priority is offered to agents
+    /// first, whatever waited longer; equal priorities in arrival order. Set by the routing rule
+    /// that opened it, or by a transfer (0 otherwise).
+    #[serde(default)]
+    pub priority: u8,
     /// The agent holding it, when assigned.
     pub agent_id: Option<String>,
     /// The channel the customer last wrote from; replies go out here.

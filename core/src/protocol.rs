@@ -210,6 +210,9 @@ pub enum AgentRequest {
         /// none); absent, it keeps those it asked.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         skills: Option<Vec<String>>,
+        /// With `pool`: its priority in that pool's queue from now on; absent, it keeps its own.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        priority: Option<u8>,
     },
     /// Keep-alive.
     Ping,

@@ -139,6 +139,11 @@ async fn store_queue_fifo_head_assigned_when_room_frees() {
 }
 
 #[tokio::test]
+async fn store_priority_goes_first_and_ties_keep_arrival_order() {
+    store::priority_goes_first_and_ties_keep_arrival_order(&new_store, "embedded.").await;
+}
+
+#[tokio::test]
 async fn store_skills_route_past_heads_nobody_can_take() {
     store::skills_route_past_heads_nobody_can_take(&new_store, "embedded.").await;
 }

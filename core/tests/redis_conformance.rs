@@ -59,6 +59,7 @@ conformance!(
     concurrent_assignment_never_doubles,
     queue_fifo_head_assigned_when_room_frees,
     skills_route_past_heads_nobody_can_take,
+    priority_goes_first_and_ties_keep_arrival_order,
     record_outbound_conflicts,
     unannounced_notes,
     transfer_to_pool_and_agent,
@@ -617,6 +618,14 @@ mod differential {
                 _ => Skills::new(["zh", "en"]),
             }
         }
+        /// A queue priority: 0 most of the time, else 1 or 2.
+        fn priority(&mut self) -> u8 {
+            if self.chance(70) {
+                0
+            } else {
+                1 + self.below(2) as u8
+            }
+        }
     }
 
     struct Pair {
@@ -787,7 +796,9 @@ mod differential {
             let r = self.to_red(&e);
             self.log.push(format!("inbound {} cust={cust}", e.id));
             self.envelopes.push((e.clone(), r.clone()));
-            let placement = Placement::queued(POOLS[channel]).with_skills(rng.skills());
+            let placement = Placement::queued(POOLS[channel])
+                .with_skills(rng.skills())
+                .with_priority(rng.priority());
             self.record(&e, &r, &placement, now).await;
         }
 
@@ -836,6 +847,7 @@ mod differential {
             }
             let pool = POOLS[rng.below(2)];
             let skills = rng.skills();
+            let priority = rng.priority();
             let display_name = rng.chance(50).then(|| format!("Person {p}"));
             let routing = |envelope| InboundRouting {
                 envelope,
@@ -849,10 +861,14 @@ mod differential {
                 },
                 claim: format!("routed:{}", e.dedupe_key),
                 claim_ttl: std::time::Duration::from_secs(600),
-                placement: Placement::queued(pool.to_owned()).with_skills(skills.clone()),
+                placement: Placement::queued(pool.to_owned())
+                    .with_skills(skills.clone())
+                    .with_priority(priority),
             };
-            self.log
-                .push(format!("route {} {identities:?} {pool} {skills:?}", e.id));
+            self.log.push(format!(
+                "route {} {identities:?} {pool} {skills:?} {priority}",
+                e.id
+            ));
             let eo = self.emb.route_inbound(routing(&e)).await;
             let ro = self.red.route_inbound(routing(&r)).await;
             if let (
@@ -1003,8 +1019,9 @@ mod differential {
                     if !self.envelopes.is_empty() {
                         let (e, r) = self.envelopes[rng.below(self.envelopes.len())].clone();
                         self.log.push(format!("replay {}", e.id));
-                        let placement =
-                            Placement::queued(POOLS[rng.below(2)]).with_skills(rng.skills());
+                        let placement = Placement::queued(POOLS[rng.below(2)])
+                            .with_skills(rng.skills())
+                            .with_priority(rng.priority());
                         self.record(&e, &r, &placement, now).await;
                     }
                 }
@@ -1065,6 +1082,7 @@ mod differential {
                             TransferTarget::Pool {
                                 pool: POOLS[rng.below(2)].to_owned(),
                                 skills: rng.chance(50).then(|| rng.skills()),
+                                priority: rng.chance(30).then(|| rng.below(3) as u8),
                             }
                         } else {
                             TransferTarget::Agent(Self::agent_id(rng.below(AGENTS + 1)))

@@ -7,6 +7,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -31,13 +32,14 @@ const SKILLS: [&[&str]; 4] = [&[], &["en"], &["zh"], &["en", "zh"]];
 #[derive(Debug, Clone)]
 enum Op {
     /// Person `person` writes on channel `channel` (which routes to pool `channel`).
-    /// A conversation it opens asks for `SKILLS[skills]`.
+    /// A conversation it opens asks for `SKILLS[skills]`, with queue priority `priority`.
     Inbound {
         person: usize,
         channel: usize,
         with_phone: bool,
         stale_customer_id: bool,
         skills: usize,
+        priority: u8,
     },
     /// An earlier inbound envelope is recorded again (a redelivery).
     Replay {
@@ -86,14 +88,18 @@ fn op() -> impl Strategy<Value = Op> {
             0..2usize,
             proptest::bool::weighted(0.5),
             proptest::bool::weighted(0.2),
-            0..SKILLS.len()
+            0..SKILLS.len(),
+            prop_oneof![3 => Just(0u8), 1 => 1..3u8]
         )
-            .prop_map(|(person, channel, with_phone, stale_customer_id, skills)| Op::Inbound {
-                person,
-                channel,
-                with_phone,
-                stale_customer_id,
-                skills
+            .prop_map(|(person, channel, with_phone, stale_customer_id, skills, priority)| {
+                Op::Inbound {
+                    person,
+                    channel,
+                    with_phone,
+                    stale_customer_id,
+                    skills,
+                    priority,
+                }
             }),
         1 => any::<usize>().prop_map(|pick| Op::Replay { pick }),
         2 => (0..AGENTS, status).prop_map(|(agent, status)| Op::Presence { agent, status }),
@@ -157,6 +163,7 @@ impl Harness {
                 with_phone,
                 stale_customer_id,
                 skills,
+                priority,
             } => {
                 let own = if channel == 0 {
                     key("", "app_user", "shop-app", &format!("p{person}"))
@@ -214,7 +221,8 @@ impl Harness {
                     .record_inbound(
                         &envelope,
                         &Placement::queued(POOLS[channel])
-                            .with_skills(Skills::new(SKILLS[skills].iter().copied())),
+                            .with_skills(Skills::new(SKILLS[skills].iter().copied()))
+                            .with_priority(priority),
                         now,
                     )
                     .await
@@ -347,14 +355,14 @@ impl Harness {
                     .await
                     .map_err(|e| format!("assign_queued: {e}"))?;
                 let agents = store.agents().await.unwrap();
-                // Each went to an agent with its skills, and within one requirement the queue's
-                // head went first.
-                let mut taken: HashMap<&Skills, usize> = HashMap::new();
-                let mut before_by_skills: HashMap<Skills, Vec<String>> = HashMap::new();
+                // Each went to an agent with its skills, and within one queue (priority and
+                // skills) the head went first.
+                let mut taken: HashMap<(u8, &Skills), usize> = HashMap::new();
+                let mut before_by_queue: HashMap<(u8, Skills), Vec<String>> = HashMap::new();
                 for id in &before {
                     let c = store.conversation(id).await.unwrap().unwrap();
-                    before_by_skills
-                        .entry(c.skills)
+                    before_by_queue
+                        .entry((c.priority, c.skills))
                         .or_default()
                         .push(id.clone());
                 }
@@ -367,8 +375,10 @@ impl Harness {
                             c.id, c.skills, a.agent_id
                         ));
                     }
-                    let n = taken.entry(&c.skills).or_default();
-                    let expected = before_by_skills.get(&c.skills).and_then(|q| q.get(*n));
+                    let n = taken.entry((c.priority, &c.skills)).or_default();
+                    let expected = before_by_queue
+                        .get(&(c.priority, c.skills.clone()))
+                        .and_then(|q| q.get(*n));
                     if expected != Some(&c.id) {
                         return Err(format!(
                             "assign_queued took {} before the head of its skills' queue \
@@ -455,7 +465,8 @@ impl Harness {
         }
         self.prev_load = load;
 
-        // Queues: unique ids of known queued conversations of that pool, FIFO by queued_at.
+        // Queues: unique ids of known queued conversations of that pool, by priority, then FIFO
+        // by queued_at.
         let mut queued_in: HashMap<String, (String, usize)> = HashMap::new();
         for pool in POOLS {
             let q = store.queue(pool).await.unwrap();
@@ -473,10 +484,13 @@ impl Harness {
                         c.status, c.pool
                     ));
                 }
-                if c.queued_at < last {
-                    return Err(format!("pool {pool} is not FIFO by queued_at: {q:?}"));
+                let place = (Reverse(c.priority), c.queued_at);
+                if last.is_some_and(|last| place < last) {
+                    return Err(format!(
+                        "pool {pool} is not by priority, then FIFO by queued_at: {q:?}"
+                    ));
                 }
-                last = c.queued_at;
+                last = Some(place);
             }
         }
 

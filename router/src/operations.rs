@@ -309,6 +309,7 @@ impl Operations {
             status: ConversationStatus::Assigned,
             pool: pool.to_owned(),
             skills: Default::default(),
+            priority: 0,
             agent_id: Some(agent_id.to_owned()),
             channel: channel.channel().clone(),
             recipient: recipient.clone(),

@@ -25,6 +25,8 @@ pub struct RouteChoice<'a> {
     pub bot: Option<&'a str>,
     /// The skills the conversation asks of its agent (the rule's; none without a rule).
     pub skills: &'a Skills,
+    /// Its priority in the pool's queue (the rule's; 0 without a rule).
+    pub priority: u8,
 }
 
 /// What a conversation no rule routed asks of its agent.
@@ -37,6 +39,7 @@ impl RouteChoice<'_> {
             pool: self.pool.to_owned(),
             bot: self.bot.map(str::to_owned),
             skills: self.skills.clone(),
+            priority: self.priority,
         }
     }
 }
@@ -69,6 +72,8 @@ struct Rule {
     customer_tags: Vec<String>,
     /// What a conversation it routes asks of its agent.
     skills: Skills,
+    /// A conversation it routes waits with this priority.
+    priority: u8,
 }
 
 impl RoutingTable {
@@ -119,25 +124,23 @@ impl RoutingTable {
             }
             _ => None,
         };
-        let (pool, rule, skills) = match self
+        let rule = self
             .rules
             .iter()
-            .find(|rule| rule.matches(envelope, tags, text, lowered.as_deref()))
-        {
-            Some(rule) => (rule.pool.as_str(), Some(rule.id.as_str()), &rule.skills),
-            None => (
-                self.pools_by_channel
-                    .get(&envelope.channel.id)
-                    .map_or("default", String::as_str),
-                None,
-                &NO_SKILLS,
-            ),
+            .find(|rule| rule.matches(envelope, tags, text, lowered.as_deref()));
+        let pool = match rule {
+            Some(rule) => rule.pool.as_str(),
+            None => self
+                .pools_by_channel
+                .get(&envelope.channel.id)
+                .map_or("default", String::as_str),
         };
         RouteChoice {
             pool,
-            rule,
+            rule: rule.map(|r| r.id.as_str()),
             bot: self.bots_by_pool.get(pool).map(String::as_str),
-            skills,
+            skills: rule.map_or(&NO_SKILLS, |r| &r.skills),
+            priority: rule.map_or(0, |r| r.priority),
         }
     }
 }
@@ -163,6 +166,7 @@ impl Rule {
             text_matches,
             customer_tags: route.customer_tags.clone().unwrap_or_default(),
             skills: Skills::new(route.skills.iter().cloned()),
+            priority: route.priority,
         })
     }
 
@@ -293,6 +297,7 @@ mod tests {
                 rule: None,
                 bot: None,
                 skills: &Skills::NONE,
+                priority: 0,
             }
         );
         assert_eq!(
@@ -302,6 +307,7 @@ mod tests {
                 rule: None,
                 bot: None,
                 skills: &Skills::NONE,
+                priority: 0,
             }
         );
         assert_eq!(
@@ -312,10 +318,10 @@ mod tests {
     }
 
     #[test]
-    fn a_rule_gives_its_skills_and_the_channel_pool_none() {
+    fn a_rule_gives_its_skills_and_priority_and_the_channel_pool_none() {
         let table = RoutingTable::from_settings(&settings(
             "[[routes]]\nid = \"chinese\"\npool = \"vip\"\ntext_matches = \"\\\\p{Han}\"\n\
-             skills = [\"zh\", \"billing\", \"zh\"]\n",
+             skills = [\"zh\", \"billing\", \"zh\"]\npriority = 3\n",
         ))
         .unwrap();
         let chinese = table.choose(&text(WEB, "我要退款"), None);
@@ -323,7 +329,9 @@ mod tests {
         assert_eq!(chinese.skills, &Skills::new(["billing", "zh"]));
         assert_eq!(
             chinese.placement(),
-            Placement::queued("vip").with_skills(Skills::new(["zh", "billing"]))
+            Placement::queued("vip")
+                .with_skills(Skills::new(["zh", "billing"]))
+                .with_priority(3)
         );
         let other = table.choose(&text(WEB, "refund"), None);
         assert_eq!((other.rule, other.skills), (None, &Skills::NONE));
@@ -345,6 +353,7 @@ mod tests {
                 rule: Some("refunds"),
                 bot: None,
                 skills: &Skills::NONE,
+                priority: 0,
             }
         );
         assert_eq!(choose(SHOP, "我要退款").rule, Some("refunds"));
@@ -357,6 +366,7 @@ mod tests {
                 rule: None,
                 bot: None,
                 skills: &Skills::NONE,
+                priority: 0,
             }
         );
     }
@@ -504,6 +514,7 @@ mod tests {
                 rule: Some("triage"),
                 bot: Some("bot:faq"),
                 skills: &Skills::NONE,
+                priority: 0,
             }
         );
         assert_eq!(
@@ -550,6 +561,7 @@ mod tests {
                 rule: Some("vip-shop"),
                 bot: None,
                 skills: &Skills::NONE,
+                priority: 0,
             }
         );
         assert_eq!(

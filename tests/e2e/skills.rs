@@ -1,6 +1,7 @@
-//! Skills-based routing through the real server: a routing rule's `skills` make the
-//! conversation it opens wait for an agent with every one of them, without holding back the
+//! Skills-based routing and priorities through the real server: a routing rule's `skills` make
+//! the conversation it opens wait for an agent with every one of them, without holding back the
 //! conversations behind it; an agent gaining the skill takes it; a transfer can ask for skills.
+//! A rule's `priority` puts its conversations ahead of older ones; a transfer can change it.
 
 use serde_json::{Value, json};
 
@@ -17,6 +18,12 @@ id = "chinese"
 pool = "default"
 text_matches = "\\p{Han}"
 skills = ["zh"]
+
+[[routes]]
+id = "urgent"
+pool = "default"
+text_contains = ["urgent"]
+priority = 9
 "#;
 
 /// Puts `agent` online in the default pool with `skills` and room for five.
@@ -152,5 +159,71 @@ async fn a_conversation_asking_for_a_skill_waits_for_an_agent_with_it_and_holds_
         json!(["en"]),
         "a refused update changes nothing"
     );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_with_a_priority_puts_its_conversations_ahead_of_older_ones() {
+    let server = Server::start(&CONFIG.replace("SECRET", SECRET)).await;
+    for (id, user, text) in [
+        ("m-1", "1", "hello"),
+        ("m-2", "2", "URGENT: my card was stolen"),
+        ("m-3", "3", "hi again"),
+    ] {
+        let response = server
+            .post_signed("shop", &api_message(id, user, text, &[]))
+            .await;
+        assert_eq!(response.status(), 202);
+    }
+    let waiting = eventually(|| async {
+        let (_, body) = server.get_json("/v1/pools/default/queue").await;
+        let waiting = body["conversations"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        (waiting.len() == 3).then_some(waiting)
+    })
+    .await;
+    let priorities: Vec<&Value> = waiting.iter().map(|c| &c["priority"]).collect();
+    assert_eq!(priorities, [&json!(9), &json!(0), &json!(0)], "{waiting:?}");
+
+    // The last one waiting is raised above the rest by a transfer.
+    let last = waiting[2]["id"].as_str().unwrap();
+    let (status, body) = server
+        .send_json(
+            "POST",
+            &format!("/v1/conversations/{last}/transfer"),
+            json!({"pool": "default", "priority": 10}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["priority"], 10);
+
+    // One agent with room for two: the two highest priorities are hers, the oldest waits.
+    let (status, body) = server
+        .send_json(
+            "PUT",
+            "/v1/agents/ann",
+            json!({"pools": ["default"], "capacity": 2, "status": "online"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let held = held_by(&server, "ann", 2).await;
+    let mut ids: Vec<&Value> = held.iter().map(|c| &c["id"]).collect();
+    ids.sort_by_key(|id| id.to_string());
+    let mut expected = vec![&waiting[0]["id"], &waiting[2]["id"]];
+    expected.sort_by_key(|id| id.to_string());
+    assert_eq!(ids, expected);
+    let (_, body) = server.get_json("/v1/pools/default/queue").await;
+    assert_eq!(body["conversations"][0]["id"], waiting[1]["id"]);
+
+    let (status, answer) = server
+        .send_json(
+            "POST",
+            &format!("/v1/conversations/{last}/transfer"),
+            json!({"agent_id": "ann", "priority": 1}),
+        )
+        .await;
+    assert_eq!(status, 400, "{answer}");
     server.stop().await;
 }

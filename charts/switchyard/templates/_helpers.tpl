@@ -349,6 +349,9 @@ pool = {{ toJson (toString .pool) }}
 {{- with .text_matches }}
 text_matches = {{ toJson (toString .) }}
 {{- end }}
+{{- with .priority }}
+priority = {{ int . }}
+{{- end }}
 {{- end }}
 {{- range $c.webhooks }}
 

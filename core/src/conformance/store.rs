@@ -205,11 +205,23 @@ async fn open_asking(
     skills: &[&str],
     now: DateTime<Utc>,
 ) -> String {
+    let placement = Placement::queued(pool).with_skills(Skills::new(skills.iter().copied()));
+    open_placed(store, prefix, name, &placement, now).await
+}
+
+/// A new customer `{prefix}{name}` writing once, opening a conversation placed by `placement`;
+/// returns its id.
+async fn open_placed(
+    store: &Arc<dyn Store>,
+    prefix: &str,
+    name: &str,
+    placement: &Placement,
+    now: DateTime<Utc>,
+) -> String {
     let k = key(prefix, "app_user", "shop-app", name);
     let customer = resolve(store, &[(&k, Strong)], false, now).await.customer;
     let e = inbound_envelope(&customer.id, &app_channel(), name, vec![k], "hello", now);
-    let placement = Placement::queued(pool).with_skills(Skills::new(skills.iter().copied()));
-    let rec = record_placed(store, &e, &placement, now).await;
+    let rec = record_placed(store, &e, placement, now).await;
     assert!(rec.created, "a first message did not open a conversation");
     rec.conversation.id
 }
@@ -1350,6 +1362,7 @@ pub async fn skills_route_past_heads_nobody_can_take(factory: &impl MakeStore, p
     let to_french = TransferTarget::Pool {
         pool: pool.clone(),
         skills: Some(Skills::new(["fr"])),
+        priority: None,
     };
     let moved = transfer(&store, &en, to_french, at(21)).await;
     assert_eq!(
@@ -1389,6 +1402,7 @@ pub async fn skills_route_past_heads_nobody_can_take(factory: &impl MakeStore, p
     let cleared = TransferTarget::Pool {
         pool: pool.clone(),
         skills: Some(Skills::default()),
+        priority: None,
     };
     let moved = transfer(&store, &zh_billing, cleared, at(27)).await;
     assert!(moved.skills.is_empty(), "{what}: transfer clears skills");
@@ -1418,6 +1432,93 @@ pub async fn skills_route_past_heads_nobody_can_take(factory: &impl MakeStore, p
     assert!(
         queue(&store, &pool).await.is_empty(),
         "{what}: drained at last"
+    );
+}
+
+/// Priorities: a higher-priority conversation is listed and assigned before older ones of lower
+/// priority, equal priorities in arrival order; one nobody with room can take (its skills) holds
+/// back nobody of another priority or skills. A transfer keeps the priority or sets another.
+pub async fn priority_goes_first_and_ties_keep_arrival_order(
+    factory: &impl MakeStore,
+    prefix: &str,
+) {
+    let what = "priority_goes_first_and_ties_keep_arrival_order";
+    let store = factory.make().await;
+    let pool = format!("{prefix}default");
+    let (a, b, z) = (
+        format!("{prefix}agent-a"),
+        format!("{prefix}agent-b"),
+        format!("{prefix}agent-z"),
+    );
+    let placed = |priority: u8, skills: &[&str]| {
+        Placement::queued(pool.as_str())
+            .with_priority(priority)
+            .with_skills(Skills::new(skills.iter().copied()))
+    };
+    let low = open_placed(&store, prefix, "c0", &placed(0, &[]), at(1)).await;
+    let high = open_placed(&store, prefix, "c1", &placed(2, &[]), at(2)).await;
+    let middle_zh = open_placed(&store, prefix, "c2", &placed(1, &["zh"]), at(3)).await;
+    let high_later = open_placed(&store, prefix, "c3", &placed(2, &[]), at(4)).await;
+    let low_later = open_placed(&store, prefix, "c4", &placed(0, &[]), at(5)).await;
+    assert_eq!(
+        get_conversation(&store, &high).await.priority,
+        2,
+        "{what}: kept"
+    );
+    assert_eq!(
+        queue(&store, &pool).await,
+        vec![
+            high.clone(),
+            high_later.clone(),
+            middle_zh.clone(),
+            low.clone(),
+            low_later.clone()
+        ],
+        "{what}: priority, then arrival"
+    );
+
+    skilled_agent(&store, &a, &[&pool], 2, &[], at(10)).await;
+    let got = assign(&store, &pool, at(11)).await;
+    assert_eq!(
+        pairs(&got),
+        vec![(high.clone(), a.clone()), (high_later.clone(), a.clone())],
+        "{what}: the higher priority first, in arrival order"
+    );
+    skilled_agent(&store, &b, &[&pool], 1, &[], at(12)).await;
+    let got = assign(&store, &pool, at(13)).await;
+    assert_eq!(
+        pairs(&got),
+        vec![(low.clone(), b.clone())],
+        "{what}: past the priority nobody can take"
+    );
+
+    let raise = TransferTarget::Pool {
+        pool: pool.clone(),
+        skills: None,
+        priority: Some(5),
+    };
+    let raised = transfer(&store, &low_later, raise, at(14)).await;
+    assert_eq!(raised.priority, 5, "{what}: transfer sets the priority");
+    assert_eq!(
+        queue(&store, &pool).await,
+        vec![low_later.clone(), middle_zh.clone()],
+        "{what}: raised ahead"
+    );
+    skilled_agent(&store, &z, &[&pool], 2, &["zh"], at(15)).await;
+    let got = assign(&store, &pool, at(16)).await;
+    assert_eq!(
+        pairs(&got),
+        vec![
+            (low_later.clone(), z.clone()),
+            (middle_zh.clone(), z.clone())
+        ],
+        "{what}: by priority"
+    );
+    let moved = transfer(&store, &high, TransferTarget::pool(pool.as_str()), at(17)).await;
+    assert_eq!(
+        (moved.priority, moved.status),
+        (2, ConversationStatus::Queued),
+        "{what}: transfer keeps the priority"
     );
 }
 
@@ -5147,6 +5248,7 @@ pub async fn run_all(factory: &impl MakeStore, prefix: &str) {
     concurrent_assignment_never_doubles(factory, &p("concurrent-assign")).await;
     queue_fifo_head_assigned_when_room_frees(factory, &p("fifo")).await;
     skills_route_past_heads_nobody_can_take(factory, &p("skills")).await;
+    priority_goes_first_and_ties_keep_arrival_order(factory, &p("priority")).await;
     record_outbound_conflicts(factory, &p("outbound")).await;
     unannounced_notes(factory, &p("unannounced")).await;
     transfer_to_pool_and_agent(factory, &p("transfer")).await;

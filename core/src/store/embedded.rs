@@ -1,6 +1,7 @@
 //! In-process store: all state behind one mutex, so every operation is atomic exactly as a Redis
 //! Lua script is. Never held across an await.
 
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -95,6 +96,8 @@ enum Presence {
 
 mod agents;
 mod queues;
+
+use queues::QueueKey;
 
 /// What resolving a sender did ([`State::resolve`]), naming the surviving profile by id.
 struct Resolved {
@@ -195,13 +198,13 @@ impl State {
 
     /// Takes a conversation away from its agent or its queue; returns the agent it left.
     fn detach(&mut self, conversation_id: &str) -> Option<Agent> {
-        let (status, agent_id, pool, skills) = {
+        let (status, agent_id, pool, key) = {
             let c = self.conversations.get(conversation_id)?;
             (
                 c.status,
                 c.agent_id.clone(),
                 c.pool.clone(),
-                c.skills.clone(),
+                QueueKey::of(c),
             )
         };
         match status {
@@ -210,7 +213,7 @@ impl State {
                 agent.clone()
             }),
             ConversationStatus::Queued => {
-                self.queues.remove(&pool, &skills, conversation_id);
+                self.queues.remove(&pool, &key, conversation_id);
                 None
             }
             ConversationStatus::Bot | ConversationStatus::Closed => None,
@@ -392,60 +395,65 @@ impl State {
         }
     }
 
-    /// Whether conversation `id` is queued in `pool`'s queue of `skills` (its entry there is
-    /// not stale).
-    fn queued_in(&self, id: &str, pool: &str, skills: &Skills) -> bool {
+    /// Whether conversation `id` is queued in `pool`'s queue `key` (its entry there is not
+    /// stale).
+    fn queued_in(&self, id: &str, pool: &str, key: &QueueKey) -> bool {
         self.conversations.get(id).is_some_and(|c| {
-            c.status == ConversationStatus::Queued && c.pool == pool && c.skills == *skills
+            c.status == ConversationStatus::Queued && c.pool == pool && QueueKey::of(c) == *key
         })
     }
 
-    /// The oldest head (by `queued_at`, then id) of `pool`'s queues whose requirement is not
-    /// `blocked`: its requirement and id. Stale entries met on the way are dropped.
-    fn oldest_head(&mut self, pool: &str, blocked: &[Skills]) -> Option<(Skills, String)> {
-        let mut oldest: Option<(Option<DateTime<Utc>>, String, Skills)> = None;
-        for skills in self.queues.requirements(pool) {
-            if blocked.contains(&skills) {
+    /// Where queued conversation `id` stands among its pool's: higher priority first, then
+    /// older, then lower id.
+    fn queue_order(&self, id: &str) -> (Reverse<u8>, Option<DateTime<Utc>>, String) {
+        let c = self.conversations.get(id);
+        (
+            Reverse(c.map_or(0, |c| c.priority)),
+            c.and_then(|c| c.queued_at),
+            id.to_owned(),
+        )
+    }
+
+    /// The first head by [`State::queue_order`] of `pool`'s queues that are not `blocked`: its
+    /// queue and id. Stale entries met on the way are dropped.
+    fn next_head(&mut self, pool: &str, blocked: &[QueueKey]) -> Option<(QueueKey, String)> {
+        let mut first: Option<(_, QueueKey)> = None;
+        for key in self.queues.keys(pool) {
+            if blocked.contains(&key) {
                 continue;
             }
             let head = loop {
-                let Some(head) = self.queues.front(pool, &skills) else {
+                let Some(head) = self.queues.front(pool, &key) else {
                     break None;
                 };
-                if self.queued_in(head, pool, &skills) {
+                if self.queued_in(head, pool, &key) {
                     break Some(head.clone());
                 }
                 // Stale entry (closed or moved meanwhile).
-                self.queues.pop_front(pool, &skills);
+                self.queues.pop_front(pool, &key);
             };
             let Some(head) = head else {
                 continue;
             };
-            let queued_at = self.conversations.get(&head).and_then(|c| c.queued_at);
-            if oldest
-                .as_ref()
-                .is_none_or(|(at, id, _)| (queued_at, &head) < (*at, id))
-            {
-                oldest = Some((queued_at, head, skills));
+            let order = self.queue_order(&head);
+            if first.as_ref().is_none_or(|(best, _)| order < *best) {
+                first = Some((order, key));
             }
         }
-        oldest.map(|(_, id, skills)| (skills, id))
+        first.map(|((_, _, id), key)| (key, id))
     }
 
     /// `pool`'s queued conversations in the order they are offered to agents that could take
-    /// any of them: the queues merged by their heads' `queued_at` (then id), each in its order.
+    /// any of them: the queues merged by their heads' [`State::queue_order`], each in its order.
     fn queued_in_order(&self, pool: &str) -> Vec<String> {
         let mut queues: Vec<_> = self
             .queues
             .of_pool(pool)
-            .map(|(skills, queue)| {
+            .map(|(key, queue)| {
                 queue
                     .iter()
-                    .filter(|id| self.queued_in(id, pool, skills))
-                    .map(|id| {
-                        let at = self.conversations.get(id).and_then(|c| c.queued_at);
-                        (at, id)
-                    })
+                    .filter(|id| self.queued_in(id, pool, key))
+                    .map(|id| self.queue_order(id))
                     .peekable()
             })
             .collect();
@@ -454,13 +462,13 @@ impl State {
             let next = queues
                 .iter_mut()
                 .enumerate()
-                .filter_map(|(i, q)| q.peek().map(|head| (*head, i)))
+                .filter_map(|(i, q)| q.peek().map(|head| (head.clone(), i)))
                 .min();
             let Some((_, i)) = next else {
                 return out;
             };
-            if let Some((_, id)) = queues[i].next() {
-                out.push(id.clone());
+            if let Some((_, _, id)) = queues[i].next() {
+                out.push(id);
             }
         }
     }
@@ -772,7 +780,12 @@ impl State {
             Some(id) => (id.clone(), false),
             None => {
                 let id = new_id();
-                let Placement { pool, bot, skills } = placement;
+                let Placement {
+                    pool,
+                    bot,
+                    skills,
+                    priority,
+                } = placement;
                 self.conversations.insert(
                     id.clone(),
                     Conversation {
@@ -786,6 +799,7 @@ impl State {
                         },
                         pool: pool.clone(),
                         skills: skills.clone(),
+                        priority: *priority,
                         agent_id: bot.clone(),
                         channel: envelope.channel.clone(),
                         recipient: envelope.sender.clone(),
@@ -806,7 +820,14 @@ impl State {
                 self.conversation_opened_by
                     .insert(id.clone(), envelope.id.clone());
                 if bot.is_none() {
-                    self.queues.push(pool, skills, id.clone());
+                    self.queues.push(
+                        pool,
+                        &QueueKey {
+                            priority: *priority,
+                            skills: skills.clone(),
+                        },
+                        id.clone(),
+                    );
                 }
                 (id, true)
             }
@@ -827,21 +848,21 @@ impl State {
         })
     }
 
-    /// [`Store::assign_queued`]: repeatedly, the oldest head of the pool's queues goes to the
-    /// first ready agent with its skills; a requirement no such agent meets is passed over until
-    /// the end of this call.
+    /// [`Store::assign_queued`]: repeatedly, the first head of the pool's queues (by
+    /// [`State::queue_order`]) goes to the first ready agent with its skills; a queue whose head
+    /// no such agent can take is passed over until the end of this call.
     fn assign_queued(&mut self, pool: &str, now: DateTime<Utc>) -> Vec<Assignment> {
         let mut out = Vec::new();
         let mut blocked = Vec::new();
-        while let Some((skills, head)) = self.oldest_head(pool, &blocked) {
-            match self.next_ready_agent(pool, &skills, now) {
+        while let Some((key, head)) = self.next_head(pool, &blocked) {
+            match self.next_ready_agent(pool, &key.skills, now) {
                 Some(agent_id) => {
-                    self.queues.pop_front(pool, &skills);
+                    self.queues.pop_front(pool, &key);
                     out.extend(self.assign(&head, agent_id, now));
                 }
                 // Nobody with room at all.
-                None if skills.is_empty() => break,
-                None => blocked.push(skills),
+                None if key.skills.is_empty() => break,
+                None => blocked.push(key),
             }
         }
         out
@@ -1319,6 +1340,7 @@ impl Store for EmbeddedStore {
             status: ConversationStatus::Assigned,
             pool: pool.to_owned(),
             skills: Skills::default(),
+            priority: 0,
             agent_id: Some(agent_id.to_owned()),
             channel: envelope.channel.clone(),
             recipient: envelope.sender.clone(),
@@ -1575,18 +1597,25 @@ impl Store for EmbeddedStore {
         note.from_agent = released_agent.as_ref().map(|a| a.id.clone());
         s.note(note);
         match target {
-            TransferTarget::Pool { pool, skills } => {
+            TransferTarget::Pool {
+                pool,
+                skills,
+                priority,
+            } => {
                 let c = s.conversation_mut(id)?;
                 if let Some(skills) = skills {
                     c.skills = skills;
                 }
-                let skills = c.skills.clone();
+                if let Some(priority) = priority {
+                    c.priority = priority;
+                }
                 c.status = ConversationStatus::Queued;
                 c.pool = pool.clone();
                 c.agent_id = None;
                 c.queued_at = Some(now);
                 c.updated_at = now;
-                s.queues.push(&pool, &skills, id.to_owned());
+                let key = QueueKey::of(c);
+                s.queues.push(&pool, &key, id.to_owned());
             }
             TransferTarget::Agent(agent_id) => {
                 s.agents.update(&agent_id, |agent| {

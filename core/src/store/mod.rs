@@ -200,6 +200,8 @@ pub struct Placement {
     pub bot: Option<String>,
     /// The skills an agent needs to be offered it ([`Conversation::skills`]).
     pub skills: Skills,
+    /// Its priority in the pool's queue ([`Conversation::priority`]).
+    pub priority: u8,
 }
 
 impl Placement {
@@ -209,6 +211,7 @@ impl Placement {
             pool: pool.into(),
             bot: None,
             skills: Skills::default(),
+            priority: 0,
         }
     }
 
@@ -221,6 +224,12 @@ impl Placement {
     /// Asking `skills` of its agent.
     pub fn with_skills(mut self, skills: Skills) -> Self {
         self.skills = skills;
+        self
+    }
+
+    /// With `priority` in the queue.
+    pub fn with_priority(mut self, priority: u8) -> Self {
+        self.priority = priority;
         self
     }
 }
@@ -384,6 +393,8 @@ pub enum TransferTarget {
         pool: String,
         /// The skills it asks of its next agent from now on; `None` keeps those it asked.
         skills: Option<Skills>,
+        /// Its priority in that queue from now on; `None` keeps the one it had.
+        priority: Option<u8>,
     },
     /// Straight to an agent (who must have room).
     Agent(String),
@@ -395,6 +406,7 @@ impl TransferTarget {
         TransferTarget::Pool {
             pool: pool.into(),
             skills: None,
+            priority: None,
         }
     }
 }
@@ -847,11 +859,12 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<InboundRecord, StoreError>;
 
-    /// Assigns queued conversations of `pool`, oldest first, each to the longest-idle online
-    /// agent of the pool with room who has every skill it asks for ([`Conversation::skills`]),
-    /// until no queued conversation can go to an agent. A conversation no agent with room can
-    /// take holds back only the others asking for the same skills, not those behind it asking
-    /// for other skills or none.
+    /// Assigns queued conversations of `pool`, highest [`Conversation::priority`] first and,
+    /// within a priority, oldest first, each to the longest-idle online agent of the pool with
+    /// room who has every skill it asks for ([`Conversation::skills`]), until no queued
+    /// conversation can go to an agent. A conversation no agent with room can take holds back
+    /// only the others of its priority asking for the same skills, not those asking for other
+    /// skills or none.
     async fn assign_queued(
         &self,
         pool: &str,

@@ -114,13 +114,14 @@ fn script(body: &str) -> Script {
 /// The fields of a conversation hash that scripts reply (`conv_reply` in `prelude.lua`, as
 /// `CONV_FIELDS`), values only, in this order: half the size of the field-value pairs of
 /// `HGETALL`, and without the internal fields.
-const CONVERSATION_FIELDS: [&str; 20] = [
+const CONVERSATION_FIELDS: [&str; 21] = [
     "id",
     "tenant",
     "customer_id",
     "status",
     "pool",
     "skills",
+    "priority",
     "agent_id",
     "channel_kind",
     "channel_id",
@@ -361,12 +362,14 @@ impl RedisStore {
             json(envelope)?,
             placement.bot.clone().unwrap_or_default(),
             skills_arg(&placement.skills)?,
+            placement.priority.to_string(),
         ])
     }
 }
 
-/// Skills as the scripts take them: the JSON array, which also names the queue of the
-/// conversations asking for them (`P:skill-queue:{pool}|{skills}`); empty for none.
+/// Skills as the scripts take them: the JSON array, which with the priority also names the
+/// queue of the conversations asking for them (`P:sub-queue:{pool}|{priority}|{skills}`); empty
+/// for none.
 fn skills_arg(skills: &Skills) -> Result<String, StoreError> {
     if skills.is_empty() {
         Ok(String::new())
@@ -637,6 +640,7 @@ fn conversation(v: Value) -> Result<Option<Conversation>, StoreError> {
                 .map_err(|e| bad(format_args!("conversation skills: {e}")))?,
             None => Skills::default(),
         },
+        priority: f.opt_num("priority")?.unwrap_or(0),
         agent_id: f.take("agent_id"),
         channel: ChannelRef {
             kind: f.req("channel_kind")?,
@@ -1429,11 +1433,17 @@ impl Store for RedisStore {
         let mut inv = TRANSFER.prepare_invoke();
         inv.arg(&self.prefix).arg(id).arg(stamp(now));
         match &target {
-            TransferTarget::Pool { pool, skills } => {
+            TransferTarget::Pool {
+                pool,
+                skills,
+                priority,
+            } => {
                 inv.arg("pool").arg(pool);
-                if let Some(skills) = skills {
-                    inv.arg(skills_arg(skills)?);
-                }
+                match skills {
+                    Some(skills) => inv.arg(skills_arg(skills)?),
+                    None => inv.arg("keep"),
+                };
+                inv.arg(priority.map(|p| p.to_string()).unwrap_or_default());
             }
             TransferTarget::Agent(agent) => {
                 inv.arg("agent").arg(agent);
@@ -1548,6 +1558,7 @@ mod tests {
             "status" => Some("assigned"),
             "pool" => Some("default"),
             "skills" => Some(r#"["billing","zh"]"#),
+            "priority" => Some("3"),
             "agent_id" => Some("a-1"),
             "channel_kind" => Some("api"),
             "channel_id" => Some("shop-app"),
@@ -1570,6 +1581,7 @@ mod tests {
         );
         assert_eq!(c.status, ConversationStatus::Assigned);
         assert_eq!(c.skills, Skills::new(["zh", "billing"]));
+        assert_eq!(c.priority, 3);
         assert_eq!(
             (c.channel.kind.as_str(), c.channel.id.as_str()),
             ("api", "shop-app")

@@ -361,8 +361,9 @@ async fn command(state: &HttpState, agent_id: &str, request: AgentRequest) -> Op
             pool,
             agent_id: to_agent,
             skills,
+            priority,
         } => {
-            let target = match transfer_target(pool, to_agent, skills) {
+            let target = match transfer_target(pool, to_agent, skills, priority) {
                 Ok(target) => target,
                 Err(e) => return Some(error_event(None, e)),
             };

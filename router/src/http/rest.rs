@@ -204,27 +204,31 @@ pub struct Transfer {
     agent_id: Option<String>,
     /// With `pool`: the skills asked from now on.
     skills: Option<Vec<String>>,
+    /// With `pool`: the priority in its queue from now on.
+    priority: Option<u8>,
     /// The agent asking, who must hold the conversation.
     by_agent_id: Option<String>,
 }
 
 /// Where a transfer request (REST or agent WebSocket) sends a conversation: exactly one of
-/// `pool` and `agent_id`, and `skills` only with `pool`, each a valid skill name.
+/// `pool` and `agent_id`, and `skills` (each a valid skill name) and `priority` only with `pool`.
 pub(super) fn transfer_target(
     pool: Option<String>,
     agent_id: Option<String>,
     skills: Option<Vec<String>>,
+    priority: Option<u8>,
 ) -> Result<TransferTarget, ApiError> {
-    match (pool, agent_id, skills) {
-        (Some(pool), None, skills) => Ok(TransferTarget::Pool {
+    match (pool, agent_id) {
+        (Some(pool), None) => Ok(TransferTarget::Pool {
             pool,
             skills: skills.map(checked_skills).transpose()?,
+            priority,
         }),
-        (None, Some(agent), None) => Ok(TransferTarget::Agent(agent)),
-        (None, Some(_), Some(_)) => Err(ApiError::bad_request(
+        (None, Some(_)) if skills.is_some() || priority.is_some() => Err(ApiError::bad_request(
             "invalid",
-            "`skills` goes with `pool`: a transfer to an agent asks for none",
+            "`skills` and `priority` go with `pool`: a transfer to an agent queues nothing",
         )),
+        (None, Some(agent)) => Ok(TransferTarget::Agent(agent)),
         _ => Err(ApiError::bad_request(
             "invalid",
             "give exactly one of `pool`, `agent_id`",
@@ -252,7 +256,7 @@ pub(super) fn check_skill_names(skills: &[String]) -> Result<(), ApiError> {
     }
 }
 
-/// `POST /v1/conversations/{id}/transfer` `{"pool", "skills"?} | {"agent_id"}`.
+/// `POST /v1/conversations/{id}/transfer` `{"pool", "skills"?, "priority"?} | {"agent_id"}`.
 pub async fn transfer(
     State(state): State<HttpState>,
     Path(id): Path<String>,
@@ -260,7 +264,7 @@ pub async fn transfer(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body: Transfer = json_body(&state, &headers, body)?;
-    let target = transfer_target(body.pool, body.agent_id, body.skills)?;
+    let target = transfer_target(body.pool, body.agent_id, body.skills, body.priority)?;
     let conversation = state
         .ops
         .transfer(&id, body.by_agent_id.as_deref(), target)

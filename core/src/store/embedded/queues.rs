@@ -1,70 +1,91 @@
-//! Each pool's queued conversations: one first-in-first-out queue per skill requirement
-//! ([`Skills`]), so that a conversation no agent with room can take holds back only those asking
-//! for the same skills. The entries are conversation ids; an entry whose conversation is no
-//! longer queued there (closed, moved) is stale, and its readers skip or drop it.
+//! Each pool's queued conversations: one first-in-first-out queue per priority and skill
+//! requirement ([`QueueKey`]), so that a conversation no agent with room can take holds back only
+//! those of its priority asking for the same skills. The entries are conversation ids; an entry
+//! whose conversation is no longer queued there (closed, moved) is stale, and its readers skip or
+//! drop it.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use crate::model::Skills;
+use crate::model::{Conversation, Skills};
+
+/// Which of a pool's queues a conversation waits in.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct QueueKey {
+    /// [`Conversation::priority`].
+    pub(super) priority: u8,
+    /// [`Conversation::skills`].
+    pub(super) skills: Skills,
+}
+
+impl QueueKey {
+    /// The queue `conversation` waits in when it is queued.
+    pub(super) fn of(conversation: &Conversation) -> Self {
+        QueueKey {
+            priority: conversation.priority,
+            skills: conversation.skills.clone(),
+        }
+    }
+}
 
 /// The queues of every pool. Empty queues are dropped.
 #[derive(Default)]
 pub(super) struct Queues {
-    by_pool: HashMap<String, BTreeMap<Skills, VecDeque<String>>>,
+    by_pool: HashMap<String, BTreeMap<QueueKey, VecDeque<String>>>,
 }
 
 impl Queues {
-    /// Appends conversation `id` to `pool`'s queue of `skills`.
-    pub(super) fn push(&mut self, pool: &str, skills: &Skills, id: String) {
+    /// Appends conversation `id` to `pool`'s queue `key`.
+    pub(super) fn push(&mut self, pool: &str, key: &QueueKey, id: String) {
         let queues = match self.by_pool.get_mut(pool) {
             Some(queues) => queues,
             None => self.by_pool.entry(pool.to_owned()).or_default(),
         };
-        match queues.get_mut(skills) {
+        match queues.get_mut(key) {
             Some(queue) => queue.push_back(id),
             None => {
-                queues.insert(skills.clone(), VecDeque::from([id]));
+                queues.insert(key.clone(), VecDeque::from([id]));
             }
         }
     }
 
-    /// Takes conversation `id` out of `pool`'s queue of `skills`.
-    pub(super) fn remove(&mut self, pool: &str, skills: &Skills, id: &str) {
-        self.edit(pool, skills, |queue| queue.retain(|c| c != id));
+    /// Takes conversation `id` out of `pool`'s queue `key`.
+    pub(super) fn remove(&mut self, pool: &str, key: &QueueKey, id: &str) {
+        self.edit(pool, key, |queue| queue.retain(|c| c != id));
     }
 
-    /// Drops the head of `pool`'s queue of `skills`.
-    pub(super) fn pop_front(&mut self, pool: &str, skills: &Skills) {
-        self.edit(pool, skills, |queue| {
+    /// Drops the head of `pool`'s queue `key`.
+    pub(super) fn pop_front(&mut self, pool: &str, key: &QueueKey) {
+        self.edit(pool, key, |queue| {
             queue.pop_front();
         });
     }
 
-    /// The head of `pool`'s queue of `skills`.
-    pub(super) fn front(&self, pool: &str, skills: &Skills) -> Option<&String> {
-        self.by_pool.get(pool)?.get(skills)?.front()
+    /// The head of `pool`'s queue `key`.
+    pub(super) fn front(&self, pool: &str, key: &QueueKey) -> Option<&String> {
+        self.by_pool.get(pool)?.get(key)?.front()
     }
 
-    /// `pool`'s queues: each requirement with its entries, oldest first.
-    pub(super) fn of_pool(&self, pool: &str) -> impl Iterator<Item = (&Skills, &VecDeque<String>)> {
+    /// `pool`'s queues: each key with its entries, oldest first.
+    pub(super) fn of_pool(
+        &self,
+        pool: &str,
+    ) -> impl Iterator<Item = (&QueueKey, &VecDeque<String>)> {
         self.by_pool.get(pool).into_iter().flatten()
     }
 
-    /// The requirements `pool` has a queue for.
-    pub(super) fn requirements(&self, pool: &str) -> Vec<Skills> {
-        self.of_pool(pool)
-            .map(|(skills, _)| skills.clone())
-            .collect()
+    /// The keys of `pool`'s queues.
+    pub(super) fn keys(&self, pool: &str) -> Vec<QueueKey> {
+        self.of_pool(pool).map(|(key, _)| key.clone()).collect()
     }
 
-    fn edit(&mut self, pool: &str, skills: &Skills, f: impl FnOnce(&mut VecDeque<String>)) {
+    fn edit(&mut self, pool: &str, key: &QueueKey, f: impl FnOnce(&mut VecDeque<String>)) {
         let Some(queues) = self.by_pool.get_mut(pool) else {
             return;
         };
-        if let Some(queue) = queues.get_mut(skills) {
+        if let Some(queue) = queues.get_mut(key) {
             f(queue);
             if queue.is_empty() {
-                queues.remove(skills);
+                queues.remove(key);
             }
         }
         if queues.is_empty() {
@@ -78,20 +99,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn each_requirement_queues_apart_and_empty_queues_go() {
+    fn each_key_queues_apart_and_empty_queues_go() {
         let mut q = Queues::default();
-        let zh = Skills::new(["zh"]);
-        q.push("p", &Skills::default(), "a".into());
+        let plain = QueueKey::default();
+        let zh = QueueKey {
+            priority: 0,
+            skills: Skills::new(["zh"]),
+        };
+        let urgent = QueueKey {
+            priority: 5,
+            skills: Skills::default(),
+        };
+        q.push("p", &plain, "a".into());
         q.push("p", &zh, "b".into());
         q.push("p", &zh, "c".into());
-        assert_eq!(q.requirements("p"), vec![Skills::default(), zh.clone()]);
+        q.push("p", &urgent, "d".into());
+        assert_eq!(q.keys("p"), vec![plain.clone(), zh.clone(), urgent.clone()]);
         assert_eq!(q.front("p", &zh).map(String::as_str), Some("b"));
         q.remove("p", &zh, "b");
         assert_eq!(q.front("p", &zh).map(String::as_str), Some("c"));
         q.pop_front("p", &zh);
-        assert_eq!(q.requirements("p"), vec![Skills::default()]);
-        q.pop_front("p", &Skills::default());
+        q.pop_front("p", &urgent);
+        assert_eq!(q.keys("p"), vec![plain.clone()]);
+        q.pop_front("p", &plain);
         assert!(q.by_pool.is_empty());
-        assert_eq!(q.front("p", &Skills::default()), None);
+        assert_eq!(q.front("p", &plain), None);
     }
 }

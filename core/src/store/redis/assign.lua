@@ -1,11 +1,12 @@
 -- assign_queued. ARGV: prefix, pool, now, and optionally `noted`: then each assignment is also
 -- noted (Store::assign_queued_noted). Reply: {{conversation, agent id}...}, in order.
--- Repeatedly: the oldest head (queued_at, then id) of the pool's queues (one per skill set asked
--- for; stale entries dropped) goes to the first agent of the pool's index of agents with room
--- (idle_since, then id) who has every skill it asks for. A queue whose head no such agent can
--- take is passed over until the end of this call, so it holds back only conversations asking
--- for the same skills. Reading the index's first member costs the same with 3 agents or 3 000;
--- a head asking for skills reads members until one has them. A candidate whose tracked presence
+-- Repeatedly: the first head (higher priority, then older, then lower id: head_before) of the
+-- pool's queues (one per priority and skill set asked for; stale entries dropped) goes to the
+-- first agent of the pool's index of agents with room (idle_since, then id) who has every skill
+-- it asks for. A queue whose head no such agent can take is passed over until the end of this
+-- call, so it holds back only conversations of its priority asking for the same skills.
+-- Reading the index's first member costs the same with 3 agents or 3 000; a head asking for
+-- skills reads members until one has them. A candidate whose tracked presence
 -- lapsed (its gateway stopped heart-beating) is set offline here and skipped; a member that no
 -- longer has room or is not online (an index written before it held only agents with room) is
 -- dropped.
@@ -65,21 +66,21 @@ local function first_ready_agent(skills)
   end
 end
 
--- The live head of pool's queue of `skills` as {id, queued_at}, stale entries dropped; false
--- when the queue is empty (an empty skill queue leaves the pool's set).
-local function live_head(skills)
-  local qk = queue_key(pool, skills)
+-- The live head of pool's queue `sig` as a queue_entry, stale entries dropped; false when the
+-- queue is empty (an empty sub-queue leaves the pool's set).
+local function live_head(sig)
+  local qk = queue_key(pool, sig)
   while true do
     local id = redis.call('LINDEX', qk, 0)
     if not id then
-      if skills then
-        redis.call('SREM', key('skill-queues', pool), skills)
+      if sig then
+        redis.call('SREM', key('sub-queues', pool), sig)
       end
       return false
     end
-    local live, queued_at = queued_in(id, pool, skills)
-    if live then
-      return { id, queued_at }
+    local entry = queue_entry(id, pool, sig)
+    if entry then
+      return entry
     end
     redis.call('LPOP', qk)
   end
@@ -91,10 +92,10 @@ local queues = pool_queues(pool)
 local heads, blocked = {}, {}
 while true do
   local best
-  for i, skills in ipairs(queues) do
+  for i, sig in ipairs(queues) do
     if not blocked[i] then
       if heads[i] == nil then
-        heads[i] = live_head(skills)
+        heads[i] = live_head(sig)
       end
       if heads[i] and (not best or head_before(heads[i], heads[best])) then
         best = i
@@ -104,10 +105,10 @@ while true do
   if not best then
     break
   end
-  local skills, head = queues[best], heads[best][1]
+  local sig, head, skills = queues[best], heads[best][1], heads[best][4]
   local chosen, agent = first_ready_agent(skills)
   if chosen then
-    redis.call('LPOP', queue_key(pool, skills))
+    redis.call('LPOP', queue_key(pool, sig))
     heads[best] = nil
     take_conversation(chosen, head, now, agent)
     redis.call('HSET', key('conv', head), 'status', 'assigned', 'agent_id', chosen,

@@ -130,44 +130,60 @@ local function conflict(code, message)
   return { 'err', 'conflict', code, message }
 end
 
--- Queued conversations wait in their pool's queue of the skills they ask for: `P:queue:{pool}`
--- when they ask for none, else `P:skill-queue:{pool}|{skills}`, where `{skills}` is the
--- conversation's `skills` field (a JSON array, sorted, each skill once). The set
--- `P:skill-queues:{pool}` names the skill queues that may be non-empty (assign_queued drops the
--- empty ones). `skills` is nil for none.
-local function queue_key(pool, skills)
-  if skills then
-    return key('skill-queue', pool .. '|' .. skills)
+-- Queued conversations wait in one of their pool's queues, by their `priority` (absent: 0) and
+-- the `skills` they ask for (a JSON array, sorted, each skill once; absent: none): priority 0
+-- asking for none in `P:queue:{pool}`, any other in `P:sub-queue:{pool}|{sig}`, where the
+-- queue's `sig` is `{priority}|{skills}` (queue_sig). The set `P:sub-queues:{pool}` names the
+-- sub-queues that may be non-empty (assign_queued drops the empty ones). A sig of false names
+-- `P:queue:{pool}`.
+local function queue_sig(priority, skills)
+  local p = tonumber(priority) or 0
+  if p == 0 and not skills then
+    return false
+  end
+  return p .. '|' .. (skills or '')
+end
+
+local function queue_key(pool, sig)
+  if sig then
+    return key('sub-queue', pool .. '|' .. sig)
   end
   return key('queue', pool)
 end
 
-local function enqueue(conv, pool, skills)
-  redis.call('RPUSH', queue_key(pool, skills), conv)
-  if skills then
-    redis.call('SADD', key('skill-queues', pool), skills)
+-- Appends conversation `conv` to pool's queue `sig`, or puts it at the front with `front`.
+local function enqueue(conv, pool, sig, front)
+  redis.call(front and 'LPUSH' or 'RPUSH', queue_key(pool, sig), conv)
+  if sig then
+    redis.call('SADD', key('sub-queues', pool), sig)
   end
 end
 
--- The skills of pool's queues: false for the queue of conversations asking for none, then
--- each skill queue's, in byte order.
+-- The sigs of pool's queues: false for `P:queue:{pool}`, then each sub-queue's, in byte order.
 local function pool_queues(pool)
-  local sets = redis.call('SMEMBERS', key('skill-queues', pool))
-  table.sort(sets, lt)
-  table.insert(sets, 1, false)
-  return sets
+  local sigs = redis.call('SMEMBERS', key('sub-queues', pool))
+  table.sort(sigs, lt)
+  table.insert(sigs, 1, false)
+  return sigs
 end
 
--- Whether conversation `id` is queued in pool's queue of `skills` (false for none): an entry
--- there that is not is stale (closed, moved, asked for other skills since). Returns its
--- queued_at too.
-local function queued_in(id, pool, skills)
-  local c = redis.call('HMGET', key('conv', id), 'status', 'pool', 'skills', 'queued_at')
-  return c[1] == 'queued' and c[2] == pool and (c[3] or false) == skills, c[4] or ''
+-- Conversation `id` as a queue entry of pool's queue `sig`: {id, queued_at, priority, skills}
+-- (skills false for none), or nil when the entry is stale (the conversation was closed, moved,
+-- or asks for another priority or skills since).
+local function queue_entry(id, pool, sig)
+  local c = redis.call('HMGET', key('conv', id), 'status', 'pool', 'skills', 'priority',
+    'queued_at')
+  if c[1] ~= 'queued' or c[2] ~= pool or queue_sig(c[4], c[3] or nil) ~= sig then
+    return nil
+  end
+  return { id, c[5] or '', tonumber(c[4]) or 0, c[3] or false }
 end
 
--- Whether head a ({id, queued_at}) comes before head b: older, then lower id.
+-- Whether queue entry a comes before entry b: higher priority, then older, then lower id.
 local function head_before(a, b)
+  if a[3] ~= b[3] then
+    return a[3] > b[3]
+  end
   if a[2] ~= b[2] then
     return lt(a[2], b[2])
   end
@@ -254,7 +270,8 @@ end
 -- Takes a conversation away from its agent, its queue or its bot; returns the agent it left,
 -- if any (a bot is not an agent record).
 local function detach(id)
-  local c = redis.call('HMGET', key('conv', id), 'status', 'agent_id', 'pool', 'skills')
+  local c = redis.call('HMGET', key('conv', id), 'status', 'agent_id', 'pool', 'skills',
+    'priority')
   if c[1] == 'bot' then
     bot_release(id)
   elseif c[1] == 'assigned' then
@@ -264,7 +281,7 @@ local function detach(id)
       return c[2]
     end
   elseif c[1] == 'queued' and c[3] then
-    redis.call('LREM', queue_key(c[3], c[4]), 0, id)
+    redis.call('LREM', queue_key(c[3], queue_sig(c[5], c[4] or nil)), 0, id)
   end
   return nil
 end

@@ -99,14 +99,15 @@ elseif op == 'idle_bot' then
   end
   return out
 elseif op == 'queue' then
-  -- The pool's queues merged by their heads (as assign_queued offers them), each in its order.
+  -- The pool's queues merged by their heads (head_before, as assign_queued offers them), each
+  -- in its order.
   local queues, pos = {}, {}
-  for i, skills in ipairs(pool_queues(arg)) do
+  for i, sig in ipairs(pool_queues(arg)) do
     local live = {}
-    for _, id in ipairs(redis.call('LRANGE', queue_key(arg, skills), 0, -1)) do
-      local ok, queued_at = queued_in(id, arg, skills)
-      if ok then
-        live[#live + 1] = { id, queued_at }
+    for _, id in ipairs(redis.call('LRANGE', queue_key(arg, sig), 0, -1)) do
+      local entry = queue_entry(id, arg, sig)
+      if entry then
+        live[#live + 1] = entry
       end
     end
     queues[i], pos[i] = live, 1
@@ -188,8 +189,8 @@ elseif op == 'pool_conversations' then
   end
   local candidates = {}
   if wanted.queued then
-    for _, skills in ipairs(pool_queues(arg)) do
-      for _, id in ipairs(redis.call('LRANGE', queue_key(arg, skills), 0, -1)) do
+    for _, sig in ipairs(pool_queues(arg)) do
+      for _, id in ipairs(redis.call('LRANGE', queue_key(arg, sig), 0, -1)) do
         candidates[#candidates + 1] = id
       end
     end

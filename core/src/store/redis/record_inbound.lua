@@ -2,8 +2,8 @@
 -- known to be the surviving profile's), customer id, pool, now,
 -- id for a new conversation, tenant, channel kind, channel id, recipient (Sender JSON),
 -- envelope JSON, the bot (agent id) that holds a conversation it opens, which then starts in
--- status `bot` instead of the pool's queue (empty: none), and the skills such a conversation
--- asks of its agent (a JSON array; empty: none).
+-- status `bot` instead of the pool's queue (empty: none), the skills such a conversation asks
+-- of its agent (a JSON array; empty: none) and its priority in the queue (empty: 0).
 -- Reply: {'dup', opened by this envelope (1/0), conversation}
 -- | {'ok', created (1/0), conversation} | error.
 
@@ -13,6 +13,7 @@ local now, new_conv, tenant = ARGV[6], ARGV[7], ARGV[8]
 local channel_kind, channel_id, recipient, envelope = ARGV[9], ARGV[10], ARGV[11], ARGV[12]
 local bot = ARGV[13] ~= '' and ARGV[13] or nil
 local skills = ARGV[14] ~= '' and ARGV[14] or nil
+local priority = tonumber(ARGV[15]) or 0
 
 local mk = key('msg', env_id)
 local seen = redis.call('GET', mk)
@@ -53,12 +54,15 @@ if created == 1 then
   if skills then
     redis.call('HSET', ck, 'skills', skills)
   end
+  if priority ~= 0 then
+    redis.call('HSET', ck, 'priority', priority)
+  end
   if bot then
     redis.call('HSET', ck, 'status', 'bot', 'agent_id', bot)
     bot_touch(conv, now)
   else
     redis.call('HSET', ck, 'status', 'queued', 'queued_at', now)
-    enqueue(conv, pool, skills)
+    enqueue(conv, pool, queue_sig(priority, skills))
   end
 else
   redis.call('HSET', ck, unpack(latest))

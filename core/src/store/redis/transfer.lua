@@ -1,6 +1,6 @@
--- transfer. ARGV: prefix, id, now, `pool`|`agent`, target, and for a pool optionally the skills
--- the conversation asks of its next agent from now on (a JSON array; empty: none; absent: those
--- it asked before).
+-- transfer. ARGV: prefix, id, now, `pool`|`agent`, target, and for a pool the skills the
+-- conversation asks of its next agent from now on (a JSON array; empty: none; `keep`: those it
+-- asked before) and its priority from now on (a number; empty: the one it had).
 -- Reply: {'ok', conversation, released agent or nil} | error. Notes the transfer.
 
 local id, now, kind, target = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
@@ -33,10 +33,17 @@ note(kind == 'pool' and 'transferred_to_pool' or 'transferred_to_agent', now, id
 if kind == 'pool' then
   if ARGV[6] == '' then
     redis.call('HDEL', ck, 'skills')
-  elseif ARGV[6] then
+  elseif ARGV[6] ~= 'keep' then
     redis.call('HSET', ck, 'skills', ARGV[6])
   end
-  enqueue(id, target, redis.call('HGET', ck, 'skills') or nil)
+  local priority = tonumber(ARGV[7])
+  if priority == 0 then
+    redis.call('HDEL', ck, 'priority')
+  elseif priority then
+    redis.call('HSET', ck, 'priority', priority)
+  end
+  local c = redis.call('HMGET', ck, 'priority', 'skills')
+  enqueue(id, target, queue_sig(c[1], c[2] or nil))
   redis.call('HSET', ck, 'status', 'queued', 'pool', target, 'queued_at', now, 'updated_at', now)
   redis.call('HDEL', ck, 'agent_id')
 else
