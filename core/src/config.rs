@@ -754,6 +754,11 @@ pub struct PoolSettings {
     /// Business hours (`[pools.hours]`) and the automatic reply outside them; none: always open.
     #[serde(default)]
     pub hours: Option<HoursSettings>,
+    /// A conversation this pool opens goes to the customer's last agent (the agent most
+    /// recently handed one of their conversations) instead of the longest idle, when that agent
+    /// can take it as it leaves the queue.
+    #[serde(default)]
+    pub prefer_last_agent: bool,
 }
 
 /// One `[[routes]]` entry: a routing rule. A conversation opened by a message the rule matches

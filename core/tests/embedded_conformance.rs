@@ -139,6 +139,11 @@ async fn store_queue_fifo_head_assigned_when_room_frees() {
 }
 
 #[tokio::test]
+async fn store_last_agent_preferred_when_it_can_take_the_conversation() {
+    store::last_agent_preferred_when_it_can_take_the_conversation(&new_store, "embedded.").await;
+}
+
+#[tokio::test]
 async fn store_priority_goes_first_and_ties_keep_arrival_order() {
     store::priority_goes_first_and_ties_keep_arrival_order(&new_store, "embedded.").await;
 }

@@ -60,6 +60,7 @@ conformance!(
     queue_fifo_head_assigned_when_room_frees,
     skills_route_past_heads_nobody_can_take,
     priority_goes_first_and_ties_keep_arrival_order,
+    last_agent_preferred_when_it_can_take_the_conversation,
     record_outbound_conflicts,
     unannounced_notes,
     transfer_to_pool_and_agent,
@@ -798,7 +799,8 @@ mod differential {
             self.envelopes.push((e.clone(), r.clone()));
             let placement = Placement::queued(POOLS[channel])
                 .with_skills(rng.skills())
-                .with_priority(rng.priority());
+                .with_priority(rng.priority())
+                .preferring_last_agent(rng.chance(50));
             self.record(&e, &r, &placement, now).await;
         }
 
@@ -848,6 +850,7 @@ mod differential {
             let pool = POOLS[rng.below(2)];
             let skills = rng.skills();
             let priority = rng.priority();
+            let prefer = rng.chance(50);
             let display_name = rng.chance(50).then(|| format!("Person {p}"));
             let routing = |envelope| InboundRouting {
                 envelope,
@@ -863,7 +866,8 @@ mod differential {
                 claim_ttl: std::time::Duration::from_secs(600),
                 placement: Placement::queued(pool.to_owned())
                     .with_skills(skills.clone())
-                    .with_priority(priority),
+                    .with_priority(priority)
+                    .preferring_last_agent(prefer),
             };
             self.log.push(format!(
                 "route {} {identities:?} {pool} {skills:?} {priority}",
@@ -1021,7 +1025,8 @@ mod differential {
                         self.log.push(format!("replay {}", e.id));
                         let placement = Placement::queued(POOLS[rng.below(2)])
                             .with_skills(rng.skills())
-                            .with_priority(rng.priority());
+                            .with_priority(rng.priority())
+                            .preferring_last_agent(rng.chance(50));
                         self.record(&e, &r, &placement, now).await;
                     }
                 }

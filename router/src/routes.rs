@@ -5,7 +5,7 @@
 //! already open stays in that conversation's pool.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use regex::Regex;
 
@@ -27,6 +27,8 @@ pub struct RouteChoice<'a> {
     pub skills: &'a Skills,
     /// Its priority in the pool's queue (the rule's; 0 without a rule).
     pub priority: u8,
+    /// Whether it prefers the customer's last agent (the pool's `prefer_last_agent`).
+    pub prefer_last_agent: bool,
 }
 
 /// What a conversation no rule routed asks of its agent.
@@ -40,6 +42,7 @@ impl RouteChoice<'_> {
             bot: self.bot.map(str::to_owned),
             skills: self.skills.clone(),
             priority: self.priority,
+            prefer_last_agent: self.prefer_last_agent,
         }
     }
 }
@@ -51,6 +54,8 @@ pub struct RoutingTable {
     pools_by_channel: HashMap<String, String>,
     /// Pool id -> the agent id of its bot.
     bots_by_pool: HashMap<String, String>,
+    /// Pools whose conversations prefer the customer's last agent.
+    preferring_last_agent: HashSet<String>,
     /// Whether a rule has `customer_tags`: only then is the sender's profile worth reading
     /// before choosing.
     reads_customer_tags: bool,
@@ -95,8 +100,15 @@ impl RoutingTable {
             .iter()
             .filter_map(|p| Some((p.id.clone(), bot_agent_id(p.bot.as_deref()?))))
             .collect();
+        let preferring_last_agent = settings
+            .pools
+            .iter()
+            .filter(|p| p.prefer_last_agent)
+            .map(|p| p.id.clone())
+            .collect();
         Ok(RoutingTable {
             reads_customer_tags: rules.iter().any(|r| !r.customer_tags.is_empty()),
+            preferring_last_agent,
             rules,
             pools_by_channel,
             bots_by_pool,
@@ -141,6 +153,7 @@ impl RoutingTable {
             bot: self.bots_by_pool.get(pool).map(String::as_str),
             skills: rule.map_or(&NO_SKILLS, |r| &r.skills),
             priority: rule.map_or(0, |r| r.priority),
+            prefer_last_agent: self.preferring_last_agent.contains(pool),
         }
     }
 }
@@ -298,6 +311,7 @@ mod tests {
                 bot: None,
                 skills: &Skills::NONE,
                 priority: 0,
+                prefer_last_agent: false,
             }
         );
         assert_eq!(
@@ -308,6 +322,7 @@ mod tests {
                 bot: None,
                 skills: &Skills::NONE,
                 priority: 0,
+                prefer_last_agent: false,
             }
         );
         assert_eq!(
@@ -339,6 +354,22 @@ mod tests {
     }
 
     #[test]
+    fn a_pool_preferring_the_last_agent_says_so_in_its_placements() {
+        let table = RoutingTable::from_settings(&settings_with_pools(
+            "[[pools]]\nid = \"support\"\nprefer_last_agent = true\n",
+            "[[routes]]\nid = \"help\"\npool = \"support\"\ntext_contains = [\"help\"]\n",
+        ))
+        .unwrap();
+        let help = table.choose(&text(WEB, "help me"), None);
+        assert_eq!(
+            help.placement(),
+            Placement::queued("support").preferring_last_agent(true)
+        );
+        let other = table.choose(&text(WEB, "hello"), None);
+        assert_eq!(other.placement(), Placement::queued("default"));
+    }
+
+    #[test]
     fn the_first_matching_rule_wins() {
         let table = RoutingTable::from_settings(&settings(
             "[[routes]]\nid = \"refunds\"\npool = \"billing\"\ntext_contains = [\"Refund\", \"退款\"]\n\
@@ -354,6 +385,7 @@ mod tests {
                 bot: None,
                 skills: &Skills::NONE,
                 priority: 0,
+                prefer_last_agent: false,
             }
         );
         assert_eq!(choose(SHOP, "我要退款").rule, Some("refunds"));
@@ -367,6 +399,7 @@ mod tests {
                 bot: None,
                 skills: &Skills::NONE,
                 priority: 0,
+                prefer_last_agent: false,
             }
         );
     }
@@ -515,6 +548,7 @@ mod tests {
                 bot: Some("bot:faq"),
                 skills: &Skills::NONE,
                 priority: 0,
+                prefer_last_agent: false,
             }
         );
         assert_eq!(
@@ -562,6 +596,7 @@ mod tests {
                 bot: None,
                 skills: &Skills::NONE,
                 priority: 0,
+                prefer_last_agent: false,
             }
         );
         assert_eq!(

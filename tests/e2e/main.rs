@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod api_flow;
+mod assignment;
 mod bad_input;
 mod binary;
 mod bots;
@@ -20,7 +21,6 @@ mod presence;
 mod proactive;
 mod raw;
 mod routing;
-mod skills;
 mod support;
 mod telegram;
 mod timers;

@@ -299,6 +299,9 @@ bot_timeout_secs = {{ int64 . }}
 {{- with .close_idle_secs }}
 close_idle_secs = {{ int64 . }}
 {{- end }}
+{{- if .prefer_last_agent }}
+prefer_last_agent = true
+{{- end }}
 {{- with .hours }}
 
 [pools.hours]

@@ -1522,6 +1522,93 @@ pub async fn priority_goes_first_and_ties_keep_arrival_order(
     );
 }
 
+/// The last-agent preference: a conversation opened preferring it goes to the agent most
+/// recently handed one of the customer's conversations, ahead of longer-idle agents, when that
+/// agent can take it (online in the pool, with room and the skills); otherwise, and without the
+/// preference, to the longest idle. A conversation keeps the preference while it waits, and a
+/// transfer straight to an agent makes that agent the customer's last.
+pub async fn last_agent_preferred_when_it_can_take_the_conversation(
+    factory: &impl MakeStore,
+    prefix: &str,
+) {
+    let what = "last_agent_preferred_when_it_can_take_the_conversation";
+    let store = factory.make().await;
+    let pool = format!("{prefix}default");
+    let (a, b) = (format!("{prefix}agent-a"), format!("{prefix}agent-b"));
+    let prefer = Placement::queued(pool.as_str()).preferring_last_agent(true);
+    skilled_agent(&store, &a, &[&pool], 5, &[], at(1)).await;
+    skilled_agent(&store, &b, &[&pool], 5, &[], at(2)).await;
+
+    // x's first conversation goes to a, the longest idle; b is then the longest idle.
+    let first = open_placed(&store, prefix, "x", &prefer, at(3)).await;
+    assert_eq!(
+        pairs(&assign(&store, &pool, at(4)).await),
+        vec![(first.clone(), a.clone())]
+    );
+    close(&store, &first, at(5)).await;
+    let again = open_placed(&store, prefix, "x", &prefer, at(6)).await;
+    assert_eq!(
+        pairs(&assign(&store, &pool, at(7)).await),
+        vec![(again.clone(), a.clone())],
+        "{what}: back to the last agent, not the longest idle"
+    );
+    close(&store, &again, at(8)).await;
+
+    // Without the preference: the longest idle (b).
+    let plain = open_placed(
+        &store,
+        prefix,
+        "x",
+        &Placement::queued(pool.as_str()),
+        at(9),
+    )
+    .await;
+    assert_eq!(
+        pairs(&assign(&store, &pool, at(10)).await),
+        vec![(plain.clone(), b.clone())],
+        "{what}: no preference"
+    );
+    close(&store, &plain, at(11)).await;
+
+    // b is now x's last agent. While b is away, the preference waits in the queue; a takes it
+    // when it is assigned anyway.
+    let away = AgentUpdate {
+        id: b.clone(),
+        status: Some(AgentStatus::Away),
+        ..AgentUpdate::default()
+    };
+    update_agent(&store, away, at(12)).await;
+    let waiting = open_placed(&store, prefix, "x", &prefer, at(13)).await;
+    assert_eq!(
+        pairs(&assign(&store, &pool, at(14)).await),
+        vec![(waiting.clone(), a.clone())],
+        "{what}: the last agent cannot take it"
+    );
+    close(&store, &waiting, at(15)).await;
+
+    // A new customer has no last agent; a transfer to an agent makes that agent the last.
+    let fresh = open_placed(&store, prefix, "y", &prefer, at(16)).await;
+    assert_eq!(
+        pairs(&assign(&store, &pool, at(17)).await),
+        vec![(fresh.clone(), a.clone())],
+        "{what}: no last agent yet: the longest idle"
+    );
+    let online = AgentUpdate {
+        id: b.clone(),
+        status: Some(AgentStatus::Online),
+        ..AgentUpdate::default()
+    };
+    update_agent(&store, online, at(18)).await;
+    transfer(&store, &fresh, TransferTarget::Agent(b.clone()), at(19)).await;
+    close(&store, &fresh, at(20)).await;
+    let later = open_placed(&store, prefix, "y", &prefer, at(21)).await;
+    assert_eq!(
+        pairs(&assign(&store, &pool, at(22)).await),
+        vec![(later, b.clone())],
+        "{what}: the agent of the transfer"
+    );
+}
+
 /// Commands' changes are noted in the same step as the change ([`Note`]): an assignment by
 /// `assign_queued_noted` (never by routing's `assign_queued`), an agent update, a close and a
 /// transfer (with the agent they took the conversation from), and a lapsed agent's expiry. Notes
@@ -5249,6 +5336,7 @@ pub async fn run_all(factory: &impl MakeStore, prefix: &str) {
     queue_fifo_head_assigned_when_room_frees(factory, &p("fifo")).await;
     skills_route_past_heads_nobody_can_take(factory, &p("skills")).await;
     priority_goes_first_and_ties_keep_arrival_order(factory, &p("priority")).await;
+    last_agent_preferred_when_it_can_take_the_conversation(factory, &p("last-agent")).await;
     record_outbound_conflicts(factory, &p("outbound")).await;
     unannounced_notes(factory, &p("unannounced")).await;
     transfer_to_pool_and_agent(factory, &p("transfer")).await;

@@ -53,8 +53,13 @@ struct State {
     open_by_customer: HashMap<String, String>,
     messages: HashMap<String, VecDeque<Envelope>>,
     message_ids: HashMap<String, String>,
-    /// Each pool's queued conversations, per skill requirement.
+    /// Each pool's queued conversations, per priority and skill requirement.
     queues: queues::Queues,
+    /// Customer id -> the agent most recently handed one of their conversations.
+    last_agent: HashMap<String, String>,
+    /// Queued or bot-held conversation -> the agent it prefers
+    /// ([`Placement::prefer_last_agent`]), until it is assigned or closed.
+    preferred_agent: HashMap<String, String>,
     /// Agents, with the per-pool index of those ready for a conversation.
     agents: agents::Agents,
     /// Customer id -> the `source` of the resolution that created it.
@@ -233,6 +238,7 @@ impl State {
             });
         }
         let released_agent = self.detach(id);
+        self.preferred_agent.remove(id);
         let c = self.conversation_mut(id)?;
         c.status = ConversationStatus::Closed;
         c.agent_id = None;
@@ -366,16 +372,29 @@ impl State {
         });
     }
 
-    /// The agent to take the next conversation of `pool` asking `skills`: the first of the
-    /// pool's ready index (longest idle, then lowest id) with every skill asked. A candidate
-    /// whose tracked presence lapsed is set offline on the way (which takes it out of the index)
-    /// and skipped, never chosen.
+    /// The agent to take the next conversation of `pool` asking `skills` and preferring
+    /// `preferred`: that agent when it is in the pool's ready index, present and has the skills;
+    /// else the first of the index (longest idle, then lowest id) with every skill asked. A
+    /// candidate whose tracked presence lapsed is set offline on the way (which takes it out of
+    /// the index) and skipped, never chosen.
     fn next_ready_agent(
         &mut self,
         pool: &str,
         skills: &Skills,
+        preferred: Option<&str>,
         now: DateTime<Utc>,
     ) -> Option<String> {
+        if let Some(id) = preferred.filter(|id| self.agents.is_ready(pool, id)) {
+            if self.presence_lapsed(id) {
+                self.expire_lapsed(id, now);
+            } else if self
+                .agents
+                .get(id)
+                .is_some_and(|agent| skills.held_by(&agent.skills))
+            {
+                return Some(id.to_owned());
+            }
+        }
         loop {
             let (id, lapsed) = self.agents.ready(pool).find_map(|(_, id)| {
                 if self.presence_lapsed(id) {
@@ -389,10 +408,15 @@ impl State {
             if !lapsed {
                 return Some(id);
             }
-            self.expire_presence(&id, now);
-            // Announced by the next sweep (`expire_lapsed_agents`).
-            self.expired_unannounced.insert(id);
+            self.expire_lapsed(&id, now);
         }
+    }
+
+    /// Sets agent `id`, met while choosing an agent, offline because its presence lapsed; the
+    /// next sweep (`expire_lapsed_agents`) announces it.
+    fn expire_lapsed(&mut self, id: &str, now: DateTime<Utc>) {
+        self.expire_presence(id, now);
+        self.expired_unannounced.insert(id.to_owned());
     }
 
     /// Whether conversation `id` is queued in `pool`'s queue `key` (its entry there is not
@@ -473,6 +497,21 @@ impl State {
         }
     }
 
+    /// Adds conversation `id` to agent `agent_id`'s load (its idle time restarts), and makes the
+    /// agent its customer's last agent; the conversation's own preference is used up.
+    fn hand_to_agent(&mut self, id: &str, agent_id: &str, now: DateTime<Utc>) {
+        self.agents.update(agent_id, |agent| {
+            agent.conversations.push(id.to_owned());
+            agent.idle_since = now;
+            agent.updated_at = now;
+        });
+        if let Some(customer) = self.conversations.get(id).map(|c| c.customer_id.clone()) {
+            let customer = self.canonical_customer_id(&customer);
+            self.last_agent.insert(customer, agent_id.to_owned());
+        }
+        self.preferred_agent.remove(id);
+    }
+
     /// Hands the queued conversation `id` (the head of its queue) to agent `agent_id`.
     fn assign(&mut self, id: &str, agent_id: String, now: DateTime<Utc>) -> Option<Assignment> {
         let c = self.conversations.get_mut(id)?;
@@ -481,11 +520,7 @@ impl State {
         c.assigned_at = Some(now);
         c.updated_at = now;
         let conversation = c.clone();
-        self.agents.update(&agent_id, |agent| {
-            agent.conversations.push(id.to_owned());
-            agent.idle_since = now;
-            agent.updated_at = now;
-        });
+        self.hand_to_agent(id, &agent_id, now);
         Some(Assignment {
             conversation,
             agent_id,
@@ -588,6 +623,7 @@ impl State {
             self.redirects.remove(*owner);
             self.customer_created_by.remove(*owner);
             self.open_by_customer.remove(*owner);
+            self.last_agent.remove(*owner);
         }
         self.identity_owner
             .retain(|_, owner| !owners.contains(&owner.as_str()));
@@ -785,6 +821,7 @@ impl State {
                     bot,
                     skills,
                     priority,
+                    prefer_last_agent,
                 } = placement;
                 self.conversations.insert(
                     id.clone(),
@@ -819,6 +856,13 @@ impl State {
                     .insert(customer_id.clone(), id.clone());
                 self.conversation_opened_by
                     .insert(id.clone(), envelope.id.clone());
+                if let Some(agent) = self
+                    .last_agent
+                    .get(&customer_id)
+                    .filter(|_| *prefer_last_agent)
+                {
+                    self.preferred_agent.insert(id.clone(), agent.clone());
+                }
                 if bot.is_none() {
                     self.queues.push(
                         pool,
@@ -855,7 +899,8 @@ impl State {
         let mut out = Vec::new();
         let mut blocked = Vec::new();
         while let Some((key, head)) = self.next_head(pool, &blocked) {
-            match self.next_ready_agent(pool, &key.skills, now) {
+            let preferred = self.preferred_agent.get(&head).cloned();
+            match self.next_ready_agent(pool, &key.skills, preferred.as_deref(), now) {
                 Some(agent_id) => {
                     self.queues.pop_front(pool, &key);
                     out.extend(self.assign(&head, agent_id, now));
@@ -1358,11 +1403,7 @@ impl Store for EmbeddedStore {
         };
         s.conversations.insert(id.clone(), conversation.clone());
         s.open_by_customer.insert(customer_id.clone(), id.clone());
-        s.agents.update(agent_id, |agent| {
-            agent.conversations.push(id.clone());
-            agent.idle_since = now;
-            agent.updated_at = now;
-        });
+        s.hand_to_agent(&id, agent_id, now);
         s.append_message(&id, &customer_id, envelope);
         if let Some(push) = stage {
             s.mailbox_push(push);
@@ -1618,11 +1659,7 @@ impl Store for EmbeddedStore {
                 s.queues.push(&pool, &key, id.to_owned());
             }
             TransferTarget::Agent(agent_id) => {
-                s.agents.update(&agent_id, |agent| {
-                    agent.conversations.push(id.to_owned());
-                    agent.idle_since = now;
-                    agent.updated_at = now;
-                });
+                s.hand_to_agent(id, &agent_id, now);
                 let c = s.conversation_mut(id)?;
                 c.status = ConversationStatus::Assigned;
                 c.agent_id = Some(agent_id);

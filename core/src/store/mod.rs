@@ -202,6 +202,10 @@ pub struct Placement {
     pub skills: Skills,
     /// Its priority in the pool's queue ([`Conversation::priority`]).
     pub priority: u8,
+    /// Whether it goes to the customer's last agent (the agent most recently assigned one of
+    /// their conversations) rather than the longest idle, when that agent can take it as it
+    /// leaves the queue: online in its pool, with room and every skill it asks for.
+    pub prefer_last_agent: bool,
 }
 
 impl Placement {
@@ -212,6 +216,7 @@ impl Placement {
             bot: None,
             skills: Skills::default(),
             priority: 0,
+            prefer_last_agent: false,
         }
     }
 
@@ -230,6 +235,12 @@ impl Placement {
     /// With `priority` in the queue.
     pub fn with_priority(mut self, priority: u8) -> Self {
         self.priority = priority;
+        self
+    }
+
+    /// Preferring the customer's last agent when `prefer` ([`Placement::prefer_last_agent`]).
+    pub fn preferring_last_agent(mut self, prefer: bool) -> Self {
+        self.prefer_last_agent = prefer;
         self
     }
 }
@@ -861,7 +872,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Assigns queued conversations of `pool`, highest [`Conversation::priority`] first and,
     /// within a priority, oldest first, each to the longest-idle online agent of the pool with
-    /// room who has every skill it asks for ([`Conversation::skills`]), until no queued
+    /// room who has every skill it asks for ([`Conversation::skills`]) — or to the customer's
+    /// last agent when the conversation was opened preferring it
+    /// ([`Placement::prefer_last_agent`]) and that agent is one of those — until no queued
     /// conversation can go to an agent. A conversation no agent with room can take holds back
     /// only the others of its priority asking for the same skills, not those asking for other
     /// skills or none.

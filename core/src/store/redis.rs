@@ -363,6 +363,7 @@ impl RedisStore {
             placement.bot.clone().unwrap_or_default(),
             skills_arg(&placement.skills)?,
             placement.priority.to_string(),
+            flag(placement.prefer_last_agent).to_owned(),
         ])
     }
 }

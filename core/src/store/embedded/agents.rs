@@ -61,6 +61,14 @@ impl Agents {
         self.ready.get(pool).into_iter().flatten()
     }
 
+    /// Whether agent `id` is in `pool`'s ready index.
+    pub(super) fn is_ready(&self, pool: &str, id: &str) -> bool {
+        match (self.by_id.get(id), self.ready.get(pool)) {
+            (Some(agent), Some(ready)) => ready.contains(&(agent.idle_since, agent.id.clone())),
+            _ => false,
+        }
+    }
+
     /// The whole ready index, for tests to check.
     #[cfg(test)]
     pub(super) fn ready_index(&self) -> &HashMap<String, BTreeSet<ReadyKey>> {

@@ -3,13 +3,14 @@
 -- Repeatedly: the first head (higher priority, then older, then lower id: head_before) of the
 -- pool's queues (one per priority and skill set asked for; stale entries dropped) goes to the
 -- first agent of the pool's index of agents with room (idle_since, then id) who has every skill
--- it asks for. A queue whose head no such agent can take is passed over until the end of this
--- call, so it holds back only conversations of its priority asking for the same skills.
--- Reading the index's first member costs the same with 3 agents or 3 000; a head asking for
--- skills reads members until one has them. A candidate whose tracked presence
--- lapsed (its gateway stopped heart-beating) is set offline here and skipped; a member that no
--- longer has room or is not online (an index written before it held only agents with room) is
--- dropped.
+-- it asks for; to the customer's last agent instead when the conversation prefers it (its
+-- `preferred_agent`) and that agent is such an agent. A queue whose head no such agent can take
+-- is passed over until the end of this call, so it holds back only conversations of its
+-- priority asking for the same skills. Reading the index's first member costs the same with 3
+-- agents or 3 000; a head asking for skills reads members until one has them. A candidate whose
+-- tracked presence lapsed (its gateway stopped heart-beating) is set offline here and skipped; a
+-- member that no longer has room or is not online (an index written before it held only agents
+-- with room) is dropped.
 
 local pool, now = ARGV[2], ARGV[3]
 local zk = key('pool-online', pool)
@@ -29,39 +30,56 @@ local function has_skills(aid, wanted)
   return true
 end
 
--- The agent id of the index's first member that can take a conversation asking for `skills`
--- (a JSON array, or false for none), with its {status, idle_since, capacity}; nil when there
--- is none.
-local function first_ready_agent(skills)
+-- Member `m` of the index, if its agent can take a conversation now: the agent id and its
+-- {status, idle_since, capacity}. Otherwise nil, and the member is dropped from the index (an
+-- agent whose tracked presence lapsed is also set offline).
+local function ready_member(m)
+  local sep = string.find(m, '|', 1, true)
+  local aid = sep and string.sub(m, sep + 1)
+  if aid then
+    local a = redis.call('HMGET', key('agent', aid), 'status', 'capacity', 'presence',
+      'idle_since')
+    if a[3] == 'live' and redis.call('EXISTS', key('presence', aid)) == 0 then
+      expire_presence(aid, now)
+      -- Announced (agent.updated) by the next sweep, which has the agent's record to hand.
+      redis.call('SADD', P .. ':agents-expired', aid)
+    elseif a[1] == 'online' and a[4] == string.sub(m, 1, sep - 1)
+      and redis.call('LLEN', key('agent-convs', aid)) < (tonumber(a[2]) or 0) then
+      return aid, { a[1], a[4], a[2] }
+    end
+  end
+  redis.call('ZREM', zk, m)
+  return nil
+end
+
+-- The agent to take a conversation asking for `skills` (a JSON array, or false for none) and
+-- preferring agent `preferred` (or false), with its {status, idle_since, capacity}: `preferred`
+-- when it is in the index, ready and has the skills, else the index's first such member; nil
+-- when there is none.
+local function first_ready_agent(skills, preferred)
   local wanted = skills and cjson.decode(skills)
+  if preferred then
+    local idle = redis.call('HGET', key('agent', preferred), 'idle_since')
+    local m = idle and online_member(idle, preferred)
+    if m and redis.call('ZSCORE', zk, m) then
+      local aid, a = ready_member(m)
+      if aid and (not wanted or has_skills(aid, wanted)) then
+        return aid, a
+      end
+    end
+  end
   local pos = 0
   while true do
     local m = redis.call('ZRANGE', zk, pos, pos)[1]
     if not m then
       return nil
     end
-    local sep = string.find(m, '|', 1, true)
-    local aid = sep and string.sub(m, sep + 1)
-    local ready = false
+    local aid, a = ready_member(m)
     if aid then
-      local a = redis.call('HMGET', key('agent', aid), 'status', 'capacity', 'presence',
-        'idle_since')
-      if a[3] == 'live' and redis.call('EXISTS', key('presence', aid)) == 0 then
-        expire_presence(aid, now)
-        -- Announced (agent.updated) by the next sweep, which has the agent's record to hand.
-        redis.call('SADD', P .. ':agents-expired', aid)
-      elseif a[1] == 'online' and a[4] == string.sub(m, 1, sep - 1)
-        and redis.call('LLEN', key('agent-convs', aid)) < (tonumber(a[2]) or 0) then
-        ready = true
-        if not wanted or has_skills(aid, wanted) then
-          return aid, { a[1], a[4], a[2] }
-        end
+      if not wanted or has_skills(aid, wanted) then
+        return aid, a
       end
-    end
-    if ready then
       pos = pos + 1
-    else
-      redis.call('ZREM', zk, m)
     end
   end
 end
@@ -106,7 +124,7 @@ while true do
     break
   end
   local sig, head, skills = queues[best], heads[best][1], heads[best][4]
-  local chosen, agent = first_ready_agent(skills)
+  local chosen, agent = first_ready_agent(skills, heads[best][5])
   if chosen then
     redis.call('LPOP', queue_key(pool, sig))
     heads[best] = nil

@@ -48,7 +48,7 @@ local function erase(cust, reason, now)
       delete_conversation(conv)
       convs[#convs + 1] = conv
     end
-    redis.call('DEL', sk, key('open', owner))
+    redis.call('DEL', sk, key('open', owner), key('last-agent', owner))
     if owner ~= cust then
       redis.call('DEL', key('redirect', owner))
     end

@@ -167,16 +167,16 @@ local function pool_queues(pool)
   return sigs
 end
 
--- Conversation `id` as a queue entry of pool's queue `sig`: {id, queued_at, priority, skills}
--- (skills false for none), or nil when the entry is stale (the conversation was closed, moved,
+-- Conversation `id` as a queue entry of pool's queue `sig`: {id, queued_at, priority, skills,
+-- preferred agent} (skills and preferred agent false for none), or nil when the entry is stale (the conversation was closed, moved,
 -- or asks for another priority or skills since).
 local function queue_entry(id, pool, sig)
   local c = redis.call('HMGET', key('conv', id), 'status', 'pool', 'skills', 'priority',
-    'queued_at')
+    'queued_at', 'preferred_agent')
   if c[1] ~= 'queued' or c[2] ~= pool or queue_sig(c[4], c[3] or nil) ~= sig then
     return nil
   end
-  return { id, c[5] or '', tonumber(c[4]) or 0, c[3] or false }
+  return { id, c[5] or '', tonumber(c[4]) or 0, c[3] or false, c[6] or false }
 end
 
 -- Whether queue entry a comes before entry b: higher priority, then older, then lower id.
@@ -243,6 +243,14 @@ local function take_conversation(id, conv, now, a)
     end
   end
   redis.call('HSET', ak, 'idle_since', now, 'updated_at', now)
+  -- The customer's last agent, preferred for their later conversations opened with that
+  -- preference (record_inbound); a conversation's own preference is used up by its assignment.
+  local ck = key('conv', conv)
+  local cust = redis.call('HGET', ck, 'customer_id')
+  if cust then
+    redis.call('SET', key('last-agent', canonical(cust)), id)
+  end
+  redis.call('HDEL', ck, 'preferred_agent')
 end
 
 -- Conversations a bot holds, per pool, by their latest message either way: the lex-ordered
@@ -299,6 +307,7 @@ local function close_conversation(id, reason, now)
   local released = detach(id)
   redis.call('HSET', ck, 'status', 'closed', 'closed_at', now, 'updated_at', now,
     'close_reason', reason)
+  redis.call('HDEL', ck, 'preferred_agent')
   -- The index expire_closed deletes closed conversations by (store.retention_days).
   redis.call('ZADD', P .. ':closed', 0, now .. '|' .. id)
   redis.call('HDEL', ck, 'agent_id')

@@ -3,7 +3,9 @@
 -- id for a new conversation, tenant, channel kind, channel id, recipient (Sender JSON),
 -- envelope JSON, the bot (agent id) that holds a conversation it opens, which then starts in
 -- status `bot` instead of the pool's queue (empty: none), the skills such a conversation asks
--- of its agent (a JSON array; empty: none) and its priority in the queue (empty: 0).
+-- of its agent (a JSON array; empty: none), its priority in the queue (empty: 0), and `1` when
+-- it prefers the customer's last agent (`P:last-agent:{customer}`, then kept as the
+-- conversation's `preferred_agent` until it is assigned).
 -- Reply: {'dup', opened by this envelope (1/0), conversation}
 -- | {'ok', created (1/0), conversation} | error.
 
@@ -14,6 +16,7 @@ local channel_kind, channel_id, recipient, envelope = ARGV[9], ARGV[10], ARGV[11
 local bot = ARGV[13] ~= '' and ARGV[13] or nil
 local skills = ARGV[14] ~= '' and ARGV[14] or nil
 local priority = tonumber(ARGV[15]) or 0
+local prefer_last_agent = ARGV[16] == '1'
 
 local mk = key('msg', env_id)
 local seen = redis.call('GET', mk)
@@ -56,6 +59,10 @@ if created == 1 then
   end
   if priority ~= 0 then
     redis.call('HSET', ck, 'priority', priority)
+  end
+  local last_agent = prefer_last_agent and redis.call('GET', key('last-agent', cust))
+  if last_agent then
+    redis.call('HSET', ck, 'preferred_agent', last_agent)
   end
   if bot then
     redis.call('HSET', ck, 'status', 'bot', 'agent_id', bot)

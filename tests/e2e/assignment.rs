@@ -1,7 +1,8 @@
 //! Skills-based routing and priorities through the real server: a routing rule's `skills` make
 //! the conversation it opens wait for an agent with every one of them, without holding back the
 //! conversations behind it; an agent gaining the skill takes it; a transfer can ask for skills.
-//! A rule's `priority` puts its conversations ahead of older ones; a transfer can change it.
+//! A rule's `priority` puts its conversations ahead of older ones; a transfer can change it. A
+//! pool that prefers the last agent gives a returning customer the agent who served them.
 
 use serde_json::{Value, json};
 
@@ -225,5 +226,47 @@ async fn a_rule_with_a_priority_puts_its_conversations_ahead_of_older_ones() {
         )
         .await;
     assert_eq!(status, 400, "{answer}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returning_customer_gets_their_last_agent_in_a_pool_that_prefers_it() {
+    let config = format!(
+        "[[pools]]\nid = \"default\"\nprefer_last_agent = true\n{}",
+        CONFIG.replace("SECRET", SECRET)
+    );
+    let server = Server::start(&config).await;
+    agent_with(&server, "ann", &[]).await;
+    agent_with(&server, "bob", &[]).await;
+    let send = |id: &str, user: &str| {
+        let body = api_message(id, user, "hello", &[]);
+        let server = &server;
+        async move {
+            let response = server.post_signed("shop", &body).await;
+            assert_eq!(response.status(), 202);
+        }
+    };
+    let close = |id: String| {
+        let server = &server;
+        async move {
+            let (status, body) = server
+                .send_json("POST", &format!("/v1/conversations/{id}/close"), json!({}))
+                .await;
+            assert_eq!(status, 200, "{body}");
+        }
+    };
+
+    // ann has been idle longest: customer 1's first conversation is hers.
+    send("m-1", "1").await;
+    let first = held_by(&server, "ann", 1).await;
+    close(first[0]["id"].as_str().unwrap().to_owned()).await;
+    held_by(&server, "ann", 0).await;
+
+    // bob is the longest idle now, but customer 1 comes back to ann; customer 2 goes to bob.
+    send("m-2", "1").await;
+    let again = held_by(&server, "ann", 1).await;
+    assert_ne!(again[0]["id"], first[0]["id"], "a new conversation");
+    send("m-3", "2").await;
+    held_by(&server, "bob", 1).await;
     server.stop().await;
 }
