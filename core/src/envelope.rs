@@ -353,3 +353,42 @@ pub fn shard_key(channel_id: &str, external_id: &str) -> String {
 pub fn new_id() -> String {
     ulid::Ulid::new().to_string()
 }
+
+/// The envelope id of the one message that `name` stands for (e.g. `auto-reply:{conversation
+/// id}`): a ULID whose time part is `at` and whose 80 random bits come from a SHA-256 of
+/// `name`. The same `name` and `at` give the same id in every process and version, so a message
+/// sent again under it is recognised as the same message ([`crate::store::Store::record_outbound`]
+/// records it once, the outbound sender sends it once); distinct names give distinct ids.
+pub fn derived_id(name: &str, at: DateTime<Utc>) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(name.as_bytes());
+    let mut high = [0u8; 16];
+    high.copy_from_slice(&digest[..16]);
+    let random = u128::from_be_bytes(high) >> 48;
+    let millis = u64::try_from(at.timestamp_millis()).unwrap_or(0);
+    ulid::Ulid::from_parts(millis, random).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derived_ids_are_stable_valid_ulids_and_distinct() {
+        let at: DateTime<Utc> = "2026-11-30T03:00:00.123Z".parse().unwrap();
+        let id = derived_id("auto-reply:c1", at);
+        assert_eq!(
+            id,
+            derived_id("auto-reply:c1", at),
+            "the same name, the same id"
+        );
+        let parsed: ulid::Ulid = id.parse().unwrap();
+        assert_eq!(parsed.timestamp_ms(), 1_796_007_600_123);
+        assert_eq!(id.len(), 26);
+        assert_ne!(id, derived_id("auto-reply:c2", at));
+        assert_ne!(
+            id,
+            derived_id("auto-reply:c1", at + chrono::TimeDelta::milliseconds(1))
+        );
+    }
+}

@@ -109,6 +109,11 @@ async fn store_record_inbound_is_idempotent() {
 }
 
 #[tokio::test]
+async fn store_record_outbound_is_idempotent() {
+    store::record_outbound_is_idempotent(&new_store, "embedded.").await;
+}
+
+#[tokio::test]
 async fn store_resolve_retry_reports_created() {
     store::resolve_retry_reports_created(&new_store, "embedded.").await;
 }

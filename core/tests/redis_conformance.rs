@@ -52,6 +52,7 @@ conformance!(
     weak_identities_merge_only_explicitly,
     one_open_conversation_across_channels,
     record_inbound_is_idempotent,
+    record_outbound_is_idempotent,
     resolve_retry_reports_created,
     lapsed_agents_are_swept,
     longest_idle_agent_first,
@@ -343,7 +344,8 @@ async fn records_round_trip_exactly() {
     let c = s
         .record_outbound(&conv.id, Some(&agent.id), &reply, later, None)
         .await
-        .unwrap();
+        .unwrap()
+        .conversation;
     assert_eq!(c.replies_since_inbound, 1);
     assert_eq!(c.status, ConversationStatus::Assigned);
     assert_eq!(s.messages(&conv.id, 1).await.unwrap(), vec![reply]);
@@ -1123,7 +1125,9 @@ mod differential {
                                 None,
                             )
                             .await;
-                        let f = |c: &switchyard_core::model::Conversation| json!(c);
+                        let f = |o: &switchyard_core::store::OutboundRecord| {
+                            json!([o.conversation, o.duplicate])
+                        };
                         self.check("record_outbound", shape(&e, f), shape(&r, f));
                     }
                 }

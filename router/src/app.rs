@@ -236,7 +236,6 @@ impl App {
                     pool_hours.clone(),
                     ops.clone(),
                     metrics.clone(),
-                    Duration::from_secs(settings.store.dedupe_ttl_secs),
                 ))
             };
             let peers = Peers::new(

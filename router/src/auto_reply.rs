@@ -2,12 +2,19 @@
 //! message opens a conversation while its pool is closed, the customer is told so once, on the
 //! conversation's channel, as an outbound text without an agent. The conversation is queued and
 //! assigned as usual; the reply only sets expectations, and it never fails the routing.
+//!
+//! Once per conversation, whatever happens to the router: the reply's envelope id is derived
+//! from the conversation ([`reply_id`]), so every attempt (a retry or redelivery of the opening
+//! message, on this router or another, after a crash or a lost store answer, at any time) sends
+//! the same message. The store records an envelope id once and stages its bus message only
+//! then ([`Store::record_outbound`](switchyard_core::store::Store::record_outbound)), so a
+//! later attempt publishes nothing, and the outbound sender sends an id once
+//! (`sent:{id}`). No claim is needed: an attempt that stopped halfway is simply made again.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
-use switchyard_core::envelope::{Content, Envelope};
+use switchyard_core::envelope::{Content, Envelope, derived_id};
 use switchyard_core::hours::Hours;
 use switchyard_core::metrics::Metrics;
 use switchyard_core::model::{Conversation, ConversationStatus};
@@ -15,10 +22,14 @@ use switchyard_core::model::{Conversation, ConversationStatus};
 use crate::error::RouteError;
 use crate::operations::Operations;
 
-/// The store key claimed before a conversation's automatic reply is recorded, so that it is
-/// recorded once whatever retries the opening message has.
-pub fn claim_key(conversation_id: &str) -> String {
-    format!("auto-reply:{conversation_id}")
+/// The envelope id of `conversation`'s automatic reply: derived from `auto-reply:{conversation
+/// id}`, its time part the conversation's `created_at`, so every attempt to send the reply
+/// gives it the same id.
+pub fn reply_id(conversation: &Conversation) -> String {
+    derived_id(
+        &format!("auto-reply:{}", conversation.id),
+        conversation.created_at,
+    )
 }
 
 /// Sends the automatic replies of the pools that have business hours.
@@ -27,23 +38,15 @@ pub struct AutoReplies {
     hours: Arc<HashMap<String, Hours>>,
     ops: Operations,
     metrics: Metrics,
-    claim_ttl: Duration,
 }
 
 impl AutoReplies {
-    /// Replies by `ops` for the pools of `hours` (pool id, schedule); a conversation's claim is
-    /// kept for `claim_ttl` (the dedupe time of its messages).
-    pub fn new(
-        hours: Vec<(String, Hours)>,
-        ops: Operations,
-        metrics: Metrics,
-        claim_ttl: Duration,
-    ) -> Self {
+    /// Replies by `ops` for the pools of `hours` (pool id, schedule).
+    pub fn new(hours: Vec<(String, Hours)>, ops: Operations, metrics: Metrics) -> Self {
         AutoReplies {
             hours: Arc::new(hours.into_iter().collect()),
             ops,
             metrics,
-            claim_ttl,
         }
     }
 
@@ -64,7 +67,7 @@ impl AutoReplies {
         if conversation.status == ConversationStatus::Bot || hours.is_open(opening.received_at) {
             return;
         }
-        let outcome = match self.send_once(opening, conversation, hours).await {
+        let outcome = match self.send_once(conversation, hours).await {
             Ok(true) => "sent",
             Ok(false) => return,
             Err(RouteError::Refused { code, message }) => {
@@ -82,36 +85,20 @@ impl AutoReplies {
             .inc();
     }
 
-    /// Claims the conversation's reply and sends it: `Ok(false)` when it was claimed before (a
-    /// retry of the opening message). A claim whose reply was not recorded is given up, so a
-    /// later retry may send it; one the channel refuses is kept (it would be refused again).
+    /// Sends the conversation's reply under its [`reply_id`]: `Ok(false)` when that id was
+    /// recorded before (an earlier attempt sent it; nothing is sent again).
     async fn send_once(
         &self,
-        opening: &Envelope,
         conversation: &Conversation,
         hours: &Hours,
     ) -> Result<bool, RouteError> {
-        let store = self.ops.store();
-        let key = claim_key(&conversation.id);
-        if store
-            .claim_key(&key, &opening.id, self.claim_ttl)
-            .await?
-            .is_some()
-        {
-            return Ok(false);
-        }
         let content = Content::Text {
             text: hours.reply().to_owned(),
         };
-        match self.ops.send_outbound(conversation, None, content).await {
-            Ok(_) => Ok(true),
-            Err(e @ RouteError::Refused { .. }) => Err(e),
-            Err(e) => {
-                if let Err(release) = store.release_key(&key, &opening.id).await {
-                    tracing::warn!(error = %release, "could not give up the claim of an automatic reply");
-                }
-                Err(e)
-            }
-        }
+        let sent = self
+            .ops
+            .send_outbound(conversation, None, reply_id(conversation), content)
+            .await?;
+        Ok(!sent.duplicate)
     }
 }

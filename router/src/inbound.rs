@@ -174,8 +174,8 @@ impl InboundRouter {
         self.events.publish(events).await?;
         announced(&*self.store, &notes).await;
         // Once the routing is announced: a retry of the opening message (its first attempt
-        // failed before this point, or after it) gets here too, and the reply's claim keeps it
-        // to one.
+        // failed before this point, or after it) gets here too, and the reply's id, derived
+        // from the conversation, keeps it to one.
         if record.created
             && let Some(auto_replies) = &self.auto_replies
         {

@@ -51,6 +51,16 @@ pub struct Started {
     pub envelope: Envelope,
 }
 
+/// An outbound message [`Operations::send_outbound`] handled.
+#[derive(Debug, Clone)]
+pub(crate) struct SentOutbound {
+    /// The envelope as this send built it (for a duplicate, the recorded copy is the first
+    /// send's, with its own timestamps).
+    pub(crate) envelope: Envelope,
+    /// Whether its id was recorded before: this send recorded and published nothing.
+    pub(crate) duplicate: bool,
+}
+
 /// The pool of a channel that names none in the configuration.
 const DEFAULT_POOL: &str = "default";
 
@@ -175,19 +185,30 @@ impl Operations {
     ) -> Result<Envelope, RouteError> {
         check_content(&content)?;
         let conversation = self.conversation_record(conversation_id).await?;
-        self.send_outbound(&conversation, agent_id, content).await
+        let sent = self
+            .send_outbound(&conversation, agent_id, new_id(), content)
+            .await?;
+        Ok(sent.envelope)
     }
 
     /// Sends `content` to the customer of `conversation` on the channel they last wrote from,
-    /// as `agent_id` (`None`: an automatic message): checks the channel's rules, records the
-    /// outbound envelope with its bus message staged in the outbox (one atomic step), then
-    /// publishes it. Returns the envelope once it is on the bus (or kept in the outbox).
+    /// as `agent_id` (`None`: an automatic message), under envelope id `id`: checks the
+    /// channel's rules, records the outbound envelope with its bus message staged in the outbox
+    /// (one atomic step), then publishes it. Returns the envelope once it is on the bus (or kept
+    /// in the outbox).
+    ///
+    /// A message that must go out once whatever retries its cause has (the automatic reply)
+    /// passes an id derived from that cause ([`switchyard_core::envelope::derived_id`]): when
+    /// the id was recorded before, nothing is recorded, staged or published again (the first
+    /// send is on the bus, or in the outbox until the bus takes it), and the answer says it is
+    /// a [duplicate](SentOutbound::duplicate). Others pass a fresh [`new_id`].
     pub(crate) async fn send_outbound(
         &self,
         conversation: &Conversation,
         agent_id: Option<&str>,
+        id: String,
         content: Content,
-    ) -> Result<Envelope, RouteError> {
+    ) -> Result<SentOutbound, RouteError> {
         let conversation_id = conversation.id.as_str();
         let now = switchyard_core::time::now();
         // The channel's rules decide before anything is queued: an undeliverable reply is
@@ -196,7 +217,6 @@ impl Operations {
             Some(channel) => check_rules(channel.rules(), conversation, content, now)?,
             None => content,
         };
-        let id = new_id();
         let envelope = Envelope {
             id: id.clone(),
             tenant: conversation.tenant.clone(),
@@ -215,7 +235,8 @@ impl Operations {
         };
         let staged = self.stage_outbound(&envelope)?;
         // Recording checks that the agent holds the conversation and that it is open.
-        self.store
+        let record = self
+            .store
             .record_outbound(
                 conversation_id,
                 agent_id,
@@ -224,8 +245,19 @@ impl Operations {
                 Some(staged.push()),
             )
             .await?;
+        if record.duplicate {
+            // Recorded and staged by an earlier send: publishing this copy would only repeat
+            // it (and the staged batch was not kept, so there is nothing to send).
+            return Ok(SentOutbound {
+                envelope,
+                duplicate: true,
+            });
+        }
         self.outbox.send_staged(staged).await?;
-        Ok(envelope)
+        Ok(SentOutbound {
+            envelope,
+            duplicate: false,
+        })
     }
 
     /// An agent writes first to a customer (a merged-away id: the profile it was merged into)

@@ -1868,7 +1868,11 @@ pub async fn record_outbound_conflicts(factory: &impl MakeStore, prefix: &str) {
         .record_outbound(&conv.id, Some(&x), &reply, at(7), Some(stage("ok")))
         .await
         .unwrap_or_else(|e| panic!("{what}: reply by the right agent: {e}"));
-    assert_eq!(ok.message_count, 2, "{what}: message_count after reply");
+    assert!(!ok.duplicate, "{what}: a first reply is no duplicate");
+    assert_eq!(
+        ok.conversation.message_count, 2,
+        "{what}: message_count after reply"
+    );
     assert_eq!(
         message_ids(&store, &conv.id).await,
         vec![e_in.id.clone(), reply.id.clone()],
@@ -1925,6 +1929,111 @@ pub async fn record_outbound_conflicts(factory: &impl MakeStore, prefix: &str) {
         ["ok=the reply's bus message"],
         "{what}: only the recorded reply's item is pushed"
     );
+}
+
+/// `record_outbound` is idempotent by envelope id: recording an id again (a retry after a lost
+/// answer, an automatic reply sent twice) changes nothing, stages nothing and answers the
+/// conversation holding it, marked duplicate, even once the conversation is closed or when the
+/// sender would now be refused.
+pub async fn record_outbound_is_idempotent(factory: &impl MakeStore, prefix: &str) {
+    let what = "record_outbound_is_idempotent";
+    let store = factory.make().await;
+    let outbox = format!("{prefix}outbox");
+    let stage = |id: &'static str| MailboxPush {
+        key: &outbox,
+        id,
+        body: "the reply's bus message",
+        max_len: 10,
+        ttl: Duration::from_secs(60),
+    };
+    let pool = format!("{prefix}default");
+    let (_, e_in, conv) = open(&store, prefix, "c", &pool, at(1)).await;
+
+    // An automatic reply (no agent) to the queued conversation.
+    let mut reply = outbound_envelope(&conv, "", at(2));
+    reply.agent_id = None;
+    let first = store
+        .record_outbound(&conv.id, None, &reply, at(2), Some(stage("first")))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: first record: {e}"));
+    assert!(!first.duplicate, "{what}: the first record is no duplicate");
+    assert_eq!(
+        (
+            first.conversation.message_count,
+            first.conversation.replies_since_inbound
+        ),
+        (2, 1),
+        "{what}: counts after the first record"
+    );
+
+    // The same id again, later, even with other content and an agent that does not hold the
+    // conversation: the first record stands.
+    let mut again = reply.clone();
+    again.content = Content::Text {
+        text: "a second copy".into(),
+    };
+    again.agent_id = Some(format!("{prefix}nobody"));
+    let second = store
+        .record_outbound(
+            &conv.id,
+            again.agent_id.as_deref(),
+            &again,
+            at(3),
+            Some(stage("second")),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{what}: second record: {e}"));
+    assert!(second.duplicate, "{what}: the second record is a duplicate");
+    assert_eq!(
+        second.conversation, first.conversation,
+        "{what}: the conversation is unchanged"
+    );
+    let stored = store
+        .messages(&conv.id, 10)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: messages: {e}"));
+    assert_eq!(
+        stored.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+        [e_in.id.as_str(), reply.id.as_str()],
+        "{what}: the reply is kept once"
+    );
+    assert_eq!(
+        stored[1].content, reply.content,
+        "{what}: the first copy is kept"
+    );
+
+    // Once the conversation is closed, the same id is still a duplicate, not a conflict.
+    store
+        .close_conversation(&conv.id, "agent", at(4))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: close: {e}"));
+    let late = store
+        .record_outbound(&conv.id, None, &reply, at(5), Some(stage("late")))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: record after the close: {e}"));
+    assert!(
+        late.duplicate,
+        "{what}: a record after the close is a duplicate"
+    );
+    assert_eq!(
+        (late.conversation.id.as_str(), late.conversation.status),
+        (conv.id.as_str(), ConversationStatus::Closed),
+        "{what}: the conversation holding the reply"
+    );
+    assert_eq!(
+        message_ids(&store, &conv.id).await.len(),
+        2,
+        "{what}: nothing recorded after the close"
+    );
+
+    let staged: Vec<String> = store
+        .mailbox_read(&outbox)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: read the outbox: {e}"))
+        .into_iter()
+        .map(|item| item.id)
+        .collect();
+    assert_eq!(staged, ["first"], "{what}: only the first record stages");
 }
 
 /// Transfers: to a pool (the agent is freed, the conversation queues at the back with a new
@@ -5338,6 +5447,7 @@ pub async fn run_all(factory: &impl MakeStore, prefix: &str) {
     priority_goes_first_and_ties_keep_arrival_order(factory, &p("priority")).await;
     last_agent_preferred_when_it_can_take_the_conversation(factory, &p("last-agent")).await;
     record_outbound_conflicts(factory, &p("outbound")).await;
+    record_outbound_is_idempotent(factory, &p("outbound-idempotent")).await;
     unannounced_notes(factory, &p("unannounced")).await;
     transfer_to_pool_and_agent(factory, &p("transfer")).await;
     merge_with_open_conversations(factory, &p("merge-open")).await;

@@ -13,8 +13,8 @@ use super::{
     AGENT_AT_CAPACITY, AgentUpdate, Assignment, CONVERSATION_OPEN, ConversationStart,
     CustomerConversationsQuery, CustomerUpdate, ERASED_BY_RETENTION, Erasure, IDLE_CLOSE_REASON,
     InboundOutcome, InboundRecord, InboundRouting, MailboxHead, MailboxItem, MailboxPush, Merge,
-    Note, NoteKind, Placement, QuietSweep, Release, Resolution, ResolveRequest, SenderResolution,
-    Store, StoreError, TransferTarget, UNKNOWN_CURSOR, decode_others_assigned,
+    Note, NoteKind, OutboundRecord, Placement, QuietSweep, Release, Resolution, ResolveRequest,
+    SenderResolution, Store, StoreError, TransferTarget, UNKNOWN_CURSOR, decode_others_assigned,
     encode_others_assigned, others_assigned_key, replay_others_assigned, status_listed,
 };
 use crate::envelope::{Envelope, new_id};
@@ -1308,8 +1308,19 @@ impl Store for EmbeddedStore {
         envelope: &Envelope,
         now: DateTime<Utc>,
         stage: Option<MailboxPush<'_>>,
-    ) -> Result<Conversation, StoreError> {
+    ) -> Result<OutboundRecord, StoreError> {
         let mut s = self.lock();
+        if let Some(recorded_in) = s.message_ids.get(&envelope.id).cloned() {
+            let conversation = s
+                .conversations
+                .get(&recorded_in)
+                .cloned()
+                .ok_or_else(|| not_found("conversation", &recorded_in))?;
+            return Ok(OutboundRecord {
+                conversation,
+                duplicate: true,
+            });
+        }
         let c = s.conversation_mut(conversation_id)?;
         if c.status == ConversationStatus::Closed {
             return Err(StoreError::Conflict {
@@ -1335,7 +1346,10 @@ impl Store for EmbeddedStore {
         if let Some(push) = stage {
             s.mailbox_push(push);
         }
-        Ok(c)
+        Ok(OutboundRecord {
+            conversation: c,
+            duplicate: false,
+        })
     }
 
     async fn start_conversation(

@@ -160,6 +160,15 @@ pub struct InboundRecord {
     pub duplicate: bool,
 }
 
+/// Outcome of [`Store::record_outbound`].
+#[derive(Debug, Clone)]
+pub struct OutboundRecord {
+    /// The conversation holding the message.
+    pub conversation: Conversation,
+    /// Whether this envelope id was recorded before: nothing changed and nothing was staged.
+    pub duplicate: bool,
+}
+
 /// A conversation handed to an agent.
 #[derive(Debug, Clone)]
 pub struct Assignment {
@@ -1026,6 +1035,11 @@ pub trait Store: Send + Sync + 'static {
     /// the agent holding the conversation. `stage`, when given, is pushed to its mailbox in the
     /// same atomic step (the outbox keeps the reply's bus message there until it is confirmed),
     /// and only if the envelope is recorded.
+    ///
+    /// Idempotent by envelope id: when an envelope with this id was recorded before (in any
+    /// conversation still kept), nothing changes, nothing is checked or staged, and the answer
+    /// is the conversation holding it (following merges), marked
+    /// [`duplicate`](OutboundRecord::duplicate).
     async fn record_outbound(
         &self,
         conversation_id: &str,
@@ -1033,7 +1047,7 @@ pub trait Store: Send + Sync + 'static {
         envelope: &Envelope,
         now: DateTime<Utc>,
         stage: Option<MailboxPush<'_>>,
-    ) -> Result<Conversation, StoreError>;
+    ) -> Result<OutboundRecord, StoreError>;
 
     /// Opens a conversation because an agent writes first to a customer, in one atomic step:
     ///

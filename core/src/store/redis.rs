@@ -59,9 +59,9 @@ use super::{
     AGENT_AT_CAPACITY, AgentUpdate, Assignment, CONVERSATION_OPEN, ConversationStart,
     CustomerConversationsQuery, CustomerUpdate, ERASED_BY_RETENTION, Erasure, IDLE_CLOSE_REASON,
     InboundOutcome, InboundRecord, InboundRouting, MAX_CUSTOMER_ATTRIBUTES, MAX_CUSTOMER_TAGS,
-    MailboxHead, MailboxItem, MailboxPush, Merge, Note, Placement, QuietSweep, Release, Resolution,
-    ResolveRequest, SenderResolution, Store, StoreError, TOO_MANY_ATTRIBUTES, TOO_MANY_TAGS,
-    TransferTarget, UNKNOWN_CURSOR,
+    MailboxHead, MailboxItem, MailboxPush, Merge, Note, OutboundRecord, Placement, QuietSweep,
+    Release, Resolution, ResolveRequest, SenderResolution, Store, StoreError, TOO_MANY_ATTRIBUTES,
+    TOO_MANY_TAGS, TransferTarget, UNKNOWN_CURSOR,
 };
 use crate::envelope::{ChannelRef, Envelope, Sender, new_id};
 use crate::identity::{IdentityKey, IdentityStrength};
@@ -1267,7 +1267,7 @@ impl Store for RedisStore {
         envelope: &Envelope,
         now: DateTime<Utc>,
         stage: Option<MailboxPush<'_>>,
-    ) -> Result<Conversation, StoreError> {
+    ) -> Result<OutboundRecord, StoreError> {
         let mut inv = RECORD_OUTBOUND.prepare_invoke();
         inv.arg(&self.prefix)
             .arg(conversation_id)
@@ -1279,8 +1279,11 @@ impl Store for RedisStore {
         if let Some(push) = stage {
             push_args(&mut inv, &push);
         }
-        let (_, mut items) = tagged(self.eval(&inv, false).await?)?;
-        some_conversation(items.next()?)
+        let (tag, mut items) = tagged(self.eval(&inv, false).await?)?;
+        Ok(OutboundRecord {
+            conversation: some_conversation(items.next()?)?,
+            duplicate: tag == "dup",
+        })
     }
 
     async fn start_conversation(

@@ -1,9 +1,19 @@
 -- record_outbound. ARGV: prefix, conversation id, has agent (1/0), agent id, envelope id,
 -- envelope JSON, now, then optionally a mailbox push made with the record: mailbox, item id,
--- item, max length, ttl ms. Reply: {'ok', conversation} | error.
+-- item, max length, ttl ms. Reply: {'ok', conversation} | {'dup', conversation holding the
+-- envelope id recorded before: nothing changed, nothing pushed} | error.
 
 local id, has_agent, agent, env_id = ARGV[2], ARGV[3] == '1', ARGV[4], ARGV[5]
 local envelope, now = ARGV[6], ARGV[7]
+
+local seen = redis.call('GET', key('msg', env_id))
+if seen then
+  local conv = follow_merged(seen)
+  if redis.call('EXISTS', key('conv', conv)) == 0 then
+    return not_found('conversation', conv)
+  end
+  return { 'dup', conv_reply(conv) }
+end
 
 local ck = key('conv', id)
 local c = redis.call('HMGET', ck, 'status', 'agent_id')
