@@ -109,6 +109,11 @@ pub mod event_data {
         pub conversation: Conversation,
         /// The agent who held it before, if any.
         pub from_agent_id: Option<String>,
+        /// Why it left that agent, when the agent did not hand it on: `declined` (the agent
+        /// declined its offer) or `offer_expired` (the agent let the offer expire); `null` for a
+        /// transfer.
+        #[serde(default)]
+        pub reason: Option<String>,
     }
 
     /// `message.received`.

@@ -302,6 +302,8 @@ mod tests {
             updated_at: last,
             queued_at: None,
             assigned_at: None,
+            offered_at: None,
+            offer_expires_at: None,
             closed_at: None,
             close_reason: None,
             message_count: 1,

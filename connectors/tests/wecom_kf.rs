@@ -633,6 +633,8 @@ fn conversation(status: ConversationStatus) -> Conversation {
         updated_at: now,
         queued_at: None,
         assigned_at: None,
+        offered_at: None,
+        offer_expires_at: None,
         closed_at: None,
         close_reason: None,
         message_count: 1,

@@ -730,6 +730,9 @@ pub enum Strategy {
     LongestIdle,
 }
 
+/// Longest `offer_timeout_secs` of a pool.
+pub const MAX_OFFER_TIMEOUT_SECS: u64 = 3600;
+
 /// One `[[pools]]` entry.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -759,6 +762,11 @@ pub struct PoolSettings {
     /// can take it as it leaves the queue.
     #[serde(default)]
     pub prefer_last_agent: bool,
+    /// Seconds an agent has to accept a conversation this pool's queue offers it (accept or
+    /// decline over REST or the agent WebSocket); unanswered, it goes back to the queue and the
+    /// agent is set away. 0 (the default): assignments are final, nobody accepts.
+    #[serde(default)]
+    pub offer_timeout_secs: u64,
 }
 
 /// One `[[routes]]` entry: a routing rule. A conversation opened by a message the rule matches
@@ -1106,6 +1114,16 @@ secret = {secret}
                 return Err(ConfigError::Invalid {
                     key: format!("pools[{i}].bot_timeout_secs"),
                     message: "needs the pool's `bot`".into(),
+                });
+            }
+            if pool.offer_timeout_secs > MAX_OFFER_TIMEOUT_SECS {
+                return Err(ConfigError::Invalid {
+                    key: format!("pools[{i}].offer_timeout_secs"),
+                    message: format!(
+                        "{} is more than {MAX_OFFER_TIMEOUT_SECS} seconds: an offer is a \
+                         conversation nobody answers meanwhile",
+                        pool.offer_timeout_secs
+                    ),
                 });
             }
         }
@@ -1727,6 +1745,11 @@ mod tests {
             "[[pools]]\nid = \"triage\"\nbot = \"faq\"\n",
             "pools[0].bot",
             "bot `faq` is not defined",
+        );
+        refused(
+            "[[pools]]\nid = \"triage\"\noffer_timeout_secs = 3601\n",
+            "pools[0].offer_timeout_secs",
+            "more than 3600",
         );
         refused(
             "[[pools]]\nid = \"triage\"\nbot_timeout_secs = 60\n",

@@ -65,6 +65,9 @@ pub struct Metrics {
     /// Automatic replies outside a pool's business hours, by pool and outcome (`sent`;
     /// `refused` by the channel's rules; `failed`: not recorded or not published).
     pub auto_replies: IntCounterVec,
+    /// Answers to offers of conversations to agents, by pool and outcome (`accepted`,
+    /// `declined`, `expired`).
+    pub offers: IntCounterVec,
     /// Closed conversations the retention sweep went through (deleted, or kept because a merge
     /// closed them).
     pub conversations_swept: IntCounter,
@@ -158,6 +161,13 @@ impl Metrics {
             Opts::new(
                 "auto_replies_total",
                 "Automatic replies outside a pool's business hours, by pool and outcome",
+            ),
+            &["pool", "outcome"],
+        )?;
+        let offers = IntCounterVec::new(
+            Opts::new(
+                "offers_total",
+                "Answers to offers of conversations to agents, by pool and outcome",
             ),
             &["pool", "outcome"],
         )?;
@@ -257,6 +267,7 @@ impl Metrics {
         registry.register(Box::new(bot_timeouts.clone()))?;
         registry.register(Box::new(idle_closes.clone()))?;
         registry.register(Box::new(auto_replies.clone()))?;
+        registry.register(Box::new(offers.clone()))?;
         registry.register(Box::new(conversations_swept.clone()))?;
         registry.register(Box::new(customers_erased.clone()))?;
         registry.register(Box::new(ingress_to_assignment.clone()))?;
@@ -280,6 +291,7 @@ impl Metrics {
             bot_timeouts,
             idle_closes,
             auto_replies,
+            offers,
             conversations_swept,
             customers_erased,
             ingress_to_assignment,

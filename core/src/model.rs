@@ -167,6 +167,16 @@ pub struct Conversation {
     /// When it was last assigned.
     #[serde(serialize_with = "crate::time::rfc3339::option::serialize")]
     pub assigned_at: Option<DateTime<Utc>>,
+    /// While its agent has not accepted it yet (a pool with `offer_timeout_secs`): when it was
+    /// offered to that agent.
+    #[serde(default)]
+    #[serde(serialize_with = "crate::time::rfc3339::option::serialize")]
+    pub offered_at: Option<DateTime<Utc>>,
+    /// While its agent has not accepted it yet: until when the agent may accept it; after
+    /// that it goes back to the front of its queue, and the agent is set away.
+    #[serde(default)]
+    #[serde(serialize_with = "crate::time::rfc3339::option::serialize")]
+    pub offer_expires_at: Option<DateTime<Utc>>,
     /// When it was closed.
     #[serde(serialize_with = "crate::time::rfc3339::option::serialize")]
     pub closed_at: Option<DateTime<Utc>>,

@@ -196,6 +196,21 @@ pub enum AgentRequest {
         /// Conversation.
         conversation_id: String,
     },
+    /// Accept a conversation offered to this agent (its `offer_expires_at` is set): it stays.
+    /// Answered with `ack` when `client_id` is given.
+    Accept {
+        /// Conversation.
+        conversation_id: String,
+        /// Echoed in the `ack`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_id: Option<String>,
+    },
+    /// Decline a conversation offered to this agent: it goes back to the queue, for another
+    /// agent if one can take it, and arrives here as `unassigned` (reason `declined`).
+    Decline {
+        /// Conversation.
+        conversation_id: String,
+    },
     /// Hand a conversation to a pool or another agent.
     Transfer {
         /// Conversation.

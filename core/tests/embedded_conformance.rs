@@ -149,6 +149,11 @@ async fn store_last_agent_preferred_when_it_can_take_the_conversation() {
 }
 
 #[tokio::test]
+async fn store_offers_are_accepted_declined_or_expire() {
+    store::offers_are_accepted_declined_or_expire(&new_store, "embedded.").await;
+}
+
+#[tokio::test]
 async fn store_priority_goes_first_and_ties_keep_arrival_order() {
     store::priority_goes_first_and_ties_keep_arrival_order(&new_store, "embedded.").await;
 }

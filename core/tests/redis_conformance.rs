@@ -62,6 +62,7 @@ conformance!(
     skills_route_past_heads_nobody_can_take,
     priority_goes_first_and_ties_keep_arrival_order,
     last_agent_preferred_when_it_can_take_the_conversation,
+    offers_are_accepted_declined_or_expire,
     record_outbound_conflicts,
     unannounced_notes,
     transfer_to_pool_and_agent,
@@ -587,7 +588,7 @@ mod differential {
     use switchyard_core::store::embedded::EmbeddedStore;
     use switchyard_core::store::{
         AgentUpdate, ConversationStart, CustomerConversationsQuery, CustomerUpdate, InboundOutcome,
-        InboundRouting, Placement, ResolveRequest, Store, StoreError, TransferTarget,
+        InboundRouting, Placement, ResolveRequest, Store, StoreError, TransferTarget, Withdrawal,
     };
 
     use switchyard_core::conformance::services::TestRedisPrefix;
@@ -802,7 +803,8 @@ mod differential {
             let placement = Placement::queued(POOLS[channel])
                 .with_skills(rng.skills())
                 .with_priority(rng.priority())
-                .preferring_last_agent(rng.chance(50));
+                .preferring_last_agent(rng.chance(50))
+                .offered_for(if rng.chance(40) { 30 } else { 0 });
             self.record(&e, &r, &placement, now).await;
         }
 
@@ -853,6 +855,7 @@ mod differential {
             let skills = rng.skills();
             let priority = rng.priority();
             let prefer = rng.chance(50);
+            let offer_secs = if rng.chance(40) { 30 } else { 0 };
             let display_name = rng.chance(50).then(|| format!("Person {p}"));
             let routing = |envelope| InboundRouting {
                 envelope,
@@ -869,7 +872,8 @@ mod differential {
                 placement: Placement::queued(pool.to_owned())
                     .with_skills(skills.clone())
                     .with_priority(priority)
-                    .preferring_last_agent(prefer),
+                    .preferring_last_agent(prefer)
+                    .offered_for(offer_secs),
             };
             self.log.push(format!(
                 "route {} {identities:?} {pool} {skills:?} {priority}",
@@ -1017,7 +1021,7 @@ mod differential {
 
         async fn step(&mut self, rng: &mut Rng, now: i64) {
             let release = |x: &switchyard_core::store::Release| json!({"conversation": x.conversation, "released": x.released_agent});
-            match rng.below(17) {
+            match rng.below(20) {
                 0..=3 => self.inbound(rng, now).await,
                 14 | 15 => self.route(rng, now).await,
                 16 => self.start(rng, now).await,
@@ -1090,6 +1094,7 @@ mod differential {
                                 pool: POOLS[rng.below(2)].to_owned(),
                                 skills: rng.chance(50).then(|| rng.skills()),
                                 priority: rng.chance(30).then(|| rng.below(3) as u8),
+                                offer_secs: if rng.chance(50) { 30 } else { 0 },
                             }
                         } else {
                             TransferTarget::Agent(Self::agent_id(rng.below(AGENTS + 1)))
@@ -1132,11 +1137,58 @@ mod differential {
                     }
                 }
                 12 => self.update_customer(rng, now).await,
+                17..=19 => self.answer_offer(rng, now).await,
                 _ => self.compare_state(rng).await,
             }
         }
 
+        /// Accepts, declines or lets expire an offer: mostly of a conversation offered now, by
+        /// its agent (the expiry with the `offered_at` seen), sometimes of a random one or by
+        /// another agent (refused alike by both stores).
+        async fn answer_offer(&mut self, rng: &mut Rng, now: i64) {
+            let offered = self.emb.pending_offers().await.unwrap();
+            let (c, agent, offered_at) = match offered.get(rng.below(offered.len().max(1))) {
+                Some(conv) if rng.chance(80) => (
+                    conv.id.clone(),
+                    conv.agent_id.clone().unwrap_or_default(),
+                    conv.offered_at.unwrap_or(at(now)),
+                ),
+                _ => match self.pick_conversation(rng) {
+                    Some(c) => (c, Self::agent_id(rng.below(AGENTS)), at(now)),
+                    None => return,
+                },
+            };
+            let r = self.red_id(&c);
+            match rng.below(3) {
+                0 => {
+                    self.log.push(format!("accept {c} {agent}"));
+                    let f = |c: &switchyard_core::model::Conversation| json!(c);
+                    let e = self.emb.accept_offer(&c, &agent, at(now)).await;
+                    let rr = self.red.accept_offer(&r, &agent, at(now)).await;
+                    self.check("accept_offer", shape(&e, f), shape(&rr, f));
+                }
+                n => {
+                    let why = if n == 1 {
+                        Withdrawal::Declined
+                    } else {
+                        Withdrawal::Expired { offered_at }
+                    };
+                    self.log.push(format!("withdraw {c} {agent} {why:?}"));
+                    let f = |x: &switchyard_core::store::Release| json!({"conversation": x.conversation, "released": x.released_agent});
+                    let e = self.emb.withdraw_offer(&c, &agent, why, at(now)).await;
+                    let rr = self.red.withdraw_offer(&r, &agent, why, at(now)).await;
+                    self.check("withdraw_offer", shape(&e, f), shape(&rr, f));
+                }
+            }
+        }
+
         async fn compare_state(&self, rng: &mut Rng) {
+            let f = |v: &Vec<switchyard_core::model::Conversation>| json!(v);
+            self.check(
+                "pending_offers",
+                shape(&self.emb.pending_offers().await, f),
+                shape(&self.red.pending_offers().await, f),
+            );
             let f = |v: &Vec<switchyard_core::model::Agent>| json!(v);
             self.check(
                 "agents",

@@ -37,9 +37,10 @@ use crate::operations::Operations;
 use crate::outbox::{Outbox, STAGED_GRACE, run_republisher};
 use crate::peers::Peers;
 use crate::retention::{sweep_closed_conversations, sweep_quiet_customers};
-use crate::routes::RoutingTable;
+use crate::routes::{RoutingTable, offer_secs_by_pool};
 use crate::timers::{
-    BotTimeout, IdleClose, close_idle_conversations, hand_off_silent_bots, sweep_interval,
+    BotTimeout, IdleClose, OFFER_SWEEP, close_idle_conversations, hand_off_silent_bots,
+    sweep_interval, take_back_expired_offers,
 };
 use crate::webhooks::Webhook;
 use crate::workers::{Outbound, ShardWorker, run_channel_sync, run_outbound, run_shard};
@@ -206,6 +207,7 @@ impl App {
             settings.router.history_limit,
         )
         .with_pools(settings.pool_ids())
+        .with_offers(offer_secs_by_pool(&settings))
         .with_channel_pools(
             settings
                 .channels
@@ -310,6 +312,13 @@ impl App {
             );
             tasks.spawn(async move {
                 hand_off_silent_bots(store, ops, metrics, bot_timeouts, every, stop).await;
+                Ok(())
+            });
+        }
+        if role.router() && ops.makes_offers() {
+            let (ops, stop) = (ops.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                take_back_expired_offers(ops, OFFER_SWEEP, stop).await;
                 Ok(())
             });
         }

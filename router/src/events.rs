@@ -100,6 +100,7 @@ struct ClosedData<'a> {
 struct TransferredData<'a> {
     conversation: &'a Conversation,
     from_agent_id: Option<&'a str>,
+    reason: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -279,6 +280,7 @@ impl EventBatch {
         &mut self,
         c: &Conversation,
         from_agent_id: Option<&str>,
+        reason: Option<&str>,
         at: DateTime<Utc>,
     ) -> &mut Self {
         self.push(
@@ -286,6 +288,7 @@ impl EventBatch {
             TransferredData {
                 conversation: c,
                 from_agent_id,
+                reason,
             },
         )
     }
@@ -583,6 +586,7 @@ mod tests {
                     batch.conversation_transferred(
                         &c,
                         str_of("from_agent_id").as_deref(),
+                        str_of("reason").as_deref(),
                         c.updated_at,
                     );
                 }
@@ -697,7 +701,7 @@ mod tests {
             }
             EventType::ConversationTransferred => {
                 let c: Conversation = field(want, "conversation");
-                batch.conversation_transferred(&c, None, c.updated_at)
+                batch.conversation_transferred(&c, None, None, c.updated_at)
             }
             _ => batch.conversation(t, &field(want, "conversation")),
         };
@@ -910,7 +914,7 @@ mod tests {
                     agent_id: Some("agent-7"),
                 },
             );
-            batch.conversation_transferred(c, None, c.updated_at);
+            batch.conversation_transferred(c, None, None, c.updated_at);
             assert_encoded_as_reference(
                 &batch,
                 EventType::ConversationTransferred,
@@ -919,6 +923,7 @@ mod tests {
                 TransferredData {
                     conversation: c,
                     from_agent_id: None,
+                    reason: None,
                 },
             );
             let mid = message.conversation_id.as_deref().unwrap();

@@ -237,7 +237,7 @@ impl AgentHub {
                         &agent_id,
                         AgentEvent::Unassigned {
                             conversation_id: c.id,
-                            reason: "transferred".into(),
+                            reason: string("reason").unwrap_or_else(|| "transferred".into()),
                         },
                     );
                 }

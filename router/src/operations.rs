@@ -20,7 +20,7 @@ use switchyard_core::protocol::ConversationView;
 use switchyard_core::store::{
     AgentUpdate, CONVERSATION_OPEN, ConversationStart, CustomerUpdate, ERASED_ON_REQUEST,
     ERASURE_CLOSE_REASON, Erasure, Note, NoteKind, Release, ResolveRequest, Store, StoreError,
-    TransferTarget,
+    TransferTarget, Withdrawal,
 };
 
 use crate::assignment::assign_pools;
@@ -40,6 +40,8 @@ pub struct Operations {
     pools: Vec<String>,
     /// Channel id -> its pool: where a conversation an agent starts belongs.
     channel_pools: Arc<HashMap<String, String>>,
+    /// Pool id -> the seconds its agents have to accept a conversation (pools with offers).
+    offer_secs: Arc<HashMap<String, u64>>,
 }
 
 /// A conversation an agent started by writing first ([`Operations::write_first`]).
@@ -81,7 +83,20 @@ impl Operations {
             history_limit,
             pools: Vec::new(),
             channel_pools: Arc::default(),
+            offer_secs: Arc::default(),
         }
+    }
+
+    /// The same commands, knowing the pools that make offers (pool id -> seconds to accept): a
+    /// conversation transferred to one of them is offered to its next agent.
+    pub fn with_offers(mut self, offer_secs: HashMap<String, u64>) -> Self {
+        self.offer_secs = Arc::new(offer_secs);
+        self
+    }
+
+    /// Whether some pool makes offers, so that expired ones need taking back.
+    pub fn makes_offers(&self) -> bool {
+        !self.offer_secs.is_empty()
     }
 
     /// The same commands, knowing each channel's pool (channel id -> pool): a conversation an
@@ -352,6 +367,8 @@ impl Operations {
             updated_at: now,
             queued_at: None,
             assigned_at: Some(now),
+            offered_at: None,
+            offer_expires_at: None,
             closed_at: None,
             close_reason: None,
             message_count: 0,
@@ -484,6 +501,13 @@ impl Operations {
         if let Some(agent) = by_agent {
             self.check_holder(conversation_id, agent).await?;
         }
+        let mut target = target;
+        if let TransferTarget::Pool {
+            pool, offer_secs, ..
+        } = &mut target
+        {
+            *offer_secs = self.offer_secs.get(pool.as_str()).copied().unwrap_or(0);
+        }
         let now = switchyard_core::time::now();
         let release = self
             .store
@@ -491,7 +515,7 @@ impl Operations {
             .await?;
         let from = release.released_agent.as_ref().map(|a| a.id.as_str());
         let mut events = EventBatch::new();
-        events.conversation_transferred(&release.conversation, from, now);
+        events.conversation_transferred(&release.conversation, from, None, now);
         let mut pools: Vec<String> = release
             .released_agent
             .as_ref()
@@ -517,6 +541,99 @@ impl Operations {
             .conversation(conversation_id)
             .await?
             .unwrap_or(release.conversation))
+    }
+
+    /// Accepts the offer of a conversation to `agent_id` ([`Store::accept_offer`]): it stays with
+    /// the agent.
+    pub async fn accept_offer(
+        &self,
+        conversation_id: &str,
+        agent_id: &str,
+    ) -> Result<Conversation, RouteError> {
+        let now = switchyard_core::time::now();
+        let conversation = self
+            .store
+            .accept_offer(conversation_id, agent_id, now)
+            .await?;
+        self.count_offer(&conversation.pool, "accepted");
+        Ok(conversation)
+    }
+
+    /// Takes the offer of a conversation back from `agent_id` ([`Store::withdraw_offer`]):
+    /// declined by the agent, or expired. Announces `conversation.transferred` (from the agent,
+    /// with the reason) and `conversation.queued` (and `agent.updated` for an agent an expired
+    /// offer set away), then assigns the pool, which offers it to another agent when one can
+    /// take it.
+    pub async fn withdraw_offer(
+        &self,
+        conversation_id: &str,
+        agent_id: &str,
+        why: Withdrawal,
+    ) -> Result<Conversation, RouteError> {
+        let now = switchyard_core::time::now();
+        let release = self
+            .store
+            .withdraw_offer(conversation_id, agent_id, why, now)
+            .await?;
+        let (reason, outcome) = match why {
+            Withdrawal::Declined => ("declined", "declined"),
+            Withdrawal::Expired { .. } => ("offer_expired", "expired"),
+        };
+        let conversation = &release.conversation;
+        self.count_offer(&conversation.pool, outcome);
+        let mut events = EventBatch::new();
+        events.conversation_transferred(conversation, Some(agent_id), Some(reason), now);
+        events.conversation(EventType::ConversationQueued, conversation);
+        let mut notes = vec![Note::new(NoteKind::TransferredToPool, conversation_id, now)];
+        if let (Withdrawal::Expired { .. }, Some(agent)) = (why, &release.released_agent) {
+            events.agent_updated(agent);
+            notes.push(Note::new(NoteKind::AgentUpdated, agent_id, now));
+        }
+        self.assign(
+            std::slice::from_ref(&conversation.pool),
+            &mut events,
+            &mut notes,
+        )
+        .await?;
+        self.outbox.publish_noted(events, &notes).await?;
+        Ok(self
+            .store
+            .conversation(conversation_id)
+            .await?
+            .unwrap_or(release.conversation))
+    }
+
+    /// Takes back every offer that expired by now; returns how many.
+    pub async fn expire_offers(&self) -> Result<usize, RouteError> {
+        let now = switchyard_core::time::now();
+        let mut expired = 0;
+        for c in self.store.pending_offers().await? {
+            let (Some(offered_at), Some(expires), Some(agent)) =
+                (c.offered_at, c.offer_expires_at, c.agent_id.as_deref())
+            else {
+                continue;
+            };
+            if expires > now {
+                continue;
+            }
+            match self
+                .withdraw_offer(&c.id, agent, Withdrawal::Expired { offered_at })
+                .await
+            {
+                Ok(_) => expired += 1,
+                // Accepted, declined or closed meanwhile.
+                Err(RouteError::Store(StoreError::Conflict { .. })) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(expired)
+    }
+
+    fn count_offer(&self, pool: &str, outcome: &str) {
+        self.metrics
+            .offers
+            .with_label_values(&[pool, outcome])
+            .inc();
     }
 
     /// Assigns what waits in `pools` (see [`assign_pools`]).

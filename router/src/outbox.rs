@@ -392,7 +392,7 @@ impl Outbox {
             }
             NoteKind::TransferredToPool | NoteKind::TransferredToAgent => {
                 if let Some(c) = conversation().await? {
-                    batch.conversation_transferred(&c, from, note.at);
+                    batch.conversation_transferred(&c, from, None, note.at);
                     // Then where it went, if it is still there.
                     let (status, event) = if note.kind == NoteKind::TransferredToPool {
                         (ConversationStatus::Queued, EventType::ConversationQueued)

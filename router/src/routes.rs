@@ -29,6 +29,8 @@ pub struct RouteChoice<'a> {
     pub priority: u8,
     /// Whether it prefers the customer's last agent (the pool's `prefer_last_agent`).
     pub prefer_last_agent: bool,
+    /// Seconds an agent has to accept it (the pool's `offer_timeout_secs`).
+    pub offer_secs: u64,
 }
 
 /// What a conversation no rule routed asks of its agent.
@@ -43,6 +45,7 @@ impl RouteChoice<'_> {
             skills: self.skills.clone(),
             priority: self.priority,
             prefer_last_agent: self.prefer_last_agent,
+            offer_secs: self.offer_secs,
         }
     }
 }
@@ -56,6 +59,8 @@ pub struct RoutingTable {
     bots_by_pool: HashMap<String, String>,
     /// Pools whose conversations prefer the customer's last agent.
     preferring_last_agent: HashSet<String>,
+    /// Pool id -> the seconds its agents have to accept a conversation (pools with offers).
+    offer_secs: HashMap<String, u64>,
     /// Whether a rule has `customer_tags`: only then is the sender's profile worth reading
     /// before choosing.
     reads_customer_tags: bool,
@@ -109,6 +114,7 @@ impl RoutingTable {
         Ok(RoutingTable {
             reads_customer_tags: rules.iter().any(|r| !r.customer_tags.is_empty()),
             preferring_last_agent,
+            offer_secs: offer_secs_by_pool(settings),
             rules,
             pools_by_channel,
             bots_by_pool,
@@ -154,6 +160,7 @@ impl RoutingTable {
             skills: rule.map_or(&NO_SKILLS, |r| &r.skills),
             priority: rule.map_or(0, |r| r.priority),
             prefer_last_agent: self.preferring_last_agent.contains(pool),
+            offer_secs: self.offer_secs.get(pool).copied().unwrap_or(0),
         }
     }
 }
@@ -216,6 +223,16 @@ impl Rule {
             && (self.customer_tags.is_empty()
                 || self.customer_tags.iter().any(|tag| tags.contains(tag)))
     }
+}
+
+/// Pool id -> its `offer_timeout_secs`, for the pools that make offers.
+pub fn offer_secs_by_pool(settings: &Settings) -> HashMap<String, u64> {
+    settings
+        .pools
+        .iter()
+        .filter(|p| p.offer_timeout_secs > 0)
+        .map(|p| (p.id.clone(), p.offer_timeout_secs))
+        .collect()
 }
 
 /// The words of a message that text conditions look at: a text's, or a media's caption and the
@@ -312,6 +329,7 @@ mod tests {
                 skills: &Skills::NONE,
                 priority: 0,
                 prefer_last_agent: false,
+                offer_secs: 0,
             }
         );
         assert_eq!(
@@ -323,6 +341,7 @@ mod tests {
                 skills: &Skills::NONE,
                 priority: 0,
                 prefer_last_agent: false,
+                offer_secs: 0,
             }
         );
         assert_eq!(
@@ -354,16 +373,18 @@ mod tests {
     }
 
     #[test]
-    fn a_pool_preferring_the_last_agent_says_so_in_its_placements() {
+    fn a_pool_preferring_the_last_agent_or_making_offers_says_so_in_its_placements() {
         let table = RoutingTable::from_settings(&settings_with_pools(
-            "[[pools]]\nid = \"support\"\nprefer_last_agent = true\n",
+            "[[pools]]\nid = \"support\"\nprefer_last_agent = true\noffer_timeout_secs = 20\n",
             "[[routes]]\nid = \"help\"\npool = \"support\"\ntext_contains = [\"help\"]\n",
         ))
         .unwrap();
         let help = table.choose(&text(WEB, "help me"), None);
         assert_eq!(
             help.placement(),
-            Placement::queued("support").preferring_last_agent(true)
+            Placement::queued("support")
+                .preferring_last_agent(true)
+                .offered_for(20)
         );
         let other = table.choose(&text(WEB, "hello"), None);
         assert_eq!(other.placement(), Placement::queued("default"));
@@ -386,6 +407,7 @@ mod tests {
                 skills: &Skills::NONE,
                 priority: 0,
                 prefer_last_agent: false,
+                offer_secs: 0,
             }
         );
         assert_eq!(choose(SHOP, "我要退款").rule, Some("refunds"));
@@ -400,6 +422,7 @@ mod tests {
                 skills: &Skills::NONE,
                 priority: 0,
                 prefer_last_agent: false,
+                offer_secs: 0,
             }
         );
     }
@@ -549,6 +572,7 @@ mod tests {
                 skills: &Skills::NONE,
                 priority: 0,
                 prefer_last_agent: false,
+                offer_secs: 0,
             }
         );
         assert_eq!(
@@ -597,6 +621,7 @@ mod tests {
                 skills: &Skills::NONE,
                 priority: 0,
                 prefer_last_agent: false,
+                offer_secs: 0,
             }
         );
         assert_eq!(

@@ -10,6 +10,11 @@
 //!   hold in it), so a sweep reads what the pool has open; the close itself checks, in the same
 //!   store step, that nothing changed meanwhile.
 //!
+//! - **Offer expiry** (`offer_timeout_secs`): an offer its agent neither accepted nor declined in
+//!   time is taken back ([`Operations::expire_offers`]): the conversation goes back to the
+//!   front of its queue and the agent is set away. Every router looks every second; the store
+//!   takes back only the offer it saw, so the routers that come second change nothing.
+//!
 //! A claim per conversation (`timer:bot:{id}`, `timer:idle:{id}`) lets one router act on it.
 
 use std::sync::Arc;
@@ -81,6 +86,22 @@ impl IdleClose {
                 after: Duration::from_secs(p.close_idle_secs),
             })
             .collect()
+    }
+}
+
+/// How often routers look for expired offers.
+pub const OFFER_SWEEP: Duration = Duration::from_secs(1);
+
+/// Every `every` until `stop`: takes back the offers that expired.
+pub async fn take_back_expired_offers(ops: Operations, every: Duration, stop: CancellationToken) {
+    while tick(every, &stop).await {
+        match ops.expire_offers().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(offers = n, "took back expired offers"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not take back expired offers; trying again later");
+            }
+        }
     }
 }
 

@@ -27,6 +27,14 @@ text_contains = ["urgent"]
 priority = 9
 "#;
 
+/// Sends user `user`'s text message `id` on the `shop` channel, signed; it is accepted.
+async fn send_text(server: &Server, id: &str, user: &str, text: &str) {
+    let response = server
+        .post_signed("shop", &api_message(id, user, text, &[]))
+        .await;
+    assert_eq!(response.status(), 202);
+}
+
 /// Puts `agent` online in the default pool with `skills` and room for five.
 async fn agent_with(server: &Server, agent: &str, skills: &[&str]) {
     let (status, body) = server
@@ -39,36 +47,13 @@ async fn agent_with(server: &Server, agent: &str, skills: &[&str]) {
     assert_eq!(status, 200, "{body}");
 }
 
-/// The ids of the conversations `agent` holds, once there are `n`.
-async fn held_by(server: &Server, agent: &str, n: usize) -> Vec<Value> {
-    eventually(|| async {
-        let (_, body) = server
-            .get_json(&format!("/v1/agents/{agent}/conversations"))
-            .await;
-        let held = body["conversations"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        (held.len() == n).then_some(held)
-    })
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conversation_asking_for_a_skill_waits_for_an_agent_with_it_and_holds_back_nobody() {
     let server = Server::start(&CONFIG.replace("SECRET", SECRET)).await;
     agent_with(&server, "ann", &["en"]).await;
-    let send = |id: &str, user: &str, text: &str| {
-        let body = api_message(id, user, text, &[]);
-        let server = &server;
-        async move {
-            let response = server.post_signed("shop", &body).await;
-            assert_eq!(response.status(), 202);
-        }
-    };
 
     // The Chinese message asks for `zh`, which ann lacks; the English one behind it is hers.
-    send("m-1", "1", "你好，我的订单呢？").await;
+    send_text(&server, "m-1", "1", "你好，我的订单呢？").await;
     let queued = eventually(|| async {
         let (_, body) = server.get_json("/v1/pools/default/queue").await;
         let waiting = body["conversations"]
@@ -79,8 +64,8 @@ async fn a_conversation_asking_for_a_skill_waits_for_an_agent_with_it_and_holds_
     })
     .await;
     assert_eq!(queued[0]["skills"], json!(["zh"]));
-    send("m-2", "2", "hello, where is my order?").await;
-    let ann = held_by(&server, "ann", 1).await;
+    send_text(&server, "m-2", "2", "hello, where is my order?").await;
+    let ann = server.held_by("ann", 1).await;
     assert_eq!(ann[0]["skills"], json!([]), "no rule, no skills");
     let (_, body) = server.get_json("/v1/pools/default/queue").await;
     assert_eq!(
@@ -115,7 +100,7 @@ async fn a_conversation_asking_for_a_skill_waits_for_an_agent_with_it_and_holds_
     assert_eq!(body["skills"], json!(["zh"]));
     let assigned = li_ws.recv_type("assigned").await;
     assert_eq!(assigned["conversation"]["id"], english);
-    held_by(&server, "ann", 0).await;
+    server.held_by("ann", 0).await;
 
     // li hands it back over her socket, asking for no skill: ann, the longer idle, takes it.
     li_ws
@@ -124,7 +109,7 @@ async fn a_conversation_asking_for_a_skill_waits_for_an_agent_with_it_and_holds_
             "skills": []}),
         )
         .await;
-    let ann = held_by(&server, "ann", 1).await;
+    let ann = server.held_by("ann", 1).await;
     assert_eq!(
         (&ann[0]["id"], &ann[0]["skills"]),
         (&json!(english), &json!([]))
@@ -171,10 +156,7 @@ async fn a_rule_with_a_priority_puts_its_conversations_ahead_of_older_ones() {
         ("m-2", "2", "URGENT: my card was stolen"),
         ("m-3", "3", "hi again"),
     ] {
-        let response = server
-            .post_signed("shop", &api_message(id, user, text, &[]))
-            .await;
-        assert_eq!(response.status(), 202);
+        send_text(&server, id, user, text).await;
     }
     let waiting = eventually(|| async {
         let (_, body) = server.get_json("/v1/pools/default/queue").await;
@@ -209,7 +191,7 @@ async fn a_rule_with_a_priority_puts_its_conversations_ahead_of_older_ones() {
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    let held = held_by(&server, "ann", 2).await;
+    let held = server.held_by("ann", 2).await;
     let mut ids: Vec<&Value> = held.iter().map(|c| &c["id"]).collect();
     ids.sort_by_key(|id| id.to_string());
     let mut expected = vec![&waiting[0]["id"], &waiting[2]["id"]];
@@ -238,14 +220,6 @@ async fn a_returning_customer_gets_their_last_agent_in_a_pool_that_prefers_it() 
     let server = Server::start(&config).await;
     agent_with(&server, "ann", &[]).await;
     agent_with(&server, "bob", &[]).await;
-    let send = |id: &str, user: &str| {
-        let body = api_message(id, user, "hello", &[]);
-        let server = &server;
-        async move {
-            let response = server.post_signed("shop", &body).await;
-            assert_eq!(response.status(), 202);
-        }
-    };
     let close = |id: String| {
         let server = &server;
         async move {
@@ -257,16 +231,92 @@ async fn a_returning_customer_gets_their_last_agent_in_a_pool_that_prefers_it() 
     };
 
     // ann has been idle longest: customer 1's first conversation is hers.
-    send("m-1", "1").await;
-    let first = held_by(&server, "ann", 1).await;
+    send_text(&server, "m-1", "1", "hello").await;
+    let first = server.held_by("ann", 1).await;
     close(first[0]["id"].as_str().unwrap().to_owned()).await;
-    held_by(&server, "ann", 0).await;
+    server.held_by("ann", 0).await;
 
     // bob is the longest idle now, but customer 1 comes back to ann; customer 2 goes to bob.
-    send("m-2", "1").await;
-    let again = held_by(&server, "ann", 1).await;
+    send_text(&server, "m-2", "1", "hello").await;
+    let again = server.held_by("ann", 1).await;
     assert_ne!(again[0]["id"], first[0]["id"], "a new conversation");
-    send("m-3", "2").await;
-    held_by(&server, "bob", 1).await;
+    send_text(&server, "m-3", "2", "hello").await;
+    server.held_by("bob", 1).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offer_is_accepted_declined_to_another_agent_or_taken_back_when_it_expires() {
+    let config = format!(
+        "[[pools]]\nid = \"default\"\noffer_timeout_secs = 2\n{}",
+        CONFIG.replace("SECRET", SECRET)
+    );
+    let server = Server::start(&config).await;
+    agent_with(&server, "ann", &[]).await;
+    let mut bob = Ws::connect(&format!("ws://{}/v1/agents/ws", server.addr)).await;
+    bob.send(json!({"type": "hello", "agent_id": "bob", "pools": ["default"], "capacity": 2}))
+        .await;
+    bob.recv_type("welcome").await;
+    let answer = |verb: &str, conversation: &str, agent: &str| {
+        let path = format!("/v1/conversations/{conversation}/{verb}");
+        let server = &server;
+        let body = json!({ "agent_id": agent });
+        async move { server.send_json("POST", &path, body).await }
+    };
+
+    // ann, idle longest, is offered the first conversation and accepts it, once.
+    send_text(&server, "m-1", "1", "hello").await;
+    let offered = server.held_by("ann", 1).await;
+    let first = offered[0]["id"].as_str().unwrap().to_owned();
+    assert!(offered[0]["offer_expires_at"].is_string(), "{offered:?}");
+    let (status, body) = answer("accept", &first, "bob").await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (409, &json!("no_pending_offer"))
+    );
+    let (status, body) = answer("accept", &first, "ann").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["offer_expires_at"], Value::Null);
+    let (status, _) = answer("accept", &first, "ann").await;
+    assert_eq!(status, 409, "accepted once");
+
+    // bob is offered the second and declines it over his socket: it goes to ann.
+    send_text(&server, "m-2", "2", "hello").await;
+    let assigned = bob.recv_type("assigned").await;
+    let second = assigned["conversation"]["id"].as_str().unwrap().to_owned();
+    assert!(assigned["conversation"]["offer_expires_at"].is_string());
+    bob.send(json!({"type": "decline", "conversation_id": second}))
+        .await;
+    let gone = bob.recv_type("unassigned").await;
+    assert_eq!(
+        (&gone["conversation_id"], &gone["reason"]),
+        (&json!(second), &json!("declined"))
+    );
+    let ann = server.held_by("ann", 2).await;
+    assert!(ann.iter().any(|c| c["id"] == second), "{ann:?}");
+    let (status, body) = answer("accept", &second, "ann").await;
+    assert_eq!(status, 200, "{body}");
+
+    // bob, idle longest now, is offered the third, lets it expire and is set away; it goes to
+    // ann.
+    send_text(&server, "m-3", "3", "hello").await;
+    let assigned = bob.recv_type("assigned").await;
+    let third = assigned["conversation"]["id"].clone();
+    let gone = bob.recv_type("unassigned").await;
+    assert_eq!(
+        (&gone["conversation_id"], &gone["reason"]),
+        (&third, &json!("offer_expired"))
+    );
+    let agent = bob.recv_type("agent").await;
+    assert_eq!(agent["agent"]["status"], "away");
+    let ann = server.held_by("ann", 3).await;
+    assert!(ann.iter().any(|c| c["id"] == third), "{ann:?}");
+    let (status, body) = answer("accept", third.as_str().unwrap(), "ann").await;
+    assert_eq!(status, 200, "{body}");
+
+    for (outcome, n) in [("accepted", 3.0), ("declined", 1.0), ("expired", 1.0)] {
+        let series = format!(r#"switchyard_offers_total{{outcome="{outcome}",pool="default"}}"#);
+        assert_eq!(server.metric(&series).await, n, "{series}");
+    }
     server.stop().await;
 }

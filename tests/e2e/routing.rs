@@ -1,7 +1,7 @@
 //! Routing rules (`[[routes]]`) through the real server: the message that opens a conversation
 //! picks its pool, the first matching rule wins, and an open conversation keeps its pool.
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::support::{SECRET, Server, api_message, eventually};
 
@@ -41,21 +41,6 @@ async fn agent_in(server: &Server, agent: &str, pool: &str) {
     assert_eq!(status, 200, "{body}");
 }
 
-/// The conversations `agent` holds, once there are `n`.
-async fn held_by(server: &Server, agent: &str, n: usize) -> Vec<Value> {
-    eventually(|| async {
-        let (_, body) = server
-            .get_json(&format!("/v1/agents/{agent}/conversations"))
-            .await;
-        let held = body["conversations"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        (held.len() == n).then_some(held)
-    })
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_opening_message_picks_the_pool_by_the_first_matching_rule() {
     let server = Server::start(&CONFIG.replace("SECRET", SECRET)).await;
@@ -73,16 +58,16 @@ async fn the_opening_message_picks_the_pool_by_the_first_matching_rule() {
         }
     };
     sent("m-1", "1", "I want a REFUND", &["phone::+8613800000001"]).await;
-    let billing = held_by(&server, "bob", 1).await;
+    let billing = server.held_by("bob", 1).await;
     assert_eq!(billing[0]["pool"], "billing");
 
     sent("m-2", "2", "hello", &["phone::+8613800000002"]).await;
-    let vip = held_by(&server, "vic", 1).await;
+    let vip = server.held_by("vic", 1).await;
     assert_eq!(vip[0]["pool"], "vip");
 
     // No rule matches: the channel's pool.
     sent("m-3", "3", "hello", &[]).await;
-    let default = held_by(&server, "ann", 1).await;
+    let default = server.held_by("ann", 1).await;
     assert_eq!(default[0]["pool"], "default");
 
     // Later messages stay in the open conversation, whatever they say.
@@ -100,8 +85,8 @@ async fn the_opening_message_picks_the_pool_by_the_first_matching_rule() {
         assert_eq!(body["pool"], pool);
         assert_eq!(body["agent_id"], agent);
     }
-    assert_eq!(held_by(&server, "ann", 1).await.len(), 1);
-    assert_eq!(held_by(&server, "bob", 1).await.len(), 1);
+    assert_eq!(server.held_by("ann", 1).await.len(), 1);
+    assert_eq!(server.held_by("bob", 1).await.len(), 1);
 
     for (series, opened) in [
         (r#"{pool="billing",rule="refunds"}"#, 1.0),

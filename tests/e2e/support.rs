@@ -101,6 +101,22 @@ impl Server {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// The conversations `agent` holds (`GET /v1/agents/{agent}/conversations`), once there are
+    /// `n`.
+    pub async fn held_by(&self, agent: &str, n: usize) -> Vec<Value> {
+        eventually(|| async {
+            let (_, body) = self
+                .get_json(&format!("/v1/agents/{agent}/conversations"))
+                .await;
+            let held = body["conversations"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            (held.len() == n).then_some(held)
+        })
+        .await
+    }
+
     pub async fn send_json(&self, method: &str, path: &str, body: Value) -> (u16, Value) {
         let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let r = self

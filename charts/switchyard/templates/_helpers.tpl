@@ -302,6 +302,9 @@ close_idle_secs = {{ int64 . }}
 {{- if .prefer_last_agent }}
 prefer_last_agent = true
 {{- end }}
+{{- with .offer_timeout_secs }}
+offer_timeout_secs = {{ int64 . }}
+{{- end }}
 {{- with .hours }}
 
 [pools.hours]

@@ -20,9 +20,9 @@ use crate::store::{
     AGENT_AT_CAPACITY, AgentUpdate, Assignment, CONVERSATION_OPEN, ConversationStart,
     CustomerConversationsQuery, CustomerUpdate, ERASED_BY_RETENTION, ERASED_ON_REQUEST, Erasure,
     InboundOutcome, InboundRecord, InboundRouting, MAX_CUSTOMER_ATTRIBUTES, MAX_CUSTOMER_TAGS,
-    MailboxPush, Merge, Note, NoteKind, OPEN_STATUSES, Placement, QuietSweep, Release, Resolution,
-    ResolveRequest, SenderResolution, Store, StoreError, TOO_MANY_ATTRIBUTES, TOO_MANY_TAGS,
-    TransferTarget, UNKNOWN_CURSOR, route_inbound_stepwise,
+    MailboxPush, Merge, NO_PENDING_OFFER, Note, NoteKind, OPEN_STATUSES, Placement, QuietSweep,
+    Release, Resolution, ResolveRequest, SenderResolution, Store, StoreError, TOO_MANY_ATTRIBUTES,
+    TOO_MANY_TAGS, TransferTarget, UNKNOWN_CURSOR, Withdrawal, route_inbound_stepwise,
 };
 
 use IdentityStrength::{Strong, Weak};
@@ -1363,6 +1363,7 @@ pub async fn skills_route_past_heads_nobody_can_take(factory: &impl MakeStore, p
         pool: pool.clone(),
         skills: Some(Skills::new(["fr"])),
         priority: None,
+        offer_secs: 0,
     };
     let moved = transfer(&store, &en, to_french, at(21)).await;
     assert_eq!(
@@ -1403,6 +1404,7 @@ pub async fn skills_route_past_heads_nobody_can_take(factory: &impl MakeStore, p
         pool: pool.clone(),
         skills: Some(Skills::default()),
         priority: None,
+        offer_secs: 0,
     };
     let moved = transfer(&store, &zh_billing, cleared, at(27)).await;
     assert!(moved.skills.is_empty(), "{what}: transfer clears skills");
@@ -1496,6 +1498,7 @@ pub async fn priority_goes_first_and_ties_keep_arrival_order(
         pool: pool.clone(),
         skills: None,
         priority: Some(5),
+        offer_secs: 0,
     };
     let raised = transfer(&store, &low_later, raise, at(14)).await;
     assert_eq!(raised.priority, 5, "{what}: transfer sets the priority");
@@ -1606,6 +1609,195 @@ pub async fn last_agent_preferred_when_it_can_take_the_conversation(
         pairs(&assign(&store, &pool, at(22)).await),
         vec![(later, b.clone())],
         "{what}: the agent of the transfer"
+    );
+}
+
+/// Offers: a conversation of a pool whose agents must accept it is offered by its assignment
+/// (`offered_at`, `offer_expires_at`, listed as pending) until its agent accepts it; only that
+/// agent may, once. Declined, it goes back to the front of the queue and to another agent, or to
+/// the same one when nobody else can take it; expired (the same offer only), likewise, and its
+/// agent is set away. A close ends the offer; a transfer to a pool sets the pool's offer time.
+pub async fn offers_are_accepted_declined_or_expire(factory: &impl MakeStore, prefix: &str) {
+    let what = "offers_are_accepted_declined_or_expire";
+    let store = factory.make().await;
+    let pool = format!("{prefix}default");
+    let (a, b) = (format!("{prefix}agent-a"), format!("{prefix}agent-b"));
+    skilled_agent(&store, &a, &[&pool], 2, &[], at(0)).await;
+    skilled_agent(&store, &b, &[&pool], 2, &[], at(1)).await;
+    let offered = Placement::queued(pool.as_str()).offered_for(30);
+    let pending = |store: Arc<dyn Store>| async move {
+        store
+            .pending_offers()
+            .await
+            .unwrap_or_else(|e| panic!("pending_offers: {e}"))
+            .into_iter()
+            .map(|c| c.id)
+            .collect::<Vec<_>>()
+    };
+    let refused = |r: Result<Conversation, StoreError>, step: &str| match r {
+        Err(e) => assert_eq!(
+            conflict_code(&e),
+            Some(NO_PENDING_OFFER),
+            "{what}: {step}: {e}"
+        ),
+        Ok(c) => panic!("{what}: {step}: accepted {c:?}"),
+    };
+
+    // Offered to a, the longest idle; only a accepts it, once.
+    let c1 = open_placed(&store, prefix, "c1", &offered, at(2)).await;
+    let got = assign(&store, &pool, at(3)).await;
+    assert_eq!(
+        pairs(&got),
+        vec![(c1.clone(), a.clone())],
+        "{what}: offered"
+    );
+    let c = &got[0].conversation;
+    assert_eq!(
+        (c.offered_at, c.offer_expires_at),
+        (Some(at(3)), Some(at(33))),
+        "{what}: offer times"
+    );
+    assert_eq!(
+        pending(store.clone()).await,
+        vec![c1.clone()],
+        "{what}: pending"
+    );
+    refused(
+        store.accept_offer(&c1, &b, at(4)).await,
+        "another agent accepts",
+    );
+    let accepted = store
+        .accept_offer(&c1, &a, at(5))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: accept: {e}"));
+    assert_eq!(
+        (
+            accepted.status,
+            accepted.offered_at,
+            accepted.offer_expires_at
+        ),
+        (ConversationStatus::Assigned, None, None),
+        "{what}: accepted"
+    );
+    assert!(
+        pending(store.clone()).await.is_empty(),
+        "{what}: none pending"
+    );
+    refused(store.accept_offer(&c1, &a, at(6)).await, "accepted twice");
+
+    // Declined by b: back to the front of the queue, and to a next.
+    let c2 = open_placed(&store, prefix, "c2", &offered, at(7)).await;
+    let c3 = open_placed(
+        &store,
+        prefix,
+        "c3",
+        &Placement::queued(pool.as_str()),
+        at(8),
+    )
+    .await;
+    let got = assign(&store, &pool, at(9)).await;
+    assert_eq!(
+        pairs(&got),
+        vec![(c2.clone(), b.clone()), (c3.clone(), a.clone())],
+        "{what}: c2 offered to b, c3 (no offer) to a"
+    );
+    assert_eq!(got[1].conversation.offered_at, None, "{what}: no offer");
+    let back = store
+        .withdraw_offer(&c2, &b, Withdrawal::Declined, at(10))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: decline: {e}"));
+    assert_eq!(
+        back.conversation.status,
+        ConversationStatus::Queued,
+        "{what}: queued"
+    );
+    assert_eq!(
+        back.conversation.queued_at,
+        Some(at(7)),
+        "{what}: queued_at kept"
+    );
+    assert_eq!(
+        back.released_agent.map(|r| (r.id, r.conversations.len())),
+        Some((b.clone(), 0)),
+        "{what}: b let go"
+    );
+    let c4 = open_placed(
+        &store,
+        prefix,
+        "c4",
+        &Placement::queued(pool.as_str()),
+        at(11),
+    )
+    .await;
+    assert_eq!(
+        queue(&store, &pool).await,
+        vec![c2.clone(), c4.clone()],
+        "{what}: front"
+    );
+    // a comes back online with more room: b is now the longest idle, and passed over.
+    let offline = AgentUpdate {
+        id: a.clone(),
+        status: Some(AgentStatus::Offline),
+        ..AgentUpdate::default()
+    };
+    update_agent(&store, offline, at(12)).await;
+    skilled_agent(&store, &a, &[&pool], 3, &[], at(12)).await;
+    let got = assign(&store, &pool, at(13)).await;
+    assert_eq!(
+        pairs(&got),
+        vec![(c2.clone(), a.clone()), (c4.clone(), b.clone())],
+        "{what}: the decliner passed over, though idle longest"
+    );
+
+    // Expired: only that offer is taken back, and a is set away.
+    let stale = Withdrawal::Expired { offered_at: at(9) };
+    let e = store.withdraw_offer(&c2, &a, stale, at(40)).await;
+    assert!(
+        matches!(&e, Err(e) if conflict_code(e) == Some(NO_PENDING_OFFER)),
+        "{what}: an older offer: {e:?}"
+    );
+    let expired = Withdrawal::Expired { offered_at: at(13) };
+    let back = store
+        .withdraw_offer(&c2, &a, expired, at(44))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: expire: {e}"));
+    assert_eq!(
+        back.released_agent.map(|r| r.status),
+        Some(AgentStatus::Away),
+        "{what}: the agent that let it expire is away"
+    );
+    assert_eq!(get_agent(&store, &a).await.status, AgentStatus::Away);
+    let got = assign(&store, &pool, at(45)).await;
+    assert_eq!(pairs(&got), vec![(c2.clone(), b.clone())], "{what}: to b");
+
+    // Declined by b, the only agent with room: offered to b again.
+    store
+        .withdraw_offer(&c2, &b, Withdrawal::Declined, at(46))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: decline again: {e}"));
+    let got = assign(&store, &pool, at(47)).await;
+    assert_eq!(
+        pairs(&got),
+        vec![(c2.clone(), b.clone())],
+        "{what}: nobody else"
+    );
+
+    // A close ends the offer; a transfer to a pool sets its offer time.
+    close(&store, &c2, at(48)).await;
+    assert!(pending(store.clone()).await.is_empty(), "{what}: closed");
+    let to_offer = TransferTarget::Pool {
+        pool: pool.clone(),
+        skills: None,
+        priority: None,
+        offer_secs: 10,
+    };
+    transfer(&store, &c3, to_offer, at(49)).await;
+    let got = assign(&store, &pool, at(50)).await;
+    assert_eq!(got.len(), 1, "{what}: c3 assigned again");
+    assert_eq!(
+        got[0].conversation.offer_expires_at,
+        Some(at(60)),
+        "{what}: the target pool's offer time"
     );
 }
 
@@ -5446,6 +5638,7 @@ pub async fn run_all(factory: &impl MakeStore, prefix: &str) {
     skills_route_past_heads_nobody_can_take(factory, &p("skills")).await;
     priority_goes_first_and_ties_keep_arrival_order(factory, &p("priority")).await;
     last_agent_preferred_when_it_can_take_the_conversation(factory, &p("last-agent")).await;
+    offers_are_accepted_declined_or_expire(factory, &p("offers")).await;
     record_outbound_conflicts(factory, &p("outbound")).await;
     record_outbound_is_idempotent(factory, &p("outbound-idempotent")).await;
     unannounced_notes(factory, &p("unannounced")).await;

@@ -13,9 +13,10 @@ use super::{
     AGENT_AT_CAPACITY, AgentUpdate, Assignment, CONVERSATION_OPEN, ConversationStart,
     CustomerConversationsQuery, CustomerUpdate, ERASED_BY_RETENTION, Erasure, IDLE_CLOSE_REASON,
     InboundOutcome, InboundRecord, InboundRouting, MailboxHead, MailboxItem, MailboxPush, Merge,
-    Note, NoteKind, OutboundRecord, Placement, QuietSweep, Release, Resolution, ResolveRequest,
-    SenderResolution, Store, StoreError, TransferTarget, UNKNOWN_CURSOR, decode_others_assigned,
-    encode_others_assigned, others_assigned_key, replay_others_assigned, status_listed,
+    NO_PENDING_OFFER, Note, NoteKind, OutboundRecord, Placement, QuietSweep, Release, Resolution,
+    ResolveRequest, SenderResolution, Store, StoreError, TransferTarget, UNKNOWN_CURSOR,
+    Withdrawal, decode_others_assigned, encode_others_assigned, offer_deadline,
+    others_assigned_key, replay_others_assigned, status_listed,
 };
 use crate::envelope::{Envelope, new_id};
 use crate::identity::{IdentityKey, IdentityStrength};
@@ -60,6 +61,14 @@ struct State {
     /// Queued or bot-held conversation -> the agent it prefers
     /// ([`Placement::prefer_last_agent`]), until it is assigned or closed.
     preferred_agent: HashMap<String, String>,
+    /// Open conversation -> seconds its agents have to accept it ([`Placement::offer_secs`];
+    /// absent: 0).
+    offer_secs: HashMap<String, u64>,
+    /// Queued conversation -> the agent whose offer of it was taken back, passed over by its
+    /// next assignment while another agent can take it.
+    declined_by: HashMap<String, String>,
+    /// Pending offers by `offered_at`.
+    offers: BTreeSet<(DateTime<Utc>, String)>,
     /// Agents, with the per-pool index of those ready for a conversation.
     agents: agents::Agents,
     /// Customer id -> the `source` of the resolution that created it.
@@ -213,16 +222,44 @@ impl State {
             )
         };
         match status {
-            ConversationStatus::Assigned => self.agents.update(agent_id.as_deref()?, |agent| {
-                agent.conversations.retain(|c| c != conversation_id);
-                agent.clone()
-            }),
+            ConversationStatus::Assigned => {
+                self.clear_offer(conversation_id);
+                self.agents.update(agent_id.as_deref()?, |agent| {
+                    agent.conversations.retain(|c| c != conversation_id);
+                    agent.clone()
+                })
+            }
             ConversationStatus::Queued => {
                 self.queues.remove(&pool, &key, conversation_id);
                 None
             }
             ConversationStatus::Bot | ConversationStatus::Closed => None,
         }
+    }
+
+    /// Clears the pending offer of conversation `id`, if any.
+    fn clear_offer(&mut self, id: &str) {
+        if let Some(c) = self.conversations.get_mut(id)
+            && let Some(offered_at) = c.offered_at.take()
+        {
+            c.offer_expires_at = None;
+            self.offers.remove(&(offered_at, id.to_owned()));
+        }
+    }
+
+    /// The pending offer of conversation `id` to `agent_id`, checked: the conversation.
+    fn offered_to(&mut self, id: &str, agent_id: &str) -> Result<&mut Conversation, StoreError> {
+        let c = self.conversation_mut(id)?;
+        if c.status != ConversationStatus::Assigned
+            || c.agent_id.as_deref() != Some(agent_id)
+            || c.offered_at.is_none()
+        {
+            return Err(StoreError::Conflict {
+                code: NO_PENDING_OFFER,
+                message: format!("conversation `{id}` is not offered to agent `{agent_id}` now"),
+            });
+        }
+        Ok(c)
     }
 
     fn close(&mut self, id: &str, reason: &str, now: DateTime<Utc>) -> Result<Release, StoreError> {
@@ -239,6 +276,8 @@ impl State {
         }
         let released_agent = self.detach(id);
         self.preferred_agent.remove(id);
+        self.offer_secs.remove(id);
+        self.declined_by.remove(id);
         let c = self.conversation_mut(id)?;
         c.status = ConversationStatus::Closed;
         c.agent_id = None;
@@ -372,43 +411,59 @@ impl State {
         });
     }
 
-    /// The agent to take the next conversation of `pool` asking `skills` and preferring
-    /// `preferred`: that agent when it is in the pool's ready index, present and has the skills;
-    /// else the first of the index (longest idle, then lowest id) with every skill asked. A
-    /// candidate whose tracked presence lapsed is set offline on the way (which takes it out of
+    /// The agent to take the next conversation of `pool` asking `skills`, preferring
+    /// `preferred` and passing over `avoid`: `preferred` when it is in the pool's ready index,
+    /// present and has the skills (and is not `avoid`); else the first of the index (longest
+    /// idle, then lowest id) with every skill asked other than `avoid`; else `avoid` if it is one.
+    /// A candidate whose tracked presence lapsed is set offline on the way (which takes it out of
     /// the index) and skipped, never chosen.
     fn next_ready_agent(
         &mut self,
         pool: &str,
         skills: &Skills,
         preferred: Option<&str>,
+        avoid: Option<&str>,
         now: DateTime<Utc>,
     ) -> Option<String> {
         if let Some(id) = preferred.filter(|id| self.agents.is_ready(pool, id)) {
             if self.presence_lapsed(id) {
                 self.expire_lapsed(id, now);
-            } else if self
-                .agents
-                .get(id)
-                .is_some_and(|agent| skills.held_by(&agent.skills))
+            } else if avoid != Some(id)
+                && self
+                    .agents
+                    .get(id)
+                    .is_some_and(|agent| skills.held_by(&agent.skills))
             {
                 return Some(id.to_owned());
             }
         }
         loop {
-            let (id, lapsed) = self.agents.ready(pool).find_map(|(_, id)| {
+            let mut lapsed = None;
+            let mut avoided = None;
+            let mut chosen = None;
+            for (_, id) in self.agents.ready(pool) {
                 if self.presence_lapsed(id) {
-                    Some((id, true))
-                } else {
-                    let agent = self.agents.get(id)?;
-                    skills.held_by(&agent.skills).then_some((id, false))
+                    lapsed = Some(id.clone());
+                    break;
                 }
-            })?;
-            let id = id.clone();
-            if !lapsed {
-                return Some(id);
+                if !self
+                    .agents
+                    .get(id)
+                    .is_some_and(|agent| skills.held_by(&agent.skills))
+                {
+                    continue;
+                }
+                if avoid == Some(id.as_str()) {
+                    avoided = Some(id.clone());
+                } else {
+                    chosen = Some(id.clone());
+                    break;
+                }
             }
-            self.expire_lapsed(&id, now);
+            match lapsed {
+                Some(id) => self.expire_lapsed(&id, now),
+                None => return chosen.or(avoided),
+            }
         }
     }
 
@@ -510,15 +565,23 @@ impl State {
             self.last_agent.insert(customer, agent_id.to_owned());
         }
         self.preferred_agent.remove(id);
+        self.declined_by.remove(id);
     }
 
-    /// Hands the queued conversation `id` (the head of its queue) to agent `agent_id`.
+    /// Hands the queued conversation `id` (the head of its queue) to agent `agent_id`, as an
+    /// offer when its pool asks agents to accept ([`Placement::offer_secs`]).
     fn assign(&mut self, id: &str, agent_id: String, now: DateTime<Utc>) -> Option<Assignment> {
+        let offer_secs = self.offer_secs.get(id).copied().unwrap_or(0);
         let c = self.conversations.get_mut(id)?;
         c.status = ConversationStatus::Assigned;
         c.agent_id = Some(agent_id.clone());
         c.assigned_at = Some(now);
         c.updated_at = now;
+        if offer_secs > 0 {
+            c.offered_at = Some(now);
+            c.offer_expires_at = offer_deadline(now, offer_secs);
+            self.offers.insert((now, id.to_owned()));
+        }
         let conversation = c.clone();
         self.hand_to_agent(id, &agent_id, now);
         Some(Assignment {
@@ -822,6 +885,7 @@ impl State {
                     skills,
                     priority,
                     prefer_last_agent,
+                    offer_secs,
                 } = placement;
                 self.conversations.insert(
                     id.clone(),
@@ -847,6 +911,8 @@ impl State {
                         updated_at: now,
                         queued_at: bot.is_none().then_some(now),
                         assigned_at: None,
+                        offered_at: None,
+                        offer_expires_at: None,
                         closed_at: None,
                         close_reason: None,
                         message_count: 0,
@@ -862,6 +928,9 @@ impl State {
                     .filter(|_| *prefer_last_agent)
                 {
                     self.preferred_agent.insert(id.clone(), agent.clone());
+                }
+                if *offer_secs > 0 {
+                    self.offer_secs.insert(id.clone(), *offer_secs);
                 }
                 if bot.is_none() {
                     self.queues.push(
@@ -900,7 +969,14 @@ impl State {
         let mut blocked = Vec::new();
         while let Some((key, head)) = self.next_head(pool, &blocked) {
             let preferred = self.preferred_agent.get(&head).cloned();
-            match self.next_ready_agent(pool, &key.skills, preferred.as_deref(), now) {
+            let avoid = self.declined_by.get(&head).cloned();
+            match self.next_ready_agent(
+                pool,
+                &key.skills,
+                preferred.as_deref(),
+                avoid.as_deref(),
+                now,
+            ) {
                 Some(agent_id) => {
                     self.queues.pop_front(pool, &key);
                     out.extend(self.assign(&head, agent_id, now));
@@ -1411,6 +1487,8 @@ impl Store for EmbeddedStore {
             updated_at: now,
             queued_at: None,
             assigned_at: Some(now),
+            offered_at: None,
+            offer_expires_at: None,
             closed_at: None,
             close_reason: None,
             message_count: 1,
@@ -1656,7 +1734,13 @@ impl Store for EmbeddedStore {
                 pool,
                 skills,
                 priority,
+                offer_secs,
             } => {
+                if offer_secs > 0 {
+                    s.offer_secs.insert(id.to_owned(), offer_secs);
+                } else {
+                    s.offer_secs.remove(id);
+                }
                 let c = s.conversation_mut(id)?;
                 if let Some(skills) = skills {
                     c.skills = skills;
@@ -1686,6 +1770,81 @@ impl Store for EmbeddedStore {
             conversation,
             released_agent,
         })
+    }
+
+    async fn accept_offer(
+        &self,
+        id: &str,
+        agent_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Conversation, StoreError> {
+        let mut s = self.lock();
+        s.offered_to(id, agent_id)?.updated_at = now;
+        s.clear_offer(id);
+        s.conversations
+            .get(id)
+            .cloned()
+            .ok_or_else(|| not_found("conversation", id))
+    }
+
+    async fn withdraw_offer(
+        &self,
+        id: &str,
+        agent_id: &str,
+        why: Withdrawal,
+        now: DateTime<Utc>,
+    ) -> Result<Release, StoreError> {
+        let mut s = self.lock();
+        let offered_at = s.offered_to(id, agent_id)?.offered_at;
+        if let Withdrawal::Expired { offered_at: seen } = why
+            && offered_at != Some(seen)
+        {
+            return Err(StoreError::Conflict {
+                code: NO_PENDING_OFFER,
+                message: format!("conversation `{id}` was offered again since"),
+            });
+        }
+        s.detach(id);
+        let c = s.conversation_mut(id)?;
+        c.status = ConversationStatus::Queued;
+        c.agent_id = None;
+        c.updated_at = now;
+        let (pool, key) = (c.pool.clone(), QueueKey::of(c));
+        s.queues.push_front(&pool, &key, id.to_owned());
+        s.declined_by.insert(id.to_owned(), agent_id.to_owned());
+        let mut note = Note::new(NoteKind::TransferredToPool, id, now);
+        note.from_agent = Some(agent_id.to_owned());
+        s.note(note);
+        if matches!(why, Withdrawal::Expired { .. }) {
+            let was_online = s
+                .agents
+                .update(agent_id, |agent| {
+                    let online = agent.status == AgentStatus::Online;
+                    if online {
+                        agent.status = AgentStatus::Away;
+                        agent.updated_at = now;
+                    }
+                    online
+                })
+                .unwrap_or(false);
+            if was_online {
+                s.note(Note::new(NoteKind::AgentUpdated, agent_id, now));
+            }
+        }
+        let conversation = s.conversation_mut(id)?.clone();
+        let released_agent = s.agents.get(agent_id).cloned();
+        Ok(Release {
+            conversation,
+            released_agent,
+        })
+    }
+
+    async fn pending_offers(&self) -> Result<Vec<Conversation>, StoreError> {
+        let s = self.lock();
+        Ok(s.offers
+            .iter()
+            .filter_map(|(_, id)| s.conversations.get(id).cloned())
+            .collect())
     }
 
     async fn mailbox_push(

@@ -215,6 +215,9 @@ pub struct Placement {
     /// their conversations) rather than the longest idle, when that agent can take it as it
     /// leaves the queue: online in its pool, with room and every skill it asks for.
     pub prefer_last_agent: bool,
+    /// Seconds an agent it is assigned to from the queue has to accept it
+    /// ([`Store::accept_offer`]) before it goes back to the queue; 0: assignments are final.
+    pub offer_secs: u64,
 }
 
 impl Placement {
@@ -226,6 +229,7 @@ impl Placement {
             skills: Skills::default(),
             priority: 0,
             prefer_last_agent: false,
+            offer_secs: 0,
         }
     }
 
@@ -250,6 +254,12 @@ impl Placement {
     /// Preferring the customer's last agent when `prefer` ([`Placement::prefer_last_agent`]).
     pub fn preferring_last_agent(mut self, prefer: bool) -> Self {
         self.prefer_last_agent = prefer;
+        self
+    }
+
+    /// Offered to its agents for `secs` seconds ([`Placement::offer_secs`]).
+    pub fn offered_for(mut self, secs: u64) -> Self {
+        self.offer_secs = secs;
         self
     }
 }
@@ -415,6 +425,8 @@ pub enum TransferTarget {
         skills: Option<Skills>,
         /// Its priority in that queue from now on; `None` keeps the one it had.
         priority: Option<u8>,
+        /// Seconds the agents of that pool have to accept it ([`Placement::offer_secs`]).
+        offer_secs: u64,
     },
     /// Straight to an agent (who must have room).
     Agent(String),
@@ -427,8 +439,33 @@ impl TransferTarget {
             pool: pool.into(),
             skills: None,
             priority: None,
+            offer_secs: 0,
         }
     }
+}
+
+/// Why an offer is taken back ([`Store::withdraw_offer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Withdrawal {
+    /// The agent declined it.
+    Declined,
+    /// Nobody accepted it in time: taken back only if it is still the offer made at
+    /// `offered_at` (not a later one), and its agent is set away.
+    Expired {
+        /// The `offered_at` of the offer that expired.
+        offered_at: DateTime<Utc>,
+    },
+}
+
+/// Conflict code of an offer that cannot be accepted or taken back: the conversation is not
+/// offered to that agent now.
+pub const NO_PENDING_OFFER: &str = "no_pending_offer";
+
+/// When an offer made at `offered_at` for `secs` seconds expires ([`Conversation::offer_expires_at`];
+/// `None` only past the end of time).
+pub fn offer_deadline(offered_at: DateTime<Utc>, secs: u64) -> Option<DateTime<Utc>> {
+    let secs = i64::try_from(secs).ok()?;
+    offered_at.checked_add_signed(chrono::TimeDelta::try_seconds(secs)?)
 }
 
 /// Outcome of a close or transfer: the conversation and the agent it left, if any.
@@ -1169,6 +1206,34 @@ pub trait Store: Send + Sync + 'static {
         target: TransferTarget,
         now: DateTime<Utc>,
     ) -> Result<Release, StoreError>;
+
+    /// Accepts the offer of conversation `id` to `agent_id` ([`Placement::offer_secs`]): it stays
+    /// with the agent for good (its `offered_at` and `offer_expires_at` are cleared). Conflict
+    /// [`NO_PENDING_OFFER`] when it is not offered to that agent now (never offered, accepted,
+    /// expired, taken back, closed).
+    async fn accept_offer(
+        &self,
+        id: &str,
+        agent_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Conversation, StoreError>;
+
+    /// Takes conversation `id` back from `agent_id`, to whom it is offered: it goes to the front
+    /// of its pool's queue (keeping its `queued_at`), and the next assignment gives it to
+    /// another agent when one can take it. `why` says whether the agent declined it or let the
+    /// offer expire; an expired offer also sets the agent `away`, so that it stops being offered
+    /// conversations it does not answer. Notes a transfer to the pool from the agent (and, when
+    /// expired, the agent's update). Conflict [`NO_PENDING_OFFER`] as for accepting.
+    async fn withdraw_offer(
+        &self,
+        id: &str,
+        agent_id: &str,
+        why: Withdrawal,
+        now: DateTime<Utc>,
+    ) -> Result<Release, StoreError>;
+
+    /// Every conversation offered to an agent and not accepted yet, by `offered_at` (then id).
+    async fn pending_offers(&self) -> Result<Vec<Conversation>, StoreError>;
 
     /// Appends `body` under `id` to the end of mailbox `key`, unless an item with this id is in
     /// the mailbox already (a retry of the same push changes nothing); then drops the oldest items

@@ -59,9 +59,10 @@ use super::{
     AGENT_AT_CAPACITY, AgentUpdate, Assignment, CONVERSATION_OPEN, ConversationStart,
     CustomerConversationsQuery, CustomerUpdate, ERASED_BY_RETENTION, Erasure, IDLE_CLOSE_REASON,
     InboundOutcome, InboundRecord, InboundRouting, MAX_CUSTOMER_ATTRIBUTES, MAX_CUSTOMER_TAGS,
-    MailboxHead, MailboxItem, MailboxPush, Merge, Note, OutboundRecord, Placement, QuietSweep,
-    Release, Resolution, ResolveRequest, SenderResolution, Store, StoreError, TOO_MANY_ATTRIBUTES,
-    TOO_MANY_TAGS, TransferTarget, UNKNOWN_CURSOR,
+    MailboxHead, MailboxItem, MailboxPush, Merge, NO_PENDING_OFFER, Note, OutboundRecord,
+    Placement, QuietSweep, Release, Resolution, ResolveRequest, SenderResolution, Store,
+    StoreError, TOO_MANY_ATTRIBUTES, TOO_MANY_TAGS, TransferTarget, UNKNOWN_CURSOR, Withdrawal,
+    offer_deadline,
 };
 use crate::envelope::{ChannelRef, Envelope, Sender, new_id};
 use crate::identity::{IdentityKey, IdentityStrength};
@@ -114,7 +115,7 @@ fn script(body: &str) -> Script {
 /// The fields of a conversation hash that scripts reply (`conv_reply` in `prelude.lua`, as
 /// `CONV_FIELDS`), values only, in this order: half the size of the field-value pairs of
 /// `HGETALL`, and without the internal fields.
-const CONVERSATION_FIELDS: [&str; 21] = [
+const CONVERSATION_FIELDS: [&str; 23] = [
     "id",
     "tenant",
     "customer_id",
@@ -133,6 +134,8 @@ const CONVERSATION_FIELDS: [&str; 21] = [
     "updated_at",
     "queued_at",
     "assigned_at",
+    "offered_at",
+    "offer_secs",
     "closed_at",
     "close_reason",
     "message_count",
@@ -167,6 +170,7 @@ static UPSERT_AGENT: LazyLock<Script> =
     LazyLock::new(|| script(include_str!("redis/upsert_agent.lua")));
 static CLOSE: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/close.lua")));
 static TRANSFER: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/transfer.lua")));
+static OFFER: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/offer.lua")));
 static READS: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/reads.lua")));
 static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| script(include_str!("redis/heartbeat.lua")));
 static UNANNOUNCED: LazyLock<Script> =
@@ -364,6 +368,7 @@ impl RedisStore {
             skills_arg(&placement.skills)?,
             placement.priority.to_string(),
             flag(placement.prefer_last_agent).to_owned(),
+            placement.offer_secs.to_string(),
         ])
     }
 }
@@ -547,6 +552,7 @@ fn conflict_code(s: &str) -> &'static str {
         TOO_MANY_TAGS => TOO_MANY_TAGS,
         TOO_MANY_ATTRIBUTES => TOO_MANY_ATTRIBUTES,
         UNKNOWN_CURSOR => UNKNOWN_CURSOR,
+        NO_PENDING_OFFER => NO_PENDING_OFFER,
         _ => "conflict",
     }
 }
@@ -630,6 +636,8 @@ fn conversation(v: Value) -> Result<Option<Conversation>, StoreError> {
     };
     let recipient: Sender = serde_json::from_str(&f.req("recipient")?)
         .map_err(|e| bad(format_args!("conversation recipient: {e}")))?;
+    let offered_at = f.opt_time("offered_at")?;
+    let offer_secs: u64 = f.opt_num("offer_secs")?.unwrap_or(0);
     Ok(Some(Conversation {
         id: f.req("id")?,
         tenant: f.req("tenant")?,
@@ -655,6 +663,8 @@ fn conversation(v: Value) -> Result<Option<Conversation>, StoreError> {
         updated_at: f.time("updated_at")?,
         queued_at: f.opt_time("queued_at")?,
         assigned_at: f.opt_time("assigned_at")?,
+        offered_at,
+        offer_expires_at: offered_at.and_then(|at| offer_deadline(at, offer_secs)),
         closed_at: f.opt_time("closed_at")?,
         close_reason: f.take("close_reason"),
         message_count: f.num("message_count")?,
@@ -1441,19 +1451,66 @@ impl Store for RedisStore {
                 pool,
                 skills,
                 priority,
+                offer_secs,
             } => {
                 inv.arg("pool").arg(pool);
                 match skills {
                     Some(skills) => inv.arg(skills_arg(skills)?),
                     None => inv.arg("keep"),
                 };
-                inv.arg(priority.map(|p| p.to_string()).unwrap_or_default());
+                inv.arg(priority.map(|p| p.to_string()).unwrap_or_default())
+                    .arg(offer_secs);
             }
             TransferTarget::Agent(agent) => {
                 inv.arg("agent").arg(agent);
             }
         }
         release(self.eval(&inv, false).await?)
+    }
+
+    async fn accept_offer(
+        &self,
+        id: &str,
+        agent_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Conversation, StoreError> {
+        let mut inv = OFFER.prepare_invoke();
+        inv.arg(&self.prefix)
+            .arg("accept")
+            .arg(id)
+            .arg(agent_id)
+            .arg(stamp(now));
+        let (_, mut items) = tagged(self.eval(&inv, false).await?)?;
+        some_conversation(items.next()?)
+    }
+
+    async fn withdraw_offer(
+        &self,
+        id: &str,
+        agent_id: &str,
+        why: Withdrawal,
+        now: DateTime<Utc>,
+    ) -> Result<Release, StoreError> {
+        let mut inv = OFFER.prepare_invoke();
+        inv.arg(&self.prefix)
+            .arg("withdraw")
+            .arg(id)
+            .arg(agent_id)
+            .arg(stamp(now));
+        match why {
+            Withdrawal::Declined => inv.arg("declined"),
+            Withdrawal::Expired { offered_at } => inv.arg("expired").arg(stamp(offered_at)),
+        };
+        release(self.eval(&inv, false).await?)
+    }
+
+    async fn pending_offers(&self) -> Result<Vec<Conversation>, StoreError> {
+        let mut inv = READS.prepare_invoke();
+        inv.arg(&self.prefix).arg("pending_offers").arg("");
+        list(self.eval(&inv, true).await?)?
+            .into_iter()
+            .map(some_conversation)
+            .collect()
     }
 
     async fn mailbox_push(

@@ -18,7 +18,7 @@ use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
 use switchyard_core::model::AgentStatus;
 use switchyard_core::protocol::{AgentEvent, AgentRequest};
-use switchyard_core::store::{AgentUpdate, StoreError};
+use switchyard_core::store::{AgentUpdate, StoreError, Withdrawal};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
@@ -356,6 +356,24 @@ async fn command(state: &HttpState, agent_id: &str, request: AgentRequest) -> Op
                 Err(e) => Some(error_event(None, e.into())),
             }
         }
+        AgentRequest::Accept {
+            conversation_id,
+            client_id,
+        } => match state.ops.accept_offer(&conversation_id, agent_id).await {
+            Ok(_) => client_id.map(|client_id| AgentEvent::Ack {
+                client_id,
+                id: None,
+            }),
+            Err(e) => Some(error_event(client_id, e.into())),
+        },
+        AgentRequest::Decline { conversation_id } => match state
+            .ops
+            .withdraw_offer(&conversation_id, agent_id, Withdrawal::Declined)
+            .await
+        {
+            Ok(_) => None,
+            Err(e) => Some(error_event(None, e.into())),
+        },
         AgentRequest::Transfer {
             conversation_id,
             pool,

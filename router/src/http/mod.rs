@@ -126,6 +126,8 @@ pub fn app(state: HttpState) -> Router {
         .route("/v1/conversations/{id}/messages", post(rest::reply))
         .route("/v1/conversations/{id}/close", post(rest::close))
         .route("/v1/conversations/{id}/transfer", post(rest::transfer))
+        .route("/v1/conversations/{id}/accept", post(rest::accept_offer))
+        .route("/v1/conversations/{id}/decline", post(rest::decline_offer))
         .route("/v1/customers", get(rest::lookup_customer))
         .route(
             "/v1/customers/{id}",

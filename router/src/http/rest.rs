@@ -14,7 +14,7 @@ use serde_json::json;
 use switchyard_core::envelope::Content;
 use switchyard_core::identity::IdentityKey;
 use switchyard_core::model::{AgentStatus, MAX_TAG_CHARS, Skills, is_valid_skill};
-use switchyard_core::store::{AgentUpdate, TransferTarget};
+use switchyard_core::store::{AgentUpdate, TransferTarget, Withdrawal};
 
 use super::customer_patch::CustomerPatch;
 use super::{ApiError, HttpState};
@@ -196,6 +196,43 @@ pub async fn close(
     Ok(Json(conversation).into_response())
 }
 
+/// Body of `POST /v1/conversations/{id}/accept` and `/decline`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OfferAnswer {
+    /// The agent the conversation is offered to.
+    agent_id: String,
+}
+
+/// `POST /v1/conversations/{id}/accept` `{"agent_id"}`: the agent accepts the conversation
+/// offered to it.
+pub async fn accept_offer(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body: OfferAnswer = json_body(&state, &headers, body)?;
+    let conversation = state.ops.accept_offer(&id, &body.agent_id).await?;
+    Ok(Json(conversation).into_response())
+}
+
+/// `POST /v1/conversations/{id}/decline` `{"agent_id"}`: the agent declines the conversation
+/// offered to it, which goes back to the queue.
+pub async fn decline_offer(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body: OfferAnswer = json_body(&state, &headers, body)?;
+    let conversation = state
+        .ops
+        .withdraw_offer(&id, &body.agent_id, Withdrawal::Declined)
+        .await?;
+    Ok(Json(conversation).into_response())
+}
+
 /// Body of `POST /v1/conversations/{id}/transfer`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -223,6 +260,8 @@ pub(super) fn transfer_target(
             pool,
             skills: skills.map(checked_skills).transpose()?,
             priority,
+            // Set from the pool's configuration by `Operations::transfer`.
+            offer_secs: 0,
         }),
         (None, Some(_)) if skills.is_some() || priority.is_some() => Err(ApiError::bad_request(
             "invalid",

@@ -48,6 +48,12 @@ impl Queues {
         }
     }
 
+    /// Puts conversation `id` at the front of `pool`'s queue `key`.
+    pub(super) fn push_front(&mut self, pool: &str, key: &QueueKey, id: String) {
+        let queues = self.by_pool.entry(pool.to_owned()).or_default();
+        queues.entry(key.clone()).or_default().push_front(id);
+    }
+
     /// Takes conversation `id` out of `pool`'s queue `key`.
     pub(super) fn remove(&mut self, pool: &str, key: &QueueKey, id: &str) {
         self.edit(pool, key, |queue| queue.retain(|c| c != id));

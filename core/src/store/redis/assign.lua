@@ -52,13 +52,14 @@ local function ready_member(m)
   return nil
 end
 
--- The agent to take a conversation asking for `skills` (a JSON array, or false for none) and
--- preferring agent `preferred` (or false), with its {status, idle_since, capacity}: `preferred`
--- when it is in the index, ready and has the skills, else the index's first such member; nil
--- when there is none.
-local function first_ready_agent(skills, preferred)
+-- The agent to take a conversation asking for `skills` (a JSON array, or false for none),
+-- preferring agent `preferred` and passing over agent `avoid` (each false for none), with its
+-- {status, idle_since, capacity}: `preferred` when it is in the index, ready and has the skills
+-- (and is not `avoid`), else the index's first such member other than `avoid`, else `avoid` if
+-- it is one; nil when there is none.
+local function first_ready_agent(skills, preferred, avoid)
   local wanted = skills and cjson.decode(skills)
-  if preferred then
+  if preferred and preferred ~= avoid then
     local idle = redis.call('HGET', key('agent', preferred), 'idle_since')
     local m = idle and online_member(idle, preferred)
     if m and redis.call('ZSCORE', zk, m) then
@@ -68,16 +69,19 @@ local function first_ready_agent(skills, preferred)
       end
     end
   end
-  local pos = 0
+  local pos, avoided, avoided_a = 0, nil, nil
   while true do
     local m = redis.call('ZRANGE', zk, pos, pos)[1]
     if not m then
-      return nil
+      return avoided, avoided_a
     end
     local aid, a = ready_member(m)
     if aid then
       if not wanted or has_skills(aid, wanted) then
-        return aid, a
+        if aid ~= avoid then
+          return aid, a
+        end
+        avoided, avoided_a = aid, a
       end
       pos = pos + 1
     end
@@ -124,13 +128,19 @@ while true do
     break
   end
   local sig, head, skills = queues[best], heads[best][1], heads[best][4]
-  local chosen, agent = first_ready_agent(skills, heads[best][5])
+  local chosen, agent = first_ready_agent(skills, heads[best][5], heads[best][6])
   if chosen then
     redis.call('LPOP', queue_key(pool, sig))
     heads[best] = nil
     take_conversation(chosen, head, now, agent)
-    redis.call('HSET', key('conv', head), 'status', 'assigned', 'agent_id', chosen,
-      'assigned_at', now, 'updated_at', now)
+    local ck = key('conv', head)
+    redis.call('HSET', ck, 'status', 'assigned', 'agent_id', chosen, 'assigned_at', now,
+      'updated_at', now)
+    if (tonumber(redis.call('HGET', ck, 'offer_secs')) or 0) > 0 then
+      -- An offer: the agent accepts it (offer.lua) or it goes back to the queue.
+      redis.call('HSET', ck, 'offered_at', now)
+      redis.call('ZADD', P .. ':offers', 0, offer_member(now, head))
+    end
     if ARGV[4] then
       note('assigned', now, head)
     end

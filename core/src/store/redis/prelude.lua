@@ -168,15 +168,15 @@ local function pool_queues(pool)
 end
 
 -- Conversation `id` as a queue entry of pool's queue `sig`: {id, queued_at, priority, skills,
--- preferred agent} (skills and preferred agent false for none), or nil when the entry is stale (the conversation was closed, moved,
+-- preferred agent, agent to pass over} (false for none), or nil when the entry is stale (the conversation was closed, moved,
 -- or asks for another priority or skills since).
 local function queue_entry(id, pool, sig)
   local c = redis.call('HMGET', key('conv', id), 'status', 'pool', 'skills', 'priority',
-    'queued_at', 'preferred_agent')
+    'queued_at', 'preferred_agent', 'declined_by')
   if c[1] ~= 'queued' or c[2] ~= pool or queue_sig(c[4], c[3] or nil) ~= sig then
     return nil
   end
-  return { id, c[5] or '', tonumber(c[4]) or 0, c[3] or false, c[6] or false }
+  return { id, c[5] or '', tonumber(c[4]) or 0, c[3] or false, c[6] or false, c[7] or false }
 end
 
 -- Whether queue entry a comes before entry b: higher priority, then older, then lower id.
@@ -250,7 +250,24 @@ local function take_conversation(id, conv, now, a)
   if cust then
     redis.call('SET', key('last-agent', canonical(cust)), id)
   end
-  redis.call('HDEL', ck, 'preferred_agent')
+  redis.call('HDEL', ck, 'preferred_agent', 'declined_by')
+end
+
+-- Pending offers (a conversation assigned from the queue of a pool whose agents must accept):
+-- the conversation's `offered_at`, and its member `{offered_at}|{id}` in the sorted set
+-- `P:offers` (every score 0, byte order = oldest first).
+local function offer_member(offered_at, id)
+  return offered_at .. '|' .. id
+end
+
+-- Clears conversation `id`'s pending offer, if any.
+local function clear_offer(id)
+  local ck = key('conv', id)
+  local offered_at = redis.call('HGET', ck, 'offered_at')
+  if offered_at then
+    redis.call('ZREM', P .. ':offers', offer_member(offered_at, id))
+    redis.call('HDEL', ck, 'offered_at')
+  end
 end
 
 -- Conversations a bot holds, per pool, by their latest message either way: the lex-ordered
@@ -283,6 +300,7 @@ local function detach(id)
   if c[1] == 'bot' then
     bot_release(id)
   elseif c[1] == 'assigned' then
+    clear_offer(id)
     if c[2] and redis.call('EXISTS', key('agent', c[2])) == 1 then
       redis.call('LREM', key('agent-convs', c[2]), 0, id)
       index_agent(c[2])
@@ -307,7 +325,7 @@ local function close_conversation(id, reason, now)
   local released = detach(id)
   redis.call('HSET', ck, 'status', 'closed', 'closed_at', now, 'updated_at', now,
     'close_reason', reason)
-  redis.call('HDEL', ck, 'preferred_agent')
+  redis.call('HDEL', ck, 'preferred_agent', 'declined_by', 'offer_secs')
   -- The index expire_closed deletes closed conversations by (store.retention_days).
   redis.call('ZADD', P .. ':closed', 0, now .. '|' .. id)
   redis.call('HDEL', ck, 'agent_id')

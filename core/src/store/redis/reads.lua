@@ -223,5 +223,12 @@ elseif op == 'pool_conversations' then
     out[i] = conv_reply(found[i].id)
   end
   return out
+elseif op == 'pending_offers' then
+  -- Conversations offered to an agent and not accepted yet, oldest offer first.
+  local out = {}
+  for _, member in ipairs(redis.call('ZRANGE', P .. ':offers', 0, -1)) do
+    out[#out + 1] = conv_reply(string.match(member, '|(.*)$'))
+  end
+  return out
 end
 return redis.error_reply('unknown read operation ' .. tostring(op))

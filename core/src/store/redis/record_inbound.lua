@@ -5,7 +5,8 @@
 -- status `bot` instead of the pool's queue (empty: none), the skills such a conversation asks
 -- of its agent (a JSON array; empty: none), its priority in the queue (empty: 0), and `1` when
 -- it prefers the customer's last agent (`P:last-agent:{customer}`, then kept as the
--- conversation's `preferred_agent` until it is assigned).
+-- conversation's `preferred_agent` until it is assigned), and the seconds its agents have to
+-- accept it (`offer_secs`; empty or 0: assignments are final).
 -- Reply: {'dup', opened by this envelope (1/0), conversation}
 -- | {'ok', created (1/0), conversation} | error.
 
@@ -17,6 +18,7 @@ local bot = ARGV[13] ~= '' and ARGV[13] or nil
 local skills = ARGV[14] ~= '' and ARGV[14] or nil
 local priority = tonumber(ARGV[15]) or 0
 local prefer_last_agent = ARGV[16] == '1'
+local offer_secs = tonumber(ARGV[17]) or 0
 
 local mk = key('msg', env_id)
 local seen = redis.call('GET', mk)
@@ -59,6 +61,9 @@ if created == 1 then
   end
   if priority ~= 0 then
     redis.call('HSET', ck, 'priority', priority)
+  end
+  if offer_secs > 0 then
+    redis.call('HSET', ck, 'offer_secs', offer_secs)
   end
   local last_agent = prefer_last_agent and redis.call('GET', key('last-agent', cust))
   if last_agent then

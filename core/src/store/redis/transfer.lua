@@ -1,6 +1,7 @@
 -- transfer. ARGV: prefix, id, now, `pool`|`agent`, target, and for a pool the skills the
 -- conversation asks of its next agent from now on (a JSON array; empty: none; `keep`: those it
--- asked before) and its priority from now on (a number; empty: the one it had).
+-- asked before), its priority from now on (a number; empty: the one it had) and the seconds the
+-- pool's agents have to accept it (0: assignments are final).
 -- Reply: {'ok', conversation, released agent or nil} | error. Notes the transfer.
 
 local id, now, kind, target = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
@@ -41,6 +42,11 @@ if kind == 'pool' then
     redis.call('HDEL', ck, 'priority')
   elseif priority then
     redis.call('HSET', ck, 'priority', priority)
+  end
+  if (tonumber(ARGV[8]) or 0) > 0 then
+    redis.call('HSET', ck, 'offer_secs', ARGV[8])
+  else
+    redis.call('HDEL', ck, 'offer_secs')
   end
   local c = redis.call('HMGET', ck, 'priority', 'skills')
   enqueue(id, target, queue_sig(c[1], c[2] or nil))
