@@ -2,7 +2,7 @@
 //! Lua script is. Never held across an await.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -56,8 +56,12 @@ struct State {
     message_ids: HashMap<String, String>,
     /// Each pool's queued conversations, per priority and skill requirement.
     queues: queues::Queues,
-    /// Customer id -> the agent most recently handed one of their conversations.
+    /// Customer id -> the agent most recently handed one of their conversations opened
+    /// preferring the last agent.
     last_agent: HashMap<String, String>,
+    /// Open conversations opened preferring the last agent: the agent they are handed to
+    /// becomes their customer's last agent.
+    remembers_agent: HashSet<String>,
     /// Queued or bot-held conversation -> the agent it prefers
     /// ([`Placement::prefer_last_agent`]), until it is assigned or closed.
     preferred_agent: HashMap<String, String>,
@@ -278,6 +282,7 @@ impl State {
         self.preferred_agent.remove(id);
         self.offer_secs.remove(id);
         self.declined_by.remove(id);
+        self.remembers_agent.remove(id);
         let c = self.conversation_mut(id)?;
         c.status = ConversationStatus::Closed;
         c.agent_id = None;
@@ -496,7 +501,7 @@ impl State {
     /// The first head by [`State::queue_order`] of `pool`'s queues that are not `blocked`: its
     /// queue and id. Stale entries met on the way are dropped.
     fn next_head(&mut self, pool: &str, blocked: &[QueueKey]) -> Option<(QueueKey, String)> {
-        let mut first: Option<(_, QueueKey)> = None;
+        let mut first: Option<(_, String, QueueKey)> = None;
         for key in self.queues.keys(pool) {
             if blocked.contains(&key) {
                 continue;
@@ -514,12 +519,19 @@ impl State {
             let Some(head) = head else {
                 continue;
             };
-            let order = self.queue_order(&head);
-            if first.as_ref().is_none_or(|(best, _)| order < *best) {
-                first = Some((order, key));
+            let c = self.conversations.get(&head);
+            let order = (
+                Reverse(c.map_or(0, |c| c.priority)),
+                c.and_then(|c| c.queued_at),
+            );
+            if first
+                .as_ref()
+                .is_none_or(|(best, id, _)| (order, &head) < (*best, id))
+            {
+                first = Some((order, head, key));
             }
         }
-        first.map(|((_, _, id), key)| (key, id))
+        first.map(|(_, id, key)| (key, id))
     }
 
     /// `pool`'s queued conversations in the order they are offered to agents that could take
@@ -560,12 +572,18 @@ impl State {
             agent.idle_since = now;
             agent.updated_at = now;
         });
-        if let Some(customer) = self.conversations.get(id).map(|c| c.customer_id.clone()) {
+        if self.remembers_agent.contains(id)
+            && let Some(customer) = self.conversations.get(id).map(|c| c.customer_id.clone())
+        {
             let customer = self.canonical_customer_id(&customer);
             self.last_agent.insert(customer, agent_id.to_owned());
         }
-        self.preferred_agent.remove(id);
-        self.declined_by.remove(id);
+        if !self.preferred_agent.is_empty() {
+            self.preferred_agent.remove(id);
+        }
+        if !self.declined_by.is_empty() {
+            self.declined_by.remove(id);
+        }
     }
 
     /// Hands the queued conversation `id` (the head of its queue) to agent `agent_id`, as an
@@ -922,12 +940,11 @@ impl State {
                     .insert(customer_id.clone(), id.clone());
                 self.conversation_opened_by
                     .insert(id.clone(), envelope.id.clone());
-                if let Some(agent) = self
-                    .last_agent
-                    .get(&customer_id)
-                    .filter(|_| *prefer_last_agent)
-                {
-                    self.preferred_agent.insert(id.clone(), agent.clone());
+                if *prefer_last_agent {
+                    self.remembers_agent.insert(id.clone());
+                    if let Some(agent) = self.last_agent.get(&customer_id) {
+                        self.preferred_agent.insert(id.clone(), agent.clone());
+                    }
                 }
                 if *offer_secs > 0 {
                     self.offer_secs.insert(id.clone(), *offer_secs);

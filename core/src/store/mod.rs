@@ -211,9 +211,10 @@ pub struct Placement {
     pub skills: Skills,
     /// Its priority in the pool's queue ([`Conversation::priority`]).
     pub priority: u8,
-    /// Whether it goes to the customer's last agent (the agent most recently assigned one of
-    /// their conversations) rather than the longest idle, when that agent can take it as it
-    /// leaves the queue: online in its pool, with room and every skill it asks for.
+    /// Whether it goes to the customer's last agent (the agent most recently handed one of their
+    /// conversations opened with this preference) rather than the longest idle, when that agent
+    /// can take it as it leaves the queue: online in its pool, with room and every skill it asks
+    /// for. The agent it is handed to becomes the customer's last agent.
     pub prefer_last_agent: bool,
     /// Seconds an agent it is assigned to from the queue has to accept it
     /// ([`Store::accept_offer`]) before it goes back to the queue; 0: assignments are final.

@@ -243,12 +243,12 @@ local function take_conversation(id, conv, now, a)
     end
   end
   redis.call('HSET', ak, 'idle_since', now, 'updated_at', now)
-  -- The customer's last agent, preferred for their later conversations opened with that
-  -- preference (record_inbound); a conversation's own preference is used up by its assignment.
+  -- A conversation opened preferring the last agent makes its agent the customer's last
+  -- (record_inbound reads it for their later ones); its own preference is used up.
   local ck = key('conv', conv)
-  local cust = redis.call('HGET', ck, 'customer_id')
-  if cust then
-    redis.call('SET', key('last-agent', canonical(cust)), id)
+  local c = redis.call('HMGET', ck, 'customer_id', 'remember_agent')
+  if c[1] and c[2] then
+    redis.call('SET', key('last-agent', canonical(c[1])), id)
   end
   redis.call('HDEL', ck, 'preferred_agent', 'declined_by')
 end
@@ -325,7 +325,7 @@ local function close_conversation(id, reason, now)
   local released = detach(id)
   redis.call('HSET', ck, 'status', 'closed', 'closed_at', now, 'updated_at', now,
     'close_reason', reason)
-  redis.call('HDEL', ck, 'preferred_agent', 'declined_by', 'offer_secs')
+  redis.call('HDEL', ck, 'preferred_agent', 'declined_by', 'offer_secs', 'remember_agent')
   -- The index expire_closed deletes closed conversations by (store.retention_days).
   redis.call('ZADD', P .. ':closed', 0, now .. '|' .. id)
   redis.call('HDEL', ck, 'agent_id')

@@ -65,9 +65,12 @@ if created == 1 then
   if offer_secs > 0 then
     redis.call('HSET', ck, 'offer_secs', offer_secs)
   end
-  local last_agent = prefer_last_agent and redis.call('GET', key('last-agent', cust))
-  if last_agent then
-    redis.call('HSET', ck, 'preferred_agent', last_agent)
+  if prefer_last_agent then
+    redis.call('HSET', ck, 'remember_agent', '1')
+    local last_agent = redis.call('GET', key('last-agent', cust))
+    if last_agent then
+      redis.call('HSET', ck, 'preferred_agent', last_agent)
+    end
   end
   if bot then
     redis.call('HSET', ck, 'status', 'bot', 'agent_id', bot)
