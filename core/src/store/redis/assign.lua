@@ -127,8 +127,9 @@ while true do
   if not best then
     break
   end
-  local sig, head, skills = queues[best], heads[best][1], heads[best][4]
-  local chosen, agent = first_ready_agent(skills, heads[best][5], heads[best][6])
+  local entry = heads[best]
+  local sig, head, skills = queues[best], entry[1], entry[4]
+  local chosen, agent = first_ready_agent(skills, entry[5], entry[6])
   if chosen then
     redis.call('LPOP', queue_key(pool, sig))
     heads[best] = nil
@@ -136,7 +137,7 @@ while true do
     local ck = key('conv', head)
     redis.call('HSET', ck, 'status', 'assigned', 'agent_id', chosen, 'assigned_at', now,
       'updated_at', now)
-    if (tonumber(redis.call('HGET', ck, 'offer_secs')) or 0) > 0 then
+    if entry[7] > 0 then
       -- An offer: the agent accepts it (offer.lua) or it goes back to the queue.
       redis.call('HSET', ck, 'offered_at', now)
       redis.call('ZADD', P .. ':offers', 0, offer_member(now, head))

@@ -168,15 +168,16 @@ local function pool_queues(pool)
 end
 
 -- Conversation `id` as a queue entry of pool's queue `sig`: {id, queued_at, priority, skills,
--- preferred agent, agent to pass over} (false for none), or nil when the entry is stale (the conversation was closed, moved,
+-- preferred agent, agent to pass over (false for none), seconds to accept an offer}, or nil when the entry is stale (the conversation was closed, moved,
 -- or asks for another priority or skills since).
 local function queue_entry(id, pool, sig)
   local c = redis.call('HMGET', key('conv', id), 'status', 'pool', 'skills', 'priority',
-    'queued_at', 'preferred_agent', 'declined_by')
+    'queued_at', 'preferred_agent', 'declined_by', 'offer_secs')
   if c[1] ~= 'queued' or c[2] ~= pool or queue_sig(c[4], c[3] or nil) ~= sig then
     return nil
   end
-  return { id, c[5] or '', tonumber(c[4]) or 0, c[3] or false, c[6] or false, c[7] or false }
+  return { id, c[5] or '', tonumber(c[4]) or 0, c[3] or false, c[6] or false, c[7] or false,
+    tonumber(c[8]) or 0 }
 end
 
 -- Whether queue entry a comes before entry b: higher priority, then older, then lower id.
@@ -246,11 +247,14 @@ local function take_conversation(id, conv, now, a)
   -- A conversation opened preferring the last agent makes its agent the customer's last
   -- (record_inbound reads it for their later ones); its own preference is used up.
   local ck = key('conv', conv)
-  local c = redis.call('HMGET', ck, 'customer_id', 'remember_agent')
+  local c = redis.call('HMGET', ck, 'customer_id', 'remember_agent', 'preferred_agent',
+    'declined_by')
   if c[1] and c[2] then
     redis.call('SET', key('last-agent', canonical(c[1])), id)
   end
-  redis.call('HDEL', ck, 'preferred_agent', 'declined_by')
+  if c[3] or c[4] then
+    redis.call('HDEL', ck, 'preferred_agent', 'declined_by')
+  end
 end
 
 -- Pending offers (a conversation assigned from the queue of a pool whose agents must accept):
