@@ -5,7 +5,7 @@
 //! already open stays in that conversation's pool.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use regex::Regex;
 
@@ -55,15 +55,22 @@ impl RouteChoice<'_> {
 pub struct RoutingTable {
     rules: Vec<Rule>,
     pools_by_channel: HashMap<String, String>,
-    /// Pool id -> the agent id of its bot.
-    bots_by_pool: HashMap<String, String>,
-    /// Pools whose conversations prefer the customer's last agent.
-    preferring_last_agent: HashSet<String>,
-    /// Pool id -> the seconds its agents have to accept a conversation (pools with offers).
-    offer_secs: HashMap<String, u64>,
+    /// Pool id -> what a conversation the pool opens gets from the pool's settings.
+    pools: HashMap<String, PoolPlacement>,
     /// Whether a rule has `customer_tags`: only then is the sender's profile worth reading
     /// before choosing.
     reads_customer_tags: bool,
+}
+
+/// What a conversation a pool opens gets from the pool's `[[pools]]` settings.
+#[derive(Debug, Clone, Default)]
+struct PoolPlacement {
+    /// The agent id of its bot (`bot:{id}`).
+    bot: Option<String>,
+    /// `prefer_last_agent`.
+    prefer_last_agent: bool,
+    /// `offer_timeout_secs`.
+    offer_secs: u64,
 }
 
 /// One compiled rule.
@@ -100,24 +107,23 @@ impl RoutingTable {
             .iter()
             .map(|c| (c.id.clone(), c.pool.clone()))
             .collect();
-        let bots_by_pool = settings
+        let pools = settings
             .pools
             .iter()
-            .filter_map(|p| Some((p.id.clone(), bot_agent_id(p.bot.as_deref()?))))
-            .collect();
-        let preferring_last_agent = settings
-            .pools
-            .iter()
-            .filter(|p| p.prefer_last_agent)
-            .map(|p| p.id.clone())
+            .map(|p| {
+                let placement = PoolPlacement {
+                    bot: p.bot.as_deref().map(bot_agent_id),
+                    prefer_last_agent: p.prefer_last_agent,
+                    offer_secs: p.offer_timeout_secs,
+                };
+                (p.id.clone(), placement)
+            })
             .collect();
         Ok(RoutingTable {
             reads_customer_tags: rules.iter().any(|r| !r.customer_tags.is_empty()),
-            preferring_last_agent,
-            offer_secs: offer_secs_by_pool(settings),
             rules,
             pools_by_channel,
-            bots_by_pool,
+            pools,
         })
     }
 
@@ -153,14 +159,15 @@ impl RoutingTable {
                 .get(&envelope.channel.id)
                 .map_or("default", String::as_str),
         };
+        let settings = self.pools.get(pool);
         RouteChoice {
             pool,
             rule: rule.map(|r| r.id.as_str()),
-            bot: self.bots_by_pool.get(pool).map(String::as_str),
+            bot: settings.and_then(|p| p.bot.as_deref()),
             skills: rule.map_or(&NO_SKILLS, |r| &r.skills),
             priority: rule.map_or(0, |r| r.priority),
-            prefer_last_agent: self.preferring_last_agent.contains(pool),
-            offer_secs: self.offer_secs.get(pool).copied().unwrap_or(0),
+            prefer_last_agent: settings.is_some_and(|p| p.prefer_last_agent),
+            offer_secs: settings.map_or(0, |p| p.offer_secs),
         }
     }
 }
