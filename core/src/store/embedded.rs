@@ -488,17 +488,16 @@ impl State {
     }
 
     /// Where queued conversation `id` stands among its pool's: higher priority first, then
-    /// older, then lower id.
-    fn queue_order(&self, id: &str) -> (Reverse<u8>, Option<DateTime<Utc>>, String) {
+    /// older (ties: lower id first).
+    fn queue_rank(&self, id: &str) -> (Reverse<u8>, Option<DateTime<Utc>>) {
         let c = self.conversations.get(id);
         (
             Reverse(c.map_or(0, |c| c.priority)),
             c.and_then(|c| c.queued_at),
-            id.to_owned(),
         )
     }
 
-    /// The first head by [`State::queue_order`] of `pool`'s queues that are not `blocked`: its
+    /// The first head by [`State::queue_rank`] (then id) of `pool`'s queues that are not `blocked`: its
     /// queue and id. Stale entries met on the way are dropped.
     fn next_head(&mut self, pool: &str, blocked: &[QueueKey]) -> Option<(QueueKey, String)> {
         let mut first: Option<(_, String, QueueKey)> = None;
@@ -519,11 +518,7 @@ impl State {
             let Some(head) = head else {
                 continue;
             };
-            let c = self.conversations.get(&head);
-            let order = (
-                Reverse(c.map_or(0, |c| c.priority)),
-                c.and_then(|c| c.queued_at),
-            );
+            let order = self.queue_rank(&head);
             if first
                 .as_ref()
                 .is_none_or(|(best, id, _)| (order, &head) < (*best, id))
@@ -535,7 +530,8 @@ impl State {
     }
 
     /// `pool`'s queued conversations in the order they are offered to agents that could take
-    /// any of them: the queues merged by their heads' [`State::queue_order`], each in its order.
+    /// any of them: the queues merged by their heads' [`State::queue_rank`] (then id), each in
+    /// its order.
     fn queued_in_order(&self, pool: &str) -> Vec<String> {
         let mut queues: Vec<_> = self
             .queues
@@ -544,7 +540,7 @@ impl State {
                 queue
                     .iter()
                     .filter(|id| self.queued_in(id, pool, key))
-                    .map(|id| self.queue_order(id))
+                    .map(|id| (self.queue_rank(id), id))
                     .peekable()
             })
             .collect();
@@ -553,13 +549,13 @@ impl State {
             let next = queues
                 .iter_mut()
                 .enumerate()
-                .filter_map(|(i, q)| q.peek().map(|head| (head.clone(), i)))
+                .filter_map(|(i, q)| q.peek().map(|head| (*head, i)))
                 .min();
             let Some((_, i)) = next else {
                 return out;
             };
-            if let Some((_, _, id)) = queues[i].next() {
-                out.push(id);
+            if let Some((_, id)) = queues[i].next() {
+                out.push(id.clone());
             }
         }
     }
@@ -979,8 +975,8 @@ impl State {
     }
 
     /// [`Store::assign_queued`]: repeatedly, the first head of the pool's queues (by
-    /// [`State::queue_order`]) goes to the first ready agent with its skills; a queue whose head
-    /// no such agent can take is passed over until the end of this call.
+    /// [`State::queue_rank`], then id) goes to the first ready agent with its skills; a queue
+    /// whose head no such agent can take is passed over until the end of this call.
     fn assign_queued(&mut self, pool: &str, now: DateTime<Utc>) -> Vec<Assignment> {
         let mut out = Vec::new();
         let mut blocked = Vec::new();
