@@ -497,8 +497,8 @@ impl State {
         )
     }
 
-    /// The first head by [`State::queue_rank`] (then id) of `pool`'s queues that are not `blocked`: its
-    /// queue and id. Stale entries met on the way are dropped.
+    /// The first head by [`State::queue_rank`] (then id) of `pool`'s queues that are not
+    /// `blocked`: its queue and id. Stale entries met on the way are dropped.
     fn next_head(&mut self, pool: &str, blocked: &[QueueKey]) -> Option<(QueueKey, String)> {
         let mut first: Option<(_, String, QueueKey)> = None;
         for key in self.queues.keys(pool) {

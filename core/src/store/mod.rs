@@ -462,8 +462,8 @@ pub enum Withdrawal {
 /// offered to that agent now.
 pub const NO_PENDING_OFFER: &str = "no_pending_offer";
 
-/// When an offer made at `offered_at` for `secs` seconds expires ([`Conversation::offer_expires_at`];
-/// `None` only past the end of time).
+/// When an offer made at `offered_at` for `secs` seconds expires
+/// ([`Conversation::offer_expires_at`]; `None` only past the end of time).
 pub fn offer_deadline(offered_at: DateTime<Utc>, secs: u64) -> Option<DateTime<Utc>> {
     let secs = i64::try_from(secs).ok()?;
     offered_at.checked_add_signed(chrono::TimeDelta::try_seconds(secs)?)
