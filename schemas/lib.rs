@@ -109,9 +109,9 @@ pub mod event_data {
         pub conversation: Conversation,
         /// The agent who held it before, if any.
         pub from_agent_id: Option<String>,
-        /// Why it left that agent, when the agent did not hand it on: `declined` (the agent
-        /// declined its offer) or `offer_expired` (the agent let the offer expire); `null` for a
-        /// transfer.
+        /// Why it moved, when nobody asked for the move: `declined` (its agent declined its
+        /// offer), `offer_expired` (its agent let the offer expire) or `overflow` (it waited its
+        /// pool's `[pools.overflow] after_secs` in the queue); `null` for a transfer.
         #[serde(default)]
         pub reason: Option<String>,
     }

@@ -767,6 +767,33 @@ pub struct PoolSettings {
     /// agent is set away. 0 (the default): assignments are final, nobody accepts.
     #[serde(default)]
     pub offer_timeout_secs: u64,
+    /// What happens to a conversation that waits too long in this pool's queue
+    /// (`[pools.overflow]`); none: it waits for an agent of the pool.
+    #[serde(default)]
+    pub overflow: Option<OverflowSettings>,
+}
+
+/// Longest `[pools.overflow] after_secs`: a day.
+pub const MAX_OVERFLOW_AFTER_SECS: u64 = 86_400;
+
+/// `[pools.overflow]`: a conversation queued in the pool for `after_secs` without being assigned
+/// moves on, to `pool`'s queue (this pool's again when absent), asking `skills` and with
+/// `priority` when they are given. At least one of the three must change something.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverflowSettings {
+    /// Seconds in the queue (since its `queued_at`) after which the conversation moves on.
+    pub after_secs: u64,
+    /// The pool it moves to; absent: it stays in this pool's queue (with new `skills` or
+    /// `priority`).
+    #[serde(default)]
+    pub pool: Option<String>,
+    /// The skills it asks of its next agent from then on (`[]`: none); absent: those it asked.
+    #[serde(default)]
+    pub skills: Option<Vec<String>>,
+    /// Its priority from then on; absent: the one it had.
+    #[serde(default)]
+    pub priority: Option<u8>,
 }
 
 /// One `[[routes]]` entry: a routing rule. A conversation opened by a message the rule matches
@@ -1130,6 +1157,60 @@ secret = {secret}
         Ok(())
     }
 
+    /// Queue overflows: a time within bounds, a known pool, valid skills, and a move that
+    /// changes something.
+    fn validate_overflows(&self) -> Result<(), ConfigError> {
+        let pools = self.pool_ids();
+        for (i, pool) in self.pools.iter().enumerate() {
+            let Some(overflow) = &pool.overflow else {
+                continue;
+            };
+            let invalid = |field: &str, message: String| ConfigError::Invalid {
+                key: format!("pools[{i}].overflow.{field}"),
+                message,
+            };
+            if !(1..=MAX_OVERFLOW_AFTER_SECS).contains(&overflow.after_secs) {
+                return Err(invalid(
+                    "after_secs",
+                    format!(
+                        "{} is not between 1 and {MAX_OVERFLOW_AFTER_SECS} seconds",
+                        overflow.after_secs
+                    ),
+                ));
+            }
+            if let Some(to) = &overflow.pool
+                && !pools.contains(to)
+            {
+                return Err(invalid(
+                    "pool",
+                    format!("pool `{to}` is not defined (pools: {})", pools.join(", ")),
+                ));
+            }
+            if let Some(bad) = overflow
+                .skills
+                .iter()
+                .flatten()
+                .find(|skill| !is_valid_skill(skill))
+            {
+                return Err(invalid(
+                    "skills",
+                    format!(
+                        "`{bad}` is not a skill name: 1 to {MAX_TAG_CHARS} characters without \
+                         control characters"
+                    ),
+                ));
+            }
+            let moves = overflow.pool.as_ref().is_some_and(|to| *to != pool.id);
+            if !moves && overflow.skills.is_none() && overflow.priority.is_none() {
+                return Err(invalid(
+                    "pool",
+                    "an overflow needs another `pool`, or `skills` or `priority` to change".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Routing rules: valid unique ids, known pools and channels, conditions that can hold.
     fn validate_routes(&self) -> Result<(), ConfigError> {
         let pools = self.pool_ids();
@@ -1263,6 +1344,7 @@ secret = {secret}
         self.validate_webhooks()?;
         self.validate_bots()?;
         self.validate_routes()?;
+        self.validate_overflows()?;
         self.pool_hours()?;
         if self.auth.api_keys.is_empty() && !self.server.listen.ip().is_loopback() {
             return Err(ConfigError::Invalid {
@@ -1402,6 +1484,25 @@ mod tests {
 
     fn write(text: &str) -> tempfile_path::TempPath {
         tempfile_path::TempPath::new(text)
+    }
+
+    #[test]
+    fn a_pool_overflow_is_read() {
+        let f = write(
+            "[[pools]]\nid = \"tier1\"\n[pools.overflow]\nafter_secs = 90\npool = \"tier2\"\n\
+             skills = []\npriority = 3\n[[pools]]\nid = \"tier2\"\n\
+             [[pools]]\nid = \"vip\"\n[pools.overflow]\nafter_secs = 30\nskills = [\"zh\"]\n",
+        );
+        let s = Settings::load_with_env(Some(&f.0), []).unwrap();
+        let tier1 = s.pools[0].overflow.as_ref().unwrap();
+        assert_eq!(tier1.after_secs, 90);
+        assert_eq!(tier1.pool.as_deref(), Some("tier2"));
+        assert_eq!(tier1.skills.as_deref(), Some(&[][..]));
+        assert_eq!(tier1.priority, Some(3));
+        assert!(s.pools[1].overflow.is_none());
+        let vip = s.pools[2].overflow.as_ref().unwrap();
+        assert_eq!((vip.pool.as_deref(), vip.priority), (None, None));
+        assert_eq!(vip.skills.as_deref(), Some(&["zh".to_owned()][..]));
     }
 
     /// Asserts that `toml` is refused with an error naming `key` and saying `says`.
@@ -1750,6 +1851,31 @@ mod tests {
             "[[pools]]\nid = \"triage\"\noffer_timeout_secs = 3601\n",
             "pools[0].offer_timeout_secs",
             "more than 3600",
+        );
+        refused(
+            "[[pools]]\nid = \"tier1\"\n[pools.overflow]\nafter_secs = 0\npool = \"default\"\n",
+            "pools[0].overflow.after_secs",
+            "not between 1 and 86400",
+        );
+        refused(
+            "[[pools]]\nid = \"tier1\"\n[pools.overflow]\nafter_secs = 60\npool = \"tier2\"\n",
+            "pools[0].overflow.pool",
+            "pool `tier2` is not defined",
+        );
+        refused(
+            "[[pools]]\nid = \"tier1\"\n[pools.overflow]\nafter_secs = 60\nskills = [\"\"]\n",
+            "pools[0].overflow.skills",
+            "not a skill name",
+        );
+        refused(
+            "[[pools]]\nid = \"tier1\"\n[pools.overflow]\nafter_secs = 60\npool = \"tier1\"\n",
+            "pools[0].overflow.pool",
+            "needs another `pool`",
+        );
+        refused(
+            "[[pools]]\nid = \"tier1\"\n[pools.overflow]\nafter_secs = 60\nwait = 1\n",
+            "overflow",
+            "unknown field `wait`",
         );
         refused(
             "[[pools]]\nid = \"triage\"\nbot_timeout_secs = 60\n",

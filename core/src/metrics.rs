@@ -68,6 +68,9 @@ pub struct Metrics {
     /// Answers to offers of conversations to agents, by pool and outcome (`accepted`,
     /// `declined`, `expired`).
     pub offers: IntCounterVec,
+    /// Conversations moved on after waiting a pool's `[pools.overflow] after_secs` in its
+    /// queue, by that pool and the pool they moved to.
+    pub queue_overflows: IntCounterVec,
     /// Closed conversations the retention sweep went through (deleted, or kept because a merge
     /// closed them).
     pub conversations_swept: IntCounter,
@@ -171,6 +174,14 @@ impl Metrics {
             ),
             &["pool", "outcome"],
         )?;
+        let queue_overflows = IntCounterVec::new(
+            Opts::new(
+                "queue_overflows_total",
+                "Conversations moved on after waiting their pool's overflow time in its queue, \
+                 by pool and target pool",
+            ),
+            &["pool", "to"],
+        )?;
         let conversations_swept = IntCounter::with_opts(Opts::new(
             "retention_conversations_swept_total",
             "Closed conversations the retention sweep went through",
@@ -268,6 +279,7 @@ impl Metrics {
         registry.register(Box::new(idle_closes.clone()))?;
         registry.register(Box::new(auto_replies.clone()))?;
         registry.register(Box::new(offers.clone()))?;
+        registry.register(Box::new(queue_overflows.clone()))?;
         registry.register(Box::new(conversations_swept.clone()))?;
         registry.register(Box::new(customers_erased.clone()))?;
         registry.register(Box::new(ingress_to_assignment.clone()))?;
@@ -292,6 +304,7 @@ impl Metrics {
             idle_closes,
             auto_replies,
             offers,
+            queue_overflows,
             conversations_swept,
             customers_erased,
             ingress_to_assignment,

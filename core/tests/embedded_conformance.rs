@@ -154,6 +154,11 @@ async fn store_offers_are_accepted_declined_or_expire() {
 }
 
 #[tokio::test]
+async fn store_overflow_moves_only_what_still_waits() {
+    store::overflow_moves_only_what_still_waits(&new_store, "embedded.").await;
+}
+
+#[tokio::test]
 async fn store_priority_goes_first_and_ties_keep_arrival_order() {
     store::priority_goes_first_and_ties_keep_arrival_order(&new_store, "embedded.").await;
 }

@@ -63,6 +63,7 @@ conformance!(
     priority_goes_first_and_ties_keep_arrival_order,
     last_agent_preferred_when_it_can_take_the_conversation,
     offers_are_accepted_declined_or_expire,
+    overflow_moves_only_what_still_waits,
     record_outbound_conflicts,
     unannounced_notes,
     transfer_to_pool_and_agent,

@@ -39,8 +39,8 @@ use crate::peers::Peers;
 use crate::retention::{sweep_closed_conversations, sweep_quiet_customers};
 use crate::routes::{RoutingTable, offer_secs_by_pool};
 use crate::timers::{
-    BotTimeout, IdleClose, OFFER_SWEEP, close_idle_conversations, hand_off_silent_bots,
-    sweep_interval, take_back_expired_offers,
+    BotTimeout, IdleClose, OFFER_SWEEP, QueueOverflow, close_idle_conversations,
+    hand_off_silent_bots, overflow_queues, sweep_interval, take_back_expired_offers,
 };
 use crate::webhooks::Webhook;
 use crate::workers::{Outbound, ShardWorker, run_channel_sync, run_outbound, run_shard};
@@ -333,6 +333,20 @@ impl App {
             );
             tasks.spawn(async move {
                 close_idle_conversations(store, ops, metrics, idle_closes, every, stop).await;
+                Ok(())
+            });
+        }
+        let overflows = QueueOverflow::of(&settings);
+        if role.router() && !overflows.is_empty() {
+            let every = sweep_interval(overflows.iter().map(|o| o.after));
+            let (store, ops, metrics, stop) = (
+                Arc::clone(&store),
+                ops.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            );
+            tasks.spawn(async move {
+                overflow_queues(store, ops, metrics, overflows, every, stop).await;
                 Ok(())
             });
         }

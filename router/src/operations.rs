@@ -501,21 +501,63 @@ impl Operations {
         if let Some(agent) = by_agent {
             self.check_holder(conversation_id, agent).await?;
         }
-        let mut target = target;
+        let target = self.with_offer_time(target);
+        let now = switchyard_core::time::now();
+        let release = self
+            .store
+            .transfer(conversation_id, target.clone(), now)
+            .await?;
+        self.announce_transfer(conversation_id, release, target, None, now)
+            .await
+    }
+
+    /// Moves a conversation that waits in `pool`'s queue since before `queued_before` on to
+    /// `target` ([`Store::overflow`]; the conflict `conversation_changed` when it no longer
+    /// waits there since then): announced as a transfer with the reason `overflow`, after which
+    /// the target pool is assigned.
+    pub async fn overflow(
+        &self,
+        conversation_id: &str,
+        pool: &str,
+        queued_before: DateTime<Utc>,
+        target: TransferTarget,
+    ) -> Result<Conversation, RouteError> {
+        let target = self.with_offer_time(target);
+        let now = switchyard_core::time::now();
+        let release = self
+            .store
+            .overflow(conversation_id, pool, queued_before, target.clone(), now)
+            .await?;
+        self.announce_transfer(conversation_id, release, target, Some("overflow"), now)
+            .await
+    }
+
+    /// `target` with the offer time of its pool (a transfer into a pool that makes offers is
+    /// offered to its next agent).
+    fn with_offer_time(&self, mut target: TransferTarget) -> TransferTarget {
         if let TransferTarget::Pool {
             pool, offer_secs, ..
         } = &mut target
         {
             *offer_secs = self.offer_secs.get(pool.as_str()).copied().unwrap_or(0);
         }
-        let now = switchyard_core::time::now();
-        let release = self
-            .store
-            .transfer(conversation_id, target.clone(), now)
-            .await?;
+        target
+    }
+
+    /// Announces a transfer the store made (`conversation.transferred` with `reason`, then
+    /// `conversation.queued` or `conversation.assigned`) and assigns the pools it concerns: the
+    /// target pool and those of the agent it left. Returns the conversation as it is then.
+    async fn announce_transfer(
+        &self,
+        conversation_id: &str,
+        release: Release,
+        target: TransferTarget,
+        reason: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<Conversation, RouteError> {
         let from = release.released_agent.as_ref().map(|a| a.id.as_str());
         let mut events = EventBatch::new();
-        events.conversation_transferred(&release.conversation, from, None, now);
+        events.conversation_transferred(&release.conversation, from, reason, now);
         let mut pools: Vec<String> = release
             .released_agent
             .as_ref()

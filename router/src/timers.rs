@@ -15,6 +15,12 @@
 //!   front of its queue and the agent is set away. Every router looks every second; the store
 //!   takes back only the offer it saw, so the routers that come second change nothing.
 //!
+//! - **Queue overflow** (`[pools.overflow]`): a conversation queued in the pool for
+//!   `after_secs` moves on, to another pool's queue or back into this one with new skills or
+//!   priority ([`Operations::overflow`]), announced as a transfer with the reason `overflow`.
+//!   The candidates are the pool's queue; the store moves a conversation only while it still
+//!   waits there since before the cutoff, so routers that come second change nothing.
+//!
 //! A claim per conversation (`timer:bot:{id}`, `timer:idle:{id}`) lets one router act on it.
 
 use std::sync::Arc;
@@ -23,8 +29,8 @@ use std::time::Duration;
 use switchyard_core::config::{Settings, bot_agent_id};
 use switchyard_core::envelope::new_id;
 use switchyard_core::metrics::Metrics;
-use switchyard_core::model::ConversationStatus;
-use switchyard_core::store::{Store, StoreError, TransferTarget};
+use switchyard_core::model::{Conversation, ConversationStatus, Skills};
+use switchyard_core::store::{CONVERSATION_CHANGED, Store, StoreError, TransferTarget};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::RouteError;
@@ -86,6 +92,65 @@ impl IdleClose {
                 after: Duration::from_secs(p.close_idle_secs),
             })
             .collect()
+    }
+}
+
+/// A pool whose queue overflows: what waits in it too long moves on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueOverflow {
+    /// The pool.
+    pub pool: String,
+    /// Time in the queue after which a conversation moves on.
+    pub after: Duration,
+    /// The pool it moves to (this one for a change of skills or priority only).
+    pub to: String,
+    /// The skills it asks from then on; `None` keeps them.
+    pub skills: Option<Skills>,
+    /// Its priority from then on; `None` keeps it.
+    pub priority: Option<u8>,
+}
+
+impl QueueOverflow {
+    /// Every pool of `settings` with a `[pools.overflow]`.
+    pub fn of(settings: &Settings) -> Vec<QueueOverflow> {
+        settings
+            .pools
+            .iter()
+            .filter_map(|p| {
+                let overflow = p.overflow.as_ref()?;
+                Some(QueueOverflow {
+                    pool: p.id.clone(),
+                    after: Duration::from_secs(overflow.after_secs),
+                    to: overflow.pool.clone().unwrap_or_else(|| p.id.clone()),
+                    skills: overflow.skills.clone().map(Skills::new),
+                    priority: overflow.priority,
+                })
+            })
+            .collect()
+    }
+
+    /// Whether moving `conversation` would change anything: another pool, other skills or
+    /// another priority. (A move that changes nothing would only restart its wait, again and
+    /// again.)
+    pub fn changes(&self, conversation: &Conversation) -> bool {
+        self.to != conversation.pool
+            || self
+                .skills
+                .as_ref()
+                .is_some_and(|skills| *skills != conversation.skills)
+            || self
+                .priority
+                .is_some_and(|priority| priority != conversation.priority)
+    }
+
+    /// Where it moves a conversation.
+    fn target(&self) -> TransferTarget {
+        TransferTarget::Pool {
+            pool: self.to.clone(),
+            skills: self.skills.clone(),
+            priority: self.priority,
+            offer_secs: 0,
+        }
     }
 }
 
@@ -200,7 +265,7 @@ pub async fn close_idle_conversations(
                         tracing::info!(conversation = %id, pool = %idle.pool, "closed an idle conversation");
                     }
                     Err(RouteError::Store(StoreError::Conflict {
-                        code: "conversation_changed",
+                        code: CONVERSATION_CHANGED,
                         ..
                     })) => {
                         tracing::debug!(conversation = %id, "a message or a change came first; it stays open");
@@ -269,6 +334,65 @@ pub async fn hand_off_silent_bots(
     }
 }
 
+/// Every `every` until `stop`: moves on what waited too long in the queues of `overflows`.
+pub async fn overflow_queues(
+    store: Arc<dyn Store>,
+    ops: Operations,
+    metrics: Metrics,
+    overflows: Vec<QueueOverflow>,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    while tick(every, &stop).await {
+        for overflow in &overflows {
+            let Some(before) = cutoff(overflow.after) else {
+                continue;
+            };
+            let queued = match store
+                .pool_conversations(&overflow.pool, &[ConversationStatus::Queued], usize::MAX)
+                .await
+            {
+                Ok(queued) => queued,
+                Err(e) => {
+                    tracing::warn!(pool = %overflow.pool, error = %e, "could not read the queue for overflows; trying again later");
+                    continue;
+                }
+            };
+            let waited_too_long = queued.into_iter().filter(|c| {
+                c.pool == overflow.pool
+                    && c.queued_at.is_some_and(|at| at < before)
+                    && overflow.changes(c)
+            });
+            for conversation in waited_too_long {
+                let id = &conversation.id;
+                match ops
+                    .overflow(id, &overflow.pool, before, overflow.target())
+                    .await
+                {
+                    Ok(_) => {
+                        metrics
+                            .queue_overflows
+                            .with_label_values(&[overflow.pool.as_str(), overflow.to.as_str()])
+                            .inc();
+                        tracing::info!(conversation = %id, pool = %overflow.pool, to = %overflow.to,
+                            "the conversation waited too long in the queue; moved it on");
+                    }
+                    Err(RouteError::Store(StoreError::Conflict {
+                        code: CONVERSATION_CHANGED,
+                        ..
+                    })) => {
+                        tracing::debug!(conversation = %id, "assigned, moved or closed meanwhile");
+                    }
+                    Err(e) => {
+                        tracing::warn!(conversation = %id, error = %e,
+                            "could not move on a conversation that waited too long; trying again later");
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,6 +403,73 @@ mod tests {
             bot: "bot:b".into(),
             after: Duration::from_secs(secs),
         }
+    }
+
+    /// The conversation of the `conversation.queued` example: queued in `default`, asking for
+    /// no skill, priority 0.
+    fn queued_conversation() -> Conversation {
+        let event: serde_json::Value = serde_json::from_str(include_str!(
+            "../../schemas/examples/event.conversation.queued.json"
+        ))
+        .unwrap();
+        serde_json::from_value(event["data"]["conversation"].clone()).unwrap()
+    }
+
+    fn overflow(to: &str, skills: Option<&[&str]>, priority: Option<u8>) -> QueueOverflow {
+        QueueOverflow {
+            pool: "default".into(),
+            after: Duration::from_secs(60),
+            to: to.into(),
+            skills: skills.map(|s| Skills::new(s.iter().copied())),
+            priority,
+        }
+    }
+
+    #[test]
+    fn an_overflow_that_would_change_nothing_is_not_made() {
+        let c = queued_conversation();
+        assert_eq!((c.pool.as_str(), c.priority), ("default", 0));
+        assert!(c.skills.is_empty());
+        assert!(overflow("tier2", None, None).changes(&c));
+        assert!(overflow("default", Some(&["zh"]), None).changes(&c));
+        assert!(overflow("default", None, Some(5)).changes(&c));
+        assert!(!overflow("default", Some(&[]), None).changes(&c));
+        assert!(!overflow("default", None, Some(0)).changes(&c));
+        assert!(!overflow("default", Some(&[]), Some(0)).changes(&c));
+    }
+
+    #[test]
+    fn overflows_are_read_from_the_pools() {
+        let path = std::env::temp_dir().join(format!("switchyard-timers-{}.toml", new_id()));
+        std::fs::write(
+            &path,
+            "[[pools]]\nid = \"tier1\"\n[pools.overflow]\nafter_secs = 90\npool = \"tier2\"\n\
+             [[pools]]\nid = \"tier2\"\n\
+             [[pools]]\nid = \"vip\"\n[pools.overflow]\nafter_secs = 30\nskills = []\npriority = 9\n",
+        )
+        .unwrap();
+        let settings = Settings::load_with_env(Some(&path), []);
+        let _ = std::fs::remove_file(&path);
+        let settings = settings.unwrap();
+        assert_eq!(
+            QueueOverflow::of(&settings),
+            vec![
+                QueueOverflow {
+                    pool: "tier1".into(),
+                    after: Duration::from_secs(90),
+                    to: "tier2".into(),
+                    skills: None,
+                    priority: None,
+                },
+                QueueOverflow {
+                    pool: "vip".into(),
+                    after: Duration::from_secs(30),
+                    to: "vip".into(),
+                    skills: Some(Skills::NONE),
+                    priority: Some(9),
+                },
+            ]
+        );
     }
 
     #[test]

@@ -2,11 +2,12 @@
 //! the conversation it opens wait for an agent with every one of them, without holding back the
 //! conversations behind it; an agent gaining the skill takes it; a transfer can ask for skills.
 //! A rule's `priority` puts its conversations ahead of older ones; a transfer can change it. A
-//! pool that prefers the last agent gives a returning customer the agent who served them.
+//! pool that prefers the last agent gives a returning customer the agent who served them. A
+//! pool's queue overflows: what waits too long moves to another pool, or drops its skills.
 
 use serde_json::{Value, json};
 
-use crate::support::{SECRET, Server, Ws, api_message, eventually};
+use crate::support::{Callback, SECRET, Server, Ws, api_message, eventually, signed_cloud_event};
 
 const CONFIG: &str = r#"
 [[channels]]
@@ -317,6 +318,76 @@ async fn an_offer_is_accepted_declined_to_another_agent_or_taken_back_when_it_ex
     for (outcome, n) in [("accepted", 3.0), ("declined", 1.0), ("expired", 1.0)] {
         let series = format!(r#"switchyard_offers_total{{outcome="{outcome}",pool="default"}}"#);
         assert_eq!(server.metric(&series).await, n, "{series}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversation_waiting_too_long_overflows_to_another_pool_or_drops_its_skills() {
+    const HOOK_SECRET: &str = "helpdesk-webhook-secret-0123";
+    let helpdesk = Callback::start().await;
+    let config = format!(
+        "[[pools]]\nid = \"default\"\n[pools.overflow]\nafter_secs = 1\nskills = []\n\
+         [[pools]]\nid = \"tier1\"\n[pools.overflow]\nafter_secs = 1\npool = \"tier2\"\n\
+         priority = 3\n\
+         [[pools]]\nid = \"tier2\"\n\
+         [[routes]]\nid = \"refunds\"\npool = \"tier1\"\ntext_contains = [\"refund\"]\n\
+         [[webhooks]]\nid = \"helpdesk\"\nurl = \"{}\"\nsecret = \"{HOOK_SECRET}\"\n\
+         events = [\"conversation.transferred\"]\n{}",
+        helpdesk.url,
+        CONFIG.replace("SECRET", SECRET)
+    );
+    let server = Server::start(&config).await;
+
+    // Nobody in tier1: the refund request waits there for a second, then moves to tier2's
+    // queue with priority 3, and tier2's agent takes it.
+    let (status, body) = server
+        .send_json(
+            "PUT",
+            "/v1/agents/tia",
+            json!({"pools": ["tier2"], "capacity": 5, "status": "online"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    send_text(&server, "m-1", "1", "I want a refund").await;
+    let held = server.held_by("tia", 1).await;
+    assert_eq!(
+        (&held[0]["pool"], &held[0]["priority"]),
+        (&json!("tier2"), &json!(3))
+    );
+
+    // A Chinese message asks for zh in the default pool; nobody has it. After a second it asks
+    // for nothing, and the agent without skills takes it.
+    agent_with(&server, "ann", &[]).await;
+    send_text(&server, "m-2", "2", "你好").await;
+    let held = server.held_by("ann", 1).await;
+    assert_eq!(held[0]["skills"], json!([]));
+
+    // Each move was announced as a transfer with the reason `overflow`, and counted.
+    let got = helpdesk.wait_for(2).await;
+    let moves: Vec<(Value, Value, Value)> = got
+        .iter()
+        .map(|r| {
+            let event = signed_cloud_event(r, HOOK_SECRET);
+            assert_eq!(event["type"], "io.switchyard.conversation.transferred");
+            let data = &event["data"];
+            (
+                data["conversation"]["pool"].clone(),
+                data["from_agent_id"].clone(),
+                data["reason"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        moves,
+        vec![
+            (json!("tier2"), Value::Null, json!("overflow")),
+            (json!("default"), Value::Null, json!("overflow")),
+        ]
+    );
+    for (pool, to) in [("tier1", "tier2"), ("default", "default")] {
+        let series = format!(r#"switchyard_queue_overflows_total{{pool="{pool}",to="{to}"}}"#);
+        assert_eq!(server.metric(&series).await, 1.0, "{series}");
     }
     server.stop().await;
 }

@@ -312,6 +312,13 @@ offer_timeout_secs = {{ int64 . }}
 {{ $key }} = {{ include "switchyard.tomlValue" $value }}
 {{- end }}
 {{- end }}
+{{- with .overflow }}
+
+[pools.overflow]
+{{- range $key, $value := . }}
+{{ $key }} = {{ include "switchyard.tomlValue" $value }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- range $c.bots }}
 

@@ -17,12 +17,13 @@ use crate::envelope::{ChannelRef, Content, DEFAULT_TENANT, Direction, Envelope, 
 use crate::identity::{IdentityKey, IdentityStrength};
 use crate::model::{Agent, AgentStatus, Conversation, ConversationStatus, Customer, Skills};
 use crate::store::{
-    AGENT_AT_CAPACITY, AgentUpdate, Assignment, CONVERSATION_OPEN, ConversationStart,
-    CustomerConversationsQuery, CustomerUpdate, ERASED_BY_RETENTION, ERASED_ON_REQUEST, Erasure,
-    InboundOutcome, InboundRecord, InboundRouting, MAX_CUSTOMER_ATTRIBUTES, MAX_CUSTOMER_TAGS,
-    MailboxPush, Merge, NO_PENDING_OFFER, Note, NoteKind, OPEN_STATUSES, Placement, QuietSweep,
-    Release, Resolution, ResolveRequest, SenderResolution, Store, StoreError, TOO_MANY_ATTRIBUTES,
-    TOO_MANY_TAGS, TransferTarget, UNKNOWN_CURSOR, Withdrawal, route_inbound_stepwise,
+    AGENT_AT_CAPACITY, AgentUpdate, Assignment, CONVERSATION_CHANGED, CONVERSATION_OPEN,
+    ConversationStart, CustomerConversationsQuery, CustomerUpdate, ERASED_BY_RETENTION,
+    ERASED_ON_REQUEST, Erasure, InboundOutcome, InboundRecord, InboundRouting,
+    MAX_CUSTOMER_ATTRIBUTES, MAX_CUSTOMER_TAGS, MailboxPush, Merge, NO_PENDING_OFFER, Note,
+    NoteKind, OPEN_STATUSES, Placement, QuietSweep, Release, Resolution, ResolveRequest,
+    SenderResolution, Store, StoreError, TOO_MANY_ATTRIBUTES, TOO_MANY_TAGS, TransferTarget,
+    UNKNOWN_CURSOR, Withdrawal, route_inbound_stepwise,
 };
 
 use IdentityStrength::{Strong, Weak};
@@ -1610,6 +1611,140 @@ pub async fn last_agent_preferred_when_it_can_take_the_conversation(
         vec![(later, b.clone())],
         "{what}: the agent of the transfer"
     );
+}
+
+/// Queue overflow: a conversation moves on only while it still waits in the pool's queue since
+/// before the time given; the move is a transfer (new pool, skills or priority; a new
+/// `queued_at`, a note), so a second router's overflow with the same cutoff is refused, as is an
+/// overflow of an assigned, closed or transferred conversation.
+pub async fn overflow_moves_only_what_still_waits(factory: &impl MakeStore, prefix: &str) {
+    let what = "overflow_moves_only_what_still_waits";
+    let store = factory.make().await;
+    let (tier1, tier2) = (format!("{prefix}tier1"), format!("{prefix}tier2"));
+    let to_tier2 = TransferTarget::Pool {
+        pool: tier2.clone(),
+        skills: None,
+        priority: Some(4),
+        offer_secs: 0,
+    };
+    let changed = |r: Result<Release, StoreError>, step: &str| match r {
+        Err(e) => assert_eq!(
+            conflict_code(&e),
+            Some(CONVERSATION_CHANGED),
+            "{what}: {step}: {e}"
+        ),
+        Ok(r) => panic!("{what}: {step}: moved {:?}", r.conversation),
+    };
+
+    // Queued at 1 in tier1 (asking for zh). Not yet waiting since before 1: stays.
+    let c1 = open_asking(&store, prefix, "c1", &tier1, &["zh"], at(1)).await;
+    changed(
+        store
+            .overflow(&c1, &tier1, at(1), to_tier2.clone(), at(2))
+            .await,
+        "queued at the cutoff",
+    );
+    changed(
+        store
+            .overflow(&c1, &tier2, at(5), to_tier2.clone(), at(2))
+            .await,
+        "another pool",
+    );
+    // Waiting since before 5: moves to tier2, at the back of its queue, keeping its skills.
+    let moved = store
+        .overflow(&c1, &tier1, at(5), to_tier2.clone(), at(6))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: overflow: {e}"));
+    let c = &moved.conversation;
+    assert_eq!(
+        (c.status, c.pool.as_str(), c.queued_at, c.priority),
+        (ConversationStatus::Queued, tier2.as_str(), Some(at(6)), 4),
+        "{what}: moved"
+    );
+    assert_eq!(c.skills, Skills::new(["zh"]), "{what}: skills kept");
+    assert!(moved.released_agent.is_none(), "{what}: no agent left");
+    assert!(queue(&store, &tier1).await.is_empty(), "{what}: left tier1");
+    assert_eq!(
+        queue(&store, &tier2).await,
+        vec![c1.clone()],
+        "{what}: in tier2"
+    );
+    let noted: Vec<(NoteKind, DateTime<Utc>)> = store
+        .unannounced(at(7))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: unannounced: {e}"))
+        .into_iter()
+        .filter(|n| n.subject == c1 && n.kind != NoteKind::Assigned)
+        .map(|n| (n.kind, n.at))
+        .collect();
+    assert_eq!(
+        noted,
+        vec![(NoteKind::TransferredToPool, at(6))],
+        "{what}: noted as a transfer to the pool"
+    );
+    // A second router with the same cutoff: refused, nothing changes.
+    changed(
+        store
+            .overflow(&c1, &tier1, at(5), to_tier2.clone(), at(7))
+            .await,
+        "moved already",
+    );
+
+    // Relaxing in place: the same pool, no skills; its wait restarts, so the same cutoff
+    // cannot relax it twice, and an agent without skills takes it.
+    let relax = TransferTarget::Pool {
+        pool: tier2.clone(),
+        skills: Some(Skills::NONE),
+        priority: None,
+        offer_secs: 0,
+    };
+    let relaxed = store
+        .overflow(&c1, &tier2, at(8), relax.clone(), at(8))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: relax: {e}"))
+        .conversation;
+    assert_eq!(
+        (
+            relaxed.skills.is_empty(),
+            relaxed.priority,
+            relaxed.queued_at
+        ),
+        (true, 4, Some(at(8))),
+        "{what}: relaxed"
+    );
+    changed(
+        store
+            .overflow(&c1, &tier2, at(8), relax.clone(), at(9))
+            .await,
+        "relaxed already",
+    );
+    let a = format!("{prefix}agent-a");
+    skilled_agent(&store, &a, &[&tier2], 1, &[], at(10)).await;
+    assert_eq!(
+        pairs(&assign(&store, &tier2, at(11)).await),
+        vec![(c1.clone(), a.clone())],
+        "{what}: assigned once relaxed"
+    );
+    changed(
+        store
+            .overflow(&c1, &tier2, at(20), relax.clone(), at(12))
+            .await,
+        "assigned",
+    );
+    close(&store, &c1, at(13)).await;
+    changed(
+        store
+            .overflow(&c1, &tier2, at(20), relax.clone(), at(14))
+            .await,
+        "closed",
+    );
+    match store
+        .overflow("no-such", &tier2, at(20), relax, at(15))
+        .await
+    {
+        Err(StoreError::NotFound { .. }) => {}
+        other => panic!("{what}: unknown conversation: {other:?}"),
+    }
 }
 
 /// Offers: a conversation of a pool whose agents must accept it is offered by its assignment
@@ -5639,6 +5774,7 @@ pub async fn run_all(factory: &impl MakeStore, prefix: &str) {
     priority_goes_first_and_ties_keep_arrival_order(factory, &p("priority")).await;
     last_agent_preferred_when_it_can_take_the_conversation(factory, &p("last-agent")).await;
     offers_are_accepted_declined_or_expire(factory, &p("offers")).await;
+    overflow_moves_only_what_still_waits(factory, &p("overflow")).await;
     record_outbound_conflicts(factory, &p("outbound")).await;
     record_outbound_is_idempotent(factory, &p("outbound-idempotent")).await;
     unannounced_notes(factory, &p("unannounced")).await;

@@ -10,12 +10,12 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    AGENT_AT_CAPACITY, AgentUpdate, Assignment, CONVERSATION_OPEN, ConversationStart,
-    CustomerConversationsQuery, CustomerUpdate, ERASED_BY_RETENTION, Erasure, IDLE_CLOSE_REASON,
-    InboundOutcome, InboundRecord, InboundRouting, MailboxHead, MailboxItem, MailboxPush, Merge,
-    NO_PENDING_OFFER, Note, NoteKind, OutboundRecord, Placement, QuietSweep, Release, Resolution,
-    ResolveRequest, SenderResolution, Store, StoreError, TransferTarget, UNKNOWN_CURSOR,
-    Withdrawal, decode_others_assigned, encode_others_assigned, offer_deadline,
+    AGENT_AT_CAPACITY, AgentUpdate, Assignment, CONVERSATION_CHANGED, CONVERSATION_OPEN,
+    ConversationStart, CustomerConversationsQuery, CustomerUpdate, ERASED_BY_RETENTION, Erasure,
+    IDLE_CLOSE_REASON, InboundOutcome, InboundRecord, InboundRouting, MailboxHead, MailboxItem,
+    MailboxPush, Merge, NO_PENDING_OFFER, Note, NoteKind, OutboundRecord, Placement, QuietSweep,
+    Release, Resolution, ResolveRequest, SenderResolution, Store, StoreError, TransferTarget,
+    UNKNOWN_CURSOR, Withdrawal, decode_others_assigned, encode_others_assigned, offer_deadline,
     others_assigned_key, replay_others_assigned, status_listed,
 };
 use crate::envelope::{Envelope, new_id};
@@ -212,6 +212,100 @@ impl State {
     /// Keeps a [`Note`] until [`Store::clear_notes`] clears it.
     fn note(&mut self, note: Note) {
         self.notes.insert(note.key(), note);
+    }
+
+    /// [`Store::transfer`].
+    fn transfer(
+        &mut self,
+        id: &str,
+        target: TransferTarget,
+        now: DateTime<Utc>,
+    ) -> Result<Release, StoreError> {
+        let s = self;
+        let status = s
+            .conversations
+            .get(id)
+            .ok_or_else(|| not_found("conversation", id))?
+            .status;
+        if status == ConversationStatus::Closed {
+            return Err(StoreError::Conflict {
+                code: "conversation_closed",
+                message: format!("conversation `{id}` is closed"),
+            });
+        }
+        if let TransferTarget::Agent(agent_id) = &target {
+            let agent = s
+                .agents
+                .get(agent_id)
+                .ok_or_else(|| not_found("agent", agent_id))?;
+            if agent.conversations.iter().any(|c| c == id) {
+                return Err(StoreError::Conflict {
+                    code: "already_assigned",
+                    message: format!("conversation `{id}` is already with agent `{agent_id}`"),
+                });
+            }
+            if agent.status == AgentStatus::Offline
+                || s.presence_lapsed(agent_id)
+                || agent.conversations.len() as u64 >= u64::from(agent.capacity)
+            {
+                return Err(StoreError::Conflict {
+                    code: "agent_unavailable",
+                    message: format!("agent `{agent_id}` is offline or at capacity"),
+                });
+            }
+        }
+        let released_agent = s.detach(id);
+        let mut note = Note::new(
+            match target {
+                TransferTarget::Pool { .. } => NoteKind::TransferredToPool,
+                TransferTarget::Agent(_) => NoteKind::TransferredToAgent,
+            },
+            id,
+            now,
+        );
+        note.from_agent = released_agent.as_ref().map(|a| a.id.clone());
+        s.note(note);
+        match target {
+            TransferTarget::Pool {
+                pool,
+                skills,
+                priority,
+                offer_secs,
+            } => {
+                if offer_secs > 0 {
+                    s.offer_secs.insert(id.to_owned(), offer_secs);
+                } else {
+                    s.offer_secs.remove(id);
+                }
+                let c = s.conversation_mut(id)?;
+                if let Some(skills) = skills {
+                    c.skills = skills;
+                }
+                if let Some(priority) = priority {
+                    c.priority = priority;
+                }
+                c.status = ConversationStatus::Queued;
+                c.pool = pool.clone();
+                c.agent_id = None;
+                c.queued_at = Some(now);
+                c.updated_at = now;
+                let key = QueueKey::of(c);
+                s.queues.push(&pool, &key, id.to_owned());
+            }
+            TransferTarget::Agent(agent_id) => {
+                s.hand_to_agent(id, &agent_id, now);
+                let c = s.conversation_mut(id)?;
+                c.status = ConversationStatus::Assigned;
+                c.agent_id = Some(agent_id);
+                c.assigned_at = Some(now);
+                c.updated_at = now;
+            }
+        }
+        let conversation = s.conversation_mut(id)?.clone();
+        Ok(Release {
+            conversation,
+            released_agent,
+        })
     }
 
     /// Takes a conversation away from its agent or its queue; returns the agent it left.
@@ -1548,7 +1642,7 @@ impl Store for EmbeddedStore {
         );
         if !open || c.updated_at >= unchanged_before {
             return Err(StoreError::Conflict {
-                code: "conversation_changed",
+                code: CONVERSATION_CHANGED,
                 message: format!(
                     "conversation `{id}` is not open or changed since {unchanged_before}"
                 ),
@@ -1698,91 +1792,34 @@ impl Store for EmbeddedStore {
         target: TransferTarget,
         now: DateTime<Utc>,
     ) -> Result<Release, StoreError> {
+        self.lock().transfer(id, target, now)
+    }
+
+    async fn overflow(
+        &self,
+        id: &str,
+        pool: &str,
+        queued_before: DateTime<Utc>,
+        target: TransferTarget,
+        now: DateTime<Utc>,
+    ) -> Result<Release, StoreError> {
         let mut s = self.lock();
-        let status = s
+        let c = s
             .conversations
             .get(id)
-            .ok_or_else(|| not_found("conversation", id))?
-            .status;
-        if status == ConversationStatus::Closed {
+            .ok_or_else(|| not_found("conversation", id))?;
+        let waits = c.status == ConversationStatus::Queued
+            && c.pool == pool
+            && c.queued_at.is_some_and(|at| at < queued_before);
+        if !waits {
             return Err(StoreError::Conflict {
-                code: "conversation_closed",
-                message: format!("conversation `{id}` is closed"),
+                code: CONVERSATION_CHANGED,
+                message: format!(
+                    "conversation `{id}` does not wait in pool `{pool}` since before {queued_before}"
+                ),
             });
         }
-        if let TransferTarget::Agent(agent_id) = &target {
-            let agent = s
-                .agents
-                .get(agent_id)
-                .ok_or_else(|| not_found("agent", agent_id))?;
-            if agent.conversations.iter().any(|c| c == id) {
-                return Err(StoreError::Conflict {
-                    code: "already_assigned",
-                    message: format!("conversation `{id}` is already with agent `{agent_id}`"),
-                });
-            }
-            if agent.status == AgentStatus::Offline
-                || s.presence_lapsed(agent_id)
-                || agent.conversations.len() as u64 >= u64::from(agent.capacity)
-            {
-                return Err(StoreError::Conflict {
-                    code: "agent_unavailable",
-                    message: format!("agent `{agent_id}` is offline or at capacity"),
-                });
-            }
-        }
-        let released_agent = s.detach(id);
-        let mut note = Note::new(
-            match target {
-                TransferTarget::Pool { .. } => NoteKind::TransferredToPool,
-                TransferTarget::Agent(_) => NoteKind::TransferredToAgent,
-            },
-            id,
-            now,
-        );
-        note.from_agent = released_agent.as_ref().map(|a| a.id.clone());
-        s.note(note);
-        match target {
-            TransferTarget::Pool {
-                pool,
-                skills,
-                priority,
-                offer_secs,
-            } => {
-                if offer_secs > 0 {
-                    s.offer_secs.insert(id.to_owned(), offer_secs);
-                } else {
-                    s.offer_secs.remove(id);
-                }
-                let c = s.conversation_mut(id)?;
-                if let Some(skills) = skills {
-                    c.skills = skills;
-                }
-                if let Some(priority) = priority {
-                    c.priority = priority;
-                }
-                c.status = ConversationStatus::Queued;
-                c.pool = pool.clone();
-                c.agent_id = None;
-                c.queued_at = Some(now);
-                c.updated_at = now;
-                let key = QueueKey::of(c);
-                s.queues.push(&pool, &key, id.to_owned());
-            }
-            TransferTarget::Agent(agent_id) => {
-                s.hand_to_agent(id, &agent_id, now);
-                let c = s.conversation_mut(id)?;
-                c.status = ConversationStatus::Assigned;
-                c.agent_id = Some(agent_id);
-                c.assigned_at = Some(now);
-                c.updated_at = now;
-            }
-        }
-        let conversation = s.conversation_mut(id)?.clone();
-        Ok(Release {
-            conversation,
-            released_agent,
-        })
+        s.transfer(id, target, now)
     }
 
     async fn accept_offer(

@@ -462,6 +462,10 @@ pub enum Withdrawal {
 /// offered to that agent now.
 pub const NO_PENDING_OFFER: &str = "no_pending_offer";
 
+/// Conflict code of a timer's change refused because the conversation changed since the timer
+/// saw it ([`Store::close_idle`], [`Store::overflow`]).
+pub const CONVERSATION_CHANGED: &str = "conversation_changed";
+
 /// When an offer made at `offered_at` for `secs` seconds expires
 /// ([`Conversation::offer_expires_at`]; `None` only past the end of time).
 pub fn offer_deadline(offered_at: DateTime<Utc>, secs: u64) -> Option<DateTime<Utc>> {
@@ -1122,7 +1126,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Closes conversation `id` with the reason `idle`, in one step with the check that it is
     /// queued or assigned and unchanged since before `unchanged_before` (its `updated_at` is
-    /// older); otherwise the conflict `conversation_changed`, and nothing changes. A message
+    /// older); otherwise the conflict [`CONVERSATION_CHANGED`], and nothing changes. A message
     /// recorded meanwhile therefore keeps it open. Notes the close like
     /// [`Store::close_conversation`].
     async fn close_idle(
@@ -1204,6 +1208,20 @@ pub trait Store: Send + Sync + 'static {
     async fn transfer(
         &self,
         id: &str,
+        target: TransferTarget,
+        now: DateTime<Utc>,
+    ) -> Result<Release, StoreError>;
+
+    /// Moves conversation `id` on as [`Store::transfer`] does, in one step with the check that it
+    /// still waits in `pool`'s queue since before `queued_before` (status queued, that pool, an
+    /// older `queued_at`); otherwise the conflict [`CONVERSATION_CHANGED`], and nothing changes.
+    /// A queue overflow: of several routers that see it wait too long, one moves it, and a move
+    /// back into the same pool (new skills or priority) restarts its wait, so it is made once.
+    async fn overflow(
+        &self,
+        id: &str,
+        pool: &str,
+        queued_before: DateTime<Utc>,
         target: TransferTarget,
         now: DateTime<Utc>,
     ) -> Result<Release, StoreError>;

@@ -56,13 +56,13 @@ use link::Link;
 pub use link::RedisTarget;
 
 use super::{
-    AGENT_AT_CAPACITY, AgentUpdate, Assignment, CONVERSATION_OPEN, ConversationStart,
-    CustomerConversationsQuery, CustomerUpdate, ERASED_BY_RETENTION, Erasure, IDLE_CLOSE_REASON,
-    InboundOutcome, InboundRecord, InboundRouting, MAX_CUSTOMER_ATTRIBUTES, MAX_CUSTOMER_TAGS,
-    MailboxHead, MailboxItem, MailboxPush, Merge, NO_PENDING_OFFER, Note, OutboundRecord,
-    Placement, QuietSweep, Release, Resolution, ResolveRequest, SenderResolution, Store,
-    StoreError, TOO_MANY_ATTRIBUTES, TOO_MANY_TAGS, TransferTarget, UNKNOWN_CURSOR, Withdrawal,
-    offer_deadline,
+    AGENT_AT_CAPACITY, AgentUpdate, Assignment, CONVERSATION_CHANGED, CONVERSATION_OPEN,
+    ConversationStart, CustomerConversationsQuery, CustomerUpdate, ERASED_BY_RETENTION, Erasure,
+    IDLE_CLOSE_REASON, InboundOutcome, InboundRecord, InboundRouting, MAX_CUSTOMER_ATTRIBUTES,
+    MAX_CUSTOMER_TAGS, MailboxHead, MailboxItem, MailboxPush, Merge, NO_PENDING_OFFER, Note,
+    OutboundRecord, Placement, QuietSweep, Release, Resolution, ResolveRequest, SenderResolution,
+    Store, StoreError, TOO_MANY_ATTRIBUTES, TOO_MANY_TAGS, TransferTarget, UNKNOWN_CURSOR,
+    Withdrawal, offer_deadline,
 };
 use crate::envelope::{ChannelRef, Envelope, Sender, new_id};
 use crate::identity::{IdentityKey, IdentityStrength};
@@ -201,6 +201,42 @@ impl std::fmt::Debug for RedisStore {
 }
 
 impl RedisStore {
+    /// [`Store::transfer`], or with `waiting` = (pool, time) [`Store::overflow`]: only if the
+    /// conversation waits in that pool's queue since before that time.
+    async fn transfer_if(
+        &self,
+        id: &str,
+        target: TransferTarget,
+        waiting: Option<(&str, DateTime<Utc>)>,
+        now: DateTime<Utc>,
+    ) -> Result<Release, StoreError> {
+        let mut inv = TRANSFER.prepare_invoke();
+        inv.arg(&self.prefix).arg(id).arg(stamp(now));
+        match &target {
+            TransferTarget::Pool {
+                pool,
+                skills,
+                priority,
+                offer_secs,
+            } => {
+                inv.arg("pool").arg(pool);
+                match skills {
+                    Some(skills) => inv.arg(skills_arg(skills)?),
+                    None => inv.arg("keep"),
+                };
+                inv.arg(priority.map(|p| p.to_string()).unwrap_or_default())
+                    .arg(offer_secs);
+            }
+            TransferTarget::Agent(agent) => {
+                inv.arg("agent").arg(agent).arg("").arg("").arg(0);
+            }
+        }
+        if let Some((pool, queued_before)) = waiting {
+            inv.arg(pool).arg(stamp(queued_before));
+        }
+        release(self.eval(&inv, false).await?)
+    }
+
     /// Connects to `url` (`redis://host:6379/0`, `rediss://…`, `?protocol=resp3` allowed) and
     /// keeps every key under `{key_prefix}:`. Fails with [`StoreError::Unavailable`] when Redis
     /// does not answer within a few seconds.
@@ -545,7 +581,7 @@ fn conflict_code(s: &str) -> &'static str {
         "already_assigned" => "already_assigned",
         "agent_unavailable" => "agent_unavailable",
         "customer_unresolved" => "customer_unresolved",
-        "conversation_changed" => "conversation_changed",
+        CONVERSATION_CHANGED => CONVERSATION_CHANGED,
         "customer_has_open_conversation" => "customer_has_open_conversation",
         CONVERSATION_OPEN => CONVERSATION_OPEN,
         AGENT_AT_CAPACITY => AGENT_AT_CAPACITY,
@@ -1444,28 +1480,19 @@ impl Store for RedisStore {
         target: TransferTarget,
         now: DateTime<Utc>,
     ) -> Result<Release, StoreError> {
-        let mut inv = TRANSFER.prepare_invoke();
-        inv.arg(&self.prefix).arg(id).arg(stamp(now));
-        match &target {
-            TransferTarget::Pool {
-                pool,
-                skills,
-                priority,
-                offer_secs,
-            } => {
-                inv.arg("pool").arg(pool);
-                match skills {
-                    Some(skills) => inv.arg(skills_arg(skills)?),
-                    None => inv.arg("keep"),
-                };
-                inv.arg(priority.map(|p| p.to_string()).unwrap_or_default())
-                    .arg(offer_secs);
-            }
-            TransferTarget::Agent(agent) => {
-                inv.arg("agent").arg(agent);
-            }
-        }
-        release(self.eval(&inv, false).await?)
+        self.transfer_if(id, target, None, now).await
+    }
+
+    async fn overflow(
+        &self,
+        id: &str,
+        pool: &str,
+        queued_before: DateTime<Utc>,
+        target: TransferTarget,
+        now: DateTime<Utc>,
+    ) -> Result<Release, StoreError> {
+        self.transfer_if(id, target, Some((pool, queued_before)), now)
+            .await
     }
 
     async fn accept_offer(

@@ -1,7 +1,10 @@
 -- transfer. ARGV: prefix, id, now, `pool`|`agent`, target, and for a pool the skills the
 -- conversation asks of its next agent from now on (a JSON array; empty: none; `keep`: those it
 -- asked before), its priority from now on (a number; empty: the one it had) and the seconds the
--- pool's agents have to accept it (0: assignments are final).
+-- pool's agents have to accept it (0: assignments are final); for an agent, three placeholders.
+-- Then optionally a pool and a time (overflow): the transfer is made only if the conversation is
+-- queued in that pool since before that time (`queued_at` older), else the conflict
+-- `conversation_changed`.
 -- Reply: {'ok', conversation, released agent or nil} | error. Notes the transfer.
 
 local id, now, kind, target = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
@@ -9,6 +12,13 @@ local ck = key('conv', id)
 local st = redis.call('HGET', ck, 'status')
 if not st then
   return not_found('conversation', id)
+end
+if ARGV[9] then
+  local c = redis.call('HMGET', ck, 'pool', 'queued_at')
+  if st ~= 'queued' or c[1] ~= ARGV[9] or not c[2] or not lt(c[2], ARGV[10]) then
+    return conflict('conversation_changed', 'conversation `' .. id
+      .. '` does not wait in pool `' .. ARGV[9] .. '` since before ' .. ARGV[10])
+  end
 end
 if st == 'closed' then
   return conflict('conversation_closed', 'conversation `' .. id .. '` is closed')
