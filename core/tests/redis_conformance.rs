@@ -1100,6 +1100,24 @@ mod differential {
                         } else {
                             TransferTarget::Agent(Self::agent_id(rng.below(AGENTS + 1)))
                         };
+                        if rng.chance(50) {
+                            // A queue overflow: only while it waits in that pool since before
+                            // the cutoff.
+                            let pool = POOLS[rng.below(2)];
+                            let before = at(now - rng.below(40) as i64);
+                            self.log
+                                .push(format!("overflow {c} {pool} {before} {target:?}"));
+                            let e = self
+                                .emb
+                                .overflow(&c, pool, before, target.clone(), at(now))
+                                .await;
+                            let r = self
+                                .red
+                                .overflow(&self.red_id(&c), pool, before, target, at(now))
+                                .await;
+                            self.check("overflow", shape(&e, release), shape(&r, release));
+                            return;
+                        }
                         self.log.push(format!("transfer {c} {target:?}"));
                         let e = self.emb.transfer(&c, target.clone(), at(now)).await;
                         let r = self.red.transfer(&self.red_id(&c), target, at(now)).await;
