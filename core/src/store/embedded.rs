@@ -221,8 +221,7 @@ impl State {
         target: TransferTarget,
         now: DateTime<Utc>,
     ) -> Result<Release, StoreError> {
-        let s = self;
-        let status = s
+        let status = self
             .conversations
             .get(id)
             .ok_or_else(|| not_found("conversation", id))?
@@ -234,7 +233,7 @@ impl State {
             });
         }
         if let TransferTarget::Agent(agent_id) = &target {
-            let agent = s
+            let agent = self
                 .agents
                 .get(agent_id)
                 .ok_or_else(|| not_found("agent", agent_id))?;
@@ -245,7 +244,7 @@ impl State {
                 });
             }
             if agent.status == AgentStatus::Offline
-                || s.presence_lapsed(agent_id)
+                || self.presence_lapsed(agent_id)
                 || agent.conversations.len() as u64 >= u64::from(agent.capacity)
             {
                 return Err(StoreError::Conflict {
@@ -254,7 +253,7 @@ impl State {
                 });
             }
         }
-        let released_agent = s.detach(id);
+        let released_agent = self.detach(id);
         let mut note = Note::new(
             match target {
                 TransferTarget::Pool { .. } => NoteKind::TransferredToPool,
@@ -264,7 +263,7 @@ impl State {
             now,
         );
         note.from_agent = released_agent.as_ref().map(|a| a.id.clone());
-        s.note(note);
+        self.note(note);
         match target {
             TransferTarget::Pool {
                 pool,
@@ -273,11 +272,11 @@ impl State {
                 offer_secs,
             } => {
                 if offer_secs > 0 {
-                    s.offer_secs.insert(id.to_owned(), offer_secs);
+                    self.offer_secs.insert(id.to_owned(), offer_secs);
                 } else {
-                    s.offer_secs.remove(id);
+                    self.offer_secs.remove(id);
                 }
-                let c = s.conversation_mut(id)?;
+                let c = self.conversation_mut(id)?;
                 if let Some(skills) = skills {
                     c.skills = skills;
                 }
@@ -290,18 +289,18 @@ impl State {
                 c.queued_at = Some(now);
                 c.updated_at = now;
                 let key = QueueKey::of(c);
-                s.queues.push(&pool, &key, id.to_owned());
+                self.queues.push(&pool, &key, id.to_owned());
             }
             TransferTarget::Agent(agent_id) => {
-                s.hand_to_agent(id, &agent_id, now);
-                let c = s.conversation_mut(id)?;
+                self.hand_to_agent(id, &agent_id, now);
+                let c = self.conversation_mut(id)?;
                 c.status = ConversationStatus::Assigned;
                 c.agent_id = Some(agent_id);
                 c.assigned_at = Some(now);
                 c.updated_at = now;
             }
         }
-        let conversation = s.conversation_mut(id)?.clone();
+        let conversation = self.conversation_mut(id)?.clone();
         Ok(Release {
             conversation,
             released_agent,
