@@ -824,9 +824,9 @@ fn ms_time(content: &Map<String, Value>, key: &str) -> Option<DateTime<Utc>> {
         .or_else(|| v.as_str().and_then(|s| s.parse().ok()))?;
     // Documented as 13-digit milliseconds; accept seconds too.
     if n > 100_000_000_000 {
-        DateTime::from_timestamp_millis(n)
+        switchyard_core::time::from_unix_millis(n)
     } else {
-        DateTime::from_timestamp(n, 0)
+        switchyard_core::time::from_unix_secs(n)
     }
 }
 
@@ -1148,6 +1148,19 @@ impl Connector for DouyinConnector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn create_times_take_milliseconds_or_seconds_within_what_an_envelope_carries() {
+        let time = |v: Value| {
+            let content: Map<String, Value> = [("create_time".to_owned(), v)].into_iter().collect();
+            ms_time(&content, "create_time").map(|t| t.timestamp_millis())
+        };
+        assert_eq!(time(json!(1_764_000_000_123_i64)), Some(1_764_000_000_123));
+        assert_eq!(time(json!("1764000000")), Some(1_764_000_000_000));
+        // Found by the property test: year 98816 cannot be written as an RFC 3339 `sent_at`.
+        assert_eq!(time(json!(3_056_218_502_280_514_i64)), None);
+        assert_eq!(time(json!(-5)), None);
+    }
 
     #[test]
     fn signature_is_sha1_of_secret_then_body() {

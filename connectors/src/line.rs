@@ -63,8 +63,6 @@ pub const PUSH_PATH: &str = "/v2/bot/message/push";
 pub const MAX_TEXT_UTF16: usize = 5000;
 /// The identity kind of a LINE user.
 pub const IDENTITY_KIND: &str = "line_user_id";
-/// Latest instant an RFC 3339 timestamp with a four-digit year can hold, in Unix milliseconds.
-const MAX_RFC3339_MILLIS: i64 = 253_402_300_799_999;
 
 /// The webhook signature: standard base64 of HMAC-SHA256(channel secret, raw body).
 pub fn webhook_signature(channel_secret: &str, body: &[u8]) -> String {
@@ -318,8 +316,7 @@ fn message_content(message: &Map<String, Value>, id: &str) -> Result<Content, Co
 
 fn sent_at(timestamp_ms: Option<i64>, received_at: DateTime<Utc>) -> DateTime<Utc> {
     timestamp_ms
-        .filter(|ms| (0..=MAX_RFC3339_MILLIS).contains(ms))
-        .and_then(DateTime::from_timestamp_millis)
+        .and_then(switchyard_core::time::from_unix_millis)
         .unwrap_or(received_at)
 }
 

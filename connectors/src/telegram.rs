@@ -1057,7 +1057,7 @@ impl Connector for TelegramConnector {
             ));
         }
         let content = message_content(&message, update.unmapped_type.as_deref())?;
-        let sent_at = DateTime::from_timestamp(message.date, 0).unwrap_or(received_at);
+        let sent_at = switchyard_core::time::from_unix_secs(message.date).unwrap_or(received_at);
         let reply = ReplyContext {
             chat_id: message.chat.id,
             message_id: message.message_id,

@@ -776,7 +776,7 @@ impl WecomKfConnector {
             let sent_at = msg
                 .get("send_time")
                 .and_then(Value::as_i64)
-                .and_then(|s| DateTime::from_timestamp(s, 0))
+                .and_then(switchyard_core::time::from_unix_secs)
                 .unwrap_or(received_at);
             let identity = match self.customer_key(customer) {
                 Ok(k) => k,
@@ -1154,7 +1154,7 @@ impl Connector for WecomKfConnector {
             data.insert("token".into(), Value::String(t));
         }
         let created = inbound.create_time.unwrap_or_default();
-        let sent_at = DateTime::from_timestamp(created, 0).unwrap_or(received_at);
+        let sent_at = switchyard_core::time::from_unix_secs(created).unwrap_or(received_at);
         let token_tag = data
             .get("token")
             .and_then(Value::as_str)

@@ -489,7 +489,7 @@ impl WhatsAppConnector {
             text(&message_value, "id").ok_or_else(|| malformed("a message without `id`"))?;
         let sent_at = text(&message_value, "timestamp")
             .and_then(|s| s.trim().parse::<i64>().ok())
-            .and_then(|secs| DateTime::from_timestamp(secs, 0))
+            .and_then(switchyard_core::time::from_unix_secs)
             .unwrap_or(received_at);
         let mut envelope = Envelope::inbound(
             self.channel.clone(),
@@ -537,7 +537,7 @@ impl WhatsAppConnector {
             format!("{}failed:{}", self.dedupe_prefix(), failed.wamid),
             failed
                 .timestamp
-                .and_then(|secs| DateTime::from_timestamp(secs, 0))
+                .and_then(switchyard_core::time::from_unix_secs)
                 .unwrap_or(received_at),
             received_at,
         )

@@ -8,6 +8,26 @@ pub fn now() -> DateTime<Utc> {
     Utc::now()
 }
 
+/// The last instant RFC 3339 writes without a sign and a fifth year digit,
+/// `9999-12-31T23:59:59.999Z`, in milliseconds since the Unix epoch.
+pub const MAX_RFC3339_MILLIS: i64 = 253_402_300_799_999;
+
+/// The instant `secs` seconds after the Unix epoch, for a time a platform sends: `None` before
+/// the epoch or past the year 9999, which an envelope's RFC 3339 timestamps cannot carry.
+pub fn from_unix_secs(secs: i64) -> Option<DateTime<Utc>> {
+    from_unix_millis(secs.checked_mul(1000)?)
+}
+
+/// The instant `millis` milliseconds after the Unix epoch, within the same bounds as
+/// [`from_unix_secs`].
+pub fn from_unix_millis(millis: i64) -> Option<DateTime<Utc>> {
+    if (0..=MAX_RFC3339_MILLIS).contains(&millis) {
+        DateTime::from_timestamp_millis(millis)
+    } else {
+        None
+    }
+}
+
 /// How many digits of the second's fraction a timestamp is written with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fraction {
@@ -184,6 +204,23 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn platform_times_outside_what_rfc_3339_writes_are_refused() {
+        let last = from_unix_millis(MAX_RFC3339_MILLIS).unwrap();
+        assert_eq!(
+            last.to_rfc3339_opts(SecondsFormat::Millis, true),
+            "9999-12-31T23:59:59.999Z"
+        );
+        assert_eq!(from_unix_millis(MAX_RFC3339_MILLIS + 1), None);
+        assert_eq!(from_unix_millis(-1), None);
+        assert_eq!(from_unix_secs(i64::MAX), None);
+        assert_eq!(from_unix_secs(253_402_300_800), None);
+        assert_eq!(
+            from_unix_secs(1_764_000_000).map(|t| t.timestamp()),
+            Some(1_764_000_000)
+        );
+    }
 
     /// What chrono writes for `at`: its serde encoding (a JSON string) and the Nanos format.
     fn chrono_texts(at: &DateTime<Utc>) -> (String, String) {

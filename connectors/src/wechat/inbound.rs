@@ -283,7 +283,7 @@ impl WxInbound {
         let sent_at = msg
             .head
             .create_time
-            .and_then(|t| DateTime::from_timestamp(t, 0))
+            .and_then(switchyard_core::time::from_unix_secs)
             .unwrap_or(received_at);
         let mut envelope = Envelope::inbound(
             channel.clone(),
