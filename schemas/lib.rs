@@ -83,7 +83,8 @@ pub fn message_v1() -> Value {
 pub mod event_data {
     use super::*;
 
-    /// `conversation.created`, `conversation.queued`, `conversation.assigned`.
+    /// `conversation.created`, `conversation.queued`, `conversation.assigned`,
+    /// `conversation.accepted`.
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct ConversationData {
@@ -199,7 +200,8 @@ pub mod event_data {
         match t {
             EventType::ConversationCreated
             | EventType::ConversationQueued
-            | EventType::ConversationAssigned => "ConversationData",
+            | EventType::ConversationAssigned
+            | EventType::ConversationAccepted => "ConversationData",
             EventType::ConversationClosed => "ConversationClosedData",
             EventType::ConversationTransferred => "ConversationTransferredData",
             EventType::MessageReceived => "MessageReceivedData",

@@ -16,6 +16,10 @@ pub enum EventType {
     /// A conversation was assigned to an agent.
     #[serde(rename = "conversation.assigned")]
     ConversationAssigned,
+    /// An agent accepted the conversation offered to it (a pool with `offer_timeout_secs`): it
+    /// stays with the agent for good.
+    #[serde(rename = "conversation.accepted")]
+    ConversationAccepted,
     /// A conversation was closed.
     #[serde(rename = "conversation.closed")]
     ConversationClosed,
@@ -51,10 +55,11 @@ pub enum EventType {
 
 impl EventType {
     /// All event types.
-    pub const ALL: [EventType; 13] = [
+    pub const ALL: [EventType; 14] = [
         EventType::ConversationCreated,
         EventType::ConversationQueued,
         EventType::ConversationAssigned,
+        EventType::ConversationAccepted,
         EventType::ConversationClosed,
         EventType::ConversationTransferred,
         EventType::MessageReceived,
@@ -73,6 +78,7 @@ impl EventType {
             EventType::ConversationCreated => "conversation.created",
             EventType::ConversationQueued => "conversation.queued",
             EventType::ConversationAssigned => "conversation.assigned",
+            EventType::ConversationAccepted => "conversation.accepted",
             EventType::ConversationClosed => "conversation.closed",
             EventType::ConversationTransferred => "conversation.transferred",
             EventType::MessageReceived => "message.received",
@@ -98,6 +104,7 @@ impl EventType {
             EventType::ConversationCreated => "io.switchyard.conversation.created",
             EventType::ConversationQueued => "io.switchyard.conversation.queued",
             EventType::ConversationAssigned => "io.switchyard.conversation.assigned",
+            EventType::ConversationAccepted => "io.switchyard.conversation.accepted",
             EventType::ConversationClosed => "io.switchyard.conversation.closed",
             EventType::ConversationTransferred => "io.switchyard.conversation.transferred",
             EventType::MessageReceived => "io.switchyard.message.received",

@@ -197,7 +197,8 @@ pub enum AgentRequest {
         conversation_id: String,
     },
     /// Accept a conversation offered to this agent (its `offer_expires_at` is set): it stays.
-    /// Answered with `ack` when `client_id` is given.
+    /// Answered with `ack` when `client_id` is given; every socket of the agent then gets it
+    /// again as `assigned`, without its offer times (`conversation.accepted`).
     Accept {
         /// Conversation.
         conversation_id: String,
@@ -245,7 +246,8 @@ pub enum AgentEvent {
         /// Conversations the agent holds now.
         conversations: Vec<ConversationView>,
     },
-    /// A conversation was assigned to this agent.
+    /// A conversation was assigned to this agent; or, sent again, the agent accepted its offer
+    /// (over any socket or REST), and it comes without its offer times.
     Assigned {
         /// The conversation with its customer and history.
         conversation: ConversationView,

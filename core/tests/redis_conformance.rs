@@ -589,7 +589,8 @@ mod differential {
     use switchyard_core::store::embedded::EmbeddedStore;
     use switchyard_core::store::{
         AgentUpdate, ConversationStart, CustomerConversationsQuery, CustomerUpdate, InboundOutcome,
-        InboundRouting, Placement, ResolveRequest, Store, StoreError, TransferTarget, Withdrawal,
+        InboundRouting, Placement, QueueTarget, ResolveRequest, Store, StoreError, TransferTarget,
+        Withdrawal,
     };
 
     use switchyard_core::conformance::services::TestRedisPrefix;
@@ -1100,9 +1101,24 @@ mod differential {
                         } else {
                             TransferTarget::Agent(Self::agent_id(rng.below(AGENTS + 1)))
                         };
-                        if rng.chance(50) {
+                        if let (
+                            true,
+                            TransferTarget::Pool {
+                                pool: to,
+                                skills,
+                                priority,
+                                offer_secs,
+                            },
+                        ) = (rng.chance(50), target.clone())
+                        {
                             // A queue overflow: only while it waits in that pool since before
                             // the cutoff.
+                            let target = QueueTarget {
+                                pool: to,
+                                skills,
+                                priority,
+                                offer_secs,
+                            };
                             let pool = POOLS[rng.below(2)];
                             let before = at(now - rng.below(40) as i64);
                             self.log

@@ -91,6 +91,11 @@ impl<'a> Head<'a> {
 }
 
 #[derive(Serialize)]
+struct ConversationData<'a> {
+    conversation: &'a Conversation,
+}
+
+#[derive(Serialize)]
 struct ClosedData<'a> {
     conversation: &'a Conversation,
     agent_id: Option<&'a str>,
@@ -260,6 +265,17 @@ impl EventBatch {
             }
         }
         self.push_encoded(head, body)
+    }
+
+    /// `conversation.accepted`: `c` as it is after its agent accepted its offer at `at`. Its id is
+    /// derived from the conversation and `at` (the conversation's `updated_at` only until its
+    /// next change), so the acceptance announced again (by the outbox, after a process stopped
+    /// before clearing its note) has the same id.
+    pub fn conversation_accepted(&mut self, c: &Conversation, at: DateTime<Utc>) -> &mut Self {
+        self.push(
+            Head::state(EventType::ConversationAccepted, &c.tenant, &c.id, at),
+            ConversationData { conversation: c },
+        )
     }
 
     /// `conversation.closed`, naming the agent who held it.
@@ -554,6 +570,7 @@ mod tests {
             "conversation.created",
             "conversation.queued",
             "conversation.assigned",
+            "conversation.accepted",
             "conversation.closed",
             "conversation.transferred",
             "message.received",
@@ -574,6 +591,10 @@ mod tests {
                 | EventType::ConversationQueued
                 | EventType::ConversationAssigned => {
                     batch.conversation(t, &field(&want, "conversation"));
+                }
+                EventType::ConversationAccepted => {
+                    let c: Conversation = field(&want, "conversation");
+                    batch.conversation_accepted(&c, c.updated_at);
                 }
                 EventType::ConversationClosed => {
                     batch.conversation_closed(
@@ -681,6 +702,15 @@ mod tests {
                 let c: Conversation = field(&want, "conversation");
                 assert_eq!(Some(got.time), c.assigned_at, "{name}: time of the change");
             }
+            if name == "conversation.accepted" {
+                let c: Conversation = field(&want, "conversation");
+                assert_eq!(got.time, c.updated_at, "{name}: time of the change");
+                assert_eq!(
+                    (c.offered_at, c.offer_expires_at),
+                    (None, None),
+                    "{name}: no longer an offer"
+                );
+            }
             if name == "customer.updated" {
                 assert_eq!(
                     (&got.id, got.time),
@@ -702,6 +732,10 @@ mod tests {
             EventType::ConversationTransferred => {
                 let c: Conversation = field(want, "conversation");
                 batch.conversation_transferred(&c, None, None, c.updated_at)
+            }
+            EventType::ConversationAccepted => {
+                let c: Conversation = field(want, "conversation");
+                batch.conversation_accepted(&c, c.updated_at)
             }
             _ => batch.conversation(t, &field(want, "conversation")),
         };
@@ -815,6 +849,7 @@ mod tests {
             EventType::ConversationCreated
             | EventType::ConversationQueued
             | EventType::ConversationAssigned
+            | EventType::ConversationAccepted
             | EventType::ConversationClosed
             | EventType::ConversationTransferred
             | EventType::CustomerCreated
@@ -903,6 +938,14 @@ mod tests {
                     ConversationData { conversation: c },
                 );
             }
+            batch.conversation_accepted(c, t2);
+            assert_encoded_as_reference(
+                &batch,
+                EventType::ConversationAccepted,
+                tenant,
+                cid,
+                ConversationData { conversation: c },
+            );
             batch.conversation_closed(c, Some("agent-7"));
             assert_encoded_as_reference(
                 &batch,

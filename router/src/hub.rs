@@ -21,8 +21,9 @@ use crate::operations::Operations;
 pub const SOCKET_BUFFER: usize = 1024;
 
 /// The event types the hub turns into agent frames: its subscription binds only these.
-const HUB_EVENTS: [EventType; 6] = [
+const HUB_EVENTS: [EventType; 7] = [
     EventType::ConversationAssigned,
+    EventType::ConversationAccepted,
     EventType::MessageReceived,
     EventType::ConversationClosed,
     EventType::ConversationTransferred,
@@ -188,7 +189,10 @@ impl AgentHub {
         let conversation = || serde_json::from_value::<Conversation>(field("conversation")).ok();
         let string = |name: &str| field(name).as_str().map(str::to_owned);
         match kind {
-            EventType::ConversationAssigned => {
+            // An accepted offer goes to the agent's sockets again, as it is now (without its
+            // offer times): every console of the agent, not only the one that accepted it, sees
+            // that it is no longer an offer.
+            EventType::ConversationAssigned | EventType::ConversationAccepted => {
                 let Some(c) = conversation() else { return };
                 let Some(agent_id) = c.agent_id.clone() else {
                     return;

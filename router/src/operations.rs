@@ -19,8 +19,8 @@ use switchyard_core::model::{Agent, Conversation, ConversationStatus, Customer};
 use switchyard_core::protocol::ConversationView;
 use switchyard_core::store::{
     AgentUpdate, CONVERSATION_OPEN, ConversationStart, CustomerUpdate, ERASED_ON_REQUEST,
-    ERASURE_CLOSE_REASON, Erasure, Note, NoteKind, Release, ResolveRequest, Store, StoreError,
-    TransferTarget, Withdrawal,
+    ERASURE_CLOSE_REASON, Erasure, Note, NoteKind, OVERFLOW, QueueTarget, Release, ResolveRequest,
+    Store, StoreError, TransferTarget, Withdrawal,
 };
 
 use crate::assignment::assign_pools;
@@ -520,15 +520,18 @@ impl Operations {
         conversation_id: &str,
         pool: &str,
         queued_before: DateTime<Utc>,
-        target: TransferTarget,
+        target: QueueTarget,
     ) -> Result<Conversation, RouteError> {
-        let target = self.with_offer_time(target);
+        let target = QueueTarget {
+            offer_secs: self.offer_secs_of(&target.pool),
+            ..target
+        };
         let now = switchyard_core::time::now();
         let release = self
             .store
             .overflow(conversation_id, pool, queued_before, target.clone(), now)
             .await?;
-        self.announce_transfer(conversation_id, release, target, Some("overflow"), now)
+        self.announce_transfer(conversation_id, release, target.into(), Some(OVERFLOW), now)
             .await
     }
 
@@ -539,9 +542,14 @@ impl Operations {
             pool, offer_secs, ..
         } = &mut target
         {
-            *offer_secs = self.offer_secs.get(pool.as_str()).copied().unwrap_or(0);
+            *offer_secs = self.offer_secs_of(pool);
         }
         target
+    }
+
+    /// The seconds `pool`'s agents have to accept a conversation (0: it makes no offers).
+    fn offer_secs_of(&self, pool: &str) -> u64 {
+        self.offer_secs.get(pool).copied().unwrap_or(0)
     }
 
     /// Announces a transfer the store made (`conversation.transferred` with `reason`, then
@@ -586,7 +594,7 @@ impl Operations {
     }
 
     /// Accepts the offer of a conversation to `agent_id` ([`Store::accept_offer`]): it stays with
-    /// the agent.
+    /// the agent. Announces `conversation.accepted`.
     pub async fn accept_offer(
         &self,
         conversation_id: &str,
@@ -598,6 +606,14 @@ impl Operations {
             .accept_offer(conversation_id, agent_id, now)
             .await?;
         self.count_offer(&conversation.pool, "accepted");
+        let mut events = EventBatch::new();
+        events.conversation_accepted(&conversation, now);
+        self.outbox
+            .publish_noted(
+                events,
+                &[Note::new(NoteKind::Accepted, conversation_id, now)],
+            )
+            .await?;
         Ok(conversation)
     }
 
@@ -617,16 +633,16 @@ impl Operations {
             .store
             .withdraw_offer(conversation_id, agent_id, why, now)
             .await?;
-        let (reason, outcome) = match why {
-            Withdrawal::Declined => ("declined", "declined"),
-            Withdrawal::Expired { .. } => ("offer_expired", "expired"),
+        let outcome = match why {
+            Withdrawal::Declined => "declined",
+            Withdrawal::Expired { .. } => "expired",
         };
         let conversation = &release.conversation;
         self.count_offer(&conversation.pool, outcome);
         let mut events = EventBatch::new();
-        events.conversation_transferred(conversation, Some(agent_id), Some(reason), now);
+        events.conversation_transferred(conversation, Some(agent_id), Some(why.reason()), now);
         events.conversation(EventType::ConversationQueued, conversation);
-        let mut notes = vec![Note::new(NoteKind::TransferredToPool, conversation_id, now)];
+        let mut notes = vec![Note::new(why.note_kind(), conversation_id, now)];
         if let (Withdrawal::Expired { .. }, Some(agent)) = (why, &release.released_agent) {
             events.agent_updated(agent);
             notes.push(Note::new(NoteKind::AgentUpdated, agent_id, now));

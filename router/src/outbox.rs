@@ -9,11 +9,12 @@
 //! older than a grace period (longer than any publish can take), so a recorded reply is never
 //! lost; at worst it goes out twice with one id, and the outbound worker drops the second copy.
 //!
-//! The other changes commands make (an assignment, a close, a transfer, an agent update, a lapsed
-//! agent set offline) are noted in the store in the same step that makes them ([`Note`]), and
-//! the notes cleared once their events are published or kept ([`Outbox::publish_noted`]); the
-//! republisher announces, from the stored state, the changes whose notes are older than the
-//! grace, with the event ids their command would have given them.
+//! The other changes commands make (an assignment, a close, a transfer, an offer accepted,
+//! declined or expired, an agent update, a lapsed agent set offline) are noted in the store in
+//! the same step that makes them ([`Note`]), and the notes cleared once their events are
+//! published or kept ([`Outbox::publish_noted`]); the republisher announces, from the stored
+//! state, the changes whose notes are older than the grace, with the event ids (and, for an
+//! offer taken back, the reason) their command would have given them.
 //!
 //! Routing needs little of this: a message whose events were not confirmed is not acknowledged,
 //! so the bus redelivers it and the retry announces everything again, except a merge, which the
@@ -30,7 +31,10 @@ use switchyard_core::envelope::new_id;
 use switchyard_core::event::EventType;
 use switchyard_core::metrics::Metrics;
 use switchyard_core::model::ConversationStatus;
-use switchyard_core::store::{MailboxHead, MailboxPush, Note, NoteKind, Store, StoreError};
+use switchyard_core::store::{
+    MailboxHead, MailboxPush, Note, NoteKind, OFFER_DECLINED, OFFER_EXPIRED, OVERFLOW, Store,
+    StoreError,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::events::EventBatch;
@@ -390,17 +394,40 @@ impl Outbox {
                     batch.conversation_closed(&c, from);
                 }
             }
-            NoteKind::TransferredToPool | NoteKind::TransferredToAgent => {
+            NoteKind::Accepted => {
+                // Only while it is still with that agent, accepted: a later change (a transfer,
+                // a close) has its own note.
+                if let Some(c) = conversation().await?
+                    && c.status == ConversationStatus::Assigned
+                    && c.offered_at.is_none()
+                    && from.is_some()
+                    && c.agent_id.as_deref() == from
+                {
+                    batch.conversation_accepted(&c, note.at);
+                }
+            }
+            NoteKind::TransferredToPool
+            | NoteKind::TransferredToAgent
+            | NoteKind::Declined
+            | NoteKind::OfferExpired
+            | NoteKind::Overflowed => {
                 if let Some(c) = conversation().await? {
-                    batch.conversation_transferred(&c, from, None, note.at);
+                    // An offer taken back or an overflow says why, as its command did.
+                    let reason = match note.kind {
+                        NoteKind::Declined => Some(OFFER_DECLINED),
+                        NoteKind::OfferExpired => Some(OFFER_EXPIRED),
+                        NoteKind::Overflowed => Some(OVERFLOW),
+                        _ => None,
+                    };
+                    batch.conversation_transferred(&c, from, reason, note.at);
                     // Then where it went, if it is still there.
-                    let (status, event) = if note.kind == NoteKind::TransferredToPool {
-                        (ConversationStatus::Queued, EventType::ConversationQueued)
-                    } else {
+                    let (status, event) = if note.kind == NoteKind::TransferredToAgent {
                         (
                             ConversationStatus::Assigned,
                             EventType::ConversationAssigned,
                         )
+                    } else {
+                        (ConversationStatus::Queued, EventType::ConversationQueued)
                     };
                     if c.status == status {
                         batch.conversation(event, &c);

@@ -30,7 +30,9 @@ use switchyard_core::config::{Settings, bot_agent_id};
 use switchyard_core::envelope::new_id;
 use switchyard_core::metrics::Metrics;
 use switchyard_core::model::{Conversation, ConversationStatus, Skills};
-use switchyard_core::store::{CONVERSATION_CHANGED, Store, StoreError, TransferTarget};
+use switchyard_core::store::{
+    CONVERSATION_CHANGED, QueueTarget, Store, StoreError, TransferTarget,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::RouteError;
@@ -144,8 +146,8 @@ impl QueueOverflow {
     }
 
     /// Where it moves a conversation.
-    fn target(&self) -> TransferTarget {
-        TransferTarget::Pool {
+    fn target(&self) -> QueueTarget {
+        QueueTarget {
             pool: self.to.clone(),
             skills: self.skills.clone(),
             priority: self.priority,

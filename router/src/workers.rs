@@ -647,6 +647,10 @@ pub async fn run_channel_sync(
         let conversation =
             serde_json::from_slice::<switchyard_core::event::CloudEvent>(&delivery.message.body)
                 .ok()
+                // An accepted offer changes no status: the channel has nothing to follow.
+                .filter(|e| {
+                    e.known_type() != Some(switchyard_core::event::EventType::ConversationAccepted)
+                })
                 .and_then(|e| {
                     serde_json::from_value::<switchyard_core::model::Conversation>(
                         e.data.get("conversation").cloned().unwrap_or_default(),

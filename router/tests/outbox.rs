@@ -16,7 +16,7 @@ use switchyard_core::conformance::bus::OUTBOUND_KIND;
 use switchyard_core::conformance::store::wechat_channel;
 use switchyard_core::envelope::{Content, Envelope};
 use switchyard_core::model::{AgentStatus, ConversationStatus};
-use switchyard_core::store::{AgentUpdate, NoteKind, TransferTarget};
+use switchyard_core::store::{AgentUpdate, NoteKind, QueueTarget, TransferTarget, Withdrawal};
 use switchyard_router::inbound::Routed;
 use switchyard_router::outbox::{OUTBOX_MAILBOX, REPUBLISH_LOCK, STAGED_GRACE};
 
@@ -96,6 +96,8 @@ on_both_stores!(
     a_merge_whose_command_stops_before_announcing_it_is_announced_after_the_grace,
     a_merge_whose_router_stops_before_announcing_it_is_announced_after_the_grace,
     a_customer_update_whose_command_stops_before_announcing_it_is_announced_after_the_grace,
+    answers_to_offers_whose_command_stops_are_announced_as_their_command_would_after_the_grace,
+    an_overflow_whose_command_stops_is_announced_with_its_reason_after_the_grace,
     what_the_bus_refuses_for_good_is_not_kept_and_cannot_hold_up_the_outbox,
     one_process_at_a_time_republishes,
 );
@@ -714,6 +716,212 @@ async fn a_customer_update_whose_command_stops_before_announcing_it_is_announced
     assert!(unannounced(&s).await.is_empty());
     assert_eq!(later.republish().await.expect("republish"), 0);
     assert!(drain(&mut s.events).await.is_empty(), "announced twice");
+}
+
+/// A router whose pool `default` makes offers (`offer_timeout_secs = 60`).
+fn offer_routes() -> switchyard_router::routes::RoutingTable {
+    let path = std::env::temp_dir().join(format!(
+        "switchyard-offer-routes-{}.toml",
+        switchyard_core::envelope::new_id()
+    ));
+    std::fs::write(
+        &path,
+        "[[pools]]\nid = \"default\"\noffer_timeout_secs = 60\n",
+    )
+    .unwrap();
+    let settings = switchyard_core::config::Settings::load_with_env(Some(&path), []);
+    let _ = std::fs::remove_file(&path);
+    switchyard_router::routes::RoutingTable::from_settings(&settings.unwrap()).unwrap()
+}
+
+/// Three offers answered, each command stopped during its publish: one expired (its agent is
+/// set away), one declined, one accepted. After the grace, each is announced once with exactly
+/// the events the command would have published (ids, times and data): the expiry's and the
+/// decline's `conversation.transferred` with their reason (`offer_expired`, `declined`), then
+/// `conversation.queued` (and the agent set away), and the acceptance's
+/// `conversation.accepted`.
+async fn answers_to_offers_whose_command_stops_are_announced_as_their_command_would_after_the_grace(
+    s: Setup,
+) {
+    let mut s = s.with_routes(offer_routes());
+    let (ops, outbox) = commands(&s);
+    let expiring = conversation_of(&s, "u-o1").await;
+    let declined = conversation_of(&s, "u-o2").await;
+    let accepted = conversation_of(&s, "u-o3").await;
+    for id in [&expiring, &declined, &accepted] {
+        let c = s.store.conversation(id).await.unwrap().unwrap();
+        assert_eq!(c.agent_id.as_deref(), Some("a1"), "{c:?}");
+        assert!(c.offered_at.is_some(), "not an offer: {c:?}");
+    }
+    drain(&mut s.events).await;
+    assert!(unannounced(&s).await.is_empty());
+
+    // Each answer stops during its publish, once its change is stored.
+    let answer = |id: &String, why: Option<Withdrawal>| {
+        let (ops, id) = (ops.clone(), id.clone());
+        s.bus.hanging.store(1, Ordering::SeqCst);
+        tokio::spawn(async move {
+            match why {
+                Some(why) => ops.withdraw_offer(&id, "a1", why).await,
+                None => ops.accept_offer(&id, "a1").await,
+            }
+        })
+    };
+    let queued = async |id: &String| {
+        let c = s.store.conversation(id).await.unwrap().unwrap();
+        (c.status == ConversationStatus::Queued).then_some(())
+    };
+    // Expired first: a1 is set away, so nobody takes the conversations back from the queue.
+    let offered_at = s
+        .store
+        .conversation(&expiring)
+        .await
+        .unwrap()
+        .unwrap()
+        .offered_at
+        .unwrap();
+    let task = answer(&expiring, Some(Withdrawal::Expired { offered_at }));
+    stop_once_stored(task, "the expiry", async || queued(&expiring).await).await;
+    let task = answer(&declined, Some(Withdrawal::Declined));
+    stop_once_stored(task, "the decline", async || queued(&declined).await).await;
+    let task = answer(&accepted, None);
+    stop_once_stored(task, "the acceptance", async || {
+        let c = s.store.conversation(&accepted).await.unwrap().unwrap();
+        c.offered_at.is_none().then_some(())
+    })
+    .await;
+    let a1 = Some("a1".to_owned());
+    assert_eq!(
+        unannounced(&s).await,
+        [
+            (NoteKind::AgentUpdated, "a1".to_owned(), None),
+            (NoteKind::OfferExpired, expiring.clone(), a1.clone()),
+            (NoteKind::Declined, declined.clone(), a1.clone()),
+            (NoteKind::Accepted, accepted.clone(), a1.clone()),
+        ]
+    );
+    let batches = hung(&s);
+    let hung_types: Vec<Vec<&str>> = batches
+        .iter()
+        .map(|b| b.iter().map(|(key, _)| key.as_str()).collect())
+        .collect();
+    assert_eq!(
+        hung_types,
+        [
+            vec![
+                "conversation.transferred",
+                "conversation.queued",
+                "agent.updated"
+            ],
+            vec!["conversation.transferred", "conversation.queued"],
+            vec!["conversation.accepted"],
+        ]
+    );
+
+    // Past the grace, announced from the stored state: the very events the commands built.
+    let later = outbox.with_staged_grace(Duration::ZERO);
+    assert_eq!(later.republish().await.expect("republish"), 4);
+    let announced = drain_events(&mut s.events).await;
+    let want: Vec<switchyard_core::event::CloudEvent> = s
+        .bus
+        .hung_events
+        .lock()
+        .unwrap()
+        .iter()
+        .flatten()
+        .map(|e| serde_json::from_value(e.clone()).expect("a hung event"))
+        .collect();
+    let mut got: Vec<switchyard_core::event::CloudEvent> =
+        announced.iter().map(|(_, e)| e.clone()).collect();
+    assert_eq!(got.len(), want.len(), "{got:?}");
+    // The agent as it is now: the decline since took a conversation from it.
+    assert_eq!(
+        (&got[2].id, &got[2].data["agent"]["status"]),
+        (&want[2].id, &serde_json::json!("away"))
+    );
+    got[2].data = want[2].data.clone();
+    assert_eq!(got, want, "announced vs. the commands' own events");
+    assert_eq!(got[0].data["reason"], "offer_expired");
+    assert_eq!(got[0].data["from_agent_id"], "a1");
+    assert_eq!(got[3].data["reason"], "declined");
+    assert_eq!(got[5].data["conversation"]["id"], accepted.as_str());
+    assert_eq!(got[5].data["conversation"]["agent_id"], "a1");
+    assert!(got[5].data["conversation"]["offered_at"].is_null());
+    assert!(unannounced(&s).await.is_empty());
+    assert_eq!(later.republish().await.expect("republish"), 0);
+    assert!(drain(&mut s.events).await.is_empty(), "announced twice");
+}
+
+/// A queue overflow stopped during its publish, once the store moved the conversation: after the
+/// grace, the outbox announces what the command would have, `conversation.transferred` with the
+/// reason `overflow` then `conversation.queued`, with the same ids.
+async fn an_overflow_whose_command_stops_is_announced_with_its_reason_after_the_grace(
+    mut s: Setup,
+) {
+    set_capacity(&s.store, 0).await;
+    let (ops, outbox) = commands(&s);
+    let waiting = conversation_of(&s, "u-w").await;
+    drain(&mut s.events).await;
+    let queued_at = s
+        .store
+        .conversation(&waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .queued_at
+        .expect("queued");
+    forget_notes(&s.store).await;
+
+    s.bus.hanging.store(1, Ordering::SeqCst);
+    let task = {
+        let (ops, id) = (ops.clone(), waiting.clone());
+        let target = QueueTarget {
+            pool: "default".into(),
+            skills: None,
+            priority: Some(5),
+            offer_secs: 0,
+        };
+        let cutoff = queued_at + chrono::TimeDelta::seconds(1);
+        tokio::spawn(async move { ops.overflow(&id, "default", cutoff, target).await })
+    };
+    stop_once_stored(task, "the overflow", async || {
+        let c = s.store.conversation(&waiting).await.unwrap().unwrap();
+        (c.priority == 5).then_some(())
+    })
+    .await;
+    assert_eq!(
+        unannounced(&s).await,
+        [(NoteKind::Overflowed, waiting.clone(), None)]
+    );
+
+    let later = outbox.with_staged_grace(Duration::ZERO);
+    assert_eq!(later.republish().await.expect("republish"), 1);
+    let announced = drain_events(&mut s.events).await;
+    let want: Vec<switchyard_core::event::CloudEvent> = s
+        .bus
+        .hung_events
+        .lock()
+        .unwrap()
+        .iter()
+        .flatten()
+        .map(|e| serde_json::from_value(e.clone()).expect("a hung event"))
+        .collect();
+    let got: Vec<switchyard_core::event::CloudEvent> =
+        announced.iter().map(|(_, e)| e.clone()).collect();
+    assert_eq!(got, want, "announced vs. the command's own events");
+    assert_eq!(
+        got.iter()
+            .map(|e| e.event_type.as_str())
+            .collect::<Vec<_>>(),
+        [
+            "io.switchyard.conversation.transferred",
+            "io.switchyard.conversation.queued"
+        ]
+    );
+    assert_eq!(got[0].data["reason"], "overflow");
+    assert!(got[0].data["from_agent_id"].is_null());
+    assert_eq!(got[0].data["conversation"]["priority"], 5);
+    assert!(unannounced(&s).await.is_empty());
 }
 
 /// A running gateway (no router): an agent coming online while the bus refuses events is

@@ -171,7 +171,8 @@ fn round_trip_data(t: EventType, data: &Value) -> Result<Value, String> {
     match t {
         EventType::ConversationCreated
         | EventType::ConversationQueued
-        | EventType::ConversationAssigned => round_trip::<ConversationData>(data),
+        | EventType::ConversationAssigned
+        | EventType::ConversationAccepted => round_trip::<ConversationData>(data),
         EventType::ConversationClosed => round_trip::<ConversationClosedData>(data),
         EventType::ConversationTransferred => round_trip::<ConversationTransferredData>(data),
         EventType::MessageReceived => round_trip::<MessageReceivedData>(data),

@@ -1,11 +1,16 @@
 // Drives the two pages a newcomer opens in a browser, against a running Switchyard:
 // the agent console (/agent) and the visitor web chat (/), in one headless Chromium with two tabs.
 //
-//   node tests/browser/chat.test.mjs http://127.0.0.1:8080     (or SWITCHYARD_URL=... npm test)
+//   node tests/browser/chat.test.mjs http://127.0.0.1:8080 [OFFERS_URL]
+//   (or SWITCHYARD_URL=... SWITCHYARD_OFFERS_URL=... npm test)
 //
 // The server must have a `web` channel routed to the `default` pool, as the embedded default of
-// `switchyard serve` has. Chromium is /usr/bin/chromium (Debian's package), or CHROMIUM_PATH.
-// On a failure, screenshots of both pages and their console messages are saved to a directory
+// `switchyard serve` has. The second case (the console's Accept and Decline buttons) needs a
+// second server, OFFERS_URL, whose `default` pool makes offers (the embedded default plus
+// `[[pools]] id = "default"` with an `offer_timeout_secs` longer than the run); without it, that
+// case is skipped.
+// Chromium is /usr/bin/chromium (Debian's package), or CHROMIUM_PATH.
+// On a failure, screenshots of the pages and their console messages are saved to a directory
 // under the system temp dir, whose path is printed.
 
 import { test } from "node:test";
@@ -20,6 +25,7 @@ if (!baseUrl) {
   console.error("usage: node chat.test.mjs BASE_URL   (or set SWITCHYARD_URL), e.g. http://127.0.0.1:8080");
   process.exit(2);
 }
+const offersUrl = (process.argv[3] || process.env.SWITCHYARD_OFFERS_URL || "").replace(/\/+$/, "");
 const chromiumPath = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
 
 // How long any one wait on a page may take: generous for a loaded CI machine, but a stuck page
@@ -92,14 +98,44 @@ async function chatTranscript(page) {
     nodes.map((n) => `${n.classList.contains("msg-visitor") ? "visitor" : "agent"}: ${n.querySelector(".body").textContent}`));
 }
 
-test("a visitor and an agent talk through the web chat and the agent console", async (t) => {
-  const browser = await chromium.launch({
+// Headless Chromium, as every case launches it.
+function launchBrowser() {
+  return chromium.launch({
     executablePath: chromiumPath,
     args: [
       "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
       "--disable-background-networking", "--disable-component-update", "--disable-sync",
     ],
   });
+}
+
+// Polls `check` (an async function) until it returns a value other than undefined, for at most
+// WAIT_MS; the last thing it saw is in the timeout's message.
+async function until(what, check) {
+  const deadline = Date.now() + WAIT_MS;
+  let last;
+  for (;;) {
+    const got = await check((seen) => { last = seen; });
+    if (got !== undefined) return got;
+    if (Date.now() > deadline) throw new Error(`${what}: not within ${WAIT_MS} ms (last seen: ${JSON.stringify(last)})`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+// The JSON answer of a REST call to `base` (no API key: the test servers listen on loopback).
+async function rest(base, method, path, body) {
+  const response = await fetch(`${base}${path}`, {
+    method,
+    headers: body === undefined ? {} : { "content-type": "application/json" },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await response.text();
+  assert.ok(response.ok, `${method} ${path}: ${response.status} ${text}`);
+  return JSON.parse(text);
+}
+
+test("a visitor and an agent talk through the web chat and the agent console", async (t) => {
+  const browser = await launchBrowser();
   // One context: the tabs share localStorage, as two tabs of one browser do.
   const context = await browser.newContext({ baseURL: baseUrl, viewport: { width: 1200, height: 800 } });
   context.setDefaultTimeout(WAIT_MS);
@@ -228,6 +264,117 @@ test("a visitor and an agent talk through the web chat and the agent console", a
     await browser.close();
   }
   t.diagnostic(`visitor and agent ${agentId} talked through ${baseUrl}`);
+});
+
+test("an agent accepts an offer and declines another with the console's buttons", {
+  skip: offersUrl ? false : "no server whose pool makes offers (second argument or SWITCHYARD_OFFERS_URL)",
+}, async (t) => {
+  const browser = await launchBrowser();
+  const agentName = `offer-agent-${Math.random().toString(36).slice(2, 8)}`;
+  const helperName = `${agentName}-helper`;
+  // Each visitor in a context of its own (its own localStorage): two different visitors.
+  const open = async (name) => {
+    const context = await browser.newContext({ baseURL: offersUrl, viewport: { width: 1200, height: 800 } });
+    context.setDefaultTimeout(WAIT_MS);
+    return watch(await context.newPage(), name);
+  };
+  const tabs = { agent: await open("agent"), visitor: null, "second visitor": null };
+  const agent = tabs.agent;
+  let step = "start";
+
+  // A visitor's tab opens the chat and writes `text`; returns the customer's identity key.
+  const visitorWrites = async (name, text) => {
+    tabs[name] = await open(name);
+    const welcome = nextVisitorWelcome(tabs[name]);
+    await tabs[name].goto("/");
+    const { visitor_id: visitorId } = await welcome;
+    await tabs[name].locator('#status[data-state="connected"]').waitFor();
+    await tabs[name].getByRole("textbox", { name: "Message" }).fill(text);
+    await tabs[name].getByRole("textbox", { name: "Message" }).press("Enter");
+    await tabs[name].locator('.msg-visitor[data-state="delivered"]').filter({ hasText: text }).waitFor();
+    return `web_visitor:web:${visitorId}`;
+  };
+  // The console shows the conversation of `customerKey` as an offer to this agent; returns its
+  // id (the last part of the title's second line), checked with the server.
+  const offerShown = async (customerKey) => {
+    const item = agent.locator("#conversations .conv").filter({ hasText: customerKey });
+    await item.waitFor();
+    await item.click();
+    await expectText(agent.locator("#conv-title .who"), customerKey);
+    await agent.locator("#accept-offer").waitFor({ state: "visible" });
+    await agent.locator("#decline-offer").waitFor({ state: "visible" });
+    const id = (await agent.locator("#conv-title .sub").textContent()).split(" · ").pop().trim();
+    const conversation = await rest(offersUrl, "GET", `/v1/conversations/${id}`);
+    assert.equal(conversation.agent_id, agentName);
+    assert.ok(conversation.offered_at && conversation.offer_expires_at, `not an offer: ${JSON.stringify(conversation)}`);
+    return id;
+  };
+
+  try {
+    step = "the agent connects in the console";
+    await agent.goto("/agent");
+    await agent.locator("#agent-id").fill(agentName);
+    await agent.locator("#pools").fill("default");
+    await agent.getByRole("button", { name: "Connect", exact: true }).click();
+    await agent.locator('#conn[data-state="connected"]').waitFor();
+    await expectText(agent.locator("#agent-status"), "online");
+
+    step = "a visitor writes, and the console shows the offer with Accept and Decline";
+    const firstKey = await visitorWrites("visitor", "第一位 offer ✅");
+    const first = await offerShown(firstKey);
+    await agent.locator("#notices .notice").filter({ hasText: `Conversation offered: ${firstKey}` }).waitFor();
+
+    step = "Accept keeps the conversation and hides the buttons";
+    await agent.locator("#accept-offer").click();
+    await agent.locator("#accept-offer").waitFor({ state: "hidden" });
+    await agent.locator("#decline-offer").waitFor({ state: "hidden" });
+    const accepted = await until("the server reports the acceptance", async (saw) => {
+      const c = await rest(offersUrl, "GET", `/v1/conversations/${first}`);
+      saw(c);
+      return c.offered_at === null ? c : undefined;
+    });
+    assert.equal(accepted.status, "assigned");
+    assert.equal(accepted.agent_id, agentName);
+    assert.equal(accepted.offer_expires_at, null);
+    await agent.locator("#conversations .conv").filter({ hasText: firstKey }).waitFor();
+    await expectText(agent.locator("#conv-title .who"), firstKey);
+
+    step = "a second visitor writes, and the console shows that offer";
+    const secondKey = await visitorWrites("second visitor", "second offer ❌ 第二");
+    const second = await offerShown(secondKey);
+    assert.notEqual(second, first);
+    // Someone else to take a declined conversation (over REST: no console needed).
+    await rest(offersUrl, "PUT", `/v1/agents/${helperName}`, {
+      name: helperName, pools: ["default"], capacity: 1, status: "online",
+    });
+
+    step = "Decline sends the conversation back to the queue, away from this agent";
+    await agent.locator("#decline-offer").click();
+    await agent.locator("#conversations .conv").filter({ hasText: secondKey }).waitFor({ state: "detached" });
+    await agent.locator("#notices .notice").filter({ hasText: `Conversation with ${secondKey} left your queue: declined` }).waitFor();
+    const declined = await until("the declined conversation is queued or with another agent", async (saw) => {
+      const c = await rest(offersUrl, "GET", `/v1/conversations/${second}`);
+      saw(c);
+      const away = c.status === "queued" || (c.status === "assigned" && c.agent_id && c.agent_id !== agentName);
+      return away ? c : undefined;
+    });
+    assert.notEqual(declined.agent_id, agentName);
+    // The accepted conversation stays, no longer an offer.
+    assert.equal(await agent.locator("#conversations .conv").count(), 1, "only the accepted conversation");
+    await expectText(agent.locator("#conv-title .who"), firstKey);
+    assert.equal(await agent.locator("#accept-offer").isHidden(), true);
+    const held = await rest(offersUrl, "GET", `/v1/agents/${agentName}/conversations`);
+    assert.deepEqual(held.conversations.map((c) => c.id), [first]);
+
+    step = "no page threw an uncaught error";
+    assert.deepEqual(pageErrors, []);
+  } catch (error) {
+    await saveDiagnostics(tabs, step, error);
+    throw new Error(`step "${step}" failed: ${error.message}`, { cause: error });
+  } finally {
+    await browser.close();
+  }
+  t.diagnostic(`agent ${agentName} accepted and declined offers through ${offersUrl}`);
 });
 
 // Screenshots of the open tabs and every console message, in a new temp directory.

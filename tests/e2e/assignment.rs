@@ -6,6 +6,8 @@
 //! pool's queue overflows: what waits too long moves to another pool, or drops its skills.
 
 use serde_json::{Value, json};
+use switchyard_core::bus::topology::EVENTS_EXCHANGE;
+use switchyard_core::event::{CloudEvent, EventType};
 
 use crate::support::{Callback, SECRET, Server, Ws, api_message, eventually, signed_cloud_event};
 
@@ -246,6 +248,9 @@ async fn a_returning_customer_gets_their_last_agent_in_a_pool_that_prefers_it() 
     server.stop().await;
 }
 
+/// A pool with `offer_timeout_secs`: offers are accepted (over REST, which the agent's open
+/// console learns of too), declined over the agent WebSocket (to another agent), or left to
+/// expire (the agent is set away); each answer is announced on the event stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_offer_is_accepted_declined_to_another_agent_or_taken_back_when_it_expires() {
     let config = format!(
@@ -253,6 +258,17 @@ async fn an_offer_is_accepted_declined_to_another_agent_or_taken_back_when_it_ex
         CONFIG.replace("SECRET", SECRET)
     );
     let server = Server::start(&config).await;
+    // What a helpdesk sees of the answers on the event stream.
+    let queue = server
+        .app
+        .bus
+        .declare_subscriber(
+            EVENTS_EXCHANGE,
+            &["conversation.accepted", "conversation.transferred"],
+        )
+        .await
+        .unwrap();
+    let mut answers = server.app.bus.consume(&queue, 100).await.unwrap();
     agent_with(&server, "ann", &[]).await;
     let mut bob = Ws::connect(&format!("ws://{}/v1/agents/ws", server.addr)).await;
     bob.send(json!({"type": "hello", "agent_id": "bob", "pools": ["default"], "capacity": 2}))
@@ -295,8 +311,24 @@ async fn an_offer_is_accepted_declined_to_another_agent_or_taken_back_when_it_ex
     );
     let ann = server.held_by("ann", 2).await;
     assert!(ann.iter().any(|c| c["id"] == second), "{ann:?}");
+    // ann's console, open now, learns of her acceptance over REST: the conversation comes
+    // again as `assigned`, no longer an offer.
+    let mut ann_ws = Ws::connect(&format!("ws://{}/v1/agents/ws", server.addr)).await;
+    ann_ws
+        .send(json!({"type": "hello", "agent_id": "ann", "pools": ["default"], "capacity": 5}))
+        .await;
+    ann_ws.recv_type("welcome").await;
     let (status, body) = answer("accept", &second, "ann").await;
     assert_eq!(status, 200, "{body}");
+    loop {
+        // (An `assigned` of the offer itself may come first, from before the socket.)
+        let frame = ann_ws.recv_type("assigned").await;
+        if frame["conversation"]["id"] == second && frame["conversation"]["offered_at"].is_null() {
+            assert_eq!(frame["conversation"]["agent_id"], "ann");
+            assert_eq!(frame["conversation"]["offer_expires_at"], Value::Null);
+            break;
+        }
+    }
 
     // bob, idle longest now, is offered the third, lets it expire and is set away; it goes to
     // ann.
@@ -318,6 +350,71 @@ async fn an_offer_is_accepted_declined_to_another_agent_or_taken_back_when_it_ex
     for (outcome, n) in [("accepted", 3.0), ("declined", 1.0), ("expired", 1.0)] {
         let series = format!(r#"switchyard_offers_total{{outcome="{outcome}",pool="default"}}"#);
         assert_eq!(server.metric(&series).await, n, "{series}");
+    }
+
+    // Each answer is on the event stream: the acceptances as `conversation.accepted` (the
+    // conversation with ann, no longer an offer, under the id of the acceptance), the decline
+    // and the expiry as `conversation.transferred` with their reason.
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        let delivery = tokio::time::timeout(std::time::Duration::from_secs(10), answers.next())
+            .await
+            .expect("the answers' events within 10 s")
+            .expect("the event stream");
+        let event: CloudEvent = serde_json::from_slice(&delivery.message.body).unwrap();
+        delivery.ack().await.unwrap();
+        seen.push(event);
+    }
+    let summary: Vec<(String, Value, Value)> = seen
+        .iter()
+        .map(|e| {
+            let about = e.data["conversation"]["id"].clone();
+            let detail = match e.known_type() {
+                Some(EventType::ConversationAccepted) => e.data["conversation"]["agent_id"].clone(),
+                _ => e.data["reason"].clone(),
+            };
+            (e.event_type.clone(), about, detail)
+        })
+        .collect();
+    let (accepted, transferred) = (
+        "io.switchyard.conversation.accepted".to_owned(),
+        "io.switchyard.conversation.transferred".to_owned(),
+    );
+    assert_eq!(
+        summary,
+        [
+            (accepted.clone(), json!(first), json!("ann")),
+            (transferred.clone(), json!(second), json!("declined")),
+            (accepted.clone(), json!(second), json!("ann")),
+            (transferred, third.clone(), json!("offer_expired")),
+            (accepted, third, json!("ann")),
+        ]
+    );
+    for e in seen
+        .iter()
+        .filter(|e| e.known_type() == Some(EventType::ConversationAccepted))
+    {
+        let c = &e.data["conversation"];
+        assert_eq!(
+            (&c["status"], &c["offered_at"]),
+            (&json!("assigned"), &Value::Null)
+        );
+        assert_eq!(
+            e.subject.as_ref(),
+            c["id"].as_str().map(str::to_owned).as_ref()
+        );
+        // Derived from what happened: the conversation and the time of the acceptance.
+        let updated_at: chrono::DateTime<chrono::Utc> =
+            serde_json::from_value(c["updated_at"].clone()).unwrap();
+        assert_eq!(updated_at, e.time);
+        assert_eq!(
+            e.id,
+            CloudEvent::state_id(
+                EventType::ConversationAccepted,
+                &e.subject.clone().unwrap(),
+                e.time
+            )
+        );
     }
     server.stop().await;
 }

@@ -2,7 +2,10 @@
 //! the `default` pool, as `switchyard serve` runs with no configuration) serves the web chat and
 //! the agent console, and `tests/browser/chat.test.mjs` drives both in headless Chromium
 //! (Playwright): an agent connects, a visitor writes, the agent answers, the visitor reloads (and
-//! sees the conversation so far again) and comes back, the agent closes the conversation.
+//! sees the conversation so far again) and comes back, the agent closes the conversation. A
+//! second server, the same default with a `default` pool that makes offers
+//! (`offer_timeout_secs`), serves the script's second case: the console's Accept and Decline
+//! buttons.
 //!
 //! It needs Node.js, Chromium at /usr/bin/chromium (or `CHROMIUM_PATH`) and
 //! `npm ci --prefix tests/browser`; without them it skips loudly, and fails under `CI=true`.
@@ -12,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use switchyard_core::config::Settings;
+use switchyard_core::config::{EMBEDDED_DEFAULT, Settings};
 use switchyard_core::conformance::services::absent;
 use switchyard_router::{App, Role};
 
@@ -20,6 +23,10 @@ use crate::support::Server;
 
 /// How long the whole browser script may take.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long the offers server's agents have to accept: far longer than the script takes to
+/// click, so no offer expires under it.
+const OFFER_SECS: u64 = 120;
 
 /// `tests/browser/`: the script, its package.json and (after `npm ci`) its node_modules.
 fn browser_dir() -> PathBuf {
@@ -108,11 +115,17 @@ async fn the_web_chat_and_the_agent_console_work_in_a_browser() {
     settings.server.listen = "127.0.0.1:0".parse().unwrap();
     settings.validate().unwrap();
     let server = Server::of(App::start(settings, Role::All).await.unwrap());
+    // The same, with offers: what the console's Accept and Decline buttons answer.
+    let offers = Server::start(&format!(
+        "{EMBEDDED_DEFAULT}\n[[pools]]\nid = \"default\"\noffer_timeout_secs = {OFFER_SECS}\n"
+    ))
+    .await;
 
     let script = browser_dir().join("chat.test.mjs");
     let mut child = Command::new("node")
         .arg(&script)
         .arg(&server.base)
+        .arg(&offers.base)
         .current_dir(browser_dir())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -138,11 +151,13 @@ async fn the_web_chat_and_the_agent_console_work_in_a_browser() {
     let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
     // Shown by the test harness when the test fails (or with --nocapture).
     eprintln!(
-        "---- node {} {} ----\n{stdout}\n---- its stderr ----\n{stderr}",
+        "---- node {} {} {} ----\n{stdout}\n---- its stderr ----\n{stderr}",
         script.display(),
-        server.base
+        server.base,
+        offers.base
     );
     server.stop().await;
+    offers.stop().await;
 
     let status = status.unwrap_or_else(|| {
         panic!("the browser script did not finish within {SCRIPT_TIMEOUT:?} (output above)")

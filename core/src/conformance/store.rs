@@ -21,9 +21,9 @@ use crate::store::{
     ConversationStart, CustomerConversationsQuery, CustomerUpdate, ERASED_BY_RETENTION,
     ERASED_ON_REQUEST, Erasure, InboundOutcome, InboundRecord, InboundRouting,
     MAX_CUSTOMER_ATTRIBUTES, MAX_CUSTOMER_TAGS, MailboxPush, Merge, NO_PENDING_OFFER, Note,
-    NoteKind, OPEN_STATUSES, Placement, QuietSweep, Release, Resolution, ResolveRequest,
-    SenderResolution, Store, StoreError, TOO_MANY_ATTRIBUTES, TOO_MANY_TAGS, TransferTarget,
-    UNKNOWN_CURSOR, Withdrawal, route_inbound_stepwise,
+    NoteKind, OPEN_STATUSES, Placement, QueueTarget, QuietSweep, Release, Resolution,
+    ResolveRequest, SenderResolution, Store, StoreError, TOO_MANY_ATTRIBUTES, TOO_MANY_TAGS,
+    TransferTarget, UNKNOWN_CURSOR, Withdrawal, route_inbound_stepwise,
 };
 
 use IdentityStrength::{Strong, Weak};
@@ -1621,7 +1621,7 @@ pub async fn overflow_moves_only_what_still_waits(factory: &impl MakeStore, pref
     let what = "overflow_moves_only_what_still_waits";
     let store = factory.make().await;
     let (tier1, tier2) = (format!("{prefix}tier1"), format!("{prefix}tier2"));
-    let to_tier2 = TransferTarget::Pool {
+    let to_tier2 = QueueTarget {
         pool: tier2.clone(),
         skills: None,
         priority: Some(4),
@@ -1679,8 +1679,8 @@ pub async fn overflow_moves_only_what_still_waits(factory: &impl MakeStore, pref
         .collect();
     assert_eq!(
         noted,
-        vec![(NoteKind::TransferredToPool, at(6))],
-        "{what}: noted as a transfer to the pool"
+        vec![(NoteKind::Overflowed, at(6))],
+        "{what}: noted as an overflow"
     );
     // A second router with the same cutoff: refused, nothing changes.
     changed(
@@ -1692,7 +1692,7 @@ pub async fn overflow_moves_only_what_still_waits(factory: &impl MakeStore, pref
 
     // Relaxing in place: the same pool, no skills; its wait restarts, so the same cutoff
     // cannot relax it twice, and an agent without skills takes it.
-    let relax = TransferTarget::Pool {
+    let relax = QueueTarget {
         pool: tier2.clone(),
         skills: Some(Skills::NONE),
         priority: None,
@@ -1752,6 +1752,9 @@ pub async fn overflow_moves_only_what_still_waits(factory: &impl MakeStore, pref
 /// agent may, once. Declined, it goes back to the front of the queue and to another agent, or to
 /// the same one when nobody else can take it; expired (the same offer only), likewise, and its
 /// agent is set away. A close ends the offer; a transfer to a pool sets the pool's offer time.
+/// Each answer is noted in the same step, naming the agent ([`NoteKind::Accepted`],
+/// [`NoteKind::Declined`], [`NoteKind::OfferExpired`]), so that it is announced even if its
+/// command stops before announcing it.
 pub async fn offers_are_accepted_declined_or_expire(factory: &impl MakeStore, prefix: &str) {
     let what = "offers_are_accepted_declined_or_expire";
     let store = factory.make().await;
@@ -1776,6 +1779,26 @@ pub async fn offers_are_accepted_declined_or_expire(factory: &impl MakeStore, pr
             "{what}: {step}: {e}"
         ),
         Ok(c) => panic!("{what}: {step}: accepted {c:?}"),
+    };
+    // The notes of the answers ([`Store::unannounced`]): about `subjects` (only this case's:
+    // `run_all` shares one store between cases), in the order the outbox announces them.
+    let noted = |subjects: Vec<String>| {
+        let store = Arc::clone(&store);
+        async move {
+            let mut notes: Vec<Note> = store
+                .unannounced(at(1000))
+                .await
+                .unwrap_or_else(|e| panic!("{what}: unannounced: {e}"))
+                .into_iter()
+                .filter(|n| subjects.contains(&n.subject))
+                .collect();
+            notes.sort_by_key(|n| (n.at, n.kind));
+            notes
+        }
+    };
+    let answer = |kind, subject: &str, t: i64, agent: &str| Note {
+        from_agent: Some(agent.to_owned()),
+        ..Note::new(kind, subject, at(t))
     };
 
     // Offered to a, the longest idle; only a accepts it, once.
@@ -1819,6 +1842,12 @@ pub async fn offers_are_accepted_declined_or_expire(factory: &impl MakeStore, pr
         "{what}: none pending"
     );
     refused(store.accept_offer(&c1, &a, at(6)).await, "accepted twice");
+    // The acceptance is noted (naming the agent), in the same step; refused answers are not.
+    assert_eq!(
+        noted(vec![c1.clone()]).await,
+        vec![answer(NoteKind::Accepted, &c1, 5, &a)],
+        "{what}: the acceptance's note"
+    );
 
     // Declined by b: back to the front of the queue, and to a next.
     let c2 = open_placed(&store, prefix, "c2", &offered, at(7)).await;
@@ -1855,6 +1884,11 @@ pub async fn offers_are_accepted_declined_or_expire(factory: &impl MakeStore, pr
         back.released_agent.map(|r| (r.id, r.conversations.len())),
         Some((b.clone(), 0)),
         "{what}: b let go"
+    );
+    assert_eq!(
+        noted(vec![c2.clone()]).await,
+        vec![answer(NoteKind::Declined, &c2, 10, &b)],
+        "{what}: the decline's note"
     );
     let c4 = open_placed(
         &store,
@@ -1902,6 +1936,17 @@ pub async fn offers_are_accepted_declined_or_expire(factory: &impl MakeStore, pr
         "{what}: the agent that let it expire is away"
     );
     assert_eq!(get_agent(&store, &a).await.status, AgentStatus::Away);
+    // Noted as expired (not declined), with the agent set away; the stale attempt noted nothing.
+    let agent_away = Note::new(NoteKind::AgentUpdated, &a, at(44));
+    assert_eq!(
+        noted(vec![c2.clone(), a.clone()])
+            .await
+            .into_iter()
+            .filter(|n| n.at > at(13))
+            .collect::<Vec<_>>(),
+        vec![answer(NoteKind::OfferExpired, &c2, 44, &a), agent_away],
+        "{what}: the expiry's notes"
+    );
     let got = assign(&store, &pool, at(45)).await;
     assert_eq!(pairs(&got), vec![(c2.clone(), b.clone())], "{what}: to b");
 

@@ -13,10 +13,10 @@ use super::{
     AGENT_AT_CAPACITY, AgentUpdate, Assignment, CONVERSATION_CHANGED, CONVERSATION_OPEN,
     ConversationStart, CustomerConversationsQuery, CustomerUpdate, ERASED_BY_RETENTION, Erasure,
     IDLE_CLOSE_REASON, InboundOutcome, InboundRecord, InboundRouting, MailboxHead, MailboxItem,
-    MailboxPush, Merge, NO_PENDING_OFFER, Note, NoteKind, OutboundRecord, Placement, QuietSweep,
-    Release, Resolution, ResolveRequest, SenderResolution, Store, StoreError, TransferTarget,
-    UNKNOWN_CURSOR, Withdrawal, decode_others_assigned, encode_others_assigned, offer_deadline,
-    others_assigned_key, replay_others_assigned, status_listed,
+    MailboxPush, Merge, NO_PENDING_OFFER, Note, NoteKind, OutboundRecord, Placement, QueueTarget,
+    QuietSweep, Release, Resolution, ResolveRequest, SenderResolution, Store, StoreError,
+    TransferTarget, UNKNOWN_CURSOR, Withdrawal, decode_others_assigned, encode_others_assigned,
+    offer_deadline, others_assigned_key, replay_others_assigned, status_listed,
 };
 use crate::envelope::{Envelope, new_id};
 use crate::identity::{IdentityKey, IdentityStrength};
@@ -214,11 +214,12 @@ impl State {
         self.notes.insert(note.key(), note);
     }
 
-    /// [`Store::transfer`].
+    /// [`Store::transfer`], noted as `noted` when given (else as a transfer to the target).
     fn transfer(
         &mut self,
         id: &str,
         target: TransferTarget,
+        noted: Option<NoteKind>,
         now: DateTime<Utc>,
     ) -> Result<Release, StoreError> {
         let status = self
@@ -254,14 +255,11 @@ impl State {
             }
         }
         let released_agent = self.detach(id);
-        let mut note = Note::new(
-            match target {
-                TransferTarget::Pool { .. } => NoteKind::TransferredToPool,
-                TransferTarget::Agent(_) => NoteKind::TransferredToAgent,
-            },
-            id,
-            now,
-        );
+        let kind = noted.unwrap_or(match target {
+            TransferTarget::Pool { .. } => NoteKind::TransferredToPool,
+            TransferTarget::Agent(_) => NoteKind::TransferredToAgent,
+        });
+        let mut note = Note::new(kind, id, now);
         note.from_agent = released_agent.as_ref().map(|a| a.id.clone());
         self.note(note);
         match target {
@@ -1791,7 +1789,7 @@ impl Store for EmbeddedStore {
         target: TransferTarget,
         now: DateTime<Utc>,
     ) -> Result<Release, StoreError> {
-        self.lock().transfer(id, target, now)
+        self.lock().transfer(id, target, None, now)
     }
 
     async fn overflow(
@@ -1799,7 +1797,7 @@ impl Store for EmbeddedStore {
         id: &str,
         pool: &str,
         queued_before: DateTime<Utc>,
-        target: TransferTarget,
+        target: QueueTarget,
         now: DateTime<Utc>,
     ) -> Result<Release, StoreError> {
         let mut s = self.lock();
@@ -1818,7 +1816,7 @@ impl Store for EmbeddedStore {
                 ),
             });
         }
-        s.transfer(id, target, now)
+        s.transfer(id, target.into(), Some(NoteKind::Overflowed), now)
     }
 
     async fn accept_offer(
@@ -1830,6 +1828,9 @@ impl Store for EmbeddedStore {
         let mut s = self.lock();
         s.offered_to(id, agent_id)?.updated_at = now;
         s.clear_offer(id);
+        let mut note = Note::new(NoteKind::Accepted, id, now);
+        note.from_agent = Some(agent_id.to_owned());
+        s.note(note);
         s.conversations
             .get(id)
             .cloned()
@@ -1861,7 +1862,7 @@ impl Store for EmbeddedStore {
         let (pool, key) = (c.pool.clone(), QueueKey::of(c));
         s.queues.push_front(&pool, &key, id.to_owned());
         s.declined_by.insert(id.to_owned(), agent_id.to_owned());
-        let mut note = Note::new(NoteKind::TransferredToPool, id, now);
+        let mut note = Note::new(why.note_kind(), id, now);
         note.from_agent = Some(agent_id.to_owned());
         s.note(note);
         if matches!(why, Withdrawal::Expired { .. }) {

@@ -445,6 +445,30 @@ impl TransferTarget {
     }
 }
 
+/// Where a queue overflow moves a conversation ([`Store::overflow`]): a pool's queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueTarget {
+    /// The pool.
+    pub pool: String,
+    /// The skills it asks of its next agent from now on; `None` keeps those it asked.
+    pub skills: Option<Skills>,
+    /// Its priority in that queue from now on; `None` keeps the one it had.
+    pub priority: Option<u8>,
+    /// Seconds the agents of that pool have to accept it ([`Placement::offer_secs`]).
+    pub offer_secs: u64,
+}
+
+impl From<QueueTarget> for TransferTarget {
+    fn from(t: QueueTarget) -> Self {
+        TransferTarget::Pool {
+            pool: t.pool,
+            skills: t.skills,
+            priority: t.priority,
+            offer_secs: t.offer_secs,
+        }
+    }
+}
+
 /// Why an offer is taken back ([`Store::withdraw_offer`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Withdrawal {
@@ -457,6 +481,36 @@ pub enum Withdrawal {
         offered_at: DateTime<Utc>,
     },
 }
+
+/// The `reason` of the `conversation.transferred` (and of the agent's `unassigned` frame) of an
+/// offer the agent declined.
+pub const OFFER_DECLINED: &str = "declined";
+/// The `reason` of the `conversation.transferred` (and of the agent's `unassigned` frame) of an
+/// offer nobody accepted in time.
+pub const OFFER_EXPIRED: &str = "offer_expired";
+
+impl Withdrawal {
+    /// The `reason` of the `conversation.transferred` that announces it: [`OFFER_DECLINED`] or
+    /// [`OFFER_EXPIRED`].
+    pub fn reason(self) -> &'static str {
+        match self {
+            Withdrawal::Declined => OFFER_DECLINED,
+            Withdrawal::Expired { .. } => OFFER_EXPIRED,
+        }
+    }
+
+    /// The kind of the note it leaves ([`NoteKind::Declined`] or [`NoteKind::OfferExpired`]).
+    pub fn note_kind(self) -> NoteKind {
+        match self {
+            Withdrawal::Declined => NoteKind::Declined,
+            Withdrawal::Expired { .. } => NoteKind::OfferExpired,
+        }
+    }
+}
+
+/// The `reason` of the `conversation.transferred` of a conversation that waited its pool's
+/// `[pools.overflow] after_secs` in the queue and moved on ([`Store::overflow`]).
+pub const OVERFLOW: &str = "overflow";
 
 /// Conflict code of an offer that cannot be accepted or taken back: the conversation is not
 /// offered to that agent now.
@@ -490,6 +544,9 @@ pub enum NoteKind {
     Merged,
     /// A conversation was assigned: `conversation.assigned`.
     Assigned,
+    /// An agent accepted the offer of a conversation ([`Store::accept_offer`]; the note names the
+    /// agent): `conversation.accepted`, if the conversation is still with that agent, accepted.
+    Accepted,
     /// A conversation was closed: `conversation.closed`.
     Closed,
     /// A conversation was transferred to a pool: `conversation.transferred`, then
@@ -498,6 +555,17 @@ pub enum NoteKind {
     /// A conversation was transferred straight to an agent: `conversation.transferred`, then
     /// `conversation.assigned`.
     TransferredToAgent,
+    /// An agent declined the offer of a conversation, which went back to its pool's queue
+    /// ([`Store::withdraw_offer`] with [`Withdrawal::Declined`]; the note names the agent):
+    /// `conversation.transferred` with the reason `declined`, then `conversation.queued`.
+    Declined,
+    /// The offer of a conversation expired, and it went back to its pool's queue
+    /// ([`Store::withdraw_offer`] with [`Withdrawal::Expired`]; the note names the agent):
+    /// `conversation.transferred` with the reason `offer_expired`, then `conversation.queued`.
+    OfferExpired,
+    /// A conversation that waited too long in its pool's queue moved on ([`Store::overflow`]):
+    /// `conversation.transferred` with the reason `overflow`, then `conversation.queued`.
+    Overflowed,
     /// An agent was created or changed: `agent.updated`.
     AgentUpdated,
     /// A customer was erased: `customer.erased`, rendered from the note's [`Erasure`] (the
@@ -513,11 +581,15 @@ pub enum NoteKind {
 
 impl NoteKind {
     /// Every kind.
-    pub const ALL: [NoteKind; 9] = [
+    pub const ALL: [NoteKind; 13] = [
         NoteKind::Assigned,
+        NoteKind::Accepted,
         NoteKind::Closed,
         NoteKind::TransferredToPool,
         NoteKind::TransferredToAgent,
+        NoteKind::Declined,
+        NoteKind::OfferExpired,
+        NoteKind::Overflowed,
         NoteKind::AgentUpdated,
         NoteKind::Merged,
         NoteKind::Erased,
@@ -532,6 +604,10 @@ impl NoteKind {
             NoteKind::Closed => "closed",
             NoteKind::TransferredToPool => "transferred_to_pool",
             NoteKind::TransferredToAgent => "transferred_to_agent",
+            NoteKind::Accepted => "accepted",
+            NoteKind::Declined => "declined",
+            NoteKind::OfferExpired => "offer_expired",
+            NoteKind::Overflowed => "overflowed",
             NoteKind::AgentUpdated => "agent_updated",
             NoteKind::Merged => "merged",
             NoteKind::Erased => "erased",
@@ -553,7 +629,7 @@ impl NoteKind {
 /// ([`Store::assign_queued_noted`], [`Store::close_conversation`], [`Store::transfer`],
 /// [`Store::upsert_agent`], [`Store::expire_lapsed_agents`],
 /// [`Store::resolve_customer_noted`], [`Store::erase_customer`], [`Store::update_customer`],
-/// [`Store::start_conversation`]),
+/// [`Store::start_conversation`], [`Store::accept_offer`], [`Store::withdraw_offer`]),
 /// and the command clears it
 /// ([`Store::clear_notes`]) once its events are published or kept in the outbox. If the command
 /// stops, or loses the store's reply, before that, the note stays: the outbox's republisher
@@ -568,7 +644,9 @@ pub struct Note {
     pub subject: String,
     /// When: the `now` of the change.
     pub at: DateTime<Utc>,
-    /// The agent a close or a transfer took the conversation from.
+    /// The agent a close or a transfer took the conversation from; for an offer's answer
+    /// ([`NoteKind::Accepted`], [`NoteKind::Declined`], [`NoteKind::OfferExpired`]), the agent it
+    /// was offered to.
     pub from_agent: Option<String>,
     /// The keys whose sharing caused a merge.
     pub via: Vec<IdentityKey>,
@@ -619,8 +697,8 @@ impl Note {
     }
 
     /// The note a key was made from, with the detail the store keeps beside the key (the agent a
-    /// close or transfer left, a merge's keys as a JSON array of strings, an erasure as the JSON
-    /// of [`Erasure`]); `None` when the key or the detail is not one.
+    /// close or transfer left or an offer was made to, a merge's keys as a JSON array of strings,
+    /// an erasure as the JSON of [`Erasure`]); `None` when the key or the detail is not one.
     pub fn from_key(key: &str, detail: Option<String>) -> Option<Note> {
         let (at, rest) = key.split_once('|')?;
         let (kind, subject) = rest.split_once('|')?;
@@ -1212,22 +1290,25 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<Release, StoreError>;
 
-    /// Moves conversation `id` on as [`Store::transfer`] does, in one step with the check that it
-    /// still waits in `pool`'s queue since before `queued_before` (status queued, that pool, an
-    /// older `queued_at`); otherwise the conflict [`CONVERSATION_CHANGED`], and nothing changes.
-    /// A queue overflow: of several routers that see it wait too long, one moves it, and a move
-    /// back into the same pool (new skills or priority) restarts its wait, so it is made once.
+    /// Moves conversation `id` on to `target`'s queue as [`Store::transfer`] does, in one step
+    /// with the check that it still waits in `pool`'s queue since before `queued_before` (status
+    /// queued, that pool, an older `queued_at`); otherwise the conflict
+    /// [`CONVERSATION_CHANGED`], and nothing changes. A queue overflow: of several routers that
+    /// see it wait too long, one moves it, and a move back into the same pool (new skills or
+    /// priority) restarts its wait, so it is made once. Notes it ([`NoteKind::Overflowed`] at
+    /// `now`).
     async fn overflow(
         &self,
         id: &str,
         pool: &str,
         queued_before: DateTime<Utc>,
-        target: TransferTarget,
+        target: QueueTarget,
         now: DateTime<Utc>,
     ) -> Result<Release, StoreError>;
 
     /// Accepts the offer of conversation `id` to `agent_id` ([`Placement::offer_secs`]): it stays
-    /// with the agent for good (its `offered_at` and `offer_expires_at` are cleared). Conflict
+    /// with the agent for good (its `offered_at` and `offer_expires_at` are cleared), and notes it
+    /// ([`NoteKind::Accepted`] at `now`, naming the agent). Conflict
     /// [`NO_PENDING_OFFER`] when it is not offered to that agent now (never offered, accepted,
     /// expired, taken back, closed).
     async fn accept_offer(
@@ -1241,8 +1322,9 @@ pub trait Store: Send + Sync + 'static {
     /// of its pool's queue (keeping its `queued_at`), and the next assignment gives it to
     /// another agent when one can take it. `why` says whether the agent declined it or let the
     /// offer expire; an expired offer also sets the agent `away`, so that it stops being offered
-    /// conversations it does not answer. Notes a transfer to the pool from the agent (and, when
-    /// expired, the agent's update). Conflict [`NO_PENDING_OFFER`] as for accepting.
+    /// conversations it does not answer. Notes it ([`Withdrawal::note_kind`]:
+    /// [`NoteKind::Declined`] or [`NoteKind::OfferExpired`] at `now`, naming the agent) and, when
+    /// expired, the agent's update. Conflict [`NO_PENDING_OFFER`] as for accepting.
     async fn withdraw_offer(
         &self,
         id: &str,

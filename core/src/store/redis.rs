@@ -60,9 +60,9 @@ use super::{
     ConversationStart, CustomerConversationsQuery, CustomerUpdate, ERASED_BY_RETENTION, Erasure,
     IDLE_CLOSE_REASON, InboundOutcome, InboundRecord, InboundRouting, MAX_CUSTOMER_ATTRIBUTES,
     MAX_CUSTOMER_TAGS, MailboxHead, MailboxItem, MailboxPush, Merge, NO_PENDING_OFFER, Note,
-    OutboundRecord, Placement, QuietSweep, Release, Resolution, ResolveRequest, SenderResolution,
-    Store, StoreError, TOO_MANY_ATTRIBUTES, TOO_MANY_TAGS, TransferTarget, UNKNOWN_CURSOR,
-    Withdrawal, offer_deadline,
+    OutboundRecord, Placement, QueueTarget, QuietSweep, Release, Resolution, ResolveRequest,
+    SenderResolution, Store, StoreError, TOO_MANY_ATTRIBUTES, TOO_MANY_TAGS, TransferTarget,
+    UNKNOWN_CURSOR, Withdrawal, offer_deadline,
 };
 use crate::envelope::{ChannelRef, Envelope, Sender, new_id};
 use crate::identity::{IdentityKey, IdentityStrength};
@@ -1488,10 +1488,10 @@ impl Store for RedisStore {
         id: &str,
         pool: &str,
         queued_before: DateTime<Utc>,
-        target: TransferTarget,
+        target: QueueTarget,
         now: DateTime<Utc>,
     ) -> Result<Release, StoreError> {
-        self.transfer_if(id, target, Some((pool, queued_before)), now)
+        self.transfer_if(id, target.into(), Some((pool, queued_before)), now)
             .await
     }
 

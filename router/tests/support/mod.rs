@@ -27,7 +27,7 @@ use switchyard_router::routes::RoutingTable;
 /// `failing_publishes` single publishes, fail as if the broker were gone, and the next
 /// `hanging_publishes` single publishes and `hanging` event batches never finish (as if the
 /// process stopped during them); `hung` keeps the (routing key, message id) of each hanging
-/// event batch's messages.
+/// event batch's messages, and `hung_events` their bodies (the CloudEvents, as JSON).
 pub struct FlakyBus {
     pub inner: EmbeddedBus,
     pub failing: AtomicUsize,
@@ -35,6 +35,7 @@ pub struct FlakyBus {
     pub hanging_publishes: AtomicUsize,
     pub hanging: AtomicUsize,
     pub hung: std::sync::Mutex<Vec<Vec<(String, String)>>>,
+    pub hung_events: std::sync::Mutex<Vec<Vec<serde_json::Value>>>,
     /// Set to make every consumer report, once, that its subscription was resumed (as after a
     /// dropped connection).
     pub resumed: Arc<AtomicBool>,
@@ -101,6 +102,11 @@ impl Bus for FlakyBus {
                 .map(|(key, m)| (key.clone(), m.message_id.clone()))
                 .collect();
             self.hung.lock().expect("hung").push(batch);
+            let events = messages
+                .iter()
+                .map(|(_, m)| serde_json::from_slice(&m.body).expect("event json"))
+                .collect();
+            self.hung_events.lock().expect("hung").push(events);
             std::future::pending::<()>().await;
         }
         self.inner.publish_events(exchange, messages).await
@@ -167,6 +173,7 @@ pub async fn setup_on(store: Arc<dyn Store>) -> Setup {
         hanging_publishes: AtomicUsize::new(0),
         hanging: AtomicUsize::new(0),
         hung: std::sync::Mutex::new(Vec::new()),
+        hung_events: std::sync::Mutex::new(Vec::new()),
         resumed: Arc::new(AtomicBool::new(false)),
     });
     bus.declare(&Topology::standard(

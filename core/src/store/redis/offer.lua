@@ -1,6 +1,8 @@
 -- accept_offer / withdraw_offer. ARGV: prefix, `accept` | `withdraw`, conversation id, agent id,
 -- now, and for `withdraw`: `declined` | `expired`, then for `expired` the `offered_at` of the
 -- offer that expired (the conversation is taken back only if it is still that offer).
+-- Notes the answer (`accepted`, `declined` or `offer_expired`, naming the agent; see `note` in
+-- prelude.lua), and for an expired offer that sets its agent away, the agent's update.
 -- Reply: {'ok', conversation} (accept) | {'ok', conversation, released agent} (withdraw) | error.
 
 local op, id, agent, now = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
@@ -19,6 +21,7 @@ end
 if op == 'accept' then
   clear_offer(id)
   redis.call('HSET', ck, 'updated_at', now)
+  note('accepted', now, id, agent)
   return { 'ok', conv_reply(id) }
 end
 
@@ -27,7 +30,7 @@ detach(id)
 redis.call('HSET', ck, 'status', 'queued', 'updated_at', now, 'declined_by', agent)
 redis.call('HDEL', ck, 'agent_id')
 enqueue(id, c[4], queue_sig(c[5], c[6] or nil), true)
-note('transferred_to_pool', now, id, agent)
+note(ARGV[6] == 'expired' and 'offer_expired' or 'declined', now, id, agent)
 if ARGV[6] == 'expired' then
   -- An agent that lets an offer expire stops being offered conversations.
   local status = unindex_agent(agent)[1]

@@ -4,7 +4,7 @@
 -- pool's agents have to accept it (0: assignments are final); for an agent, three placeholders.
 -- Then optionally a pool and a time (overflow): the transfer is made only if the conversation is
 -- queued in that pool since before that time (`queued_at` older), else the conflict
--- `conversation_changed`.
+-- `conversation_changed`, and the transfer is noted as `overflowed`.
 -- Reply: {'ok', conversation, released agent or nil} | error. Notes the transfer.
 
 local id, now, kind, target = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
@@ -40,7 +40,11 @@ if kind == 'agent' then
 end
 
 local released = detach(id)
-note(kind == 'pool' and 'transferred_to_pool' or 'transferred_to_agent', now, id, released)
+local noted = kind == 'pool' and 'transferred_to_pool' or 'transferred_to_agent'
+if ARGV[9] then
+  noted = 'overflowed'
+end
+note(noted, now, id, released)
 if kind == 'pool' then
   if ARGV[6] == '' then
     redis.call('HDEL', ck, 'skills')
