@@ -301,54 +301,15 @@ impl App {
                     .context("queue depth sampler")
             });
         }
-        let bot_timeouts = BotTimeout::of(&settings);
-        if role.router() && !bot_timeouts.is_empty() {
-            let every = sweep_interval(bot_timeouts.iter().map(|t| t.after));
-            let (store, ops, metrics, stop) = (
-                Arc::clone(&store),
-                ops.clone(),
-                metrics.clone(),
-                shutdown.clone(),
-            );
-            tasks.spawn(async move {
-                hand_off_silent_bots(store, ops, metrics, bot_timeouts, every, stop).await;
-                Ok(())
-            });
-        }
-        if role.router() && ops.makes_offers() {
-            let (ops, stop) = (ops.clone(), shutdown.clone());
-            tasks.spawn(async move {
-                take_back_expired_offers(ops, OFFER_SWEEP, stop).await;
-                Ok(())
-            });
-        }
-        let idle_closes = IdleClose::of(&settings);
-        if role.router() && !idle_closes.is_empty() {
-            let every = sweep_interval(idle_closes.iter().map(|t| t.after));
-            let (store, ops, metrics, stop) = (
-                Arc::clone(&store),
-                ops.clone(),
-                metrics.clone(),
-                shutdown.clone(),
-            );
-            tasks.spawn(async move {
-                close_idle_conversations(store, ops, metrics, idle_closes, every, stop).await;
-                Ok(())
-            });
-        }
-        let overflows = QueueOverflow::of(&settings);
-        if role.router() && !overflows.is_empty() {
-            let every = sweep_interval(overflows.iter().map(|o| o.after));
-            let (store, ops, metrics, stop) = (
-                Arc::clone(&store),
-                ops.clone(),
-                metrics.clone(),
-                shutdown.clone(),
-            );
-            tasks.spawn(async move {
-                overflow_queues(store, ops, metrics, overflows, every, stop).await;
-                Ok(())
-            });
+        if role.router() {
+            let timers = Timers {
+                tasks: &mut tasks,
+                store: &store,
+                ops: &ops,
+                metrics: &metrics,
+                stop: &shutdown,
+            };
+            timers.spawn_all(&settings);
         }
         if role.router() && settings.store.retention_days > 0 {
             let keep = Duration::from_secs(u64::from(settings.store.retention_days) * 24 * 3600);
@@ -596,5 +557,69 @@ impl App {
     pub async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
         self.run().await
+    }
+}
+
+/// The router's periodic sweeps of pools (bot timeouts, offer expiry, idle closes, queue
+/// overflows), each spawned only when some pool needs it.
+struct Timers<'a> {
+    tasks: &'a mut JoinSet<anyhow::Result<()>>,
+    store: &'a Arc<dyn Store>,
+    ops: &'a Operations,
+    metrics: &'a Metrics,
+    stop: &'a CancellationToken,
+}
+
+impl Timers<'_> {
+    fn spawn_all(mut self, settings: &Settings) {
+        self.spawn(BotTimeout::of(settings), |t| t.after, hand_off_silent_bots);
+        if self.ops.makes_offers() {
+            let (ops, stop) = (self.ops.clone(), self.stop.clone());
+            self.tasks.spawn(async move {
+                take_back_expired_offers(ops, OFFER_SWEEP, stop).await;
+                Ok(())
+            });
+        }
+        self.spawn(
+            IdleClose::of(settings),
+            |t| t.after,
+            close_idle_conversations,
+        );
+        self.spawn(QueueOverflow::of(settings), |t| t.after, overflow_queues);
+    }
+
+    /// Spawns `sweep` over `timers`, every quarter of the shortest of their times (see
+    /// [`sweep_interval`]); nothing when there are none.
+    fn spawn<T, Fut>(
+        &mut self,
+        timers: Vec<T>,
+        after: impl Fn(&T) -> Duration,
+        sweep: impl FnOnce(
+            Arc<dyn Store>,
+            Operations,
+            Metrics,
+            Vec<T>,
+            Duration,
+            CancellationToken,
+        ) -> Fut,
+    ) where
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        if timers.is_empty() {
+            return;
+        }
+        let every = sweep_interval(timers.iter().map(after));
+        let sweeping = sweep(
+            Arc::clone(self.store),
+            self.ops.clone(),
+            self.metrics.clone(),
+            timers,
+            every,
+            self.stop.clone(),
+        );
+        self.tasks.spawn(async move {
+            sweeping.await;
+            Ok(())
+        });
     }
 }

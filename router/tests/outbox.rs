@@ -59,6 +59,18 @@ fn hung(s: &Setup) -> Vec<Vec<(String, String)>> {
     s.bus.hung.lock().expect("hung").clone()
 }
 
+/// The events of every batch whose publish hung, in order: what the commands built.
+fn hung_events(s: &Setup) -> Vec<switchyard_core::event::CloudEvent> {
+    s.bus
+        .hung_events
+        .lock()
+        .expect("hung events")
+        .iter()
+        .flatten()
+        .map(|e| serde_json::from_value(e.clone()).expect("a hung event"))
+        .collect()
+}
+
 fn outbox_count(s: &Setup, outcome: &str) -> u64 {
     s.metrics.outbox.with_label_values(&[outcome]).get()
 }
@@ -822,15 +834,7 @@ async fn answers_to_offers_whose_command_stops_are_announced_as_their_command_wo
     let later = outbox.with_staged_grace(Duration::ZERO);
     assert_eq!(later.republish().await.expect("republish"), 4);
     let announced = drain_events(&mut s.events).await;
-    let want: Vec<switchyard_core::event::CloudEvent> = s
-        .bus
-        .hung_events
-        .lock()
-        .unwrap()
-        .iter()
-        .flatten()
-        .map(|e| serde_json::from_value(e.clone()).expect("a hung event"))
-        .collect();
+    let want = hung_events(&s);
     let mut got: Vec<switchyard_core::event::CloudEvent> =
         announced.iter().map(|(_, e)| e.clone()).collect();
     assert_eq!(got.len(), want.len(), "{got:?}");
@@ -897,15 +901,7 @@ async fn an_overflow_whose_command_stops_is_announced_with_its_reason_after_the_
     let later = outbox.with_staged_grace(Duration::ZERO);
     assert_eq!(later.republish().await.expect("republish"), 1);
     let announced = drain_events(&mut s.events).await;
-    let want: Vec<switchyard_core::event::CloudEvent> = s
-        .bus
-        .hung_events
-        .lock()
-        .unwrap()
-        .iter()
-        .flatten()
-        .map(|e| serde_json::from_value(e.clone()).expect("a hung event"))
-        .collect();
+    let want = hung_events(&s);
     let got: Vec<switchyard_core::event::CloudEvent> =
         announced.iter().map(|(_, e)| e.clone()).collect();
     assert_eq!(got, want, "announced vs. the command's own events");
