@@ -1382,6 +1382,54 @@ mod differential {
     }
 }
 
+/// During a rolling upgrade, a newer version may note a change with a kind this version does
+/// not know: listing skips that note (left for a process that can announce it) and still lists
+/// the others.
+#[tokio::test]
+async fn notes_of_a_newer_version_are_left_without_holding_back_the_others() {
+    use switchyard_core::store::{Note, NoteKind};
+    let Some(t) = TestRedisPrefix::new().await else {
+        return;
+    };
+    let s = t.store().await;
+    s.upsert_agent(
+        AgentUpdate {
+            id: "a".to_owned(),
+            status: Some(AgentStatus::Online),
+            ..AgentUpdate::default()
+        },
+        at(5),
+    )
+    .await
+    .unwrap();
+    let mut con = t.raw_connection().unwrap();
+    let future = format!(
+        "{}|reassigned_by_magic|c-1",
+        at(1).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+    );
+    let _: i64 = redis::cmd("ZADD")
+        .arg(format!("{}:unannounced:notes", t.prefix))
+        .arg(0)
+        .arg(&future)
+        .query(&mut con)
+        .unwrap();
+    let agent_update = Note::new(NoteKind::AgentUpdated, "a", at(5));
+    let listed = s.unannounced(at(10)).await.unwrap();
+    assert_eq!(listed, [agent_update]);
+    s.clear_notes(&listed).await.unwrap();
+    let left: Vec<String> = redis::cmd("ZRANGE")
+        .arg(format!("{}:unannounced:notes", t.prefix))
+        .arg(0)
+        .arg(-1)
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(
+        left,
+        [future],
+        "the unknown note is left for a newer version"
+    );
+}
+
 /// During a rolling upgrade, processes of the previous version still note their commands'
 /// assignments in `P:unannounced:assigned` (conversation id by assignment time, Unix ms). Listing
 /// the notes takes over those made at or before its time as `assigned` notes (at the

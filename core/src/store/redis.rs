@@ -1107,10 +1107,15 @@ impl Store for RedisStore {
                     .next()
                     .ok_or_else(|| bad("a note without its detail"))?,
             )?;
-            notes.push(
-                Note::from_key(&key, detail)
-                    .ok_or_else(|| bad(format_args!("a note `{key}` with its detail")))?,
-            );
+            match Note::from_key(&key, detail) {
+                Some(note) => notes.push(note),
+                // A kind a newer version notes (during a rolling upgrade): left for a process
+                // that can announce it, without holding back the notes this one can.
+                None => tracing::warn!(
+                    note = %key,
+                    "a change noted in a form this version cannot read; left for a newer version"
+                ),
+            }
         }
         Ok(notes)
     }
