@@ -2,8 +2,8 @@
 //! low-cardinality labels (channel, outcome, pool) and never customer or message ids.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Outcome label of `switchyard_inbound_messages_total`.
@@ -82,8 +82,11 @@ pub struct Metrics {
     pub ingress_publish: HistogramVec,
     /// Rejected REST/agent requests by error code.
     pub api_errors: IntCounterVec,
-    /// Conversations waiting per pool (sampled when the queue changes).
+    /// Conversations waiting per pool (sampled every few seconds).
     pub queue_depth: IntGaugeVec,
+    /// Seconds the conversation waiting longest at the front of a pool's queues has waited
+    /// (sampled with the depth; 0 when nothing waits).
+    pub queue_oldest_wait: GaugeVec,
     /// Whether each pool with business hours is open (1) or closed (0), set when `/metrics` is
     /// scraped.
     pub pool_open: IntGaugeVec,
@@ -234,6 +237,13 @@ impl Metrics {
             ),
             &["pool"],
         )?;
+        let queue_oldest_wait = GaugeVec::new(
+            Opts::new(
+                "pool_queue_oldest_wait_seconds",
+                "Seconds the conversation waiting longest at the front of a pool's queues has waited",
+            ),
+            &["pool"],
+        )?;
         let websocket_sessions = IntGaugeVec::new(
             Opts::new("websocket_sessions", "Open WebSocket sessions"),
             &["kind"],
@@ -286,6 +296,7 @@ impl Metrics {
         registry.register(Box::new(ingress_publish.clone()))?;
         registry.register(Box::new(api_errors.clone()))?;
         registry.register(Box::new(queue_depth.clone()))?;
+        registry.register(Box::new(queue_oldest_wait.clone()))?;
         registry.register(Box::new(pool_open.clone()))?;
         registry.register(Box::new(websocket_sessions.clone()))?;
         registry.register(Box::new(visitor_read_failures.clone()))?;
@@ -311,6 +322,7 @@ impl Metrics {
             ingress_publish,
             api_errors,
             queue_depth,
+            queue_oldest_wait,
             pool_open,
             websocket_sessions,
             visitor_read_failures,

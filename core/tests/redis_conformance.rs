@@ -1237,6 +1237,13 @@ mod differential {
                     shape(&self.emb.queue(pool).await, f),
                     shape(&self.red.queue(pool).await, f),
                 );
+                let f =
+                    |s: &switchyard_core::store::QueueStats| json!([s.depth, s.oldest_queued_at]);
+                self.check(
+                    "queue_stats",
+                    shape(&self.emb.queue_stats(pool).await, f),
+                    shape(&self.red.queue_stats(pool).await, f),
+                );
             }
             for i in 0..=AGENTS {
                 let a = Self::agent_id(i);

@@ -59,8 +59,9 @@ pub fn announce_assignments(
     }
 }
 
-/// Samples each pool's queue length into `switchyard_pool_queue_depth` every `every`, until
-/// `stop` (sampled, not updated per message, so routing never pays for reading a long queue).
+/// Samples each pool's queue ([`Store::queue_stats`]) into `switchyard_pool_queue_depth` and
+/// `switchyard_pool_queue_oldest_wait_seconds` every `every`, until `stop` (sampled, not updated
+/// per message, so routing never pays for it).
 pub async fn sample_queue_depth(
     store: std::sync::Arc<dyn Store>,
     metrics: Metrics,
@@ -69,12 +70,23 @@ pub async fn sample_queue_depth(
     stop: tokio_util::sync::CancellationToken,
 ) -> Result<(), RouteError> {
     loop {
+        let now = switchyard_core::time::now();
         for pool in &pools {
-            if let Ok(queue) = store.queue(pool).await {
-                metrics
-                    .queue_depth
-                    .with_label_values(&[pool.as_str()])
-                    .set(queue.len() as i64);
+            match store.queue_stats(pool).await {
+                Ok(stats) => {
+                    let waited = stats
+                        .oldest_queued_at
+                        .map_or(0.0, |at| (now - at).as_seconds_f64().max(0.0));
+                    metrics
+                        .queue_depth
+                        .with_label_values(&[pool.as_str()])
+                        .set(i64::try_from(stats.depth).unwrap_or(i64::MAX));
+                    metrics
+                        .queue_oldest_wait
+                        .with_label_values(&[pool.as_str()])
+                        .set(waited);
+                }
+                Err(e) => tracing::debug!(pool = %pool, error = %e, "could not sample the queue"),
             }
         }
         if !tick(every, &stop).await {

@@ -488,3 +488,41 @@ async fn a_conversation_waiting_too_long_overflows_to_another_pool_or_drops_its_
     }
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_gauges_show_how_many_wait_and_how_long_the_first_has_waited() {
+    let server = Server::start(&CONFIG.replace("SECRET", SECRET)).await;
+    send_text(&server, "m-1", "1", "hello").await;
+    send_text(&server, "m-2", "2", "urgent, please").await;
+    // Sampled every 5 s: both wait, the first since before the second.
+    let depth = r#"switchyard_pool_queue_depth{pool="default"}"#;
+    let waited = r#"switchyard_pool_queue_oldest_wait_seconds{pool="default"}"#;
+    let mut first_wait = 0.0;
+    for _ in 0..2 {
+        first_wait = eventually_metric(&server, waited, |v| v > first_wait).await;
+    }
+    assert_eq!(server.metric(depth).await, 2.0);
+    // An agent takes both: nothing waits.
+    agent_with(&server, "ann", &[]).await;
+    server.held_by("ann", 2).await;
+    eventually_metric(&server, depth, |v| v == 0.0).await;
+    assert_eq!(server.metric(waited).await, 0.0);
+    server.stop().await;
+}
+
+/// Waits (up to 15 s: the gauges are sampled every 5 s) until `series` satisfies `ok`; returns
+/// its value.
+async fn eventually_metric(server: &Server, series: &str, ok: impl Fn(f64) -> bool) -> f64 {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let value = server.metric(series).await;
+        if ok(value) {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{series} = {value} after 15 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

@@ -21,7 +21,7 @@ use crate::store::{
     ConversationStart, CustomerConversationsQuery, CustomerUpdate, ERASED_BY_RETENTION,
     ERASED_ON_REQUEST, Erasure, InboundOutcome, InboundRecord, InboundRouting,
     MAX_CUSTOMER_ATTRIBUTES, MAX_CUSTOMER_TAGS, MailboxPush, Merge, NO_PENDING_OFFER, Note,
-    NoteKind, OPEN_STATUSES, Placement, QueueTarget, QuietSweep, Release, Resolution,
+    NoteKind, OPEN_STATUSES, Placement, QueueStats, QueueTarget, QuietSweep, Release, Resolution,
     ResolveRequest, SenderResolution, Store, StoreError, TOO_MANY_ATTRIBUTES, TOO_MANY_TAGS,
     TransferTarget, UNKNOWN_CURSOR, Withdrawal, route_inbound_stepwise,
 };
@@ -1479,6 +1479,25 @@ pub async fn priority_goes_first_and_ties_keep_arrival_order(
         ],
         "{what}: priority, then arrival"
     );
+    let stats = |store: Arc<dyn Store>, pool: String| async move {
+        store
+            .queue_stats(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("queue_stats({pool}): {e}"))
+    };
+    assert_eq!(
+        stats(store.clone(), pool.clone()).await,
+        QueueStats {
+            depth: 5,
+            oldest_queued_at: Some(at(1))
+        },
+        "{what}: stats over three queues"
+    );
+    assert_eq!(
+        stats(store.clone(), format!("{prefix}nobody")).await,
+        QueueStats::default(),
+        "{what}: an empty pool"
+    );
 
     skilled_agent(&store, &a, &[&pool], 2, &[], at(10)).await;
     let got = assign(&store, &pool, at(11)).await;
@@ -1493,6 +1512,14 @@ pub async fn priority_goes_first_and_ties_keep_arrival_order(
         pairs(&got),
         vec![(low.clone(), b.clone())],
         "{what}: past the priority nobody can take"
+    );
+    assert_eq!(
+        stats(store.clone(), pool.clone()).await,
+        QueueStats {
+            depth: 2,
+            oldest_queued_at: Some(at(3))
+        },
+        "{what}: stats once the oldest is assigned"
     );
 
     let raise = TransferTarget::Pool {

@@ -13,10 +13,11 @@ use super::{
     AGENT_AT_CAPACITY, AgentUpdate, Assignment, CONVERSATION_CHANGED, CONVERSATION_OPEN,
     ConversationStart, CustomerConversationsQuery, CustomerUpdate, ERASED_BY_RETENTION, Erasure,
     IDLE_CLOSE_REASON, InboundOutcome, InboundRecord, InboundRouting, MailboxHead, MailboxItem,
-    MailboxPush, Merge, NO_PENDING_OFFER, Note, NoteKind, OutboundRecord, Placement, QueueTarget,
-    QuietSweep, Release, Resolution, ResolveRequest, SenderResolution, Store, StoreError,
-    TransferTarget, UNKNOWN_CURSOR, Withdrawal, decode_others_assigned, encode_others_assigned,
-    offer_deadline, others_assigned_key, replay_others_assigned, status_listed,
+    MailboxPush, Merge, NO_PENDING_OFFER, Note, NoteKind, OutboundRecord, Placement, QueueStats,
+    QueueTarget, QuietSweep, Release, Resolution, ResolveRequest, SenderResolution, Store,
+    StoreError, TransferTarget, UNKNOWN_CURSOR, Withdrawal, decode_others_assigned,
+    encode_others_assigned, offer_deadline, others_assigned_key, replay_others_assigned,
+    status_listed,
 };
 use crate::envelope::{Envelope, new_id};
 use crate::identity::{IdentityKey, IdentityStrength};
@@ -1422,6 +1423,26 @@ impl Store for EmbeddedStore {
 
     async fn queue(&self, pool: &str) -> Result<Vec<String>, StoreError> {
         Ok(self.lock().queued_in_order(pool))
+    }
+
+    async fn queue_stats(&self, pool: &str) -> Result<QueueStats, StoreError> {
+        let s = self.lock();
+        let mut stats = QueueStats::default();
+        for (key, queue) in s.queues.of_pool(pool) {
+            // From the first live entry on, as the Redis store counts (stale entries are rare
+            // and dropped as assignment meets them).
+            let Some(at) = queue.iter().position(|id| s.queued_in(id, pool, key)) else {
+                continue;
+            };
+            let head = &queue[at];
+            stats.depth += queue.len() - at;
+            let queued_at = s.conversations.get(head).and_then(|c| c.queued_at);
+            stats.oldest_queued_at = match (stats.oldest_queued_at, queued_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        Ok(stats)
     }
 
     async fn customer_conversations(

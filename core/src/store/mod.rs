@@ -445,6 +445,15 @@ impl TransferTarget {
     }
 }
 
+/// How a pool's queue stands ([`Store::queue_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Conversations waiting in it.
+    pub depth: usize,
+    /// The earliest `queued_at` among the heads of its queues; `None` when nothing waits.
+    pub oldest_queued_at: Option<DateTime<Utc>>,
+}
+
 /// Where a queue overflow moves a conversation ([`Store::overflow`]): a pool's queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueTarget {
@@ -1119,6 +1128,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Conversation ids waiting in a pool's queue, head first.
     async fn queue(&self, pool: &str) -> Result<Vec<String>, StoreError>;
+
+    /// How `pool`'s queue stands: how many conversations wait in it, and since when the one
+    /// waiting longest at the front of its queue waits (the earliest `queued_at` among the heads
+    /// of the pool's queues, one per priority and set of skills). Cheaper than [`Store::queue`]:
+    /// it does not read every waiting conversation. (A declined offer goes back to the front
+    /// with its own `queued_at`, so an older conversation may wait behind a head; the heads are
+    /// the conversations agents are offered next.)
+    async fn queue_stats(&self, pool: &str) -> Result<QueueStats, StoreError>;
 
     /// The conversations of a customer (a merged-away id: of the profile it was merged into),
     /// with those of every profile merged into it, open and closed, newest first: by

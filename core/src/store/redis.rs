@@ -60,9 +60,9 @@ use super::{
     ConversationStart, CustomerConversationsQuery, CustomerUpdate, ERASED_BY_RETENTION, Erasure,
     IDLE_CLOSE_REASON, InboundOutcome, InboundRecord, InboundRouting, MAX_CUSTOMER_ATTRIBUTES,
     MAX_CUSTOMER_TAGS, MailboxHead, MailboxItem, MailboxPush, Merge, NO_PENDING_OFFER, Note,
-    OutboundRecord, Placement, QueueTarget, QuietSweep, Release, Resolution, ResolveRequest,
-    SenderResolution, Store, StoreError, TOO_MANY_ATTRIBUTES, TOO_MANY_TAGS, TransferTarget,
-    UNKNOWN_CURSOR, Withdrawal, offer_deadline,
+    OutboundRecord, Placement, QueueStats, QueueTarget, QuietSweep, Release, Resolution,
+    ResolveRequest, SenderResolution, Store, StoreError, TOO_MANY_ATTRIBUTES, TOO_MANY_TAGS,
+    TransferTarget, UNKNOWN_CURSOR, Withdrawal, offer_deadline,
 };
 use crate::envelope::{ChannelRef, Envelope, Sender, new_id};
 use crate::identity::{IdentityKey, IdentityStrength};
@@ -1254,6 +1254,26 @@ impl Store for RedisStore {
 
     async fn queue(&self, pool: &str) -> Result<Vec<String>, StoreError> {
         texts(self.read("queue", pool).await?)
+    }
+
+    async fn queue_stats(&self, pool: &str) -> Result<QueueStats, StoreError> {
+        let mut inv = READS.prepare_invoke();
+        inv.arg(&self.prefix).arg("queue_stats").arg(pool);
+        let mut reply = list(self.eval(&inv, true).await?)?.into_iter();
+        let depth = reply
+            .next()
+            .ok_or_else(|| bad("queue_stats without a depth"))?;
+        let depth = text(depth)?
+            .parse::<usize>()
+            .map_err(|e| bad(format_args!("a queue depth: {e}")))?;
+        let oldest_queued_at = match reply.next() {
+            Some(at) => opt_text(at)?.map(|at| time(&at)).transpose()?,
+            None => None,
+        };
+        Ok(QueueStats {
+            depth,
+            oldest_queued_at,
+        })
     }
 
     async fn customer_conversations(

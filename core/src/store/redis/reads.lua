@@ -98,6 +98,25 @@ elseif op == 'idle_bot' then
     end
   end
   return out
+elseif op == 'queue_stats' then
+  -- {how many entries wait in the pool's queues, the earliest queued_at of their live heads
+  -- (false when none)}. Stale entries at a head are passed over, not counted.
+  local depth, oldest = 0, false
+  for _, sig in ipairs(pool_queues(arg)) do
+    local q = queue_key(arg, sig)
+    local len = redis.call('LLEN', q)
+    for i = 0, len - 1 do
+      local entry = queue_entry(redis.call('LINDEX', q, i), arg, sig)
+      if entry then
+        depth = depth + len - i
+        if entry[2] ~= '' and (not oldest or lt(entry[2], oldest)) then
+          oldest = entry[2]
+        end
+        break
+      end
+    end
+  end
+  return { depth, oldest }
 elseif op == 'queue' then
   -- The pool's queues merged by their heads (head_before, as assign_queued offers them), each
   -- in its order.
