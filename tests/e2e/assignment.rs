@@ -490,7 +490,7 @@ async fn a_conversation_waiting_too_long_overflows_to_another_pool_or_drops_its_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_queue_gauges_show_how_many_wait_and_how_long_the_first_has_waited() {
+async fn the_queue_gauges_and_stats_show_how_many_wait_and_how_long_the_first_has_waited() {
     let server = Server::start(&CONFIG.replace("SECRET", SECRET)).await;
     send_text(&server, "m-1", "1", "hello").await;
     send_text(&server, "m-2", "2", "urgent, please").await;
@@ -502,11 +502,48 @@ async fn the_queue_gauges_show_how_many_wait_and_how_long_the_first_has_waited()
         first_wait = eventually_metric(&server, waited, |v| v > first_wait).await;
     }
     assert_eq!(server.metric(depth).await, 2.0);
+    // The same over REST, with the pool's agents: one away, none with room.
+    let (status, body) = server
+        .send_json(
+            "PUT",
+            "/v1/agents/bob",
+            json!({"pools": ["default"], "capacity": 5, "status": "away"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, stats) = server.get_json("/v1/pools/default/stats").await;
+    assert_eq!(status, 200, "{stats}");
+    assert_eq!(stats["queued"], 2);
+    assert!(stats["oldest_queued_at"].is_string(), "{stats}");
+    assert!(
+        stats["oldest_wait_secs"].as_f64().unwrap() >= first_wait,
+        "{stats}"
+    );
+    assert_eq!(
+        stats["agents"],
+        json!({"online": 0, "away": 1, "offline": 0, "with_room": 0})
+    );
+    let (status, _) = server.get_json("/v1/pools/nowhere/stats").await;
+    assert_eq!(status, 404);
+
     // An agent takes both: nothing waits.
     agent_with(&server, "ann", &[]).await;
     server.held_by("ann", 2).await;
     eventually_metric(&server, depth, |v| v == 0.0).await;
     assert_eq!(server.metric(waited).await, 0.0);
+    let (_, stats) = server.get_json("/v1/pools/default/stats").await;
+    assert_eq!(
+        (
+            &stats["queued"],
+            &stats["oldest_queued_at"],
+            &stats["oldest_wait_secs"]
+        ),
+        (&json!(0), &Value::Null, &Value::Null)
+    );
+    assert_eq!(
+        stats["agents"],
+        json!({"online": 1, "away": 1, "offline": 0, "with_room": 1})
+    );
     server.stop().await;
 }
 

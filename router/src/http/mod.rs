@@ -144,6 +144,7 @@ pub fn app(state: HttpState) -> Router {
         .route("/v1/customers/{id}/messages", post(rest::write_first))
         .route("/v1/pools/{id}/queue", get(rest::pool_queue))
         .route("/v1/pools/{id}/hours", get(hours::pool_hours))
+        .route("/v1/pools/{id}/stats", get(rest::pool_stats))
         .route(
             "/v1/pools/{id}/conversations",
             get(listings::pool_conversations),

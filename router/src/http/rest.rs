@@ -129,6 +129,55 @@ pub async fn list_agents(State(state): State<HttpState>) -> Result<Response, Api
     Ok(Json(json!({ "agents": agents })).into_response())
 }
 
+/// `GET /v1/pools/{id}/stats`: how the pool stands now: how many conversations wait in its
+/// queue and since when the one at the front waits longest ([`Store::queue_stats`]), and how
+/// many of its agents are online, away, offline, and online with room. 404 for a pool that is
+/// not configured and has nothing waiting.
+///
+/// [`Store::queue_stats`]: switchyard_core::store::Store::queue_stats
+pub async fn pool_stats(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let store = state.ops.store();
+    let queue = store.queue_stats(&id).await?;
+    let configured = state.ops.pools();
+    if queue.depth == 0 && !configured.is_empty() && !configured.contains(&id) {
+        return Err(ApiError::not_found(format!("pool `{id}` not found")));
+    }
+    let (mut online, mut away, mut offline, mut with_room) = (0, 0, 0, 0);
+    for agent in store.agents().await? {
+        if !agent.pools.contains(&id) {
+            continue;
+        }
+        match agent.status {
+            AgentStatus::Online => online += 1,
+            AgentStatus::Away => away += 1,
+            AgentStatus::Offline => offline += 1,
+        }
+        if agent.can_take(&id) {
+            with_room += 1;
+        }
+    }
+    let now = switchyard_core::time::now();
+    let oldest_wait_secs = queue
+        .oldest_queued_at
+        .map(|at| (now - at).as_seconds_f64().max(0.0));
+    Ok(Json(json!({
+        "pool": id,
+        "queued": queue.depth,
+        "oldest_queued_at": queue.oldest_queued_at,
+        "oldest_wait_secs": oldest_wait_secs,
+        "agents": {
+            "online": online,
+            "away": away,
+            "offline": offline,
+            "with_room": with_room,
+        },
+    }))
+    .into_response())
+}
+
 /// `GET /v1/agents/{id}/conversations`.
 pub async fn agent_conversations(
     State(state): State<HttpState>,
