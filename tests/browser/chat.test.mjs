@@ -154,6 +154,11 @@ test("a visitor and an agent talk through the web chat and the agent console", a
     await expectText(agent.locator("#agent-title"), agentId);
     await expectText(agent.locator("#agent-status"), "online");
     await expectText(agent.locator("#agent-pools"), "default");
+    await expectText(agent.locator("#pool-waiting"), "default: 0");
+
+    step = "the agent steps away";
+    await agent.locator("#status-select").selectOption("away");
+    await expectText(agent.locator("#agent-status"), "away");
 
     step = "the visitor opens the web chat";
     let visitor = watch(await context.newPage(), "visitor");
@@ -173,6 +178,13 @@ test("a visitor and an agent talk through the web chat and the agent console", a
     // The server acknowledged it: the bubble says delivered.
     await visitor.locator('.msg-visitor[data-state="delivered"]').waitFor();
     assert.equal(await visitor.getByRole("textbox", { name: "Message" }).inputValue(), "");
+
+    step = "the console shows the conversation waiting while the agent is away";
+    await agent.locator("#pool-waiting").filter({ hasText: /^default: 1 \(first \d+ s\)$/ }).waitFor();
+
+    step = "the agent is back online";
+    await agent.locator("#status-select").selectOption("online");
+    await expectText(agent.locator("#agent-status"), "online");
 
     step = "the console gets the conversation and the message";
     const customerKey = `web_visitor:web:${visitorId}`;
