@@ -728,6 +728,9 @@ pub enum Strategy {
     /// The online agent with room who has waited longest since their last assignment.
     #[default]
     LongestIdle,
+    /// The online agent with room holding the fewest conversations; among equals, the longest
+    /// idle. Spreads concurrent chats evenly; each choice reads every agent with room.
+    LeastBusy,
 }
 
 /// Longest `offer_timeout_secs` of a pool.
@@ -1433,6 +1436,15 @@ secret = {secret}
     }
 
     /// Every pool id; `default` is always among them.
+    /// The pools whose `strategy` is `least_busy`.
+    pub fn least_busy_pools(&self) -> Vec<String> {
+        self.pools
+            .iter()
+            .filter(|p| p.strategy == Strategy::LeastBusy)
+            .map(|p| p.id.clone())
+            .collect()
+    }
+
     pub fn pool_ids(&self) -> Vec<String> {
         let mut ids: Vec<String> = vec!["default".to_owned()];
         for p in &self.pools {
@@ -1484,6 +1496,24 @@ mod tests {
 
     fn write(text: &str) -> tempfile_path::TempPath {
         tempfile_path::TempPath::new(text)
+    }
+
+    #[test]
+    fn pool_strategies_are_read() {
+        let f = write(
+            "[[pools]]\nid = \"chat\"\nstrategy = \"least_busy\"\n\
+             [[pools]]\nid = \"calls\"\nstrategy = \"longest_idle\"\n[[pools]]\nid = \"vip\"\n",
+        );
+        let s = Settings::load_with_env(Some(&f.0), []).unwrap();
+        assert_eq!(s.pools[0].strategy, Strategy::LeastBusy);
+        assert_eq!(s.pools[1].strategy, Strategy::LongestIdle);
+        assert_eq!(s.pools[2].strategy, Strategy::LongestIdle);
+        assert_eq!(s.least_busy_pools(), ["chat"]);
+        refused(
+            "[[pools]]\nid = \"chat\"\nstrategy = \"round_robin\"\n",
+            "strategy",
+            "does not have variant constructor round_robin",
+        );
     }
 
     #[test]

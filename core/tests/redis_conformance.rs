@@ -64,6 +64,7 @@ conformance!(
     last_agent_preferred_when_it_can_take_the_conversation,
     offers_are_accepted_declined_or_expire,
     overflow_moves_only_what_still_waits,
+    least_busy_pool_gives_the_agent_holding_the_fewest,
     record_outbound_conflicts,
     unannounced_notes,
     transfer_to_pool_and_agent,
@@ -1381,6 +1382,15 @@ mod differential {
                 log: vec![format!("seed {seed}")],
             };
             let mut rng = Rng(seed);
+            // Some seeds' pools choose the least busy agent.
+            let least_busy: Vec<String> = POOLS
+                .iter()
+                .filter(|_| rng.chance(50))
+                .map(|p| (*p).to_owned())
+                .collect();
+            pair.log.push(format!("least busy pools {least_busy:?}"));
+            pair.emb.set_least_busy_pools(&least_busy);
+            pair.red.set_least_busy_pools(&least_busy);
             for step in 0..300 {
                 pair.step(&mut rng, i64::from(step)).await;
             }

@@ -583,8 +583,13 @@ impl Harness {
     }
 }
 
-async fn run(ops: &[Op]) -> Result<(), String> {
+/// Applies `ops` to a new store (whose pools all choose the least busy agent when `least_busy`),
+/// checking the invariants after each.
+async fn run(ops: &[Op], least_busy: bool) -> Result<(), String> {
     let store: Arc<dyn Store> = Arc::new(EmbeddedStore::new());
+    if least_busy {
+        store.set_least_busy_pools(&["default".to_owned(), "vip".to_owned()]);
+    }
     let pools: [&[&str]; AGENTS] = [&["default"], &["vip"], &["default", "vip"]];
     let status = [
         AgentStatus::Online,
@@ -628,7 +633,17 @@ proptest! {
             .enable_all()
             .build()
             .unwrap();
-        let result = rt.block_on(run(&ops));
+        let result = rt.block_on(run(&ops, false));
+        prop_assert!(result.is_ok(), "{}", result.unwrap_err());
+    }
+
+    #[test]
+    fn store_invariants_hold_in_least_busy_pools(ops in proptest::collection::vec(op(), 1..=60)) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let result = rt.block_on(run(&ops, true));
         prop_assert!(result.is_ok(), "{}", result.unwrap_err());
     }
 }

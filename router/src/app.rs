@@ -164,6 +164,7 @@ impl App {
         store: Arc<dyn Store>,
         metrics: Metrics,
     ) -> anyhow::Result<App> {
+        store.set_least_busy_pools(&settings.least_busy_pools());
         let registry = Registry::build(
             &settings.channels,
             &ConnectorContext::new(Arc::clone(&store)),

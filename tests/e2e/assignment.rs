@@ -563,3 +563,25 @@ async fn eventually_metric(server: &Server, series: &str, ok: impl Fn(f64) -> bo
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_least_busy_pool_gives_the_next_conversation_to_the_agent_holding_the_fewest() {
+    let config = format!(
+        "[[pools]]\nid = \"default\"\nstrategy = \"least_busy\"\n{}",
+        CONFIG.replace("SECRET", SECRET)
+    );
+    let server = Server::start(&config).await;
+    agent_with(&server, "ann", &[]).await;
+    send_text(&server, "m-1", "1", "hello").await;
+    send_text(&server, "m-2", "2", "hello").await;
+    server.held_by("ann", 2).await;
+    // bob comes online after ann's last assignment: ann has been idle longer (a longest-idle
+    // pool would give her the next one), bob holds fewer.
+    agent_with(&server, "bob", &[]).await;
+    send_text(&server, "m-3", "3", "hello").await;
+    server.held_by("bob", 1).await;
+    send_text(&server, "m-4", "4", "hello").await;
+    server.held_by("bob", 2).await;
+    server.held_by("ann", 2).await;
+    server.stop().await;
+}

@@ -1640,6 +1640,62 @@ pub async fn last_agent_preferred_when_it_can_take_the_conversation(
     );
 }
 
+/// A least-busy pool gives each conversation to the agent holding the fewest, the longest idle
+/// among equals, among those with the skills it asks for, whether it is routed in one step or
+/// assigned from the queue; the same arrivals in a longest-idle pool go to the longest idle
+/// whatever it holds.
+pub async fn least_busy_pool_gives_the_agent_holding_the_fewest(
+    factory: &impl MakeStore,
+    prefix: &str,
+) {
+    let what = "least_busy_pool_gives_the_agent_holding_the_fewest";
+    let run = |least_busy: bool| async move {
+        let store = factory.make().await;
+        let prefix = format!("{prefix}{}", if least_busy { "lb-" } else { "li-" });
+        let pool = format!("{prefix}default");
+        if least_busy {
+            store.set_least_busy_pools(std::slice::from_ref(&pool));
+        }
+        let (a, b) = (format!("{prefix}agent-a"), format!("{prefix}agent-b"));
+        let mut got = Vec::new();
+        // Routed in one step (Store::route_inbound) when it asks for nothing; recorded, then
+        // assigned (Store::assign_queued) when it asks for skills.
+        let step = async |store: &Arc<dyn Store>, name: &str, skills: &[&str], t: i64| {
+            let assigned = if skills.is_empty() {
+                let e = unrouted(&prefix, name, &[], at(t));
+                routed(what, route(store, routing(&prefix, &e, &pool, at(t))).await).2
+            } else {
+                open_asking(store, &prefix, name, &pool, skills, at(t)).await;
+                assign(store, &pool, at(t)).await
+            };
+            assert_eq!(assigned.len(), 1, "{what}: {name} assigned");
+            let agent = assigned[0].agent_id.clone();
+            (if agent == a { "a" } else { "b" }).to_owned()
+        };
+        skilled_agent(&store, &a, &[&pool], 5, &["zh"], at(0)).await;
+        got.push(step(&store, "c1", &[], 1).await);
+        got.push(step(&store, "c2", &[], 2).await);
+        // b comes online after a's last assignment: a is the longest idle, b the least busy.
+        skilled_agent(&store, &b, &[&pool], 5, &[], at(3)).await;
+        got.push(step(&store, "c3", &[], 4).await);
+        got.push(step(&store, "c4", &[], 5).await);
+        got.push(step(&store, "c5", &[], 6).await);
+        // Only a has zh, however busy.
+        got.push(step(&store, "c6", &["zh"], 7).await);
+        got
+    };
+    assert_eq!(
+        run(true).await,
+        ["a", "a", "b", "b", "a", "a"],
+        "{what}: least busy (c5: a tie, a the longest idle)"
+    );
+    assert_eq!(
+        run(false).await,
+        ["a", "a", "a", "b", "a", "a"],
+        "{what}: longest idle"
+    );
+}
+
 /// Queue overflow: a conversation moves on only while it still waits in the pool's queue since
 /// before the time given; the move is a transfer (new pool, skills or priority; a new
 /// `queued_at`, a note), so a second router's overflow with the same cutoff is refused, as is an
@@ -5847,6 +5903,7 @@ pub async fn run_all(factory: &impl MakeStore, prefix: &str) {
     last_agent_preferred_when_it_can_take_the_conversation(factory, &p("last-agent")).await;
     offers_are_accepted_declined_or_expire(factory, &p("offers")).await;
     overflow_moves_only_what_still_waits(factory, &p("overflow")).await;
+    least_busy_pool_gives_the_agent_holding_the_fewest(factory, &p("least-busy")).await;
     record_outbound_conflicts(factory, &p("outbound")).await;
     record_outbound_is_idempotent(factory, &p("outbound-idempotent")).await;
     unannounced_notes(factory, &p("unannounced")).await;

@@ -74,6 +74,8 @@ struct State {
     declined_by: HashMap<String, String>,
     /// Pending offers by `offered_at`.
     offers: BTreeSet<(DateTime<Utc>, String)>,
+    /// Pools whose assignments choose the least busy agent ([`Store::set_least_busy_pools`]).
+    least_busy: HashSet<String>,
     /// Agents, with the per-pool index of those ready for a conversation.
     agents: agents::Agents,
     /// Customer id -> the `source` of the resolution that created it.
@@ -511,9 +513,10 @@ impl State {
     /// The agent to take the next conversation of `pool` asking `skills`, preferring
     /// `preferred` and passing over `avoid`: `preferred` when it is in the pool's ready index,
     /// present and has the skills (and is not `avoid`); else the first of the index (longest
-    /// idle, then lowest id) with every skill asked other than `avoid`; else `avoid` if it is one.
-    /// A candidate whose tracked presence lapsed is set offline on the way (which takes it out of
-    /// the index) and skipped, never chosen.
+    /// idle, then lowest id) with every skill asked other than `avoid` (in a least-busy pool, the
+    /// one of them holding the fewest conversations, the first in index order among equals);
+    /// else `avoid` if it is one. A candidate whose tracked presence lapsed is set offline on the
+    /// way (which takes it out of the index) and skipped, never chosen.
     fn next_ready_agent(
         &mut self,
         pool: &str,
@@ -534,29 +537,37 @@ impl State {
                 return Some(id.to_owned());
             }
         }
+        let least_busy = self.least_busy.contains(pool);
         loop {
             let mut lapsed = None;
             let mut avoided = None;
-            let mut chosen = None;
+            // The chosen agent and its load.
+            let mut chosen: Option<(String, usize)> = None;
             for (_, id) in self.agents.ready(pool) {
                 if self.presence_lapsed(id) {
                     lapsed = Some(id.clone());
                     break;
                 }
-                if !self
+                let Some(agent) = self
                     .agents
                     .get(id)
-                    .is_some_and(|agent| skills.held_by(&agent.skills))
-                {
+                    .filter(|agent| skills.held_by(&agent.skills))
+                else {
                     continue;
-                }
+                };
                 if avoid == Some(id.as_str()) {
                     avoided = Some(id.clone());
-                } else {
-                    chosen = Some(id.clone());
+                    continue;
+                }
+                let load = agent.conversations.len();
+                if chosen.as_ref().is_none_or(|(_, least)| load < *least) {
+                    chosen = Some((id.clone(), load));
+                }
+                if !least_busy || load == 0 {
                     break;
                 }
             }
+            let chosen = chosen.map(|(id, _)| id);
             match lapsed {
                 Some(id) => self.expire_lapsed(&id, now),
                 None => return chosen.or(avoided),
@@ -1423,6 +1434,10 @@ impl Store for EmbeddedStore {
 
     async fn queue(&self, pool: &str) -> Result<Vec<String>, StoreError> {
         Ok(self.lock().queued_in_order(pool))
+    }
+
+    fn set_least_busy_pools(&self, pools: &[String]) {
+        self.lock().least_busy = pools.iter().cloned().collect();
     }
 
     async fn queue_stats(&self, pool: &str) -> Result<QueueStats, StoreError> {

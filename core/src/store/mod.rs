@@ -1129,6 +1129,13 @@ pub trait Store: Send + Sync + 'static {
     /// Conversation ids waiting in a pool's queue, head first.
     async fn queue(&self, pool: &str) -> Result<Vec<String>, StoreError>;
 
+    /// Sets the pools whose assignments choose the least busy agent (`[[pools]] strategy =
+    /// "least_busy"`): among the agents that can take the conversation, the one holding the
+    /// fewest conversations, then the longest idle. Other pools choose the longest idle. A
+    /// customer's last agent, when preferred and ready, comes first either way. Configuration
+    /// of this process, set at start (every process of a deployment is given the same).
+    fn set_least_busy_pools(&self, pools: &[String]);
+
     /// How `pool`'s queue stands: how many conversations wait in it, and since when the one
     /// waiting longest at the front of its queue waits (the earliest `queued_at` among the heads
     /// of the pool's queues, one per priority and set of skills). Cheaper than [`Store::queue`]:

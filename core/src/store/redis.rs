@@ -190,6 +190,8 @@ static SWEEP_PRESENCE: LazyLock<Script> =
 pub struct RedisStore {
     link: Arc<Link>,
     prefix: String,
+    /// Pools whose assignments choose the least busy agent ([`Store::set_least_busy_pools`]).
+    least_busy: Arc<std::sync::RwLock<Vec<String>>>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -255,6 +257,7 @@ impl RedisStore {
         Ok(Self {
             link: Arc::new(Link::connect(target).await?),
             prefix: key_prefix.to_owned(),
+            least_busy: Arc::default(),
         })
     }
 
@@ -337,11 +340,21 @@ impl RedisStore {
         noted: bool,
     ) -> Result<Vec<Assignment>, StoreError> {
         let mut inv = ASSIGN.prepare_invoke();
-        inv.arg(&self.prefix).arg(pool).arg(stamp(now));
-        if noted {
-            inv.arg("noted");
-        }
+        let least_busy = self.least_busy_pools().iter().any(|p| p == pool);
+        inv.arg(&self.prefix)
+            .arg(pool)
+            .arg(stamp(now))
+            .arg(if noted { "noted" } else { "" })
+            .arg(flag(least_busy));
         assignments(self.eval(&inv, false).await?)
+    }
+
+    /// The pools set by [`Store::set_least_busy_pools`].
+    fn least_busy_pools(&self) -> Vec<String> {
+        match self.least_busy.read() {
+            Ok(pools) => pools.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 
     async fn read(&self, op: &str, arg: &str) -> Result<Value, StoreError> {
@@ -1073,6 +1086,7 @@ impl Store for RedisStore {
         for section in [&claim, &resolve, &record] {
             inv.arg(section.len()).arg(section);
         }
+        inv.arg(self.least_busy_pools().join(","));
         inbound_outcome(self.eval(&inv, false).await?)
     }
 
@@ -1254,6 +1268,14 @@ impl Store for RedisStore {
 
     async fn queue(&self, pool: &str) -> Result<Vec<String>, StoreError> {
         texts(self.read("queue", pool).await?)
+    }
+
+    fn set_least_busy_pools(&self, pools: &[String]) {
+        let mut set = match self.least_busy.write() {
+            Ok(set) => set,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *set = pools.to_vec();
     }
 
     async fn queue_stats(&self, pool: &str) -> Result<QueueStats, StoreError> {

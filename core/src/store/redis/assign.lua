@@ -1,9 +1,12 @@
--- assign_queued. ARGV: prefix, pool, now, and optionally `noted`: then each assignment is also
--- noted (Store::assign_queued_noted). Reply: {{conversation, agent id}...}, in order.
+-- assign_queued. ARGV: prefix, pool, now, then optionally `noted` (each assignment is also
+-- noted: Store::assign_queued_noted; empty: not) and `1` when the pool chooses the least busy
+-- agent (Store::set_least_busy_pools). Reply: {{conversation, agent id}...}, in order.
 -- Repeatedly: the first head (higher priority, then older, then lower id: head_before) of the
 -- pool's queues (one per priority and skill set asked for; stale entries dropped) goes to the
 -- first agent of the pool's index of agents with room (idle_since, then id) who has every skill
--- it asks for; to the customer's last agent instead when the conversation prefers it (its
+-- it asks for (in a least-busy pool, the one of them holding the fewest conversations, the
+-- first in index order among equals; that reads the whole index unless one holds none); to the
+-- customer's last agent instead when the conversation prefers it (its
 -- `preferred_agent`) and that agent is such an agent. A queue whose head no such agent can take
 -- is passed over until the end of this call, so it holds back only conversations of its
 -- priority asking for the same skills. Reading the index's first member costs the same with 3
@@ -13,6 +16,7 @@
 -- with room) is dropped.
 
 local pool, now = ARGV[2], ARGV[3]
+local noted, least_busy = ARGV[4] == 'noted', ARGV[5] == '1'
 local zk = key('pool-online', pool)
 local out = {}
 
@@ -55,8 +59,10 @@ end
 -- The agent to take a conversation asking for `skills` (a JSON array, or false for none),
 -- preferring agent `preferred` and passing over agent `avoid` (each false for none), with its
 -- {status, idle_since, capacity}: `preferred` when it is in the index, ready and has the skills
--- (and is not `avoid`), else the index's first such member other than `avoid`, else `avoid` if
--- it is one; nil when there is none.
+-- (and is not `avoid`), else the index's first such member other than `avoid` (in a least-busy
+-- pool, the one of them holding the fewest conversations, the first in index order among
+-- equals: the whole index is read unless one holds none), else `avoid` if it is one; nil when
+-- there is none.
 local function first_ready_agent(skills, preferred, avoid)
   local wanted = skills and cjson.decode(skills)
   if preferred and preferred ~= avoid then
@@ -70,22 +76,34 @@ local function first_ready_agent(skills, preferred, avoid)
     end
   end
   local pos, avoided, avoided_a = 0, nil, nil
+  local chosen, chosen_a, least = nil, nil, nil
   while true do
     local m = redis.call('ZRANGE', zk, pos, pos)[1]
     if not m then
-      return avoided, avoided_a
+      break
     end
     local aid, a = ready_member(m)
     if aid then
       if not wanted or has_skills(aid, wanted) then
-        if aid ~= avoid then
-          return aid, a
+        if aid == avoid then
+          avoided, avoided_a = aid, a
+        else
+          local load = redis.call('LLEN', key('agent-convs', aid))
+          if not least or load < least then
+            chosen, chosen_a, least = aid, a, load
+          end
+          if not least_busy or load == 0 then
+            break
+          end
         end
-        avoided, avoided_a = aid, a
       end
       pos = pos + 1
     end
   end
+  if chosen then
+    return chosen, chosen_a
+  end
+  return avoided, avoided_a
 end
 
 -- The live head of pool's queue `sig` as a queue_entry, stale entries dropped; false when the
@@ -142,7 +160,7 @@ while true do
       redis.call('HSET', ck, 'offered_at', now)
       redis.call('ZADD', P .. ':offers', 0, offer_member(now, head))
     end
-    if ARGV[4] then
+    if noted then
       note('assigned', now, head)
     end
     out[#out + 1] = { conv_reply(head), chosen }

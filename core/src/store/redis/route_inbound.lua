@@ -4,7 +4,8 @@
 -- chains them.
 -- ARGV: prefix, then three sections, each its length followed by the ARGV of one step:
 -- claim_key's, resolve_customer's and record_inbound's (whose customer fields are replaced by
--- the resolved customer here). Every step runs at the same `now` (resolve_customer's).
+-- the resolved customer here), then the pools whose assignments choose the least busy agent
+-- (`,`-separated). Every step runs at the same `now` (resolve_customer's).
 -- Reply: {'dup', holder} when another envelope holds the claim (nothing else done)
 -- | {'routed', resolve_customer reply, record_inbound reply, assignments}, where assignments
 -- are assign_queued's reply, plus, when this envelope held the claim already (a retry), the
@@ -22,6 +23,8 @@ local function section()
   return args
 end
 local claim_args, resolve_args, record_args = section(), section(), section()
+-- Then the pools that choose the least busy agent, `,`-separated.
+local least_busy_pools = ',' .. (ARGV[pos] or '') .. ','
 
 local env_id, now = claim_args[2], resolve_args[6]
 local holder = claim_key(claim_args)
@@ -44,7 +47,9 @@ local conv = record[3]
 local conv_id = conv_field(conv, 'id')
 local assignments = {}
 if conv_field(conv, 'status') == 'queued' then
-  assignments = assign_queued({ P, conv_field(conv, 'pool'), now })
+  local pool = conv_field(conv, 'pool')
+  local least_busy = string.find(least_busy_pools, ',' .. pool .. ',', 1, true) and '1' or ''
+  assignments = assign_queued({ P, pool, now, '', least_busy })
 end
 -- Other conversations this routing assigned (queued ahead of this one) are remembered as long as
 -- the claim, so that a retry (this envelope holds the claim already: its first reply or its
