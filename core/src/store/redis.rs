@@ -191,7 +191,7 @@ pub struct RedisStore {
     link: Arc<Link>,
     prefix: String,
     /// Pools whose assignments choose the least busy agent ([`Store::set_least_busy_pools`]).
-    least_busy: Arc<std::sync::RwLock<Vec<String>>>,
+    least_busy: Arc<std::sync::RwLock<Arc<Vec<String>>>>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -350,10 +350,10 @@ impl RedisStore {
     }
 
     /// The pools set by [`Store::set_least_busy_pools`].
-    fn least_busy_pools(&self) -> Vec<String> {
+    fn least_busy_pools(&self) -> Arc<Vec<String>> {
         match self.least_busy.read() {
-            Ok(pools) => pools.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
+            Ok(pools) => Arc::clone(&pools),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
         }
     }
 
@@ -1086,7 +1086,12 @@ impl Store for RedisStore {
         for section in [&claim, &resolve, &record] {
             inv.arg(section.len()).arg(section);
         }
-        inv.arg(self.least_busy_pools().join(","));
+        let least_busy = self.least_busy_pools();
+        if least_busy.is_empty() {
+            inv.arg("");
+        } else {
+            inv.arg(least_busy.join(","));
+        }
         inbound_outcome(self.eval(&inv, false).await?)
     }
 
@@ -1275,7 +1280,7 @@ impl Store for RedisStore {
             Ok(set) => set,
             Err(poisoned) => poisoned.into_inner(),
         };
-        *set = pools.to_vec();
+        *set = Arc::new(pools.to_vec());
     }
 
     async fn queue_stats(&self, pool: &str) -> Result<QueueStats, StoreError> {

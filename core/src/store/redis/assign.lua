@@ -87,12 +87,14 @@ local function first_ready_agent(skills, preferred, avoid)
       if not wanted or has_skills(aid, wanted) then
         if aid == avoid then
           avoided, avoided_a = aid, a
+        elseif not least_busy then
+          return aid, a
         else
           local load = redis.call('LLEN', key('agent-convs', aid))
           if not least or load < least then
             chosen, chosen_a, least = aid, a, load
           end
-          if not least_busy or load == 0 then
+          if load == 0 then
             break
           end
         end
