@@ -507,7 +507,11 @@ impl Operations {
             .store
             .transfer(conversation_id, target.clone(), now)
             .await?;
-        self.announce_transfer(conversation_id, release, target, None, now)
+        let noted = match target {
+            TransferTarget::Pool { .. } => NoteKind::TransferredToPool,
+            TransferTarget::Agent(_) => NoteKind::TransferredToAgent,
+        };
+        self.announce_transfer(conversation_id, release, target, None, noted, now)
             .await
     }
 
@@ -531,8 +535,15 @@ impl Operations {
             .store
             .overflow(conversation_id, pool, queued_before, target.clone(), now)
             .await?;
-        self.announce_transfer(conversation_id, release, target.into(), Some(OVERFLOW), now)
-            .await
+        self.announce_transfer(
+            conversation_id,
+            release,
+            target.into(),
+            Some(OVERFLOW),
+            NoteKind::Overflowed,
+            now,
+        )
+        .await
     }
 
     /// `target` with the offer time of its pool (a transfer into a pool that makes offers is
@@ -552,15 +563,17 @@ impl Operations {
         self.offer_secs.get(pool).copied().unwrap_or(0)
     }
 
-    /// Announces a transfer the store made (`conversation.transferred` with `reason`, then
-    /// `conversation.queued` or `conversation.assigned`) and assigns the pools it concerns: the
-    /// target pool and those of the agent it left. Returns the conversation as it is then.
+    /// Announces a transfer the store made and noted as `noted` (`conversation.transferred`
+    /// with `reason`, then `conversation.queued` or `conversation.assigned`), clears its note,
+    /// and assigns the pools it concerns: the target pool and those of the agent it left.
+    /// Returns the conversation as it is then.
     async fn announce_transfer(
         &self,
         conversation_id: &str,
         release: Release,
         target: TransferTarget,
         reason: Option<&str>,
+        noted: NoteKind,
         now: DateTime<Utc>,
     ) -> Result<Conversation, RouteError> {
         let from = release.released_agent.as_ref().map(|a| a.id.as_str());
@@ -571,19 +584,17 @@ impl Operations {
             .as_ref()
             .map(|a| a.pools.clone())
             .unwrap_or_default();
-        let kind = match target {
+        match target {
             TransferTarget::Pool { pool, .. } => {
                 events.conversation(EventType::ConversationQueued, &release.conversation);
                 pools.push(pool);
-                NoteKind::TransferredToPool
             }
             TransferTarget::Agent(_) => {
                 events.conversation(EventType::ConversationAssigned, &release.conversation);
-                NoteKind::TransferredToAgent
             }
-        };
+        }
         pools.dedup();
-        let mut notes = vec![Note::new(kind, conversation_id, now)];
+        let mut notes = vec![Note::new(noted, conversation_id, now)];
         self.assign(&pools, &mut events, &mut notes).await?;
         self.outbox.publish_noted(events, &notes).await?;
         Ok(self

@@ -856,16 +856,43 @@ async fn answers_to_offers_whose_command_stops_are_announced_as_their_command_wo
     assert!(drain(&mut s.events).await.is_empty(), "announced twice");
 }
 
-/// A queue overflow stopped during its publish, once the store moved the conversation: after the
-/// grace, the outbox announces what the command would have, `conversation.transferred` with the
-/// reason `overflow` then `conversation.queued`, with the same ids.
+/// A queue overflow that publishes its events clears its note. One stopped during its publish,
+/// once the store moved the conversation: after the grace, the outbox announces what the command
+/// would have, `conversation.transferred` with the reason `overflow` then `conversation.queued`,
+/// with the same ids.
 async fn an_overflow_whose_command_stops_is_announced_with_its_reason_after_the_grace(
     mut s: Setup,
 ) {
     set_capacity(&s.store, 0).await;
     let (ops, outbox) = commands(&s);
+    let moved = conversation_of(&s, "u-m").await;
     let waiting = conversation_of(&s, "u-w").await;
     drain(&mut s.events).await;
+    let cutoff = switchyard_core::time::now() + chrono::TimeDelta::seconds(1);
+    let to_vip = QueueTarget {
+        pool: "vip".into(),
+        skills: None,
+        priority: None,
+        offer_secs: 0,
+    };
+    ops.overflow(&moved, "default", cutoff, to_vip)
+        .await
+        .expect("overflow");
+    assert_eq!(
+        drain_events(&mut s.events)
+            .await
+            .iter()
+            .map(|(_, e)| e.event_type.as_str())
+            .collect::<Vec<_>>(),
+        [
+            "io.switchyard.conversation.transferred",
+            "io.switchyard.conversation.queued"
+        ]
+    );
+    assert!(
+        unannounced(&s).await.is_empty(),
+        "a published overflow left its note"
+    );
     let queued_at = s
         .store
         .conversation(&waiting)
