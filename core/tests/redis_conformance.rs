@@ -1093,33 +1093,20 @@ mod differential {
                 10 => {
                     if let Some(c) = self.pick_conversation(rng) {
                         let target = if rng.chance(50) {
-                            TransferTarget::Pool {
+                            TransferTarget::Pool(QueueTarget {
                                 pool: POOLS[rng.below(2)].to_owned(),
                                 skills: rng.chance(50).then(|| rng.skills()),
                                 priority: rng.chance(30).then(|| rng.below(3) as u8),
                                 offer_secs: if rng.chance(50) { 30 } else { 0 },
-                            }
+                            })
                         } else {
                             TransferTarget::Agent(Self::agent_id(rng.below(AGENTS + 1)))
                         };
-                        if let (
-                            true,
-                            TransferTarget::Pool {
-                                pool: to,
-                                skills,
-                                priority,
-                                offer_secs,
-                            },
-                        ) = (rng.chance(50), target.clone())
+                        if let (true, TransferTarget::Pool(target)) =
+                            (rng.chance(50), target.clone())
                         {
                             // A queue overflow: only while it waits in that pool since before
                             // the cutoff.
-                            let target = QueueTarget {
-                                pool: to,
-                                skills,
-                                priority,
-                                offer_secs,
-                            };
                             let pool = POOLS[rng.below(2)];
                             let before = at(now - rng.below(40) as i64);
                             self.log

@@ -74,9 +74,7 @@ pub async fn sample_queue_depth(
         for pool in &pools {
             match store.queue_stats(pool).await {
                 Ok(stats) => {
-                    let waited = stats
-                        .oldest_queued_at
-                        .map_or(0.0, |at| (now - at).as_seconds_f64().max(0.0));
+                    let waited = stats.oldest_wait_secs(now).unwrap_or(0.0);
                     metrics
                         .queue_depth
                         .with_label_values(&[pool.as_str()])

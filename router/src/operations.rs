@@ -501,14 +501,17 @@ impl Operations {
         if let Some(agent) = by_agent {
             self.check_holder(conversation_id, agent).await?;
         }
-        let target = self.with_offer_time(target);
+        let target = match target {
+            TransferTarget::Pool(queue) => TransferTarget::Pool(self.with_offer_time(queue)),
+            agent => agent,
+        };
         let now = switchyard_core::time::now();
         let release = self
             .store
             .transfer(conversation_id, target.clone(), now)
             .await?;
         let noted = match target {
-            TransferTarget::Pool { .. } => NoteKind::TransferredToPool,
+            TransferTarget::Pool(_) => NoteKind::TransferredToPool,
             TransferTarget::Agent(_) => NoteKind::TransferredToAgent,
         };
         self.announce_transfer(conversation_id, release, target, None, noted, now)
@@ -526,10 +529,7 @@ impl Operations {
         queued_before: DateTime<Utc>,
         target: QueueTarget,
     ) -> Result<Conversation, RouteError> {
-        let target = QueueTarget {
-            offer_secs: self.offer_secs_of(&target.pool),
-            ..target
-        };
+        let target = self.with_offer_time(target);
         let now = switchyard_core::time::now();
         let release = self
             .store
@@ -538,7 +538,7 @@ impl Operations {
         self.announce_transfer(
             conversation_id,
             release,
-            target.into(),
+            TransferTarget::Pool(target),
             Some(OVERFLOW),
             NoteKind::Overflowed,
             now,
@@ -546,21 +546,13 @@ impl Operations {
         .await
     }
 
-    /// `target` with the offer time of its pool (a transfer into a pool that makes offers is
-    /// offered to its next agent).
-    fn with_offer_time(&self, mut target: TransferTarget) -> TransferTarget {
-        if let TransferTarget::Pool {
-            pool, offer_secs, ..
-        } = &mut target
-        {
-            *offer_secs = self.offer_secs_of(pool);
+    /// `target` with the offer time of its pool (a conversation sent into a pool that makes
+    /// offers is offered to its next agent).
+    fn with_offer_time(&self, target: QueueTarget) -> QueueTarget {
+        QueueTarget {
+            offer_secs: self.offer_secs.get(&target.pool).copied().unwrap_or(0),
+            ..target
         }
-        target
-    }
-
-    /// The seconds `pool`'s agents have to accept a conversation (0: it makes no offers).
-    fn offer_secs_of(&self, pool: &str) -> u64 {
-        self.offer_secs.get(pool).copied().unwrap_or(0)
     }
 
     /// Announces a transfer the store made and noted as `noted` (`conversation.transferred`
@@ -585,9 +577,9 @@ impl Operations {
             .map(|a| a.pools.clone())
             .unwrap_or_default();
         match target {
-            TransferTarget::Pool { pool, .. } => {
+            TransferTarget::Pool(queue) => {
                 events.conversation(EventType::ConversationQueued, &release.conversation);
-                pools.push(pool);
+                pools.push(queue.pool);
             }
             TransferTarget::Agent(_) => {
                 events.conversation(EventType::ConversationAssigned, &release.conversation);

@@ -1360,12 +1360,12 @@ pub async fn skills_route_past_heads_nobody_can_take(factory: &impl MakeStore, p
         vec![(en.clone(), a.clone())],
         "{what}: back to a"
     );
-    let to_french = TransferTarget::Pool {
+    let to_french = TransferTarget::Pool(QueueTarget {
         pool: pool.clone(),
         skills: Some(Skills::new(["fr"])),
         priority: None,
         offer_secs: 0,
-    };
+    });
     let moved = transfer(&store, &en, to_french, at(21)).await;
     assert_eq!(
         moved.skills.as_slice(),
@@ -1401,12 +1401,12 @@ pub async fn skills_route_past_heads_nobody_can_take(factory: &impl MakeStore, p
     );
 
     // Skills cleared by a transfer: any agent with room.
-    let cleared = TransferTarget::Pool {
+    let cleared = TransferTarget::Pool(QueueTarget {
         pool: pool.clone(),
         skills: Some(Skills::default()),
         priority: None,
         offer_secs: 0,
-    };
+    });
     let moved = transfer(&store, &zh_billing, cleared, at(27)).await;
     assert!(moved.skills.is_empty(), "{what}: transfer clears skills");
     let got = assign(&store, &pool, at(28)).await;
@@ -1522,12 +1522,12 @@ pub async fn priority_goes_first_and_ties_keep_arrival_order(
         "{what}: stats once the oldest is assigned"
     );
 
-    let raise = TransferTarget::Pool {
+    let raise = TransferTarget::Pool(QueueTarget {
         pool: pool.clone(),
         skills: None,
         priority: Some(5),
         offer_secs: 0,
-    };
+    });
     let raised = transfer(&store, &low_later, raise, at(14)).await;
     assert_eq!(raised.priority, 5, "{what}: transfer sets the priority");
     assert_eq!(
@@ -2048,12 +2048,12 @@ pub async fn offers_are_accepted_declined_or_expire(factory: &impl MakeStore, pr
     // A close ends the offer; a transfer to a pool sets its offer time.
     close(&store, &c2, at(48)).await;
     assert!(pending(store.clone()).await.is_empty(), "{what}: closed");
-    let to_offer = TransferTarget::Pool {
+    let to_offer = TransferTarget::Pool(QueueTarget {
         pool: pool.clone(),
         skills: None,
         priority: None,
         offer_secs: 10,
-    };
+    });
     transfer(&store, &c3, to_offer, at(49)).await;
     let got = assign(&store, &pool, at(50)).await;
     assert_eq!(got.len(), 1, "{what}: c3 assigned again");

@@ -259,19 +259,19 @@ impl State {
         }
         let released_agent = self.detach(id);
         let kind = noted.unwrap_or(match target {
-            TransferTarget::Pool { .. } => NoteKind::TransferredToPool,
+            TransferTarget::Pool(_) => NoteKind::TransferredToPool,
             TransferTarget::Agent(_) => NoteKind::TransferredToAgent,
         });
         let mut note = Note::new(kind, id, now);
         note.from_agent = released_agent.as_ref().map(|a| a.id.clone());
         self.note(note);
         match target {
-            TransferTarget::Pool {
+            TransferTarget::Pool(QueueTarget {
                 pool,
                 skills,
                 priority,
                 offer_secs,
-            } => {
+            }) => {
                 if offer_secs > 0 {
                     self.offer_secs.insert(id.to_owned(), offer_secs);
                 } else {
@@ -1452,10 +1452,7 @@ impl Store for EmbeddedStore {
             let head = &queue[at];
             stats.depth += queue.len() - at;
             let queued_at = s.conversations.get(head).and_then(|c| c.queued_at);
-            stats.oldest_queued_at = match (stats.oldest_queued_at, queued_at) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            stats.oldest_queued_at = stats.oldest_queued_at.into_iter().chain(queued_at).min();
         }
         Ok(stats)
     }
@@ -1852,7 +1849,12 @@ impl Store for EmbeddedStore {
                 ),
             });
         }
-        s.transfer(id, target.into(), Some(NoteKind::Overflowed), now)
+        s.transfer(
+            id,
+            TransferTarget::Pool(target),
+            Some(NoteKind::Overflowed),
+            now,
+        )
     }
 
     async fn accept_offer(

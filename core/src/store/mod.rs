@@ -415,46 +415,7 @@ pub struct AgentUpdate {
     pub status: Option<AgentStatus>,
 }
 
-/// Where a transfer sends a conversation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TransferTarget {
-    /// Back into a pool's queue.
-    Pool {
-        /// The pool.
-        pool: String,
-        /// The skills it asks of its next agent from now on; `None` keeps those it asked.
-        skills: Option<Skills>,
-        /// Its priority in that queue from now on; `None` keeps the one it had.
-        priority: Option<u8>,
-        /// Seconds the agents of that pool have to accept it ([`Placement::offer_secs`]).
-        offer_secs: u64,
-    },
-    /// Straight to an agent (who must have room).
-    Agent(String),
-}
-
-impl TransferTarget {
-    /// Into `pool`'s queue, asking the skills it asked before.
-    pub fn pool(pool: impl Into<String>) -> Self {
-        TransferTarget::Pool {
-            pool: pool.into(),
-            skills: None,
-            priority: None,
-            offer_secs: 0,
-        }
-    }
-}
-
-/// How a pool's queue stands ([`Store::queue_stats`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct QueueStats {
-    /// Conversations waiting in it.
-    pub depth: usize,
-    /// The earliest `queued_at` among the heads of its queues; `None` when nothing waits.
-    pub oldest_queued_at: Option<DateTime<Utc>>,
-}
-
-/// Where a queue overflow moves a conversation ([`Store::overflow`]): a pool's queue.
+/// A pool's queue, as a transfer or a queue overflow sends a conversation to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueTarget {
     /// The pool.
@@ -467,14 +428,49 @@ pub struct QueueTarget {
     pub offer_secs: u64,
 }
 
-impl From<QueueTarget> for TransferTarget {
-    fn from(t: QueueTarget) -> Self {
-        TransferTarget::Pool {
-            pool: t.pool,
-            skills: t.skills,
-            priority: t.priority,
-            offer_secs: t.offer_secs,
+impl QueueTarget {
+    /// Into `pool`'s queue, asking the skills and with the priority it had.
+    pub fn pool(pool: impl Into<String>) -> Self {
+        QueueTarget {
+            pool: pool.into(),
+            skills: None,
+            priority: None,
+            offer_secs: 0,
         }
+    }
+}
+
+/// Where a transfer sends a conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransferTarget {
+    /// Back into a pool's queue.
+    Pool(QueueTarget),
+    /// Straight to an agent (who must have room).
+    Agent(String),
+}
+
+impl TransferTarget {
+    /// Into `pool`'s queue, asking the skills it asked before.
+    pub fn pool(pool: impl Into<String>) -> Self {
+        TransferTarget::Pool(QueueTarget::pool(pool))
+    }
+}
+
+/// How a pool's queue stands ([`Store::queue_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Conversations waiting in it.
+    pub depth: usize,
+    /// The earliest `queued_at` among the heads of its queues; `None` when nothing waits.
+    pub oldest_queued_at: Option<DateTime<Utc>>,
+}
+
+impl QueueStats {
+    /// Seconds from `oldest_queued_at` to `now` (0 for a `queued_at` after `now`, from another
+    /// process's clock); `None` when nothing waits.
+    pub fn oldest_wait_secs(&self, now: DateTime<Utc>) -> Option<f64> {
+        self.oldest_queued_at
+            .map(|at| (now - at).as_seconds_f64().max(0.0))
     }
 }
 

@@ -215,12 +215,12 @@ impl RedisStore {
         let mut inv = TRANSFER.prepare_invoke();
         inv.arg(&self.prefix).arg(id).arg(stamp(now));
         match &target {
-            TransferTarget::Pool {
+            TransferTarget::Pool(QueueTarget {
                 pool,
                 skills,
                 priority,
                 offer_secs,
-            } => {
+            }) => {
                 inv.arg("pool").arg(pool);
                 match skills {
                     Some(skills) => inv.arg(skills_arg(skills)?),
@@ -1543,8 +1543,13 @@ impl Store for RedisStore {
         target: QueueTarget,
         now: DateTime<Utc>,
     ) -> Result<Release, StoreError> {
-        self.transfer_if(id, target.into(), Some((pool, queued_before)), now)
-            .await
+        self.transfer_if(
+            id,
+            TransferTarget::Pool(target),
+            Some((pool, queued_before)),
+            now,
+        )
+        .await
     }
 
     async fn accept_offer(

@@ -14,7 +14,7 @@ use serde_json::json;
 use switchyard_core::envelope::Content;
 use switchyard_core::identity::IdentityKey;
 use switchyard_core::model::{AgentStatus, MAX_TAG_CHARS, Skills, is_valid_skill};
-use switchyard_core::store::{AgentUpdate, TransferTarget, Withdrawal};
+use switchyard_core::store::{AgentUpdate, QueueTarget, TransferTarget, Withdrawal};
 
 use super::customer_patch::CustomerPatch;
 use super::{ApiError, HttpState};
@@ -159,10 +159,7 @@ pub async fn pool_stats(
             with_room += 1;
         }
     }
-    let now = switchyard_core::time::now();
-    let oldest_wait_secs = queue
-        .oldest_queued_at
-        .map(|at| (now - at).as_seconds_f64().max(0.0));
+    let oldest_wait_secs = queue.oldest_wait_secs(switchyard_core::time::now());
     Ok(Json(json!({
         "pool": id,
         "queued": queue.depth,
@@ -305,13 +302,13 @@ pub(super) fn transfer_target(
     priority: Option<u8>,
 ) -> Result<TransferTarget, ApiError> {
     match (pool, agent_id) {
-        (Some(pool), None) => Ok(TransferTarget::Pool {
+        (Some(pool), None) => Ok(TransferTarget::Pool(QueueTarget {
             pool,
             skills: skills.map(checked_skills).transpose()?,
             priority,
             // Set from the pool's configuration by `Operations::transfer`.
             offer_secs: 0,
-        }),
+        })),
         (None, Some(_)) if skills.is_some() || priority.is_some() => Err(ApiError::bad_request(
             "invalid",
             "`skills` and `priority` go with `pool`: a transfer to an agent queues nothing",
