@@ -199,3 +199,102 @@ async fn a_consumer_recovered_after_its_connection_closed_says_it_resumed() {
     after.ack().await.expect("ack");
     drop(vhost);
 }
+
+/// A message RabbitMQ dead-letters by itself (here: nacked past the quorum queue's delivery
+/// limit by another client) reaches the dead letters with the same two headers as the ones
+/// Switchyard dead-letters: the queue it came from, without the bus's name prefix, and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_rabbitmq_dead_lettered_carries_its_queue_and_reason() {
+    use lapin::options::{BasicGetOptions, BasicNackOptions};
+    use lapin::types::ShortString;
+    use std::time::Duration;
+    use switchyard_core::bus::topology::{
+        DEAD_LETTER_QUEUE, OUTBOUND_EXCHANGE, Topology, outbound_queue,
+    };
+    use switchyard_core::bus::{HEADER_DEATH_REASON, HEADER_ORIGINAL_QUEUE, Message};
+
+    let Some(vhost) = TestVhost::create("firstdeath") else {
+        return;
+    };
+    let prefix = "tenant-a.";
+    let bus = match AmqpBus::connect(
+        &vhost.url,
+        "first-death",
+        prefix,
+        bus::DEFAULT_PUBLISH_TIMEOUT,
+    )
+    .await
+    {
+        Ok(b) => b,
+        Err(e) => {
+            let _: Option<()> = absent("RabbitMQ", &e.to_string());
+            return;
+        }
+    };
+    bus.declare(&Topology::standard(&bus::options(100)))
+        .await
+        .expect("declare");
+    bus.publish(
+        OUTBOUND_EXCHANGE,
+        bus::OUTBOUND_KIND,
+        Message::new("poison", "{}"),
+    )
+    .await
+    .expect("publish");
+    let raw = lapin::Connection::connect(&vhost.url, lapin::ConnectionProperties::default())
+        .await
+        .expect("a raw connection");
+    let channel = raw.create_channel().await.expect("a channel");
+    // (`basic.get` is refused on a single-active-consumer queue such as an inbound shard.)
+    let queue = format!("{prefix}{}", outbound_queue(bus::OUTBOUND_KIND));
+    // Delivered and nacked with requeue past the limit: RabbitMQ dead-letters it.
+    for _ in 0..=bus::DELIVERY_LIMIT {
+        let got = channel
+            .basic_get(
+                ShortString::from(queue.as_str()),
+                BasicGetOptions::default(),
+            )
+            .await
+            .expect("basic.get")
+            .expect("the message is in its queue");
+        got.delivery
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            })
+            .await
+            .expect("nack");
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let (reader, dead) = loop {
+        let mut reader = bus.browse(DEAD_LETTER_QUEUE).await.expect("browse");
+        if let Some(d) = reader.next().await {
+            break (reader, d);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "RabbitMQ did not dead-letter the message within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(dead.message.message_id, "poison");
+    assert_eq!(
+        dead.message
+            .headers
+            .get(HEADER_ORIGINAL_QUEUE)
+            .map(String::as_str),
+        Some(outbound_queue(bus::OUTBOUND_KIND).as_str()),
+        "headers: {:?}",
+        dead.message.headers
+    );
+    assert_eq!(
+        dead.message
+            .headers
+            .get(HEADER_DEATH_REASON)
+            .map(String::as_str),
+        Some("dead-lettered by RabbitMQ: delivery_limit"),
+    );
+    dead.ack().await.expect("ack");
+    drop(reader);
+    drop(vhost);
+}

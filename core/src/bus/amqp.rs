@@ -24,7 +24,7 @@ use futures_util::StreamExt;
 use futures_util::future::maybe_done;
 use lapin::Confirmation;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
     BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
     QueueBindOptions, QueueDeclareOptions,
 };
@@ -158,6 +158,10 @@ impl AmqpBus {
     }
 
     fn name(&self, name: &str) -> String {
+        if name.is_empty() {
+            // The default exchange.
+            return String::new();
+        }
         format!("{}{name}", self.inner.prefix)
     }
 
@@ -528,25 +532,58 @@ impl Bus for AmqpBus {
             )
             .await
             .map_err(|e| unavailable(format!("consuming `{queue}`: {e}")))?;
-        let (limit, dead_letter_exchange) = self
-            .inner
-            .limits
-            .lock()
-            .ok()
-            .and_then(|l| l.get(queue).cloned())
-            .unwrap_or((u32::MAX, None));
         Ok(Box::new(AmqpDeliveries {
-            bus: self.clone(),
-            queue: queue.to_owned(),
+            source: Source::new(self, queue),
             prefetch: prefetch.max(1),
-            limit,
-            dead_letter_exchange,
             consumer,
             channel: ch,
             cancelled: false,
             resumed: false,
             last_tag: 0,
         }))
+    }
+
+    async fn browse(&self, queue: &str) -> Result<Box<dyn Deliveries>, BusError> {
+        let channel = self
+            .inner
+            .connection
+            .create_channel()
+            .await
+            .map_err(unavailable)?;
+        // A passive declare fails (and closes only this channel) when there is no such queue.
+        if let Err(e) = channel
+            .queue_declare(
+                ShortString::from(self.name(queue)),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+        {
+            tracing::debug!(queue, error = %e, "passive declare failed");
+            return Err(BusError::NotDeclared {
+                what: "queue",
+                name: queue.to_owned(),
+            });
+        }
+        Ok(Box::new(AmqpReader {
+            source: Source::new(self, queue),
+            channel,
+        }))
+    }
+
+    async fn publish_to_queue(&self, queue: &str, message: Message) -> Result<(), BusError> {
+        // The default exchange routes a message to the queue its routing key names, and has no
+        // name to prefix; a message it cannot route comes back (`mandatory`).
+        match self.publish("", &self.name(queue), message).await {
+            Err(BusError::Unroutable { .. }) => Err(BusError::NotDeclared {
+                what: "queue",
+                name: queue.to_owned(),
+            }),
+            other => other,
+        }
     }
 
     fn is_ready(&self) -> bool {
@@ -572,12 +609,138 @@ impl Bus for AmqpBus {
     }
 }
 
-struct AmqpDeliveries {
+/// The queue deliveries come from, and how they are dead-lettered.
+struct Source {
     bus: AmqpBus,
     queue: String,
-    prefetch: u16,
     limit: u32,
     dead_letter_exchange: Option<String>,
+}
+
+impl Source {
+    fn new(bus: &AmqpBus, queue: &str) -> Self {
+        let (limit, dead_letter_exchange) = bus
+            .inner
+            .limits
+            .lock()
+            .ok()
+            .and_then(|l| l.get(queue).cloned())
+            .unwrap_or((u32::MAX, None));
+        Source {
+            bus: bus.clone(),
+            queue: queue.to_owned(),
+            limit,
+            dead_letter_exchange,
+        }
+    }
+
+    /// A delivery of lapin's as one of the bus's. A message RabbitMQ dead-lettered by itself
+    /// gets the two headers Switchyard's dead letters carry, from RabbitMQ's own
+    /// `x-first-death-queue` and `x-first-death-reason`.
+    fn delivery(&self, delivery: lapin::message::Delivery) -> Delivery {
+        let mut headers = BTreeMap::new();
+        let mut delivery_count = None;
+        if let Some(table) = delivery.properties.headers() {
+            for (k, v) in table.inner() {
+                if k.as_str() == "x-delivery-count" {
+                    delivery_count = header_count(v);
+                } else if let Some(s) = header_string(v) {
+                    headers.insert(k.as_str().to_owned(), s);
+                }
+            }
+        }
+        if !headers.contains_key(HEADER_ORIGINAL_QUEUE)
+            && let Some(queue) = headers.get(FIRST_DEATH_QUEUE)
+        {
+            let queue = self.bus.unprefixed(queue).to_owned();
+            let reason = headers.get(FIRST_DEATH_REASON).map_or_else(
+                || "dead-lettered by RabbitMQ".to_owned(),
+                |r| format!("dead-lettered by RabbitMQ: {r}"),
+            );
+            headers.insert(HEADER_ORIGINAL_QUEUE.to_owned(), queue);
+            headers.insert(HEADER_DEATH_REASON.to_owned(), reason);
+        }
+        let redeliveries = delivery_count.unwrap_or(if delivery.redelivered { 1 } else { 0 });
+        let message = Message {
+            message_id: delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|s| s.as_str().to_owned())
+                .unwrap_or_default(),
+            body: Bytes::from(delivery.data),
+            headers,
+        };
+        let routing_key = delivery.routing_key.as_str().to_owned();
+        let acker = AmqpAcker {
+            bus: self.bus.clone(),
+            queue: self.queue.clone(),
+            limit: self.limit,
+            dead_letter_exchange: self.dead_letter_exchange.clone(),
+            redeliveries,
+            message: message.clone(),
+            routing_key: routing_key.clone(),
+            acker: delivery.acker,
+            settled: std::sync::atomic::AtomicBool::new(false),
+        };
+        Delivery::new(message, routing_key, redeliveries, Box::new(acker))
+    }
+}
+
+/// RabbitMQ's header naming the queue a message it dead-lettered first came from.
+const FIRST_DEATH_QUEUE: &str = "x-first-death-queue";
+/// RabbitMQ's header naming why it first dead-lettered a message (`rejected`, `expired`,
+/// `maxlen`, `delivery_limit`).
+const FIRST_DEATH_REASON: &str = "x-first-death-reason";
+
+/// Reads a queue with `basic.get` on a channel of its own ([`Bus::browse`]); closing the
+/// channel when dropped puts back whatever is still unsettled.
+struct AmqpReader {
+    source: Source,
+    channel: Channel,
+}
+
+#[async_trait]
+impl Deliveries for AmqpReader {
+    async fn next(&mut self) -> Option<Delivery> {
+        let got = self
+            .channel
+            .basic_get(
+                ShortString::from(self.source.bus.name(&self.source.queue)),
+                BasicGetOptions { no_ack: false },
+            )
+            .await;
+        match got {
+            Ok(Some(message)) => Some(self.source.delivery(message.delivery)),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(queue = %self.source.queue, error = %e, "reading a queue failed");
+                None
+            }
+        }
+    }
+
+    async fn cancel(&mut self) -> Result<(), BusError> {
+        Ok(())
+    }
+}
+
+impl Drop for AmqpReader {
+    fn drop(&mut self) {
+        let channel = self.channel.clone();
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let _ = channel
+                    .close(200, ShortString::from("reader dropped"))
+                    .await;
+            });
+        }
+    }
+}
+
+struct AmqpDeliveries {
+    source: Source,
+    prefetch: u16,
     consumer: lapin::Consumer,
     channel: Channel,
     /// Whether the consumer was cancelled ([`Deliveries::cancel`]).
@@ -604,7 +767,7 @@ impl Drop for AmqpDeliveries {
     /// [`Deliveries::leave`]): lapin cancels and closes them when their last handle drops, so
     /// one handle of each is leaked until the process ends.
     fn drop(&mut self) {
-        if self.bus.inner.exiting.load(Ordering::Acquire) {
+        if self.source.bus.inner.exiting.load(Ordering::Acquire) {
             std::mem::forget(self.consumer.clone());
             std::mem::forget(self.channel.clone());
             return;
@@ -655,61 +818,22 @@ impl Deliveries for AmqpDeliveries {
                     // The connection dropped: lapin recovers it (and this consumer) by itself;
                     // wait for that, then carry on. Only an unrecoverable error ends the stream,
                     // and the process supervisor restarts the process.
-                    tracing::warn!(queue = %self.queue, error = %e, "consumer interrupted; waiting for recovery");
+                    tracing::warn!(queue = %self.source.queue, error = %e, "consumer interrupted; waiting for recovery");
                     if let Err(e) = self.channel.wait_for_recovery(e).await {
-                        tracing::error!(queue = %self.queue, error = %e, "consumer cannot recover");
+                        tracing::error!(queue = %self.source.queue, error = %e, "consumer cannot recover");
                         return None;
                     }
-                    tracing::info!(queue = %self.queue, "consumer recovered");
+                    tracing::info!(queue = %self.source.queue, "consumer recovered");
                     self.resumed = true;
                 }
             }
         };
         if delivery.delivery_tag <= self.last_tag {
-            tracing::info!(queue = %self.queue, "consumer resumed on a recovered channel");
+            tracing::info!(queue = %self.source.queue, "consumer resumed on a recovered channel");
             self.resumed = true;
         }
         self.last_tag = delivery.delivery_tag;
-        let mut headers = BTreeMap::new();
-        let mut delivery_count = None;
-        if let Some(table) = delivery.properties.headers() {
-            for (k, v) in table.inner() {
-                if k.as_str() == "x-delivery-count" {
-                    delivery_count = header_count(v);
-                } else if let Some(s) = header_string(v) {
-                    headers.insert(k.as_str().to_owned(), s);
-                }
-            }
-        }
-        let redeliveries = delivery_count.unwrap_or(if delivery.redelivered { 1 } else { 0 });
-        let message = Message {
-            message_id: delivery
-                .properties
-                .message_id()
-                .as_ref()
-                .map(|s| s.as_str().to_owned())
-                .unwrap_or_default(),
-            body: Bytes::from(delivery.data),
-            headers,
-        };
-        let routing_key = delivery.routing_key.as_str().to_owned();
-        let acker = AmqpAcker {
-            bus: self.bus.clone(),
-            queue: self.queue.clone(),
-            limit: self.limit,
-            dead_letter_exchange: self.dead_letter_exchange.clone(),
-            redeliveries,
-            message: message.clone(),
-            routing_key: routing_key.clone(),
-            acker: delivery.acker,
-            settled: std::sync::atomic::AtomicBool::new(false),
-        };
-        Some(Delivery::new(
-            message,
-            routing_key,
-            redeliveries,
-            Box::new(acker),
-        ))
+        Some(self.source.delivery(delivery))
     }
 
     fn take_resumed(&mut self) -> bool {
@@ -722,7 +846,12 @@ impl Deliveries for AmqpDeliveries {
         self.channel
             .basic_cancel(self.consumer.tag(), BasicCancelOptions::default())
             .await
-            .map_err(|e| unavailable(format!("cancelling the consumer of `{}`: {e}", self.queue)))
+            .map_err(|e| {
+                unavailable(format!(
+                    "cancelling the consumer of `{}`: {e}",
+                    self.source.queue
+                ))
+            })
     }
 
     async fn leave(self: Box<Self>) {
@@ -733,10 +862,10 @@ impl Deliveries for AmqpDeliveries {
             .basic_qos(self.prefetch, BasicQosOptions::default())
             .await
         {
-            tracing::debug!(queue = %self.queue, error = %e, "could not fence the acks of a leaving consumer");
+            tracing::debug!(queue = %self.source.queue, error = %e, "could not fence the acks of a leaving consumer");
         }
         // Dropped while exiting, the consumer and its channel stay open until the process ends.
-        self.bus.inner.exiting.store(true, Ordering::Release);
+        self.source.bus.inner.exiting.store(true, Ordering::Release);
     }
 }
 

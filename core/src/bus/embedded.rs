@@ -150,6 +150,18 @@ impl Broker {
         queue
     }
 
+    /// The declared queue `name`.
+    fn queue(&self, name: &str) -> Result<Arc<Queue>, BusError> {
+        lock(&self.state)
+            .queues
+            .get(name)
+            .cloned()
+            .ok_or_else(|| BusError::NotDeclared {
+                what: "queue",
+                name: name.to_owned(),
+            })
+    }
+
     fn route(&self, exchange: &str, routing_key: &str) -> Result<Vec<Arc<Queue>>, BusError> {
         let state = lock(&self.state);
         let ex = state
@@ -174,6 +186,20 @@ impl Broker {
 }
 
 impl Queue {
+    /// Takes the first ready message, now unsettled, letting a competing consumer take the
+    /// next one.
+    fn take_ready(&self) -> Option<Stored> {
+        let mut qs = lock(&self.state);
+        let stored = qs.ready.pop_front()?;
+        qs.unacked += 1;
+        let more = !qs.ready.is_empty();
+        drop(qs);
+        if more {
+            self.readable.notify_one();
+        }
+        Some(stored)
+    }
+
     /// Stores a message, waiting for room when the queue is full and rejects publishes.
     async fn push(&self, stored: Stored, timeout: Duration) -> Result<(), BusError> {
         let deadline = tokio::time::Instant::now() + timeout;
@@ -338,20 +364,35 @@ impl Bus for EmbeddedBus {
     }
 
     async fn consume(&self, queue: &str, prefetch: u16) -> Result<Box<dyn Deliveries>, BusError> {
-        let q = lock(&self.inner.state)
-            .queues
-            .get(queue)
-            .cloned()
-            .ok_or_else(|| BusError::NotDeclared {
-                what: "queue",
-                name: queue.to_owned(),
-            })?;
         Ok(Box::new(EmbeddedConsumer {
-            queue: q,
+            queue: self.inner.queue(queue)?,
             broker: Arc::clone(&self.inner),
             prefetch: Arc::new(Semaphore::new(usize::from(prefetch.max(1)))),
             cancelled: false,
         }))
+    }
+
+    async fn browse(&self, queue: &str) -> Result<Box<dyn Deliveries>, BusError> {
+        Ok(Box::new(EmbeddedReader {
+            queue: self.inner.queue(queue)?,
+            broker: Arc::clone(&self.inner),
+        }))
+    }
+
+    async fn publish_to_queue(&self, queue: &str, message: Message) -> Result<(), BusError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(BusError::Unavailable("bus is closed".into()));
+        }
+        let stored = Stored {
+            message,
+            routing_key: queue.to_owned(),
+            redeliveries: 0,
+            seq: 0,
+        };
+        self.inner
+            .queue(queue)?
+            .push(stored, self.inner.publish_timeout)
+            .await
     }
 
     fn is_ready(&self) -> bool {
@@ -389,27 +430,8 @@ impl Deliveries for EmbeddedConsumer {
             let readable = self.queue.readable.notified();
             tokio::pin!(readable);
             readable.as_mut().enable();
-            {
-                let mut qs = lock(&self.queue.state);
-                if let Some(stored) = qs.ready.pop_front() {
-                    qs.unacked += 1;
-                    let more = !qs.ready.is_empty();
-                    drop(qs);
-                    if more {
-                        // Let a competing consumer, if any, take the next one.
-                        self.queue.readable.notify_one();
-                    }
-                    let acker = EmbeddedAcker {
-                        queue: Arc::clone(&self.queue),
-                        pending: Mutex::new(Some((stored.clone(), permit))),
-                    };
-                    return Some(Delivery::new(
-                        stored.message,
-                        stored.routing_key,
-                        stored.redeliveries,
-                        Box::new(acker),
-                    ));
-                }
+            if let Some(stored) = self.queue.take_ready() {
+                return Some(EmbeddedAcker::delivery(&self.queue, stored, Some(permit)));
             }
             tokio::select! {
                 _ = &mut readable => {}
@@ -424,9 +446,51 @@ impl Deliveries for EmbeddedConsumer {
     }
 }
 
+/// Reads a queue one message at a time ([`Bus::browse`]).
+struct EmbeddedReader {
+    queue: Arc<Queue>,
+    broker: Arc<Broker>,
+}
+
+#[async_trait]
+impl Deliveries for EmbeddedReader {
+    async fn next(&mut self) -> Option<Delivery> {
+        if self.broker.closed.load(Ordering::Acquire) {
+            return None;
+        }
+        let stored = self.queue.take_ready()?;
+        Some(EmbeddedAcker::delivery(&self.queue, stored, None))
+    }
+
+    async fn cancel(&mut self) -> Result<(), BusError> {
+        Ok(())
+    }
+}
+
+/// Settles one delivery; holds the consumer's prefetch slot (none for a reader) until then.
 struct EmbeddedAcker {
     queue: Arc<Queue>,
-    pending: Mutex<Option<(Stored, OwnedSemaphorePermit)>>,
+    pending: Mutex<Option<(Stored, Option<OwnedSemaphorePermit>)>>,
+}
+
+impl EmbeddedAcker {
+    /// The delivery of `stored`, taken from `queue`.
+    fn delivery(
+        queue: &Arc<Queue>,
+        stored: Stored,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Delivery {
+        let (message, routing_key, redeliveries) = (
+            stored.message.clone(),
+            stored.routing_key.clone(),
+            stored.redeliveries,
+        );
+        let acker = EmbeddedAcker {
+            queue: Arc::clone(queue),
+            pending: Mutex::new(Some((stored, permit))),
+        };
+        Delivery::new(message, routing_key, redeliveries, Box::new(acker))
+    }
 }
 
 #[async_trait]

@@ -248,6 +248,20 @@ pub trait Bus: Send + Sync + 'static {
     /// Starts consuming a queue, with at most `prefetch` unsettled deliveries at a time.
     async fn consume(&self, queue: &str, prefetch: u16) -> Result<Box<dyn Deliveries>, BusError>;
 
+    /// Reads `queue` one message at a time without subscribing to it (AMQP `basic.get`), for
+    /// tools that inspect a queue such as the dead letters: the reader's
+    /// [`next`](Deliveries::next) yields `None` as soon as the queue holds nothing ready. A
+    /// message it yields is unsettled, so no reader or consumer sees it again until it is. An
+    /// unsettled delivery that is dropped goes back to the queue (RabbitMQ counts that as a
+    /// redelivery, the embedded bus does not); settle or drop every one before the reader.
+    /// RabbitMQ refuses to read a single-active-consumer queue (an inbound shard) this way.
+    async fn browse(&self, queue: &str) -> Result<Box<dyn Deliveries>, BusError>;
+
+    /// Publishes straight into `queue` (AMQP's default exchange), bypassing every binding, and
+    /// returns once it is confirmed; [`BusError::NotDeclared`] when no such queue exists. How a
+    /// dead letter goes back to the queue it came from.
+    async fn publish_to_queue(&self, queue: &str, message: Message) -> Result<(), BusError>;
+
     /// Whether the bus can currently accept publishes (for `/readyz`).
     fn is_ready(&self) -> bool;
 

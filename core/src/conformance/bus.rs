@@ -543,6 +543,109 @@ pub async fn reject_dead_letters_at_once(factory: &impl MakeBus, prefix: &str) {
     ack(got, what).await;
 }
 
+/// The next message a reader yields, which must be `id`.
+async fn read_id(reader: &mut Box<dyn Deliveries>, id: &str, what: &str) -> Delivery {
+    match timeout(WAIT, reader.next()).await {
+        Ok(Some(d)) => {
+            assert_eq!(d.message.message_id, id, "{what}: read the wrong message");
+            d
+        }
+        Ok(None) => panic!("{what}: the reader found nothing, expected `{id}`"),
+        Err(_) => panic!("{what}: reading did not answer within {WAIT:?}"),
+    }
+}
+
+/// The reader must find nothing ready.
+async fn read_nothing(reader: &mut Box<dyn Deliveries>, what: &str) {
+    match timeout(WAIT, reader.next()).await {
+        Ok(None) => {}
+        Ok(Some(d)) => panic!("{what}: expected nothing, read `{}`", d.message.message_id),
+        Err(_) => panic!("{what}: reading did not answer within {WAIT:?}"),
+    }
+}
+
+/// [`Bus::browse`] takes a queue's messages one at a time, in order, with their headers, and
+/// finds nothing once none is ready; what one reader holds no other reader sees, a dropped
+/// delivery goes back and an acked one is gone. [`Bus::publish_to_queue`] puts a message into
+/// exactly the queue it names (how a dead letter goes back where it came from), and both refuse
+/// a queue that does not exist.
+pub async fn browse_and_publish_to_queue(factory: &impl MakeBus, prefix: &str) {
+    let what = "browse_and_publish_to_queue";
+    let bus = setup(factory, prefix, 1000).await;
+    let n = Names::new(prefix);
+    let shard = n.inbound_queue(1);
+    publish(&bus, &n.inbound_exchange(), "1", msg("first")).await;
+    publish(&bus, &n.inbound_exchange(), "1", msg("second")).await;
+    let mut work = consume(&bus, &shard, 10).await;
+    for (id, reason) in [("first", "cannot route"), ("second", "bad envelope")] {
+        let d = expect_id(&mut work, id, what).await;
+        d.reject(reason)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: reject failed: {e}"));
+    }
+
+    let mut reader = bus
+        .browse(&n.dead_queue())
+        .await
+        .unwrap_or_else(|e| panic!("{what}: browsing the dead letters: {e}"));
+    let first = read_id(&mut reader, "first", what).await;
+    assert_dead_lettered(&first, "first", &shard, "cannot route", what);
+    let second = read_id(&mut reader, "second", what).await;
+    assert_dead_lettered(&second, "second", &shard, "bad envelope", what);
+    read_nothing(&mut reader, &format!("{what}: after the last")).await;
+    let mut other = bus
+        .browse(&n.dead_queue())
+        .await
+        .unwrap_or_else(|e| panic!("{what}: a second reader: {e}"));
+    read_nothing(
+        &mut other,
+        &format!("{what}: a second reader saw held messages"),
+    )
+    .await;
+
+    // `first` goes back to its shard, and only there; `second` is put back.
+    bus.publish_to_queue(&shard, first.message.clone())
+        .await
+        .unwrap_or_else(|e| panic!("{what}: publishing to `{shard}`: {e}"));
+    ack(first, what).await;
+    drop(second);
+    let back = expect_id(&mut work, "first", &format!("{what}: the replayed message")).await;
+    assert_eq!(back.message.body, msg("first").body, "{what}: body changed");
+    ack(back, what).await;
+    expect_nothing(&mut work, &format!("{what}: the shard after the replay")).await;
+    for other_shard in [0, 2, 3] {
+        let mut d = consume(&bus, &n.inbound_queue(other_shard), 10).await;
+        expect_nothing(&mut d, &format!("{what}: shard {other_shard}")).await;
+    }
+    // A dropped delivery comes back (on RabbitMQ, once its nack has arrived).
+    let deadline = Instant::now() + WAIT;
+    let second = loop {
+        if let Some(d) = timeout(WAIT, other.next()).await.ok().flatten() {
+            break d;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the dropped delivery did not go back to the dead letters"
+        );
+        sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(second.message.message_id, "second", "{what}: put back");
+    ack(second, what).await;
+    read_nothing(&mut other, &format!("{what}: after acking both")).await;
+    drop((reader, other));
+
+    let missing = n.p("no-such-queue");
+    match bus.publish_to_queue(&missing, msg("lost")).await {
+        Err(BusError::NotDeclared { .. }) => {}
+        other => panic!("{what}: publishing to a missing queue gave {other:?}"),
+    }
+    match bus.browse(&missing).await {
+        Err(BusError::NotDeclared { .. }) => {}
+        Err(e) => panic!("{what}: browsing a missing queue gave {e}"),
+        Ok(_) => panic!("{what}: browsing a missing queue succeeded"),
+    }
+}
+
 /// A delivery dropped without ack/retry/reject (its handler died) is delivered again, before
 /// later messages; also when the consumer stream is dropped first.
 pub async fn dropped_delivery_is_redelivered(factory: &impl MakeBus, prefix: &str) {
@@ -852,6 +955,7 @@ pub async fn run_all(
     per_key_order_with_retry(factory, &p("order")).await;
     delivery_limit_dead_letters(factory, &p("limit")).await;
     reject_dead_letters_at_once(factory, &p("reject")).await;
+    browse_and_publish_to_queue(factory, &p("browse")).await;
     dropped_delivery_is_redelivered(factory, &p("dropped")).await;
     prefetch_bounds_unsettled(factory, &p("prefetch")).await;
     out_of_order_settlements_settle_exactly_those(factory, &p("settle")).await;

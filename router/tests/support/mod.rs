@@ -117,6 +117,12 @@ impl Bus for FlakyBus {
             resumed: Arc::clone(&self.resumed),
         }))
     }
+    async fn browse(&self, queue: &str) -> Result<Box<dyn Deliveries>, BusError> {
+        self.inner.browse(queue).await
+    }
+    async fn publish_to_queue(&self, queue: &str, message: Message) -> Result<(), BusError> {
+        self.inner.publish_to_queue(queue, message).await
+    }
     fn is_ready(&self) -> bool {
         true
     }
