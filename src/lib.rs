@@ -33,6 +33,46 @@ enum Command {
         /// The configuration file.
         file: PathBuf,
     },
+    /// List, replay or discard the dead letters of a deployment on RabbitMQ (`bus.kind =
+    /// "amqp"`); prints JSON. With the embedded bus, use `/v1/dead-letters` of the running
+    /// `serve` instead.
+    DeadLetters {
+        /// Configuration file (TOML), for `bus.url` and its TLS files.
+        #[arg(long, env = "SWITCHYARD_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: DeadLetterAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DeadLetterAction {
+    /// List the dead letters, oldest first (at most `--limit`, default 50).
+    List(Choose),
+    /// Put the chosen dead letters back into the queues they came from.
+    Replay(Choose),
+    /// Remove the chosen dead letters for good.
+    Discard(Choose),
+}
+
+/// Which dead letters: those matching every option given.
+#[derive(Debug, clap::Args)]
+struct Choose {
+    /// Only this message id (repeatable).
+    #[arg(long = "id")]
+    ids: Vec<String>,
+    /// Only those that came from this queue, e.g. `switchyard.inbound.3`.
+    #[arg(long)]
+    queue: Option<String>,
+    /// Only those whose reason contains this text.
+    #[arg(long)]
+    reason_contains: Option<String>,
+    /// Replay or discard every dead letter (needed when no other option chooses).
+    #[arg(long)]
+    all: bool,
+    /// At most this many.
+    #[arg(long)]
+    limit: Option<usize>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -50,6 +90,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { file } => check_config(&file),
+        Command::DeadLetters { config, action } => dead_letters(config.as_deref(), action),
         Command::Serve(args) => run(args, Role::All),
         Command::Gateway(args) => run(args, Role::Gateway),
         Command::Router(args) => run(args, Role::Router),
@@ -88,6 +129,78 @@ fn check_config(file: &std::path::Path) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `switchyard dead-letters`: prints the listing or what was done as JSON; exit code 1 when the
+/// operation failed, 2 when the configuration is wrong.
+fn dead_letters(config: Option<&std::path::Path>, action: DeadLetterAction) -> ExitCode {
+    let settings = match Settings::load(config) {
+        Ok(s) if s.bus.kind == BusKind::Amqp => s,
+        Ok(_) => {
+            eprintln!(
+                "switchyard: the embedded bus keeps its dead letters inside the `serve` process: \
+                 use GET /v1/dead-letters there, or configure bus.kind = \"amqp\""
+            );
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("switchyard: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("switchyard: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run_dead_letters(&settings, action)) {
+        Ok(json) => {
+            println!("{json}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("switchyard: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_dead_letters(settings: &Settings, action: DeadLetterAction) -> anyhow::Result<String> {
+    use switchyard_router::dead_letters::{DeadLetters, MAX_SCAN, Selection};
+
+    let bus = switchyard_router::app::connect_amqp(settings, "dead-letters").await?;
+    let metrics = switchyard_core::metrics::Metrics::new()?;
+    let dead_letters = DeadLetters::new(std::sync::Arc::new(bus), metrics);
+    let selection = |choose: &Choose| Selection {
+        message_ids: (!choose.ids.is_empty()).then(|| choose.ids.clone()),
+        queue: choose.queue.clone(),
+        reason_contains: choose.reason_contains.clone(),
+        all: choose.all,
+    };
+    let json = match action {
+        DeadLetterAction::List(choose) => {
+            let chosen = Selection {
+                all: true,
+                ..selection(&choose)
+            };
+            let limit = choose.limit.unwrap_or(50).min(MAX_SCAN);
+            serde_json::to_string_pretty(&dead_letters.list(&chosen, limit).await?)?
+        }
+        DeadLetterAction::Replay(choose) => {
+            let limit = choose.limit.unwrap_or(MAX_SCAN).min(MAX_SCAN);
+            serde_json::to_string_pretty(&dead_letters.replay(&selection(&choose), limit).await?)?
+        }
+        DeadLetterAction::Discard(choose) => {
+            let limit = choose.limit.unwrap_or(MAX_SCAN).min(MAX_SCAN);
+            serde_json::to_string_pretty(&dead_letters.discard(&selection(&choose), limit).await?)?
+        }
+    };
+    Ok(json)
 }
 
 fn load(args: &RunArgs) -> anyhow::Result<Settings> {

@@ -71,6 +71,9 @@ pub struct Metrics {
     /// Conversations moved on after waiting a pool's `[pools.overflow] after_secs` in its
     /// queue, by that pool and the pool they moved to.
     pub queue_overflows: IntCounterVec,
+    /// Dead letters an operator replayed or discarded, by the queue they came from (`unknown`
+    /// when they do not say) and action (`replayed`, `discarded`).
+    pub dead_letters: IntCounterVec,
     /// Closed conversations the retention sweep went through (deleted, or kept because a merge
     /// closed them).
     pub conversations_swept: IntCounter,
@@ -185,6 +188,13 @@ impl Metrics {
             ),
             &["pool", "to"],
         )?;
+        let dead_letters = IntCounterVec::new(
+            Opts::new(
+                "dead_letters_handled_total",
+                "Dead letters an operator replayed or discarded, by original queue and action",
+            ),
+            &["queue", "action"],
+        )?;
         let conversations_swept = IntCounter::with_opts(Opts::new(
             "retention_conversations_swept_total",
             "Closed conversations the retention sweep went through",
@@ -290,6 +300,7 @@ impl Metrics {
         registry.register(Box::new(auto_replies.clone()))?;
         registry.register(Box::new(offers.clone()))?;
         registry.register(Box::new(queue_overflows.clone()))?;
+        registry.register(Box::new(dead_letters.clone()))?;
         registry.register(Box::new(conversations_swept.clone()))?;
         registry.register(Box::new(customers_erased.clone()))?;
         registry.register(Box::new(ingress_to_assignment.clone()))?;
@@ -316,6 +327,7 @@ impl Metrics {
             auto_replies,
             offers,
             queue_overflows,
+            dead_letters,
             conversations_swept,
             customers_erased,
             ingress_to_assignment,

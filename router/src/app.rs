@@ -28,6 +28,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::assignment::{sample_queue_depth, sweep_lapsed_agents};
 use crate::auto_reply::AutoReplies;
+use crate::dead_letters::DeadLetters;
 use crate::events::EventPublisher;
 use crate::http::{HttpContext, HttpState, app, ops_app};
 use crate::hub::AgentHub;
@@ -103,6 +104,19 @@ pub struct App {
     exit_after_stop: Arc<AtomicBool>,
 }
 
+/// Connects to the RabbitMQ of `settings` (`bus.kind = "amqp"`) as `switchyard-{what}-{pid}`.
+pub async fn connect_amqp(settings: &Settings, what: &str) -> anyhow::Result<AmqpBus> {
+    let url = settings
+        .bus
+        .url
+        .as_deref()
+        .context("bus.url is required when bus.kind = \"amqp\"")?;
+    let name = format!("switchyard-{what}-{}", std::process::id());
+    let tls = settings.bus.tls_files().read()?;
+    let publish_timeout = Duration::from_millis(settings.bus.publish_timeout_ms);
+    Ok(AmqpBus::connect_with_tls(url, &name, "", publish_timeout, &tls).await?)
+}
+
 impl App {
     /// Builds everything `settings` describe and starts `role`; returns once listening.
     pub async fn start(settings: Settings, role: Role) -> anyhow::Result<App> {
@@ -121,16 +135,7 @@ impl App {
         let publish_timeout = Duration::from_millis(settings.bus.publish_timeout_ms);
         let bus: Arc<dyn Bus> = match settings.bus.kind {
             BusKind::Embedded => Arc::new(EmbeddedBus::new(publish_timeout)),
-            BusKind::Amqp => {
-                let url = settings
-                    .bus
-                    .url
-                    .as_deref()
-                    .context("bus.url is required when bus.kind = \"amqp\"")?;
-                let name = format!("switchyard-{}-{}", role.name(), std::process::id());
-                let tls = settings.bus.tls_files().read()?;
-                Arc::new(AmqpBus::connect_with_tls(url, &name, "", publish_timeout, &tls).await?)
-            }
+            BusKind::Amqp => Arc::new(connect_amqp(&settings, role.name()).await?),
         };
         let store: Arc<dyn Store> = match settings.store.kind {
             StoreKind::Embedded => Arc::new(EmbeddedStore::new()),
@@ -442,6 +447,7 @@ impl App {
             registry,
             ingress,
             ops,
+            dead_letters: DeadLetters::new(Arc::clone(&bus), metrics.clone()),
             hub,
             metrics: metrics.clone(),
             api_keys: Arc::new(settings.api_keys().context("resolving API keys")?),

@@ -5,6 +5,7 @@
 pub mod app;
 pub mod assignment;
 pub mod auto_reply;
+pub mod dead_letters;
 pub mod error;
 pub mod events;
 pub mod http;

@@ -150,3 +150,135 @@ fn check_config_explains_errors_with_the_key_path() {
     }
     let _ = std::fs::remove_file(&good);
 }
+
+/// `switchyard dead-letters` against a real RabbitMQ: lists what a consumer dead-lettered,
+/// replays one into the queue it came from, discards the other; and refuses the embedded bus,
+/// whose dead letters live inside `serve`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_lists_replays_and_discards_on_rabbitmq() {
+    use serde_json::Value;
+    use switchyard_core::bus::amqp::AmqpBus;
+    use switchyard_core::bus::topology::{OUTBOUND_EXCHANGE, Topology, outbound_queue};
+    use switchyard_core::bus::{Bus, Message};
+    use switchyard_core::conformance::services::{TestVhost, absent};
+
+    let embedded = std::env::temp_dir().join(format!("sy-dl-embedded-{}.toml", std::process::id()));
+    std::fs::write(&embedded, "").unwrap();
+    let out = Command::new(binary())
+        .args(["dead-letters", "--config"])
+        .arg(&embedded)
+        .arg("list")
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&embedded);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("GET /v1/dead-letters"));
+
+    let Some(vhost) = TestVhost::create("deadletters") else {
+        return;
+    };
+    let bus =
+        match AmqpBus::connect(&vhost.url, "dead-letters-test", "", Duration::from_secs(5)).await {
+            Ok(b) => b,
+            Err(e) => {
+                let _: Option<()> = absent("RabbitMQ", &e.to_string());
+                return;
+            }
+        };
+    let options = switchyard_core::conformance::bus::options(100);
+    bus.declare(&Topology::standard(&options)).await.unwrap();
+    let queue = outbound_queue("api");
+    let mut outbound = bus.consume(&queue, 10).await.unwrap();
+    for (id, reason) in [
+        ("reply-1", "callback answered 400"),
+        ("reply-2", "no callback_url"),
+    ] {
+        bus.publish(
+            OUTBOUND_EXCHANGE,
+            "api",
+            Message::new(id, format!("{{\"id\":\"{id}\"}}")),
+        )
+        .await
+        .unwrap();
+        let delivery = tokio::time::timeout(Duration::from_secs(10), outbound.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(delivery.message.message_id, id);
+        delivery.reject(reason).await.unwrap();
+    }
+
+    let config = std::env::temp_dir().join(format!("sy-dl-{}.toml", std::process::id()));
+    std::fs::write(
+        &config,
+        format!("[bus]\nkind = \"amqp\"\nurl = \"{}\"\n", vhost.url),
+    )
+    .unwrap();
+    let run = |args: &[&str]| -> Value {
+        let out = Command::new(binary())
+            .args(["dead-letters", "--config"])
+            .arg(&config)
+            .args(args)
+            .env_remove("SWITCHYARD_CONFIG")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let listing = run(&["list"]);
+    let ids: Vec<&str> = listing["dead_letters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["message_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["reply-1", "reply-2"], "{listing}");
+    assert_eq!(listing["dead_letters"][0]["queue"], queue.as_str());
+    assert_eq!(listing["dead_letters"][1]["reason"], "no callback_url");
+    let only = run(&["list", "--reason-contains", "400"]);
+    assert_eq!(only["dead_letters"].as_array().unwrap().len(), 1, "{only}");
+
+    let replayed = run(&["replay", "--id", "reply-1"]);
+    assert_eq!(
+        replayed["message_ids"],
+        serde_json::json!(["reply-1"]),
+        "{replayed}"
+    );
+    let back = tokio::time::timeout(Duration::from_secs(10), outbound.next())
+        .await
+        .expect("the replayed reply comes back to its queue")
+        .unwrap();
+    assert_eq!(back.message.message_id, "reply-1");
+    assert!(
+        !back
+            .message
+            .headers
+            .contains_key(switchyard_core::bus::HEADER_DEATH_REASON),
+        "a replayed message leaves its death behind: {:?}",
+        back.message.headers
+    );
+    back.ack().await.unwrap();
+
+    let out = Command::new(binary())
+        .args(["dead-letters", "--config"])
+        .arg(&config)
+        .arg("discard")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "a discard must choose");
+    let discarded = run(&["discard", "--all"]);
+    assert_eq!(
+        discarded["message_ids"],
+        serde_json::json!(["reply-2"]),
+        "{discarded}"
+    );
+    let listing = run(&["list"]);
+    assert_eq!(listing["dead_letters"], serde_json::json!([]), "{listing}");
+    let _ = std::fs::remove_file(&config);
+    drop(outbound);
+    drop(vhost);
+}

@@ -10,6 +10,7 @@ mod bots;
 mod browser;
 mod cluster;
 mod customer_update;
+mod dead_letters;
 mod douyin;
 mod erasure;
 mod history;

@@ -446,6 +446,7 @@ mod tests {
                 timeout,
             ),
             ops,
+            dead_letters: crate::dead_letters::DeadLetters::new(Arc::clone(&bus), metrics.clone()),
             hub: Arc::new(AgentHub::default()),
             metrics,
             api_keys: Arc::new(Vec::new()),

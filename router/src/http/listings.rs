@@ -28,12 +28,12 @@ const MAX_CURSOR_LEN: usize = 128;
 const INVALID_QUERY: &str = "invalid_query";
 
 /// A 422 `invalid_query` answer.
-fn invalid(message: impl Into<String>) -> ApiError {
+pub(super) fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, INVALID_QUERY, message)
 }
 
 /// Refuses parameters other than `allowed` (and `api_key`, which authentication may read).
-fn only(query: &HashMap<String, String>, allowed: &[&str]) -> Result<(), ApiError> {
+pub(super) fn only(query: &HashMap<String, String>, allowed: &[&str]) -> Result<(), ApiError> {
     let mut unknown: Vec<&str> = query
         .keys()
         .map(String::as_str)
@@ -54,7 +54,7 @@ fn only(query: &HashMap<String, String>, allowed: &[&str]) -> Result<(), ApiErro
 }
 
 /// `limit`: 1 to [`MAX_LIMIT`], [`DEFAULT_LIMIT`] when absent.
-fn limit(query: &HashMap<String, String>) -> Result<usize, ApiError> {
+pub(super) fn limit(query: &HashMap<String, String>) -> Result<usize, ApiError> {
     let Some(raw) = query.get("limit") else {
         return Ok(DEFAULT_LIMIT);
     };

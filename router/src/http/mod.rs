@@ -6,6 +6,7 @@ mod auth;
 mod byte_range;
 mod channels;
 mod customer_patch;
+mod dead_letters;
 mod error;
 mod hours;
 mod listings;
@@ -32,6 +33,7 @@ use tower_http::timeout::TimeoutLayer;
 
 pub use error::ApiError;
 
+use crate::dead_letters::DeadLetters;
 use crate::hub::AgentHub;
 use crate::ingress::Ingress;
 use crate::operations::Operations;
@@ -64,6 +66,8 @@ pub struct HttpContext {
     pub ingress: Ingress,
     /// Agent and conversation commands.
     pub ops: Operations,
+    /// The dead-letter queue, for administrators.
+    pub dead_letters: DeadLetters,
     /// Connected agents.
     pub hub: Arc<AgentHub>,
     /// Metrics.
@@ -150,6 +154,9 @@ pub fn app(state: HttpState) -> Router {
             get(listings::pool_conversations),
         )
         .route("/v1/media/{channel_id}/{media_id}", get(media::get_media))
+        .route("/v1/dead-letters", get(dead_letters::list))
+        .route("/v1/dead-letters/replay", post(dead_letters::replay))
+        .route("/v1/dead-letters/discard", post(dead_letters::discard))
         .fallback(ops::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

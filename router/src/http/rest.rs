@@ -21,7 +21,7 @@ use super::{ApiError, HttpState};
 
 /// Parses a JSON request body: 415 without a JSON content type, 413 when too large, 400 with
 /// serde's explanation (and the path of the bad field) when invalid.
-fn json_body<T: DeserializeOwned>(
+pub(super) fn json_body<T: DeserializeOwned>(
     state: &HttpState,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
