@@ -74,6 +74,8 @@ pub struct Metrics {
     /// Dead letters an operator replayed or discarded, by the queue they came from (`unknown`
     /// when they do not say) and action (`replayed`, `discarded`).
     pub dead_letters: IntCounterVec,
+    /// Messages waiting in the dead-letter queue (`switchyard.dead`), sampled every 5 s.
+    pub dead_letters_waiting: IntGauge,
     /// Closed conversations the retention sweep went through (deleted, or kept because a merge
     /// closed them).
     pub conversations_swept: IntCounter,
@@ -195,6 +197,10 @@ impl Metrics {
             ),
             &["queue", "action"],
         )?;
+        let dead_letters_waiting = IntGauge::with_opts(Opts::new(
+            "dead_letters_waiting",
+            "Messages waiting in the dead-letter queue, sampled every 5 s",
+        ))?;
         let conversations_swept = IntCounter::with_opts(Opts::new(
             "retention_conversations_swept_total",
             "Closed conversations the retention sweep went through",
@@ -301,6 +307,7 @@ impl Metrics {
         registry.register(Box::new(offers.clone()))?;
         registry.register(Box::new(queue_overflows.clone()))?;
         registry.register(Box::new(dead_letters.clone()))?;
+        registry.register(Box::new(dead_letters_waiting.clone()))?;
         registry.register(Box::new(conversations_swept.clone()))?;
         registry.register(Box::new(customers_erased.clone()))?;
         registry.register(Box::new(ingress_to_assignment.clone()))?;
@@ -328,6 +335,7 @@ impl Metrics {
             offers,
             queue_overflows,
             dead_letters,
+            dead_letters_waiting,
             conversations_swept,
             customers_erased,
             ingress_to_assignment,

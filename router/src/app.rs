@@ -28,7 +28,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::assignment::{sample_queue_depth, sweep_lapsed_agents};
 use crate::auto_reply::AutoReplies;
-use crate::dead_letters::DeadLetters;
+use crate::dead_letters::{DeadLetters, sample_dead_letters};
 use crate::events::EventPublisher;
 use crate::http::{HttpContext, HttpState, app, ops_app};
 use crate::hub::AgentHub;
@@ -305,6 +305,13 @@ impl App {
                 sample_queue_depth(store, metrics, pools, Duration::from_secs(5), stop)
                     .await
                     .context("queue depth sampler")
+            });
+        }
+        {
+            let (bus, metrics, stop) = (Arc::clone(&bus), metrics.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                sample_dead_letters(bus, metrics, Duration::from_secs(5), stop).await;
+                Ok(())
             });
         }
         if role.router() {

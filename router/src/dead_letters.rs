@@ -353,6 +353,27 @@ impl DeadLetters {
     }
 }
 
+/// Samples how many messages wait in the dead-letter queue into
+/// `switchyard_dead_letters_waiting` every `every`, until `stop`.
+pub async fn sample_dead_letters(
+    bus: Arc<dyn Bus>,
+    metrics: Metrics,
+    every: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        match bus.ready_messages(DEAD_LETTER_QUEUE).await {
+            Ok(n) => metrics
+                .dead_letters_waiting
+                .set(i64::try_from(n).unwrap_or(i64::MAX)),
+            Err(e) => tracing::debug!(error = %e, "could not count the dead letters"),
+        }
+        if !crate::timers::tick(every, &stop).await {
+            return;
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Action {
     Replay,

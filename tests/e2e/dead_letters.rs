@@ -54,6 +54,14 @@ async fn listed(server: &Server, n: usize) -> Value {
     .await
 }
 
+/// Waits until the sampled gauge of the dead letters says `n` (it is sampled every 5 s).
+async fn waiting(server: &Server, n: f64) {
+    eventually(|| async {
+        (server.metric("switchyard_dead_letters_waiting").await == n).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_reply_is_listed_replayed_once_the_channel_takes_it_and_discarded() {
     let callback = Callback::start().await;
@@ -110,6 +118,7 @@ async fn a_refused_reply_is_listed_replayed_once_the_channel_takes_it_and_discar
     assert_eq!(letter["body"]["direction"], "outbound");
     assert_eq!(letter["body"]["content"]["text"], "first try");
     assert_eq!(listing["more"], false);
+    waiting(&server, 1.0).await;
 
     // Filters, and what an agent may not do.
     for (path, n) in [
@@ -204,6 +213,7 @@ async fn a_refused_reply_is_listed_replayed_once_the_channel_takes_it_and_discar
     );
     assert_eq!(delivered["content"]["text"], "first try");
     listed(&server, 0).await;
+    waiting(&server, 0.0).await;
     assert_eq!(
         server
             .metric(&format!(

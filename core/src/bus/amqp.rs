@@ -63,6 +63,13 @@ struct Inner {
     exiting: AtomicBool,
 }
 
+/// Whether the broker answered `NOT_FOUND` (no such queue or exchange).
+fn is_not_found(e: &lapin::Error) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp)
+        if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)))
+}
+
 fn unavailable(e: impl std::fmt::Display) -> BusError {
     BusError::Unavailable(e.to_string())
 }
@@ -168,6 +175,35 @@ impl AmqpBus {
     fn unprefixed<'a>(&self, name: &'a str) -> &'a str {
         name.strip_prefix(self.inner.prefix.as_str())
             .unwrap_or(name)
+    }
+
+    /// A new channel on which `queue` was declared passively, and the messages it holds ready;
+    /// [`BusError::NotDeclared`] (and only that channel closed) when there is no such queue.
+    async fn passive_declare(&self, queue: &str) -> Result<(Channel, u32), BusError> {
+        let channel = self
+            .inner
+            .connection
+            .create_channel()
+            .await
+            .map_err(unavailable)?;
+        match channel
+            .queue_declare(
+                ShortString::from(self.name(queue)),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+        {
+            Ok(declared) => Ok((channel, declared.message_count())),
+            Err(e) if is_not_found(&e) => Err(BusError::NotDeclared {
+                what: "queue",
+                name: queue.to_owned(),
+            }),
+            Err(e) => Err(unavailable(format!("declaring `{queue}` passively: {e}"))),
+        }
     }
 
     fn publisher(&self) -> &Channel {
@@ -544,34 +580,17 @@ impl Bus for AmqpBus {
     }
 
     async fn browse(&self, queue: &str) -> Result<Box<dyn Deliveries>, BusError> {
-        let channel = self
-            .inner
-            .connection
-            .create_channel()
-            .await
-            .map_err(unavailable)?;
-        // A passive declare fails (and closes only this channel) when there is no such queue.
-        if let Err(e) = channel
-            .queue_declare(
-                ShortString::from(self.name(queue)),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-        {
-            tracing::debug!(queue, error = %e, "passive declare failed");
-            return Err(BusError::NotDeclared {
-                what: "queue",
-                name: queue.to_owned(),
-            });
-        }
+        let (channel, _) = self.passive_declare(queue).await?;
         Ok(Box::new(AmqpReader {
             source: Source::new(self, queue),
             channel,
         }))
+    }
+
+    async fn ready_messages(&self, queue: &str) -> Result<u64, BusError> {
+        let (channel, ready) = self.passive_declare(queue).await?;
+        let _ = channel.close(200, ShortString::from("counted")).await;
+        Ok(u64::from(ready))
     }
 
     async fn publish_to_queue(&self, queue: &str, message: Message) -> Result<(), BusError> {

@@ -379,6 +379,12 @@ impl Bus for EmbeddedBus {
         }))
     }
 
+    async fn ready_messages(&self, queue: &str) -> Result<u64, BusError> {
+        let queue = self.inner.queue(queue)?;
+        let ready = lock(&queue.state).ready.len();
+        Ok(u64::try_from(ready).unwrap_or(u64::MAX))
+    }
+
     async fn publish_to_queue(&self, queue: &str, message: Message) -> Result<(), BusError> {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(BusError::Unavailable("bus is closed".into()));

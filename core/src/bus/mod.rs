@@ -257,6 +257,11 @@ pub trait Bus: Send + Sync + 'static {
     /// RabbitMQ refuses to read a single-active-consumer queue (an inbound shard) this way.
     async fn browse(&self, queue: &str) -> Result<Box<dyn Deliveries>, BusError>;
 
+    /// How many messages `queue` holds ready for delivery (not those being delivered), as
+    /// RabbitMQ's passive `queue.declare` counts them; [`BusError::NotDeclared`] when no such
+    /// queue exists. For gauges such as the dead letters'.
+    async fn ready_messages(&self, queue: &str) -> Result<u64, BusError>;
+
     /// Publishes straight into `queue` (AMQP's default exchange), bypassing every binding, and
     /// returns once it is confirmed; [`BusError::NotDeclared`] when no such queue exists. How a
     /// dead letter goes back to the queue it came from.

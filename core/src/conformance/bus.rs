@@ -564,11 +564,31 @@ async fn read_nothing(reader: &mut Box<dyn Deliveries>, what: &str) {
     }
 }
 
+/// Waits until `queue` holds `n` messages ready ([`Bus::ready_messages`]; a broker may count a
+/// moment late).
+async fn expect_ready(bus: &Arc<dyn Bus>, queue: &str, n: u64, what: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let ready = bus
+            .ready_messages(queue)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: counting `{queue}`: {e}"));
+        if ready == n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: `{queue}` holds {ready} ready, expected {n}"
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// [`Bus::browse`] takes a queue's messages one at a time, in order, with their headers, and
-/// finds nothing once none is ready; what one reader holds no other reader sees, a dropped
-/// delivery goes back and an acked one is gone. [`Bus::publish_to_queue`] puts a message into
-/// exactly the queue it names (how a dead letter goes back where it came from), and both refuse
-/// a queue that does not exist.
+/// finds nothing once none is ready; [`Bus::ready_messages`] counts what is ready; what one
+/// reader holds no other reader sees, a dropped delivery goes back and an acked one is gone.
+/// [`Bus::publish_to_queue`] puts a message into exactly the queue it names (how a dead letter
+/// goes back where it came from), and all three refuse a queue that does not exist.
 pub async fn browse_and_publish_to_queue(factory: &impl MakeBus, prefix: &str) {
     let what = "browse_and_publish_to_queue";
     let bus = setup(factory, prefix, 1000).await;
@@ -584,6 +604,7 @@ pub async fn browse_and_publish_to_queue(factory: &impl MakeBus, prefix: &str) {
             .unwrap_or_else(|e| panic!("{what}: reject failed: {e}"));
     }
 
+    expect_ready(&bus, &n.dead_queue(), 2, what).await;
     let mut reader = bus
         .browse(&n.dead_queue())
         .await
@@ -593,6 +614,7 @@ pub async fn browse_and_publish_to_queue(factory: &impl MakeBus, prefix: &str) {
     let second = read_id(&mut reader, "second", what).await;
     assert_dead_lettered(&second, "second", &shard, "bad envelope", what);
     read_nothing(&mut reader, &format!("{what}: after the last")).await;
+    expect_ready(&bus, &n.dead_queue(), 0, &format!("{what}: both held")).await;
     let mut other = bus
         .browse(&n.dead_queue())
         .await
@@ -638,6 +660,10 @@ pub async fn browse_and_publish_to_queue(factory: &impl MakeBus, prefix: &str) {
     match bus.publish_to_queue(&missing, msg("lost")).await {
         Err(BusError::NotDeclared { .. }) => {}
         other => panic!("{what}: publishing to a missing queue gave {other:?}"),
+    }
+    match bus.ready_messages(&missing).await {
+        Err(BusError::NotDeclared { .. }) => {}
+        other => panic!("{what}: counting a missing queue gave {other:?}"),
     }
     match bus.browse(&missing).await {
         Err(BusError::NotDeclared { .. }) => {}

@@ -123,6 +123,9 @@ impl Bus for FlakyBus {
     async fn publish_to_queue(&self, queue: &str, message: Message) -> Result<(), BusError> {
         self.inner.publish_to_queue(queue, message).await
     }
+    async fn ready_messages(&self, queue: &str) -> Result<u64, BusError> {
+        self.inner.ready_messages(queue).await
+    }
     fn is_ready(&self) -> bool {
         true
     }
