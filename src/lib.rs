@@ -148,15 +148,8 @@ fn dead_letters(config: Option<&std::path::Path>, action: DeadLetterAction) -> E
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("switchyard: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime(tokio::runtime::Builder::new_current_thread()) else {
+        return ExitCode::FAILURE;
     };
     match runtime.block_on(run_dead_letters(&settings, action)) {
         Ok(json) => {
@@ -203,6 +196,18 @@ async fn run_dead_letters(settings: &Settings, action: DeadLetterAction) -> anyh
     Ok(json)
 }
 
+/// The async runtime `builder` describes, with I/O and timers; `None` (said on stderr) when it
+/// cannot start.
+fn runtime(mut builder: tokio::runtime::Builder) -> Option<tokio::runtime::Runtime> {
+    match builder.enable_all().build() {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("switchyard: cannot start the async runtime: {e}");
+            None
+        }
+    }
+}
+
 fn load(args: &RunArgs) -> anyhow::Result<Settings> {
     let mut settings = Settings::load(args.config.as_deref())?;
     if let Some(listen) = args.listen {
@@ -231,15 +236,8 @@ fn run(args: RunArgs, role: Role) -> ExitCode {
         }
     };
     init_logging(&settings);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("switchyard: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime(tokio::runtime::Builder::new_multi_thread()) else {
+        return ExitCode::FAILURE;
     };
     match runtime.block_on(serve(settings, role, args.config.is_none())) {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,6 +8,15 @@ use switchyard_core::bus::amqp::AmqpBus;
 use switchyard_core::conformance::bus;
 use switchyard_core::conformance::services::{TestVhost, absent};
 
+/// A bus on `vhost` named `name`, with `prefix` before every name; `None` (said loudly, or a
+/// failure under CI) when RabbitMQ does not answer.
+async fn connect(vhost: &TestVhost, name: &str, prefix: &str) -> Option<AmqpBus> {
+    match AmqpBus::connect(&vhost.url, name, prefix, bus::DEFAULT_PUBLISH_TIMEOUT).await {
+        Ok(bus) => Some(bus),
+        Err(e) => absent("RabbitMQ", &e.to_string()),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amqp_bus_conforms() {
     let Some(vhost) = TestVhost::create("bus") else {
@@ -16,8 +25,7 @@ async fn amqp_bus_conforms() {
     let timeout = bus::DEFAULT_PUBLISH_TIMEOUT;
     let url = vhost.url.clone();
     // Probe once so an unreachable broker is reported as absent, not as a failed case.
-    if let Err(e) = AmqpBus::connect(&url, "conformance-probe", "", timeout).await {
-        let _: Option<()> = absent("RabbitMQ", &e.to_string());
+    if connect(&vhost, "conformance-probe", "").await.is_none() {
         return;
     }
     let make = || {
@@ -49,14 +57,9 @@ async fn events_stream_replays_from_any_offset() {
     let Some(vhost) = TestVhost::create("stream") else {
         return;
     };
-    let bus =
-        match AmqpBus::connect(&vhost.url, "stream-test", "", bus::DEFAULT_PUBLISH_TIMEOUT).await {
-            Ok(b) => b,
-            Err(e) => {
-                let _: Option<()> = absent("RabbitMQ", &e.to_string());
-                return;
-            }
-        };
+    let Some(bus) = connect(&vhost, "stream-test", "").await else {
+        return;
+    };
     let topology = Topology::standard(&TopologyOptions {
         shards: 2,
         queue_capacity: 1000,
@@ -145,14 +148,9 @@ async fn a_consumer_recovered_after_its_connection_closed_says_it_resumed() {
     let Some(vhost) = TestVhost::create("resume") else {
         return;
     };
-    let bus =
-        match AmqpBus::connect(&vhost.url, "resume-test", "", bus::DEFAULT_PUBLISH_TIMEOUT).await {
-            Ok(b) => b,
-            Err(e) => {
-                let _: Option<()> = absent("RabbitMQ", &e.to_string());
-                return;
-            }
-        };
+    let Some(bus) = connect(&vhost, "resume-test", "").await else {
+        return;
+    };
     bus.declare(&Topology::standard(&bus::options(100)))
         .await
         .expect("declare");
@@ -217,19 +215,8 @@ async fn a_message_rabbitmq_dead_lettered_carries_its_queue_and_reason() {
         return;
     };
     let prefix = "tenant-a.";
-    let bus = match AmqpBus::connect(
-        &vhost.url,
-        "first-death",
-        prefix,
-        bus::DEFAULT_PUBLISH_TIMEOUT,
-    )
-    .await
-    {
-        Ok(b) => b,
-        Err(e) => {
-            let _: Option<()> = absent("RabbitMQ", &e.to_string());
-            return;
-        }
+    let Some(bus) = connect(&vhost, "first-death", prefix).await else {
+        return;
     };
     bus.declare(&Topology::standard(&bus::options(100)))
         .await

@@ -26,32 +26,11 @@ fn config(endpoint: &str) -> String {
     )
 }
 
-/// `method path` with the API key `key` and the JSON `body`: the status and the JSON answer.
-async fn call(
-    server: &Server,
-    method: &str,
-    path: &str,
-    key: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-    let mut request = server
-        .http
-        .request(method, server.url(path))
-        .bearer_auth(key);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
 /// The conversations `agent` holds, once there are `n`.
 async fn held_by(server: &Server, agent: &str, n: usize) -> Vec<Value> {
     eventually(|| async {
         let path = format!("/v1/agents/{agent}/conversations");
-        let (_, body) = call(server, "GET", &path, READER, None).await;
+        let (_, body) = server.call_as("GET", &path, READER, None).await;
         let held = body["conversations"]
             .as_array()
             .cloned()
@@ -74,14 +53,14 @@ async fn a_crm_tags_a_customer_and_the_next_conversation_goes_to_the_vip_pool() 
     let crm = Callback::start().await;
     let server = Server::start(&config(&crm.url)).await;
     for (agent, pool) in [("ann", "default"), ("vic", "vip")] {
-        let (status, body) = call(
-            &server,
-            "PUT",
-            &format!("/v1/agents/{agent}"),
-            AGENT,
-            Some(json!({"name": agent, "pools": [pool], "capacity": 10, "status": "online"})),
-        )
-        .await;
+        let (status, body) = server
+            .call_as(
+                "PUT",
+                &format!("/v1/agents/{agent}"),
+                AGENT,
+                Some(json!({"name": agent, "pools": [pool], "capacity": 10, "status": "online"})),
+            )
+            .await;
         assert_eq!(status, 200, "{body}");
     }
     send(&server, "m-1", "42").await;
@@ -93,25 +72,27 @@ async fn a_crm_tags_a_customer_and_the_next_conversation_goes_to_the_vip_pool() 
 
     // A read-only key may not; an agent key may.
     let tag = json!({"add_tags": ["vip", "gold"], "attributes": {"plan": "gold", "seats": 12}});
-    let (status, body) = call(&server, "PATCH", &path, READER, Some(tag.clone())).await;
+    let (status, body) = server
+        .call_as("PATCH", &path, READER, Some(tag.clone()))
+        .await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (403, Some("forbidden")),
         "{body}"
     );
-    let (status, tagged) = call(&server, "PATCH", &path, AGENT, Some(tag)).await;
+    let (status, tagged) = server.call_as("PATCH", &path, AGENT, Some(tag)).await;
     assert_eq!(status, 200, "{tagged}");
     assert_eq!(tagged["id"], customer.as_str());
     assert_eq!(tagged["tags"], json!(["vip", "gold"]));
     assert_eq!(tagged["attributes"], json!({"plan": "gold", "seats": 12}));
     let untag = json!({"remove_tags": ["gold"], "attributes": {"seats": null}});
-    let (status, updated) = call(&server, "PATCH", &path, AGENT, Some(untag)).await;
+    let (status, updated) = server.call_as("PATCH", &path, AGENT, Some(untag)).await;
     assert_eq!(status, 200, "{updated}");
     assert_eq!(
         (&updated["tags"], &updated["attributes"]),
         (&json!(["vip"]), &json!({"plan": "gold"}))
     );
-    let (status, read) = call(&server, "GET", &path, READER, None).await;
+    let (status, read) = server.call_as("GET", &path, READER, None).await;
     assert_eq!((status, &read), (200, &updated), "GET shows the change");
 
     // Each update reaches the webhook as `customer.updated`, with the profile.
@@ -147,7 +128,9 @@ async fn a_crm_tags_a_customer_and_the_next_conversation_goes_to_the_vip_pool() 
         ),
         (json!({"add_tags": "vip"}), 400, "malformed"),
     ] {
-        let (got, answer) = call(&server, "PATCH", &path, AGENT, Some(body.clone())).await;
+        let (got, answer) = server
+            .call_as("PATCH", &path, AGENT, Some(body.clone()))
+            .await;
         assert_eq!(
             (got, answer["error"]["code"].as_str()),
             (status, Some(code)),
@@ -160,36 +143,26 @@ async fn a_crm_tags_a_customer_and_the_next_conversation_goes_to_the_vip_pool() 
             "{answer}"
         );
     }
-    let (status, body) = call(
-        &server,
-        "PATCH",
-        "/v1/customers/01KAVQ00000000000000000000",
-        AGENT,
-        Some(json!({"add_tags": ["vip"]})),
-    )
-    .await;
+    let (status, body) = server
+        .call_as(
+            "PATCH",
+            "/v1/customers/01KAVQ00000000000000000000",
+            AGENT,
+            Some(json!({"add_tags": ["vip"]})),
+        )
+        .await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (404, Some("not_found"))
     );
     let fifty = |stem: &str| (0..50).map(|i| format!("{stem}-{i}")).collect::<Vec<_>>();
-    let (status, body) = call(
-        &server,
-        "PATCH",
-        &path,
-        AGENT,
-        Some(json!({"add_tags": fifty("a")})),
-    )
-    .await;
+    let (status, body) = server
+        .call_as("PATCH", &path, AGENT, Some(json!({"add_tags": fifty("a")})))
+        .await;
     assert_eq!(status, 200, "51 tags: {body}");
-    let (status, body) = call(
-        &server,
-        "PATCH",
-        &path,
-        AGENT,
-        Some(json!({"add_tags": fifty("b")})),
-    )
-    .await;
+    let (status, body) = server
+        .call_as("PATCH", &path, AGENT, Some(json!({"add_tags": fifty("b")})))
+        .await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (409, Some("too_many_tags")),
@@ -207,14 +180,14 @@ async fn a_crm_tags_a_customer_and_the_next_conversation_goes_to_the_vip_pool() 
 
     // The open conversation keeps its pool; the next one goes to `vip`. An untagged customer's
     // goes to the channel's pool.
-    let (status, body) = call(
-        &server,
-        "POST",
-        &format!("/v1/conversations/{conversation}/close"),
-        AGENT,
-        None,
-    )
-    .await;
+    let (status, body) = server
+        .call_as(
+            "POST",
+            &format!("/v1/conversations/{conversation}/close"),
+            AGENT,
+            None,
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     send(&server, "m-2", "42").await;
     let vip = held_by(&server, "vic", 1).await;

@@ -2,7 +2,6 @@
 //! replayed into its queue once the channel takes it again, and discarded; only administrators
 //! may see or touch them.
 
-use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::support::{Callback, SECRET, Server, api_message, eventually};
@@ -11,35 +10,16 @@ const ADMIN: &str = "k-admin-0123456789abcdef";
 const AGENT: &str = "k-agent-0123456789abcdef";
 const OUTBOUND_API: &str = "switchyard.outbound.api";
 
-async fn call(
-    server: &Server,
-    method: Method,
-    path: &str,
-    key: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut request = server
-        .http
-        .request(method, server.url(path))
-        .bearer_auth(key);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
 /// Agent `a1` replies `text` in `conversation`; the reply's id.
 async fn reply(server: &Server, conversation: &str, text: &str) -> String {
-    let (status, body) = call(
-        server,
-        Method::POST,
-        &format!("/v1/conversations/{conversation}/messages"),
-        AGENT,
-        Some(json!({"agent_id": "a1", "content": {"type": "text", "text": text}})),
-    )
-    .await;
+    let (status, body) = server
+        .call_as(
+            "POST",
+            &format!("/v1/conversations/{conversation}/messages"),
+            AGENT,
+            Some(json!({"agent_id": "a1", "content": {"type": "text", "text": text}})),
+        )
+        .await;
     assert_eq!(status, 202, "{body}");
     body["id"].as_str().unwrap().to_owned()
 }
@@ -47,7 +27,7 @@ async fn reply(server: &Server, conversation: &str, text: &str) -> String {
 /// The dead letters, once there are `n`.
 async fn listed(server: &Server, n: usize) -> Value {
     eventually(|| async {
-        let (status, body) = call(server, Method::GET, "/v1/dead-letters", ADMIN, None).await;
+        let (status, body) = server.call_as("GET", "/v1/dead-letters", ADMIN, None).await;
         assert_eq!(status, 200, "{body}");
         (body["dead_letters"].as_array()?.len() == n).then_some(body)
     })
@@ -72,28 +52,23 @@ async fn a_refused_reply_is_listed_replayed_once_the_channel_takes_it_and_discar
         callback.url
     ))
     .await;
-    let (status, _) = call(
-        &server,
-        Method::PUT,
-        "/v1/agents/a1",
-        AGENT,
-        Some(json!({"pools": ["default"], "capacity": 2, "status": "online"})),
-    )
-    .await;
+    let (status, _) = server
+        .call_as(
+            "PUT",
+            "/v1/agents/a1",
+            AGENT,
+            Some(json!({"pools": ["default"], "capacity": 2, "status": "online"})),
+        )
+        .await;
     assert_eq!(status, 200);
     let sent = server
         .post_signed("shop", &api_message("m-1", "u1", "hello", &[]))
         .await;
     assert_eq!(sent.status(), 202);
     let conversation = eventually(|| async {
-        let (_, held) = call(
-            &server,
-            Method::GET,
-            "/v1/agents/a1/conversations",
-            AGENT,
-            None,
-        )
-        .await;
+        let (_, held) = server
+            .call_as("GET", "/v1/agents/a1/conversations", AGENT, None)
+            .await;
         held["conversations"][0]["id"].as_str().map(str::to_owned)
     })
     .await;
@@ -129,7 +104,7 @@ async fn a_refused_reply_is_listed_replayed_once_the_channel_takes_it_and_discar
         (format!("/v1/dead-letters?message_id={refused}"), 1),
         ("/v1/dead-letters?message_id=other".to_owned(), 0),
     ] {
-        let (status, body) = call(&server, Method::GET, &path, ADMIN, None).await;
+        let (status, body) = server.call_as("GET", &path, ADMIN, None).await;
         assert_eq!(status, 200, "{path}: {body}");
         assert_eq!(
             body["dead_letters"].as_array().unwrap().len(),
@@ -137,51 +112,43 @@ async fn a_refused_reply_is_listed_replayed_once_the_channel_takes_it_and_discar
             "{path}: {body}"
         );
     }
-    let (status, body) = call(
-        &server,
-        Method::GET,
-        "/v1/dead-letters?sort=new",
-        ADMIN,
-        None,
-    )
-    .await;
+    let (status, body) = server
+        .call_as("GET", "/v1/dead-letters?sort=new", ADMIN, None)
+        .await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (422, Some("invalid_query"))
     );
     for (method, path) in [
-        (Method::GET, "/v1/dead-letters"),
-        (Method::POST, "/v1/dead-letters/replay"),
-        (Method::POST, "/v1/dead-letters/discard"),
+        ("GET", "/v1/dead-letters"),
+        ("POST", "/v1/dead-letters/replay"),
+        ("POST", "/v1/dead-letters/discard"),
     ] {
-        let (status, body) = call(&server, method, path, AGENT, Some(json!({"all": true}))).await;
+        let (status, body) = server
+            .call_as(method, path, AGENT, Some(json!({"all": true})))
+            .await;
         assert_eq!(
             (status, body["error"]["code"].as_str()),
             (403, Some("forbidden")),
             "{path}"
         );
     }
-    let (status, body) = call(
-        &server,
-        Method::POST,
-        "/v1/dead-letters/replay",
-        ADMIN,
-        Some(json!({})),
-    )
-    .await;
+    let (status, body) = server
+        .call_as("POST", "/v1/dead-letters/replay", ADMIN, Some(json!({})))
+        .await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (422, Some("nothing_chosen")),
         "a replay must choose: {body}"
     );
-    let (status, body) = call(
-        &server,
-        Method::POST,
-        "/v1/dead-letters/replay",
-        ADMIN,
-        Some(json!({"all": true, "limit": 0})),
-    )
-    .await;
+    let (status, body) = server
+        .call_as(
+            "POST",
+            "/v1/dead-letters/replay",
+            ADMIN,
+            Some(json!({"all": true, "limit": 0})),
+        )
+        .await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(
         callback.received.lock().unwrap().len(),
@@ -191,14 +158,14 @@ async fn a_refused_reply_is_listed_replayed_once_the_channel_takes_it_and_discar
 
     // Fixed: the replay sends the same reply to the backend, and the dead letter is gone.
     callback.answer(200);
-    let (status, replayed) = call(
-        &server,
-        Method::POST,
-        "/v1/dead-letters/replay",
-        ADMIN,
-        Some(json!({"message_ids": [refused]})),
-    )
-    .await;
+    let (status, replayed) = server
+        .call_as(
+            "POST",
+            "/v1/dead-letters/replay",
+            ADMIN,
+            Some(json!({"message_ids": [refused]})),
+        )
+        .await;
     assert_eq!(status, 200, "{replayed}");
     assert_eq!(
         replayed,
@@ -228,26 +195,26 @@ async fn a_refused_reply_is_listed_replayed_once_the_channel_takes_it_and_discar
     let second = reply(&server, &conversation, "second").await;
     let third = reply(&server, &conversation, "third").await;
     listed(&server, 2).await;
-    let (status, discarded) = call(
-        &server,
-        Method::POST,
-        "/v1/dead-letters/discard",
-        ADMIN,
-        Some(json!({"message_ids": [second]})),
-    )
-    .await;
+    let (status, discarded) = server
+        .call_as(
+            "POST",
+            "/v1/dead-letters/discard",
+            ADMIN,
+            Some(json!({"message_ids": [second]})),
+        )
+        .await;
     assert_eq!(status, 200, "{discarded}");
     assert_eq!(discarded["message_ids"], json!([second]));
     let left = listed(&server, 1).await;
     assert_eq!(left["dead_letters"][0]["message_id"], third.as_str());
-    let (status, discarded) = call(
-        &server,
-        Method::POST,
-        "/v1/dead-letters/discard",
-        ADMIN,
-        Some(json!({"all": true})),
-    )
-    .await;
+    let (status, discarded) = server
+        .call_as(
+            "POST",
+            "/v1/dead-letters/discard",
+            ADMIN,
+            Some(json!({"all": true})),
+        )
+        .await;
     assert_eq!(status, 200, "{discarded}");
     assert_eq!(discarded["message_ids"], json!([third]));
     listed(&server, 0).await;

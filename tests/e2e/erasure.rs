@@ -3,25 +3,12 @@
 //! the profile, its identities and its conversations are gone, and the person writing again is
 //! a new customer.
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::support::{SECRET, Server, Ws, api_message};
 
 const ADMIN: &str = "k-admin-0123456789";
 const AGENT: &str = "k-agent-0123456789";
-
-/// `method path` with the API key `key`: the status and the JSON body.
-async fn call(server: &Server, method: reqwest::Method, path: &str, key: &str) -> (u16, Value) {
-    let r = server
-        .http
-        .request(method, server.url(path))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_erases_a_customer_and_the_person_comes_back_as_new() {
@@ -57,13 +44,13 @@ async fn an_admin_erases_a_customer_and_the_person_comes_back_as_new() {
         .to_owned();
 
     let path = format!("/v1/customers/{customer}");
-    let (status, body) = call(&server, reqwest::Method::DELETE, &path, AGENT).await;
+    let (status, body) = server.call_as("DELETE", &path, AGENT, None).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (403, Some("forbidden")),
         "an agent key may not erase: {body}"
     );
-    let (status, erased) = call(&server, reqwest::Method::DELETE, &path, ADMIN).await;
+    let (status, erased) = server.call_as("DELETE", &path, ADMIN, None).await;
     assert_eq!(status, 200, "{erased}");
     assert_eq!(
         erased,
@@ -89,10 +76,10 @@ async fn an_admin_erases_a_customer_and_the_person_comes_back_as_new() {
         format!("/v1/customers?identity={}", phone.replace('+', "%2B")),
         format!("/v1/conversations/{conversation}"),
     ] {
-        let (status, body) = call(&server, reqwest::Method::GET, &gone, ADMIN).await;
+        let (status, body) = server.call_as("GET", &gone, ADMIN, None).await;
         assert_eq!(status, 404, "{gone} after the erasure: {body}");
     }
-    let (status, body) = call(&server, reqwest::Method::DELETE, &path, ADMIN).await;
+    let (status, body) = server.call_as("DELETE", &path, ADMIN, None).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (404, Some("not_found"))
