@@ -68,10 +68,14 @@ pub struct Choose {
     limit: Option<usize>,
 }
 
+/// How many dead letters a replay or discard over REST takes when the body gives no `limit`:
+/// few enough to finish well within the request timeout (30 s) on a slow broker.
+pub const DEFAULT_TAKE: usize = 1000;
+
 impl Choose {
     fn parts(self) -> Result<(Selection, usize), ApiError> {
         let limit = match self.limit {
-            None => MAX_SCAN,
+            None => DEFAULT_TAKE,
             Some(n) if (1..=MAX_SCAN).contains(&n) => n,
             Some(n) => {
                 return Err(ApiError::new(
