@@ -1000,11 +1000,15 @@ mod differential {
                 at(now),
             );
             let r = self.to_red(&e);
-            self.log.push(format!("start {c} {agent} {pool} {conv}"));
+            let remember_agent = rng.below(2) == 0;
+            self.log.push(format!(
+                "start {c} {agent} {pool} {conv} remember {remember_agent}"
+            ));
             let start = |envelope| ConversationStart {
                 envelope,
                 agent_id: &agent,
                 pool,
+                remember_agent,
                 stage: None,
                 now: at(now),
             };

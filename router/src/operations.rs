@@ -3,7 +3,7 @@
 //! Each is one atomic store operation followed by its events and any assignment it makes
 //! possible; events the bus refuses wait in the [outbox](crate::outbox).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -42,6 +42,9 @@ pub struct Operations {
     channel_pools: Arc<HashMap<String, String>>,
     /// Pool id -> the seconds its agents have to accept a conversation (pools with offers).
     offer_secs: Arc<HashMap<String, u64>>,
+    /// The pools that give a returning customer their last agent (`prefer_last_agent`): an
+    /// agent writing first there becomes the customer's last agent.
+    last_agent_pools: Arc<HashSet<String>>,
 }
 
 /// A conversation an agent started by writing first ([`Operations::write_first`]).
@@ -84,7 +87,15 @@ impl Operations {
             pools: Vec::new(),
             channel_pools: Arc::default(),
             offer_secs: Arc::default(),
+            last_agent_pools: Arc::default(),
         }
+    }
+
+    /// The same commands, where agents writing first in `pools` become the customer's last
+    /// agent (the pools with `prefer_last_agent`).
+    pub fn with_last_agent_pools(mut self, pools: HashSet<String>) -> Self {
+        self.last_agent_pools = Arc::new(pools);
+        self
     }
 
     /// The same commands, knowing the pools that make offers (pool id -> seconds to accept): a
@@ -398,6 +409,7 @@ impl Operations {
                 envelope: &envelope,
                 agent_id,
                 pool,
+                remember_agent: self.last_agent_pools.contains(pool),
                 stage: Some(staged.push()),
                 now,
             })

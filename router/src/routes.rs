@@ -5,7 +5,7 @@
 //! already open stays in that conversation's pool.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use regex::Regex;
 
@@ -239,6 +239,16 @@ pub fn offer_secs_by_pool(settings: &Settings) -> HashMap<String, u64> {
         .iter()
         .filter(|p| p.offer_timeout_secs > 0)
         .map(|p| (p.id.clone(), p.offer_timeout_secs))
+        .collect()
+}
+
+/// The pools with `prefer_last_agent`.
+pub fn last_agent_pools(settings: &Settings) -> HashSet<String> {
+    settings
+        .pools
+        .iter()
+        .filter(|p| p.prefer_last_agent)
+        .map(|p| p.id.clone())
         .collect()
 }
 

@@ -414,6 +414,7 @@ async fn an_unannounced_start_is_announced_by_the_republisher(mut s: Setup) {
             envelope: &first,
             agent_id: "a1",
             pool: "default",
+            remember_agent: false,
             stage: None,
             now,
         })

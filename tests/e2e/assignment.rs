@@ -245,6 +245,33 @@ async fn a_returning_customer_gets_their_last_agent_in_a_pool_that_prefers_it() 
     assert_ne!(again[0]["id"], first[0]["id"], "a new conversation");
     send_text(&server, "m-3", "2", "hello").await;
     server.held_by("bob", 1).await;
+
+    // bob writes first to customer 1, and so becomes their last agent: customer 1's next
+    // conversation goes to him, though ann has been idle longer.
+    let customer = again[0]["customer_id"].as_str().unwrap().to_owned();
+    close(again[0]["id"].as_str().unwrap().to_owned()).await;
+    let (status, started) = server
+        .send_json(
+            "POST",
+            &format!("/v1/customers/{customer}/messages"),
+            json!({"agent_id": "bob", "channel_id": "shop",
+                   "content": {"type": "text", "text": "your parcel is on its way"}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{started}");
+    let held = server.held_by("bob", 2).await;
+    let written = held
+        .iter()
+        .find(|c| c["customer_id"] == customer.as_str())
+        .expect("the conversation bob started");
+    close(written["id"].as_str().unwrap().to_owned()).await;
+    send_text(&server, "m-4", "1", "thanks, where is it?").await;
+    let held = server.held_by("bob", 2).await;
+    assert!(
+        held.iter().any(|c| c["customer_id"] == customer.as_str()),
+        "customer 1 comes back to bob, who wrote first: {held:?}"
+    );
+    server.held_by("ann", 0).await;
     server.stop().await;
 }
 

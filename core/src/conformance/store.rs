@@ -1635,9 +1635,44 @@ pub async fn last_agent_preferred_when_it_can_take_the_conversation(
     let later = open_placed(&store, prefix, "y", &prefer, at(21)).await;
     assert_eq!(
         pairs(&assign(&store, &pool, at(22)).await),
-        vec![(later, b.clone())],
+        vec![(later.clone(), b.clone())],
         "{what}: the agent of the transfer"
     );
+    let y = store
+        .conversation(&later)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("{what}: read y's conversation"));
+    close(&store, &later, at(23)).await;
+
+    // An agent writing first becomes the customer's last agent only where the pool prefers it.
+    for (remember_agent, step, expected) in [(false, 30, &b), (true, 40, &a)] {
+        let conversation = new_id();
+        let envelope = first_outbound_envelope(
+            &y.customer_id,
+            &conversation,
+            &y.channel,
+            &y.recipient,
+            &a,
+            at(step),
+        );
+        store
+            .start_conversation(ConversationStart {
+                remember_agent,
+                ..starting(&envelope, &a, &pool, None, at(step))
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{what}: a writes first to y: {e}"));
+        close(&store, &conversation, at(step + 1)).await;
+        let back = open_placed(&store, prefix, "y", &prefer, at(step + 2)).await;
+        assert_eq!(
+            pairs(&assign(&store, &pool, at(step + 3)).await),
+            vec![(back.clone(), expected.clone())],
+            "{what}: after a wrote first, remembering the agent: {remember_agent}"
+        );
+        close(&store, &back, at(step + 4)).await;
+    }
 }
 
 /// A least-busy pool gives each conversation to the agent holding the fewest, the longest idle
@@ -5546,6 +5581,7 @@ fn starting<'a>(
         envelope,
         agent_id,
         pool,
+        remember_agent: false,
         stage,
         now,
     }

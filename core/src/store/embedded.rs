@@ -1573,6 +1573,7 @@ impl Store for EmbeddedStore {
             envelope,
             agent_id,
             pool,
+            remember_agent,
             stage,
             now,
         } = start;
@@ -1632,6 +1633,9 @@ impl Store for EmbeddedStore {
         };
         s.conversations.insert(id.clone(), conversation.clone());
         s.open_by_customer.insert(customer_id.clone(), id.clone());
+        if remember_agent {
+            s.remembers_agent.insert(id.clone());
+        }
         s.hand_to_agent(&id, agent_id, now);
         s.append_message(&id, &customer_id, envelope);
         if let Some(push) = stage {

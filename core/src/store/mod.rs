@@ -898,6 +898,10 @@ pub struct ConversationStart<'a> {
     pub agent_id: &'a str,
     /// The pool the conversation belongs to (the channel's).
     pub pool: &'a str,
+    /// Whether the agent becomes the customer's last agent, as the assignment of a conversation
+    /// opened preferring the last agent makes it (the pool has `prefer_last_agent`); so does a
+    /// later transfer of this conversation to an agent.
+    pub remember_agent: bool,
     /// Pushed to its mailbox in the same atomic step, as [`Store::record_outbound`] does.
     pub stage: Option<MailboxPush<'a>>,
     /// Time of the change.

@@ -1401,7 +1401,8 @@ impl Store for RedisStore {
             .arg(&envelope.channel.id)
             .arg(json(&envelope.sender)?)
             .arg(&envelope.id)
-            .arg(json(envelope)?);
+            .arg(json(envelope)?)
+            .arg(if start.remember_agent { "1" } else { "" });
         if let Some(push) = start.stage {
             push_args(&mut inv, &push);
         }

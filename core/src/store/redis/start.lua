@@ -1,8 +1,9 @@
 -- start_conversation: an agent writes first to a customer. ARGV: prefix, customer id (possibly
 -- merged away), agent id, conversation id, pool, now, tenant, channel kind, channel id,
 -- recipient (Sender JSON), envelope id, envelope JSON (stored as given: reads fill in the
--- customer and conversation ids from the conversation), then optionally a mailbox push made
--- with the record: mailbox, item id, item, max length, ttl ms.
+-- customer and conversation ids from the conversation), '1' when the agent becomes the
+-- customer's last agent (else ''), then optionally a mailbox push made with the record:
+-- mailbox, item id, item, max length, ttl ms.
 -- Reply: {'ok', conversation} | error. Notes the change (`started`).
 -- Every index record_inbound writes for a conversation it opens is written here too: the
 -- customer's open pointer and `cust-convs` (erase_customer), the agent's list and its pools'
@@ -10,7 +11,7 @@
 
 local asked, agent, conv, pool, now = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local tenant, channel_kind, channel_id, recipient = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
-local env_id, envelope = ARGV[11], ARGV[12]
+local env_id, envelope, remember = ARGV[11], ARGV[12], ARGV[13] == '1'
 
 local cust = canonical(asked)
 if redis.call('EXISTS', key('cust', cust)) == 0 then
@@ -39,6 +40,11 @@ redis.call('HSET', ck, 'id', conv, 'tenant', tenant, 'customer_id', cust, 'pool'
   'status', 'assigned', 'agent_id', agent, 'channel_kind', channel_kind,
   'channel_id', channel_id, 'recipient', recipient, 'replies_since_inbound', '1',
   'created_at', now, 'updated_at', now, 'assigned_at', now, 'message_count', '1')
+if remember then
+  -- take_conversation makes the agent the customer's last, as for a conversation opened
+  -- preferring the last agent (record_inbound).
+  redis.call('HSET', ck, 'remember_agent', '1')
+end
 redis.call('SET', key('open', cust), conv)
 -- The index erase_customer finds the customer's conversations by.
 redis.call('SADD', key('cust-convs', cust), conv)
@@ -46,8 +52,8 @@ take_conversation(agent, conv, now, a)
 redis.call('SET', key('msg', env_id), conv)
 redis.call('RPUSH', key('conv-msgs', conv), envelope)
 trim_messages(conv)
-if ARGV[13] then
-  mailbox_push(ARGV[13], ARGV[14], ARGV[15], tonumber(ARGV[16]), ARGV[17])
+if ARGV[14] then
+  mailbox_push(ARGV[14], ARGV[15], ARGV[16], tonumber(ARGV[17]), ARGV[18])
 end
 note('started', now, conv, false)
 return { 'ok', conv_reply(conv) }
