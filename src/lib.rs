@@ -32,6 +32,10 @@ enum Command {
     CheckConfig {
         /// The configuration file.
         file: PathBuf,
+        /// Also connect to the RabbitMQ and Redis it names, and check what Switchyard needs of
+        /// them (exit code 1 when they cannot serve).
+        #[arg(long)]
+        connect: bool,
     },
     /// List, replay or discard the dead letters of a deployment on RabbitMQ (`bus.kind =
     /// "amqp"`); prints JSON. With the embedded bus, use `/v1/dead-letters` of the running
@@ -89,7 +93,7 @@ struct RunArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { file } => check_config(&file),
+        Command::CheckConfig { file, connect } => check_config(&file, connect),
         Command::DeadLetters { config, action } => dead_letters(config.as_deref(), action),
         Command::Serve(args) => run(args, Role::All),
         Command::Gateway(args) => run(args, Role::Gateway),
@@ -97,7 +101,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn check_config(file: &std::path::Path) -> ExitCode {
+fn check_config(file: &std::path::Path, connect: bool) -> ExitCode {
     let result = Settings::load(Some(file))
         .map_err(anyhow::Error::from)
         .and_then(|settings| {
@@ -122,13 +126,78 @@ fn check_config(file: &std::path::Path) -> ExitCode {
                 settings.bots.len(),
                 settings.webhooks.len()
             );
-            ExitCode::SUCCESS
+            if !connect {
+                return ExitCode::SUCCESS;
+            }
+            let Some(runtime) = runtime(tokio::runtime::Builder::new_current_thread()) else {
+                return ExitCode::FAILURE;
+            };
+            if runtime.block_on(check_services(&settings)) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
         Err(e) => {
             eprintln!("{}: {e:#}", file.display());
             ExitCode::from(2)
         }
     }
+}
+
+/// `check-config --connect`: connects to the configured RabbitMQ and Redis and says, a line each,
+/// what it found; whether both can serve.
+async fn check_services(settings: &Settings) -> bool {
+    use switchyard_core::bus::topology::DEAD_LETTER_QUEUE;
+    use switchyard_core::bus::{Bus, BusError};
+    use switchyard_core::store::redis::server::Severity;
+
+    let mut usable = true;
+    match settings.bus.kind {
+        BusKind::Embedded => println!("bus: embedded (in-process): nothing to connect to"),
+        BusKind::Amqp => match switchyard_router::app::connect_amqp(settings, "check").await {
+            Err(e) => {
+                println!("bus: error: cannot connect to RabbitMQ (bus.url): {e:#}");
+                usable = false;
+            }
+            Ok(bus) => match bus.ready_messages(DEAD_LETTER_QUEUE).await {
+                Ok(n) => println!(
+                    "bus: RabbitMQ: connected; the topology is declared ({n} dead letter(s) waiting)"
+                ),
+                Err(BusError::NotDeclared { .. }) => println!(
+                    "bus: RabbitMQ: connected; the topology is not declared yet (each process \
+                     declares it at start, which needs the configure permission on the vhost)"
+                ),
+                Err(e) => {
+                    println!("bus: error: RabbitMQ: {e}");
+                    usable = false;
+                }
+            },
+        },
+    }
+    match settings.store.kind {
+        StoreKind::Embedded => println!("store: embedded (in-process): nothing to connect to"),
+        StoreKind::Redis => match switchyard_router::app::connect_redis(settings).await {
+            Err(e) => {
+                println!("store: error: cannot connect to Redis: {e:#}");
+                usable = false;
+            }
+            Ok(store) => match switchyard_router::app::redis_findings(&store).await {
+                Err(e) => println!(
+                    "store: Redis: connected; warning: its INFO could not be read ({e}), so its \
+                     version and settings are not checked"
+                ),
+                Ok((version, findings)) => {
+                    println!("store: Redis {version}: connected");
+                    for finding in findings {
+                        usable &= finding.severity != Severity::Error;
+                        println!("store: {finding}");
+                    }
+                }
+            },
+        },
+    }
+    usable
 }
 
 /// `switchyard dead-letters`: prints the listing or what was done as JSON; exit code 1 when the

@@ -17,9 +17,10 @@ use switchyard_core::bus::topology::{
 use switchyard_core::bus::{Bus, Topology};
 use switchyard_core::config::{BOT_EVENTS, BusKind, Settings, StoreKind};
 use switchyard_core::metrics::Metrics;
-use switchyard_core::store::Store;
 use switchyard_core::store::embedded::EmbeddedStore;
+use switchyard_core::store::redis::server::{Finding, Severity};
 use switchyard_core::store::redis::{RedisStore, RedisTarget};
+use switchyard_core::store::{Store, StoreError};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -117,6 +118,58 @@ pub async fn connect_amqp(settings: &Settings, what: &str) -> anyhow::Result<Amq
     Ok(AmqpBus::connect_with_tls(url, &name, "", publish_timeout, &tls).await?)
 }
 
+/// Connects to the Redis of `settings` (`store.kind = "redis"`), by URL or through Sentinel.
+pub async fn connect_redis(settings: &Settings) -> anyhow::Result<RedisStore> {
+    let tls = settings.store.tls_files().read()?;
+    let target = match &settings.store.sentinel {
+        Some(sentinel) => RedisTarget::Sentinel {
+            master: sentinel.master.clone(),
+            nodes: sentinel.nodes.clone(),
+            url: settings.store.url.clone(),
+            tls,
+        },
+        None => RedisTarget::Url {
+            url: settings.store.url.clone().context(
+                "store.url is required when store.kind = \"redis\" without store.sentinel",
+            )?,
+            tls,
+        },
+    };
+    Ok(RedisStore::connect_to(&target, &settings.store.key_prefix).await?)
+}
+
+/// What is wrong or risky about the store's Redis server
+/// ([`switchyard_core::store::redis::server::ServerInfo::findings`]) with its version, or why it
+/// could not be read.
+pub async fn redis_findings(store: &RedisStore) -> Result<(String, Vec<Finding>), StoreError> {
+    let info = store.server_info().await?;
+    let findings = info.findings();
+    Ok((info.version, findings))
+}
+
+/// Refuses a Redis server the store cannot work on (too old, cluster mode, a replica) and logs
+/// the risks of the others (eviction, no append-only file). A server that does not answer
+/// `INFO` (an ACL may forbid it) is used unchecked, with a warning.
+async fn check_redis_server(store: &RedisStore) -> anyhow::Result<()> {
+    let findings = match redis_findings(store).await {
+        Ok((_, findings)) => findings,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the Redis server's INFO; its version and settings are not checked");
+            return Ok(());
+        }
+    };
+    for finding in findings {
+        match finding.severity {
+            Severity::Error => anyhow::bail!(
+                "the Redis server cannot hold the store: {}",
+                finding.message
+            ),
+            Severity::Warning => tracing::warn!("Redis: {}", finding.message),
+        }
+    }
+    Ok(())
+}
+
 impl App {
     /// Builds everything `settings` describe and starts `role`; returns once listening.
     pub async fn start(settings: Settings, role: Role) -> anyhow::Result<App> {
@@ -140,22 +193,9 @@ impl App {
         let store: Arc<dyn Store> = match settings.store.kind {
             StoreKind::Embedded => Arc::new(EmbeddedStore::new()),
             StoreKind::Redis => {
-                let tls = settings.store.tls_files().read()?;
-                let target = match &settings.store.sentinel {
-                    Some(sentinel) => RedisTarget::Sentinel {
-                        master: sentinel.master.clone(),
-                        nodes: sentinel.nodes.clone(),
-                        url: settings.store.url.clone(),
-                        tls,
-                    },
-                    None => RedisTarget::Url {
-                        url: settings.store.url.clone().context(
-                            "store.url is required when store.kind = \"redis\" without store.sentinel",
-                        )?,
-                        tls,
-                    },
-                };
-                Arc::new(RedisStore::connect_to(&target, &settings.store.key_prefix).await?)
+                let store = connect_redis(&settings).await?;
+                check_redis_server(&store).await?;
+                Arc::new(store)
             }
         };
         Self::start_with(settings, role, bus, store, metrics).await

@@ -282,3 +282,74 @@ async fn dead_letters_lists_replays_and_discards_on_rabbitmq() {
     drop(outbound);
     drop(vhost);
 }
+
+/// `check-config --connect` connects to the RabbitMQ and Redis a configuration names and says
+/// what it found; a Redis it cannot reach makes it exit 1. With the embedded default there is
+/// nothing to connect to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_connect_reaches_rabbitmq_and_redis() {
+    use switchyard_core::conformance::services::{TestVhost, absent, redis_url};
+
+    let dir = std::env::temp_dir();
+    let check = |name: &str, text: String| {
+        let path = dir.join(format!("sy-connect-{name}-{}.toml", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(binary())
+            .args(["check-config", "--connect"])
+            .arg(&path)
+            .env_remove("SWITCHYARD_CONFIG")
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_file(&path);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+
+    let (code, said) = check("embedded", String::new());
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains("bus: embedded (in-process): nothing to connect to"),
+        "{said}"
+    );
+    assert!(
+        said.contains("store: embedded (in-process): nothing to connect to"),
+        "{said}"
+    );
+
+    let Some(vhost) = TestVhost::create("checkconnect") else {
+        return;
+    };
+    if let Err(e) = redis::Client::open(redis_url()).and_then(|c| c.get_connection()) {
+        let _: Option<()> = absent("Redis", &e.to_string());
+        return;
+    }
+    let services = |redis: &str| {
+        format!(
+            "[bus]\nkind = \"amqp\"\nurl = \"{}\"\n[store]\nkind = \"redis\"\nurl = \"{redis}\"\n",
+            vhost.url
+        )
+    };
+    let (code, said) = check("up", services(&redis_url()));
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains("bus: RabbitMQ: connected; the topology is not declared yet"),
+        "{said}"
+    );
+    assert!(
+        said.contains("store: Redis 7.") || said.contains("store: Redis 6."),
+        "{said}"
+    );
+    assert!(!said.contains("error"), "{said}");
+
+    let closed = format!("redis://127.0.0.1:{}/0", free_port());
+    let (code, said) = check("down", services(&closed));
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.contains("store: error: cannot connect to Redis"),
+        "{said}"
+    );
+    assert!(said.contains("bus: RabbitMQ: connected"), "{said}");
+    drop(vhost);
+}

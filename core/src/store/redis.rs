@@ -51,6 +51,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
 
 mod link;
+pub mod server;
 
 use link::Link;
 pub use link::RedisTarget;
@@ -259,6 +260,20 @@ impl RedisStore {
             prefix: key_prefix.to_owned(),
             least_busy: Arc::default(),
         })
+    }
+
+    /// What matters of the server this store talks to, from `INFO`
+    /// ([`server::ServerInfo::findings`] says what is wrong with it).
+    pub async fn server_info(&self) -> Result<server::ServerInfo, StoreError> {
+        match self.command(&::redis::cmd("INFO")).await? {
+            Value::BulkString(bytes) => {
+                Ok(server::ServerInfo::parse(&String::from_utf8_lossy(&bytes)))
+            }
+            Value::VerbatimString { text, .. } => Ok(server::ServerInfo::parse(&text)),
+            other => Err(StoreError::Unavailable(format!(
+                "INFO answered something unexpected: {other:?}"
+            ))),
+        }
     }
 
     /// The key prefix (without the trailing `:`).
