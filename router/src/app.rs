@@ -31,7 +31,7 @@ use crate::assignment::{sample_queue_depth, sweep_lapsed_agents};
 use crate::auto_reply::AutoReplies;
 use crate::dead_letters::{DeadLetters, sample_dead_letters};
 use crate::events::EventPublisher;
-use crate::http::{HttpContext, HttpState, app, ops_app};
+use crate::http::{AgentsCache, HttpContext, HttpState, app, ops_app};
 use crate::hub::AgentHub;
 use crate::inbound::InboundRouter;
 use crate::ingress::Ingress;
@@ -504,6 +504,7 @@ impl App {
             sockets: sockets.clone(),
             presence_ttl: Duration::from_secs(settings.router.presence_ttl_secs),
             pool_hours: Arc::new(pool_hours.into_iter().collect()),
+            agents: AgentsCache::default(),
         });
         // Routers serve only the operations endpoints (probes and metrics).
         let router = if role.gateway() {

@@ -56,7 +56,7 @@ async fn beat(state: &HttpState, agent_id: &str, ttl: Duration) -> Result<(), St
             id: agent_id.to_owned(),
             ..AgentUpdate::default()
         };
-        if let Err(e) = state.ops.put_agent(update).await {
+        if let Err(e) = state.put_agent(update).await {
             tracing::warn!(error = %e, agent_id, "could not announce a resumed agent");
         }
     }
@@ -265,7 +265,7 @@ async fn session(socket: WebSocket, state: HttpState) {
                 status: Some(AgentStatus::Offline),
                 ..AgentUpdate::default()
             };
-            match state.ops.put_agent(update).await {
+            match state.put_agent(update).await {
                 // Offline now: the presence session ends cleanly.
                 Ok(_) if !state.presence_ttl.is_zero() => {
                     if let Err(e) = state
@@ -291,7 +291,7 @@ async fn session(socket: WebSocket, state: HttpState) {
 }
 
 async fn welcome(state: &HttpState, update: AgentUpdate) -> Result<AgentEvent, RouteError> {
-    let agent = state.ops.put_agent(update).await?;
+    let agent = state.put_agent(update).await?;
     let mut conversations = Vec::new();
     for c in state.ops.store().agent_conversations(&agent.id).await? {
         conversations.push(state.ops.view_of(c).await?);
@@ -313,7 +313,7 @@ async fn command(state: &HttpState, agent_id: &str, request: AgentRequest) -> Op
                 capacity,
                 ..AgentUpdate::default()
             };
-            match state.ops.put_agent(update).await {
+            match state.put_agent(update).await {
                 // The hub forwards `agent.updated` to every socket of this agent.
                 Ok(_) => None,
                 Err(e) => Some(error_event(None, e.into())),
@@ -455,6 +455,7 @@ mod tests {
             sockets: TaskTracker::new(),
             presence_ttl,
             pool_hours: Arc::default(),
+            agents: crate::http::AgentsCache::default(),
         });
         store
             .upsert_agent(

@@ -2,6 +2,7 @@
 //! endpoints and the two pages. Every error is `{"error": {"code", "message"}}` and counted.
 
 mod agent_ws;
+mod agents_cache;
 mod auth;
 mod byte_range;
 mod channels;
@@ -31,6 +32,7 @@ use tokio_util::task::TaskTracker;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::TimeoutLayer;
 
+pub use agents_cache::AgentsCache;
 pub use error::ApiError;
 
 use crate::dead_letters::DeadLetters;
@@ -85,6 +87,20 @@ pub struct HttpContext {
     pub presence_ttl: Duration,
     /// The business hours of the pools that have them (`[pools.hours]`), by pool id.
     pub pool_hours: Arc<HashMap<String, Hours>>,
+    /// Every agent, read at most once a second for the pools' figures.
+    pub agents: AgentsCache,
+}
+
+impl HttpContext {
+    /// [`Operations::put_agent`], after which this gateway's pool figures count the change.
+    pub async fn put_agent(
+        &self,
+        update: switchyard_core::store::AgentUpdate,
+    ) -> Result<switchyard_core::model::Agent, crate::error::RouteError> {
+        let agent = self.ops.put_agent(update).await;
+        self.agents.invalidate();
+        agent
+    }
 }
 
 /// The operations endpoints alone (`/healthz`, `/readyz`, `/metrics`), for router processes.

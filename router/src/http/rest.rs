@@ -96,7 +96,6 @@ pub async fn put_agent(
         ));
     }
     let agent = state
-        .ops
         .put_agent(AgentUpdate {
             id,
             name: body.name,
@@ -146,7 +145,7 @@ pub async fn pool_stats(
         return Err(ApiError::not_found(format!("pool `{id}` not found")));
     }
     let (mut online, mut away, mut offline, mut with_room) = (0, 0, 0, 0);
-    for agent in store.agents().await? {
+    for agent in state.agents.agents(store.as_ref()).await?.iter() {
         if !agent.pools.contains(&id) {
             continue;
         }
