@@ -182,14 +182,14 @@ async fn check_services(settings: &Settings) -> bool {
                 println!("store: error: cannot connect to Redis: {e:#}");
                 usable = false;
             }
-            Ok(store) => match switchyard_router::app::redis_findings(&store).await {
+            Ok(store) => match store.server_info().await {
                 Err(e) => println!(
                     "store: Redis: connected; warning: its INFO could not be read ({e}), so its \
                      version and settings are not checked"
                 ),
-                Ok((version, findings)) => {
-                    println!("store: Redis {version}: connected");
-                    for finding in findings {
+                Ok(info) => {
+                    println!("store: Redis {}: connected", info.version);
+                    for finding in info.findings() {
                         usable &= finding.severity != Severity::Error;
                         println!("store: {finding}");
                     }

@@ -17,10 +17,10 @@ use switchyard_core::bus::topology::{
 use switchyard_core::bus::{Bus, Topology};
 use switchyard_core::config::{BOT_EVENTS, BusKind, Settings, StoreKind};
 use switchyard_core::metrics::Metrics;
+use switchyard_core::store::Store;
 use switchyard_core::store::embedded::EmbeddedStore;
-use switchyard_core::store::redis::server::{Finding, Severity};
+use switchyard_core::store::redis::server::Severity;
 use switchyard_core::store::redis::{RedisStore, RedisTarget};
-use switchyard_core::store::{Store, StoreError};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -138,21 +138,12 @@ pub async fn connect_redis(settings: &Settings) -> anyhow::Result<RedisStore> {
     Ok(RedisStore::connect_to(&target, &settings.store.key_prefix).await?)
 }
 
-/// What is wrong or risky about the store's Redis server
-/// ([`switchyard_core::store::redis::server::ServerInfo::findings`]) with its version, or why it
-/// could not be read.
-pub async fn redis_findings(store: &RedisStore) -> Result<(String, Vec<Finding>), StoreError> {
-    let info = store.server_info().await?;
-    let findings = info.findings();
-    Ok((info.version, findings))
-}
-
 /// Refuses a Redis server the store cannot work on (too old, cluster mode, a replica) and logs
 /// the risks of the others (eviction, no append-only file). A server that does not answer
 /// `INFO` (an ACL may forbid it) is used unchecked, with a warning.
 async fn check_redis_server(store: &RedisStore) -> anyhow::Result<()> {
-    let findings = match redis_findings(store).await {
-        Ok((_, findings)) => findings,
+    let findings = match store.server_info().await {
+        Ok(info) => info.findings(),
         Err(e) => {
             tracing::warn!(error = %e, "could not read the Redis server's INFO; its version and settings are not checked");
             return Ok(());

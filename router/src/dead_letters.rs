@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use switchyard_core::bus::topology::DEAD_LETTER_QUEUE;
 use switchyard_core::bus::{
     Bus, BusError, Deliveries, Delivery, HEADER_DEATH_REASON, HEADER_ORIGINAL_QUEUE, Message,
@@ -48,21 +48,16 @@ pub enum DeadLetterError {
 }
 
 /// Which dead letters an operation takes: those matching every criterion given.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Selection {
     /// Only these message ids.
-    #[serde(default)]
     pub message_ids: Option<Vec<String>>,
     /// Only those that came from this queue (`switchyard.inbound.3`, `switchyard.outbound.api`).
-    #[serde(default)]
     pub queue: Option<String>,
     /// Only those whose reason contains this text.
-    #[serde(default)]
     pub reason_contains: Option<String>,
     /// Every dead letter, when no other criterion is given (replay and discard ask for it
     /// explicitly).
-    #[serde(default)]
     pub all: bool,
 }
 
@@ -276,6 +271,25 @@ impl DeadLetters {
         self.take(selection, limit, Action::Discard).await
     }
 
+    /// Publishes the dead letter's message, without the headers of its death, into the queue it
+    /// came from: `None` once confirmed, or why it cannot go back.
+    async fn send_back(
+        &self,
+        letter: &DeadLetter,
+        message: &Message,
+    ) -> Result<Option<String>, BusError> {
+        let Some(queue) = &letter.queue else {
+            return Ok(Some("it does not say which queue it came from".into()));
+        };
+        match self.bus.publish_to_queue(queue, revived(message)).await {
+            Ok(()) => Ok(None),
+            Err(BusError::NotDeclared { .. }) => {
+                Ok(Some(format!("its queue `{queue}` does not exist")))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     async fn take(
         &self,
         selection: &Selection,
@@ -300,26 +314,13 @@ impl DeadLetters {
                 pass.held.push(delivery);
                 break;
             }
-            let queue = letter.queue.as_deref().unwrap_or("unknown").to_owned();
             if action == Action::Replay {
-                if letter.queue.is_none() {
-                    handled.skipped.push(Skipped {
-                        message_id: letter.message_id,
-                        reason: "it does not say which queue it came from".into(),
-                    });
-                    pass.held.push(delivery);
-                    continue;
-                }
-                match self
-                    .bus
-                    .publish_to_queue(&queue, revived(&delivery.message))
-                    .await
-                {
-                    Ok(()) => {}
-                    Err(BusError::NotDeclared { .. }) => {
+                match self.send_back(&letter, &delivery.message).await {
+                    Ok(None) => {}
+                    Ok(Some(reason)) => {
                         handled.skipped.push(Skipped {
                             message_id: letter.message_id,
-                            reason: format!("its queue `{queue}` does not exist"),
+                            reason,
                         });
                         pass.held.push(delivery);
                         continue;
@@ -340,9 +341,10 @@ impl DeadLetters {
                 // router and the outbound senders recognize by its id.
                 tracing::warn!(id = %letter.message_id, error = %e, "a dead letter was {} but could not be removed", action.done());
             }
+            let queue = letter.queue.as_deref().unwrap_or("unknown");
             self.metrics
                 .dead_letters
-                .with_label_values(&[queue.as_str(), action.done()])
+                .with_label_values(&[queue, action.done()])
                 .inc();
             tracing::info!(id = %letter.message_id, queue = %queue, "dead letter {}", action.done());
             handled.message_ids.push(letter.message_id);
