@@ -111,8 +111,10 @@ pub mod event_data {
         /// The agent who held it before, if any.
         pub from_agent_id: Option<String>,
         /// Why it moved, when nobody asked for the move: `declined` (its agent declined its
-        /// offer), `offer_expired` (its agent let the offer expire) or `overflow` (it waited its
-        /// pool's `[pools.overflow] after_secs` in the queue); `null` for a transfer.
+        /// offer), `offer_expired` (its agent let the offer expire), `unanswered` (its agent
+        /// left the customer waiting for an answer the pool's `answer_timeout_secs`) or
+        /// `overflow` (it waited its pool's `[pools.overflow] after_secs` in the queue); `null`
+        /// for a transfer.
         #[serde(default)]
         pub reason: Option<String>,
     }

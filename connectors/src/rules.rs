@@ -298,6 +298,7 @@ mod tests {
             last_inbound_id: None,
             last_inbound_at: Some(last),
             replies_since_inbound: replies,
+            awaiting_reply_since: None,
             created_at: last,
             updated_at: last,
             queued_at: None,

@@ -629,6 +629,7 @@ fn conversation(status: ConversationStatus) -> Conversation {
         last_inbound_id: None,
         last_inbound_at: Some(now),
         replies_since_inbound: 0,
+        awaiting_reply_since: None,
         created_at: now,
         updated_at: now,
         queued_at: None,

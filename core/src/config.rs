@@ -735,6 +735,8 @@ pub enum Strategy {
 
 /// Longest `offer_timeout_secs` of a pool.
 pub const MAX_OFFER_TIMEOUT_SECS: u64 = 3600;
+/// Longest `answer_timeout_secs` of a pool: a day.
+pub const MAX_ANSWER_TIMEOUT_SECS: u64 = 86_400;
 
 /// One `[[pools]]` entry.
 #[derive(Debug, Clone, Deserialize)]
@@ -770,6 +772,12 @@ pub struct PoolSettings {
     /// agent is set away. 0 (the default): assignments are final, nobody accepts.
     #[serde(default)]
     pub offer_timeout_secs: u64,
+    /// Seconds a customer of an agent of this pool waits for an answer (since their first
+    /// message after the agent's last reply, or since the assignment when that came later)
+    /// before the conversation is taken back from the agent: it goes to the front of the pool's
+    /// queue, to another agent, and the agent is set away. 0 (the default): never.
+    #[serde(default)]
+    pub answer_timeout_secs: u64,
     /// What happens to a conversation that waits too long in this pool's queue
     /// (`[pools.overflow]`); none: it waits for an agent of the pool.
     #[serde(default)]
@@ -1153,6 +1161,15 @@ secret = {secret}
                         "{} is more than {MAX_OFFER_TIMEOUT_SECS} seconds: an offer is a \
                          conversation nobody answers meanwhile",
                         pool.offer_timeout_secs
+                    ),
+                });
+            }
+            if pool.answer_timeout_secs > MAX_ANSWER_TIMEOUT_SECS {
+                return Err(ConfigError::Invalid {
+                    key: format!("pools[{i}].answer_timeout_secs"),
+                    message: format!(
+                        "{} is more than {MAX_ANSWER_TIMEOUT_SECS} seconds (a day)",
+                        pool.answer_timeout_secs
                     ),
                 });
             }
@@ -1881,6 +1898,11 @@ mod tests {
             "[[pools]]\nid = \"triage\"\noffer_timeout_secs = 3601\n",
             "pools[0].offer_timeout_secs",
             "more than 3600",
+        );
+        refused(
+            "[[pools]]\nid = \"triage\"\nanswer_timeout_secs = 86401\n",
+            "pools[0].answer_timeout_secs",
+            "more than 86400",
         );
         refused(
             "[[pools]]\nid = \"tier1\"\n[pools.overflow]\nafter_secs = 0\npool = \"default\"\n",

@@ -71,6 +71,9 @@ pub struct Metrics {
     /// Conversations moved on after waiting a pool's `[pools.overflow] after_secs` in its
     /// queue, by that pool and the pool they moved to.
     pub queue_overflows: IntCounterVec,
+    /// Conversations taken back from an agent who left the customer unanswered for the pool's
+    /// `answer_timeout_secs`, by pool.
+    pub unanswered: IntCounterVec,
     /// Dead letters an operator replayed or discarded, by the queue they came from (`unknown`
     /// when they do not say) and action (`replayed`, `discarded`).
     pub dead_letters: IntCounterVec,
@@ -181,6 +184,14 @@ impl Metrics {
                 "Answers to offers of conversations to agents, by pool and outcome",
             ),
             &["pool", "outcome"],
+        )?;
+        let unanswered = IntCounterVec::new(
+            Opts::new(
+                "unanswered_total",
+                "Conversations taken back from an agent who left the customer unanswered for \
+                 the pool's answer timeout, by pool",
+            ),
+            &["pool"],
         )?;
         let queue_overflows = IntCounterVec::new(
             Opts::new(
@@ -306,6 +317,7 @@ impl Metrics {
         registry.register(Box::new(auto_replies.clone()))?;
         registry.register(Box::new(offers.clone()))?;
         registry.register(Box::new(queue_overflows.clone()))?;
+        registry.register(Box::new(unanswered.clone()))?;
         registry.register(Box::new(dead_letters.clone()))?;
         registry.register(Box::new(dead_letters_waiting.clone()))?;
         registry.register(Box::new(conversations_swept.clone()))?;
@@ -334,6 +346,7 @@ impl Metrics {
             auto_replies,
             offers,
             queue_overflows,
+            unanswered,
             dead_letters,
             dead_letters_waiting,
             conversations_swept,

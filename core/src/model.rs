@@ -155,6 +155,13 @@ pub struct Conversation {
     /// Replies sent since the customer last wrote (channel reply quotas count these).
     #[serde(default)]
     pub replies_since_inbound: u32,
+    /// While the customer waits for an answer: when they wrote their first message since the
+    /// agent (or bot) holding it last replied. A reply of the agent holding it clears it; a
+    /// transfer keeps it (the customer still waits). A pool's `answer_timeout_secs` counts from
+    /// here, or from the assignment when that came later.
+    #[serde(default)]
+    #[serde(serialize_with = "crate::time::rfc3339::option::serialize")]
+    pub awaiting_reply_since: Option<DateTime<Utc>>,
     /// When it was opened.
     #[serde(serialize_with = "crate::time::rfc3339::serialize")]
     pub created_at: DateTime<Utc>,
@@ -184,6 +191,19 @@ pub struct Conversation {
     pub close_reason: Option<String>,
     /// Messages in it, both directions.
     pub message_count: u64,
+}
+
+impl Conversation {
+    /// Whether its agent has left its customer waiting for an answer since before `before`
+    /// (a pool's `answer_timeout_secs` ago): assigned with its offer accepted (an offer has its
+    /// own timeout), a customer message unanswered since before then, and assigned before then
+    /// (each agent's time counts from its assignment).
+    pub fn unanswered_since_before(&self, before: DateTime<Utc>) -> bool {
+        self.status == ConversationStatus::Assigned
+            && self.offered_at.is_none()
+            && self.awaiting_reply_since.is_some_and(|at| at < before)
+            && self.assigned_at.is_some_and(|at| at < before)
+    }
 }
 
 /// An agent's presence.

@@ -263,7 +263,8 @@ pub enum AgentEvent {
     Unassigned {
         /// Conversation id.
         conversation_id: String,
-        /// `closed`, `transferred`, `merged`, or another close reason (`idle`, `erased`).
+        /// `closed`, `transferred`, `merged`, another close reason (`idle`, `erased`), or why
+        /// it was taken back from the agent (`declined`, `offer_expired`, `unanswered`).
         reason: String,
     },
     /// The agent record changed.

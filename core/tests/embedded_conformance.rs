@@ -154,6 +154,11 @@ async fn store_offers_are_accepted_declined_or_expire() {
 }
 
 #[tokio::test]
+async fn store_unanswered_customers_are_taken_back() {
+    store::unanswered_customers_are_taken_back(&new_store, "embedded.").await;
+}
+
+#[tokio::test]
 async fn store_least_busy_pool_gives_the_agent_holding_the_fewest() {
     store::least_busy_pool_gives_the_agent_holding_the_fewest(&new_store, "embedded.").await;
 }

@@ -63,6 +63,7 @@ conformance!(
     priority_goes_first_and_ties_keep_arrival_order,
     last_agent_preferred_when_it_can_take_the_conversation,
     offers_are_accepted_declined_or_expire,
+    unanswered_customers_are_taken_back,
     overflow_moves_only_what_still_waits,
     least_busy_pool_gives_the_agent_holding_the_fewest,
     record_outbound_conflicts,
@@ -1169,9 +1170,10 @@ mod differential {
             }
         }
 
-        /// Accepts, declines or lets expire an offer: mostly of a conversation offered now, by
-        /// its agent (the expiry with the `offered_at` seen), sometimes of a random one or by
-        /// another agent (refused alike by both stores).
+        /// Accepts, declines or lets expire an offer, or takes a conversation back as
+        /// unanswered: mostly of a conversation offered now, by its agent (the expiry with the
+        /// `offered_at` seen), sometimes of a random one or by another agent (refused alike by
+        /// both stores).
         async fn answer_offer(&mut self, rng: &mut Rng, now: i64) {
             let offered = self.emb.pending_offers().await.unwrap();
             let (c, agent, offered_at) = match offered.get(rng.below(offered.len().max(1))) {
@@ -1186,7 +1188,7 @@ mod differential {
                 },
             };
             let r = self.red_id(&c);
-            match rng.below(3) {
+            match rng.below(4) {
                 0 => {
                     self.log.push(format!("accept {c} {agent}"));
                     let f = |c: &switchyard_core::model::Conversation| json!(c);
@@ -1195,16 +1197,30 @@ mod differential {
                     self.check("accept_offer", shape(&e, f), shape(&rr, f));
                 }
                 n => {
-                    let why = if n == 1 {
-                        Withdrawal::Declined
-                    } else {
-                        Withdrawal::Expired { offered_at }
+                    let why = match n {
+                        1 => Withdrawal::Declined,
+                        2 => Withdrawal::Expired { offered_at },
+                        _ => Withdrawal::Unanswered {
+                            before: at(now - rng.below(3) as i64),
+                        },
+                    };
+                    // An unanswered customer is taken back from the agent holding the
+                    // conversation (refused alike while its offer is pending).
+                    let agent = match why {
+                        Withdrawal::Unanswered { .. } => self
+                            .emb
+                            .conversation(&c)
+                            .await
+                            .unwrap()
+                            .and_then(|c| c.agent_id)
+                            .unwrap_or(agent),
+                        _ => agent,
                     };
                     self.log.push(format!("withdraw {c} {agent} {why:?}"));
                     let f = |x: &switchyard_core::store::Release| json!({"conversation": x.conversation, "released": x.released_agent});
-                    let e = self.emb.withdraw_offer(&c, &agent, why, at(now)).await;
-                    let rr = self.red.withdraw_offer(&r, &agent, why, at(now)).await;
-                    self.check("withdraw_offer", shape(&e, f), shape(&rr, f));
+                    let e = self.emb.take_back(&c, &agent, why, at(now)).await;
+                    let rr = self.red.take_back(&r, &agent, why, at(now)).await;
+                    self.check("take_back", shape(&e, f), shape(&rr, f));
                 }
             }
         }

@@ -41,8 +41,9 @@ use crate::peers::Peers;
 use crate::retention::{sweep_closed_conversations, sweep_quiet_customers};
 use crate::routes::{RoutingTable, last_agent_pools, offer_secs_by_pool};
 use crate::timers::{
-    BotTimeout, IdleClose, OFFER_SWEEP, QueueOverflow, close_idle_conversations,
+    BotTimeout, OFFER_SWEEP, PoolTimeout, QueueOverflow, close_idle_conversations,
     hand_off_silent_bots, overflow_queues, sweep_interval, take_back_expired_offers,
+    take_back_unanswered,
 };
 use crate::webhooks::Webhook;
 use crate::workers::{Outbound, ShardWorker, run_channel_sync, run_outbound, run_shard};
@@ -607,8 +608,8 @@ impl App {
     }
 }
 
-/// The router's periodic sweeps of pools (bot timeouts, offer expiry, idle closes, queue
-/// overflows), each spawned only when some pool needs it.
+/// The router's periodic sweeps of pools (bot timeouts, offer expiry, idle closes, answer
+/// timeouts, queue overflows), each spawned only when some pool needs it.
 struct Timers<'a> {
     tasks: &'a mut JoinSet<anyhow::Result<()>>,
     store: &'a Arc<dyn Store>,
@@ -628,9 +629,14 @@ impl Timers<'_> {
             });
         }
         self.spawn(
-            IdleClose::of(settings),
+            PoolTimeout::idle_closes(settings),
             |t| t.after,
             close_idle_conversations,
+        );
+        self.spawn(
+            PoolTimeout::answer_timeouts(settings),
+            |t| t.after,
+            take_back_unanswered,
         );
         self.spawn(QueueOverflow::of(settings), |t| t.after, overflow_queues);
     }

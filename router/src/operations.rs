@@ -374,6 +374,7 @@ impl Operations {
             last_inbound_id: None,
             last_inbound_at: None,
             replies_since_inbound: 0,
+            awaiting_reply_since: None,
             created_at: now,
             updated_at: now,
             queued_at: None,
@@ -632,12 +633,12 @@ impl Operations {
         Ok(conversation)
     }
 
-    /// Takes the offer of a conversation back from `agent_id` ([`Store::withdraw_offer`]):
-    /// declined by the agent, or expired. Announces `conversation.transferred` (from the agent,
-    /// with the reason) and `conversation.queued` (and `agent.updated` for an agent an expired
-    /// offer set away), then assigns the pool, which offers it to another agent when one can
-    /// take it.
-    pub async fn withdraw_offer(
+    /// Takes a conversation back from `agent_id` ([`Store::take_back`]): its offer declined by
+    /// the agent or expired, or its customer left unanswered too long. Announces
+    /// `conversation.transferred` (from the agent, with the reason) and `conversation.queued`
+    /// (and `agent.updated` for an agent it set away), then assigns the pool, which gives it to
+    /// another agent when one can take it.
+    pub async fn take_back(
         &self,
         conversation_id: &str,
         agent_id: &str,
@@ -646,19 +647,25 @@ impl Operations {
         let now = switchyard_core::time::now();
         let release = self
             .store
-            .withdraw_offer(conversation_id, agent_id, why, now)
+            .take_back(conversation_id, agent_id, why, now)
             .await?;
-        let outcome = match why {
-            Withdrawal::Declined => "declined",
-            Withdrawal::Expired { .. } => "expired",
-        };
         let conversation = &release.conversation;
-        self.count_offer(&conversation.pool, outcome);
+        match why {
+            Withdrawal::Declined => self.count_offer(&conversation.pool, "declined"),
+            Withdrawal::Expired { .. } => self.count_offer(&conversation.pool, "expired"),
+            Withdrawal::Unanswered { .. } => self
+                .metrics
+                .unanswered
+                .with_label_values(&[conversation.pool.as_str()])
+                .inc(),
+        }
         let mut events = EventBatch::new();
         events.conversation_transferred(conversation, Some(agent_id), Some(why.reason()), now);
         events.conversation(EventType::ConversationQueued, conversation);
         let mut notes = vec![Note::new(why.note_kind(), conversation_id, now)];
-        if let (Withdrawal::Expired { .. }, Some(agent)) = (why, &release.released_agent) {
+        if why.sets_agent_away()
+            && let Some(agent) = &release.released_agent
+        {
             events.agent_updated(agent);
             notes.push(Note::new(NoteKind::AgentUpdated, agent_id, now));
         }
@@ -690,7 +697,7 @@ impl Operations {
                 continue;
             }
             match self
-                .withdraw_offer(&c.id, agent, Withdrawal::Expired { offered_at })
+                .take_back(&c.id, agent, Withdrawal::Expired { offered_at })
                 .await
             {
                 Ok(_) => expired += 1,

@@ -31,10 +31,7 @@ use switchyard_core::envelope::new_id;
 use switchyard_core::event::EventType;
 use switchyard_core::metrics::Metrics;
 use switchyard_core::model::ConversationStatus;
-use switchyard_core::store::{
-    MailboxHead, MailboxPush, Note, NoteKind, OFFER_DECLINED, OFFER_EXPIRED, OVERFLOW, Store,
-    StoreError,
-};
+use switchyard_core::store::{MailboxHead, MailboxPush, Note, NoteKind, Store, StoreError};
 use tokio_util::sync::CancellationToken;
 
 use crate::events::EventBatch;
@@ -410,15 +407,11 @@ impl Outbox {
             | NoteKind::TransferredToAgent
             | NoteKind::Declined
             | NoteKind::OfferExpired
+            | NoteKind::Unanswered
             | NoteKind::Overflowed => {
                 if let Some(c) = conversation().await? {
-                    // An offer taken back or an overflow says why, as its command did.
-                    let reason = match note.kind {
-                        NoteKind::Declined => Some(OFFER_DECLINED),
-                        NoteKind::OfferExpired => Some(OFFER_EXPIRED),
-                        NoteKind::Overflowed => Some(OVERFLOW),
-                        _ => None,
-                    };
+                    // A conversation taken back or an overflow says why, as its command did.
+                    let reason = note.kind.transfer_reason();
                     batch.conversation_transferred(&c, from, reason, note.at);
                     // Then where it went, if it is still there.
                     let (status, event) = if note.kind == NoteKind::TransferredToAgent {

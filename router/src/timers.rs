@@ -21,17 +21,25 @@
 //!   The candidates are the pool's queue; the store moves a conversation only while it still
 //!   waits there since before the cutoff, so routers that come second change nothing.
 //!
+//! - **Answer timeout** (`answer_timeout_secs`): an assigned conversation whose customer waits for
+//!   an answer longer than that (since their first message after the agent's last reply, or
+//!   since the assignment when that came later) is taken back from its agent
+//!   ([`Operations::take_back`] with [`Withdrawal::Unanswered`]): it goes back to the front of
+//!   its queue, to another agent, and the agent is set away. The candidates are the pool's
+//!   assigned conversations; the store takes one back only while its customer still waits since
+//!   before the cutoff, so routers that come second change nothing.
+//!
 //! A claim per conversation (`timer:bot:{id}`, `timer:idle:{id}`) lets one router act on it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchyard_core::config::{Settings, bot_agent_id};
+use switchyard_core::config::{PoolSettings, Settings, bot_agent_id};
 use switchyard_core::envelope::new_id;
 use switchyard_core::metrics::Metrics;
 use switchyard_core::model::{Conversation, ConversationStatus, Skills};
 use switchyard_core::store::{
-    CONVERSATION_CHANGED, QueueTarget, Store, StoreError, TransferTarget,
+    CONVERSATION_CHANGED, QueueTarget, Store, StoreError, TransferTarget, Withdrawal,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -73,25 +81,36 @@ impl BotTimeout {
     }
 }
 
-/// A pool whose idle conversations close.
+/// A pool with a timeout on its open conversations: an idle close or an answer timeout.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IdleClose {
+pub struct PoolTimeout {
     /// The pool.
     pub pool: String,
-    /// Time without a change after which its conversations close.
+    /// The time after which the sweep acts.
     pub after: Duration,
 }
 
-impl IdleClose {
-    /// Every pool of `settings` with a `close_idle_secs`.
-    pub fn of(settings: &Settings) -> Vec<IdleClose> {
+impl PoolTimeout {
+    /// Every pool of `settings` with a `close_idle_secs`: time without a change after which its
+    /// conversations close.
+    pub fn idle_closes(settings: &Settings) -> Vec<PoolTimeout> {
+        Self::of(settings, |p| p.close_idle_secs)
+    }
+
+    /// Every pool of `settings` with an `answer_timeout_secs`: time a customer waits for an
+    /// answer after which the conversation is taken back from its agent.
+    pub fn answer_timeouts(settings: &Settings) -> Vec<PoolTimeout> {
+        Self::of(settings, |p| p.answer_timeout_secs)
+    }
+
+    fn of(settings: &Settings, secs: impl Fn(&PoolSettings) -> u64) -> Vec<PoolTimeout> {
         settings
             .pools
             .iter()
-            .filter(|p| p.close_idle_secs > 0)
-            .map(|p| IdleClose {
+            .filter(|p| secs(p) > 0)
+            .map(|p| PoolTimeout {
                 pool: p.id.clone(),
-                after: Duration::from_secs(p.close_idle_secs),
+                after: Duration::from_secs(secs(p)),
             })
             .collect()
     }
@@ -237,7 +256,7 @@ pub async fn close_idle_conversations(
     store: Arc<dyn Store>,
     ops: Operations,
     metrics: Metrics,
-    idles: Vec<IdleClose>,
+    idles: Vec<PoolTimeout>,
     every: Duration,
     stop: CancellationToken,
 ) {
@@ -388,6 +407,62 @@ pub async fn overflow_queues(
                     Err(e) => {
                         tracing::warn!(conversation = %id, error = %e,
                             "could not move on a conversation that waited too long; trying again later");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Every `every` until `stop`: takes back the conversations whose customers the agents of the
+/// pools in `timeouts` left unanswered too long.
+pub async fn take_back_unanswered(
+    store: Arc<dyn Store>,
+    ops: Operations,
+    _metrics: Metrics,
+    timeouts: Vec<PoolTimeout>,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    while tick(every, &stop).await {
+        for timeout in &timeouts {
+            let Some(before) = cutoff(timeout.after) else {
+                continue;
+            };
+            let assigned = match store
+                .pool_conversations(&timeout.pool, &[ConversationStatus::Assigned], usize::MAX)
+                .await
+            {
+                Ok(assigned) => assigned,
+                Err(e) => {
+                    tracing::warn!(pool = %timeout.pool, error = %e, "could not look for unanswered customers; trying again later");
+                    continue;
+                }
+            };
+            let unanswered = assigned
+                .into_iter()
+                .filter(|c| c.pool == timeout.pool && c.unanswered_since_before(before));
+            for conversation in unanswered {
+                let (id, Some(agent)) = (&conversation.id, conversation.agent_id.as_deref()) else {
+                    continue;
+                };
+                match ops
+                    .take_back(id, agent, Withdrawal::Unanswered { before })
+                    .await
+                {
+                    Ok(_) => {
+                        tracing::info!(conversation = %id, pool = %timeout.pool, agent,
+                            "the agent left the customer unanswered too long; took the conversation back");
+                    }
+                    Err(RouteError::Store(StoreError::Conflict {
+                        code: CONVERSATION_CHANGED,
+                        ..
+                    })) => {
+                        tracing::debug!(conversation = %id, "answered, moved or closed meanwhile");
+                    }
+                    Err(e) => {
+                        tracing::warn!(conversation = %id, error = %e,
+                            "could not take back an unanswered conversation; trying again later");
                     }
                 }
             }

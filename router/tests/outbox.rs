@@ -774,7 +774,7 @@ async fn answers_to_offers_whose_command_stops_are_announced_as_their_command_wo
         s.bus.hanging.store(1, Ordering::SeqCst);
         tokio::spawn(async move {
             match why {
-                Some(why) => ops.withdraw_offer(&id, "a1", why).await,
+                Some(why) => ops.take_back(&id, "a1", why).await,
                 None => ops.accept_offer(&id, "a1").await,
             }
         })

@@ -1985,7 +1985,7 @@ pub async fn offers_are_accepted_declined_or_expire(factory: &impl MakeStore, pr
     );
     assert_eq!(got[1].conversation.offered_at, None, "{what}: no offer");
     let back = store
-        .withdraw_offer(&c2, &b, Withdrawal::Declined, at(10))
+        .take_back(&c2, &b, Withdrawal::Declined, at(10))
         .await
         .unwrap_or_else(|e| panic!("{what}: decline: {e}"));
     assert_eq!(
@@ -2038,14 +2038,14 @@ pub async fn offers_are_accepted_declined_or_expire(factory: &impl MakeStore, pr
 
     // Expired: only that offer is taken back, and a is set away.
     let stale = Withdrawal::Expired { offered_at: at(9) };
-    let e = store.withdraw_offer(&c2, &a, stale, at(40)).await;
+    let e = store.take_back(&c2, &a, stale, at(40)).await;
     assert!(
         matches!(&e, Err(e) if conflict_code(e) == Some(NO_PENDING_OFFER)),
         "{what}: an older offer: {e:?}"
     );
     let expired = Withdrawal::Expired { offered_at: at(13) };
     let back = store
-        .withdraw_offer(&c2, &a, expired, at(44))
+        .take_back(&c2, &a, expired, at(44))
         .await
         .unwrap_or_else(|e| panic!("{what}: expire: {e}"));
     assert_eq!(
@@ -2070,7 +2070,7 @@ pub async fn offers_are_accepted_declined_or_expire(factory: &impl MakeStore, pr
 
     // Declined by b, the only agent with room: offered to b again.
     store
-        .withdraw_offer(&c2, &b, Withdrawal::Declined, at(46))
+        .take_back(&c2, &b, Withdrawal::Declined, at(46))
         .await
         .unwrap_or_else(|e| panic!("{what}: decline again: {e}"));
     let got = assign(&store, &pool, at(47)).await;
@@ -2097,6 +2097,178 @@ pub async fn offers_are_accepted_declined_or_expire(factory: &impl MakeStore, pr
         Some(at(60)),
         "{what}: the target pool's offer time"
     );
+}
+
+/// A customer waits for an answer ([`Conversation::awaiting_reply_since`]) from their first
+/// message after the last reply of the agent holding the conversation; an automatic message
+/// (no agent) does not answer them, a transfer keeps the wait. [`Withdrawal::Unanswered`] takes
+/// the conversation back only while it is still assigned to that agent, its offer accepted, and
+/// both the wait and the assignment began before the cutoff: to the front of the queue, the
+/// agent set away, noted. Anything else is refused with [`CONVERSATION_CHANGED`], changing
+/// nothing.
+pub async fn unanswered_customers_are_taken_back(factory: &impl MakeStore, prefix: &str) {
+    let what = "unanswered_customers_are_taken_back";
+    let store = factory.make().await;
+    let pool = format!("{prefix}default");
+    let (a, b) = (format!("{prefix}agent-a"), format!("{prefix}agent-b"));
+    skilled_agent(&store, &a, &[&pool], 2, &[], at(0)).await;
+    let refused = |r: Result<Release, StoreError>, step: &str| match r {
+        Err(e) => assert_eq!(
+            conflict_code(&e),
+            Some(CONVERSATION_CHANGED),
+            "{what}: {step}: {e}"
+        ),
+        Ok(r) => panic!("{what}: {step}: taken back {:?}", r.conversation),
+    };
+    let unanswered = |t: i64| Withdrawal::Unanswered { before: at(t) };
+    let waits_since = |store: Arc<dyn Store>, id: String| async move {
+        get_conversation(&store, &id).await.awaiting_reply_since
+    };
+
+    // The first message starts the wait; another one does not move it.
+    let (_, first, opened) = open(&store, prefix, "c1", &pool, at(2)).await;
+    let c1 = opened.id.clone();
+    assert_eq!(opened.awaiting_reply_since, Some(at(2)), "{what}: opened");
+    let got = assign(&store, &pool, at(3)).await;
+    assert_eq!(pairs(&got), vec![(c1.clone(), a.clone())], "{what}: to a");
+    let again = inbound_envelope(
+        &opened.customer_id,
+        &app_channel(),
+        "c1",
+        first.sender.identities.clone(),
+        "anyone there?",
+        at(4),
+    );
+    let rec = record(&store, &again, &pool, at(4)).await;
+    assert_eq!(
+        rec.conversation.awaiting_reply_since,
+        Some(at(2)),
+        "{what}: still waiting since the first"
+    );
+    // The agent's time counts from the assignment (at 3).
+    refused(
+        store.take_back(&c1, &a, unanswered(3), at(5)).await,
+        "assigned at the cutoff",
+    );
+    refused(
+        store.take_back(&c1, &b, unanswered(100), at(5)).await,
+        "another agent",
+    );
+
+    // The agent's reply answers; an automatic message does not.
+    let conversation = get_conversation(&store, &c1).await;
+    let reply = outbound_envelope(&conversation, &a, at(6));
+    store
+        .record_outbound(&c1, Some(&a), &reply, at(6), None)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: reply: {e}"));
+    assert_eq!(
+        waits_since(store.clone(), c1.clone()).await,
+        None,
+        "{what}: answered"
+    );
+    refused(
+        store.take_back(&c1, &a, unanswered(100), at(7)).await,
+        "answered",
+    );
+    let later = Envelope {
+        id: new_id(),
+        dedupe_key: new_id(),
+        ..again.clone()
+    };
+    record(&store, &later, &pool, at(8)).await;
+    let conversation = get_conversation(&store, &c1).await;
+    let mut automatic = outbound_envelope(&conversation, &a, at(9));
+    automatic.agent_id = None;
+    store
+        .record_outbound(&c1, None, &automatic, at(9), None)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: automatic message: {e}"));
+    assert_eq!(
+        waits_since(store.clone(), c1.clone()).await,
+        Some(at(8)),
+        "{what}: an automatic message does not answer"
+    );
+    refused(
+        store.take_back(&c1, &a, unanswered(8), at(10)).await,
+        "waiting since the cutoff",
+    );
+
+    // Taken back: to the front of the queue (its queued_at kept), the agent set away, noted.
+    let back = store
+        .take_back(&c1, &a, unanswered(9), at(11))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: take back: {e}"));
+    let c = &back.conversation;
+    assert_eq!(
+        (c.status, c.agent_id.as_deref(), c.queued_at),
+        (ConversationStatus::Queued, None, Some(at(2))),
+        "{what}: queued again"
+    );
+    assert_eq!(c.awaiting_reply_since, Some(at(8)), "{what}: still waiting");
+    assert_eq!(
+        back.released_agent
+            .map(|r| (r.id, r.status, r.conversations.len())),
+        Some((a.clone(), AgentStatus::Away, 0)),
+        "{what}: a let go, away"
+    );
+    let mut notes: Vec<Note> = store
+        .unannounced(at(1000))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: unannounced: {e}"))
+        .into_iter()
+        .filter(|n| n.at == at(11) && (n.subject == c1 || n.subject == a))
+        .collect();
+    notes.sort_by_key(|n| n.kind);
+    let taken = Note {
+        from_agent: Some(a.clone()),
+        ..Note::new(NoteKind::Unanswered, &c1, at(11))
+    };
+    assert_eq!(
+        notes,
+        vec![taken, Note::new(NoteKind::AgentUpdated, &a, at(11))],
+        "{what}: notes"
+    );
+    refused(
+        store.take_back(&c1, &a, unanswered(100), at(12)).await,
+        "taken back twice",
+    );
+
+    // The next agent's time counts from its assignment; the wait goes on through it.
+    skilled_agent(&store, &b, &[&pool], 2, &[], at(13)).await;
+    let got = assign(&store, &pool, at(14)).await;
+    assert_eq!(pairs(&got), vec![(c1.clone(), b.clone())], "{what}: to b");
+    assert_eq!(
+        got[0].conversation.awaiting_reply_since,
+        Some(at(8)),
+        "{what}: the customer still waits"
+    );
+    refused(
+        store.take_back(&c1, &b, unanswered(14), at(15)).await,
+        "b assigned at the cutoff",
+    );
+
+    // An offer has its own timeout: an offered conversation is not taken back as unanswered.
+    let c2 = open_placed(
+        &store,
+        prefix,
+        "c2",
+        &Placement::queued(pool.as_str()).offered_for(30),
+        at(16),
+    )
+    .await;
+    let got = assign(&store, &pool, at(17)).await;
+    assert_eq!(
+        pairs(&got),
+        vec![(c2.clone(), b.clone())],
+        "{what}: offered"
+    );
+    refused(
+        store.take_back(&c2, &b, unanswered(100), at(18)).await,
+        "an offer pending",
+    );
+    close(&store, &c1, at(19)).await;
+    close(&store, &c2, at(19)).await;
 }
 
 /// Commands' changes are noted in the same step as the change ([`Note`]): an assignment by
@@ -5938,6 +6110,7 @@ pub async fn run_all(factory: &impl MakeStore, prefix: &str) {
     priority_goes_first_and_ties_keep_arrival_order(factory, &p("priority")).await;
     last_agent_preferred_when_it_can_take_the_conversation(factory, &p("last-agent")).await;
     offers_are_accepted_declined_or_expire(factory, &p("offers")).await;
+    unanswered_customers_are_taken_back(factory, &p("unanswered")).await;
     overflow_moves_only_what_still_waits(factory, &p("overflow")).await;
     least_busy_pool_gives_the_agent_holding_the_fewest(factory, &p("least-busy")).await;
     record_outbound_conflicts(factory, &p("outbound")).await;

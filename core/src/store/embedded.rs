@@ -1024,6 +1024,7 @@ impl State {
                         last_inbound_id: None,
                         last_inbound_at: None,
                         replies_since_inbound: 0,
+                        awaiting_reply_since: None,
                         created_at: now,
                         updated_at: now,
                         queued_at: bot.is_none().then_some(now),
@@ -1068,6 +1069,7 @@ impl State {
         c.last_inbound_id = Some(envelope.id.clone());
         c.last_inbound_at = Some(now);
         c.replies_since_inbound = 0;
+        c.awaiting_reply_since.get_or_insert(now);
         c.updated_at = now;
         c.message_count += 1;
         Ok(InboundRecord {
@@ -1554,6 +1556,9 @@ impl Store for EmbeddedStore {
         c.updated_at = now;
         c.message_count += 1;
         c.replies_since_inbound = c.replies_since_inbound.saturating_add(1);
+        if agent_id.is_some() {
+            c.awaiting_reply_since = None;
+        }
         let c = c.clone();
         s.append_message(&c.id, &c.customer_id, envelope);
         if let Some(push) = stage {
@@ -1621,6 +1626,7 @@ impl Store for EmbeddedStore {
             last_inbound_at: None,
             // The first message is a reply as `record_outbound` counts them.
             replies_since_inbound: 1,
+            awaiting_reply_since: None,
             created_at: now,
             updated_at: now,
             queued_at: None,
@@ -1879,7 +1885,7 @@ impl Store for EmbeddedStore {
             .ok_or_else(|| not_found("conversation", id))
     }
 
-    async fn withdraw_offer(
+    async fn take_back(
         &self,
         id: &str,
         agent_id: &str,
@@ -1887,14 +1893,32 @@ impl Store for EmbeddedStore {
         now: DateTime<Utc>,
     ) -> Result<Release, StoreError> {
         let mut s = self.lock();
-        let offered_at = s.offered_to(id, agent_id)?.offered_at;
-        if let Withdrawal::Expired { offered_at: seen } = why
-            && offered_at != Some(seen)
-        {
-            return Err(StoreError::Conflict {
-                code: NO_PENDING_OFFER,
-                message: format!("conversation `{id}` was offered again since"),
-            });
+        match why {
+            Withdrawal::Declined => {
+                s.offered_to(id, agent_id)?;
+            }
+            Withdrawal::Expired { offered_at } => {
+                if s.offered_to(id, agent_id)?.offered_at != Some(offered_at) {
+                    return Err(StoreError::Conflict {
+                        code: NO_PENDING_OFFER,
+                        message: format!("conversation `{id}` was offered again since"),
+                    });
+                }
+            }
+            Withdrawal::Unanswered { before } => {
+                let c = s
+                    .conversations
+                    .get(id)
+                    .ok_or_else(|| not_found("conversation", id))?;
+                if c.agent_id.as_deref() != Some(agent_id) || !c.unanswered_since_before(before) {
+                    return Err(StoreError::Conflict {
+                        code: CONVERSATION_CHANGED,
+                        message: format!(
+                            "conversation `{id}` is not left unanswered by agent `{agent_id}` since before {before}"
+                        ),
+                    });
+                }
+            }
         }
         s.detach(id);
         let c = s.conversation_mut(id)?;
@@ -1907,7 +1931,7 @@ impl Store for EmbeddedStore {
         let mut note = Note::new(why.note_kind(), id, now);
         note.from_agent = Some(agent_id.to_owned());
         s.note(note);
-        if matches!(why, Withdrawal::Expired { .. }) {
+        if why.sets_agent_away() {
             let was_online = s
                 .agents
                 .update(agent_id, |agent| {

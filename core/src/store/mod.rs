@@ -474,16 +474,25 @@ impl QueueStats {
     }
 }
 
-/// Why an offer is taken back ([`Store::withdraw_offer`]).
+/// Why a conversation is taken back from its agent ([`Store::take_back`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Withdrawal {
-    /// The agent declined it.
+    /// The agent declined its offer.
     Declined,
-    /// Nobody accepted it in time: taken back only if it is still the offer made at
+    /// Nobody accepted its offer in time: taken back only if it is still the offer made at
     /// `offered_at` (not a later one), and its agent is set away.
     Expired {
         /// The `offered_at` of the offer that expired.
         offered_at: DateTime<Utc>,
+    },
+    /// Its customer waits for an answer the agent did not give in time (the pool's
+    /// `answer_timeout_secs`): taken back only if it is still assigned to the agent (offer
+    /// accepted) and has waited for an answer since before `before`, counting from the
+    /// assignment when that came later (`awaiting_reply_since` and `assigned_at` both before
+    /// it). Its agent is set away, as for an expired offer.
+    Unanswered {
+        /// The cutoff: now minus the pool's answer timeout.
+        before: DateTime<Utc>,
     },
 }
 
@@ -493,23 +502,35 @@ pub const OFFER_DECLINED: &str = "declined";
 /// The `reason` of the `conversation.transferred` (and of the agent's `unassigned` frame) of an
 /// offer nobody accepted in time.
 pub const OFFER_EXPIRED: &str = "offer_expired";
+/// The `reason` of the `conversation.transferred` (and of the agent's `unassigned` frame) of a
+/// conversation taken back from an agent who left its customer unanswered too long.
+pub const UNANSWERED: &str = "unanswered";
 
 impl Withdrawal {
-    /// The `reason` of the `conversation.transferred` that announces it: [`OFFER_DECLINED`] or
-    /// [`OFFER_EXPIRED`].
+    /// The `reason` of the `conversation.transferred` that announces it: [`OFFER_DECLINED`],
+    /// [`OFFER_EXPIRED`] or [`UNANSWERED`].
     pub fn reason(self) -> &'static str {
         match self {
             Withdrawal::Declined => OFFER_DECLINED,
             Withdrawal::Expired { .. } => OFFER_EXPIRED,
+            Withdrawal::Unanswered { .. } => UNANSWERED,
         }
     }
 
-    /// The kind of the note it leaves ([`NoteKind::Declined`] or [`NoteKind::OfferExpired`]).
+    /// The kind of the note it leaves ([`NoteKind::Declined`], [`NoteKind::OfferExpired`] or
+    /// [`NoteKind::Unanswered`]).
     pub fn note_kind(self) -> NoteKind {
         match self {
             Withdrawal::Declined => NoteKind::Declined,
             Withdrawal::Expired { .. } => NoteKind::OfferExpired,
+            Withdrawal::Unanswered { .. } => NoteKind::Unanswered,
         }
+    }
+
+    /// Whether it sets the agent away (an agent who lets an offer expire or leaves a customer
+    /// unanswered is not at work, so it stops being given conversations).
+    pub fn sets_agent_away(self) -> bool {
+        !matches!(self, Withdrawal::Declined)
     }
 }
 
@@ -561,13 +582,17 @@ pub enum NoteKind {
     /// `conversation.assigned`.
     TransferredToAgent,
     /// An agent declined the offer of a conversation, which went back to its pool's queue
-    /// ([`Store::withdraw_offer`] with [`Withdrawal::Declined`]; the note names the agent):
+    /// ([`Store::take_back`] with [`Withdrawal::Declined`]; the note names the agent):
     /// `conversation.transferred` with the reason `declined`, then `conversation.queued`.
     Declined,
     /// The offer of a conversation expired, and it went back to its pool's queue
-    /// ([`Store::withdraw_offer`] with [`Withdrawal::Expired`]; the note names the agent):
+    /// ([`Store::take_back`] with [`Withdrawal::Expired`]; the note names the agent):
     /// `conversation.transferred` with the reason `offer_expired`, then `conversation.queued`.
     OfferExpired,
+    /// A conversation whose customer its agent left unanswered too long went back to its pool's
+    /// queue ([`Store::take_back`] with [`Withdrawal::Unanswered`]; the note names the agent):
+    /// `conversation.transferred` with the reason `unanswered`, then `conversation.queued`.
+    Unanswered,
     /// A conversation that waited too long in its pool's queue moved on ([`Store::overflow`]):
     /// `conversation.transferred` with the reason `overflow`, then `conversation.queued`.
     Overflowed,
@@ -586,7 +611,7 @@ pub enum NoteKind {
 
 impl NoteKind {
     /// Every kind.
-    pub const ALL: [NoteKind; 13] = [
+    pub const ALL: [NoteKind; 14] = [
         NoteKind::Assigned,
         NoteKind::Accepted,
         NoteKind::Closed,
@@ -594,6 +619,7 @@ impl NoteKind {
         NoteKind::TransferredToAgent,
         NoteKind::Declined,
         NoteKind::OfferExpired,
+        NoteKind::Unanswered,
         NoteKind::Overflowed,
         NoteKind::AgentUpdated,
         NoteKind::Merged,
@@ -612,12 +638,26 @@ impl NoteKind {
             NoteKind::Accepted => "accepted",
             NoteKind::Declined => "declined",
             NoteKind::OfferExpired => "offer_expired",
+            NoteKind::Unanswered => "unanswered",
             NoteKind::Overflowed => "overflowed",
             NoteKind::AgentUpdated => "agent_updated",
             NoteKind::Merged => "merged",
             NoteKind::Erased => "erased",
             NoteKind::CustomerUpdated => "customer_updated",
             NoteKind::Started => "started",
+        }
+    }
+
+    /// The `reason` of the `conversation.transferred` announcing a change of this kind that was
+    /// not asked for as a transfer: an offer declined or expired, an unanswered customer, an
+    /// overflow. `None` for other kinds.
+    pub fn transfer_reason(self) -> Option<&'static str> {
+        match self {
+            NoteKind::Declined => Some(OFFER_DECLINED),
+            NoteKind::OfferExpired => Some(OFFER_EXPIRED),
+            NoteKind::Unanswered => Some(UNANSWERED),
+            NoteKind::Overflowed => Some(OVERFLOW),
+            _ => None,
         }
     }
 
@@ -634,7 +674,7 @@ impl NoteKind {
 /// ([`Store::assign_queued_noted`], [`Store::close_conversation`], [`Store::transfer`],
 /// [`Store::upsert_agent`], [`Store::expire_lapsed_agents`],
 /// [`Store::resolve_customer_noted`], [`Store::erase_customer`], [`Store::update_customer`],
-/// [`Store::start_conversation`], [`Store::accept_offer`], [`Store::withdraw_offer`]),
+/// [`Store::start_conversation`], [`Store::accept_offer`], [`Store::take_back`]),
 /// and the command clears it
 /// ([`Store::clear_notes`]) once its events are published or kept in the outbox. If the command
 /// stops, or loses the store's reply, before that, the note stays: the outbox's republisher
@@ -651,7 +691,7 @@ pub struct Note {
     pub at: DateTime<Utc>,
     /// The agent a close or a transfer took the conversation from; for an offer's answer
     /// ([`NoteKind::Accepted`], [`NoteKind::Declined`], [`NoteKind::OfferExpired`]), the agent it
-    /// was offered to.
+    /// was offered to; for [`NoteKind::Unanswered`], the agent it was taken from.
     pub from_agent: Option<String>,
     /// The keys whose sharing caused a merge.
     pub via: Vec<IdentityKey>,
@@ -1342,14 +1382,20 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<Conversation, StoreError>;
 
-    /// Takes conversation `id` back from `agent_id`, to whom it is offered: it goes to the front
-    /// of its pool's queue (keeping its `queued_at`), and the next assignment gives it to
-    /// another agent when one can take it. `why` says whether the agent declined it or let the
-    /// offer expire; an expired offer also sets the agent `away`, so that it stops being offered
-    /// conversations it does not answer. Notes it ([`Withdrawal::note_kind`]:
-    /// [`NoteKind::Declined`] or [`NoteKind::OfferExpired`] at `now`, naming the agent) and, when
-    /// expired, the agent's update. Conflict [`NO_PENDING_OFFER`] as for accepting.
-    async fn withdraw_offer(
+    /// Takes conversation `id` back from `agent_id`: it goes to the front of its pool's queue
+    /// (keeping its `queued_at`), and the next assignment gives it to another agent when one can
+    /// take it. `why` says whether the agent declined its offer, let the offer expire, or left
+    /// its customer unanswered too long ([`Withdrawal`]); the last two also set the agent `away`
+    /// ([`Withdrawal::sets_agent_away`]), so that it stops being given conversations it does
+    /// not answer. Notes it ([`Withdrawal::note_kind`] at `now`, naming the agent) and, when the
+    /// agent was set away, the agent's update.
+    ///
+    /// Conflict [`NO_PENDING_OFFER`] for a decline or an expiry when the conversation is not
+    /// offered to that agent now (as for accepting); [`CONVERSATION_CHANGED`] for an unanswered
+    /// one when it is no longer assigned to the agent, its offer is still pending, or its customer
+    /// no longer waits since before the cutoff (answered, or assigned since). Nothing changes
+    /// then.
+    async fn take_back(
         &self,
         id: &str,
         agent_id: &str,

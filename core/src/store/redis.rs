@@ -116,7 +116,7 @@ fn script(body: &str) -> Script {
 /// The fields of a conversation hash that scripts reply (`conv_reply` in `prelude.lua`, as
 /// `CONV_FIELDS`), values only, in this order: half the size of the field-value pairs of
 /// `HGETALL`, and without the internal fields.
-const CONVERSATION_FIELDS: [&str; 23] = [
+const CONVERSATION_FIELDS: [&str; 24] = [
     "id",
     "tenant",
     "customer_id",
@@ -131,6 +131,7 @@ const CONVERSATION_FIELDS: [&str; 23] = [
     "last_inbound_id",
     "last_inbound_at",
     "replies_since_inbound",
+    "awaiting_reply_since",
     "created_at",
     "updated_at",
     "queued_at",
@@ -723,6 +724,7 @@ fn conversation(v: Value) -> Result<Option<Conversation>, StoreError> {
         last_inbound_id: f.take("last_inbound_id"),
         last_inbound_at: f.opt_time("last_inbound_at")?,
         replies_since_inbound: f.opt_num("replies_since_inbound")?.unwrap_or(0),
+        awaiting_reply_since: f.opt_time("awaiting_reply_since")?,
         created_at: f.time("created_at")?,
         updated_at: f.time("updated_at")?,
         queued_at: f.opt_time("queued_at")?,
@@ -1584,7 +1586,7 @@ impl Store for RedisStore {
         some_conversation(items.next()?)
     }
 
-    async fn withdraw_offer(
+    async fn take_back(
         &self,
         id: &str,
         agent_id: &str,
@@ -1600,6 +1602,7 @@ impl Store for RedisStore {
         match why {
             Withdrawal::Declined => inv.arg("declined"),
             Withdrawal::Expired { offered_at } => inv.arg("expired").arg(stamp(offered_at)),
+            Withdrawal::Unanswered { before } => inv.arg("unanswered").arg(stamp(before)),
         };
         release(self.eval(&inv, false).await?)
     }

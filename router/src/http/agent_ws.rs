@@ -368,7 +368,7 @@ async fn command(state: &HttpState, agent_id: &str, request: AgentRequest) -> Op
         },
         AgentRequest::Decline { conversation_id } => match state
             .ops
-            .withdraw_offer(&conversation_id, agent_id, Withdrawal::Declined)
+            .take_back(&conversation_id, agent_id, Withdrawal::Declined)
             .await
         {
             Ok(_) => None,

@@ -273,7 +273,7 @@ pub async fn decline_offer(
     let body: OfferAnswer = json_body(&state, &headers, body)?;
     let conversation = state
         .ops
-        .withdraw_offer(&id, &body.agent_id, Withdrawal::Declined)
+        .take_back(&id, &body.agent_id, Withdrawal::Declined)
         .await?;
     Ok(Json(conversation).into_response())
 }

@@ -1,19 +1,29 @@
--- accept_offer / withdraw_offer. ARGV: prefix, `accept` | `withdraw`, conversation id, agent id,
--- now, and for `withdraw`: `declined` | `expired`, then for `expired` the `offered_at` of the
--- offer that expired (the conversation is taken back only if it is still that offer).
--- Notes the answer (`accepted`, `declined` or `offer_expired`, naming the agent; see `note` in
--- prelude.lua), and for an expired offer that sets its agent away, the agent's update.
+-- accept_offer / take_back. ARGV: prefix, `accept` | `withdraw`, conversation id, agent id,
+-- now, and for `withdraw`: `declined` | `expired` | `unanswered`, then for `expired` the
+-- `offered_at` of the offer that expired (the conversation is taken back only if it is still
+-- that offer), for `unanswered` the cutoff (taken back only if it is assigned to the agent, its
+-- offer accepted, and both its `awaiting_reply_since` and its `assigned_at` are before it).
+-- Notes the answer (`accepted`, `declined`, `offer_expired` or `unanswered`, naming the agent;
+-- see `note` in prelude.lua), and when an expiry or an unanswered customer sets its agent away,
+-- the agent's update.
 -- Reply: {'ok', conversation} (accept) | {'ok', conversation, released agent} (withdraw) | error.
 
-local op, id, agent, now = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local op, id, agent, now, why = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local ck = key('conv', id)
 local c = redis.call('HMGET', ck, 'status', 'agent_id', 'offered_at', 'pool', 'priority',
-  'skills')
+  'skills', 'awaiting_reply_since', 'assigned_at')
 if not c[1] then
   return not_found('conversation', id)
 end
-if c[1] ~= 'assigned' or c[2] ~= agent or not c[3]
-  or (ARGV[6] == 'expired' and c[3] ~= ARGV[7]) then
+if why == 'unanswered' then
+  local before = ARGV[7]
+  if c[1] ~= 'assigned' or c[2] ~= agent or c[3] or not c[7] or not lt(c[7], before)
+    or not c[8] or not lt(c[8], before) then
+    return conflict('conversation_changed', 'conversation `' .. id ..
+      '` is not left unanswered by agent `' .. agent .. '` since before ' .. before)
+  end
+elseif c[1] ~= 'assigned' or c[2] ~= agent or not c[3]
+  or (why == 'expired' and c[3] ~= ARGV[7]) then
   return conflict('no_pending_offer',
     'conversation `' .. id .. '` is not offered to agent `' .. agent .. '` now')
 end
@@ -30,9 +40,11 @@ detach(id)
 redis.call('HSET', ck, 'status', 'queued', 'updated_at', now, 'declined_by', agent)
 redis.call('HDEL', ck, 'agent_id')
 enqueue(id, c[4], queue_sig(c[5], c[6] or nil), true)
-note(ARGV[6] == 'expired' and 'offer_expired' or 'declined', now, id, agent)
-if ARGV[6] == 'expired' then
-  -- An agent that lets an offer expire stops being offered conversations.
+local noted = { declined = 'declined', expired = 'offer_expired', unanswered = 'unanswered' }
+note(noted[why], now, id, agent)
+if why ~= 'declined' then
+  -- An agent that lets an offer expire or leaves a customer unanswered stops being given
+  -- conversations.
   local status = unindex_agent(agent)[1]
   if status == 'online' then
     redis.call('HSET', key('agent', agent), 'status', 'away', 'updated_at', now)

@@ -372,7 +372,7 @@ end
 -- holds each note's key `<now>|<kind>|<subject>`, all with score 0, so that they sort by time;
 -- the hash `P:unannounced:detail` maps a key to its detail: the agent a close or a transfer took
 -- the conversation from, the agent an offer was made to (`accepted`, `declined`,
--- `offer_expired`), or a merge's keys (a JSON array).
+-- `offer_expired`) or that left its customer `unanswered`, or a merge's keys (a JSON array).
 local function note(kind, now, subject, detail)
   local member = now .. '|' .. kind .. '|' .. subject
   redis.call('ZADD', key('unannounced', 'notes'), 0, member)

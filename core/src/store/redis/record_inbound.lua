@@ -86,4 +86,6 @@ else
     bot_touch(conv, now)
   end
 end
+-- The customer waits for an answer since their first message after the last agent's reply.
+redis.call('HSETNX', ck, 'awaiting_reply_since', now)
 return { 'ok', created, conv_reply(conv) }

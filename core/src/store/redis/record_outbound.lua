@@ -36,6 +36,10 @@ end
 if (tonumber(redis.call('HGET', ck, 'replies_since_inbound')) or 0) < 4294967295 then
   redis.call('HINCRBY', ck, 'replies_since_inbound', 1)
 end
+-- A reply of the agent holding it answers the customer (an automatic message does not).
+if has_agent then
+  redis.call('HDEL', ck, 'awaiting_reply_since')
+end
 redis.call('SET', key('msg', env_id), id)
 redis.call('RPUSH', key('conv-msgs', id), envelope)
 trim_messages(id)
