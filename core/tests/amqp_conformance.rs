@@ -255,7 +255,7 @@ async fn a_message_rabbitmq_dead_lettered_carries_its_queue_and_reason() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let (reader, dead) = loop {
         let mut reader = bus.browse(DEAD_LETTER_QUEUE).await.expect("browse");
-        if let Some(d) = reader.next().await {
+        if let Some(d) = reader.next().await.expect("read the dead letters") {
             break (reader, d);
         }
         assert!(

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use switchyard_core::bus::topology::DEAD_LETTER_QUEUE;
 use switchyard_core::bus::{
-    Bus, BusError, Deliveries, Delivery, HEADER_DEATH_REASON, HEADER_ORIGINAL_QUEUE, Message,
+    Bus, BusError, Delivery, HEADER_DEATH_REASON, HEADER_ORIGINAL_QUEUE, Message, QueueReader,
 };
 use switchyard_core::metrics::Metrics;
 
@@ -178,21 +178,21 @@ pub struct DeadLetters {
 
 /// One pass over the queue: every message read is held until the pass is dropped.
 struct Pass {
-    reader: Box<dyn Deliveries>,
+    reader: Box<dyn QueueReader>,
     held: Vec<Delivery>,
     read: usize,
 }
 
 impl Pass {
     /// The next dead letter, or `None` when none is left or [`MAX_SCAN`] were read
-    /// ([`Pass::stopped_early`]).
-    async fn next(&mut self) -> Option<Delivery> {
+    /// ([`Pass::stopped_early`]); an error when the queue could not be read.
+    async fn next(&mut self) -> Result<Option<Delivery>, BusError> {
         if self.read == MAX_SCAN {
-            return None;
+            return Ok(None);
         }
         let delivery = self.reader.next().await?;
-        self.read += 1;
-        Some(delivery)
+        self.read += usize::from(delivery.is_some());
+        Ok(delivery)
     }
 
     fn stopped_early(&self) -> bool {
@@ -235,7 +235,7 @@ impl DeadLetters {
         let mut pass = self.pass().await?;
         let mut dead_letters = Vec::new();
         let mut more = false;
-        while let Some(delivery) = pass.next().await {
+        while let Some(delivery) = pass.next().await.map_err(DeadLetterError::Read)? {
             let letter = DeadLetter::of(&delivery);
             pass.held.push(delivery);
             if selection.matches(&letter) {
@@ -303,7 +303,19 @@ impl DeadLetters {
         }
         let mut pass = self.pass().await?;
         let mut handled = Handled::default();
-        while let Some(delivery) = pass.next().await {
+        loop {
+            let delivery = match pass.next().await {
+                Ok(Some(delivery)) => delivery,
+                Ok(None) => break,
+                Err(source) => {
+                    pass.finish();
+                    return Err(DeadLetterError::Interrupted {
+                        action: action.done(),
+                        done: handled.message_ids.len(),
+                        source,
+                    });
+                }
+            };
             let letter = DeadLetter::of(&delivery);
             if !selection.matches(&letter) {
                 pass.held.push(delivery);

@@ -36,7 +36,8 @@ use crate::tls::ClientTls;
 
 use super::topology::{DEAD_LETTER_EXCHANGE, ExchangeKind, Overflow, QueueSpec, Topology};
 use super::{
-    Acker, Bus, BusError, Deliveries, Delivery, HEADER_DEATH_REASON, HEADER_ORIGINAL_QUEUE, Message,
+    Acker, Bus, BusError, Deliveries, Delivery, HEADER_DEATH_REASON, HEADER_ORIGINAL_QUEUE,
+    Message, QueueReader,
 };
 
 /// Channels used for publishing; publishes are spread over them.
@@ -579,7 +580,7 @@ impl Bus for AmqpBus {
         }))
     }
 
-    async fn browse(&self, queue: &str) -> Result<Box<dyn Deliveries>, BusError> {
+    async fn browse(&self, queue: &str) -> Result<Box<dyn QueueReader>, BusError> {
         let (channel, _) = self.passive_declare(queue).await?;
         Ok(Box::new(AmqpReader {
             source: Source::new(self, queue),
@@ -720,27 +721,17 @@ struct AmqpReader {
 }
 
 #[async_trait]
-impl Deliveries for AmqpReader {
-    async fn next(&mut self) -> Option<Delivery> {
+impl QueueReader for AmqpReader {
+    async fn next(&mut self) -> Result<Option<Delivery>, BusError> {
         let got = self
             .channel
             .basic_get(
                 ShortString::from(self.source.bus.name(&self.source.queue)),
                 BasicGetOptions { no_ack: false },
             )
-            .await;
-        match got {
-            Ok(Some(message)) => Some(self.source.delivery(message.delivery)),
-            Ok(None) => None,
-            Err(e) => {
-                tracing::warn!(queue = %self.source.queue, error = %e, "reading a queue failed");
-                None
-            }
-        }
-    }
-
-    async fn cancel(&mut self) -> Result<(), BusError> {
-        Ok(())
+            .await
+            .map_err(|e| unavailable(format!("reading queue `{}`: {e}", self.source.queue)))?;
+        Ok(got.map(|message| self.source.delivery(message.delivery)))
     }
 }
 

@@ -11,7 +11,8 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::topology::{ExchangeKind, Overflow, QueueSpec, Topology, topic_matches};
 use super::{
-    Acker, Bus, BusError, Deliveries, Delivery, HEADER_DEATH_REASON, HEADER_ORIGINAL_QUEUE, Message,
+    Acker, Bus, BusError, Deliveries, Delivery, HEADER_DEATH_REASON, HEADER_ORIGINAL_QUEUE,
+    Message, QueueReader,
 };
 
 /// The in-process bus used by the embedded default.
@@ -372,7 +373,7 @@ impl Bus for EmbeddedBus {
         }))
     }
 
-    async fn browse(&self, queue: &str) -> Result<Box<dyn Deliveries>, BusError> {
+    async fn browse(&self, queue: &str) -> Result<Box<dyn QueueReader>, BusError> {
         Ok(Box::new(EmbeddedReader {
             queue: self.inner.queue(queue)?,
             broker: Arc::clone(&self.inner),
@@ -459,17 +460,15 @@ struct EmbeddedReader {
 }
 
 #[async_trait]
-impl Deliveries for EmbeddedReader {
-    async fn next(&mut self) -> Option<Delivery> {
+impl QueueReader for EmbeddedReader {
+    async fn next(&mut self) -> Result<Option<Delivery>, BusError> {
         if self.broker.closed.load(Ordering::Acquire) {
-            return None;
+            return Err(BusError::Unavailable("bus is closed".into()));
         }
-        let stored = self.queue.take_ready()?;
-        Some(EmbeddedAcker::delivery(&self.queue, stored, None))
-    }
-
-    async fn cancel(&mut self) -> Result<(), BusError> {
-        Ok(())
+        Ok(self
+            .queue
+            .take_ready()
+            .map(|stored| EmbeddedAcker::delivery(&self.queue, stored, None)))
     }
 }
 

@@ -171,6 +171,15 @@ pub trait Acker: Send + Sync {
     }
 }
 
+/// Reads a queue one message at a time ([`Bus::browse`]).
+#[async_trait]
+pub trait QueueReader: Send {
+    /// The next message ready in the queue, unsettled (see [`Bus::browse`]); `None` once the
+    /// queue holds nothing ready. An error when the bus could not read it (a broken connection,
+    /// a closed bus): an empty queue and a failed read are told apart.
+    async fn next(&mut self) -> Result<Option<Delivery>, BusError>;
+}
+
 /// A stream of deliveries from one queue.
 #[async_trait]
 pub trait Deliveries: Send {
@@ -250,12 +259,12 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Reads `queue` one message at a time without subscribing to it (AMQP `basic.get`), for
     /// tools that inspect a queue such as the dead letters: the reader's
-    /// [`next`](Deliveries::next) yields `None` as soon as the queue holds nothing ready. A
+    /// [`next`](QueueReader::next) yields `None` as soon as the queue holds nothing ready. A
     /// message it yields is unsettled, so no reader or consumer sees it again until it is. An
     /// unsettled delivery that is dropped goes back to the queue (RabbitMQ counts that as a
     /// redelivery, the embedded bus does not); settle or drop every one before the reader.
     /// RabbitMQ refuses to read a single-active-consumer queue (an inbound shard) this way.
-    async fn browse(&self, queue: &str) -> Result<Box<dyn Deliveries>, BusError>;
+    async fn browse(&self, queue: &str) -> Result<Box<dyn QueueReader>, BusError>;
 
     /// How many messages `queue` holds ready for delivery (not those being delivered), as
     /// RabbitMQ's passive `queue.declare` counts them; [`BusError::NotDeclared`] when no such

@@ -16,7 +16,7 @@ use crate::bus::topology::{
 };
 use crate::bus::{
     Bus, BusError, Deliveries, Delivery, HEADER_DEATH_REASON, HEADER_ORIGINAL_QUEUE, Message,
-    Topology,
+    QueueReader, Topology,
 };
 use crate::envelope::shard_key;
 
@@ -544,22 +544,24 @@ pub async fn reject_dead_letters_at_once(factory: &impl MakeBus, prefix: &str) {
 }
 
 /// The next message a reader yields, which must be `id`.
-async fn read_id(reader: &mut Box<dyn Deliveries>, id: &str, what: &str) -> Delivery {
+async fn read_id(reader: &mut Box<dyn QueueReader>, id: &str, what: &str) -> Delivery {
     match timeout(WAIT, reader.next()).await {
-        Ok(Some(d)) => {
+        Ok(Ok(Some(d))) => {
             assert_eq!(d.message.message_id, id, "{what}: read the wrong message");
             d
         }
-        Ok(None) => panic!("{what}: the reader found nothing, expected `{id}`"),
+        Ok(Ok(None)) => panic!("{what}: the reader found nothing, expected `{id}`"),
+        Ok(Err(e)) => panic!("{what}: reading failed: {e}"),
         Err(_) => panic!("{what}: reading did not answer within {WAIT:?}"),
     }
 }
 
 /// The reader must find nothing ready.
-async fn read_nothing(reader: &mut Box<dyn Deliveries>, what: &str) {
+async fn read_nothing(reader: &mut Box<dyn QueueReader>, what: &str) {
     match timeout(WAIT, reader.next()).await {
-        Ok(None) => {}
-        Ok(Some(d)) => panic!("{what}: expected nothing, read `{}`", d.message.message_id),
+        Ok(Ok(None)) => {}
+        Ok(Ok(Some(d))) => panic!("{what}: expected nothing, read `{}`", d.message.message_id),
+        Ok(Err(e)) => panic!("{what}: reading failed: {e}"),
         Err(_) => panic!("{what}: reading did not answer within {WAIT:?}"),
     }
 }
@@ -642,7 +644,7 @@ pub async fn browse_and_publish_to_queue(factory: &impl MakeBus, prefix: &str) {
     // A dropped delivery comes back (on RabbitMQ, once its nack has arrived).
     let deadline = Instant::now() + WAIT;
     let second = loop {
-        if let Some(d) = timeout(WAIT, other.next()).await.ok().flatten() {
+        if let Ok(Ok(Some(d))) = timeout(WAIT, other.next()).await {
             break d;
         }
         assert!(
@@ -945,6 +947,10 @@ pub async fn close_ends_consumer_streams(factory: &impl MakeBus, prefix: &str) {
     let n = Names::new(prefix);
     let mut waiting = consume(&bus, &n.inbound_queue(0), 1).await;
     let mut idle = consume(&bus, &n.inbound_queue(1), 1).await;
+    let mut reader = bus
+        .browse(&n.dead_queue())
+        .await
+        .unwrap_or_else(|e| panic!("{what}: browsing: {e}"));
     let closer = async {
         sleep(QUIET).await;
         bus.close().await;
@@ -959,6 +965,13 @@ pub async fn close_ends_consumer_streams(factory: &impl MakeBus, prefix: &str) {
         Ok(None) => {}
         Ok(Some(d)) => panic!("{what}: got `{}` after close", d.message.message_id),
         Err(_) => panic!("{what}: next() after close did not end within {WAIT:?}"),
+    }
+    // A reader tells a bus it cannot read from an empty queue.
+    match timeout(WAIT, reader.next()).await {
+        Ok(Err(_)) => {}
+        Ok(Ok(None)) => panic!("{what}: a reader of a closed bus reported an empty queue"),
+        Ok(Ok(Some(d))) => panic!("{what}: read `{}` after close", d.message.message_id),
+        Err(_) => panic!("{what}: reading after close did not end within {WAIT:?}"),
     }
     assert!(!bus.is_ready(), "{what}: a closed bus reports ready");
     let result = bus.publish(&n.inbound_exchange(), "0", msg("late")).await;

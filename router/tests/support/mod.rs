@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use switchyard_connectors::{ConnectorContext, Registry};
 use switchyard_core::bus::embedded::EmbeddedBus;
 use switchyard_core::bus::topology::{EVENTS_EXCHANGE, TopologyOptions, outbound_queue};
-use switchyard_core::bus::{Bus, BusError, Deliveries, Delivery, Message, Topology};
+use switchyard_core::bus::{Bus, BusError, Deliveries, Delivery, Message, QueueReader, Topology};
 use switchyard_core::conformance::store::{app_channel, inbound_envelope, key};
 use switchyard_core::event::CloudEvent;
 use switchyard_core::metrics::Metrics;
@@ -117,7 +117,7 @@ impl Bus for FlakyBus {
             resumed: Arc::clone(&self.resumed),
         }))
     }
-    async fn browse(&self, queue: &str) -> Result<Box<dyn Deliveries>, BusError> {
+    async fn browse(&self, queue: &str) -> Result<Box<dyn QueueReader>, BusError> {
         self.inner.browse(queue).await
     }
     async fn publish_to_queue(&self, queue: &str, message: Message) -> Result<(), BusError> {
