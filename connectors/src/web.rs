@@ -32,7 +32,7 @@ use switchyard_core::envelope::{ChannelRef, Content, Envelope, Sender};
 use switchyard_core::identity::IdentityKey;
 use switchyard_core::protocol::{VisitorEvent, VisitorRequest};
 use switchyard_core::store::Store;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 
 use crate::signature::{constant_time_eq, hmac_sha256_hex};
 use crate::{
@@ -43,7 +43,14 @@ use crate::{
 /// Connector kind.
 pub const KIND: &str = "web";
 /// Configuration keys besides the common ones.
-pub const KEYS: &[&str] = &["secret"];
+pub const KEYS: &[&str] = &["secret", QUEUE_POSITION_SECS];
+/// The key of how often, in seconds, visitors whose conversation waits in a queue are told
+/// their place in it (0: never).
+pub const QUEUE_POSITION_SECS: &str = "queue_position_secs";
+/// [`QUEUE_POSITION_SECS`] when it is not configured.
+pub const DEFAULT_QUEUE_POSITION_SECS: u64 = 3;
+/// The largest [`QUEUE_POSITION_SECS`] accepted: a position older than this tells little.
+pub const MAX_QUEUE_POSITION_SECS: u64 = 300;
 /// Header carrying the visitor token on HTTP requests to the web channel.
 pub const VISITOR_TOKEN_HEADER: &str = "x-switchyard-visitor-token";
 /// Name of the `Content::Event` that identifies a visitor; the router links it explicitly.
@@ -90,6 +97,8 @@ pub struct WebConnector {
     push_live: watch::Sender<bool>,
     /// Whether envelopes keep the visitor's frame in `raw`.
     raw: RawPolicy,
+    /// How often visitors are told their place in the queue; `None`: never.
+    queue_position_every: Option<Duration>,
 }
 
 impl WebConnector {
@@ -108,6 +117,11 @@ impl WebConnector {
             }
             None => (rand::random::<[u8; 32]>().to_vec(), false),
         };
+        let queue_position_secs = settings.seconds(
+            QUEUE_POSITION_SECS,
+            DEFAULT_QUEUE_POSITION_SECS,
+            MAX_QUEUE_POSITION_SECS,
+        )?;
         Ok(WebConnector {
             channel: ChannelRef {
                 kind: KIND.to_owned(),
@@ -121,7 +135,15 @@ impl WebConnector {
             bus: OnceLock::new(),
             push_live: watch::Sender::new(false),
             raw: RawPolicy::from_settings(settings)?,
+            queue_position_every: (queue_position_secs > 0)
+                .then(|| Duration::from_secs(queue_position_secs)),
         })
+    }
+
+    /// How often visitors whose conversation waits in a pool's queue are told their place in it
+    /// (`queue_position_secs`); `None` when they are not.
+    pub fn queue_position_every(&self) -> Option<Duration> {
+        self.queue_position_every
     }
 
     /// Connected visitors of this channel.
@@ -159,11 +181,9 @@ impl WebConnector {
             stop.await;
             return Ok(());
         };
-        while self.sessions.connected() == 0 {
-            tokio::select! {
-                _ = &mut stop => return Ok(()),
-                _ = self.sessions.wanted.notified() => {}
-            }
+        tokio::select! {
+            _ = &mut stop => return Ok(()),
+            _ = self.sessions.until_connected() => {}
         }
         let key = web_reply_key(&self.channel.id);
         let queue = bus
@@ -502,17 +522,49 @@ impl Connector for WebConnector {
 }
 
 /// Connected visitor sockets of one web channel on this process.
-#[derive(Default)]
 pub struct VisitorSessions {
     inner: Mutex<SessionsInner>,
-    /// Wakes [`WebConnector::run_push`] when a visitor connects.
-    wanted: Notify,
+    /// How many visitors have at least one open socket; wakes [`WebConnector::run_push`] and
+    /// the queue positions when the first connects.
+    connected: watch::Sender<usize>,
+}
+
+impl Default for VisitorSessions {
+    fn default() -> Self {
+        VisitorSessions {
+            inner: Mutex::default(),
+            connected: watch::Sender::new(0),
+        }
+    }
 }
 
 #[derive(Default)]
 struct SessionsInner {
     next_session: u64,
-    sockets: HashMap<String, Vec<(u64, mpsc::Sender<VisitorEvent>)>>,
+    visitors: HashMap<String, ConnectedVisitor>,
+}
+
+/// The open sockets of one visitor.
+#[derive(Default)]
+struct ConnectedVisitor {
+    sockets: Vec<(u64, mpsc::Sender<VisitorEvent>)>,
+    /// Bumped by [`VisitorSessions::conversation_may_have_changed`].
+    changes: u64,
+}
+
+/// One open visitor socket, as [`VisitorSessions::sockets`] lists it.
+#[derive(Debug, Clone)]
+pub struct VisitorSocket {
+    /// The socket's number, unique on this channel in this process.
+    pub session: u64,
+    /// The visitor it belongs to.
+    pub visitor_id: String,
+    /// A count [`VisitorSessions::conversation_may_have_changed`] moves on: when it moved, the
+    /// visitor's conversation is worth looking up again. It starts over at 0 when the visitor
+    /// has no socket left.
+    pub changes: u64,
+    /// Frames for the socket.
+    pub tx: mpsc::Sender<VisitorEvent>,
 }
 
 /// Unregisters a visitor socket when dropped.
@@ -525,12 +577,14 @@ pub struct SessionGuard {
 impl Drop for SessionGuard {
     fn drop(&mut self) {
         let mut inner = self.sessions.lock();
-        if let Some(list) = inner.sockets.get_mut(&self.visitor_id) {
-            list.retain(|(id, _)| *id != self.session);
-            if list.is_empty() {
-                inner.sockets.remove(&self.visitor_id);
+        if let Some(visitor) = inner.visitors.get_mut(&self.visitor_id) {
+            visitor.sockets.retain(|(id, _)| *id != self.session);
+            if visitor.sockets.is_empty() {
+                inner.visitors.remove(&self.visitor_id);
             }
         }
+        // Told under the lock, so that concurrent changes are told in the order they happened.
+        self.sessions.connected.send_replace(inner.visitors.len());
     }
 }
 
@@ -550,12 +604,13 @@ impl VisitorSessions {
         inner.next_session += 1;
         let session = inner.next_session;
         inner
-            .sockets
+            .visitors
             .entry(visitor_id.to_owned())
             .or_default()
+            .sockets
             .push((session, tx));
+        self.connected.send_replace(inner.visitors.len());
         drop(inner);
-        self.wanted.notify_one();
         SessionGuard {
             sessions: Arc::clone(self),
             visitor_id: visitor_id.to_owned(),
@@ -568,15 +623,49 @@ impl VisitorSessions {
     pub fn deliver(&self, visitor_id: &str, event: VisitorEvent) -> bool {
         let inner = self.lock();
         let mut delivered = false;
-        for (_, tx) in inner.sockets.get(visitor_id).into_iter().flatten() {
+        let sockets = inner.visitors.get(visitor_id).map(|v| v.sockets.as_slice());
+        for (_, tx) in sockets.into_iter().flatten() {
             delivered |= tx.try_send(event.clone()).is_ok();
         }
         delivered
     }
 
+    /// Notes that the visitor did something that may open their conversation or make it
+    /// another (a message, an identify that merges profiles): whoever follows it looks it up
+    /// again ([`VisitorSocket::changes`]). Nothing happens for a visitor with no socket here.
+    pub fn conversation_may_have_changed(&self, visitor_id: &str) {
+        if let Some(visitor) = self.lock().visitors.get_mut(visitor_id) {
+            visitor.changes += 1;
+        }
+    }
+
+    /// Every open socket, in no particular order.
+    pub fn sockets(&self) -> Vec<VisitorSocket> {
+        let inner = self.lock();
+        inner
+            .visitors
+            .iter()
+            .flat_map(|(visitor_id, visitor)| {
+                visitor.sockets.iter().map(|(session, tx)| VisitorSocket {
+                    session: *session,
+                    visitor_id: visitor_id.clone(),
+                    changes: visitor.changes,
+                    tx: tx.clone(),
+                })
+            })
+            .collect()
+    }
+
     /// Number of visitors with at least one open socket.
     pub fn connected(&self) -> usize {
-        self.lock().sockets.len()
+        *self.connected.borrow()
+    }
+
+    /// Returns once at least one visitor has a socket open (at once if one has).
+    pub async fn until_connected(&self) {
+        let mut connected = self.connected.subscribe();
+        // The sender lives as long as `self`, so waiting cannot fail.
+        let _ = connected.wait_for(|n| *n > 0).await;
     }
 }
 
@@ -623,6 +712,7 @@ impl RecentIds {
 mod tests {
     use super::*;
     use switchyard_core::envelope::Direction;
+    use tokio::sync::Notify;
 
     fn connector(secret: Option<&str>) -> WebConnector {
         let mut options = std::collections::BTreeMap::new();
@@ -903,6 +993,88 @@ mod tests {
                 notified.await;
             }
         }
+    }
+
+    #[test]
+    fn queue_positions_are_every_3_seconds_unless_configured() {
+        assert_eq!(
+            connector(None).queue_position_every(),
+            Some(Duration::from_secs(DEFAULT_QUEUE_POSITION_SECS))
+        );
+        let with = |value: serde_json::Value| {
+            let mut options = std::collections::BTreeMap::new();
+            options.insert(QUEUE_POSITION_SECS.to_owned(), value);
+            let settings = ChannelSettings {
+                id: "web".into(),
+                kind: KIND.into(),
+                pool: "default".into(),
+                api_base: None,
+                options,
+            };
+            WebConnector::new(&settings, &ConnectorContext::default())
+        };
+        let every = |value| with(value).map(|web| web.queue_position_every());
+        assert_eq!(every(1.into()).unwrap(), Some(Duration::from_secs(1)));
+        assert_eq!(every(0.into()).unwrap(), None, "0 turns them off");
+        let err = every((MAX_QUEUE_POSITION_SECS + 1).into()).unwrap_err();
+        assert!(
+            err.to_string().contains("channels.web.queue_position_secs"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn sessions_list_their_sockets_and_count_changes_per_visitor() {
+        let sessions = Arc::new(VisitorSessions::default());
+        let waiting = tokio::spawn({
+            let sessions = Arc::clone(&sessions);
+            async move { sessions.until_connected().await }
+        });
+        let (tx, _rx) = mpsc::channel(1);
+        let first = sessions.register("v1", tx.clone());
+        let second = sessions.register("v1", tx.clone());
+        let other = sessions.register("v2", tx);
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(sessions.connected(), 2, "two visitors");
+
+        sessions.conversation_may_have_changed("v1");
+        sessions.conversation_may_have_changed("nobody");
+        let mut listed: Vec<(u64, String, u64)> = sessions
+            .sockets()
+            .into_iter()
+            .map(|s| (s.session, s.visitor_id, s.changes))
+            .collect();
+        listed.sort();
+        assert_eq!(
+            listed,
+            [
+                (1, "v1".into(), 1),
+                (2, "v1".into(), 1),
+                (3, "v2".into(), 0)
+            ],
+            "every socket of the visitor sees the change"
+        );
+
+        drop(first);
+        drop(second);
+        assert_eq!(sessions.connected(), 1);
+        let (tx, _rx) = mpsc::channel(1);
+        let _back = sessions.register("v1", tx);
+        let changes: Vec<u64> = sessions
+            .sockets()
+            .iter()
+            .filter(|s| s.visitor_id == "v1")
+            .map(|s| s.changes)
+            .collect();
+        assert_eq!(
+            changes,
+            [0],
+            "starts over once the visitor had no socket left"
+        );
+        drop(other);
     }
 
     #[test]

@@ -663,6 +663,34 @@ impl ChannelSettings {
         }
     }
 
+    /// A whole number of seconds, at most `max`: a number, or a string of digits (as environment
+    /// overrides give it); `default` when absent. It is no secret, so a `key_env` or `key_file`
+    /// form is refused rather than ignored.
+    pub fn seconds(&self, key: &str, default: u64, max: u64) -> Result<u64, ConfigError> {
+        for form in ["_env", "_file"] {
+            if self.options.contains_key(&format!("{key}{form}")) {
+                return Err(ConfigError::Invalid {
+                    key: format!("channels.{}.{key}{form}", self.id),
+                    message: format!("`{key}` is no secret: give the number itself"),
+                });
+            }
+        }
+        let invalid = |found: &serde_json::Value| ConfigError::Invalid {
+            key: format!("channels.{}.{key}", self.id),
+            message: format!("expected whole seconds from 0 to {max}, found {found}"),
+        };
+        let secs = match self.options.get(key) {
+            None => return Ok(default),
+            Some(serde_json::Value::Number(n)) => n.as_u64(),
+            Some(serde_json::Value::String(s)) => s.trim().parse().ok(),
+            Some(_) => None,
+        };
+        match secs {
+            Some(secs) if secs <= max => Ok(secs),
+            _ => Err(invalid(&self.options[key])),
+        }
+    }
+
     /// `keep_raw`: whether the channel's envelopes keep the original payload in `raw`
     /// (masked); `false` when absent.
     pub fn keep_raw(&self) -> Result<bool, ConfigError> {
@@ -2094,6 +2122,36 @@ mod tests {
         let f = write(&channel("keep_raw_env = \"X\"\n"));
         let s = Settings::load_with_env(Some(&f.0), []).expect("parsed");
         assert_eq!(s.channels[0].unknown_options(&["secret"]), ["keep_raw_env"]);
+    }
+
+    #[test]
+    fn channel_seconds_are_whole_and_bounded() {
+        let f = write(
+            "[[channels]]\nid = \"w\"\nkind = \"web\"\nevery = 5\ntext = \" 7 \"\n\
+             too_long = 301\nnegative = -1\nfraction = 1.5\nwords = \"soon\"\n",
+        );
+        let s = Settings::load_with_env(Some(&f.0), []).unwrap();
+        let ch = &s.channels[0];
+        assert_eq!(ch.seconds("every", 3, 300).unwrap(), 5);
+        assert_eq!(
+            ch.seconds("text", 3, 300).unwrap(),
+            7,
+            "as the environment gives it"
+        );
+        assert_eq!(ch.seconds("absent", 3, 300).unwrap(), 3, "the default");
+        for bad in ["too_long", "negative", "fraction", "words"] {
+            let err = ch.seconds(bad, 3, 300).unwrap_err().to_string();
+            assert!(err.contains(&format!("channels.w.{bad}")), "{err}");
+            assert!(err.contains("from 0 to 300"), "{err}");
+        }
+        let f = write("[[channels]]\nid = \"w\"\nkind = \"web\"\nevery_env = \"EVERY\"\n");
+        let s = Settings::load_with_env(Some(&f.0), []).unwrap();
+        let err = s.channels[0]
+            .seconds("every", 3, 300)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("channels.w.every_env"), "{err}");
+        assert!(err.contains("no secret"), "{err}");
     }
 
     #[test]

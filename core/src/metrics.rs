@@ -100,9 +100,14 @@ pub struct Metrics {
     pub pool_open: IntGaugeVec,
     /// Open agent and visitor WebSocket sessions, by kind.
     pub websocket_sessions: IntGaugeVec,
-    /// Reads of the store a new visitor WebSocket session could not make and went on without,
-    /// by what was read (`history`: the welcome's history; `mailbox`: the waiting replies).
+    /// Reads of the store for visitor WebSocket sessions that failed and that the sessions went
+    /// on without, by what was read: at a session's start, `history` (the welcome's history)
+    /// and `mailbox` (the waiting replies); for queue positions, `queue` (a pool's queue) and
+    /// `conversation` (a visitor's open conversation).
     pub visitor_read_failures: IntCounterVec,
+    /// `queue` frames written to visitor WebSocket sessions (a position, or `null` once the
+    /// conversation no longer waits).
+    pub visitor_queue_frames: IntCounter,
     /// Batches of the outbox, by outcome (`deferred`: the bus refused it, kept in the store;
     /// `republished`; `lost`: neither published nor kept; `dropped`: undecodable, or refused
     /// by the bus for good).
@@ -278,9 +283,13 @@ impl Metrics {
         let visitor_read_failures = IntCounterVec::new(
             Opts::new(
                 "visitor_read_failures_total",
-                "Store reads a new visitor WebSocket session went on without, by read",
+                "Failed store reads that visitor WebSocket sessions went on without, by read",
             ),
             &["read"],
+        )?;
+        let visitor_queue_frames = IntCounter::new(
+            "visitor_queue_frames_total",
+            "Queue position frames written to visitor WebSocket sessions",
         )?;
         let outbox = IntCounterVec::new(
             Opts::new(
@@ -330,6 +339,7 @@ impl Metrics {
         registry.register(Box::new(pool_open.clone()))?;
         registry.register(Box::new(websocket_sessions.clone()))?;
         registry.register(Box::new(visitor_read_failures.clone()))?;
+        registry.register(Box::new(visitor_queue_frames.clone()))?;
         registry.register(Box::new(outbox.clone()))?;
         registry.register(Box::new(outbox_waiting.clone()))?;
         registry.register(Box::new(shard_handovers.clone()))?;
@@ -359,6 +369,7 @@ impl Metrics {
             pool_open,
             websocket_sessions,
             visitor_read_failures,
+            visitor_queue_frames,
             outbox,
             outbox_waiting,
             media_fetches,

@@ -102,6 +102,24 @@ pub enum VisitorEvent {
     },
     /// Answer to `ping`.
     Pong,
+    /// Where the visitor's open conversation waits in its pool's queue, sent when that changes
+    /// (the server looks every `queue_position_secs` of the channel, 3 s by default).
+    /// `position` 1 is the next conversation offered to an agent. `null` once it no longer
+    /// waits: an agent or a bot has it, or it was closed; that frame only follows a position.
+    Queue {
+        /// Place in the queue, from 1 (next); `null`: no longer waiting. Always present.
+        #[schemars(schema_with = "queue_position_schema")]
+        position: Option<u32>,
+    },
+}
+
+/// The schema of a `queue` frame's `position`: a place from 1, or `null`, never absent.
+fn queue_position_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": ["integer", "null"],
+        "format": "uint32",
+        "minimum": 1
+    })
 }
 
 /// A message of the visitor's conversation in `welcome.history`: the fields of a `message`

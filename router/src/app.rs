@@ -31,7 +31,7 @@ use crate::assignment::{sample_queue_depth, sweep_lapsed_agents};
 use crate::auto_reply::AutoReplies;
 use crate::dead_letters::{DeadLetters, sample_dead_letters};
 use crate::events::EventPublisher;
-use crate::http::{AgentsCache, HttpContext, HttpState, app, ops_app};
+use crate::http::{AgentsCache, HttpContext, HttpState, QueuePositions, app, ops_app};
 use crate::hub::AgentHub;
 use crate::inbound::InboundRouter;
 use crate::ingress::Ingress;
@@ -466,6 +466,24 @@ impl App {
                         .run_push(stop.cancelled_owned())
                         .await
                         .with_context(|| format!("reply push of web channel `{id}`"))
+                });
+            }
+            // Web visitors waiting in a queue are told their place: one task for every web
+            // channel, idle while no visitor is connected.
+            let webs = settings
+                .channels
+                .iter()
+                .filter_map(|channel| registry.web(&channel.id).cloned());
+            if let Some(positions) = QueuePositions::new(
+                webs,
+                settings.pool_ids(),
+                Arc::clone(&store),
+                metrics.clone(),
+            ) {
+                let stop = shutdown.clone();
+                tasks.spawn(async move {
+                    positions.run(stop).await;
+                    Ok(())
                 });
             }
             let (hub, bus, ops, stop) = (

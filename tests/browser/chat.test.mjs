@@ -182,6 +182,9 @@ test("a visitor and an agent talk through the web chat and the agent console", a
     step = "the console shows the conversation waiting while the agent is away";
     await agent.locator("#pool-waiting").filter({ hasText: /^default: 1 \(first \d+ s\)$/ }).waitFor();
 
+    step = "the web chat tells the visitor their place in the queue";
+    await expectText(visitor.locator("#queue"), "You are number 1 in the queue.");
+
     step = "the agent is back online";
     await agent.locator("#status-select").selectOption("online");
     await expectText(agent.locator("#agent-status"), "online");
@@ -195,6 +198,9 @@ test("a visitor and an agent talk through the web chat and the agent console", a
     assert.match(await agent.locator("#conv-title .sub").textContent(), /^web\/web · assigned · pool default · /);
     await bubble(agent, ".msg-customer", firstMessage).waitFor();
     await expectText(agent.locator("#agent-load"), "1 / 3");
+
+    step = "the place in the queue disappears from the web chat once the agent has it";
+    await visitor.locator("#queue").waitFor({ state: "hidden" });
 
     step = "the agent replies (the Send button)";
     await agent.getByRole("textbox", { name: "Reply" }).fill(firstReply);
@@ -363,7 +369,7 @@ test("an agent accepts an offer and declines another with the console's buttons"
     step = "Decline sends the conversation back to the queue, away from this agent";
     await agent.locator("#decline-offer").click();
     await agent.locator("#conversations .conv").filter({ hasText: secondKey }).waitFor({ state: "detached" });
-    await agent.locator("#notices .notice").filter({ hasText: `Conversation with ${secondKey} left your queue: declined` }).waitFor();
+    await agent.locator("#notices .notice").filter({ hasText: `Conversation with ${secondKey} left your queue: you declined it` }).waitFor();
     const declined = await until("the declined conversation is queued or with another agent", async (saw) => {
       const c = await rest(offersUrl, "GET", `/v1/conversations/${second}`);
       saw(c);

@@ -1,8 +1,9 @@
 //! The two pages a newcomer opens, in a real browser: the embedded default (a `web` channel and
 //! the `default` pool, as `switchyard serve` runs with no configuration) serves the web chat and
 //! the agent console, and `tests/browser/chat.test.mjs` drives both in headless Chromium
-//! (Playwright): an agent connects, a visitor writes, the agent answers, the visitor reloads (and
-//! sees the conversation so far again) and comes back, the agent closes the conversation. A
+//! (Playwright): an agent connects, a visitor writes (and is told their place in the queue while
+//! the agent is away), the agent answers, the visitor reloads (and sees the conversation so far
+//! again) and comes back, the agent closes the conversation. A
 //! second server, the same default with a `default` pool that makes offers
 //! (`offer_timeout_secs`), serves the script's second case: the console's Accept and Decline
 //! buttons.

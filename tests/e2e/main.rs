@@ -28,6 +28,7 @@ mod timers;
 mod web_flow;
 mod web_gateways;
 mod web_history;
+mod web_queue;
 mod webhooks;
 mod wechat;
 mod whatsapp;

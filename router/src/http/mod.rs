@@ -13,6 +13,7 @@ mod hours;
 mod listings;
 mod media;
 mod ops;
+mod queue_position;
 mod rest;
 mod visitor_history;
 mod visitor_ws;
@@ -34,6 +35,7 @@ use tower_http::timeout::TimeoutLayer;
 
 pub use agents_cache::AgentsCache;
 pub use error::ApiError;
+pub use queue_position::{PositionReadError, QueuePositions};
 
 use crate::dead_letters::DeadLetters;
 use crate::hub::AgentHub;

@@ -10,6 +10,11 @@
 //! was already dead (a tab closing as the reply is written) is therefore not lost: it stays in
 //! the mailbox and is written again at the visitor's next connection, where the page skips ids it
 //! shows already.
+//!
+//! The socket also writes `queue` frames, the place of the visitor's conversation in its pool's
+//! queue: [`super::queue_position`] hands them to the socket's sender, like live replies but
+//! without a ping (a place is not kept anywhere). Each accepted message or identify tells it that
+//! the visitor's conversation may have changed.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -187,8 +192,21 @@ async fn session(
                 Some(Ok(_)) => continue,
             };
             let answer = handle_frame(&state, &web, &visitor_id, text.as_str()).await;
+            let accepted = matches!(
+                answer,
+                VisitorEvent::Ack {
+                    duplicate: false,
+                    ..
+                }
+            );
             if tx.send(answer).await.is_err() {
                 break;
+            }
+            if accepted {
+                // A message may have opened a conversation, an identify merged it into another:
+                // the queue positions look it up again (after the `ack`, so a place the lookup
+                // finds comes after it).
+                web.sessions().conversation_may_have_changed(&visitor_id);
             }
         }
         // Unregister first so no new reply is handed to this socket, then let the writer finish.
