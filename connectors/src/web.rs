@@ -715,18 +715,25 @@ mod tests {
     use tokio::sync::Notify;
 
     fn connector(secret: Option<&str>) -> WebConnector {
-        let mut options = std::collections::BTreeMap::new();
-        if let Some(s) = secret {
-            options.insert("secret".to_owned(), serde_json::Value::String(s.to_owned()));
-        }
+        let options = secret.map(|s| ("secret", serde_json::Value::String(s.to_owned())));
+        connector_with(options).unwrap()
+    }
+
+    /// A `web` channel with these keys besides the common ones.
+    fn connector_with(
+        options: impl IntoIterator<Item = (&'static str, serde_json::Value)>,
+    ) -> Result<WebConnector, ConnectorError> {
         let settings = ChannelSettings {
             id: "web".into(),
             kind: KIND.into(),
             pool: "default".into(),
             api_base: None,
-            options,
+            options: options
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
         };
-        WebConnector::new(&settings, &ConnectorContext::default()).unwrap()
+        WebConnector::new(&settings, &ConnectorContext::default())
     }
 
     #[test]
@@ -1001,19 +1008,9 @@ mod tests {
             connector(None).queue_position_every(),
             Some(Duration::from_secs(DEFAULT_QUEUE_POSITION_SECS))
         );
-        let with = |value: serde_json::Value| {
-            let mut options = std::collections::BTreeMap::new();
-            options.insert(QUEUE_POSITION_SECS.to_owned(), value);
-            let settings = ChannelSettings {
-                id: "web".into(),
-                kind: KIND.into(),
-                pool: "default".into(),
-                api_base: None,
-                options,
-            };
-            WebConnector::new(&settings, &ConnectorContext::default())
+        let every = |value| {
+            connector_with([(QUEUE_POSITION_SECS, value)]).map(|web| web.queue_position_every())
         };
-        let every = |value| with(value).map(|web| web.queue_position_every());
         assert_eq!(every(1.into()).unwrap(), Some(Duration::from_secs(1)));
         assert_eq!(every(0.into()).unwrap(), None, "0 turns them off");
         let err = every((MAX_QUEUE_POSITION_SECS + 1).into()).unwrap_err();

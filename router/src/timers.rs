@@ -230,25 +230,43 @@ async fn claim(store: &dyn Store, key: &str, me: &str) -> bool {
     }
 }
 
-/// The queued and assigned conversations of `pool` that changed last before `before`, as
-/// [`Store::pool_conversations`] lists them (the same read as `GET /v1/pools/{id}/conversations`).
-async fn idle_in_pool(
+/// The conversations of `pool` whose status is in `statuses`, as [`Store::pool_conversations`]
+/// lists them (the same read as `GET /v1/pools/{id}/conversations`): its queue, and what agents
+/// hold in it. `None`, after a warning, when the store cannot say: the sweep (`looking_for` its
+/// candidates) tries again at its next tick.
+async fn in_pool(
     store: &dyn Store,
     pool: &str,
-    before: chrono::DateTime<chrono::Utc>,
-) -> Result<Vec<String>, StoreError> {
-    let open = store
-        .pool_conversations(
-            pool,
-            &[ConversationStatus::Queued, ConversationStatus::Assigned],
-            usize::MAX,
-        )
-        .await?;
-    Ok(open
-        .into_iter()
-        .filter(|c| c.updated_at < before)
-        .map(|c| c.id)
-        .collect())
+    statuses: &[ConversationStatus],
+    looking_for: &str,
+) -> Option<Vec<Conversation>> {
+    match store.pool_conversations(pool, statuses, usize::MAX).await {
+        Ok(conversations) => Some(conversations),
+        Err(e) => {
+            tracing::warn!(pool, error = %e, "could not look for {looking_for}; trying again later");
+            None
+        }
+    }
+}
+
+/// Whether a timer's change of conversation `id` (`what` it did, for the logs) was made. The
+/// conflict [`CONVERSATION_CHANGED`] is expected (a message, a command or another router came
+/// first) and logged at debug level; other errors are warned of, and the next sweep tries again.
+fn made(result: Result<Conversation, RouteError>, id: &str, what: &str) -> bool {
+    match result {
+        Ok(_) => true,
+        Err(RouteError::Store(StoreError::Conflict {
+            code: CONVERSATION_CHANGED,
+            ..
+        })) => {
+            tracing::debug!(conversation = %id, "not {what}: it changed meanwhile");
+            false
+        }
+        Err(e) => {
+            tracing::warn!(conversation = %id, error = %e, "could not have it {what}; trying again later");
+            false
+        }
+    }
 }
 
 /// Every `every` until `stop`: closes the idle conversations of the pools in `idles`.
@@ -261,39 +279,27 @@ pub async fn close_idle_conversations(
     stop: CancellationToken,
 ) {
     let me = new_id();
+    let open = [ConversationStatus::Queued, ConversationStatus::Assigned];
     while tick(every, &stop).await {
         for idle in &idles {
             let Some(before) = cutoff(idle.after) else {
                 continue;
             };
-            let ids = match idle_in_pool(&*store, &idle.pool, before).await {
-                Ok(ids) => ids,
-                Err(e) => {
-                    tracing::warn!(pool = %idle.pool, error = %e, "could not look for idle conversations; trying again later");
-                    continue;
-                }
+            let Some(candidates) = in_pool(&*store, &idle.pool, &open, "idle conversations").await
+            else {
+                continue;
             };
-            for id in ids {
+            let unchanged = candidates.into_iter().filter(|c| c.updated_at < before);
+            for Conversation { id, .. } in unchanged {
                 if !claim(&*store, &format!("timer:idle:{id}"), &me).await {
                     continue;
                 }
-                match ops.close_idle(&id, before).await {
-                    Ok(_) => {
-                        metrics
-                            .idle_closes
-                            .with_label_values(&[idle.pool.as_str()])
-                            .inc();
-                        tracing::info!(conversation = %id, pool = %idle.pool, "closed an idle conversation");
-                    }
-                    Err(RouteError::Store(StoreError::Conflict {
-                        code: CONVERSATION_CHANGED,
-                        ..
-                    })) => {
-                        tracing::debug!(conversation = %id, "a message or a change came first; it stays open");
-                    }
-                    Err(e) => {
-                        tracing::warn!(conversation = %id, error = %e, "could not close an idle conversation; trying again later");
-                    }
+                if made(ops.close_idle(&id, before).await, &id, "closed as idle") {
+                    metrics
+                        .idle_closes
+                        .with_label_values(&[idle.pool.as_str()])
+                        .inc();
+                    tracing::info!(conversation = %id, pool = %idle.pool, "closed an idle conversation");
                 }
             }
         }
@@ -369,45 +375,32 @@ pub async fn overflow_queues(
             let Some(before) = cutoff(overflow.after) else {
                 continue;
             };
-            let queued = match store
-                .pool_conversations(&overflow.pool, &[ConversationStatus::Queued], usize::MAX)
-                .await
-            {
-                Ok(queued) => queued,
-                Err(e) => {
-                    tracing::warn!(pool = %overflow.pool, error = %e, "could not read the queue for overflows; trying again later");
-                    continue;
-                }
+            let Some(queued) = in_pool(
+                &*store,
+                &overflow.pool,
+                &[ConversationStatus::Queued],
+                "conversations waiting too long",
+            )
+            .await
+            else {
+                continue;
             };
             let waited_too_long = queued.into_iter().filter(|c| {
                 c.pool == overflow.pool
                     && c.queued_at.is_some_and(|at| at < before)
                     && overflow.changes(c)
             });
-            for conversation in waited_too_long {
-                let id = &conversation.id;
-                match ops
-                    .overflow(id, &overflow.pool, before, overflow.target())
-                    .await
-                {
-                    Ok(_) => {
-                        metrics
-                            .queue_overflows
-                            .with_label_values(&[overflow.pool.as_str(), overflow.to.as_str()])
-                            .inc();
-                        tracing::info!(conversation = %id, pool = %overflow.pool, to = %overflow.to,
-                            "the conversation waited too long in the queue; moved it on");
-                    }
-                    Err(RouteError::Store(StoreError::Conflict {
-                        code: CONVERSATION_CHANGED,
-                        ..
-                    })) => {
-                        tracing::debug!(conversation = %id, "assigned, moved or closed meanwhile");
-                    }
-                    Err(e) => {
-                        tracing::warn!(conversation = %id, error = %e,
-                            "could not move on a conversation that waited too long; trying again later");
-                    }
+            for Conversation { id, .. } in waited_too_long {
+                let moved = ops
+                    .overflow(&id, &overflow.pool, before, overflow.target())
+                    .await;
+                if made(moved, &id, "moved on") {
+                    metrics
+                        .queue_overflows
+                        .with_label_values(&[overflow.pool.as_str(), overflow.to.as_str()])
+                        .inc();
+                    tracing::info!(conversation = %id, pool = %overflow.pool, to = %overflow.to,
+                        "the conversation waited too long in the queue; moved it on");
                 }
             }
         }
@@ -429,15 +422,15 @@ pub async fn take_back_unanswered(
             let Some(before) = cutoff(timeout.after) else {
                 continue;
             };
-            let assigned = match store
-                .pool_conversations(&timeout.pool, &[ConversationStatus::Assigned], usize::MAX)
-                .await
-            {
-                Ok(assigned) => assigned,
-                Err(e) => {
-                    tracing::warn!(pool = %timeout.pool, error = %e, "could not look for unanswered customers; trying again later");
-                    continue;
-                }
+            let Some(assigned) = in_pool(
+                &*store,
+                &timeout.pool,
+                &[ConversationStatus::Assigned],
+                "unanswered customers",
+            )
+            .await
+            else {
+                continue;
             };
             let unanswered = assigned
                 .into_iter()
@@ -446,24 +439,12 @@ pub async fn take_back_unanswered(
                 let (id, Some(agent)) = (&conversation.id, conversation.agent_id.as_deref()) else {
                     continue;
                 };
-                match ops
+                let taken = ops
                     .take_back(id, agent, Withdrawal::Unanswered { before })
-                    .await
-                {
-                    Ok(_) => {
-                        tracing::info!(conversation = %id, pool = %timeout.pool, agent,
-                            "the agent left the customer unanswered too long; took the conversation back");
-                    }
-                    Err(RouteError::Store(StoreError::Conflict {
-                        code: CONVERSATION_CHANGED,
-                        ..
-                    })) => {
-                        tracing::debug!(conversation = %id, "answered, moved or closed meanwhile");
-                    }
-                    Err(e) => {
-                        tracing::warn!(conversation = %id, error = %e,
-                            "could not take back an unanswered conversation; trying again later");
-                    }
+                    .await;
+                if made(taken, id, "taken back as unanswered") {
+                    tracing::info!(conversation = %id, pool = %timeout.pool, agent,
+                        "the agent left the customer unanswered too long; took the conversation back");
                 }
             }
         }
