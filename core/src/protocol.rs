@@ -110,6 +110,12 @@ pub enum VisitorEvent {
         /// Place in the queue, from 1 (next); `null`: no longer waiting. Always present.
         #[schemars(schema_with = "queue_position_schema")]
         position: Option<u32>,
+        /// About how long it still waits, in seconds, rounded up to whole minutes: its place
+        /// divided by how many conversations left the pool's queue per second over the last
+        /// 10 minutes, as the gateway saw them leave. Absent until the gateway has seen enough
+        /// (3 leave within at least a minute), and when the conversation no longer waits.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        estimated_wait_secs: Option<u64>,
     },
 }
 

@@ -13,6 +13,7 @@ mod hours;
 mod listings;
 mod media;
 mod ops;
+mod queue_flow;
 mod queue_position;
 mod rest;
 mod visitor_history;

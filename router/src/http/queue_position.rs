@@ -30,7 +30,7 @@
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use switchyard_connectors::Connector;
@@ -43,6 +43,8 @@ use switchyard_core::store::{Store, StoreError};
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
+
+use super::queue_flow::QueueFlow;
 
 /// Lookups a socket gets at its next ticks after the visitor wrote (or identified), while none
 /// finds an open conversation.
@@ -88,26 +90,66 @@ impl PositionReadError {
     }
 }
 
-/// The place of every waiting conversation in its pool's queue, from 1 (the head).
+/// A waiting conversation's place in its pool's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Place {
+    /// From 1 (the head).
+    position: u32,
+    /// About how long it still waits ([`QueueFlow::estimated_wait`]), when that can be told.
+    estimated_wait_secs: Option<u64>,
+}
+
+impl Place {
+    /// The frame telling a socket `place` (`None`: no longer waiting).
+    fn frame(place: Option<Place>) -> VisitorEvent {
+        VisitorEvent::Queue {
+            position: place.map(|p| p.position),
+            estimated_wait_secs: place.and_then(|p| p.estimated_wait_secs),
+        }
+    }
+}
+
+/// The place of every waiting conversation in its pool's queue.
 #[derive(Debug, Default)]
-struct QueuePlaces(HashMap<String, u32>);
+struct QueuePlaces(HashMap<String, Place>);
 
 impl QueuePlaces {
-    /// The places in `queues`, each a pool's waiting conversation ids, head first.
+    /// The places in `queues`, each a pool's waiting conversation ids, head first; no wait
+    /// estimated.
+    #[cfg(test)]
     fn of(queues: impl IntoIterator<Item = Vec<String>>) -> Self {
-        let mut places = HashMap::new();
+        let mut places = QueuePlaces::default();
         for queue in queues {
-            for (index, id) in queue.into_iter().enumerate() {
-                places.insert(id, u32::try_from(index + 1).unwrap_or(u32::MAX));
-            }
+            places.insert_queue(&queue, None);
         }
-        QueuePlaces(places)
+        places
     }
 
-    /// The queues of `pools`, each read once.
-    async fn read(store: &dyn Store, pools: &[String]) -> Result<Self, PositionReadError> {
-        let mut queues = Vec::with_capacity(pools.len());
-        for pool in pools {
+    /// Adds the places of one pool's `queue` (head first), with the waits `flow` estimates.
+    fn insert_queue(&mut self, queue: &[String], flow: Option<&QueueFlow>) {
+        for (index, id) in queue.iter().enumerate() {
+            let position = u32::try_from(index + 1).unwrap_or(u32::MAX);
+            let estimated_wait_secs = flow
+                .and_then(|flow| flow.estimated_wait(position))
+                .map(|wait| wait.as_secs());
+            let place = Place {
+                position,
+                estimated_wait_secs,
+            };
+            self.0.insert(id.clone(), place);
+        }
+    }
+
+    /// The queues of `pools`, each read once at `now`; each read is also taken in by the
+    /// pool's flow (`flows`, one per pool, in the same order).
+    async fn read(
+        store: &dyn Store,
+        pools: &[String],
+        flows: &mut [QueueFlow],
+        now: Instant,
+    ) -> Result<Self, PositionReadError> {
+        let mut places = QueuePlaces::default();
+        for (pool, flow) in pools.iter().zip(flows) {
             let queue = store
                 .queue(pool)
                 .await
@@ -115,13 +157,14 @@ impl QueuePlaces {
                     pool: pool.clone(),
                     source,
                 })?;
-            queues.push(queue);
+            flow.observe(&queue, now);
+            places.insert_queue(&queue, Some(flow));
         }
-        Ok(QueuePlaces::of(queues))
+        Ok(places)
     }
 
     /// The place of `conversation`, if it waits.
-    fn position(&self, conversation: &str) -> Option<u32> {
+    fn place(&self, conversation: &str) -> Option<Place> {
         self.0.get(conversation).copied()
     }
 }
@@ -165,8 +208,8 @@ struct SocketWatch {
     next_lookup: Option<u64>,
     /// Lookups left at the next ticks while none finds a conversation.
     eager_lookups: u8,
-    /// The position the socket shows: the last one written, `None` before any or after `null`.
-    shown: Option<u32>,
+    /// The place the socket shows: the last one written, `None` before any or after `null`.
+    shown: Option<Place>,
 }
 
 impl SocketWatch {
@@ -239,16 +282,13 @@ impl SocketWatch {
         self.next_lookup = Some(self.next_lookup.map_or(at, |planned| planned.min(at)));
     }
 
-    /// What to tell the socket at `tick`, the queues standing as `places`: `Some(position)`
-    /// when it differs from what the socket shows (`Some(None)`: no longer waiting). Plans the
+    /// What to tell the socket at `tick`, the queues standing as `places`: `Some(place)` when
+    /// it differs from what the socket shows (`Some(None)`: no longer waiting). Plans the
     /// lookups the conversation's whereabouts call for. Call [`SocketWatch::shown`] once the
     /// frame is written.
-    fn step(&mut self, places: &QueuePlaces, tick: u64) -> Option<Option<u32>> {
-        let position = self
-            .conversation
-            .as_deref()
-            .and_then(|id| places.position(id));
-        if position.is_some() {
+    fn step(&mut self, places: &QueuePlaces, tick: u64) -> Option<Option<Place>> {
+        let place = self.conversation.as_deref().and_then(|id| places.place(id));
+        if place.is_some() {
             self.assigned = false;
         } else if self.shown.is_some() {
             // It left the queue: learn at the next tick whether an agent has it.
@@ -256,12 +296,12 @@ impl SocketWatch {
         } else if !self.assigned && self.next_lookup.is_none() {
             self.plan_lookup(tick + RECHECK_TICKS);
         }
-        (position != self.shown).then_some(position)
+        (place != self.shown).then_some(place)
     }
 
-    /// Notes that the socket was written `position`.
-    fn shown(&mut self, position: Option<u32>) {
-        self.shown = position;
+    /// Notes that the socket was written `place`.
+    fn shown(&mut self, place: Option<Place>) {
+        self.shown = place;
     }
 }
 
@@ -333,6 +373,8 @@ pub struct QueuePositions {
     channels: Vec<WatchedChannel>,
     /// Every configured pool.
     pools: Vec<String>,
+    /// How fast each of `pools` moves, in the same order.
+    flows: Vec<QueueFlow>,
     store: Arc<dyn Store>,
     metrics: Metrics,
     /// How often the task wakes: the greatest common divisor of the channels' periods.
@@ -366,6 +408,7 @@ impl QueuePositions {
             .collect();
         Some(QueuePositions {
             channels,
+            flows: pools.iter().map(|_| QueueFlow::default()).collect(),
             pools,
             store,
             metrics,
@@ -466,7 +509,8 @@ impl QueuePositions {
                 .any(|watch| watch.conversation.is_some())
         });
         let places = if following {
-            match QueuePlaces::read(&*self.store, &self.pools).await {
+            let now = Instant::now();
+            match QueuePlaces::read(&*self.store, &self.pools, &mut self.flows, now).await {
                 Ok(places) => places,
                 Err(e) => {
                     failed.note(&self.metrics, e);
@@ -482,12 +526,12 @@ impl QueuePositions {
             let channel = &mut self.channels[i];
             let channel_tick = tick / channel.stride;
             for watch in channel.sockets.values_mut() {
-                let Some(position) = watch.step(&places, channel_tick) else {
+                let Some(place) = watch.step(&places, channel_tick) else {
                     continue;
                 };
                 // A full buffer refuses it: tried again at the next tick.
-                if watch.tx.try_send(VisitorEvent::Queue { position }).is_ok() {
-                    watch.shown(position);
+                if watch.tx.try_send(Place::frame(place)).is_ok() {
+                    watch.shown(place);
                     self.metrics.visitor_queue_frames.inc();
                 }
             }
@@ -525,22 +569,24 @@ mod tests {
         })
     }
 
-    /// Steps `watch` at `tick` and, as the task does, notes what it would write.
+    /// Steps `watch` at `tick` and, as the task does, notes what it would write; the position
+    /// told, if any.
     fn step(watch: &mut SocketWatch, places: &QueuePlaces, tick: u64) -> Option<Option<u32>> {
         let told = watch.step(places, tick);
-        if let Some(position) = told {
-            watch.shown(position);
+        if let Some(place) = told {
+            watch.shown(place);
         }
-        told
+        told.map(|place| place.map(|p| p.position))
     }
 
     #[test]
     fn places_count_from_the_head_of_each_pool() {
         let places = places(&[&["a", "b", "c"], &[], &["x"]]);
-        assert_eq!(places.position("a"), Some(1));
-        assert_eq!(places.position("c"), Some(3));
-        assert_eq!(places.position("x"), Some(1), "each pool counts on its own");
-        assert_eq!(places.position("nowhere"), None);
+        let position = |id| places.place(id).map(|p| p.position);
+        assert_eq!(position("a"), Some(1));
+        assert_eq!(position("c"), Some(3));
+        assert_eq!(position("x"), Some(1), "each pool counts on its own");
+        assert_eq!(position("nowhere"), None);
     }
 
     #[test]
@@ -673,9 +719,49 @@ mod tests {
         let (mut w, _rx) = watch();
         w.looked_up(open("c1", false), 0);
         let waiting = places(&[&["c1"]]);
-        assert_eq!(w.step(&waiting, 0), Some(Some(1)));
+        let first = w.step(&waiting, 0);
+        assert_eq!(first.flatten().map(|p| p.position), Some(1));
         // Not noted as shown (the socket's buffer was full): said again at the next tick.
-        assert_eq!(w.step(&waiting, 1), Some(Some(1)));
+        assert_eq!(w.step(&waiting, 1), first);
+    }
+
+    #[test]
+    fn a_changed_estimate_is_told_with_the_same_place() {
+        let queue = |ids: &[&str]| ids.iter().map(|id| (*id).to_owned()).collect::<Vec<_>>();
+        let t0 = Instant::now();
+        let mut flow = QueueFlow::default();
+        flow.observe(&queue(&["x1", "x2", "x3", "c1"]), t0);
+        // 3 left in 60 s: 20 s a place, told as a minute.
+        flow.observe(&queue(&["c1"]), t0 + Duration::from_secs(60));
+        let places_now = |flow: &QueueFlow| {
+            let mut places = QueuePlaces::default();
+            places.insert_queue(&queue(&["c1"]), Some(flow));
+            places
+        };
+        let (mut w, _rx) = watch();
+        w.looked_up(open("c1", false), 0);
+        let told = w.step(&places_now(&flow), 0).flatten();
+        let place = |secs| Place {
+            position: 1,
+            estimated_wait_secs: Some(secs),
+        };
+        assert_eq!(told, Some(place(60)));
+        assert_eq!(
+            serde_json::to_value(Place::frame(told)).unwrap(),
+            serde_json::json!({"type": "queue", "position": 1, "estimated_wait_secs": 60})
+        );
+        w.shown(told);
+        assert_eq!(w.step(&places_now(&flow), 1), None, "unchanged");
+        // Nobody leaves for 3 minutes: the same place, a longer wait (80 s a place).
+        for secs in [120, 180, 240] {
+            flow.observe(&queue(&["c1"]), t0 + Duration::from_secs(secs));
+        }
+        assert_eq!(w.step(&places_now(&flow), 2), Some(Some(place(120))));
+        assert_eq!(
+            serde_json::to_value(Place::frame(None)).unwrap(),
+            serde_json::json!({"type": "queue", "position": null}),
+            "no estimate once it no longer waits"
+        );
     }
 
     mod over_a_store {
@@ -733,7 +819,7 @@ mod tests {
         fn told(rx: &mut mpsc::Receiver<VisitorEvent>) -> Vec<Option<u32>> {
             std::iter::from_fn(|| rx.try_recv().ok())
                 .map(|event| match event {
-                    VisitorEvent::Queue { position } => position,
+                    VisitorEvent::Queue { position, .. } => position,
                     other => panic!("not a queue frame: {other:?}"),
                 })
                 .collect()
