@@ -198,6 +198,7 @@ test("a visitor and an agent talk through the web chat and the agent console", a
     assert.match(await agent.locator("#conv-title .sub").textContent(), /^web\/web · assigned · pool default · /);
     await bubble(agent, ".msg-customer", firstMessage).waitFor();
     await expectText(agent.locator("#agent-load"), "1 / 3");
+    await item.locator(".sub").filter({ hasText: "waiting for you since" }).waitFor();
 
     step = "the place in the queue disappears from the web chat once the agent has it";
     await visitor.locator("#queue").waitFor({ state: "hidden" });
@@ -206,6 +207,8 @@ test("a visitor and an agent talk through the web chat and the agent console", a
     await agent.getByRole("textbox", { name: "Reply" }).fill(firstReply);
     await agent.locator("#send-reply").click();
     await agent.locator('#thread .msg-agent[data-state="sent"]').filter({ hasText: firstReply }).waitFor();
+    step = "the reply answers the customer: the list no longer says they wait";
+    await item.locator(".sub").filter({ hasText: "waiting for you since" }).waitFor({ state: "detached" });
 
     step = "the reply appears in the web chat";
     await bubble(visitor, ".msg-agent", firstReply).waitFor();
