@@ -511,7 +511,7 @@ async fn a_conversation_waiting_too_long_overflows_to_another_pool_or_drops_its_
     );
     for (pool, to) in [("tier1", "tier2"), ("default", "default")] {
         let series = format!(r#"switchyard_queue_overflows_total{{pool="{pool}",to="{to}"}}"#);
-        assert_eq!(server.metric(&series).await, 1.0, "{series}");
+        assert_eq!(server.metric_once(&series, 1.0).await, 1.0, "{series}");
     }
     server.stop().await;
 }

@@ -231,7 +231,7 @@ async fn a_silent_bot_hands_off_after_the_pool_timeout() {
     assert_eq!(conversation["pool"], "default");
     assert_eq!(
         server
-            .metric(r#"switchyard_bot_timeouts_total{pool="default"}"#)
+            .metric_once(r#"switchyard_bot_timeouts_total{pool="default"}"#, 1.0)
             .await,
         1.0
     );

@@ -166,6 +166,16 @@ impl Server {
         metric_at(&self.http, &self.base, series).await
     }
 
+    /// The value of a metric line once it is at least `at_least` (a timer counts its change
+    /// after announcing it, a moment after the store shows it), or panics after 10 s.
+    pub async fn metric_once(&self, series: &str, at_least: f64) -> f64 {
+        eventually(|| async {
+            let value = self.metric(series).await;
+            (value >= at_least).then_some(value)
+        })
+        .await
+    }
+
     pub async fn stop(self) {
         self.app.stop().await.unwrap();
     }

@@ -62,12 +62,8 @@ async fn idle_conversations_close_and_free_their_agent() {
     }
     let (_, held) = server.get_json("/v1/agents/ann/conversations").await;
     assert_eq!(held["conversations"], json!([]));
-    assert_eq!(
-        server
-            .metric(r#"switchyard_idle_closes_total{pool="default"}"#)
-            .await,
-        2.0
-    );
+    let series = r#"switchyard_idle_closes_total{pool="default"}"#;
+    assert_eq!(server.metric_once(series, 2.0).await, 2.0);
     server.stop().await;
 }
 
