@@ -303,6 +303,7 @@ mod tests {
             updated_at: last,
             queued_at: None,
             assigned_at: None,
+            assigned_by: None,
             offered_at: None,
             offer_expires_at: None,
             closed_at: None,

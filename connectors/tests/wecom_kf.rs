@@ -634,6 +634,7 @@ fn conversation(status: ConversationStatus) -> Conversation {
         updated_at: now,
         queued_at: None,
         assigned_at: None,
+        assigned_by: None,
         offered_at: None,
         offer_expires_at: None,
         closed_at: None,

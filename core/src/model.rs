@@ -174,6 +174,10 @@ pub struct Conversation {
     /// When it was last assigned.
     #[serde(serialize_with = "crate::time::rfc3339::option::serialize")]
     pub assigned_at: Option<DateTime<Utc>>,
+    /// How the agent of its latest assignment (at `assigned_at`) was chosen; `null` before its
+    /// first (and for conversations assigned by a version without it).
+    #[serde(default)]
+    pub assigned_by: Option<AssignedBy>,
     /// While its agent has not accepted it yet (a pool with `offer_timeout_secs`): when it was
     /// offered to that agent.
     #[serde(default)]
@@ -191,6 +195,56 @@ pub struct Conversation {
     pub close_reason: Option<String>,
     /// Messages in it, both directions.
     pub message_count: u64,
+}
+
+/// How a conversation's agent was chosen ([`Conversation::assigned_by`]): which rule of the
+/// routing gave it to that agent, so that an assignment can be explained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AssignedBy {
+    /// From the pool's queue, to the agent idle longest among those online with room and the
+    /// skills it asks for (`strategy = "longest_idle"`, the default).
+    LongestIdle,
+    /// From the pool's queue, to the agent holding the fewest conversations among those
+    /// (`strategy = "least_busy"`), the longest idle among equals.
+    LeastBusy,
+    /// From the pool's queue, to the customer's last agent (`prefer_last_agent`).
+    LastAgent,
+    /// From the pool's queue, back to the agent who declined it or left it unanswered: nobody
+    /// else with room and its skills could take it.
+    NoOtherAgent,
+    /// Transferred straight to the agent.
+    Transfer,
+    /// The agent opened it by writing first.
+    WriteFirst,
+}
+
+impl AssignedBy {
+    /// Its name, as serialized and as the Redis store keeps it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AssignedBy::LongestIdle => "longest_idle",
+            AssignedBy::LeastBusy => "least_busy",
+            AssignedBy::LastAgent => "last_agent",
+            AssignedBy::NoOtherAgent => "no_other_agent",
+            AssignedBy::Transfer => "transfer",
+            AssignedBy::WriteFirst => "write_first",
+        }
+    }
+
+    /// The rule named `name` ([`AssignedBy::as_str`]).
+    pub fn parse(name: &str) -> Option<AssignedBy> {
+        [
+            AssignedBy::LongestIdle,
+            AssignedBy::LeastBusy,
+            AssignedBy::LastAgent,
+            AssignedBy::NoOtherAgent,
+            AssignedBy::Transfer,
+            AssignedBy::WriteFirst,
+        ]
+        .into_iter()
+        .find(|by| by.as_str() == name)
+    }
 }
 
 impl Conversation {

@@ -15,7 +15,7 @@ use switchyard_core::envelope::{Content, Direction, Envelope, new_id};
 use switchyard_core::event::EventType;
 use switchyard_core::identity::IdentityKey;
 use switchyard_core::metrics::Metrics;
-use switchyard_core::model::{Agent, Conversation, ConversationStatus, Customer};
+use switchyard_core::model::{Agent, AssignedBy, Conversation, ConversationStatus, Customer};
 use switchyard_core::protocol::ConversationView;
 use switchyard_core::store::{
     AgentUpdate, CONVERSATION_OPEN, ConversationStart, CustomerUpdate, ERASED_ON_REQUEST,
@@ -379,6 +379,7 @@ impl Operations {
             updated_at: now,
             queued_at: None,
             assigned_at: Some(now),
+            assigned_by: Some(AssignedBy::WriteFirst),
             offered_at: None,
             offer_expires_at: None,
             closed_at: None,

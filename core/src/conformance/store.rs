@@ -15,7 +15,9 @@ use chrono::{DateTime, TimeDelta, Utc};
 use super::MakeStore;
 use crate::envelope::{ChannelRef, Content, DEFAULT_TENANT, Direction, Envelope, Sender, new_id};
 use crate::identity::{IdentityKey, IdentityStrength};
-use crate::model::{Agent, AgentStatus, Conversation, ConversationStatus, Customer, Skills};
+use crate::model::{
+    Agent, AgentStatus, AssignedBy, Conversation, ConversationStatus, Customer, Skills,
+};
 use crate::store::{
     AGENT_AT_CAPACITY, AgentUpdate, Assignment, CONVERSATION_CHANGED, CONVERSATION_OPEN,
     ConversationStart, CustomerConversationsQuery, CustomerUpdate, ERASED_BY_RETENTION,
@@ -361,6 +363,14 @@ fn pairs(assignments: &[Assignment]) -> Vec<(String, String)> {
     assignments
         .iter()
         .map(|a| (a.conversation.id.clone(), a.agent_id.clone()))
+        .collect()
+}
+
+/// How each assignment's agent was chosen ([`Conversation::assigned_by`]).
+fn rules(assignments: &[Assignment]) -> Vec<Option<AssignedBy>> {
+    assignments
+        .iter()
+        .map(|a| a.conversation.assigned_by)
         .collect()
 }
 
@@ -996,6 +1006,11 @@ pub async fn longest_idle_agent_first(factory: &impl MakeStore, prefix: &str) {
         );
         let assigned = &got[0];
         assert_eq!(
+            assigned.conversation.assigned_by,
+            Some(AssignedBy::LongestIdle),
+            "{what}: why {i}"
+        );
+        assert_eq!(
             assigned.conversation.status,
             ConversationStatus::Assigned,
             "{what}: status"
@@ -1578,11 +1593,13 @@ pub async fn last_agent_preferred_when_it_can_take_the_conversation(
     );
     close(&store, &first, at(5)).await;
     let again = open_placed(&store, prefix, "x", &prefer, at(6)).await;
+    let got = assign(&store, &pool, at(7)).await;
     assert_eq!(
-        pairs(&assign(&store, &pool, at(7)).await),
+        pairs(&got),
         vec![(again.clone(), a.clone())],
         "{what}: back to the last agent, not the longest idle"
     );
+    assert_eq!(rules(&got), [Some(AssignedBy::LastAgent)], "{what}: why");
     close(&store, &again, at(8)).await;
 
     // Without the preference: the longest idle (b).
@@ -1704,6 +1721,12 @@ pub async fn least_busy_pool_gives_the_agent_holding_the_fewest(
                 assign(store, &pool, at(t)).await
             };
             assert_eq!(assigned.len(), 1, "{what}: {name} assigned");
+            let rule = if least_busy {
+                AssignedBy::LeastBusy
+            } else {
+                AssignedBy::LongestIdle
+            };
+            assert_eq!(rules(&assigned), [Some(rule)], "{what}: why {name}");
             let agent = assigned[0].agent_id.clone();
             (if agent == a { "a" } else { "b" }).to_owned()
         };
@@ -2078,6 +2101,11 @@ pub async fn offers_are_accepted_declined_or_expire(factory: &impl MakeStore, pr
         pairs(&got),
         vec![(c2.clone(), b.clone())],
         "{what}: nobody else"
+    );
+    assert_eq!(
+        rules(&got),
+        [Some(AssignedBy::NoOtherAgent)],
+        "{what}: why back to b"
     );
 
     // A close ends the offer; a transfer to a pool sets its offer time.
@@ -2812,6 +2840,7 @@ pub async fn transfer_to_pool_and_agent(factory: &impl MakeStore, prefix: &str) 
         ConversationStatus::Assigned,
         "{what}: status after agent transfer"
     );
+    assert_eq!(c.assigned_by, Some(AssignedBy::Transfer), "{what}: why y");
     assert_eq!(
         c.agent_id.as_ref(),
         Some(&y),
@@ -5846,6 +5875,11 @@ pub async fn start_conversation_opens_assigned(factory: &impl MakeStore, prefix:
         (conv.created_at, conv.updated_at, conv.assigned_at),
         (at(10), at(10), Some(at(10))),
         "{what}: times"
+    );
+    assert_eq!(
+        conv.assigned_by,
+        Some(AssignedBy::WriteFirst),
+        "{what}: why"
     );
     assert_eq!((conv.queued_at, conv.closed_at), (None, None), "{what}");
     assert_eq!(

@@ -22,7 +22,8 @@ use super::{
 use crate::envelope::{Envelope, new_id};
 use crate::identity::{IdentityKey, IdentityStrength};
 use crate::model::{
-    Agent, AgentStatus, Conversation, ConversationStatus, Customer, IdentityRecord, Skills,
+    Agent, AgentStatus, AssignedBy, Conversation, ConversationStatus, Customer, IdentityRecord,
+    Skills,
 };
 
 /// Messages kept per conversation in memory; older ones are dropped from the embedded store.
@@ -298,6 +299,7 @@ impl State {
                 c.status = ConversationStatus::Assigned;
                 c.agent_id = Some(agent_id);
                 c.assigned_at = Some(now);
+                c.assigned_by = Some(AssignedBy::Transfer);
                 c.updated_at = now;
             }
         }
@@ -524,7 +526,7 @@ impl State {
         preferred: Option<&str>,
         avoid: Option<&str>,
         now: DateTime<Utc>,
-    ) -> Option<String> {
+    ) -> Option<(String, AssignedBy)> {
         if let Some(id) = preferred.filter(|id| self.agents.is_ready(pool, id)) {
             if self.presence_lapsed(id) {
                 self.expire_lapsed(id, now);
@@ -534,10 +536,15 @@ impl State {
                     .get(id)
                     .is_some_and(|agent| skills.held_by(&agent.skills))
             {
-                return Some(id.to_owned());
+                return Some((id.to_owned(), AssignedBy::LastAgent));
             }
         }
         let least_busy = self.least_busy.contains(pool);
+        let rule = if least_busy {
+            AssignedBy::LeastBusy
+        } else {
+            AssignedBy::LongestIdle
+        };
         loop {
             let mut lapsed = None;
             let mut avoided = None;
@@ -567,10 +574,10 @@ impl State {
                     break;
                 }
             }
-            let chosen = chosen.map(|(id, _)| id);
+            let chosen = chosen.map(|(id, _)| (id, rule));
             match lapsed {
                 Some(id) => self.expire_lapsed(&id, now),
-                None => return chosen.or(avoided),
+                None => return chosen.or(avoided.map(|id| (id, AssignedBy::NoOtherAgent))),
             }
         }
     }
@@ -687,12 +694,18 @@ impl State {
 
     /// Hands the queued conversation `id` (the head of its queue) to agent `agent_id`, as an
     /// offer when its pool asks agents to accept ([`Placement::offer_secs`]).
-    fn assign(&mut self, id: &str, agent_id: String, now: DateTime<Utc>) -> Option<Assignment> {
+    fn assign(
+        &mut self,
+        id: &str,
+        (agent_id, by): (String, AssignedBy),
+        now: DateTime<Utc>,
+    ) -> Option<Assignment> {
         let offer_secs = self.offer_secs.get(id).copied().unwrap_or(0);
         let c = self.conversations.get_mut(id)?;
         c.status = ConversationStatus::Assigned;
         c.agent_id = Some(agent_id.clone());
         c.assigned_at = Some(now);
+        c.assigned_by = Some(by);
         c.updated_at = now;
         if offer_secs > 0 {
             c.offered_at = Some(now);
@@ -1029,6 +1042,7 @@ impl State {
                         updated_at: now,
                         queued_at: bot.is_none().then_some(now),
                         assigned_at: None,
+                        assigned_by: None,
                         offered_at: None,
                         offer_expires_at: None,
                         closed_at: None,
@@ -1095,9 +1109,9 @@ impl State {
                 avoid.as_deref(),
                 now,
             ) {
-                Some(agent_id) => {
+                Some(chosen) => {
                     self.queues.pop_front(pool, &key);
-                    out.extend(self.assign(&head, agent_id, now));
+                    out.extend(self.assign(&head, chosen, now));
                 }
                 // Nobody with room at all.
                 None if key.skills.is_empty() => break,
@@ -1631,6 +1645,7 @@ impl Store for EmbeddedStore {
             updated_at: now,
             queued_at: None,
             assigned_at: Some(now),
+            assigned_by: Some(AssignedBy::WriteFirst),
             offered_at: None,
             offer_expires_at: None,
             closed_at: None,

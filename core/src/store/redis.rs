@@ -68,7 +68,8 @@ use super::{
 use crate::envelope::{ChannelRef, Envelope, Sender, new_id};
 use crate::identity::{IdentityKey, IdentityStrength};
 use crate::model::{
-    Agent, AgentStatus, Conversation, ConversationStatus, Customer, IdentityRecord, Skills,
+    Agent, AgentStatus, AssignedBy, Conversation, ConversationStatus, Customer, IdentityRecord,
+    Skills,
 };
 use crate::tls::ClientTls;
 
@@ -116,7 +117,7 @@ fn script(body: &str) -> Script {
 /// The fields of a conversation hash that scripts reply (`conv_reply` in `prelude.lua`, as
 /// `CONV_FIELDS`), values only, in this order: half the size of the field-value pairs of
 /// `HGETALL`, and without the internal fields.
-const CONVERSATION_FIELDS: [&str; 24] = [
+const CONVERSATION_FIELDS: [&str; 25] = [
     "id",
     "tenant",
     "customer_id",
@@ -136,6 +137,7 @@ const CONVERSATION_FIELDS: [&str; 24] = [
     "updated_at",
     "queued_at",
     "assigned_at",
+    "assigned_by",
     "offered_at",
     "offer_secs",
     "closed_at",
@@ -729,6 +731,13 @@ fn conversation(v: Value) -> Result<Option<Conversation>, StoreError> {
         updated_at: f.time("updated_at")?,
         queued_at: f.opt_time("queued_at")?,
         assigned_at: f.opt_time("assigned_at")?,
+        assigned_by: match f.take("assigned_by") {
+            Some(by) => Some(
+                AssignedBy::parse(&by)
+                    .ok_or_else(|| bad(format_args!("conversation assigned_by `{by}`")))?,
+            ),
+            None => None,
+        },
         offered_at,
         offer_expires_at: offered_at.and_then(|at| offer_deadline(at, offer_secs)),
         closed_at: f.opt_time("closed_at")?,

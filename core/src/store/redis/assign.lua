@@ -58,11 +58,12 @@ end
 
 -- The agent to take a conversation asking for `skills` (a JSON array, or false for none),
 -- preferring agent `preferred` and passing over agent `avoid` (each false for none), with its
--- {status, idle_since, capacity}: `preferred` when it is in the index, ready and has the skills
--- (and is not `avoid`), else the index's first such member other than `avoid` (in a least-busy
--- pool, the one of them holding the fewest conversations, the first in index order among
--- equals: the whole index is read unless one holds none), else `avoid` if it is one; nil when
--- there is none.
+-- {status, idle_since, capacity}, and the rule that chose it (Conversation::assigned_by):
+-- `preferred` when it is in the index, ready and has the skills (and is not `avoid`):
+-- `last_agent`; else the index's first such member other than `avoid` (in a least-busy pool,
+-- the one of them holding the fewest conversations, the first in index order among equals: the
+-- whole index is read unless one holds none): `longest_idle` or `least_busy`; else `avoid` if
+-- it is one: `no_other_agent`; nil when there is none.
 local function first_ready_agent(skills, preferred, avoid)
   local wanted = skills and cjson.decode(skills)
   if preferred and preferred ~= avoid then
@@ -71,7 +72,7 @@ local function first_ready_agent(skills, preferred, avoid)
     if m and redis.call('ZSCORE', zk, m) then
       local aid, a = ready_member(m)
       if aid and (not wanted or has_skills(aid, wanted)) then
-        return aid, a
+        return aid, a, 'last_agent'
       end
     end
   end
@@ -88,7 +89,7 @@ local function first_ready_agent(skills, preferred, avoid)
         if aid == avoid then
           avoided, avoided_a = aid, a
         elseif not least_busy then
-          return aid, a
+          return aid, a, 'longest_idle'
         else
           local load = redis.call('LLEN', key('agent-convs', aid))
           if not least or load < least then
@@ -103,9 +104,9 @@ local function first_ready_agent(skills, preferred, avoid)
     end
   end
   if chosen then
-    return chosen, chosen_a
+    return chosen, chosen_a, 'least_busy'
   end
-  return avoided, avoided_a
+  return avoided, avoided_a, 'no_other_agent'
 end
 
 -- The live head of pool's queue `sig` as a queue_entry, stale entries dropped; false when the
@@ -149,14 +150,14 @@ while true do
   end
   local entry = heads[best]
   local sig, head, skills = queues[best], entry[1], entry[4]
-  local chosen, agent = first_ready_agent(skills, entry[5], entry[6])
+  local chosen, agent, by = first_ready_agent(skills, entry[5], entry[6])
   if chosen then
     redis.call('LPOP', queue_key(pool, sig))
     heads[best] = nil
     take_conversation(chosen, head, now, agent)
     local ck = key('conv', head)
     redis.call('HSET', ck, 'status', 'assigned', 'agent_id', chosen, 'assigned_at', now,
-      'updated_at', now)
+      'assigned_by', by, 'updated_at', now)
     if entry[7] > 0 then
       -- An offer: the agent accepts it (offer.lua) or it goes back to the queue.
       redis.call('HSET', ck, 'offered_at', now)

@@ -39,7 +39,8 @@ local ck = key('conv', conv)
 redis.call('HSET', ck, 'id', conv, 'tenant', tenant, 'customer_id', cust, 'pool', pool,
   'status', 'assigned', 'agent_id', agent, 'channel_kind', channel_kind,
   'channel_id', channel_id, 'recipient', recipient, 'replies_since_inbound', '1',
-  'created_at', now, 'updated_at', now, 'assigned_at', now, 'message_count', '1')
+  'created_at', now, 'updated_at', now, 'assigned_at', now, 'assigned_by', 'write_first',
+  'message_count', '1')
 if remember then
   -- take_conversation makes the agent the customer's last, as for a conversation opened
   -- preferring the last agent (record_inbound).

@@ -69,6 +69,6 @@ if kind == 'pool' then
 else
   take_conversation(target, id, now)
   redis.call('HSET', ck, 'status', 'assigned', 'agent_id', target, 'assigned_at', now,
-    'updated_at', now)
+    'assigned_by', 'transfer', 'updated_at', now)
 end
 return { 'ok', conv_reply(id), released and agent_reply(released) or false }
