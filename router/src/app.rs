@@ -445,10 +445,12 @@ impl App {
             }
             // Web channels: replies are kept in the store and announced to every gateway, which
             // pushes them to its own visitor sockets (subscribing once a visitor connects).
+            let mut webs = Vec::new();
             for channel in settings.channels.iter().filter(|c| c.kind == web::KIND) {
                 let Some(connector) = registry.web(&channel.id) else {
                     continue;
                 };
+                webs.push(Arc::clone(connector));
                 if role == Role::Gateway && connector.signs_with_process_key() {
                     tracing::warn!(
                         channel = %channel.id,
@@ -470,10 +472,6 @@ impl App {
             }
             // Web visitors waiting in a queue are told their place: one task for every web
             // channel, idle while no visitor is connected.
-            let webs = settings
-                .channels
-                .iter()
-                .filter_map(|channel| registry.web(&channel.id).cloned());
             if let Some(positions) = QueuePositions::new(
                 webs,
                 settings.pool_ids(),

@@ -661,7 +661,8 @@ impl Operations {
                 .inc(),
         }
         let mut events = EventBatch::new();
-        events.conversation_transferred(conversation, Some(agent_id), Some(why.reason()), now);
+        let reason = why.note_kind().transfer_reason();
+        events.conversation_transferred(conversation, Some(agent_id), reason, now);
         events.conversation(EventType::ConversationQueued, conversation);
         let mut notes = vec![Note::new(why.note_kind(), conversation_id, now)];
         if why.sets_agent_away()

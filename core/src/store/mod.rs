@@ -507,18 +507,9 @@ pub const OFFER_EXPIRED: &str = "offer_expired";
 pub const UNANSWERED: &str = "unanswered";
 
 impl Withdrawal {
-    /// The `reason` of the `conversation.transferred` that announces it: [`OFFER_DECLINED`],
-    /// [`OFFER_EXPIRED`] or [`UNANSWERED`].
-    pub fn reason(self) -> &'static str {
-        match self {
-            Withdrawal::Declined => OFFER_DECLINED,
-            Withdrawal::Expired { .. } => OFFER_EXPIRED,
-            Withdrawal::Unanswered { .. } => UNANSWERED,
-        }
-    }
-
     /// The kind of the note it leaves ([`NoteKind::Declined`], [`NoteKind::OfferExpired`] or
-    /// [`NoteKind::Unanswered`]).
+    /// [`NoteKind::Unanswered`]), whose [`NoteKind::transfer_reason`] is the `reason` of the
+    /// `conversation.transferred` that announces it.
     pub fn note_kind(self) -> NoteKind {
         match self {
             Withdrawal::Declined => NoteKind::Declined,

@@ -36,7 +36,7 @@ use tower_http::timeout::TimeoutLayer;
 
 pub use agents_cache::AgentsCache;
 pub use error::ApiError;
-pub use queue_position::{PositionReadError, QueuePositions};
+pub use queue_position::QueuePositions;
 
 use crate::dead_letters::DeadLetters;
 use crate::hub::AgentHub;
