@@ -783,6 +783,12 @@ impl Drop for AmqpDeliveries {
             return;
         }
         let channel = self.channel.clone();
+        // The consumer stays subscribed until its channel is closed: lapin cancels a consumer
+        // when its last handle drops, and a cancel before the close would let the standby of a
+        // single-active-consumer queue take over while this channel still held its unsettled
+        // deliveries, so the standby got the message after them first. The close returns them
+        // and removes the consumer in one step.
+        let consumer = self.consumer.clone();
         // A cancelled consumer handed its queue on and settled what it had; its channel holds
         // nothing, and closes once the broker has applied its last acks.
         let linger = self.cancelled.then_some(CANCELLED_CHANNEL_LINGER);
@@ -794,6 +800,7 @@ impl Drop for AmqpDeliveries {
                 let _ = channel
                     .close(200, ShortString::from("consumer dropped"))
                     .await;
+                drop(consumer);
             });
         }
     }
