@@ -304,6 +304,7 @@ mod tests {
             queued_at: None,
             assigned_at: None,
             assigned_by: None,
+            handover: None,
             offered_at: None,
             offer_expires_at: None,
             closed_at: None,

@@ -635,6 +635,7 @@ fn conversation(status: ConversationStatus) -> Conversation {
         queued_at: None,
         assigned_at: None,
         assigned_by: None,
+        handover: None,
         offered_at: None,
         offer_expires_at: None,
         closed_at: None,

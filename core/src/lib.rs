@@ -10,6 +10,7 @@ pub mod config;
 pub mod conformance;
 pub mod envelope;
 pub mod event;
+pub mod handover;
 pub mod hours;
 pub mod identity;
 pub mod metrics;

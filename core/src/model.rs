@@ -178,6 +178,11 @@ pub struct Conversation {
     /// first (and for conversations assigned by a version without it).
     #[serde(default)]
     pub assigned_by: Option<AssignedBy>,
+    /// What the bot or agent that last handed it on said of it (given with the transfer);
+    /// `null` before its first hand-over with a context. A later one replaces it; a transfer
+    /// without one keeps it.
+    #[serde(default)]
+    pub handover: Option<Box<crate::handover::Handover>>,
     /// While its agent has not accepted it yet (a pool with `offer_timeout_secs`): when it was
     /// offered to that agent.
     #[serde(default)]

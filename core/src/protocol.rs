@@ -253,6 +253,10 @@ pub enum AgentRequest {
         /// With `pool`: its priority in that pool's queue from now on; absent, it keeps its own.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         priority: Option<u8>,
+        /// What the next one should know: becomes the conversation's `handover` (absent, it
+        /// keeps the one it had).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        handover: Option<crate::handover::HandoverContext>,
     },
     /// Keep-alive.
     Ping,

@@ -194,6 +194,11 @@ async fn store_transfer_to_pool_and_agent() {
 }
 
 #[tokio::test]
+async fn store_handovers_are_kept_with_the_conversation() {
+    store::handovers_are_kept_with_the_conversation(&new_store, "embedded.").await;
+}
+
+#[tokio::test]
 async fn store_merge_with_open_conversations() {
     store::merge_with_open_conversations(&new_store, "embedded.").await;
 }

@@ -69,6 +69,7 @@ conformance!(
     record_outbound_conflicts,
     unannounced_notes,
     transfer_to_pool_and_agent,
+    handovers_are_kept_with_the_conversation,
     merge_with_open_conversations,
     concurrent_resolution_converges,
     presence_heartbeat_ttl,
@@ -586,6 +587,7 @@ mod differential {
         app_channel, at, inbound_envelope, key, outbound_envelope, wechat_channel,
     };
     use switchyard_core::envelope::{DEFAULT_TENANT, Envelope, new_id};
+    use switchyard_core::handover::{Handover, HandoverContext, SlotValue};
     use switchyard_core::identity::{IdentityKey, IdentityStrength};
     use switchyard_core::model::{AgentStatus, ConversationStatus, Skills};
     use switchyard_core::store::embedded::EmbeddedStore;
@@ -1127,9 +1129,27 @@ mod differential {
                             self.check("overflow", shape(&e, release), shape(&r, release));
                             return;
                         }
-                        self.log.push(format!("transfer {c} {target:?}"));
-                        let e = self.emb.transfer(&c, target.clone(), at(now)).await;
-                        let r = self.red.transfer(&self.red_id(&c), target, at(now)).await;
+                        // Half the transfers hand over a context, which replaces the one kept.
+                        let handover = rng.chance(50).then(|| Handover {
+                            by: Some(format!("bot:b{}", rng.below(2))),
+                            at: at(now),
+                            context: HandoverContext {
+                                intent: Some(format!("intent-{}", rng.below(4))),
+                                slots: [("n".to_owned(), SlotValue::Number(rng.below(100).into()))]
+                                    .into(),
+                                ..HandoverContext::default()
+                            },
+                        });
+                        self.log
+                            .push(format!("transfer {c} {target:?} handover {handover:?}"));
+                        let e = self
+                            .emb
+                            .transfer(&c, target.clone(), handover.as_ref(), at(now))
+                            .await;
+                        let r = self
+                            .red
+                            .transfer(&self.red_id(&c), target, handover.as_ref(), at(now))
+                            .await;
                         self.check("transfer", shape(&e, release), shape(&r, release));
                     }
                 }

@@ -330,7 +330,7 @@ impl Harness {
                 }
                 let id = &open[pick % open.len()];
                 store
-                    .transfer(id, TransferTarget::pool(POOLS[pool].to_owned()), now)
+                    .transfer(id, TransferTarget::pool(POOLS[pool].to_owned()), None, now)
                     .await
                     .map_err(|e| format!("transfer of open {id} to a pool: {e}"))?;
             }
@@ -341,7 +341,7 @@ impl Harness {
                 }
                 let id = &open[pick % open.len()];
                 if let Err(e) = store
-                    .transfer(id, TransferTarget::Agent(agent_id(agent)), now)
+                    .transfer(id, TransferTarget::Agent(agent_id(agent)), None, now)
                     .await
                 {
                     expected_error(&e)?;

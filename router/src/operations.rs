@@ -13,6 +13,7 @@ use switchyard_core::bus::topology::OUTBOUND_EXCHANGE;
 use switchyard_core::config::BOT_AGENT_PREFIX;
 use switchyard_core::envelope::{Content, Direction, Envelope, new_id};
 use switchyard_core::event::EventType;
+use switchyard_core::handover::{Handover, HandoverContext};
 use switchyard_core::identity::IdentityKey;
 use switchyard_core::metrics::Metrics;
 use switchyard_core::model::{Agent, AssignedBy, Conversation, ConversationStatus, Customer};
@@ -380,6 +381,7 @@ impl Operations {
             queued_at: None,
             assigned_at: Some(now),
             assigned_by: Some(AssignedBy::WriteFirst),
+            handover: None,
             offered_at: None,
             offer_expires_at: None,
             closed_at: None,
@@ -505,12 +507,14 @@ impl Operations {
         Ok(release.conversation)
     }
 
-    /// Moves a conversation to a pool's queue or to an agent.
+    /// Moves a conversation to a pool's queue or to an agent; a `handover` context becomes the
+    /// conversation's [`Handover`], given by `by_agent` now.
     pub async fn transfer(
         &self,
         conversation_id: &str,
         by_agent: Option<&str>,
         target: TransferTarget,
+        handover: Option<HandoverContext>,
     ) -> Result<Conversation, RouteError> {
         if let Some(agent) = by_agent {
             self.check_holder(conversation_id, agent).await?;
@@ -520,9 +524,14 @@ impl Operations {
             agent => agent,
         };
         let now = switchyard_core::time::now();
+        let handover = handover.map(|context| Handover {
+            by: by_agent.map(str::to_owned),
+            at: now,
+            context,
+        });
         let release = self
             .store
-            .transfer(conversation_id, target.clone(), now)
+            .transfer(conversation_id, target.clone(), handover.as_ref(), now)
             .await?;
         let noted = match target {
             TransferTarget::Pool(_) => NoteKind::TransferredToPool,

@@ -340,6 +340,7 @@ pub async fn hand_off_silent_bots(
                         &conversation.id,
                         Some(&timeout.bot),
                         TransferTarget::pool(timeout.pool.clone()),
+                        None,
                     )
                     .await;
                 match handed {

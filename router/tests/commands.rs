@@ -82,7 +82,7 @@ async fn a_merge_that_frees_an_agent_lets_every_configured_pool_move(s: Setup) {
     let held = conversation_of(&s, "u-b").await;
     let kept = conversation_of(&s, "u-a").await;
     let waiting = conversation_of(&s, "u-c").await;
-    ops.transfer(&waiting, None, TransferTarget::pool("vip"))
+    ops.transfer(&waiting, None, TransferTarget::pool("vip"), None)
         .await
         .expect("transfer");
     assert_eq!(status_of(&s, &waiting).await.0, ConversationStatus::Queued);

@@ -512,7 +512,7 @@ async fn transfers_and_agent_updates_whose_command_stops_are_announced_after_the
             bus.hanging.store(1, Ordering::SeqCst);
             let task = tokio::spawn({
                 let conversation = conversation.clone();
-                async move { ops.transfer(&conversation, None, target).await }
+                async move { ops.transfer(&conversation, None, target, None).await }
             });
             stop_once_stored(task, "the transfer", async || {
                 let c = store.conversation(&conversation).await.unwrap().unwrap();

@@ -269,10 +269,38 @@ test("a visitor and an agent talk through the web chat and the agent console", a
       `visitor: ${firstMessage}`, `agent: ${firstReply}`, `visitor: ${afterReload}`, `agent: ${whileAway}`,
     ]);
 
+    step = "a hand-over: the conversation comes back with what the one handing it on said";
+    const conversationId = (await agent.locator("#conv-title .sub").textContent()).split(" · ").pop();
+    const handover = {
+      summary: "顾客要退款 — refund for A-1042 🙏",
+      intent: "refund",
+      sentiment: "negative",
+      slots: { order_id: "A-1042", amount: 129.5 },
+      transcript_url: "https://bot.example.com/transcripts/1",
+    };
+    const moved = await rest(baseUrl, "POST", `/v1/conversations/${conversationId}/transfer`,
+      { pool: "default", by_agent_id: agentId, handover });
+    assert.equal(moved.handover.by, agentId);
+    // Back in the pool, it is this agent's again (the only one): selected, it shows the hand-over.
+    await agent.locator("#notices .notice").filter({ hasText: `Conversation with ${customerKey} left your queue` }).first().waitFor();
+    await item.click();
+    const box = agent.locator("#profile .handover");
+    await box.locator("h2").filter({ hasText: `Hand-over from ${agentId} at ` }).waitFor();
+    await expectText(box.locator(".summary"), handover.summary);
+    assert.deepEqual(
+      await box.locator("dt").allTextContents(),
+      ["Intent", "Sentiment", "amount", "order_id", "Transcript"],
+    );
+    assert.deepEqual(
+      await box.locator("dd").allTextContents(),
+      ["refund", "negative", "129.5", "A-1042", "open"],
+    );
+    assert.equal(await box.locator("a").getAttribute("href"), handover.transcript_url);
+
     step = "the agent closes the conversation";
     await agent.getByRole("button", { name: "Close", exact: true }).click();
     await agent.locator("#conversations .conv").filter({ hasText: customerKey }).waitFor({ state: "detached" });
-    await agent.locator("#notices .notice").filter({ hasText: `Conversation with ${customerKey} left your queue` }).waitFor();
+    await agent.locator("#notices .notice").filter({ hasText: `Conversation with ${customerKey} left your queue` }).last().waitFor();
     await expectText(agent.locator("#conv-title .who"), "No conversation selected");
     await expectText(agent.locator("#agent-load"), "0 / 3");
 

@@ -105,17 +105,53 @@ async fn a_conversation_asking_for_a_skill_waits_for_an_agent_with_it_and_holds_
     assert_eq!(assigned["conversation"]["id"], english);
     server.held_by("ann", 0).await;
 
-    // li hands it back over her socket, asking for no skill: ann, the longer idle, takes it.
+    // A hand-over context over the socket that breaks a rule is refused with an error frame.
     li_ws
         .send(
             json!({"type": "transfer", "conversation_id": english, "pool": "default",
-            "skills": []}),
+            "handover": {"intent": "bad\nintent"}}),
+        )
+        .await;
+    let refused = li_ws.recv_type("error").await;
+    assert_eq!(refused["code"], "invalid", "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("handover.intent")),
+        "{refused}"
+    );
+    assert_eq!(
+        server
+            .metric(r#"switchyard_api_errors_total{code="invalid"}"#)
+            .await,
+        1.0,
+        "the refused frame is counted"
+    );
+
+    // li hands it back over her socket, asking for no skill and saying why: ann, the longer
+    // idle, takes it with li's hand-over.
+    li_ws
+        .send(
+            json!({"type": "transfer", "conversation_id": english, "pool": "default",
+            "skills": [], "handover": {"summary": "Speaks English after all.", "language": "en"}}),
         )
         .await;
     let ann = server.held_by("ann", 1).await;
     assert_eq!(
         (&ann[0]["id"], &ann[0]["skills"]),
         (&json!(english), &json!([]))
+    );
+    assert_eq!(
+        (
+            &ann[0]["handover"]["by"],
+            &ann[0]["handover"]["summary"],
+            &ann[0]["handover"]["language"]
+        ),
+        (
+            &json!("li"),
+            &json!("Speaks English after all."),
+            &json!("en")
+        )
     );
 
     // Bad skills are refused with a clear error.

@@ -143,14 +143,73 @@ async fn scenario(server: &Server, bot: &Callback, app_backend: &Callback) {
         event_of(&got[2])["data"]["message"]["content"]["text"],
         "Can I talk to a person?"
     );
+    // A hand-over context that breaks a rule is refused, naming the key, and changes nothing.
+    for (handover, code, key) in [
+        (json!({}), "invalid", "`handover` gives nothing"),
+        (
+            json!({"summary": "x".repeat(4001)}),
+            "invalid",
+            "`handover.summary`",
+        ),
+        (
+            json!({"slots": {"order": {"id": 1}}}),
+            "malformed",
+            "handover.slots.order",
+        ),
+        (
+            json!({"language": "english!"}),
+            "invalid",
+            "`handover.language`",
+        ),
+        (json!({"mood": "sad"}), "malformed", "handover"),
+    ] {
+        let (status, body) = server
+            .send_json(
+                "POST",
+                &format!("/v1/conversations/{id}/transfer"),
+                json!({"pool": "humans", "by_agent_id": "bot:faq", "handover": handover}),
+            )
+            .await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (400, Some(code)),
+            "{handover}: {body}"
+        );
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(key), "{handover}: `{message}` names {key}");
+    }
+    let (_, still) = server.get_json(&format!("/v1/conversations/{id}")).await;
+    assert_eq!(
+        (&still["status"], &still["handover"]),
+        (&json!("bot"), &Value::Null),
+        "a refused hand-over changes nothing"
+    );
+
+    // The bot hands off with what it learned; whoever takes the conversation sees it.
+    let context = json!({
+        "summary": "Wants to speak to a person about opening hours on holidays.",
+        "intent": "opening_hours",
+        "sentiment": "neutral",
+        "language": "en",
+        "slots": {"store": "Shanghai-2", "holiday": true, "party_size": 4},
+        "transcript_url": "https://bot.example.com/transcripts/m-2"
+    });
     let (status, body) = server
         .send_json(
             "POST",
             &format!("/v1/conversations/{id}/transfer"),
-            json!({"pool": "humans", "by_agent_id": "bot:faq"}),
+            json!({"pool": "humans", "by_agent_id": "bot:faq", "handover": context}),
         )
         .await;
     assert_eq!(status, 200, "{body}");
+    let handover = body["handover"].clone();
+    assert_eq!(handover["by"], "bot:faq", "{body}");
+    assert!(handover["at"].is_string(), "{body}");
+    let mut given = handover.clone();
+    let given = given.as_object_mut().unwrap();
+    given.remove("by");
+    given.remove("at");
+    assert_eq!(Value::Object(given.clone()), context, "kept as given");
     let held = eventually(|| async {
         let (_, held) = server.get_json("/v1/agents/ann/conversations").await;
         let list = held["conversations"]
@@ -162,6 +221,7 @@ async fn scenario(server: &Server, bot: &Callback, app_backend: &Callback) {
     .await;
     assert_eq!(held[0]["id"], id.as_str());
     assert_eq!(held[0]["status"], "assigned");
+    assert_eq!(held[0]["handover"], handover, "Ann sees the hand-over");
 
     // From now on the conversation is Ann's: the bot is sent nothing more of it.
     post("m-3", "Hello Ann").await;

@@ -14,6 +14,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 
 use super::MakeStore;
 use crate::envelope::{ChannelRef, Content, DEFAULT_TENANT, Direction, Envelope, Sender, new_id};
+use crate::handover::{Handover, HandoverContext, Sentiment, SlotValue};
 use crate::identity::{IdentityKey, IdentityStrength};
 use crate::model::{
     Agent, AgentStatus, AssignedBy, Conversation, ConversationStatus, Customer, Skills,
@@ -1123,7 +1124,7 @@ pub async fn capacity_never_exceeded(factory: &impl MakeStore, prefix: &str) {
     );
 
     let refused = store
-        .transfer(&convs[2], TransferTarget::Agent(x.clone()), at(12))
+        .transfer(&convs[2], TransferTarget::Agent(x.clone()), None, at(12))
         .await;
     assert!(
         matches!(refused, Err(StoreError::Conflict { .. })),
@@ -2378,7 +2379,7 @@ pub async fn unannounced_notes(factory: &impl MakeStore, prefix: &str) {
         (TransferTarget::pool(other_pool.clone()), 8),
     ] {
         store
-            .transfer(&second.id, target, at(t))
+            .transfer(&second.id, target, None, at(t))
             .await
             .unwrap_or_else(|e| panic!("{what}: transfer: {e}"));
     }
@@ -2392,7 +2393,7 @@ pub async fn unannounced_notes(factory: &impl MakeStore, prefix: &str) {
     );
     assert!(
         store
-            .transfer(&first.id, TransferTarget::pool(pool.clone()), at(9))
+            .transfer(&first.id, TransferTarget::pool(pool.clone()), None, at(9))
             .await
             .is_err(),
         "{what}: a transfer of a closed conversation"
@@ -2726,6 +2727,131 @@ pub async fn record_outbound_is_idempotent(factory: &impl MakeStore, prefix: &st
     assert_eq!(staged, ["first"], "{what}: only the first record stages");
 }
 
+/// A hand-over context given with a transfer becomes the conversation's `handover` in the same
+/// step, in the reply and in the record; a transfer without one keeps it, a later one replaces
+/// it, a refused transfer changes nothing, and the closed conversation keeps it.
+pub async fn handovers_are_kept_with_the_conversation(factory: &impl MakeStore, prefix: &str) {
+    let what = "handovers_are_kept_with_the_conversation";
+    let store = factory.make().await;
+    let bots = format!("{prefix}bots");
+    let humans = format!("{prefix}humans");
+    let x = format!("{prefix}agent-x");
+    let full = format!("{prefix}agent-full");
+    agent(&store, &x, &[&humans], 2, AgentStatus::Online, at(0)).await;
+    agent(&store, &full, &[&humans], 0, AgentStatus::Online, at(0)).await;
+    let (_, _, conv) = open(&store, prefix, "c", &bots, at(1)).await;
+    assert_eq!(conv.handover, None, "{what}: none when opened");
+    let handover = |by: &str, intent: &str, t: i64| Handover {
+        by: Some(by.to_owned()),
+        at: at(t),
+        context: HandoverContext {
+            summary: Some(format!("{intent}: the customer's story, 中文 too")),
+            intent: Some(intent.to_owned()),
+            sentiment: Some(Sentiment::Negative),
+            language: Some("zh-CN".to_owned()),
+            slots: [
+                ("order_id".to_owned(), SlotValue::Text("A-1042".to_owned())),
+                ("amount".to_owned(), SlotValue::Number(129.into())),
+                ("tracked".to_owned(), SlotValue::Flag(false)),
+            ]
+            .into(),
+            transcript_url: Some("https://bot.example.com/t/1".to_owned()),
+        },
+    };
+    let first = handover("bot:faq", "refund", 2);
+    let moved = store
+        .transfer(
+            &conv.id,
+            TransferTarget::pool(humans.clone()),
+            Some(&first),
+            at(2),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{what}: hand over to the pool: {e}"));
+    assert_eq!(
+        moved.conversation.handover.as_deref(),
+        Some(&first),
+        "{what}: in the reply"
+    );
+    assert_eq!(
+        get_conversation(&store, &conv.id).await.handover.as_deref(),
+        Some(&first),
+        "{what}: in the record"
+    );
+
+    // Refused: nothing changes, the context given with it included.
+    let refused = store
+        .transfer(
+            &conv.id,
+            TransferTarget::Agent(full.clone()),
+            Some(&handover("bot:faq", "other", 3)),
+            at(3),
+        )
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(StoreError::Conflict {
+                code: "agent_unavailable",
+                ..
+            })
+        ),
+        "{what}: a full agent refuses: {refused:?}"
+    );
+    assert_eq!(
+        get_conversation(&store, &conv.id).await.handover.as_deref(),
+        Some(&first),
+        "{what}: kept after a refused transfer"
+    );
+
+    // Without a context: kept; with one: replaced.
+    let kept = store
+        .transfer(&conv.id, TransferTarget::Agent(x.clone()), None, at(4))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: transfer to x: {e}"));
+    assert_eq!(
+        kept.conversation.handover.as_deref(),
+        Some(&first),
+        "{what}: kept by a transfer without one"
+    );
+    let second = Handover {
+        by: None,
+        at: at(5),
+        context: HandoverContext {
+            intent: Some("escalation".to_owned()),
+            ..HandoverContext::default()
+        },
+    };
+    let replaced = store
+        .transfer(
+            &conv.id,
+            TransferTarget::pool(humans.clone()),
+            Some(&second),
+            at(5),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{what}: hand over again: {e}"));
+    assert_eq!(
+        replaced.conversation.handover.as_deref(),
+        Some(&second),
+        "{what}: replaced by the next one"
+    );
+    let closed = store
+        .close_conversation(&conv.id, "agent", at(6))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: close: {e}"));
+    assert_eq!(
+        closed.conversation.handover.as_deref(),
+        Some(&second),
+        "{what}: the closed conversation keeps it"
+    );
+    assert_eq!(
+        get_conversation(&store, &conv.id).await.handover.as_deref(),
+        Some(&second),
+        "{what}: in the closed record"
+    );
+}
+
 /// Transfers: to a pool (the agent is freed, the conversation queues at the back with a new
 /// `queued_at`), to an agent with room (assigned at once), to a full or unknown agent (refused,
 /// nothing changes), of a closed conversation (refused).
@@ -2746,7 +2872,7 @@ pub async fn transfer_to_pool_and_agent(factory: &impl MakeStore, prefix: &str) 
     );
 
     let moved = store
-        .transfer(&conv.id, TransferTarget::pool(vip.clone()), at(4))
+        .transfer(&conv.id, TransferTarget::pool(vip.clone()), None, at(4))
         .await
         .unwrap_or_else(|e| panic!("{what}: transfer to pool: {e}"));
     let c = &moved.conversation;
@@ -2795,7 +2921,7 @@ pub async fn transfer_to_pool_and_agent(factory: &impl MakeStore, prefix: &str) 
         "{what}: y takes the next"
     );
     let refused = store
-        .transfer(&conv.id, TransferTarget::Agent(y.clone()), at(11))
+        .transfer(&conv.id, TransferTarget::Agent(y.clone()), None, at(11))
         .await;
     assert!(
         matches!(refused, Err(StoreError::Conflict { .. })),
@@ -2805,6 +2931,7 @@ pub async fn transfer_to_pool_and_agent(factory: &impl MakeStore, prefix: &str) 
         .transfer(
             &conv.id,
             TransferTarget::Agent(format!("{prefix}nobody")),
+            None,
             at(11),
         )
         .await;
@@ -2827,7 +2954,7 @@ pub async fn transfer_to_pool_and_agent(factory: &impl MakeStore, prefix: &str) 
     // Room for y: the direct transfer assigns it at once and takes it out of the queue.
     set_capacity(&store, &y, 2, at(12)).await;
     let direct = store
-        .transfer(&conv.id, TransferTarget::Agent(y.clone()), at(13))
+        .transfer(&conv.id, TransferTarget::Agent(y.clone()), None, at(13))
         .await
         .unwrap_or_else(|e| panic!("{what}: transfer to agent with room: {e}"));
     assert!(
@@ -2860,7 +2987,7 @@ pub async fn transfer_to_pool_and_agent(factory: &impl MakeStore, prefix: &str) 
 
     // Agent to agent: refused while x is full, done (releasing y) once x has room.
     let back = store
-        .transfer(&conv.id, TransferTarget::Agent(x.clone()), at(14))
+        .transfer(&conv.id, TransferTarget::Agent(x.clone()), None, at(14))
         .await;
     assert!(
         matches!(back, Err(StoreError::Conflict { .. })),
@@ -2871,7 +2998,7 @@ pub async fn transfer_to_pool_and_agent(factory: &impl MakeStore, prefix: &str) 
         .await
         .unwrap_or_else(|e| panic!("{what}: close: {e}"));
     let handed = store
-        .transfer(&conv.id, TransferTarget::Agent(x.clone()), at(16))
+        .transfer(&conv.id, TransferTarget::Agent(x.clone()), None, at(16))
         .await
         .unwrap_or_else(|e| panic!("{what}: agent-to-agent transfer: {e}"));
     assert_eq!(
@@ -2895,7 +3022,7 @@ pub async fn transfer_to_pool_and_agent(factory: &impl MakeStore, prefix: &str) 
         .await
         .unwrap_or_else(|e| panic!("{what}: close: {e}"));
     let closed = store
-        .transfer(&conv.id, TransferTarget::pool(sales.clone()), at(18))
+        .transfer(&conv.id, TransferTarget::pool(sales.clone()), None, at(18))
         .await;
     assert_eq!(
         closed.as_ref().err().and_then(conflict_code),
@@ -3369,7 +3496,7 @@ pub async fn presence_heartbeat_ttl(factory: &impl MakeStore, prefix: &str) {
         v
     };
     let refused = store
-        .transfer(&convs[0], TransferTarget::Agent(t.clone()), at(15))
+        .transfer(&convs[0], TransferTarget::Agent(t.clone()), None, at(15))
         .await;
     assert!(
         matches!(&refused, Err(e) if conflict_code(e) == Some("agent_unavailable")),
@@ -4084,7 +4211,7 @@ pub async fn route_inbound_opens_with_a_bot(factory: &impl MakeStore, prefix: &s
 
     // The hand-off: to the pool's queue, and on to the agent.
     let release = store
-        .transfer(&id, TransferTarget::pool(pool.clone()), at(5))
+        .transfer(&id, TransferTarget::pool(pool.clone()), None, at(5))
         .await
         .unwrap_or_else(|e| panic!("{what}: transfer: {e}"));
     assert!(
@@ -4195,7 +4322,7 @@ pub async fn idle_bot_conversations_longest_silent_first(factory: &impl MakeStor
     );
 
     store
-        .transfer(&a.id, TransferTarget::pool(pool.clone()), at(8))
+        .transfer(&a.id, TransferTarget::pool(pool.clone()), None, at(8))
         .await
         .unwrap_or_else(|e| panic!("{what}: transfer: {e}"));
     assert_eq!(
@@ -4812,7 +4939,7 @@ async fn transfer(
     now: DateTime<Utc>,
 ) -> Conversation {
     store
-        .transfer(id, target.clone(), now)
+        .transfer(id, target.clone(), None, now)
         .await
         .unwrap_or_else(|e| panic!("transfer({id}, {target:?}): {e}"))
         .conversation
@@ -5223,7 +5350,7 @@ pub async fn pool_conversations_open_oldest_first(factory: &impl MakeStore, pref
     let g2 = format!("{prefix}g2");
     agent(&store, &g2, &[&elsewhere], 1, AgentStatus::Online, t(23)).await;
     let moved = store
-        .transfer(&ck.id, TransferTarget::Agent(g2.clone()), t(23))
+        .transfer(&ck.id, TransferTarget::Agent(g2.clone()), None, t(23))
         .await
         .unwrap_or_else(|e| panic!("{what}: transfer to {g2}: {e}"));
     assert_eq!(
@@ -5292,7 +5419,7 @@ pub async fn pool_conversations_open_oldest_first(factory: &impl MakeStore, pref
     // Closing and transferring away take conversations out of the listing.
     close(&store, &cf.id, t(30)).await;
     store
-        .transfer(&ce.id, TransferTarget::pool(elsewhere.clone()), t(31))
+        .transfer(&ce.id, TransferTarget::pool(elsewhere.clone()), None, t(31))
         .await
         .unwrap_or_else(|e| panic!("{what}: transfer to {elsewhere}: {e}"));
     assert_eq!(
@@ -6151,6 +6278,7 @@ pub async fn run_all(factory: &impl MakeStore, prefix: &str) {
     record_outbound_is_idempotent(factory, &p("outbound-idempotent")).await;
     unannounced_notes(factory, &p("unannounced")).await;
     transfer_to_pool_and_agent(factory, &p("transfer")).await;
+    handovers_are_kept_with_the_conversation(factory, &p("handover")).await;
     merge_with_open_conversations(factory, &p("merge-open")).await;
     closed_conversations_expire(factory, &p("expire")).await;
     concurrent_resolution_converges(factory, &p("concurrent-resolve")).await;

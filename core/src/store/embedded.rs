@@ -20,6 +20,7 @@ use super::{
     status_listed,
 };
 use crate::envelope::{Envelope, new_id};
+use crate::handover::Handover;
 use crate::identity::{IdentityKey, IdentityStrength};
 use crate::model::{
     Agent, AgentStatus, AssignedBy, Conversation, ConversationStatus, Customer, IdentityRecord,
@@ -223,6 +224,7 @@ impl State {
         &mut self,
         id: &str,
         target: TransferTarget,
+        handover: Option<&Handover>,
         noted: Option<NoteKind>,
         now: DateTime<Utc>,
     ) -> Result<Release, StoreError> {
@@ -266,6 +268,9 @@ impl State {
         let mut note = Note::new(kind, id, now);
         note.from_agent = released_agent.as_ref().map(|a| a.id.clone());
         self.note(note);
+        if let Some(handover) = handover {
+            self.conversation_mut(id)?.handover = Some(Box::new(handover.clone()));
+        }
         match target {
             TransferTarget::Pool(QueueTarget {
                 pool,
@@ -1043,6 +1048,7 @@ impl State {
                         queued_at: bot.is_none().then_some(now),
                         assigned_at: None,
                         assigned_by: None,
+                        handover: None,
                         offered_at: None,
                         offer_expires_at: None,
                         closed_at: None,
@@ -1646,6 +1652,7 @@ impl Store for EmbeddedStore {
             queued_at: None,
             assigned_at: Some(now),
             assigned_by: Some(AssignedBy::WriteFirst),
+            handover: None,
             offered_at: None,
             offer_expires_at: None,
             closed_at: None,
@@ -1845,9 +1852,10 @@ impl Store for EmbeddedStore {
         &self,
         id: &str,
         target: TransferTarget,
+        handover: Option<&Handover>,
         now: DateTime<Utc>,
     ) -> Result<Release, StoreError> {
-        self.lock().transfer(id, target, None, now)
+        self.lock().transfer(id, target, handover, None, now)
     }
 
     async fn overflow(
@@ -1877,6 +1885,7 @@ impl Store for EmbeddedStore {
         s.transfer(
             id,
             TransferTarget::Pool(target),
+            None,
             Some(NoteKind::Overflowed),
             now,
         )
@@ -2295,14 +2304,14 @@ mod tests {
                 Op::TransferPool { pick, pool } => {
                     if let Some(id) = self.pick(*pick) {
                         let target = TransferTarget::pool(POOLS[*pool].to_owned());
-                        let result = store.transfer(&id, target, now).await;
+                        let result = store.transfer(&id, target, None, now).await;
                         allow_refusal("transfer to a pool", result);
                     }
                 }
                 Op::TransferAgent { pick, agent } => {
                     if let Some(id) = self.pick(*pick) {
                         let target = TransferTarget::Agent(agent_id(*agent));
-                        let result = store.transfer(&id, target, now).await;
+                        let result = store.transfer(&id, target, None, now).await;
                         allow_refusal("transfer to an agent", result);
                     }
                 }

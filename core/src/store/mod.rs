@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::Envelope;
+use crate::handover::Handover;
 use crate::identity::{IdentityKey, IdentityStrength};
 use crate::model::{Agent, AgentStatus, Conversation, ConversationStatus, Customer, Skills};
 
@@ -1337,11 +1338,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Moves a conversation to another pool's queue or straight to an agent with room, and notes
     /// it ([`NoteKind::TransferredToPool`] or [`NoteKind::TransferredToAgent`] at `now`, with the
-    /// agent it left).
+    /// agent it left). A `handover` becomes the conversation's [`Conversation::handover`] in the
+    /// same step; without one, the conversation keeps the one it had.
     async fn transfer(
         &self,
         id: &str,
         target: TransferTarget,
+        handover: Option<&Handover>,
         now: DateTime<Utc>,
     ) -> Result<Release, StoreError>;
 

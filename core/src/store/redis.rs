@@ -66,6 +66,7 @@ use super::{
     TransferTarget, UNKNOWN_CURSOR, Withdrawal, offer_deadline,
 };
 use crate::envelope::{ChannelRef, Envelope, Sender, new_id};
+use crate::handover::Handover;
 use crate::identity::{IdentityKey, IdentityStrength};
 use crate::model::{
     Agent, AgentStatus, AssignedBy, Conversation, ConversationStatus, Customer, IdentityRecord,
@@ -117,7 +118,7 @@ fn script(body: &str) -> Script {
 /// The fields of a conversation hash that scripts reply (`conv_reply` in `prelude.lua`, as
 /// `CONV_FIELDS`), values only, in this order: half the size of the field-value pairs of
 /// `HGETALL`, and without the internal fields.
-const CONVERSATION_FIELDS: [&str; 25] = [
+const CONVERSATION_FIELDS: [&str; 26] = [
     "id",
     "tenant",
     "customer_id",
@@ -138,6 +139,7 @@ const CONVERSATION_FIELDS: [&str; 25] = [
     "queued_at",
     "assigned_at",
     "assigned_by",
+    "handover",
     "offered_at",
     "offer_secs",
     "closed_at",
@@ -213,6 +215,7 @@ impl RedisStore {
         &self,
         id: &str,
         target: TransferTarget,
+        handover: Option<&Handover>,
         waiting: Option<(&str, DateTime<Utc>)>,
         now: DateTime<Utc>,
     ) -> Result<Release, StoreError> {
@@ -237,6 +240,10 @@ impl RedisStore {
                 inv.arg("agent").arg(agent).arg("").arg("").arg(0);
             }
         }
+        match handover {
+            Some(handover) => inv.arg(json(handover)?),
+            None => inv.arg(""),
+        };
         if let Some((pool, queued_before)) = waiting {
             inv.arg(pool).arg(stamp(queued_before));
         }
@@ -735,6 +742,13 @@ fn conversation(v: Value) -> Result<Option<Conversation>, StoreError> {
             Some(by) => Some(
                 AssignedBy::parse(&by)
                     .ok_or_else(|| bad(format_args!("conversation assigned_by `{by}`")))?,
+            ),
+            None => None,
+        },
+        handover: match f.take("handover") {
+            Some(handover) => Some(
+                serde_json::from_str(&handover)
+                    .map_err(|e| bad(format_args!("conversation handover: {e}")))?,
             ),
             None => None,
         },
@@ -1557,9 +1571,10 @@ impl Store for RedisStore {
         &self,
         id: &str,
         target: TransferTarget,
+        handover: Option<&Handover>,
         now: DateTime<Utc>,
     ) -> Result<Release, StoreError> {
-        self.transfer_if(id, target, None, now).await
+        self.transfer_if(id, target, handover, None, now).await
     }
 
     async fn overflow(
@@ -1573,6 +1588,7 @@ impl Store for RedisStore {
         self.transfer_if(
             id,
             TransferTarget::Pool(target),
+            None,
             Some((pool, queued_before)),
             now,
         )

@@ -16,6 +16,7 @@ use axum::extract::State;
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
+use switchyard_core::metrics::Metrics;
 use switchyard_core::model::AgentStatus;
 use switchyard_core::protocol::{AgentEvent, AgentRequest};
 use switchyard_core::store::{AgentUpdate, StoreError, Withdrawal};
@@ -24,7 +25,7 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use super::rest::{check_skill_names, transfer_target};
+use super::rest::{check_skill_names, checked_handover, transfer_target};
 use super::{ApiError, HttpState};
 use crate::error::RouteError;
 use crate::hub::SOCKET_BUFFER;
@@ -118,7 +119,11 @@ impl Drop for Heartbeat {
     }
 }
 
-fn error_event(client_id: Option<String>, e: ApiError) -> AgentEvent {
+fn error_event(metrics: &Metrics, client_id: Option<String>, e: ApiError) -> AgentEvent {
+    metrics
+        .api_errors
+        .with_label_values(&[e.code.as_str()])
+        .inc();
     AgentEvent::Error {
         client_id,
         code: e.code,
@@ -161,13 +166,9 @@ async fn session(socket: WebSocket, state: HttpState) {
             let request: AgentRequest = match serde_json::from_str(text.as_str()) {
                 Ok(r) => r,
                 Err(e) => {
-                    state
-                        .metrics
-                        .api_errors
-                        .with_label_values(&["malformed"])
-                        .inc();
                     let _ = tx
                         .send(error_event(
+                            &state.metrics,
                             None,
                             ApiError::bad_request("malformed", format!("invalid frame: {e}")),
                         ))
@@ -187,6 +188,7 @@ async fn session(socket: WebSocket, state: HttpState) {
                 if agent_id.is_empty() || agent_id.len() > 128 {
                     let _ = tx
                         .send(error_event(
+                            &state.metrics,
                             None,
                             ApiError::bad_request("invalid", "agent_id must be 1 to 128 bytes"),
                         ))
@@ -194,7 +196,7 @@ async fn session(socket: WebSocket, state: HttpState) {
                     continue;
                 }
                 if let Some(Err(e)) = skills.as_deref().map(check_skill_names) {
-                    let _ = tx.send(error_event(None, e)).await;
+                    let _ = tx.send(error_event(&state.metrics, None, e)).await;
                     continue;
                 }
                 // Register before going online, so no assignment slips between the two.
@@ -206,6 +208,7 @@ async fn session(socket: WebSocket, state: HttpState) {
                 {
                     let _ = tx
                         .send(error_event(
+                            &state.metrics,
                             None,
                             ApiError::new(
                                 axum::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -234,7 +237,7 @@ async fn session(socket: WebSocket, state: HttpState) {
                         agent = Some((agent_id, session));
                     }
                     Err(e) => {
-                        let _ = tx.send(error_event(None, e.into())).await;
+                        let _ = tx.send(error_event(&state.metrics, None, e.into())).await;
                     }
                 }
                 continue;
@@ -242,6 +245,7 @@ async fn session(socket: WebSocket, state: HttpState) {
             let Some((agent_id, _)) = &agent else {
                 let _ = tx
                     .send(error_event(
+                        &state.metrics,
                         None,
                         ApiError::bad_request("hello_required", "send `hello` first"),
                     ))
@@ -316,7 +320,7 @@ async fn command(state: &HttpState, agent_id: &str, request: AgentRequest) -> Op
             match state.put_agent(update).await {
                 // The hub forwards `agent.updated` to every socket of this agent.
                 Ok(_) => None,
-                Err(e) => Some(error_event(None, e.into())),
+                Err(e) => Some(error_event(&state.metrics, None, e.into())),
             }
         }
         AgentRequest::Reply {
@@ -332,7 +336,7 @@ async fn command(state: &HttpState, agent_id: &str, request: AgentRequest) -> Op
                 client_id,
                 id: Some(envelope.id),
             }),
-            Err(e) => Some(error_event(Some(client_id), e.into())),
+            Err(e) => Some(error_event(&state.metrics, Some(client_id), e.into())),
         },
         AgentRequest::WriteFirst {
             client_id,
@@ -348,12 +352,12 @@ async fn command(state: &HttpState, agent_id: &str, request: AgentRequest) -> Op
                 client_id,
                 id: Some(started.envelope.id),
             }),
-            Err(e) => Some(error_event(Some(client_id), e.into())),
+            Err(e) => Some(error_event(&state.metrics, Some(client_id), e.into())),
         },
         AgentRequest::Close { conversation_id } => {
             match state.ops.close(&conversation_id, Some(agent_id)).await {
                 Ok(_) => None,
-                Err(e) => Some(error_event(None, e.into())),
+                Err(e) => Some(error_event(&state.metrics, None, e.into())),
             }
         }
         AgentRequest::Accept {
@@ -364,7 +368,7 @@ async fn command(state: &HttpState, agent_id: &str, request: AgentRequest) -> Op
                 client_id,
                 id: None,
             }),
-            Err(e) => Some(error_event(client_id, e.into())),
+            Err(e) => Some(error_event(&state.metrics, client_id, e.into())),
         },
         AgentRequest::Decline { conversation_id } => match state
             .ops
@@ -372,7 +376,7 @@ async fn command(state: &HttpState, agent_id: &str, request: AgentRequest) -> Op
             .await
         {
             Ok(_) => None,
-            Err(e) => Some(error_event(None, e.into())),
+            Err(e) => Some(error_event(&state.metrics, None, e.into())),
         },
         AgentRequest::Transfer {
             conversation_id,
@@ -380,18 +384,21 @@ async fn command(state: &HttpState, agent_id: &str, request: AgentRequest) -> Op
             agent_id: to_agent,
             skills,
             priority,
+            handover,
         } => {
-            let target = match transfer_target(pool, to_agent, skills, priority) {
-                Ok(target) => target,
-                Err(e) => return Some(error_event(None, e)),
+            let checked = transfer_target(pool, to_agent, skills, priority)
+                .and_then(|target| Ok((target, checked_handover(handover)?)));
+            let (target, handover) = match checked {
+                Ok(checked) => checked,
+                Err(e) => return Some(error_event(&state.metrics, None, e)),
             };
             match state
                 .ops
-                .transfer(&conversation_id, Some(agent_id), target)
+                .transfer(&conversation_id, Some(agent_id), target, handover)
                 .await
             {
                 Ok(_) => None,
-                Err(e) => Some(error_event(None, e.into())),
+                Err(e) => Some(error_event(&state.metrics, None, e.into())),
             }
         }
     }

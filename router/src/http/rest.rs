@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use switchyard_core::envelope::Content;
+use switchyard_core::handover::HandoverContext;
 use switchyard_core::identity::IdentityKey;
 use switchyard_core::model::{AgentStatus, MAX_TAG_CHARS, Skills, is_valid_skill};
 use switchyard_core::store::{AgentUpdate, QueueTarget, TransferTarget, Withdrawal};
@@ -290,6 +291,8 @@ pub struct Transfer {
     priority: Option<u8>,
     /// The agent asking, who must hold the conversation.
     by_agent_id: Option<String>,
+    /// What the next one should know ([`HandoverContext`]).
+    handover: Option<HandoverContext>,
 }
 
 /// Where a transfer request (REST or agent WebSocket) sends a conversation: exactly one of
@@ -320,6 +323,19 @@ pub(super) fn transfer_target(
     }
 }
 
+/// A transfer's hand-over context, if it gives something within the limits
+/// ([`HandoverContext::check`]).
+pub(super) fn checked_handover(
+    handover: Option<HandoverContext>,
+) -> Result<Option<HandoverContext>, ApiError> {
+    if let Some(context) = &handover {
+        context
+            .check()
+            .map_err(|e| ApiError::bad_request("invalid", e.to_string()))?;
+    }
+    Ok(handover)
+}
+
 /// `skills` as a requirement, if each is a valid skill name ([`is_valid_skill`]).
 fn checked_skills(skills: Vec<String>) -> Result<Skills, ApiError> {
     check_skill_names(&skills)?;
@@ -340,7 +356,8 @@ pub(super) fn check_skill_names(skills: &[String]) -> Result<(), ApiError> {
     }
 }
 
-/// `POST /v1/conversations/{id}/transfer` `{"pool", "skills"?, "priority"?} | {"agent_id"}`.
+/// `POST /v1/conversations/{id}/transfer` `{"pool", "skills"?, "priority"?} | {"agent_id"}`,
+/// with `by_agent_id` and `handover` optional.
 pub async fn transfer(
     State(state): State<HttpState>,
     Path(id): Path<String>,
@@ -349,9 +366,10 @@ pub async fn transfer(
 ) -> Result<Response, ApiError> {
     let body: Transfer = json_body(&state, &headers, body)?;
     let target = transfer_target(body.pool, body.agent_id, body.skills, body.priority)?;
+    let handover = checked_handover(body.handover)?;
     let conversation = state
         .ops
-        .transfer(&id, body.by_agent_id.as_deref(), target)
+        .transfer(&id, body.by_agent_id.as_deref(), target, handover)
         .await?;
     Ok(Json(conversation).into_response())
 }

@@ -2,6 +2,7 @@
 -- conversation asks of its next agent from now on (a JSON array; empty: none; `keep`: those it
 -- asked before), its priority from now on (a number; empty: the one it had) and the seconds the
 -- pool's agents have to accept it (0: assignments are final); for an agent, three placeholders.
+-- Then the hand-over (JSON) that becomes the conversation's `handover` (empty: it keeps its own).
 -- Then optionally a pool and a time (overflow): the transfer is made only if the conversation is
 -- queued in that pool since before that time (`queued_at` older), else the conflict
 -- `conversation_changed`, and the transfer is noted as `overflowed`.
@@ -13,11 +14,11 @@ local st = redis.call('HGET', ck, 'status')
 if not st then
   return not_found('conversation', id)
 end
-if ARGV[9] then
+if ARGV[10] then
   local c = redis.call('HMGET', ck, 'pool', 'queued_at')
-  if st ~= 'queued' or c[1] ~= ARGV[9] or not c[2] or not lt(c[2], ARGV[10]) then
+  if st ~= 'queued' or c[1] ~= ARGV[10] or not c[2] or not lt(c[2], ARGV[11]) then
     return conflict('conversation_changed', 'conversation `' .. id
-      .. '` does not wait in pool `' .. ARGV[9] .. '` since before ' .. ARGV[10])
+      .. '` does not wait in pool `' .. ARGV[10] .. '` since before ' .. ARGV[11])
   end
 end
 if st == 'closed' then
@@ -41,10 +42,13 @@ end
 
 local released = detach(id)
 local noted = kind == 'pool' and 'transferred_to_pool' or 'transferred_to_agent'
-if ARGV[9] then
+if ARGV[10] then
   noted = 'overflowed'
 end
 note(noted, now, id, released)
+if ARGV[9] ~= '' then
+  redis.call('HSET', ck, 'handover', ARGV[9])
+end
 if kind == 'pool' then
   if ARGV[6] == '' then
     redis.call('HDEL', ck, 'skills')
