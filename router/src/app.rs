@@ -512,6 +512,7 @@ impl App {
             sockets: sockets.clone(),
             presence_ttl: Duration::from_secs(settings.router.presence_ttl_secs),
             pool_hours: Arc::new(pool_hours.into_iter().collect()),
+            pool_policies: Arc::new(crate::explain::pool_policies(&settings)),
             agents: AgentsCache::default(),
         });
         // Routers serve only the operations endpoints (probes and metrics).

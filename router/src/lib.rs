@@ -8,6 +8,7 @@ pub mod auto_reply;
 pub mod dead_letters;
 pub mod error;
 pub mod events;
+pub mod explain;
 pub mod http;
 pub mod hub;
 pub mod in_order;

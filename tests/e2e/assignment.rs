@@ -51,6 +51,110 @@ async fn agent_with(server: &Server, agent: &str, skills: &[&str]) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversation_explains_why_it_waits_and_who_takes_it_next() {
+    let server = Server::start(&CONFIG.replace("SECRET", SECRET)).await;
+    agent_with(&server, "ann", &["en"]).await;
+    let (status, body) = server
+        .send_json(
+            "PUT",
+            "/v1/agents/bob",
+            json!({"pools": ["default"], "skills": ["zh"], "capacity": 1, "status": "away"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // The Chinese message asks for `zh`: ann lacks it, bob has it but is away.
+    send_text(&server, "m-1", "1", "你好，我的订单呢？").await;
+    let queued = eventually(|| async {
+        let (_, body) = server.get_json("/v1/pools/default/queue").await;
+        let waiting = body["conversations"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        (waiting.len() == 1).then_some(waiting)
+    })
+    .await;
+    let id = queued[0]["id"].as_str().unwrap().to_owned();
+    let (status, why) = server
+        .get_json(&format!("/v1/conversations/{id}/routing"))
+        .await;
+    assert_eq!(status, 200, "{why}");
+    assert_eq!(
+        (
+            &why["status"],
+            &why["skills"],
+            &why["queue"],
+            &why["next_agent"]
+        ),
+        (
+            &json!("queued"),
+            &json!(["zh"]),
+            &json!({"position": 1, "of": 1}),
+            &Value::Null
+        ),
+        "{why}"
+    );
+    let fits: Vec<Value> = why["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            json!([
+                a["agent_id"],
+                a["can_take"],
+                a["reasons"],
+                a["missing_skills"]
+            ])
+        })
+        .collect();
+    assert_eq!(
+        fits,
+        [
+            json!(["ann", false, ["missing_skills"], ["zh"]]),
+            json!(["bob", false, ["away"], []]),
+        ]
+    );
+    assert_eq!(
+        why["summary"],
+        "Waits in pool `default`'s queue, number 1 of 1. No agent of the pool can take it now: \
+         1 away, 1 lacks `zh`.",
+    );
+
+    // bob comes back: the conversation is his, and the explanation says how he was chosen.
+    let (status, body) = server
+        .send_json("PUT", "/v1/agents/bob", json!({"status": "online"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    server.held_by("bob", 1).await;
+    let (_, why) = server
+        .get_json(&format!("/v1/conversations/{id}/routing"))
+        .await;
+    assert_eq!(
+        (
+            &why["status"],
+            &why["agent_id"],
+            &why["assigned_by"],
+            &why["queue"]
+        ),
+        (
+            &json!("assigned"),
+            &json!("bob"),
+            &json!("longest_idle"),
+            &Value::Null
+        ),
+        "{why}"
+    );
+    assert_eq!(why["summary"], "Assigned to `bob` (longest_idle).");
+    assert_eq!(why["agents"][1]["reasons"], json!(["holds_it"]), "{why}");
+
+    let (status, body) = server
+        .get_json("/v1/conversations/01NOSUCHCONVERSATION000000/routing")
+        .await;
+    assert_eq!((status, &body["error"]["code"]), (404, &json!("not_found")));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conversation_asking_for_a_skill_waits_for_an_agent_with_it_and_holds_back_nobody() {
     let server = Server::start(&CONFIG.replace("SECRET", SECRET)).await;
     agent_with(&server, "ann", &["en"]).await;

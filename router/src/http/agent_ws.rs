@@ -462,6 +462,7 @@ mod tests {
             sockets: TaskTracker::new(),
             presence_ttl,
             pool_hours: Arc::default(),
+            pool_policies: Arc::default(),
             agents: crate::http::AgentsCache::default(),
         });
         store

@@ -90,6 +90,8 @@ pub struct HttpContext {
     pub presence_ttl: Duration,
     /// The business hours of the pools that have them (`[pools.hours]`), by pool id.
     pub pool_hours: Arc<HashMap<String, Hours>>,
+    /// How each configured pool assigns, by pool id, for routing explanations.
+    pub pool_policies: Arc<HashMap<String, crate::explain::PoolPolicy>>,
     /// Every agent, read at most once a second for the pools' figures.
     pub agents: AgentsCache,
 }
@@ -149,6 +151,7 @@ pub fn app(state: HttpState) -> Router {
         .route("/v1/conversations/{id}/messages", post(rest::reply))
         .route("/v1/conversations/{id}/close", post(rest::close))
         .route("/v1/conversations/{id}/transfer", post(rest::transfer))
+        .route("/v1/conversations/{id}/routing", get(rest::routing))
         .route("/v1/conversations/{id}/accept", post(rest::accept_offer))
         .route("/v1/conversations/{id}/decline", post(rest::decline_offer))
         .route("/v1/customers", get(rest::lookup_customer))

@@ -103,4 +103,38 @@ mod tests {
             "the body's media type is {media_type}"
         );
     }
+
+    /// Every `/v1` route the application serves (`http/mod.rs`) is a path of the OpenAPI
+    /// document, with each method it answers, so a new endpoint cannot go undocumented.
+    #[test]
+    fn every_route_is_in_the_openapi_document() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("valid JSON");
+        let source = include_str!("mod.rs");
+        let mut checked = 0;
+        for route in source.split(".route(").skip(1) {
+            let Some(path) = route
+                .trim_start()
+                .strip_prefix('"')
+                .and_then(|r| r.split('"').next())
+            else {
+                continue;
+            };
+            if !path.starts_with("/v1/") {
+                continue;
+            }
+            // This route's call only: the next top-level call of the chain starts a line.
+            let handlers = route.split("\n        .").next().unwrap_or_default();
+            for method in ["get", "post", "put", "patch", "delete"] {
+                if handlers.contains(&format!("{method}(")) {
+                    assert!(
+                        doc["paths"][path][method].is_object(),
+                        "`{} {path}` is served but not in openapi.json",
+                        method.to_ascii_uppercase()
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 25, "only {checked} routes found in http/mod.rs");
+    }
 }

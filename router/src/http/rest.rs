@@ -14,7 +14,9 @@ use serde_json::json;
 use switchyard_core::envelope::Content;
 use switchyard_core::handover::HandoverContext;
 use switchyard_core::identity::IdentityKey;
-use switchyard_core::model::{AgentStatus, MAX_TAG_CHARS, Skills, is_valid_skill};
+use switchyard_core::model::{
+    AgentStatus, ConversationStatus, MAX_TAG_CHARS, Skills, is_valid_skill,
+};
 use switchyard_core::store::{AgentUpdate, QueueTarget, TransferTarget, Withdrawal};
 
 use super::customer_patch::CustomerPatch;
@@ -193,6 +195,33 @@ pub async fn get_conversation(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     Ok(Json(state.ops.conversation_view(&id).await?).into_response())
+}
+
+/// `GET /v1/conversations/{id}/routing`: why the conversation is where it is
+/// ([`crate::explain::explain`]): each agent of its pool and what keeps it from taking the
+/// conversation, who takes it next, its place in the queue. Reads every agent (and, while it
+/// is queued, its pool's queue) fresh from the store; changes nothing.
+pub async fn routing(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let store = state.ops.store();
+    let conversation = store
+        .conversation(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("conversation `{id}` not found")))?;
+    let agents = store.agents().await?;
+    let queue = match conversation.status {
+        ConversationStatus::Queued => store.queue(&conversation.pool).await?,
+        _ => Vec::new(),
+    };
+    let policy = state
+        .pool_policies
+        .get(&conversation.pool)
+        .cloned()
+        .unwrap_or_default();
+    let explanation = crate::explain::explain(&conversation, &agents, &queue, &policy);
+    Ok(Json(explanation).into_response())
 }
 
 /// Body of `POST /v1/conversations/{id}/messages`.
