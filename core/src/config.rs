@@ -962,8 +962,13 @@ pub struct BotSettings {
     pub concurrency: u16,
 }
 
-/// The event types a bot is sent (only those of the conversations it holds).
-pub const BOT_EVENTS: &[&str] = &["conversation.created", "message.received"];
+/// The event types a bot is sent (only those of the conversations it holds; a
+/// `conversation.transferred` only when the transfer handed the conversation to it).
+pub const BOT_EVENTS: &[&str] = &[
+    "conversation.created",
+    "conversation.transferred",
+    "message.received",
+];
 
 impl BotSettings {
     /// The agent id the bot holds conversations, replies and hands off as.

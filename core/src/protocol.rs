@@ -246,6 +246,10 @@ pub enum AgentRequest {
         /// Target agent.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         agent_id: Option<String>,
+        /// Target bot (a `[[bots]]` id): it holds the conversation in the first pool whose bot
+        /// it is.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bot: Option<String>,
         /// With `pool`: the skills the conversation asks of its next agent from now on (`[]`:
         /// none); absent, it keeps those it asked.
         #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -199,6 +199,11 @@ async fn store_handovers_are_kept_with_the_conversation() {
 }
 
 #[tokio::test]
+async fn store_conversations_go_back_to_a_bot() {
+    store::conversations_go_back_to_a_bot(&new_store, "embedded.").await;
+}
+
+#[tokio::test]
 async fn store_merge_with_open_conversations() {
     store::merge_with_open_conversations(&new_store, "embedded.").await;
 }

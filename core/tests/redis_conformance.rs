@@ -70,6 +70,7 @@ conformance!(
     unannounced_notes,
     transfer_to_pool_and_agent,
     handovers_are_kept_with_the_conversation,
+    conversations_go_back_to_a_bot,
     merge_with_open_conversations,
     concurrent_resolution_converges,
     presence_heartbeat_ttl,
@@ -1106,8 +1107,14 @@ mod differential {
                                 priority: rng.chance(30).then(|| rng.below(3) as u8),
                                 offer_secs: if rng.chance(50) { 30 } else { 0 },
                             })
-                        } else {
+                        } else if rng.chance(80) {
                             TransferTarget::Agent(Self::agent_id(rng.below(AGENTS + 1)))
+                        } else {
+                            // Handed to a bot (one of two, in either pool).
+                            TransferTarget::Bot {
+                                pool: POOLS[rng.below(2)].to_owned(),
+                                bot: format!("bot:b{}", rng.below(2)),
+                            }
                         };
                         if let (true, TransferTarget::Pool(target)) =
                             (rng.chance(50), target.clone())

@@ -39,7 +39,7 @@ use crate::operations::Operations;
 use crate::outbox::{Outbox, STAGED_GRACE, run_republisher};
 use crate::peers::Peers;
 use crate::retention::{sweep_closed_conversations, sweep_quiet_customers};
-use crate::routes::{RoutingTable, last_agent_pools, offer_secs_by_pool};
+use crate::routes::{RoutingTable, bot_pools, last_agent_pools, offer_secs_by_pool};
 use crate::timers::{
     BotTimeout, OFFER_SWEEP, PoolTimeout, QueueOverflow, close_idle_conversations,
     hand_off_silent_bots, overflow_queues, sweep_interval, take_back_expired_offers,
@@ -247,6 +247,7 @@ impl App {
         .with_pools(settings.pool_ids())
         .with_offers(offer_secs_by_pool(&settings))
         .with_last_agent_pools(last_agent_pools(&settings))
+        .with_bot_pools(bot_pools(&settings))
         .with_channel_pools(
             settings
                 .channels

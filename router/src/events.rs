@@ -18,7 +18,7 @@ use switchyard_core::config::{BOT_EVENTS, bot_of_agent};
 use switchyard_core::envelope::Envelope;
 use switchyard_core::event::{CloudEvent, EventType};
 use switchyard_core::identity::IdentityKey;
-use switchyard_core::model::{Agent, Conversation, Customer};
+use switchyard_core::model::{Agent, Conversation, ConversationStatus, Customer};
 use switchyard_core::store::Erasure;
 use switchyard_core::time::{Fraction, with_rfc3339};
 
@@ -299,6 +299,10 @@ impl EventBatch {
         reason: Option<&str>,
         at: DateTime<Utc>,
     ) -> &mut Self {
+        // Handed to a bot: the bot learns it holds the conversation.
+        if c.status == ConversationStatus::Bot {
+            self.copy_to_bot(c.agent_id.as_deref());
+        }
         self.push(
             Head::state(EventType::ConversationTransferred, &c.tenant, &c.id, at),
             TransferredData {
@@ -1103,7 +1107,8 @@ mod tests {
     }
 
     /// The events a bot is sent (`conversation.created`, `message.received` of a conversation
-    /// a bot holds) are also copied, keyed for that bot alone; others are not.
+    /// a bot holds, `conversation.transferred` to it) are also copied, keyed for that bot alone;
+    /// others are not.
     #[test]
     fn a_bots_events_are_copied_for_it_alone() {
         let mut held: Conversation = field(&example("conversation.created"), "conversation");
@@ -1121,11 +1126,22 @@ mod tests {
             .conversation(EventType::ConversationCreated, &other)
             .message_received(&message, Some("agent-7"))
             .message_received(&message, Some("bot:"))
-            .message_received(&message, None);
+            .message_received(&message, None)
+            // Handed to the bot: copied; handed off by it (no longer the bot's): not.
+            .conversation_transferred(&held, Some("agent-7"), None, held.updated_at)
+            .conversation_transferred(&other, Some("bot:faq"), None, other.updated_at);
         let (events, copies) = batch.into_publishes().unwrap();
-        assert_eq!(events.len(), 7, "every event on the stream");
+        assert_eq!(events.len(), 9, "every event on the stream");
         let keys: Vec<&str> = copies.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(keys, ["faq.conversation.created", "faq.message.received"]);
+        assert_eq!(
+            keys,
+            [
+                "faq.conversation.created",
+                "faq.message.received",
+                "faq.conversation.transferred"
+            ]
+        );
+        assert_eq!(copies[2].1.body, events[7].1.body);
         // The copies are the events themselves: same id, same bytes.
         assert_eq!(copies[0].1.message_id, events[0].1.message_id);
         assert_eq!(copies[0].1.body, events[0].1.body);

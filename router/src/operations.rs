@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use switchyard_connectors::Registry;
 use switchyard_core::bus::Message;
 use switchyard_core::bus::topology::OUTBOUND_EXCHANGE;
-use switchyard_core::config::BOT_AGENT_PREFIX;
+use switchyard_core::config::{BOT_AGENT_PREFIX, bot_of_agent};
 use switchyard_core::envelope::{Content, Direction, Envelope, new_id};
 use switchyard_core::event::EventType;
 use switchyard_core::handover::{Handover, HandoverContext};
@@ -46,6 +46,9 @@ pub struct Operations {
     /// The pools that give a returning customer their last agent (`prefer_last_agent`): an
     /// agent writing first there becomes the customer's last agent.
     last_agent_pools: Arc<HashSet<String>>,
+    /// Bot agent id (`bot:{id}`) -> the first configured pool whose bot it is: where a
+    /// conversation handed to that bot belongs.
+    bot_pools: Arc<HashMap<String, String>>,
 }
 
 /// A conversation an agent started by writing first ([`Operations::write_first`]).
@@ -89,7 +92,15 @@ impl Operations {
             channel_pools: Arc::default(),
             offer_secs: Arc::default(),
             last_agent_pools: Arc::default(),
+            bot_pools: Arc::default(),
         }
+    }
+
+    /// The same commands, knowing each bot's pool (bot agent id `bot:{id}` -> the first
+    /// configured pool whose `bot` it is): a conversation handed to a bot belongs to that pool.
+    pub fn with_bot_pools(mut self, pools: HashMap<String, String>) -> Self {
+        self.bot_pools = Arc::new(pools);
+        self
     }
 
     /// The same commands, where agents writing first in `pools` become the customer's last
@@ -521,6 +532,17 @@ impl Operations {
         }
         let target = match target {
             TransferTarget::Pool(queue) => TransferTarget::Pool(self.with_offer_time(queue)),
+            TransferTarget::Bot { bot, .. } => {
+                let pool =
+                    self.bot_pools
+                        .get(&bot)
+                        .cloned()
+                        .ok_or_else(|| StoreError::NotFound {
+                            kind: "bot",
+                            id: bot_of_agent(&bot).unwrap_or(&bot).to_owned(),
+                        })?;
+                TransferTarget::Bot { pool, bot }
+            }
             agent => agent,
         };
         let now = switchyard_core::time::now();
@@ -535,7 +557,9 @@ impl Operations {
             .await?;
         let noted = match target {
             TransferTarget::Pool(_) => NoteKind::TransferredToPool,
-            TransferTarget::Agent(_) => NoteKind::TransferredToAgent,
+            // A bot is an agent to the notes: the outbox announces the transfer alone, as the
+            // conversation is not `assigned`.
+            TransferTarget::Agent(_) | TransferTarget::Bot { .. } => NoteKind::TransferredToAgent,
         };
         self.announce_transfer(conversation_id, release, target, None, noted, now)
             .await
@@ -607,6 +631,8 @@ impl Operations {
             TransferTarget::Agent(_) => {
                 events.conversation(EventType::ConversationAssigned, &release.conversation);
             }
+            // The bot learns it holds the conversation from `conversation.transferred`.
+            TransferTarget::Bot { .. } => {}
         }
         pools.dedup();
         let mut notes = vec![Note::new(noted, conversation_id, now)];

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use switchyard_core::bus::topology::EVENTS_EXCHANGE;
+use switchyard_core::bus::topology::{BOTS_EXCHANGE, EVENTS_EXCHANGE};
 use switchyard_core::bus::{Bus, BusError, Message};
 use switchyard_core::envelope::new_id;
 use switchyard_core::event::EventType;
@@ -130,12 +130,18 @@ impl Outbox {
         self
     }
 
-    /// Publishes an event batch (see [`Outbox::send`]).
+    /// Publishes an event batch (see [`Outbox::send`]), then the bots' copies of its events (a
+    /// conversation handed to a bot), as [`crate::events::EventPublisher`] does.
     pub async fn publish(&self, batch: EventBatch) -> Result<(), BusError> {
         if batch.is_empty() {
             return Ok(());
         }
-        self.send(EVENTS_EXCHANGE, batch.into_messages()?).await
+        let (events, bot_copies) = batch.into_publishes()?;
+        self.send(EVENTS_EXCHANGE, events).await?;
+        if !bot_copies.is_empty() {
+            self.send(BOTS_EXCHANGE, bot_copies).await?;
+        }
+        Ok(())
     }
 
     /// Publishes the events of a command's noted changes (see [`Outbox::publish`]), then clears
@@ -147,8 +153,9 @@ impl Outbox {
         Ok(())
     }
 
-    /// Publishes `messages` on `exchange`, in order: on the events exchange as an event batch (an
-    /// event nobody is bound to receive is not an error), elsewhere each one mandatory. If the bus
+    /// Publishes `messages` on `exchange`, in order: on the events or the bots' exchange as an
+    /// event batch (an event nobody is bound to receive is not an error), elsewhere each one
+    /// mandatory. If the bus
     /// does not confirm them for a [transient](BusError::is_transient) reason, they are kept in
     /// the outbox and this returns `Ok`: the change they follow from is stored, and they will
     /// follow it. Fails when the bus refuses them for good (nothing is bound for them), or when
@@ -563,14 +570,14 @@ pub async fn announced(store: &dyn Store, notes: &[Note]) {
     }
 }
 
-/// Publishes `messages` on `exchange`: as one event batch on the events exchange, one by one
-/// (mandatory) elsewhere.
+/// Publishes `messages` on `exchange`: as one event batch on the events or the bots' exchange,
+/// one by one (mandatory) elsewhere.
 async fn publish(
     bus: &dyn Bus,
     exchange: &str,
     messages: Vec<(String, Message)>,
 ) -> Result<(), BusError> {
-    if exchange == EVENTS_EXCHANGE {
+    if exchange == EVENTS_EXCHANGE || exchange == BOTS_EXCHANGE {
         return bus.publish_events(exchange, messages).await;
     }
     for (key, message) in messages {

@@ -242,6 +242,20 @@ pub fn offer_secs_by_pool(settings: &Settings) -> HashMap<String, u64> {
         .collect()
 }
 
+/// Each bot's pool: the bot's agent id (`bot:{id}`) -> the first configured pool whose `bot` it
+/// is, where a conversation handed to the bot belongs.
+pub fn bot_pools(settings: &Settings) -> HashMap<String, String> {
+    let mut pools = HashMap::new();
+    for pool in &settings.pools {
+        if let Some(bot) = &pool.bot {
+            pools
+                .entry(bot_agent_id(bot))
+                .or_insert_with(|| pool.id.clone());
+        }
+    }
+    pools
+}
+
 /// The pools with `prefer_last_agent`.
 pub fn last_agent_pools(settings: &Settings) -> HashSet<String> {
     settings

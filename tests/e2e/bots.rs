@@ -237,6 +237,54 @@ async fn scenario(server: &Server, bot: &Callback, app_backend: &Callback) {
         "the bot heard Ann's part"
     );
 
+    // Ann hands the conversation back to the bot, saying what to do next: the bot is told it
+    // holds it again (with the hand-over), hears the next message, and Ann is freed.
+    let (status, body) = server
+        .send_json(
+            "POST",
+            &format!("/v1/conversations/{id}/transfer"),
+            json!({"bot": "faq", "by_agent_id": "ann",
+                   "handover": {"intent": "csat_survey", "summary": "Solved; ask how we did."}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (&body["status"], &body["agent_id"], &body["pool"]),
+        (&json!("bot"), &json!("bot:faq"), &json!("default")),
+        "{body}"
+    );
+    let got = bot.wait_for(4).await;
+    let back = event_of(&got[3]);
+    assert_eq!(back["type"], "io.switchyard.conversation.transferred");
+    assert_eq!(back["data"]["from_agent_id"], "ann");
+    assert_eq!(back["data"]["conversation"]["agent_id"], "bot:faq");
+    assert_eq!(
+        back["data"]["conversation"]["handover"]["intent"],
+        "csat_survey"
+    );
+    server.held_by("ann", 0).await;
+    post("m-4", "It works now, thanks!").await;
+    let got = bot.wait_for(5).await;
+    assert_eq!(
+        event_of(&got[4])["data"]["message"]["content"]["text"],
+        "It works now, thanks!"
+    );
+    // A bot nobody configured, or the bot holding it already, is refused.
+    for (target, expected) in [
+        (json!({"bot": "nobody"}), (404, "not_found")),
+        (json!({"bot": "faq"}), (409, "already_assigned")),
+        (json!({"bot": "faq", "pool": "humans"}), (400, "invalid")),
+    ] {
+        let (status, body) = server
+            .send_json("POST", &format!("/v1/conversations/{id}/transfer"), target)
+            .await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str().unwrap_or_default()),
+            expected,
+            "{body}"
+        );
+    }
+
     // Bots are not agent records.
     let (status, body) = server
         .send_json(

@@ -2852,6 +2852,107 @@ pub async fn handovers_are_kept_with_the_conversation(factory: &impl MakeStore, 
     );
 }
 
+/// A transfer to a bot: the conversation is the bot's (status `bot`, its agent id, the bot's
+/// pool), the agent it left is freed, and the pool's silent-bot sweep sees it from the transfer
+/// on; the bot holding it already is refused; the bot's hand-off releases it from the sweep.
+pub async fn conversations_go_back_to_a_bot(factory: &impl MakeStore, prefix: &str) {
+    let what = "conversations_go_back_to_a_bot";
+    let store = factory.make().await;
+    let humans = format!("{prefix}humans");
+    let bots = format!("{prefix}bots");
+    let bot = format!("bot:{prefix}faq");
+    let x = format!("{prefix}agent-x");
+    agent(&store, &x, &[&humans], 1, AgentStatus::Online, at(0)).await;
+    let (_, _, conv) = open(&store, prefix, "c", &humans, at(1)).await;
+    assert_eq!(
+        pairs(&assign(&store, &humans, at(2)).await),
+        vec![(conv.id.clone(), x.clone())],
+        "{what}: x has it"
+    );
+    let silent = |t: i64| {
+        let store = Arc::clone(&store);
+        let bots = bots.clone();
+        async move {
+            store
+                .idle_bot_conversations(&bots, at(t), 10)
+                .await
+                .unwrap_or_else(|e| panic!("{what}: idle bot conversations: {e}"))
+                .into_iter()
+                .map(|c| c.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    let to_bot = || TransferTarget::Bot {
+        pool: bots.clone(),
+        bot: bot.clone(),
+    };
+
+    let moved = store
+        .transfer(&conv.id, to_bot(), None, at(3))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: transfer to the bot: {e}"));
+    let c = &moved.conversation;
+    assert_eq!(
+        (c.status, c.agent_id.as_deref(), c.pool.as_str()),
+        (ConversationStatus::Bot, Some(bot.as_str()), bots.as_str()),
+        "{what}: the bot's"
+    );
+    assert_eq!(
+        moved.released_agent.map(|a| (a.id, a.conversations.len())),
+        Some((x.clone(), 0)),
+        "{what}: x is freed"
+    );
+    assert!(
+        get_agent(&store, &x).await.conversations.is_empty(),
+        "{what}: x holds nothing"
+    );
+    assert_eq!(
+        get_conversation(&store, &conv.id).await.status,
+        ConversationStatus::Bot,
+        "{what}: stored"
+    );
+    assert!(
+        silent(3).await.is_empty(),
+        "{what}: not silent since before the transfer"
+    );
+    assert_eq!(
+        silent(4).await,
+        vec![conv.id.clone()],
+        "{what}: silent since the transfer"
+    );
+
+    let again = store.transfer(&conv.id, to_bot(), None, at(5)).await;
+    assert!(
+        matches!(
+            again,
+            Err(StoreError::Conflict {
+                code: "already_assigned",
+                ..
+            })
+        ),
+        "{what}: the bot has it already: {again:?}"
+    );
+
+    // The bot hands it off: no longer the bot's, no longer swept.
+    let off = store
+        .transfer(&conv.id, TransferTarget::pool(humans.clone()), None, at(6))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: hand-off: {e}"));
+    assert_eq!(
+        (
+            off.conversation.status,
+            off.conversation.agent_id,
+            off.released_agent.is_none()
+        ),
+        (ConversationStatus::Queued, None, true),
+        "{what}: queued again, no agent released"
+    );
+    assert!(
+        silent(100).await.is_empty(),
+        "{what}: released from the sweep"
+    );
+}
+
 /// Transfers: to a pool (the agent is freed, the conversation queues at the back with a new
 /// `queued_at`), to an agent with room (assigned at once), to a full or unknown agent (refused,
 /// nothing changes), of a closed conversation (refused).
@@ -6279,6 +6380,7 @@ pub async fn run_all(factory: &impl MakeStore, prefix: &str) {
     unannounced_notes(factory, &p("unannounced")).await;
     transfer_to_pool_and_agent(factory, &p("transfer")).await;
     handovers_are_kept_with_the_conversation(factory, &p("handover")).await;
+    conversations_go_back_to_a_bot(factory, &p("to-bot")).await;
     merge_with_open_conversations(factory, &p("merge-open")).await;
     closed_conversations_expire(factory, &p("expire")).await;
     concurrent_resolution_converges(factory, &p("concurrent-resolve")).await;

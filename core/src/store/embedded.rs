@@ -228,15 +228,24 @@ impl State {
         noted: Option<NoteKind>,
         now: DateTime<Utc>,
     ) -> Result<Release, StoreError> {
-        let status = self
+        let (status, holder) = self
             .conversations
             .get(id)
-            .ok_or_else(|| not_found("conversation", id))?
-            .status;
+            .map(|c| (c.status, c.agent_id.clone()))
+            .ok_or_else(|| not_found("conversation", id))?;
         if status == ConversationStatus::Closed {
             return Err(StoreError::Conflict {
                 code: "conversation_closed",
                 message: format!("conversation `{id}` is closed"),
+            });
+        }
+        if let TransferTarget::Bot { bot, .. } = &target
+            && status == ConversationStatus::Bot
+            && holder.as_ref() == Some(bot)
+        {
+            return Err(StoreError::Conflict {
+                code: "already_assigned",
+                message: format!("conversation `{id}` is already with `{bot}`"),
             });
         }
         if let TransferTarget::Agent(agent_id) = &target {
@@ -263,7 +272,7 @@ impl State {
         let released_agent = self.detach(id);
         let kind = noted.unwrap_or(match target {
             TransferTarget::Pool(_) => NoteKind::TransferredToPool,
-            TransferTarget::Agent(_) => NoteKind::TransferredToAgent,
+            TransferTarget::Agent(_) | TransferTarget::Bot { .. } => NoteKind::TransferredToAgent,
         });
         let mut note = Note::new(kind, id, now);
         note.from_agent = released_agent.as_ref().map(|a| a.id.clone());
@@ -305,6 +314,14 @@ impl State {
                 c.agent_id = Some(agent_id);
                 c.assigned_at = Some(now);
                 c.assigned_by = Some(AssignedBy::Transfer);
+                c.updated_at = now;
+            }
+            TransferTarget::Bot { pool, bot } => {
+                self.offer_secs.remove(id);
+                let c = self.conversation_mut(id)?;
+                c.status = ConversationStatus::Bot;
+                c.pool = pool;
+                c.agent_id = Some(bot);
                 c.updated_at = now;
             }
         }

@@ -448,6 +448,15 @@ pub enum TransferTarget {
     Pool(QueueTarget),
     /// Straight to an agent (who must have room).
     Agent(String),
+    /// To a bot (its agent id, `bot:{id}`), which then holds it in `pool` (status `bot`), as if
+    /// the pool had opened it: the bot is sent its messages and hands it off again, or the pool's
+    /// `bot_timeout_secs` hands it off when the bot stays silent.
+    Bot {
+        /// The pool whose bot it is.
+        pool: String,
+        /// The bot's agent id (`bot:{id}`).
+        bot: String,
+    },
 }
 
 impl TransferTarget {

@@ -239,6 +239,9 @@ impl RedisStore {
             TransferTarget::Agent(agent) => {
                 inv.arg("agent").arg(agent).arg("").arg("").arg(0);
             }
+            TransferTarget::Bot { pool, bot } => {
+                inv.arg("bot").arg(bot).arg(pool).arg("").arg(0);
+            }
         }
         match handover {
             Some(handover) => inv.arg(json(handover)?),

@@ -382,11 +382,12 @@ async fn command(state: &HttpState, agent_id: &str, request: AgentRequest) -> Op
             conversation_id,
             pool,
             agent_id: to_agent,
+            bot,
             skills,
             priority,
             handover,
         } => {
-            let checked = transfer_target(pool, to_agent, skills, priority)
+            let checked = transfer_target(pool, to_agent, bot, skills, priority)
                 .and_then(|target| Ok((target, checked_handover(handover)?)));
             let (target, handover) = match checked {
                 Ok(checked) => checked,

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
+use switchyard_core::config::bot_agent_id;
 use switchyard_core::envelope::Content;
 use switchyard_core::handover::HandoverContext;
 use switchyard_core::identity::IdentityKey;
@@ -318,6 +319,8 @@ pub struct Transfer {
     skills: Option<Vec<String>>,
     /// With `pool`: the priority in its queue from now on.
     priority: Option<u8>,
+    /// A bot (`[[bots]]` id) to hand it to, in the first pool whose bot it is.
+    bot: Option<String>,
     /// The agent asking, who must hold the conversation.
     by_agent_id: Option<String>,
     /// What the next one should know ([`HandoverContext`]).
@@ -325,13 +328,34 @@ pub struct Transfer {
 }
 
 /// Where a transfer request (REST or agent WebSocket) sends a conversation: exactly one of
-/// `pool` and `agent_id`, and `skills` (each a valid skill name) and `priority` only with `pool`.
+/// `pool`, `agent_id` and `bot`, and `skills` (each a valid skill name) and `priority` only with
+/// `pool`.
 pub(super) fn transfer_target(
     pool: Option<String>,
     agent_id: Option<String>,
+    bot: Option<String>,
     skills: Option<Vec<String>>,
     priority: Option<u8>,
 ) -> Result<TransferTarget, ApiError> {
+    if let Some(bot) = bot {
+        if pool.is_some() || agent_id.is_some() {
+            return Err(ApiError::bad_request(
+                "invalid",
+                "give exactly one of `pool`, `agent_id`, `bot`",
+            ));
+        }
+        if skills.is_some() || priority.is_some() {
+            return Err(ApiError::bad_request(
+                "invalid",
+                "`skills` and `priority` go with `pool`: a transfer to a bot queues nothing",
+            ));
+        }
+        return Ok(TransferTarget::Bot {
+            // Set from the bots' pools by `Operations::transfer`.
+            pool: String::new(),
+            bot: bot_agent_id(&bot),
+        });
+    }
     match (pool, agent_id) {
         (Some(pool), None) => Ok(TransferTarget::Pool(QueueTarget {
             pool,
@@ -347,7 +371,7 @@ pub(super) fn transfer_target(
         (None, Some(agent)) => Ok(TransferTarget::Agent(agent)),
         _ => Err(ApiError::bad_request(
             "invalid",
-            "give exactly one of `pool`, `agent_id`",
+            "give exactly one of `pool`, `agent_id`, `bot`",
         )),
     }
 }
@@ -385,7 +409,8 @@ pub(super) fn check_skill_names(skills: &[String]) -> Result<(), ApiError> {
     }
 }
 
-/// `POST /v1/conversations/{id}/transfer` `{"pool", "skills"?, "priority"?} | {"agent_id"}`,
+/// `POST /v1/conversations/{id}/transfer` `{"pool", "skills"?, "priority"?} | {"agent_id"} |
+/// {"bot"}`,
 /// with `by_agent_id` and `handover` optional.
 pub async fn transfer(
     State(state): State<HttpState>,
@@ -394,7 +419,13 @@ pub async fn transfer(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body: Transfer = json_body(&state, &headers, body)?;
-    let target = transfer_target(body.pool, body.agent_id, body.skills, body.priority)?;
+    let target = transfer_target(
+        body.pool,
+        body.agent_id,
+        body.bot,
+        body.skills,
+        body.priority,
+    )?;
     let handover = checked_handover(body.handover)?;
     let conversation = state
         .ops

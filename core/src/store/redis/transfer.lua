@@ -1,7 +1,8 @@
 -- transfer. ARGV: prefix, id, now, `pool`|`agent`, target, and for a pool the skills the
 -- conversation asks of its next agent from now on (a JSON array; empty: none; `keep`: those it
 -- asked before), its priority from now on (a number; empty: the one it had) and the seconds the
--- pool's agents have to accept it (0: assignments are final); for an agent, three placeholders.
+-- pool's agents have to accept it (0: assignments are final); for an agent, three placeholders;
+-- for `bot` (target: the bot's agent id), the pool whose bot it is and two placeholders.
 -- Then the hand-over (JSON) that becomes the conversation's `handover` (empty: it keeps its own).
 -- Then optionally a pool and a time (overflow): the transfer is made only if the conversation is
 -- queued in that pool since before that time (`queued_at` older), else the conflict
@@ -23,6 +24,9 @@ if ARGV[10] then
 end
 if st == 'closed' then
   return conflict('conversation_closed', 'conversation `' .. id .. '` is closed')
+end
+if kind == 'bot' and st == 'bot' and redis.call('HGET', ck, 'agent_id') == target then
+  return conflict('already_assigned', 'conversation `' .. id .. '` is already with `' .. target .. '`')
 end
 if kind == 'agent' then
   local a = redis.call('HMGET', key('agent', target), 'status', 'capacity')
@@ -70,6 +74,10 @@ if kind == 'pool' then
   enqueue(id, target, queue_sig(c[1], c[2] or nil))
   redis.call('HSET', ck, 'status', 'queued', 'pool', target, 'queued_at', now, 'updated_at', now)
   redis.call('HDEL', ck, 'agent_id')
+elseif kind == 'bot' then
+  redis.call('HDEL', ck, 'offer_secs')
+  redis.call('HSET', ck, 'status', 'bot', 'pool', ARGV[6], 'agent_id', target, 'updated_at', now)
+  bot_touch(id, now)
 else
   take_conversation(target, id, now)
   redis.call('HSET', ck, 'status', 'assigned', 'agent_id', target, 'assigned_at', now,
