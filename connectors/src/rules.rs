@@ -276,40 +276,31 @@ mod tests {
     use switchyard_core::model::ConversationStatus;
 
     fn conversation(last: DateTime<Utc>, replies: u32) -> Conversation {
+        let channel = ChannelRef {
+            kind: "x".into(),
+            id: "x".into(),
+        };
+        let recipient = Sender {
+            external_id: "e".into(),
+            scope: String::new(),
+            display_name: None,
+            identities: vec![],
+        };
         Conversation {
-            id: "c".into(),
-            tenant: "default".into(),
-            customer_id: "u".into(),
             status: ConversationStatus::Assigned,
-            pool: "default".into(),
-            skills: Default::default(),
-            priority: 0,
             agent_id: Some("a".into()),
-            channel: ChannelRef {
-                kind: "x".into(),
-                id: "x".into(),
-            },
-            recipient: Sender {
-                external_id: "e".into(),
-                scope: String::new(),
-                display_name: None,
-                identities: vec![],
-            },
-            last_inbound_id: None,
             last_inbound_at: Some(last),
             replies_since_inbound: replies,
-            awaiting_reply_since: None,
-            created_at: last,
-            updated_at: last,
             queued_at: None,
-            assigned_at: None,
-            assigned_by: None,
-            handover: None,
-            offered_at: None,
-            offer_expires_at: None,
-            closed_at: None,
-            close_reason: None,
             message_count: 1,
+            ..Conversation::opened(
+                "c".into(),
+                ("default", "u"),
+                "default",
+                channel,
+                recipient,
+                last,
+            )
         }
     }
 

@@ -609,38 +609,27 @@ fn store_token_key() -> String {
 
 fn conversation(status: ConversationStatus) -> Conversation {
     let now = Utc::now();
+    let channel = ChannelRef {
+        kind: KIND.into(),
+        id: "kf-main".into(),
+    };
+    let recipient = outbound(Content::Text {
+        text: String::new(),
+    })
+    .sender;
     Conversation {
-        id: "conv1".into(),
-        tenant: "default".into(),
-        customer_id: "c1".into(),
         status,
-        pool: "default".into(),
-        skills: Default::default(),
-        priority: 0,
-        agent_id: None,
-        channel: ChannelRef {
-            kind: KIND.into(),
-            id: "kf-main".into(),
-        },
-        recipient: outbound(Content::Text {
-            text: String::new(),
-        })
-        .sender,
-        last_inbound_id: None,
         last_inbound_at: Some(now),
-        replies_since_inbound: 0,
-        awaiting_reply_since: None,
-        created_at: now,
-        updated_at: now,
         queued_at: None,
-        assigned_at: None,
-        assigned_by: None,
-        handover: None,
-        offered_at: None,
-        offer_expires_at: None,
-        closed_at: None,
-        close_reason: None,
         message_count: 1,
+        ..Conversation::opened(
+            "conv1".into(),
+            ("default", "c1"),
+            "default",
+            channel,
+            recipient,
+            now,
+        )
     }
 }
 

@@ -253,6 +253,47 @@ impl AssignedBy {
 }
 
 impl Conversation {
+    /// A conversation just opened at `now` in `pool`'s queue, with nothing in it yet: no
+    /// skills asked, priority 0, no agent, no message. Stores open theirs from it, setting
+    /// what differs (a bot holding it, an agent writing first).
+    pub fn opened(
+        id: String,
+        customer: (&str, &str),
+        pool: &str,
+        channel: ChannelRef,
+        recipient: Sender,
+        now: DateTime<Utc>,
+    ) -> Conversation {
+        let (tenant, customer_id) = customer;
+        Conversation {
+            id,
+            tenant: tenant.to_owned(),
+            customer_id: customer_id.to_owned(),
+            status: ConversationStatus::Queued,
+            pool: pool.to_owned(),
+            skills: Skills::default(),
+            priority: 0,
+            agent_id: None,
+            channel,
+            recipient,
+            last_inbound_id: None,
+            last_inbound_at: None,
+            replies_since_inbound: 0,
+            awaiting_reply_since: None,
+            created_at: now,
+            updated_at: now,
+            queued_at: Some(now),
+            assigned_at: None,
+            assigned_by: None,
+            handover: None,
+            offered_at: None,
+            offer_expires_at: None,
+            closed_at: None,
+            close_reason: None,
+            message_count: 0,
+        }
+    }
+
     /// Whether its agent has left its customer waiting for an answer since before `before`
     /// (a pool's `answer_timeout_secs` ago): assigned with its offer accepted (an offer has its
     /// own timeout), a customer message unanswered since before then, and assigned before then

@@ -332,40 +332,28 @@ mod tests {
     }
 
     fn conversation(status: ConversationStatus, skills: &[&str]) -> Conversation {
+        let channel = ChannelRef {
+            kind: "web".to_owned(),
+            id: "web".to_owned(),
+        };
+        let recipient = Sender {
+            external_id: "v".to_owned(),
+            scope: String::new(),
+            display_name: None,
+            identities: Vec::new(),
+        };
         Conversation {
-            id: "c1".to_owned(),
-            tenant: "default".to_owned(),
-            customer_id: "k1".to_owned(),
             status,
-            pool: "default".to_owned(),
             skills: Skills::new(skills.iter().copied()),
-            priority: 0,
-            agent_id: None,
-            channel: ChannelRef {
-                kind: "web".to_owned(),
-                id: "web".to_owned(),
-            },
-            recipient: Sender {
-                external_id: "v".to_owned(),
-                scope: String::new(),
-                display_name: None,
-                identities: Vec::new(),
-            },
-            last_inbound_id: None,
-            last_inbound_at: None,
-            replies_since_inbound: 0,
-            awaiting_reply_since: None,
-            created_at: at(0),
-            updated_at: at(0),
-            queued_at: Some(at(0)),
-            assigned_at: None,
-            assigned_by: None,
-            handover: None,
-            offered_at: None,
-            offer_expires_at: None,
-            closed_at: None,
-            close_reason: None,
             message_count: 1,
+            ..Conversation::opened(
+                "c1".to_owned(),
+                ("default", "k1"),
+                "default",
+                channel,
+                recipient,
+                at(0),
+            )
         }
     }
 

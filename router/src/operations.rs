@@ -373,31 +373,19 @@ impl Operations {
         let conversation_id = new_id();
         // The conversation as it will be stored, for the rules: no customer message in it.
         let opening = Conversation {
-            id: conversation_id.clone(),
-            tenant: customer.tenant.clone(),
-            customer_id: customer.id.clone(),
             status: ConversationStatus::Assigned,
-            pool: pool.to_owned(),
-            skills: Default::default(),
-            priority: 0,
             agent_id: Some(agent_id.to_owned()),
-            channel: channel.channel().clone(),
-            recipient: recipient.clone(),
-            last_inbound_id: None,
-            last_inbound_at: None,
-            replies_since_inbound: 0,
-            awaiting_reply_since: None,
-            created_at: now,
-            updated_at: now,
             queued_at: None,
             assigned_at: Some(now),
             assigned_by: Some(AssignedBy::WriteFirst),
-            handover: None,
-            offered_at: None,
-            offer_expires_at: None,
-            closed_at: None,
-            close_reason: None,
-            message_count: 0,
+            ..Conversation::opened(
+                conversation_id.clone(),
+                (&customer.tenant, &customer.id),
+                pool,
+                channel.channel().clone(),
+                recipient.clone(),
+                now,
+            )
         };
         let content = check_rules(channel.rules(), &opening, content, now)?;
         let id = new_id();

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use switchyard_core::bus::topology::EVENTS_EXCHANGE;
 use switchyard_core::event::{CloudEvent, EventType};
 
-use crate::support::{Callback, SECRET, Server, Ws, api_message, eventually, signed_cloud_event};
+use crate::support::{Callback, SECRET, Server, Ws, api_message, signed_cloud_event};
 
 const CONFIG: &str = r#"
 [[channels]]
@@ -65,15 +65,7 @@ async fn a_conversation_explains_why_it_waits_and_who_takes_it_next() {
 
     // The Chinese message asks for `zh`: ann lacks it, bob has it but is away.
     send_text(&server, "m-1", "1", "你好，我的订单呢？").await;
-    let queued = eventually(|| async {
-        let (_, body) = server.get_json("/v1/pools/default/queue").await;
-        let waiting = body["conversations"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        (waiting.len() == 1).then_some(waiting)
-    })
-    .await;
+    let queued = server.queued_in("default", 1).await;
     let id = queued[0]["id"].as_str().unwrap().to_owned();
     let (status, why) = server
         .get_json(&format!("/v1/conversations/{id}/routing"))
@@ -161,15 +153,7 @@ async fn a_conversation_asking_for_a_skill_waits_for_an_agent_with_it_and_holds_
 
     // The Chinese message asks for `zh`, which ann lacks; the English one behind it is hers.
     send_text(&server, "m-1", "1", "你好，我的订单呢？").await;
-    let queued = eventually(|| async {
-        let (_, body) = server.get_json("/v1/pools/default/queue").await;
-        let waiting = body["conversations"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        (waiting.len() == 1).then_some(waiting)
-    })
-    .await;
+    let queued = server.queued_in("default", 1).await;
     assert_eq!(queued[0]["skills"], json!(["zh"]));
     send_text(&server, "m-2", "2", "hello, where is my order?").await;
     let ann = server.held_by("ann", 1).await;
@@ -301,15 +285,7 @@ async fn a_rule_with_a_priority_puts_its_conversations_ahead_of_older_ones() {
     ] {
         send_text(&server, id, user, text).await;
     }
-    let waiting = eventually(|| async {
-        let (_, body) = server.get_json("/v1/pools/default/queue").await;
-        let waiting = body["conversations"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        (waiting.len() == 3).then_some(waiting)
-    })
-    .await;
+    let waiting = server.queued_in("default", 3).await;
     let priorities: Vec<&Value> = waiting.iter().map(|c| &c["priority"]).collect();
     assert_eq!(priorities, [&json!(9), &json!(0), &json!(0)], "{waiting:?}");
 

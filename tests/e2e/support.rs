@@ -117,6 +117,19 @@ impl Server {
         .await
     }
 
+    /// The conversations waiting in `pool`'s queue, head first, once there are `n`.
+    pub async fn queued_in(&self, pool: &str, n: usize) -> Vec<Value> {
+        eventually(|| async {
+            let (_, body) = self.get_json(&format!("/v1/pools/{pool}/queue")).await;
+            let waiting = body["conversations"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            (waiting.len() == n).then_some(waiting)
+        })
+        .await
+    }
+
     /// `method path` with the API key `key` (and a JSON body): the status and the JSON body.
     pub async fn call_as(
         &self,

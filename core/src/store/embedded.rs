@@ -1042,35 +1042,23 @@ impl State {
                 self.conversations.insert(
                     id.clone(),
                     Conversation {
-                        id: id.clone(),
-                        tenant: envelope.tenant.clone(),
-                        customer_id: customer_id.clone(),
                         status: if bot.is_some() {
                             ConversationStatus::Bot
                         } else {
                             ConversationStatus::Queued
                         },
-                        pool: pool.clone(),
                         skills: skills.clone(),
                         priority: *priority,
                         agent_id: bot.clone(),
-                        channel: envelope.channel.clone(),
-                        recipient: envelope.sender.clone(),
-                        last_inbound_id: None,
-                        last_inbound_at: None,
-                        replies_since_inbound: 0,
-                        awaiting_reply_since: None,
-                        created_at: now,
-                        updated_at: now,
                         queued_at: bot.is_none().then_some(now),
-                        assigned_at: None,
-                        assigned_by: None,
-                        handover: None,
-                        offered_at: None,
-                        offer_expires_at: None,
-                        closed_at: None,
-                        close_reason: None,
-                        message_count: 0,
+                        ..Conversation::opened(
+                            id.clone(),
+                            (&envelope.tenant, &customer_id),
+                            pool,
+                            envelope.channel.clone(),
+                            envelope.sender.clone(),
+                            now,
+                        )
                     },
                 );
                 self.open_by_customer
@@ -1649,32 +1637,22 @@ impl Store for EmbeddedStore {
         }
         let id = envelope.conversation_id.clone().unwrap_or_else(new_id);
         let conversation = Conversation {
-            id: id.clone(),
-            tenant: envelope.tenant.clone(),
-            customer_id: customer_id.clone(),
             status: ConversationStatus::Assigned,
-            pool: pool.to_owned(),
-            skills: Skills::default(),
-            priority: 0,
             agent_id: Some(agent_id.to_owned()),
-            channel: envelope.channel.clone(),
-            recipient: envelope.sender.clone(),
-            last_inbound_id: None,
-            last_inbound_at: None,
             // The first message is a reply as `record_outbound` counts them.
             replies_since_inbound: 1,
-            awaiting_reply_since: None,
-            created_at: now,
-            updated_at: now,
             queued_at: None,
             assigned_at: Some(now),
             assigned_by: Some(AssignedBy::WriteFirst),
-            handover: None,
-            offered_at: None,
-            offer_expires_at: None,
-            closed_at: None,
-            close_reason: None,
             message_count: 1,
+            ..Conversation::opened(
+                id.clone(),
+                (&envelope.tenant, &customer_id),
+                pool,
+                envelope.channel.clone(),
+                envelope.sender.clone(),
+                now,
+            )
         };
         s.conversations.insert(id.clone(), conversation.clone());
         s.open_by_customer.insert(customer_id.clone(), id.clone());
