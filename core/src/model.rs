@@ -294,6 +294,25 @@ impl Conversation {
         }
     }
 
+    /// [`Conversation::opened`] by `envelope` for `customer_id`: in its tenant, on its channel,
+    /// its sender the recipient of replies.
+    pub fn opened_by(
+        id: String,
+        envelope: &crate::envelope::Envelope,
+        customer_id: &str,
+        pool: &str,
+        now: DateTime<Utc>,
+    ) -> Conversation {
+        Conversation::opened(
+            id,
+            (&envelope.tenant, customer_id),
+            pool,
+            envelope.channel.clone(),
+            envelope.sender.clone(),
+            now,
+        )
+    }
+
     /// Whether its agent has left its customer waiting for an answer since before `before`
     /// (a pool's `answer_timeout_secs` ago): assigned with its offer accepted (an offer has its
     /// own timeout), a customer message unanswered since before then, and assigned before then

@@ -1051,14 +1051,7 @@ impl State {
                         priority: *priority,
                         agent_id: bot.clone(),
                         queued_at: bot.is_none().then_some(now),
-                        ..Conversation::opened(
-                            id.clone(),
-                            (&envelope.tenant, &customer_id),
-                            pool,
-                            envelope.channel.clone(),
-                            envelope.sender.clone(),
-                            now,
-                        )
+                        ..Conversation::opened_by(id.clone(), envelope, &customer_id, pool, now)
                     },
                 );
                 self.open_by_customer
@@ -1645,14 +1638,7 @@ impl Store for EmbeddedStore {
             assigned_at: Some(now),
             assigned_by: Some(AssignedBy::WriteFirst),
             message_count: 1,
-            ..Conversation::opened(
-                id.clone(),
-                (&envelope.tenant, &customer_id),
-                pool,
-                envelope.channel.clone(),
-                envelope.sender.clone(),
-                now,
-            )
+            ..Conversation::opened_by(id.clone(), envelope, &customer_id, pool, now)
         };
         s.conversations.insert(id.clone(), conversation.clone());
         s.open_by_customer.insert(customer_id.clone(), id.clone());
