@@ -98,6 +98,17 @@ async function chatTranscript(page) {
     nodes.map((n) => `${n.classList.contains("msg-visitor") ? "visitor" : "agent"}: ${n.querySelector(".body").textContent}`));
 }
 
+// Selects the conversation `item` (again: a transfer takes it out of the agent's list before it
+// comes back) until the console shows the hand-over whose summary is `summary`.
+async function shownHandover(page, item, summary) {
+  await until(`the hand-over "${summary}" in the console`, async (seen) => {
+    if (await item.count()) await item.click().catch(() => {});
+    const shown = await page.locator("#profile .handover .summary").textContent({ timeout: 100 }).catch(() => null);
+    seen(shown);
+    return shown === summary ? true : undefined;
+  });
+}
+
 // Headless Chromium, as every case launches it.
 function launchBrowser() {
   return chromium.launch({
@@ -269,7 +280,16 @@ test("a visitor and an agent talk through the web chat and the agent console", a
       `visitor: ${firstMessage}`, `agent: ${firstReply}`, `visitor: ${afterReload}`, `agent: ${whileAway}`,
     ]);
 
-    step = "a hand-over: the conversation comes back with what the one handing it on said";
+    step = "the agent hands the conversation on with a note, which the next agent (here, the same) sees";
+    const note = "Wants a refund — 退款, order A-1042";
+    await agent.getByRole("textbox", { name: "Transfer to pool" }).fill("default");
+    await agent.getByRole("textbox", { name: "Note for the next agent" }).fill(note);
+    await agent.getByRole("button", { name: "Transfer", exact: true }).click();
+    await shownHandover(agent, item, note);
+    await agent.locator("#profile .handover h2").filter({ hasText: `Hand-over from ${agentId} at ` }).waitFor();
+    assert.equal(await agent.getByRole("textbox", { name: "Note for the next agent" }).inputValue(), "");
+
+    step = "a hand-over over REST: the conversation comes back with everything it said";
     const conversationId = (await agent.locator("#conv-title .sub").textContent()).split(" · ").pop();
     const handover = {
       summary: "顾客要退款 — refund for A-1042 🙏",
@@ -282,11 +302,9 @@ test("a visitor and an agent talk through the web chat and the agent console", a
       { pool: "default", by_agent_id: agentId, handover });
     assert.equal(moved.handover.by, agentId);
     // Back in the pool, it is this agent's again (the only one): selected, it shows the hand-over.
-    await agent.locator("#notices .notice").filter({ hasText: `Conversation with ${customerKey} left your queue` }).first().waitFor();
-    await item.click();
+    await shownHandover(agent, item, handover.summary);
     const box = agent.locator("#profile .handover");
     await box.locator("h2").filter({ hasText: `Hand-over from ${agentId} at ` }).waitFor();
-    await expectText(box.locator(".summary"), handover.summary);
     assert.deepEqual(
       await box.locator("dt").allTextContents(),
       ["Intent", "Sentiment", "amount", "order_id", "Transcript"],
