@@ -272,9 +272,14 @@ test("a visitor and an agent talk through the web chat and the agent console", a
     assert.equal(back.visitor_id, visitorId, "the same visitor in a new tab");
     assert.deepEqual((back.history || []).map((m) => m.content.text), [firstMessage, firstReply, afterReload, whileAway]);
     await bubble(visitor, ".msg-agent", whileAway).waitFor();
-    // The waiting reply is in the history and comes again from the mailbox: shown once, after
-    // the conversation so far (checked once the page has handled that second copy).
-    await waitingReply;
+    // The waiting reply is in the history, and usually comes again from the mailbox: unless the
+    // closed tab's connection still answered the ping behind it (Chromium's network stack answers
+    // pings by itself), which confirms it, as happened on a loaded machine. Either way it is shown
+    // once, after the conversation so far. A mailbox copy follows the welcome at once; the check
+    // waits for it (or a second), then for the page to handle it. (The mailbox's redelivery is
+    // checked in tests/e2e/web_flow.rs, a_reply_the_visitor_never_confirmed_is_written_again_...)
+    waitingReply.catch(() => {});
+    await Promise.race([waitingReply, new Promise((resolve) => setTimeout(resolve, 1000))]);
     await visitor.evaluate(() => new Promise((resolve) => setTimeout(resolve, 50)));
     assert.deepEqual(await chatTranscript(visitor), [
       `visitor: ${firstMessage}`, `agent: ${firstReply}`, `visitor: ${afterReload}`, `agent: ${whileAway}`,
