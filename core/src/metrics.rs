@@ -60,6 +60,10 @@ pub struct Metrics {
     /// Conversations handed off from a silent bot to its pool's queue, by pool
     /// (`bot_timeout_secs`).
     pub bot_timeouts: IntCounterVec,
+    /// Conversations transferred, by who asked (`bot`, `agent`, `api`: no agent named), where
+    /// they went (`pool`, `agent`, `bot`), the pool they are in afterwards, and whether a
+    /// hand-over context went with them (`handover` `true`/`false`).
+    pub transfers: IntCounterVec,
     /// Queued or assigned conversations closed after the pool's `close_idle_secs`, by pool.
     pub idle_closes: IntCounterVec,
     /// Automatic replies outside a pool's business hours, by pool and outcome (`sent`;
@@ -168,6 +172,14 @@ impl Metrics {
                 "Conversations handed off from a silent bot to its pool's queue, by pool",
             ),
             &["pool"],
+        )?;
+        let transfers = IntCounterVec::new(
+            Opts::new(
+                "transfers_total",
+                "Conversations transferred, by who asked (bot, agent, api), where they went (pool, \
+                 agent, bot), their pool afterwards and whether a hand-over context went with them",
+            ),
+            &["from", "handover", "pool", "to"],
         )?;
         let idle_closes = IntCounterVec::new(
             Opts::new(
@@ -322,6 +334,7 @@ impl Metrics {
         registry.register(Box::new(routed.clone()))?;
         registry.register(Box::new(conversations_opened.clone()))?;
         registry.register(Box::new(bot_timeouts.clone()))?;
+        registry.register(Box::new(transfers.clone()))?;
         registry.register(Box::new(idle_closes.clone()))?;
         registry.register(Box::new(auto_replies.clone()))?;
         registry.register(Box::new(offers.clone()))?;
@@ -352,6 +365,7 @@ impl Metrics {
             routed,
             conversations_opened,
             bot_timeouts,
+            transfers,
             idle_closes,
             auto_replies,
             offers,

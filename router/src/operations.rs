@@ -543,6 +543,12 @@ impl Operations {
             .store
             .transfer(conversation_id, target.clone(), handover.as_ref(), now)
             .await?;
+        self.count_transfer(
+            by_agent,
+            &target,
+            handover.is_some(),
+            &release.conversation.pool,
+        );
         let noted = match target {
             TransferTarget::Pool(_) => NoteKind::TransferredToPool,
             // A bot is an agent to the notes: the outbox announces the transfer alone, as the
@@ -551,6 +557,33 @@ impl Operations {
         };
         self.announce_transfer(conversation_id, release, target, None, noted, now)
             .await
+    }
+
+    /// Counts a transfer in `switchyard_transfers_total`: who asked (a bot, an agent, the API
+    /// naming none), where it went, the conversation's pool afterwards, and whether a hand-over
+    /// went with it.
+    fn count_transfer(
+        &self,
+        by_agent: Option<&str>,
+        target: &TransferTarget,
+        with_handover: bool,
+        pool: &str,
+    ) {
+        let from = match by_agent {
+            Some(agent) if bot_of_agent(agent).is_some() => "bot",
+            Some(_) => "agent",
+            None => "api",
+        };
+        let to = match target {
+            TransferTarget::Pool(_) => "pool",
+            TransferTarget::Agent(_) => "agent",
+            TransferTarget::Bot { .. } => "bot",
+        };
+        let handover = if with_handover { "true" } else { "false" };
+        self.metrics
+            .transfers
+            .with_label_values(&[from, handover, pool, to])
+            .inc();
     }
 
     /// Moves a conversation that waits in `pool`'s queue since before `queued_before` on to

@@ -285,6 +285,20 @@ async fn scenario(server: &Server, bot: &Callback, app_backend: &Callback) {
         );
     }
 
+    // Every transfer is counted by who asked, where it went and whether it said why.
+    for (series, count) in [
+        (
+            r#"switchyard_transfers_total{from="bot",handover="true",pool="humans",to="pool"}"#,
+            1.0,
+        ),
+        (
+            r#"switchyard_transfers_total{from="agent",handover="true",pool="default",to="bot"}"#,
+            1.0,
+        ),
+    ] {
+        assert_eq!(server.metric(series).await, count, "{series}");
+    }
+
     // Bots are not agent records.
     let (status, body) = server
         .send_json(
@@ -342,6 +356,15 @@ async fn a_silent_bot_hands_off_after_the_pool_timeout() {
             .metric_once(r#"switchyard_bot_timeouts_total{pool="default"}"#, 1.0)
             .await,
         1.0
+    );
+    assert_eq!(
+        server
+            .metric(
+                r#"switchyard_transfers_total{from="bot",handover="false",pool="default",to="pool"}"#
+            )
+            .await,
+        1.0,
+        "a timeout is the bot's hand-off"
     );
     server.stop().await;
 }
