@@ -108,7 +108,7 @@ pub mod event_data {
     pub struct ConversationTransferredData {
         /// The conversation after the transfer (its new pool and agent).
         pub conversation: Conversation,
-        /// The agent who held it before, if any.
+        /// The agent who held it before, if any (a bot as `bot:{id}`).
         pub from_agent_id: Option<String>,
         /// Why it moved, when nobody asked for the move: `declined` (its agent declined its
         /// offer), `offer_expired` (its agent let the offer expire), `unanswered` (its agent

@@ -636,7 +636,11 @@ impl Operations {
         noted: NoteKind,
         now: DateTime<Utc>,
     ) -> Result<Conversation, RouteError> {
-        let from = release.released_agent.as_ref().map(|a| a.id.as_str());
+        let from = release
+            .released_agent
+            .as_ref()
+            .map(|a| a.id.as_str())
+            .or(release.released_bot.as_deref());
         let mut events = EventBatch::new();
         events.conversation_transferred(&release.conversation, from, reason, now);
         let mut pools: Vec<String> = release

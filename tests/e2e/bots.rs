@@ -17,6 +17,16 @@ use crate::support::{
 };
 
 const BOT_SECRET: &str = "faq-bot-secret-0123456789";
+const STREAM_SECRET: &str = "stream-webhook-secret-0123";
+
+/// `config` with a webhook to `stream` that is sent every `conversation.transferred`.
+fn config_with_stream(bot: &str, callback: &str, stream: &str) -> String {
+    format!(
+        "{}[[webhooks]]\nid = \"stream\"\nurl = \"{stream}\"\nsecret = \"{STREAM_SECRET}\"\n\
+         events = [\"conversation.transferred\"]\n",
+        config(bot, callback)
+    )
+}
 
 fn config(bot: &str, callback: &str) -> String {
     format!(
@@ -51,8 +61,9 @@ fn types(requests: &[Received]) -> Vec<String> {
 async fn a_bot_holds_new_conversations_answers_and_hands_off_to_people() {
     let bot = Callback::start().await;
     let app_backend = Callback::start().await;
-    let server = Server::start(&config(&bot.url, &app_backend.url)).await;
-    scenario(&server, &bot, &app_backend).await;
+    let stream = Callback::start().await;
+    let server = Server::start(&config_with_stream(&bot.url, &app_backend.url, &stream.url)).await;
+    scenario(&server, &bot, &app_backend, &stream).await;
     server.stop().await;
 }
 
@@ -70,8 +81,9 @@ async fn a_bot_holds_new_conversations_answers_and_hands_off_to_people_on_rabbit
     };
     let bot = Callback::start().await;
     let app_backend = Callback::start().await;
+    let stream = Callback::start().await;
     let app = App::start_with(
-        settings(&config(&bot.url, &app_backend.url)),
+        settings(&config_with_stream(&bot.url, &app_backend.url, &stream.url)),
         Role::All,
         Arc::new(bus),
         Arc::new(redis.redis().await),
@@ -80,14 +92,14 @@ async fn a_bot_holds_new_conversations_answers_and_hands_off_to_people_on_rabbit
     .await
     .unwrap();
     let server = Server::of(app);
-    scenario(&server, &bot, &app_backend).await;
+    scenario(&server, &bot, &app_backend, &stream).await;
     server.stop().await;
     drop(vhost);
 }
 
 /// The bot's whole part: it is sent the conversation it holds, answers, hands off to Ann, and
 /// hears no more of it.
-async fn scenario(server: &Server, bot: &Callback, app_backend: &Callback) {
+async fn scenario(server: &Server, bot: &Callback, app_backend: &Callback, stream: &Callback) {
     let (status, body) = server
         .send_json(
             "PUT",
@@ -284,6 +296,14 @@ async fn scenario(server: &Server, bot: &Callback, app_backend: &Callback) {
             "{body}"
         );
     }
+
+    // The event stream says who handed the conversation on each time: the bot, then Ann.
+    let transfers = stream.wait_for(2).await;
+    let from: Vec<Value> = transfers
+        .iter()
+        .map(|r| signed_cloud_event(r, STREAM_SECRET)["data"]["from_agent_id"].clone())
+        .collect();
+    assert_eq!(from, [json!("bot:faq"), json!("ann")]);
 
     // Every transfer is counted by who asked, where it went and whether it said why.
     for (series, count) in [

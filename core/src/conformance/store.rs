@@ -2898,8 +2898,11 @@ pub async fn conversations_go_back_to_a_bot(factory: &impl MakeStore, prefix: &s
         "{what}: the bot's"
     );
     assert_eq!(
-        moved.released_agent.map(|a| (a.id, a.conversations.len())),
-        Some((x.clone(), 0)),
+        (
+            moved.released_agent.map(|a| (a.id, a.conversations.len())),
+            moved.released_bot
+        ),
+        (Some((x.clone(), 0)), None),
         "{what}: x is freed"
     );
     assert!(
@@ -2942,11 +2945,28 @@ pub async fn conversations_go_back_to_a_bot(factory: &impl MakeStore, prefix: &s
         (
             off.conversation.status,
             off.conversation.agent_id,
-            off.released_agent.is_none()
+            off.released_agent.is_none(),
+            off.released_bot.as_deref()
         ),
-        (ConversationStatus::Queued, None, true),
-        "{what}: queued again, no agent released"
+        (ConversationStatus::Queued, None, true, Some(bot.as_str())),
+        "{what}: queued again, released by the bot"
     );
+    // Both transfers are noted with the one they left: the agent, then the bot.
+    let left: Vec<Option<String>> = store
+        .unannounced(at(100))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: notes: {e}"))
+        .into_iter()
+        .filter(|n| n.subject == conv.id)
+        .filter(|n| {
+            matches!(
+                n.kind,
+                NoteKind::TransferredToPool | NoteKind::TransferredToAgent
+            )
+        })
+        .map(|n| n.from_agent)
+        .collect();
+    assert_eq!(left, [Some(x.clone()), Some(bot.clone())], "{what}: notes");
     assert!(
         silent(100).await.is_empty(),
         "{what}: released from the sweep"

@@ -270,12 +270,17 @@ impl State {
             }
         }
         let released_agent = self.detach(id);
+        // A bot is no agent record: the transfer names it as the one it left all the same.
+        let released_bot = holder.filter(|_| status == ConversationStatus::Bot);
         let kind = noted.unwrap_or(match target {
             TransferTarget::Pool(_) => NoteKind::TransferredToPool,
             TransferTarget::Agent(_) | TransferTarget::Bot { .. } => NoteKind::TransferredToAgent,
         });
         let mut note = Note::new(kind, id, now);
-        note.from_agent = released_agent.as_ref().map(|a| a.id.clone());
+        note.from_agent = released_agent
+            .as_ref()
+            .map(|a| a.id.clone())
+            .or_else(|| released_bot.clone());
         self.note(note);
         if let Some(handover) = handover {
             self.conversation_mut(id)?.handover = Some(Box::new(handover.clone()));
@@ -329,6 +334,7 @@ impl State {
         Ok(Release {
             conversation,
             released_agent,
+            released_bot,
         })
     }
 
@@ -415,6 +421,7 @@ impl State {
         Ok(Release {
             conversation,
             released_agent,
+            released_bot: None,
         })
     }
 
@@ -1957,6 +1964,7 @@ impl Store for EmbeddedStore {
         Ok(Release {
             conversation,
             released_agent,
+            released_bot: None,
         })
     }
 

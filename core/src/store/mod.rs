@@ -561,6 +561,9 @@ pub struct Release {
     pub conversation: Conversation,
     /// The agent who held it before, with capacity freed.
     pub released_agent: Option<Agent>,
+    /// The bot that held it before (`bot:{id}`; a bot is no agent record): set by a transfer
+    /// of a conversation a bot held.
+    pub released_bot: Option<String>,
 }
 
 /// What a [`Note`] stands for: the events a change of state calls for. Kinds are ordered as a
@@ -690,7 +693,8 @@ pub struct Note {
     pub subject: String,
     /// When: the `now` of the change.
     pub at: DateTime<Utc>,
-    /// The agent a close or a transfer took the conversation from; for an offer's answer
+    /// The agent (or, for a transfer, the bot) a close or a transfer took the conversation
+    /// from; for an offer's answer
     /// ([`NoteKind::Accepted`], [`NoteKind::Declined`], [`NoteKind::OfferExpired`]), the agent it
     /// was offered to; for [`NoteKind::Unanswered`], the agent it was taken from.
     pub from_agent: Option<String>,

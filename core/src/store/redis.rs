@@ -1012,6 +1012,8 @@ fn release(v: Value) -> Result<Release, StoreError> {
     Ok(Release {
         conversation: some_conversation(items.next()?)?,
         released_agent: opt_agent(items.next()?)?,
+        // Only a transfer replies the bot it took the conversation from.
+        released_bot: items.0.next().map(opt_text).transpose()?.flatten(),
     })
 }
 

@@ -7,7 +7,8 @@
 -- Then optionally a pool and a time (overflow): the transfer is made only if the conversation is
 -- queued in that pool since before that time (`queued_at` older), else the conflict
 -- `conversation_changed`, and the transfer is noted as `overflowed`.
--- Reply: {'ok', conversation, released agent or nil} | error. Notes the transfer.
+-- Reply: {'ok', conversation, released agent or nil, the bot that held it or nil} | error.
+-- Notes the transfer, with the agent (or bot) it left.
 
 local id, now, kind, target = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local ck = key('conv', id)
@@ -44,12 +45,14 @@ if kind == 'agent' then
   end
 end
 
+-- A bot is no agent record: the transfer names it as the one it left all the same.
+local released_bot = st == 'bot' and redis.call('HGET', ck, 'agent_id') or nil
 local released = detach(id)
 local noted = kind == 'pool' and 'transferred_to_pool' or 'transferred_to_agent'
 if ARGV[10] then
   noted = 'overflowed'
 end
-note(noted, now, id, released)
+note(noted, now, id, released or released_bot)
 if ARGV[9] ~= '' then
   redis.call('HSET', ck, 'handover', ARGV[9])
 end
@@ -83,4 +86,5 @@ else
   redis.call('HSET', ck, 'status', 'assigned', 'agent_id', target, 'assigned_at', now,
     'assigned_by', 'transfer', 'updated_at', now)
 end
-return { 'ok', conv_reply(id), released and agent_reply(released) or false }
+return { 'ok', conv_reply(id), released and agent_reply(released) or false,
+  released_bot or false }
