@@ -343,19 +343,13 @@ pub async fn hand_off_silent_bots(
                         None,
                     )
                     .await;
-                match handed {
-                    Ok(_) => {
-                        metrics
-                            .bot_timeouts
-                            .with_label_values(&[timeout.pool.as_str()])
-                            .inc();
-                        tracing::info!(conversation = %conversation.id, pool = %timeout.pool, bot = %timeout.bot,
-                            "the bot stayed silent; handed the conversation off to the pool");
-                    }
-                    Err(e) => {
-                        tracing::warn!(conversation = %conversation.id, error = %e,
-                            "could not hand a silent bot's conversation off; trying again later");
-                    }
+                if made(handed, &conversation.id, "handed off from its silent bot") {
+                    metrics
+                        .bot_timeouts
+                        .with_label_values(&[timeout.pool.as_str()])
+                        .inc();
+                    tracing::info!(conversation = %conversation.id, pool = %timeout.pool, bot = %timeout.bot,
+                        "the bot stayed silent; handed the conversation off to the pool");
                 }
             }
         }

@@ -45,6 +45,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use super::queue_flow::QueueFlow;
+use super::visitor_history::visitor_open_conversation;
 
 /// Lookups a socket gets at its next ticks after the visitor wrote (or identified), while none
 /// finds an open conversation.
@@ -182,10 +183,7 @@ async fn open_conversation_of(
     store: &dyn Store,
     visitor: &IdentityKey,
 ) -> Result<Option<OpenConversation>, StoreError> {
-    let Some(customer) = store.customer_by_identity(visitor).await? else {
-        return Ok(None);
-    };
-    let conversation = store.open_conversation(&customer.id).await?;
+    let conversation = visitor_open_conversation(store, visitor).await?;
     Ok(conversation.map(|c| OpenConversation {
         assigned: c.status == ConversationStatus::Assigned,
         id: c.id,

@@ -4,6 +4,7 @@
 
 use switchyard_core::envelope::{ChannelRef, Envelope};
 use switchyard_core::identity::IdentityKey;
+use switchyard_core::model::Conversation;
 use switchyard_core::protocol::{HistoryMessage, VISITOR_HISTORY_LIMIT};
 use switchyard_core::store::{Store, StoreError};
 
@@ -21,14 +22,24 @@ pub async fn visitor_history(
     channel: &ChannelRef,
     visitor: &IdentityKey,
 ) -> Result<Vec<HistoryMessage>, StoreError> {
-    let Some(customer) = store.customer_by_identity(visitor).await? else {
-        return Ok(Vec::new());
-    };
-    let Some(conversation) = store.open_conversation(&customer.id).await? else {
+    let Some(conversation) = visitor_open_conversation(store, visitor).await? else {
         return Ok(Vec::new());
     };
     let messages = store.messages(&conversation.id, HISTORY_SCAN).await?;
     Ok(visible_on(channel, &messages, VISITOR_HISTORY_LIMIT))
+}
+
+/// The open conversation of the customer whose identity key is `visitor`; `None` for a
+/// visitor without a profile or without an open conversation. What a visitor sees again
+/// (the history) and is told the queue place of.
+pub async fn visitor_open_conversation(
+    store: &dyn Store,
+    visitor: &IdentityKey,
+) -> Result<Option<Conversation>, StoreError> {
+    let Some(customer) = store.customer_by_identity(visitor).await? else {
+        return Ok(None);
+    };
+    store.open_conversation(&customer.id).await
 }
 
 /// The latest `limit` of `messages` (oldest first) that travelled on `channel`, either way,
