@@ -294,6 +294,19 @@ impl Conversation {
         }
     }
 
+    /// The same conversation as opened by `agent_id` writing first at `now`: assigned to the
+    /// agent at once, never queued (`assigned_by` `write_first`).
+    pub fn written_first_by(self, agent_id: &str, now: DateTime<Utc>) -> Conversation {
+        Conversation {
+            status: ConversationStatus::Assigned,
+            agent_id: Some(agent_id.to_owned()),
+            queued_at: None,
+            assigned_at: Some(now),
+            assigned_by: Some(AssignedBy::WriteFirst),
+            ..self
+        }
+    }
+
     /// [`Conversation::opened`] by `envelope` for `customer_id`: in its tenant, on its channel,
     /// its sender the recipient of replies.
     pub fn opened_by(

@@ -16,7 +16,7 @@ use switchyard_core::event::EventType;
 use switchyard_core::handover::{Handover, HandoverContext};
 use switchyard_core::identity::IdentityKey;
 use switchyard_core::metrics::Metrics;
-use switchyard_core::model::{Agent, AssignedBy, Conversation, ConversationStatus, Customer};
+use switchyard_core::model::{Agent, Conversation, ConversationStatus, Customer};
 use switchyard_core::protocol::ConversationView;
 use switchyard_core::store::{
     AgentUpdate, CONVERSATION_OPEN, ConversationStart, CustomerUpdate, ERASED_ON_REQUEST,
@@ -372,21 +372,15 @@ impl Operations {
             .map_or(DEFAULT_POOL, String::as_str);
         let conversation_id = new_id();
         // The conversation as it will be stored, for the rules: no customer message in it.
-        let opening = Conversation {
-            status: ConversationStatus::Assigned,
-            agent_id: Some(agent_id.to_owned()),
-            queued_at: None,
-            assigned_at: Some(now),
-            assigned_by: Some(AssignedBy::WriteFirst),
-            ..Conversation::opened(
-                conversation_id.clone(),
-                (&customer.tenant, &customer.id),
-                pool,
-                channel.channel().clone(),
-                recipient.clone(),
-                now,
-            )
-        };
+        let opening = Conversation::opened(
+            conversation_id.clone(),
+            (&customer.tenant, &customer.id),
+            pool,
+            channel.channel().clone(),
+            recipient.clone(),
+            now,
+        )
+        .written_first_by(agent_id, now);
         let content = check_rules(channel.rules(), &opening, content, now)?;
         let id = new_id();
         let envelope = Envelope {

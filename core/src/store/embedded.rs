@@ -1637,15 +1637,11 @@ impl Store for EmbeddedStore {
         }
         let id = envelope.conversation_id.clone().unwrap_or_else(new_id);
         let conversation = Conversation {
-            status: ConversationStatus::Assigned,
-            agent_id: Some(agent_id.to_owned()),
             // The first message is a reply as `record_outbound` counts them.
             replies_since_inbound: 1,
-            queued_at: None,
-            assigned_at: Some(now),
-            assigned_by: Some(AssignedBy::WriteFirst),
             message_count: 1,
             ..Conversation::opened_by(id.clone(), envelope, &customer_id, pool, now)
+                .written_first_by(agent_id, now)
         };
         s.conversations.insert(id.clone(), conversation.clone());
         s.open_by_customer.insert(customer_id.clone(), id.clone());
