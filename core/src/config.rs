@@ -38,7 +38,7 @@ pub enum ConfigError {
 
 /// Ids of channels and webhooks: non-empty `[A-Za-z0-9_-]+` (they become path segments and queue
 /// names).
-fn valid_id(id: &str) -> bool {
+pub(crate) fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id
             .bytes()
@@ -186,6 +186,51 @@ pub struct Settings {
     /// HTTP bots that hold the conversations their pools open, until they hand them off.
     #[serde(default)]
     pub bots: Vec<BotSettings>,
+    /// Personal data taken out of what customers write, before it reaches the bus.
+    #[serde(default)]
+    pub redaction: RedactionSettings,
+}
+
+/// `[redaction]`: the rules every channel applies unless its `redact` key names others.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedactionSettings {
+    /// Built-in detectors every channel applies by default (`payment_card`, `email`, `phone`,
+    /// `cn_resident_id`, `iban`).
+    #[serde(default)]
+    pub detectors: Vec<String>,
+    /// Patterns of the operator's own, applied by every channel by default.
+    #[serde(default)]
+    pub patterns: Vec<RedactionPattern>,
+    /// What replaces a match: `{name}` becomes the rule's name, `{last4}` the match's last
+    /// four letters or digits.
+    #[serde(default = "default_replacement")]
+    pub replacement: String,
+}
+
+impl Default for RedactionSettings {
+    fn default() -> Self {
+        RedactionSettings {
+            detectors: Vec::new(),
+            patterns: Vec::new(),
+            replacement: default_replacement(),
+        }
+    }
+}
+
+fn default_replacement() -> String {
+    crate::redaction::DEFAULT_REPLACEMENT.to_owned()
+}
+
+/// One `[[redaction.patterns]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedactionPattern {
+    /// Its name (`[A-Za-z0-9_-]+`): what the channel key `redact` lists, the `{name}` of the
+    /// replacement and the `rule` label of its metric.
+    pub name: String,
+    /// A regular expression (Rust `regex` syntax): every match is replaced.
+    pub regex: String,
 }
 
 /// `[server]`.
@@ -591,8 +636,8 @@ fn default_log_level() -> String {
 }
 
 /// Option keys every channel kind accepts besides `id`, `kind`, `pool` and `api_base` (they
-/// are read from [`ChannelSettings::options`]): `keep_raw` and `raw_mask`.
-pub const COMMON_CHANNEL_KEYS: &[&str] = &["keep_raw", "raw_mask"];
+/// are read from [`ChannelSettings::options`]): `keep_raw`, `raw_mask` and `redact`.
+pub const COMMON_CHANNEL_KEYS: &[&str] = &["keep_raw", "raw_mask", "redact"];
 
 /// One `[[channels]]` entry: the common keys plus the connector's own.
 #[derive(Debug, Clone, Deserialize)]
@@ -721,6 +766,31 @@ impl ChannelSettings {
                 ))),
             })
             .collect()
+    }
+
+    /// `redact`: the names of the redaction rules this channel applies (detectors or
+    /// `[[redaction.patterns]]`), instead of `[redaction]`'s; `None` when absent, so the
+    /// defaults apply; an empty list turns redaction off for the channel.
+    pub fn redact(&self) -> Result<Option<Vec<String>>, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            key: format!("channels.{}.redact", self.id),
+            message,
+        };
+        let Some(value) = self.options.get("redact") else {
+            return Ok(None);
+        };
+        let list = value
+            .as_array()
+            .ok_or_else(|| invalid(format!("expected a list of rule names, found {value}")))?;
+        list.iter()
+            .map(|entry| match entry {
+                serde_json::Value::String(name) => Ok(name.clone()),
+                other => Err(invalid(format!(
+                    "expected a list of rule names, found the entry {other}"
+                ))),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
     }
 
     /// Like [`Self::secret`] but the key must be present.
@@ -1394,6 +1464,7 @@ secret = {secret}
                 });
             }
         }
+        crate::redaction::Redaction::from_settings(self)?;
         self.validate_webhooks()?;
         self.validate_bots()?;
         self.validate_routes()?;
@@ -2078,6 +2149,81 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("serverr"), "{err}");
+    }
+
+    #[test]
+    fn redaction_rules_are_checked_by_path() {
+        let channel = |fields: &str| {
+            format!("[[channels]]\nid = \"shop\"\nkind = \"api\"\nsecret = \"x\"\n{fields}")
+        };
+        refused(
+            "[redaction]\ndetectors = [\"credit_card\"]\n",
+            "redaction.detectors[0]",
+            "`credit_card` is no detector (detectors: payment_card, email",
+        );
+        refused(
+            "[redaction]\ndetectors = [\"email\", \"email\"]\n",
+            "redaction.detectors[1]",
+            "listed twice",
+        );
+        refused(
+            "[[redaction.patterns]]\nname = \"sec\"\nregex = \"SEC-([0-9]\"\n",
+            "redaction.patterns[0].regex",
+            "not a valid regular expression",
+        );
+        refused(
+            "[[redaction.patterns]]\nname = \"sec\"\nregex = \"[0-9]*\"\n",
+            "redaction.patterns[0].regex",
+            "matches an empty text",
+        );
+        refused(
+            "[[redaction.patterns]]\nname = \"email\"\nregex = \"x\"\n",
+            "redaction.patterns[0].name",
+            "taken by a detector",
+        );
+        refused(
+            "[[redaction.patterns]]\nname = \"a b\"\nregex = \"x\"\n",
+            "redaction.patterns[0].name",
+            "[A-Za-z0-9_-]+",
+        );
+        refused(
+            "[redaction]\nreplacement = \"\"\n",
+            "redaction.replacement",
+            "must not be empty",
+        );
+        refused(
+            &channel("redact = \"email\"\n"),
+            "channels.shop.redact",
+            "expected a list of rule names",
+        );
+        refused(
+            &channel("redact = [\"order_secret\"]\n"),
+            "channels.shop.redact",
+            "`order_secret` is neither a detector",
+        );
+
+        let f = write(&format!(
+            "[redaction]\ndetectors = [\"email\"]\n[[redaction.patterns]]\nname = \"sec\"\n\
+             regex = \"SEC-[0-9]{{6}}\"\n{}{}",
+            channel(""),
+            channel("redact = [\"payment_card\", \"sec\"]\n").replace("\"shop\"", "\"cards\"")
+                + &channel("redact = []\n").replace("\"shop\"", "\"staff\"")
+        ));
+        let s = Settings::load_with_env(Some(&f.0), []).expect("valid redaction");
+        let redaction = crate::redaction::Redaction::from_settings(&s).unwrap();
+        let names = |id: &str| -> Vec<String> {
+            redaction
+                .for_channel(id)
+                .map(|r| r.rule_names().map(str::to_owned).collect())
+                .unwrap_or_default()
+        };
+        assert_eq!(names("shop"), ["email", "sec"], "the defaults");
+        assert_eq!(names("cards"), ["payment_card", "sec"], "its own list");
+        assert!(
+            redaction.for_channel("staff").is_none(),
+            "`redact = []`: off"
+        );
+        assert_eq!(s.redaction.replacement, "[redacted:{name}]");
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod identity;
 pub mod metrics;
 pub mod model;
 pub mod protocol;
+pub mod redaction;
 pub mod store;
 pub mod time;
 pub mod tls;

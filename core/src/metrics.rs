@@ -64,6 +64,9 @@ pub struct Metrics {
     /// they went (`pool`, `agent`, `bot`), the pool they are in afterwards, and whether a
     /// hand-over context went with them (`handover` `true`/`false`).
     pub transfers: IntCounterVec,
+    /// Parts of inbound messages replaced by redaction before the bus, by channel id and rule
+    /// (a detector's or a pattern's name).
+    pub redactions: IntCounterVec,
     /// Queued or assigned conversations closed after the pool's `close_idle_secs`, by pool.
     pub idle_closes: IntCounterVec,
     /// Automatic replies outside a pool's business hours, by pool and outcome (`sent`;
@@ -180,6 +183,14 @@ impl Metrics {
                  agent, bot), their pool afterwards and whether a hand-over context went with them",
             ),
             &["from", "handover", "pool", "to"],
+        )?;
+        let redactions = IntCounterVec::new(
+            Opts::new(
+                "redactions_total",
+                "Parts of inbound messages replaced by redaction before the bus, by channel and \
+                 rule",
+            ),
+            &["channel", "rule"],
         )?;
         let idle_closes = IntCounterVec::new(
             Opts::new(
@@ -335,6 +346,7 @@ impl Metrics {
         registry.register(Box::new(conversations_opened.clone()))?;
         registry.register(Box::new(bot_timeouts.clone()))?;
         registry.register(Box::new(transfers.clone()))?;
+        registry.register(Box::new(redactions.clone()))?;
         registry.register(Box::new(idle_closes.clone()))?;
         registry.register(Box::new(auto_replies.clone()))?;
         registry.register(Box::new(offers.clone()))?;
@@ -366,6 +378,7 @@ impl Metrics {
             conversations_opened,
             bot_timeouts,
             transfers,
+            redactions,
             idle_closes,
             auto_replies,
             offers,

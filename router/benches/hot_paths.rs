@@ -8,6 +8,9 @@
 //! - `hot_paths/event_batch_new_conversation`: encoding the five events a new conversation
 //!   announces (`customer.created`, `conversation.created`, `conversation.queued`,
 //!   `message.received`, `conversation.assigned`) into an `EventBatch`;
+//! - `hot_paths/redact_clean_text` and `hot_paths/redact_text_with_data`: every redaction
+//!   detector over the example's text (nothing found: the common case) and over a text with a
+//!   card number, an e-mail address and a phone number in it;
 //! - `hot_paths/embedded_route_inbound`: `EmbeddedStore::route_inbound` for a message from a new
 //!   customer, with an online agent with room (claim, resolve, record, assign).
 //!
@@ -29,6 +32,7 @@ use switchyard_core::config::ChannelSettings;
 use switchyard_core::envelope::Envelope;
 use switchyard_core::event::EventType;
 use switchyard_core::model::AgentStatus;
+use switchyard_core::redaction::{DEFAULT_REPLACEMENT, Detector, Redactor, Rule};
 use switchyard_core::store::embedded::EmbeddedStore;
 use switchyard_core::store::{
     AgentUpdate, InboundOutcome, InboundRouting, Placement, ResolveRequest, Store,
@@ -188,6 +192,26 @@ fn hot_paths(c: &mut Criterion) {
                 let json = serde_json::to_vec(black_box(&envelope)).unwrap();
                 serde_json::from_slice::<Envelope>(&json).unwrap()
             });
+        });
+    }
+
+    {
+        let redactor = Redactor::new(
+            Detector::ALL
+                .into_iter()
+                .map(|d| std::sync::Arc::new(Rule::detector(d).unwrap()))
+                .collect(),
+            DEFAULT_REPLACEMENT,
+        );
+        let clean = "你好，我的订单还没有到";
+        let with_data = "卡号 4111 1111 1111 1111，邮箱 li.lei@example.com，手机13800138000，谢谢";
+        assert!(redactor.redact_text(clean).is_none());
+        assert!(redactor.redact_text(with_data).is_some());
+        group.bench_function("redact_clean_text", |b| {
+            b.iter(|| redactor.redact_text(black_box(clean)));
+        });
+        group.bench_function("redact_text_with_data", |b| {
+            b.iter(|| redactor.redact_text(black_box(with_data)));
         });
     }
 

@@ -17,6 +17,7 @@ use switchyard_core::bus::topology::{
 use switchyard_core::bus::{Bus, Topology};
 use switchyard_core::config::{BOT_EVENTS, BusKind, Settings, StoreKind};
 use switchyard_core::metrics::Metrics;
+use switchyard_core::redaction::Redaction;
 use switchyard_core::store::Store;
 use switchyard_core::store::embedded::EmbeddedStore;
 use switchyard_core::store::redis::server::Severity;
@@ -499,7 +500,8 @@ impl App {
             metrics.clone(),
             settings.bus.shards,
             Duration::from_secs(settings.store.dedupe_ttl_secs),
-        );
+        )
+        .with_redaction(Redaction::from_settings(&settings).context("redaction rules")?);
         let state = HttpState::new(HttpContext {
             registry,
             ingress,

@@ -10,6 +10,7 @@ use switchyard_core::bus::topology::{INBOUND_EXCHANGE, shard_of};
 use switchyard_core::bus::{Bus, BusError, Message};
 use switchyard_core::envelope::Envelope;
 use switchyard_core::metrics::{InboundOutcome, Metrics};
+use switchyard_core::redaction::Redaction;
 use switchyard_core::store::Store;
 
 use crate::events::EventPublisher;
@@ -27,6 +28,7 @@ pub struct Ingress {
     metrics: Metrics,
     shards: u16,
     dedupe_ttl: Duration,
+    redaction: Arc<Redaction>,
 }
 
 impl Ingress {
@@ -44,7 +46,15 @@ impl Ingress {
             metrics,
             shards,
             dedupe_ttl,
+            redaction: Arc::default(),
         }
+    }
+
+    /// The same ingress, taking personal data out of each channel's envelopes as `redaction`
+    /// says before they are published.
+    pub fn with_redaction(mut self, redaction: Redaction) -> Self {
+        self.redaction = Arc::new(redaction);
+        self
     }
 
     /// Whether the bus takes publishes.
@@ -116,9 +126,23 @@ impl Ingress {
         Ok(accepted)
     }
 
-    /// Claims the envelope's dedupe key, publishes it, and confirms the claim; a retry of the
-    /// same message answers with the first copy's id.
-    pub async fn publish(&self, envelope: Envelope) -> Result<Accepted, ConnectorError> {
+    /// Takes personal data out of `envelope` as its channel's rules say, counting each
+    /// replacement.
+    fn redact(&self, envelope: &mut Envelope) {
+        let Some(redactor) = self.redaction.for_channel(&envelope.channel.id) else {
+            return;
+        };
+        for (rule, n) in redactor.redact_envelope(envelope).iter() {
+            self.metrics
+                .redactions
+                .with_label_values(&[envelope.channel.id.as_str(), rule])
+                .inc_by(n);
+        }
+    }
+
+    /// Claims the envelope's dedupe key, redacts it as its channel says, publishes it, and
+    /// confirms the claim; a retry of the same message answers with the first copy's id.
+    pub async fn publish(&self, mut envelope: Envelope) -> Result<Accepted, ConnectorError> {
         let key = format!("dedupe:{}", envelope.dedupe_key);
         let pending = format!("{PENDING_PREFIX}{}", envelope.id);
         let existing = self
@@ -137,6 +161,7 @@ impl Ingress {
                 duplicate: true,
             });
         }
+        self.redact(&mut envelope);
         let body = match serde_json::to_vec(&envelope) {
             Ok(b) => b,
             Err(e) => {
@@ -382,6 +407,71 @@ mod tests {
             tokio::time::timeout(Duration::from_millis(200), events.next())
                 .await
                 .is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn what_the_bus_carries_is_redacted_as_the_channel_says() {
+        let bus = Arc::new(EmbeddedBus::new(Duration::from_secs(2)));
+        bus.declare(&Topology::standard(
+            &switchyard_core::conformance::bus::options(100),
+        ))
+        .await
+        .unwrap();
+        let mut settings = switchyard_core::config::Settings::embedded_with_api_channel(
+            "shop",
+            "a-secret-of-32-characters-at-least",
+        )
+        .unwrap();
+        settings.redaction.detectors = vec!["email".into()];
+        let metrics = Metrics::new().unwrap();
+        let ingress = Ingress::new(
+            bus.clone(),
+            Arc::new(EmbeddedStore::new()),
+            metrics.clone(),
+            1,
+            Duration::from_secs(600),
+        )
+        .with_redaction(Redaction::from_settings(&settings).unwrap());
+        let mut inbound = bus
+            .consume(&switchyard_core::bus::topology::inbound_queue(0), 10)
+            .await
+            .unwrap();
+        for (channel, dedupe_key) in [("shop", "m-1"), ("other", "m-2")] {
+            let mut envelope = reply(&ChannelRef {
+                kind: "api".into(),
+                id: channel.into(),
+            });
+            envelope.direction = Direction::Inbound;
+            envelope.dedupe_key = dedupe_key.into();
+            envelope.content = Content::Text {
+                text: "mail li.lei@example.com".into(),
+            };
+            ingress.publish(envelope).await.unwrap();
+            let delivery = tokio::time::timeout(Duration::from_secs(2), inbound.next())
+                .await
+                .unwrap()
+                .unwrap();
+            let carried: Envelope = serde_json::from_slice(&delivery.message.body).unwrap();
+            let expected = match channel {
+                "shop" => "mail [redacted:email]",
+                _ => "mail li.lei@example.com",
+            };
+            assert_eq!(
+                carried.content,
+                Content::Text {
+                    text: expected.into()
+                },
+                "{channel}: a channel the configuration does not name redacts nothing"
+            );
+            delivery.ack().await.unwrap();
+        }
+        assert_eq!(
+            metrics
+                .redactions
+                .with_label_values(&["shop", "email"])
+                .get(),
+            1
         );
     }
 }

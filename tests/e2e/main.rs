@@ -21,6 +21,7 @@ mod media;
 mod presence;
 mod proactive;
 mod raw;
+mod redaction;
 mod routing;
 mod support;
 mod telegram;

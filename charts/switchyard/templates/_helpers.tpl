@@ -274,6 +274,18 @@ presence_ttl_secs = {{ int64 $c.router.presence_ttl_secs }}
 [log]
 format = {{ toJson (toString $c.log.format) }}
 level = {{ toJson (toString $c.log.level) }}
+{{- with $c.redaction }}
+
+[redaction]
+detectors = {{ include "switchyard.tomlValue" (default (list) .detectors) }}
+replacement = {{ toJson (toString .replacement) }}
+{{- range .patterns }}
+
+[[redaction.patterns]]
+name = {{ toJson (toString .name) }}
+regex = {{ toJson (toString .regex) }}
+{{- end }}
+{{- end }}
 {{- range $c.auth.api_keys }}
 
 [[auth.api_keys]]
