@@ -1033,9 +1033,11 @@ pub struct BotSettings {
 }
 
 /// The event types a bot is sent (only those of the conversations it holds; a
-/// `conversation.transferred` only when the transfer handed the conversation to it).
+/// `conversation.transferred` only when the transfer handed the conversation to it; a
+/// `conversation.closed` when the conversation closed while the bot held it).
 pub const BOT_EVENTS: &[&str] = &[
     "conversation.created",
+    "conversation.closed",
     "conversation.transferred",
     "message.received",
 ];

@@ -278,8 +278,9 @@ impl EventBatch {
         )
     }
 
-    /// `conversation.closed`, naming the agent who held it.
+    /// `conversation.closed`, naming the agent (or bot) who held it: a bot is sent a copy.
     pub fn conversation_closed(&mut self, c: &Conversation, agent_id: Option<&str>) -> &mut Self {
+        self.copy_to_bot(agent_id);
         let at = c.closed_at.unwrap_or(c.updated_at);
         self.push(
             Head::state(EventType::ConversationClosed, &c.tenant, &c.id, at),
@@ -1129,18 +1130,23 @@ mod tests {
             .message_received(&message, None)
             // Handed to the bot: copied; handed off by it (no longer the bot's): not.
             .conversation_transferred(&held, Some("agent-7"), None, held.updated_at)
-            .conversation_transferred(&other, Some("bot:faq"), None, other.updated_at);
+            .conversation_transferred(&other, Some("bot:faq"), None, other.updated_at)
+            // Closed while the bot held it: copied; while a person did: not.
+            .conversation_closed(&held, Some("bot:faq"))
+            .conversation_closed(&other, Some("agent-7"));
         let (events, copies) = batch.into_publishes().unwrap();
-        assert_eq!(events.len(), 9, "every event on the stream");
+        assert_eq!(events.len(), 11, "every event on the stream");
         let keys: Vec<&str> = copies.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(
             keys,
             [
                 "faq.conversation.created",
                 "faq.message.received",
-                "faq.conversation.transferred"
+                "faq.conversation.transferred",
+                "faq.conversation.closed"
             ]
         );
+        assert_eq!(copies[3].1.body, events[9].1.body);
         assert_eq!(copies[2].1.body, events[7].1.body);
         // The copies are the events themselves: same id, same bytes.
         assert_eq!(copies[0].1.message_id, events[0].1.message_id);

@@ -491,7 +491,7 @@ impl Operations {
     ) -> Result<Conversation, RouteError> {
         let released = release.released_agent.as_ref();
         let mut events = EventBatch::new();
-        events.conversation_closed(&release.conversation, released.map(|a| a.id.as_str()));
+        events.conversation_closed(&release.conversation, release.released_holder());
         let mut notes = vec![Note::new(NoteKind::Closed, conversation_id, now)];
         if let Some(agent) = released {
             self.assign(&agent.pools, &mut events, &mut notes).await?;
@@ -630,11 +630,7 @@ impl Operations {
         noted: NoteKind,
         now: DateTime<Utc>,
     ) -> Result<Conversation, RouteError> {
-        let from = release
-            .released_agent
-            .as_ref()
-            .map(|a| a.id.as_str())
-            .or(release.released_bot.as_deref());
+        let from = release.released_holder();
         let mut events = EventBatch::new();
         events.conversation_transferred(&release.conversation, from, reason, now);
         let mut pools: Vec<String> = release

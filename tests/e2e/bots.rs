@@ -1,6 +1,7 @@
 //! The bot stage through the real server: a pool with a bot opens its conversations held by
 //! the bot (status `bot`), whose endpoint gets their events signed and in order; the bot
-//! answers through REST as `bot:{id}`, hands off to a pool of people, and then hears no more.
+//! answers through REST as `bot:{id}`, hands off to a pool of people, and then hears no more;
+//! handed back to it and closed, the bot is told of the close.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -318,6 +319,19 @@ async fn scenario(server: &Server, bot: &Callback, app_backend: &Callback, strea
     ] {
         assert_eq!(server.metric(series).await, count, "{series}");
     }
+
+    // Closed while the bot holds it (here by an administrator): the bot is told, as the one
+    // who held it, and hears nothing more of it.
+    let (status, body) = server
+        .send_json("POST", &format!("/v1/conversations/{id}/close"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let got = bot.wait_for(6).await;
+    let closed = event_of(&got[5]);
+    assert_eq!(closed["type"], "io.switchyard.conversation.closed");
+    assert_eq!(closed["data"]["agent_id"], "bot:faq");
+    assert_eq!(closed["data"]["conversation"]["id"], id.as_str());
+    assert_eq!(closed["data"]["conversation"]["status"], "closed");
 
     // Bots are not agent records.
     let (status, body) = server

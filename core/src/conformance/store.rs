@@ -2971,6 +2971,38 @@ pub async fn conversations_go_back_to_a_bot(factory: &impl MakeStore, prefix: &s
         silent(100).await.is_empty(),
         "{what}: released from the sweep"
     );
+
+    // Back to the bot, and closed while it holds it: the close names the bot.
+    store
+        .transfer(&conv.id, to_bot(), None, at(7))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: back to the bot: {e}"));
+    let closed = store
+        .close_conversation(&conv.id, "resolved", at(8))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: close: {e}"));
+    assert_eq!(
+        (
+            closed.conversation.status,
+            closed.released_agent.is_none(),
+            closed.released_bot.as_deref()
+        ),
+        (ConversationStatus::Closed, true, Some(bot.as_str())),
+        "{what}: closed, released by the bot"
+    );
+    let closed_by: Vec<Option<String>> = store
+        .unannounced(at(100))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: notes: {e}"))
+        .into_iter()
+        .filter(|n| n.subject == conv.id && n.kind == NoteKind::Closed)
+        .map(|n| n.from_agent)
+        .collect();
+    assert_eq!(closed_by, [Some(bot.clone())], "{what}: the close's note");
+    assert!(
+        silent(100).await.is_empty(),
+        "{what}: a closed conversation is not swept"
+    );
 }
 
 /// Transfers: to a pool (the agent is freed, the conversation queues at the back with a new

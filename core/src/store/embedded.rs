@@ -391,17 +391,21 @@ impl State {
     }
 
     fn close(&mut self, id: &str, reason: &str, now: DateTime<Utc>) -> Result<Release, StoreError> {
-        let status = self
+        let held = self
             .conversations
             .get(id)
-            .ok_or_else(|| not_found("conversation", id))?
-            .status;
-        if status == ConversationStatus::Closed {
+            .ok_or_else(|| not_found("conversation", id))?;
+        if held.status == ConversationStatus::Closed {
             return Err(StoreError::Conflict {
                 code: "conversation_closed",
                 message: format!("conversation `{id}` is already closed"),
             });
         }
+        // A bot is no agent record: the close names it as the one it left all the same.
+        let released_bot = held
+            .agent_id
+            .clone()
+            .filter(|_| held.status == ConversationStatus::Bot);
         let released_agent = self.detach(id);
         self.preferred_agent.remove(id);
         self.offer_secs.remove(id);
@@ -421,8 +425,15 @@ impl State {
         Ok(Release {
             conversation,
             released_agent,
-            released_bot: None,
+            released_bot,
         })
+    }
+
+    /// Notes the close `release` made, with the agent (or bot) it left.
+    fn note_close(&mut self, id: &str, release: &Release, now: DateTime<Utc>) {
+        let mut note = Note::new(NoteKind::Closed, id, now);
+        note.from_agent = release.released_holder().map(str::to_owned);
+        self.note(note);
     }
 
     /// Merges profile `from` into `into`, moving identities, tags, attributes and the open
@@ -1665,9 +1676,7 @@ impl Store for EmbeddedStore {
     ) -> Result<Release, StoreError> {
         let mut s = self.lock();
         let release = s.close(id, reason, now)?;
-        let mut note = Note::new(NoteKind::Closed, id, now);
-        note.from_agent = release.released_agent.as_ref().map(|a| a.id.clone());
-        s.note(note);
+        s.note_close(id, &release, now);
         Ok(release)
     }
 
@@ -1695,9 +1704,7 @@ impl Store for EmbeddedStore {
             });
         }
         let release = s.close(id, IDLE_CLOSE_REASON, now)?;
-        let mut note = Note::new(NoteKind::Closed, id, now);
-        note.from_agent = release.released_agent.as_ref().map(|a| a.id.clone());
-        s.note(note);
+        s.note_close(id, &release, now);
         Ok(release)
     }
 

@@ -562,8 +562,18 @@ pub struct Release {
     /// The agent who held it before, with capacity freed.
     pub released_agent: Option<Agent>,
     /// The bot that held it before (`bot:{id}`; a bot is no agent record): set by a transfer
-    /// of a conversation a bot held.
+    /// or a close of a conversation a bot held.
     pub released_bot: Option<String>,
+}
+
+impl Release {
+    /// The id of the agent, or bot, that held the conversation before.
+    pub fn released_holder(&self) -> Option<&str> {
+        self.released_agent
+            .as_ref()
+            .map(|a| a.id.as_str())
+            .or(self.released_bot.as_deref())
+    }
 }
 
 /// What a [`Note`] stands for: the events a change of state calls for. Kinds are ordered as a

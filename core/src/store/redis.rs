@@ -1012,7 +1012,7 @@ fn release(v: Value) -> Result<Release, StoreError> {
     Ok(Release {
         conversation: some_conversation(items.next()?)?,
         released_agent: opt_agent(items.next()?)?,
-        // Only a transfer replies the bot it took the conversation from.
+        // A transfer and a close reply the bot they took the conversation from.
         released_bot: items.0.next().map(opt_text).transpose()?.flatten(),
     })
 }

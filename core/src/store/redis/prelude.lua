@@ -316,7 +316,8 @@ local function detach(id)
   return nil
 end
 
--- Closes a conversation. Returns (released agent id or false, nil) or (nil, error reply).
+-- Closes a conversation. Returns (released agent id or false, nil, the bot that held it or
+-- nil) or (nil, error reply).
 local function close_conversation(id, reason, now)
   local ck = key('conv', id)
   local st = redis.call('HGET', ck, 'status')
@@ -326,6 +327,8 @@ local function close_conversation(id, reason, now)
   if st == 'closed' then
     return nil, conflict('conversation_closed', 'conversation `' .. id .. '` is already closed')
   end
+  -- A bot is no agent record: the close names it as the one it left all the same.
+  local bot = st == 'bot' and redis.call('HGET', ck, 'agent_id') or nil
   local released = detach(id)
   redis.call('HSET', ck, 'status', 'closed', 'closed_at', now, 'updated_at', now,
     'close_reason', reason)
@@ -337,7 +340,7 @@ local function close_conversation(id, reason, now)
   if cust and redis.call('GET', key('open', cust)) == id then
     redis.call('DEL', key('open', cust))
   end
-  return released or false, nil
+  return released or false, nil, bot
 end
 
 
