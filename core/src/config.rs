@@ -1033,8 +1033,8 @@ pub struct BotSettings {
 }
 
 /// The event types a bot is sent (only those of the conversations it holds; a
-/// `conversation.transferred` only when the transfer handed the conversation to it; a
-/// `conversation.closed` when the conversation closed while the bot held it).
+/// `conversation.transferred` only when the transfer handed the conversation to it or took it
+/// from it; a `conversation.closed` when the conversation closed while the bot held it).
 pub const BOT_EVENTS: &[&str] = &[
     "conversation.created",
     "conversation.closed",

@@ -300,10 +300,13 @@ impl EventBatch {
         reason: Option<&str>,
         at: DateTime<Utc>,
     ) -> &mut Self {
-        // Handed to a bot: the bot learns it holds the conversation.
+        // Handed to a bot: the bot learns it holds the conversation. Taken from a bot (its own
+        // hand-off, its pool's timeout, or a person's transfer): the bot learns it no longer
+        // does.
         if c.status == ConversationStatus::Bot {
             self.copy_to_bot(c.agent_id.as_deref());
         }
+        self.copy_to_bot(from_agent_id);
         self.push(
             Head::state(EventType::ConversationTransferred, &c.tenant, &c.id, at),
             TransferredData {
@@ -1128,14 +1131,15 @@ mod tests {
             .message_received(&message, Some("agent-7"))
             .message_received(&message, Some("bot:"))
             .message_received(&message, None)
-            // Handed to the bot: copied; handed off by it (no longer the bot's): not.
+            // Handed to the bot, and taken from it: copied both times.
             .conversation_transferred(&held, Some("agent-7"), None, held.updated_at)
             .conversation_transferred(&other, Some("bot:faq"), None, other.updated_at)
+            .conversation_transferred(&other, Some("agent-8"), None, other.updated_at)
             // Closed while the bot held it: copied; while a person did: not.
             .conversation_closed(&held, Some("bot:faq"))
             .conversation_closed(&other, Some("agent-7"));
         let (events, copies) = batch.into_publishes().unwrap();
-        assert_eq!(events.len(), 11, "every event on the stream");
+        assert_eq!(events.len(), 12, "every event on the stream");
         let keys: Vec<&str> = copies.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(
             keys,
@@ -1143,10 +1147,12 @@ mod tests {
                 "faq.conversation.created",
                 "faq.message.received",
                 "faq.conversation.transferred",
+                "faq.conversation.transferred",
                 "faq.conversation.closed"
             ]
         );
-        assert_eq!(copies[3].1.body, events[9].1.body);
+        assert_eq!(copies[3].1.body, events[8].1.body, "taken from the bot");
+        assert_eq!(copies[4].1.body, events[10].1.body);
         assert_eq!(copies[2].1.body, events[7].1.body);
         // The copies are the events themselves: same id, same bytes.
         assert_eq!(copies[0].1.message_id, events[0].1.message_id);

@@ -21,9 +21,9 @@
 //! the event to be sent again. The event's `id` tells a receiver that it has seen it.
 //!
 //! A `[[bots]]` entry is sent the same way from its own queue, `switchyard.bots.{id}`, which
-//! receives the copies routers publish on `switchyard.bots` of the `conversation.created` and
-//! `message.received` events of the conversations the bot holds. The sender still checks each
-//! event's agent (`bot:{id}`) and acknowledges any other unsent: during a rolling upgrade from a
+//! receives the copies routers publish on `switchyard.bots` of the events of the conversations
+//! the bot holds, is handed or loses (`config::BOT_EVENTS`). The sender still checks that each
+//! event names the bot (`bot:{id}`) and acknowledges any other unsent: during a rolling upgrade from a
 //! version that bound bot queues to the whole event stream, the queue may hold others.
 
 use std::sync::Arc;
@@ -130,7 +130,7 @@ impl Webhook {
                         continue;
                     };
                     if let Some(agent) = &self.only_agent
-                        && agent_of(&delivery.message.body).as_deref() != Some(agent.as_str())
+                        && !concerns(&delivery.message.body, agent)
                     {
                         // Another conversation's event: not this bot's to see.
                         if let Err(e) = delivery.ack().await {
@@ -250,9 +250,10 @@ fn http_client(key: &str, timeout_ms: u64) -> Result<reqwest::Client, ConfigErro
         })
 }
 
-/// The agent an event concerns: `data.agent_id` (`message.received`) or
-/// `data.conversation.agent_id` (`conversation.*`); `None` when it names none.
-fn agent_of(body: &[u8]) -> Option<String> {
+/// Whether an event concerns `agent`: it is `data.agent_id` (`message.received`, the holder of
+/// a `conversation.closed`), `data.from_agent_id` (the one a `conversation.transferred` took
+/// the conversation from) or `data.conversation.agent_id` (the holder, `conversation.*`).
+fn concerns(body: &[u8], agent: &str) -> bool {
     #[derive(serde::Deserialize)]
     struct Event {
         data: Option<Data>,
@@ -260,15 +261,23 @@ fn agent_of(body: &[u8]) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct Data {
         agent_id: Option<String>,
+        from_agent_id: Option<String>,
         conversation: Option<Held>,
     }
     #[derive(serde::Deserialize)]
     struct Held {
         agent_id: Option<String>,
     }
-    let data = serde_json::from_slice::<Event>(body).ok()?.data?;
-    data.agent_id
-        .or_else(|| data.conversation.and_then(|c| c.agent_id))
+    let Some(data) = serde_json::from_slice::<Event>(body)
+        .ok()
+        .and_then(|e| e.data)
+    else {
+        return false;
+    };
+    let holder = data.conversation.and_then(|c| c.agent_id);
+    [data.agent_id, data.from_agent_id, holder]
+        .iter()
+        .any(|id| id.as_deref() == Some(agent))
 }
 
 /// The CloudEvent's `subject` (empty when it has none, or the body is not a CloudEvent).
@@ -285,17 +294,22 @@ fn subject_of(body: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{agent_of, subject_of};
+    use super::{concerns, subject_of};
 
     #[test]
-    fn the_agent_is_read_from_a_message_or_a_conversation() {
+    fn an_event_concerns_the_agent_it_names_in_any_role() {
         let received = br#"{"type":"io.switchyard.message.received","data":{"message":{"id":"m"},"agent_id":"bot:faq"}}"#;
-        assert_eq!(agent_of(received).as_deref(), Some("bot:faq"));
+        assert!(concerns(received, "bot:faq"));
+        assert!(!concerns(received, "bot:other"));
         let created = br#"{"data":{"conversation":{"id":"c","agent_id":"bot:faq"}}}"#;
-        assert_eq!(agent_of(created).as_deref(), Some("bot:faq"));
+        assert!(concerns(created, "bot:faq"));
+        let taken =
+            br#"{"data":{"conversation":{"id":"c","agent_id":"ann"},"from_agent_id":"bot:faq"}}"#;
+        assert!(concerns(taken, "bot:faq"));
+        assert!(concerns(taken, "ann"));
         let queued = br#"{"data":{"conversation":{"id":"c","agent_id":null}}}"#;
-        assert_eq!(agent_of(queued), None);
-        assert_eq!(agent_of(b"not json"), None);
+        assert!(!concerns(queued, "bot:faq"));
+        assert!(!concerns(b"not json", "bot:faq"));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The bot stage through the real server: a pool with a bot opens its conversations held by
 //! the bot (status `bot`), whose endpoint gets their events signed and in order; the bot
-//! answers through REST as `bot:{id}`, hands off to a pool of people, and then hears no more;
-//! handed back to it and closed, the bot is told of the close.
+//! answers through REST as `bot:{id}`, hands off to a pool of people, is told it did, and then
+//! hears no more; handed back to it and closed, the bot is told of the close. A silent bot
+//! timed out is told the conversation left it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -235,6 +236,12 @@ async fn scenario(server: &Server, bot: &Callback, app_backend: &Callback, strea
     assert_eq!(held[0]["id"], id.as_str());
     assert_eq!(held[0]["status"], "assigned");
     assert_eq!(held[0]["handover"], handover, "Ann sees the hand-over");
+    // The bot is told the conversation left it: its own hand-off, as the one it left.
+    let got = bot.wait_for(4).await;
+    let handed_off = event_of(&got[3]);
+    assert_eq!(handed_off["type"], "io.switchyard.conversation.transferred");
+    assert_eq!(handed_off["data"]["from_agent_id"], "bot:faq");
+    assert_eq!(handed_off["data"]["conversation"]["pool"], "humans");
 
     // From now on the conversation is Ann's: the bot is sent nothing more of it.
     post("m-3", "Hello Ann").await;
@@ -246,7 +253,7 @@ async fn scenario(server: &Server, bot: &Callback, app_backend: &Callback, strea
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         bot.received.lock().unwrap().len(),
-        3,
+        4,
         "the bot heard Ann's part"
     );
 
@@ -266,8 +273,8 @@ async fn scenario(server: &Server, bot: &Callback, app_backend: &Callback, strea
         (&json!("bot"), &json!("bot:faq"), &json!("default")),
         "{body}"
     );
-    let got = bot.wait_for(4).await;
-    let back = event_of(&got[3]);
+    let got = bot.wait_for(5).await;
+    let back = event_of(&got[4]);
     assert_eq!(back["type"], "io.switchyard.conversation.transferred");
     assert_eq!(back["data"]["from_agent_id"], "ann");
     assert_eq!(back["data"]["conversation"]["agent_id"], "bot:faq");
@@ -277,9 +284,9 @@ async fn scenario(server: &Server, bot: &Callback, app_backend: &Callback, strea
     );
     server.held_by("ann", 0).await;
     post("m-4", "It works now, thanks!").await;
-    let got = bot.wait_for(5).await;
+    let got = bot.wait_for(6).await;
     assert_eq!(
-        event_of(&got[4])["data"]["message"]["content"]["text"],
+        event_of(&got[5])["data"]["message"]["content"]["text"],
         "It works now, thanks!"
     );
     // A bot nobody configured, or the bot holding it already, is refused.
@@ -326,8 +333,8 @@ async fn scenario(server: &Server, bot: &Callback, app_backend: &Callback, strea
         .send_json("POST", &format!("/v1/conversations/{id}/close"), json!({}))
         .await;
     assert_eq!(status, 200, "{body}");
-    let got = bot.wait_for(6).await;
-    let closed = event_of(&got[5]);
+    let got = bot.wait_for(7).await;
+    let closed = event_of(&got[6]);
     assert_eq!(closed["type"], "io.switchyard.conversation.closed");
     assert_eq!(closed["data"]["agent_id"], "bot:faq");
     assert_eq!(closed["data"]["conversation"]["id"], id.as_str());
@@ -385,6 +392,19 @@ async fn a_silent_bot_hands_off_after_the_pool_timeout() {
     .await;
     assert_eq!(conversation["agent_id"], "ann");
     assert_eq!(conversation["pool"], "default");
+    // The bot is told the conversation left it, as if it had handed it off.
+    let got = bot.wait_for(3).await;
+    assert_eq!(
+        types(&got),
+        [
+            "conversation.created",
+            "message.received",
+            "conversation.transferred"
+        ]
+    );
+    let timed_out = event_of(&got[2]);
+    assert_eq!(timed_out["data"]["from_agent_id"], "bot:faq");
+    assert_eq!(timed_out["data"]["conversation"]["status"], "queued");
     assert_eq!(
         server
             .metric_once(r#"switchyard_bot_timeouts_total{pool="default"}"#, 1.0)
