@@ -1,4 +1,5 @@
-//! The `switchyard` command line: `serve` (everything), `gateway`, `router`, `check-config`.
+//! The `switchyard` command line: `serve` (everything), `gateway`, `router`, `check-config`,
+//! `redact`, `dead-letters`.
 //! The binary is a one-line wrapper around [`main`], so tests can build their own copy.
 
 use std::net::SocketAddr;
@@ -36,6 +37,20 @@ enum Command {
         /// them (exit code 1 when they cannot serve).
         #[arg(long)]
         connect: bool,
+    },
+    /// Show what a channel's redaction rules (`[redaction]`, the channel's `redact`) make of a
+    /// text, without running anything: one JSON object per text, `{"text", "redactions":
+    /// {rule: matches}}`.
+    Redact {
+        /// Configuration file (TOML).
+        #[arg(long, env = "SWITCHYARD_CONFIG")]
+        config: PathBuf,
+        /// The channel whose rules apply.
+        #[arg(long)]
+        channel: String,
+        /// The text; without it, each line of standard input is one text.
+        #[arg(long)]
+        text: Option<String>,
     },
     /// List, replay or discard the dead letters of a deployment on RabbitMQ (`bus.kind =
     /// "amqp"`); prints JSON. With the embedded bus, use `/v1/dead-letters` of the running
@@ -95,6 +110,11 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig { file, connect } => check_config(&file, connect),
         Command::DeadLetters { config, action } => dead_letters(config.as_deref(), action),
+        Command::Redact {
+            config,
+            channel,
+            text,
+        } => redact(&config, &channel, text),
         Command::Serve(args) => run(args, Role::All),
         Command::Gateway(args) => run(args, Role::Gateway),
         Command::Router(args) => run(args, Role::Router),
@@ -143,6 +163,63 @@ fn check_config(file: &std::path::Path, connect: bool) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `redact`: prints what `channel`'s redaction rules make of `text`, or of each line of standard
+/// input; exit code 2 for a configuration it cannot load or a channel it does not define.
+fn redact(config: &std::path::Path, channel: &str, text: Option<String>) -> ExitCode {
+    use std::io::BufRead;
+    use switchyard_core::redaction::Redaction;
+
+    let redaction = Settings::load(Some(config))
+        .map_err(anyhow::Error::from)
+        .and_then(|settings| {
+            anyhow::ensure!(
+                settings.channels.iter().any(|c| c.id == channel),
+                "channel `{channel}` is not in the configuration"
+            );
+            Ok(Redaction::from_settings(&settings)?)
+        });
+    let redaction = match redaction {
+        Ok(redaction) => redaction,
+        Err(e) => {
+            eprintln!("{}: {e:#}", config.display());
+            return ExitCode::from(2);
+        }
+    };
+    let redactor = redaction.for_channel(channel);
+    if redactor.is_none() {
+        eprintln!("channel `{channel}` redacts nothing");
+    }
+    let show = |text: &str| {
+        let (text, found) = match redactor.and_then(|r| r.redact_text(text)) {
+            Some((redacted, found)) => (redacted, found),
+            None => (text.to_owned(), Default::default()),
+        };
+        let redactions: serde_json::Map<String, serde_json::Value> = found
+            .iter()
+            .map(|(rule, n)| (rule.to_owned(), n.into()))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"text": text, "redactions": redactions})
+        );
+    };
+    match text {
+        Some(text) => show(&text),
+        None => {
+            for line in std::io::stdin().lock().lines() {
+                match line {
+                    Ok(line) => show(&line),
+                    Err(e) => {
+                        eprintln!("cannot read standard input: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 /// `check-config --connect`: connects to the configured RabbitMQ and Redis and says, a line each,

@@ -151,6 +151,88 @@ fn check_config_explains_errors_with_the_key_path() {
     let _ = std::fs::remove_file(&good);
 }
 
+/// `switchyard redact` shows what a channel's rules make of a text given with `--text` or line
+/// by line on standard input, and refuses a channel the configuration does not define.
+#[test]
+fn redact_shows_what_a_channels_rules_make_of_a_text() {
+    use std::io::Write;
+    use std::process::Stdio;
+
+    let config = std::env::temp_dir().join(format!("sy-redact-{}.toml", std::process::id()));
+    std::fs::write(
+        &config,
+        "[redaction]\ndetectors = [\"payment_card\", \"email\"]\n\
+         [[redaction.patterns]]\nname = \"ticket\"\nregex = \"T-[0-9]{4}\"\n\
+         [[channels]]\nid = \"shop\"\nkind = \"api\"\nsecret = \"0123456789abcdef\"\n\
+         [[channels]]\nid = \"staff\"\nkind = \"api\"\nsecret = \"0123456789abcdef\"\n\
+         redact = []\n",
+    )
+    .unwrap();
+    let redact = |channel: &str| {
+        let mut command = Command::new(binary());
+        command
+            .args(["redact", "--config"])
+            .arg(&config)
+            .args(["--channel", channel]);
+        command
+    };
+    let out = redact("shop")
+        .args(["--text", "card 4111 1111 1111 1111 and T-1234, mail a@b.cn"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        shown,
+        serde_json::json!({
+            "text": "card [redacted:payment_card] and [redacted:ticket], mail [redacted:email]",
+            "redactions": {"payment_card": 1, "ticket": 1, "email": 1}
+        })
+    );
+
+    let mut child = redact("shop")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all("你好\n邮箱 li@example.com\n".as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["text"], "你好");
+    assert_eq!(lines[0]["redactions"], serde_json::json!({}));
+    assert_eq!(lines[1]["text"], "邮箱 [redacted:email]");
+    assert_eq!(lines.len(), 2);
+
+    let out = redact("staff").args(["--text", "a@b.cn"]).output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("redacts nothing"));
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["text"],
+        "a@b.cn"
+    );
+
+    let out = redact("nowhere").args(["--text", "x"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("channel `nowhere` is not in the configuration")
+    );
+    let _ = std::fs::remove_file(&config);
+}
+
 /// `switchyard dead-letters` against a real RabbitMQ: lists what a consumer dead-lettered,
 /// replays one into the queue it came from, discards the other; and refuses the embedded bus,
 /// whose dead letters live inside `serve`.
