@@ -240,14 +240,14 @@ pub enum AgentRequest {
     Transfer {
         /// Conversation.
         conversation_id: String,
-        /// Target pool.
+        /// Target pool; with `bot`, which of the bot's pools the conversation goes to.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pool: Option<String>,
         /// Target agent.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         agent_id: Option<String>,
-        /// Target bot (a `[[bots]]` id): it holds the conversation in the first pool whose bot
-        /// it is.
+        /// Target bot (a `[[bots]]` id): it holds the conversation in the pool `pool` names, or
+        /// in the first pool whose bot it is.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         bot: Option<String>,
         /// With `pool`: the skills the conversation asks of its next agent from now on (`[]`:

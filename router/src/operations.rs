@@ -46,9 +46,9 @@ pub struct Operations {
     /// The pools that give a returning customer their last agent (`prefer_last_agent`): an
     /// agent writing first there becomes the customer's last agent.
     last_agent_pools: Arc<HashSet<String>>,
-    /// Bot agent id (`bot:{id}`) -> the first configured pool whose bot it is: where a
-    /// conversation handed to that bot belongs.
-    bot_pools: Arc<HashMap<String, String>>,
+    /// Bot agent id (`bot:{id}`) -> the pools whose bot it is, in configured order: a
+    /// conversation handed to that bot belongs to the one the transfer names, or the first.
+    bot_pools: Arc<HashMap<String, Vec<String>>>,
 }
 
 /// A conversation an agent started by writing first ([`Operations::write_first`]).
@@ -96,9 +96,10 @@ impl Operations {
         }
     }
 
-    /// The same commands, knowing each bot's pool (bot agent id `bot:{id}` -> the first
-    /// configured pool whose `bot` it is): a conversation handed to a bot belongs to that pool.
-    pub fn with_bot_pools(mut self, pools: HashMap<String, String>) -> Self {
+    /// The same commands, knowing each bot's pools (bot agent id `bot:{id}` -> the pools whose
+    /// `bot` it is, in configured order): a conversation handed to a bot belongs to the pool
+    /// the transfer names, or to the first.
+    pub fn with_bot_pools(mut self, pools: HashMap<String, Vec<String>>) -> Self {
         self.bot_pools = Arc::new(pools);
         self
     }
@@ -500,6 +501,35 @@ impl Operations {
         Ok(release.conversation)
     }
 
+    /// The pool a conversation handed to `bot` goes to: `asked` when the bot is that pool's,
+    /// the bot's first pool when `asked` is empty. An unknown bot is not found; a pool that is
+    /// not the bot's is invalid.
+    fn bot_pool(&self, bot: &str, asked: &str) -> Result<String, RouteError> {
+        let name = bot_of_agent(bot).unwrap_or(bot);
+        let pools = self
+            .bot_pools
+            .get(bot)
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "bot",
+                id: name.to_owned(),
+            })?;
+        if asked.is_empty() {
+            return pools.first().cloned().ok_or_else(|| {
+                RouteError::from(StoreError::NotFound {
+                    kind: "bot",
+                    id: name.to_owned(),
+                })
+            });
+        }
+        if pools.iter().any(|p| p == asked) {
+            return Ok(asked.to_owned());
+        }
+        Err(RouteError::Invalid(format!(
+            "pool `{asked}` is not bot `{name}`'s (its pools: {})",
+            pools.join(", ")
+        )))
+    }
+
     /// Moves a conversation to a pool's queue or to an agent; a `handover` context becomes the
     /// conversation's [`Handover`], given by `by_agent` now.
     pub async fn transfer(
@@ -514,15 +544,8 @@ impl Operations {
         }
         let target = match target {
             TransferTarget::Pool(queue) => TransferTarget::Pool(self.with_offer_time(queue)),
-            TransferTarget::Bot { bot, .. } => {
-                let pool =
-                    self.bot_pools
-                        .get(&bot)
-                        .cloned()
-                        .ok_or_else(|| StoreError::NotFound {
-                            kind: "bot",
-                            id: bot_of_agent(&bot).unwrap_or(&bot).to_owned(),
-                        })?;
+            TransferTarget::Bot { bot, pool } => {
+                let pool = self.bot_pool(&bot, &pool)?;
                 TransferTarget::Bot { pool, bot }
             }
             agent => agent,

@@ -242,15 +242,17 @@ pub fn offer_secs_by_pool(settings: &Settings) -> HashMap<String, u64> {
         .collect()
 }
 
-/// Each bot's pool: the bot's agent id (`bot:{id}`) -> the first configured pool whose `bot` it
-/// is, where a conversation handed to the bot belongs.
-pub fn bot_pools(settings: &Settings) -> HashMap<String, String> {
-    let mut pools = HashMap::new();
+/// Each bot's pools: the bot's agent id (`bot:{id}`) -> the pools whose `bot` it is, in
+/// configured order; a conversation handed to the bot belongs to one of them (the first, unless
+/// the transfer names another).
+pub fn bot_pools(settings: &Settings) -> HashMap<String, Vec<String>> {
+    let mut pools: HashMap<String, Vec<String>> = HashMap::new();
     for pool in &settings.pools {
         if let Some(bot) = &pool.bot {
             pools
                 .entry(bot_agent_id(bot))
-                .or_insert_with(|| pool.id.clone());
+                .or_default()
+                .push(pool.id.clone());
         }
     }
     pools

@@ -35,6 +35,7 @@ fn config(bot: &str, callback: &str) -> String {
         "[[bots]]\nid = \"faq\"\nurl = \"{bot}\"\nsecret = \"{BOT_SECRET}\"\n\
          [[pools]]\nid = \"default\"\nbot = \"faq\"\n\
          [[pools]]\nid = \"humans\"\n\
+         [[pools]]\nid = \"vip\"\nbot = \"faq\"\n\
          [[channels]]\nid = \"shop\"\nkind = \"api\"\nsecret = \"{SECRET}\"\n\
          callback_url = \"{callback}\"\n"
     )
@@ -339,6 +340,62 @@ async fn scenario(server: &Server, bot: &Callback, app_backend: &Callback, strea
     assert_eq!(closed["data"]["agent_id"], "bot:faq");
     assert_eq!(closed["data"]["conversation"]["id"], id.as_str());
     assert_eq!(closed["data"]["conversation"]["status"], "closed");
+
+    // The customer writes again: a new conversation, the bot's. Handed to Ann and then back to
+    // the bot in the other pool it serves, it goes to that pool; a pool that is not the bot's
+    // is refused.
+    post("m-5", "One more question").await;
+    let again = eventually(|| async {
+        let (_, c) = server
+            .get_json("/v1/customers?identity=app_user:shop:42")
+            .await;
+        let id = c["id"].as_str()?.to_owned();
+        let (_, list) = server
+            .get_json(&format!("/v1/customers/{id}/conversations?status=open"))
+            .await;
+        list["conversations"][0]["id"].as_str().map(str::to_owned)
+    })
+    .await;
+    let (status, body) = server
+        .send_json(
+            "POST",
+            &format!("/v1/conversations/{again}/transfer"),
+            json!({"agent_id": "ann"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = server
+        .send_json(
+            "POST",
+            &format!("/v1/conversations/{again}/transfer"),
+            json!({"bot": "faq", "pool": "humans", "by_agent_id": "ann"}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid")),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("its pools: default, vip"),
+        "{body}"
+    );
+    let (status, body) = server
+        .send_json(
+            "POST",
+            &format!("/v1/conversations/{again}/transfer"),
+            json!({"bot": "faq", "pool": "vip", "by_agent_id": "ann"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (&body["status"], &body["agent_id"], &body["pool"]),
+        (&json!("bot"), &json!("bot:faq"), &json!("vip")),
+        "{body}"
+    );
 
     // Bots are not agent records.
     let (status, body) = server

@@ -319,7 +319,8 @@ pub struct Transfer {
     skills: Option<Vec<String>>,
     /// With `pool`: the priority in its queue from now on.
     priority: Option<u8>,
-    /// A bot (`[[bots]]` id) to hand it to, in the first pool whose bot it is.
+    /// A bot (`[[bots]]` id) to hand it to, in the pool `pool` names (one of the bot's), or in
+    /// the first pool whose bot it is.
     bot: Option<String>,
     /// The agent asking, who must hold the conversation.
     by_agent_id: Option<String>,
@@ -328,8 +329,8 @@ pub struct Transfer {
 }
 
 /// Where a transfer request (REST or agent WebSocket) sends a conversation: exactly one of
-/// `pool`, `agent_id` and `bot`, and `skills` (each a valid skill name) and `priority` only with
-/// `pool`.
+/// `pool`, `agent_id` and `bot` (a `bot` may name one of its pools with `pool`), and `skills`
+/// (each a valid skill name) and `priority` only with a `pool` alone.
 pub(super) fn transfer_target(
     pool: Option<String>,
     agent_id: Option<String>,
@@ -338,10 +339,10 @@ pub(super) fn transfer_target(
     priority: Option<u8>,
 ) -> Result<TransferTarget, ApiError> {
     if let Some(bot) = bot {
-        if pool.is_some() || agent_id.is_some() {
+        if agent_id.is_some() {
             return Err(ApiError::bad_request(
                 "invalid",
-                "give exactly one of `pool`, `agent_id`, `bot`",
+                "give exactly one of `pool`, `agent_id`, `bot` (or `bot` with one of its pools)",
             ));
         }
         if skills.is_some() || priority.is_some() {
@@ -351,8 +352,8 @@ pub(super) fn transfer_target(
             ));
         }
         return Ok(TransferTarget::Bot {
-            // Set from the bots' pools by `Operations::transfer`.
-            pool: String::new(),
+            // Checked against the bot's pools, or set to its first, by `Operations::transfer`.
+            pool: pool.unwrap_or_default(),
             bot: bot_agent_id(&bot),
         });
     }
