@@ -4,18 +4,12 @@
 //! hears no more; handed back to it and closed, the bot is told of the close. A silent bot
 //! timed out is told the conversation left it.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use switchyard_core::bus::amqp::AmqpBus;
-use switchyard_core::conformance::services::{TestRedisPrefix, TestVhost, absent};
-use switchyard_core::metrics::Metrics;
-use switchyard_router::{App, Role};
-
 use crate::support::{
-    Callback, Received, SECRET, Server, api_message, eventually, settings, signed_cloud_event,
+    Callback, OnRealServices, Received, SECRET, Server, api_message, eventually, signed_cloud_event,
 };
 
 const BOT_SECRET: &str = "faq-bot-secret-0123456789";
@@ -72,32 +66,15 @@ async fn a_bot_holds_new_conversations_answers_and_hands_off_to_people() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bot_holds_new_conversations_answers_and_hands_off_to_people_on_rabbitmq_and_redis() {
-    let Some(vhost) = TestVhost::create("bots") else {
-        return;
-    };
-    let bus = match AmqpBus::connect(&vhost.url, "bots-app", "", Duration::from_secs(5)).await {
-        Ok(bus) => bus,
-        Err(e) => return absent::<()>("RabbitMQ", &e.to_string()).unwrap_or(()),
-    };
-    let Some(redis) = TestRedisPrefix::new().await else {
-        return;
-    };
     let bot = Callback::start().await;
     let app_backend = Callback::start().await;
     let stream = Callback::start().await;
-    let app = App::start_with(
-        settings(&config_with_stream(&bot.url, &app_backend.url, &stream.url)),
-        Role::All,
-        Arc::new(bus),
-        Arc::new(redis.redis().await),
-        Metrics::new().unwrap(),
-    )
-    .await
-    .unwrap();
-    let server = Server::of(app);
-    scenario(&server, &bot, &app_backend, &stream).await;
-    server.stop().await;
-    drop(vhost);
+    let config = config_with_stream(&bot.url, &app_backend.url, &stream.url);
+    let Some(real) = OnRealServices::start("bots", &config).await else {
+        return;
+    };
+    scenario(&real.server, &bot, &app_backend, &stream).await;
+    real.stop().await;
 }
 
 /// The bot's whole part: it is sent the conversation it holds, answers, hands off to Ann, and

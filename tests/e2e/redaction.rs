@@ -4,17 +4,11 @@
 //! kept `raw` hold only the redacted text; a channel with `redact = []` keeps its text, a retry
 //! is not counted twice, and each replacement counts in `switchyard_redactions_total`.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use serde_json::{Value, json};
 
-use switchyard_core::bus::amqp::AmqpBus;
-use switchyard_core::conformance::services::{TestRedisPrefix, TestVhost, absent};
-use switchyard_core::metrics::Metrics;
-use switchyard_router::{App, Role};
-
-use crate::support::{Callback, SECRET, Server, WEB_SECRET, Ws, settings, signed_cloud_event};
+use crate::support::{
+    Callback, OnRealServices, SECRET, Server, WEB_SECRET, Ws, signed_cloud_event,
+};
 
 const HOOK_SECRET: &str = "helpdesk-webhook-secret-0123";
 
@@ -56,31 +50,12 @@ async fn personal_data_is_redacted_before_the_bus() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn personal_data_is_redacted_before_the_bus_on_rabbitmq_and_redis() {
-    let Some(vhost) = TestVhost::create("redaction") else {
-        return;
-    };
-    let bus = match AmqpBus::connect(&vhost.url, "redaction-app", "", Duration::from_secs(5)).await
-    {
-        Ok(bus) => bus,
-        Err(e) => return absent::<()>("RabbitMQ", &e.to_string()).unwrap_or(()),
-    };
-    let Some(redis) = TestRedisPrefix::new().await else {
-        return;
-    };
     let helpdesk = Callback::start().await;
-    let app = App::start_with(
-        settings(&config(&helpdesk.url)),
-        Role::All,
-        Arc::new(bus),
-        Arc::new(redis.redis().await),
-        Metrics::new().unwrap(),
-    )
-    .await
-    .unwrap();
-    let server = Server::of(app);
-    scenario(&server, &helpdesk).await;
-    server.stop().await;
-    drop(vhost);
+    let Some(real) = OnRealServices::start("redaction", &config(&helpdesk.url)).await else {
+        return;
+    };
+    scenario(&real.server, &helpdesk).await;
+    real.stop().await;
 }
 
 async fn scenario(server: &Server, helpdesk: &Callback) {

@@ -10,7 +10,10 @@ use axum::http::HeaderMap;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use switchyard_connectors::signature::switchyard_signature;
+use switchyard_core::bus::amqp::AmqpBus;
 use switchyard_core::config::Settings;
+use switchyard_core::conformance::services::{TestRedisPrefix, TestVhost, absent};
+use switchyard_core::metrics::Metrics;
 use switchyard_router::{App, Role};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -191,6 +194,49 @@ impl Server {
 
     pub async fn stop(self) {
         self.app.stop().await.unwrap();
+    }
+}
+
+/// A Switchyard on RabbitMQ (a vhost of its own) and Redis (a key prefix of its own), which
+/// both go away with it.
+pub struct OnRealServices {
+    pub server: Server,
+    vhost: TestVhost,
+    redis: TestRedisPrefix,
+}
+
+impl OnRealServices {
+    /// Starts Switchyard (all roles) with `extra` appended to the test config, on a vhost
+    /// named after `label` and a fresh Redis prefix; `None`, after saying so, when RabbitMQ or
+    /// Redis is absent (under `CI=true` that fails the test instead).
+    pub async fn start(label: &str, extra: &str) -> Option<OnRealServices> {
+        let vhost = TestVhost::create(label)?;
+        let bus = match AmqpBus::connect(&vhost.url, label, "", Duration::from_secs(5)).await {
+            Ok(bus) => bus,
+            Err(e) => return absent("RabbitMQ", &e.to_string()),
+        };
+        let redis = TestRedisPrefix::new().await?;
+        let app = App::start_with(
+            settings(extra),
+            Role::All,
+            Arc::new(bus),
+            redis.store().await,
+            Metrics::new().unwrap(),
+        )
+        .await
+        .unwrap();
+        Some(OnRealServices {
+            server: Server::of(app),
+            vhost,
+            redis,
+        })
+    }
+
+    /// Stops the server, then removes the vhost and the keys.
+    pub async fn stop(self) {
+        self.server.stop().await;
+        drop(self.redis);
+        drop(self.vhost);
     }
 }
 

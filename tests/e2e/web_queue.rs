@@ -1,16 +1,11 @@
 //! A web visitor waiting for an agent is told their place in the queue (`queue` frames), on the
 //! embedded bus and store and on RabbitMQ + Redis.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use switchyard_core::bus::amqp::AmqpBus;
-use switchyard_core::conformance::services::{TestRedisPrefix, TestVhost, absent};
-use switchyard_core::metrics::Metrics;
-use switchyard_router::{App, Role};
 
-use crate::support::{Server, WEB_SECRET, Ws, settings};
+use crate::support::{OnRealServices, Server, WEB_SECRET, Ws};
 
 /// A web channel whose queue positions are refreshed every second, and the default pool.
 fn config(queue_position_secs: u64) -> String {
@@ -54,13 +49,13 @@ async fn nothing_more(ws: &mut Ws) {
 /// Two visitors wait with no agent online and are told their places; a visitor who comes back
 /// is told theirs again; an agent with room for one takes the first, who is told they no longer
 /// wait while the second moves up; closing that conversation lets the agent take the second.
-async fn visitors_learn_their_place(server: Server) -> Server {
-    let (mut first, _) = visitor_who_wrote(&server, "Is anyone there?").await;
+async fn visitors_learn_their_place(server: &Server) {
+    let (mut first, _) = visitor_who_wrote(server, "Is anyone there?").await;
     assert_eq!(
         next_queue_frame(&mut first).await,
         json!({"type": "queue", "position": 1})
     );
-    let (mut second, token) = visitor_who_wrote(&server, "Me too").await;
+    let (mut second, token) = visitor_who_wrote(server, "Me too").await;
     assert_eq!(
         next_queue_frame(&mut second).await,
         json!({"type": "queue", "position": 2})
@@ -110,45 +105,22 @@ async fn visitors_learn_their_place(server: Server) -> Server {
     assert_eq!(server.metric(FRAMES).await, 6.0);
     first.close().await;
     second.close().await;
-    server
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_visitors_are_told_their_place_in_the_queue() {
     let server = Server::start(&config(1)).await;
-    visitors_learn_their_place(server).await.stop().await;
+    visitors_learn_their_place(&server).await;
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amqp_waiting_visitors_are_told_their_place_in_the_queue() {
-    let Some(vhost) = TestVhost::create("web-queue") else {
+    let Some(real) = OnRealServices::start("web-queue", &config(1)).await else {
         return;
     };
-    let Some(redis) = TestRedisPrefix::new().await else {
-        return;
-    };
-    let bus = match AmqpBus::connect(&vhost.url, "web-queue", "", Duration::from_secs(5)).await {
-        Ok(bus) => bus,
-        Err(e) => {
-            absent::<()>("RabbitMQ", &e.to_string());
-            return;
-        }
-    };
-    let app = App::start_with(
-        settings(&config(1)),
-        Role::All,
-        Arc::new(bus),
-        redis.store().await,
-        Metrics::new().unwrap(),
-    )
-    .await
-    .unwrap();
-    visitors_learn_their_place(Server::of(app))
-        .await
-        .stop()
-        .await;
-    drop(redis);
-    drop(vhost);
+    visitors_learn_their_place(&real.server).await;
+    real.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
