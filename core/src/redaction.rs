@@ -808,4 +808,16 @@ mod tests {
         let counts: Vec<(&str, u64)> = found.iter().collect();
         assert_eq!(counts, [("payment_card", 2), ("email", 2), ("phone", 1)]);
     }
+
+    proptest::proptest! {
+        /// Any text, of the characters the detectors look at and others (multi-byte ones
+        /// among them): no panic, and a redaction reports what it replaced.
+        #[test]
+        fn redaction_never_panics(text in "[0-9 +()\\-.@a-zA-Z你好X]{0,80}") {
+            if let Some((redacted, found)) = all().redact_text(&text) {
+                proptest::prop_assert!(!found.is_empty());
+                proptest::prop_assert!(redacted.contains("[redacted:"), "{redacted}");
+            }
+        }
+    }
 }
