@@ -873,9 +873,14 @@ pub struct PoolSettings {
     /// Seconds a customer of an agent of this pool waits for an answer (since their first
     /// message after the agent's last reply, or since the assignment when that came later)
     /// before the conversation is taken back from the agent: it goes to the front of the pool's
-    /// queue, to another agent, and the agent is set away. 0 (the default): never.
+    /// queue, to another agent, and the agent is set away (unless `answer_timeout_sets_away` is
+    /// false). 0 (the default): never.
     #[serde(default)]
     pub answer_timeout_secs: u64,
+    /// Whether an agent whose conversation `answer_timeout_secs` took back is set away (the
+    /// default), or keeps its status and is only passed over for that conversation.
+    #[serde(default = "default_true")]
+    pub answer_timeout_sets_away: bool,
     /// What happens to a conversation that waits too long in this pool's queue
     /// (`[pools.overflow]`); none: it waits for an agent of the pool.
     #[serde(default)]
@@ -2151,6 +2156,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("serverr"), "{err}");
+    }
+
+    #[test]
+    fn an_answer_timeout_sets_the_agent_away_unless_the_pool_says_not_to() {
+        let f = write(
+            "[[pools]]\nid = \"a\"\nanswer_timeout_secs = 60\n\
+             [[pools]]\nid = \"b\"\nanswer_timeout_secs = 60\nanswer_timeout_sets_away = false\n",
+        );
+        let s = Settings::load_with_env(Some(&f.0), []).expect("valid pools");
+        let away: Vec<bool> = s.pools.iter().map(|p| p.answer_timeout_sets_away).collect();
+        assert_eq!(away, [true, false]);
     }
 
     #[test]

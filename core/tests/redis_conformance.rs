@@ -1229,6 +1229,7 @@ mod differential {
                         2 => Withdrawal::Expired { offered_at },
                         _ => Withdrawal::Unanswered {
                             before: at(now - rng.below(3) as i64),
+                            sets_away: rng.below(2) == 0,
                         },
                     };
                     // An unanswered customer is taken back from the agent holding the

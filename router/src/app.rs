@@ -42,7 +42,7 @@ use crate::peers::Peers;
 use crate::retention::{sweep_closed_conversations, sweep_quiet_customers};
 use crate::routes::{RoutingTable, bot_pools, last_agent_pools, offer_secs_by_pool};
 use crate::timers::{
-    BotTimeout, OFFER_SWEEP, PoolTimeout, QueueOverflow, close_idle_conversations,
+    AnswerTimeout, BotTimeout, OFFER_SWEEP, PoolTimeout, QueueOverflow, close_idle_conversations,
     hand_off_silent_bots, overflow_queues, sweep_interval, take_back_expired_offers,
     take_back_unanswered,
 };
@@ -654,7 +654,7 @@ impl Timers<'_> {
             close_idle_conversations,
         );
         self.spawn(
-            PoolTimeout::answer_timeouts(settings),
+            AnswerTimeout::of(settings),
             |t| t.after,
             take_back_unanswered,
         );

@@ -97,12 +97,6 @@ impl PoolTimeout {
         Self::of(settings, |p| p.close_idle_secs)
     }
 
-    /// Every pool of `settings` with an `answer_timeout_secs`: time a customer waits for an
-    /// answer after which the conversation is taken back from its agent.
-    pub fn answer_timeouts(settings: &Settings) -> Vec<PoolTimeout> {
-        Self::of(settings, |p| p.answer_timeout_secs)
-    }
-
     fn of(settings: &Settings, secs: impl Fn(&PoolSettings) -> u64) -> Vec<PoolTimeout> {
         settings
             .pools
@@ -111,6 +105,34 @@ impl PoolTimeout {
             .map(|p| PoolTimeout {
                 pool: p.id.clone(),
                 after: Duration::from_secs(secs(p)),
+            })
+            .collect()
+    }
+}
+
+/// A pool with an answer timeout: a customer of one of its agents who waits longer than `after`
+/// for an answer is given to another agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnswerTimeout {
+    /// The pool.
+    pub pool: String,
+    /// How long a customer may wait (`answer_timeout_secs`).
+    pub after: Duration,
+    /// Whether the agent is set away too (`answer_timeout_sets_away`).
+    pub sets_away: bool,
+}
+
+impl AnswerTimeout {
+    /// Every pool of `settings` with an `answer_timeout_secs`.
+    pub fn of(settings: &Settings) -> Vec<AnswerTimeout> {
+        settings
+            .pools
+            .iter()
+            .filter(|p| p.answer_timeout_secs > 0)
+            .map(|p| AnswerTimeout {
+                pool: p.id.clone(),
+                after: Duration::from_secs(p.answer_timeout_secs),
+                sets_away: p.answer_timeout_sets_away,
             })
             .collect()
     }
@@ -408,7 +430,7 @@ pub async fn take_back_unanswered(
     store: Arc<dyn Store>,
     ops: Operations,
     _metrics: Metrics,
-    timeouts: Vec<PoolTimeout>,
+    timeouts: Vec<AnswerTimeout>,
     every: Duration,
     stop: CancellationToken,
 ) {
@@ -435,7 +457,14 @@ pub async fn take_back_unanswered(
                     continue;
                 };
                 let taken = ops
-                    .take_back(id, agent, Withdrawal::Unanswered { before })
+                    .take_back(
+                        id,
+                        agent,
+                        Withdrawal::Unanswered {
+                            before,
+                            sets_away: timeout.sets_away,
+                        },
+                    )
                     .await;
                 if made(taken, id, "taken back as unanswered") {
                     tracing::info!(conversation = %id, pool = %timeout.pool, agent,

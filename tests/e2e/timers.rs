@@ -1,7 +1,8 @@
 //! Pool timers through the real server: a pool's `close_idle_secs` closes its queued and
 //! assigned conversations after that long without a change, reason `idle`, freeing the agent's
 //! room for the next one in the queue; its `answer_timeout_secs` takes a conversation back from
-//! an agent who leaves the customer unanswered that long.
+//! an agent who leaves the customer unanswered that long, and sets the agent away unless the
+//! pool says `answer_timeout_sets_away = false`.
 
 use std::time::Duration;
 
@@ -133,6 +134,44 @@ async fn an_unanswered_customer_goes_to_another_agent() {
         ),
         (Some("assigned"), Some("bob")),
         "{conversation}"
+    );
+    assert_eq!(
+        server
+            .metric(r#"switchyard_unanswered_total{pool="default"}"#)
+            .await,
+        1.0
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_can_take_back_unanswered_customers_without_setting_the_agent_away() {
+    let server = Server::start(&format!(
+        "[[pools]]\nid = \"default\"\nanswer_timeout_secs = 1\nanswer_timeout_sets_away = false\n\
+         [[channels]]\nid = \"shop\"\nkind = \"api\"\nsecret = \"{SECRET}\"\n"
+    ))
+    .await;
+    // ann, the longest idle, gets the customer first.
+    server.agent_online("ann", 2).await;
+    server.agent_online("bob", 2).await;
+    let response = server
+        .post_signed("shop", &api_message("m-1", "1", "hello?", &[]))
+        .await;
+    assert_eq!(response.status(), 202);
+    let id = server.held_by("ann", 1).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // ann does not answer: bob has the conversation, and ann is still online.
+    let bobs = server.held_by("bob", 1).await;
+    assert_eq!(bobs[0]["id"], id.as_str());
+    server.held_by("ann", 0).await;
+    let (status, ann) = server.get_json("/v1/agents/ann").await;
+    assert_eq!(
+        (status, ann["status"].as_str()),
+        (200, Some("online")),
+        "{ann}"
     );
     assert_eq!(
         server

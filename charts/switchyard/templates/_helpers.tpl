@@ -317,6 +317,12 @@ prefer_last_agent = true
 {{- with .offer_timeout_secs }}
 offer_timeout_secs = {{ int64 . }}
 {{- end }}
+{{- with .answer_timeout_secs }}
+answer_timeout_secs = {{ int64 . }}
+{{- end }}
+{{- if hasKey . "answer_timeout_sets_away" }}
+answer_timeout_sets_away = {{ .answer_timeout_sets_away }}
+{{- end }}
 {{- with .hours }}
 
 [pools.hours]

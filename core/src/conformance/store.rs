@@ -2133,8 +2133,8 @@ pub async fn offers_are_accepted_declined_or_expire(factory: &impl MakeStore, pr
 /// (no agent) does not answer them, a transfer keeps the wait. [`Withdrawal::Unanswered`] takes
 /// the conversation back only while it is still assigned to that agent, its offer accepted, and
 /// both the wait and the assignment began before the cutoff: to the front of the queue, the
-/// agent set away, noted. Anything else is refused with [`CONVERSATION_CHANGED`], changing
-/// nothing.
+/// agent set away (unless the pool keeps it: `sets_away` false), noted. Anything else is refused
+/// with [`CONVERSATION_CHANGED`], changing nothing.
 pub async fn unanswered_customers_are_taken_back(factory: &impl MakeStore, prefix: &str) {
     let what = "unanswered_customers_are_taken_back";
     let store = factory.make().await;
@@ -2149,7 +2149,10 @@ pub async fn unanswered_customers_are_taken_back(factory: &impl MakeStore, prefi
         ),
         Ok(r) => panic!("{what}: {step}: taken back {:?}", r.conversation),
     };
-    let unanswered = |t: i64| Withdrawal::Unanswered { before: at(t) };
+    let unanswered = |t: i64| Withdrawal::Unanswered {
+        before: at(t),
+        sets_away: true,
+    };
     let waits_since = |store: Arc<dyn Store>, id: String| async move {
         get_conversation(&store, &id).await.awaiting_reply_since
     };
@@ -2296,6 +2299,44 @@ pub async fn unanswered_customers_are_taken_back(factory: &impl MakeStore, prefi
         store.take_back(&c2, &b, unanswered(100), at(18)).await,
         "an offer pending",
     );
+
+    // A pool that does not set its agents away: the conversation is taken back all the same,
+    // the agent keeps its status (and c2), and only the take-back is noted.
+    let kept = store
+        .take_back(
+            &c1,
+            &b,
+            Withdrawal::Unanswered {
+                before: at(17),
+                sets_away: false,
+            },
+            at(18),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{what}: take back, b kept online: {e}"));
+    assert_eq!(
+        (
+            kept.conversation.status,
+            kept.conversation.agent_id.as_deref()
+        ),
+        (ConversationStatus::Queued, None),
+        "{what}: queued again from b"
+    );
+    assert_eq!(
+        kept.released_agent
+            .map(|r| (r.id, r.status, r.conversations)),
+        Some((b.clone(), AgentStatus::Online, vec![c2.clone()])),
+        "{what}: b let go of c1 only, still online"
+    );
+    let kinds: Vec<NoteKind> = store
+        .unannounced(at(1000))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: unannounced: {e}"))
+        .into_iter()
+        .filter(|n| n.at == at(18) && (n.subject == c1 || n.subject == b))
+        .map(|n| n.kind)
+        .collect();
+    assert_eq!(kinds, [NoteKind::Unanswered], "{what}: no agent update");
     close(&store, &c1, at(19)).await;
     close(&store, &c2, at(19)).await;
 }

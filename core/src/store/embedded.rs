@@ -1920,7 +1920,7 @@ impl Store for EmbeddedStore {
                     });
                 }
             }
-            Withdrawal::Unanswered { before } => {
+            Withdrawal::Unanswered { before, .. } => {
                 let c = s
                     .conversations
                     .get(id)

@@ -499,10 +499,13 @@ pub enum Withdrawal {
     /// `answer_timeout_secs`): taken back only if it is still assigned to the agent (offer
     /// accepted) and has waited for an answer since before `before`, counting from the
     /// assignment when that came later (`awaiting_reply_since` and `assigned_at` both before
-    /// it). Its agent is set away, as for an expired offer.
+    /// it). Its agent is set away, as for an expired offer, when `sets_away` (the pool's
+    /// `answer_timeout_sets_away`).
     Unanswered {
         /// The cutoff: now minus the pool's answer timeout.
         before: DateTime<Utc>,
+        /// Whether the agent is set away too.
+        sets_away: bool,
     },
 }
 
@@ -531,7 +534,11 @@ impl Withdrawal {
     /// Whether it sets the agent away (an agent who lets an offer expire or leaves a customer
     /// unanswered is not at work, so it stops being given conversations).
     pub fn sets_agent_away(self) -> bool {
-        !matches!(self, Withdrawal::Declined)
+        match self {
+            Withdrawal::Declined => false,
+            Withdrawal::Expired { .. } => true,
+            Withdrawal::Unanswered { sets_away, .. } => sets_away,
+        }
     }
 }
 

@@ -1632,7 +1632,10 @@ impl Store for RedisStore {
         match why {
             Withdrawal::Declined => inv.arg("declined"),
             Withdrawal::Expired { offered_at } => inv.arg("expired").arg(stamp(offered_at)),
-            Withdrawal::Unanswered { before } => inv.arg("unanswered").arg(stamp(before)),
+            Withdrawal::Unanswered { before, sets_away } => inv
+                .arg("unanswered")
+                .arg(stamp(before))
+                .arg(if sets_away { "1" } else { "0" }),
         };
         release(self.eval(&inv, false).await?)
     }

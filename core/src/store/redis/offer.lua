@@ -2,7 +2,8 @@
 -- now, and for `withdraw`: `declined` | `expired` | `unanswered`, then for `expired` the
 -- `offered_at` of the offer that expired (the conversation is taken back only if it is still
 -- that offer), for `unanswered` the cutoff (taken back only if it is assigned to the agent, its
--- offer accepted, and both its `awaiting_reply_since` and its `assigned_at` are before it).
+-- offer accepted, and both its `awaiting_reply_since` and its `assigned_at` are before it) and
+-- `1` | `0`: whether the agent is set away.
 -- Notes the answer (`accepted`, `declined`, `offer_expired` or `unanswered`, naming the agent;
 -- see `note` in prelude.lua), and when an expiry or an unanswered customer sets its agent away,
 -- the agent's update.
@@ -42,9 +43,9 @@ redis.call('HDEL', ck, 'agent_id')
 enqueue(id, c[4], queue_sig(c[5], c[6] or nil), true)
 local noted = { declined = 'declined', expired = 'offer_expired', unanswered = 'unanswered' }
 note(noted[why], now, id, agent)
-if why ~= 'declined' then
+if why == 'expired' or (why == 'unanswered' and ARGV[8] == '1') then
   -- An agent that lets an offer expire or leaves a customer unanswered stops being given
-  -- conversations.
+  -- conversations (for the latter, where the pool says so).
   local status = unindex_agent(agent)[1]
   if status == 'online' then
     redis.call('HSET', key('agent', agent), 'status', 'away', 'updated_at', now)
