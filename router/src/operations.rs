@@ -506,20 +506,13 @@ impl Operations {
     /// not the bot's is invalid.
     fn bot_pool(&self, bot: &str, asked: &str) -> Result<String, RouteError> {
         let name = bot_of_agent(bot).unwrap_or(bot);
-        let pools = self
-            .bot_pools
-            .get(bot)
-            .ok_or_else(|| StoreError::NotFound {
-                kind: "bot",
-                id: name.to_owned(),
-            })?;
+        let not_found = || StoreError::NotFound {
+            kind: "bot",
+            id: name.to_owned(),
+        };
+        let pools = self.bot_pools.get(bot).ok_or_else(not_found)?;
         if asked.is_empty() {
-            return pools.first().cloned().ok_or_else(|| {
-                RouteError::from(StoreError::NotFound {
-                    kind: "bot",
-                    id: name.to_owned(),
-                })
-            });
+            return Ok(pools.first().cloned().ok_or_else(not_found)?);
         }
         if pools.iter().any(|p| p == asked) {
             return Ok(asked.to_owned());

@@ -23,8 +23,8 @@
 //! A `[[bots]]` entry is sent the same way from its own queue, `switchyard.bots.{id}`, which
 //! receives the copies routers publish on `switchyard.bots` of the events of the conversations
 //! the bot holds, is handed or loses (`config::BOT_EVENTS`). The sender still checks that each
-//! event names the bot (`bot:{id}`) and acknowledges any other unsent: during a rolling upgrade from a
-//! version that bound bot queues to the whole event stream, the queue may hold others.
+//! event names the bot (`bot:{id}`) and acknowledges any other unsent: during a rolling upgrade
+//! from a version that bound bot queues to the whole event stream, the queue may hold others.
 
 use std::sync::Arc;
 use std::time::Duration;
