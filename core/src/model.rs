@@ -253,6 +253,14 @@ impl AssignedBy {
 }
 
 impl Conversation {
+    /// The bot holding it (`bot:{id}`): its agent while its status is `bot`. A bot is no agent
+    /// record, so a close or transfer names it as the one it left all the same.
+    pub fn bot_holder(&self) -> Option<&str> {
+        self.agent_id
+            .as_deref()
+            .filter(|_| self.status == ConversationStatus::Bot)
+    }
+
     /// A conversation just opened at `now` in `pool`'s queue, with nothing in it yet: no
     /// skills asked, priority 0, no agent, no message. Stores open theirs from it, setting
     /// what differs (a bot holding it, an agent writing first).

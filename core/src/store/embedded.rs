@@ -228,10 +228,10 @@ impl State {
         noted: Option<NoteKind>,
         now: DateTime<Utc>,
     ) -> Result<Release, StoreError> {
-        let (status, holder) = self
+        let (status, released_bot) = self
             .conversations
             .get(id)
-            .map(|c| (c.status, c.agent_id.clone()))
+            .map(|c| (c.status, c.bot_holder().map(str::to_owned)))
             .ok_or_else(|| not_found("conversation", id))?;
         if status == ConversationStatus::Closed {
             return Err(StoreError::Conflict {
@@ -240,8 +240,7 @@ impl State {
             });
         }
         if let TransferTarget::Bot { bot, .. } = &target
-            && status == ConversationStatus::Bot
-            && holder.as_ref() == Some(bot)
+            && released_bot.as_ref() == Some(bot)
         {
             return Err(StoreError::Conflict {
                 code: "already_assigned",
@@ -270,18 +269,10 @@ impl State {
             }
         }
         let released_agent = self.detach(id);
-        // A bot is no agent record: the transfer names it as the one it left all the same.
-        let released_bot = holder.filter(|_| status == ConversationStatus::Bot);
         let kind = noted.unwrap_or(match target {
             TransferTarget::Pool(_) => NoteKind::TransferredToPool,
             TransferTarget::Agent(_) | TransferTarget::Bot { .. } => NoteKind::TransferredToAgent,
         });
-        let mut note = Note::new(kind, id, now);
-        note.from_agent = released_agent
-            .as_ref()
-            .map(|a| a.id.clone())
-            .or_else(|| released_bot.clone());
-        self.note(note);
         if let Some(handover) = handover {
             self.conversation_mut(id)?.handover = Some(Box::new(handover.clone()));
         }
@@ -330,12 +321,13 @@ impl State {
                 c.updated_at = now;
             }
         }
-        let conversation = self.conversation_mut(id)?.clone();
-        Ok(Release {
-            conversation,
+        let release = Release {
+            conversation: self.conversation_mut(id)?.clone(),
             released_agent,
             released_bot,
-        })
+        };
+        self.note_release(kind, id, &release, now);
+        Ok(release)
     }
 
     /// Takes a conversation away from its agent or its queue; returns the agent it left.
@@ -401,11 +393,7 @@ impl State {
                 message: format!("conversation `{id}` is already closed"),
             });
         }
-        // A bot is no agent record: the close names it as the one it left all the same.
-        let released_bot = held
-            .agent_id
-            .clone()
-            .filter(|_| held.status == ConversationStatus::Bot);
+        let released_bot = held.bot_holder().map(str::to_owned);
         let released_agent = self.detach(id);
         self.preferred_agent.remove(id);
         self.offer_secs.remove(id);
@@ -429,9 +417,9 @@ impl State {
         })
     }
 
-    /// Notes the close `release` made, with the agent (or bot) it left.
-    fn note_close(&mut self, id: &str, release: &Release, now: DateTime<Utc>) {
-        let mut note = Note::new(NoteKind::Closed, id, now);
+    /// Notes the close or transfer `release` made, with the agent (or bot) it left.
+    fn note_release(&mut self, kind: NoteKind, id: &str, release: &Release, now: DateTime<Utc>) {
+        let mut note = Note::new(kind, id, now);
         note.from_agent = release.released_holder().map(str::to_owned);
         self.note(note);
     }
@@ -1676,7 +1664,7 @@ impl Store for EmbeddedStore {
     ) -> Result<Release, StoreError> {
         let mut s = self.lock();
         let release = s.close(id, reason, now)?;
-        s.note_close(id, &release, now);
+        s.note_release(NoteKind::Closed, id, &release, now);
         Ok(release)
     }
 
@@ -1704,7 +1692,7 @@ impl Store for EmbeddedStore {
             });
         }
         let release = s.close(id, IDLE_CLOSE_REASON, now)?;
-        s.note_close(id, &release, now);
+        s.note_release(NoteKind::Closed, id, &release, now);
         Ok(release)
     }
 

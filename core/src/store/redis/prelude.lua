@@ -316,6 +316,12 @@ local function detach(id)
   return nil
 end
 
+-- The bot holding conversation `id` whose status is `st`: its agent while the status is 'bot',
+-- else nil. A bot is no agent record, so a close or transfer names it as the one it left.
+local function bot_holder(id, st)
+  return st == 'bot' and redis.call('HGET', key('conv', id), 'agent_id') or nil
+end
+
 -- Closes a conversation. Returns (released agent id or false, nil, the bot that held it or
 -- nil) or (nil, error reply).
 local function close_conversation(id, reason, now)
@@ -327,8 +333,7 @@ local function close_conversation(id, reason, now)
   if st == 'closed' then
     return nil, conflict('conversation_closed', 'conversation `' .. id .. '` is already closed')
   end
-  -- A bot is no agent record: the close names it as the one it left all the same.
-  local bot = st == 'bot' and redis.call('HGET', ck, 'agent_id') or nil
+  local bot = bot_holder(id, st)
   local released = detach(id)
   redis.call('HSET', ck, 'status', 'closed', 'closed_at', now, 'updated_at', now,
     'close_reason', reason)

@@ -26,7 +26,8 @@ end
 if st == 'closed' then
   return conflict('conversation_closed', 'conversation `' .. id .. '` is closed')
 end
-if kind == 'bot' and st == 'bot' and redis.call('HGET', ck, 'agent_id') == target then
+local released_bot = bot_holder(id, st)
+if kind == 'bot' and released_bot == target then
   return conflict('already_assigned', 'conversation `' .. id .. '` is already with `' .. target .. '`')
 end
 if kind == 'agent' then
@@ -45,8 +46,6 @@ if kind == 'agent' then
   end
 end
 
--- A bot is no agent record: the transfer names it as the one it left all the same.
-local released_bot = st == 'bot' and redis.call('HGET', ck, 'agent_id') or nil
 local released = detach(id)
 local noted = kind == 'pool' and 'transferred_to_pool' or 'transferred_to_agent'
 if ARGV[10] then
