@@ -560,26 +560,25 @@ impl Redaction {
                 Some(names) => names,
                 None => defaults.iter().map(|n| (*n).to_owned()).collect(),
             };
+            let invalid = |message: String| ConfigError::Invalid {
+                key: format!("channels.{}.redact", channel.id),
+                message,
+            };
             let mut chosen = Vec::with_capacity(names.len());
             for name in &names {
-                let rule = match (rules.get(name.as_str()), Detector::from_name(name)) {
-                    (Some(rule), _) => Arc::clone(rule),
-                    (None, Some(detector)) => {
-                        Arc::new(Rule::detector(detector).map_err(|e| ConfigError::Invalid {
-                            key: format!("channels.{}.redact", channel.id),
-                            message: e.to_string(),
-                        })?)
-                    }
-                    (None, None) => {
-                        return Err(ConfigError::Invalid {
-                            key: format!("channels.{}.redact", channel.id),
-                            message: format!(
-                                "`{name}` is neither a detector ({}) nor a `[[redaction.patterns]]` name",
-                                detector_names()
-                            ),
-                        });
-                    }
-                };
+                if let Some(rule) = rules.get(name.as_str()) {
+                    chosen.push(Arc::clone(rule));
+                    continue;
+                }
+                // A detector only channels name: made once, shared by every channel naming it.
+                let detector = Detector::from_name(name).ok_or_else(|| {
+                    invalid(format!(
+                        "`{name}` is neither a detector ({}) nor a `[[redaction.patterns]]` name",
+                        detector_names()
+                    ))
+                })?;
+                let rule = Arc::new(Rule::detector(detector).map_err(|e| invalid(e.to_string()))?);
+                rules.insert(detector.name(), Arc::clone(&rule));
                 chosen.push(rule);
             }
             if !chosen.is_empty() {

@@ -340,14 +340,20 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_reported_delivery_failure_is_published_as_message_failed() {
+    /// An embedded bus with the standard topology declared.
+    async fn declared_bus() -> Arc<EmbeddedBus> {
         let bus = Arc::new(EmbeddedBus::new(Duration::from_secs(2)));
         bus.declare(&Topology::standard(
             &switchyard_core::conformance::bus::options(100),
         ))
         .await
         .unwrap();
+        bus
+    }
+
+    #[tokio::test]
+    async fn a_reported_delivery_failure_is_published_as_message_failed() {
+        let bus = declared_bus().await;
         let queue = bus
             .declare_subscriber(EVENTS_EXCHANGE, &["#"])
             .await
@@ -412,12 +418,7 @@ mod tests {
 
     #[tokio::test]
     async fn what_the_bus_carries_is_redacted_as_the_channel_says() {
-        let bus = Arc::new(EmbeddedBus::new(Duration::from_secs(2)));
-        bus.declare(&Topology::standard(
-            &switchyard_core::conformance::bus::options(100),
-        ))
-        .await
-        .unwrap();
+        let bus = declared_bus().await;
         let mut settings = switchyard_core::config::Settings::embedded_with_api_channel(
             "shop",
             "a-secret-of-32-characters-at-least",
