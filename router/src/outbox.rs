@@ -155,11 +155,10 @@ impl Outbox {
 
     /// Publishes `messages` on `exchange`, in order: on the events or the bots' exchange as an
     /// event batch (an event nobody is bound to receive is not an error), elsewhere each one
-    /// mandatory. If the bus
-    /// does not confirm them for a [transient](BusError::is_transient) reason, they are kept in
-    /// the outbox and this returns `Ok`: the change they follow from is stored, and they will
-    /// follow it. Fails when the bus refuses them for good (nothing is bound for them), or when
-    /// they could be neither published nor kept.
+    /// mandatory. If the bus does not confirm them for a [transient](BusError::is_transient)
+    /// reason, they are kept in the outbox and this returns `Ok`: the change they follow from is
+    /// stored, and they will follow it. Fails when the bus refuses them for good (nothing is
+    /// bound for them), or when they could be neither published nor kept.
     pub async fn send(
         &self,
         exchange: &str,
