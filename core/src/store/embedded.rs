@@ -29,8 +29,6 @@ use crate::model::{
 
 /// Messages kept per conversation in memory; older ones are dropped from the embedded store.
 const MAX_MESSAGES_PER_CONVERSATION: usize = 10_000;
-/// Sweep expired dedupe keys every this many claims.
-const DEDUPE_SWEEP_EVERY: u64 = 4096;
 /// Longest presence a heartbeat arms.
 const MAX_PRESENCE_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Longest life of a mailbox after a push.
@@ -39,60 +37,68 @@ const MAX_MAILBOX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 const MAILBOX_SWEEP_EVERY: u64 = 1024;
 
 /// The embedded (in-process) store.
+///
+/// Two locks: the expiring keys ([`Store::claim_key`] and its siblings) and everything else.
+/// An operation that needs both takes the state first, then the keys.
 #[derive(Default)]
 pub struct EmbeddedStore {
     state: Mutex<State>,
+    keys: Mutex<ExpiringKeys>,
 }
+
+/// A hash map with a fast, randomly seeded hasher (foldhash), for the store's tables: SipHash
+/// cost a sixth of the routing step's CPU, much of it rehashing tables as they grew.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// A hash set with [`FastMap`]'s hasher.
+type FastSet<T> = HashSet<T, foldhash::fast::RandomState>;
 
 #[derive(Default)]
 struct State {
-    /// Expiring keys: dedupe claims, locks, caches.
-    dedupe: HashMap<String, (String, Instant)>,
-    dedupe_claims: u64,
-    customers: HashMap<String, Customer>,
+    customers: Table<Customer>,
     /// Merged-away customer id -> the profile it was merged into.
-    redirects: HashMap<String, String>,
-    identity_owner: HashMap<IdentityKey, String>,
-    conversations: HashMap<String, Conversation>,
-    open_by_customer: HashMap<String, String>,
-    messages: HashMap<String, VecDeque<Envelope>>,
-    message_ids: HashMap<String, String>,
+    redirects: FastMap<String, String>,
+    identity_owner: FastMap<IdentityKey, String>,
+    conversations: Table<Conversation>,
+    open_by_customer: FastMap<String, String>,
+    messages: FastMap<String, VecDeque<Envelope>>,
+    message_ids: FastMap<String, String>,
     /// Each pool's queued conversations, per priority and skill requirement.
     queues: queues::Queues,
     /// Customer id -> the agent most recently handed one of their conversations opened
     /// preferring the last agent.
-    last_agent: HashMap<String, String>,
+    last_agent: FastMap<String, String>,
     /// Open conversations opened preferring the last agent: the agent they are handed to
     /// becomes their customer's last agent.
-    remembers_agent: HashSet<String>,
+    remembers_agent: FastSet<String>,
     /// Queued or bot-held conversation -> the agent it prefers
     /// ([`Placement::prefer_last_agent`]), until it is assigned or closed.
-    preferred_agent: HashMap<String, String>,
+    preferred_agent: FastMap<String, String>,
     /// Open conversation -> seconds its agents have to accept it ([`Placement::offer_secs`];
     /// absent: 0).
-    offer_secs: HashMap<String, u64>,
+    offer_secs: FastMap<String, u64>,
     /// Queued conversation -> the agent whose offer of it was taken back, passed over by its
     /// next assignment while another agent can take it.
-    declined_by: HashMap<String, String>,
+    declined_by: FastMap<String, String>,
     /// Pending offers by `offered_at`.
     offers: BTreeSet<(DateTime<Utc>, String)>,
     /// Pools whose assignments choose the least busy agent ([`Store::set_least_busy_pools`]).
-    least_busy: HashSet<String>,
+    least_busy: FastSet<String>,
     /// Agents, with the per-pool index of those ready for a conversation.
     agents: agents::Agents,
     /// Customer id -> the `source` of the resolution that created it.
-    customer_created_by: HashMap<String, String>,
+    customer_created_by: FastMap<String, String>,
     /// Conversation id -> the envelope that opened it.
-    conversation_opened_by: HashMap<String, String>,
+    conversation_opened_by: FastMap<String, String>,
     /// Agent id -> its heart-beated session presence (absent: not presence-tracked).
-    presence: HashMap<String, Presence>,
+    presence: FastMap<String, Presence>,
     /// Agents an assignment set offline (lapsed presence) that no sweep has returned yet.
     expired_unannounced: BTreeSet<String>,
     /// Changes whose events their command may not have published ([`Note`]), by key.
     /// Ordered by key, which orders them by time, as the Redis store lists them.
     notes: BTreeMap<String, Note>,
     /// Mailboxes by key ([`Store::mailbox_push`]).
-    mailboxes: HashMap<String, Mailbox>,
+    mailboxes: FastMap<String, Mailbox>,
     /// Closed conversations by close time, for [`Store::expire_closed`].
     closed: BTreeSet<(DateTime<Utc>, String)>,
     /// One entry per profile (created with it, moved on by each sweep): when it was last known
@@ -118,7 +124,12 @@ enum Presence {
 }
 
 mod agents;
+mod keys;
 mod queues;
+mod table;
+
+use keys::ExpiringKeys;
+use table::Table;
 
 use queues::QueueKey;
 
@@ -139,6 +150,11 @@ impl EmbeddedStore {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The expiring keys; while holding [`EmbeddedStore::lock`]'s guard, take this one after it.
+    fn keys(&self) -> MutexGuard<'_, ExpiringKeys> {
+        self.keys.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -749,37 +765,6 @@ impl State {
         })
     }
 
-    /// [`Store::claim_key`]: `None` when the claim is ours, else the holder's value.
-    fn claim_key(&mut self, key: &str, value: &str, ttl: Duration) -> Option<String> {
-        let now = Instant::now();
-        self.dedupe_claims += 1;
-        if self.dedupe_claims.is_multiple_of(DEDUPE_SWEEP_EVERY) {
-            self.dedupe.retain(|_, (_, expiry)| *expiry > now);
-        }
-        match self.dedupe.get(key) {
-            Some((held, expiry)) if *expiry > now => Some(held.clone()),
-            _ => {
-                self.dedupe
-                    .insert(key.to_owned(), (value.to_owned(), now + ttl));
-                None
-            }
-        }
-    }
-
-    /// [`Store::set_key`].
-    fn set_key(&mut self, key: &str, value: String, ttl: Duration) {
-        self.dedupe
-            .insert(key.to_owned(), (value, Instant::now() + ttl));
-    }
-
-    /// [`Store::get_key`]: the value of `key`, if set and not expired.
-    fn get_key(&self, key: &str) -> Option<&str> {
-        self.dedupe
-            .get(key)
-            .filter(|(_, expiry)| *expiry > Instant::now())
-            .map(|(v, _)| v.as_str())
-    }
-
     /// [`Store::resolve_customer`]: the resolution with the whole profile.
     fn resolve_customer(&mut self, req: &ResolveRequest) -> Result<Resolution, StoreError> {
         let r = self.resolve(req)?;
@@ -1140,30 +1125,25 @@ impl Store for EmbeddedStore {
         value: &str,
         ttl: Duration,
     ) -> Result<Option<String>, StoreError> {
-        Ok(self.lock().claim_key(key, value, ttl))
+        Ok(self.keys().claim(key, value, ttl))
     }
 
     async fn set_key(&self, key: &str, value: &str, ttl: Duration) -> Result<(), StoreError> {
-        self.lock().set_key(key, value.to_owned(), ttl);
+        self.keys().set(key, value.to_owned(), ttl);
         Ok(())
     }
 
     async fn get_key(&self, key: &str) -> Result<Option<String>, StoreError> {
-        Ok(self.lock().get_key(key).map(str::to_owned))
+        Ok(self.keys().get(key).map(str::to_owned))
     }
 
     async fn delete_key(&self, key: &str) -> Result<(), StoreError> {
-        self.lock().dedupe.remove(key);
+        self.keys().delete(key);
         Ok(())
     }
 
     async fn release_key(&self, key: &str, value: &str) -> Result<bool, StoreError> {
-        let mut s = self.lock();
-        if s.get_key(key) != Some(value) {
-            return Ok(false);
-        }
-        s.dedupe.remove(key);
-        Ok(true)
+        Ok(self.keys().release(key, value))
     }
 
     async fn resolve_customer(&self, req: ResolveRequest) -> Result<Resolution, StoreError> {
@@ -1205,7 +1185,10 @@ impl Store for EmbeddedStore {
     async fn route_inbound(&self, req: InboundRouting<'_>) -> Result<InboundOutcome, StoreError> {
         let mut s = self.lock();
         let envelope = req.envelope;
-        let retry = match s.claim_key(&req.claim, &envelope.id, req.claim_ttl) {
+        // The claim is taken under the state's lock, so no other routing step sees it before
+        // this one has routed.
+        let claimed = self.keys().claim(&req.claim, &envelope.id, req.claim_ttl);
+        let retry = match claimed {
             Some(first) if first != envelope.id => {
                 return Ok(InboundOutcome::Duplicate { first });
             }
@@ -1224,8 +1207,9 @@ impl Store for EmbeddedStore {
             Vec::new()
         };
         if retry {
-            let remembered = s
-                .get_key(&others_assigned_key(&req.claim))
+            let remembered = self
+                .keys()
+                .get(&others_assigned_key(&req.claim))
                 .map(decode_others_assigned)
                 .unwrap_or_default()
                 .into_iter()
@@ -1233,7 +1217,8 @@ impl Store for EmbeddedStore {
                 .collect();
             replay_others_assigned(&mut assignments, remembered);
         } else if let Some(others) = encode_others_assigned(&record.conversation.id, &assignments) {
-            s.set_key(&others_assigned_key(&req.claim), others, req.claim_ttl);
+            self.keys()
+                .set(&others_assigned_key(&req.claim), others, req.claim_ttl);
         }
         Ok(InboundOutcome::Routed {
             resolution,
@@ -2046,7 +2031,7 @@ mod tests {
     /// Panics unless the ready index holds, for every pool, exactly the agents for which
     /// [`Agent::can_take`] of that pool holds, keyed by (idle_since, id).
     fn assert_ready_index_consistent(state: &State) {
-        let mut expected: HashMap<String, BTreeSet<ReadyKey>> = HashMap::new();
+        let mut expected: FastMap<String, BTreeSet<ReadyKey>> = FastMap::default();
         for agent in state.agents.values() {
             for pool in &agent.pools {
                 if agent.can_take(pool) {
@@ -2363,7 +2348,10 @@ mod tests {
                     agent.capacity
                 );
                 for id in &agent.conversations {
-                    let c = &state.conversations[id];
+                    let c = state
+                        .conversations
+                        .get(id)
+                        .unwrap_or_else(|| panic!("{} holds unknown {id}", agent.id));
                     assert_eq!(
                         (c.status, c.agent_id.as_deref()),
                         (ConversationStatus::Assigned, Some(agent.id.as_str())),

@@ -2,9 +2,11 @@
 //! fields are private so that every change to an agent goes through [`Agents::update`] (or
 //! [`Agents::add`]), which keeps the index exact.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
+
+use super::FastMap;
 
 use crate::model::Agent;
 
@@ -14,10 +16,10 @@ pub(super) type ReadyKey = (DateTime<Utc>, String);
 /// Agents by id, and the ready index.
 #[derive(Default)]
 pub(super) struct Agents {
-    by_id: HashMap<String, Agent>,
+    by_id: FastMap<String, Agent>,
     /// Pool -> exactly the agents for which [`Agent::can_take`] of that pool holds (presence
     /// aside), by [`ReadyKey`]. Pools without any are absent.
-    ready: HashMap<String, BTreeSet<ReadyKey>>,
+    ready: FastMap<String, BTreeSet<ReadyKey>>,
 }
 
 impl Agents {
@@ -71,13 +73,13 @@ impl Agents {
 
     /// The whole ready index, for tests to check.
     #[cfg(test)]
-    pub(super) fn ready_index(&self) -> &HashMap<String, BTreeSet<ReadyKey>> {
+    pub(super) fn ready_index(&self) -> &FastMap<String, BTreeSet<ReadyKey>> {
         &self.ready
     }
 }
 
 /// Enters `agent` in the index of every pool it can take a conversation from.
-fn index(ready: &mut HashMap<String, BTreeSet<ReadyKey>>, agent: &Agent) {
+fn index(ready: &mut FastMap<String, BTreeSet<ReadyKey>>, agent: &Agent) {
     for pool in &agent.pools {
         if !agent.can_take(pool) {
             continue;
@@ -95,7 +97,7 @@ fn index(ready: &mut HashMap<String, BTreeSet<ReadyKey>>, agent: &Agent) {
 }
 
 /// Removes what [`index`] entered for `agent` as it is now.
-fn unindex(ready: &mut HashMap<String, BTreeSet<ReadyKey>>, agent: &Agent) {
+fn unindex(ready: &mut FastMap<String, BTreeSet<ReadyKey>>, agent: &Agent) {
     let mut key: Option<ReadyKey> = None;
     for pool in &agent.pools {
         if !agent.can_take(pool) {

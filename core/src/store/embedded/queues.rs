@@ -4,8 +4,9 @@
 //! whose conversation is no longer queued there (closed, moved) is stale, and its readers skip or
 //! drop it.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
+use super::FastMap;
 use crate::model::{Conversation, Skills};
 
 /// Which of a pool's queues a conversation waits in.
@@ -30,7 +31,7 @@ impl QueueKey {
 /// The queues of every pool. Empty queues are dropped.
 #[derive(Default)]
 pub(super) struct Queues {
-    by_pool: HashMap<String, BTreeMap<QueueKey, VecDeque<String>>>,
+    by_pool: FastMap<String, BTreeMap<QueueKey, VecDeque<String>>>,
 }
 
 impl Queues {
