@@ -163,18 +163,57 @@ impl Broker {
             })
     }
 
+    /// The queues a message published to `exchange` with `routing_key` goes to.
     fn route(&self, exchange: &str, routing_key: &str) -> Result<Vec<Arc<Queue>>, BusError> {
-        let state = lock(&self.state);
-        let ex = state
-            .exchanges
-            .get(exchange)
+        Ok(lock(&self.state).exchange(exchange)?.route(routing_key))
+    }
+
+    /// Stores `message` in every queue of `targets`, in order (moving it into the last).
+    async fn deliver(
+        &self,
+        targets: Vec<Arc<Queue>>,
+        routing_key: &str,
+        message: Message,
+    ) -> Result<(), BusError> {
+        let mut stored = Some(Stored {
+            message,
+            routing_key: routing_key.to_owned(),
+            redeliveries: 0,
+            seq: 0,
+        });
+        let last = targets.len().saturating_sub(1);
+        for (i, queue) in targets.into_iter().enumerate() {
+            let copy = if i == last {
+                stored.take()
+            } else {
+                stored.clone()
+            };
+            if let Some(copy) = copy {
+                queue.push(copy, self.publish_timeout).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl BrokerState {
+    /// The declared exchange `name`.
+    fn exchange(&self, name: &str) -> Result<&ExchangeState, BusError> {
+        self.exchanges
+            .get(name)
             .ok_or_else(|| BusError::NotDeclared {
                 what: "exchange",
-                name: exchange.to_owned(),
-            })?;
+                name: name.to_owned(),
+            })
+    }
+}
+
+impl ExchangeState {
+    /// The queues bound to this exchange for `routing_key`, each once.
+    fn route(&self, routing_key: &str) -> Vec<Arc<Queue>> {
         let mut targets: Vec<Arc<Queue>> = Vec::new();
-        for (key, queue) in &ex.bindings {
-            let hit = match ex.kind {
+        for (key, queue) in &self.bindings {
+            let hit = match self.kind {
                 ExchangeKind::Direct => key == routing_key,
                 ExchangeKind::Topic => topic_matches(key, routing_key),
             };
@@ -182,7 +221,7 @@ impl Broker {
                 targets.push(Arc::clone(queue));
             }
         }
-        Ok(targets)
+        targets
     }
 }
 
@@ -350,16 +389,31 @@ impl Bus for EmbeddedBus {
                 routing_key: routing_key.to_owned(),
             });
         }
-        let stored = Stored {
-            message,
-            routing_key: routing_key.to_owned(),
-            redeliveries: 0,
-            seq: 0,
+        self.inner.deliver(targets, routing_key, message).await
+    }
+
+    /// Routes the whole batch under one lock of the broker, then stores each event where it
+    /// goes, in order; an event nobody is bound to is skipped.
+    async fn publish_events(
+        &self,
+        exchange: &str,
+        messages: Vec<(String, Message)>,
+    ) -> Result<(), BusError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(BusError::Unavailable("bus is closed".into()));
+        }
+        let routed = {
+            let state = lock(&self.inner.state);
+            let ex = state.exchange(exchange)?;
+            messages
+                .into_iter()
+                .map(|(key, message)| (ex.route(&key), key, message))
+                .collect::<Vec<_>>()
         };
-        for queue in targets {
-            queue
-                .push(stored.clone(), self.inner.publish_timeout)
-                .await?;
+        for (targets, routing_key, message) in routed {
+            if !targets.is_empty() {
+                self.inner.deliver(targets, &routing_key, message).await?;
+            }
         }
         Ok(())
     }
