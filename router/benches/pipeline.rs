@@ -17,20 +17,28 @@
 //!   then awaited untimed, so no work spills into the next batch;
 //! - `pipeline/api_message_ingress_only` runs the gateway role alone (nobody consumes the inbound
 //!   shard queues, which hold 16 × 20 000 messages) and stops the clock at the last 202: the
-//!   ingress's own cost, without routing competing for the CPUs.
+//!   ingress's own cost, without routing competing for the CPUs;
+//! - `pipeline/api_message_latency` runs as `api_message_to_assignment` and also measures each
+//!   message's ingress-to-assignment latency: from the moment its request is handed to the
+//!   service to the moment its `conversation.assigned` reaches the watcher. The watcher keeps
+//!   each event's body and arrival time (which costs a few per cent of the throughput, hence a
+//!   benchmark of its own); they are matched to the requests after the clock stops, and the
+//!   p50/p99/max over its batches (warm-up included) are printed when the benchmarks end. The
+//!   loop is closed: the time a request waits for its sender's previous one is not counted
+//!   (`switchyard-bench --rate N` measures open-loop).
 //!
 //! The runtime has two worker threads (the reference machine's cores); the benchmark's own
 //! thread only waits.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, SamplingMode, Throughput, criterion_group};
 use switchyard_connectors::signature::{SIGNATURE_HEADER, TIMESTAMP_HEADER, switchyard_signature};
 use switchyard_core::bus::Bus;
 use switchyard_core::bus::embedded::EmbeddedBus;
@@ -64,6 +72,8 @@ const SECRET: &str = "cargo-bench-secret-0123456789abcdef";
 enum Until {
     /// Everything runs; the clock stops at the last `conversation.assigned`.
     Assigned,
+    /// As [`Until::Assigned`], also measuring each message's latency.
+    AssignedTimed,
     /// Everything runs; the clock stops at the last 202.
     Accepted,
     /// Only the gateway role runs (no router consumes the inbound queues); the clock stops at
@@ -82,7 +92,14 @@ struct Assigned {
     count: AtomicU64,
     target: AtomicU64,
     reached: Notify,
+    /// When each event arrived, with its body (kept only while latencies are measured).
+    arrivals: Mutex<Vec<(Instant, bytes::Bytes)>>,
+    /// Whether to keep the arrivals.
+    timing: std::sync::atomic::AtomicBool,
 }
+
+/// Every ingress-to-assignment latency measured, over all batches.
+static LATENCIES: Mutex<Vec<Duration>> = Mutex::new(Vec::new());
 
 impl Assigned {
     async fn wait_for(&self, target: u64) {
@@ -121,6 +138,10 @@ async fn watch_assignments(bus: Arc<dyn Bus>) -> Arc<Assigned> {
     let counter = Arc::clone(&assigned);
     tokio::spawn(async move {
         while let Some(delivery) = deliveries.next().await {
+            if counter.timing.load(Ordering::Acquire) {
+                let arrival = (Instant::now(), delivery.message.body.clone());
+                counter.arrivals.lock().unwrap().push(arrival);
+            }
             let n = counter.count.fetch_add(1, Ordering::AcqRel) + 1;
             if n >= counter.target.load(Ordering::Acquire) {
                 counter.reached.notify_one();
@@ -150,16 +171,16 @@ async fn register_agents(service: &axum::Router, agents: u64) {
     }
 }
 
-/// Signed requests for `count` messages, each from a new user, dealt round-robin to
-/// `IN_FLIGHT` senders.
-fn signed_requests(count: u64) -> Vec<Vec<Request<Body>>> {
+/// Signed requests for `count` messages, each from a new user (message `i` from user `u{i}`),
+/// with their `i`, dealt round-robin to `IN_FLIGHT` senders.
+fn signed_requests(count: u64) -> Vec<Vec<(u64, Request<Body>)>> {
     let ts = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or_default();
     let timestamp = ts.to_string();
     let uri = format!("/v1/channels/{CHANNEL}/messages");
-    let mut senders: Vec<Vec<Request<Body>>> = (0..IN_FLIGHT)
+    let mut senders: Vec<Vec<(u64, Request<Body>)>> = (0..IN_FLIGHT)
         .map(|_| Vec::with_capacity((count as usize).div_ceil(IN_FLIGHT)))
         .collect();
     for i in 0..count {
@@ -173,7 +194,7 @@ fn signed_requests(count: u64) -> Vec<Vec<Request<Body>>> {
             .header(SIGNATURE_HEADER, signature)
             .body(Body::from(body))
             .unwrap();
-        senders[i as usize % IN_FLIGHT].push(request);
+        senders[i as usize % IN_FLIGHT].push((i, request));
     }
     senders
 }
@@ -198,6 +219,9 @@ async fn batch(iters: u64, until: Until) -> Duration {
     register_agents(&service, iters.div_ceil(AGENT_CAPACITY).max(MIN_AGENTS)).await;
     let assigned = watch_assignments(bus).await;
     assigned.target.store(iters, Ordering::Release);
+    assigned
+        .timing
+        .store(until == Until::AssignedTimed, Ordering::Release);
     let senders = signed_requests(iters);
 
     let start = Instant::now();
@@ -206,7 +230,9 @@ async fn batch(iters: u64, until: Until) -> Duration {
         .map(|requests| {
             let service = service.clone();
             tokio::spawn(async move {
-                for request in requests {
+                let mut sent = Vec::with_capacity(requests.len());
+                for (i, request) in requests {
+                    sent.push((i, Instant::now()));
                     let response = service.clone().oneshot(request).await.unwrap();
                     if response.status() != StatusCode::ACCEPTED {
                         let status = response.status();
@@ -223,12 +249,19 @@ async fn batch(iters: u64, until: Until) -> Duration {
                     // starve routing (and the assignment watcher) for the whole batch.
                     tokio::task::yield_now().await;
                 }
+                sent
             })
         })
         .collect();
+    let mut sent_at = vec![start; iters as usize];
     for task in tasks {
-        if let Err(e) = task.await {
-            std::panic::resume_unwind(e.into_panic());
+        match task.await {
+            Ok(sent) => {
+                for (i, at) in sent {
+                    sent_at[i as usize] = at;
+                }
+            }
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
         }
     }
     let accepted = start.elapsed();
@@ -243,9 +276,51 @@ async fn batch(iters: u64, until: Until) -> Duration {
             assigned.wait_for(iters).await;
             start.elapsed()
         }
+        Until::AssignedTimed => {
+            assigned.wait_for(iters).await;
+            let elapsed = start.elapsed();
+            record_latencies(&assigned, &sent_at);
+            elapsed
+        }
     };
     app.stop().await.expect("stopping Switchyard");
     elapsed
+}
+
+/// Matches each `conversation.assigned` that arrived to its message (by the user the
+/// conversation is with) and records the latency from the request to the event (untimed).
+fn record_latencies(assigned: &Assigned, sent_at: &[Instant]) {
+    let arrivals = std::mem::take(&mut *assigned.arrivals.lock().unwrap());
+    let mut latencies = LATENCIES.lock().unwrap();
+    for (arrived, body) in arrivals {
+        let event: serde_json::Value = serde_json::from_slice(&body).expect("an event's JSON");
+        let user = event["data"]["conversation"]["recipient"]["external_id"]
+            .as_str()
+            .expect("the conversation's recipient");
+        let i: usize = user
+            .strip_prefix('u')
+            .and_then(|n| n.parse().ok())
+            .expect("a bench user");
+        latencies.push(arrived.duration_since(sent_at[i]));
+    }
+}
+
+/// Prints the p50/p99/max of [`LATENCIES`].
+fn report_latencies() {
+    let mut latencies = std::mem::take(&mut *LATENCIES.lock().unwrap());
+    if latencies.is_empty() {
+        return;
+    }
+    latencies.sort_unstable();
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+    println!(
+        "pipeline/api_message_latency: ingress-to-assignment latency over {} messages \
+         (every batch, warm-up included): p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+        latencies.len(),
+        at(0.50).as_secs_f64() * 1e3,
+        at(0.99).as_secs_f64() * 1e3,
+        at(1.0).as_secs_f64() * 1e3,
+    );
 }
 
 fn pipeline(c: &mut Criterion) {
@@ -266,6 +341,10 @@ fn pipeline(c: &mut Criterion) {
         b.to_async(&runtime)
             .iter_custom(|iters| batch(iters, Until::Assigned));
     });
+    group.bench_function("api_message_latency", |b| {
+        b.to_async(&runtime)
+            .iter_custom(|iters| batch(iters, Until::AssignedTimed));
+    });
     group.bench_function("api_message_accepted", |b| {
         b.to_async(&runtime)
             .iter_custom(|iters| batch(iters, Until::Accepted));
@@ -278,4 +357,10 @@ fn pipeline(c: &mut Criterion) {
 }
 
 criterion_group!(benches, pipeline);
-criterion_main!(benches);
+
+/// `criterion_main!`, then the latencies.
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    report_latencies();
+}

@@ -47,7 +47,7 @@ pub struct EmbeddedStore {
 }
 
 /// A hash map with a fast, randomly seeded hasher (foldhash), for the store's tables: SipHash
-/// cost a sixth of the routing step's CPU, much of it rehashing tables as they grew.
+/// took about 6 % of the in-process pipeline's CPU, much of it rehashing tables as they grew.
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// A hash set with [`FastMap`]'s hasher.
