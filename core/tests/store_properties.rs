@@ -188,7 +188,7 @@ impl Harness {
                     })
                     .await
                     .map_err(|e| format!("resolve_customer: {e}"))?;
-                for c in &resolution.closed {
+                for c in resolution.closed.iter().map(|c| &c.conversation) {
                     if !self.conversations.contains(&c.id) {
                         return Err(format!("merge closed unknown conversation {}", c.id));
                     }

@@ -294,6 +294,6 @@ fn announce_resolution(resolution: &SenderResolution, now: DateTime<Utc>, events
         }
     }
     for closed in &resolution.closed {
-        events.conversation_closed(closed, None);
+        events.conversation_closed(&closed.conversation, closed.released_holder.as_deref());
     }
 }

@@ -851,12 +851,16 @@ impl Operations {
             events.customer_merged(&resolution.customer, &merge.from, &merge.via, now);
         }
         for closed in &resolution.closed {
-            events.conversation_closed(closed, None);
+            events.conversation_closed(&closed.conversation, closed.released_holder.as_deref());
         }
         let mut notes = Note::of_merges(&resolution.merges, &resolution.closed, now);
         // A conversation the merge closed may have freed its agent: let the queues move.
         if !resolution.closed.is_empty() {
-            let mut pools: Vec<String> = resolution.closed.iter().map(|c| c.pool.clone()).collect();
+            let mut pools: Vec<String> = resolution
+                .closed
+                .iter()
+                .map(|c| c.conversation.pool.clone())
+                .collect();
             pools.extend(self.pools.iter().cloned());
             pools.sort();
             pools.dedup();

@@ -608,10 +608,11 @@ async fn a_merge_whose_command_stops_before_announcing_it_is_announced_after_the
         (c.status == ConversationStatus::Closed).then_some(())
     })
     .await;
+    // The close is noted with the agent it left, who then hears of it.
     assert_eq!(
         unannounced(&s).await,
         [
-            (NoteKind::Closed, merged_away.clone(), None),
+            (NoteKind::Closed, merged_away.clone(), Some("a1".to_owned())),
             (NoteKind::Merged, from.clone(), None),
         ],
         "noted by key"
@@ -637,6 +638,7 @@ async fn a_merge_whose_command_stops_before_announcing_it_is_announced_after_the
         announced[1].1.data["conversation"]["id"],
         merged_away.as_str()
     );
+    assert_eq!(announced[1].1.data["agent_id"], "a1");
     assert!(unannounced(&s).await.is_empty());
     assert_eq!(later.republish().await.expect("republish"), 0);
     assert!(drain(&mut s.events).await.is_empty(), "announced twice");

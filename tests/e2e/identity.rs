@@ -136,3 +136,88 @@ async fn explicit_link_merges_two_profiles_and_emits_one_survivor() {
     assert_eq!(err["error"]["code"], "malformed");
     server.stop().await;
 }
+
+/// A merge that closes a conversation an agent holds tells the agent: its console gets
+/// `unassigned` (reason `merged`) and `conversation.closed` names it, as any close does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_tells_the_agent_whose_conversation_it_closes() {
+    use switchyard_core::bus::topology::EVENTS_EXCHANGE;
+
+    use crate::support::{Ws, api_message};
+
+    let shop = Callback::start().await;
+    let bank = Callback::start().await;
+    let server = Server::start(&format!(
+        "[[channels]]\nid = \"shop\"\nkind = \"api\"\nsecret = \"{SECRET}\"\ncallback_url = \"{}\"\n\
+         [[channels]]\nid = \"bank\"\nkind = \"api\"\nsecret = \"{SECRET}\"\ncallback_url = \"{}\"\n",
+        shop.url, bank.url
+    ))
+    .await;
+    let queue = server
+        .app
+        .bus
+        .declare_subscriber(EVENTS_EXCHANGE, &["conversation.closed"])
+        .await
+        .unwrap();
+    let mut closes = server.app.bus.consume(&queue, 10).await.unwrap();
+    let mut ann = Ws::connect(&format!("ws://{}/v1/agents/ws", server.addr)).await;
+    ann.send(json!({"type": "hello", "agent_id": "ann", "pools": ["default"], "capacity": 5}))
+        .await;
+    ann.recv_type("welcome").await;
+
+    // One person, two profiles so far, each with a conversation ann holds.
+    let mut held = Vec::new();
+    for (channel, user, id) in [("shop", "42", "s-1"), ("bank", "u-9", "b-1")] {
+        let r = server
+            .post_signed(channel, &api_message(id, user, "hello", &[]))
+            .await;
+        assert_eq!(r.status(), 202);
+        let assigned = ann.recv_type("assigned").await;
+        held.push(assigned["conversation"]["id"].as_str().unwrap().to_owned());
+    }
+    let customer = |identity: &'static str| {
+        let server = &server;
+        async move {
+            let (status, body) = server
+                .get_json(&format!("/v1/customers?identity={identity}"))
+                .await;
+            assert_eq!(status, 200, "{body}");
+            body["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let (a, b) = (
+        customer("app_user:shop:42").await,
+        customer("app_user:bank:u-9").await,
+    );
+
+    // A helpdesk merges them: the older profile survives, and b's conversation closes.
+    let (status, merged) = server
+        .send_json(
+            "POST",
+            &format!("/v1/customers/{a}/merge"),
+            json!({"customer_id": b}),
+        )
+        .await;
+    assert_eq!(status, 200, "{merged}");
+    let gone = ann.recv_type("unassigned").await;
+    assert_eq!(
+        (gone["conversation_id"].as_str(), gone["reason"].as_str()),
+        (Some(held[1].as_str()), Some("merged")),
+        "{gone}"
+    );
+    let delivery = tokio::time::timeout(std::time::Duration::from_secs(10), closes.next())
+        .await
+        .expect("conversation.closed in time")
+        .expect("the subscription is open");
+    let event: serde_json::Value = serde_json::from_slice(&delivery.message.body).unwrap();
+    assert_eq!(
+        (
+            event["data"]["conversation"]["id"].as_str(),
+            event["data"]["agent_id"].as_str()
+        ),
+        (Some(held[1].as_str()), Some("ann")),
+        "{event}"
+    );
+    let still = server.held_by("ann", 1).await;
+    assert_eq!(still[0]["id"], held[0].as_str());
+}

@@ -2537,6 +2537,50 @@ pub async fn unannounced_notes(factory: &impl MakeStore, prefix: &str) {
             .is_empty(),
         "{what}: resolve_customer noted"
     );
+
+    // A merge that closes a conversation a bot held names the bot, in its reply and its note,
+    // so `conversation.closed` tells the bot (an agent is named alike: see
+    // merge_with_open_conversations).
+    let bot = format!("bot:{prefix}faq");
+    open(&store, prefix, "m5", &pool, at(19)).await;
+    let (bot_loser, _, bot_held) = open(&store, prefix, "m6", &pool, at(20)).await;
+    store
+        .transfer(
+            &bot_held.id,
+            TransferTarget::Bot {
+                pool: format!("{prefix}bots"),
+                bot: bot.clone(),
+            },
+            None,
+            at(21),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{what}: transfer to the bot: {e}"));
+    // The transfer's own note, as if announced.
+    store
+        .clear_notes(&notes_of(vec![bot_held.id.clone()], at(21)).await)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: clear the transfer's note: {e}"));
+    let merged = store
+        .resolve_customer_noted(link(["m5", "m6"], 22))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: noted link of a bot's customer: {e}"));
+    assert_eq!(
+        merged
+            .closed
+            .iter()
+            .map(|c| (c.conversation.id.as_str(), c.released_holder.as_deref()))
+            .collect::<Vec<_>>(),
+        vec![(bot_held.id.as_str(), Some(bot.as_str()))],
+        "{what}: the merge closed the bot's conversation"
+    );
+    let mut merge_note = note(Merged, &bot_loser.id, 22, None);
+    merge_note.via = vec![key(prefix, "app_user", "shop-app", "m6")];
+    assert_eq!(
+        notes_of(vec![bot_loser.id.clone(), bot_held.id.clone()], at(22)).await,
+        vec![note(Closed, &bot_held.id, 22, Some(&bot)), merge_note],
+        "{what}: the close is noted with the bot"
+    );
 }
 
 /// `record_outbound` only accepts the agent holding an open conversation, and pushes the item
@@ -3315,7 +3359,7 @@ pub async fn closed_conversations_expire(factory: &impl MakeStore, prefix: &str)
     let (_, _, cd2) = open(&store, prefix, "d", &pool, t(21)).await;
     let r = resolve(&store, &[(&c_key, Strong), (&d_key, Strong)], false, t(22)).await;
     assert_eq!(r.closed.len(), 1, "{what}: the merge closed {:?}", r.closed);
-    let merged_away = r.closed[0].id.clone();
+    let merged_away = r.closed[0].conversation.id.clone();
     assert!(
         [&cc.id, &cd2.id].contains(&&merged_away),
         "{what}: {merged_away}"
@@ -3371,7 +3415,7 @@ pub async fn merge_with_open_conversations(factory: &impl MakeStore, prefix: &st
         "{what}: closed conversations {:?}",
         r.closed
     );
-    let closed = &r.closed[0];
+    let closed = &r.closed[0].conversation;
     assert_eq!(
         closed.id, cb.id,
         "{what}: the merged-away customer's conversation closes"
@@ -3389,6 +3433,11 @@ pub async fn merge_with_open_conversations(factory: &impl MakeStore, prefix: &st
     assert_eq!(
         closed.agent_id, None,
         "{what}: closed conversation keeps an agent"
+    );
+    assert_eq!(
+        r.closed[0].released_holder.as_deref(),
+        Some(y.as_str()),
+        "{what}: the close names the agent it released"
     );
     let stored = get_conversation(&store, &cb.id).await;
     assert_eq!(
@@ -4923,7 +4972,7 @@ pub async fn route_inbound_profiles_converge(factory: &impl MakeStore, prefix: &
         resolution
             .closed
             .iter()
-            .map(|c| c.id.as_str())
+            .map(|c| c.conversation.id.as_str())
             .collect::<Vec<_>>(),
         vec![newer.conversation.id.as_str()],
         "{what}: the merged-away profile's conversation closes"
@@ -5006,7 +5055,7 @@ impl Scenario<'_> {
             .merges
             .iter()
             .map(|m| m.from.as_str())
-            .chain(resolution.closed.iter().map(|c| c.id.as_str()))
+            .chain(resolution.closed.iter().map(|c| c.conversation.id.as_str()))
             .collect();
         let mut noted: Vec<NoteKind> = self
             .store
@@ -5027,7 +5076,7 @@ impl Scenario<'_> {
             closed: resolution
                 .closed
                 .iter()
-                .map(|c| self.ordinal(&c.id))
+                .map(|c| self.ordinal(&c.conversation.id))
                 .collect(),
             conversation: self.ordinal(&c.id),
             created: record.created,

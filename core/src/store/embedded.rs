@@ -13,9 +13,9 @@ use super::{
     AGENT_AT_CAPACITY, AgentUpdate, Assignment, CONVERSATION_CHANGED, CONVERSATION_OPEN,
     ConversationStart, CustomerConversationsQuery, CustomerUpdate, ERASED_BY_RETENTION, Erasure,
     IDLE_CLOSE_REASON, InboundOutcome, InboundRecord, InboundRouting, MailboxHead, MailboxItem,
-    MailboxPush, Merge, NO_PENDING_OFFER, Note, NoteKind, OutboundRecord, Placement, QueueStats,
-    QueueTarget, QuietSweep, Release, Resolution, ResolveRequest, SenderResolution, Store,
-    StoreError, TransferTarget, UNKNOWN_CURSOR, Withdrawal, decode_others_assigned,
+    MailboxPush, Merge, MergeClosed, NO_PENDING_OFFER, Note, NoteKind, OutboundRecord, Placement,
+    QueueStats, QueueTarget, QuietSweep, Release, Resolution, ResolveRequest, SenderResolution,
+    Store, StoreError, TransferTarget, UNKNOWN_CURSOR, Withdrawal, decode_others_assigned,
     encode_others_assigned, offer_deadline, others_assigned_key, replay_others_assigned,
     status_listed,
 };
@@ -139,7 +139,7 @@ struct Resolved {
     created: bool,
     merges: Vec<Merge>,
     linked: Vec<IdentityKey>,
-    closed: Vec<Conversation>,
+    closed: Vec<MergeClosed>,
 }
 
 impl EmbeddedStore {
@@ -447,7 +447,7 @@ impl State {
         from: &str,
         into: &str,
         now: DateTime<Utc>,
-    ) -> Option<Conversation> {
+    ) -> Option<MergeClosed> {
         let loser = self.customers.remove(from)?;
         for record in &loser.identities {
             self.identity_owner
@@ -511,12 +511,17 @@ impl State {
                     c.message_count += count;
                 }
                 // The loser's conversation is no longer open for anyone; close it.
-                let mut closed = self.close(&loser_conv, "merged", now).ok()?.conversation;
+                let release = self.close(&loser_conv, "merged", now).ok()?;
+                let released_holder = release.released_holder().map(str::to_owned);
+                let mut conversation = release.conversation;
                 if let Some(c) = self.conversations.get_mut(&loser_conv) {
                     c.customer_id = into.to_owned();
-                    closed = c.clone();
+                    conversation = c.clone();
                 }
-                Some(closed)
+                Some(MergeClosed {
+                    conversation,
+                    released_holder,
+                })
             }
         }
     }
@@ -2245,7 +2250,7 @@ mod tests {
                     // A merge closed these before the assignments: their agents have room again.
                     for closed in &resolution.closed {
                         for agent in &mut agents {
-                            agent.conversations.retain(|c| *c != closed.id);
+                            agent.conversations.retain(|c| *c != closed.conversation.id);
                         }
                     }
                     self.saw(&record.conversation);

@@ -108,7 +108,17 @@ pub struct Resolution {
     pub linked: Vec<IdentityKey>,
     /// Conversations closed because their customer was merged into one with its own open one
     /// (their messages were moved into the survivor's conversation).
-    pub closed: Vec<Conversation>,
+    pub closed: Vec<MergeClosed>,
+}
+
+/// A conversation a merge closed ([`Resolution::closed`]), with the agent or bot that held it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MergeClosed {
+    /// The conversation after the close.
+    pub conversation: Conversation,
+    /// The agent (or bot, `bot:{id}`) that held it: its `conversation.closed` names it, so
+    /// that agent's console, or that bot, learns the conversation is over.
+    pub released_holder: Option<String>,
 }
 
 /// How [`Store::route_inbound`] resolved the sender: a [`Resolution`] that carries the whole
@@ -125,7 +135,7 @@ pub struct SenderResolution {
     /// As [`Resolution::merges`].
     pub merges: Vec<Merge>,
     /// As [`Resolution::closed`].
-    pub closed: Vec<Conversation>,
+    pub closed: Vec<MergeClosed>,
 }
 
 impl SenderResolution {
@@ -751,15 +761,16 @@ impl Note {
     }
 
     /// The notes a resolution at `at` makes ([`Store::resolve_customer_noted`]): one per merge,
-    /// with its keys, and one per conversation a merge closed.
-    pub fn of_merges(merges: &[Merge], closed: &[Conversation], at: DateTime<Utc>) -> Vec<Note> {
+    /// with its keys, and one per conversation a merge closed, with the agent or bot it left.
+    pub fn of_merges(merges: &[Merge], closed: &[MergeClosed], at: DateTime<Utc>) -> Vec<Note> {
         let merged = merges.iter().map(|m| Note {
             via: m.via.clone(),
             ..Note::new(NoteKind::Merged, &m.from, at)
         });
-        let closed = closed
-            .iter()
-            .map(|c| Note::new(NoteKind::Closed, &c.id, at));
+        let closed = closed.iter().map(|c| Note {
+            from_agent: c.released_holder.clone(),
+            ..Note::new(NoteKind::Closed, &c.conversation.id, at)
+        });
         merged.chain(closed).collect()
     }
 

@@ -60,8 +60,8 @@ use super::{
     AGENT_AT_CAPACITY, AgentUpdate, Assignment, CONVERSATION_CHANGED, CONVERSATION_OPEN,
     ConversationStart, CustomerConversationsQuery, CustomerUpdate, ERASED_BY_RETENTION, Erasure,
     IDLE_CLOSE_REASON, InboundOutcome, InboundRecord, InboundRouting, MAX_CUSTOMER_ATTRIBUTES,
-    MAX_CUSTOMER_TAGS, MailboxHead, MailboxItem, MailboxPush, Merge, NO_PENDING_OFFER, Note,
-    OutboundRecord, Placement, QueueStats, QueueTarget, QuietSweep, Release, Resolution,
+    MAX_CUSTOMER_TAGS, MailboxHead, MailboxItem, MailboxPush, Merge, MergeClosed, NO_PENDING_OFFER,
+    Note, OutboundRecord, Placement, QueueStats, QueueTarget, QuietSweep, Release, Resolution,
     ResolveRequest, SenderResolution, Store, StoreError, TOO_MANY_ATTRIBUTES, TOO_MANY_TAGS,
     TransferTarget, UNKNOWN_CURSOR, Withdrawal, offer_deadline,
 };
@@ -877,7 +877,8 @@ fn opt_customer(v: Value) -> Result<Option<Customer>, StoreError> {
     }
 }
 
-/// `resolve.lua`'s reply: `{'ok', created, customer, merges, linked, closed, customer id}`.
+/// `resolve.lua`'s reply: `{'ok', created, customer, merges, linked, closed, customer id}`, each
+/// closed conversation as `{conversation, the agent or bot it released or false}`.
 fn resolution(v: Value) -> Result<Resolution, StoreError> {
     let parts = ResolutionParts::of(v)?;
     let customer = parts
@@ -911,7 +912,7 @@ struct ResolutionParts {
     profile: Option<Customer>,
     merges: Vec<Merge>,
     linked: Vec<IdentityKey>,
-    closed: Vec<Conversation>,
+    closed: Vec<MergeClosed>,
     customer_id: String,
 }
 
@@ -936,10 +937,14 @@ impl ResolutionParts {
             .into_iter()
             .map(identity_key)
             .collect::<Result<_, _>>()?;
-        let closed = list(items.next()?)?
-            .into_iter()
-            .map(some_conversation)
-            .collect::<Result<_, _>>()?;
+        let mut closed = Vec::new();
+        for c in list(items.next()?)? {
+            let mut c = Items::of(c)?;
+            closed.push(MergeClosed {
+                conversation: some_conversation(c.next()?)?,
+                released_holder: opt_text(c.next()?)?,
+            });
+        }
         Ok(ResolutionParts {
             created,
             profile,

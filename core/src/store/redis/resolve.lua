@@ -6,7 +6,7 @@
 -- value: always); then, optionally, `noted`: each merge and each conversation it closed are
 -- noted (Store::resolve_customer_noted).
 -- Reply: {'ok', created (1/0), customer, merges {{from, into, {via...}}...}, linked {...},
--- closed {conversation...}, customer id}.
+-- closed {{conversation, the agent or bot it released or false}...}, customer id}.
 
 local tenant, explicit = ARGV[2], ARGV[3] == '1'
 local has_name, name, now, new_id = ARGV[4] == '1', ARGV[5], ARGV[6], ARGV[7]
@@ -22,7 +22,7 @@ local noted = ARGV[11 + 2 * n] == 'noted'
 
 -- Merges profile `from` into `into`: identities, redirects, merged_from, tags, attributes, name,
 -- first/last seen, and the open conversation. Returns the id of a conversation the merge
--- closed, if any.
+-- closed, if any, and the agent or bot that held it (false for none).
 local function merge_customers(from, into)
   local lk = key('cust', from)
   if redis.call('EXISTS', lk) == 0 then
@@ -113,12 +113,12 @@ local function merge_customers(from, into)
     redis.call('HINCRBY', key('conv', wopen), 'message_count', #moved)
   end
   redis.call('HSET', key('conv', lopen), 'merged_into', wopen)
-  local _, err = close_conversation(lopen, 'merged', now)
+  local released, err, bot = close_conversation(lopen, 'merged', now)
   if err then
     return nil
   end
   redis.call('HSET', key('conv', lopen), 'customer_id', into)
-  return lopen
+  return lopen, released or bot or false
 end
 
 -- Owners this request may merge: strong keys always, weak keys only when explicit.
@@ -206,15 +206,15 @@ for i = 2, #owners do
     end
   end
   table.sort(via, lt)
-  local c = merge_customers(loser, winner)
+  local c, holder = merge_customers(loser, winner)
   if c then
-    closed[#closed + 1] = conv_reply(c)
+    closed[#closed + 1] = { conv_reply(c), holder }
   end
   merges[#merges + 1] = { loser, winner, via }
   if noted then
     note('merged', now, loser, cjson.encode(via))
     if c then
-      note('closed', now, c)
+      note('closed', now, c, holder)
     end
   end
 end
