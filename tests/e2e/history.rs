@@ -5,7 +5,7 @@
 
 use serde_json::{Value, json};
 
-use crate::support::{Callback, SECRET, Server, api_message, eventually};
+use crate::support::{Callback, Server, api_message, eventually};
 
 /// The ids of a listing's `conversations`.
 fn ids(listing: &Value) -> Vec<String> {
@@ -23,17 +23,6 @@ async fn write(server: &Server, channel: &str, message_id: &str, user: &str) {
         .post_signed(channel, &api_message(message_id, user, message_id, &[]))
         .await;
     assert_eq!(r.status(), 202);
-}
-
-/// The customer holding `identity`, once it exists.
-async fn customer_of(server: &Server, identity: &str) -> String {
-    eventually(|| async {
-        let (s, c) = server
-            .get_json(&format!("/v1/customers?identity={identity}"))
-            .await;
-        (s == 200).then(|| c["id"].as_str().unwrap().to_owned())
-    })
-    .await
 }
 
 /// The id of the open conversation of `customer` holding message `message_id`, once routed.
@@ -81,23 +70,17 @@ async fn refused(server: &Server, path: &str, status: u16) -> String {
 async fn one_persons_conversations_across_channels_newest_first_and_a_pools_open_ones() {
     let shop = Callback::start().await;
     let bank = Callback::start().await;
-    let server = Server::start(&format!(
-        "[[pools]]\nid = \"vip\"\n\
-         [[channels]]\nid = \"shop\"\nkind = \"api\"\nsecret = \"{SECRET}\"\ncallback_url = \"{}\"\n\
-         [[channels]]\nid = \"bank\"\nkind = \"api\"\nsecret = \"{SECRET}\"\ncallback_url = \"{}\"\n",
-        shop.url, bank.url
-    ))
-    .await;
+    let server = Server::with_shop_and_bank(&shop.url, &bank.url).await;
 
     // The person writes on the shop app, then on the bank app (two profiles so far); each
     // conversation is closed before the next message.
     write(&server, "shop", "s-1", "42").await;
-    let a = customer_of(&server, "app_user:shop:42").await;
+    let a = server.customer_of("app_user:shop:42").await;
     let c1 = open_with(&server, &a, "s-1").await;
     let c1 = c1.as_str();
     close(&server, c1).await;
     write(&server, "bank", "b-1", "u-9").await;
-    let b = customer_of(&server, "app_user:bank:u-9").await;
+    let b = server.customer_of("app_user:bank:u-9").await;
     assert_ne!(a, b, "two profiles before the merge");
     let c2 = open_with(&server, &b, "b-1").await;
     let c2 = c2.as_str();
@@ -116,14 +99,7 @@ async fn one_persons_conversations_across_channels_newest_first_and_a_pools_open
 
     // A helpdesk merges them: the older profile survives; b's open conversation is closed into
     // a's.
-    let (status, merged) = server
-        .send_json(
-            "POST",
-            &format!("/v1/customers/{a}/merge"),
-            json!({"customer_id": b}),
-        )
-        .await;
-    assert_eq!(status, 200, "{merged}");
+    let merged = server.merge_customers(&a, &b).await;
     assert_eq!(merged["id"], a.as_str());
     let newest_first = [c4, c3, c2, c1];
     for id in [&a, &b] {
@@ -177,7 +153,7 @@ async fn one_persons_conversations_across_channels_newest_first_and_a_pools_open
 
     // Someone else, in the same pool.
     write(&server, "shop", "o-1", "77").await;
-    let other = customer_of(&server, "app_user:shop:77").await;
+    let other = server.customer_of("app_user:shop:77").await;
     let co = open_with(&server, &other, "o-1").await;
     let co = co.as_str();
     assert_eq!(page("").await, newest_first, "not the other customer's");

@@ -3,18 +3,13 @@
 
 use serde_json::json;
 
-use crate::support::{Callback, SECRET, Server, eventually};
+use crate::support::{Callback, Server, eventually};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_phone_across_two_app_channels_gives_one_profile_and_one_conversation() {
     let shop = Callback::start().await;
     let bank = Callback::start().await;
-    let server = Server::start(&format!(
-        "[[channels]]\nid = \"shop\"\nkind = \"api\"\nsecret = \"{SECRET}\"\ncallback_url = \"{}\"\n\
-         [[channels]]\nid = \"bank\"\nkind = \"api\"\nsecret = \"{SECRET}\"\ncallback_url = \"{}\"\n",
-        shop.url, bank.url
-    ))
-    .await;
+    let server = Server::with_shop_and_bank(&shop.url, &bank.url).await;
     server.agent_online("a1", 5).await;
     let phone = "phone::+8613800000000";
     let r = server
@@ -147,12 +142,7 @@ async fn a_merge_tells_the_agent_whose_conversation_it_closes() {
 
     let shop = Callback::start().await;
     let bank = Callback::start().await;
-    let server = Server::start(&format!(
-        "[[channels]]\nid = \"shop\"\nkind = \"api\"\nsecret = \"{SECRET}\"\ncallback_url = \"{}\"\n\
-         [[channels]]\nid = \"bank\"\nkind = \"api\"\nsecret = \"{SECRET}\"\ncallback_url = \"{}\"\n",
-        shop.url, bank.url
-    ))
-    .await;
+    let server = Server::with_shop_and_bank(&shop.url, &bank.url).await;
     let queue = server
         .app
         .bus
@@ -175,30 +165,13 @@ async fn a_merge_tells_the_agent_whose_conversation_it_closes() {
         let assigned = ann.recv_type("assigned").await;
         held.push(assigned["conversation"]["id"].as_str().unwrap().to_owned());
     }
-    let customer = |identity: &'static str| {
-        let server = &server;
-        async move {
-            let (status, body) = server
-                .get_json(&format!("/v1/customers?identity={identity}"))
-                .await;
-            assert_eq!(status, 200, "{body}");
-            body["id"].as_str().unwrap().to_owned()
-        }
-    };
     let (a, b) = (
-        customer("app_user:shop:42").await,
-        customer("app_user:bank:u-9").await,
+        server.customer_of("app_user:shop:42").await,
+        server.customer_of("app_user:bank:u-9").await,
     );
 
     // A helpdesk merges them: the older profile survives, and b's conversation closes.
-    let (status, merged) = server
-        .send_json(
-            "POST",
-            &format!("/v1/customers/{a}/merge"),
-            json!({"customer_id": b}),
-        )
-        .await;
-    assert_eq!(status, 200, "{merged}");
+    server.merge_customers(&a, &b).await;
     let gone = ann.recv_type("unassigned").await;
     assert_eq!(
         (gone["conversation_id"].as_str(), gone["reason"].as_str()),

@@ -67,6 +67,16 @@ impl Server {
         .await
     }
 
+    /// Two api channels, `shop` and `bank`, posting replies to their callbacks: one person
+    /// writing on both.
+    pub async fn with_shop_and_bank(shop: &str, bank: &str) -> Server {
+        Server::start(&format!(
+            "[[channels]]\nid = \"shop\"\nkind = \"api\"\nsecret = \"{SECRET}\"\ncallback_url = \"{shop}\"\n\
+             [[channels]]\nid = \"bank\"\nkind = \"api\"\nsecret = \"{SECRET}\"\ncallback_url = \"{bank}\"\n"
+        ))
+        .await
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -102,6 +112,32 @@ impl Server {
         let r = self.http.get(self.url(path)).send().await.unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The id of the customer holding `identity` (`GET /v1/customers?identity=`), once it
+    /// exists.
+    pub async fn customer_of(&self, identity: &str) -> String {
+        eventually(|| async {
+            let (s, c) = self
+                .get_json(&format!("/v1/customers?identity={identity}"))
+                .await;
+            (s == 200).then(|| c["id"].as_str().unwrap().to_owned())
+        })
+        .await
+    }
+
+    /// Merges customer `from` into `into` (`POST /v1/customers/{into}/merge`), checking the
+    /// answer is 200; the surviving profile.
+    pub async fn merge_customers(&self, into: &str, from: &str) -> Value {
+        let (status, merged) = self
+            .send_json(
+                "POST",
+                &format!("/v1/customers/{into}/merge"),
+                json!({"customer_id": from}),
+            )
+            .await;
+        assert_eq!(status, 200, "merge {from} into {into}: {merged}");
+        merged
     }
 
     /// The conversations `agent` holds (`GET /v1/agents/{agent}/conversations`), once there are
