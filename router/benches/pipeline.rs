@@ -32,7 +32,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -95,7 +95,7 @@ struct Assigned {
     /// When each event arrived, with its body (kept only while latencies are measured).
     arrivals: Mutex<Vec<(Instant, bytes::Bytes)>>,
     /// Whether to keep the arrivals.
-    timing: std::sync::atomic::AtomicBool,
+    timing: AtomicBool,
 }
 
 /// Every ingress-to-assignment latency measured, over all batches.

@@ -19,7 +19,7 @@ use switchyard_core::envelope::Envelope;
 use switchyard_core::event::{CloudEvent, EventType};
 use switchyard_core::identity::IdentityKey;
 use switchyard_core::model::{Agent, Conversation, ConversationStatus, Customer};
-use switchyard_core::store::Erasure;
+use switchyard_core::store::{Erasure, MergeClosed};
 use switchyard_core::time::{Fraction, with_rfc3339};
 
 /// Events to publish together, in order, each already encoded.
@@ -289,6 +289,15 @@ impl EventBatch {
                 agent_id,
             },
         )
+    }
+
+    /// `conversation.closed` of each conversation a merge closed, naming the agent or bot it
+    /// released.
+    pub fn closed_by_merges(&mut self, closed: &[MergeClosed]) -> &mut Self {
+        for c in closed {
+            self.conversation_closed(&c.conversation, c.released_holder.as_deref());
+        }
+        self
     }
 
     /// `conversation.transferred` at `at` (the transfer's time, which the conversation's

@@ -293,7 +293,5 @@ fn announce_resolution(resolution: &SenderResolution, now: DateTime<Utc>, events
             events.customer_merged(customer, &merge.from, &merge.via, now);
         }
     }
-    for closed in &resolution.closed {
-        events.conversation_closed(&closed.conversation, closed.released_holder.as_deref());
-    }
+    events.closed_by_merges(&resolution.closed);
 }

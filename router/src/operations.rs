@@ -850,9 +850,7 @@ impl Operations {
         for merge in &resolution.merges {
             events.customer_merged(&resolution.customer, &merge.from, &merge.via, now);
         }
-        for closed in &resolution.closed {
-            events.conversation_closed(&closed.conversation, closed.released_holder.as_deref());
-        }
+        events.closed_by_merges(&resolution.closed);
         let mut notes = Note::of_merges(&resolution.merges, &resolution.closed, now);
         // A conversation the merge closed may have freed its agent: let the queues move.
         if !resolution.closed.is_empty() {

@@ -171,28 +171,23 @@ impl Broker {
     /// Stores `message` in every queue of `targets`, in order (moving it into the last).
     async fn deliver(
         &self,
-        targets: Vec<Arc<Queue>>,
+        targets: &[Arc<Queue>],
         routing_key: &str,
         message: Message,
     ) -> Result<(), BusError> {
-        let mut stored = Some(Stored {
+        let Some((last, others)) = targets.split_last() else {
+            return Ok(());
+        };
+        let stored = Stored {
             message,
             routing_key: routing_key.to_owned(),
             redeliveries: 0,
             seq: 0,
-        });
-        let last = targets.len().saturating_sub(1);
-        for (i, queue) in targets.into_iter().enumerate() {
-            let copy = if i == last {
-                stored.take()
-            } else {
-                stored.clone()
-            };
-            if let Some(copy) = copy {
-                queue.push(copy, self.publish_timeout).await?;
-            }
+        };
+        for queue in others {
+            queue.push(stored.clone(), self.publish_timeout).await?;
         }
-        Ok(())
+        last.push(stored, self.publish_timeout).await
     }
 }
 
@@ -389,7 +384,7 @@ impl Bus for EmbeddedBus {
                 routing_key: routing_key.to_owned(),
             });
         }
-        self.inner.deliver(targets, routing_key, message).await
+        self.inner.deliver(&targets, routing_key, message).await
     }
 
     /// Routes the whole batch under one lock of the broker, then stores each event where it
@@ -411,9 +406,7 @@ impl Bus for EmbeddedBus {
                 .collect::<Vec<_>>()
         };
         for (targets, routing_key, message) in routed {
-            if !targets.is_empty() {
-                self.inner.deliver(targets, &routing_key, message).await?;
-            }
+            self.inner.deliver(&targets, &routing_key, message).await?;
         }
         Ok(())
     }
